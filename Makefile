@@ -1,0 +1,36 @@
+# gl-watchdog developer commands. `make test` is the README's test command; `.ci/run` calls it.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo run test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/gl-watchdog demo
+
+run: demo
+
+test: install
+	scripts/services.sh ensure
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check orchestrator_core watchdog playbooks tests bench
+	$(BIN)/ruff format --check orchestrator_core watchdog playbooks tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+bench: install
+	$(BIN)/python bench/engine.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

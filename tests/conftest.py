@@ -1,0 +1,184 @@
+"""Shared test fixtures: real PostgreSQL and Redis, and hygiene checks for every test.
+
+Services are real, as users have them. Redis: a private `redis-server` started on a random loopback
+port for the session (flushed before each test that asks for it), or `GL_TEST_REDIS_URL`. PostgreSQL:
+the server at `GL_TEST_POSTGRES_DSN` (default `postgresql://postgres@127.0.0.1:5432/postgres`), with a
+fresh database per test. When a service is missing, the test is skipped locally and fails under CI
+(`CI` set), so CI can never pass by skipping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+IN_CI = bool(os.environ.get("CI"))
+POSTGRES_ADMIN_DSN = os.environ.get("GL_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def missing_service(reason: str) -> None:
+    """Skip the test locally; fail it under CI, where every service must be present."""
+    if IN_CI:
+        pytest.fail(f"required service missing under CI: {reason}")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (closed again before return; fine for test servers)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> bool:
+    """True once something accepts connections on 127.0.0.1:port, False after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+# -- hygiene ---------------------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give every async test the pending-task check."""
+    for item in items:
+        function = getattr(item, "function", None)
+        if function is not None and asyncio.iscoroutinefunction(function):
+            item.fixturenames.append("_no_pending_tasks")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def _no_pending_tasks() -> AsyncIterator[None]:
+    """Fail a test that leaves asyncio tasks running behind it (kopf's `_no_asyncio_pending_tasks`)."""
+    before = asyncio.all_tasks()
+    yield
+    # Give tasks that were cancelled during teardown one loop turn to finish.
+    await asyncio.sleep(0)
+    leftover = [t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()]
+    if leftover:
+        for task in leftover:
+            task.cancel()
+        await asyncio.gather(*leftover, return_exceptions=True)
+        names = ", ".join(sorted(t.get_name() + ":" + repr(t.get_coro()) for t in leftover))
+        pytest.fail(f"test left {len(leftover)} asyncio task(s) running: {names}")
+
+
+# -- Redis -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str | None]:
+    """URL of a Redis server for this session: a private redis-server if the binary exists."""
+    explicit = os.environ.get("GL_TEST_REDIS_URL")
+    if explicit:
+        yield explicit
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="gl-test-redis-")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        if not wait_for_port(port):
+            yield None
+        else:
+            yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_url(redis_server: str | None) -> str:
+    """A flushed Redis database for this test."""
+    if redis_server is None:
+        missing_service("no redis-server binary and GL_TEST_REDIS_URL not set")
+    import redis as redis_sync
+
+    client = redis_sync.Redis.from_url(redis_server, socket_timeout=2)  # type: ignore[arg-type]
+    try:
+        client.flushdb()
+    except redis_sync.RedisError as exc:
+        missing_service(f"Redis at {redis_server} not reachable: {exc}")
+    finally:
+        client.close()
+    return redis_server  # type: ignore[return-value]
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------------
+
+
+def _pg_connect(dsn: str):  # type: ignore[no-untyped-def]
+    import asyncpg
+
+    return asyncpg.connect(dsn, timeout=5)
+
+
+@contextlib.asynccontextmanager
+async def fresh_postgres_database() -> AsyncIterator[str]:
+    """A SQLAlchemy URL (`postgresql+asyncpg://`) of a fresh, empty database, dropped afterwards."""
+    name = f"gl_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = await _pg_connect(POSTGRES_ADMIN_DSN)
+    except Exception as exc:  # asyncpg raises several unrelated types for "not there"
+        missing_service(f"PostgreSQL at {POSTGRES_ADMIN_DSN} not reachable: {exc}")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin = await _pg_connect(POSTGRES_ADMIN_DSN)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for this test."""
+    async with fresh_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A SQLAlchemy URL of a fresh SQLite file in the test's temp dir."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Each store test runs twice: on SQLite (embedded default) and on PostgreSQL (production)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    else:
+        async with fresh_postgres_database() as url:
+            yield url
