@@ -1,0 +1,411 @@
+"""The watchdog's only way into the orchestrator: an httpx async client of its REST API.
+
+Used by the diagnostic steps (executions, trace, logs, checkpoints, metrics, provenance, agents), the
+sweeps and the condition (running executions), and the playbooks (cancel, resume, execute, DAG update,
+limits, agent restart). Every call has a timeout (`httpx.Timeout`), sends the bearer token, and converts
+httpx errors at this boundary:
+
+- connect errors, timeouts, other transport errors, 502/503/504 → `OrchestratorUnavailable`
+- 400/422 → `BadRequest`, 401/403 → `Unauthorized`, 404 → `NotFound`, 409 → `Conflict`,
+  any other 4xx/5xx → `OrchestratorError` (with the server's `detail` and `error` code)
+- a 2xx answer that is not the documented JSON → `OrchestratorError`
+
+Answers are parsed into the pydantic models below (`extra="allow"`, so fields the orchestrator adds
+later pass through); DAG definitions stay plain dicts (their model belongs to the orchestrator).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from watchdog.constants import ORCHESTRATOR_API_PREFIX
+from watchdog.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    OrchestratorError,
+    OrchestratorUnavailable,
+    Unauthorized,
+)
+from watchdog.settings import WatchdogSettings
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class _ApiModel(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class Execution(_ApiModel):
+    """An execution record (list items and `GET /executions/{id}`)."""
+
+    execution_id: str
+    dag_id: str | None = None
+    dag_version: int | str | None = None
+    status: str
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    timeout_seconds: float | None = None
+    error: str | None = None
+    owner: str | None = None
+    input_data: Any = None
+
+
+class NodeTrace(_ApiModel):
+    """One node of a trace."""
+
+    status: str = "pending"
+    duration_ms: float | None = None
+    attempt_count: int = 0
+    error: str | None = None
+    agent_id: str | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    input_hash: str | None = None
+    timeout_seconds: float | None = None
+
+
+class Trace(_ApiModel):
+    """`GET /executions/{id}/trace`."""
+
+    execution_id: str
+    dag_id: str | None = None
+    status: str
+    topology_levels: list[list[str]] = Field(default_factory=list)
+    node_traces: dict[str, NodeTrace] = Field(default_factory=dict)
+
+
+class ResumeResult(_ApiModel):
+    """`POST /executions/{id}/resume`."""
+
+    execution_id: str
+    status: str
+    nodes_skipped: list[str] = Field(default_factory=list)
+    nodes_remaining: list[str] = Field(default_factory=list)
+
+
+class Provenance(_ApiModel):
+    """`GET /executions/{id}/provenance`."""
+
+    execution_id: str | None = None
+    chain_valid: bool
+    chain: list[dict[str, Any]] = Field(default_factory=list)
+    problems: list[Any] = Field(default_factory=list)
+
+
+class LogLine(_ApiModel):
+    """One structured log line of a run (`GET /executions/{id}/logs`)."""
+
+    ts: datetime | str | None = None
+    level: str | None = None
+    message: str = ""
+    execution_id: str | None = None
+    node_id: str | None = None
+    agent_id: str | None = None
+
+
+class Checkpoint(_ApiModel):
+    """One checkpoint record."""
+
+    node_id: str
+    status: str
+    created_at: datetime | None = None
+
+
+class Checkpoints(_ApiModel):
+    """`GET /checkpoints/{id}`."""
+
+    execution_id: str | None = None
+    checkpoints: list[Checkpoint] = Field(default_factory=list)
+
+
+class OrchestratorMetrics(_ApiModel):
+    """`GET /metrics` (the JSON one under the API prefix)."""
+
+    active_executions: int | None = None
+    max_concurrent_executions: int | None = None
+    queued_executions: int | None = None
+    max_parallel_nodes: int | None = None
+
+
+class Limits(_ApiModel):
+    """`GET|PUT /admin/limits`."""
+
+    max_parallel_nodes: int
+    max_concurrent_executions: int
+
+
+class AgentInfo(_ApiModel):
+    """One item of `GET /agents`."""
+
+    agent_id: str
+    kind: str | None = None
+    restarts: int = 0
+    running_nodes: list[Any] = Field(default_factory=list)
+
+
+class AgentRestart(_ApiModel):
+    """`POST /admin/agents/{agent_id}/restart`."""
+
+    agent_id: str
+    restarts: int = 0
+    interrupted_nodes: list[Any] = Field(default_factory=list)
+
+
+_UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
+
+
+class OrchestratorClient:
+    """Async client of the orchestrator REST API (`/api/v1/orchestrator/...`).
+
+    Use as an async context manager, or call `aclose()`. `transport` is for tests (respx or
+    `httpx.MockTransport`); production uses the default transport.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        headers = {"Accept": "application/json", "User-Agent": "gl-watchdog"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url + ORCHESTRATOR_API_PREFIX,
+            headers=headers,
+            timeout=httpx.Timeout(timeout),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    @classmethod
+    def from_settings(
+        cls, settings: WatchdogSettings, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> OrchestratorClient:
+        """A client configured from the watchdog settings (URL, token, timeout)."""
+        return cls(
+            settings.orchestrator_url,
+            settings.orchestrator_token_value(),
+            timeout=settings.orchestrator_timeout_seconds,
+            transport=transport,
+        )
+
+    async def __aenter__(self) -> OrchestratorClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the underlying connection pool."""
+        await self._http.aclose()
+
+    # -- transport and error mapping -------------------------------------------------------------
+
+    async def _request(
+        self, method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None
+    ) -> Any:
+        clean_params = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            response = await self._http.request(method, path, params=clean_params or None, json=json)
+        except httpx.TimeoutException as exc:
+            raise OrchestratorUnavailable(
+                f"orchestrator {method} {path} timed out: {type(exc).__name__}"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise OrchestratorUnavailable(
+                f"orchestrator at {self.base_url} unreachable ({method} {path}): {exc or type(exc).__name__}"
+            ) from exc
+        if response.status_code >= 400:
+            raise _error_for(response)
+        if response.status_code == 204 or not response.content:
+            return {}
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise OrchestratorError(
+                response.status_code, f"{method} {path} answered with a body that is not JSON"
+            ) from exc
+
+    async def _get_model(self, model: type[ModelT], method: str, path: str, **kwargs: Any) -> ModelT:
+        data = await self._request(method, path, **kwargs)
+        return _parse(model, data, f"{method} {path}")
+
+    # -- executions -------------------------------------------------------------------------------
+
+    async def list_executions(
+        self, status: str | None = "running", dag_id: str | None = None
+    ) -> list[Execution]:
+        """`GET /executions?status=&dag_id=`: executions, running ones by default."""
+        data = await self._request("GET", "/executions", params={"status": status, "dag_id": dag_id})
+        items = data.get("items") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise OrchestratorError(200, "GET /executions answered without an 'items' list")
+        return [_parse(Execution, item, "GET /executions item") for item in items]
+
+    async def get_execution(self, execution_id: str) -> Execution:
+        """`GET /executions/{id}`."""
+        return await self._get_model(Execution, "GET", f"/executions/{_seg(execution_id)}")
+
+    async def get_trace(self, execution_id: str) -> Trace:
+        """`GET /executions/{id}/trace`."""
+        return await self._get_model(Trace, "GET", f"/executions/{_seg(execution_id)}/trace")
+
+    async def cancel(self, execution_id: str) -> Execution:
+        """`POST /executions/{id}/cancel` (409 `Conflict` when the run already finished)."""
+        return await self._get_model(Execution, "POST", f"/executions/{_seg(execution_id)}/cancel")
+
+    async def resume(self, execution_id: str) -> ResumeResult:
+        """`POST /executions/{id}/resume` (409 `Conflict` while the run is still running)."""
+        return await self._get_model(ResumeResult, "POST", f"/executions/{_seg(execution_id)}/resume")
+
+    async def get_provenance(self, execution_id: str) -> Provenance:
+        """`GET /executions/{id}/provenance`."""
+        return await self._get_model(Provenance, "GET", f"/executions/{_seg(execution_id)}/provenance")
+
+    async def get_logs(
+        self, execution_id: str, node_id: str | None = None, limit: int = 200
+    ) -> list[LogLine]:
+        """`GET /executions/{id}/logs?node_id=&limit=`: recent structured log lines of the run."""
+        data = await self._request(
+            "GET", f"/executions/{_seg(execution_id)}/logs", params={"node_id": node_id, "limit": limit}
+        )
+        lines = data.get("lines") if isinstance(data, dict) else None
+        if not isinstance(lines, list):
+            raise OrchestratorError(200, "GET /executions/{id}/logs answered without a 'lines' list")
+        return [_parse(LogLine, line, "log line") for line in lines]
+
+    async def get_checkpoints(self, execution_id: str) -> Checkpoints:
+        """`GET /checkpoints/{id}`."""
+        return await self._get_model(Checkpoints, "GET", f"/checkpoints/{_seg(execution_id)}")
+
+    async def get_metrics(self) -> OrchestratorMetrics:
+        """`GET /metrics` (JSON): active, maximum and queued executions, max parallel nodes."""
+        return await self._get_model(OrchestratorMetrics, "GET", "/metrics")
+
+    # -- DAGs -------------------------------------------------------------------------------------
+
+    async def get_dag(self, dag_id: str) -> dict[str, Any]:
+        """`GET /dags/{dag_id}`: the DAG definition."""
+        return _as_dict(await self._request("GET", f"/dags/{_seg(dag_id)}"), "GET /dags/{dag_id}")
+
+    async def register_dag(self, dag: dict[str, Any]) -> dict[str, Any]:
+        """`POST /dags`: register a DAG definition; returns it as stored."""
+        return _as_dict(await self._request("POST", "/dags", json=dag), "POST /dags")
+
+    async def update_dag(self, dag_id: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """`PUT /dags/{dag_id}`: partial update (e.g. one node's timeout_policy); returns the new DAG."""
+        return _as_dict(await self._request("PUT", f"/dags/{_seg(dag_id)}", json=patch), "PUT /dags/{dag_id}")
+
+    async def execute(
+        self,
+        dag_id: str,
+        input_data: Any = None,
+        *,
+        checkpoint_enabled: bool = True,
+        deterministic_mode: bool = True,
+    ) -> Execution:
+        """`POST /dags/{dag_id}/execute`: start a new run; returns the (queued or running) execution."""
+        body = {
+            "input_data": input_data if input_data is not None else {},
+            "execution_options": {
+                "checkpoint_enabled": checkpoint_enabled,
+                "deterministic_mode": deterministic_mode,
+            },
+        }
+        return await self._get_model(Execution, "POST", f"/dags/{_seg(dag_id)}/execute", json=body)
+
+    # -- admin and agents -------------------------------------------------------------------------
+
+    async def get_limits(self) -> Limits:
+        """`GET /admin/limits`."""
+        return await self._get_model(Limits, "GET", "/admin/limits")
+
+    async def set_limits(
+        self, *, max_parallel_nodes: int | None = None, max_concurrent_executions: int | None = None
+    ) -> Limits:
+        """`PUT /admin/limits`: change limits live; returns the limits now in force."""
+        body = {
+            k: v
+            for k, v in {
+                "max_parallel_nodes": max_parallel_nodes,
+                "max_concurrent_executions": max_concurrent_executions,
+            }.items()
+            if v is not None
+        }
+        if not body:
+            raise ValueError("set_limits needs max_parallel_nodes and/or max_concurrent_executions")
+        return await self._get_model(Limits, "PUT", "/admin/limits", json=body)
+
+    async def list_agents(self) -> list[AgentInfo]:
+        """`GET /agents`: known agents with their restart count and running nodes."""
+        data = await self._request("GET", "/agents")
+        items = data.get("items") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise OrchestratorError(200, "GET /agents answered without an 'items' list")
+        return [_parse(AgentInfo, item, "GET /agents item") for item in items]
+
+    async def restart_agent(self, agent_id: str) -> AgentRestart:
+        """`POST /admin/agents/{agent_id}/restart`: restart an in-process agent worker."""
+        return await self._get_model(AgentRestart, "POST", f"/admin/agents/{_seg(agent_id)}/restart")
+
+
+def _seg(value: str) -> str:
+    """One URL path segment, percent-encoded (an id never changes the path's shape)."""
+    if not value:
+        raise ValueError("an id in a URL path must not be empty")
+    return quote(value, safe="")
+
+
+def _parse(model: type[ModelT], data: Any, what: str) -> ModelT:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise OrchestratorError(200, f"{what}: unexpected answer ({where}: {first['msg']})") from exc
+
+
+def _as_dict(data: Any, what: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise OrchestratorError(200, f"{what}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _error_for(response: httpx.Response) -> Exception:
+    status = response.status_code
+    detail = response.reason_phrase or "error"
+    code: str | None = None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        detail = str(body.get("detail") or body.get("message") or body.get("error") or detail)
+        code = str(body["error"]) if body.get("error") is not None else None
+    elif response.text:
+        detail = response.text[:500]
+    if status in _UNAVAILABLE_STATUSES:
+        return OrchestratorUnavailable(f"orchestrator answered {status}: {detail}")
+    if status in (400, 422):
+        return BadRequest(status, detail, code)
+    if status in (401, 403):
+        return Unauthorized(status, detail, code)
+    if status == 404:
+        return NotFound(status, detail, code)
+    if status == 409:
+        return Conflict(status, detail, code)
+    return OrchestratorError(status, detail, code)

@@ -1,0 +1,172 @@
+"""The watchdog's configuration: one pydantic-settings model, built once at start-up and passed down.
+
+Built by the CLI (`gl-watchdog serve|demo|diagnose ...`) through `load_settings(config_path)`; read by
+the clients (URLs, tokens, timeouts), the intake, the sweeps, the diagnostics and the remediation loop.
+Nothing else reads the environment.
+
+Sources, highest first: keyword arguments to `load_settings`, environment (`GL_WATCHDOG_<NAME>`), the
+optional YAML file, defaults. Secrets can come from mounted files: `orchestrator_token_file`,
+`api_token_file` (one token per line) and `approval_signing_key_file`; a file's contents override the
+plain value. Secrets are `SecretStr`, so they never show up in reprs or logs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
+
+from watchdog.errors import ConfigError
+
+ENV_PREFIX = "GL_WATCHDOG_"
+
+
+class Mode(StrEnum):
+    """Remediation mode: diagnose only, ask for every action, or act where policy allows."""
+
+    OBSERVE = "observe"
+    RECOMMEND = "recommend"
+    AUTO = "auto"
+
+
+class NotifierKind(StrEnum):
+    """Payload format of the approval notifier webhook."""
+
+    SLACK = "slack"
+    JSON = "json"
+
+
+def _default_replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class WatchdogSettings(BaseSettings):
+    """Every setting of the watchdog service (docs/architecture.md, "Ports, paths, settings")."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    # -- service
+    host: str = "127.0.0.1"
+    port: int = Field(default=8081, ge=0, le=65535)
+    database_url: str = "sqlite+aiosqlite:///gl-watchdog.db"
+    replica_id: str = Field(default_factory=_default_replica_id, min_length=1)
+    log_level: str = "INFO"
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+
+    # -- backends
+    redis_url: str | None = None
+    orchestrator_url: str = "http://127.0.0.1:8080"
+    orchestrator_token: SecretStr | None = None
+    orchestrator_token_file: Path | None = None
+    prometheus_url: str | None = None
+    kubernetes_enabled: bool = False
+    kubeconfig: Path | None = None  # unset: in-cluster config, then the default kubeconfig
+    kubernetes_host: str | None = None  # explicit API server URL (tests, kubectl proxy); no auth
+    namespace: str = "greenlang"
+
+    # -- timeouts of calls to outside systems (seconds)
+    orchestrator_timeout_seconds: float = Field(default=10.0, gt=0)
+    prometheus_timeout_seconds: float = Field(default=5.0, gt=0)
+    kubernetes_timeout_seconds: float = Field(default=10.0, gt=0)
+    redis_timeout_seconds: float = Field(default=5.0, gt=0)
+    step_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    # -- the watchdog's own API and approvals
+    api_tokens: list[SecretStr] = Field(default_factory=list)
+    api_token_file: Path | None = None
+    approval_signing_key: SecretStr | None = None
+    approval_signing_key_file: Path | None = None
+    public_url: str | None = None
+    notifier_url: str | None = None
+    notifier_kind: NotifierKind = NotifierKind.SLACK
+    policy_file: Path | None = None  # unset: the shipped default policy
+    mode: Mode = Mode.RECOMMEND
+    approval_ttl_seconds: float = Field(default=900.0, gt=0)
+
+    # -- detection and leadership
+    sweep_interval_seconds: float = Field(default=60.0, gt=0)
+    for_duration_seconds: float = Field(default=600.0, ge=0)
+    leader_ttl_seconds: float = Field(default=30.0, gt=0)
+    heartbeat_grace_seconds: float = Field(default=0.0, ge=0)  # extra age tolerated on a heartbeat
+
+    @model_validator(mode="after")
+    def _read_secret_files(self) -> WatchdogSettings:
+        if self.orchestrator_token_file is not None:
+            token = _read_secret(self.orchestrator_token_file, "orchestrator_token_file")
+            self.orchestrator_token = SecretStr(token)
+        if self.approval_signing_key_file is not None:
+            self.approval_signing_key = SecretStr(
+                _read_secret(self.approval_signing_key_file, "approval_signing_key_file")
+            )
+        if self.api_token_file is not None:
+            text = _read_secret(self.api_token_file, "api_token_file")
+            self.api_tokens = [SecretStr(line.strip()) for line in text.splitlines() if line.strip()]
+        return self
+
+    def api_token_values(self) -> list[str]:
+        """The plain API tokens, for `hmac.compare_digest` (never log them)."""
+        return [token.get_secret_value() for token in self.api_tokens]
+
+    def orchestrator_token_value(self) -> str | None:
+        """The plain orchestrator bearer token, or None when none is configured."""
+        return None if self.orchestrator_token is None else self.orchestrator_token.get_secret_value()
+
+
+def _read_secret(path: Path, field: str) -> str:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"{field}: cannot read {path}: {exc.strerror or exc}") from exc
+    if not text:
+        raise ValueError(f"{field}: {path} is empty")
+    return text
+
+
+def _read_yaml(config_path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {config_path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {config_path} is not valid YAML: {exc}") from exc
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"config file {config_path} must hold a mapping of settings, not {type(raw).__name__}"
+        )
+    return {str(key): value for key, value in raw.items()}
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "settings"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def load_settings(config_path: str | Path | None = None, **overrides: Any) -> WatchdogSettings:
+    """Build the settings from `overrides` > environment > YAML file > defaults.
+
+    Raises ConfigError with every offending field named when anything is invalid.
+    """
+    values: dict[str, Any] = _read_yaml(Path(config_path)) if config_path is not None else {}
+    try:
+        env_values = EnvSettingsSource(WatchdogSettings)()
+    except SettingsError as exc:
+        raise ConfigError(f"invalid {ENV_PREFIX}* environment variable: {exc}") from exc
+    values.update(env_values)
+    values.update(overrides)
+    try:
+        return WatchdogSettings(**values)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid watchdog settings: {_describe(exc)}") from exc
+    except SettingsError as exc:
+        raise ConfigError(f"invalid watchdog settings: {exc}") from exc
