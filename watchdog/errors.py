@@ -23,7 +23,13 @@ JSON) and the CLI (message and non-zero exit).
     ├── KubernetesError(status, reason) the Kubernetes API answered with an error status
     │   └── KubernetesNotFound          404
     ├── LockError                       a Redis lock operation was refused (token mismatch, not held)
-    └── StepTimeout                     a diagnostic step ran over its timeout
+    ├── StepTimeout                     a diagnostic step ran over its timeout
+    ├── PlaybookError                   unknown playbook or invalid playbook params
+    ├── NotifierError                   the notifier webhook could not be reached or refused the message
+    └── ApprovalError                   an approval cannot be answered
+        ├── ApprovalNotFound            no such approval prompt
+        ├── InvalidToken                the link token is malformed, forged, or for another prompt
+        └── ApprovalClosed(state)       expired, already decided, or already used
 """
 
 from __future__ import annotations
@@ -124,3 +130,31 @@ class LockError(WatchdogError):
 
 class StepTimeout(WatchdogError):
     """A diagnostic step ran over its timeout."""
+
+
+class PlaybookError(WatchdogError):
+    """An unknown playbook name, or params a playbook refuses."""
+
+
+class NotifierError(WatchdogError):
+    """The notifier webhook could not be reached, timed out, or answered with an error status."""
+
+
+class ApprovalError(WatchdogError):
+    """An approval prompt cannot be answered."""
+
+
+class ApprovalNotFound(ApprovalError):
+    """No approval prompt with that id."""
+
+
+class InvalidToken(ApprovalError):
+    """The approval link token is malformed, forged, or belongs to another prompt."""
+
+
+class ApprovalClosed(ApprovalError):
+    """The prompt is no longer pending: expired, already decided, or already used."""
+
+    def __init__(self, state: str, detail: str) -> None:
+        super().__init__(detail)
+        self.state = state
