@@ -1,0 +1,333 @@
+"""The orchestrator REST client: every route, its request shape, and every error mapping (respx)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from tests.conftest import free_port
+from watchdog.clients.orchestrator import OrchestratorClient
+from watchdog.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    OrchestratorError,
+    OrchestratorUnavailable,
+    Unauthorized,
+)
+from watchdog.settings import load_settings
+
+BASE = "http://orch.test:8080"
+API = BASE + "/api/v1/orchestrator"
+
+EXECUTION = {
+    "execution_id": "ex-1",
+    "dag_id": "emissions",
+    "dag_version": 1,
+    "status": "running",
+    "created_at": "2026-01-01T00:00:00Z",
+    "started_at": "2026-01-01T00:00:01Z",
+    "completed_at": None,
+    "timeout_seconds": 300,
+    "error": None,
+    "owner": "replica-a",
+    "input_data": {"year": 2025},
+}
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[OrchestratorClient]:
+    async with OrchestratorClient(BASE + "/", "s3cret", timeout=2.0) as c:
+        yield c
+
+
+@pytest.fixture
+def mock() -> respx.MockRouter:
+    with respx.mock(base_url=API, assert_all_called=True) as router:
+        yield router
+
+
+def _body(route: respx.Route) -> Any:
+    return json.loads(route.calls.last.request.content)
+
+
+async def test_list_executions_sends_status_and_token(
+    client: OrchestratorClient, mock: respx.MockRouter
+) -> None:
+    route = mock.get("/executions", params={"status": "running"}).respond(json={"items": [EXECUTION]})
+    items = await client.list_executions()
+    assert [e.execution_id for e in items] == ["ex-1"]
+    assert items[0].started_at is not None and items[0].started_at.year == 2026
+    assert route.calls.last.request.headers["Authorization"] == "Bearer s3cret"
+
+
+async def test_list_executions_filters_by_dag(client: OrchestratorClient, mock: respx.MockRouter) -> None:
+    route = mock.get("/executions").respond(json={"items": []})
+    assert await client.list_executions(status="failed", dag_id="d1") == []
+    assert dict(route.calls.last.request.url.params) == {"status": "failed", "dag_id": "d1"}
+
+
+async def test_get_execution(client: OrchestratorClient, mock: respx.MockRouter) -> None:
+    mock.get("/executions/ex-1").respond(json=EXECUTION)
+    execution = await client.get_execution("ex-1")
+    assert execution.status == "running" and execution.timeout_seconds == 300
+    assert execution.input_data == {"year": 2025}
+
+
+async def test_ids_are_escaped_in_paths(client: OrchestratorClient, mock: respx.MockRouter) -> None:
+    route = mock.get(url__regex=r".*/executions/[^/]+$").respond(json=EXECUTION | {"execution_id": "a/b"})
+    await client.get_execution("a/b")
+    assert route.calls.last.request.url.raw_path.endswith(b"/executions/a%2Fb")
+
+
+async def test_get_trace(client: OrchestratorClient, mock: respx.MockRouter) -> None:
+    mock.get("/executions/ex-1/trace").respond(
+        json={
+            "execution_id": "ex-1",
+            "dag_id": "emissions",
+            "status": "running",
+            "topology_levels": [["intake"], ["calc"]],
+            "node_traces": {
+                "intake": {
+                    "status": "completed",
+                    "duration_ms": 120.0,
+                    "attempt_count": 1,
+                    "agent_id": "a.in",
+                },
+                "calc": {
+                    "status": "running",
+                    "attempt_count": 2,
+                    "agent_id": "a.calc",
+                    "timeout_seconds": 60,
+                },
+            },
+        }
+    )
+    trace = await client.get_trace("ex-1")
+    assert trace.topology_levels == [["intake"], ["calc"]]
+    assert trace.node_traces["calc"].attempt_count == 2
+    assert trace.node_traces["calc"].timeout_seconds == 60
+
+
+async def test_cancel(client: OrchestratorClient, mock: respx.MockRouter) -> None:
+    route = mock.post("/executions/ex-1/cancel").respond(json=EXECUTION | {"status": "cancelled"})
+    assert (await client.cancel("ex-1")).status == "cancelled"
+    assert route.called
+
+
+async def test_resume(client: OrchestratorClient, mock: respx.MockRouter) -> None:
+    mock.post("/executions/ex-1/resume").respond(
+        json={"execution_id": "ex-1", "status": "running", "nodes_skipped": ["a"], "nodes_remaining": ["b"]}
+    )
+    result = await client.resume("ex-1")
+    assert result.nodes_skipped == ["a"] and result.nodes_remaining == ["b"]
+
+
+async def test_get_provenance(client: OrchestratorClient, mock: respx.MockRouter) -> None:
+    mock.get("/executions/ex-1/provenance").respond(
+        json={
+            "execution_id": "ex-1",
+            "chain_valid": False,
+            "chain": [{"seq": 1}],
+            "problems": ["seq 2 broken"],
+        }
+    )
+    provenance = await client.get_provenance("ex-1")
+    assert provenance.chain_valid is False and provenance.problems == ["seq 2 broken"]
+
+
+async def test_get_logs_passes_node_and_limit(client: OrchestratorClient, mock: respx.MockRouter) -> None:
+    route = mock.get("/executions/ex-1/logs").respond(
+        json={
+            "lines": [
+                {"ts": "2026-01-01T00:00:00Z", "level": "WARNING", "message": "waiting", "node_id": "n"}
+            ]
+        }
+    )
+    lines = await client.get_logs("ex-1", node_id="n", limit=50)
+    assert lines[0].message == "waiting"
+    assert dict(route.calls.last.request.url.params) == {"node_id": "n", "limit": "50"}
+
+
+async def test_get_checkpoints(client: OrchestratorClient, mock: respx.MockRouter) -> None:
+    mock.get("/checkpoints/ex-1").respond(
+        json={
+            "execution_id": "ex-1",
+            "checkpoints": [
+                {"node_id": "intake", "status": "completed", "created_at": "2026-01-01T00:00:02Z"}
+            ],
+        }
+    )
+    checkpoints = await client.get_checkpoints("ex-1")
+    assert [c.node_id for c in checkpoints.checkpoints] == ["intake"]
+
+
+async def test_get_metrics(client: OrchestratorClient, mock: respx.MockRouter) -> None:
+    mock.get("/metrics").respond(
+        json={
+            "active_executions": 3,
+            "max_concurrent_executions": 3,
+            "queued_executions": 2,
+            "max_parallel_nodes": 4,
+        }
+    )
+    metrics = await client.get_metrics()
+    assert (metrics.active_executions, metrics.queued_executions) == (3, 2)
+
+
+async def test_register_get_update_dag(client: OrchestratorClient, mock: respx.MockRouter) -> None:
+    dag = {"dag_id": "d1", "version": 1, "nodes": {}}
+    post = mock.post("/dags").respond(201, json=dag)
+    mock.get("/dags/d1").respond(json=dag)
+    patch = {"nodes": {"n": {"timeout_policy": {"timeout_seconds": 300, "on_timeout": "fail"}}}}
+    put = mock.put("/dags/d1").respond(json=dag | {"version": 2})
+    assert await client.register_dag(dag) == dag
+    assert _body(post) == dag
+    assert (await client.get_dag("d1"))["dag_id"] == "d1"
+    assert (await client.update_dag("d1", patch))["version"] == 2
+    assert _body(put) == patch
+
+
+async def test_execute_sends_runbook_options(client: OrchestratorClient, mock: respx.MockRouter) -> None:
+    route = mock.post("/dags/d1/execute").respond(202, json=EXECUTION | {"status": "queued"})
+    execution = await client.execute("d1", {"year": 2025})
+    assert execution.status == "queued"
+    assert _body(route) == {
+        "input_data": {"year": 2025},
+        "execution_options": {"checkpoint_enabled": True, "deterministic_mode": True},
+    }
+
+
+async def test_limits(client: OrchestratorClient, mock: respx.MockRouter) -> None:
+    mock.get("/admin/limits").respond(json={"max_parallel_nodes": 10, "max_concurrent_executions": 50})
+    put = mock.put("/admin/limits").respond(json={"max_parallel_nodes": 5, "max_concurrent_executions": 50})
+    assert (await client.get_limits()).max_concurrent_executions == 50
+    assert (await client.set_limits(max_parallel_nodes=5)).max_parallel_nodes == 5
+    assert _body(put) == {"max_parallel_nodes": 5}
+
+
+async def test_set_limits_needs_a_value(client: OrchestratorClient) -> None:
+    with pytest.raises(ValueError, match="needs"):
+        await client.set_limits()
+
+
+async def test_agents(client: OrchestratorClient, mock: respx.MockRouter) -> None:
+    mock.get("/agents").respond(
+        json={
+            "items": [
+                {"agent_id": "builtin.hang", "kind": "inprocess", "restarts": 1, "running_nodes": ["n"]}
+            ]
+        }
+    )
+    mock.post("/admin/agents/builtin.hang/restart").respond(
+        json={"agent_id": "builtin.hang", "restarts": 2, "interrupted_nodes": ["n"]}
+    )
+    agents = await client.list_agents()
+    assert agents[0].restarts == 1 and agents[0].running_nodes == ["n"]
+    restart = await client.restart_agent("builtin.hang")
+    assert restart.restarts == 2 and restart.interrupted_nodes == ["n"]
+
+
+# -- error mapping -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [
+        (400, BadRequest),
+        (422, BadRequest),
+        (401, Unauthorized),
+        (403, Unauthorized),
+        (404, NotFound),
+        (409, Conflict),
+        (500, OrchestratorError),
+        (418, OrchestratorError),
+    ],
+)
+async def test_error_statuses_map_to_types_with_detail(
+    client: OrchestratorClient, mock: respx.MockRouter, status: int, error_type: type[OrchestratorError]
+) -> None:
+    mock.get("/executions/ex-1").respond(status, json={"error": "some_code", "detail": "what went wrong"})
+    with pytest.raises(error_type) as info:
+        await client.get_execution("ex-1")
+    assert type(info.value) is error_type
+    assert (info.value.status, info.value.detail, info.value.code) == (status, "what went wrong", "some_code")
+
+
+async def test_conflict_on_cancel_of_finished_run(client: OrchestratorClient, mock: respx.MockRouter) -> None:
+    mock.post("/executions/ex-1/cancel").respond(
+        409, json={"error": "conflict", "detail": "already completed"}
+    )
+    with pytest.raises(Conflict, match="already completed"):
+        await client.cancel("ex-1")
+
+
+async def test_non_json_error_body_is_kept_as_detail(
+    client: OrchestratorClient, mock: respx.MockRouter
+) -> None:
+    mock.get("/executions/ex-1").respond(500, text="boom")
+    with pytest.raises(OrchestratorError) as info:
+        await client.get_execution("ex-1")
+    assert info.value.detail == "boom" and info.value.code is None
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+async def test_gateway_errors_mean_unavailable(
+    client: OrchestratorClient, mock: respx.MockRouter, status: int
+) -> None:
+    mock.get("/metrics").respond(status, text="upstream down")
+    with pytest.raises(OrchestratorUnavailable, match=str(status)):
+        await client.get_metrics()
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        httpx.ConnectError("refused"),
+        httpx.ConnectTimeout("slow"),
+        httpx.ReadTimeout("slow"),
+        httpx.ReadError("x"),
+    ],
+)
+async def test_transport_errors_mean_unavailable(
+    client: OrchestratorClient, mock: respx.MockRouter, exc: Exception
+) -> None:
+    mock.get("/executions").mock(side_effect=exc)
+    with pytest.raises(OrchestratorUnavailable) as info:
+        await client.list_executions()
+    assert isinstance(info.value.__cause__, httpx.TransportError)
+
+
+async def test_non_json_success_is_an_error(client: OrchestratorClient, mock: respx.MockRouter) -> None:
+    mock.get("/executions/ex-1/trace").respond(200, text="<html>")
+    with pytest.raises(OrchestratorError, match="not JSON"):
+        await client.get_trace("ex-1")
+
+
+async def test_wrong_shape_is_an_error(client: OrchestratorClient, mock: respx.MockRouter) -> None:
+    mock.get("/executions").respond(json={"executions": []})
+    with pytest.raises(OrchestratorError, match="items"):
+        await client.list_executions()
+
+
+async def test_really_unreachable_server_fails_fast() -> None:
+    async with OrchestratorClient(f"http://127.0.0.1:{free_port()}", None, timeout=1.0) as c:
+        with pytest.raises(OrchestratorUnavailable, match="unreachable"):
+            await c.get_metrics()
+
+
+async def test_from_settings_uses_token_from_file(tmp_path: Any, mock: respx.MockRouter) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("file-token\n")
+    settings = load_settings(
+        orchestrator_url=BASE, orchestrator_token="plain", orchestrator_token_file=token_file
+    )
+    route = mock.get("/metrics").respond(json={})
+    async with OrchestratorClient.from_settings(settings) as c:
+        await c.get_metrics()
+    assert route.calls.last.request.headers["Authorization"] == "Bearer file-token"
