@@ -26,10 +26,15 @@ JSON) and the CLI (message and non-zero exit).
     ├── StepTimeout                     a diagnostic step ran over its timeout
     ├── PlaybookError                   unknown playbook or invalid playbook params
     ├── NotifierError                   the notifier webhook could not be reached or refused the message
-    └── ApprovalError                   an approval cannot be answered
-        ├── ApprovalNotFound            no such approval prompt
-        ├── InvalidToken                the link token is malformed, forged, or for another prompt
-        └── ApprovalClosed(state)       expired, already decided, or already used
+    ├── ApprovalError                   an approval cannot be answered
+    │   ├── ApprovalNotFound            no such approval prompt
+    │   ├── InvalidToken                the link token is malformed, forged, or for another prompt
+    │   └── ApprovalClosed(state)       expired, already decided, or already used
+    ├── StoreError                      the watchdog's database refused a statement or the URL is bad
+    │   └── StoreUnavailable            the database could not be reached (also a BackendUnavailable)
+    └── IncidentError                   an incident operation was refused
+        ├── IncidentNotFound            no incident with that id
+        └── InvalidTransition           the incident is not in a state that allows the change
 """
 
 from __future__ import annotations
@@ -158,3 +163,31 @@ class ApprovalClosed(ApprovalError):
     def __init__(self, state: str, detail: str) -> None:
         super().__init__(detail)
         self.state = state
+
+
+class StoreError(WatchdogError):
+    """The watchdog's database refused a statement, or its URL/driver is not supported."""
+
+
+class StoreUnavailable(StoreError, BackendUnavailable):
+    """The watchdog's database could not be reached."""
+
+    backend = "database"
+
+
+class IncidentError(WatchdogError):
+    """An incident operation was refused."""
+
+
+class IncidentNotFound(IncidentError):
+    """No incident with that id."""
+
+
+class InvalidTransition(IncidentError):
+    """The incident's current status does not allow the requested change."""
+
+    def __init__(self, incident_id: int, current: str | None, target: str, detail: str | None = None) -> None:
+        super().__init__(detail or f"incident {incident_id} is {current}; cannot move it to {target}")
+        self.incident_id = incident_id
+        self.current = current
+        self.target = target
