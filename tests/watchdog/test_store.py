@@ -1,0 +1,193 @@
+"""The watchdog store on SQLite and PostgreSQL: migrations, the one-open-incident constraint, dedup keys."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from watchdog.errors import StoreError, StoreUnavailable
+from watchdog.migrations import latest_version, schema_migrations
+from watchdog.store import Store
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+async def test_open_runs_migrations_once(database_url: str) -> None:
+    clock = FakeClock()
+    store = await Store.open(database_url, clock=clock)
+    await store.close()
+    store = await Store.open(database_url, clock=clock)  # second start: nothing to apply
+    try:
+        async with store.transaction() as tx:
+            versions = [r[0] for r in await tx.conn.execute(sa.select(schema_migrations.c.version))]
+        assert versions == [latest_version()]
+    finally:
+        await store.close()
+
+
+async def test_concurrent_starts_migrate_once(database_url: str) -> None:
+    stores = await asyncio.gather(*(Store.open(database_url) for _ in range(3)))
+    try:
+        async with stores[0].transaction() as tx:
+            count = (
+                await tx.conn.execute(sa.select(sa.func.count()).select_from(schema_migrations))
+            ).scalar()
+        assert count == latest_version()
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_one_open_incident_per_execution(database_url: str) -> None:
+    store = await Store.open(database_url, clock=FakeClock())
+    try:
+        async with store.transaction() as tx:
+            first = await tx.insert_incident(
+                execution_id="e1", dag_id="d", source="alert", detection_source="prometheus"
+            )
+            second = await tx.insert_incident(
+                execution_id="e1", dag_id="d", source="sweep", detection_source="api"
+            )
+            other = await tx.insert_incident(
+                execution_id="e2", dag_id="d", source="sweep", detection_source="api"
+            )
+        assert first is not None and first.status == "open" and first.opened_at == FakeClock().now
+        assert second is None
+        assert other is not None
+        async with store.transaction() as tx:
+            closed = await tx.update_incident(first.id, expected_status=["open"], status="closed")
+            assert closed is not None and not closed.is_open
+            again = await tx.insert_incident(
+                execution_id="e1", dag_id="d", source="alert", detection_source="api"
+            )
+        assert again is not None and again.id != first.id
+        assert [i.id for i in await store.list_incidents(statuses=["open"])] == [again.id, other.id]
+    finally:
+        await store.close()
+
+
+async def test_update_incident_is_compare_and_set(database_url: str) -> None:
+    store = await Store.open(database_url)
+    try:
+        async with store.transaction() as tx:
+            inc = await tx.insert_incident(
+                execution_id="e1", dag_id=None, source="manual", detection_source="api"
+            )
+            assert inc is not None
+            assert await tx.update_incident(inc.id, expected_status=["diagnosing"], status="open") is None
+            moved = await tx.update_incident(
+                inc.id, expected_status=["open"], status="diagnosing", summary="x"
+            )
+        assert moved is not None and moved.status == "diagnosing" and moved.summary == "x"
+    finally:
+        await store.close()
+
+
+async def test_delivery_episode_is_recorded_once(database_url: str) -> None:
+    store = await Store.open(database_url)
+    starts = datetime(2026, 1, 1, 11, 0, tzinfo=UTC)
+    try:
+        async with store.transaction() as tx:
+            first = await tx.insert_delivery(
+                fingerprint="abc", starts_at=starts, alertname="A", execution_id="e1", status="firing"
+            )
+            dup = await tx.insert_delivery(
+                fingerprint="abc", starts_at=starts, alertname="A", execution_id="e1", status="firing"
+            )
+            new_episode = await tx.insert_delivery(
+                fingerprint="abc",
+                starts_at=starts + timedelta(hours=1),
+                alertname="A",
+                execution_id="e1",
+                status="firing",
+            )
+        assert first is not None and dup is None and new_episode is not None
+        assert first.starts_at == starts
+    finally:
+        await store.close()
+
+
+async def test_action_idempotency_key_is_unique(database_url: str) -> None:
+    store = await Store.open(database_url)
+    try:
+        async with store.transaction() as tx:
+            inc = await tx.insert_incident(
+                execution_id="e1", dag_id=None, source="manual", detection_source="api"
+            )
+            assert inc is not None
+            act = await tx.insert_action(
+                incident_id=inc.id, playbook="cancel", step="cancel", idempotency_key="k1"
+            )
+            dup = await tx.insert_action(
+                incident_id=inc.id, playbook="cancel", step="cancel", idempotency_key="k1"
+            )
+            assert act is not None and dup is None
+            done = await tx.finish_action(act.id, "succeeded", {"ok": True})
+            assert done is not None and done.result == {"ok": True}
+            assert await tx.finish_action(act.id, "failed") is None
+    finally:
+        await store.close()
+
+
+async def test_approval_compare_and_set_and_rate_events(database_url: str) -> None:
+    clock = FakeClock()
+    store = await Store.open(database_url, clock=clock)
+    try:
+        async with store.transaction() as tx:
+            inc = await tx.insert_incident(
+                execution_id="e1", dag_id=None, source="manual", detection_source="api"
+            )
+            assert inc is not None
+            appr = await tx.insert_approval(
+                approval_id="ap1",
+                incident_id=inc.id,
+                plan={"playbook": "cancel"},
+                summary="s",
+                token_nonce="n",
+                expires_at=clock.now + timedelta(minutes=15),
+            )
+            assert appr.state == "pending"
+            ok = await tx.update_approval(
+                "ap1", expected_state=["pending"], state="approved", decided_by="me"
+            )
+            assert ok is not None and ok.decided_by == "me"
+            assert await tx.update_approval("ap1", expected_state=["pending"], state="denied") is None
+            await tx.add_rate_event("restart_agent", "a1", clock.now - timedelta(hours=2))
+            await tx.add_rate_event("restart_agent", "a1")
+            assert await tx.count_rate_events("restart_agent", "a1", clock.now - timedelta(hours=1)) == 1
+            assert await tx.prune_rate_events(clock.now - timedelta(hours=1)) == 1
+    finally:
+        await store.close()
+
+
+async def test_naive_datetime_is_refused(sqlite_url: str) -> None:
+    store = await Store.open(sqlite_url)
+    try:
+        with pytest.raises(StoreError):
+            async with store.transaction() as tx:
+                await tx.add_rate_event("k", "x", datetime(2026, 1, 1))
+    finally:
+        await store.close()
+
+
+async def test_unsupported_url_is_a_clear_error() -> None:
+    with pytest.raises(StoreError, match="async driver"):
+        await Store.open("sqlite:///x.db")
+    with pytest.raises(StoreError, match="unsupported"):
+        await Store.open("mysql+aiomysql://u@h/db")
+
+
+async def test_unreachable_postgres_is_store_unavailable() -> None:
+    from tests.conftest import free_port
+
+    with pytest.raises(StoreUnavailable):
+        await Store.open(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x", connect_timeout=2)
