@@ -1,0 +1,306 @@
+"""Run ownership locks: who runs which execution, with fencing tokens and heartbeats.
+
+Where it sits: `service.OrchestratorService` acquires a lock before it starts or resumes an execution,
+renews it while the run is going, and releases it when the run ends; it refreshes its own heartbeat
+on a timer. The watchdog (through Redis, never through this module) reads the same keys to tell a
+live holder from a dead one. Nothing else writes these keys.
+
+Two backends with one interface (`LockBackend`):
+
+- `InProcessLockBackend`: embedded mode (one replica, no Redis). Same semantics, kept in a dict, with
+  an injected clock so TTLs are testable without sleeping.
+- `RedisLockBackend`: production. `gl:orchestrator:lock:<execution_id>` is taken with `SET NX PX`
+  and holds JSON `{"owner", "pod", "token", "acquired_at"}`; `token` is the next value of
+  `INCR gl:orchestrator:fence`. Renewal is a Lua compare-and-pexpire and release a Lua
+  compare-and-delete, both keyed on the token, so a replica never extends or drops a lock it no
+  longer holds. `gl:orchestrator:heartbeat:<replica_id>` holds `{"pod", "at"}` with a TTL.
+
+Every Redis call has socket and connect timeouts; redis-py errors are converted to
+`LockBackendUnavailable` here and never leak further.
+
+Key names live in this module only (`lock_key`, `heartbeat_key`, `FENCE_KEY`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from orchestrator_core.errors import LockBackendUnavailable
+
+LOCK_KEY_PREFIX = "gl:orchestrator:lock:"
+FENCE_KEY = "gl:orchestrator:fence"
+HEARTBEAT_KEY_PREFIX = "gl:orchestrator:heartbeat:"
+
+
+def lock_key(execution_id: str) -> str:
+    """Redis key of the ownership lock of one execution."""
+    return f"{LOCK_KEY_PREFIX}{execution_id}"
+
+
+def heartbeat_key(replica_id: str) -> str:
+    """Redis key of one replica's heartbeat."""
+    return f"{HEARTBEAT_KEY_PREFIX}{replica_id}"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A lock this replica holds: what it needs to renew or release it, and the fencing token."""
+
+    execution_id: str
+    owner: str
+    pod: str
+    token: int
+    acquired_at: str
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"owner": self.owner, "pod": self.pod, "token": self.token, "acquired_at": self.acquired_at},
+            sort_keys=True,
+        )
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """What the lock key says about its current holder."""
+
+    execution_id: str
+    owner: str
+    pod: str
+    token: int
+    acquired_at: str
+    ttl_ms: int | None
+
+
+class LockBackend(Protocol):
+    """Ownership locks and heartbeats; `replica_id`/`pod` name this replica."""
+
+    replica_id: str
+    pod: str
+
+    async def acquire(self, execution_id: str, ttl_seconds: float) -> Lease | None:
+        """Take the lock if free; None when someone else holds it."""
+
+    async def renew(self, lease: Lease, ttl_seconds: float) -> bool:
+        """Extend the TTL if the lock is still ours (same token); False when lost."""
+
+    async def release(self, lease: Lease) -> bool:
+        """Delete the lock if it is still ours; False when it was already gone or taken over."""
+
+    async def holder(self, execution_id: str) -> LockHolder | None:
+        """The current holder, or None when the lock is free."""
+
+    async def heartbeat(self, ttl_seconds: float) -> None:
+        """Refresh this replica's heartbeat key."""
+
+    async def is_alive(self, replica_id: str) -> bool:
+        """True while `replica_id`'s heartbeat key exists."""
+
+    async def ping(self) -> None:
+        """Raise `LockBackendUnavailable` when the backend cannot be reached (readiness)."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+# -- in-process ------------------------------------------------------------------------------------
+
+
+class InProcessLockSpace:
+    """The shared state of in-process locks: one per process (embedded mode has one replica, but
+    several `InProcessLockBackend` views can share a space, e.g. two services in one test)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.fence = 0
+        self.locks: dict[str, tuple[Lease, float]] = {}
+        self.heartbeats: dict[str, float] = {}
+
+
+class InProcessLockBackend:
+    """Embedded mode: locks in an `InProcessLockSpace`, expiring on its injected monotonic clock."""
+
+    def __init__(self, replica_id: str, pod: str, space: InProcessLockSpace | None = None) -> None:
+        self.replica_id = replica_id
+        self.pod = pod
+        self._space = space or InProcessLockSpace()
+        self._clock = self._space.clock
+        self._locks = self._space.locks
+        self._heartbeats = self._space.heartbeats
+
+    def _live(self, execution_id: str) -> tuple[Lease, float] | None:
+        entry = self._locks.get(execution_id)
+        if entry is not None and entry[1] <= self._clock():
+            del self._locks[execution_id]
+            return None
+        return entry
+
+    async def acquire(self, execution_id: str, ttl_seconds: float) -> Lease | None:
+        if self._live(execution_id) is not None:
+            return None
+        self._space.fence += 1
+        lease = Lease(execution_id, self.replica_id, self.pod, self._space.fence, _iso(datetime.now(UTC)))
+        self._locks[execution_id] = (lease, self._clock() + ttl_seconds)
+        return lease
+
+    async def renew(self, lease: Lease, ttl_seconds: float) -> bool:
+        entry = self._live(lease.execution_id)
+        if entry is None or entry[0].token != lease.token:
+            return False
+        self._locks[lease.execution_id] = (entry[0], self._clock() + ttl_seconds)
+        return True
+
+    async def release(self, lease: Lease) -> bool:
+        entry = self._live(lease.execution_id)
+        if entry is None or entry[0].token != lease.token:
+            return False
+        del self._locks[lease.execution_id]
+        return True
+
+    async def holder(self, execution_id: str) -> LockHolder | None:
+        entry = self._live(execution_id)
+        if entry is None:
+            return None
+        lease, expires = entry
+        ttl_ms = int((expires - self._clock()) * 1000)
+        return LockHolder(execution_id, lease.owner, lease.pod, lease.token, lease.acquired_at, ttl_ms)
+
+    async def heartbeat(self, ttl_seconds: float) -> None:
+        self._heartbeats[self.replica_id] = self._clock() + ttl_seconds
+
+    async def is_alive(self, replica_id: str) -> bool:
+        expires = self._heartbeats.get(replica_id)
+        return expires is not None and expires > self._clock()
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+# -- Redis -----------------------------------------------------------------------------------------
+
+# KEYS[1] = lock key; ARGV[1] = expected token; ARGV[2] = TTL in ms.
+_RENEW_LUA = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local ok, value = pcall(cjson.decode, raw)
+if not ok or tostring(value['token']) ~= ARGV[1] then return 0 end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
+
+# KEYS[1] = lock key; ARGV[1] = expected token.
+_RELEASE_LUA = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local ok, value = pcall(cjson.decode, raw)
+if not ok or tostring(value['token']) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
+
+
+class RedisLockBackend:
+    """Production: locks and heartbeats in Redis, every call bounded by `timeout_seconds`."""
+
+    def __init__(self, url: str, replica_id: str, pod: str, timeout_seconds: float = 2.0) -> None:
+        self.replica_id = replica_id
+        self.pod = pod
+        self._redis: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout_seconds,
+            socket_connect_timeout=timeout_seconds,
+            decode_responses=True,
+        )
+        self._renew = self._redis.register_script(_RENEW_LUA)
+        self._release = self._redis.register_script(_RELEASE_LUA)
+
+    async def acquire(self, execution_id: str, ttl_seconds: float) -> Lease | None:
+        try:
+            key = lock_key(execution_id)
+            if await self._redis.exists(key):
+                return None
+            token = int(await self._redis.incr(FENCE_KEY))
+            lease = Lease(execution_id, self.replica_id, self.pod, token, _iso(datetime.now(UTC)))
+            taken = await self._redis.set(key, lease.to_json(), nx=True, px=_ms(ttl_seconds))
+        except RedisError as exc:
+            raise LockBackendUnavailable(f"redis lock acquire failed: {exc}") from exc
+        return lease if taken else None
+
+    async def renew(self, lease: Lease, ttl_seconds: float) -> bool:
+        try:
+            result = await self._renew(
+                keys=[lock_key(lease.execution_id)], args=[lease.token, _ms(ttl_seconds)]
+            )
+        except RedisError as exc:
+            raise LockBackendUnavailable(f"redis lock renew failed: {exc}") from exc
+        return bool(result)
+
+    async def release(self, lease: Lease) -> bool:
+        try:
+            result = await self._release(keys=[lock_key(lease.execution_id)], args=[lease.token])
+        except RedisError as exc:
+            raise LockBackendUnavailable(f"redis lock release failed: {exc}") from exc
+        return bool(result)
+
+    async def holder(self, execution_id: str) -> LockHolder | None:
+        key = lock_key(execution_id)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.get(key)
+                pipe.pttl(key)
+                raw, pttl = await pipe.execute()
+        except RedisError as exc:
+            raise LockBackendUnavailable(f"redis lock read failed: {exc}") from exc
+        if raw is None:
+            return None
+        try:
+            value = json.loads(raw)
+            return LockHolder(
+                execution_id,
+                str(value["owner"]),
+                str(value.get("pod", "")),
+                int(value["token"]),
+                str(value.get("acquired_at", "")),
+                int(pttl) if int(pttl) >= 0 else None,
+            )
+        except (ValueError, KeyError, TypeError):
+            # Not written by us: report it as held by an unknown owner rather than as free.
+            return LockHolder(execution_id, "unknown", "", -1, "", int(pttl) if int(pttl) >= 0 else None)
+
+    async def heartbeat(self, ttl_seconds: float) -> None:
+        value = json.dumps({"pod": self.pod, "at": _iso(datetime.now(UTC))})
+        try:
+            await self._redis.set(heartbeat_key(self.replica_id), value, px=_ms(ttl_seconds))
+        except RedisError as exc:
+            raise LockBackendUnavailable(f"redis heartbeat failed: {exc}") from exc
+
+    async def is_alive(self, replica_id: str) -> bool:
+        try:
+            return bool(await self._redis.exists(heartbeat_key(replica_id)))
+        except RedisError as exc:
+            raise LockBackendUnavailable(f"redis heartbeat read failed: {exc}") from exc
+
+    async def ping(self) -> None:
+        try:
+            await self._redis.ping()  # type: ignore[misc]  # redis-py types ping as sync|async
+        except RedisError as exc:
+            raise LockBackendUnavailable(f"redis ping failed: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))

@@ -1,0 +1,184 @@
+"""Ownership locks: the same behaviour from the in-process backend and from real Redis."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from orchestrator_core.errors import LockBackendUnavailable
+from orchestrator_core.locks import (
+    FENCE_KEY,
+    InProcessLockBackend,
+    InProcessLockSpace,
+    LockBackend,
+    RedisLockBackend,
+    heartbeat_key,
+    lock_key,
+)
+from tests.conftest import free_port
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["inprocess", "redis"])
+async def backends(request: pytest.FixtureRequest) -> AsyncIterator[tuple[LockBackend, LockBackend]]:
+    """Two replicas' backends sharing one lock space."""
+    if request.param == "inprocess":
+        space = InProcessLockSpace()
+        yield InProcessLockBackend("r1", "pod-1", space), InProcessLockBackend("r2", "pod-2", space)
+        return
+    url = request.getfixturevalue("redis_url")
+    one = RedisLockBackend(url, "r1", "pod-1")
+    two = RedisLockBackend(url, "r2", "pod-2")
+    try:
+        yield one, two
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_only_one_replica_acquires(backends: tuple[LockBackend, LockBackend]) -> None:
+    one, two = backends
+    lease = await one.acquire("e1", 10)
+    assert lease is not None and lease.owner == "r1" and lease.pod == "pod-1"
+    assert await two.acquire("e1", 10) is None
+    holder = await two.holder("e1")
+    assert holder is not None and holder.owner == "r1" and holder.token == lease.token
+
+
+async def test_fencing_tokens_increase(backends: tuple[LockBackend, LockBackend]) -> None:
+    one, two = backends
+    first = await one.acquire("e1", 10)
+    assert first is not None
+    assert await one.release(first)
+    second = await two.acquire("e1", 10)
+    assert second is not None and second.token > first.token
+
+
+async def test_renew_and_release_only_by_holder(backends: tuple[LockBackend, LockBackend]) -> None:
+    one, two = backends
+    first = await one.acquire("e1", 10)
+    assert first is not None
+    assert await one.release(first)
+    second = await two.acquire("e1", 10)
+    assert second is not None
+    # The old lease can neither extend nor drop the new holder's lock.
+    assert not await one.renew(first, 10)
+    assert not await one.release(first)
+    assert (await two.holder("e1")).owner == "r2"  # type: ignore[union-attr]
+    assert await two.renew(second, 10)
+    assert await two.release(second)
+    assert await one.holder("e1") is None
+
+
+async def test_heartbeat_marks_replica_alive(backends: tuple[LockBackend, LockBackend]) -> None:
+    one, two = backends
+    assert not await two.is_alive("r1")
+    await one.heartbeat(10)
+    assert await two.is_alive("r1")
+
+
+async def test_inprocess_lock_expires_after_ttl() -> None:
+    clock = FakeClock()
+    backend = InProcessLockBackend("r1", "pod-1", InProcessLockSpace(clock))
+    lease = await backend.acquire("e1", 5)
+    assert lease is not None
+    clock.now += 4
+    assert await backend.renew(lease, 5)
+    clock.now += 4.9
+    assert (await backend.holder("e1")) is not None
+    clock.now += 0.2
+    assert await backend.holder("e1") is None
+    assert not await backend.renew(lease, 5)
+    assert await backend.acquire("e1", 5) is not None
+
+
+async def test_inprocess_heartbeat_expires() -> None:
+    clock = FakeClock()
+    backend = InProcessLockBackend("r1", "pod-1", InProcessLockSpace(clock))
+    await backend.heartbeat(3)
+    assert await backend.is_alive("r1")
+    clock.now += 3.1
+    assert not await backend.is_alive("r1")
+
+
+@pytest.mark.redis
+async def test_redis_keys_values_and_ttls(redis_url: str) -> None:
+    backend = RedisLockBackend(redis_url, "r1", "pod-1")
+    raw = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=2)
+    try:
+        lease = await backend.acquire("exec-42", 7)
+        assert lease is not None
+        value = json.loads(await raw.get("gl:orchestrator:lock:exec-42"))
+        assert value == {
+            "owner": "r1",
+            "pod": "pod-1",
+            "token": lease.token,
+            "acquired_at": lease.acquired_at,
+        }
+        assert lease.acquired_at.endswith("Z")
+        assert 0 < await raw.pttl(lock_key("exec-42")) <= 7000
+        assert int(await raw.get(FENCE_KEY)) == lease.token
+        await backend.heartbeat(9)
+        beat = json.loads(await raw.get("gl:orchestrator:heartbeat:r1"))
+        assert beat["pod"] == "pod-1" and beat["at"].endswith("Z")
+        assert 0 < await raw.pttl(heartbeat_key("r1")) <= 9000
+        holder = await backend.holder("exec-42")
+        assert holder is not None and holder.ttl_ms is not None and 0 < holder.ttl_ms <= 7000
+    finally:
+        await backend.close()
+        await raw.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_lock_expires_and_can_be_taken_over(redis_url: str) -> None:
+    one = RedisLockBackend(redis_url, "r1", "pod-1")
+    two = RedisLockBackend(redis_url, "r2", "pod-2")
+    raw = aioredis.Redis.from_url(redis_url, socket_timeout=2)
+    try:
+        lease = await one.acquire("e1", 30)
+        assert lease is not None
+        await raw.delete(lock_key("e1"))  # as if the TTL ran out (the holder died)
+        taken = await two.acquire("e1", 30)
+        assert taken is not None and taken.owner == "r2"
+        holder = await two.holder("e1")
+        assert holder is not None and holder.owner == "r2"
+        assert not await one.renew(lease, 30)
+    finally:
+        await one.close()
+        await two.close()
+        await raw.aclose()
+
+
+@pytest.mark.redis
+async def test_foreign_lock_value_is_reported_as_held(redis_url: str) -> None:
+    backend = RedisLockBackend(redis_url, "r1", "pod-1")
+    raw = aioredis.Redis.from_url(redis_url, socket_timeout=2)
+    try:
+        await raw.set(lock_key("e1"), "not json")
+        holder = await backend.holder("e1")
+        assert holder is not None and holder.owner == "unknown"
+        assert await backend.acquire("e1", 5) is None
+    finally:
+        await backend.close()
+        await raw.aclose()
+
+
+async def test_unreachable_redis_raises_typed_error() -> None:
+    backend = RedisLockBackend(f"redis://127.0.0.1:{free_port()}/0", "r1", "pod-1", timeout_seconds=0.5)
+    try:
+        with pytest.raises(LockBackendUnavailable):
+            await backend.ping()
+        with pytest.raises(LockBackendUnavailable):
+            await backend.acquire("e1", 5)
+    finally:
+        await backend.close()
