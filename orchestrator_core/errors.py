@@ -1,0 +1,145 @@
+"""Exception tree of `orchestrator_core`.
+
+Every module of the package raises these types; outside libraries' exceptions (SQLAlchemy, asyncpg,
+aiosqlite, PyYAML, pydantic) are converted at the module that called them (`raise ... from exc`), so
+callers — the service, the REST API, the CLI — handle one tree. The API maps them to HTTP statuses
+(the `http_status` class attribute is the suggested mapping)::
+
+    OrchestratorError                      base of everything below (500)
+    ├── ConfigError                        settings or config file invalid (CLI exit 2)
+    ├── DagValidationError                 invalid DAG; `.problems` = [(field path, message)] (400)
+    ├── NotFound                           (404)
+    │   ├── DagNotFound
+    │   ├── ExecutionNotFound
+    │   └── AgentNotFound
+    ├── InvalidState                       operation not allowed in the run's current status (409)
+    ├── StaleFencingToken                  a write carried a fencing token that is no longer current (409)
+    ├── StoreError                         the database failed or timed out (503)
+    │   └── CheckpointError                a checkpoint save failed (retried by the executor)
+    ├── LockBackendUnavailable             the lock backend (Redis) failed or timed out (503)
+    ├── AgentError                         an agent attempt failed, not retryable unless named (500)
+    │   ├── AgentOutputError               the agent returned something that is not JSON
+    │   └── RetryableAgentError            always retryable within `max_retries`
+    │       └── AgentRestarted             the agent worker was restarted under a running attempt
+    └── NodeTimeout                        a node attempt exceeded `timeout_policy.timeout_seconds`
+                                           (also a builtin `TimeoutError`, so a retry policy naming
+                                           `TimeoutError` retries it)
+
+Agent code may raise any exception; the executor records `type(exc).__name__` and matches retry
+policies against the names of the exception's class hierarchy (see `policies.is_retryable`).
+"""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """Base of every error raised by `orchestrator_core`."""
+
+    http_status = 500
+    code = "internal_error"
+
+
+class ConfigError(OrchestratorError):
+    """Settings or the YAML configuration file are invalid."""
+
+    code = "config_error"
+
+
+class DagValidationError(OrchestratorError):
+    """A DAG definition is invalid.
+
+    `problems` lists `(field, message)` pairs; `field` is a dotted path into the DAG document, e.g.
+    `nodes.scope2.retry_policy.strategy` or `nodes.a.depends_on`.
+    """
+
+    http_status = 400
+    code = "invalid_dag"
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        if not problems:
+            problems = [("", "invalid DAG")]
+        self.problems = list(problems)
+        text = "; ".join(f"{field}: {message}" if field else message for field, message in problems)
+        super().__init__(text)
+
+    @property
+    def field(self) -> str:
+        """The field path of the first problem."""
+        return self.problems[0][0]
+
+
+class NotFound(OrchestratorError):
+    """Something named by the caller does not exist."""
+
+    http_status = 404
+    code = "not_found"
+
+
+class DagNotFound(NotFound):
+    """No DAG with that id (or version) is registered."""
+
+
+class ExecutionNotFound(NotFound):
+    """No execution with that id exists."""
+
+
+class AgentNotFound(NotFound):
+    """No agent with that id is registered."""
+
+
+class InvalidState(OrchestratorError):
+    """The operation is not allowed in the execution's current status (e.g. resume a running run)."""
+
+    http_status = 409
+    code = "invalid_state"
+
+
+class StaleFencingToken(OrchestratorError):
+    """A write carried a fencing token older than the execution's current one: another owner took over."""
+
+    http_status = 409
+    code = "stale_fencing_token"
+
+
+class StoreError(OrchestratorError):
+    """The database failed, was unreachable, or did not answer in time."""
+
+    http_status = 503
+    code = "store_unavailable"
+
+
+class CheckpointError(StoreError):
+    """Saving a checkpoint failed. The executor retries with backoff and does not advance meanwhile."""
+
+    code = "checkpoint_error"
+
+
+class LockBackendUnavailable(OrchestratorError):
+    """The ownership-lock backend (Redis) failed, was unreachable, or did not answer in time."""
+
+    http_status = 503
+    code = "lock_backend_unavailable"
+
+
+class AgentError(OrchestratorError):
+    """An agent attempt failed. Not retried unless the retry policy names the class (or a base)."""
+
+    code = "agent_error"
+
+
+class AgentOutputError(AgentError):
+    """An agent returned a value that cannot be stored as JSON."""
+
+
+class RetryableAgentError(AgentError):
+    """An agent failure that the retry policy retries (up to `max_retries`) whatever its names."""
+
+
+class AgentRestarted(RetryableAgentError):
+    """The agent worker was restarted while this attempt was running; the attempt is retried."""
+
+
+class NodeTimeout(OrchestratorError, TimeoutError):
+    """A node attempt exceeded its `timeout_policy.timeout_seconds`."""
+
+    code = "node_timeout"

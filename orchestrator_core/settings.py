@@ -1,0 +1,118 @@
+"""`OrchestratorSettings`: the one configuration model of the orchestrator service.
+
+Where it sits: built once at start-up (`load_settings`, called by `cli.py`) and passed down to the
+service, the engine and the API; nothing in `orchestrator_core` reads `os.environ` elsewhere.
+
+Sources, highest priority first: environment variables `GL_ORCHESTRATOR_<NAME>`, then the optional YAML
+file (`--config FILE`), then the defaults below. Environment wins over the file so that the runbook's
+`kubectl set env ... GL_ORCHESTRATOR_MAX_PARALLEL_NODES=5` works even when a config file is mounted.
+List values from the environment are JSON (`GL_ORCHESTRATOR_API_TOKENS='["t1","t2"]'`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from orchestrator_core.errors import ConfigError
+
+
+def _default_replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class OrchestratorSettings(BaseSettings):
+    """Settings of one orchestrator replica (see docs/architecture.md "Ports, paths, settings")."""
+
+    model_config = SettingsConfigDict(env_prefix="GL_ORCHESTRATOR_", extra="forbid", validate_default=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    database_url: str = "sqlite+aiosqlite:///gl-orchestrator.db"
+    redis_url: str | None = None
+    api_tokens: list[SecretStr] = Field(default_factory=list)
+    api_token_file: Path | None = None
+    max_parallel_nodes: int = Field(10, ge=1, le=10_000)
+    max_concurrent_executions: int = Field(50, ge=1, le=100_000)
+    replica_id: str = Field(default_factory=_default_replica_id, min_length=1)
+    pod_name: str | None = None
+    namespace: str = "greenlang"
+    lock_ttl_seconds: float = Field(15.0, gt=0)
+    heartbeat_ttl_seconds: float = Field(15.0, gt=0)
+    agent_url_template: str = "http://{agent_id}.{namespace}.svc:8080/run"
+    http_agents: list[str] = Field(default_factory=list)
+    otlp_endpoint: str | None = None
+    shutdown_grace_seconds: float = Field(20.0, ge=0)
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # Engine and store tuning (added by the engine; documented in docs/architecture.md).
+    db_pool_size: int = Field(5, ge=1, le=200)
+    db_max_overflow: int = Field(10, ge=0, le=1000)
+    db_timeout_seconds: float = Field(10.0, gt=0)
+    checkpoint_retry_base_delay: float = Field(0.1, ge=0)
+    checkpoint_retry_max_delay: float = Field(5.0, ge=0)
+
+    def resolved_api_tokens(self) -> list[str]:
+        """The accepted bearer tokens: `api_tokens` plus one token per non-empty line of `api_token_file`.
+
+        Raises `ConfigError` when the token file cannot be read. Never log the result.
+        """
+        tokens = [token.get_secret_value() for token in self.api_tokens if token.get_secret_value()]
+        if self.api_token_file is not None:
+            try:
+                text = self.api_token_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                message = f"cannot read api_token_file {self.api_token_file}: {exc.strerror}"
+                raise ConfigError(message) from exc
+            tokens.extend(line.strip() for line in text.splitlines() if line.strip())
+        return tokens
+
+
+def _read_yaml(config_path: Path) -> dict[str, Any]:
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {config_path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {config_path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        raise ConfigError(f"config file {config_path} must hold a mapping of settings, not {kind}")
+    return data
+
+
+def _describe(exc: ValidationError, origin: str) -> str:
+    parts = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "(root)"
+        parts.append(f"{field}: {error['msg']}")
+    return f"invalid orchestrator settings ({origin}): " + "; ".join(parts)
+
+
+def load_settings(config_path: Path | str | None = None) -> OrchestratorSettings:
+    """Build the settings from the environment and, when given, a YAML file (environment wins).
+
+    Raises `ConfigError` with a message naming the bad field or the unreadable file.
+    """
+    try:
+        from_env = OrchestratorSettings()
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, "environment")) from exc
+    if config_path is None:
+        return from_env
+    file_values = _read_yaml(Path(config_path))
+    merged = {**file_values, **{name: getattr(from_env, name) for name in from_env.model_fields_set}}
+    try:
+        return OrchestratorSettings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, f"file {config_path}")) from exc
