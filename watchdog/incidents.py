@@ -1,0 +1,313 @@
+"""Incidents: open-or-join by execution id, state transitions, close; every change audited.
+
+Called by the intake (`watchdog.intake`, firing/resolved alerts), the sweeps (`watchdog.sweeps`), the
+API/CLI (`diagnose`), the diagnosis job (`watchdog.app`) and the remediation loop. Uses the store
+(`watchdog.store`) only; each operation is one transaction, in which the incident row and its audit
+entry are written together.
+
+At most one incident is open per execution id. That is the store's partial unique index, not a
+check-then-insert: `open_or_join` inserts with ON CONFLICT DO NOTHING and, when it loses, joins the
+incident that won — so two replicas (or two deliveries) racing to open both end up on the same row.
+
+Statuses and the moves allowed between them:
+
+    open ──▶ diagnosing ──▶ open (diagnosed, nothing to do yet)
+      │          │      └─▶ awaiting_approval ──▶ remediating ──▶ verifying ──▶ resolved
+      │          │                 │                  │              │     └─▶ escalated
+      └──────────┴─────────────────┴──▶ closed         └──────────────┴──▶ escalated
+    (resolved, escalated and closed are terminal)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from watchdog.errors import IncidentNotFound, InvalidTransition
+from watchdog.metrics import WatchdogMetrics
+from watchdog.migrations import TERMINAL_INCIDENT_STATUSES
+from watchdog.store import Action, Approval, AuditEntry, Incident, Store, Tx
+
+TRANSITIONS: Final[dict[str, frozenset[str]]] = {
+    "open": frozenset({"diagnosing", "awaiting_approval", "remediating", "resolved", "escalated", "closed"}),
+    "diagnosing": frozenset({"open", "awaiting_approval", "remediating", "resolved", "escalated", "closed"}),
+    "awaiting_approval": frozenset({"open", "diagnosing", "remediating", "escalated", "closed"}),
+    "remediating": frozenset({"verifying", "resolved", "escalated"}),
+    "verifying": frozenset({"remediating", "resolved", "escalated"}),
+    "resolved": frozenset(),
+    "escalated": frozenset(),
+    "closed": frozenset(),
+}
+# Statuses in which nothing has been done to the execution yet: a resolved alert may close these.
+NOT_ACTED_STATUSES: Final = frozenset({"open", "diagnosing", "awaiting_approval"})
+TERMINAL: Final = frozenset(TERMINAL_INCIDENT_STATUSES)
+
+
+@dataclass(frozen=True)
+class OpenResult:
+    """What `open_or_join` did: the incident, and whether this call created it."""
+
+    incident: Incident
+    created: bool
+
+
+@dataclass(frozen=True)
+class IncidentDetail:
+    """An incident with everything recorded about it (the API's `GET /incidents/{id}`)."""
+
+    incident: Incident
+    actions: list[Action]
+    approvals: list[Approval]
+    audit: list[AuditEntry]
+
+
+async def open_or_join_in(
+    tx: Tx,
+    execution_id: str,
+    *,
+    dag_id: str | None,
+    source: str,
+    detection_source: str,
+    actor: str,
+    summary: str | None = None,
+    audit_join: bool = True,
+    data: Mapping[str, Any] | None = None,
+) -> OpenResult:
+    """Open an incident for `execution_id`, or join the one already open, inside `tx`.
+
+    Audits `incident_opened` (or `incident_joined` when `audit_join`). Retries a few times if the
+    winner of a race was closed between our conflict and our read.
+    """
+    extra = dict(data or {})
+    for _ in range(5):
+        created = await tx.insert_incident(
+            execution_id=execution_id,
+            dag_id=dag_id,
+            source=source,
+            detection_source=detection_source,
+            summary=summary,
+        )
+        if created is not None:
+            await tx.add_audit(
+                created.id,
+                "incident_opened",
+                actor=actor,
+                data={
+                    "execution_id": execution_id,
+                    "source": source,
+                    "detection_source": detection_source,
+                    **extra,
+                },
+            )
+            return OpenResult(created, True)
+        existing = await tx.get_open_incident(execution_id)
+        if existing is not None:
+            if audit_join:
+                await tx.add_audit(
+                    existing.id,
+                    "incident_joined",
+                    actor=actor,
+                    data={"source": source, "detection_source": detection_source, **extra},
+                )
+            return OpenResult(existing, False)
+    raise InvalidTransition(0, None, "open", f"could not open or join an incident for {execution_id!r}")
+
+
+async def transition_in(
+    tx: Tx,
+    incident_id: int,
+    to: str,
+    *,
+    actor: str,
+    reason: str,
+    expected: Collection[str] | None = None,
+    data: Mapping[str, Any] | None = None,
+    **values: Any,
+) -> Incident:
+    """Move an incident to `to` (checked against TRANSITIONS and `expected`), audited, inside `tx`.
+
+    `values` are other columns to set in the same update (summary, plan, verification...). Raises
+    IncidentNotFound, or InvalidTransition when the move is not allowed from the current status.
+    """
+    current = await tx.get_incident(incident_id)
+    if current is None:
+        raise IncidentNotFound(f"no incident {incident_id}")
+    if expected is not None and current.status not in expected:
+        raise InvalidTransition(incident_id, current.status, to)
+    if to not in TRANSITIONS.get(current.status, frozenset()):
+        raise InvalidTransition(incident_id, current.status, to)
+    if to in TERMINAL:
+        values.setdefault("closed_at", tx.clock())
+    updated = await tx.update_incident(incident_id, expected_status=[current.status], status=to, **values)
+    if updated is None:  # changed under us between the read and the update
+        raise InvalidTransition(
+            incident_id, current.status, to, f"incident {incident_id} changed concurrently"
+        )
+    await tx.add_audit(
+        incident_id,
+        "state",
+        actor=actor,
+        data={"from": current.status, "to": to, "reason": reason, **dict(data or {})},
+    )
+    return updated
+
+
+class IncidentService:
+    """Incident operations, one transaction each, with the open-incidents gauge kept current."""
+
+    def __init__(self, store: Store, metrics: WatchdogMetrics | None = None) -> None:
+        self.store = store
+        self.metrics = metrics
+
+    async def open_or_join(
+        self,
+        execution_id: str,
+        *,
+        dag_id: str | None,
+        source: str,
+        detection_source: str,
+        actor: str = "watchdog",
+        summary: str | None = None,
+        audit_join: bool = True,
+    ) -> OpenResult:
+        """Open the incident of `execution_id` or join the open one (idempotent under concurrency)."""
+        async with self.store.transaction() as tx:
+            result = await open_or_join_in(
+                tx,
+                execution_id,
+                dag_id=dag_id,
+                source=source,
+                detection_source=detection_source,
+                actor=actor,
+                summary=summary,
+                audit_join=audit_join,
+            )
+        if result.created:
+            self.opened(source)
+        await self.refresh_gauge()
+        return result
+
+    async def transition(
+        self,
+        incident_id: int,
+        to: str,
+        *,
+        actor: str,
+        reason: str,
+        expected: Collection[str] | None = None,
+        data: Mapping[str, Any] | None = None,
+        **values: Any,
+    ) -> Incident:
+        """Move an incident to `to`; see `transition_in`."""
+        async with self.store.transaction() as tx:
+            incident = await transition_in(
+                tx, incident_id, to, actor=actor, reason=reason, expected=expected, data=data, **values
+            )
+        if to in TERMINAL:
+            await self.refresh_gauge()
+        return incident
+
+    async def close_if_not_acted(self, incident_id: int, *, actor: str, reason: str) -> Incident:
+        """Close an incident that has not acted yet (no action recorded, not remediating/verifying).
+
+        Pending approval prompts of the incident expire with it. Raises InvalidTransition when the
+        incident has acted or is already finished, IncidentNotFound when it does not exist.
+        """
+        async with self.store.transaction() as tx:
+            incident = await close_if_not_acted_in(tx, incident_id, actor=actor, reason=reason)
+        await self.refresh_gauge()
+        return incident
+
+    async def record(
+        self,
+        incident_id: int | None,
+        kind: str,
+        *,
+        phase: str = "after",
+        actor: str = "watchdog",
+        data: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Append an audit entry (a step, a note) without changing the incident."""
+        async with self.store.transaction() as tx:
+            await tx.add_audit(incident_id, kind, phase=phase, actor=actor, data=data)
+
+    async def update(
+        self, incident_id: int, *, kind: str, actor: str, data: Mapping[str, Any] | None = None, **values: Any
+    ) -> Incident:
+        """Set columns (diagnosis, plan, verification, summary) without a status change, audited."""
+        async with self.store.transaction() as tx:
+            incident = await tx.update_incident(incident_id, **values)
+            if incident is None:
+                raise IncidentNotFound(f"no incident {incident_id}")
+            await tx.add_audit(
+                incident_id, kind, actor=actor, data={"fields": sorted(values), **dict(data or {})}
+            )
+        return incident
+
+    async def get(self, incident_id: int) -> Incident:
+        """The incident, or IncidentNotFound."""
+        incident = await self.store.get_incident(incident_id)
+        if incident is None:
+            raise IncidentNotFound(f"no incident {incident_id}")
+        return incident
+
+    async def detail(self, incident_id: int) -> IncidentDetail:
+        """The incident with its actions, approvals and audit log."""
+        async with self.store.transaction() as tx:
+            incident = await tx.get_incident(incident_id)
+            if incident is None:
+                raise IncidentNotFound(f"no incident {incident_id}")
+            return IncidentDetail(
+                incident=incident,
+                actions=await tx.list_actions(incident_id=incident_id),
+                approvals=await tx.list_approvals(incident_id=incident_id),
+                audit=await tx.list_audit(incident_id),
+            )
+
+    def opened(self, source: str) -> None:
+        """Count an incident opened (for callers that opened one inside their own transaction)."""
+        if self.metrics is not None:
+            self.metrics.incidents_opened.labels(source=source).inc()
+
+    async def refresh_gauge(self) -> None:
+        """Set `gl_watchdog_open_incidents` from the store."""
+        if self.metrics is None:
+            return
+        async with self.store.transaction() as tx:
+            self.metrics.open_incidents.set(await tx.count_open_incidents())
+
+
+async def close_if_not_acted_in(tx: Tx, incident_id: int, *, actor: str, reason: str) -> Incident:
+    """`IncidentService.close_if_not_acted` inside an open transaction."""
+    incident = await tx.get_incident(incident_id)
+    if incident is None:
+        raise IncidentNotFound(f"no incident {incident_id}")
+    if incident.status not in NOT_ACTED_STATUSES:
+        raise InvalidTransition(
+            incident_id,
+            incident.status,
+            "closed",
+            f"incident {incident_id} is {incident.status}; not closing it",
+        )
+    if await tx.list_actions(incident_id=incident_id):
+        raise InvalidTransition(
+            incident_id,
+            incident.status,
+            "closed",
+            f"incident {incident_id} has already acted; not closing it",
+        )
+    for approval in await tx.list_approvals(states=["pending"], incident_id=incident_id):
+        expired = await tx.update_approval(
+            approval.id, expected_state=["pending"], state="expired", decided_at=tx.clock(), decided_by=actor
+        )
+        if expired is not None:
+            await tx.add_audit(
+                incident_id,
+                "approval_expired",
+                actor=actor,
+                data={"approval_id": approval.id, "reason": reason},
+            )
+    return await transition_in(
+        tx, incident_id, "closed", actor=actor, reason=reason, expected=NOT_ACTED_STATUSES
+    )

@@ -1,0 +1,92 @@
+"""The watchdog's own Prometheus metrics (`gl_watchdog_*`), one CollectorRegistry per service instance.
+
+Built by `watchdog.app.WatchdogApp`; updated by the intake (alerts received), incidents (opened, open
+count), the diagnosis job (diagnoses, duration, per-step outcomes), the sweeps (sweeps, leadership) and
+the remediation side (remediations, approvals); served by `GET /metrics` in `watchdog.api`. Names come
+from `watchdog.constants` (docs/architecture.md, "Metrics").
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from watchdog.constants import (
+    W_ALERTS_RECEIVED,
+    W_APPROVALS,
+    W_DIAGNOSES,
+    W_DIAGNOSIS_DURATION,
+    W_DIAGNOSTIC_STEPS,
+    W_INCIDENTS_OPENED,
+    W_IS_LEADER,
+    W_OPEN_INCIDENTS,
+    W_PENDING_APPROVALS,
+    W_REMEDIATIONS,
+    W_SWEEPS,
+)
+from watchdog.diagnostics.models import Diagnosis
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class WatchdogMetrics:
+    """Every `gl_watchdog_*` metric, registered on a private registry (no global state)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.alerts_received = Counter(
+            W_ALERTS_RECEIVED,
+            "Alertmanager alerts received, by alert name and status",
+            ["alertname", "status"],
+            registry=r,
+        )
+        self.incidents_opened = Counter(
+            W_INCIDENTS_OPENED, "Incidents opened, by source (alert|sweep|manual)", ["source"], registry=r
+        )
+        self.open_incidents = Gauge(
+            W_OPEN_INCIDENTS, "Incidents not yet resolved, escalated or closed", registry=r
+        )
+        self.diagnoses = Counter(
+            W_DIAGNOSES, "Diagnoses completed, by most likely cause", ["likely_cause"], registry=r
+        )
+        self.diagnosis_duration = Histogram(
+            W_DIAGNOSIS_DURATION,
+            "Wall-clock time of one diagnosis (steps 1-8)",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60),
+            registry=r,
+        )
+        self.diagnostic_steps = Counter(
+            W_DIAGNOSTIC_STEPS, "Diagnostic step outcomes, by step and status", ["step", "status"], registry=r
+        )
+        self.remediations = Counter(
+            W_REMEDIATIONS,
+            "Remediations finished, by playbook and outcome",
+            ["playbook", "outcome"],
+            registry=r,
+        )
+        self.approvals = Counter(
+            W_APPROVALS, "Approval prompts answered, by decision", ["decision"], registry=r
+        )
+        self.pending_approvals = Gauge(
+            W_PENDING_APPROVALS, "Approval prompts waiting for an answer", registry=r
+        )
+        self.sweeps = Counter(W_SWEEPS, "Sweeps run, by result", ["result"], registry=r)
+        self.is_leader = Gauge(W_IS_LEADER, "1 while this replica is the sweep leader", registry=r)
+
+    def observe_diagnosis(self, diagnosis: Diagnosis, seconds: float) -> None:
+        """Count one finished diagnosis, its duration and the outcome of each of its steps."""
+        self.diagnoses.labels(likely_cause=diagnosis.likely_cause).inc()
+        self.diagnosis_duration.observe(seconds)
+        for finding in diagnosis.findings:
+            self.diagnostic_steps.labels(step=str(finding.step), status=finding.status.value).inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this registry."""
+        return generate_latest(self.registry)
