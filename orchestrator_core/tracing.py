@@ -1,0 +1,145 @@
+"""OpenTelemetry spans for executions and node attempts.
+
+Where it sits: `service.OrchestratorService` owns one `RunTracer` and feeds it the engine's observer
+events: one span per execution run (`dag.execution`) and one child span per node attempt
+(`dag.node`). Attributes are the ones the runbook's step 7 searches for in Tempo:
+`execution_id`, `dag_id`, `node_id`, `agent_id`, `attempt`; resource `service.name` is
+`orchestrator-service`.
+
+Export: an OTLP/HTTP exporter (batching) only when `otlp_endpoint` is configured; otherwise spans are
+created but exported nowhere. Tests pass their own exporter (the SDK's `InMemorySpanExporter`), which
+is attached with a simple (synchronous) processor. The tracer provider belongs to the service
+instance; this module never touches the global provider.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.trace import Span, Status, StatusCode, set_span_in_context
+
+from orchestrator_core.events import EngineObserver, ExecutionEvent, NodeAttemptEvent
+
+SERVICE_NAME = "orchestrator-service"
+EXECUTION_SPAN = "dag.execution"
+NODE_SPAN = "dag.node"
+OTLP_TIMEOUT_SECONDS = 10.0
+
+
+def build_tracer_provider(
+    otlp_endpoint: str | None, *, exporter: SpanExporter | None = None, service_name: str = SERVICE_NAME
+) -> TracerProvider:
+    """A provider with `service.name` set; OTLP export only when `otlp_endpoint` is given."""
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    if otlp_endpoint:
+        endpoint = otlp_endpoint.rstrip("/")
+        if not endpoint.endswith("/v1/traces"):
+            endpoint += "/v1/traces"
+        provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, timeout=OTLP_TIMEOUT_SECONDS))
+        )
+    if exporter is not None:
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider
+
+
+@dataclass
+class _Open:
+    execution: Span
+    dag_id: str
+    nodes: dict[tuple[str, int], Span] = field(default_factory=dict)
+
+
+class RunTracer:
+    """Opens and closes execution and node-attempt spans, keyed by ids from engine events."""
+
+    def __init__(self, provider: TracerProvider) -> None:
+        self._provider = provider
+        self._tracer = provider.get_tracer("orchestrator_core")
+        self._open: dict[str, _Open] = {}
+
+    def execution_started(self, execution_id: str, dag_id: str) -> None:
+        if execution_id in self._open:
+            return
+        span = self._tracer.start_span(
+            EXECUTION_SPAN, attributes={"execution_id": execution_id, "dag_id": dag_id}
+        )
+        self._open[execution_id] = _Open(span, dag_id)
+
+    def execution_ended(self, execution_id: str, status: str, error: str | None = None) -> None:
+        record = self._open.pop(execution_id, None)
+        if record is None:
+            return
+        for span in record.nodes.values():  # nodes still open when the run stops (cancel, shutdown)
+            span.set_attribute("status", "cancelled")
+            span.end()
+        record.execution.set_attribute("status", status)
+        if status in ("failed", "interrupted"):
+            record.execution.set_status(Status(StatusCode.ERROR, error or status))
+        elif status == "completed":
+            record.execution.set_status(Status(StatusCode.OK))
+        record.execution.end()
+
+    def node_started(self, execution_id: str, node_id: str, agent_id: str, attempt: int) -> None:
+        record = self._open.get(execution_id)
+        if record is None:
+            return
+        span = self._tracer.start_span(
+            NODE_SPAN,
+            context=set_span_in_context(record.execution),
+            attributes={
+                "execution_id": execution_id,
+                "dag_id": record.dag_id,
+                "node_id": node_id,
+                "agent_id": agent_id,
+                "attempt": attempt,
+            },
+        )
+        record.nodes[(node_id, attempt)] = span
+
+    def node_ended(
+        self, execution_id: str, node_id: str, attempt: int, status: str, error: str | None = None
+    ) -> None:
+        record = self._open.get(execution_id)
+        if record is None:
+            return
+        span = record.nodes.pop((node_id, attempt), None)
+        if span is None:
+            return
+        span.set_attribute("status", status)
+        if status == "completed":
+            span.set_status(Status(StatusCode.OK))
+        elif status in ("failed", "timed_out"):
+            span.set_status(Status(StatusCode.ERROR, error or status))
+        span.end()
+
+    def shutdown(self) -> None:
+        """End what is still open and flush exporters (bounded by the exporters' own timeouts)."""
+        for execution_id in list(self._open):
+            self.execution_ended(execution_id, "interrupted", "service stopped")
+        self._provider.shutdown()
+
+
+class TracingObserver(EngineObserver):
+    """Feeds engine events into a `RunTracer`."""
+
+    def __init__(self, tracer: RunTracer) -> None:
+        self.tracer = tracer
+
+    def execution_started(self, event: ExecutionEvent) -> None:
+        self.tracer.execution_started(event.execution_id, event.dag_id)
+
+    def execution_finished(self, event: ExecutionEvent) -> None:
+        self.tracer.execution_ended(event.execution_id, event.status, event.error)
+
+    def node_attempt_started(self, event: NodeAttemptEvent) -> None:
+        self.tracer.node_started(event.execution_id, event.node_id, event.agent_id, event.attempt)
+
+    def node_attempt_finished(self, event: NodeAttemptEvent) -> None:
+        self.tracer.node_ended(
+            event.execution_id, event.node_id, event.attempt, event.outcome or "", event.error
+        )
