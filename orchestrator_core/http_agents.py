@@ -1,0 +1,156 @@
+"""HTTP agents: a node whose agent runs in its own Deployment is one POST to that agent's URL.
+
+Where it sits: `service.OrchestratorService` builds one `HttpAgentClient` (one pooled httpx client)
+and registers an agent for every id in `settings.http_agents` in the engine's agent registry; the
+executor then calls it like any in-process agent, once per attempt. The URL comes from
+`settings.agent_url_template` (`http://{agent_id}.{namespace}.svc:8080/run`).
+
+Request body (JSON)::
+
+    {"execution_id", "node_id", "attempt", "params", "input_data", "upstream", "deadline"}
+
+`deadline` is the node attempt's deadline, ISO 8601 UTC; the call's own timeout is the time left
+until it (plus a small grace, so that the executor's node timeout, which applies `on_timeout`, fires
+first). Response: a JSON body, `{"output": ...}` or any JSON value (used as the output as is).
+
+Errors, converted here (httpx never leaks)::
+
+    5xx, connection errors, timeouts  -> RetryableAgentError   (retried within max_retries)
+    4xx                               -> AgentError             (not retried)
+    2xx with a body that is not JSON  -> AgentOutputError       (not retried)
+
+Each call is timed into `gl_orchestrator_agent_call_duration_seconds{agent_id,outcome}`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from orchestrator_core.errors import AgentError, AgentOutputError, RetryableAgentError
+
+DEFAULT_TIMEOUT_SECONDS = 300.0
+DEADLINE_GRACE_SECONDS = 0.5
+CONNECT_TIMEOUT_SECONDS = 5.0
+MAX_ERROR_BODY = 300
+
+
+@dataclass(frozen=True)
+class AgentCall:
+    """One attempt of one node, as sent to the agent."""
+
+    agent_id: str
+    execution_id: str
+    node_id: str
+    attempt: int
+    params: Mapping[str, Any]
+    input_data: Any
+    upstream: Mapping[str, Any]
+    deadline: datetime | None
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "execution_id": self.execution_id,
+            "node_id": self.node_id,
+            "attempt": self.attempt,
+            "params": dict(self.params),
+            "input_data": self.input_data,
+            "upstream": dict(self.upstream),
+            "deadline": None
+            if self.deadline is None
+            else self.deadline.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        }
+
+
+def agent_url(template: str, agent_id: str, namespace: str) -> str:
+    """The agent's URL from the template (`{agent_id}` and `{namespace}` are substituted)."""
+    return template.format(agent_id=agent_id, namespace=namespace)
+
+
+class HttpAgentClient:
+    """Calls HTTP agents; one instance (one connection pool) per service."""
+
+    def __init__(
+        self,
+        url_template: str,
+        namespace: str,
+        *,
+        on_call: Callable[[str, str, float], None] | None = None,
+        default_timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        transport: httpx.AsyncBaseTransport | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._template = url_template
+        self._namespace = namespace
+        self._on_call = on_call
+        self._default_timeout = default_timeout
+        self._now = now
+        self._client = httpx.AsyncClient(transport=transport, follow_redirects=False)
+
+    def url(self, agent_id: str) -> str:
+        return agent_url(self._template, agent_id, self._namespace)
+
+    def _timeout(self, deadline: datetime | None) -> float:
+        if deadline is None:
+            return self._default_timeout
+        remaining = (deadline - self._now()).total_seconds()
+        return max(0.001, remaining + DEADLINE_GRACE_SECONDS)
+
+    async def call(self, call: AgentCall) -> Any:
+        """POST the attempt to the agent; the agent's output, or a typed error (see module doc)."""
+        url = self.url(call.agent_id)
+        total = self._timeout(call.deadline)
+        timeout = httpx.Timeout(total, connect=min(total, CONNECT_TIMEOUT_SECONDS))
+        started = time.monotonic()
+        outcome = "cancelled"  # left as is only when the attempt is cancelled (node timeout, cancel)
+        try:
+            try:
+                response = await self._client.post(url, json=call.body(), timeout=timeout)
+            except httpx.TimeoutException as exc:
+                outcome = "timeout"
+                raise RetryableAgentError(
+                    f"agent {call.agent_id} at {url} did not answer within {total:.1f}s"
+                ) from exc
+            except httpx.HTTPError as exc:
+                outcome = "unreachable"
+                raise RetryableAgentError(f"agent {call.agent_id} at {url} unreachable: {exc}") from exc
+            if response.status_code >= 500:
+                outcome = "server_error"
+                raise RetryableAgentError(
+                    f"agent {call.agent_id} answered {response.status_code}: {_excerpt(response)}"
+                )
+            if response.status_code >= 400:
+                outcome = "client_error"
+                raise AgentError(
+                    f"agent {call.agent_id} refused the call ({response.status_code}): {_excerpt(response)}"
+                )
+            if response.status_code != 200 and not response.content:
+                outcome = "ok"
+                return None
+            try:
+                payload = response.json()
+            except ValueError as exc:
+                outcome = "bad_output"
+                raise AgentOutputError(
+                    f"agent {call.agent_id} answered non-JSON: {_excerpt(response)}"
+                ) from exc
+            outcome = "ok"
+            if isinstance(payload, dict) and set(payload) >= {"output"}:
+                return payload["output"]
+            return payload
+        finally:
+            if self._on_call is not None:
+                self._on_call(call.agent_id, outcome, time.monotonic() - started)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def _excerpt(response: httpx.Response) -> str:
+    text = response.text.strip().replace("\n", " ")
+    return text[:MAX_ERROR_BODY] or "(empty body)"
