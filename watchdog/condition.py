@@ -1,0 +1,209 @@
+"""The alert condition: a running execution over its timeout, continuously for `for_duration`.
+
+Evaluated by the sweeps (`watchdog.sweeps.Sweeper.sweep_once`) and by anyone who wants to know
+which runs are stuck right now. It reads from one of two sources:
+
+- Prometheus (when configured): the shipped alert expression `watchdog.constants.STUCK_EXPRESSION`,
+  whose answer is the running executions whose duration exceeds their timeout;
+- the orchestrator API (otherwise, and as the fallback when Prometheus is down or refuses the query):
+  `GET /executions?status=running`, over when `now - started_at > timeout_seconds`.
+
+The result names the source used and, after a fallback, why. Over that observation sits Prometheus'
+`for` state machine, per execution, with an injected clock: the first evaluation that sees a run over
+makes it *pending* (active since then); it turns *firing* once it has been seen over continuously for
+`for_duration`; any evaluation that does not see it over (it finished, its timeout was raised, it
+vanished from the answer) resets it to *inactive*. Like Prometheus after a restart without its
+`for`-state, a freshly started evaluator starts every run from pending.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Protocol
+
+from watchdog.clients.orchestrator import Execution
+from watchdog.clients.prometheus import Sample
+from watchdog.constants import STUCK_EXPRESSION
+from watchdog.errors import PrometheusQueryError, PrometheusUnavailable
+
+Clock = Callable[[], datetime]
+
+
+class ExecutionLister(Protocol):
+    """The part of `OrchestratorClient` the condition needs."""
+
+    async def list_executions(
+        self, status: str | None = "running", dag_id: str | None = None
+    ) -> list[Execution]: ...
+
+
+class PromQuerier(Protocol):
+    """The part of `PrometheusClient` the condition needs."""
+
+    async def query(self, promql: str, *, request_timeout: float | None = None) -> list[Sample]: ...
+
+
+class AlertState(StrEnum):
+    """Prometheus' alert states."""
+
+    INACTIVE = "inactive"
+    PENDING = "pending"
+    FIRING = "firing"
+
+
+class Source(StrEnum):
+    """Where the observation came from (also the incident's `detection_source`)."""
+
+    PROMETHEUS = "prometheus"
+    API = "api"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One running execution as a source reported it."""
+
+    execution_id: str
+    dag_id: str | None
+    over: bool
+    duration_seconds: float | None = None
+    timeout_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class ExecutionCondition:
+    """The condition of one observed execution after this evaluation."""
+
+    execution_id: str
+    dag_id: str | None
+    state: AlertState
+    over: bool
+    active_since: datetime | None
+    duration_seconds: float | None
+    timeout_seconds: float | None
+
+
+@dataclass(frozen=True)
+class ConditionResult:
+    """One evaluation: which source answered, and every observed execution's state."""
+
+    evaluated_at: datetime
+    source: Source
+    executions: tuple[ExecutionCondition, ...]
+    fallback_reason: str | None = None
+
+    @property
+    def firing(self) -> list[ExecutionCondition]:
+        """Executions whose condition is firing (stuck for at least `for_duration`)."""
+        return [e for e in self.executions if e.state is AlertState.FIRING]
+
+    @property
+    def pending(self) -> list[ExecutionCondition]:
+        """Executions over their timeout, not yet for `for_duration`."""
+        return [e for e in self.executions if e.state is AlertState.PENDING]
+
+
+class ConditionEvaluator:
+    """Evaluates the condition with `for` semantics. One instance per watchdog (it holds the state)."""
+
+    def __init__(
+        self,
+        orchestrator: ExecutionLister,
+        prometheus: PromQuerier | None,
+        *,
+        for_duration: timedelta,
+        clock: Clock,
+        prometheus_timeout: float | None = None,
+    ) -> None:
+        self.orchestrator = orchestrator
+        self.prometheus = prometheus
+        self.for_duration = for_duration
+        self.clock = clock
+        self.prometheus_timeout = prometheus_timeout
+        self._active_since: dict[str, datetime] = {}
+
+    async def evaluate(self) -> ConditionResult:
+        """Observe (Prometheus, else the API) and advance the state machine.
+
+        Raises OrchestratorUnavailable/OrchestratorError when the API is needed and fails; a
+        Prometheus failure only causes the fallback.
+        """
+        fallback_reason: str | None = None
+        if self.prometheus is not None:
+            try:
+                observations = await self.observe_prometheus(self.prometheus)
+            except (PrometheusUnavailable, PrometheusQueryError) as exc:
+                fallback_reason = f"prometheus failed, used the orchestrator API: {exc}"
+            else:
+                return self.advance(self.clock(), Source.PROMETHEUS, observations)
+        observations = await self.observe_api(self.orchestrator)
+        return self.advance(self.clock(), Source.API, observations, fallback_reason)
+
+    async def observe_prometheus(self, prometheus: PromQuerier) -> list[Observation]:
+        """The shipped alert expression: each answer is a running execution over its timeout."""
+        samples = await prometheus.query(STUCK_EXPRESSION, request_timeout=self.prometheus_timeout)
+        seen: dict[str, Observation] = {}
+        for sample in samples:
+            execution_id = sample.labels.get("execution_id")
+            if not execution_id:
+                continue
+            seen[execution_id] = Observation(
+                execution_id=execution_id,
+                dag_id=sample.labels.get("dag_id"),
+                over=True,
+                duration_seconds=sample.value,
+            )
+        return list(seen.values())
+
+    async def observe_api(self, orchestrator: ExecutionLister) -> list[Observation]:
+        """Running executions from the orchestrator; over when `now - started_at > timeout_seconds`."""
+        now = self.clock()
+        observations = []
+        for execution in await orchestrator.list_executions(status="running"):
+            duration = None if execution.started_at is None else (now - execution.started_at).total_seconds()
+            timeout = execution.timeout_seconds
+            over = duration is not None and timeout is not None and duration > timeout
+            observations.append(
+                Observation(
+                    execution_id=execution.execution_id,
+                    dag_id=execution.dag_id,
+                    over=over,
+                    duration_seconds=duration,
+                    timeout_seconds=timeout,
+                )
+            )
+        return observations
+
+    def advance(
+        self,
+        now: datetime,
+        source: Source,
+        observations: list[Observation],
+        fallback_reason: str | None = None,
+    ) -> ConditionResult:
+        """Apply one round of observations to the `for` state machine (pure apart from the state)."""
+        over_now = {o.execution_id for o in observations if o.over}
+        for execution_id in list(self._active_since):
+            if execution_id not in over_now:  # a dip (or the run ended): reset
+                del self._active_since[execution_id]
+        results = []
+        for obs in observations:
+            if not obs.over:
+                state, since = AlertState.INACTIVE, None
+            else:
+                since = self._active_since.setdefault(obs.execution_id, now)
+                state = AlertState.FIRING if now - since >= self.for_duration else AlertState.PENDING
+            results.append(
+                ExecutionCondition(
+                    execution_id=obs.execution_id,
+                    dag_id=obs.dag_id,
+                    state=state,
+                    over=obs.over,
+                    active_since=since,
+                    duration_seconds=obs.duration_seconds,
+                    timeout_seconds=obs.timeout_seconds,
+                )
+            )
+        return ConditionResult(now, source, tuple(results), fallback_reason)
