@@ -12,11 +12,13 @@ callers — the service, the REST API, the CLI — handle one tree. The API maps
     │   ├── DagNotFound
     │   ├── ExecutionNotFound
     │   └── AgentNotFound
+    ├── BadRequest                         a request the API cannot act on (400; `field` names the part)
     ├── InvalidState                       operation not allowed in the run's current status (409)
     ├── StaleFencingToken                  a write carried a fencing token that is no longer current (409)
     ├── StoreError                         the database failed or timed out (503)
     │   └── CheckpointError                a checkpoint save failed (retried by the executor)
     ├── LockBackendUnavailable             the lock backend (Redis) failed or timed out (503)
+    ├── ServiceUnavailable                 the service is shutting down / not admitting runs (503)
     ├── AgentError                         an agent attempt failed, not retryable unless named (500)
     │   ├── AgentOutputError               the agent returned something that is not JSON
     │   └── RetryableAgentError            always retryable within `max_retries`
@@ -87,6 +89,17 @@ class AgentNotFound(NotFound):
     """No agent with that id is registered."""
 
 
+class BadRequest(OrchestratorError):
+    """A request the service cannot act on (bad parameter, bad limit). `field` names the culprit."""
+
+    http_status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class InvalidState(OrchestratorError):
     """The operation is not allowed in the execution's current status (e.g. resume a running run)."""
 
@@ -119,6 +132,13 @@ class LockBackendUnavailable(OrchestratorError):
 
     http_status = 503
     code = "lock_backend_unavailable"
+
+
+class ServiceUnavailable(OrchestratorError):
+    """The service does not admit new work right now (graceful shutdown in progress)."""
+
+    http_status = 503
+    code = "service_unavailable"
 
 
 class AgentError(OrchestratorError):
