@@ -1,0 +1,717 @@
+"""The orchestrator's durable store: DAG versions, executions, node traces, checkpoints, provenance.
+
+Where it sits: `engine.Engine` opens one `Store` (`await Store.open(url, ...)`, which runs the
+migrations) and hands it to each `executor.Executor`; `checkpoints.CheckpointWriter` funnels a run's
+writes into `write_batch`. SQLAlchemy Core (async) with one code path for SQLite (aiosqlite, WAL,
+the embedded default) and PostgreSQL (asyncpg); no dialect-specific SQL beyond the connect-time
+SQLite pragmas and the migration lock.
+
+Fencing: every write that belongs to a running execution carries the fencing token it was claimed
+with. The write's transaction starts with `UPDATE executions ... WHERE execution_id = :id AND
+fencing_token = :token AND status = 'running'`, which also takes the row lock (PostgreSQL) or the
+database write lock (SQLite) for the rest of the transaction; if no row matches, nothing is written and
+`StaleFencingToken` (another owner claimed it) or `InvalidState` (cancelled or finished elsewhere) is
+raised. `claim_execution` only accepts a token higher than the stored one (or issues the next one
+itself when the caller has no external fencing counter).
+
+Every operation runs under `asyncio.timeout(timeout_seconds)`; SQLAlchemy/driver errors and timeouts
+become `StoreError` here and never leak further.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from orchestrator_core import migrations
+from orchestrator_core.dag import DagDefinition
+from orchestrator_core.errors import (
+    DagNotFound,
+    ExecutionNotFound,
+    InvalidState,
+    OrchestratorError,
+    StaleFencingToken,
+    StoreError,
+)
+from orchestrator_core.migrations.types import UTCDateTime
+from orchestrator_core.policies import Clock, SystemClock
+from orchestrator_core.records import (
+    CheckpointRecord,
+    ExecutionOptions,
+    ExecutionRecord,
+    NodeTrace,
+    PoolStats,
+    ProvenanceEntry,
+)
+
+# -- current schema (what the migrations produce; a test compares the two) ---------------------------
+
+metadata = sa.MetaData()
+
+dags = sa.Table(
+    "dags",
+    metadata,
+    sa.Column("dag_id", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("definition", sa.Text, nullable=False),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+executions = sa.Table(
+    "executions",
+    metadata,
+    sa.Column("execution_id", sa.String(64), primary_key=True),
+    sa.Column("dag_id", sa.String(128), nullable=False, index=True),
+    sa.Column("dag_version", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("input_data", sa.Text, nullable=False),
+    sa.Column("options", sa.Text, nullable=False),
+    sa.Column("owner", sa.String(255)),
+    sa.Column("fencing_token", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("completed_at", UTCDateTime),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("timeout_seconds", sa.Float),
+    sa.Column("error", sa.Text),
+)
+
+node_traces = sa.Table(
+    "node_traces",
+    metadata,
+    sa.Column(
+        "execution_id",
+        sa.String(64),
+        sa.ForeignKey("executions.execution_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("node_id", sa.String(128), primary_key=True),
+    sa.Column("agent_id", sa.String(128), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("level", sa.Integer, nullable=False),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("completed_at", UTCDateTime),
+    sa.Column("duration_ms", sa.Float),
+    sa.Column("attempt_count", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("input_hash", sa.String(64)),
+    sa.Column("timeout_seconds", sa.Float),
+)
+
+checkpoints = sa.Table(
+    "checkpoints",
+    metadata,
+    sa.Column(
+        "execution_id",
+        sa.String(64),
+        sa.ForeignKey("executions.execution_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("node_id", sa.String(128), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("output", sa.Text, nullable=False),
+    sa.Column("input_hash", sa.String(64), nullable=False),
+    sa.Column("output_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+provenance = sa.Table(
+    "provenance",
+    metadata,
+    sa.Column(
+        "execution_id",
+        sa.String(64),
+        sa.ForeignKey("executions.execution_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("node_id", sa.String(128), nullable=False),
+    sa.Column("input_hash", sa.String(64), nullable=False),
+    sa.Column("output_hash", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+_CHUNK = 400  # rows per statement when deleting by key lists (well under SQLite's variable limit)
+
+
+def canonical_json(value: Any) -> str:
+    """The one JSON encoding used for hashing and storing: sorted keys, no spaces, no NaN."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class WriteBatch:
+    """Writes of one execution that commit together (one transaction, fenced)."""
+
+    traces: Sequence[NodeTrace] = ()
+    checkpoints: Sequence[CheckpointRecord] = ()
+    provenance: Sequence[ProvenanceEntry] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.traces or self.checkpoints or self.provenance)
+
+
+class Store:
+    """Async access to the orchestrator tables. Build with `await Store.open(database_url)`."""
+
+    def __init__(self, engine: AsyncEngine, *, timeout_seconds: float = 10.0, clock: Clock | None = None):
+        self.engine = engine
+        self.timeout_seconds = timeout_seconds
+        self.clock: Clock = clock or SystemClock()
+        self.dialect = engine.dialect.name
+
+    @classmethod
+    async def open(
+        cls,
+        database_url: str,
+        *,
+        pool_size: int = 5,
+        max_overflow: int = 10,
+        timeout_seconds: float = 10.0,
+        clock: Clock | None = None,
+    ) -> Store:
+        """Connect, configure (SQLite: WAL), and upgrade the schema to the latest version."""
+        try:
+            url = sa.make_url(database_url)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"invalid database_url: {exc}") from exc
+        kwargs: dict[str, Any] = {"pool_pre_ping": False}
+        if url.get_backend_name() == "sqlite":
+            kwargs["connect_args"] = {"timeout": timeout_seconds}
+        elif url.get_backend_name() == "postgresql":
+            kwargs.update(
+                pool_size=pool_size,
+                max_overflow=max_overflow,
+                pool_timeout=timeout_seconds,
+                connect_args={"timeout": timeout_seconds, "command_timeout": timeout_seconds},
+            )
+        else:
+            raise StoreError(
+                f"unsupported database backend {url.get_backend_name()!r} (sqlite or postgresql)"
+            )
+        try:
+            engine = create_async_engine(url, **kwargs)
+        except (SQLAlchemyError, ImportError, TypeError) as exc:
+            raise StoreError(f"cannot create database engine for {url.render_as_string()}: {exc}") from exc
+        if engine.dialect.name == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas(timeout_seconds))
+        store = cls(engine, timeout_seconds=timeout_seconds, clock=clock)
+        try:
+            await store.migrate()
+        except BaseException:
+            await engine.dispose()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def _tx(self, what: str) -> AsyncIterator[AsyncConnection]:
+        """A transaction with the store's timeout; driver errors become `StoreError`."""
+        try:
+            async with asyncio.timeout(self.timeout_seconds), self.engine.begin() as conn:
+                yield conn
+        except OrchestratorError:
+            raise
+        except TimeoutError as exc:
+            raise StoreError(f"{what}: database did not answer within {self.timeout_seconds}s") from exc
+        except (SQLAlchemyError, OSError, ValueError, RuntimeError) as exc:
+            raise StoreError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # asyncpg/aiosqlite raise their own types outside SQLAlchemy's tree
+            raise StoreError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+    async def migrate(self) -> list[int]:
+        """Apply pending migrations; return the versions applied."""
+        async with self._tx("migrate") as conn:
+            return await conn.run_sync(migrations.upgrade)
+
+    async def schema_version(self) -> int:
+        async with self._tx("schema version") as conn:
+            return await conn.run_sync(migrations.current_version)
+
+    async def ping(self) -> None:
+        """Raise `StoreError` unless the database answers (readiness)."""
+        async with self._tx("ping") as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    def pool_stats(self) -> PoolStats:
+        """Checked-out, overflow and waiting connections of the real pool (0 where the pool has none)."""
+        pool = self.engine.sync_engine.pool
+        size = _call_int(pool, "size")
+        checked_out = _call_int(pool, "checkedout")
+        overflow = max(_call_int(pool, "overflow"), 0)
+        pending = 0
+        queue = getattr(getattr(pool, "_pool", None), "__dict__", {}).get("_queue")
+        getters = getattr(queue, "_getters", None)
+        if getters is not None:
+            pending = sum(1 for waiter in getters if not waiter.done())
+        return PoolStats(size=size, checked_out=checked_out, overflow=overflow, pending=pending)
+
+    # -- DAGs --------------------------------------------------------------------------------------
+
+    async def save_dag(self, dag: DagDefinition) -> DagDefinition:
+        """Store a DAG. Unchanged content returns the stored latest version; changed content is stored
+        as `max(dag.version, latest + 1)`."""
+        document = dag.to_document()
+        content = dict(document)
+        content.pop("version", None)
+        content_hash = sha256_hex(canonical_json(content))
+        async with self._tx("save dag") as conn:
+            latest = (
+                await conn.execute(
+                    sa.select(dags.c.version, dags.c.content_hash, dags.c.definition)
+                    .where(dags.c.dag_id == dag.dag_id)
+                    .order_by(dags.c.version.desc())
+                    .limit(1)
+                )
+            ).first()
+            if latest is not None and latest.content_hash == content_hash:
+                return DagDefinition.from_document(json.loads(latest.definition))
+            version = dag.version if latest is None else max(dag.version, latest.version + 1)
+            stored = dag.model_copy(update={"version": version})
+            await conn.execute(
+                dags.insert().values(
+                    dag_id=dag.dag_id,
+                    version=version,
+                    definition=canonical_json(stored.to_document()),
+                    content_hash=content_hash,
+                    created_at=self.clock.now(),
+                )
+            )
+            return stored
+
+    async def get_dag(self, dag_id: str, version: int | None = None) -> DagDefinition:
+        query = sa.select(dags.c.definition).where(dags.c.dag_id == dag_id)
+        if version is None:
+            query = query.order_by(dags.c.version.desc()).limit(1)
+        else:
+            query = query.where(dags.c.version == version)
+        async with self._tx("get dag") as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            what = f"DAG {dag_id!r}" + ("" if version is None else f" version {version}")
+            raise DagNotFound(f"{what} is not registered")
+        return DagDefinition.from_document(json.loads(row.definition))
+
+    async def list_dags(self) -> list[DagDefinition]:
+        latest = (
+            sa.select(dags.c.dag_id, sa.func.max(dags.c.version).label("version"))
+            .group_by(dags.c.dag_id)
+            .subquery()
+        )
+        query = (
+            sa.select(dags.c.definition)
+            .join(latest, sa.and_(dags.c.dag_id == latest.c.dag_id, dags.c.version == latest.c.version))
+            .order_by(dags.c.dag_id)
+        )
+        async with self._tx("list dags") as conn:
+            rows = (await conn.execute(query)).all()
+        return [DagDefinition.from_document(json.loads(row.definition)) for row in rows]
+
+    # -- executions --------------------------------------------------------------------------------
+
+    async def create_execution(self, record: ExecutionRecord) -> ExecutionRecord:
+        async with self._tx("create execution") as conn:
+            await conn.execute(
+                executions.insert().values(
+                    execution_id=record.execution_id,
+                    dag_id=record.dag_id,
+                    dag_version=record.dag_version,
+                    status=record.status,
+                    input_data=canonical_json(record.input_data),
+                    options=canonical_json(record.options.to_json()),
+                    owner=record.owner,
+                    fencing_token=record.fencing_token,
+                    created_at=record.created_at,
+                    started_at=record.started_at,
+                    completed_at=record.completed_at,
+                    updated_at=record.created_at,
+                    timeout_seconds=record.timeout_seconds,
+                    error=record.error,
+                )
+            )
+        return record
+
+    async def get_execution(self, execution_id: str) -> ExecutionRecord:
+        async with self._tx("get execution") as conn:
+            row = (
+                await conn.execute(executions.select().where(executions.c.execution_id == execution_id))
+            ).first()
+        if row is None:
+            raise ExecutionNotFound(f"execution {execution_id!r} does not exist")
+        return _execution(row)
+
+    async def list_executions(
+        self, *, status: str | None = None, dag_id: str | None = None, limit: int = 500
+    ) -> list[ExecutionRecord]:
+        query = (
+            executions.select()
+            .order_by(executions.c.created_at.desc(), executions.c.execution_id)
+            .limit(limit)
+        )
+        if status is not None:
+            query = query.where(executions.c.status == status)
+        if dag_id is not None:
+            query = query.where(executions.c.dag_id == dag_id)
+        async with self._tx("list executions") as conn:
+            rows = (await conn.execute(query)).all()
+        return [_execution(row) for row in rows]
+
+    async def claim_execution(
+        self,
+        execution_id: str,
+        *,
+        owner: str | None,
+        token: int | None,
+        allowed_statuses: Iterable[str],
+        dag_version: int | None = None,
+    ) -> ExecutionRecord:
+        """Make `owner` the runner of the execution: status `running`, a new fencing token, started now.
+
+        `token` must be higher than the stored one (else `StaleFencingToken`); None issues stored + 1.
+        The current status must be in `allowed_statuses` (else `InvalidState`).
+        """
+        allowed = set(allowed_statuses)
+        now = self.clock.now()
+        async with self._tx("claim execution") as conn:
+            await _lock_row(conn, execution_id, now)
+            row = (
+                await conn.execute(executions.select().where(executions.c.execution_id == execution_id))
+            ).first()
+            if row is None:
+                raise ExecutionNotFound(f"execution {execution_id!r} does not exist")
+            if row.status not in allowed:
+                raise InvalidState(f"execution {execution_id} is {row.status}")
+            if token is None:
+                token = int(row.fencing_token) + 1
+            elif token <= int(row.fencing_token):
+                raise StaleFencingToken(
+                    f"fencing token {token} is not newer than {row.fencing_token} of execution {execution_id}"
+                )
+            values: dict[str, Any] = {
+                "status": "running",
+                "owner": owner,
+                "fencing_token": token,
+                "started_at": now,
+                "completed_at": None,
+                "error": None,
+                "updated_at": now,
+            }
+            if dag_version is not None:
+                values["dag_version"] = dag_version
+            await conn.execute(
+                executions.update().where(executions.c.execution_id == execution_id).values(**values)
+            )
+            row = (
+                await conn.execute(executions.select().where(executions.c.execution_id == execution_id))
+            ).first()
+        assert row is not None
+        return _execution(row)
+
+    async def finish_execution(
+        self,
+        execution_id: str,
+        token: int,
+        *,
+        status: str,
+        error: str | None,
+        batch: WriteBatch | None = None,
+    ) -> ExecutionRecord:
+        """Fenced: write the last batch and set a final (or `interrupted`) status."""
+        now = self.clock.now()
+        async with self._tx("finish execution") as conn:
+            await self._fence(conn, execution_id, token, now)
+            if batch:
+                await self._write(conn, execution_id, batch)
+            await conn.execute(
+                executions.update()
+                .where(executions.c.execution_id == execution_id)
+                .values(status=status, error=error, completed_at=now, updated_at=now)
+            )
+            row = (
+                await conn.execute(executions.select().where(executions.c.execution_id == execution_id))
+            ).first()
+        assert row is not None
+        return _execution(row)
+
+    async def set_status(
+        self,
+        execution_id: str,
+        *,
+        status: str,
+        expected: Iterable[str],
+        error: str | None = None,
+        traces: Sequence[NodeTrace] = (),
+    ) -> ExecutionRecord:
+        """Unfenced status change for runs nobody here is executing (cancel a queued or remote run,
+        mark an orphan `interrupted`). `InvalidState` unless the current status is in `expected`."""
+        wanted = set(expected)
+        now = self.clock.now()
+        async with self._tx("set execution status") as conn:
+            await _lock_row(conn, execution_id, now)
+            row = (
+                await conn.execute(executions.select().where(executions.c.execution_id == execution_id))
+            ).first()
+            if row is None:
+                raise ExecutionNotFound(f"execution {execution_id!r} does not exist")
+            if row.status not in wanted:
+                raise InvalidState(f"execution {execution_id} is {row.status}")
+            completed = now if status in ("completed", "failed", "cancelled", "interrupted") else None
+            await conn.execute(
+                executions.update()
+                .where(executions.c.execution_id == execution_id)
+                .values(status=status, error=error, completed_at=completed, updated_at=now)
+            )
+            if traces:
+                await self._write(conn, execution_id, WriteBatch(traces=traces))
+            row = (
+                await conn.execute(executions.select().where(executions.c.execution_id == execution_id))
+            ).first()
+        assert row is not None
+        return _execution(row)
+
+    # -- run writes --------------------------------------------------------------------------------
+
+    async def write_batch(self, execution_id: str, token: int, batch: WriteBatch) -> None:
+        """Fenced write of traces, checkpoints and provenance records in one transaction."""
+        async with self._tx("write batch") as conn:
+            await self._fence(conn, execution_id, token, self.clock.now())
+            await self._write(conn, execution_id, batch)
+
+    async def _fence(self, conn: AsyncConnection, execution_id: str, token: int, now: datetime) -> None:
+        result = await conn.execute(
+            executions.update()
+            .where(
+                executions.c.execution_id == execution_id,
+                executions.c.fencing_token == token,
+                executions.c.status == "running",
+            )
+            .values(updated_at=now)
+        )
+        if result.rowcount == 1:
+            return
+        row = (
+            await conn.execute(
+                sa.select(executions.c.fencing_token, executions.c.status).where(
+                    executions.c.execution_id == execution_id
+                )
+            )
+        ).first()
+        if row is None:
+            raise ExecutionNotFound(f"execution {execution_id!r} does not exist")
+        if int(row.fencing_token) != token:
+            raise StaleFencingToken(
+                f"execution {execution_id} is now owned with fencing token {row.fencing_token}, not {token}"
+            )
+        raise InvalidState(f"execution {execution_id} is {row.status}")
+
+    async def _write(self, conn: AsyncConnection, execution_id: str, batch: WriteBatch) -> None:
+        if batch.traces:
+            latest = {trace.node_id: trace for trace in batch.traces}
+            await _delete_keys(conn, node_traces, execution_id, list(latest))
+            await conn.execute(
+                node_traces.insert(),
+                [
+                    {
+                        "execution_id": execution_id,
+                        "node_id": t.node_id,
+                        "agent_id": t.agent_id,
+                        "status": t.status,
+                        "level": t.level,
+                        "started_at": t.started_at,
+                        "completed_at": t.completed_at,
+                        "duration_ms": t.duration_ms,
+                        "attempt_count": t.attempt_count,
+                        "error": t.error,
+                        "input_hash": t.input_hash,
+                        "timeout_seconds": t.timeout_seconds,
+                    }
+                    for t in latest.values()
+                ],
+            )
+        if batch.checkpoints:
+            latest_cp = {cp.node_id: cp for cp in batch.checkpoints}
+            await _delete_keys(conn, checkpoints, execution_id, list(latest_cp))
+            await conn.execute(
+                checkpoints.insert(),
+                [
+                    {
+                        "execution_id": execution_id,
+                        "node_id": cp.node_id,
+                        "status": cp.status,
+                        "output": canonical_json(cp.output),
+                        "input_hash": cp.input_hash,
+                        "output_hash": cp.output_hash,
+                        "created_at": cp.created_at,
+                    }
+                    for cp in latest_cp.values()
+                ],
+            )
+        if batch.provenance:
+            now = self.clock.now()
+            await conn.execute(
+                provenance.insert(),
+                [
+                    {
+                        "execution_id": execution_id,
+                        "seq": p.seq,
+                        "node_id": p.node_id,
+                        "input_hash": p.input_hash,
+                        "output_hash": p.output_hash,
+                        "status": p.status,
+                        "prev_hash": p.prev_hash,
+                        "hash": p.hash,
+                        "created_at": now,
+                    }
+                    for p in batch.provenance
+                ],
+            )
+
+    # -- reads of run data -------------------------------------------------------------------------
+
+    async def get_traces(self, execution_id: str) -> dict[str, NodeTrace]:
+        async with self._tx("get traces") as conn:
+            rows = (
+                await conn.execute(
+                    node_traces.select()
+                    .where(node_traces.c.execution_id == execution_id)
+                    .order_by(node_traces.c.level, node_traces.c.node_id)
+                )
+            ).all()
+        return {
+            row.node_id: NodeTrace(
+                node_id=row.node_id,
+                agent_id=row.agent_id,
+                status=row.status,
+                level=row.level,
+                started_at=row.started_at,
+                completed_at=row.completed_at,
+                duration_ms=row.duration_ms,
+                attempt_count=row.attempt_count,
+                error=row.error,
+                input_hash=row.input_hash,
+                timeout_seconds=row.timeout_seconds,
+            )
+            for row in rows
+        }
+
+    async def get_checkpoints(self, execution_id: str) -> list[CheckpointRecord]:
+        async with self._tx("load checkpoints") as conn:
+            rows = (
+                await conn.execute(
+                    checkpoints.select()
+                    .where(checkpoints.c.execution_id == execution_id)
+                    .order_by(checkpoints.c.created_at, checkpoints.c.node_id)
+                )
+            ).all()
+        return [
+            CheckpointRecord(
+                execution_id=row.execution_id,
+                node_id=row.node_id,
+                status=row.status,
+                output=json.loads(row.output),
+                input_hash=row.input_hash,
+                output_hash=row.output_hash,
+                created_at=row.created_at,
+            )
+            for row in rows
+        ]
+
+    async def get_provenance(self, execution_id: str) -> list[ProvenanceEntry]:
+        async with self._tx("get provenance") as conn:
+            rows = (
+                await conn.execute(
+                    provenance.select()
+                    .where(provenance.c.execution_id == execution_id)
+                    .order_by(provenance.c.seq)
+                )
+            ).all()
+        return [
+            ProvenanceEntry(
+                seq=row.seq,
+                node_id=row.node_id,
+                input_hash=row.input_hash,
+                output_hash=row.output_hash,
+                status=row.status,
+                prev_hash=row.prev_hash,
+                hash=row.hash,
+            )
+            for row in rows
+        ]
+
+
+async def _lock_row(conn: AsyncConnection, execution_id: str, now: datetime) -> None:
+    """Take the row lock (PostgreSQL) / write lock (SQLite) before reading, so read-modify-write is atomic."""
+    await conn.execute(
+        executions.update().where(executions.c.execution_id == execution_id).values(updated_at=now)
+    )
+
+
+async def _delete_keys(
+    conn: AsyncConnection, table: sa.Table, execution_id: str, node_ids: list[str]
+) -> None:
+    for start in range(0, len(node_ids), _CHUNK):
+        chunk = node_ids[start : start + _CHUNK]
+        await conn.execute(
+            table.delete().where(table.c.execution_id == execution_id, table.c.node_id.in_(chunk))
+        )
+
+
+def _execution(row: Any) -> ExecutionRecord:
+    return ExecutionRecord(
+        execution_id=row.execution_id,
+        dag_id=row.dag_id,
+        dag_version=row.dag_version,
+        status=row.status,
+        input_data=json.loads(row.input_data),
+        options=ExecutionOptions.from_json(json.loads(row.options)),
+        created_at=row.created_at,
+        started_at=row.started_at,
+        completed_at=row.completed_at,
+        timeout_seconds=row.timeout_seconds,
+        error=row.error,
+        owner=row.owner,
+        fencing_token=int(row.fencing_token),
+    )
+
+
+def _call_int(obj: object, name: str) -> int:
+    method = getattr(obj, name, None)
+    if not callable(method):
+        return 0
+    try:
+        return int(method())
+    except (TypeError, ValueError):
+        return 0
+
+
+def _sqlite_pragmas(timeout_seconds: float) -> Any:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(timeout_seconds * 1000)}")
+        cursor.close()
+
+    return on_connect
