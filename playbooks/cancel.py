@@ -1,0 +1,128 @@
+"""Playbook `cancel` — runbook resolution option 1: cancel the stuck run, optionally start a fresh one.
+
+Cancelling keeps the completed nodes' checkpoints. With `start_fresh_run`, a new execution of the same
+DAG is started with the original `input_data` (checkpointing and deterministic mode on, as the
+runbook's command does). Called by the remediation loop and `gl-watchdog playbook run cancel`; talks to
+the orchestrator only through `watchdog.clients.orchestrator`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from playbooks import checks
+from playbooks.base import (
+    ApplyResult,
+    PlannedAction,
+    Playbook,
+    PlaybookContext,
+    Precheck,
+    Risk,
+    Step,
+    VerifyResult,
+)
+from watchdog.errors import Conflict, WatchdogError
+
+CANCELLABLE = frozenset({"queued", "running", "interrupted"})
+
+
+class CancelParams(BaseModel):
+    """Whether to start a fresh run of the same DAG with the original input after cancelling."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start_fresh_run: bool = False
+    verify_timeout_seconds: float = 30.0
+
+
+class CancelPlaybook(Playbook[CancelParams]):
+    """Cancel the run (checkpoints kept); optionally start it afresh."""
+
+    name = "cancel"
+    risk = Risk.HIGH
+    summary = "cancel the stuck execution (checkpoints kept), optionally start a fresh run"
+    params_model = CancelParams
+
+    async def preconditions(self, ctx: PlaybookContext, params: CancelParams) -> Precheck:
+        try:
+            execution = await ctx.orchestrator.get_execution(ctx.execution_id)
+        except WatchdogError as exc:
+            return Precheck.refused(f"cannot read execution {ctx.execution_id}: {exc}")
+        if execution.status not in CANCELLABLE:
+            return Precheck.refused(
+                f"run already finished (status {execution.status}); nothing to cancel",
+                status=execution.status,
+            )
+        if params.start_fresh_run and not execution.dag_id:
+            return Precheck.refused("cannot start a fresh run: the execution does not name its DAG")
+        return Precheck.passed(
+            f"execution is {execution.status}; it can be cancelled",
+            status=execution.status,
+            dag_id=execution.dag_id,
+        )
+
+    async def plan(self, ctx: PlaybookContext, params: CancelParams) -> tuple[PlannedAction, ...]:
+        actions = [
+            PlannedAction(
+                step="cancel",
+                description=f"cancel execution {ctx.execution_id} (completed checkpoints are kept)",
+                target=ctx.execution_id,
+                request={"method": "POST", "path": f"/executions/{ctx.execution_id}/cancel"},
+                idempotent=True,
+            )
+        ]
+        if params.start_fresh_run:
+            execution = await ctx.orchestrator.get_execution(ctx.execution_id)
+            actions.append(
+                PlannedAction(
+                    step="start_fresh_run",
+                    description=f"start a fresh run of DAG {execution.dag_id} with the original input",
+                    target=str(execution.dag_id),
+                    request={
+                        "method": "POST",
+                        "path": f"/dags/{execution.dag_id}/execute",
+                        "input_data": execution.input_data,
+                        "execution_options": {"checkpoint_enabled": True, "deterministic_mode": True},
+                    },
+                    idempotent=False,
+                )
+            )
+        return tuple(actions)
+
+    async def apply(self, ctx: PlaybookContext, params: CancelParams) -> ApplyResult:
+        try:
+            planned = await self.plan(ctx, params)
+        except WatchdogError as exc:
+            return ApplyResult(playbook=self.name, ok=False, detail=f"cannot plan: {exc}")
+
+        async def cancel(_request: dict[str, Any]) -> dict[str, Any]:
+            try:
+                execution = await ctx.orchestrator.cancel(ctx.execution_id)
+            except Conflict:
+                # Already finished: done if it is cancelled (e.g. our own earlier, unrecorded cancel).
+                execution = await ctx.orchestrator.get_execution(ctx.execution_id)
+                if execution.status != "cancelled":
+                    raise
+            return {"status": execution.status}
+
+        async def start_fresh(request: dict[str, Any]) -> dict[str, Any]:
+            dag_id = request["path"].split("/")[2]
+            fresh = await ctx.orchestrator.execute(dag_id, request.get("input_data"))
+            return {"execution_id": fresh.execution_id, "status": fresh.status}
+
+        steps = [Step(planned[0].step, True, planned[0].request, cancel)]
+        if len(planned) > 1:
+            steps.append(Step(planned[1].step, False, planned[1].request, start_fresh))
+        return await self.run_steps(ctx, steps)
+
+    async def verify(self, ctx: PlaybookContext, params: CancelParams) -> VerifyResult:
+        execution, note = await checks.wait_for_status(
+            ctx, ctx.execution_id, {"cancelled"}, params.verify_timeout_seconds
+        )
+        found = [checks.execution_status_check(execution, {"cancelled"}, note)]
+        found.append(await checks.no_other_stuck_runs(ctx))
+        found.append(await checks.active_executions_check(ctx))
+        found.extend(await checks.prometheus_checks(ctx))
+        return VerifyResult.of(self.name, found)

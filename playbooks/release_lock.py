@@ -1,0 +1,156 @@
+"""Playbook `release_lock` — runbook resolution option 5, done safely.
+
+The runbook's `DEL 'gl:orchestrator:lock:<execution_id>'` is only safe when the holder is confirmed
+dead; this playbook checks exactly that (`playbooks.holders`: heartbeat stale past the grace period AND
+pod gone or terminated) and then deletes the lock by compare-and-delete on the holder's fencing token
+(a Lua script in `watchdog.clients.redis`), never a bare DEL: if a new holder took the lock in between,
+its token differs and it is left alone. A live holder makes it refuse, with the reason. Once released,
+a live orchestrator replica takes the run over; verification checks the dead holder's lock is gone and
+waits (bounded) for the run to end. Called by the remediation loop and the CLI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from playbooks import checks, holders
+from playbooks.base import (
+    ApplyResult,
+    Check,
+    CheckStatus,
+    PlannedAction,
+    Playbook,
+    PlaybookContext,
+    Precheck,
+    Risk,
+    Step,
+    VerifyResult,
+    idempotency_key,
+)
+from watchdog.clients.redis import ReleaseResult
+from watchdog.constants import lock_key
+from watchdog.errors import LockError, WatchdogError
+
+
+class ReleaseLockParams(BaseModel):
+    """How long verification waits for the run to be taken over and finish."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    verify_timeout_seconds: float = Field(default=120.0, gt=0)
+    wait_for_completion: bool = True
+
+
+class ReleaseLockPlaybook(Playbook[ReleaseLockParams]):
+    """Release the run's ownership lock, only when its holder is confirmed dead, by fencing token."""
+
+    name = "release_lock"
+    risk = Risk.HIGH
+    summary = (
+        "release the run's ownership lock held by a dead replica (compare-and-delete on its fencing token)"
+    )
+    params_model = ReleaseLockParams
+
+    async def preconditions(self, ctx: PlaybookContext, params: ReleaseLockParams) -> Precheck:
+        if ctx.redis is None:
+            return Precheck.refused("no Redis configured: the embedded orchestrator's locks are in-process")
+        try:
+            lock = await ctx.redis.get_lock(ctx.execution_id)
+        except WatchdogError as exc:
+            return Precheck.refused(f"cannot read {lock_key(ctx.execution_id)}: {exc}")
+        if lock is None:
+            return Precheck.refused(f"no lock {lock_key(ctx.execution_id)} is held; nothing to release")
+        if lock.token is None:
+            return Precheck.refused(f"lock {lock.key} carries no fencing token; refusing a bare DEL")
+        verdict = await holders.judge_lock(ctx, lock)
+        if not verdict.dead:
+            return Precheck.refused(f"lock holder not confirmed dead: {verdict.reason}", **verdict.facts)
+        return Precheck.passed(verdict.reason, token=lock.token, owner=lock.owner, **verdict.facts)
+
+    async def plan(self, ctx: PlaybookContext, params: ReleaseLockParams) -> tuple[PlannedAction, ...]:
+        token: Any = None
+        owner: Any = None
+        if ctx.redis is not None:
+            lock = await ctx.redis.get_lock(ctx.execution_id)
+            if lock is not None:
+                token, owner = lock.token, lock.owner
+        return (
+            PlannedAction(
+                step="compare_and_delete",
+                description=f"delete {lock_key(ctx.execution_id)} only if it still carries fencing token "
+                f"{token} (holder {owner}); never a bare DEL",
+                target=lock_key(ctx.execution_id),
+                request={"key": lock_key(ctx.execution_id), "token": token, "owner": owner},
+                idempotent=True,
+            ),
+        )
+
+    async def apply(self, ctx: PlaybookContext, params: ReleaseLockParams) -> ApplyResult:
+        # Re-judge right before acting: the token released is the one of the holder just confirmed dead.
+        precheck = await self.preconditions(ctx, params)
+        key = idempotency_key(ctx.incident_id, self.name, "compare_and_delete")
+        if not precheck.ok and await ctx.ledger.get(key) is None:
+            return ApplyResult(playbook=self.name, ok=False, detail=precheck.reason)
+        redis = ctx.redis
+        request = {
+            "key": lock_key(ctx.execution_id),
+            "token": precheck.facts.get("token"),
+            "owner": precheck.facts.get("owner"),
+        }
+
+        async def release(req: dict[str, Any]) -> dict[str, Any]:
+            if redis is None or req.get("token") is None:
+                raise LockError("no fencing token to release by")
+            result = await redis.compare_and_delete_lock(ctx.execution_id, int(req["token"]))
+            if result in (ReleaseResult.RELEASED, ReleaseResult.ABSENT):
+                return {"result": result.value, "token": req["token"], "owner": req.get("owner")}
+            raise LockError(
+                f"lock not released ({result.value}): it is no longer held with token {req['token']}"
+            )
+
+        return await self.run_steps(ctx, [Step("compare_and_delete", True, request, release)])
+
+    async def verify(self, ctx: PlaybookContext, params: ReleaseLockParams) -> VerifyResult:
+        found: list[Check] = []
+        entry = await ctx.ledger.get(idempotency_key(ctx.incident_id, self.name, "compare_and_delete"))
+        released_token = entry.request.get("token") if entry is not None else None
+        if ctx.redis is None:
+            found.append(
+                Check(name="lock_released", status=CheckStatus.UNKNOWN, detail="no Redis", decisive=True)
+            )
+        else:
+            try:
+                lock = await ctx.redis.get_lock(ctx.execution_id)
+                if lock is not None and lock.token == released_token:
+                    found.append(
+                        Check(
+                            name="lock_released",
+                            status=CheckStatus.PROBLEM,
+                            detail=f"{lock.key} still carries the dead holder's token {released_token}",
+                            decisive=True,
+                        )
+                    )
+                else:
+                    now = "free" if lock is None else f"now held by {lock.owner} with token {lock.token}"
+                    found.append(
+                        Check(
+                            name="lock_released",
+                            status=CheckStatus.OK,
+                            detail=f"token {released_token} released; lock {now}",
+                            decisive=True,
+                        )
+                    )
+            except WatchdogError as exc:
+                found.append(
+                    Check(name="lock_released", status=CheckStatus.UNKNOWN, detail=str(exc), decisive=True)
+                )
+        if params.wait_for_completion:
+            execution, note = await checks.wait_for_status(
+                ctx, ctx.execution_id, checks.TERMINAL_STATUSES, params.verify_timeout_seconds
+            )
+            found.append(checks.execution_status_check(execution, {"completed"}, note))
+        found.append(await checks.no_other_stuck_runs(ctx))
+        found.extend(await checks.prometheus_checks(ctx))
+        return VerifyResult.of(self.name, found)

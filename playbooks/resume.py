@@ -1,0 +1,119 @@
+"""Playbook `resume` — runbook resolution option 2: resume the run from its checkpoints.
+
+Completed nodes are skipped; the rest run again, and the provenance chain continues. Never a second
+writer: the run must be cancelled, failed or interrupted, or — if it still shows `running` — its owner
+must be confirmed dead (`playbooks.holders`). Verification waits (bounded) for the resumed run to end
+and checks it completed with a valid provenance chain. Called by the remediation loop and the CLI;
+talks to the orchestrator only through `watchdog.clients.orchestrator`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from playbooks import checks, holders
+from playbooks.base import (
+    ApplyResult,
+    PlannedAction,
+    Playbook,
+    PlaybookContext,
+    Precheck,
+    Risk,
+    Step,
+    VerifyResult,
+)
+from watchdog.errors import WatchdogError
+
+RESUMABLE = frozenset({"cancelled", "failed", "interrupted"})
+
+
+class ResumeParams(BaseModel):
+    """How long verification waits for the resumed run to finish."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    verify_timeout_seconds: float = Field(default=120.0, gt=0)
+
+
+class ResumePlaybook(Playbook[ResumeParams]):
+    """Resume from the last checkpoints, only when no one else is running the execution."""
+
+    name = "resume"
+    risk = Risk.MEDIUM
+    summary = "resume the execution from its checkpoints (completed nodes skipped)"
+    params_model = ResumeParams
+
+    async def preconditions(self, ctx: PlaybookContext, params: ResumeParams) -> Precheck:
+        try:
+            execution = await ctx.orchestrator.get_execution(ctx.execution_id)
+            checkpoints = await ctx.orchestrator.get_checkpoints(ctx.execution_id)
+        except WatchdogError as exc:
+            return Precheck.refused(f"cannot read execution {ctx.execution_id}: {exc}")
+        completed = [c.node_id for c in checkpoints.checkpoints if c.status == "completed"]
+        facts: dict[str, Any] = {"status": execution.status, "completed_checkpoints": completed}
+        if execution.status == "completed":
+            return Precheck.refused("run already finished (status completed); nothing to resume", **facts)
+        if execution.status in RESUMABLE:
+            if ctx.redis is not None:
+                try:
+                    lock = await ctx.redis.get_lock(ctx.execution_id)
+                except WatchdogError as exc:
+                    return Precheck.refused(f"cannot check the run's lock: {exc}", **facts)
+                if lock is not None:
+                    verdict = await holders.judge_lock(ctx, lock)
+                    if not verdict.dead:
+                        return Precheck.refused(
+                            f"run is {execution.status} but its lock is still held: {verdict.reason}", **facts
+                        )
+            return Precheck.passed(
+                f"run is {execution.status} with {len(completed)} completed checkpoint(s); resuming is safe",
+                **facts,
+            )
+        # running or queued: only if the owner is confirmed gone, never a second writer.
+        if not execution.owner:
+            return Precheck.refused(
+                f"run is {execution.status} and names no owner to confirm gone; never a second writer",
+                **facts,
+            )
+        verdict = await holders.judge_replica(ctx, execution.owner, None)
+        if not verdict.dead:
+            return Precheck.refused(
+                f"run is {execution.status} and its owner is not confirmed gone ({verdict.reason}); "
+                "resuming would make a second writer",
+                **facts,
+            )
+        return Precheck.passed(f"run is {execution.status} but {verdict.reason}", **facts)
+
+    async def plan(self, ctx: PlaybookContext, params: ResumeParams) -> tuple[PlannedAction, ...]:
+        return (
+            PlannedAction(
+                step="resume",
+                description=f"resume execution {ctx.execution_id} from its checkpoints "
+                "(completed nodes skipped)",
+                target=ctx.execution_id,
+                request={"method": "POST", "path": f"/executions/{ctx.execution_id}/resume"},
+                idempotent=False,
+            ),
+        )
+
+    async def apply(self, ctx: PlaybookContext, params: ResumeParams) -> ApplyResult:
+        planned = (await self.plan(ctx, params))[0]
+
+        async def resume(_request: dict[str, Any]) -> dict[str, Any]:
+            result = await ctx.orchestrator.resume(ctx.execution_id)
+            return result.model_dump()
+
+        return await self.run_steps(ctx, [Step(planned.step, planned.idempotent, planned.request, resume)])
+
+    async def verify(self, ctx: PlaybookContext, params: ResumeParams) -> VerifyResult:
+        execution, note = await checks.wait_for_status(
+            ctx, ctx.execution_id, checks.TERMINAL_STATUSES, params.verify_timeout_seconds
+        )
+        found = [checks.execution_status_check(execution, {"completed"}, note)]
+        found.append(await checks.provenance_check(ctx, ctx.execution_id))
+        found.append(await checks.no_other_stuck_runs(ctx))
+        found.append(await checks.active_executions_check(ctx))
+        found.extend(await checks.prometheus_checks(ctx))
+        return VerifyResult.of(self.name, found)

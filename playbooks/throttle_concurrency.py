@@ -1,0 +1,177 @@
+"""Playbook `throttle_concurrency` — runbook resolution option 4: relieve resource contention.
+
+Lowers `max_parallel_nodes` and/or `max_concurrent_executions` live through the orchestrator's admin
+route (`PUT /admin/limits`), which takes effect at once. In Kubernetes it also does what the runbook's
+commands do, so the change survives the next restart: patch the orchestrator Deployment's env
+(`GL_ORCHESTRATOR_MAX_PARALLEL_NODES`, `GL_ORCHESTRATOR_MAX_CONCURRENT_EXECUTIONS`) and roll it out
+(`kubectl rollout restart`: the pod template's restartedAt annotation). Called by the remediation loop
+and the CLI; reaches the orchestrator and Kubernetes only through `watchdog.clients`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from playbooks import checks
+from playbooks.base import (
+    ApplyResult,
+    Check,
+    CheckStatus,
+    PlannedAction,
+    Playbook,
+    PlaybookContext,
+    Precheck,
+    Risk,
+    Step,
+    VerifyResult,
+)
+from watchdog.constants import ORCHESTRATOR_DEPLOYMENT, RESTARTED_AT_ANNOTATION
+from watchdog.errors import WatchdogError
+
+ENV_PARALLEL = "GL_ORCHESTRATOR_MAX_PARALLEL_NODES"
+ENV_CONCURRENT = "GL_ORCHESTRATOR_MAX_CONCURRENT_EXECUTIONS"
+
+
+class ThrottleParams(BaseModel):
+    """The lower limits to set (at least one), and the orchestrator Deployment to patch in Kubernetes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_parallel_nodes: int | None = Field(default=None, ge=1)
+    max_concurrent_executions: int | None = Field(default=None, ge=1)
+    deployment: str = ORCHESTRATOR_DEPLOYMENT
+    rollout_restart: bool = True
+
+    @model_validator(mode="after")
+    def _something_to_set(self) -> ThrottleParams:
+        if self.max_parallel_nodes is None and self.max_concurrent_executions is None:
+            raise ValueError("give max_parallel_nodes and/or max_concurrent_executions")
+        return self
+
+    def targets(self) -> dict[str, int]:
+        return {
+            k: v
+            for k, v in {
+                "max_parallel_nodes": self.max_parallel_nodes,
+                "max_concurrent_executions": self.max_concurrent_executions,
+            }.items()
+            if v is not None
+        }
+
+
+class ThrottleConcurrencyPlaybook(Playbook[ThrottleParams]):
+    """Lower the orchestrator's concurrency limits, live and (in Kubernetes) in its Deployment."""
+
+    name = "throttle_concurrency"
+    risk = Risk.MEDIUM
+    summary = "lower max_parallel_nodes / max_concurrent_executions (live; Deployment env in Kubernetes)"
+    params_model = ThrottleParams
+
+    async def preconditions(self, ctx: PlaybookContext, params: ThrottleParams) -> Precheck:
+        try:
+            limits = await ctx.orchestrator.get_limits()
+        except WatchdogError as exc:
+            return Precheck.refused(f"cannot read the orchestrator's limits: {exc}")
+        current = {
+            "max_parallel_nodes": limits.max_parallel_nodes,
+            "max_concurrent_executions": limits.max_concurrent_executions,
+        }
+        lower = {k: v for k, v in params.targets().items() if v < current[k]}
+        if not lower:
+            return Precheck.refused(
+                f"limits are already at or below the targets (now {current}, targets {params.targets()})",
+                current=current,
+            )
+        if ctx.kubernetes is not None:
+            try:
+                await ctx.kubernetes.get_deployment(params.deployment)
+            except WatchdogError as exc:
+                return Precheck.refused(f"cannot read Deployment {params.deployment}: {exc}", current=current)
+        return Precheck.passed(f"lower {lower} (now {current})", current=current, lower=lower)
+
+    async def plan(self, ctx: PlaybookContext, params: ThrottleParams) -> tuple[PlannedAction, ...]:
+        targets = params.targets()
+        actions = [
+            PlannedAction(
+                step="set_limits",
+                description=f"set live limits {targets} (PUT /admin/limits)",
+                target="orchestrator",
+                request={"method": "PUT", "path": "/admin/limits", "body": targets},
+                idempotent=True,
+            )
+        ]
+        if ctx.kubernetes is not None:
+            env = {}
+            if params.max_parallel_nodes is not None:
+                env[ENV_PARALLEL] = str(params.max_parallel_nodes)
+            if params.max_concurrent_executions is not None:
+                env[ENV_CONCURRENT] = str(params.max_concurrent_executions)
+            actions.append(
+                PlannedAction(
+                    step="patch_deployment_env",
+                    description=f"kubectl set env deployment/{params.deployment} -n {ctx.namespace} "
+                    + " ".join(f"{k}={v}" for k, v in env.items()),
+                    target=f"deployment/{params.deployment}",
+                    request={"deployment": params.deployment, "namespace": ctx.namespace, "env": env},
+                    idempotent=True,
+                )
+            )
+            if params.rollout_restart:
+                actions.append(
+                    PlannedAction(
+                        step="rollout_restart",
+                        description=f"kubectl rollout restart deployment/{params.deployment} "
+                        f"-n {ctx.namespace}",
+                        target=f"deployment/{params.deployment}",
+                        request={"deployment": params.deployment, "namespace": ctx.namespace},
+                        idempotent=False,
+                    )
+                )
+        return tuple(actions)
+
+    async def apply(self, ctx: PlaybookContext, params: ThrottleParams) -> ApplyResult:
+        planned = await self.plan(ctx, params)
+        kube = ctx.kubernetes
+
+        async def set_limits(request: dict[str, Any]) -> dict[str, Any]:
+            limits = await ctx.orchestrator.set_limits(**request["body"])
+            return limits.model_dump()
+
+        async def patch_env(request: dict[str, Any]) -> dict[str, Any]:
+            assert kube is not None  # planned only with Kubernetes
+            await kube.patch_deployment_env(request["deployment"], request["env"])
+            return {"env": request["env"]}
+
+        async def rollout(request: dict[str, Any]) -> dict[str, Any]:
+            assert kube is not None
+            deployment = await kube.rollout_restart(request["deployment"], now=ctx.clock())
+            return {"restarted_at": deployment.template_annotations.get(RESTARTED_AT_ANNOTATION)}
+
+        actions = {"set_limits": set_limits, "patch_deployment_env": patch_env, "rollout_restart": rollout}
+        steps = [Step(p.step, p.idempotent, p.request, actions[p.step]) for p in planned]
+        return await self.run_steps(ctx, steps)
+
+    async def verify(self, ctx: PlaybookContext, params: ThrottleParams) -> VerifyResult:
+        found: list[Check] = []
+        try:
+            limits = await ctx.orchestrator.get_limits()
+            now = limits.model_dump()
+            wrong = {k: now.get(k) for k, v in params.targets().items() if now.get(k) != v}
+            found.append(
+                Check(
+                    name="limits_in_force",
+                    status=CheckStatus.PROBLEM if wrong else CheckStatus.OK,
+                    detail=f"limits now {now}" + (f"; not as set: {wrong}" if wrong else ""),
+                    decisive=True,
+                )
+            )
+        except WatchdogError as exc:
+            found.append(
+                Check(name="limits_in_force", status=CheckStatus.UNKNOWN, detail=str(exc), decisive=True)
+            )
+        found.append(await checks.active_executions_check(ctx))
+        found.append(await checks.no_other_stuck_runs(ctx))
+        found.extend(await checks.prometheus_checks(ctx))
+        return VerifyResult.of(self.name, found)

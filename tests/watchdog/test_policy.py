@@ -1,0 +1,101 @@
+"""The remediation policy file: the shipped default loads, bad files fail naming the field, rules match."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from watchdog.diagnostics.models import Diagnosis, Finding, StepStatus
+from watchdog.errors import PolicyError
+from watchdog.policy import DEFAULT_POLICY_FILE, PLAYBOOK_NAMES, Mode, load_policy, parse_policy
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def diagnosis(
+    likely_cause: str, *, status: str = "running", problem_steps: tuple[int, ...] = ()
+) -> Diagnosis:
+    findings = [
+        Finding(step=1, name="execution", status=StepStatus.OK, summary="run", evidence={"status": status})
+    ]
+    findings += [
+        Finding(step=s, name=f"s{s}", status=StepStatus.PROBLEM, summary="bad") for s in problem_steps
+    ]
+    return Diagnosis(
+        execution_id="e1", started_at=T0, completed_at=T0, findings=findings, likely_cause=likely_cause
+    )
+
+
+def test_shipped_policy_loads_and_covers_every_playbook() -> None:
+    policy = load_policy()
+    assert DEFAULT_POLICY_FILE.exists()
+    assert set(policy.playbooks) == PLAYBOOK_NAMES
+    used = {rule.playbook for rule in policy.rules if rule.playbook}
+    assert used == PLAYBOOK_NAMES - {"cancel"}  # cancel is for humans and the CLI, never chosen automatically
+    assert policy.limits.agent_restarts_per_agent_per_hour == 3
+
+
+def test_first_matching_rule_wins() -> None:
+    policy = load_policy()
+    rule = policy.first_match(diagnosis("external_api_slow"))
+    assert rule is not None and rule.playbook == "restart_agent"
+    rule = policy.first_match(diagnosis("stuck_lock"))
+    assert rule is not None and rule.playbook == "release_lock"
+    rule = policy.first_match(diagnosis("unknown", status="interrupted"))
+    assert rule is not None and rule.playbook == "resume"
+    assert policy.first_match(diagnosis("unknown")) is None
+
+
+def test_problem_steps_condition() -> None:
+    policy = parse_policy({"rules": [{"name": "r", "when": {"problem_steps": [4, 6]}, "playbook": "cancel"}]})
+    assert policy.first_match(diagnosis("x", problem_steps=(4,))) is None
+    assert policy.first_match(diagnosis("x", problem_steps=(4, 6))) is not None
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        (
+            {"rules": [{"name": "r", "when": {"likely_cause": ["x"]}, "playbook": "reboot"}]},
+            "rules.0.playbook",
+        ),
+        ({"playbooks": {"nuke": {}}}, "playbooks"),
+        ({"limits": {"agent_restarts_per_agent_per_hour": -1}}, "limits.agent_restarts_per_agent_per_hour"),
+        ({"limits": {"circuit_breaker": {"failures": 0}}}, "limits.circuit_breaker.failures"),
+        ({"rules": [{"name": "r", "when": {}, "playbook": "cancel"}]}, "rules.0.when"),
+        (
+            {"rules": [{"name": "r", "when": {"problem_steps": [9]}, "playbook": "cancel"}]},
+            "rules.0.when.problem_steps",
+        ),
+        ({"playbooks": {"cancel": {"risk": "extreme"}}}, "playbooks.cancel.risk"),
+        ({"surprise": 1}, "surprise"),
+        ({"version": 2}, "version"),
+    ],
+)
+def test_invalid_policy_names_the_field(data: dict[str, object], field: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_policy(data, source="p.yaml")
+    assert f"{field}:" in str(info.value)
+    assert str(info.value).startswith("p.yaml: invalid policy")
+
+
+def test_unreadable_and_non_yaml_files(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="cannot read policy file"):
+        load_policy(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules: [unclosed", encoding="utf-8")
+    with pytest.raises(PolicyError, match="not valid YAML"):
+        load_policy(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n", encoding="utf-8")
+    with pytest.raises(PolicyError, match="must be a mapping"):
+        load_policy(listy)
+
+
+def test_deployment_observe_overrides_playbook_modes() -> None:
+    policy = parse_policy({"playbooks": {"restart_agent": {"mode": "auto"}}})
+    assert policy.effective_mode(Mode.RECOMMEND, "restart_agent") is Mode.AUTO
+    assert policy.effective_mode(Mode.RECOMMEND, "cancel") is Mode.RECOMMEND
+    assert policy.effective_mode(Mode.OBSERVE, "restart_agent") is Mode.OBSERVE

@@ -1,0 +1,252 @@
+"""Approval prompts: create them, sign their links, settle decisions and expiry atomically in the store.
+
+The remediation loop (`watchdog.remediation`) creates a prompt when the plan needs a human; the prompt
+goes out through the notifier (`watchdog.notifier`) with approve/deny links, is shown on the web page
+(`watchdog.web`, `/approvals/{id}?token=...`), and can be answered through the API
+(`POST /api/v1/approvals/{id}/approve|deny`, bearer token or link token) and the CLI
+(`gl-watchdog approve|deny APPROVAL_ID`). Stored in the store's `approvals` table (`watchdog.store`).
+
+Link tokens: `<expires_unix>.<signature>`, where the signature is HMAC-SHA256 under
+`settings.approval_signing_key` over the approval id, the prompt's random nonce (kept only in the store)
+and the expiry. A token is therefore bound to one prompt, cannot be forged without the key, and expires.
+It is single-use because a decision is a conditional UPDATE (`state = 'pending' AND expires_at > now`):
+of an approve, a deny, a double click and the expiry sweep, exactly one wins; every other gets
+`ApprovalClosed` with the state that won. The loop then moves `approved` to `used` (again conditional)
+right before it acts, so one approval never drives two remediations.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+from urllib.parse import quote
+
+import sqlalchemy as sa
+
+from watchdog.errors import ApprovalClosed, ApprovalNotFound, InvalidToken
+from watchdog.migrations import approvals as approvals_table
+from watchdog.store import Approval, Store, Tx
+
+Clock = Callable[[], datetime]
+
+
+class Decision(StrEnum):
+    """What a human answered."""
+
+    APPROVE = "approve"
+    DENY = "deny"
+
+
+DECIDED_STATE = {Decision.APPROVE: "approved", Decision.DENY: "denied"}
+
+
+@dataclass(frozen=True)
+class Links:
+    """Where a human answers a prompt. GET of any of them only shows the page; a click decides."""
+
+    page: str
+    approve: str
+    deny: str
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def sign(key: bytes, approval_id: str, nonce: str, expires_unix: int) -> str:
+    """The link token of one prompt."""
+    message = f"{approval_id}\n{nonce}\n{expires_unix}".encode()
+    return f"{expires_unix}.{_b64(hmac.new(key, message, hashlib.sha256).digest())}"
+
+
+class ApprovalService:
+    """Approval prompts over the store; one transaction per operation, each audited with its incident."""
+
+    def __init__(
+        self,
+        store: Store,
+        signing_key: bytes,
+        *,
+        ttl_seconds: float,
+        public_url: str,
+        clock: Clock | None = None,
+    ) -> None:
+        if len(signing_key) < 16:
+            raise ValueError("approval signing key must be at least 16 bytes")
+        self.store = store
+        self._key = signing_key
+        self.ttl = timedelta(seconds=ttl_seconds)
+        self.public_url = public_url.rstrip("/")
+        self.clock = clock or store.clock
+
+    # -- tokens and links
+
+    def token_for(self, approval: Approval) -> str:
+        """The signed link token of `approval`."""
+        return sign(self._key, approval.id, approval.token_nonce, int(approval.expires_at.timestamp()))
+
+    def links(self, approval: Approval) -> Links:
+        """The page and approve/deny links carrying the token."""
+        token = quote(self.token_for(approval))
+        page = f"{self.public_url}/approvals/{quote(approval.id, safe='')}?token={token}"
+        return Links(page=page, approve=f"{page}&decision=approve", deny=f"{page}&decision=deny")
+
+    def check_token(self, approval: Approval, token: str) -> None:
+        """Raise InvalidToken unless `token` is this prompt's signed token; ApprovalClosed if expired."""
+        try:
+            expires_text, _ = token.split(".", 1)
+            expires_unix = int(expires_text)
+        except ValueError:
+            raise InvalidToken("malformed approval token") from None
+        expected = sign(self._key, approval.id, approval.token_nonce, expires_unix)
+        if not hmac.compare_digest(expected.encode(), token.encode()):
+            raise InvalidToken(
+                "approval token does not match this prompt (forged, altered, or for another prompt)"
+            )
+        if self.clock().timestamp() >= expires_unix:
+            raise ApprovalClosed(
+                "expired", f"approval {approval.id} expired at {approval.expires_at.isoformat()}"
+            )
+
+    # -- lifecycle
+
+    async def create_in(
+        self, tx: Tx, *, incident_id: int, plan: dict[str, Any], summary: str, actor: str = "watchdog"
+    ) -> Approval:
+        """Insert a pending prompt inside `tx` (audited as `approval_requested`)."""
+        approval = await tx.insert_approval(
+            approval_id=f"apr_{secrets.token_urlsafe(12)}",
+            incident_id=incident_id,
+            plan=plan,
+            summary=summary,
+            token_nonce=secrets.token_urlsafe(24),
+            expires_at=self.clock() + self.ttl,
+        )
+        await tx.add_audit(
+            incident_id,
+            "approval_requested",
+            actor=actor,
+            data={"approval_id": approval.id, "expires_at": approval.expires_at.isoformat(), "plan": plan},
+        )
+        return approval
+
+    async def get(self, approval_id: str) -> Approval:
+        """The prompt, or ApprovalNotFound."""
+        async with self.store.transaction() as tx:
+            approval = await tx.get_approval(approval_id)
+        if approval is None:
+            raise ApprovalNotFound(f"no approval {approval_id!r}")
+        return approval
+
+    async def decide(
+        self,
+        approval_id: str,
+        decision: Decision,
+        *,
+        actor: str,
+        token: str | None = None,
+        authenticated: bool = False,
+    ) -> Approval:
+        """Settle a prompt: exactly one of concurrent decisions and the expiry wins.
+
+        The caller is either `authenticated` (bearer token, CLI with store access) or presents the
+        link `token`. Raises ApprovalNotFound, InvalidToken, or ApprovalClosed naming the state that won.
+        """
+        async with self.store.transaction() as tx:
+            approval = await tx.get_approval(approval_id)
+            if approval is None:
+                raise ApprovalNotFound(f"no approval {approval_id!r}")
+            if token is not None:
+                try:
+                    self.check_token(approval, token)
+                except InvalidToken:
+                    await tx.add_audit(
+                        approval.incident_id,
+                        "approval_token_rejected",
+                        actor=actor,
+                        data={"approval_id": approval_id, "reason": "invalid token"},
+                    )
+                    raise
+            elif not authenticated:
+                raise InvalidToken("an approval token or API authentication is required")
+            now = self.clock()
+            result = await tx.conn.execute(
+                sa.update(approvals_table)
+                .where(
+                    approvals_table.c.id == approval_id,
+                    approvals_table.c.state == "pending",
+                    approvals_table.c.expires_at > now,
+                )
+                .values(state=DECIDED_STATE[decision], decided_at=now, decided_by=actor)
+                .returning(*approvals_table.c)
+            )
+            row = result.first()
+            if row is None:
+                current = await tx.get_approval(approval_id)
+                state = current.state if current is not None else "missing"
+                if state == "pending":  # not yet swept, but past its expiry
+                    state = "expired"
+                raise ApprovalClosed(state, f"approval {approval_id} is already {state}; nothing was changed")
+            decided = Approval.model_validate(dict(row._mapping))
+            await tx.add_audit(
+                decided.incident_id,
+                "approval_decided",
+                actor=actor,
+                data={
+                    "approval_id": approval_id,
+                    "decision": decision.value,
+                    "via": "token" if token else "auth",
+                },
+            )
+        return decided
+
+    async def expire_due(self, actor: str = "watchdog") -> list[Approval]:
+        """Mark every pending prompt past its expiry `expired` (conditional, audited); returns them."""
+        now = self.clock()
+        async with self.store.transaction() as tx:
+            result = await tx.conn.execute(
+                sa.update(approvals_table)
+                .where(approvals_table.c.state == "pending", approvals_table.c.expires_at <= now)
+                .values(state="expired", decided_at=now, decided_by=actor)
+                .returning(*approvals_table.c)
+            )
+            expired = [Approval.model_validate(dict(r._mapping)) for r in result]
+            for approval in expired:
+                await tx.add_audit(
+                    approval.incident_id,
+                    "approval_expired",
+                    actor=actor,
+                    data={"approval_id": approval.id, "expires_at": approval.expires_at.isoformat()},
+                )
+        return expired
+
+    async def consume_in(self, tx: Tx, approval_id: str, actor: str = "watchdog") -> Approval | None:
+        """Move an approved prompt to `used` (the loop, right before acting); None if it is not approved."""
+        used = await tx.update_approval(approval_id, expected_state=["approved"], state="used")
+        if used is not None:
+            await tx.add_audit(
+                used.incident_id, "approval_used", actor=actor, data={"approval_id": approval_id}
+            )
+        return used
+
+
+def public_view(approval: Approval) -> dict[str, Any]:
+    """The prompt as the API shows it (never the nonce)."""
+    return {
+        "id": approval.id,
+        "incident_id": approval.incident_id,
+        "state": approval.state,
+        "summary": approval.summary,
+        "plan": approval.plan,
+        "created_at": approval.created_at.isoformat(),
+        "expires_at": approval.expires_at.isoformat(),
+        "decided_at": approval.decided_at.isoformat() if approval.decided_at else None,
+        "decided_by": approval.decided_by,
+    }

@@ -1,0 +1,215 @@
+"""Notifiers: tell on-call that an approval is wanted, or that an incident was escalated.
+
+Called by the remediation loop (`watchdog.remediation`), which audits every result. Two formats,
+chosen by `settings.notifier_kind`: a Slack-compatible incoming-webhook message (text + blocks with
+approve/deny link buttons) and a generic JSON document. Both POST with httpx under a timeout. A
+notifier never raises for the webhook's failure: it returns a `NotifyResult` with `ok=False` and the
+reason, which the loop writes to the audit log and the log (reported, not swallowed). With no
+`notifier_url` the `NullNotifier` records that nothing was sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+
+from watchdog.settings import NotifierKind, WatchdogSettings
+
+
+@dataclass(frozen=True)
+class PromptMessage:
+    """What an approval notification says."""
+
+    approval_id: str
+    incident_id: int
+    execution_id: str
+    diagnosis_summary: str
+    plan_headline: str
+    rationale: str
+    actions: list[str]
+    risk: str | None
+    expires_at: str
+    page_url: str
+    approve_url: str
+    deny_url: str
+
+
+@dataclass(frozen=True)
+class EscalationMessage:
+    """What an escalation notification says."""
+
+    incident_id: int
+    execution_id: str
+    reason: str
+    diagnosis_summary: str = ""
+    plan_headline: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NotifyResult:
+    """How a delivery went. `sent` is False when no webhook is configured (not a failure)."""
+
+    ok: bool
+    sent: bool
+    detail: str
+    status: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "sent": self.sent, "detail": self.detail, "status": self.status}
+
+
+class Notifier(Protocol):
+    """Anything that can deliver the two messages."""
+
+    async def approval_requested(self, message: PromptMessage) -> NotifyResult:
+        """Ask on-call to approve or deny."""
+
+    async def escalated(self, message: EscalationMessage) -> NotifyResult:
+        """Tell on-call the watchdog stopped and a human must take over."""
+
+
+class NullNotifier:
+    """No webhook configured: nothing is sent, and the result says so."""
+
+    async def approval_requested(self, message: PromptMessage) -> NotifyResult:
+        return NotifyResult(ok=True, sent=False, detail="no notifier_url configured; prompt not sent")
+
+    async def escalated(self, message: EscalationMessage) -> NotifyResult:
+        return NotifyResult(ok=True, sent=False, detail="no notifier_url configured; escalation not sent")
+
+
+class _WebhookNotifier:
+    def __init__(
+        self, url: str, *, timeout: float = 5.0, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.transport = transport
+
+    async def _post(self, body: dict[str, Any]) -> NotifyResult:
+        try:
+            async with httpx.AsyncClient(
+                timeout=httpx.Timeout(self.timeout), transport=self.transport
+            ) as client:
+                response = await client.post(self.url, json=body)
+        except httpx.TimeoutException:
+            return NotifyResult(
+                ok=False, sent=False, detail=f"notifier webhook timed out after {self.timeout:g}s"
+            )
+        except httpx.HTTPError as exc:
+            return NotifyResult(
+                ok=False, sent=False, detail=f"notifier webhook unreachable: {exc or type(exc).__name__}"
+            )
+        if response.status_code >= 400:
+            return NotifyResult(
+                ok=False,
+                sent=False,
+                detail=f"notifier webhook answered {response.status_code}: {response.text[:200]}",
+                status=response.status_code,
+            )
+        return NotifyResult(
+            ok=True, sent=True, detail=f"delivered ({response.status_code})", status=response.status_code
+        )
+
+
+class SlackNotifier(_WebhookNotifier):
+    """Slack incoming-webhook messages (also understood by Mattermost and Rocket.Chat)."""
+
+    async def approval_requested(self, message: PromptMessage) -> NotifyResult:
+        return await self._post(slack_prompt(message))
+
+    async def escalated(self, message: EscalationMessage) -> NotifyResult:
+        return await self._post(slack_escalation(message))
+
+
+class JsonNotifier(_WebhookNotifier):
+    """A generic JSON document: `{"event": "approval_requested" | "escalated", ...fields}`."""
+
+    async def approval_requested(self, message: PromptMessage) -> NotifyResult:
+        return await self._post({"event": "approval_requested", **message.__dict__})
+
+    async def escalated(self, message: EscalationMessage) -> NotifyResult:
+        return await self._post({"event": "escalated", **message.__dict__})
+
+
+def slack_prompt(message: PromptMessage) -> dict[str, Any]:
+    """The Slack message of an approval prompt, with approve and deny link buttons."""
+    actions = "\n".join(f"• {a}" for a in message.actions) or "• (no actions)"
+    text = (
+        f"gl-watchdog: approval needed for incident {message.incident_id} "
+        f"(execution {message.execution_id}): {message.plan_headline}. "
+        f"Approve: {message.approve_url} Deny: {message.deny_url}"
+    )
+    return {
+        "text": text,
+        "blocks": [
+            {
+                "type": "header",
+                "text": {"type": "plain_text", "text": f"Approval needed: incident {message.incident_id}"},
+            },
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": f"*Execution* `{message.execution_id}`\n*Diagnosis* {message.diagnosis_summary}\n"
+                    f"*Plan* {message.plan_headline} (risk {message.risk})\n*Why* {message.rationale}\n"
+                    f"*Actions*\n{actions}\n*Expires* {message.expires_at}",
+                },
+            },
+            {
+                "type": "actions",
+                "elements": [
+                    {
+                        "type": "button",
+                        "text": {"type": "plain_text", "text": "Approve"},
+                        "style": "primary",
+                        "url": message.approve_url,
+                    },
+                    {
+                        "type": "button",
+                        "text": {"type": "plain_text", "text": "Deny"},
+                        "style": "danger",
+                        "url": message.deny_url,
+                    },
+                ],
+            },
+        ],
+    }
+
+
+def slack_escalation(message: EscalationMessage) -> dict[str, Any]:
+    """The Slack message of an escalation."""
+    text = (
+        f"gl-watchdog escalated incident {message.incident_id} "
+        f"(execution {message.execution_id}): {message.reason}"
+    )
+    body = f"*Reason* {message.reason}"
+    if message.diagnosis_summary:
+        body += f"\n*Diagnosis* {message.diagnosis_summary}"
+    if message.plan_headline:
+        body += f"\n*Plan* {message.plan_headline}"
+    return {
+        "text": text,
+        "blocks": [
+            {
+                "type": "header",
+                "text": {"type": "plain_text", "text": f"Escalated: incident {message.incident_id}"},
+            },
+            {"type": "section", "text": {"type": "mrkdwn", "text": body}},
+        ],
+    }
+
+
+def notifier_from_settings(
+    settings: WatchdogSettings, *, transport: httpx.AsyncBaseTransport | None = None
+) -> Notifier:
+    """The notifier the settings ask for (NullNotifier without a URL)."""
+    if not settings.notifier_url:
+        return NullNotifier()
+    timeout = settings.orchestrator_timeout_seconds
+    if settings.notifier_kind is NotifierKind.JSON:
+        return JsonNotifier(settings.notifier_url, timeout=timeout, transport=transport)
+    return SlackNotifier(settings.notifier_url, timeout=timeout, transport=transport)
