@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 
+from orchestrator_core.agents import AgentContext, AgentFn, AgentRegistry
 from orchestrator_core.errors import AgentError, AgentOutputError, RetryableAgentError
 
 DEFAULT_TIMEOUT_SECONDS = 300.0
@@ -146,6 +147,30 @@ class HttpAgentClient:
         finally:
             if self._on_call is not None:
                 self._on_call(call.agent_id, outcome, time.monotonic() - started)
+
+    def agent(self, agent_id: str) -> AgentFn:
+        """An agent function (for `AgentRegistry.register`) that runs each attempt over HTTP."""
+
+        async def run(ctx: AgentContext) -> Any:
+            return await self.call(
+                AgentCall(
+                    agent_id=agent_id,
+                    execution_id=ctx.execution_id,
+                    node_id=ctx.node_id,
+                    attempt=ctx.attempt,
+                    params=ctx.params,
+                    input_data=ctx.input_data,
+                    upstream=ctx.upstream,
+                    deadline=ctx.deadline,
+                )
+            )
+
+        return run
+
+    def register(self, registry: AgentRegistry, agent_ids: list[str]) -> None:
+        """Register every id of `agent_ids` as an HTTP agent (replacing an in-process one of that id)."""
+        for agent_id in agent_ids:
+            registry.register(agent_id, self.agent(agent_id), kind="http", replace=True)
 
     async def close(self) -> None:
         await self._client.aclose()

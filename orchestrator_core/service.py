@@ -1,0 +1,513 @@
+"""`OrchestratorService`: the engine as a replicated service — admission, ownership, takeover, shutdown.
+
+Where it sits: built once by `cli.py serve` (or a test) with `await OrchestratorService.open(settings)`;
+`api.py` calls it for every write (execute, cancel, resume, limits) and reads through `service.engine`.
+It wraps the `engine.Engine` facade (which does no admission and takes no locks) and owns the
+`locks.LockBackend`, the metrics registry, the run log, the tracer and the HTTP agent client.
+
+Admission (FIFO): `submit` records the run as `queued` in the store; `pump_once` starts the oldest
+queued runs (by `created_at`, across all replicas, since the queue is the store) while this replica
+runs fewer than `max_concurrent_executions`. Before starting a run the replica takes its ownership
+lock; the lease's fencing token goes to the engine, whose store refuses writes with a stale token.
+
+Ownership: every owned run has a supervisor task that waits for the run to end and then releases the
+lock. `renew_once` extends every owned lock; when a lock is lost (renewal refused) or cannot be renewed
+for a whole TTL (Redis unreachable), the replica self-fences: it stops the run and records it
+`interrupted` (resumable), or only detaches when another owner already claimed it.
+
+Takeover: `takeover_once` looks for `running` runs in the store that nobody here runs and whose lock
+is gone (the owner died and its TTL passed), takes the lock and resumes them from their checkpoints,
+so completed nodes are not run again.
+
+Loops: `start()` runs one maintenance task that calls `heartbeat_once`, `renew_once`, `pump_once` and
+`takeover_once` every `min(lock_ttl, heartbeat_ttl) / 3` seconds; tests call the one-shot forms.
+
+Shutdown (`shutdown`, SIGTERM via the CLI): stop admitting and taking over, give running runs
+`shutdown_grace_seconds` to finish (locks still renewed meanwhile), interrupt what is left (status
+`interrupted`, resumable), release the locks, close the engine, the lock backend and the exporters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry.sdk.trace.export import SpanExporter
+
+from orchestrator_core.agents import AgentRegistry
+from orchestrator_core.engine import Engine
+from orchestrator_core.errors import (
+    BadRequest,
+    InvalidState,
+    LockBackendUnavailable,
+    NotFound,
+    OrchestratorError,
+    ServiceUnavailable,
+    StaleFencingToken,
+)
+from orchestrator_core.events import CompositeObserver, EngineObserver, SafeObserver
+from orchestrator_core.http_agents import HttpAgentClient
+from orchestrator_core.locks import InProcessLockBackend, Lease, LockBackend, RedisLockBackend
+from orchestrator_core.logs import LogObserver, RunLog
+from orchestrator_core.metrics import Limits, MetricsObserver, OrchestratorMetrics
+from orchestrator_core.records import ExecutionOptions, ExecutionRecord, ResumeResult
+from orchestrator_core.settings import OrchestratorSettings
+from orchestrator_core.tracing import RunTracer, TracingObserver, build_tracer_provider
+
+log = logging.getLogger(__name__)
+
+READY_CHECK_TIMEOUT_SECONDS = 3.0
+MIN_TICK_SECONDS = 0.05
+
+
+@dataclass
+class _Owned:
+    lease: Lease
+    last_renewed: float
+    supervisor: asyncio.Task[None] | None = None
+
+
+class OrchestratorService:
+    """One orchestrator replica (see module docstring)."""
+
+    def __init__(
+        self,
+        settings: OrchestratorSettings,
+        *,
+        engine: Engine,
+        locks: LockBackend,
+        metrics: OrchestratorMetrics,
+        run_log: RunLog,
+        tracer: RunTracer,
+        http_agents: HttpAgentClient,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.locks = locks
+        self.metrics = metrics
+        self.run_log = run_log
+        self.tracer = tracer
+        self.http_agents = http_agents
+        self._monotonic = monotonic
+        self._max_concurrent = settings.max_concurrent_executions
+        self._owned: dict[str, _Owned] = {}
+        self._admission = asyncio.Lock()
+        self._accepting = True
+        self._closed = False
+        self._queued_count = 0
+        self._loop_task: asyncio.Task[None] | None = None
+        metrics.limits_provider = self.limits
+        metrics.pool_provider = engine.pool_stats
+
+    # -- construction -------------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        settings: OrchestratorSettings,
+        *,
+        registry: AgentRegistry | None = None,
+        locks: LockBackend | None = None,
+        span_exporter: SpanExporter | None = None,
+        extra_observer: EngineObserver | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> OrchestratorService:
+        """Build every part from `settings` and open the engine (store + migrations)."""
+        metrics = OrchestratorMetrics()
+        run_log = RunLog()
+        tracer = RunTracer(build_tracer_provider(settings.otlp_endpoint, exporter=span_exporter))
+        http_agents = HttpAgentClient(
+            settings.agent_url_template, settings.namespace, on_call=metrics.agent_call
+        )
+        registry = registry if registry is not None else AgentRegistry.from_entry_points()
+        http_agents.register(registry, list(settings.http_agents))
+        observers: list[EngineObserver] = [
+            SafeObserver(MetricsObserver(metrics)),
+            SafeObserver(TracingObserver(tracer)),
+            SafeObserver(LogObserver(run_log)),
+        ]
+        if extra_observer is not None:
+            observers.append(SafeObserver(extra_observer))
+        pod = settings.pod_name or settings.replica_id
+        if locks is None:
+            if settings.redis_url:
+                locks = RedisLockBackend(settings.redis_url, settings.replica_id, pod)
+            else:
+                locks = InProcessLockBackend(settings.replica_id, pod)
+        try:
+            engine = await Engine.open(settings, registry=registry, observer=CompositeObserver(*observers))
+        except BaseException:
+            await http_agents.close()
+            await locks.close()
+            tracer.shutdown()
+            raise
+        return cls(
+            settings,
+            engine=engine,
+            locks=locks,
+            metrics=metrics,
+            run_log=run_log,
+            tracer=tracer,
+            http_agents=http_agents,
+            monotonic=monotonic,
+        )
+
+    # -- state --------------------------------------------------------------------------------------
+
+    @property
+    def replica_id(self) -> str:
+        return self.settings.replica_id
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    @property
+    def max_concurrent_executions(self) -> int:
+        return self._max_concurrent
+
+    def owned_executions(self) -> list[str]:
+        """Ids of the runs this replica holds the lock of (running here)."""
+        return sorted(self._owned)
+
+    def limits(self) -> Limits:
+        return Limits(
+            active=len(self._owned),
+            queued=self._queued_count,
+            max_concurrent_executions=self._max_concurrent,
+            max_parallel_nodes=self.engine.max_parallel_nodes,
+        )
+
+    async def limits_json(self) -> dict[str, Any]:
+        """`GET /metrics` (JSON) and `GET|PUT /admin/limits`: fresh queue length from the store."""
+        await self._count_queued()
+        limits = self.limits()
+        return {
+            "active_executions": limits.active,
+            "max_concurrent_executions": limits.max_concurrent_executions,
+            "queued_executions": limits.queued,
+            "max_parallel_nodes": limits.max_parallel_nodes,
+            "replica_id": self.replica_id,
+        }
+
+    async def set_limits(
+        self, *, max_parallel_nodes: int | None = None, max_concurrent_executions: int | None = None
+    ) -> dict[str, Any]:
+        """Change limits live; a raised execution limit admits queued runs at once."""
+        for name, value in (
+            ("max_parallel_nodes", max_parallel_nodes),
+            ("max_concurrent_executions", max_concurrent_executions),
+        ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise BadRequest(f"{name} must be an integer >= 1", field=name)
+        if max_parallel_nodes is not None:
+            self.engine.set_max_parallel_nodes(max_parallel_nodes)
+        if max_concurrent_executions is not None:
+            self._max_concurrent = max_concurrent_executions
+        log.info(
+            "limits changed",
+            extra={
+                "max_parallel_nodes": self.engine.max_parallel_nodes,
+                "max_concurrent": self._max_concurrent,
+            },
+        )
+        await self.pump_once()
+        return await self.limits_json()
+
+    async def readiness(self) -> dict[str, str]:
+        """Per dependency: "ok" or the reason it is not (store and lock backend)."""
+        checks: dict[str, str] = {}
+        try:
+            async with asyncio.timeout(READY_CHECK_TIMEOUT_SECONDS):
+                await self.engine.list_executions(limit=1)
+            checks["store"] = "ok"
+        except (OrchestratorError, TimeoutError) as exc:
+            checks["store"] = f"unavailable: {exc or 'timeout'}"
+        try:
+            async with asyncio.timeout(READY_CHECK_TIMEOUT_SECONDS):
+                await self.locks.ping()
+            checks["locks"] = "ok"
+        except (LockBackendUnavailable, TimeoutError) as exc:
+            checks["locks"] = f"unavailable: {exc or 'timeout'}"
+        if not self._accepting:
+            checks["admission"] = "shutting down"
+        return checks
+
+    # -- operations (API) ---------------------------------------------------------------------------
+
+    async def submit(
+        self, dag_id: str, input_data: Any = None, options: ExecutionOptions | None = None
+    ) -> ExecutionRecord:
+        """Queue a run of the DAG and admit it if there is room; the record as it stands then."""
+        if not self._accepting:
+            raise ServiceUnavailable("the orchestrator is shutting down and admits no new runs")
+        record = await self.engine.create_execution(dag_id, input_data, options)
+        self.run_log.info(
+            "execution queued",
+            execution_id=record.execution_id,
+            dag_id=dag_id,
+            dag_version=record.dag_version,
+        )
+        await self.pump_once()
+        return await self.engine.get_execution(record.execution_id)
+
+    async def cancel(self, execution_id: str) -> ExecutionRecord:
+        """Cancel a queued or running run (checkpoints kept); `InvalidState` when it is finished."""
+        record = await self.engine.cancel(execution_id)
+        self.run_log.info("execution cancelled by request", execution_id=execution_id, dag_id=record.dag_id)
+        return record
+
+    async def resume(self, execution_id: str) -> ResumeResult:
+        """Resume a failed/cancelled/interrupted run here, from its checkpoints."""
+        if not self._accepting:
+            raise ServiceUnavailable("the orchestrator is shutting down and resumes nothing")
+        async with self._admission:
+            record = await self.engine.get_execution(execution_id)
+            if record.status == "running":
+                raise InvalidState(f"execution {execution_id} is running; only a stopped run can be resumed")
+            lease = await self.locks.acquire(execution_id, self.settings.lock_ttl_seconds)
+            if lease is None:
+                holder = await self.locks.holder(execution_id)
+                owner = holder.owner if holder is not None else "another replica"
+                raise InvalidState(f"execution {execution_id} is locked by {owner}")
+            try:
+                result = await self.engine.resume(
+                    execution_id, owner=self.replica_id, fencing_token=lease.token
+                )
+            except BaseException:
+                await self._release(lease)
+                raise
+            self._own(lease)
+        return result
+
+    # -- one-shot loop bodies -------------------------------------------------------------------------
+
+    async def heartbeat_once(self) -> None:
+        await self.locks.heartbeat(self.settings.heartbeat_ttl_seconds)
+
+    async def renew_once(self) -> list[str]:
+        """Renew every owned lock; self-fence the runs whose lock is lost. Returns the fenced ids."""
+        ttl = self.settings.lock_ttl_seconds
+        fenced: list[str] = []
+        for execution_id, owned in list(self._owned.items()):
+            try:
+                renewed: bool | None = await self.locks.renew(owned.lease, ttl)
+            except LockBackendUnavailable as exc:
+                log.warning("cannot renew lock of %s: %s", execution_id, exc)
+                renewed = None
+            if renewed:
+                owned.last_renewed = self._monotonic()
+                continue
+            if renewed is None and self._monotonic() - owned.last_renewed < ttl:
+                continue  # transient: the lock is still ours until its TTL runs out
+            fenced.append(execution_id)
+            await self._self_fence(execution_id, "lost" if renewed is False else "could not be renewed")
+        return fenced
+
+    async def pump_once(self) -> list[str]:
+        """Start the oldest queued runs while there is room here. Returns the ids started."""
+        started: list[str] = []
+        async with self._admission:
+            if not self._accepting:
+                return started
+            queued = await self._count_queued()
+            for record in queued:
+                if len(self._owned) >= self._max_concurrent:
+                    break
+                if await self._start(record):
+                    started.append(record.execution_id)
+            self._queued_count = max(0, len(queued) - len(started))
+        return started
+
+    async def takeover_once(self) -> list[str]:
+        """Resume `running` runs whose owner is gone (lock expired). Returns the ids taken over."""
+        adopted: list[str] = []
+        async with self._admission:
+            if not self._accepting:
+                return adopted
+            running = await self.engine.list_executions(status="running")
+            local = set(self.engine.local_executions()) | set(self._owned)
+            for record in sorted(running, key=lambda r: (r.started_at or r.created_at, r.execution_id)):
+                if record.execution_id in local:
+                    continue
+                if len(self._owned) >= self._max_concurrent:
+                    break
+                if await self.locks.holder(record.execution_id) is not None:
+                    continue
+                lease = await self.locks.acquire(record.execution_id, self.settings.lock_ttl_seconds)
+                if lease is None:
+                    continue
+                try:
+                    result = await self.engine.resume(
+                        record.execution_id, owner=self.replica_id, fencing_token=lease.token, takeover=True
+                    )
+                except (InvalidState, StaleFencingToken, NotFound) as exc:
+                    log.info("takeover of %s skipped: %s", record.execution_id, exc)
+                    await self._release(lease)
+                    continue
+                except BaseException:
+                    await self._release(lease)
+                    raise
+                self._own(lease)
+                adopted.append(record.execution_id)
+                self.run_log.warning(
+                    f"took over execution from {record.owner or 'unknown owner'} (lock expired)",
+                    execution_id=record.execution_id,
+                    dag_id=record.dag_id,
+                    previous_owner=record.owner,
+                    nodes_skipped=result.nodes_skipped,
+                    nodes_remaining=result.nodes_remaining,
+                )
+        return adopted
+
+    async def tick_once(self) -> None:
+        """One round of the maintenance loop; each part's failure is logged, never raised."""
+        for name, step in (
+            ("heartbeat", self.heartbeat_once),
+            ("renew", self.renew_once),
+            ("admission", self.pump_once),
+            ("takeover", self.takeover_once),
+        ):
+            if name in ("admission", "takeover") and not self._accepting:
+                continue
+            try:
+                await step()
+            except OrchestratorError as exc:
+                log.warning("maintenance step %s failed: %s", name, exc)
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Heartbeat, recover orphaned runs, and start the maintenance loop."""
+        await self.tick_once()
+        self._loop_task = asyncio.create_task(
+            self._loop(), name=f"orchestrator-maintenance-{self.replica_id}"
+        )
+
+    async def _loop(self) -> None:
+        interval = max(
+            MIN_TICK_SECONDS, min(self.settings.lock_ttl_seconds, self.settings.heartbeat_ttl_seconds) / 3
+        )
+        while True:
+            await asyncio.sleep(interval)
+            await self.tick_once()
+
+    async def shutdown(self, grace_seconds: float | None = None) -> list[str]:
+        """Graceful stop (see module docstring). Returns the ids left `interrupted`. Idempotent."""
+        if self._closed:
+            return []
+        self._closed = True
+        self._accepting = False
+        grace = self.settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
+        log.info("shutting down: %d runs owned, grace %.1fs", len(self._owned), grace)
+        supervisors = [o.supervisor for o in self._owned.values() if o.supervisor is not None]
+        if supervisors and grace > 0:
+            await asyncio.wait(supervisors, timeout=grace)
+        interrupted: list[str] = []
+        for execution_id in list(self._owned):
+            try:
+                await self.engine.interrupt(execution_id, reason="orchestrator replica shutting down")
+                interrupted.append(execution_id)
+                self.run_log.warning("execution interrupted by shutdown", execution_id=execution_id)
+            except StaleFencingToken:
+                await self.engine.detach(execution_id)
+            except (InvalidState, NotFound):
+                pass  # finished meanwhile
+            except OrchestratorError as exc:
+                log.error("could not interrupt %s on shutdown: %s", execution_id, exc)
+        remaining = [o.supervisor for o in self._owned.values() if o.supervisor is not None]
+        if remaining:
+            await asyncio.wait(remaining, timeout=max(5.0, self.settings.lock_ttl_seconds))
+        for owned in list(self._owned.values()):  # supervisors that did not finish: release anyway
+            if owned.supervisor is not None:
+                owned.supervisor.cancel()
+            await self._release(owned.lease)
+        pending = [o.supervisor for o in self._owned.values() if o.supervisor is not None]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._owned.clear()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        try:
+            await self.engine.close()
+        finally:
+            await self.locks.close()
+            await self.http_agents.close()
+            await asyncio.to_thread(self.tracer.shutdown)
+        return interrupted
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    async def _count_queued(self) -> list[ExecutionRecord]:
+        queued = await self.engine.list_executions(status="queued")
+        queued.sort(key=lambda r: (r.created_at, r.execution_id))
+        self._queued_count = len(queued)
+        return queued
+
+    async def _start(self, record: ExecutionRecord) -> bool:
+        lease = await self.locks.acquire(record.execution_id, self.settings.lock_ttl_seconds)
+        if lease is None:
+            return False  # another replica is starting it
+        try:
+            await self.engine.start_execution(
+                record.execution_id, owner=self.replica_id, fencing_token=lease.token
+            )
+        except (InvalidState, StaleFencingToken, NotFound) as exc:
+            log.info("execution %s not started here: %s", record.execution_id, exc)
+            await self._release(lease)
+            return False
+        except BaseException:
+            await self._release(lease)
+            raise
+        self._own(lease)
+        return True
+
+    def _own(self, lease: Lease) -> None:
+        owned = _Owned(lease, self._monotonic())
+        self._owned[lease.execution_id] = owned
+        owned.supervisor = asyncio.create_task(
+            self._supervise(lease.execution_id, owned), name=f"supervise-{lease.execution_id}"
+        )
+
+    async def _supervise(self, execution_id: str, owned: _Owned) -> None:
+        try:
+            await self.engine.wait(execution_id)
+        except OrchestratorError as exc:
+            log.error("waiting for %s failed: %s", execution_id, exc)
+        finally:
+            if self._owned.get(execution_id) is owned:
+                del self._owned[execution_id]
+                await self._release(owned.lease)
+        if self._accepting:
+            try:
+                await self.pump_once()
+            except OrchestratorError as exc:
+                log.warning("admission after %s ended failed: %s", execution_id, exc)
+
+    async def _self_fence(self, execution_id: str, why: str) -> None:
+        owned = self._owned.pop(execution_id, None)
+        self.run_log.error(
+            f"ownership lock {why}: stopping the run here (self-fencing)", execution_id=execution_id
+        )
+        try:
+            await self.engine.interrupt(execution_id, reason=f"ownership lock {why} on {self.replica_id}")
+        except StaleFencingToken:
+            await self.engine.detach(execution_id)
+        except (InvalidState, NotFound):
+            pass
+        if owned is not None and owned.supervisor is not None:
+            await asyncio.gather(owned.supervisor, return_exceptions=True)
+
+    async def _release(self, lease: Lease) -> None:
+        try:
+            await self.locks.release(lease)
+        except LockBackendUnavailable as exc:  # the TTL frees it anyway
+            log.warning("could not release lock of %s: %s", lease.execution_id, exc)
