@@ -137,6 +137,10 @@ class StepTimeout(WatchdogError):
     """A diagnostic step ran over its timeout."""
 
 
+class WaitTimeout(WatchdogError):
+    """A bounded wait for an outside state (e.g. a ready replacement pod) ran out."""
+
+
 class PlaybookError(WatchdogError):
     """An unknown playbook name, or params a playbook refuses."""
 
