@@ -80,6 +80,7 @@ class OrchestratorService:
         settings: OrchestratorSettings,
         *,
         engine: Engine,
+        registry: AgentRegistry,
         locks: LockBackend,
         metrics: OrchestratorMetrics,
         run_log: RunLog,
@@ -89,6 +90,7 @@ class OrchestratorService:
     ) -> None:
         self.settings = settings
         self.engine = engine
+        self.registry = registry
         self.locks = locks
         self.metrics = metrics
         self.run_log = run_log
@@ -150,6 +152,7 @@ class OrchestratorService:
         return cls(
             settings,
             engine=engine,
+            registry=registry,
             locks=locks,
             metrics=metrics,
             run_log=run_log,

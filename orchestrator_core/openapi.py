@@ -1,0 +1,373 @@
+"""The OpenAPI 3 document of the orchestrator REST API, generated from `api.ROUTES`.
+
+Where it sits: `api.build_app` calls `build_openapi(ROUTES)` once and serves the result at
+`GET /api/v1/orchestrator/openapi.json`. The route table is the only list of routes, so the document
+cannot drift from the router (a test compares the document with the app's registered routes). This
+module holds the JSON Schemas of the shapes in docs/architecture.md; it imports nothing from `api`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+OPENAPI_VERSION = "3.0.3"
+API_TITLE = "gl-orchestrator"
+API_VERSION = "1"
+
+_TS = {"type": "string", "format": "date-time", "nullable": True}
+_STR_OR_NULL = {"type": "string", "nullable": True}
+_NUM_OR_NULL = {"type": "number", "nullable": True}
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "detail"],
+        "properties": {
+            "error": {"type": "string"},
+            "detail": {"type": "string"},
+            "field": {"type": "string"},
+        },
+    },
+    "Execution": {
+        "type": "object",
+        "required": ["execution_id", "dag_id", "status"],
+        "properties": {
+            "execution_id": {"type": "string"},
+            "dag_id": {"type": "string"},
+            "dag_version": {"type": "integer"},
+            "status": {
+                "type": "string",
+                "enum": ["queued", "running", "completed", "failed", "cancelled", "interrupted"],
+            },
+            "created_at": _TS,
+            "started_at": _TS,
+            "completed_at": _TS,
+            "timeout_seconds": _NUM_OR_NULL,
+            "error": _STR_OR_NULL,
+            "owner": _STR_OR_NULL,
+            "input_data": {},
+            "execution_options": {"$ref": "#/components/schemas/ExecutionOptions"},
+        },
+    },
+    "ExecutionList": {
+        "type": "object",
+        "required": ["items"],
+        "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Execution"}}},
+    },
+    "ExecutionOptions": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"checkpoint_enabled": {"type": "boolean"}, "deterministic_mode": {"type": "boolean"}},
+    },
+    "NodeTrace": {
+        "type": "object",
+        "properties": {
+            "status": {
+                "type": "string",
+                "enum": ["pending", "running", "completed", "failed", "skipped", "timed_out", "cancelled"],
+            },
+            "duration_ms": _NUM_OR_NULL,
+            "attempt_count": {"type": "integer"},
+            "error": _STR_OR_NULL,
+            "agent_id": {"type": "string"},
+            "started_at": _TS,
+            "completed_at": _TS,
+            "input_hash": _STR_OR_NULL,
+            "timeout_seconds": _NUM_OR_NULL,
+        },
+    },
+    "Trace": {
+        "type": "object",
+        "required": ["execution_id", "status", "topology_levels", "node_traces"],
+        "properties": {
+            "execution_id": {"type": "string"},
+            "dag_id": {"type": "string"},
+            "status": {"type": "string"},
+            "topology_levels": {"type": "array", "items": {"type": "array", "items": {"type": "string"}}},
+            "node_traces": {
+                "type": "object",
+                "additionalProperties": {"$ref": "#/components/schemas/NodeTrace"},
+            },
+        },
+    },
+    "ResumeResult": {
+        "type": "object",
+        "required": ["execution_id", "status", "nodes_skipped", "nodes_remaining"],
+        "properties": {
+            "execution_id": {"type": "string"},
+            "status": {"type": "string"},
+            "nodes_skipped": {"type": "array", "items": {"type": "string"}},
+            "nodes_remaining": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "Provenance": {
+        "type": "object",
+        "required": ["execution_id", "chain_valid", "chain"],
+        "properties": {
+            "execution_id": {"type": "string"},
+            "chain_valid": {"type": "boolean"},
+            "chain": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        name: {"type": "integer"} if name == "seq" else {"type": "string"}
+                        for name in (
+                            "seq",
+                            "node_id",
+                            "input_hash",
+                            "output_hash",
+                            "status",
+                            "prev_hash",
+                            "hash",
+                        )
+                    },
+                },
+            },
+            "problems": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "LogLines": {
+        "type": "object",
+        "required": ["lines"],
+        "properties": {
+            "execution_id": {"type": "string"},
+            "lines": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "ts": {"type": "string"},
+                        "level": {"type": "string"},
+                        "message": {"type": "string"},
+                        "execution_id": {"type": "string"},
+                        "node_id": _STR_OR_NULL,
+                        "agent_id": _STR_OR_NULL,
+                    },
+                    "additionalProperties": True,
+                },
+            },
+        },
+    },
+    "Checkpoints": {
+        "type": "object",
+        "required": ["execution_id", "checkpoints"],
+        "properties": {
+            "execution_id": {"type": "string"},
+            "checkpoints": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "node_id": {"type": "string"},
+                        "status": {"type": "string"},
+                        "created_at": _TS,
+                    },
+                },
+            },
+        },
+    },
+    "Limits": {
+        "type": "object",
+        "required": [
+            "active_executions",
+            "max_concurrent_executions",
+            "queued_executions",
+            "max_parallel_nodes",
+        ],
+        "properties": {
+            "active_executions": {"type": "integer"},
+            "max_concurrent_executions": {"type": "integer"},
+            "queued_executions": {"type": "integer"},
+            "max_parallel_nodes": {"type": "integer"},
+            "replica_id": {"type": "string"},
+        },
+    },
+    "LimitsRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "max_parallel_nodes": {"type": "integer", "minimum": 1},
+            "max_concurrent_executions": {"type": "integer", "minimum": 1},
+        },
+    },
+    "Dag": {
+        "type": "object",
+        "required": ["dag_id", "nodes"],
+        "description": "A DAG definition (DESIGN.md 'Orchestrator core contracts'); nodes keyed by node_id.",
+        "properties": {
+            "dag_id": {"type": "string"},
+            "version": {"type": "integer"},
+            "description": {"type": "string"},
+            "nodes": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Node"}},
+            "execution_timeout_seconds": _NUM_OR_NULL,
+            "max_parallel_nodes": {"type": "integer", "nullable": True},
+            "on_failure": {"type": "string", "enum": ["fail_fast", "continue", "compensate"]},
+        },
+    },
+    "Node": {
+        "type": "object",
+        "required": ["agent_id"],
+        "properties": {
+            "node_id": {"type": "string"},
+            "agent_id": {"type": "string"},
+            "depends_on": {"type": "array", "items": {"type": "string"}},
+            "params": {"type": "object"},
+            "timeout_policy": {
+                "type": "object",
+                "properties": {
+                    "timeout_seconds": {"type": "number"},
+                    "on_timeout": {"type": "string", "enum": ["fail", "skip", "compensate"]},
+                },
+            },
+            "retry_policy": {
+                "type": "object",
+                "properties": {
+                    "max_retries": {"type": "integer"},
+                    "strategy": {"type": "string", "enum": ["exponential", "linear", "fixed"]},
+                    "base_delay": {"type": "number"},
+                    "max_delay": {"type": "number"},
+                    "jitter": {"type": "boolean"},
+                    "retryable_exceptions": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+            "compensation": _STR_OR_NULL,
+        },
+    },
+    "DagPatch": {
+        "type": "object",
+        "description": "Partial DAG document deep-merged into the latest version, e.g. "
+        '{"nodes": {"<node_id>": {"timeout_policy": {"timeout_seconds": 300}}}}.',
+    },
+    "ExecuteRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "input_data": {},
+            "execution_options": {"$ref": "#/components/schemas/ExecutionOptions"},
+        },
+    },
+    "AgentList": {
+        "type": "object",
+        "required": ["items"],
+        "properties": {
+            "items": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "agent_id": {"type": "string"},
+                        "kind": {"type": "string", "enum": ["inprocess", "http"]},
+                        "restarts": {"type": "integer"},
+                        "running_nodes": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            }
+        },
+    },
+    "AgentRestart": {
+        "type": "object",
+        "required": ["agent_id", "restarts", "interrupted_nodes"],
+        "properties": {
+            "agent_id": {"type": "string"},
+            "restarts": {"type": "integer"},
+            "interrupted_nodes": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+}
+
+_ERRORS_FOR = {
+    "GET": ("400", "401", "404"),
+    "POST": ("400", "401", "404", "409", "413", "415"),
+    "PUT": ("400", "401", "404", "413", "415"),
+}
+
+
+class RouteLike(Protocol):
+    """What the document needs of a route (`api.Route`)."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def summary(self) -> str: ...
+    @property
+    def auth(self) -> bool: ...
+    @property
+    def ok_status(self) -> int: ...
+    @property
+    def body(self) -> str | None: ...
+    @property
+    def response(self) -> str | None: ...
+    @property
+    def query(self) -> tuple[str, ...]: ...
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def build_openapi(routes: Iterable[RouteLike]) -> dict[str, Any]:
+    """An OpenAPI 3 document with one operation per route."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        operation: dict[str, Any] = {
+            "summary": route.summary,
+            "operationId": f"{route.method.lower()}_{re.sub(r'[^a-zA-Z0-9]+', '_', route.path).strip('_')}",
+            "responses": {},
+        }
+        params = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in re.findall(r"{(\w+)}", route.path)
+        ]
+        params += [
+            {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+            for name in route.query
+        ]
+        if params:
+            operation["parameters"] = params
+        if route.body:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": _ref(route.body)}},
+            }
+        ok: dict[str, Any] = {"description": "OK"}
+        if route.path == "/metrics":
+            ok["content"] = {"text/plain": {"schema": {"type": "string"}}}
+        elif route.response:
+            ok["content"] = {"application/json": {"schema": _ref(route.response)}}
+        else:
+            ok["content"] = {"application/json": {"schema": {"type": "object"}}}
+        operation["responses"][str(route.ok_status)] = ok
+        if route.auth:
+            operation["security"] = [{"bearerAuth": []}]
+            for status in _ERRORS_FOR.get(route.method, ("401",)):
+                operation["responses"][status] = {
+                    "description": "error",
+                    "content": {"application/json": {"schema": _ref("Error")}},
+                }
+        else:
+            operation["security"] = []
+        if route.path == "/readyz":
+            operation["responses"]["503"] = {
+                "description": "not ready",
+                "content": {"application/json": {"schema": _ref("Error")}},
+            }
+        paths.setdefault(route.path, {})[route.method.lower()] = operation
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": API_TITLE,
+            "version": API_VERSION,
+            "description": "The orchestrator REST API used by the stuck-DAG runbook and the watchdog.",
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+            "schemas": SCHEMAS,
+        },
+        "security": [{"bearerAuth": []}],
+    }
