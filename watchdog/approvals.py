@@ -159,23 +159,22 @@ class ApprovalService:
         The caller is either `authenticated` (bearer token, CLI with store access) or presents the
         link `token`. Raises ApprovalNotFound, InvalidToken, or ApprovalClosed naming the state that won.
         """
-        async with self.store.transaction() as tx:
-            approval = await tx.get_approval(approval_id)
-            if approval is None:
-                raise ApprovalNotFound(f"no approval {approval_id!r}")
-            if token is not None:
-                try:
-                    self.check_token(approval, token)
-                except InvalidToken:
+        approval = await self.get(approval_id)
+        if token is not None:
+            try:
+                self.check_token(approval, token)
+            except InvalidToken as exc:
+                async with self.store.transaction() as tx:  # its own transaction: the refusal is kept
                     await tx.add_audit(
                         approval.incident_id,
                         "approval_token_rejected",
                         actor=actor,
-                        data={"approval_id": approval_id, "reason": "invalid token"},
+                        data={"approval_id": approval_id, "reason": str(exc)},
                     )
-                    raise
-            elif not authenticated:
-                raise InvalidToken("an approval token or API authentication is required")
+                raise
+        elif not authenticated:
+            raise InvalidToken("an approval token or API authentication is required")
+        async with self.store.transaction() as tx:
             now = self.clock()
             result = await tx.conn.execute(
                 sa.update(approvals_table)

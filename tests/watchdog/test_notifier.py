@@ -1,0 +1,136 @@
+"""Notifiers against a real webhook receiver on loopback: Slack and JSON formats, failures reported."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.conftest import free_port
+from watchdog.notifier import (
+    EscalationMessage,
+    JsonNotifier,
+    NullNotifier,
+    PromptMessage,
+    SlackNotifier,
+    notifier_from_settings,
+)
+from watchdog.settings import WatchdogSettings
+
+PROMPT = PromptMessage(
+    approval_id="apr_1",
+    incident_id=7,
+    execution_id="exec-1",
+    diagnosis_summary="likely cause agent_unresponsive (agent calc)",
+    plan_headline="run restart_agent(agent_id=calc) [risk medium]",
+    rationale="agent pod in CrashLoopBackOff for 12 min → restart_agent",
+    actions=["kubectl delete pod -n greenlang calc-1"],
+    risk="medium",
+    expires_at="2026-03-01T12:15:00+00:00",
+    page_url="http://wd/approvals/apr_1?token=t",
+    approve_url="http://wd/approvals/apr_1?token=t&decision=approve",
+    deny_url="http://wd/approvals/apr_1?token=t&decision=deny",
+)
+
+
+class Receiver:
+    """A webhook receiver: records bodies, answers with `status`, or hangs when `hang` is set."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.status = 200
+        self.hang = asyncio.Event()
+        self.release = asyncio.Event()
+        self.handled = asyncio.Event()
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.bodies.append(await request.json())
+        if self.hang.is_set():
+            await asyncio.wait_for(self.release.wait(), timeout=30)
+        self.handled.set()
+        return web.Response(status=self.status, text="ok" if self.status < 400 else "boom")
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    rec = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", rec.handle)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    rec.url = f"http://127.0.0.1:{port}/hook"
+    yield rec
+    rec.release.set()
+    await runner.cleanup()
+
+
+async def test_slack_prompt_has_approve_and_deny_buttons(receiver: Receiver) -> None:
+    result = await SlackNotifier(receiver.url, timeout=2).approval_requested(PROMPT)
+    assert result.ok and result.sent and result.status == 200
+    body = receiver.bodies[0]
+    assert "approval needed for incident 7" in body["text"]
+    buttons = body["blocks"][-1]["elements"]
+    assert [(b["text"]["text"], b["url"]) for b in buttons] == [
+        ("Approve", PROMPT.approve_url),
+        ("Deny", PROMPT.deny_url),
+    ]
+    assert "CrashLoopBackOff" in body["blocks"][1]["text"]["text"]
+
+
+async def test_json_notifier_sends_the_fields(receiver: Receiver) -> None:
+    result = await JsonNotifier(receiver.url, timeout=2).escalated(
+        EscalationMessage(incident_id=7, execution_id="exec-1", reason="approval expired")
+    )
+    assert result.ok
+    assert receiver.bodies == [
+        {
+            "event": "escalated",
+            "incident_id": 7,
+            "execution_id": "exec-1",
+            "reason": "approval expired",
+            "diagnosis_summary": "",
+            "plan_headline": "",
+            "details": {},
+        }
+    ]
+
+
+async def test_error_status_is_reported_not_raised(receiver: Receiver) -> None:
+    receiver.status = 500
+    result = await SlackNotifier(receiver.url, timeout=2).approval_requested(PROMPT)
+    assert not result.ok and result.status == 500
+    assert "answered 500: boom" in result.detail
+
+
+async def test_unreachable_webhook_is_reported() -> None:
+    result = await SlackNotifier(f"http://127.0.0.1:{free_port()}/hook", timeout=2).approval_requested(PROMPT)
+    assert not result.ok and "unreachable" in result.detail
+
+
+async def test_hanging_webhook_times_out(receiver: Receiver) -> None:
+    receiver.hang.set()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    result = await JsonNotifier(receiver.url, timeout=0.3).approval_requested(PROMPT)
+    assert not result.ok and "timed out after 0.3s" in result.detail
+    assert loop.time() - started < 5
+    receiver.release.set()  # let the receiver's handler finish before the test ends
+    await asyncio.wait_for(receiver.handled.wait(), timeout=5)
+    await asyncio.sleep(0.05)
+
+
+async def test_settings_choose_the_notifier() -> None:
+    assert isinstance(notifier_from_settings(WatchdogSettings()), NullNotifier)
+    slack = notifier_from_settings(WatchdogSettings(notifier_url="http://x/hook"))
+    assert isinstance(slack, SlackNotifier)
+    json_kind = notifier_from_settings(WatchdogSettings(notifier_url="http://x/hook", notifier_kind="json"))
+    assert isinstance(json_kind, JsonNotifier)
+    null = await NullNotifier().approval_requested(PROMPT)
+    assert null.ok and not null.sent
