@@ -44,10 +44,15 @@ enforced by killing the run: per the runbook, the alert fires while the run stay
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from orchestrator_core.dag import DagDefinition
+from orchestrator_core.agents import AgentRegistry
+from orchestrator_core.dag import DagDefinition, deep_merge
+from orchestrator_core.errors import DagValidationError, InvalidState
 from orchestrator_core.events import (
     CheckpointEvent,
     CompositeObserver,
@@ -60,20 +65,27 @@ from orchestrator_core.events import (
     RetryEvent,
     SafeObserver,
 )
+from orchestrator_core.executor import Executor
+from orchestrator_core.policies import Clock, SystemClock
+from orchestrator_core.provenance import genesis_hash, verify
 from orchestrator_core.records import (
+    RESUMABLE_STATUSES,
     CheckpointRecord,
     ExecutionOptions,
     ExecutionRecord,
     ExecutionTrace,
+    NodeTrace,
     PoolStats,
     ProvenanceReport,
     ResumeResult,
 )
 from orchestrator_core.settings import OrchestratorSettings
+from orchestrator_core.store import Store, canonical_json
 
 __all__ = [
     "CheckpointEvent",
     "CompositeObserver",
+    "Engine",
     "EngineObserver",
     "ExecutionEvent",
     "LogEvent",
@@ -84,41 +96,106 @@ __all__ = [
     "SafeObserver",
 ]
 
+log = logging.getLogger(__name__)
+
+STOP_WAIT_SECONDS = 5.0  # how long cancel/interrupt wait for a local run to write its final status
+
 
 class Engine:
     """Facade over store, agent registry and executors (one per local run)."""
+
+    def __init__(
+        self,
+        settings: OrchestratorSettings,
+        store: Store,
+        registry: AgentRegistry,
+        *,
+        observer: EngineObserver | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.observer: EngineObserver = SafeObserver(observer) if observer is not None else EngineObserver()
+        self.clock: Clock = clock or SystemClock()
+        self._max_parallel_nodes = settings.max_parallel_nodes
+        self._runs: dict[str, Executor] = {}
 
     @classmethod
     async def open(
         cls,
         settings: OrchestratorSettings,
         *,
-        registry: Any = None,
+        registry: AgentRegistry | None = None,
         observer: EngineObserver | None = None,
-        clock: Any = None,
+        clock: Clock | None = None,
     ) -> Engine:
-        """Open the store (running migrations) and build the engine."""
-        raise NotImplementedError("Engine.open is being built (issue 2)")
+        """Open the store (running migrations) and build the engine.
+
+        Without `registry`, the agents declared under the `gl_orchestrator.agents` entry points are loaded.
+        """
+        clock = clock or SystemClock()
+        store = await Store.open(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            timeout_seconds=settings.db_timeout_seconds,
+            clock=clock,
+        )
+        if registry is None:
+            registry = AgentRegistry.from_entry_points()
+        return cls(settings, store, registry, observer=observer, clock=clock)
 
     async def close(self) -> None:
-        """Interrupt local runs (status `interrupted`) and close the store."""
-        raise NotImplementedError
+        """Interrupt local runs (status `interrupted`, resumable) and close the store."""
+        for execution_id in list(self._runs):
+            try:
+                await self.interrupt(execution_id, reason="orchestrator shutting down")
+            except Exception:  # shutting down: report and go on with the others
+                log.exception("could not interrupt execution %s at shutdown", execution_id)
+        await self.store.close()
+
+    # -- DAGs --------------------------------------------------------------------------------------
+
+    def _check_agents(self, dag: DagDefinition) -> None:
+        problems = []
+        for node_id in sorted(dag.nodes):
+            node = dag.nodes[node_id]
+            if node.agent_id not in self.registry:
+                problems.append((f"nodes.{node_id}.agent_id", f"unknown agent {node.agent_id!r}"))
+            if node.compensation is not None and node.compensation not in self.registry:
+                problems.append((f"nodes.{node_id}.compensation", f"unknown agent {node.compensation!r}"))
+        if problems:
+            raise DagValidationError(problems)
 
     async def register_dag(self, dag: DagDefinition | Mapping[str, Any]) -> DagDefinition:
         """Validate (including agent ids) and store a DAG; a changed definition gets the next version."""
-        raise NotImplementedError
+        definition = dag if isinstance(dag, DagDefinition) else DagDefinition.from_document(dag)
+        self._check_agents(definition)
+        return await self.store.save_dag(definition)
 
     async def get_dag(self, dag_id: str, version: int | None = None) -> DagDefinition:
         """The latest (or a given) version of a DAG; `DagNotFound` otherwise."""
-        raise NotImplementedError
+        return await self.store.get_dag(dag_id, version)
 
     async def update_dag(self, dag_id: str, patch: Mapping[str, Any]) -> DagDefinition:
         """Deep-merge `patch` into the latest version, revalidate, store as version + 1."""
-        raise NotImplementedError
+        if not isinstance(patch, Mapping):
+            raise DagValidationError([("", "a DAG update must be an object")])
+        current = await self.store.get_dag(dag_id)
+        if "dag_id" in patch and patch["dag_id"] != dag_id:
+            raise DagValidationError([("dag_id", "cannot be changed by an update")])
+        document = deep_merge(current.to_document(), {k: v for k, v in patch.items() if k != "version"})
+        document["version"] = current.version + 1
+        updated = DagDefinition.from_document(document)
+        self._check_agents(updated)
+        return await self.store.save_dag(updated)
 
     async def list_dags(self) -> list[DagDefinition]:
         """Latest version of every DAG."""
-        raise NotImplementedError
+        return await self.store.list_dags()
+
+    # -- starting ----------------------------------------------------------------------------------
 
     async def create_execution(
         self,
@@ -129,13 +206,38 @@ class Engine:
         execution_id: str | None = None,
     ) -> ExecutionRecord:
         """Record a new `queued` execution of the DAG's latest version."""
-        raise NotImplementedError
+        dag = await self.store.get_dag(dag_id)
+        try:
+            canonical_json(input_data)
+        except (TypeError, ValueError) as exc:
+            raise DagValidationError([("input_data", f"must be JSON: {exc}")]) from None
+        record = ExecutionRecord(
+            execution_id=execution_id or uuid.uuid4().hex,
+            dag_id=dag.dag_id,
+            dag_version=dag.version,
+            status="queued",
+            input_data=input_data,
+            options=options or ExecutionOptions(),
+            created_at=self.clock.now(),
+            timeout_seconds=dag.execution_timeout_seconds,
+        )
+        return await self.store.create_execution(record)
 
     async def start_execution(
         self, execution_id: str, *, owner: str | None = None, fencing_token: int | None = None
     ) -> ExecutionRecord:
         """Claim a queued execution (fencing token) and start running it in the background."""
-        raise NotImplementedError
+        if execution_id in self._runs:
+            raise InvalidState(f"execution {execution_id} is already running on this replica")
+        record = await self.store.claim_execution(
+            execution_id,
+            owner=owner or self.settings.replica_id,
+            token=fencing_token,
+            allowed_statuses={"queued"},
+        )
+        dag = await self.store.get_dag(record.dag_id, record.dag_version)
+        self._launch(Executor(**self._executor_args(dag, record)))
+        return record
 
     async def execute(
         self,
@@ -148,15 +250,94 @@ class Engine:
         fencing_token: int | None = None,
     ) -> ExecutionRecord:
         """`create_execution` + `start_execution`."""
-        raise NotImplementedError
+        record = await self.create_execution(dag_id, input_data, options, execution_id=execution_id)
+        return await self.start_execution(record.execution_id, owner=owner, fencing_token=fencing_token)
+
+    def _executor_args(self, dag: DagDefinition, record: ExecutionRecord) -> dict[str, Any]:
+        return {
+            "store": self.store,
+            "registry": self.registry,
+            "observer": self.observer,
+            "clock": self.clock,
+            "dag": dag,
+            "record": record,
+            "parallel_limit": lambda: self._max_parallel_nodes,
+            "checkpoint_base_delay": self.settings.checkpoint_retry_base_delay,
+            "checkpoint_max_delay": self.settings.checkpoint_retry_max_delay,
+        }
+
+    def _launch(self, executor: Executor) -> None:
+        execution_id = executor.execution_id
+        self._runs[execution_id] = executor
+        task = executor.start()
+
+        def forget(_: asyncio.Task[Any]) -> None:
+            if self._runs.get(execution_id) is executor:
+                del self._runs[execution_id]
+
+        task.add_done_callback(forget)
+
+    # -- controlling -------------------------------------------------------------------------------
 
     async def wait(self, execution_id: str) -> ExecutionRecord:
         """Wait until a local run ends (bound it with `asyncio.timeout`); the stored record otherwise."""
-        raise NotImplementedError
+        executor = self._runs.get(execution_id)
+        if executor is not None and executor.task is not None:
+            await asyncio.wait([executor.task])
+        return await self.store.get_execution(execution_id)
+
+    async def _stop_local(self, executor: Executor, mode: str, reason: str) -> None:
+        executor.stop(mode, reason)
+        task = executor.task
+        if task is None:
+            return
+        done, _ = await asyncio.wait([task], timeout=STOP_WAIT_SECONDS)
+        if not done:
+            raise InvalidState(f"execution {executor.execution_id} did not stop within {STOP_WAIT_SECONDS}s")
+        if task.cancelled() and mode != "detach":
+            # Cancelled before its first step: the run never got to write its status; do it here.
+            status = "cancelled" if mode == "cancel" else "interrupted"
+            await self.store.finish_execution(
+                executor.execution_id, executor.token, status=status, error=reason
+            )
 
     async def cancel(self, execution_id: str, *, reason: str = "cancelled by request") -> ExecutionRecord:
         """Cancel a queued or running execution (checkpoints kept); `InvalidState` if finished."""
-        raise NotImplementedError
+        executor = self._runs.get(execution_id)
+        if executor is not None:
+            await self._stop_local(executor, "cancel", reason)
+            return await self.store.get_execution(execution_id)
+        traces = await self.store.get_traces(execution_id)
+        now = self.clock.now()
+        stopped = [
+            NodeTrace(**{**t.__dict__, "status": "cancelled", "error": reason, "completed_at": now})
+            for t in traces.values()
+            if t.status == "running"
+        ]
+        return await self.store.set_status(
+            execution_id,
+            status="cancelled",
+            expected={"queued", "running", "interrupted"},
+            error=reason,
+            traces=stopped,
+        )
+
+    async def interrupt(self, execution_id: str, *, reason: str = "interrupted") -> ExecutionRecord:
+        """Stop a local run and mark it `interrupted` (resumable). For a run not executing here (an
+        orphan whose owner is confirmed dead), mark the stored `running` record `interrupted`."""
+        executor = self._runs.get(execution_id)
+        if executor is not None:
+            await self._stop_local(executor, "interrupt", reason)
+            return await self.store.get_execution(execution_id)
+        return await self.store.set_status(
+            execution_id, status="interrupted", expected={"running"}, error=reason
+        )
+
+    async def detach(self, execution_id: str) -> None:
+        """Stop a local run without writing anything (ownership lost)."""
+        executor = self._runs.get(execution_id)
+        if executor is not None:
+            await self._stop_local(executor, "detach", "ownership lost")
 
     async def resume(
         self,
@@ -166,46 +347,122 @@ class Engine:
         fencing_token: int | None = None,
         takeover: bool = False,
     ) -> ResumeResult:
-        """Resume a failed/cancelled/interrupted run under the same id, skipping checkpointed nodes."""
-        raise NotImplementedError
+        """Resume a failed/cancelled/interrupted run under the same id, skipping checkpointed nodes.
 
-    async def interrupt(self, execution_id: str, *, reason: str = "interrupted") -> ExecutionRecord:
-        """Stop a local run and mark it `interrupted` (resumable)."""
-        raise NotImplementedError
+        The run continues on the DAG's latest version when its topology is unchanged (so a timeout
+        raised with `update_dag` applies), otherwise on the version it started with. `takeover=True`
+        also accepts a `running` record: the caller has confirmed that its owner is dead.
+        """
+        if execution_id in self._runs:
+            raise InvalidState(f"execution {execution_id} is running on this replica")
+        record = await self.store.get_execution(execution_id)
+        allowed = set(RESUMABLE_STATUSES) | ({"running"} if takeover else set())
+        if record.status not in allowed:
+            raise InvalidState(
+                f"execution {execution_id} is {record.status}; only {sorted(allowed)} can resume"
+            )
+        dag = await self.store.get_dag(record.dag_id, record.dag_version)
+        latest = await self.store.get_dag(record.dag_id)
+        if latest.version != dag.version and latest.same_topology(dag):
+            dag = latest
+        checkpoints = await self.store.get_checkpoints(execution_id)
+        chain, _, _ = await self.store.get_provenance(execution_id)
+        traces = await self.store.get_traces(execution_id)
+        claimed = await self.store.claim_execution(
+            execution_id,
+            owner=owner or self.settings.replica_id,
+            token=fencing_token,
+            allowed_statuses=allowed,
+            dag_version=dag.version,
+        )
+        executor = Executor(
+            **self._executor_args(dag, claimed),
+            checkpoints=checkpoints,
+            provenance=chain,
+            previous_traces=traces,
+            resumed=True,
+        )
+        result = ResumeResult(
+            execution_id=execution_id,
+            status=claimed.status,
+            nodes_skipped=list(executor.skipped_from_checkpoint),
+            nodes_remaining=executor.nodes_remaining,
+        )
+        self._launch(executor)
+        return result
 
-    async def detach(self, execution_id: str) -> None:
-        """Stop a local run without writing anything (ownership lost)."""
-        raise NotImplementedError
+    # -- reading -----------------------------------------------------------------------------------
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord:
-        raise NotImplementedError
+        return await self.store.get_execution(execution_id)
 
     async def list_executions(
         self, *, status: str | None = None, dag_id: str | None = None, limit: int = 500
     ) -> list[ExecutionRecord]:
-        raise NotImplementedError
+        return await self.store.list_executions(status=status, dag_id=dag_id, limit=limit)
 
     async def get_trace(self, execution_id: str) -> ExecutionTrace:
-        raise NotImplementedError
+        """Node traces: live state for a run executing here, the stored traces otherwise."""
+        record = await self.store.get_execution(execution_id)
+        executor = self._runs.get(execution_id)
+        if executor is not None:
+            dag, traces = executor.dag, executor.snapshot()
+        else:
+            dag = await self.store.get_dag(record.dag_id, record.dag_version)
+            stored = await self.store.get_traces(execution_id)
+            traces = {}
+            for level_index, level in enumerate(dag.levels()):
+                for node_id in level:
+                    node = dag.nodes[node_id]
+                    traces[node_id] = stored.get(node_id) or NodeTrace(
+                        node_id=node_id,
+                        agent_id=node.agent_id,
+                        level=level_index,
+                        timeout_seconds=node.timeout_policy.timeout_seconds,
+                    )
+        return ExecutionTrace(
+            execution_id=execution_id,
+            dag_id=record.dag_id,
+            status=record.status,
+            topology_levels=dag.levels(),
+            node_traces=traces,
+        )
 
     async def get_provenance(self, execution_id: str) -> ProvenanceReport:
-        raise NotImplementedError
+        """The stored chain and its verification."""
+        record = await self.store.get_execution(execution_id)
+        chain, head, length = await self.store.get_provenance(execution_id)
+        problems = verify(chain, genesis_hash(record.dag_id, record.input_data), head=head, length=length)
+        return ProvenanceReport(
+            execution_id=execution_id, chain_valid=not problems, chain=chain, problems=problems
+        )
 
     async def list_checkpoints(self, execution_id: str) -> list[CheckpointRecord]:
-        raise NotImplementedError
+        await self.store.get_execution(execution_id)  # 404 for an unknown id
+        return await self.store.get_checkpoints(execution_id)
 
     def local_executions(self) -> list[str]:
         """Ids of the executions running on this replica."""
-        raise NotImplementedError
+        return sorted(self._runs)
+
+    def executor(self, execution_id: str) -> Executor | None:
+        """The local executor of a run (None when it is not running here)."""
+        return self._runs.get(execution_id)
+
+    # -- limits and pool ---------------------------------------------------------------------------
 
     @property
     def max_parallel_nodes(self) -> int:
-        raise NotImplementedError
+        return self._max_parallel_nodes
 
     def set_max_parallel_nodes(self, value: int) -> None:
         """Change the live per-execution node parallelism limit (applies to running executions)."""
-        raise NotImplementedError
+        if value < 1:
+            raise ValueError("max_parallel_nodes must be >= 1")
+        self._max_parallel_nodes = value
+        for executor in self._runs.values():
+            executor.slots.wake()
 
     def pool_stats(self) -> PoolStats:
         """Connection pool figures of the store."""
-        raise NotImplementedError
+        return self.store.pool_stats()

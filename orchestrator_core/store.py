@@ -86,6 +86,8 @@ executions = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("timeout_seconds", sa.Float),
     sa.Column("error", sa.Text),
+    sa.Column("provenance_head", sa.String(64)),
+    sa.Column("provenance_length", sa.Integer, nullable=False, server_default="0"),
 )
 
 node_traces = sa.Table(
@@ -586,6 +588,12 @@ class Store:
                     for p in batch.provenance
                 ],
             )
+            last = max(batch.provenance, key=lambda p: p.seq)
+            await conn.execute(
+                executions.update()
+                .where(executions.c.execution_id == execution_id)
+                .values(provenance_head=last.hash, provenance_length=last.seq)
+            )
 
     # -- reads of run data -------------------------------------------------------------------------
 
@@ -637,8 +645,18 @@ class Store:
             for row in rows
         ]
 
-    async def get_provenance(self, execution_id: str) -> list[ProvenanceEntry]:
+    async def get_provenance(self, execution_id: str) -> tuple[list[ProvenanceEntry], str | None, int]:
+        """The chain in `seq` order, plus the head hash and length recorded on the execution row."""
         async with self._tx("get provenance") as conn:
+            head = (
+                await conn.execute(
+                    sa.select(executions.c.provenance_head, executions.c.provenance_length).where(
+                        executions.c.execution_id == execution_id
+                    )
+                )
+            ).first()
+            if head is None:
+                raise ExecutionNotFound(f"execution {execution_id!r} does not exist")
             rows = (
                 await conn.execute(
                     provenance.select()
@@ -646,7 +664,7 @@ class Store:
                     .order_by(provenance.c.seq)
                 )
             ).all()
-        return [
+        entries = [
             ProvenanceEntry(
                 seq=row.seq,
                 node_id=row.node_id,
@@ -658,6 +676,7 @@ class Store:
             )
             for row in rows
         ]
+        return entries, head.provenance_head, int(head.provenance_length)
 
 
 async def _lock_row(conn: AsyncConnection, execution_id: str, now: datetime) -> None:

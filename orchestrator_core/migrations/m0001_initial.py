@@ -40,6 +40,8 @@ def upgrade(conn: Connection) -> None:
         sa.Column("updated_at", UTCDateTime, nullable=False),
         sa.Column("timeout_seconds", sa.Float),
         sa.Column("error", sa.Text),
+        sa.Column("provenance_head", sa.String(64)),
+        sa.Column("provenance_length", sa.Integer, nullable=False, server_default="0"),
     )
     sa.Table(
         "node_traces",

@@ -1,0 +1,180 @@
+"""Checkpoint and trace persistence for one running execution: batched, fenced, retried, blocking.
+
+Where it sits: `executor.Executor` owns one `RunWriter` per run. A completed node calls
+`await writer.save_checkpoint(...)`, which returns only once the checkpoint is committed — so the
+node (and therefore its level's barrier) does not count as done before its result is durable. Trace
+updates (`writer.trace`) and provenance records (`writer.add_provenance`) are write-behind and ride
+along in the next commit; `flush()` waits for everything queued.
+
+Batching: writes queued while a commit is in flight go into the next commit, so a burst of 2,000
+completions costs a handful of transactions instead of 2,000.
+
+Failures: a failed commit (`StoreError`) is counted (`checkpoint_operation(save, error)` to the
+observer, plus a log line) and retried with exponential backoff, forever — until it succeeds or the
+run is stopped; meanwhile waiting nodes stay blocked, so progress stops rather than a result being lost.
+`StaleFencingToken`/`InvalidState` (another owner took the run, or it was cancelled elsewhere) are not
+retried: every waiter gets the error and `on_fatal` tells the executor to stop without writing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from orchestrator_core.errors import InvalidState, StaleFencingToken, StoreError
+from orchestrator_core.events import CheckpointEvent, EngineObserver, LogEvent
+from orchestrator_core.policies import Clock, backoff_delay
+from orchestrator_core.records import CheckpointRecord, NodeTrace, ProvenanceEntry
+from orchestrator_core.store import Store, WriteBatch
+
+
+class RunWriter:
+    """Serialises one execution's writes into batched, fenced transactions."""
+
+    def __init__(
+        self,
+        store: Store,
+        execution_id: str,
+        token: int,
+        *,
+        observer: EngineObserver,
+        clock: Clock,
+        base_delay: float = 0.1,
+        max_delay: float = 5.0,
+        on_fatal: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.execution_id = execution_id
+        self.token = token
+        self.observer = observer
+        self.clock = clock
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.on_fatal = on_fatal
+        self._traces: dict[str, NodeTrace] = {}
+        self._checkpoints: list[CheckpointRecord] = []
+        self._provenance: list[ProvenanceEntry] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.fatal: BaseException | None = None
+        self.failures = 0
+
+    # -- queueing ----------------------------------------------------------------------------------
+
+    def trace(self, trace: NodeTrace) -> None:
+        """Queue a trace update (write-behind; the latest state of a node wins)."""
+        self._traces[trace.node_id] = trace
+        self._kick()
+
+    def add_provenance(self, entries: list[ProvenanceEntry]) -> None:
+        self._provenance.extend(entries)
+        self._kick()
+
+    async def save_checkpoint(self, checkpoint: CheckpointRecord, trace: NodeTrace) -> None:
+        """Queue a checkpoint and wait until it is committed (raises the fatal error if fenced out)."""
+        self._checkpoints.append(checkpoint)
+        self._traces[trace.node_id] = trace
+        await self._wait()
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
+        if not (self._traces or self._checkpoints or self._provenance) and (
+            self._task is None or self._task.done()
+        ):
+            if self.fatal is not None:
+                raise self.fatal
+            return
+        await self._wait()
+
+    def take_pending(self) -> WriteBatch:
+        """Hand over whatever is queued and not yet being written (used by the final status write)."""
+        batch = WriteBatch(list(self._traces.values()), list(self._checkpoints), list(self._provenance))
+        self._traces, self._checkpoints, self._provenance = {}, [], []
+        return batch
+
+    async def close(self) -> None:
+        """Stop the background flusher (queued writes that were not flushed are dropped)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.cancel()
+        self._waiters = []
+
+    # -- flushing ----------------------------------------------------------------------------------
+
+    async def _wait(self) -> None:
+        if self.fatal is not None:
+            raise self.fatal
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._kick()
+        await waiter
+
+    def _kick(self) -> None:
+        if self.fatal is None and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"checkpoint-writer:{self.execution_id}"
+            )
+
+    async def _run(self) -> None:
+        while self._traces or self._checkpoints or self._provenance or self._waiters:
+            await asyncio.sleep(0)  # let the rest of a completion burst queue up
+            waiters, self._waiters = self._waiters, []
+            batch = self.take_pending()
+            try:
+                if batch:
+                    await self._commit(batch)
+            except (StaleFencingToken, InvalidState) as exc:
+                self.fatal = exc
+                for waiter in waiters + self._waiters:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+                self._waiters = []
+                if self.on_fatal is not None:
+                    self.on_fatal(exc)
+                return
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _commit(self, batch: WriteBatch) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self.store.write_batch(self.execution_id, self.token, batch)
+            except StoreError as exc:
+                self.failures += 1
+                delay = backoff_delay(attempt, self.base_delay, self.max_delay)
+                self._event("error", len(batch.checkpoints), str(exc))
+                self.observer.log(
+                    LogEvent(
+                        level="ERROR",
+                        message=(
+                            f"checkpoint save failed for {len(batch.checkpoints)} node(s) "
+                            f"(attempt {attempt}), retrying in {delay:.2f}s: {exc}"
+                        ),
+                        at=self.clock.now(),
+                        execution_id=self.execution_id,
+                        extra={"operation": "save", "attempt": attempt},
+                    )
+                )
+                await self.clock.sleep(delay)
+                continue
+            if batch.checkpoints:
+                self._event("ok", len(batch.checkpoints), None)
+            return
+
+    def _event(self, status: str, nodes: int, error: str | None) -> None:
+        self.observer.checkpoint_operation(
+            CheckpointEvent(
+                execution_id=self.execution_id,
+                operation="save",
+                status=status,
+                nodes=nodes,
+                at=self.clock.now(),
+                error=error,
+            )
+        )

@@ -1,0 +1,117 @@
+"""Provenance: a hash chain over the node records of one execution, and its verification.
+
+Where it sits: `executor.py` appends one record per node when the node's level is sealed (after the
+level's barrier, in node-id order), through `ChainBuilder`; `checkpoints.RunWriter` persists them with
+the execution's fencing token; `engine.Engine.get_provenance` reads and `verify`s the chain.
+
+Each record is `(seq, node_id, input_hash, output_hash, status, prev_hash)` and its `hash` is the
+SHA-256 of the canonical JSON of those fields. The first record's `prev_hash` is the genesis hash of
+the run: SHA-256 over the DAG id and the canonical input data — no execution id, no timestamps — so
+the same DAG and input give the same chain byte for byte in any process. Records are sealed per level
+in sorted node order, never in completion order, for the same reason; a resumed run seals the levels it
+finishes, so the chain continues across the resume exactly as if the run had never stopped.
+
+`verify` finds: an altered record (its hash no longer matches its fields), a removed or reordered
+record (a `seq` gap or a `prev_hash` that is not the previous record's hash), and a removed tail (the
+chain's last hash/length differ from the head recorded on the execution row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from orchestrator_core.records import ProvenanceEntry
+from orchestrator_core.store import canonical_json, sha256_hex
+
+NO_OUTPUT_HASH = sha256_hex("null")
+
+
+def genesis_hash(dag_id: str, input_data: Any) -> str:
+    """The `prev_hash` of the first record of a run of `dag_id` on `input_data`."""
+    return sha256_hex(
+        canonical_json({"genesis": "gl-orchestrator/provenance/v1", "dag_id": dag_id, "input": input_data})
+    )
+
+
+def record_hash(
+    seq: int, node_id: str, input_hash: str, output_hash: str, status: str, prev_hash: str
+) -> str:
+    return sha256_hex(
+        canonical_json(
+            {
+                "seq": seq,
+                "node_id": node_id,
+                "input_hash": input_hash,
+                "output_hash": output_hash,
+                "status": status,
+                "prev_hash": prev_hash,
+            }
+        )
+    )
+
+
+class ChainBuilder:
+    """Appends records to a run's chain, continuing from the records already stored."""
+
+    def __init__(self, genesis: str, existing: Sequence[ProvenanceEntry] = ()) -> None:
+        self.genesis = genesis
+        self.entries: list[ProvenanceEntry] = list(existing)
+
+    @property
+    def head(self) -> str:
+        return self.entries[-1].hash if self.entries else self.genesis
+
+    def recorded_nodes(self) -> set[str]:
+        return {entry.node_id for entry in self.entries}
+
+    def append(self, node_id: str, input_hash: str, output_hash: str, status: str) -> ProvenanceEntry:
+        seq = len(self.entries) + 1
+        prev = self.head
+        entry = ProvenanceEntry(
+            seq=seq,
+            node_id=node_id,
+            input_hash=input_hash,
+            output_hash=output_hash,
+            status=status,
+            prev_hash=prev,
+            hash=record_hash(seq, node_id, input_hash, output_hash, status, prev),
+        )
+        self.entries.append(entry)
+        return entry
+
+
+def verify(
+    entries: Sequence[ProvenanceEntry], genesis: str, *, head: str | None = None, length: int | None = None
+) -> list[str]:
+    """Problems found in the chain (empty when it verifies)."""
+    problems: list[str] = []
+    prev = genesis
+    for index, entry in enumerate(entries):
+        expected_seq = index + 1
+        if entry.seq != expected_seq:
+            problems.append(
+                f"record {index}: seq {entry.seq}, expected {expected_seq} (record removed or reordered)"
+            )
+        if entry.prev_hash != prev:
+            problems.append(
+                f"record seq {entry.seq} ({entry.node_id}): prev_hash does not match the previous record "
+                "(record removed, inserted or reordered)"
+            )
+        recomputed = record_hash(
+            entry.seq, entry.node_id, entry.input_hash, entry.output_hash, entry.status, entry.prev_hash
+        )
+        if recomputed != entry.hash:
+            problems.append(
+                f"record seq {entry.seq} ({entry.node_id}): hash does not match its fields (altered)"
+            )
+        prev = entry.hash
+    if length is not None and length != len(entries):
+        problems.append(
+            f"chain has {len(entries)} records but the execution recorded {length} (records removed)"
+        )
+    if head is not None and entries and entries[-1].hash != head:
+        problems.append("last record's hash differs from the head recorded on the execution")
+    if head is None and length and not entries:
+        problems.append("chain is empty but the execution recorded records")
+    return problems
