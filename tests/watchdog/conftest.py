@@ -12,10 +12,15 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from tests.conftest import free_port
+from watchdog.api import create_app
+from watchdog.app import WatchdogApp
 from watchdog.clients.kubernetes import KubernetesClient, build_configuration
 from watchdog.clients.redis import RedisClient
+from watchdog.diagnostics.models import Diagnosis, Finding, StepStatus
+from watchdog.settings import WatchdogSettings
 
 
 class FakeClock:
@@ -290,3 +295,116 @@ def kube(kube_api: FakeKubeApi) -> Iterator[KubernetesClient]:
     client = KubernetesClient(build_configuration(host=kube_api.url), "greenlang", timeout=2.0)
     yield client
     client.close()
+
+
+# -- the watchdog service (intake engineer) ---------------------------------------------------------
+
+WATCHDOG_TOKEN = "wd-test-token-1234"
+
+
+def make_diagnosis(
+    execution_id: str, *, node: str = "stuck-node", agent: str = "builtin.hang", cause: str = "hung_node"
+) -> Diagnosis:
+    """A plausible Diagnosis of a run stuck on one node (for tests that do not exercise the steps)."""
+    now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    findings = [
+        Finding(step=1, name="execution", status=StepStatus.PROBLEM, summary="running over its timeout"),
+        Finding(step=2, name="trace", status=StepStatus.OK, summary=f"{node} running"),
+        Finding(
+            step=3,
+            name="bottleneck",
+            status=StepStatus.PROBLEM,
+            summary=f"{node} on {agent} over its timeout",
+            evidence={"node_id": node, "agent_id": agent},
+        ),
+    ]
+    return Diagnosis(
+        execution_id=execution_id,
+        started_at=now,
+        completed_at=now,
+        findings=findings,
+        likely_cause=cause,
+        cause_evidence=[f"node {node} (agent {agent}) has run past its timeout"],
+        dag_id="dag-1",
+        stuck_node_id=node,
+        agent_id=agent,
+    )
+
+
+class ScriptedDiagnose:
+    """The app's `diagnose` callable for tests: records calls, can be held on a gate or made to fail."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.gate: asyncio.Event | None = None
+        self.error: Exception | None = None
+        self.entered = asyncio.Event()
+
+    async def __call__(self, execution_id: str) -> Diagnosis:
+        self.calls.append(execution_id)
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        return make_diagnosis(execution_id)
+
+
+class RecordingRemediate:
+    """The app's remediation hook for tests: records (incident_id, likely_cause)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, str]] = []
+
+    async def __call__(self, incident_id: int, diagnosis: Diagnosis) -> None:
+        self.calls.append((incident_id, diagnosis.likely_cause))
+
+
+@pytest.fixture
+def diagnose_fn() -> ScriptedDiagnose:
+    return ScriptedDiagnose()
+
+
+@pytest.fixture
+def remediate_fn() -> RecordingRemediate:
+    return RecordingRemediate()
+
+
+@pytest.fixture
+async def watchdog_app(
+    _no_pending_tasks: None,
+    database_url: str,
+    diagnose_fn: ScriptedDiagnose,
+    remediate_fn: RecordingRemediate,
+) -> AsyncIterator[WatchdogApp]:
+    """A WatchdogApp (SQLite, PostgreSQL) with scripted diagnose/remediate; no orchestrator reachable.
+
+    Depends on `_no_pending_tasks` so that the leftover-task check runs after this teardown.
+    """
+    settings = WatchdogSettings(
+        database_url=database_url,
+        api_tokens=[WATCHDOG_TOKEN],
+        orchestrator_url=f"http://127.0.0.1:{free_port()}",
+        orchestrator_timeout_seconds=1.0,
+        max_body_bytes=64 * 1024,
+    )
+    wd = await WatchdogApp.build(settings, diagnose=diagnose_fn, remediate=remediate_fn)
+    try:
+        yield wd
+    finally:
+        if diagnose_fn.gate is not None:
+            diagnose_fn.gate.set()
+        await wd.aclose()
+
+
+@pytest.fixture
+async def api_client(
+    _no_pending_tasks: None, watchdog_app: WatchdogApp
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    """An aiohttp TestClient against the watchdog API served on a random loopback port."""
+    client = TestClient(TestServer(create_app(watchdog_app), host="127.0.0.1"))
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()

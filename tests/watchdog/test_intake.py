@@ -1,0 +1,360 @@
+"""Alertmanager webhook intake through the real watchdog API on loopback.
+
+Firing alerts open or join one incident per execution, repeats are deduplicated per episode durably,
+resolved alerts close an incident that has not acted, bad input is refused with a clear 4xx and
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import sqlalchemy as sa
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from tests.watchdog.conftest import WATCHDOG_TOKEN, RecordingRemediate, ScriptedDiagnose
+from watchdog.app import WatchdogApp
+from watchdog.migrations import alert_deliveries, audit_log, incidents
+
+Client = TestClient[web.Request, web.Application]
+AUTH = {"Authorization": f"Bearer {WATCHDOG_TOKEN}"}
+STARTS = "2026-03-01T12:00:00.123456789Z"
+
+
+def alert(
+    execution_id: str = "exec-1",
+    *,
+    status: str = "firing",
+    fingerprint: str = "fp-exec-1",
+    starts_at: str = STARTS,
+    alertname: str = "OrchestratorExecutionTimeout",
+    **labels: str,
+) -> dict[str, Any]:
+    all_labels = {
+        "alertname": alertname,
+        "execution_id": execution_id,
+        "dag_id": "dag-1",
+        "severity": "warning",
+    }
+    all_labels.update(labels)
+    return {
+        "status": status,
+        "labels": all_labels,
+        "annotations": {"summary": "stuck"},
+        "startsAt": starts_at,
+        "endsAt": "0001-01-01T00:00:00Z" if status == "firing" else "2026-03-01T12:30:00Z",
+        "generatorURL": "http://prometheus/graph",
+        "fingerprint": fingerprint,
+    }
+
+
+def payload(*alerts: dict[str, Any], status: str = "firing") -> dict[str, Any]:
+    return {
+        "version": "4",
+        "groupKey": '{}:{alertname="OrchestratorExecutionTimeout"}',
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": "gl-watchdog",
+        "groupLabels": {"alertname": "OrchestratorExecutionTimeout"},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093",
+        "alerts": list(alerts),
+    }
+
+
+async def post(client: Client, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    response = await client.post(
+        "/api/v1/alerts", json=body, headers=headers if headers is not None else AUTH
+    )
+    return response.status, await response.json()
+
+
+async def snapshot(wd: WatchdogApp) -> dict[str, int]:
+    async with wd.store.transaction() as tx:
+        counts = {}
+        for table in (incidents, alert_deliveries, audit_log):
+            counts[table.name] = (
+                await tx.conn.execute(sa.select(sa.func.count()).select_from(table))
+            ).scalar_one()
+    return counts
+
+
+async def test_firing_alert_opens_an_incident_and_diagnoses_it(
+    api_client: Client,
+    watchdog_app: WatchdogApp,
+    diagnose_fn: ScriptedDiagnose,
+    remediate_fn: RecordingRemediate,
+) -> None:
+    status, body = await post(api_client, payload(alert()))
+    assert status == 200
+    [outcome] = body["alerts"]
+    assert outcome["outcome"] == "opened" and outcome["execution_id"] == "exec-1"
+    # the incident was durably written before the answer
+    incident = await watchdog_app.store.get_incident(outcome["incident_id"])
+    assert incident is not None and incident.source == "alert" and incident.detection_source == "prometheus"
+    await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 10)
+    incident = await watchdog_app.store.get_incident(outcome["incident_id"])
+    assert incident is not None and incident.status == "open"
+    assert incident.diagnosis is not None and incident.diagnosis["stuck_node_id"] == "stuck-node"
+    assert diagnose_fn.calls == ["exec-1"]
+    assert remediate_fn.calls == [(incident.id, "hung_node")]
+
+
+async def test_repeated_delivery_of_an_episode_is_a_no_op(
+    api_client: Client,
+    watchdog_app: WatchdogApp,
+    diagnose_fn: ScriptedDiagnose,
+    remediate_fn: RecordingRemediate,
+) -> None:
+    await post(api_client, payload(alert()))
+    await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 10)
+    before = await snapshot(watchdog_app)
+    status, body = await post(api_client, payload(alert()))
+    assert status == 200 and body["alerts"][0]["outcome"] == "duplicate"
+    await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 10)
+    assert await snapshot(watchdog_app) == before
+    assert diagnose_fn.calls == ["exec-1"] and len(remediate_fn.calls) == 1
+    async with watchdog_app.store.transaction() as tx:
+        [delivery] = await tx.conn.execute(sa.select(alert_deliveries))
+    assert delivery.repeats == 1
+
+
+async def test_concurrent_deliveries_leave_one_incident_and_one_diagnosis(
+    api_client: Client, watchdog_app: WatchdogApp, diagnose_fn: ScriptedDiagnose
+) -> None:
+    results = await asyncio.gather(*(post(api_client, payload(alert())) for _ in range(8)))
+    assert all(status == 200 for status, _ in results)
+    outcomes = sorted(body["alerts"][0]["outcome"] for _, body in results)
+    assert outcomes == ["duplicate"] * 7 + ["opened"]
+    await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 10)
+    assert len(await watchdog_app.store.list_incidents()) == 1
+    assert diagnose_fn.calls == ["exec-1"]
+
+
+async def test_a_new_episode_joins_the_open_incident_without_rediagnosing(
+    api_client: Client, watchdog_app: WatchdogApp, diagnose_fn: ScriptedDiagnose
+) -> None:
+    _, first = await post(api_client, payload(alert()))
+    _, second = await post(api_client, payload(alert(starts_at="2026-03-01T13:00:00Z")))
+    assert second["alerts"][0]["outcome"] == "joined"
+    assert second["alerts"][0]["incident_id"] == first["alerts"][0]["incident_id"]
+    await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 10)
+    assert diagnose_fn.calls == ["exec-1"]
+
+
+async def test_resolved_alert_closes_an_incident_that_has_not_acted(
+    api_client: Client,
+    watchdog_app: WatchdogApp,
+    diagnose_fn: ScriptedDiagnose,
+    remediate_fn: RecordingRemediate,
+) -> None:
+    _, body = await post(api_client, payload(alert()))
+    await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 10)
+    incident_id = body["alerts"][0]["incident_id"]
+    status, resolved = await post(api_client, payload(alert(status="resolved"), status="resolved"))
+    assert status == 200 and resolved["alerts"][0]["outcome"] == "closed"
+    incident = await watchdog_app.store.get_incident(incident_id)
+    assert incident is not None and incident.status == "closed"
+    # the repeat of the resolved delivery changes nothing and triggers nothing
+    _, again = await post(api_client, payload(alert(status="resolved"), status="resolved"))
+    assert again["alerts"][0]["outcome"] == "duplicate"
+    await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 10)
+    assert diagnose_fn.calls == ["exec-1"] and len(remediate_fn.calls) == 1
+
+
+async def test_resolved_during_diagnosis_closes_and_nothing_acts(
+    api_client: Client,
+    watchdog_app: WatchdogApp,
+    diagnose_fn: ScriptedDiagnose,
+    remediate_fn: RecordingRemediate,
+) -> None:
+    diagnose_fn.gate = asyncio.Event()
+    _, body = await post(api_client, payload(alert()))
+    incident_id = body["alerts"][0]["incident_id"]
+    await asyncio.wait_for(diagnose_fn.entered.wait(), 10)  # the diagnosis is under way
+    _, resolved = await post(api_client, payload(alert(status="resolved"), status="resolved"))
+    assert resolved["alerts"][0]["outcome"] == "closed"
+    diagnose_fn.gate.set()
+    await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 10)
+    incident = await watchdog_app.store.get_incident(incident_id)
+    assert incident is not None and incident.status == "closed" and incident.diagnosis is not None
+    assert remediate_fn.calls == []
+
+
+async def test_resolved_alert_leaves_an_incident_that_acted_to_the_remediation_loop(
+    api_client: Client, watchdog_app: WatchdogApp
+) -> None:
+    _, body = await post(api_client, payload(alert()))
+    await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 10)
+    incident_id = body["alerts"][0]["incident_id"]
+    async with watchdog_app.store.transaction() as tx:
+        await tx.insert_action(incident_id=incident_id, playbook="cancel", step="cancel", idempotency_key="k")
+    _, resolved = await post(api_client, payload(alert(status="resolved"), status="resolved"))
+    assert resolved["alerts"][0]["outcome"] == "left_open"
+    incident = await watchdog_app.store.get_incident(incident_id)
+    assert incident is not None and incident.status == "open"
+    detail = await watchdog_app.incidents.detail(incident_id)
+    assert detail.audit[-1].kind == "alert_resolved"
+
+
+async def test_resolved_alert_without_an_incident_opens_nothing(
+    api_client: Client, watchdog_app: WatchdogApp, diagnose_fn: ScriptedDiagnose
+) -> None:
+    status, body = await post(api_client, payload(alert(status="resolved"), status="resolved"))
+    assert status == 200 and body["alerts"][0]["outcome"] == "no_incident"
+    assert await watchdog_app.store.list_incidents() == []
+    # a late firing delivery of that same (resolved) episode does not open one either
+    _, late = await post(api_client, payload(alert()))
+    assert late["alerts"][0]["outcome"] == "duplicate"
+    assert await watchdog_app.store.list_incidents() == [] and diagnose_fn.calls == []
+
+
+async def test_other_alert_names_are_acknowledged_and_ignored(
+    api_client: Client, watchdog_app: WatchdogApp
+) -> None:
+    before = await snapshot(watchdog_app)
+    other = alert(alertname="OrchestratorServiceDown", fingerprint="other")
+    del other["labels"]["execution_id"]
+    status, body = await post(api_client, payload(other))
+    assert status == 200 and body["alerts"][0]["outcome"] == "ignored"
+    assert await snapshot(watchdog_app) == before
+    metrics = await (await api_client.get("/metrics")).text()
+    assert (
+        'gl_watchdog_alerts_received_total{alertname="OrchestratorServiceDown",status="firing"} 1.0'
+        in metrics
+    )
+
+
+# -- bad input: a clear 4xx and nothing changes ------------------------------------------------------
+
+
+async def _refused(
+    client: Client,
+    wd: WatchdogApp,
+    data: bytes,
+    *,
+    headers: dict[str, str],
+    status: int,
+    error: str,
+    says: str,
+) -> None:
+    before = await snapshot(wd)
+    response = await client.post("/api/v1/alerts", data=data, headers=headers)
+    body = await response.json()
+    assert response.status == status, body
+    assert body["error"] == error
+    assert says in body["detail"], body["detail"]
+    assert await snapshot(wd) == before
+    assert len(wd.jobs) == 0
+
+
+JSON_AUTH = {**AUTH, "Content-Type": "application/json"}
+
+
+async def test_malformed_json_is_400(api_client: Client, watchdog_app: WatchdogApp) -> None:
+    await _refused(
+        api_client,
+        watchdog_app,
+        b'{"version": "4", ',
+        headers=JSON_AUTH,
+        status=400,
+        error="malformed_json",
+        says="not valid JSON",
+    )
+
+
+async def test_wrong_version_is_422(api_client: Client, watchdog_app: WatchdogApp) -> None:
+    body = payload(alert()) | {"version": "3"}
+    await _refused(
+        api_client,
+        watchdog_app,
+        json.dumps(body).encode(),
+        headers=JSON_AUTH,
+        status=422,
+        error="unsupported_version",
+        says="'3'",
+    )
+
+
+async def test_missing_labels_is_422_and_names_the_field(
+    api_client: Client, watchdog_app: WatchdogApp
+) -> None:
+    bad = alert()
+    del bad["labels"]
+    await _refused(
+        api_client,
+        watchdog_app,
+        json.dumps(payload(alert(fingerprint="ok"), bad)).encode(),
+        headers=JSON_AUTH,
+        status=422,
+        error="invalid_payload",
+        says="alerts.1.labels",
+    )
+
+
+async def test_missing_execution_id_label_is_422(api_client: Client, watchdog_app: WatchdogApp) -> None:
+    bad = alert()
+    del bad["labels"]["execution_id"]
+    await _refused(
+        api_client,
+        watchdog_app,
+        json.dumps(payload(bad)).encode(),
+        headers=JSON_AUTH,
+        status=422,
+        error="invalid_payload",
+        says="execution_id",
+    )
+
+
+async def test_oversized_body_is_413(api_client: Client, watchdog_app: WatchdogApp) -> None:
+    big = alert()
+    big["annotations"]["description"] = "x" * (watchdog_app.settings.max_body_bytes + 1)
+    await _refused(
+        api_client,
+        watchdog_app,
+        json.dumps(payload(big)).encode(),
+        headers=JSON_AUTH,
+        status=413,
+        error="body_too_large",
+        says=str(watchdog_app.settings.max_body_bytes),
+    )
+
+
+async def test_wrong_token_is_401(api_client: Client, watchdog_app: WatchdogApp) -> None:
+    await _refused(
+        api_client,
+        watchdog_app,
+        json.dumps(payload(alert())).encode(),
+        headers={"Authorization": "Bearer wrong-token", "Content-Type": "application/json"},
+        status=401,
+        error="unauthorized",
+        says="invalid bearer token",
+    )
+
+
+async def test_missing_token_is_401(api_client: Client, watchdog_app: WatchdogApp) -> None:
+    await _refused(
+        api_client,
+        watchdog_app,
+        json.dumps(payload(alert())).encode(),
+        headers={"Content-Type": "application/json"},
+        status=401,
+        error="unauthorized",
+        says="missing bearer token",
+    )
+
+
+async def test_wrong_content_type_is_415(api_client: Client, watchdog_app: WatchdogApp) -> None:
+    await _refused(
+        api_client,
+        watchdog_app,
+        json.dumps(payload(alert())).encode(),
+        headers={**AUTH, "Content-Type": "text/plain"},
+        status=415,
+        error="unsupported_media_type",
+        says="application/json",
+    )

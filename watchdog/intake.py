@@ -1,0 +1,288 @@
+"""Alertmanager webhook intake: payload version 4 in, incidents opened, joined or closed out.
+
+`watchdog.api` receives `POST /api/v1/alerts` (auth, content type, size), calls `parse_payload()` on
+the body and `AlertIntake.handle()` on the result, and answers 2xx only after `handle()` returns, i.e.
+after every alert of the payload is durably written — so Alertmanager retries when we fail.
+
+Per alert:
+
+- another alert name: counted and acknowledged, nothing else;
+- firing: the episode (fingerprint + startsAt) is recorded in `alert_deliveries`, in the same
+  transaction as opening or joining the incident of its `execution_id`. A repeat of a recorded
+  episode (repeat_interval, group changes, an HA pair of Alertmanagers, a retried request) only bumps
+  a counter: it never opens, joins or diagnoses again. A newly opened incident is handed to
+  `on_opened` (the app starts its diagnosis);
+- resolved: closes the execution's open incident if it has not acted yet (no action recorded, not
+  remediating/verifying); an incident that has acted is left to the remediation loop, with an audit
+  note. A resolved alert never opens an incident and never triggers anything.
+
+Validation happens for the whole payload before anything is written, so bad input changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from watchdog.constants import ALERT_NAME
+from watchdog.errors import InvalidTransition, WatchdogError
+from watchdog.incidents import IncidentService, close_if_not_acted_in, open_or_join_in
+from watchdog.metrics import WatchdogMetrics
+from watchdog.store import Incident, Store
+
+ACTOR = "alertmanager"
+
+
+class IntakeError(WatchdogError):
+    """A webhook request the intake refuses; `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+# -- the payload (https://prometheus.io/docs/alerting/latest/configuration/#webhook_config) ---------
+
+
+class AmAlert(BaseModel):
+    """One alert of an Alertmanager webhook payload."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str]
+    annotations: dict[str, str] = Field(default_factory=dict)
+    startsAt: datetime  # Alertmanager's field names, as sent
+    endsAt: datetime | None = None
+    generatorURL: str = ""
+    fingerprint: str = ""
+
+    @field_validator("labels")
+    @classmethod
+    def _has_alertname(cls, labels: dict[str, str]) -> dict[str, str]:
+        if not labels.get("alertname"):
+            raise ValueError("labels must include a non-empty 'alertname'")
+        return labels
+
+    @model_validator(mode="after")
+    def _our_alert_names_its_execution(self) -> AmAlert:
+        if self.labels["alertname"] == ALERT_NAME and not self.labels.get("execution_id"):
+            raise ValueError(f"an {ALERT_NAME} alert must carry a non-empty 'execution_id' label")
+        return self
+
+    @property
+    def alertname(self) -> str:
+        """The alert's name label."""
+        return self.labels["alertname"]
+
+    @property
+    def episode_key(self) -> str:
+        """The fingerprint Alertmanager sent, or one computed from the labels (older senders)."""
+        if self.fingerprint:
+            return self.fingerprint
+        canonical = json.dumps(sorted(self.labels.items()), separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class AmWebhook(BaseModel):
+    """The Alertmanager webhook payload, version 4."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    version: Literal["4"]
+    groupKey: str = ""
+    truncatedAlerts: int = Field(default=0, ge=0)
+    status: Literal["firing", "resolved"]
+    receiver: str = ""
+    groupLabels: dict[str, str] = Field(default_factory=dict)
+    commonLabels: dict[str, str] = Field(default_factory=dict)
+    commonAnnotations: dict[str, str] = Field(default_factory=dict)
+    externalURL: str = ""
+    alerts: list[AmAlert]
+
+
+def describe_validation(exc: ValidationError) -> str:
+    """Every problem of a validation error, each prefixed with where it is in the payload."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)
+
+
+def parse_payload(body: bytes) -> AmWebhook:
+    """Parse and validate a webhook body; IntakeError(400/422) naming the problem otherwise."""
+    try:
+        data: Any = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IntakeError(400, "malformed_json", f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise IntakeError(422, "invalid_payload", "body must be a JSON object (Alertmanager webhook payload)")
+    if "version" in data and data["version"] != "4":
+        raise IntakeError(
+            422,
+            "unsupported_version",
+            f"webhook payload version {data['version']!r} is not supported; expected version '4'",
+        )
+    try:
+        return AmWebhook.model_validate(data)
+    except ValidationError as exc:
+        raise IntakeError(422, "invalid_payload", describe_validation(exc)) from exc
+
+
+# -- handling ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlertOutcome:
+    """What happened to one alert of a payload."""
+
+    alertname: str
+    status: str
+    fingerprint: str
+    outcome: str  # opened | joined | duplicate | closed | left_open | no_incident | ignored
+    execution_id: str | None = None
+    incident_id: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The outcome as the API answers it."""
+        return {
+            "alertname": self.alertname,
+            "status": self.status,
+            "fingerprint": self.fingerprint,
+            "execution_id": self.execution_id,
+            "incident_id": self.incident_id,
+            "outcome": self.outcome,
+        }
+
+
+class AlertIntake:
+    """Turns validated webhook payloads into incident changes (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: Store,
+        incidents: IncidentService,
+        metrics: WatchdogMetrics,
+        on_opened: Callable[[Incident], object],
+    ) -> None:
+        self.store = store
+        self.incidents = incidents
+        self.metrics = metrics
+        self.on_opened = on_opened
+
+    async def handle(self, payload: AmWebhook) -> list[AlertOutcome]:
+        """Apply every alert of the payload; returns once all of them are durably written."""
+        outcomes = []
+        for alert in payload.alerts:
+            self.metrics.alerts_received.labels(alertname=alert.alertname, status=alert.status).inc()
+            if alert.alertname != ALERT_NAME:
+                outcomes.append(AlertOutcome(alert.alertname, alert.status, alert.episode_key, "ignored"))
+                continue
+            if alert.status == "firing":
+                outcomes.append(await self._firing(alert, payload.receiver))
+            else:
+                outcomes.append(await self._resolved(alert))
+        await self.incidents.refresh_gauge()
+        return outcomes
+
+    async def _firing(self, alert: AmAlert, receiver: str) -> AlertOutcome:
+        execution_id = alert.labels["execution_id"]
+        key = alert.episode_key
+        opened: Incident | None = None
+        async with self.store.transaction() as tx:
+            delivery = await tx.insert_delivery(
+                fingerprint=key,
+                starts_at=alert.startsAt,
+                alertname=alert.alertname,
+                execution_id=execution_id,
+                status="firing",
+            )
+            if delivery is None:
+                existing = await tx.get_delivery(key, alert.startsAt)
+                if existing is not None:
+                    await tx.note_repeat(existing.id)
+                return AlertOutcome(
+                    alert.alertname,
+                    "firing",
+                    key,
+                    "duplicate",
+                    execution_id,
+                    None if existing is None else existing.incident_id,
+                )
+            result = await open_or_join_in(
+                tx,
+                execution_id,
+                dag_id=alert.labels.get("dag_id"),
+                source="alert",
+                detection_source="prometheus",
+                actor=ACTOR,
+                data={"fingerprint": key, "starts_at": alert.startsAt.isoformat(), "receiver": receiver},
+            )
+            await tx.update_delivery(delivery.id, incident_id=result.incident.id)
+            if result.created:
+                opened = result.incident
+        # committed: now it is safe to count and to start work on it
+        if opened is not None:
+            self.incidents.opened("alert")
+            self.on_opened(opened)
+        return AlertOutcome(
+            alert.alertname,
+            "firing",
+            key,
+            "opened" if opened is not None else "joined",
+            execution_id,
+            result.incident.id,
+        )
+
+    async def _resolved(self, alert: AmAlert) -> AlertOutcome:
+        execution_id = alert.labels["execution_id"]
+        key = alert.episode_key
+        async with self.store.transaction() as tx:
+            delivery = await tx.insert_delivery(
+                fingerprint=key,
+                starts_at=alert.startsAt,
+                alertname=alert.alertname,
+                execution_id=execution_id,
+                status="resolved",
+            )
+            if delivery is None:
+                delivery = await tx.get_delivery(key, alert.startsAt)
+                if delivery is not None and delivery.status == "resolved":
+                    await tx.note_repeat(delivery.id)
+                    return AlertOutcome(
+                        alert.alertname, "resolved", key, "duplicate", execution_id, delivery.incident_id
+                    )
+                if delivery is not None:
+                    delivery = await tx.update_delivery(
+                        delivery.id, status="resolved", resolved_at=tx.clock()
+                    )
+            incident = None
+            if delivery is not None and delivery.incident_id is not None:
+                incident = await tx.get_incident(delivery.incident_id)
+            if incident is None or not incident.is_open:
+                incident = await tx.get_open_incident(execution_id)
+            if incident is None:
+                return AlertOutcome(alert.alertname, "resolved", key, "no_incident", execution_id)
+            if delivery is not None and delivery.incident_id is None:
+                await tx.update_delivery(delivery.id, incident_id=incident.id)
+            try:
+                await close_if_not_acted_in(tx, incident.id, actor=ACTOR, reason="alert resolved")
+            except InvalidTransition as exc:
+                await tx.add_audit(
+                    incident.id,
+                    "alert_resolved",
+                    actor=ACTOR,
+                    data={"fingerprint": key, "left_open": str(exc)},
+                )
+                return AlertOutcome(alert.alertname, "resolved", key, "left_open", execution_id, incident.id)
+        return AlertOutcome(alert.alertname, "resolved", key, "closed", execution_id, incident.id)

@@ -1,0 +1,259 @@
+"""Scheduled sweeps: find stuck runs without Alertmanager, on the elected leader only.
+
+Started by `watchdog.app.WatchdogApp.start()` (`gl-watchdog serve`). An APScheduler
+`AsyncIOScheduler` runs `Sweeper.sweep_once()` every `sweep_interval_seconds` (max_instances=1 and
+coalesce, so sweeps never overlap or pile up after a stall) and renews the leadership every third of
+its TTL. `sweep_once()` is the one-shot form for tests and the CLI:
+
+    leader?  ── no ──▶ skip (counted as not_leader)
+      │ yes
+    condition.evaluate()  (Prometheus, or the orchestrator API — it works when the alert path is broken)
+      │
+    for each execution firing: incidents.open_or_join(source="sweep", detection_source=<source used>)
+      │                         a newly opened incident goes to `on_opened` (the app diagnoses it)
+
+Leadership: `RedisLeadership` holds `gl:watchdog:leader` through `watchdog.clients.redis` (value =
+replica id, TTL, renewed only by its owner, released with compare-and-delete); without Redis,
+`LocalLeadership` (this process is the only sweeper). When Redis cannot be reached this replica
+does not consider itself leader and does not sweep (counted as leader_error): only a confirmed leader
+sweeps. Opening an incident is idempotent anyway (unique index), so a brief overlap of two leaders is
+harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from watchdog.clients.redis import RedisClient
+from watchdog.condition import ConditionEvaluator, ConditionResult
+from watchdog.errors import WatchdogError
+from watchdog.incidents import IncidentService
+from watchdog.metrics import WatchdogMetrics
+from watchdog.store import Incident
+
+log = logging.getLogger(__name__)
+
+
+class Leadership(Protocol):
+    """Who may sweep."""
+
+    is_leader: bool
+
+    async def acquire_or_renew(self) -> bool:
+        """Become or stay leader; True when this replica is the leader afterwards."""
+        ...
+
+    async def release(self) -> None:
+        """Give up leadership (on shutdown)."""
+        ...
+
+
+class LocalLeadership:
+    """No Redis: this process is the only watchdog, hence always the leader."""
+
+    def __init__(self) -> None:
+        self.is_leader = True
+
+    async def acquire_or_renew(self) -> bool:
+        return True
+
+    async def release(self) -> None:
+        self.is_leader = False
+
+
+class RedisLeadership:
+    """Leader election on `gl:watchdog:leader` through `RedisClient` (errors: RedisUnavailable)."""
+
+    def __init__(self, redis: RedisClient, replica_id: str, *, ttl_seconds: float) -> None:
+        self.redis = redis
+        self.replica_id = replica_id
+        self.ttl_seconds = ttl_seconds
+        self.is_leader = False
+
+    async def acquire_or_renew(self) -> bool:
+        try:
+            held = await self.redis.renew_leader(
+                self.replica_id, self.ttl_seconds
+            ) or await self.redis.acquire_leader(self.replica_id, self.ttl_seconds)
+        except WatchdogError:
+            self.is_leader = False
+            raise
+        self.is_leader = held
+        return held
+
+    async def release(self) -> None:
+        was_leader, self.is_leader = self.is_leader, False
+        if was_leader:
+            await self.redis.release_leader(self.replica_id)
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """What one sweep did."""
+
+    result: str  # ok | not_leader | leader_error | error
+    leader: bool
+    condition: ConditionResult | None = None
+    opened: list[Incident] = field(default_factory=list)
+    joined: list[int] = field(default_factory=list)
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """A JSON-friendly summary (logs, CLI)."""
+        cond = self.condition
+        return {
+            "result": self.result,
+            "leader": self.leader,
+            "source": None if cond is None else cond.source.value,
+            "fallback_reason": None if cond is None else cond.fallback_reason,
+            "firing": [] if cond is None else [e.execution_id for e in cond.firing],
+            "pending": [] if cond is None else [e.execution_id for e in cond.pending],
+            "opened": [{"incident_id": i.id, "execution_id": i.execution_id} for i in self.opened],
+            "joined": self.joined,
+            "error": self.error,
+        }
+
+
+class Sweeper:
+    """Runs the condition on the leader and opens incidents for firing executions."""
+
+    def __init__(
+        self,
+        condition: ConditionEvaluator,
+        incidents: IncidentService,
+        leadership: Leadership,
+        metrics: WatchdogMetrics,
+        on_opened: Callable[[Incident], object],
+        *,
+        interval_seconds: float,
+        leader_ttl_seconds: float,
+    ) -> None:
+        self.condition = condition
+        self.incidents = incidents
+        self.leadership = leadership
+        self.metrics = metrics
+        self.on_opened = on_opened
+        self.interval_seconds = interval_seconds
+        self.leader_ttl_seconds = leader_ttl_seconds
+        self._scheduler: AsyncIOScheduler | None = None
+        self._inflight: set[asyncio.Task[Any]] = set()
+
+    async def sweep_once(self) -> SweepReport:
+        """One sweep; never raises for a backend failure (the report says what went wrong)."""
+        try:
+            leader = await self.leadership.acquire_or_renew()
+        except WatchdogError as exc:
+            self.metrics.is_leader.set(0)
+            return self._done(SweepReport("leader_error", False, error=str(exc)))
+        self.metrics.is_leader.set(1 if leader else 0)
+        if not leader:
+            return self._done(SweepReport("not_leader", False))
+        try:
+            result = await self.condition.evaluate()
+        except WatchdogError as exc:
+            return self._done(SweepReport("error", True, error=f"condition could not be evaluated: {exc}"))
+        opened: list[Incident] = []
+        joined: list[int] = []
+        try:
+            for execution in result.firing:
+                outcome = await self.incidents.open_or_join(
+                    execution.execution_id,
+                    dag_id=execution.dag_id,
+                    source="sweep",
+                    detection_source=result.source.value,
+                    actor="sweep",
+                    audit_join=False,
+                )
+                if outcome.created:
+                    opened.append(outcome.incident)
+                    self.on_opened(outcome.incident)
+                else:
+                    joined.append(outcome.incident.id)
+        except WatchdogError as exc:
+            report = SweepReport("error", True, result, opened, joined, f"opening incidents failed: {exc}")
+            return self._done(report)
+        return self._done(SweepReport("ok", True, result, opened, joined))
+
+    def _done(self, report: SweepReport) -> SweepReport:
+        self.metrics.sweeps.labels(result=report.result).inc()
+        if report.error:
+            log.warning("sweep %s: %s", report.result, report.error)
+        elif report.opened:
+            log.info("sweep opened %d incident(s): %s", len(report.opened), report.as_json()["opened"])
+        return report
+
+    # -- scheduling -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Schedule the sweep (first run now) and the leadership renewal on the running loop."""
+        if self._scheduler is not None:
+            return
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        scheduler.add_job(
+            self._scheduled_sweep,
+            "interval",
+            seconds=self.interval_seconds,
+            id="sweep",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=max(1, int(self.interval_seconds)),
+            next_run_time=datetime.now(UTC),
+        )
+        scheduler.add_job(
+            self._scheduled_renew,
+            "interval",
+            seconds=max(1.0, self.leader_ttl_seconds / 3),
+            id="leader-renew",
+            max_instances=1,
+            coalesce=True,
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+
+    async def _scheduled_sweep(self) -> None:
+        await self._tracked(self.sweep_once())
+
+    async def _scheduled_renew(self) -> None:
+        await self._tracked(self._renew())
+
+    async def _renew(self) -> None:
+        try:
+            leader = await self.leadership.acquire_or_renew()
+        except WatchdogError as exc:
+            log.warning("leadership renewal failed: %s", exc)
+            leader = False
+        self.metrics.is_leader.set(1 if leader else 0)
+
+    async def _tracked(self, coro: Any) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+        try:
+            await coro
+        finally:
+            if task is not None:
+                self._inflight.discard(task)
+
+    async def shutdown(self, grace_seconds: float = 10.0) -> None:
+        """Stop scheduling, wait for an in-flight sweep (cancel it after `grace_seconds`), resign."""
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+            await asyncio.sleep(0)  # let a job submitted just now register itself
+        pending = [t for t in self._inflight if not t.done()]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=grace_seconds)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        with contextlib.suppress(WatchdogError):
+            await self.leadership.release()
+        self.metrics.is_leader.set(0)
