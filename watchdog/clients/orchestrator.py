@@ -16,12 +16,14 @@ later pass through); DAG definitions stay plain dicts (their model belongs to th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from watchdog.constants import ORCHESTRATOR_API_PREFIX
@@ -157,6 +159,15 @@ class AgentRestart(_ApiModel):
     agent_id: str
     restarts: int = 0
     interrupted_nodes: list[Any] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MetricSample:
+    """One sample of the orchestrator's Prometheus exposition (`GET /metrics`)."""
+
+    name: str
+    labels: dict[str, str]
+    value: float
 
 
 _UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
@@ -295,6 +306,33 @@ class OrchestratorClient:
     async def get_metrics(self) -> OrchestratorMetrics:
         """`GET /metrics` (JSON): active, maximum and queued executions, max parallel nodes."""
         return await self._get_model(OrchestratorMetrics, "GET", "/metrics")
+
+    async def scrape_metrics(self) -> list[MetricSample]:
+        """`GET /metrics` at the service root: the Prometheus exposition, parsed (no Prometheus needed).
+
+        Lets the diagnostics read counters such as checkpoint save errors in embedded mode.
+        """
+        url = self.base_url + "/metrics"
+        try:
+            response = await self._http.get(url, headers={"Accept": "text/plain"})
+        except httpx.TimeoutException as exc:
+            raise OrchestratorUnavailable(
+                f"orchestrator GET /metrics timed out: {type(exc).__name__}"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise OrchestratorUnavailable(f"orchestrator at {self.base_url} unreachable: {exc}") from exc
+        if response.status_code >= 400:
+            raise _error_for(response)
+        try:
+            return [
+                MetricSample(sample.name, dict(sample.labels), float(sample.value))
+                for family in text_string_to_metric_families(response.text)
+                for sample in family.samples
+            ]
+        except ValueError as exc:
+            raise OrchestratorError(
+                response.status_code, f"GET /metrics: unparsable exposition: {exc}"
+            ) from exc
 
     # -- DAGs -------------------------------------------------------------------------------------
 

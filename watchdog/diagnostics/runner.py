@@ -1,0 +1,212 @@
+"""Runs diagnostic steps 1-8 for one execution and names the most likely cause.
+
+Called by the watchdog app (incidents opened by alerts and sweeps), `gl-watchdog diagnose` and the
+demo, with a `DiagnosticContext`. Steps 1, 2, 3 run in order (each needs the one before); steps 4-8 run
+concurrently. Every step runs under its own timeout (`ctx.timeout_for(step)`) inside a guard, so a
+step that hangs, fails or has no backend yields an `error`/`unknown` Finding and never aborts the
+diagnosis. The cause is chosen by ranked rules over the findings (`likely_cause`); the planner maps it
+to a playbook through the policy file.
+
+Causes, in rank order: `execution_not_found`, `not_stuck`, `agent_unresponsive`, `stuck_lock`,
+`checkpoint_store`, `resource_contention`, `external_api_slow`, `slow_node`, `unknown`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from watchdog.diagnostics import (
+    step1_execution,
+    step2_trace,
+    step3_bottleneck,
+    step4_agent,
+    step5_contention,
+    step6_locks,
+    step7_external,
+    step8_checkpoints,
+)
+from watchdog.diagnostics.common import finding
+from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
+from watchdog.diagnostics.models import Diagnosis, Finding, StepStatus
+
+StepFn = Callable[[DiagnosticContext, DiagnosisState], Awaitable[Finding]]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One diagnostic step: its number, name and function."""
+
+    number: int
+    name: str
+    run: StepFn
+
+
+STEPS: tuple[Step, ...] = tuple(
+    Step(module.STEP, module.NAME, module.run)
+    for module in (
+        step1_execution,
+        step2_trace,
+        step3_bottleneck,
+        step4_agent,
+        step5_contention,
+        step6_locks,
+        step7_external,
+        step8_checkpoints,
+    )
+)
+SEQUENTIAL = (1, 2, 3)
+
+
+async def run_step(ctx: DiagnosticContext, state: DiagnosisState, step: Step) -> Finding:
+    """Run one step under its timeout; any failure becomes an `error` Finding. Never raises
+    (except cancellation of the caller)."""
+    budget = ctx.timeout_for(step.number)
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(budget):
+            result = await step.run(ctx, state)
+    except TimeoutError:
+        result = finding(
+            step.number,
+            step.name,
+            StepStatus.ERROR,
+            f"step timed out after {budget:g}s",
+            reason="timeout",
+            timeout_seconds=budget,
+        )
+    except Exception as exc:  # a step must never take the diagnosis down; the bug is reported
+        result = finding(
+            step.number,
+            step.name,
+            StepStatus.ERROR,
+            f"step failed: {type(exc).__name__}: {exc}",
+            reason="step_failed",
+            exception=type(exc).__name__,
+        )
+    elapsed = round((time.monotonic() - started) * 1000, 3)
+    return result.model_copy(update={"duration_ms": elapsed})
+
+
+async def diagnose(ctx: DiagnosticContext, execution_id: str, *, steps: Sequence[Step] = STEPS) -> Diagnosis:
+    """Run steps 1-3 in order, then 4-8 concurrently, and build the Diagnosis."""
+    state = DiagnosisState(execution_id=execution_id)
+    started_at = ctx.clock()
+    findings: list[Finding] = []
+    for step in steps:
+        if step.number in SEQUENTIAL:
+            findings.append(await run_step(ctx, state, step))
+    concurrent = [step for step in steps if step.number not in SEQUENTIAL]
+    findings += await asyncio.gather(*(run_step(ctx, state, step) for step in concurrent))
+    findings.sort(key=lambda f: f.step)
+    cause, evidence = likely_cause(findings)
+    return Diagnosis(
+        execution_id=execution_id,
+        started_at=started_at,
+        completed_at=ctx.clock(),
+        findings=findings,
+        likely_cause=cause,
+        cause_evidence=evidence,
+        dag_id=state.dag_id,
+        stuck_node_id=state.stuck_node_id,
+        agent_id=state.agent_id,
+    )
+
+
+def diagnoser(ctx: DiagnosticContext) -> Callable[[str], Awaitable[Diagnosis]]:
+    """`diagnose` bound to a context: the `execution_id -> Diagnosis` callable the app takes."""
+
+    async def run(execution_id: str) -> Diagnosis:
+        return await diagnose(ctx, execution_id)
+
+    return run
+
+
+# -- the cause ---------------------------------------------------------------------------------------
+
+AGENT_BAD_REASONS = frozenset({"CrashLoopBackOff", "OOMKilled", "Error", "ImagePullBackOff", "ErrImagePull"})
+
+
+def likely_cause(findings: Sequence[Finding]) -> tuple[str, list[str]]:
+    """The most likely cause of the stall and the evidence for it (ranked rules, first match wins)."""
+    by_step = {f.step: f for f in findings}
+
+    def ev(step: int) -> dict[str, Any]:
+        f = by_step.get(step)
+        return dict(f.evidence) if f is not None else {}
+
+    def problem(step: int) -> bool:
+        f = by_step.get(step)
+        return f is not None and f.status is StepStatus.PROBLEM
+
+    def says(step: int) -> str:
+        f = by_step[step]
+        return f"step {f.step} ({f.name}): {f.summary}"
+
+    s1 = by_step.get(1)
+    if s1 is not None and s1.evidence.get("reason") == "not_found":
+        return "execution_not_found", [says(1)]
+    status = ev(1).get("status")
+    if isinstance(status, str) and status != "running":
+        return "not_stuck", [says(1)]
+
+    # The agent of the stuck node is down, crashing, OOM-killed or not ready.
+    agent = ev(4)
+    reasons = set(agent.get("reasons") or [])
+    if problem(4) and (
+        agent.get("pod_count") == 0 or agent.get("unhealthy_pods") or reasons & AGENT_BAD_REASONS
+    ):
+        return "agent_unresponsive", [says(4), *(_supporting(by_step, 3))]
+
+    # The run's lock is held by a dead holder, or never expires.
+    locks = ev(6)
+    lock = locks.get("lock")
+    lock_no_ttl = isinstance(lock, dict) and lock.get("ttl_seconds") == -1
+    if problem(6) and (locks.get("holder_state") in ("dead", "unconfirmed") or lock_no_ttl):
+        return "stuck_lock", [says(6)]
+
+    # Checkpoint saves fail, so the run cannot advance past a completed node.
+    cp = ev(8)
+    if problem(8) and (
+        (cp.get("save_errors_15m") or 0) > 0
+        or (cp.get("save_errors_total") or 0) > 0
+        or cp.get("completed_without_checkpoint")
+        or cp.get("failed_checkpoints")
+    ):
+        return "checkpoint_store", [says(8)]
+
+    # Too many runs for the limits, or the DB pool is exhausted.
+    contention = ev(5)
+    if problem(5) and (contention.get("saturated") or (contention.get("db_pool_pending") or 0) > 0):
+        return "resource_contention", [says(5)]
+
+    node = ev(3)
+    # The stuck node waits on an outside call.
+    if problem(7) and ev(7).get("external_call_lines"):
+        return "external_api_slow", [says(7), *(_supporting(by_step, 3))]
+
+    # The node runs past its own timeout: its agent neither answers nor honours cancellation.
+    if problem(3) and node.get("node_status") == "running" and node.get("within_own_timeout") is False:
+        return "agent_unresponsive", [says(3), *(_supporting(by_step, 4))]
+
+    # The node is simply slow: running, making progress, within its own timeout.
+    if problem(3) and node.get("node_status") == "running" and node.get("within_own_timeout") is True:
+        return "slow_node", [says(3)]
+
+    # Agent resources near their limits (without a crash) also point at the agent.
+    if problem(4) and agent.get("near_limit"):
+        return "agent_unresponsive", [says(4)]
+
+    return "unknown", [
+        f"step {f.step} ({f.name}): {f.summary}" for f in findings if f.status is StepStatus.PROBLEM
+    ]
+
+
+def _supporting(by_step: dict[int, Finding], step: int) -> list[str]:
+    f = by_step.get(step)
+    if f is None or f.status is not StepStatus.PROBLEM:
+        return []
+    return [f"step {f.step} ({f.name}): {f.summary}"]

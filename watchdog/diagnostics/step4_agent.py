@@ -1,0 +1,146 @@
+"""Step 4 of the runbook: is the agent of the bottleneck node responsive?
+
+Runs concurrently with steps 5-8 (`watchdog.diagnostics.runner`), from `state.agent_id`. Always asks
+the orchestrator what it knows of the agent (`GET /agents`: kind, restarts, running nodes). With
+Kubernetes: the agent's pods by label `agent-id=<id>` (phase, readiness, restarts, waiting/terminated
+reasons such as CrashLoopBackOff and OOMKilled), the last 200 log lines of each pod filtered as the
+runbook filters them, and CPU/memory from metrics.k8s.io against the containers' limits. Without
+Kubernetes (embedded mode) the finding is `unknown` with the reason, plus the orchestrator's view.
+
+Evidence keys: `agent_id`, `orchestrator_agent` ({kind, restarts, running_nodes}), `pods` (list of
+pod dicts, see `PodInfo.as_dict`), `pod_count`, `unhealthy_pods`, `reasons` (all waiting/terminated
+reasons), `log_lines` ({pod: matching lines}), `usage` ({pod: {cpu_cores, memory_bytes, cpu_ratio,
+memory_ratio}}), `near_limit` (pods using >= 90% of a limit), `*_error` (per failed sub-query).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from watchdog.constants import AGENT_LABEL
+from watchdog.diagnostics.common import AGENT_LOG_FILTER, filter_lines, finding, from_error
+from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
+from watchdog.diagnostics.models import Finding, StepStatus
+from watchdog.errors import WatchdogError
+
+STEP = 4
+NAME = "agent"
+
+BAD_REASONS = frozenset(
+    {"CrashLoopBackOff", "OOMKilled", "Error", "ImagePullBackOff", "ErrImagePull", "CreateContainerError"}
+)
+LOG_TAIL = 200
+MAX_PODS_FOR_LOGS = 5
+NEAR_LIMIT = 0.9
+
+
+async def _orchestrator_view(ctx: DiagnosticContext, agent_id: str, evidence: dict[str, Any]) -> None:
+    try:
+        agents = await ctx.orchestrator.list_agents()
+    except WatchdogError as exc:
+        evidence["orchestrator_agents_error"] = str(exc)
+        return
+    match = next((a for a in agents if a.agent_id == agent_id), None)
+    evidence["orchestrator_agent"] = (
+        None
+        if match is None
+        else {"kind": match.kind, "restarts": match.restarts, "running_nodes": list(match.running_nodes)}
+    )
+
+
+async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
+    """Judge the agent's pods, logs and resource use."""
+    agent_id = state.agent_id
+    if not agent_id:
+        return finding(STEP, NAME, StepStatus.UNKNOWN, "no bottleneck agent identified (step 3)")
+    evidence: dict[str, Any] = {"agent_id": agent_id}
+    await _orchestrator_view(ctx, agent_id, evidence)
+    known = evidence.get("orchestrator_agent")
+    if ctx.kubernetes is None:
+        view = (
+            f"; orchestrator: {known['kind']} agent, {known['restarts']} restarts, "
+            f"running {len(known['running_nodes'])} node(s)"
+            if known
+            else ""
+        )
+        return finding(
+            STEP,
+            NAME,
+            StepStatus.UNKNOWN,
+            f"Kubernetes not configured (embedded mode): agent {agent_id} pods cannot be checked{view}",
+            reason="kubernetes_not_configured",
+            **evidence,
+        )
+
+    selector = f"{AGENT_LABEL}={agent_id}"
+    try:
+        pods = await ctx.kubernetes.list_pods(selector)
+    except WatchdogError as exc:
+        return from_error(STEP, NAME, exc, f"cannot list pods {selector}", **evidence)
+    evidence["pod_count"] = len(pods)
+    evidence["pods"] = [p.as_dict() for p in pods]
+    if not pods:
+        return finding(
+            STEP, NAME, StepStatus.PROBLEM, f"no pod runs agent {agent_id} (selector {selector})", **evidence
+        )
+
+    reasons = sorted({r for p in pods for r in p.reasons()})
+    evidence["reasons"] = reasons
+    unhealthy = [p.name for p in pods if not p.ready or p.terminated or BAD_REASONS & set(p.reasons())]
+    evidence["unhealthy_pods"] = unhealthy
+
+    log_lines: dict[str, list[str]] = {}
+    for pod in pods[:MAX_PODS_FOR_LOGS]:
+        try:
+            text = await ctx.kubernetes.read_pod_log(pod.name, tail_lines=LOG_TAIL)
+        except WatchdogError as exc:
+            evidence.setdefault("log_errors", {})[pod.name] = str(exc)
+            continue
+        log_lines[pod.name] = filter_lines(text.splitlines(), AGENT_LOG_FILTER)
+    evidence["log_lines"] = log_lines
+
+    near_limit: list[str] = []
+    try:
+        usage = await ctx.kubernetes.pod_metrics(selector)
+    except WatchdogError as exc:
+        evidence["metrics_error"] = str(exc)
+        usage = []
+    limits = {p.name: p.containers for p in pods}
+    usage_evidence: dict[str, dict[str, Any]] = {}
+    for item in usage:
+        containers = limits.get(item.name, [])
+        cpu_limit = sum(c.cpu_limit_cores or 0 for c in containers) or None
+        mem_limit = sum(c.memory_limit_bytes or 0 for c in containers) or None
+        entry: dict[str, Any] = {"cpu_cores": item.cpu_cores, "memory_bytes": item.memory_bytes}
+        if cpu_limit:
+            entry["cpu_ratio"] = round(item.cpu_cores / cpu_limit, 3)
+        if mem_limit:
+            entry["memory_ratio"] = round(item.memory_bytes / mem_limit, 3)
+        if max(entry.get("cpu_ratio", 0), entry.get("memory_ratio", 0)) >= NEAR_LIMIT:
+            near_limit.append(item.name)
+        usage_evidence[item.name] = entry
+    evidence["usage"] = usage_evidence
+    evidence["near_limit"] = near_limit
+
+    if unhealthy:
+        why = ", ".join(reasons) if reasons else "not ready"
+        return finding(
+            STEP,
+            NAME,
+            StepStatus.PROBLEM,
+            f"agent {agent_id}: {len(unhealthy)}/{len(pods)} pod(s) unhealthy ({why})",
+            **evidence,
+        )
+    if near_limit:
+        return finding(
+            STEP,
+            NAME,
+            StepStatus.PROBLEM,
+            f"agent {agent_id}: pod(s) {', '.join(near_limit)} at >= {NEAR_LIMIT:.0%} of a resource limit",
+            **evidence,
+        )
+    matched = sum(len(v) for v in log_lines.values())
+    tail = f"; {matched} log line(s) mention errors/timeouts/waiting" if matched else ""
+    return finding(
+        STEP, NAME, StepStatus.OK, f"agent {agent_id}: {len(pods)} pod(s) running and ready{tail}", **evidence
+    )

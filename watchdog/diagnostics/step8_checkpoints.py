@@ -1,0 +1,101 @@
+"""Step 8 of the runbook: checkpoint store health.
+
+Runs concurrently with steps 4-7 (`watchdog.diagnostics.runner`). Reads the run's checkpoints
+(`GET /checkpoints/{id}`), checkpoint save errors over the last 15 minutes (Prometheus:
+`increase(gl_orchestrator_checkpoint_operations_total{operation="save",status="error"}[15m])`; without
+Prometheus, the counter's total from the orchestrator's own exposition), and the provenance chain
+(`chain_valid`). A node that completed in the trace but has no checkpoint means saves are failing
+(the orchestrator blocks progress rather than lose data).
+
+Evidence keys: `checkpoint_count`, `checkpoints` ([{node_id, status, created_at}]), `failed_checkpoints`,
+`completed_without_checkpoint`, `save_errors_15m` (Prometheus) or `save_errors_total` (exposition),
+`chain_valid`, `provenance_problems`, `*_error`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from watchdog.constants import M_CHECKPOINT_OPERATIONS
+from watchdog.diagnostics.common import finding, from_error, iso
+from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
+from watchdog.diagnostics.models import Finding, StepStatus
+from watchdog.errors import WatchdogError
+
+STEP = 8
+NAME = "checkpoints"
+
+SAVE_ERRORS_15M = f'sum(increase({M_CHECKPOINT_OPERATIONS}{{operation="save",status="error"}}[15m]))'
+GOOD_STATUSES = frozenset({"completed", "ok", "saved", "success", "skipped"})
+
+
+async def _save_errors(ctx: DiagnosticContext, evidence: dict[str, Any]) -> None:
+    if ctx.prometheus is not None:
+        try:
+            value = await ctx.prometheus.query_value(SAVE_ERRORS_15M)
+            evidence["save_errors_15m"] = 0.0 if value is None or math.isnan(value) else round(value, 3)
+        except WatchdogError as exc:
+            evidence["prometheus_error"] = str(exc)
+        return
+    try:
+        samples = await ctx.orchestrator.scrape_metrics()
+    except WatchdogError as exc:
+        evidence["exposition_error"] = str(exc)
+        return
+    evidence["save_errors_total"] = sum(
+        s.value
+        for s in samples
+        if s.name == M_CHECKPOINT_OPERATIONS
+        and s.labels.get("operation") == "save"
+        and s.labels.get("status") == "error"
+    )
+
+
+async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
+    """Check the run's checkpoints, save errors and provenance chain."""
+    try:
+        result = await ctx.orchestrator.get_checkpoints(state.execution_id)
+    except WatchdogError as exc:
+        return from_error(STEP, NAME, exc, "cannot read the checkpoints")
+    checkpoints = result.checkpoints
+    evidence: dict[str, Any] = {
+        "checkpoint_count": len(checkpoints),
+        "checkpoints": [
+            {"node_id": c.node_id, "status": c.status, "created_at": iso(c.created_at)} for c in checkpoints
+        ],
+        "failed_checkpoints": [c.node_id for c in checkpoints if c.status.lower() not in GOOD_STATUSES],
+    }
+    saved = {c.node_id for c in checkpoints}
+    if state.trace is not None:
+        evidence["completed_without_checkpoint"] = [
+            n for n, t in state.trace.node_traces.items() if t.status == "completed" and n not in saved
+        ]
+    await _save_errors(ctx, evidence)
+    try:
+        provenance = await ctx.orchestrator.get_provenance(state.execution_id)
+        evidence["chain_valid"] = provenance.chain_valid
+        evidence["provenance_problems"] = [str(p) for p in provenance.problems][:10]
+    except WatchdogError as exc:
+        evidence["provenance_error"] = str(exc)
+
+    problems = []
+    errors_15m = evidence.get("save_errors_15m") or 0
+    if errors_15m > 0:
+        problems.append(f"{errors_15m:g} checkpoint save error(s) in the last 15 minutes")
+    elif ctx.prometheus is None and (evidence.get("save_errors_total") or 0) > 0:
+        total = evidence["save_errors_total"]
+        problems.append(f"{total:g} checkpoint save error(s) since the orchestrator started")
+    if evidence.get("completed_without_checkpoint"):
+        missing = ", ".join(evidence["completed_without_checkpoint"])
+        problems.append(f"completed node(s) without a checkpoint: {missing}")
+    if evidence["failed_checkpoints"]:
+        problems.append(f"failed checkpoint(s): {', '.join(evidence['failed_checkpoints'])}")
+    if evidence.get("chain_valid") is False:
+        problems.append("the provenance chain is broken")
+    if problems:
+        return finding(STEP, NAME, StepStatus.PROBLEM, "; ".join(problems), **evidence)
+    chain = "chain valid" if evidence.get("chain_valid") else "chain not checked"
+    return finding(
+        STEP, NAME, StepStatus.OK, f"{len(checkpoints)} checkpoint(s), no save errors, {chain}", **evidence
+    )
