@@ -93,9 +93,8 @@ class WatchdogSettings(BaseSettings):
     sweep_interval_seconds: float = Field(default=60.0, gt=0)
     for_duration_seconds: float = Field(default=600.0, ge=0)
     leader_ttl_seconds: float = Field(default=30.0, gt=0)
-    heartbeat_grace_seconds: float = Field(
-        default=30.0, ge=0
-    )  # older heartbeats count as gone; 0: age ignored
+    # A lock holder's heartbeat older than this counts as gone (0: its age is ignored).
+    heartbeat_grace_seconds: float = Field(default=30.0, ge=0)
 
     @model_validator(mode="after")
     def _read_secret_files(self) -> WatchdogSettings:
