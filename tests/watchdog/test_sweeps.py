@@ -1,0 +1,161 @@
+"""Sweeps: one-shot sweeps open incidents for firing runs, leadership through real Redis, the schedule."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.watchdog.conftest import FakeClock
+from tests.watchdog.test_condition import FakeOrchestrator
+from watchdog.clients.orchestrator import OrchestratorClient
+from watchdog.clients.prometheus import PrometheusClient
+from watchdog.clients.redis import RedisClient
+from watchdog.condition import ConditionEvaluator
+from watchdog.incidents import IncidentService
+from watchdog.metrics import WatchdogMetrics
+from watchdog.store import Incident, Store
+from watchdog.sweeps import Leadership, LocalLeadership, RedisLeadership, Sweeper
+
+FOR = timedelta(minutes=10)
+
+
+class Harness:
+    def __init__(self, store: Store, clock: FakeClock) -> None:
+        self.store = store
+        self.clock = clock
+        self.fake = FakeOrchestrator()
+        self.client = OrchestratorClient("http://orch.test", transport=httpx.MockTransport(self.fake.handler))
+        self.metrics = WatchdogMetrics()
+        self.opened: list[Incident] = []
+        self.incidents = IncidentService(store, self.metrics)
+
+    def sweeper(
+        self,
+        leadership: Leadership | None = None,
+        prometheus: PrometheusClient | None = None,
+        interval: float = 60,
+    ) -> Sweeper:
+        condition = ConditionEvaluator(self.client, prometheus, for_duration=FOR, clock=self.clock)
+        return Sweeper(
+            condition,
+            self.incidents,
+            leadership or LocalLeadership(),
+            self.metrics,
+            self.opened.append,
+            interval_seconds=interval,
+            leader_ttl_seconds=30,
+        )
+
+    def stuck(self, execution_id: str = "exec-1") -> None:
+        self.fake.add(execution_id, "dag-1", started_at=self.clock.now - timedelta(seconds=700), timeout=600)
+
+
+@pytest.fixture
+async def harness(database_url: str) -> AsyncIterator[Harness]:
+    clock = FakeClock(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
+    store = await Store.open(database_url, clock=clock)
+    h = Harness(store, clock)
+    yield h
+    await h.client.aclose()
+    await store.close()
+
+
+async def test_sweep_opens_an_incident_once_the_condition_fires(harness: Harness) -> None:
+    harness.stuck()
+    sweeper = harness.sweeper()
+    first = await sweeper.sweep_once()
+    assert first.result == "ok" and first.as_json()["pending"] == ["exec-1"] and first.opened == []
+    harness.clock.advance(FOR.total_seconds())
+    second = await sweeper.sweep_once()
+    assert [i.execution_id for i in second.opened] == ["exec-1"]
+    [incident] = await harness.store.list_incidents()
+    assert incident.source == "sweep" and incident.detection_source == "api" and incident.dag_id == "dag-1"
+    assert [i.id for i in harness.opened] == [incident.id]
+    harness.clock.advance(60)
+    third = await sweeper.sweep_once()
+    assert third.opened == [] and third.joined == [incident.id]
+    assert len(harness.opened) == 1 and len(await harness.store.list_incidents()) == 1
+    assert harness.metrics.sweeps.labels(result="ok")._value.get() == 3
+
+
+async def test_sweep_finds_the_stuck_run_with_prometheus_down(harness: Harness) -> None:
+    harness.stuck()
+    dead = PrometheusClient(f"http://127.0.0.1:{free_port()}", timeout=1)
+    try:
+        sweeper = harness.sweeper(prometheus=dead)
+        await sweeper.sweep_once()
+        harness.clock.advance(FOR.total_seconds())
+        report = await sweeper.sweep_once()
+    finally:
+        dead.close()
+    assert report.result == "ok" and report.condition is not None
+    assert report.as_json()["source"] == "api" and "prometheus" in (report.as_json()["fallback_reason"] or "")
+    assert [i.detection_source for i in report.opened] == ["api"]
+
+
+async def test_unreachable_orchestrator_is_reported_not_raised(harness: Harness) -> None:
+    dead = OrchestratorClient(f"http://127.0.0.1:{free_port()}", timeout=1)
+    try:
+        sweeper = harness.sweeper()
+        sweeper.condition.orchestrator = dead
+        report = await sweeper.sweep_once()
+    finally:
+        await dead.aclose()
+    assert report.result == "error" and report.error is not None and "unreachable" in report.error
+    assert harness.metrics.sweeps.labels(result="error")._value.get() == 1
+
+
+async def test_only_the_redis_leader_sweeps(harness: Harness, redis_url: str) -> None:
+    harness.stuck()
+    redis_a = RedisClient(redis_url, timeout=2)
+    redis_b = RedisClient(redis_url, timeout=2)
+    try:
+        a = harness.sweeper(RedisLeadership(redis_a, "replica-a", ttl_seconds=30))
+        b = harness.sweeper(RedisLeadership(redis_b, "replica-b", ttl_seconds=30))
+        assert (await a.sweep_once()).result == "ok"
+        not_leader = await b.sweep_once()
+        assert not_leader.result == "not_leader" and not_leader.condition is None
+        assert await redis_a.current_leader() == "replica-a"
+        assert (await a.sweep_once()).leader  # renewing our own leadership
+        await a.shutdown()  # resigns
+        assert await redis_a.current_leader() is None
+        assert (await b.sweep_once()).result == "ok"
+        assert await redis_b.current_leader() == "replica-b"
+    finally:
+        await redis_a.aclose()
+        await redis_b.aclose()
+
+
+async def test_unreachable_redis_means_no_sweep(harness: Harness) -> None:
+    harness.stuck()
+    redis = RedisClient(f"redis://127.0.0.1:{free_port()}/0", timeout=1)
+    try:
+        sweeper = harness.sweeper(RedisLeadership(redis, "replica-a", ttl_seconds=30))
+        report = await sweeper.sweep_once()
+    finally:
+        await redis.aclose()
+    assert report.result == "leader_error" and not report.leader and report.condition is None
+    assert harness.metrics.is_leader._value.get() == 0
+
+
+async def test_scheduler_runs_sweeps_and_shuts_down_cleanly(harness: Harness) -> None:
+    harness.stuck()
+    sweeper = harness.sweeper(interval=0.2)
+    sweeper.start()
+    try:
+        deadline = time.monotonic() + 10
+        while harness.metrics.sweeps.labels(result="ok")._value.get() < 2:
+            assert time.monotonic() < deadline, "the scheduler did not run two sweeps in 10 s"
+            await asyncio.sleep(0.05)
+    finally:
+        await sweeper.shutdown()
+    after = harness.metrics.sweeps.labels(result="ok")._value.get()
+    await asyncio.sleep(0.5)  # no more sweeps once shut down
+    assert harness.metrics.sweeps.labels(result="ok")._value.get() == after
+    assert harness.metrics.is_leader._value.get() == 0
