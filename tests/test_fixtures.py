@@ -7,7 +7,9 @@ import redis.asyncio as aioredis
 async def test_postgres_fixture_gives_an_empty_database(postgres_url: str) -> None:
     conn = await asyncpg.connect(postgres_url.replace("+asyncpg", ""), timeout=5)
     try:
-        tables = await conn.fetchval("select count(*) from information_schema.tables where table_schema='public'")
+        tables = await conn.fetchval(
+            "select count(*) from information_schema.tables where table_schema='public'"
+        )
     finally:
         await conn.close()
     assert tables == 0
