@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import respx
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -18,7 +19,9 @@ from tests.conftest import free_port
 from watchdog.api import create_app
 from watchdog.app import WatchdogApp
 from watchdog.clients.kubernetes import KubernetesClient, build_configuration
+from watchdog.clients.orchestrator import OrchestratorClient
 from watchdog.clients.redis import RedisClient
+from watchdog.diagnostics.context import DiagnosticContext
 from watchdog.diagnostics.models import Diagnosis, Finding, StepStatus
 from watchdog.settings import WatchdogSettings
 
@@ -295,6 +298,105 @@ def kube(kube_api: FakeKubeApi) -> Iterator[KubernetesClient]:
     client = KubernetesClient(build_configuration(host=kube_api.url), "greenlang", timeout=2.0)
     yield client
     client.close()
+
+
+# -- diagnostics: a respx-faked orchestrator and a context builder ----------------------------------
+
+ORCH_BASE = "http://orch.test:8080"
+ORCH_API = ORCH_BASE + "/api/v1/orchestrator"
+NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def execution_json(execution_id: str = "ex-1", **overrides: Any) -> dict[str, Any]:
+    """An execution record: running for 20 minutes against a 300 s timeout (stuck) unless overridden."""
+    record: dict[str, Any] = {
+        "execution_id": execution_id,
+        "dag_id": "emissions",
+        "dag_version": 1,
+        "status": "running",
+        "created_at": "2026-03-01T11:39:00Z",
+        "started_at": "2026-03-01T11:40:00Z",
+        "completed_at": None,
+        "timeout_seconds": 300,
+        "error": None,
+        "owner": "orch-a",
+        "input_data": {},
+    }
+    record.update(overrides)
+    return record
+
+
+def node_json(status: str, agent_id: str, **overrides: Any) -> dict[str, Any]:
+    """A node trace entry."""
+    record: dict[str, Any] = {
+        "status": status,
+        "duration_ms": None,
+        "attempt_count": 1 if status != "pending" else 0,
+        "error": None,
+        "agent_id": agent_id,
+        "started_at": None,
+        "completed_at": None,
+        "input_hash": "sha256:abc",
+        "timeout_seconds": 120,
+    }
+    record.update(overrides)
+    return record
+
+
+def trace_json(execution_id: str = "ex-1", **overrides: Any) -> dict[str, Any]:
+    """A trace stalled at level 1: intake completed, scope1 running since 11:41 (19 minutes)."""
+    record: dict[str, Any] = {
+        "execution_id": execution_id,
+        "dag_id": "emissions",
+        "status": "running",
+        "topology_levels": [["intake"], ["scope1", "scope2"], ["report"]],
+        "node_traces": {
+            "intake": node_json(
+                "completed",
+                "emissions.intake",
+                started_at="2026-03-01T11:40:00Z",
+                completed_at="2026-03-01T11:41:00Z",
+                duration_ms=60000.0,
+            ),
+            "scope1": node_json("running", "emissions.scope1", started_at="2026-03-01T11:41:00Z"),
+            "scope2": node_json(
+                "completed",
+                "emissions.scope2",
+                started_at="2026-03-01T11:41:00Z",
+                completed_at="2026-03-01T11:42:00Z",
+            ),
+            "report": node_json("pending", "emissions.report"),
+        },
+    }
+    record.update(overrides)
+    return record
+
+
+@pytest.fixture
+def orch() -> Iterator[respx.MockRouter]:
+    """A respx router faking the orchestrator API at ORCH_API (routes added by each test)."""
+    with respx.mock(base_url=ORCH_API, assert_all_called=False) as router:
+        yield router
+
+
+@pytest.fixture
+async def make_ctx(clock: FakeClock) -> AsyncIterator[Callable[..., DiagnosticContext]]:
+    """Build DiagnosticContexts over the faked orchestrator; extra clients and settings as keywords."""
+    made: list[DiagnosticContext] = []
+
+    def build(settings: WatchdogSettings | None = None, **kwargs: Any) -> DiagnosticContext:
+        ctx = DiagnosticContext(
+            orchestrator=OrchestratorClient(ORCH_BASE, "token", timeout=2.0),
+            settings=settings or WatchdogSettings(orchestrator_url=ORCH_BASE),
+            clock=clock,
+            **kwargs,
+        )
+        made.append(ctx)
+        return ctx
+
+    yield build
+    for ctx in made:
+        await ctx.orchestrator.aclose()
 
 
 # -- the watchdog service (intake engineer) ---------------------------------------------------------
