@@ -25,10 +25,13 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import Any, Final
 
+from watchdog.clients.kubernetes import KubernetesClient
 from watchdog.clients.orchestrator import OrchestratorClient
 from watchdog.clients.prometheus import PrometheusClient
 from watchdog.clients.redis import RedisClient
 from watchdog.condition import ConditionEvaluator
+from watchdog.diagnostics import runner
+from watchdog.diagnostics.context import DiagnosticContext
 from watchdog.diagnostics.models import Diagnosis
 from watchdog.errors import InvalidTransition, WatchdogError
 from watchdog.incidents import IncidentService
@@ -100,8 +103,9 @@ class WatchdogApp:
         orchestrator: OrchestratorClient,
         prometheus: PrometheusClient | None,
         redis: RedisClient | None,
+        kubernetes: KubernetesClient | None,
         leadership: Leadership,
-        diagnose: Diagnose,
+        diagnose: Diagnose | None,
         remediate: Remediate | None,
         clock: Clock,
         metrics: WatchdogMetrics | None = None,
@@ -111,7 +115,17 @@ class WatchdogApp:
         self.orchestrator = orchestrator
         self.prometheus = prometheus
         self.redis = redis
-        self.diagnose = diagnose
+        self.kubernetes = kubernetes
+        # The clients as the diagnostic steps (and playbooks) want them.
+        self.diagnostic_context = DiagnosticContext(
+            orchestrator=orchestrator,
+            settings=settings,
+            prometheus=prometheus,
+            kubernetes=kubernetes,
+            redis=redis,
+            clock=clock,
+        )
+        self.diagnose = diagnose or runner.diagnoser(self.diagnostic_context)
         self.remediate = remediate
         self.clock = clock
         self.metrics = metrics or WatchdogMetrics()
@@ -149,26 +163,38 @@ class WatchdogApp:
     ) -> WatchdogApp:
         """Open the store (migrations included) and build the clients from `settings`.
 
-        `diagnose` defaults to the diagnostic runner over these clients; `remediate` (the remediation
+        `diagnose` defaults to the diagnostic runner (`watchdog.diagnostics.runner`) over these
+        clients; `remediate` (the remediation
         loop) is optional: without it incidents are diagnosed and reported only.
         """
-        store = await Store.open(settings.database_url, clock=clock)
         orchestrator = OrchestratorClient.from_settings(settings)
         prometheus = PrometheusClient.from_settings(settings)
         redis = RedisClient.from_settings(settings, clock=clock)
+        kubernetes: KubernetesClient | None = None
+        try:
+            kubernetes = KubernetesClient.from_settings(settings)
+            store = await Store.open(settings.database_url, clock=clock)
+        except BaseException:
+            await orchestrator.aclose()
+            if prometheus is not None:
+                prometheus.close()
+            if redis is not None:
+                await redis.aclose()
+            if kubernetes is not None:
+                kubernetes.close()
+            raise
         leadership: Leadership = (
             LocalLeadership()
             if redis is None
             else RedisLeadership(redis, settings.replica_id, ttl_seconds=settings.leader_ttl_seconds)
         )
-        if diagnose is None:
-            diagnose = _unavailable_diagnose
         return cls(
             settings=settings,
             store=store,
             orchestrator=orchestrator,
             prometheus=prometheus,
             redis=redis,
+            kubernetes=kubernetes,
             leadership=leadership,
             diagnose=diagnose,
             remediate=remediate,
@@ -196,6 +222,8 @@ class WatchdogApp:
             self.prometheus.close()
         if self.redis is not None:
             await self.redis.aclose()
+        if self.kubernetes is not None:
+            self.kubernetes.close()
         await self.store.close()
 
     # -- diagnosis jobs ---------------------------------------------------------------------------
@@ -303,7 +331,3 @@ def _summary(diagnosis: Diagnosis) -> str:
             where += f" (agent {diagnosis.agent_id})"
     evidence = f": {diagnosis.cause_evidence[0]}" if diagnosis.cause_evidence else ""
     return f"{diagnosis.likely_cause}{where}{evidence}"
-
-
-async def _unavailable_diagnose(execution_id: str) -> Diagnosis:
-    raise NotImplementedError("the diagnostic runner (watchdog.diagnostics.runner) is not wired in yet")
