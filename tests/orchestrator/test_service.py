@@ -145,7 +145,8 @@ async def test_running_run_holds_its_redis_lock_and_releases_it(
             gates.open("n1")
             await h.wait_status(run["execution_id"], "completed")
             async with asyncio.timeout(5):
-                while await raw.exists(lock_key(run["execution_id"])):
+                # released by the run's supervisor right after the final status is written
+                while await raw.exists(lock_key(run["execution_id"])):  # noqa: ASYNC110
                     await asyncio.sleep(0.02)
     finally:
         await raw.aclose()
@@ -352,12 +353,12 @@ async def test_http_agents_run_nodes_retry_5xx_and_hanging_agent_times_out(
         assert first["input_data"] == {"year": 2025} and first["deadline"] is None
         calc_call = [s for s in seen if s["agent"] == "remote-flaky"][-1]
         assert calc_call["upstream"] == {"intake": {"agent": "remote-ok", "attempt": 1}}
-        hang_call = [s for s in seen if s["agent"] == "remote-hang"][0]
+        hang_call = next(s for s in seen if s["agent"] == "remote-hang")
         assert hang_call["deadline"].endswith("Z")
         exposition = (await h.client.get("/metrics")).text
         assert (
-            'gl_orchestrator_agent_call_duration_seconds_count{agent_id="remote-flaky",outcome="server_error"} 1.0'
-            in exposition
+            "gl_orchestrator_agent_call_duration_seconds_count"
+            '{agent_id="remote-flaky",outcome="server_error"} 1.0' in exposition
         )
         assert 'gl_orchestrator_node_timeouts_total{node_id="report"} 1.0' in exposition
 
