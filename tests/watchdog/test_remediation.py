@@ -1,0 +1,434 @@
+"""The remediation loop on the real store (SQLite and PostgreSQL), with a recording playbook.
+
+The playbook here is a test double of our own `Playbook` interface (registered in an explicit
+`Registry` under the name `restart_agent`), so these tests pin the loop's rules — approvals, limits,
+circuit breaker, one in flight, audit before/after, resume after a crash — without an orchestrator.
+The real playbooks against the real orchestrator are in tests/playbooks/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from playbooks.base import (
+    ApplyResult,
+    Check,
+    CheckStatus,
+    PlannedAction,
+    Playbook,
+    PlaybookContext,
+    Precheck,
+    Risk,
+    Step,
+    VerifyResult,
+    idempotency_key,
+)
+from playbooks.registry import Registry
+from playbooks.restart_agent import RestartAgentParams
+from tests.watchdog.conftest import FakeClock
+from watchdog.approvals import ApprovalService, Decision
+from watchdog.clients.orchestrator import OrchestratorClient
+from watchdog.diagnostics.models import Diagnosis, Finding, StepStatus
+from watchdog.incidents import IncidentService
+from watchdog.metrics import WatchdogMetrics
+from watchdog.notifier import EscalationMessage, NotifyResult, PromptMessage
+from watchdog.policy import parse_policy
+from watchdog.remediation import Clients, Remediator
+from watchdog.settings import Mode
+from watchdog.store import Store
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+class RecordingPlaybook(Playbook[RestartAgentParams]):
+    """Counts what the loop makes it do; its two steps go through the real ledger."""
+
+    name = "restart_agent"
+    risk = Risk.MEDIUM
+    summary = "test double"
+    params_model = RestartAgentParams
+
+    def __init__(self) -> None:
+        self.refuse: str | None = None
+        self.fail_apply = False
+        self.verify_ok = True
+        self.applied = 0
+        self.side_effects = 0
+        self.block_second_step: asyncio.Event | None = None
+
+    async def preconditions(self, ctx: PlaybookContext, params: RestartAgentParams) -> Precheck:
+        return Precheck.refused(self.refuse) if self.refuse else Precheck.passed("ok")
+
+    async def plan(self, ctx: PlaybookContext, params: RestartAgentParams) -> tuple[PlannedAction, ...]:
+        return (PlannedAction(step="restart_worker", description=f"restart {params.agent_id}", target="x"),)
+
+    async def apply(self, ctx: PlaybookContext, params: RestartAgentParams) -> ApplyResult:
+        self.applied += 1
+
+        async def restart(_req: dict[str, Any]) -> dict[str, Any]:
+            if self.fail_apply:
+                raise RuntimeError("agent API exploded")
+            self.side_effects += 1
+            return {"restarts": self.side_effects}
+
+        async def check(_req: dict[str, Any]) -> dict[str, Any]:
+            if self.block_second_step is not None:
+                await self.block_second_step.wait()
+            return {}
+
+        return await self.run_steps(
+            ctx,
+            [
+                Step("restart_worker", False, {"agent": params.agent_id}, restart),
+                Step("check", True, {}, check),
+            ],
+        )
+
+    async def verify(self, ctx: PlaybookContext, params: RestartAgentParams) -> VerifyResult:
+        status = CheckStatus.OK if self.verify_ok else CheckStatus.PROBLEM
+        return VerifyResult.of(
+            self.name, [Check(name="execution_status", status=status, detail="x", decisive=True)]
+        )
+
+
+class RecordingNotifier:
+    def __init__(self) -> None:
+        self.prompts: list[PromptMessage] = []
+        self.escalations: list[EscalationMessage] = []
+        self.fail = False
+
+    async def approval_requested(self, message: PromptMessage) -> NotifyResult:
+        self.prompts.append(message)
+        return NotifyResult(
+            ok=not self.fail, sent=not self.fail, detail="webhook down" if self.fail else "sent"
+        )
+
+    async def escalated(self, message: EscalationMessage) -> NotifyResult:
+        self.escalations.append(message)
+        return NotifyResult(ok=True, sent=True, detail="sent")
+
+
+POLICY = {
+    "playbooks": {"restart_agent": {"risk": "medium", "requires_approval": False}},
+    "rules": [
+        {"name": "agent", "when": {"likely_cause": ["agent_unresponsive"]}, "playbook": "restart_agent"}
+    ],
+    "limits": {
+        "agent_restarts_per_agent_per_hour": 2,
+        "remediations_per_hour": 10,
+        "circuit_breaker": {"failures": 2, "window_seconds": 3600},
+    },
+}
+
+
+class Harness:
+    def __init__(self, store: Store, clock: FakeClock, mode: Mode, policy: dict[str, Any]) -> None:
+        self.store = store
+        self.clock = clock
+        self.playbook = RecordingPlaybook()
+        self.notifier = RecordingNotifier()
+        self.metrics = WatchdogMetrics()
+        self.incidents = IncidentService(store, self.metrics)
+        self.approvals = ApprovalService(
+            store, b"s" * 32, ttl_seconds=600, public_url="http://wd", clock=clock
+        )
+        self.orchestrator = OrchestratorClient("http://127.0.0.1:9", timeout=0.5)
+        self.remediator = Remediator(
+            store=store,
+            incidents=self.incidents,
+            approvals=self.approvals,
+            notifier=self.notifier,
+            policy=parse_policy(policy),
+            registry=Registry([self.playbook]),
+            clients=Clients(orchestrator=self.orchestrator),
+            mode=mode,
+            metrics=self.metrics,
+            clock=clock,
+        )
+
+    async def incident(self, execution_id: str = "e1", agent: str = "calc") -> tuple[int, Diagnosis]:
+        opened = await self.incidents.open_or_join(
+            execution_id, dag_id="d", source="sweep", detection_source="api"
+        )
+        diagnosis = Diagnosis(
+            execution_id=execution_id,
+            started_at=T0,
+            completed_at=T0,
+            findings=[Finding(step=4, name="agent", status=StepStatus.PROBLEM, summary="agent hung")],
+            likely_cause="agent_unresponsive",
+            cause_evidence=[f"agent {agent} answers nothing for 12 min"],
+            agent_id=agent,
+        )
+        return opened.incident.id, diagnosis
+
+    async def kinds(self, incident_id: int) -> list[tuple[str, str]]:
+        async with self.store.transaction() as tx:
+            return [(a.kind, a.phase) for a in await tx.list_audit(incident_id)]
+
+
+@pytest.fixture
+async def store(database_url: str, clock: FakeClock) -> AsyncIterator[Store]:
+    s = await Store.open(database_url, clock=clock)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def auto(store: Store, clock: FakeClock) -> AsyncIterator[Harness]:
+    h = Harness(store, clock, Mode.AUTO, POLICY)
+    yield h
+    await h.orchestrator.aclose()
+
+
+@pytest.fixture
+async def recommend(store: Store, clock: FakeClock) -> AsyncIterator[Harness]:
+    h = Harness(store, clock, Mode.RECOMMEND, POLICY)
+    yield h
+    await h.orchestrator.aclose()
+
+
+async def test_auto_mode_applies_verifies_and_resolves_with_full_audit(auto: Harness) -> None:
+    incident_id, diagnosis = await auto.incident()
+    outcome = await auto.remediator.handle_diagnosed(incident_id, diagnosis)
+    assert outcome.status == "resolved"
+    assert auto.playbook.side_effects == 1
+    incident = await auto.incidents.get(incident_id)
+    assert incident.status == "resolved"
+    assert incident.plan is not None and incident.plan["playbook"] == "restart_agent"
+    assert incident.plan["rationale"].startswith("agent calc answers nothing for 12 min → restart_agent")
+    assert incident.verification is not None and incident.verification["ok"]
+    kinds = await auto.kinds(incident_id)
+    for kind in ("preconditions", "apply", "verify"):
+        assert (kind, "before") in kinds and (kind, "after") in kinds
+        assert kinds.index((kind, "before")) < kinds.index((kind, "after"))
+    assert kinds.count(("action", "before")) == 2 and kinds.count(("action", "after")) == 2
+    assert auto.metrics.remediations.labels(playbook="restart_agent", outcome="resolved")._value.get() == 1
+
+
+async def test_recommend_mode_asks_and_acts_only_after_approval(recommend: Harness) -> None:
+    incident_id, diagnosis = await recommend.incident()
+    outcome = await recommend.remediator.handle_diagnosed(incident_id, diagnosis)
+    assert outcome.status == "awaiting_approval"
+    assert recommend.playbook.applied == 0
+    [prompt] = recommend.notifier.prompts
+    assert prompt.actions == ["restart calc"] and "decision=approve" in prompt.approve_url
+    approval = await recommend.approvals.decide(
+        prompt.approval_id, Decision.APPROVE, actor="alice", authenticated=True
+    )
+    outcome = await recommend.remediator.on_decision(approval)
+    assert outcome.status == "resolved" and recommend.playbook.side_effects == 1
+    assert (await recommend.approvals.get(prompt.approval_id)).state == "used"
+    # The same approval cannot drive a second remediation.
+    again = await recommend.remediator.on_decision(approval)
+    assert again.status == "unchanged" and recommend.playbook.side_effects == 1
+
+
+async def test_denied_approval_escalates_and_nothing_acts(recommend: Harness) -> None:
+    incident_id, diagnosis = await recommend.incident()
+    await recommend.remediator.handle_diagnosed(incident_id, diagnosis)
+    [prompt] = recommend.notifier.prompts
+    approval = await recommend.approvals.decide(
+        prompt.approval_id, Decision.DENY, actor="bob", authenticated=True
+    )
+    outcome = await recommend.remediator.on_decision(approval)
+    assert outcome.status == "escalated" and "denied by bob" in outcome.detail
+    assert recommend.playbook.applied == 0
+    assert (await recommend.incidents.get(incident_id)).status == "escalated"
+    assert len(recommend.notifier.escalations) == 1
+
+
+async def test_expired_approval_escalates_and_nothing_acts(recommend: Harness, clock: FakeClock) -> None:
+    incident_id, diagnosis = await recommend.incident()
+    await recommend.remediator.handle_diagnosed(incident_id, diagnosis)
+    [prompt] = recommend.notifier.prompts
+    assert await recommend.remediator.expire_approvals() == []  # not yet due
+    clock.advance(601)
+    [outcome] = await recommend.remediator.expire_approvals()
+    assert outcome.status == "escalated" and "expired" in outcome.detail
+    assert recommend.playbook.applied == 0
+    [escalation] = recommend.notifier.escalations
+    assert escalation.incident_id == incident_id
+    # A late approve cannot resurrect it.
+    with pytest.raises(Exception, match="already expired"):
+        await recommend.approvals.decide(
+            prompt.approval_id, Decision.APPROVE, actor="late", authenticated=True
+        )
+
+
+async def test_execute_without_approval_is_refused_when_plan_needs_one(recommend: Harness) -> None:
+    incident_id, diagnosis = await recommend.incident()
+    await recommend.remediator.handle_diagnosed(incident_id, diagnosis)
+    outcome = await recommend.remediator.execute(incident_id)
+    assert outcome.status == "unchanged" and "needs an approval" in outcome.detail
+    assert recommend.playbook.applied == 0
+
+
+async def test_agent_restart_rate_limit_holds_in_the_store(
+    auto: Harness, store: Store, clock: FakeClock
+) -> None:
+    for i in range(2):
+        incident_id, diagnosis = await auto.incident(f"run-{i}")
+        assert (await auto.remediator.handle_diagnosed(incident_id, diagnosis)).status == "resolved"
+    # A new Remediator (a restarted watchdog, or another replica) sees the same counts.
+    fresh = Harness(store, clock, Mode.AUTO, POLICY)
+    try:
+        incident_id, diagnosis = await fresh.incident("run-3")
+        outcome = await fresh.remediator.handle_diagnosed(incident_id, diagnosis)
+        assert outcome.status == "escalated"
+        assert "rate limit reached: agent calc restarted 2 times in the last hour" in outcome.detail
+        assert fresh.playbook.applied == 0
+        # Another agent is not limited, and an hour later calc is allowed again.
+        other_id, other = await fresh.incident("run-4", agent="intake")
+        assert (await fresh.remediator.handle_diagnosed(other_id, other)).status == "resolved"
+        clock.advance(3601)
+        later_id, later = await fresh.incident("run-5")
+        assert (await fresh.remediator.handle_diagnosed(later_id, later)).status == "resolved"
+    finally:
+        await fresh.orchestrator.aclose()
+
+
+async def test_global_budget(store: Store, clock: FakeClock) -> None:
+    policy = {**POLICY, "limits": {**POLICY["limits"], "remediations_per_hour": 1}}
+    h = Harness(store, clock, Mode.AUTO, policy)
+    try:
+        first_id, first = await h.incident("a", agent="a1")
+        assert (await h.remediator.handle_diagnosed(first_id, first)).status == "resolved"
+        second_id, second = await h.incident("b", agent="a2")
+        outcome = await h.remediator.handle_diagnosed(second_id, second)
+        assert "rate limit reached: 1 remediations in the last hour" in outcome.detail
+        assert h.playbook.applied == 1
+    finally:
+        await h.orchestrator.aclose()
+
+
+async def test_circuit_breaker_opens_after_repeated_failures(auto: Harness, clock: FakeClock) -> None:
+    auto.playbook.fail_apply = True
+    for i in range(2):
+        incident_id, diagnosis = await auto.incident(f"f{i}", agent=f"agent{i}")
+        outcome = await auto.remediator.handle_diagnosed(incident_id, diagnosis)
+        assert outcome.status == "escalated" and "agent API exploded" in outcome.detail
+    auto.playbook.fail_apply = False
+    incident_id, diagnosis = await auto.incident("f3", agent="agent3")
+    outcome = await auto.remediator.handle_diagnosed(incident_id, diagnosis)
+    assert outcome.status == "escalated" and outcome.detail.startswith("circuit open: 2 failed remediations")
+    assert auto.playbook.applied == 2
+    clock.advance(3601)  # the window passes: the breaker closes
+    incident_id, diagnosis = await auto.incident("f4", agent="agent4")
+    assert (await auto.remediator.handle_diagnosed(incident_id, diagnosis)).status == "resolved"
+
+
+async def test_failed_verification_escalates_and_counts_toward_the_breaker(
+    auto: Harness, store: Store
+) -> None:
+    auto.playbook.verify_ok = False
+    incident_id, diagnosis = await auto.incident()
+    outcome = await auto.remediator.handle_diagnosed(incident_id, diagnosis)
+    assert outcome.status == "escalated" and "verification failed" in outcome.detail
+    async with store.transaction() as tx:
+        assert await tx.count_rate_events("remediation_failed", "*", T0) == 1
+
+
+async def test_refused_preconditions_escalate_without_acting(auto: Harness) -> None:
+    auto.playbook.refuse = "run already finished (status completed)"
+    incident_id, diagnosis = await auto.incident()
+    outcome = await auto.remediator.handle_diagnosed(incident_id, diagnosis)
+    assert outcome.status == "escalated"
+    assert "restart_agent refused: run already finished" in outcome.detail
+    assert auto.playbook.applied == 0
+
+
+async def test_observe_mode_reports_the_plan_and_never_acts(store: Store, clock: FakeClock) -> None:
+    h = Harness(store, clock, Mode.OBSERVE, POLICY)
+    try:
+        incident_id, diagnosis = await h.incident()
+        outcome = await h.remediator.handle_diagnosed(incident_id, diagnosis)
+        assert outcome.status == "escalated" and "observe mode" in outcome.detail
+        assert h.playbook.applied == 0
+        incident = await h.incidents.get(incident_id)
+        assert incident.plan is not None and incident.plan["playbook"] == "restart_agent"
+    finally:
+        await h.orchestrator.aclose()
+
+
+async def test_one_action_in_flight_per_execution(auto: Harness) -> None:
+    incident_id, diagnosis = await auto.incident()
+    auto.playbook.block_second_step = asyncio.Event()
+    first = asyncio.create_task(auto.remediator.handle_diagnosed(incident_id, diagnosis))
+    # Wait (bounded) until the first has the incident in `remediating`.
+    for _ in range(500):
+        if (await auto.incidents.get(incident_id)).status == "remediating":
+            break
+        await asyncio.sleep(0.01)
+    second = await auto.remediator.execute(incident_id)
+    assert second.status == "unchanged" and "remediating" in second.detail
+    auto.playbook.block_second_step.set()
+    assert (await first).status == "resolved"
+    assert auto.playbook.side_effects == 1
+
+
+async def test_resume_after_crash_never_repeats_a_non_idempotent_step(auto: Harness, store: Store) -> None:
+    incident_id, diagnosis = await auto.incident()
+    auto.playbook.block_second_step = asyncio.Event()
+    task = asyncio.create_task(auto.remediator.handle_diagnosed(incident_id, diagnosis))
+    key = idempotency_key(incident_id, "restart_agent", "check")
+    for _ in range(500):
+        async with store.transaction() as tx:
+            if await tx.get_action(key) is not None:
+                break
+        await asyncio.sleep(0.01)
+    task.cancel()  # the watchdog "dies" while step 2 is started but unfinished
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert auto.playbook.side_effects == 1
+    auto.playbook.block_second_step = None
+    [outcome] = await auto.remediator.resume_interrupted()
+    # Step 1 (non-idempotent, finished) is skipped; step 2 (idempotent, half-done) is re-run.
+    assert outcome.status == "resolved"
+    assert auto.playbook.side_effects == 1
+    kinds = await auto.kinds(incident_id)
+    assert ("remediation_resumed", "after") in kinds
+
+
+async def test_resume_marks_a_half_done_non_idempotent_step_interrupted(auto: Harness, store: Store) -> None:
+    incident_id, diagnosis = await auto.incident()
+    # Simulate the state a SIGKILL leaves: remediating, step 1 recorded as started, never finished.
+    await auto.remediator.handle_diagnosed(incident_id, diagnosis)  # resolves; use a second incident instead
+    second_id, second = await auto.incident("e2")
+    plan = (await auto.incidents.get(incident_id)).plan
+    async with store.transaction() as tx:
+        await tx.update_incident(second_id, status="remediating", plan=plan)
+        await tx.insert_action(
+            incident_id=second_id,
+            playbook="restart_agent",
+            step="restart_worker",
+            idempotency_key=idempotency_key(second_id, "restart_agent", "restart_worker"),
+            params={"agent": "calc"},
+        )
+    effects = auto.playbook.side_effects
+    [outcome] = await auto.remediator.resume_interrupted()
+    assert (
+        outcome.status == "escalated" and "interrupted before it finished and not repeated" in outcome.detail
+    )
+    assert auto.playbook.side_effects == effects
+    async with store.transaction() as tx:
+        action = await tx.get_action(idempotency_key(second_id, "restart_agent", "restart_worker"))
+    assert action is not None and action.state == "interrupted"
+    assert second.execution_id == "e2"
+
+
+async def test_notifier_failure_is_audited(recommend: Harness) -> None:
+    recommend.notifier.fail = True
+    incident_id, diagnosis = await recommend.incident()
+    await recommend.remediator.handle_diagnosed(incident_id, diagnosis)
+    async with recommend.store.transaction() as tx:
+        entries = [
+            a
+            for a in await tx.list_audit(incident_id)
+            if a.kind == "approval_notified" and a.phase == "after"
+        ]
+    assert entries[0].data["ok"] is False and entries[0].data["detail"] == "webhook down"
