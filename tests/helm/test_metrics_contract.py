@@ -258,8 +258,9 @@ def _start_a_stuck_run(orchestrator: Service) -> None:
     }
     base = f"{orchestrator.url}/api/v1/orchestrator"
     with httpx.Client(timeout=HTTP_TIMEOUT, headers=headers) as client:
-        created = client.post(f"{base}/dags", json=dag)
-        assert created.status_code in (200, 201), created.text
+        if client.get(f"{base}/dags/metrics-contract").status_code == 404:
+            created = client.post(f"{base}/dags", json=dag)
+            assert created.status_code in (200, 201), created.text
         started = client.post(f"{base}/dags/metrics-contract/execute", json={"input_data": {}})
         assert started.status_code == 202, started.text
         deadline = time.monotonic() + START_DEADLINE
@@ -304,6 +305,31 @@ def test_orchestrator_boots_with_the_charts_configuration_and_exports_what_is_qu
         name: sorted(where) for name, where in queried.items() if name not in exported | PROMETHEUS_OWN
     }
     assert not missing, f"queried but not exported by the orchestrator: {missing}"
+
+
+def test_live_per_execution_series_have_the_labels_the_alert_joins_on(orchestrator: Service) -> None:
+    """The shipped rule joins duration and timeout on(dag_id, execution_id); check the live label sets."""
+    _start_a_stuck_run(orchestrator)
+    samples = {
+        family.name: family.samples
+        for family in text_string_to_metric_families(_scrape(orchestrator))
+        if family.name
+        in ("gl_orchestrator_dag_execution_duration_seconds", "gl_orchestrator_execution_timeout_seconds")
+    }
+    durations = [
+        s
+        for s in samples["gl_orchestrator_dag_execution_duration_seconds"]
+        if s.labels["status"] == "running"
+    ]
+    timeouts = samples["gl_orchestrator_execution_timeout_seconds"]
+    assert durations, "a running execution must export its duration gauge"
+    assert all(set(s.labels) == {"execution_id", "dag_id"} for s in timeouts), timeouts
+    for duration in durations:
+        assert {"execution_id", "dag_id", "status"} <= set(duration.labels)
+        key = (duration.labels["dag_id"], duration.labels["execution_id"])
+        matching = [t for t in timeouts if (t.labels["dag_id"], t.labels["execution_id"]) == key]
+        assert len(matching) == 1, f"timeout series for {key}: {matching}"
+    assert any(t.labels["dag_id"] == "metrics-contract" and t.value == 300 for t in timeouts)
 
 
 def test_watchdog_boots_with_the_charts_configuration_and_exports_what_is_queried(
