@@ -1,0 +1,154 @@
+"""Step 4: the agent's pods through the real `kubernetes` client against a faked API server, and the
+embedded-mode answer without Kubernetes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import respx
+
+from tests.watchdog.conftest import FakeKubeApi, make_pod
+from watchdog.clients.kubernetes import KubernetesClient, build_configuration
+from watchdog.diagnostics import step4_agent
+from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
+from watchdog.diagnostics.models import StepStatus
+from watchdog.diagnostics.runner import STEPS, run_step
+
+MakeCtx = Callable[..., DiagnosticContext]
+AGENT = "emissions.scope1"
+LABELS = {"agent-id": AGENT}
+
+
+def _state() -> DiagnosisState:
+    return DiagnosisState("ex-1", stuck_node_id="scope1", agent_id=AGENT)
+
+
+def _agents(orch: respx.MockRouter, restarts: int = 0) -> None:
+    orch.get("/agents").respond(
+        json={
+            "items": [{"agent_id": AGENT, "kind": "http", "restarts": restarts, "running_nodes": ["scope1"]}]
+        }
+    )
+
+
+async def test_healthy_pod_is_ok_with_filtered_logs_and_usage(
+    orch: respx.MockRouter, make_ctx: MakeCtx, kube_api: FakeKubeApi, kube: KubernetesClient
+) -> None:
+    _agents(orch)
+    log = "\n".join(
+        ["starting", "calculating batch 1", "waiting for factor service", "ERROR retry 1", "done 1"]
+    )
+    kube_api.add_pod(make_pod("scope1-abc", LABELS, limits={"cpu": "1", "memory": "512Mi"}), log=log)
+    kube_api.usage["scope1-abc"] = {"cpu": "100m", "memory": "64Mi"}
+    f = await step4_agent.run(make_ctx(kubernetes=kube), _state())
+    assert f.status is StepStatus.OK, f.summary
+    assert f.evidence["pod_count"] == 1 and f.evidence["unhealthy_pods"] == []
+    assert f.evidence["log_lines"] == {"scope1-abc": ["waiting for factor service", "ERROR retry 1"]}
+    assert f.evidence["usage"]["scope1-abc"] == {
+        "cpu_cores": 0.1,
+        "memory_bytes": 64 * 1024 * 1024,
+        "cpu_ratio": 0.1,
+        "memory_ratio": 0.125,
+    }
+    assert f.evidence["orchestrator_agent"] == {"kind": "http", "restarts": 0, "running_nodes": ["scope1"]}
+    assert (
+        "GET",
+        "/api/v1/namespaces/greenlang/pods",
+        {"labelSelector": f"agent-id={AGENT}"},
+    ) in kube_api.requests
+
+
+async def test_crash_loop_is_a_problem(
+    orch: respx.MockRouter, make_ctx: MakeCtx, kube_api: FakeKubeApi, kube: KubernetesClient
+) -> None:
+    _agents(orch, restarts=0)
+    kube_api.add_pod(
+        make_pod("scope1-abc", LABELS, ready=False, restarts=7, waiting_reason="CrashLoopBackOff")
+    )
+    f = await step4_agent.run(make_ctx(kubernetes=kube), _state())
+    assert f.status is StepStatus.PROBLEM and "CrashLoopBackOff" in f.summary
+    assert f.evidence["unhealthy_pods"] == ["scope1-abc"] and f.evidence["pods"][0]["restarts"] == 7
+
+
+async def test_oom_killed_is_a_problem(
+    orch: respx.MockRouter, make_ctx: MakeCtx, kube_api: FakeKubeApi, kube: KubernetesClient
+) -> None:
+    _agents(orch)
+    kube_api.add_pod(make_pod("scope1-abc", LABELS, restarts=3, last_terminated_reason="OOMKilled"))
+    f = await step4_agent.run(make_ctx(kubernetes=kube), _state())
+    assert f.status is StepStatus.PROBLEM and f.evidence["reasons"] == ["OOMKilled"]
+
+
+async def test_memory_near_limit_is_a_problem(
+    orch: respx.MockRouter, make_ctx: MakeCtx, kube_api: FakeKubeApi, kube: KubernetesClient
+) -> None:
+    _agents(orch)
+    kube_api.add_pod(make_pod("scope1-abc", LABELS, limits={"memory": "100Mi"}))
+    kube_api.usage["scope1-abc"] = {"cpu": "10m", "memory": "95Mi"}
+    f = await step4_agent.run(make_ctx(kubernetes=kube), _state())
+    assert f.status is StepStatus.PROBLEM and f.evidence["near_limit"] == ["scope1-abc"]
+
+
+async def test_no_pod_is_a_problem(
+    orch: respx.MockRouter, make_ctx: MakeCtx, kube_api: FakeKubeApi, kube: KubernetesClient
+) -> None:
+    _agents(orch)
+    kube_api.add_pod(make_pod("other-1", {"agent-id": "other"}))
+    f = await step4_agent.run(make_ctx(kubernetes=kube), _state())
+    assert f.status is StepStatus.PROBLEM and f.evidence["pod_count"] == 0 and "no pod" in f.summary
+
+
+async def test_api_500_is_an_error(
+    orch: respx.MockRouter, make_ctx: MakeCtx, kube_api: FakeKubeApi, kube: KubernetesClient
+) -> None:
+    _agents(orch)
+    kube_api.fail_status = 500
+    f = await step4_agent.run(make_ctx(kubernetes=kube), _state())
+    assert f.status is StepStatus.ERROR and "500" in f.summary
+    assert f.evidence["orchestrator_agent"]["running_nodes"] == ["scope1"]
+
+
+async def test_hanging_api_gives_a_fast_finding(
+    orch: respx.MockRouter, make_ctx: MakeCtx, kube_api: FakeKubeApi
+) -> None:
+    _agents(orch)
+    kube_api.hang = True
+    client = KubernetesClient(build_configuration(host=kube_api.url), "greenlang", timeout=0.3)
+    started = time.monotonic()
+    try:
+        f = await step4_agent.run(make_ctx(kubernetes=client), _state())
+    finally:
+        client.close()
+    assert f.status is StepStatus.UNKNOWN and "timed out" in f.summary
+    assert time.monotonic() - started < 2
+
+
+async def test_hanging_api_past_the_step_timeout_is_an_error(
+    orch: respx.MockRouter, make_ctx: MakeCtx, kube_api: FakeKubeApi
+) -> None:
+    _agents(orch)
+    kube_api.hang = True
+    client = KubernetesClient(build_configuration(host=kube_api.url), "greenlang", timeout=1.0)
+    step4 = next(s for s in STEPS if s.number == 4)
+    started = time.monotonic()
+    try:
+        f = await run_step(make_ctx(kubernetes=client, step_timeouts={4: 0.2}), _state(), step4)
+    finally:
+        client.close()
+    assert f.status is StepStatus.ERROR and f.evidence["reason"] == "timeout"
+    assert time.monotonic() - started < 1.0
+
+
+async def test_embedded_mode_reports_what_the_orchestrator_knows(
+    orch: respx.MockRouter, make_ctx: MakeCtx
+) -> None:
+    _agents(orch, restarts=2)
+    f = await step4_agent.run(make_ctx(), _state())
+    assert f.status is StepStatus.UNKNOWN and f.evidence["reason"] == "kubernetes_not_configured"
+    assert "2 restarts, running 1 node(s)" in f.summary
+
+
+async def test_without_an_agent_is_unknown(make_ctx: MakeCtx) -> None:
+    f = await step4_agent.run(make_ctx(), DiagnosisState("ex-1"))
+    assert f.status is StepStatus.UNKNOWN
