@@ -24,6 +24,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -281,9 +282,26 @@ async def get_execution(request: web.Request) -> web.Response:
     return web.json_response(record.to_json())
 
 
+def _fill_durations(trace: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """Every node gets a numeric `duration_ms`: elapsed so far while running, 0 before it started.
+
+    The runbook formats it with `{duration:.0f}` for every node, so `null` would crash step 2.
+    """
+    for node in trace.get("node_traces", {}).values():
+        if node.get("duration_ms") is not None:
+            continue
+        started = node.get("started_at")
+        if node.get("status") == "running" and started:
+            begun = datetime.fromisoformat(started.replace("Z", "+00:00"))
+            node["duration_ms"] = max(0.0, (now - begun).total_seconds() * 1000)
+        else:
+            node["duration_ms"] = 0.0
+    return trace
+
+
 async def get_trace(request: web.Request) -> web.Response:
     trace = await _service(request).engine.get_trace(request.match_info["execution_id"])
-    return web.json_response(trace.to_json())
+    return web.json_response(_fill_durations(trace.to_json(), datetime.now(UTC)))
 
 
 async def cancel_execution(request: web.Request) -> web.Response:
