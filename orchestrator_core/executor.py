@@ -220,6 +220,7 @@ class Executor:
         self._task: asyncio.Task[Any] | None = None
         self._node_tasks: dict[str, asyncio.Task[None]] = {}
         self._level_failed = False
+        self._processed: set[str] = set()  # nodes this run executed or skipped (sealed at their level)
         self.node_start_order: list[str] = []
 
     # -- public ------------------------------------------------------------------------------------
@@ -361,6 +362,7 @@ class Executor:
             # After the barrier every dependency is terminal; only completed nodes and nodes skipped
             # on timeout (`on_timeout=skip`, output None) have an entry in `outputs`.
             blocked = [dep for dep in state.node.depends_on if dep not in self.outputs]
+            self._processed.add(node_id)
             if blocked:
                 state.status = "skipped"
                 state.error = f"upstream {blocked[0]} did not complete ({self.states[blocked[0]].status})"
@@ -396,8 +398,10 @@ class Executor:
         new = []
         for node_id in level:
             state = self.states[node_id]
-            if node_id in recorded or state.status not in TERMINAL_NODE_STATUSES:
+            if state.status not in TERMINAL_NODE_STATUSES:
                 continue
+            if node_id in recorded and node_id not in self._processed:
+                continue  # sealed by the run before a resume, not run again here
             new.append(
                 self.chain.append(
                     node_id,

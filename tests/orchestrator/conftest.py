@@ -83,9 +83,10 @@ def make_registry(calls: Calls) -> AgentRegistry:
         return {"compensated": ctx.node_id, "output": ctx.node_output}
 
     async def gate(ctx: AgentContext) -> Any:
-        """Records, then waits on `ctx.state['release']` (an Event) — until released or restarted."""
+        """Records, then (on the node's first `block_calls` calls, across runs) waits on
+        `ctx.state['release']` (an Event) until released, cancelled or restarted."""
         calls.entries.append((ctx.agent_id, ctx.node_id, ctx.attempt))
-        if ctx.params.get("block_attempts", 1) >= ctx.attempt:
+        if calls.count(ctx.node_id) <= ctx.params.get("block_calls", 1):
             event = ctx.state.setdefault("release", asyncio.Event())
             await event.wait()
         return {"node": ctx.node_id, "attempt": ctx.attempt}
