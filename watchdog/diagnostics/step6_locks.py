@@ -50,7 +50,7 @@ async def judge_holder(ctx: DiagnosticContext, lock: LockInfo) -> tuple[str, str
         age = "age unknown" if beat.age_seconds is None else f"{beat.age_seconds:.0f}s old"
         return "alive", f"holder {lock.owner} is alive (heartbeat {age})", facts
     gone = "heartbeat gone" if not beat.exists else f"heartbeat {beat.age_seconds:.0f}s old (> {grace:g}s)"
-    pod = lock.pod or beat.pod
+    pod = lock.pod or beat.pod or None
     facts["pod"] = pod
     if pod is None:
         return "dead", f"holder {lock.owner}: {gone}; it names no pod (runs outside Kubernetes)", facts

@@ -1,0 +1,165 @@
+"""Step 6: distributed locks against a real Redis (and the faked Kubernetes API for holder pods)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.conftest import free_port
+from tests.watchdog.conftest import FakeKubeApi, make_pod
+from watchdog.clients.kubernetes import KubernetesClient
+from watchdog.clients.redis import RedisClient
+from watchdog.constants import heartbeat_key, lock_key
+from watchdog.diagnostics import step6_locks
+from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
+from watchdog.diagnostics.models import StepStatus
+
+pytestmark = pytest.mark.redis
+MakeCtx = Callable[..., DiagnosticContext]
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=2)
+    yield client
+    await client.aclose()
+
+
+async def _lock(raw: aioredis.Redis, execution_id: str, owner: str, pod: str | None, ttl: int | None) -> None:
+    value = json.dumps({"owner": owner, "pod": pod, "token": 41, "acquired_at": "2026-03-01T11:40:00Z"})
+    await raw.set(lock_key(execution_id), value, ex=ttl)
+
+
+async def _heartbeat(raw: aioredis.Redis, owner: str, pod: str, at: str = "2026-03-01T11:59:55Z") -> None:
+    await raw.set(heartbeat_key(owner), json.dumps({"pod": pod, "at": at}), ex=15)
+
+
+async def test_live_holder_is_ok(raw: aioredis.Redis, redis_client: RedisClient, make_ctx: MakeCtx) -> None:
+    await _lock(raw, "ex-1", "orch-a", "orch-a-pod", ttl=15)
+    await _heartbeat(raw, "orch-a", "orch-a-pod")
+    f = await step6_locks.run(make_ctx(redis=redis_client), DiagnosisState("ex-1"))
+    assert f.status is StepStatus.OK, f.summary
+    assert f.evidence["holder_state"] == "alive" and f.evidence["lock"]["token"] == 41
+    assert f.evidence["heartbeat"]["age_seconds"] == 5
+
+
+async def test_dead_holder_confirmed_by_heartbeat_and_pod(
+    raw: aioredis.Redis,
+    redis_client: RedisClient,
+    make_ctx: MakeCtx,
+    kube_api: FakeKubeApi,
+    kube: KubernetesClient,
+) -> None:
+    await _lock(raw, "ex-1", "orch-a", "orch-a-pod", ttl=15)  # no heartbeat, and no such pod
+    kube_api.add_pod(make_pod("orch-b-pod", {"app": "orchestrator-service"}))
+    f = await step6_locks.run(make_ctx(redis=redis_client, kubernetes=kube), DiagnosisState("ex-1"))
+    assert f.status is StepStatus.PROBLEM
+    assert f.evidence["holder_state"] == "dead" and "pod orch-a-pod is gone" in f.summary
+    assert ("GET", "/api/v1/namespaces/greenlang/pods/orch-a-pod", {}) in kube_api.requests
+
+
+async def test_terminated_pod_confirms_death(
+    raw: aioredis.Redis,
+    redis_client: RedisClient,
+    make_ctx: MakeCtx,
+    kube_api: FakeKubeApi,
+    kube: KubernetesClient,
+) -> None:
+    await _lock(raw, "ex-1", "orch-a", "orch-a-pod", ttl=15)
+    kube_api.add_pod(make_pod("orch-a-pod", {"app": "orchestrator-service"}, phase="Failed", ready=False))
+    f = await step6_locks.run(make_ctx(redis=redis_client, kubernetes=kube), DiagnosisState("ex-1"))
+    assert f.evidence["holder_state"] == "dead" and f.evidence["pod_phase"] == "Failed"
+
+
+async def test_gone_heartbeat_but_running_pod_is_unconfirmed(
+    raw: aioredis.Redis,
+    redis_client: RedisClient,
+    make_ctx: MakeCtx,
+    kube_api: FakeKubeApi,
+    kube: KubernetesClient,
+) -> None:
+    await _lock(raw, "ex-1", "orch-a", "orch-a-pod", ttl=15)
+    kube_api.add_pod(make_pod("orch-a-pod", {"app": "orchestrator-service"}))
+    f = await step6_locks.run(make_ctx(redis=redis_client, kubernetes=kube), DiagnosisState("ex-1"))
+    assert f.status is StepStatus.PROBLEM and f.evidence["holder_state"] == "unconfirmed"
+    assert "still Running" in f.summary
+
+
+async def test_gone_heartbeat_without_kubernetes_is_unconfirmed(
+    raw: aioredis.Redis, redis_client: RedisClient, make_ctx: MakeCtx
+) -> None:
+    await _lock(raw, "ex-1", "orch-a", "orch-a-pod", ttl=15)
+    f = await step6_locks.run(make_ctx(redis=redis_client), DiagnosisState("ex-1"))
+    assert f.evidence["holder_state"] == "unconfirmed" and "no Kubernetes" in f.summary
+
+
+async def test_holder_without_pod_is_judged_by_heartbeat(
+    raw: aioredis.Redis, redis_client: RedisClient, make_ctx: MakeCtx
+) -> None:
+    await _lock(raw, "ex-1", "laptop-123", None, ttl=15)
+    f = await step6_locks.run(make_ctx(redis=redis_client), DiagnosisState("ex-1"))
+    assert f.evidence["holder_state"] == "dead" and "outside Kubernetes" in f.summary
+
+
+async def test_stale_heartbeat_counts_as_gone(
+    raw: aioredis.Redis, redis_client: RedisClient, make_ctx: MakeCtx
+) -> None:
+    await _lock(raw, "ex-1", "laptop-123", None, ttl=15)
+    await _heartbeat(raw, "laptop-123", "", at="2026-03-01T11:58:00Z")  # 120 s old, grace 30 s
+    f = await step6_locks.run(make_ctx(redis=redis_client), DiagnosisState("ex-1"))
+    assert f.evidence["holder_state"] == "dead" and "120s old" in f.summary
+
+
+async def test_lock_without_ttl_is_a_problem(
+    raw: aioredis.Redis, redis_client: RedisClient, make_ctx: MakeCtx
+) -> None:
+    await _lock(raw, "ex-1", "orch-a", "orch-a-pod", ttl=None)
+    await _heartbeat(raw, "orch-a", "orch-a-pod")
+    f = await step6_locks.run(make_ctx(redis=redis_client), DiagnosisState("ex-1"))
+    assert f.status is StepStatus.PROBLEM and "no TTL" in f.summary
+    assert f.evidence["lock"]["ttl_seconds"] == -1 and f.evidence["locks_without_ttl"] == ["ex-1"]
+    assert f.evidence["holder_state"] == "alive"
+
+
+async def test_other_lock_without_ttl_is_a_problem(
+    raw: aioredis.Redis, redis_client: RedisClient, make_ctx: MakeCtx
+) -> None:
+    await _lock(raw, "ex-9", "orch-a", "orch-a-pod", ttl=None)
+    f = await step6_locks.run(make_ctx(redis=redis_client), DiagnosisState("ex-1"))
+    assert f.status is StepStatus.PROBLEM and f.evidence["lock"] is None
+    assert "1 other lock(s) without TTL: ex-9" in f.summary
+
+
+async def test_no_lock_is_ok(redis_client: RedisClient, make_ctx: MakeCtx) -> None:
+    f = await step6_locks.run(make_ctx(redis=redis_client), DiagnosisState("ex-1"))
+    assert f.status is StepStatus.OK and f.evidence["locks_total"] == 0
+
+
+async def test_step_uses_scan_never_keys(
+    raw: aioredis.Redis, redis_client: RedisClient, make_ctx: MakeCtx
+) -> None:
+    for i in range(30):
+        await _lock(raw, f"ex-{i}", "orch-a", "orch-a-pod", ttl=30)
+    await raw.config_resetstat()
+    f = await step6_locks.run(make_ctx(redis=redis_client), DiagnosisState("ex-1"))
+    assert f.evidence["locks_total"] == 30
+    stats = await raw.info("commandstats")
+    assert stats["cmdstat_scan"]["calls"] >= 1
+    assert "cmdstat_keys" not in stats
+
+
+async def test_without_redis_is_unknown(make_ctx: MakeCtx) -> None:
+    f = await step6_locks.run(make_ctx(), DiagnosisState("ex-1"))
+    assert f.status is StepStatus.UNKNOWN and f.evidence["reason"] == "redis_not_configured"
+
+
+async def test_redis_down_is_unknown(make_ctx: MakeCtx) -> None:
+    client = RedisClient(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+    try:
+        f = await step6_locks.run(make_ctx(redis=client), DiagnosisState("ex-1"))
+    finally:
+        await client.aclose()
+    assert f.status is StepStatus.UNKNOWN and "Redis unavailable" in f.summary
