@@ -98,8 +98,11 @@ class ApprovalService:
         page = f"{self.public_url}/approvals/{quote(approval.id, safe='')}?token={token}"
         return Links(page=page, approve=f"{page}&decision=approve", deny=f"{page}&decision=deny")
 
-    def check_token(self, approval: Approval, token: str) -> None:
-        """Raise InvalidToken unless `token` is this prompt's signed token; ApprovalClosed if expired."""
+    def check_token(self, approval: Approval, token: str, *, allow_expired: bool = False) -> None:
+        """Raise InvalidToken unless `token` is this prompt's signed token; ApprovalClosed if expired.
+
+        `allow_expired` is for viewing the page (its result stays readable); deciding never allows it.
+        """
         try:
             expires_text, _ = token.split(".", 1)
             expires_unix = int(expires_text)
@@ -110,7 +113,7 @@ class ApprovalService:
             raise InvalidToken(
                 "approval token does not match this prompt (forged, altered, or for another prompt)"
             )
-        if self.clock().timestamp() >= expires_unix:
+        if not allow_expired and self.clock().timestamp() >= expires_unix:
             raise ApprovalClosed(
                 "expired", f"approval {approval.id} expired at {approval.expires_at.isoformat()}"
             )

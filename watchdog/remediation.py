@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -41,19 +42,20 @@ from playbooks.base import (
     PlaybookLimits,
     VerifyResult,
 )
-from playbooks.registry import Registry
+from playbooks.registry import Registry, default_registry
+from watchdog.app import WatchdogApp
 from watchdog.approvals import ApprovalService
 from watchdog.clients.kubernetes import KubernetesClient
 from watchdog.clients.orchestrator import OrchestratorClient
 from watchdog.clients.prometheus import PrometheusClient
 from watchdog.clients.redis import RedisClient
 from watchdog.diagnostics.models import Diagnosis
-from watchdog.errors import InvalidTransition, WatchdogError
+from watchdog.errors import ConfigError, InvalidTransition, WatchdogError
 from watchdog.incidents import IncidentService, transition_in
 from watchdog.metrics import WatchdogMetrics
-from watchdog.notifier import EscalationMessage, Notifier, NotifyResult, PromptMessage
+from watchdog.notifier import EscalationMessage, Notifier, NotifyResult, PromptMessage, notifier_from_settings
 from watchdog.planner import Plan, make_plan
-from watchdog.policy import Policy
+from watchdog.policy import Policy, load_policy
 from watchdog.settings import Mode
 from watchdog.store import Approval, Incident, Store, Tx
 
@@ -211,6 +213,7 @@ class Remediator:
         clock: Callable[[], datetime] | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
         poll_interval_seconds: float = 1.0,
+        api_tokens: list[str] | None = None,
     ) -> None:
         self.store = store
         self.incidents = incidents
@@ -224,7 +227,9 @@ class Remediator:
         self.clock = clock or store.clock
         self.sleep = sleep
         self.poll_interval_seconds = poll_interval_seconds
+        self.api_tokens = list(api_tokens or [])  # for the approval API's bearer check (never logged)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._expiry: asyncio.Task[None] | None = None
 
     # -- background work, tracked so shutdown (and tests) can wait for it
 
@@ -238,6 +243,34 @@ class Remediator:
     async def drain(self) -> None:
         """Wait for every background task started by `spawn`."""
         while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def start(self, expiry_interval_seconds: float) -> list[Outcome]:
+        """Resume what a previous process left half-done, then expire overdue prompts periodically."""
+        outcomes = await self.resume_interrupted()
+        self._expiry = asyncio.create_task(self._expiry_loop(expiry_interval_seconds), name="approval-expiry")
+        return outcomes
+
+    async def _expiry_loop(self, interval: float) -> None:
+        while True:
+            try:
+                await self.expire_approvals()
+            except WatchdogError as exc:  # store down for a moment: try again next round
+                log.warning("approval expiry round failed: %s", exc)
+            await self.sleep(interval)
+
+    async def aclose(self, grace_seconds: float = 10.0) -> None:
+        """Stop the expiry loop; wait (bounded) for decisions being acted on, then cancel them."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            await asyncio.gather(self._expiry, return_exceptions=True)
+            self._expiry = None
+        try:
+            async with asyncio.timeout(grace_seconds):
+                await self.drain()
+        except TimeoutError:
+            for task in list(self._tasks):
+                task.cancel()
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     # -- context
@@ -605,3 +638,63 @@ class Remediator:
         async with self.store.transaction() as tx:
             pending = await tx.list_approvals(states=["pending"])
         self.metrics.pending_approvals.set(len(pending))
+
+
+# -- assembly ------------------------------------------------------------------------------------------
+
+
+def attach(
+    wd: WatchdogApp,
+    *,
+    policy: Policy | None = None,
+    registry: Registry | None = None,
+    notifier: Notifier | None = None,
+    sleep: Callable[[float], Any] = asyncio.sleep,
+    poll_interval_seconds: float = 1.0,
+) -> Remediator:
+    """Build the remediation loop over a `WatchdogApp` and hook it in as the app's `remediate`.
+
+    The policy comes from `settings.policy_file` (the shipped default when unset), the notifier from
+    `settings.notifier_url`/`notifier_kind`. Without `approval_signing_key` an ephemeral key is made:
+    links then stop working when the process restarts (fine for the demo, not for production).
+    """
+    settings = wd.settings
+    key = settings.approval_signing_key.get_secret_value().encode() if settings.approval_signing_key else b""
+    if len(key) < 16:
+        if key:
+            raise ConfigError("approval_signing_key must be at least 16 bytes")
+        log.warning(
+            "no approval_signing_key configured: using an ephemeral key (links die with this process)"
+        )
+        key = secrets.token_bytes(32)
+    public_url = settings.public_url or f"http://{settings.host}:{settings.port}"
+    approvals = ApprovalService(
+        wd.store, key, ttl_seconds=settings.approval_ttl_seconds, public_url=public_url, clock=wd.clock
+    )
+    remediator = Remediator(
+        store=wd.store,
+        incidents=wd.incidents,
+        approvals=approvals,
+        notifier=notifier or notifier_from_settings(settings),
+        policy=policy or load_policy(settings.policy_file),
+        registry=registry or default_registry(),
+        clients=Clients(
+            orchestrator=wd.orchestrator,
+            redis=wd.redis,
+            kubernetes=wd.kubernetes,
+            prometheus=wd.prometheus,
+            namespace=settings.namespace,
+        ),
+        mode=settings.mode,
+        metrics=wd.metrics,
+        clock=wd.clock,
+        sleep=sleep,
+        poll_interval_seconds=poll_interval_seconds,
+        api_tokens=settings.api_token_values(),
+    )
+
+    async def remediate(incident_id: int, diagnosis: Diagnosis) -> None:
+        await remediator.handle_diagnosed(incident_id, diagnosis)
+
+    wd.remediate = remediate
+    return remediator
