@@ -1,69 +1,39 @@
-"""Fixtures of the Helm chart tests: load and render helm/gl-watchdog with Helm's own Go SDK.
+"""Fixtures of the Helm chart tests: the chart loaded and rendered with Helm's own Go SDK, and the real
+services started from what it renders.
 
-The chart is rendered offline by `helm_python` (libhelm over ctypes: no cluster, no `helm` binary); the
-tests then lint it, validate every manifest, run promtool/amtool on what it renders, and compare the
-metric names it queries with what the real services export.
+The tests lint the chart, validate every manifest, run promtool/amtool/Alertmanager/Prometheus on what it
+renders, and compare the metric names it queries with what the real services export.
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import helm_python as helm
 import pytest
-import yaml
 
-from tests.conftest import missing_service
-
-REPO = Path(__file__).resolve().parents[2]
-CHART_DIR = REPO / "helm" / "gl-watchdog"
-PRODUCTION_VALUES = CHART_DIR / "values-production.yaml"
-RELEASE = "gl-watchdog"
-NAMESPACE = "greenlang"
-KUBE_VERSIONS = ("1.29", "1.33")
-
-Manifest = dict[str, Any]
-Render = Callable[..., list[Manifest]]
-
-
-def production_values() -> dict[str, Any]:
-    """The example production values file, parsed by Helm's own values loader."""
-    return helm.values_from_yaml(PRODUCTION_VALUES.read_text(encoding="utf-8"))
-
-
-def split_documents(rendered: dict[str, str]) -> list[Manifest]:
-    """Every non-empty YAML document of the rendered templates (NOTES.txt excluded)."""
-    manifests: list[Manifest] = []
-    for path, text in sorted(rendered.items()):
-        if path.endswith("NOTES.txt"):
-            continue
-        for doc in yaml.safe_load_all(text):
-            if doc:
-                manifests.append(doc)
-    return manifests
-
-
-def find(manifests: list[Manifest], kind: str, name: str | None = None) -> list[Manifest]:
-    """Manifests of `kind` (and `name`, when given)."""
-    return [m for m in manifests if m["kind"] == kind and (name is None or m["metadata"]["name"] == name)]
-
-
-def one(manifests: list[Manifest], kind: str, name: str | None = None) -> Manifest:
-    """The single manifest of `kind` (and `name`); fails the test when there is not exactly one."""
-    found = find(manifests, kind, name)
-    assert len(found) == 1, (
-        f"expected one {kind} {name or ''}, found {[m['metadata']['name'] for m in found]}"
-    )
-    return found[0]
-
-
-def container_env(deployment: Manifest) -> dict[str, dict[str, Any]]:
-    """The first container's env entries by name."""
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
-    return {entry["name"]: entry for entry in container.get("env", [])}
+from tests.conftest import free_port
+from tests.helm.chart import (
+    CHART_DIR,
+    NAMESPACE,
+    RELEASE,
+    Manifest,
+    Render,
+    one,
+    production_values,
+    split_documents,
+)
+from tests.helm.services import (
+    BIN,
+    Service,
+    cancel_running,
+    chart_env,
+    materialize_mounts,
+    start_service,
+    stop_service,
+)
 
 
 @pytest.fixture(scope="session")
@@ -110,10 +80,61 @@ def manifests(
     return default_manifests if request.param == "default" else prod_manifests
 
 
-def require_binary(name: str) -> str:
-    """Absolute path of a tool the tests run (promtool, amtool, alertmanager), or skip/fail."""
-    path = shutil.which(name)
-    if path is None:
-        missing_service(f"`{name}` is not installed")
-    assert path is not None
-    return path
+@pytest.fixture(scope="module")
+def pod_root(
+    tmp_path_factory: pytest.TempPathFactory, default_manifests: list[Manifest]
+) -> tuple[Path, dict[str, str]]:
+    """A stand-in for the pod's filesystem: the chart's Secret and policy written where they are mounted."""
+
+    root = tmp_path_factory.mktemp("pod")
+    return root, materialize_mounts(default_manifests, root)
+
+
+@pytest.fixture(scope="module")
+def orchestrator(
+    pod_root: tuple[Path, dict[str, str]], default_manifests: list[Manifest]
+) -> Iterator[Service]:
+    """`gl-orchestrator serve` as the chart's default values configure it (module-scoped)."""
+
+    root, secret = pod_root
+    port = free_port()
+    env = chart_env(
+        one(default_manifests, "Deployment", "orchestrator-service"),
+        root,
+        {"GL_ORCHESTRATOR_HOST": "127.0.0.1", "GL_ORCHESTRATOR_PORT": str(port)},
+    )
+    command = [str(BIN / "gl-orchestrator"), "serve"]
+    service = start_service(command, env, port, secret["orchestrator-api-token"], root / "orchestrator.log")
+    try:
+        yield service
+    finally:
+        cancel_running(service)
+        stop_service(service)
+
+
+@pytest.fixture(scope="module")
+def watchdog(
+    pod_root: tuple[Path, dict[str, str]], default_manifests: list[Manifest], orchestrator: Service
+) -> Iterator[Service]:
+    """`gl-watchdog serve` as the chart configures it, watching `orchestrator` (module-scoped)."""
+
+    root, secret = pod_root
+    port = free_port()
+    env = chart_env(
+        one(default_manifests, "Deployment", "gl-watchdog"),
+        root,
+        {
+            "GL_WATCHDOG_HOST": "127.0.0.1",
+            "GL_WATCHDOG_PORT": str(port),
+            "GL_WATCHDOG_ORCHESTRATOR_URL": orchestrator.url,
+            "GL_WATCHDOG_PUBLIC_URL": f"http://127.0.0.1:{port}",
+            # No Kubernetes API here; everything else is as the chart renders it.
+            "GL_WATCHDOG_KUBERNETES_ENABLED": "false",
+        },
+    )
+    command = [str(BIN / "gl-watchdog"), "serve"]
+    service = start_service(command, env, port, secret["watchdog-api-token"], root / "watchdog.log")
+    try:
+        yield service
+    finally:
+        stop_service(service)

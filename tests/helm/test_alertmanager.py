@@ -19,7 +19,7 @@ import yaml
 from aiohttp import web
 
 from tests.conftest import free_port, wait_for_port
-from tests.helm.conftest import REPO, Manifest, one, require_binary
+from tests.helm.chart import REPO, Manifest, one, require_binary
 
 pytestmark = pytest.mark.prometheus
 
@@ -50,7 +50,8 @@ def _amtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _watchdog_route(config: dict[str, Any]) -> dict[str, Any]:
-    (route,) = [r for r in config["route"]["routes"] if r["receiver"] == "gl-watchdog"]
+    found: list[dict[str, Any]] = [r for r in config["route"]["routes"] if r["receiver"] == "gl-watchdog"]
+    (route,) = found
     return route
 
 

@@ -20,7 +20,7 @@ import yaml
 from pydantic import TypeAdapter
 
 from orchestrator_core.settings import OrchestratorSettings
-from tests.helm.conftest import (
+from tests.helm.chart import (
     CHART_DIR,
     KUBE_VERSIONS,
     NAMESPACE,

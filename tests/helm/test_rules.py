@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helm.conftest import CHART_DIR, Manifest, Render, one, require_binary
+from tests.helm.chart import CHART_DIR, Manifest, Render, one, require_binary
 
 pytestmark = pytest.mark.prometheus
 
@@ -30,7 +30,8 @@ def _rules(manifests: list[Manifest]) -> dict[str, Any]:
 
 
 def _alert(rules: dict[str, Any], name: str) -> dict[str, Any]:
-    (rule,) = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") == name]
+    found: list[dict[str, Any]] = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") == name]
+    (rule,) = found
     return rule
 
 
