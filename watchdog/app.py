@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 Diagnose = Callable[[str], Awaitable[Diagnosis]]
 """Runs steps 1-8 for one execution id (normally `watchdog.diagnostics.runner`)."""
 
-Remediate = Callable[[int, Diagnosis], Awaitable[None]]
+Remediate = Callable[[int, Diagnosis], Awaitable[object]]
 """The remediation loop's entry point: (incident id, its diagnosis). Provided by `watchdog.remediation`."""
 
 # Only an open incident is (re-)diagnosed; one that waits for approval or acts keeps its diagnosis.

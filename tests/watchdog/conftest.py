@@ -6,16 +6,23 @@ Owned by the clients/diagnostics engineer; the intake engineer may append fixtur
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import respx
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_for_port
 from watchdog.api import create_app
 from watchdog.app import WatchdogApp
 from watchdog.clients.kubernetes import KubernetesClient, build_configuration
@@ -510,3 +517,116 @@ async def api_client(
         yield client
     finally:
         await client.close()
+
+
+# -- the real orchestrator service as a subprocess (intake engineer) --------------------------------
+
+ORCHESTRATOR_TOKEN = "orch-test-token-5678"
+HUNG_DAG_ID = "stuck-dag"
+
+
+def hung_dag(timeout_seconds: float = 1.0) -> dict[str, Any]:
+    """A DAG whose second node (`builtin.hang`) never returns, with a short DAG-level timeout."""
+    return {
+        "dag_id": HUNG_DAG_ID,
+        "version": "1",
+        "execution_timeout_seconds": timeout_seconds,
+        "nodes": {
+            "load": {"agent_id": "builtin.echo"},
+            "wedged": {
+                "agent_id": "builtin.hang",
+                "depends_on": ["load"],
+                "timeout_policy": {"timeout_seconds": 3600, "on_timeout": "fail"},
+            },
+        },
+    }
+
+
+class OrchestratorProcess:
+    """`gl-orchestrator serve` on a random loopback port with its own SQLite file."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = ORCHESTRATOR_TOKEN
+        self.workdir = workdir
+        self.log_path = workdir / "orchestrator.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.http = httpx.Client(
+            base_url=self.url + "/api/v1/orchestrator",
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=10,
+        )
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "GL_ORCHESTRATOR_DATABASE_URL": f"sqlite+aiosqlite:///{self.workdir / 'orchestrator.db'}",
+            "GL_ORCHESTRATOR_API_TOKENS": json.dumps([self.token]),
+            "GL_ORCHESTRATOR_SHUTDOWN_GRACE_SECONDS": "2",
+        }
+        env.pop("GL_ORCHESTRATOR_REDIS_URL", None)
+        binary = Path(sys.executable).with_name("gl-orchestrator")
+        with self.log_path.open("wb") as log:
+            self._proc = subprocess.Popen(
+                [str(binary), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.workdir,
+            )
+        if not wait_for_port(self.port, timeout=30):
+            self.stop()
+            raise RuntimeError(f"gl-orchestrator did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        self.http.close()
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=10)
+
+    def start_hung_run(self, timeout_seconds: float = 1.0) -> str:
+        """Register the hung DAG (once) and start a run of it; returns the execution id."""
+        response = self.http.post("/dags", json=hung_dag(timeout_seconds))
+        assert response.status_code in (200, 201, 409), response.text
+        started = self.http.post(
+            f"/dags/{HUNG_DAG_ID}/execute",
+            json={"input_data": {}, "execution_options": {"checkpoint_enabled": True}},
+        )
+        assert started.status_code == 202, started.text
+        execution_id: str = started.json()["execution_id"]
+        return execution_id
+
+    def wait_over_timeout(self, execution_id: str, deadline_seconds: float = 20.0) -> None:
+        """Poll until the run has been running for longer than its timeout (bounded)."""
+        deadline = time.monotonic() + deadline_seconds
+        while time.monotonic() < deadline:
+            execution = self.http.get(f"/executions/{execution_id}").json()
+            trace = self.http.get(f"/executions/{execution_id}/trace").json()
+            started = datetime.fromisoformat(execution["started_at"].replace("Z", "+00:00"))
+            running_for = (datetime.now(UTC) - started).total_seconds()
+            wedged = trace["node_traces"].get("wedged", {}).get("status") == "running"
+            if execution["status"] == "running" and wedged and running_for > execution["timeout_seconds"]:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"run {execution_id} did not get stuck over its timeout in time:\n{self.log()}")
+
+
+@pytest.fixture
+def orchestrator_service(tmp_path: Path) -> Iterator[OrchestratorProcess]:
+    """The real orchestrator service (`gl-orchestrator serve`) in a subprocess."""
+    workdir = tmp_path / "orchestrator"
+    workdir.mkdir()
+    proc = OrchestratorProcess(workdir)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()

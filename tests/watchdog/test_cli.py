@@ -1,0 +1,183 @@
+"""`gl-watchdog`: help, diagnose against the real orchestrator service, incidents, sweep, serve."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, wait_for_port
+from tests.watchdog.conftest import OrchestratorProcess
+from watchdog.cli import main
+from watchdog.store import Store
+
+GL_WATCHDOG = str(Path(sys.executable).with_name("gl-watchdog"))
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.startswith("GL_WATCHDOG_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("GL_WATCHDOG_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'wd.db'}")
+
+
+def use_orchestrator(monkeypatch: pytest.MonkeyPatch, orch: OrchestratorProcess) -> None:
+    monkeypatch.setenv("GL_WATCHDOG_ORCHESTRATOR_URL", orch.url)
+    monkeypatch.setenv("GL_WATCHDOG_ORCHESTRATOR_TOKEN", orch.token)
+
+
+@pytest.mark.parametrize("argv", [[], ["serve"], ["diagnose"], ["incidents"], ["sweep"]])
+def test_help_everywhere(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: gl-watchdog" in capsys.readouterr().out
+
+
+def test_diagnose_prints_the_hung_node_and_its_agent(
+    orchestrator_service: OrchestratorProcess,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    use_orchestrator(monkeypatch, orchestrator_service)
+    execution_id = orchestrator_service.start_hung_run()
+    orchestrator_service.wait_over_timeout(execution_id)
+
+    assert main(["diagnose", execution_id]) == 0
+    table = capsys.readouterr().out
+    assert execution_id in table and "wedged" in table and "builtin.hang" in table
+
+    assert main(["diagnose", execution_id, "--format", "json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["execution_id"] == execution_id
+    assert document["stuck_node_id"] == "wedged" and document["agent_id"] == "builtin.hang"
+    assert [f["step"] for f in document["findings"]] == [1, 2, 3, 4, 5, 6, 7, 8]
+
+    assert main(["diagnose", execution_id, "--format", "markdown"]) == 0
+    assert "wedged" in capsys.readouterr().out
+
+
+def test_diagnose_unknown_execution_exits_3(
+    orchestrator_service: OrchestratorProcess,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    use_orchestrator(monkeypatch, orchestrator_service)
+    assert main(["diagnose", "no-such-run"]) == 3
+    captured = capsys.readouterr()
+    assert "no execution 'no-such-run'" in captured.err and "Traceback" not in captured.err
+    assert captured.out == ""
+
+
+def test_diagnose_with_orchestrator_down_exits_4(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GL_WATCHDOG_ORCHESTRATOR_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("GL_WATCHDOG_ORCHESTRATOR_TIMEOUT_SECONDS", "2")
+    assert main(["diagnose", "exec-1"]) == 4
+    err = capsys.readouterr().err
+    assert "unreachable" in err and "Traceback" not in err
+
+
+def test_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("port: not-a-port\n")
+    assert main(["incidents", "--config", str(config)]) == 2
+    assert "port" in capsys.readouterr().err
+
+
+def test_incidents_table_json_and_status_filter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["incidents"]) == 0
+    assert capsys.readouterr().out == "no incidents\n"
+
+    async def seed() -> None:
+        store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'wd.db'}")
+        try:
+            async with store.transaction() as tx:
+                await tx.insert_incident(
+                    execution_id="e-open", dag_id="d", source="alert", detection_source="prometheus"
+                )
+                done = await tx.insert_incident(
+                    execution_id="e-done", dag_id="d", source="sweep", detection_source="api"
+                )
+                assert done is not None
+                await tx.update_incident(done.id, status="closed")
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    assert main(["incidents"]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[:3] == ["ID", "STATUS", "EXECUTION"]
+    assert "e-open" in table and "e-done" in table
+    assert main(["incidents", "--status", "open", "--format", "json"]) == 0
+    items = json.loads(capsys.readouterr().out)["items"]
+    assert [i["execution_id"] for i in items] == ["e-open"]
+    assert main(["incidents", "--status", "stuck"]) == 2
+    assert "unknown status stuck" in capsys.readouterr().err
+
+
+def test_sweep_opens_an_incident_for_the_stuck_run(
+    orchestrator_service: OrchestratorProcess,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    use_orchestrator(monkeypatch, orchestrator_service)
+    monkeypatch.setenv("GL_WATCHDOG_FOR_DURATION_SECONDS", "0")
+    execution_id = orchestrator_service.start_hung_run()
+    orchestrator_service.wait_over_timeout(execution_id)
+    assert main(["sweep"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["result"] == "ok" and report["source"] == "api"
+    assert [o["execution_id"] for o in report["opened"]] == [execution_id]
+    assert main(["incidents", "--format", "json"]) == 0
+    [incident] = json.loads(capsys.readouterr().out)["items"]
+    assert incident["source"] == "sweep" and incident["summary"].startswith("slow_node at node wedged")
+
+
+def test_serve_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GL_WATCHDOG_")}
+    env.update(
+        {
+            "GL_WATCHDOG_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'serve.db'}",
+            "GL_WATCHDOG_API_TOKENS": '["serve-token"]',
+            "GL_WATCHDOG_ORCHESTRATOR_URL": f"http://127.0.0.1:{free_port()}",
+            "GL_WATCHDOG_SWEEP_INTERVAL_SECONDS": "3600",
+        }
+    )
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [GL_WATCHDOG, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        assert wait_for_port(port, timeout=30), log_path.read_text()
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            assert http.get("/healthz").status_code == 200
+            assert http.get("/readyz").status_code == 200
+            assert http.get("/api/v1/incidents").status_code == 401
+            listed = http.get("/api/v1/incidents", headers={"Authorization": "Bearer serve-token"})
+            assert listed.status_code == 200 and listed.json() == {"items": []}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        output = log_path.read_text()
+        assert "listening on http://127.0.0.1" in output
+        assert "Traceback" not in output and "serve-token" not in output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_serve_refuses_a_public_address_without_tokens(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--host", "0.0.0.0", "--port", str(free_port())]) == 2
+    assert "without API tokens" in capsys.readouterr().err

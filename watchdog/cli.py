@@ -1,0 +1,350 @@
+"""`gl-watchdog`: the watchdog's command line (argparse, one function per subcommand).
+
+    gl-watchdog serve [--config FILE] [--host H] [--port P]    the service (webhook, API, sweeps)
+    gl-watchdog diagnose EXECUTION_ID [--format table|json|markdown]
+    gl-watchdog incidents [--status S[,S]] [--format table|json]
+    gl-watchdog sweep                                          one sweep now (sweep_once), then exit
+
+Every subcommand takes `--config FILE` (YAML; env `GL_WATCHDOG_*` overrides it) and `--help`. Errors
+are one line on stderr and a non-zero exit, never a traceback:
+
+    0  done          2  bad usage or configuration (argparse, ConfigError)
+    1  failed        3  not found (unknown execution id)
+                     4  a backend is unreachable or refused us (orchestrator, database, ...)
+
+Calls `watchdog.app` (serve, sweep), `watchdog.api` (serve), the diagnostic runner and renderers
+(diagnose) and the store (incidents). The approve/deny/playbook/demo subcommands of the remediation
+side plug in at the marked place in `build_parser()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TextIO
+
+from aiohttp import web
+
+from watchdog.api import create_app
+from watchdog.app import WatchdogApp
+from watchdog.diagnostics import render, runner
+from watchdog.diagnostics.context import DiagnosticContext
+from watchdog.errors import (
+    BackendUnavailable,
+    ConfigError,
+    NotFound,
+    OrchestratorError,
+    StoreError,
+    WatchdogError,
+)
+from watchdog.migrations import INCIDENT_STATUSES
+from watchdog.settings import WatchdogSettings, load_settings
+from watchdog.store import Incident, Store
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_NOT_FOUND: Final = 3
+EXIT_UNAVAILABLE: Final = 4
+
+log = logging.getLogger("watchdog")
+
+
+class CliError(Exception):
+    """A failure to report as one line on stderr with `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+Command = Callable[[argparse.Namespace], int]
+
+
+# -- shared helpers ---------------------------------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> WatchdogSettings:
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return load_settings(args.config, **clean)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# -- serve ------------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the watchdog service until SIGINT/SIGTERM."""
+    settings = _settings(args, host=args.host, port=args.port)
+    _setup_logging(settings.log_level)
+    if not settings.api_tokens and not _is_loopback(settings.host):
+        raise CliError(
+            f"refusing to serve on {settings.host} without API tokens: set GL_WATCHDOG_API_TOKENS "
+            "or api_token_file (without tokens the API is only served on a loopback address)",
+            EXIT_USAGE,
+        )
+    return asyncio.run(_serve(settings))
+
+
+async def _serve(settings: WatchdogSettings) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # platforms without signal handlers
+            loop.add_signal_handler(sig, stop.set)
+    wd = await WatchdogApp.build(
+        settings,
+        # remediation engineer: pass the remediation loop here, e.g. remediate=remediator.handle_diagnosed
+        remediate=None,
+    )
+    runner_ = web.AppRunner(create_app(wd), access_log=None)
+    try:
+        await runner_.setup()
+        site = web.TCPSite(runner_, settings.host, settings.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise CliError(
+                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", EXIT_FAILED
+            ) from exc
+        if not settings.api_tokens:
+            log.warning("no API tokens configured: the API is open to anyone on %s", settings.host)
+        await wd.start()
+        log.info(
+            "gl-watchdog listening on http://%s:%s (store %s, condition from %s)",
+            settings.host,
+            settings.port,
+            wd.store.dialect,
+            "prometheus" if settings.prometheus_url else "the orchestrator API",
+        )
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runner_.cleanup()
+        await wd.aclose()
+    return EXIT_OK
+
+
+# -- diagnose ---------------------------------------------------------------------------------------
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    """Diagnose one execution now and print the Diagnosis."""
+    settings = _settings(args)
+    _setup_logging("WARNING")
+    text = asyncio.run(_diagnose(settings, args.execution_id, args.format))
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return EXIT_OK
+
+
+async def _diagnose(settings: WatchdogSettings, execution_id: str, fmt: str) -> str:
+    ctx = DiagnosticContext.from_settings(settings)
+    try:
+        try:
+            await ctx.orchestrator.get_execution(execution_id)
+        except NotFound as exc:
+            raise CliError(
+                f"no execution {execution_id!r} in the orchestrator at {settings.orchestrator_url}",
+                EXIT_NOT_FOUND,
+            ) from exc
+        except BackendUnavailable as exc:
+            raise CliError(str(exc), EXIT_UNAVAILABLE) from exc
+        except OrchestratorError as exc:
+            raise CliError(str(exc), EXIT_UNAVAILABLE) from exc
+        diagnosis = await runner.diagnose(ctx, execution_id)
+    finally:
+        await ctx.aclose()
+    if fmt == "json":
+        return render.to_json(diagnosis)
+    if fmt == "markdown":
+        return render.to_markdown(diagnosis)
+    return render.to_table(diagnosis)
+
+
+# -- incidents --------------------------------------------------------------------------------------
+
+
+def cmd_incidents(args: argparse.Namespace) -> int:
+    """List incidents from the watchdog's store."""
+    settings = _settings(args)
+    statuses = None
+    if args.status:
+        statuses = [s.strip() for s in args.status.split(",") if s.strip()]
+        unknown = sorted(set(statuses) - set(INCIDENT_STATUSES))
+        if unknown:
+            raise CliError(
+                f"unknown status {', '.join(unknown)}; use one of {', '.join(INCIDENT_STATUSES)}", EXIT_USAGE
+            )
+    incidents = asyncio.run(_list_incidents(settings, statuses, args.limit))
+    if args.format == "json":
+        items = [i.model_dump(mode="json", exclude={"diagnosis", "plan", "verification"}) for i in incidents]
+        sys.stdout.write(json.dumps({"items": items}, indent=2) + "\n")
+    else:
+        write_incident_table(incidents, sys.stdout)
+    return EXIT_OK
+
+
+async def _list_incidents(
+    settings: WatchdogSettings, statuses: list[str] | None, limit: int
+) -> list[Incident]:
+    store = await Store.open(settings.database_url)
+    try:
+        return await store.list_incidents(statuses=statuses, limit=limit)
+    finally:
+        await store.close()
+
+
+def write_incident_table(incidents: Sequence[Incident], out: TextIO) -> None:
+    """A plain-text table of incidents, newest first."""
+    if not incidents:
+        out.write("no incidents\n")
+        return
+    header = ("ID", "STATUS", "EXECUTION", "DAG", "SOURCE", "DETECTED BY", "OPENED (UTC)", "SUMMARY")
+    rows = [
+        (
+            str(i.id),
+            i.status,
+            i.execution_id,
+            i.dag_id or "-",
+            i.source,
+            i.detection_source,
+            i.opened_at.strftime("%Y-%m-%d %H:%M:%S"),
+            (i.summary or "")[:70],
+        )
+        for i in incidents
+    ]
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+    for row in [header, *rows]:
+        out.write("  ".join(cell.ljust(widths[c]) for c, cell in enumerate(row)).rstrip() + "\n")
+
+
+# -- sweep ------------------------------------------------------------------------------------------
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """One sweep now (as the scheduled job would), waiting for the diagnoses it starts."""
+    settings = _settings(args)
+    _setup_logging("WARNING")
+    report = asyncio.run(_sweep(settings))
+    sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    if report["result"] == "ok":
+        return EXIT_OK
+    if report["result"] == "not_leader":
+        return EXIT_OK
+    return EXIT_UNAVAILABLE
+
+
+async def _sweep(settings: WatchdogSettings) -> dict[str, Any]:
+    wd = await WatchdogApp.build(settings)
+    try:
+        report = await wd.sweeper.sweep_once()
+        await wd.jobs.wait_idle()
+        return report.as_json()
+    finally:
+        await wd.aclose()
+
+
+# -- the parser -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `gl-watchdog` argument parser (every subcommand sets `func`)."""
+    parser = argparse.ArgumentParser(
+        prog="gl-watchdog",
+        description="Alert responder for stuck DAG executions: intake, diagnosis, remediation.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML settings file (GL_WATCHDOG_* environment variables override it)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser(
+        "serve", parents=[common], help="run the watchdog service", description=cmd_serve.__doc__
+    )
+    serve.add_argument("--host", help="listen address (default: settings.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default: settings.port, 8081)")
+    serve.set_defaults(func=cmd_serve)
+
+    diagnose = sub.add_parser(
+        "diagnose",
+        parents=[common],
+        help="diagnose one execution (runbook steps 1-8)",
+        description=cmd_diagnose.__doc__,
+    )
+    diagnose.add_argument("execution_id", metavar="EXECUTION_ID")
+    diagnose.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+    diagnose.set_defaults(func=cmd_diagnose)
+
+    incidents = sub.add_parser(
+        "incidents", parents=[common], help="list incidents", description=cmd_incidents.__doc__
+    )
+    incidents.add_argument("--status", help=f"comma-separated statuses: {', '.join(INCIDENT_STATUSES)}")
+    incidents.add_argument("--format", choices=("table", "json"), default="table")
+    incidents.add_argument(
+        "--limit", type=int, default=100, help="at most this many, newest first (default 100)"
+    )
+    incidents.set_defaults(func=cmd_incidents)
+
+    sweep = sub.add_parser("sweep", parents=[common], help="run one sweep now", description=cmd_sweep.__doc__)
+    sweep.set_defaults(func=cmd_sweep)
+
+    # -- remediation side: approve / deny / playbook run / demo subcommands are added here ---------
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `gl-watchdog`; returns the exit code (see the module docstring)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Command = args.func
+    try:
+        return func(args)
+    except CliError as exc:
+        _fail(str(exc))
+        return exc.exit_code
+    except ConfigError as exc:
+        _fail(str(exc))
+        return EXIT_USAGE
+    except (BackendUnavailable, StoreError) as exc:
+        _fail(str(exc))
+        return EXIT_UNAVAILABLE
+    except WatchdogError as exc:
+        _fail(str(exc))
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return 130
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"gl-watchdog: error: {message}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
