@@ -127,8 +127,6 @@ def diagnoser(ctx: DiagnosticContext) -> Callable[[str], Awaitable[Diagnosis]]:
 
 # -- the cause ---------------------------------------------------------------------------------------
 
-AGENT_BAD_REASONS = frozenset({"CrashLoopBackOff", "OOMKilled", "Error", "ImagePullBackOff", "ErrImagePull"})
-
 
 def likely_cause(findings: Sequence[Finding]) -> tuple[str, list[str]]:
     """The most likely cause of the stall and the evidence for it (ranked rules, first match wins)."""
@@ -157,7 +155,7 @@ def likely_cause(findings: Sequence[Finding]) -> tuple[str, list[str]]:
     agent = ev(4)
     reasons = set(agent.get("reasons") or [])
     if problem(4) and (
-        agent.get("pod_count") == 0 or agent.get("unhealthy_pods") or reasons & AGENT_BAD_REASONS
+        agent.get("pod_count") == 0 or agent.get("unhealthy_pods") or reasons & step4_agent.BAD_REASONS
     ):
         return "agent_unresponsive", [says(4), *(_supporting(by_step, 3))]
 
