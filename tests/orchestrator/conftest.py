@@ -86,6 +86,7 @@ def make_registry(calls: Calls) -> AgentRegistry:
         """Records, then (on the node's first `block_calls` calls, across runs) waits on
         `ctx.state['release']` (an Event) until released, cancelled or restarted."""
         calls.entries.append((ctx.agent_id, ctx.node_id, ctx.attempt))
+        calls.contexts.append(ctx)
         if calls.count(ctx.node_id) <= ctx.params.get("block_calls", 1):
             event = ctx.state.setdefault("release", asyncio.Event())
             await event.wait()
