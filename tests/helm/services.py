@@ -3,16 +3,20 @@
 `gl-orchestrator serve` and `gl-watchdog serve` are started as processes with the environment the chart
 renders for their Deployments: the same variables, in-pod paths moved under a temp dir (the chart's
 generated Secret and policy ConfigMap are written where the pod would mount them), loopback ports.
-Used by test_metrics_contract.py and test_prometheus_e2e.py through fixtures in conftest.py.
+Used by test_metrics_contract.py and test_prometheus_e2e.py through fixtures in conftest.py; the
+Alertmanager helpers run the alertmanager.yml route documented in docs/alerting.md.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +24,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helm.chart import NAMESPACE, Manifest, one
+from tests.conftest import free_port, wait_for_port
+from tests.helm.chart import NAMESPACE, REPO, Manifest, one, require_binary
 
 BIN = Path(sys.executable).parent
 START_DEADLINE = 30.0
 HTTP_TIMEOUT = 5.0
+ALERTING_DOC = REPO / "docs" / "alerting.md"
 
 
 @dataclass
@@ -147,3 +153,43 @@ def scrape(service: Service) -> str:
     response = httpx.get(f"{service.url}/metrics", timeout=HTTP_TIMEOUT)
     assert response.status_code == 200, response.text
     return response.text
+
+
+# -- Alertmanager ------------------------------------------------------------------------------------
+
+
+def alertmanager_snippet() -> str:
+    """The fenced yaml block that follows the `alertmanager.yml` marker comment in docs/alerting.md."""
+    text = ALERTING_DOC.read_text(encoding="utf-8")
+    match = re.search(r"<!-- alertmanager\.yml:.*?-->\s*```yaml\n(.*?)```", text, re.DOTALL)
+    assert match, "docs/alerting.md has no alertmanager.yml block after its marker comment"
+    return match.group(1)
+
+
+@contextlib.contextmanager
+def running_alertmanager(config: Path, workdir: Path) -> Iterator[str]:
+    binary = require_binary("prometheus-alertmanager")
+    port = free_port()
+    log = (workdir / "alertmanager.log").open("w")
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+            "--log.level=warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        if not wait_for_port(port, timeout=20):
+            proc.terminate()
+            proc.wait(timeout=10)
+            pytest.fail(f"alertmanager did not start: {(workdir / 'alertmanager.log').read_text()}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()

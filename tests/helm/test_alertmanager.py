@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +17,14 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.conftest import free_port, wait_for_port
-from tests.helm.chart import REPO, Manifest, one, require_binary
+from tests.conftest import free_port
+from tests.helm.chart import Manifest, one, require_binary
+from tests.helm.services import alertmanager_snippet, running_alertmanager
 
 pytestmark = pytest.mark.prometheus
 
-DOC = REPO / "docs" / "alerting.md"
 TOOL_TIMEOUT = 30
 DELIVERY_DEADLINE = 30.0
-
-
-def alertmanager_snippet() -> str:
-    """The fenced yaml block that follows the `alertmanager.yml` marker comment in docs/alerting.md."""
-    text = DOC.read_text(encoding="utf-8")
-    match = re.search(r"<!-- alertmanager\.yml:.*?-->\s*```yaml\n(.*?)```", text, re.DOTALL)
-    assert match, "docs/alerting.md has no alertmanager.yml block after its marker comment"
-    return match.group(1)
 
 
 @pytest.fixture
@@ -126,35 +117,6 @@ async def webhook_receiver(received: asyncio.Queue[tuple[str, dict[str, Any]]]) 
         yield f"http://127.0.0.1:{port}/api/v1/alerts"
     finally:
         await runner.cleanup()
-
-
-@contextlib.contextmanager
-def running_alertmanager(config: Path, workdir: Path) -> Iterator[str]:
-    binary = require_binary("prometheus-alertmanager")
-    port = free_port()
-    log = (workdir / "alertmanager.log").open("w")
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-            "--log.level=warn",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        if not wait_for_port(port, timeout=20):
-            proc.terminate()
-            proc.wait(timeout=10)
-            pytest.fail(f"alertmanager did not start: {(workdir / 'alertmanager.log').read_text()}")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
 
 
 async def test_alertmanager_delivers_the_timeout_alert_with_the_bearer_token(tmp_path: Path) -> None:
