@@ -423,6 +423,8 @@ def test_embedded_mode_uses_sqlite_on_the_data_volume(default_manifests: list[Ma
         ({"redis": {"enabled": True}}, helm.HelmRenderError, "redis.enabled=true needs redis.url"),
         ({"watchdog": {"notifier": {"enabled": True}}}, helm.HelmRenderError, "needs watchdog.notifier.url"),
         ({"orchestrator": {"name": "Not_A_Name"}}, helm.HelmValuesError, "/orchestrator/name"),
+        ({"watchdog": {"mdoe": "auto"}}, helm.HelmValuesError, "mdoe"),
+        ({"secrets": {"existingSecert": "x"}}, helm.HelmValuesError, "existingSecert"),
         (
             {"monitoring": {"serviceMonitor": {"enabled": True, "interval": "soon"}}},
             helm.HelmValuesError,
