@@ -383,6 +383,8 @@ class OrchestratorService:
                 await step()
             except OrchestratorError as exc:
                 log.warning("maintenance step %s failed: %s", name, exc)
+            except Exception:  # a bug in one step must not stop heartbeats and renewals for good
+                log.exception("maintenance step %s crashed", name)
 
     # -- lifecycle ----------------------------------------------------------------------------------
 

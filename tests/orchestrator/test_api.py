@@ -383,3 +383,28 @@ async def test_openapi_lists_exactly_the_registered_routes(h: Harness) -> None:
             assert operation["responses"], (method, path)
             protected = path.startswith(API_PREFIX)
             assert (operation["security"] == [{"bearerAuth": []}]) is protected, (method, path)
+
+
+async def test_unexpected_error_is_500_json_without_traceback(
+    h: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(h.service.engine, "get_dag", broken)
+    response = await h.api("GET", "/dags/any")
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": "internal_error",
+        "detail": "internal error; see the orchestrator logs",
+    }
+    assert "secret internals" in caplog.text  # logged server-side, with its traceback
+
+
+async def test_shutting_down_refuses_new_runs_with_503(h: Harness) -> None:
+    await h.register(chain_dag("late", "builtin.echo"))
+    await h.service.shutdown(grace_seconds=0)
+    response = await h.api("POST", "/dags/late/execute", json={})
+    assert response.status_code == 503 and response.json()["error"] == "service_unavailable"
+    ready = await h.client.get("/readyz")
+    assert ready.status_code == 503

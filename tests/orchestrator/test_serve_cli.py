@@ -1,0 +1,91 @@
+"""The `gl-orchestrator` command line: --help, `run DAG_FILE`, and clear errors (no tracebacks)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = str(Path(sys.executable).with_name("gl-orchestrator"))
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=60, env=env, cwd=cwd)
+
+
+@pytest.mark.parametrize("args", [("--help",), ("serve", "--help"), ("run", "--help")])
+def test_help(args: tuple[str, ...]) -> None:
+    result = cli(*args)
+    assert result.returncode == 0 and "usage: gl-orchestrator" in result.stdout
+
+
+def test_run_prints_trace_and_progress(tmp_path: Path) -> None:
+    dag = tmp_path / "dag.yaml"
+    dag.write_text(
+        "dag_id: local\nnodes:\n  a: {agent_id: builtin.echo}\n"
+        "  b: {agent_id: builtin.flaky, depends_on: [a], params: {failures: 1},\n"
+        "      retry_policy: {max_retries: 2, strategy: fixed, base_delay: 0.01}}\n"
+    )
+    result = cli("run", str(dag), "--input", '{"year": 2025}', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trace = json.loads(result.stdout)
+    assert trace["status"] == "completed" and trace["topology_levels"] == [["a"], ["b"]]
+    assert trace["node_traces"]["b"]["attempt_count"] == 2
+    assert "b (builtin.flaky) attempt 1" in result.stderr and "retry in" in result.stderr
+    assert not list(tmp_path.glob("*.db")), "run must not leave a store behind in the working directory"
+
+
+def test_run_failing_dag_exits_1(tmp_path: Path) -> None:
+    dag = tmp_path / "dag.json"
+    dag.write_text(
+        json.dumps({"dag_id": "f", "nodes": {"a": {"agent_id": "builtin.fail", "params": {"error": "no"}}}})
+    )
+    result = cli("run", str(dag))
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["node_traces"]["a"]["status"] == "failed"
+
+
+def test_run_timeout_cancels_a_hanging_dag(tmp_path: Path) -> None:
+    dag = tmp_path / "dag.json"
+    dag.write_text(json.dumps({"dag_id": "h", "nodes": {"a": {"agent_id": "builtin.hang"}}}))
+    result = cli("run", str(dag), "--timeout", "0.5")
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["status"] == "cancelled"
+
+
+@pytest.mark.parametrize(
+    ("content", "args", "message"),
+    [
+        (
+            '{"dag_id": "c", "nodes": {"a": {"agent_id": "builtin.echo", "depends_on": ["a"]}}}',
+            (),
+            "invalid DAG",
+        ),
+        ("{broken", (), "invalid DAG"),
+        ('{"dag_id": "ok", "nodes": {"a": {"agent_id": "builtin.echo"}}}', ("--input", "{nope"), "--input"),
+    ],
+)
+def test_bad_input_is_a_clear_error_with_exit_2(
+    tmp_path: Path, content: str, args: tuple[str, ...], message: str
+) -> None:
+    dag = tmp_path / "dag.json"
+    dag.write_text(content)
+    result = cli("run", str(dag), *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_dag_file_and_bad_config_exit_2(tmp_path: Path) -> None:
+    result = cli("run", str(tmp_path / "missing.json"))
+    assert result.returncode == 2 and "cannot read" in result.stderr and "Traceback" not in result.stderr
+    config = tmp_path / "bad.yaml"
+    config.write_text("max_parallel_nodes: -3\n")
+    result = cli("serve", "--config", str(config))
+    assert (
+        result.returncode == 2 and "max_parallel_nodes" in result.stderr and "Traceback" not in result.stderr
+    )
