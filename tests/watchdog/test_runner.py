@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import respx
 
+from tests.orchestrator.test_service_harness import (
+    TOKEN,
+    Gates,
+    make_registry,
+    make_settings,
+    running_service,
+)
 from tests.watchdog.conftest import ORCH_BASE, execution_json, trace_json
+from watchdog.clients.orchestrator import OrchestratorClient
+from watchdog.clients.redis import RedisClient
 from watchdog.diagnostics.common import finding
 from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
 from watchdog.diagnostics.models import Finding, StepStatus
+from watchdog.diagnostics.render import to_table
 from watchdog.diagnostics.runner import STEPS, Step, diagnose, diagnoser, likely_cause
+from watchdog.settings import WatchdogSettings
 
 MakeCtx = Callable[..., DiagnosticContext]
 
@@ -263,3 +275,64 @@ def test_agent_outranks_lock_and_lock_outranks_checkpoints() -> None:
     s8 = _f(8, StepStatus.PROBLEM, save_errors_15m=1.0)
     assert likely_cause(_base(s4=s4, s6=s6, s8=s8))[0] == "agent_unresponsive"
     assert likely_cause(_base(s6=s6, s8=s8))[0] == "stuck_lock"
+
+
+# -- against the real orchestrator service -----------------------------------------------------------
+
+
+async def test_diagnosis_of_a_real_stuck_run(
+    _no_pending_tasks: None, sqlite_url: str, redis_url: str
+) -> None:
+    """The real orchestrator (Redis locks, gate agent that never returns) diagnosed over HTTP + Redis.
+
+    Proves the client models parse the orchestrator's real answers and that step 6 reads its real lock
+    and heartbeat format. The diagnosis clock runs 20 minutes ahead so the run is over its timeouts.
+    """
+    gates = Gates()
+    settings = make_settings(sqlite_url, redis_url=redis_url, replica_id="orch-a", pod_name="orch-a-pod")
+    dag = {
+        "dag_id": "stuck-demo",
+        "execution_timeout_seconds": 600,
+        "nodes": {
+            "first": {"agent_id": "builtin.echo", "depends_on": []},
+            "stuck": {
+                "agent_id": "test.gate",
+                "depends_on": ["first"],
+                "params": {"gate": "never"},
+                "timeout_policy": {"timeout_seconds": 120, "on_timeout": "fail"},
+            },
+            "last": {"agent_id": "builtin.echo", "depends_on": ["stuck"]},
+        },
+    }
+    async with running_service(settings, registry=make_registry(gates), start_loop=True) as orch:
+        await orch.register(dag)
+        execution_id = str((await orch.execute("stuck-demo", {"year": 2025}))["execution_id"])
+        await gates.wait_started(1)
+        ahead = datetime.now(UTC) + timedelta(minutes=20)
+        ctx = DiagnosticContext(
+            orchestrator=OrchestratorClient(orch.base_url, TOKEN, timeout=5.0),
+            settings=WatchdogSettings(orchestrator_url=orch.base_url),
+            redis=RedisClient(redis_url, timeout=2.0),  # real clock: heartbeat ages are real
+            clock=lambda: ahead,
+        )
+        try:
+            diagnosis = await diagnose(ctx, execution_id)
+        finally:
+            gates.open("never")
+            await ctx.aclose()
+    by_step = {f.step: f for f in diagnosis.findings}
+    assert [f.status for f in diagnosis.findings if f.status is StepStatus.ERROR] == [], to_table(diagnosis)
+    assert by_step[1].status is StepStatus.PROBLEM and by_step[1].evidence["dag_id"] == "stuck-demo"
+    assert by_step[2].evidence["running_nodes"] == ["stuck"]
+    assert by_step[2].evidence["last_completed_node"] == "first"
+    assert (diagnosis.stuck_node_id, diagnosis.agent_id, diagnosis.dag_id) == (
+        "stuck",
+        "test.gate",
+        "stuck-demo",
+    )
+    assert by_step[3].evidence["within_own_timeout"] is False
+    assert by_step[6].status is StepStatus.OK, by_step[6].summary
+    assert by_step[6].evidence["holder_state"] == "alive" and by_step[6].evidence["lock"]["owner"] == "orch-a"
+    assert by_step[6].evidence["lock"]["pod"] == "orch-a-pod"
+    assert by_step[8].evidence["completed_without_checkpoint"] == []
+    assert diagnosis.likely_cause == "agent_unresponsive"
