@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import respx
 
 from tests.watchdog.conftest import FakeKubeApi, make_pod
@@ -106,3 +107,9 @@ async def test_kubernetes_failure_is_an_error(
     kube_api.fail_status = 403
     f = await step7_external.run(make_ctx(kubernetes=kube), _state())
     assert f.status is StepStatus.ERROR and "403" in f.summary
+
+
+async def test_unreachable_orchestrator_is_unknown(orch: respx.MockRouter, make_ctx: MakeCtx) -> None:
+    orch.get("/executions/ex-1/logs").mock(side_effect=httpx.ConnectTimeout("slow"))
+    f = await step7_external.run(make_ctx(), _state())
+    assert f.status is StepStatus.UNKNOWN and f.evidence["source"] == "orchestrator"
