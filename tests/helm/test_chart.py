@@ -163,6 +163,8 @@ def test_pods_run_non_root_read_only_without_capabilities(
     assert container["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["command"] == [{8080: "gl-orchestrator", 8081: "gl-watchdog"}[port], "serve"]
     assert set(container["resources"]) == {"requests", "limits"}
     assert {"cpu", "memory"} <= set(container["resources"]["limits"])
 

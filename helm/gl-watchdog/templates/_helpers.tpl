@@ -136,8 +136,14 @@ imagePullSecrets:
 {{- end }}
 {{- end }}
 
-{{/* Liveness and readiness probes on the named port "http": . is a dict {root}. */}}
+{{/* Startup, liveness and readiness probes on the named port "http": . is a dict {root}. Start-up
+(schema migrations) gets its own budget so liveness can stay strict afterwards. */}}
 {{- define "glw.probes" -}}
+startupProbe:
+  httpGet:
+    path: /healthz
+    port: http
+  {{- toYaml .root.Values.probes.startup | nindent 2 }}
 livenessProbe:
   httpGet:
     path: /healthz
