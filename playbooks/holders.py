@@ -3,8 +3,9 @@
 A holder (the orchestrator replica named in `gl:orchestrator:lock:<execution_id>`, or the execution's
 `owner`) is *confirmed dead* only when both:
 
-- its heartbeat (`gl:orchestrator:heartbeat:<replica_id>`) is gone, or older than the grace period
-  (a missing key has already gone unrefreshed for a whole heartbeat TTL), and
+- its heartbeat (`gl:orchestrator:heartbeat:<replica_id>`) is gone (a missing key has already gone
+  unrefreshed for a whole heartbeat TTL), or it lingers without a TTL and its timestamp is older than
+  the grace period (a key that still has its TTL was refreshed in time: alive), and
 - its pod is gone or terminated (phase Succeeded/Failed, or being deleted), asked of Kubernetes.
   A holder that names no pod is not running in Kubernetes, so the heartbeat alone decides; a holder
   that names a pod while Kubernetes is not configured stays *unconfirmed*.
@@ -46,7 +47,8 @@ async def judge_replica(ctx: PlaybookContext, replica_id: str, pod: str | None) 
     except WatchdogError as exc:
         return HolderVerdict(replica_id, False, f"cannot read the heartbeat of {replica_id}: {exc}")
     facts: dict[str, Any] = {"heartbeat": heartbeat.as_dict(), "grace_seconds": grace}
-    if heartbeat.exists and (heartbeat.age_seconds is None or heartbeat.age_seconds <= grace):
+    expiring = heartbeat.ttl_seconds is not None and heartbeat.ttl_seconds >= 0
+    if heartbeat.exists and (expiring or heartbeat.age_seconds is None or heartbeat.age_seconds <= grace):
         age = "unknown age" if heartbeat.age_seconds is None else f"{heartbeat.age_seconds:.0f}s ago"
         return HolderVerdict(replica_id, False, f"holder {replica_id} is alive (heartbeat {age})", facts)
     pod = pod or heartbeat.pod
