@@ -58,9 +58,18 @@ class JobTracker:
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
-        """Run `coro` in the background; its failure is logged, never lost silently."""
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any] | None:
+        """Run `coro` in the background; its failure is logged, never lost silently.
+
+        Once shutdown has begun nothing new starts (None is returned): the work is durable in the
+        store and is resumed by the next start (`WatchdogApp.resume_diagnoses`).
+        """
+        if self._closing:
+            coro.close()
+            log.info("not starting %s: shutting down (it resumes on the next start)", name)
+            return None
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._finished)
@@ -81,6 +90,7 @@ class JobTracker:
 
     async def aclose(self, grace_seconds: float = 10.0) -> None:
         """Wait up to `grace_seconds` for running jobs, then cancel the rest and wait for them."""
+        self._closing = True
         try:
             async with asyncio.timeout(grace_seconds):
                 await self.wait_idle()
@@ -228,7 +238,7 @@ class WatchdogApp:
 
     # -- diagnosis jobs ---------------------------------------------------------------------------
 
-    def start_diagnosis(self, incident: Incident) -> asyncio.Task[Any]:
+    def start_diagnosis(self, incident: Incident) -> asyncio.Task[Any] | None:
         """Diagnose `incident` in the background (tracked; awaited on shutdown)."""
         return self.jobs.spawn(self.diagnose_incident(incident.id), name=f"diagnose-incident-{incident.id}")
 

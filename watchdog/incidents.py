@@ -245,6 +245,11 @@ class IncidentService:
             )
         return incident
 
+    async def has_escalated(self, execution_id: str) -> bool:
+        """True when an incident of `execution_id` was escalated to on-call."""
+        async with self.store.transaction() as tx:
+            return bool(await tx.list_incidents(statuses=["escalated"], execution_id=execution_id, limit=1))
+
     async def get(self, incident_id: int) -> Incident:
         """The incident, or IncidentNotFound."""
         incident = await self.store.get_incident(incident_id)

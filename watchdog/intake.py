@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,6 +38,8 @@ from watchdog.metrics import WatchdogMetrics
 from watchdog.store import Incident, Store
 
 ACTOR = "alertmanager"
+
+log = logging.getLogger(__name__)
 
 
 class IntakeError(WatchdogError):
@@ -182,6 +185,12 @@ class AlertIntake:
 
     async def handle(self, payload: AmWebhook) -> list[AlertOutcome]:
         """Apply every alert of the payload; returns once all of them are durably written."""
+        if payload.truncatedAlerts:
+            log.warning(
+                "Alertmanager truncated %d alert(s) of group %s (max_alerts); sweeps will find those runs",
+                payload.truncatedAlerts,
+                payload.groupKey,
+            )
         outcomes = []
         for alert in payload.alerts:
             self.metrics.alerts_received.labels(alertname=alert.alertname, status=alert.status).inc()

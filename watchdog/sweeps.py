@@ -10,7 +10,9 @@ its TTL. `sweep_once()` is the one-shot form for tests and the CLI:
     condition.evaluate()  (Prometheus, or the orchestrator API — it works when the alert path is broken)
       │
     for each execution firing: incidents.open_or_join(source="sweep", detection_source=<source used>)
-      │                         a newly opened incident goes to `on_opened` (the app diagnoses it)
+      │                         a newly opened incident goes to `on_opened` (the app diagnoses it);
+      │                         an execution with an escalated incident is skipped (on-call owns it)
+    after_sweep hooks (leader-only periodic work of other modules, e.g. expiring approvals)
 
 Leadership: `RedisLeadership` holds `gl:watchdog:leader` through `watchdog.clients.redis` (value =
 replica id, TTL, renewed only by its owner, released with compare-and-delete); without Redis,
@@ -25,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -104,6 +106,7 @@ class SweepReport:
     condition: ConditionResult | None = None
     opened: list[Incident] = field(default_factory=list)
     joined: list[int] = field(default_factory=list)
+    escalated: list[str] = field(default_factory=list)  # firing, but an escalated incident owns the run
     error: str | None = None
 
     def as_json(self) -> dict[str, Any]:
@@ -118,6 +121,7 @@ class SweepReport:
             "pending": [] if cond is None else [e.execution_id for e in cond.pending],
             "opened": [{"incident_id": i.id, "execution_id": i.execution_id} for i in self.opened],
             "joined": self.joined,
+            "skipped_escalated": self.escalated,
             "error": self.error,
         }
 
@@ -143,6 +147,9 @@ class Sweeper:
         self.on_opened = on_opened
         self.interval_seconds = interval_seconds
         self.leader_ttl_seconds = leader_ttl_seconds
+        # Leader-only periodic work of other modules (e.g. expiring approval prompts), run after
+        # each sweep; a hook's WatchdogError is logged, never fatal to the sweep.
+        self.after_sweep: list[Callable[[], Awaitable[object]]] = []
         self._scheduler: AsyncIOScheduler | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
 
@@ -156,14 +163,24 @@ class Sweeper:
         self.metrics.is_leader.set(1 if leader else 0)
         if not leader:
             return self._done(SweepReport("not_leader", False))
+        report = await self._sweep()
+        await self._run_after_sweep()
+        return self._done(report)
+
+    async def _sweep(self) -> SweepReport:
         try:
             result = await self.condition.evaluate()
         except WatchdogError as exc:
-            return self._done(SweepReport("error", True, error=f"condition could not be evaluated: {exc}"))
+            return SweepReport("error", True, error=f"condition could not be evaluated: {exc}")
         opened: list[Incident] = []
         joined: list[int] = []
+        escalated: list[str] = []
         try:
             for execution in result.firing:
+                if await self.incidents.has_escalated(execution.execution_id):
+                    # on-call owns it since the escalation: do not re-open and re-remediate every sweep
+                    escalated.append(execution.execution_id)
+                    continue
                 outcome = await self.incidents.open_or_join(
                     execution.execution_id,
                     dag_id=execution.dag_id,
@@ -178,9 +195,17 @@ class Sweeper:
                 else:
                     joined.append(outcome.incident.id)
         except WatchdogError as exc:
-            report = SweepReport("error", True, result, opened, joined, f"opening incidents failed: {exc}")
-            return self._done(report)
-        return self._done(SweepReport("ok", True, result, opened, joined))
+            return SweepReport(
+                "error", True, result, opened, joined, escalated, f"opening incidents failed: {exc}"
+            )
+        return SweepReport("ok", True, result, opened, joined, escalated)
+
+    async def _run_after_sweep(self) -> None:
+        for hook in self.after_sweep:
+            try:
+                await hook()
+            except WatchdogError as exc:
+                log.warning("after-sweep hook %s failed: %s", getattr(hook, "__qualname__", hook), exc)
 
     def _done(self, report: SweepReport) -> SweepReport:
         self.metrics.sweeps.labels(result=report.result).inc()

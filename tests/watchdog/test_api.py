@@ -187,3 +187,34 @@ async def test_readyz_is_503_when_the_store_is_gone(pg_watchdog: tuple[WatchdogA
     # and the incidents API answers 503 (Alertmanager retries) rather than a traceback
     listing = await client.get("/api/v1/incidents", headers=AUTH)
     assert listing.status == 503 and (await listing.json())["error"] == "unavailable"
+
+
+async def test_a_restart_resumes_diagnoses_left_unfinished(
+    _no_pending_tasks: None, sqlite_url: str, diagnose_fn: ScriptedDiagnose
+) -> None:
+    settings = WatchdogSettings(database_url=sqlite_url, orchestrator_url=f"http://127.0.0.1:{free_port()}")
+    first = await WatchdogApp.build(settings, diagnose=diagnose_fn)
+    try:
+        interrupted = (
+            await first.incidents.open_or_join(
+                "exec-1", dag_id=None, source="alert", detection_source="prometheus"
+            )
+        ).incident
+        await first.incidents.transition(
+            interrupted.id, "diagnosing", actor="t", reason="crash mid-diagnosis"
+        )
+        never_started = (
+            await first.incidents.open_or_join("exec-2", dag_id=None, source="sweep", detection_source="api")
+        ).incident
+    finally:
+        await first.aclose()
+    second = await WatchdogApp.build(settings, diagnose=diagnose_fn)
+    try:
+        await second.start(sweeps=False)
+        await asyncio.wait_for(second.jobs.wait_idle(), 10)
+        for incident_id in (interrupted.id, never_started.id):
+            incident = await second.incidents.get(incident_id)
+            assert incident.status == "open" and incident.diagnosis is not None
+        assert sorted(diagnose_fn.calls) == ["exec-1", "exec-2"]
+    finally:
+        await second.aclose()

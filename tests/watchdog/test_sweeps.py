@@ -159,3 +159,39 @@ async def test_scheduler_runs_sweeps_and_shuts_down_cleanly(harness: Harness) ->
     await asyncio.sleep(0.5)  # no more sweeps once shut down
     assert harness.metrics.sweeps.labels(result="ok")._value.get() == after
     assert harness.metrics.is_leader._value.get() == 0
+
+
+async def test_an_escalated_run_is_not_reopened_by_every_sweep(harness: Harness) -> None:
+    harness.stuck()
+    sweeper = harness.sweeper()
+    await sweeper.sweep_once()
+    harness.clock.advance(FOR.total_seconds())
+    [incident] = (await sweeper.sweep_once()).opened
+    await harness.incidents.transition(
+        incident.id, "escalated", actor="remediation", reason="verification failed"
+    )
+    harness.clock.advance(60)
+    report = await sweeper.sweep_once()
+    assert report.opened == [] and report.escalated == ["exec-1"]
+    assert len(await harness.store.list_incidents()) == 1 and len(harness.opened) == 1
+
+
+async def test_after_sweep_hooks_run_on_the_leader_only(harness: Harness, redis_url: str) -> None:
+    calls: list[str] = []
+
+    async def expire_prompts() -> None:
+        calls.append("expire")
+
+    redis_a = RedisClient(redis_url, timeout=2)
+    redis_b = RedisClient(redis_url, timeout=2)
+    try:
+        leader = harness.sweeper(RedisLeadership(redis_a, "replica-a", ttl_seconds=30))
+        follower = harness.sweeper(RedisLeadership(redis_b, "replica-b", ttl_seconds=30))
+        leader.after_sweep.append(expire_prompts)
+        follower.after_sweep.append(expire_prompts)
+        await leader.sweep_once()
+        await follower.sweep_once()
+        assert calls == ["expire"]
+    finally:
+        await redis_a.aclose()
+        await redis_b.aclose()
