@@ -120,6 +120,7 @@ async def _serve(settings: WatchdogSettings) -> int:
         # remediation engineer: pass the remediation loop here, e.g. remediate=remediator.handle_diagnosed
         remediate=None,
     )
+    # remediation engineer: add route installers here, e.g. create_app(wd, extensions=[web.install])
     runner_ = web.AppRunner(create_app(wd), access_log=None)
     try:
         await runner_.setup()
