@@ -26,9 +26,9 @@ from tests.helm.chart import (
     split_documents,
 )
 from tests.helm.services import (
-    BIN,
     Service,
     cancel_running,
+    chart_command,
     chart_env,
     materialize_mounts,
     start_service,
@@ -103,7 +103,7 @@ def orchestrator(
         root,
         {"GL_ORCHESTRATOR_HOST": "127.0.0.1", "GL_ORCHESTRATOR_PORT": str(port)},
     )
-    command = [str(BIN / "gl-orchestrator"), "serve"]
+    command = chart_command(one(default_manifests, "Deployment", "orchestrator-service"))
     service = start_service(command, env, port, secret["orchestrator-api-token"], root / "orchestrator.log")
     try:
         yield service
@@ -132,7 +132,7 @@ def watchdog(
             "GL_WATCHDOG_KUBERNETES_ENABLED": "false",
         },
     )
-    command = [str(BIN / "gl-watchdog"), "serve"]
+    command = chart_command(one(default_manifests, "Deployment", "gl-watchdog"))
     service = start_service(command, env, port, secret["watchdog-api-token"], root / "watchdog.log")
     try:
         yield service

@@ -47,8 +47,13 @@ class Service:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-def chart_env(deployment: Manifest, root: Path, overrides: dict[str, str]) -> dict[str, str]:
-    """The Deployment's container env as a process environment, with in-pod paths moved under `root`."""
+def chart_env(
+    deployment: Manifest, root: Path, overrides: dict[str, str], secret: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The Deployment's container env as a process environment, with in-pod paths moved under `root`.
+
+    `secretKeyRef`s resolve from `secret` (the Secret's decoded data); a reference to a missing key fails.
+    """
     env: dict[str, str] = {}
     field_refs = {
         "metadata.name": f"{deployment['metadata']['name']}-test-0",
@@ -64,20 +69,34 @@ def chart_env(deployment: Manifest, root: Path, overrides: dict[str, str]) -> di
         elif "fieldRef" in entry["valueFrom"]:
             env[name] = field_refs[entry["valueFrom"]["fieldRef"]["fieldPath"]]
         else:
-            pytest.fail(f"{name}: the default values should need no secretKeyRef, got {entry}")
+            key = entry["valueFrom"]["secretKeyRef"]["key"]
+            if secret is None or key not in secret:
+                pytest.fail(f"{name}: secretKeyRef to {key!r}, which the Secret does not hold")
+            env[name] = secret[key]
     return env
+
+
+def chart_command(deployment: Manifest) -> list[str]:
+    """The container's rendered command, its executable resolved in this virtualenv's bin directory."""
+    command: list[str] = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    return [str(BIN / command[0]), *command[1:]]
+
+
+def write_mounts(root: Path, secret: dict[str, str], policy: str) -> None:
+    """Write a Secret's data and the policy where the pods mount them (under `root`)."""
+    (root / "etc" / "secrets").mkdir(parents=True, exist_ok=True)
+    for key, value in secret.items():
+        (root / "etc" / "secrets" / key).write_text(value, encoding="utf-8")
+    (root / "etc" / "policy").mkdir(parents=True, exist_ok=True)
+    (root / "etc" / "policy" / "policy.yaml").write_text(policy, encoding="utf-8")
+    (root / "data").mkdir(exist_ok=True)
 
 
 def materialize_mounts(manifests: list[Manifest], root: Path) -> dict[str, str]:
     """Write the chart's Secret and policy ConfigMap where the pods would see them; return the Secret."""
     secret = {k: base64.b64decode(v).decode() for k, v in one(manifests, "Secret")["data"].items()}
-    (root / "etc" / "secrets").mkdir(parents=True, exist_ok=True)
-    for key, value in secret.items():
-        (root / "etc" / "secrets" / key).write_text(value, encoding="utf-8")
-    (root / "etc" / "policy").mkdir(parents=True, exist_ok=True)
     policy = one(manifests, "ConfigMap", "gl-watchdog-policy")["data"]["policy.yaml"]
-    (root / "etc" / "policy" / "policy.yaml").write_text(policy, encoding="utf-8")
-    (root / "data").mkdir(exist_ok=True)
+    write_mounts(root, secret, policy)
     return secret
 
 
