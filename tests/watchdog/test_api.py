@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from tests.conftest import POSTGRES_ADMIN_DSN, free_port
 from tests.watchdog.conftest import WATCHDOG_TOKEN, RecordingRemediate, ScriptedDiagnose
+from tests.watchdog.test_intake import alert, payload
 from watchdog.api import create_app
 from watchdog.app import WatchdogApp
 from watchdog.errors import OrchestratorUnavailable
@@ -187,6 +188,10 @@ async def test_readyz_is_503_when_the_store_is_gone(pg_watchdog: tuple[WatchdogA
     # and the incidents API answers 503 (Alertmanager retries) rather than a traceback
     listing = await client.get("/api/v1/incidents", headers=AUTH)
     assert listing.status == 503 and (await listing.json())["error"] == "unavailable"
+    # a webhook delivery that cannot be stored is refused with 503, so Alertmanager retries it
+    delivery = await client.post("/api/v1/alerts", json=payload(alert()), headers=AUTH)
+    assert delivery.status == 503 and (await delivery.json())["error"] == "unavailable"
+    assert len(wd.jobs) == 0
 
 
 async def test_a_restart_resumes_diagnoses_left_unfinished(
