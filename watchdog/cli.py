@@ -14,7 +14,8 @@ are one line on stderr and a non-zero exit, never a traceback:
 
 Calls `watchdog.app` (serve, sweep), `watchdog.api` (serve), the diagnostic runner and renderers
 (diagnose) and the store (incidents). The approve/deny/playbook/demo subcommands of the remediation
-side plug in at the marked place in `build_parser()`.
+side (`watchdog.remediation_cli`) plug in at the marked place in `build_parser()`; `serve` attaches the
+remediation loop (`watchdog.remediation.attach`) and the approval routes (`watchdog.web`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any, Final, TextIO
 
 from aiohttp import web
 
+from watchdog import remediation, remediation_cli
 from watchdog.api import create_app
 from watchdog.app import WatchdogApp
 from watchdog.diagnostics import render, runner
@@ -47,6 +49,7 @@ from watchdog.errors import (
 from watchdog.migrations import INCIDENT_STATUSES
 from watchdog.settings import WatchdogSettings, load_settings
 from watchdog.store import Incident, Store
+from watchdog.web import installer as approval_routes
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -115,13 +118,9 @@ async def _serve(settings: WatchdogSettings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):  # platforms without signal handlers
             loop.add_signal_handler(sig, stop.set)
-    wd = await WatchdogApp.build(
-        settings,
-        # remediation engineer: pass the remediation loop here, e.g. remediate=remediator.handle_diagnosed
-        remediate=None,
-    )
-    # remediation engineer: add route installers here, e.g. create_app(wd, extensions=[web.install])
-    runner_ = web.AppRunner(create_app(wd), access_log=None)
+    wd = await WatchdogApp.build(settings)
+    remediator = remediation.attach(wd)  # the remediation loop becomes wd.remediate
+    runner_ = web.AppRunner(create_app(wd, extensions=[approval_routes(remediator)]), access_log=None)
     try:
         await runner_.setup()
         site = web.TCPSite(runner_, settings.host, settings.port)
@@ -134,6 +133,7 @@ async def _serve(settings: WatchdogSettings) -> int:
         if not settings.api_tokens:
             log.warning("no API tokens configured: the API is open to anyone on %s", settings.host)
         await wd.start()
+        await remediator.start(expiry_interval_seconds=min(settings.sweep_interval_seconds, 30.0))
         log.info(
             "gl-watchdog listening on http://%s:%s (store %s, condition from %s)",
             settings.host,
@@ -145,6 +145,7 @@ async def _serve(settings: WatchdogSettings) -> int:
         log.info("shutting down")
     finally:
         await runner_.cleanup()
+        await remediator.aclose()
         await wd.aclose()
     return EXIT_OK
 
@@ -316,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(func=cmd_sweep)
 
     # -- remediation side: approve / deny / playbook run / demo subcommands are added here ---------
+    remediation_cli.add_commands(sub, common)
     return parser
 
 

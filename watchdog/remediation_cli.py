@@ -1,0 +1,242 @@
+"""The remediation side of `gl-watchdog`: `approve`, `deny`, `playbook run`, `demo`.
+
+Plugged into the parser of `watchdog.cli` by `add_commands(sub, common)`; errors are raised as
+`WatchdogError` subclasses, which `watchdog.cli.main` turns into one line on stderr and an exit code.
+
+    gl-watchdog approve|deny APPROVAL_ID [--url URL]   answer a prompt through the running watchdog's API
+                                                       (bearer token from settings), so the service that
+                                                       owns the incident continues the remediation
+    gl-watchdog playbook run NAME --execution ID [--param k=v ...] [--dry-run]
+                                                       preconditions, plan, and (without --dry-run) apply
+                                                       and verify, recorded in the store as a manual
+                                                       incident's actions; exit 0 only when verified
+    gl-watchdog demo [--yes]                           the embedded demo (`watchdog.demo`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any, Final
+
+import httpx
+import yaml
+from pydantic import ValidationError
+
+from playbooks.base import ActionLedger, InMemoryLedger, PlaybookContext, PlaybookLimits
+from playbooks.registry import default_registry
+from watchdog.clients.kubernetes import KubernetesClient
+from watchdog.clients.orchestrator import OrchestratorClient
+from watchdog.clients.prometheus import PrometheusClient
+from watchdog.clients.redis import RedisClient
+from watchdog.demo import run_demo
+from watchdog.errors import (
+    ApprovalClosed,
+    ApprovalNotFound,
+    BackendUnavailable,
+    ConfigError,
+    InvalidToken,
+    PlaybookError,
+    WatchdogError,
+)
+from watchdog.incidents import IncidentService
+from watchdog.policy import load_policy
+from watchdog.remediation import StoreLedger
+from watchdog.settings import WatchdogSettings, load_settings
+from watchdog.store import Store
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+
+
+def _settings(args: argparse.Namespace) -> WatchdogSettings:
+    return load_settings(args.config)
+
+
+# -- approve / deny -------------------------------------------------------------------------------------
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    """Approve a pending approval prompt (the watchdog then applies the plan)."""
+    return _decide(args, "approve")
+
+
+def cmd_deny(args: argparse.Namespace) -> int:
+    """Deny a pending approval prompt (nothing is done; the incident is escalated)."""
+    return _decide(args, "deny")
+
+
+def _decide(args: argparse.Namespace, decision: str) -> int:
+    settings = _settings(args)
+    url = (args.url or settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    tokens = settings.api_token_values()
+    headers = {"Authorization": f"Bearer {tokens[0]}"} if tokens else {}
+    endpoint = f"{url}/api/v1/approvals/{args.approval_id}/{decision}"
+    try:
+        response = httpx.post(
+            endpoint,
+            headers=headers,
+            json={"actor": args.actor},
+            timeout=settings.orchestrator_timeout_seconds,
+        )
+    except httpx.HTTPError as exc:
+        raise BackendUnavailable(f"watchdog API at {url} unreachable: {exc or type(exc).__name__}") from exc
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"detail": response.text[:200]}
+    detail = str(body.get("detail", "")) if isinstance(body, dict) else ""
+    if response.status_code == 404:
+        raise ApprovalNotFound(detail or f"no approval {args.approval_id}")
+    if response.status_code in (401, 403):
+        raise InvalidToken(f"the watchdog refused the request ({response.status_code}): {detail}")
+    if response.status_code == 409:
+        raise ApprovalClosed(str(body.get("error", "closed")), detail)
+    if response.status_code >= 400:
+        raise WatchdogError(f"the watchdog answered {response.status_code}: {detail}")
+    sys.stdout.write(f"approval {body['id']}: {body['state']} (incident {body['incident_id']})\n")
+    return EXIT_OK
+
+
+# -- playbook run ---------------------------------------------------------------------------------------
+
+
+def _parse_params(pairs: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--param must be KEY=VALUE, got {pair!r}")
+        params[key] = yaml.safe_load(raw) if raw else ""
+    return params
+
+
+def cmd_playbook_run(args: argparse.Namespace) -> int:
+    """Run one playbook against one execution: preconditions, plan, apply, verify."""
+    settings = _settings(args)
+    return asyncio.run(_playbook_run(settings, args))
+
+
+async def _playbook_run(settings: WatchdogSettings, args: argparse.Namespace) -> int:
+    registry = default_registry()
+    playbook = registry.get(args.name)
+    policy = load_policy(settings.policy_file)
+    raw = {**policy.playbook(playbook.name).params, **_parse_params(args.param or [])}
+    try:
+        params = playbook.parse_params(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise PlaybookError(f"invalid params for {playbook.name}: {problems}") from exc
+    out = sys.stdout
+    orchestrator = OrchestratorClient.from_settings(settings)
+    redis = RedisClient.from_settings(settings)
+    kubernetes = KubernetesClient.from_settings(settings)
+    prometheus = PrometheusClient.from_settings(settings)
+    store: Store | None = None
+    try:
+        ledger: ActionLedger
+        if args.dry_run:
+            incident_id, ledger = 0, InMemoryLedger()
+        else:
+            store = await Store.open(settings.database_url)
+            opened = await IncidentService(store).open_or_join(
+                args.execution, dag_id=None, source="manual", detection_source="api", actor="cli"
+            )
+            incident_id, ledger = opened.incident.id, StoreLedger(store)
+        limits = policy.limits
+        ctx = PlaybookContext(
+            incident_id=incident_id,
+            execution_id=args.execution,
+            orchestrator=orchestrator,
+            ledger=ledger,
+            redis=redis,
+            kubernetes=kubernetes,
+            prometheus=prometheus,
+            namespace=settings.namespace,
+            limits=PlaybookLimits(
+                max_node_timeout_seconds=limits.max_node_timeout_seconds,
+                lock_grace_seconds=float(limits.lock_grace_seconds),
+            ),
+        )
+        precheck = await playbook.preconditions(ctx, params)
+        out.write(f"preconditions: {'ok' if precheck.ok else 'REFUSED'}: {precheck.reason}\n")
+        planned = await playbook.plan(ctx, params)
+        out.write(f"plan ({playbook.name}, risk {playbook.risk.value}):\n")
+        for action in planned:
+            out.write(f"  - {action.step}: {action.description}\n")
+        if args.dry_run:
+            out.write("dry run: nothing was changed\n")
+            return EXIT_OK if precheck.ok else EXIT_FAILED
+        if not precheck.ok:
+            return EXIT_FAILED
+        result = await playbook.apply(ctx, params)
+        for step in result.steps:
+            out.write(f"  {step.step}: {step.status.value} {step.detail}\n")
+        if not result.ok:
+            out.write(f"apply failed: {result.detail}\n")
+            return EXIT_FAILED
+        verification = await playbook.verify(ctx, params)
+        for check in verification.checks:
+            out.write(f"  check {check.name}: {check.status.value} ({check.detail})\n")
+        out.write(f"verified: {'yes' if verification.ok else 'NO'} (incident {incident_id})\n")
+        return EXIT_OK if verification.ok else EXIT_FAILED
+    finally:
+        await orchestrator.aclose()
+        if redis is not None:
+            await redis.aclose()
+        if kubernetes is not None:
+            kubernetes.close()
+        if prometheus is not None:
+            prometheus.close()
+        if store is not None:
+            await store.close()
+
+
+# -- demo -----------------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the embedded demo: a stuck emissions report detected, diagnosed, approved, fixed, verified."""
+    result = asyncio.run(run_demo(sys.stdout, yes=args.yes))
+    if args.json:
+        sys.stdout.write(json.dumps(result.__dict__, default=str) + "\n")
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+# -- parser ---------------------------------------------------------------------------------------------
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add approve, deny, playbook run and demo to `gl-watchdog`'s subparsers."""
+    for name, func in (("approve", cmd_approve), ("deny", cmd_deny)):
+        doc = func.__doc__ or name
+        p = sub.add_parser(name, parents=[common], help=doc.splitlines()[0].lower(), description=doc)
+        p.add_argument("approval_id", metavar="APPROVAL_ID")
+        p.add_argument("--url", help="the watchdog's URL (default: settings.public_url, else host:port)")
+        p.add_argument("--actor", default="cli", help="who decides (recorded in the audit log)")
+        p.set_defaults(func=func)
+
+    playbook = sub.add_parser("playbook", help="run a playbook by hand", description="Playbooks by hand.")
+    playbook_sub = playbook.add_subparsers(dest="playbook_command", metavar="COMMAND", required=True)
+    run = playbook_sub.add_parser(
+        "run",
+        parents=[common],
+        help="run one playbook against one execution",
+        description=cmd_playbook_run.__doc__,
+    )
+    run.add_argument("name", metavar="NAME", choices=default_registry().names())
+    run.add_argument("--execution", required=True, metavar="ID", help="the execution id")
+    run.add_argument(
+        "--param", action="append", metavar="KEY=VALUE", help="a playbook parameter (repeatable)"
+    )
+    run.add_argument("--dry-run", action="store_true", help="check and plan only; change nothing")
+    run.set_defaults(func=cmd_playbook_run)
+
+    demo = sub.add_parser(
+        "demo", parents=[common], help="run the embedded end-to-end demo", description=cmd_demo.__doc__
+    )
+    demo.add_argument("--yes", action="store_true", help="approve the remediation without asking")
+    demo.add_argument("--json", action="store_true", help="also print the result as JSON")
+    demo.set_defaults(func=cmd_demo)
