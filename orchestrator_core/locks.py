@@ -107,6 +107,9 @@ class LockBackend(Protocol):
     async def is_alive(self, replica_id: str) -> bool:
         """True while `replica_id`'s heartbeat key exists."""
 
+    async def drop_heartbeat(self) -> None:
+        """Delete this replica's heartbeat (graceful shutdown: show the replica gone at once)."""
+
     async def ping(self) -> None:
         """Raise `LockBackendUnavailable` when the backend cannot be reached (readiness)."""
 
@@ -182,6 +185,9 @@ class InProcessLockBackend:
     async def is_alive(self, replica_id: str) -> bool:
         expires = self._heartbeats.get(replica_id)
         return expires is not None and expires > self._clock()
+
+    async def drop_heartbeat(self) -> None:
+        self._heartbeats.pop(self.replica_id, None)
 
     async def ping(self) -> None:
         return None
@@ -291,6 +297,12 @@ class RedisLockBackend:
             return bool(await self._redis.exists(heartbeat_key(replica_id)))
         except RedisError as exc:
             raise LockBackendUnavailable(f"redis heartbeat read failed: {exc}") from exc
+
+    async def drop_heartbeat(self) -> None:
+        try:
+            await self._redis.delete(heartbeat_key(self.replica_id))
+        except RedisError as exc:
+            raise LockBackendUnavailable(f"redis heartbeat delete failed: {exc}") from exc
 
     async def ping(self) -> None:
         try:

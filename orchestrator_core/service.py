@@ -442,6 +442,10 @@ class OrchestratorService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
         try:
+            await self.locks.drop_heartbeat()
+        except LockBackendUnavailable as exc:  # it expires on its own
+            log.warning("could not drop heartbeat: %s", exc)
+        try:
             await self.engine.close()
         finally:
             await self.locks.close()

@@ -85,6 +85,8 @@ async def test_heartbeat_marks_replica_alive(backends: tuple[LockBackend, LockBa
     assert not await two.is_alive("r1")
     await one.heartbeat(10)
     assert await two.is_alive("r1")
+    await one.drop_heartbeat()
+    assert not await two.is_alive("r1")
 
 
 async def test_inprocess_lock_expires_after_ttl() -> None:

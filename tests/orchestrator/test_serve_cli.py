@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import free_port
 
 CLI = str(Path(sys.executable).with_name("gl-orchestrator"))
 
@@ -89,3 +92,16 @@ def test_missing_dag_file_and_bad_config_exit_2(tmp_path: Path) -> None:
     assert (
         result.returncode == 2 and "max_parallel_nodes" in result.stderr and "Traceback" not in result.stderr
     )
+
+
+def test_serve_with_unreachable_database_exits_1_without_traceback(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "GL_ORCHESTRATOR_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/none",
+        "GL_ORCHESTRATOR_DB_TIMEOUT_SECONDS": "2",
+        "GL_ORCHESTRATOR_PORT": "0",
+    }
+    result = cli("serve", env=env, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("gl-orchestrator: ")

@@ -271,6 +271,7 @@ async def test_shutdown_interrupts_unfinished_runs_releases_locks_and_refuses_ne
             await service.submit("quick")
         assert not await raw.exists(lock_key(slow.execution_id))
         assert not await raw.exists(lock_key(quick.execution_id))
+        assert not await raw.exists("gl:orchestrator:heartbeat:replica-test")
     finally:
         await raw.aclose()
         gates.open("slow")
