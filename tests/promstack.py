@@ -254,6 +254,14 @@ class AlertmanagerProcess(_Process):
         """Alerts Alertmanager currently holds (API v2)."""
         return list(_get_json(f"{self.url}/api/v2/alerts"))
 
+    def query(self, matcher: str) -> list[dict[str, Any]]:
+        """Alerts matching a label matcher, e.g. `alertname="OrchestratorExecutionTimeout"` (no PromQL
+        here: Alertmanager's v2 `filter`)."""
+        return list(_get_json(f"{self.url}/api/v2/alerts?" + urllib.parse.urlencode({"filter": matcher})))
+
+    async def aquery(self, matcher: str) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.query, matcher)
+
     async def aalerts(self) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.alerts)
 

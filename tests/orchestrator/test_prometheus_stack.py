@@ -67,6 +67,9 @@ async def test_rule_fires_through_alertmanager_to_webhook_with_bearer(tmp_path: 
             prometheus = start_prometheus([f"127.0.0.1:{port}"], rule_files=[rules], alertmanager_url=am.url)
             async with prometheus:
                 await asyncio.wait_for(arrived.wait(), timeout=30)
+                held = await am.aquery('alertname="DemoStuck"')
+                assert [a["labels"]["execution_id"] for a in held] == ["e1"]
+                assert await am.aquery('alertname="Other"') == []
     finally:
         await runner.cleanup()
     assert received, "alert never reached the webhook"
