@@ -1,0 +1,77 @@
+"""The approval page in a real headless browser (Debian's chromium driven by playwright): open the link
+from the notifier's message, see the plan, click Approve, the remediation happens, and the page shows
+the result."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from playwright.async_api import async_playwright, expect
+
+from tests.conftest import missing_service
+from tests.watchdog.test_web import Stack, links, stack  # noqa: F401  (the fixture)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+async def test_open_link_see_plan_click_approve_and_see_the_result(stack: Stack) -> None:  # noqa: F811
+    if shutil.which(CHROMIUM) is None:
+        missing_service("chromium not installed at /usr/bin/chromium")
+    message = await stack.stuck_incident()
+    approve_url = links(message)["approve"]
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(approve_url)
+            await expect(page.locator("#plan")).to_contain_text("restart_agent(agent_id=emissions.scope2")
+            await expect(page.locator("#diagnosis")).to_contain_text("external_api_slow")
+            await expect(page.locator("#actions")).to_contain_text("restart the in-process agent worker")
+            await expect(page.locator("#approval-state")).to_have_text("pending")
+            await page.click("#approve")
+            # The page reloads itself while the remediation runs, then shows the outcome.
+            await expect(page.locator("#incident-status")).to_have_text("resolved", timeout=30_000)
+            await expect(page.locator("#decision")).to_contain_text("by web")
+            await expect(page.locator("#result")).to_contain_text("resolved by restart_agent")
+            await expect(page.locator("#verification")).to_contain_text("provenance_chain_valid")
+            await expect(page.locator("#approve")).to_have_count(0)
+        finally:
+            await browser.close()
+    await stack.remediator.drain()
+    execution = await stack.wd.orchestrator.get_execution(stack.execution_id)
+    assert execution.status == "completed"
+    assert (await stack.wd.incidents.get(stack.incident_id)).status == "resolved"
+
+
+async def test_a_second_click_after_the_decision_shows_why_nothing_happened(stack: Stack) -> None:  # noqa: F811
+    if shutil.which(CHROMIUM) is None:
+        missing_service("chromium not installed at /usr/bin/chromium")
+    message = await stack.stuck_incident()
+    deny_url = links(message)["deny"]
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            first = await browser.new_page()
+            second = await browser.new_page()
+            await first.goto(deny_url)
+            await second.goto(deny_url)  # a stale tab with the buttons still showing
+            await first.click("#deny")
+            await expect(first.locator("#approval-state")).to_have_text("denied")
+            await second.click("#approve")
+            await expect(second.locator("#notice")).to_contain_text("already denied")
+            await expect(second.locator("#approval-state")).to_have_text("denied")
+        finally:
+            await browser.close()
+    await stack.remediator.drain()
+    assert (await stack.wd.incidents.get(stack.incident_id)).status == "escalated"
+    await stack.wd.orchestrator.cancel(stack.execution_id)
