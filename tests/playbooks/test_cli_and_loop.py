@@ -1,0 +1,198 @@
+"""`gl-watchdog playbook run` (a subprocess) and the remediation loop's refusals with the real playbooks
+against the real orchestrator service: rate limit reached, circuit open, expired approval."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from orchestrator_core.emissions import emissions_dag, emissions_demo_input
+from playbooks.registry import default_registry
+from tests.orchestrator.test_service_harness import TOKEN
+from tests.playbooks.conftest import Env, gate_dag
+from watchdog.approvals import ApprovalService
+from watchdog.diagnostics.models import Diagnosis, Finding, StepStatus
+from watchdog.notifier import NullNotifier
+from watchdog.policy import parse_policy
+from watchdog.remediation import Clients, Remediator
+from watchdog.settings import Mode
+
+GL_WATCHDOG = str(Path(sys.executable).with_name("gl-watchdog"))
+
+
+async def cli(env: Env, *args: str, database_url: str) -> tuple[int, str]:
+    environment = {
+        **os.environ,
+        "GL_WATCHDOG_ORCHESTRATOR_URL": env.orch.base_url,
+        "GL_WATCHDOG_ORCHESTRATOR_TOKEN": TOKEN,
+        "GL_WATCHDOG_DATABASE_URL": database_url,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        GL_WATCHDOG, *args, env=environment, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+    return proc.returncode or 0, out.decode()
+
+
+async def test_playbook_run_dry_run_changes_nothing(env: Env, tmp_path: Path) -> None:
+    execution_id = await env.run(gate_dag("cli-dry"))
+    await env.wait_running_node(execution_id, "stuck")
+    db = f"sqlite+aiosqlite:///{tmp_path / 'wd.db'}"
+    code, out = await cli(
+        env, "playbook", "run", "cancel", "--execution", execution_id, "--dry-run", database_url=db
+    )
+    assert code == 0, out
+    assert "preconditions: ok" in out and f"cancel: cancel execution {execution_id}" in out
+    assert "dry run: nothing was changed" in out
+    assert (await env.client.get_execution(execution_id)).status == "running"
+    env.gates.open("cli-dry")
+
+
+async def test_playbook_run_applies_and_verifies(env: Env, tmp_path: Path) -> None:
+    execution_id = await env.run(
+        emissions_dag(dag_id="cli-run", log_interval_seconds=0.2), emissions_demo_input()
+    )
+    await env.wait_running_node(execution_id, "scope2")
+    db = f"sqlite+aiosqlite:///{tmp_path / 'wd.db'}"
+    args = [
+        "playbook",
+        "run",
+        "restart_agent",
+        "--execution",
+        execution_id,
+        "--param",
+        "agent_id=emissions.scope2",
+    ]
+    code, out = await cli(env, *args, "--param", "verify_timeout_seconds=20", database_url=db)
+    assert code == 0, out
+    assert "restart_worker: done" in out and "verified: yes" in out
+    # Run again: the same manual incident's step is already done, so nothing is repeated.
+    code, out = await cli(env, *args, database_url=db)
+    assert code == 1 and "run already finished (status completed)" in out
+    agents = await env.client.list_agents()
+    assert next(a.restarts for a in agents if a.agent_id == "emissions.scope2") == 1
+
+
+async def test_playbook_run_refusal_and_bad_params_exit_non_zero(env: Env, tmp_path: Path) -> None:
+    db = f"sqlite+aiosqlite:///{tmp_path / 'wd.db'}"
+    execution_id = await env.run(gate_dag("cli-done"))
+    env.gates.open("cli-done")
+    await env.orch.wait_status(execution_id, "completed")
+    code, out = await cli(env, "playbook", "run", "cancel", "--execution", execution_id, database_url=db)
+    assert code == 1 and "REFUSED: run already finished" in out
+    code, out = await cli(
+        env, "playbook", "run", "restart_agent", "--execution", execution_id, database_url=db
+    )
+    assert code == 1 and "invalid params for restart_agent: agent_id: Field required" in out
+    assert "Traceback" not in out
+    code, out = await cli(env, "playbook", "run", "reboot", "--execution", "x", database_url=db)
+    assert code == 2 and "invalid choice: 'reboot'" in out
+
+
+# -- the loop's refusals with the real playbooks --------------------------------------------------------
+
+POLICY = {
+    "playbooks": {"restart_agent": {"requires_approval": False, "params": {"verify_timeout_seconds": 20}}},
+    "rules": [{"name": "ext", "when": {"likely_cause": ["external_api_slow"]}, "playbook": "restart_agent"}],
+    "limits": {
+        "agent_restarts_per_agent_per_hour": 1,
+        "circuit_breaker": {"failures": 2, "window_seconds": 600},
+    },
+}
+
+
+@pytest.fixture
+async def loop(env: Env) -> AsyncIterator[Remediator]:
+    approvals = ApprovalService(env.store, b"k" * 32, ttl_seconds=60, public_url="http://wd")
+    yield Remediator(
+        store=env.store,
+        incidents=env.incidents,
+        approvals=approvals,
+        notifier=NullNotifier(),
+        policy=parse_policy(POLICY),
+        registry=default_registry(),
+        clients=Clients(orchestrator=env.client, redis=env.redis),
+        mode=Mode.AUTO,
+        poll_interval_seconds=0.05,
+    )
+
+
+async def stuck(env: Env, dag_id: str) -> tuple[int, Diagnosis]:
+    execution_id = await env.run(
+        emissions_dag(dag_id=dag_id, log_interval_seconds=0.2), emissions_demo_input()
+    )
+    await env.wait_running_node(execution_id, "scope2")
+    opened = await env.incidents.open_or_join(
+        execution_id, dag_id=dag_id, source="sweep", detection_source="api"
+    )
+    now = datetime.now(UTC)
+    diagnosis = Diagnosis(
+        execution_id=execution_id,
+        started_at=now,
+        completed_at=now,
+        findings=[
+            Finding(step=7, name="external", status=StepStatus.PROBLEM, summary="waiting on external call")
+        ],
+        likely_cause="external_api_slow",
+        cause_evidence=["node scope2 waits on emission-factor-api"],
+        agent_id="emissions.scope2",
+        stuck_node_id="scope2",
+        dag_id=dag_id,
+    )
+    return opened.incident.id, diagnosis
+
+
+async def test_real_restart_then_rate_limit_refuses_the_next(env: Env, loop: Remediator) -> None:
+    first_id, first = await stuck(env, "rl-1")
+    assert (await loop.handle_diagnosed(first_id, first)).status == "resolved"
+    second_id, second = await stuck(env, "rl-2")
+    outcome = await loop.handle_diagnosed(second_id, second)
+    assert outcome.status == "escalated"
+    assert "rate limit reached: agent emissions.scope2 restarted 1 times in the last hour" in outcome.detail
+    agents = await env.client.list_agents()
+    assert next(a.restarts for a in agents if a.agent_id == "emissions.scope2") == 1
+    assert (await env.client.get_execution(second.execution_id)).status == "running"
+    await env.client.cancel(second.execution_id)
+
+
+async def test_circuit_open_refuses_with_the_real_playbook(env: Env, loop: Remediator) -> None:
+    async with env.store.transaction() as tx:
+        for _ in range(2):
+            await tx.add_rate_event("remediation_failed", "*")
+    incident_id, diagnosis = await stuck(env, "circuit")
+    outcome = await loop.handle_diagnosed(incident_id, diagnosis)
+    assert outcome.status == "escalated" and outcome.detail.startswith("circuit open")
+    assert (await env.client.list_agents()) and all(a.restarts == 0 for a in await env.client.list_agents())
+    await env.client.cancel(diagnosis.execution_id)
+
+
+async def test_expired_approval_never_acts_with_the_real_playbook(env: Env) -> None:
+    clock_now = [datetime.now(UTC)]
+    approvals = ApprovalService(
+        env.store, b"k" * 32, ttl_seconds=60, public_url="http://wd", clock=lambda: clock_now[0]
+    )
+    remediator = Remediator(
+        store=env.store,
+        incidents=env.incidents,
+        approvals=approvals,
+        notifier=NullNotifier(),
+        policy=parse_policy(POLICY),
+        registry=default_registry(),
+        clients=Clients(orchestrator=env.client),
+        mode=Mode.RECOMMEND,
+        clock=lambda: clock_now[0],
+    )
+    incident_id, diagnosis = await stuck(env, "expiry")
+    assert (await remediator.handle_diagnosed(incident_id, diagnosis)).status == "awaiting_approval"
+    clock_now[0] += timedelta(seconds=61)
+    [outcome] = await remediator.expire_approvals()
+    assert outcome.status == "escalated" and "expired" in outcome.detail
+    assert all(a.restarts == 0 for a in await env.client.list_agents())
+    assert (await env.client.get_execution(diagnosis.execution_id)).status == "running"
+    await env.client.cancel(diagnosis.execution_id)
