@@ -1,0 +1,50 @@
+"""`gl-watchdog approve|deny APPROVAL_ID` (subprocesses) against the running watchdog's API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from tests.watchdog.test_web import API_TOKEN, Stack, approval_id_of, links, stack  # noqa: F401
+
+GL_WATCHDOG = str(Path(sys.executable).with_name("gl-watchdog"))
+
+
+async def cli(*args: str, token: str = API_TOKEN) -> tuple[int, str]:
+    env = {**os.environ, "GL_WATCHDOG_API_TOKENS": f'["{token}"]'}
+    proc = await asyncio.create_subprocess_exec(
+        GL_WATCHDOG, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
+    return proc.returncode or 0, out.decode()
+
+
+async def test_cli_approve_then_second_answer_is_refused(stack: Stack) -> None:  # noqa: F811
+    message = await stack.stuck_incident()
+    approval_id = approval_id_of(links(message)["approve"].split("?")[0])
+    code, out = await cli("approve", approval_id, "--url", stack.url, "--actor", "carol")
+    assert code == 0, out
+    assert out.strip() == f"approval {approval_id}: approved (incident {stack.incident_id})"
+    code, out = await cli("deny", approval_id, "--url", stack.url)
+    assert code == 1 and ("already approved" in out or "already used" in out), out
+    await stack.remediator.drain()
+    assert (await stack.wd.incidents.get(stack.incident_id)).status == "resolved"
+
+
+async def test_cli_deny_and_errors(stack: Stack) -> None:  # noqa: F811
+    message = await stack.stuck_incident()
+    approval_id = approval_id_of(links(message)["deny"].split("?")[0])
+    code, out = await cli("deny", approval_id, "--url", stack.url, token="wrong-token")
+    assert code == 1 and "refused the request (401)" in out
+    code, out = await cli("approve", "apr_missing", "--url", stack.url)
+    assert code == 1 and "no approval" in out
+    code, out = await cli("deny", approval_id, "--url", "http://127.0.0.1:9")
+    assert code == 4 and "unreachable" in out
+    code, out = await cli("deny", approval_id, "--url", stack.url)
+    assert code == 0 and "denied" in out
+    await stack.remediator.drain()
+    assert (await stack.wd.incidents.get(stack.incident_id)).status == "escalated"
+    assert "Traceback" not in out
+    await stack.wd.orchestrator.cancel(stack.execution_id)
