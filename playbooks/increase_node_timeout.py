@@ -26,6 +26,7 @@ from playbooks.base import (
     Risk,
     Step,
     VerifyResult,
+    idempotency_key,
 )
 from watchdog.errors import WatchdogError
 
@@ -146,7 +147,7 @@ class IncreaseNodeTimeoutPlaybook(Playbook[IncreaseNodeTimeoutParams]):
 
     async def verify(self, ctx: PlaybookContext, params: IncreaseNodeTimeoutParams) -> VerifyResult:
         found: list[Check] = []
-        entry = await ctx.ledger.get(f"{ctx.incident_id}:{self.name}:update_dag")
+        entry = await ctx.ledger.get(idempotency_key(ctx.incident_id, self.name, "update_dag"))
         target = None
         if entry is not None:
             target = entry.request["body"]["nodes"][params.node_id]["timeout_policy"]["timeout_seconds"]

@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 
 ACTOR = "watchdog"
 STARTABLE = ("open", "diagnosing", "awaiting_approval")
+# Diagnoses that need no remediation: the run ended by itself between the alert and the diagnosis.
+SELF_RESOLVED = frozenset({"not_stuck"})
 RATE_AGENT_RESTART = "agent_restart"
 RATE_REMEDIATION = "remediation"
 RATE_FAILED = "remediation_failed"
@@ -307,6 +309,19 @@ class Remediator:
         incident = await self.incidents.get(incident_id)
         if not incident.is_open:
             return Outcome(incident_id, incident.status, "incident no longer open")
+        if diagnosis.likely_cause in SELF_RESOLVED:
+            evidence = "; ".join(diagnosis.cause_evidence) or "the run ended"
+            reason = f"nothing to do: {diagnosis.likely_cause} ({evidence})"
+            try:
+                await self.incidents.transition(
+                    incident_id, "resolved", actor=ACTOR, reason=reason, expected=STARTABLE, summary=reason
+                )
+            except InvalidTransition as exc:
+                return Outcome(incident_id, "unchanged", str(exc))
+            return Outcome(incident_id, "resolved", reason)
+        await self.incidents.record(
+            incident_id, "plan", phase="before", actor=ACTOR, data={"likely_cause": diagnosis.likely_cause}
+        )
         plan = make_plan(diagnosis, self.policy, self.mode, self.registry)
         if plan.playbook is not None and plan.will_act:
             plan = await self._with_dry_run(incident, plan)

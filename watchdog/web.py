@@ -29,7 +29,7 @@ from aiohttp import web
 
 from watchdog.api import PUBLIC_PREFIXES_KEY, RouteInstaller, json_error
 from watchdog.app import WatchdogApp
-from watchdog.approvals import ApprovalService, Decision, public_view
+from watchdog.approvals import Decision, public_view
 from watchdog.errors import ApprovalClosed, ApprovalNotFound, InvalidToken
 from watchdog.remediation import Remediator
 from watchdog.store import Approval, Incident
@@ -265,6 +265,3 @@ def _render(approval: Approval, incident: Incident, token: str, notice: str, que
                 "<script>setTimeout(function () { window.location.reload(); }, 1000);</script>"
             )
     return "\n".join(parts)
-
-
-__all__ = ["REMEDIATOR_KEY", "ApprovalService", "installer"]

@@ -432,3 +432,11 @@ async def test_notifier_failure_is_audited(recommend: Harness) -> None:
             if a.kind == "approval_notified" and a.phase == "after"
         ]
     assert entries[0].data["ok"] is False and entries[0].data["detail"] == "webhook down"
+
+
+async def test_a_run_that_ended_by_itself_resolves_without_acting(auto: Harness) -> None:
+    incident_id, diagnosis = await auto.incident()
+    ended = diagnosis.model_copy(update={"likely_cause": "not_stuck", "cause_evidence": ["run is completed"]})
+    outcome = await auto.remediator.handle_diagnosed(incident_id, ended)
+    assert outcome.status == "resolved" and "nothing to do: not_stuck (run is completed)" in outcome.detail
+    assert auto.playbook.applied == 0 and auto.notifier.escalations == []
