@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict
 from playbooks import checks
 from playbooks.base import (
     ApplyResult,
+    Check,
+    CheckStatus,
     PlannedAction,
     Playbook,
     PlaybookContext,
@@ -22,6 +24,7 @@ from playbooks.base import (
     Risk,
     Step,
     VerifyResult,
+    idempotency_key,
 )
 from watchdog.errors import Conflict, WatchdogError
 
@@ -117,11 +120,32 @@ class CancelPlaybook(Playbook[CancelParams]):
             steps.append(Step(planned[1].step, False, planned[1].request, start_fresh))
         return await self.run_steps(ctx, steps)
 
+    async def _fresh_run_check(self, ctx: PlaybookContext) -> Check:
+        entry = await ctx.ledger.get(idempotency_key(ctx.incident_id, self.name, "start_fresh_run"))
+        fresh_id = entry.result.get("execution_id") if entry is not None else None
+        if not fresh_id:
+            return Check(
+                name="fresh_run", status=CheckStatus.PROBLEM, detail="no fresh run was started", decisive=True
+            )
+        try:
+            fresh = await ctx.orchestrator.get_execution(str(fresh_id))
+        except WatchdogError as exc:
+            return Check(name="fresh_run", status=CheckStatus.UNKNOWN, detail=str(exc), decisive=True)
+        healthy = fresh.status in ("queued", "running", "completed")
+        return Check(
+            name="fresh_run",
+            status=CheckStatus.OK if healthy else CheckStatus.PROBLEM,
+            detail=f"fresh run {fresh.execution_id} is {fresh.status}",
+            decisive=True,
+        )
+
     async def verify(self, ctx: PlaybookContext, params: CancelParams) -> VerifyResult:
         execution, note = await checks.wait_for_status(
             ctx, ctx.execution_id, {"cancelled"}, params.verify_timeout_seconds
         )
         found = [checks.execution_status_check(execution, {"cancelled"}, note)]
+        if params.start_fresh_run:
+            found.append(await self._fresh_run_check(ctx))
         found.append(await checks.no_other_stuck_runs(ctx))
         found.append(await checks.active_executions_check(ctx))
         found.extend(await checks.prometheus_checks(ctx))

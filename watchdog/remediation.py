@@ -401,7 +401,10 @@ class Remediator:
             if incident.status == "verifying":
                 outcomes.append(await self._verify_and_close(incident, plan))
             else:
-                outcomes.append(await self._run(incident, plan, None, recheck=False))
+                # Died before the first step was recorded: nothing was done, so check live state again.
+                async with self.store.transaction() as tx:
+                    acted = bool(await tx.list_actions(incident_id=incident.id))
+                outcomes.append(await self._run(incident, plan, None, recheck=not acted))
         return outcomes
 
     async def dry_run(self, incident: Incident, plan: Plan) -> Plan:

@@ -49,6 +49,11 @@ async def test_cancel_and_start_a_fresh_run_with_the_original_input(env: Env) ->
     assert [s.status for s in again.steps] == [StepStatus.SKIPPED, StepStatus.SKIPPED]
     runs = await env.client.list_executions(status=None, dag_id="cancel-fresh")
     assert len(runs) == 2
+    verification = await CANCEL.verify(ctx, params)
+    assert verification.ok, verification.summary()
+    assert {c.name: c.detail for c in verification.checks}["fresh_run"].startswith(
+        f"fresh run {fresh_id} is "
+    )
     env.gates.open("cancel-fresh")
 
 

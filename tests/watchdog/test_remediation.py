@@ -440,3 +440,17 @@ async def test_a_run_that_ended_by_itself_resolves_without_acting(auto: Harness)
     outcome = await auto.remediator.handle_diagnosed(incident_id, ended)
     assert outcome.status == "resolved" and "nothing to do: not_stuck (run is completed)" in outcome.detail
     assert auto.playbook.applied == 0 and auto.notifier.escalations == []
+
+
+async def test_resume_before_any_step_rechecks_preconditions(auto: Harness, store: Store) -> None:
+    incident_id, diagnosis = await auto.incident()
+    auto.playbook.refuse = "stop"
+    await auto.remediator.handle_diagnosed(incident_id, diagnosis)  # escalates; reuse its plan below
+    second_id, _ = await auto.incident("e2")
+    plan = (await auto.incidents.get(incident_id)).plan
+    async with store.transaction() as tx:  # died right after taking the incident, before any step
+        await tx.update_incident(second_id, status="remediating", plan=plan)
+    auto.playbook.refuse = "run already finished (status completed)"
+    [outcome] = await auto.remediator.resume_interrupted()
+    assert outcome.status == "escalated" and "refused: run already finished" in outcome.detail
+    assert auto.playbook.applied == 0
