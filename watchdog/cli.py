@@ -119,7 +119,11 @@ async def _serve(settings: WatchdogSettings) -> int:
         with contextlib.suppress(NotImplementedError):  # platforms without signal handlers
             loop.add_signal_handler(sig, stop.set)
     wd = await WatchdogApp.build(settings)
-    remediator = remediation.attach(wd)  # the remediation loop becomes wd.remediate
+    try:
+        remediator = remediation.attach(wd)  # the remediation loop becomes wd.remediate
+    except BaseException:  # e.g. an invalid policy file: close what was opened, then report it
+        await wd.aclose()
+        raise
     runner_ = web.AppRunner(create_app(wd, extensions=[approval_routes(remediator)]), access_log=None)
     try:
         await runner_.setup()

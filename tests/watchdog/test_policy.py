@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -99,3 +102,27 @@ def test_deployment_observe_overrides_playbook_modes() -> None:
     assert policy.effective_mode(Mode.RECOMMEND, "restart_agent") is Mode.AUTO
     assert policy.effective_mode(Mode.RECOMMEND, "cancel") is Mode.RECOMMEND
     assert policy.effective_mode(Mode.OBSERVE, "restart_agent") is Mode.OBSERVE
+
+
+def test_serve_with_an_invalid_policy_file_exits_with_the_field_named(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "rules:\n  - name: r\n    when: {likely_cause: [x]}\n    playbook: reboot\n", encoding="utf-8"
+    )
+    env = {
+        **os.environ,
+        "GL_WATCHDOG_POLICY_FILE": str(policy),
+        "GL_WATCHDOG_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'wd.db'}",
+    }
+    gl_watchdog = str(Path(sys.executable).with_name("gl-watchdog"))
+    proc = subprocess.run(
+        [gl_watchdog, "serve", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "rules.0.playbook: Value error, unknown playbook 'reboot'" in proc.stderr
+    assert "Traceback" not in proc.stderr
