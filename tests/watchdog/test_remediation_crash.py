@@ -166,6 +166,9 @@ async def test_sigkill_mid_apply_then_restart_never_repeats_the_action(
                     if incident["status"] not in ("remediating", "verifying"):
                         break
                     await asyncio.sleep(0.1)
+            # `serve` also carries the approval routes (watchdog.web), behind the same bearer auth.
+            missing = await api.get("/api/v1/approvals/apr_missing")
+            assert missing.status_code == 404 and missing.json()["error"] == "not_found"
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=20)
