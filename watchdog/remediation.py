@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
+
 from playbooks.base import (
     ActionLedger,
     ActionState,
@@ -69,6 +71,7 @@ RATE_AGENT_RESTART = "agent_restart"
 RATE_REMEDIATION = "remediation"
 RATE_FAILED = "remediation_failed"
 GLOBAL_KEY = "*"
+LIMITS_LOCK_KEY = 0x676C5744  # "glWD": the PostgreSQL advisory lock around limit checks
 
 
 # -- the ledger over the store ---------------------------------------------------------------------------
@@ -457,9 +460,12 @@ class Remediator:
 
     async def _begin(self, incident_id: int, approval_id: str | None) -> tuple[Incident | None, str]:
         """CAS into `remediating`, consume the approval, check and count limits — one transaction."""
-        now = self.clock()
         limits = self.policy.limits
         async with self.store.transaction() as tx:
+            if tx.conn.dialect.name == "postgresql":
+                # Serialise limit checks across replicas (SQLite's BEGIN IMMEDIATE already does).
+                await tx.conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": LIMITS_LOCK_KEY})
+            now = self.clock()
             incident = await tx.get_incident(incident_id)
             if incident is None or incident.status not in STARTABLE:
                 status = "missing" if incident is None else incident.status

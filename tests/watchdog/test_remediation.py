@@ -454,3 +454,24 @@ async def test_resume_before_any_step_rechecks_preconditions(auto: Harness, stor
     [outcome] = await auto.remediator.resume_interrupted()
     assert outcome.status == "escalated" and "refused: run already finished" in outcome.detail
     assert auto.playbook.applied == 0
+
+
+async def test_agent_limit_holds_when_two_replicas_race(database_url: str, clock: FakeClock) -> None:
+    policy = {**POLICY, "limits": {**POLICY["limits"], "agent_restarts_per_agent_per_hour": 1}}
+    stores = [await Store.open(database_url, clock=clock) for _ in range(2)]
+    replicas = [Harness(s, clock, Mode.AUTO, policy) for s in stores]
+    try:
+        cases = [await replicas[0].incident(f"race-{i}") for i in range(2)]
+        outcomes = await asyncio.gather(
+            *(
+                replica.remediator.handle_diagnosed(*case)
+                for replica, case in zip(replicas, cases, strict=True)
+            )
+        )
+        assert sorted(o.status for o in outcomes) == ["escalated", "resolved"]
+        assert sum(r.playbook.side_effects for r in replicas) == 1
+    finally:
+        for replica in replicas:
+            await replica.orchestrator.aclose()
+        for s in stores:
+            await s.close()
