@@ -85,6 +85,7 @@ async def ask_terminal(question: str) -> bool:
     try:
         answer = await asyncio.to_thread(input, question)
     except EOFError:
+        print("\n          no terminal input: denied (`gl-watchdog demo --yes` approves without asking)")
         return False
     return answer.strip().lower() in ("y", "yes")
 
@@ -261,7 +262,8 @@ async def _scenario(
                     w(f"[{_since(start):5.1f}s] {status}\n")
             if incident.status in ("resolved", "escalated", "closed"):
                 result.incident_status = incident.status
-                result.timings["remediate"] = _since(start)
+                if incident.status == "resolved":
+                    result.timings["remediate"] = _since(start)
                 w(f"[{_since(start):5.1f}s] incident {incident.status}: {incident.summary}\n")
                 break
         await asyncio.sleep(0.2)
@@ -311,7 +313,8 @@ async def _answer(
     else:
         approved, actor = await ask("          Approve? [y/N] "), "terminal"
     result.approved = approved
-    result.timings["approved"] = _since(start)
+    if approved:
+        result.timings["approved"] = _since(start)
     decided = await remediator.approvals.decide(
         prompt.approval_id, Decision.APPROVE if approved else Decision.DENY, actor=actor, authenticated=True
     )

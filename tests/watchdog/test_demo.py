@@ -64,3 +64,4 @@ async def test_denied_at_the_terminal_escalates_and_fails() -> None:
     assert result.actions == []  # nothing was done
     assert "denied by terminal" in out.getvalue()
     assert "result             FAILED" in out.getvalue()
+    assert "time to remediate  -" in out.getvalue()
