@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import signal
@@ -121,8 +122,25 @@ def _serve_command(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
     configure_logging(settings.log_level)
+    if not settings.resolved_api_tokens():
+        if not _is_loopback(settings.host):
+            raise ConfigError(
+                f"refusing to serve on {settings.host} without API tokens: set GL_ORCHESTRATOR_API_TOKENS "
+                "or GL_ORCHESTRATOR_API_TOKEN_FILE (a generated local token is only used on loopback)"
+            )
+        settings = settings.with_local_token()
+        log.info("no API token configured: using the local token in %s", settings.api_token_file)
     asyncio.run(serve(settings))
     return EXIT_OK
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def serve(settings: OrchestratorSettings, *, stop: asyncio.Event | None = None) -> None:

@@ -12,6 +12,7 @@ List values from the environment are JSON (`GL_ORCHESTRATOR_API_TOKENS='["t1","t
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from pathlib import Path
 from typing import Any, Literal
@@ -51,12 +52,27 @@ class OrchestratorSettings(BaseSettings):
     shutdown_grace_seconds: float = Field(20.0, ge=0)
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # Where a replica started without any API token keeps the one it generates (see `with_local_token`).
+    state_dir: Path = Path(".gl-watchdog")
     # Engine and store tuning (added by the engine; documented in docs/architecture.md).
     db_pool_size: int = Field(5, ge=1, le=200)
     db_max_overflow: int = Field(10, ge=0, le=1000)
     db_timeout_seconds: float = Field(10.0, gt=0)
     checkpoint_retry_base_delay: float = Field(0.1, ge=0)
     checkpoint_retry_max_delay: float = Field(5.0, ge=0)
+
+    def with_local_token(self) -> OrchestratorSettings:
+        """These settings, or, when no API token is configured, a copy that accepts a local token.
+
+        The token is generated once into `state_dir/orchestrator.token` (mode 0600) and reused, so
+        `gl-orchestrator serve` with no configuration still requires auth, and a watchdog started in
+        the same directory finds the token there. Never log the token, only the file's path.
+        """
+        if self.api_tokens or self.api_token_file is not None:
+            return self
+        path = self.state_dir / LOCAL_TOKEN_FILE
+        ensure_token_file(path)
+        return self.model_copy(update={"api_token_file": path})
 
     def resolved_api_tokens(self) -> list[str]:
         """The accepted bearer tokens: `api_tokens` plus one token per non-empty line of `api_token_file`.
@@ -72,6 +88,22 @@ class OrchestratorSettings(BaseSettings):
                 raise ConfigError(message) from exc
             tokens.extend(line.strip() for line in text.splitlines() if line.strip())
         return tokens
+
+
+LOCAL_TOKEN_FILE = "orchestrator.token"
+
+
+def ensure_token_file(path: Path) -> None:
+    """Create `path` holding a fresh random token, readable by the owner only, unless it exists."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"cannot create the local API token file {path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(secrets.token_urlsafe(32) + "\n")
 
 
 def _read_yaml(config_path: Path) -> dict[str, Any]:

@@ -15,8 +15,9 @@ Built by `create_app(wd)` over a `watchdog.app.WatchdogApp`; served by `gl-watch
 
 Auth: `Authorization: Bearer <token>` against `settings.api_tokens`, compared with
 `hmac.compare_digest`, never logged. Paths in `PUBLIC_PATHS_KEY` (health, metrics, and what extensions
-add, e.g. signed approval links) need no token. When no token is configured, auth is off; `serve`
-only allows that on a loopback address. Every error is JSON `{"error": <code>, "detail": <message>}`.
+add, e.g. signed approval links) need no token. When no token is configured every other call gets a
+401; `serve` on loopback generates a local token instead (`WatchdogSettings.with_local_secrets`).
+Every error is JSON `{"error": <code>, "detail": <message>}`.
 """
 
 from __future__ import annotations
@@ -98,8 +99,10 @@ def _auth_middleware(tokens: list[str]) -> Any:
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not encoded or _is_public(request):
+        if _is_public(request):
             return await handler(request)
+        if not encoded:
+            return _unauthorized("the watchdog has no API token configured; every API call is refused")
         header = request.headers.get("Authorization", "")
         scheme, _, presented = header.partition(" ")
         if scheme.lower() != "bearer" or not presented:

@@ -75,8 +75,9 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> WatchdogSettings:
+    """The settings of a client command, with local secrets (state_dir) where none are configured."""
     clean = {k: v for k, v in overrides.items() if v is not None}
-    return load_settings(args.config, **clean)
+    return load_settings(args.config, **clean).with_local_secrets(create=False)
 
 
 def _setup_logging(level: str) -> None:
@@ -109,6 +110,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "or api_token_file (without tokens the API is only served on a loopback address)",
             EXIT_USAGE,
         )
+    if not settings.api_tokens:
+        log.info("no API token configured: generating a local one in %s", settings.state_dir)
+    settings = settings.with_local_secrets(create=True)
     return asyncio.run(_serve(settings))
 
 
@@ -134,8 +138,6 @@ async def _serve(settings: WatchdogSettings) -> int:
             raise CliError(
                 f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", EXIT_FAILED
             ) from exc
-        if not settings.api_tokens:
-            log.warning("no API tokens configured: the API is open to anyone on %s", settings.host)
         await wd.start()
         await remediator.start(expiry_interval_seconds=min(settings.sweep_interval_seconds, 30.0))
         log.info(

@@ -52,7 +52,7 @@ EXIT_FAILED: Final = 1
 
 
 def _settings(args: argparse.Namespace) -> WatchdogSettings:
-    return load_settings(args.config)
+    return load_settings(args.config).with_local_secrets(create=False)
 
 
 # -- approve / deny -------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ plain value. Secrets are `SecretStr`, so they never show up in reprs or logs.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from enum import StrEnum
 from pathlib import Path
@@ -88,6 +89,8 @@ class WatchdogSettings(BaseSettings):
     policy_file: Path | None = None  # unset: the shipped default policy
     mode: Mode = Mode.RECOMMEND
     approval_ttl_seconds: float = Field(default=900.0, gt=0)
+    # Where a laptop set-up keeps generated secrets (see `with_local_secrets`).
+    state_dir: Path = Path(".gl-watchdog")
 
     # -- detection and leadership
     sweep_interval_seconds: float = Field(default=60.0, gt=0)
@@ -110,6 +113,33 @@ class WatchdogSettings(BaseSettings):
             self.api_tokens = [SecretStr(line.strip()) for line in text.splitlines() if line.strip()]
         return self
 
+    def with_local_secrets(self, *, create: bool) -> WatchdogSettings:
+        """Fill what is not configured from the local state directory (`state_dir`).
+
+        For a laptop set-up without any configuration: the orchestrator token is read from the
+        `orchestrator.token` that `gl-orchestrator serve` generates in the same directory; the
+        watchdog's own API token and approval signing key come from `watchdog.token` and
+        `signing.key`, which `serve` creates (`create=True`, mode 0600) and the CLI's client commands
+        only read. Configured values always win; nothing is ever logged but paths.
+        """
+        update: dict[str, Any] = {}
+        orchestrator_file = self.state_dir / "orchestrator.token"
+        if self.orchestrator_token is None and orchestrator_file.is_file():
+            update["orchestrator_token"] = SecretStr(_read_secret(orchestrator_file, "orchestrator.token"))
+        own_token = self.state_dir / "watchdog.token"
+        if not self.api_tokens:
+            if create:
+                _ensure_secret_file(own_token)
+            if own_token.is_file():
+                update["api_tokens"] = [SecretStr(_read_secret(own_token, "watchdog.token"))]
+        signing_key = self.state_dir / "signing.key"
+        if self.approval_signing_key is None:
+            if create:
+                _ensure_secret_file(signing_key)
+            if signing_key.is_file():
+                update["approval_signing_key"] = SecretStr(_read_secret(signing_key, "signing.key"))
+        return self.model_copy(update=update) if update else self
+
     def api_token_values(self) -> list[str]:
         """The plain API tokens, for `hmac.compare_digest` (never log them)."""
         return [token.get_secret_value() for token in self.api_tokens]
@@ -117,6 +147,19 @@ class WatchdogSettings(BaseSettings):
     def orchestrator_token_value(self) -> str | None:
         """The plain orchestrator bearer token, or None when none is configured."""
         return None if self.orchestrator_token is None else self.orchestrator_token.get_secret_value()
+
+
+def _ensure_secret_file(path: Path) -> None:
+    """Create `path` with a fresh random secret, readable by the owner only, unless it exists."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"cannot create the local secret file {path}: {exc.strerror or exc}") from exc
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(secrets.token_urlsafe(32) + "\n")
 
 
 def _read_secret(path: Path, field: str) -> str:
