@@ -2,6 +2,8 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# `make demo DEMO_ARGS=--yes` approves the remediation without asking at the terminal.
+DEMO_ARGS ?=
 STAMP  := $(VENV)/.installed
 
 .PHONY: install demo run test lint bench clean
@@ -15,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(BIN)/gl-watchdog demo
+	$(BIN)/gl-watchdog demo $(DEMO_ARGS)
 
 run: demo
 
