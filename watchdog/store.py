@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -502,14 +503,35 @@ def _install_sqlite_hooks(engine: AsyncEngine, busy_timeout_ms: int) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        _enable_wal(cursor, busy_timeout_ms / 1000)
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _enable_wal(cursor: Any, timeout_seconds: float) -> None:
+    """Switch the file to WAL once; tolerate other connections opening it at the same moment.
+
+    Changing the journal mode needs the database to itself and does not wait on the busy handler, so
+    when several processes open a fresh file together one of them sees "database is locked": retry
+    that (bounded by the busy timeout) until the mode is WAL, which one of them will have set.
+    """
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode")
+            if str(cursor.fetchone()[0]).lower() == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:  # the driver adapter re-raises sqlite3's OperationalError as its own
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _describe_error(exc: BaseException) -> str:
