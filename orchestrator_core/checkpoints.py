@@ -92,8 +92,31 @@ class RunWriter:
         self._traces, self._checkpoints, self._provenance = {}, [], []
         return batch
 
+    async def drain(self, within: float) -> None:
+        """Let the flusher finish what it is doing (at most `within` seconds), then stop it.
+
+        Whatever is still queued afterwards stays queued: the caller writes it with `take_pending()`
+        in its final transaction and then calls `resolve_waiters()`.
+        """
+        task = self._task
+        if task is not None and not task.done():
+            await asyncio.wait([task], timeout=within)
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    def resolve_waiters(self, exc: BaseException | None = None) -> None:
+        """Release everyone still waiting for a commit (after the final transaction, or on failure)."""
+        for waiter in self._waiters:
+            if not waiter.done():
+                if exc is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(exc)
+        self._waiters = []
+
     async def close(self) -> None:
-        """Stop the background flusher (queued writes that were not flushed are dropped)."""
+        """Stop the background flusher at once; waiters are cancelled (used when nothing may be written)."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -101,6 +124,13 @@ class RunWriter:
             if not waiter.done():
                 waiter.cancel()
         self._waiters = []
+
+    def _requeue(self, batch: WriteBatch) -> None:
+        newer = self._traces
+        self._traces = {t.node_id: t for t in batch.traces}
+        self._traces.update(newer)
+        self._checkpoints = [*batch.checkpoints, *self._checkpoints]
+        self._provenance = sorted([*batch.provenance, *self._provenance], key=lambda p: p.seq)
 
     # -- flushing ----------------------------------------------------------------------------------
 
@@ -126,6 +156,12 @@ class RunWriter:
             try:
                 if batch:
                     await self._commit(batch)
+            except asyncio.CancelledError:
+                # Stopped mid-commit (drain timed out, or the run is being torn down): put the batch and
+                # its waiters back, so the run's final transaction writes them (writes are idempotent).
+                self._requeue(batch)
+                self._waiters = waiters + self._waiters
+                raise
             except (StaleFencingToken, InvalidState) as exc:
                 self.fatal = exc
                 for waiter in waiters + self._waiters:

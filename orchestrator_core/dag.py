@@ -16,6 +16,7 @@ each bad policy field with its path (`nodes.x.retry_policy.strategy: Input shoul
 
 from __future__ import annotations
 
+import heapq
 import json
 import re
 from collections.abc import Mapping
@@ -197,15 +198,15 @@ def topological_order(dag: DagDefinition) -> list[str]:
     indegree = {node_id: len(set(node.depends_on)) for node_id, node in dag.nodes.items()}
     dependents = dag.dependents()
     ready = sorted(n for n, d in indegree.items() if d == 0)
+    heapq.heapify(ready)
     order: list[str] = []
     while ready:
-        node_id = ready.pop(0)
+        node_id = heapq.heappop(ready)
         order.append(node_id)
         for child in dependents[node_id]:
             indegree[child] -= 1
             if indegree[child] == 0:
-                ready.append(child)
-        ready.sort()
+                heapq.heappush(ready, child)
     return order
 
 
@@ -243,6 +244,7 @@ def find_cycle(graph: Mapping[str, list[str]]) -> list[str]:
     """
     white, grey, black = 0, 1, 2
     color = dict.fromkeys(graph, white)
+    adjacency = {node: sorted(deps) for node, deps in graph.items()}
     for root in sorted(graph):
         if color[root] != white:
             continue
@@ -251,7 +253,7 @@ def find_cycle(graph: Mapping[str, list[str]]) -> list[str]:
         color[root] = grey
         while stack:
             node, index = stack[-1]
-            deps = sorted(graph[node])
+            deps = adjacency[node]
             if index < len(deps):
                 stack[-1] = (node, index + 1)
                 dep = deps[index]

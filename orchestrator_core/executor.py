@@ -55,11 +55,19 @@ from orchestrator_core.events import (
     NodeTimeoutEvent,
     RetryEvent,
 )
-from orchestrator_core.policies import Clock, describe_error, is_retryable, jitter_rng, retry_delay
+from orchestrator_core.policies import (
+    Clock,
+    backoff_delay,
+    describe_error,
+    is_retryable,
+    jitter_rng,
+    retry_delay,
+)
 from orchestrator_core.provenance import NO_OUTPUT_HASH, ChainBuilder, genesis_hash
 from orchestrator_core.records import CheckpointRecord, ExecutionRecord, NodeTrace, ProvenanceEntry
 from orchestrator_core.store import Store, WriteBatch, canonical_json, sha256_hex
 
+FINISH_ATTEMPTS = 5  # tries to record a run's final status before giving up (the run stays resumable)
 FAILED_NODE_STATUSES = frozenset({"failed", "timed_out"})
 TERMINAL_NODE_STATUSES = frozenset({"completed", "failed", "skipped", "timed_out", "cancelled"})
 
@@ -160,6 +168,8 @@ class Executor:
         self.store = store
         self.registry = registry
         self.observer = observer
+        # Hot-path events are only built when someone listens (the bare base class ignores them).
+        self._observing = type(observer) is not EngineObserver
         self.clock = clock
         self.dag = dag
         self.record = record
@@ -310,30 +320,48 @@ class Executor:
         return await self._finish(status, error)
 
     async def _finish(self, status: str, error: str | None) -> ExecutionRecord:
+        """Write the final status together with everything still queued, in one fenced transaction.
+
+        Retried a few times with backoff when the store fails; if it still fails the run is left as
+        stored (`running`), reported `interrupted` to the observer, and resumable by a takeover.
+        """
         self._finishing = True
-        try:
-            if self.writer.fatal is None:
-                await self.writer.flush()
+        if self.writer.fatal is not None:
             await self.writer.close()
-            traces = list(self.snapshot().values()) if not self.persist else []
-            pending = self.writer.take_pending()
-            batch = WriteBatch(
-                traces=[*pending.traces, *traces],
-                checkpoints=pending.checkpoints,
-                provenance=[*pending.provenance, *self._unsaved_provenance()],
-            )
-            final = await self.store.finish_execution(
-                self.execution_id, self.token, status=status, error=error, batch=batch
-            )
-        except (StaleFencingToken, InvalidState) as exc:
-            await self.writer.close()
-            self._finished_event("interrupted", str(exc))
+            self._finished_event("interrupted", str(self.writer.fatal))
             return self.record
-        except OrchestratorError as exc:
-            await self.writer.close()
-            self._log("ERROR", f"could not record the end of the run ({status}): {exc}")
-            self._finished_event("interrupted", str(exc))
-            return self.record
+        await self.writer.drain(within=self.store.timeout_seconds)
+        pending = self.writer.take_pending()
+        traces = list(self.snapshot().values()) if not self.persist else []
+        batch = WriteBatch(
+            traces=[*pending.traces, *traces],
+            checkpoints=pending.checkpoints,
+            provenance=[*pending.provenance, *self._unsaved_provenance()],
+        )
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                final = await self.store.finish_execution(
+                    self.execution_id, self.token, status=status, error=error, batch=batch
+                )
+                break
+            except (StaleFencingToken, InvalidState) as exc:
+                self.writer.resolve_waiters(exc)
+                self._finished_event("interrupted", str(exc))
+                return self.record
+            except OrchestratorError as exc:
+                if attempt >= FINISH_ATTEMPTS:
+                    self.writer.resolve_waiters(exc)
+                    self._log("ERROR", f"could not record the end of the run ({status}): {exc}")
+                    self._finished_event("interrupted", str(exc))
+                    return self.record
+                delay = backoff_delay(attempt, self.writer.base_delay, self.writer.max_delay)
+                self._log(
+                    "ERROR", f"recording the end of the run failed (attempt {attempt}), retry in {delay}s"
+                )
+                await self.clock.sleep(delay)
+        self.writer.resolve_waiters()
         self.record = final
         self._finished_event(final.status, final.error)
         return final
@@ -385,11 +413,10 @@ class Executor:
             # (a fenced-out checkpoint write), which stops the run.
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 raise result
-        if self.persist:
-            await self.writer.flush()
+        # Every completed node of the level already waited for its checkpoint commit, so the level may
+        # advance. The level's provenance records ride along with the next commit: if the process dies
+        # first, a resume re-seals this (fully checkpointed) level in the same order.
         self._seal_level(level)
-        if self.persist:
-            await self.writer.flush()
         if self._level_failed and self.dag.on_failure in ("fail_fast", "compensate"):
             raise _StopRun
 
@@ -522,9 +549,12 @@ class Executor:
             observer=self.observer,
             now=self.clock.now,
         )
-        self.observer.node_attempt_started(
-            NodeAttemptEvent(self.execution_id, self.dag.dag_id, node.node_id, node.agent_id, attempt, now)
-        )
+        if self._observing:
+            self.observer.node_attempt_started(
+                NodeAttemptEvent(
+                    self.execution_id, self.dag.dag_id, node.node_id, node.agent_id, attempt, now
+                )
+            )
         started = self.clock.monotonic()
         exc: BaseException | None = None
         value: Any = None
@@ -576,6 +606,8 @@ class Executor:
     def _attempt_finished(
         self, state: _NodeState, attempt: int, started: float, outcome: str, error: str | None
     ) -> None:
+        if not self._observing:
+            return
         node = state.node
         self.observer.node_attempt_finished(
             NodeAttemptEvent(

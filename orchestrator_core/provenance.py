@@ -57,13 +57,15 @@ class ChainBuilder:
     def __init__(self, genesis: str, existing: Sequence[ProvenanceEntry] = ()) -> None:
         self.genesis = genesis
         self.entries: list[ProvenanceEntry] = list(existing)
+        self._recorded = {entry.node_id for entry in self.entries}
 
     @property
     def head(self) -> str:
         return self.entries[-1].hash if self.entries else self.genesis
 
     def recorded_nodes(self) -> set[str]:
-        return {entry.node_id for entry in self.entries}
+        """Node ids that have at least one record (a live view; do not modify)."""
+        return self._recorded
 
     def append(self, node_id: str, input_hash: str, output_hash: str, status: str) -> ProvenanceEntry:
         seq = len(self.entries) + 1
@@ -78,6 +80,7 @@ class ChainBuilder:
             hash=record_hash(seq, node_id, input_hash, output_hash, status, prev),
         )
         self.entries.append(entry)
+        self._recorded.add(node_id)
         return entry
 
 

@@ -148,6 +148,7 @@ provenance = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
 )
 
+_DAG_CACHE_SIZE = 256  # parsed DAG versions kept in memory (they never change once stored)
 _CHUNK = 400  # rows per statement when deleting by key lists (well under SQLite's variable limit)
 
 
@@ -180,6 +181,7 @@ class Store:
         self.timeout_seconds = timeout_seconds
         self.clock: Clock = clock or SystemClock()
         self.dialect = engine.dialect.name
+        self._dag_cache: dict[tuple[str, int], DagDefinition] = {}
 
     @classmethod
     async def open(
@@ -288,7 +290,9 @@ class Store:
                 )
             ).first()
             if latest is not None and latest.content_hash == content_hash:
-                return DagDefinition.from_document(json.loads(latest.definition))
+                if (dag.dag_id, latest.version) not in self._dag_cache:
+                    self._remember(DagDefinition.from_document(json.loads(latest.definition)))
+                return self._dag_cache[(dag.dag_id, latest.version)]
             version = dag.version if latest is None else max(dag.version, latest.version + 1)
             stored = dag.model_copy(update={"version": version})
             await conn.execute(
@@ -300,20 +304,36 @@ class Store:
                     created_at=self.clock.now(),
                 )
             )
-            return stored
+        self._remember(stored)
+        return stored
 
     async def get_dag(self, dag_id: str, version: int | None = None) -> DagDefinition:
-        query = sa.select(dags.c.definition).where(dags.c.dag_id == dag_id)
+        """A DAG version. Versions are immutable, so parsed definitions are cached by (id, version)."""
+        if version is not None and (dag_id, version) in self._dag_cache:
+            return self._dag_cache[(dag_id, version)]
+        query = sa.select(dags.c.version).where(dags.c.dag_id == dag_id)
         if version is None:
             query = query.order_by(dags.c.version.desc()).limit(1)
         else:
             query = query.where(dags.c.version == version)
         async with self._tx("get dag") as conn:
-            row = (await conn.execute(query)).first()
-        if row is None:
+            found = (await conn.execute(query)).scalar()
+            if found is not None and (dag_id, found) not in self._dag_cache:
+                text: str = (
+                    await conn.execute(
+                        sa.select(dags.c.definition).where(dags.c.dag_id == dag_id, dags.c.version == found)
+                    )
+                ).scalar_one()
+                self._remember(DagDefinition.from_document(json.loads(text)))
+        if found is None:
             what = f"DAG {dag_id!r}" + ("" if version is None else f" version {version}")
             raise DagNotFound(f"{what} is not registered")
-        return DagDefinition.from_document(json.loads(row.definition))
+        return self._dag_cache[(dag_id, int(found))]
+
+    def _remember(self, dag: DagDefinition) -> None:
+        if len(self._dag_cache) >= _DAG_CACHE_SIZE:
+            self._dag_cache.pop(next(iter(self._dag_cache)))
+        self._dag_cache[(dag.dag_id, dag.version)] = dag
 
     async def list_dags(self) -> list[DagDefinition]:
         latest = (
@@ -571,6 +591,14 @@ class Store:
             )
         if batch.provenance:
             now = self.clock.now()
+            seqs = [p.seq for p in batch.provenance]
+            for start in range(0, len(seqs), _CHUNK):  # idempotent: a re-sent batch replaces itself
+                await conn.execute(
+                    provenance.delete().where(
+                        provenance.c.execution_id == execution_id,
+                        provenance.c.seq.in_(seqs[start : start + _CHUNK]),
+                    )
+                )
             await conn.execute(
                 provenance.insert(),
                 [

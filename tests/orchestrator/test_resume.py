@@ -130,6 +130,7 @@ async def test_interrupted_orphan_can_be_taken_over(harness: Harness) -> None:
     executor = harness.engine.executor(record.execution_id)
     assert executor is not None
     await wait_until(lambda: executor.states["b"].status == "completed")
+    await executor.writer.flush()  # b's checkpoint is committed
     await harness.engine.detach(record.execution_id)  # as if this replica died: nothing written
     stored = await harness.engine.get_execution(record.execution_id)
     assert stored.status == "running"
