@@ -755,10 +755,12 @@ def _call_int(obj: object, name: str) -> int:
 def _sqlite_pragmas(timeout_seconds: float) -> Any:
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
+        # busy_timeout first: switching a fresh file to WAL needs the write lock, which another process
+        # opening the same file at the same moment may hold.
+        cursor.execute(f"PRAGMA busy_timeout={int(timeout_seconds * 1000)}")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={int(timeout_seconds * 1000)}")
         cursor.close()
 
     return on_connect
