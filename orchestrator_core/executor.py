@@ -574,7 +574,7 @@ class Executor:
                         f"(on_timeout={node.timeout_policy.on_timeout})"
                     ) from timeout_exc
             try:
-                state.output_hash = sha256_hex(canonical_json(value))
+                state.output_hash = NO_OUTPUT_HASH if value is None else sha256_hex(canonical_json(value))
             except (TypeError, ValueError) as json_exc:
                 raise AgentOutputError(
                     f"agent {node.agent_id} returned a non-JSON value: {json_exc}"
