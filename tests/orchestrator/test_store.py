@@ -141,3 +141,21 @@ async def test_unreachable_database_is_a_store_error() -> None:
         await Store.open("postgresql+asyncpg://nobody@127.0.0.1:1/none", timeout_seconds=2)
     with pytest.raises(StoreError):
         await Store.open("mysql+aiomysql://x@127.0.0.1/none")
+
+
+async def test_a_database_newer_than_the_code_is_refused(database_url: str) -> None:
+    store = await Store.open(database_url)
+    try:
+        async with store.engine.begin() as conn:
+            await conn.execute(
+                sa.text("INSERT INTO schema_version (version, name, applied_at) VALUES (99, 'future', :at)"),
+                {
+                    "at": datetime.now(UTC).replace(tzinfo=None)
+                    if store.dialect == "sqlite"
+                    else datetime.now(UTC)
+                },
+            )
+    finally:
+        await store.close()
+    with pytest.raises(StoreError, match="newer than this code"):
+        await Store.open(database_url)
