@@ -433,3 +433,25 @@ async def test_checkpoint_disabled_still_records_traces_and_chain_at_the_end(har
     assert traces["b"]["status"] == "completed"
     report = await harness.engine.get_provenance(record.execution_id)
     assert report.chain_valid and [e.node_id for e in report.chain] == ["a", "b"]
+
+
+async def test_cancel_right_after_start_still_records_cancelled(harness: Harness) -> None:
+    await harness.engine.register_dag({"dag_id": "instant", "nodes": {"a": node("builtin.hang")}})
+    record = await harness.engine.execute("instant")
+    cancelled = await harness.engine.cancel(record.execution_id)  # before the run's task ever ran
+    assert cancelled.status == "cancelled"
+    assert harness.engine.local_executions() == []
+
+
+async def test_interrupt_leaves_a_resumable_run(harness: Harness) -> None:
+    dag = {"dag_id": "intr", "nodes": {"a": node(), "b": node("test.gate", deps=("a",))}}
+    await harness.engine.register_dag(dag)
+    record = await harness.engine.execute("intr")
+    await wait_until(lambda: harness.calls.count("b") == 1)
+    interrupted = await harness.engine.interrupt(record.execution_id, reason="shutting down")
+    assert interrupted.status == "interrupted" and interrupted.error == "shutting down"
+    traces = await harness.trace(record.execution_id)
+    assert traces["b"]["status"] == "cancelled"
+    result = await harness.engine.resume(record.execution_id)
+    assert result.nodes_skipped == ["a"]
+    assert (await harness.engine.wait(record.execution_id)).status == "completed"
