@@ -52,7 +52,7 @@ from typing import Any
 
 from orchestrator_core.agents import AgentRegistry
 from orchestrator_core.dag import DagDefinition, deep_merge
-from orchestrator_core.errors import DagValidationError, InvalidState
+from orchestrator_core.errors import DagValidationError, InvalidState, StoreError
 from orchestrator_core.events import (
     CheckpointEvent,
     CompositeObserver,
@@ -365,7 +365,7 @@ class Engine:
         latest = await self.store.get_dag(record.dag_id)
         if latest.version != dag.version and latest.same_topology(dag):
             dag = latest
-        checkpoints = await self.store.get_checkpoints(execution_id)
+        checkpoints = await self._load_checkpoints(execution_id)
         chain, _, _ = await self.store.get_provenance(execution_id)
         traces = await self.store.get_traces(execution_id)
         claimed = await self.store.claim_execution(
@@ -390,6 +390,20 @@ class Engine:
         )
         self._launch(executor)
         return result
+
+    async def _load_checkpoints(self, execution_id: str) -> list[CheckpointRecord]:
+        """Load a run's checkpoints for a resume, reporting the operation (ok/error) to the observer."""
+        try:
+            checkpoints = await self.store.get_checkpoints(execution_id)
+        except StoreError as exc:
+            self.observer.checkpoint_operation(
+                CheckpointEvent(execution_id, "load", "error", 0, self.clock.now(), error=str(exc))
+            )
+            raise
+        self.observer.checkpoint_operation(
+            CheckpointEvent(execution_id, "load", "ok", len(checkpoints), self.clock.now())
+        )
+        return checkpoints
 
     # -- reading -----------------------------------------------------------------------------------
 

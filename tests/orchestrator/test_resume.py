@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from orchestrator_core.errors import InvalidState
+from orchestrator_core.events import CheckpointEvent
 from tests.orchestrator.conftest import Harness, wait_until
 
 
@@ -60,6 +61,8 @@ async def test_resume_skips_checkpointed_nodes_and_reruns_the_rest(harness: Harn
     report = await harness.engine.get_provenance(execution_id)
     assert report.chain_valid, report.problems
     assert [e.node_id for e in report.chain] == ["a", "b", "gate", "c"]
+    loads = [e for e in harness.observer.of_type(CheckpointEvent) if e.operation == "load"]
+    assert [(e.status, e.nodes) for e in loads] == [("ok", 2)]
 
 
 async def test_resumed_chain_equals_an_uninterrupted_run(harness: Harness) -> None:
