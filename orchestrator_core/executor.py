@@ -302,6 +302,7 @@ class Executor:
                     error = f"{error}; compensated: {', '.join(compensated)}"
         except asyncio.CancelledError:
             mode = self._stop_mode or "interrupt"
+            self._finishing = mode != "detach"  # a second stop() must not cancel the final write
             self._cancel_running(f"execution {mode}: {self._stop_reason or 'stopped'}")
             if mode == "detach":
                 await self.writer.close()
