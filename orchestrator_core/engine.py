@@ -15,8 +15,8 @@ How the service layer is expected to use it:
 - `POST /dags/{id}/execute`: `record = await engine.create_execution(dag_id, input_data, options)`
   (status `queued`, 202 to the caller). When admission lets it run, acquire the lock (fencing token
   `t`) and call `await engine.start_execution(record.execution_id, owner=replica_id, fencing_token=t)`.
-  The run goes on in a background task; `await engine.wait(execution_id)` returns the final record;
-  `engine.done_callback` hooks are not needed — the observer's `execution_finished` tells you.
+  The run goes on in a background task; `await engine.wait(execution_id)` returns the final record,
+  and the observer's `execution_finished` event reports the end as it happens.
 - Every store write of the run carries the fencing token; when another owner has claimed the run
   with a higher token the write raises `StaleFencingToken` and the local run stops without further
   writes (the observer sees `execution_finished` with status `interrupted`).
