@@ -5,8 +5,8 @@
 #   scripts/services.sh stop     stop what `ensure` started
 set -euo pipefail
 STATE=${GL_SERVICES_STATE:-/tmp/gl-watchdog-services.started}
-PKGS=(prometheus prometheus-alertmanager chromium redis-server postgresql)
-BINS=(prometheus prometheus-alertmanager chromium redis-server pg_ctlcluster)
+PKGS=(prometheus prometheus-alertmanager chromium redis-server postgresql curl)
+BINS=(prometheus prometheus-alertmanager chromium redis-server pg_ctlcluster curl)
 
 log() { printf 'services: %s\n' "$*" >&2; }
 
