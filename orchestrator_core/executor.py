@@ -72,6 +72,23 @@ FAILED_NODE_STATUSES = frozenset({"failed", "timed_out"})
 TERMINAL_NODE_STATUSES = frozenset({"completed", "failed", "skipped", "timed_out", "cancelled"})
 
 
+_LEVELS_CACHE_SIZE = 256
+_levels_cache: dict[int, tuple[DagDefinition, list[list[str]]]] = {}
+
+
+def plan_levels(dag: DagDefinition) -> list[list[str]]:
+    """`dag.levels()`, computed once per DAG object (definitions are frozen, and the store hands out
+    one cached object per version). The cache holds the DAG itself, so an id is never reused while
+    cached; callers get fresh lists."""
+    cached = _levels_cache.get(id(dag))
+    if cached is None or cached[0] is not dag:
+        if len(_levels_cache) >= _LEVELS_CACHE_SIZE:
+            _levels_cache.pop(next(iter(_levels_cache)))
+        cached = (dag, dag.levels())
+        _levels_cache[id(dag)] = cached
+    return [list(level) for level in cached[1]]
+
+
 class Slots:
     """A counting semaphore whose limit is read from a callable on every acquire (live-adjustable).
 
@@ -179,7 +196,7 @@ class Executor:
         self.deterministic = record.options.deterministic_mode
         self.persist = record.options.checkpoint_enabled
         self.resumed = resumed
-        self.levels = dag.levels()
+        self.levels = plan_levels(dag)
         dag_limit = dag.max_parallel_nodes
 
         def limit() -> int:
@@ -199,6 +216,7 @@ class Executor:
         )
         self.input_data = record.input_data
         self._input_data_hash = sha256_hex(canonical_json(record.input_data))
+        self._hash_prefixes: dict[str, str] = {}
         self.chain = ChainBuilder(genesis_hash(dag.dag_id, record.input_data), provenance or [])
         self._initial_chain_length = len(self.chain.entries)
         self._finishing = False
@@ -465,16 +483,7 @@ class Executor:
         state = self.states[node_id]
         node = state.node
         upstream = {dep: self.outputs.get(dep) for dep in node.depends_on}
-        state.input_hash = sha256_hex(
-            canonical_json(
-                {
-                    "agent_id": node.agent_id,
-                    "params": node.params,
-                    "input": self._input_data_hash,
-                    "upstream": upstream,
-                }
-            )
-        )
+        state.input_hash = self._input_hash(node, upstream)
         rng = None
         policy = node.retry_policy
         timeout = node.timeout_policy.timeout_seconds
@@ -488,13 +497,15 @@ class Executor:
                     first = False
                     self.node_start_order.append(node_id)
                     state.status = "running"
-                    state.started_at = self.clock.now()
+                    state.started_at = now = self.clock.now()
                     state.started_mono = self.clock.monotonic()
                     state.error = None
                     if self.persist:
                         self.writer.trace(state.snapshot())
+                else:
+                    now = self.clock.now()
                 state.attempt_count = attempt
-                outcome, value, exc = await self._attempt(state, attempt, upstream, timeout)
+                outcome, value, exc = await self._attempt(state, attempt, upstream, timeout, now)
             finally:
                 self.slots.release()
             if exc is None:
@@ -531,11 +542,35 @@ class Executor:
             await self._failed(state, exc, outcome)
             return
 
+    def _input_hash(self, node: Node, upstream: dict[str, Any]) -> str:
+        """SHA-256 of the canonical JSON of {agent_id, params, input (the run input's hash), upstream}.
+
+        Everything but `upstream` is fixed for the run, so that part of the (sorted-key) document is
+        encoded once per node and run; the result is byte for byte `canonical_json` of the whole.
+        """
+        prefix = self._hash_prefixes.get(node.node_id)
+        if prefix is None:
+            prefix = (
+                '{"agent_id":'
+                + canonical_json(node.agent_id)
+                + ',"input":'
+                + canonical_json(self._input_data_hash)
+                + ',"params":'
+                + canonical_json(node.params)
+                + ',"upstream":'
+            )
+            self._hash_prefixes[node.node_id] = prefix
+        return sha256_hex(prefix + canonical_json(upstream) + "}")
+
     async def _attempt(
-        self, state: _NodeState, attempt: int, upstream: dict[str, Any], timeout_s: float | None
+        self,
+        state: _NodeState,
+        attempt: int,
+        upstream: dict[str, Any],
+        timeout_s: float | None,
+        now: datetime,
     ) -> tuple[str, Any, BaseException | None]:
         node = state.node
-        now = self.clock.now()
         deadline = now + timedelta(seconds=timeout_s) if timeout_s is not None else None
         ctx = AgentContext(
             execution_id=self.execution_id,

@@ -19,6 +19,7 @@ chain's last hash/length differ from the head recorded on the execution row).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from json.encoder import encode_basestring as _string
 from typing import Any
 
 from orchestrator_core.records import ProvenanceEntry
@@ -37,6 +38,31 @@ def genesis_hash(dag_id: str, input_data: Any) -> str:
 def record_hash(
     seq: int, node_id: str, input_hash: str, output_hash: str, status: str, prev_hash: str
 ) -> str:
+    if (
+        type(seq) is int
+        and type(node_id) is str
+        and type(input_hash) is str
+        and type(output_hash) is str
+        and type(status) is str
+        and type(prev_hash) is str
+    ):
+        # The same canonical JSON as below (keys sorted, no spaces, `ensure_ascii=False` string
+        # escaping), assembled directly: this runs once per node of every run.
+        return sha256_hex(
+            '{"input_hash":'
+            + _string(input_hash)
+            + ',"node_id":'
+            + _string(node_id)
+            + ',"output_hash":'
+            + _string(output_hash)
+            + ',"prev_hash":'
+            + _string(prev_hash)
+            + ',"seq":'
+            + int.__repr__(seq)
+            + ',"status":'
+            + _string(status)
+            + "}"
+        )
     return sha256_hex(
         canonical_json(
             {

@@ -153,11 +153,19 @@ _CHUNK = 400  # rows per statement when deleting by key lists (well under SQLite
 
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_C_ENCODER: Any = getattr(json.encoder, "c_make_encoder", None)
 
 
 def canonical_json(value: Any) -> str:
     """The one JSON encoding used for hashing and storing: sorted keys, no spaces, no NaN."""
-    return _CANONICAL.encode(value)
+    if _C_ENCODER is None or isinstance(value, str):  # pragma: no cover - CPython always has the C encoder
+        return _CANONICAL.encode(value)
+    # What `_CANONICAL.encode` does, minus its per-call Python set-up: the C encoder with the same
+    # settings and a fresh circular-reference registry (so errors are the same: TypeError, ValueError).
+    encoder = _C_ENCODER(
+        {}, _CANONICAL.default, json.encoder.encode_basestring, None, ":", ",", True, False, False
+    )
+    return "".join(encoder(value, 0))
 
 
 def sha256_hex(text: str) -> str:
@@ -551,74 +559,73 @@ class Store:
         raise InvalidState(f"execution {execution_id} is {row.status}")
 
     async def _write(self, conn: AsyncConnection, execution_id: str, batch: WriteBatch) -> None:
+        stamp = _stamp_converter(conn)
         if batch.traces:
             latest = {trace.node_id: trace for trace in batch.traces}
-            await _delete_keys(conn, node_traces, execution_id, list(latest))
+            await _delete_keys(conn, node_traces, node_traces.c.node_id, execution_id, list(latest))
             await _insert_many(
                 conn,
                 node_traces,
+                _TRACE_COLUMNS,
                 [
-                    {
-                        "execution_id": execution_id,
-                        "node_id": t.node_id,
-                        "agent_id": t.agent_id,
-                        "status": t.status,
-                        "level": t.level,
-                        "started_at": t.started_at,
-                        "completed_at": t.completed_at,
-                        "duration_ms": t.duration_ms,
-                        "attempt_count": t.attempt_count,
-                        "error": t.error,
-                        "input_hash": t.input_hash,
-                        "timeout_seconds": t.timeout_seconds,
-                    }
+                    (
+                        execution_id,
+                        t.node_id,
+                        t.agent_id,
+                        t.status,
+                        t.level,
+                        stamp(t.started_at),
+                        stamp(t.completed_at),
+                        t.duration_ms,
+                        t.attempt_count,
+                        t.error,
+                        t.input_hash,
+                        t.timeout_seconds,
+                    )
                     for t in latest.values()
                 ],
             )
         if batch.checkpoints:
             latest_cp = {cp.node_id: cp for cp in batch.checkpoints}
-            await _delete_keys(conn, checkpoints, execution_id, list(latest_cp))
+            await _delete_keys(conn, checkpoints, checkpoints.c.node_id, execution_id, list(latest_cp))
             await _insert_many(
                 conn,
                 checkpoints,
+                _CHECKPOINT_COLUMNS,
                 [
-                    {
-                        "execution_id": execution_id,
-                        "node_id": cp.node_id,
-                        "status": cp.status,
-                        "output": canonical_json(cp.output),
-                        "input_hash": cp.input_hash,
-                        "output_hash": cp.output_hash,
-                        "created_at": cp.created_at,
-                    }
+                    (
+                        execution_id,
+                        cp.node_id,
+                        cp.status,
+                        canonical_json(cp.output),
+                        cp.input_hash,
+                        cp.output_hash,
+                        stamp(cp.created_at),
+                    )
                     for cp in latest_cp.values()
                 ],
             )
         if batch.provenance:
-            now = self.clock.now()
+            now = stamp(self.clock.now())
             seqs = [p.seq for p in batch.provenance]
-            for start in range(0, len(seqs), _CHUNK):  # idempotent: a re-sent batch replaces itself
-                await conn.execute(
-                    provenance.delete().where(
-                        provenance.c.execution_id == execution_id,
-                        provenance.c.seq.in_(seqs[start : start + _CHUNK]),
-                    )
-                )
+            # idempotent: a re-sent batch replaces itself
+            await _delete_keys(conn, provenance, provenance.c.seq, execution_id, seqs)
             await _insert_many(
                 conn,
                 provenance,
+                _PROVENANCE_COLUMNS,
                 [
-                    {
-                        "execution_id": execution_id,
-                        "seq": p.seq,
-                        "node_id": p.node_id,
-                        "input_hash": p.input_hash,
-                        "output_hash": p.output_hash,
-                        "status": p.status,
-                        "prev_hash": p.prev_hash,
-                        "hash": p.hash,
-                        "created_at": now,
-                    }
+                    (
+                        execution_id,
+                        p.seq,
+                        p.node_id,
+                        p.input_hash,
+                        p.output_hash,
+                        p.status,
+                        p.prev_hash,
+                        p.hash,
+                        now,
+                    )
                     for p in batch.provenance
                 ],
             )
@@ -725,45 +732,98 @@ _PLACEHOLDER: dict[str, Callable[[int], str]] = {
     "numeric_dollar": lambda i: f"${i + 1}",
     "format": lambda i: "%s",
 }
-_SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"  # what SQLAlchemy's SQLite DATETIME type stores
+_TRACE_COLUMNS = (
+    "execution_id",
+    "node_id",
+    "agent_id",
+    "status",
+    "level",
+    "started_at",
+    "completed_at",
+    "duration_ms",
+    "attempt_count",
+    "error",
+    "input_hash",
+    "timeout_seconds",
+)
+_CHECKPOINT_COLUMNS = (
+    "execution_id",
+    "node_id",
+    "status",
+    "output",
+    "input_hash",
+    "output_hash",
+    "created_at",
+)
+_PROVENANCE_COLUMNS = (
+    "execution_id",
+    "seq",
+    "node_id",
+    "input_hash",
+    "output_hash",
+    "status",
+    "prev_hash",
+    "hash",
+    "created_at",
+)
 
 
-async def _insert_many(conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    """Bulk insert. SQLAlchemy Core's executemany processes every parameter of every row in Python
-    (~15 us a row); bulk writes of node rows go to the driver's executemany directly instead, with
-    the one conversion SQLAlchemy would have done (UTC datetimes: naive text on SQLite, aware on
-    PostgreSQL). Falls back to Core for a paramstyle not listed in `_PLACEHOLDER`."""
+def _keep(value: datetime | None) -> datetime | None:
+    return value
+
+
+def _sqlite_stamp(value: datetime | None) -> str | None:
+    """What SQLAlchemy's SQLite DATETIME stores (`%Y-%m-%d %H:%M:%S.%f`, naive UTC), without strftime."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _aware_stamp(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(UTC)
+
+
+def _stamp_converter(conn: AsyncConnection) -> Callable[[datetime | None], Any]:
+    """How `_insert_many` wants UTC datetimes bound: the one conversion SQLAlchemy would have done
+    (naive text on SQLite, aware on PostgreSQL), or untouched when Core does the insert itself."""
+    if conn.dialect.paramstyle not in _PLACEHOLDER:
+        return _keep
+    return _sqlite_stamp if conn.dialect.name == "sqlite" else _aware_stamp
+
+
+async def _insert_many(
+    conn: AsyncConnection, table: sa.Table, names: Sequence[str], rows: list[tuple[Any, ...]]
+) -> None:
+    """Bulk insert of `rows` (tuples in the order of `names`, datetimes converted with
+    `_stamp_converter(conn)`). SQLAlchemy Core's executemany processes every parameter of every row in
+    Python (~15 us a row); bulk writes of node rows go to the driver's executemany directly instead.
+    Falls back to Core for a paramstyle not listed in `_PLACEHOLDER`."""
     if not rows:
         return
     placeholder = _PLACEHOLDER.get(conn.dialect.paramstyle)
     if placeholder is None:
-        await conn.execute(table.insert(), rows)
+        await conn.execute(table.insert(), [dict(zip(names, row, strict=True)) for row in rows])
         return
-    names = list(rows[0])
-    sqlite = conn.dialect.name == "sqlite"
-    stamps = {n for n in names if isinstance(table.c[n].type, UTCDateTime)}
-
-    def bind(name: str, value: Any) -> Any:
-        if name in stamps and value is not None:
-            value = value.astimezone(UTC)
-            return value.strftime(_SQLITE_DATETIME) if sqlite else value
-        return value
-
     preparer = conn.dialect.identifier_preparer
     columns = ", ".join(preparer.quote(n) for n in names)
     marks = ", ".join(placeholder(i) for i in range(len(names)))
     statement = f"INSERT INTO {preparer.quote(table.name)} ({columns}) VALUES ({marks})"
-    await conn.exec_driver_sql(statement, [tuple(bind(n, row[n]) for n in names) for row in rows])
+    await conn.exec_driver_sql(statement, rows)
 
 
 async def _delete_keys(
-    conn: AsyncConnection, table: sa.Table, execution_id: str, node_ids: list[str]
+    conn: AsyncConnection, table: sa.Table, key: sa.Column[Any], execution_id: str, keys: Sequence[Any]
 ) -> None:
-    for start in range(0, len(node_ids), _CHUNK):
-        chunk = node_ids[start : start + _CHUNK]
-        await conn.execute(
-            table.delete().where(table.c.execution_id == execution_id, table.c.node_id.in_(chunk))
-        )
+    """Delete an execution's rows with these keys (so that a re-sent batch replaces itself). A large
+    key list first checks whether the execution has any row at all in the table (one statement instead
+    of one per chunk, for the common first write of a run's rows)."""
+    if len(keys) > _CHUNK:
+        exists = sa.select(sa.exists().where(table.c.execution_id == execution_id))
+        if not (await conn.execute(exists)).scalar():
+            return
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
+        await conn.execute(table.delete().where(table.c.execution_id == execution_id, key.in_(chunk)))
 
 
 def _execution(row: Any) -> ExecutionRecord:
