@@ -16,6 +16,7 @@ Evidence keys: `source` (kubernetes | orchestrator), `matched_lines` (runbook fi
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Any
 
 from watchdog.constants import M_AGENT_CALL_DURATION, ORCHESTRATOR_APP_SELECTOR
@@ -117,7 +118,8 @@ async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
             STEP,
             NAME,
             StepStatus.PROBLEM,
-            f"{subject} is waiting on an external call: {stuck_external[-1][:200]}",
+            f"{subject} is waiting on an external call: "
+            + textwrap.shorten(stuck_external[-1], width=200, placeholder=" …"),
             **evidence,
         )
     return finding(
