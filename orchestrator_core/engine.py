@@ -206,6 +206,13 @@ class Engine:
         execution_id: str | None = None,
     ) -> ExecutionRecord:
         """Record a new `queued` execution of the DAG's latest version."""
+        return await self.store.create_execution(
+            await self._new_record(dag_id, input_data, options, execution_id)
+        )
+
+    async def _new_record(
+        self, dag_id: str, input_data: Any, options: ExecutionOptions | None, execution_id: str | None
+    ) -> ExecutionRecord:
         dag = await self.store.get_dag(dag_id)
         try:
             canonical_json(input_data)
@@ -221,7 +228,7 @@ class Engine:
             created_at=self.clock.now(),
             timeout_seconds=dag.execution_timeout_seconds,
         )
-        return await self.store.create_execution(record)
+        return record
 
     async def start_execution(
         self, execution_id: str, *, owner: str | None = None, fencing_token: int | None = None
@@ -249,9 +256,18 @@ class Engine:
         owner: str | None = None,
         fencing_token: int | None = None,
     ) -> ExecutionRecord:
-        """`create_execution` + `start_execution`."""
-        record = await self.create_execution(dag_id, input_data, options, execution_id=execution_id)
-        return await self.start_execution(record.execution_id, owner=owner, fencing_token=fencing_token)
+        """`create_execution` + `start_execution`, the insert and the claim in one transaction."""
+        record = await self._new_record(dag_id, input_data, options, execution_id)
+        if fencing_token is not None and fencing_token <= record.fencing_token:
+            # A token the claim refuses: keep the two steps (the queued run stays, the claim raises).
+            created = await self.store.create_execution(record)
+            return await self.start_execution(created.execution_id, owner=owner, fencing_token=fencing_token)
+        claimed = await self.store.create_execution(
+            record, claim=(owner or self.settings.replica_id, fencing_token)
+        )
+        dag = await self.store.get_dag(claimed.dag_id, claimed.dag_version)
+        self._launch(Executor(**self._executor_args(dag, claimed)))
+        return claimed
 
     def _executor_args(self, dag: DagDefinition, record: ExecutionRecord) -> dict[str, Any]:
         return {
@@ -284,6 +300,8 @@ class Engine:
         executor = self._runs.get(execution_id)
         if executor is not None and executor.task is not None:
             await asyncio.wait([executor.task])
+            if executor.final_record is not None:
+                return executor.final_record  # read back in the run's final transaction
         return await self.store.get_execution(execution_id)
 
     async def _stop_local(self, executor: Executor, mode: str, reason: str) -> None:

@@ -220,6 +220,7 @@ class Executor:
         self.chain = ChainBuilder(genesis_hash(dag.dag_id, record.input_data), provenance or [])
         self._initial_chain_length = len(self.chain.entries)
         self._finishing = False
+        self.final_record: ExecutionRecord | None = None  # as stored by the final write, once it lands
         self.outputs: dict[str, Any] = {}
         self.states: dict[str, _NodeState] = {}
         previous = previous_traces or {}
@@ -381,7 +382,7 @@ class Executor:
                 )
                 await self.clock.sleep(delay)
         self.writer.resolve_waiters()
-        self.record = final
+        self.record = self.final_record = final
         self._finished_event(final.status, final.error)
         return final
 

@@ -363,27 +363,64 @@ class Store:
 
     # -- executions --------------------------------------------------------------------------------
 
-    async def create_execution(self, record: ExecutionRecord) -> ExecutionRecord:
-        async with self._tx("create execution") as conn:
-            await conn.execute(
-                executions.insert().values(
-                    execution_id=record.execution_id,
-                    dag_id=record.dag_id,
-                    dag_version=record.dag_version,
-                    status=record.status,
-                    input_data=canonical_json(record.input_data),
-                    options=canonical_json(record.options.to_json()),
-                    owner=record.owner,
-                    fencing_token=record.fencing_token,
-                    created_at=record.created_at,
-                    started_at=record.started_at,
-                    completed_at=record.completed_at,
-                    updated_at=record.created_at,
-                    timeout_seconds=record.timeout_seconds,
-                    error=record.error,
+    async def create_execution(
+        self, record: ExecutionRecord, *, claim: tuple[str | None, int | None] | None = None
+    ) -> ExecutionRecord:
+        """Insert a new execution (normally `queued`).
+
+        With `claim=(owner, token)` the new row is claimed in the same transaction, exactly as
+        `claim_execution(..., allowed_statuses={"queued"})` would right after the insert (status
+        `running`, `owner`, fencing token `token` or 1, started now), and the stored row is returned:
+        one transaction instead of two for a run that starts at once.
+        """
+        values: dict[str, Any] = {
+            "execution_id": record.execution_id,
+            "dag_id": record.dag_id,
+            "dag_version": record.dag_version,
+            "status": record.status,
+            "input_data": canonical_json(record.input_data),
+            "options": canonical_json(record.options.to_json()),
+            "owner": record.owner,
+            "fencing_token": record.fencing_token,
+            "created_at": record.created_at,
+            "started_at": record.started_at,
+            "completed_at": record.completed_at,
+            "updated_at": record.created_at,
+            "timeout_seconds": record.timeout_seconds,
+            "error": record.error,
+        }
+        if claim is not None:
+            owner, token = claim
+            if record.status != "queued":
+                raise InvalidState(f"execution {record.execution_id} is {record.status}")
+            if token is None:
+                token = record.fencing_token + 1
+            elif token <= record.fencing_token:
+                raise StaleFencingToken(
+                    f"fencing token {token} is not newer than {record.fencing_token} "
+                    f"of execution {record.execution_id}"
                 )
+            now = self.clock.now()
+            values.update(
+                status="running",
+                owner=owner,
+                fencing_token=token,
+                started_at=now,
+                completed_at=None,
+                error=None,
+                updated_at=now,
             )
-        return record
+        async with self._tx("create execution") as conn:
+            await conn.execute(executions.insert().values(**values))
+            if claim is None:
+                return record
+            row = (
+                await conn.execute(
+                    executions.select().where(executions.c.execution_id == record.execution_id)
+                )
+            ).first()
+        assert row is not None
+        return _execution(row)
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord:
         async with self._tx("get execution") as conn:
@@ -473,14 +510,11 @@ class Store:
         """Fenced: write the last batch and set a final (or `interrupted`) status."""
         now = self.clock.now()
         async with self._tx("finish execution") as conn:
-            await self._fence(conn, execution_id, token, now)
+            # The fencing UPDATE sets the final status itself (one statement less); the batch follows
+            # in the same transaction, so either all of it lands or none.
+            await self._fence(conn, execution_id, token, now, status=status, error=error, completed_at=now)
             if batch:
                 await self._write(conn, execution_id, batch)
-            await conn.execute(
-                executions.update()
-                .where(executions.c.execution_id == execution_id)
-                .values(status=status, error=error, completed_at=now, updated_at=now)
-            )
             row = (
                 await conn.execute(executions.select().where(executions.c.execution_id == execution_id))
             ).first()
@@ -531,7 +565,10 @@ class Store:
             await self._fence(conn, execution_id, token, self.clock.now())
             await self._write(conn, execution_id, batch)
 
-    async def _fence(self, conn: AsyncConnection, execution_id: str, token: int, now: datetime) -> None:
+    async def _fence(
+        self, conn: AsyncConnection, execution_id: str, token: int, now: datetime, **values: Any
+    ) -> None:
+        """Check the fencing token (and take the row/write lock); `values` are set on the row too."""
         result = await conn.execute(
             executions.update()
             .where(
@@ -539,7 +576,7 @@ class Store:
                 executions.c.fencing_token == token,
                 executions.c.status == "running",
             )
-            .values(updated_at=now)
+            .values(updated_at=now, **values)
         )
         if result.rowcount == 1:
             return
