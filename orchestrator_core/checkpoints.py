@@ -25,7 +25,7 @@ from orchestrator_core.errors import InvalidState, StaleFencingToken, StoreError
 from orchestrator_core.events import CheckpointEvent, EngineObserver, LogEvent
 from orchestrator_core.policies import Clock, backoff_delay
 from orchestrator_core.records import CheckpointRecord, NodeTrace, ProvenanceEntry
-from orchestrator_core.store import Store, WriteBatch
+from orchestrator_core.store import Store, TraceFields, WriteBatch
 
 
 class RunWriter:
@@ -51,7 +51,7 @@ class RunWriter:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.on_fatal = on_fatal
-        self._traces: dict[str, NodeTrace] = {}
+        self._traces: dict[str, TraceFields] = {}
         self._checkpoints: list[CheckpointRecord] = []
         self._provenance: list[ProvenanceEntry] = []
         self._waiters: list[asyncio.Future[None]] = []

@@ -142,6 +142,19 @@ class _NodeState:
     output_hash: str | None = None
     started_mono: float = 0.0
 
+    # The rest of `store.TraceFields`, so that the final write of a run can take the states as they are.
+    @property
+    def node_id(self) -> str:
+        return self.node.node_id
+
+    @property
+    def agent_id(self) -> str:
+        return self.node.agent_id
+
+    @property
+    def timeout_seconds(self) -> float | None:
+        return self.node.timeout_policy.timeout_seconds
+
     def snapshot(self) -> NodeTrace:
         return NodeTrace(
             node_id=self.node.node_id,
@@ -352,7 +365,9 @@ class Executor:
             return self.record
         await self.writer.drain(within=self.store.timeout_seconds)
         pending = self.writer.take_pending()
-        traces = list(self.snapshot().values()) if not self.persist else []
+        # Without checkpoints the final states themselves are written (the run is over; they no
+        # longer change), rather than a frozen snapshot of each.
+        traces = list(self.states.values()) if not self.persist else []
         batch = WriteBatch(
             traces=[*pending.traces, *traces],
             checkpoints=pending.checkpoints,

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -172,11 +172,39 @@ def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+class TraceFields(Protocol):
+    """What the store reads from a trace to write its row: a `NodeTrace`, or the executor's live node
+    state for the final write of a run (saves building one frozen record per node)."""
+
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def agent_id(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def level(self) -> int: ...
+    @property
+    def started_at(self) -> datetime | None: ...
+    @property
+    def completed_at(self) -> datetime | None: ...
+    @property
+    def duration_ms(self) -> float | None: ...
+    @property
+    def attempt_count(self) -> int: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def input_hash(self) -> str | None: ...
+    @property
+    def timeout_seconds(self) -> float | None: ...
+
+
 @dataclass(frozen=True)
 class WriteBatch:
     """Writes of one execution that commit together (one transaction, fenced)."""
 
-    traces: Sequence[NodeTrace] = ()
+    traces: Sequence[TraceFields] = ()
     checkpoints: Sequence[CheckpointRecord] = ()
     provenance: Sequence[ProvenanceEntry] = ()
 
@@ -813,6 +841,8 @@ def _sqlite_stamp(value: datetime | None) -> str | None:
     """What SQLAlchemy's SQLite DATETIME stores (`%Y-%m-%d %H:%M:%S.%f`, naive UTC), without strftime."""
     if value is None:
         return None
+    if value.tzinfo is UTC:  # what the clocks hand out: drop the "+00:00"
+        return value.isoformat(" ", "microseconds")[:-6]
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
