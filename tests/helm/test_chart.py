@@ -268,6 +268,66 @@ def test_settings_that_must_be_set_in_a_cluster(manifests: list[Manifest]) -> No
     assert watchdog["GL_WATCHDOG_PUBLIC_URL"]["value"].startswith("http")
 
 
+def _writable_mounts(deployment: Manifest) -> set[str]:
+    """Mount paths of emptyDir volumes that are not mounted read-only (all else is read-only root)."""
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    return {
+        m["mountPath"]
+        for m in pod["containers"][0]["volumeMounts"]
+        if "emptyDir" in volumes[m["name"]] and not m.get("readOnly", False)
+    }
+
+
+@pytest.mark.parametrize(("name", "prefix"), [(ORCHESTRATOR, "GL_ORCHESTRATOR_"), (WATCHDOG, "GL_WATCHDOG_")])
+def test_paths_the_services_write_are_on_writable_volumes(
+    manifests: list[Manifest], name: str, prefix: str
+) -> None:
+    """With a read-only root filesystem, state_dir and a SQLite file must sit on an emptyDir."""
+    deployment = one(manifests, "Deployment", name)
+    writable = _writable_mounts(deployment)
+    env = container_env(deployment)
+    paths = [Path(env[f"{prefix}STATE_DIR"]["value"])]
+    database = env[f"{prefix}DATABASE_URL"]
+    if "value" in database:
+        paths.append(Path(database["value"].removeprefix("sqlite+aiosqlite:///")))
+    for path in paths:
+        assert path.is_absolute(), f"{path} depends on the image's working directory"
+        assert any(path.is_relative_to(mount) for mount in writable), f"{path} is not on {writable}"
+
+
+def test_renamed_orchestrator_is_the_deployment_the_throttle_playbook_patches(render: Render) -> None:
+    manifests = render({"orchestrator": {"name": "dag-engine"}})
+    text = one(manifests, "ConfigMap", "gl-watchdog-policy")["data"]["policy.yaml"]
+    policy = parse_policy(yaml.safe_load(text), source="chart")
+    assert policy.playbook("throttle_concurrency").params["deployment"] == "dag-engine"
+    # the rest of the shipped throttle params stay
+    assert policy.playbook("throttle_concurrency").params["max_parallel_nodes"] == 5
+    role = one(manifests, "Role", WATCHDOG)
+    (deployments,) = [r for r in role["rules"] if r["resources"] == ["deployments"]]
+    assert deployments["resourceNames"] == ["dag-engine"]
+
+
+def test_a_deployment_named_in_the_policy_is_kept(render: Render) -> None:
+    values = {
+        "orchestrator": {"name": "dag-engine"},
+        "watchdog": {"policy": {"playbooks": {"throttle_concurrency": {"params": {"deployment": "other"}}}}},
+    }
+    text = one(render(values), "ConfigMap", "gl-watchdog-policy")["data"]["policy.yaml"]
+    policy = parse_policy(yaml.safe_load(text), source="chart")
+    assert policy.playbook("throttle_concurrency").params["deployment"] == "other"
+
+
+def test_policy_change_restarts_the_watchdog(render: Render) -> None:
+    def checksum(values: dict[str, Any]) -> str:
+        deployment = one(render(values), "Deployment", WATCHDOG)
+        return str(deployment["spec"]["template"]["metadata"]["annotations"]["checksum/policy"])
+
+    default = checksum({})
+    assert checksum({"watchdog": {"policy": {"limits": {"remediations_per_hour": 5}}}}) != default
+    assert checksum({"orchestrator": {"name": "dag-engine"}}) != default
+
+
 def test_watchdog_namespace_is_the_release_namespace(render: Render) -> None:
     manifests = render(namespace="ops")
     assert container_env(one(manifests, "Deployment", WATCHDOG))["GL_WATCHDOG_NAMESPACE"]["value"] == "ops"

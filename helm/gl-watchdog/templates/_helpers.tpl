@@ -87,6 +87,28 @@ app.kubernetes.io/component: watchdog
 {{- printf "http://%s.%s.svc:%d" (include "glw.watchdog.name" .) .Release.Namespace (int .Values.watchdog.service.port) }}
 {{- end }}
 
+{{/*
+The remediation policy document (policy.yaml of the policy ConfigMap): watchdog.policy, with the
+throttle_concurrency playbook pointed at this chart's orchestrator Deployment when orchestrator.name is
+not the watchdog's default (orchestrator-service), unless the policy already names one.
+*/}}
+{{- define "glw.policy" -}}
+{{- $policy := deepCopy .Values.watchdog.policy }}
+{{- $name := include "glw.orchestrator.name" . }}
+{{- if ne $name "orchestrator-service" }}
+{{- $playbooks := get $policy "playbooks" | default dict }}
+{{- $throttle := get $playbooks "throttle_concurrency" | default dict }}
+{{- $params := get $throttle "params" | default dict }}
+{{- if not (get $params "deployment") }}
+{{- $_ := set $params "deployment" $name }}
+{{- end }}
+{{- $_ := set $throttle "params" $params }}
+{{- $_ := set $playbooks "throttle_concurrency" $throttle }}
+{{- $_ := set $policy "playbooks" $playbooks }}
+{{- end }}
+{{- toYaml $policy }}
+{{- end }}
+
 {{/* Refuse settings that cannot work, with a message that says what to change. */}}
 {{- define "glw.validate" -}}
 {{- if and (not .Values.database.external) (or (gt (int .Values.orchestrator.replicaCount) 1) (gt (int .Values.watchdog.replicaCount) 1)) }}
