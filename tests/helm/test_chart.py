@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +255,26 @@ def test_every_env_var_is_a_setting_with_a_valid_value(
             TypeAdapter(annotation).validate_python(value, strict=False)
 
 
+def _field_bound(model: type[Any], field: str, kind: str) -> Any:
+    """The `ge`/`le` bound pydantic enforces on `field`."""
+    (bound,) = [getattr(m, kind) for m in model.model_fields[field].metadata if hasattr(m, kind)]
+    return bound
+
+
+@pytest.mark.parametrize(
+    ("value", "field"),
+    [("maxParallelNodes", "max_parallel_nodes"), ("maxConcurrentExecutions", "max_concurrent_executions")],
+)
+def test_schema_refuses_limits_the_orchestrator_would_refuse(render: Render, value: str, field: str) -> None:
+    """A limit past the setting's bound would render fine and crash-loop the pod: the schema stops it."""
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text(encoding="utf-8"))
+    prop = schema["properties"]["orchestrator"]["properties"][value]
+    assert prop["minimum"] == _field_bound(OrchestratorSettings, field, "ge")
+    assert prop["maximum"] == _field_bound(OrchestratorSettings, field, "le")
+    with pytest.raises(helm.HelmValuesError, match=value):
+        render({"orchestrator": {value: prop["maximum"] + 1}})
+
+
 def test_settings_that_must_be_set_in_a_cluster(manifests: list[Manifest]) -> None:
     orchestrator = container_env(one(manifests, "Deployment", ORCHESTRATOR))
     watchdog = container_env(one(manifests, "Deployment", WATCHDOG))
@@ -306,6 +328,25 @@ def test_renamed_orchestrator_is_the_deployment_the_throttle_playbook_patches(re
     role = one(manifests, "Role", WATCHDOG)
     (deployments,) = [r for r in role["rules"] if r["resources"] == ["deployments"]]
     assert deployments["resourceNames"] == ["dag-engine"]
+
+
+def test_the_documented_auto_values_merge_into_the_shipped_policy(render: Render) -> None:
+    """docs/operations.md's my-values.yaml example: only the keys it sets change."""
+    text = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"```yaml\n\s*# my-values.yaml\n(.*?)```", text, re.DOTALL)
+    values = yaml.safe_load(textwrap.dedent(block))
+    assert values["watchdog"]["mode"] == "auto"
+    manifests = render(values)
+    assert container_env(one(manifests, "Deployment", WATCHDOG))["GL_WATCHDOG_MODE"]["value"] == "auto"
+    rendered = yaml.safe_load(one(manifests, "ConfigMap", "gl-watchdog-policy")["data"]["policy.yaml"])
+    shipped = yaml.safe_load((REPO / "watchdog" / "policy.yaml").read_text(encoding="utf-8"))
+    assert rendered["playbooks"]["restart_agent"] == {
+        **shipped["playbooks"]["restart_agent"],
+        "requires_approval": False,
+    }
+    assert rendered["limits"] == {**shipped["limits"], "agent_restarts_per_agent_per_hour": 2}
+    assert rendered["rules"] == shipped["rules"]
+    assert parse_policy(rendered, source="docs example").playbook("cancel").requires_approval is True
 
 
 def test_a_deployment_named_in_the_policy_is_kept(render: Render) -> None:
