@@ -635,7 +635,7 @@ class Store:
                 [
                     (
                         execution_id,
-                        t.node_id,
+                        node_id,
                         t.agent_id,
                         t.status,
                         t.level,
@@ -647,7 +647,7 @@ class Store:
                         t.input_hash,
                         t.timeout_seconds,
                     )
-                    for t in latest.values()
+                    for node_id, t in latest.items()
                 ],
             )
         if batch.checkpoints:
