@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -38,10 +40,11 @@ from watchdog.app import WatchdogApp
 from watchdog.approvals import Decision
 from watchdog.diagnostics import render
 from watchdog.diagnostics.models import Diagnosis
+from watchdog.errors import ApprovalClosed
 from watchdog.notifier import EscalationMessage, NotifyResult, PromptMessage
 from watchdog.remediation import Remediator, attach
 from watchdog.settings import Mode, WatchdogSettings
-from watchdog.store import Incident
+from watchdog.store import Approval, Incident
 from watchdog.web import installer
 
 Ask = Callable[[str], Awaitable[bool]]
@@ -80,14 +83,72 @@ class TerminalNotifier:
         return NotifyResult(ok=True, sent=True, detail="shown at the terminal")
 
 
-async def ask_terminal(question: str) -> bool:
-    """Ask on stdin (in a thread, so the watchdog keeps running); EOF counts as no."""
+async def read_answer(fd: int) -> str:
+    """One line typed on `fd` ("" at end of input), read without a blocking thread.
+
+    The loop watches `fd` and reads only what is there, so Ctrl-C (which cancels the demo's task)
+    ends the wait at once; a thread blocked in `input()` would keep the process alive until Enter.
+    Input the loop cannot watch (a regular file, /dev/null) never blocks, so it is read directly.
+    """
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def readable() -> None:
+        try:
+            ready.put_nowait(os.read(fd, 1024))
+        except OSError:
+            ready.put_nowait(b"")
+
     try:
-        answer = await asyncio.to_thread(input, question)
-    except EOFError:
+        loop.add_reader(fd, readable)
+    except (OSError, ValueError, NotImplementedError):
+        return os.read(fd, 1024).decode(errors="replace")
+    line = b""
+    try:
+        while b"\n" not in line:
+            chunk = await ready.get()
+            if not chunk:
+                break
+            line += chunk
+    finally:
+        loop.remove_reader(fd)
+    return line.decode(errors="replace")
+
+
+async def ask_terminal(question: str) -> bool:
+    """Ask on stdin while the watchdog keeps running; end of input counts as no."""
+    sys.stdout.write(question)
+    sys.stdout.flush()
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = -1
+    try:
+        answer = await read_answer(fd) if fd >= 0 else ""
+    except asyncio.CancelledError:  # Ctrl-C, or decided on the page: end the prompt's line
+        sys.stdout.write("\n")
+        raise
+    if not answer:
         print("\n          no terminal input: denied (`gl-watchdog demo --yes` approves without asking)")
         return False
     return answer.strip().lower() in ("y", "yes")
+
+
+def paused(deadline: asyncio.Timeout, ask: Ask) -> Ask:
+    """`ask`, with `deadline` stopped while the human thinks: the time limit is for the machine's part."""
+
+    async def ask_paused(question: str) -> bool:
+        loop = asyncio.get_running_loop()
+        when = deadline.when()
+        remaining = None if when is None else max(0.0, when - loop.time())
+        deadline.reschedule(None)
+        try:
+            return await ask(question)
+        finally:
+            if remaining is not None:
+                deadline.reschedule(loop.time() + remaining)
+
+    return ask_paused
 
 
 def _bind() -> socket.socket:
@@ -162,9 +223,9 @@ async def run_demo(
     with tempfile.TemporaryDirectory(prefix="gl-watchdog-demo-") as tmp:
         base = workdir or Path(tmp)
         try:
-            async with asyncio.timeout(deadline_seconds):
+            async with asyncio.timeout(deadline_seconds) as deadline:
                 with _quiet_orchestrator_logs():
-                    await _run(out, base, yes, ask, result)
+                    await _run(out, base, yes, paused(deadline, ask), result)
         except TimeoutError:
             result.failure = result.failure or f"the demo did not finish within {deadline_seconds:.0f}s"
     if not result.ok and not result.failure:
@@ -311,14 +372,53 @@ async def _answer(
         approved, actor = True, "demo --yes"
         w("          approved (--yes)\n")
     else:
-        approved, actor = await ask("          Approve? [y/N] "), "terminal"
+        w("          approve here, or open the page above and decide there\n")
+        elsewhere = await _ask_or_page(remediator, prompt.approval_id, ask)
+        if isinstance(elsewhere, bool):
+            approved, actor = elsewhere, "terminal"
+        else:  # decided on the page (its handler continues the remediation), or expired
+            state = "approved" if elsewhere.state == "used" else elsewhere.state  # used: already acting
+            w(f"\n          {state} by {elsewhere.decided_by} (not at the terminal)\n")
+            result.approved = state == "approved"
+            if result.approved:
+                result.timings["approved"] = _since(start)
+            return
     result.approved = approved
     if approved:
         result.timings["approved"] = _since(start)
-    decided = await remediator.approvals.decide(
-        prompt.approval_id, Decision.APPROVE if approved else Decision.DENY, actor=actor, authenticated=True
-    )
+    try:
+        decided = await remediator.approvals.decide(
+            prompt.approval_id,
+            Decision.APPROVE if approved else Decision.DENY,
+            actor=actor,
+            authenticated=True,
+        )
+    except ApprovalClosed as exc:  # e.g. answered after the prompt expired: nothing acts on it
+        w(f"          too late: {exc}\n")
+        return
     remediator.spawn(remediator.on_decision(decided), name=f"decision-{decided.id}")
+
+
+async def _ask_or_page(remediator: Remediator, approval_id: str, ask: Ask) -> bool | Approval:
+    """The terminal's answer, or the prompt once it is no longer pending (decided on the page, expired)."""
+
+    async def settled_elsewhere() -> Approval:
+        while True:
+            approval = await remediator.approvals.get(approval_id)
+            if approval.state != "pending":
+                return approval
+            await asyncio.sleep(0.2)
+
+    asking = asyncio.ensure_future(ask("          Approve? [y/N] "))
+    watching = asyncio.ensure_future(settled_elsewhere())
+    try:
+        await asyncio.wait({asking, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (asking, watching):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(asking, watching, return_exceptions=True)
+    return asking.result() if asking.done() and not asking.cancelled() else watching.result()
 
 
 def _summary(out: TextIO, result: DemoResult) -> None:
