@@ -163,3 +163,14 @@ class NodeTimeout(OrchestratorError, TimeoutError):
     """A node attempt exceeded its `timeout_policy.timeout_seconds`."""
 
     code = "node_timeout"
+
+
+def short_reason(exc: BaseException, limit: int = 300) -> str:
+    """The first line of `exc`'s message, at most `limit` characters: what an HTTP answer may show.
+
+    Database drivers put the SQL statement and its parameters on the lines after the first one; they
+    belong in the server's log, not in a response (least of all the unauthenticated `/readyz`).
+    """
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first if len(first) <= limit else first[: limit - 1] + "…"

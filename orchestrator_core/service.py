@@ -49,6 +49,8 @@ from orchestrator_core.errors import (
     OrchestratorError,
     ServiceUnavailable,
     StaleFencingToken,
+    StoreError,
+    short_reason,
 )
 from orchestrator_core.events import CompositeObserver, EngineObserver, SafeObserver
 from orchestrator_core.http_agents import HttpAgentClient
@@ -56,7 +58,11 @@ from orchestrator_core.locks import InProcessLockBackend, Lease, LockBackend, Re
 from orchestrator_core.logs import LogObserver, RunLog
 from orchestrator_core.metrics import Limits, MetricsObserver, OrchestratorMetrics
 from orchestrator_core.records import ExecutionOptions, ExecutionRecord, ResumeResult
-from orchestrator_core.settings import OrchestratorSettings
+from orchestrator_core.settings import (
+    MAX_CONCURRENT_EXECUTIONS_BOUND,
+    MAX_PARALLEL_NODES_BOUND,
+    OrchestratorSettings,
+)
 from orchestrator_core.tracing import RunTracer, TracingObserver, build_tracer_provider
 
 log = logging.getLogger(__name__)
@@ -188,8 +194,15 @@ class OrchestratorService:
         )
 
     async def limits_json(self) -> dict[str, Any]:
-        """`GET /metrics` (JSON) and `GET|PUT /admin/limits`: fresh queue length from the store."""
-        await self._count_queued()
+        """`GET /metrics` (JSON) and `GET|PUT /admin/limits`: fresh queue length from the store.
+
+        While the store is down the runbook's step 5 still gets an answer: the active count and the
+        limits are this replica's own, and `queued_executions` is the last length read.
+        """
+        try:
+            await self._count_queued()
+        except StoreError as exc:
+            log.warning("queue length not refreshed (store unavailable): %s", exc)
         limits = self.limits()
         return {
             "active_executions": limits.active,
@@ -203,12 +216,14 @@ class OrchestratorService:
         self, *, max_parallel_nodes: int | None = None, max_concurrent_executions: int | None = None
     ) -> dict[str, Any]:
         """Change limits live; a raised execution limit admits queued runs at once."""
-        for name, value in (
-            ("max_parallel_nodes", max_parallel_nodes),
-            ("max_concurrent_executions", max_concurrent_executions),
+        for name, value, bound in (
+            ("max_parallel_nodes", max_parallel_nodes, MAX_PARALLEL_NODES_BOUND),
+            ("max_concurrent_executions", max_concurrent_executions, MAX_CONCURRENT_EXECUTIONS_BOUND),
         ):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise BadRequest(f"{name} must be an integer >= 1", field=name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= bound
+            ):
+                raise BadRequest(f"{name} must be an integer from 1 to {bound}", field=name)
         if max_parallel_nodes is not None:
             self.engine.set_max_parallel_nodes(max_parallel_nodes)
         if max_concurrent_executions is not None:
@@ -220,7 +235,10 @@ class OrchestratorService:
                 "max_concurrent": self._max_concurrent,
             },
         )
-        await self.pump_once()
+        try:  # the change is made; admitting queued runs under it may wait for the next tick
+            await self.pump_once()
+        except OrchestratorError as exc:
+            log.warning("admission after the limit change deferred: %s", exc)
         return await self.limits_json()
 
     async def readiness(self) -> dict[str, str]:
@@ -231,13 +249,13 @@ class OrchestratorService:
                 await self.engine.list_executions(limit=1)
             checks["store"] = "ok"
         except (OrchestratorError, TimeoutError) as exc:
-            checks["store"] = f"unavailable: {exc or 'timeout'}"
+            checks["store"] = f"unavailable: {short_reason(exc) if str(exc) else 'timeout'}"
         try:
             async with asyncio.timeout(READY_CHECK_TIMEOUT_SECONDS):
                 await self.locks.ping()
             checks["locks"] = "ok"
         except (LockBackendUnavailable, TimeoutError) as exc:
-            checks["locks"] = f"unavailable: {exc or 'timeout'}"
+            checks["locks"] = f"unavailable: {short_reason(exc) if str(exc) else 'timeout'}"
         if not self._accepting:
             checks["admission"] = "shutting down"
         return checks
@@ -257,8 +275,19 @@ class OrchestratorService:
             dag_id=dag_id,
             dag_version=record.dag_version,
         )
-        await self.pump_once()
-        return await self.engine.get_execution(record.execution_id)
+        # The run is recorded: from here on the caller must get its id (202), not an error that invites
+        # a retry and so a duplicate run. When Redis or the store fails now, the run stays queued and
+        # the maintenance loop (this replica's or another's) starts it once they are back.
+        try:
+            await self.pump_once()
+            return await self.engine.get_execution(record.execution_id)
+        except OrchestratorError as exc:
+            self.run_log.warning(
+                f"execution stays queued: admission failed: {exc}",
+                execution_id=record.execution_id,
+                dag_id=dag_id,
+            )
+            return record
 
     async def cancel(self, execution_id: str) -> ExecutionRecord:
         """Cancel a queued or running run (checkpoints kept); `InvalidState` when it is finished."""

@@ -1,0 +1,77 @@
+"""PostgreSQL or Redis going away under a running service: clear 503s, readiness false, nothing changed
+behind an error, and no SQL or traceback in any answer. Real services behind a `TcpProxy` that is cut."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator_core.service import OrchestratorService
+from tests.orchestrator.tcp_proxy import proxied
+from tests.orchestrator.test_service_harness import chain_dag, make_settings, running_service
+
+pytestmark = pytest.mark.usefixtures("_no_pending_tasks")
+
+
+async def _statuses(service: OrchestratorService, dag_id: str) -> list[str]:
+    return [record.status for record in await service.engine.list_executions(dag_id=dag_id)]
+
+
+async def test_execute_while_redis_is_down_answers_202_queued_once_and_starts_when_it_is_back(
+    sqlite_url: str, redis_url: str
+) -> None:
+    async with proxied(redis_url) as (proxy, through_proxy):
+        settings = make_settings(sqlite_url, redis_url=through_proxy)
+        async with running_service(settings) as h:
+            await h.register(chain_dag("outage", "builtin.echo"))
+            await proxy.cut()
+
+            response = await h.api("POST", "/dags/outage/execute", json={"input_data": 1})
+
+            # The run is recorded, so the caller gets its id rather than a 503 that invites a retry
+            # (and with it a second run).
+            assert response.status_code == 202, response.text
+            body = response.json()
+            assert body["status"] == "queued"
+            assert await _statuses(h.service, "outage") == ["queued"]
+            ready = await h.client.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["checks"]["locks"].startswith("unavailable")
+
+            await proxy.restore()
+            assert await h.service.pump_once() == [body["execution_id"]]
+            await h.wait_status(body["execution_id"], "completed")
+
+
+async def test_store_outage_gives_503_without_sql_and_a_limit_change_still_applies(
+    postgres_url: str,
+) -> None:
+    async with proxied(postgres_url) as (proxy, through_proxy):
+        settings = make_settings(through_proxy, db_timeout_seconds=2.0)
+        async with running_service(settings) as h:
+            await h.register(chain_dag("pg", "builtin.echo"))
+            await proxy.cut()
+
+            listed = await h.api("GET", "/executions?status=running")
+            assert listed.status_code == 503
+            assert listed.json()["error"] == "store_unavailable"
+            assert "SQL" not in listed.json()["detail"] and "\n" not in listed.json()["detail"]
+
+            ready = await h.client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["store"].startswith("unavailable")
+            assert "SQL" not in ready.text and "SELECT" not in ready.text
+
+            refused = await h.api("POST", "/dags/pg/execute", json={})
+            assert refused.status_code == 503 and refused.json()["error"] == "store_unavailable"
+
+            # The runbook's step 5 and a live limit change (option 4) still answer: both are this
+            # replica's own figures, and the change it reports is the change it made.
+            figures = await h.api("GET", "/metrics")
+            assert figures.status_code == 200 and figures.json()["active_executions"] == 0
+            changed = await h.api("PUT", "/admin/limits", json={"max_parallel_nodes": 4})
+            assert changed.status_code == 200, changed.text
+            assert changed.json()["max_parallel_nodes"] == 4
+            assert h.service.engine.max_parallel_nodes == 4
+
+            await proxy.restore()
+            assert (await h.client.get("/readyz")).status_code == 200
+            assert await _statuses(h.service, "pg") == []  # the refused execute recorded nothing
