@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator_core.dag import load_document
 from orchestrator_core.errors import (
@@ -37,12 +37,18 @@ from orchestrator_core.errors import (
     ConfigError,
     DagValidationError,
     OrchestratorError,
+    ServiceUnavailable,
+    short_reason,
 )
 from orchestrator_core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from orchestrator_core.openapi import build_openapi
 from orchestrator_core.records import EXECUTION_STATUSES, ExecutionOptions
 from orchestrator_core.service import OrchestratorService
-from orchestrator_core.settings import OrchestratorSettings
+from orchestrator_core.settings import (
+    MAX_CONCURRENT_EXECUTIONS_BOUND,
+    MAX_PARALLEL_NODES_BOUND,
+    OrchestratorSettings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +168,9 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(400, exc.code, str(exc), field=exc.field)
     except OrchestratorError as exc:
         if exc.http_status >= 500:
-            log.error("request %s %s failed: %s", request.method, request.path, exc)
+            level = logging.WARNING if isinstance(exc, ServiceUnavailable) else logging.ERROR
+            log.log(level, "request %s %s failed: %s", request.method, request.path, exc)
+            return error_response(exc.http_status, exc.code, short_reason(exc))
         return error_response(exc.http_status, exc.code, str(exc))
     except web.HTTPRequestEntityTooLarge as exc:
         return error_response(
@@ -220,7 +228,10 @@ def _model(model: type[BaseModel], data: Any) -> Any:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"])
-        raise BadRequest(f"{field or 'body'}: {first['msg']}", field=field) from None
+        message = first["msg"]
+        if first["type"] in ("model_type", "model_attributes_type", "dict_type"):
+            message = "must be a JSON object"  # not pydantic's "... or instance of LimitsRequest"
+        raise BadRequest(f"{field or 'body'}: {message}", field=field) from None
 
 
 class ExecuteRequest(BaseModel):
@@ -231,17 +242,19 @@ class ExecuteRequest(BaseModel):
 
 
 class ExecutionOptionsModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: "yes", "0" or 1 are refused rather than guessed at.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     checkpoint_enabled: bool = True
     deterministic_mode: bool = False
 
 
 class LimitsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: `true` or "5" are refused (lax pydantic would read them as 1 and 5); same bounds as settings.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    max_parallel_nodes: int | None = None
-    max_concurrent_executions: int | None = None
+    max_parallel_nodes: int | None = Field(None, ge=1, le=MAX_PARALLEL_NODES_BOUND)
+    max_concurrent_executions: int | None = Field(None, ge=1, le=MAX_CONCURRENT_EXECUTIONS_BOUND)
 
 
 ExecuteRequest.model_rebuild()
@@ -370,7 +383,26 @@ async def update_dag(request: web.Request) -> web.Response:
     patch = await _json_body(request)
     if not isinstance(patch, dict) or not patch:
         raise BadRequest("the partial update must be a non-empty JSON object", field="")
-    dag = await _service(request).engine.update_dag(request.match_info["dag_id"], patch)
+    engine = _service(request).engine
+    dag_id = request.match_info["dag_id"]
+    nodes = patch.get("nodes")
+    if isinstance(nodes, dict):
+        current = await engine.get_dag(dag_id)  # 404 first for an unknown DAG
+        # A mistyped node id in the runbook's Option 6 would otherwise read "agent_id: Field required".
+        typos = [
+            node_id
+            for node_id, node in nodes.items()
+            if node_id not in current.nodes and isinstance(node, dict) and "agent_id" not in node
+        ]
+        if typos:
+            known = ", ".join(sorted(current.nodes))
+            raise DagValidationError(
+                [
+                    (f"nodes.{node_id}", f"DAG {dag_id} has no node {node_id!r} (its nodes: {known})")
+                    for node_id in typos
+                ]
+            )
+    dag = await engine.update_dag(dag_id, patch)
     return web.json_response(dag.to_document())
 
 

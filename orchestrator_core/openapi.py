@@ -12,6 +12,8 @@ import re
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from orchestrator_core.settings import MAX_CONCURRENT_EXECUTIONS_BOUND, MAX_PARALLEL_NODES_BOUND
+
 OPENAPI_VERSION = "3.0.3"
 API_TITLE = "gl-orchestrator"
 API_VERSION = "1"
@@ -189,8 +191,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "max_parallel_nodes": {"type": "integer", "minimum": 1},
-            "max_concurrent_executions": {"type": "integer", "minimum": 1},
+            "max_parallel_nodes": {"type": "integer", "minimum": 1, "maximum": MAX_PARALLEL_NODES_BOUND},
+            "max_concurrent_executions": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_CONCURRENT_EXECUTIONS_BOUND,
+            },
         },
     },
     "Dag": {

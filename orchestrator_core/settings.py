@@ -12,6 +12,7 @@ List values from the environment are JSON (`GL_ORCHESTRATOR_API_TOKENS='["t1","t
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import socket
 from pathlib import Path
@@ -19,9 +20,14 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from orchestrator_core.errors import ConfigError
+
+# Upper bounds of the two live-tunable limits; the settings, `PUT /admin/limits` and the OpenAPI
+# document all refuse values past them (a typo like 1000000000 must not become the live limit).
+MAX_PARALLEL_NODES_BOUND = 10_000
+MAX_CONCURRENT_EXECUTIONS_BOUND = 100_000
 
 
 def _default_replica_id() -> str:
@@ -39,8 +45,8 @@ class OrchestratorSettings(BaseSettings):
     redis_url: str | None = None
     api_tokens: list[SecretStr] = Field(default_factory=list)
     api_token_file: Path | None = None
-    max_parallel_nodes: int = Field(10, ge=1, le=10_000)
-    max_concurrent_executions: int = Field(50, ge=1, le=100_000)
+    max_parallel_nodes: int = Field(10, ge=1, le=MAX_PARALLEL_NODES_BOUND)
+    max_concurrent_executions: int = Field(50, ge=1, le=MAX_CONCURRENT_EXECUTIONS_BOUND)
     replica_id: str = Field(default_factory=_default_replica_id, min_length=1)
     pod_name: str | None = None
     namespace: str = "greenlang"
@@ -131,6 +137,17 @@ def _describe(exc: ValidationError, origin: str) -> str:
     return f"invalid orchestrator settings ({origin}): " + "; ".join(parts)
 
 
+def _describe_env_parse_error(exc: SettingsError) -> str:
+    match = re.search(r'field "([^"]+)"', str(exc))
+    if match is None:
+        return f"invalid orchestrator settings (environment): {exc}"
+    variable = f"GL_ORCHESTRATOR_{match.group(1).upper()}"
+    return (
+        f"invalid orchestrator settings (environment): {variable} must be a JSON list, "
+        f'e.g. {variable}=\'["first", "second"]\''
+    )
+
+
 def load_settings(config_path: Path | str | None = None) -> OrchestratorSettings:
     """Build the settings from the environment and, when given, a YAML file (environment wins).
 
@@ -140,6 +157,8 @@ def load_settings(config_path: Path | str | None = None) -> OrchestratorSettings
         from_env = OrchestratorSettings()
     except ValidationError as exc:
         raise ConfigError(_describe(exc, "environment")) from exc
+    except SettingsError as exc:  # a list-valued variable that is not JSON
+        raise ConfigError(_describe_env_parse_error(exc)) from exc
     if config_path is None:
         return from_env
     file_values = _read_yaml(Path(config_path))

@@ -1,0 +1,87 @@
+"""Bad input a tired on-call engineer types into the runbook's curl commands: refused with a JSON 400 that
+names the problem, and nothing stored or changed behind the refusal."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.orchestrator.test_service_harness import (
+    Harness,
+    chain_dag,
+    make_settings,
+    running_service,
+)
+
+pytestmark = pytest.mark.usefixtures("_no_pending_tasks")
+
+
+@pytest.fixture
+async def h(_no_pending_tasks: None, sqlite_url: str) -> AsyncIterator[Harness]:
+    async with running_service(make_settings(sqlite_url)) as harness:
+        yield harness
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"max_parallel_nodes": True}, "max_parallel_nodes"),  # lax pydantic read this as 1
+        ({"max_parallel_nodes": "5"}, "max_parallel_nodes"),
+        ({"max_parallel_nodes": 10_001}, "max_parallel_nodes"),
+        ({"max_parallel_nodes": 1_000_000_000_000}, "max_parallel_nodes"),
+        ({"max_concurrent_executions": 100_001}, "max_concurrent_executions"),
+        ({"max_concurrent_executions": -1}, "max_concurrent_executions"),
+        ({"max_parallel_nodes": 5, "max_concurrent_executions": 0}, "max_concurrent_executions"),
+        ([5], ""),
+    ],
+)
+async def test_limits_refuse_wrong_types_and_out_of_range_values_and_keep_the_old_ones(
+    h: Harness, body: Any, field: str
+) -> None:
+    before = (await h.api("GET", "/admin/limits")).json()
+    response = await h.api("PUT", "/admin/limits", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "bad_request" and response.json()["field"] == field
+    assert "LimitsRequest" not in response.text
+    assert (await h.api("GET", "/admin/limits")).json() == before
+
+
+async def test_limits_accept_the_upper_bounds(h: Harness) -> None:
+    response = await h.api(
+        "PUT", "/admin/limits", json={"max_parallel_nodes": 10_000, "max_concurrent_executions": 100_000}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["max_parallel_nodes"] == 10_000
+
+
+async def test_execute_refuses_options_that_are_not_booleans_and_queues_nothing(h: Harness) -> None:
+    await h.register(chain_dag("opts", "builtin.echo"))
+    for options in ({"checkpoint_enabled": "yes"}, {"deterministic_mode": 1}, []):
+        response = await h.api("POST", "/dags/opts/execute", json={"execution_options": options})
+        assert response.status_code == 400, (options, response.text)
+        assert response.json()["field"].startswith("execution_options")
+        assert "ExecutionOptionsModel" not in response.text
+    assert await h.service.engine.list_executions(dag_id="opts") == []
+
+
+async def test_partial_update_of_a_mistyped_node_names_the_dag_s_nodes_and_changes_nothing(
+    h: Harness,
+) -> None:
+    await h.register(chain_dag("typo", "builtin.echo", "builtin.echo"))
+    patch = {"nodes": {"n3": {"timeout_policy": {"timeout_seconds": 300, "on_timeout": "fail"}}}}
+    response = await h.api("PUT", "/dags/typo", json=patch)
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["error"] == "invalid_dag" and body["field"] == "nodes.n3"
+    assert "no node 'n3'" in body["detail"] and "n1, n2" in body["detail"]
+    assert (await h.api("GET", "/dags/typo")).json()["version"] == 1
+
+
+async def test_partial_update_may_still_add_a_node_that_names_its_agent(h: Harness) -> None:
+    await h.register(chain_dag("grow", "builtin.echo"))
+    patch = {"nodes": {"n2": {"agent_id": "builtin.echo", "depends_on": ["n1"]}}}
+    response = await h.api("PUT", "/dags/grow", json=patch)
+    assert response.status_code == 200, response.text
+    assert sorted(response.json()["nodes"]) == ["n1", "n2"] and response.json()["version"] == 2
