@@ -158,7 +158,11 @@ async def serve(settings: OrchestratorSettings, *, stop: asyncio.Event | None = 
     try:
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # port in use, address not local, permission denied
+            reason = exc.strerror or str(exc)
+            raise OrchestratorError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from exc
         await service.start()
         log.info(
             "orchestrator listening",

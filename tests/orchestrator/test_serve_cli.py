@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +106,23 @@ def test_serve_with_unreachable_database_exits_1_without_traceback(tmp_path: Pat
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("gl-orchestrator: ")
+
+
+def test_serve_on_a_port_in_use_exits_1_naming_the_address(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {**os.environ, "GL_ORCHESTRATOR_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'o.db'}"}
+        result = cli("serve", "--port", str(port), env=env, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"gl-orchestrator: cannot listen on 127.0.0.1:{port}"), last
+
+
+def test_serve_with_a_non_json_token_list_exits_2_naming_the_variable(tmp_path: Path) -> None:
+    env = {**os.environ, "GL_ORCHESTRATOR_API_TOKENS": "not-json"}
+    result = cli("serve", env=env, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "GL_ORCHESTRATOR_API_TOKENS must be a JSON list" in result.stderr

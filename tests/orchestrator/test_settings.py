@@ -59,3 +59,25 @@ def test_bad_values_name_the_field(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
         load_settings(broken)
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_settings(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize("name", ["API_TOKENS", "HTTP_AGENTS"])
+def test_a_list_variable_that_is_not_json_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv(f"GL_ORCHESTRATOR_{name}", "plain-value")
+    with pytest.raises(ConfigError, match=f"GL_ORCHESTRATOR_{name} must be a JSON list"):
+        load_settings()
+
+
+def test_runbook_option_4_variables_set_the_limits_and_refuse_nonsense(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GL_ORCHESTRATOR_MAX_PARALLEL_NODES", "5")
+    monkeypatch.setenv("GL_ORCHESTRATOR_MAX_CONCURRENT_EXECUTIONS", "25")
+    settings = load_settings()
+    assert (settings.max_parallel_nodes, settings.max_concurrent_executions) == (5, 25)
+    for value in ("0", "-5", "100001"):
+        monkeypatch.setenv("GL_ORCHESTRATOR_MAX_CONCURRENT_EXECUTIONS", value)
+        with pytest.raises(ConfigError, match="max_concurrent_executions"):
+            load_settings()
