@@ -6,6 +6,8 @@ tokens written where the Secret would be mounted, the chart's policy ConfigMap w
 paths moved under a temp dir, loopback ports. So the test also proves the rendered configuration boots
 the real services, that /healthz and /readyz answer, and that their live /metrics exposition carries
 every name the rules and dashboards use. A running DAG execution makes the per-execution series exist.
+Every label a query matches or groups on must be one its metrics carry (from the live scrape for the
+scrape-time gauges, from the registered metric objects for counters and histograms) or a target label.
 """
 
 from __future__ import annotations
@@ -17,15 +19,22 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
+from orchestrator_core.metrics import OrchestratorMetrics
 from tests.helm.chart import Manifest, one
 from tests.helm.services import HTTP_TIMEOUT, Service, scrape, start_stuck_run
+from watchdog.metrics import WatchdogMetrics
 
 pytestmark = pytest.mark.slow
 
 # Series Prometheus itself makes, not the services.
 PROMETHEUS_OWN = {"up", "ALERTS", "ALERTS_FOR_STATE"}
+# Labels the Prometheus Operator's ServiceMonitor scrape adds to every series of a target.
+TARGET_LABELS = {"job", "namespace", "pod", "instance", "service", "endpoint", "container"}
+# Labels of Prometheus' own series beyond the target labels.
+PROMETHEUS_OWN_LABELS = {"up": set(), "ALERTS": {"alertname", "alertstate", "severity"}}
 
 
 # -- what the chart queries ------------------------------------------------------------------------
@@ -165,3 +174,94 @@ def test_watchdog_boots_with_the_charts_configuration_and_exports_what_is_querie
     assert {"gl_watchdog_open_incidents", "gl_watchdog_remediations_total"} <= set(queried)
     missing = {name: sorted(where) for name, where in queried.items() if name not in exported}
     assert not missing, f"queried but not exported by the watchdog: {missing}"
+
+
+# -- labels ----------------------------------------------------------------------------------------
+
+
+def _declared_labels() -> dict[str, set[str]]:
+    """Series name -> label names, from the metric objects both services register (counters and
+    histograms have no samples, hence no labels in an exposition, until something is counted)."""
+    labels: dict[str, set[str]] = {}
+    for owner in (OrchestratorMetrics(), WatchdogMetrics()):
+        for metric in vars(owner).values():
+            if not isinstance(metric, MetricWrapperBase):
+                continue
+            names = set(metric._labelnames)  # private: the declared label names
+            name = metric._name
+            if metric._type == "counter":
+                labels[f"{name}_total"] = names
+            elif metric._type == "histogram":
+                labels |= {f"{name}_bucket": names | {"le"}, f"{name}_sum": names, f"{name}_count": names}
+            else:
+                labels[name] = names
+    return labels
+
+
+def _live_labels(exposition: str) -> dict[str, set[str]]:
+    """Series name -> label names seen in a scrape (the scrape-time gauges)."""
+    labels: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            labels.setdefault(sample.name, set()).update(sample.labels)
+    return labels
+
+
+def _queried_exprs(manifests: list[Manifest]) -> list[tuple[str, str]]:
+    """(where, PromQL) of every rule and dashboard query."""
+    found = []
+    for group in one(manifests, "PrometheusRule")["spec"]["groups"]:
+        for rule in group["rules"]:
+            found.append((f"rule {rule['alert']}", rule["expr"]))
+    for configmap in manifests:
+        if configmap["kind"] == "ConfigMap" and configmap["metadata"]["name"].startswith("gl-dashboard-"):
+            ((_, text),) = configmap["data"].items()
+            dashboard = json.loads(text)
+            found += [(f"dashboard {dashboard['uid']}", expr) for expr in _dashboard_exprs(dashboard)]
+    return found
+
+
+SELECTOR = re.compile(r"\b(gl_[a-zA-Z0-9_:]+|up|ALERTS)\s*\{([^}]*)\}")
+MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
+GROUPING = re.compile(r"\b(?:by|on|without|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+
+
+def label_problems(expr: str, known: dict[str, set[str]]) -> list[str]:
+    """Labels `expr` matches or groups on that none of its metrics carries."""
+    problems = []
+    names = _metric_names(expr)
+    unknown = sorted(n for n in names if n not in known)
+    if unknown:
+        return [f"no label information for {unknown}"]
+    carried = set().union(*(known[n] for n in names)) | TARGET_LABELS
+    for name, matchers in SELECTOR.findall(expr):
+        for label in MATCHER.findall(re.sub(r'"(?:[^"\\]|\\.)*"', '""', matchers)):
+            if label not in known[name] | TARGET_LABELS:
+                problems.append(f"{name} has no label {label!r}")
+    for group in GROUPING.findall(expr):
+        for label in (part.strip() for part in group.split(",")):
+            if label and label not in carried:
+                problems.append(f"grouping on {label!r}, which none of {sorted(names)} carries")
+    return problems
+
+
+def test_label_check_catches_a_wrong_label() -> None:
+    known = {"gl_x_total": {"dag_id"}, "gl_y_bucket": {"node_id", "le"}}
+    assert label_problems('sum by (dag_id) (rate(gl_x_total{namespace=~"a"}[5m]))', known) == []
+    assert label_problems('rate(gl_x_total{node_id="a"}[5m])', known) == ["gl_x_total has no label 'node_id'"]
+    assert label_problems("sum by (le, agent_id) (rate(gl_y_bucket[5m]))", known) == [
+        "grouping on 'agent_id', which none of ['gl_y_bucket'] carries"
+    ]
+
+
+def test_every_label_a_rule_or_dashboard_uses_is_one_the_metric_carries(
+    orchestrator: Service, default_manifests: list[Manifest]
+) -> None:
+    start_stuck_run(orchestrator, "metrics-contract", 300)
+    known = {**PROMETHEUS_OWN_LABELS, **_live_labels(scrape(orchestrator)), **_declared_labels()}
+    problems = {
+        f"{where}: {expr}": found
+        for where, expr in _queried_exprs(default_manifests)
+        if (found := label_problems(expr, known))
+    }
+    assert not problems, problems
