@@ -13,8 +13,8 @@ with the `Remediator` (`watchdog.remediation`) that continues after a decision. 
 
 A GET never decides (chat link unfurlers fetch links): the buttons POST. The link token is checked
 by `watchdog.approvals` (HMAC, expiry, single use); these paths are public to the bearer-token
-middleware because the token is their credential. Plain HTML with a few lines of inline JS (a reload
-while the remediation runs); no external assets.
+middleware because the token is their credential. Plain HTML, no JavaScript (a meta refresh while the
+remediation runs); no external assets.
 """
 
 from __future__ import annotations
@@ -57,10 +57,10 @@ def _remediator(request: web.Request) -> Remediator:
 
 
 def _bearer_ok(request: web.Request) -> bool:
-    """True when the request carries a valid API bearer token (or API auth is off)."""
+    """True when the request carries a valid API bearer token; never when none is configured."""
     tokens = [t.encode() for t in _remediator(request).api_tokens]
-    if not tokens:
-        return True
+    if not tokens:  # no token configured: refused, as every other API call is (watchdog.api)
+        return False
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not presented:
         return False
@@ -117,11 +117,8 @@ async def api_decide(request: web.Request) -> web.Response:
         if body.get("actor") is not None:
             actor = f"api:{str(body['actor'])[:100]}"
     remediator = _remediator(request)
-    if token is None:
-        if "Authorization" not in request.headers and remediator.api_tokens:
-            return _unauthorized()
-        if not _bearer_ok(request):
-            return _unauthorized()
+    if token is None and not _bearer_ok(request):
+        return _unauthorized()
     authenticated = token is None
     try:
         approval = await remediator.approvals.decide(
@@ -160,7 +157,10 @@ async def page(request: web.Request) -> web.Response:
         return _html(403, "Invalid link", f"<p>{html.escape(str(exc))}</p>")
     incident = await remediator.incidents.get(approval.incident_id)
     notice = request.query.get("notice", "")
-    return _html(200, f"Approval {approval.id}", _render(approval, incident, token, notice, request.query))
+    expired = approval.state == "pending" and remediator.approvals.clock() >= approval.expires_at
+    body = _render(approval, incident, token, notice, request.query, expired=expired)
+    acting = approval.state in ("approved", "used") and incident.status in IN_PROGRESS
+    return _html(200, f"Approval {approval.id}", body, refresh_seconds=2 if acting else None)
 
 
 async def page_decide(request: web.Request) -> web.StreamResponse:
@@ -188,9 +188,11 @@ async def page_decide(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(location)
 
 
-def _html(status: int, title: str, body: str) -> web.Response:
+def _html(status: int, title: str, body: str, *, refresh_seconds: int | None = None) -> web.Response:
+    # A meta refresh, not script: the progress page updates itself in browsers without JavaScript too.
+    refresh = f'<meta http-equiv="refresh" content="{refresh_seconds}">' if refresh_seconds else ""
     document = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)} · gl-watchdog</title>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)} · gl-watchdog</title>{refresh}
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 52rem; margin: 2rem auto; padding: 0 1rem; }}
@@ -211,10 +213,13 @@ def _e(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _render(approval: Approval, incident: Incident, token: str, notice: str, query: Any) -> str:
+def _render(
+    approval: Approval, incident: Incident, token: str, notice: str, query: Any, *, expired: bool = False
+) -> str:
     plan = approval.plan
     params = ", ".join(f"{_e(k)}={_e(v)}" for k, v in (plan.get("params") or {}).items())
     actions = "".join(f"<li>{_e(a.get('description', a))}</li>" for a in plan.get("actions") or [])
+    shown_state = "expired" if expired else approval.state  # past its expiry, not yet swept
     parts = []
     if notice:
         parts.append(f'<p class="notice" id="notice">{_e(notice)}</p>')
@@ -227,11 +232,16 @@ def _render(approval: Approval, incident: Incident, token: str, notice: str, que
 <tr><th>Why</th><td id="rationale">{_e(plan.get("rationale", ""))}</td></tr>
 <tr><th>Actions</th><td><ul id="actions">{actions or "<li>(none)</li>"}</ul></td></tr>
 <tr><th>Expires</th><td>{_e(approval.expires_at.isoformat())}</td></tr>
-<tr><th>Approval</th><td class="state" id="approval-state">{_e(approval.state)}</td></tr>
+<tr><th>Approval</th><td class="state" id="approval-state">{_e(shown_state)}</td></tr>
 <tr><th>Incident status</th><td class="state" id="incident-status">{_e(incident.status)}</td></tr>
 </table>"""
     )
-    if approval.state == "pending":
+    if expired:
+        parts.append(
+            f'<p id="decision">This prompt expired at {_e(approval.expires_at.isoformat())} without an '
+            "answer: nothing will act on it, and the incident is escalated to on-call.</p>"
+        )
+    elif approval.state == "pending":
         preselected = query.get("decision", "")
         hint = f"<p>You followed the <b>{_e(preselected)}</b> link: confirm below.</p>" if preselected else ""
         parts.append(
@@ -260,8 +270,5 @@ def _render(approval: Approval, incident: Incident, token: str, notice: str, que
                 f"{checks}</table>"
             )
         if approval.state in ("approved", "used") and incident.status in IN_PROGRESS:
-            parts.append(
-                '<p id="progress">Remediation in progress…</p>'
-                "<script>setTimeout(function () { window.location.reload(); }, 1000);</script>"
-            )
+            parts.append('<p id="progress">Remediation in progress… (this page refreshes itself)</p>')
     return "\n".join(parts)
