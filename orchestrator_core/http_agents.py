@@ -19,11 +19,15 @@ Errors, converted here (httpx never leaks)::
     4xx                               -> AgentError             (not retried)
     2xx with a body that is not JSON  -> AgentOutputError       (not retried)
 
-Each call is timed into `gl_orchestrator_agent_call_duration_seconds{agent_id,outcome}`.
+Each call is timed into `gl_orchestrator_agent_call_duration_seconds{agent_id,outcome}` (`on_call`)
+and, through `run_log`, logged twice with `execution_id`, `node_id` and `agent_id`: "external call ...
+started" (URL, timeout) and "external call ... <outcome> in <s>s", so the runbook's step 7 grep (for
+the agent id, "external", "http", "timeout") finds a hanging or slow agent call and its timing.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,6 +38,7 @@ import httpx
 
 from orchestrator_core.agents import AgentContext, AgentFn, AgentRegistry
 from orchestrator_core.errors import AgentError, AgentOutputError, RetryableAgentError
+from orchestrator_core.logs import RunLog
 
 DEFAULT_TIMEOUT_SECONDS = 300.0
 DEADLINE_GRACE_SECONDS = 0.5
@@ -82,6 +87,7 @@ class HttpAgentClient:
         namespace: str,
         *,
         on_call: Callable[[str, str, float], None] | None = None,
+        run_log: RunLog | None = None,
         default_timeout: float = DEFAULT_TIMEOUT_SECONDS,
         transport: httpx.AsyncBaseTransport | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -89,6 +95,7 @@ class HttpAgentClient:
         self._template = url_template
         self._namespace = namespace
         self._on_call = on_call
+        self._run_log = run_log
         self._default_timeout = default_timeout
         self._now = now
         self._client = httpx.AsyncClient(transport=transport, follow_redirects=False)
@@ -109,6 +116,14 @@ class HttpAgentClient:
         timeout = httpx.Timeout(total, connect=min(total, CONNECT_TIMEOUT_SECONDS))
         started = time.monotonic()
         outcome = "cancelled"  # left as is only when the attempt is cancelled (node timeout, cancel)
+        error: str | None = None
+        self._log(
+            call,
+            logging.INFO,
+            f"external call to agent {call.agent_id} started: POST {url}",
+            url=url,
+            timeout_seconds=round(total, 3),
+        )
         try:
             try:
                 response = await self._client.post(url, json=call.body(), timeout=timeout)
@@ -144,9 +159,35 @@ class HttpAgentClient:
             if isinstance(payload, dict) and set(payload) >= {"output"}:
                 return payload["output"]
             return payload
+        except AgentError as exc:
+            error = str(exc)
+            raise
         finally:
+            took = time.monotonic() - started
             if self._on_call is not None:
-                self._on_call(call.agent_id, outcome, time.monotonic() - started)
+                self._on_call(call.agent_id, outcome, took)
+            self._log(
+                call,
+                logging.INFO if outcome in ("ok", "cancelled") else logging.WARNING,
+                f"external call to agent {call.agent_id} {outcome} in {took:.3f}s: POST {url}",
+                url=url,
+                outcome=outcome,
+                duration_seconds=round(took, 6),
+                error=error,
+            )
+
+    def _log(self, call: AgentCall, level: int, message: str, **fields: Any) -> None:
+        if self._run_log is None:
+            return
+        self._run_log.log(
+            level,
+            message,
+            execution_id=call.execution_id,
+            node_id=call.node_id,
+            agent_id=call.agent_id,
+            attempt=call.attempt,
+            **fields,
+        )
 
     def agent(self, agent_id: str) -> AgentFn:
         """An agent function (for `AgentRegistry.register`) that runs each attempt over HTTP."""

@@ -131,7 +131,7 @@ class OrchestratorService:
         run_log = RunLog()
         tracer = RunTracer(build_tracer_provider(settings.otlp_endpoint, exporter=span_exporter))
         http_agents = HttpAgentClient(
-            settings.agent_url_template, settings.namespace, on_call=metrics.agent_call
+            settings.agent_url_template, settings.namespace, on_call=metrics.agent_call, run_log=run_log
         )
         registry = registry if registry is not None else AgentRegistry.from_entry_points()
         http_agents.register(registry, list(settings.http_agents))

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from orchestrator_core.errors import AgentError, AgentOutputError, RetryableAgentError
 from orchestrator_core.http_agents import AgentCall, HttpAgentClient, agent_url
+from orchestrator_core.logs import RunLog
 from tests.conftest import free_port
 
 
@@ -149,3 +150,26 @@ async def test_hanging_agent_times_out_at_the_deadline(agent_server: AgentServer
     assert 0.2 <= elapsed < 3.0
     assert calls == [("hang", "timeout")]
     assert json.dumps(agent_server.requests[0]["deadline"]).endswith('Z"')
+
+
+async def test_each_call_is_logged_with_run_ids_url_outcome_and_timing(agent_server: AgentServer) -> None:
+    run_log = RunLog()
+    http = HttpAgentClient(
+        f"http://127.0.0.1:{agent_server.port}/agents/{{agent_id}}/run", "greenlang", run_log=run_log
+    )
+    try:
+        deadline = datetime.now(UTC) + timedelta(seconds=0.2)
+        with pytest.raises(RetryableAgentError):
+            await http.call(make_call("hang", deadline))
+    finally:
+        await http.close()
+    started, finished = run_log.lines("e1")
+    url = f"http://127.0.0.1:{agent_server.port}/agents/hang/run"
+    for line in (started, finished):
+        assert (line["execution_id"], line["node_id"], line["agent_id"]) == ("e1", "n1", "hang")
+        assert line["url"] == url and line["attempt"] == 2
+    assert started["message"] == f"external call to agent hang started: POST {url}"
+    assert finished["level"] == "WARNING" and finished["outcome"] == "timeout"
+    assert finished["message"].startswith("external call to agent hang timeout in ")
+    assert 0.2 <= finished["duration_seconds"] < 3.0
+    assert "did not answer" in finished["error"]
