@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from orchestrator_core.errors import ConfigError
@@ -66,6 +66,20 @@ class OrchestratorSettings(BaseSettings):
     db_timeout_seconds: float = Field(10.0, gt=0)
     checkpoint_retry_base_delay: float = Field(0.1, ge=0)
     checkpoint_retry_max_delay: float = Field(5.0, ge=0)
+
+    @field_validator("agent_url_template")
+    @classmethod
+    def _check_agent_url_template(cls, template: str) -> str:
+        # Checked here, so a typo fails at start-up instead of as a KeyError on every HTTP agent call.
+        try:
+            url = template.format(agent_id="agent", namespace="namespace")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"only the placeholders {{agent_id}} and {{namespace}} may be used ({exc!r})"
+            ) from None
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return template
 
     def with_local_token(self) -> OrchestratorSettings:
         """These settings, or, when no API token is configured, a copy that accepts a local token.

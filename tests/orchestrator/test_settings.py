@@ -81,3 +81,10 @@ def test_runbook_option_4_variables_set_the_limits_and_refuse_nonsense(
         monkeypatch.setenv("GL_ORCHESTRATOR_MAX_CONCURRENT_EXECUTIONS", value)
         with pytest.raises(ConfigError, match="max_concurrent_executions"):
             load_settings()
+
+
+@pytest.mark.parametrize("template", ["http://{agent}.svc/run", "http://{0}.svc/run", "{agent_id}:8080/run"])
+def test_a_bad_agent_url_template_fails_at_start_up(monkeypatch: pytest.MonkeyPatch, template: str) -> None:
+    monkeypatch.setenv("GL_ORCHESTRATOR_AGENT_URL_TEMPLATE", template)
+    with pytest.raises(ConfigError, match="agent_url_template"):
+        load_settings()
