@@ -100,9 +100,15 @@ class Slots:
         self.in_use = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
 
-    async def acquire(self) -> None:
+    def try_acquire(self) -> bool:
+        """Take a slot at once if one is free and nobody is queued (what `acquire` does first)."""
         if not self._waiters and self.in_use < self._limit():
             self.in_use += 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -507,7 +513,8 @@ class Executor:
         first = True
         while True:
             attempt += 1
-            await self.slots.acquire()
+            if not self.slots.try_acquire():  # the common case needs no coroutine
+                await self.slots.acquire()
             try:
                 if first:
                     first = False
@@ -525,7 +532,11 @@ class Executor:
             finally:
                 self.slots.release()
             if exc is None:
-                await self._completed(state, value)
+                self._completed(state)
+                if self.persist:  # the node is done only once its checkpoint is committed
+                    await self._save_checkpoint(state, value)
+                self.outputs[node_id] = value
+                self.completion_order.append(node_id)
                 return
             if attempt <= policy.max_retries and is_retryable(policy, exc):
                 if rng is None:
@@ -675,25 +686,24 @@ class Executor:
             )
         )
 
-    async def _completed(self, state: _NodeState, value: Any) -> None:
-        node_id = state.node.node_id
+    def _completed(self, state: _NodeState) -> None:
         state.status = "completed"
         state.error = None
         state.completed_at = self.clock.now()
         state.duration_ms = (self.clock.monotonic() - state.started_mono) * 1000
-        if self.persist:
-            checkpoint = CheckpointRecord(
-                execution_id=self.execution_id,
-                node_id=node_id,
-                status="completed",
-                output=value,
-                input_hash=state.input_hash or "",
-                output_hash=state.output_hash or NO_OUTPUT_HASH,
-                created_at=state.completed_at,
-            )
-            await self.writer.save_checkpoint(checkpoint, state.snapshot())
-        self.outputs[node_id] = value
-        self.completion_order.append(node_id)
+
+    async def _save_checkpoint(self, state: _NodeState, value: Any) -> None:
+        assert state.completed_at is not None
+        checkpoint = CheckpointRecord(
+            execution_id=self.execution_id,
+            node_id=state.node.node_id,
+            status="completed",
+            output=value,
+            input_hash=state.input_hash or "",
+            output_hash=state.output_hash or NO_OUTPUT_HASH,
+            created_at=state.completed_at,
+        )
+        await self.writer.save_checkpoint(checkpoint, state.snapshot())
 
     async def _failed(self, state: _NodeState, exc: BaseException, outcome: str) -> None:
         node = state.node
