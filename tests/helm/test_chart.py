@@ -640,3 +640,8 @@ def test_notes_tell_the_operator_what_to_do_next(render_raw: Any) -> None:
     assert "embedded SQLite" not in prod_notes and "watchdog.mode=recommend" not in prod_notes
     assert "get secret gl-watchdog-prod" in prod_notes
     assert "https://runbooks.greenlang.io/orchestrator/dag-execution-stuck" in prod_notes
+
+
+def test_notes_say_where_the_grafana_sidecar_must_look(render_raw: Any) -> None:
+    notes = render_raw(namespace="ops")["gl-watchdog/templates/NOTES.txt"]
+    assert "the sidecar must search namespace ops" in notes
