@@ -140,7 +140,9 @@ def test_sweep_opens_an_incident_for_the_stuck_run(
     assert [o["execution_id"] for o in report["opened"]] == [execution_id]
     assert main(["incidents", "--format", "json"]) == 0
     [incident] = json.loads(capsys.readouterr().out)["items"]
-    assert incident["source"] == "sweep" and incident["summary"].startswith("slow_node at node wedged")
+    assert incident["source"] == "sweep" and incident["summary"].startswith(
+        "agent_unresponsive at node wedged"
+    )
 
 
 def test_serve_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
@@ -178,6 +180,9 @@ def test_serve_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
             proc.wait(timeout=10)
 
 
-def test_serve_refuses_a_public_address_without_tokens(capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_refuses_a_public_address_without_tokens(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no local token of an earlier `serve` in the working directory
     assert main(["serve", "--host", "0.0.0.0", "--port", str(free_port())]) == 2
     assert "without API tokens" in capsys.readouterr().err

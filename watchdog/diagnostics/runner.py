@@ -7,8 +7,9 @@ step that hangs, fails or has no backend yields an `error`/`unknown` Finding and
 diagnosis. The cause is chosen by ranked rules over the findings (`likely_cause`); the planner maps it
 to a playbook through the policy file.
 
-Causes, in rank order: `execution_not_found`, `not_stuck`, `agent_unresponsive`, `stuck_lock`,
-`checkpoint_store`, `resource_contention`, `external_api_slow`, `slow_node`, `unknown`.
+Causes, in rank order: `execution_not_found`, `not_stuck`, `agent_unresponsive` (pods down),
+`stuck_lock`, `checkpoint_store`, `resource_contention`, `external_api_slow`, `agent_unresponsive`
+(the node logs that its agent hangs, or it runs past its own timeout), `slow_node`, `unknown`.
 """
 
 from __future__ import annotations
@@ -185,6 +186,10 @@ def likely_cause(findings: Sequence[Finding]) -> tuple[str, list[str]]:
     # The stuck node waits on an outside call.
     if problem(7) and ev(7).get("external_call_lines"):
         return "external_api_slow", [says(7), *(_supporting(by_step, 3))]
+
+    # The node's own log says its agent hangs (is stuck, blocked, waiting): not merely slow.
+    if problem(4) and agent.get("hung_lines"):
+        return "agent_unresponsive", [says(4), *(_supporting(by_step, 3))]
 
     # The node runs past its own timeout: its agent neither answers nor honours cancellation.
     if problem(3) and node.get("node_status") == "running" and node.get("within_own_timeout") is False:

@@ -1,7 +1,11 @@
 """Step 4 of the runbook: is the agent of the bottleneck node responsive?
 
 Runs concurrently with steps 5-8 (`watchdog.diagnostics.runner`), from `state.agent_id`. Always asks
-the orchestrator what it knows of the agent (`GET /agents`: kind, restarts, running nodes). With
+the orchestrator what it knows of the agent (`GET /agents`: kind, restarts, running nodes) and reads
+the stuck node's own log lines of its current attempt (`GET /executions/{id}/logs?node_id=`), filtered
+as the runbook filters agent logs: a line saying the agent hangs, is stuck, blocked or waiting is the
+sign of a hung agent, as opposed to a node that is merely slow (step 3 alone cannot tell them apart
+while the node is within its own timeout). With
 Kubernetes: the agent's pods by label `agent-id=<id>` (phase, readiness, restarts, waiting/terminated
 reasons such as CrashLoopBackOff and OOMKilled), the last 200 log lines of each pod filtered as the
 runbook filters them, and CPU/memory from metrics.k8s.io against the containers' limits. Without
@@ -10,15 +14,26 @@ Kubernetes (embedded mode) the finding is `unknown` with the reason, plus the or
 Evidence keys: `agent_id`, `orchestrator_agent` ({kind, restarts, running_nodes}), `pods` (list of
 pod dicts, see `PodInfo.as_dict`), `pod_count`, `unhealthy_pods`, `reasons` (all waiting/terminated
 reasons), `log_lines` ({pod: matching lines}), `usage` ({pod: {cpu_cores, memory_bytes, cpu_ratio,
-memory_ratio}}), `near_limit` (pods using >= 90% of a limit), `*_error` (per failed sub-query).
+memory_ratio}}), `near_limit` (pods using >= 90% of a limit), `node_log_lines` (the stuck node's
+lines of its current attempt matching the runbook filter, last 50), `hung_lines` (those saying it
+hangs, is stuck, blocked or waiting), `*_error` (per failed sub-query).
 """
 
 from __future__ import annotations
 
+import re
+import textwrap
 from typing import Any
 
 from watchdog.constants import AGENT_LABEL
-from watchdog.diagnostics.common import AGENT_LOG_FILTER, filter_lines, finding, from_error
+from watchdog.diagnostics.common import (
+    AGENT_LOG_FILTER,
+    MAX_EVIDENCE_LINES,
+    as_utc,
+    filter_lines,
+    finding,
+    from_error,
+)
 from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
 from watchdog.diagnostics.models import Finding, StepStatus
 from watchdog.errors import WatchdogError
@@ -32,6 +47,11 @@ BAD_REASONS = frozenset(
 LOG_TAIL = 200
 MAX_PODS_FOR_LOGS = 5
 NEAR_LIMIT = 0.9
+# The runbook's filter, narrowed to "the agent is hung" (errors and timeouts are other stories).
+HUNG = re.compile(
+    r"\b(hang|hangs|hanging|hung|stuck|blocked|waiting|deadlock(ed)?|not responding|unresponsive)\b",
+    re.IGNORECASE,
+)
 
 
 async def _orchestrator_view(ctx: DiagnosticContext, agent_id: str, evidence: dict[str, Any]) -> None:
@@ -48,6 +68,46 @@ async def _orchestrator_view(ctx: DiagnosticContext, agent_id: str, evidence: di
     )
 
 
+async def _node_logs(ctx: DiagnosticContext, state: DiagnosisState, evidence: dict[str, Any]) -> str:
+    """Put the stuck node's log lines of its current attempt that match the runbook's agent-log filter
+    in `evidence`; the last one saying the agent hangs, as summary text ("" when none does)."""
+    node = state.node
+    if state.stuck_node_id is None or node is None or node.status != "running":
+        return ""
+    try:
+        records = await ctx.orchestrator.get_logs(
+            state.execution_id, node_id=state.stuck_node_id, limit=LOG_TAIL
+        )
+    except WatchdogError as exc:
+        evidence["node_logs_error"] = str(exc)
+        return ""
+    since = as_utc(node.started_at)
+    lines: list[str] = []
+    hung: list[str] = []
+    said = ""
+    for record in records:
+        if record.node_id not in (None, state.stuck_node_id):
+            continue
+        at = as_utc(record.ts)
+        if since is not None and at is not None and at < since:
+            continue  # an earlier attempt
+        if not AGENT_LOG_FILTER.search(record.message):
+            continue
+        line = " ".join(part for part in (str(record.ts or ""), record.level or "", record.message) if part)
+        lines.append(line)
+        # The agent id itself may contain a word such as "hang" (builtin.hang): match without it.
+        message = record.message.replace(state.agent_id, "") if state.agent_id else record.message
+        if HUNG.search(message):
+            hung.append(line)
+            said = record.message
+    evidence["node_log_lines"] = lines[-MAX_EVIDENCE_LINES:]
+    evidence["hung_lines"] = hung[-10:]
+    if not said:
+        return ""
+    quoted = textwrap.shorten(said, width=160, placeholder=" …")
+    return f"node {state.stuck_node_id} logs that its agent hangs: {quoted!r}"
+
+
 async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
     """Judge the agent's pods, logs and resource use."""
     agent_id = state.agent_id
@@ -55,6 +115,7 @@ async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
         return finding(STEP, NAME, StepStatus.UNKNOWN, "no bottleneck agent identified (step 3)")
     evidence: dict[str, Any] = {"agent_id": agent_id}
     await _orchestrator_view(ctx, agent_id, evidence)
+    hung = await _node_logs(ctx, state, evidence)
     known = evidence.get("orchestrator_agent")
     if ctx.kubernetes is None:
         view = (
@@ -63,6 +124,15 @@ async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
             if known
             else ""
         )
+        if hung:
+            return finding(
+                STEP,
+                NAME,
+                StepStatus.PROBLEM,
+                f"agent {agent_id}: {hung} (pods not checked: Kubernetes not configured{view})",
+                reason="kubernetes_not_configured",
+                **evidence,
+            )
         return finding(
             STEP,
             NAME,
@@ -137,6 +207,14 @@ async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
             NAME,
             StepStatus.PROBLEM,
             f"agent {agent_id}: pod(s) {', '.join(near_limit)} at >= {NEAR_LIMIT:.0%} of a resource limit",
+            **evidence,
+        )
+    if hung:
+        return finding(
+            STEP,
+            NAME,
+            StepStatus.PROBLEM,
+            f"agent {agent_id}: {len(pods)} pod(s) running and ready, but {hung}",
             **evidence,
         )
     matched = sum(len(v) for v in log_lines.values())
