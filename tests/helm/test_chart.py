@@ -214,6 +214,16 @@ def test_role_is_least_privilege_and_namespaced(manifests: list[Manifest]) -> No
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": WATCHDOG, "namespace": NAMESPACE}]
 
 
+def test_watchdog_keeps_its_token_when_you_bring_your_own_role(render: Render) -> None:
+    manifests = render({"rbac": {"create": False}})
+    assert not find(manifests, "Role") and not find(manifests, "RoleBinding")
+    watchdog = one(manifests, "Deployment", WATCHDOG)["spec"]["template"]["spec"]
+    assert watchdog["automountServiceAccountToken"] is True
+    assert one(manifests, "ServiceAccount", WATCHDOG)["automountServiceAccountToken"] is True
+    env = container_env(one(manifests, "Deployment", WATCHDOG))
+    assert env["GL_WATCHDOG_KUBERNETES_ENABLED"]["value"] == "true"
+
+
 def test_role_follows_a_renamed_orchestrator(render: Render) -> None:
     manifests = render({"orchestrator": {"name": "dag-engine"}})
     role = one(manifests, "Role", WATCHDOG)
