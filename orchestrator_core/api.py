@@ -31,7 +31,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator_core.dag import load_document
+from orchestrator_core.dag import MAX_DOCUMENT_DEPTH, check_document_shape, load_document
 from orchestrator_core.errors import (
     BadRequest,
     ConfigError,
@@ -216,10 +216,24 @@ async def _json_body(request: web.Request, *, required: bool = True) -> Any:
         if required:
             raise ApiProblem(400, "malformed_json", "a JSON request body is required")
         return {}
+    return _parse_json(body)
+
+
+def _parse_json(body: bytes) -> Any:
+    """The JSON value of a request body; 400 when malformed or deeper/larger than a document may be."""
     try:
-        return json.loads(body)
+        value = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiProblem(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiProblem(
+            400, "bad_request", f"request body nested deeper than {MAX_DOCUMENT_DEPTH} levels"
+        ) from None
+    try:
+        check_document_shape(value)
+    except DagValidationError as exc:
+        raise ApiProblem(400, "bad_request", f"request body {exc}") from None
+    return value
 
 
 def _model(model: type[BaseModel], data: Any) -> Any:
@@ -363,10 +377,7 @@ async def register_dag(request: web.Request) -> web.Response:
     if not body:
         raise ApiProblem(400, "malformed_json", "a DAG definition is required in the request body")
     if fmt == "json":
-        try:
-            json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiProblem(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+        _parse_json(body)
     document = load_document(body, "yaml" if fmt == "yaml" else "json")  # duplicate keys -> 400
     if not isinstance(document, dict):
         raise DagValidationError([("", f"a DAG must be an object, not {type(document).__name__}")])

@@ -332,6 +332,36 @@ def _duplicate_problems(value: Any, path: str) -> list[tuple[str, str]]:
     return problems
 
 
+MAX_DOCUMENT_DEPTH = 100
+MAX_DOCUMENT_VALUES = 200_000
+
+
+def check_document_shape(
+    value: Any, *, max_depth: int = MAX_DOCUMENT_DEPTH, max_values: int = MAX_DOCUMENT_VALUES
+) -> None:
+    """Refuse a parsed document nested deeper than `max_depth` or holding more than `max_values` values.
+
+    Iterative, so it cannot overflow the stack itself. It runs before anything recursive touches the
+    document: a YAML alias "bomb" (a few lines whose anchors expand to millions of values) would
+    otherwise hold the event loop, and with it heartbeats and lock renewals, for minutes.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    seen = 0
+    while stack:
+        current, depth = stack.pop()
+        seen += 1
+        if seen > max_values:
+            raise DagValidationError(
+                [("", f"document too large: more than {max_values} values (YAML aliases count each time)")]
+            )
+        if depth > max_depth:
+            raise DagValidationError([("", f"document nested deeper than {max_depth} levels")])
+        if isinstance(current, dict):
+            stack.extend((child, depth + 1) for child in current.values())
+        elif isinstance(current, list):
+            stack.extend((child, depth + 1) for child in current)
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _plain(child) for key, child in value.items()}
@@ -351,6 +381,9 @@ def load_document(text: str | bytes, fmt: Literal["json", "yaml"] = "json") -> A
         raise DagValidationError([("", f"not valid JSON: {exc}")]) from None
     except yaml.YAMLError as exc:
         raise DagValidationError([("", f"not valid YAML: {exc}")]) from None
+    except RecursionError:
+        raise DagValidationError([("", f"document nested deeper than {MAX_DOCUMENT_DEPTH} levels")]) from None
+    check_document_shape(document)
     problems = _duplicate_problems(document, "")
     if problems:
         raise DagValidationError(problems)

@@ -85,3 +85,37 @@ async def test_partial_update_may_still_add_a_node_that_names_its_agent(h: Harne
     response = await h.api("PUT", "/dags/grow", json=patch)
     assert response.status_code == 200, response.text
     assert sorted(response.json()["nodes"]) == ["n1", "n2"] and response.json()["version"] == 2
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "wrap"),
+    [
+        ("POST", "/dags", "{}"),
+        ("PUT", "/dags/deep", '{{"nodes": {}}}'),
+        ("POST", "/dags/deep/execute", '{{"input_data": {}}}'),
+        ("PUT", "/admin/limits", "{}"),
+    ],
+)
+@pytest.mark.parametrize("depth", [150, 1500])  # past our limit; past the parser's recursion limit
+async def test_deeply_nested_json_is_400_not_500(
+    h: Harness, method: str, path: str, wrap: str, depth: int
+) -> None:
+    await h.register(chain_dag("deep", "builtin.echo"))
+    nested = "[" * depth + "]" * depth  # under the body limit
+    response = await h.api(
+        method, path, content=wrap.format(nested).encode(), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert "nested deeper than" in response.json()["detail"]
+    assert await h.service.engine.list_executions(dag_id="deep") == []
+    assert (await h.api("GET", "/dags/deep")).json()["version"] == 1
+
+
+async def test_yaml_alias_bomb_is_refused_without_expanding_it(h: Harness) -> None:
+    lines = ['a0: &a0 ["x","x","x","x","x","x","x","x","x"]']
+    lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]  # 9**10 values
+    response = await h.api(
+        "POST", "/dags", content="\n".join(lines).encode(), headers={"Content-Type": "application/yaml"}
+    )
+    assert response.status_code == 400, response.text
+    assert "document too large" in response.json()["detail"]
