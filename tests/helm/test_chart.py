@@ -652,6 +652,12 @@ def test_notes_tell_the_operator_what_to_do_next(render_raw: Any) -> None:
     assert "https://runbooks.greenlang.io/orchestrator/dag-execution-stuck" in prod_notes
 
 
+def test_notes_in_auto_mode_give_the_kill_switch(render_raw: Any) -> None:
+    notes = render_raw({"watchdog": {"mode": "auto"}})["gl-watchdog/templates/NOTES.txt"]
+    assert f"kubectl -n {NAMESPACE} set env deployment/{WATCHDOG} GL_WATCHDOG_MODE=observe" in notes
+    assert "GL_WATCHDOG_MODE=observe" not in render_raw()["gl-watchdog/templates/NOTES.txt"]
+
+
 def test_notes_say_where_the_grafana_sidecar_must_look(render_raw: Any) -> None:
     notes = render_raw(namespace="ops")["gl-watchdog/templates/NOTES.txt"]
     assert "the sidecar must search namespace ops" in notes
