@@ -160,6 +160,8 @@ class WatchdogApp:
         )
         # Steps 1-3 run in turn, 4-8 together: four step timeouts, plus slack for the bookkeeping.
         self.diagnosis_timeout = 4 * settings.step_timeout_seconds + 5.0
+        # At most this many diagnoses at once; the others wait (still `open`) for a slot.
+        self._diagnosis_slots = asyncio.Semaphore(settings.max_concurrent_diagnoses)
         self._closed = False
 
     @classmethod
@@ -266,9 +268,27 @@ class WatchdogApp:
     async def diagnose_incident(self, incident_id: int, *, actor: str = "watchdog") -> Incident | None:
         """The diagnosis job: open → diagnosing → open with the Diagnosis stored, then remediation.
 
+        At most `settings.max_concurrent_diagnoses` diagnoses run at once; the incident stays `open`
+        while it waits for a slot. The remediation runs outside the slot (it may wait for approval).
         Returns the diagnosed incident, or None when it was not diagnosable (already diagnosing,
         acting, or closed meanwhile) or the diagnosis failed (recorded on the incident and audited).
         """
+        async with self._diagnosis_slots:
+            done = await self._diagnose_and_store(incident_id, actor)
+        if done is None:
+            return None
+        incident, diagnosis = done
+        if self.remediate is not None:
+            try:
+                await self.remediate(incident_id, diagnosis)
+            except WatchdogError as exc:
+                log.warning("remediation of incident %s failed: %s", incident_id, exc)
+                await self.incidents.record(
+                    incident_id, "remediation_error", actor=actor, data={"error": str(exc)}
+                )
+        return incident
+
+    async def _diagnose_and_store(self, incident_id: int, actor: str) -> tuple[Incident, Diagnosis] | None:
         try:
             incident = await self.incidents.transition(
                 incident_id, "diagnosing", actor=actor, reason="diagnosis started", expected=DIAGNOSABLE
@@ -322,15 +342,7 @@ class WatchdogApp:
             # Closed (alert resolved) while we diagnosed: keep the diagnosis on record, act on nothing.
             await self.incidents.update(incident_id, kind="diagnosis_stored", actor=actor, diagnosis=document)
             return None
-        if self.remediate is not None:
-            try:
-                await self.remediate(incident_id, diagnosis)
-            except WatchdogError as exc:
-                log.warning("remediation of incident %s failed: %s", incident_id, exc)
-                await self.incidents.record(
-                    incident_id, "remediation_error", actor=actor, data={"error": str(exc)}
-                )
-        return incident
+        return incident, diagnosis
 
 
 def _summary(diagnosis: Diagnosis) -> str:

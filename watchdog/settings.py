@@ -77,6 +77,9 @@ class WatchdogSettings(BaseSettings):
     kubernetes_timeout_seconds: float = Field(default=10.0, gt=0)
     redis_timeout_seconds: float = Field(default=5.0, gt=0)
     step_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Diagnoses running at once; more wait their turn (a burst of alerts must not flood the
+    # orchestrator and the store with hundreds of concurrent diagnoses).
+    max_concurrent_diagnoses: int = Field(default=4, ge=1)
 
     # -- the watchdog's own API and approvals
     api_tokens: list[SecretStr] = Field(default_factory=list)

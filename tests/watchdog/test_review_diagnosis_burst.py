@@ -1,0 +1,81 @@
+"""A burst of alerts (one Alertmanager group for many stuck runs) must not start as many concurrent
+diagnoses: at most `max_concurrent_diagnoses` run at once, the rest wait `open` and all finish."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from tests.conftest import free_port
+from tests.watchdog.conftest import WATCHDOG_TOKEN, make_diagnosis
+from watchdog.app import WatchdogApp
+from watchdog.diagnostics.models import Diagnosis
+from watchdog.intake import parse_payload
+from watchdog.settings import WatchdogSettings
+
+
+class GatedDiagnose:
+    """Counts how many diagnoses run at once; each waits on `gate`."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.active = 0
+        self.most = 0
+        self.entered = asyncio.Condition()
+        self.calls: list[str] = []
+
+    async def __call__(self, execution_id: str) -> Diagnosis:
+        async with self.entered:
+            self.calls.append(execution_id)
+            self.active += 1
+            self.most = max(self.most, self.active)
+            self.entered.notify_all()
+        try:
+            await self.gate.wait()
+        finally:
+            self.active -= 1
+        return make_diagnosis(execution_id)
+
+
+def _burst(count: int) -> bytes:
+    alerts = ",".join(
+        '{"status": "firing", "labels": {"alertname": "OrchestratorExecutionTimeout", '
+        f'"execution_id": "run-{i}"}}, "startsAt": "2026-03-01T12:00:00Z", "fingerprint": "fp-{i}"}}'
+        for i in range(count)
+    )
+    return f'{{"version": "4", "status": "firing", "alerts": [{alerts}]}}'.encode()
+
+
+async def test_a_burst_of_alerts_is_diagnosed_a_few_at_a_time(
+    _no_pending_tasks: None, sqlite_url: str
+) -> None:
+    settings = WatchdogSettings(
+        database_url=sqlite_url,
+        api_tokens=[WATCHDOG_TOKEN],
+        orchestrator_url=f"http://127.0.0.1:{free_port()}",
+        max_concurrent_diagnoses=2,
+    )
+    diagnose = GatedDiagnose()
+    wd = await WatchdogApp.build(
+        settings, diagnose=diagnose, clock=lambda: datetime(2026, 3, 1, 12, tzinfo=UTC)
+    )
+    try:
+        outcomes = await wd.intake.handle(parse_payload(_burst(6)))
+        assert [o.outcome for o in outcomes] == ["opened"] * 6
+        async with asyncio.timeout(10), diagnose.entered:
+            await diagnose.entered.wait_for(lambda: len(diagnose.calls) >= 2)
+        waiting = await wd.store.list_incidents(statuses=["open"])
+        assert len(waiting) == 4  # not yet diagnosing: waiting for a slot
+        diagnose.gate.set()
+        async with asyncio.timeout(10):
+            await wd.jobs.wait_idle()
+        assert diagnose.most == 2 and sorted(diagnose.calls) == [f"run-{i}" for i in range(6)]
+        diagnosed = await wd.store.list_incidents()
+        assert all(i.diagnosis is not None and i.status == "open" for i in diagnosed)
+    finally:
+        diagnose.gate.set()
+        await wd.aclose()
+
+
+def test_the_default_allows_a_few_diagnoses_at_once() -> None:
+    assert WatchdogSettings().max_concurrent_diagnoses == 4
