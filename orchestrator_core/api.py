@@ -169,7 +169,8 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
     except OrchestratorError as exc:
         if exc.http_status >= 500:
             level = logging.WARNING if isinstance(exc, ServiceUnavailable) else logging.ERROR
-            log.log(level, "request %s %s failed: %s", request.method, request.path, exc)
+            ids = dict(request.match_info)  # execution_id / dag_id / agent_id, for the runbook's grep
+            log.log(level, "request %s %s failed: %s", request.method, request.path, exc, extra=ids)
             return error_response(exc.http_status, exc.code, short_reason(exc))
         return error_response(exc.http_status, exc.code, str(exc))
     except web.HTTPRequestEntityTooLarge as exc:

@@ -42,7 +42,7 @@ async def test_execute_while_redis_is_down_answers_202_queued_once_and_starts_wh
 
 
 async def test_store_outage_gives_503_without_sql_and_a_limit_change_still_applies(
-    postgres_url: str,
+    postgres_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with proxied(postgres_url) as (proxy, through_proxy):
         settings = make_settings(through_proxy, db_timeout_seconds=2.0)
@@ -59,6 +59,11 @@ async def test_store_outage_gives_503_without_sql_and_a_limit_change_still_appli
             assert ready.status_code == 503
             assert ready.json()["checks"]["store"].startswith("unavailable")
             assert "SQL" not in ready.text and "SELECT" not in ready.text
+
+            one = await h.api("GET", "/executions/e-42/trace")
+            assert one.status_code == 503
+            logged = [r for r in caplog.records if "e-42" in r.getMessage()]
+            assert logged and getattr(logged[0], "execution_id", None) == "e-42"  # the runbook's grep
 
             refused = await h.api("POST", "/dags/pg/execute", json={})
             assert refused.status_code == 503 and refused.json()["error"] == "store_unavailable"
