@@ -9,7 +9,12 @@ Plugged into the parser of `watchdog.cli` by `add_commands(sub, common)`; errors
     gl-watchdog playbook run NAME --execution ID [--param k=v ...] [--dry-run]
                                                        preconditions, plan, and (without --dry-run) apply
                                                        and verify, recorded in the store as a manual
-                                                       incident's actions; exit 0 only when verified
+                                                       incident's actions (the execution's open incident,
+                                                       moved to remediating so the loop does not act at
+                                                       the same time, then resolved or escalated); exit 0
+                                                       only when verified. restart_agent's agent_id and
+                                                       increase_node_timeout's dag_id/node_id default to
+                                                       the run's one running node
     gl-watchdog demo [--yes]                           the embedded demo (`watchdog.demo`)
 """
 
@@ -38,14 +43,16 @@ from watchdog.errors import (
     BackendUnavailable,
     ConfigError,
     InvalidToken,
+    InvalidTransition,
     PlaybookError,
     WatchdogError,
 )
 from watchdog.incidents import IncidentService
+from watchdog.planner import Plan
 from watchdog.policy import load_policy
-from watchdog.remediation import StoreLedger
+from watchdog.remediation import STARTABLE, StoreLedger
 from watchdog.settings import WatchdogSettings, load_settings
-from watchdog.store import Store
+from watchdog.store import Incident, Store
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -119,16 +126,41 @@ def cmd_playbook_run(args: argparse.Namespace) -> int:
     return asyncio.run(_playbook_run(settings, args))
 
 
+# Parameters a by-hand run may leave out: they are read from the run itself, as the planner does.
+LIVE_PARAMS: Final[dict[str, tuple[str, ...]]] = {
+    "restart_agent": ("agent_id",),
+    "increase_node_timeout": ("dag_id", "node_id"),
+}
+ACTING: Final = ("remediating", "verifying")
+
+
+async def _live_params(
+    orchestrator: OrchestratorClient, name: str, execution_id: str, given: dict[str, Any]
+) -> dict[str, Any]:
+    """The missing `LIVE_PARAMS` of `name`, from the execution's one running node (none if unclear)."""
+    missing = [k for k in LIVE_PARAMS.get(name, ()) if k not in given]
+    if not missing:
+        return {}
+    try:
+        trace = await orchestrator.get_trace(execution_id)
+    except WatchdogError:
+        return {}  # the parameter check below says what to give
+    running = [(node_id, t) for node_id, t in trace.node_traces.items() if t.status == "running"]
+    found: dict[str, Any] = {}
+    if trace.dag_id:
+        found["dag_id"] = trace.dag_id
+    if len(running) == 1:
+        found["node_id"] = running[0][0]
+        if running[0][1].agent_id:
+            found["agent_id"] = running[0][1].agent_id
+    return {k: found[k] for k in missing if k in found}
+
+
 async def _playbook_run(settings: WatchdogSettings, args: argparse.Namespace) -> int:
     registry = default_registry()
     playbook = registry.get(args.name)
     policy = load_policy(settings.policy_file)
     raw = {**policy.playbook(playbook.name).params, **_parse_params(args.param or [])}
-    try:
-        params = playbook.parse_params(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise PlaybookError(f"invalid params for {playbook.name}: {problems}") from exc
     out = sys.stdout
     orchestrator = OrchestratorClient.from_settings(settings)
     redis = RedisClient.from_settings(settings)
@@ -136,15 +168,37 @@ async def _playbook_run(settings: WatchdogSettings, args: argparse.Namespace) ->
     prometheus = PrometheusClient.from_settings(settings)
     store: Store | None = None
     try:
+        live = await _live_params(orchestrator, playbook.name, args.execution, raw)
+        if live:
+            found = ", ".join(f"{k}={v}" for k, v in live.items())
+            out.write(f"params from the run: {found} (override with --param)\n")
+            raw = {**raw, **live}
+        try:
+            params = playbook.parse_params(raw)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise PlaybookError(
+                f"invalid params for {playbook.name}: {problems} (give them with --param KEY=VALUE)"
+            ) from exc
         ledger: ActionLedger
+        incidents: IncidentService | None = None
+        incident: Incident | None = None
+        created = False
         if args.dry_run:
             incident_id, ledger = 0, InMemoryLedger()
         else:
             store = await Store.open(settings.database_url)
-            opened = await IncidentService(store).open_or_join(
+            incidents = IncidentService(store)
+            opened = await incidents.open_or_join(
                 args.execution, dag_id=None, source="manual", detection_source="api", actor="cli"
             )
-            incident_id, ledger = opened.incident.id, StoreLedger(store)
+            incident, created = opened.incident, opened.created
+            if incident.status in ACTING:
+                raise PlaybookError(
+                    f"incident {incident.id} of execution {args.execution} is {incident.status}: "
+                    "the watchdog is already acting on it; not starting a second action"
+                )
+            incident_id, ledger = incident.id, StoreLedger(store)
         limits = policy.limits
         ctx = PlaybookContext(
             incident_id=incident_id,
@@ -163,23 +217,75 @@ async def _playbook_run(settings: WatchdogSettings, args: argparse.Namespace) ->
         precheck = await playbook.preconditions(ctx, params)
         out.write(f"preconditions: {'ok' if precheck.ok else 'REFUSED'}: {precheck.reason}\n")
         planned = await playbook.plan(ctx, params)
-        out.write(f"plan ({playbook.name}, risk {playbook.risk.value}):\n")
+        heading = "plan" if precheck.ok else "plan, were the preconditions met"
+        out.write(f"{heading} ({playbook.name}, risk {playbook.risk.value}):\n")
         for action in planned:
             out.write(f"  - {action.step}: {action.description}\n")
         if args.dry_run:
             out.write("dry run: nothing was changed\n")
             return EXIT_OK if precheck.ok else EXIT_FAILED
+        assert incidents is not None and incident is not None
         if not precheck.ok:
+            await incidents.record(
+                incident.id, "preconditions", actor="cli", data=precheck.model_dump(mode="json")
+            )
+            if created:  # opened only for this run, and nothing was done: do not leave it open
+                await incidents.close_if_not_acted(
+                    incident.id, actor="cli", reason=f"{playbook.name} by hand refused: {precheck.reason}"
+                )
+            out.write(f"nothing was done (incident {incident.id})\n")
             return EXIT_FAILED
+        plan = Plan(
+            execution_id=args.execution,
+            likely_cause="manual",
+            playbook=playbook.name,
+            params=params.model_dump(mode="json"),
+            risk=playbook.risk,
+            mode=settings.mode,
+            will_act=True,
+            rule="manual",
+            rationale=f"run by hand: gl-watchdog playbook run {playbook.name}",
+            actions=list(planned),
+        )
+        try:  # one action in flight per execution: the loop's own guard, a compare-and-set
+            await incidents.transition(
+                incident.id,
+                "remediating",
+                actor="cli",
+                reason=f"applying {playbook.name} by hand",
+                expected=STARTABLE,
+                plan=plan.model_dump(mode="json"),
+            )
+        except InvalidTransition as exc:
+            raise PlaybookError(f"not starting {playbook.name}: {exc}") from exc
         result = await playbook.apply(ctx, params)
+        await incidents.record(incident.id, "apply", actor="cli", data=result.model_dump(mode="json"))
         for step in result.steps:
-            out.write(f"  {step.step}: {step.status.value} {step.detail}\n")
+            detail = f" ({step.detail})" if step.detail and step.detail != step.status.value else ""
+            out.write(f"  {step.step}: {step.status.value}{detail}\n")
         if not result.ok:
             out.write(f"apply failed: {result.detail}\n")
+            await _finish(
+                incidents, incident.id, "escalated", f"{playbook.name} by hand failed: {result.detail}"
+            )
             return EXIT_FAILED
+        await incidents.transition(
+            incident.id,
+            "verifying",
+            actor="cli",
+            reason=f"{playbook.name} applied",
+            expected=("remediating",),
+        )
         verification = await playbook.verify(ctx, params)
         for check in verification.checks:
             out.write(f"  check {check.name}: {check.status.value} ({check.detail})\n")
+        data = verification.model_dump(mode="json")
+        if verification.ok:
+            summary = f"resolved by {playbook.name} (by hand): {verification.summary()}"
+            await _finish(incidents, incident.id, "resolved", summary, verification=data)
+        else:
+            summary = f"{playbook.name} by hand applied but verification failed: {verification.summary()}"
+            await _finish(incidents, incident.id, "escalated", summary, verification=data)
         out.write(f"verified: {'yes' if verification.ok else 'NO'} (incident {incident_id})\n")
         return EXIT_OK if verification.ok else EXIT_FAILED
     finally:
@@ -192,6 +298,13 @@ async def _playbook_run(settings: WatchdogSettings, args: argparse.Namespace) ->
             prometheus.close()
         if store is not None:
             await store.close()
+
+
+async def _finish(incidents: IncidentService, incident_id: int, to: str, summary: str, **values: Any) -> None:
+    """Close the by-hand remediation's incident: resolved when verified, escalated otherwise."""
+    await incidents.transition(
+        incident_id, to, actor="cli", reason=summary, expected=ACTING, summary=summary, **values
+    )
 
 
 # -- demo -----------------------------------------------------------------------------------------------
