@@ -58,7 +58,8 @@ async def test_limits_accept_the_upper_bounds(h: Harness) -> None:
 
 async def test_execute_refuses_options_that_are_not_booleans_and_queues_nothing(h: Harness) -> None:
     await h.register(chain_dag("opts", "builtin.echo"))
-    for options in ({"checkpoint_enabled": "yes"}, {"deterministic_mode": 1}, []):
+    bad_options: list[Any] = [{"checkpoint_enabled": "yes"}, {"deterministic_mode": 1}, []]
+    for options in bad_options:
         response = await h.api("POST", "/dags/opts/execute", json={"execution_options": options})
         assert response.status_code == 400, (options, response.text)
         assert response.json()["field"].startswith("execution_options")
