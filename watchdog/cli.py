@@ -86,6 +86,10 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every request at INFO (each sweep, each diagnostic call): noise that buries what the
+    # watchdog itself says. Its failures reach our log through the clients' errors anyway.
+    if logging.getLogger().getEffectiveLevel() >= logging.INFO:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _is_loopback(host: str) -> bool:
@@ -161,6 +165,8 @@ async def _serve(settings: WatchdogSettings) -> int:
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
     """Diagnose one execution now and print the Diagnosis."""
+    if not args.execution_id.strip():
+        raise CliError("EXECUTION_ID must not be empty", EXIT_USAGE)
     settings = _settings(args)
     _setup_logging("WARNING")
     text = asyncio.run(_diagnose(settings, args.execution_id, args.format))

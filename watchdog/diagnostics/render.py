@@ -89,8 +89,11 @@ def to_table(diagnosis: Diagnosis, *, summary_width: int = SUMMARY_WIDTH) -> str
     label_width = max(len(label) for label, _ in _facts(diagnosis))
     for label, value in _facts(diagnosis):
         out.append(f"{label.ljust(label_width)}  {value}")
+    indent = " " * (label_width + 2)
     for item in diagnosis.cause_evidence:
-        out.append(f"{'evidence'.ljust(label_width)}  {item}")
+        first, *more = _wrap(item, SUMMARY_WIDTH + 20)
+        out.append(f"{'evidence'.ljust(label_width)}  {first}")
+        out += [f"{indent}{line}" for line in more]
     out.append("")
     rows = [("STEP", "NAME", "STATUS", "TIME", "SUMMARY")]
     rows += [_row(f) for f in diagnosis.findings]

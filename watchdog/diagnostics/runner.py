@@ -203,9 +203,15 @@ def likely_cause(findings: Sequence[Finding]) -> tuple[str, list[str]]:
     if problem(4) and agent.get("near_limit"):
         return "agent_unresponsive", [says(4)]
 
-    return "unknown", [
-        f"step {f.step} ({f.name}): {f.summary}" for f in findings if f.status is StepStatus.PROBLEM
-    ]
+    # Nothing matched: every problem found, and why steps 1-3 could not establish the stuck run
+    # (e.g. the orchestrator unreachable), so on-call sees that the diagnosis is incomplete.
+    blind = [
+        f"step {f.step} ({f.name}) could not look: {f.summary}"
+        for f in findings
+        if f.step in SEQUENTIAL and f.status in (StepStatus.UNKNOWN, StepStatus.ERROR)
+    ][:1]  # the first one is the root: the later steps depend on it
+    found = [f"step {f.step} ({f.name}): {f.summary}" for f in findings if f.status is StepStatus.PROBLEM]
+    return "unknown", [*blind, *found]
 
 
 def _supporting(by_step: dict[int, Finding], step: int) -> list[str]:
