@@ -1,7 +1,8 @@
 """Playbook `throttle_concurrency` — runbook resolution option 4: relieve resource contention.
 
 Lowers `max_parallel_nodes` and/or `max_concurrent_executions` live through the orchestrator's admin
-route (`PUT /admin/limits`), which takes effect at once. In Kubernetes it also does what the runbook's
+route (`PUT /admin/limits`), which takes effect at once; a limit already below its target is left as
+it is (a throttle never raises one). In Kubernetes it also does what the runbook's
 commands do, so the change survives the next restart: patch the orchestrator Deployment's env
 (`GL_ORCHESTRATOR_MAX_PARALLEL_NODES`, `GL_ORCHESTRATOR_MAX_CONCURRENT_EXECUTIONS`) and roll it out
 (`kubectl rollout restart`: the pod template's restartedAt annotation). Called by the remediation loop
@@ -91,8 +92,24 @@ class ThrottleConcurrencyPlaybook(Playbook[ThrottleParams]):
                 return Precheck.refused(f"cannot read Deployment {params.deployment}: {exc}", current=current)
         return Precheck.passed(f"lower {lower} (now {current})", current=current, lower=lower)
 
+    async def _settable(self, ctx: PlaybookContext, params: ThrottleParams) -> dict[str, int]:
+        """The targets that do not raise a limit: a throttle never loosens one that is already lower.
+
+        A target equal to the current value stays in, so a re-plan after a crash (limits already set)
+        still patches the Deployment with the same values.
+        """
+        try:
+            limits = await ctx.orchestrator.get_limits()
+        except WatchdogError:
+            return params.targets()  # preconditions refuse when the limits cannot be read
+        current = {
+            "max_parallel_nodes": limits.max_parallel_nodes,
+            "max_concurrent_executions": limits.max_concurrent_executions,
+        }
+        return {k: v for k, v in params.targets().items() if current[k] is None or v <= current[k]}
+
     async def plan(self, ctx: PlaybookContext, params: ThrottleParams) -> tuple[PlannedAction, ...]:
-        targets = params.targets()
+        targets = await self._settable(ctx, params)
         actions = [
             PlannedAction(
                 step="set_limits",
@@ -104,10 +121,10 @@ class ThrottleConcurrencyPlaybook(Playbook[ThrottleParams]):
         ]
         if ctx.kubernetes is not None:
             env = {}
-            if params.max_parallel_nodes is not None:
-                env[ENV_PARALLEL] = str(params.max_parallel_nodes)
-            if params.max_concurrent_executions is not None:
-                env[ENV_CONCURRENT] = str(params.max_concurrent_executions)
+            if "max_parallel_nodes" in targets:
+                env[ENV_PARALLEL] = str(targets["max_parallel_nodes"])
+            if "max_concurrent_executions" in targets:
+                env[ENV_CONCURRENT] = str(targets["max_concurrent_executions"])
             actions.append(
                 PlannedAction(
                     step="patch_deployment_env",
@@ -158,12 +175,16 @@ class ThrottleConcurrencyPlaybook(Playbook[ThrottleParams]):
         try:
             limits = await ctx.orchestrator.get_limits()
             now = limits.model_dump()
-            wrong = {k: now.get(k) for k, v in params.targets().items() if now.get(k) != v}
+            wrong = {
+                k: now.get(k)
+                for k, v in params.targets().items()
+                if not isinstance(now.get(k), int) or now[k] > v
+            }
             found.append(
                 Check(
                     name="limits_in_force",
                     status=CheckStatus.PROBLEM if wrong else CheckStatus.OK,
-                    detail=f"limits now {now}" + (f"; not as set: {wrong}" if wrong else ""),
+                    detail=f"limits now {now}" + (f"; above the targets: {wrong}" if wrong else ""),
                     decisive=True,
                 )
             )

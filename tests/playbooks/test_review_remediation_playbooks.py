@@ -1,0 +1,38 @@
+"""Playbooks against the real orchestrator service: what a careful on-call would check them for."""
+
+from __future__ import annotations
+
+from playbooks.throttle_concurrency import ThrottleConcurrencyPlaybook, ThrottleParams
+from tests.playbooks.conftest import Env, FakeKubeApi, make_deployment
+from watchdog.clients.kubernetes import KubernetesClient
+
+THROTTLE = ThrottleConcurrencyPlaybook()
+
+
+async def test_throttle_never_raises_a_limit_that_is_already_below_its_target(env: Env) -> None:
+    await env.client.set_limits(max_parallel_nodes=3, max_concurrent_executions=50)
+    ctx = await env.context("exec-any")
+    params = ThrottleParams(max_parallel_nodes=5, max_concurrent_executions=25)
+    assert (await THROTTLE.preconditions(ctx, params)).ok
+    [action] = await THROTTLE.plan(ctx, params)
+    assert action.request["body"] == {"max_concurrent_executions": 25}
+    result = await THROTTLE.apply(ctx, params)
+    assert result.ok, result
+    limits = await env.client.get_limits()
+    assert (limits.max_parallel_nodes, limits.max_concurrent_executions) == (3, 25)
+    verification = await THROTTLE.verify(ctx, params)
+    assert verification.ok, verification.summary()
+
+
+async def test_throttle_in_kubernetes_patches_only_the_limits_it_lowers(
+    env: Env, kube_api: FakeKubeApi, kube: KubernetesClient
+) -> None:
+    kube_api.deployments["orchestrator-service"] = make_deployment("orchestrator-service", {})
+    await env.client.set_limits(max_parallel_nodes=2, max_concurrent_executions=50)
+    ctx = await env.context("exec-any", kubernetes=kube)
+    params = ThrottleParams(max_parallel_nodes=5, max_concurrent_executions=25)
+    result = await THROTTLE.apply(ctx, params)
+    assert result.ok, result
+    deployment = await kube.get_deployment("orchestrator-service")
+    assert deployment.env["orchestrator"] == {"GL_ORCHESTRATOR_MAX_CONCURRENT_EXECUTIONS": "25"}
+    assert (await env.client.get_limits()).max_parallel_nodes == 2
