@@ -168,3 +168,72 @@ async def test_real_orchestrator_hung_agent_vs_slow_node(_no_pending_tasks: None
     ), to_table(hung)
     assert "waiting forever" in hung.cause_evidence[0]
     assert (slow.likely_cause, slow.stuck_node_id) == ("slow_node", "work"), to_table(slow)
+
+
+SATURATED = {
+    "saturated": True,
+    "active_executions": 1,
+    "max_concurrent_executions": 1,
+    "queued_executions": 2,
+}
+
+
+def test_a_hung_run_that_fills_the_last_slot_is_not_contention() -> None:
+    findings = _findings(_f(4, StepStatus.PROBLEM, hung_lines=["... waiting forever"]))
+    findings[4] = _f(5, StepStatus.PROBLEM, **SATURATED)
+    cause, evidence = likely_cause(findings)
+    assert cause == "agent_unresponsive"
+    assert evidence == ["step 4 (s4): summary 4", "step 3 (s3): summary 3", "step 5 (s5): summary 5"]
+
+
+def test_a_slow_node_at_the_concurrency_limit_is_contention() -> None:
+    findings = _findings(_f(4, StepStatus.UNKNOWN))
+    findings[4] = _f(5, StepStatus.PROBLEM, **SATURATED)
+    assert likely_cause(findings) == (
+        "resource_contention",
+        ["step 5 (s5): summary 5", "step 3 (s3): summary 3"],
+    )
+
+
+async def test_real_orchestrator_hung_run_holding_the_only_slot(
+    _no_pending_tasks: None, sqlite_url: str
+) -> None:
+    """max_concurrent_executions 1: the hung run holds the slot and a second run queues behind it."""
+    settings = make_settings(sqlite_url, max_concurrent_executions=1)
+    async with running_service(settings, registry=make_registry(), start_loop=True) as orch:
+        await orch.register(
+            {
+                "dag_id": "hung",
+                "execution_timeout_seconds": 600,
+                "nodes": {
+                    "work": {
+                        "agent_id": "builtin.hang",
+                        "timeout_policy": {"timeout_seconds": 3600, "on_timeout": "fail"},
+                    }
+                },
+            }
+        )
+        hung_id = str((await orch.execute("hung"))["execution_id"])
+        queued = await orch.execute("hung")
+        assert queued["status"] == "queued"
+        for _ in range(500):  # bounded polling of a real service: until builtin.hang logged its wait
+            if "waiting forever" in (await orch.api("GET", f"/executions/{hung_id}/logs")).text:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("builtin.hang never logged that it waits")
+        ahead = datetime.now(UTC) + timedelta(minutes=20)
+        ctx = DiagnosticContext(
+            orchestrator=OrchestratorClient(orch.base_url, TOKEN, timeout=5.0),
+            settings=WatchdogSettings(orchestrator_url=orch.base_url),
+            clock=lambda: ahead,
+        )
+        try:
+            diagnosis = await diagnose(ctx, hung_id)
+        finally:
+            await ctx.aclose()
+    assert diagnosis.finding(5).evidence["saturated"] is True  # type: ignore[union-attr]
+    assert diagnosis.likely_cause == "agent_unresponsive", to_table(diagnosis)
+    assert diagnosis.cause_evidence[-1].startswith(
+        "step 5 (contention): contention: at the concurrency limit"
+    )

@@ -8,8 +8,9 @@ diagnosis. The cause is chosen by ranked rules over the findings (`likely_cause`
 to a playbook through the policy file.
 
 Causes, in rank order: `execution_not_found`, `not_stuck`, `agent_unresponsive` (pods down),
-`stuck_lock`, `checkpoint_store`, `resource_contention`, `external_api_slow`, `agent_unresponsive`
-(the node logs that its agent hangs, or it runs past its own timeout), `slow_node`, `unknown`.
+`stuck_lock`, `checkpoint_store`, `external_api_slow`, `agent_unresponsive` (the node logs that its
+agent hangs, or it runs past its own timeout), `resource_contention`, `slow_node`, `unknown`. What
+the stuck node shows outranks contention, which a stuck run causes as often as it suffers from it.
 """
 
 from __future__ import annotations
@@ -177,23 +178,25 @@ def likely_cause(findings: Sequence[Finding]) -> tuple[str, list[str]]:
     ):
         return "checkpoint_store", [says(8)]
 
-    # Too many runs for the limits, or the DB pool is exhausted.
-    contention = ev(5)
-    if problem(5) and (contention.get("saturated") or (contention.get("db_pool_pending") or 0) > 0):
-        return "resource_contention", [says(5)]
-
+    # What the stuck node itself shows outranks contention: a run stuck on a hung node fills a slot
+    # and makes the queue grow, so "at the limit with a queue" is often its effect, not its cause.
     node = ev(3)
     # The stuck node waits on an outside call.
     if problem(7) and ev(7).get("external_call_lines"):
-        return "external_api_slow", [says(7), *(_supporting(by_step, 3))]
+        return "external_api_slow", [says(7), *(_supporting(by_step, 3)), *(_supporting(by_step, 5))]
 
     # The node's own log says its agent hangs (is stuck, blocked, waiting): not merely slow.
     if problem(4) and agent.get("hung_lines"):
-        return "agent_unresponsive", [says(4), *(_supporting(by_step, 3))]
+        return "agent_unresponsive", [says(4), *(_supporting(by_step, 3)), *(_supporting(by_step, 5))]
 
     # The node runs past its own timeout: its agent neither answers nor honours cancellation.
     if problem(3) and node.get("node_status") == "running" and node.get("within_own_timeout") is False:
-        return "agent_unresponsive", [says(3), *(_supporting(by_step, 4))]
+        return "agent_unresponsive", [says(3), *(_supporting(by_step, 4)), *(_supporting(by_step, 5))]
+
+    # Too many runs for the limits, or the DB pool is exhausted: the node is slow because of it.
+    contention = ev(5)
+    if problem(5) and (contention.get("saturated") or (contention.get("db_pool_pending") or 0) > 0):
+        return "resource_contention", [says(5), *(_supporting(by_step, 3))]
 
     # The node is simply slow: running, making progress, within its own timeout.
     if problem(3) and node.get("node_status") == "running" and node.get("within_own_timeout") is True:
