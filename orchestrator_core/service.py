@@ -15,12 +15,15 @@ lock. `renew_once` extends every owned lock; when a lock is lost (renewal refuse
 for a whole TTL (Redis unreachable), the replica self-fences: it stops the run and records it
 `interrupted` (resumable), or only detaches when another owner already claimed it.
 
+Remote cancel: `reconcile_once` stops the local runs that another replica cancelled in the store.
+
 Takeover: `takeover_once` looks for `running` runs in the store that nobody here runs and whose lock
 is gone (the owner died and its TTL passed), takes the lock and resumes them from their checkpoints,
 so completed nodes are not run again.
 
-Loops: `start()` runs one maintenance task that calls `heartbeat_once`, `renew_once`, `pump_once` and
-`takeover_once` every `min(lock_ttl, heartbeat_ttl) / 3` seconds; tests call the one-shot forms.
+Loops: `start()` runs one maintenance task that calls `heartbeat_once`, `renew_once`,
+`reconcile_once`, `pump_once` and `takeover_once` every `min(lock_ttl, heartbeat_ttl) / 3` seconds;
+tests call the one-shot forms.
 
 Shutdown (`shutdown`, SIGTERM via the CLI): stop admitting and taking over, give running runs
 `shutdown_grace_seconds` to finish (locks still renewed meanwhile), interrupt what is left (status
@@ -342,6 +345,31 @@ class OrchestratorService:
             await self._self_fence(execution_id, "lost" if renewed is False else "could not be renewed")
         return fenced
 
+    async def reconcile_once(self) -> list[str]:
+        """Stop the local runs that were cancelled through another replica. Returns their ids.
+
+        A cancel answered by a replica that does not run the execution can only write the store
+        (`cancelled`, checkpoints kept); the owner notices here, within one maintenance tick, stops
+        the nodes without writing anything more, and its supervisor releases the lock. Without this
+        the nodes ran on, the run held its slot and its duration gauge kept the alert firing.
+        """
+        stopped: list[str] = []
+        for execution_id in list(self._owned):
+            try:
+                record = await self.engine.get_execution(execution_id)
+            except NotFound:
+                continue
+            if record.status != "cancelled" or execution_id not in self.engine.local_executions():
+                continue
+            self.run_log.warning(
+                f"execution cancelled through another replica: stopping it here ({record.error})",
+                execution_id=execution_id,
+                dag_id=record.dag_id,
+            )
+            await self.engine.detach(execution_id)
+            stopped.append(execution_id)
+        return stopped
+
     async def pump_once(self) -> list[str]:
         """Start the oldest queued runs while there is room here. Returns the ids started."""
         started: list[str] = []
@@ -403,6 +431,7 @@ class OrchestratorService:
         for name, step in (
             ("heartbeat", self.heartbeat_once),
             ("renew", self.renew_once),
+            ("reconcile", self.reconcile_once),
             ("admission", self.pump_once),
             ("takeover", self.takeover_once),
         ):
