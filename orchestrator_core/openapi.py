@@ -284,10 +284,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     },
 }
 
+# 503: the store or Redis is unreachable, or the replica is shutting down (every authenticated route
+# reads the store or the token file).
 _ERRORS_FOR = {
-    "GET": ("400", "401", "404"),
-    "POST": ("400", "401", "404", "409", "413", "415"),
-    "PUT": ("400", "401", "404", "413", "415"),
+    "GET": ("400", "401", "404", "503"),
+    "POST": ("400", "401", "404", "409", "413", "415", "503"),
+    "PUT": ("400", "401", "404", "413", "415", "503"),
 }
 
 

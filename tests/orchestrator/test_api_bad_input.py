@@ -120,3 +120,13 @@ async def test_yaml_alias_bomb_is_refused_without_expanding_it(h: Harness) -> No
     )
     assert response.status_code == 400, response.text
     assert "document too large" in response.json()["detail"]
+
+
+async def test_openapi_documents_503_and_the_limit_bounds(h: Harness) -> None:
+    document = (await h.api("GET", "/openapi.json")).json()
+    put_limits = document["paths"]["/api/v1/orchestrator/admin/limits"]["put"]
+    assert "503" in put_limits["responses"]
+    assert "503" in document["paths"]["/api/v1/orchestrator/dags/{dag_id}/execute"]["post"]["responses"]
+    bounds = document["components"]["schemas"]["LimitsRequest"]["properties"]
+    assert bounds["max_parallel_nodes"]["maximum"] == 10_000
+    assert bounds["max_concurrent_executions"]["maximum"] == 100_000
