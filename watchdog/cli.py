@@ -28,10 +28,14 @@ import json
 import logging
 import signal
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Final, TextIO
 
 from aiohttp import web
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from watchdog import remediation, remediation_cli
 from watchdog.api import create_app
@@ -203,6 +207,8 @@ async def _diagnose(settings: WatchdogSettings, execution_id: str, fmt: str) -> 
 
 def cmd_incidents(args: argparse.Namespace) -> int:
     """List incidents from the watchdog's store."""
+    if args.limit < 1:
+        raise CliError(f"--limit must be at least 1, not {args.limit}", EXIT_USAGE)
     settings = _settings(args)
     statuses = None
     if args.status:
@@ -221,9 +227,28 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _require_existing_sqlite_file(database_url: str) -> None:
+    """A read-only command must not create an empty SQLite store and report "no incidents" from it
+    (e.g. when started in another directory than `gl-watchdog serve`)."""
+    try:
+        url = make_url(database_url)
+    except ArgumentError:
+        return  # Store.open reports the bad URL
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return
+    path = Path(url.database)
+    if not path.exists():
+        raise CliError(
+            f"no watchdog database at {path.resolve()}: run this where `gl-watchdog serve` runs, or point "
+            "GL_WATCHDOG_DATABASE_URL (or --config) at the database it uses",
+            EXIT_UNAVAILABLE,
+        )
+
+
 async def _list_incidents(
     settings: WatchdogSettings, statuses: list[str] | None, limit: int
 ) -> list[Incident]:
+    _require_existing_sqlite_file(settings.database_url)
     store = await Store.open(settings.database_url)
     try:
         return await store.list_incidents(statuses=statuses, limit=limit)
@@ -246,7 +271,7 @@ def write_incident_table(incidents: Sequence[Incident], out: TextIO) -> None:
             i.source,
             i.detection_source,
             i.opened_at.strftime("%Y-%m-%d %H:%M:%S"),
-            (i.summary or "")[:70],
+            textwrap.shorten(i.summary or "", width=70, placeholder=" …"),
         )
         for i in incidents
     ]

@@ -94,7 +94,13 @@ def test_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "port" in capsys.readouterr().err
 
 
+async def _create_store(url: str) -> None:
+    store = await Store.open(url)
+    await store.close()
+
+
 def test_incidents_table_json_and_status_filter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    asyncio.run(_create_store(f"sqlite+aiosqlite:///{tmp_path / 'wd.db'}"))  # as `serve` would have
     assert main(["incidents"]) == 0
     assert capsys.readouterr().out == "no incidents\n"
 

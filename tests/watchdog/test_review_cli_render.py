@@ -78,3 +78,48 @@ def test_service_log_leaves_out_httpx_request_lines(monkeypatch: pytest.MonkeyPa
     _setup_logging("INFO")
     assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
     assert logging.getLogger("watchdog").isEnabledFor(logging.INFO)
+
+
+def test_incidents_in_a_directory_without_the_store_does_not_invent_an_empty_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["incidents"]) == 4  # the default sqlite+aiosqlite:///gl-watchdog.db, relative to cwd
+    err = capsys.readouterr().err
+    assert err.startswith(f"gl-watchdog: error: no watchdog database at {tmp_path / 'gl-watchdog.db'}")
+    assert not (tmp_path / "gl-watchdog.db").exists()
+
+
+def test_incidents_limit_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["incidents", "--limit", "0"]) == 2
+    assert "--limit must be at least 1" in capsys.readouterr().err
+
+
+def test_incident_table_shortens_a_long_summary_at_a_word(tmp_path: Path) -> None:
+    import io
+
+    from watchdog.cli import write_incident_table
+    from watchdog.store import Incident
+
+    now = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    summary = "agent_unresponsive at node wedged (agent builtin.hang): step 4 (agent): node wedged logs"
+    incident = Incident.model_validate(
+        {
+            "id": 1,
+            "execution_id": "e-1",
+            "dag_id": None,
+            "status": "open",
+            "source": "alert",
+            "detection_source": "prometheus",
+            "opened_at": now,
+            "updated_at": now,
+            "closed_at": None,
+            "diagnosis": None,
+            "plan": None,
+            "verification": None,
+            "summary": summary,
+        }
+    )
+    out = io.StringIO()
+    write_incident_table([incident], out)
+    row = out.getvalue().splitlines()[1]
+    assert row.endswith("(agent builtin.hang): step 4 …") and len(row.split("  ")[-1]) <= 70
