@@ -244,15 +244,33 @@ async def _run(
     try:
         dag = await engine.register_dag(document)
         record = await engine.execute(dag.dag_id, input_data, options, owner="cli")
+        # SIGTERM (e.g. `timeout 60 gl-orchestrator run ...`) cancels the run like --timeout does,
+        # instead of killing the process with the run left `running` and no trace printed.
+        terminated = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, terminated.set)
         try:
-            async with asyncio.timeout(limit_seconds):
+            done = asyncio.create_task(engine.wait(record.execution_id))
+            stop = asyncio.create_task(terminated.wait())
+            try:
+                await asyncio.wait([done, stop], timeout=limit_seconds, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+                if not done.done():
+                    done.cancel()
+                await asyncio.gather(done, stop, return_exceptions=True)
+            failure = None if done.cancelled() else done.exception()
+            if failure is not None:
+                raise failure
+            if done.cancelled():
+                why = "SIGTERM received" if terminated.is_set() else f"--timeout {limit_seconds}s exceeded"
+                print(f"run {record.execution_id}: {why}: cancelling", file=sys.stderr)
+                await engine.cancel(record.execution_id, reason=why)
                 await engine.wait(record.execution_id)
-        except TimeoutError:
-            print(
-                f"run {record.execution_id} exceeded --timeout {limit_seconds}s: cancelling", file=sys.stderr
-            )
-            await engine.cancel(record.execution_id, reason=f"--timeout {limit_seconds}s exceeded")
-            await engine.wait(record.execution_id)
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGTERM)
         trace = await engine.get_trace(record.execution_id)
         return trace.to_json(), trace.status
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -126,3 +127,21 @@ def test_serve_with_a_non_json_token_list_exits_2_naming_the_variable(tmp_path: 
     result = cli("serve", env=env, cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "GL_ORCHESTRATOR_API_TOKENS must be a JSON list" in result.stderr
+
+
+def test_run_stopped_by_sigterm_cancels_the_run_and_prints_its_trace(tmp_path: Path) -> None:
+    dag = tmp_path / "hang.json"
+    dag.write_text('{"dag_id": "hang", "nodes": {"a": {"agent_id": "builtin.hang"}}}')
+    proc = subprocess.Popen([CLI, "run", str(dag)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    try:
+        for line in proc.stderr:  # bounded by the node starting; the run itself never ends
+            if "attempt 1 ..." in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    assert "SIGTERM received: cancelling" in err and "Traceback" not in err
+    assert json.loads(out)["status"] == "cancelled"
