@@ -33,6 +33,7 @@ def _exposition(save_errors: float) -> str:
 
 
 def _checkpoints(orch: respx.MockRouter, nodes: list[str], status: str = "completed") -> None:
+    orch.get("/executions/ex-1/logs").respond(json={"lines": []})  # the run logged no save failure
     orch.get("/checkpoints/ex-1").respond(
         json={
             "execution_id": "ex-1",

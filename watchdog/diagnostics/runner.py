@@ -172,7 +172,7 @@ def likely_cause(findings: Sequence[Finding]) -> tuple[str, list[str]]:
     cp = ev(8)
     if problem(8) and (
         (cp.get("save_errors_15m") or 0) > 0
-        or (cp.get("save_errors_total") or 0) > 0
+        or ("save_errors_15m" not in cp and (cp.get("save_errors_total") or 0) > 0)
         or cp.get("completed_without_checkpoint")
         or cp.get("failed_checkpoints")
     ):
