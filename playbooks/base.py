@@ -97,6 +97,10 @@ def idempotency_key(incident_id: int, playbook: str, step: str) -> str:
     return f"{incident_id}:{playbook}:{step}"
 
 
+# The longest any playbook waits (for a ready pod, for the run to finish): a wait is always bounded.
+MAX_WAIT_SECONDS = 3600.0
+
+
 # -- context ------------------------------------------------------------------------------------------
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from playbooks import checks
 from playbooks.base import (
+    MAX_WAIT_SECONDS,
     ApplyResult,
     Check,
     CheckStatus,
@@ -37,7 +38,7 @@ class CancelParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     start_fresh_run: bool = False
-    verify_timeout_seconds: float = 30.0
+    verify_timeout_seconds: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS)
 
 
 class CancelPlaybook(Playbook[CancelParams]):

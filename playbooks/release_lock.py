@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from playbooks import checks, holders
 from playbooks.base import (
+    MAX_WAIT_SECONDS,
     ApplyResult,
     Check,
     CheckStatus,
@@ -39,7 +40,7 @@ class ReleaseLockParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    verify_timeout_seconds: float = Field(default=120.0, gt=0)
+    verify_timeout_seconds: float = Field(default=120.0, gt=0, le=MAX_WAIT_SECONDS)
     wait_for_completion: bool = True
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from playbooks import checks
 from playbooks.base import (
+    MAX_WAIT_SECONDS,
     ApplyResult,
     PlannedAction,
     Playbook,
@@ -36,8 +37,8 @@ class RestartAgentParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     agent_id: str = Field(min_length=1)
-    ready_timeout_seconds: float = Field(default=120.0, gt=0)
-    verify_timeout_seconds: float = Field(default=120.0, gt=0)
+    ready_timeout_seconds: float = Field(default=120.0, gt=0, le=MAX_WAIT_SECONDS)
+    verify_timeout_seconds: float = Field(default=120.0, gt=0, le=MAX_WAIT_SECONDS)
 
 
 class RestartAgentPlaybook(Playbook[RestartAgentParams]):

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from playbooks import checks, holders
 from playbooks.base import (
+    MAX_WAIT_SECONDS,
     ApplyResult,
     PlannedAction,
     Playbook,
@@ -34,7 +35,7 @@ class ResumeParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    verify_timeout_seconds: float = Field(default=120.0, gt=0)
+    verify_timeout_seconds: float = Field(default=120.0, gt=0, le=MAX_WAIT_SECONDS)
 
 
 class ResumePlaybook(Playbook[ResumeParams]):

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from playbooks.base import MAX_WAIT_SECONDS
+from playbooks.registry import default_registry
 from playbooks.throttle_concurrency import ThrottleConcurrencyPlaybook, ThrottleParams
 from tests.playbooks.conftest import Env, FakeKubeApi, make_deployment
 from watchdog.clients.kubernetes import KubernetesClient
@@ -36,3 +43,21 @@ async def test_throttle_in_kubernetes_patches_only_the_limits_it_lowers(
     deployment = await kube.get_deployment("orchestrator-service")
     assert deployment.env["orchestrator"] == {"GL_ORCHESTRATOR_MAX_CONCURRENT_EXECUTIONS": "25"}
     assert (await env.client.get_limits()).max_parallel_nodes == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("restart_agent", {"agent_id": "a", "ready_timeout_seconds": 1e9}),
+        ("restart_agent", {"agent_id": "a", "verify_timeout_seconds": 1e9}),
+        ("cancel", {"verify_timeout_seconds": 1e9}),
+        ("cancel", {"verify_timeout_seconds": 0}),
+        ("resume", {"verify_timeout_seconds": 1e9}),
+        ("release_lock", {"verify_timeout_seconds": 1e9}),
+    ],
+)
+def test_every_wait_is_bounded(name: str, params: dict[str, Any]) -> None:
+    playbook = default_registry().get(name)
+    with pytest.raises(ValidationError):
+        playbook.parse_params(params)
+    assert MAX_WAIT_SECONDS <= 3600
