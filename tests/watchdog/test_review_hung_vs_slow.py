@@ -18,7 +18,8 @@ from tests.orchestrator.test_service_harness import (
     make_settings,
     running_service,
 )
-from tests.watchdog.conftest import trace_json
+from tests.watchdog.conftest import FakeKubeApi, make_pod, trace_json
+from watchdog.clients.kubernetes import KubernetesClient
 from watchdog.clients.orchestrator import NodeTrace, OrchestratorClient
 from watchdog.diagnostics import step4_agent
 from watchdog.diagnostics.common import finding
@@ -237,3 +238,34 @@ async def test_real_orchestrator_hung_run_holding_the_only_slot(
     assert diagnosis.cause_evidence[-1].startswith(
         "step 5 (contention): contention: at the concurrency limit"
     )
+
+
+async def test_an_http_agent_pod_that_logs_it_hangs_on_this_run(
+    orch: respx.MockRouter, make_ctx: MakeCtx, kube_api: FakeKubeApi, kube: KubernetesClient
+) -> None:
+    _routes(orch, [])
+    log = "\n".join(
+        [
+            "execution=ex-9 node=scope1 waiting for the ERP lock",  # another run on the same pod
+            "execution=ex-1 node=scope1 started batch 3",
+            "execution=ex-1 node=scope1 blocked on the row lock of facility 12",
+        ]
+    )
+    kube_api.add_pod(make_pod("scope1-abc", {"agent-id": AGENT}), log=log)
+    f = await step4_agent.run(make_ctx(kubernetes=kube), _state())
+    assert f.status is StepStatus.PROBLEM, f.summary
+    assert "running and ready, but pod scope1-abc logs that the agent hangs on this run" in f.summary
+    assert f.evidence["hung_lines"] == [
+        "scope1-abc: execution=ex-1 node=scope1 blocked on the row lock of facility 12"
+    ]
+
+
+async def test_an_http_agent_pod_busy_with_other_runs_is_ok(
+    orch: respx.MockRouter, make_ctx: MakeCtx, kube_api: FakeKubeApi, kube: KubernetesClient
+) -> None:
+    _routes(orch, [])
+    kube_api.add_pod(
+        make_pod("scope1-abc", {"agent-id": AGENT}), log="execution=ex-9 waiting for the ERP lock\n"
+    )
+    f = await step4_agent.run(make_ctx(kubernetes=kube), _state())
+    assert f.status is StepStatus.OK and f.evidence["hung_lines"] == []

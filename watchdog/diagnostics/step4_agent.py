@@ -108,6 +108,23 @@ async def _node_logs(ctx: DiagnosticContext, state: DiagnosisState, evidence: di
     return f"node {state.stuck_node_id} logs that its agent hangs: {quoted!r}"
 
 
+def _hung_in_pod_log(state: DiagnosisState, pod: str, lines: list[str], evidence: dict[str, Any]) -> str:
+    """An HTTP agent logs in its own pod: a filtered line that names this execution and says the
+    agent hangs counts as the node's own (the pod serves other runs too, hence the execution id)."""
+    node = state.node
+    if node is None or node.status != "running":
+        return ""
+    mine = [line for line in lines if state.execution_id in line]
+    hung = [
+        line for line in mine if HUNG.search(line.replace(state.agent_id, "") if state.agent_id else line)
+    ]
+    if not hung:
+        return ""
+    evidence["hung_lines"] = [*evidence.get("hung_lines", []), *(f"{pod}: {line}" for line in hung)][-10:]
+    quoted = textwrap.shorten(hung[-1], width=160, placeholder=" …")
+    return f"pod {pod} logs that the agent hangs on this run: {quoted!r}"
+
+
 async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
     """Judge the agent's pods, logs and resource use."""
     agent_id = state.agent_id
@@ -167,6 +184,8 @@ async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
             evidence.setdefault("log_errors", {})[pod.name] = str(exc)
             continue
         log_lines[pod.name] = filter_lines(text.splitlines(), AGENT_LOG_FILTER)
+        if not hung:
+            hung = _hung_in_pod_log(state, pod.name, log_lines[pod.name], evidence)
     evidence["log_lines"] = log_lines
 
     near_limit: list[str] = []
