@@ -192,6 +192,7 @@ class OrchestratorClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
         self._http = httpx.AsyncClient(
             base_url=self.base_url + ORCHESTRATOR_API_PREFIX,
             headers=headers,
@@ -234,11 +235,12 @@ class OrchestratorClient:
             response = await self._http.request(method, path, params=clean_params or None, json=json)
         except httpx.TimeoutException as exc:
             raise OrchestratorUnavailable(
-                f"orchestrator {method} {path} timed out: {type(exc).__name__}"
+                f"orchestrator at {self.base_url} timed out after {self.timeout:g}s "
+                f"({method} {path}: {type(exc).__name__})"
             ) from exc
         except httpx.TransportError as exc:
             raise OrchestratorUnavailable(
-                f"orchestrator at {self.base_url} unreachable ({method} {path}): {exc or type(exc).__name__}"
+                f"orchestrator at {self.base_url} unreachable ({method} {path}): {_reason(exc)}"
             ) from exc
         if response.status_code >= 400:
             raise _error_for(response)
@@ -317,10 +319,13 @@ class OrchestratorClient:
             response = await self._http.get(url, headers={"Accept": "text/plain"})
         except httpx.TimeoutException as exc:
             raise OrchestratorUnavailable(
-                f"orchestrator GET /metrics timed out: {type(exc).__name__}"
+                f"orchestrator at {self.base_url} timed out after {self.timeout:g}s "
+                f"(GET /metrics: {type(exc).__name__})"
             ) from exc
         except httpx.TransportError as exc:
-            raise OrchestratorUnavailable(f"orchestrator at {self.base_url} unreachable: {exc}") from exc
+            raise OrchestratorUnavailable(
+                f"orchestrator at {self.base_url} unreachable (GET /metrics): {_reason(exc)}"
+            ) from exc
         if response.status_code >= 400:
             raise _error_for(response)
         try:
@@ -399,6 +404,11 @@ class OrchestratorClient:
     async def restart_agent(self, agent_id: str) -> AgentRestart:
         """`POST /admin/agents/{agent_id}/restart`: restart an in-process agent worker."""
         return await self._get_model(AgentRestart, "POST", f"/admin/agents/{_seg(agent_id)}/restart")
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception's message, or its type when it has none (httpx raises some without one)."""
+    return str(exc) or type(exc).__name__
 
 
 def _seg(value: str) -> str:
