@@ -544,6 +544,8 @@ class Remediator:
                 incident.id, "preconditions", actor=ACTOR, data=precheck.model_dump(mode="json")
             )
             if not precheck.ok:
+                if await self._completed_by_itself(incident.execution_id):
+                    return await self._resolve_unneeded(incident, plan.playbook, precheck.reason)
                 return await self._escalate(
                     incident.id,
                     f"{plan.playbook} refused: {precheck.reason}",
@@ -574,6 +576,26 @@ class Remediator:
         async with self.store.transaction() as tx:
             await transition_in(tx, incident.id, "verifying", actor=ACTOR, reason=f"{plan.playbook} applied")
         return await self._verify_and_close(incident, plan)
+
+    async def _completed_by_itself(self, execution_id: str) -> bool:
+        """True when the run has completed cleanly (e.g. between the prompt and the approval)."""
+        try:
+            execution = await self.clients.orchestrator.get_execution(execution_id)
+        except WatchdogError:
+            return False
+        return execution.status == "completed" and not execution.error
+
+    async def _resolve_unneeded(self, incident: Incident, playbook: str, why: str) -> Outcome:
+        """The run completed before anything was done: resolved, not a page for on-call."""
+        reason = f"{playbook} not needed: the run completed by itself ({why}); nothing was done"
+        try:
+            await self.incidents.transition(
+                incident.id, "resolved", actor=ACTOR, reason=reason, expected=("remediating",), summary=reason
+            )
+        except InvalidTransition as exc:
+            return Outcome(incident.id, "unchanged", str(exc))
+        self._count(playbook, "not_needed")
+        return Outcome(incident.id, "resolved", reason)
 
     async def _verify_and_close(self, incident: Incident, plan: Plan) -> Outcome:
         assert plan.playbook is not None
