@@ -12,8 +12,9 @@ lock; the lease's fencing token goes to the engine, whose store refuses writes w
 
 Ownership: every owned run has a supervisor task that waits for the run to end and then releases the
 lock. `renew_once` extends every owned lock; when a lock is lost (renewal refused) or cannot be renewed
-for a whole TTL (Redis unreachable), the replica self-fences: it stops the run and records it
-`interrupted` (resumable), or only detaches when another owner already claimed it.
+before it could expire (Redis unreachable for a TTL less one tick), the replica self-fences: it stops
+the run and records it `interrupted` (resumable), or only detaches when another owner already claimed
+it — before another replica can take the run over, so it never runs in two places at once.
 
 Remote cancel: `reconcile_once` stops the local runs that another replica cancelled in the store.
 
@@ -339,8 +340,11 @@ class OrchestratorService:
             if renewed:
                 owned.last_renewed = self._monotonic()
                 continue
-            if renewed is None and self._monotonic() - owned.last_renewed < ttl:
-                continue  # transient: the lock is still ours until its TTL runs out
+            if renewed is None and self._monotonic() - owned.last_renewed < ttl - self.tick_interval():
+                # Transient: the lock is still ours, and the next tick comes before it can expire.
+                # Past this point it could expire (and another replica take the run over) before
+                # the next attempt, so the run stops now rather than run twice at once.
+                continue
             fenced.append(execution_id)
             await self._self_fence(execution_id, "lost" if renewed is False else "could not be renewed")
         return fenced
@@ -453,10 +457,14 @@ class OrchestratorService:
             self._loop(), name=f"orchestrator-maintenance-{self.replica_id}"
         )
 
-    async def _loop(self) -> None:
-        interval = max(
+    def tick_interval(self) -> float:
+        """Seconds between two rounds of the maintenance loop: a third of the shorter TTL."""
+        return max(
             MIN_TICK_SECONDS, min(self.settings.lock_ttl_seconds, self.settings.heartbeat_ttl_seconds) / 3
         )
+
+    async def _loop(self) -> None:
+        interval = self.tick_interval()
         while True:
             await asyncio.sleep(interval)
             await self.tick_once()

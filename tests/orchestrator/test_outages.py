@@ -80,3 +80,26 @@ async def test_store_outage_gives_503_without_sql_and_a_limit_change_still_appli
             await proxy.restore()
             assert (await h.client.get("/readyz")).status_code == 200
             assert await _statuses(h.service, "pg") == []  # the refused execute recorded nothing
+
+
+async def test_unreachable_redis_fences_the_run_before_its_lock_could_expire(
+    sqlite_url: str, redis_url: str
+) -> None:
+    async with proxied(redis_url) as (proxy, through_proxy):
+        settings = make_settings(
+            sqlite_url, redis_url=through_proxy, lock_ttl_seconds=6.0, heartbeat_ttl_seconds=6.0
+        )
+        async with running_service(settings) as h:
+            now = [1000.0]
+            h.service._monotonic = lambda: now[0]  # the renewal clock; the lock's TTL is Redis's own
+            await h.register({"dag_id": "hang", "nodes": {"a": {"agent_id": "builtin.hang"}}})
+            execution_id = (await h.execute("hang"))["execution_id"]
+            assert await h.service.renew_once() == []  # renewed at t=1000
+            await proxy.cut()
+            tick = h.service.tick_interval()
+            assert tick == 2.0
+            now[0] += 6.0 - tick - 0.5  # the next tick still comes before the lock can expire
+            assert await h.service.renew_once() == []
+            now[0] += 1.0  # the lock may expire before the next tick: stop now, not after it did
+            assert await h.service.renew_once() == [execution_id]
+            await h.wait_status(execution_id, "interrupted")
