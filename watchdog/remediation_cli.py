@@ -22,15 +22,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 import httpx
 import yaml
 from pydantic import ValidationError
 
-from playbooks.base import ActionLedger, InMemoryLedger, PlaybookContext, PlaybookLimits
+from playbooks.base import ActionLedger, InMemoryLedger, Playbook, PlaybookContext, PlaybookLimits
 from playbooks.registry import default_registry
 from watchdog.clients.kubernetes import KubernetesClient
 from watchdog.clients.orchestrator import OrchestratorClient
@@ -258,36 +259,18 @@ async def _playbook_run(settings: WatchdogSettings, args: argparse.Namespace) ->
             )
         except InvalidTransition as exc:
             raise PlaybookError(f"not starting {playbook.name}: {exc}") from exc
-        result = await playbook.apply(ctx, params)
-        await incidents.record(incident.id, "apply", actor="cli", data=result.model_dump(mode="json"))
-        for step in result.steps:
-            detail = f" ({step.detail})" if step.detail and step.detail != step.status.value else ""
-            out.write(f"  {step.step}: {step.status.value}{detail}\n")
-        if not result.ok:
-            out.write(f"apply failed: {result.detail}\n")
-            await _finish(
-                incidents, incident.id, "escalated", f"{playbook.name} by hand failed: {result.detail}"
-            )
-            return EXIT_FAILED
-        await incidents.transition(
-            incident.id,
-            "verifying",
-            actor="cli",
-            reason=f"{playbook.name} applied",
-            expected=("remediating",),
-        )
-        verification = await playbook.verify(ctx, params)
-        for check in verification.checks:
-            out.write(f"  check {check.name}: {check.status.value} ({check.detail})\n")
-        data = verification.model_dump(mode="json")
-        if verification.ok:
-            summary = f"resolved by {playbook.name} (by hand): {verification.summary()}"
-            await _finish(incidents, incident.id, "resolved", summary, verification=data)
-        else:
-            summary = f"{playbook.name} by hand applied but verification failed: {verification.summary()}"
-            await _finish(incidents, incident.id, "escalated", summary, verification=data)
-        out.write(f"verified: {'yes' if verification.ok else 'NO'} (incident {incident_id})\n")
-        return EXIT_OK if verification.ok else EXIT_FAILED
+        try:
+            return await _apply_and_verify(out, incidents, incident.id, playbook, ctx, params)
+        except asyncio.CancelledError:  # Ctrl-C: never leave the incident "remediating" for ever
+            with contextlib.suppress(WatchdogError):
+                await _finish(
+                    incidents,
+                    incident.id,
+                    "escalated",
+                    f"{playbook.name} by hand interrupted (Ctrl-C) before it finished; "
+                    "see the incident's actions for what was done",
+                )
+            raise
     finally:
         await orchestrator.aclose()
         if redis is not None:
@@ -298,6 +281,47 @@ async def _playbook_run(settings: WatchdogSettings, args: argparse.Namespace) ->
             prometheus.close()
         if store is not None:
             await store.close()
+
+
+async def _apply_and_verify(
+    out: TextIO,
+    incidents: IncidentService,
+    incident_id: int,
+    playbook: Playbook[Any],
+    ctx: PlaybookContext,
+    params: Any,
+) -> int:
+    """Apply and verify on the incident moved to `remediating`; leave it resolved or escalated."""
+    result = await playbook.apply(ctx, params)
+    await incidents.record(incident_id, "apply", actor="cli", data=result.model_dump(mode="json"))
+    for step in result.steps:
+        detail = f" ({step.detail})" if step.detail and step.detail != step.status.value else ""
+        out.write(f"  {step.step}: {step.status.value}{detail}\n")
+    if not result.ok:
+        out.write(f"apply failed: {result.detail}\n")
+        await _finish(incidents, incident_id, "escalated", f"{playbook.name} by hand failed: {result.detail}")
+        return EXIT_FAILED
+    await incidents.transition(
+        incident_id,
+        "verifying",
+        actor="cli",
+        reason=f"{playbook.name} applied",
+        expected=("remediating",),
+    )
+    out.write("verifying (the runbook's post-resolution checks; Ctrl-C stops and escalates)\n")
+    out.flush()
+    verification = await playbook.verify(ctx, params)
+    for check in verification.checks:
+        out.write(f"  check {check.name}: {check.status.value} ({check.detail})\n")
+    data = verification.model_dump(mode="json")
+    if verification.ok:
+        summary = f"resolved by {playbook.name} (by hand): {verification.summary()}"
+        await _finish(incidents, incident_id, "resolved", summary, verification=data)
+    else:
+        summary = f"{playbook.name} by hand applied but verification failed: {verification.summary()}"
+        await _finish(incidents, incident_id, "escalated", summary, verification=data)
+    out.write(f"verified: {'yes' if verification.ok else 'NO'} (incident {incident_id})\n")
+    return EXIT_OK if verification.ok else EXIT_FAILED
 
 
 async def _finish(incidents: IncidentService, incident_id: int, to: str, summary: str, **values: Any) -> None:

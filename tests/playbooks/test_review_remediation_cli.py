@@ -8,11 +8,15 @@ node) need not be typed.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from pathlib import Path
 
 from orchestrator_core.emissions import emissions_dag, emissions_demo_input
+from tests.orchestrator.test_service_harness import TOKEN
 from tests.playbooks.conftest import Env, gate_dag
-from tests.playbooks.test_cli_and_loop import cli
+from tests.playbooks.test_cli_and_loop import GL_WATCHDOG, cli
 from watchdog.incidents import IncidentService
 from watchdog.store import Store
 
@@ -95,3 +99,40 @@ async def test_missing_params_say_how_to_give_them(env: Env, tmp_path: Path) -> 
     )
     assert code == 1, out
     assert "dag_id: Field required" in out and "--param KEY=VALUE" in out
+
+
+async def test_ctrl_c_during_a_run_by_hand_escalates_instead_of_leaving_it_remediating(
+    env: Env, tmp_path: Path
+) -> None:
+    execution_id = await env.run(gate_dag("rv-cli-ctrl-c"))
+    await env.wait_running_node(execution_id, "stuck")
+    db = f"sqlite+aiosqlite:///{tmp_path / 'wd.db'}"
+    environment = {
+        **os.environ,
+        "GL_WATCHDOG_ORCHESTRATOR_URL": env.orch.base_url,
+        "GL_WATCHDOG_ORCHESTRATOR_TOKEN": TOKEN,
+        "GL_WATCHDOG_DATABASE_URL": db,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        GL_WATCHDOG,
+        *("playbook", "run", "restart_agent", "--execution", execution_id),
+        env=environment,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    seen = b""
+    async with asyncio.timeout(30):  # bounded: a real process
+        while b"verifying" not in seen:  # the agent was restarted; the run is stuck on the gate again
+            line = await proc.stdout.readline()
+            assert line, seen.decode()
+            seen += line
+        proc.send_signal(signal.SIGINT)
+        rest, _ = await proc.communicate()
+    text = (seen + rest).decode()
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text and "interrupted" in text
+    [(status, summary)] = await _incident_of(db, execution_id)
+    assert status == "escalated", summary
+    assert summary is not None and "interrupted (Ctrl-C)" in summary
+    env.gates.open("rv-cli-ctrl-c")
