@@ -195,7 +195,8 @@ class ApprovalService:
                 state = current.state if current is not None else "missing"
                 if state == "pending":  # not yet swept, but past its expiry
                     state = "expired"
-                raise ApprovalClosed(state, f"approval {approval_id} is already {state}; nothing was changed")
+                said = "approved and acted on" if state == "used" else state
+                raise ApprovalClosed(state, f"approval {approval_id} is already {said}; nothing was changed")
             decided = Approval.model_validate(dict(row._mapping))
             await tx.add_audit(
                 decided.incident_id,

@@ -36,6 +36,7 @@ from watchdog.store import Approval, Incident
 
 REMEDIATOR_KEY: Final = web.AppKey("remediator", Remediator)
 IN_PROGRESS: Final = ("awaiting_approval", "remediating", "verifying")
+STATE_WORDS: Final = {"used": "approved (acted on)"}
 
 
 def installer(remediator: Remediator) -> RouteInstaller:
@@ -219,7 +220,8 @@ def _render(
     plan = approval.plan
     params = ", ".join(f"{_e(k)}={_e(v)}" for k, v in (plan.get("params") or {}).items())
     actions = "".join(f"<li>{_e(a.get('description', a))}</li>" for a in plan.get("actions") or [])
-    shown_state = "expired" if expired else approval.state  # past its expiry, not yet swept
+    # past its expiry but not yet swept: expired; `used` is the store's word for "approved, acted on"
+    shown_state = "expired" if expired else STATE_WORDS.get(approval.state, approval.state)
     parts = []
     if notice:
         parts.append(f'<p class="notice" id="notice">{_e(notice)}</p>')
@@ -253,9 +255,7 @@ def _render(
         )
     else:
         decided = (
-            f"{_e(approval.state)} by {_e(approval.decided_by)}"
-            if approval.decided_by
-            else _e(approval.state)
+            f"{_e(shown_state)} by {_e(approval.decided_by)}" if approval.decided_by else _e(shown_state)
         )
         parts.append(f'<p id="decision">Decision: {decided}.</p>')
         result = incident.summary or ""

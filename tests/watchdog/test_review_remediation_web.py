@@ -68,3 +68,25 @@ async def test_the_progress_page_refreshes_itself_without_javascript(stack: Stac
     assert "<script" not in page.text
     assert 'id="progress"' in page.text
     await stack.wd.orchestrator.cancel(stack.execution_id)
+
+
+async def test_after_the_remediation_the_page_says_approved_not_the_stores_used(stack: Stack) -> None:
+    message = await stack.stuck_incident()
+    url = links(message)["approve"]
+    approval_id = approval_id_of(url.split("?")[0])
+    async with stack.client(token=None) as anon:
+        decided = await anon.post(
+            f"/approvals/{approval_id}", data={"token": token_of(url), "decision": "approve"}
+        )
+        assert decided.status_code == 303
+        await stack.remediator.drain()
+        assert (await stack.remediator.approvals.get(approval_id)).state == "used"
+        page = await anon.get(url.replace(stack.url, ""))
+        assert 'id="approval-state">approved (acted on)<' in page.text
+        assert "Decision: approved (acted on) by web." in page.text
+        again = await anon.post(
+            f"/approvals/{approval_id}",
+            data={"token": token_of(url), "decision": "deny"},
+            follow_redirects=True,
+        )
+        assert "is already approved and acted on; nothing was changed" in again.text
