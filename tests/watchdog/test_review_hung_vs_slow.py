@@ -269,3 +269,30 @@ async def test_an_http_agent_pod_busy_with_other_runs_is_ok(
     )
     f = await step4_agent.run(make_ctx(kubernetes=kube), _state())
     assert f.status is StepStatus.OK and f.evidence["hung_lines"] == []
+
+
+def _oom_pod(finished_at: str) -> dict[str, Any]:
+    pod = make_pod("scope1-abc", {"agent-id": AGENT}, restarts=1, last_terminated_reason="OOMKilled")
+    pod["status"]["containerStatuses"][0]["lastState"]["terminated"]["finishedAt"] = finished_at
+    return pod
+
+
+async def test_an_oom_kill_before_the_stuck_attempt_is_history(
+    orch: respx.MockRouter, make_ctx: MakeCtx, kube_api: FakeKubeApi, kube: KubernetesClient
+) -> None:
+    _routes(orch, [])
+    kube_api.add_pod(_oom_pod("2026-02-20T03:00:00Z"))  # the attempt started 2026-03-01T11:41
+    f = await step4_agent.run(make_ctx(kubernetes=kube), _state())
+    assert f.status is StepStatus.OK, f.summary
+    assert f.evidence["reasons"] == [] and f.evidence["earlier_reasons"] == ["OOMKilled"]
+    assert f.evidence["unhealthy_pods"] == []
+
+
+async def test_an_oom_kill_during_the_stuck_attempt_is_a_problem(
+    orch: respx.MockRouter, make_ctx: MakeCtx, kube_api: FakeKubeApi, kube: KubernetesClient
+) -> None:
+    _routes(orch, [])
+    kube_api.add_pod(_oom_pod("2026-03-01T11:50:00Z"))
+    f = await step4_agent.run(make_ctx(kubernetes=kube), _state())
+    assert f.status is StepStatus.PROBLEM and f.evidence["reasons"] == ["OOMKilled"]
+    assert f.evidence["pods"][0]["containers"][0]["last_terminated_at"] == "2026-03-01T11:50:00+00:00"

@@ -58,6 +58,7 @@ class ContainerInfo:
     terminated_reason: str | None = None
     last_terminated_reason: str | None = None
     last_exit_code: int | None = None
+    last_terminated_at: str | None = None  # ISO 8601: when the last termination finished
     cpu_limit_cores: float | None = None
     memory_limit_bytes: float | None = None
 
@@ -150,9 +151,11 @@ def _container_info(status: Any, limits: dict[str, Any]) -> ContainerInfo:
             kind, waiting_reason = "waiting", state.waiting.reason
         elif state.terminated is not None:
             kind, terminated_reason = "terminated", state.terminated.reason
-    last_reason, last_code = None, None
+    last_reason, last_code, last_at = None, None, None
     if last is not None and last.terminated is not None:
         last_reason, last_code = last.terminated.reason, last.terminated.exit_code
+        finished = last.terminated.finished_at
+        last_at = finished.isoformat() if isinstance(finished, datetime) else finished
     return ContainerInfo(
         name=status.name,
         ready=bool(status.ready),
@@ -162,6 +165,7 @@ def _container_info(status: Any, limits: dict[str, Any]) -> ContainerInfo:
         terminated_reason=terminated_reason,
         last_terminated_reason=last_reason,
         last_exit_code=last_code,
+        last_terminated_at=last_at,
         cpu_limit_cores=_quantity(limits.get("cpu")),
         memory_limit_bytes=_quantity(limits.get("memory")),
     )

@@ -12,8 +12,9 @@ runbook filters them, and CPU/memory from metrics.k8s.io against the containers'
 Kubernetes (embedded mode) the finding is `unknown` with the reason, plus the orchestrator's view.
 
 Evidence keys: `agent_id`, `orchestrator_agent` ({kind, restarts, running_nodes}), `pods` (list of
-pod dicts, see `PodInfo.as_dict`), `pod_count`, `unhealthy_pods`, `reasons` (all waiting/terminated
-reasons), `log_lines` ({pod: matching lines}), `usage` ({pod: {cpu_cores, memory_bytes, cpu_ratio,
+pod dicts, see `PodInfo.as_dict`), `pod_count`, `unhealthy_pods`, `reasons` (waiting/terminated
+reasons now, and each container's last termination if it ended after the stuck attempt started),
+`earlier_reasons` / `reasons_since` (last terminations before that: history, not a cause), `log_lines` ({pod: matching lines}), `usage` ({pod: {cpu_cores, memory_bytes, cpu_ratio,
 memory_ratio}}), `near_limit` (pods using >= 90% of a limit), `node_log_lines` (the stuck node's
 lines of its current attempt matching the runbook filter, last 50), `hung_lines` (those saying it
 hangs, is stuck, blocked or waiting), `*_error` (per failed sub-query).
@@ -23,8 +24,10 @@ from __future__ import annotations
 
 import re
 import textwrap
+from datetime import datetime, timedelta
 from typing import Any
 
+from watchdog.clients.kubernetes import PodInfo
 from watchdog.constants import AGENT_LABEL
 from watchdog.diagnostics.common import (
     AGENT_LOG_FILTER,
@@ -108,6 +111,26 @@ async def _node_logs(ctx: DiagnosticContext, state: DiagnosisState, evidence: di
     return f"node {state.stuck_node_id} logs that its agent hangs: {quoted!r}"
 
 
+def _relevant_since(ctx: DiagnosticContext, state: DiagnosisState) -> datetime:
+    """A container's last termination matters when it ended after the stuck attempt started (or,
+    with no start known, within the last hour); an OOM kill of last week is history."""
+    started = as_utc(state.node.started_at) if state.node is not None else None
+    return started if started is not None else ctx.clock() - timedelta(hours=1)
+
+
+def _current_reasons(pod: PodInfo, since: datetime) -> list[str]:
+    """The pod's waiting/terminated reasons now, and its last termination's if it ended after `since`
+    (or when it is not known when it ended)."""
+    found: list[str] = []
+    for c in pod.containers:
+        ended = as_utc(c.last_terminated_at)
+        last = c.last_terminated_reason if ended is None or ended >= since else None
+        for reason in (c.waiting_reason, c.terminated_reason, last):
+            if reason and reason not in found:
+                found.append(reason)
+    return found
+
+
 def _hung_in_pod_log(state: DiagnosisState, pod: str, lines: list[str], evidence: dict[str, Any]) -> str:
     """An HTTP agent logs in its own pod: a filtered line that names this execution and says the
     agent hangs counts as the node's own (the pod serves other runs too, hence the execution id)."""
@@ -171,9 +194,15 @@ async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
             STEP, NAME, StepStatus.PROBLEM, f"no pod runs agent {agent_id} (selector {selector})", **evidence
         )
 
-    reasons = sorted({r for p in pods for r in p.reasons()})
+    since = _relevant_since(ctx, state)
+    current = {p.name: _current_reasons(p, since) for p in pods}
+    reasons = sorted({r for p in pods for r in current[p.name]})
     evidence["reasons"] = reasons
-    unhealthy = [p.name for p in pods if not p.ready or p.terminated or BAD_REASONS & set(p.reasons())]
+    earlier = sorted({r for p in pods for r in p.reasons()} - set(reasons))
+    if earlier:
+        evidence["earlier_reasons"] = earlier  # last terminations before `since`: history, not the cause
+        evidence["reasons_since"] = since.isoformat()
+    unhealthy = [p.name for p in pods if not p.ready or p.terminated or BAD_REASONS & set(current[p.name])]
     evidence["unhealthy_pods"] = unhealthy
 
     log_lines: dict[str, list[str]] = {}
