@@ -157,11 +157,13 @@ class WatchdogApp:
             self.start_diagnosis,
             interval_seconds=settings.sweep_interval_seconds,
             leader_ttl_seconds=settings.leader_ttl_seconds,
+            on_undiagnosed=self.start_diagnosis,
         )
         # Steps 1-3 run in turn, 4-8 together: four step timeouts, plus slack for the bookkeeping.
         self.diagnosis_timeout = 4 * settings.step_timeout_seconds + 5.0
         # At most this many diagnoses at once; the others wait (still `open`) for a slot.
         self._diagnosis_slots = asyncio.Semaphore(settings.max_concurrent_diagnoses)
+        self._diagnosis_jobs: set[int] = set()  # incident ids with a diagnosis job queued or running
         self._closed = False
 
     @classmethod
@@ -241,8 +243,20 @@ class WatchdogApp:
     # -- diagnosis jobs ---------------------------------------------------------------------------
 
     def start_diagnosis(self, incident: Incident) -> asyncio.Task[Any] | None:
-        """Diagnose `incident` in the background (tracked; awaited on shutdown)."""
-        return self.jobs.spawn(self.diagnose_incident(incident.id), name=f"diagnose-incident-{incident.id}")
+        """Diagnose `incident` in the background (tracked; awaited on shutdown); None when a job for
+        it is already queued or running."""
+        if incident.id in self._diagnosis_jobs:
+            return None
+        task = self.jobs.spawn(self._diagnosis_job(incident.id), name=f"diagnose-incident-{incident.id}")
+        if task is not None:
+            self._diagnosis_jobs.add(incident.id)
+        return task
+
+    async def _diagnosis_job(self, incident_id: int) -> Incident | None:
+        try:
+            return await self.diagnose_incident(incident_id)
+        finally:
+            self._diagnosis_jobs.discard(incident_id)
 
     async def resume_diagnoses(self) -> list[int]:
         """Re-start diagnosis of open incidents without one and of interrupted ones; their ids."""

@@ -10,7 +10,8 @@ its TTL. `sweep_once()` is the one-shot form for tests and the CLI:
     condition.evaluate()  (Prometheus, or the orchestrator API — it works when the alert path is broken)
       │
     for each execution firing: incidents.open_or_join(source="sweep", detection_source=<source used>)
-      │                         a newly opened incident goes to `on_opened` (the app diagnoses it);
+      │                         a newly opened incident goes to `on_opened` (the app diagnoses it), a
+      │                         joined one still open without a diagnosis to `on_undiagnosed` (retry);
       │                         an execution with an escalated incident is skipped (on-call owns it)
     after_sweep hooks (leader-only periodic work of other modules, e.g. expiring approvals)
 
@@ -139,8 +140,12 @@ class Sweeper:
         *,
         interval_seconds: float,
         leader_ttl_seconds: float,
+        on_undiagnosed: Callable[[Incident], object] | None = None,
     ) -> None:
         self.condition = condition
+        # Called for a joined incident that is open without a diagnosis (its diagnosis failed, e.g.
+        # timed out): each sweep while the run still fires tries it again (the app dedupes).
+        self.on_undiagnosed = on_undiagnosed
         self.incidents = incidents
         self.leadership = leadership
         self.metrics = metrics
@@ -194,6 +199,9 @@ class Sweeper:
                     self.on_opened(outcome.incident)
                 else:
                     joined.append(outcome.incident.id)
+                    incident = outcome.incident
+                    if self.on_undiagnosed and incident.status == "open" and incident.diagnosis is None:
+                        self.on_undiagnosed(incident)
         except WatchdogError as exc:
             return SweepReport(
                 "error", True, result, opened, joined, escalated, f"opening incidents failed: {exc}"

@@ -4,12 +4,18 @@ diagnoses: at most `max_concurrent_diagnoses` run at once, the rest wait `open` 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+import httpx
 
 from tests.conftest import free_port
-from tests.watchdog.conftest import WATCHDOG_TOKEN, make_diagnosis
+from tests.watchdog.conftest import WATCHDOG_TOKEN, ScriptedDiagnose, make_diagnosis
+from tests.watchdog.test_condition import FakeOrchestrator
 from watchdog.app import WatchdogApp
+from watchdog.clients.orchestrator import OrchestratorClient
+from watchdog.condition import ConditionEvaluator
 from watchdog.diagnostics.models import Diagnosis
+from watchdog.errors import OrchestratorUnavailable
 from watchdog.intake import parse_payload
 from watchdog.settings import WatchdogSettings
 
@@ -79,3 +85,41 @@ async def test_a_burst_of_alerts_is_diagnosed_a_few_at_a_time(
 
 def test_the_default_allows_a_few_diagnoses_at_once() -> None:
     assert WatchdogSettings().max_concurrent_diagnoses == 4
+
+
+async def test_a_failed_diagnosis_is_retried_by_the_next_sweep_once(
+    _no_pending_tasks: None, sqlite_url: str
+) -> None:
+    now = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    settings = WatchdogSettings(database_url=sqlite_url, api_tokens=[WATCHDOG_TOKEN], for_duration_seconds=0)
+    diagnose = ScriptedDiagnose()
+    diagnose.error = OrchestratorUnavailable("orchestrator at http://orch unreachable")
+    wd = await WatchdogApp.build(settings, diagnose=diagnose, clock=lambda: now)
+    fake = FakeOrchestrator()
+    fake.add("run-1", "dag-1", started_at=datetime(2026, 3, 1, 11, tzinfo=UTC), timeout=600)
+    client = OrchestratorClient("http://orch.test", transport=httpx.MockTransport(fake.handler))
+    wd.sweeper.condition = ConditionEvaluator(client, None, for_duration=timedelta(0), clock=lambda: now)
+    try:
+        first = await wd.sweeper.sweep_once()
+        await wd.jobs.wait_idle()
+        [incident] = await wd.store.list_incidents()
+        assert [i.id for i in first.opened] == [incident.id]
+        assert incident.status == "open" and incident.diagnosis is None
+        assert (incident.summary or "").startswith(
+            "diagnosis failed: orchestrator at http://orch unreachable"
+        )
+
+        diagnose.error = None  # the orchestrator is back
+        second = await wd.sweeper.sweep_once()
+        assert wd.start_diagnosis(incident) is None  # already queued by the sweep: not twice
+        await wd.jobs.wait_idle()
+        assert second.joined == [incident.id] and diagnose.calls == ["run-1", "run-1"]
+        [incident] = await wd.store.list_incidents()
+        assert incident.diagnosis is not None
+
+        await wd.sweeper.sweep_once()  # diagnosed now: joining again starts nothing
+        await wd.jobs.wait_idle()
+        assert diagnose.calls == ["run-1", "run-1"]
+    finally:
+        await client.aclose()
+        await wd.aclose()

@@ -14,7 +14,8 @@ Kubernetes (embedded mode) the finding is `unknown` with the reason, plus the or
 Evidence keys: `agent_id`, `orchestrator_agent` ({kind, restarts, running_nodes}), `pods` (list of
 pod dicts, see `PodInfo.as_dict`), `pod_count`, `unhealthy_pods`, `reasons` (waiting/terminated
 reasons now, and each container's last termination if it ended after the stuck attempt started),
-`earlier_reasons` / `reasons_since` (last terminations before that: history, not a cause), `log_lines` ({pod: matching lines}), `usage` ({pod: {cpu_cores, memory_bytes, cpu_ratio,
+`earlier_reasons` / `reasons_since` (last terminations before that: history, not a cause),
+`log_lines` ({pod: matching lines}), `usage` ({pod: {cpu_cores, memory_bytes, cpu_ratio,
 memory_ratio}}), `near_limit` (pods using >= 90% of a limit), `node_log_lines` (the stuck node's
 lines of its current attempt matching the runbook filter, last 50), `hung_lines` (those saying it
 hangs, is stuck, blocked or waiting), `*_error` (per failed sub-query).
