@@ -90,10 +90,12 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # httpx logs every request at INFO (each sweep, each diagnostic call): noise that buries what the
-    # watchdog itself says. Its failures reach our log through the clients' errors anyway.
+    # httpx logs every request and APScheduler every job run at INFO (each sweep, each diagnostic
+    # call): noise that buries what the watchdog itself says. Failures reach our log through the
+    # clients' errors and the sweep report anyway.
     if logging.getLogger().getEffectiveLevel() >= logging.INFO:
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+        for chatty in ("httpx", "apscheduler"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def _is_loopback(host: str) -> bool:

@@ -72,12 +72,20 @@ def test_diagnose_with_an_empty_id_is_a_usage_error(capsys: pytest.CaptureFixtur
 
 
 def test_service_log_leaves_out_httpx_request_lines(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(logging.getLogger("httpx"), "level", logging.NOTSET)
-    monkeypatch.setattr(logging.getLogger(), "level", logging.WARNING)
+    loggers = [logging.getLogger(name) for name in ("", "httpx", "apscheduler")]
+    saved = [log.level for log in loggers]
     monkeypatch.setattr(logging.getLogger(), "handlers", [])
-    _setup_logging("INFO")
-    assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
-    assert logging.getLogger("watchdog").isEnabledFor(logging.INFO)
+    try:
+        for log, level in zip(loggers, (logging.WARNING, logging.NOTSET, logging.NOTSET), strict=True):
+            log.setLevel(level)
+        _setup_logging("INFO")
+        assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
+        assert not logging.getLogger("apscheduler.executors.default").isEnabledFor(logging.INFO)
+        assert logging.getLogger("apscheduler").isEnabledFor(logging.WARNING)
+        assert logging.getLogger("watchdog").isEnabledFor(logging.INFO)
+    finally:
+        for log, level in zip(loggers, saved, strict=True):
+            log.setLevel(level)  # setLevel, not attribute writes: it clears the loggers' level caches
 
 
 def test_incidents_in_a_directory_without_the_store_does_not_invent_an_empty_one(
