@@ -9,8 +9,10 @@ from typing import Any
 
 import respx
 
+from tests.conftest import free_port
 from tests.watchdog.conftest import ORCH_BASE, trace_json
 from watchdog.clients.orchestrator import Trace
+from watchdog.clients.prometheus import PrometheusClient
 from watchdog.diagnostics import step8_checkpoints
 from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
 from watchdog.diagnostics.models import Finding, StepStatus
@@ -96,4 +98,17 @@ async def test_unreadable_run_logs_fall_back_to_the_total(orch: respx.MockRouter
         and "7 checkpoint save error(s) since the orchestrator started" in f.summary
     )
     assert "no logs" in f.evidence["run_logs_error"]
+    assert _cause(f) == "checkpoint_store"
+
+
+async def test_prometheus_down_falls_back_to_the_runs_log(orch: respx.MockRouter, make_ctx: MakeCtx) -> None:
+    lines = [{"ts": "2026-03-01T11:58:00Z", "level": "ERROR", "message": SAVE_FAILED}]
+    _routes(orch, lines)
+    dead = PrometheusClient(f"http://127.0.0.1:{free_port()}", timeout=1)
+    try:
+        f = await step8_checkpoints.run(make_ctx(prometheus=dead), _state())
+    finally:
+        dead.close()
+    assert f.status is StepStatus.PROBLEM and "unreachable" in f.evidence["prometheus_error"]
+    assert f.evidence["save_errors_15m"] == 1 and f.evidence["save_errors_source"] == "run_logs"
     assert _cause(f) == "checkpoint_store"

@@ -3,11 +3,11 @@
 Runs concurrently with steps 4-7 (`watchdog.diagnostics.runner`). Reads the run's checkpoints
 (`GET /checkpoints/{id}`), checkpoint save errors over the last 15 minutes (Prometheus:
 `increase(gl_orchestrator_checkpoint_operations_total{operation="save",status="error"}[15m])`; without
-Prometheus, this run's own "checkpoint save failed" log lines of the last 15 minutes, plus the
-counter's total from the orchestrator's exposition — a total since the process started, which says
-nothing about this run, so it decides only when the run's log lines cannot be read), and the
-provenance chain (`chain_valid`). A node that completed in the trace but has no checkpoint means saves
-are failing (the orchestrator blocks progress rather than lose data).
+Prometheus, or when it fails, this run's own "checkpoint save failed" log lines of the last 15
+minutes, plus the counter's total from the orchestrator's exposition — a total since the process
+started, which says nothing about this run, so it decides only when the run's log lines cannot be
+read), and the provenance chain (`chain_valid`). A node that completed in the trace but has no
+checkpoint means saves are failing (the orchestrator blocks progress rather than lose data).
 
 Evidence keys: `checkpoint_count`, `checkpoints` ([{node_id, status, created_at}]), `failed_checkpoints`,
 `completed_without_checkpoint`, `save_errors_15m` (Prometheus, or this run's log lines),
@@ -64,9 +64,9 @@ async def _save_errors(ctx: DiagnosticContext, state: DiagnosisState, evidence: 
             value = await ctx.prometheus.query_value(SAVE_ERRORS_15M)
             evidence["save_errors_15m"] = 0.0 if value is None or math.isnan(value) else round(value, 3)
             evidence["save_errors_source"] = "prometheus"
+            return
         except WatchdogError as exc:
-            evidence["prometheus_error"] = str(exc)
-        return
+            evidence["prometheus_error"] = str(exc)  # fall back to the run's own log lines
     await _run_save_errors(ctx, state, evidence)
     try:
         samples = await ctx.orchestrator.scrape_metrics()
@@ -116,7 +116,7 @@ async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
     if errors_15m > 0:
         of_run = " of this run" if evidence.get("save_errors_source") == "run_logs" else ""
         problems.append(f"{errors_15m:g} checkpoint save error(s){of_run} in the last 15 minutes")
-    elif ctx.prometheus is None and total > 0 and "save_errors_15m" not in evidence:
+    elif total > 0 and "save_errors_15m" not in evidence:
         problems.append(since_start)  # the run's own lines are unreadable: the total is all we have
     if evidence.get("completed_without_checkpoint"):
         missing = ", ".join(evidence["completed_without_checkpoint"])
@@ -126,7 +126,7 @@ async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
     if evidence.get("chain_valid") is False:
         problems.append("the provenance chain is broken")
     if problems:
-        if ctx.prometheus is None and total > 0 and since_start not in problems:
+        if total > 0 and since_start not in problems:
             problems.append(since_start)
         return finding(STEP, NAME, StepStatus.PROBLEM, "; ".join(problems), **evidence)
     chain = "chain valid" if evidence.get("chain_valid") else "chain not checked"
