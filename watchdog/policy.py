@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from playbooks.base import Risk
+from playbooks.base import Playbook, Risk
+from playbooks.registry import default_registry
 from watchdog.diagnostics.models import Diagnosis
 from watchdog.errors import PolicyError
 from watchdog.settings import Mode
@@ -147,6 +148,18 @@ class Policy(_Strict):
             raise ValueError(f"unknown playbook(s) {unknown}; known: {', '.join(sorted(PLAYBOOK_NAMES))}")
         return playbooks
 
+    @model_validator(mode="after")
+    def _params_fit_their_playbooks(self) -> Policy:
+        """A misspelt or out-of-range param fails at load, not at the first incident (as an escalation)."""
+        registry = default_registry()
+        for name, playbook_policy in self.playbooks.items():
+            _check_params(registry.get(name), playbook_policy.params, f"playbooks.{name}.params")
+        for index, rule in enumerate(self.rules):
+            if rule.playbook is not None:
+                params = {**self.playbook(rule.playbook).params, **rule.params}
+                _check_params(registry.get(rule.playbook), params, f"rules.{index}.params")
+        return self
+
     def playbook(self, name: str) -> PlaybookPolicy:
         """The policy of playbook `name` (defaults when the file does not mention it)."""
         return self.playbooks.get(name, PlaybookPolicy())
@@ -162,8 +175,29 @@ class Policy(_Strict):
         return self.playbook(playbook).mode or deployment_mode
 
 
+# Facts the planner takes from the diagnosis (`watchdog.planner.derived_params`): stand-ins at load time.
+_FROM_DIAGNOSIS = {"agent_id": "agent", "node_id": "node", "dag_id": "dag"}
+
+
+def _check_params(playbook: Playbook[Any], params: dict[str, Any], where: str) -> None:
+    fields = playbook.params_model.model_fields
+    stand_ins = {k: v for k, v in _FROM_DIAGNOSIS.items() if k in fields}
+    try:
+        playbook.parse_params({**stand_ins, **params})
+    except ValidationError as exc:
+        problems = "; ".join(_problem(err) for err in exc.errors())
+        raise ValueError(f"{where} do not fit playbook {playbook.name}: {problems}") from None
+
+
 def _field_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def _problem(err: Any) -> str:
+    """One validation error as `field: message` (a whole-model check's message stands alone)."""
+    if err["loc"]:
+        return f"{_field_path(err['loc'])}: {err['msg']}"
+    return str(err["msg"]).removeprefix("Value error, ")
 
 
 def parse_policy(data: Any, source: str = "policy") -> Policy:
@@ -173,7 +207,7 @@ def parse_policy(data: Any, source: str = "policy") -> Policy:
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{_field_path(err['loc'])}: {err['msg']}" for err in exc.errors())
+        problems = "; ".join(_problem(err) for err in exc.errors())
         raise PolicyError(f"{source}: invalid policy: {problems}") from exc
 
 
