@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -921,13 +922,30 @@ def _call_int(obj: object, name: str) -> int:
         return 0
 
 
+def _enable_wal(cursor: Any, timeout_seconds: float) -> None:
+    """Switch the file to WAL; retry while another process opening it at the same moment holds it.
+
+    SQLite can answer "database is locked" to the journal-mode change without calling the busy
+    handler (it would deadlock otherwise), so the retry is ours, bounded by the busy timeout.
+    """
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:  # the driver adapter re-raises sqlite3's OperationalError as its own
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _sqlite_pragmas(timeout_seconds: float) -> Any:
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         # busy_timeout first: switching a fresh file to WAL needs the write lock, which another process
         # opening the same file at the same moment may hold.
         cursor.execute(f"PRAGMA busy_timeout={int(timeout_seconds * 1000)}")
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(cursor, timeout_seconds)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
