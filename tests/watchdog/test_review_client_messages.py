@@ -6,8 +6,10 @@ import httpx
 import pytest
 import respx
 
+from tests.conftest import free_port
 from watchdog.clients.orchestrator import OrchestratorClient
-from watchdog.errors import OrchestratorUnavailable
+from watchdog.clients.prometheus import PrometheusClient
+from watchdog.errors import OrchestratorUnavailable, PrometheusUnavailable
 
 BASE = "http://orch.test:8080"
 
@@ -37,3 +39,14 @@ async def test_a_silent_scrape_failure_is_not_an_empty_reason() -> None:
             router.get(BASE + "/metrics").mock(side_effect=httpx.ConnectError(""))
             with pytest.raises(OrchestratorUnavailable, match=r"unreachable \(GET /metrics\): ConnectError$"):
                 await client.scrape_metrics()
+
+
+async def test_prometheus_refusing_connections_is_one_short_line() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    client = PrometheusClient(url, timeout=1)
+    try:
+        with pytest.raises(PrometheusUnavailable) as caught:
+            await client.query("vector(1)")
+    finally:
+        client.close()
+    assert str(caught.value) == f"Prometheus at {url} unreachable: [Errno 111] Connection refused"

@@ -96,7 +96,7 @@ class PrometheusClient:
         except requests.Timeout as exc:
             raise PrometheusUnavailable(f"Prometheus at {self.url} timed out after {timeout:g}s") from exc
         except requests.ConnectionError as exc:
-            raise PrometheusUnavailable(f"Prometheus at {self.url} unreachable: {_short(exc)}") from exc
+            raise PrometheusUnavailable(f"Prometheus at {self.url} unreachable: {_os_reason(exc)}") from exc
         except requests.RequestException as exc:
             raise PrometheusUnavailable(f"Prometheus at {self.url} request failed: {_short(exc)}") from exc
         except PrometheusApiClientException as exc:
@@ -107,6 +107,16 @@ class PrometheusClient:
             raise PrometheusQueryError(f"query {promql!r} failed: {_short(exc)}") from exc
         except (ValueError, KeyError, TypeError) as exc:
             raise PrometheusQueryError(f"query {promql!r}: unexpected answer from Prometheus: {exc}") from exc
+
+
+_OS_REASON = re.compile(r"\[Errno -?\d+\] [^'\")]+|Name or service not known|Connection refused")
+
+
+def _os_reason(exc: BaseException) -> str:
+    """The operating system's reason inside requests' 'HTTPConnectionPool(...): Max retries exceeded
+    with url: ... (Caused by NewConnectionError(...))', e.g. '[Errno 111] Connection refused'."""
+    match = _OS_REASON.search(str(exc))
+    return match.group(0).strip() if match else _short(exc)
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
