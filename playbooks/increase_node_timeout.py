@@ -75,12 +75,16 @@ class IncreaseNodeTimeoutPlaybook(Playbook[IncreaseNodeTimeoutParams]):
         current = policy.get("timeout_seconds")
         on_timeout = policy.get("on_timeout", "fail")
         maximum = ctx.limits.max_node_timeout_seconds
+        if not isinstance(current, int | float):
+            # No per-node timeout means no per-node limit: setting one would restrict it, not raise it.
+            return Precheck.refused(
+                f"node {params.node_id} has no timeout of its own (only the DAG's execution timeout "
+                "applies): there is no node timeout to raise"
+            ), {}
         if params.timeout_seconds is not None:
             wanted = params.timeout_seconds
-        elif isinstance(current, int | float):
-            wanted = math.ceil(current * params.factor)
         else:
-            return Precheck.refused(f"node {params.node_id} has no timeout_seconds to multiply; give one"), {}
+            wanted = math.ceil(current * params.factor)
         target = min(wanted, maximum)
         facts = {
             "current": current,
@@ -89,11 +93,11 @@ class IncreaseNodeTimeoutPlaybook(Playbook[IncreaseNodeTimeoutParams]):
             "maximum": maximum,
             "on_timeout": on_timeout,
         }
-        if isinstance(current, int | float) and current >= maximum:
+        if current >= maximum:
             return Precheck.refused(
                 f"node {params.node_id} is already at the policy maximum ({maximum}s)", **facts
             ), facts
-        if isinstance(current, int | float) and target <= current:
+        if target <= current:
             return Precheck.refused(
                 f"new timeout {target}s would not raise the current {current}s", **facts
             ), facts

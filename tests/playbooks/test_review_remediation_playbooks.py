@@ -8,9 +8,10 @@ import pytest
 from pydantic import ValidationError
 
 from playbooks.base import MAX_WAIT_SECONDS
+from playbooks.increase_node_timeout import IncreaseNodeTimeoutParams, IncreaseNodeTimeoutPlaybook
 from playbooks.registry import default_registry
 from playbooks.throttle_concurrency import ThrottleConcurrencyPlaybook, ThrottleParams
-from tests.playbooks.conftest import Env, FakeKubeApi, make_deployment
+from tests.playbooks.conftest import Env, FakeKubeApi, gate_dag, make_deployment
 from watchdog.clients.kubernetes import KubernetesClient
 
 THROTTLE = ThrottleConcurrencyPlaybook()
@@ -61,3 +62,20 @@ def test_every_wait_is_bounded(name: str, params: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         playbook.parse_params(params)
     assert MAX_WAIT_SECONDS <= 3600
+
+
+async def test_increase_node_timeout_never_puts_a_limit_on_a_node_that_had_none(env: Env) -> None:
+    await env.orch.register(gate_dag("rv-no-node-timeout"))
+    ctx = await env.context("exec-any")
+    timeout = IncreaseNodeTimeoutPlaybook()
+    for params in (
+        IncreaseNodeTimeoutParams(dag_id="rv-no-node-timeout", node_id="first"),
+        IncreaseNodeTimeoutParams(dag_id="rv-no-node-timeout", node_id="first", timeout_seconds=60),
+    ):
+        precheck = await timeout.preconditions(ctx, params)
+        assert not precheck.ok and "has no timeout of its own" in precheck.reason
+        result = await timeout.apply(ctx, params)
+        assert not result.ok and result.steps == ()
+    dag = await env.client.get_dag("rv-no-node-timeout")
+    assert dag["nodes"]["first"]["timeout_policy"]["timeout_seconds"] is None
+    assert dag["version"] == 1
