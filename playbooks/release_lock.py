@@ -77,11 +77,17 @@ class ReleaseLockPlaybook(Playbook[ReleaseLockParams]):
             lock = await ctx.redis.get_lock(ctx.execution_id)
             if lock is not None:
                 token, owner = lock.token, lock.owner
+        if token is None:
+            what = f"no lock with a fencing token is held at {lock_key(ctx.execution_id)}: nothing to delete"
+        else:
+            what = (
+                f"delete {lock_key(ctx.execution_id)} only if it still carries fencing token {token} "
+                f"(holder {owner}); never a bare DEL"
+            )
         return (
             PlannedAction(
                 step="compare_and_delete",
-                description=f"delete {lock_key(ctx.execution_id)} only if it still carries fencing token "
-                f"{token} (holder {owner}); never a bare DEL",
+                description=what,
                 target=lock_key(ctx.execution_id),
                 request={"key": lock_key(ctx.execution_id), "token": token, "owner": owner},
                 idempotent=True,

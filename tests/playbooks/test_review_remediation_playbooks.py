@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from playbooks.base import MAX_WAIT_SECONDS
 from playbooks.increase_node_timeout import IncreaseNodeTimeoutParams, IncreaseNodeTimeoutPlaybook
 from playbooks.registry import default_registry
+from playbooks.release_lock import ReleaseLockParams, ReleaseLockPlaybook
 from playbooks.throttle_concurrency import ThrottleConcurrencyPlaybook, ThrottleParams
 from tests.playbooks.conftest import Env, FakeKubeApi, gate_dag, make_deployment
 from watchdog.clients.kubernetes import KubernetesClient
@@ -79,3 +80,10 @@ async def test_increase_node_timeout_never_puts_a_limit_on_a_node_that_had_none(
     dag = await env.client.get_dag("rv-no-node-timeout")
     assert dag["nodes"]["first"]["timeout_policy"]["timeout_seconds"] is None
     assert dag["version"] == 1
+
+
+async def test_release_lock_dry_run_without_a_lock_says_there_is_nothing_to_delete(env: Env) -> None:
+    ctx = await env.context("rv-no-lock-exec")
+    [action] = await ReleaseLockPlaybook().plan(ctx, ReleaseLockParams())
+    assert "nothing to delete" in action.description
+    assert "None" not in action.description
