@@ -363,7 +363,8 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         help="run one playbook against one execution",
         description=cmd_playbook_run.__doc__,
     )
-    run.add_argument("name", metavar="NAME", choices=default_registry().names())
+    names = default_registry().names()
+    run.add_argument("name", metavar="NAME", choices=names, help=f"the playbook: {', '.join(names)}")
     run.add_argument("--execution", required=True, metavar="ID", help="the execution id")
     run.add_argument(
         "--param", action="append", metavar="KEY=VALUE", help="a playbook parameter (repeatable)"
