@@ -48,6 +48,7 @@ from watchdog.errors import (
     NotFound,
     OrchestratorError,
     StoreError,
+    Unauthorized,
     WatchdogError,
 )
 from watchdog.migrations import INCIDENT_STATUSES
@@ -192,6 +193,12 @@ async def _diagnose(settings: WatchdogSettings, execution_id: str, fmt: str) -> 
             ) from exc
         except BackendUnavailable as exc:
             raise CliError(str(exc), EXIT_UNAVAILABLE) from exc
+        except Unauthorized as exc:
+            raise CliError(
+                f"{exc} (at {settings.orchestrator_url}): check GL_WATCHDOG_ORCHESTRATOR_TOKEN "
+                "or orchestrator_token_file",
+                EXIT_UNAVAILABLE,
+            ) from exc
         except OrchestratorError as exc:
             raise CliError(str(exc), EXIT_UNAVAILABLE) from exc
         diagnosis = await runner.diagnose(ctx, execution_id)

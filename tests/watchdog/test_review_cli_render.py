@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
+from tests.watchdog.conftest import OrchestratorProcess
 from watchdog.cli import _setup_logging, main
 from watchdog.clients.orchestrator import OrchestratorClient
 from watchdog.diagnostics.context import DiagnosticContext
@@ -131,3 +132,16 @@ def test_incident_table_shortens_a_long_summary_at_a_word(tmp_path: Path) -> Non
     write_incident_table([incident], out)
     row = out.getvalue().splitlines()[1]
     assert row.endswith("(agent builtin.hang): step 4 …") and len(row.split("  ")[-1]) <= 70
+
+
+def test_diagnose_with_a_refused_token_says_which_setting(
+    orchestrator_service: OrchestratorProcess,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("GL_WATCHDOG_ORCHESTRATOR_URL", orchestrator_service.url)
+    monkeypatch.setenv("GL_WATCHDOG_ORCHESTRATOR_TOKEN", "not-the-token")
+    assert main(["diagnose", "exec-1"]) == 4
+    err = capsys.readouterr().err
+    assert err.startswith("gl-watchdog: error: orchestrator answered 401")
+    assert f"(at {orchestrator_service.url}): check GL_WATCHDOG_ORCHESTRATOR_TOKEN" in err
