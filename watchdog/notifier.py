@@ -135,9 +135,24 @@ class JsonNotifier(_WebhookNotifier):
         return await self._post({"event": "escalated", **message.__dict__})
 
 
+# Slack refuses a whole message (400 invalid_blocks) whose section text passes 3000 characters or
+# whose header passes 150: a long diagnosis must never cost the on-call the prompt itself.
+SLACK_SECTION_MAX = 3000
+SLACK_HEADER_MAX = 150
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _mrkdwn(text: str) -> str:
+    """Text shown literally in Slack mrkdwn: `&`, `<`, `>` escaped (`<...>` would be read as a link)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def slack_prompt(message: PromptMessage) -> dict[str, Any]:
     """The Slack message of an approval prompt, with approve and deny link buttons."""
-    actions = "\n".join(f"• {a}" for a in message.actions) or "• (no actions)"
+    actions = "\n".join(f"• {_mrkdwn(a)}" for a in message.actions) or "• (no actions)"
     text = (
         f"gl-watchdog: approval needed for incident {message.incident_id} "
         f"(execution {message.execution_id}): {message.plan_headline}. "
@@ -148,15 +163,24 @@ def slack_prompt(message: PromptMessage) -> dict[str, Any]:
         "blocks": [
             {
                 "type": "header",
-                "text": {"type": "plain_text", "text": f"Approval needed: incident {message.incident_id}"},
+                "text": {
+                    "type": "plain_text",
+                    "text": _clip(f"Approval needed: incident {message.incident_id}", SLACK_HEADER_MAX),
+                },
             },
             {
                 "type": "section",
                 "text": {
                     "type": "mrkdwn",
-                    "text": f"*Execution* `{message.execution_id}`\n*Diagnosis* {message.diagnosis_summary}\n"
-                    f"*Plan* {message.plan_headline} (risk {message.risk})\n*Why* {message.rationale}\n"
-                    f"*Actions*\n{actions}\n*Expires* {message.expires_at}",
+                    "text": _clip(
+                        f"*Execution* `{_mrkdwn(message.execution_id)}`\n"
+                        f"*Plan* {_mrkdwn(message.plan_headline)} (risk {message.risk})\n"
+                        f"*Actions*\n{actions}\n*Expires* {message.expires_at} · "
+                        f"or `gl-watchdog approve|deny {_mrkdwn(message.approval_id)}`\n"
+                        f"*Diagnosis* {_mrkdwn(message.diagnosis_summary)}\n"
+                        f"*Why* {_mrkdwn(message.rationale)}",
+                        SLACK_SECTION_MAX,
+                    ),
                 },
             },
             {
@@ -186,19 +210,22 @@ def slack_escalation(message: EscalationMessage) -> dict[str, Any]:
         f"gl-watchdog escalated incident {message.incident_id} "
         f"(execution {message.execution_id}): {message.reason}"
     )
-    body = f"*Reason* {message.reason}"
-    if message.diagnosis_summary:
-        body += f"\n*Diagnosis* {message.diagnosis_summary}"
+    body = f"*Reason* {_mrkdwn(message.reason)}"
     if message.plan_headline:
-        body += f"\n*Plan* {message.plan_headline}"
+        body += f"\n*Plan* {_mrkdwn(message.plan_headline)}"
+    if message.diagnosis_summary:
+        body += f"\n*Diagnosis* {_mrkdwn(message.diagnosis_summary)}"
     return {
         "text": text,
         "blocks": [
             {
                 "type": "header",
-                "text": {"type": "plain_text", "text": f"Escalated: incident {message.incident_id}"},
+                "text": {
+                    "type": "plain_text",
+                    "text": _clip(f"Escalated: incident {message.incident_id}", SLACK_HEADER_MAX),
+                },
             },
-            {"type": "section", "text": {"type": "mrkdwn", "text": body}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": _clip(body, SLACK_SECTION_MAX)}},
         ],
     }
 
