@@ -12,8 +12,13 @@ The result names the source used and, after a fallback, why. Over that observati
 `for` state machine, per execution, with an injected clock: the first evaluation that sees a run over
 makes it *pending* (active since then); it turns *firing* once it has been seen over continuously for
 `for_duration`; any evaluation that does not see it over (it finished, its timeout was raised, it
-vanished from the answer) resets it to *inactive*. Like Prometheus after a restart without its
-`for`-state, a freshly started evaluator starts every run from pending.
+vanished from the answer) resets it to *inactive*.
+
+After a restart or a leader change, an evaluator has no `for`-state. Prometheus restores its own
+(`ALERTS_FOR_STATE`); from the API we know when a run went over (`started_at + timeout`: a running
+run's duration only grows), so on an evaluator's *first* evaluation a run already over for at least
+`for_duration` fires at once instead of waiting another `for_duration` (a sweep must not go blind
+for ten minutes after every deploy or failover). Every other run starts from pending, as before.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ class Observation:
     over: bool
     duration_seconds: float | None = None
     timeout_seconds: float | None = None
+    over_since: datetime | None = None  # when it went over, when the source can tell (the API)
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,7 @@ class ConditionEvaluator:
         self.clock = clock
         self.prometheus_timeout = prometheus_timeout
         self._active_since: dict[str, datetime] = {}
+        self._first = True  # no evaluation yet: no `for`-state to go on (see the module docstring)
 
     async def evaluate(self) -> ConditionResult:
         """Observe (Prometheus, else the API) and advance the state machine.
@@ -165,6 +172,9 @@ class ConditionEvaluator:
             duration = None if execution.started_at is None else (now - execution.started_at).total_seconds()
             timeout = execution.timeout_seconds
             over = duration is not None and timeout is not None and duration > timeout
+            over_since = None
+            if over and execution.started_at is not None and timeout is not None:
+                over_since = execution.started_at + timedelta(seconds=timeout)
             observations.append(
                 Observation(
                     execution_id=execution.execution_id,
@@ -172,6 +182,7 @@ class ConditionEvaluator:
                     over=over,
                     duration_seconds=duration,
                     timeout_seconds=timeout,
+                    over_since=over_since,
                 )
             )
         return observations
@@ -188,12 +199,16 @@ class ConditionEvaluator:
         for execution_id in list(self._active_since):
             if execution_id not in over_now:  # a dip (or the run ended): reset
                 del self._active_since[execution_id]
+        first, self._first = self._first, False
         results = []
         for obs in observations:
             if not obs.over:
                 state, since = AlertState.INACTIVE, None
             else:
-                since = self._active_since.setdefault(obs.execution_id, now)
+                start = now
+                if first and obs.over_since is not None and now - obs.over_since >= self.for_duration:
+                    start = obs.over_since  # over long before this evaluator existed
+                since = self._active_since.setdefault(obs.execution_id, start)
                 state = AlertState.FIRING if now - since >= self.for_duration else AlertState.PENDING
             results.append(
                 ExecutionCondition(
