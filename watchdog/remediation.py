@@ -374,12 +374,10 @@ class Remediator:
         return outcomes
 
     async def execute(self, incident_id: int, approval_id: str | None = None) -> Outcome:
-        """Take the incident into `remediating` (one winner), check limits, re-check, apply, verify."""
+        """Take the incident into `remediating` (one winner), re-check, check limits, apply, verify."""
         incident, refusal = await self._begin(incident_id, approval_id)
         if incident is None:
             return Outcome(incident_id, "unchanged", refusal)
-        if refusal:
-            return await self._escalate(incident_id, refusal, expected=("remediating",), failed=False)
         plan = Plan.model_validate(incident.plan)
         assert plan.playbook is not None  # _begin refuses plans without a playbook
         return await self._run(incident, plan, approval_id, recheck=True)
@@ -459,13 +457,8 @@ class Remediator:
         return Outcome(incident.id, "awaiting_approval", f"approval {approval.id} requested")
 
     async def _begin(self, incident_id: int, approval_id: str | None) -> tuple[Incident | None, str]:
-        """CAS into `remediating`, consume the approval, check and count limits — one transaction."""
-        limits = self.policy.limits
+        """CAS into `remediating` and consume the approval — one transaction (limits: `_reserve`)."""
         async with self.store.transaction() as tx:
-            if tx.conn.dialect.name == "postgresql":
-                # Serialise limit checks across replicas (SQLite's BEGIN IMMEDIATE already does).
-                await tx.conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": LIMITS_LOCK_KEY})
-            now = self.clock()
             incident = await tx.get_incident(incident_id)
             if incident is None or incident.status not in STARTABLE:
                 status = "missing" if incident is None else incident.status
@@ -490,6 +483,21 @@ class Remediator:
                 )
             except InvalidTransition as exc:
                 return None, str(exc)
+            updated = await tx.get_incident(incident_id)
+        return updated, ""
+
+    async def _reserve(self, incident_id: int, plan: Plan) -> str:
+        """Check the limits and count this remediation — one transaction, after the preconditions held.
+
+        Counting only what is about to act means a refused or unneeded attempt never uses up an agent's
+        restarts or the global budget; check and count stay atomic across replicas.
+        """
+        limits = self.policy.limits
+        async with self.store.transaction() as tx:
+            if tx.conn.dialect.name == "postgresql":
+                # Serialise limit checks across replicas (SQLite's BEGIN IMMEDIATE already does).
+                await tx.conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": LIMITS_LOCK_KEY})
+            now = self.clock()
             refusal = await self._limits_refusal(tx, plan, now)
             await tx.add_audit(
                 incident_id,
@@ -501,8 +509,7 @@ class Remediator:
                 await tx.add_rate_event(RATE_REMEDIATION, GLOBAL_KEY, now)
                 if plan.playbook == "restart_agent":
                     await tx.add_rate_event(RATE_AGENT_RESTART, str(plan.params.get("agent_id")), now)
-            updated = await tx.get_incident(incident_id)
-        return updated, refusal
+        return refusal
 
     async def _limits_refusal(self, tx: Tx, plan: Plan, now: datetime) -> str:
         limits = self.policy.limits
@@ -554,6 +561,9 @@ class Remediator:
                     playbook=plan.playbook,
                     outcome="refused",
                 )
+            refusal = await self._reserve(incident.id, plan)
+            if refusal:
+                return await self._escalate(incident.id, refusal, expected=("remediating",), failed=False)
         await self.incidents.record(
             incident.id,
             "apply",
