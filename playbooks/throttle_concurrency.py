@@ -140,7 +140,8 @@ class ThrottleConcurrencyPlaybook(Playbook[ThrottleParams]):
                     PlannedAction(
                         step="rollout_restart",
                         description=f"kubectl rollout restart deployment/{params.deployment} "
-                        f"-n {ctx.namespace}",
+                        f"-n {ctx.namespace} (restarts every orchestrator replica: runs still going "
+                        "end interrupted and need a resume)",
                         target=f"deployment/{params.deployment}",
                         request={"deployment": params.deployment, "namespace": ctx.namespace},
                         idempotent=False,
@@ -194,5 +195,24 @@ class ThrottleConcurrencyPlaybook(Playbook[ThrottleParams]):
             )
         found.append(await checks.active_executions_check(ctx))
         found.append(await checks.no_other_stuck_runs(ctx))
+        if ctx.kubernetes is not None and params.rollout_restart:
+            found.append(await _interrupted_runs(ctx))
         found.extend(await checks.prometheus_checks(ctx))
         return VerifyResult.of(self.name, found)
+
+
+async def _interrupted_runs(ctx: PlaybookContext) -> Check:
+    """After a rollout restart: the runs it left `interrupted`, which no replica resumes on its own."""
+    try:
+        runs = await ctx.orchestrator.list_executions(status="interrupted")
+    except WatchdogError as exc:
+        return Check(name="interrupted_runs", status=CheckStatus.UNKNOWN, detail=str(exc))
+    if not runs:
+        return Check(name="interrupted_runs", status=CheckStatus.OK, detail="no run left interrupted")
+    ids = ", ".join(sorted(r.execution_id for r in runs))
+    return Check(
+        name="interrupted_runs",
+        status=CheckStatus.PROBLEM,
+        detail=f"{len(runs)} run(s) left interrupted by the rollout, to resume "
+        f"(gl-watchdog playbook run resume --execution ID): {ids}",
+    )

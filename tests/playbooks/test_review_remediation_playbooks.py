@@ -87,3 +87,18 @@ async def test_release_lock_dry_run_without_a_lock_says_there_is_nothing_to_dele
     [action] = await ReleaseLockPlaybook().plan(ctx, ReleaseLockParams())
     assert "nothing to delete" in action.description
     assert "None" not in action.description
+
+
+async def test_throttle_rollout_warns_and_verify_lists_runs_left_interrupted(
+    env: Env, kube_api: FakeKubeApi, kube: KubernetesClient
+) -> None:
+    kube_api.deployments["orchestrator-service"] = make_deployment("orchestrator-service", {})
+    ctx = await env.context("exec-any", kubernetes=kube)
+    params = ThrottleParams(max_parallel_nodes=5)
+    planned = await THROTTLE.plan(ctx, params)
+    assert "runs still going end interrupted and need a resume" in planned[-1].description
+    assert (await THROTTLE.apply(ctx, params)).ok
+    verification = await THROTTLE.verify(ctx, params)
+    [check] = [c for c in verification.checks if c.name == "interrupted_runs"]
+    assert check.status.value == "ok" and not check.decisive
+    assert verification.ok
