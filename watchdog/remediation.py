@@ -67,6 +67,10 @@ ACTOR = "watchdog"
 STARTABLE = ("open", "diagnosing", "awaiting_approval")
 # Diagnoses that need no remediation: the run ended by itself between the alert and the diagnosis.
 SELF_RESOLVED = frozenset({"not_stuck"})
+OBSERVE_REFUSAL = (
+    "the watchdog is in observe mode: nothing acts, including remediations approved or started before"
+    " the switch; run the playbook by hand (gl-watchdog playbook run) if it is still wanted"
+)
 RATE_AGENT_RESTART = "agent_restart"
 RATE_REMEDIATION = "remediation"
 RATE_FAILED = "remediation_failed"
@@ -375,6 +379,9 @@ class Remediator:
 
     async def execute(self, incident_id: int, approval_id: str | None = None) -> Outcome:
         """Take the incident into `remediating` (one winner), re-check, check limits, apply, verify."""
+        if self.mode is Mode.OBSERVE:
+            # The kill switch also holds for prompts approved after the switch to observe.
+            return await self._escalate(incident_id, OBSERVE_REFUSAL)
         incident, refusal = await self._begin(incident_id, approval_id)
         if incident is None:
             return Outcome(incident_id, "unchanged", refusal)
@@ -401,6 +408,9 @@ class Remediator:
             plan = Plan.model_validate(incident.plan)
             if incident.status == "verifying":
                 outcomes.append(await self._verify_and_close(incident, plan))
+            elif self.mode is Mode.OBSERVE:
+                refusal = OBSERVE_REFUSAL + " (interrupted remediation)"
+                outcomes.append(await self._escalate(incident.id, refusal))
             else:
                 # Died before the first step was recorded: nothing was done, so check live state again.
                 async with self.store.transaction() as tx:
