@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from watchdog.clients.orchestrator import Execution
 from watchdog.clients.redis import RedisClient
 from watchdog.condition import ConditionEvaluator, ConditionResult
 from watchdog.errors import WatchdogError
@@ -177,36 +178,66 @@ class Sweeper:
             result = await self.condition.evaluate()
         except WatchdogError as exc:
             return SweepReport("error", True, error=f"condition could not be evaluated: {exc}")
-        opened: list[Incident] = []
-        joined: list[int] = []
-        escalated: list[str] = []
+        report = SweepReport("ok", True, result)
         try:
             for execution in result.firing:
-                if await self.incidents.has_escalated(execution.execution_id):
-                    # on-call owns it since the escalation: do not re-open and re-remediate every sweep
-                    escalated.append(execution.execution_id)
-                    continue
-                outcome = await self.incidents.open_or_join(
-                    execution.execution_id,
-                    dag_id=execution.dag_id,
-                    source="sweep",
-                    detection_source=result.source.value,
-                    actor="sweep",
-                    audit_join=False,
+                await self._open_or_join(
+                    report, execution.execution_id, execution.dag_id, result.source.value
                 )
-                if outcome.created:
-                    opened.append(outcome.incident)
-                    self.on_opened(outcome.incident)
-                else:
-                    joined.append(outcome.incident.id)
-                    incident = outcome.incident
-                    if self.on_undiagnosed and incident.status == "open" and incident.diagnosis is None:
-                        self.on_undiagnosed(incident)
+            for stalled in await self._stalled_interrupted_runs():
+                await self._open_or_join(report, stalled.execution_id, stalled.dag_id, "api")
         except WatchdogError as exc:
             return SweepReport(
-                "error", True, result, opened, joined, escalated, f"opening incidents failed: {exc}"
+                "error",
+                True,
+                result,
+                report.opened,
+                report.joined,
+                report.escalated,
+                f"opening incidents failed: {exc}",
             )
-        return SweepReport("ok", True, result, opened, joined, escalated)
+        return report
+
+    async def _open_or_join(
+        self, report: SweepReport, execution_id: str, dag_id: str | None, detection_source: str
+    ) -> None:
+        if await self.incidents.has_escalated(execution_id):
+            # on-call owns it since the escalation: do not re-open and re-remediate every sweep
+            report.escalated.append(execution_id)
+            return
+        outcome = await self.incidents.open_or_join(
+            execution_id,
+            dag_id=dag_id,
+            source="sweep",
+            detection_source=detection_source,
+            actor="sweep",
+            audit_join=False,
+        )
+        if outcome.created:
+            report.opened.append(outcome.incident)
+            self.on_opened(outcome.incident)
+            return
+        report.joined.append(outcome.incident.id)
+        incident = outcome.incident
+        if self.on_undiagnosed and incident.status == "open" and incident.diagnosis is None:
+            self.on_undiagnosed(incident)
+
+    async def _stalled_interrupted_runs(self) -> list[Execution]:
+        """Runs left `interrupted` (a replica shut down or fenced itself) that nobody resumed.
+
+        The orchestrator never resumes an interrupted run by itself (the runbook's Option 2 is a
+        decision), so a rolling restart would leave them stalled without any alert: the duration
+        gauge exists only while a run is `running`. Once one has been interrupted for the `for`
+        duration, it gets an incident like a stuck run (diagnosis cause `interrupted`).
+        """
+        try:
+            items = await self.condition.orchestrator.list_executions(status="interrupted")
+        except WatchdogError as exc:  # the stuck-run part of the sweep still counts
+            log.warning("sweep could not list interrupted runs: %s", exc)
+            return []
+        now = self.condition.clock()
+        grace = self.condition.for_duration
+        return [e for e in items if e.completed_at is None or now - e.completed_at >= grace]
 
     async def _run_after_sweep(self) -> None:
         for hook in self.after_sweep:

@@ -38,6 +38,7 @@ class FakeOrchestrator:
 
     def __init__(self) -> None:
         self.running: dict[str, dict[str, Any]] = {}
+        self.interrupted: dict[str, dict[str, Any]] = {}
         self.calls = 0
 
     def add(self, execution_id: str, dag_id: str, started_at: datetime, timeout: float) -> None:
@@ -49,9 +50,19 @@ class FakeOrchestrator:
             "timeout_seconds": timeout,
         }
 
+    def interrupt(self, execution_id: str, dag_id: str, interrupted_at: datetime) -> None:
+        self.interrupted[execution_id] = {
+            "execution_id": execution_id,
+            "dag_id": dag_id,
+            "status": "interrupted",
+            "completed_at": interrupted_at.isoformat().replace("+00:00", "Z"),
+        }
+
     def handler(self, request: httpx.Request) -> httpx.Response:
-        self.calls += 1
         assert request.url.path == "/api/v1/orchestrator/executions"
+        if request.url.params["status"] == "interrupted":  # the sweep's second question
+            return httpx.Response(200, json={"items": list(self.interrupted.values())})
+        self.calls += 1
         assert request.url.params["status"] == "running"
         return httpx.Response(200, json={"items": list(self.running.values())})
 

@@ -7,9 +7,10 @@ step that hangs, fails or has no backend yields an `error`/`unknown` Finding and
 diagnosis. The cause is chosen by ranked rules over the findings (`likely_cause`); the planner maps it
 to a playbook through the policy file.
 
-Causes, in rank order: `execution_not_found`, `not_stuck`, `agent_unresponsive` (pods down),
-`stuck_lock`, `checkpoint_store`, `external_api_slow`, `agent_unresponsive` (the node logs that its
-agent hangs, or it runs past its own timeout), `resource_contention`, `slow_node`, `unknown`. What
+Causes, in rank order: `execution_not_found`, `interrupted` (left by a replica that stopped and
+never resumed), `not_stuck`, `agent_unresponsive` (pods down), `stuck_lock`, `checkpoint_store`,
+`external_api_slow`, `agent_unresponsive` (the node logs that its agent hangs, or it runs past its
+own timeout), `resource_contention`, `slow_node`, `unknown`. What
 the stuck node shows outranks contention, which a stuck run causes as often as it suffers from it.
 """
 
@@ -150,6 +151,9 @@ def likely_cause(findings: Sequence[Finding]) -> tuple[str, list[str]]:
     if s1 is not None and s1.evidence.get("reason") == "not_found":
         return "execution_not_found", [says(1)]
     status = ev(1).get("status")
+    if status == "interrupted":
+        # Its replica shut down or fenced itself; the checkpoints decide whether resuming is safe.
+        return "interrupted", [says(1), *(_supporting(by_step, 8))]
     if isinstance(status, str) and status != "running":
         return "not_stuck", [says(1)]
 

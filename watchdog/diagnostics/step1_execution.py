@@ -80,6 +80,16 @@ async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
             evidence["prometheus_error"] = str(exc)
 
     where = f"execution {execution.execution_id} of DAG {execution.dag_id}"
+    if execution.status == "interrupted":
+        since = f" since {iso(execution.completed_at)}" if execution.completed_at else ""
+        return finding(
+            STEP,
+            NAME,
+            StepStatus.PROBLEM,
+            f"{where} is interrupted{since} (its replica stopped before it finished) and nobody resumed it"
+            + (f": {execution.error}" if execution.error else ""),
+            **evidence,
+        )
     if execution.status != "running":
         return finding(STEP, NAME, StepStatus.OK, f"{where} is {execution.status}, not running", **evidence)
     if duration is None:
