@@ -29,7 +29,7 @@ import logging
 import signal
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TextIO
 
@@ -227,12 +227,18 @@ def cmd_incidents(args: argparse.Namespace) -> int:
             raise CliError(
                 f"unknown status {', '.join(unknown)}; use one of {', '.join(INCIDENT_STATUSES)}", EXIT_USAGE
             )
-    incidents = asyncio.run(_list_incidents(settings, statuses, args.limit))
+    incidents, pending = asyncio.run(_list_incidents(settings, statuses, args.limit))
     if args.format == "json":
-        items = [i.model_dump(mode="json", exclude={"diagnosis", "plan", "verification"}) for i in incidents]
+        items = [
+            {
+                **i.model_dump(mode="json", exclude={"diagnosis", "plan", "verification"}),
+                "pending_approval": pending.get(i.id),
+            }
+            for i in incidents
+        ]
         sys.stdout.write(json.dumps({"items": items}, indent=2) + "\n")
     else:
-        write_incident_table(incidents, sys.stdout)
+        write_incident_table(incidents, sys.stdout, pending)
     return EXIT_OK
 
 
@@ -256,21 +262,39 @@ def _require_existing_sqlite_file(database_url: str) -> None:
 
 async def _list_incidents(
     settings: WatchdogSettings, statuses: list[str] | None, limit: int
-) -> list[Incident]:
+) -> tuple[list[Incident], dict[int, str]]:
+    """The incidents, and the pending approval prompt of each that has one (for `gl-watchdog approve`
+    when the notifier never delivered the link)."""
     _require_existing_sqlite_file(settings.database_url)
     store = await Store.open(settings.database_url)
     try:
-        return await store.list_incidents(statuses=statuses, limit=limit)
+        incidents = await store.list_incidents(statuses=statuses, limit=limit)
+        async with store.transaction() as tx:
+            prompts = await tx.list_approvals(states=["pending"])
+        return incidents, {p.incident_id: p.id for p in prompts}
     finally:
         await store.close()
 
 
-def write_incident_table(incidents: Sequence[Incident], out: TextIO) -> None:
-    """A plain-text table of incidents, newest first."""
+def write_incident_table(
+    incidents: Sequence[Incident], out: TextIO, pending: Mapping[int, str] | None = None
+) -> None:
+    """A plain-text table of incidents, newest first, with each one's pending approval prompt."""
     if not incidents:
         out.write("no incidents\n")
         return
-    header = ("ID", "STATUS", "EXECUTION", "DAG", "SOURCE", "DETECTED BY", "OPENED (UTC)", "SUMMARY")
+    pending = pending or {}
+    header = (
+        "ID",
+        "STATUS",
+        "EXECUTION",
+        "DAG",
+        "SOURCE",
+        "DETECTED BY",
+        "OPENED (UTC)",
+        "APPROVAL",
+        "SUMMARY",
+    )
     rows = [
         (
             str(i.id),
@@ -280,6 +304,7 @@ def write_incident_table(incidents: Sequence[Incident], out: TextIO) -> None:
             i.source,
             i.detection_source,
             i.opened_at.strftime("%Y-%m-%d %H:%M:%S"),
+            pending.get(i.id, "-"),
             textwrap.shorten(i.summary or "", width=70, placeholder=" …"),
         )
         for i in incidents

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -192,3 +193,42 @@ def test_serve_refuses_a_public_address_without_tokens(
     monkeypatch.chdir(tmp_path)  # no local token of an earlier `serve` in the working directory
     assert main(["serve", "--host", "0.0.0.0", "--port", str(free_port())]) == 2
     assert "without API tokens" in capsys.readouterr().err
+
+
+def test_incidents_show_the_pending_approval_to_answer_from_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'wd.db'}"
+
+    async def seed() -> None:
+        store = await Store.open(url)
+        try:
+            async with store.transaction() as tx:
+                waiting = await tx.insert_incident(
+                    execution_id="e-wait", dag_id="d", source="alert", detection_source="api"
+                )
+                await tx.insert_incident(
+                    execution_id="e-other", dag_id="d", source="alert", detection_source="api"
+                )
+                assert waiting is not None
+                await tx.insert_approval(
+                    approval_id="apr_pending1",
+                    incident_id=waiting.id,
+                    plan={"playbook": "restart_agent"},
+                    summary="s",
+                    token_nonce="n",
+                    expires_at=datetime.now(UTC) + timedelta(minutes=15),
+                )
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    assert main(["incidents"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "APPROVAL" in lines[0]
+    assert any("e-wait" in line and "apr_pending1" in line for line in lines)
+    assert any("e-other" in line and "apr_pending1" not in line for line in lines)
+    assert main(["incidents", "--format", "json"]) == 0
+    items = {i["execution_id"]: i for i in json.loads(capsys.readouterr().out)["items"]}
+    assert items["e-wait"]["pending_approval"] == "apr_pending1"
+    assert items["e-other"]["pending_approval"] is None
