@@ -123,6 +123,11 @@ def _serve_command(args: argparse.Namespace) -> int:
             raise ConfigError(str(exc)) from exc
     configure_logging(settings.log_level)
     if not settings.resolved_api_tokens():
+        if settings.api_token_file is not None:
+            raise ConfigError(
+                f"api_token_file {settings.api_token_file} holds no token (one token per line); "
+                "every API call would be refused"
+            )
         if not _is_loopback(settings.host):
             raise ConfigError(
                 f"refusing to serve on {settings.host} without API tokens: set GL_ORCHESTRATOR_API_TOKENS "

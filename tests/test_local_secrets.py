@@ -120,3 +120,25 @@ def test_client_commands_never_create_secrets(tmp_path: Path) -> None:
     settings = WatchdogSettings(state_dir=tmp_path / "state").with_local_secrets(create=False)
     assert settings.api_tokens == [] and settings.approval_signing_key is None
     assert not (tmp_path / "state").exists()
+
+
+def test_orchestrator_with_an_empty_token_file_refuses_to_start_naming_the_file(tmp_path: Path) -> None:
+    empty = tmp_path / "tokens"
+    empty.write_text("\n")
+    result = subprocess.run(
+        [str(BIN / "gl-orchestrator"), "serve", "--port", str(free_port())],
+        cwd=tmp_path,
+        env=_env(GL_ORCHESTRATOR_API_TOKEN_FILE=str(empty)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"{empty} holds no token" in result.stderr
+
+
+def test_the_watchdog_uses_the_first_line_of_a_rotating_orchestrator_token_file(tmp_path: Path) -> None:
+    tokens = tmp_path / "orchestrator-tokens"
+    tokens.write_text("new-token\nold-token\n")
+    settings = WatchdogSettings(orchestrator_token_file=tokens)
+    assert settings.orchestrator_token_value() == "new-token"

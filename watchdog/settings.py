@@ -105,7 +105,10 @@ class WatchdogSettings(BaseSettings):
     @model_validator(mode="after")
     def _read_secret_files(self) -> WatchdogSettings:
         if self.orchestrator_token_file is not None:
-            token = _read_secret(self.orchestrator_token_file, "orchestrator_token_file")
+            # The first line: the orchestrator's own token file may hold two during a rotation.
+            token = (
+                _read_secret(self.orchestrator_token_file, "orchestrator_token_file").splitlines()[0].strip()
+            )
             self.orchestrator_token = SecretStr(token)
         if self.approval_signing_key_file is not None:
             self.approval_signing_key = SecretStr(
