@@ -493,14 +493,7 @@ class Store:
         allowed = set(allowed_statuses)
         now = self.clock.now()
         async with self._tx("claim execution") as conn:
-            await _lock_row(conn, execution_id, now)
-            row = (
-                await conn.execute(executions.select().where(executions.c.execution_id == execution_id))
-            ).first()
-            if row is None:
-                raise ExecutionNotFound(f"execution {execution_id!r} does not exist")
-            if row.status not in allowed:
-                raise InvalidState(f"execution {execution_id} is {row.status}")
+            row = await _locked_row(conn, execution_id, now, allowed)
             if token is None:
                 token = int(row.fencing_token) + 1
             elif token <= int(row.fencing_token):
@@ -521,11 +514,11 @@ class Store:
             await conn.execute(
                 executions.update().where(executions.c.execution_id == execution_id).values(**values)
             )
-            row = (
+            updated = (
                 await conn.execute(executions.select().where(executions.c.execution_id == execution_id))
             ).first()
-        assert row is not None
-        return _execution(row)
+        assert updated is not None
+        return _execution(updated)
 
     async def finish_execution(
         self,
@@ -544,11 +537,11 @@ class Store:
             await self._fence(conn, execution_id, token, now, status=status, error=error, completed_at=now)
             if batch:
                 await self._write(conn, execution_id, batch)
-            row = (
+            updated = (
                 await conn.execute(executions.select().where(executions.c.execution_id == execution_id))
             ).first()
-        assert row is not None
-        return _execution(row)
+        assert updated is not None
+        return _execution(updated)
 
     async def set_status(
         self,
@@ -564,14 +557,7 @@ class Store:
         wanted = set(expected)
         now = self.clock.now()
         async with self._tx("set execution status") as conn:
-            await _lock_row(conn, execution_id, now)
-            row = (
-                await conn.execute(executions.select().where(executions.c.execution_id == execution_id))
-            ).first()
-            if row is None:
-                raise ExecutionNotFound(f"execution {execution_id!r} does not exist")
-            if row.status not in wanted:
-                raise InvalidState(f"execution {execution_id} is {row.status}")
+            await _locked_row(conn, execution_id, now, wanted)
             completed = now if status in ("completed", "failed", "cancelled", "interrupted") else None
             await conn.execute(
                 executions.update()
@@ -580,11 +566,11 @@ class Store:
             )
             if traces:
                 await self._write(conn, execution_id, WriteBatch(traces=traces))
-            row = (
+            updated = (
                 await conn.execute(executions.select().where(executions.c.execution_id == execution_id))
             ).first()
-        assert row is not None
-        return _execution(row)
+        assert updated is not None
+        return _execution(updated)
 
     # -- run writes --------------------------------------------------------------------------------
 
@@ -784,6 +770,20 @@ class Store:
             for row in rows
         ]
         return entries, head.provenance_head, int(head.provenance_length)
+
+
+async def _locked_row(
+    conn: AsyncConnection, execution_id: str, now: datetime, allowed: set[str]
+) -> sa.Row[Any]:
+    """Lock the execution's row and read it: `ExecutionNotFound` / `InvalidState` unless its status
+    is in `allowed`."""
+    await _lock_row(conn, execution_id, now)
+    row = (await conn.execute(executions.select().where(executions.c.execution_id == execution_id))).first()
+    if row is None:
+        raise ExecutionNotFound(f"execution {execution_id!r} does not exist")
+    if row.status not in allowed:
+        raise InvalidState(f"execution {execution_id} is {row.status}")
+    return row
 
 
 async def _lock_row(conn: AsyncConnection, execution_id: str, now: datetime) -> None:
