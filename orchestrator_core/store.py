@@ -514,11 +514,8 @@ class Store:
             await conn.execute(
                 executions.update().where(executions.c.execution_id == execution_id).values(**values)
             )
-            updated = (
-                await conn.execute(executions.select().where(executions.c.execution_id == execution_id))
-            ).first()
-        assert updated is not None
-        return _execution(updated)
+            updated = await _read_execution(conn, execution_id)
+        return updated
 
     async def finish_execution(
         self,
@@ -537,11 +534,8 @@ class Store:
             await self._fence(conn, execution_id, token, now, status=status, error=error, completed_at=now)
             if batch:
                 await self._write(conn, execution_id, batch)
-            updated = (
-                await conn.execute(executions.select().where(executions.c.execution_id == execution_id))
-            ).first()
-        assert updated is not None
-        return _execution(updated)
+            updated = await _read_execution(conn, execution_id)
+        return updated
 
     async def set_status(
         self,
@@ -566,11 +560,8 @@ class Store:
             )
             if traces:
                 await self._write(conn, execution_id, WriteBatch(traces=traces))
-            updated = (
-                await conn.execute(executions.select().where(executions.c.execution_id == execution_id))
-            ).first()
-        assert updated is not None
-        return _execution(updated)
+            updated = await _read_execution(conn, execution_id)
+        return updated
 
     # -- run writes --------------------------------------------------------------------------------
 
@@ -770,6 +761,13 @@ class Store:
             for row in rows
         ]
         return entries, head.provenance_head, int(head.provenance_length)
+
+
+async def _read_execution(conn: AsyncConnection, execution_id: str) -> ExecutionRecord:
+    """The execution's record as this transaction sees it (after its own writes)."""
+    row = (await conn.execute(executions.select().where(executions.c.execution_id == execution_id))).first()
+    assert row is not None, f"execution {execution_id} vanished inside its own transaction"
+    return _execution(row)
 
 
 async def _locked_row(
