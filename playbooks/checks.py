@@ -135,3 +135,18 @@ async def prometheus_checks(ctx: PlaybookContext) -> list[Check]:
         await counter_increase_check(ctx, M_NODE_TIMEOUTS, "node_timeouts_increase_15m"),
         await counter_increase_check(ctx, M_NODE_RETRIES, "node_retries_increase_15m"),
     ]
+
+
+async def run_completion_checks(ctx: PlaybookContext, timeout_seconds: float) -> list[Check]:
+    """The runbook's post-resolution verification for a fix that lets the run itself finish
+    (restart_agent, resume): wait (bounded) for the run to end, then 1. it completed, 3. its
+    provenance chain is valid, 2. no other run is stuck, 4. active executions are normal, 5./6. node
+    timeouts and retries are not increasing."""
+    execution, note = await wait_for_status(ctx, ctx.execution_id, TERMINAL_STATUSES, timeout_seconds)
+    return [
+        execution_status_check(execution, {"completed"}, note),
+        await provenance_check(ctx, ctx.execution_id),
+        await no_other_stuck_runs(ctx),
+        await active_executions_check(ctx),
+        *(await prometheus_checks(ctx)),
+    ]

@@ -109,12 +109,5 @@ class ResumePlaybook(Playbook[ResumeParams]):
         return await self.run_steps(ctx, [Step(planned.step, planned.idempotent, planned.request, resume)])
 
     async def verify(self, ctx: PlaybookContext, params: ResumeParams) -> VerifyResult:
-        execution, note = await checks.wait_for_status(
-            ctx, ctx.execution_id, checks.TERMINAL_STATUSES, params.verify_timeout_seconds
-        )
-        found = [checks.execution_status_check(execution, {"completed"}, note)]
-        found.append(await checks.provenance_check(ctx, ctx.execution_id))
-        found.append(await checks.no_other_stuck_runs(ctx))
-        found.append(await checks.active_executions_check(ctx))
-        found.extend(await checks.prometheus_checks(ctx))
+        found = await checks.run_completion_checks(ctx, params.verify_timeout_seconds)
         return VerifyResult.of(self.name, found)
