@@ -23,6 +23,7 @@ import yaml
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
 
+from watchdog.constants import ORCHESTRATOR_APP_SELECTOR
 from watchdog.errors import ConfigError
 
 ENV_PREFIX = "GL_WATCHDOG_"
@@ -70,6 +71,8 @@ class WatchdogSettings(BaseSettings):
     kubeconfig: Path | None = None  # unset: in-cluster config, then the default kubeconfig
     kubernetes_host: str | None = None  # explicit API server URL (tests, kubectl proxy); no auth
     namespace: str = "greenlang"
+    # Label selector of the orchestrator's pods, whose logs diagnostic step 7 reads in Kubernetes.
+    orchestrator_pod_selector: str = Field(default=ORCHESTRATOR_APP_SELECTOR, min_length=1)
 
     # -- timeouts of calls to outside systems (seconds)
     orchestrator_timeout_seconds: float = Field(default=10.0, gt=0)

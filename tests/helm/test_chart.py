@@ -661,3 +661,10 @@ def test_notes_in_auto_mode_give_the_kill_switch(render_raw: Any) -> None:
 def test_notes_say_where_the_grafana_sidecar_must_look(render_raw: Any) -> None:
     notes = render_raw(namespace="ops")["gl-watchdog/templates/NOTES.txt"]
     assert "the sidecar must search namespace ops" in notes
+
+
+def test_the_watchdog_reads_the_logs_of_a_renamed_orchestrator(render: Render) -> None:
+    env = container_env(one(render({"orchestrator": {"name": "dag-engine"}}), "Deployment", WATCHDOG))
+    assert env["GL_WATCHDOG_ORCHESTRATOR_POD_SELECTOR"]["value"] == "app=dag-engine"
+    default = container_env(one(render({}), "Deployment", WATCHDOG))
+    assert default["GL_WATCHDOG_ORCHESTRATOR_POD_SELECTOR"]["value"] == "app=orchestrator-service"

@@ -9,11 +9,12 @@ from typing import Any
 import httpx
 import respx
 
-from tests.watchdog.conftest import FakeKubeApi, make_pod
+from tests.watchdog.conftest import ORCH_BASE, FakeKubeApi, make_pod
 from watchdog.clients.kubernetes import KubernetesClient
 from watchdog.diagnostics import step7_external
 from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
 from watchdog.diagnostics.models import StepStatus
+from watchdog.settings import WatchdogSettings
 
 MakeCtx = Callable[..., DiagnosticContext]
 
@@ -113,3 +114,14 @@ async def test_unreachable_orchestrator_is_unknown(orch: respx.MockRouter, make_
     orch.get("/executions/ex-1/logs").mock(side_effect=httpx.ConnectTimeout("slow"))
     f = await step7_external.run(make_ctx(), _state())
     assert f.status is StepStatus.UNKNOWN and f.evidence["source"] == "orchestrator"
+
+
+async def test_orchestrator_pods_are_found_by_the_configured_selector(
+    make_ctx: MakeCtx, kube_api: FakeKubeApi, kube: KubernetesClient
+) -> None:
+    line = '{"level": "WARNING", "node_id": "scope1", "message": "external api call timed out, retrying"}'
+    kube_api.add_pod(make_pod("dag-engine-0", {"app": "dag-engine"}), log=line)
+    kube_api.add_pod(make_pod("orchestrator-0", {"app": "orchestrator-service"}), log=line)
+    settings = WatchdogSettings(orchestrator_url=ORCH_BASE, orchestrator_pod_selector="app=dag-engine")
+    f = await step7_external.run(make_ctx(settings, kubernetes=kube), _state())
+    assert f.evidence["orchestrator_pods"] == ["dag-engine-0"]

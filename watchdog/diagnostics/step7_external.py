@@ -1,7 +1,8 @@
 """Step 7 of the runbook: is the stuck node waiting on a slow external API?
 
 Runs concurrently with steps 4-6, 8 (`watchdog.diagnostics.runner`). Log source: with Kubernetes, the
-orchestrator pods' logs (label `app=orchestrator-service`, last 500 lines); without, the run's own
+orchestrator pods' logs (`settings.orchestrator_pod_selector`, default `app=orchestrator-service`,
+last 500 lines); without, the run's own
 structured log lines from the orchestrator (`GET /executions/{id}/logs`). Either way the lines are
 filtered as the runbook's grep does (`<agent_id>|external|http|api|timeout`, case-insensitive); the
 narrower set of lines about an outside call that is waiting, slow or timing out *on the stuck node
@@ -19,7 +20,7 @@ import math
 import textwrap
 from typing import Any
 
-from watchdog.constants import M_AGENT_CALL_DURATION, ORCHESTRATOR_APP_SELECTOR
+from watchdog.constants import M_AGENT_CALL_DURATION
 from watchdog.diagnostics.common import (
     EXTERNAL_CALL,
     WAITING,
@@ -41,7 +42,7 @@ LOG_TAIL = 500
 
 async def _lines_from_kubernetes(ctx: DiagnosticContext, evidence: dict[str, Any]) -> list[str]:
     assert ctx.kubernetes is not None
-    pods = await ctx.kubernetes.list_pods(ORCHESTRATOR_APP_SELECTOR)
+    pods = await ctx.kubernetes.list_pods(ctx.settings.orchestrator_pod_selector)
     evidence["orchestrator_pods"] = [p.name for p in pods]
     lines: list[str] = []
     for pod in pods:
