@@ -158,6 +158,7 @@ class Sweeper:
         self.after_sweep: list[Callable[[], Awaitable[object]]] = []
         self._scheduler: AsyncIOScheduler | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
+        self._stopping = False
 
     async def sweep_once(self) -> SweepReport:
         """One sweep; never raises for a backend failure (the report says what went wrong)."""
@@ -302,12 +303,19 @@ class Sweeper:
             self._inflight.add(task)
         try:
             await coro
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            # Our own shutdown cancelled it after the grace period: an expected end, not a job
+            # failure for APScheduler to log with a traceback.
+            log.info("in-flight sweep cancelled by shutdown")
         finally:
             if task is not None:
                 self._inflight.discard(task)
 
     async def shutdown(self, grace_seconds: float = 10.0) -> None:
         """Stop scheduling, wait for an in-flight sweep (cancel it after `grace_seconds`), resign."""
+        self._stopping = True
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None

@@ -4,13 +4,16 @@ names the cause `interrupted`, and the shipped policy plans the runbook's Option
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from playbooks.registry import default_registry
@@ -18,6 +21,7 @@ from tests.watchdog.conftest import FakeClock, OrchestratorProcess
 from tests.watchdog.test_cli import use_orchestrator
 from tests.watchdog.test_sweeps import FOR, Harness
 from watchdog.cli import main
+from watchdog.clients.orchestrator import OrchestratorClient
 from watchdog.diagnostics.models import Diagnosis, Finding, StepStatus
 from watchdog.diagnostics.runner import likely_cause
 from watchdog.planner import make_plan
@@ -131,3 +135,23 @@ def test_a_run_interrupted_by_a_shutdown_gets_an_incident_and_a_resume_plan(
     assert datetime.now(UTC) - timedelta(minutes=5) < datetime.fromisoformat(
         diagnosis["completed_at"].replace("Z", "+00:00")
     )
+
+
+async def test_a_sweep_cut_short_by_shutdown_is_not_logged_as_a_failed_job(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    entered = asyncio.Event()
+
+    async def hanging(request: httpx.Request) -> httpx.Response:
+        entered.set()
+        await asyncio.Event().wait()  # the orchestrator never answers
+        raise AssertionError("unreachable")
+
+    harness.client = OrchestratorClient("http://orch.test", transport=httpx.MockTransport(hanging))
+    sweeper = harness.sweeper(interval=3600)
+    sweeper.start()
+    await asyncio.wait_for(entered.wait(), timeout=10)
+    with caplog.at_level(logging.INFO):
+        await sweeper.shutdown(grace_seconds=0.05)
+    assert "in-flight sweep cancelled by shutdown" in caplog.text
+    assert "Traceback" not in caplog.text and "raised an exception" not in caplog.text
