@@ -19,6 +19,7 @@ on exit; on a start-up failure the process log is in the raised error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
@@ -27,12 +28,13 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import yaml
+from prometheus_client import CollectorRegistry, start_http_server
 
 from tests.conftest import free_port, missing_service, wait_for_port
 
@@ -296,3 +298,19 @@ def start_alertmanager(
     if shutil.which("prometheus-alertmanager") is None and shutil.which("alertmanager") is None:
         missing_service("alertmanager binary not installed")
     return AlertmanagerProcess(webhook_url, bearer_token, group_wait, group_interval, repeat_interval)
+
+
+@contextlib.contextmanager
+def prometheus_scraping(registry: CollectorRegistry) -> Iterator[PrometheusProcess]:
+    """A real Prometheus scraping `registry`, served by prometheus-client's exporter on loopback.
+
+    The exporter is shut down after Prometheus when the block ends."""
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    try:
+        with start_prometheus([f"127.0.0.1:{port}"]) as prom:
+            yield prom  # type: ignore[misc]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Gauge
 
 from tests.conftest import free_port
-from tests.promstack import PrometheusProcess, start_prometheus
+from tests.promstack import PrometheusProcess, prometheus_scraping
 from watchdog.clients.prometheus import PrometheusClient
 from watchdog.errors import PrometheusQueryError, PrometheusUnavailable
 from watchdog.settings import load_settings
@@ -35,19 +35,12 @@ def prometheus() -> Iterator[PrometheusProcess]:
     )
     gauge.labels("ex-1", "emissions", "running").set(901.5)
     gauge.labels("ex-2", "emissions", "running").set(12.0)
-    port = free_port()
-    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
-    try:
-        with start_prometheus([f"127.0.0.1:{port}"]) as prom:
-            deadline = time.monotonic() + 20
-            while not prom.query("gl_orchestrator_dag_execution_duration_seconds"):
-                assert time.monotonic() < deadline, "exporter never scraped"
-                time.sleep(0.2)
-            yield prom  # type: ignore[misc]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with prometheus_scraping(registry) as prom:
+        deadline = time.monotonic() + 20
+        while not prom.query("gl_orchestrator_dag_execution_duration_seconds"):
+            assert time.monotonic() < deadline, "exporter never scraped"
+            time.sleep(0.2)
+        yield prom
 
 
 @pytest.fixture

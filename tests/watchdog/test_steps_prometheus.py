@@ -12,10 +12,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import httpx
 import pytest
 import respx
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from tests.conftest import free_port
-from tests.promstack import PrometheusProcess, start_prometheus
+from tests.promstack import PrometheusProcess, prometheus_scraping
 from tests.watchdog.conftest import execution_json, trace_json
 from watchdog.clients.orchestrator import Trace
 from watchdog.clients.prometheus import PrometheusClient
@@ -71,24 +70,17 @@ def prometheus() -> Iterator[PrometheusProcess]:
     agent = Histogram("gl_orchestrator_agent_call_duration_seconds", "c", ["agent_id", "outcome"], registry=r)
     node.labels("scope1").observe(30)
     agent.labels("emissions.scope1", "ok").observe(2)
-    port = free_port()
-    server, thread = start_http_server(port, addr="127.0.0.1", registry=r)
-    try:
-        with start_prometheus([f"127.0.0.1:{port}"]) as prom:
-            _wait(prom, 'gl_orchestrator_checkpoint_operations_total{status="error"}')
-            _wait(prom, "gl_orchestrator_node_execution_duration_seconds_count")
-            checkpoints.labels("save", "error").inc(3)
-            for _ in range(5):
-                node.labels("scope1").observe(45)
-                agent.labels("emissions.scope1", "ok").observe(8)
-            _wait(prom, 'increase(gl_orchestrator_checkpoint_operations_total{status="error"}[15m]) > 0')
-            _wait(prom, "rate(gl_orchestrator_node_execution_duration_seconds_count[5m]) > 0")
-            _wait(prom, "rate(gl_orchestrator_agent_call_duration_seconds_count[5m]) > 0")
-            yield prom  # type: ignore[misc]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with prometheus_scraping(r) as prom:
+        _wait(prom, 'gl_orchestrator_checkpoint_operations_total{status="error"}')
+        _wait(prom, "gl_orchestrator_node_execution_duration_seconds_count")
+        checkpoints.labels("save", "error").inc(3)
+        for _ in range(5):
+            node.labels("scope1").observe(45)
+            agent.labels("emissions.scope1", "ok").observe(8)
+        _wait(prom, 'increase(gl_orchestrator_checkpoint_operations_total{status="error"}[15m]) > 0')
+        _wait(prom, "rate(gl_orchestrator_node_execution_duration_seconds_count[5m]) > 0")
+        _wait(prom, "rate(gl_orchestrator_agent_call_duration_seconds_count[5m]) > 0")
+        yield prom
 
 
 @pytest.fixture
