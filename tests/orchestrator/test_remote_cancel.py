@@ -31,6 +31,9 @@ async def test_cancel_through_the_other_replica_stops_the_owner_s_nodes_and_free
         execution_id = (await owner.execute("two"))["execution_id"]
         await gates.wait_started(1)
         assert owner.service.owned_executions() == [execution_id]
+        # n1's `running` trace is write-behind: let it commit first, or that commit (not the
+        # reconcile below) is what finds the run cancelled and stops it — a different, racing path.
+        await owner.service.engine._runs[execution_id].writer.flush()
 
         response = await other.api("POST", f"/executions/{execution_id}/cancel")
         assert response.status_code == 200 and response.json()["status"] == "cancelled"
