@@ -441,6 +441,10 @@ async def put_limits(request: web.Request) -> web.Response:
     return web.json_response(limits)
 
 
+async def delete_limits(request: web.Request) -> web.Response:
+    return web.json_response(await _service(request).clear_limits())
+
+
 async def list_agents(request: web.Request) -> web.Response:
     return web.json_response({"items": _service(request).registry.describe()})
 
@@ -580,7 +584,19 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route("GET", f"{P}/admin/limits", get_limits, "Current limits", response="Limits"),
     Route(
-        "PUT", f"{P}/admin/limits", put_limits, "Change limits live", body="LimitsRequest", response="Limits"
+        "PUT",
+        f"{P}/admin/limits",
+        put_limits,
+        "Change limits live on every replica",
+        body="LimitsRequest",
+        response="Limits",
+    ),
+    Route(
+        "DELETE",
+        f"{P}/admin/limits",
+        delete_limits,
+        "Drop the live limits: every replica goes back to its configured limits",
+        response="Limits",
     ),
     Route("GET", f"{P}/agents", list_agents, "Registered agents", response="AgentList"),
     Route(

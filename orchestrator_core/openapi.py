@@ -185,6 +185,33 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "queued_executions": {"type": "integer"},
             "max_parallel_nodes": {"type": "integer"},
             "replica_id": {"type": "string"},
+            "configured": {
+                "type": "object",
+                "description": "this replica's own limits (settings, env), in force where not overridden",
+                "properties": {
+                    "max_parallel_nodes": {"type": "integer"},
+                    "max_concurrent_executions": {"type": "integer"},
+                },
+            },
+            "overrides": {
+                "type": "object",
+                "description": "live limits set through PUT and applied by every replica, by name",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["value", "set_by", "updated_at"],
+                    "properties": {
+                        "value": {"type": "integer"},
+                        "set_by": {"type": "string"},
+                        "updated_at": _TS,
+                    },
+                },
+            },
+            "unshared": {
+                "type": "object",
+                "description": "limits changed on this replica while the store was unavailable; "
+                "stored (and so applied everywhere) when it answers again",
+                "additionalProperties": {"type": "integer"},
+            },
         },
     },
     "LimitsRequest": {

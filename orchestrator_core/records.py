@@ -217,6 +217,19 @@ class ResumeResult:
 
 
 @dataclass(frozen=True)
+class LimitOverride:
+    """A live limit set through `PUT /admin/limits`, applied by every replica until cleared."""
+
+    name: str
+    value: int
+    set_by: str
+    updated_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": self.value, "set_by": self.set_by, "updated_at": iso(self.updated_at)}
+
+
+@dataclass(frozen=True)
 class PoolStats:
     """Connection-pool figures of the store, for `gl_db_pool_*`."""
 

@@ -22,9 +22,13 @@ Takeover: `takeover_once` looks for `running` runs in the store that nobody here
 is gone (the owner died and its TTL passed), takes the lock and resumes them from their checkpoints,
 so completed nodes are not run again.
 
+Live limits: `set_limits` stores them (`limit_overrides`) and `sync_limits_once` applies the stored
+ones on every replica (each tick and before answering the limits), so a `PUT /admin/limits` that the
+Service sends to one replica throttles all of them; `clear_limits` returns them to their settings.
+
 Loops: `start()` runs one maintenance task that calls `heartbeat_once`, `renew_once`,
-`reconcile_once`, `pump_once` and `takeover_once` every `min(lock_ttl, heartbeat_ttl) / 3` seconds;
-tests call the one-shot forms.
+`sync_limits_once`, `reconcile_once`, `pump_once` and `takeover_once` every
+`min(lock_ttl, heartbeat_ttl) / 3` seconds; tests call the one-shot forms.
 
 Shutdown (`shutdown`, SIGTERM via the CLI): stop admitting and taking over, give running runs
 `shutdown_grace_seconds` to finish (locks still renewed meanwhile), interrupt what is left (status
@@ -61,7 +65,7 @@ from orchestrator_core.http_agents import HttpAgentClient
 from orchestrator_core.locks import InProcessLockBackend, Lease, LockBackend, RedisLockBackend
 from orchestrator_core.logs import LogObserver, RunLog
 from orchestrator_core.metrics import Limits, MetricsObserver, OrchestratorMetrics
-from orchestrator_core.records import ExecutionOptions, ExecutionRecord, ResumeResult
+from orchestrator_core.records import ExecutionOptions, ExecutionRecord, LimitOverride, ResumeResult
 from orchestrator_core.settings import (
     MAX_CONCURRENT_EXECUTIONS_BOUND,
     MAX_PARALLEL_NODES_BOUND,
@@ -108,6 +112,8 @@ class OrchestratorService:
         self.http_agents = http_agents
         self._monotonic = monotonic
         self._max_concurrent = settings.max_concurrent_executions
+        self._overrides: dict[str, LimitOverride] = {}  # as last read from the store
+        self._unshared: dict[str, int] = {}  # changed here while the store was down; stored at next sync
         self._owned: dict[str, _Owned] = {}
         self._admission = asyncio.Lock()
         self._accepting = True
@@ -198,15 +204,18 @@ class OrchestratorService:
         )
 
     async def limits_json(self) -> dict[str, Any]:
-        """`GET /metrics` (JSON) and `GET|PUT /admin/limits`: fresh queue length from the store.
+        """`GET /metrics` (JSON) and `GET|PUT|DELETE /admin/limits`: fresh figures from the store.
 
-        While the store is down the runbook's step 5 still gets an answer: the active count and the
-        limits are this replica's own, and `queued_executions` is the last length read.
+        The live limits are read from the store first, so whichever replica the Service picks answers
+        with the limits in force everywhere. While the store is down the runbook's step 5 still gets an
+        answer: the active count and the limits are this replica's own, and `queued_executions` is the
+        last length read.
         """
         try:
+            await self.sync_limits_once()
             await self._count_queued()
         except StoreError as exc:
-            log.warning("queue length not refreshed (store unavailable): %s", exc)
+            log.warning("limits and queue length not refreshed (store unavailable): %s", exc)
         limits = self.limits()
         return {
             "active_executions": limits.active,
@@ -214,36 +223,83 @@ class OrchestratorService:
             "queued_executions": limits.queued,
             "max_parallel_nodes": limits.max_parallel_nodes,
             "replica_id": self.replica_id,
+            "configured": {
+                "max_parallel_nodes": self.settings.max_parallel_nodes,
+                "max_concurrent_executions": self.settings.max_concurrent_executions,
+            },
+            "overrides": {name: o.to_json() for name, o in sorted(self._overrides.items())},
+            "unshared": dict(sorted(self._unshared.items())),
         }
 
     async def set_limits(
         self, *, max_parallel_nodes: int | None = None, max_concurrent_executions: int | None = None
     ) -> dict[str, Any]:
-        """Change limits live; a raised execution limit admits queued runs at once."""
+        """Change limits live on every replica; a raised execution limit admits queued runs at once.
+
+        The new values are stored (`limit_overrides`): this replica applies them now, the others on
+        their next maintenance tick or limits read, and replicas started later too, until
+        `clear_limits`. While the store is unavailable (contention is when option 4 is used) the change
+        still applies here at once, is reported `unshared`, and is stored when the store answers again.
+        """
+        values: dict[str, int] = {}
         for name, value, bound in (
             ("max_parallel_nodes", max_parallel_nodes, MAX_PARALLEL_NODES_BOUND),
             ("max_concurrent_executions", max_concurrent_executions, MAX_CONCURRENT_EXECUTIONS_BOUND),
         ):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= bound
-            ):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= bound:
                 raise BadRequest(f"{name} must be an integer from 1 to {bound}", field=name)
-        if max_parallel_nodes is not None:
-            self.engine.set_max_parallel_nodes(max_parallel_nodes)
-        if max_concurrent_executions is not None:
-            self._max_concurrent = max_concurrent_executions
+            values[name] = value
+        try:
+            await self.engine.store.set_limit_overrides(values, set_by=self.replica_id)
+            self._overrides = await self.engine.store.get_limit_overrides()
+        except StoreError as exc:
+            self._unshared.update(values)
+            log.warning("limits changed on this replica only until the store answers again: %s", exc)
+        await self._apply_limits()
+        return await self.limits_json()
+
+    async def clear_limits(self) -> dict[str, Any]:
+        """Drop the live limits: every replica goes back to its own settings (env, config file)."""
+        await self.engine.store.clear_limit_overrides()
+        self._unshared = {}
+        self._overrides = {}
+        await self._apply_limits()
+        return await self.limits_json()
+
+    async def sync_limits_once(self) -> bool:
+        """Store what changed here while the store was down, then apply the stored live limits here
+        (this replica's settings where none is stored). Returns whether a limit changed."""
+        if self._unshared:
+            await self.engine.store.set_limit_overrides(self._unshared, set_by=self.replica_id)
+            log.info("limits changed during the store outage are now shared: %s", sorted(self._unshared))
+            self._unshared = {}
+        self._overrides = await self.engine.store.get_limit_overrides()
+        return await self._apply_limits()
+
+    async def _apply_limits(self) -> bool:
+        def pick(name: str, configured: int) -> int:
+            if name in self._unshared:
+                return self._unshared[name]
+            override = self._overrides.get(name)
+            return override.value if override is not None else configured
+
+        parallel = pick("max_parallel_nodes", self.settings.max_parallel_nodes)
+        concurrent = pick("max_concurrent_executions", self.settings.max_concurrent_executions)
+        if (parallel, concurrent) == (self.engine.max_parallel_nodes, self._max_concurrent):
+            return False
+        self.engine.set_max_parallel_nodes(parallel)
+        self._max_concurrent = concurrent
         log.info(
             "limits changed",
-            extra={
-                "max_parallel_nodes": self.engine.max_parallel_nodes,
-                "max_concurrent": self._max_concurrent,
-            },
+            extra={"max_parallel_nodes": parallel, "max_concurrent": concurrent},
         )
         try:  # the change is made; admitting queued runs under it may wait for the next tick
             await self.pump_once()
         except OrchestratorError as exc:
             log.warning("admission after the limit change deferred: %s", exc)
-        return await self.limits_json()
+        return True
 
     async def readiness(self) -> dict[str, str]:
         """Per dependency: "ok" or the reason it is not (store and lock backend)."""
@@ -435,6 +491,7 @@ class OrchestratorService:
         for name, step in (
             ("heartbeat", self.heartbeat_once),
             ("renew", self.renew_once),
+            ("limits", self.sync_limits_once),
             ("reconcile", self.reconcile_once),
             ("admission", self.pump_once),
             ("takeover", self.takeover_once),

@@ -32,6 +32,8 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -51,6 +53,7 @@ from orchestrator_core.records import (
     CheckpointRecord,
     ExecutionOptions,
     ExecutionRecord,
+    LimitOverride,
     NodeTrace,
     PoolStats,
     ProvenanceEntry,
@@ -147,6 +150,15 @@ provenance = sa.Table(
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+limit_overrides = sa.Table(
+    "limit_overrides",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Integer, nullable=False),
+    sa.Column("set_by", sa.String(255), nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
 _DAG_CACHE_SIZE = 256  # parsed DAG versions kept in memory (they never change once stored)
@@ -389,6 +401,36 @@ class Store:
         async with self._tx("list dags") as conn:
             rows = (await conn.execute(query)).all()
         return [DagDefinition.from_document(json.loads(row.definition)) for row in rows]
+
+    # -- live limits -------------------------------------------------------------------------------
+
+    async def get_limit_overrides(self) -> dict[str, LimitOverride]:
+        """The live limits every replica applies, by name (empty: each replica's settings apply)."""
+        async with self._tx("read limit overrides") as conn:
+            rows = (await conn.execute(limit_overrides.select())).all()
+        return {row.name: LimitOverride(row.name, row.value, row.set_by, row.updated_at) for row in rows}
+
+    async def set_limit_overrides(self, values: dict[str, int], set_by: str) -> None:
+        """Store (replace) the given live limits in one transaction; the others are left as they are."""
+        if not values:
+            return
+        now = self.clock.now()
+        insert = postgresql_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        statement = insert(limit_overrides)
+        upsert = statement.on_conflict_do_update(
+            index_elements=[limit_overrides.c.name],
+            set_={"value": statement.excluded.value, "set_by": set_by, "updated_at": now},
+        )
+        async with self._tx("save limit overrides") as conn:  # two replicas at once: the last one wins
+            await conn.execute(
+                upsert,
+                [{"name": n, "value": v, "set_by": set_by, "updated_at": now} for n, v in values.items()],
+            )
+
+    async def clear_limit_overrides(self) -> None:
+        """Drop every live limit: each replica goes back to its own settings."""
+        async with self._tx("clear limit overrides") as conn:
+            await conn.execute(limit_overrides.delete())
 
     # -- executions --------------------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ async def test_concurrent_start_ups_migrate_exactly_once(database_url: str) -> N
     try:
         async with stores[0].engine.connect() as conn:
             rows = (await conn.execute(sa.text("SELECT version FROM schema_version"))).all()
-        assert [r.version for r in rows] == [1]
+        assert [r.version for r in rows] == [v for v, _, _ in migrations.MIGRATIONS]
     finally:
         for store in stores:
             await store.close()
