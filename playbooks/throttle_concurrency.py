@@ -1,12 +1,17 @@
 """Playbook `throttle_concurrency` — runbook resolution option 4: relieve resource contention.
 
 Lowers `max_parallel_nodes` and/or `max_concurrent_executions` live through the orchestrator's admin
-route (`PUT /admin/limits`), which takes effect at once; a limit already below its target is left as
-it is (a throttle never raises one). In Kubernetes it also does what the runbook's
-commands do, so the change survives the next restart: patch the orchestrator Deployment's env
-(`GL_ORCHESTRATOR_MAX_PARALLEL_NODES`, `GL_ORCHESTRATOR_MAX_CONCURRENT_EXECUTIONS`) and roll it out
-(`kubectl rollout restart`: the pod template's restartedAt annotation). Called by the remediation loop
-and the CLI; reaches the orchestrator and Kubernetes only through `watchdog.clients`.
+route (`PUT /admin/limits`). The orchestrator stores the change, so it takes effect at once on every
+replica (whichever one the Service sends the request to) and survives their restarts, until someone
+clears it (`DELETE /admin/limits`); a limit already below its target is left as it is (a throttle
+never raises one). Nothing is restarted.
+
+The runbook's own commands (`kubectl set env` on the orchestrator Deployment, then `kubectl rollout
+restart`) are there for an orchestrator without live limits; they restart every replica and leave the
+runs still going `interrupted`. With `deployment_env: true` the playbook does them too (with
+`rollout_restart: true`, also the explicit restart), for a team that wants the Deployment itself to
+carry the new values. Called by the remediation loop and the CLI; reaches the orchestrator and
+Kubernetes only through `watchdog.clients`.
 """
 
 from __future__ import annotations
@@ -43,12 +48,18 @@ class ThrottleParams(BaseModel):
     max_parallel_nodes: int | None = Field(default=None, ge=1)
     max_concurrent_executions: int | None = Field(default=None, ge=1)
     deployment: str = ORCHESTRATOR_DEPLOYMENT
-    rollout_restart: bool = True
+    deployment_env: bool = False
+    rollout_restart: bool = False
 
     @model_validator(mode="after")
     def _something_to_set(self) -> ThrottleParams:
         if self.max_parallel_nodes is None and self.max_concurrent_executions is None:
             raise ValueError("give max_parallel_nodes and/or max_concurrent_executions")
+        if self.rollout_restart and not self.deployment_env:
+            raise ValueError(
+                "rollout_restart needs deployment_env: true (live limits apply on every replica "
+                "without a restart)"
+            )
         return self
 
     def targets(self) -> dict[str, int]:
@@ -63,11 +74,11 @@ class ThrottleParams(BaseModel):
 
 
 class ThrottleConcurrencyPlaybook(Playbook[ThrottleParams]):
-    """Lower the orchestrator's concurrency limits, live and (in Kubernetes) in its Deployment."""
+    """Lower the orchestrator's concurrency limits live on every replica (optionally in its Deployment)."""
 
     name = "throttle_concurrency"
     risk = Risk.MEDIUM
-    summary = "lower max_parallel_nodes / max_concurrent_executions (live; Deployment env in Kubernetes)"
+    summary = "lower max_parallel_nodes / max_concurrent_executions live on every orchestrator replica"
     params_model = ThrottleParams
 
     async def preconditions(self, ctx: PlaybookContext, params: ThrottleParams) -> Precheck:
@@ -85,7 +96,7 @@ class ThrottleConcurrencyPlaybook(Playbook[ThrottleParams]):
                 f"limits are already at or below the targets (now {current}, targets {params.targets()})",
                 current=current,
             )
-        if ctx.kubernetes is not None:
+        if ctx.kubernetes is not None and params.deployment_env:
             try:
                 await ctx.kubernetes.get_deployment(params.deployment)
             except WatchdogError as exc:
@@ -113,13 +124,13 @@ class ThrottleConcurrencyPlaybook(Playbook[ThrottleParams]):
         actions = [
             PlannedAction(
                 step="set_limits",
-                description=f"set live limits {targets} (PUT /admin/limits)",
+                description=f"set live limits {targets} on every replica (PUT /admin/limits)",
                 target="orchestrator",
                 request={"method": "PUT", "path": "/admin/limits", "body": targets},
                 idempotent=True,
             )
         ]
-        if ctx.kubernetes is not None:
+        if ctx.kubernetes is not None and params.deployment_env:
             env = {}
             if "max_parallel_nodes" in targets:
                 env[ENV_PARALLEL] = str(targets["max_parallel_nodes"])
@@ -129,7 +140,8 @@ class ThrottleConcurrencyPlaybook(Playbook[ThrottleParams]):
                 PlannedAction(
                     step="patch_deployment_env",
                     description=f"kubectl set env deployment/{params.deployment} -n {ctx.namespace} "
-                    + " ".join(f"{k}={v}" for k, v in env.items()),
+                    + " ".join(f"{k}={v}" for k, v in env.items())
+                    + " (a pod template change: Kubernetes rolls every replica out)",
                     target=f"deployment/{params.deployment}",
                     request={"deployment": params.deployment, "namespace": ctx.namespace, "env": env},
                     idempotent=True,
@@ -195,7 +207,7 @@ class ThrottleConcurrencyPlaybook(Playbook[ThrottleParams]):
             )
         found.append(await checks.active_executions_check(ctx))
         found.append(await checks.no_other_stuck_runs(ctx))
-        if ctx.kubernetes is not None and params.rollout_restart:
+        if ctx.kubernetes is not None and params.deployment_env:
             found.append(await _interrupted_runs(ctx))
         found.extend(await checks.prometheus_checks(ctx))
         return VerifyResult.of(self.name, found)
