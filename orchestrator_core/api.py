@@ -341,7 +341,7 @@ async def cancel_execution(request: web.Request) -> web.Response:
 async def resume_execution(request: web.Request) -> web.Response:
     await _json_body(request, required=False)
     result = await _service(request).resume(request.match_info["execution_id"])
-    return web.json_response(result.to_json())
+    return web.json_response(result.to_json(), status=202 if result.status == "queued" else 200)
 
 
 async def get_provenance(request: web.Request) -> web.Response:

@@ -26,7 +26,8 @@ How the service layer is expected to use it:
   sets the status in the store, and the owner's next write stops it.
 - Resume: `await engine.resume(execution_id, owner=..., fencing_token=...)` → `ResumeResult`
   (`nodes_skipped`, `nodes_remaining`); 409 if it is `running` unless `takeover=True` (the service
-  has confirmed the old owner dead — orphan takeover) or `completed`.
+  has confirmed the old owner dead — orphan takeover) or `completed`. `queue_resume` instead puts it
+  back in the admission queue (`queued`, checkpoints kept); `start_execution` resumes it when admitted.
 - Shutdown / lost lock: `await engine.interrupt(execution_id)` stops a local run and marks it
   `interrupted` (resumable); `await engine.detach(execution_id)` stops it without writing anything
   (use when the lock is lost: the new owner writes). `await engine.close()` interrupts all local runs
@@ -65,7 +66,7 @@ from orchestrator_core.events import (
     RetryEvent,
     SafeObserver,
 )
-from orchestrator_core.executor import Executor
+from orchestrator_core.executor import Executor, plan_levels
 from orchestrator_core.policies import Clock, SystemClock
 from orchestrator_core.provenance import genesis_hash, verify
 from orchestrator_core.records import (
@@ -233,9 +234,16 @@ class Engine:
     async def start_execution(
         self, execution_id: str, *, owner: str | None = None, fencing_token: int | None = None
     ) -> ExecutionRecord:
-        """Claim a queued execution (fencing token) and start running it in the background."""
+        """Claim a queued execution (fencing token) and start running it in the background.
+
+        A queued resume (`queue_resume`: the run started before) continues from its checkpoints.
+        """
         if execution_id in self._runs:
             raise InvalidState(f"execution {execution_id} is already running on this replica")
+        queued = await self.store.get_execution(execution_id)
+        if queued.status == "queued" and queued.started_at is not None:
+            await self._resume(execution_id, {"queued"}, owner=owner, fencing_token=fencing_token)
+            return await self.store.get_execution(execution_id)
         record = await self.store.claim_execution(
             execution_id,
             owner=owner or self.settings.replica_id,
@@ -371,18 +379,55 @@ class Engine:
         raised with `update_dag` applies), otherwise on the version it started with. `takeover=True`
         also accepts a `running` record: the caller has confirmed that its owner is dead.
         """
+        allowed = set(RESUMABLE_STATUSES) | ({"running"} if takeover else set())
+        return await self._resume(execution_id, allowed, owner=owner, fencing_token=fencing_token)
+
+    async def queue_resume(self, execution_id: str) -> ResumeResult:
+        """Queue a resume for admission (the service is at `max_concurrent_executions`).
+
+        The run becomes `queued` again, keeping its checkpoints; `start_execution` resumes it from them
+        when admitted. The result says which nodes that will skip and which it will run.
+        """
         if execution_id in self._runs:
             raise InvalidState(f"execution {execution_id} is running on this replica")
         record = await self.store.get_execution(execution_id)
-        allowed = set(RESUMABLE_STATUSES) | ({"running"} if takeover else set())
+        if record.status not in RESUMABLE_STATUSES:
+            raise InvalidState(
+                f"execution {execution_id} is {record.status}; only {sorted(RESUMABLE_STATUSES)} can resume"
+            )
+        dag = await self._resume_dag(record)
+        checkpoints = await self._load_checkpoints(execution_id)
+        planned = plan_levels(dag)
+        levels = {node: index for index, level in enumerate(planned) for node in level}
+        skipped = sorted(
+            {cp.node_id for cp in checkpoints if cp.status == "completed" and cp.node_id in levels},
+            key=lambda node: (levels[node], node),
+        )
+        done = set(skipped)
+        await self.store.set_status(execution_id, status="queued", expected=RESUMABLE_STATUSES)
+        return ResumeResult(
+            execution_id=execution_id,
+            status="queued",
+            nodes_skipped=skipped,
+            nodes_remaining=[n for level in planned for n in level if n not in done],
+        )
+
+    async def _resume(
+        self,
+        execution_id: str,
+        allowed: set[str],
+        *,
+        owner: str | None,
+        fencing_token: int | None,
+    ) -> ResumeResult:
+        if execution_id in self._runs:
+            raise InvalidState(f"execution {execution_id} is running on this replica")
+        record = await self.store.get_execution(execution_id)
         if record.status not in allowed:
             raise InvalidState(
                 f"execution {execution_id} is {record.status}; only {sorted(allowed)} can resume"
             )
-        dag = await self.store.get_dag(record.dag_id, record.dag_version)
-        latest = await self.store.get_dag(record.dag_id)
-        if latest.version != dag.version and latest.same_topology(dag):
-            dag = latest
+        dag = await self._resume_dag(record)
         checkpoints = await self._load_checkpoints(execution_id)
         chain, _, _ = await self.store.get_provenance(execution_id)
         traces = await self.store.get_traces(execution_id)
@@ -408,6 +453,12 @@ class Engine:
         )
         self._launch(executor)
         return result
+
+    async def _resume_dag(self, record: ExecutionRecord) -> DagDefinition:
+        """The DAG a resume runs: the latest version if its topology is unchanged, else the run's own."""
+        dag = await self.store.get_dag(record.dag_id, record.dag_version)
+        latest = await self.store.get_dag(record.dag_id)
+        return latest if latest.version != dag.version and latest.same_topology(dag) else dag
 
     async def _load_checkpoints(self, execution_id: str) -> list[CheckpointRecord]:
         """Load a run's checkpoints for a resume, reporting the operation (ok/error) to the observer."""

@@ -386,6 +386,12 @@ def build_openapi(routes: Iterable[RouteLike]) -> dict[str, Any]:
                 }
         else:
             operation["security"] = []
+        if route.path.endswith("/resume"):
+            operation["responses"]["202"] = {
+                "description": "queued: this replica runs max_concurrent_executions already; the run "
+                "resumes from its checkpoints when admitted",
+                "content": {"application/json": {"schema": _ref("ResumeResult")}},
+            }
         if route.path == "/readyz":
             operation["responses"]["503"] = {
                 "description": "not ready",

@@ -356,13 +356,26 @@ class OrchestratorService:
         return record
 
     async def resume(self, execution_id: str) -> ResumeResult:
-        """Resume a failed/cancelled/interrupted run here, from its checkpoints."""
+        """Resume a failed/cancelled/interrupted run here, from its checkpoints.
+
+        Admission applies as to a new run: with `max_concurrent_executions` runs going here the resume
+        is queued (status `queued`, checkpoints kept) and starts, from its checkpoints, when admitted.
+        """
         if not self._accepting:
             raise ServiceUnavailable("the orchestrator is shutting down and resumes nothing")
         async with self._admission:
             record = await self.engine.get_execution(execution_id)
             if record.status == "running":
                 raise InvalidState(f"execution {execution_id} is running; only a stopped run can be resumed")
+            if len(self._owned) >= self._max_concurrent:
+                queued = await self.engine.queue_resume(execution_id)
+                self._queued_count += 1
+                self.run_log.info(
+                    f"resume queued: {len(self._owned)} of {self._max_concurrent} runs going here",
+                    execution_id=execution_id,
+                    dag_id=record.dag_id,
+                )
+                return queued
             lease = await self.locks.acquire(execution_id, self.settings.lock_ttl_seconds)
             if lease is None:
                 holder = await self.locks.holder(execution_id)
