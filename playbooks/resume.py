@@ -72,7 +72,13 @@ class ResumePlaybook(Playbook[ResumeParams]):
                 f"run is {execution.status} with {len(completed)} completed checkpoint(s); resuming is safe",
                 **facts,
             )
-        # running or queued: only if the owner is confirmed gone, never a second writer.
+        if execution.status == "queued":  # a new run, or a resume the orchestrator already queued
+            return Precheck.refused(
+                "run is queued for admission (the orchestrator is at max_concurrent_executions); "
+                "it starts, from its checkpoints, when a slot frees: nothing to resume",
+                **facts,
+            )
+        # running: only if the owner is confirmed gone, never a second writer.
         if not execution.owner:
             return Precheck.refused(
                 f"run is {execution.status} and names no owner to confirm gone; never a second writer",

@@ -85,6 +85,27 @@ async def test_resume_a_cancelled_run_skips_completed_nodes_and_keeps_the_chain_
     assert {c.name: c.status for c in verification.checks}["provenance_chain_valid"] == "ok"
 
 
+async def test_resume_refuses_a_resume_the_orchestrator_already_queued(env: Env) -> None:
+    """At max_concurrent_executions the orchestrator queues a resume; a second one would be a 409."""
+    stopped = await env.run(gate_dag("resume-queued"))
+    await env.wait_running_node(stopped, "stuck")
+    await env.client.cancel(stopped)
+    await env.orch.wait_status(stopped, "cancelled")
+    await env.client.set_limits(max_concurrent_executions=1)
+    busy = await env.run(gate_dag("resume-busy"))
+    await env.wait_running_node(busy, "stuck")
+    queued = await env.client.resume(stopped)
+    assert (queued.status, queued.nodes_skipped) == ("queued", ["first"])
+
+    precheck = await RESUME.preconditions(await env.context(stopped), ResumeParams())
+    assert not precheck.ok
+    assert precheck.reason.startswith("run is queued for admission")
+    env.gates.open("resume-queued")
+    env.gates.open("resume-busy")
+    await env.orch.wait_status(busy, "completed")
+    await env.orch.wait_status(stopped, "completed")
+
+
 async def test_resume_refuses_a_running_run_with_a_live_owner(env: Env) -> None:
     execution_id = await env.run(gate_dag("resume-live"))
     await env.wait_running_node(execution_id, "stuck")

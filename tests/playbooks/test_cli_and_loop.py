@@ -151,6 +151,10 @@ async def stuck(env: Env, dag_id: str) -> tuple[int, Diagnosis]:
 async def test_real_restart_then_rate_limit_refuses_the_next(env: Env, loop: Remediator) -> None:
     first_id, first = await stuck(env, "rl-1")
     assert (await loop.handle_diagnosed(first_id, first)).status == "resolved"
+    # The restart left the worker a healthy connection, so a second run would finish within ~50 ms and
+    # the precondition (a node running on the agent) would race it. Wedge the emission-factor API again
+    # (drop the worker's connection without a restart, which would count against the limit).
+    env.orch.service.registry._workers["emissions.scope2"].state.clear()
     second_id, second = await stuck(env, "rl-2")
     outcome = await loop.handle_diagnosed(second_id, second)
     assert outcome.status == "escalated"
