@@ -4,14 +4,16 @@ Lowers `max_parallel_nodes` and/or `max_concurrent_executions` live through the 
 route (`PUT /admin/limits`). The orchestrator stores the change, so it takes effect at once on every
 replica (whichever one the Service sends the request to) and survives their restarts, until someone
 clears it (`DELETE /admin/limits`); a limit already below its target is left as it is (a throttle
-never raises one). Nothing is restarted.
+never raises one).
 
-The runbook's own commands (`kubectl set env` on the orchestrator Deployment, then `kubectl rollout
-restart`) are there for an orchestrator without live limits; they restart every replica and leave the
-runs still going `interrupted`. With `deployment_env: true` the playbook does them too (with
-`rollout_restart: true`, also the explicit restart), for a team that wants the Deployment itself to
-carry the new values. Called by the remediation loop and the CLI; reaches the orchestrator and
-Kubernetes only through `watchdog.clients`.
+In Kubernetes it also does what the runbook's commands do, so the Deployment itself carries the new
+values: patch the orchestrator Deployment's env (`GL_ORCHESTRATOR_MAX_PARALLEL_NODES`,
+`GL_ORCHESTRATOR_MAX_CONCURRENT_EXECUTIONS`) and roll it out (`kubectl rollout restart`: the pod
+template's restartedAt annotation). That restarts every replica, and runs still going end
+`interrupted` (the policy resumes them). `deployment_env: false` keeps to the live limits (no restart;
+the chart then grants no Deployment access); `rollout_restart: false` patches without the explicit
+restart. Called by the remediation loop and the CLI; reaches the orchestrator and Kubernetes only
+through `watchdog.clients`.
 """
 
 from __future__ import annotations
@@ -48,18 +50,13 @@ class ThrottleParams(BaseModel):
     max_parallel_nodes: int | None = Field(default=None, ge=1)
     max_concurrent_executions: int | None = Field(default=None, ge=1)
     deployment: str = ORCHESTRATOR_DEPLOYMENT
-    deployment_env: bool = False
-    rollout_restart: bool = False
+    deployment_env: bool = True
+    rollout_restart: bool = True
 
     @model_validator(mode="after")
     def _something_to_set(self) -> ThrottleParams:
         if self.max_parallel_nodes is None and self.max_concurrent_executions is None:
             raise ValueError("give max_parallel_nodes and/or max_concurrent_executions")
-        if self.rollout_restart and not self.deployment_env:
-            raise ValueError(
-                "rollout_restart needs deployment_env: true (live limits apply on every replica "
-                "without a restart)"
-            )
         return self
 
     def targets(self) -> dict[str, int]:
@@ -74,11 +71,15 @@ class ThrottleParams(BaseModel):
 
 
 class ThrottleConcurrencyPlaybook(Playbook[ThrottleParams]):
-    """Lower the orchestrator's concurrency limits live on every replica (optionally in its Deployment)."""
+    """Lower the orchestrator's concurrency limits live on every replica and (in Kubernetes) in its
+    Deployment."""
 
     name = "throttle_concurrency"
     risk = Risk.MEDIUM
-    summary = "lower max_parallel_nodes / max_concurrent_executions live on every orchestrator replica"
+    summary = (
+        "lower max_parallel_nodes / max_concurrent_executions (live on every replica; Deployment env "
+        "in Kubernetes)"
+    )
     params_model = ThrottleParams
 
     async def preconditions(self, ctx: PlaybookContext, params: ThrottleParams) -> Precheck:

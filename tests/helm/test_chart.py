@@ -202,9 +202,13 @@ def test_role_is_least_privilege_and_namespaced(manifests: list[Manifest]) -> No
         ("", "pods", "list", ()),
         ("", "pods", "delete", ()),
         ("", "pods/log", "get", ()),
+        ("apps", "deployments", "get", (ORCHESTRATOR,)),
+        ("apps", "deployments", "patch", (ORCHESTRATOR,)),
         ("metrics.k8s.io", "pods", "get", ()),
         ("metrics.k8s.io", "pods", "list", ()),
     }
+    # The one Deployment the watchdog may patch is the orchestrator this chart renders.
+    one(manifests, "Deployment", ORCHESTRATOR)
     binding = one(manifests, "RoleBinding", WATCHDOG)
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": WATCHDOG}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": WATCHDOG, "namespace": NAMESPACE}]
@@ -220,37 +224,20 @@ def test_watchdog_keeps_its_token_when_you_bring_your_own_role(render: Render) -
     assert env["GL_WATCHDOG_KUBERNETES_ENABLED"]["value"] == "true"
 
 
-def _throttle_in_deployment(**values: Any) -> dict[str, Any]:
-    """Values whose policy has throttle_concurrency write the Deployment env (deployment_env: true)."""
+def test_no_deployment_access_when_the_throttle_keeps_to_live_limits(render: Render) -> None:
     policy = yaml.safe_load((REPO / "watchdog" / "policy.yaml").read_text(encoding="utf-8"))
-    policy["playbooks"]["throttle_concurrency"]["params"]["deployment_env"] = True
-    return {**values, "watchdog": {"policy": policy}}
-
-
-def test_deployment_patch_is_granted_only_when_the_throttle_writes_the_deployment(
-    render: Render,
-) -> None:
-    manifests = render(_throttle_in_deployment())
+    policy["playbooks"]["throttle_concurrency"]["params"]["deployment_env"] = False
+    manifests = render({"watchdog": {"policy": policy}})
     role = one(manifests, "Role", WATCHDOG)
-    (deployments,) = [r for r in role["rules"] if r["resources"] == ["deployments"]]
-    assert deployments == {
-        "apiGroups": ["apps"],
-        "resources": ["deployments"],
-        "resourceNames": [ORCHESTRATOR],
-        "verbs": ["get", "patch"],
-    }
-    # The one Deployment the watchdog may patch is the orchestrator this chart renders.
-    one(manifests, "Deployment", ORCHESTRATOR)
+    assert [r for r in role["rules"] if "deployments" in r["resources"]] == []
+    assert {tuple(r["resources"]) for r in role["rules"]} == {("pods",), ("pods/log",)}
     text = one(manifests, "ConfigMap", "gl-watchdog-policy")["data"]["policy.yaml"]
-    assert (
-        parse_policy(yaml.safe_load(text), source="chart")
-        .playbook("throttle_concurrency")
-        .params["deployment_env"]
-    )
+    params = parse_policy(yaml.safe_load(text), source="chart").playbook("throttle_concurrency").params
+    assert params["deployment_env"] is False
 
 
 def test_role_follows_a_renamed_orchestrator(render: Render) -> None:
-    manifests = render(_throttle_in_deployment(orchestrator={"name": "dag-engine"}))
+    manifests = render({"orchestrator": {"name": "dag-engine"}})
     role = one(manifests, "Role", WATCHDOG)
     (deployments,) = [r for r in role["rules"] if r["resources"] == ["deployments"]]
     assert deployments["resourceNames"] == ["dag-engine"]
@@ -354,7 +341,7 @@ def test_paths_the_services_write_are_on_writable_volumes(
 
 
 def test_renamed_orchestrator_is_the_deployment_the_throttle_playbook_patches(render: Render) -> None:
-    manifests = render(_throttle_in_deployment(orchestrator={"name": "dag-engine"}))
+    manifests = render({"orchestrator": {"name": "dag-engine"}})
     text = one(manifests, "ConfigMap", "gl-watchdog-policy")["data"]["policy.yaml"]
     policy = parse_policy(yaml.safe_load(text), source="chart")
     assert policy.playbook("throttle_concurrency").params["deployment"] == "dag-engine"

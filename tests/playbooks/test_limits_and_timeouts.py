@@ -5,9 +5,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import pytest
-from pydantic import ValidationError
-
 from playbooks.base import PlaybookLimits, StepStatus
 from playbooks.increase_node_timeout import IncreaseNodeTimeoutParams, IncreaseNodeTimeoutPlaybook
 from playbooks.throttle_concurrency import ThrottleConcurrencyPlaybook, ThrottleParams
@@ -41,15 +38,15 @@ async def test_throttle_refuses_when_limits_are_already_lower(env: Env) -> None:
     assert not precheck.ok and "already at or below the targets" in precheck.reason
 
 
-async def test_throttle_in_kubernetes_leaves_the_deployment_alone_by_default(
+async def test_throttle_in_kubernetes_can_keep_to_the_live_limits(
     env: Env, kube_api: FakeKubeApi, kube: KubernetesClient
 ) -> None:
-    """Live limits reach every replica and outlive restarts: no reason to restart the orchestrator."""
+    """deployment_env: false — the live limits reach every replica and outlive restarts; no rollout."""
     kube_api.deployments["orchestrator-service"] = make_deployment(
         "orchestrator-service", {"GL_ORCHESTRATOR_MAX_PARALLEL_NODES": "10"}
     )
     ctx = await env.context("exec-any", kubernetes=kube, clock=lambda: T0)
-    params = ThrottleParams(max_parallel_nodes=5, max_concurrent_executions=25)
+    params = ThrottleParams(max_parallel_nodes=5, max_concurrent_executions=25, deployment_env=False)
     assert [a.step for a in await THROTTLE.plan(ctx, params)] == ["set_limits"]
     assert (await THROTTLE.apply(ctx, params)).ok
     assert kube_api.patches == []
@@ -58,21 +55,14 @@ async def test_throttle_in_kubernetes_leaves_the_deployment_alone_by_default(
     assert (await THROTTLE.verify(ctx, params)).ok
 
 
-def test_throttle_refuses_a_restart_without_the_deployment_env() -> None:
-    with pytest.raises(ValidationError, match="rollout_restart needs deployment_env"):
-        ThrottleParams(max_parallel_nodes=5, rollout_restart=True)
-
-
-async def test_throttle_in_kubernetes_patches_the_deployment_and_restarts_it_when_asked(
+async def test_throttle_in_kubernetes_patches_the_deployment_and_restarts_it(
     env: Env, kube_api: FakeKubeApi, kube: KubernetesClient
 ) -> None:
     kube_api.deployments["orchestrator-service"] = make_deployment(
         "orchestrator-service", {"GL_ORCHESTRATOR_MAX_PARALLEL_NODES": "10"}
     )
     ctx = await env.context("exec-any", kubernetes=kube, clock=lambda: T0)
-    params = ThrottleParams(
-        max_parallel_nodes=5, max_concurrent_executions=25, deployment_env=True, rollout_restart=True
-    )
+    params = ThrottleParams(max_parallel_nodes=5, max_concurrent_executions=25)
     planned = await THROTTLE.plan(ctx, params)
     assert [a.step for a in planned] == ["set_limits", "patch_deployment_env", "rollout_restart"]
     assert "GL_ORCHESTRATOR_MAX_PARALLEL_NODES=5" in planned[1].description

@@ -39,7 +39,7 @@ async def test_throttle_in_kubernetes_patches_only_the_limits_it_lowers(
     kube_api.deployments["orchestrator-service"] = make_deployment("orchestrator-service", {})
     await env.client.set_limits(max_parallel_nodes=2, max_concurrent_executions=50)
     ctx = await env.context("exec-any", kubernetes=kube)
-    params = ThrottleParams(max_parallel_nodes=5, max_concurrent_executions=25, deployment_env=True)
+    params = ThrottleParams(max_parallel_nodes=5, max_concurrent_executions=25)
     result = await THROTTLE.apply(ctx, params)
     assert result.ok, result
     deployment = await kube.get_deployment("orchestrator-service")
@@ -94,7 +94,7 @@ async def test_throttle_rollout_warns_and_verify_lists_runs_left_interrupted(
 ) -> None:
     kube_api.deployments["orchestrator-service"] = make_deployment("orchestrator-service", {})
     ctx = await env.context("exec-any", kubernetes=kube)
-    params = ThrottleParams(max_parallel_nodes=5, deployment_env=True, rollout_restart=True)
+    params = ThrottleParams(max_parallel_nodes=5)
     planned = await THROTTLE.plan(ctx, params)
     assert "runs still going end interrupted and need a resume" in planned[-1].description
     assert (await THROTTLE.apply(ctx, params)).ok
