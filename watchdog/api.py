@@ -22,6 +22,7 @@ Every error is JSON `{"error": <code>, "detail": <message>}`.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -45,6 +46,8 @@ from watchdog.migrations import INCIDENT_STATUSES
 from watchdog.store import Incident
 
 log = logging.getLogger(__name__)
+
+GAUGE_REFRESH_TIMEOUT_SECONDS: Final = 2.0  # a scrape waits at most this long for the store's counts
 
 WATCHDOG_KEY: Final = web.AppKey("watchdog", WatchdogApp)
 PUBLIC_PATHS_KEY: Final = web.AppKey("public_paths", set[str])
@@ -273,8 +276,22 @@ async def open_incident(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus exposition of the watchdog's own registry."""
-    body = _wd(request).metrics.render()
+    """Prometheus exposition of the watchdog's own registry, store-wide gauges read fresh.
+
+    A slow or unreachable store never fails the scrape (that would hide every other series): the
+    gauges keep their last values and the problem is logged (and `/readyz` reports it).
+    """
+    wd = _wd(request)
+    try:
+        async with asyncio.timeout(GAUGE_REFRESH_TIMEOUT_SECONDS):
+            await wd.refresh_gauges()
+    except TimeoutError:
+        log.warning(
+            "gauges not refreshed: the store did not answer within %ss", GAUGE_REFRESH_TIMEOUT_SECONDS
+        )
+    except StoreError as exc:
+        log.warning("gauges not refreshed: %s", exc)
+    body = wd.metrics.render()
     response = web.Response(body=body)
     response.headers["Content-Type"] = CONTENT_TYPE
     return response

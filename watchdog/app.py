@@ -215,6 +215,16 @@ class WatchdogApp:
             clock=clock,
         )
 
+    async def refresh_gauges(self) -> None:
+        """Set the store-wide gauges (`gl_watchdog_open_incidents`, `gl_watchdog_pending_approvals`)
+        from the store, so that every replica reports the same figures, not only the one whose change
+        last set them. Called before every scrape of `/metrics`."""
+        async with self.store.transaction() as tx:
+            open_incidents = await tx.count_open_incidents()
+            pending = await tx.list_approvals(states=["pending"])
+        self.metrics.open_incidents.set(open_incidents)
+        self.metrics.pending_approvals.set(len(pending))
+
     # -- life cycle -------------------------------------------------------------------------------
 
     async def start(self, *, sweeps: bool = True) -> None:
