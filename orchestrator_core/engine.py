@@ -242,8 +242,11 @@ class Engine:
             raise InvalidState(f"execution {execution_id} is already running on this replica")
         queued = await self.store.get_execution(execution_id)
         if queued.status == "queued" and queued.started_at is not None:
-            await self._resume(execution_id, {"queued"}, owner=owner, fencing_token=fencing_token)
-            return await self.store.get_execution(execution_id)
+            owner = owner or self.settings.replica_id
+            _, claimed = await self._resume(
+                execution_id, {"queued"}, owner=owner, fencing_token=fencing_token
+            )
+            return claimed
         record = await self.store.claim_execution(
             execution_id,
             owner=owner or self.settings.replica_id,
@@ -380,7 +383,8 @@ class Engine:
         also accepts a `running` record: the caller has confirmed that its owner is dead.
         """
         allowed = set(RESUMABLE_STATUSES) | ({"running"} if takeover else set())
-        return await self._resume(execution_id, allowed, owner=owner, fencing_token=fencing_token)
+        result, _ = await self._resume(execution_id, allowed, owner=owner, fencing_token=fencing_token)
+        return result
 
     async def queue_resume(self, execution_id: str) -> ResumeResult:
         """Queue a resume for admission (the service is at `max_concurrent_executions`).
@@ -419,7 +423,8 @@ class Engine:
         *,
         owner: str | None,
         fencing_token: int | None,
-    ) -> ResumeResult:
+    ) -> tuple[ResumeResult, ExecutionRecord]:
+        """Claim the run (status in `allowed`) and launch it from its checkpoints; the claimed record."""
         if execution_id in self._runs:
             raise InvalidState(f"execution {execution_id} is running on this replica")
         record = await self.store.get_execution(execution_id)
@@ -452,7 +457,7 @@ class Engine:
             nodes_remaining=executor.nodes_remaining,
         )
         self._launch(executor)
-        return result
+        return result, claimed
 
     async def _resume_dag(self, record: ExecutionRecord) -> DagDefinition:
         """The DAG a resume runs: the latest version if its topology is unchanged, else the run's own."""
