@@ -242,7 +242,6 @@ class Engine:
             raise InvalidState(f"execution {execution_id} is already running on this replica")
         queued = await self.store.get_execution(execution_id)
         if queued.status == "queued" and queued.started_at is not None:
-            owner = owner or self.settings.replica_id
             _, claimed = await self._resume(
                 execution_id, {"queued"}, owner=owner, fencing_token=fencing_token
             )
