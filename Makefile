@@ -4,6 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # `make demo DEMO_ARGS=--yes` approves the remediation without asking at the terminal.
 DEMO_ARGS ?=
+# The suite mostly waits on real services and subprocesses: two pytest-xdist workers halve its time
+# (each module stays on one worker; each worker starts its own private redis-server).
+# `make test TEST_WORKERS=0` runs it in one process.
+TEST_WORKERS ?= 2
 STAMP  := $(VENV)/.installed
 
 .PHONY: install demo run test lint bench clean
@@ -23,7 +27,7 @@ run: demo
 
 test: install
 	scripts/services.sh ensure
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/ruff check orchestrator_core watchdog playbooks tests bench
