@@ -48,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from orchestrator_core.agents import AgentRegistry
@@ -391,13 +391,7 @@ class Engine:
         The run becomes `queued` again, keeping its checkpoints; `start_execution` resumes it from them
         when admitted. The result says which nodes that will skip and which it will run.
         """
-        if execution_id in self._runs:
-            raise InvalidState(f"execution {execution_id} is running on this replica")
-        record = await self.store.get_execution(execution_id)
-        if record.status not in RESUMABLE_STATUSES:
-            raise InvalidState(
-                f"execution {execution_id} is {record.status}; only {sorted(RESUMABLE_STATUSES)} can resume"
-            )
+        record = await self._resumable(execution_id, RESUMABLE_STATUSES)
         dag = await self._resume_dag(record)
         checkpoints = await self._load_checkpoints(execution_id)
         planned = plan_levels(dag)
@@ -424,13 +418,7 @@ class Engine:
         fencing_token: int | None,
     ) -> tuple[ResumeResult, ExecutionRecord]:
         """Claim the run (status in `allowed`) and launch it from its checkpoints; the claimed record."""
-        if execution_id in self._runs:
-            raise InvalidState(f"execution {execution_id} is running on this replica")
-        record = await self.store.get_execution(execution_id)
-        if record.status not in allowed:
-            raise InvalidState(
-                f"execution {execution_id} is {record.status}; only {sorted(allowed)} can resume"
-            )
+        record = await self._resumable(execution_id, allowed)
         dag = await self._resume_dag(record)
         checkpoints = await self._load_checkpoints(execution_id)
         chain, _, _ = await self.store.get_provenance(execution_id)
@@ -457,6 +445,17 @@ class Engine:
         )
         self._launch(executor)
         return result, claimed
+
+    async def _resumable(self, execution_id: str, allowed: Collection[str]) -> ExecutionRecord:
+        """The run's record if it may resume: not running here, and its status in `allowed`."""
+        if execution_id in self._runs:
+            raise InvalidState(f"execution {execution_id} is running on this replica")
+        record = await self.store.get_execution(execution_id)
+        if record.status not in allowed:
+            raise InvalidState(
+                f"execution {execution_id} is {record.status}; only {sorted(allowed)} can resume"
+            )
+        return record
 
     async def _resume_dag(self, record: ExecutionRecord) -> DagDefinition:
         """The DAG a resume runs: the latest version if its topology is unchanged, else the run's own."""
