@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from playbooks.registry import default_registry
-from tests.watchdog.conftest import FakeClock, OrchestratorProcess
+from tests.watchdog.conftest import OrchestratorProcess
 from tests.watchdog.test_cli import use_orchestrator
-from tests.watchdog.test_sweeps import FOR, Harness
+from tests.watchdog.test_sweeps import FOR, Harness, open_harness
 from watchdog.cli import main
 from watchdog.clients.orchestrator import OrchestratorClient
 from watchdog.diagnostics.models import Diagnosis, Finding, StepStatus
@@ -27,7 +27,6 @@ from watchdog.diagnostics.runner import likely_cause
 from watchdog.planner import make_plan
 from watchdog.policy import load_policy
 from watchdog.settings import Mode
-from watchdog.store import Store
 
 PAUSE_DAG: dict[str, Any] = {
     "dag_id": "pausing",
@@ -44,12 +43,8 @@ PAUSE_DAG: dict[str, Any] = {
 
 @pytest.fixture
 async def harness(database_url: str) -> AsyncIterator[Harness]:
-    clock = FakeClock(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
-    store = await Store.open(database_url, clock=clock)
-    h = Harness(store, clock)
-    yield h
-    await h.client.aclose()
-    await store.close()
+    async with open_harness(database_url) as h:
+        yield h
 
 
 async def test_sweep_opens_an_incident_for_a_run_interrupted_longer_than_for(harness: Harness) -> None:

@@ -14,6 +14,7 @@ import respx
 from tests.orchestrator.test_service_harness import (
     TOKEN,
     Gates,
+    Harness,
     make_registry,
     make_settings,
     running_service,
@@ -115,6 +116,22 @@ def test_a_hung_agent_within_its_node_timeout_is_not_slow_node() -> None:
     assert likely_cause(_findings(_f(4, StepStatus.UNKNOWN, hung_lines=[])))[0] == "slow_node"
 
 
+async def _context_once_hung(orch: Harness, hung_id: str) -> DiagnosticContext:
+    """Wait (bounded) until `builtin.hang` logged its wait, then a context 20 minutes ahead."""
+    for _ in range(500):  # bounded polling of a real service
+        if "waiting forever" in (await orch.api("GET", f"/executions/{hung_id}/logs")).text:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("builtin.hang never logged that it waits")
+    ahead = datetime.now(UTC) + timedelta(minutes=20)
+    return DiagnosticContext(
+        orchestrator=OrchestratorClient(orch.base_url, TOKEN, timeout=5.0),
+        settings=WatchdogSettings(orchestrator_url=orch.base_url),
+        clock=lambda: ahead,
+    )
+
+
 async def test_real_orchestrator_hung_agent_vs_slow_node(_no_pending_tasks: None, sqlite_url: str) -> None:
     """`builtin.hang` (logs that it waits forever) and a silent gate agent, both far within their own
     3600 s node timeout, 20 minutes into a run with a 600 s timeout."""
@@ -143,18 +160,7 @@ async def test_real_orchestrator_hung_agent_vs_slow_node(_no_pending_tasks: None
         hung_id = str((await orch.execute("hung"))["execution_id"])
         slow_id = str((await orch.execute("slow"))["execution_id"])
         await gates.wait_started(1)
-        for _ in range(500):  # bounded polling of a real service: until builtin.hang logged its wait
-            if "waiting forever" in (await orch.api("GET", f"/executions/{hung_id}/logs")).text:
-                break
-            await asyncio.sleep(0.02)
-        else:
-            raise AssertionError("builtin.hang never logged that it waits")
-        ahead = datetime.now(UTC) + timedelta(minutes=20)
-        ctx = DiagnosticContext(
-            orchestrator=OrchestratorClient(orch.base_url, TOKEN, timeout=5.0),
-            settings=WatchdogSettings(orchestrator_url=orch.base_url),
-            clock=lambda: ahead,
-        )
+        ctx = await _context_once_hung(orch, hung_id)
         try:
             hung = await diagnose(ctx, hung_id)
             slow = await diagnose(ctx, slow_id)
@@ -217,18 +223,7 @@ async def test_real_orchestrator_hung_run_holding_the_only_slot(
         hung_id = str((await orch.execute("hung"))["execution_id"])
         queued = await orch.execute("hung")
         assert queued["status"] == "queued"
-        for _ in range(500):  # bounded polling of a real service: until builtin.hang logged its wait
-            if "waiting forever" in (await orch.api("GET", f"/executions/{hung_id}/logs")).text:
-                break
-            await asyncio.sleep(0.02)
-        else:
-            raise AssertionError("builtin.hang never logged that it waits")
-        ahead = datetime.now(UTC) + timedelta(minutes=20)
-        ctx = DiagnosticContext(
-            orchestrator=OrchestratorClient(orch.base_url, TOKEN, timeout=5.0),
-            settings=WatchdogSettings(orchestrator_url=orch.base_url),
-            clock=lambda: ahead,
-        )
+        ctx = await _context_once_hung(orch, hung_id)
         try:
             diagnosis = await diagnose(ctx, hung_id)
         finally:

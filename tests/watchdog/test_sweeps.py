@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -56,14 +57,23 @@ class Harness:
         self.fake.add(execution_id, "dag-1", started_at=self.clock.now - timedelta(seconds=700), timeout=600)
 
 
-@pytest.fixture
-async def harness(database_url: str) -> AsyncIterator[Harness]:
+@contextlib.asynccontextmanager
+async def open_harness(database_url: str) -> AsyncIterator[Harness]:
+    """A sweep harness on a fresh store at a fixed fake time; closed on exit."""
     clock = FakeClock(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
     store = await Store.open(database_url, clock=clock)
     h = Harness(store, clock)
-    yield h
-    await h.client.aclose()
-    await store.close()
+    try:
+        yield h
+    finally:
+        await h.client.aclose()
+        await store.close()
+
+
+@pytest.fixture
+async def harness(database_url: str) -> AsyncIterator[Harness]:
+    async with open_harness(database_url) as h:
+        yield h
 
 
 async def test_sweep_opens_an_incident_once_the_condition_fires(harness: Harness) -> None:
