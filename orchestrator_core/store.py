@@ -234,6 +234,7 @@ class Store:
         self.clock: Clock = clock or SystemClock()
         self.dialect = engine.dialect.name
         self._dag_cache: dict[tuple[str, int], DagDefinition] = {}
+        self._closed = False
 
     @classmethod
     async def open(
@@ -279,11 +280,18 @@ class Store:
         return store
 
     async def close(self) -> None:
+        """Close the pool; later calls get `StoreError` instead of quietly opening a new pool.
+
+        (A connection opened after `dispose()` would sit in a pool nobody closes again.)
+        """
+        self._closed = True
         await self.engine.dispose()
 
     @asynccontextmanager
     async def _tx(self, what: str) -> AsyncIterator[AsyncConnection]:
         """A transaction with the store's timeout; driver errors become `StoreError`."""
+        if self._closed:
+            raise StoreError(f"{what}: the store is closed")
         try:
             async with asyncio.timeout(self.timeout_seconds), self.engine.begin() as conn:
                 yield conn

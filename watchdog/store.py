@@ -547,6 +547,7 @@ class Store:
         self.clock = clock
         self.connect_timeout = connect_timeout
         self.dialect = engine.dialect.name
+        self._closed = False
 
     @classmethod
     async def open(
@@ -596,7 +597,11 @@ class Store:
         return store
 
     async def close(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection; later transactions get `StoreUnavailable`.
+
+        (A connection opened after `dispose()` would sit in a pool nobody closes again.)
+        """
+        self._closed = True
         await self.engine.dispose()
 
     @contextlib.asynccontextmanager
@@ -605,6 +610,8 @@ class Store:
 
         Database errors come out as StoreUnavailable (cannot connect) or StoreError (anything else).
         """
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
         try:
             async with asyncio.timeout(self.connect_timeout):
                 conn = await self.engine.connect()

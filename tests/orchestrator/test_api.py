@@ -408,3 +408,5 @@ async def test_shutting_down_refuses_new_runs_with_503(h: Harness) -> None:
     assert response.status_code == 503 and response.json()["error"] == "service_unavailable"
     ready = await h.client.get("/readyz")
     assert ready.status_code == 503
+    assert ready.json()["checks"]["store"].endswith("the store is closed")
+    assert h.service.engine.store.engine.sync_engine.pool.checkedin() == 0  # no connection left behind

@@ -34,6 +34,16 @@ def _record(execution_id: str = "e1") -> ExecutionRecord:
     return ExecutionRecord(execution_id, "d", 1, "queued", {"x": 1}, ExecutionOptions(), datetime.now(UTC))
 
 
+async def test_a_closed_store_refuses_work_instead_of_opening_a_new_pool(database_url: str) -> None:
+    store = await Store.open(database_url)
+    await store.close()
+    with pytest.raises(StoreError, match="list executions: the store is closed"):
+        await store.list_executions()
+    # dispose() swaps in a fresh pool; a connection opened there would never be closed (it leaked an
+    # aiosqlite connection that the garbage collector reported in some later test)
+    assert store.engine.sync_engine.pool.checkedin() == 0
+
+
 async def test_migrations_create_the_current_schema_once(database_url: str) -> None:
     store = await Store.open(database_url)
     try:

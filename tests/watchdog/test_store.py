@@ -34,6 +34,14 @@ async def test_open_runs_migrations_once(database_url: str) -> None:
         await store.close()
 
 
+async def test_a_closed_store_refuses_work_instead_of_opening_a_new_pool(database_url: str) -> None:
+    store = await Store.open(database_url, clock=FakeClock())
+    await store.close()
+    with pytest.raises(StoreUnavailable, match="the store is closed"):
+        await store.ping()
+    assert store.engine.sync_engine.pool.checkedin() == 0
+
+
 async def test_concurrent_starts_migrate_once(database_url: str) -> None:
     stores = await asyncio.gather(*(Store.open(database_url) for _ in range(3)))
     try:
