@@ -115,6 +115,9 @@ class OrchestratorService:
         self._overrides: dict[str, LimitOverride] = {}  # as last read from the store
         self._unshared: dict[str, int] = {}  # changed here while the store was down; stored at next sync
         self._owned: dict[str, _Owned] = {}
+        # Every supervisor until it returns: one whose run ended has left `_owned` but may still be
+        # admitting the next queued run, and shutdown must wait for it before closing the store.
+        self._supervisors: set[asyncio.Task[None]] = set()
         self._admission = asyncio.Lock()
         self._accepting = True
         self._closed = False
@@ -573,6 +576,11 @@ class OrchestratorService:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
         self._owned.clear()
+        if self._supervisors:  # runs that ended just before: their admission pass is a store write
+            await asyncio.wait(self._supervisors, timeout=self.settings.db_timeout_seconds)
+            for task in self._supervisors:
+                task.cancel()
+            await asyncio.gather(*self._supervisors, return_exceptions=True)
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -621,6 +629,8 @@ class OrchestratorService:
         owned.supervisor = asyncio.create_task(
             self._supervise(lease.execution_id, owned), name=f"supervise-{lease.execution_id}"
         )
+        self._supervisors.add(owned.supervisor)
+        owned.supervisor.add_done_callback(self._supervisors.discard)
 
     async def _supervise(self, execution_id: str, owned: _Owned) -> None:
         try:

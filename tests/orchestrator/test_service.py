@@ -283,6 +283,45 @@ async def test_shutdown_interrupts_unfinished_runs_releases_locks_and_refuses_ne
         await reopened.shutdown(grace_seconds=0)
 
 
+async def test_shutdown_lets_an_ended_runs_admission_pass_end_before_closing_the_store(
+    _no_pending_tasks: None, sqlite_url: str, gates: Gates, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After its run ends, a supervisor leaves the owned runs and admits the next queued run (a store
+    transaction). Shutdown must end that pass before it closes the store: a connection returned to the
+    disposed pool is never closed (CI saw it as an unclosed aiosqlite connection in a later test)."""
+    settings = make_settings(sqlite_url, db_timeout_seconds=0.2)
+    service = await OrchestratorService.open(settings, registry=make_registry(gates))
+    order: list[str] = []
+    in_admission = asyncio.Event()
+
+    async def hanging_admission_pass() -> None:
+        in_admission.set()
+        try:
+            await asyncio.Event().wait()  # never ends by itself: shutdown must wait, then cancel it
+        except asyncio.CancelledError:
+            order.append("admission pass cancelled")
+            raise
+
+    close_store = service.engine.store.close
+
+    async def recording_close() -> None:
+        order.append("store closed")
+        await close_store()
+
+    monkeypatch.setattr(service.engine.store, "close", recording_close)
+    try:
+        await service.engine.register_dag(gate_dag("ends", gate="ends"))
+        await service.submit("ends")
+        await gates.wait_started(1)
+        monkeypatch.setattr(service, "pump_once", hanging_admission_pass)
+        gates.open("ends")
+        async with asyncio.timeout(5):
+            await in_admission.wait()
+    finally:
+        await service.shutdown(grace_seconds=0)
+    assert order == ["admission pass cancelled", "store closed"]
+
+
 # -- HTTP agents through the engine -----------------------------------------------------------------
 
 
