@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
+from sqlalchemy.pool import Pool
 
 IN_CI = bool(os.environ.get("CI"))
 POSTGRES_ADMIN_DSN = os.environ.get("GL_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -78,6 +80,44 @@ async def _no_pending_tasks() -> AsyncIterator[None]:
         await asyncio.gather(*leftover, return_exceptions=True)
         names = ", ".join(sorted(t.get_name() + ":" + repr(t.get_coro()) for t in leftover))
         pytest.fail(f"test left {len(leftover)} asyncio task(s) running: {names}")
+
+
+# Every database connection a SQLAlchemy pool opens, until the pool closes it: id -> the test that
+# opened it. A connection nobody closes (a store never closed, or one handed back to a pool that its
+# store had already disposed of) is otherwise reported by the garbage collector as a ResourceWarning
+# in whichever later test happens to be running, which is how CI once failed an unrelated test.
+_open_db_connections: dict[int, str] = {}
+_current_test = ["(outside a test)"]
+
+
+@event.listens_for(Pool, "connect")
+def _db_connection_opened(dbapi_connection: object, _record: object) -> None:
+    _open_db_connections[id(dbapi_connection)] = _current_test[0]
+
+
+@event.listens_for(Pool, "close")
+def _db_connection_closed(dbapi_connection: object, _record: object) -> None:
+    _open_db_connections.pop(id(dbapi_connection), None)
+
+
+@event.listens_for(Pool, "close_detached")
+def _db_connection_closed_detached(dbapi_connection: object) -> None:
+    _open_db_connections.pop(id(dbapi_connection), None)
+
+
+@pytest.fixture(autouse=True)
+def _no_open_db_connections(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaves database connections open behind it (set up first, checked last)."""
+    _current_test[0] = request.node.nodeid
+    yield
+    left = [key for key, test in _open_db_connections.items() if test == request.node.nodeid]
+    for key in left:
+        del _open_db_connections[key]
+    if left:
+        pytest.fail(
+            f"test left {len(left)} database connection(s) open: a store not closed, or a task still "
+            "using a connection when its store was closed"
+        )
 
 
 # -- Redis -----------------------------------------------------------------------------------------
