@@ -454,7 +454,7 @@ class OrchestratorService:
                 return started
             queued = await self._count_queued()
             for record in queued:
-                if len(self._owned) >= self._max_concurrent:
+                if not self._accepting or len(self._owned) >= self._max_concurrent:
                     break
                 if await self._start(record):
                     started.append(record.execution_id)
@@ -548,6 +548,10 @@ class OrchestratorService:
             return []
         self._closed = True
         self._accepting = False
+        # An admission pass under way (a run being started) ends first, so that its run is owned and
+        # interrupted below; later passes see `_accepting` and start nothing.
+        async with self._admission:
+            pass
         grace = self.settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
         log.info("shutting down: %d runs owned, grace %.1fs", len(self._owned), grace)
         supervisors = [o.supervisor for o in self._owned.values() if o.supervisor is not None]

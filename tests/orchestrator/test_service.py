@@ -322,6 +322,49 @@ async def test_shutdown_lets_an_ended_runs_admission_pass_end_before_closing_the
     assert order == ["admission pass cancelled", "store closed"]
 
 
+async def test_shutdown_lets_a_run_being_admitted_start_then_interrupts_it(
+    _no_pending_tasks: None, sqlite_url: str, gates: Gates, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while an admission pass is starting a queued run: the run must not slip past shutdown
+    (started after shutdown looked at the owned runs, on a store about to close)."""
+    service = await OrchestratorService.open(make_settings(sqlite_url), registry=make_registry(gates))
+    starting, resume_start, contended = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    start_execution = service.engine.start_execution
+
+    async def held_start(execution_id: str, **kwargs: Any) -> Any:
+        starting.set()
+        await resume_start.wait()
+        return await start_execution(execution_id, **kwargs)
+
+    class ContendedLock(asyncio.Lock):
+        async def acquire(self) -> bool:
+            if self.locked():
+                contended.set()
+            return await super().acquire()
+
+    monkeypatch.setattr(service.engine, "start_execution", held_start)
+    monkeypatch.setattr(service, "_admission", ContendedLock())
+    await service.engine.register_dag(gate_dag("late", gate="late"))
+    submitted = asyncio.create_task(service.submit("late"))
+    async with asyncio.timeout(5):
+        await starting.wait()
+    stopping = asyncio.create_task(service.shutdown(grace_seconds=0))
+    waiting = asyncio.create_task(contended.wait())
+    # shutdown either waits for the admission pass (then let it finish) or has already finished
+    await asyncio.wait([stopping, waiting], return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    resume_start.set()
+    record, interrupted, _ = await asyncio.gather(submitted, stopping, waiting, return_exceptions=True)
+    assert not isinstance(record, BaseException)
+    assert interrupted == [record.execution_id]
+    reopened = await OrchestratorService.open(make_settings(sqlite_url), registry=make_registry(gates))
+    try:
+        assert (await reopened.engine.get_execution(interrupted[0])).status == "interrupted"
+    finally:
+        await reopened.shutdown(grace_seconds=0)
+        gates.open("late")
+
+
 # -- HTTP agents through the engine -----------------------------------------------------------------
 
 
