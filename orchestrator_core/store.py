@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -58,6 +59,8 @@ from orchestrator_core.records import (
     PoolStats,
     ProvenanceEntry,
 )
+
+log = logging.getLogger(__name__)
 
 # -- current schema (what the migrations produce; a test compares the two) ---------------------------
 
@@ -235,6 +238,9 @@ class Store:
         self.dialect = engine.dialect.name
         self._dag_cache: dict[tuple[str, int], DagDefinition] = {}
         self._closed = False
+        self._in_flight = 0  # transactions under way; close() lets them end before the pool goes
+        self._drained = asyncio.Event()
+        self._drained.set()
 
     @classmethod
     async def open(
@@ -280,11 +286,17 @@ class Store:
         return store
 
     async def close(self) -> None:
-        """Close the pool; later calls get `StoreError` instead of quietly opening a new pool.
+        """Let transactions under way end (each is bounded by the timeout), then close the pool.
 
-        (A connection opened after `dispose()` would sit in a pool nobody closes again.)
+        Later calls get `StoreError`: a connection opened, or handed back, after `dispose()` would sit
+        in a pool that nobody closes again.
         """
         self._closed = True
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                await self._drained.wait()
+        except TimeoutError:
+            log.warning("closing the store with %d transaction(s) still under way", self._in_flight)
         await self.engine.dispose()
 
     @asynccontextmanager
@@ -292,6 +304,8 @@ class Store:
         """A transaction with the store's timeout; driver errors become `StoreError`."""
         if self._closed:
             raise StoreError(f"{what}: the store is closed")
+        self._in_flight += 1
+        self._drained.clear()
         try:
             async with asyncio.timeout(self.timeout_seconds), self.engine.begin() as conn:
                 yield conn
@@ -303,6 +317,10 @@ class Store:
             raise StoreError(f"{what}: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:  # asyncpg/aiosqlite raise their own types outside SQLAlchemy's tree
             raise StoreError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._drained.set()
 
     async def migrate(self) -> list[int]:
         """Apply pending migrations; return the versions applied."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from datetime import UTC, datetime
@@ -43,9 +44,12 @@ from watchdog.migrations import (
 )
 
 Clock = Callable[[], datetime]
+log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 DEFAULT_STATEMENT_TIMEOUT: Final = 30.0
+# How long close() lets transactions under way end before it closes the pool anyway.
+CLOSE_WAIT_SECONDS: Final = 10.0
 
 
 def utc_now() -> datetime:
@@ -548,6 +552,9 @@ class Store:
         self.connect_timeout = connect_timeout
         self.dialect = engine.dialect.name
         self._closed = False
+        self._in_flight = 0  # transactions under way; close() lets them end before the pool goes
+        self._drained = asyncio.Event()
+        self._drained.set()
 
     @classmethod
     async def open(
@@ -597,11 +604,17 @@ class Store:
         return store
 
     async def close(self) -> None:
-        """Close every pooled connection; later transactions get `StoreUnavailable`.
+        """Let transactions under way end (up to CLOSE_WAIT_SECONDS), then close every pooled connection.
 
-        (A connection opened after `dispose()` would sit in a pool nobody closes again.)
+        Later transactions get `StoreUnavailable`: a connection opened, or handed back, after
+        `dispose()` would sit in a pool that nobody closes again.
         """
         self._closed = True
+        try:
+            async with asyncio.timeout(CLOSE_WAIT_SECONDS):
+                await self._drained.wait()
+        except TimeoutError:
+            log.warning("closing the store with %d transaction(s) still under way", self._in_flight)
         await self.engine.dispose()
 
     @contextlib.asynccontextmanager
@@ -612,20 +625,27 @@ class Store:
         """
         if self._closed:
             raise StoreUnavailable("the store is closed")
+        self._in_flight += 1
+        self._drained.clear()
         try:
-            async with asyncio.timeout(self.connect_timeout):
-                conn = await self.engine.connect()
-        except (TimeoutError, OSError, sa.exc.DBAPIError, sa.exc.InterfaceError) as exc:
-            raise StoreUnavailable(f"database not reachable: {_describe_error(exc)}") from exc
-        try:
-            async with conn.begin():
-                yield Tx(conn, self.clock)
-        except sa.exc.OperationalError as exc:
-            raise StoreUnavailable(f"database error: {_describe_error(exc)}") from exc
-        except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"database error: {_describe_error(exc)}") from exc
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    conn = await self.engine.connect()
+            except (TimeoutError, OSError, sa.exc.DBAPIError, sa.exc.InterfaceError) as exc:
+                raise StoreUnavailable(f"database not reachable: {_describe_error(exc)}") from exc
+            try:
+                async with conn.begin():
+                    yield Tx(conn, self.clock)
+            except sa.exc.OperationalError as exc:
+                raise StoreUnavailable(f"database error: {_describe_error(exc)}") from exc
+            except sa.exc.SQLAlchemyError as exc:
+                raise StoreError(f"database error: {_describe_error(exc)}") from exc
+            finally:
+                await conn.close()
         finally:
-            await conn.close()
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._drained.set()
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless a trivial query succeeds (readiness)."""

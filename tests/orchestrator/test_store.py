@@ -44,6 +44,31 @@ async def test_a_closed_store_refuses_work_instead_of_opening_a_new_pool(databas
     assert store.engine.sync_engine.pool.checkedin() == 0
 
 
+async def test_close_lets_a_transaction_under_way_end_first(database_url: str) -> None:
+    """A transaction under way when the store closes (a request, a supervisor) commits first; its
+    connection would otherwise go back into a disposed pool and stay open (the conftest check)."""
+    store = await Store.open(database_url)
+    inside, finish = asyncio.Event(), asyncio.Event()
+    order: list[str] = []
+
+    async def transaction_under_way() -> None:
+        async with store._tx("held") as conn:
+            inside.set()
+            await finish.wait()
+            await conn.execute(sa.text("SELECT 1"))
+        order.append("committed")
+
+    holder = asyncio.create_task(transaction_under_way())
+    await inside.wait()
+    closing = asyncio.create_task(store.close())
+    closing.add_done_callback(lambda _: order.append("closed"))
+    done, _ = await asyncio.wait([closing], timeout=0.5)
+    assert not done  # still waiting for the transaction
+    finish.set()
+    await asyncio.gather(holder, closing)
+    assert order == ["committed", "closed"]
+
+
 async def test_migrations_create_the_current_schema_once(database_url: str) -> None:
     store = await Store.open(database_url)
     try:
