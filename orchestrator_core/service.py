@@ -613,6 +613,9 @@ class OrchestratorService:
         lease = await self.locks.acquire(record.execution_id, self.settings.lock_ttl_seconds)
         if lease is None:
             return False  # another replica is starting it
+        if not self._accepting:  # shutdown began meanwhile: leave the run queued for another replica
+            await self._release(lease)
+            return False
         try:
             await self.engine.start_execution(
                 record.execution_id, owner=self.replica_id, fencing_token=lease.token

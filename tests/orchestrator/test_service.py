@@ -322,19 +322,33 @@ async def test_shutdown_lets_an_ended_runs_admission_pass_end_before_closing_the
     assert order == ["admission pass cancelled", "store closed"]
 
 
-async def test_shutdown_lets_a_run_being_admitted_start_then_interrupts_it(
-    _no_pending_tasks: None, sqlite_url: str, gates: Gates, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("held", "expected"),
+    [
+        ("locks", "queued"),  # still taking the run's lock: left queued for another replica
+        ("engine", "interrupted"),  # already claiming the run: it starts, then is interrupted
+    ],
+)
+async def test_shutdown_during_an_admission_pass_leaves_the_run_queued_or_interrupted(
+    _no_pending_tasks: None,
+    sqlite_url: str,
+    gates: Gates,
+    monkeypatch: pytest.MonkeyPatch,
+    held: str,
+    expected: str,
 ) -> None:
     """SIGTERM while an admission pass is starting a queued run: the run must not slip past shutdown
     (started after shutdown looked at the owned runs, on a store about to close)."""
     service = await OrchestratorService.open(make_settings(sqlite_url), registry=make_registry(gates))
-    starting, resume_start, contended = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    start_execution = service.engine.start_execution
+    starting, go_on, contended = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    target = service.locks if held == "locks" else service.engine
+    name = "acquire" if held == "locks" else "start_execution"
+    original = getattr(target, name)
 
-    async def held_start(execution_id: str, **kwargs: Any) -> Any:
+    async def held_call(*args: Any, **kwargs: Any) -> Any:
         starting.set()
-        await resume_start.wait()
-        return await start_execution(execution_id, **kwargs)
+        await go_on.wait()
+        return await original(*args, **kwargs)
 
     class ContendedLock(asyncio.Lock):
         async def acquire(self) -> bool:
@@ -342,7 +356,7 @@ async def test_shutdown_lets_a_run_being_admitted_start_then_interrupts_it(
                 contended.set()
             return await super().acquire()
 
-    monkeypatch.setattr(service.engine, "start_execution", held_start)
+    monkeypatch.setattr(target, name, held_call)
     monkeypatch.setattr(service, "_admission", ContendedLock())
     await service.engine.register_dag(gate_dag("late", gate="late"))
     submitted = asyncio.create_task(service.submit("late"))
@@ -353,13 +367,14 @@ async def test_shutdown_lets_a_run_being_admitted_start_then_interrupts_it(
     # shutdown either waits for the admission pass (then let it finish) or has already finished
     await asyncio.wait([stopping, waiting], return_when=asyncio.FIRST_COMPLETED)
     waiting.cancel()
-    resume_start.set()
+    go_on.set()
     record, interrupted, _ = await asyncio.gather(submitted, stopping, waiting, return_exceptions=True)
     assert not isinstance(record, BaseException)
-    assert interrupted == [record.execution_id]
+    assert interrupted == ([record.execution_id] if expected == "interrupted" else [])
     reopened = await OrchestratorService.open(make_settings(sqlite_url), registry=make_registry(gates))
     try:
-        assert (await reopened.engine.get_execution(interrupted[0])).status == "interrupted"
+        assert (await reopened.engine.get_execution(record.execution_id)).status == expected
+        assert await reopened.locks.holder(record.execution_id) is None
     finally:
         await reopened.shutdown(grace_seconds=0)
         gates.open("late")
