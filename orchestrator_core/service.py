@@ -30,9 +30,10 @@ Loops: `start()` runs one maintenance task that calls `heartbeat_once`, `renew_o
 `sync_limits_once`, `reconcile_once`, `pump_once` and `takeover_once` every
 `min(lock_ttl, heartbeat_ttl) / 3` seconds; tests call the one-shot forms.
 
-Shutdown (`shutdown`, SIGTERM via the CLI): stop admitting and taking over, give running runs
-`shutdown_grace_seconds` to finish (locks still renewed meanwhile), interrupt what is left (status
-`interrupted`, resumable), release the locks, close the engine, the lock backend and the exporters.
+Shutdown (`shutdown`, SIGTERM via the CLI): stop admitting and taking over (an admission pass under
+way ends first), give running runs `shutdown_grace_seconds` to finish (locks still renewed meanwhile),
+interrupt what is left (status `interrupted`, resumable), release the locks, wait for supervisors
+still admitting after their run ended, close the engine, the lock backend and the exporters.
 """
 
 from __future__ import annotations
