@@ -543,6 +543,24 @@ def _describe_error(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+async def _close_to_completion(conn: AsyncConnection) -> None:
+    """`conn.close()` carried to its end even if the caller is cancelled meanwhile, as SQLAlchemy's own
+    `async with` does: a close cut short leaves the connection neither reset nor back in the pool (and
+    SQLAlchemy logs the interrupted reset with a traceback). The cancellation is re-raised after."""
+    closing = asyncio.ensure_future(conn.close())
+    cancelled: asyncio.CancelledError | None = None
+    while True:
+        try:
+            await asyncio.shield(closing)
+            break
+        except asyncio.CancelledError as exc:
+            if closing.done():
+                raise
+            cancelled = exc
+    if cancelled is not None:
+        raise cancelled
+
+
 class Store:
     """The watchdog's database. Build with `await Store.open(url, clock=...)`, end with `close()`."""
 
@@ -641,7 +659,7 @@ class Store:
             except sa.exc.SQLAlchemyError as exc:
                 raise StoreError(f"database error: {_describe_error(exc)}") from exc
             finally:
-                await conn.close()
+                await _close_to_completion(conn)
         finally:
             self._in_flight -= 1
             if not self._in_flight:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from watchdog.errors import StoreError, StoreUnavailable
 from watchdog.migrations import latest_version, schema_migrations
@@ -68,6 +69,42 @@ async def test_close_lets_a_transaction_under_way_end_first(database_url: str) -
         assert [i.execution_id for i in await reopened.list_incidents()] == ["e1"]
     finally:
         await reopened.close()
+
+
+async def test_a_transaction_cancelled_while_closing_still_returns_its_connection(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled (a timeout, a shutdown) just as its connection is being closed: the close still ends,
+    so the connection goes back to the pool instead of staying checked out and never closed."""
+    store = await Store.open(sqlite_url, clock=FakeClock())
+    closing, go_on = asyncio.Event(), asyncio.Event()
+    held: list[AsyncConnection] = []
+    close = AsyncConnection.close
+
+    async def slow_close(self: AsyncConnection) -> None:
+        if self in held:
+            closing.set()
+            await go_on.wait()
+        await close(self)
+
+    monkeypatch.setattr(AsyncConnection, "close", slow_close)
+
+    async def transaction() -> None:
+        async with store.transaction() as tx:
+            held.append(tx.conn)
+            await tx.conn.execute(sa.text("SELECT 1"))
+
+    task = asyncio.create_task(transaction())
+    try:
+        await closing.wait()
+        task.cancel()  # lands while the close is pending, before go_on lets the close go on
+        go_on.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        pool = store.engine.sync_engine.pool
+        assert pool.checkedout() == 0 and pool.checkedin() == 1
+    finally:
+        await store.close()
 
 
 async def test_concurrent_starts_migrate_once(database_url: str) -> None:
