@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -118,6 +118,31 @@ def _no_open_db_connections(request: pytest.FixtureRequest) -> Iterator[None]:
             f"test left {len(left)} database connection(s) open: a store not closed, or a task still "
             "using a connection when its store was closed"
         )
+
+
+async def close_during_a_transaction(
+    close: Callable[[], Awaitable[None]],
+    transaction: Callable[[asyncio.Event, asyncio.Event], Awaitable[None]],
+) -> list[str]:
+    """Run `transaction(inside, finish)` (it sets `inside` within its transaction, then waits for
+    `finish`) and call `close` meanwhile; return the order in which they ended. A store that lets a
+    transaction under way end before it closes gives ["committed", "closed"] (`finish` is set half a
+    second after `close` was called)."""
+    inside, finish = asyncio.Event(), asyncio.Event()
+    order: list[str] = []
+
+    async def under_way() -> None:
+        await transaction(inside, finish)
+        order.append("committed")
+
+    holder = asyncio.create_task(under_way())
+    await inside.wait()
+    closing = asyncio.create_task(close())
+    closing.add_done_callback(lambda _: order.append("closed"))
+    await asyncio.wait([closing], timeout=0.5)
+    finish.set()
+    await asyncio.gather(holder, closing)
+    return order
 
 
 # -- Redis -----------------------------------------------------------------------------------------

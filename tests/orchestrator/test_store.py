@@ -19,6 +19,7 @@ from orchestrator_core.errors import (
 )
 from orchestrator_core.records import ExecutionOptions, ExecutionRecord, NodeTrace
 from orchestrator_core.store import Store, WriteBatch, metadata
+from tests.conftest import close_during_a_transaction
 
 
 def _dag(timeout: float = 10) -> DagDefinition:
@@ -48,25 +49,14 @@ async def test_close_lets_a_transaction_under_way_end_first(database_url: str) -
     """A transaction under way when the store closes (a request, a supervisor) commits first; its
     connection would otherwise go back into a disposed pool and stay open (the conftest check)."""
     store = await Store.open(database_url)
-    inside, finish = asyncio.Event(), asyncio.Event()
-    order: list[str] = []
 
-    async def transaction_under_way() -> None:
+    async def transaction(inside: asyncio.Event, finish: asyncio.Event) -> None:
         async with store._tx("held") as conn:
             inside.set()
             await finish.wait()
             await conn.execute(sa.text("SELECT 1"))
-        order.append("committed")
 
-    holder = asyncio.create_task(transaction_under_way())
-    await inside.wait()
-    closing = asyncio.create_task(store.close())
-    closing.add_done_callback(lambda _: order.append("closed"))
-    done, _ = await asyncio.wait([closing], timeout=0.5)
-    assert not done  # still waiting for the transaction
-    finish.set()
-    await asyncio.gather(holder, closing)
-    assert order == ["committed", "closed"]
+    assert await close_during_a_transaction(store.close, transaction) == ["committed", "closed"]
 
 
 async def test_migrations_create_the_current_schema_once(database_url: str) -> None:

@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tests.conftest import close_during_a_transaction
 from watchdog.errors import StoreError, StoreUnavailable
 from watchdog.migrations import latest_version, schema_migrations
 from watchdog.store import Store
@@ -45,25 +46,14 @@ async def test_a_closed_store_refuses_work_instead_of_opening_a_new_pool(databas
 
 async def test_close_lets_a_transaction_under_way_end_first(database_url: str) -> None:
     store = await Store.open(database_url, clock=FakeClock())
-    inside, finish = asyncio.Event(), asyncio.Event()
-    order: list[str] = []
 
-    async def transaction_under_way() -> None:
+    async def transaction(inside: asyncio.Event, finish: asyncio.Event) -> None:
         async with store.transaction() as tx:
             inside.set()
             await finish.wait()
             await tx.insert_incident(execution_id="e1", dag_id="d", source="alert", detection_source="api")
-        order.append("committed")
 
-    holder = asyncio.create_task(transaction_under_way())
-    await inside.wait()
-    closing = asyncio.create_task(store.close())
-    closing.add_done_callback(lambda _: order.append("closed"))
-    done, _ = await asyncio.wait([closing], timeout=0.5)
-    assert not done  # still waiting for the transaction
-    finish.set()
-    await asyncio.gather(holder, closing)
-    assert order == ["committed", "closed"]
+    assert await close_during_a_transaction(store.close, transaction) == ["committed", "closed"]
     reopened = await Store.open(database_url, clock=FakeClock())
     try:
         assert [i.execution_id for i in await reopened.list_incidents()] == ["e1"]
