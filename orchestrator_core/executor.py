@@ -13,7 +13,9 @@ Semantics (the runbook depends on them):
   checkpoint is committed. One hung node therefore stalls the run at its level: by design.
 - Within a level at most `min(dag.max_parallel_nodes, live limit)` attempts run at once (`Slots`, whose
   limit is re-read on every acquire, so `Engine.set_max_parallel_nodes` applies to running runs).
-  Nodes start in node-id order.
+  Nodes start in node-id order. A level of one node runs in the execution's task; a wider level is
+  run by worker tasks (`_run_workers`): nodes that return without waiting share one worker, and every
+  node that waits gets a task of its own, so a level behaves as if each node had its own task.
 - Per attempt: `timeout_policy.timeout_seconds` (a `NodeTimeout`), retries per `retry_policy`
   (`policies.is_retryable`, `policies.retry_delay`, jitter seeded from the execution id in
   deterministic mode), the final outcome per `on_timeout` (`fail` → `timed_out`; `skip` → `skipped`
@@ -181,6 +183,31 @@ class _StopRun(Exception):
     """Internal: the run stops at this level boundary (fail_fast / compensate)."""
 
 
+class _Level:
+    """The nodes of one level not started yet, and the worker tasks that start them."""
+
+    def __init__(self, executor: Executor, node_ids: list[str]) -> None:
+        self.executor = executor
+        self.queue: deque[str] = deque(node_ids)
+        self.workers: list[asyncio.Task[None]] = []
+        self.unstarted = 0  # workers created that have not taken their first node yet
+        self.check_scheduled = False
+        executor._level = self
+
+    def spawn(self, count: int) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(count):
+            self.unstarted += 1
+            self.workers.append(loop.create_task(self.executor._work(self), name="level-worker"))
+
+    def check(self) -> None:
+        """Runs once every worker has yielded: nodes still queued then mean workers are waiting."""
+        self.check_scheduled = False
+        waiting = len(self.queue) - self.unstarted
+        if waiting > 0:
+            self.spawn(waiting)
+
+
 class Executor:
     """Runs one claimed execution to an end. Use once: `await executor.run()`."""
 
@@ -266,7 +293,8 @@ class Executor:
         self._stop_mode: str | None = None
         self._stop_reason: str | None = None
         self._task: asyncio.Task[Any] | None = None
-        self._node_tasks: dict[str, asyncio.Task[None]] = {}
+        self._node_tasks: dict[str, asyncio.Task[None]] = {}  # running node -> the task running it
+        self._level: _Level | None = None  # the level being run by workers, if any
         self._level_failed = False
         self._processed: set[str] = set()  # nodes this run executed or skipped (sealed at their level)
         self.node_start_order: list[str] = []
@@ -440,26 +468,68 @@ class Executor:
                     self.writer.trace(state.snapshot())
                 continue
             to_run.append(node_id)
-        tasks = []
-        for node_id in to_run:
-            task = asyncio.get_running_loop().create_task(self._run_node(node_id), name=f"node:{node_id}")
-            self._node_tasks[node_id] = task
-            tasks.append(task)
-        try:
-            results = await asyncio.gather(*tasks, return_exceptions=True) if tasks else []
-        finally:
-            self._node_tasks.clear()
-        for result in results:
-            # Siblings cancelled by fail_fast end as CancelledError; anything else is a real error
-            # (a fenced-out checkpoint write), which stops the run.
-            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-                raise result
+        if len(to_run) == 1:
+            # A level of one node runs in the execution's own task: no siblings to cancel, nothing
+            # to wait for but the node (chains are levels of one).
+            await self._run_node(to_run[0])
+        elif to_run:
+            await self._run_workers(to_run)
         # Every completed node of the level already waited for its checkpoint commit, so the level may
         # advance. The level's provenance records ride along with the next commit: if the process dies
         # first, a resume re-seals this (fully checkpointed) level in the same order.
         self._seal_level(level)
         if self._level_failed and self.dag.on_failure in ("fail_fast", "compensate"):
             raise _StopRun
+
+    async def _run_workers(self, to_run: list[str]) -> None:
+        """Run the level's nodes in worker tasks, in node-id order, and wait for all of them.
+
+        One worker takes the nodes one after the other for as long as they finish without waiting
+        (an agent that returns at once costs no task of its own). When a node does wait, `_Level.check`
+        (scheduled with `call_soon`, so it runs only once the worker has yielded) starts one more
+        worker per node still queued: from then on every waiting node has a task, as if each node had
+        been started in its own task, and `Slots` keeps at most the limit running.
+        """
+        level = _Level(self, to_run)
+        level.spawn(1)
+        results: list[BaseException | None] = []
+        finished = 0
+        try:
+            while finished < len(level.workers):  # workers started while we wait join the wait
+                batch = level.workers[finished:]
+                finished = len(level.workers)
+                results.extend(await asyncio.gather(*batch, return_exceptions=True))
+        except asyncio.CancelledError:
+            level.queue.clear()
+            for worker in level.workers:
+                worker.cancel()
+            await asyncio.gather(*level.workers, return_exceptions=True)
+            raise
+        finally:
+            self._node_tasks.clear()
+            self._level = None
+        for result in results:
+            # Workers cancelled by fail_fast end as CancelledError; anything else is a real error (a
+            # fenced-out checkpoint write), which stops the run.
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                raise result
+
+    async def _work(self, level: _Level) -> None:
+        """One worker: take the level's next node and run it, until none is left."""
+        level.unstarted -= 1
+        task = asyncio.current_task()
+        assert task is not None
+        queue = level.queue
+        while queue:
+            node_id = queue.popleft()
+            if not level.check_scheduled:
+                level.check_scheduled = True
+                asyncio.get_running_loop().call_soon(level.check)
+            self._node_tasks[node_id] = task
+            try:
+                await self._run_node(node_id)
+            finally:
+                self._node_tasks.pop(node_id, None)
 
     def _seal_level(self, level: list[str]) -> None:
         recorded = self.chain.recorded_nodes()
@@ -741,6 +811,12 @@ class Executor:
                         task.cancel(f"fail_fast: node {node.node_id} {state.status}")
                         self._mark_cancelled(
                             other_id, f"cancelled: node {node.node_id} {state.status} (fail_fast)"
+                        )
+                if self._level is not None:  # nodes not started yet never start
+                    while self._level.queue:
+                        self._mark_cancelled(
+                            self._level.queue.popleft(),
+                            f"cancelled: node {node.node_id} {state.status} (fail_fast)",
                         )
         if self.persist:
             self.writer.trace(state.snapshot())

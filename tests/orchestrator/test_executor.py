@@ -455,3 +455,92 @@ async def test_interrupt_leaves_a_resumable_run(harness: Harness) -> None:
     result = await harness.engine.resume(record.execution_id)
     assert result.nodes_skipped == ["a"]
     assert (await harness.engine.wait(record.execution_id)).status == "completed"
+
+
+def _register_level_agents(harness: Harness, gates: int) -> list[str]:
+    """`test.instant` returns without waiting; `test.rendezvous` waits until `gates` of them started
+    (bounded: a node left waiting fails the run instead of hanging the test). Both record the start."""
+    started: list[str] = []
+    everyone_in = asyncio.Event()
+
+    async def instant(ctx: Any) -> Any:
+        started.append(ctx.node_id)
+        return ctx.node_id
+
+    async def rendezvous(ctx: Any) -> Any:
+        started.append(ctx.node_id)
+        if sum(1 for n in started if n.startswith("gate")) == gates:
+            everyone_in.set()
+        async with asyncio.timeout(5):
+            await everyone_in.wait()
+        return ctx.node_id
+
+    harness.engine.registry.register("test.instant", instant)
+    harness.engine.registry.register("test.rendezvous", rendezvous)
+    return started
+
+
+async def test_nodes_that_wait_run_together_beside_nodes_that_return_at_once(harness: Harness) -> None:
+    # Nodes that return at once run one after the other in one worker task; once a node waits, the
+    # nodes still queued get workers of their own. Each gate node here returns only after all three
+    # started: run one at a time, the level would never end.
+    started = _register_level_agents(harness, gates=3)
+    ids = ["a", "gate1", "b", "gate2", "c", "gate3", "d"]
+    nodes = {n: node("test.rendezvous" if n.startswith("gate") else "test.instant") for n in ids}
+    nodes["after"] = node("test.instant", deps=tuple(ids))
+    record = await harness.run({"dag_id": "mixed", "nodes": nodes})
+    assert record.status == "completed", record.error
+    assert started == [*sorted(ids), "after"]  # node-id order within the level, then the next level
+    traces = await harness.trace(record.execution_id)
+    assert {t["status"] for t in traces.values()} == {"completed"}
+
+
+async def test_fail_fast_never_starts_the_nodes_still_queued_in_the_level(harness: Harness) -> None:
+    started = _register_level_agents(harness, gates=0)
+    dag = {
+        "dag_id": "ff-queued",
+        "on_failure": "fail_fast",
+        "nodes": {
+            "a": node("test.instant"),
+            "b_boom": node("builtin.fail", params={"error": "boom"}),
+            "c": node("test.instant"),
+            "d": node("test.instant"),
+        },
+    }
+    record = await harness.run(dag)
+    assert record.status == "failed"
+    assert started == ["a"]
+    traces = await harness.trace(record.execution_id)
+    assert {n: t["status"] for n, t in traces.items()} == {
+        "a": "completed",
+        "b_boom": "failed",
+        "c": "cancelled",
+        "d": "cancelled",
+    }
+    assert traces["c"]["error"] == "cancelled: node b_boom failed (fail_fast)"
+
+
+async def test_cancel_stops_every_waiting_node_of_a_level_run_by_workers(harness: Harness) -> None:
+    dag = {
+        "dag_id": "cancel-wide",
+        "nodes": {
+            "a": node("builtin.echo"),
+            "stuck1": node("builtin.hang"),
+            "stuck2": node("builtin.hang"),
+            "z": node("builtin.echo"),
+        },
+    }
+    await harness.engine.register_dag(dag)
+    record = await harness.engine.execute("cancel-wide")
+    executor = harness.engine.executor(record.execution_id)
+    assert executor is not None
+    await wait_until(lambda: {executor.states[n].status for n in ("stuck1", "stuck2")} == {"running"})
+    cancelled = await harness.engine.cancel(record.execution_id)
+    assert cancelled.status == "cancelled"
+    traces = await harness.trace(record.execution_id)
+    assert {n: t["status"] for n, t in traces.items()} == {
+        "a": "completed",
+        "stuck1": "cancelled",
+        "stuck2": "cancelled",
+        "z": "completed",
+    }
