@@ -264,7 +264,6 @@ class Executor:
         self._input_data_hash = sha256_hex(canonical_json(record.input_data))
         self._hash_prefixes: dict[str, str] = {}
         self.chain = ChainBuilder(genesis_hash(dag.dag_id, record.input_data), provenance or [])
-        self._initial_chain_length = len(self.chain.entries)
         self._finishing = False
         self.final_record: ExecutionRecord | None = None  # as stored by the final write, once it lands
         self.outputs: dict[str, Any] = {}
@@ -398,15 +397,14 @@ class Executor:
             self._finished_event("interrupted", str(self.writer.fatal))
             return self.record
         await self.writer.drain(within=self.store.timeout_seconds)
-        pending = self.writer.take_pending()
-        # Without checkpoints the final states themselves are written (the run is over; they no
-        # longer change), rather than a frozen snapshot of each.
-        traces = list(self.states.values()) if not self.persist else []
-        batch = WriteBatch(
-            traces=[*pending.traces, *traces],
-            checkpoints=pending.checkpoints,
-            provenance=[*pending.provenance, *self._unsaved_provenance()],
-        )
+        if self.persist:
+            batch = self.writer.take_pending()
+        else:
+            # Without checkpoints nothing was written along the way: the final states themselves (the
+            # run is over; they no longer change) and the whole chain go in as one run document.
+            batch = WriteBatch(
+                traces=list(self.states.values()), provenance=self.chain.entries, whole_run=True
+            )
         attempt = 0
         while True:
             attempt += 1
@@ -434,11 +432,6 @@ class Executor:
         self.record = self.final_record = final
         self._finished_event(final.status, final.error)
         return final
-
-    def _unsaved_provenance(self) -> list[ProvenanceEntry]:
-        if self.persist:
-            return []
-        return self.chain.entries[self._initial_chain_length :]
 
     def _final_status(self) -> tuple[str, str | None]:
         failed = [n for n, s in self.states.items() if s.status in FAILED_NODE_STATUSES]

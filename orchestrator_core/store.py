@@ -155,6 +155,20 @@ provenance = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
 )
 
+run_documents = sa.Table(
+    "run_documents",
+    metadata,
+    sa.Column(
+        "execution_id",
+        sa.String(64),
+        sa.ForeignKey("executions.execution_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("node_traces", sa.Text, nullable=False),
+    sa.Column("provenance", sa.Text, nullable=False),
+    sa.Column("written_at", UTCDateTime, nullable=False),
+)
+
 limit_overrides = sa.Table(
     "limit_overrides",
     metadata,
@@ -223,9 +237,12 @@ class WriteBatch:
     traces: Sequence[TraceFields] = ()
     checkpoints: Sequence[CheckpointRecord] = ()
     provenance: Sequence[ProvenanceEntry] = ()
+    # True: `traces` and `provenance` are the whole run (every node, the whole chain), as a run without
+    # checkpoints writes them once at its end; stored as one `run_documents` row, replacing any earlier.
+    whole_run: bool = False
 
     def __bool__(self) -> bool:
-        return bool(self.traces or self.checkpoints or self.provenance)
+        return bool(self.traces or self.checkpoints or self.provenance or self.whole_run)
 
 
 class Store:
@@ -596,14 +613,26 @@ class Store:
     ) -> ExecutionRecord:
         """Fenced: write the last batch and set a final (or `interrupted`) status."""
         now = self.clock.now()
+        head = _head(batch) if batch else {}
         async with self._tx("finish execution") as conn:
-            # The fencing UPDATE sets the final status itself (one statement less); the batch follows
-            # in the same transaction, so either all of it lands or none.
-            await self._fence(conn, execution_id, token, now, status=status, error=error, completed_at=now)
+            # The fencing UPDATE sets the final status and the chain's head itself, and returns the
+            # row; the batch follows in the same transaction, so either all of it lands or none.
+            row = await self._fence(
+                conn,
+                execution_id,
+                token,
+                now,
+                returning=True,
+                status=status,
+                error=error,
+                completed_at=now,
+                **head,
+            )
             if batch:
                 await self._write(conn, execution_id, batch)
-            updated = await _read_execution(conn, execution_id)
-        return updated
+            if row is None:
+                return await _read_execution(conn, execution_id)
+        return _execution(row)
 
     async def set_status(
         self,
@@ -636,14 +665,25 @@ class Store:
     async def write_batch(self, execution_id: str, token: int, batch: WriteBatch) -> None:
         """Fenced write of traces, checkpoints and provenance records in one transaction."""
         async with self._tx("write batch") as conn:
-            await self._fence(conn, execution_id, token, self.clock.now())
+            await self._fence(conn, execution_id, token, self.clock.now(), **_head(batch))
             await self._write(conn, execution_id, batch)
 
     async def _fence(
-        self, conn: AsyncConnection, execution_id: str, token: int, now: datetime, **values: Any
-    ) -> None:
-        """Check the fencing token (and take the row/write lock); `values` are set on the row too."""
-        result = await conn.execute(
+        self,
+        conn: AsyncConnection,
+        execution_id: str,
+        token: int,
+        now: datetime,
+        *,
+        returning: bool = False,
+        **values: Any,
+    ) -> sa.Row[Any] | None:
+        """Check the fencing token (and take the row/write lock); `values` are set on the row too.
+
+        With `returning`, the updated row comes back from the same statement where the database can do
+        that (`UPDATE ... RETURNING`: PostgreSQL, SQLite 3.35+); None otherwise.
+        """
+        statement = (
             executions.update()
             .where(
                 executions.c.execution_id == execution_id,
@@ -652,8 +692,14 @@ class Store:
             )
             .values(updated_at=now, **values)
         )
-        if result.rowcount == 1:
-            return
+        if returning and conn.dialect.update_returning:
+            row = (await conn.execute(statement.returning(*executions.c))).first()
+            if row is not None:
+                return row
+        else:
+            result = await conn.execute(statement)
+            if result.rowcount == 1:
+                return None
         row = (
             await conn.execute(
                 sa.select(executions.c.fencing_token, executions.c.status).where(
@@ -670,6 +716,10 @@ class Store:
         raise InvalidState(f"execution {execution_id} is {row.status}")
 
     async def _write(self, conn: AsyncConnection, execution_id: str, batch: WriteBatch) -> None:
+        """The batch's rows (the caller's fencing UPDATE has already set the chain's head: `_head`)."""
+        if batch.whole_run:
+            await self._write_document(conn, execution_id, batch)
+            batch = WriteBatch(checkpoints=batch.checkpoints)
         stamp = _stamp_converter(conn)
         if batch.traces:
             latest = {trace.node_id: trace for trace in batch.traces}
@@ -740,17 +790,56 @@ class Store:
                     for p in batch.provenance
                 ],
             )
-            last = max(batch.provenance, key=lambda p: p.seq)
-            await conn.execute(
-                executions.update()
-                .where(executions.c.execution_id == execution_id)
-                .values(provenance_head=last.hash, provenance_length=last.seq)
+
+    async def _write_document(self, conn: AsyncConnection, execution_id: str, batch: WriteBatch) -> None:
+        """Store the run's traces and chain as one `run_documents` row (replacing the previous one)."""
+        values = {
+            "execution_id": execution_id,
+            "node_traces": _encode_document(
+                _DOCUMENT_TRACE_FIELDS,
+                [
+                    (
+                        t.node_id,
+                        t.agent_id,
+                        t.status,
+                        t.level,
+                        _epoch(t.started_at),
+                        _epoch(t.completed_at),
+                        t.duration_ms,
+                        t.attempt_count,
+                        t.error,
+                        t.input_hash,
+                        t.timeout_seconds,
+                    )
+                    for t in batch.traces
+                ],
+            ),
+            "provenance": _encode_document(
+                _DOCUMENT_PROVENANCE_FIELDS,
+                [
+                    (p.seq, p.node_id, p.input_hash, p.output_hash, p.status, p.prev_hash, p.hash)
+                    for p in batch.provenance
+                ],
+            ),
+            "written_at": self.clock.now(),
+        }
+        insert = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        statement = insert(run_documents).values(**values)
+        await conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=[run_documents.c.execution_id],
+                set_={name: statement.excluded[name] for name in ("node_traces", "provenance", "written_at")},
             )
+        )
 
     # -- reads of run data -------------------------------------------------------------------------
 
     async def get_traces(self, execution_id: str) -> dict[str, NodeTrace]:
+        """Stored node traces: the rows of a run with checkpoints, or the run document of one without."""
         async with self._tx("get traces") as conn:
+            document = await _read_document(conn, execution_id, run_documents.c.node_traces)
+            if document is not None:
+                return {trace.node_id: trace for trace in _document_traces(document)}
             rows = (
                 await conn.execute(
                     node_traces.select()
@@ -809,6 +898,9 @@ class Store:
             ).first()
             if head is None:
                 raise ExecutionNotFound(f"execution {execution_id!r} does not exist")
+            document = await _read_document(conn, execution_id, run_documents.c.provenance)
+            if document is not None:
+                return _document_chain(document), head.provenance_head, int(head.provenance_length)
             rows = (
                 await conn.execute(
                     provenance.select()
@@ -898,6 +990,78 @@ _PROVENANCE_COLUMNS = (
     "hash",
     "created_at",
 )
+
+
+def _head(batch: WriteBatch) -> dict[str, Any]:
+    """What the batch's provenance records make of the chain's head on the execution row."""
+    if not batch.provenance:
+        return {}
+    last = max(batch.provenance, key=lambda p: p.seq)
+    return {"provenance_head": last.hash, "provenance_length": last.seq}
+
+
+# A run document (`run_documents`) holds, per column, `{"fields": [...], "rows": [[...], ...]}`;
+# stamps are seconds since the epoch (UTC), which round-trip to the microsecond.
+_DOCUMENT_TRACE_FIELDS = (
+    "node_id",
+    "agent_id",
+    "status",
+    "level",
+    "started_at",
+    "completed_at",
+    "duration_ms",
+    "attempt_count",
+    "error",
+    "input_hash",
+    "timeout_seconds",
+)
+_DOCUMENT_PROVENANCE_FIELDS = ("seq", "node_id", "input_hash", "output_hash", "status", "prev_hash", "hash")
+_DOCUMENT_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def _encode_document(fields: Sequence[str], rows: list[tuple[Any, ...]]) -> str:
+    return _DOCUMENT_ENCODER.encode({"fields": fields, "rows": rows})
+
+
+def _epoch(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).timestamp()
+
+
+def _stamp_from_epoch(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+async def _read_document(conn: AsyncConnection, execution_id: str, column: sa.Column[Any]) -> Any:
+    """One column of the execution's run document, decoded; None when the run has none."""
+    text = (
+        await conn.execute(sa.select(column).where(run_documents.c.execution_id == execution_id))
+    ).scalar()
+    return None if text is None else json.loads(text)
+
+
+def _document_rows(document: Any, fields: Sequence[str]) -> list[dict[str, Any]]:
+    if not isinstance(document, dict) or list(document.get("fields", ())) != list(fields):
+        raise StoreError(
+            f"run document has fields {document.get('fields') if isinstance(document, dict) else None}, "
+            f"expected {list(fields)}"
+        )
+    return [dict(zip(fields, row, strict=True)) for row in document["rows"]]
+
+
+def _document_traces(document: Any) -> list[NodeTrace]:
+    traces = []
+    for row in _document_rows(document, _DOCUMENT_TRACE_FIELDS):
+        row["started_at"] = _stamp_from_epoch(row["started_at"])
+        row["completed_at"] = _stamp_from_epoch(row["completed_at"])
+        traces.append(NodeTrace(**row))
+    traces.sort(key=lambda t: (t.level, t.node_id))
+    return traces
+
+
+def _document_chain(document: Any) -> list[ProvenanceEntry]:
+    return [ProvenanceEntry(**row) for row in _document_rows(document, _DOCUMENT_PROVENANCE_FIELDS)]
 
 
 def _keep(value: datetime | None) -> datetime | None:

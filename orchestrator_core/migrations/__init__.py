@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from orchestrator_core.migrations import m0001_initial, m0002_limit_overrides
+from orchestrator_core.migrations import m0001_initial, m0002_limit_overrides, m0003_run_documents
 from orchestrator_core.migrations.types import UTCDateTime
 
 Migration = tuple[int, str, Callable[[Connection], None]]
@@ -29,6 +29,7 @@ Migration = tuple[int, str, Callable[[Connection], None]]
 MIGRATIONS: list[Migration] = [
     (1, "initial schema", m0001_initial.upgrade),
     (2, "live limit overrides shared by replicas", m0002_limit_overrides.upgrade),
+    (3, "node traces and chain of a run without checkpoints as one document", m0003_run_documents.upgrade),
 ]
 
 # An arbitrary constant: the key of the PostgreSQL advisory lock that serialises migrations.
