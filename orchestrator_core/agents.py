@@ -157,11 +157,16 @@ class AgentRegistry:
         except KeyError:
             raise AgentNotFound(f"agent {agent_id!r} is not registered") from None
 
-    async def invoke(self, ctx: AgentContext) -> Any:
-        """Run one attempt of `ctx.agent_id` in the current task (so cancelling the task cancels it)."""
+    async def invoke(self, ctx: AgentContext, task: asyncio.Task[Any] | None = None) -> Any:
+        """Run one attempt of `ctx.agent_id` in the current task (so cancelling the task cancels it).
+
+        `task` is the current task when the caller already knows it (the executor does; it saves a
+        lookup per attempt). It is what `restart` cancels, so it must be the task running this call.
+        """
         worker = self._worker(ctx.agent_id)
         ctx.state = worker.state
-        task = asyncio.current_task()
+        if task is None:
+            task = asyncio.current_task()
         if task is None:  # pragma: no cover - always inside a task under asyncio
             return await worker.fn(ctx)
         attempt = _Attempt(task, ctx.execution_id, ctx.node_id)

@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from json.encoder import encode_basestring as _string
 from typing import Any
 
 from orchestrator_core.agents import AgentContext, AgentRegistry
@@ -74,21 +75,44 @@ FAILED_NODE_STATUSES = frozenset({"failed", "timed_out"})
 TERMINAL_NODE_STATUSES = frozenset({"completed", "failed", "skipped", "timed_out", "cancelled"})
 
 
-_LEVELS_CACHE_SIZE = 256
-_levels_cache: dict[int, tuple[DagDefinition, list[list[str]]]] = {}
+_PLAN_CACHE_SIZE = 256
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What every run of one DAG version shares: its levels, and per node the parts of the node's
+    input-hash document that do not change from run to run (see `Executor._input_hash`)."""
+
+    dag: DagDefinition
+    levels: list[list[str]]
+    hash_parts: dict[str, tuple[str, str, list[tuple[str, str]]]]
+
+
+_plans: dict[int, _Plan] = {}
+
+
+def _plan(dag: DagDefinition) -> _Plan:
+    """The plan of a DAG object, computed once (definitions are frozen, and the store hands out one
+    cached object per version). The cache holds the DAG itself, so an id is never reused while cached."""
+    plan = _plans.get(id(dag))
+    if plan is None or plan.dag is not dag:
+        if len(_plans) >= _PLAN_CACHE_SIZE:
+            _plans.pop(next(iter(_plans)))
+        hash_parts = {
+            node_id: (
+                '{"agent_id":' + canonical_json(node.agent_id) + ',"input":',
+                ',"params":' + canonical_json(node.params) + ',"upstream":{',
+                [(dep, _string(dep) + ":") for dep in sorted(node.depends_on)],
+            )
+            for node_id, node in dag.nodes.items()
+        }
+        plan = _plans[id(dag)] = _Plan(dag, dag.levels(), hash_parts)
+    return plan
 
 
 def plan_levels(dag: DagDefinition) -> list[list[str]]:
-    """`dag.levels()`, computed once per DAG object (definitions are frozen, and the store hands out
-    one cached object per version). The cache holds the DAG itself, so an id is never reused while
-    cached; callers get fresh lists."""
-    cached = _levels_cache.get(id(dag))
-    if cached is None or cached[0] is not dag:
-        if len(_levels_cache) >= _LEVELS_CACHE_SIZE:
-            _levels_cache.pop(next(iter(_levels_cache)))
-        cached = (dag, dag.levels())
-        _levels_cache[id(dag)] = cached
-    return [list(level) for level in cached[1]]
+    """`dag.levels()`, computed once per DAG object; callers get fresh lists."""
+    return [list(level) for level in _plan(dag).levels]
 
 
 class Slots:
@@ -242,6 +266,7 @@ class Executor:
         self.deterministic = record.options.deterministic_mode
         self.persist = record.options.checkpoint_enabled
         self.resumed = resumed
+        self._plan = _plan(dag)
         self.levels = plan_levels(dag)
         dag_limit = dag.max_parallel_nodes
 
@@ -262,7 +287,7 @@ class Executor:
         )
         self.input_data = record.input_data
         self._input_data_hash = sha256_hex(canonical_json(record.input_data))
-        self._hash_prefixes: dict[str, str] = {}
+        self._input_data_hash_json = _string(self._input_data_hash)
         self.chain = ChainBuilder(genesis_hash(dag.dag_id, record.input_data), provenance or [])
         self._finishing = False
         self.final_record: ExecutionRecord | None = None  # as stored by the final write, once it lands
@@ -464,7 +489,8 @@ class Executor:
         if len(to_run) == 1:
             # A level of one node runs in the execution's own task: no siblings to cancel, nothing
             # to wait for but the node (chains are levels of one).
-            await self._run_node(to_run[0])
+            assert self._task is not None
+            await self._run_node(to_run[0], self._task)
         elif to_run:
             await self._run_workers(to_run)
         # Every completed node of the level already waited for its checkpoint commit, so the level may
@@ -520,7 +546,7 @@ class Executor:
                 asyncio.get_running_loop().call_soon(level.check)
             self._node_tasks[node_id] = task
             try:
-                await self._run_node(node_id)
+                await self._run_node(node_id, task)
             finally:
                 self._node_tasks.pop(node_id, None)
 
@@ -564,11 +590,12 @@ class Executor:
 
     # -- one node ----------------------------------------------------------------------------------
 
-    async def _run_node(self, node_id: str) -> None:
+    async def _run_node(self, node_id: str, task: asyncio.Task[Any]) -> None:
+        """Run one node to its end (retries included) in `task`, the task this runs in."""
         state = self.states[node_id]
         node = state.node
         upstream = {dep: self.outputs.get(dep) for dep in node.depends_on}
-        state.input_hash = self._input_hash(node, upstream)
+        state.input_hash = self._input_hash(node)
         rng = None
         policy = node.retry_policy
         timeout = node.timeout_policy.timeout_seconds
@@ -591,7 +618,7 @@ class Executor:
                 else:
                     now = self.clock.now()
                 state.attempt_count = attempt
-                outcome, value, exc = await self._attempt(state, attempt, upstream, timeout, now)
+                outcome, value, exc = await self._attempt(state, attempt, upstream, timeout, now, task)
             finally:
                 self.slots.release()
             if exc is None:
@@ -632,25 +659,17 @@ class Executor:
             await self._failed(state, exc, outcome)
             return
 
-    def _input_hash(self, node: Node, upstream: dict[str, Any]) -> str:
-        """SHA-256 of the canonical JSON of {agent_id, params, input (the run input's hash), upstream}.
+    def _input_hash(self, node: Node) -> str:
+        """`input_hash(agent_id, run input hash, params, {dependency: its output hash})` (see there).
 
-        Everything but `upstream` is fixed for the run, so that part of the (sorted-key) document is
-        encoded once per node and run; the result is byte for byte `canonical_json` of the whole.
+        The parts of that (sorted-key) document that belong to the DAG version are encoded once per
+        version (`_Plan.hash_parts`); the result is byte for byte what `input_hash` gives. An upstream
+        output is never encoded again: its hash stands for it.
         """
-        prefix = self._hash_prefixes.get(node.node_id)
-        if prefix is None:
-            prefix = (
-                '{"agent_id":'
-                + canonical_json(node.agent_id)
-                + ',"input":'
-                + canonical_json(self._input_data_hash)
-                + ',"params":'
-                + canonical_json(node.params)
-                + ',"upstream":'
-            )
-            self._hash_prefixes[node.node_id] = prefix
-        return sha256_hex(prefix + canonical_json(upstream) + "}")
+        head, middle, keys = self._plan.hash_parts[node.node_id]
+        states = self.states
+        upstream = ",".join([key + _string(states[dep].output_hash or NO_OUTPUT_HASH) for dep, key in keys])
+        return sha256_hex(f"{head}{self._input_data_hash_json}{middle}{upstream}}}}}")
 
     async def _attempt(
         self,
@@ -659,6 +678,7 @@ class Executor:
         upstream: dict[str, Any],
         timeout_s: float | None,
         now: datetime,
+        task: asyncio.Task[Any],
     ) -> tuple[str, Any, BaseException | None]:
         node = state.node
         deadline = now + timedelta(seconds=timeout_s) if timeout_s is not None else None
@@ -687,11 +707,11 @@ class Executor:
         outcome = "completed"
         try:
             if timeout_s is None:
-                value = await self.registry.invoke(ctx)
+                value = await self.registry.invoke(ctx, task)
             else:
                 try:
                     async with asyncio.timeout(timeout_s) as scope:
-                        value = await self.registry.invoke(ctx)
+                        value = await self.registry.invoke(ctx, task)
                 except TimeoutError as timeout_exc:
                     if not scope.expired():
                         raise

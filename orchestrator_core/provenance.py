@@ -28,6 +28,25 @@ from orchestrator_core.store import canonical_json, sha256_hex
 NO_OUTPUT_HASH = sha256_hex("null")
 
 
+def input_hash(
+    agent_id: str, input_data_hash: str, params: Any, upstream_output_hashes: dict[str, str]
+) -> str:
+    """A node's `input_hash`: SHA-256 of the canonical JSON of its agent, the run input's hash, its
+    params, and the output hash of each dependency (`upstream`). Dependencies enter by the hash of
+    their output (what their provenance records carry), not by the output itself: the same inputs
+    give the same hash, and a large output is not encoded again for every node downstream of it."""
+    return sha256_hex(
+        canonical_json(
+            {
+                "agent_id": agent_id,
+                "input": input_data_hash,
+                "params": params,
+                "upstream": upstream_output_hashes,
+            }
+        )
+    )
+
+
 def genesis_hash(dag_id: str, input_data: Any) -> str:
     """The `prev_hash` of the first record of a run of `dag_id` on `input_data`."""
     return sha256_hex(
@@ -49,19 +68,9 @@ def record_hash(
         # The same canonical JSON as below (keys sorted, no spaces, `ensure_ascii=False` string
         # escaping), assembled directly: this runs once per node of every run.
         return sha256_hex(
-            '{"input_hash":'
-            + _string(input_hash)
-            + ',"node_id":'
-            + _string(node_id)
-            + ',"output_hash":'
-            + _string(output_hash)
-            + ',"prev_hash":'
-            + _string(prev_hash)
-            + ',"seq":'
-            + int.__repr__(seq)
-            + ',"status":'
-            + _string(status)
-            + "}"
+            f'{{"input_hash":{_string(input_hash)},"node_id":{_string(node_id)},'
+            f'"output_hash":{_string(output_hash)},"prev_hash":{_string(prev_hash)},'
+            f'"seq":{int.__repr__(seq)},"status":{_string(status)}}}'
         )
     return sha256_hex(
         canonical_json(
@@ -84,10 +93,11 @@ class ChainBuilder:
         self.genesis = genesis
         self.entries: list[ProvenanceEntry] = list(existing)
         self._recorded = {entry.node_id for entry in self.entries}
+        self._head = self.entries[-1].hash if self.entries else genesis
 
     @property
     def head(self) -> str:
-        return self.entries[-1].hash if self.entries else self.genesis
+        return self._head
 
     def recorded_nodes(self) -> set[str]:
         """Node ids that have at least one record (a live view; do not modify)."""
@@ -95,16 +105,9 @@ class ChainBuilder:
 
     def append(self, node_id: str, input_hash: str, output_hash: str, status: str) -> ProvenanceEntry:
         seq = len(self.entries) + 1
-        prev = self.head
-        entry = ProvenanceEntry(
-            seq=seq,
-            node_id=node_id,
-            input_hash=input_hash,
-            output_hash=output_hash,
-            status=status,
-            prev_hash=prev,
-            hash=record_hash(seq, node_id, input_hash, output_hash, status, prev),
-        )
+        prev = self._head
+        self._head = digest = record_hash(seq, node_id, input_hash, output_hash, status, prev)
+        entry = ProvenanceEntry(seq, node_id, input_hash, output_hash, status, prev, digest)
         self.entries.append(entry)
         self._recorded.add(node_id)
         return entry

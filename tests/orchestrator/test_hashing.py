@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator_core.provenance import record_hash
+from orchestrator_core.provenance import input_hash, record_hash
 from orchestrator_core.store import canonical_json, sha256_hex
+from tests.orchestrator.conftest import Harness
 
 ALPHABET = string.printable + '"\\\x00\x1f\u2028\u00e9\U0001f600'
 
@@ -47,3 +48,27 @@ def test_canonical_json_errors_are_unchanged() -> None:
     with pytest.raises(ValueError, match="Circular"):
         canonical_json(circular)
     assert canonical_json({"a": [1]}) == '{"a":[1]}'  # still fine after the errors
+
+
+async def test_node_input_hashes_follow_the_definition(harness: Harness) -> None:
+    """Each node's `input_hash` is `provenance.input_hash` of its agent, the run input's hash, its params
+    and its dependencies' output hashes, as recorded in the chain (the executor builds it faster)."""
+    dag = {
+        "dag_id": "hashes",
+        "nodes": {
+            "a": {"agent_id": "builtin.echo", "params": {"note": 'caf\u00e9 "q"', "n": [1, 2.5]}},
+            "b.1": {"agent_id": "builtin.echo", "depends_on": ["a"]},
+            "c-2": {"agent_id": "test.record", "depends_on": ["a"], "params": {"value": 3}},
+            "d": {"agent_id": "builtin.echo", "depends_on": ["c-2", "b.1", "a"]},
+        },
+    }
+    input_data = {"year": 2025, "\u00e9": None}
+    record = await harness.run(dag, input_data, checkpoint_enabled=False)
+    assert record.status == "completed"
+    trace = await harness.engine.get_trace(record.execution_id)
+    chain = {e.node_id: e for e in (await harness.engine.get_provenance(record.execution_id)).chain}
+    run_input = sha256_hex(canonical_json(input_data))
+    for node_id, node in dag["nodes"].items():
+        upstream = {dep: chain[dep].output_hash for dep in node.get("depends_on", [])}
+        expected = input_hash(node["agent_id"], run_input, node.get("params", {}), upstream)
+        assert trace.node_traces[node_id].input_hash == chain[node_id].input_hash == expected, node_id
