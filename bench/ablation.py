@@ -5,7 +5,7 @@ as bench/engine.py, with parts of the per-node contract switched off inside this
 
 Variants (each cumulative on the one before; the engine code on disk is never changed):
   contract       the engine as shipped (checkpoint_enabled=false)
-  - node rows    the final transaction writes no trace and no provenance rows (the run record only)
+  - node rows    the final transaction writes no run document (no traces, no chain: the run record only)
   - hashes       no input hash per node, no provenance record hash (constant strings instead)
   - chain        no provenance entries at all (levels are not sealed)
 
@@ -38,7 +38,7 @@ CONSTANT_HASH = "0" * 64
 
 
 def _no_hashes() -> None:
-    executor_module.Executor._input_hash = lambda self, node, upstream: CONSTANT_HASH  # type: ignore[method-assign]
+    executor_module.Executor._input_hash = lambda self, node: CONSTANT_HASH  # type: ignore[method-assign]
     provenance_module.record_hash = lambda *args: CONSTANT_HASH  # type: ignore[assignment]
 
 

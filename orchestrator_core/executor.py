@@ -85,6 +85,7 @@ class _Plan:
 
     dag: DagDefinition
     levels: list[list[str]]
+    dependencies: dict[str, frozenset[str]]
     hash_parts: dict[str, tuple[str, str, list[tuple[str, str]]]]
 
 
@@ -106,7 +107,8 @@ def _plan(dag: DagDefinition) -> _Plan:
             )
             for node_id, node in dag.nodes.items()
         }
-        plan = _plans[id(dag)] = _Plan(dag, dag.levels(), hash_parts)
+        dependencies = {node_id: frozenset(node.depends_on) for node_id, node in dag.nodes.items()}
+        plan = _plans[id(dag)] = _Plan(dag, dag.levels(), dependencies, hash_parts)
     return plan
 
 
@@ -296,7 +298,7 @@ class Executor:
         previous = previous_traces or {}
         for level_index, level in enumerate(self.levels):
             for node_id in level:
-                self.states[node_id] = _NodeState(node=dag.nodes[node_id], level=level_index)
+                self.states[node_id] = _NodeState(dag.nodes[node_id], level_index)
         self.skipped_from_checkpoint: list[str] = []
         for cp in checkpoints or []:
             if cp.status != "completed" or cp.node_id not in self.states:
@@ -470,22 +472,24 @@ class Executor:
     async def _run_level(self, level_index: int, level: list[str]) -> None:
         self._level_failed = False
         to_run: list[str] = []
+        outputs = self.outputs
+        dependencies = self._plan.dependencies
         for node_id in level:
             state = self.states[node_id]
-            if node_id in self.outputs and state.status == "completed":
+            if node_id in outputs and state.status == "completed":
                 continue
+            self._processed.add(node_id)
             # After the barrier every dependency is terminal; only completed nodes and nodes skipped
             # on timeout (`on_timeout=skip`, output None) have an entry in `outputs`.
-            blocked = [dep for dep in state.node.depends_on if dep not in self.outputs]
-            self._processed.add(node_id)
-            if blocked:
-                state.status = "skipped"
-                state.error = f"upstream {blocked[0]} did not complete ({self.states[blocked[0]].status})"
-                state.completed_at = self.clock.now()
-                if self.persist:
-                    self.writer.trace(state.snapshot())
+            if dependencies[node_id] <= outputs.keys():
+                to_run.append(node_id)
                 continue
-            to_run.append(node_id)
+            blocked = next(dep for dep in state.node.depends_on if dep not in outputs)
+            state.status = "skipped"
+            state.error = f"upstream {blocked} did not complete ({self.states[blocked].status})"
+            state.completed_at = self.clock.now()
+            if self.persist:
+                self.writer.trace(state.snapshot())
         if len(to_run) == 1:
             # A level of one node runs in the execution's own task: no siblings to cancel, nothing
             # to wait for but the node (chains are levels of one).

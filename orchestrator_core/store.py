@@ -524,15 +524,20 @@ class Store:
                 error=None,
                 updated_at=now,
             )
+        statement = executions.insert().values(**values)
         async with self._tx("create execution") as conn:
-            await conn.execute(executions.insert().values(**values))
             if claim is None:
+                await conn.execute(statement)
                 return record
-            row = (
-                await conn.execute(
-                    executions.select().where(executions.c.execution_id == record.execution_id)
-                )
-            ).first()
+            if conn.dialect.insert_returning:  # the stored row from the INSERT itself
+                row = (await conn.execute(statement.returning(*executions.c))).first()
+            else:
+                await conn.execute(statement)
+                row = (
+                    await conn.execute(
+                        executions.select().where(executions.c.execution_id == record.execution_id)
+                    )
+                ).first()
         assert row is not None
         return _execution(row)
 
@@ -996,7 +1001,8 @@ def _head(batch: WriteBatch) -> dict[str, Any]:
     """What the batch's provenance records make of the chain's head on the execution row."""
     if not batch.provenance:
         return {}
-    last = max(batch.provenance, key=lambda p: p.seq)
+    # A whole run's chain is in seq order; queued records may not be.
+    last = batch.provenance[-1] if batch.whole_run else max(batch.provenance, key=lambda p: p.seq)
     return {"provenance_head": last.hash, "provenance_length": last.seq}
 
 
