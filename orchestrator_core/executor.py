@@ -218,7 +218,6 @@ class _Level:
         self.workers: list[asyncio.Task[None]] = []
         self.unstarted = 0  # workers created that have not taken their first node yet
         self.check_scheduled = False
-        executor._level = self
 
     def spawn(self, count: int) -> None:
         loop = asyncio.get_running_loop()
@@ -513,7 +512,7 @@ class Executor:
         worker per node still queued: from then on every waiting node has a task, as if each node had
         been started in its own task, and `Slots` keeps at most the limit running.
         """
-        level = _Level(self, to_run)
+        self._level = level = _Level(self, to_run)
         level.spawn(1)
         results: list[BaseException | None] = []
         finished = 0
@@ -664,7 +663,7 @@ class Executor:
             return
 
     def _input_hash(self, node: Node) -> str:
-        """`input_hash(agent_id, run input hash, params, {dependency: its output hash})` (see there).
+        """`provenance.input_hash(agent_id, run input hash, params, {dependency: its output hash})`.
 
         The parts of that (sorted-key) document that belong to the DAG version are encoded once per
         version (`_Plan.hash_parts`); the result is byte for byte what `input_hash` gives. An upstream

@@ -297,6 +297,12 @@ class Store:
         store = cls(engine, timeout_seconds=timeout_seconds, clock=clock)
         try:
             await store.migrate()
+            if not (engine.dialect.insert_returning and engine.dialect.update_returning):
+                version = ".".join(map(str, engine.dialect.server_version_info or ()))
+                raise StoreError(
+                    f"{engine.dialect.name} {version} cannot return rows from INSERT/UPDATE; "
+                    "SQLite 3.35 or newer (or PostgreSQL) is required"
+                )
         except BaseException:
             await engine.dispose()
             raise
@@ -529,15 +535,7 @@ class Store:
             if claim is None:
                 await conn.execute(statement)
                 return record
-            if conn.dialect.insert_returning:  # the stored row from the INSERT itself
-                row = (await conn.execute(statement.returning(*executions.c))).first()
-            else:
-                await conn.execute(statement)
-                row = (
-                    await conn.execute(
-                        executions.select().where(executions.c.execution_id == record.execution_id)
-                    )
-                ).first()
+            row = (await conn.execute(statement.returning(*executions.c))).first()  # as stored
         assert row is not None
         return _execution(row)
 
@@ -635,8 +633,7 @@ class Store:
             )
             if batch:
                 await self._write(conn, execution_id, batch)
-            if row is None:
-                return await _read_execution(conn, execution_id)
+        assert row is not None  # a fenced-out UPDATE raised
         return _execution(row)
 
     async def set_status(
@@ -685,8 +682,7 @@ class Store:
     ) -> sa.Row[Any] | None:
         """Check the fencing token (and take the row/write lock); `values` are set on the row too.
 
-        With `returning`, the updated row comes back from the same statement where the database can do
-        that (`UPDATE ... RETURNING`: PostgreSQL, SQLite 3.35+); None otherwise.
+        With `returning`, the updated row comes back from the same statement (`UPDATE ... RETURNING`).
         """
         statement = (
             executions.update()
@@ -697,7 +693,7 @@ class Store:
             )
             .values(updated_at=now, **values)
         )
-        if returning and conn.dialect.update_returning:
+        if returning:
             row = (await conn.execute(statement.returning(*executions.c))).first()
             if row is not None:
                 return row

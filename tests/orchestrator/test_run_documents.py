@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 
 from orchestrator_core import migrations
 from orchestrator_core.dag import DagDefinition
@@ -218,3 +219,11 @@ async def test_a_store_at_schema_2_is_upgraded_and_its_row_based_runs_still_read
         assert await store.get_traces("e1") == {"a": trace}
     finally:
         await store.close()
+
+
+async def test_a_sqlite_without_returning_is_refused_at_open(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(SQLiteDialect_aiosqlite, "update_returning", False)  # what SQLite < 3.35 reports
+    with pytest.raises(StoreError, match=r"SQLite 3\.35 or newer"):
+        await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'old.db'}")
