@@ -1005,20 +1005,9 @@ def _head(batch: WriteBatch) -> dict[str, Any]:
 # A run document (`run_documents`) holds, per column, `{"fields": [...], "rows": [[...], ...]}`.
 # Stamps are integer microseconds since the epoch (UTC) and `duration_ms` is integer microseconds too:
 # exact to the microsecond, and integers encode several times faster than floats.
-_DOCUMENT_TRACE_FIELDS = (
-    "node_id",
-    "agent_id",
-    "status",
-    "level",
-    "started_at",
-    "completed_at",
-    "duration_ms",
-    "attempt_count",
-    "error",
-    "input_hash",
-    "timeout_seconds",
-)
-_DOCUMENT_PROVENANCE_FIELDS = ("seq", "node_id", "input_hash", "output_hash", "status", "prev_hash", "hash")
+# The fields are the row tables' columns without `execution_id` (and the records' `created_at`).
+_DOCUMENT_TRACE_FIELDS = _TRACE_COLUMNS[1:]
+_DOCUMENT_PROVENANCE_FIELDS = _PROVENANCE_COLUMNS[1:-1]
 _DOCUMENT_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
