@@ -360,11 +360,14 @@ async def test_cancel_of_a_queued_execution(harness: Harness) -> None:
     assert cancelled.status == "cancelled"
 
 
-async def test_agent_restart_fails_the_attempt_retryably_and_the_retry_completes(harness: Harness) -> None:
-    dag = {
-        "dag_id": "restart",
-        "nodes": {"wedged": node("test.gate", retry_policy={"max_retries": 2, "base_delay": 0.5})},
-    }
+@pytest.mark.parametrize("siblings", [False, True], ids=["alone-in-its-level", "in-a-level-run-by-workers"])
+async def test_agent_restart_fails_the_attempt_retryably_and_the_retry_completes(
+    harness: Harness, siblings: bool
+) -> None:
+    nodes = {"wedged": node("test.gate", retry_policy={"max_retries": 2, "base_delay": 0.5})}
+    if siblings:  # run before and after it in the same worker, which must go on after the restart
+        nodes |= {"a": node("builtin.echo"), "z": node("builtin.echo")}
+    dag = {"dag_id": "restart", "nodes": nodes}
     await harness.engine.register_dag(dag)
     record = await harness.engine.execute("restart")
     await wait_until(lambda: harness.calls.count("wedged") == 1)
@@ -375,7 +378,10 @@ async def test_agent_restart_fails_the_attempt_retryably_and_the_retry_completes
     assert final.status == "completed"
     traces = await harness.trace(record.execution_id)
     assert traces["wedged"]["attempt_count"] == 2
-    outcomes = [e.outcome for e in harness.observer.of_type(NodeAttemptEvent) if e.outcome]
+    assert {t["status"] for t in traces.values()} == {"completed"}
+    outcomes = [
+        e.outcome for e in harness.observer.of_type(NodeAttemptEvent) if e.outcome and e.node_id == "wedged"
+    ]
     assert outcomes == ["restarted", "completed"]
     assert harness.clock.sleeps == [0.5]
 
