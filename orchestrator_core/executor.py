@@ -268,7 +268,7 @@ class Executor:
         self.persist = record.options.checkpoint_enabled
         self.resumed = resumed
         self._plan = _plan(dag)
-        self.levels = plan_levels(dag)
+        self.levels = [list(level) for level in self._plan.levels]
         dag_limit = dag.max_parallel_nodes
 
         def limit() -> int:

@@ -28,23 +28,14 @@ from orchestrator_core.store import canonical_json, sha256_hex
 NO_OUTPUT_HASH = sha256_hex("null")
 
 
-def input_hash(
-    agent_id: str, input_data_hash: str, params: Any, upstream_output_hashes: dict[str, str]
-) -> str:
+def input_hash(agent_id: str, input_data_hash: str, params: Any, upstream: dict[str, str]) -> str:
     """A node's `input_hash`: SHA-256 of the canonical JSON of its agent, the run input's hash, its
-    params, and the output hash of each dependency (`upstream`). Dependencies enter by the hash of
-    their output (what their provenance records carry), not by the output itself: the same inputs
-    give the same hash, and a large output is not encoded again for every node downstream of it."""
-    return sha256_hex(
-        canonical_json(
-            {
-                "agent_id": agent_id,
-                "input": input_data_hash,
-                "params": params,
-                "upstream": upstream_output_hashes,
-            }
-        )
-    )
+    params, and the output hash of each dependency (`upstream`: node id → output hash). Dependencies
+    enter by the hash of their output (what their provenance records carry), not by the output itself:
+    the same inputs give the same hash, and a large output is not encoded again for every node
+    downstream of it."""
+    document = {"agent_id": agent_id, "input": input_data_hash, "params": params, "upstream": upstream}
+    return sha256_hex(canonical_json(document))
 
 
 def genesis_hash(dag_id: str, input_data: Any) -> str:
