@@ -16,6 +16,7 @@ import asyncpg
 from orchestrator_core.engine import Engine
 from orchestrator_core.events import CheckpointEvent, LogEvent, RecordingObserver
 from orchestrator_core.settings import OrchestratorSettings
+from orchestrator_core.store import Store
 from tests.orchestrator.conftest import Calls, FakeClock, make_registry, wait_until
 
 
@@ -46,9 +47,11 @@ async def database_write_lock(database_url: str) -> AsyncIterator[None]:
 async def test_failed_checkpoint_save_is_retried_counted_and_blocks_progress(database_url: str) -> None:
     calls = Calls()
     observer = RecordingObserver()
+    # Migrate first: on a loaded machine the migrations alone can take longer than the 0.3 s below.
+    await (await Store.open(database_url)).close()
     settings = OrchestratorSettings(
         database_url=database_url,
-        db_timeout_seconds=0.3,
+        db_timeout_seconds=0.3,  # a blocked write gives up quickly (and is retried)
         checkpoint_retry_base_delay=0.01,
         checkpoint_retry_max_delay=0.02,
     )

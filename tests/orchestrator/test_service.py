@@ -289,8 +289,10 @@ async def test_shutdown_lets_an_ended_runs_admission_pass_end_before_closing_the
     """After its run ends, a supervisor leaves the owned runs and admits the next queued run (a store
     transaction). Shutdown must end that pass before it closes the store: a connection returned to the
     disposed pool is never closed (CI saw it as an unclosed aiosqlite connection in a later test)."""
-    settings = make_settings(sqlite_url, db_timeout_seconds=0.2)
-    service = await OrchestratorService.open(settings, registry=make_registry(gates))
+    service = await OrchestratorService.open(make_settings(sqlite_url), registry=make_registry(gates))
+    # Shutdown waits at most db_timeout_seconds for supervisors; short here, but only once the store is
+    # open (its migrations on a loaded machine may take longer than that).
+    monkeypatch.setattr(service.settings, "db_timeout_seconds", 0.2)
     order: list[str] = []
     in_admission = asyncio.Event()
 
