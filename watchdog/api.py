@@ -187,11 +187,21 @@ async def _read_json_body(request: web.Request) -> bytes:
 
 
 async def post_alerts(request: web.Request) -> web.Response:
-    """Alertmanager webhook: validate everything, apply, answer once durably written."""
+    """Alertmanager webhook: validate everything, apply the valid alerts, answer once durably written."""
     body = await _read_json_body(request)
-    payload = parse_payload(body)
-    outcomes = await _wd(request).intake.handle(payload)
-    return web.json_response({"status": "ok", "alerts": [o.as_json() for o in outcomes]})
+    parsed = parse_payload(body)
+    wd = _wd(request)
+    for rejection in parsed.rejected:
+        wd.metrics.alerts_rejected.inc()
+        log.warning("alert rejected, the rest of its payload applied: %s", rejection.problem)
+    outcomes = await wd.intake.handle(parsed.payload)
+    return web.json_response(
+        {
+            "status": "partial" if parsed.rejected else "ok",
+            "alerts": [o.as_json() for o in outcomes],
+            "rejected": [r.as_json() for r in parsed.rejected],
+        }
+    )
 
 
 async def list_incidents(request: web.Request) -> web.Response:

@@ -16,7 +16,11 @@ Per alert:
   remediating/verifying); an incident that has acted is left to the remediation loop, with an audit
   note. A resolved alert never opens an incident and never triggers anything.
 
-Validation happens for the whole payload before anything is written, so bad input changes nothing.
+Validation happens for the whole payload before anything is written. A payload that is not a valid
+webhook, or whose alerts are all invalid, is refused (4xx) and changes nothing. Alertmanager does not
+retry a 4xx and re-sends a group unchanged, so one invalid alert must not cost the valid alerts of its
+group their incidents: those are applied, and the invalid ones are named in the answer (`rejected`),
+logged and counted (`gl_watchdog_alerts_rejected_total`).
 """
 
 from __future__ import annotations
@@ -112,18 +116,48 @@ class AmWebhook(BaseModel):
     alerts: list[AmAlert]
 
 
-def describe_validation(exc: ValidationError) -> str:
+class _AmEnvelope(AmWebhook):
+    """The payload around its alerts, each alert still unvalidated (see `parse_payload`)."""
+
+    alerts: list[Any]
+
+
+@dataclass(frozen=True)
+class RejectedAlert:
+    """An alert of a payload that failed validation: where it was and what is wrong with it."""
+
+    index: int
+    problem: str
+
+    def as_json(self) -> dict[str, Any]:
+        """The rejection as the API answers it."""
+        return {"index": self.index, "problem": self.problem}
+
+
+@dataclass(frozen=True)
+class ParsedWebhook:
+    """A validated payload (`payload.alerts` holds the valid alerts) and the alerts it rejected."""
+
+    payload: AmWebhook
+    rejected: list[RejectedAlert]
+
+
+def describe_validation(exc: ValidationError, prefix: str = "") -> str:
     """Every problem of a validation error, each prefixed with where it is in the payload."""
     parts = []
     for error in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in error["loc"]) or "body"
+        where = ".".join([prefix, *map(str, error["loc"])] if prefix else map(str, error["loc"])) or "body"
         message = error["msg"].removeprefix("Value error, ")
         parts.append(f"{where}: {message}")
     return "; ".join(parts)
 
 
-def parse_payload(body: bytes) -> AmWebhook:
-    """Parse and validate a webhook body; IntakeError(400/422) naming the problem otherwise."""
+def parse_payload(body: bytes) -> ParsedWebhook:
+    """Parse and validate a webhook body, each alert on its own (see the module docstring).
+
+    IntakeError(400/422) naming the problem when the body is not a valid payload or every alert in it
+    is invalid.
+    """
     try:
         data: Any = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -137,9 +171,23 @@ def parse_payload(body: bytes) -> AmWebhook:
             f"webhook payload version {data['version']!r} is not supported; expected version '4'",
         )
     try:
-        return AmWebhook.model_validate(data)
+        envelope = _AmEnvelope.model_validate(data)
     except ValidationError as exc:
         raise IntakeError(422, "invalid_payload", describe_validation(exc)) from exc
+    alerts: list[AmAlert] = []
+    rejected: list[RejectedAlert] = []
+    for index, raw in enumerate(envelope.alerts):
+        try:
+            alerts.append(AmAlert.model_validate(raw))
+        except ValidationError as exc:
+            rejected.append(RejectedAlert(index, describe_validation(exc, prefix=f"alerts.{index}")))
+    if rejected and not alerts:
+        raise IntakeError(422, "invalid_payload", "; ".join(r.problem for r in rejected))
+    payload = AmWebhook.model_construct(
+        **{name: getattr(envelope, name) for name in AmWebhook.model_fields if name != "alerts"},
+        alerts=alerts,
+    )
+    return ParsedWebhook(payload, rejected)
 
 
 # -- handling ---------------------------------------------------------------------------------------

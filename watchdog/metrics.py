@@ -19,6 +19,7 @@ from prometheus_client import (
 
 from watchdog.constants import (
     W_ALERTS_RECEIVED,
+    W_ALERTS_REJECTED,
     W_APPROVALS,
     W_DIAGNOSES,
     W_DIAGNOSIS_DURATION,
@@ -45,6 +46,11 @@ class WatchdogMetrics:
             W_ALERTS_RECEIVED,
             "Alertmanager alerts received, by alert name and status",
             ["alertname", "status"],
+            registry=r,
+        )
+        self.alerts_rejected = Counter(
+            W_ALERTS_REJECTED,
+            "Alerts of a webhook payload that failed validation (the rest of the payload was applied)",
             registry=r,
         )
         self.incidents_opened = Counter(

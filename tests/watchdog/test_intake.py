@@ -288,12 +288,40 @@ async def test_missing_labels_is_422_and_names_the_field(
     await _refused(
         api_client,
         watchdog_app,
-        json.dumps(payload(alert(fingerprint="ok"), bad)).encode(),
+        json.dumps(payload(bad)).encode(),
         headers=JSON_AUTH,
         status=422,
         error="invalid_payload",
-        says="alerts.1.labels",
+        says="alerts.0.labels",
     )
+
+
+async def test_an_invalid_alert_does_not_cost_its_group_the_valid_ones(
+    api_client: Client, watchdog_app: WatchdogApp
+) -> None:
+    # Alertmanager does not retry a 4xx and re-sends the group as it is: refusing the whole payload
+    # would keep exec-2's incident from ever being opened by its alert.
+    no_labels = alert()
+    del no_labels["labels"]
+    no_execution = alert(fingerprint="fp-no-execution")
+    del no_execution["labels"]["execution_id"]
+    status, body = await post(
+        api_client, payload(no_labels, alert("exec-2", fingerprint="fp-exec-2"), no_execution)
+    )
+    assert status == 200, body
+    assert body["status"] == "partial"
+    assert [(a["execution_id"], a["outcome"]) for a in body["alerts"]] == [("exec-2", "opened")]
+    assert body["rejected"] == [
+        {"index": 0, "problem": "alerts.0.labels: Field required"},
+        {
+            "index": 2,
+            "problem": "alerts.2: an OrchestratorExecutionTimeout alert must carry a non-empty "
+            "'execution_id' label",
+        },
+    ]
+    assert [i.execution_id for i in await watchdog_app.store.list_incidents()] == ["exec-2"]
+    metrics = await (await api_client.get("/metrics")).text()
+    assert "gl_watchdog_alerts_rejected_total 2.0" in metrics
 
 
 async def test_missing_execution_id_label_is_422(api_client: Client, watchdog_app: WatchdogApp) -> None:

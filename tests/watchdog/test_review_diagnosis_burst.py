@@ -66,7 +66,7 @@ async def test_a_burst_of_alerts_is_diagnosed_a_few_at_a_time(
         settings, diagnose=diagnose, clock=lambda: datetime(2026, 3, 1, 12, tzinfo=UTC)
     )
     try:
-        outcomes = await wd.intake.handle(parse_payload(_burst(6)))
+        outcomes = await wd.intake.handle(parse_payload(_burst(6)).payload)
         assert [o.outcome for o in outcomes] == ["opened"] * 6
         async with asyncio.timeout(10), diagnose.entered:
             await diagnose.entered.wait_for(lambda: len(diagnose.calls) >= 2)
