@@ -66,6 +66,17 @@ log = logging.getLogger(__name__)
 
 metadata = sa.MetaData()
 
+
+def _execution_key() -> sa.Column[str]:
+    """The `execution_id` key column of a table of one execution's data (deleted with the execution)."""
+    return sa.Column(
+        "execution_id",
+        sa.String(64),
+        sa.ForeignKey("executions.execution_id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+
+
 dags = sa.Table(
     "dags",
     metadata,
@@ -100,12 +111,7 @@ executions = sa.Table(
 node_traces = sa.Table(
     "node_traces",
     metadata,
-    sa.Column(
-        "execution_id",
-        sa.String(64),
-        sa.ForeignKey("executions.execution_id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    _execution_key(),
     sa.Column("node_id", sa.String(128), primary_key=True),
     sa.Column("agent_id", sa.String(128), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
@@ -122,12 +128,7 @@ node_traces = sa.Table(
 checkpoints = sa.Table(
     "checkpoints",
     metadata,
-    sa.Column(
-        "execution_id",
-        sa.String(64),
-        sa.ForeignKey("executions.execution_id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    _execution_key(),
     sa.Column("node_id", sa.String(128), primary_key=True),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("output", sa.Text, nullable=False),
@@ -139,12 +140,7 @@ checkpoints = sa.Table(
 provenance = sa.Table(
     "provenance",
     metadata,
-    sa.Column(
-        "execution_id",
-        sa.String(64),
-        sa.ForeignKey("executions.execution_id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    _execution_key(),
     sa.Column("seq", sa.Integer, primary_key=True),
     sa.Column("node_id", sa.String(128), nullable=False),
     sa.Column("input_hash", sa.String(64), nullable=False),
@@ -158,12 +154,7 @@ provenance = sa.Table(
 run_documents = sa.Table(
     "run_documents",
     metadata,
-    sa.Column(
-        "execution_id",
-        sa.String(64),
-        sa.ForeignKey("executions.execution_id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    _execution_key(),
     sa.Column("node_traces", sa.Text, nullable=False),
     sa.Column("provenance", sa.Text, nullable=False),
     sa.Column("written_at", UTCDateTime, nullable=False),
