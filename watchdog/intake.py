@@ -146,7 +146,7 @@ def describe_validation(exc: ValidationError, prefix: str = "") -> str:
     """Every problem of a validation error, each prefixed with where it is in the payload."""
     parts = []
     for error in exc.errors(include_url=False):
-        where = ".".join([prefix, *map(str, error["loc"])] if prefix else map(str, error["loc"])) or "body"
+        where = ".".join(part for part in (prefix, *map(str, error["loc"])) if part) or "body"
         message = error["msg"].removeprefix("Value error, ")
         parts.append(f"{where}: {message}")
     return "; ".join(parts)
