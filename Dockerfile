@@ -4,6 +4,7 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY gl_common ./gl_common
 COPY orchestrator_core ./orchestrator_core
 COPY watchdog ./watchdog
 COPY playbooks ./playbooks

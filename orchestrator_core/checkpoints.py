@@ -21,9 +21,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from gl_common.clock import Clock
 from orchestrator_core.errors import InvalidState, StaleFencingToken, StoreError
 from orchestrator_core.events import CheckpointEvent, EngineObserver, LogEvent
-from orchestrator_core.policies import Clock, backoff_delay
+from orchestrator_core.policies import backoff_delay
 from orchestrator_core.records import CheckpointRecord, NodeTrace, ProvenanceEntry
 from orchestrator_core.store import Store, TraceFields, WriteBatch
 

@@ -51,6 +51,7 @@ import uuid
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from gl_common.clock import Clock, SystemClock
 from orchestrator_core.agents import AgentRegistry
 from orchestrator_core.dag import DagDefinition, deep_merge
 from orchestrator_core.errors import DagValidationError, InvalidState, StoreError
@@ -67,7 +68,6 @@ from orchestrator_core.events import (
     SafeObserver,
 )
 from orchestrator_core.executor import Executor, plan_levels
-from orchestrator_core.policies import Clock, SystemClock
 from orchestrator_core.provenance import genesis_hash, verify
 from orchestrator_core.records import (
     RESUMABLE_STATUSES,

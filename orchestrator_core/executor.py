@@ -39,6 +39,7 @@ from datetime import datetime, timedelta
 from json.encoder import encode_basestring as _string
 from typing import Any
 
+from gl_common.clock import Clock
 from orchestrator_core.agents import AgentContext, AgentRegistry
 from orchestrator_core.checkpoints import RunWriter
 from orchestrator_core.dag import DagDefinition, Node
@@ -59,7 +60,6 @@ from orchestrator_core.events import (
     RetryEvent,
 )
 from orchestrator_core.policies import (
-    Clock,
     backoff_delay,
     describe_error,
     is_retryable,

@@ -1,9 +1,10 @@
-"""Retry and timeout policy arithmetic, seeded jitter, and the injectable clock.
+"""Retry and timeout policy arithmetic and seeded jitter.
 
 Where it sits: `executor.py` asks `retry_delay` how long to wait before the next attempt and
 `is_retryable` whether an exception may be retried; `checkpoints.py` uses `backoff_delay` for failed
-checkpoint saves. Time comes from a `Clock` (`SystemClock` in production; tests pass a fake one whose
-`sleep` returns at once and records the delay), so ten-second backoffs are tested in microseconds.
+checkpoint saves. Sleeps go through the injected
+`gl_common.clock.Clock` (tests pass a fake one whose `sleep` returns at once and records the delay),
+so ten-second backoffs are tested in microseconds.
 
 Delays (attempt n = the attempt that just failed, 1-based), capped at `max_delay`:
 `exponential` base_delay * 2**(n-1); `linear` base_delay * n; `fixed` base_delay. With `jitter` the
@@ -14,38 +15,11 @@ waits exactly as long as the original.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import random
-import time
-from datetime import UTC, datetime
-from typing import Protocol
 
 from orchestrator_core.dag import RetryPolicy
 from orchestrator_core.errors import NodeTimeout, RetryableAgentError
-
-
-class Clock(Protocol):
-    """Wall clock for timestamps, monotonic clock for durations, and sleep."""
-
-    def now(self) -> datetime: ...
-
-    def monotonic(self) -> float: ...
-
-    async def sleep(self, seconds: float) -> None: ...
-
-
-class SystemClock:
-    """The real clocks."""
-
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
 
 
 def jitter_rng(execution_id: str, node_id: str, deterministic: bool) -> random.Random:

@@ -38,6 +38,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from gl_common.clock import Clock, SystemClock
 from orchestrator_core import migrations
 from orchestrator_core.dag import DagDefinition
 from orchestrator_core.errors import (
@@ -49,7 +50,6 @@ from orchestrator_core.errors import (
     StoreError,
 )
 from orchestrator_core.migrations.types import UTCDateTime
-from orchestrator_core.policies import Clock, SystemClock
 from orchestrator_core.records import (
     CheckpointRecord,
     ExecutionOptions,
