@@ -486,6 +486,7 @@ class Database:
         self.url = url  # SQLAlchemy URL, as the service's setting
         self.sqlite_path = sqlite_path
         self.dsn = dsn  # asyncpg DSN (PostgreSQL)
+        self.last_query_seconds = 0.0  # of the last `fetch`, the statement alone (no connecting)
 
     @property
     def kind(self) -> str:
@@ -499,14 +500,20 @@ class Database:
 
         conn = await asyncpg.connect(self.dsn, timeout=10)
         try:
-            return [tuple(row) for row in await conn.fetch(sql, timeout=120)]
+            started = time.perf_counter()
+            rows = [tuple(row) for row in await conn.fetch(sql, timeout=120)]
+            self.last_query_seconds = time.perf_counter() - started
+            return rows
         finally:
             await conn.close()
 
     def _sqlite_fetch(self, sql: str) -> list[tuple[Any, ...]]:
         conn = sqlite3.connect(f"file:{self.sqlite_path}?mode=ro", uri=True, timeout=30)
         try:
-            return list(conn.execute(sql).fetchall())
+            started = time.perf_counter()
+            rows = list(conn.execute(sql).fetchall())
+            self.last_query_seconds = time.perf_counter() - started
+            return rows
         finally:
             conn.close()
 
