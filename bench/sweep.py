@@ -23,9 +23,9 @@ Timed: `sweep_once()` of a watchdog built in this process with its top-level bui
 (`WatchdogApp.build`; `for_duration_seconds=0`, so a run over its timeout fires at once; diagnoses of
 the incidents it opens are parked until the timing is done) — `--repeat` times; then `gl-watchdog
 sweep` as a process (start-up, the sweep, and the diagnoses it waits for). References in the same
-run: one `GET .../executions?status=running&limit=5000` (the API's maximum page), and a bare SQL
-select of every running row (the statement alone, not connecting) with the over-timeout test done in
-Python.
+run, best of `--repeat`: `GET .../executions?status=running&limit=5000` (the API's largest page),
+and a bare SQL select of every running row (the statement alone, not connecting) with the
+over-timeout test done in Python.
 
 Prints a table and writes JSON to bench/results/. Every process it starts is stopped when it exits.
 """
@@ -233,8 +233,7 @@ def found(report: dict[str, Any], stuck: list[str]) -> dict[str, Any]:
         "result": report.get("result"),
         "error": report.get("error"),
         "firing": len(firing),
-        "stuck_found": len(firing & set(stuck)),
-        "oldest_found": stuck[0] in firing,
+        **_found_in(firing, stuck),
     }
 
 
@@ -258,37 +257,37 @@ def time_cli(settings_values: dict[str, Any], stuck: list[str], limit: float) ->
 
 
 async def time_references(
-    session: aiohttp.ClientSession, url: str, store: Database, stuck: list[str]
+    session: aiohttp.ClientSession, url: str, store: Database, stuck: list[str], repeat: int
 ) -> dict[str, Any]:
-    started = time.perf_counter()
-    async with session.get(f"{url}{ORCH_API}/executions?status=running&limit=5000", headers=auth()) as answer:
-        items = (await answer.json())["items"]
-    api_seconds = time.perf_counter() - started
-    listed = {item["execution_id"] for item in items}
-    rows = await store.fetch(RUNNING_ROWS)
-    started = time.perf_counter()
-    now = datetime.now(UTC)
-    over = set()
-    for execution_id, started_at, timeout_seconds in rows:
-        moment = datetime.fromisoformat(started_at) if isinstance(started_at, str) else started_at
-        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-        if timeout_seconds is not None and (now - moment).total_seconds() > timeout_seconds:
-            over.add(execution_id)
-    sql_seconds = store.last_query_seconds + time.perf_counter() - started
-    return {
-        "api": {
-            "seconds": api_seconds,
-            "rows": len(items),
-            "stuck_found": len(listed & set(stuck)),
-            "oldest_found": stuck[0] in listed,
-        },
-        "sql": {
-            "seconds": sql_seconds,
-            "rows": len(rows),
-            "stuck_found": len(over & set(stuck)),
-            "oldest_found": stuck[0] in over,
-        },
-    }
+    """The best of `repeat` API listings and of `repeat` bare selects (with the over-timeout test)."""
+    api: dict[str, Any] = {}
+    sql: dict[str, Any] = {}
+    for _ in range(repeat):
+        started = time.perf_counter()
+        listing = f"{url}{ORCH_API}/executions?status=running&limit=5000"
+        async with session.get(listing, headers=auth()) as answer:
+            items = (await answer.json())["items"]
+        seconds = time.perf_counter() - started
+        if not api or seconds < api["seconds"]:
+            listed = {item["execution_id"] for item in items}
+            api = {"seconds": seconds, "rows": len(items), **_found_in(listed, stuck)}
+        rows = await store.fetch(RUNNING_ROWS)
+        started = time.perf_counter()
+        now = datetime.now(UTC)
+        over = set()
+        for execution_id, started_at, timeout_seconds in rows:
+            moment = datetime.fromisoformat(started_at) if isinstance(started_at, str) else started_at
+            moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+            if timeout_seconds is not None and (now - moment).total_seconds() > timeout_seconds:
+                over.add(execution_id)
+        seconds = store.last_query_seconds + time.perf_counter() - started
+        if not sql or seconds < sql["seconds"]:
+            sql = {"seconds": seconds, "rows": len(rows), **_found_in(over, stuck)}
+    return {"api": api, "sql": sql}
+
+
+def _found_in(ids: set[str], stuck: list[str]) -> dict[str, Any]:
+    return {"stuck_found": len(ids & set(stuck)), "oldest_found": stuck[0] in ids}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -327,7 +326,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 }
                 result["load_before"] = loadavg()
                 result["sweeps"] = await time_sweeps(watchdog_settings, args.repeat, stuck)
-                result["references"] = await time_references(session, orch.base_url, store, stuck)
+                result["references"] = await time_references(
+                    session, orch.base_url, store, stuck, args.repeat
+                )
                 if not args.no_cli:
                     cli_settings = {
                         **watchdog_settings,
