@@ -211,6 +211,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def double_counted(timeline: list[dict[str, Any]]) -> int:
+    """The largest excess, over the samples, of the replicas' summed active gauges over the store's
+    running runs."""
+    excess = 0
+    for point in timeline:
+        active = [v for v in point["active"].values() if isinstance(v, int)]
+        if len(active) == len(point["active"]):
+            excess = max(excess, sum(active) - point["store"].get("running", 0))
+    return excess
+
+
 def report(result: dict[str, Any]) -> None:
     final = result["final"]
     store = final["store"]
@@ -238,6 +249,10 @@ def report(result: dict[str, Any]) -> None:
         f"\nsubmitted {submission['accepted']} of {result['args']['runs']} runs in {submission['seconds']} s "
         f"= {submission['per_second']}/s (p50 {submission['p50_ms']} ms, p99 {submission['p99_ms']} ms, "
         f"errors {submission['errors'] or 'none'}); store after the settle: {store}\n"
+    )
+    print(
+        "most runs the replicas' active gauges counted above the store's running runs (a run active on "
+        f"two replicas, or not yet recorded): {double_counted(result['timeline'])}\n"
     )
     headers = [
         "replica",
