@@ -39,7 +39,7 @@ bench: install
 	$(BIN)/python bench/engine.py
 
 # The watchdog side and the orchestrator's capacity (docs/benchmarks.md), each at its default size
-# (about 15 minutes in all); needs PostgreSQL on 127.0.0.1:5432 and the redis-server binary.
+# (15-20 minutes in all); needs PostgreSQL on 127.0.0.1:5432 and the redis-server binary.
 bench-watchdog: install
 	scripts/services.sh ensure
 	$(BIN)/python bench/intake.py

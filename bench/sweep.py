@@ -365,7 +365,7 @@ def report(result: dict[str, Any]) -> None:
         ]
 
     rows = [
-        row("sweep_once(), first (opens the incidents)", sweeps[0]),
+        row("sweep_once(), first", sweeps[0]),
         row(f"sweep_once(), best of {len(sweeps)}", best),
     ]
     if "cli" in result:
