@@ -63,7 +63,12 @@ def loadavg() -> str:
 def machine() -> dict[str, Any]:
     """What a result needs to be read against: cores, versions, the time, the load now."""
     commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=BENCH_DIR, check=False
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=BENCH_DIR,
+        check=False,
+        timeout=10,
     ).stdout.strip()
     return {
         "at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -157,9 +162,13 @@ def main(name: str, args: Any, run: Any, report: Any) -> int:
     install_cleanup()
     try:
         result = asyncio.run(run(args))
-    except BenchError as exc:
-        print(f"{name}: {exc}", file=sys.stderr)
+    except (BenchError, OSError, aiohttp.ClientError, TimeoutError, sqlite3.Error) as exc:
+        # A service that went away or answered nonsense: one line, not a traceback.
+        print(f"{name}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
     report(result)
     print(f"results: {write_results(name, result)}")
     return 0
@@ -170,6 +179,7 @@ def install_cleanup() -> None:
     atexit.register(stop_all)
 
     def _exit(signum: int, _frame: object) -> None:
+        print(f"stopping on signal {signum}: stopping the processes started", file=sys.stderr)
         raise SystemExit(128 + signum)
 
     for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -341,7 +351,7 @@ async def postgres_database() -> AsyncIterator[tuple[str, str]]:
     except (OSError, asyncpg.PostgresError) as exc:
         raise BenchError(f"PostgreSQL at {POSTGRES_ADMIN_DSN} not reachable: {exc}") from exc
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.execute(f'CREATE DATABASE "{name}"', timeout=60)
     finally:
         await admin.close()
     dsn = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
@@ -350,7 +360,7 @@ async def postgres_database() -> AsyncIterator[tuple[str, str]]:
     finally:
         admin = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=10)
         try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', timeout=60)
         finally:
             await admin.close()
 

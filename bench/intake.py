@@ -197,7 +197,8 @@ def serve_reference(kind: str, port: int, target: str) -> None:
             pool = await asyncpg.create_pool(target, min_size=10, max_size=10, timeout=10)
             await pool.execute(
                 "CREATE TABLE IF NOT EXISTS deliveries (id BIGSERIAL PRIMARY KEY, fingerprint TEXT, "
-                "starts_at TEXT, execution_id TEXT, received_at DOUBLE PRECISION)"
+                "starts_at TEXT, execution_id TEXT, received_at DOUBLE PRECISION)",
+                timeout=30,
             )
             app["pg"] = pool
 

@@ -153,7 +153,9 @@ async def copy_rows(
 
     conn = await asyncpg.connect(store.dsn, timeout=10)
     try:
-        row = dict(await conn.fetchrow("SELECT * FROM executions WHERE execution_id = $1", template_id))
+        row = dict(
+            await conn.fetchrow("SELECT * FROM executions WHERE execution_id = $1", template_id, timeout=30)
+        )
         columns = list(row)
         records = [tuple(_copy(row, copy, stuck_ids).values()) for copy in copies]
         await conn.copy_records_to_table("executions", records=records, columns=columns, timeout=600)
