@@ -10,7 +10,7 @@ DEMO_ARGS ?=
 TEST_WORKERS ?= 2
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo run test lint bench clean
+.PHONY: install demo run test lint bench bench-watchdog clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,15 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/engine.py
+
+# The watchdog side and the orchestrator's capacity (docs/benchmarks.md), each at its default size
+# (15-20 minutes in all); needs PostgreSQL on 127.0.0.1:5432 and the redis-server binary.
+bench-watchdog: install
+	scripts/services.sh ensure
+	$(BIN)/python bench/intake.py
+	$(BIN)/python bench/sweep.py
+	$(BIN)/python bench/diagnosis.py
+	$(BIN)/python bench/capacity.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
