@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import engine as bench
 
 from orchestrator_core import executor as executor_module
+from orchestrator_core import hashing as hashing_module
 from orchestrator_core import provenance as provenance_module
 from orchestrator_core import store as store_module
 
@@ -38,7 +39,7 @@ CONSTANT_HASH = "0" * 64
 
 
 def _no_hashes() -> None:
-    executor_module.Executor._input_hash = lambda self, node: CONSTANT_HASH  # type: ignore[method-assign]
+    hashing_module.InputHasher.__call__ = lambda self, *args: CONSTANT_HASH  # type: ignore[method-assign]
     provenance_module.record_hash = lambda *args: CONSTANT_HASH  # type: ignore[assignment]
 
 

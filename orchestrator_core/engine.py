@@ -68,6 +68,7 @@ from orchestrator_core.events import (
     SafeObserver,
 )
 from orchestrator_core.executor import Executor, plan_levels
+from orchestrator_core.hashing import canonical_json
 from orchestrator_core.provenance import genesis_hash, verify
 from orchestrator_core.records import (
     RESUMABLE_STATUSES,
@@ -81,7 +82,7 @@ from orchestrator_core.records import (
     ResumeResult,
 )
 from orchestrator_core.settings import OrchestratorSettings
-from orchestrator_core.store import Store, canonical_json
+from orchestrator_core.store import Store
 
 __all__ = [
     "CheckpointEvent",

@@ -36,7 +36,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from json.encoder import encode_basestring as _string
 from typing import Any
 
 from gl_common.clock import Clock
@@ -59,6 +58,7 @@ from orchestrator_core.events import (
     NodeTimeoutEvent,
     RetryEvent,
 )
+from orchestrator_core.hashing import NO_OUTPUT_HASH, InputHasher, canonical_json, sha256_hex
 from orchestrator_core.policies import (
     backoff_delay,
     describe_error,
@@ -66,9 +66,9 @@ from orchestrator_core.policies import (
     jitter_rng,
     retry_delay,
 )
-from orchestrator_core.provenance import NO_OUTPUT_HASH, ChainBuilder, genesis_hash
+from orchestrator_core.provenance import ChainBuilder, genesis_hash
 from orchestrator_core.records import CheckpointRecord, ExecutionRecord, NodeTrace, ProvenanceEntry
-from orchestrator_core.store import Store, WriteBatch, canonical_json, sha256_hex
+from orchestrator_core.store import Store, WriteBatch
 
 FINISH_ATTEMPTS = 5  # tries to record a run's final status before giving up (the run stays resumable)
 FAILED_NODE_STATUSES = frozenset({"failed", "timed_out"})
@@ -80,13 +80,13 @@ _PLAN_CACHE_SIZE = 256
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """What every run of one DAG version shares: its levels, and per node the parts of the node's
-    input-hash document that do not change from run to run (see `Executor._input_hash`)."""
+    """What every run of one DAG version shares: its levels, and per node its dependencies and its
+    input hasher (the parts of the node's input-hash document that do not change from run to run)."""
 
     dag: DagDefinition
     levels: list[list[str]]
     dependencies: dict[str, frozenset[str]]
-    hash_parts: dict[str, tuple[str, str, list[tuple[str, str]]]]
+    input_hashers: dict[str, InputHasher]
 
 
 _plans: dict[int, _Plan] = {}
@@ -99,16 +99,12 @@ def _plan(dag: DagDefinition) -> _Plan:
     if plan is None or plan.dag is not dag:
         if len(_plans) >= _PLAN_CACHE_SIZE:
             _plans.pop(next(iter(_plans)))
-        hash_parts = {
-            node_id: (
-                '{"agent_id":' + canonical_json(node.agent_id) + ',"input":',
-                ',"params":' + canonical_json(node.params) + ',"upstream":{',
-                [(dep, _string(dep) + ":") for dep in sorted(node.depends_on)],
-            )
+        hashers = {
+            node_id: InputHasher(node.agent_id, node.params, node.depends_on)
             for node_id, node in dag.nodes.items()
         }
         dependencies = {node_id: frozenset(node.depends_on) for node_id, node in dag.nodes.items()}
-        plan = _plans[id(dag)] = _Plan(dag, dag.levels(), dependencies, hash_parts)
+        plan = _plans[id(dag)] = _Plan(dag, dag.levels(), dependencies, hashers)
     return plan
 
 
@@ -288,11 +284,12 @@ class Executor:
         )
         self.input_data = record.input_data
         self._input_data_hash = sha256_hex(canonical_json(record.input_data))
-        self._input_data_hash_json = _string(self._input_data_hash)
         self.chain = ChainBuilder(genesis_hash(dag.dag_id, record.input_data), provenance or [])
         self._finishing = False
         self.final_record: ExecutionRecord | None = None  # as stored by the final write, once it lands
         self.outputs: dict[str, Any] = {}
+        # The output hash of every node in `outputs` (a skipped node's is NO_OUTPUT_HASH).
+        self.output_hashes: dict[str, str] = {}
         self.states: dict[str, _NodeState] = {}
         previous = previous_traces or {}
         for level_index, level in enumerate(self.levels):
@@ -312,6 +309,7 @@ class Executor:
                 state.started_at, state.duration_ms = old.started_at, old.duration_ms
                 state.attempt_count = old.attempt_count
             self.outputs[cp.node_id] = cp.output
+            self.output_hashes[cp.node_id] = cp.output_hash
             self.skipped_from_checkpoint.append(cp.node_id)
         self.skipped_from_checkpoint.sort(key=lambda n: (self.states[n].level, n))
         self.completion_order: list[str] = []
@@ -598,7 +596,7 @@ class Executor:
         state = self.states[node_id]
         node = state.node
         upstream = {dep: self.outputs.get(dep) for dep in node.depends_on}
-        state.input_hash = self._input_hash(node)
+        state.input_hash = self._plan.input_hashers[node_id](self._input_data_hash, self.output_hashes)
         rng = None
         policy = node.retry_policy
         timeout = node.timeout_policy.timeout_seconds
@@ -629,6 +627,7 @@ class Executor:
                 if self.persist:  # the node is done only once its checkpoint is committed
                     await self._save_checkpoint(state, value)
                 self.outputs[node_id] = value
+                self.output_hashes[node_id] = state.output_hash or NO_OUTPUT_HASH
                 self.completion_order.append(node_id)
                 return
             if attempt <= policy.max_retries and is_retryable(policy, exc):
@@ -661,18 +660,6 @@ class Executor:
                 continue
             await self._failed(state, exc, outcome)
             return
-
-    def _input_hash(self, node: Node) -> str:
-        """`provenance.input_hash(agent_id, run input hash, params, {dependency: its output hash})`.
-
-        The parts of that (sorted-key) document that belong to the DAG version are encoded once per
-        version (`_Plan.hash_parts`); the result is byte for byte what `input_hash` gives. An upstream
-        output is never encoded again: its hash stands for it.
-        """
-        head, middle, keys = self._plan.hash_parts[node.node_id]
-        states = self.states
-        upstream = ",".join([key + _string(states[dep].output_hash or NO_OUTPUT_HASH) for dep, key in keys])
-        return sha256_hex(f"{head}{self._input_data_hash_json}{middle}{upstream}}}}}")
 
     async def _attempt(
         self,
@@ -801,6 +788,7 @@ class Executor:
         if isinstance(exc, NodeTimeout) and on_timeout == "skip":
             state.status = "skipped"
             self.outputs[node.node_id] = None
+            self.output_hashes[node.node_id] = NO_OUTPUT_HASH
             self._log(
                 "WARNING",
                 f"node timed out and was skipped: {state.error}",

@@ -21,7 +21,6 @@ become `StoreError` here and never leak further.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
@@ -49,6 +48,7 @@ from orchestrator_core.errors import (
     StaleFencingToken,
     StoreError,
 )
+from orchestrator_core.hashing import canonical_json, sha256_hex
 from orchestrator_core.migrations.types import UTCDateTime
 from orchestrator_core.records import (
     CheckpointRecord,
@@ -171,26 +171,6 @@ limit_overrides = sa.Table(
 
 _DAG_CACHE_SIZE = 256  # parsed DAG versions kept in memory (they never change once stored)
 _CHUNK = 400  # rows per statement when deleting by key lists (well under SQLite's variable limit)
-
-
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-_C_ENCODER: Any = getattr(json.encoder, "c_make_encoder", None)
-
-
-def canonical_json(value: Any) -> str:
-    """The one JSON encoding used for hashing and storing: sorted keys, no spaces, no NaN."""
-    if _C_ENCODER is None or isinstance(value, str):  # pragma: no cover - CPython always has the C encoder
-        return _CANONICAL.encode(value)
-    # What `_CANONICAL.encode` does, minus its per-call Python set-up: the C encoder with the same
-    # settings and a fresh circular-reference registry (so errors are the same: TypeError, ValueError).
-    encoder = _C_ENCODER(
-        {}, _CANONICAL.default, json.encoder.encode_basestring, None, ":", ",", True, False, False
-    )
-    return "".join(encoder(value, 0))
-
-
-def sha256_hex(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class TraceFields(Protocol):
