@@ -33,7 +33,7 @@ import engine as bench
 from orchestrator_core import executor as executor_module
 from orchestrator_core import hashing as hashing_module
 from orchestrator_core import provenance as provenance_module
-from orchestrator_core import store as store_module
+from orchestrator_core.store import rundata as rundata_module
 
 CONSTANT_HASH = "0" * 64
 
@@ -44,10 +44,10 @@ def _no_hashes() -> None:
 
 
 def _no_node_rows() -> None:
-    async def write_nothing(self: Any, conn: Any, execution_id: str, batch: Any) -> None:
+    async def write_nothing(conn: Any, execution_id: str, batch: Any, clock: Any) -> None:
         return None
 
-    store_module.Store._write = write_nothing  # type: ignore[method-assign]
+    rundata_module.write = write_nothing  # type: ignore[assignment]
 
 
 def _no_chain() -> None:

@@ -15,7 +15,9 @@ callers — the service, the REST API, the CLI — handle one tree. The API maps
     ├── BadRequest                         a request the API cannot act on (400; `field` names the part)
     ├── InvalidState                       operation not allowed in the run's current status (409)
     ├── StaleFencingToken                  a write carried a fencing token that is no longer current (409)
-    ├── StoreError                         the database failed or timed out (503)
+    ├── StoreError                         the database failed or refused an operation (503; also a
+    │   │                                  `gl_common.errors.StoreError`)
+    │   ├── StoreUnavailable               the database cannot be reached or timed out (503)
     │   └── CheckpointError                a checkpoint save failed (retried by the executor)
     ├── LockBackendUnavailable             the lock backend (Redis) failed or timed out (503)
     ├── ServiceUnavailable                 the service is shutting down / not admitting runs (503)
@@ -32,6 +34,8 @@ policies against the names of the exception's class hierarchy (see `policies.is_
 """
 
 from __future__ import annotations
+
+from gl_common import errors as common
 
 
 class OrchestratorError(Exception):
@@ -114,11 +118,15 @@ class StaleFencingToken(OrchestratorError):
     code = "stale_fencing_token"
 
 
-class StoreError(OrchestratorError):
+class StoreError(OrchestratorError, common.StoreError):
     """The database failed, was unreachable, or did not answer in time."""
 
     http_status = 503
     code = "store_unavailable"
+
+
+class StoreUnavailable(StoreError, common.StoreUnavailable):
+    """The database cannot be reached, did not answer in time, or the store is closed."""
 
 
 class CheckpointError(StoreError):

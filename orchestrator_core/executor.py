@@ -41,7 +41,7 @@ from typing import Any
 from gl_common.clock import Clock
 from orchestrator_core.agents import AgentContext, AgentRegistry
 from orchestrator_core.checkpoints import RunWriter
-from orchestrator_core.dag import DagDefinition, Node
+from orchestrator_core.dag import Node
 from orchestrator_core.errors import (
     AgentOutputError,
     AgentRestarted,
@@ -58,7 +58,8 @@ from orchestrator_core.events import (
     NodeTimeoutEvent,
     RetryEvent,
 )
-from orchestrator_core.hashing import NO_OUTPUT_HASH, InputHasher, canonical_json, sha256_hex
+from orchestrator_core.hashing import NO_OUTPUT_HASH, canonical_json, sha256_hex
+from orchestrator_core.plan import RunPlan
 from orchestrator_core.policies import (
     backoff_delay,
     describe_error,
@@ -67,50 +68,12 @@ from orchestrator_core.policies import (
     retry_delay,
 )
 from orchestrator_core.provenance import ChainBuilder, genesis_hash
-from orchestrator_core.records import CheckpointRecord, ExecutionRecord, NodeTrace, ProvenanceEntry
-from orchestrator_core.store import Store, WriteBatch
+from orchestrator_core.records import CheckpointRecord, ExecutionRecord, NodeTrace
+from orchestrator_core.store import RunData, Store, WriteBatch
 
 FINISH_ATTEMPTS = 5  # tries to record a run's final status before giving up (the run stays resumable)
 FAILED_NODE_STATUSES = frozenset({"failed", "timed_out"})
 TERMINAL_NODE_STATUSES = frozenset({"completed", "failed", "skipped", "timed_out", "cancelled"})
-
-
-_PLAN_CACHE_SIZE = 256
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """What every run of one DAG version shares: its levels, and per node its dependencies and its
-    input hasher (the parts of the node's input-hash document that do not change from run to run)."""
-
-    dag: DagDefinition
-    levels: list[list[str]]
-    dependencies: dict[str, frozenset[str]]
-    input_hashers: dict[str, InputHasher]
-
-
-_plans: dict[int, _Plan] = {}
-
-
-def _plan(dag: DagDefinition) -> _Plan:
-    """The plan of a DAG object, computed once (definitions are frozen, and the store hands out one
-    cached object per version). The cache holds the DAG itself, so an id is never reused while cached."""
-    plan = _plans.get(id(dag))
-    if plan is None or plan.dag is not dag:
-        if len(_plans) >= _PLAN_CACHE_SIZE:
-            _plans.pop(next(iter(_plans)))
-        hashers = {
-            node_id: InputHasher(node.agent_id, node.params, node.depends_on)
-            for node_id, node in dag.nodes.items()
-        }
-        dependencies = {node_id: frozenset(node.depends_on) for node_id, node in dag.nodes.items()}
-        plan = _plans[id(dag)] = _Plan(dag, dag.levels(), dependencies, hashers)
-    return plan
-
-
-def plan_levels(dag: DagDefinition) -> list[list[str]]:
-    """`dag.levels()`, computed once per DAG object; callers get fresh lists."""
-    return [list(level) for level in _plan(dag).levels]
 
 
 class Slots:
@@ -239,32 +202,30 @@ class Executor:
         registry: AgentRegistry,
         observer: EngineObserver,
         clock: Clock,
-        dag: DagDefinition,
+        plan: RunPlan,
         record: ExecutionRecord,
         parallel_limit: Callable[[], int],
-        checkpoints: list[CheckpointRecord] | None = None,
-        provenance: list[ProvenanceEntry] | None = None,
-        previous_traces: dict[str, NodeTrace] | None = None,
+        resume_from: RunData | None = None,
         checkpoint_base_delay: float = 0.1,
         checkpoint_max_delay: float = 5.0,
-        resumed: bool = False,
     ) -> None:
+        """`resume_from`: what a resumed run continues from (None for a run's first start)."""
         self.store = store
         self.registry = registry
         self.observer = observer
         # Hot-path events are only built when someone listens (the bare base class ignores them).
         self._observing = type(observer) is not EngineObserver
         self.clock = clock
-        self.dag = dag
+        self.dag = dag = plan.dag
         self.record = record
         self.execution_id = record.execution_id
         self.token = record.fencing_token
         self.options = record.options
         self.deterministic = record.options.deterministic_mode
         self.persist = record.options.checkpoint_enabled
-        self.resumed = resumed
-        self._plan = _plan(dag)
-        self.levels = [list(level) for level in self._plan.levels]
+        self.resumed = resume_from is not None
+        self._plan = plan
+        self.levels = plan.level_lists()
         dag_limit = dag.max_parallel_nodes
 
         def limit() -> int:
@@ -284,19 +245,21 @@ class Executor:
         )
         self.input_data = record.input_data
         self._input_data_hash = sha256_hex(canonical_json(record.input_data))
-        self.chain = ChainBuilder(genesis_hash(dag.dag_id, record.input_data), provenance or [])
+        self.chain = ChainBuilder(
+            genesis_hash(dag.dag_id, record.input_data), resume_from.chain if resume_from else []
+        )
         self._finishing = False
         self.final_record: ExecutionRecord | None = None  # as stored by the final write, once it lands
         self.outputs: dict[str, Any] = {}
         # The output hash of every node in `outputs` (a skipped node's is NO_OUTPUT_HASH).
         self.output_hashes: dict[str, str] = {}
         self.states: dict[str, _NodeState] = {}
-        previous = previous_traces or {}
+        previous = resume_from.traces if resume_from else {}
         for level_index, level in enumerate(self.levels):
             for node_id in level:
                 self.states[node_id] = _NodeState(dag.nodes[node_id], level_index)
         self.skipped_from_checkpoint: list[str] = []
-        for cp in checkpoints or []:
+        for cp in resume_from.checkpoints if resume_from else []:
             if cp.status != "completed" or cp.node_id not in self.states:
                 continue
             state = self.states[cp.node_id]
@@ -433,7 +396,7 @@ class Executor:
         while True:
             attempt += 1
             try:
-                final = await self.store.finish_execution(
+                final = await self.store.executions.finish(
                     self.execution_id, self.token, status=status, error=error, batch=batch
                 )
                 break

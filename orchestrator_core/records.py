@@ -227,13 +227,3 @@ class LimitOverride:
 
     def to_json(self) -> dict[str, Any]:
         return {"value": self.value, "set_by": self.set_by, "updated_at": iso(self.updated_at)}
-
-
-@dataclass(frozen=True)
-class PoolStats:
-    """Connection-pool figures of the store, for `gl_db_pool_*`."""
-
-    size: int
-    checked_out: int
-    overflow: int
-    pending: int

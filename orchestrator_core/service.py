@@ -256,8 +256,8 @@ class OrchestratorService:
                 raise BadRequest(f"{name} must be an integer from 1 to {bound}", field=name)
             values[name] = value
         try:
-            await self.engine.store.set_limit_overrides(values, set_by=self.replica_id)
-            self._overrides = await self.engine.store.get_limit_overrides()
+            await self.engine.store.limits.set(values, set_by=self.replica_id)
+            self._overrides = await self.engine.store.limits.get()
         except StoreError as exc:
             self._unshared.update(values)
             log.warning("limits changed on this replica only until the store answers again: %s", exc)
@@ -266,7 +266,7 @@ class OrchestratorService:
 
     async def clear_limits(self) -> dict[str, Any]:
         """Drop the live limits: every replica goes back to its own settings (env, config file)."""
-        await self.engine.store.clear_limit_overrides()
+        await self.engine.store.limits.clear()
         self._unshared = {}
         self._overrides = {}
         await self._apply_limits()
@@ -276,10 +276,10 @@ class OrchestratorService:
         """Store what changed here while the store was down, then apply the stored live limits here
         (this replica's settings where none is stored). Returns whether a limit changed."""
         if self._unshared:
-            await self.engine.store.set_limit_overrides(self._unshared, set_by=self.replica_id)
+            await self.engine.store.limits.set(self._unshared, set_by=self.replica_id)
             log.info("limits changed during the store outage are now shared: %s", sorted(self._unshared))
             self._unshared = {}
-        self._overrides = await self.engine.store.get_limit_overrides()
+        self._overrides = await self.engine.store.limits.get()
         return await self._apply_limits()
 
     async def _apply_limits(self) -> bool:

@@ -81,7 +81,7 @@ async def test_store_outage_gives_503_without_sql_and_a_limit_change_still_appli
             await proxy.restore()
             assert (await h.client.get("/readyz")).status_code == 200
             await h.service.sync_limits_once()  # the next tick shares the change with the others
-            stored = await h.service.engine.store.get_limit_overrides()
+            stored = await h.service.engine.store.limits.get()
             assert stored["max_parallel_nodes"].value == 4
             assert (await h.api("GET", "/admin/limits")).json()["unshared"] == {}
             assert await _statuses(h.service, "pg") == []  # the refused execute recorded nothing
