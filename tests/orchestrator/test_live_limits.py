@@ -7,9 +7,6 @@ from typing import Any
 
 import pytest
 
-from orchestrator_core.dag import DagDefinition
-from orchestrator_core.migrations import SCHEMA
-from orchestrator_core.store import Store
 from tests.orchestrator.test_service_harness import (
     Gates,
     chain_dag,
@@ -95,26 +92,3 @@ async def test_a_raised_execution_limit_admits_the_shared_queue_at_once(sqlite_u
         gates.open("n1")
         await a.wait_status(first, "completed")
         await a.wait_status(second, "completed")
-
-
-async def test_a_store_at_schema_1_is_upgraded_and_keeps_its_data(database_url: str) -> None:
-    old = await Store.open(database_url, schema_version=1)
-    try:
-        assert await old.schema_version() == 1
-        await old.dags.save(_one_node_dag())
-    finally:
-        await old.close()
-    store = await Store.open(database_url)
-    try:
-        assert await store.schema_version() == SCHEMA.head
-        assert [d.dag_id for d in await store.dags.latest()] == ["kept"]
-        await store.limits.set({"max_parallel_nodes": 7}, set_by="r")
-        await store.limits.set({"max_parallel_nodes": 8}, set_by="s")  # an upsert, not a 2nd row
-        overrides = await store.limits.get()
-        assert [(o.name, o.value, o.set_by) for o in overrides.values()] == [("max_parallel_nodes", 8, "s")]
-    finally:
-        await store.close()
-
-
-def _one_node_dag() -> DagDefinition:
-    return DagDefinition.from_document({"dag_id": "kept", "nodes": {"a": {"agent_id": "builtin.echo"}}})
