@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import engine as bench
 
-from orchestrator_core import executor as executor_module
 from orchestrator_core import hashing as hashing_module
+from orchestrator_core import levels as levels_module
 from orchestrator_core import provenance as provenance_module
 from orchestrator_core.store import rundata as rundata_module
 
@@ -51,7 +51,7 @@ def _no_node_rows() -> None:
 
 
 def _no_chain() -> None:
-    executor_module.Executor._seal_level = lambda self, level: None  # type: ignore[method-assign]
+    levels_module.LevelRunner.seal = lambda self, level: None  # type: ignore[method-assign]
 
 
 VARIANTS: list[tuple[str, Callable[[], None] | None]] = [
