@@ -23,14 +23,13 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from orchestrator_core.api_models import ExecuteRequest, LimitsRequest, int_param, validate
 from orchestrator_core.dag import MAX_DOCUMENT_DEPTH, check_document_shape, load_document
 from orchestrator_core.errors import (
     BadRequest,
@@ -41,12 +40,10 @@ from orchestrator_core.errors import (
     short_reason,
 )
 from orchestrator_core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from orchestrator_core.openapi import build_openapi
+from orchestrator_core.openapi import Route, build_openapi
 from orchestrator_core.records import EXECUTION_STATUSES, ExecutionOptions
 from orchestrator_core.service import OrchestratorService
 from orchestrator_core.settings import (
-    MAX_CONCURRENT_EXECUTIONS_BOUND,
-    MAX_PARALLEL_NODES_BOUND,
     OrchestratorSettings,
 )
 
@@ -237,59 +234,8 @@ def _parse_json(body: bytes) -> Any:
     return value
 
 
-def _model(model: type[BaseModel], data: Any) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"])
-        message = first["msg"]
-        if first["type"] in ("model_type", "model_attributes_type", "dict_type"):
-            message = "must be a JSON object"  # not pydantic's "... or instance of LimitsRequest"
-        raise BadRequest(f"{field or 'body'}: {message}", field=field) from None
-
-
-class ExecuteRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    input_data: Any = None
-    execution_options: ExecutionOptionsModel | None = None
-
-
-class ExecutionOptionsModel(BaseModel):
-    # Strict: "yes", "0" or 1 are refused rather than guessed at.
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    checkpoint_enabled: bool = True
-    deterministic_mode: bool = False
-
-
-class LimitsRequest(BaseModel):
-    # Strict: `true` or "5" are refused (lax pydantic would read them as 1 and 5); same bounds as settings.
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    max_parallel_nodes: int | None = Field(None, ge=1, le=MAX_PARALLEL_NODES_BOUND)
-    max_concurrent_executions: int | None = Field(None, ge=1, le=MAX_CONCURRENT_EXECUTIONS_BOUND)
-
-
-ExecuteRequest.model_rebuild()
-
-
 def _service(request: web.Request) -> OrchestratorService:
     return request.app[SERVICE_KEY]
-
-
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"query parameter {name} must be an integer", field=name) from None
-    if not low <= value <= high:
-        raise BadRequest(f"query parameter {name} must be between {low} and {high}", field=name)
-    return value
 
 
 # -- handlers ---------------------------------------------------------------------------------------
@@ -300,7 +246,7 @@ async def list_executions(request: web.Request) -> web.Response:
     if status is not None and status not in EXECUTION_STATUSES:
         raise BadRequest(f"status must be one of {', '.join(EXECUTION_STATUSES)}", field="status")
     dag_id = request.query.get("dag_id") or None
-    limit = _int_param(request, "limit", 500, 1, 5000)
+    limit = int_param(request.query, "limit", 500, 1, 5000)
     records = await _service(request).engine.list_executions(status=status, dag_id=dag_id, limit=limit)
     return web.json_response({"items": [record.to_json() for record in records]})
 
@@ -352,7 +298,7 @@ async def get_provenance(request: web.Request) -> web.Response:
 async def get_logs(request: web.Request) -> web.Response:
     service = _service(request)
     execution_id = request.match_info["execution_id"]
-    limit = _int_param(request, "limit", 200, 1, MAX_LOG_LINES)
+    limit = int_param(request.query, "limit", 200, 1, MAX_LOG_LINES)
     node_id = request.query.get("node_id") or None
     await service.engine.get_execution(execution_id)  # 404 for an unknown id
     lines = service.run_log.lines(execution_id, node_id=node_id, limit=limit)
@@ -367,10 +313,6 @@ async def get_checkpoints(request: web.Request) -> web.Response:
     return web.json_response(
         {"execution_id": execution_id, "checkpoints": [checkpoint.to_json() for checkpoint in checkpoints]}
     )
-
-
-async def get_service_metrics(request: web.Request) -> web.Response:
-    return web.json_response(await _service(request).limits_json())
 
 
 async def register_dag(request: web.Request) -> web.Response:
@@ -419,7 +361,7 @@ async def update_dag(request: web.Request) -> web.Response:
 
 
 async def execute_dag(request: web.Request) -> web.Response:
-    body = _model(ExecuteRequest, await _json_body(request, required=False))
+    body = validate(ExecuteRequest, await _json_body(request, required=False))
     options = ExecutionOptions.from_json(
         body.execution_options.model_dump() if body.execution_options else None
     )
@@ -432,7 +374,7 @@ async def get_limits(request: web.Request) -> web.Response:
 
 
 async def put_limits(request: web.Request) -> web.Response:
-    body = _model(LimitsRequest, await _json_body(request))
+    body = validate(LimitsRequest, await _json_body(request))
     if body.max_parallel_nodes is None and body.max_concurrent_executions is None:
         raise BadRequest("give max_parallel_nodes and/or max_concurrent_executions", field="")
     limits = await _service(request).set_limits(
@@ -485,19 +427,6 @@ async def prometheus_metrics(request: web.Request) -> web.Response:
 
 
 # -- route table ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    path: str
-    handler: Handler
-    summary: str
-    auth: bool = True
-    ok_status: int = 200
-    body: str | None = None  # name of the request schema in openapi.py
-    response: str | None = None  # name of the response schema in openapi.py
-    query: tuple[str, ...] = ()
 
 
 P = API_PREFIX
@@ -554,7 +483,7 @@ ROUTES: tuple[Route, ...] = (
         "Checkpoints of an execution",
         response="Checkpoints",
     ),
-    Route("GET", f"{P}/metrics", get_service_metrics, "Admission figures", response="Limits"),
+    Route("GET", f"{P}/metrics", get_limits, "Admission figures", response="Limits"),
     Route(
         "POST",
         f"{P}/dags",
