@@ -327,6 +327,34 @@ class Route:
     query: tuple[str, ...] = ()
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class RouteTable:
+    """Routes declared next to their handlers with `@table.route("GET /path", summary, ...)`, in
+    declaration order. Paths are under `prefix` unless `prefixed=False` (health, the Prometheus page).
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self._routes: list[Route] = []
+
+    def route(
+        self, operation: str, summary: str, *, prefixed: bool = True, **options: Any
+    ) -> Callable[[Handler], Handler]:
+        method, path = operation.split(" ", 1)
+
+        def declare(handler: Handler) -> Handler:
+            full = self.prefix + path if prefixed else path
+            self._routes.append(Route(method, full, handler, summary, **options))
+            return handler
+
+        return declare
+
+    def routes(self) -> tuple[Route, ...]:
+        return tuple(self._routes)
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
