@@ -94,9 +94,8 @@ async def test_unreachable_redis_fences_the_run_before_its_lock_could_expire(
         settings = make_settings(
             sqlite_url, redis_url=through_proxy, lock_ttl_seconds=6.0, heartbeat_ttl_seconds=6.0
         )
-        async with running_service(settings) as h:
-            now = [1000.0]
-            h.service._monotonic = lambda: now[0]  # the renewal clock; the lock's TTL is Redis's own
+        now = [1000.0]  # the renewal clock; the lock's TTL is Redis's own
+        async with running_service(settings, monotonic=lambda: now[0]) as h:
             await h.register({"dag_id": "hang", "nodes": {"a": {"agent_id": "builtin.hang"}}})
             execution_id = (await h.execute("hang"))["execution_id"]
             assert await h.service.renew_once() == []  # renewed at t=1000
