@@ -48,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from gl_common.clock import Clock, SystemClock
@@ -216,29 +216,32 @@ class Engine:
         execution_id: str | None = None,
     ) -> ExecutionRecord:
         """Record a new `queued` execution of the DAG's latest version."""
-        return await self.store.executions.create(
-            await self._new_record(dag_id, input_data, options, execution_id)
-        )
+        build = self._new_record(input_data, options, execution_id)
+        return (await self.store.executions.create_run(dag_id, build)).record
 
-    async def _new_record(
-        self, dag_id: str, input_data: Any, options: ExecutionOptions | None, execution_id: str | None
-    ) -> ExecutionRecord:
-        dag = await self.store.dags.get(dag_id)
-        try:
-            canonical_json(input_data)
-        except (TypeError, ValueError) as exc:
-            raise DagValidationError([("input_data", f"must be JSON: {exc}")]) from None
-        record = ExecutionRecord(
-            execution_id=execution_id or uuid.uuid4().hex,
-            dag_id=dag.dag_id,
-            dag_version=dag.version,
-            status="queued",
-            input_data=input_data,
-            options=options or ExecutionOptions(),
-            created_at=self.clock.now(),
-            timeout_seconds=dag.execution_timeout_seconds,
-        )
-        return record
+    def _new_record(
+        self, input_data: Any, options: ExecutionOptions | None, execution_id: str | None
+    ) -> Callable[[DagDefinition], ExecutionRecord]:
+        """What a new run of a DAG version records (the store reads the latest version first, so an
+        unknown DAG is reported before a bad input)."""
+
+        def build(dag: DagDefinition) -> ExecutionRecord:
+            try:
+                canonical_json(input_data)
+            except (TypeError, ValueError) as exc:
+                raise DagValidationError([("input_data", f"must be JSON: {exc}")]) from None
+            return ExecutionRecord(
+                execution_id=execution_id or uuid.uuid4().hex,
+                dag_id=dag.dag_id,
+                dag_version=dag.version,
+                status="queued",
+                input_data=input_data,
+                options=options or ExecutionOptions(),
+                created_at=self.clock.now(),
+                timeout_seconds=dag.execution_timeout_seconds,
+            )
+
+        return build
 
     async def start_execution(
         self, execution_id: str, *, owner: str | None = None, fencing_token: int | None = None
@@ -261,18 +264,20 @@ class Engine:
         owner: str | None = None,
         fencing_token: int | None = None,
     ) -> ExecutionRecord:
-        """`create_execution` + `start_execution`, the insert and the claim in one transaction."""
-        record = await self._new_record(dag_id, input_data, options, execution_id)
-        if fencing_token is not None and fencing_token <= record.fencing_token:
+        """`create_execution` + `start_execution`: reading the DAG's latest version, the insert and the
+        claim in one transaction."""
+        build = self._new_record(input_data, options, execution_id)
+        if fencing_token is not None and fencing_token <= 0:  # a new run's stored token is 0
             # A token the claim refuses: keep the two steps (the queued run stays, the claim raises).
-            created = await self.store.executions.create(record)
-            return await self.start_execution(created.execution_id, owner=owner, fencing_token=fencing_token)
-        claimed = await self.store.executions.create(
-            record, claim=(owner or self.settings.replica_id, fencing_token)
+            created = await self.store.executions.create_run(dag_id, build)
+            return await self.start_execution(
+                created.record.execution_id, owner=owner, fencing_token=fencing_token
+            )
+        claimed = await self.store.executions.create_run(
+            dag_id, build, claim=(owner or self.settings.replica_id, fencing_token)
         )
-        dag = await self.store.dags.get(claimed.dag_id, claimed.dag_version)  # the version just read
-        self._launch(ClaimedRun(claimed, dag, None))
-        return claimed
+        self._launch(claimed)
+        return claimed.record
 
     async def _claim(
         self, execution_id: str, allowed: Collection[str], action: str, owner: str | None, token: int | None

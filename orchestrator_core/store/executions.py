@@ -75,6 +75,26 @@ class ExecutionRepository:
         `owner`, fencing token `token` or 1, started now), and the stored row is returned: one
         transaction instead of two for a run that starts at once.
         """
+        async with self.db.transaction("create execution") as conn:
+            return await self._insert(conn, record, claim)
+
+    async def create_run(
+        self,
+        dag_id: str,
+        build: Callable[[DagDefinition], ExecutionRecord],
+        *,
+        claim: tuple[str | None, int | None] | None = None,
+    ) -> ClaimedRun:
+        """`create` of the record that `build` makes for the DAG's latest version, read in the same
+        transaction (`DagNotFound` for an unknown DAG): one round trip from a DAG id to a new run."""
+        async with self.db.transaction("create execution") as conn:
+            dag = await self.dags.read_in(conn, dag_id)
+            record = await self._insert(conn, build(dag), claim)
+        return ClaimedRun(record, dag, None)
+
+    async def _insert(
+        self, conn: AsyncConnection, record: ExecutionRecord, claim: tuple[str | None, int | None] | None
+    ) -> ExecutionRecord:
         values: dict[str, Any] = {
             "execution_id": record.execution_id,
             "dag_id": record.dag_id,
@@ -91,18 +111,16 @@ class ExecutionRepository:
             "timeout_seconds": record.timeout_seconds,
             "error": record.error,
         }
-        if claim is not None:
-            if record.status != "queued":
-                raise InvalidState(f"execution {record.execution_id} is {record.status}")
-            owner, token = claim
-            values.update(self._claim_values(record.execution_id, record.fencing_token, owner, token))
         statement = executions.insert().values(**values)
-        async with self.db.transaction("create execution") as conn:
-            if claim is None:
-                await conn.execute(statement)
-                return record
-            row = (await conn.execute(statement.returning(*executions.c))).one()  # as stored
-        return execution_record(row)
+        if claim is None:
+            await conn.execute(statement)
+            return record
+        if record.status != "queued":
+            raise InvalidState(f"execution {record.execution_id} is {record.status}")
+        owner, token = claim
+        values.update(self._claim_values(record.execution_id, record.fencing_token, owner, token))
+        statement = executions.insert().values(**values).returning(*executions.c)
+        return execution_record((await conn.execute(statement)).one())  # as stored
 
     async def claim(
         self,

@@ -4,44 +4,16 @@ the rest re-run, downstream nodes get the checkpointed outputs, the provenance c
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from orchestrator_core.errors import InvalidState
 from orchestrator_core.events import CheckpointEvent
-from tests.orchestrator.conftest import Harness, wait_until
-
-
-def node(agent: str = "test.record", deps: tuple[str, ...] = (), **extra: Any) -> dict[str, Any]:
-    return {"agent_id": agent, "depends_on": list(deps), **extra}
-
-
-DAG = {
-    "dag_id": "resumable",
-    "nodes": {
-        "a": node(params={"value": 1}),
-        "b": node(deps=("a",), params={"value": 2}),
-        "gate": node("test.gate", deps=("a",)),
-        "c": node(deps=("b", "gate")),
-    },
-}
-
-
-async def _cancel_at_gate(harness: Harness) -> str:
-    await harness.engine.register_dag(DAG)
-    record = await harness.engine.execute("resumable", {"year": 2025})
-    await wait_until(lambda: harness.calls.count("gate") == 1)
-    executor = harness.engine.executor(record.execution_id)
-    assert executor is not None
-    await wait_until(lambda: executor.states["b"].status == "completed")
-    await harness.engine.cancel(record.execution_id)
-    return record.execution_id
+from tests.orchestrator.conftest import RESUMABLE_DAG, Harness, cancel_at_gate, node, wait_until
 
 
 async def test_resume_skips_checkpointed_nodes_and_reruns_the_rest(harness: Harness) -> None:
-    execution_id = await _cancel_at_gate(harness)
+    execution_id = await cancel_at_gate(harness)
     result = await harness.engine.resume(execution_id)
     assert result.execution_id == execution_id
     assert result.status == "running"
@@ -67,7 +39,7 @@ async def test_resume_skips_checkpointed_nodes_and_reruns_the_rest(harness: Harn
 
 
 async def test_resumed_chain_equals_an_uninterrupted_run(harness: Harness) -> None:
-    execution_id = await _cancel_at_gate(harness)
+    execution_id = await cancel_at_gate(harness)
     await harness.engine.resume(execution_id)
     await harness.engine.wait(execution_id)
     resumed = await harness.engine.get_provenance(execution_id)
@@ -81,7 +53,7 @@ async def test_resumed_chain_equals_an_uninterrupted_run(harness: Harness) -> No
 
 
 async def test_resume_of_a_running_execution_is_refused(harness: Harness) -> None:
-    await harness.engine.register_dag(DAG)
+    await harness.engine.register_dag(RESUMABLE_DAG)
     record = await harness.engine.execute("resumable")
     await wait_until(lambda: harness.calls.count("gate") == 1)
     with pytest.raises(InvalidState):
@@ -128,7 +100,7 @@ async def test_resume_after_timeout_increase_applies_the_new_timeout(harness: Ha
 
 
 async def test_interrupted_orphan_can_be_taken_over(harness: Harness) -> None:
-    await harness.engine.register_dag(DAG)
+    await harness.engine.register_dag(RESUMABLE_DAG)
     record = await harness.engine.execute("resumable")
     await wait_until(lambda: harness.calls.count("gate") == 1)
     executor = harness.engine.executor(record.execution_id)
@@ -145,51 +117,3 @@ async def test_interrupted_orphan_can_be_taken_over(harness: Harness) -> None:
     final = await harness.engine.wait(record.execution_id)
     assert final.status == "completed" and final.owner == "replica-2"
     assert final.fencing_token == stored.fencing_token + 1
-
-
-class _RoundTrips:
-    """Transactions begun and statements sent to the database while counting."""
-
-    def __init__(self, harness: Harness) -> None:
-        self.engine = harness.engine.store.engine.sync_engine
-        self.transactions = 0
-        self.statements = 0
-
-    def _begin(self, *_: Any) -> None:
-        self.transactions += 1
-
-    def _statement(self, *_: Any) -> None:
-        self.statements += 1
-
-    def __enter__(self) -> _RoundTrips:
-        event.listen(self.engine, "begin", self._begin)
-        event.listen(self.engine, "before_cursor_execute", self._statement)
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        event.remove(self.engine, "begin", self._begin)
-        event.remove(self.engine, "before_cursor_execute", self._statement)
-
-
-async def test_a_resume_claims_its_run_and_reads_what_it_continues_from_in_one_transaction(
-    harness: Harness,
-) -> None:
-    execution_id = await _cancel_at_gate(harness)
-    with _RoundTrips(harness) as trips:
-        result = await harness.engine.resume(execution_id)  # returns before the run takes a step
-    assert result.nodes_skipped == ["a", "b"]
-    # the row lock (which reads the row), the DAG's latest version, the run document, traces, chain,
-    # checkpoints, the claim (seven transactions and thirteen statements before)
-    assert (trips.transactions, trips.statements) == (1, 7)
-    async with asyncio.timeout(10):
-        assert (await harness.engine.wait(execution_id)).status == "completed"
-
-
-async def test_starting_a_queued_run_is_one_transaction(harness: Harness) -> None:
-    await harness.engine.register_dag(DAG)
-    queued = await harness.engine.create_execution("resumable")
-    with _RoundTrips(harness) as trips:
-        await harness.engine.start_execution(queued.execution_id)
-    assert (trips.transactions, trips.statements) == (1, 2)  # the row lock, the claim (the DAG is cached)
-    await wait_until(lambda: harness.calls.count("gate") == 1)
-    await harness.engine.cancel(queued.execution_id)
