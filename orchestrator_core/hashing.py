@@ -35,7 +35,7 @@ from typing import Any
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 # The JSON text of one string (quotes and escapes included): what `canonical_json` writes for a `str`.
-_string = _CANONICAL.encode
+_string = json_string = _CANONICAL.encode
 
 
 def canonical_json(value: Any) -> str:
@@ -69,8 +69,13 @@ class InputHasher:
         self._keys = [(dep, _string(dep) + ":") for dep in sorted(dependencies)]
 
     def __call__(self, run_input_hash: str, output_hashes: Mapping[str, str]) -> str:
+        return self.with_encoded_input(json_string(run_input_hash), output_hashes)
+
+    def with_encoded_input(self, run_input_json: str, output_hashes: Mapping[str, str]) -> str:
+        """`self(run_input_hash, ...)` given `json_string(run_input_hash)`, which a run encodes once
+        for all its nodes."""
         upstream = ",".join([key + _string(output_hashes[dep]) for dep, key in self._keys])
-        return sha256_hex(f"{self._head}{_string(run_input_hash)}{self._middle}{upstream}}}}}")
+        return sha256_hex(f"{self._head}{run_input_json}{self._middle}{upstream}}}}}")
 
 
 def input_hash(agent_id: str, input_data_hash: str, params: Any, upstream: Mapping[str, str]) -> str:

@@ -53,7 +53,8 @@ class NodeRunner:
         state = run.states[node_id]
         node = state.node
         upstream = {dep: run.outputs.get(dep) for dep in node.depends_on}
-        state.input_hash = run.plan.input_hashers[node_id](run.input_data_hash, run.output_hashes)
+        hasher = run.plan.input_hashers[node_id]
+        state.input_hash = hasher.with_encoded_input(run.input_data_hash_json, run.output_hashes)
         rng = None
         policy = node.retry_policy
         timeout = node.timeout_policy.timeout_seconds
@@ -72,7 +73,8 @@ class NodeRunner:
                     state.started_at = now = clock.now()
                     state.started_mono = clock.monotonic()
                     state.error = None
-                    run.save_trace(state)
+                    if run.persist:
+                        run.writer.trace(state.snapshot())
                 else:
                     now = clock.now()
                 state.attempt_count = attempt

@@ -21,7 +21,7 @@ from orchestrator_core.agents import AgentRegistry
 from orchestrator_core.checkpoints import RunWriter
 from orchestrator_core.dag import Node
 from orchestrator_core.events import EngineObserver, LogEvent
-from orchestrator_core.hashing import canonical_json, sha256_hex
+from orchestrator_core.hashing import canonical_json, json_string, sha256_hex
 from orchestrator_core.plan import RunPlan
 from orchestrator_core.provenance import ChainBuilder, genesis_hash
 from orchestrator_core.records import ExecutionRecord, NodeTrace
@@ -151,6 +151,7 @@ class RunState:
         self.slots = slots
         self.input_data = record.input_data
         self.input_data_hash = sha256_hex(canonical_json(record.input_data))
+        self.input_data_hash_json = json_string(self.input_data_hash)  # encoded once for every node
         self.chain = ChainBuilder(
             genesis_hash(self.dag.dag_id, record.input_data), resume_from.chain if resume_from else []
         )
