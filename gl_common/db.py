@@ -189,7 +189,7 @@ class Database:
     async def ping(self) -> None:
         """Raise unless the database answers (readiness)."""
         async with self.transaction("ping") as conn:
-            await conn.execute(sa.text("SELECT 1"))
+            await conn.execute(sa.select(1))
 
     async def migrate(
         self, schema: migrations.Schema, now: datetime, *, target: int | None = None

@@ -153,7 +153,7 @@ def upgrade(conn: Connection, schema: Schema, now: datetime, target: int | None 
     transaction; return their versions. `MigrationError` if the database is newer than the code."""
     if conn.dialect.name == "postgresql":
         for key in (RUNNER_LOCK_KEY, schema.lock_key):
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
     # IF NOT EXISTS in the statement itself: SQLite may run it outside the transaction (the driver
     # begins one at the first write), where a check-then-create would race another process.
     conn.execute(sa.schema.CreateTable(bookkeeping, if_not_exists=True))
