@@ -64,3 +64,38 @@ async def test_an_unreachable_database_is_unavailable() -> None:
 def test_a_url_of_another_backend_or_driver_is_refused_before_connecting(url: str, message: str) -> None:
     with pytest.raises(StoreError, match=message):
         Database.connect(url)
+
+
+async def test_sqlite_runs_in_wal_mode_with_foreign_keys(sqlite_url: str) -> None:
+    db = Database.connect(sqlite_url)
+    try:
+        async with db.transaction("pragmas") as conn:
+            assert (await conn.execute(sa.text("PRAGMA journal_mode"))).scalar_one() == "wal"
+            assert (await conn.execute(sa.text("PRAGMA foreign_keys"))).scalar_one() == 1
+    finally:
+        await db.close()
+
+
+@pytest.mark.parametrize("begin", ["immediate", None])
+async def test_an_immediate_sqlite_transaction_holds_the_write_lock_from_its_start(
+    sqlite_url: str, begin: str | None
+) -> None:
+    """With `sqlite_begin="immediate"` a transaction that has only read yet already keeps writers
+    out (they wait on the busy timeout); with the driver's default it takes the lock at its first write."""
+    db = Database.connect(sqlite_url, PoolSettings(sqlite_begin=begin))  # type: ignore[arg-type]
+    other = Database.connect(sqlite_url, PoolSettings(timeout_seconds=0.2))
+    try:
+        async with db.transaction("create") as conn:
+            await conn.execute(sa.text("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
+        async with db.transaction("reads first") as reader:
+            await reader.execute(sa.text("SELECT count(*) FROM t"))
+            if begin == "immediate":
+                with pytest.raises(StoreUnavailable, match=r"database is locked|did not answer"):
+                    async with other.transaction("writes meanwhile") as writer:
+                        await writer.execute(sa.text("INSERT INTO t VALUES (1)"))
+            else:
+                async with other.transaction("writes meanwhile") as writer:
+                    await writer.execute(sa.text("INSERT INTO t VALUES (1)"))
+    finally:
+        await other.close()
+        await db.close()
