@@ -296,15 +296,10 @@ class Engine:
             )
         except StoreError as exc:
             if action == "resume":  # the claim reads the checkpoints: their load failed with it
-                self.observer.checkpoint_operation(
-                    CheckpointEvent(execution_id, "load", "error", 0, self.clock.now(), error=str(exc))
-                )
+                self._checkpoints_loaded(execution_id, 0, exc)
             raise
         if claimed.data is not None:
-            checkpoints = len(claimed.data.checkpoints)
-            self.observer.checkpoint_operation(
-                CheckpointEvent(execution_id, "load", "ok", checkpoints, self.clock.now())
-            )
+            self._checkpoints_loaded(execution_id, len(claimed.data.checkpoints))
         return claimed
 
     def _launch(self, claimed: ClaimedRun) -> Executor:
@@ -425,18 +420,19 @@ class Engine:
         """Queue a resume for admission (the service is at `max_concurrent_executions`).
 
         The run becomes `queued` again, keeping its checkpoints; `start_execution` resumes it from them
-        when admitted. The result says which nodes that will skip and which it will run.
+        when admitted. The result says which nodes that will skip and which it will run. One
+        transaction checks the status, reads the DAG version and the checkpoints, and requeues.
         """
         if execution_id in self._runs:
             raise InvalidState(f"execution {execution_id} is running on this replica")
-        record = await self.store.executions.get(execution_id)
-        if record.status not in RESUMABLE_STATUSES:
-            raise InvalidState(
-                f"execution {execution_id} is {record.status}; only {sorted(RESUMABLE_STATUSES)} can resume"
+        try:
+            dag, checkpoints = await self.store.executions.requeue(
+                execution_id, allowed=RESUMABLE_STATUSES, resume_dag=resume_dag
             )
-        own = await self.store.dags.get(record.dag_id, record.dag_version)
-        dag = resume_dag(own, await self.store.dags.get(record.dag_id))
-        checkpoints = await self._load_checkpoints(execution_id)
+        except StoreError as exc:
+            self._checkpoints_loaded(execution_id, 0, exc)
+            raise
+        self._checkpoints_loaded(execution_id, len(checkpoints))
         planned = self.plans.get(dag).levels
         levels = {node: index for index, level in enumerate(planned) for node in level}
         skipped = sorted(
@@ -444,7 +440,6 @@ class Engine:
             key=lambda node: (levels[node], node),
         )
         done = set(skipped)
-        await self.store.executions.set_status(execution_id, status="queued", expected=RESUMABLE_STATUSES)
         return ResumeResult(
             execution_id=execution_id,
             status="queued",
@@ -452,19 +447,18 @@ class Engine:
             nodes_remaining=[n for level in planned for n in level if n not in done],
         )
 
-    async def _load_checkpoints(self, execution_id: str) -> list[CheckpointRecord]:
-        """Load a run's checkpoints, reporting the operation (ok/error) to the observer."""
-        try:
-            checkpoints = await self.store.runs.checkpoints(execution_id)
-        except StoreError as exc:
-            self.observer.checkpoint_operation(
-                CheckpointEvent(execution_id, "load", "error", 0, self.clock.now(), error=str(exc))
-            )
-            raise
+    def _checkpoints_loaded(self, execution_id: str, count: int, error: StoreError | None = None) -> None:
+        """Report a load of a run's checkpoints (for a resume) to the observer: ok, or error."""
         self.observer.checkpoint_operation(
-            CheckpointEvent(execution_id, "load", "ok", len(checkpoints), self.clock.now())
+            CheckpointEvent(
+                execution_id,
+                "load",
+                "ok" if error is None else "error",
+                count,
+                self.clock.now(),
+                error=None if error is None else str(error),
+            )
         )
-        return checkpoints
 
     # -- reading -----------------------------------------------------------------------------------
 

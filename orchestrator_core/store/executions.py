@@ -33,7 +33,7 @@ from gl_common.db import Database
 from orchestrator_core.dag import DagDefinition
 from orchestrator_core.errors import ExecutionNotFound, InvalidState, StaleFencingToken
 from orchestrator_core.hashing import canonical_json
-from orchestrator_core.records import ExecutionOptions, ExecutionRecord, NodeTrace
+from orchestrator_core.records import CheckpointRecord, ExecutionOptions, ExecutionRecord, NodeTrace
 from orchestrator_core.store import rundata
 from orchestrator_core.store.dags import DagRepository
 from orchestrator_core.store.rundata import RunData, WriteBatch
@@ -172,6 +172,26 @@ class ExecutionRepository:
                 values["dag_version"] = dag.version
             record = await _update(conn, execution_id, values)
         return ClaimedRun(record, dag, data)
+
+    async def requeue(
+        self, execution_id: str, *, allowed: Collection[str], resume_dag: ResumeDag
+    ) -> tuple[DagDefinition, list[CheckpointRecord]]:
+        """Put a stopped run (status in `allowed`) back in the admission queue (`queued`, checkpoints
+        kept), in one transaction that also reads the DAG version its resume will run and its
+        checkpoints."""
+        now = self.clock.now()
+        async with self.db.transaction("queue resume") as conn:
+            row = await _locked_row(conn, execution_id, now, None)
+            if row.status not in allowed:
+                raise InvalidState(
+                    f"execution {execution_id} is {row.status}; only {sorted(allowed)} can resume"
+                )
+            own = await self.dags.read_in(conn, row.dag_id, row.dag_version)
+            dag = resume_dag(own, await self.dags.read_in(conn, row.dag_id))
+            checkpoints = await rundata.read_checkpoints(conn, execution_id)
+            values = {"status": "queued", "error": None, "completed_at": None, "updated_at": now}
+            await _update(conn, execution_id, values)
+        return dag, checkpoints
 
     def _claim_values(
         self, execution_id: str, stored_token: int, owner: str | None, token: int | None

@@ -132,7 +132,7 @@ class RunDataRepository:
 
     async def checkpoints(self, execution_id: str) -> list[CheckpointRecord]:
         async with self.db.transaction("load checkpoints") as conn:
-            return await _checkpoint_rows(conn, execution_id)
+            return await read_checkpoints(conn, execution_id)
 
     async def provenance(self, execution_id: str) -> tuple[list[ProvenanceEntry], str | None, int]:
         """The chain in `seq` order, plus the head hash and length recorded on the execution row."""
@@ -170,7 +170,7 @@ async def read_run(conn: AsyncConnection, execution_id: str) -> RunData:
     else:
         traces = await _trace_rows(conn, execution_id)
         chain = await _chain_rows(conn, execution_id)
-    return RunData(await _checkpoint_rows(conn, execution_id), chain, traces)
+    return RunData(await read_checkpoints(conn, execution_id), chain, traces)
 
 
 async def write(conn: AsyncConnection, execution_id: str, batch: WriteBatch, clock: Clock) -> None:
@@ -291,7 +291,7 @@ async def _trace_rows(conn: AsyncConnection, execution_id: str) -> dict[str, Nod
     return {row.node_id: NodeTrace(**_without_key(row._mapping)) for row in rows}
 
 
-async def _checkpoint_rows(conn: AsyncConnection, execution_id: str) -> list[CheckpointRecord]:
+async def read_checkpoints(conn: AsyncConnection, execution_id: str) -> list[CheckpointRecord]:
     rows = (
         await conn.execute(
             checkpoints.select()

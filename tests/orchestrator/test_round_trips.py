@@ -68,3 +68,16 @@ async def test_executing_a_dag_is_one_transaction_before_the_run_starts(harness:
     assert (trips.transactions, trips.statements) == (1, 2)
     await wait_until(lambda: harness.calls.count("gate") == 1)
     await harness.engine.cancel(record.execution_id)
+
+
+async def test_queueing_a_resume_is_one_transaction(harness: Harness) -> None:
+    execution_id = await cancel_at_gate(harness)
+    with _RoundTrips(harness) as trips:
+        result = await harness.engine.queue_resume(execution_id)
+    assert (result.status, result.nodes_skipped, result.nodes_remaining) == (
+        "queued",
+        ["a", "b"],
+        ["gate", "c"],
+    )
+    # the row lock, the DAG's latest version, the checkpoints, the status (five transactions before)
+    assert (trips.transactions, trips.statements) == (1, 4)
