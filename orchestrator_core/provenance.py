@@ -1,6 +1,6 @@
 """Provenance: a hash chain over the node records of one execution, and its verification.
 
-Where it sits: `executor.py` appends one record per node when the node's level is sealed (after the
+Where it sits: `levels.LevelRunner` appends one record per node when the node's level is sealed (after the
 level's barrier, in node-id order), through `ChainBuilder`; `checkpoints.RunWriter` persists them with
 the execution's fencing token; `engine.Engine.get_provenance` reads and `verify`s the chain.
 

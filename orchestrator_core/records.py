@@ -1,6 +1,6 @@
 """Plain, frozen records the engine hands out: executions, node traces, checkpoints, provenance.
 
-Where it sits: produced by `store.py` (rows) and `executor.py` (live state), returned by `engine.Engine`
+Where it sits: produced by `store` (rows) and the executor (live state), returned by `engine.Engine`
 to the service and the REST API, which renders them with the `to_json()` methods (the JSON shapes of
 docs/architecture.md "Orchestrator REST API"). No behaviour beyond conversion lives here.
 """
