@@ -30,27 +30,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import engine as bench
 
-from orchestrator_core import executor as executor_module
+from orchestrator_core import hashing as hashing_module
+from orchestrator_core import levels as levels_module
 from orchestrator_core import provenance as provenance_module
-from orchestrator_core import store as store_module
+from orchestrator_core.store import rundata as rundata_module
 
 CONSTANT_HASH = "0" * 64
 
 
 def _no_hashes() -> None:
-    executor_module.Executor._input_hash = lambda self, node: CONSTANT_HASH  # type: ignore[method-assign]
+    hashing_module.InputHasher.with_encoded_input = lambda self, *args: CONSTANT_HASH  # type: ignore[method-assign]
     provenance_module.record_hash = lambda *args: CONSTANT_HASH  # type: ignore[assignment]
 
 
 def _no_node_rows() -> None:
-    async def write_nothing(self: Any, conn: Any, execution_id: str, batch: Any) -> None:
+    async def write_nothing(conn: Any, execution_id: str, batch: Any, clock: Any) -> None:
         return None
 
-    store_module.Store._write = write_nothing  # type: ignore[method-assign]
+    rundata_module.write = write_nothing  # type: ignore[assignment]
 
 
 def _no_chain() -> None:
-    executor_module.Executor._seal_level = lambda self, level: None  # type: ignore[method-assign]
+    levels_module.LevelRunner.seal = lambda self, level: None  # type: ignore[method-assign]
 
 
 VARIANTS: list[tuple[str, Callable[[], None] | None]] = [

@@ -40,16 +40,16 @@ import sqlite3
 import tempfile
 import time
 from datetime import UTC, datetime
-from json.encoder import encode_basestring as _string
 from pathlib import Path
 from typing import Any
 
 from orchestrator_core.agents import AgentContext, AgentRegistry
 from orchestrator_core.engine import Engine
-from orchestrator_core.provenance import NO_OUTPUT_HASH, genesis_hash, record_hash
+from orchestrator_core.hashing import NO_OUTPUT_HASH, InputHasher, canonical_json, record_hash, sha256_hex
+from orchestrator_core.provenance import genesis_hash
 from orchestrator_core.records import ExecutionOptions
 from orchestrator_core.settings import OrchestratorSettings
-from orchestrator_core.store import Store, canonical_json, sha256_hex
+from orchestrator_core.store import Store
 
 
 async def noop(ctx: AgentContext) -> Any:
@@ -103,15 +103,11 @@ async def floor(graph: dict[str, list[str]], db: sqlite3.Connection | None) -> f
     async def agent(node: str) -> Any:
         return None
 
-    # The input hash is provenance.input_hash, assembled the way the executor does it; its per-node
-    # parts belong to the DAG, which the executor prepares once per DAG version (not timed here either).
-    keys = {node: [(dep, _string(dep) + ":") for dep in sorted(deps)] for node, deps in graph.items()}
+    # The input hash through the executor's `InputHasher`; its per-node parts belong to the DAG, which
+    # the engine prepares once per DAG version (not timed here either).
+    hashers = {node: InputHasher("bench.noop", {}, deps) for node, deps in graph.items()}
     started = time.perf_counter()
-    head = (
-        '{"agent_id":"bench.noop","input":'
-        + _string(sha256_hex(canonical_json(None)))
-        + ',"params":{},"upstream":{'
-    )
+    run_input = sha256_hex(canonical_json(None))
     prev = genesis_hash("floor", None)
     output_hashes: dict[str, str] = {}
     done: dict[str, tuple[datetime, datetime, str]] = {}
@@ -119,8 +115,7 @@ async def floor(graph: dict[str, list[str]], db: sqlite3.Connection | None) -> f
 
     async def run(node: str) -> None:
         at = datetime.now(UTC)
-        upstream = ",".join([key + _string(output_hashes[dep]) for dep, key in keys[node]])
-        digest = sha256_hex(f"{head}{upstream}}}}}")
+        digest = hashers[node](run_input, output_hashes)
         value = await agent(node)
         output_hashes[node] = NO_OUTPUT_HASH if value is None else sha256_hex(canonical_json(value))
         done[node] = (at, datetime.now(UTC), digest)

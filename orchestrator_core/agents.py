@@ -2,7 +2,7 @@
 
 Where it sits: the service (or CLI, or a test) builds one `AgentRegistry` at start-up —
 `AgentRegistry.from_entry_points()` loads every entry point of group `gl_orchestrator.agents`, and
-`register()` adds more (the service's HTTP agents, a test's callables). `executor.py` runs each node
+`register()` adds more (the service's HTTP agents, a test's callables). `nodes.NodeRunner` runs each node
 attempt through `AgentRegistry.invoke`; `POST /admin/agents/{agent_id}/restart` calls `restart`.
 There is no module-level registry: two engines in one process never share agents or agent state.
 

@@ -2,7 +2,8 @@
 
 Where it sits: `cli.py serve` builds the app with `build_app(service)` and runs it; tests run it on
 loopback. Handlers read through `service.engine` and write through `service` (admission, locks). The
-route table `ROUTES` is the single source of the routes and of the OpenAPI document (`openapi.py`).
+route table `ROUTES` (each handler declares its route) is the single source of the routes and of the
+OpenAPI document (`openapi.py`).
 
 Middlewares, outermost first:
 
@@ -23,14 +24,13 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from orchestrator_core.api_models import ExecuteRequest, LimitsRequest, int_param, validate
 from orchestrator_core.dag import MAX_DOCUMENT_DEPTH, check_document_shape, load_document
 from orchestrator_core.errors import (
     BadRequest,
@@ -41,12 +41,10 @@ from orchestrator_core.errors import (
     short_reason,
 )
 from orchestrator_core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from orchestrator_core.openapi import build_openapi
+from orchestrator_core.openapi import Route, RouteTable, build_openapi
 from orchestrator_core.records import EXECUTION_STATUSES, ExecutionOptions
 from orchestrator_core.service import OrchestratorService
 from orchestrator_core.settings import (
-    MAX_CONCURRENT_EXECUTIONS_BOUND,
-    MAX_PARALLEL_NODES_BOUND,
     OrchestratorSettings,
 )
 
@@ -237,74 +235,32 @@ def _parse_json(body: bytes) -> Any:
     return value
 
 
-def _model(model: type[BaseModel], data: Any) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"])
-        message = first["msg"]
-        if first["type"] in ("model_type", "model_attributes_type", "dict_type"):
-            message = "must be a JSON object"  # not pydantic's "... or instance of LimitsRequest"
-        raise BadRequest(f"{field or 'body'}: {message}", field=field) from None
-
-
-class ExecuteRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    input_data: Any = None
-    execution_options: ExecutionOptionsModel | None = None
-
-
-class ExecutionOptionsModel(BaseModel):
-    # Strict: "yes", "0" or 1 are refused rather than guessed at.
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    checkpoint_enabled: bool = True
-    deterministic_mode: bool = False
-
-
-class LimitsRequest(BaseModel):
-    # Strict: `true` or "5" are refused (lax pydantic would read them as 1 and 5); same bounds as settings.
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    max_parallel_nodes: int | None = Field(None, ge=1, le=MAX_PARALLEL_NODES_BOUND)
-    max_concurrent_executions: int | None = Field(None, ge=1, le=MAX_CONCURRENT_EXECUTIONS_BOUND)
-
-
-ExecuteRequest.model_rebuild()
-
-
 def _service(request: web.Request) -> OrchestratorService:
     return request.app[SERVICE_KEY]
 
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"query parameter {name} must be an integer", field=name) from None
-    if not low <= value <= high:
-        raise BadRequest(f"query parameter {name} must be between {low} and {high}", field=name)
-    return value
+# -- handlers (each declares its route: method, path under API_PREFIX, summary, schemas) -----------
+
+ROUTE_TABLE = RouteTable(API_PREFIX)
 
 
-# -- handlers ---------------------------------------------------------------------------------------
-
-
+@ROUTE_TABLE.route(
+    "GET /executions",
+    "List executions (filter by status, dag_id)",
+    response="ExecutionList",
+    query=("status", "dag_id", "limit"),
+)
 async def list_executions(request: web.Request) -> web.Response:
     status = request.query.get("status") or None
     if status is not None and status not in EXECUTION_STATUSES:
         raise BadRequest(f"status must be one of {', '.join(EXECUTION_STATUSES)}", field="status")
     dag_id = request.query.get("dag_id") or None
-    limit = _int_param(request, "limit", 500, 1, 5000)
+    limit = int_param(request.query, "limit", 500, 1, 5000)
     records = await _service(request).engine.list_executions(status=status, dag_id=dag_id, limit=limit)
     return web.json_response({"items": [record.to_json() for record in records]})
 
 
+@ROUTE_TABLE.route("GET /executions/{execution_id}", "One execution", response="Execution")
 async def get_execution(request: web.Request) -> web.Response:
     record = await _service(request).engine.get_execution(request.match_info["execution_id"])
     return web.json_response(record.to_json())
@@ -327,38 +283,63 @@ def _fill_durations(trace: dict[str, Any], now: datetime) -> dict[str, Any]:
     return trace
 
 
+@ROUTE_TABLE.route(
+    "GET /executions/{execution_id}/trace", "Node-level trace of an execution", response="Trace"
+)
 async def get_trace(request: web.Request) -> web.Response:
     trace = await _service(request).engine.get_trace(request.match_info["execution_id"])
     return web.json_response(_fill_durations(trace.to_json(), datetime.now(UTC)))
 
 
+@ROUTE_TABLE.route(
+    "POST /executions/{execution_id}/cancel",
+    "Cancel a queued or running execution (checkpoints kept)",
+    response="Execution",
+)
 async def cancel_execution(request: web.Request) -> web.Response:
     await _json_body(request, required=False)
     record = await _service(request).cancel(request.match_info["execution_id"])
     return web.json_response(record.to_json())
 
 
+@ROUTE_TABLE.route(
+    "POST /executions/{execution_id}/resume",
+    "Resume a stopped execution from its checkpoints",
+    response="ResumeResult",
+)
 async def resume_execution(request: web.Request) -> web.Response:
     await _json_body(request, required=False)
     result = await _service(request).resume(request.match_info["execution_id"])
     return web.json_response(result.to_json(), status=202 if result.status == "queued" else 200)
 
 
+@ROUTE_TABLE.route(
+    "GET /executions/{execution_id}/provenance",
+    "Provenance hash chain and its verification",
+    response="Provenance",
+)
 async def get_provenance(request: web.Request) -> web.Response:
     report = await _service(request).engine.get_provenance(request.match_info["execution_id"])
     return web.json_response(report.to_json())
 
 
+@ROUTE_TABLE.route(
+    "GET /executions/{execution_id}/logs",
+    "Recent structured log lines of a run",
+    response="LogLines",
+    query=("node_id", "limit"),
+)
 async def get_logs(request: web.Request) -> web.Response:
     service = _service(request)
     execution_id = request.match_info["execution_id"]
-    limit = _int_param(request, "limit", 200, 1, MAX_LOG_LINES)
+    limit = int_param(request.query, "limit", 200, 1, MAX_LOG_LINES)
     node_id = request.query.get("node_id") or None
     await service.engine.get_execution(execution_id)  # 404 for an unknown id
     lines = service.run_log.lines(execution_id, node_id=node_id, limit=limit)
     return web.json_response({"execution_id": execution_id, "lines": lines})
 
 
+@ROUTE_TABLE.route("GET /checkpoints/{execution_id}", "Checkpoints of an execution", response="Checkpoints")
 async def get_checkpoints(request: web.Request) -> web.Response:
     service = _service(request)
     execution_id = request.match_info["execution_id"]
@@ -369,10 +350,7 @@ async def get_checkpoints(request: web.Request) -> web.Response:
     )
 
 
-async def get_service_metrics(request: web.Request) -> web.Response:
-    return web.json_response(await _service(request).limits_json())
-
-
+@ROUTE_TABLE.route("POST /dags", "Register a DAG definition", ok_status=201, body="Dag", response="Dag")
 async def register_dag(request: web.Request) -> web.Response:
     body, fmt = await _body_bytes(request, allow_yaml=True)
     if not body:
@@ -386,11 +364,15 @@ async def register_dag(request: web.Request) -> web.Response:
     return web.json_response(dag.to_document(), status=201)
 
 
+@ROUTE_TABLE.route("GET /dags/{dag_id}", "Latest version of a DAG", response="Dag")
 async def get_dag(request: web.Request) -> web.Response:
     dag = await _service(request).engine.get_dag(request.match_info["dag_id"])
     return web.json_response(dag.to_document())
 
 
+@ROUTE_TABLE.route(
+    "PUT /dags/{dag_id}", "Partial update (deep merge), version bumped", body="DagPatch", response="Dag"
+)
 async def update_dag(request: web.Request) -> web.Response:
     patch = await _json_body(request)
     if not isinstance(patch, dict) or not patch:
@@ -418,8 +400,15 @@ async def update_dag(request: web.Request) -> web.Response:
     return web.json_response(dag.to_document())
 
 
+@ROUTE_TABLE.route(
+    "POST /dags/{dag_id}/execute",
+    "Queue a run of the DAG",
+    ok_status=202,
+    body="ExecuteRequest",
+    response="Execution",
+)
 async def execute_dag(request: web.Request) -> web.Response:
-    body = _model(ExecuteRequest, await _json_body(request, required=False))
+    body = validate(ExecuteRequest, await _json_body(request, required=False))
     options = ExecutionOptions.from_json(
         body.execution_options.model_dump() if body.execution_options else None
     )
@@ -427,12 +416,17 @@ async def execute_dag(request: web.Request) -> web.Response:
     return web.json_response(record.to_json(), status=202)
 
 
+@ROUTE_TABLE.route("GET /metrics", "Admission figures", response="Limits")
+@ROUTE_TABLE.route("GET /admin/limits", "Current limits", response="Limits")
 async def get_limits(request: web.Request) -> web.Response:
     return web.json_response(await _service(request).limits_json())
 
 
+@ROUTE_TABLE.route(
+    "PUT /admin/limits", "Change limits live on every replica", body="LimitsRequest", response="Limits"
+)
 async def put_limits(request: web.Request) -> web.Response:
-    body = _model(LimitsRequest, await _json_body(request))
+    body = validate(LimitsRequest, await _json_body(request))
     if body.max_parallel_nodes is None and body.max_concurrent_executions is None:
         raise BadRequest("give max_parallel_nodes and/or max_concurrent_executions", field="")
     limits = await _service(request).set_limits(
@@ -441,14 +435,23 @@ async def put_limits(request: web.Request) -> web.Response:
     return web.json_response(limits)
 
 
+@ROUTE_TABLE.route(
+    "DELETE /admin/limits",
+    "Drop the live limits: every replica goes back to its configured limits",
+    response="Limits",
+)
 async def delete_limits(request: web.Request) -> web.Response:
     return web.json_response(await _service(request).clear_limits())
 
 
+@ROUTE_TABLE.route("GET /agents", "Registered agents", response="AgentList")
 async def list_agents(request: web.Request) -> web.Response:
     return web.json_response({"items": _service(request).registry.describe()})
 
 
+@ROUTE_TABLE.route(
+    "POST /admin/agents/{agent_id}/restart", "Restart an in-process agent worker", response="AgentRestart"
+)
 async def restart_agent(request: web.Request) -> web.Response:
     await _json_body(request, required=False)
     service = _service(request)
@@ -463,14 +466,17 @@ async def restart_agent(request: web.Request) -> web.Response:
     return web.json_response(result.to_json())
 
 
+@ROUTE_TABLE.route("GET /openapi.json", "This OpenAPI document")
 async def openapi_document(request: web.Request) -> web.Response:
     return web.json_response(request.app[OPENAPI_KEY])
 
 
+@ROUTE_TABLE.route("GET /healthz", "Liveness", auth=False, prefixed=False)
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "replica_id": _service(request).replica_id})
 
 
+@ROUTE_TABLE.route("GET /readyz", "Readiness: store and lock backend reachable", auth=False, prefixed=False)
 async def readyz(request: web.Request) -> web.Response:
     checks = await _service(request).readiness()
     if all(value == "ok" for value in checks.values()):
@@ -479,6 +485,7 @@ async def readyz(request: web.Request) -> web.Response:
     return error_response(503, "not_ready", failing, checks=checks)
 
 
+@ROUTE_TABLE.route("GET /metrics", "Prometheus exposition", auth=False, prefixed=False)
 async def prometheus_metrics(request: web.Request) -> web.Response:
     body = _service(request).metrics.render()
     return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
@@ -487,130 +494,8 @@ async def prometheus_metrics(request: web.Request) -> web.Response:
 # -- route table ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Route:
-    method: str
-    path: str
-    handler: Handler
-    summary: str
-    auth: bool = True
-    ok_status: int = 200
-    body: str | None = None  # name of the request schema in openapi.py
-    response: str | None = None  # name of the response schema in openapi.py
-    query: tuple[str, ...] = ()
-
-
-P = API_PREFIX
-ROUTES: tuple[Route, ...] = (
-    Route(
-        "GET",
-        f"{P}/executions",
-        list_executions,
-        "List executions (filter by status, dag_id)",
-        response="ExecutionList",
-        query=("status", "dag_id", "limit"),
-    ),
-    Route("GET", f"{P}/executions/{{execution_id}}", get_execution, "One execution", response="Execution"),
-    Route(
-        "GET",
-        f"{P}/executions/{{execution_id}}/trace",
-        get_trace,
-        "Node-level trace of an execution",
-        response="Trace",
-    ),
-    Route(
-        "POST",
-        f"{P}/executions/{{execution_id}}/cancel",
-        cancel_execution,
-        "Cancel a queued or running execution (checkpoints kept)",
-        response="Execution",
-    ),
-    Route(
-        "POST",
-        f"{P}/executions/{{execution_id}}/resume",
-        resume_execution,
-        "Resume a stopped execution from its checkpoints",
-        response="ResumeResult",
-    ),
-    Route(
-        "GET",
-        f"{P}/executions/{{execution_id}}/provenance",
-        get_provenance,
-        "Provenance hash chain and its verification",
-        response="Provenance",
-    ),
-    Route(
-        "GET",
-        f"{P}/executions/{{execution_id}}/logs",
-        get_logs,
-        "Recent structured log lines of a run",
-        response="LogLines",
-        query=("node_id", "limit"),
-    ),
-    Route(
-        "GET",
-        f"{P}/checkpoints/{{execution_id}}",
-        get_checkpoints,
-        "Checkpoints of an execution",
-        response="Checkpoints",
-    ),
-    Route("GET", f"{P}/metrics", get_service_metrics, "Admission figures", response="Limits"),
-    Route(
-        "POST",
-        f"{P}/dags",
-        register_dag,
-        "Register a DAG definition",
-        ok_status=201,
-        body="Dag",
-        response="Dag",
-    ),
-    Route("GET", f"{P}/dags/{{dag_id}}", get_dag, "Latest version of a DAG", response="Dag"),
-    Route(
-        "PUT",
-        f"{P}/dags/{{dag_id}}",
-        update_dag,
-        "Partial update (deep merge), version bumped",
-        body="DagPatch",
-        response="Dag",
-    ),
-    Route(
-        "POST",
-        f"{P}/dags/{{dag_id}}/execute",
-        execute_dag,
-        "Queue a run of the DAG",
-        ok_status=202,
-        body="ExecuteRequest",
-        response="Execution",
-    ),
-    Route("GET", f"{P}/admin/limits", get_limits, "Current limits", response="Limits"),
-    Route(
-        "PUT",
-        f"{P}/admin/limits",
-        put_limits,
-        "Change limits live on every replica",
-        body="LimitsRequest",
-        response="Limits",
-    ),
-    Route(
-        "DELETE",
-        f"{P}/admin/limits",
-        delete_limits,
-        "Drop the live limits: every replica goes back to its configured limits",
-        response="Limits",
-    ),
-    Route("GET", f"{P}/agents", list_agents, "Registered agents", response="AgentList"),
-    Route(
-        "POST",
-        f"{P}/admin/agents/{{agent_id}}/restart",
-        restart_agent,
-        "Restart an in-process agent worker",
-        response="AgentRestart",
-    ),
-    Route("GET", f"{P}/openapi.json", openapi_document, "This OpenAPI document"),
-    Route("GET", "/metrics", prometheus_metrics, "Prometheus exposition", auth=False),
-    Route("GET", "/healthz", healthz, "Liveness", auth=False),
-    Route("GET", "/readyz", readyz, "Readiness: store and lock backend reachable", auth=False),
-)
+# In the order the routes were declared above (the OpenAPI document lists them so).
+ROUTES: tuple[Route, ...] = ROUTE_TABLE.routes()
 
 OPENAPI_KEY = web.AppKey("openapi", dict)
 

@@ -1,8 +1,8 @@
 """DAG definitions: the pydantic v2 model, whole-graph validation, and topological levels.
 
 Where it sits: the REST API (`POST/PUT /dags`) and the CLI parse documents with `parse_dag` /
-`DagDefinition.from_document`; `engine.Engine.register_dag` stores them; `executor.py` runs
-`DagDefinition.levels()`. Everything here is pure (no I/O).
+`DagDefinition.from_document`; `engine.Engine.register_dag` stores them; the executor runs
+`DagDefinition.levels()` (through `plan.RunPlan`). Everything here is pure (no I/O).
 
 Every invalid definition raises `errors.DagValidationError` whose `problems` name the field:
 a cycle is reported with its nodes in order (`nodes.a.depends_on: cycle a -> b -> c -> a`), an unknown

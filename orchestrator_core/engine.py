@@ -48,10 +48,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from gl_common.clock import Clock, SystemClock
+from gl_common.db import PoolStats
 from orchestrator_core.agents import AgentRegistry
 from orchestrator_core.dag import DagDefinition, deep_merge
 from orchestrator_core.errors import DagValidationError, InvalidState, StoreError
@@ -67,7 +68,9 @@ from orchestrator_core.events import (
     RetryEvent,
     SafeObserver,
 )
-from orchestrator_core.executor import Executor, plan_levels
+from orchestrator_core.executor import Executor
+from orchestrator_core.hashing import canonical_json
+from orchestrator_core.plan import RunPlans
 from orchestrator_core.provenance import genesis_hash, verify
 from orchestrator_core.records import (
     RESUMABLE_STATUSES,
@@ -76,12 +79,11 @@ from orchestrator_core.records import (
     ExecutionRecord,
     ExecutionTrace,
     NodeTrace,
-    PoolStats,
     ProvenanceReport,
     ResumeResult,
 )
 from orchestrator_core.settings import OrchestratorSettings
-from orchestrator_core.store import Store, canonical_json
+from orchestrator_core.store import ClaimedRun, Store
 
 __all__ = [
     "CheckpointEvent",
@@ -98,6 +100,12 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+def resume_dag(own: DagDefinition, latest: DagDefinition) -> DagDefinition:
+    """The DAG a resume runs: the latest version if its topology is unchanged, else the run's own."""
+    return latest if latest.version != own.version and latest.same_topology(own) else own
+
 
 STOP_WAIT_SECONDS = 5.0  # how long cancel/interrupt wait for a local run to write its final status
 
@@ -121,6 +129,7 @@ class Engine:
         self.clock: Clock = clock or SystemClock()
         self._max_parallel_nodes = settings.max_parallel_nodes
         self._runs: dict[str, Executor] = {}
+        self.plans = RunPlans()  # per DAG version: levels and input hashers, shared by its runs
 
     @classmethod
     async def open(
@@ -173,28 +182,28 @@ class Engine:
         """Validate (including agent ids) and store a DAG; a changed definition gets the next version."""
         definition = dag if isinstance(dag, DagDefinition) else DagDefinition.from_document(dag)
         self._check_agents(definition)
-        return await self.store.save_dag(definition)
+        return await self.store.dags.save(definition)
 
     async def get_dag(self, dag_id: str, version: int | None = None) -> DagDefinition:
         """The latest (or a given) version of a DAG; `DagNotFound` otherwise."""
-        return await self.store.get_dag(dag_id, version)
+        return await self.store.dags.get(dag_id, version)
 
     async def update_dag(self, dag_id: str, patch: Mapping[str, Any]) -> DagDefinition:
         """Deep-merge `patch` into the latest version, revalidate, store as version + 1."""
         if not isinstance(patch, Mapping):
             raise DagValidationError([("", "a DAG update must be an object")])
-        current = await self.store.get_dag(dag_id)
+        current = await self.store.dags.get(dag_id)
         if "dag_id" in patch and patch["dag_id"] != dag_id:
             raise DagValidationError([("dag_id", "cannot be changed by an update")])
         document = deep_merge(current.to_document(), {k: v for k, v in patch.items() if k != "version"})
         document["version"] = current.version + 1
         updated = DagDefinition.from_document(document)
         self._check_agents(updated)
-        return await self.store.save_dag(updated)
+        return await self.store.dags.save(updated)
 
     async def list_dags(self) -> list[DagDefinition]:
         """Latest version of every DAG."""
-        return await self.store.list_dags()
+        return await self.store.dags.latest()
 
     # -- starting ----------------------------------------------------------------------------------
 
@@ -207,29 +216,32 @@ class Engine:
         execution_id: str | None = None,
     ) -> ExecutionRecord:
         """Record a new `queued` execution of the DAG's latest version."""
-        return await self.store.create_execution(
-            await self._new_record(dag_id, input_data, options, execution_id)
-        )
+        build = self._new_record(input_data, options, execution_id)
+        return (await self.store.executions.create_run(dag_id, build)).record
 
-    async def _new_record(
-        self, dag_id: str, input_data: Any, options: ExecutionOptions | None, execution_id: str | None
-    ) -> ExecutionRecord:
-        dag = await self.store.get_dag(dag_id)
-        try:
-            canonical_json(input_data)
-        except (TypeError, ValueError) as exc:
-            raise DagValidationError([("input_data", f"must be JSON: {exc}")]) from None
-        record = ExecutionRecord(
-            execution_id=execution_id or uuid.uuid4().hex,
-            dag_id=dag.dag_id,
-            dag_version=dag.version,
-            status="queued",
-            input_data=input_data,
-            options=options or ExecutionOptions(),
-            created_at=self.clock.now(),
-            timeout_seconds=dag.execution_timeout_seconds,
-        )
-        return record
+    def _new_record(
+        self, input_data: Any, options: ExecutionOptions | None, execution_id: str | None
+    ) -> Callable[[DagDefinition], ExecutionRecord]:
+        """What a new run of a DAG version records (the store reads the latest version first, so an
+        unknown DAG is reported before a bad input)."""
+
+        def build(dag: DagDefinition) -> ExecutionRecord:
+            try:
+                canonical_json(input_data)
+            except (TypeError, ValueError) as exc:
+                raise DagValidationError([("input_data", f"must be JSON: {exc}")]) from None
+            return ExecutionRecord(
+                execution_id=execution_id or uuid.uuid4().hex,
+                dag_id=dag.dag_id,
+                dag_version=dag.version,
+                status="queued",
+                input_data=input_data,
+                options=options or ExecutionOptions(),
+                created_at=self.clock.now(),
+                timeout_seconds=dag.execution_timeout_seconds,
+            )
+
+        return build
 
     async def start_execution(
         self, execution_id: str, *, owner: str | None = None, fencing_token: int | None = None
@@ -238,23 +250,9 @@ class Engine:
 
         A queued resume (`queue_resume`: the run started before) continues from its checkpoints.
         """
-        if execution_id in self._runs:
-            raise InvalidState(f"execution {execution_id} is already running on this replica")
-        queued = await self.store.get_execution(execution_id)
-        if queued.status == "queued" and queued.started_at is not None:
-            _, claimed = await self._resume(
-                execution_id, {"queued"}, owner=owner, fencing_token=fencing_token
-            )
-            return claimed
-        record = await self.store.claim_execution(
-            execution_id,
-            owner=owner or self.settings.replica_id,
-            token=fencing_token,
-            allowed_statuses={"queued"},
-        )
-        dag = await self.store.get_dag(record.dag_id, record.dag_version)
-        self._launch(Executor(**self._executor_args(dag, record)))
-        return record
+        claimed = await self._claim(execution_id, {"queued"}, "start", owner, fencing_token)
+        self._launch(claimed)
+        return claimed.record
 
     async def execute(
         self,
@@ -266,33 +264,58 @@ class Engine:
         owner: str | None = None,
         fencing_token: int | None = None,
     ) -> ExecutionRecord:
-        """`create_execution` + `start_execution`, the insert and the claim in one transaction."""
-        record = await self._new_record(dag_id, input_data, options, execution_id)
-        if fencing_token is not None and fencing_token <= record.fencing_token:
+        """`create_execution` + `start_execution`: reading the DAG's latest version, the insert and the
+        claim in one transaction."""
+        build = self._new_record(input_data, options, execution_id)
+        if fencing_token is not None and fencing_token <= 0:  # a new run's stored token is 0
             # A token the claim refuses: keep the two steps (the queued run stays, the claim raises).
-            created = await self.store.create_execution(record)
-            return await self.start_execution(created.execution_id, owner=owner, fencing_token=fencing_token)
-        claimed = await self.store.create_execution(
-            record, claim=(owner or self.settings.replica_id, fencing_token)
+            created = await self.store.executions.create_run(dag_id, build)
+            return await self.start_execution(
+                created.record.execution_id, owner=owner, fencing_token=fencing_token
+            )
+        claimed = await self.store.executions.create_run(
+            dag_id, build, claim=(owner or self.settings.replica_id, fencing_token)
         )
-        dag = await self.store.get_dag(claimed.dag_id, claimed.dag_version)
-        self._launch(Executor(**self._executor_args(dag, claimed)))
+        self._launch(claimed)
+        return claimed.record
+
+    async def _claim(
+        self, execution_id: str, allowed: Collection[str], action: str, owner: str | None, token: int | None
+    ) -> ClaimedRun:
+        """Claim a run that is not running here, reading what it runs in the same transaction."""
+        if execution_id in self._runs:
+            raise InvalidState(f"execution {execution_id} is already running on this replica")
+        try:
+            claimed = await self.store.executions.claim_run(
+                execution_id,
+                owner=owner or self.settings.replica_id,
+                token=token,
+                allowed=allowed,
+                action=action,
+                resume_dag=resume_dag,
+            )
+        except StoreError as exc:
+            if action == "resume":  # the claim reads the checkpoints: their load failed with it
+                self._checkpoints_loaded(execution_id, 0, exc)
+            raise
+        if claimed.data is not None:
+            self._checkpoints_loaded(execution_id, len(claimed.data.checkpoints))
         return claimed
 
-    def _executor_args(self, dag: DagDefinition, record: ExecutionRecord) -> dict[str, Any]:
-        return {
-            "store": self.store,
-            "registry": self.registry,
-            "observer": self.observer,
-            "clock": self.clock,
-            "dag": dag,
-            "record": record,
-            "parallel_limit": lambda: self._max_parallel_nodes,
-            "checkpoint_base_delay": self.settings.checkpoint_retry_base_delay,
-            "checkpoint_max_delay": self.settings.checkpoint_retry_max_delay,
-        }
-
-    def _launch(self, executor: Executor) -> None:
+    def _launch(self, claimed: ClaimedRun) -> Executor:
+        """Build the run's executor and start it in the background: the one way a run starts here."""
+        executor = Executor(
+            store=self.store,
+            registry=self.registry,
+            observer=self.observer,
+            clock=self.clock,
+            plan=self.plans.get(claimed.dag),
+            record=claimed.record,
+            parallel_limit=lambda: self._max_parallel_nodes,
+            resume_from=claimed.data,
+            checkpoint_base_delay=self.settings.checkpoint_retry_base_delay,
+            checkpoint_max_delay=self.settings.checkpoint_retry_max_delay,
+        )
         execution_id = executor.execution_id
         self._runs[execution_id] = executor
         task = executor.start()
@@ -302,6 +325,7 @@ class Engine:
                 del self._runs[execution_id]
 
         task.add_done_callback(forget)
+        return executor
 
     # -- controlling -------------------------------------------------------------------------------
 
@@ -312,7 +336,7 @@ class Engine:
             await asyncio.wait([executor.task])
             if executor.final_record is not None:
                 return executor.final_record  # read back in the run's final transaction
-        return await self.store.get_execution(execution_id)
+        return await self.store.executions.get(execution_id)
 
     async def _stop_local(self, executor: Executor, mode: str, reason: str) -> None:
         executor.stop(mode, reason)
@@ -325,7 +349,7 @@ class Engine:
         if task.cancelled() and mode != "detach":
             # Cancelled before its first step: the run never got to write its status; do it here.
             status = "cancelled" if mode == "cancel" else "interrupted"
-            await self.store.finish_execution(
+            await self.store.executions.finish(
                 executor.execution_id, executor.token, status=status, error=reason
             )
 
@@ -334,15 +358,15 @@ class Engine:
         executor = self._runs.get(execution_id)
         if executor is not None:
             await self._stop_local(executor, "cancel", reason)
-            return await self.store.get_execution(execution_id)
-        traces = await self.store.get_traces(execution_id)
+            return await self.store.executions.get(execution_id)
+        traces = await self.store.runs.traces(execution_id)
         now = self.clock.now()
         stopped = [
             NodeTrace(**{**t.__dict__, "status": "cancelled", "error": reason, "completed_at": now})
             for t in traces.values()
             if t.status == "running"
         ]
-        return await self.store.set_status(
+        return await self.store.executions.set_status(
             execution_id,
             status="cancelled",
             expected={"queued", "running", "interrupted"},
@@ -356,8 +380,8 @@ class Engine:
         executor = self._runs.get(execution_id)
         if executor is not None:
             await self._stop_local(executor, "interrupt", reason)
-            return await self.store.get_execution(execution_id)
-        return await self.store.set_status(
+            return await self.store.executions.get(execution_id)
+        return await self.store.executions.set_status(
             execution_id, status="interrupted", expected={"running"}, error=reason
         )
 
@@ -378,30 +402,44 @@ class Engine:
         """Resume a failed/cancelled/interrupted run under the same id, skipping checkpointed nodes.
 
         The run continues on the DAG's latest version when its topology is unchanged (so a timeout
-        raised with `update_dag` applies), otherwise on the version it started with. `takeover=True`
-        also accepts a `running` record: the caller has confirmed that its owner is dead.
+        raised with `update_dag` applies), otherwise on the version it started with (`resume_dag`).
+        `takeover=True` also accepts a `running` record: the caller has confirmed that its owner is dead.
+        One transaction claims the run and reads its DAG version, checkpoints, chain and traces.
         """
         allowed = set(RESUMABLE_STATUSES) | ({"running"} if takeover else set())
-        result, _ = await self._resume(execution_id, allowed, owner=owner, fencing_token=fencing_token)
-        return result
+        claimed = await self._claim(execution_id, allowed, "resume", owner, fencing_token)
+        executor = self._launch(claimed)
+        return ResumeResult(
+            execution_id=execution_id,
+            status=claimed.record.status,
+            nodes_skipped=list(executor.skipped_from_checkpoint),
+            nodes_remaining=executor.nodes_remaining,
+        )
 
     async def queue_resume(self, execution_id: str) -> ResumeResult:
         """Queue a resume for admission (the service is at `max_concurrent_executions`).
 
         The run becomes `queued` again, keeping its checkpoints; `start_execution` resumes it from them
-        when admitted. The result says which nodes that will skip and which it will run.
+        when admitted. The result says which nodes that will skip and which it will run. One
+        transaction checks the status, reads the DAG version and the checkpoints, and requeues.
         """
-        record = await self._resumable(execution_id, RESUMABLE_STATUSES)
-        dag = await self._resume_dag(record)
-        checkpoints = await self._load_checkpoints(execution_id)
-        planned = plan_levels(dag)
+        if execution_id in self._runs:
+            raise InvalidState(f"execution {execution_id} is running on this replica")
+        try:
+            dag, checkpoints = await self.store.executions.requeue(
+                execution_id, allowed=RESUMABLE_STATUSES, resume_dag=resume_dag
+            )
+        except StoreError as exc:
+            self._checkpoints_loaded(execution_id, 0, exc)
+            raise
+        self._checkpoints_loaded(execution_id, len(checkpoints))
+        planned = self.plans.get(dag).levels
         levels = {node: index for index, level in enumerate(planned) for node in level}
         skipped = sorted(
             {cp.node_id for cp in checkpoints if cp.status == "completed" and cp.node_id in levels},
             key=lambda node: (levels[node], node),
         )
         done = set(skipped)
-        await self.store.set_status(execution_id, status="queued", expected=RESUMABLE_STATUSES)
         return ResumeResult(
             execution_id=execution_id,
             status="queued",
@@ -409,95 +447,40 @@ class Engine:
             nodes_remaining=[n for level in planned for n in level if n not in done],
         )
 
-    async def _resume(
-        self,
-        execution_id: str,
-        allowed: set[str],
-        *,
-        owner: str | None,
-        fencing_token: int | None,
-    ) -> tuple[ResumeResult, ExecutionRecord]:
-        """Claim the run (status in `allowed`) and launch it from its checkpoints; the claimed record."""
-        record = await self._resumable(execution_id, allowed)
-        dag = await self._resume_dag(record)
-        checkpoints = await self._load_checkpoints(execution_id)
-        chain, _, _ = await self.store.get_provenance(execution_id)
-        traces = await self.store.get_traces(execution_id)
-        claimed = await self.store.claim_execution(
-            execution_id,
-            owner=owner or self.settings.replica_id,
-            token=fencing_token,
-            allowed_statuses=allowed,
-            dag_version=dag.version,
-        )
-        executor = Executor(
-            **self._executor_args(dag, claimed),
-            checkpoints=checkpoints,
-            provenance=chain,
-            previous_traces=traces,
-            resumed=True,
-        )
-        result = ResumeResult(
-            execution_id=execution_id,
-            status=claimed.status,
-            nodes_skipped=list(executor.skipped_from_checkpoint),
-            nodes_remaining=executor.nodes_remaining,
-        )
-        self._launch(executor)
-        return result, claimed
-
-    async def _resumable(self, execution_id: str, allowed: Collection[str]) -> ExecutionRecord:
-        """The run's record if it may resume: not running here, and its status in `allowed`."""
-        if execution_id in self._runs:
-            raise InvalidState(f"execution {execution_id} is running on this replica")
-        record = await self.store.get_execution(execution_id)
-        if record.status not in allowed:
-            raise InvalidState(
-                f"execution {execution_id} is {record.status}; only {sorted(allowed)} can resume"
-            )
-        return record
-
-    async def _resume_dag(self, record: ExecutionRecord) -> DagDefinition:
-        """The DAG a resume runs: the latest version if its topology is unchanged, else the run's own."""
-        dag = await self.store.get_dag(record.dag_id, record.dag_version)
-        latest = await self.store.get_dag(record.dag_id)
-        return latest if latest.version != dag.version and latest.same_topology(dag) else dag
-
-    async def _load_checkpoints(self, execution_id: str) -> list[CheckpointRecord]:
-        """Load a run's checkpoints for a resume, reporting the operation (ok/error) to the observer."""
-        try:
-            checkpoints = await self.store.get_checkpoints(execution_id)
-        except StoreError as exc:
-            self.observer.checkpoint_operation(
-                CheckpointEvent(execution_id, "load", "error", 0, self.clock.now(), error=str(exc))
-            )
-            raise
+    def _checkpoints_loaded(self, execution_id: str, count: int, error: StoreError | None = None) -> None:
+        """Report a load of a run's checkpoints (for a resume) to the observer: ok, or error."""
         self.observer.checkpoint_operation(
-            CheckpointEvent(execution_id, "load", "ok", len(checkpoints), self.clock.now())
+            CheckpointEvent(
+                execution_id,
+                "load",
+                "ok" if error is None else "error",
+                count,
+                self.clock.now(),
+                error=None if error is None else str(error),
+            )
         )
-        return checkpoints
 
     # -- reading -----------------------------------------------------------------------------------
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord:
-        return await self.store.get_execution(execution_id)
+        return await self.store.executions.get(execution_id)
 
     async def list_executions(
         self, *, status: str | None = None, dag_id: str | None = None, limit: int = 500
     ) -> list[ExecutionRecord]:
-        return await self.store.list_executions(status=status, dag_id=dag_id, limit=limit)
+        return await self.store.executions.list(status=status, dag_id=dag_id, limit=limit)
 
     async def get_trace(self, execution_id: str) -> ExecutionTrace:
         """Node traces: live state for a run executing here, the stored traces otherwise."""
-        record = await self.store.get_execution(execution_id)
+        record = await self.store.executions.get(execution_id)
         executor = self._runs.get(execution_id)
         if executor is not None:
             dag, traces = executor.dag, executor.snapshot()
         else:
-            dag = await self.store.get_dag(record.dag_id, record.dag_version)
-            stored = await self.store.get_traces(execution_id)
+            dag = await self.store.dags.get(record.dag_id, record.dag_version)
+            stored = await self.store.runs.traces(execution_id)
             traces = {}
-            for level_index, level in enumerate(dag.levels()):
+            for level_index, level in enumerate(self.plans.get(dag).levels):
                 for node_id in level:
                     node = dag.nodes[node_id]
                     traces[node_id] = stored.get(node_id) or NodeTrace(
@@ -510,22 +493,22 @@ class Engine:
             execution_id=execution_id,
             dag_id=record.dag_id,
             status=record.status,
-            topology_levels=dag.levels(),
+            topology_levels=self.plans.get(dag).level_lists(),
             node_traces=traces,
         )
 
     async def get_provenance(self, execution_id: str) -> ProvenanceReport:
         """The stored chain and its verification."""
-        record = await self.store.get_execution(execution_id)
-        chain, head, length = await self.store.get_provenance(execution_id)
+        record = await self.store.executions.get(execution_id)
+        chain, head, length = await self.store.runs.provenance(execution_id)
         problems = verify(chain, genesis_hash(record.dag_id, record.input_data), head=head, length=length)
         return ProvenanceReport(
             execution_id=execution_id, chain_valid=not problems, chain=chain, problems=problems
         )
 
     async def list_checkpoints(self, execution_id: str) -> list[CheckpointRecord]:
-        await self.store.get_execution(execution_id)  # 404 for an unknown id
-        return await self.store.get_checkpoints(execution_id)
+        await self.store.executions.get(execution_id)  # 404 for an unknown id
+        return await self.store.runs.checkpoints(execution_id)
 
     def local_executions(self) -> list[str]:
         """Ids of the executions running on this replica."""

@@ -15,7 +15,9 @@ callers — the service, the REST API, the CLI — handle one tree. The API maps
     ├── BadRequest                         a request the API cannot act on (400; `field` names the part)
     ├── InvalidState                       operation not allowed in the run's current status (409)
     ├── StaleFencingToken                  a write carried a fencing token that is no longer current (409)
-    ├── StoreError                         the database failed or timed out (503)
+    ├── StoreError                         the database failed or refused an operation (503; also a
+    │   │                                  `gl_common.errors.StoreError`)
+    │   ├── StoreUnavailable               the database cannot be reached or timed out (503)
     │   └── CheckpointError                a checkpoint save failed (retried by the executor)
     ├── LockBackendUnavailable             the lock backend (Redis) failed or timed out (503)
     ├── ServiceUnavailable                 the service is shutting down / not admitting runs (503)
@@ -33,29 +35,41 @@ policies against the names of the exception's class hierarchy (see `policies.is_
 
 from __future__ import annotations
 
+from typing import Any
+
+from gl_common import errors as common
+
 
 class OrchestratorError(Exception):
-    """Base of every error raised by `orchestrator_core`."""
+    """Base of every error raised by `orchestrator_core`.
+
+    A subclass names its HTTP status and error code in its header (inherited when not given):
+    `class InvalidState(OrchestratorError, http_status=409, code="invalid_state")`.
+    """
 
     http_status = 500
     code = "internal_error"
 
+    def __init_subclass__(
+        cls, *, http_status: int | None = None, code: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if http_status is not None:
+            cls.http_status = http_status
+        if code is not None:
+            cls.code = code
 
-class ConfigError(OrchestratorError):
+
+class ConfigError(OrchestratorError, code="config_error"):
     """Settings or the YAML configuration file are invalid."""
 
-    code = "config_error"
 
-
-class DagValidationError(OrchestratorError):
+class DagValidationError(OrchestratorError, http_status=400, code="invalid_dag"):
     """A DAG definition is invalid.
 
     `problems` lists `(field, message)` pairs; `field` is a dotted path into the DAG document, e.g.
     `nodes.scope2.retry_policy.strategy` or `nodes.a.depends_on`.
     """
-
-    http_status = 400
-    code = "invalid_dag"
 
     def __init__(self, problems: list[tuple[str, str]]) -> None:
         if not problems:
@@ -70,11 +84,8 @@ class DagValidationError(OrchestratorError):
         return self.problems[0][0]
 
 
-class NotFound(OrchestratorError):
+class NotFound(OrchestratorError, http_status=404, code="not_found"):
     """Something named by the caller does not exist."""
-
-    http_status = 404
-    code = "not_found"
 
 
 class DagNotFound(NotFound):
@@ -89,62 +100,44 @@ class AgentNotFound(NotFound):
     """No agent with that id is registered."""
 
 
-class BadRequest(OrchestratorError):
+class BadRequest(OrchestratorError, http_status=400, code="bad_request"):
     """A request the service cannot act on (bad parameter, bad limit). `field` names the culprit."""
-
-    http_status = 400
-    code = "bad_request"
 
     def __init__(self, message: str, field: str = "") -> None:
         super().__init__(message)
         self.field = field
 
 
-class InvalidState(OrchestratorError):
+class InvalidState(OrchestratorError, http_status=409, code="invalid_state"):
     """The operation is not allowed in the execution's current status (e.g. resume a running run)."""
 
-    http_status = 409
-    code = "invalid_state"
 
-
-class StaleFencingToken(OrchestratorError):
+class StaleFencingToken(OrchestratorError, http_status=409, code="stale_fencing_token"):
     """A write carried a fencing token older than the execution's current one: another owner took over."""
 
-    http_status = 409
-    code = "stale_fencing_token"
 
-
-class StoreError(OrchestratorError):
+class StoreError(OrchestratorError, common.StoreError, http_status=503, code="store_unavailable"):
     """The database failed, was unreachable, or did not answer in time."""
 
-    http_status = 503
-    code = "store_unavailable"
+
+class StoreUnavailable(StoreError, common.StoreUnavailable):
+    """The database cannot be reached, did not answer in time, or the store is closed."""
 
 
-class CheckpointError(StoreError):
+class CheckpointError(StoreError, code="checkpoint_error"):
     """Saving a checkpoint failed. The executor retries with backoff and does not advance meanwhile."""
 
-    code = "checkpoint_error"
 
-
-class LockBackendUnavailable(OrchestratorError):
+class LockBackendUnavailable(OrchestratorError, http_status=503, code="lock_backend_unavailable"):
     """The ownership-lock backend (Redis) failed, was unreachable, or did not answer in time."""
 
-    http_status = 503
-    code = "lock_backend_unavailable"
 
-
-class ServiceUnavailable(OrchestratorError):
+class ServiceUnavailable(OrchestratorError, http_status=503, code="service_unavailable"):
     """The service does not admit new work right now (graceful shutdown in progress)."""
 
-    http_status = 503
-    code = "service_unavailable"
 
-
-class AgentError(OrchestratorError):
+class AgentError(OrchestratorError, code="agent_error"):
     """An agent attempt failed. Not retried unless the retry policy names the class (or a base)."""
-
-    code = "agent_error"
 
 
 class AgentOutputError(AgentError):
@@ -159,10 +152,8 @@ class AgentRestarted(RetryableAgentError):
     """The agent worker was restarted while this attempt was running; the attempt is retried."""
 
 
-class NodeTimeout(OrchestratorError, TimeoutError):
+class NodeTimeout(OrchestratorError, TimeoutError, code="node_timeout"):
     """A node attempt exceeded its `timeout_policy.timeout_seconds`."""
-
-    code = "node_timeout"
 
 
 def short_reason(exc: BaseException, limit: int = 300) -> str:

@@ -1,9 +1,9 @@
 """Engine events and the observer interface through which metrics, tracing and logs see a run.
 
-Where it sits: `executor.py` and `checkpoints.py` emit events; `engine.Engine` takes one
-`EngineObserver` at construction (use `CompositeObserver` to fan out) and passes it down. The service
-layer implements observers for Prometheus (`metrics.py`), OpenTelemetry (`tracing.py`) and structured
-logs (`logs.py`). Agents write log lines through `AgentContext.log`, which arrive as `log` events.
+Where it sits: the executor's parts (`executor`, `nodes`, `checkpoints`) emit events; `engine.Engine`
+takes one `EngineObserver` at construction (use `CompositeObserver` to fan out) and passes it down.
+The service layer implements observers for Prometheus (`metrics.py`), OpenTelemetry (`tracing.py`) and
+structured logs (`logs.py`). Agents write log lines through `AgentContext.log`, which arrive as `log` events.
 
 Observer methods are synchronous, called on the event loop, and must be cheap; an observer that raises
 is logged (stdlib `logging`) and otherwise ignored — it can never break a run (`SafeObserver`).

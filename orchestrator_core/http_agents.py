@@ -179,15 +179,7 @@ class HttpAgentClient:
     def _log(self, call: AgentCall, level: int, message: str, **fields: Any) -> None:
         if self._run_log is None:
             return
-        self._run_log.log(
-            level,
-            message,
-            execution_id=call.execution_id,
-            node_id=call.node_id,
-            agent_id=call.agent_id,
-            attempt=call.attempt,
-            **fields,
-        )
+        self._run_log.attempt(level, message, call, **fields)
 
     def agent(self, agent_id: str) -> AgentFn:
         """An agent function (for `AgentRegistry.register`) that runs each attempt over HTTP."""

@@ -20,7 +20,7 @@ import sys
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from orchestrator_core.events import (
     CheckpointEvent,
@@ -71,6 +71,19 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None
     root.setLevel(level.upper())
 
 
+class AttemptOf(Protocol):
+    """What names one attempt of a node (engine events, HTTP agent calls)."""
+
+    @property
+    def execution_id(self) -> str: ...
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def agent_id(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+
+
 class RunLog:
     """Writes run log lines to the stdlib logger and keeps the recent ones per execution."""
 
@@ -115,6 +128,18 @@ class RunLog:
         else:
             self._buffers.move_to_end(execution_id)
         buffer.append(line)
+
+    def attempt(self, level: int, message: str, of: AttemptOf, **fields: Any) -> None:
+        """A line about one attempt of a node: its execution, node, agent and attempt, and `fields`."""
+        self.log(
+            level,
+            message,
+            execution_id=of.execution_id,
+            node_id=of.node_id,
+            agent_id=of.agent_id,
+            attempt=of.attempt,
+            **fields,
+        )
 
     def info(self, message: str, **kwargs: Any) -> None:
         self.log(logging.INFO, message, **kwargs)
@@ -166,49 +191,33 @@ class LogObserver(EngineObserver):
         )
 
     def node_attempt_started(self, event: NodeAttemptEvent) -> None:
-        self.run_log.info(
-            "node attempt started",
-            execution_id=event.execution_id,
-            node_id=event.node_id,
-            agent_id=event.agent_id,
-            dag_id=event.dag_id,
-            attempt=event.attempt,
-        )
+        self.run_log.attempt(logging.INFO, "node attempt started", event, dag_id=event.dag_id)
 
     def node_attempt_finished(self, event: NodeAttemptEvent) -> None:
         outcome = event.outcome or "finished"
         level = logging.INFO if outcome in ("completed", "cancelled") else logging.ERROR
-        self.run_log.log(
+        self.run_log.attempt(
             level,
             f"node attempt {outcome}",
-            execution_id=event.execution_id,
-            node_id=event.node_id,
-            agent_id=event.agent_id,
+            event,
             dag_id=event.dag_id,
-            attempt=event.attempt,
             outcome=outcome,
             duration_seconds=event.duration_seconds,
             error=event.error,
         )
 
     def node_retry(self, event: RetryEvent) -> None:
-        self.run_log.warning(
-            f"node attempt failed, retrying in {event.delay_seconds:.2f}s: {event.error}",
-            execution_id=event.execution_id,
-            node_id=event.node_id,
-            agent_id=event.agent_id,
-            attempt=event.attempt,
-            delay_seconds=event.delay_seconds,
-            error=event.error,
+        message = f"node attempt failed, retrying in {event.delay_seconds:.2f}s: {event.error}"
+        self.run_log.attempt(
+            logging.WARNING, message, event, delay_seconds=event.delay_seconds, error=event.error
         )
 
     def node_timeout(self, event: NodeTimeoutEvent) -> None:
-        self.run_log.warning(
-            f"node attempt timeout after {event.timeout_seconds:g}s (on_timeout={event.on_timeout})",
-            execution_id=event.execution_id,
-            node_id=event.node_id,
-            agent_id=event.agent_id,
-            attempt=event.attempt,
+        message = f"node attempt timeout after {event.timeout_seconds:g}s (on_timeout={event.on_timeout})"
+        self.run_log.attempt(
+            logging.WARNING,
+            message,
+            event,
             timeout_seconds=event.timeout_seconds,
             on_timeout=event.on_timeout,
         )

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gl_common.db import PoolStats
 from orchestrator_core.events import (
     CheckpointEvent,
     EngineObserver,
@@ -34,7 +35,7 @@ from orchestrator_core.events import (
     NodeTimeoutEvent,
     RetryEvent,
 )
-from orchestrator_core.records import FINISHED_STATUSES, PoolStats
+from orchestrator_core.records import FINISHED_STATUSES
 
 M_DAG_EXECUTION_DURATION = "gl_orchestrator_dag_execution_duration_seconds"
 M_EXECUTION_TIMEOUT = "gl_orchestrator_execution_timeout_seconds"

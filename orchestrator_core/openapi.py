@@ -3,15 +3,21 @@
 Where it sits: `api.build_app` calls `build_openapi(ROUTES)` once and serves the result at
 `GET /api/v1/orchestrator/openapi.json`. The route table is the only list of routes, so the document
 cannot drift from the router (a test compares the document with the app's registered routes). This
-module holds the JSON Schemas of the shapes in docs/architecture.md; it imports nothing from `api`.
+module defines `Route` and holds the JSON Schemas of the shapes in docs/architecture.md; their enums
+and field lists come from the records and the DAG model. It imports nothing from `api`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, get_args
 
+from aiohttp import web
+
+from orchestrator_core.dag import OnFailure, OnTimeout, RetryStrategy
+from orchestrator_core.records import EXECUTION_STATUSES, NODE_STATUSES, ProvenanceEntry
 from orchestrator_core.settings import MAX_CONCURRENT_EXECUTIONS_BOUND, MAX_PARALLEL_NODES_BOUND
 
 OPENAPI_VERSION = "3.0.3"
@@ -39,10 +45,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "execution_id": {"type": "string"},
             "dag_id": {"type": "string"},
             "dag_version": {"type": "integer"},
-            "status": {
-                "type": "string",
-                "enum": ["queued", "running", "completed", "failed", "cancelled", "interrupted"],
-            },
+            "status": {"type": "string", "enum": list(EXECUTION_STATUSES)},
             "created_at": _TS,
             "started_at": _TS,
             "completed_at": _TS,
@@ -66,10 +69,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "NodeTrace": {
         "type": "object",
         "properties": {
-            "status": {
-                "type": "string",
-                "enum": ["pending", "running", "completed", "failed", "skipped", "timed_out", "cancelled"],
-            },
+            "status": {"type": "string", "enum": list(NODE_STATUSES)},
             "duration_ms": _NUM_OR_NULL,
             "attempt_count": {"type": "integer"},
             "error": _STR_OR_NULL,
@@ -116,15 +116,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                     "type": "object",
                     "properties": {
                         name: {"type": "integer"} if name == "seq" else {"type": "string"}
-                        for name in (
-                            "seq",
-                            "node_id",
-                            "input_hash",
-                            "output_hash",
-                            "status",
-                            "prev_hash",
-                            "hash",
-                        )
+                        for name in ProvenanceEntry._fields
                     },
                 },
             },
@@ -237,7 +229,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "nodes": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Node"}},
             "execution_timeout_seconds": _NUM_OR_NULL,
             "max_parallel_nodes": {"type": "integer", "nullable": True},
-            "on_failure": {"type": "string", "enum": ["fail_fast", "continue", "compensate"]},
+            "on_failure": {"type": "string", "enum": list(get_args(OnFailure))},
         },
     },
     "Node": {
@@ -252,14 +244,14 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 "type": "object",
                 "properties": {
                     "timeout_seconds": {"type": "number"},
-                    "on_timeout": {"type": "string", "enum": ["fail", "skip", "compensate"]},
+                    "on_timeout": {"type": "string", "enum": list(get_args(OnTimeout))},
                 },
             },
             "retry_policy": {
                 "type": "object",
                 "properties": {
                     "max_retries": {"type": "integer"},
-                    "strategy": {"type": "string", "enum": ["exponential", "linear", "fixed"]},
+                    "strategy": {"type": "string", "enum": list(get_args(RetryStrategy))},
                     "base_delay": {"type": "number"},
                     "max_delay": {"type": "number"},
                     "jitter": {"type": "boolean"},
@@ -320,32 +312,54 @@ _ERRORS_FOR = {
 }
 
 
-class RouteLike(Protocol):
-    """What the document needs of a route (`api.Route`)."""
+@dataclass(frozen=True)
+class Route:
+    """One route of the API: the router registers `handler`, the document describes the rest."""
 
-    @property
-    def method(self) -> str: ...
-    @property
-    def path(self) -> str: ...
-    @property
-    def summary(self) -> str: ...
-    @property
-    def auth(self) -> bool: ...
-    @property
-    def ok_status(self) -> int: ...
-    @property
-    def body(self) -> str | None: ...
-    @property
-    def response(self) -> str | None: ...
-    @property
-    def query(self) -> tuple[str, ...]: ...
+    method: str
+    path: str
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    summary: str
+    auth: bool = True
+    ok_status: int = 200
+    body: str | None = None  # name of the request schema in SCHEMAS
+    response: str | None = None  # name of the response schema in SCHEMAS
+    query: tuple[str, ...] = ()
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class RouteTable:
+    """Routes declared next to their handlers with `@table.route("GET /path", summary, ...)`, in
+    declaration order. Paths are under `prefix` unless `prefixed=False` (health, the Prometheus page).
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self._routes: list[Route] = []
+
+    def route(
+        self, operation: str, summary: str, *, prefixed: bool = True, **options: Any
+    ) -> Callable[[Handler], Handler]:
+        method, path = operation.split(" ", 1)
+
+        def declare(handler: Handler) -> Handler:
+            full = self.prefix + path if prefixed else path
+            self._routes.append(Route(method, full, handler, summary, **options))
+            return handler
+
+        return declare
+
+    def routes(self) -> tuple[Route, ...]:
+        return tuple(self._routes)
 
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def build_openapi(routes: Iterable[RouteLike]) -> dict[str, Any]:
+def build_openapi(routes: Iterable[Route]) -> dict[str, Any]:
     """An OpenAPI 3 document with one operation per route."""
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:

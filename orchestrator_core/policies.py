@@ -1,6 +1,6 @@
 """Retry and timeout policy arithmetic and seeded jitter.
 
-Where it sits: `executor.py` asks `retry_delay` how long to wait before the next attempt and
+Where it sits: `nodes.NodeRunner` asks `retry_delay` how long to wait before the next attempt and
 `is_retryable` whether an exception may be retried; `checkpoints.py` uses `backoff_delay` for failed
 checkpoint saves. Sleeps go through the injected
 `gl_common.clock.Clock` (tests pass a fake one whose `sleep` returns at once and records the delay),

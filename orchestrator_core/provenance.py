@@ -1,11 +1,12 @@
 """Provenance: a hash chain over the node records of one execution, and its verification.
 
-Where it sits: `executor.py` appends one record per node when the node's level is sealed (after the
+Where it sits: `levels.LevelRunner` appends one record per node when the node's level is sealed (after the
 level's barrier, in node-id order), through `ChainBuilder`; `checkpoints.RunWriter` persists them with
 the execution's fencing token; `engine.Engine.get_provenance` reads and `verify`s the chain.
 
 Each record is `(seq, node_id, input_hash, output_hash, status, prev_hash)` and its `hash` is the
-SHA-256 of the canonical JSON of those fields. The first record's `prev_hash` is the genesis hash of
+SHA-256 of the canonical JSON of those fields (`hashing.record_hash`; a node's `input_hash` is
+`hashing.input_hash`). The first record's `prev_hash` is the genesis hash of
 the run: SHA-256 over the DAG id and the canonical input data — no execution id, no timestamps — so
 the same DAG and input give the same chain byte for byte in any process. Records are sealed per level
 in sorted node order, never in completion order, for the same reason; a resumed run seals the levels it
@@ -19,61 +20,16 @@ chain's last hash/length differ from the head recorded on the execution row).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from json.encoder import encode_basestring as _string
 from typing import Any
 
+from orchestrator_core.hashing import canonical_json, record_hash, sha256_hex
 from orchestrator_core.records import ProvenanceEntry
-from orchestrator_core.store import canonical_json, sha256_hex
-
-NO_OUTPUT_HASH = sha256_hex("null")
-
-
-def input_hash(agent_id: str, input_data_hash: str, params: Any, upstream: dict[str, str]) -> str:
-    """A node's `input_hash`: SHA-256 of the canonical JSON of its agent, the run input's hash, its
-    params, and the output hash of each dependency (`upstream`: node id → output hash). Dependencies
-    enter by the hash of their output (what their provenance records carry), not by the output itself:
-    the same inputs give the same hash, and a large output is not encoded again for every node
-    downstream of it."""
-    document = {"agent_id": agent_id, "input": input_data_hash, "params": params, "upstream": upstream}
-    return sha256_hex(canonical_json(document))
 
 
 def genesis_hash(dag_id: str, input_data: Any) -> str:
     """The `prev_hash` of the first record of a run of `dag_id` on `input_data`."""
     return sha256_hex(
         canonical_json({"genesis": "gl-orchestrator/provenance/v1", "dag_id": dag_id, "input": input_data})
-    )
-
-
-def record_hash(
-    seq: int, node_id: str, input_hash: str, output_hash: str, status: str, prev_hash: str
-) -> str:
-    if (
-        type(seq) is int
-        and type(node_id) is str
-        and type(input_hash) is str
-        and type(output_hash) is str
-        and type(status) is str
-        and type(prev_hash) is str
-    ):
-        # The same canonical JSON as below (keys sorted, no spaces, `ensure_ascii=False` string
-        # escaping), assembled directly: this runs once per node of every run.
-        return sha256_hex(
-            f'{{"input_hash":{_string(input_hash)},"node_id":{_string(node_id)},'
-            f'"output_hash":{_string(output_hash)},"prev_hash":{_string(prev_hash)},'
-            f'"seq":{int.__repr__(seq)},"status":{_string(status)}}}'
-        )
-    return sha256_hex(
-        canonical_json(
-            {
-                "seq": seq,
-                "node_id": node_id,
-                "input_hash": input_hash,
-                "output_hash": output_hash,
-                "status": status,
-                "prev_hash": prev_hash,
-            }
-        )
     )
 
 

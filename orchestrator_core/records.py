@@ -1,6 +1,6 @@
 """Plain, frozen records the engine hands out: executions, node traces, checkpoints, provenance.
 
-Where it sits: produced by `store.py` (rows) and `executor.py` (live state), returned by `engine.Engine`
+Where it sits: produced by `store` (rows) and the executor (live state), returned by `engine.Engine`
 to the service and the REST API, which renders them with the `to_json()` methods (the JSON shapes of
 docs/architecture.md "Orchestrator REST API"). No behaviour beyond conversion lives here.
 """
@@ -227,13 +227,3 @@ class LimitOverride:
 
     def to_json(self) -> dict[str, Any]:
         return {"value": self.value, "set_by": self.set_by, "updated_at": iso(self.updated_at)}
-
-
-@dataclass(frozen=True)
-class PoolStats:
-    """Connection-pool figures of the store, for `gl_db_pool_*`."""
-
-    size: int
-    checked_out: int
-    overflow: int
-    pending: int

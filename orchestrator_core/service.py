@@ -10,11 +10,12 @@ queued runs (by `created_at`, across all replicas, since the queue is the store)
 runs fewer than `max_concurrent_executions`. Before starting a run the replica takes its ownership
 lock; the lease's fencing token goes to the engine, whose store refuses writes with a stale token.
 
-Ownership: every owned run has a supervisor task that waits for the run to end and then releases the
-lock. `renew_once` extends every owned lock; when a lock is lost (renewal refused) or cannot be renewed
-before it could expire (Redis unreachable for a TTL less one tick), the replica self-fences: it stops
-the run and records it `interrupted` (resumable), or only detaches when another owner already claimed
-it — before another replica can take the run over, so it never runs in two places at once.
+Ownership (`ownership.Ownership`): every owned run has a supervisor task that waits for the run to end
+and then releases the lock. `renew_once` extends every owned lock; when a lock is lost (renewal
+refused) or cannot be renewed before it could expire (Redis unreachable for a TTL less one tick), the
+replica self-fences: it stops the run and records it `interrupted` (resumable), or only detaches when
+another owner already claimed it — before another replica can take the run over, so it never runs in
+two places at once.
 
 Remote cancel: `reconcile_once` stops the local runs that another replica cancelled in the store.
 
@@ -22,9 +23,10 @@ Takeover: `takeover_once` looks for `running` runs in the store that nobody here
 is gone (the owner died and its TTL passed), takes the lock and resumes them from their checkpoints,
 so completed nodes are not run again.
 
-Live limits: `set_limits` stores them (`limit_overrides`) and `sync_limits_once` applies the stored
-ones on every replica (each tick and before answering the limits), so a `PUT /admin/limits` that the
-Service sends to one replica throttles all of them; `clear_limits` returns them to their settings.
+Live limits (`live_limits.LiveLimits`): `set_limits` stores them (`limit_overrides`) and
+`sync_limits_once` applies the stored ones on every replica (each tick and before answering the
+limits), so a `PUT /admin/limits` that the Service sends to one replica throttles all of them;
+`clear_limits` returns them to their settings.
 
 Loops: `start()` runs one maintenance task that calls `heartbeat_once`, `renew_once`,
 `sync_limits_once`, `reconcile_once`, `pump_once` and `takeover_once` every
@@ -43,7 +45,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.sdk.trace.export import SpanExporter
@@ -51,25 +52,23 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from orchestrator_core.agents import AgentRegistry
 from orchestrator_core.engine import Engine
 from orchestrator_core.errors import (
-    BadRequest,
     InvalidState,
     LockBackendUnavailable,
     NotFound,
     OrchestratorError,
     ServiceUnavailable,
-    StaleFencingToken,
     StoreError,
     short_reason,
 )
 from orchestrator_core.events import CompositeObserver, EngineObserver, SafeObserver
 from orchestrator_core.http_agents import HttpAgentClient
+from orchestrator_core.live_limits import LiveLimits
 from orchestrator_core.locks import InProcessLockBackend, Lease, LockBackend, RedisLockBackend
 from orchestrator_core.logs import LogObserver, RunLog
 from orchestrator_core.metrics import Limits, MetricsObserver, OrchestratorMetrics
-from orchestrator_core.records import ExecutionOptions, ExecutionRecord, LimitOverride, ResumeResult
+from orchestrator_core.ownership import Ownership
+from orchestrator_core.records import ExecutionOptions, ExecutionRecord, ResumeResult
 from orchestrator_core.settings import (
-    MAX_CONCURRENT_EXECUTIONS_BOUND,
-    MAX_PARALLEL_NODES_BOUND,
     OrchestratorSettings,
 )
 from orchestrator_core.tracing import RunTracer, TracingObserver, build_tracer_provider
@@ -78,13 +77,6 @@ log = logging.getLogger(__name__)
 
 READY_CHECK_TIMEOUT_SECONDS = 3.0
 MIN_TICK_SECONDS = 0.05
-
-
-@dataclass
-class _Owned:
-    lease: Lease
-    last_renewed: float
-    supervisor: asyncio.Task[None] | None = None
 
 
 class OrchestratorService:
@@ -113,12 +105,16 @@ class OrchestratorService:
         self.http_agents = http_agents
         self._monotonic = monotonic
         self._max_concurrent = settings.max_concurrent_executions
-        self._overrides: dict[str, LimitOverride] = {}  # as last read from the store
-        self._unshared: dict[str, int] = {}  # changed here while the store was down; stored at next sync
-        self._owned: dict[str, _Owned] = {}
-        # Every supervisor until it returns: one whose run ended has left `_owned` but may still be
-        # admitting the next queued run, and shutdown must wait for it before closing the store.
-        self._supervisors: set[asyncio.Task[None]] = set()
+        self.live_limits = LiveLimits(settings, engine.store.limits)
+        self.ownership = Ownership(
+            settings,
+            engine=engine,
+            locks=locks,
+            run_log=run_log,
+            monotonic=monotonic,
+            tick_interval=self.tick_interval,
+            after_run=self._after_run,
+        )
         self._admission = asyncio.Lock()
         self._accepting = True
         self._closed = False
@@ -197,11 +193,11 @@ class OrchestratorService:
 
     def owned_executions(self) -> list[str]:
         """Ids of the runs this replica holds the lock of (running here)."""
-        return sorted(self._owned)
+        return self.ownership.ids()
 
     def limits(self) -> Limits:
         return Limits(
-            active=len(self._owned),
+            active=len(self.ownership),
             queued=self._queued_count,
             max_concurrent_executions=self._max_concurrent,
             max_parallel_nodes=self.engine.max_parallel_nodes,
@@ -227,12 +223,7 @@ class OrchestratorService:
             "queued_executions": limits.queued,
             "max_parallel_nodes": limits.max_parallel_nodes,
             "replica_id": self.replica_id,
-            "configured": {
-                "max_parallel_nodes": self.settings.max_parallel_nodes,
-                "max_concurrent_executions": self.settings.max_concurrent_executions,
-            },
-            "overrides": {name: o.to_json() for name, o in sorted(self._overrides.items())},
-            "unshared": dict(sorted(self._unshared.items())),
+            **self.live_limits.to_json(),
         }
 
     async def set_limits(
@@ -245,52 +236,28 @@ class OrchestratorService:
         `clear_limits`. While the store is unavailable (contention is when option 4 is used) the change
         still applies here at once, is reported `unshared`, and is stored when the store answers again.
         """
-        values: dict[str, int] = {}
-        for name, value, bound in (
-            ("max_parallel_nodes", max_parallel_nodes, MAX_PARALLEL_NODES_BOUND),
-            ("max_concurrent_executions", max_concurrent_executions, MAX_CONCURRENT_EXECUTIONS_BOUND),
-        ):
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= bound:
-                raise BadRequest(f"{name} must be an integer from 1 to {bound}", field=name)
-            values[name] = value
-        try:
-            await self.engine.store.set_limit_overrides(values, set_by=self.replica_id)
-            self._overrides = await self.engine.store.get_limit_overrides()
-        except StoreError as exc:
-            self._unshared.update(values)
-            log.warning("limits changed on this replica only until the store answers again: %s", exc)
+        await self.live_limits.set(
+            self.replica_id,
+            max_parallel_nodes=max_parallel_nodes,
+            max_concurrent_executions=max_concurrent_executions,
+        )
         await self._apply_limits()
         return await self.limits_json()
 
     async def clear_limits(self) -> dict[str, Any]:
         """Drop the live limits: every replica goes back to its own settings (env, config file)."""
-        await self.engine.store.clear_limit_overrides()
-        self._unshared = {}
-        self._overrides = {}
+        await self.live_limits.clear()
         await self._apply_limits()
         return await self.limits_json()
 
     async def sync_limits_once(self) -> bool:
         """Store what changed here while the store was down, then apply the stored live limits here
         (this replica's settings where none is stored). Returns whether a limit changed."""
-        if self._unshared:
-            await self.engine.store.set_limit_overrides(self._unshared, set_by=self.replica_id)
-            log.info("limits changed during the store outage are now shared: %s", sorted(self._unshared))
-            self._unshared = {}
-        self._overrides = await self.engine.store.get_limit_overrides()
+        await self.live_limits.sync(self.replica_id)
         return await self._apply_limits()
 
     async def _apply_limits(self) -> bool:
-        def pick(name: str, configured: int) -> int:
-            if name in self._unshared:
-                return self._unshared[name]
-            override = self._overrides.get(name)
-            return override.value if override is not None else configured
-
-        parallel = pick("max_parallel_nodes", self.settings.max_parallel_nodes)
-        concurrent = pick("max_concurrent_executions", self.settings.max_concurrent_executions)
+        parallel, concurrent = self.live_limits.in_force()
         if (parallel, concurrent) == (self.engine.max_parallel_nodes, self._max_concurrent):
             return False
         self.engine.set_max_parallel_nodes(parallel)
@@ -371,28 +338,25 @@ class OrchestratorService:
             record = await self.engine.get_execution(execution_id)
             if record.status == "running":
                 raise InvalidState(f"execution {execution_id} is running; only a stopped run can be resumed")
-            if len(self._owned) >= self._max_concurrent:
+            if len(self.ownership) >= self._max_concurrent:
                 queued = await self.engine.queue_resume(execution_id)
                 self._queued_count += 1
                 self.run_log.info(
-                    f"resume queued: {len(self._owned)} of {self._max_concurrent} runs going here",
+                    f"resume queued: {len(self.ownership)} of {self._max_concurrent} runs going here",
                     execution_id=execution_id,
                     dag_id=record.dag_id,
                 )
                 return queued
-            lease = await self.locks.acquire(execution_id, self.settings.lock_ttl_seconds)
-            if lease is None:
+            result = await self.ownership.with_lock(
+                execution_id,
+                lambda lease: self.engine.resume(
+                    execution_id, owner=self.replica_id, fencing_token=lease.token
+                ),
+            )
+            if result is None:
                 holder = await self.locks.holder(execution_id)
                 owner = holder.owner if holder is not None else "another replica"
                 raise InvalidState(f"execution {execution_id} is locked by {owner}")
-            try:
-                result = await self.engine.resume(
-                    execution_id, owner=self.replica_id, fencing_token=lease.token
-                )
-            except BaseException:
-                await self._release(lease)
-                raise
-            self._own(lease)
         return result
 
     # -- one-shot loop bodies -------------------------------------------------------------------------
@@ -402,25 +366,7 @@ class OrchestratorService:
 
     async def renew_once(self) -> list[str]:
         """Renew every owned lock; self-fence the runs whose lock is lost. Returns the fenced ids."""
-        ttl = self.settings.lock_ttl_seconds
-        fenced: list[str] = []
-        for execution_id, owned in list(self._owned.items()):
-            try:
-                renewed: bool | None = await self.locks.renew(owned.lease, ttl)
-            except LockBackendUnavailable as exc:
-                log.warning("cannot renew lock of %s: %s", execution_id, exc)
-                renewed = None
-            if renewed:
-                owned.last_renewed = self._monotonic()
-                continue
-            if renewed is None and self._monotonic() - owned.last_renewed < ttl - self.tick_interval():
-                # Transient: the lock is still ours, and the next tick comes before it can expire.
-                # Past this point it could expire (and another replica take the run over) before
-                # the next attempt, so the run stops now rather than run twice at once.
-                continue
-            fenced.append(execution_id)
-            await self._self_fence(execution_id, "lost" if renewed is False else "could not be renewed")
-        return fenced
+        return await self.ownership.renew_once()
 
     async def reconcile_once(self) -> list[str]:
         """Stop the local runs that were cancelled through another replica. Returns their ids.
@@ -431,7 +377,7 @@ class OrchestratorService:
         the nodes ran on, the run held its slot and its duration gauge kept the alert firing.
         """
         stopped: list[str] = []
-        for execution_id in list(self._owned):
+        for execution_id in self.ownership.ids():
             try:
                 record = await self.engine.get_execution(execution_id)
             except NotFound:
@@ -455,7 +401,7 @@ class OrchestratorService:
                 return started
             queued = await self._count_queued()
             for record in queued:
-                if not self._accepting or len(self._owned) >= self._max_concurrent:
+                if not self._accepting or len(self.ownership) >= self._max_concurrent:
                     break
                 if await self._start(record):
                     started.append(record.execution_id)
@@ -469,29 +415,23 @@ class OrchestratorService:
             if not self._accepting:
                 return adopted
             running = await self.engine.list_executions(status="running")
-            local = set(self.engine.local_executions()) | set(self._owned)
+            local = set(self.engine.local_executions()) | set(self.ownership.ids())
             for record in sorted(running, key=lambda r: (r.started_at or r.created_at, r.execution_id)):
                 if record.execution_id in local:
                     continue
-                if len(self._owned) >= self._max_concurrent:
+                if len(self.ownership) >= self._max_concurrent:
                     break
                 if await self.locks.holder(record.execution_id) is not None:
                     continue
-                lease = await self.locks.acquire(record.execution_id, self.settings.lock_ttl_seconds)
-                if lease is None:
+                result = await self.ownership.with_lock(
+                    record.execution_id,
+                    lambda lease, r=record: self.engine.resume(  # type: ignore[misc]
+                        r.execution_id, owner=self.replica_id, fencing_token=lease.token, takeover=True
+                    ),
+                    declined="takeover",
+                )
+                if result is None:
                     continue
-                try:
-                    result = await self.engine.resume(
-                        record.execution_id, owner=self.replica_id, fencing_token=lease.token, takeover=True
-                    )
-                except (InvalidState, StaleFencingToken, NotFound) as exc:
-                    log.info("takeover of %s skipped: %s", record.execution_id, exc)
-                    await self._release(lease)
-                    continue
-                except BaseException:
-                    await self._release(lease)
-                    raise
-                self._own(lease)
                 adopted.append(record.execution_id)
                 self.run_log.warning(
                     f"took over execution from {record.owner or 'unknown owner'} (lock expired)",
@@ -554,38 +494,8 @@ class OrchestratorService:
         async with self._admission:
             pass
         grace = self.settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
-        log.info("shutting down: %d runs owned, grace %.1fs", len(self._owned), grace)
-        supervisors = [o.supervisor for o in self._owned.values() if o.supervisor is not None]
-        if supervisors and grace > 0:
-            await asyncio.wait(supervisors, timeout=grace)
-        interrupted: list[str] = []
-        for execution_id in list(self._owned):
-            try:
-                await self.engine.interrupt(execution_id, reason="orchestrator replica shutting down")
-                interrupted.append(execution_id)
-                self.run_log.warning("execution interrupted by shutdown", execution_id=execution_id)
-            except StaleFencingToken:
-                await self.engine.detach(execution_id)
-            except (InvalidState, NotFound):
-                pass  # finished meanwhile
-            except OrchestratorError as exc:
-                log.error("could not interrupt %s on shutdown: %s", execution_id, exc)
-        remaining = [o.supervisor for o in self._owned.values() if o.supervisor is not None]
-        if remaining:
-            await asyncio.wait(remaining, timeout=max(5.0, self.settings.lock_ttl_seconds))
-        for owned in list(self._owned.values()):  # supervisors that did not finish: release anyway
-            if owned.supervisor is not None:
-                owned.supervisor.cancel()
-            await self._release(owned.lease)
-        pending = [o.supervisor for o in self._owned.values() if o.supervisor is not None]
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-        self._owned.clear()
-        if self._supervisors:  # runs that ended just before: their admission pass is a store write
-            await asyncio.wait(self._supervisors, timeout=self.settings.db_timeout_seconds)
-            for task in self._supervisors:
-                task.cancel()
-            await asyncio.gather(*self._supervisors, return_exceptions=True)
+        log.info("shutting down: %d runs owned, grace %.1fs", len(self.ownership), grace)
+        interrupted = await self.ownership.stop_all(grace)
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -611,66 +521,19 @@ class OrchestratorService:
         return queued
 
     async def _start(self, record: ExecutionRecord) -> bool:
-        lease = await self.locks.acquire(record.execution_id, self.settings.lock_ttl_seconds)
-        if lease is None:
-            return False  # another replica is starting it
-        if not self._accepting:  # shutdown began meanwhile: leave the run queued for another replica
-            await self._release(lease)
-            return False
-        try:
-            await self.engine.start_execution(
+        async def start(lease: Lease) -> ExecutionRecord | None:
+            if not self._accepting:  # shutdown began meanwhile: leave the run queued for another replica
+                return None
+            return await self.engine.start_execution(
                 record.execution_id, owner=self.replica_id, fencing_token=lease.token
             )
-        except (InvalidState, StaleFencingToken, NotFound) as exc:
-            log.info("execution %s not started here: %s", record.execution_id, exc)
-            await self._release(lease)
-            return False
-        except BaseException:
-            await self._release(lease)
-            raise
-        self._own(lease)
-        return True
 
-    def _own(self, lease: Lease) -> None:
-        owned = _Owned(lease, self._monotonic())
-        self._owned[lease.execution_id] = owned
-        owned.supervisor = asyncio.create_task(
-            self._supervise(lease.execution_id, owned), name=f"supervise-{lease.execution_id}"
-        )
-        self._supervisors.add(owned.supervisor)
-        owned.supervisor.add_done_callback(self._supervisors.discard)
+        return await self.ownership.with_lock(record.execution_id, start, declined="start") is not None
 
-    async def _supervise(self, execution_id: str, owned: _Owned) -> None:
-        try:
-            await self.engine.wait(execution_id)
-        except OrchestratorError as exc:
-            log.error("waiting for %s failed: %s", execution_id, exc)
-        finally:
-            if self._owned.get(execution_id) is owned:
-                del self._owned[execution_id]
-                await self._release(owned.lease)
+    async def _after_run(self, execution_id: str) -> None:
+        """A run owned here ended (its lock is released): admit the next queued run."""
         if self._accepting:
             try:
                 await self.pump_once()
             except OrchestratorError as exc:
                 log.warning("admission after %s ended failed: %s", execution_id, exc)
-
-    async def _self_fence(self, execution_id: str, why: str) -> None:
-        owned = self._owned.pop(execution_id, None)
-        self.run_log.error(
-            f"ownership lock {why}: stopping the run here (self-fencing)", execution_id=execution_id
-        )
-        try:
-            await self.engine.interrupt(execution_id, reason=f"ownership lock {why} on {self.replica_id}")
-        except StaleFencingToken:
-            await self.engine.detach(execution_id)
-        except (InvalidState, NotFound):
-            pass
-        if owned is not None and owned.supervisor is not None:
-            await asyncio.gather(owned.supervisor, return_exceptions=True)
-
-    async def _release(self, lease: Lease) -> None:
-        try:
-            await self.locks.release(lease)
-        except LockBackendUnavailable as exc:  # the TTL frees it anyway
-            log.warning("could not release lock of %s: %s", lease.execution_id, exc)

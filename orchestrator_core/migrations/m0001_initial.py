@@ -1,31 +1,40 @@
 """Migration 1: the initial schema (DAG versions, executions, node traces, checkpoints, provenance).
 
-Where it sits: applied by `orchestrator_core.migrations.upgrade` at start-up. The tables are spelled out
-here as they were at version 1 (a migration never imports the current schema, which will move on).
+Where it sits: one of the frozen migrations of `orchestrator_core.migrations.SCHEMA`, applied by
+`gl_common.migrations.upgrade` at start-up; `orchestrator_core.store.schema` reads its tables from the
+declarations here. Released: never edited (a later change is a new migration).
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
-from orchestrator_core.migrations.types import UTCDateTime
+from gl_common.migrations import CreateTable, Migration
+from gl_common.sqltypes import UTCDateTime
 
 
-def upgrade(conn: Connection) -> None:
-    metadata = sa.MetaData()
-    sa.Table(
-        "dags",
-        metadata,
+def execution_key() -> sa.Column[str]:
+    """The `execution_id` key column of a table of one execution's data (deleted with the execution)."""
+    return sa.Column(
+        "execution_id",
+        sa.String(64),
+        sa.ForeignKey("executions.execution_id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+
+
+def _dags() -> list[sa.schema.SchemaItem]:
+    return [
         sa.Column("dag_id", sa.String(128), primary_key=True),
         sa.Column("version", sa.Integer, primary_key=True),
         sa.Column("definition", sa.Text, nullable=False),
         sa.Column("content_hash", sa.String(64), nullable=False),
         sa.Column("created_at", UTCDateTime, nullable=False),
-    )
-    sa.Table(
-        "executions",
-        metadata,
+    ]
+
+
+def _executions() -> list[sa.schema.SchemaItem]:
+    return [
         sa.Column("execution_id", sa.String(64), primary_key=True),
         sa.Column("dag_id", sa.String(128), nullable=False, index=True),
         sa.Column("dag_version", sa.Integer, nullable=False),
@@ -42,16 +51,12 @@ def upgrade(conn: Connection) -> None:
         sa.Column("error", sa.Text),
         sa.Column("provenance_head", sa.String(64)),
         sa.Column("provenance_length", sa.Integer, nullable=False, server_default="0"),
-    )
-    sa.Table(
-        "node_traces",
-        metadata,
-        sa.Column(
-            "execution_id",
-            sa.String(64),
-            sa.ForeignKey("executions.execution_id", ondelete="CASCADE"),
-            primary_key=True,
-        ),
+    ]
+
+
+def _node_traces() -> list[sa.schema.SchemaItem]:
+    return [
+        execution_key(),
         sa.Column("node_id", sa.String(128), primary_key=True),
         sa.Column("agent_id", sa.String(128), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
@@ -63,32 +68,24 @@ def upgrade(conn: Connection) -> None:
         sa.Column("error", sa.Text),
         sa.Column("input_hash", sa.String(64)),
         sa.Column("timeout_seconds", sa.Float),
-    )
-    sa.Table(
-        "checkpoints",
-        metadata,
-        sa.Column(
-            "execution_id",
-            sa.String(64),
-            sa.ForeignKey("executions.execution_id", ondelete="CASCADE"),
-            primary_key=True,
-        ),
+    ]
+
+
+def _checkpoints() -> list[sa.schema.SchemaItem]:
+    return [
+        execution_key(),
         sa.Column("node_id", sa.String(128), primary_key=True),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("output", sa.Text, nullable=False),
         sa.Column("input_hash", sa.String(64), nullable=False),
         sa.Column("output_hash", sa.String(64), nullable=False),
         sa.Column("created_at", UTCDateTime, nullable=False),
-    )
-    sa.Table(
-        "provenance",
-        metadata,
-        sa.Column(
-            "execution_id",
-            sa.String(64),
-            sa.ForeignKey("executions.execution_id", ondelete="CASCADE"),
-            primary_key=True,
-        ),
+    ]
+
+
+def _provenance() -> list[sa.schema.SchemaItem]:
+    return [
+        execution_key(),
         sa.Column("seq", sa.Integer, primary_key=True),
         sa.Column("node_id", sa.String(128), nullable=False),
         sa.Column("input_hash", sa.String(64), nullable=False),
@@ -97,5 +94,17 @@ def upgrade(conn: Connection) -> None:
         sa.Column("prev_hash", sa.String(64), nullable=False),
         sa.Column("hash", sa.String(64), nullable=False),
         sa.Column("created_at", UTCDateTime, nullable=False),
-    )
-    metadata.create_all(conn)
+    ]
+
+
+MIGRATION = Migration(
+    1,
+    "initial schema",
+    (
+        CreateTable("dags", _dags),
+        CreateTable("executions", _executions),
+        CreateTable("node_traces", _node_traces),
+        CreateTable("checkpoints", _checkpoints),
+        CreateTable("provenance", _provenance),
+    ),
+)

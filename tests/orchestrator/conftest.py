@@ -117,6 +117,35 @@ class Harness:
         return (await self.engine.get_trace(execution_id)).to_json()["node_traces"]  # type: ignore[no-any-return]
 
 
+def node(agent: str = "test.record", deps: tuple[str, ...] = (), **extra: Any) -> dict[str, Any]:
+    """A node of a DAG document."""
+    return {"agent_id": agent, "depends_on": list(deps), **extra}
+
+
+# a, then b and a gate (blocks on its first call ever) beside it, then c after both.
+RESUMABLE_DAG = {
+    "dag_id": "resumable",
+    "nodes": {
+        "a": node(params={"value": 1}),
+        "b": node(deps=("a",), params={"value": 2}),
+        "gate": node("test.gate", deps=("a",)),
+        "c": node(deps=("b", "gate")),
+    },
+}
+
+
+async def cancel_at_gate(harness: Harness) -> str:
+    """Run `RESUMABLE_DAG` until b is done and the gate holds, cancel it; the execution id."""
+    await harness.engine.register_dag(RESUMABLE_DAG)
+    record = await harness.engine.execute("resumable", {"year": 2025})
+    await wait_until(lambda: harness.calls.count("gate") == 1)
+    executor = harness.engine.executor(record.execution_id)
+    assert executor is not None
+    await wait_until(lambda: executor.states["b"].status == "completed")
+    await harness.engine.cancel(record.execution_id)
+    return record.execution_id
+
+
 async def wait_until(predicate: Any, within: float = 5.0) -> None:
     """Poll `predicate()` (sync) each loop turn until true; fail after `within` seconds."""
     deadline = time.monotonic() + within

@@ -44,7 +44,7 @@ async def test_sigkill_mid_run_then_resume_in_a_new_process(database_url: str, t
             if first.returncode is not None:
                 stderr = await first.stderr.read() if first.stderr else b""
                 raise AssertionError(f"worker exited early: {stderr.decode()}")
-            checkpoints = await store.get_checkpoints(execution_id) if "stuck" in _effects(effects) else []
+            checkpoints = await store.runs.checkpoints(execution_id) if "stuck" in _effects(effects) else []
             if len(checkpoints) == 5:
                 break
             assert time.monotonic() < deadline, f"worker did not reach the stuck node: {_effects(effects)}"
@@ -53,7 +53,7 @@ async def test_sigkill_mid_run_then_resume_in_a_new_process(database_url: str, t
         async with asyncio.timeout(10):
             await first.wait()
         assert first.returncode == -signal.SIGKILL
-        stored = await store.get_execution(execution_id)
+        stored = await store.executions.get(execution_id)
         assert stored.status == "running"  # nobody recorded an end: the owner just died
     finally:
         await store.close()

@@ -406,7 +406,7 @@ async def test_running_trace_shows_the_stuck_node(harness: Harness) -> None:
     await wait_until(lambda: executor.states["b"].status == "running")
     await executor.writer.flush()
     # The stored trace (what another replica would serve) shows the stuck node running too.
-    stored = await harness.engine.store.get_traces(record.execution_id)
+    stored = await harness.engine.store.runs.traces(record.execution_id)
     assert stored["a"].status == "completed" and stored["b"].status == "running"
     listing = await harness.engine.list_executions(status="running")
     assert [r.execution_id for r in listing] == [record.execution_id]

@@ -7,9 +7,6 @@ from typing import Any
 
 import pytest
 
-from orchestrator_core import migrations
-from orchestrator_core.dag import DagDefinition
-from orchestrator_core.store import Store
 from tests.orchestrator.test_service_harness import (
     Gates,
     chain_dag,
@@ -95,30 +92,3 @@ async def test_a_raised_execution_limit_admits_the_shared_queue_at_once(sqlite_u
         gates.open("n1")
         await a.wait_status(first, "completed")
         await a.wait_status(second, "completed")
-
-
-async def test_a_store_at_schema_1_is_upgraded_and_keeps_its_data(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with monkeypatch.context() as patched:
-        patched.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
-        old = await Store.open(database_url)
-        try:
-            assert await old.schema_version() == 1
-            await old.save_dag(_one_node_dag())
-        finally:
-            await old.close()
-    store = await Store.open(database_url)
-    try:
-        assert await store.schema_version() == migrations.head()
-        assert [d.dag_id for d in await store.list_dags()] == ["kept"]
-        await store.set_limit_overrides({"max_parallel_nodes": 7}, set_by="r")
-        await store.set_limit_overrides({"max_parallel_nodes": 8}, set_by="s")  # an upsert, not a 2nd row
-        overrides = await store.get_limit_overrides()
-        assert [(o.name, o.value, o.set_by) for o in overrides.values()] == [("max_parallel_nodes", 8, "s")]
-    finally:
-        await store.close()
-
-
-def _one_node_dag() -> DagDefinition:
-    return DagDefinition.from_document({"dag_id": "kept", "nodes": {"a": {"agent_id": "builtin.echo"}}})

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from gl_common.db import PoolStats
 from orchestrator_core.events import (
     CheckpointEvent,
     ExecutionEvent,
@@ -14,7 +15,6 @@ from orchestrator_core.events import (
     RetryEvent,
 )
 from orchestrator_core.metrics import Limits, MetricsObserver, OrchestratorMetrics
-from orchestrator_core.records import PoolStats
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 

@@ -81,7 +81,7 @@ async def test_store_outage_gives_503_without_sql_and_a_limit_change_still_appli
             await proxy.restore()
             assert (await h.client.get("/readyz")).status_code == 200
             await h.service.sync_limits_once()  # the next tick shares the change with the others
-            stored = await h.service.engine.store.get_limit_overrides()
+            stored = await h.service.engine.store.limits.get()
             assert stored["max_parallel_nodes"].value == 4
             assert (await h.api("GET", "/admin/limits")).json()["unshared"] == {}
             assert await _statuses(h.service, "pg") == []  # the refused execute recorded nothing
@@ -94,9 +94,8 @@ async def test_unreachable_redis_fences_the_run_before_its_lock_could_expire(
         settings = make_settings(
             sqlite_url, redis_url=through_proxy, lock_ttl_seconds=6.0, heartbeat_ttl_seconds=6.0
         )
-        async with running_service(settings) as h:
-            now = [1000.0]
-            h.service._monotonic = lambda: now[0]  # the renewal clock; the lock's TTL is Redis's own
+        now = [1000.0]  # the renewal clock; the lock's TTL is Redis's own
+        async with running_service(settings, monotonic=lambda: now[0]) as h:
             await h.register({"dag_id": "hang", "nodes": {"a": {"agent_id": "builtin.hang"}}})
             execution_id = (await h.execute("hang"))["execution_id"]
             assert await h.service.renew_once() == []  # renewed at t=1000

@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from orchestrator_core.provenance import ChainBuilder, genesis_hash, verify
-from orchestrator_core.store import provenance
+from orchestrator_core.store.schema import provenance
 from tests.orchestrator.conftest import Harness
 
 DAG = {

@@ -4,43 +4,16 @@ the rest re-run, downstream nodes get the checkpointed outputs, the provenance c
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
 from orchestrator_core.errors import InvalidState
 from orchestrator_core.events import CheckpointEvent
-from tests.orchestrator.conftest import Harness, wait_until
-
-
-def node(agent: str = "test.record", deps: tuple[str, ...] = (), **extra: Any) -> dict[str, Any]:
-    return {"agent_id": agent, "depends_on": list(deps), **extra}
-
-
-DAG = {
-    "dag_id": "resumable",
-    "nodes": {
-        "a": node(params={"value": 1}),
-        "b": node(deps=("a",), params={"value": 2}),
-        "gate": node("test.gate", deps=("a",)),
-        "c": node(deps=("b", "gate")),
-    },
-}
-
-
-async def _cancel_at_gate(harness: Harness) -> str:
-    await harness.engine.register_dag(DAG)
-    record = await harness.engine.execute("resumable", {"year": 2025})
-    await wait_until(lambda: harness.calls.count("gate") == 1)
-    executor = harness.engine.executor(record.execution_id)
-    assert executor is not None
-    await wait_until(lambda: executor.states["b"].status == "completed")
-    await harness.engine.cancel(record.execution_id)
-    return record.execution_id
+from tests.orchestrator.conftest import RESUMABLE_DAG, Harness, cancel_at_gate, node, wait_until
 
 
 async def test_resume_skips_checkpointed_nodes_and_reruns_the_rest(harness: Harness) -> None:
-    execution_id = await _cancel_at_gate(harness)
+    execution_id = await cancel_at_gate(harness)
     result = await harness.engine.resume(execution_id)
     assert result.execution_id == execution_id
     assert result.status == "running"
@@ -66,7 +39,7 @@ async def test_resume_skips_checkpointed_nodes_and_reruns_the_rest(harness: Harn
 
 
 async def test_resumed_chain_equals_an_uninterrupted_run(harness: Harness) -> None:
-    execution_id = await _cancel_at_gate(harness)
+    execution_id = await cancel_at_gate(harness)
     await harness.engine.resume(execution_id)
     await harness.engine.wait(execution_id)
     resumed = await harness.engine.get_provenance(execution_id)
@@ -80,7 +53,7 @@ async def test_resumed_chain_equals_an_uninterrupted_run(harness: Harness) -> No
 
 
 async def test_resume_of_a_running_execution_is_refused(harness: Harness) -> None:
-    await harness.engine.register_dag(DAG)
+    await harness.engine.register_dag(RESUMABLE_DAG)
     record = await harness.engine.execute("resumable")
     await wait_until(lambda: harness.calls.count("gate") == 1)
     with pytest.raises(InvalidState):
@@ -127,7 +100,7 @@ async def test_resume_after_timeout_increase_applies_the_new_timeout(harness: Ha
 
 
 async def test_interrupted_orphan_can_be_taken_over(harness: Harness) -> None:
-    await harness.engine.register_dag(DAG)
+    await harness.engine.register_dag(RESUMABLE_DAG)
     record = await harness.engine.execute("resumable")
     await wait_until(lambda: harness.calls.count("gate") == 1)
     executor = harness.engine.executor(record.execution_id)

@@ -14,11 +14,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 
-from orchestrator_core import migrations
 from orchestrator_core.dag import DagDefinition
 from orchestrator_core.errors import StoreError
+from orchestrator_core.migrations import SCHEMA
 from orchestrator_core.records import ExecutionOptions, ExecutionRecord, NodeTrace
-from orchestrator_core.store import Store, WriteBatch, node_traces, provenance, run_documents
+from orchestrator_core.store import Store, WriteBatch
+from orchestrator_core.store.schema import node_traces, provenance, run_documents
 from tests.orchestrator.conftest import Harness, wait_until
 
 DAG = {
@@ -145,9 +146,11 @@ async def test_a_resumed_run_without_checkpoints_reruns_everything_and_continues
     assert {n: t.status for n, t in trace.node_traces.items()} == {"a": "completed", "gate": "completed"}
 
 
-async def _store_with_a_running_execution(database_url: str) -> tuple[Store, ExecutionRecord]:
-    store = await Store.open(database_url)
-    await store.save_dag(DagDefinition.from_document({"dag_id": "d", "nodes": {"a": {"agent_id": "x"}}}))
+async def _store_with_a_running_execution(
+    database_url: str, schema_version: int | None = None
+) -> tuple[Store, ExecutionRecord]:
+    store = await Store.open(database_url, schema_version=schema_version)
+    await store.dags.save(DagDefinition.from_document({"dag_id": "d", "nodes": {"a": {"agent_id": "x"}}}))
     record = ExecutionRecord(
         execution_id="e1",
         dag_id="d",
@@ -157,7 +160,7 @@ async def _store_with_a_running_execution(database_url: str) -> tuple[Store, Exe
         options=ExecutionOptions(checkpoint_enabled=False),
         created_at=datetime(2026, 1, 1, tzinfo=UTC),
     )
-    return store, await store.create_execution(record, claim=("me", None))
+    return store, await store.executions.create(record, claim=("me", None))
 
 
 async def test_stamps_and_fields_read_back_exactly(database_url: str) -> None:
@@ -178,9 +181,9 @@ async def test_stamps_and_fields_read_back_exactly(database_url: str) -> None:
             timeout_seconds=2.5,
         )
         batch = WriteBatch(traces=[trace], whole_run=True)
-        await store.finish_execution("e1", record.fencing_token, status="failed", error="x", batch=batch)
-        assert await store.get_traces("e1") == {"a": trace}
-        assert await store.get_provenance("e1") == ([], None, 0)
+        await store.executions.finish("e1", record.fencing_token, status="failed", error="x", batch=batch)
+        assert await store.runs.traces("e1") == {"a": trace}
+        assert await store.runs.provenance("e1") == ([], None, 0)
     finally:
         await store.close()
 
@@ -188,7 +191,7 @@ async def test_stamps_and_fields_read_back_exactly(database_url: str) -> None:
 async def test_a_document_in_an_unknown_format_is_a_store_error(database_url: str) -> None:
     store, record = await _store_with_a_running_execution(database_url)
     try:
-        await store.finish_execution(
+        await store.executions.finish(
             "e1", record.fencing_token, status="completed", error=None, batch=WriteBatch(whole_run=True)
         )
         async with store.engine.begin() as conn:
@@ -196,27 +199,23 @@ async def test_a_document_in_an_unknown_format_is_a_store_error(database_url: st
                 run_documents.update().values(node_traces='{"fields": ["node_id"], "rows": []}')
             )
         with pytest.raises(StoreError, match=r"run document has fields \['node_id'\]"):
-            await store.get_traces("e1")
+            await store.runs.traces("e1")
     finally:
         await store.close()
 
 
-async def test_a_store_at_schema_2_is_upgraded_and_its_row_based_runs_still_read(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with monkeypatch.context() as patched:
-        patched.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2])
-        old, record = await _store_with_a_running_execution(database_url)
-        try:
-            assert await old.schema_version() == 2
-            trace = NodeTrace(node_id="a", agent_id="x", status="completed", attempt_count=1)
-            await old.write_batch("e1", record.fencing_token, WriteBatch(traces=[trace]))
-        finally:
-            await old.close()
+async def test_a_store_at_schema_2_is_upgraded_and_its_row_based_runs_still_read(database_url: str) -> None:
+    old, record = await _store_with_a_running_execution(database_url, schema_version=2)
+    try:
+        assert await old.schema_version() == 2
+        trace = NodeTrace(node_id="a", agent_id="x", status="completed", attempt_count=1)
+        await old.executions.write_batch("e1", record.fencing_token, WriteBatch(traces=[trace]))
+    finally:
+        await old.close()
     store = await Store.open(database_url)
     try:
-        assert await store.schema_version() == migrations.head() == 3
-        assert await store.get_traces("e1") == {"a": trace}
+        assert await store.schema_version() == SCHEMA.head == 3
+        assert await store.runs.traces("e1") == {"a": trace}
     finally:
         await store.close()
 

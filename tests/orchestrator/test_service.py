@@ -191,8 +191,9 @@ async def test_unreachable_lock_backend_fences_after_a_full_ttl(
     space = InProcessLockSpace(clock=lambda: now[0])
     locks = FlakyLocks("replica-test", "pod", space)
     settings = make_settings(sqlite_url, lock_ttl_seconds=5.0)
-    async with running_service(settings, registry=make_registry(gates), locks=locks) as h:
-        h.service._monotonic = lambda: now[0]
+    async with running_service(
+        settings, registry=make_registry(gates), locks=locks, monotonic=lambda: now[0]
+    ) as h:
         await h.register(gate_dag("flaky"))
         run = await h.execute("flaky")
         await gates.wait_started(1)
@@ -229,7 +230,7 @@ async def test_takeover_resumes_orphaned_run_without_rerunning_completed_nodes(
         assert await b.service.takeover_once() == []  # A holds the lock: nothing to take
         # Replica A "dies": its run stops without writing anything and its lock TTL runs out.
         await a.service.engine.detach(execution_id)
-        a.service._owned.clear()
+        a.service.ownership.owned.clear()
         now[0] += 10
         gates.open("n2")
         assert await b.service.takeover_once() == [execution_id]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -114,11 +115,13 @@ async def running_service(
     registry: AgentRegistry | None = None,
     locks: LockBackend | None = None,
     start_loop: bool = False,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[Harness]:
-    """Service + app on a random loopback port; shut down (grace 0) and stopped on exit."""
+    """Service + app on a random loopback port; shut down (grace 0) and stopped on exit. `monotonic`
+    is the service's renewal clock."""
     spans = InMemorySpanExporter()
     service = await OrchestratorService.open(
-        settings, registry=registry or make_registry(), locks=locks, span_exporter=spans
+        settings, registry=registry or make_registry(), locks=locks, span_exporter=spans, monotonic=monotonic
     )
     port = free_port()
     app = build_app(service)

@@ -1,7 +1,8 @@
-"""Column types shared by the store and its migrations.
+"""Column types shared by both services' schemas and their frozen migrations.
 
-Where it sits: `store.py` and the `m000N_*` migrations use `UTCDateTime` so that both dialects hand back
-timezone-aware UTC datetimes (SQLite keeps no zone; PostgreSQL uses `timestamptz`).
+Where it sits: imported by the migration modules that declare tables (`orchestrator_core.migrations`,
+and the watchdog's once it adopts `gl_common.migrations`). A type here never changes meaning: released
+migrations depend on it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ from sqlalchemy.engine import Dialect
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
-    """Aware UTC datetimes in, aware UTC datetimes out, on every dialect."""
+    """Aware UTC datetimes in, aware UTC datetimes out, on every dialect.
+
+    PostgreSQL stores `timestamptz`; SQLite stores naive UTC text, so values are normalised to UTC on
+    the way in and given `tzinfo=UTC` on the way out. A naive datetime is refused: it is a bug.
+    """
 
     impl = sa.DateTime(timezone=True)
     cache_ok = True
