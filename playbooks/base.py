@@ -4,7 +4,7 @@ The remediation loop (`watchdog.remediation`) and the CLI (`gl-watchdog playbook
 `PlaybookContext` (the incident, the execution, the clients, the action ledger, a clock) and call, in
 this order, `preconditions()` (against live state, immediately before acting), `plan()` (a dry run: the
 exact actions `apply()` would take), `apply()` and `verify()`. Playbooks reach outside systems only
-through the watchdog's client modules (`watchdog.clients.*`), never `orchestrator_core`.
+through the client modules of `watchdog_sdk` (`watchdog_sdk.clients.*`), never `orchestrator_core`.
 
 Like kopf's handler outcomes, results are frozen values and `apply()`/`verify()` never raise for an
 outside system's failure: it becomes a failed step or an `unknown` check with the reason.
@@ -29,11 +29,11 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from watchdog.clients.kubernetes import KubernetesClient
-from watchdog.clients.orchestrator import OrchestratorClient
-from watchdog.clients.prometheus import PrometheusClient
-from watchdog.clients.redis import RedisClient
-from watchdog.errors import WatchdogError
+from watchdog_sdk.clients.kubernetes import KubernetesClient
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.clients.prometheus import PrometheusClient
+from watchdog_sdk.clients.redis import RedisClient
+from watchdog_sdk.errors import WatchdogError
 
 
 class Risk(StrEnum):

@@ -3,7 +3,7 @@
 Cancelling keeps the completed nodes' checkpoints. With `start_fresh_run`, a new execution of the same
 DAG is started with the original `input_data` (checkpointing and deterministic mode on, as the
 runbook's command does). Called by the remediation loop and `gl-watchdog playbook run cancel`; talks to
-the orchestrator only through `watchdog.clients.orchestrator`.
+the orchestrator only through `watchdog_sdk.clients.orchestrator`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from playbooks.base import (
     VerifyResult,
     idempotency_key,
 )
-from watchdog.errors import Conflict, WatchdogError
+from watchdog_sdk.errors import Conflict, WatchdogError
 
 CANCELLABLE = frozenset({"queued", "running", "interrupted"})
 

@@ -4,7 +4,7 @@
 chain is intact (after a resume); 4. active executions back within the limit; 5./6. node timeouts and
 retries not increasing (PromQL, when Prometheus is configured). Each check returns a `Check` and never
 raises: a backend that cannot be asked gives `unknown` with the reason. Called by the playbooks in
-this package; reaches the orchestrator and Prometheus only through `watchdog.clients`.
+this package; reaches the orchestrator and Prometheus only through `watchdog_sdk.clients`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from playbooks.base import Check, CheckStatus, PlaybookContext
-from watchdog.clients.orchestrator import Execution
-from watchdog.constants import M_NODE_RETRIES, M_NODE_TIMEOUTS
-from watchdog.errors import WatchdogError
+from watchdog_sdk.clients.orchestrator import Execution
+from watchdog_sdk.constants import M_NODE_RETRIES, M_NODE_TIMEOUTS
+from watchdog_sdk.errors import WatchdogError
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 

@@ -4,7 +4,7 @@ Raises one node's `timeout_policy.timeout_seconds` in the DAG definition (`PUT /
 partial update that the orchestrator revalidates and versions), keeping its `on_timeout`. The new value
 is `timeout_seconds` when given, else the current one times `factor`, and never above the policy's
 `max_node_timeout_seconds`. It applies to later runs of the DAG. Called by the remediation loop and the
-CLI; talks to the orchestrator only through `watchdog.clients.orchestrator`.
+CLI; talks to the orchestrator only through `watchdog_sdk.clients.orchestrator`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from playbooks.base import (
     VerifyResult,
     idempotency_key,
 )
-from watchdog.errors import WatchdogError
+from watchdog_sdk.errors import WatchdogError
 
 
 class IncreaseNodeTimeoutParams(BaseModel):

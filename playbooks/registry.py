@@ -17,7 +17,7 @@ from playbooks.release_lock import ReleaseLockPlaybook
 from playbooks.restart_agent import RestartAgentPlaybook
 from playbooks.resume import ResumePlaybook
 from playbooks.throttle_concurrency import ThrottleConcurrencyPlaybook
-from watchdog.errors import PlaybookError
+from watchdog_sdk.errors import PlaybookError
 
 AnyPlaybook = Playbook[Any]
 

@@ -3,7 +3,7 @@
 The runbook's `DEL 'gl:orchestrator:lock:<execution_id>'` is only safe when the holder is confirmed
 dead; this playbook checks exactly that (`playbooks.holders`: heartbeat stale past the grace period AND
 pod gone or terminated) and then deletes the lock by compare-and-delete on the holder's fencing token
-(a Lua script in `watchdog.clients.redis`), never a bare DEL: if a new holder took the lock in between,
+(a Lua script in `watchdog_sdk.clients.redis`), never a bare DEL: if a new holder took the lock in between,
 its token differs and it is left alone. A live holder makes it refuse, with the reason. Once released,
 a live orchestrator replica takes the run over; verification checks the dead holder's lock is gone and
 waits (bounded) for the run to end. Called by the remediation loop and the CLI.
@@ -30,9 +30,9 @@ from playbooks.base import (
     VerifyResult,
     idempotency_key,
 )
-from watchdog.clients.redis import ReleaseResult
-from watchdog.constants import lock_key
-from watchdog.errors import LockError, WatchdogError
+from watchdog_sdk.clients.redis import ReleaseResult
+from watchdog_sdk.constants import lock_key
+from watchdog_sdk.errors import LockError, WatchdogError
 
 
 class ReleaseLockParams(BaseModel):

@@ -6,7 +6,7 @@ replacement; the orchestrator's retry policy re-runs the node once the agent ans
 as a retryable `AgentRestarted` error. Verification waits (bounded) for the run to finish and checks
 it completed with a valid provenance chain. Rate limits (restarts per agent per hour) are enforced by
 the remediation loop from the policy. Called by the loop and the CLI; reaches the orchestrator and
-Kubernetes only through `watchdog.clients`.
+Kubernetes only through `watchdog_sdk.clients`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from playbooks.base import (
     Step,
     VerifyResult,
 )
-from watchdog.constants import AGENT_LABEL
-from watchdog.errors import KubernetesNotFound, WatchdogError
+from watchdog_sdk.constants import AGENT_LABEL
+from watchdog_sdk.errors import KubernetesNotFound, WatchdogError
 
 
 class RestartAgentParams(BaseModel):

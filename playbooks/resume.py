@@ -4,7 +4,7 @@ Completed nodes are skipped; the rest run again, and the provenance chain contin
 writer: the run must be cancelled, failed or interrupted, or — if it still shows `running` — its owner
 must be confirmed dead (`playbooks.holders`). Verification waits (bounded) for the resumed run to end
 and checks it completed with a valid provenance chain. Called by the remediation loop and the CLI;
-talks to the orchestrator only through `watchdog.clients.orchestrator`.
+talks to the orchestrator only through `watchdog_sdk.clients.orchestrator`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from playbooks.base import (
     Step,
     VerifyResult,
 )
-from watchdog.errors import WatchdogError
+from watchdog_sdk.errors import WatchdogError
 
 RESUMABLE = frozenset({"cancelled", "failed", "interrupted"})
 

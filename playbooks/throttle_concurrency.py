@@ -13,7 +13,7 @@ template's restartedAt annotation). That restarts every replica, and runs still 
 `interrupted` (the policy resumes them). `deployment_env: false` keeps to the live limits (no restart;
 the chart then grants no Deployment access); `rollout_restart: false` patches without the explicit
 restart. Called by the remediation loop and the CLI; reaches the orchestrator and Kubernetes only
-through `watchdog.clients`.
+through `watchdog_sdk.clients`.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from playbooks.base import (
     Step,
     VerifyResult,
 )
-from watchdog.constants import ORCHESTRATOR_DEPLOYMENT, RESTARTED_AT_ANNOTATION
-from watchdog.errors import WatchdogError
+from watchdog_sdk.constants import ORCHESTRATOR_DEPLOYMENT, RESTARTED_AT_ANNOTATION
+from watchdog_sdk.errors import WatchdogError
 
 ENV_PARALLEL = "GL_ORCHESTRATOR_MAX_PARALLEL_NODES"
 ENV_CONCURRENT = "GL_ORCHESTRATOR_MAX_CONCURRENT_EXECUTIONS"

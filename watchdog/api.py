@@ -33,17 +33,13 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from watchdog.app import DIAGNOSABLE, WatchdogApp
-from watchdog.errors import (
-    BackendUnavailable,
-    IncidentNotFound,
-    InvalidTransition,
-    StoreError,
-)
+from watchdog.errors import IncidentNotFound, InvalidTransition, StoreError
 from watchdog.incidents import IncidentDetail
 from watchdog.intake import IntakeError, describe_validation, parse_payload
 from watchdog.metrics import CONTENT_TYPE
 from watchdog.migrations import INCIDENT_STATUSES
 from watchdog.store import Incident
+from watchdog_sdk.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
 

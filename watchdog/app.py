@@ -25,21 +25,23 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import Any, Final
 
-from watchdog.clients.kubernetes import KubernetesClient
-from watchdog.clients.orchestrator import OrchestratorClient
-from watchdog.clients.prometheus import PrometheusClient
-from watchdog.clients.redis import RedisClient
+from watchdog.backends import open_clients
 from watchdog.condition import ConditionEvaluator
 from watchdog.diagnostics import runner
 from watchdog.diagnostics.context import DiagnosticContext
 from watchdog.diagnostics.models import Diagnosis
-from watchdog.errors import InvalidTransition, WatchdogError
+from watchdog.errors import InvalidTransition
 from watchdog.incidents import IncidentService
 from watchdog.intake import AlertIntake
 from watchdog.metrics import WatchdogMetrics
 from watchdog.settings import WatchdogSettings
 from watchdog.store import Clock, Incident, Store, utc_now
 from watchdog.sweeps import Leadership, LocalLeadership, RedisLeadership, Sweeper
+from watchdog_sdk.clients.kubernetes import KubernetesClient
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.clients.prometheus import PrometheusClient
+from watchdog_sdk.clients.redis import RedisClient
+from watchdog_sdk.errors import WatchdogError
 
 log = logging.getLogger(__name__)
 
@@ -181,22 +183,13 @@ class WatchdogApp:
         clients; `remediate` (the remediation
         loop) is optional: without it incidents are diagnosed and reported only.
         """
-        orchestrator = OrchestratorClient.from_settings(settings)
-        prometheus = PrometheusClient.from_settings(settings)
-        redis = RedisClient.from_settings(settings, clock=clock)
-        kubernetes: KubernetesClient | None = None
+        clients = await open_clients(settings, clock=clock)
         try:
-            kubernetes = KubernetesClient.from_settings(settings)
             store = await Store.open(settings.database_url, clock=clock)
         except BaseException:
-            await orchestrator.aclose()
-            if prometheus is not None:
-                prometheus.close()
-            if redis is not None:
-                await redis.aclose()
-            if kubernetes is not None:
-                kubernetes.close()
+            await clients.aclose()
             raise
+        redis = clients.redis
         leadership: Leadership = (
             LocalLeadership()
             if redis is None
@@ -205,10 +198,10 @@ class WatchdogApp:
         return cls(
             settings=settings,
             store=store,
-            orchestrator=orchestrator,
-            prometheus=prometheus,
-            redis=redis,
-            kubernetes=kubernetes,
+            orchestrator=clients.orchestrator,
+            prometheus=clients.prometheus,
+            redis=clients.redis,
+            kubernetes=clients.kubernetes,
             leadership=leadership,
             diagnose=diagnose,
             remediate=remediate,

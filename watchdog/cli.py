@@ -40,21 +40,22 @@ from sqlalchemy.exc import ArgumentError
 from watchdog import remediation, remediation_cli
 from watchdog.api import create_app
 from watchdog.app import WatchdogApp
+from watchdog.backends import open_clients
 from watchdog.diagnostics import render, runner
 from watchdog.diagnostics.context import DiagnosticContext
-from watchdog.errors import (
-    BackendUnavailable,
-    ConfigError,
-    NotFound,
-    OrchestratorError,
-    StoreError,
-    Unauthorized,
-    WatchdogError,
-)
+from watchdog.errors import StoreError
 from watchdog.migrations import INCIDENT_STATUSES
 from watchdog.settings import WatchdogSettings, load_settings
 from watchdog.store import Incident, Store
 from watchdog.web import installer as approval_routes
+from watchdog_sdk.errors import (
+    BackendUnavailable,
+    ConfigError,
+    NotFound,
+    OrchestratorError,
+    Unauthorized,
+    WatchdogError,
+)
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -182,7 +183,14 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 async def _diagnose(settings: WatchdogSettings, execution_id: str, fmt: str) -> str:
-    ctx = DiagnosticContext.from_settings(settings)
+    clients = await open_clients(settings)
+    ctx = DiagnosticContext(
+        orchestrator=clients.orchestrator,
+        settings=settings,
+        prometheus=clients.prometheus,
+        kubernetes=clients.kubernetes,
+        redis=clients.redis,
+    )
     try:
         try:
             await ctx.orchestrator.get_execution(execution_id)

@@ -3,7 +3,7 @@
 Evaluated by the sweeps (`watchdog.sweeps.Sweeper.sweep_once`) and by anyone who wants to know
 which runs are stuck right now. It reads from one of two sources:
 
-- Prometheus (when configured): the shipped alert expression `watchdog.constants.STUCK_EXPRESSION`,
+- Prometheus (when configured): the shipped alert expression `watchdog_sdk.constants.STUCK_EXPRESSION`,
   whose answer is the running executions whose duration exceeds their timeout;
 - the orchestrator API (otherwise, and as the fallback when Prometheus is down or refuses the query):
   `GET /executions?status=running`, over when `now - started_at > timeout_seconds`.
@@ -29,10 +29,10 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
-from watchdog.clients.orchestrator import Execution
-from watchdog.clients.prometheus import Sample
-from watchdog.constants import STUCK_EXPRESSION
-from watchdog.errors import PrometheusQueryError, PrometheusUnavailable
+from watchdog_sdk.clients.orchestrator import Execution
+from watchdog_sdk.clients.prometheus import Sample
+from watchdog_sdk.constants import STUCK_EXPRESSION
+from watchdog_sdk.errors import PrometheusQueryError, PrometheusUnavailable
 
 Clock = Callable[[], datetime]
 

@@ -35,11 +35,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from watchdog.constants import ALERT_NAME
-from watchdog.errors import InvalidTransition, WatchdogError
+from watchdog.errors import InvalidTransition
 from watchdog.incidents import IncidentService, close_if_not_acted_in, open_or_join_in
 from watchdog.metrics import WatchdogMetrics
 from watchdog.store import Incident, Store
+from watchdog_sdk.constants import ALERT_NAME
+from watchdog_sdk.errors import WatchdogError
 
 ACTOR = "alertmanager"
 

@@ -3,7 +3,7 @@
 Built by `watchdog.app.WatchdogApp`; updated by the intake (alerts received), incidents (opened, open
 count), the diagnosis job (diagnoses, duration, per-step outcomes), the sweeps (sweeps, leadership) and
 the remediation side (remediations, approvals); served by `GET /metrics` in `watchdog.api`. Names come
-from `watchdog.constants` (docs/architecture.md, "Metrics").
+from `watchdog_sdk.constants` (docs/architecture.md, "Metrics").
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-from watchdog.constants import (
+from watchdog.diagnostics.models import Diagnosis
+from watchdog_sdk.constants import (
     W_ALERTS_RECEIVED,
     W_ALERTS_REJECTED,
     W_APPROVALS,
@@ -31,7 +32,6 @@ from watchdog.constants import (
     W_REMEDIATIONS,
     W_SWEEPS,
 )
-from watchdog.diagnostics.models import Diagnosis
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

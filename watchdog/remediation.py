@@ -7,7 +7,7 @@ for expired prompts (`Remediator.expire_approvals`), and at start-up (`Remediato
 Uses the planner (`watchdog.planner`), the policy's limits (`watchdog.policy`), approvals
 (`watchdog.approvals`), the notifier (`watchdog.notifier`), the incidents service
 (`watchdog.incidents`) and the playbooks (`playbooks.registry`), which reach outside systems through
-`watchdog.clients`.
+`watchdog_sdk.clients`.
 
 Safety rules, all enforced through the store so they hold across restarts and replicas:
 
@@ -47,12 +47,8 @@ from playbooks.base import (
 from playbooks.registry import Registry, default_registry
 from watchdog.app import WatchdogApp
 from watchdog.approvals import ApprovalService
-from watchdog.clients.kubernetes import KubernetesClient
-from watchdog.clients.orchestrator import OrchestratorClient
-from watchdog.clients.prometheus import PrometheusClient
-from watchdog.clients.redis import RedisClient
 from watchdog.diagnostics.models import Diagnosis
-from watchdog.errors import ConfigError, InvalidTransition, WatchdogError
+from watchdog.errors import InvalidTransition
 from watchdog.incidents import IncidentService, transition_in
 from watchdog.metrics import WatchdogMetrics
 from watchdog.notifier import EscalationMessage, Notifier, NotifyResult, PromptMessage, notifier_from_settings
@@ -60,6 +56,11 @@ from watchdog.planner import Plan, make_plan
 from watchdog.policy import Policy, load_policy
 from watchdog.settings import Mode
 from watchdog.store import Approval, Incident, Store, Tx
+from watchdog_sdk.clients.kubernetes import KubernetesClient
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.clients.prometheus import PrometheusClient
+from watchdog_sdk.clients.redis import RedisClient
+from watchdog_sdk.errors import ConfigError, WatchdogError
 
 log = logging.getLogger(__name__)
 

@@ -33,27 +33,17 @@ from pydantic import ValidationError
 
 from playbooks.base import ActionLedger, InMemoryLedger, Playbook, PlaybookContext, PlaybookLimits
 from playbooks.registry import default_registry
-from watchdog.clients.kubernetes import KubernetesClient
-from watchdog.clients.orchestrator import OrchestratorClient
-from watchdog.clients.prometheus import PrometheusClient
-from watchdog.clients.redis import RedisClient
+from watchdog.backends import open_clients
 from watchdog.demo import run_demo
-from watchdog.errors import (
-    ApprovalClosed,
-    ApprovalNotFound,
-    BackendUnavailable,
-    ConfigError,
-    InvalidToken,
-    InvalidTransition,
-    PlaybookError,
-    WatchdogError,
-)
+from watchdog.errors import ApprovalClosed, ApprovalNotFound, InvalidToken, InvalidTransition
 from watchdog.incidents import IncidentService
 from watchdog.planner import Plan
 from watchdog.policy import load_policy
 from watchdog.remediation import STARTABLE, StoreLedger
 from watchdog.settings import WatchdogSettings, load_settings
 from watchdog.store import Incident, Store
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.errors import BackendUnavailable, ConfigError, PlaybookError, WatchdogError
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -163,10 +153,9 @@ async def _playbook_run(settings: WatchdogSettings, args: argparse.Namespace) ->
     policy = load_policy(settings.policy_file)
     raw = {**policy.playbook(playbook.name).params, **_parse_params(args.param or [])}
     out = sys.stdout
-    orchestrator = OrchestratorClient.from_settings(settings)
-    redis = RedisClient.from_settings(settings)
-    kubernetes = KubernetesClient.from_settings(settings)
-    prometheus = PrometheusClient.from_settings(settings)
+    clients = await open_clients(settings)
+    orchestrator, redis = clients.orchestrator, clients.redis
+    kubernetes, prometheus = clients.kubernetes, clients.prometheus
     store: Store | None = None
     try:
         live = await _live_params(orchestrator, playbook.name, args.execution, raw)
@@ -272,13 +261,7 @@ async def _playbook_run(settings: WatchdogSettings, args: argparse.Namespace) ->
                 )
             raise
     finally:
-        await orchestrator.aclose()
-        if redis is not None:
-            await redis.aclose()
-        if kubernetes is not None:
-            kubernetes.close()
-        if prometheus is not None:
-            prometheus.close()
+        await clients.aclose()
         if store is not None:
             await store.close()
 

@@ -23,8 +23,8 @@ import yaml
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
 
-from watchdog.constants import ORCHESTRATOR_APP_SELECTOR
-from watchdog.errors import ConfigError
+from watchdog_sdk.constants import ORCHESTRATOR_APP_SELECTOR
+from watchdog_sdk.errors import ConfigError
 
 ENV_PREFIX = "GL_WATCHDOG_"
 

@@ -15,7 +15,7 @@ its TTL. `sweep_once()` is the one-shot form for tests and the CLI:
       │                         an execution with an escalated incident is skipped (on-call owns it)
     after_sweep hooks (leader-only periodic work of other modules, e.g. expiring approvals)
 
-Leadership: `RedisLeadership` holds `gl:watchdog:leader` through `watchdog.clients.redis` (value =
+Leadership: `RedisLeadership` holds `gl:watchdog:leader` through `watchdog_sdk.clients.redis` (value =
 replica id, TTL, renewed only by its owner, released with compare-and-delete); without Redis,
 `LocalLeadership` (this process is the only sweeper). When Redis cannot be reached this replica
 does not consider itself leader and does not sweep (counted as leader_error): only a confirmed leader
@@ -35,13 +35,13 @@ from typing import Any, Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from watchdog.clients.orchestrator import Execution
-from watchdog.clients.redis import RedisClient
 from watchdog.condition import ConditionEvaluator, ConditionResult
-from watchdog.errors import WatchdogError
 from watchdog.incidents import IncidentService
 from watchdog.metrics import WatchdogMetrics
 from watchdog.store import Incident
+from watchdog_sdk.clients.orchestrator import Execution
+from watchdog_sdk.clients.redis import RedisClient
+from watchdog_sdk.errors import WatchdogError
 
 log = logging.getLogger(__name__)
 

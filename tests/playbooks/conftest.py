@@ -23,12 +23,12 @@ from tests.orchestrator.test_service_harness import (
     running_service,
 )
 from tests.watchdog.conftest import FakeKubeApi, kube, kube_api, make_deployment, make_pod  # noqa: F401
-from watchdog.clients.kubernetes import KubernetesClient
-from watchdog.clients.orchestrator import OrchestratorClient
-from watchdog.clients.redis import RedisClient
 from watchdog.incidents import IncidentService
 from watchdog.remediation import StoreLedger
 from watchdog.store import Store
+from watchdog_sdk.clients.kubernetes import KubernetesClient
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.clients.redis import RedisClient
 
 __all__ = ["FakeKubeApi", "make_deployment", "make_pod"]
 

@@ -9,7 +9,7 @@ from playbooks.base import PlaybookLimits, StepStatus
 from playbooks.increase_node_timeout import IncreaseNodeTimeoutParams, IncreaseNodeTimeoutPlaybook
 from playbooks.throttle_concurrency import ThrottleConcurrencyPlaybook, ThrottleParams
 from tests.playbooks.conftest import Env, FakeKubeApi, gate_dag, make_deployment
-from watchdog.clients.kubernetes import KubernetesClient
+from watchdog_sdk.clients.kubernetes import KubernetesClient
 
 THROTTLE = ThrottleConcurrencyPlaybook()
 TIMEOUT = IncreaseNodeTimeoutPlaybook()

@@ -13,7 +13,7 @@ from playbooks.registry import default_registry
 from playbooks.release_lock import ReleaseLockParams, ReleaseLockPlaybook
 from playbooks.throttle_concurrency import ThrottleConcurrencyPlaybook, ThrottleParams
 from tests.playbooks.conftest import Env, FakeKubeApi, gate_dag, make_deployment
-from watchdog.clients.kubernetes import KubernetesClient
+from watchdog_sdk.clients.kubernetes import KubernetesClient
 
 THROTTLE = ThrottleConcurrencyPlaybook()
 

@@ -13,7 +13,7 @@ from playbooks.restart_agent import RestartAgentParams, RestartAgentPlaybook
 from tests.conftest import free_port
 from tests.playbooks.conftest import Env
 from tests.promstack import start_prometheus
-from watchdog.clients.prometheus import PrometheusClient
+from watchdog_sdk.clients.prometheus import PrometheusClient
 
 pytestmark = pytest.mark.prometheus
 PLAYBOOK = RestartAgentPlaybook()

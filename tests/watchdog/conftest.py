@@ -25,12 +25,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from tests.conftest import free_port, wait_for_port
 from watchdog.api import create_app
 from watchdog.app import WatchdogApp
-from watchdog.clients.kubernetes import KubernetesClient, build_configuration
-from watchdog.clients.orchestrator import OrchestratorClient
-from watchdog.clients.redis import RedisClient
 from watchdog.diagnostics.context import DiagnosticContext
 from watchdog.diagnostics.models import Diagnosis, Finding, StepStatus
 from watchdog.settings import WatchdogSettings
+from watchdog_sdk.clients.kubernetes import KubernetesClient, build_configuration
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.clients.redis import RedisClient
 
 
 class FakeClock:

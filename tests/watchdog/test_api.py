@@ -15,8 +15,8 @@ from tests.watchdog.conftest import WATCHDOG_TOKEN, RecordingRemediate, Scripted
 from tests.watchdog.test_intake import alert, payload
 from watchdog.api import create_app
 from watchdog.app import WatchdogApp
-from watchdog.errors import OrchestratorUnavailable
 from watchdog.settings import WatchdogSettings
+from watchdog_sdk.errors import OrchestratorUnavailable
 
 Client = TestClient[web.Request, web.Application]
 AUTH = {"Authorization": f"Bearer {WATCHDOG_TOKEN}"}

@@ -11,8 +11,10 @@ import pytest
 import respx
 
 from tests.conftest import free_port
-from watchdog.clients.orchestrator import OrchestratorClient
-from watchdog.errors import (
+from watchdog.backends import orchestrator_client
+from watchdog.settings import load_settings
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.errors import (
     BadRequest,
     Conflict,
     NotFound,
@@ -20,7 +22,6 @@ from watchdog.errors import (
     OrchestratorUnavailable,
     Unauthorized,
 )
-from watchdog.settings import load_settings
 
 BASE = "http://orch.test:8080"
 API = BASE + "/api/v1/orchestrator"
@@ -328,6 +329,6 @@ async def test_from_settings_uses_token_from_file(tmp_path: Any, mock: respx.Moc
         orchestrator_url=BASE, orchestrator_token="plain", orchestrator_token_file=token_file
     )
     route = mock.get("/metrics").respond(json={})
-    async with OrchestratorClient.from_settings(settings) as c:
+    async with orchestrator_client(settings) as c:
         await c.get_metrics()
     assert route.calls.last.request.headers["Authorization"] == "Bearer file-token"

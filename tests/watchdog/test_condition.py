@@ -12,11 +12,11 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from tests.conftest import free_port
-from watchdog.clients.orchestrator import OrchestratorClient
-from watchdog.clients.prometheus import PrometheusClient
 from watchdog.condition import AlertState, ConditionEvaluator, Source
-from watchdog.constants import M_DAG_EXECUTION_DURATION, M_EXECUTION_TIMEOUT
-from watchdog.errors import OrchestratorUnavailable
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.clients.prometheus import PrometheusClient
+from watchdog_sdk.constants import M_DAG_EXECUTION_DURATION, M_EXECUTION_TIMEOUT
+from watchdog_sdk.errors import OrchestratorUnavailable
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 FOR = timedelta(minutes=10)

@@ -28,10 +28,10 @@ from tests.promstack import start_alertmanager, start_prometheus
 from tests.watchdog.conftest import OrchestratorProcess
 from watchdog.api import create_app
 from watchdog.app import WatchdogApp
-from watchdog.constants import ALERT_NAME
 from watchdog.migrations import alert_deliveries, audit_log, incidents
 from watchdog.settings import WatchdogSettings
 from watchdog.store import Incident
+from watchdog_sdk.constants import ALERT_NAME
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 

@@ -32,7 +32,6 @@ from playbooks.registry import Registry
 from playbooks.restart_agent import RestartAgentParams
 from tests.watchdog.conftest import FakeClock
 from watchdog.approvals import ApprovalService, Decision
-from watchdog.clients.orchestrator import OrchestratorClient
 from watchdog.diagnostics.models import Diagnosis, Finding, StepStatus
 from watchdog.incidents import IncidentService
 from watchdog.metrics import WatchdogMetrics
@@ -41,6 +40,7 @@ from watchdog.policy import parse_policy
 from watchdog.remediation import Clients, Remediator
 from watchdog.settings import Mode
 from watchdog.store import Store
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -14,12 +14,12 @@ import pytest
 from tests.conftest import free_port
 from tests.watchdog.conftest import OrchestratorProcess
 from watchdog.cli import _setup_logging, main
-from watchdog.clients.orchestrator import OrchestratorClient
 from watchdog.diagnostics.context import DiagnosticContext
 from watchdog.diagnostics.models import Diagnosis, Finding, StepStatus
 from watchdog.diagnostics.render import to_table
 from watchdog.diagnostics.runner import diagnose
 from watchdog.settings import WatchdogSettings
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
 
 MakeCtx = Callable[..., DiagnosticContext]
 

@@ -7,9 +7,9 @@ import pytest
 import respx
 
 from tests.conftest import free_port
-from watchdog.clients.orchestrator import OrchestratorClient
-from watchdog.clients.prometheus import PrometheusClient
-from watchdog.errors import OrchestratorUnavailable, PrometheusUnavailable
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.clients.prometheus import PrometheusClient
+from watchdog_sdk.errors import OrchestratorUnavailable, PrometheusUnavailable
 
 BASE = "http://orch.test:8080"
 

@@ -9,8 +9,8 @@ import httpx
 
 from tests.watchdog.conftest import FakeClock
 from tests.watchdog.test_condition import FOR, T0, FakeOrchestrator
-from watchdog.clients.orchestrator import OrchestratorClient
 from watchdog.condition import AlertState, ConditionEvaluator
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
 
 
 async def test_a_run_over_for_hours_fires_on_a_fresh_evaluators_first_look() -> None:

@@ -12,12 +12,12 @@ from tests.conftest import free_port
 from tests.watchdog.conftest import WATCHDOG_TOKEN, ScriptedDiagnose, make_diagnosis
 from tests.watchdog.test_condition import FakeOrchestrator
 from watchdog.app import WatchdogApp
-from watchdog.clients.orchestrator import OrchestratorClient
 from watchdog.condition import ConditionEvaluator
 from watchdog.diagnostics.models import Diagnosis
-from watchdog.errors import OrchestratorUnavailable
 from watchdog.intake import parse_payload
 from watchdog.settings import WatchdogSettings
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.errors import OrchestratorUnavailable
 
 
 class GatedDiagnose:

@@ -20,8 +20,6 @@ from tests.orchestrator.test_service_harness import (
     running_service,
 )
 from tests.watchdog.conftest import FakeKubeApi, make_pod, trace_json
-from watchdog.clients.kubernetes import KubernetesClient
-from watchdog.clients.orchestrator import NodeTrace, OrchestratorClient
 from watchdog.diagnostics import step4_agent
 from watchdog.diagnostics.common import finding
 from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
@@ -29,6 +27,8 @@ from watchdog.diagnostics.models import Finding, StepStatus
 from watchdog.diagnostics.render import to_table
 from watchdog.diagnostics.runner import diagnose, likely_cause
 from watchdog.settings import WatchdogSettings
+from watchdog_sdk.clients.kubernetes import KubernetesClient
+from watchdog_sdk.clients.orchestrator import NodeTrace, OrchestratorClient
 
 MakeCtx = Callable[..., DiagnosticContext]
 AGENT = "emissions.scope1"

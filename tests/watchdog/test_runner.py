@@ -17,14 +17,14 @@ from tests.orchestrator.test_service_harness import (
     running_service,
 )
 from tests.watchdog.conftest import ORCH_BASE, execution_json, trace_json
-from watchdog.clients.orchestrator import OrchestratorClient
-from watchdog.clients.redis import RedisClient
 from watchdog.diagnostics.common import finding
 from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
 from watchdog.diagnostics.models import Finding, StepStatus
 from watchdog.diagnostics.render import to_table
 from watchdog.diagnostics.runner import STEPS, Step, diagnose, diagnoser, likely_cause
 from watchdog.settings import WatchdogSettings
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.clients.redis import RedisClient
 
 MakeCtx = Callable[..., DiagnosticContext]
 

@@ -7,10 +7,10 @@ from collections.abc import Callable
 import respx
 
 from tests.watchdog.conftest import node_json, trace_json
-from watchdog.clients.orchestrator import Trace
 from watchdog.diagnostics import step3_bottleneck
 from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
 from watchdog.diagnostics.models import StepStatus
+from watchdog_sdk.clients.orchestrator import Trace
 
 MakeCtx = Callable[..., DiagnosticContext]
 

@@ -8,10 +8,10 @@ import httpx
 import respx
 
 from tests.watchdog.conftest import ORCH_BASE, trace_json
-from watchdog.clients.orchestrator import Trace
 from watchdog.diagnostics import step8_checkpoints
 from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
 from watchdog.diagnostics.models import StepStatus
+from watchdog_sdk.clients.orchestrator import Trace
 
 MakeCtx = Callable[..., DiagnosticContext]
 

@@ -16,8 +16,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tests.promstack import PrometheusProcess, prometheus_scraping
 from tests.watchdog.conftest import execution_json, trace_json
-from watchdog.clients.orchestrator import Trace
-from watchdog.clients.prometheus import PrometheusClient
 from watchdog.diagnostics import (
     step1_execution,
     step3_bottleneck,
@@ -27,6 +25,8 @@ from watchdog.diagnostics import (
 )
 from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
 from watchdog.diagnostics.models import StepStatus
+from watchdog_sdk.clients.orchestrator import Trace
+from watchdog_sdk.clients.prometheus import PrometheusClient
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 MakeCtx = Callable[..., DiagnosticContext]

@@ -14,14 +14,14 @@ import pytest
 from tests.conftest import free_port
 from tests.watchdog.conftest import FakeClock
 from tests.watchdog.test_condition import FakeOrchestrator
-from watchdog.clients.orchestrator import OrchestratorClient
-from watchdog.clients.prometheus import PrometheusClient
-from watchdog.clients.redis import RedisClient
 from watchdog.condition import ConditionEvaluator
 from watchdog.incidents import IncidentService
 from watchdog.metrics import WatchdogMetrics
 from watchdog.store import Incident, Store
 from watchdog.sweeps import Leadership, LocalLeadership, RedisLeadership, Sweeper
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.clients.prometheus import PrometheusClient
+from watchdog_sdk.clients.redis import RedisClient
 
 FOR = timedelta(minutes=10)
 

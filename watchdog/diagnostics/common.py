@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from watchdog.diagnostics.models import Finding, StepStatus
-from watchdog.errors import BackendUnavailable, ConfigError, WatchdogError
+from watchdog_sdk.errors import BackendUnavailable, ConfigError, WatchdogError
 
 # Step 4: `kubectl logs ... | grep -i "error\|timeout\|hang\|stuck\|blocked\|waiting"`
 AGENT_LOG_FILTER = re.compile(r"error|timeout|hang|stuck|blocked|waiting", re.IGNORECASE)

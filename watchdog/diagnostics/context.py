@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from watchdog.clients.kubernetes import KubernetesClient
-from watchdog.clients.orchestrator import Execution, NodeTrace, OrchestratorClient, Trace
-from watchdog.clients.prometheus import PrometheusClient
-from watchdog.clients.redis import RedisClient
 from watchdog.settings import WatchdogSettings
+from watchdog_sdk.clients.kubernetes import KubernetesClient
+from watchdog_sdk.clients.orchestrator import Execution, NodeTrace, OrchestratorClient, Trace
+from watchdog_sdk.clients.prometheus import PrometheusClient
+from watchdog_sdk.clients.redis import RedisClient
 
 
 def utc_now() -> datetime:
@@ -39,20 +39,6 @@ class DiagnosticContext:
     redis: RedisClient | None = None
     clock: Callable[[], datetime] = utc_now
     step_timeouts: Mapping[int, float] = field(default_factory=dict)
-
-    @classmethod
-    def from_settings(
-        cls, settings: WatchdogSettings, *, clock: Callable[[], datetime] = utc_now
-    ) -> DiagnosticContext:
-        """Every client the settings configure (close them with `aclose()`)."""
-        return cls(
-            orchestrator=OrchestratorClient.from_settings(settings),
-            settings=settings,
-            prometheus=PrometheusClient.from_settings(settings),
-            kubernetes=KubernetesClient.from_settings(settings),
-            redis=RedisClient.from_settings(settings, clock=clock),
-            clock=clock,
-        )
 
     async def aclose(self) -> None:
         """Close every client of this context."""

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from watchdog.diagnostics.common import as_utc, finding, from_error
 from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
 from watchdog.diagnostics.models import Finding, StepStatus
-from watchdog.errors import WatchdogError
+from watchdog_sdk.errors import WatchdogError
 
 STEP = 2
 NAME = "trace"

@@ -28,8 +28,6 @@ import textwrap
 from datetime import datetime, timedelta
 from typing import Any
 
-from watchdog.clients.kubernetes import PodInfo
-from watchdog.constants import AGENT_LABEL
 from watchdog.diagnostics.common import (
     AGENT_LOG_FILTER,
     MAX_EVIDENCE_LINES,
@@ -40,7 +38,9 @@ from watchdog.diagnostics.common import (
 )
 from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
 from watchdog.diagnostics.models import Finding, StepStatus
-from watchdog.errors import WatchdogError
+from watchdog_sdk.clients.kubernetes import PodInfo
+from watchdog_sdk.constants import AGENT_LABEL
+from watchdog_sdk.errors import WatchdogError
 
 STEP = 4
 NAME = "agent"

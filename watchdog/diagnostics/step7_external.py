@@ -20,7 +20,6 @@ import math
 import textwrap
 from typing import Any
 
-from watchdog.constants import M_AGENT_CALL_DURATION
 from watchdog.diagnostics.common import (
     EXTERNAL_CALL,
     WAITING,
@@ -32,7 +31,8 @@ from watchdog.diagnostics.common import (
 )
 from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
 from watchdog.diagnostics.models import Finding, StepStatus
-from watchdog.errors import WatchdogError
+from watchdog_sdk.constants import M_AGENT_CALL_DURATION
+from watchdog_sdk.errors import WatchdogError
 
 STEP = 7
 NAME = "external"

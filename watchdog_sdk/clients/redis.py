@@ -3,7 +3,7 @@ watchdog's own sweep-leader key.
 
 Used by diagnostic step 6 (`scan_locks`, `get_lock`, `heartbeat`), the `release_lock` playbook
 (`compare_and_delete_lock`, fencing-token checked in a Lua script, never a bare `DEL`) and the sweeps
-(`acquire_leader` / `renew_leader` / `release_leader`). Keys come from `watchdog.constants`; lock keys
+(`acquire_leader` / `renew_leader` / `release_leader`). Keys come from `watchdog_sdk.constants`; lock keys
 are listed with `SCAN` (never `KEYS`, which blocks Redis). Every command runs with socket timeouts;
 redis-py errors are converted here: connection errors and timeouts → `RedisUnavailable`, refused
 commands (script errors, wrong types) → `LockError`.
@@ -21,15 +21,14 @@ from typing import Any, TypeVar, cast
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
-from watchdog.constants import (
+from watchdog_sdk.constants import (
     LEADER_KEY,
     LOCK_SCAN_PATTERN,
     execution_id_from_lock_key,
     heartbeat_key,
     lock_key,
 )
-from watchdog.errors import LockError, RedisUnavailable
-from watchdog.settings import WatchdogSettings
+from watchdog_sdk.errors import LockError, RedisUnavailable
 
 T = TypeVar("T")
 
@@ -142,15 +141,6 @@ class RedisClient:
         self._compare_and_delete = self._redis.register_script(_COMPARE_AND_DELETE)
         self._renew_if_owner = self._redis.register_script(_RENEW_IF_OWNER)
         self._delete_if_owner = self._redis.register_script(_DELETE_IF_OWNER)
-
-    @classmethod
-    def from_settings(
-        cls, settings: WatchdogSettings, *, clock: Callable[[], datetime] = _utcnow
-    ) -> RedisClient | None:
-        """A client for `settings.redis_url`, or None when Redis is not configured (embedded mode)."""
-        if not settings.redis_url:
-            return None
-        return cls(settings.redis_url, timeout=settings.redis_timeout_seconds, clock=clock)
 
     async def aclose(self) -> None:
         """Close the connection pool."""

@@ -1,0 +1,10 @@
+"""The shared lower layer of the watchdog side: what playbooks, diagnostic steps and the watchdog use.
+
+Where it sits (`.importlinter`): above `gl_common`, below `playbooks` and the diagnostic steps (plugins
+of the interfaces here) and below `watchdog` (the service that composes them). It imports neither of
+those, nor `orchestrator_core`: the orchestrator is reached only through its REST API client.
+
+    clients/      the outside systems: orchestrator (httpx), Prometheus, Kubernetes, Redis; `Clients`
+    errors.py     the shared exception tree (clients convert their libraries' errors into it)
+    constants.py  Redis keys, metric names, the alert name, Kubernetes labels
+"""
