@@ -23,12 +23,12 @@ import abc
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gl_common.clock import Clock, SystemClock
 from watchdog_sdk.clients.kubernetes import KubernetesClient
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
 from watchdog_sdk.clients.prometheus import PrometheusClient
@@ -42,11 +42,6 @@ class Risk(StrEnum):
     LOW = "low"
     MEDIUM = "medium"
     HIGH = "high"
-
-
-def utcnow() -> datetime:
-    """The default clock: aware UTC now."""
-    return datetime.now(UTC)
 
 
 # -- the action ledger --------------------------------------------------------------------------------
@@ -127,8 +122,7 @@ class PlaybookContext:
     prometheus: PrometheusClient | None = None
     namespace: str = "greenlang"
     limits: PlaybookLimits = field(default_factory=PlaybookLimits)
-    clock: Callable[[], datetime] = utcnow
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    clock: Clock = field(default_factory=SystemClock)
 
 
 # -- results ------------------------------------------------------------------------------------------

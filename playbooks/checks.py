@@ -26,7 +26,7 @@ async def wait_for_status(
 
     Returns the last execution seen (None if it could never be read) and a note on how it ended.
     """
-    deadline = ctx.clock().timestamp() + timeout_seconds
+    deadline = ctx.clock.now().timestamp() + timeout_seconds
     last: Execution | None = None
     note = ""
     while True:
@@ -37,9 +37,9 @@ async def wait_for_status(
             note = f"still {last.status} after {timeout_seconds:.0f}s"
         except WatchdogError as exc:
             note = f"could not read the execution: {exc}"
-        if ctx.clock().timestamp() >= deadline:
+        if ctx.clock.now().timestamp() >= deadline:
             return last, note
-        await ctx.sleep(ctx.limits.poll_interval_seconds)
+        await ctx.clock.sleep(ctx.limits.poll_interval_seconds)
 
 
 def execution_status_check(execution: Execution | None, expected: Collection[str], note: str) -> Check:
@@ -62,7 +62,7 @@ async def no_other_stuck_runs(ctx: PlaybookContext, exclude: Collection[str] = (
         running = await ctx.orchestrator.list_executions(status="running")
     except WatchdogError as exc:
         return Check(name="no_other_stuck_runs", status=CheckStatus.UNKNOWN, detail=str(exc))
-    now = ctx.clock()
+    now = ctx.clock.now()
     stuck = []
     for run in running:
         if run.execution_id in exclude or run.execution_id == ctx.execution_id:

@@ -166,7 +166,7 @@ class RestartAgentPlaybook(Playbook[RestartAgentParams]):
                 set(request["replaced"]),
                 deadline_seconds=request["timeout"],
                 poll_seconds=ctx.limits.poll_interval_seconds,
-                sleep=ctx.sleep,
+                sleep=ctx.clock.sleep,
             )
             return {"ready_pod": pod.name}
 

@@ -177,7 +177,7 @@ class ThrottleConcurrencyPlaybook(Playbook[ThrottleParams]):
 
         async def rollout(request: dict[str, Any]) -> dict[str, Any]:
             assert kube is not None
-            deployment = await kube.rollout_restart(request["deployment"], now=ctx.clock())
+            deployment = await kube.rollout_restart(request["deployment"], now=ctx.clock.now())
             return {"restarted_at": deployment.template_annotations.get(RESTARTED_AT_ANNOTATION)}
 
         actions = {"set_limits": set_limits, "patch_deployment_env": patch_env, "rollout_restart": rollout}

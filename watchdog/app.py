@@ -20,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import Any, Final
 
+from gl_common.clock import Clock, SystemClock
 from watchdog.backends import open_clients
 from watchdog.condition import ConditionEvaluator
 from watchdog.diagnostics import runner
@@ -35,7 +35,7 @@ from watchdog.incidents import IncidentService
 from watchdog.intake import AlertIntake
 from watchdog.metrics import WatchdogMetrics
 from watchdog.settings import WatchdogSettings
-from watchdog.store import Clock, Incident, Store, utc_now
+from watchdog.store import Incident, Store
 from watchdog.sweeps import Leadership, LocalLeadership, RedisLeadership, Sweeper
 from watchdog_sdk.clients.kubernetes import KubernetesClient
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
@@ -175,7 +175,7 @@ class WatchdogApp:
         *,
         diagnose: Diagnose | None = None,
         remediate: Remediate | None = None,
-        clock: Clock = utc_now,
+        clock: Clock | None = None,
     ) -> WatchdogApp:
         """Open the store (migrations included) and build the clients from `settings`.
 
@@ -183,6 +183,7 @@ class WatchdogApp:
         clients; `remediate` (the remediation
         loop) is optional: without it incidents are diagnosed and reported only.
         """
+        clock = clock or SystemClock()
         clients = await open_clients(settings, clock=clock)
         try:
             store = await Store.open(settings.database_url, clock=clock)
@@ -320,7 +321,7 @@ class WatchdogApp:
             actor=actor,
             data={"execution_id": incident.execution_id},
         )
-        started = time.monotonic()
+        started = self.clock.monotonic()
         try:
             async with asyncio.timeout(self.diagnosis_timeout):
                 diagnosis = await self.diagnose(incident.execution_id)
@@ -332,7 +333,7 @@ class WatchdogApp:
                     incident_id, "open", actor=actor, reason=reason, expected=["diagnosing"], summary=reason
                 )
             return None
-        self.metrics.observe_diagnosis(diagnosis, time.monotonic() - started)
+        self.metrics.observe_diagnosis(diagnosis, self.clock.monotonic() - started)
         document = diagnosis.model_dump(mode="json")
         summary = _summary(diagnosis)
         await self.incidents.record(

@@ -21,20 +21,18 @@ import base64
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 from urllib.parse import quote
 
 import sqlalchemy as sa
 
+from gl_common.clock import Clock
 from watchdog.errors import ApprovalClosed, ApprovalNotFound, InvalidToken
 from watchdog.migrations import approvals as approvals_table
 from watchdog.store import Approval, Store, Tx
-
-Clock = Callable[[], datetime]
 
 
 class Decision(StrEnum):
@@ -113,7 +111,7 @@ class ApprovalService:
             raise InvalidToken(
                 "approval token does not match this prompt (forged, altered, or for another prompt)"
             )
-        if not allow_expired and self.clock().timestamp() >= expires_unix:
+        if not allow_expired and self.clock.now().timestamp() >= expires_unix:
             raise ApprovalClosed(
                 "expired", f"approval {approval.id} expired at {approval.expires_at.isoformat()}"
             )
@@ -130,7 +128,7 @@ class ApprovalService:
             plan=plan,
             summary=summary,
             token_nonce=secrets.token_urlsafe(24),
-            expires_at=self.clock() + self.ttl,
+            expires_at=self.clock.now() + self.ttl,
         )
         await tx.add_audit(
             incident_id,
@@ -178,7 +176,7 @@ class ApprovalService:
         elif not authenticated:
             raise InvalidToken("an approval token or API authentication is required")
         async with self.store.transaction() as tx:
-            now = self.clock()
+            now = self.clock.now()
             result = await tx.conn.execute(
                 sa.update(approvals_table)
                 .where(
@@ -212,7 +210,7 @@ class ApprovalService:
 
     async def expire_due(self, actor: str = "watchdog") -> list[Approval]:
         """Mark every pending prompt past its expiry `expired` (conditional, audited); returns them."""
-        now = self.clock()
+        now = self.clock.now()
         async with self.store.transaction() as tx:
             result = await tx.conn.execute(
                 sa.update(approvals_table)

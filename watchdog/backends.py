@@ -8,12 +8,9 @@ Prometheus URL: no Prometheus client; Kubernetes off: no Kubernetes client; no R
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime
-
 import httpx
 
-from gl_common.clock import utc_now
+from gl_common.clock import Clock
 from watchdog.settings import WatchdogSettings
 from watchdog_sdk.clients import Clients
 from watchdog_sdk.clients.kubernetes import KubernetesClient, build_configuration
@@ -49,16 +46,14 @@ def kubernetes_client(settings: WatchdogSettings) -> KubernetesClient | None:
     return KubernetesClient(configuration, settings.namespace, timeout=settings.kubernetes_timeout_seconds)
 
 
-def redis_client(
-    settings: WatchdogSettings, *, clock: Callable[[], datetime] = utc_now
-) -> RedisClient | None:
+def redis_client(settings: WatchdogSettings, *, clock: Clock | None = None) -> RedisClient | None:
     """A client for `settings.redis_url`, or None when Redis is not configured (embedded mode)."""
     if not settings.redis_url:
         return None
     return RedisClient(settings.redis_url, timeout=settings.redis_timeout_seconds, clock=clock)
 
 
-async def open_clients(settings: WatchdogSettings, *, clock: Callable[[], datetime] = utc_now) -> Clients:
+async def open_clients(settings: WatchdogSettings, *, clock: Clock | None = None) -> Clients:
     """Every client the settings configure, as one bundle (close it with `aclose()`).
 
     Kubernetes is configured first: it is the one that fails on a bad set-up (kubeconfig), and then

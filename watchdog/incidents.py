@@ -138,7 +138,7 @@ async def transition_in(
     if to not in TRANSITIONS.get(current.status, frozenset()):
         raise InvalidTransition(incident_id, current.status, to)
     if to in TERMINAL:
-        values.setdefault("closed_at", tx.clock())
+        values.setdefault("closed_at", tx.clock.now())
     updated = await tx.update_incident(incident_id, expected_status=[current.status], status=to, **values)
     if updated is None:  # changed under us between the read and the update
         raise InvalidTransition(
@@ -304,7 +304,11 @@ async def close_if_not_acted_in(tx: Tx, incident_id: int, *, actor: str, reason:
         )
     for approval in await tx.list_approvals(states=["pending"], incident_id=incident_id):
         expired = await tx.update_approval(
-            approval.id, expected_state=["pending"], state="expired", decided_at=tx.clock(), decided_by=actor
+            approval.id,
+            expected_state=["pending"],
+            state="expired",
+            decided_at=tx.clock.now(),
+            decided_by=actor,
         )
         if expired is not None:
             await tx.add_audit(

@@ -322,7 +322,7 @@ class AlertIntake:
                     )
                 if delivery is not None:
                     delivery = await tx.update_delivery(
-                        delivery.id, status="resolved", resolved_at=tx.clock()
+                        delivery.id, status="resolved", resolved_at=tx.clock.now()
                     )
             incident = None
             if delivery is not None and delivery.incident_id is not None:

@@ -27,13 +27,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
+from gl_common.clock import Clock
 from playbooks.base import (
     ActionLedger,
     ActionState,
@@ -220,8 +220,7 @@ class Remediator:
         clients: Clients,
         mode: Mode,
         metrics: WatchdogMetrics | None = None,
-        clock: Callable[[], datetime] | None = None,
-        sleep: Callable[[float], Any] = asyncio.sleep,
+        clock: Clock | None = None,
         poll_interval_seconds: float = 1.0,
         api_tokens: list[str] | None = None,
     ) -> None:
@@ -235,7 +234,6 @@ class Remediator:
         self.mode = mode
         self.metrics = metrics
         self.clock = clock or store.clock
-        self.sleep = sleep
         self.poll_interval_seconds = poll_interval_seconds
         self.api_tokens = list(api_tokens or [])  # for the approval API's bearer check (never logged)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -267,7 +265,7 @@ class Remediator:
                 await self.expire_approvals()
             except WatchdogError as exc:  # store down for a moment: try again next round
                 log.warning("approval expiry round failed: %s", exc)
-            await self.sleep(interval)
+            await self.clock.sleep(interval)
 
     async def aclose(self, grace_seconds: float = 10.0) -> None:
         """Stop the expiry loop; wait (bounded) for decisions being acted on, then cancel them."""
@@ -307,7 +305,6 @@ class Remediator:
                 poll_interval_seconds=self.poll_interval_seconds,
             ),
             clock=self.clock,
-            sleep=self.sleep,
         )
 
     # -- entry points
@@ -508,7 +505,7 @@ class Remediator:
             if tx.conn.dialect.name == "postgresql":
                 # Serialise limit checks across replicas (SQLite's BEGIN IMMEDIATE already does).
                 await tx.conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": LIMITS_LOCK_KEY})
-            now = self.clock()
+            now = self.clock.now()
             refusal = await self._limits_refusal(tx, plan, now)
             await tx.add_audit(
                 incident_id,
@@ -667,7 +664,7 @@ class Remediator:
         try:
             async with self.store.transaction() as tx:
                 if failed:
-                    await tx.add_rate_event(RATE_FAILED, GLOBAL_KEY, self.clock())
+                    await tx.add_rate_event(RATE_FAILED, GLOBAL_KEY, self.clock.now())
                 incident = await transition_in(
                     tx, incident_id, "escalated", actor=ACTOR, reason=reason, expected=expected, **values
                 )
@@ -716,7 +713,6 @@ def attach(
     policy: Policy | None = None,
     registry: Registry | None = None,
     notifier: Notifier | None = None,
-    sleep: Callable[[float], Any] = asyncio.sleep,
     poll_interval_seconds: float = 1.0,
 ) -> Remediator:
     """Build the remediation loop over a `WatchdogApp` and hook it in as the app's `remediate`.
@@ -755,7 +751,6 @@ def attach(
         mode=settings.mode,
         metrics=wd.metrics,
         clock=wd.clock,
-        sleep=sleep,
         poll_interval_seconds=poll_interval_seconds,
         api_tokens=settings.api_token_values(),
     )

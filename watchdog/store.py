@@ -19,8 +19,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Collection, Mapping
+from datetime import datetime
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -31,6 +31,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from gl_common.clock import Clock, SystemClock
 from watchdog.errors import StoreError, StoreUnavailable
 from watchdog.migrations import (
     TERMINAL_INCIDENT_STATUSES,
@@ -43,18 +44,12 @@ from watchdog.migrations import (
     rate_events,
 )
 
-Clock = Callable[[], datetime]
 log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 DEFAULT_STATEMENT_TIMEOUT: Final = 30.0
 # How long close() lets transactions under way end before it closes the pool anyway.
 CLOSE_WAIT_SECONDS: Final = 10.0
-
-
-def utc_now() -> datetime:
-    """The real clock: an aware UTC datetime."""
-    return datetime.now(UTC)
 
 
 # -- records ----------------------------------------------------------------------------------------
@@ -178,7 +173,7 @@ class Tx:
         status: str = "open",
     ) -> Incident | None:
         """Insert an open incident; None when one is already open for `execution_id` (unique index)."""
-        now = self.clock()
+        now = self.clock.now()
         stmt = (
             self._insert(incidents)
             .values(
@@ -248,7 +243,7 @@ class Tx:
         if expected_status is not None:
             stmt = stmt.where(incidents.c.status.in_(list(expected_status)))
         result = await self.conn.execute(
-            stmt.values(updated_at=self.clock(), **values).returning(*incidents.c)
+            stmt.values(updated_at=self.clock.now(), **values).returning(*incidents.c)
         )
         incident: Incident | None = _row(Incident, result.first())
         return incident
@@ -269,7 +264,7 @@ class Tx:
             audit_log.insert()
             .values(
                 incident_id=incident_id,
-                at=self.clock(),
+                at=self.clock.now(),
                 kind=kind,
                 phase=phase,
                 actor=actor,
@@ -292,7 +287,7 @@ class Tx:
         self, *, fingerprint: str, starts_at: datetime, alertname: str, execution_id: str | None, status: str
     ) -> AlertDelivery | None:
         """Record a new alert episode; None when (fingerprint, starts_at) was already recorded."""
-        now = self.clock()
+        now = self.clock.now()
         stmt = (
             self._insert(alert_deliveries)
             .values(
@@ -339,7 +334,7 @@ class Tx:
         await self.conn.execute(
             sa.update(alert_deliveries)
             .where(alert_deliveries.c.id == delivery_id)
-            .values(repeats=alert_deliveries.c.repeats + 1, last_received_at=self.clock())
+            .values(repeats=alert_deliveries.c.repeats + 1, last_received_at=self.clock.now())
         )
 
     async def count_deliveries(self) -> int:
@@ -369,7 +364,7 @@ class Tx:
                 summary=summary,
                 state="pending",
                 token_nonce=token_nonce,
-                created_at=self.clock(),
+                created_at=self.clock.now(),
                 expires_at=expires_at,
             )
             .returning(*approvals.c)
@@ -429,7 +424,7 @@ class Tx:
                 idempotency_key=idempotency_key,
                 params=None if params is None else dict(params),
                 state="started",
-                started_at=self.clock(),
+                started_at=self.clock.now(),
             )
             .on_conflict_do_nothing()
             .returning(*actions.c)
@@ -465,7 +460,9 @@ class Tx:
         res = await self.conn.execute(
             sa.update(actions)
             .where(actions.c.id == action_id, actions.c.state == "started")
-            .values(state=state, result=None if result is None else dict(result), finished_at=self.clock())
+            .values(
+                state=state, result=None if result is None else dict(result), finished_at=self.clock.now()
+            )
             .returning(*actions.c)
         )
         action: Action | None = _row(Action, res.first())
@@ -475,7 +472,7 @@ class Tx:
 
     async def add_rate_event(self, kind: str, key: str, at: datetime | None = None) -> None:
         """Record one rate-limited event (e.g. kind="restart_agent", key=agent id)."""
-        await self.conn.execute(rate_events.insert().values(kind=kind, key=key, at=at or self.clock()))
+        await self.conn.execute(rate_events.insert().values(kind=kind, key=key, at=at or self.clock.now()))
 
     async def count_rate_events(self, kind: str, key: str, since: datetime) -> int:
         """How many events of (kind, key) happened at or after `since`."""
@@ -579,7 +576,7 @@ class Store:
         cls,
         database_url: str,
         *,
-        clock: Clock = utc_now,
+        clock: Clock | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
     ) -> Store:
@@ -612,10 +609,11 @@ class Store:
             raise StoreError(
                 f"unsupported database backend {backend!r}: use sqlite+aiosqlite or postgresql+asyncpg"
             )
+        clock = clock or SystemClock()
         store = cls(engine, clock, connect_timeout)
         try:
             async with store.transaction() as tx:
-                await tx.conn.run_sync(migrate, clock())
+                await tx.conn.run_sync(migrate, clock.now())
         except BaseException:
             await engine.dispose()
             raise

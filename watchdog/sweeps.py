@@ -236,7 +236,7 @@ class Sweeper:
         except WatchdogError as exc:  # the stuck-run part of the sweep still counts
             log.warning("sweep could not list interrupted runs: %s", exc)
             return []
-        now = self.condition.clock()
+        now = self.condition.clock.now()
         grace = self.condition.for_duration
         return [e for e in items if e.completed_at is None or now - e.completed_at >= grace]
 

@@ -158,7 +158,7 @@ async def page(request: web.Request) -> web.Response:
         return _html(403, "Invalid link", f"<p>{html.escape(str(exc))}</p>")
     incident = await remediator.incidents.get(approval.incident_id)
     notice = request.query.get("notice", "")
-    expired = approval.state == "pending" and remediator.approvals.clock() >= approval.expires_at
+    expired = approval.state == "pending" and remediator.approvals.clock.now() >= approval.expires_at
     body = _render(approval, incident, token, notice, request.query, expired=expired)
     acting = approval.state in ("approved", "used") and incident.status in IN_PROGRESS
     return _html(200, f"Approval {approval.id}", body, refresh_seconds=2 if acting else None)

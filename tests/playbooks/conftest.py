@@ -6,12 +6,13 @@ faked Kubernetes API driven through the real `kubernetes` client (from tests/wat
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
+from gl_common.clock import Clock
 from playbooks.base import PlaybookContext, PlaybookLimits
 from tests.conftest import fresh_postgres_database
 from tests.orchestrator.test_service_harness import (
@@ -53,7 +54,7 @@ class Env:
         redis: bool = True,
         limits: PlaybookLimits | None = None,
         incident_id: int | None = None,
-        clock: Callable[[], Any] | None = None,
+        clock: Clock | None = None,
     ) -> PlaybookContext:
         """A context for `execution_id` with a fresh incident (or `incident_id`) and the store's ledger."""
         if incident_id is None:

@@ -7,7 +7,7 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from orchestrator_core.emissions import emissions_dag, emissions_demo_input
 from playbooks.registry import default_registry
 from tests.orchestrator.test_service_harness import TOKEN
 from tests.playbooks.conftest import Env, gate_dag
+from tests.watchdog.conftest import FakeClock
 from watchdog.approvals import ApprovalService
 from watchdog.diagnostics.models import Diagnosis, Finding, StepStatus
 from watchdog.notifier import NullNotifier
@@ -177,10 +178,8 @@ async def test_circuit_open_refuses_with_the_real_playbook(env: Env, loop: Remed
 
 
 async def test_expired_approval_never_acts_with_the_real_playbook(env: Env) -> None:
-    clock_now = [datetime.now(UTC)]
-    approvals = ApprovalService(
-        env.store, b"k" * 32, ttl_seconds=60, public_url="http://wd", clock=lambda: clock_now[0]
-    )
+    clock = FakeClock(datetime.now(UTC))
+    approvals = ApprovalService(env.store, b"k" * 32, ttl_seconds=60, public_url="http://wd", clock=clock)
     remediator = Remediator(
         store=env.store,
         incidents=env.incidents,
@@ -190,11 +189,11 @@ async def test_expired_approval_never_acts_with_the_real_playbook(env: Env) -> N
         registry=default_registry(),
         clients=Clients(orchestrator=env.client),
         mode=Mode.RECOMMEND,
-        clock=lambda: clock_now[0],
+        clock=clock,
     )
     incident_id, diagnosis = await stuck(env, "expiry")
     assert (await remediator.handle_diagnosed(incident_id, diagnosis)).status == "awaiting_approval"
-    clock_now[0] += timedelta(seconds=61)
+    clock.advance(61)
     [outcome] = await remediator.expire_approvals()
     assert outcome.status == "escalated" and "expired" in outcome.detail
     assert all(a.restarts == 0 for a in await env.client.list_agents())

@@ -9,6 +9,7 @@ from playbooks.base import PlaybookLimits, StepStatus
 from playbooks.increase_node_timeout import IncreaseNodeTimeoutParams, IncreaseNodeTimeoutPlaybook
 from playbooks.throttle_concurrency import ThrottleConcurrencyPlaybook, ThrottleParams
 from tests.playbooks.conftest import Env, FakeKubeApi, gate_dag, make_deployment
+from tests.watchdog.conftest import FakeClock
 from watchdog_sdk.clients.kubernetes import KubernetesClient
 
 THROTTLE = ThrottleConcurrencyPlaybook()
@@ -45,7 +46,7 @@ async def test_throttle_in_kubernetes_can_keep_to_the_live_limits(
     kube_api.deployments["orchestrator-service"] = make_deployment(
         "orchestrator-service", {"GL_ORCHESTRATOR_MAX_PARALLEL_NODES": "10"}
     )
-    ctx = await env.context("exec-any", kubernetes=kube, clock=lambda: T0)
+    ctx = await env.context("exec-any", kubernetes=kube, clock=FakeClock(T0))
     params = ThrottleParams(max_parallel_nodes=5, max_concurrent_executions=25, deployment_env=False)
     assert [a.step for a in await THROTTLE.plan(ctx, params)] == ["set_limits"]
     assert (await THROTTLE.apply(ctx, params)).ok
@@ -61,7 +62,7 @@ async def test_throttle_in_kubernetes_patches_the_deployment_and_restarts_it(
     kube_api.deployments["orchestrator-service"] = make_deployment(
         "orchestrator-service", {"GL_ORCHESTRATOR_MAX_PARALLEL_NODES": "10"}
     )
-    ctx = await env.context("exec-any", kubernetes=kube, clock=lambda: T0)
+    ctx = await env.context("exec-any", kubernetes=kube, clock=FakeClock(T0))
     params = ThrottleParams(max_parallel_nodes=5, max_concurrent_executions=25)
     planned = await THROTTLE.plan(ctx, params)
     assert [a.step for a in planned] == ["set_limits", "patch_deployment_env", "rollout_restart"]

@@ -34,16 +34,27 @@ from watchdog_sdk.clients.redis import RedisClient
 
 
 class FakeClock:
-    """A settable UTC clock for injected-time code: `clock()` returns now, `advance()` moves it."""
+    """A settable clock (`gl_common.clock.Clock`) for injected-time code: `now()` stays where it is put
+    (`set()`, `advance()`); monotonic time and sleeps are real, so code that polls a real service still
+    waits for it."""
 
     def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+        self.current = start or datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
-    def __call__(self) -> datetime:
-        return self.now
+    def now(self) -> datetime:
+        return self.current
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    def set(self, when: datetime) -> None:
+        self.current = when
 
     def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+        self.current += timedelta(seconds=seconds)
 
 
 @pytest.fixture

@@ -49,7 +49,7 @@ async def test_prompt_is_pending_with_expiry_and_audited(
 ) -> None:
     approval = await new_prompt(store, service)
     assert approval.state == "pending"
-    assert approval.expires_at == clock() + timedelta(seconds=900)
+    assert approval.expires_at == clock.now() + timedelta(seconds=900)
     async with store.transaction() as tx:
         audit = await tx.list_audit(approval.incident_id)
     assert [a.kind for a in audit][-1] == "approval_requested"
@@ -135,7 +135,7 @@ async def test_approve_racing_expiry_has_exactly_one_winner(
         other = ApprovalService(other_replica, KEY, ttl_seconds=900, public_url="http://x", clock=clock)
         for i in range(5):
             approval = await new_prompt(store, service, f"race-{i}")
-            clock.now = approval.expires_at  # the exact instant: expiry sweep and approval both try
+            clock.set(approval.expires_at)  # the exact instant: expiry sweep and approval both try
             results = await asyncio.gather(
                 service.decide(approval.id, Decision.APPROVE, actor="alice", authenticated=True),
                 other.expire_due(),
@@ -148,7 +148,7 @@ async def test_approve_racing_expiry_has_exactly_one_winner(
             )
             assert approved + expired == 1, results
             assert final == ("approved" if approved else "expired")
-            clock.now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+            clock.set(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
     finally:
         await other_replica.close()
 

@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from tests.conftest import free_port
+from tests.watchdog.conftest import FakeClock
 from watchdog.condition import AlertState, ConditionEvaluator, Source
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
 from watchdog_sdk.clients.prometheus import PrometheusClient
@@ -20,17 +21,6 @@ from watchdog_sdk.errors import OrchestratorUnavailable
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 FOR = timedelta(minutes=10)
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 class FakeOrchestrator:
@@ -79,7 +69,7 @@ async def orch() -> AsyncIterator[tuple[FakeOrchestrator, OrchestratorClient]]:
 
 async def test_over_timeout_is_pending_then_firing_after_for_duration(orch: Any) -> None:
     fake, client = orch
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     fake.add("e1", "d1", started_at=T0 - timedelta(seconds=130), timeout=120)  # 10 s over
     cond = ConditionEvaluator(client, None, for_duration=FOR, clock=clock)
 
@@ -98,7 +88,7 @@ async def test_over_timeout_is_pending_then_firing_after_for_duration(orch: Any)
 
 async def test_run_under_its_timeout_is_inactive(orch: Any) -> None:
     fake, client = orch
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     fake.add("e1", "d1", started_at=T0 - timedelta(seconds=60), timeout=120)
     cond = ConditionEvaluator(client, None, for_duration=timedelta(0), clock=clock)
     [e1] = (await cond.evaluate()).executions
@@ -107,7 +97,7 @@ async def test_run_under_its_timeout_is_inactive(orch: Any) -> None:
 
 async def test_a_dip_resets_the_for_clock(orch: Any) -> None:
     fake, client = orch
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     fake.add("e1", "d1", started_at=T0 - timedelta(seconds=200), timeout=100)
     cond = ConditionEvaluator(client, None, for_duration=FOR, clock=clock)
     await cond.evaluate()
@@ -117,14 +107,14 @@ async def test_a_dip_resets_the_for_clock(orch: Any) -> None:
     clock.advance(60)
     fake.add("e1", "d1", started_at=T0 - timedelta(seconds=200), timeout=100)  # over again
     again = (await cond.evaluate()).executions[0]
-    assert again.state is AlertState.PENDING and again.active_since == clock.now
+    assert again.state is AlertState.PENDING and again.active_since == clock.now()
     clock.advance(FOR.total_seconds() - 1)  # 10 min after the *first* sighting, but not after the dip
     assert (await cond.evaluate()).executions[0].state is AlertState.PENDING
 
 
 async def test_a_finished_run_is_forgotten(orch: Any) -> None:
     fake, client = orch
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     fake.add("e1", "d1", started_at=T0 - timedelta(seconds=200), timeout=100)
     cond = ConditionEvaluator(client, None, for_duration=FOR, clock=clock)
     await cond.evaluate()
@@ -137,7 +127,7 @@ async def test_a_finished_run_is_forgotten(orch: Any) -> None:
 
 async def test_two_runs_of_one_dag_are_tracked_separately(orch: Any) -> None:
     fake, client = orch
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     fake.add("e1", "d1", started_at=T0 - timedelta(seconds=500), timeout=100)
     cond = ConditionEvaluator(client, None, for_duration=FOR, clock=clock)
     await cond.evaluate()
@@ -150,7 +140,7 @@ async def test_two_runs_of_one_dag_are_tracked_separately(orch: Any) -> None:
 
 async def test_prometheus_down_falls_back_to_the_api_and_says_why(orch: Any) -> None:
     fake, client = orch
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     fake.add("e1", "d1", started_at=T0 - timedelta(seconds=200), timeout=100)
     dead = PrometheusClient(f"http://127.0.0.1:{free_port()}", timeout=1)
     try:
@@ -166,7 +156,7 @@ async def test_prometheus_down_falls_back_to_the_api_and_says_why(orch: Any) -> 
 async def test_unreachable_orchestrator_is_reported() -> None:
     client = OrchestratorClient(f"http://127.0.0.1:{free_port()}", timeout=1)
     try:
-        cond = ConditionEvaluator(client, None, for_duration=FOR, clock=Clock(T0))
+        cond = ConditionEvaluator(client, None, for_duration=FOR, clock=FakeClock(T0))
         with pytest.raises(OrchestratorUnavailable):
             await cond.evaluate()
     finally:
@@ -200,7 +190,7 @@ async def test_prometheus_source_uses_the_shipped_expression(orch: Any) -> None:
         async with start_prometheus([f"127.0.0.1:{port}"]) as prom:
             prometheus = PrometheusClient(prom.url, timeout=5)
             try:
-                cond = ConditionEvaluator(client, prometheus, for_duration=timedelta(0), clock=Clock(T0))
+                cond = ConditionEvaluator(client, prometheus, for_duration=timedelta(0), clock=FakeClock(T0))
                 result = await cond.evaluate()
             finally:
                 prometheus.close()

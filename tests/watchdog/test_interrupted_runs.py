@@ -48,7 +48,7 @@ async def harness(database_url: str) -> AsyncIterator[Harness]:
 
 
 async def test_sweep_opens_an_incident_for_a_run_interrupted_longer_than_for(harness: Harness) -> None:
-    harness.fake.interrupt("exec-int", "dag-1", interrupted_at=harness.clock.now)
+    harness.fake.interrupt("exec-int", "dag-1", interrupted_at=harness.clock.now())
     sweeper = harness.sweeper()
     early = await sweeper.sweep_once()
     assert early.result == "ok" and early.opened == []  # on-call or a replica may still resume it

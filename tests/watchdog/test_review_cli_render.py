@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
-from tests.watchdog.conftest import OrchestratorProcess
+from tests.watchdog.conftest import FakeClock, OrchestratorProcess
 from watchdog.cli import _setup_logging, main
 from watchdog.diagnostics.context import DiagnosticContext
 from watchdog.diagnostics.models import Diagnosis, Finding, StepStatus
@@ -37,7 +37,7 @@ async def test_unreachable_orchestrator_is_named_in_the_cause_evidence(_no_pendi
     ctx = DiagnosticContext(
         orchestrator=OrchestratorClient(url, "t", timeout=2.0),
         settings=WatchdogSettings(orchestrator_url=url),
-        clock=lambda: datetime(2026, 3, 1, 12, tzinfo=UTC),
+        clock=FakeClock(datetime(2026, 3, 1, 12, tzinfo=UTC)),
     )
     try:
         diagnosis = await diagnose(ctx, "ex-1")

@@ -30,4 +30,4 @@ async def test_a_run_over_for_hours_fires_on_a_fresh_evaluators_first_look() -> 
         clock.advance(60)
         fake.add("later", "d1", started_at=T0 - timedelta(hours=1), timeout=60)
         later = {e.execution_id: e for e in (await cond.evaluate()).executions}["later"]
-        assert later.state is AlertState.PENDING and later.active_since == clock.now
+        assert later.state is AlertState.PENDING and later.active_since == clock.now()

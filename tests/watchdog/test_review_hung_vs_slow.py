@@ -19,7 +19,7 @@ from tests.orchestrator.test_service_harness import (
     make_settings,
     running_service,
 )
-from tests.watchdog.conftest import FakeKubeApi, make_pod, trace_json
+from tests.watchdog.conftest import FakeClock, FakeKubeApi, make_pod, trace_json
 from watchdog.diagnostics import step4_agent
 from watchdog.diagnostics.common import finding
 from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
@@ -128,7 +128,7 @@ async def _context_once_hung(orch: Harness, hung_id: str) -> DiagnosticContext:
     return DiagnosticContext(
         orchestrator=OrchestratorClient(orch.base_url, TOKEN, timeout=5.0),
         settings=WatchdogSettings(orchestrator_url=orch.base_url),
-        clock=lambda: ahead,
+        clock=FakeClock(ahead),
     )
 
 

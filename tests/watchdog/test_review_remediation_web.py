@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from tests.watchdog.conftest import FakeClock
 from tests.watchdog.test_web import Stack, approval_id_of, links, stack, token_of
 from watchdog.approvals import Decision
 
@@ -34,7 +35,7 @@ async def test_a_prompt_past_its_expiry_shows_expired_and_offers_no_buttons(stac
     approvals = stack.remediator.approvals
     approval = await approvals.get(approval_id)
     later = approval.expires_at + timedelta(seconds=1)
-    approvals.clock = lambda: later  # past the expiry, before the sweeper marked it expired
+    approvals.clock = FakeClock(later)  # past the expiry, before the sweeper marked it expired
     async with stack.client(token=None) as anon:
         page = await anon.get(url.replace(stack.url, ""))
         assert page.status_code == 200

@@ -16,7 +16,7 @@ from tests.orchestrator.test_service_harness import (
     make_settings,
     running_service,
 )
-from tests.watchdog.conftest import ORCH_BASE, execution_json, trace_json
+from tests.watchdog.conftest import ORCH_BASE, FakeClock, execution_json, trace_json
 from watchdog.diagnostics.common import finding
 from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
 from watchdog.diagnostics.models import Finding, StepStatus
@@ -313,7 +313,7 @@ async def test_diagnosis_of_a_real_stuck_run(
             orchestrator=OrchestratorClient(orch.base_url, TOKEN, timeout=5.0),
             settings=WatchdogSettings(orchestrator_url=orch.base_url),
             redis=RedisClient(redis_url, timeout=2.0),  # real clock: heartbeat ages are real
-            clock=lambda: ahead,
+            clock=FakeClock(ahead),
         )
         try:
             diagnosis = await diagnose(ctx, execution_id)

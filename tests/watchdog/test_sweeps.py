@@ -54,7 +54,9 @@ class Harness:
         )
 
     def stuck(self, execution_id: str = "exec-1") -> None:
-        self.fake.add(execution_id, "dag-1", started_at=self.clock.now - timedelta(seconds=700), timeout=600)
+        self.fake.add(
+            execution_id, "dag-1", started_at=self.clock.now() - timedelta(seconds=700), timeout=600
+        )
 
 
 @contextlib.asynccontextmanager

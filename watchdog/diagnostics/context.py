@@ -8,21 +8,16 @@ mode: no Prometheus, Kubernetes or Redis); the steps then report `unknown` with 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
+from gl_common.clock import Clock, SystemClock
 from watchdog.settings import WatchdogSettings
 from watchdog_sdk.clients.kubernetes import KubernetesClient
 from watchdog_sdk.clients.orchestrator import Execution, NodeTrace, OrchestratorClient, Trace
 from watchdog_sdk.clients.prometheus import PrometheusClient
 from watchdog_sdk.clients.redis import RedisClient
-
-
-def utc_now() -> datetime:
-    """The default clock: aware UTC now."""
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -37,7 +32,7 @@ class DiagnosticContext:
     prometheus: PrometheusClient | None = None
     kubernetes: KubernetesClient | None = None
     redis: RedisClient | None = None
-    clock: Callable[[], datetime] = utc_now
+    clock: Clock = field(default_factory=SystemClock)
     step_timeouts: Mapping[int, float] = field(default_factory=dict)
 
     async def aclose(self) -> None:

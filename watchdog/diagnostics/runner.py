@@ -97,7 +97,7 @@ async def run_step(ctx: DiagnosticContext, state: DiagnosisState, step: Step) ->
 async def diagnose(ctx: DiagnosticContext, execution_id: str, *, steps: Sequence[Step] = STEPS) -> Diagnosis:
     """Run steps 1-3 in order, then 4-8 concurrently, and build the Diagnosis."""
     state = DiagnosisState(execution_id=execution_id)
-    started_at = ctx.clock()
+    started_at = ctx.clock.now()
     findings: list[Finding] = []
     for step in steps:
         if step.number in SEQUENTIAL:
@@ -109,7 +109,7 @@ async def diagnose(ctx: DiagnosticContext, execution_id: str, *, steps: Sequence
     return Diagnosis(
         execution_id=execution_id,
         started_at=started_at,
-        completed_at=ctx.clock(),
+        completed_at=ctx.clock.now(),
         findings=findings,
         likely_cause=cause,
         cause_evidence=evidence,

@@ -42,7 +42,7 @@ async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
     state.execution = execution
     state.dag_id = execution.dag_id
 
-    now = ctx.clock()
+    now = ctx.clock.now()
     duration = seconds_since(execution.started_at, now)
     timeout = execution.timeout_seconds
     over = round(duration - timeout, 3) if duration is not None and timeout is not None else None

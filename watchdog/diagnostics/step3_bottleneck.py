@@ -42,7 +42,7 @@ async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
     trace = state.trace
     if trace is None:
         return finding(STEP, NAME, StepStatus.UNKNOWN, "no trace to find the bottleneck in (step 2 failed)")
-    now = ctx.clock()
+    now = ctx.clock.now()
     nodes = trace.node_traces
     running = sorted(
         (n for n, t in nodes.items() if t.status == "running"),

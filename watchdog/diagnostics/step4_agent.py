@@ -116,7 +116,7 @@ def _relevant_since(ctx: DiagnosticContext, state: DiagnosisState) -> datetime:
     """A container's last termination matters when it ended after the stuck attempt started (or,
     with no start known, within the last hour); an OOM kill of last week is history."""
     started = as_utc(state.node.started_at) if state.node is not None else None
-    return started if started is not None else ctx.clock() - timedelta(hours=1)
+    return started if started is not None else ctx.clock.now() - timedelta(hours=1)
 
 
 def _current_reasons(pod: PodInfo, since: datetime) -> list[str]:

@@ -46,7 +46,7 @@ async def _run_save_errors(ctx: DiagnosticContext, state: DiagnosisState, eviden
     except WatchdogError as exc:
         evidence["run_logs_error"] = str(exc)
         return
-    since = ctx.clock() - WINDOW
+    since = ctx.clock.now() - WINDOW
     lines = []
     for record in records:
         at = as_utc(record.ts)

@@ -21,6 +21,7 @@ from typing import Any, TypeVar, cast
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
+from gl_common.clock import Clock, SystemClock
 from watchdog_sdk.constants import (
     LEADER_KEY,
     LOCK_SCAN_PATTERN,
@@ -121,16 +122,12 @@ class HeartbeatInfo:
         }
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class RedisClient:
     """Async Redis access with socket timeouts; every redis-py error converted at this boundary."""
 
-    def __init__(self, url: str, *, timeout: float = 5.0, clock: Callable[[], datetime] = _utcnow) -> None:
+    def __init__(self, url: str, *, timeout: float = 5.0, clock: Clock | None = None) -> None:
         self.url = url
-        self._clock = clock
+        self._clock = clock or SystemClock()
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout,
@@ -250,7 +247,7 @@ class RedisClient:
                 at = _parse_time(value.get("at"))
         except ValueError:
             pass
-        age = (self._clock() - at).total_seconds() if at is not None else None
+        age = (self._clock.now() - at).total_seconds() if at is not None else None
         return HeartbeatInfo(
             replica_id=replica_id, exists=True, pod=pod, at=at, age_seconds=age, ttl_seconds=ttl
         )
