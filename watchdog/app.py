@@ -28,8 +28,6 @@ from gl_common.clock import Clock, SystemClock
 from watchdog.backends import open_clients
 from watchdog.condition import ConditionEvaluator
 from watchdog.diagnostics import runner
-from watchdog.diagnostics.context import DiagnosticContext
-from watchdog.diagnostics.models import Diagnosis
 from watchdog.errors import InvalidTransition
 from watchdog.incidents import IncidentService
 from watchdog.intake import AlertIntake
@@ -37,10 +35,13 @@ from watchdog.metrics import WatchdogMetrics
 from watchdog.settings import WatchdogSettings
 from watchdog.store import Incident, Store
 from watchdog.sweeps import Leadership, LocalLeadership, RedisLeadership, Sweeper
+from watchdog_sdk.clients import Clients
 from watchdog_sdk.clients.kubernetes import KubernetesClient
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
 from watchdog_sdk.clients.prometheus import PrometheusClient
 from watchdog_sdk.clients.redis import RedisClient
+from watchdog_sdk.diagnosis import Diagnosis
+from watchdog_sdk.diagnostic_step import DiagnosticContext
 from watchdog_sdk.errors import WatchdogError
 
 log = logging.getLogger(__name__)
@@ -130,11 +131,14 @@ class WatchdogApp:
         self.kubernetes = kubernetes
         # The clients as the diagnostic steps (and playbooks) want them.
         self.diagnostic_context = DiagnosticContext(
-            orchestrator=orchestrator,
-            settings=settings,
-            prometheus=prometheus,
-            kubernetes=kubernetes,
-            redis=redis,
+            clients=Clients(
+                orchestrator=orchestrator,
+                prometheus=prometheus,
+                kubernetes=kubernetes,
+                redis=redis,
+                namespace=settings.namespace,
+            ),
+            settings=settings.diagnostics(),
             clock=clock,
         )
         self.diagnose = diagnose or runner.diagnoser(self.diagnostic_context)

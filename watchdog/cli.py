@@ -42,12 +42,12 @@ from watchdog.api import create_app
 from watchdog.app import WatchdogApp
 from watchdog.backends import open_clients
 from watchdog.diagnostics import render, runner
-from watchdog.diagnostics.context import DiagnosticContext
 from watchdog.errors import StoreError
 from watchdog.migrations import INCIDENT_STATUSES
 from watchdog.settings import WatchdogSettings, load_settings
 from watchdog.store import Incident, Store
 from watchdog.web import installer as approval_routes
+from watchdog_sdk.diagnostic_step import DiagnosticContext
 from watchdog_sdk.errors import (
     BackendUnavailable,
     ConfigError,
@@ -184,13 +184,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 async def _diagnose(settings: WatchdogSettings, execution_id: str, fmt: str) -> str:
     clients = await open_clients(settings)
-    ctx = DiagnosticContext(
-        orchestrator=clients.orchestrator,
-        settings=settings,
-        prometheus=clients.prometheus,
-        kubernetes=clients.kubernetes,
-        redis=clients.redis,
-    )
+    ctx = DiagnosticContext(clients=clients, settings=settings.diagnostics())
     try:
         try:
             await ctx.orchestrator.get_execution(execution_id)
@@ -211,7 +205,7 @@ async def _diagnose(settings: WatchdogSettings, execution_id: str, fmt: str) -> 
             raise CliError(str(exc), EXIT_UNAVAILABLE) from exc
         diagnosis = await runner.diagnose(ctx, execution_id)
     finally:
-        await ctx.aclose()
+        await clients.aclose()
     if fmt == "json":
         return render.to_json(diagnosis)
     if fmt == "markdown":

@@ -39,13 +39,13 @@ from watchdog.api import create_app
 from watchdog.app import WatchdogApp
 from watchdog.approvals import Decision
 from watchdog.diagnostics import render
-from watchdog.diagnostics.models import Diagnosis
 from watchdog.errors import ApprovalClosed
 from watchdog.notifier import EscalationMessage, NotifyResult, PromptMessage
 from watchdog.remediation import Remediator, attach
 from watchdog.settings import Mode, WatchdogSettings
 from watchdog.store import Approval, Incident
 from watchdog.web import installer
+from watchdog_sdk.diagnosis import Diagnosis
 
 Ask = Callable[[str], Awaitable[bool]]
 DEMO_DAG = "emissions-report"

@@ -17,7 +17,6 @@ from prometheus_client import (
     generate_latest,
 )
 
-from watchdog.diagnostics.models import Diagnosis
 from watchdog_sdk.constants import (
     W_ALERTS_RECEIVED,
     W_ALERTS_REJECTED,
@@ -32,6 +31,7 @@ from watchdog_sdk.constants import (
     W_REMEDIATIONS,
     W_SWEEPS,
 )
+from watchdog_sdk.diagnosis import Diagnosis
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

@@ -15,9 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from playbooks.base import PlannedAction, Risk
 from playbooks.registry import Registry
-from watchdog.diagnostics.models import Diagnosis, StepStatus
 from watchdog.policy import Policy
 from watchdog.settings import Mode
+from watchdog_sdk.diagnosis import Diagnosis, StepStatus
 
 
 class Plan(BaseModel):

@@ -22,9 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from playbooks.base import Playbook, Risk
 from playbooks.registry import default_registry
-from watchdog.diagnostics.models import Diagnosis
 from watchdog.errors import PolicyError
 from watchdog.settings import Mode
+from watchdog_sdk.diagnosis import Diagnosis
 
 DEFAULT_POLICY_FILE = Path(__file__).with_name("policy.yaml")
 

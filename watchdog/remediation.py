@@ -47,7 +47,6 @@ from playbooks.base import (
 from playbooks.registry import Registry, default_registry
 from watchdog.app import WatchdogApp
 from watchdog.approvals import ApprovalService
-from watchdog.diagnostics.models import Diagnosis
 from watchdog.errors import InvalidTransition
 from watchdog.incidents import IncidentService, transition_in
 from watchdog.metrics import WatchdogMetrics
@@ -60,6 +59,7 @@ from watchdog_sdk.clients.kubernetes import KubernetesClient
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
 from watchdog_sdk.clients.prometheus import PrometheusClient
 from watchdog_sdk.clients.redis import RedisClient
+from watchdog_sdk.diagnosis import Diagnosis
 from watchdog_sdk.errors import ConfigError, WatchdogError
 
 log = logging.getLogger(__name__)

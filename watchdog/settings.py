@@ -24,6 +24,7 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
 
 from watchdog_sdk.constants import ORCHESTRATOR_APP_SELECTOR
+from watchdog_sdk.diagnostic_step import DiagnosticSettings
 from watchdog_sdk.errors import ConfigError
 
 ENV_PREFIX = "GL_WATCHDOG_"
@@ -152,6 +153,14 @@ class WatchdogSettings(BaseSettings):
     def api_token_values(self) -> list[str]:
         """The plain API tokens, for `hmac.compare_digest` (never log them)."""
         return [token.get_secret_value() for token in self.api_tokens]
+
+    def diagnostics(self) -> DiagnosticSettings:
+        """What the diagnostic steps read of these settings."""
+        return DiagnosticSettings(
+            step_timeout_seconds=self.step_timeout_seconds,
+            heartbeat_grace_seconds=self.heartbeat_grace_seconds,
+            orchestrator_pod_selector=self.orchestrator_pod_selector,
+        )
 
     def orchestrator_token_value(self) -> str | None:
         """The plain orchestrator bearer token, or None when none is configured."""

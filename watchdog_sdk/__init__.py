@@ -7,4 +7,7 @@ those, nor `orchestrator_core`: the orchestrator is reached only through its RES
     clients/      the outside systems: orchestrator (httpx), Prometheus, Kubernetes, Redis; `Clients`
     errors.py     the shared exception tree (clients convert their libraries' errors into it)
     constants.py  Redis keys, metric names, the alert name, Kubernetes labels
+    diagnosis.py  the results of diagnosis: Finding (one per step), Diagnosis, StepStatus
+    diagnostic_step.py  the diagnostic-step interface: DiagnosticStep, DiagnosticContext, DiagnosisState
+    step_helpers.py     helpers for writing a step (findings from errors, log filters, PromQL quoting)
 """

@@ -18,11 +18,11 @@ from tests.orchestrator.test_service_harness import TOKEN
 from tests.playbooks.conftest import Env, gate_dag
 from tests.watchdog.conftest import FakeClock
 from watchdog.approvals import ApprovalService
-from watchdog.diagnostics.models import Diagnosis, Finding, StepStatus
 from watchdog.notifier import NullNotifier
 from watchdog.policy import parse_policy
 from watchdog.remediation import Clients, Remediator
 from watchdog.settings import Mode
+from watchdog_sdk.diagnosis import Diagnosis, Finding, StepStatus
 
 GL_WATCHDOG = str(Path(sys.executable).with_name("gl-watchdog"))
 

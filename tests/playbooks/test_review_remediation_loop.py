@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 from playbooks.registry import default_registry
 from tests.playbooks.conftest import Env, gate_dag
 from watchdog.approvals import ApprovalService, Decision
-from watchdog.diagnostics.models import Diagnosis, Finding, StepStatus
 from watchdog.notifier import NullNotifier
 from watchdog.policy import parse_policy
 from watchdog.remediation import Clients, Remediator
 from watchdog.settings import Mode
+from watchdog_sdk.diagnosis import Diagnosis, Finding, StepStatus
 
 POLICY = {
     "playbooks": {"restart_agent": {"requires_approval": True, "params": {"verify_timeout_seconds": 10}}},

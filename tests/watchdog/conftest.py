@@ -25,12 +25,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from tests.conftest import free_port, wait_for_port
 from watchdog.api import create_app
 from watchdog.app import WatchdogApp
-from watchdog.diagnostics.context import DiagnosticContext
-from watchdog.diagnostics.models import Diagnosis, Finding, StepStatus
 from watchdog.settings import WatchdogSettings
+from watchdog_sdk.clients import Clients
 from watchdog_sdk.clients.kubernetes import KubernetesClient, build_configuration
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.clients.prometheus import PrometheusClient
 from watchdog_sdk.clients.redis import RedisClient
+from watchdog_sdk.diagnosis import Diagnosis, Finding, StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosticContext
 
 
 class FakeClock:
@@ -402,12 +404,24 @@ async def make_ctx(clock: FakeClock) -> AsyncIterator[Callable[..., DiagnosticCo
     """Build DiagnosticContexts over the faked orchestrator; extra clients and settings as keywords."""
     made: list[DiagnosticContext] = []
 
-    def build(settings: WatchdogSettings | None = None, **kwargs: Any) -> DiagnosticContext:
+    def build(
+        settings: WatchdogSettings | None = None,
+        *,
+        prometheus: PrometheusClient | None = None,
+        kubernetes: KubernetesClient | None = None,
+        redis: RedisClient | None = None,
+        step_timeouts: dict[int, float] | None = None,
+    ) -> DiagnosticContext:
         ctx = DiagnosticContext(
-            orchestrator=OrchestratorClient(ORCH_BASE, "token", timeout=2.0),
-            settings=settings or WatchdogSettings(orchestrator_url=ORCH_BASE),
+            clients=Clients(
+                orchestrator=OrchestratorClient(ORCH_BASE, "token", timeout=2.0),
+                prometheus=prometheus,
+                kubernetes=kubernetes,
+                redis=redis,
+            ),
+            settings=(settings or WatchdogSettings(orchestrator_url=ORCH_BASE)).diagnostics(),
             clock=clock,
-            **kwargs,
+            step_timeouts=step_timeouts or {},
         )
         made.append(ctx)
         return ctx

@@ -21,12 +21,12 @@ from tests.watchdog.conftest import OrchestratorProcess
 from tests.watchdog.test_cli import use_orchestrator
 from tests.watchdog.test_sweeps import FOR, Harness, open_harness
 from watchdog.cli import main
-from watchdog.diagnostics.models import Diagnosis, Finding, StepStatus
 from watchdog.diagnostics.runner import likely_cause
 from watchdog.planner import make_plan
 from watchdog.policy import load_policy
 from watchdog.settings import Mode
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.diagnosis import Diagnosis, Finding, StepStatus
 
 PAUSE_DAG: dict[str, Any] = {
     "dag_id": "pausing",

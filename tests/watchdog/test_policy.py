@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from watchdog.diagnostics.models import Diagnosis, Finding, StepStatus
 from watchdog.errors import PolicyError
 from watchdog.policy import DEFAULT_POLICY_FILE, PLAYBOOK_NAMES, Mode, load_policy, parse_policy
+from watchdog_sdk.diagnosis import Diagnosis, Finding, StepStatus
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

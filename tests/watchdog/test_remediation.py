@@ -32,7 +32,6 @@ from playbooks.registry import Registry
 from playbooks.restart_agent import RestartAgentParams
 from tests.watchdog.conftest import FakeClock
 from watchdog.approvals import ApprovalService, Decision
-from watchdog.diagnostics.models import Diagnosis, Finding, StepStatus
 from watchdog.incidents import IncidentService
 from watchdog.metrics import WatchdogMetrics
 from watchdog.notifier import EscalationMessage, NotifyResult, PromptMessage
@@ -41,6 +40,7 @@ from watchdog.remediation import Clients, Remediator
 from watchdog.settings import Mode
 from watchdog.store import Store
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.diagnosis import Diagnosis, Finding, StepStatus
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -12,11 +12,11 @@ import respx
 from tests.conftest import free_port
 from tests.watchdog.conftest import ORCH_BASE, trace_json
 from watchdog.diagnostics import step8_checkpoints
-from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
-from watchdog.diagnostics.models import Finding, StepStatus
 from watchdog.diagnostics.runner import likely_cause
 from watchdog_sdk.clients.orchestrator import Trace
 from watchdog_sdk.clients.prometheus import PrometheusClient
+from watchdog_sdk.diagnosis import Finding, StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
 
 MakeCtx = Callable[..., DiagnosticContext]
 EXPOSITION = 'gl_orchestrator_checkpoint_operations_total{operation="save",status="error"} 7\n'

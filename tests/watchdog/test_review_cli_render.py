@@ -14,12 +14,12 @@ import pytest
 from tests.conftest import free_port
 from tests.watchdog.conftest import FakeClock, OrchestratorProcess
 from watchdog.cli import _setup_logging, main
-from watchdog.diagnostics.context import DiagnosticContext
-from watchdog.diagnostics.models import Diagnosis, Finding, StepStatus
 from watchdog.diagnostics.render import to_table
 from watchdog.diagnostics.runner import diagnose
-from watchdog.settings import WatchdogSettings
+from watchdog_sdk.clients import Clients
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.diagnosis import Diagnosis, Finding, StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosticContext
 
 MakeCtx = Callable[..., DiagnosticContext]
 
@@ -35,14 +35,13 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 async def test_unreachable_orchestrator_is_named_in_the_cause_evidence(_no_pending_tasks: None) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     ctx = DiagnosticContext(
-        orchestrator=OrchestratorClient(url, "t", timeout=2.0),
-        settings=WatchdogSettings(orchestrator_url=url),
+        clients=Clients(orchestrator=OrchestratorClient(url, "t", timeout=2.0)),
         clock=FakeClock(datetime(2026, 3, 1, 12, tzinfo=UTC)),
     )
     try:
         diagnosis = await diagnose(ctx, "ex-1")
     finally:
-        await ctx.aclose()
+        await ctx.clients.aclose()
     assert diagnosis.likely_cause == "unknown"
     [evidence] = diagnosis.cause_evidence  # only the root: steps 2 and 3 fail because step 1 did
     assert evidence.startswith("step 1 (execution) could not look: cannot read the execution")

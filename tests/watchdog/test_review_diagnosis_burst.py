@@ -13,10 +13,10 @@ from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, ScriptedDiagnose,
 from tests.watchdog.test_condition import FakeOrchestrator
 from watchdog.app import WatchdogApp
 from watchdog.condition import ConditionEvaluator
-from watchdog.diagnostics.models import Diagnosis
 from watchdog.intake import parse_payload
 from watchdog.settings import WatchdogSettings
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.diagnosis import Diagnosis
 from watchdog_sdk.errors import OrchestratorUnavailable
 
 

@@ -21,14 +21,14 @@ from tests.orchestrator.test_service_harness import (
 )
 from tests.watchdog.conftest import FakeClock, FakeKubeApi, make_pod, trace_json
 from watchdog.diagnostics import step4_agent
-from watchdog.diagnostics.common import finding
-from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
-from watchdog.diagnostics.models import Finding, StepStatus
 from watchdog.diagnostics.render import to_table
 from watchdog.diagnostics.runner import diagnose, likely_cause
-from watchdog.settings import WatchdogSettings
+from watchdog_sdk.clients import Clients
 from watchdog_sdk.clients.kubernetes import KubernetesClient
 from watchdog_sdk.clients.orchestrator import NodeTrace, OrchestratorClient
+from watchdog_sdk.diagnosis import Finding, StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
+from watchdog_sdk.step_helpers import finding
 
 MakeCtx = Callable[..., DiagnosticContext]
 AGENT = "emissions.scope1"
@@ -126,8 +126,7 @@ async def _context_once_hung(orch: Harness, hung_id: str) -> DiagnosticContext:
         raise AssertionError("builtin.hang never logged that it waits")
     ahead = datetime.now(UTC) + timedelta(minutes=20)
     return DiagnosticContext(
-        orchestrator=OrchestratorClient(orch.base_url, TOKEN, timeout=5.0),
-        settings=WatchdogSettings(orchestrator_url=orch.base_url),
+        clients=Clients(orchestrator=OrchestratorClient(orch.base_url, TOKEN, timeout=5.0)),
         clock=FakeClock(ahead),
     )
 
@@ -166,7 +165,7 @@ async def test_real_orchestrator_hung_agent_vs_slow_node(_no_pending_tasks: None
             slow = await diagnose(ctx, slow_id)
         finally:
             gates.open("never")
-            await ctx.aclose()
+            await ctx.clients.aclose()
     assert hung.finding(3).evidence["within_own_timeout"] is True  # type: ignore[union-attr]
     assert (hung.likely_cause, hung.stuck_node_id, hung.agent_id) == (
         "agent_unresponsive",
@@ -227,7 +226,7 @@ async def test_real_orchestrator_hung_run_holding_the_only_slot(
         try:
             diagnosis = await diagnose(ctx, hung_id)
         finally:
-            await ctx.aclose()
+            await ctx.clients.aclose()
     assert diagnosis.finding(5).evidence["saturated"] is True  # type: ignore[union-attr]
     assert diagnosis.likely_cause == "agent_unresponsive", to_table(diagnosis)
     assert diagnosis.cause_evidence[-1].startswith(

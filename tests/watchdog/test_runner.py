@@ -17,14 +17,14 @@ from tests.orchestrator.test_service_harness import (
     running_service,
 )
 from tests.watchdog.conftest import ORCH_BASE, FakeClock, execution_json, trace_json
-from watchdog.diagnostics.common import finding
-from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
-from watchdog.diagnostics.models import Finding, StepStatus
 from watchdog.diagnostics.render import to_table
-from watchdog.diagnostics.runner import STEPS, Step, diagnose, diagnoser, likely_cause
-from watchdog.settings import WatchdogSettings
+from watchdog.diagnostics.runner import STEPS, diagnose, diagnoser, likely_cause
+from watchdog_sdk.clients import Clients
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
 from watchdog_sdk.clients.redis import RedisClient
+from watchdog_sdk.diagnosis import Finding, StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext, DiagnosticStep
+from watchdog_sdk.step_helpers import finding
 
 MakeCtx = Callable[..., DiagnosticContext]
 
@@ -123,7 +123,12 @@ async def test_failing_and_hanging_steps_do_not_abort(make_ctx: MakeCtx) -> None
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
-    steps = [Step(1, "fine", fine), Step(2, "boom", boom), Step(4, "hang", hang), Step(5, "boom5", boom)]
+    steps = [
+        DiagnosticStep(1, "fine", fine),
+        DiagnosticStep(2, "boom", boom),
+        DiagnosticStep(4, "hang", hang),
+        DiagnosticStep(5, "boom5", boom),
+    ]
     ctx = make_ctx(step_timeouts={4: 0.05})
     diagnosis = await diagnose(ctx, "ex-1", steps=steps)
     by_step = {f.step: f for f in diagnosis.findings}
@@ -140,16 +145,16 @@ async def test_steps_4_to_8_run_concurrently_after_1_to_3(make_ctx: MakeCtx) -> 
     started = 0
     all_started = asyncio.Event()
 
-    def sequential(n: int) -> Step:
+    def sequential(n: int) -> DiagnosticStep:
         async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
             order.append(f"start {n}")
             await asyncio.sleep(0)
             order.append(f"end {n}")
             return finding(n, f"s{n}", StepStatus.OK, "ok")
 
-        return Step(n, f"s{n}", run)
+        return DiagnosticStep(n, f"s{n}", run)
 
-    def concurrent(n: int) -> Step:
+    def concurrent(n: int) -> DiagnosticStep:
         async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
             nonlocal started
             started += 1
@@ -158,7 +163,7 @@ async def test_steps_4_to_8_run_concurrently_after_1_to_3(make_ctx: MakeCtx) -> 
             await all_started.wait()  # deadlocks (and times out) unless all five run at once
             return finding(n, f"s{n}", StepStatus.OK, "ok")
 
-        return Step(n, f"s{n}", run)
+        return DiagnosticStep(n, f"s{n}", run)
 
     steps = [sequential(1), sequential(2), sequential(3)] + [concurrent(n) for n in range(4, 9)]
     diagnosis = await diagnose(make_ctx(step_timeouts=dict.fromkeys(range(4, 9), 2.0)), "ex-1", steps=steps)
@@ -310,16 +315,17 @@ async def test_diagnosis_of_a_real_stuck_run(
         await gates.wait_started(1)
         ahead = datetime.now(UTC) + timedelta(minutes=20)
         ctx = DiagnosticContext(
-            orchestrator=OrchestratorClient(orch.base_url, TOKEN, timeout=5.0),
-            settings=WatchdogSettings(orchestrator_url=orch.base_url),
-            redis=RedisClient(redis_url, timeout=2.0),  # real clock: heartbeat ages are real
+            clients=Clients(
+                orchestrator=OrchestratorClient(orch.base_url, TOKEN, timeout=5.0),
+                redis=RedisClient(redis_url, timeout=2.0),  # real clock: heartbeat ages are real
+            ),
             clock=FakeClock(ahead),
         )
         try:
             diagnosis = await diagnose(ctx, execution_id)
         finally:
             gates.open("never")
-            await ctx.aclose()
+            await ctx.clients.aclose()
     by_step = {f.step: f for f in diagnosis.findings}
     assert [f.status for f in diagnosis.findings if f.status is StepStatus.ERROR] == [], to_table(diagnosis)
     assert by_step[1].status is StepStatus.PROBLEM and by_step[1].evidence["dag_id"] == "stuck-demo"

@@ -9,8 +9,8 @@ import respx
 
 from tests.watchdog.conftest import node_json, trace_json
 from watchdog.diagnostics import step2_trace
-from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
-from watchdog.diagnostics.models import StepStatus
+from watchdog_sdk.diagnosis import StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
 
 MakeCtx = Callable[..., DiagnosticContext]
 

@@ -9,9 +9,9 @@ import respx
 
 from tests.watchdog.conftest import ORCH_BASE, trace_json
 from watchdog.diagnostics import step8_checkpoints
-from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
-from watchdog.diagnostics.models import StepStatus
 from watchdog_sdk.clients.orchestrator import Trace
+from watchdog_sdk.diagnosis import StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
 
 MakeCtx = Callable[..., DiagnosticContext]
 

@@ -23,10 +23,10 @@ from watchdog.diagnostics import (
     step7_external,
     step8_checkpoints,
 )
-from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
-from watchdog.diagnostics.models import StepStatus
 from watchdog_sdk.clients.orchestrator import Trace
 from watchdog_sdk.clients.prometheus import PrometheusClient
+from watchdog_sdk.diagnosis import StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 MakeCtx = Callable[..., DiagnosticContext]

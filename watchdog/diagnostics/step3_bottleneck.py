@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from watchdog.diagnostics.common import as_utc, finding, iso, promql_label, seconds_since
-from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
-from watchdog.diagnostics.models import Finding, StepStatus
 from watchdog_sdk.constants import M_NODE_EXECUTION_DURATION
+from watchdog_sdk.diagnosis import Finding, StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
 from watchdog_sdk.errors import WatchdogError
+from watchdog_sdk.step_helpers import as_utc, finding, iso, promql_label, seconds_since
 
 STEP = 3
 NAME = "bottleneck"
