@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from playbooks.base import Check, CheckStatus, PlaybookContext
 from watchdog_sdk.clients.orchestrator import Execution
 from watchdog_sdk.constants import M_NODE_RETRIES, M_NODE_TIMEOUTS
 from watchdog_sdk.errors import WatchdogError
+from watchdog_sdk.outcomes import Check, CheckStatus
+from watchdog_sdk.playbook import PlaybookContext
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 

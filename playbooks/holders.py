@@ -20,9 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from playbooks.base import PlaybookContext
 from watchdog_sdk.clients.redis import LockInfo
 from watchdog_sdk.errors import WatchdogError
+from watchdog_sdk.playbook import PlaybookContext
 
 TERMINATED_PHASES = frozenset({"Succeeded", "Failed"})
 

@@ -13,11 +13,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from playbooks.base import PlannedAction, Risk
-from playbooks.registry import Registry
 from watchdog.policy import Policy
 from watchdog.settings import Mode
 from watchdog_sdk.diagnosis import Diagnosis, StepStatus
+from watchdog_sdk.outcomes import PlannedAction, Risk
+from watchdog_sdk.registry import Registry
 
 
 class Plan(BaseModel):

@@ -20,11 +20,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from playbooks.base import Playbook, Risk
 from playbooks.registry import default_registry
 from watchdog.errors import PolicyError
 from watchdog.settings import Mode
 from watchdog_sdk.diagnosis import Diagnosis
+from watchdog_sdk.outcomes import Risk
+from watchdog_sdk.playbook import Playbook
 
 DEFAULT_POLICY_FILE = Path(__file__).with_name("policy.yaml")
 

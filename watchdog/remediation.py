@@ -16,7 +16,7 @@ Safety rules, all enforced through the store so they hold across restarts and re
 - an approval drives at most one remediation: it moves `approved → used` in that same transaction;
 - limits (`rate_events`): agent restarts per agent per hour, a global budget of remediations per hour,
   and a circuit breaker that refuses to act after K failed remediations in a window;
-- steps are recorded in `actions` with a unique idempotency key (`playbooks.base.run_step`); after a
+- steps are recorded in `actions` with a unique idempotency key (`watchdog_sdk.playbook.run_step`); after a
   crash, `resume_interrupted` re-enters the playbook: steps that finished are skipped, idempotent
   half-done steps are re-run with their recorded request, and a non-idempotent half-done step is marked
   `interrupted` and the incident escalated — it is never repeated.
@@ -34,17 +34,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from gl_common.clock import Clock
-from playbooks.base import (
-    ActionLedger,
-    ActionState,
-    ApplyResult,
-    InMemoryLedger,
-    LedgerEntry,
-    PlaybookContext,
-    PlaybookLimits,
-    VerifyResult,
-)
-from playbooks.registry import Registry, default_registry
+from playbooks.registry import default_registry
 from watchdog.app import WatchdogApp
 from watchdog.approvals import ApprovalService
 from watchdog.errors import InvalidTransition
@@ -55,12 +45,13 @@ from watchdog.planner import Plan, make_plan
 from watchdog.policy import Policy, load_policy
 from watchdog.settings import Mode
 from watchdog.store import Approval, Incident, Store, Tx
-from watchdog_sdk.clients.kubernetes import KubernetesClient
-from watchdog_sdk.clients.orchestrator import OrchestratorClient
-from watchdog_sdk.clients.prometheus import PrometheusClient
-from watchdog_sdk.clients.redis import RedisClient
+from watchdog_sdk.clients import Clients
 from watchdog_sdk.diagnosis import Diagnosis
 from watchdog_sdk.errors import ConfigError, WatchdogError
+from watchdog_sdk.ledger import ActionLedger, ActionState, InMemoryLedger, LedgerEntry
+from watchdog_sdk.outcomes import ApplyResult, VerifyResult
+from watchdog_sdk.playbook import PlaybookContext, PlaybookLimits
+from watchdog_sdk.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +74,7 @@ LIMITS_LOCK_KEY = 0x676C5744  # "glWD": the PostgreSQL advisory lock around limi
 
 
 class StoreLedger:
-    """`playbooks.base.ActionLedger` over the store's `actions` table (unique idempotency key)."""
+    """`watchdog_sdk.ledger.ActionLedger` over the store's `actions` table (unique idempotency key)."""
 
     def __init__(self, store: Store, approval_id: str | None = None) -> None:
         self.store = store
@@ -163,17 +154,6 @@ class StoreLedger:
 
 
 # -- the loop --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Clients:
-    """The outside systems playbooks may touch (None: not configured)."""
-
-    orchestrator: OrchestratorClient
-    redis: RedisClient | None = None
-    kubernetes: KubernetesClient | None = None
-    prometheus: PrometheusClient | None = None
-    namespace: str = "greenlang"
 
 
 @dataclass(frozen=True)
@@ -292,12 +272,8 @@ class Remediator:
         return PlaybookContext(
             incident_id=incident.id,
             execution_id=incident.execution_id,
-            orchestrator=self.clients.orchestrator,
+            clients=self.clients,
             ledger=ledger or StoreLedger(self.store),
-            redis=self.clients.redis,
-            kubernetes=self.clients.kubernetes,
-            prometheus=self.clients.prometheus,
-            namespace=self.clients.namespace,
             limits=PlaybookLimits(
                 max_node_timeout_seconds=limits.max_node_timeout_seconds,
                 lock_grace_seconds=float(limits.lock_grace_seconds),
@@ -741,13 +717,7 @@ def attach(
         notifier=notifier or notifier_from_settings(settings),
         policy=policy or load_policy(settings.policy_file),
         registry=registry or default_registry(),
-        clients=Clients(
-            orchestrator=wd.orchestrator,
-            redis=wd.redis,
-            kubernetes=wd.kubernetes,
-            prometheus=wd.prometheus,
-            namespace=settings.namespace,
-        ),
+        clients=wd.diagnostic_context.clients,
         mode=settings.mode,
         metrics=wd.metrics,
         clock=wd.clock,

@@ -31,7 +31,6 @@ import httpx
 import yaml
 from pydantic import ValidationError
 
-from playbooks.base import ActionLedger, InMemoryLedger, Playbook, PlaybookContext, PlaybookLimits
 from playbooks.registry import default_registry
 from watchdog.backends import open_clients
 from watchdog.demo import run_demo
@@ -44,6 +43,8 @@ from watchdog.settings import WatchdogSettings, load_settings
 from watchdog.store import Incident, Store
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
 from watchdog_sdk.errors import BackendUnavailable, ConfigError, PlaybookError, WatchdogError
+from watchdog_sdk.ledger import ActionLedger, InMemoryLedger
+from watchdog_sdk.playbook import Playbook, PlaybookContext, PlaybookLimits
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -154,8 +155,7 @@ async def _playbook_run(settings: WatchdogSettings, args: argparse.Namespace) ->
     raw = {**policy.playbook(playbook.name).params, **_parse_params(args.param or [])}
     out = sys.stdout
     clients = await open_clients(settings)
-    orchestrator, redis = clients.orchestrator, clients.redis
-    kubernetes, prometheus = clients.kubernetes, clients.prometheus
+    orchestrator = clients.orchestrator
     store: Store | None = None
     try:
         live = await _live_params(orchestrator, playbook.name, args.execution, raw)
@@ -193,12 +193,8 @@ async def _playbook_run(settings: WatchdogSettings, args: argparse.Namespace) ->
         ctx = PlaybookContext(
             incident_id=incident_id,
             execution_id=args.execution,
-            orchestrator=orchestrator,
+            clients=clients,
             ledger=ledger,
-            redis=redis,
-            kubernetes=kubernetes,
-            prometheus=prometheus,
-            namespace=settings.namespace,
             limits=PlaybookLimits(
                 max_node_timeout_seconds=limits.max_node_timeout_seconds,
                 lock_grace_seconds=float(limits.lock_grace_seconds),

@@ -10,4 +10,8 @@ those, nor `orchestrator_core`: the orchestrator is reached only through its RES
     diagnosis.py  the results of diagnosis: Finding (one per step), Diagnosis, StepStatus
     diagnostic_step.py  the diagnostic-step interface: DiagnosticStep, DiagnosticContext, DiagnosisState
     step_helpers.py     helpers for writing a step (findings from errors, log filters, PromQL quoting)
+    playbook.py   the playbook interface: Playbook, PlaybookContext, typed Step/StepRequest, run_step
+    outcomes.py   what a playbook answers with: Precheck, PlannedAction, ApplyResult, VerifyResult, Risk
+    ledger.py     the action ledger protocol (and an in-memory one for dry runs)
+    registry.py   an explicit registry of playbooks by name
 """

@@ -17,11 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gl_common.clock import Clock, SystemClock
-from watchdog_sdk.clients import Clients
-from watchdog_sdk.clients.kubernetes import KubernetesClient
-from watchdog_sdk.clients.orchestrator import Execution, NodeTrace, OrchestratorClient, Trace
-from watchdog_sdk.clients.prometheus import PrometheusClient
-from watchdog_sdk.clients.redis import RedisClient
+from watchdog_sdk.clients import ClientAccess, Clients
+from watchdog_sdk.clients.orchestrator import Execution, NodeTrace, Trace
 from watchdog_sdk.constants import ORCHESTRATOR_APP_SELECTOR
 from watchdog_sdk.diagnosis import Finding
 
@@ -38,7 +35,7 @@ class DiagnosticSettings:
 
 
 @dataclass(frozen=True)
-class DiagnosticContext:
+class DiagnosticContext(ClientAccess):
     """Clients, settings and clock for one or many diagnoses (it holds no per-diagnosis state).
 
     `step_timeouts` overrides `settings.step_timeout_seconds` per step number.
@@ -48,22 +45,6 @@ class DiagnosticContext:
     settings: DiagnosticSettings = field(default_factory=DiagnosticSettings)
     clock: Clock = field(default_factory=SystemClock)
     step_timeouts: Mapping[int, float] = field(default_factory=dict)
-
-    @property
-    def orchestrator(self) -> OrchestratorClient:
-        return self.clients.orchestrator
-
-    @property
-    def prometheus(self) -> PrometheusClient | None:
-        return self.clients.prometheus
-
-    @property
-    def kubernetes(self) -> KubernetesClient | None:
-        return self.clients.kubernetes
-
-    @property
-    def redis(self) -> RedisClient | None:
-        return self.clients.redis
 
     def timeout_for(self, step: int) -> float:
         """The time budget of one step."""

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from gl_common.clock import Clock
-from playbooks.base import PlaybookContext, PlaybookLimits
 from tests.conftest import fresh_postgres_database
 from tests.orchestrator.test_service_harness import (
     TOKEN,
@@ -27,9 +26,12 @@ from tests.watchdog.conftest import FakeKubeApi, kube, kube_api, make_deployment
 from watchdog.incidents import IncidentService
 from watchdog.remediation import StoreLedger
 from watchdog.store import Store
+from watchdog_sdk.clients import Clients
 from watchdog_sdk.clients.kubernetes import KubernetesClient
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.clients.prometheus import PrometheusClient
 from watchdog_sdk.clients.redis import RedisClient
+from watchdog_sdk.playbook import PlaybookContext, PlaybookLimits
 
 __all__ = ["FakeKubeApi", "make_deployment", "make_pod"]
 
@@ -51,6 +53,7 @@ class Env:
         execution_id: str,
         *,
         kubernetes: KubernetesClient | None = None,
+        prometheus: PrometheusClient | None = None,
         redis: bool = True,
         limits: PlaybookLimits | None = None,
         incident_id: int | None = None,
@@ -66,11 +69,14 @@ class Env:
         return PlaybookContext(
             incident_id=incident_id,
             execution_id=execution_id,
-            orchestrator=self.client,
+            clients=Clients(
+                orchestrator=self.client,
+                redis=self.redis if redis else None,
+                kubernetes=kubernetes,
+                prometheus=prometheus,
+                namespace="greenlang",
+            ),
             ledger=StoreLedger(self.store),
-            redis=self.redis if redis else None,
-            kubernetes=kubernetes,
-            namespace="greenlang",
             limits=limits or PlaybookLimits(poll_interval_seconds=0.05, lock_grace_seconds=0),
             **extra,
         )

@@ -20,8 +20,9 @@ from tests.watchdog.conftest import FakeClock
 from watchdog.approvals import ApprovalService
 from watchdog.notifier import NullNotifier
 from watchdog.policy import parse_policy
-from watchdog.remediation import Clients, Remediator
+from watchdog.remediation import Remediator
 from watchdog.settings import Mode
+from watchdog_sdk.clients import Clients
 from watchdog_sdk.diagnosis import Diagnosis, Finding, StepStatus
 
 GL_WATCHDOG = str(Path(sys.executable).with_name("gl-watchdog"))

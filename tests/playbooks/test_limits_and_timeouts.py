@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from playbooks.base import PlaybookLimits, StepStatus
 from playbooks.increase_node_timeout import IncreaseNodeTimeoutParams, IncreaseNodeTimeoutPlaybook
 from playbooks.throttle_concurrency import ThrottleConcurrencyPlaybook, ThrottleParams
 from tests.playbooks.conftest import Env, FakeKubeApi, gate_dag, make_deployment
 from tests.watchdog.conftest import FakeClock
 from watchdog_sdk.clients.kubernetes import KubernetesClient
+from watchdog_sdk.outcomes import StepStatus
+from watchdog_sdk.playbook import PlaybookLimits
 
 THROTTLE = ThrottleConcurrencyPlaybook()
 TIMEOUT = IncreaseNodeTimeoutPlaybook()

@@ -7,13 +7,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from playbooks.base import MAX_WAIT_SECONDS
 from playbooks.increase_node_timeout import IncreaseNodeTimeoutParams, IncreaseNodeTimeoutPlaybook
 from playbooks.registry import default_registry
 from playbooks.release_lock import ReleaseLockParams, ReleaseLockPlaybook
 from playbooks.throttle_concurrency import ThrottleConcurrencyPlaybook, ThrottleParams
 from tests.playbooks.conftest import Env, FakeKubeApi, gate_dag, make_deployment
 from watchdog_sdk.clients.kubernetes import KubernetesClient
+from watchdog_sdk.playbook import MAX_WAIT_SECONDS
 
 THROTTLE = ThrottleConcurrencyPlaybook()
 

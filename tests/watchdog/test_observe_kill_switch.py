@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from playbooks.base import idempotency_key
 from tests.watchdog.conftest import FakeClock
 from tests.watchdog.test_remediation import POLICY, Harness
 from watchdog.approvals import Decision
 from watchdog.settings import Mode
 from watchdog.store import Store
+from watchdog_sdk.ledger import idempotency_key
 
 
 @pytest.fixture

@@ -15,20 +15,6 @@ from typing import Any
 
 import pytest
 
-from playbooks.base import (
-    ApplyResult,
-    Check,
-    CheckStatus,
-    PlannedAction,
-    Playbook,
-    PlaybookContext,
-    Precheck,
-    Risk,
-    Step,
-    VerifyResult,
-    idempotency_key,
-)
-from playbooks.registry import Registry
 from playbooks.restart_agent import RestartAgentParams
 from tests.watchdog.conftest import FakeClock
 from watchdog.approvals import ApprovalService, Decision
@@ -36,13 +22,22 @@ from watchdog.incidents import IncidentService
 from watchdog.metrics import WatchdogMetrics
 from watchdog.notifier import EscalationMessage, NotifyResult, PromptMessage
 from watchdog.policy import parse_policy
-from watchdog.remediation import Clients, Remediator
+from watchdog.remediation import Remediator
 from watchdog.settings import Mode
 from watchdog.store import Store
+from watchdog_sdk.clients import Clients
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
 from watchdog_sdk.diagnosis import Diagnosis, Finding, StepStatus
+from watchdog_sdk.ledger import idempotency_key
+from watchdog_sdk.outcomes import ApplyResult, Check, CheckStatus, PlannedAction, Precheck, Risk, VerifyResult
+from watchdog_sdk.playbook import Playbook, PlaybookContext, Step, StepRequest
+from watchdog_sdk.registry import Registry
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+class AgentRequest(StepRequest):
+    agent: str | None = None
 
 
 class RecordingPlaybook(Playbook[RestartAgentParams]):
@@ -67,27 +62,33 @@ class RecordingPlaybook(Playbook[RestartAgentParams]):
     async def plan(self, ctx: PlaybookContext, params: RestartAgentParams) -> tuple[PlannedAction, ...]:
         return (PlannedAction(step="restart_worker", description=f"restart {params.agent_id}", target="x"),)
 
-    async def apply(self, ctx: PlaybookContext, params: RestartAgentParams) -> ApplyResult:
-        self.applied += 1
-
-        async def restart(_req: dict[str, Any]) -> dict[str, Any]:
+    async def steps(self, ctx: PlaybookContext, params: RestartAgentParams) -> list[Step[Any]]:
+        async def restart(_req: AgentRequest) -> dict[str, Any]:
             if self.fail_apply:
                 raise RuntimeError("agent API exploded")
             self.side_effects += 1
             return {"restarts": self.side_effects}
 
-        async def check(_req: dict[str, Any]) -> dict[str, Any]:
+        async def check(_req: AgentRequest) -> dict[str, Any]:
             if self.block_second_step is not None:
                 await self.block_second_step.wait()
             return {}
 
-        return await self.run_steps(
-            ctx,
-            [
-                Step("restart_worker", False, {"agent": params.agent_id}, restart),
-                Step("check", True, {}, check),
-            ],
-        )
+        return [
+            Step(
+                "restart_worker",
+                AgentRequest(agent=params.agent_id),
+                restart,
+                idempotent=False,
+                description=f"restart {params.agent_id}",
+                target="x",
+            ),
+            Step("check", AgentRequest(), check, idempotent=True, description="check", target="x"),
+        ]
+
+    async def apply(self, ctx: PlaybookContext, params: RestartAgentParams) -> ApplyResult:
+        self.applied += 1
+        return await super().apply(ctx, params)
 
     async def verify(self, ctx: PlaybookContext, params: RestartAgentParams) -> VerifyResult:
         status = CheckStatus.OK if self.verify_ok else CheckStatus.PROBLEM

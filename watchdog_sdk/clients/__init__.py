@@ -36,3 +36,30 @@ class Clients:
             self.kubernetes.close()
         if self.redis is not None:
             await self.redis.aclose()
+
+
+class ClientAccess:
+    """Shortcuts to the members of a `clients` bundle, for the contexts that carry one
+    (`DiagnosticContext`, `PlaybookContext`): `ctx.orchestrator` rather than `ctx.clients.orchestrator`."""
+
+    clients: Clients
+
+    @property
+    def orchestrator(self) -> OrchestratorClient:
+        return self.clients.orchestrator
+
+    @property
+    def prometheus(self) -> PrometheusClient | None:
+        return self.clients.prometheus
+
+    @property
+    def kubernetes(self) -> KubernetesClient | None:
+        return self.clients.kubernetes
+
+    @property
+    def redis(self) -> RedisClient | None:
+        return self.clients.redis
+
+    @property
+    def namespace(self) -> str:
+        return self.clients.namespace
