@@ -13,122 +13,40 @@ Built by `create_app(wd)` over a `watchdog.app.WatchdogApp`; served by `gl-watch
     GET  /metrics                          gl_watchdog_* (no auth)
     GET  /healthz, /readyz                 liveness; readiness = the store answers (no auth)
 
-Auth: `Authorization: Bearer <token>` against `settings.api_tokens`, compared with
-`hmac.compare_digest`, never logged. Paths in `PUBLIC_PATHS_KEY` (health, metrics, and what extensions
-add, e.g. signed approval links) need no token. When no token is configured every other call gets a
-401; `serve` on loopback generates a local token instead (`WatchdogSettings.with_local_secrets`).
-Every error is JSON `{"error": <code>, "detail": <message>}`.
+Auth and errors: the middlewares of `watchdog.http` (bearer token from `settings.api_tokens` or
+`api_token_file`; every error JSON `{"error": <code>, "detail": <message>}`). Paths in
+`PUBLIC_PATHS_KEY` (health, metrics, and what extensions add, e.g. signed approval links) need no
+token; `serve` on loopback generates a local token when none is configured
+(`WatchdogSettings.with_local_secrets`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from watchdog.app import DIAGNOSABLE, WatchdogApp
-from watchdog.errors import IncidentNotFound, InvalidTransition, StoreError
+from watchdog.errors import InvalidTransition, StoreError
+from watchdog.http import ApiError, json_error, new_application
 from watchdog.incidents import IncidentDetail
-from watchdog.intake import IntakeError, describe_validation, parse_payload
+from watchdog.intake import describe_validation, parse_payload
 from watchdog.metrics import CONTENT_TYPE
 from watchdog.migrations import INCIDENT_STATUSES
 from watchdog.store import Incident
-from watchdog_sdk.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
 
 GAUGE_REFRESH_TIMEOUT_SECONDS: Final = 2.0  # a scrape waits at most this long for the store's counts
 
 WATCHDOG_KEY: Final = web.AppKey("watchdog", WatchdogApp)
-PUBLIC_PATHS_KEY: Final = web.AppKey("public_paths", set[str])
-PUBLIC_PREFIXES_KEY: Final = web.AppKey("public_prefixes", list[str])
 
 RouteInstaller = Callable[[web.Application, WatchdogApp], None]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def json_error(status: int, code: str, detail: str) -> web.Response:
-    """The API's error shape."""
-    return web.json_response({"error": code, "detail": detail}, status=status)
-
-
-# -- middlewares ------------------------------------------------------------------------------------
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure becomes a JSON error; nothing escapes as a traceback."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        if exc.content_type == "application/json":
-            raise
-        code = exc.reason.lower().replace(" ", "_")
-        detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
-        if isinstance(exc, web.HTTPRequestEntityTooLarge):
-            code, detail = "body_too_large", f"request body exceeds the limit of {exc.max_size} bytes"  # type: ignore[attr-defined]
-        return json_error(exc.status, code, detail)
-    except IntakeError as exc:
-        return json_error(exc.status, exc.code, exc.detail)
-    except IncidentNotFound as exc:
-        return json_error(404, "not_found", str(exc))
-    except InvalidTransition as exc:
-        return json_error(409, "conflict", str(exc))
-    except BackendUnavailable as exc:
-        log.warning("%s %s: backend unavailable: %s", request.method, request.path, exc)
-        return json_error(503, "unavailable", str(exc))
-    except StoreError as exc:
-        log.error("%s %s: store error: %s", request.method, request.path, exc)
-        return json_error(500, "store_error", str(exc))
-    except Exception:
-        log.exception("%s %s failed", request.method, request.path)
-        return json_error(500, "internal_error", "internal error; see the watchdog log")
-
-
-def _auth_middleware(tokens: list[str]) -> Any:
-    encoded = [t.encode() for t in tokens]
-
-    @web.middleware
-    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if _is_public(request):
-            return await handler(request)
-        if not encoded:
-            return _unauthorized("the watchdog has no API token configured; every API call is refused")
-        header = request.headers.get("Authorization", "")
-        scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not presented:
-            return _unauthorized("missing bearer token (Authorization: Bearer <token>)")
-        given = presented.strip().encode()
-        # compare against every token, always, so timing does not tell which one matched
-        matched = False
-        for token in encoded:
-            matched |= hmac.compare_digest(given, token)
-        if not matched:
-            return _unauthorized("invalid bearer token")
-        return await handler(request)
-
-    return auth
-
-
-def _unauthorized(detail: str) -> web.Response:
-    response = json_error(401, "unauthorized", detail)
-    response.headers["WWW-Authenticate"] = 'Bearer realm="gl-watchdog"'
-    return response
-
-
-def _is_public(request: web.Request) -> bool:
-    app = request.app
-    if request.path in app[PUBLIC_PATHS_KEY]:
-        return True
-    return any(request.path.startswith(prefix) for prefix in app[PUBLIC_PREFIXES_KEY])
 
 
 def _wd(request: web.Request) -> WatchdogApp:
@@ -166,20 +84,18 @@ def detail_json(detail: IncidentDetail) -> dict[str, Any]:
 
 async def _read_json_body(request: web.Request) -> bytes:
     if request.content_type != "application/json":
-        raise IntakeError(
+        raise ApiError(
             415,
             "unsupported_media_type",
             f"Content-Type must be application/json, not {request.content_type or 'missing'!r}",
         )
     max_bytes = request.app[WATCHDOG_KEY].settings.max_body_bytes
     if request.content_length is not None and request.content_length > max_bytes:
-        raise IntakeError(413, "body_too_large", f"request body exceeds the limit of {max_bytes} bytes")
+        raise ApiError(413, "body_too_large", f"request body exceeds the limit of {max_bytes} bytes")
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
-        raise IntakeError(
-            413, "body_too_large", f"request body exceeds the limit of {max_bytes} bytes"
-        ) from exc
+        raise ApiError(413, "body_too_large", f"request body exceeds the limit of {max_bytes} bytes") from exc
 
 
 async def post_alerts(request: web.Request) -> web.Response:
@@ -208,7 +124,7 @@ async def list_incidents(request: web.Request) -> web.Response:
         statuses = [s.strip() for s in raw.split(",") if s.strip()]
         unknown = sorted(set(statuses) - set(INCIDENT_STATUSES))
         if unknown:
-            raise IntakeError(
+            raise ApiError(
                 400,
                 "bad_request",
                 f"unknown status {', '.join(unknown)}; use one of {', '.join(INCIDENT_STATUSES)}",
@@ -222,9 +138,9 @@ def _incident_id(request: web.Request) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise IntakeError(400, "bad_request", f"incident id must be an integer, not {raw!r}") from None
+        raise ApiError(400, "bad_request", f"incident id must be an integer, not {raw!r}") from None
     if value < 1:
-        raise IntakeError(400, "bad_request", f"incident id must be positive, not {value}")
+        raise ApiError(400, "bad_request", f"incident id must be positive, not {value}")
     return value
 
 
@@ -264,11 +180,11 @@ async def open_incident(request: web.Request) -> web.Response:
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IntakeError(400, "malformed_json", f"request body is not valid JSON: {exc}") from exc
+        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from exc
     try:
         spec = ManualIncident.model_validate(data)
     except ValidationError as exc:
-        raise IntakeError(422, "invalid_payload", describe_validation(exc)) from exc
+        raise ApiError(422, "invalid_payload", describe_validation(exc)) from exc
     wd = _wd(request)
     result = await wd.incidents.open_or_join(
         spec.execution_id, dag_id=spec.dag_id, source="manual", detection_source="api", actor="api"
@@ -322,13 +238,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 def create_app(wd: WatchdogApp, *, extensions: Sequence[RouteInstaller] = ()) -> web.Application:
     """The aiohttp application of the watchdog over `wd`, plus the routes of `extensions`."""
-    app = web.Application(
-        client_max_size=wd.settings.max_body_bytes,
-        middlewares=[error_middleware, _auth_middleware(wd.settings.api_token_values())],
-    )
+    app = new_application(wd.settings.token_source(), max_body_bytes=wd.settings.max_body_bytes)
     app[WATCHDOG_KEY] = wd
-    app[PUBLIC_PATHS_KEY] = {"/healthz", "/readyz", "/metrics"}
-    app[PUBLIC_PREFIXES_KEY] = []
     app.router.add_post("/api/v1/alerts", post_alerts)
     app.router.add_get("/api/v1/incidents", list_incidents)
     app.router.add_post("/api/v1/incidents", open_incident)

@@ -36,25 +36,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from watchdog.errors import InvalidTransition
+from watchdog.http import ApiError
 from watchdog.incidents import IncidentService, close_if_not_acted_in, open_or_join_in
 from watchdog.metrics import WatchdogMetrics
 from watchdog.store import Incident, Store
 from watchdog_sdk.constants import ALERT_NAME
-from watchdog_sdk.errors import WatchdogError
 
 ACTOR = "alertmanager"
 
 log = logging.getLogger(__name__)
-
-
-class IntakeError(WatchdogError):
-    """A webhook request the intake refuses; `status` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
 
 
 # -- the payload (https://prometheus.io/docs/alerting/latest/configuration/#webhook_config) ---------
@@ -156,17 +146,17 @@ def describe_validation(exc: ValidationError, prefix: str = "") -> str:
 def parse_payload(body: bytes) -> ParsedWebhook:
     """Parse and validate a webhook body, each alert on its own (see the module docstring).
 
-    IntakeError(400/422) naming the problem when the body is not a valid payload or every alert in it
+    ApiError(400/422) naming the problem when the body is not a valid payload or every alert in it
     is invalid.
     """
     try:
         data: Any = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IntakeError(400, "malformed_json", f"request body is not valid JSON: {exc}") from exc
+        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
-        raise IntakeError(422, "invalid_payload", "body must be a JSON object (Alertmanager webhook payload)")
+        raise ApiError(422, "invalid_payload", "body must be a JSON object (Alertmanager webhook payload)")
     if "version" in data and data["version"] != "4":
-        raise IntakeError(
+        raise ApiError(
             422,
             "unsupported_version",
             f"webhook payload version {data['version']!r} is not supported; expected version '4'",
@@ -174,7 +164,7 @@ def parse_payload(body: bytes) -> ParsedWebhook:
     try:
         envelope = _AmEnvelope.model_validate(data)
     except ValidationError as exc:
-        raise IntakeError(422, "invalid_payload", describe_validation(exc)) from exc
+        raise ApiError(422, "invalid_payload", describe_validation(exc)) from exc
     alerts: list[AmAlert] = []
     rejected: list[RejectedAlert] = []
     for index, raw in enumerate(envelope.alerts):
@@ -183,7 +173,7 @@ def parse_payload(body: bytes) -> ParsedWebhook:
         except ValidationError as exc:
             rejected.append(RejectedAlert(index, describe_validation(exc, prefix=f"alerts.{index}")))
     if rejected and not alerts:
-        raise IntakeError(422, "invalid_payload", "; ".join(r.problem for r in rejected))
+        raise ApiError(422, "invalid_payload", "; ".join(r.problem for r in rejected))
     payload = AmWebhook.model_construct(
         **{name: getattr(envelope, name) for name in AmWebhook.model_fields if name != "alerts"},
         alerts=alerts,

@@ -202,7 +202,6 @@ class Remediator:
         metrics: WatchdogMetrics | None = None,
         clock: Clock | None = None,
         poll_interval_seconds: float = 1.0,
-        api_tokens: list[str] | None = None,
     ) -> None:
         self.store = store
         self.incidents = incidents
@@ -215,7 +214,6 @@ class Remediator:
         self.metrics = metrics
         self.clock = clock or store.clock
         self.poll_interval_seconds = poll_interval_seconds
-        self.api_tokens = list(api_tokens or [])  # for the approval API's bearer check (never logged)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._expiry: asyncio.Task[None] | None = None
 
@@ -722,7 +720,6 @@ def attach(
         metrics=wd.metrics,
         clock=wd.clock,
         poll_interval_seconds=poll_interval_seconds,
-        api_tokens=settings.api_token_values(),
     )
 
     async def remediate(incident_id: int, diagnosis: Diagnosis) -> None:

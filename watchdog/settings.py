@@ -23,6 +23,7 @@ import yaml
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
 
+from gl_common.auth import TokenSource
 from watchdog_sdk.constants import ORCHESTRATOR_APP_SELECTOR
 from watchdog_sdk.diagnostic_step import DiagnosticSettings
 from watchdog_sdk.errors import ConfigError
@@ -149,6 +150,12 @@ class WatchdogSettings(BaseSettings):
             if signing_key.is_file():
                 update["approval_signing_key"] = SecretStr(_read_secret(signing_key, "signing.key"))
         return self.model_copy(update=update) if update else self
+
+    def token_source(self) -> TokenSource:
+        """The API's bearer tokens: `api_token_file` (re-read when it changes) or `api_tokens`."""
+        if self.api_token_file is not None:
+            return TokenSource([], self.api_token_file)
+        return TokenSource(self.api_token_values())
 
     def api_token_values(self) -> list[str]:
         """The plain API tokens, for `hmac.compare_digest` (never log them)."""

@@ -19,7 +19,6 @@ remediation runs); no external assets.
 
 from __future__ import annotations
 
-import hmac
 import html
 import json
 from typing import Any, Final
@@ -27,10 +26,11 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from watchdog.api import PUBLIC_PREFIXES_KEY, RouteInstaller, json_error
+from watchdog.api import RouteInstaller
 from watchdog.app import WatchdogApp
 from watchdog.approvals import Decision, public_view
 from watchdog.errors import ApprovalClosed, ApprovalNotFound, InvalidToken
+from watchdog.http import PUBLIC_PREFIXES_KEY, bearer_ok, json_error, unauthorized
 from watchdog.remediation import Remediator
 from watchdog.store import Approval, Incident
 
@@ -57,20 +57,6 @@ def _remediator(request: web.Request) -> Remediator:
     return request.app[REMEDIATOR_KEY]
 
 
-def _bearer_ok(request: web.Request) -> bool:
-    """True when the request carries a valid API bearer token; never when none is configured."""
-    tokens = [t.encode() for t in _remediator(request).api_tokens]
-    if not tokens:  # no token configured: refused, as every other API call is (watchdog.api)
-        return False
-    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not presented:
-        return False
-    matched = False
-    for token in tokens:
-        matched |= hmac.compare_digest(presented.strip().encode(), token)
-    return matched
-
-
 def _error(exc: Exception) -> web.Response:
     if isinstance(exc, ApprovalNotFound):
         return json_error(404, "not_found", str(exc))
@@ -89,7 +75,7 @@ async def api_get(request: web.Request) -> web.Response:
     approvals = _remediator(request).approvals
     try:
         approval = await approvals.get(request.match_info["approval_id"])
-        if not _bearer_ok(request):
+        if not bearer_ok(request):
             token = request.query.get("token")
             if token is None:
                 return _unauthorized()
@@ -118,7 +104,7 @@ async def api_decide(request: web.Request) -> web.Response:
         if body.get("actor") is not None:
             actor = f"api:{str(body['actor'])[:100]}"
     remediator = _remediator(request)
-    if token is None and not _bearer_ok(request):
+    if token is None and not bearer_ok(request):
         return _unauthorized()
     authenticated = token is None
     try:
@@ -136,9 +122,7 @@ async def api_decide(request: web.Request) -> web.Response:
 
 
 def _unauthorized() -> web.Response:
-    response = json_error(401, "unauthorized", "bearer token or approval link token required")
-    response.headers["WWW-Authenticate"] = 'Bearer realm="gl-watchdog"'
-    return response
+    return unauthorized("bearer token or approval link token required")
 
 
 # -- the page -------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ __all__ = ["stack"]  # the fixture, re-used
 async def test_without_a_configured_api_token_nobody_decides_without_the_link_token(stack: Stack) -> None:
     message = await stack.stuck_incident()
     approval_id = approval_id_of(links(message)["approve"].split("?")[0])
-    stack.remediator.api_tokens = []  # what attach() holds when settings name no API token
+    stack.token_file.write_text("\n")  # the token file, re-read on change, now names no API token
     async with stack.client(token=None) as anon:
         approve = await anon.post(f"/api/v1/approvals/{approval_id}/approve")
         assert approve.status_code == 401, approve.text

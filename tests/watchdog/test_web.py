@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -37,6 +38,7 @@ class Stack:
     url: str
     messages: list[dict[str, Any]]
     arrived: asyncio.Event
+    token_file: Path
     execution_id: str = ""
     incident_id: int = 0
 
@@ -94,6 +96,8 @@ async def stack(_no_pending_tasks: None, tmp_path: Any) -> AsyncIterator[Stack]:
     hook_port = free_port()
     await web.TCPSite(receiver, "127.0.0.1", hook_port).start()
     port = free_port()
+    token_file = tmp_path / "api.token"
+    token_file.write_text(API_TOKEN + "\n")
     orch_settings = make_settings(f"sqlite+aiosqlite:///{tmp_path / 'orch.db'}", max_body_bytes=1 << 20)
     async with running_service(orch_settings, start_loop=True) as orch:
         settings = WatchdogSettings(
@@ -101,7 +105,7 @@ async def stack(_no_pending_tasks: None, tmp_path: Any) -> AsyncIterator[Stack]:
             orchestrator_url=orch.base_url,
             orchestrator_token=TOKEN,
             mode=Mode.RECOMMEND,
-            api_tokens=[API_TOKEN],
+            api_token_file=token_file,
             approval_signing_key="s" * 32,
             public_url=f"http://127.0.0.1:{port}",
             notifier_url=f"http://127.0.0.1:{hook_port}/hook",
@@ -114,7 +118,7 @@ async def stack(_no_pending_tasks: None, tmp_path: Any) -> AsyncIterator[Stack]:
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         try:
-            yield Stack(orch, wd, remediator, f"http://127.0.0.1:{port}", messages, arrived)
+            yield Stack(orch, wd, remediator, f"http://127.0.0.1:{port}", messages, arrived, token_file)
         finally:
             await remediator.aclose(grace_seconds=5)
             await runner.cleanup()
