@@ -33,7 +33,7 @@ from watchdog.incidents import IncidentService
 from watchdog.intake import AlertIntake
 from watchdog.metrics import WatchdogMetrics
 from watchdog.settings import WatchdogSettings
-from watchdog.store import Incident, Store
+from watchdog.store import Incident, WatchdogStore
 from watchdog.sweeps import Leadership, LocalLeadership, RedisLeadership, Sweeper
 from watchdog_sdk.clients import Clients
 from watchdog_sdk.clients.kubernetes import KubernetesClient
@@ -112,7 +112,7 @@ class WatchdogApp:
         self,
         *,
         settings: WatchdogSettings,
-        store: Store,
+        store: WatchdogStore,
         orchestrator: OrchestratorClient,
         prometheus: PrometheusClient | None,
         redis: RedisClient | None,
@@ -190,7 +190,7 @@ class WatchdogApp:
         clock = clock or SystemClock()
         clients = await open_clients(settings, clock=clock)
         try:
-            store = await Store.open(settings.database_url, clock=clock)
+            store = await WatchdogStore.open(settings.database_url, clock=clock)
         except BaseException:
             await clients.aclose()
             raise

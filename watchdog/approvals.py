@@ -32,7 +32,8 @@ import sqlalchemy as sa
 from gl_common.clock import Clock
 from watchdog.errors import ApprovalClosed, ApprovalNotFound, InvalidToken
 from watchdog.migrations import approvals as approvals_table
-from watchdog.store import Approval, Store, Tx
+from watchdog.plan import Plan
+from watchdog.store import Approval, Tx, WatchdogStore
 
 
 class Decision(StrEnum):
@@ -69,7 +70,7 @@ class ApprovalService:
 
     def __init__(
         self,
-        store: Store,
+        store: WatchdogStore,
         signing_key: bytes,
         *,
         ttl_seconds: float,
@@ -119,7 +120,7 @@ class ApprovalService:
     # -- lifecycle
 
     async def create_in(
-        self, tx: Tx, *, incident_id: int, plan: dict[str, Any], summary: str, actor: str = "watchdog"
+        self, tx: Tx, *, incident_id: int, plan: Plan, summary: str, actor: str = "watchdog"
     ) -> Approval:
         """Insert a pending prompt inside `tx` (audited as `approval_requested`)."""
         approval = await tx.insert_approval(
@@ -134,7 +135,11 @@ class ApprovalService:
             incident_id,
             "approval_requested",
             actor=actor,
-            data={"approval_id": approval.id, "expires_at": approval.expires_at.isoformat(), "plan": plan},
+            data={
+                "approval_id": approval.id,
+                "expires_at": approval.expires_at.isoformat(),
+                "plan": plan.model_dump(mode="json"),
+            },
         )
         return approval
 
@@ -245,7 +250,7 @@ def public_view(approval: Approval) -> dict[str, Any]:
         "incident_id": approval.incident_id,
         "state": approval.state,
         "summary": approval.summary,
-        "plan": approval.plan,
+        "plan": approval.plan.model_dump(mode="json"),
         "created_at": approval.created_at.isoformat(),
         "expires_at": approval.expires_at.isoformat(),
         "decided_at": approval.decided_at.isoformat() if approval.decided_at else None,

@@ -45,7 +45,7 @@ from watchdog.diagnostics import render, runner
 from watchdog.errors import StoreError
 from watchdog.migrations import INCIDENT_STATUSES
 from watchdog.settings import WatchdogSettings, load_settings
-from watchdog.store import Incident, Store
+from watchdog.store import Incident, WatchdogStore
 from watchdog.web import installer as approval_routes
 from watchdog_sdk.diagnostic_step import DiagnosticContext
 from watchdog_sdk.errors import (
@@ -250,7 +250,7 @@ def _require_existing_sqlite_file(database_url: str) -> None:
     try:
         url = make_url(database_url)
     except ArgumentError:
-        return  # Store.open reports the bad URL
+        return  # WatchdogStore.open reports the bad URL
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
         return
     path = Path(url.database)
@@ -268,7 +268,7 @@ async def _list_incidents(
     """The incidents, and the pending approval prompt of each that has one (for `gl-watchdog approve`
     when the notifier never delivered the link)."""
     _require_existing_sqlite_file(settings.database_url)
-    store = await Store.open(settings.database_url)
+    store = await WatchdogStore.open(settings.database_url)
     try:
         incidents = await store.list_incidents(statuses=statuses, limit=limit)
         async with store.transaction() as tx:

@@ -27,7 +27,7 @@ from typing import Any, Final
 from watchdog.errors import IncidentNotFound, InvalidTransition
 from watchdog.metrics import WatchdogMetrics
 from watchdog.migrations import TERMINAL_INCIDENT_STATUSES
-from watchdog.store import Action, Approval, AuditEntry, Incident, Store, Tx
+from watchdog.store import Action, Approval, AuditEntry, Incident, Tx, WatchdogStore
 
 TRANSITIONS: Final[dict[str, frozenset[str]]] = {
     "open": frozenset({"diagnosing", "awaiting_approval", "remediating", "resolved", "escalated", "closed"}),
@@ -156,7 +156,7 @@ async def transition_in(
 class IncidentService:
     """Incident operations, one transaction each, with the open-incidents gauge kept current."""
 
-    def __init__(self, store: Store, metrics: WatchdogMetrics | None = None) -> None:
+    def __init__(self, store: WatchdogStore, metrics: WatchdogMetrics | None = None) -> None:
         self.store = store
         self.metrics = metrics
 

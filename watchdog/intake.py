@@ -39,7 +39,7 @@ from watchdog.errors import InvalidTransition
 from watchdog.http import ApiError
 from watchdog.incidents import IncidentService, close_if_not_acted_in, open_or_join_in
 from watchdog.metrics import WatchdogMetrics
-from watchdog.store import Incident, Store
+from watchdog.store import Incident, WatchdogStore
 from watchdog_sdk.constants import ALERT_NAME
 
 ACTOR = "alertmanager"
@@ -212,7 +212,7 @@ class AlertIntake:
 
     def __init__(
         self,
-        store: Store,
+        store: WatchdogStore,
         incidents: IncidentService,
         metrics: WatchdogMetrics,
         on_opened: Callable[[Incident], object],

@@ -41,10 +41,11 @@ from watchdog.errors import InvalidTransition
 from watchdog.incidents import IncidentService, transition_in
 from watchdog.metrics import WatchdogMetrics
 from watchdog.notifier import EscalationMessage, Notifier, NotifyResult, PromptMessage, notifier_from_settings
-from watchdog.planner import Plan, make_plan
+from watchdog.plan import Plan
+from watchdog.planner import make_plan
 from watchdog.policy import Policy, load_policy
 from watchdog.settings import Mode
-from watchdog.store import Approval, Incident, Store, Tx
+from watchdog.store import Approval, Incident, Tx, WatchdogStore
 from watchdog_sdk.clients import Clients
 from watchdog_sdk.diagnosis import Diagnosis
 from watchdog_sdk.errors import ConfigError, WatchdogError
@@ -76,7 +77,7 @@ LIMITS_LOCK_KEY = 0x676C5744  # "glWD": the PostgreSQL advisory lock around limi
 class StoreLedger:
     """`watchdog_sdk.ledger.ActionLedger` over the store's `actions` table (unique idempotency key)."""
 
-    def __init__(self, store: Store, approval_id: str | None = None) -> None:
+    def __init__(self, store: WatchdogStore, approval_id: str | None = None) -> None:
         self.store = store
         self.approval_id = approval_id
 
@@ -191,7 +192,7 @@ class Remediator:
     def __init__(
         self,
         *,
-        store: Store,
+        store: WatchdogStore,
         incidents: IncidentService,
         approvals: ApprovalService,
         notifier: Notifier,
@@ -309,7 +310,7 @@ class Remediator:
             kind="plan",
             actor=ACTOR,
             data={"rationale": plan.rationale},
-            plan=plan.model_dump(mode="json"),
+            plan=plan,
         )
         summary = diagnosis_summary(diagnosis)
         if plan.playbook is None or not plan.will_act:
@@ -357,8 +358,8 @@ class Remediator:
         incident, refusal = await self._begin(incident_id, approval_id)
         if incident is None:
             return Outcome(incident_id, "unchanged", refusal)
-        plan = Plan.model_validate(incident.plan)
-        assert plan.playbook is not None  # _begin refuses plans without a playbook
+        plan = incident.plan
+        assert plan is not None and plan.playbook is not None  # _begin refuses plans without a playbook
         return await self._run(incident, plan, approval_id, recheck=True)
 
     async def resume_interrupted(self) -> list[Outcome]:
@@ -372,12 +373,12 @@ class Remediator:
             await self.incidents.record(
                 incident.id, "remediation_resumed", actor=ACTOR, data={"status": incident.status}
             )
-            if not incident.plan or not incident.plan.get("playbook"):
+            plan = incident.plan
+            if plan is None or plan.playbook is None:
                 outcomes.append(
                     await self._escalate(incident.id, "interrupted remediation without a plan", failed=False)
                 )
                 continue
-            plan = Plan.model_validate(incident.plan)
             if incident.status == "verifying":
                 outcomes.append(await self._verify_and_close(incident, plan))
             elif self.mode is Mode.OBSERVE:
@@ -410,7 +411,7 @@ class Remediator:
     async def _ask(self, incident: Incident, plan: Plan, summary: str) -> Outcome:
         async with self.store.transaction() as tx:
             approval = await self.approvals.create_in(
-                tx, incident_id=incident.id, plan=plan.model_dump(mode="json"), summary=summary, actor=ACTOR
+                tx, incident_id=incident.id, plan=plan, summary=summary, actor=ACTOR
             )
             await transition_in(
                 tx,
@@ -445,7 +446,7 @@ class Remediator:
             if incident is None or incident.status not in STARTABLE:
                 status = "missing" if incident is None else incident.status
                 return None, f"incident {incident_id} is {status}; not starting a remediation"
-            plan = Plan.model_validate(incident.plan) if incident.plan else None
+            plan = incident.plan
             if plan is None or plan.playbook is None:
                 return None, f"incident {incident_id} has no plan with a playbook"
             if plan.requires_approval:

@@ -36,11 +36,11 @@ from watchdog.backends import open_clients
 from watchdog.demo import run_demo
 from watchdog.errors import ApprovalClosed, ApprovalNotFound, InvalidToken, InvalidTransition
 from watchdog.incidents import IncidentService
-from watchdog.planner import Plan
+from watchdog.plan import Plan
 from watchdog.policy import load_policy
 from watchdog.remediation import STARTABLE, StoreLedger
 from watchdog.settings import WatchdogSettings, load_settings
-from watchdog.store import Incident, Store
+from watchdog.store import Incident, WatchdogStore
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
 from watchdog_sdk.errors import BackendUnavailable, ConfigError, PlaybookError, WatchdogError
 from watchdog_sdk.ledger import ActionLedger, InMemoryLedger
@@ -156,7 +156,7 @@ async def _playbook_run(settings: WatchdogSettings, args: argparse.Namespace) ->
     out = sys.stdout
     clients = await open_clients(settings)
     orchestrator = clients.orchestrator
-    store: Store | None = None
+    store: WatchdogStore | None = None
     try:
         live = await _live_params(orchestrator, playbook.name, args.execution, raw)
         if live:
@@ -177,7 +177,7 @@ async def _playbook_run(settings: WatchdogSettings, args: argparse.Namespace) ->
         if args.dry_run:
             incident_id, ledger = 0, InMemoryLedger()
         else:
-            store = await Store.open(settings.database_url)
+            store = await WatchdogStore.open(settings.database_url)
             incidents = IncidentService(store)
             opened = await incidents.open_or_join(
                 args.execution, dag_id=None, source="manual", detection_source="api", actor="cli"
@@ -240,7 +240,7 @@ async def _playbook_run(settings: WatchdogSettings, args: argparse.Namespace) ->
                 actor="cli",
                 reason=f"applying {playbook.name} by hand",
                 expected=STARTABLE,
-                plan=plan.model_dump(mode="json"),
+                plan=plan,
             )
         except InvalidTransition as exc:
             raise PlaybookError(f"not starting {playbook.name}: {exc}") from exc

@@ -1,7 +1,7 @@
 """The watchdog's durable state: incidents, alert deliveries, audit log, approvals, actions, rate events.
 
 SQLAlchemy Core async with one code path for SQLite (aiosqlite, WAL, `BEGIN IMMEDIATE` so concurrent
-writers queue instead of failing) and PostgreSQL (asyncpg). `Store.open()` runs the migrations of
+writers queue instead of failing) and PostgreSQL (asyncpg). `WatchdogStore.open()` runs the migrations of
 `watchdog.migrations` before returning. Used by `watchdog.incidents` (open/join/close with audit),
 `watchdog.intake` (episode dedup), the API and CLI (reads), and the remediation side (approvals,
 actions, rate events).
@@ -10,7 +10,9 @@ Every query lives on `Tx`, one open transaction: `async with store.transaction()
 on success and rolls back on error, so a state change and its audit entry are written together or not
 at all. Conflicts on unique keys are answered with `None` ("someone else got there first"), never by
 check-then-insert. SQLAlchemy/driver errors are converted to `StoreError`/`StoreUnavailable` here.
-The clock is injected; every timestamp the store writes comes from it.
+Documents are JSON columns; the `Plan` of an incident and of an approval is parsed into its model
+here on the way out, and dumped here on the way in. The clock is injected; every timestamp the store
+writes comes from it.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from watchdog.migrations import (
     migrate,
     rate_events,
 )
+from watchdog.plan import Plan
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +75,7 @@ class Incident(_Record):
     updated_at: datetime
     closed_at: datetime | None
     diagnosis: dict[str, Any] | None
-    plan: dict[str, Any] | None
+    plan: Plan | None
     verification: dict[str, Any] | None
     summary: str | None
 
@@ -115,7 +118,7 @@ class Approval(_Record):
 
     id: str
     incident_id: int
-    plan: dict[str, Any]
+    plan: Plan
     summary: str
     state: str
     token_nonce: str
@@ -149,7 +152,7 @@ def _row(model: type[Any], row: sa.Row[Any] | None) -> Any:
 
 
 class Tx:
-    """Queries inside one open transaction (from `Store.transaction()`)."""
+    """Queries inside one open transaction (from `WatchdogStore.transaction()`)."""
 
     def __init__(self, conn: AsyncConnection, clock: Clock) -> None:
         self.conn = conn
@@ -242,6 +245,8 @@ class Tx:
         stmt = sa.update(incidents).where(incidents.c.id == incident_id)
         if expected_status is not None:
             stmt = stmt.where(incidents.c.status.in_(list(expected_status)))
+        if isinstance(values.get("plan"), Plan):
+            values["plan"] = values["plan"].model_dump(mode="json")
         result = await self.conn.execute(
             stmt.values(updated_at=self.clock.now(), **values).returning(*incidents.c)
         )
@@ -349,7 +354,7 @@ class Tx:
         *,
         approval_id: str,
         incident_id: int,
-        plan: Mapping[str, Any],
+        plan: Plan,
         summary: str,
         token_nonce: str,
         expires_at: datetime,
@@ -360,7 +365,7 @@ class Tx:
             .values(
                 id=approval_id,
                 incident_id=incident_id,
-                plan=dict(plan),
+                plan=plan.model_dump(mode="json"),
                 summary=summary,
                 state="pending",
                 token_nonce=token_nonce,
@@ -558,8 +563,8 @@ async def _close_to_completion(conn: AsyncConnection) -> None:
         raise cancelled
 
 
-class Store:
-    """The watchdog's database. Build with `await Store.open(url, clock=...)`, end with `close()`."""
+class WatchdogStore:
+    """The watchdog's database. Build with `await WatchdogStore.open(url, clock=...)`, end with `close()`."""
 
     def __init__(self, engine: AsyncEngine, clock: Clock, connect_timeout: float) -> None:
         self.engine = engine
@@ -579,7 +584,7 @@ class Store:
         clock: Clock | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
-    ) -> Store:
+    ) -> WatchdogStore:
         """Connect, run pending migrations, and return the store.
 
         Raises StoreUnavailable when the database cannot be reached in `connect_timeout` seconds and

@@ -202,8 +202,8 @@ def _render(
     approval: Approval, incident: Incident, token: str, notice: str, query: Any, *, expired: bool = False
 ) -> str:
     plan = approval.plan
-    params = ", ".join(f"{_e(k)}={_e(v)}" for k, v in (plan.get("params") or {}).items())
-    actions = "".join(f"<li>{_e(a.get('description', a))}</li>" for a in plan.get("actions") or [])
+    params = ", ".join(f"{_e(k)}={_e(v)}" for k, v in plan.params.items())
+    actions = "".join(f"<li>{_e(a.description)}</li>" for a in plan.actions)
     # past its expiry but not yet swept: expired; `used` is the store's word for "approved, acted on"
     shown_state = "expired" if expired else STATE_WORDS.get(approval.state, approval.state)
     parts = []
@@ -213,9 +213,9 @@ def _render(
         f"""<table>
 <tr><th>Incident</th><td>{_e(incident.id)} — execution <code>{_e(incident.execution_id)}</code></td></tr>
 <tr><th>Diagnosis</th><td id="diagnosis">{_e(approval.summary)}</td></tr>
-<tr><th>Plan</th><td id="plan"><code>{_e(plan.get("playbook"))}({params})</code>,
- risk {_e(plan.get("risk"))}</td></tr>
-<tr><th>Why</th><td id="rationale">{_e(plan.get("rationale", ""))}</td></tr>
+<tr><th>Plan</th><td id="plan"><code>{_e(plan.playbook)}({params})</code>,
+ risk {_e(plan.risk)}</td></tr>
+<tr><th>Why</th><td id="rationale">{_e(plan.rationale)}</td></tr>
 <tr><th>Actions</th><td><ul id="actions">{actions or "<li>(none)</li>"}</ul></td></tr>
 <tr><th>Expires</th><td>{_e(approval.expires_at.isoformat())}</td></tr>
 <tr><th>Approval</th><td class="state" id="approval-state">{_e(shown_state)}</td></tr>

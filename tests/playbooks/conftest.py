@@ -25,7 +25,7 @@ from tests.orchestrator.test_service_harness import (
 from tests.watchdog.conftest import FakeKubeApi, kube, kube_api, make_deployment, make_pod  # noqa: F401
 from watchdog.incidents import IncidentService
 from watchdog.remediation import StoreLedger
-from watchdog.store import Store
+from watchdog.store import WatchdogStore
 from watchdog_sdk.clients import Clients
 from watchdog_sdk.clients.kubernetes import KubernetesClient
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
@@ -43,7 +43,7 @@ class Env:
     orch: Harness
     gates: Gates
     client: OrchestratorClient
-    store: Store
+    store: WatchdogStore
     redis: RedisClient
     incidents: IncidentService
     _seq: list[int] = field(default_factory=lambda: [0])
@@ -129,7 +129,7 @@ async def env(_no_pending_tasks: None, postgres_url: str, redis_url: str) -> Asy
         fresh_postgres_database() as watchdog_db,
         running_service(settings, registry=make_registry(gates), start_loop=True) as orch,
     ):
-        store = await Store.open(watchdog_db)
+        store = await WatchdogStore.open(watchdog_db)
         client = OrchestratorClient(orch.base_url, TOKEN, timeout=5.0)
         redis = RedisClient(redis_url, timeout=2.0)
         try:

@@ -18,11 +18,11 @@ from tests.orchestrator.test_service_harness import TOKEN
 from tests.playbooks.conftest import Env, gate_dag
 from tests.playbooks.test_cli_and_loop import GL_WATCHDOG, cli
 from watchdog.incidents import IncidentService
-from watchdog.store import Store
+from watchdog.store import WatchdogStore
 
 
 async def _incident_of(db: str, execution_id: str) -> list[tuple[str, str | None]]:
-    store = await Store.open(db)
+    store = await WatchdogStore.open(db)
     try:
         return [(i.status, i.summary) for i in await store.list_incidents() if i.execution_id == execution_id]
     finally:
@@ -62,7 +62,7 @@ async def test_a_run_by_hand_does_not_start_while_the_watchdog_acts_on_the_incid
     execution_id = await env.run(gate_dag("rv-cli-busy"))
     await env.wait_running_node(execution_id, "stuck")
     db = f"sqlite+aiosqlite:///{tmp_path / 'wd.db'}"
-    store = await Store.open(db)
+    store = await WatchdogStore.open(db)
     try:
         incidents = IncidentService(store)
         opened = await incidents.open_or_join(

@@ -25,7 +25,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from tests.conftest import free_port, wait_for_port
 from watchdog.api import create_app
 from watchdog.app import WatchdogApp
-from watchdog.settings import WatchdogSettings
+from watchdog.plan import Plan
+from watchdog.settings import Mode, WatchdogSettings
 from watchdog_sdk.clients import Clients
 from watchdog_sdk.clients.kubernetes import KubernetesClient, build_configuration
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
@@ -462,6 +463,17 @@ def make_diagnosis(
         dag_id="dag-1",
         stuck_node_id=node,
         agent_id=agent,
+    )
+
+
+def make_plan(execution_id: str = "e1", playbook: str | None = "restart_agent") -> Plan:
+    """A small plan of `playbook` (for tests of what stores, shows or answers a prompt, not of planning)."""
+    return Plan(
+        execution_id=execution_id,
+        likely_cause="hung_node",
+        playbook=playbook,
+        mode=Mode.RECOMMEND,
+        rationale="test",
     )
 
 

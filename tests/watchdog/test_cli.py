@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from tests.conftest import free_port, wait_for_port
-from tests.watchdog.conftest import OrchestratorProcess
+from tests.watchdog.conftest import OrchestratorProcess, make_plan
 from watchdog.cli import main
-from watchdog.store import Store
+from watchdog.store import WatchdogStore
 
 GL_WATCHDOG = str(Path(sys.executable).with_name("gl-watchdog"))
 
@@ -96,7 +96,7 @@ def test_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 
 async def _create_store(url: str) -> None:
-    store = await Store.open(url)
+    store = await WatchdogStore.open(url)
     await store.close()
 
 
@@ -106,7 +106,7 @@ def test_incidents_table_json_and_status_filter(tmp_path: Path, capsys: pytest.C
     assert capsys.readouterr().out == "no incidents\n"
 
     async def seed() -> None:
-        store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'wd.db'}")
+        store = await WatchdogStore.open(f"sqlite+aiosqlite:///{tmp_path / 'wd.db'}")
         try:
             async with store.transaction() as tx:
                 await tx.insert_incident(
@@ -201,7 +201,7 @@ def test_incidents_show_the_pending_approval_to_answer_from_the_cli(
     url = f"sqlite+aiosqlite:///{tmp_path / 'wd.db'}"
 
     async def seed() -> None:
-        store = await Store.open(url)
+        store = await WatchdogStore.open(url)
         try:
             async with store.transaction() as tx:
                 waiting = await tx.insert_incident(
@@ -214,7 +214,7 @@ def test_incidents_show_the_pending_approval_to_answer_from_the_cli(
                 await tx.insert_approval(
                     approval_id="apr_pending1",
                     incident_id=waiting.id,
-                    plan={"playbook": "restart_agent"},
+                    plan=make_plan("e-wait"),
                     summary="s",
                     token_nonce="n",
                     expires_at=datetime.now(UTC) + timedelta(minutes=15),

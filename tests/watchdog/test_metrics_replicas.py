@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from tests.watchdog.conftest import make_plan
 from watchdog import api
 from watchdog.api import WATCHDOG_KEY, create_app
 from watchdog.app import WatchdogApp
@@ -54,7 +55,7 @@ async def test_the_other_replica_scrapes_the_incidents_and_approvals_this_one_op
     ]
     approvals = ApprovalService(watchdog_app.store, b"k" * 32, ttl_seconds=60, public_url="http://wd")
     async with watchdog_app.store.transaction() as tx:
-        await approvals.create_in(tx, incident_id=opened[0].incident.id, plan={"steps": []}, summary="s")
+        await approvals.create_in(tx, incident_id=opened[0].incident.id, plan=make_plan(), summary="s")
 
     assert await _gauges(other_replica) == {
         "gl_watchdog_open_incidents": 2.0,

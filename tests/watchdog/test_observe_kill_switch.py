@@ -12,23 +12,23 @@ from tests.watchdog.conftest import FakeClock
 from tests.watchdog.test_remediation import POLICY, Harness
 from watchdog.approvals import Decision
 from watchdog.settings import Mode
-from watchdog.store import Store
+from watchdog.store import WatchdogStore
 from watchdog_sdk.ledger import idempotency_key
 
 
 @pytest.fixture
-async def store(database_url: str, clock: FakeClock) -> AsyncIterator[Store]:
-    s = await Store.open(database_url, clock=clock)
+async def store(database_url: str, clock: FakeClock) -> AsyncIterator[WatchdogStore]:
+    s = await WatchdogStore.open(database_url, clock=clock)
     yield s
     await s.close()
 
 
-async def restarted_in(mode: Mode, store: Store, clock: FakeClock) -> Harness:
+async def restarted_in(mode: Mode, store: WatchdogStore, clock: FakeClock) -> Harness:
     return Harness(store, clock, mode, POLICY)
 
 
 async def test_a_prompt_approved_after_the_switch_to_observe_does_nothing(
-    store: Store, clock: FakeClock
+    store: WatchdogStore, clock: FakeClock
 ) -> None:
     before = Harness(store, clock, Mode.RECOMMEND, POLICY)
     incident_id, diagnosis = await before.incident()
@@ -50,7 +50,7 @@ async def test_a_prompt_approved_after_the_switch_to_observe_does_nothing(
 
 
 async def test_an_interrupted_remediation_is_not_resumed_in_observe_mode(
-    store: Store, clock: FakeClock
+    store: WatchdogStore, clock: FakeClock
 ) -> None:
     before = Harness(store, clock, Mode.AUTO, POLICY)
     incident_id, diagnosis = await before.incident()

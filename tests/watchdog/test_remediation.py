@@ -24,7 +24,7 @@ from watchdog.notifier import EscalationMessage, NotifyResult, PromptMessage
 from watchdog.policy import parse_policy
 from watchdog.remediation import Remediator
 from watchdog.settings import Mode
-from watchdog.store import Store
+from watchdog.store import WatchdogStore
 from watchdog_sdk.clients import Clients
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
 from watchdog_sdk.diagnosis import Diagnosis, Finding, StepStatus
@@ -128,7 +128,7 @@ POLICY = {
 
 
 class Harness:
-    def __init__(self, store: Store, clock: FakeClock, mode: Mode, policy: dict[str, Any]) -> None:
+    def __init__(self, store: WatchdogStore, clock: FakeClock, mode: Mode, policy: dict[str, Any]) -> None:
         self.store = store
         self.clock = clock
         self.playbook = RecordingPlaybook()
@@ -173,21 +173,21 @@ class Harness:
 
 
 @pytest.fixture
-async def store(database_url: str, clock: FakeClock) -> AsyncIterator[Store]:
-    s = await Store.open(database_url, clock=clock)
+async def store(database_url: str, clock: FakeClock) -> AsyncIterator[WatchdogStore]:
+    s = await WatchdogStore.open(database_url, clock=clock)
     yield s
     await s.close()
 
 
 @pytest.fixture
-async def auto(store: Store, clock: FakeClock) -> AsyncIterator[Harness]:
+async def auto(store: WatchdogStore, clock: FakeClock) -> AsyncIterator[Harness]:
     h = Harness(store, clock, Mode.AUTO, POLICY)
     yield h
     await h.orchestrator.aclose()
 
 
 @pytest.fixture
-async def recommend(store: Store, clock: FakeClock) -> AsyncIterator[Harness]:
+async def recommend(store: WatchdogStore, clock: FakeClock) -> AsyncIterator[Harness]:
     h = Harness(store, clock, Mode.RECOMMEND, POLICY)
     yield h
     await h.orchestrator.aclose()
@@ -200,8 +200,8 @@ async def test_auto_mode_applies_verifies_and_resolves_with_full_audit(auto: Har
     assert auto.playbook.side_effects == 1
     incident = await auto.incidents.get(incident_id)
     assert incident.status == "resolved"
-    assert incident.plan is not None and incident.plan["playbook"] == "restart_agent"
-    assert incident.plan["rationale"].startswith("agent calc answers nothing for 12 min → restart_agent")
+    assert incident.plan is not None and incident.plan.playbook == "restart_agent"
+    assert incident.plan.rationale.startswith("agent calc answers nothing for 12 min → restart_agent")
     assert incident.verification is not None and incident.verification["ok"]
     kinds = await auto.kinds(incident_id)
     for kind in ("preconditions", "apply", "verify"):
@@ -270,7 +270,7 @@ async def test_execute_without_approval_is_refused_when_plan_needs_one(recommend
 
 
 async def test_agent_restart_rate_limit_holds_in_the_store(
-    auto: Harness, store: Store, clock: FakeClock
+    auto: Harness, store: WatchdogStore, clock: FakeClock
 ) -> None:
     for i in range(2):
         incident_id, diagnosis = await auto.incident(f"run-{i}")
@@ -293,7 +293,7 @@ async def test_agent_restart_rate_limit_holds_in_the_store(
         await fresh.orchestrator.aclose()
 
 
-async def test_global_budget(store: Store, clock: FakeClock) -> None:
+async def test_global_budget(store: WatchdogStore, clock: FakeClock) -> None:
     policy = {**POLICY, "limits": {**POLICY["limits"], "remediations_per_hour": 1}}
     h = Harness(store, clock, Mode.AUTO, policy)
     try:
@@ -324,7 +324,7 @@ async def test_circuit_breaker_opens_after_repeated_failures(auto: Harness, cloc
 
 
 async def test_failed_verification_escalates_and_counts_toward_the_breaker(
-    auto: Harness, store: Store
+    auto: Harness, store: WatchdogStore
 ) -> None:
     auto.playbook.verify_ok = False
     incident_id, diagnosis = await auto.incident()
@@ -343,7 +343,7 @@ async def test_refused_preconditions_escalate_without_acting(auto: Harness) -> N
     assert auto.playbook.applied == 0
 
 
-async def test_observe_mode_reports_the_plan_and_never_acts(store: Store, clock: FakeClock) -> None:
+async def test_observe_mode_reports_the_plan_and_never_acts(store: WatchdogStore, clock: FakeClock) -> None:
     h = Harness(store, clock, Mode.OBSERVE, POLICY)
     try:
         incident_id, diagnosis = await h.incident()
@@ -351,7 +351,7 @@ async def test_observe_mode_reports_the_plan_and_never_acts(store: Store, clock:
         assert outcome.status == "escalated" and "observe mode" in outcome.detail
         assert h.playbook.applied == 0
         incident = await h.incidents.get(incident_id)
-        assert incident.plan is not None and incident.plan["playbook"] == "restart_agent"
+        assert incident.plan is not None and incident.plan.playbook == "restart_agent"
     finally:
         await h.orchestrator.aclose()
 
@@ -372,7 +372,9 @@ async def test_one_action_in_flight_per_execution(auto: Harness) -> None:
     assert auto.playbook.side_effects == 1
 
 
-async def test_resume_after_crash_never_repeats_a_non_idempotent_step(auto: Harness, store: Store) -> None:
+async def test_resume_after_crash_never_repeats_a_non_idempotent_step(
+    auto: Harness, store: WatchdogStore
+) -> None:
     incident_id, diagnosis = await auto.incident()
     auto.playbook.block_second_step = asyncio.Event()
     task = asyncio.create_task(auto.remediator.handle_diagnosed(incident_id, diagnosis))
@@ -395,7 +397,9 @@ async def test_resume_after_crash_never_repeats_a_non_idempotent_step(auto: Harn
     assert ("remediation_resumed", "after") in kinds
 
 
-async def test_resume_marks_a_half_done_non_idempotent_step_interrupted(auto: Harness, store: Store) -> None:
+async def test_resume_marks_a_half_done_non_idempotent_step_interrupted(
+    auto: Harness, store: WatchdogStore
+) -> None:
     incident_id, diagnosis = await auto.incident()
     # Simulate the state a SIGKILL leaves: remediating, step 1 recorded as started, never finished.
     await auto.remediator.handle_diagnosed(incident_id, diagnosis)  # resolves; use a second incident instead
@@ -443,7 +447,7 @@ async def test_a_run_that_ended_by_itself_resolves_without_acting(auto: Harness)
     assert auto.playbook.applied == 0 and auto.notifier.escalations == []
 
 
-async def test_resume_before_any_step_rechecks_preconditions(auto: Harness, store: Store) -> None:
+async def test_resume_before_any_step_rechecks_preconditions(auto: Harness, store: WatchdogStore) -> None:
     incident_id, diagnosis = await auto.incident()
     auto.playbook.refuse = "stop"
     await auto.remediator.handle_diagnosed(incident_id, diagnosis)  # escalates; reuse its plan below
@@ -459,7 +463,7 @@ async def test_resume_before_any_step_rechecks_preconditions(auto: Harness, stor
 
 async def test_agent_limit_holds_when_two_replicas_race(database_url: str, clock: FakeClock) -> None:
     policy = {**POLICY, "limits": {**POLICY["limits"], "agent_restarts_per_agent_per_hour": 1}}
-    stores = [await Store.open(database_url, clock=clock) for _ in range(2)]
+    stores = [await WatchdogStore.open(database_url, clock=clock) for _ in range(2)]
     replicas = [Harness(s, clock, Mode.AUTO, policy) for s in stores]
     try:
         cases = [await replicas[0].incident(f"race-{i}") for i in range(2)]

@@ -10,19 +10,19 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.conftest import close_during_a_transaction
-from tests.watchdog.conftest import FakeClock
+from tests.watchdog.conftest import FakeClock, make_plan
 from watchdog.errors import StoreError, StoreUnavailable
 from watchdog.migrations import latest_version, schema_migrations
-from watchdog.store import Store
+from watchdog.store import WatchdogStore
 
 START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
 async def test_open_runs_migrations_once(database_url: str) -> None:
     clock = FakeClock(START)
-    store = await Store.open(database_url, clock=clock)
+    store = await WatchdogStore.open(database_url, clock=clock)
     await store.close()
-    store = await Store.open(database_url, clock=clock)  # second start: nothing to apply
+    store = await WatchdogStore.open(database_url, clock=clock)  # second start: nothing to apply
     try:
         async with store.transaction() as tx:
             versions = [r[0] for r in await tx.conn.execute(sa.select(schema_migrations.c.version))]
@@ -32,7 +32,7 @@ async def test_open_runs_migrations_once(database_url: str) -> None:
 
 
 async def test_a_closed_store_refuses_work_instead_of_opening_a_new_pool(database_url: str) -> None:
-    store = await Store.open(database_url, clock=FakeClock(START))
+    store = await WatchdogStore.open(database_url, clock=FakeClock(START))
     await store.close()
     with pytest.raises(StoreUnavailable, match="the store is closed"):
         await store.ping()
@@ -40,7 +40,7 @@ async def test_a_closed_store_refuses_work_instead_of_opening_a_new_pool(databas
 
 
 async def test_close_lets_a_transaction_under_way_end_first(database_url: str) -> None:
-    store = await Store.open(database_url, clock=FakeClock(START))
+    store = await WatchdogStore.open(database_url, clock=FakeClock(START))
 
     async def transaction(inside: asyncio.Event, finish: asyncio.Event) -> None:
         async with store.transaction() as tx:
@@ -49,7 +49,7 @@ async def test_close_lets_a_transaction_under_way_end_first(database_url: str) -
             await tx.insert_incident(execution_id="e1", dag_id="d", source="alert", detection_source="api")
 
     assert await close_during_a_transaction(store.close, transaction) == ["committed", "closed"]
-    reopened = await Store.open(database_url, clock=FakeClock(START))
+    reopened = await WatchdogStore.open(database_url, clock=FakeClock(START))
     try:
         assert [i.execution_id for i in await reopened.list_incidents()] == ["e1"]
     finally:
@@ -61,7 +61,7 @@ async def test_a_transaction_cancelled_while_closing_still_returns_its_connectio
 ) -> None:
     """Cancelled (a timeout, a shutdown) just as its connection is being closed: the close still ends,
     so the connection goes back to the pool instead of staying checked out and never closed."""
-    store = await Store.open(sqlite_url, clock=FakeClock(START))
+    store = await WatchdogStore.open(sqlite_url, clock=FakeClock(START))
     closing, go_on = asyncio.Event(), asyncio.Event()
     held: list[AsyncConnection] = []
     close = AsyncConnection.close
@@ -93,7 +93,7 @@ async def test_a_transaction_cancelled_while_closing_still_returns_its_connectio
 
 
 async def test_concurrent_starts_migrate_once(database_url: str) -> None:
-    stores = await asyncio.gather(*(Store.open(database_url) for _ in range(3)))
+    stores = await asyncio.gather(*(WatchdogStore.open(database_url) for _ in range(3)))
     try:
         async with stores[0].transaction() as tx:
             count = (
@@ -106,7 +106,7 @@ async def test_concurrent_starts_migrate_once(database_url: str) -> None:
 
 
 async def test_one_open_incident_per_execution(database_url: str) -> None:
-    store = await Store.open(database_url, clock=FakeClock(START))
+    store = await WatchdogStore.open(database_url, clock=FakeClock(START))
     try:
         async with store.transaction() as tx:
             first = await tx.insert_incident(
@@ -134,7 +134,7 @@ async def test_one_open_incident_per_execution(database_url: str) -> None:
 
 
 async def test_update_incident_is_compare_and_set(database_url: str) -> None:
-    store = await Store.open(database_url)
+    store = await WatchdogStore.open(database_url)
     try:
         async with store.transaction() as tx:
             inc = await tx.insert_incident(
@@ -151,7 +151,7 @@ async def test_update_incident_is_compare_and_set(database_url: str) -> None:
 
 
 async def test_delivery_episode_is_recorded_once(database_url: str) -> None:
-    store = await Store.open(database_url)
+    store = await WatchdogStore.open(database_url)
     starts = datetime(2026, 1, 1, 11, 0, tzinfo=UTC)
     try:
         async with store.transaction() as tx:
@@ -175,7 +175,7 @@ async def test_delivery_episode_is_recorded_once(database_url: str) -> None:
 
 
 async def test_action_idempotency_key_is_unique(database_url: str) -> None:
-    store = await Store.open(database_url)
+    store = await WatchdogStore.open(database_url)
     try:
         async with store.transaction() as tx:
             inc = await tx.insert_incident(
@@ -198,7 +198,7 @@ async def test_action_idempotency_key_is_unique(database_url: str) -> None:
 
 async def test_approval_compare_and_set_and_rate_events(database_url: str) -> None:
     clock = FakeClock(START)
-    store = await Store.open(database_url, clock=clock)
+    store = await WatchdogStore.open(database_url, clock=clock)
     try:
         async with store.transaction() as tx:
             inc = await tx.insert_incident(
@@ -208,7 +208,7 @@ async def test_approval_compare_and_set_and_rate_events(database_url: str) -> No
             appr = await tx.insert_approval(
                 approval_id="ap1",
                 incident_id=inc.id,
-                plan={"playbook": "cancel"},
+                plan=make_plan(playbook="cancel"),
                 summary="s",
                 token_nonce="n",
                 expires_at=clock.now() + timedelta(minutes=15),
@@ -228,7 +228,7 @@ async def test_approval_compare_and_set_and_rate_events(database_url: str) -> No
 
 
 async def test_naive_datetime_is_refused(sqlite_url: str) -> None:
-    store = await Store.open(sqlite_url)
+    store = await WatchdogStore.open(sqlite_url)
     try:
         with pytest.raises(StoreError):
             async with store.transaction() as tx:
@@ -239,13 +239,15 @@ async def test_naive_datetime_is_refused(sqlite_url: str) -> None:
 
 async def test_unsupported_url_is_a_clear_error() -> None:
     with pytest.raises(StoreError, match="async driver"):
-        await Store.open("sqlite:///x.db")
+        await WatchdogStore.open("sqlite:///x.db")
     with pytest.raises(StoreError, match="unsupported"):
-        await Store.open("mysql+aiomysql://u@h/db")
+        await WatchdogStore.open("mysql+aiomysql://u@h/db")
 
 
 async def test_unreachable_postgres_is_store_unavailable() -> None:
     from tests.conftest import free_port
 
     with pytest.raises(StoreUnavailable):
-        await Store.open(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x", connect_timeout=2)
+        await WatchdogStore.open(
+            f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x", connect_timeout=2
+        )

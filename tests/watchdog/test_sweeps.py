@@ -17,7 +17,7 @@ from tests.watchdog.test_condition import FakeOrchestrator
 from watchdog.condition import ConditionEvaluator
 from watchdog.incidents import IncidentService
 from watchdog.metrics import WatchdogMetrics
-from watchdog.store import Incident, Store
+from watchdog.store import Incident, WatchdogStore
 from watchdog.sweeps import Leadership, LocalLeadership, RedisLeadership, Sweeper
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
 from watchdog_sdk.clients.prometheus import PrometheusClient
@@ -27,7 +27,7 @@ FOR = timedelta(minutes=10)
 
 
 class Harness:
-    def __init__(self, store: Store, clock: FakeClock) -> None:
+    def __init__(self, store: WatchdogStore, clock: FakeClock) -> None:
         self.store = store
         self.clock = clock
         self.fake = FakeOrchestrator()
@@ -63,7 +63,7 @@ class Harness:
 async def open_harness(database_url: str) -> AsyncIterator[Harness]:
     """A sweep harness on a fresh store at a fixed fake time; closed on exit."""
     clock = FakeClock(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
-    store = await Store.open(database_url, clock=clock)
+    store = await WatchdogStore.open(database_url, clock=clock)
     h = Harness(store, clock)
     try:
         yield h
