@@ -2,8 +2,8 @@
 
 Cancelling keeps the completed nodes' checkpoints. With `start_fresh_run`, a new execution of the same
 DAG is started with the original `input_data` (checkpointing and deterministic mode on, as the
-runbook's command does). Called by the remediation loop and `gl-watchdog playbook run cancel`; talks to
-the orchestrator only through `watchdog_sdk.clients.orchestrator`.
+runbook's command does). Run by the watchdog's remediation state machine (also for `gl-watchdog
+playbook run cancel`); talks to the orchestrator only through `watchdog_sdk.clients.orchestrator`.
 """
 
 from __future__ import annotations

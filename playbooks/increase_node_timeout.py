@@ -3,8 +3,8 @@
 Raises one node's `timeout_policy.timeout_seconds` in the DAG definition (`PUT /dags/{dag_id}`, a
 partial update that the orchestrator revalidates and versions), keeping its `on_timeout`. The new value
 is `timeout_seconds` when given, else the current one times `factor`, and never above the policy's
-`max_node_timeout_seconds`. It applies to later runs of the DAG. Called by the remediation loop and the
-CLI; talks to the orchestrator only through `watchdog_sdk.clients.orchestrator`.
+`max_node_timeout_seconds`. It applies to later runs of the DAG. Run by the watchdog's remediation
+state machine; talks to the orchestrator only through `watchdog_sdk.clients.orchestrator`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ pod gone or terminated) and then deletes the lock by compare-and-delete on the h
 (a Lua script in `watchdog_sdk.clients.redis`), never a bare DEL: if a new holder took the lock in between,
 its token differs and it is left alone. A live holder makes it refuse, with the reason. Once released,
 a live orchestrator replica takes the run over; verification checks the dead holder's lock is gone and
-waits (bounded) for the run to end. Called by the remediation loop and the CLI.
+waits (bounded) for the run to end. Run by the watchdog's remediation state machine.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ replacement; the orchestrator's retry policy re-runs the node once the agent ans
 `POST /admin/agents/{id}/restart` restarts the in-process agent worker, which cancels the hung attempt
 as a retryable `AgentRestarted` error. Verification waits (bounded) for the run to finish and checks
 it completed with a valid provenance chain. Rate limits (restarts per agent per hour) are enforced by
-the remediation loop from the policy. Called by the loop and the CLI; reaches the orchestrator and
-Kubernetes only through `watchdog_sdk.clients`.
+the remediation state machine from the policy, which runs this playbook (for the service and the
+CLI); reaches the orchestrator and Kubernetes only through `watchdog_sdk.clients`.
 """
 
 from __future__ import annotations

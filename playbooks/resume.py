@@ -3,7 +3,7 @@
 Completed nodes are skipped; the rest run again, and the provenance chain continues. Never a second
 writer: the run must be cancelled, failed or interrupted, or — if it still shows `running` — its owner
 must be confirmed dead (`playbooks.holders`). Verification waits (bounded) for the resumed run to end
-and checks it completed with a valid provenance chain. Called by the remediation loop and the CLI;
+and checks it completed with a valid provenance chain. Run by the watchdog's remediation state machine;
 talks to the orchestrator only through `watchdog_sdk.clients.orchestrator`.
 """
 

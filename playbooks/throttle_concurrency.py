@@ -12,8 +12,8 @@ values: patch the orchestrator Deployment's env (`GL_ORCHESTRATOR_MAX_PARALLEL_N
 template's restartedAt annotation). That restarts every replica, and runs still going end
 `interrupted` (the policy resumes them). `deployment_env: false` keeps to the live limits (no restart;
 the chart then grants no Deployment access); `rollout_restart: false` patches without the explicit
-restart. Called by the remediation loop and the CLI; reaches the orchestrator and Kubernetes only
-through `watchdog_sdk.clients`.
+restart. Run by the watchdog's remediation state machine (for the service and the CLI); reaches the
+orchestrator and Kubernetes only through `watchdog_sdk.clients`.
 """
 
 from __future__ import annotations

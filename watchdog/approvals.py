@@ -1,6 +1,6 @@
 """Approval prompts: create them, sign their links, settle decisions and expiry atomically in the store.
 
-The remediation loop (`watchdog.remediation`) creates a prompt when the plan needs a human; the prompt
+The responder (`watchdog.responder`) creates a prompt when the plan needs a human; the prompt
 goes out through the notifier (`watchdog.notifier`) with approve/deny links, is shown on the web page
 (`watchdog.web`, `/approvals/{id}?token=...`), and can be answered through the API
 (`POST /api/v1/approvals/{id}/approve|deny`, bearer token or link token) and the CLI
@@ -33,7 +33,8 @@ from gl_common.clock import Clock
 from watchdog.errors import ApprovalClosed, ApprovalNotFound, InvalidToken
 from watchdog.migrations import approvals as approvals_table
 from watchdog.plan import Plan
-from watchdog.store import Approval, Tx, WatchdogStore
+from watchdog.records import Approval
+from watchdog.store import Tx, WatchdogStore
 
 
 class Decision(StrEnum):

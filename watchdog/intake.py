@@ -13,7 +13,7 @@ Per alert:
   a counter: it never opens, joins or diagnoses again. A newly opened incident is handed to
   `on_opened` (the app starts its diagnosis);
 - resolved: closes the execution's open incident if it has not acted yet (no action recorded, not
-  remediating/verifying); an incident that has acted is left to the remediation loop, with an audit
+  remediating/verifying); an incident that has acted is left to the remediation, with an audit
   note. A resolved alert never opens an incident and never triggers anything.
 
 Validation happens for the whole payload before anything is written. A payload that is not a valid
@@ -39,7 +39,8 @@ from watchdog.errors import InvalidTransition
 from watchdog.http import ApiError
 from watchdog.incidents import IncidentService, close_if_not_acted_in, open_or_join_in
 from watchdog.metrics import WatchdogMetrics
-from watchdog.store import Incident, WatchdogStore
+from watchdog.records import Incident
+from watchdog.store import WatchdogStore
 from watchdog_sdk.constants import ALERT_NAME
 
 ACTOR = "alertmanager"

@@ -1,9 +1,10 @@
 """The watchdog's own Prometheus metrics (`gl_watchdog_*`), one CollectorRegistry per service instance.
 
-Built by `watchdog.app.WatchdogApp`; updated by the intake (alerts received), incidents (opened, open
-count), the diagnosis job (diagnoses, duration, per-step outcomes), the sweeps (sweeps, leadership) and
-the remediation side (remediations, approvals); served by `GET /metrics` in `watchdog.api`. Names come
-from `watchdog_sdk.constants` (docs/architecture.md, "Metrics").
+Built by the composition root (`watchdog.assembly`); updated by the intake (alerts received),
+incidents (opened, open count), the diagnosis jobs (diagnoses, duration, per-step outcomes), the
+sweeps (sweeps, leadership) and the remediation side (remediations, approvals); served by
+`GET /metrics` in `watchdog.api`. Names come from `watchdog_sdk.constants` (docs/architecture.md,
+"Metrics").
 """
 
 from __future__ import annotations

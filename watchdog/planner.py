@@ -1,11 +1,10 @@
 """The planner: a Diagnosis and the policy in, a Plan out — which playbook, with which params, how
 risky, whether a human must approve, and why, in plain language citing the evidence.
 
-Called by the remediation loop (`watchdog.remediation`) after diagnosis and by `gl-watchdog playbook
-run` / the API for display; reads the policy (`watchdog.policy`) and the playbook registry
-(`playbooks.registry`) for params models and risk. Pure: no I/O, so it is tested with plain values.
-The loop adds the playbook's dry-run actions (`Plan.actions`) right before asking for approval. The
-`Plan` itself is `watchdog.plan` (the store keeps it).
+Called by the responder (`watchdog.responder`) after diagnosis; reads the policy (`watchdog.policy`)
+and the playbook registry for params models and risk. Pure: no I/O, so it is tested with plain
+values. The responder adds the playbook's dry-run actions (`Plan.actions`) right before asking for
+approval. The `Plan` itself is `watchdog.plan` (the store keeps it).
 """
 
 from __future__ import annotations

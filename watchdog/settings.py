@@ -1,7 +1,7 @@
 """The watchdog's configuration: one pydantic-settings model, built once at start-up and passed down.
 
 Built by the CLI (`gl-watchdog serve|demo|diagnose ...`) through `load_settings(config_path)`; read by
-the clients (URLs, tokens, timeouts), the intake, the sweeps, the diagnostics and the remediation loop.
+the clients (URLs, tokens, timeouts), the intake, the sweeps, the diagnostics and the remediation side.
 Nothing else reads the environment.
 
 Sources, highest first: keyword arguments to `load_settings`, environment (`GL_WATCHDOG_<NAME>`), the

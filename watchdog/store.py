@@ -26,7 +26,6 @@ from datetime import datetime
 from typing import Any, Final
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -46,102 +45,15 @@ from watchdog.migrations import (
     rate_events,
 )
 from watchdog.plan import Plan
+from watchdog.records import Action, AlertDelivery, Approval, AuditEntry, Incident
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 DEFAULT_STATEMENT_TIMEOUT: Final = 30.0
+LIMITS_LOCK_KEY: Final = 0x676C5744  # "glWD": the PostgreSQL advisory lock around limit checks
 # How long close() lets transactions under way end before it closes the pool anyway.
 CLOSE_WAIT_SECONDS: Final = 10.0
-
-
-# -- records ----------------------------------------------------------------------------------------
-
-
-class _Record(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-
-class Incident(_Record):
-    """One incident: a stuck execution being handled (see `watchdog.incidents` for transitions)."""
-
-    id: int
-    execution_id: str
-    dag_id: str | None
-    status: str
-    source: str
-    detection_source: str
-    opened_at: datetime
-    updated_at: datetime
-    closed_at: datetime | None
-    diagnosis: dict[str, Any] | None
-    plan: Plan | None
-    verification: dict[str, Any] | None
-    summary: str | None
-
-    @property
-    def is_open(self) -> bool:
-        """True until the incident is resolved, escalated or closed."""
-        return self.status not in TERMINAL_INCIDENT_STATUSES
-
-
-class AlertDelivery(_Record):
-    """One alert episode (fingerprint + starts_at) as received from Alertmanager."""
-
-    id: int
-    fingerprint: str
-    starts_at: datetime
-    alertname: str
-    execution_id: str | None
-    status: str
-    received_at: datetime
-    last_received_at: datetime
-    resolved_at: datetime | None
-    repeats: int
-    incident_id: int | None
-
-
-class AuditEntry(_Record):
-    """One audit log line: what happened (kind), before or after, who did it, and the data."""
-
-    id: int
-    incident_id: int | None
-    at: datetime
-    kind: str
-    phase: str
-    actor: str
-    data: dict[str, Any]
-
-
-class Approval(_Record):
-    """One approval prompt; `token_nonce` makes its signed links single-use."""
-
-    id: str
-    incident_id: int
-    plan: Plan
-    summary: str
-    state: str
-    token_nonce: str
-    created_at: datetime
-    expires_at: datetime
-    decided_at: datetime | None
-    decided_by: str | None
-
-
-class Action(_Record):
-    """One playbook action; `idempotency_key` is unique, so it is recorded (and run) once."""
-
-    id: int
-    incident_id: int
-    approval_id: str | None
-    playbook: str
-    step: str
-    idempotency_key: str
-    params: dict[str, Any] | None
-    state: str
-    result: dict[str, Any] | None
-    started_at: datetime
-    finished_at: datetime | None
 
 
 def _row(model: type[Any], row: sa.Row[Any] | None) -> Any:
@@ -474,6 +386,13 @@ class Tx:
         return action
 
     # -- rate events
+
+    async def serialize_limits(self) -> None:
+        """Hold the limits lock until this transaction ends, so that two replicas checking and counting
+        rate events cannot both pass a limit. PostgreSQL: a transaction-level advisory lock; SQLite:
+        nothing to do, `BEGIN IMMEDIATE` already holds the database's write lock."""
+        if self.conn.dialect.name == "postgresql":
+            await self.conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": LIMITS_LOCK_KEY})
 
     async def add_rate_event(self, kind: str, key: str, at: datetime | None = None) -> None:
         """Record one rate-limited event (e.g. kind="restart_agent", key=agent id)."""

@@ -1,6 +1,6 @@
 """Scheduled sweeps: find stuck runs without Alertmanager, on the elected leader only.
 
-Started by `watchdog.app.WatchdogApp.start()` (`gl-watchdog serve`). An APScheduler
+Started by `watchdog.assembly.Watchdog.start()` (`gl-watchdog serve`). An APScheduler
 `AsyncIOScheduler` runs `Sweeper.sweep_once()` every `sweep_interval_seconds` (max_instances=1 and
 coalesce, so sweeps never overlap or pile up after a stall) and renews the leadership every third of
 its TTL. `sweep_once()` is the one-shot form for tests and the CLI:
@@ -38,7 +38,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from watchdog.condition import ConditionEvaluator, ConditionResult
 from watchdog.incidents import IncidentService
 from watchdog.metrics import WatchdogMetrics
-from watchdog.store import Incident
+from watchdog.records import Incident
 from watchdog_sdk.clients.orchestrator import Execution
 from watchdog_sdk.clients.redis import RedisClient
 from watchdog_sdk.errors import WatchdogError

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from gl_common.clock import Clock
+from gl_common.clock import Clock, SystemClock
+from playbooks.registry import default_registry
 from tests.conftest import fresh_postgres_database
 from tests.orchestrator.test_service_harness import (
     TOKEN,
@@ -23,8 +24,15 @@ from tests.orchestrator.test_service_harness import (
     running_service,
 )
 from tests.watchdog.conftest import FakeKubeApi, kube, kube_api, make_deployment, make_pod  # noqa: F401
+from watchdog.approvals import ApprovalService
+from watchdog.assembly import build_responder
 from watchdog.incidents import IncidentService
-from watchdog.remediation import StoreLedger
+from watchdog.jobs import JobTracker
+from watchdog.ledger import StoreLedger
+from watchdog.notifier import NullNotifier
+from watchdog.policy import parse_policy
+from watchdog.responder import Responder
+from watchdog.settings import Mode
 from watchdog.store import WatchdogStore
 from watchdog_sdk.clients import Clients
 from watchdog_sdk.clients.kubernetes import KubernetesClient
@@ -79,6 +87,35 @@ class Env:
             ledger=StoreLedger(self.store),
             limits=limits or PlaybookLimits(poll_interval_seconds=0.05, lock_grace_seconds=0),
             **extra,
+        )
+
+    def responder(
+        self,
+        policy: dict[str, Any],
+        mode: Mode,
+        *,
+        redis: bool = True,
+        clock: Clock | None = None,
+        approval_ttl_seconds: float = 600,
+    ) -> Responder:
+        """The remediation side (responder, state machine, limits) over this store and the real
+        playbooks, with a notifier that sends nothing."""
+        clock = clock or SystemClock()
+        approvals = ApprovalService(
+            self.store, b"k" * 32, ttl_seconds=approval_ttl_seconds, public_url="http://wd", clock=clock
+        )
+        return build_responder(
+            store=self.store,
+            incidents=self.incidents,
+            approvals=approvals,
+            notifier=NullNotifier(),
+            policy=parse_policy(policy),
+            registry=default_registry(),
+            clients=Clients(orchestrator=self.client, redis=self.redis if redis else None),
+            mode=mode,
+            clock=clock,
+            jobs=JobTracker(),
+            poll_interval_seconds=0.05,
         )
 
     async def run(self, dag: dict[str, Any], input_data: Any = None) -> str:

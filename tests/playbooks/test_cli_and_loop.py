@@ -6,23 +6,18 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from orchestrator_core.emissions import emissions_dag, emissions_demo_input
-from playbooks.registry import default_registry
 from tests.orchestrator.test_service_harness import TOKEN
 from tests.playbooks.conftest import Env, gate_dag
 from tests.watchdog.conftest import FakeClock
-from watchdog.approvals import ApprovalService
-from watchdog.notifier import NullNotifier
-from watchdog.policy import parse_policy
-from watchdog.remediation import Remediator
+from watchdog.responder import Responder
 from watchdog.settings import Mode
-from watchdog_sdk.clients import Clients
+from watchdog.store import WatchdogStore
 from watchdog_sdk.diagnosis import Diagnosis, Finding, StepStatus
 
 GL_WATCHDOG = str(Path(sys.executable).with_name("gl-watchdog"))
@@ -97,6 +92,29 @@ async def test_playbook_run_refusal_and_bad_params_exit_non_zero(env: Env, tmp_p
     assert code == 2 and "invalid choice: 'reboot'" in out
 
 
+async def test_playbook_run_is_refused_while_the_circuit_breaker_is_open(env: Env, tmp_path: Path) -> None:
+    execution_id = await env.run(
+        emissions_dag(dag_id="cli-breaker", log_interval_seconds=0.2), emissions_demo_input()
+    )
+    await env.wait_running_node(execution_id, "scope2")
+    db = f"sqlite+aiosqlite:///{tmp_path / 'wd.db'}"
+    store = await WatchdogStore.open(db)
+    try:  # three failed remediations in the last hour: the default policy's breaker is open
+        async with store.transaction() as tx:
+            for _ in range(3):
+                await tx.add_rate_event("remediation_failed", "*")
+    finally:
+        await store.close()
+    code, out = await cli(
+        env, "playbook", "run", "restart_agent", "--execution", execution_id, database_url=db
+    )
+    assert code == 1, out
+    assert "preconditions: ok" in out and "refused: circuit open: 3 failed remediations" in out
+    assert all(a.restarts == 0 for a in await env.client.list_agents())
+    assert (await env.client.get_execution(execution_id)).status == "running"
+    await env.client.cancel(execution_id)
+
+
 # -- the loop's refusals with the real playbooks --------------------------------------------------------
 
 POLICY = {
@@ -110,19 +128,8 @@ POLICY = {
 
 
 @pytest.fixture
-async def loop(env: Env) -> AsyncIterator[Remediator]:
-    approvals = ApprovalService(env.store, b"k" * 32, ttl_seconds=60, public_url="http://wd")
-    yield Remediator(
-        store=env.store,
-        incidents=env.incidents,
-        approvals=approvals,
-        notifier=NullNotifier(),
-        policy=parse_policy(POLICY),
-        registry=default_registry(),
-        clients=Clients(orchestrator=env.client, redis=env.redis),
-        mode=Mode.AUTO,
-        poll_interval_seconds=0.05,
-    )
+def loop(env: Env) -> Responder:
+    return env.responder(POLICY, Mode.AUTO)
 
 
 async def stuck(env: Env, dag_id: str) -> tuple[int, Diagnosis]:
@@ -150,7 +157,7 @@ async def stuck(env: Env, dag_id: str) -> tuple[int, Diagnosis]:
     return opened.incident.id, diagnosis
 
 
-async def test_real_restart_then_rate_limit_refuses_the_next(env: Env, loop: Remediator) -> None:
+async def test_real_restart_then_rate_limit_refuses_the_next(env: Env, loop: Responder) -> None:
     first_id, first = await stuck(env, "rl-1")
     assert (await loop.handle_diagnosed(first_id, first)).status == "resolved"
     # The restart left the worker a healthy connection, so a second run would finish within ~50 ms and
@@ -167,7 +174,7 @@ async def test_real_restart_then_rate_limit_refuses_the_next(env: Env, loop: Rem
     await env.client.cancel(second.execution_id)
 
 
-async def test_circuit_open_refuses_with_the_real_playbook(env: Env, loop: Remediator) -> None:
+async def test_circuit_open_refuses_with_the_real_playbook(env: Env, loop: Responder) -> None:
     async with env.store.transaction() as tx:
         for _ in range(2):
             await tx.add_rate_event("remediation_failed", "*")
@@ -180,22 +187,11 @@ async def test_circuit_open_refuses_with_the_real_playbook(env: Env, loop: Remed
 
 async def test_expired_approval_never_acts_with_the_real_playbook(env: Env) -> None:
     clock = FakeClock(datetime.now(UTC))
-    approvals = ApprovalService(env.store, b"k" * 32, ttl_seconds=60, public_url="http://wd", clock=clock)
-    remediator = Remediator(
-        store=env.store,
-        incidents=env.incidents,
-        approvals=approvals,
-        notifier=NullNotifier(),
-        policy=parse_policy(POLICY),
-        registry=default_registry(),
-        clients=Clients(orchestrator=env.client),
-        mode=Mode.RECOMMEND,
-        clock=clock,
-    )
+    responder = env.responder(POLICY, Mode.RECOMMEND, redis=False, clock=clock, approval_ttl_seconds=60)
     incident_id, diagnosis = await stuck(env, "expiry")
-    assert (await remediator.handle_diagnosed(incident_id, diagnosis)).status == "awaiting_approval"
+    assert (await responder.handle_diagnosed(incident_id, diagnosis)).status == "awaiting_approval"
     clock.advance(61)
-    [outcome] = await remediator.expire_approvals()
+    [outcome] = await responder.expire_approvals()
     assert outcome.status == "escalated" and "expired" in outcome.detail
     assert all(a.restarts == 0 for a in await env.client.list_agents())
     assert (await env.client.get_execution(diagnosis.execution_id)).status == "running"

@@ -6,12 +6,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from playbooks.registry import default_registry
 from tests.playbooks.conftest import Env, gate_dag
-from watchdog.approvals import ApprovalService, Decision
-from watchdog.notifier import NullNotifier
-from watchdog.policy import parse_policy
-from watchdog.remediation import Clients, Remediator
+from watchdog.approvals import Decision
 from watchdog.settings import Mode
 from watchdog_sdk.diagnosis import Diagnosis, Finding, StepStatus
 
@@ -26,18 +22,8 @@ POLICY = {
 async def test_a_run_that_completes_before_the_approval_is_resolved_and_nothing_acts(env: Env) -> None:
     execution_id = await env.run(gate_dag("rv-self-heal"))
     await env.wait_running_node(execution_id, "stuck")
-    approvals = ApprovalService(env.store, b"k" * 32, ttl_seconds=600, public_url="http://wd")
-    loop = Remediator(
-        store=env.store,
-        incidents=env.incidents,
-        approvals=approvals,
-        notifier=NullNotifier(),
-        policy=parse_policy(POLICY),
-        registry=default_registry(),
-        clients=Clients(orchestrator=env.client, redis=env.redis),
-        mode=Mode.RECOMMEND,
-        poll_interval_seconds=0.05,
-    )
+    loop = env.responder(POLICY, Mode.RECOMMEND)
+    approvals = loop.approvals
     opened = await env.incidents.open_or_join(
         execution_id, dag_id="rv-self-heal", source="sweep", detection_source="api"
     )

@@ -23,8 +23,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from tests.conftest import free_port, wait_for_port
-from watchdog.api import create_app
-from watchdog.app import WatchdogApp
+from watchdog.assembly import Watchdog, build_watchdog, create_app
 from watchdog.plan import Plan
 from watchdog.settings import Mode, WatchdogSettings
 from watchdog_sdk.clients import Clients
@@ -522,8 +521,8 @@ async def watchdog_app(
     database_url: str,
     diagnose_fn: ScriptedDiagnose,
     remediate_fn: RecordingRemediate,
-) -> AsyncIterator[WatchdogApp]:
-    """A WatchdogApp (SQLite, PostgreSQL) with scripted diagnose/remediate; no orchestrator reachable.
+) -> AsyncIterator[Watchdog]:
+    """A Watchdog (SQLite, PostgreSQL) with scripted diagnose/remediate; no orchestrator reachable.
 
     Depends on `_no_pending_tasks` so that the leftover-task check runs after this teardown.
     """
@@ -534,7 +533,7 @@ async def watchdog_app(
         orchestrator_timeout_seconds=1.0,
         max_body_bytes=64 * 1024,
     )
-    wd = await WatchdogApp.build(settings, diagnose=diagnose_fn, remediate=remediate_fn)
+    wd = await build_watchdog(settings, diagnose=diagnose_fn, on_diagnosed=remediate_fn)
     try:
         yield wd
     finally:
@@ -545,7 +544,7 @@ async def watchdog_app(
 
 @pytest.fixture
 async def api_client(
-    _no_pending_tasks: None, watchdog_app: WatchdogApp
+    _no_pending_tasks: None, watchdog_app: Watchdog
 ) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     """An aiohttp TestClient against the watchdog API served on a random loopback port."""
     client = TestClient(TestServer(create_app(watchdog_app), host="127.0.0.1"))

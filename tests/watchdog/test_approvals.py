@@ -13,7 +13,8 @@ from tests.watchdog.conftest import FakeClock, make_plan
 from watchdog.approvals import ApprovalService, Decision, public_view, sign
 from watchdog.errors import ApprovalClosed, ApprovalNotFound, InvalidToken
 from watchdog.incidents import IncidentService
-from watchdog.store import Approval, WatchdogStore
+from watchdog.records import Approval
+from watchdog.store import WatchdogStore
 
 KEY = b"k" * 32
 

@@ -29,7 +29,7 @@ async def test_cli_approve_then_second_answer_is_refused(stack: Stack) -> None: 
     assert out.strip() == f"approval {approval_id}: approved (incident {stack.incident_id})"
     code, out = await cli("deny", approval_id, "--url", stack.url)
     assert code == 1 and ("already approved" in out or "already used" in out), out
-    await stack.remediator.drain()
+    await stack.wd.jobs.wait_idle()
     assert (await stack.wd.incidents.get(stack.incident_id)).status == "resolved"
 
 
@@ -44,7 +44,7 @@ async def test_cli_deny_and_errors(stack: Stack) -> None:  # noqa: F811
     assert code == 4 and "unreachable" in out
     code, out = await cli("deny", approval_id, "--url", stack.url)
     assert code == 0 and "denied" in out
-    await stack.remediator.drain()
+    await stack.wd.jobs.wait_idle()
     assert (await stack.wd.incidents.get(stack.incident_id)).status == "escalated"
     assert "Traceback" not in out
-    await stack.wd.orchestrator.cancel(stack.execution_id)
+    await stack.wd.clients.orchestrator.cancel(stack.execution_id)

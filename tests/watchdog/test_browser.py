@@ -47,8 +47,8 @@ async def test_open_link_see_plan_click_approve_and_see_the_result(stack: Stack)
             await expect(page.locator("#approve")).to_have_count(0)
         finally:
             await browser.close()
-    await stack.remediator.drain()
-    execution = await stack.wd.orchestrator.get_execution(stack.execution_id)
+    await stack.wd.jobs.wait_idle()
+    execution = await stack.wd.clients.orchestrator.get_execution(stack.execution_id)
     assert execution.status == "completed"
     assert (await stack.wd.incidents.get(stack.incident_id)).status == "resolved"
 
@@ -72,6 +72,6 @@ async def test_a_second_click_after_the_decision_shows_why_nothing_happened(stac
             await expect(second.locator("#approval-state")).to_have_text("denied")
         finally:
             await browser.close()
-    await stack.remediator.drain()
+    await stack.wd.jobs.wait_idle()
     assert (await stack.wd.incidents.get(stack.incident_id)).status == "escalated"
-    await stack.wd.orchestrator.cancel(stack.execution_id)
+    await stack.wd.clients.orchestrator.cancel(stack.execution_id)

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from tests.watchdog.conftest import WATCHDOG_TOKEN, RecordingRemediate, ScriptedDiagnose
-from watchdog.app import WatchdogApp
+from watchdog.assembly import Watchdog
 from watchdog.migrations import alert_deliveries, audit_log, incidents
 
 Client = TestClient[web.Request, web.Application]
@@ -73,7 +73,7 @@ async def post(client: Client, body: Any, headers: dict[str, str] | None = None)
     return response.status, await response.json()
 
 
-async def snapshot(wd: WatchdogApp) -> dict[str, int]:
+async def snapshot(wd: Watchdog) -> dict[str, int]:
     async with wd.store.transaction() as tx:
         counts = {}
         for table in (incidents, alert_deliveries, audit_log):
@@ -85,7 +85,7 @@ async def snapshot(wd: WatchdogApp) -> dict[str, int]:
 
 async def test_firing_alert_opens_an_incident_and_diagnoses_it(
     api_client: Client,
-    watchdog_app: WatchdogApp,
+    watchdog_app: Watchdog,
     diagnose_fn: ScriptedDiagnose,
     remediate_fn: RecordingRemediate,
 ) -> None:
@@ -106,7 +106,7 @@ async def test_firing_alert_opens_an_incident_and_diagnoses_it(
 
 async def test_repeated_delivery_of_an_episode_is_a_no_op(
     api_client: Client,
-    watchdog_app: WatchdogApp,
+    watchdog_app: Watchdog,
     diagnose_fn: ScriptedDiagnose,
     remediate_fn: RecordingRemediate,
 ) -> None:
@@ -124,7 +124,7 @@ async def test_repeated_delivery_of_an_episode_is_a_no_op(
 
 
 async def test_concurrent_deliveries_leave_one_incident_and_one_diagnosis(
-    api_client: Client, watchdog_app: WatchdogApp, diagnose_fn: ScriptedDiagnose
+    api_client: Client, watchdog_app: Watchdog, diagnose_fn: ScriptedDiagnose
 ) -> None:
     results = await asyncio.gather(*(post(api_client, payload(alert())) for _ in range(8)))
     assert all(status == 200 for status, _ in results)
@@ -136,7 +136,7 @@ async def test_concurrent_deliveries_leave_one_incident_and_one_diagnosis(
 
 
 async def test_a_new_episode_joins_the_open_incident_without_rediagnosing(
-    api_client: Client, watchdog_app: WatchdogApp, diagnose_fn: ScriptedDiagnose
+    api_client: Client, watchdog_app: Watchdog, diagnose_fn: ScriptedDiagnose
 ) -> None:
     _, first = await post(api_client, payload(alert()))
     _, second = await post(api_client, payload(alert(starts_at="2026-03-01T13:00:00Z")))
@@ -148,7 +148,7 @@ async def test_a_new_episode_joins_the_open_incident_without_rediagnosing(
 
 async def test_resolved_alert_closes_an_incident_that_has_not_acted(
     api_client: Client,
-    watchdog_app: WatchdogApp,
+    watchdog_app: Watchdog,
     diagnose_fn: ScriptedDiagnose,
     remediate_fn: RecordingRemediate,
 ) -> None:
@@ -168,7 +168,7 @@ async def test_resolved_alert_closes_an_incident_that_has_not_acted(
 
 async def test_resolved_during_diagnosis_closes_and_nothing_acts(
     api_client: Client,
-    watchdog_app: WatchdogApp,
+    watchdog_app: Watchdog,
     diagnose_fn: ScriptedDiagnose,
     remediate_fn: RecordingRemediate,
 ) -> None:
@@ -186,7 +186,7 @@ async def test_resolved_during_diagnosis_closes_and_nothing_acts(
 
 
 async def test_resolved_alert_leaves_an_incident_that_acted_to_the_remediation_loop(
-    api_client: Client, watchdog_app: WatchdogApp
+    api_client: Client, watchdog_app: Watchdog
 ) -> None:
     _, body = await post(api_client, payload(alert()))
     await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 10)
@@ -202,7 +202,7 @@ async def test_resolved_alert_leaves_an_incident_that_acted_to_the_remediation_l
 
 
 async def test_resolved_alert_without_an_incident_opens_nothing(
-    api_client: Client, watchdog_app: WatchdogApp, diagnose_fn: ScriptedDiagnose
+    api_client: Client, watchdog_app: Watchdog, diagnose_fn: ScriptedDiagnose
 ) -> None:
     status, body = await post(api_client, payload(alert(status="resolved"), status="resolved"))
     assert status == 200 and body["alerts"][0]["outcome"] == "no_incident"
@@ -214,7 +214,7 @@ async def test_resolved_alert_without_an_incident_opens_nothing(
 
 
 async def test_other_alert_names_are_acknowledged_and_ignored(
-    api_client: Client, watchdog_app: WatchdogApp
+    api_client: Client, watchdog_app: Watchdog
 ) -> None:
     before = await snapshot(watchdog_app)
     other = alert(alertname="OrchestratorServiceDown", fingerprint="other")
@@ -234,7 +234,7 @@ async def test_other_alert_names_are_acknowledged_and_ignored(
 
 async def _refused(
     client: Client,
-    wd: WatchdogApp,
+    wd: Watchdog,
     data: bytes,
     *,
     headers: dict[str, str],
@@ -255,7 +255,7 @@ async def _refused(
 JSON_AUTH = {**AUTH, "Content-Type": "application/json"}
 
 
-async def test_malformed_json_is_400(api_client: Client, watchdog_app: WatchdogApp) -> None:
+async def test_malformed_json_is_400(api_client: Client, watchdog_app: Watchdog) -> None:
     await _refused(
         api_client,
         watchdog_app,
@@ -267,7 +267,7 @@ async def test_malformed_json_is_400(api_client: Client, watchdog_app: WatchdogA
     )
 
 
-async def test_wrong_version_is_422(api_client: Client, watchdog_app: WatchdogApp) -> None:
+async def test_wrong_version_is_422(api_client: Client, watchdog_app: Watchdog) -> None:
     body = payload(alert()) | {"version": "3"}
     await _refused(
         api_client,
@@ -280,9 +280,7 @@ async def test_wrong_version_is_422(api_client: Client, watchdog_app: WatchdogAp
     )
 
 
-async def test_missing_labels_is_422_and_names_the_field(
-    api_client: Client, watchdog_app: WatchdogApp
-) -> None:
+async def test_missing_labels_is_422_and_names_the_field(api_client: Client, watchdog_app: Watchdog) -> None:
     bad = alert()
     del bad["labels"]
     await _refused(
@@ -297,7 +295,7 @@ async def test_missing_labels_is_422_and_names_the_field(
 
 
 async def test_an_invalid_alert_does_not_cost_its_group_the_valid_ones(
-    api_client: Client, watchdog_app: WatchdogApp
+    api_client: Client, watchdog_app: Watchdog
 ) -> None:
     # Alertmanager does not retry a 4xx and re-sends the group as it is: refusing the whole payload
     # would keep exec-2's incident from ever being opened by its alert.
@@ -324,7 +322,7 @@ async def test_an_invalid_alert_does_not_cost_its_group_the_valid_ones(
     assert "gl_watchdog_alerts_rejected_total 2.0" in metrics
 
 
-async def test_missing_execution_id_label_is_422(api_client: Client, watchdog_app: WatchdogApp) -> None:
+async def test_missing_execution_id_label_is_422(api_client: Client, watchdog_app: Watchdog) -> None:
     bad = alert()
     del bad["labels"]["execution_id"]
     await _refused(
@@ -338,7 +336,7 @@ async def test_missing_execution_id_label_is_422(api_client: Client, watchdog_ap
     )
 
 
-async def test_oversized_body_is_413(api_client: Client, watchdog_app: WatchdogApp) -> None:
+async def test_oversized_body_is_413(api_client: Client, watchdog_app: Watchdog) -> None:
     big = alert()
     big["annotations"]["description"] = "x" * (watchdog_app.settings.max_body_bytes + 1)
     await _refused(
@@ -352,7 +350,7 @@ async def test_oversized_body_is_413(api_client: Client, watchdog_app: WatchdogA
     )
 
 
-async def test_wrong_token_is_401(api_client: Client, watchdog_app: WatchdogApp) -> None:
+async def test_wrong_token_is_401(api_client: Client, watchdog_app: Watchdog) -> None:
     await _refused(
         api_client,
         watchdog_app,
@@ -364,7 +362,7 @@ async def test_wrong_token_is_401(api_client: Client, watchdog_app: WatchdogApp)
     )
 
 
-async def test_missing_token_is_401(api_client: Client, watchdog_app: WatchdogApp) -> None:
+async def test_missing_token_is_401(api_client: Client, watchdog_app: Watchdog) -> None:
     await _refused(
         api_client,
         watchdog_app,
@@ -376,7 +374,7 @@ async def test_missing_token_is_401(api_client: Client, watchdog_app: WatchdogAp
     )
 
 
-async def test_wrong_content_type_is_415(api_client: Client, watchdog_app: WatchdogApp) -> None:
+async def test_wrong_content_type_is_415(api_client: Client, watchdog_app: Watchdog) -> None:
     await _refused(
         api_client,
         watchdog_app,

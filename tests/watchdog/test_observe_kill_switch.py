@@ -32,7 +32,7 @@ async def test_a_prompt_approved_after_the_switch_to_observe_does_nothing(
 ) -> None:
     before = Harness(store, clock, Mode.RECOMMEND, POLICY)
     incident_id, diagnosis = await before.incident()
-    assert (await before.remediator.handle_diagnosed(incident_id, diagnosis)).status == "awaiting_approval"
+    assert (await before.responder.handle_diagnosed(incident_id, diagnosis)).status == "awaiting_approval"
     [prompt] = before.notifier.prompts
     await before.orchestrator.aclose()
 
@@ -41,7 +41,7 @@ async def test_a_prompt_approved_after_the_switch_to_observe_does_nothing(
         approval = await after.approvals.decide(
             prompt.approval_id, Decision.APPROVE, actor="alice", authenticated=True
         )
-        outcome = await after.remediator.on_decision(approval)
+        outcome = await after.responder.on_decision(approval)
         assert outcome.status == "escalated" and "observe mode" in outcome.detail
         assert after.playbook.applied == 0 and after.playbook.side_effects == 0
         assert (await after.incidents.get(incident_id)).status == "escalated"
@@ -55,7 +55,7 @@ async def test_an_interrupted_remediation_is_not_resumed_in_observe_mode(
     before = Harness(store, clock, Mode.AUTO, POLICY)
     incident_id, diagnosis = await before.incident()
     before.playbook.block_second_step = asyncio.Event()
-    task = asyncio.create_task(before.remediator.handle_diagnosed(incident_id, diagnosis))
+    task = asyncio.create_task(before.responder.handle_diagnosed(incident_id, diagnosis))
     key = idempotency_key(incident_id, "restart_agent", "check")
     for _ in range(500):  # bounded: until the first step is recorded as started
         async with store.transaction() as tx:
@@ -70,7 +70,7 @@ async def test_an_interrupted_remediation_is_not_resumed_in_observe_mode(
 
     after = await restarted_in(Mode.OBSERVE, store, clock)
     try:
-        [outcome] = await after.remediator.resume_interrupted()
+        [outcome] = await after.remediation.resume_interrupted()
         assert outcome.status == "escalated" and "observe mode" in outcome.detail
         assert after.playbook.side_effects == 0 and effects_before == 1
         assert (await after.incidents.get(incident_id)).status == "escalated"

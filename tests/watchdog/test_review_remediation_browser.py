@@ -33,5 +33,5 @@ async def test_without_javascript_approve_and_the_page_shows_the_result(stack: S
             await expect(page.locator("#approval-state")).to_have_text("approved (acted on)")
         finally:
             await browser.close()
-    await stack.remediator.drain()
+    await stack.wd.jobs.wait_idle()
     assert (await stack.wd.incidents.get(stack.incident_id)).status == "resolved"

@@ -16,11 +16,11 @@ async def test_refused_attempts_do_not_use_up_the_agents_restarts(auto: Harness)
     auto.playbook.refuse = "no node of the run is running on agent calc"
     for i in range(limit + 1):
         incident_id, diagnosis = await auto.incident(f"refused-{i}")
-        outcome = await auto.remediator.handle_diagnosed(incident_id, diagnosis)
+        outcome = await auto.responder.handle_diagnosed(incident_id, diagnosis)
         assert outcome.status == "escalated" and "refused" in outcome.detail
     auto.playbook.refuse = None
     incident_id, diagnosis = await auto.incident("real")
-    outcome = await auto.remediator.handle_diagnosed(incident_id, diagnosis)
+    outcome = await auto.responder.handle_diagnosed(incident_id, diagnosis)
     assert outcome.status == "resolved", outcome
     assert auto.playbook.applied == 1
-    assert auto.remediator.mode is Mode.AUTO
+    assert auto.responder.mode is Mode.AUTO

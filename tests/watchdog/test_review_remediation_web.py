@@ -24,15 +24,15 @@ async def test_without_a_configured_api_token_nobody_decides_without_the_link_to
         assert (await anon.get(f"/api/v1/approvals/{approval_id}")).status_code == 401
     async with stack.client(token="anything") as guess:
         assert (await guess.post(f"/api/v1/approvals/{approval_id}/approve")).status_code == 401
-    assert (await stack.remediator.approvals.get(approval_id)).state == "pending"
-    await stack.wd.orchestrator.cancel(stack.execution_id)
+    assert (await stack.wd.approvals.get(approval_id)).state == "pending"
+    await stack.wd.clients.orchestrator.cancel(stack.execution_id)
 
 
 async def test_a_prompt_past_its_expiry_shows_expired_and_offers_no_buttons(stack: Stack) -> None:
     message = await stack.stuck_incident()
     url = links(message)["approve"]
     approval_id = approval_id_of(url.split("?")[0])
-    approvals = stack.remediator.approvals
+    approvals = stack.wd.approvals
     approval = await approvals.get(approval_id)
     later = approval.expires_at + timedelta(seconds=1)
     approvals.clock = FakeClock(later)  # past the expiry, before the sweeper marked it expired
@@ -50,7 +50,7 @@ async def test_a_prompt_past_its_expiry_shows_expired_and_offers_no_buttons(stac
         )
         assert posted.status_code == 200 and "expired" in posted.text
     assert (await approvals.get(approval_id)).state == "pending"  # only the sweeper expires it
-    await stack.wd.orchestrator.cancel(stack.execution_id)
+    await stack.wd.clients.orchestrator.cancel(stack.execution_id)
 
 
 async def test_the_progress_page_refreshes_itself_without_javascript(stack: Stack) -> None:
@@ -58,7 +58,7 @@ async def test_the_progress_page_refreshes_itself_without_javascript(stack: Stac
     url = links(message)["approve"]
     approval_id = approval_id_of(url.split("?")[0])
     # Approved, and the incident being acted on: the state the page shows while the playbook runs.
-    await stack.remediator.approvals.decide(approval_id, Decision.APPROVE, actor="test", authenticated=True)
+    await stack.wd.approvals.decide(approval_id, Decision.APPROVE, actor="test", authenticated=True)
     await stack.wd.incidents.transition(
         stack.incident_id, "remediating", actor="test", reason="acting", expected=("awaiting_approval",)
     )
@@ -68,7 +68,7 @@ async def test_the_progress_page_refreshes_itself_without_javascript(stack: Stac
     assert '<meta http-equiv="refresh" content="2">' in page.text
     assert "<script" not in page.text
     assert 'id="progress"' in page.text
-    await stack.wd.orchestrator.cancel(stack.execution_id)
+    await stack.wd.clients.orchestrator.cancel(stack.execution_id)
 
 
 async def test_after_the_remediation_the_page_says_approved_not_the_stores_used(stack: Stack) -> None:
@@ -80,8 +80,8 @@ async def test_after_the_remediation_the_page_says_approved_not_the_stores_used(
             f"/approvals/{approval_id}", data={"token": token_of(url), "decision": "approve"}
         )
         assert decided.status_code == 303
-        await stack.remediator.drain()
-        assert (await stack.remediator.approvals.get(approval_id)).state == "used"
+        await stack.wd.jobs.wait_idle()
+        assert (await stack.wd.approvals.get(approval_id)).state == "used"
         page = await anon.get(url.replace(stack.url, ""))
         assert 'id="approval-state">approved (acted on)<' in page.text
         assert "Decision: approved (acted on) by web." in page.text

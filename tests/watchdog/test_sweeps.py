@@ -17,7 +17,8 @@ from tests.watchdog.test_condition import FakeOrchestrator
 from watchdog.condition import ConditionEvaluator
 from watchdog.incidents import IncidentService
 from watchdog.metrics import WatchdogMetrics
-from watchdog.store import Incident, WatchdogStore
+from watchdog.records import Incident
+from watchdog.store import WatchdogStore
 from watchdog.sweeps import Leadership, LocalLeadership, RedisLeadership, Sweeper
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
 from watchdog_sdk.clients.prometheus import PrometheusClient

@@ -21,11 +21,8 @@ from aiohttp import web
 from orchestrator_core.emissions import emissions_dag, emissions_demo_input
 from tests.conftest import free_port
 from tests.orchestrator.test_service_harness import TOKEN, Harness, make_settings, running_service
-from watchdog.api import create_app
-from watchdog.app import WatchdogApp
-from watchdog.remediation import Remediator, attach
+from watchdog.assembly import Watchdog, build_watchdog, create_app
 from watchdog.settings import Mode, WatchdogSettings
-from watchdog.web import installer
 
 API_TOKEN = "watchdog-api-token-0123456789"
 
@@ -33,8 +30,7 @@ API_TOKEN = "watchdog-api-token-0123456789"
 @dataclass
 class Stack:
     orch: Harness
-    wd: WatchdogApp
-    remediator: Remediator
+    wd: Watchdog
     url: str
     messages: list[dict[str, Any]]
     arrived: asyncio.Event
@@ -53,7 +49,7 @@ class Stack:
         self.execution_id = (await self.orch.execute("emissions-web", emissions_demo_input()))["execution_id"]
         async with asyncio.timeout(15):  # bounded polls of real processes
             while True:
-                trace = await self.wd.orchestrator.get_trace(self.execution_id)
+                trace = await self.wd.clients.orchestrator.get_trace(self.execution_id)
                 if trace.node_traces["scope2"].status == "running":
                     break
                 await asyncio.sleep(0.05)
@@ -112,15 +108,13 @@ async def stack(_no_pending_tasks: None, tmp_path: Any) -> AsyncIterator[Stack]:
             step_timeout_seconds=5,
             port=port,
         )
-        wd = await WatchdogApp.build(settings)
-        remediator = attach(wd, poll_interval_seconds=0.1)
-        runner = web.AppRunner(create_app(wd, extensions=[installer(remediator)]), shutdown_timeout=0.5)
+        wd = await build_watchdog(settings, poll_interval_seconds=0.1)
+        runner = web.AppRunner(create_app(wd), shutdown_timeout=0.5)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         try:
-            yield Stack(orch, wd, remediator, f"http://127.0.0.1:{port}", messages, arrived, token_file)
+            yield Stack(orch, wd, f"http://127.0.0.1:{port}", messages, arrived, token_file)
         finally:
-            await remediator.aclose(grace_seconds=5)
             await runner.cleanup()
             await wd.aclose(grace_seconds=5)
     await receiver.cleanup()
@@ -154,7 +148,7 @@ async def test_link_token_approves_once_and_the_remediation_resolves_the_inciden
         response = await anon.post(f"/api/v1/approvals/{approval_id}/approve", json={"token": token_of(url)})
         assert response.status_code == 200, response.text
         assert response.json()["state"] == "approved"
-        await stack.remediator.drain()
+        await stack.wd.jobs.wait_idle()
         reused = await anon.post(f"/api/v1/approvals/{approval_id}/approve", json={"token": token_of(url)})
         assert reused.status_code == 409 and reused.json()["error"] == "used"
     async with stack.client() as api:
@@ -167,7 +161,7 @@ async def test_link_token_approves_once_and_the_remediation_resolves_the_inciden
     for step in ("diagnosis", "preconditions", "apply", "verify", "action"):
         assert (step, "before") in kinds and (step, "after") in kinds, step
     assert ("approval_decided", "after") in kinds
-    assert (await stack.wd.orchestrator.get_execution(stack.execution_id)).status == "completed"
+    assert (await stack.wd.clients.orchestrator.get_execution(stack.execution_id)).status == "completed"
 
 
 async def test_bearer_deny_escalates_and_nothing_acts(stack: Stack) -> None:
@@ -176,12 +170,12 @@ async def test_bearer_deny_escalates_and_nothing_acts(stack: Stack) -> None:
     async with stack.client() as api:
         response = await api.post(f"/api/v1/approvals/{approval_id}/deny", json={"actor": "bob"})
         assert response.status_code == 200 and response.json()["state"] == "denied"
-        await stack.remediator.drain()
+        await stack.wd.jobs.wait_idle()
         incident = (await api.get(f"/api/v1/incidents/{stack.incident_id}")).json()
     assert incident["status"] == "escalated" and incident["actions"] == []
     assert "denied by api:bob" in incident["summary"]
-    assert (await stack.wd.orchestrator.get_execution(stack.execution_id)).status == "running"
-    await stack.wd.orchestrator.cancel(stack.execution_id)
+    assert (await stack.wd.clients.orchestrator.get_execution(stack.execution_id)).status == "running"
+    await stack.wd.clients.orchestrator.cancel(stack.execution_id)
 
 
 async def test_bad_requests_get_clear_errors(stack: Stack) -> None:
@@ -208,7 +202,7 @@ async def test_bad_requests_get_clear_errors(stack: Stack) -> None:
         assert (await wrong.post(f"/api/v1/approvals/{approval_id}/explode")).status_code in (401, 404)
     async with stack.client() as api:
         assert (await api.get(f"/api/v1/approvals/{approval_id}")).json()["state"] == "pending"
-    await stack.wd.orchestrator.cancel(stack.execution_id)
+    await stack.wd.clients.orchestrator.cancel(stack.execution_id)
 
 
 async def test_page_shows_the_plan_and_a_get_never_decides(stack: Stack) -> None:
@@ -224,4 +218,4 @@ async def test_page_shows_the_plan_and_a_get_never_decides(stack: Stack) -> None
     approval_id = approval_id_of(url.split("?")[0])
     async with stack.client() as api:
         assert (await api.get(f"/api/v1/approvals/{approval_id}")).json()["state"] == "pending"
-    await stack.wd.orchestrator.cancel(stack.execution_id)
+    await stack.wd.clients.orchestrator.cancel(stack.execution_id)
