@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -222,3 +224,30 @@ async def test_a_restart_resumes_diagnoses_left_unfinished(
         assert sorted(diagnose_fn.calls) == ["exec-1", "exec-2"]
     finally:
         await second.aclose()
+
+
+async def test_a_rotated_token_file_takes_effect_without_a_restart(
+    _no_pending_tasks: None, sqlite_url: str, tmp_path: Path, diagnose_fn: ScriptedDiagnose
+) -> None:
+    token_file = tmp_path / "api.token"
+    token_file.write_text("old-token-0123456789\n")
+    settings = WatchdogSettings(
+        database_url=sqlite_url, api_token_file=token_file, orchestrator_url=f"http://127.0.0.1:{free_port()}"
+    )
+    wd = await build_watchdog(settings, diagnose=diagnose_fn, respond=False)
+    client: Client = TestClient(TestServer(create_app(wd), host="127.0.0.1"))
+    await client.start_server()
+    try:
+        old = {"Authorization": "Bearer old-token-0123456789"}
+        new = {"Authorization": "Bearer new-token-9876543210"}
+        assert (await client.get("/api/v1/incidents", headers=old)).status == 200
+        token_file.write_text("new-token-9876543210\n")  # a rotated Kubernetes secret
+        os.utime(token_file, ns=(0, token_file.stat().st_mtime_ns + 1_000_000))  # however fast the test
+        assert (await client.get("/api/v1/incidents", headers=old)).status == 401
+        assert (await client.get("/api/v1/incidents", headers=new)).status == 200
+        token_file.unlink()  # unreadable: the service says it cannot tell, rather than letting anyone in
+        refused = await client.get("/api/v1/incidents", headers=new)
+        assert refused.status == 503 and (await refused.json())["error"] == "auth_unavailable"
+    finally:
+        await client.close()
+        await wd.aclose()
