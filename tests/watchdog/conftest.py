@@ -434,6 +434,7 @@ async def make_ctx(clock: FakeClock) -> AsyncIterator[Callable[..., DiagnosticCo
 # -- the watchdog service (intake engineer) ---------------------------------------------------------
 
 WATCHDOG_TOKEN = "wd-test-token-1234"
+MAX_BODY_BYTES = 64 * 1024  # the test watchdog's request body limit
 
 
 def make_diagnosis(
@@ -531,7 +532,7 @@ async def watchdog_app(
         api_tokens=[WATCHDOG_TOKEN],
         orchestrator_url=f"http://127.0.0.1:{free_port()}",
         orchestrator_timeout_seconds=1.0,
-        max_body_bytes=64 * 1024,
+        max_body_bytes=MAX_BODY_BYTES,
     )
     wd = await build_watchdog(settings, diagnose=diagnose_fn, on_diagnosed=remediate_fn)
     try:

@@ -11,11 +11,12 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.watchdog.conftest import WATCHDOG_TOKEN, RecordingRemediate, ScriptedDiagnose
+from tests.watchdog.conftest import MAX_BODY_BYTES, WATCHDOG_TOKEN, RecordingRemediate, ScriptedDiagnose
 from watchdog.assembly import Watchdog
 from watchdog.migrations import alert_deliveries, audit_log, incidents
 
@@ -232,66 +233,96 @@ async def test_other_alert_names_are_acknowledged_and_ignored(
 # -- bad input: a clear 4xx and nothing changes ------------------------------------------------------
 
 
-async def _refused(
-    client: Client,
-    wd: Watchdog,
-    data: bytes,
-    *,
+JSON_AUTH = {**AUTH, "Content-Type": "application/json"}
+
+
+def _encoded(*alerts: dict[str, Any], **fields: Any) -> bytes:
+    return json.dumps(payload(*alerts) | fields).encode()
+
+
+def _without(path: str) -> dict[str, Any]:
+    """An alert without the field at `path` (e.g. "labels.execution_id")."""
+    bad = alert()
+    *parents, last = path.split(".")
+    target = bad
+    for part in parents:
+        target = target[part]
+    del target[last]
+    return bad
+
+
+def _oversized() -> dict[str, Any]:
+    big = alert()
+    big["annotations"]["description"] = "x" * (MAX_BODY_BYTES + 1)
+    return big
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "error", "says"),
+    [
+        pytest.param(
+            b'{"version": "4", ', JSON_AUTH, 400, "malformed_json", "not valid JSON", id="malformed-json"
+        ),
+        pytest.param(
+            _encoded(alert(), version="3"), JSON_AUTH, 422, "unsupported_version", "'3'", id="version-3"
+        ),
+        pytest.param(
+            _encoded(_without("labels")), JSON_AUTH, 422, "invalid_payload", "alerts.0.labels", id="no-labels"
+        ),
+        pytest.param(
+            _encoded(_without("labels.execution_id")),
+            JSON_AUTH,
+            422,
+            "invalid_payload",
+            "execution_id",
+            id="no-execution-id-label",
+        ),
+        pytest.param(
+            _encoded(_oversized()), JSON_AUTH, 413, "body_too_large", str(MAX_BODY_BYTES), id="body-too-large"
+        ),
+        pytest.param(
+            _encoded(alert()),
+            {"Authorization": "Bearer wrong-token", "Content-Type": "application/json"},
+            401,
+            "unauthorized",
+            "invalid bearer token",
+            id="wrong-token",
+        ),
+        pytest.param(
+            _encoded(alert()),
+            {"Content-Type": "application/json"},
+            401,
+            "unauthorized",
+            "missing bearer token",
+            id="no-token",
+        ),
+        pytest.param(
+            _encoded(alert()),
+            {**AUTH, "Content-Type": "text/plain"},
+            415,
+            "unsupported_media_type",
+            "application/json",
+            id="wrong-content-type",
+        ),
+    ],
+)
+async def test_bad_input_gets_a_clear_4xx_and_changes_nothing(
+    api_client: Client,
+    watchdog_app: Watchdog,
+    body: bytes,
     headers: dict[str, str],
     status: int,
     error: str,
     says: str,
 ) -> None:
-    before = await snapshot(wd)
-    response = await client.post("/api/v1/alerts", data=data, headers=headers)
-    body = await response.json()
-    assert response.status == status, body
-    assert body["error"] == error
-    assert says in body["detail"], body["detail"]
-    assert await snapshot(wd) == before
-    assert len(wd.jobs) == 0
-
-
-JSON_AUTH = {**AUTH, "Content-Type": "application/json"}
-
-
-async def test_malformed_json_is_400(api_client: Client, watchdog_app: Watchdog) -> None:
-    await _refused(
-        api_client,
-        watchdog_app,
-        b'{"version": "4", ',
-        headers=JSON_AUTH,
-        status=400,
-        error="malformed_json",
-        says="not valid JSON",
-    )
-
-
-async def test_wrong_version_is_422(api_client: Client, watchdog_app: Watchdog) -> None:
-    body = payload(alert()) | {"version": "3"}
-    await _refused(
-        api_client,
-        watchdog_app,
-        json.dumps(body).encode(),
-        headers=JSON_AUTH,
-        status=422,
-        error="unsupported_version",
-        says="'3'",
-    )
-
-
-async def test_missing_labels_is_422_and_names_the_field(api_client: Client, watchdog_app: Watchdog) -> None:
-    bad = alert()
-    del bad["labels"]
-    await _refused(
-        api_client,
-        watchdog_app,
-        json.dumps(payload(bad)).encode(),
-        headers=JSON_AUTH,
-        status=422,
-        error="invalid_payload",
-        says="alerts.0.labels",
-    )
+    before = await snapshot(watchdog_app)
+    response = await api_client.post("/api/v1/alerts", data=body, headers=headers)
+    answer = await response.json()
+    assert response.status == status, answer
+    assert answer["error"] == error
+    assert says in answer["detail"], answer["detail"]
+    assert await snapshot(watchdog_app) == before
+    assert len(watchdog_app.jobs) == 0
 
 
 async def test_an_invalid_alert_does_not_cost_its_group_the_valid_ones(
@@ -320,67 +351,3 @@ async def test_an_invalid_alert_does_not_cost_its_group_the_valid_ones(
     assert [i.execution_id for i in await watchdog_app.store.list_incidents()] == ["exec-2"]
     metrics = await (await api_client.get("/metrics")).text()
     assert "gl_watchdog_alerts_rejected_total 2.0" in metrics
-
-
-async def test_missing_execution_id_label_is_422(api_client: Client, watchdog_app: Watchdog) -> None:
-    bad = alert()
-    del bad["labels"]["execution_id"]
-    await _refused(
-        api_client,
-        watchdog_app,
-        json.dumps(payload(bad)).encode(),
-        headers=JSON_AUTH,
-        status=422,
-        error="invalid_payload",
-        says="execution_id",
-    )
-
-
-async def test_oversized_body_is_413(api_client: Client, watchdog_app: Watchdog) -> None:
-    big = alert()
-    big["annotations"]["description"] = "x" * (watchdog_app.settings.max_body_bytes + 1)
-    await _refused(
-        api_client,
-        watchdog_app,
-        json.dumps(payload(big)).encode(),
-        headers=JSON_AUTH,
-        status=413,
-        error="body_too_large",
-        says=str(watchdog_app.settings.max_body_bytes),
-    )
-
-
-async def test_wrong_token_is_401(api_client: Client, watchdog_app: Watchdog) -> None:
-    await _refused(
-        api_client,
-        watchdog_app,
-        json.dumps(payload(alert())).encode(),
-        headers={"Authorization": "Bearer wrong-token", "Content-Type": "application/json"},
-        status=401,
-        error="unauthorized",
-        says="invalid bearer token",
-    )
-
-
-async def test_missing_token_is_401(api_client: Client, watchdog_app: Watchdog) -> None:
-    await _refused(
-        api_client,
-        watchdog_app,
-        json.dumps(payload(alert())).encode(),
-        headers={"Content-Type": "application/json"},
-        status=401,
-        error="unauthorized",
-        says="missing bearer token",
-    )
-
-
-async def test_wrong_content_type_is_415(api_client: Client, watchdog_app: Watchdog) -> None:
-    await _refused(
-        api_client,
-        watchdog_app,
-        json.dumps(payload(alert())).encode(),
-        headers={**AUTH, "Content-Type": "text/plain"},
-        status=415,
-        error="unsupported_media_type",
-        says="application/json",
-    )
