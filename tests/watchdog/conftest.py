@@ -12,9 +12,11 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -22,7 +24,9 @@ import respx
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from orchestrator_core.emissions import emissions_dag, emissions_demo_input
 from tests.conftest import free_port, wait_for_port
+from tests.orchestrator.test_service_harness import TOKEN, Harness, make_settings, running_service
 from watchdog.assembly import Watchdog, build_watchdog, create_app
 from watchdog.plan import Plan
 from watchdog.settings import Mode, WatchdogSettings
@@ -667,3 +671,195 @@ def orchestrator_service(tmp_path: Path) -> Iterator[OrchestratorProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+# -- the orchestrator's `GET /executions`, faked at the HTTP client (condition, sweeps, diagnosis) ---------
+
+
+class FakeOrchestrator:
+    """The orchestrator's `GET /executions?status=running`, served through httpx.MockTransport."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, dict[str, Any]] = {}
+        self.interrupted: dict[str, dict[str, Any]] = {}
+        self.calls = 0
+
+    def add(self, execution_id: str, dag_id: str, started_at: datetime, timeout: float) -> None:
+        self.running[execution_id] = {
+            "execution_id": execution_id,
+            "dag_id": dag_id,
+            "status": "running",
+            "started_at": started_at.isoformat().replace("+00:00", "Z"),
+            "timeout_seconds": timeout,
+        }
+
+    def interrupt(self, execution_id: str, dag_id: str, interrupted_at: datetime) -> None:
+        self.interrupted[execution_id] = {
+            "execution_id": execution_id,
+            "dag_id": dag_id,
+            "status": "interrupted",
+            "completed_at": interrupted_at.isoformat().replace("+00:00", "Z"),
+        }
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/api/v1/orchestrator/executions"
+        if request.url.params["status"] == "interrupted":  # the sweep's second question
+            return httpx.Response(200, json={"items": list(self.interrupted.values())})
+        self.calls += 1
+        assert request.url.params["status"] == "running"
+        return httpx.Response(200, json={"items": list(self.running.values())})
+
+
+# -- Alertmanager webhook payloads (intake, API) ---------------------------------------------------
+
+
+STARTS = "2026-03-01T12:00:00.123456789Z"
+
+
+def alert(
+    execution_id: str = "exec-1",
+    *,
+    status: str = "firing",
+    fingerprint: str = "fp-exec-1",
+    starts_at: str = STARTS,
+    alertname: str = "OrchestratorExecutionTimeout",
+    **labels: str,
+) -> dict[str, Any]:
+    all_labels = {
+        "alertname": alertname,
+        "execution_id": execution_id,
+        "dag_id": "dag-1",
+        "severity": "warning",
+    }
+    all_labels.update(labels)
+    return {
+        "status": status,
+        "labels": all_labels,
+        "annotations": {"summary": "stuck"},
+        "startsAt": starts_at,
+        "endsAt": "0001-01-01T00:00:00Z" if status == "firing" else "2026-03-01T12:30:00Z",
+        "generatorURL": "http://prometheus/graph",
+        "fingerprint": fingerprint,
+    }
+
+
+def payload(*alerts: dict[str, Any], status: str = "firing") -> dict[str, Any]:
+    return {
+        "version": "4",
+        "groupKey": '{}:{alertname="OrchestratorExecutionTimeout"}',
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": "gl-watchdog",
+        "groupLabels": {"alertname": "OrchestratorExecutionTimeout"},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093",
+        "alerts": list(alerts),
+    }
+
+
+# -- the CLI against the real orchestrator ----------------------------------------------------------
+
+
+def use_orchestrator(monkeypatch: pytest.MonkeyPatch, orch: OrchestratorProcess) -> None:
+    monkeypatch.setenv("GL_WATCHDOG_ORCHESTRATOR_URL", orch.url)
+    monkeypatch.setenv("GL_WATCHDOG_ORCHESTRATOR_TOKEN", orch.token)
+
+
+# -- the approval flow over the real orchestrator service (web, browser, CLI approve) -----------------
+
+
+API_TOKEN = "watchdog-api-token-0123456789"
+
+
+@dataclass
+class Stack:
+    orch: Harness
+    wd: Watchdog
+    url: str
+    messages: list[dict[str, Any]]
+    arrived: asyncio.Event
+    token_file: Path
+    execution_id: str = ""
+    incident_id: int = 0
+
+    def client(self, token: str | None = API_TOKEN) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=10.0)
+
+    async def stuck_incident(self) -> dict[str, Any]:
+        """Start a stuck emissions run, open its incident via the API, and wait for the approval prompt."""
+        dag = emissions_dag(dag_id="emissions-web", execution_timeout_seconds=1.0, log_interval_seconds=0.2)
+        await self.orch.register(dag)
+        self.execution_id = (await self.orch.execute("emissions-web", emissions_demo_input()))["execution_id"]
+        async with asyncio.timeout(15):  # bounded polls of real processes
+            while True:
+                trace = await self.wd.clients.orchestrator.get_trace(self.execution_id)
+                if trace.node_traces["scope2"].status == "running":
+                    break
+                await asyncio.sleep(0.05)
+            async with self.client() as api:
+                response = await api.post("/api/v1/incidents", json={"execution_id": self.execution_id})
+                assert response.status_code == 201, response.text
+                self.incident_id = response.json()["incident"]["id"]
+            await self.arrived.wait()
+        return self.messages[-1]
+
+
+def links(message: dict[str, Any]) -> dict[str, str]:
+    buttons = message["blocks"][-1]["elements"]
+    return {b["text"]["text"].lower(): b["url"] for b in buttons}
+
+
+def token_of(url: str) -> str:
+    return parse_qs(urlsplit(url).query)["token"][0]
+
+
+def approval_id_of(url: str) -> str:
+    return urlsplit(url).path.rsplit("/", 1)[1]
+
+
+@pytest.fixture
+async def stack(_no_pending_tasks: None, tmp_path: Any) -> AsyncIterator[Stack]:
+    """Depends on the pending-task check so the check runs after every server here has stopped."""
+    messages: list[dict[str, Any]] = []
+    arrived = asyncio.Event()
+
+    async def hook(request: web.Request) -> web.Response:
+        messages.append(await request.json())
+        arrived.set()
+        return web.Response(text="ok")
+
+    receiver_app = web.Application()
+    receiver_app.router.add_post("/hook", hook)
+    receiver = web.AppRunner(receiver_app, shutdown_timeout=0.1)
+    await receiver.setup()
+    hook_port = free_port()
+    await web.TCPSite(receiver, "127.0.0.1", hook_port).start()
+    port = free_port()
+    token_file = tmp_path / "api.token"
+    token_file.write_text(API_TOKEN + "\n")
+    orch_settings = make_settings(f"sqlite+aiosqlite:///{tmp_path / 'orch.db'}", max_body_bytes=1 << 20)
+    async with running_service(orch_settings, start_loop=True) as orch:
+        settings = WatchdogSettings(
+            database_url=f"sqlite+aiosqlite:///{tmp_path / 'wd.db'}",
+            orchestrator_url=orch.base_url,
+            orchestrator_token=TOKEN,
+            mode=Mode.RECOMMEND,
+            api_token_file=token_file,
+            approval_signing_key="s" * 32,
+            public_url=f"http://127.0.0.1:{port}",
+            notifier_url=f"http://127.0.0.1:{hook_port}/hook",
+            step_timeout_seconds=5,
+            port=port,
+        )
+        wd = await build_watchdog(settings, poll_interval_seconds=0.1)
+        runner = web.AppRunner(create_app(wd), shutdown_timeout=0.5)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            yield Stack(orch, wd, f"http://127.0.0.1:{port}", messages, arrived, token_file)
+        finally:
+            await runner.cleanup()
+            await wd.aclose(grace_seconds=5)
+    await receiver.cleanup()

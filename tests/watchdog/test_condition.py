@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from tests.conftest import free_port
-from tests.watchdog.conftest import FakeClock
+from tests.watchdog.conftest import FakeClock, FakeOrchestrator
 from watchdog.condition import AlertState, ConditionEvaluator, Source
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
 from watchdog_sdk.clients.prometheus import PrometheusClient
@@ -21,40 +21,6 @@ from watchdog_sdk.errors import OrchestratorUnavailable
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 FOR = timedelta(minutes=10)
-
-
-class FakeOrchestrator:
-    """The orchestrator's `GET /executions?status=running`, served through httpx.MockTransport."""
-
-    def __init__(self) -> None:
-        self.running: dict[str, dict[str, Any]] = {}
-        self.interrupted: dict[str, dict[str, Any]] = {}
-        self.calls = 0
-
-    def add(self, execution_id: str, dag_id: str, started_at: datetime, timeout: float) -> None:
-        self.running[execution_id] = {
-            "execution_id": execution_id,
-            "dag_id": dag_id,
-            "status": "running",
-            "started_at": started_at.isoformat().replace("+00:00", "Z"),
-            "timeout_seconds": timeout,
-        }
-
-    def interrupt(self, execution_id: str, dag_id: str, interrupted_at: datetime) -> None:
-        self.interrupted[execution_id] = {
-            "execution_id": execution_id,
-            "dag_id": dag_id,
-            "status": "interrupted",
-            "completed_at": interrupted_at.isoformat().replace("+00:00", "Z"),
-        }
-
-    def handler(self, request: httpx.Request) -> httpx.Response:
-        assert request.url.path == "/api/v1/orchestrator/executions"
-        if request.url.params["status"] == "interrupted":  # the sweep's second question
-            return httpx.Response(200, json={"items": list(self.interrupted.values())})
-        self.calls += 1
-        assert request.url.params["status"] == "running"
-        return httpx.Response(200, json={"items": list(self.running.values())})
 
 
 @pytest.fixture
@@ -202,3 +168,28 @@ async def test_prometheus_source_uses_the_shipped_expression(orch: Any) -> None:
     ]
     assert result.executions[0].duration_seconds == 500
     assert fake.calls == 0  # the API was not needed
+
+
+# -- condition restart -----------------------------------------------------------------------------------
+# After a restart or a leader change the evaluator has no `for`-state; from the API it knows when a
+# run went over, so a run stuck for hours fires on the first sweep instead of ten minutes later.
+
+
+async def test_a_run_over_for_hours_fires_on_a_fresh_evaluators_first_look() -> None:
+    fake = FakeOrchestrator()
+    fake.add("old", "d1", started_at=T0 - timedelta(hours=3), timeout=600)  # over since T0 - 2h50m
+    fake.add("new", "d1", started_at=T0 - timedelta(seconds=700), timeout=600)  # over for 100 s
+    clock = FakeClock(T0)
+    async with OrchestratorClient("http://orch.test", transport=httpx.MockTransport(fake.handler)) as client:
+        cond = ConditionEvaluator(client, None, for_duration=FOR, clock=clock)
+        states = {e.execution_id: (e.state, e.active_since) for e in (await cond.evaluate()).executions}
+        assert states == {
+            "old": (AlertState.FIRING, T0 - timedelta(hours=3) + timedelta(seconds=600)),
+            "new": (AlertState.PENDING, T0),  # not over for `for_duration` yet: pending from now
+        }
+
+        # Only the first look uses it: a run first seen later starts from pending, as Prometheus does.
+        clock.advance(60)
+        fake.add("later", "d1", started_at=T0 - timedelta(hours=1), timeout=60)
+        later = {e.execution_id: e for e in (await cond.evaluate()).executions}["later"]
+        assert later.state is AlertState.PENDING and later.active_since == clock.now()

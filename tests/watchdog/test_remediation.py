@@ -531,3 +531,85 @@ async def test_a_failed_run_by_hand_counts_toward_the_circuit_breaker(auto: Harn
     incident_id, diagnosis = await auto.incident("loop-1", agent="agent3")
     outcome = await auto.responder.handle_diagnosed(incident_id, diagnosis)
     assert outcome.status == "escalated" and outcome.detail.startswith("circuit open: 2 failed remediations")
+
+
+# -- remediation limits ----------------------------------------------------------------------------------
+# Limits count what acts: a remediation refused by its preconditions uses up neither the agent's
+# restarts nor the global budget (the limits are for harm done, not for attempts that did nothing).
+
+
+async def test_refused_attempts_do_not_use_up_the_agents_restarts(auto: Harness) -> None:
+    limits = POLICY["limits"]
+    assert isinstance(limits, dict)
+    limit = int(limits["agent_restarts_per_agent_per_hour"])
+    auto.playbook.refuse = "no node of the run is running on agent calc"
+    for i in range(limit + 1):
+        incident_id, diagnosis = await auto.incident(f"refused-{i}")
+        outcome = await auto.responder.handle_diagnosed(incident_id, diagnosis)
+        assert outcome.status == "escalated" and "refused" in outcome.detail
+    auto.playbook.refuse = None
+    incident_id, diagnosis = await auto.incident("real")
+    outcome = await auto.responder.handle_diagnosed(incident_id, diagnosis)
+    assert outcome.status == "resolved", outcome
+    assert auto.playbook.applied == 1
+    assert auto.responder.mode is Mode.AUTO
+
+
+# -- observe kill switch ---------------------------------------------------------------------------------
+# `GL_WATCHDOG_MODE=observe` is a kill switch: after the switch (a restart with the new mode), nothing
+# acts — not a prompt approved after the switch, not a remediation a dead watchdog left half-done.
+
+
+async def restarted_in(mode: Mode, store: WatchdogStore, clock: FakeClock) -> Harness:
+    return Harness(store, clock, mode, POLICY)
+
+
+async def test_a_prompt_approved_after_the_switch_to_observe_does_nothing(
+    store: WatchdogStore, clock: FakeClock
+) -> None:
+    before = Harness(store, clock, Mode.RECOMMEND, POLICY)
+    incident_id, diagnosis = await before.incident()
+    assert (await before.responder.handle_diagnosed(incident_id, diagnosis)).status == "awaiting_approval"
+    [prompt] = before.notifier.prompts
+    await before.orchestrator.aclose()
+
+    after = await restarted_in(Mode.OBSERVE, store, clock)
+    try:
+        approval = await after.approvals.decide(
+            prompt.approval_id, Decision.APPROVE, actor="alice", authenticated=True
+        )
+        outcome = await after.responder.on_decision(approval)
+        assert outcome.status == "escalated" and "observe mode" in outcome.detail
+        assert after.playbook.applied == 0 and after.playbook.side_effects == 0
+        assert (await after.incidents.get(incident_id)).status == "escalated"
+    finally:
+        await after.orchestrator.aclose()
+
+
+async def test_an_interrupted_remediation_is_not_resumed_in_observe_mode(
+    store: WatchdogStore, clock: FakeClock
+) -> None:
+    before = Harness(store, clock, Mode.AUTO, POLICY)
+    incident_id, diagnosis = await before.incident()
+    before.playbook.block_second_step = asyncio.Event()
+    task = asyncio.create_task(before.responder.handle_diagnosed(incident_id, diagnosis))
+    key = idempotency_key(incident_id, "restart_agent", "check")
+    for _ in range(500):  # bounded: until the first step is recorded as started
+        async with store.transaction() as tx:
+            if await tx.get_action(key) is not None:
+                break
+        await asyncio.sleep(0.01)
+    task.cancel()  # the watchdog dies mid-remediation
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    effects_before = before.playbook.side_effects
+    await before.orchestrator.aclose()
+
+    after = await restarted_in(Mode.OBSERVE, store, clock)
+    try:
+        [outcome] = await after.remediation.resume_interrupted()
+        assert outcome.status == "escalated" and "observe mode" in outcome.detail
+        assert after.playbook.side_effects == 0 and effects_before == 1
+        assert (await after.incidents.get(incident_id)).status == "escalated"
+    finally:
+        await after.orchestrator.aclose()
