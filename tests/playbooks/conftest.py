@@ -23,7 +23,8 @@ from tests.orchestrator.test_service_harness import (
     make_settings,
     running_service,
 )
-from tests.watchdog.conftest import FakeKubeApi, kube, kube_api, make_deployment, make_pod  # noqa: F401
+from tests.watchdog.conftest import kube, kube_api  # noqa: F401
+from tests.watchdog.fake_kube import FakeKubeApi, make_deployment, make_pod
 from watchdog.approvals import ApprovalService
 from watchdog.assembly import build_responder
 from watchdog.incidents import IncidentService

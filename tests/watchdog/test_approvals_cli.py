@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from tests.watchdog.conftest import API_TOKEN, Stack, approval_id_of, links
+from tests.watchdog.approval_stack import API_TOKEN, Stack, approval_id_of, links
 
 GL_WATCHDOG = str(Path(sys.executable).with_name("gl-watchdog"))
 

@@ -10,7 +10,7 @@ import pytest
 from playwright.async_api import async_playwright, expect
 
 from tests.conftest import missing_service
-from tests.watchdog.conftest import Stack, links
+from tests.watchdog.approval_stack import Stack, links
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = "/usr/bin/chromium"

@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 from tests.conftest import free_port, wait_for_port
-from tests.watchdog.conftest import FakeClock, OrchestratorProcess, make_plan, use_orchestrator
+from tests.watchdog.conftest import FakeClock, make_plan
+from tests.watchdog.orchestrators import OrchestratorProcess, use_orchestrator
 from watchdog.cli import _setup_logging, main
 from watchdog.diagnostics.render import to_table
 from watchdog.diagnostics.runner import diagnose

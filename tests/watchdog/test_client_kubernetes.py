@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.conftest import free_port
-from tests.watchdog.conftest import FakeKubeApi, make_deployment, make_pod
+from tests.watchdog.fake_kube import FakeKubeApi, make_deployment, make_pod
 from watchdog.backends import kubernetes_client
 from watchdog.settings import load_settings
 from watchdog_sdk.clients.kubernetes import KubernetesClient, build_configuration

@@ -12,7 +12,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from tests.conftest import free_port
-from tests.watchdog.conftest import FakeClock, FakeOrchestrator
+from tests.watchdog.conftest import FakeClock
+from tests.watchdog.orchestrators import FakeOrchestrator
 from watchdog.condition import AlertState, ConditionEvaluator, Source
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
 from watchdog_sdk.clients.prometheus import PrometheusClient

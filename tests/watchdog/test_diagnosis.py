@@ -9,13 +9,8 @@ from datetime import UTC, datetime, timedelta
 import httpx
 
 from tests.conftest import free_port
-from tests.watchdog.conftest import (
-    WATCHDOG_TOKEN,
-    FakeClock,
-    FakeOrchestrator,
-    ScriptedDiagnose,
-    make_diagnosis,
-)
+from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, ScriptedDiagnose, make_diagnosis
+from tests.watchdog.orchestrators import FakeOrchestrator
 from watchdog.assembly import build_watchdog
 from watchdog.condition import ConditionEvaluator
 from watchdog.intake import parse_payload

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from tests.conftest import free_port
 from tests.promstack import start_alertmanager, start_prometheus
-from tests.watchdog.conftest import OrchestratorProcess
+from tests.watchdog.orchestrators import OrchestratorProcess
 from watchdog.assembly import Watchdog, build_watchdog, create_app
 from watchdog.migrations import alert_deliveries, audit_log, incidents
 from watchdog.records import Incident

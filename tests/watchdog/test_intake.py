@@ -16,14 +16,8 @@ import sqlalchemy as sa
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.watchdog.conftest import (
-    MAX_BODY_BYTES,
-    WATCHDOG_TOKEN,
-    RecordingRemediate,
-    ScriptedDiagnose,
-    alert,
-    payload,
-)
+from tests.watchdog.conftest import MAX_BODY_BYTES, WATCHDOG_TOKEN, RecordingRemediate, ScriptedDiagnose
+from tests.watchdog.webhook import alert, payload
 from watchdog.assembly import Watchdog
 from watchdog.migrations import alert_deliveries, audit_log, incidents
 

@@ -17,7 +17,9 @@ from tests.orchestrator.test_service_harness import (
     make_settings,
     running_service,
 )
-from tests.watchdog.conftest import ORCH_BASE, FakeClock, FakeKubeApi, execution_json, make_pod, trace_json
+from tests.watchdog.conftest import FakeClock
+from tests.watchdog.fake_kube import FakeKubeApi, make_pod
+from tests.watchdog.orchestrators import ORCH_BASE, execution_json, trace_json
 from watchdog.diagnostics import step4_agent
 from watchdog.diagnostics.render import to_table
 from watchdog.diagnostics.runner import STEPS, diagnose, diagnoser, likely_cause

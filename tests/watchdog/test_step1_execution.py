@@ -8,7 +8,7 @@ import httpx
 import respx
 
 from tests.conftest import free_port
-from tests.watchdog.conftest import execution_json
+from tests.watchdog.orchestrators import execution_json
 from watchdog.diagnostics import step1_execution
 from watchdog_sdk.clients.prometheus import PrometheusClient
 from watchdog_sdk.diagnosis import StepStatus

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import httpx
 import respx
 
-from tests.watchdog.conftest import node_json, trace_json
+from tests.watchdog.orchestrators import node_json, trace_json
 from watchdog.diagnostics import step2_trace
 from watchdog_sdk.diagnosis import StepStatus
 from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import respx
 
-from tests.watchdog.conftest import node_json, trace_json
+from tests.watchdog.orchestrators import node_json, trace_json
 from watchdog.diagnostics import step3_bottleneck
 from watchdog_sdk.clients.orchestrator import Trace
 from watchdog_sdk.diagnosis import StepStatus

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import respx
 
-from tests.watchdog.conftest import FakeKubeApi, make_pod
+from tests.watchdog.fake_kube import FakeKubeApi, make_pod
 from watchdog.diagnostics import step4_agent
 from watchdog.diagnostics.runner import STEPS, run_step
 from watchdog_sdk.clients.kubernetes import KubernetesClient, build_configuration

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import httpx
 import respx
 
-from tests.watchdog.conftest import ORCH_BASE
+from tests.watchdog.orchestrators import ORCH_BASE
 from watchdog.diagnostics import step5_contention
 from watchdog_sdk.diagnosis import StepStatus
 from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext

@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import free_port
-from tests.watchdog.conftest import FakeKubeApi, make_pod
+from tests.watchdog.fake_kube import FakeKubeApi, make_pod
 from watchdog.diagnostics import step6_locks
 from watchdog_sdk.clients.kubernetes import KubernetesClient
 from watchdog_sdk.clients.redis import RedisClient

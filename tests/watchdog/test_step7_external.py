@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 import respx
 
-from tests.watchdog.conftest import ORCH_BASE, FakeKubeApi, make_pod
+from tests.watchdog.fake_kube import FakeKubeApi, make_pod
+from tests.watchdog.orchestrators import ORCH_BASE
 from watchdog.diagnostics import step7_external
 from watchdog.settings import WatchdogSettings
 from watchdog_sdk.clients.kubernetes import KubernetesClient

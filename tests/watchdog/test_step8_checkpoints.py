@@ -9,7 +9,7 @@ import httpx
 import respx
 
 from tests.conftest import free_port
-from tests.watchdog.conftest import ORCH_BASE, trace_json
+from tests.watchdog.orchestrators import ORCH_BASE, trace_json
 from watchdog.diagnostics import step8_checkpoints
 from watchdog.diagnostics.runner import likely_cause
 from watchdog_sdk.clients.orchestrator import Trace

@@ -15,7 +15,7 @@ import respx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tests.promstack import PrometheusProcess, prometheus_scraping
-from tests.watchdog.conftest import execution_json, trace_json
+from tests.watchdog.orchestrators import execution_json, trace_json
 from watchdog.diagnostics import (
     step1_execution,
     step3_bottleneck,

@@ -17,7 +17,8 @@ import pytest
 
 from playbooks.registry import default_registry
 from tests.conftest import free_port
-from tests.watchdog.conftest import FakeClock, FakeOrchestrator, OrchestratorProcess, use_orchestrator
+from tests.watchdog.conftest import FakeClock
+from tests.watchdog.orchestrators import FakeOrchestrator, OrchestratorProcess, use_orchestrator
 from watchdog.cli import main
 from watchdog.condition import ConditionEvaluator
 from watchdog.diagnostics.runner import likely_cause

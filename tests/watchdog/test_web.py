@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from tests.watchdog.conftest import FakeClock, Stack, approval_id_of, links, token_of
+from tests.watchdog.approval_stack import Stack, approval_id_of, links, token_of
+from tests.watchdog.conftest import FakeClock
 from watchdog.approvals import Decision
 
 
