@@ -229,6 +229,7 @@ def build_responder(
         metrics=metrics,
     )
     return Responder(
+        store=store,
         incidents=incidents,
         approvals=approvals,
         remediation=remediation,

@@ -32,6 +32,7 @@ from watchdog.policy import Policy
 from watchdog.records import Approval, Incident
 from watchdog.remediation import ACTOR, STARTABLE, Outcome, RemediationService
 from watchdog.settings import Mode
+from watchdog.store import WatchdogStore
 from watchdog_sdk.diagnosis import Diagnosis
 from watchdog_sdk.errors import WatchdogError
 from watchdog_sdk.registry import Registry
@@ -68,6 +69,7 @@ class Responder:
     def __init__(
         self,
         *,
+        store: WatchdogStore,
         incidents: IncidentService,
         approvals: ApprovalService,
         remediation: RemediationService,
@@ -78,6 +80,7 @@ class Responder:
         clock: Clock,
         metrics: WatchdogMetrics | None = None,
     ) -> None:
+        self.store = store
         self.incidents = incidents
         self.approvals = approvals
         self.remediation = remediation
@@ -123,7 +126,7 @@ class Responder:
         return await self.remediation.execute(incident_id)
 
     async def _ask(self, incident: Incident, plan: Plan, summary: str) -> Outcome:
-        async with self.incidents.store.transaction() as tx:
+        async with self.store.transaction() as tx:
             approval = await self.approvals.create_in(
                 tx, incident_id=incident.id, plan=plan, summary=summary, actor=ACTOR
             )
