@@ -6,6 +6,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY gl_common ./gl_common
 COPY orchestrator_core ./orchestrator_core
+COPY watchdog_sdk ./watchdog_sdk
 COPY watchdog ./watchdog
 COPY playbooks ./playbooks
 RUN pip install --no-cache-dir --prefix=/install .

@@ -30,8 +30,8 @@ test: install
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
-	$(BIN)/ruff check gl_common orchestrator_core watchdog playbooks tests bench
-	$(BIN)/ruff format --check gl_common orchestrator_core watchdog playbooks tests bench
+	$(BIN)/ruff check gl_common orchestrator_core watchdog_sdk watchdog playbooks tests bench
+	$(BIN)/ruff format --check gl_common orchestrator_core watchdog_sdk watchdog playbooks tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -14,22 +14,22 @@ Middlewares, outermost first:
   without one.
 - auth: `Authorization: Bearer <token>` on every route except `/healthz`, `/readyz` and `/metrics`;
   tokens from `api_tokens` and/or `api_token_file` (re-read when the file changes, e.g. a rotated
-  Kubernetes secret), compared with `hmac.compare_digest`, never logged. 401 carries
+  Kubernetes secret), checked by `gl_common.auth` (constant-time), never logged. 401 carries
   `WWW-Authenticate: Bearer`.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from gl_common import auth
+from gl_common.auth import bearer_token
 from orchestrator_core.api_models import ExecuteRequest, LimitsRequest, int_param, validate
 from orchestrator_core.dag import MAX_DOCUMENT_DEPTH, check_document_shape, load_document
 from orchestrator_core.errors import (
@@ -79,14 +79,8 @@ def error_response(status: int, error: str, detail: str, **extra: Any) -> web.Re
 # -- auth -------------------------------------------------------------------------------------------
 
 
-class TokenSource:
-    """Accepted bearer tokens: static ones plus the lines of a token file (reloaded on change)."""
-
-    def __init__(self, static: list[str], token_file: Path | None = None) -> None:
-        self._static = [t for t in static if t]
-        self._file = token_file
-        self._file_mtime: float | None = None
-        self._file_tokens: list[str] = []
+class TokenSource(auth.TokenSource):
+    """Accepted bearer tokens (`gl_common.auth`): `api_tokens` plus the lines of `api_token_file`."""
 
     @classmethod
     def from_settings(cls, settings: OrchestratorSettings) -> TokenSource:
@@ -96,27 +90,10 @@ class TokenSource:
         return source
 
     def tokens(self) -> list[str]:
-        if self._file is not None:
-            try:
-                mtime = self._file.stat().st_mtime
-            except OSError as exc:
-                raise ConfigError(f"cannot read api_token_file {self._file}: {exc.strerror}") from exc
-            if mtime != self._file_mtime:
-                try:
-                    text = self._file.read_text(encoding="utf-8")
-                except OSError as exc:
-                    raise ConfigError(f"cannot read api_token_file {self._file}: {exc.strerror}") from exc
-                self._file_tokens = [line.strip() for line in text.splitlines() if line.strip()]
-                self._file_mtime = mtime
-        return self._static + self._file_tokens
-
-    def accepts(self, presented: str) -> bool:
-        """Constant-time comparison against every accepted token."""
-        candidate = presented.encode()
-        matched = False
-        for token in self.tokens():
-            matched |= hmac.compare_digest(candidate, token.encode())
-        return matched
+        try:
+            return super().tokens()
+        except auth.TokenFileError as exc:
+            raise ConfigError(f"api_token_file: {exc}") from exc
 
 
 def _auth_middleware(tokens: TokenSource) -> Any:
@@ -124,12 +101,11 @@ def _auth_middleware(tokens: TokenSource) -> Any:
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in OPEN_PATHS or not request.path.startswith(API_PREFIX):
             return await handler(request)
-        header = request.headers.get("Authorization", "")
-        scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
+        presented = bearer_token(request.headers.get("Authorization", ""))
+        if presented is None:
             raise ApiProblem(401, "unauthorized", "missing bearer token (Authorization: Bearer <token>)")
         try:
-            accepted = tokens.accepts(presented.strip())
+            accepted = tokens.accepts(presented)
         except ConfigError as exc:
             log.error("token source unavailable: %s", exc)
             raise ApiProblem(503, "auth_unavailable", "the server cannot read its API tokens") from exc

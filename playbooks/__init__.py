@@ -1,7 +1,9 @@
-"""The runbook's resolution options as code.
+"""The runbook's resolution options as code: the six built-in playbooks.
 
-Each playbook has a name, a risk level, preconditions checked against live state right before it
-acts, `plan()` (a dry run), `apply()` (idempotent, keyed by incident, playbook and step) and
-`verify()` (the runbook's post-resolution verification). The watchdog's remediation loop calls them;
-they reach outside systems only through the watchdog's client modules.
+Each is a plugin of the playbook interface in `watchdog_sdk.playbook` and imports only `watchdog_sdk`
+and `gl_common` (`.importlinter`): a name, a risk level, a params model, preconditions checked against
+live state right before it acts, typed `steps()` that `plan()` shows (a dry run) and `apply()` runs
+(idempotent, keyed by incident, playbook and step), and `verify()` (the runbook's post-resolution
+verification, `checks`). `registry.default_registry()` gathers them; the watchdog's remediation state
+machine calls them. They reach outside systems only through the clients of `watchdog_sdk`.
 """

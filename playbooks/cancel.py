@@ -2,8 +2,8 @@
 
 Cancelling keeps the completed nodes' checkpoints. With `start_fresh_run`, a new execution of the same
 DAG is started with the original `input_data` (checkpointing and deterministic mode on, as the
-runbook's command does). Called by the remediation loop and `gl-watchdog playbook run cancel`; talks to
-the orchestrator only through `watchdog.clients.orchestrator`.
+runbook's command does). Run by the watchdog's remediation state machine (also for `gl-watchdog
+playbook run cancel`); talks to the orchestrator only through `watchdog_sdk.clients.orchestrator`.
 """
 
 from __future__ import annotations
@@ -13,21 +13,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from playbooks import checks
-from playbooks.base import (
-    MAX_WAIT_SECONDS,
-    ApplyResult,
-    Check,
-    CheckStatus,
-    PlannedAction,
-    Playbook,
-    PlaybookContext,
-    Precheck,
-    Risk,
-    Step,
-    VerifyResult,
-    idempotency_key,
-)
-from watchdog.errors import Conflict, WatchdogError
+from watchdog_sdk.errors import Conflict, WatchdogError
+from watchdog_sdk.ledger import idempotency_key
+from watchdog_sdk.outcomes import Check, CheckStatus, Precheck, Risk, VerifyResult
+from watchdog_sdk.playbook import MAX_WAIT_SECONDS, OrchestratorCall, Playbook, PlaybookContext, Step
 
 CANCELLABLE = frozenset({"queued", "running", "interrupted"})
 
@@ -39,6 +28,25 @@ class CancelParams(BaseModel):
 
     start_fresh_run: bool = False
     verify_timeout_seconds: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS)
+
+
+class StartFreshRun(OrchestratorCall):
+    """`POST /dags/{dag_id}/execute` with the cancelled run's input, checkpointed and deterministic (as the
+    runbook's command does)."""
+
+    dag_id: str
+    input_data: Any = None
+    execution_options: dict[str, bool]
+
+    @classmethod
+    def of(cls, dag_id: str, input_data: Any) -> StartFreshRun:
+        return cls(
+            method="POST",
+            path=f"/dags/{dag_id}/execute",
+            dag_id=dag_id,
+            input_data=input_data,
+            execution_options={"checkpoint_enabled": True, "deterministic_mode": True},
+        )
 
 
 class CancelPlaybook(Playbook[CancelParams]):
@@ -67,41 +75,8 @@ class CancelPlaybook(Playbook[CancelParams]):
             dag_id=execution.dag_id,
         )
 
-    async def plan(self, ctx: PlaybookContext, params: CancelParams) -> tuple[PlannedAction, ...]:
-        actions = [
-            PlannedAction(
-                step="cancel",
-                description=f"cancel execution {ctx.execution_id} (completed checkpoints are kept)",
-                target=ctx.execution_id,
-                request={"method": "POST", "path": f"/executions/{ctx.execution_id}/cancel"},
-                idempotent=True,
-            )
-        ]
-        if params.start_fresh_run:
-            execution = await ctx.orchestrator.get_execution(ctx.execution_id)
-            actions.append(
-                PlannedAction(
-                    step="start_fresh_run",
-                    description=f"start a fresh run of DAG {execution.dag_id} with the original input",
-                    target=str(execution.dag_id),
-                    request={
-                        "method": "POST",
-                        "path": f"/dags/{execution.dag_id}/execute",
-                        "input_data": execution.input_data,
-                        "execution_options": {"checkpoint_enabled": True, "deterministic_mode": True},
-                    },
-                    idempotent=False,
-                )
-            )
-        return tuple(actions)
-
-    async def apply(self, ctx: PlaybookContext, params: CancelParams) -> ApplyResult:
-        try:
-            planned = await self.plan(ctx, params)
-        except WatchdogError as exc:
-            return ApplyResult(playbook=self.name, ok=False, detail=f"cannot plan: {exc}")
-
-        async def cancel(_request: dict[str, Any]) -> dict[str, Any]:
+    async def steps(self, ctx: PlaybookContext, params: CancelParams) -> list[Step[Any]]:
+        async def cancel(_request: OrchestratorCall) -> dict[str, Any]:
             try:
                 execution = await ctx.orchestrator.cancel(ctx.execution_id)
             except Conflict:
@@ -111,15 +86,34 @@ class CancelPlaybook(Playbook[CancelParams]):
                     raise
             return {"status": execution.status}
 
-        async def start_fresh(request: dict[str, Any]) -> dict[str, Any]:
-            dag_id = request["path"].split("/")[2]
-            fresh = await ctx.orchestrator.execute(dag_id, request.get("input_data"))
+        async def start_fresh(request: StartFreshRun) -> dict[str, Any]:
+            fresh = await ctx.orchestrator.execute(request.dag_id, request.input_data)
             return {"execution_id": fresh.execution_id, "status": fresh.status}
 
-        steps = [Step(planned[0].step, True, planned[0].request, cancel)]
-        if len(planned) > 1:
-            steps.append(Step(planned[1].step, False, planned[1].request, start_fresh))
-        return await self.run_steps(ctx, steps)
+        steps: list[Step[Any]] = [
+            Step(
+                "cancel",
+                OrchestratorCall(method="POST", path=f"/executions/{ctx.execution_id}/cancel"),
+                cancel,
+                idempotent=True,
+                description=f"cancel execution {ctx.execution_id} (completed checkpoints are kept)",
+                target=ctx.execution_id,
+            )
+        ]
+        if params.start_fresh_run:
+            execution = await ctx.orchestrator.get_execution(ctx.execution_id)
+            dag_id = str(execution.dag_id)
+            steps.append(
+                Step(
+                    "start_fresh_run",
+                    StartFreshRun.of(dag_id, execution.input_data),
+                    start_fresh,
+                    idempotent=False,
+                    description=f"start a fresh run of DAG {execution.dag_id} with the original input",
+                    target=dag_id,
+                )
+            )
+        return steps
 
     async def _fresh_run_check(self, ctx: PlaybookContext) -> Check:
         entry = await ctx.ledger.get(idempotency_key(ctx.incident_id, self.name, "start_fresh_run"))

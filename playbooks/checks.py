@@ -4,17 +4,18 @@
 chain is intact (after a resume); 4. active executions back within the limit; 5./6. node timeouts and
 retries not increasing (PromQL, when Prometheus is configured). Each check returns a `Check` and never
 raises: a backend that cannot be asked gives `unknown` with the reason. Called by the playbooks in
-this package; reaches the orchestrator and Prometheus only through `watchdog.clients`.
+this package; reaches the orchestrator and Prometheus only through `watchdog_sdk.clients`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 
-from playbooks.base import Check, CheckStatus, PlaybookContext
-from watchdog.clients.orchestrator import Execution
-from watchdog.constants import M_NODE_RETRIES, M_NODE_TIMEOUTS
-from watchdog.errors import WatchdogError
+from watchdog_sdk.clients.orchestrator import Execution
+from watchdog_sdk.constants import M_NODE_RETRIES, M_NODE_TIMEOUTS
+from watchdog_sdk.errors import WatchdogError
+from watchdog_sdk.outcomes import Check, CheckStatus
+from watchdog_sdk.playbook import PlaybookContext
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
@@ -26,7 +27,7 @@ async def wait_for_status(
 
     Returns the last execution seen (None if it could never be read) and a note on how it ended.
     """
-    deadline = ctx.clock().timestamp() + timeout_seconds
+    deadline = ctx.clock.now().timestamp() + timeout_seconds
     last: Execution | None = None
     note = ""
     while True:
@@ -37,9 +38,9 @@ async def wait_for_status(
             note = f"still {last.status} after {timeout_seconds:.0f}s"
         except WatchdogError as exc:
             note = f"could not read the execution: {exc}"
-        if ctx.clock().timestamp() >= deadline:
+        if ctx.clock.now().timestamp() >= deadline:
             return last, note
-        await ctx.sleep(ctx.limits.poll_interval_seconds)
+        await ctx.clock.sleep(ctx.limits.poll_interval_seconds)
 
 
 def execution_status_check(execution: Execution | None, expected: Collection[str], note: str) -> Check:
@@ -62,7 +63,7 @@ async def no_other_stuck_runs(ctx: PlaybookContext, exclude: Collection[str] = (
         running = await ctx.orchestrator.list_executions(status="running")
     except WatchdogError as exc:
         return Check(name="no_other_stuck_runs", status=CheckStatus.UNKNOWN, detail=str(exc))
-    now = ctx.clock()
+    now = ctx.clock.now()
     stuck = []
     for run in running:
         if run.execution_id in exclude or run.execution_id == ctx.execution_id:

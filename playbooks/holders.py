@@ -12,7 +12,7 @@ A holder (the orchestrator replica named in `gl:orchestrator:lock:<execution_id>
 
 Anything else — a fresh heartbeat, a running pod, Redis or Kubernetes not answering — is "not confirmed
 dead", with the reason, and the playbooks refuse. Used by `playbooks.release_lock` and
-`playbooks.resume`; reads Redis and Kubernetes through `watchdog.clients`.
+`playbooks.resume`; reads Redis and Kubernetes through `watchdog_sdk.clients`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from playbooks.base import PlaybookContext
-from watchdog.clients.redis import LockInfo
-from watchdog.errors import WatchdogError
+from watchdog_sdk.clients.redis import LockInfo
+from watchdog_sdk.errors import WatchdogError
+from watchdog_sdk.playbook import PlaybookContext
 
 TERMINATED_PHASES = frozenset({"Succeeded", "Failed"})
 

@@ -3,8 +3,8 @@
 Raises one node's `timeout_policy.timeout_seconds` in the DAG definition (`PUT /dags/{dag_id}`, a
 partial update that the orchestrator revalidates and versions), keeping its `on_timeout`. The new value
 is `timeout_seconds` when given, else the current one times `factor`, and never above the policy's
-`max_node_timeout_seconds`. It applies to later runs of the DAG. Called by the remediation loop and the
-CLI; talks to the orchestrator only through `watchdog.clients.orchestrator`.
+`max_node_timeout_seconds`. It applies to later runs of the DAG. Run by the watchdog's remediation
+state machine; talks to the orchestrator only through `watchdog_sdk.clients.orchestrator`.
 """
 
 from __future__ import annotations
@@ -15,20 +15,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from playbooks import checks
-from playbooks.base import (
-    ApplyResult,
-    Check,
-    CheckStatus,
-    PlannedAction,
-    Playbook,
-    PlaybookContext,
-    Precheck,
-    Risk,
-    Step,
-    VerifyResult,
-    idempotency_key,
-)
-from watchdog.errors import WatchdogError
+from watchdog_sdk.errors import WatchdogError
+from watchdog_sdk.ledger import idempotency_key
+from watchdog_sdk.outcomes import ApplyResult, Check, CheckStatus, Precheck, Risk, VerifyResult
+from watchdog_sdk.playbook import OrchestratorCall, Playbook, PlaybookContext, Step, StepRequest
 
 
 class IncreaseNodeTimeoutParams(BaseModel):
@@ -51,6 +41,33 @@ def node_of(dag: dict[str, Any], node_id: str) -> dict[str, Any] | None:
     if isinstance(nodes, list):
         return next((n for n in nodes if isinstance(n, dict) and n.get("node_id") == node_id), None)
     return None
+
+
+class NodeTimeoutPolicy(StepRequest):
+    """A node's new `timeout_policy` (its `on_timeout` kept)."""
+
+    timeout_seconds: int | float
+    on_timeout: str
+
+
+class NodePatch(StepRequest):
+    timeout_policy: NodeTimeoutPolicy
+
+
+class DagPatch(StepRequest):
+    """The partial DAG update `PUT /dags/{dag_id}` deep-merges: one node's timeout policy."""
+
+    nodes: dict[str, NodePatch]
+
+
+class UpdateDag(OrchestratorCall):
+    """`PUT /dags/{dag_id}` with the new timeout of one node."""
+
+    body: DagPatch
+
+    def timeout_of(self, node_id: str) -> int | float | None:
+        node = self.body.nodes.get(node_id)
+        return None if node is None else node.timeout_policy.timeout_seconds
 
 
 class IncreaseNodeTimeoutPlaybook(Playbook[IncreaseNodeTimeoutParams]):
@@ -110,51 +127,47 @@ class IncreaseNodeTimeoutPlaybook(Playbook[IncreaseNodeTimeoutParams]):
         precheck, _ = await self._target(ctx, params)
         return precheck
 
-    async def plan(
-        self, ctx: PlaybookContext, params: IncreaseNodeTimeoutParams
-    ) -> tuple[PlannedAction, ...]:
+    async def steps(self, ctx: PlaybookContext, params: IncreaseNodeTimeoutParams) -> list[Step[Any]]:
         precheck, facts = await self._target(ctx, params)
         if not facts:
-            return ()
-        body = {
-            "nodes": {
-                params.node_id: {
-                    "timeout_policy": {"timeout_seconds": facts["target"], "on_timeout": facts["on_timeout"]}
-                }
-            }
-        }
-        return (
-            PlannedAction(
-                step="update_dag",
+            return []
+
+        async def update(request: UpdateDag) -> dict[str, Any]:
+            dag = await ctx.orchestrator.update_dag(params.dag_id, request.body.model_dump(mode="json"))
+            node = node_of(dag, params.node_id) or {}
+            return {"dag_version": dag.get("version"), "timeout_policy": node.get("timeout_policy")}
+
+        policy = NodeTimeoutPolicy(timeout_seconds=facts["target"], on_timeout=facts["on_timeout"])
+        return [
+            Step(
+                "update_dag",
+                UpdateDag(
+                    method="PUT",
+                    path=f"/dags/{params.dag_id}",
+                    body=DagPatch(nodes={params.node_id: NodePatch(timeout_policy=policy)}),
+                ),
+                update,
+                idempotent=True,
                 description=precheck.reason
                 if precheck.ok
                 else f"update {params.node_id} timeout: {precheck.reason}",
                 target=f"{params.dag_id}/{params.node_id}",
-                request={"method": "PUT", "path": f"/dags/{params.dag_id}", "body": body},
-                idempotent=True,
-            ),
-        )
+            )
+        ]
 
     async def apply(self, ctx: PlaybookContext, params: IncreaseNodeTimeoutParams) -> ApplyResult:
-        planned = await self.plan(ctx, params)
-        if not planned:
+        steps = await self.steps(ctx, params)
+        if not steps:
             precheck = await self.preconditions(ctx, params)
             return ApplyResult(playbook=self.name, ok=False, detail=precheck.reason)
-
-        async def update(request: dict[str, Any]) -> dict[str, Any]:
-            dag = await ctx.orchestrator.update_dag(params.dag_id, request["body"])
-            node = node_of(dag, params.node_id) or {}
-            return {"dag_version": dag.get("version"), "timeout_policy": node.get("timeout_policy")}
-
-        step = planned[0]
-        return await self.run_steps(ctx, [Step(step.step, True, step.request, update)])
+        return await self.run_steps(ctx, steps)
 
     async def verify(self, ctx: PlaybookContext, params: IncreaseNodeTimeoutParams) -> VerifyResult:
         found: list[Check] = []
         entry = await ctx.ledger.get(idempotency_key(ctx.incident_id, self.name, "update_dag"))
         target = None
         if entry is not None:
-            target = entry.request["body"]["nodes"][params.node_id]["timeout_policy"]["timeout_seconds"]
+            target = UpdateDag.model_validate(entry.request).timeout_of(params.node_id)
         try:
             dag = await ctx.orchestrator.get_dag(params.dag_id)
             node = node_of(dag, params.node_id) or {}

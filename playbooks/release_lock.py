@@ -3,10 +3,10 @@
 The runbook's `DEL 'gl:orchestrator:lock:<execution_id>'` is only safe when the holder is confirmed
 dead; this playbook checks exactly that (`playbooks.holders`: heartbeat stale past the grace period AND
 pod gone or terminated) and then deletes the lock by compare-and-delete on the holder's fencing token
-(a Lua script in `watchdog.clients.redis`), never a bare DEL: if a new holder took the lock in between,
+(a Lua script in `watchdog_sdk.clients.redis`), never a bare DEL: if a new holder took the lock in between,
 its token differs and it is left alone. A live holder makes it refuse, with the reason. Once released,
 a live orchestrator replica takes the run over; verification checks the dead holder's lock is gone and
-waits (bounded) for the run to end. Called by the remediation loop and the CLI.
+waits (bounded) for the run to end. Run by the watchdog's remediation state machine.
 """
 
 from __future__ import annotations
@@ -16,23 +16,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from playbooks import checks, holders
-from playbooks.base import (
-    MAX_WAIT_SECONDS,
-    ApplyResult,
-    Check,
-    CheckStatus,
-    PlannedAction,
-    Playbook,
-    PlaybookContext,
-    Precheck,
-    Risk,
-    Step,
-    VerifyResult,
-    idempotency_key,
-)
-from watchdog.clients.redis import ReleaseResult
-from watchdog.constants import lock_key
-from watchdog.errors import LockError, WatchdogError
+from watchdog_sdk.clients.redis import ReleaseResult
+from watchdog_sdk.constants import lock_key
+from watchdog_sdk.errors import LockError, WatchdogError
+from watchdog_sdk.ledger import idempotency_key
+from watchdog_sdk.outcomes import ApplyResult, Check, CheckStatus, Precheck, Risk, VerifyResult
+from watchdog_sdk.playbook import MAX_WAIT_SECONDS, Playbook, PlaybookContext, Step, StepRequest
 
 
 class ReleaseLockParams(BaseModel):
@@ -42,6 +31,14 @@ class ReleaseLockParams(BaseModel):
 
     verify_timeout_seconds: float = Field(default=120.0, gt=0, le=MAX_WAIT_SECONDS)
     wait_for_completion: bool = True
+
+
+class ReleaseLock(StepRequest):
+    """Delete the lock `key` only while it still carries fencing token `token` (its holder `owner`)."""
+
+    key: str
+    token: int | None
+    owner: str | None
 
 
 class ReleaseLockPlaybook(Playbook[ReleaseLockParams]):
@@ -70,29 +67,34 @@ class ReleaseLockPlaybook(Playbook[ReleaseLockParams]):
             return Precheck.refused(f"lock holder not confirmed dead: {verdict.reason}", **verdict.facts)
         return Precheck.passed(verdict.reason, token=lock.token, owner=lock.owner, **verdict.facts)
 
-    async def plan(self, ctx: PlaybookContext, params: ReleaseLockParams) -> tuple[PlannedAction, ...]:
-        token: Any = None
-        owner: Any = None
-        if ctx.redis is not None:
-            lock = await ctx.redis.get_lock(ctx.execution_id)
-            if lock is not None:
-                token, owner = lock.token, lock.owner
-        if token is None:
-            what = f"no lock with a fencing token is held at {lock_key(ctx.execution_id)}: nothing to delete"
+    def _step(self, ctx: PlaybookContext, request: ReleaseLock) -> Step[ReleaseLock]:
+        redis = ctx.redis
+
+        async def release(req: ReleaseLock) -> dict[str, Any]:
+            if redis is None or req.token is None:
+                raise LockError("no fencing token to release by")
+            result = await redis.compare_and_delete_lock(ctx.execution_id, req.token)
+            if result in (ReleaseResult.RELEASED, ReleaseResult.ABSENT):
+                return {"result": result.value, "token": req.token, "owner": req.owner}
+            raise LockError(
+                f"lock not released ({result.value}): it is no longer held with token {req.token}"
+            )
+
+        if request.token is None:
+            what = f"no lock with a fencing token is held at {request.key}: nothing to delete"
         else:
             what = (
-                f"delete {lock_key(ctx.execution_id)} only if it still carries fencing token {token} "
-                f"(holder {owner}); never a bare DEL"
+                f"delete {request.key} only if it still carries fencing token {request.token} "
+                f"(holder {request.owner}); never a bare DEL"
             )
-        return (
-            PlannedAction(
-                step="compare_and_delete",
-                description=what,
-                target=lock_key(ctx.execution_id),
-                request={"key": lock_key(ctx.execution_id), "token": token, "owner": owner},
-                idempotent=True,
-            ),
+        return Step(
+            "compare_and_delete", request, release, idempotent=True, description=what, target=request.key
         )
+
+    async def steps(self, ctx: PlaybookContext, params: ReleaseLockParams) -> list[Step[Any]]:
+        lock = await ctx.redis.get_lock(ctx.execution_id) if ctx.redis is not None else None
+        token, owner = (lock.token, lock.owner) if lock is not None else (None, None)
+        return [self._step(ctx, ReleaseLock(key=lock_key(ctx.execution_id), token=token, owner=owner))]
 
     async def apply(self, ctx: PlaybookContext, params: ReleaseLockParams) -> ApplyResult:
         # Re-judge right before acting: the token released is the one of the holder just confirmed dead.
@@ -100,29 +102,17 @@ class ReleaseLockPlaybook(Playbook[ReleaseLockParams]):
         key = idempotency_key(ctx.incident_id, self.name, "compare_and_delete")
         if not precheck.ok and await ctx.ledger.get(key) is None:
             return ApplyResult(playbook=self.name, ok=False, detail=precheck.reason)
-        redis = ctx.redis
-        request = {
-            "key": lock_key(ctx.execution_id),
-            "token": precheck.facts.get("token"),
-            "owner": precheck.facts.get("owner"),
-        }
-
-        async def release(req: dict[str, Any]) -> dict[str, Any]:
-            if redis is None or req.get("token") is None:
-                raise LockError("no fencing token to release by")
-            result = await redis.compare_and_delete_lock(ctx.execution_id, int(req["token"]))
-            if result in (ReleaseResult.RELEASED, ReleaseResult.ABSENT):
-                return {"result": result.value, "token": req["token"], "owner": req.get("owner")}
-            raise LockError(
-                f"lock not released ({result.value}): it is no longer held with token {req['token']}"
-            )
-
-        return await self.run_steps(ctx, [Step("compare_and_delete", True, request, release)])
+        request = ReleaseLock(
+            key=lock_key(ctx.execution_id),
+            token=precheck.facts.get("token"),
+            owner=precheck.facts.get("owner"),
+        )
+        return await self.run_steps(ctx, [self._step(ctx, request)])
 
     async def verify(self, ctx: PlaybookContext, params: ReleaseLockParams) -> VerifyResult:
         found: list[Check] = []
         entry = await ctx.ledger.get(idempotency_key(ctx.incident_id, self.name, "compare_and_delete"))
-        released_token = entry.request.get("token") if entry is not None else None
+        released_token = ReleaseLock.model_validate(entry.request).token if entry is not None else None
         if ctx.redis is None:
             found.append(
                 Check(name="lock_released", status=CheckStatus.UNKNOWN, detail="no Redis", decisive=True)

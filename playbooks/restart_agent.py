@@ -5,8 +5,8 @@ replacement; the orchestrator's retry policy re-runs the node once the agent ans
 `POST /admin/agents/{id}/restart` restarts the in-process agent worker, which cancels the hung attempt
 as a retryable `AgentRestarted` error. Verification waits (bounded) for the run to finish and checks
 it completed with a valid provenance chain. Rate limits (restarts per agent per hour) are enforced by
-the remediation loop from the policy. Called by the loop and the CLI; reaches the orchestrator and
-Kubernetes only through `watchdog.clients`.
+the remediation state machine from the policy, which runs this playbook (for the service and the
+CLI); reaches the orchestrator and Kubernetes only through `watchdog_sdk.clients`.
 """
 
 from __future__ import annotations
@@ -16,19 +16,17 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from playbooks import checks
-from playbooks.base import (
+from watchdog_sdk.constants import AGENT_LABEL
+from watchdog_sdk.errors import KubernetesNotFound, WatchdogError
+from watchdog_sdk.outcomes import Precheck, Risk, VerifyResult
+from watchdog_sdk.playbook import (
     MAX_WAIT_SECONDS,
-    ApplyResult,
-    PlannedAction,
+    OrchestratorCall,
     Playbook,
     PlaybookContext,
-    Precheck,
-    Risk,
     Step,
-    VerifyResult,
+    StepRequest,
 )
-from watchdog.constants import AGENT_LABEL
-from watchdog.errors import KubernetesNotFound, WatchdogError
 
 
 class RestartAgentParams(BaseModel):
@@ -39,6 +37,21 @@ class RestartAgentParams(BaseModel):
     agent_id: str = Field(min_length=1)
     ready_timeout_seconds: float = Field(default=120.0, gt=0, le=MAX_WAIT_SECONDS)
     verify_timeout_seconds: float = Field(default=120.0, gt=0, le=MAX_WAIT_SECONDS)
+
+
+class DeletePods(StepRequest):
+    """The agent's pods to delete (those seen when the step was planned; re-deleting one is harmless)."""
+
+    namespace: str
+    pods: list[str]
+
+
+class WaitReady(StepRequest):
+    """Wait (bounded) for a ready pod matching `selector` that is none of the `replaced` ones."""
+
+    selector: str
+    replaced: list[str]
+    timeout: float
 
 
 class RestartAgentPlaybook(Playbook[RestartAgentParams]):
@@ -100,57 +113,29 @@ class RestartAgentPlaybook(Playbook[RestartAgentParams]):
             restarts=agent.restarts,
         )
 
-    async def plan(self, ctx: PlaybookContext, params: RestartAgentParams) -> tuple[PlannedAction, ...]:
-        if ctx.kubernetes is None:
-            return (
-                PlannedAction(
-                    step="restart_worker",
+    async def steps(self, ctx: PlaybookContext, params: RestartAgentParams) -> list[Step[Any]]:
+        kube = ctx.kubernetes
+        if kube is None:
+
+            async def restart_worker(_request: OrchestratorCall) -> dict[str, Any]:
+                result = await ctx.orchestrator.restart_agent(params.agent_id)
+                return result.model_dump()
+
+            return [
+                Step(
+                    "restart_worker",
+                    OrchestratorCall(method="POST", path=f"/admin/agents/{params.agent_id}/restart"),
+                    restart_worker,
+                    idempotent=False,
                     description=f"restart the in-process agent worker {params.agent_id} "
                     f"(POST /admin/agents/{params.agent_id}/restart); the hung attempt is retried",
                     target=params.agent_id,
-                    request={"method": "POST", "path": f"/admin/agents/{params.agent_id}/restart"},
-                    idempotent=False,
-                ),
-            )
-        pods = [p.name for p in await ctx.kubernetes.list_pods(self._selector(params))]
-        return (
-            PlannedAction(
-                step="delete_pods",
-                description=f"kubectl delete pod -n {ctx.namespace} {' '.join(pods)}",
-                target=self._selector(params),
-                request={"namespace": ctx.namespace, "pods": pods},
-                idempotent=True,
-            ),
-            PlannedAction(
-                step="wait_ready",
-                description=f"wait up to {params.ready_timeout_seconds:g}s for a ready pod labelled "
-                f"{self._selector(params)} that replaces them",
-                target=self._selector(params),
-                request={
-                    "selector": self._selector(params),
-                    "replaced": pods,
-                    "timeout": params.ready_timeout_seconds,
-                },
-                idempotent=True,
-            ),
-        )
+                )
+            ]
 
-    async def apply(self, ctx: PlaybookContext, params: RestartAgentParams) -> ApplyResult:
-        try:
-            planned = await self.plan(ctx, params)
-        except WatchdogError as exc:
-            return ApplyResult(playbook=self.name, ok=False, detail=f"cannot plan: {exc}")
-        kube = ctx.kubernetes
-
-        async def restart_worker(_request: dict[str, Any]) -> dict[str, Any]:
-            result = await ctx.orchestrator.restart_agent(params.agent_id)
-            return result.model_dump()
-
-        async def delete_pods(request: dict[str, Any]) -> dict[str, Any]:
-            if kube is None:
-                raise RuntimeError("delete_pods planned without Kubernetes")
+        async def delete_pods(request: DeletePods) -> dict[str, Any]:
             deleted, gone = [], []
-            for pod in request["pods"]:
+            for pod in request.pods:
                 try:
                     await kube.delete_pod(pod)
                     deleted.append(pod)
@@ -158,21 +143,37 @@ class RestartAgentPlaybook(Playbook[RestartAgentParams]):
                     gone.append(pod)
             return {"deleted": deleted, "already_gone": gone}
 
-        async def wait_ready(request: dict[str, Any]) -> dict[str, Any]:
-            if kube is None:
-                raise RuntimeError("wait_ready planned without Kubernetes")
+        async def wait_ready(request: WaitReady) -> dict[str, Any]:
             pod = await kube.wait_for_ready_replacement(
-                request["selector"],
-                set(request["replaced"]),
-                deadline_seconds=request["timeout"],
+                request.selector,
+                set(request.replaced),
+                deadline_seconds=request.timeout,
                 poll_seconds=ctx.limits.poll_interval_seconds,
-                sleep=ctx.sleep,
+                sleep=ctx.clock.sleep,
             )
             return {"ready_pod": pod.name}
 
-        actions = {"restart_worker": restart_worker, "delete_pods": delete_pods, "wait_ready": wait_ready}
-        steps = [Step(p.step, p.idempotent, p.request, actions[p.step]) for p in planned]
-        return await self.run_steps(ctx, steps)
+        selector = self._selector(params)
+        pods = [p.name for p in await kube.list_pods(selector)]
+        return [
+            Step(
+                "delete_pods",
+                DeletePods(namespace=ctx.namespace, pods=pods),
+                delete_pods,
+                idempotent=True,
+                description=f"kubectl delete pod -n {ctx.namespace} {' '.join(pods)}",
+                target=selector,
+            ),
+            Step(
+                "wait_ready",
+                WaitReady(selector=selector, replaced=pods, timeout=params.ready_timeout_seconds),
+                wait_ready,
+                idempotent=True,
+                description=f"wait up to {params.ready_timeout_seconds:g}s for a ready pod labelled "
+                f"{selector} that replaces them",
+                target=selector,
+            ),
+        ]
 
     async def verify(self, ctx: PlaybookContext, params: RestartAgentParams) -> VerifyResult:
         found = await checks.run_completion_checks(ctx, params.verify_timeout_seconds)

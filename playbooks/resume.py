@@ -3,8 +3,8 @@
 Completed nodes are skipped; the rest run again, and the provenance chain continues. Never a second
 writer: the run must be cancelled, failed or interrupted, or — if it still shows `running` — its owner
 must be confirmed dead (`playbooks.holders`). Verification waits (bounded) for the resumed run to end
-and checks it completed with a valid provenance chain. Called by the remediation loop and the CLI;
-talks to the orchestrator only through `watchdog.clients.orchestrator`.
+and checks it completed with a valid provenance chain. Run by the watchdog's remediation state machine;
+talks to the orchestrator only through `watchdog_sdk.clients.orchestrator`.
 """
 
 from __future__ import annotations
@@ -14,18 +14,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from playbooks import checks, holders
-from playbooks.base import (
-    MAX_WAIT_SECONDS,
-    ApplyResult,
-    PlannedAction,
-    Playbook,
-    PlaybookContext,
-    Precheck,
-    Risk,
-    Step,
-    VerifyResult,
-)
-from watchdog.errors import WatchdogError
+from watchdog_sdk.errors import WatchdogError
+from watchdog_sdk.outcomes import Precheck, Risk, VerifyResult
+from watchdog_sdk.playbook import MAX_WAIT_SECONDS, OrchestratorCall, Playbook, PlaybookContext, Step
 
 RESUMABLE = frozenset({"cancelled", "failed", "interrupted"})
 
@@ -93,26 +84,22 @@ class ResumePlaybook(Playbook[ResumeParams]):
             )
         return Precheck.passed(f"run is {execution.status} but {verdict.reason}", **facts)
 
-    async def plan(self, ctx: PlaybookContext, params: ResumeParams) -> tuple[PlannedAction, ...]:
-        return (
-            PlannedAction(
-                step="resume",
-                description=f"resume execution {ctx.execution_id} from its checkpoints "
-                "(completed nodes skipped)",
-                target=ctx.execution_id,
-                request={"method": "POST", "path": f"/executions/{ctx.execution_id}/resume"},
-                idempotent=False,
-            ),
-        )
-
-    async def apply(self, ctx: PlaybookContext, params: ResumeParams) -> ApplyResult:
-        planned = (await self.plan(ctx, params))[0]
-
-        async def resume(_request: dict[str, Any]) -> dict[str, Any]:
+    async def steps(self, ctx: PlaybookContext, params: ResumeParams) -> list[Step[Any]]:
+        async def resume(_request: OrchestratorCall) -> dict[str, Any]:
             result = await ctx.orchestrator.resume(ctx.execution_id)
             return result.model_dump()
 
-        return await self.run_steps(ctx, [Step(planned.step, planned.idempotent, planned.request, resume)])
+        return [
+            Step(
+                "resume",
+                OrchestratorCall(method="POST", path=f"/executions/{ctx.execution_id}/resume"),
+                resume,
+                idempotent=False,
+                description=f"resume execution {ctx.execution_id} from its checkpoints "
+                "(completed nodes skipped)",
+                target=ctx.execution_id,
+            )
+        ]
 
     async def verify(self, ctx: PlaybookContext, params: ResumeParams) -> VerifyResult:
         found = await checks.run_completion_checks(ctx, params.verify_timeout_seconds)

@@ -12,31 +12,28 @@ values: patch the orchestrator Deployment's env (`GL_ORCHESTRATOR_MAX_PARALLEL_N
 template's restartedAt annotation). That restarts every replica, and runs still going end
 `interrupted` (the policy resumes them). `deployment_env: false` keeps to the live limits (no restart;
 the chart then grants no Deployment access); `rollout_restart: false` patches without the explicit
-restart. Called by the remediation loop and the CLI; reaches the orchestrator and Kubernetes only
-through `watchdog.clients`.
+restart. Run by the watchdog's remediation state machine (for the service and the CLI); reaches the
+orchestrator and Kubernetes only through `watchdog_sdk.clients`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from playbooks import checks
-from playbooks.base import (
-    ApplyResult,
-    Check,
-    CheckStatus,
-    PlannedAction,
-    Playbook,
-    PlaybookContext,
-    Precheck,
-    Risk,
-    Step,
-    VerifyResult,
-)
-from watchdog.constants import ORCHESTRATOR_DEPLOYMENT, RESTARTED_AT_ANNOTATION
-from watchdog.errors import WatchdogError
+from watchdog_sdk.constants import ORCHESTRATOR_DEPLOYMENT, RESTARTED_AT_ANNOTATION
+from watchdog_sdk.errors import WatchdogError
+from watchdog_sdk.outcomes import Check, CheckStatus, Precheck, Risk, VerifyResult
+from watchdog_sdk.playbook import OrchestratorCall, Playbook, PlaybookContext, Step, StepRequest
 
 ENV_PARALLEL = "GL_ORCHESTRATOR_MAX_PARALLEL_NODES"
 ENV_CONCURRENT = "GL_ORCHESTRATOR_MAX_CONCURRENT_EXECUTIONS"
@@ -68,6 +65,41 @@ class ThrottleParams(BaseModel):
             }.items()
             if v is not None
         }
+
+
+class LimitValues(StepRequest):
+    """The limits `PUT /admin/limits` sets; a limit left out (None) is not touched."""
+
+    max_parallel_nodes: int | None = None
+    max_concurrent_executions: int | None = None
+
+    def limits(self) -> dict[str, int]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+    @model_serializer(mode="wrap")
+    def _only_the_set_limits(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class SetLimits(OrchestratorCall):
+    """`PUT /admin/limits` with the new live limits (stored by the orchestrator, applied on every replica)."""
+
+    body: LimitValues
+
+
+class PatchDeploymentEnv(StepRequest):
+    """Set these env variables on the orchestrator Deployment's container (a pod template change)."""
+
+    deployment: str
+    namespace: str
+    env: dict[str, str]
+
+
+class RolloutRestart(StepRequest):
+    """`kubectl rollout restart` of the orchestrator Deployment (the pod template's restartedAt)."""
+
+    deployment: str
+    namespace: str
 
 
 class ThrottleConcurrencyPlaybook(Playbook[ThrottleParams]):
@@ -120,69 +152,66 @@ class ThrottleConcurrencyPlaybook(Playbook[ThrottleParams]):
         }
         return {k: v for k, v in params.targets().items() if current[k] is None or v <= current[k]}
 
-    async def plan(self, ctx: PlaybookContext, params: ThrottleParams) -> tuple[PlannedAction, ...]:
+    async def steps(self, ctx: PlaybookContext, params: ThrottleParams) -> list[Step[Any]]:
         targets = await self._settable(ctx, params)
-        actions = [
-            PlannedAction(
-                step="set_limits",
-                description=f"set live limits {targets} on every replica (PUT /admin/limits)",
-                target="orchestrator",
-                request={"method": "PUT", "path": "/admin/limits", "body": targets},
-                idempotent=True,
-            )
-        ]
-        if ctx.kubernetes is not None and params.deployment_env:
-            env = {}
-            if "max_parallel_nodes" in targets:
-                env[ENV_PARALLEL] = str(targets["max_parallel_nodes"])
-            if "max_concurrent_executions" in targets:
-                env[ENV_CONCURRENT] = str(targets["max_concurrent_executions"])
-            actions.append(
-                PlannedAction(
-                    step="patch_deployment_env",
-                    description=f"kubectl set env deployment/{params.deployment} -n {ctx.namespace} "
-                    + " ".join(f"{k}={v}" for k, v in env.items())
-                    + " (a pod template change: Kubernetes rolls every replica out)",
-                    target=f"deployment/{params.deployment}",
-                    request={"deployment": params.deployment, "namespace": ctx.namespace, "env": env},
-                    idempotent=True,
-                )
-            )
-            if params.rollout_restart:
-                actions.append(
-                    PlannedAction(
-                        step="rollout_restart",
-                        description=f"kubectl rollout restart deployment/{params.deployment} "
-                        f"-n {ctx.namespace} (restarts every orchestrator replica: runs still going "
-                        "end interrupted and need a resume)",
-                        target=f"deployment/{params.deployment}",
-                        request={"deployment": params.deployment, "namespace": ctx.namespace},
-                        idempotent=False,
-                    )
-                )
-        return tuple(actions)
 
-    async def apply(self, ctx: PlaybookContext, params: ThrottleParams) -> ApplyResult:
-        planned = await self.plan(ctx, params)
-        kube = ctx.kubernetes
-
-        async def set_limits(request: dict[str, Any]) -> dict[str, Any]:
-            limits = await ctx.orchestrator.set_limits(**request["body"])
+        async def set_limits(request: SetLimits) -> dict[str, Any]:
+            limits = await ctx.orchestrator.set_limits(**request.body.limits())
             return limits.model_dump()
 
-        async def patch_env(request: dict[str, Any]) -> dict[str, Any]:
-            assert kube is not None  # planned only with Kubernetes
-            await kube.patch_deployment_env(request["deployment"], request["env"])
-            return {"env": request["env"]}
+        steps: list[Step[Any]] = [
+            Step(
+                "set_limits",
+                SetLimits(method="PUT", path="/admin/limits", body=LimitValues(**targets)),
+                set_limits,
+                idempotent=True,
+                description=f"set live limits {targets} on every replica (PUT /admin/limits)",
+                target="orchestrator",
+            )
+        ]
+        kube = ctx.kubernetes
+        if kube is None or not params.deployment_env:
+            return steps
 
-        async def rollout(request: dict[str, Any]) -> dict[str, Any]:
-            assert kube is not None
-            deployment = await kube.rollout_restart(request["deployment"], now=ctx.clock())
+        async def patch_env(request: PatchDeploymentEnv) -> dict[str, Any]:
+            await kube.patch_deployment_env(request.deployment, request.env)
+            return {"env": request.env}
+
+        async def rollout(request: RolloutRestart) -> dict[str, Any]:
+            deployment = await kube.rollout_restart(request.deployment, now=ctx.clock.now())
             return {"restarted_at": deployment.template_annotations.get(RESTARTED_AT_ANNOTATION)}
 
-        actions = {"set_limits": set_limits, "patch_deployment_env": patch_env, "rollout_restart": rollout}
-        steps = [Step(p.step, p.idempotent, p.request, actions[p.step]) for p in planned]
-        return await self.run_steps(ctx, steps)
+        env = {}
+        if "max_parallel_nodes" in targets:
+            env[ENV_PARALLEL] = str(targets["max_parallel_nodes"])
+        if "max_concurrent_executions" in targets:
+            env[ENV_CONCURRENT] = str(targets["max_concurrent_executions"])
+        steps.append(
+            Step(
+                "patch_deployment_env",
+                PatchDeploymentEnv(deployment=params.deployment, namespace=ctx.namespace, env=env),
+                patch_env,
+                idempotent=True,
+                description=f"kubectl set env deployment/{params.deployment} -n {ctx.namespace} "
+                + " ".join(f"{k}={v}" for k, v in env.items())
+                + " (a pod template change: Kubernetes rolls every replica out)",
+                target=f"deployment/{params.deployment}",
+            )
+        )
+        if params.rollout_restart:
+            steps.append(
+                Step(
+                    "rollout_restart",
+                    RolloutRestart(deployment=params.deployment, namespace=ctx.namespace),
+                    rollout,
+                    idempotent=False,
+                    description=f"kubectl rollout restart deployment/{params.deployment} "
+                    f"-n {ctx.namespace} (restarts every orchestrator replica: runs still going "
+                    "end interrupted and need a resume)",
+                    target=f"deployment/{params.deployment}",
+                )
+            )
+        return steps
 
     async def verify(self, ctx: PlaybookContext, params: ThrottleParams) -> VerifyResult:
         found: list[Check] = []

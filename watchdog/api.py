@@ -1,8 +1,9 @@
 """The watchdog's HTTP API (aiohttp): the Alertmanager webhook, incidents, metrics, health.
 
-Built by `create_app(wd)` over a `watchdog.app.WatchdogApp`; served by `gl-watchdog serve`
-(`watchdog.cli`) and by tests on loopback. Other modules add their routes through `extensions`
-(e.g. the approval routes and web page of `watchdog.web`): each is called as `install(app, wd)`.
+Installed by the composition root (`watchdog.assembly.create_app`) with `add_routes(app, ...)`, which
+hands the handlers their services as AppKeys: the intake, the incident service, the diagnosis jobs,
+the store (lists, readiness) and the metrics. Served by `gl-watchdog serve` (`watchdog.cli`) and by
+tests on loopback. The approval routes and page are `watchdog.web`'s.
 
     POST /api/v1/alerts                    Alertmanager webhook v4 (`watchdog.intake`)
     GET  /api/v1/incidents[?status=a,b]    {"items": [incident...]}
@@ -13,130 +14,43 @@ Built by `create_app(wd)` over a `watchdog.app.WatchdogApp`; served by `gl-watch
     GET  /metrics                          gl_watchdog_* (no auth)
     GET  /healthz, /readyz                 liveness; readiness = the store answers (no auth)
 
-Auth: `Authorization: Bearer <token>` against `settings.api_tokens`, compared with
-`hmac.compare_digest`, never logged. Paths in `PUBLIC_PATHS_KEY` (health, metrics, and what extensions
-add, e.g. signed approval links) need no token. When no token is configured every other call gets a
-401; `serve` on loopback generates a local token instead (`WatchdogSettings.with_local_secrets`).
-Every error is JSON `{"error": <code>, "detail": <message>}`.
+Auth and errors: the middlewares of `watchdog.http` (bearer token from `settings.api_tokens` or
+`api_token_file`; every error JSON `{"error": <code>, "detail": <message>}`). Paths in
+`PUBLIC_PATHS_KEY` (health, metrics, and what `watchdog.web` adds: signed approval links) need no
+token; `serve` on loopback generates a local token when none is configured
+(`WatchdogSettings.with_local_secrets`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from watchdog.app import DIAGNOSABLE, WatchdogApp
-from watchdog.errors import (
-    BackendUnavailable,
-    IncidentNotFound,
-    InvalidTransition,
-    StoreError,
-)
-from watchdog.incidents import IncidentDetail
-from watchdog.intake import IntakeError, describe_validation, parse_payload
-from watchdog.metrics import CONTENT_TYPE
+from watchdog.diagnosis import DIAGNOSABLE, DiagnosisService
+from watchdog.errors import InvalidTransition, StoreError
+from watchdog.http import ApiError, json_error
+from watchdog.incidents import IncidentDetail, IncidentService
+from watchdog.intake import AlertIntake, describe_validation, parse_payload
+from watchdog.metrics import CONTENT_TYPE, WatchdogMetrics
 from watchdog.migrations import INCIDENT_STATUSES
-from watchdog.store import Incident
+from watchdog.records import Incident
+from watchdog.store import WatchdogStore
 
 log = logging.getLogger(__name__)
 
 GAUGE_REFRESH_TIMEOUT_SECONDS: Final = 2.0  # a scrape waits at most this long for the store's counts
 
-WATCHDOG_KEY: Final = web.AppKey("watchdog", WatchdogApp)
-PUBLIC_PATHS_KEY: Final = web.AppKey("public_paths", set[str])
-PUBLIC_PREFIXES_KEY: Final = web.AppKey("public_prefixes", list[str])
-
-RouteInstaller = Callable[[web.Application, WatchdogApp], None]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def json_error(status: int, code: str, detail: str) -> web.Response:
-    """The API's error shape."""
-    return web.json_response({"error": code, "detail": detail}, status=status)
-
-
-# -- middlewares ------------------------------------------------------------------------------------
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure becomes a JSON error; nothing escapes as a traceback."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        if exc.content_type == "application/json":
-            raise
-        code = exc.reason.lower().replace(" ", "_")
-        detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
-        if isinstance(exc, web.HTTPRequestEntityTooLarge):
-            code, detail = "body_too_large", f"request body exceeds the limit of {exc.max_size} bytes"  # type: ignore[attr-defined]
-        return json_error(exc.status, code, detail)
-    except IntakeError as exc:
-        return json_error(exc.status, exc.code, exc.detail)
-    except IncidentNotFound as exc:
-        return json_error(404, "not_found", str(exc))
-    except InvalidTransition as exc:
-        return json_error(409, "conflict", str(exc))
-    except BackendUnavailable as exc:
-        log.warning("%s %s: backend unavailable: %s", request.method, request.path, exc)
-        return json_error(503, "unavailable", str(exc))
-    except StoreError as exc:
-        log.error("%s %s: store error: %s", request.method, request.path, exc)
-        return json_error(500, "store_error", str(exc))
-    except Exception:
-        log.exception("%s %s failed", request.method, request.path)
-        return json_error(500, "internal_error", "internal error; see the watchdog log")
-
-
-def _auth_middleware(tokens: list[str]) -> Any:
-    encoded = [t.encode() for t in tokens]
-
-    @web.middleware
-    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if _is_public(request):
-            return await handler(request)
-        if not encoded:
-            return _unauthorized("the watchdog has no API token configured; every API call is refused")
-        header = request.headers.get("Authorization", "")
-        scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not presented:
-            return _unauthorized("missing bearer token (Authorization: Bearer <token>)")
-        given = presented.strip().encode()
-        # compare against every token, always, so timing does not tell which one matched
-        matched = False
-        for token in encoded:
-            matched |= hmac.compare_digest(given, token)
-        if not matched:
-            return _unauthorized("invalid bearer token")
-        return await handler(request)
-
-    return auth
-
-
-def _unauthorized(detail: str) -> web.Response:
-    response = json_error(401, "unauthorized", detail)
-    response.headers["WWW-Authenticate"] = 'Bearer realm="gl-watchdog"'
-    return response
-
-
-def _is_public(request: web.Request) -> bool:
-    app = request.app
-    if request.path in app[PUBLIC_PATHS_KEY]:
-        return True
-    return any(request.path.startswith(prefix) for prefix in app[PUBLIC_PREFIXES_KEY])
-
-
-def _wd(request: web.Request) -> WatchdogApp:
-    return request.app[WATCHDOG_KEY]
+INTAKE_KEY: Final = web.AppKey("intake", AlertIntake)
+INCIDENTS_KEY: Final = web.AppKey("incidents", IncidentService)
+DIAGNOSIS_KEY: Final = web.AppKey("diagnosis", DiagnosisService)
+STORE_KEY: Final = web.AppKey("store", WatchdogStore)
+METRICS_KEY: Final = web.AppKey("metrics", WatchdogMetrics)
+MAX_BODY_KEY: Final = web.AppKey("max_body_bytes", int)
 
 
 # -- incident JSON ----------------------------------------------------------------------------------
@@ -170,31 +84,28 @@ def detail_json(detail: IncidentDetail) -> dict[str, Any]:
 
 async def _read_json_body(request: web.Request) -> bytes:
     if request.content_type != "application/json":
-        raise IntakeError(
+        raise ApiError(
             415,
             "unsupported_media_type",
             f"Content-Type must be application/json, not {request.content_type or 'missing'!r}",
         )
-    max_bytes = request.app[WATCHDOG_KEY].settings.max_body_bytes
+    max_bytes = request.app[MAX_BODY_KEY]
     if request.content_length is not None and request.content_length > max_bytes:
-        raise IntakeError(413, "body_too_large", f"request body exceeds the limit of {max_bytes} bytes")
+        raise ApiError(413, "body_too_large", f"request body exceeds the limit of {max_bytes} bytes")
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
-        raise IntakeError(
-            413, "body_too_large", f"request body exceeds the limit of {max_bytes} bytes"
-        ) from exc
+        raise ApiError(413, "body_too_large", f"request body exceeds the limit of {max_bytes} bytes") from exc
 
 
 async def post_alerts(request: web.Request) -> web.Response:
     """Alertmanager webhook: validate everything, apply the valid alerts, answer once durably written."""
     body = await _read_json_body(request)
     parsed = parse_payload(body)
-    wd = _wd(request)
     for rejection in parsed.rejected:
-        wd.metrics.alerts_rejected.inc()
+        request.app[METRICS_KEY].alerts_rejected.inc()
         log.warning("alert rejected, the rest of its payload applied: %s", rejection.problem)
-    outcomes = await wd.intake.handle(parsed.payload)
+    outcomes = await request.app[INTAKE_KEY].handle(parsed.payload)
     return web.json_response(
         {
             "status": "partial" if parsed.rejected else "ok",
@@ -212,12 +123,12 @@ async def list_incidents(request: web.Request) -> web.Response:
         statuses = [s.strip() for s in raw.split(",") if s.strip()]
         unknown = sorted(set(statuses) - set(INCIDENT_STATUSES))
         if unknown:
-            raise IntakeError(
+            raise ApiError(
                 400,
                 "bad_request",
                 f"unknown status {', '.join(unknown)}; use one of {', '.join(INCIDENT_STATUSES)}",
             )
-    incidents = await _wd(request).store.list_incidents(statuses=statuses)
+    incidents = await request.app[STORE_KEY].list_incidents(statuses=statuses)
     return web.json_response({"items": [incident_json(i) for i in incidents]})
 
 
@@ -226,22 +137,21 @@ def _incident_id(request: web.Request) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise IntakeError(400, "bad_request", f"incident id must be an integer, not {raw!r}") from None
+        raise ApiError(400, "bad_request", f"incident id must be an integer, not {raw!r}") from None
     if value < 1:
-        raise IntakeError(400, "bad_request", f"incident id must be positive, not {value}")
+        raise ApiError(400, "bad_request", f"incident id must be positive, not {value}")
     return value
 
 
 async def get_incident(request: web.Request) -> web.Response:
     """`GET /api/v1/incidents/{id}`."""
-    detail = await _wd(request).incidents.detail(_incident_id(request))
+    detail = await request.app[INCIDENTS_KEY].detail(_incident_id(request))
     return web.json_response(detail_json(detail))
 
 
 async def diagnose_incident(request: web.Request) -> web.Response:
     """`POST /api/v1/incidents/{id}/diagnose`: 202 and the diagnosis runs in the background."""
-    wd = _wd(request)
-    incident = await wd.incidents.get(_incident_id(request))
+    incident = await request.app[INCIDENTS_KEY].get(_incident_id(request))
     if incident.status not in DIAGNOSABLE:
         raise InvalidTransition(
             incident.id,
@@ -249,7 +159,7 @@ async def diagnose_incident(request: web.Request) -> web.Response:
             "diagnosing",
             f"incident {incident.id} is {incident.status}; only an open incident is diagnosed",
         )
-    wd.start_diagnosis(incident)
+    request.app[DIAGNOSIS_KEY].start(incident)
     return web.json_response({"incident": incident_json(incident), "diagnosis": "started"}, status=202)
 
 
@@ -268,40 +178,38 @@ async def open_incident(request: web.Request) -> web.Response:
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IntakeError(400, "malformed_json", f"request body is not valid JSON: {exc}") from exc
+        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from exc
     try:
         spec = ManualIncident.model_validate(data)
     except ValidationError as exc:
-        raise IntakeError(422, "invalid_payload", describe_validation(exc)) from exc
-    wd = _wd(request)
-    result = await wd.incidents.open_or_join(
+        raise ApiError(422, "invalid_payload", describe_validation(exc)) from exc
+    result = await request.app[INCIDENTS_KEY].open_or_join(
         spec.execution_id, dag_id=spec.dag_id, source="manual", detection_source="api", actor="api"
     )
     if result.created:
-        wd.start_diagnosis(result.incident)
+        request.app[DIAGNOSIS_KEY].start(result.incident)
     return web.json_response(
         {"incident": incident_json(result.incident), "created": result.created},
         status=201 if result.created else 200,
     )
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def metrics_page(request: web.Request) -> web.Response:
     """Prometheus exposition of the watchdog's own registry, store-wide gauges read fresh.
 
     A slow or unreachable store never fails the scrape (that would hide every other series): the
     gauges keep their last values and the problem is logged (and `/readyz` reports it).
     """
-    wd = _wd(request)
     try:
         async with asyncio.timeout(GAUGE_REFRESH_TIMEOUT_SECONDS):
-            await wd.refresh_gauges()
+            await request.app[INCIDENTS_KEY].refresh_gauges()
     except TimeoutError:
         log.warning(
             "gauges not refreshed: the store did not answer within %ss", GAUGE_REFRESH_TIMEOUT_SECONDS
         )
     except StoreError as exc:
         log.warning("gauges not refreshed: %s", exc)
-    body = wd.metrics.render()
+    body = request.app[METRICS_KEY].render()
     response = web.Response(body=body)
     response.headers["Content-Type"] = CONTENT_TYPE
     return response
@@ -315,7 +223,7 @@ async def healthz(_: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Readiness: the store answers a query."""
     try:
-        await _wd(request).store.ping()
+        await request.app[STORE_KEY].ping()
     except StoreError as exc:
         return json_error(503, "not_ready", f"store not reachable: {exc}")
     return web.json_response({"status": "ready"})
@@ -324,24 +232,28 @@ async def readyz(request: web.Request) -> web.Response:
 # -- assembly ---------------------------------------------------------------------------------------
 
 
-def create_app(wd: WatchdogApp, *, extensions: Sequence[RouteInstaller] = ()) -> web.Application:
-    """The aiohttp application of the watchdog over `wd`, plus the routes of `extensions`."""
-    app = web.Application(
-        client_max_size=wd.settings.max_body_bytes,
-        middlewares=[error_middleware, _auth_middleware(wd.settings.api_token_values())],
-    )
-    app[WATCHDOG_KEY] = wd
-    app[PUBLIC_PATHS_KEY] = {"/healthz", "/readyz", "/metrics"}
-    app[PUBLIC_PREFIXES_KEY] = []
+def add_routes(
+    app: web.Application,
+    *,
+    intake: AlertIntake,
+    incidents: IncidentService,
+    diagnosis: DiagnosisService,
+    store: WatchdogStore,
+    metrics: WatchdogMetrics,
+    max_body_bytes: int,
+) -> None:
+    """Add the API's routes to `app` (built by `watchdog.http.new_application`) with their services."""
+    app[INTAKE_KEY] = intake
+    app[INCIDENTS_KEY] = incidents
+    app[DIAGNOSIS_KEY] = diagnosis
+    app[STORE_KEY] = store
+    app[METRICS_KEY] = metrics
+    app[MAX_BODY_KEY] = max_body_bytes
     app.router.add_post("/api/v1/alerts", post_alerts)
     app.router.add_get("/api/v1/incidents", list_incidents)
     app.router.add_post("/api/v1/incidents", open_incident)
     app.router.add_get("/api/v1/incidents/{incident_id}", get_incident)
     app.router.add_post("/api/v1/incidents/{incident_id}/diagnose", diagnose_incident)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    # Extensions (approval API and web page, ...) add their routes and public paths here.
-    for install in extensions:
-        install(app, wd)
-    return app

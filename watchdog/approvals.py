@@ -1,6 +1,6 @@
 """Approval prompts: create them, sign their links, settle decisions and expiry atomically in the store.
 
-The remediation loop (`watchdog.remediation`) creates a prompt when the plan needs a human; the prompt
+The responder (`watchdog.responder`) creates a prompt when the plan needs a human; the prompt
 goes out through the notifier (`watchdog.notifier`) with approve/deny links, is shown on the web page
 (`watchdog.web`, `/approvals/{id}?token=...`), and can be answered through the API
 (`POST /api/v1/approvals/{id}/approve|deny`, bearer token or link token) and the CLI
@@ -21,20 +21,20 @@ import base64
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 from urllib.parse import quote
 
 import sqlalchemy as sa
 
+from gl_common.clock import Clock
 from watchdog.errors import ApprovalClosed, ApprovalNotFound, InvalidToken
 from watchdog.migrations import approvals as approvals_table
-from watchdog.store import Approval, Store, Tx
-
-Clock = Callable[[], datetime]
+from watchdog.plan import Plan
+from watchdog.records import Approval
+from watchdog.store import Tx, WatchdogStore
 
 
 class Decision(StrEnum):
@@ -71,7 +71,7 @@ class ApprovalService:
 
     def __init__(
         self,
-        store: Store,
+        store: WatchdogStore,
         signing_key: bytes,
         *,
         ttl_seconds: float,
@@ -113,7 +113,7 @@ class ApprovalService:
             raise InvalidToken(
                 "approval token does not match this prompt (forged, altered, or for another prompt)"
             )
-        if not allow_expired and self.clock().timestamp() >= expires_unix:
+        if not allow_expired and self.clock.now().timestamp() >= expires_unix:
             raise ApprovalClosed(
                 "expired", f"approval {approval.id} expired at {approval.expires_at.isoformat()}"
             )
@@ -121,7 +121,7 @@ class ApprovalService:
     # -- lifecycle
 
     async def create_in(
-        self, tx: Tx, *, incident_id: int, plan: dict[str, Any], summary: str, actor: str = "watchdog"
+        self, tx: Tx, *, incident_id: int, plan: Plan, summary: str, actor: str = "watchdog"
     ) -> Approval:
         """Insert a pending prompt inside `tx` (audited as `approval_requested`)."""
         approval = await tx.insert_approval(
@@ -130,13 +130,17 @@ class ApprovalService:
             plan=plan,
             summary=summary,
             token_nonce=secrets.token_urlsafe(24),
-            expires_at=self.clock() + self.ttl,
+            expires_at=self.clock.now() + self.ttl,
         )
         await tx.add_audit(
             incident_id,
             "approval_requested",
             actor=actor,
-            data={"approval_id": approval.id, "expires_at": approval.expires_at.isoformat(), "plan": plan},
+            data={
+                "approval_id": approval.id,
+                "expires_at": approval.expires_at.isoformat(),
+                "plan": plan.model_dump(mode="json"),
+            },
         )
         return approval
 
@@ -178,7 +182,7 @@ class ApprovalService:
         elif not authenticated:
             raise InvalidToken("an approval token or API authentication is required")
         async with self.store.transaction() as tx:
-            now = self.clock()
+            now = self.clock.now()
             result = await tx.conn.execute(
                 sa.update(approvals_table)
                 .where(
@@ -212,7 +216,7 @@ class ApprovalService:
 
     async def expire_due(self, actor: str = "watchdog") -> list[Approval]:
         """Mark every pending prompt past its expiry `expired` (conditional, audited); returns them."""
-        now = self.clock()
+        now = self.clock.now()
         async with self.store.transaction() as tx:
             result = await tx.conn.execute(
                 sa.update(approvals_table)
@@ -247,7 +251,7 @@ def public_view(approval: Approval) -> dict[str, Any]:
         "incident_id": approval.incident_id,
         "state": approval.state,
         "summary": approval.summary,
-        "plan": approval.plan,
+        "plan": approval.plan.model_dump(mode="json"),
         "created_at": approval.created_at.isoformat(),
         "expires_at": approval.expires_at.isoformat(),
         "decided_at": approval.decided_at.isoformat() if approval.decided_at else None,

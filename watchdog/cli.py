@@ -12,10 +12,9 @@ are one line on stderr and a non-zero exit, never a traceback:
     1  failed        3  not found (unknown execution id)
                      4  a backend is unreachable or refused us (orchestrator, database, ...)
 
-Calls `watchdog.app` (serve, sweep), `watchdog.api` (serve), the diagnostic runner and renderers
+Calls the composition root (`watchdog.assembly`: serve, sweep), the diagnostic runner and renderers
 (diagnose) and the store (incidents). The approve/deny/playbook/demo subcommands of the remediation
-side (`watchdog.remediation_cli`) plug in at the marked place in `build_parser()`; `serve` attaches the
-remediation loop (`watchdog.remediation.attach`) and the approval routes (`watchdog.web`).
+side (`watchdog.remediation_cli`) plug in at the marked place in `build_parser()`.
 """
 
 from __future__ import annotations
@@ -37,24 +36,24 @@ from aiohttp import web
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from watchdog import remediation, remediation_cli
-from watchdog.api import create_app
-from watchdog.app import WatchdogApp
+from watchdog import remediation_cli
+from watchdog.assembly import build_watchdog, create_app
+from watchdog.backends import open_clients
 from watchdog.diagnostics import render, runner
-from watchdog.diagnostics.context import DiagnosticContext
-from watchdog.errors import (
+from watchdog.errors import StoreError
+from watchdog.migrations import INCIDENT_STATUSES
+from watchdog.records import Incident
+from watchdog.settings import WatchdogSettings, load_settings
+from watchdog.store import WatchdogStore
+from watchdog_sdk.diagnostic_step import DiagnosticContext
+from watchdog_sdk.errors import (
     BackendUnavailable,
     ConfigError,
     NotFound,
     OrchestratorError,
-    StoreError,
     Unauthorized,
     WatchdogError,
 )
-from watchdog.migrations import INCIDENT_STATUSES
-from watchdog.settings import WatchdogSettings, load_settings
-from watchdog.store import Incident, Store
-from watchdog.web import installer as approval_routes
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -133,13 +132,8 @@ async def _serve(settings: WatchdogSettings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):  # platforms without signal handlers
             loop.add_signal_handler(sig, stop.set)
-    wd = await WatchdogApp.build(settings)
-    try:
-        remediator = remediation.attach(wd)  # the remediation loop becomes wd.remediate
-    except BaseException:  # e.g. an invalid policy file: close what was opened, then report it
-        await wd.aclose()
-        raise
-    runner_ = web.AppRunner(create_app(wd, extensions=[approval_routes(remediator)]), access_log=None)
+    watchdog = await build_watchdog(settings)  # an invalid policy or key fails before anything opens
+    runner_ = web.AppRunner(create_app(watchdog), access_log=None)
     try:
         await runner_.setup()
         site = web.TCPSite(runner_, settings.host, settings.port)
@@ -149,21 +143,19 @@ async def _serve(settings: WatchdogSettings) -> int:
             raise CliError(
                 f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", EXIT_FAILED
             ) from exc
-        await wd.start()
-        await remediator.start(expiry_interval_seconds=min(settings.sweep_interval_seconds, 30.0))
+        await watchdog.start()
         log.info(
             "gl-watchdog listening on http://%s:%s (store %s, condition from %s)",
             settings.host,
             settings.port,
-            wd.store.dialect,
+            watchdog.store.dialect,
             "prometheus" if settings.prometheus_url else "the orchestrator API",
         )
         await stop.wait()
         log.info("shutting down")
     finally:
         await runner_.cleanup()
-        await remediator.aclose()
-        await wd.aclose()
+        await watchdog.aclose()
     return EXIT_OK
 
 
@@ -182,7 +174,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 async def _diagnose(settings: WatchdogSettings, execution_id: str, fmt: str) -> str:
-    ctx = DiagnosticContext.from_settings(settings)
+    clients = await open_clients(settings)
+    ctx = DiagnosticContext(clients=clients, settings=settings.diagnostics())
     try:
         try:
             await ctx.orchestrator.get_execution(execution_id)
@@ -203,7 +196,7 @@ async def _diagnose(settings: WatchdogSettings, execution_id: str, fmt: str) -> 
             raise CliError(str(exc), EXIT_UNAVAILABLE) from exc
         diagnosis = await runner.diagnose(ctx, execution_id)
     finally:
-        await ctx.aclose()
+        await clients.aclose()
     if fmt == "json":
         return render.to_json(diagnosis)
     if fmt == "markdown":
@@ -248,7 +241,7 @@ def _require_existing_sqlite_file(database_url: str) -> None:
     try:
         url = make_url(database_url)
     except ArgumentError:
-        return  # Store.open reports the bad URL
+        return  # WatchdogStore.open reports the bad URL
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
         return
     path = Path(url.database)
@@ -266,7 +259,7 @@ async def _list_incidents(
     """The incidents, and the pending approval prompt of each that has one (for `gl-watchdog approve`
     when the notifier never delivered the link)."""
     _require_existing_sqlite_file(settings.database_url)
-    store = await Store.open(settings.database_url)
+    store = await WatchdogStore.open(settings.database_url)
     try:
         incidents = await store.list_incidents(statuses=statuses, limit=limit)
         async with store.transaction() as tx:
@@ -331,13 +324,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 async def _sweep(settings: WatchdogSettings) -> dict[str, Any]:
-    wd = await WatchdogApp.build(settings)
+    watchdog = await build_watchdog(settings, respond=False)  # diagnoses, reports, acts on nothing
     try:
-        report = await wd.sweeper.sweep_once()
-        await wd.jobs.wait_idle()
+        report = await watchdog.sweeper.sweep_once()
+        await watchdog.jobs.wait_idle()
         return report.as_json()
     finally:
-        await wd.aclose()
+        await watchdog.aclose()
 
 
 # -- the parser -------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Evaluated by the sweeps (`watchdog.sweeps.Sweeper.sweep_once`) and by anyone who wants to know
 which runs are stuck right now. It reads from one of two sources:
 
-- Prometheus (when configured): the shipped alert expression `watchdog.constants.STUCK_EXPRESSION`,
+- Prometheus (when configured): the shipped alert expression `watchdog_sdk.constants.STUCK_EXPRESSION`,
   whose answer is the running executions whose duration exceeds their timeout;
 - the orchestrator API (otherwise, and as the fallback when Prometheus is down or refuses the query):
   `GET /executions?status=running`, over when `now - started_at > timeout_seconds`.
@@ -23,18 +23,16 @@ for ten minutes after every deploy or failover). Every other run starts from pen
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
-from watchdog.clients.orchestrator import Execution
-from watchdog.clients.prometheus import Sample
-from watchdog.constants import STUCK_EXPRESSION
-from watchdog.errors import PrometheusQueryError, PrometheusUnavailable
-
-Clock = Callable[[], datetime]
+from gl_common.clock import Clock
+from watchdog_sdk.clients.orchestrator import Execution
+from watchdog_sdk.clients.prometheus import Sample
+from watchdog_sdk.constants import STUCK_EXPRESSION
+from watchdog_sdk.errors import PrometheusQueryError, PrometheusUnavailable
 
 
 class ExecutionLister(Protocol):
@@ -144,9 +142,9 @@ class ConditionEvaluator:
             except (PrometheusUnavailable, PrometheusQueryError) as exc:
                 fallback_reason = f"prometheus failed, used the orchestrator API: {exc}"
             else:
-                return self.advance(self.clock(), Source.PROMETHEUS, observations)
+                return self.advance(self.clock.now(), Source.PROMETHEUS, observations)
         observations = await self.observe_api(self.orchestrator)
-        return self.advance(self.clock(), Source.API, observations, fallback_reason)
+        return self.advance(self.clock.now(), Source.API, observations, fallback_reason)
 
     async def observe_prometheus(self, prometheus: PromQuerier) -> list[Observation]:
         """The shipped alert expression: each answer is a running execution over its timeout."""
@@ -166,7 +164,7 @@ class ConditionEvaluator:
 
     async def observe_api(self, orchestrator: ExecutionLister) -> list[Observation]:
         """Running executions from the orchestrator; over when `now - started_at > timeout_seconds`."""
-        now = self.clock()
+        now = self.clock.now()
         observations = []
         for execution in await orchestrator.list_executions(status="running"):
             duration = None if execution.started_at is None else (now - execution.started_at).total_seconds()

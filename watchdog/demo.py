@@ -35,17 +35,14 @@ from orchestrator_core.api import build_app
 from orchestrator_core.emissions import emissions_dag, emissions_demo_input
 from orchestrator_core.service import OrchestratorService
 from orchestrator_core.settings import OrchestratorSettings
-from watchdog.api import create_app
-from watchdog.app import WatchdogApp
 from watchdog.approvals import Decision
+from watchdog.assembly import Watchdog, build_watchdog, create_app
 from watchdog.diagnostics import render
-from watchdog.diagnostics.models import Diagnosis
 from watchdog.errors import ApprovalClosed
 from watchdog.notifier import EscalationMessage, NotifyResult, PromptMessage
-from watchdog.remediation import Remediator, attach
+from watchdog.records import Approval, Incident
 from watchdog.settings import Mode, WatchdogSettings
-from watchdog.store import Approval, Incident
-from watchdog.web import installer
+from watchdog_sdk.diagnosis import Diagnosis
 
 Ask = Callable[[str], Awaitable[bool]]
 DEMO_DAG = "emissions-report"
@@ -257,33 +254,27 @@ async def _run(out: TextIO, base: Path, yes: bool, ask: Ask, result: DemoResult)
             api_tokens=[secrets.token_urlsafe(24)],
         )
         notifier = TerminalNotifier(out)
-        wd = await WatchdogApp.build(settings)
+        watchdog = await build_watchdog(settings, notifier=notifier, poll_interval_seconds=0.2)
         try:
-            remediator = attach(wd, notifier=notifier, poll_interval_seconds=0.2)
-            async with _serve(create_app(wd, extensions=[installer(remediator)]), sock):
+            async with _serve(create_app(watchdog), sock):
                 w(f"  watchdog       http://127.0.0.1:{port} (embedded, mode recommend, for 2s)\n\n")
-                await wd.start(sweeps=False)
-                await remediator.start(expiry_interval_seconds=1.0)
-                try:
-                    await _scenario(out, wd, remediator, notifier, yes, ask, result)
-                finally:
-                    await remediator.aclose(grace_seconds=5)
+                await watchdog.start(sweeps=False, expiry_interval_seconds=1.0)
+                await _scenario(out, watchdog, notifier, yes, ask, result)
         finally:
-            await wd.aclose(grace_seconds=5)
+            await watchdog.aclose(grace_seconds=5)
             sock.close()
 
 
 async def _scenario(
     out: TextIO,
-    wd: WatchdogApp,
-    remediator: Remediator,
+    wd: Watchdog,
     notifier: TerminalNotifier,
     yes: bool,
     ask: Ask,
     result: DemoResult,
 ) -> None:
     w = out.write
-    client = wd.orchestrator
+    client = wd.clients.orchestrator
     await client.register_dag(
         emissions_dag(dag_id=DEMO_DAG, execution_timeout_seconds=3.0, log_interval_seconds=0.5)
     )
@@ -316,7 +307,7 @@ async def _scenario(
                 w(f"{render.to_table(diagnosis)}\n\n")
             if notifier.prompts and "prompt" not in seen:
                 seen.add("prompt")
-                await _answer(out, remediator, notifier.prompts[-1], yes, ask, result, start)
+                await _answer(out, wd, notifier.prompts[-1], yes, ask, result, start)
             for status in ("remediating", "verifying"):
                 if incident.status == status and status not in seen:
                     seen.add(status)
@@ -329,7 +320,7 @@ async def _scenario(
                 break
         await asyncio.sleep(0.2)
 
-    await remediator.drain()
+    await wd.jobs.wait_idle()
     detail = await wd.incidents.detail(incident.id)
     result.actions = [f"{a.playbook}.{a.step} ({a.state})" for a in detail.actions]
     final = await client.get_execution(execution.execution_id)
@@ -354,7 +345,7 @@ async def _scenario(
 
 async def _answer(
     out: TextIO,
-    remediator: Remediator,
+    wd: Watchdog,
     prompt: PromptMessage,
     yes: bool,
     ask: Ask,
@@ -373,7 +364,7 @@ async def _answer(
         w("          approved (--yes)\n")
     else:
         w("          approve here, or open the page above and decide there\n")
-        elsewhere = await _ask_or_page(remediator, prompt.approval_id, ask)
+        elsewhere = await _ask_or_page(wd, prompt.approval_id, ask)
         if isinstance(elsewhere, bool):
             approved, actor = elsewhere, "terminal"
         else:  # decided on the page (its handler continues the remediation), or expired
@@ -387,7 +378,7 @@ async def _answer(
     if approved:
         result.timings["approved"] = _since(start)
     try:
-        decided = await remediator.approvals.decide(
+        decided = await wd.approvals.decide(
             prompt.approval_id,
             Decision.APPROVE if approved else Decision.DENY,
             actor=actor,
@@ -396,15 +387,15 @@ async def _answer(
     except ApprovalClosed as exc:  # e.g. answered after the prompt expired: nothing acts on it
         w(f"          too late: {exc}\n")
         return
-    remediator.spawn(remediator.on_decision(decided), name=f"decision-{decided.id}")
+    wd.responder.start_decision(decided)
 
 
-async def _ask_or_page(remediator: Remediator, approval_id: str, ask: Ask) -> bool | Approval:
+async def _ask_or_page(wd: Watchdog, approval_id: str, ask: Ask) -> bool | Approval:
     """The terminal's answer, or the prompt once it is no longer pending (decided on the page, expired)."""
 
     async def settled_elsewhere() -> Approval:
         while True:
-            approval = await remediator.approvals.get(approval_id)
+            approval = await wd.approvals.get(approval_id)
             if approval.state != "pending":
                 return approval
             await asyncio.sleep(0.2)

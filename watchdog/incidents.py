@@ -1,9 +1,9 @@
 """Incidents: open-or-join by execution id, state transitions, close; every change audited.
 
 Called by the intake (`watchdog.intake`, firing/resolved alerts), the sweeps (`watchdog.sweeps`), the
-API/CLI (`diagnose`), the diagnosis job (`watchdog.app`) and the remediation loop. Uses the store
-(`watchdog.store`) only; each operation is one transaction, in which the incident row and its audit
-entry are written together.
+API/CLI (`diagnose`), the diagnosis jobs (`watchdog.diagnosis`), the responder and the remediation
+state machine. Uses the store (`watchdog.store`) only; each operation is one transaction, in which
+the incident row and its audit entry are written together.
 
 At most one incident is open per execution id. That is the store's partial unique index, not a
 check-then-insert: `open_or_join` inserts with ON CONFLICT DO NOTHING and, when it loses, joins the
@@ -27,7 +27,8 @@ from typing import Any, Final
 from watchdog.errors import IncidentNotFound, InvalidTransition
 from watchdog.metrics import WatchdogMetrics
 from watchdog.migrations import TERMINAL_INCIDENT_STATUSES
-from watchdog.store import Action, Approval, AuditEntry, Incident, Store, Tx
+from watchdog.records import Action, Approval, AuditEntry, Incident
+from watchdog.store import Tx, WatchdogStore
 
 TRANSITIONS: Final[dict[str, frozenset[str]]] = {
     "open": frozenset({"diagnosing", "awaiting_approval", "remediating", "resolved", "escalated", "closed"}),
@@ -138,7 +139,7 @@ async def transition_in(
     if to not in TRANSITIONS.get(current.status, frozenset()):
         raise InvalidTransition(incident_id, current.status, to)
     if to in TERMINAL:
-        values.setdefault("closed_at", tx.clock())
+        values.setdefault("closed_at", tx.clock.now())
     updated = await tx.update_incident(incident_id, expected_status=[current.status], status=to, **values)
     if updated is None:  # changed under us between the read and the update
         raise InvalidTransition(
@@ -156,7 +157,7 @@ async def transition_in(
 class IncidentService:
     """Incident operations, one transaction each, with the open-incidents gauge kept current."""
 
-    def __init__(self, store: Store, metrics: WatchdogMetrics | None = None) -> None:
+    def __init__(self, store: WatchdogStore, metrics: WatchdogMetrics | None = None) -> None:
         self.store = store
         self.metrics = metrics
 
@@ -282,6 +283,25 @@ class IncidentService:
         async with self.store.transaction() as tx:
             self.metrics.open_incidents.set(await tx.count_open_incidents())
 
+    async def refresh_approvals_gauge(self) -> None:
+        """Set `gl_watchdog_pending_approvals` from the store."""
+        if self.metrics is None:
+            return
+        async with self.store.transaction() as tx:
+            pending = await tx.list_approvals(states=["pending"])
+        self.metrics.pending_approvals.set(len(pending))
+
+    async def refresh_gauges(self) -> None:
+        """Both store-wide gauges, read in one transaction: called before every scrape of `/metrics`,
+        so that every replica reports the same figures, not only the one whose change last set them."""
+        if self.metrics is None:
+            return
+        async with self.store.transaction() as tx:
+            open_incidents = await tx.count_open_incidents()
+            pending = await tx.list_approvals(states=["pending"])
+        self.metrics.open_incidents.set(open_incidents)
+        self.metrics.pending_approvals.set(len(pending))
+
 
 async def close_if_not_acted_in(tx: Tx, incident_id: int, *, actor: str, reason: str) -> Incident:
     """`IncidentService.close_if_not_acted` inside an open transaction."""
@@ -304,7 +324,11 @@ async def close_if_not_acted_in(tx: Tx, incident_id: int, *, actor: str, reason:
         )
     for approval in await tx.list_approvals(states=["pending"], incident_id=incident_id):
         expired = await tx.update_approval(
-            approval.id, expected_state=["pending"], state="expired", decided_at=tx.clock(), decided_by=actor
+            approval.id,
+            expected_state=["pending"],
+            state="expired",
+            decided_at=tx.clock.now(),
+            decided_by=actor,
         )
         if expired is not None:
             await tx.add_audit(

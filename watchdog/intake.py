@@ -13,7 +13,7 @@ Per alert:
   a counter: it never opens, joins or diagnoses again. A newly opened incident is handed to
   `on_opened` (the app starts its diagnosis);
 - resolved: closes the execution's open incident if it has not acted yet (no action recorded, not
-  remediating/verifying); an incident that has acted is left to the remediation loop, with an audit
+  remediating/verifying); an incident that has acted is left to the remediation, with an audit
   note. A resolved alert never opens an incident and never triggers anything.
 
 Validation happens for the whole payload before anything is written. A payload that is not a valid
@@ -35,25 +35,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from watchdog.constants import ALERT_NAME
-from watchdog.errors import InvalidTransition, WatchdogError
+from watchdog.errors import InvalidTransition
+from watchdog.http import ApiError
 from watchdog.incidents import IncidentService, close_if_not_acted_in, open_or_join_in
 from watchdog.metrics import WatchdogMetrics
-from watchdog.store import Incident, Store
+from watchdog.records import Incident
+from watchdog.store import WatchdogStore
+from watchdog_sdk.constants import ALERT_NAME
 
 ACTOR = "alertmanager"
 
 log = logging.getLogger(__name__)
-
-
-class IntakeError(WatchdogError):
-    """A webhook request the intake refuses; `status` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
 
 
 # -- the payload (https://prometheus.io/docs/alerting/latest/configuration/#webhook_config) ---------
@@ -155,17 +147,17 @@ def describe_validation(exc: ValidationError, prefix: str = "") -> str:
 def parse_payload(body: bytes) -> ParsedWebhook:
     """Parse and validate a webhook body, each alert on its own (see the module docstring).
 
-    IntakeError(400/422) naming the problem when the body is not a valid payload or every alert in it
+    ApiError(400/422) naming the problem when the body is not a valid payload or every alert in it
     is invalid.
     """
     try:
         data: Any = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IntakeError(400, "malformed_json", f"request body is not valid JSON: {exc}") from exc
+        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
-        raise IntakeError(422, "invalid_payload", "body must be a JSON object (Alertmanager webhook payload)")
+        raise ApiError(422, "invalid_payload", "body must be a JSON object (Alertmanager webhook payload)")
     if "version" in data and data["version"] != "4":
-        raise IntakeError(
+        raise ApiError(
             422,
             "unsupported_version",
             f"webhook payload version {data['version']!r} is not supported; expected version '4'",
@@ -173,7 +165,7 @@ def parse_payload(body: bytes) -> ParsedWebhook:
     try:
         envelope = _AmEnvelope.model_validate(data)
     except ValidationError as exc:
-        raise IntakeError(422, "invalid_payload", describe_validation(exc)) from exc
+        raise ApiError(422, "invalid_payload", describe_validation(exc)) from exc
     alerts: list[AmAlert] = []
     rejected: list[RejectedAlert] = []
     for index, raw in enumerate(envelope.alerts):
@@ -182,7 +174,7 @@ def parse_payload(body: bytes) -> ParsedWebhook:
         except ValidationError as exc:
             rejected.append(RejectedAlert(index, describe_validation(exc, prefix=f"alerts.{index}")))
     if rejected and not alerts:
-        raise IntakeError(422, "invalid_payload", "; ".join(r.problem for r in rejected))
+        raise ApiError(422, "invalid_payload", "; ".join(r.problem for r in rejected))
     payload = AmWebhook.model_construct(
         **{name: getattr(envelope, name) for name in AmWebhook.model_fields if name != "alerts"},
         alerts=alerts,
@@ -221,7 +213,7 @@ class AlertIntake:
 
     def __init__(
         self,
-        store: Store,
+        store: WatchdogStore,
         incidents: IncidentService,
         metrics: WatchdogMetrics,
         on_opened: Callable[[Incident], object],
@@ -321,7 +313,7 @@ class AlertIntake:
                     )
                 if delivery is not None:
                     delivery = await tx.update_delivery(
-                        delivery.id, status="resolved", resolved_at=tx.clock()
+                        delivery.id, status="resolved", resolved_at=tx.clock.now()
                     )
             incident = None
             if delivery is not None and delivery.incident_id is not None:

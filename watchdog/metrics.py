@@ -1,9 +1,10 @@
 """The watchdog's own Prometheus metrics (`gl_watchdog_*`), one CollectorRegistry per service instance.
 
-Built by `watchdog.app.WatchdogApp`; updated by the intake (alerts received), incidents (opened, open
-count), the diagnosis job (diagnoses, duration, per-step outcomes), the sweeps (sweeps, leadership) and
-the remediation side (remediations, approvals); served by `GET /metrics` in `watchdog.api`. Names come
-from `watchdog.constants` (docs/architecture.md, "Metrics").
+Built by the composition root (`watchdog.assembly`); updated by the intake (alerts received),
+incidents (opened, open count), the diagnosis jobs (diagnoses, duration, per-step outcomes), the
+sweeps (sweeps, leadership) and the remediation side (remediations, approvals); served by
+`GET /metrics` in `watchdog.api`. Names come from `watchdog_sdk.constants` (docs/architecture.md,
+"Metrics").
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from watchdog.constants import (
+from watchdog_sdk.constants import (
     W_ALERTS_RECEIVED,
     W_ALERTS_REJECTED,
     W_APPROVALS,
@@ -31,7 +32,7 @@ from watchdog.constants import (
     W_REMEDIATIONS,
     W_SWEEPS,
 )
-from watchdog.diagnostics.models import Diagnosis
+from watchdog_sdk.diagnosis import Diagnosis
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

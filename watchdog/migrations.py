@@ -1,6 +1,6 @@
 """The watchdog's database schema and its versioned migrations, applied on start-up.
 
-Called by `watchdog.store.Store.open()` before anything else touches the database; the table objects
+Called by `watchdog.store.WatchdogStore.open()` before anything else touches the database; the table objects
 defined here are what `watchdog.store` queries. One code path for SQLite (embedded default) and
 PostgreSQL (production): SQLAlchemy Core types only, dialect differences confined to `UTCDateTime`
 and `JSONType`.

@@ -1,6 +1,7 @@
 """Notifiers: tell on-call that an approval is wanted, or that an incident was escalated.
 
-Called by the remediation loop (`watchdog.remediation`), which audits every result. Two formats,
+Called by the responder (prompts) and the remediation state machine (escalations), through
+`RemediationService.notify`, which audits every result. Two formats,
 chosen by `settings.notifier_kind`: a Slack-compatible incoming-webhook message (text + blocks with
 approve/deny link buttons) and a generic JSON document. Both POST with httpx under a timeout. A
 notifier never raises for the webhook's failure: it returns a `NotifyResult` with `ok=False` and the

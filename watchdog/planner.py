@@ -1,53 +1,24 @@
 """The planner: a Diagnosis and the policy in, a Plan out — which playbook, with which params, how
 risky, whether a human must approve, and why, in plain language citing the evidence.
 
-Called by the remediation loop (`watchdog.remediation`) after diagnosis and by `gl-watchdog playbook
-run` / the API for display; reads the policy (`watchdog.policy`) and the playbook registry
-(`playbooks.registry`) for params models and risk. Pure: no I/O, so it is tested with plain values.
-The loop adds the playbook's dry-run actions (`Plan.actions`) right before asking for approval.
+Called by the responder (`watchdog.responder`) after diagnosis; reads the policy (`watchdog.policy`)
+and the playbook registry for params models and risk. Pure: no I/O, so it is tested with plain
+values. The responder adds the playbook's dry-run actions (`Plan.actions`) right before asking for
+approval. The `Plan` itself is `watchdog.plan` (the store keeps it).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from playbooks.base import PlannedAction, Risk
-from playbooks.registry import Registry
-from watchdog.diagnostics.models import Diagnosis, StepStatus
+from watchdog.plan import Plan
 from watchdog.policy import Policy
 from watchdog.settings import Mode
-
-
-class Plan(BaseModel):
-    """What the watchdog means to do about one stuck execution, and why."""
-
-    model_config = ConfigDict(frozen=True)
-
-    execution_id: str
-    likely_cause: str
-    playbook: str | None
-    params: dict[str, Any] = Field(default_factory=dict)
-    risk: Risk | None = None
-    mode: Mode
-    requires_approval: bool = False
-    will_act: bool = False
-    rule: str | None = None
-    rationale: str
-    evidence: list[str] = Field(default_factory=list)
-    actions: list[PlannedAction] = Field(default_factory=list)
-
-    def headline(self) -> str:
-        """One line for notifications and the terminal."""
-        if self.playbook is None:
-            return f"no automatic fix for {self.likely_cause}: escalate to on-call"
-        verb = "would run" if not self.will_act else "run"
-        return f"{verb} {self.playbook}({_params_text(self.params)}) [risk {self.risk}]"
-
-
-def _params_text(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in params.items())
+from watchdog_sdk.diagnosis import Diagnosis, StepStatus
+from watchdog_sdk.outcomes import Risk
+from watchdog_sdk.registry import Registry
 
 
 def evidence_of(diagnosis: Diagnosis) -> list[str]:

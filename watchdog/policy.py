@@ -3,9 +3,9 @@ and the limits that keep automation from doing harm.
 
 Loaded once at start-up from YAML (`settings.policy_file`, default: the shipped `policy.yaml` beside
 this module) by `load_policy()`, validated with pydantic, then passed to the planner
-(`watchdog.planner`) and the remediation loop (`watchdog.remediation`), which enforces `limits`
-against the store so they hold across restarts and replicas. An invalid file raises `PolicyError`
-naming the field (`rules.2.playbook: unknown playbook 'reboot'`).
+(`watchdog.planner`), the responder and the remediation state machine, whose limits
+(`watchdog.limits`) are enforced against the store so they hold across restarts and replicas. An
+invalid file raises `PolicyError` naming the field (`rules.2.playbook: unknown playbook 'reboot'`).
 
 Modes: the deployment's mode (settings) is `observe` (diagnose and report only), `recommend` (ask for
 approval for every action) or `auto` (act without approval where the playbook's policy allows). A
@@ -20,11 +20,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from playbooks.base import Playbook, Risk
 from playbooks.registry import default_registry
-from watchdog.diagnostics.models import Diagnosis
 from watchdog.errors import PolicyError
 from watchdog.settings import Mode
+from watchdog_sdk.diagnosis import Diagnosis
+from watchdog_sdk.outcomes import Risk
+from watchdog_sdk.playbook import Playbook
 
 DEFAULT_POLICY_FILE = Path(__file__).with_name("policy.yaml")
 

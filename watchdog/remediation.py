@@ -1,304 +1,139 @@
-"""The remediation loop: diagnosis → plan → (approval) → re-check preconditions → apply → verify →
-resolved | escalated, every step written to the audit log before and after it happens.
+"""The one remediation state machine: begin → (re-check) → reserve → apply → verify → close.
 
-Called by the watchdog app once an incident's diagnosis is stored (`Remediator.handle_diagnosed`), by
-the approval surfaces (API, web page, CLI) after a decision (`Remediator.on_decision`), by the sweeper
-for expired prompts (`Remediator.expire_approvals`), and at start-up (`Remediator.resume_interrupted`).
-Uses the planner (`watchdog.planner`), the policy's limits (`watchdog.policy`), approvals
-(`watchdog.approvals`), the notifier (`watchdog.notifier`), the incidents service
-(`watchdog.incidents`) and the playbooks (`playbooks.registry`), which reach outside systems through
-`watchdog.clients`.
+Every remediation goes through here, however it was started:
 
-Safety rules, all enforced through the store so they hold across restarts and replicas:
+- `execute()`: the service, once a plan may act (auto mode, or an approval) — called by the responder
+  (`watchdog.responder`) after a diagnosis or an approval decision;
+- `run_manual()`: a playbook run by hand (`gl-watchdog playbook run`, and later the API's), which opens
+  or joins the execution's incident, checks preconditions and plans first (refused: nothing done, a
+  fresh incident closed again), then takes the same path;
+- `resume_interrupted()`: at start-up, incidents a dead watchdog left in `remediating`/`verifying`.
 
-- one action in flight per execution: an incident moves into `remediating` by compare-and-set, and there
-  is at most one open incident per execution (the store's unique index);
-- an approval drives at most one remediation: it moves `approved → used` in that same transaction;
-- limits (`rate_events`): agent restarts per agent per hour, a global budget of remediations per hour,
-  and a circuit breaker that refuses to act after K failed remediations in a window;
-- steps are recorded in `actions` with a unique idempotency key (`playbooks.base.run_step`); after a
-  crash, `resume_interrupted` re-enters the playbook: steps that finished are skipped, idempotent
-  half-done steps are re-run with their recorded request, and a non-idempotent half-done step is marked
-  `interrupted` and the incident escalated — it is never repeated.
+    begin      compare-and-set into `remediating` (one action in flight per execution; an approval is
+               consumed `approved → used` in the same transaction)
+    re-check   the playbook's preconditions against live state (refused: escalate, or resolve when the
+               run completed by itself meanwhile)
+    reserve    the budgets and the circuit breaker (`watchdog.limits`), counted only when they allow it
+    apply      the playbook's steps through the action ledger (`watchdog.ledger`): idempotent, restart safe
+    verify     the runbook's post-resolution checks
+    close      `resolved`, or `escalated` with the reason (notified; a failure counts toward the breaker)
+
+Every phase is written to the audit log before and after it happens (`incidents.record`), so a
+restarted watchdog resumes or reports an interrupted remediation instead of repeating it: steps that
+finished are skipped, idempotent half-done steps are re-run with their recorded request, and a
+non-idempotent half-done step is marked `interrupted` and the incident escalated.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
-import sqlalchemy as sa
+from pydantic import BaseModel, ValidationError
 
-from playbooks.base import (
-    ActionLedger,
-    ActionState,
-    ApplyResult,
-    InMemoryLedger,
-    LedgerEntry,
-    PlaybookContext,
-    PlaybookLimits,
-    VerifyResult,
-)
-from playbooks.registry import Registry, default_registry
-from watchdog.app import WatchdogApp
+from gl_common.clock import Clock
 from watchdog.approvals import ApprovalService
-from watchdog.clients.kubernetes import KubernetesClient
-from watchdog.clients.orchestrator import OrchestratorClient
-from watchdog.clients.prometheus import PrometheusClient
-from watchdog.clients.redis import RedisClient
-from watchdog.diagnostics.models import Diagnosis
-from watchdog.errors import ConfigError, InvalidTransition, WatchdogError
+from watchdog.errors import InvalidTransition
 from watchdog.incidents import IncidentService, transition_in
+from watchdog.ledger import StoreLedger
+from watchdog.limits import RemediationLimits
 from watchdog.metrics import WatchdogMetrics
-from watchdog.notifier import EscalationMessage, Notifier, NotifyResult, PromptMessage, notifier_from_settings
-from watchdog.planner import Plan, make_plan
-from watchdog.policy import Policy, load_policy
+from watchdog.notifier import EscalationMessage, Notifier, NotifyResult
+from watchdog.plan import Plan
+from watchdog.policy import Policy
+from watchdog.records import Incident
 from watchdog.settings import Mode
-from watchdog.store import Approval, Incident, Store, Tx
+from watchdog.store import WatchdogStore
+from watchdog_sdk.clients import Clients
+from watchdog_sdk.errors import PlaybookError, WatchdogError
+from watchdog_sdk.ledger import ActionLedger, InMemoryLedger
+from watchdog_sdk.outcomes import ApplyResult, PlannedAction, Precheck, VerifyResult
+from watchdog_sdk.playbook import Playbook, PlaybookContext, PlaybookLimits
+from watchdog_sdk.registry import Registry
 
 log = logging.getLogger(__name__)
 
-ACTOR = "watchdog"
-STARTABLE = ("open", "diagnosing", "awaiting_approval")
-# Diagnoses that need no remediation: the run ended by itself between the alert and the diagnosis.
-SELF_RESOLVED = frozenset({"not_stuck"})
-OBSERVE_REFUSAL = (
+ACTOR: Final = "watchdog"
+MANUAL_RULE: Final = "manual"  # the `rule` of a plan made for a run by hand
+STARTABLE: Final = ("open", "diagnosing", "awaiting_approval")
+ACTING: Final = ("remediating", "verifying")
+OBSERVE_REFUSAL: Final = (
     "the watchdog is in observe mode: nothing acts, including remediations approved or started before"
     " the switch; run the playbook by hand (gl-watchdog playbook run) if it is still wanted"
 )
-RATE_AGENT_RESTART = "agent_restart"
-RATE_REMEDIATION = "remediation"
-RATE_FAILED = "remediation_failed"
-GLOBAL_KEY = "*"
-LIMITS_LOCK_KEY = 0x676C5744  # "glWD": the PostgreSQL advisory lock around limit checks
-
-
-# -- the ledger over the store ---------------------------------------------------------------------------
-
-
-class StoreLedger:
-    """`playbooks.base.ActionLedger` over the store's `actions` table (unique idempotency key)."""
-
-    def __init__(self, store: Store, approval_id: str | None = None) -> None:
-        self.store = store
-        self.approval_id = approval_id
-
-    async def get(self, key: str) -> LedgerEntry | None:
-        async with self.store.transaction() as tx:
-            action = await tx.get_action(key)
-        if action is None:
-            return None
-        return LedgerEntry(
-            key=key,
-            incident_id=action.incident_id,
-            playbook=action.playbook,
-            step=action.step,
-            state=ActionState(action.state),
-            request=dict(action.params or {}),
-            result=dict(action.result or {}),
-        )
-
-    async def start(
-        self, key: str, incident_id: int, playbook: str, step: str, request: dict[str, Any]
-    ) -> bool:
-        async with self.store.transaction() as tx:
-            action = await tx.insert_action(
-                incident_id=incident_id,
-                playbook=playbook,
-                step=step,
-                idempotency_key=key,
-                params=request,
-                approval_id=self.approval_id,
-            )
-            if action is None:
-                return False
-            await tx.add_audit(
-                incident_id,
-                "action",
-                phase="before",
-                actor=ACTOR,
-                data={"playbook": playbook, "step": step, "key": key, "request": request},
-            )
-        return True
-
-    async def restart(self, key: str) -> bool:
-        entry = await self.get(key)
-        if entry is None or entry.state is not ActionState.STARTED:
-            return False
-        async with self.store.transaction() as tx:
-            await tx.add_audit(
-                entry.incident_id,
-                "action",
-                phase="before",
-                actor=ACTOR,
-                data={"playbook": entry.playbook, "step": entry.step, "key": key, "rerun": True},
-            )
-        return True
-
-    async def finish(self, key: str, state: ActionState, result: dict[str, Any]) -> None:
-        async with self.store.transaction() as tx:
-            action = await tx.get_action(key)
-            if action is None:
-                return
-            await tx.finish_action(action.id, state.value, result)
-            await tx.add_audit(
-                action.incident_id,
-                "action",
-                phase="after",
-                actor=ACTOR,
-                data={
-                    "playbook": action.playbook,
-                    "step": action.step,
-                    "key": key,
-                    "state": state.value,
-                    **result,
-                },
-            )
-
-
-# -- the loop --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Clients:
-    """The outside systems playbooks may touch (None: not configured)."""
-
-    orchestrator: OrchestratorClient
-    redis: RedisClient | None = None
-    kubernetes: KubernetesClient | None = None
-    prometheus: PrometheusClient | None = None
-    namespace: str = "greenlang"
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """How one pass of the loop over an incident ended."""
+    """How one pass over an incident ended."""
 
     incident_id: int
     status: str
     detail: str
 
 
-def diagnosis_summary(diagnosis: Diagnosis) -> str:
-    """One line: the likely cause, the stuck node and agent, and the evidence."""
-    where = ", ".join(
-        f"{k} {v}"
-        for k, v in (
-            ("node", diagnosis.stuck_node_id),
-            ("agent", diagnosis.agent_id),
-            ("dag", diagnosis.dag_id),
-        )
-        if v
-    )
-    evidence = "; ".join(diagnosis.cause_evidence)
-    text = f"likely cause {diagnosis.likely_cause}"
-    if where:
-        text += f" ({where})"
-    if evidence:
-        text += f": {evidence}"
-    return text
+@dataclass(frozen=True)
+class ManualRun:
+    """A playbook run asked for by a person rather than planned from a diagnosis.
+
+    `params` are the playbook's params in their JSON form (its params model validates them).
+    `interrupted_by` names what may interrupt the run (the CLI's Ctrl-C): a run interrupted so is
+    escalated rather than left `remediating` for a restart to resume, since no service owns it.
+    """
+
+    playbook: str
+    execution_id: str
+    params: dict[str, Any]
+    actor: str = "cli"
+    rationale: str = "run by hand"
+    interrupted_by: str | None = None
 
 
-class Remediator:
-    """Runs incidents through the loop. One instance per watchdog process; state lives in the store."""
+class RemediationProgress:
+    """What a caller sees of a run as it goes (the CLI prints it); here every event is ignored."""
 
-    def __init__(
-        self,
-        *,
-        store: Store,
-        incidents: IncidentService,
-        approvals: ApprovalService,
-        notifier: Notifier,
-        policy: Policy,
-        registry: Registry,
-        clients: Clients,
-        mode: Mode,
-        metrics: WatchdogMetrics | None = None,
-        clock: Callable[[], datetime] | None = None,
-        sleep: Callable[[float], Any] = asyncio.sleep,
-        poll_interval_seconds: float = 1.0,
-        api_tokens: list[str] | None = None,
+    def checked(
+        self, playbook: Playbook[Any], precheck: Precheck, actions: tuple[PlannedAction, ...]
     ) -> None:
-        self.store = store
-        self.incidents = incidents
-        self.approvals = approvals
-        self.notifier = notifier
-        self.policy = policy
-        self.registry = registry
-        self.clients = clients
-        self.mode = mode
-        self.metrics = metrics
-        self.clock = clock or store.clock
-        self.sleep = sleep
-        self.poll_interval_seconds = poll_interval_seconds
-        self.api_tokens = list(api_tokens or [])  # for the approval API's bearer check (never logged)
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._expiry: asyncio.Task[None] | None = None
+        """Preconditions checked, and the actions the playbook would take."""
 
-    # -- background work, tracked so shutdown (and tests) can wait for it
+    def refused(self, reason: str) -> None:
+        """The budgets or the circuit breaker refused the run."""
 
-    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        """Run `coro` in the background, tracked; `drain()` waits for every such task."""
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    def applied(self, result: ApplyResult) -> None:
+        """The playbook's steps ran (or stopped at the first that failed)."""
 
-    async def drain(self) -> None:
-        """Wait for every background task started by `spawn`."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+    def verifying(self) -> None:
+        """Applied; the post-resolution checks start (they may wait for the run to finish)."""
 
-    async def start(self, expiry_interval_seconds: float) -> list[Outcome]:
-        """Resume what a previous process left half-done, then expire overdue prompts periodically."""
-        outcomes = await self.resume_interrupted()
-        self._expiry = asyncio.create_task(self._expiry_loop(expiry_interval_seconds), name="approval-expiry")
-        return outcomes
+    def verified(self, result: VerifyResult) -> None:
+        """The checks are done."""
 
-    async def _expiry_loop(self, interval: float) -> None:
-        while True:
-            try:
-                await self.expire_approvals()
-            except WatchdogError as exc:  # store down for a moment: try again next round
-                log.warning("approval expiry round failed: %s", exc)
-            await self.sleep(interval)
 
-    async def aclose(self, grace_seconds: float = 10.0) -> None:
-        """Stop the expiry loop; wait (bounded) for decisions being acted on, then cancel them."""
-        if self._expiry is not None:
-            self._expiry.cancel()
-            await asyncio.gather(self._expiry, return_exceptions=True)
-            self._expiry = None
-        try:
-            async with asyncio.timeout(grace_seconds):
-                await self.drain()
-        except TimeoutError:
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+@dataclass(frozen=True)
+class PlaybookContexts:
+    """Builds the context a playbook acts in: the clients, the policy's bounds, the clock."""
 
-    # -- context
+    clients: Clients
+    policy: Policy
+    clock: Clock
+    poll_interval_seconds: float = 1.0
 
-    def context(
-        self, incident: Incident, playbook: str, ledger: ActionLedger | None = None
+    def build(
+        self, incident_id: int, execution_id: str, playbook: str, ledger: ActionLedger
     ) -> PlaybookContext:
-        """The playbook context for `incident` (the store's ledger unless one is given)."""
+        """The context of `playbook` acting on `execution_id` for incident `incident_id`."""
         limits = self.policy.limits
         ready = float(self.policy.playbook(playbook).params.get("ready_timeout_seconds", 120.0))
         return PlaybookContext(
-            incident_id=incident.id,
-            execution_id=incident.execution_id,
-            orchestrator=self.clients.orchestrator,
-            ledger=ledger or StoreLedger(self.store),
-            redis=self.clients.redis,
-            kubernetes=self.clients.kubernetes,
-            prometheus=self.clients.prometheus,
-            namespace=self.clients.namespace,
+            incident_id=incident_id,
+            execution_id=execution_id,
+            clients=self.clients,
+            ledger=ledger,
             limits=PlaybookLimits(
                 max_node_timeout_seconds=limits.max_node_timeout_seconds,
                 lock_grace_seconds=float(limits.lock_grace_seconds),
@@ -306,88 +141,146 @@ class Remediator:
                 poll_interval_seconds=self.poll_interval_seconds,
             ),
             clock=self.clock,
-            sleep=self.sleep,
         )
+
+
+async def preview(
+    playbook: Playbook[Any], execution_id: str, params: dict[str, Any], contexts: PlaybookContexts
+) -> tuple[Precheck, tuple[PlannedAction, ...]]:
+    """A dry run: the preconditions and the actions `playbook` would take on `execution_id`, recorded
+    nowhere (no store needed: `gl-watchdog playbook run --dry-run` works while the database is down)."""
+    typed = parse_params(playbook, params)
+    ctx = contexts.build(0, execution_id, playbook.name, InMemoryLedger())
+    return await playbook.preconditions(ctx, typed), await playbook.plan(ctx, typed)
+
+
+def parse_params(playbook: Playbook[Any], raw: dict[str, Any]) -> BaseModel:
+    """The playbook's typed params; PlaybookError naming every bad field otherwise."""
+    try:
+        params: BaseModel = playbook.parse_params(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise PlaybookError(f"invalid params for {playbook.name}: {problems}") from exc
+    return params
+
+
+def _label(plan: Plan) -> str:
+    """How escalations name the playbook of `plan` ("cancel", or "cancel by hand")."""
+    return f"{plan.playbook} by hand" if plan.rule == MANUAL_RULE else str(plan.playbook)
+
+
+class RemediationService:
+    """The state machine over the store. One instance per watchdog process; its state lives in the store."""
+
+    def __init__(
+        self,
+        *,
+        store: WatchdogStore,
+        incidents: IncidentService,
+        approvals: ApprovalService,
+        limits: RemediationLimits,
+        notifier: Notifier,
+        registry: Registry,
+        contexts: PlaybookContexts,
+        mode: Mode,
+        metrics: WatchdogMetrics | None = None,
+    ) -> None:
+        self.store = store
+        self.incidents = incidents
+        self.approvals = approvals
+        self.limits = limits
+        self.notifier = notifier
+        self.registry = registry
+        self.contexts = contexts
+        self.mode = mode
+        self.metrics = metrics
+
+    def context(
+        self, incident_id: int, execution_id: str, playbook: str, ledger: ActionLedger | None = None
+    ) -> PlaybookContext:
+        """The playbook context for one incident (the store's ledger unless one is given)."""
+        return self.contexts.build(incident_id, execution_id, playbook, ledger or StoreLedger(self.store))
+
+    # -- dry runs (nothing changes)
+
+    async def dry_run(self, incident: Incident, plan: Plan) -> Plan:
+        """`plan` with its playbook's dry-run actions filled in (a failure to plan is audited)."""
+        assert plan.playbook is not None
+        playbook = self.registry.get(plan.playbook)
+        ctx = self.context(incident.id, incident.execution_id, plan.playbook, ledger=InMemoryLedger())
+        try:
+            actions = await playbook.plan(ctx, playbook.parse_params(plan.params))
+        except WatchdogError as exc:
+            await self.incidents.record(incident.id, "dry_run", actor=ACTOR, data={"error": str(exc)})
+            return plan
+        return plan.model_copy(update={"actions": list(actions)})
 
     # -- entry points
 
-    async def handle_diagnosed(self, incident_id: int, diagnosis: Diagnosis) -> Outcome:
-        """Plan for a freshly diagnosed incident; then ask, act, or escalate as the plan says."""
-        incident = await self.incidents.get(incident_id)
-        if not incident.is_open:
-            return Outcome(incident_id, incident.status, "incident no longer open")
-        if diagnosis.likely_cause in SELF_RESOLVED:
-            evidence = "; ".join(diagnosis.cause_evidence) or "the run ended"
-            reason = f"nothing to do: {diagnosis.likely_cause} ({evidence})"
-            try:
-                await self.incidents.transition(
-                    incident_id, "resolved", actor=ACTOR, reason=reason, expected=STARTABLE, summary=reason
-                )
-            except InvalidTransition as exc:
-                return Outcome(incident_id, "unchanged", str(exc))
-            return Outcome(incident_id, "resolved", reason)
-        await self.incidents.record(
-            incident_id, "plan", phase="before", actor=ACTOR, data={"likely_cause": diagnosis.likely_cause}
-        )
-        plan = make_plan(diagnosis, self.policy, self.mode, self.registry)
-        if plan.playbook is not None and plan.will_act:
-            plan = await self._with_dry_run(incident, plan)
-        await self.incidents.update(
-            incident_id,
-            kind="plan",
-            actor=ACTOR,
-            data={"rationale": plan.rationale},
-            plan=plan.model_dump(mode="json"),
-        )
-        summary = diagnosis_summary(diagnosis)
-        if plan.playbook is None or not plan.will_act:
-            reason = plan.rationale
-            return await self._escalate(incident_id, reason, plan=plan, summary=summary)
-        if plan.requires_approval:
-            return await self._ask(incident, plan, summary)
-        return await self.execute(incident_id)
-
-    async def on_decision(self, approval: Approval) -> Outcome:
-        """Continue after a human answered: approved → act; denied → escalate, nothing acts."""
-        if self.metrics is not None:
-            self.metrics.approvals.labels(decision=approval.state).inc()
-        await self._refresh_pending_gauge()
-        if approval.state == "approved":
-            return await self.execute(approval.incident_id, approval_id=approval.id)
-        return await self._escalate(
-            approval.incident_id,
-            f"approval {approval.id} {approval.state} by {approval.decided_by}; nothing was done",
-            expected=("awaiting_approval",),
-        )
-
-    async def expire_approvals(self) -> list[Outcome]:
-        """Expire overdue prompts and escalate their incidents (nothing acts on an expired prompt)."""
-        outcomes = []
-        for approval in await self.approvals.expire_due(actor=ACTOR):
-            if self.metrics is not None:
-                self.metrics.approvals.labels(decision="expired").inc()
-            outcomes.append(
-                await self._escalate(
-                    approval.incident_id,
-                    f"approval {approval.id} expired at {approval.expires_at.isoformat()} without an answer; "
-                    "nothing was done",
-                    expected=("awaiting_approval",),
-                )
-            )
-        await self._refresh_pending_gauge()
-        return outcomes
-
     async def execute(self, incident_id: int, approval_id: str | None = None) -> Outcome:
-        """Take the incident into `remediating` (one winner), re-check, check limits, apply, verify."""
+        """Take the incident into `remediating` (one winner), re-check, reserve, apply, verify, close."""
         if self.mode is Mode.OBSERVE:
             # The kill switch also holds for prompts approved after the switch to observe.
-            return await self._escalate(incident_id, OBSERVE_REFUSAL)
+            return await self.escalate(incident_id, OBSERVE_REFUSAL)
         incident, refusal = await self._begin(incident_id, approval_id)
-        if incident is None:
+        if incident is None or incident.plan is None:
             return Outcome(incident_id, "unchanged", refusal)
-        plan = Plan.model_validate(incident.plan)
-        assert plan.playbook is not None  # _begin refuses plans without a playbook
-        return await self._run(incident, plan, approval_id, recheck=True)
+        return await self._act(incident, incident.plan, approval_id, recheck=True)
+
+    async def run_manual(self, run: ManualRun, progress: RemediationProgress | None = None) -> Outcome:
+        """A playbook run by hand, through the same path (budgets, breaker, audit, restart safety).
+
+        Raises PlaybookError for an unknown playbook, bad params, or an incident the watchdog is
+        already acting on. Runs in any mode: observe mode stops the watchdog, not a person.
+        """
+        progress = progress or RemediationProgress()
+        playbook = self.registry.get(run.playbook)
+        params = parse_params(playbook, run.params)
+        opened = await self.incidents.open_or_join(
+            run.execution_id, dag_id=None, source="manual", detection_source="api", actor=run.actor
+        )
+        incident = opened.incident
+        if incident.status in ACTING:
+            raise PlaybookError(
+                f"incident {incident.id} of execution {run.execution_id} is {incident.status}: "
+                "the watchdog is already acting on it; not starting a second action"
+            )
+        ledger = StoreLedger(self.store, actor=run.actor)
+        ctx = self.context(incident.id, run.execution_id, playbook.name, ledger=ledger)
+        precheck = await self._precheck(incident.id, playbook, ctx, params, run.actor)
+        actions = await playbook.plan(ctx, params)
+        progress.checked(playbook, precheck, actions)
+        if not precheck.ok:
+            if opened.created:  # opened only for this run, and nothing was done: do not leave it open
+                reason = f"{playbook.name} by hand refused: {precheck.reason}"
+                await self.incidents.close_if_not_acted(incident.id, actor=run.actor, reason=reason)
+            return Outcome(incident.id, "refused", precheck.reason)
+        plan = Plan(
+            execution_id=run.execution_id,
+            likely_cause="manual",
+            playbook=playbook.name,
+            params=params.model_dump(mode="json"),
+            risk=playbook.risk,
+            mode=self.mode,
+            will_act=True,
+            rule=MANUAL_RULE,
+            rationale=run.rationale,
+            actions=list(actions),
+        )
+        began, refusal = await self._begin(incident.id, None, plan=plan, actor=run.actor)
+        if began is None:
+            raise PlaybookError(f"not starting {playbook.name}: {refusal}")
+        try:
+            return await self._act(began, plan, None, recheck=False, actor=run.actor, progress=progress)
+        except asyncio.CancelledError:
+            if run.interrupted_by is not None:
+                reason = (
+                    f"{playbook.name} by hand interrupted ({run.interrupted_by}) before it finished; "
+                    "see the incident's actions for what was done"
+                )
+                with contextlib.suppress(WatchdogError):
+                    await self.escalate(began.id, reason, plan=plan, expected=ACTING, actor=run.actor)
+            raise
 
     async def resume_interrupted(self) -> list[Outcome]:
         """At start-up: re-enter incidents left in `remediating`/`verifying` by a dead watchdog.
@@ -396,211 +289,181 @@ class Remediator:
         interrupted and the incident escalated.
         """
         outcomes = []
-        for incident in await self.store.list_incidents(statuses=["remediating", "verifying"]):
+        for incident in await self.store.list_incidents(statuses=list(ACTING)):
             await self.incidents.record(
                 incident.id, "remediation_resumed", actor=ACTOR, data={"status": incident.status}
             )
-            if not incident.plan or not incident.plan.get("playbook"):
+            plan = incident.plan
+            if plan is None or plan.playbook is None:
                 outcomes.append(
-                    await self._escalate(incident.id, "interrupted remediation without a plan", failed=False)
+                    await self.escalate(incident.id, "interrupted remediation without a plan", failed=False)
                 )
                 continue
-            plan = Plan.model_validate(incident.plan)
             if incident.status == "verifying":
                 outcomes.append(await self._verify_and_close(incident, plan))
             elif self.mode is Mode.OBSERVE:
                 refusal = OBSERVE_REFUSAL + " (interrupted remediation)"
-                outcomes.append(await self._escalate(incident.id, refusal))
+                outcomes.append(await self.escalate(incident.id, refusal))
             else:
-                # Died before the first step was recorded: nothing was done, so check live state again.
+                # Died before the first step was recorded: nothing was done, so check live state and
+                # the limits again; after it, both were checked (and counted) before the crash.
                 async with self.store.transaction() as tx:
                     acted = bool(await tx.list_actions(incident_id=incident.id))
-                outcomes.append(await self._run(incident, plan, None, recheck=not acted))
+                outcomes.append(await self._act(incident, plan, None, recheck=not acted, reserve=not acted))
         return outcomes
 
-    async def dry_run(self, incident: Incident, plan: Plan) -> Plan:
-        """The plan with its playbook's dry-run actions filled in (nothing is changed)."""
-        return await self._with_dry_run(incident, plan)
+    # -- the phases
 
-    # -- steps
-
-    async def _with_dry_run(self, incident: Incident, plan: Plan) -> Plan:
-        assert plan.playbook is not None
-        playbook = self.registry.get(plan.playbook)
-        ctx = self.context(incident, plan.playbook, ledger=InMemoryLedger())
-        try:
-            actions = await playbook.plan(ctx, playbook.parse_params(plan.params))
-        except WatchdogError as exc:
-            await self.incidents.record(incident.id, "dry_run", actor=ACTOR, data={"error": str(exc)})
-            return plan
-        return plan.model_copy(update={"actions": list(actions)})
-
-    async def _ask(self, incident: Incident, plan: Plan, summary: str) -> Outcome:
-        async with self.store.transaction() as tx:
-            approval = await self.approvals.create_in(
-                tx, incident_id=incident.id, plan=plan.model_dump(mode="json"), summary=summary, actor=ACTOR
-            )
-            await transition_in(
-                tx,
-                incident.id,
-                "awaiting_approval",
-                actor=ACTOR,
-                reason=f"plan {plan.playbook} needs approval ({approval.id})",
-            )
-        links = self.approvals.links(approval)
-        message = PromptMessage(
-            approval_id=approval.id,
-            incident_id=incident.id,
-            execution_id=incident.execution_id,
-            diagnosis_summary=summary,
-            plan_headline=plan.headline(),
-            rationale=plan.rationale,
-            actions=[a.description for a in plan.actions],
-            risk=plan.risk.value if plan.risk else None,
-            expires_at=approval.expires_at.isoformat(),
-            page_url=links.page,
-            approve_url=links.approve,
-            deny_url=links.deny,
-        )
-        await self._notify(incident.id, "approval_notified", self.notifier.approval_requested(message))
-        await self._refresh_pending_gauge()
-        return Outcome(incident.id, "awaiting_approval", f"approval {approval.id} requested")
-
-    async def _begin(self, incident_id: int, approval_id: str | None) -> tuple[Incident | None, str]:
-        """CAS into `remediating` and consume the approval — one transaction (limits: `_reserve`)."""
+    async def _begin(
+        self, incident_id: int, approval_id: str | None, *, plan: Plan | None = None, actor: str = ACTOR
+    ) -> tuple[Incident | None, str]:
+        """CAS into `remediating` and consume the approval — one transaction. A `plan` given (a run by
+        hand) is stored on the incident in the same update; otherwise the incident's own plan is used."""
         async with self.store.transaction() as tx:
             incident = await tx.get_incident(incident_id)
             if incident is None or incident.status not in STARTABLE:
                 status = "missing" if incident is None else incident.status
                 return None, f"incident {incident_id} is {status}; not starting a remediation"
-            plan = Plan.model_validate(incident.plan) if incident.plan else None
-            if plan is None or plan.playbook is None:
+            chosen = plan or incident.plan
+            if chosen is None or chosen.playbook is None:
                 return None, f"incident {incident_id} has no plan with a playbook"
-            if plan.requires_approval:
+            if chosen.requires_approval:
                 if approval_id is None:
                     return None, f"incident {incident_id}: the plan needs an approval"
-                if await self.approvals.consume_in(tx, approval_id, actor=ACTOR) is None:
+                if await self.approvals.consume_in(tx, approval_id, actor=actor) is None:
                     return None, f"approval {approval_id} is not approved (or already used)"
+            values: dict[str, Any] = {} if plan is None else {"plan": plan}
+            verb = f"applying {chosen.playbook}" + (" by hand" if chosen.rule == MANUAL_RULE else "")
             try:
-                await transition_in(
+                updated = await transition_in(
                     tx,
                     incident_id,
                     "remediating",
-                    actor=ACTOR,
-                    reason=f"applying {plan.playbook}",
+                    actor=actor,
+                    reason=verb,
                     expected=STARTABLE,
                     data={"approval_id": approval_id},
+                    **values,
                 )
             except InvalidTransition as exc:
                 return None, str(exc)
-            updated = await tx.get_incident(incident_id)
         return updated, ""
 
-    async def _reserve(self, incident_id: int, plan: Plan) -> str:
-        """Check the limits and count this remediation — one transaction, after the preconditions held.
+    async def _precheck(
+        self, incident_id: int, playbook: Playbook[Any], ctx: PlaybookContext, params: Any, actor: str
+    ) -> Precheck:
+        await self.incidents.record(incident_id, "preconditions", phase="before", actor=actor, data={})
+        precheck = await playbook.preconditions(ctx, params)
+        data = precheck.model_dump(mode="json")
+        await self.incidents.record(incident_id, "preconditions", actor=actor, data=data)
+        return precheck
 
-        Counting only what is about to act means a refused or unneeded attempt never uses up an agent's
-        restarts or the global budget; check and count stay atomic across replicas.
-        """
-        limits = self.policy.limits
-        async with self.store.transaction() as tx:
-            if tx.conn.dialect.name == "postgresql":
-                # Serialise limit checks across replicas (SQLite's BEGIN IMMEDIATE already does).
-                await tx.conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": LIMITS_LOCK_KEY})
-            now = self.clock()
-            refusal = await self._limits_refusal(tx, plan, now)
-            await tx.add_audit(
-                incident_id,
-                "limits",
-                actor=ACTOR,
-                data={"ok": not refusal, "reason": refusal or "within limits", "limits": limits.model_dump()},
-            )
-            if not refusal:
-                await tx.add_rate_event(RATE_REMEDIATION, GLOBAL_KEY, now)
-                if plan.playbook == "restart_agent":
-                    await tx.add_rate_event(RATE_AGENT_RESTART, str(plan.params.get("agent_id")), now)
-        return refusal
-
-    async def _limits_refusal(self, tx: Tx, plan: Plan, now: datetime) -> str:
-        limits = self.policy.limits
-        hour_ago = now - timedelta(hours=1)
-        breaker = limits.circuit_breaker
-        failures = await tx.count_rate_events(
-            RATE_FAILED, GLOBAL_KEY, now - timedelta(seconds=breaker.window_seconds)
-        )
-        if failures >= breaker.failures:
-            return (
-                f"circuit open: {failures} failed remediations in the last {breaker.window_seconds}s "
-                f"(limit {breaker.failures}); not acting"
-            )
-        done = await tx.count_rate_events(RATE_REMEDIATION, GLOBAL_KEY, hour_ago)
-        if done >= limits.remediations_per_hour:
-            budget = limits.remediations_per_hour
-            return f"rate limit reached: {done} remediations in the last hour (budget {budget})"
-        if plan.playbook == "restart_agent":
-            agent = str(plan.params.get("agent_id"))
-            restarts = await tx.count_rate_events(RATE_AGENT_RESTART, agent, hour_ago)
-            if restarts >= limits.agent_restarts_per_agent_per_hour:
-                return (
-                    f"rate limit reached: agent {agent} restarted {restarts} times in the last hour "
-                    f"(limit {limits.agent_restarts_per_agent_per_hour})"
-                )
-        return ""
-
-    async def _run(
-        self, incident: Incident, plan: Plan, approval_id: str | None, *, recheck: bool
+    async def _act(
+        self,
+        incident: Incident,
+        plan: Plan,
+        approval_id: str | None,
+        *,
+        recheck: bool,
+        reserve: bool = True,
+        actor: str = ACTOR,
+        progress: RemediationProgress | None = None,
     ) -> Outcome:
+        """From `remediating`: re-check (optional), reserve, apply, and on to verification."""
+        progress = progress or RemediationProgress()
         assert plan.playbook is not None
         playbook = self.registry.get(plan.playbook)
         params = playbook.parse_params(plan.params)
-        ctx = self.context(incident, plan.playbook, ledger=StoreLedger(self.store, approval_id))
+        ledger = StoreLedger(self.store, approval_id, actor=actor)
+        ctx = self.context(incident.id, incident.execution_id, plan.playbook, ledger=ledger)
         if recheck:
-            await self.incidents.record(incident.id, "preconditions", phase="before", actor=ACTOR, data={})
-            precheck = await playbook.preconditions(ctx, params)
-            await self.incidents.record(
-                incident.id, "preconditions", actor=ACTOR, data=precheck.model_dump(mode="json")
-            )
+            precheck = await self._precheck(incident.id, playbook, ctx, params, actor)
             if not precheck.ok:
                 if await self._completed_by_itself(incident.execution_id):
                     return await self._resolve_unneeded(incident, plan.playbook, precheck.reason)
-                return await self._escalate(
+                return await self.escalate(
                     incident.id,
                     f"{plan.playbook} refused: {precheck.reason}",
                     expected=("remediating",),
-                    failed=False,
                     playbook=plan.playbook,
                     outcome="refused",
                 )
-            refusal = await self._reserve(incident.id, plan)
+        if reserve:
+            refusal = await self.limits.reserve(incident.id, plan, actor=actor)
             if refusal:
-                return await self._escalate(incident.id, refusal, expected=("remediating",), failed=False)
+                progress.refused(refusal)
+                return await self.escalate(incident.id, refusal, expected=("remediating",), actor=actor)
         await self.incidents.record(
             incident.id,
             "apply",
             phase="before",
-            actor=ACTOR,
+            actor=actor,
             data={"playbook": plan.playbook, "params": plan.params},
         )
         result: ApplyResult = await playbook.apply(ctx, params)
-        await self.incidents.record(incident.id, "apply", actor=ACTOR, data=result.model_dump(mode="json"))
+        await self.incidents.record(incident.id, "apply", actor=actor, data=result.model_dump(mode="json"))
+        progress.applied(result)
         if not result.ok:
             why = "interrupted before it finished and not repeated" if result.interrupted else "failed"
-            return await self._escalate(
+            return await self.escalate(
                 incident.id,
-                f"{plan.playbook} {why}: {result.detail}",
+                f"{_label(plan)} {why}: {result.detail}",
                 expected=("remediating",),
                 failed=not result.interrupted,
                 playbook=plan.playbook,
                 outcome="interrupted" if result.interrupted else "failed",
+                actor=actor,
             )
         async with self.store.transaction() as tx:
-            await transition_in(tx, incident.id, "verifying", actor=ACTOR, reason=f"{plan.playbook} applied")
-        return await self._verify_and_close(incident, plan)
+            await transition_in(tx, incident.id, "verifying", actor=actor, reason=f"{plan.playbook} applied")
+        progress.verifying()
+        return await self._verify_and_close(incident, plan, actor=actor, progress=progress)
+
+    async def _verify_and_close(
+        self,
+        incident: Incident,
+        plan: Plan,
+        *,
+        actor: str = ACTOR,
+        progress: RemediationProgress | None = None,
+    ) -> Outcome:
+        assert plan.playbook is not None
+        playbook = self.registry.get(plan.playbook)
+        ledger = StoreLedger(self.store, actor=actor)
+        ctx = self.context(incident.id, incident.execution_id, plan.playbook, ledger=ledger)
+        await self.incidents.record(incident.id, "verify", phase="before", actor=actor, data={})
+        verification: VerifyResult = await playbook.verify(ctx, playbook.parse_params(plan.params))
+        data = verification.model_dump(mode="json")
+        await self.incidents.record(incident.id, "verify", actor=actor, data=data)
+        (progress or RemediationProgress()).verified(verification)
+        if verification.ok:
+            by = f"{plan.playbook} (by hand)" if plan.rule == MANUAL_RULE else plan.playbook
+            await self.incidents.transition(
+                incident.id,
+                "resolved",
+                actor=actor,
+                reason=f"{plan.playbook} applied and verified",
+                expected=("verifying",),
+                verification=data,
+                summary=f"resolved by {by}: {verification.summary()}",
+            )
+            self.count(plan.playbook, "resolved")
+            return Outcome(incident.id, "resolved", verification.summary())
+        return await self.escalate(
+            incident.id,
+            f"{_label(plan)} applied but verification failed: {verification.summary()}",
+            expected=("verifying",),
+            failed=True,
+            playbook=plan.playbook,
+            outcome="unverified",
+            verification=data,
+            actor=actor,
+        )
 
     async def _completed_by_itself(self, execution_id: str) -> bool:
         """True when the run has completed cleanly (e.g. between the prompt and the approval)."""
         try:
-            execution = await self.clients.orchestrator.get_execution(execution_id)
+            execution = await self.contexts.clients.orchestrator.get_execution(execution_id)
         except WatchdogError:
             return False
         return execution.status == "completed" and not execution.error
@@ -614,40 +477,12 @@ class Remediator:
             )
         except InvalidTransition as exc:
             return Outcome(incident.id, "unchanged", str(exc))
-        self._count(playbook, "not_needed")
+        self.count(playbook, "not_needed")
         return Outcome(incident.id, "resolved", reason)
 
-    async def _verify_and_close(self, incident: Incident, plan: Plan) -> Outcome:
-        assert plan.playbook is not None
-        playbook = self.registry.get(plan.playbook)
-        ctx = self.context(incident, plan.playbook)
-        await self.incidents.record(incident.id, "verify", phase="before", actor=ACTOR, data={})
-        verification: VerifyResult = await playbook.verify(ctx, playbook.parse_params(plan.params))
-        data = verification.model_dump(mode="json")
-        await self.incidents.record(incident.id, "verify", actor=ACTOR, data=data)
-        if verification.ok:
-            await self.incidents.transition(
-                incident.id,
-                "resolved",
-                actor=ACTOR,
-                reason=f"{plan.playbook} applied and verified",
-                expected=("verifying",),
-                verification=data,
-                summary=f"resolved by {plan.playbook}: {verification.summary()}",
-            )
-            self._count(plan.playbook, "resolved")
-            return Outcome(incident.id, "resolved", verification.summary())
-        return await self._escalate(
-            incident.id,
-            f"{plan.playbook} applied but verification failed: {verification.summary()}",
-            expected=("verifying",),
-            failed=True,
-            playbook=plan.playbook,
-            outcome="unverified",
-            verification=data,
-        )
+    # -- closing as escalated, and telling on-call
 
-    async def _escalate(
+    async def escalate(
         self,
         incident_id: int,
         reason: str,
@@ -659,23 +494,26 @@ class Remediator:
         playbook: str | None = None,
         outcome: str = "escalated",
         verification: dict[str, Any] | None = None,
+        actor: str = ACTOR,
     ) -> Outcome:
+        """Close the incident as escalated with `reason` and notify on-call; a `failed` remediation
+        counts toward the circuit breaker (in the same transaction)."""
         values: dict[str, Any] = {"summary": reason}
         if verification is not None:
             values["verification"] = verification
         try:
             async with self.store.transaction() as tx:
                 if failed:
-                    await tx.add_rate_event(RATE_FAILED, GLOBAL_KEY, self.clock())
+                    await self.limits.count_failure_in(tx)
                 incident = await transition_in(
-                    tx, incident_id, "escalated", actor=ACTOR, reason=reason, expected=expected, **values
+                    tx, incident_id, "escalated", actor=actor, reason=reason, expected=expected, **values
                 )
         except InvalidTransition as exc:
             log.info("incident %s not escalated: %s", incident_id, exc)
             return Outcome(incident_id, "unchanged", str(exc))
         await self.incidents.refresh_gauge()
         if playbook is not None:
-            self._count(playbook, outcome)
+            self.count(playbook, outcome)
         message = EscalationMessage(
             incident_id=incident_id,
             execution_id=incident.execution_id,
@@ -683,84 +521,19 @@ class Remediator:
             diagnosis_summary=summary,
             plan_headline=plan.headline() if plan else "",
         )
-        await self._notify(incident_id, "escalation_notified", self.notifier.escalated(message))
+        await self.notify(incident_id, "escalation_notified", self.notifier.escalated(message))
         return Outcome(incident_id, "escalated", reason)
 
-    async def _notify(self, incident_id: int, kind: str, sending: Any) -> NotifyResult:
+    async def notify(self, incident_id: int, kind: str, sending: Awaitable[NotifyResult]) -> NotifyResult:
+        """Deliver a notification, audited before and after (a failed delivery is logged, never raised)."""
         await self.incidents.record(incident_id, kind, phase="before", actor=ACTOR, data={})
-        result: NotifyResult = await sending
+        result = await sending
         if not result.ok:
             log.warning("notifier failed for incident %s: %s", incident_id, result.detail)
         await self.incidents.record(incident_id, kind, actor=ACTOR, data=result.as_dict())
         return result
 
-    def _count(self, playbook: str, outcome: str) -> None:
+    def count(self, playbook: str, outcome: str) -> None:
+        """Count a remediation outcome (`gl_watchdog_remediations_total`)."""
         if self.metrics is not None:
             self.metrics.remediations.labels(playbook=playbook, outcome=outcome).inc()
-
-    async def _refresh_pending_gauge(self) -> None:
-        if self.metrics is None:
-            return
-        async with self.store.transaction() as tx:
-            pending = await tx.list_approvals(states=["pending"])
-        self.metrics.pending_approvals.set(len(pending))
-
-
-# -- assembly ------------------------------------------------------------------------------------------
-
-
-def attach(
-    wd: WatchdogApp,
-    *,
-    policy: Policy | None = None,
-    registry: Registry | None = None,
-    notifier: Notifier | None = None,
-    sleep: Callable[[float], Any] = asyncio.sleep,
-    poll_interval_seconds: float = 1.0,
-) -> Remediator:
-    """Build the remediation loop over a `WatchdogApp` and hook it in as the app's `remediate`.
-
-    The policy comes from `settings.policy_file` (the shipped default when unset), the notifier from
-    `settings.notifier_url`/`notifier_kind`. Without `approval_signing_key` an ephemeral key is made:
-    links then stop working when the process restarts (fine for the demo, not for production).
-    """
-    settings = wd.settings
-    key = settings.approval_signing_key.get_secret_value().encode() if settings.approval_signing_key else b""
-    if len(key) < 16:
-        if key:
-            raise ConfigError("approval_signing_key must be at least 16 bytes")
-        log.warning(
-            "no approval_signing_key configured: using an ephemeral key (links die with this process)"
-        )
-        key = secrets.token_bytes(32)
-    public_url = settings.public_url or f"http://{settings.host}:{settings.port}"
-    approvals = ApprovalService(
-        wd.store, key, ttl_seconds=settings.approval_ttl_seconds, public_url=public_url, clock=wd.clock
-    )
-    remediator = Remediator(
-        store=wd.store,
-        incidents=wd.incidents,
-        approvals=approvals,
-        notifier=notifier or notifier_from_settings(settings),
-        policy=policy or load_policy(settings.policy_file),
-        registry=registry or default_registry(),
-        clients=Clients(
-            orchestrator=wd.orchestrator,
-            redis=wd.redis,
-            kubernetes=wd.kubernetes,
-            prometheus=wd.prometheus,
-            namespace=settings.namespace,
-        ),
-        mode=settings.mode,
-        metrics=wd.metrics,
-        clock=wd.clock,
-        sleep=sleep,
-        poll_interval_seconds=poll_interval_seconds,
-        api_tokens=settings.api_token_values(),
-    )
-
-    async def remediate(incident_id: int, diagnosis: Diagnosis) -> None:
-        await remediator.handle_diagnosed(incident_id, diagnosis)
-
-    wd.remediate = remediate
-    return remediator

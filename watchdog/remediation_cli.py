@@ -7,12 +7,13 @@ Plugged into the parser of `watchdog.cli` by `add_commands(sub, common)`; errors
                                                        (bearer token from settings), so the service that
                                                        owns the incident continues the remediation
     gl-watchdog playbook run NAME --execution ID [--param k=v ...] [--dry-run]
-                                                       preconditions, plan, and (without --dry-run) apply
-                                                       and verify, recorded in the store as a manual
-                                                       incident's actions (the execution's open incident,
-                                                       moved to remediating so the loop does not act at
-                                                       the same time, then resolved or escalated); exit 0
-                                                       only when verified. restart_agent's agent_id and
+                                                       preconditions and plan; without --dry-run the
+                                                       service's own remediation state machine applies
+                                                       and verifies (`RemediationService.run_manual`) on
+                                                       the execution's incident: one action in flight,
+                                                       budgets and circuit breaker, audit, resolved or
+                                                       escalated (Ctrl-C escalates); exit 0 only when
+                                                       verified. restart_agent's agent_id and
                                                        increase_node_timeout's dag_id/node_id default to
                                                        the run's one running node
     gl-watchdog demo [--yes]                           the embedded demo (`watchdog.demo`)
@@ -22,38 +23,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import sys
 from typing import Any, Final, TextIO
 
 import httpx
 import yaml
-from pydantic import ValidationError
 
-from playbooks.base import ActionLedger, InMemoryLedger, Playbook, PlaybookContext, PlaybookLimits
+from gl_common.clock import SystemClock
 from playbooks.registry import default_registry
-from watchdog.clients.kubernetes import KubernetesClient
-from watchdog.clients.orchestrator import OrchestratorClient
-from watchdog.clients.prometheus import PrometheusClient
-from watchdog.clients.redis import RedisClient
+from watchdog.assembly import build_watchdog
+from watchdog.backends import open_clients
 from watchdog.demo import run_demo
-from watchdog.errors import (
-    ApprovalClosed,
-    ApprovalNotFound,
-    BackendUnavailable,
-    ConfigError,
-    InvalidToken,
-    InvalidTransition,
-    PlaybookError,
-    WatchdogError,
-)
-from watchdog.incidents import IncidentService
-from watchdog.planner import Plan
-from watchdog.policy import load_policy
-from watchdog.remediation import STARTABLE, StoreLedger
+from watchdog.errors import ApprovalClosed, ApprovalNotFound, InvalidToken
+from watchdog.policy import Policy, load_policy
+from watchdog.remediation import ManualRun, PlaybookContexts, RemediationProgress, parse_params, preview
 from watchdog.settings import WatchdogSettings, load_settings
-from watchdog.store import Incident, Store
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.errors import BackendUnavailable, ConfigError, PlaybookError, WatchdogError
+from watchdog_sdk.outcomes import ApplyResult, PlannedAction, Precheck, VerifyResult
+from watchdog_sdk.playbook import Playbook
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -132,7 +121,6 @@ LIVE_PARAMS: Final[dict[str, tuple[str, ...]]] = {
     "restart_agent": ("agent_id",),
     "increase_node_timeout": ("dag_id", "node_id"),
 }
-ACTING: Final = ("remediating", "verifying")
 
 
 async def _live_params(
@@ -157,178 +145,97 @@ async def _live_params(
     return {k: found[k] for k in missing if k in found}
 
 
-async def _playbook_run(settings: WatchdogSettings, args: argparse.Namespace) -> int:
-    registry = default_registry()
-    playbook = registry.get(args.name)
-    policy = load_policy(settings.policy_file)
-    raw = {**policy.playbook(playbook.name).params, **_parse_params(args.param or [])}
-    out = sys.stdout
-    orchestrator = OrchestratorClient.from_settings(settings)
-    redis = RedisClient.from_settings(settings)
-    kubernetes = KubernetesClient.from_settings(settings)
-    prometheus = PrometheusClient.from_settings(settings)
-    store: Store | None = None
-    try:
-        live = await _live_params(orchestrator, playbook.name, args.execution, raw)
-        if live:
-            found = ", ".join(f"{k}={v}" for k, v in live.items())
-            out.write(f"params from the run: {found} (override with --param)\n")
-            raw = {**raw, **live}
-        try:
-            params = playbook.parse_params(raw)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise PlaybookError(
-                f"invalid params for {playbook.name}: {problems} (give them with --param KEY=VALUE)"
-            ) from exc
-        ledger: ActionLedger
-        incidents: IncidentService | None = None
-        incident: Incident | None = None
-        created = False
-        if args.dry_run:
-            incident_id, ledger = 0, InMemoryLedger()
-        else:
-            store = await Store.open(settings.database_url)
-            incidents = IncidentService(store)
-            opened = await incidents.open_or_join(
-                args.execution, dag_id=None, source="manual", detection_source="api", actor="cli"
-            )
-            incident, created = opened.incident, opened.created
-            if incident.status in ACTING:
-                raise PlaybookError(
-                    f"incident {incident.id} of execution {args.execution} is {incident.status}: "
-                    "the watchdog is already acting on it; not starting a second action"
-                )
-            incident_id, ledger = incident.id, StoreLedger(store)
-        limits = policy.limits
-        ctx = PlaybookContext(
-            incident_id=incident_id,
-            execution_id=args.execution,
-            orchestrator=orchestrator,
-            ledger=ledger,
-            redis=redis,
-            kubernetes=kubernetes,
-            prometheus=prometheus,
-            namespace=settings.namespace,
-            limits=PlaybookLimits(
-                max_node_timeout_seconds=limits.max_node_timeout_seconds,
-                lock_grace_seconds=float(limits.lock_grace_seconds),
-            ),
-        )
-        precheck = await playbook.preconditions(ctx, params)
-        out.write(f"preconditions: {'ok' if precheck.ok else 'REFUSED'}: {precheck.reason}\n")
-        planned = await playbook.plan(ctx, params)
+class _Printer(RemediationProgress):
+    """The run's progress, as lines on the terminal."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.verified_ok: bool | None = None
+
+    def checked(
+        self, playbook: Playbook[Any], precheck: Precheck, actions: tuple[PlannedAction, ...]
+    ) -> None:
+        self.out.write(f"preconditions: {'ok' if precheck.ok else 'REFUSED'}: {precheck.reason}\n")
         heading = "plan" if precheck.ok else "plan, were the preconditions met"
-        out.write(f"{heading} ({playbook.name}, risk {playbook.risk.value}):\n")
-        for action in planned:
-            out.write(f"  - {action.step}: {action.description}\n")
-        if args.dry_run:
-            out.write("dry run: nothing was changed\n")
-            return EXIT_OK if precheck.ok else EXIT_FAILED
-        assert incidents is not None and incident is not None
-        if not precheck.ok:
-            await incidents.record(
-                incident.id, "preconditions", actor="cli", data=precheck.model_dump(mode="json")
-            )
-            if created:  # opened only for this run, and nothing was done: do not leave it open
-                await incidents.close_if_not_acted(
-                    incident.id, actor="cli", reason=f"{playbook.name} by hand refused: {precheck.reason}"
-                )
-            out.write(f"nothing was done (incident {incident.id})\n")
-            return EXIT_FAILED
-        plan = Plan(
-            execution_id=args.execution,
-            likely_cause="manual",
-            playbook=playbook.name,
-            params=params.model_dump(mode="json"),
-            risk=playbook.risk,
-            mode=settings.mode,
-            will_act=True,
-            rule="manual",
-            rationale=f"run by hand: gl-watchdog playbook run {playbook.name}",
-            actions=list(planned),
-        )
-        try:  # one action in flight per execution: the loop's own guard, a compare-and-set
-            await incidents.transition(
-                incident.id,
-                "remediating",
-                actor="cli",
-                reason=f"applying {playbook.name} by hand",
-                expected=STARTABLE,
-                plan=plan.model_dump(mode="json"),
-            )
-        except InvalidTransition as exc:
-            raise PlaybookError(f"not starting {playbook.name}: {exc}") from exc
+        self.out.write(f"{heading} ({playbook.name}, risk {playbook.risk.value}):\n")
+        for action in actions:
+            self.out.write(f"  - {action.step}: {action.description}\n")
+
+    def refused(self, reason: str) -> None:
+        self.out.write(f"refused: {reason}\n")
+
+    def applied(self, result: ApplyResult) -> None:
+        for step in result.steps:
+            detail = f" ({step.detail})" if step.detail and step.detail != step.status.value else ""
+            self.out.write(f"  {step.step}: {step.status.value}{detail}\n")
+        if not result.ok:
+            self.out.write(f"apply failed: {result.detail}\n")
+
+    def verifying(self) -> None:
+        self.out.write("verifying (the runbook's post-resolution checks; Ctrl-C stops and escalates)\n")
+        self.out.flush()
+
+    def verified(self, result: VerifyResult) -> None:
+        for check in result.checks:
+            self.out.write(f"  check {check.name}: {check.status.value} ({check.detail})\n")
+        self.verified_ok = result.ok
+
+
+async def _params(
+    orchestrator: OrchestratorClient, playbook: Playbook[Any], policy: Policy, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The run's params: the policy's, then --param, then what the run itself names; validated."""
+    raw = {**policy.playbook(playbook.name).params, **_parse_params(args.param or [])}
+    live = await _live_params(orchestrator, playbook.name, args.execution, raw)
+    if live:
+        found = ", ".join(f"{k}={v}" for k, v in live.items())
+        sys.stdout.write(f"params from the run: {found} (override with --param)\n")
+        raw = {**raw, **live}
+    try:
+        return parse_params(playbook, raw).model_dump(mode="json")
+    except PlaybookError as exc:
+        raise PlaybookError(f"{exc} (give them with --param KEY=VALUE)") from exc
+
+
+async def _playbook_run(settings: WatchdogSettings, args: argparse.Namespace) -> int:
+    if args.dry_run:  # no store: a dry run works while the watchdog's database is down
+        policy, registry = load_policy(settings.policy_file), default_registry()
+        clients = await open_clients(settings)
         try:
-            return await _apply_and_verify(out, incidents, incident.id, playbook, ctx, params)
-        except asyncio.CancelledError:  # Ctrl-C: never leave the incident "remediating" for ever
-            with contextlib.suppress(WatchdogError):
-                await _finish(
-                    incidents,
-                    incident.id,
-                    "escalated",
-                    f"{playbook.name} by hand interrupted (Ctrl-C) before it finished; "
-                    "see the incident's actions for what was done",
-                )
-            raise
+            playbook = registry.get(args.name)
+            params = await _params(clients.orchestrator, playbook, policy, args)
+            contexts = PlaybookContexts(clients, policy, SystemClock())
+            precheck, actions = await preview(playbook, args.execution, params, contexts)
+        finally:
+            await clients.aclose()
+        _Printer(sys.stdout).checked(playbook, precheck, actions)
+        sys.stdout.write("dry run: nothing was changed\n")
+        return EXIT_OK if precheck.ok else EXIT_FAILED
+    # The service's own remediation state machine: budgets, breaker, audit and restart safety hold.
+    watchdog = await build_watchdog(settings, respond=False)
+    try:
+        remediation = watchdog.remediation
+        playbook = remediation.registry.get(args.name)
+        params = await _params(watchdog.clients.orchestrator, playbook, remediation.contexts.policy, args)
+        run = ManualRun(
+            playbook=playbook.name,
+            execution_id=args.execution,
+            params=params,
+            actor="cli",
+            rationale=f"run by hand: gl-watchdog playbook run {playbook.name}",
+            interrupted_by="Ctrl-C",
+        )
+        printer = _Printer(sys.stdout)
+        outcome = await remediation.run_manual(run, printer)
     finally:
-        await orchestrator.aclose()
-        if redis is not None:
-            await redis.aclose()
-        if kubernetes is not None:
-            kubernetes.close()
-        if prometheus is not None:
-            prometheus.close()
-        if store is not None:
-            await store.close()
-
-
-async def _apply_and_verify(
-    out: TextIO,
-    incidents: IncidentService,
-    incident_id: int,
-    playbook: Playbook[Any],
-    ctx: PlaybookContext,
-    params: Any,
-) -> int:
-    """Apply and verify on the incident moved to `remediating`; leave it resolved or escalated."""
-    result = await playbook.apply(ctx, params)
-    await incidents.record(incident_id, "apply", actor="cli", data=result.model_dump(mode="json"))
-    for step in result.steps:
-        detail = f" ({step.detail})" if step.detail and step.detail != step.status.value else ""
-        out.write(f"  {step.step}: {step.status.value}{detail}\n")
-    if not result.ok:
-        out.write(f"apply failed: {result.detail}\n")
-        await _finish(incidents, incident_id, "escalated", f"{playbook.name} by hand failed: {result.detail}")
-        return EXIT_FAILED
-    await incidents.transition(
-        incident_id,
-        "verifying",
-        actor="cli",
-        reason=f"{playbook.name} applied",
-        expected=("remediating",),
-    )
-    out.write("verifying (the runbook's post-resolution checks; Ctrl-C stops and escalates)\n")
-    out.flush()
-    verification = await playbook.verify(ctx, params)
-    for check in verification.checks:
-        out.write(f"  check {check.name}: {check.status.value} ({check.detail})\n")
-    data = verification.model_dump(mode="json")
-    if verification.ok:
-        summary = f"resolved by {playbook.name} (by hand): {verification.summary()}"
-        await _finish(incidents, incident_id, "resolved", summary, verification=data)
-    else:
-        summary = f"{playbook.name} by hand applied but verification failed: {verification.summary()}"
-        await _finish(incidents, incident_id, "escalated", summary, verification=data)
-    out.write(f"verified: {'yes' if verification.ok else 'NO'} (incident {incident_id})\n")
-    return EXIT_OK if verification.ok else EXIT_FAILED
-
-
-async def _finish(incidents: IncidentService, incident_id: int, to: str, summary: str, **values: Any) -> None:
-    """Close the by-hand remediation's incident: resolved when verified, escalated otherwise."""
-    await incidents.transition(
-        incident_id, to, actor="cli", reason=summary, expected=ACTING, summary=summary, **values
-    )
+        await watchdog.aclose()
+    if outcome.status == "refused":
+        sys.stdout.write(f"nothing was done (incident {outcome.incident_id})\n")
+    elif printer.verified_ok is not None:
+        sys.stdout.write(
+            f"verified: {'yes' if printer.verified_ok else 'NO'} (incident {outcome.incident_id})\n"
+        )
+    return EXIT_OK if outcome.status == "resolved" else EXIT_FAILED
 
 
 # -- demo -----------------------------------------------------------------------------------------------

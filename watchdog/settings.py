@@ -1,7 +1,7 @@
 """The watchdog's configuration: one pydantic-settings model, built once at start-up and passed down.
 
 Built by the CLI (`gl-watchdog serve|demo|diagnose ...`) through `load_settings(config_path)`; read by
-the clients (URLs, tokens, timeouts), the intake, the sweeps, the diagnostics and the remediation loop.
+the clients (URLs, tokens, timeouts), the intake, the sweeps, the diagnostics and the remediation side.
 Nothing else reads the environment.
 
 Sources, highest first: keyword arguments to `load_settings`, environment (`GL_WATCHDOG_<NAME>`), the
@@ -23,8 +23,10 @@ import yaml
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
 
-from watchdog.constants import ORCHESTRATOR_APP_SELECTOR
-from watchdog.errors import ConfigError
+from gl_common.auth import TokenSource
+from watchdog_sdk.constants import ORCHESTRATOR_APP_SELECTOR
+from watchdog_sdk.diagnostic_step import DiagnosticSettings
+from watchdog_sdk.errors import ConfigError
 
 ENV_PREFIX = "GL_WATCHDOG_"
 
@@ -149,9 +151,23 @@ class WatchdogSettings(BaseSettings):
                 update["approval_signing_key"] = SecretStr(_read_secret(signing_key, "signing.key"))
         return self.model_copy(update=update) if update else self
 
+    def token_source(self) -> TokenSource:
+        """The API's bearer tokens: `api_token_file` (re-read when it changes) or `api_tokens`."""
+        if self.api_token_file is not None:
+            return TokenSource([], self.api_token_file)
+        return TokenSource(self.api_token_values())
+
     def api_token_values(self) -> list[str]:
         """The plain API tokens, for `hmac.compare_digest` (never log them)."""
         return [token.get_secret_value() for token in self.api_tokens]
+
+    def diagnostics(self) -> DiagnosticSettings:
+        """What the diagnostic steps read of these settings."""
+        return DiagnosticSettings(
+            step_timeout_seconds=self.step_timeout_seconds,
+            heartbeat_grace_seconds=self.heartbeat_grace_seconds,
+            orchestrator_pod_selector=self.orchestrator_pod_selector,
+        )
 
     def orchestrator_token_value(self) -> str | None:
         """The plain orchestrator bearer token, or None when none is configured."""

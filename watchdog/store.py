@@ -1,7 +1,7 @@
 """The watchdog's durable state: incidents, alert deliveries, audit log, approvals, actions, rate events.
 
 SQLAlchemy Core async with one code path for SQLite (aiosqlite, WAL, `BEGIN IMMEDIATE` so concurrent
-writers queue instead of failing) and PostgreSQL (asyncpg). `Store.open()` runs the migrations of
+writers queue instead of failing) and PostgreSQL (asyncpg). `WatchdogStore.open()` runs the migrations of
 `watchdog.migrations` before returning. Used by `watchdog.incidents` (open/join/close with audit),
 `watchdog.intake` (episode dedup), the API and CLI (reads), and the remediation side (approvals,
 actions, rate events).
@@ -10,7 +10,9 @@ Every query lives on `Tx`, one open transaction: `async with store.transaction()
 on success and rolls back on error, so a state change and its audit entry are written together or not
 at all. Conflicts on unique keys are answered with `None` ("someone else got there first"), never by
 check-then-insert. SQLAlchemy/driver errors are converted to `StoreError`/`StoreUnavailable` here.
-The clock is injected; every timestamp the store writes comes from it.
+Documents are JSON columns; the `Plan` of an incident and of an approval is parsed into its model
+here on the way out, and dumped here on the way in. The clock is injected; every timestamp the store
+writes comes from it.
 """
 
 from __future__ import annotations
@@ -19,18 +21,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Collection, Mapping
+from datetime import datetime
 from typing import Any, Final
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from gl_common.clock import Clock, SystemClock
 from watchdog.errors import StoreError, StoreUnavailable
 from watchdog.migrations import (
     TERMINAL_INCIDENT_STATUSES,
@@ -42,108 +44,16 @@ from watchdog.migrations import (
     migrate,
     rate_events,
 )
+from watchdog.plan import Plan
+from watchdog.records import Action, AlertDelivery, Approval, AuditEntry, Incident
 
-Clock = Callable[[], datetime]
 log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 DEFAULT_STATEMENT_TIMEOUT: Final = 30.0
+LIMITS_LOCK_KEY: Final = 0x676C5744  # "glWD": the PostgreSQL advisory lock around limit checks
 # How long close() lets transactions under way end before it closes the pool anyway.
 CLOSE_WAIT_SECONDS: Final = 10.0
-
-
-def utc_now() -> datetime:
-    """The real clock: an aware UTC datetime."""
-    return datetime.now(UTC)
-
-
-# -- records ----------------------------------------------------------------------------------------
-
-
-class _Record(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-
-class Incident(_Record):
-    """One incident: a stuck execution being handled (see `watchdog.incidents` for transitions)."""
-
-    id: int
-    execution_id: str
-    dag_id: str | None
-    status: str
-    source: str
-    detection_source: str
-    opened_at: datetime
-    updated_at: datetime
-    closed_at: datetime | None
-    diagnosis: dict[str, Any] | None
-    plan: dict[str, Any] | None
-    verification: dict[str, Any] | None
-    summary: str | None
-
-    @property
-    def is_open(self) -> bool:
-        """True until the incident is resolved, escalated or closed."""
-        return self.status not in TERMINAL_INCIDENT_STATUSES
-
-
-class AlertDelivery(_Record):
-    """One alert episode (fingerprint + starts_at) as received from Alertmanager."""
-
-    id: int
-    fingerprint: str
-    starts_at: datetime
-    alertname: str
-    execution_id: str | None
-    status: str
-    received_at: datetime
-    last_received_at: datetime
-    resolved_at: datetime | None
-    repeats: int
-    incident_id: int | None
-
-
-class AuditEntry(_Record):
-    """One audit log line: what happened (kind), before or after, who did it, and the data."""
-
-    id: int
-    incident_id: int | None
-    at: datetime
-    kind: str
-    phase: str
-    actor: str
-    data: dict[str, Any]
-
-
-class Approval(_Record):
-    """One approval prompt; `token_nonce` makes its signed links single-use."""
-
-    id: str
-    incident_id: int
-    plan: dict[str, Any]
-    summary: str
-    state: str
-    token_nonce: str
-    created_at: datetime
-    expires_at: datetime
-    decided_at: datetime | None
-    decided_by: str | None
-
-
-class Action(_Record):
-    """One playbook action; `idempotency_key` is unique, so it is recorded (and run) once."""
-
-    id: int
-    incident_id: int
-    approval_id: str | None
-    playbook: str
-    step: str
-    idempotency_key: str
-    params: dict[str, Any] | None
-    state: str
-    result: dict[str, Any] | None
-    started_at: datetime
-    finished_at: datetime | None
 
 
 def _row(model: type[Any], row: sa.Row[Any] | None) -> Any:
@@ -154,7 +64,7 @@ def _row(model: type[Any], row: sa.Row[Any] | None) -> Any:
 
 
 class Tx:
-    """Queries inside one open transaction (from `Store.transaction()`)."""
+    """Queries inside one open transaction (from `WatchdogStore.transaction()`)."""
 
     def __init__(self, conn: AsyncConnection, clock: Clock) -> None:
         self.conn = conn
@@ -178,7 +88,7 @@ class Tx:
         status: str = "open",
     ) -> Incident | None:
         """Insert an open incident; None when one is already open for `execution_id` (unique index)."""
-        now = self.clock()
+        now = self.clock.now()
         stmt = (
             self._insert(incidents)
             .values(
@@ -247,8 +157,10 @@ class Tx:
         stmt = sa.update(incidents).where(incidents.c.id == incident_id)
         if expected_status is not None:
             stmt = stmt.where(incidents.c.status.in_(list(expected_status)))
+        if isinstance(values.get("plan"), Plan):
+            values["plan"] = values["plan"].model_dump(mode="json")
         result = await self.conn.execute(
-            stmt.values(updated_at=self.clock(), **values).returning(*incidents.c)
+            stmt.values(updated_at=self.clock.now(), **values).returning(*incidents.c)
         )
         incident: Incident | None = _row(Incident, result.first())
         return incident
@@ -269,7 +181,7 @@ class Tx:
             audit_log.insert()
             .values(
                 incident_id=incident_id,
-                at=self.clock(),
+                at=self.clock.now(),
                 kind=kind,
                 phase=phase,
                 actor=actor,
@@ -292,7 +204,7 @@ class Tx:
         self, *, fingerprint: str, starts_at: datetime, alertname: str, execution_id: str | None, status: str
     ) -> AlertDelivery | None:
         """Record a new alert episode; None when (fingerprint, starts_at) was already recorded."""
-        now = self.clock()
+        now = self.clock.now()
         stmt = (
             self._insert(alert_deliveries)
             .values(
@@ -339,7 +251,7 @@ class Tx:
         await self.conn.execute(
             sa.update(alert_deliveries)
             .where(alert_deliveries.c.id == delivery_id)
-            .values(repeats=alert_deliveries.c.repeats + 1, last_received_at=self.clock())
+            .values(repeats=alert_deliveries.c.repeats + 1, last_received_at=self.clock.now())
         )
 
     async def count_deliveries(self) -> int:
@@ -354,7 +266,7 @@ class Tx:
         *,
         approval_id: str,
         incident_id: int,
-        plan: Mapping[str, Any],
+        plan: Plan,
         summary: str,
         token_nonce: str,
         expires_at: datetime,
@@ -365,11 +277,11 @@ class Tx:
             .values(
                 id=approval_id,
                 incident_id=incident_id,
-                plan=dict(plan),
+                plan=plan.model_dump(mode="json"),
                 summary=summary,
                 state="pending",
                 token_nonce=token_nonce,
-                created_at=self.clock(),
+                created_at=self.clock.now(),
                 expires_at=expires_at,
             )
             .returning(*approvals.c)
@@ -429,7 +341,7 @@ class Tx:
                 idempotency_key=idempotency_key,
                 params=None if params is None else dict(params),
                 state="started",
-                started_at=self.clock(),
+                started_at=self.clock.now(),
             )
             .on_conflict_do_nothing()
             .returning(*actions.c)
@@ -465,7 +377,9 @@ class Tx:
         res = await self.conn.execute(
             sa.update(actions)
             .where(actions.c.id == action_id, actions.c.state == "started")
-            .values(state=state, result=None if result is None else dict(result), finished_at=self.clock())
+            .values(
+                state=state, result=None if result is None else dict(result), finished_at=self.clock.now()
+            )
             .returning(*actions.c)
         )
         action: Action | None = _row(Action, res.first())
@@ -473,9 +387,16 @@ class Tx:
 
     # -- rate events
 
+    async def serialize_limits(self) -> None:
+        """Hold the limits lock until this transaction ends, so that two replicas checking and counting
+        rate events cannot both pass a limit. PostgreSQL: a transaction-level advisory lock; SQLite:
+        nothing to do, `BEGIN IMMEDIATE` already holds the database's write lock."""
+        if self.conn.dialect.name == "postgresql":
+            await self.conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": LIMITS_LOCK_KEY})
+
     async def add_rate_event(self, kind: str, key: str, at: datetime | None = None) -> None:
         """Record one rate-limited event (e.g. kind="restart_agent", key=agent id)."""
-        await self.conn.execute(rate_events.insert().values(kind=kind, key=key, at=at or self.clock()))
+        await self.conn.execute(rate_events.insert().values(kind=kind, key=key, at=at or self.clock.now()))
 
     async def count_rate_events(self, kind: str, key: str, since: datetime) -> int:
         """How many events of (kind, key) happened at or after `since`."""
@@ -561,8 +482,8 @@ async def _close_to_completion(conn: AsyncConnection) -> None:
         raise cancelled
 
 
-class Store:
-    """The watchdog's database. Build with `await Store.open(url, clock=...)`, end with `close()`."""
+class WatchdogStore:
+    """The watchdog's database. Build with `await WatchdogStore.open(url, clock=...)`, end with `close()`."""
 
     def __init__(self, engine: AsyncEngine, clock: Clock, connect_timeout: float) -> None:
         self.engine = engine
@@ -579,10 +500,10 @@ class Store:
         cls,
         database_url: str,
         *,
-        clock: Clock = utc_now,
+        clock: Clock | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
-    ) -> Store:
+    ) -> WatchdogStore:
         """Connect, run pending migrations, and return the store.
 
         Raises StoreUnavailable when the database cannot be reached in `connect_timeout` seconds and
@@ -612,10 +533,11 @@ class Store:
             raise StoreError(
                 f"unsupported database backend {backend!r}: use sqlite+aiosqlite or postgresql+asyncpg"
             )
+        clock = clock or SystemClock()
         store = cls(engine, clock, connect_timeout)
         try:
             async with store.transaction() as tx:
-                await tx.conn.run_sync(migrate, clock())
+                await tx.conn.run_sync(migrate, clock.now())
         except BaseException:
             await engine.dispose()
             raise

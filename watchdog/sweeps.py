@@ -1,6 +1,6 @@
 """Scheduled sweeps: find stuck runs without Alertmanager, on the elected leader only.
 
-Started by `watchdog.app.WatchdogApp.start()` (`gl-watchdog serve`). An APScheduler
+Started by `watchdog.assembly.Watchdog.start()` (`gl-watchdog serve`). An APScheduler
 `AsyncIOScheduler` runs `Sweeper.sweep_once()` every `sweep_interval_seconds` (max_instances=1 and
 coalesce, so sweeps never overlap or pile up after a stall) and renews the leadership every third of
 its TTL. `sweep_once()` is the one-shot form for tests and the CLI:
@@ -15,7 +15,7 @@ its TTL. `sweep_once()` is the one-shot form for tests and the CLI:
       │                         an execution with an escalated incident is skipped (on-call owns it)
     after_sweep hooks (leader-only periodic work of other modules, e.g. expiring approvals)
 
-Leadership: `RedisLeadership` holds `gl:watchdog:leader` through `watchdog.clients.redis` (value =
+Leadership: `RedisLeadership` holds `gl:watchdog:leader` through `watchdog_sdk.clients.redis` (value =
 replica id, TTL, renewed only by its owner, released with compare-and-delete); without Redis,
 `LocalLeadership` (this process is the only sweeper). When Redis cannot be reached this replica
 does not consider itself leader and does not sweep (counted as leader_error): only a confirmed leader
@@ -35,13 +35,13 @@ from typing import Any, Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from watchdog.clients.orchestrator import Execution
-from watchdog.clients.redis import RedisClient
 from watchdog.condition import ConditionEvaluator, ConditionResult
-from watchdog.errors import WatchdogError
 from watchdog.incidents import IncidentService
 from watchdog.metrics import WatchdogMetrics
-from watchdog.store import Incident
+from watchdog.records import Incident
+from watchdog_sdk.clients.orchestrator import Execution
+from watchdog_sdk.clients.redis import RedisClient
+from watchdog_sdk.errors import WatchdogError
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ class Sweeper:
         except WatchdogError as exc:  # the stuck-run part of the sweep still counts
             log.warning("sweep could not list interrupted runs: %s", exc)
             return []
-        now = self.condition.clock()
+        now = self.condition.clock.now()
         grace = self.condition.for_duration
         return [e for e in items if e.completed_at is None or now - e.completed_at >= grace]
 

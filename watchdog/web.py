@@ -1,7 +1,9 @@
 """Where humans answer approval prompts: the approval API and the approval web page.
 
-Installed into the watchdog's aiohttp app (`watchdog.api.create_app(wd, extensions=[installer(r)])`)
-with the `Remediator` (`watchdog.remediation`) that continues after a decision. Routes:
+Installed by the composition root (`watchdog.assembly.create_app`) with `add_routes(app, ...)`, which
+hands the handlers their services as AppKeys: the approval prompts (`watchdog.approvals`), the
+responder that continues after a decision (`watchdog.responder`) and the incidents (the page shows
+the remediation's progress and result). Routes:
 
     GET  /api/v1/approvals/{id}                 the prompt (bearer token, or ?token= link token)
     POST /api/v1/approvals/{id}/approve|deny    decide (bearer token, or the link token as ?token= or
@@ -19,7 +21,6 @@ remediation runs); no external assets.
 
 from __future__ import annotations
 
-import hmac
 import html
 import json
 from typing import Any, Final
@@ -27,48 +28,32 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from watchdog.api import PUBLIC_PREFIXES_KEY, RouteInstaller, json_error
-from watchdog.app import WatchdogApp
-from watchdog.approvals import Decision, public_view
+from watchdog.approvals import ApprovalService, Decision, public_view
 from watchdog.errors import ApprovalClosed, ApprovalNotFound, InvalidToken
-from watchdog.remediation import Remediator
-from watchdog.store import Approval, Incident
+from watchdog.http import PUBLIC_PREFIXES_KEY, bearer_ok, json_error, unauthorized
+from watchdog.incidents import IncidentService
+from watchdog.records import Approval, Incident
+from watchdog.responder import Responder
 
-REMEDIATOR_KEY: Final = web.AppKey("remediator", Remediator)
+APPROVALS_KEY: Final = web.AppKey("approvals", ApprovalService)
+RESPONDER_KEY: Final = web.AppKey("responder", Responder)
+INCIDENTS_KEY: Final = web.AppKey("approval_incidents", IncidentService)
 IN_PROGRESS: Final = ("awaiting_approval", "remediating", "verifying")
 STATE_WORDS: Final = {"used": "approved (acted on)"}
 
 
-def installer(remediator: Remediator) -> RouteInstaller:
-    """The route installer for `watchdog.api.create_app(..., extensions=[...])`."""
-
-    def install(app: web.Application, wd: WatchdogApp) -> None:
-        app[REMEDIATOR_KEY] = remediator
-        app[PUBLIC_PREFIXES_KEY].extend(["/api/v1/approvals/", "/approvals/"])
-        app.router.add_get("/api/v1/approvals/{approval_id}", api_get)
-        app.router.add_post("/api/v1/approvals/{approval_id}/{decision}", api_decide)
-        app.router.add_get("/approvals/{approval_id}", page)
-        app.router.add_post("/approvals/{approval_id}", page_decide)
-
-    return install
-
-
-def _remediator(request: web.Request) -> Remediator:
-    return request.app[REMEDIATOR_KEY]
-
-
-def _bearer_ok(request: web.Request) -> bool:
-    """True when the request carries a valid API bearer token; never when none is configured."""
-    tokens = [t.encode() for t in _remediator(request).api_tokens]
-    if not tokens:  # no token configured: refused, as every other API call is (watchdog.api)
-        return False
-    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not presented:
-        return False
-    matched = False
-    for token in tokens:
-        matched |= hmac.compare_digest(presented.strip().encode(), token)
-    return matched
+def add_routes(
+    app: web.Application, *, approvals: ApprovalService, responder: Responder, incidents: IncidentService
+) -> None:
+    """Add the approval API and page to `app` (built by `watchdog.http.new_application`)."""
+    app[APPROVALS_KEY] = approvals
+    app[RESPONDER_KEY] = responder
+    app[INCIDENTS_KEY] = incidents
+    app[PUBLIC_PREFIXES_KEY].extend(["/api/v1/approvals/", "/approvals/"])
+    app.router.add_get("/api/v1/approvals/{approval_id}", api_get)
+    app.router.add_post("/api/v1/approvals/{approval_id}/{decision}", api_decide)
+    app.router.add_get("/approvals/{approval_id}", page)
+    app.router.add_post("/approvals/{approval_id}", page_decide)
 
 
 def _error(exc: Exception) -> web.Response:
@@ -86,10 +71,10 @@ def _error(exc: Exception) -> web.Response:
 
 async def api_get(request: web.Request) -> web.Response:
     """`GET /api/v1/approvals/{id}`."""
-    approvals = _remediator(request).approvals
+    approvals = request.app[APPROVALS_KEY]
     try:
         approval = await approvals.get(request.match_info["approval_id"])
-        if not _bearer_ok(request):
+        if not bearer_ok(request):
             token = request.query.get("token")
             if token is None:
                 return _unauthorized()
@@ -117,12 +102,11 @@ async def api_decide(request: web.Request) -> web.Response:
         token = body.get("token", token)
         if body.get("actor") is not None:
             actor = f"api:{str(body['actor'])[:100]}"
-    remediator = _remediator(request)
-    if token is None and not _bearer_ok(request):
+    if token is None and not bearer_ok(request):
         return _unauthorized()
     authenticated = token is None
     try:
-        approval = await remediator.approvals.decide(
+        approval = await request.app[APPROVALS_KEY].decide(
             request.match_info["approval_id"],
             decision,
             actor=actor if authenticated else "link",
@@ -131,14 +115,12 @@ async def api_decide(request: web.Request) -> web.Response:
         )
     except (ApprovalNotFound, InvalidToken, ApprovalClosed) as exc:
         return _error(exc)
-    remediator.spawn(remediator.on_decision(approval), name=f"decision-{approval.id}")
+    request.app[RESPONDER_KEY].start_decision(approval)
     return web.json_response(public_view(approval))
 
 
 def _unauthorized() -> web.Response:
-    response = json_error(401, "unauthorized", "bearer token or approval link token required")
-    response.headers["WWW-Authenticate"] = 'Bearer realm="gl-watchdog"'
-    return response
+    return unauthorized("bearer token or approval link token required")
 
 
 # -- the page -------------------------------------------------------------------------------------------
@@ -146,19 +128,19 @@ def _unauthorized() -> web.Response:
 
 async def page(request: web.Request) -> web.Response:
     """`GET /approvals/{id}?token=...`: the prompt, the buttons, and afterwards the result."""
-    remediator = _remediator(request)
+    approvals = request.app[APPROVALS_KEY]
     approval_id = request.match_info["approval_id"]
     token = request.query.get("token", "")
     try:
-        approval = await remediator.approvals.get(approval_id)
-        remediator.approvals.check_token(approval, token, allow_expired=True)
+        approval = await approvals.get(approval_id)
+        approvals.check_token(approval, token, allow_expired=True)
     except ApprovalNotFound:
         return _html(404, "Approval not found", "<p>No such approval prompt.</p>")
     except InvalidToken as exc:
         return _html(403, "Invalid link", f"<p>{html.escape(str(exc))}</p>")
-    incident = await remediator.incidents.get(approval.incident_id)
+    incident = await request.app[INCIDENTS_KEY].get(approval.incident_id)
     notice = request.query.get("notice", "")
-    expired = approval.state == "pending" and remediator.approvals.clock() >= approval.expires_at
+    expired = approval.state == "pending" and approvals.clock.now() >= approval.expires_at
     body = _render(approval, incident, token, notice, request.query, expired=expired)
     acting = approval.state in ("approved", "used") and incident.status in IN_PROGRESS
     return _html(200, f"Approval {approval.id}", body, refresh_seconds=2 if acting else None)
@@ -166,7 +148,6 @@ async def page(request: web.Request) -> web.Response:
 
 async def page_decide(request: web.Request) -> web.StreamResponse:
     """The page's approve/deny form."""
-    remediator = _remediator(request)
     approval_id = request.match_info["approval_id"]
     form = await request.post()
     token = str(form.get("token", ""))
@@ -175,8 +156,10 @@ async def page_decide(request: web.Request) -> web.StreamResponse:
         return _html(400, "Bad request", "<p>decision must be approve or deny.</p>")
     notice = ""
     try:
-        approval = await remediator.approvals.decide(approval_id, Decision(raw), actor="web", token=token)
-        remediator.spawn(remediator.on_decision(approval), name=f"decision-{approval.id}")
+        approval = await request.app[APPROVALS_KEY].decide(
+            approval_id, Decision(raw), actor="web", token=token
+        )
+        request.app[RESPONDER_KEY].start_decision(approval)
     except ApprovalNotFound:
         return _html(404, "Approval not found", "<p>No such approval prompt.</p>")
     except InvalidToken as exc:
@@ -218,8 +201,8 @@ def _render(
     approval: Approval, incident: Incident, token: str, notice: str, query: Any, *, expired: bool = False
 ) -> str:
     plan = approval.plan
-    params = ", ".join(f"{_e(k)}={_e(v)}" for k, v in (plan.get("params") or {}).items())
-    actions = "".join(f"<li>{_e(a.get('description', a))}</li>" for a in plan.get("actions") or [])
+    params = ", ".join(f"{_e(k)}={_e(v)}" for k, v in plan.params.items())
+    actions = "".join(f"<li>{_e(a.description)}</li>" for a in plan.actions)
     # past its expiry but not yet swept: expired; `used` is the store's word for "approved, acted on"
     shown_state = "expired" if expired else STATE_WORDS.get(approval.state, approval.state)
     parts = []
@@ -229,9 +212,9 @@ def _render(
         f"""<table>
 <tr><th>Incident</th><td>{_e(incident.id)} — execution <code>{_e(incident.execution_id)}</code></td></tr>
 <tr><th>Diagnosis</th><td id="diagnosis">{_e(approval.summary)}</td></tr>
-<tr><th>Plan</th><td id="plan"><code>{_e(plan.get("playbook"))}({params})</code>,
- risk {_e(plan.get("risk"))}</td></tr>
-<tr><th>Why</th><td id="rationale">{_e(plan.get("rationale", ""))}</td></tr>
+<tr><th>Plan</th><td id="plan"><code>{_e(plan.playbook)}({params})</code>,
+ risk {_e(plan.risk)}</td></tr>
+<tr><th>Why</th><td id="rationale">{_e(plan.rationale)}</td></tr>
 <tr><th>Actions</th><td><ul id="actions">{actions or "<li>(none)</li>"}</ul></td></tr>
 <tr><th>Expires</th><td>{_e(approval.expires_at.isoformat())}</td></tr>
 <tr><th>Approval</th><td class="state" id="approval-state">{_e(shown_state)}</td></tr>

@@ -6,13 +6,14 @@ faked Kubernetes API driven through the real `kubernetes` client (from tests/wat
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from playbooks.base import PlaybookContext, PlaybookLimits
+from gl_common.clock import Clock, SystemClock
+from playbooks.registry import default_registry
 from tests.conftest import fresh_postgres_database
 from tests.orchestrator.test_service_harness import (
     TOKEN,
@@ -22,13 +23,24 @@ from tests.orchestrator.test_service_harness import (
     make_settings,
     running_service,
 )
-from tests.watchdog.conftest import FakeKubeApi, kube, kube_api, make_deployment, make_pod  # noqa: F401
-from watchdog.clients.kubernetes import KubernetesClient
-from watchdog.clients.orchestrator import OrchestratorClient
-from watchdog.clients.redis import RedisClient
+from tests.watchdog.conftest import kube, kube_api  # noqa: F401
+from tests.watchdog.fake_kube import FakeKubeApi, make_deployment, make_pod
+from watchdog.approvals import ApprovalService
+from watchdog.assembly import build_responder
 from watchdog.incidents import IncidentService
-from watchdog.remediation import StoreLedger
-from watchdog.store import Store
+from watchdog.jobs import JobTracker
+from watchdog.ledger import StoreLedger
+from watchdog.notifier import NullNotifier
+from watchdog.policy import parse_policy
+from watchdog.responder import Responder
+from watchdog.settings import Mode
+from watchdog.store import WatchdogStore
+from watchdog_sdk.clients import Clients
+from watchdog_sdk.clients.kubernetes import KubernetesClient
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.clients.prometheus import PrometheusClient
+from watchdog_sdk.clients.redis import RedisClient
+from watchdog_sdk.playbook import PlaybookContext, PlaybookLimits
 
 __all__ = ["FakeKubeApi", "make_deployment", "make_pod"]
 
@@ -40,7 +52,7 @@ class Env:
     orch: Harness
     gates: Gates
     client: OrchestratorClient
-    store: Store
+    store: WatchdogStore
     redis: RedisClient
     incidents: IncidentService
     _seq: list[int] = field(default_factory=lambda: [0])
@@ -50,10 +62,11 @@ class Env:
         execution_id: str,
         *,
         kubernetes: KubernetesClient | None = None,
+        prometheus: PrometheusClient | None = None,
         redis: bool = True,
         limits: PlaybookLimits | None = None,
         incident_id: int | None = None,
-        clock: Callable[[], Any] | None = None,
+        clock: Clock | None = None,
     ) -> PlaybookContext:
         """A context for `execution_id` with a fresh incident (or `incident_id`) and the store's ledger."""
         if incident_id is None:
@@ -65,13 +78,45 @@ class Env:
         return PlaybookContext(
             incident_id=incident_id,
             execution_id=execution_id,
-            orchestrator=self.client,
+            clients=Clients(
+                orchestrator=self.client,
+                redis=self.redis if redis else None,
+                kubernetes=kubernetes,
+                prometheus=prometheus,
+                namespace="greenlang",
+            ),
             ledger=StoreLedger(self.store),
-            redis=self.redis if redis else None,
-            kubernetes=kubernetes,
-            namespace="greenlang",
             limits=limits or PlaybookLimits(poll_interval_seconds=0.05, lock_grace_seconds=0),
             **extra,
+        )
+
+    def responder(
+        self,
+        policy: dict[str, Any],
+        mode: Mode,
+        *,
+        redis: bool = True,
+        clock: Clock | None = None,
+        approval_ttl_seconds: float = 600,
+    ) -> Responder:
+        """The remediation side (responder, state machine, limits) over this store and the real
+        playbooks, with a notifier that sends nothing."""
+        clock = clock or SystemClock()
+        approvals = ApprovalService(
+            self.store, b"k" * 32, ttl_seconds=approval_ttl_seconds, public_url="http://wd", clock=clock
+        )
+        return build_responder(
+            store=self.store,
+            incidents=self.incidents,
+            approvals=approvals,
+            notifier=NullNotifier(),
+            policy=parse_policy(policy),
+            registry=default_registry(),
+            clients=Clients(orchestrator=self.client, redis=self.redis if redis else None),
+            mode=mode,
+            clock=clock,
+            jobs=JobTracker(),
+            poll_interval_seconds=0.05,
         )
 
     async def run(self, dag: dict[str, Any], input_data: Any = None) -> str:
@@ -122,7 +167,7 @@ async def env(_no_pending_tasks: None, postgres_url: str, redis_url: str) -> Asy
         fresh_postgres_database() as watchdog_db,
         running_service(settings, registry=make_registry(gates), start_loop=True) as orch,
     ):
-        store = await Store.open(watchdog_db)
+        store = await WatchdogStore.open(watchdog_db)
         client = OrchestratorClient(orch.base_url, TOKEN, timeout=5.0)
         redis = RedisClient(redis_url, timeout=2.0)
         try:

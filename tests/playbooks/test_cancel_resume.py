@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from playbooks.base import StepStatus
 from playbooks.cancel import CancelParams, CancelPlaybook
 from playbooks.resume import ResumeParams, ResumePlaybook
 from tests.playbooks.conftest import Env, gate_dag
-from watchdog.constants import lock_key
+from watchdog_sdk.constants import lock_key
+from watchdog_sdk.outcomes import StepStatus
 
 CANCEL = CancelPlaybook()
 RESUME = ResumePlaybook()

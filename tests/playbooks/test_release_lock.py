@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
-from playbooks.base import PlaybookLimits
 from playbooks.release_lock import ReleaseLockParams, ReleaseLockPlaybook
 from tests.playbooks.conftest import Env, FakeKubeApi, make_pod
-from watchdog.clients.kubernetes import KubernetesClient
-from watchdog.constants import heartbeat_key, lock_key
+from watchdog_sdk.clients.kubernetes import KubernetesClient
+from watchdog_sdk.constants import heartbeat_key, lock_key
+from watchdog_sdk.playbook import PlaybookLimits
 
 PLAYBOOK = ReleaseLockPlaybook()
 EXEC = "exec-orphan"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from orchestrator_core.emissions import emissions_dag, emissions_demo_input
-from playbooks.base import StepStatus
 from playbooks.restart_agent import RestartAgentParams, RestartAgentPlaybook
 from tests.playbooks.conftest import Env, FakeKubeApi, gate_dag, make_pod
-from watchdog.clients.kubernetes import KubernetesClient
+from watchdog_sdk.clients.kubernetes import KubernetesClient
+from watchdog_sdk.outcomes import StepStatus
 
 PLAYBOOK = RestartAgentPlaybook()
 SCOPE2 = "emissions.scope2"

@@ -3,17 +3,15 @@ Prometheus scraping the real orchestrator service; and reported as unknown, not 
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from orchestrator_core.emissions import emissions_dag, emissions_demo_input
-from playbooks.base import CheckStatus
 from playbooks.restart_agent import RestartAgentParams, RestartAgentPlaybook
 from tests.conftest import free_port
 from tests.playbooks.conftest import Env
 from tests.promstack import start_prometheus
-from watchdog.clients.prometheus import PrometheusClient
+from watchdog_sdk.clients.prometheus import PrometheusClient
+from watchdog_sdk.outcomes import CheckStatus
 
 pytestmark = pytest.mark.prometheus
 PLAYBOOK = RestartAgentPlaybook()
@@ -27,7 +25,7 @@ async def test_verify_reports_timeouts_and_retries_from_prometheus(env: Env) -> 
     async with start_prometheus([f"127.0.0.1:{env.orch.port}"]) as prometheus:
         client = PrometheusClient(prometheus.url, timeout=5)
         try:
-            ctx = dataclasses.replace(await env.context(execution_id, redis=False), prometheus=client)
+            ctx = await env.context(execution_id, redis=False, prometheus=client)
             params = RestartAgentParams(agent_id="emissions.scope2", verify_timeout_seconds=20)
             assert (await PLAYBOOK.apply(ctx, params)).ok
             verification = await PLAYBOOK.verify(ctx, params)
@@ -51,7 +49,7 @@ async def test_prometheus_down_makes_the_checks_unknown_not_fatal(env: Env) -> N
     await env.wait_running_node(execution_id, "scope2")
     client = PrometheusClient(f"http://127.0.0.1:{free_port()}", timeout=1)
     try:
-        ctx = dataclasses.replace(await env.context(execution_id, redis=False), prometheus=client)
+        ctx = await env.context(execution_id, redis=False, prometheus=client)
         params = RestartAgentParams(agent_id="emissions.scope2", verify_timeout_seconds=20)
         assert (await PLAYBOOK.apply(ctx, params)).ok
         verification = await PLAYBOOK.verify(ctx, params)

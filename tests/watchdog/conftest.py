@@ -1,49 +1,65 @@
-"""Fixtures of the watchdog tests: clients against real services, a settable clock.
+"""Fixtures of the watchdog tests: a settable clock, clients against real services, the fake Kubernetes
+API, diagnostic contexts over a respx-faked orchestrator, the watchdog service itself, and the
+approval flow over the real orchestrator.
 
-Owned by the clients/diagnostics engineer; the intake engineer may append fixtures below.
+The fakes and harnesses they stand on live beside this file, in modules not named like tests:
+`fake_kube.py`, `orchestrators.py` (faked and real orchestrators), `webhook.py` (Alertmanager
+payloads) and `approval_stack.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import respx
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from tests.conftest import free_port, wait_for_port
-from watchdog.api import create_app
-from watchdog.app import WatchdogApp
-from watchdog.clients.kubernetes import KubernetesClient, build_configuration
-from watchdog.clients.orchestrator import OrchestratorClient
-from watchdog.clients.redis import RedisClient
-from watchdog.diagnostics.context import DiagnosticContext
-from watchdog.diagnostics.models import Diagnosis, Finding, StepStatus
-from watchdog.settings import WatchdogSettings
+from tests.conftest import free_port
+from tests.orchestrator.test_service_harness import TOKEN, make_settings, running_service
+from tests.watchdog.approval_stack import API_TOKEN, Stack
+from tests.watchdog.fake_kube import FakeKubeApi
+from tests.watchdog.orchestrators import ORCH_API, ORCH_BASE, OrchestratorProcess
+from watchdog.assembly import Watchdog, build_watchdog, create_app
+from watchdog.plan import Plan
+from watchdog.settings import Mode, WatchdogSettings
+from watchdog_sdk.clients import Clients
+from watchdog_sdk.clients.kubernetes import KubernetesClient, build_configuration
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.clients.prometheus import PrometheusClient
+from watchdog_sdk.clients.redis import RedisClient
+from watchdog_sdk.diagnosis import Diagnosis, Finding, StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosticContext
 
 
 class FakeClock:
-    """A settable UTC clock for injected-time code: `clock()` returns now, `advance()` moves it."""
+    """A settable clock (`gl_common.clock.Clock`) for injected-time code: `now()` stays where it is put
+    (`set()`, `advance()`); monotonic time and sleeps are real, so code that polls a real service still
+    waits for it."""
 
     def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+        self.current = start or datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
-    def __call__(self) -> datetime:
-        return self.now
+    def now(self) -> datetime:
+        return self.current
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    def set(self, when: datetime) -> None:
+        self.current = when
 
     def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+        self.current += timedelta(seconds=seconds)
 
 
 @pytest.fixture
@@ -59,224 +75,6 @@ async def redis_client(redis_url: str, clock: FakeClock) -> AsyncIterator[RedisC
 
 
 # -- a fake Kubernetes API (aiohttp) of the few routes the watchdog uses -----------------------------
-
-
-def make_pod(
-    name: str,
-    labels: dict[str, str],
-    *,
-    phase: str = "Running",
-    ready: bool = True,
-    restarts: int = 0,
-    waiting_reason: str | None = None,
-    terminated_reason: str | None = None,
-    last_terminated_reason: str | None = None,
-    limits: dict[str, str] | None = None,
-    container: str = "main",
-    deleting: bool = False,
-) -> dict[str, Any]:
-    """A pod as the API server returns it (JSON), with one container."""
-    if waiting_reason:
-        state: dict[str, Any] = {"waiting": {"reason": waiting_reason}}
-    elif terminated_reason:
-        state = {"terminated": {"reason": terminated_reason, "exitCode": 137}}
-    else:
-        state = {"running": {"startedAt": "2026-03-01T11:00:00Z"}}
-    last: dict[str, Any] = {}
-    if last_terminated_reason:
-        last = {"terminated": {"reason": last_terminated_reason, "exitCode": 137}}
-    metadata: dict[str, Any] = {"name": name, "namespace": "greenlang", "labels": labels}
-    if deleting:
-        metadata["deletionTimestamp"] = "2026-03-01T12:00:00Z"
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": metadata,
-        "spec": {
-            "nodeName": "node-1",
-            "containers": [{"name": container, "resources": {"limits": limits or {}}}],
-        },
-        "status": {
-            "phase": phase,
-            "startTime": "2026-03-01T11:00:00Z",
-            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-            "containerStatuses": [
-                {
-                    "name": container,
-                    "ready": ready,
-                    "restartCount": restarts,
-                    "image": "example/agent:1",
-                    "imageID": "",
-                    "state": state,
-                    "lastState": last,
-                }
-            ],
-        },
-    }
-
-
-def make_deployment(name: str, env: dict[str, str], container: str = "orchestrator") -> dict[str, Any]:
-    """A Deployment as the API server returns it (JSON)."""
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": "greenlang", "generation": 1},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}, "annotations": {}},
-                "spec": {
-                    "containers": [
-                        {"name": container, "env": [{"name": k, "value": v} for k, v in env.items()]}
-                    ]
-                },
-            },
-        },
-        "status": {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2, "observedGeneration": 1},
-    }
-
-
-def _matches(labels: dict[str, str], selector: str | None) -> bool:
-    if not selector:
-        return True
-    for term in selector.split(","):
-        key, _, value = term.partition("=")
-        if labels.get(key.strip()) != value.strip():
-            return False
-    return True
-
-
-class FakeKubeApi:
-    """Pods, pod logs, metrics.k8s.io pod metrics and Deployments of one namespace, served over HTTP.
-
-    Set `fail_status` to answer every request with that status, or `hang = True` to never answer
-    (until the fixture releases the handlers at teardown). `requests` records (method, path, query).
-    `on_delete(name)` may add a replacement pod when a pod is deleted.
-    """
-
-    def __init__(self) -> None:
-        self.pods: dict[str, dict[str, Any]] = {}
-        self.logs: dict[str, str] = {}
-        self.usage: dict[str, dict[str, str]] = {}
-        self.deployments: dict[str, dict[str, Any]] = {}
-        self.patches: list[tuple[str, Any]] = []
-        self.requests: list[tuple[str, str, dict[str, str]]] = []
-        self.fail_status: int | None = None
-        self.hang = False
-        self.on_delete: Callable[[str], None] | None = None
-        self.release = asyncio.Event()
-        self.url = ""
-
-    def add_pod(self, pod: dict[str, Any], log: str = "") -> None:
-        self.pods[pod["metadata"]["name"]] = pod
-        self.logs[pod["metadata"]["name"]] = log
-
-    @web.middleware
-    async def _gate(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        self.requests.append((request.method, request.path, dict(request.query)))
-        if self.hang:
-            await self.release.wait()
-        if self.fail_status is not None:
-            return web.json_response(
-                {
-                    "kind": "Status",
-                    "status": "Failure",
-                    "message": "injected failure",
-                    "code": self.fail_status,
-                },
-                status=self.fail_status,
-            )
-        response: web.StreamResponse = await handler(request)
-        return response
-
-    def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._gate])
-        base = "/api/v1/namespaces/{ns}/pods"
-        app.router.add_get(base, self._list_pods)
-        app.router.add_get(base + "/{name}", self._get_pod)
-        app.router.add_delete(base + "/{name}", self._delete_pod)
-        app.router.add_get(base + "/{name}/log", self._log)
-        app.router.add_get("/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods", self._metrics)
-        deployment = "/apis/apps/v1/namespaces/{ns}/deployments/{name}"
-        app.router.add_get(deployment, self._get_deployment)
-        app.router.add_patch(deployment, self._patch_deployment)
-        return app
-
-    @staticmethod
-    def _not_found(what: str) -> web.Response:
-        return web.json_response(
-            {
-                "kind": "Status",
-                "status": "Failure",
-                "reason": "NotFound",
-                "message": f"{what} not found",
-                "code": 404,
-            },
-            status=404,
-        )
-
-    async def _list_pods(self, request: web.Request) -> web.Response:
-        selector = request.query.get("labelSelector")
-        items = [p for p in self.pods.values() if _matches(p["metadata"].get("labels", {}), selector)]
-        return web.json_response({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
-
-    async def _get_pod(self, request: web.Request) -> web.Response:
-        pod = self.pods.get(request.match_info["name"])
-        return web.json_response(pod) if pod else self._not_found("pod")
-
-    async def _delete_pod(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        pod = self.pods.pop(name, None)
-        if pod is None:
-            return self._not_found("pod")
-        if self.on_delete is not None:
-            self.on_delete(name)
-        return web.json_response(pod)
-
-    async def _log(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        if name not in self.pods:
-            return self._not_found("pod")
-        lines = self.logs.get(name, "").splitlines()
-        tail = int(request.query.get("tailLines", "0") or 0)
-        if tail:
-            lines = lines[-tail:]
-        return web.Response(text="\n".join(lines) + ("\n" if lines else ""), content_type="text/plain")
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        selector = request.query.get("labelSelector")
-        items = [
-            {"metadata": {"name": name}, "containers": [{"name": "main", "usage": usage}]}
-            for name, usage in self.usage.items()
-            if name in self.pods and _matches(self.pods[name]["metadata"].get("labels", {}), selector)
-        ]
-        return web.json_response(
-            {"kind": "PodMetricsList", "apiVersion": "metrics.k8s.io/v1beta1", "items": items}
-        )
-
-    async def _get_deployment(self, request: web.Request) -> web.Response:
-        dep = self.deployments.get(request.match_info["name"])
-        return web.json_response(dep) if dep else self._not_found("deployment")
-
-    async def _patch_deployment(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        dep = self.deployments.get(name)
-        if dep is None:
-            return self._not_found("deployment")
-        body = await request.json()
-        self.patches.append((request.content_type, body))
-        template = body.get("spec", {}).get("template", {})
-        annotations = template.get("metadata", {}).get("annotations", {})
-        dep["spec"]["template"]["metadata"].setdefault("annotations", {}).update(annotations)
-        for patch_container in template.get("spec", {}).get("containers", []):
-            for container in dep["spec"]["template"]["spec"]["containers"]:
-                if container["name"] == patch_container["name"]:
-                    env = {e["name"]: e for e in container.get("env", [])}
-                    env.update({e["name"]: e for e in patch_container.get("env", [])})
-                    container["env"] = list(env.values())
-        dep["metadata"]["generation"] += 1
-        return web.json_response(dep)
 
 
 @pytest.fixture
@@ -309,75 +107,6 @@ def kube(kube_api: FakeKubeApi) -> Iterator[KubernetesClient]:
 
 # -- diagnostics: a respx-faked orchestrator and a context builder ----------------------------------
 
-ORCH_BASE = "http://orch.test:8080"
-ORCH_API = ORCH_BASE + "/api/v1/orchestrator"
-NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
-
-
-def execution_json(execution_id: str = "ex-1", **overrides: Any) -> dict[str, Any]:
-    """An execution record: running for 20 minutes against a 300 s timeout (stuck) unless overridden."""
-    record: dict[str, Any] = {
-        "execution_id": execution_id,
-        "dag_id": "emissions",
-        "dag_version": 1,
-        "status": "running",
-        "created_at": "2026-03-01T11:39:00Z",
-        "started_at": "2026-03-01T11:40:00Z",
-        "completed_at": None,
-        "timeout_seconds": 300,
-        "error": None,
-        "owner": "orch-a",
-        "input_data": {},
-    }
-    record.update(overrides)
-    return record
-
-
-def node_json(status: str, agent_id: str, **overrides: Any) -> dict[str, Any]:
-    """A node trace entry."""
-    record: dict[str, Any] = {
-        "status": status,
-        "duration_ms": None,
-        "attempt_count": 1 if status != "pending" else 0,
-        "error": None,
-        "agent_id": agent_id,
-        "started_at": None,
-        "completed_at": None,
-        "input_hash": "sha256:abc",
-        "timeout_seconds": 120,
-    }
-    record.update(overrides)
-    return record
-
-
-def trace_json(execution_id: str = "ex-1", **overrides: Any) -> dict[str, Any]:
-    """A trace stalled at level 1: intake completed, scope1 running since 11:41 (19 minutes)."""
-    record: dict[str, Any] = {
-        "execution_id": execution_id,
-        "dag_id": "emissions",
-        "status": "running",
-        "topology_levels": [["intake"], ["scope1", "scope2"], ["report"]],
-        "node_traces": {
-            "intake": node_json(
-                "completed",
-                "emissions.intake",
-                started_at="2026-03-01T11:40:00Z",
-                completed_at="2026-03-01T11:41:00Z",
-                duration_ms=60000.0,
-            ),
-            "scope1": node_json("running", "emissions.scope1", started_at="2026-03-01T11:41:00Z"),
-            "scope2": node_json(
-                "completed",
-                "emissions.scope2",
-                started_at="2026-03-01T11:41:00Z",
-                completed_at="2026-03-01T11:42:00Z",
-            ),
-            "report": node_json("pending", "emissions.report"),
-        },
-    }
-    record.update(overrides)
-    return record
-
 
 @pytest.fixture
 def orch() -> Iterator[respx.MockRouter]:
@@ -391,12 +120,24 @@ async def make_ctx(clock: FakeClock) -> AsyncIterator[Callable[..., DiagnosticCo
     """Build DiagnosticContexts over the faked orchestrator; extra clients and settings as keywords."""
     made: list[DiagnosticContext] = []
 
-    def build(settings: WatchdogSettings | None = None, **kwargs: Any) -> DiagnosticContext:
+    def build(
+        settings: WatchdogSettings | None = None,
+        *,
+        prometheus: PrometheusClient | None = None,
+        kubernetes: KubernetesClient | None = None,
+        redis: RedisClient | None = None,
+        step_timeouts: dict[int, float] | None = None,
+    ) -> DiagnosticContext:
         ctx = DiagnosticContext(
-            orchestrator=OrchestratorClient(ORCH_BASE, "token", timeout=2.0),
-            settings=settings or WatchdogSettings(orchestrator_url=ORCH_BASE),
+            clients=Clients(
+                orchestrator=OrchestratorClient(ORCH_BASE, "token", timeout=2.0),
+                prometheus=prometheus,
+                kubernetes=kubernetes,
+                redis=redis,
+            ),
+            settings=(settings or WatchdogSettings(orchestrator_url=ORCH_BASE)).diagnostics(),
             clock=clock,
-            **kwargs,
+            step_timeouts=step_timeouts or {},
         )
         made.append(ctx)
         return ctx
@@ -409,6 +150,7 @@ async def make_ctx(clock: FakeClock) -> AsyncIterator[Callable[..., DiagnosticCo
 # -- the watchdog service (intake engineer) ---------------------------------------------------------
 
 WATCHDOG_TOKEN = "wd-test-token-1234"
+MAX_BODY_BYTES = 64 * 1024  # the test watchdog's request body limit
 
 
 def make_diagnosis(
@@ -437,6 +179,17 @@ def make_diagnosis(
         dag_id="dag-1",
         stuck_node_id=node,
         agent_id=agent,
+    )
+
+
+def make_plan(execution_id: str = "e1", playbook: str | None = "restart_agent") -> Plan:
+    """A small plan of `playbook` (for tests of what stores, shows or answers a prompt, not of planning)."""
+    return Plan(
+        execution_id=execution_id,
+        likely_cause="hung_node",
+        playbook=playbook,
+        mode=Mode.RECOMMEND,
+        rationale="test",
     )
 
 
@@ -485,8 +238,8 @@ async def watchdog_app(
     database_url: str,
     diagnose_fn: ScriptedDiagnose,
     remediate_fn: RecordingRemediate,
-) -> AsyncIterator[WatchdogApp]:
-    """A WatchdogApp (SQLite, PostgreSQL) with scripted diagnose/remediate; no orchestrator reachable.
+) -> AsyncIterator[Watchdog]:
+    """A Watchdog (SQLite, PostgreSQL) with scripted diagnose/remediate; no orchestrator reachable.
 
     Depends on `_no_pending_tasks` so that the leftover-task check runs after this teardown.
     """
@@ -495,9 +248,9 @@ async def watchdog_app(
         api_tokens=[WATCHDOG_TOKEN],
         orchestrator_url=f"http://127.0.0.1:{free_port()}",
         orchestrator_timeout_seconds=1.0,
-        max_body_bytes=64 * 1024,
+        max_body_bytes=MAX_BODY_BYTES,
     )
-    wd = await WatchdogApp.build(settings, diagnose=diagnose_fn, remediate=remediate_fn)
+    wd = await build_watchdog(settings, diagnose=diagnose_fn, on_diagnosed=remediate_fn)
     try:
         yield wd
     finally:
@@ -508,7 +261,7 @@ async def watchdog_app(
 
 @pytest.fixture
 async def api_client(
-    _no_pending_tasks: None, watchdog_app: WatchdogApp
+    _no_pending_tasks: None, watchdog_app: Watchdog
 ) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     """An aiohttp TestClient against the watchdog API served on a random loopback port."""
     client = TestClient(TestServer(create_app(watchdog_app), host="127.0.0.1"))
@@ -520,103 +273,6 @@ async def api_client(
 
 
 # -- the real orchestrator service as a subprocess (intake engineer) --------------------------------
-
-ORCHESTRATOR_TOKEN = "orch-test-token-5678"
-HUNG_DAG_ID = "stuck-dag"
-
-
-def hung_dag(timeout_seconds: float = 1.0) -> dict[str, Any]:
-    """A DAG whose second node (`builtin.hang`) never returns, with a short DAG-level timeout."""
-    return {
-        "dag_id": HUNG_DAG_ID,
-        "version": "1",
-        "execution_timeout_seconds": timeout_seconds,
-        "nodes": {
-            "load": {"agent_id": "builtin.echo"},
-            "wedged": {
-                "agent_id": "builtin.hang",
-                "depends_on": ["load"],
-                "timeout_policy": {"timeout_seconds": 3600, "on_timeout": "fail"},
-            },
-        },
-    }
-
-
-class OrchestratorProcess:
-    """`gl-orchestrator serve` on a random loopback port with its own SQLite file."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.token = ORCHESTRATOR_TOKEN
-        self.workdir = workdir
-        self.log_path = workdir / "orchestrator.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self.http = httpx.Client(
-            base_url=self.url + "/api/v1/orchestrator",
-            headers={"Authorization": f"Bearer {self.token}"},
-            timeout=10,
-        )
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "GL_ORCHESTRATOR_DATABASE_URL": f"sqlite+aiosqlite:///{self.workdir / 'orchestrator.db'}",
-            "GL_ORCHESTRATOR_API_TOKENS": json.dumps([self.token]),
-            "GL_ORCHESTRATOR_SHUTDOWN_GRACE_SECONDS": "2",
-        }
-        env.pop("GL_ORCHESTRATOR_REDIS_URL", None)
-        binary = Path(sys.executable).with_name("gl-orchestrator")
-        with self.log_path.open("wb") as log:
-            self._proc = subprocess.Popen(
-                [str(binary), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.workdir,
-            )
-        if not wait_for_port(self.port, timeout=30):
-            self.stop()
-            raise RuntimeError(f"gl-orchestrator did not start:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        self.http.close()
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=10)
-
-    def start_hung_run(self, timeout_seconds: float = 1.0) -> str:
-        """Register the hung DAG (once) and start a run of it; returns the execution id."""
-        response = self.http.post("/dags", json=hung_dag(timeout_seconds))
-        assert response.status_code in (200, 201, 409), response.text
-        started = self.http.post(
-            f"/dags/{HUNG_DAG_ID}/execute",
-            json={"input_data": {}, "execution_options": {"checkpoint_enabled": True}},
-        )
-        assert started.status_code == 202, started.text
-        execution_id: str = started.json()["execution_id"]
-        return execution_id
-
-    def wait_over_timeout(self, execution_id: str, deadline_seconds: float = 20.0) -> None:
-        """Poll until the run has been running for longer than its timeout (bounded)."""
-        deadline = time.monotonic() + deadline_seconds
-        while time.monotonic() < deadline:
-            execution = self.http.get(f"/executions/{execution_id}").json()
-            trace = self.http.get(f"/executions/{execution_id}/trace").json()
-            started = datetime.fromisoformat(execution["started_at"].replace("Z", "+00:00"))
-            running_for = (datetime.now(UTC) - started).total_seconds()
-            wedged = trace["node_traces"].get("wedged", {}).get("status") == "running"
-            if execution["status"] == "running" and wedged and running_for > execution["timeout_seconds"]:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"run {execution_id} did not get stuck over its timeout in time:\n{self.log()}")
 
 
 @pytest.fixture
@@ -630,3 +286,61 @@ def orchestrator_service(tmp_path: Path) -> Iterator[OrchestratorProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+# -- the orchestrator's `GET /executions`, faked at the HTTP client (condition, sweeps, diagnosis) ---------
+
+
+# -- Alertmanager webhook payloads (intake, API) ---------------------------------------------------
+
+
+# -- the CLI against the real orchestrator ----------------------------------------------------------
+
+
+# -- the approval flow over the real orchestrator service (web, browser, CLI approve) -----------------
+
+
+@pytest.fixture
+async def stack(_no_pending_tasks: None, tmp_path: Any) -> AsyncIterator[Stack]:
+    """Depends on the pending-task check so the check runs after every server here has stopped."""
+    messages: list[dict[str, Any]] = []
+    arrived = asyncio.Event()
+
+    async def hook(request: web.Request) -> web.Response:
+        messages.append(await request.json())
+        arrived.set()
+        return web.Response(text="ok")
+
+    receiver_app = web.Application()
+    receiver_app.router.add_post("/hook", hook)
+    receiver = web.AppRunner(receiver_app, shutdown_timeout=0.1)
+    await receiver.setup()
+    hook_port = free_port()
+    await web.TCPSite(receiver, "127.0.0.1", hook_port).start()
+    port = free_port()
+    token_file = tmp_path / "api.token"
+    token_file.write_text(API_TOKEN + "\n")
+    orch_settings = make_settings(f"sqlite+aiosqlite:///{tmp_path / 'orch.db'}", max_body_bytes=1 << 20)
+    async with running_service(orch_settings, start_loop=True) as orch:
+        settings = WatchdogSettings(
+            database_url=f"sqlite+aiosqlite:///{tmp_path / 'wd.db'}",
+            orchestrator_url=orch.base_url,
+            orchestrator_token=TOKEN,
+            mode=Mode.RECOMMEND,
+            api_token_file=token_file,
+            approval_signing_key="s" * 32,
+            public_url=f"http://127.0.0.1:{port}",
+            notifier_url=f"http://127.0.0.1:{hook_port}/hook",
+            step_timeout_seconds=5,
+            port=port,
+        )
+        wd = await build_watchdog(settings, poll_interval_seconds=0.1)
+        runner = web.AppRunner(create_app(wd), shutdown_timeout=0.5)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            yield Stack(orch, wd, f"http://127.0.0.1:{port}", messages, arrived, token_file)
+        finally:
+            await runner.cleanup()
+            await wd.aclose(grace_seconds=5)
+    await receiver.cleanup()

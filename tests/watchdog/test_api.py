@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -12,11 +14,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from tests.conftest import POSTGRES_ADMIN_DSN, free_port
 from tests.watchdog.conftest import WATCHDOG_TOKEN, RecordingRemediate, ScriptedDiagnose
-from tests.watchdog.test_intake import alert, payload
-from watchdog.api import create_app
-from watchdog.app import WatchdogApp
-from watchdog.errors import OrchestratorUnavailable
+from tests.watchdog.webhook import alert, payload
+from watchdog.assembly import Watchdog, build_watchdog, create_app
 from watchdog.settings import WatchdogSettings
+from watchdog_sdk.errors import OrchestratorUnavailable
 
 Client = TestClient[web.Request, web.Application]
 AUTH = {"Authorization": f"Bearer {WATCHDOG_TOKEN}"}
@@ -29,7 +30,7 @@ async def open_manual(client: Client, execution_id: str = "exec-1") -> dict[str,
     return body
 
 
-async def test_manual_open_creates_then_joins(api_client: Client, watchdog_app: WatchdogApp) -> None:
+async def test_manual_open_creates_then_joins(api_client: Client, watchdog_app: Watchdog) -> None:
     first = await api_client.post("/api/v1/incidents", json={"execution_id": "exec-1"}, headers=AUTH)
     assert first.status == 201
     created = await first.json()
@@ -39,7 +40,7 @@ async def test_manual_open_creates_then_joins(api_client: Client, watchdog_app: 
     await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 10)
 
 
-async def test_manual_open_refuses_bad_bodies(api_client: Client, watchdog_app: WatchdogApp) -> None:
+async def test_manual_open_refuses_bad_bodies(api_client: Client, watchdog_app: Watchdog) -> None:
     bad = await api_client.post("/api/v1/incidents", json={"execution": "x"}, headers=AUTH)
     assert bad.status == 422
     body = await bad.json()
@@ -51,7 +52,7 @@ async def test_manual_open_refuses_bad_bodies(api_client: Client, watchdog_app: 
     assert await watchdog_app.store.list_incidents() == []
 
 
-async def test_list_incidents_with_status_filter(api_client: Client, watchdog_app: WatchdogApp) -> None:
+async def test_list_incidents_with_status_filter(api_client: Client, watchdog_app: Watchdog) -> None:
     await open_manual(api_client, "exec-1")
     await open_manual(api_client, "exec-2")
     await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 10)
@@ -70,7 +71,7 @@ async def test_list_incidents_with_status_filter(api_client: Client, watchdog_ap
 
 
 async def test_incident_detail_has_diagnosis_actions_and_audit(
-    api_client: Client, watchdog_app: WatchdogApp
+    api_client: Client, watchdog_app: Watchdog
 ) -> None:
     created = await open_manual(api_client)
     await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 10)
@@ -101,7 +102,7 @@ async def test_incident_detail_errors(api_client: Client) -> None:
 
 
 async def test_diagnose_endpoint_rediagnoses_an_open_incident(
-    api_client: Client, watchdog_app: WatchdogApp, diagnose_fn: ScriptedDiagnose
+    api_client: Client, watchdog_app: Watchdog, diagnose_fn: ScriptedDiagnose
 ) -> None:
     created = await open_manual(api_client)
     await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 10)
@@ -117,7 +118,7 @@ async def test_diagnose_endpoint_rediagnoses_an_open_incident(
 
 async def test_failed_diagnosis_is_recorded_and_nothing_acts(
     api_client: Client,
-    watchdog_app: WatchdogApp,
+    watchdog_app: Watchdog,
     diagnose_fn: ScriptedDiagnose,
     remediate_fn: RecordingRemediate,
 ) -> None:
@@ -140,7 +141,7 @@ async def test_auth_is_required_except_for_health_and_metrics(api_client: Client
     assert (await api_client.get("/metrics")).status == 200
 
 
-async def test_metrics_count_incidents_and_diagnoses(api_client: Client, watchdog_app: WatchdogApp) -> None:
+async def test_metrics_count_incidents_and_diagnoses(api_client: Client, watchdog_app: Watchdog) -> None:
     await open_manual(api_client)
     await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 10)
     response = await api_client.get("/metrics")
@@ -156,13 +157,13 @@ async def test_metrics_count_incidents_and_diagnoses(api_client: Client, watchdo
 @pytest.fixture
 async def pg_watchdog(
     _no_pending_tasks: None, postgres_url: str, diagnose_fn: ScriptedDiagnose
-) -> AsyncIterator[tuple[WatchdogApp, Client]]:
+) -> AsyncIterator[tuple[Watchdog, Client]]:
     settings = WatchdogSettings(
         database_url=postgres_url,
         api_tokens=[WATCHDOG_TOKEN],
         orchestrator_url=f"http://127.0.0.1:{free_port()}",
     )
-    wd = await WatchdogApp.build(settings, diagnose=diagnose_fn)
+    wd = await build_watchdog(settings, diagnose=diagnose_fn, respond=False)
     client: Client = TestClient(TestServer(create_app(wd), host="127.0.0.1"))
     await client.start_server()
     try:
@@ -172,7 +173,7 @@ async def pg_watchdog(
         await wd.aclose()
 
 
-async def test_readyz_is_503_when_the_store_is_gone(pg_watchdog: tuple[WatchdogApp, Client]) -> None:
+async def test_readyz_is_503_when_the_store_is_gone(pg_watchdog: tuple[Watchdog, Client]) -> None:
     wd, client = pg_watchdog
     assert (await client.get("/readyz")).status == 200
     name = wd.store.engine.url.database
@@ -198,7 +199,7 @@ async def test_a_restart_resumes_diagnoses_left_unfinished(
     _no_pending_tasks: None, sqlite_url: str, diagnose_fn: ScriptedDiagnose
 ) -> None:
     settings = WatchdogSettings(database_url=sqlite_url, orchestrator_url=f"http://127.0.0.1:{free_port()}")
-    first = await WatchdogApp.build(settings, diagnose=diagnose_fn)
+    first = await build_watchdog(settings, diagnose=diagnose_fn, respond=False)
     try:
         interrupted = (
             await first.incidents.open_or_join(
@@ -213,7 +214,7 @@ async def test_a_restart_resumes_diagnoses_left_unfinished(
         ).incident
     finally:
         await first.aclose()
-    second = await WatchdogApp.build(settings, diagnose=diagnose_fn)
+    second = await build_watchdog(settings, diagnose=diagnose_fn, respond=False)
     try:
         await second.start(sweeps=False)
         await asyncio.wait_for(second.jobs.wait_idle(), 10)
@@ -223,3 +224,30 @@ async def test_a_restart_resumes_diagnoses_left_unfinished(
         assert sorted(diagnose_fn.calls) == ["exec-1", "exec-2"]
     finally:
         await second.aclose()
+
+
+async def test_a_rotated_token_file_takes_effect_without_a_restart(
+    _no_pending_tasks: None, sqlite_url: str, tmp_path: Path, diagnose_fn: ScriptedDiagnose
+) -> None:
+    token_file = tmp_path / "api.token"
+    token_file.write_text("old-token-0123456789\n")
+    settings = WatchdogSettings(
+        database_url=sqlite_url, api_token_file=token_file, orchestrator_url=f"http://127.0.0.1:{free_port()}"
+    )
+    wd = await build_watchdog(settings, diagnose=diagnose_fn, respond=False)
+    client: Client = TestClient(TestServer(create_app(wd), host="127.0.0.1"))
+    await client.start_server()
+    try:
+        old = {"Authorization": "Bearer old-token-0123456789"}
+        new = {"Authorization": "Bearer new-token-9876543210"}
+        assert (await client.get("/api/v1/incidents", headers=old)).status == 200
+        token_file.write_text("new-token-9876543210\n")  # a rotated Kubernetes secret
+        os.utime(token_file, ns=(0, token_file.stat().st_mtime_ns + 1_000_000))  # however fast the test
+        assert (await client.get("/api/v1/incidents", headers=old)).status == 401
+        assert (await client.get("/api/v1/incidents", headers=new)).status == 200
+        token_file.unlink()  # unreadable: the service says it cannot tell, rather than letting anyone in
+        refused = await client.get("/api/v1/incidents", headers=new)
+        assert refused.status == 503 and (await refused.json())["error"] == "auth_unavailable"
+    finally:
+        await client.close()
+        await wd.aclose()

@@ -9,34 +9,35 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.watchdog.conftest import FakeClock
+from tests.watchdog.conftest import FakeClock, make_plan
 from watchdog.approvals import ApprovalService, Decision, public_view, sign
 from watchdog.errors import ApprovalClosed, ApprovalNotFound, InvalidToken
 from watchdog.incidents import IncidentService
-from watchdog.store import Approval, Store
+from watchdog.records import Approval
+from watchdog.store import WatchdogStore
 
 KEY = b"k" * 32
 
 
 @pytest.fixture
-async def store(database_url: str, clock: FakeClock) -> AsyncIterator[Store]:
-    s = await Store.open(database_url, clock=clock)
+async def store(database_url: str, clock: FakeClock) -> AsyncIterator[WatchdogStore]:
+    s = await WatchdogStore.open(database_url, clock=clock)
     yield s
     await s.close()
 
 
 @pytest.fixture
-def service(store: Store, clock: FakeClock) -> ApprovalService:
+def service(store: WatchdogStore, clock: FakeClock) -> ApprovalService:
     return ApprovalService(store, KEY, ttl_seconds=900, public_url="http://wd.example:8081/", clock=clock)
 
 
-async def new_prompt(store: Store, service: ApprovalService, execution_id: str = "e1") -> Approval:
+async def new_prompt(store: WatchdogStore, service: ApprovalService, execution_id: str = "e1") -> Approval:
     opened = await IncidentService(store).open_or_join(
         execution_id, dag_id="d", source="sweep", detection_source="api"
     )
     async with store.transaction() as tx:
         return await service.create_in(
-            tx, incident_id=opened.incident.id, plan={"playbook": "restart_agent"}, summary="agent hung"
+            tx, incident_id=opened.incident.id, plan=make_plan(), summary="agent hung"
         )
 
 
@@ -45,11 +46,11 @@ def token_of(url: str) -> str:
 
 
 async def test_prompt_is_pending_with_expiry_and_audited(
-    store: Store, service: ApprovalService, clock: FakeClock
+    store: WatchdogStore, service: ApprovalService, clock: FakeClock
 ) -> None:
     approval = await new_prompt(store, service)
     assert approval.state == "pending"
-    assert approval.expires_at == clock() + timedelta(seconds=900)
+    assert approval.expires_at == clock.now() + timedelta(seconds=900)
     async with store.transaction() as tx:
         audit = await tx.list_audit(approval.incident_id)
     assert [a.kind for a in audit][-1] == "approval_requested"
@@ -57,7 +58,7 @@ async def test_prompt_is_pending_with_expiry_and_audited(
     assert "token_nonce" not in view and view["state"] == "pending"
 
 
-async def test_links_carry_a_token_that_approves_once(store: Store, service: ApprovalService) -> None:
+async def test_links_carry_a_token_that_approves_once(store: WatchdogStore, service: ApprovalService) -> None:
     approval = await new_prompt(store, service)
     links = service.links(approval)
     assert links.page.startswith(f"http://wd.example:8081/approvals/{approval.id}?token=")
@@ -73,7 +74,7 @@ async def test_links_carry_a_token_that_approves_once(store: Store, service: App
     assert (await service.get(approval.id)).state == "approved"
 
 
-async def test_forged_and_foreign_tokens_are_refused(store: Store, service: ApprovalService) -> None:
+async def test_forged_and_foreign_tokens_are_refused(store: WatchdogStore, service: ApprovalService) -> None:
     first = await new_prompt(store, service, "e1")
     second = await new_prompt(store, service, "e2")
     expires = int(first.expires_at.timestamp())
@@ -94,7 +95,7 @@ async def test_forged_and_foreign_tokens_are_refused(store: Store, service: Appr
     assert kinds.count("approval_token_rejected") == len(forged)
 
 
-async def test_decision_needs_token_or_authentication(store: Store, service: ApprovalService) -> None:
+async def test_decision_needs_token_or_authentication(store: WatchdogStore, service: ApprovalService) -> None:
     approval = await new_prompt(store, service)
     with pytest.raises(InvalidToken):
         await service.decide(approval.id, Decision.APPROVE, actor="anon")
@@ -110,7 +111,7 @@ async def test_unknown_approval(service: ApprovalService) -> None:
 
 
 async def test_expired_token_and_prompt_cannot_be_approved(
-    store: Store, service: ApprovalService, clock: FakeClock
+    store: WatchdogStore, service: ApprovalService, clock: FakeClock
 ) -> None:
     approval = await new_prompt(store, service)
     token = service.token_for(approval)
@@ -128,14 +129,14 @@ async def test_expired_token_and_prompt_cannot_be_approved(
 
 
 async def test_approve_racing_expiry_has_exactly_one_winner(
-    database_url: str, clock: FakeClock, store: Store, service: ApprovalService
+    database_url: str, clock: FakeClock, store: WatchdogStore, service: ApprovalService
 ) -> None:
-    other_replica = await Store.open(database_url, clock=clock)
+    other_replica = await WatchdogStore.open(database_url, clock=clock)
     try:
         other = ApprovalService(other_replica, KEY, ttl_seconds=900, public_url="http://x", clock=clock)
         for i in range(5):
             approval = await new_prompt(store, service, f"race-{i}")
-            clock.now = approval.expires_at  # the exact instant: expiry sweep and approval both try
+            clock.set(approval.expires_at)  # the exact instant: expiry sweep and approval both try
             results = await asyncio.gather(
                 service.decide(approval.id, Decision.APPROVE, actor="alice", authenticated=True),
                 other.expire_due(),
@@ -148,15 +149,15 @@ async def test_approve_racing_expiry_has_exactly_one_winner(
             )
             assert approved + expired == 1, results
             assert final == ("approved" if approved else "expired")
-            clock.now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+            clock.set(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
     finally:
         await other_replica.close()
 
 
 async def test_double_click_from_two_replicas_has_one_winner(
-    database_url: str, clock: FakeClock, store: Store, service: ApprovalService
+    database_url: str, clock: FakeClock, store: WatchdogStore, service: ApprovalService
 ) -> None:
-    other_replica = await Store.open(database_url, clock=clock)
+    other_replica = await WatchdogStore.open(database_url, clock=clock)
     try:
         other = ApprovalService(other_replica, KEY, ttl_seconds=900, public_url="http://x", clock=clock)
         approval = await new_prompt(store, service)
@@ -177,7 +178,7 @@ async def test_double_click_from_two_replicas_has_one_winner(
         await other_replica.close()
 
 
-async def test_consume_moves_approved_to_used_once(store: Store, service: ApprovalService) -> None:
+async def test_consume_moves_approved_to_used_once(store: WatchdogStore, service: ApprovalService) -> None:
     approval = await new_prompt(store, service)
     async with store.transaction() as tx:
         assert await service.consume_in(tx, approval.id) is None  # pending is not consumable

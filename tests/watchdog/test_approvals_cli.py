@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from tests.watchdog.test_web import API_TOKEN, Stack, approval_id_of, links, stack  # noqa: F401
+from tests.watchdog.approval_stack import API_TOKEN, Stack, approval_id_of, links
 
 GL_WATCHDOG = str(Path(sys.executable).with_name("gl-watchdog"))
 
@@ -21,7 +21,7 @@ async def cli(*args: str, token: str = API_TOKEN) -> tuple[int, str]:
     return proc.returncode or 0, out.decode()
 
 
-async def test_cli_approve_then_second_answer_is_refused(stack: Stack) -> None:  # noqa: F811
+async def test_cli_approve_then_second_answer_is_refused(stack: Stack) -> None:
     message = await stack.stuck_incident()
     approval_id = approval_id_of(links(message)["approve"].split("?")[0])
     code, out = await cli("approve", approval_id, "--url", stack.url, "--actor", "carol")
@@ -29,11 +29,11 @@ async def test_cli_approve_then_second_answer_is_refused(stack: Stack) -> None: 
     assert out.strip() == f"approval {approval_id}: approved (incident {stack.incident_id})"
     code, out = await cli("deny", approval_id, "--url", stack.url)
     assert code == 1 and ("already approved" in out or "already used" in out), out
-    await stack.remediator.drain()
+    await stack.wd.jobs.wait_idle()
     assert (await stack.wd.incidents.get(stack.incident_id)).status == "resolved"
 
 
-async def test_cli_deny_and_errors(stack: Stack) -> None:  # noqa: F811
+async def test_cli_deny_and_errors(stack: Stack) -> None:
     message = await stack.stuck_incident()
     approval_id = approval_id_of(links(message)["deny"].split("?")[0])
     code, out = await cli("deny", approval_id, "--url", stack.url, token="wrong-token")
@@ -44,7 +44,7 @@ async def test_cli_deny_and_errors(stack: Stack) -> None:  # noqa: F811
     assert code == 4 and "unreachable" in out
     code, out = await cli("deny", approval_id, "--url", stack.url)
     assert code == 0 and "denied" in out
-    await stack.remediator.drain()
+    await stack.wd.jobs.wait_idle()
     assert (await stack.wd.incidents.get(stack.incident_id)).status == "escalated"
     assert "Traceback" not in out
-    await stack.wd.orchestrator.cancel(stack.execution_id)
+    await stack.wd.clients.orchestrator.cancel(stack.execution_id)

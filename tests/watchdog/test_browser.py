@@ -10,7 +10,7 @@ import pytest
 from playwright.async_api import async_playwright, expect
 
 from tests.conftest import missing_service
-from tests.watchdog.test_web import Stack, links, stack  # noqa: F401  (the fixture)
+from tests.watchdog.approval_stack import Stack, links
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = "/usr/bin/chromium"
@@ -24,7 +24,7 @@ ARGS = [
 ]
 
 
-async def test_open_link_see_plan_click_approve_and_see_the_result(stack: Stack) -> None:  # noqa: F811
+async def test_open_link_see_plan_click_approve_and_see_the_result(stack: Stack) -> None:
     if shutil.which(CHROMIUM) is None:
         missing_service("chromium not installed at /usr/bin/chromium")
     message = await stack.stuck_incident()
@@ -47,13 +47,13 @@ async def test_open_link_see_plan_click_approve_and_see_the_result(stack: Stack)
             await expect(page.locator("#approve")).to_have_count(0)
         finally:
             await browser.close()
-    await stack.remediator.drain()
-    execution = await stack.wd.orchestrator.get_execution(stack.execution_id)
+    await stack.wd.jobs.wait_idle()
+    execution = await stack.wd.clients.orchestrator.get_execution(stack.execution_id)
     assert execution.status == "completed"
     assert (await stack.wd.incidents.get(stack.incident_id)).status == "resolved"
 
 
-async def test_a_second_click_after_the_decision_shows_why_nothing_happened(stack: Stack) -> None:  # noqa: F811
+async def test_a_second_click_after_the_decision_shows_why_nothing_happened(stack: Stack) -> None:
     if shutil.which(CHROMIUM) is None:
         missing_service("chromium not installed at /usr/bin/chromium")
     message = await stack.stuck_incident()
@@ -72,6 +72,33 @@ async def test_a_second_click_after_the_decision_shows_why_nothing_happened(stac
             await expect(second.locator("#approval-state")).to_have_text("denied")
         finally:
             await browser.close()
-    await stack.remediator.drain()
+    await stack.wd.jobs.wait_idle()
     assert (await stack.wd.incidents.get(stack.incident_id)).status == "escalated"
-    await stack.wd.orchestrator.cancel(stack.execution_id)
+    await stack.wd.clients.orchestrator.cancel(stack.execution_id)
+
+
+# -- remediation browser ---------------------------------------------------------------------------------
+# The approval page in a real headless browser with JavaScript turned off (as some locked-down
+# on-call laptops and mail/chat previews have it): approve, and the page still follows the remediation
+# to its result.
+
+
+async def test_without_javascript_approve_and_the_page_shows_the_result(stack: Stack) -> None:
+    if shutil.which(CHROMIUM) is None:
+        missing_service("chromium not installed at /usr/bin/chromium")
+    message = await stack.stuck_incident()
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            context = await browser.new_context(java_script_enabled=False)
+            page = await context.new_page()
+            await page.goto(links(message)["approve"])
+            await expect(page.locator("#approval-state")).to_have_text("pending")
+            await page.click("#approve")
+            await expect(page.locator("#incident-status")).to_have_text("resolved", timeout=30_000)
+            await expect(page.locator("#result")).to_contain_text("resolved by restart_agent")
+            await expect(page.locator("#approval-state")).to_have_text("approved (acted on)")
+        finally:
+            await browser.close()
+    await stack.wd.jobs.wait_idle()
+    assert (await stack.wd.incidents.get(stack.incident_id)).status == "resolved"

@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.conftest import free_port
-from tests.watchdog.conftest import FakeKubeApi, make_deployment, make_pod
-from watchdog.clients.kubernetes import KubernetesClient, build_configuration
-from watchdog.constants import RESTARTED_AT_ANNOTATION
-from watchdog.errors import KubernetesError, KubernetesNotFound, KubernetesUnavailable, WaitTimeout
+from tests.watchdog.fake_kube import FakeKubeApi, make_deployment, make_pod
+from watchdog.backends import kubernetes_client
 from watchdog.settings import load_settings
+from watchdog_sdk.clients.kubernetes import KubernetesClient, build_configuration
+from watchdog_sdk.constants import RESTARTED_AT_ANNOTATION
+from watchdog_sdk.errors import KubernetesError, KubernetesNotFound, KubernetesUnavailable, WaitTimeout
 
 
 async def test_list_pods_by_label_with_states_and_limits(
@@ -165,8 +166,8 @@ async def test_unreachable_api_is_unavailable() -> None:
 
 
 def test_from_settings() -> None:
-    assert KubernetesClient.from_settings(load_settings(kubernetes_enabled=False)) is None
-    client = KubernetesClient.from_settings(
+    assert kubernetes_client(load_settings(kubernetes_enabled=False)) is None
+    client = kubernetes_client(
         load_settings(kubernetes_enabled=True, kubernetes_host="http://127.0.0.1:1", namespace="ns1")
     )
     assert client is not None and client.namespace == "ns1"

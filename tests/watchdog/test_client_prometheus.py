@@ -17,9 +17,10 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from tests.conftest import free_port
 from tests.promstack import PrometheusProcess, prometheus_scraping
-from watchdog.clients.prometheus import PrometheusClient
-from watchdog.errors import PrometheusQueryError, PrometheusUnavailable
+from watchdog.backends import prometheus_client
 from watchdog.settings import load_settings
+from watchdog_sdk.clients.prometheus import PrometheusClient
+from watchdog_sdk.errors import PrometheusQueryError, PrometheusUnavailable
 
 pytestmark = pytest.mark.prometheus
 
@@ -122,8 +123,8 @@ async def test_error_statuses_are_converted(status: int, error: type[Exception])
 
 
 def test_from_settings_is_none_without_url() -> None:
-    assert PrometheusClient.from_settings(load_settings(prometheus_url=None)) is None
-    client = PrometheusClient.from_settings(
+    assert prometheus_client(load_settings(prometheus_url=None)) is None
+    client = prometheus_client(
         load_settings(prometheus_url="http://127.0.0.1:9/", prometheus_timeout_seconds=1.5)
     )
     assert client is not None and client.timeout == 1.5 and client.url == "http://127.0.0.1:9"

@@ -12,9 +12,9 @@ import redis.asyncio as aioredis
 
 from tests.conftest import free_port
 from tests.watchdog.conftest import FakeClock
-from watchdog.clients.redis import RedisClient, ReleaseResult
-from watchdog.constants import LEADER_KEY, heartbeat_key, lock_key
-from watchdog.errors import RedisUnavailable
+from watchdog_sdk.clients.redis import RedisClient, ReleaseResult
+from watchdog_sdk.constants import LEADER_KEY, heartbeat_key, lock_key
+from watchdog_sdk.errors import RedisUnavailable
 
 pytestmark = pytest.mark.redis
 

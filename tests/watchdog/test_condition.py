@@ -12,59 +12,16 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from tests.conftest import free_port
-from watchdog.clients.orchestrator import OrchestratorClient
-from watchdog.clients.prometheus import PrometheusClient
+from tests.watchdog.conftest import FakeClock
+from tests.watchdog.orchestrators import FakeOrchestrator
 from watchdog.condition import AlertState, ConditionEvaluator, Source
-from watchdog.constants import M_DAG_EXECUTION_DURATION, M_EXECUTION_TIMEOUT
-from watchdog.errors import OrchestratorUnavailable
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.clients.prometheus import PrometheusClient
+from watchdog_sdk.constants import M_DAG_EXECUTION_DURATION, M_EXECUTION_TIMEOUT
+from watchdog_sdk.errors import OrchestratorUnavailable
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 FOR = timedelta(minutes=10)
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-class FakeOrchestrator:
-    """The orchestrator's `GET /executions?status=running`, served through httpx.MockTransport."""
-
-    def __init__(self) -> None:
-        self.running: dict[str, dict[str, Any]] = {}
-        self.interrupted: dict[str, dict[str, Any]] = {}
-        self.calls = 0
-
-    def add(self, execution_id: str, dag_id: str, started_at: datetime, timeout: float) -> None:
-        self.running[execution_id] = {
-            "execution_id": execution_id,
-            "dag_id": dag_id,
-            "status": "running",
-            "started_at": started_at.isoformat().replace("+00:00", "Z"),
-            "timeout_seconds": timeout,
-        }
-
-    def interrupt(self, execution_id: str, dag_id: str, interrupted_at: datetime) -> None:
-        self.interrupted[execution_id] = {
-            "execution_id": execution_id,
-            "dag_id": dag_id,
-            "status": "interrupted",
-            "completed_at": interrupted_at.isoformat().replace("+00:00", "Z"),
-        }
-
-    def handler(self, request: httpx.Request) -> httpx.Response:
-        assert request.url.path == "/api/v1/orchestrator/executions"
-        if request.url.params["status"] == "interrupted":  # the sweep's second question
-            return httpx.Response(200, json={"items": list(self.interrupted.values())})
-        self.calls += 1
-        assert request.url.params["status"] == "running"
-        return httpx.Response(200, json={"items": list(self.running.values())})
 
 
 @pytest.fixture
@@ -79,7 +36,7 @@ async def orch() -> AsyncIterator[tuple[FakeOrchestrator, OrchestratorClient]]:
 
 async def test_over_timeout_is_pending_then_firing_after_for_duration(orch: Any) -> None:
     fake, client = orch
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     fake.add("e1", "d1", started_at=T0 - timedelta(seconds=130), timeout=120)  # 10 s over
     cond = ConditionEvaluator(client, None, for_duration=FOR, clock=clock)
 
@@ -98,7 +55,7 @@ async def test_over_timeout_is_pending_then_firing_after_for_duration(orch: Any)
 
 async def test_run_under_its_timeout_is_inactive(orch: Any) -> None:
     fake, client = orch
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     fake.add("e1", "d1", started_at=T0 - timedelta(seconds=60), timeout=120)
     cond = ConditionEvaluator(client, None, for_duration=timedelta(0), clock=clock)
     [e1] = (await cond.evaluate()).executions
@@ -107,7 +64,7 @@ async def test_run_under_its_timeout_is_inactive(orch: Any) -> None:
 
 async def test_a_dip_resets_the_for_clock(orch: Any) -> None:
     fake, client = orch
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     fake.add("e1", "d1", started_at=T0 - timedelta(seconds=200), timeout=100)
     cond = ConditionEvaluator(client, None, for_duration=FOR, clock=clock)
     await cond.evaluate()
@@ -117,14 +74,14 @@ async def test_a_dip_resets_the_for_clock(orch: Any) -> None:
     clock.advance(60)
     fake.add("e1", "d1", started_at=T0 - timedelta(seconds=200), timeout=100)  # over again
     again = (await cond.evaluate()).executions[0]
-    assert again.state is AlertState.PENDING and again.active_since == clock.now
+    assert again.state is AlertState.PENDING and again.active_since == clock.now()
     clock.advance(FOR.total_seconds() - 1)  # 10 min after the *first* sighting, but not after the dip
     assert (await cond.evaluate()).executions[0].state is AlertState.PENDING
 
 
 async def test_a_finished_run_is_forgotten(orch: Any) -> None:
     fake, client = orch
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     fake.add("e1", "d1", started_at=T0 - timedelta(seconds=200), timeout=100)
     cond = ConditionEvaluator(client, None, for_duration=FOR, clock=clock)
     await cond.evaluate()
@@ -137,7 +94,7 @@ async def test_a_finished_run_is_forgotten(orch: Any) -> None:
 
 async def test_two_runs_of_one_dag_are_tracked_separately(orch: Any) -> None:
     fake, client = orch
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     fake.add("e1", "d1", started_at=T0 - timedelta(seconds=500), timeout=100)
     cond = ConditionEvaluator(client, None, for_duration=FOR, clock=clock)
     await cond.evaluate()
@@ -150,7 +107,7 @@ async def test_two_runs_of_one_dag_are_tracked_separately(orch: Any) -> None:
 
 async def test_prometheus_down_falls_back_to_the_api_and_says_why(orch: Any) -> None:
     fake, client = orch
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     fake.add("e1", "d1", started_at=T0 - timedelta(seconds=200), timeout=100)
     dead = PrometheusClient(f"http://127.0.0.1:{free_port()}", timeout=1)
     try:
@@ -166,7 +123,7 @@ async def test_prometheus_down_falls_back_to_the_api_and_says_why(orch: Any) -> 
 async def test_unreachable_orchestrator_is_reported() -> None:
     client = OrchestratorClient(f"http://127.0.0.1:{free_port()}", timeout=1)
     try:
-        cond = ConditionEvaluator(client, None, for_duration=FOR, clock=Clock(T0))
+        cond = ConditionEvaluator(client, None, for_duration=FOR, clock=FakeClock(T0))
         with pytest.raises(OrchestratorUnavailable):
             await cond.evaluate()
     finally:
@@ -200,7 +157,7 @@ async def test_prometheus_source_uses_the_shipped_expression(orch: Any) -> None:
         async with start_prometheus([f"127.0.0.1:{port}"]) as prom:
             prometheus = PrometheusClient(prom.url, timeout=5)
             try:
-                cond = ConditionEvaluator(client, prometheus, for_duration=timedelta(0), clock=Clock(T0))
+                cond = ConditionEvaluator(client, prometheus, for_duration=timedelta(0), clock=FakeClock(T0))
                 result = await cond.evaluate()
             finally:
                 prometheus.close()
@@ -212,3 +169,28 @@ async def test_prometheus_source_uses_the_shipped_expression(orch: Any) -> None:
     ]
     assert result.executions[0].duration_seconds == 500
     assert fake.calls == 0  # the API was not needed
+
+
+# -- condition restart -----------------------------------------------------------------------------------
+# After a restart or a leader change the evaluator has no `for`-state; from the API it knows when a
+# run went over, so a run stuck for hours fires on the first sweep instead of ten minutes later.
+
+
+async def test_a_run_over_for_hours_fires_on_a_fresh_evaluators_first_look() -> None:
+    fake = FakeOrchestrator()
+    fake.add("old", "d1", started_at=T0 - timedelta(hours=3), timeout=600)  # over since T0 - 2h50m
+    fake.add("new", "d1", started_at=T0 - timedelta(seconds=700), timeout=600)  # over for 100 s
+    clock = FakeClock(T0)
+    async with OrchestratorClient("http://orch.test", transport=httpx.MockTransport(fake.handler)) as client:
+        cond = ConditionEvaluator(client, None, for_duration=FOR, clock=clock)
+        states = {e.execution_id: (e.state, e.active_since) for e in (await cond.evaluate()).executions}
+        assert states == {
+            "old": (AlertState.FIRING, T0 - timedelta(hours=3) + timedelta(seconds=600)),
+            "new": (AlertState.PENDING, T0),  # not over for `for_duration` yet: pending from now
+        }
+
+        # Only the first look uses it: a run first seen later starts from pending, as Prometheus does.
+        clock.advance(60)
+        fake.add("later", "d1", started_at=T0 - timedelta(hours=1), timeout=60)
+        later = {e.execution_id: e for e in (await cond.evaluate()).executions}["later"]
+        assert later.state is AlertState.PENDING and later.active_since == clock.now()

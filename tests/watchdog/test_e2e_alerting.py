@@ -25,13 +25,12 @@ from aiohttp import web
 
 from tests.conftest import free_port
 from tests.promstack import start_alertmanager, start_prometheus
-from tests.watchdog.conftest import OrchestratorProcess
-from watchdog.api import create_app
-from watchdog.app import WatchdogApp
-from watchdog.constants import ALERT_NAME
+from tests.watchdog.orchestrators import OrchestratorProcess
+from watchdog.assembly import Watchdog, build_watchdog, create_app
 from watchdog.migrations import alert_deliveries, audit_log, incidents
+from watchdog.records import Incident
 from watchdog.settings import WatchdogSettings
-from watchdog.store import Incident
+from watchdog_sdk.constants import ALERT_NAME
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 
@@ -65,7 +64,7 @@ async def eventually(what: str, check: Callable[[], Awaitable[Any]], within: flo
         await asyncio.sleep(0.2)
 
 
-async def counts(wd: WatchdogApp) -> dict[str, int]:
+async def counts(wd: Watchdog) -> dict[str, int]:
     async with wd.store.transaction() as tx:
         return {
             t.name: (await tx.conn.execute(sa.select(sa.func.count()).select_from(t))).scalar_one()
@@ -76,10 +75,10 @@ async def counts(wd: WatchdogApp) -> dict[str, int]:
 @pytest.fixture
 async def watchdog_server(
     _no_pending_tasks: None, tmp_path: Path, orchestrator_service: OrchestratorProcess
-) -> AsyncIterator[tuple[WatchdogSettings, Callable[[str | None], Awaitable[WatchdogApp]]]]:
+) -> AsyncIterator[tuple[WatchdogSettings, Callable[[str | None], Awaitable[Watchdog]]]]:
     """Builds (on demand, once Prometheus' URL is known) the watchdog app served on a loopback port."""
     port = free_port()
-    built: list[tuple[WatchdogApp, web.AppRunner]] = []
+    built: list[tuple[Watchdog, web.AppRunner]] = []
     base = WatchdogSettings(
         port=port,
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'watchdog.db'}",
@@ -92,9 +91,9 @@ async def watchdog_server(
         max_body_bytes=64 * 1024,
     )
 
-    async def build(prometheus_url: str | None) -> WatchdogApp:
+    async def build(prometheus_url: str | None) -> Watchdog:
         settings = base.model_copy(update={"prometheus_url": prometheus_url})
-        wd = await WatchdogApp.build(settings)
+        wd = await build_watchdog(settings, respond=False)
         runner = web.AppRunner(create_app(wd))
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -111,7 +110,7 @@ async def watchdog_server(
 async def test_stuck_run_alert_to_diagnosed_incident_end_to_end(
     tmp_path: Path,
     orchestrator_service: OrchestratorProcess,
-    watchdog_server: tuple[WatchdogSettings, Callable[[str | None], Awaitable[WatchdogApp]]],
+    watchdog_server: tuple[WatchdogSettings, Callable[[str | None], Awaitable[Watchdog]]],
 ) -> None:
     orch = orchestrator_service
     settings, build = watchdog_server

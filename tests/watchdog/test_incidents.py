@@ -8,22 +8,23 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.watchdog.conftest import make_plan
 from watchdog.errors import IncidentNotFound, InvalidTransition
 from watchdog.incidents import IncidentService
 from watchdog.metrics import WatchdogMetrics
-from watchdog.store import Store
+from watchdog.store import WatchdogStore
 
 
 @pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    s = await Store.open(database_url)
+async def store(database_url: str) -> AsyncIterator[WatchdogStore]:
+    s = await WatchdogStore.open(database_url)
     yield s
     await s.close()
 
 
 async def test_concurrent_opens_from_two_replicas_give_one_incident(database_url: str) -> None:
-    replica_a = await Store.open(database_url)
-    replica_b = await Store.open(database_url)
+    replica_a = await WatchdogStore.open(database_url)
+    replica_b = await WatchdogStore.open(database_url)
     try:
         services = [IncidentService(replica_a), IncidentService(replica_b)]
         results = await asyncio.gather(
@@ -42,7 +43,7 @@ async def test_concurrent_opens_from_two_replicas_give_one_incident(database_url
         await replica_b.close()
 
 
-async def test_open_and_join_are_audited_and_counted(store: Store) -> None:
+async def test_open_and_join_are_audited_and_counted(store: WatchdogStore) -> None:
     metrics = WatchdogMetrics()
     service = IncidentService(store, metrics)
     first = await service.open_or_join("e1", dag_id="d", source="sweep", detection_source="api")
@@ -58,7 +59,7 @@ async def test_open_and_join_are_audited_and_counted(store: Store) -> None:
     assert metrics.open_incidents._value.get() == 1
 
 
-async def test_transitions_follow_the_table_and_are_audited(store: Store) -> None:
+async def test_transitions_follow_the_table_and_are_audited(store: WatchdogStore) -> None:
     service = IncidentService(store)
     inc = (await service.open_or_join("e1", dag_id=None, source="manual", detection_source="api")).incident
     await service.transition(inc.id, "diagnosing", actor="t", reason="start")
@@ -80,7 +81,7 @@ async def test_transitions_follow_the_table_and_are_audited(store: Store) -> Non
         await service.transition(inc.id, "open", actor="t", reason="terminal")
 
 
-async def test_expected_status_guards_the_move(store: Store) -> None:
+async def test_expected_status_guards_the_move(store: WatchdogStore) -> None:
     service = IncidentService(store)
     inc = (await service.open_or_join("e1", dag_id=None, source="manual", detection_source="api")).incident
     with pytest.raises(InvalidTransition):
@@ -89,7 +90,7 @@ async def test_expected_status_guards_the_move(store: Store) -> None:
         await service.transition(999, "closed", actor="t", reason="x")
 
 
-async def test_close_if_not_acted_closes_and_expires_pending_approvals(store: Store) -> None:
+async def test_close_if_not_acted_closes_and_expires_pending_approvals(store: WatchdogStore) -> None:
     service = IncidentService(store)
     inc = (
         await service.open_or_join("e1", dag_id=None, source="alert", detection_source="prometheus")
@@ -98,7 +99,7 @@ async def test_close_if_not_acted_closes_and_expires_pending_approvals(store: St
         await tx.insert_approval(
             approval_id="a1",
             incident_id=inc.id,
-            plan={},
+            plan=make_plan(),
             summary="s",
             token_nonce="n",
             expires_at=datetime.now(UTC) + timedelta(minutes=5),
@@ -113,7 +114,7 @@ async def test_close_if_not_acted_closes_and_expires_pending_approvals(store: St
     assert again.created and again.incident.id != inc.id
 
 
-async def test_close_if_not_acted_refuses_an_incident_that_acted(store: Store) -> None:
+async def test_close_if_not_acted_refuses_an_incident_that_acted(store: WatchdogStore) -> None:
     service = IncidentService(store)
     inc = (
         await service.open_or_join("e1", dag_id=None, source="alert", detection_source="prometheus")

@@ -11,59 +11,18 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.watchdog.conftest import WATCHDOG_TOKEN, RecordingRemediate, ScriptedDiagnose
-from watchdog.app import WatchdogApp
+from tests.watchdog.conftest import MAX_BODY_BYTES, WATCHDOG_TOKEN, RecordingRemediate, ScriptedDiagnose
+from tests.watchdog.webhook import alert, payload
+from watchdog.assembly import Watchdog
 from watchdog.migrations import alert_deliveries, audit_log, incidents
 
 Client = TestClient[web.Request, web.Application]
 AUTH = {"Authorization": f"Bearer {WATCHDOG_TOKEN}"}
-STARTS = "2026-03-01T12:00:00.123456789Z"
-
-
-def alert(
-    execution_id: str = "exec-1",
-    *,
-    status: str = "firing",
-    fingerprint: str = "fp-exec-1",
-    starts_at: str = STARTS,
-    alertname: str = "OrchestratorExecutionTimeout",
-    **labels: str,
-) -> dict[str, Any]:
-    all_labels = {
-        "alertname": alertname,
-        "execution_id": execution_id,
-        "dag_id": "dag-1",
-        "severity": "warning",
-    }
-    all_labels.update(labels)
-    return {
-        "status": status,
-        "labels": all_labels,
-        "annotations": {"summary": "stuck"},
-        "startsAt": starts_at,
-        "endsAt": "0001-01-01T00:00:00Z" if status == "firing" else "2026-03-01T12:30:00Z",
-        "generatorURL": "http://prometheus/graph",
-        "fingerprint": fingerprint,
-    }
-
-
-def payload(*alerts: dict[str, Any], status: str = "firing") -> dict[str, Any]:
-    return {
-        "version": "4",
-        "groupKey": '{}:{alertname="OrchestratorExecutionTimeout"}',
-        "truncatedAlerts": 0,
-        "status": status,
-        "receiver": "gl-watchdog",
-        "groupLabels": {"alertname": "OrchestratorExecutionTimeout"},
-        "commonLabels": {},
-        "commonAnnotations": {},
-        "externalURL": "http://alertmanager:9093",
-        "alerts": list(alerts),
-    }
 
 
 async def post(client: Client, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
@@ -73,7 +32,7 @@ async def post(client: Client, body: Any, headers: dict[str, str] | None = None)
     return response.status, await response.json()
 
 
-async def snapshot(wd: WatchdogApp) -> dict[str, int]:
+async def snapshot(wd: Watchdog) -> dict[str, int]:
     async with wd.store.transaction() as tx:
         counts = {}
         for table in (incidents, alert_deliveries, audit_log):
@@ -85,7 +44,7 @@ async def snapshot(wd: WatchdogApp) -> dict[str, int]:
 
 async def test_firing_alert_opens_an_incident_and_diagnoses_it(
     api_client: Client,
-    watchdog_app: WatchdogApp,
+    watchdog_app: Watchdog,
     diagnose_fn: ScriptedDiagnose,
     remediate_fn: RecordingRemediate,
 ) -> None:
@@ -106,7 +65,7 @@ async def test_firing_alert_opens_an_incident_and_diagnoses_it(
 
 async def test_repeated_delivery_of_an_episode_is_a_no_op(
     api_client: Client,
-    watchdog_app: WatchdogApp,
+    watchdog_app: Watchdog,
     diagnose_fn: ScriptedDiagnose,
     remediate_fn: RecordingRemediate,
 ) -> None:
@@ -124,7 +83,7 @@ async def test_repeated_delivery_of_an_episode_is_a_no_op(
 
 
 async def test_concurrent_deliveries_leave_one_incident_and_one_diagnosis(
-    api_client: Client, watchdog_app: WatchdogApp, diagnose_fn: ScriptedDiagnose
+    api_client: Client, watchdog_app: Watchdog, diagnose_fn: ScriptedDiagnose
 ) -> None:
     results = await asyncio.gather(*(post(api_client, payload(alert())) for _ in range(8)))
     assert all(status == 200 for status, _ in results)
@@ -136,7 +95,7 @@ async def test_concurrent_deliveries_leave_one_incident_and_one_diagnosis(
 
 
 async def test_a_new_episode_joins_the_open_incident_without_rediagnosing(
-    api_client: Client, watchdog_app: WatchdogApp, diagnose_fn: ScriptedDiagnose
+    api_client: Client, watchdog_app: Watchdog, diagnose_fn: ScriptedDiagnose
 ) -> None:
     _, first = await post(api_client, payload(alert()))
     _, second = await post(api_client, payload(alert(starts_at="2026-03-01T13:00:00Z")))
@@ -148,7 +107,7 @@ async def test_a_new_episode_joins_the_open_incident_without_rediagnosing(
 
 async def test_resolved_alert_closes_an_incident_that_has_not_acted(
     api_client: Client,
-    watchdog_app: WatchdogApp,
+    watchdog_app: Watchdog,
     diagnose_fn: ScriptedDiagnose,
     remediate_fn: RecordingRemediate,
 ) -> None:
@@ -168,7 +127,7 @@ async def test_resolved_alert_closes_an_incident_that_has_not_acted(
 
 async def test_resolved_during_diagnosis_closes_and_nothing_acts(
     api_client: Client,
-    watchdog_app: WatchdogApp,
+    watchdog_app: Watchdog,
     diagnose_fn: ScriptedDiagnose,
     remediate_fn: RecordingRemediate,
 ) -> None:
@@ -186,7 +145,7 @@ async def test_resolved_during_diagnosis_closes_and_nothing_acts(
 
 
 async def test_resolved_alert_leaves_an_incident_that_acted_to_the_remediation_loop(
-    api_client: Client, watchdog_app: WatchdogApp
+    api_client: Client, watchdog_app: Watchdog
 ) -> None:
     _, body = await post(api_client, payload(alert()))
     await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 10)
@@ -202,7 +161,7 @@ async def test_resolved_alert_leaves_an_incident_that_acted_to_the_remediation_l
 
 
 async def test_resolved_alert_without_an_incident_opens_nothing(
-    api_client: Client, watchdog_app: WatchdogApp, diagnose_fn: ScriptedDiagnose
+    api_client: Client, watchdog_app: Watchdog, diagnose_fn: ScriptedDiagnose
 ) -> None:
     status, body = await post(api_client, payload(alert(status="resolved"), status="resolved"))
     assert status == 200 and body["alerts"][0]["outcome"] == "no_incident"
@@ -214,7 +173,7 @@ async def test_resolved_alert_without_an_incident_opens_nothing(
 
 
 async def test_other_alert_names_are_acknowledged_and_ignored(
-    api_client: Client, watchdog_app: WatchdogApp
+    api_client: Client, watchdog_app: Watchdog
 ) -> None:
     before = await snapshot(watchdog_app)
     other = alert(alertname="OrchestratorServiceDown", fingerprint="other")
@@ -232,72 +191,100 @@ async def test_other_alert_names_are_acknowledged_and_ignored(
 # -- bad input: a clear 4xx and nothing changes ------------------------------------------------------
 
 
-async def _refused(
-    client: Client,
-    wd: WatchdogApp,
-    data: bytes,
-    *,
+JSON_AUTH = {**AUTH, "Content-Type": "application/json"}
+
+
+def _encoded(*alerts: dict[str, Any], **fields: Any) -> bytes:
+    return json.dumps(payload(*alerts) | fields).encode()
+
+
+def _without(path: str) -> dict[str, Any]:
+    """An alert without the field at `path` (e.g. "labels.execution_id")."""
+    bad = alert()
+    *parents, last = path.split(".")
+    target = bad
+    for part in parents:
+        target = target[part]
+    del target[last]
+    return bad
+
+
+def _oversized() -> dict[str, Any]:
+    big = alert()
+    big["annotations"]["description"] = "x" * (MAX_BODY_BYTES + 1)
+    return big
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "error", "says"),
+    [
+        pytest.param(
+            b'{"version": "4", ', JSON_AUTH, 400, "malformed_json", "not valid JSON", id="malformed-json"
+        ),
+        pytest.param(
+            _encoded(alert(), version="3"), JSON_AUTH, 422, "unsupported_version", "'3'", id="version-3"
+        ),
+        pytest.param(
+            _encoded(_without("labels")), JSON_AUTH, 422, "invalid_payload", "alerts.0.labels", id="no-labels"
+        ),
+        pytest.param(
+            _encoded(_without("labels.execution_id")),
+            JSON_AUTH,
+            422,
+            "invalid_payload",
+            "execution_id",
+            id="no-execution-id-label",
+        ),
+        pytest.param(
+            _encoded(_oversized()), JSON_AUTH, 413, "body_too_large", str(MAX_BODY_BYTES), id="body-too-large"
+        ),
+        pytest.param(
+            _encoded(alert()),
+            {"Authorization": "Bearer wrong-token", "Content-Type": "application/json"},
+            401,
+            "unauthorized",
+            "invalid bearer token",
+            id="wrong-token",
+        ),
+        pytest.param(
+            _encoded(alert()),
+            {"Content-Type": "application/json"},
+            401,
+            "unauthorized",
+            "missing bearer token",
+            id="no-token",
+        ),
+        pytest.param(
+            _encoded(alert()),
+            {**AUTH, "Content-Type": "text/plain"},
+            415,
+            "unsupported_media_type",
+            "application/json",
+            id="wrong-content-type",
+        ),
+    ],
+)
+async def test_bad_input_gets_a_clear_4xx_and_changes_nothing(
+    api_client: Client,
+    watchdog_app: Watchdog,
+    body: bytes,
     headers: dict[str, str],
     status: int,
     error: str,
     says: str,
 ) -> None:
-    before = await snapshot(wd)
-    response = await client.post("/api/v1/alerts", data=data, headers=headers)
-    body = await response.json()
-    assert response.status == status, body
-    assert body["error"] == error
-    assert says in body["detail"], body["detail"]
-    assert await snapshot(wd) == before
-    assert len(wd.jobs) == 0
-
-
-JSON_AUTH = {**AUTH, "Content-Type": "application/json"}
-
-
-async def test_malformed_json_is_400(api_client: Client, watchdog_app: WatchdogApp) -> None:
-    await _refused(
-        api_client,
-        watchdog_app,
-        b'{"version": "4", ',
-        headers=JSON_AUTH,
-        status=400,
-        error="malformed_json",
-        says="not valid JSON",
-    )
-
-
-async def test_wrong_version_is_422(api_client: Client, watchdog_app: WatchdogApp) -> None:
-    body = payload(alert()) | {"version": "3"}
-    await _refused(
-        api_client,
-        watchdog_app,
-        json.dumps(body).encode(),
-        headers=JSON_AUTH,
-        status=422,
-        error="unsupported_version",
-        says="'3'",
-    )
-
-
-async def test_missing_labels_is_422_and_names_the_field(
-    api_client: Client, watchdog_app: WatchdogApp
-) -> None:
-    bad = alert()
-    del bad["labels"]
-    await _refused(
-        api_client,
-        watchdog_app,
-        json.dumps(payload(bad)).encode(),
-        headers=JSON_AUTH,
-        status=422,
-        error="invalid_payload",
-        says="alerts.0.labels",
-    )
+    before = await snapshot(watchdog_app)
+    response = await api_client.post("/api/v1/alerts", data=body, headers=headers)
+    answer = await response.json()
+    assert response.status == status, answer
+    assert answer["error"] == error
+    assert says in answer["detail"], answer["detail"]
+    assert await snapshot(watchdog_app) == before
+    assert len(watchdog_app.jobs) == 0
 
 
 async def test_an_invalid_alert_does_not_cost_its_group_the_valid_ones(
-    api_client: Client, watchdog_app: WatchdogApp
+    api_client: Client, watchdog_app: Watchdog
 ) -> None:
     # Alertmanager does not retry a 4xx and re-sends the group as it is: refusing the whole payload
     # would keep exec-2's incident from ever being opened by its alert.
@@ -322,67 +309,3 @@ async def test_an_invalid_alert_does_not_cost_its_group_the_valid_ones(
     assert [i.execution_id for i in await watchdog_app.store.list_incidents()] == ["exec-2"]
     metrics = await (await api_client.get("/metrics")).text()
     assert "gl_watchdog_alerts_rejected_total 2.0" in metrics
-
-
-async def test_missing_execution_id_label_is_422(api_client: Client, watchdog_app: WatchdogApp) -> None:
-    bad = alert()
-    del bad["labels"]["execution_id"]
-    await _refused(
-        api_client,
-        watchdog_app,
-        json.dumps(payload(bad)).encode(),
-        headers=JSON_AUTH,
-        status=422,
-        error="invalid_payload",
-        says="execution_id",
-    )
-
-
-async def test_oversized_body_is_413(api_client: Client, watchdog_app: WatchdogApp) -> None:
-    big = alert()
-    big["annotations"]["description"] = "x" * (watchdog_app.settings.max_body_bytes + 1)
-    await _refused(
-        api_client,
-        watchdog_app,
-        json.dumps(payload(big)).encode(),
-        headers=JSON_AUTH,
-        status=413,
-        error="body_too_large",
-        says=str(watchdog_app.settings.max_body_bytes),
-    )
-
-
-async def test_wrong_token_is_401(api_client: Client, watchdog_app: WatchdogApp) -> None:
-    await _refused(
-        api_client,
-        watchdog_app,
-        json.dumps(payload(alert())).encode(),
-        headers={"Authorization": "Bearer wrong-token", "Content-Type": "application/json"},
-        status=401,
-        error="unauthorized",
-        says="invalid bearer token",
-    )
-
-
-async def test_missing_token_is_401(api_client: Client, watchdog_app: WatchdogApp) -> None:
-    await _refused(
-        api_client,
-        watchdog_app,
-        json.dumps(payload(alert())).encode(),
-        headers={"Content-Type": "application/json"},
-        status=401,
-        error="unauthorized",
-        says="missing bearer token",
-    )
-
-
-async def test_wrong_content_type_is_415(api_client: Client, watchdog_app: WatchdogApp) -> None:
-    await _refused(
-        api_client,
-        watchdog_app,
-        json.dumps(payload(alert())).encode(),
-        headers={**AUTH, "Content-Type": "text/plain"},
-        status=415,
-        error="unsupported_media_type",
-        says="application/json",
-    )

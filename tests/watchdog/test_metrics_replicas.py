@@ -10,19 +10,20 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from tests.watchdog.conftest import make_plan
 from watchdog import api
-from watchdog.api import WATCHDOG_KEY, create_app
-from watchdog.app import WatchdogApp
+from watchdog.api import INCIDENTS_KEY
 from watchdog.approvals import ApprovalService
+from watchdog.assembly import Watchdog, build_watchdog, create_app
 from watchdog.errors import StoreUnavailable
 
 Client = TestClient[web.Request, web.Application]
 
 
 @pytest.fixture
-async def other_replica(watchdog_app: WatchdogApp) -> AsyncIterator[Client]:
-    """A second WatchdogApp on the same store, served on loopback (the first stays idle)."""
-    twin = await WatchdogApp.build(watchdog_app.settings)
+async def other_replica(watchdog_app: Watchdog) -> AsyncIterator[Client]:
+    """A second watchdog on the same store, served on loopback (the first stays idle)."""
+    twin = await build_watchdog(watchdog_app.settings, respond=False)
     client = TestClient(TestServer(create_app(twin), host="127.0.0.1"))
     await client.start_server()
     try:
@@ -42,7 +43,7 @@ async def _gauges(client: Client) -> dict[str, float]:
 
 
 async def test_the_other_replica_scrapes_the_incidents_and_approvals_this_one_opened(
-    watchdog_app: WatchdogApp, other_replica: Client
+    watchdog_app: Watchdog, other_replica: Client
 ) -> None:
     assert await _gauges(other_replica) == {
         "gl_watchdog_open_incidents": 0.0,
@@ -54,7 +55,7 @@ async def test_the_other_replica_scrapes_the_incidents_and_approvals_this_one_op
     ]
     approvals = ApprovalService(watchdog_app.store, b"k" * 32, ttl_seconds=60, public_url="http://wd")
     async with watchdog_app.store.transaction() as tx:
-        await approvals.create_in(tx, incident_id=opened[0].incident.id, plan={"steps": []}, summary="s")
+        await approvals.create_in(tx, incident_id=opened[0].incident.id, plan=make_plan(), summary="s")
 
     assert await _gauges(other_replica) == {
         "gl_watchdog_open_incidents": 2.0,
@@ -64,7 +65,7 @@ async def test_the_other_replica_scrapes_the_incidents_and_approvals_this_one_op
 
 @pytest.mark.parametrize("failure", ["unreachable", "hanging"])
 async def test_a_scrape_still_answers_with_the_last_values_when_the_store_fails(
-    watchdog_app: WatchdogApp,
+    watchdog_app: Watchdog,
     other_replica: Client,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
@@ -72,7 +73,7 @@ async def test_a_scrape_still_answers_with_the_last_values_when_the_store_fails(
 ) -> None:
     await watchdog_app.incidents.open_or_join("exec-a", dag_id="d", source="manual", detection_source="api")
     assert (await _gauges(other_replica))["gl_watchdog_open_incidents"] == 1.0
-    twin = other_replica.server.app[WATCHDOG_KEY]
+    twin = other_replica.server.app[INCIDENTS_KEY]
 
     async def unreachable() -> None:
         raise StoreUnavailable("database not reachable: connection refused")

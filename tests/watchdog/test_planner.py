@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from playbooks.base import Risk
 from playbooks.registry import default_registry
-from watchdog.diagnostics.models import Diagnosis, Finding, StepStatus
 from watchdog.planner import make_plan
 from watchdog.policy import Mode, load_policy, parse_policy
+from watchdog_sdk.diagnosis import Diagnosis, Finding, StepStatus
+from watchdog_sdk.outcomes import Risk
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

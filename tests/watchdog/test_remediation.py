@@ -15,34 +15,31 @@ from typing import Any
 
 import pytest
 
-from playbooks.base import (
-    ApplyResult,
-    Check,
-    CheckStatus,
-    PlannedAction,
-    Playbook,
-    PlaybookContext,
-    Precheck,
-    Risk,
-    Step,
-    VerifyResult,
-    idempotency_key,
-)
-from playbooks.registry import Registry
 from playbooks.restart_agent import RestartAgentParams
 from tests.watchdog.conftest import FakeClock
 from watchdog.approvals import ApprovalService, Decision
-from watchdog.clients.orchestrator import OrchestratorClient
-from watchdog.diagnostics.models import Diagnosis, Finding, StepStatus
+from watchdog.assembly import build_responder
 from watchdog.incidents import IncidentService
+from watchdog.jobs import JobTracker
 from watchdog.metrics import WatchdogMetrics
 from watchdog.notifier import EscalationMessage, NotifyResult, PromptMessage
 from watchdog.policy import parse_policy
-from watchdog.remediation import Clients, Remediator
+from watchdog.remediation import ManualRun
 from watchdog.settings import Mode
-from watchdog.store import Store
+from watchdog.store import WatchdogStore
+from watchdog_sdk.clients import Clients
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.diagnosis import Diagnosis, Finding, StepStatus
+from watchdog_sdk.ledger import idempotency_key
+from watchdog_sdk.outcomes import ApplyResult, Check, CheckStatus, PlannedAction, Precheck, Risk, VerifyResult
+from watchdog_sdk.playbook import Playbook, PlaybookContext, Step, StepRequest
+from watchdog_sdk.registry import Registry
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+class AgentRequest(StepRequest):
+    agent: str | None = None
 
 
 class RecordingPlaybook(Playbook[RestartAgentParams]):
@@ -67,27 +64,33 @@ class RecordingPlaybook(Playbook[RestartAgentParams]):
     async def plan(self, ctx: PlaybookContext, params: RestartAgentParams) -> tuple[PlannedAction, ...]:
         return (PlannedAction(step="restart_worker", description=f"restart {params.agent_id}", target="x"),)
 
-    async def apply(self, ctx: PlaybookContext, params: RestartAgentParams) -> ApplyResult:
-        self.applied += 1
-
-        async def restart(_req: dict[str, Any]) -> dict[str, Any]:
+    async def steps(self, ctx: PlaybookContext, params: RestartAgentParams) -> list[Step[Any]]:
+        async def restart(_req: AgentRequest) -> dict[str, Any]:
             if self.fail_apply:
                 raise RuntimeError("agent API exploded")
             self.side_effects += 1
             return {"restarts": self.side_effects}
 
-        async def check(_req: dict[str, Any]) -> dict[str, Any]:
+        async def check(_req: AgentRequest) -> dict[str, Any]:
             if self.block_second_step is not None:
                 await self.block_second_step.wait()
             return {}
 
-        return await self.run_steps(
-            ctx,
-            [
-                Step("restart_worker", False, {"agent": params.agent_id}, restart),
-                Step("check", True, {}, check),
-            ],
-        )
+        return [
+            Step(
+                "restart_worker",
+                AgentRequest(agent=params.agent_id),
+                restart,
+                idempotent=False,
+                description=f"restart {params.agent_id}",
+                target="x",
+            ),
+            Step("check", AgentRequest(), check, idempotent=True, description="check", target="x"),
+        ]
+
+    async def apply(self, ctx: PlaybookContext, params: RestartAgentParams) -> ApplyResult:
+        self.applied += 1
+        return await super().apply(ctx, params)
 
     async def verify(self, ctx: PlaybookContext, params: RestartAgentParams) -> VerifyResult:
         status = CheckStatus.OK if self.verify_ok else CheckStatus.PROBLEM
@@ -127,7 +130,7 @@ POLICY = {
 
 
 class Harness:
-    def __init__(self, store: Store, clock: FakeClock, mode: Mode, policy: dict[str, Any]) -> None:
+    def __init__(self, store: WatchdogStore, clock: FakeClock, mode: Mode, policy: dict[str, Any]) -> None:
         self.store = store
         self.clock = clock
         self.playbook = RecordingPlaybook()
@@ -138,7 +141,7 @@ class Harness:
             store, b"s" * 32, ttl_seconds=600, public_url="http://wd", clock=clock
         )
         self.orchestrator = OrchestratorClient("http://127.0.0.1:9", timeout=0.5)
-        self.remediator = Remediator(
+        self.responder = build_responder(
             store=store,
             incidents=self.incidents,
             approvals=self.approvals,
@@ -147,9 +150,11 @@ class Harness:
             registry=Registry([self.playbook]),
             clients=Clients(orchestrator=self.orchestrator),
             mode=mode,
-            metrics=self.metrics,
             clock=clock,
+            jobs=JobTracker(),
+            metrics=self.metrics,
         )
+        self.remediation = self.responder.remediation
 
     async def incident(self, execution_id: str = "e1", agent: str = "calc") -> tuple[int, Diagnosis]:
         opened = await self.incidents.open_or_join(
@@ -172,21 +177,21 @@ class Harness:
 
 
 @pytest.fixture
-async def store(database_url: str, clock: FakeClock) -> AsyncIterator[Store]:
-    s = await Store.open(database_url, clock=clock)
+async def store(database_url: str, clock: FakeClock) -> AsyncIterator[WatchdogStore]:
+    s = await WatchdogStore.open(database_url, clock=clock)
     yield s
     await s.close()
 
 
 @pytest.fixture
-async def auto(store: Store, clock: FakeClock) -> AsyncIterator[Harness]:
+async def auto(store: WatchdogStore, clock: FakeClock) -> AsyncIterator[Harness]:
     h = Harness(store, clock, Mode.AUTO, POLICY)
     yield h
     await h.orchestrator.aclose()
 
 
 @pytest.fixture
-async def recommend(store: Store, clock: FakeClock) -> AsyncIterator[Harness]:
+async def recommend(store: WatchdogStore, clock: FakeClock) -> AsyncIterator[Harness]:
     h = Harness(store, clock, Mode.RECOMMEND, POLICY)
     yield h
     await h.orchestrator.aclose()
@@ -194,13 +199,13 @@ async def recommend(store: Store, clock: FakeClock) -> AsyncIterator[Harness]:
 
 async def test_auto_mode_applies_verifies_and_resolves_with_full_audit(auto: Harness) -> None:
     incident_id, diagnosis = await auto.incident()
-    outcome = await auto.remediator.handle_diagnosed(incident_id, diagnosis)
+    outcome = await auto.responder.handle_diagnosed(incident_id, diagnosis)
     assert outcome.status == "resolved"
     assert auto.playbook.side_effects == 1
     incident = await auto.incidents.get(incident_id)
     assert incident.status == "resolved"
-    assert incident.plan is not None and incident.plan["playbook"] == "restart_agent"
-    assert incident.plan["rationale"].startswith("agent calc answers nothing for 12 min → restart_agent")
+    assert incident.plan is not None and incident.plan.playbook == "restart_agent"
+    assert incident.plan.rationale.startswith("agent calc answers nothing for 12 min → restart_agent")
     assert incident.verification is not None and incident.verification["ok"]
     kinds = await auto.kinds(incident_id)
     for kind in ("preconditions", "apply", "verify"):
@@ -212,7 +217,7 @@ async def test_auto_mode_applies_verifies_and_resolves_with_full_audit(auto: Har
 
 async def test_recommend_mode_asks_and_acts_only_after_approval(recommend: Harness) -> None:
     incident_id, diagnosis = await recommend.incident()
-    outcome = await recommend.remediator.handle_diagnosed(incident_id, diagnosis)
+    outcome = await recommend.responder.handle_diagnosed(incident_id, diagnosis)
     assert outcome.status == "awaiting_approval"
     assert recommend.playbook.applied == 0
     [prompt] = recommend.notifier.prompts
@@ -220,22 +225,22 @@ async def test_recommend_mode_asks_and_acts_only_after_approval(recommend: Harne
     approval = await recommend.approvals.decide(
         prompt.approval_id, Decision.APPROVE, actor="alice", authenticated=True
     )
-    outcome = await recommend.remediator.on_decision(approval)
+    outcome = await recommend.responder.on_decision(approval)
     assert outcome.status == "resolved" and recommend.playbook.side_effects == 1
     assert (await recommend.approvals.get(prompt.approval_id)).state == "used"
     # The same approval cannot drive a second remediation.
-    again = await recommend.remediator.on_decision(approval)
+    again = await recommend.responder.on_decision(approval)
     assert again.status == "unchanged" and recommend.playbook.side_effects == 1
 
 
 async def test_denied_approval_escalates_and_nothing_acts(recommend: Harness) -> None:
     incident_id, diagnosis = await recommend.incident()
-    await recommend.remediator.handle_diagnosed(incident_id, diagnosis)
+    await recommend.responder.handle_diagnosed(incident_id, diagnosis)
     [prompt] = recommend.notifier.prompts
     approval = await recommend.approvals.decide(
         prompt.approval_id, Decision.DENY, actor="bob", authenticated=True
     )
-    outcome = await recommend.remediator.on_decision(approval)
+    outcome = await recommend.responder.on_decision(approval)
     assert outcome.status == "escalated" and "denied by bob" in outcome.detail
     assert recommend.playbook.applied == 0
     assert (await recommend.incidents.get(incident_id)).status == "escalated"
@@ -244,11 +249,11 @@ async def test_denied_approval_escalates_and_nothing_acts(recommend: Harness) ->
 
 async def test_expired_approval_escalates_and_nothing_acts(recommend: Harness, clock: FakeClock) -> None:
     incident_id, diagnosis = await recommend.incident()
-    await recommend.remediator.handle_diagnosed(incident_id, diagnosis)
+    await recommend.responder.handle_diagnosed(incident_id, diagnosis)
     [prompt] = recommend.notifier.prompts
-    assert await recommend.remediator.expire_approvals() == []  # not yet due
+    assert await recommend.responder.expire_approvals() == []  # not yet due
     clock.advance(601)
-    [outcome] = await recommend.remediator.expire_approvals()
+    [outcome] = await recommend.responder.expire_approvals()
     assert outcome.status == "escalated" and "expired" in outcome.detail
     assert recommend.playbook.applied == 0
     [escalation] = recommend.notifier.escalations
@@ -262,44 +267,44 @@ async def test_expired_approval_escalates_and_nothing_acts(recommend: Harness, c
 
 async def test_execute_without_approval_is_refused_when_plan_needs_one(recommend: Harness) -> None:
     incident_id, diagnosis = await recommend.incident()
-    await recommend.remediator.handle_diagnosed(incident_id, diagnosis)
-    outcome = await recommend.remediator.execute(incident_id)
+    await recommend.responder.handle_diagnosed(incident_id, diagnosis)
+    outcome = await recommend.remediation.execute(incident_id)
     assert outcome.status == "unchanged" and "needs an approval" in outcome.detail
     assert recommend.playbook.applied == 0
 
 
 async def test_agent_restart_rate_limit_holds_in_the_store(
-    auto: Harness, store: Store, clock: FakeClock
+    auto: Harness, store: WatchdogStore, clock: FakeClock
 ) -> None:
     for i in range(2):
         incident_id, diagnosis = await auto.incident(f"run-{i}")
-        assert (await auto.remediator.handle_diagnosed(incident_id, diagnosis)).status == "resolved"
+        assert (await auto.responder.handle_diagnosed(incident_id, diagnosis)).status == "resolved"
     # A new Remediator (a restarted watchdog, or another replica) sees the same counts.
     fresh = Harness(store, clock, Mode.AUTO, POLICY)
     try:
         incident_id, diagnosis = await fresh.incident("run-3")
-        outcome = await fresh.remediator.handle_diagnosed(incident_id, diagnosis)
+        outcome = await fresh.responder.handle_diagnosed(incident_id, diagnosis)
         assert outcome.status == "escalated"
         assert "rate limit reached: agent calc restarted 2 times in the last hour" in outcome.detail
         assert fresh.playbook.applied == 0
         # Another agent is not limited, and an hour later calc is allowed again.
         other_id, other = await fresh.incident("run-4", agent="intake")
-        assert (await fresh.remediator.handle_diagnosed(other_id, other)).status == "resolved"
+        assert (await fresh.responder.handle_diagnosed(other_id, other)).status == "resolved"
         clock.advance(3601)
         later_id, later = await fresh.incident("run-5")
-        assert (await fresh.remediator.handle_diagnosed(later_id, later)).status == "resolved"
+        assert (await fresh.responder.handle_diagnosed(later_id, later)).status == "resolved"
     finally:
         await fresh.orchestrator.aclose()
 
 
-async def test_global_budget(store: Store, clock: FakeClock) -> None:
+async def test_global_budget(store: WatchdogStore, clock: FakeClock) -> None:
     policy = {**POLICY, "limits": {**POLICY["limits"], "remediations_per_hour": 1}}
     h = Harness(store, clock, Mode.AUTO, policy)
     try:
         first_id, first = await h.incident("a", agent="a1")
-        assert (await h.remediator.handle_diagnosed(first_id, first)).status == "resolved"
+        assert (await h.responder.handle_diagnosed(first_id, first)).status == "resolved"
         second_id, second = await h.incident("b", agent="a2")
-        outcome = await h.remediator.handle_diagnosed(second_id, second)
+        outcome = await h.responder.handle_diagnosed(second_id, second)
         assert "rate limit reached: 1 remediations in the last hour" in outcome.detail
         assert h.playbook.applied == 1
     finally:
@@ -310,24 +315,24 @@ async def test_circuit_breaker_opens_after_repeated_failures(auto: Harness, cloc
     auto.playbook.fail_apply = True
     for i in range(2):
         incident_id, diagnosis = await auto.incident(f"f{i}", agent=f"agent{i}")
-        outcome = await auto.remediator.handle_diagnosed(incident_id, diagnosis)
+        outcome = await auto.responder.handle_diagnosed(incident_id, diagnosis)
         assert outcome.status == "escalated" and "agent API exploded" in outcome.detail
     auto.playbook.fail_apply = False
     incident_id, diagnosis = await auto.incident("f3", agent="agent3")
-    outcome = await auto.remediator.handle_diagnosed(incident_id, diagnosis)
+    outcome = await auto.responder.handle_diagnosed(incident_id, diagnosis)
     assert outcome.status == "escalated" and outcome.detail.startswith("circuit open: 2 failed remediations")
     assert auto.playbook.applied == 2
     clock.advance(3601)  # the window passes: the breaker closes
     incident_id, diagnosis = await auto.incident("f4", agent="agent4")
-    assert (await auto.remediator.handle_diagnosed(incident_id, diagnosis)).status == "resolved"
+    assert (await auto.responder.handle_diagnosed(incident_id, diagnosis)).status == "resolved"
 
 
 async def test_failed_verification_escalates_and_counts_toward_the_breaker(
-    auto: Harness, store: Store
+    auto: Harness, store: WatchdogStore
 ) -> None:
     auto.playbook.verify_ok = False
     incident_id, diagnosis = await auto.incident()
-    outcome = await auto.remediator.handle_diagnosed(incident_id, diagnosis)
+    outcome = await auto.responder.handle_diagnosed(incident_id, diagnosis)
     assert outcome.status == "escalated" and "verification failed" in outcome.detail
     async with store.transaction() as tx:
         assert await tx.count_rate_events("remediation_failed", "*", T0) == 1
@@ -336,21 +341,21 @@ async def test_failed_verification_escalates_and_counts_toward_the_breaker(
 async def test_refused_preconditions_escalate_without_acting(auto: Harness) -> None:
     auto.playbook.refuse = "run already finished (status completed)"
     incident_id, diagnosis = await auto.incident()
-    outcome = await auto.remediator.handle_diagnosed(incident_id, diagnosis)
+    outcome = await auto.responder.handle_diagnosed(incident_id, diagnosis)
     assert outcome.status == "escalated"
     assert "restart_agent refused: run already finished" in outcome.detail
     assert auto.playbook.applied == 0
 
 
-async def test_observe_mode_reports_the_plan_and_never_acts(store: Store, clock: FakeClock) -> None:
+async def test_observe_mode_reports_the_plan_and_never_acts(store: WatchdogStore, clock: FakeClock) -> None:
     h = Harness(store, clock, Mode.OBSERVE, POLICY)
     try:
         incident_id, diagnosis = await h.incident()
-        outcome = await h.remediator.handle_diagnosed(incident_id, diagnosis)
+        outcome = await h.responder.handle_diagnosed(incident_id, diagnosis)
         assert outcome.status == "escalated" and "observe mode" in outcome.detail
         assert h.playbook.applied == 0
         incident = await h.incidents.get(incident_id)
-        assert incident.plan is not None and incident.plan["playbook"] == "restart_agent"
+        assert incident.plan is not None and incident.plan.playbook == "restart_agent"
     finally:
         await h.orchestrator.aclose()
 
@@ -358,23 +363,25 @@ async def test_observe_mode_reports_the_plan_and_never_acts(store: Store, clock:
 async def test_one_action_in_flight_per_execution(auto: Harness) -> None:
     incident_id, diagnosis = await auto.incident()
     auto.playbook.block_second_step = asyncio.Event()
-    first = asyncio.create_task(auto.remediator.handle_diagnosed(incident_id, diagnosis))
+    first = asyncio.create_task(auto.responder.handle_diagnosed(incident_id, diagnosis))
     # Wait (bounded) until the first has the incident in `remediating`.
     for _ in range(500):
         if (await auto.incidents.get(incident_id)).status == "remediating":
             break
         await asyncio.sleep(0.01)
-    second = await auto.remediator.execute(incident_id)
+    second = await auto.remediation.execute(incident_id)
     assert second.status == "unchanged" and "remediating" in second.detail
     auto.playbook.block_second_step.set()
     assert (await first).status == "resolved"
     assert auto.playbook.side_effects == 1
 
 
-async def test_resume_after_crash_never_repeats_a_non_idempotent_step(auto: Harness, store: Store) -> None:
+async def test_resume_after_crash_never_repeats_a_non_idempotent_step(
+    auto: Harness, store: WatchdogStore
+) -> None:
     incident_id, diagnosis = await auto.incident()
     auto.playbook.block_second_step = asyncio.Event()
-    task = asyncio.create_task(auto.remediator.handle_diagnosed(incident_id, diagnosis))
+    task = asyncio.create_task(auto.responder.handle_diagnosed(incident_id, diagnosis))
     key = idempotency_key(incident_id, "restart_agent", "check")
     for _ in range(500):
         async with store.transaction() as tx:
@@ -386,7 +393,7 @@ async def test_resume_after_crash_never_repeats_a_non_idempotent_step(auto: Harn
         await task
     assert auto.playbook.side_effects == 1
     auto.playbook.block_second_step = None
-    [outcome] = await auto.remediator.resume_interrupted()
+    [outcome] = await auto.remediation.resume_interrupted()
     # Step 1 (non-idempotent, finished) is skipped; step 2 (idempotent, half-done) is re-run.
     assert outcome.status == "resolved"
     assert auto.playbook.side_effects == 1
@@ -394,10 +401,12 @@ async def test_resume_after_crash_never_repeats_a_non_idempotent_step(auto: Harn
     assert ("remediation_resumed", "after") in kinds
 
 
-async def test_resume_marks_a_half_done_non_idempotent_step_interrupted(auto: Harness, store: Store) -> None:
+async def test_resume_marks_a_half_done_non_idempotent_step_interrupted(
+    auto: Harness, store: WatchdogStore
+) -> None:
     incident_id, diagnosis = await auto.incident()
     # Simulate the state a SIGKILL leaves: remediating, step 1 recorded as started, never finished.
-    await auto.remediator.handle_diagnosed(incident_id, diagnosis)  # resolves; use a second incident instead
+    await auto.responder.handle_diagnosed(incident_id, diagnosis)  # resolves; use a second incident instead
     second_id, second = await auto.incident("e2")
     plan = (await auto.incidents.get(incident_id)).plan
     async with store.transaction() as tx:
@@ -410,7 +419,7 @@ async def test_resume_marks_a_half_done_non_idempotent_step_interrupted(auto: Ha
             params={"agent": "calc"},
         )
     effects = auto.playbook.side_effects
-    [outcome] = await auto.remediator.resume_interrupted()
+    [outcome] = await auto.remediation.resume_interrupted()
     assert (
         outcome.status == "escalated" and "interrupted before it finished and not repeated" in outcome.detail
     )
@@ -424,7 +433,7 @@ async def test_resume_marks_a_half_done_non_idempotent_step_interrupted(auto: Ha
 async def test_notifier_failure_is_audited(recommend: Harness) -> None:
     recommend.notifier.fail = True
     incident_id, diagnosis = await recommend.incident()
-    await recommend.remediator.handle_diagnosed(incident_id, diagnosis)
+    await recommend.responder.handle_diagnosed(incident_id, diagnosis)
     async with recommend.store.transaction() as tx:
         entries = [
             a
@@ -437,34 +446,34 @@ async def test_notifier_failure_is_audited(recommend: Harness) -> None:
 async def test_a_run_that_ended_by_itself_resolves_without_acting(auto: Harness) -> None:
     incident_id, diagnosis = await auto.incident()
     ended = diagnosis.model_copy(update={"likely_cause": "not_stuck", "cause_evidence": ["run is completed"]})
-    outcome = await auto.remediator.handle_diagnosed(incident_id, ended)
+    outcome = await auto.responder.handle_diagnosed(incident_id, ended)
     assert outcome.status == "resolved" and "nothing to do: not_stuck (run is completed)" in outcome.detail
     assert auto.playbook.applied == 0 and auto.notifier.escalations == []
 
 
-async def test_resume_before_any_step_rechecks_preconditions(auto: Harness, store: Store) -> None:
+async def test_resume_before_any_step_rechecks_preconditions(auto: Harness, store: WatchdogStore) -> None:
     incident_id, diagnosis = await auto.incident()
     auto.playbook.refuse = "stop"
-    await auto.remediator.handle_diagnosed(incident_id, diagnosis)  # escalates; reuse its plan below
+    await auto.responder.handle_diagnosed(incident_id, diagnosis)  # escalates; reuse its plan below
     second_id, _ = await auto.incident("e2")
     plan = (await auto.incidents.get(incident_id)).plan
     async with store.transaction() as tx:  # died right after taking the incident, before any step
         await tx.update_incident(second_id, status="remediating", plan=plan)
     auto.playbook.refuse = "run already finished (status completed)"
-    [outcome] = await auto.remediator.resume_interrupted()
+    [outcome] = await auto.remediation.resume_interrupted()
     assert outcome.status == "escalated" and "refused: run already finished" in outcome.detail
     assert auto.playbook.applied == 0
 
 
 async def test_agent_limit_holds_when_two_replicas_race(database_url: str, clock: FakeClock) -> None:
     policy = {**POLICY, "limits": {**POLICY["limits"], "agent_restarts_per_agent_per_hour": 1}}
-    stores = [await Store.open(database_url, clock=clock) for _ in range(2)]
+    stores = [await WatchdogStore.open(database_url, clock=clock) for _ in range(2)]
     replicas = [Harness(s, clock, Mode.AUTO, policy) for s in stores]
     try:
         cases = [await replicas[0].incident(f"race-{i}") for i in range(2)]
         outcomes = await asyncio.gather(
             *(
-                replica.remediator.handle_diagnosed(*case)
+                replica.responder.handle_diagnosed(*case)
                 for replica, case in zip(replicas, cases, strict=True)
             )
         )
@@ -475,3 +484,132 @@ async def test_agent_limit_holds_when_two_replicas_race(database_url: str, clock
             await replica.orchestrator.aclose()
         for s in stores:
             await s.close()
+
+
+# -- runs by hand take the same path ---------------------------------------------------------------------
+
+
+def by_hand(execution_id: str, agent: str = "calc") -> ManualRun:
+    return ManualRun(playbook="restart_agent", execution_id=execution_id, params={"agent_id": agent})
+
+
+async def test_a_run_by_hand_is_counted_against_the_agent_restart_budget(auto: Harness) -> None:
+    for i in range(2):  # the policy allows two restarts of an agent per hour
+        assert (await auto.remediation.run_manual(by_hand(f"hand-{i}"))).status == "resolved"
+    # The loop now finds the budget used up by the runs by hand...
+    incident_id, diagnosis = await auto.incident("loop-1")
+    outcome = await auto.responder.handle_diagnosed(incident_id, diagnosis)
+    assert outcome.status == "escalated"
+    assert "rate limit reached: agent calc restarted 2 times in the last hour" in outcome.detail
+    # ...and so does a third run by hand: refused before it acts.
+    refused = await auto.remediation.run_manual(by_hand("hand-3"))
+    assert refused.status == "escalated" and "rate limit reached: agent calc" in refused.detail
+    assert auto.playbook.side_effects == 2
+    kinds = await auto.kinds(refused.incident_id)
+    assert ("limits", "after") in kinds and ("apply", "before") not in kinds
+
+
+async def test_a_run_by_hand_is_refused_while_the_circuit_breaker_is_open(auto: Harness) -> None:
+    auto.playbook.fail_apply = True
+    for i in range(2):  # two failed remediations open the breaker (policy: 2 in an hour)
+        incident_id, diagnosis = await auto.incident(f"f{i}", agent=f"agent{i}")
+        assert (await auto.responder.handle_diagnosed(incident_id, diagnosis)).status == "escalated"
+    auto.playbook.fail_apply = False
+    outcome = await auto.remediation.run_manual(by_hand("hand-1", agent="agent9"))
+    assert outcome.status == "escalated" and outcome.detail.startswith("circuit open: 2 failed remediations")
+    assert auto.playbook.applied == 2  # only the two failed ones: the run by hand did not act
+    incident = await auto.incidents.get(outcome.incident_id)
+    assert incident.status == "escalated" and incident.plan is not None and incident.plan.rule == "manual"
+
+
+async def test_a_failed_run_by_hand_counts_toward_the_circuit_breaker(auto: Harness) -> None:
+    auto.playbook.fail_apply = True
+    for i in range(2):
+        outcome = await auto.remediation.run_manual(by_hand(f"hand-{i}", agent=f"agent{i}"))
+        assert outcome.status == "escalated" and "restart_agent by hand failed" in outcome.detail
+    auto.playbook.fail_apply = False
+    incident_id, diagnosis = await auto.incident("loop-1", agent="agent3")
+    outcome = await auto.responder.handle_diagnosed(incident_id, diagnosis)
+    assert outcome.status == "escalated" and outcome.detail.startswith("circuit open: 2 failed remediations")
+
+
+# -- remediation limits ----------------------------------------------------------------------------------
+# Limits count what acts: a remediation refused by its preconditions uses up neither the agent's
+# restarts nor the global budget (the limits are for harm done, not for attempts that did nothing).
+
+
+async def test_refused_attempts_do_not_use_up_the_agents_restarts(auto: Harness) -> None:
+    limits = POLICY["limits"]
+    assert isinstance(limits, dict)
+    limit = int(limits["agent_restarts_per_agent_per_hour"])
+    auto.playbook.refuse = "no node of the run is running on agent calc"
+    for i in range(limit + 1):
+        incident_id, diagnosis = await auto.incident(f"refused-{i}")
+        outcome = await auto.responder.handle_diagnosed(incident_id, diagnosis)
+        assert outcome.status == "escalated" and "refused" in outcome.detail
+    auto.playbook.refuse = None
+    incident_id, diagnosis = await auto.incident("real")
+    outcome = await auto.responder.handle_diagnosed(incident_id, diagnosis)
+    assert outcome.status == "resolved", outcome
+    assert auto.playbook.applied == 1
+    assert auto.responder.mode is Mode.AUTO
+
+
+# -- observe kill switch ---------------------------------------------------------------------------------
+# `GL_WATCHDOG_MODE=observe` is a kill switch: after the switch (a restart with the new mode), nothing
+# acts — not a prompt approved after the switch, not a remediation a dead watchdog left half-done.
+
+
+async def restarted_in(mode: Mode, store: WatchdogStore, clock: FakeClock) -> Harness:
+    return Harness(store, clock, mode, POLICY)
+
+
+async def test_a_prompt_approved_after_the_switch_to_observe_does_nothing(
+    store: WatchdogStore, clock: FakeClock
+) -> None:
+    before = Harness(store, clock, Mode.RECOMMEND, POLICY)
+    incident_id, diagnosis = await before.incident()
+    assert (await before.responder.handle_diagnosed(incident_id, diagnosis)).status == "awaiting_approval"
+    [prompt] = before.notifier.prompts
+    await before.orchestrator.aclose()
+
+    after = await restarted_in(Mode.OBSERVE, store, clock)
+    try:
+        approval = await after.approvals.decide(
+            prompt.approval_id, Decision.APPROVE, actor="alice", authenticated=True
+        )
+        outcome = await after.responder.on_decision(approval)
+        assert outcome.status == "escalated" and "observe mode" in outcome.detail
+        assert after.playbook.applied == 0 and after.playbook.side_effects == 0
+        assert (await after.incidents.get(incident_id)).status == "escalated"
+    finally:
+        await after.orchestrator.aclose()
+
+
+async def test_an_interrupted_remediation_is_not_resumed_in_observe_mode(
+    store: WatchdogStore, clock: FakeClock
+) -> None:
+    before = Harness(store, clock, Mode.AUTO, POLICY)
+    incident_id, diagnosis = await before.incident()
+    before.playbook.block_second_step = asyncio.Event()
+    task = asyncio.create_task(before.responder.handle_diagnosed(incident_id, diagnosis))
+    key = idempotency_key(incident_id, "restart_agent", "check")
+    for _ in range(500):  # bounded: until the first step is recorded as started
+        async with store.transaction() as tx:
+            if await tx.get_action(key) is not None:
+                break
+        await asyncio.sleep(0.01)
+    task.cancel()  # the watchdog dies mid-remediation
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    effects_before = before.playbook.side_effects
+    await before.orchestrator.aclose()
+
+    after = await restarted_in(Mode.OBSERVE, store, clock)
+    try:
+        [outcome] = await after.remediation.resume_interrupted()
+        assert outcome.status == "escalated" and "observe mode" in outcome.detail
+        assert after.playbook.side_effects == 0 and effects_before == 1
+        assert (await after.incidents.get(incident_id)).status == "escalated"
+    finally:
+        await after.orchestrator.aclose()

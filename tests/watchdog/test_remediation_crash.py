@@ -25,7 +25,7 @@ from aiohttp import web
 from orchestrator_core.emissions import emissions_dag, emissions_demo_input
 from tests.conftest import free_port, wait_for_port
 from tests.orchestrator.test_service_harness import TOKEN, Harness, make_settings, running_service
-from watchdog.store import Store
+from watchdog.store import WatchdogStore
 
 pytestmark = pytest.mark.slow
 GL_WATCHDOG = str(Path(sys.executable).with_name("gl-watchdog"))
@@ -147,7 +147,7 @@ async def test_sigkill_mid_apply_then_restart_never_repeats_the_action(
             first.kill()
             first.wait(timeout=10)
 
-    store = await Store.open(f"sqlite+aiosqlite:///{db}")
+    store = await WatchdogStore.open(f"sqlite+aiosqlite:///{db}")
     try:
         async with store.transaction() as tx:
             [action] = await tx.list_actions(incident_id=incident_id)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from watchdog.diagnostics.models import Diagnosis, Finding, StepStatus
 from watchdog.diagnostics.render import to_dict, to_json, to_markdown, to_table
+from watchdog_sdk.diagnosis import Diagnosis, Finding, StepStatus
 
 STARTED = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 DONE = datetime(2026, 3, 1, 12, 0, 2, 500000, tzinfo=UTC)

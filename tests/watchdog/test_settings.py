@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from watchdog.errors import ConfigError
 from watchdog.settings import Mode, load_settings
+from watchdog_sdk.errors import ConfigError
 
 
 def test_defaults_match_the_architecture_doc(monkeypatch: pytest.MonkeyPatch) -> None:

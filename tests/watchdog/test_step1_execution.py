@@ -8,11 +8,11 @@ import httpx
 import respx
 
 from tests.conftest import free_port
-from tests.watchdog.conftest import execution_json
-from watchdog.clients.prometheus import PrometheusClient
+from tests.watchdog.orchestrators import execution_json
 from watchdog.diagnostics import step1_execution
-from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
-from watchdog.diagnostics.models import StepStatus
+from watchdog_sdk.clients.prometheus import PrometheusClient
+from watchdog_sdk.diagnosis import StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
 
 MakeCtx = Callable[..., DiagnosticContext]
 

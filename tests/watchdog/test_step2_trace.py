@@ -7,10 +7,10 @@ from collections.abc import Callable
 import httpx
 import respx
 
-from tests.watchdog.conftest import node_json, trace_json
+from tests.watchdog.orchestrators import node_json, trace_json
 from watchdog.diagnostics import step2_trace
-from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
-from watchdog.diagnostics.models import StepStatus
+from watchdog_sdk.diagnosis import StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
 
 MakeCtx = Callable[..., DiagnosticContext]
 

@@ -6,11 +6,11 @@ from collections.abc import Callable
 
 import respx
 
-from tests.watchdog.conftest import node_json, trace_json
-from watchdog.clients.orchestrator import Trace
+from tests.watchdog.orchestrators import node_json, trace_json
 from watchdog.diagnostics import step3_bottleneck
-from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
-from watchdog.diagnostics.models import StepStatus
+from watchdog_sdk.clients.orchestrator import Trace
+from watchdog_sdk.diagnosis import StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
 
 MakeCtx = Callable[..., DiagnosticContext]
 

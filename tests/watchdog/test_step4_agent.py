@@ -8,12 +8,12 @@ from collections.abc import Callable
 
 import respx
 
-from tests.watchdog.conftest import FakeKubeApi, make_pod
-from watchdog.clients.kubernetes import KubernetesClient, build_configuration
+from tests.watchdog.fake_kube import FakeKubeApi, make_pod
 from watchdog.diagnostics import step4_agent
-from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
-from watchdog.diagnostics.models import StepStatus
 from watchdog.diagnostics.runner import STEPS, run_step
+from watchdog_sdk.clients.kubernetes import KubernetesClient, build_configuration
+from watchdog_sdk.diagnosis import StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
 
 MakeCtx = Callable[..., DiagnosticContext]
 AGENT = "emissions.scope1"

@@ -7,10 +7,10 @@ from collections.abc import Callable
 import httpx
 import respx
 
-from tests.watchdog.conftest import ORCH_BASE
+from tests.watchdog.orchestrators import ORCH_BASE
 from watchdog.diagnostics import step5_contention
-from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
-from watchdog.diagnostics.models import StepStatus
+from watchdog_sdk.diagnosis import StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
 
 MakeCtx = Callable[..., DiagnosticContext]
 

@@ -9,13 +9,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import free_port
-from tests.watchdog.conftest import FakeKubeApi, make_pod
-from watchdog.clients.kubernetes import KubernetesClient
-from watchdog.clients.redis import RedisClient
-from watchdog.constants import heartbeat_key, lock_key
+from tests.watchdog.fake_kube import FakeKubeApi, make_pod
 from watchdog.diagnostics import step6_locks
-from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
-from watchdog.diagnostics.models import StepStatus
+from watchdog_sdk.clients.kubernetes import KubernetesClient
+from watchdog_sdk.clients.redis import RedisClient
+from watchdog_sdk.constants import heartbeat_key, lock_key
+from watchdog_sdk.diagnosis import StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
 
 pytestmark = pytest.mark.redis
 MakeCtx = Callable[..., DiagnosticContext]

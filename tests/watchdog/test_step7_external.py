@@ -9,12 +9,13 @@ from typing import Any
 import httpx
 import respx
 
-from tests.watchdog.conftest import ORCH_BASE, FakeKubeApi, make_pod
-from watchdog.clients.kubernetes import KubernetesClient
+from tests.watchdog.fake_kube import FakeKubeApi, make_pod
+from tests.watchdog.orchestrators import ORCH_BASE
 from watchdog.diagnostics import step7_external
-from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
-from watchdog.diagnostics.models import StepStatus
 from watchdog.settings import WatchdogSettings
+from watchdog_sdk.clients.kubernetes import KubernetesClient
+from watchdog_sdk.diagnosis import StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
 
 MakeCtx = Callable[..., DiagnosticContext]
 

@@ -15,9 +15,7 @@ import respx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tests.promstack import PrometheusProcess, prometheus_scraping
-from tests.watchdog.conftest import execution_json, trace_json
-from watchdog.clients.orchestrator import Trace
-from watchdog.clients.prometheus import PrometheusClient
+from tests.watchdog.orchestrators import execution_json, trace_json
 from watchdog.diagnostics import (
     step1_execution,
     step3_bottleneck,
@@ -25,8 +23,10 @@ from watchdog.diagnostics import (
     step7_external,
     step8_checkpoints,
 )
-from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
-from watchdog.diagnostics.models import StepStatus
+from watchdog_sdk.clients.orchestrator import Trace
+from watchdog_sdk.clients.prometheus import PrometheusClient
+from watchdog_sdk.diagnosis import StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 MakeCtx = Callable[..., DiagnosticContext]

@@ -10,24 +10,19 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.conftest import close_during_a_transaction
+from tests.watchdog.conftest import FakeClock, make_plan
 from watchdog.errors import StoreError, StoreUnavailable
 from watchdog.migrations import latest_version, schema_migrations
-from watchdog.store import Store
+from watchdog.store import WatchdogStore
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
+START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
 async def test_open_runs_migrations_once(database_url: str) -> None:
-    clock = FakeClock()
-    store = await Store.open(database_url, clock=clock)
+    clock = FakeClock(START)
+    store = await WatchdogStore.open(database_url, clock=clock)
     await store.close()
-    store = await Store.open(database_url, clock=clock)  # second start: nothing to apply
+    store = await WatchdogStore.open(database_url, clock=clock)  # second start: nothing to apply
     try:
         async with store.transaction() as tx:
             versions = [r[0] for r in await tx.conn.execute(sa.select(schema_migrations.c.version))]
@@ -37,7 +32,7 @@ async def test_open_runs_migrations_once(database_url: str) -> None:
 
 
 async def test_a_closed_store_refuses_work_instead_of_opening_a_new_pool(database_url: str) -> None:
-    store = await Store.open(database_url, clock=FakeClock())
+    store = await WatchdogStore.open(database_url, clock=FakeClock(START))
     await store.close()
     with pytest.raises(StoreUnavailable, match="the store is closed"):
         await store.ping()
@@ -45,7 +40,7 @@ async def test_a_closed_store_refuses_work_instead_of_opening_a_new_pool(databas
 
 
 async def test_close_lets_a_transaction_under_way_end_first(database_url: str) -> None:
-    store = await Store.open(database_url, clock=FakeClock())
+    store = await WatchdogStore.open(database_url, clock=FakeClock(START))
 
     async def transaction(inside: asyncio.Event, finish: asyncio.Event) -> None:
         async with store.transaction() as tx:
@@ -54,7 +49,7 @@ async def test_close_lets_a_transaction_under_way_end_first(database_url: str) -
             await tx.insert_incident(execution_id="e1", dag_id="d", source="alert", detection_source="api")
 
     assert await close_during_a_transaction(store.close, transaction) == ["committed", "closed"]
-    reopened = await Store.open(database_url, clock=FakeClock())
+    reopened = await WatchdogStore.open(database_url, clock=FakeClock(START))
     try:
         assert [i.execution_id for i in await reopened.list_incidents()] == ["e1"]
     finally:
@@ -66,7 +61,7 @@ async def test_a_transaction_cancelled_while_closing_still_returns_its_connectio
 ) -> None:
     """Cancelled (a timeout, a shutdown) just as its connection is being closed: the close still ends,
     so the connection goes back to the pool instead of staying checked out and never closed."""
-    store = await Store.open(sqlite_url, clock=FakeClock())
+    store = await WatchdogStore.open(sqlite_url, clock=FakeClock(START))
     closing, go_on = asyncio.Event(), asyncio.Event()
     held: list[AsyncConnection] = []
     close = AsyncConnection.close
@@ -98,7 +93,7 @@ async def test_a_transaction_cancelled_while_closing_still_returns_its_connectio
 
 
 async def test_concurrent_starts_migrate_once(database_url: str) -> None:
-    stores = await asyncio.gather(*(Store.open(database_url) for _ in range(3)))
+    stores = await asyncio.gather(*(WatchdogStore.open(database_url) for _ in range(3)))
     try:
         async with stores[0].transaction() as tx:
             count = (
@@ -111,7 +106,7 @@ async def test_concurrent_starts_migrate_once(database_url: str) -> None:
 
 
 async def test_one_open_incident_per_execution(database_url: str) -> None:
-    store = await Store.open(database_url, clock=FakeClock())
+    store = await WatchdogStore.open(database_url, clock=FakeClock(START))
     try:
         async with store.transaction() as tx:
             first = await tx.insert_incident(
@@ -123,7 +118,7 @@ async def test_one_open_incident_per_execution(database_url: str) -> None:
             other = await tx.insert_incident(
                 execution_id="e2", dag_id="d", source="sweep", detection_source="api"
             )
-        assert first is not None and first.status == "open" and first.opened_at == FakeClock().now
+        assert first is not None and first.status == "open" and first.opened_at == START
         assert second is None
         assert other is not None
         async with store.transaction() as tx:
@@ -139,7 +134,7 @@ async def test_one_open_incident_per_execution(database_url: str) -> None:
 
 
 async def test_update_incident_is_compare_and_set(database_url: str) -> None:
-    store = await Store.open(database_url)
+    store = await WatchdogStore.open(database_url)
     try:
         async with store.transaction() as tx:
             inc = await tx.insert_incident(
@@ -156,7 +151,7 @@ async def test_update_incident_is_compare_and_set(database_url: str) -> None:
 
 
 async def test_delivery_episode_is_recorded_once(database_url: str) -> None:
-    store = await Store.open(database_url)
+    store = await WatchdogStore.open(database_url)
     starts = datetime(2026, 1, 1, 11, 0, tzinfo=UTC)
     try:
         async with store.transaction() as tx:
@@ -180,7 +175,7 @@ async def test_delivery_episode_is_recorded_once(database_url: str) -> None:
 
 
 async def test_action_idempotency_key_is_unique(database_url: str) -> None:
-    store = await Store.open(database_url)
+    store = await WatchdogStore.open(database_url)
     try:
         async with store.transaction() as tx:
             inc = await tx.insert_incident(
@@ -202,8 +197,8 @@ async def test_action_idempotency_key_is_unique(database_url: str) -> None:
 
 
 async def test_approval_compare_and_set_and_rate_events(database_url: str) -> None:
-    clock = FakeClock()
-    store = await Store.open(database_url, clock=clock)
+    clock = FakeClock(START)
+    store = await WatchdogStore.open(database_url, clock=clock)
     try:
         async with store.transaction() as tx:
             inc = await tx.insert_incident(
@@ -213,10 +208,10 @@ async def test_approval_compare_and_set_and_rate_events(database_url: str) -> No
             appr = await tx.insert_approval(
                 approval_id="ap1",
                 incident_id=inc.id,
-                plan={"playbook": "cancel"},
+                plan=make_plan(playbook="cancel"),
                 summary="s",
                 token_nonce="n",
-                expires_at=clock.now + timedelta(minutes=15),
+                expires_at=clock.now() + timedelta(minutes=15),
             )
             assert appr.state == "pending"
             ok = await tx.update_approval(
@@ -224,16 +219,16 @@ async def test_approval_compare_and_set_and_rate_events(database_url: str) -> No
             )
             assert ok is not None and ok.decided_by == "me"
             assert await tx.update_approval("ap1", expected_state=["pending"], state="denied") is None
-            await tx.add_rate_event("restart_agent", "a1", clock.now - timedelta(hours=2))
+            await tx.add_rate_event("restart_agent", "a1", clock.now() - timedelta(hours=2))
             await tx.add_rate_event("restart_agent", "a1")
-            assert await tx.count_rate_events("restart_agent", "a1", clock.now - timedelta(hours=1)) == 1
-            assert await tx.prune_rate_events(clock.now - timedelta(hours=1)) == 1
+            assert await tx.count_rate_events("restart_agent", "a1", clock.now() - timedelta(hours=1)) == 1
+            assert await tx.prune_rate_events(clock.now() - timedelta(hours=1)) == 1
     finally:
         await store.close()
 
 
 async def test_naive_datetime_is_refused(sqlite_url: str) -> None:
-    store = await Store.open(sqlite_url)
+    store = await WatchdogStore.open(sqlite_url)
     try:
         with pytest.raises(StoreError):
             async with store.transaction() as tx:
@@ -244,13 +239,15 @@ async def test_naive_datetime_is_refused(sqlite_url: str) -> None:
 
 async def test_unsupported_url_is_a_clear_error() -> None:
     with pytest.raises(StoreError, match="async driver"):
-        await Store.open("sqlite:///x.db")
+        await WatchdogStore.open("sqlite:///x.db")
     with pytest.raises(StoreError, match="unsupported"):
-        await Store.open("mysql+aiomysql://u@h/db")
+        await WatchdogStore.open("mysql+aiomysql://u@h/db")
 
 
 async def test_unreachable_postgres_is_store_unavailable() -> None:
     from tests.conftest import free_port
 
     with pytest.raises(StoreUnavailable):
-        await Store.open(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x", connect_timeout=2)
+        await WatchdogStore.open(
+            f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x", connect_timeout=2
+        )

@@ -7,119 +7,11 @@ loopback), whose links are what these tests (and tests/watchdog/test_browser.py)
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from datetime import timedelta
 
-import httpx
-import pytest
-from aiohttp import web
-
-from orchestrator_core.emissions import emissions_dag, emissions_demo_input
-from tests.conftest import free_port
-from tests.orchestrator.test_service_harness import TOKEN, Harness, make_settings, running_service
-from watchdog.api import create_app
-from watchdog.app import WatchdogApp
-from watchdog.remediation import Remediator, attach
-from watchdog.settings import Mode, WatchdogSettings
-from watchdog.web import installer
-
-API_TOKEN = "watchdog-api-token-0123456789"
-
-
-@dataclass
-class Stack:
-    orch: Harness
-    wd: WatchdogApp
-    remediator: Remediator
-    url: str
-    messages: list[dict[str, Any]]
-    arrived: asyncio.Event
-    execution_id: str = ""
-    incident_id: int = 0
-
-    def client(self, token: str | None = API_TOKEN) -> httpx.AsyncClient:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=10.0)
-
-    async def stuck_incident(self) -> dict[str, Any]:
-        """Start a stuck emissions run, open its incident via the API, and wait for the approval prompt."""
-        dag = emissions_dag(dag_id="emissions-web", execution_timeout_seconds=1.0, log_interval_seconds=0.2)
-        await self.orch.register(dag)
-        self.execution_id = (await self.orch.execute("emissions-web", emissions_demo_input()))["execution_id"]
-        async with asyncio.timeout(15):  # bounded polls of real processes
-            while True:
-                trace = await self.wd.orchestrator.get_trace(self.execution_id)
-                if trace.node_traces["scope2"].status == "running":
-                    break
-                await asyncio.sleep(0.05)
-            async with self.client() as api:
-                response = await api.post("/api/v1/incidents", json={"execution_id": self.execution_id})
-                assert response.status_code == 201, response.text
-                self.incident_id = response.json()["incident"]["id"]
-            await self.arrived.wait()
-        return self.messages[-1]
-
-
-def links(message: dict[str, Any]) -> dict[str, str]:
-    buttons = message["blocks"][-1]["elements"]
-    return {b["text"]["text"].lower(): b["url"] for b in buttons}
-
-
-def token_of(url: str) -> str:
-    return parse_qs(urlsplit(url).query)["token"][0]
-
-
-def approval_id_of(url: str) -> str:
-    return urlsplit(url).path.rsplit("/", 1)[1]
-
-
-@pytest.fixture
-async def stack(_no_pending_tasks: None, tmp_path: Any) -> AsyncIterator[Stack]:
-    """Depends on the pending-task check so the check runs after every server here has stopped."""
-    messages: list[dict[str, Any]] = []
-    arrived = asyncio.Event()
-
-    async def hook(request: web.Request) -> web.Response:
-        messages.append(await request.json())
-        arrived.set()
-        return web.Response(text="ok")
-
-    receiver_app = web.Application()
-    receiver_app.router.add_post("/hook", hook)
-    receiver = web.AppRunner(receiver_app, shutdown_timeout=0.1)
-    await receiver.setup()
-    hook_port = free_port()
-    await web.TCPSite(receiver, "127.0.0.1", hook_port).start()
-    port = free_port()
-    orch_settings = make_settings(f"sqlite+aiosqlite:///{tmp_path / 'orch.db'}", max_body_bytes=1 << 20)
-    async with running_service(orch_settings, start_loop=True) as orch:
-        settings = WatchdogSettings(
-            database_url=f"sqlite+aiosqlite:///{tmp_path / 'wd.db'}",
-            orchestrator_url=orch.base_url,
-            orchestrator_token=TOKEN,
-            mode=Mode.RECOMMEND,
-            api_tokens=[API_TOKEN],
-            approval_signing_key="s" * 32,
-            public_url=f"http://127.0.0.1:{port}",
-            notifier_url=f"http://127.0.0.1:{hook_port}/hook",
-            step_timeout_seconds=5,
-            port=port,
-        )
-        wd = await WatchdogApp.build(settings)
-        remediator = attach(wd, poll_interval_seconds=0.1)
-        runner = web.AppRunner(create_app(wd, extensions=[installer(remediator)]), shutdown_timeout=0.5)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            yield Stack(orch, wd, remediator, f"http://127.0.0.1:{port}", messages, arrived)
-        finally:
-            await remediator.aclose(grace_seconds=5)
-            await runner.cleanup()
-            await wd.aclose(grace_seconds=5)
-    await receiver.cleanup()
+from tests.watchdog.approval_stack import Stack, approval_id_of, links, token_of
+from tests.watchdog.conftest import FakeClock
+from watchdog.approvals import Decision
 
 
 async def test_prompt_is_sent_with_signed_links_and_readable_via_api(stack: Stack) -> None:
@@ -150,7 +42,7 @@ async def test_link_token_approves_once_and_the_remediation_resolves_the_inciden
         response = await anon.post(f"/api/v1/approvals/{approval_id}/approve", json={"token": token_of(url)})
         assert response.status_code == 200, response.text
         assert response.json()["state"] == "approved"
-        await stack.remediator.drain()
+        await stack.wd.jobs.wait_idle()
         reused = await anon.post(f"/api/v1/approvals/{approval_id}/approve", json={"token": token_of(url)})
         assert reused.status_code == 409 and reused.json()["error"] == "used"
     async with stack.client() as api:
@@ -163,7 +55,7 @@ async def test_link_token_approves_once_and_the_remediation_resolves_the_inciden
     for step in ("diagnosis", "preconditions", "apply", "verify", "action"):
         assert (step, "before") in kinds and (step, "after") in kinds, step
     assert ("approval_decided", "after") in kinds
-    assert (await stack.wd.orchestrator.get_execution(stack.execution_id)).status == "completed"
+    assert (await stack.wd.clients.orchestrator.get_execution(stack.execution_id)).status == "completed"
 
 
 async def test_bearer_deny_escalates_and_nothing_acts(stack: Stack) -> None:
@@ -172,12 +64,12 @@ async def test_bearer_deny_escalates_and_nothing_acts(stack: Stack) -> None:
     async with stack.client() as api:
         response = await api.post(f"/api/v1/approvals/{approval_id}/deny", json={"actor": "bob"})
         assert response.status_code == 200 and response.json()["state"] == "denied"
-        await stack.remediator.drain()
+        await stack.wd.jobs.wait_idle()
         incident = (await api.get(f"/api/v1/incidents/{stack.incident_id}")).json()
     assert incident["status"] == "escalated" and incident["actions"] == []
     assert "denied by api:bob" in incident["summary"]
-    assert (await stack.wd.orchestrator.get_execution(stack.execution_id)).status == "running"
-    await stack.wd.orchestrator.cancel(stack.execution_id)
+    assert (await stack.wd.clients.orchestrator.get_execution(stack.execution_id)).status == "running"
+    await stack.wd.clients.orchestrator.cancel(stack.execution_id)
 
 
 async def test_bad_requests_get_clear_errors(stack: Stack) -> None:
@@ -204,7 +96,7 @@ async def test_bad_requests_get_clear_errors(stack: Stack) -> None:
         assert (await wrong.post(f"/api/v1/approvals/{approval_id}/explode")).status_code in (401, 404)
     async with stack.client() as api:
         assert (await api.get(f"/api/v1/approvals/{approval_id}")).json()["state"] == "pending"
-    await stack.wd.orchestrator.cancel(stack.execution_id)
+    await stack.wd.clients.orchestrator.cancel(stack.execution_id)
 
 
 async def test_page_shows_the_plan_and_a_get_never_decides(stack: Stack) -> None:
@@ -220,4 +112,89 @@ async def test_page_shows_the_plan_and_a_get_never_decides(stack: Stack) -> None
     approval_id = approval_id_of(url.split("?")[0])
     async with stack.client() as api:
         assert (await api.get(f"/api/v1/approvals/{approval_id}")).json()["state"] == "pending"
-    await stack.wd.orchestrator.cancel(stack.execution_id)
+    await stack.wd.clients.orchestrator.cancel(stack.execution_id)
+
+
+# -- remediation web -------------------------------------------------------------------------------------
+# The approval page and API as the on-call meets them: no token configured, an expired prompt, no JS.
+#
+# Uses the real watchdog app over the real orchestrator service (the `stack` fixture of test_web.py).
+
+
+async def test_without_a_configured_api_token_nobody_decides_without_the_link_token(stack: Stack) -> None:
+    message = await stack.stuck_incident()
+    approval_id = approval_id_of(links(message)["approve"].split("?")[0])
+    stack.token_file.write_text("\n")  # the token file, re-read on change, now names no API token
+    async with stack.client(token=None) as anon:
+        approve = await anon.post(f"/api/v1/approvals/{approval_id}/approve")
+        assert approve.status_code == 401, approve.text
+        assert (await anon.get(f"/api/v1/approvals/{approval_id}")).status_code == 401
+    async with stack.client(token="anything") as guess:
+        assert (await guess.post(f"/api/v1/approvals/{approval_id}/approve")).status_code == 401
+    assert (await stack.wd.approvals.get(approval_id)).state == "pending"
+    await stack.wd.clients.orchestrator.cancel(stack.execution_id)
+
+
+async def test_a_prompt_past_its_expiry_shows_expired_and_offers_no_buttons(stack: Stack) -> None:
+    message = await stack.stuck_incident()
+    url = links(message)["approve"]
+    approval_id = approval_id_of(url.split("?")[0])
+    approvals = stack.wd.approvals
+    approval = await approvals.get(approval_id)
+    later = approval.expires_at + timedelta(seconds=1)
+    approvals.clock = FakeClock(later)  # past the expiry, before the sweeper marked it expired
+    async with stack.client(token=None) as anon:
+        page = await anon.get(url.replace(stack.url, ""))
+        assert page.status_code == 200
+        assert 'id="approve"' not in page.text and 'id="deny"' not in page.text
+        assert 'id="approval-state">expired<' in page.text
+        assert "nothing will act on it" in page.text
+        # the form posted anyway (a page left open) is refused and says why
+        posted = await anon.post(
+            f"/approvals/{approval_id}",
+            data={"token": token_of(url), "decision": "approve"},
+            follow_redirects=True,
+        )
+        assert posted.status_code == 200 and "expired" in posted.text
+    assert (await approvals.get(approval_id)).state == "pending"  # only the sweeper expires it
+    await stack.wd.clients.orchestrator.cancel(stack.execution_id)
+
+
+async def test_the_progress_page_refreshes_itself_without_javascript(stack: Stack) -> None:
+    message = await stack.stuck_incident()
+    url = links(message)["approve"]
+    approval_id = approval_id_of(url.split("?")[0])
+    # Approved, and the incident being acted on: the state the page shows while the playbook runs.
+    await stack.wd.approvals.decide(approval_id, Decision.APPROVE, actor="test", authenticated=True)
+    await stack.wd.incidents.transition(
+        stack.incident_id, "remediating", actor="test", reason="acting", expected=("awaiting_approval",)
+    )
+    async with stack.client(token=None) as anon:
+        page = await anon.get(url.replace(stack.url, ""))
+    assert page.status_code == 200
+    assert '<meta http-equiv="refresh" content="2">' in page.text
+    assert "<script" not in page.text
+    assert 'id="progress"' in page.text
+    await stack.wd.clients.orchestrator.cancel(stack.execution_id)
+
+
+async def test_after_the_remediation_the_page_says_approved_not_the_stores_used(stack: Stack) -> None:
+    message = await stack.stuck_incident()
+    url = links(message)["approve"]
+    approval_id = approval_id_of(url.split("?")[0])
+    async with stack.client(token=None) as anon:
+        decided = await anon.post(
+            f"/approvals/{approval_id}", data={"token": token_of(url), "decision": "approve"}
+        )
+        assert decided.status_code == 303
+        await stack.wd.jobs.wait_idle()
+        assert (await stack.wd.approvals.get(approval_id)).state == "used"
+        page = await anon.get(url.replace(stack.url, ""))
+        assert 'id="approval-state">approved (acted on)<' in page.text
+        assert "Decision: approved (acted on) by web." in page.text
+        again = await anon.post(
+            f"/approvals/{approval_id}",
+            data={"token": token_of(url), "decision": "deny"},
+            follow_redirects=True,
+        )
+        assert "is already approved and acted on; nothing was changed" in again.text

@@ -1,7 +1,7 @@
 """A Diagnosis as JSON (API, audit log), Markdown (notifier messages, incident pages) and a plain-text
 terminal table (`gl-watchdog diagnose`, the demo).
 
-Pure functions over `watchdog.diagnostics.models.Diagnosis`; no I/O.
+Pure functions over `watchdog_sdk.diagnosis.Diagnosis`; no I/O.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from watchdog.diagnostics.models import Diagnosis, Finding
+from watchdog_sdk.diagnosis import Diagnosis, Finding
 
 STATUS_MARK = {"ok": "OK", "problem": "PROBLEM", "unknown": "UNKNOWN", "error": "ERROR"}
 SUMMARY_WIDTH = 90

@@ -17,9 +17,7 @@ the stuck node shows outranks contention, which a stuck run causes as often as i
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from watchdog.diagnostics import (
@@ -32,24 +30,12 @@ from watchdog.diagnostics import (
     step7_external,
     step8_checkpoints,
 )
-from watchdog.diagnostics.common import finding
-from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
-from watchdog.diagnostics.models import Diagnosis, Finding, StepStatus
+from watchdog_sdk.diagnosis import Diagnosis, Finding, StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext, DiagnosticStep
+from watchdog_sdk.step_helpers import finding
 
-StepFn = Callable[[DiagnosticContext, DiagnosisState], Awaitable[Finding]]
-
-
-@dataclass(frozen=True)
-class Step:
-    """One diagnostic step: its number, name and function."""
-
-    number: int
-    name: str
-    run: StepFn
-
-
-STEPS: tuple[Step, ...] = tuple(
-    Step(module.STEP, module.NAME, module.run)
+STEPS: tuple[DiagnosticStep, ...] = tuple(
+    DiagnosticStep(module.STEP, module.NAME, module.run)
     for module in (
         step1_execution,
         step2_trace,
@@ -64,11 +50,11 @@ STEPS: tuple[Step, ...] = tuple(
 SEQUENTIAL = (1, 2, 3)
 
 
-async def run_step(ctx: DiagnosticContext, state: DiagnosisState, step: Step) -> Finding:
+async def run_step(ctx: DiagnosticContext, state: DiagnosisState, step: DiagnosticStep) -> Finding:
     """Run one step under its timeout; any failure becomes an `error` Finding. Never raises
     (except cancellation of the caller)."""
     budget = ctx.timeout_for(step.number)
-    started = time.monotonic()
+    started = ctx.clock.monotonic()
     try:
         async with asyncio.timeout(budget):
             result = await step.run(ctx, state)
@@ -90,14 +76,16 @@ async def run_step(ctx: DiagnosticContext, state: DiagnosisState, step: Step) ->
             reason="step_failed",
             exception=type(exc).__name__,
         )
-    elapsed = round((time.monotonic() - started) * 1000, 3)
+    elapsed = round((ctx.clock.monotonic() - started) * 1000, 3)
     return result.model_copy(update={"duration_ms": elapsed})
 
 
-async def diagnose(ctx: DiagnosticContext, execution_id: str, *, steps: Sequence[Step] = STEPS) -> Diagnosis:
+async def diagnose(
+    ctx: DiagnosticContext, execution_id: str, *, steps: Sequence[DiagnosticStep] = STEPS
+) -> Diagnosis:
     """Run steps 1-3 in order, then 4-8 concurrently, and build the Diagnosis."""
     state = DiagnosisState(execution_id=execution_id)
-    started_at = ctx.clock()
+    started_at = ctx.clock.now()
     findings: list[Finding] = []
     for step in steps:
         if step.number in SEQUENTIAL:
@@ -109,7 +97,7 @@ async def diagnose(ctx: DiagnosticContext, execution_id: str, *, steps: Sequence
     return Diagnosis(
         execution_id=execution_id,
         started_at=started_at,
-        completed_at=ctx.clock(),
+        completed_at=ctx.clock.now(),
         findings=findings,
         likely_cause=cause,
         cause_evidence=evidence,

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from watchdog.constants import M_DAG_EXECUTION_DURATION
-from watchdog.diagnostics.common import finding, from_error, iso, promql_label, seconds_since
-from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
-from watchdog.diagnostics.models import Finding, StepStatus
-from watchdog.errors import NotFound, WatchdogError
+from watchdog_sdk.constants import M_DAG_EXECUTION_DURATION
+from watchdog_sdk.diagnosis import Finding, StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
+from watchdog_sdk.errors import NotFound, WatchdogError
+from watchdog_sdk.step_helpers import finding, from_error, iso, promql_label, seconds_since
 
 STEP = 1
 NAME = "execution"
@@ -42,7 +42,7 @@ async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
     state.execution = execution
     state.dag_id = execution.dag_id
 
-    now = ctx.clock()
+    now = ctx.clock.now()
     duration = seconds_since(execution.started_at, now)
     timeout = execution.timeout_seconds
     over = round(duration - timeout, 3) if duration is not None and timeout is not None else None

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from watchdog.diagnostics.common import as_utc, finding, from_error
-from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
-from watchdog.diagnostics.models import Finding, StepStatus
-from watchdog.errors import WatchdogError
+from watchdog_sdk.diagnosis import Finding, StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
+from watchdog_sdk.errors import WatchdogError
+from watchdog_sdk.step_helpers import as_utc, finding, from_error
 
 STEP = 2
 NAME = "trace"

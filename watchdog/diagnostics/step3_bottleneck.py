@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from watchdog.constants import M_NODE_EXECUTION_DURATION
-from watchdog.diagnostics.common import as_utc, finding, iso, promql_label, seconds_since
-from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
-from watchdog.diagnostics.models import Finding, StepStatus
-from watchdog.errors import WatchdogError
+from watchdog_sdk.constants import M_NODE_EXECUTION_DURATION
+from watchdog_sdk.diagnosis import Finding, StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
+from watchdog_sdk.errors import WatchdogError
+from watchdog_sdk.step_helpers import as_utc, finding, iso, promql_label, seconds_since
 
 STEP = 3
 NAME = "bottleneck"
@@ -42,7 +42,7 @@ async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
     trace = state.trace
     if trace is None:
         return finding(STEP, NAME, StepStatus.UNKNOWN, "no trace to find the bottleneck in (step 2 failed)")
-    now = ctx.clock()
+    now = ctx.clock.now()
     nodes = trace.node_traces
     running = sorted(
         (n for n, t in nodes.items() if t.status == "running"),

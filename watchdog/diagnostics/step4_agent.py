@@ -28,19 +28,15 @@ import textwrap
 from datetime import datetime, timedelta
 from typing import Any
 
-from watchdog.clients.kubernetes import PodInfo
-from watchdog.constants import AGENT_LABEL
-from watchdog.diagnostics.common import (
-    AGENT_LOG_FILTER,
-    MAX_EVIDENCE_LINES,
-    as_utc,
-    filter_lines,
-    finding,
-    from_error,
-)
-from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
-from watchdog.diagnostics.models import Finding, StepStatus
-from watchdog.errors import WatchdogError
+from watchdog_sdk.clients.kubernetes import PodInfo
+from watchdog_sdk.constants import AGENT_LABEL
+from watchdog_sdk.diagnosis import Finding, StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
+from watchdog_sdk.errors import WatchdogError
+from watchdog_sdk.step_helpers import MAX_EVIDENCE_LINES, as_utc, filter_lines, finding, from_error
+
+# `kubectl logs ... | grep -i "error\|timeout\|hang\|stuck\|blocked\|waiting"`
+AGENT_LOG_FILTER = re.compile(r"error|timeout|hang|stuck|blocked|waiting", re.IGNORECASE)
 
 STEP = 4
 NAME = "agent"
@@ -116,7 +112,7 @@ def _relevant_since(ctx: DiagnosticContext, state: DiagnosisState) -> datetime:
     """A container's last termination matters when it ended after the stuck attempt started (or,
     with no start known, within the last hour); an OOM kill of last week is history."""
     started = as_utc(state.node.started_at) if state.node is not None else None
-    return started if started is not None else ctx.clock() - timedelta(hours=1)
+    return started if started is not None else ctx.clock.now() - timedelta(hours=1)
 
 
 def _current_reasons(pod: PodInfo, since: datetime) -> list[str]:

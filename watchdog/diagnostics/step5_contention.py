@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from watchdog.constants import (
+from watchdog_sdk.constants import (
     M_ACTIVE_EXECUTIONS,
     M_DB_POOL_ACTIVE,
     M_DB_POOL_PENDING,
@@ -25,10 +25,10 @@ from watchdog.constants import (
     M_QUEUED_EXECUTIONS,
     ORCHESTRATOR_SERVICE_LABEL,
 )
-from watchdog.diagnostics.common import finding, promql_label
-from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
-from watchdog.diagnostics.models import Finding, StepStatus
-from watchdog.errors import BackendUnavailable, WatchdogError
+from watchdog_sdk.diagnosis import Finding, StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
+from watchdog_sdk.errors import BackendUnavailable, WatchdogError
+from watchdog_sdk.step_helpers import finding, promql_label
 
 STEP = 5
 NAME = "contention"

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from watchdog.clients.redis import HeartbeatInfo, LockInfo
-from watchdog.diagnostics.common import finding, from_error
-from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
-from watchdog.diagnostics.models import Finding, StepStatus
-from watchdog.errors import WatchdogError
+from watchdog_sdk.clients.redis import HeartbeatInfo, LockInfo
+from watchdog_sdk.diagnosis import Finding, StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
+from watchdog_sdk.errors import WatchdogError
+from watchdog_sdk.step_helpers import finding, from_error
 
 STEP = 6
 NAME = "locks"

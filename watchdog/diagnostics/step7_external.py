@@ -17,22 +17,21 @@ Evidence keys: `source` (kubernetes | orchestrator), `matched_lines` (runbook fi
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 from typing import Any
 
-from watchdog.constants import M_AGENT_CALL_DURATION
-from watchdog.diagnostics.common import (
-    EXTERNAL_CALL,
-    WAITING,
-    filter_lines,
-    finding,
-    from_error,
-    promql_label,
-    runbook_filter,
-)
-from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
-from watchdog.diagnostics.models import Finding, StepStatus
-from watchdog.errors import WatchdogError
+from watchdog_sdk.constants import M_AGENT_CALL_DURATION
+from watchdog_sdk.diagnosis import Finding, StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
+from watchdog_sdk.errors import WatchdogError
+from watchdog_sdk.step_helpers import filter_lines, finding, from_error, promql_label
+
+# The runbook's `grep -i "<agent_id>\|external\|http\|api\|timeout"` (the agent id is added per run).
+EXTERNAL_LOG_WORDS = ("external", "http", "api", "timeout")
+# Narrower: a line about an outside call that is waiting, slow or timing out.
+EXTERNAL_CALL = re.compile(r"external|http|api\b|upstream|erp|connector|regulatory|factor", re.IGNORECASE)
+WAITING = re.compile(r"waiting|timeout|timed out|slow|no response|retrying|hang", re.IGNORECASE)
 
 STEP = 7
 NAME = "external"
@@ -80,6 +79,14 @@ async def _lines_from_orchestrator(ctx: DiagnosticContext, state: DiagnosisState
 def _about_stuck(text: str, state: DiagnosisState) -> bool:
     keys = [k for k in (state.stuck_node_id, state.agent_id) if k]
     return not keys or any(k in text for k in keys)
+
+
+def runbook_filter(agent_id: str | None) -> re.Pattern[str]:
+    """The runbook's grep: the agent id or any of external/http/api/timeout, case-insensitive."""
+    words = [re.escape(w) for w in EXTERNAL_LOG_WORDS]
+    if agent_id:
+        words.insert(0, re.escape(agent_id))
+    return re.compile("|".join(words), re.IGNORECASE)
 
 
 async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:

@@ -22,11 +22,11 @@ import re
 from datetime import timedelta
 from typing import Any
 
-from watchdog.constants import M_CHECKPOINT_OPERATIONS
-from watchdog.diagnostics.common import as_utc, finding, from_error, iso
-from watchdog.diagnostics.context import DiagnosisState, DiagnosticContext
-from watchdog.diagnostics.models import Finding, StepStatus
-from watchdog.errors import WatchdogError
+from watchdog_sdk.constants import M_CHECKPOINT_OPERATIONS
+from watchdog_sdk.diagnosis import Finding, StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
+from watchdog_sdk.errors import WatchdogError
+from watchdog_sdk.step_helpers import as_utc, finding, from_error, iso
 
 STEP = 8
 NAME = "checkpoints"
@@ -46,7 +46,7 @@ async def _run_save_errors(ctx: DiagnosticContext, state: DiagnosisState, eviden
     except WatchdogError as exc:
         evidence["run_logs_error"] = str(exc)
         return
-    since = ctx.clock() - WINDOW
+    since = ctx.clock.now() - WINDOW
     lines = []
     for record in records:
         at = as_utc(record.ts)

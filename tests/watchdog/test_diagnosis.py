@@ -9,15 +9,15 @@ from datetime import UTC, datetime, timedelta
 import httpx
 
 from tests.conftest import free_port
-from tests.watchdog.conftest import WATCHDOG_TOKEN, ScriptedDiagnose, make_diagnosis
-from tests.watchdog.test_condition import FakeOrchestrator
-from watchdog.app import WatchdogApp
-from watchdog.clients.orchestrator import OrchestratorClient
+from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, ScriptedDiagnose, make_diagnosis
+from tests.watchdog.orchestrators import FakeOrchestrator
+from watchdog.assembly import build_watchdog
 from watchdog.condition import ConditionEvaluator
-from watchdog.diagnostics.models import Diagnosis
-from watchdog.errors import OrchestratorUnavailable
 from watchdog.intake import parse_payload
 from watchdog.settings import WatchdogSettings
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.diagnosis import Diagnosis
+from watchdog_sdk.errors import OrchestratorUnavailable
 
 
 class GatedDiagnose:
@@ -62,8 +62,8 @@ async def test_a_burst_of_alerts_is_diagnosed_a_few_at_a_time(
         max_concurrent_diagnoses=2,
     )
     diagnose = GatedDiagnose()
-    wd = await WatchdogApp.build(
-        settings, diagnose=diagnose, clock=lambda: datetime(2026, 3, 1, 12, tzinfo=UTC)
+    wd = await build_watchdog(
+        settings, diagnose=diagnose, respond=False, clock=FakeClock(datetime(2026, 3, 1, 12, tzinfo=UTC))
     )
     try:
         outcomes = await wd.intake.handle(parse_payload(_burst(6)).payload)
@@ -94,11 +94,11 @@ async def test_a_failed_diagnosis_is_retried_by_the_next_sweep_once(
     settings = WatchdogSettings(database_url=sqlite_url, api_tokens=[WATCHDOG_TOKEN], for_duration_seconds=0)
     diagnose = ScriptedDiagnose()
     diagnose.error = OrchestratorUnavailable("orchestrator at http://orch unreachable")
-    wd = await WatchdogApp.build(settings, diagnose=diagnose, clock=lambda: now)
+    wd = await build_watchdog(settings, diagnose=diagnose, respond=False, clock=FakeClock(now))
     fake = FakeOrchestrator()
     fake.add("run-1", "dag-1", started_at=datetime(2026, 3, 1, 11, tzinfo=UTC), timeout=600)
     client = OrchestratorClient("http://orch.test", transport=httpx.MockTransport(fake.handler))
-    wd.sweeper.condition = ConditionEvaluator(client, None, for_duration=timedelta(0), clock=lambda: now)
+    wd.sweeper.condition = ConditionEvaluator(client, None, for_duration=timedelta(0), clock=FakeClock(now))
     try:
         first = await wd.sweeper.sweep_once()
         await wd.jobs.wait_idle()
@@ -111,7 +111,7 @@ async def test_a_failed_diagnosis_is_retried_by_the_next_sweep_once(
 
         diagnose.error = None  # the orchestrator is back
         second = await wd.sweeper.sweep_once()
-        assert wd.start_diagnosis(incident) is None  # already queued by the sweep: not twice
+        assert wd.diagnosis.start(incident) is None  # already queued by the sweep: not twice
         await wd.jobs.wait_idle()
         assert second.joined == [incident.id] and diagnose.calls == ["run-1", "run-1"]
         [incident] = await wd.store.list_incidents()

@@ -33,15 +33,14 @@ from kubernetes.client.exceptions import ApiException, OpenApiException
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.utils import parse_quantity
 
-from watchdog.constants import RESTARTED_AT_ANNOTATION
-from watchdog.errors import (
+from watchdog_sdk.constants import RESTARTED_AT_ANNOTATION
+from watchdog_sdk.errors import (
     ConfigError,
     KubernetesError,
     KubernetesNotFound,
     KubernetesUnavailable,
     WaitTimeout,
 )
-from watchdog.settings import WatchdogSettings
 
 T = TypeVar("T")
 
@@ -242,14 +241,6 @@ class KubernetesClient:
         self._core = k8s.CoreV1Api(self._api_client)
         self._apps = k8s.AppsV1Api(self._api_client)
         self._custom = k8s.CustomObjectsApi(self._api_client)
-
-    @classmethod
-    def from_settings(cls, settings: WatchdogSettings) -> KubernetesClient | None:
-        """A client per the settings, or None when Kubernetes is not enabled (embedded mode)."""
-        if not settings.kubernetes_enabled:
-            return None
-        configuration = build_configuration(host=settings.kubernetes_host, kubeconfig=settings.kubeconfig)
-        return cls(configuration, settings.namespace, timeout=settings.kubernetes_timeout_seconds)
 
     def close(self) -> None:
         """Release the connection pool."""

@@ -26,8 +26,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from watchdog.constants import ORCHESTRATOR_API_PREFIX
-from watchdog.errors import (
+from watchdog_sdk.constants import ORCHESTRATOR_API_PREFIX
+from watchdog_sdk.errors import (
     BadRequest,
     Conflict,
     NotFound,
@@ -35,7 +35,6 @@ from watchdog.errors import (
     OrchestratorUnavailable,
     Unauthorized,
 )
-from watchdog.settings import WatchdogSettings
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -199,18 +198,6 @@ class OrchestratorClient:
             timeout=httpx.Timeout(timeout),
             transport=transport,
             follow_redirects=False,
-        )
-
-    @classmethod
-    def from_settings(
-        cls, settings: WatchdogSettings, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> OrchestratorClient:
-        """A client configured from the watchdog settings (URL, token, timeout)."""
-        return cls(
-            settings.orchestrator_url,
-            settings.orchestrator_token_value(),
-            timeout=settings.orchestrator_timeout_seconds,
-            transport=transport,
         )
 
     async def __aenter__(self) -> OrchestratorClient:

@@ -1,7 +1,8 @@
-"""Small helpers shared by the diagnostic step modules: building Findings, turning client errors into
-Findings, the runbook's log filters, PromQL label quoting and time arithmetic.
+"""Helpers for writing a diagnostic step: building Findings, turning client errors into Findings,
+filtering log lines, PromQL label quoting and time arithmetic.
 
-Used only inside `watchdog.diagnostics`.
+Used by the built-in steps (`watchdog.diagnostics.step<N>_<name>`) and open to step plugins; depends
+only on the diagnosis results (`watchdog_sdk.diagnosis`) and the shared errors.
 """
 
 from __future__ import annotations
@@ -11,16 +12,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from watchdog.diagnostics.models import Finding, StepStatus
-from watchdog.errors import BackendUnavailable, ConfigError, WatchdogError
-
-# Step 4: `kubectl logs ... | grep -i "error\|timeout\|hang\|stuck\|blocked\|waiting"`
-AGENT_LOG_FILTER = re.compile(r"error|timeout|hang|stuck|blocked|waiting", re.IGNORECASE)
-# Step 7: `grep -i "<agent_id>\|external\|http\|api\|timeout"` (the agent id is added per run)
-EXTERNAL_LOG_WORDS = ("external", "http", "api", "timeout")
-# Step 7, narrower: a line about an outside call that is waiting, slow or timing out.
-EXTERNAL_CALL = re.compile(r"external|http|api\b|upstream|erp|connector|regulatory|factor", re.IGNORECASE)
-WAITING = re.compile(r"waiting|timeout|timed out|slow|no response|retrying|hang", re.IGNORECASE)
+from watchdog_sdk.diagnosis import Finding, StepStatus
+from watchdog_sdk.errors import BackendUnavailable, ConfigError, WatchdogError
 
 MAX_EVIDENCE_LINES = 50
 
@@ -38,14 +31,6 @@ def from_error(step: int, name: str, exc: BaseException, what: str, /, **evidenc
     status = StepStatus.UNKNOWN if isinstance(exc, BackendUnavailable | ConfigError) else StepStatus.ERROR
     reason = str(exc) if isinstance(exc, WatchdogError) else f"{type(exc).__name__}: {exc}"
     return finding(step, name, status, f"{what}: {reason}", reason=reason, **evidence)
-
-
-def runbook_filter(agent_id: str | None) -> re.Pattern[str]:
-    """Step 7's grep: the agent id or any of external/http/api/timeout, case-insensitive."""
-    words = [re.escape(w) for w in EXTERNAL_LOG_WORDS]
-    if agent_id:
-        words.insert(0, re.escape(agent_id))
-    return re.compile("|".join(words), re.IGNORECASE)
 
 
 def filter_lines(

@@ -1,6 +1,6 @@
 """Names shared across the watchdog: Redis keys, metric names, the alert name, API paths.
 
-Read by the Redis client (`watchdog.clients.redis`), the sweeps (leader key), the diagnostic steps
+Read by the Redis client (`watchdog_sdk.clients.redis`), the sweeps (leader key), the diagnostic steps
 (PromQL over the orchestrator's metric names), the intake (alert name) and the watchdog's metrics
 module. The Redis keys mirror what the orchestrator writes (docs/architecture.md, "Redis keys").
 """

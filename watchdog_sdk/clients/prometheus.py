@@ -23,8 +23,7 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 from prometheus_api_client.prometheus_connect import PrometheusConnect
 from urllib3.util.retry import Retry
 
-from watchdog.errors import PrometheusQueryError, PrometheusUnavailable
-from watchdog.settings import WatchdogSettings
+from watchdog_sdk.errors import PrometheusQueryError, PrometheusUnavailable
 
 _STATUS_RE = re.compile(r"HTTP Status Code (\d{3})")
 _UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
@@ -53,13 +52,6 @@ class PrometheusClient:
             session=self._session,
             timeout=timeout,  # type: ignore[arg-type]  # annotated int; requests takes a float
         )
-
-    @classmethod
-    def from_settings(cls, settings: WatchdogSettings) -> PrometheusClient | None:
-        """A client for `settings.prometheus_url`, or None when Prometheus is not configured."""
-        if not settings.prometheus_url:
-            return None
-        return cls(settings.prometheus_url, timeout=settings.prometheus_timeout_seconds)
 
     def close(self) -> None:
         """Close the HTTP session."""

@@ -3,7 +3,7 @@ watchdog's own sweep-leader key.
 
 Used by diagnostic step 6 (`scan_locks`, `get_lock`, `heartbeat`), the `release_lock` playbook
 (`compare_and_delete_lock`, fencing-token checked in a Lua script, never a bare `DEL`) and the sweeps
-(`acquire_leader` / `renew_leader` / `release_leader`). Keys come from `watchdog.constants`; lock keys
+(`acquire_leader` / `renew_leader` / `release_leader`). Keys come from `watchdog_sdk.constants`; lock keys
 are listed with `SCAN` (never `KEYS`, which blocks Redis). Every command runs with socket timeouts;
 redis-py errors are converted here: connection errors and timeouts → `RedisUnavailable`, refused
 commands (script errors, wrong types) → `LockError`.
@@ -21,15 +21,15 @@ from typing import Any, TypeVar, cast
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
-from watchdog.constants import (
+from gl_common.clock import Clock, SystemClock
+from watchdog_sdk.constants import (
     LEADER_KEY,
     LOCK_SCAN_PATTERN,
     execution_id_from_lock_key,
     heartbeat_key,
     lock_key,
 )
-from watchdog.errors import LockError, RedisUnavailable
-from watchdog.settings import WatchdogSettings
+from watchdog_sdk.errors import LockError, RedisUnavailable
 
 T = TypeVar("T")
 
@@ -122,16 +122,12 @@ class HeartbeatInfo:
         }
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class RedisClient:
     """Async Redis access with socket timeouts; every redis-py error converted at this boundary."""
 
-    def __init__(self, url: str, *, timeout: float = 5.0, clock: Callable[[], datetime] = _utcnow) -> None:
+    def __init__(self, url: str, *, timeout: float = 5.0, clock: Clock | None = None) -> None:
         self.url = url
-        self._clock = clock
+        self._clock = clock or SystemClock()
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout,
@@ -142,15 +138,6 @@ class RedisClient:
         self._compare_and_delete = self._redis.register_script(_COMPARE_AND_DELETE)
         self._renew_if_owner = self._redis.register_script(_RENEW_IF_OWNER)
         self._delete_if_owner = self._redis.register_script(_DELETE_IF_OWNER)
-
-    @classmethod
-    def from_settings(
-        cls, settings: WatchdogSettings, *, clock: Callable[[], datetime] = _utcnow
-    ) -> RedisClient | None:
-        """A client for `settings.redis_url`, or None when Redis is not configured (embedded mode)."""
-        if not settings.redis_url:
-            return None
-        return cls(settings.redis_url, timeout=settings.redis_timeout_seconds, clock=clock)
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -260,7 +247,7 @@ class RedisClient:
                 at = _parse_time(value.get("at"))
         except ValueError:
             pass
-        age = (self._clock() - at).total_seconds() if at is not None else None
+        age = (self._clock.now() - at).total_seconds() if at is not None else None
         return HeartbeatInfo(
             replica_id=replica_id, exists=True, pod=pod, at=at, age_seconds=age, ttl_seconds=ttl
         )

@@ -1,0 +1,276 @@
+"""The composition root: settings in, the whole watchdog out, every part wired here and only here.
+
+Called by `gl-watchdog serve` and `sweep` (`watchdog.cli`), `playbook run` (`watchdog.remediation_cli`),
+the demo and the tests: `await build_watchdog(settings)` opens the store and the clients and builds
+the services over them, each handed what it uses, explicitly; `create_app(watchdog)` builds the HTTP
+application over them (each route module receives its services as aiohttp AppKeys). Nothing is
+assigned onto an object after it is built. The main line, as wired below:
+
+    intake (webhook) ─┐
+    sweeps (leader) ──┼──▶ incidents ──▶ diagnosis jobs ──▶ responder: plan ──▶ approval prompt
+    API (manual) ─────┘                  (runner, steps)        │                    │ decision
+                                                                 └──▶ remediation ◀───┘
+                                                   (begin → reserve → apply → verify → close)
+
+`Watchdog` holds every long-lived object; `start()` resumes what a previous process left half-done
+and starts the schedules, `aclose()` stops and closes everything in reverse order.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from aiohttp import web
+
+from gl_common.clock import Clock, SystemClock
+from playbooks.registry import default_registry
+from watchdog import api
+from watchdog import web as approval_web
+from watchdog.approvals import ApprovalService
+from watchdog.backends import open_clients
+from watchdog.condition import ConditionEvaluator
+from watchdog.diagnosis import Diagnose, DiagnosisService, OnDiagnosed
+from watchdog.diagnostics import runner
+from watchdog.http import new_application
+from watchdog.incidents import IncidentService
+from watchdog.intake import AlertIntake
+from watchdog.jobs import JobTracker
+from watchdog.limits import RemediationLimits
+from watchdog.metrics import WatchdogMetrics
+from watchdog.notifier import Notifier, notifier_from_settings
+from watchdog.policy import Policy, load_policy
+from watchdog.remediation import PlaybookContexts, RemediationService
+from watchdog.responder import Responder
+from watchdog.settings import Mode, WatchdogSettings
+from watchdog.store import WatchdogStore
+from watchdog.sweeps import Leadership, LocalLeadership, RedisLeadership, Sweeper
+from watchdog_sdk.clients import Clients
+from watchdog_sdk.diagnostic_step import DiagnosticContext
+from watchdog_sdk.errors import ConfigError
+from watchdog_sdk.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Watchdog:
+    """Everything a running watchdog holds, built by `build_watchdog()`."""
+
+    settings: WatchdogSettings
+    clock: Clock
+    store: WatchdogStore
+    clients: Clients
+    metrics: WatchdogMetrics
+    jobs: JobTracker
+    incidents: IncidentService
+    approvals: ApprovalService
+    remediation: RemediationService
+    responder: Responder
+    diagnosis: DiagnosisService
+    intake: AlertIntake
+    sweeper: Sweeper
+
+    async def start(self, *, sweeps: bool = True, expiry_interval_seconds: float | None = None) -> None:
+        """Resume what a previous process left unfinished (diagnoses, remediations), start the sweep
+        schedule (unless `sweeps` is False) and the expiry of unanswered approval prompts."""
+        await self.diagnosis.resume()
+        await self.incidents.refresh_gauge()
+        if sweeps:
+            self.sweeper.start()
+        await self.remediation.resume_interrupted()
+        interval = expiry_interval_seconds or min(self.settings.sweep_interval_seconds, 30.0)
+        self.responder.start_expiry(interval)
+
+    async def aclose(self, grace_seconds: float = 10.0) -> None:
+        """Stop the schedules, finish (or cancel) background jobs, close every client and the store."""
+        await self.sweeper.shutdown(grace_seconds)
+        await self.responder.aclose()
+        await self.jobs.aclose(grace_seconds)
+        await self.clients.aclose()
+        await self.store.close()
+
+
+async def build_watchdog(
+    settings: WatchdogSettings,
+    *,
+    clock: Clock | None = None,
+    diagnose: Diagnose | None = None,
+    on_diagnosed: OnDiagnosed | None = None,
+    respond: bool = True,
+    notifier: Notifier | None = None,
+    policy: Policy | None = None,
+    registry: Registry | None = None,
+    poll_interval_seconds: float = 1.0,
+) -> Watchdog:
+    """Open the store (migrations included) and the clients, and build every service over them.
+
+    What can be given instead of what the settings say: `diagnose` (default: the diagnostic runner
+    over the clients), `on_diagnosed` (default: the responder; with `respond=False` a diagnosis is
+    stored and reported only, as `gl-watchdog sweep` does), the `notifier`, the `policy` (default:
+    `settings.policy_file`, else the shipped one) and the playbook `registry` (default: the six
+    built-ins). Without `approval_signing_key` an ephemeral key is made: links then stop working when
+    the process restarts (fine for the demo, not for production).
+    """
+    clock = clock or SystemClock()
+    policy = policy or load_policy(settings.policy_file)
+    signing_key = _approval_signing_key(settings, warn=respond and on_diagnosed is None)
+    clients = await open_clients(settings, clock=clock)
+    try:
+        store = await WatchdogStore.open(settings.database_url, clock=clock)
+    except BaseException:
+        await clients.aclose()
+        raise
+    registry = registry or default_registry()
+    metrics = WatchdogMetrics()
+    jobs = JobTracker()
+    incidents = IncidentService(store, metrics)
+    approvals = ApprovalService(
+        store,
+        signing_key,
+        ttl_seconds=settings.approval_ttl_seconds,
+        public_url=settings.public_url or f"http://{settings.host}:{settings.port}",
+        clock=clock,
+    )
+    responder = build_responder(
+        store=store,
+        incidents=incidents,
+        approvals=approvals,
+        notifier=notifier or notifier_from_settings(settings),
+        policy=policy,
+        registry=registry,
+        clients=clients,
+        mode=settings.mode,
+        clock=clock,
+        jobs=jobs,
+        metrics=metrics,
+        poll_interval_seconds=poll_interval_seconds,
+    )
+    context = DiagnosticContext(clients=clients, settings=settings.diagnostics(), clock=clock)
+    diagnosis = DiagnosisService(
+        store=store,
+        incidents=incidents,
+        metrics=metrics,
+        jobs=jobs,
+        diagnose=diagnose or runner.diagnoser(context),
+        on_diagnosed=on_diagnosed or (responder.handle_diagnosed if respond else None),
+        clock=clock,
+        max_concurrent=settings.max_concurrent_diagnoses,
+        step_timeout_seconds=settings.step_timeout_seconds,
+    )
+    condition = ConditionEvaluator(
+        clients.orchestrator,
+        clients.prometheus,
+        for_duration=timedelta(seconds=settings.for_duration_seconds),
+        clock=clock,
+        prometheus_timeout=settings.prometheus_timeout_seconds,
+    )
+    leadership: Leadership = (
+        LocalLeadership()
+        if clients.redis is None
+        else RedisLeadership(clients.redis, settings.replica_id, ttl_seconds=settings.leader_ttl_seconds)
+    )
+    sweeper = Sweeper(
+        condition,
+        incidents,
+        leadership,
+        metrics,
+        diagnosis.start,
+        interval_seconds=settings.sweep_interval_seconds,
+        leader_ttl_seconds=settings.leader_ttl_seconds,
+        on_undiagnosed=diagnosis.start,
+    )
+    return Watchdog(
+        settings=settings,
+        clock=clock,
+        store=store,
+        clients=clients,
+        metrics=metrics,
+        jobs=jobs,
+        incidents=incidents,
+        approvals=approvals,
+        remediation=responder.remediation,
+        responder=responder,
+        diagnosis=diagnosis,
+        intake=AlertIntake(store, incidents, metrics, diagnosis.start),
+        sweeper=sweeper,
+    )
+
+
+def build_responder(
+    *,
+    store: WatchdogStore,
+    incidents: IncidentService,
+    approvals: ApprovalService,
+    notifier: Notifier,
+    policy: Policy,
+    registry: Registry,
+    clients: Clients,
+    mode: Mode,
+    clock: Clock,
+    jobs: JobTracker,
+    metrics: WatchdogMetrics | None = None,
+    poll_interval_seconds: float = 1.0,
+) -> Responder:
+    """The remediation side over a store and clients: the limits, the remediation state machine and
+    the responder that drives it (`Responder.remediation`). Part of `build_watchdog`; tests build it
+    alone over their own store and playbooks."""
+    remediation = RemediationService(
+        store=store,
+        incidents=incidents,
+        approvals=approvals,
+        limits=RemediationLimits(store, policy.limits, clock),
+        notifier=notifier,
+        registry=registry,
+        contexts=PlaybookContexts(clients, policy, clock, poll_interval_seconds),
+        mode=mode,
+        metrics=metrics,
+    )
+    return Responder(
+        store=store,
+        incidents=incidents,
+        approvals=approvals,
+        remediation=remediation,
+        policy=policy,
+        registry=registry,
+        mode=mode,
+        jobs=jobs,
+        clock=clock,
+        metrics=metrics,
+    )
+
+
+def create_app(watchdog: Watchdog) -> web.Application:
+    """The watchdog's aiohttp application: middlewares (`watchdog.http`), the API (`watchdog.api`) and
+    the approval routes and page (`watchdog.web`), each given the services it uses."""
+    settings = watchdog.settings
+    app = new_application(settings.token_source(), max_body_bytes=settings.max_body_bytes)
+    api.add_routes(
+        app,
+        intake=watchdog.intake,
+        incidents=watchdog.incidents,
+        diagnosis=watchdog.diagnosis,
+        store=watchdog.store,
+        metrics=watchdog.metrics,
+        max_body_bytes=settings.max_body_bytes,
+    )
+    approval_web.add_routes(
+        app, approvals=watchdog.approvals, responder=watchdog.responder, incidents=watchdog.incidents
+    )
+    return app
+
+
+def _approval_signing_key(settings: WatchdogSettings, *, warn: bool) -> bytes:
+    configured = settings.approval_signing_key
+    key = configured.get_secret_value().encode() if configured else b""
+    if len(key) >= 16:
+        return key
+    if key:
+        raise ConfigError("approval_signing_key must be at least 16 bytes")
+    if warn:
+        log.warning(
+            "no approval_signing_key configured: using an ephemeral key (links die with this process)"
+        )
+    return secrets.token_bytes(32)

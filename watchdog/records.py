@@ -1,0 +1,102 @@
+"""The records the watchdog's store returns: incidents, alert deliveries, audit entries, approvals, actions.
+
+Frozen pydantic models, built from rows by `watchdog.store` (which parses the JSON documents, a
+`Plan` included, on the way out) and read by every service above it and the API, which renders them
+as JSON (`model_dump(mode="json")`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from watchdog.migrations import TERMINAL_INCIDENT_STATUSES
+from watchdog.plan import Plan
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Incident(_Record):
+    """One incident: a stuck execution being handled (see `watchdog.incidents` for transitions)."""
+
+    id: int
+    execution_id: str
+    dag_id: str | None
+    status: str
+    source: str
+    detection_source: str
+    opened_at: datetime
+    updated_at: datetime
+    closed_at: datetime | None
+    diagnosis: dict[str, Any] | None
+    plan: Plan | None
+    verification: dict[str, Any] | None
+    summary: str | None
+
+    @property
+    def is_open(self) -> bool:
+        """True until the incident is resolved, escalated or closed."""
+        return self.status not in TERMINAL_INCIDENT_STATUSES
+
+
+class AlertDelivery(_Record):
+    """One alert episode (fingerprint + starts_at) as received from Alertmanager."""
+
+    id: int
+    fingerprint: str
+    starts_at: datetime
+    alertname: str
+    execution_id: str | None
+    status: str
+    received_at: datetime
+    last_received_at: datetime
+    resolved_at: datetime | None
+    repeats: int
+    incident_id: int | None
+
+
+class AuditEntry(_Record):
+    """One audit log line: what happened (kind), before or after, who did it, and the data."""
+
+    id: int
+    incident_id: int | None
+    at: datetime
+    kind: str
+    phase: str
+    actor: str
+    data: dict[str, Any]
+
+
+class Approval(_Record):
+    """One approval prompt; `token_nonce` makes its signed links single-use."""
+
+    id: str
+    incident_id: int
+    plan: Plan
+    summary: str
+    state: str
+    token_nonce: str
+    created_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None
+    decided_by: str | None
+
+
+class Action(_Record):
+    """One playbook action; `idempotency_key` is unique, so it is recorded (and run) once."""
+
+    id: int
+    incident_id: int
+    approval_id: str | None
+    playbook: str
+    step: str
+    idempotency_key: str
+    params: dict[str, Any] | None
+    state: str
+    result: dict[str, Any] | None
+    started_at: datetime
+    finished_at: datetime | None

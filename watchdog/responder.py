@@ -1,0 +1,215 @@
+"""What the watchdog does with a diagnosis: plan, then act, ask a human, or escalate.
+
+Called by the diagnosis jobs (`watchdog.diagnosis`, through the `on_diagnosed` hook the composition
+root wires to `handle_diagnosed`), by the approval surfaces after a decision (`start_decision`: the
+API and web page of `watchdog.web`, the demo's terminal) and by its own expiry loop for prompts nobody
+answered. Uses the planner (`watchdog.planner`), the approval prompts (`watchdog.approvals`) and the
+notifier, and hands every remediation to the one state machine (`watchdog.remediation`).
+
+    diagnosis ──▶ plan (policy) ──▶ nothing to do ─────────────────────────▶ resolved (run ended itself)
+                               ├──▶ no playbook / observe mode ─────────────▶ escalated
+                               ├──▶ approval needed ──▶ prompt ──▶ approved ──▶ remediation
+                               │                              └──▶ denied / expired ──▶ escalated
+                               └──▶ auto ──────────────────────────────────▶ remediation
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Final
+
+from gl_common.clock import Clock
+from watchdog.approvals import ApprovalService
+from watchdog.errors import InvalidTransition
+from watchdog.incidents import IncidentService, transition_in
+from watchdog.jobs import JobTracker
+from watchdog.metrics import WatchdogMetrics
+from watchdog.notifier import PromptMessage
+from watchdog.plan import Plan
+from watchdog.planner import make_plan
+from watchdog.policy import Policy
+from watchdog.records import Approval, Incident
+from watchdog.remediation import ACTOR, STARTABLE, Outcome, RemediationService
+from watchdog.settings import Mode
+from watchdog.store import WatchdogStore
+from watchdog_sdk.diagnosis import Diagnosis
+from watchdog_sdk.errors import WatchdogError
+from watchdog_sdk.registry import Registry
+
+log = logging.getLogger(__name__)
+
+# Diagnoses that need no remediation: the run ended by itself between the alert and the diagnosis.
+SELF_RESOLVED: Final = frozenset({"not_stuck"})
+
+
+def diagnosis_summary(diagnosis: Diagnosis) -> str:
+    """One line: the likely cause, the stuck node and agent, and the evidence."""
+    where = ", ".join(
+        f"{k} {v}"
+        for k, v in (
+            ("node", diagnosis.stuck_node_id),
+            ("agent", diagnosis.agent_id),
+            ("dag", diagnosis.dag_id),
+        )
+        if v
+    )
+    evidence = "; ".join(diagnosis.cause_evidence)
+    text = f"likely cause {diagnosis.likely_cause}"
+    if where:
+        text += f" ({where})"
+    if evidence:
+        text += f": {evidence}"
+    return text
+
+
+class Responder:
+    """Plans for diagnosed incidents and settles approval prompts; every action goes to `remediation`."""
+
+    def __init__(
+        self,
+        *,
+        store: WatchdogStore,
+        incidents: IncidentService,
+        approvals: ApprovalService,
+        remediation: RemediationService,
+        policy: Policy,
+        registry: Registry,
+        mode: Mode,
+        jobs: JobTracker,
+        clock: Clock,
+        metrics: WatchdogMetrics | None = None,
+    ) -> None:
+        self.store = store
+        self.incidents = incidents
+        self.approvals = approvals
+        self.remediation = remediation
+        self.policy = policy
+        self.registry = registry
+        self.mode = mode
+        self.jobs = jobs
+        self.clock = clock
+        self.metrics = metrics
+        self._expiry: asyncio.Task[None] | None = None
+
+    # -- after a diagnosis
+
+    async def handle_diagnosed(self, incident_id: int, diagnosis: Diagnosis) -> Outcome:
+        """Plan for a freshly diagnosed incident; then ask, act, or escalate as the plan says."""
+        incident = await self.incidents.get(incident_id)
+        if not incident.is_open:
+            return Outcome(incident_id, incident.status, "incident no longer open")
+        if diagnosis.likely_cause in SELF_RESOLVED:
+            evidence = "; ".join(diagnosis.cause_evidence) or "the run ended"
+            reason = f"nothing to do: {diagnosis.likely_cause} ({evidence})"
+            try:
+                await self.incidents.transition(
+                    incident_id, "resolved", actor=ACTOR, reason=reason, expected=STARTABLE, summary=reason
+                )
+            except InvalidTransition as exc:
+                return Outcome(incident_id, "unchanged", str(exc))
+            return Outcome(incident_id, "resolved", reason)
+        await self.incidents.record(
+            incident_id, "plan", phase="before", actor=ACTOR, data={"likely_cause": diagnosis.likely_cause}
+        )
+        plan = make_plan(diagnosis, self.policy, self.mode, self.registry)
+        if plan.playbook is not None and plan.will_act:
+            plan = await self.remediation.dry_run(incident, plan)
+        await self.incidents.update(
+            incident_id, kind="plan", actor=ACTOR, data={"rationale": plan.rationale}, plan=plan
+        )
+        summary = diagnosis_summary(diagnosis)
+        if plan.playbook is None or not plan.will_act:
+            return await self.remediation.escalate(incident_id, plan.rationale, plan=plan, summary=summary)
+        if plan.requires_approval:
+            return await self._ask(incident, plan, summary)
+        return await self.remediation.execute(incident_id)
+
+    async def _ask(self, incident: Incident, plan: Plan, summary: str) -> Outcome:
+        async with self.store.transaction() as tx:
+            approval = await self.approvals.create_in(
+                tx, incident_id=incident.id, plan=plan, summary=summary, actor=ACTOR
+            )
+            await transition_in(
+                tx,
+                incident.id,
+                "awaiting_approval",
+                actor=ACTOR,
+                reason=f"plan {plan.playbook} needs approval ({approval.id})",
+            )
+        links = self.approvals.links(approval)
+        message = PromptMessage(
+            approval_id=approval.id,
+            incident_id=incident.id,
+            execution_id=incident.execution_id,
+            diagnosis_summary=summary,
+            plan_headline=plan.headline(),
+            rationale=plan.rationale,
+            actions=[a.description for a in plan.actions],
+            risk=plan.risk.value if plan.risk else None,
+            expires_at=approval.expires_at.isoformat(),
+            page_url=links.page,
+            approve_url=links.approve,
+            deny_url=links.deny,
+        )
+        notifier = self.remediation.notifier
+        await self.remediation.notify(incident.id, "approval_notified", notifier.approval_requested(message))
+        await self.incidents.refresh_approvals_gauge()
+        return Outcome(incident.id, "awaiting_approval", f"approval {approval.id} requested")
+
+    # -- after a decision
+
+    def start_decision(self, approval: Approval) -> None:
+        """Continue after `approval` was decided, in the background (a tracked job)."""
+        self.jobs.spawn(self.on_decision(approval), name=f"decision-{approval.id}")
+
+    async def on_decision(self, approval: Approval) -> Outcome:
+        """Continue after a human answered: approved → act; denied → escalate, nothing acts."""
+        if self.metrics is not None:
+            self.metrics.approvals.labels(decision=approval.state).inc()
+        await self.incidents.refresh_approvals_gauge()
+        if approval.state == "approved":
+            return await self.remediation.execute(approval.incident_id, approval_id=approval.id)
+        return await self.remediation.escalate(
+            approval.incident_id,
+            f"approval {approval.id} {approval.state} by {approval.decided_by}; nothing was done",
+            expected=("awaiting_approval",),
+        )
+
+    # -- prompts nobody answered
+
+    async def expire_approvals(self) -> list[Outcome]:
+        """Expire overdue prompts and escalate their incidents (nothing acts on an expired prompt)."""
+        outcomes = []
+        for approval in await self.approvals.expire_due(actor=ACTOR):
+            if self.metrics is not None:
+                self.metrics.approvals.labels(decision="expired").inc()
+            outcomes.append(
+                await self.remediation.escalate(
+                    approval.incident_id,
+                    f"approval {approval.id} expired at {approval.expires_at.isoformat()} without an answer; "
+                    "nothing was done",
+                    expected=("awaiting_approval",),
+                )
+            )
+        await self.incidents.refresh_approvals_gauge()
+        return outcomes
+
+    def start_expiry(self, interval_seconds: float) -> None:
+        """Expire overdue prompts every `interval_seconds` until `aclose()`."""
+        self._expiry = asyncio.create_task(self._expiry_loop(interval_seconds), name="approval-expiry")
+
+    async def _expiry_loop(self, interval: float) -> None:
+        while True:
+            try:
+                await self.expire_approvals()
+            except WatchdogError as exc:  # store down for a moment: try again next round
+                log.warning("approval expiry round failed: %s", exc)
+            await self.clock.sleep(interval)
+
+    async def aclose(self) -> None:
+        """Stop the expiry loop (decisions being acted on are jobs: `JobTracker.aclose` waits for them)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            await asyncio.gather(self._expiry, return_exceptions=True)
+            self._expiry = None
