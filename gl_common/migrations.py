@@ -12,9 +12,11 @@ The convention:
   ...) and never changes once released: a later change to the schema is a new migration (a test of
   each service pins every released migration's DDL). Versions count up from 1 without gaps.
 - Operations: `CreateTable(name, items)` declares a table (`items()` returns fresh columns,
-  constraints and indexes) and creates it; `Run(function)` runs anything else on the connection (data
-  changes, ALTERs) and declares nothing. An operation that changes a table (e.g. add a column) must
-  both declare the change and apply it, so that `metadata()` stays what the database holds.
+  constraints and indexes) and creates it; `CreateIndex(name, table, items)` and `DropIndex(name,
+  table)` add and remove an index of a table declared before; `Run(function)` runs anything else
+  on the connection (data changes, ALTERs) and declares nothing. An operation that changes a table
+  (e.g. add a column) must both declare the change and apply it, so that `metadata()` stays what the
+  database holds.
 - Bookkeeping: one table, `gl_schema_migrations (component, version, description, applied_at)`,
   shared by every service that uses the same database; `component` keeps their versions apart.
 - Serialised: on PostgreSQL the transaction first takes `pg_advisory_xact_lock` on the runner's key
@@ -36,7 +38,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -83,6 +85,38 @@ class CreateTable:
 
     def apply(self, conn: Connection, metadata: sa.MetaData) -> None:
         metadata.tables[self.name].create(conn)
+
+
+@dataclass(frozen=True)
+class CreateIndex:
+    """A new index on a table declared by an earlier operation; `items(table)` returns its columns
+    and expressions (one fresh set per call)."""
+
+    name: str
+    table: str
+    items: Callable[[sa.Table], Sequence[Any]]
+
+    def declare(self, metadata: sa.MetaData) -> None:
+        sa.Index(self.name, *self.items(metadata.tables[self.table]))
+
+    def apply(self, conn: Connection, metadata: sa.MetaData) -> None:
+        index = next(i for i in metadata.tables[self.table].indexes if i.name == self.name)
+        index.create(conn)
+
+
+@dataclass(frozen=True)
+class DropIndex:
+    """Drop an index that an earlier operation declared."""
+
+    name: str
+    table: str
+
+    def declare(self, metadata: sa.MetaData) -> None:
+        table = metadata.tables[self.table]
+        table.indexes.discard(next(i for i in table.indexes if i.name == self.name))
+
+    def apply(self, conn: Connection, metadata: sa.MetaData) -> None:
+        conn.execute(sa.text(f"DROP INDEX {conn.dialect.identifier_preparer.quote(self.name)}"))
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gl_common.documents import MAX_DEPTH, MAX_VALUES, json_shape_problem
 from orchestrator_core.errors import DagValidationError
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
@@ -332,34 +333,19 @@ def _duplicate_problems(value: Any, path: str) -> list[tuple[str, str]]:
     return problems
 
 
-MAX_DOCUMENT_DEPTH = 100
-MAX_DOCUMENT_VALUES = 200_000
+MAX_DOCUMENT_DEPTH = MAX_DEPTH
+MAX_DOCUMENT_VALUES = MAX_VALUES
 
 
 def check_document_shape(
     value: Any, *, max_depth: int = MAX_DOCUMENT_DEPTH, max_values: int = MAX_DOCUMENT_VALUES
 ) -> None:
-    """Refuse a parsed document nested deeper than `max_depth` or holding more than `max_values` values.
-
-    Iterative, so it cannot overflow the stack itself. It runs before anything recursive touches the
-    document: a YAML alias "bomb" (a few lines whose anchors expand to millions of values) would
-    otherwise hold the event loop, and with it heartbeats and lock renewals, for minutes.
-    """
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    seen = 0
-    while stack:
-        current, depth = stack.pop()
-        seen += 1
-        if seen > max_values:
-            raise DagValidationError(
-                [("", f"document too large: more than {max_values} values (YAML aliases count each time)")]
-            )
-        if depth > max_depth:
-            raise DagValidationError([("", f"document nested deeper than {max_depth} levels")])
-        if isinstance(current, dict):
-            stack.extend((child, depth + 1) for child in current.values())
-        elif isinstance(current, list):
-            stack.extend((child, depth + 1) for child in current)
+    """Refuse a parsed document nested deeper than `max_depth`, holding more than `max_values` values
+    (YAML aliases count each time they are used) or a string UTF-8 cannot encode
+    (`gl_common.documents`). It runs before anything recursive touches the document."""
+    problem = json_shape_problem(value, max_depth=max_depth, max_values=max_values)
+    if problem is not None:
+        raise DagValidationError([("", f"document {problem}")])
 
 
 def _plain(value: Any) -> Any:

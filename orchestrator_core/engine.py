@@ -36,8 +36,9 @@ How the service layer is expected to use it:
   already running is never stopped; new nodes wait). Effective per run: min(DAG's
   `max_parallel_nodes`, this value).
 - Agents: `engine.registry.restart(agent_id)` (`POST /admin/agents/{id}/restart`).
-- Reads: `get_execution`, `list_executions`, `get_trace` (live state for local runs), `get_provenance`
-  (verified), `list_checkpoints`, `get_dag`, `pool_stats()` (for `gl_db_pool_*`), `local_executions()`.
+- Reads: `get_execution`, `list_executions`, `page_executions` (filtered keyset pages), `get_trace`
+  (live state for local runs), `get_provenance` (verified), `list_checkpoints`, `get_dag`,
+  `pool_stats()` (for `gl_db_pool_*`), `local_executions()`.
 
 The DAG-level `execution_timeout_seconds` is recorded on the execution (`timeout_seconds`) and is never
 enforced by killing the run: per the runbook, the alert fires while the run stays `running`.
@@ -84,6 +85,7 @@ from orchestrator_core.records import (
 )
 from orchestrator_core.settings import OrchestratorSettings
 from orchestrator_core.store import ClaimedRun, Store
+from orchestrator_core.store.listing import ExecutionFilter, Page, Position
 
 __all__ = [
     "CheckpointEvent",
@@ -469,6 +471,10 @@ class Engine:
         self, *, status: str | None = None, dag_id: str | None = None, limit: int = 500
     ) -> list[ExecutionRecord]:
         return await self.store.executions.list(status=status, dag_id=dag_id, limit=limit)
+
+    async def page_executions(self, where: ExecutionFilter, *, after: Position | None, limit: int) -> Page:
+        """A keyset page of the executions matching `where`, oldest first (`store.listing`)."""
+        return await self.store.listing.page(where, after=after, limit=limit)
 
     async def get_trace(self, execution_id: str) -> ExecutionTrace:
         """Node traces: live state for a run executing here, the stored traces otherwise."""

@@ -7,9 +7,10 @@ through the service and land here; HTTP agents report call durations here; `api.
 `render()` at `GET /metrics`.
 
 Per-execution series (`gl_orchestrator_dag_execution_duration_seconds{execution_id,dag_id,status}` and
-`gl_orchestrator_execution_timeout_seconds{execution_id,dag_id}`) are computed at scrape time from the
-set of running executions, so they exist exactly while a run is running and disappear when it ends:
-cardinality stays bounded by `max_concurrent_executions`. Live gauges (active, queued, limits,
+`gl_orchestrator_execution_timeout_seconds{execution_id,dag_id}`, the run's DAG timeout or else
+`default_execution_timeout_seconds`) are computed at scrape time from the set of running executions,
+so they exist exactly while a run is running and disappear when it ends: cardinality stays bounded
+by `max_concurrent_executions`. Live gauges (active, queued, limits,
 `gl_db_pool_*`) are read from providers at scrape time as well, so they can never go stale.
 
 Metric names live in this module only (the `M_*` constants); the runbook and the shipped alert rule
@@ -94,13 +95,14 @@ class _LiveCollector(Collector):
         )
         timeout = GaugeMetricFamily(
             M_EXECUTION_TIMEOUT,
-            "DAG-level execution timeout of a running execution, in seconds.",
+            "Execution timeout of a running execution, in seconds: its DAG's, else the default.",
             labels=["execution_id", "dag_id"],
         )
         for execution_id, run in sorted(owner.running.items()):
             duration.add_metric([execution_id, run.dag_id, "running"], max(0.0, now - run.started_at))
-            if run.timeout_seconds is not None:
-                timeout.add_metric([execution_id, run.dag_id], run.timeout_seconds)
+            effective = owner.effective_timeout(run.timeout_seconds)
+            if effective is not None:
+                timeout.add_metric([execution_id, run.dag_id], effective)
         yield duration
         yield timeout
 
@@ -146,8 +148,10 @@ class OrchestratorMetrics:
         service: str = SERVICE_LABEL,
         limits_provider: Callable[[], Limits] | None = None,
         pool_provider: Callable[[], PoolStats | None] | None = None,
+        default_timeout_seconds: float | None = None,
     ) -> None:
         self.clock = clock
+        self.default_timeout_seconds = default_timeout_seconds
         self.service = service
         self.limits_provider = limits_provider
         self.pool_provider = pool_provider
@@ -193,6 +197,10 @@ class OrchestratorMetrics:
 
     # -- runs ----------------------------------------------------------------------------------------
 
+    def effective_timeout(self, own: float | None) -> float | None:
+        """A run's timeout: its DAG's own, else the default (`default_execution_timeout_seconds`)."""
+        return own if own is not None else self.default_timeout_seconds
+
     def execution_started(
         self, execution_id: str, dag_id: str, started_at: float, timeout_seconds: float | None
     ) -> None:
@@ -228,6 +236,16 @@ class OrchestratorMetrics:
         self.agent_call_duration.labels(agent_id=agent_id, outcome=outcome).observe(
             max(0.0, duration_seconds)
         )
+
+    def checkpoint_counts(self) -> list[tuple[str, str, float]]:
+        """`(operation, status, count)` of every checkpoint operation counted so far (the JSON figures
+        of `GET /api/v1/orchestrator/metrics`, for diagnosis without the exposition page)."""
+        counts = []
+        for metric in self.checkpoint_operations.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    counts.append((sample.labels["operation"], sample.labels["status"], sample.value))
+        return sorted(counts)
 
     def render(self) -> bytes:
         """Prometheus text exposition of this registry."""

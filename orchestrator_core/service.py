@@ -137,7 +137,7 @@ class OrchestratorService:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> OrchestratorService:
         """Build every part from `settings` and open the engine (store + migrations)."""
-        metrics = OrchestratorMetrics()
+        metrics = OrchestratorMetrics(default_timeout_seconds=settings.default_execution_timeout_seconds)
         run_log = RunLog()
         tracer = RunTracer(build_tracer_provider(settings.otlp_endpoint, exporter=span_exporter))
         http_agents = HttpAgentClient(

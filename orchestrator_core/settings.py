@@ -28,6 +28,7 @@ from orchestrator_core.errors import ConfigError
 # document all refuse values past them (a typo like 1000000000 must not become the live limit).
 MAX_PARALLEL_NODES_BOUND = 10_000
 MAX_CONCURRENT_EXECUTIONS_BOUND = 100_000
+MAX_EXECUTION_TIMEOUT_SECONDS = 30 * 24 * 3600
 
 
 def _default_replica_id() -> str:
@@ -66,6 +67,10 @@ class OrchestratorSettings(BaseSettings):
     db_timeout_seconds: float = Field(10.0, gt=0)
     checkpoint_retry_base_delay: float = Field(0.1, ge=0)
     checkpoint_retry_max_delay: float = Field(5.0, ge=0)
+    # The execution timeout of a run whose DAG sets no `execution_timeout_seconds` (the API shows it as
+    # the run's `timeout_seconds` with `timeout_is_default: true`, and the timeout gauge exists for the
+    # run, so the alert can fire). `null` in the YAML file: such runs have no timeout at all.
+    default_execution_timeout_seconds: float | None = Field(3600.0, gt=0, le=MAX_EXECUTION_TIMEOUT_SECONDS)
 
     @field_validator("agent_url_template")
     @classmethod

@@ -12,11 +12,21 @@ rows on its first start (`LegacyTable`) and leaves both tables as they are.
 from __future__ import annotations
 
 from gl_common.migrations import LegacyTable, Schema
-from orchestrator_core.migrations import m0001_initial, m0002_limit_overrides, m0003_run_documents
+from orchestrator_core.migrations import (
+    m0001_initial,
+    m0002_limit_overrides,
+    m0003_run_documents,
+    m0004_execution_listing,
+)
 
 SCHEMA = Schema(
     component="orchestrator",
-    migrations=(m0001_initial.MIGRATION, m0002_limit_overrides.MIGRATION, m0003_run_documents.MIGRATION),
+    migrations=(
+        m0001_initial.MIGRATION,
+        m0002_limit_overrides.MIGRATION,
+        m0003_run_documents.MIGRATION,
+        m0004_execution_listing.MIGRATION,
+    ),
     lock_key=0x676C6F7263,  # "glorc": the key the orchestrator's own runner used before
     legacy=LegacyTable("schema_version", description_column="name"),
 )

@@ -9,10 +9,11 @@ one repository per responsibility:
     store.dags        DagRepository        DAG versions (immutable once stored, parsed ones cached)
     store.limits      LimitRepository      live limits every replica applies
     store.executions  ExecutionRepository  the lifecycle: create, claim, fenced writes, finish, status
+    store.listing     ExecutionListing     filtered keyset pages of executions, exact counts
     store.runs        RunDataRepository    reads of traces, checkpoints and the provenance chain
 
 Modules: `schema` (the tables, as the migrations declare them), `database` (the foundation set up with
-the orchestrator's errors), `dags`, `executions`, `rundata` (run data in both layouts: rows or one
+the orchestrator's errors), `dags`, `executions`, `listing`, `rundata` (run data in both layouts: rows or one
 run document), `bulk` (the one raw executemany path, and why). SQLAlchemy Core (async) with one code
 path for SQLite and PostgreSQL; dialect-specific SQL only in the upsert and the migration lock.
 """
@@ -27,6 +28,7 @@ from orchestrator_core.migrations import SCHEMA
 from orchestrator_core.store.dags import DagRepository, LimitRepository
 from orchestrator_core.store.database import open_database
 from orchestrator_core.store.executions import ClaimedRun, ExecutionRepository
+from orchestrator_core.store.listing import ExecutionListing
 from orchestrator_core.store.rundata import RunData, RunDataRepository, TraceFields, WriteBatch
 
 __all__ = ["ClaimedRun", "RunData", "Store", "TraceFields", "WriteBatch"]
@@ -41,6 +43,7 @@ class Store:
         self.dags = DagRepository(db, self.clock)
         self.limits = LimitRepository(db, self.clock)
         self.executions = ExecutionRepository(db, self.clock, self.dags)
+        self.listing = ExecutionListing(db, self.clock)
         self.runs = RunDataRepository(db)
 
     @classmethod

@@ -4,8 +4,8 @@ Where it sits: `engine.Engine` creates and claims runs here (`claim_run` also re
 transaction, the DAG version and the run data a resume continues from) and stops runs nobody here
 executes (`set_status`); `checkpoints.RunWriter` sends each commit of a running execution through
 `write_batch`; the executor's last transaction is `finish`. Rows of run data are written by
-`store.rundata.write` inside these transactions. (Issue 11's keyset-paginated listing and the
-admission's oldest-queued query belong here, beside `list`.)
+`store.rundata.write` inside these transactions. The API's filtered, keyset-paginated listing is
+`store.listing`; `list` here is the engine's own bounded read (newest first).
 
 Fencing: every write that belongs to a running execution carries the fencing token it was claimed
 with. Its transaction starts with `UPDATE executions ... WHERE execution_id = :id AND fencing_token =

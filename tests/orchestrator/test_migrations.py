@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from gl_common.migrations import CreateTable
+from gl_common.migrations import CreateIndex, CreateTable, DropIndex
 from orchestrator_core.dag import DagDefinition
 from orchestrator_core.migrations import SCHEMA
 from orchestrator_core.store import Store
@@ -21,12 +21,13 @@ from orchestrator_core.store.schema import metadata
 EARLIER = range(1, SCHEMA.head)
 OLD_APPLIED_AT = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
-# SHA-256 of each released migration's DDL (CREATE TABLE and CREATE INDEX statements) per dialect.
+# SHA-256 of each released migration's DDL (CREATE TABLE, CREATE INDEX, DROP INDEX statements) per dialect.
 # A migration is frozen once released: a schema change is a new migration, never an edit of these.
 RELEASED_DDL = {
     1: "8e289bc80d4f6b17f3442e1cee4b175d7e5e00fdf7ac3bcbce4df27e35374807",
     2: "f18d42941ec5b428d7f1eb19f52c37eb87670eab3f0ffb4fe1d808e427d8e2bd",
     3: "c24759bd6b66dcfadc463e007f364c49613dec4d7856568c2264345ea0af50d8",
+    4: "e97b17cdb304b58c01217af40779e0e50525211b6dd22f488ca18ffdf23e6882",
 }
 
 
@@ -125,6 +126,13 @@ def _ddl(version: int, dialect: sa.Dialect) -> str:
     scratch = SCHEMA.metadata(version)
     statements = []
     for operation in migration.operations:
+        if isinstance(operation, CreateIndex):
+            index = next(i for i in scratch.tables[operation.table].indexes if i.name == operation.name)
+            statements.append(str(sa.schema.CreateIndex(index).compile(dialect=dialect)))
+            continue
+        if isinstance(operation, DropIndex):
+            statements.append(f"DROP INDEX {operation.name} ON {operation.table}")
+            continue
         assert isinstance(operation, CreateTable), "pin the DDL of other operations here too"
         table = scratch.tables[operation.name]
         statements.append(str(sa.schema.CreateTable(table).compile(dialect=dialect)))

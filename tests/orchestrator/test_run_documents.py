@@ -214,7 +214,7 @@ async def test_a_store_at_schema_2_is_upgraded_and_its_row_based_runs_still_read
         await old.close()
     store = await Store.open(database_url)
     try:
-        assert await store.schema_version() == SCHEMA.head == 3
+        assert await store.schema_version() == SCHEMA.head >= 3
         assert await store.runs.traces("e1") == {"a": trace}
     finally:
         await store.close()
