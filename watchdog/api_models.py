@@ -52,8 +52,8 @@ def _id_pattern(first: str, rest: str, max_length: int) -> str:
 
 IncidentId = Annotated[
     int,
-    BeforeValidator(_digits_only),
     Field(ge=1, le=INCIDENT_ID_MAX, description=f"incident id: an integer 1 to {INCIDENT_ID_MAX}"),
+    BeforeValidator(_digits_only),
 ]
 ApprovalId = Annotated[
     str,
