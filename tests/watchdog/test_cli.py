@@ -179,7 +179,8 @@ def test_serve_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
             assert http.get("/readyz").status_code == 200
             assert http.get("/api/v1/incidents").status_code == 401
             listed = http.get("/api/v1/incidents", headers={"Authorization": "Bearer serve-token"})
-            assert listed.status_code == 200 and listed.json() == {"items": []}
+            assert listed.status_code == 200
+            assert listed.json() == {"items": [], "next_cursor": None, "total": 0}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         output = log_path.read_text()
