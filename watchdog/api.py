@@ -45,7 +45,6 @@ from watchdog import web as approval_web
 from watchdog.api_models import (
     PATH_PARAMS,
     ActionOut,
-    AlertmanagerPayload,
     AlertsAnswer,
     ApprovalOut,
     AuditOut,
@@ -64,7 +63,7 @@ from watchdog.api_models import (
 from watchdog.diagnosis import DIAGNOSABLE, DiagnosisService
 from watchdog.errors import InvalidTransition, StoreError
 from watchdog.incidents import IncidentDetail, IncidentService
-from watchdog.intake import AlertIntake, parse_payload
+from watchdog.intake import AlertIntake, AmWebhook, parse_payload
 from watchdog.listing import IncidentFilter, page_incidents
 from watchdog.metrics import CONTENT_TYPE, WatchdogMetrics
 from watchdog.store import WatchdogStore
@@ -109,7 +108,7 @@ def detail_out(detail: IncidentDetail) -> IncidentDetailOut:
 @ROUTE_TABLE.route(
     "POST /alerts",
     "Alertmanager webhook (payload version 4): open, join or close incidents",
-    body=AlertmanagerPayload,
+    body=AmWebhook,
     body_required=True,
     raw_body=True,
     response=AlertsAnswer,

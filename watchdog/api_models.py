@@ -167,17 +167,6 @@ class ApprovalForm(_Request):
     decision: DecisionText
 
 
-class AlertmanagerPayload(BaseModel):
-    """`POST /alerts`: the Alertmanager webhook payload, version 4 (each alert is validated on its
-    own by `watchdog.intake`; see docs/architecture.md for what it accepts)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    version: Literal["4"]
-    status: Literal["firing", "resolved"]
-    alerts: list[dict[str, Any]]
-
-
 # -- answers ----------------------------------------------------------------------------------------
 
 
