@@ -10,6 +10,7 @@ So the same kind of failure gives the same code in every command (docs/architect
        decided, not open; a playbook's preconditions refused; verification failed)
     2  bad usage, configuration or input (argparse, a settings or policy error, a malformed id, bad
        playbook params, a 400/422 from a server)
+    (a playbook run by hand that the watchdog is already acting on is 1: refused by the state)
     3  not found (an unknown execution, incident or approval prompt: a 404)
     4  a backend unreachable or refusing us (the orchestrator, the database, the watchdog's API; a
        timeout, a 5xx, a 429, or our credential refused: 401/403)
@@ -30,7 +31,6 @@ from watchdog_sdk.errors import (
     ConfigError,
     KubernetesError,
     OrchestratorError,
-    PlaybookError,
 )
 
 EXIT_OK: Final = 0
@@ -51,7 +51,7 @@ class CliError(Exception):
 # The first matching kind wins; anything else the watchdog raises on purpose is EXIT_FAILED. An
 # answer of a server (the orchestrator's, Kubernetes') goes by its status (`for_status`).
 _KINDS: Final[tuple[tuple[tuple[type[Exception], ...], int], ...]] = (
-    ((ConfigError, PlaybookError), EXIT_USAGE),
+    ((ConfigError,), EXIT_USAGE),
     ((IncidentNotFound, ApprovalNotFound), EXIT_NOT_FOUND),
     ((BackendUnavailable, StoreError, InvalidToken), EXIT_UNAVAILABLE),
 )

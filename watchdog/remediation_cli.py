@@ -2,8 +2,9 @@
 
 Plugged into the parser of `watchdog.cli` by `add_commands(sub, common)`; errors are raised as
 `WatchdogError` subclasses or `CliError`s, which `watchdog.cli.main` turns into one line on stderr and
-the exit code of their kind (`watchdog.exit_codes`: 2 bad input, 3 not found, 4 unreachable or our
-credential refused, 1 refused by the state or not resolved).
+the exit code of their kind (`watchdog.exit_codes`: 2 bad input (bad params included, checked before the
+execution is looked up), 3 not found, 4 unreachable or our credential refused, 1 refused by the state
+or not resolved).
 
     gl-watchdog approve|deny APPROVAL_ID [--url URL]   answer a prompt through the running watchdog's API
                                                        (bearer token from settings), so the service that
@@ -233,7 +234,7 @@ async def _params(
     try:
         return parse_params(playbook, raw).model_dump(mode="json")
     except PlaybookError as exc:
-        raise PlaybookError(f"{exc} (give them with --param KEY=VALUE)") from exc
+        raise CliError(f"{exc} (give them with --param KEY=VALUE)", EXIT_USAGE) from exc
 
 
 async def _playbook_run(settings: WatchdogSettings, args: argparse.Namespace) -> int:
@@ -241,9 +242,9 @@ async def _playbook_run(settings: WatchdogSettings, args: argparse.Namespace) ->
         policy, registry = load_policy(settings.policy_file), default_registry()
         clients = await open_clients(settings)
         try:
-            await _require_execution(clients.orchestrator, args.execution)
             playbook = registry.get(args.name)
             params = await _params(clients.orchestrator, playbook, policy, args)
+            await _require_execution(clients.orchestrator, args.execution)
             contexts = PlaybookContexts(clients, policy, SystemClock())
             precheck, actions = await preview(playbook, args.execution, params, contexts)
         finally:
@@ -254,10 +255,10 @@ async def _playbook_run(settings: WatchdogSettings, args: argparse.Namespace) ->
     # The service's own remediation state machine: budgets, breaker, audit and restart safety hold.
     watchdog = await build_watchdog(settings, respond=False)
     try:
-        await _require_execution(watchdog.clients.orchestrator, args.execution)
         remediation = watchdog.remediation
         playbook = remediation.registry.get(args.name)
         params = await _params(watchdog.clients.orchestrator, playbook, remediation.contexts.policy, args)
+        await _require_execution(watchdog.clients.orchestrator, args.execution)
         run = ManualRun(
             playbook=playbook.name,
             execution_id=args.execution,
