@@ -52,6 +52,7 @@ from watchdog.exit_codes import (
     CliError,
     exit_code,
 )
+from watchdog.listing import IncidentFilter, page_incidents
 from watchdog.migrations import INCIDENT_STATUSES
 from watchdog.records import Incident
 from watchdog.settings import WatchdogSettings, load_settings
@@ -218,7 +219,7 @@ def cmd_incidents(args: argparse.Namespace) -> int:
             raise CliError(
                 f"unknown status {', '.join(unknown)}; use one of {', '.join(INCIDENT_STATUSES)}", EXIT_USAGE
             )
-    incidents, pending = asyncio.run(_list_incidents(settings, statuses, args.limit))
+    incidents, total, pending = asyncio.run(_list_incidents(settings, statuses, args.limit))
     if args.format == "json":
         items = [
             {
@@ -227,9 +228,11 @@ def cmd_incidents(args: argparse.Namespace) -> int:
             }
             for i in incidents
         ]
-        sys.stdout.write(json.dumps({"items": items}, indent=2) + "\n")
+        sys.stdout.write(json.dumps({"items": items, "total": total}, indent=2) + "\n")
     else:
         write_incident_table(incidents, sys.stdout, pending)
+    if total > len(incidents):  # never cut short silently
+        sys.stderr.write(f"showing the newest {len(incidents)} of {total} incidents (--limit N for more)\n")
     return EXIT_OK
 
 
@@ -253,16 +256,17 @@ def _require_existing_sqlite_file(database_url: str) -> None:
 
 async def _list_incidents(
     settings: WatchdogSettings, statuses: list[str] | None, limit: int
-) -> tuple[list[Incident], dict[int, str]]:
-    """The incidents, and the pending approval prompt of each that has one (for `gl-watchdog approve`
-    when the notifier never delivered the link)."""
+) -> tuple[list[Incident], int, dict[int, str]]:
+    """The newest `limit` incidents, how many match in all, and the pending approval prompt of each
+    that has one (for `gl-watchdog approve` when the notifier never delivered the link)."""
     _require_existing_sqlite_file(settings.database_url)
     store = await WatchdogStore.open(settings.database_url)
     try:
-        incidents = await store.list_incidents(statuses=statuses, limit=limit)
+        where = IncidentFilter(statuses=tuple(statuses) if statuses else None)
+        page = await page_incidents(store, where, before=None, limit=limit)
         async with store.transaction() as tx:
             prompts = await tx.list_approvals(states=["pending"])
-        return incidents, {p.incident_id: p.id for p in prompts}
+        return page.incidents, page.total, {p.incident_id: p.id for p in prompts}
     finally:
         await store.close()
 
