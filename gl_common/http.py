@@ -1,6 +1,6 @@
 """HTTP boundary helpers for the services' aiohttp apps: JSON errors, request bodies, model validation.
 
-Where it sits: below both services' REST APIs (`orchestrator_core.api` today, the watchdog's API next).
+Where it sits: below both services' REST APIs (`orchestrator_core.api`, `watchdog.api` and `watchdog.web`).
 `gl_common.openapi.RouteTable` validates every request with these helpers before its handler runs;
 handlers raise `ApiError` for refusals of their own; the app's outermost middleware
 (`error_middleware`) turns `ApiError` and aiohttp's HTTP exceptions into the JSON error shape
@@ -12,11 +12,21 @@ What a request may hold, checked here so that a handler only ever sees valid val
 - a body of an accepted content type (415 otherwise), within the app's `client_max_size` (413);
 - JSON that parses (400 `malformed_json`), nested at most `max_depth` levels and holding at most
   `max_values` values, with no lone surrogate (they cannot be stored as UTF-8; 400 `bad_request`);
-- values that the route's pydantic models accept (400 naming the field, `field` in the body).
+- values that the route's pydantic models accept (400 naming the field, `field` in the body; a
+  service may answer a body's refusal with another status and code, e.g. the watchdog's 422
+  `invalid_payload`).
+
+Listing cursors (`encode_cursor` / `decode_cursor`) are opaque to clients: base64url of the position
+and a digest of the listing's filters, plus a checksum; a cursor that does not decode, was altered,
+or belongs to other filters is a 400 naming `cursor`. They are not secrets: they only say where a
+listing stopped.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -84,13 +94,20 @@ def error_response(
     return web.json_response({"error": error, "detail": detail, **extra}, status=status, headers=headers)
 
 
-def error_middleware(translate: Translate, *, internal_detail: str = "internal error; see the logs") -> Any:
+def error_middleware(
+    translate: Translate,
+    *,
+    internal_detail: str = "internal error; see the logs",
+    error_codes: Mapping[int, str] | None = None,
+) -> Any:
     """The outermost middleware: every failure becomes a JSON error.
 
     `translate` maps a service's own exceptions to `ApiError`s (it logs what deserves a log line);
     anything else unexpected is logged with its traceback and answered 500 without one. 405 answers
-    carry the `Allow` header aiohttp computed from the routes of the path.
+    carry the `Allow` header aiohttp computed from the routes of the path. `error_codes` replaces the
+    short codes of aiohttp's HTTP errors (`HTTP_ERROR_CODES`) where a service documents others.
     """
+    codes = {**HTTP_ERROR_CODES, **(error_codes or {})}
 
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -99,13 +116,11 @@ def error_middleware(translate: Translate, *, internal_detail: str = "internal e
         except ApiError as problem:
             return problem.response()
         except web.HTTPRequestEntityTooLarge as exc:
-            return error_response(
-                413, "payload_too_large", f"request body over the limit ({exc.text or ''})".strip()
-            )
+            return error_response(413, codes[413], f"request body over the limit ({exc.text or ''})".strip())
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return _http_exception_response(request, exc)
+            return _http_exception_response(request, exc, codes)
         except Exception as exc:
             translated = translate(request, exc)
             if translated is not None:
@@ -116,8 +131,10 @@ def error_middleware(translate: Translate, *, internal_detail: str = "internal e
     return errors
 
 
-def _http_exception_response(request: web.Request, exc: web.HTTPException) -> web.Response:
-    code = HTTP_ERROR_CODES.get(exc.status, "http_error")
+def _http_exception_response(
+    request: web.Request, exc: web.HTTPException, codes: Mapping[int, str]
+) -> web.Response:
+    code = codes.get(exc.status, "http_error")
     detail = exc.reason
     headers: dict[str, str] = {}
     if exc.status == 404:
@@ -168,17 +185,23 @@ def parse_json(body: bytes, *, max_depth: int = MAX_DEPTH, max_values: int = MAX
 # -- models -----------------------------------------------------------------------------------------
 
 
-def validate(model: type[ModelT], data: Any, *, where: str = "body") -> ModelT:
+def validate(
+    model: type[ModelT], data: Any, *, where: str = "body", status: int = 400, error: str = "bad_request"
+) -> ModelT:
     """`data` as `model`; a 400 naming the first invalid field otherwise (`where` names the part of
-    the request when the problem is the whole value, e.g. "body")."""
+    the request when the problem is the whole value, e.g. "body"; `status` and `error` replace the
+    400's status and short code)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise validation_error(exc, where) from None
+        raise validation_error(exc, where, status=status, error=error) from None
 
 
-def validation_error(exc: ValidationError, where: str = "body") -> ApiError:
-    """The 400 for pydantic's first error: `<field>: <message>`, `field` the dotted path."""
+def validation_error(
+    exc: ValidationError, where: str = "body", *, status: int = 400, error: str = "bad_request"
+) -> ApiError:
+    """The 400 for pydantic's first error: `<field>: <message>`, `field` the dotted path. A value
+    outside a set of choices is quoted (shortened), so the answer says which value was refused."""
     first = exc.errors(include_url=False)[0]
     loc = first["loc"]
     # A query parameter is named as given (`status`, not `status.1` for its second value).
@@ -190,7 +213,14 @@ def validation_error(exc: ValidationError, where: str = "body") -> ApiError:
         message = "is not a known field" if where == "body" else "is not a known parameter"
     elif first["type"] == "missing":
         message = "is required"
-    return bad_request(f"{field or where}: {message}", field)
+    elif first["type"] in ("enum", "literal_error"):
+        message = f"{_shortened(first.get('input'))} is not allowed: {message}"
+    return ApiError(status, error, f"{field or where}: {message}", field=field)
+
+
+def _shortened(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def query_values(query: MultiMapping[str], list_fields: Iterable[str] = ()) -> dict[str, Any]:
@@ -215,3 +245,46 @@ def query_values(query: MultiMapping[str], list_fields: Iterable[str] = ()) -> d
 def json_model_response(model: BaseModel, status: int = 200) -> web.Response:
     """A response shaped by its model (the model's serialisation is the documented schema)."""
     return web.json_response(model.model_dump(mode="json"), status=status)
+
+
+# -- listing cursors --------------------------------------------------------------------------------
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _cursor_checksum(purpose: str, payload: bytes) -> str:
+    return hashlib.sha256(purpose.encode() + b" cursor\n" + payload).hexdigest()[:16]
+
+
+def filter_digest(filters: Mapping[str, Any]) -> str:
+    """A short digest of a listing's filters (JSON values), which its cursors carry."""
+    return hashlib.sha256(_canonical(dict(filters))).hexdigest()[:16]
+
+
+def encode_cursor(position: Mapping[str, Any], filters: Mapping[str, Any], *, purpose: str) -> str:
+    """The opaque cursor of `position` (JSON values) in the listing of `filters`; `purpose` names the
+    listing, so a cursor of one listing is refused by another."""
+    payload = _canonical({"at": dict(position), "f": filter_digest(filters)})
+    return base64.urlsafe_b64encode(payload).decode().rstrip("=") + "." + _cursor_checksum(purpose, payload)
+
+
+def decode_cursor(cursor: str, filters: Mapping[str, Any], *, purpose: str) -> dict[str, Any]:
+    """The position `cursor` names; 400 naming `cursor` when this server did not make it for this
+    listing and these filters."""
+    invalid = bad_request("cursor: not a cursor of this listing (use next_cursor as given)", "cursor")
+    encoded, _, checksum = cursor.partition(".")
+    try:
+        payload = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+        if _cursor_checksum(purpose, payload) != checksum:
+            raise invalid
+        data = json.loads(payload)
+        position, digest = data["at"], data["f"]
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        raise invalid from None
+    if not isinstance(position, dict):
+        raise invalid
+    if digest != filter_digest(filters):
+        raise bad_request("cursor: belongs to a listing with other filters", "cursor")
+    return position

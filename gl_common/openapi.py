@@ -1,8 +1,8 @@
 """Routes declared once, with pydantic models: the router, request validation and the OpenAPI document.
 
 Where it sits: a service's API module declares each handler on a `RouteTable` with the models of
-its path parameters, query string, body and answer (`orchestrator_core.api` today, the watchdog's API
-next); `RouteTable.install(app)` registers them on the aiohttp router, each wrapped so that the
+its path parameters, query string, body and answer (`orchestrator_core.api`, `watchdog.api`,
+`watchdog.web`); `RouteTable.install(app)` registers them on the aiohttp router, each wrapped so that the
 request is validated (`gl_common.http`) before the handler runs, and `build_document(table, ...)`
 makes the OpenAPI 3.1 document from the same routes and models. So the document cannot drift from
 the router or from what the server accepts (a test of each service compares the document with the
@@ -15,9 +15,14 @@ app's registered routes).
         query = inputs.query(ThingQuery)          # already validated
         ...
 
-A path parameter, query string or JSON body that its model refuses is a 400 naming the field, and
-the handler never runs. A route whose body is not JSON (e.g. YAML accepted too) declares
-`raw_body=True`: the document still describes it, and the handler reads and validates it.
+A path parameter, query string or JSON body that its model refuses is a 400 naming the field (a
+table may answer a body's refusal with another status, e.g. 422), and the handler never runs. A route
+whose body is not JSON (e.g. YAML accepted too, or a form) declares `raw_body=True`: the document
+still describes it, and the handler reads and validates it.
+
+Auth is the service's middleware's, which asks `route_of(request)` what the matched route declares:
+`auth` (a bearer token) and/or `alt_auth` (other credentials the handler checks itself, e.g. a signed
+link token; the document lists them as alternative security schemes).
 """
 
 from __future__ import annotations
@@ -86,10 +91,12 @@ RouteHandler = Callable[[web.Request, Inputs], Awaitable[web.StreamResponse]]
 
 @dataclass(frozen=True)
 class Answer:
-    """A documented answer besides the route's success status (`model` None: the error shape)."""
+    """A documented answer besides the route's success status (`model` None: the error shape, or a
+    string of `content_type` when that is not JSON, e.g. an HTML page)."""
 
     description: str
     model: type[BaseModel] | None = None
+    content_type: str = JSON_TYPE
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,8 @@ class Route:
     errors: tuple[int, ...] = ()
     answers: Mapping[int, Answer] = field(default_factory=dict)
     path_params: Mapping[str, TypeAdapter[Any]] = field(default_factory=dict)
+    alt_auth: tuple[str, ...] = ()  # security schemes accepted instead of the bearer token
+    body_invalid: tuple[int, str] = (400, "bad_request")  # status and code of a refused body
 
     @property
     def operation_id(self) -> str:
@@ -137,8 +146,15 @@ class Route:
             raw, _ = await read_body(request, self.body_types)
             if not raw and self.body_required:
                 raise ApiError(400, "malformed_json", "a JSON request body is required", field="")
-            body_model = validate(self.body, parse_json(raw) if raw else {})
+            status, error = self.body_invalid
+            body_model = validate(self.body, parse_json(raw) if raw else {}, status=status, error=error)
         return await self.handler(request, Inputs(path, query_model, body_model))
+
+
+def route_of(request: web.Request) -> Route | None:
+    """The declared route that `request` matched (None: no route, or a 404/405 of the router)."""
+    owner = getattr(request.match_info.handler, "__self__", None)
+    return owner if isinstance(owner, Route) else None
 
 
 def _path_value(adapter: TypeAdapter[Any], name: str, value: str) -> str:
@@ -162,11 +178,19 @@ def _list_fields(model: type[BaseModel]) -> list[str]:
 class RouteTable:
     """Routes declared next to their handlers with `@table.route("GET /path", summary, ...)`, in
     declaration order. Paths are under `prefix` unless `prefixed=False` (health, a metrics page).
-    `path_params` gives the type (with its format and length limits) of every path parameter name."""
+    `path_params` gives the type (with its format and length limits) of every path parameter name;
+    `body_invalid` the status and code of a refused body on every route of the table."""
 
-    def __init__(self, prefix: str, *, path_params: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        *,
+        path_params: Mapping[str, Any] | None = None,
+        body_invalid: tuple[int, str] = (400, "bad_request"),
+    ) -> None:
         self.prefix = prefix
         self._param_types = {name: TypeAdapter(kind) for name, kind in (path_params or {}).items()}
+        self._body_invalid = body_invalid
         self._routes: list[Route] = []
 
     def route(
@@ -179,6 +203,7 @@ class RouteTable:
         if unknown:
             raise ValueError(f"{operation}: no type declared for path parameter(s) {unknown}")
         params = {name: self._param_types[name] for name in names}
+        options.setdefault("body_invalid", self._body_invalid)
 
         def declare(handler: RouteHandler) -> RouteHandler:
             self._routes.append(Route(method, full, handler, summary, path_params=params, **options))
@@ -199,16 +224,28 @@ class RouteTable:
 _ERROR_DESCRIPTIONS = {
     400: "invalid request: the `field` of the answer names the parameter or body field at fault",
     401: "missing or invalid bearer token",
+    403: "the credential was read and refused (e.g. an invalid link token)",
     404: "no such resource",
     409: "not allowed in the resource's current state",
     413: "request body over the size limit",
     415: "unsupported Content-Type",
+    422: "invalid request body: the `field` of the answer names the body field at fault",
+    429: "too many requests: retry after the `Retry-After` seconds",
     503: "a backend (database, lock backend) is unavailable, or the service is shutting down",
 }
+BEARER_SCHEME = {"bearerAuth": {"type": "http", "scheme": "bearer"}}
 
 
-def build_document(routes: Iterable[Route], *, title: str, version: str, description: str) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of `routes`: one operation per route, schemas from their models."""
+def build_document(
+    routes: Iterable[Route],
+    *,
+    title: str,
+    version: str,
+    description: str,
+    security_schemes: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `routes`: one operation per route, schemas from their models.
+    `security_schemes` describes the routes' `alt_auth` schemes (the bearer scheme is built in)."""
     routes = tuple(routes)
     wanted: list[tuple[type[BaseModel], Any]] = [(ErrorBody, "serialization")]
     for route in routes:
@@ -249,9 +286,14 @@ def build_document(routes: Iterable[Route], *, title: str, version: str, descrip
         responses: dict[str, Any] = {str(route.ok_status): ok}
         for status, answer in route.answers.items():
             model = answer.model
-            content = error if model is None else {JSON_TYPE: {"schema": ref(model, "serialization")}}
+            if answer.content_type != JSON_TYPE:
+                content = {answer.content_type: {"schema": {"type": "string"}}}
+            else:
+                content = error if model is None else {JSON_TYPE: {"schema": ref(model, "serialization")}}
             responses[str(status)] = {"description": answer.description, "content": content}
         statuses = set(route.errors) | ({400} if parameters or route.body else set())
+        if route.body is not None:
+            statuses.add(route.body_invalid[0])
         if route.auth:
             statuses.add(401)
         for status in sorted(statuses):
@@ -259,14 +301,15 @@ def build_document(routes: Iterable[Route], *, title: str, version: str, descrip
             responses.setdefault(str(status), {"description": description, "content": error})
         responses["default"] = {"description": "any other error (JSON error shape)", "content": error}
         operation["responses"] = responses
-        operation["security"] = [{"bearerAuth": []}] if route.auth else []
+        schemes = (["bearerAuth"] if route.auth else []) + list(route.alt_auth)
+        operation["security"] = [{scheme: []} for scheme in schemes]
         paths.setdefault(route.path, {})[route.method.lower()] = operation
     return {
         "openapi": OPENAPI_VERSION,
         "info": {"title": title, "version": version, "description": description},
         "paths": paths,
         "components": {
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {**BEARER_SCHEME, **(security_schemes or {})},
             "schemas": {name: _simplify(schema) for name, schema in sorted(schemas.items())},
         },
         "security": [{"bearerAuth": []}],

@@ -1,48 +1,79 @@
-"""The watchdog's HTTP API (aiohttp): the Alertmanager webhook, incidents, metrics, health.
+"""The watchdog's HTTP API (aiohttp): the Alertmanager webhook, incidents, the OpenAPI document,
+metrics, health.
 
 Installed by the composition root (`watchdog.assembly.create_app`) with `add_routes(app, ...)`, which
-hands the handlers their services as AppKeys: the intake, the incident service, the diagnosis jobs,
-the store (lists, readiness) and the metrics. Served by `gl-watchdog serve` (`watchdog.cli`) and by
-tests on loopback. The approval routes and page are `watchdog.web`'s.
+hands the handlers their services as AppKeys (the intake, the incident service, the diagnosis jobs,
+the store, the metrics) and installs `ROUTE_TABLE`. Each handler declares its route on that
+`gl_common.openapi.RouteTable` with the models of `watchdog.api_models`: the table registers the
+route, validates every request against those models before the handler runs, and — with the
+approval routes of `watchdog.web` — makes the OpenAPI document served at `GET /api/v1/openapi.json`.
+Served by `gl-watchdog serve` (`watchdog.cli`) and by tests on loopback.
 
     POST /api/v1/alerts                    Alertmanager webhook v4 (`watchdog.intake`)
-    GET  /api/v1/incidents[?status=a,b]    {"items": [incident...]}
+    GET  /api/v1/incidents                 a page of incidents, newest first: filters status, dag_id,
+                                           execution_id, cause, opened_after/before; limit, cursor
     POST /api/v1/incidents                 {"execution_id", "dag_id"?}: open (or join) manually, diagnose
     GET  /api/v1/incidents/{id}            incident with diagnosis, plan, verification, actions,
                                            approvals and audit
     POST /api/v1/incidents/{id}/diagnose   (re-)diagnose an open incident in the background (202)
+    GET  /api/v1/openapi.json              the OpenAPI document of every route, the approval ones too
     GET  /metrics                          gl_watchdog_* (no auth)
     GET  /healthz, /readyz                 liveness; readiness = the store answers (no auth)
 
-Auth and errors: the middlewares of `watchdog.http` (bearer token from `settings.api_tokens` or
-`api_token_file`; every error JSON `{"error": <code>, "detail": <message>}`). Paths in
-`PUBLIC_PATHS_KEY` (health, metrics, and what `watchdog.web` adds: signed approval links) need no
-token; `serve` on loopback generates a local token when none is configured
-(`WatchdogSettings.with_local_secrets`).
+Auth and errors: `watchdog.http` (bearer token before any validation or lookup; JSON errors).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any, Final
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gl_common.http import (
+    ApiError,
+    bad_request,
+    decode_cursor,
+    encode_cursor,
+    json_model_response,
+    parse_json,
+    read_body,
+)
+from gl_common.openapi import Answer, Inputs, Route, RouteTable, build_document
+from watchdog import web as approval_web
+from watchdog.api_models import (
+    PATH_PARAMS,
+    ActionOut,
+    AlertsAnswer,
+    ApprovalOut,
+    AuditOut,
+    DiagnosisStarted,
+    Document,
+    EmptyBody,
+    Health,
+    IncidentDetailOut,
+    IncidentListQuery,
+    IncidentOut,
+    IncidentPage,
+    OpenedIncident,
+    OpenIncidentBody,
+    Ready,
+)
 from watchdog.diagnosis import DIAGNOSABLE, DiagnosisService
 from watchdog.errors import InvalidTransition, StoreError
-from watchdog.http import ApiError, json_error
 from watchdog.incidents import IncidentDetail, IncidentService
-from watchdog.intake import AlertIntake, describe_validation, parse_payload
+from watchdog.intake import AlertIntake, AmWebhook, parse_payload
+from watchdog.listing import IncidentFilter, page_incidents
 from watchdog.metrics import CONTENT_TYPE, WatchdogMetrics
-from watchdog.migrations import INCIDENT_STATUSES
-from watchdog.records import Incident
 from watchdog.store import WatchdogStore
 
 log = logging.getLogger(__name__)
 
+API_PREFIX: Final = "/api/v1"
+API_TITLE: Final = "gl-watchdog"
+API_VERSION: Final = "1"
+CURSOR_PURPOSE: Final = "gl-watchdog incidents"
 GAUGE_REFRESH_TIMEOUT_SECONDS: Final = 2.0  # a scrape waits at most this long for the store's counts
 
 INTAKE_KEY: Final = web.AppKey("intake", AlertIntake)
@@ -50,57 +81,45 @@ INCIDENTS_KEY: Final = web.AppKey("incidents", IncidentService)
 DIAGNOSIS_KEY: Final = web.AppKey("diagnosis", DiagnosisService)
 STORE_KEY: Final = web.AppKey("store", WatchdogStore)
 METRICS_KEY: Final = web.AppKey("metrics", WatchdogMetrics)
-MAX_BODY_KEY: Final = web.AppKey("max_body_bytes", int)
+OPENAPI_KEY: Final = web.AppKey("openapi", dict[str, Any])
+
+ROUTE_TABLE = RouteTable(API_PREFIX, path_params=PATH_PARAMS, body_invalid=(422, "invalid_payload"))
+_READ = (404, 503)
+_ACT = (404, 409, 413, 415, 503)
 
 
-# -- incident JSON ----------------------------------------------------------------------------------
-
-
-def incident_json(incident: Incident, *, full: bool = False) -> dict[str, Any]:
-    """An incident as the API returns it; list items leave out the large documents."""
-    data = incident.model_dump(mode="json")
-    diagnosis = incident.diagnosis or {}
-    data["likely_cause"] = diagnosis.get("likely_cause")
-    data["is_open"] = incident.is_open
-    if not full:
-        for key in ("diagnosis", "plan", "verification"):
-            data.pop(key, None)
-    return data
-
-
-def detail_json(detail: IncidentDetail) -> dict[str, Any]:
+def detail_out(detail: IncidentDetail) -> IncidentDetailOut:
     """`GET /api/v1/incidents/{id}`: the incident and all that is recorded about it."""
-    data = incident_json(detail.incident, full=True)
-    data["actions"] = [a.model_dump(mode="json") for a in detail.actions]
-    data["approvals"] = [
-        a.model_dump(mode="json", exclude={"token_nonce"}) for a in detail.approvals
-    ]  # the nonce is part of the signed link secret
-    data["audit"] = [a.model_dump(mode="json") for a in detail.audit]
-    return data
+    incident = detail.incident
+    return IncidentDetailOut(
+        **IncidentOut.of(incident).model_dump(),
+        diagnosis=incident.diagnosis,
+        plan=incident.plan,
+        verification=incident.verification,
+        actions=[ActionOut.of(action) for action in detail.actions],
+        approvals=[ApprovalOut.of(approval) for approval in detail.approvals],  # never the nonce
+        audit=[AuditOut.of(entry) for entry in detail.audit],
+    )
 
 
-# -- handlers ---------------------------------------------------------------------------------------
+# -- handlers (each declares its route: method, path under API_PREFIX, summary, models) ------------
 
 
-async def _read_json_body(request: web.Request) -> bytes:
-    if request.content_type != "application/json":
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            f"Content-Type must be application/json, not {request.content_type or 'missing'!r}",
-        )
-    max_bytes = request.app[MAX_BODY_KEY]
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise ApiError(413, "body_too_large", f"request body exceeds the limit of {max_bytes} bytes")
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise ApiError(413, "body_too_large", f"request body exceeds the limit of {max_bytes} bytes") from exc
-
-
-async def post_alerts(request: web.Request) -> web.Response:
+@ROUTE_TABLE.route(
+    "POST /alerts",
+    "Alertmanager webhook (payload version 4): open, join or close incidents",
+    body=AmWebhook,
+    body_required=True,
+    raw_body=True,
+    response=AlertsAnswer,
+    errors=(413, 415, 422, 503),
+)
+async def post_alerts(request: web.Request, inputs: Inputs) -> web.Response:
     """Alertmanager webhook: validate everything, apply the valid alerts, answer once durably written."""
-    body = await _read_json_body(request)
+    body, _ = await read_body(request)
+    if not body:
+        raise ApiError(400, "malformed_json", "request body is not valid JSON: the body is empty", field="")
+    parse_json(body)  # depth, size and lone surrogates, before the intake's own parsing
     parsed = parse_payload(body)
     for rejection in parsed.rejected:
         request.app[METRICS_KEY].alerts_rejected.inc()
@@ -115,43 +134,84 @@ async def post_alerts(request: web.Request) -> web.Response:
     )
 
 
-async def list_incidents(request: web.Request) -> web.Response:
-    """`GET /api/v1/incidents[?status=open,diagnosing]`."""
-    statuses: list[str] | None = None
-    raw = request.query.get("status")
-    if raw:
-        statuses = [s.strip() for s in raw.split(",") if s.strip()]
-        unknown = sorted(set(statuses) - set(INCIDENT_STATUSES))
-        if unknown:
-            raise ApiError(
-                400,
-                "bad_request",
-                f"unknown status {', '.join(unknown)}; use one of {', '.join(INCIDENT_STATUSES)}",
-            )
-    incidents = await request.app[STORE_KEY].list_incidents(statuses=statuses)
-    return web.json_response({"items": [incident_json(i) for i in incidents]})
+@ROUTE_TABLE.route(
+    "GET /incidents",
+    "List incidents: server-side filters, newest first, keyset pages with an exact total",
+    query=IncidentListQuery,
+    response=IncidentPage,
+    errors=(503,),
+)
+async def list_incidents(request: web.Request, inputs: Inputs) -> web.Response:
+    query = inputs.query(IncidentListQuery)
+    filters = query.filters()
+    before = None
+    if query.cursor is not None:
+        before = decode_cursor(query.cursor, filters, purpose=CURSOR_PURPOSE).get("before")
+        if type(before) is not int or before < 1:
+            raise bad_request("cursor: not a cursor of this listing (use next_cursor as given)", "cursor")
+    where = IncidentFilter(
+        statuses=tuple(dict.fromkeys(query.status)) if query.status else None,
+        dag_id=query.dag_id,
+        execution_id=query.execution_id,
+        likely_cause=query.cause,
+        opened_after=query.opened_after,
+        opened_before=query.opened_before,
+    )
+    page = await page_incidents(request.app[STORE_KEY], where, before=before, limit=query.limit)
+    next_cursor = None
+    if page.next_before is not None:
+        next_cursor = encode_cursor({"before": page.next_before}, filters, purpose=CURSOR_PURPOSE)
+    return json_model_response(
+        IncidentPage(
+            items=[IncidentOut.of(incident) for incident in page.incidents],
+            next_cursor=next_cursor,
+            total=page.total,
+        )
+    )
 
 
-def _incident_id(request: web.Request) -> int:
-    raw = request.match_info["incident_id"]
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "bad_request", f"incident id must be an integer, not {raw!r}") from None
-    if value < 1:
-        raise ApiError(400, "bad_request", f"incident id must be positive, not {value}")
-    return value
+@ROUTE_TABLE.route(
+    "POST /incidents",
+    "Open the incident of an execution by hand (or join its open one) and diagnose it",
+    ok_status=201,
+    body=OpenIncidentBody,
+    body_required=True,
+    response=OpenedIncident,
+    errors=(413, 415, 503),
+    answers={200: Answer("joined: the execution already has an open incident", OpenedIncident)},
+)
+async def open_incident(request: web.Request, inputs: Inputs) -> web.Response:
+    spec = inputs.body(OpenIncidentBody)
+    result = await request.app[INCIDENTS_KEY].open_or_join(
+        spec.execution_id, dag_id=spec.dag_id, source="manual", detection_source="api", actor="api"
+    )
+    if result.created:
+        request.app[DIAGNOSIS_KEY].start(result.incident)
+    answer = OpenedIncident(incident=IncidentOut.of(result.incident), created=result.created)
+    return json_model_response(answer, status=201 if result.created else 200)
 
 
-async def get_incident(request: web.Request) -> web.Response:
-    """`GET /api/v1/incidents/{id}`."""
-    detail = await request.app[INCIDENTS_KEY].detail(_incident_id(request))
-    return web.json_response(detail_json(detail))
+@ROUTE_TABLE.route(
+    "GET /incidents/{incident_id}",
+    "One incident with its diagnosis, plan, verification, actions, approval prompts and audit log",
+    response=IncidentDetailOut,
+    errors=_READ,
+)
+async def get_incident(request: web.Request, inputs: Inputs) -> web.Response:
+    detail = await request.app[INCIDENTS_KEY].detail(int(inputs.path["incident_id"]))
+    return json_model_response(detail_out(detail))
 
 
-async def diagnose_incident(request: web.Request) -> web.Response:
-    """`POST /api/v1/incidents/{id}/diagnose`: 202 and the diagnosis runs in the background."""
-    incident = await request.app[INCIDENTS_KEY].get(_incident_id(request))
+@ROUTE_TABLE.route(
+    "POST /incidents/{incident_id}/diagnose",
+    "(Re-)diagnose an open incident in the background",
+    ok_status=202,
+    body=EmptyBody,
+    response=DiagnosisStarted,
+    errors=_ACT,
+)
+async def diagnose_incident(request: web.Request, inputs: Inputs) -> web.Response:
+    incident = await request.app[INCIDENTS_KEY].get(int(inputs.path["incident_id"]))
     if incident.status not in DIAGNOSABLE:
         raise InvalidTransition(
             incident.id,
@@ -160,41 +220,22 @@ async def diagnose_incident(request: web.Request) -> web.Response:
             f"incident {incident.id} is {incident.status}; only an open incident is diagnosed",
         )
     request.app[DIAGNOSIS_KEY].start(incident)
-    return web.json_response({"incident": incident_json(incident), "diagnosis": "started"}, status=202)
+    return json_model_response(DiagnosisStarted(incident=IncidentOut.of(incident), diagnosis="started"), 202)
 
 
-class ManualIncident(BaseModel):
-    """Body of `POST /api/v1/incidents`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    execution_id: str = Field(min_length=1, max_length=200)
-    dag_id: str | None = Field(default=None, max_length=200)
+@ROUTE_TABLE.route("GET /openapi.json", "This OpenAPI document", response=Document)
+async def openapi_document(request: web.Request, inputs: Inputs) -> web.Response:
+    return web.json_response(request.app[OPENAPI_KEY])
 
 
-async def open_incident(request: web.Request) -> web.Response:
-    """`POST /api/v1/incidents`: open (or join) the incident of an execution by hand and diagnose it."""
-    body = await _read_json_body(request)
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from exc
-    try:
-        spec = ManualIncident.model_validate(data)
-    except ValidationError as exc:
-        raise ApiError(422, "invalid_payload", describe_validation(exc)) from exc
-    result = await request.app[INCIDENTS_KEY].open_or_join(
-        spec.execution_id, dag_id=spec.dag_id, source="manual", detection_source="api", actor="api"
-    )
-    if result.created:
-        request.app[DIAGNOSIS_KEY].start(result.incident)
-    return web.json_response(
-        {"incident": incident_json(result.incident), "created": result.created},
-        status=201 if result.created else 200,
-    )
-
-
-async def metrics_page(request: web.Request) -> web.Response:
+@ROUTE_TABLE.route(
+    "GET /metrics",
+    "Prometheus exposition (gl_watchdog_*)",
+    auth=False,
+    prefixed=False,
+    response_type="text/plain",
+)
+async def metrics_page(request: web.Request, inputs: Inputs) -> web.Response:
     """Prometheus exposition of the watchdog's own registry, store-wide gauges read fresh.
 
     A slow or unreachable store never fails the scrape (that would hide every other series): the
@@ -215,21 +256,44 @@ async def metrics_page(request: web.Request) -> web.Response:
     return response
 
 
-async def healthz(_: web.Request) -> web.Response:
-    """Liveness: the process answers."""
-    return web.json_response({"status": "ok"})
+@ROUTE_TABLE.route(
+    "GET /healthz", "Liveness: the process answers", auth=False, prefixed=False, response=Health
+)
+async def healthz(request: web.Request, inputs: Inputs) -> web.Response:
+    return json_model_response(Health(status="ok"))
 
 
-async def readyz(request: web.Request) -> web.Response:
-    """Readiness: the store answers a query."""
+@ROUTE_TABLE.route(
+    "GET /readyz",
+    "Readiness: the store answers a query",
+    auth=False,
+    prefixed=False,
+    response=Ready,
+    answers={503: Answer("not ready: `detail` says which dependency is not")},
+)
+async def readyz(request: web.Request, inputs: Inputs) -> web.Response:
     try:
         await request.app[STORE_KEY].ping()
     except StoreError as exc:
-        return json_error(503, "not_ready", f"store not reachable: {exc}")
-    return web.json_response({"status": "ready"})
+        raise ApiError(503, "not_ready", f"store not reachable: {exc}") from exc
+    return json_model_response(Ready(status="ready"))
 
 
-# -- assembly ---------------------------------------------------------------------------------------
+# -- the document and the app -----------------------------------------------------------------------
+
+# Every route of the watchdog's app, in declaration order: this module's, then the approval routes.
+ROUTES: tuple[Route, ...] = (*ROUTE_TABLE.routes(), *approval_web.ROUTE_TABLE.routes())
+
+
+def build_openapi() -> dict[str, Any]:
+    """The OpenAPI document of the watchdog's app (served at `GET /api/v1/openapi.json`)."""
+    return build_document(
+        ROUTES,
+        title=API_TITLE,
+        version=API_VERSION,
+        description="The watchdog's REST API: Alertmanager intake, incidents and approval prompts.",
+        security_schemes=approval_web.SECURITY_SCHEMES,
+    )
 
 
 def add_routes(
@@ -240,7 +304,6 @@ def add_routes(
     diagnosis: DiagnosisService,
     store: WatchdogStore,
     metrics: WatchdogMetrics,
-    max_body_bytes: int,
 ) -> None:
     """Add the API's routes to `app` (built by `watchdog.http.new_application`) with their services."""
     app[INTAKE_KEY] = intake
@@ -248,12 +311,5 @@ def add_routes(
     app[DIAGNOSIS_KEY] = diagnosis
     app[STORE_KEY] = store
     app[METRICS_KEY] = metrics
-    app[MAX_BODY_KEY] = max_body_bytes
-    app.router.add_post("/api/v1/alerts", post_alerts)
-    app.router.add_get("/api/v1/incidents", list_incidents)
-    app.router.add_post("/api/v1/incidents", open_incident)
-    app.router.add_get("/api/v1/incidents/{incident_id}", get_incident)
-    app.router.add_post("/api/v1/incidents/{incident_id}/diagnose", diagnose_incident)
-    app.router.add_get("/metrics", metrics_page)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    app[OPENAPI_KEY] = build_openapi()
+    ROUTE_TABLE.install(app)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -45,6 +46,8 @@ class Decision(StrEnum):
 
 
 DECIDED_STATE = {Decision.APPROVE: "approved", Decision.DENY: "denied"}
+# What `sign` makes: the expiry (unix seconds), a dot, and the unpadded base64url of a SHA-256 HMAC.
+_TOKEN_SHAPE = re.compile(r"[0-9]{1,12}\.[A-Za-z0-9_-]{43}")
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,11 @@ def sign(key: bytes, approval_id: str, nonce: str, expires_unix: int) -> str:
     """The link token of one prompt."""
     message = f"{approval_id}\n{nonce}\n{expires_unix}".encode()
     return f"{expires_unix}.{_b64(hmac.new(key, message, hashlib.sha256).digest())}"
+
+
+def well_formed(token: str) -> bool:
+    """True when `token` has the shape of a link token (checked before any prompt is looked up)."""
+    return _TOKEN_SHAPE.fullmatch(token) is not None
 
 
 class ApprovalService:
@@ -171,13 +179,7 @@ class ApprovalService:
             try:
                 self.check_token(approval, token)
             except InvalidToken as exc:
-                async with self.store.transaction() as tx:  # its own transaction: the refusal is kept
-                    await tx.add_audit(
-                        approval.incident_id,
-                        "approval_token_rejected",
-                        actor=actor,
-                        data={"approval_id": approval_id, "reason": str(exc)},
-                    )
+                await self.record_rejected_token(approval, actor=actor, reason=str(exc))
                 raise
         elif not authenticated:
             raise InvalidToken("an approval token or API authentication is required")
@@ -213,6 +215,17 @@ class ApprovalService:
                 },
             )
         return decided
+
+    async def record_rejected_token(self, approval: Approval, *, actor: str, reason: str) -> None:
+        """Audit a refused link token of `approval` (`approval_token_rejected`), in a transaction of
+        its own so that the refusal is kept. The HTTP routes call it at a bounded rate per source."""
+        async with self.store.transaction() as tx:
+            await tx.add_audit(
+                approval.incident_id,
+                "approval_token_rejected",
+                actor=actor,
+                data={"approval_id": approval.id, "reason": reason},
+            )
 
     async def expire_due(self, actor: str = "watchdog") -> list[Approval]:
         """Mark every pending prompt past its expiry `expired` (conditional, audited); returns them."""

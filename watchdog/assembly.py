@@ -30,6 +30,7 @@ from playbooks.registry import default_registry
 from watchdog import api
 from watchdog import web as approval_web
 from watchdog.approvals import ApprovalService
+from watchdog.auth_failures import AuthFailures
 from watchdog.backends import open_clients
 from watchdog.condition import ConditionEvaluator
 from watchdog.diagnosis import Diagnose, DiagnosisService, OnDiagnosed
@@ -246,7 +247,10 @@ def create_app(watchdog: Watchdog) -> web.Application:
     """The watchdog's aiohttp application: middlewares (`watchdog.http`), the API (`watchdog.api`) and
     the approval routes and page (`watchdog.web`), each given the services it uses."""
     settings = watchdog.settings
-    app = new_application(settings.token_source(), max_body_bytes=settings.max_body_bytes)
+    failures = AuthFailures(watchdog.clock, watchdog.metrics.auth_failure)
+    app = new_application(
+        settings.token_source(), max_body_bytes=settings.max_body_bytes, auth_failures=failures
+    )
     api.add_routes(
         app,
         intake=watchdog.intake,
@@ -254,7 +258,6 @@ def create_app(watchdog: Watchdog) -> web.Application:
         diagnosis=watchdog.diagnosis,
         store=watchdog.store,
         metrics=watchdog.metrics,
-        max_body_bytes=settings.max_body_bytes,
     )
     approval_web.add_routes(
         app, approvals=watchdog.approvals, responder=watchdog.responder, incidents=watchdog.incidents

@@ -6,11 +6,12 @@
     gl-watchdog sweep                                          one sweep now (sweep_once), then exit
 
 Every subcommand takes `--config FILE` (YAML; env `GL_WATCHDOG_*` overrides it) and `--help`. Errors
-are one line on stderr and a non-zero exit, never a traceback:
+are one line on stderr and a non-zero exit, never a traceback; the same kind of failure gives the same
+code in every command (`watchdog.exit_codes`, which draws the table):
 
-    0  done          2  bad usage or configuration (argparse, ConfigError)
-    1  failed        3  not found (unknown execution id)
-                     4  a backend is unreachable or refused us (orchestrator, database, ...)
+    0  done                                  2  bad usage, configuration or input (a 400/422)
+    1  failed, or the state refused it (409)  3  not found (a 404: execution, incident, approval)
+                                             4  a backend unreachable or refusing us (401/403, 5xx)
 
 Calls the composition root (`watchdog.assembly`: serve, sweep), the diagnostic runner and renderers
 (diagnose) and the store (incidents). The approve/deny/playbook/demo subcommands of the remediation
@@ -30,47 +31,36 @@ import sys
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, TextIO
 
 from aiohttp import web
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from watchdog import remediation_cli
+from watchdog.api_models import ExecutionId
 from watchdog.assembly import build_watchdog, create_app
 from watchdog.backends import open_clients
 from watchdog.diagnostics import render, runner
-from watchdog.errors import StoreError
+from watchdog.exit_codes import (
+    EXIT_FAILED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    CliError,
+    exit_code,
+)
+from watchdog.listing import IncidentFilter, page_incidents
 from watchdog.migrations import INCIDENT_STATUSES
 from watchdog.records import Incident
 from watchdog.settings import WatchdogSettings, load_settings
 from watchdog.store import WatchdogStore
 from watchdog_sdk.diagnostic_step import DiagnosticContext
-from watchdog_sdk.errors import (
-    BackendUnavailable,
-    ConfigError,
-    NotFound,
-    OrchestratorError,
-    Unauthorized,
-    WatchdogError,
-)
-
-EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_NOT_FOUND: Final = 3
-EXIT_UNAVAILABLE: Final = 4
+from watchdog_sdk.errors import NotFound, Unauthorized, WatchdogError
 
 log = logging.getLogger("watchdog")
-
-
-class CliError(Exception):
-    """A failure to report as one line on stderr with `exit_code`."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -96,6 +86,18 @@ def _setup_logging(level: str) -> None:
     if logging.getLogger().getEffectiveLevel() >= logging.INFO:
         for chatty in ("httpx", "apscheduler"):
             logging.getLogger(chatty).setLevel(logging.WARNING)
+
+
+def execution_id_argument(value: str) -> str:
+    """An EXECUTION_ID as the API accepts it (docs/architecture.md); a usage error (2) otherwise."""
+    try:
+        return TypeAdapter(ExecutionId).validate_python(value)
+    except ValidationError:
+        raise CliError(
+            f"EXECUTION_ID {value!r} is not an execution id: 1-64 of A-Z a-z 0-9 _ . : -, "
+            "starting with a letter or digit",
+            EXIT_USAGE,
+        ) from None
 
 
 def _is_loopback(host: str) -> bool:
@@ -166,6 +168,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     """Diagnose one execution now and print the Diagnosis."""
     if not args.execution_id.strip():
         raise CliError("EXECUTION_ID must not be empty", EXIT_USAGE)
+    execution_id_argument(args.execution_id)
     settings = _settings(args)
     _setup_logging("WARNING")
     text = asyncio.run(_diagnose(settings, args.execution_id, args.format))
@@ -184,16 +187,12 @@ async def _diagnose(settings: WatchdogSettings, execution_id: str, fmt: str) -> 
                 f"no execution {execution_id!r} in the orchestrator at {settings.orchestrator_url}",
                 EXIT_NOT_FOUND,
             ) from exc
-        except BackendUnavailable as exc:
-            raise CliError(str(exc), EXIT_UNAVAILABLE) from exc
         except Unauthorized as exc:
             raise CliError(
                 f"{exc} (at {settings.orchestrator_url}): check GL_WATCHDOG_ORCHESTRATOR_TOKEN "
                 "or orchestrator_token_file",
                 EXIT_UNAVAILABLE,
             ) from exc
-        except OrchestratorError as exc:
-            raise CliError(str(exc), EXIT_UNAVAILABLE) from exc
         diagnosis = await runner.diagnose(ctx, execution_id)
     finally:
         await clients.aclose()
@@ -220,7 +219,7 @@ def cmd_incidents(args: argparse.Namespace) -> int:
             raise CliError(
                 f"unknown status {', '.join(unknown)}; use one of {', '.join(INCIDENT_STATUSES)}", EXIT_USAGE
             )
-    incidents, pending = asyncio.run(_list_incidents(settings, statuses, args.limit))
+    incidents, total, pending = asyncio.run(_list_incidents(settings, statuses, args.limit))
     if args.format == "json":
         items = [
             {
@@ -229,9 +228,11 @@ def cmd_incidents(args: argparse.Namespace) -> int:
             }
             for i in incidents
         ]
-        sys.stdout.write(json.dumps({"items": items}, indent=2) + "\n")
+        sys.stdout.write(json.dumps({"items": items, "total": total}, indent=2) + "\n")
     else:
         write_incident_table(incidents, sys.stdout, pending)
+    if total > len(incidents):  # never cut short silently
+        sys.stderr.write(f"showing the newest {len(incidents)} of {total} incidents (--limit N for more)\n")
     return EXIT_OK
 
 
@@ -255,16 +256,17 @@ def _require_existing_sqlite_file(database_url: str) -> None:
 
 async def _list_incidents(
     settings: WatchdogSettings, statuses: list[str] | None, limit: int
-) -> tuple[list[Incident], dict[int, str]]:
-    """The incidents, and the pending approval prompt of each that has one (for `gl-watchdog approve`
-    when the notifier never delivered the link)."""
+) -> tuple[list[Incident], int, dict[int, str]]:
+    """The newest `limit` incidents, how many match in all, and the pending approval prompt of each
+    that has one (for `gl-watchdog approve` when the notifier never delivered the link)."""
     _require_existing_sqlite_file(settings.database_url)
     store = await WatchdogStore.open(settings.database_url)
     try:
-        incidents = await store.list_incidents(statuses=statuses, limit=limit)
+        where = IncidentFilter(statuses=tuple(statuses) if statuses else None)
+        page = await page_incidents(store, where, before=None, limit=limit)
         async with store.transaction() as tx:
             prompts = await tx.list_approvals(states=["pending"])
-        return incidents, {p.incident_id: p.id for p in prompts}
+        return page.incidents, page.total, {p.incident_id: p.id for p in prompts}
     finally:
         await store.close()
 
@@ -392,18 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Command = args.func
     try:
         return func(args)
-    except CliError as exc:
+    except (CliError, WatchdogError) as exc:
         _fail(str(exc))
-        return exc.exit_code
-    except ConfigError as exc:
-        _fail(str(exc))
-        return EXIT_USAGE
-    except (BackendUnavailable, StoreError) as exc:
-        _fail(str(exc))
-        return EXIT_UNAVAILABLE
-    except WatchdogError as exc:
-        _fail(str(exc))
-        return EXIT_FAILED
+        return exit_code(exc)
     except KeyboardInterrupt:
         _fail("interrupted")
         return 130

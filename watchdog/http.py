@@ -1,17 +1,25 @@
-"""The watchdog's HTTP plumbing: the error shape, the middlewares, and the API's request error.
+"""The watchdog's HTTP plumbing: its exceptions as HTTP answers, and auth before anything else.
 
-Used by the API routes (`watchdog.api`), the approval routes and page (`watchdog.web`) and the webhook
-parser (`watchdog.intake`, which refuses a bad payload with an `ApiError`); the composition root
-(`watchdog.assembly.create_app`) installs the middlewares, outermost first:
+The composition root (`watchdog.assembly.create_app`) builds the application with
+`new_application(...)`; the API (`watchdog.api`) and the approval routes and page (`watchdog.web`)
+install their `gl_common.openapi.RouteTable`s on it. The error shape and request validation are
+`gl_common.http`'s, shared with the orchestrator. Middlewares, outermost first:
 
-- errors: every failure is JSON `{"error": <code>, "detail": <message>}`: an `ApiError` with its own
-  status, 404 unknown incident, 409 a state that does not allow the change, 503 a backend (the store
+- errors (`gl_common.http.error_middleware` with `translate` below): every failure is JSON
+  `{"error": <code>, "detail": <message>, "field"?: <the request field at fault>}` — 400 a bad id,
+  parameter or malformed JSON, 401 no or a wrong bearer token, 403 a link token refused, 404 an
+  unknown incident, approval or route, 405 (with `Allow`), 409 a state that does not allow the change,
+  413 `body_too_large`, 415, 422 `invalid_payload` (a body field, named), 503 a backend (the store
   included) unreachable or the token file unreadable, 500 anything else (logged with its traceback,
   answered without one);
-- auth: `Authorization: Bearer <token>` checked by `gl_common.auth` (constant time; the token file
-  re-read when it changes) on every path but the public ones (`PUBLIC_PATHS_KEY`: health, metrics;
-  `PUBLIC_PREFIXES_KEY`: the approval routes, whose signed link token is their credential). Without a
-  configured token every other call gets a 401.
+- auth, before any validation or lookup: the route the request matched (`gl_common.openapi.route_of`)
+  says what it takes. `auth=False` routes (health, metrics, the OpenAPI document, the approval page)
+  pass; a route with `alt_auth` (the approval API) passes without a bearer token to its handler, which
+  checks the link token itself (`watchdog.web`); every other route, and any unmatched path under
+  `/api/v1`, needs `Authorization: Bearer <token>` (`gl_common.auth`: constant time, the token file
+  re-read when it changes); a bearer token given to the approval API must be valid too. Without a
+  configured token every such call gets a 401. Each refusal is counted, and logged at a bounded rate
+  per source (`watchdog.auth_failures`).
 """
 
 from __future__ import annotations
@@ -23,106 +31,114 @@ from typing import Final
 from aiohttp import web
 
 from gl_common.auth import TokenFileError, TokenSource, bearer_token
-from watchdog.errors import IncidentNotFound, InvalidTransition, StoreError
-from watchdog_sdk.errors import BackendUnavailable, WatchdogError
+from gl_common.http import ApiError, error_middleware
+from gl_common.openapi import route_of
+from watchdog.auth_failures import AuthFailures
+from watchdog.errors import (
+    ApprovalClosed,
+    ApprovalNotFound,
+    IncidentNotFound,
+    InvalidToken,
+    InvalidTransition,
+    StoreError,
+)
+from watchdog_sdk.errors import BackendUnavailable
+
+__all__ = ["AUTH_FAILURES_KEY", "ApiError", "authenticated", "new_application", "source_of"]
 
 log = logging.getLogger(__name__)
 
+API_PREFIX: Final = "/api/v1/"
+REALM: Final = 'Bearer realm="gl-watchdog"'
 TOKENS_KEY: Final = web.AppKey("tokens", TokenSource)
-PUBLIC_PATHS_KEY: Final = web.AppKey("public_paths", set[str])
-PUBLIC_PREFIXES_KEY: Final = web.AppKey("public_prefixes", list[str])
+AUTH_FAILURES_KEY: Final = web.AppKey("auth_failures", AuthFailures)
+_BEARER_ACCEPTED: Final = web.RequestKey("bearer_accepted", bool)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ApiError(WatchdogError):
-    """A request the API refuses; `status` is the HTTP status to answer with, `code` the short error."""
-
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
-
-
-def json_error(status: int, code: str, detail: str) -> web.Response:
-    """The API's error shape."""
-    return web.json_response({"error": code, "detail": detail}, status=status)
-
-
-def unauthorized(detail: str) -> web.Response:
-    """A 401 with the challenge header."""
-    response = json_error(401, "unauthorized", detail)
-    response.headers["WWW-Authenticate"] = 'Bearer realm="gl-watchdog"'
-    return response
-
-
-def bearer_ok(request: web.Request) -> bool:
-    """True when the request carries one of the API's bearer tokens (never when none is configured)."""
-    presented = bearer_token(request.headers.get("Authorization", ""))
-    return presented is not None and request.app[TOKENS_KEY].accepts(presented)
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure becomes a JSON error; nothing escapes as a traceback."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        if exc.content_type == "application/json":
-            raise
-        code = exc.reason.lower().replace(" ", "_")
-        detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
-        if isinstance(exc, web.HTTPRequestEntityTooLarge):
-            code, detail = "body_too_large", f"request body exceeds the limit of {exc.max_size} bytes"  # type: ignore[attr-defined]
-        return json_error(exc.status, code, detail)
-    except ApiError as exc:
-        return json_error(exc.status, exc.code, exc.detail)
-    except IncidentNotFound as exc:
-        return json_error(404, "not_found", str(exc))
-    except InvalidTransition as exc:
-        return json_error(409, "conflict", str(exc))
-    except TokenFileError as exc:
+def translate(request: web.Request, exc: Exception) -> ApiError | None:
+    """The watchdog's exceptions as HTTP answers (`gl_common.http.error_middleware`)."""
+    if isinstance(exc, IncidentNotFound | ApprovalNotFound):
+        return ApiError(404, "not_found", str(exc))
+    if isinstance(exc, InvalidTransition):
+        return ApiError(409, "conflict", str(exc))
+    if isinstance(exc, ApprovalClosed):
+        return ApiError(409, exc.state, str(exc))
+    if isinstance(exc, InvalidToken):
+        return ApiError(403, "invalid_token", str(exc))
+    if isinstance(exc, TokenFileError):
         log.error("%s %s: API tokens unavailable: %s", request.method, request.path, exc)
-        return json_error(503, "auth_unavailable", "the watchdog cannot read its API tokens")
-    except BackendUnavailable as exc:
+        return ApiError(503, "auth_unavailable", "the watchdog cannot read its API tokens")
+    if isinstance(exc, BackendUnavailable):
         log.warning("%s %s: backend unavailable: %s", request.method, request.path, exc)
-        return json_error(503, "unavailable", str(exc))
-    except StoreError as exc:
+        return ApiError(503, "unavailable", str(exc))
+    if isinstance(exc, StoreError):
         log.error("%s %s: store error: %s", request.method, request.path, exc)
-        return json_error(500, "store_error", str(exc))
-    except Exception:
-        log.exception("%s %s failed", request.method, request.path)
-        return json_error(500, "internal_error", "internal error; see the watchdog log")
+        return ApiError(500, "store_error", str(exc))
+    return None
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bearer-token auth on every path that is not public (see the module docstring)."""
-    if _is_public(request):
+def unauthorized(detail: str) -> ApiError:
+    """A 401 with the challenge header."""
+    return ApiError(401, "unauthorized", detail, headers={"WWW-Authenticate": REALM})
+
+
+def source_of(request: web.Request) -> str:
+    """Who sent the request, for the rate of refusal logs: the peer address."""
+    return request.remote or "unknown"
+
+
+def authenticated(request: web.Request) -> bool:
+    """True when the auth middleware accepted the request's bearer token."""
+    return request.get(_BEARER_ACCEPTED) is True
+
+
+def _auth_middleware(
+    tokens: TokenSource, failures: AuthFailures
+) -> Callable[..., Awaitable[web.StreamResponse]]:
+    def refuse(request: web.Request, reason: str, detail: str) -> ApiError:
+        failures.refused(source_of(request), reason, f"{request.method} {request.path}: {detail}")
+        return unauthorized(detail)
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = route_of(request)
+        needs_bearer = request.path.startswith(API_PREFIX) if route is None else route.auth
+        presented = bearer_token(request.headers.get("Authorization", ""))
+        if not needs_bearer or (presented is None and route is not None and route.alt_auth):
+            return await handler(request)
+        if not tokens.tokens():
+            raise refuse(
+                request,
+                "no_token_configured",
+                "the watchdog has no API token configured; every API call is refused",
+            )
+        if presented is None:
+            raise refuse(request, "missing_token", "missing bearer token (Authorization: Bearer <token>)")
+        if not tokens.accepts(presented):
+            raise refuse(request, "invalid_token", "invalid bearer token")
+        request[_BEARER_ACCEPTED] = True
         return await handler(request)
-    if not request.app[TOKENS_KEY].tokens():
-        return unauthorized("the watchdog has no API token configured; every API call is refused")
-    if bearer_token(request.headers.get("Authorization", "")) is None:
-        return unauthorized("missing bearer token (Authorization: Bearer <token>)")
-    if not bearer_ok(request):
-        return unauthorized("invalid bearer token")
-    return await handler(request)
+
+    return auth
 
 
-def _is_public(request: web.Request) -> bool:
-    app = request.app
-    if request.path in app[PUBLIC_PATHS_KEY]:
-        return True
-    return any(request.path.startswith(prefix) for prefix in app[PUBLIC_PREFIXES_KEY])
-
-
-def new_application(tokens: TokenSource, *, max_body_bytes: int) -> web.Application:
-    """An aiohttp application with the watchdog's middlewares and token source (no routes yet)."""
-    app = web.Application(client_max_size=max_body_bytes, middlewares=[error_middleware, auth_middleware])
+def new_application(
+    tokens: TokenSource, *, max_body_bytes: int, auth_failures: AuthFailures
+) -> web.Application:
+    """An aiohttp application with the watchdog's middlewares (no routes yet)."""
+    app = web.Application(
+        client_max_size=max_body_bytes,
+        middlewares=[
+            error_middleware(
+                translate,
+                internal_detail="internal error; see the watchdog log",
+                error_codes={413: "body_too_large"},
+            ),
+            _auth_middleware(tokens, auth_failures),
+        ],
+    )
     app[TOKENS_KEY] = tokens
-    app[PUBLIC_PATHS_KEY] = {"/healthz", "/readyz", "/metrics"}
-    app[PUBLIC_PREFIXES_KEY] = []
+    app[AUTH_FAILURES_KEY] = auth_failures
     return app

@@ -22,6 +22,7 @@ from watchdog_sdk.constants import (
     W_ALERTS_RECEIVED,
     W_ALERTS_REJECTED,
     W_APPROVALS,
+    W_AUTH_FAILURES,
     W_DIAGNOSES,
     W_DIAGNOSIS_DURATION,
     W_DIAGNOSTIC_STEPS,
@@ -86,6 +87,13 @@ class WatchdogMetrics:
         )
         self.sweeps = Counter(W_SWEEPS, "Sweeps run, by result", ["result"], registry=r)
         self.is_leader = Gauge(W_IS_LEADER, "1 while this replica is the sweep leader", registry=r)
+        self.auth_failures = Counter(
+            W_AUTH_FAILURES,
+            "Requests refused before authentication (bearer or link token), by reason; each is counted, "
+            "only some are logged and audited (a rate per source)",
+            ["reason"],
+            registry=r,
+        )
 
     def observe_diagnosis(self, diagnosis: Diagnosis, seconds: float) -> None:
         """Count one finished diagnosis, its duration and the outcome of each of its steps."""
@@ -93,6 +101,10 @@ class WatchdogMetrics:
         self.diagnosis_duration.observe(seconds)
         for finding in diagnosis.findings:
             self.diagnostic_steps.labels(step=str(finding.step), status=finding.status.value).inc()
+
+    def auth_failure(self, reason: str) -> None:
+        """Count one request refused before authentication."""
+        self.auth_failures.labels(reason=reason).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""

@@ -1,7 +1,10 @@
 """The remediation side of `gl-watchdog`: `approve`, `deny`, `playbook run`, `demo`.
 
 Plugged into the parser of `watchdog.cli` by `add_commands(sub, common)`; errors are raised as
-`WatchdogError` subclasses, which `watchdog.cli.main` turns into one line on stderr and an exit code.
+`WatchdogError` subclasses or `CliError`s, which `watchdog.cli.main` turns into one line on stderr and
+the exit code of their kind (`watchdog.exit_codes`: 2 bad input (bad params included, checked before the
+execution is looked up), 3 not found, 4 unreachable or our credential refused, 1 refused by the state
+or not resolved).
 
     gl-watchdog approve|deny APPROVAL_ID [--url URL]   answer a prompt through the running watchdog's API
                                                        (bearer token from settings), so the service that
@@ -29,27 +32,34 @@ from typing import Any, Final, TextIO
 
 import httpx
 import yaml
+from pydantic import TypeAdapter, ValidationError
 
 from gl_common.clock import SystemClock
 from playbooks.registry import default_registry
+from watchdog.api_models import ApprovalId, ExecutionId
 from watchdog.assembly import build_watchdog
 from watchdog.backends import open_clients
 from watchdog.demo import run_demo
-from watchdog.errors import ApprovalClosed, ApprovalNotFound, InvalidToken
+from watchdog.exit_codes import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, CliError, for_status
 from watchdog.policy import Policy, load_policy
 from watchdog.remediation import ManualRun, PlaybookContexts, RemediationProgress, parse_params, preview
 from watchdog.settings import WatchdogSettings, load_settings
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
-from watchdog_sdk.errors import BackendUnavailable, ConfigError, PlaybookError, WatchdogError
+from watchdog_sdk.errors import BackendUnavailable, ConfigError, NotFound, PlaybookError, WatchdogError
 from watchdog_sdk.outcomes import ApplyResult, PlannedAction, Precheck, VerifyResult
 from watchdog_sdk.playbook import Playbook
-
-EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1
 
 
 def _settings(args: argparse.Namespace) -> WatchdogSettings:
     return load_settings(args.config).with_local_secrets(create=False)
+
+
+def _argument(kind: Any, value: str, name: str, rule: str) -> str:
+    """`value` as the API accepts a `kind` (an id type of `watchdog.api_models`); a usage error otherwise."""
+    try:
+        return str(TypeAdapter(kind).validate_python(value))
+    except ValidationError:
+        raise CliError(f"{name} {value!r} is not valid: {rule}", EXIT_USAGE) from None
 
 
 # -- approve / deny -------------------------------------------------------------------------------------
@@ -66,11 +76,17 @@ def cmd_deny(args: argparse.Namespace) -> int:
 
 
 def _decide(args: argparse.Namespace, decision: str) -> int:
+    approval_id = _argument(
+        ApprovalId,
+        args.approval_id,
+        "APPROVAL_ID",
+        "1-64 of A-Z a-z 0-9 _ -, starting with a letter or digit",
+    )
     settings = _settings(args)
     url = (args.url or settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
     tokens = settings.api_token_values()
     headers = {"Authorization": f"Bearer {tokens[0]}"} if tokens else {}
-    endpoint = f"{url}/api/v1/approvals/{args.approval_id}/{decision}"
+    endpoint = f"{url}/api/v1/approvals/{approval_id}/{decision}"
     try:
         response = httpx.post(
             endpoint,
@@ -85,15 +101,24 @@ def _decide(args: argparse.Namespace, decision: str) -> int:
     except ValueError:
         body = {"detail": response.text[:200]}
     detail = str(body.get("detail", "")) if isinstance(body, dict) else ""
-    if response.status_code == 404:
-        raise ApprovalNotFound(detail or f"no approval {args.approval_id}")
-    if response.status_code in (401, 403):
-        raise InvalidToken(f"the watchdog refused the request ({response.status_code}): {detail}")
-    if response.status_code == 409:
-        raise ApprovalClosed(str(body.get("error", "closed")), detail)
-    if response.status_code >= 400:
-        raise WatchdogError(f"the watchdog answered {response.status_code}: {detail}")
-    sys.stdout.write(f"approval {body['id']}: {body['state']} (incident {body['incident_id']})\n")
+    status = response.status_code
+    if status >= 400:
+        if status == 404:
+            message = detail or f"no approval {approval_id}"
+        elif status in (401, 403):
+            message = f"the watchdog refused the request ({status}): {detail} (check GL_WATCHDOG_API_TOKENS)"
+        elif status == 409:
+            message = detail
+        else:
+            message = f"the watchdog answered {status}: {detail}"
+        raise CliError(message, for_status(status))
+    try:
+        said = f"approval {body['id']}: {body['state']} (incident {body['incident_id']})"
+    except (TypeError, KeyError):
+        raise CliError(
+            f"the watchdog at {url} answered {status} without an approval", for_status(502)
+        ) from None
+    sys.stdout.write(said + "\n")
     return EXIT_OK
 
 
@@ -112,8 +137,23 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
 
 def cmd_playbook_run(args: argparse.Namespace) -> int:
     """Run one playbook against one execution: preconditions, plan, apply, verify."""
+    _argument(
+        ExecutionId,
+        args.execution,
+        "--execution",
+        "1-64 of A-Z a-z 0-9 _ . : -, starting with a letter or digit",
+    )
+    _parse_params(args.param or [])  # a malformed --param is a usage error before anything is opened
     settings = _settings(args)
     return asyncio.run(_playbook_run(settings, args))
+
+
+async def _require_execution(orchestrator: OrchestratorClient, execution_id: str) -> None:
+    """A run by hand needs a run: an unknown one is "not found" (3), before anything is recorded."""
+    try:
+        await orchestrator.get_execution(execution_id)
+    except NotFound as exc:
+        raise CliError(f"no execution {execution_id!r} in the orchestrator", EXIT_NOT_FOUND) from exc
 
 
 # Parameters a by-hand run may leave out: they are read from the run itself, as the planner does.
@@ -194,7 +234,7 @@ async def _params(
     try:
         return parse_params(playbook, raw).model_dump(mode="json")
     except PlaybookError as exc:
-        raise PlaybookError(f"{exc} (give them with --param KEY=VALUE)") from exc
+        raise CliError(f"{exc} (give them with --param KEY=VALUE)", EXIT_USAGE) from exc
 
 
 async def _playbook_run(settings: WatchdogSettings, args: argparse.Namespace) -> int:
@@ -204,6 +244,7 @@ async def _playbook_run(settings: WatchdogSettings, args: argparse.Namespace) ->
         try:
             playbook = registry.get(args.name)
             params = await _params(clients.orchestrator, playbook, policy, args)
+            await _require_execution(clients.orchestrator, args.execution)
             contexts = PlaybookContexts(clients, policy, SystemClock())
             precheck, actions = await preview(playbook, args.execution, params, contexts)
         finally:
@@ -217,6 +258,7 @@ async def _playbook_run(settings: WatchdogSettings, args: argparse.Namespace) ->
         remediation = watchdog.remediation
         playbook = remediation.registry.get(args.name)
         params = await _params(watchdog.clients.orchestrator, playbook, remediation.contexts.policy, args)
+        await _require_execution(watchdog.clients.orchestrator, args.execution)
         run = ManualRun(
             playbook=playbook.name,
             execution_id=args.execution,

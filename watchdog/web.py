@@ -3,34 +3,45 @@
 Installed by the composition root (`watchdog.assembly.create_app`) with `add_routes(app, ...)`, which
 hands the handlers their services as AppKeys: the approval prompts (`watchdog.approvals`), the
 responder that continues after a decision (`watchdog.responder`) and the incidents (the page shows
-the remediation's progress and result). Routes:
+the remediation's progress and result). Each route is declared on `ROUTE_TABLE` with the models of
+`watchdog.api_models` (validated before the handler; described in the watchdog's OpenAPI document,
+which `watchdog.api` builds). Routes:
 
     GET  /api/v1/approvals/{id}                 the prompt (bearer token, or ?token= link token)
     POST /api/v1/approvals/{id}/approve|deny    decide (bearer token, or the link token as ?token= or
-                                                JSON {"token": ...}); 200 with the prompt, 403 bad
-                                                token, 404 unknown, 409 already decided/expired
+                                                JSON {"token": ...}); 200 with the prompt, 401 no
+                                                credential, 403 a link token refused, 404 unknown (bearer
+                                                callers), 409 already decided/expired
     GET  /approvals/{id}?token=...[&decision=]  the page: diagnosis, plan, approve and deny buttons;
                                                 after a decision, the remediation's progress and result
     POST /approvals/{id}                        the page's form (token, decision) → 303 back to the page
 
+Credentials before lookups: a bearer token is checked by the auth middleware (`watchdog.http`) before
+the handler runs; without one, a link token must be present (401 otherwise) and well formed (403
+otherwise) before the prompt is read, and a link to a prompt that does not exist is refused exactly as
+a forged token is (403), so the answers tell nobody which prompt ids exist. Every refusal is counted;
+the log line and the `approval_token_rejected` audit row are written at a bounded rate per source
+(`watchdog.auth_failures`).
+
 A GET never decides (chat link unfurlers fetch links): the buttons POST. The link token is checked
-by `watchdog.approvals` (HMAC, expiry, single use); these paths are public to the bearer-token
-middleware because the token is their credential. Plain HTML, no JavaScript (a meta refresh while the
+by `watchdog.approvals` (HMAC, expiry, single use). Plain HTML, no JavaScript (a meta refresh while the
 remediation runs); no external assets.
 """
 
 from __future__ import annotations
 
 import html
-import json
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 from aiohttp import web
 
-from watchdog.approvals import ApprovalService, Decision, public_view
+from gl_common.http import ApiError, json_model_response, read_body, validate
+from gl_common.openapi import Answer, Inputs, RouteHandler, RouteTable
+from watchdog.api_models import PATH_PARAMS, ApprovalForm, ApprovalOut, ApprovalQuery, DecideBody, PageQuery
+from watchdog.approvals import ApprovalService, Decision, well_formed
 from watchdog.errors import ApprovalClosed, ApprovalNotFound, InvalidToken
-from watchdog.http import PUBLIC_PREFIXES_KEY, bearer_ok, json_error, unauthorized
+from watchdog.http import AUTH_FAILURES_KEY, authenticated, source_of, unauthorized
 from watchdog.incidents import IncidentService
 from watchdog.records import Approval, Incident
 from watchdog.responder import Responder
@@ -40,6 +51,21 @@ RESPONDER_KEY: Final = web.AppKey("responder", Responder)
 INCIDENTS_KEY: Final = web.AppKey("approval_incidents", IncidentService)
 IN_PROGRESS: Final = ("awaiting_approval", "remediating", "verifying")
 STATE_WORDS: Final = {"used": "approved (acted on)"}
+FORM_TYPE: Final = "application/x-www-form-urlencoded"
+LINK_SCHEME: Final = "approvalToken"
+SECURITY_SCHEMES: Final = {
+    LINK_SCHEME: {
+        "type": "apiKey",
+        "in": "query",
+        "name": "token",
+        "description": "the signed, single-use token of an approval prompt's links (a decision's JSON "
+        "body may carry it as `token` instead)",
+    }
+}
+
+ROUTE_TABLE = RouteTable("/api/v1", path_params=PATH_PARAMS, body_invalid=(422, "invalid_payload"))
+_LINK = (LINK_SCHEME,)
+_INVALID_LINK = Answer("the link is not valid (forged, altered, or for no prompt)", content_type="text/html")
 
 
 def add_routes(
@@ -49,127 +75,195 @@ def add_routes(
     app[APPROVALS_KEY] = approvals
     app[RESPONDER_KEY] = responder
     app[INCIDENTS_KEY] = incidents
-    app[PUBLIC_PREFIXES_KEY].extend(["/api/v1/approvals/", "/approvals/"])
-    app.router.add_get("/api/v1/approvals/{approval_id}", api_get)
-    app.router.add_post("/api/v1/approvals/{approval_id}/{decision}", api_decide)
-    app.router.add_get("/approvals/{approval_id}", page)
-    app.router.add_post("/approvals/{approval_id}", page_decide)
+    ROUTE_TABLE.install(app)
 
 
-def _error(exc: Exception) -> web.Response:
-    if isinstance(exc, ApprovalNotFound):
-        return json_error(404, "not_found", str(exc))
-    if isinstance(exc, InvalidToken):
-        return json_error(403, "invalid_token", str(exc))
-    if isinstance(exc, ApprovalClosed):
-        return json_error(409, exc.state, str(exc))
-    raise exc
+# -- the link token: present, well formed, then checked against the prompt ----------------------------
+
+
+class LinkRefused(Exception):
+    """A link token was missing (`status` 401) or refused (403); the answer is the route's own."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+async def _linked_approval(request: web.Request, approval_id: str, token: str | None) -> Approval:
+    """The prompt the link token opens; raises LinkRefused before any lookup when there is no token or
+    it is malformed, and after it when the prompt does not exist or the token is not its own."""
+    if token is None:
+        _refused(request, "missing_link_token", approval_id, "no bearer token and no link token")
+        raise LinkRefused(401, "bearer token or approval link token required")
+    refusal = (
+        f"this link token is not valid for approval {approval_id} (forged, altered, or for another prompt)"
+    )
+    if not well_formed(token):
+        _refused(request, "malformed_link_token", approval_id, "malformed link token")
+        raise LinkRefused(403, refusal)
+    approvals = request.app[APPROVALS_KEY]
+    try:
+        approval = await approvals.get(approval_id)
+        approvals.check_token(approval, token, allow_expired=True)
+    except ApprovalNotFound:
+        _refused(request, "unknown_prompt", approval_id, "a link token for no prompt")
+        raise LinkRefused(403, refusal) from None
+    except InvalidToken as exc:
+        if _refused(request, "forged_link_token", approval_id, str(exc)):
+            await approvals.record_rejected_token(approval, actor="link", reason=str(exc))
+        raise LinkRefused(403, refusal) from None
+    return approval
+
+
+def _refused(request: web.Request, reason: str, approval_id: str, detail: str) -> bool:
+    failures = request.app[AUTH_FAILURES_KEY]
+    return failures.refused(source_of(request), reason, f"{request.method} approval {approval_id}: {detail}")
+
+
+def _api_refusal(refusal: LinkRefused) -> ApiError:
+    if refusal.status == 401:
+        return unauthorized(refusal.detail)
+    return ApiError(403, "invalid_token", refusal.detail)
 
 
 # -- API ----------------------------------------------------------------------------------------------
 
 
-async def api_get(request: web.Request) -> web.Response:
-    """`GET /api/v1/approvals/{id}`."""
-    approvals = request.app[APPROVALS_KEY]
-    try:
-        approval = await approvals.get(request.match_info["approval_id"])
-        if not bearer_ok(request):
-            token = request.query.get("token")
-            if token is None:
-                return _unauthorized()
-            approvals.check_token(approval, token, allow_expired=True)
-    except (ApprovalNotFound, InvalidToken) as exc:
-        return _error(exc)
-    return web.json_response(public_view(approval))
-
-
-async def api_decide(request: web.Request) -> web.Response:
-    """`POST /api/v1/approvals/{id}/approve|deny`."""
-    raw = request.match_info["decision"]
-    if raw not in ("approve", "deny"):
-        return json_error(404, "not_found", f"no such action {raw!r}; use approve or deny")
-    decision = Decision(raw)
-    token = request.query.get("token")
-    actor = "api"
-    if request.can_read_body and request.content_type == "application/json":
+@ROUTE_TABLE.route(
+    "GET /approvals/{approval_id}",
+    "An approval prompt (bearer token, or the link token as ?token=)",
+    query=ApprovalQuery,
+    response=ApprovalOut,
+    alt_auth=_LINK,
+    errors=(403, 404, 503),
+)
+async def api_get(request: web.Request, inputs: Inputs) -> web.Response:
+    approval_id = inputs.path["approval_id"]
+    if authenticated(request):
+        approval = await request.app[APPROVALS_KEY].get(approval_id)
+    else:
         try:
-            body = json.loads(await request.read() or b"{}")
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return json_error(400, "malformed_json", f"request body is not valid JSON: {exc}")
-        if not isinstance(body, dict):
-            return json_error(400, "bad_request", "request body must be a JSON object")
-        token = body.get("token", token)
-        if body.get("actor") is not None:
-            actor = f"api:{str(body['actor'])[:100]}"
-    if token is None and not bearer_ok(request):
-        return _unauthorized()
-    authenticated = token is None
-    try:
-        approval = await request.app[APPROVALS_KEY].decide(
-            request.match_info["approval_id"],
-            decision,
-            actor=actor if authenticated else "link",
-            token=None if authenticated else str(token),
-            authenticated=authenticated,
-        )
-    except (ApprovalNotFound, InvalidToken, ApprovalClosed) as exc:
-        return _error(exc)
-    request.app[RESPONDER_KEY].start_decision(approval)
-    return web.json_response(public_view(approval))
+            approval = await _linked_approval(request, approval_id, inputs.query(ApprovalQuery).token)
+        except LinkRefused as refusal:
+            raise _api_refusal(refusal) from None
+    return json_model_response(ApprovalOut.of(approval))
 
 
-def _unauthorized() -> web.Response:
-    return unauthorized("bearer token or approval link token required")
+def _decider(decision: Decision) -> RouteHandler:
+    async def decide(request: web.Request, inputs: Inputs) -> web.Response:
+        approval_id = inputs.path["approval_id"]
+        body = inputs.body(DecideBody)
+        approvals = request.app[APPROVALS_KEY]
+        if authenticated(request):
+            actor = f"api:{body.actor}" if body.actor else "api"
+            approval = await approvals.decide(approval_id, decision, actor=actor, authenticated=True)
+        else:
+            token = body.token if body.token is not None else inputs.query(ApprovalQuery).token
+            try:
+                await _linked_approval(request, approval_id, token)
+            except LinkRefused as refusal:
+                raise _api_refusal(refusal) from None
+            approval = await approvals.decide(approval_id, decision, actor="link", token=token)
+        request.app[RESPONDER_KEY].start_decision(approval)
+        return json_model_response(ApprovalOut.of(approval))
+
+    return decide
+
+
+for _decision, _summary in (
+    (Decision.APPROVE, "Approve a pending prompt (the watchdog then applies its plan)"),
+    (Decision.DENY, "Deny a pending prompt (nothing is done; the incident is escalated)"),
+):
+    ROUTE_TABLE.route(
+        f"POST /approvals/{{approval_id}}/{_decision.value}",
+        _summary,
+        query=ApprovalQuery,
+        body=DecideBody,
+        response=ApprovalOut,
+        alt_auth=_LINK,
+        errors=(403, 404, 409, 413, 415, 503),
+    )(_decider(_decision))
 
 
 # -- the page -------------------------------------------------------------------------------------------
 
 
-async def page(request: web.Request) -> web.Response:
+@ROUTE_TABLE.route(
+    "GET /approvals/{approval_id}",
+    "The approval page: diagnosis, plan, approve and deny buttons; afterwards the result",
+    prefixed=False,
+    auth=False,
+    alt_auth=_LINK,
+    query=PageQuery,
+    response_type="text/html",
+    answers={403: _INVALID_LINK},
+)
+async def page(request: web.Request, inputs: Inputs) -> web.Response:
     """`GET /approvals/{id}?token=...`: the prompt, the buttons, and afterwards the result."""
-    approvals = request.app[APPROVALS_KEY]
-    approval_id = request.match_info["approval_id"]
-    token = request.query.get("token", "")
+    query = inputs.query(PageQuery)
+    token = query.token or ""
     try:
-        approval = await approvals.get(approval_id)
-        approvals.check_token(approval, token, allow_expired=True)
-    except ApprovalNotFound:
-        return _html(404, "Approval not found", "<p>No such approval prompt.</p>")
-    except InvalidToken as exc:
-        return _html(403, "Invalid link", f"<p>{html.escape(str(exc))}</p>")
+        approval = await _linked_approval(request, inputs.path["approval_id"], query.token)
+    except LinkRefused as refusal:
+        return _html(403, "Invalid link", f"<p>{html.escape(refusal.detail)}</p>")
+    approvals = request.app[APPROVALS_KEY]
     incident = await request.app[INCIDENTS_KEY].get(approval.incident_id)
-    notice = request.query.get("notice", "")
     expired = approval.state == "pending" and approvals.clock.now() >= approval.expires_at
-    body = _render(approval, incident, token, notice, request.query, expired=expired)
+    body = _render(approval, incident, token, query.notice or "", query.decision or "", expired=expired)
     acting = approval.state in ("approved", "used") and incident.status in IN_PROGRESS
     return _html(200, f"Approval {approval.id}", body, refresh_seconds=2 if acting else None)
 
 
-async def page_decide(request: web.Request) -> web.StreamResponse:
+@ROUTE_TABLE.route(
+    "POST /approvals/{approval_id}",
+    "The approval page's form: decide, then back to the page (303)",
+    prefixed=False,
+    auth=False,
+    alt_auth=_LINK,
+    ok_status=303,
+    body=ApprovalForm,
+    body_required=True,
+    body_types=(FORM_TYPE,),
+    raw_body=True,
+    errors=(413, 415),
+    answers={403: _INVALID_LINK},
+)
+async def page_decide(request: web.Request, inputs: Inputs) -> web.StreamResponse:
     """The page's approve/deny form."""
-    approval_id = request.match_info["approval_id"]
-    form = await request.post()
-    token = str(form.get("token", ""))
-    raw = str(form.get("decision", ""))
-    if raw not in ("approve", "deny"):
-        return _html(400, "Bad request", "<p>decision must be approve or deny.</p>")
+    approval_id = inputs.path["approval_id"]
+    form = await _form(request)
+    try:
+        await _linked_approval(request, approval_id, form.token)
+    except LinkRefused as refusal:
+        return _html(403, "Invalid link", f"<p>{html.escape(refusal.detail)}</p>")
     notice = ""
     try:
         approval = await request.app[APPROVALS_KEY].decide(
-            approval_id, Decision(raw), actor="web", token=token
+            approval_id, Decision(form.decision), actor="web", token=form.token
         )
         request.app[RESPONDER_KEY].start_decision(approval)
-    except ApprovalNotFound:
-        return _html(404, "Approval not found", "<p>No such approval prompt.</p>")
-    except InvalidToken as exc:
-        return _html(403, "Invalid link", f"<p>{html.escape(str(exc))}</p>")
     except ApprovalClosed as exc:
         notice = str(exc)
-    location = f"/approvals/{quote(approval_id, safe='')}?token={quote(token)}"
+    location = f"/approvals/{quote(approval_id, safe='')}?token={quote(form.token)}"
     if notice:
         location += f"&notice={quote(notice)}"
     raise web.HTTPSeeOther(location)
+
+
+async def _form(request: web.Request) -> ApprovalForm:
+    """The form's fields, each given once (422 naming the field otherwise)."""
+    body, _ = await read_body(request, (FORM_TYPE,))
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body))
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(400, "bad_request", "the form is not valid URL-encoded UTF-8", field="") from None
+    fields: dict[str, str] = {}
+    for name, value in pairs:
+        if name in fields:
+            raise ApiError(422, "invalid_payload", f"{name}: may be given once", field=name)
+        fields[name] = value
+    return validate(ApprovalForm, fields, status=422, error="invalid_payload")
 
 
 def _html(status: int, title: str, body: str, *, refresh_seconds: int | None = None) -> web.Response:
@@ -198,7 +292,13 @@ def _e(value: Any) -> str:
 
 
 def _render(
-    approval: Approval, incident: Incident, token: str, notice: str, query: Any, *, expired: bool = False
+    approval: Approval,
+    incident: Incident,
+    token: str,
+    notice: str,
+    preselected: str,
+    *,
+    expired: bool = False,
 ) -> str:
     plan = approval.plan
     params = ", ".join(f"{_e(k)}={_e(v)}" for k, v in plan.params.items())
@@ -227,7 +327,6 @@ def _render(
             "answer: nothing will act on it, and the incident is escalated to on-call.</p>"
         )
     elif approval.state == "pending":
-        preselected = query.get("decision", "")
         hint = f"<p>You followed the <b>{_e(preselected)}</b> link: confirm below.</p>" if preselected else ""
         parts.append(
             f"""{hint}<form method="post" action="/approvals/{_e(approval.id)}">

@@ -89,7 +89,7 @@ async def test_playbook_run_refusal_and_bad_params_exit_non_zero(env: Env, tmp_p
     code, out = await cli(
         env, "playbook", "run", "restart_agent", "--execution", execution_id, database_url=db
     )
-    assert code == 1 and "invalid params for restart_agent: agent_id: Field required" in out
+    assert code == 2 and "invalid params for restart_agent: agent_id: Field required" in out  # bad input
     assert "Traceback" not in out
     code, out = await cli(env, "playbook", "run", "reboot", "--execution", "x", database_url=db)
     assert code == 2 and "invalid choice: 'reboot'" in out
@@ -286,7 +286,7 @@ async def test_missing_params_say_how_to_give_them(env: Env, tmp_path: Path) -> 
     code, out = await cli(
         env, "playbook", "run", "increase_node_timeout", "--execution", "no-such-run", database_url=db
     )
-    assert code == 1, out
+    assert code == 2, out  # bad input, before the execution is looked up
     assert "dag_id: Field required" in out and "--param KEY=VALUE" in out
 
 

@@ -37,9 +37,9 @@ async def test_cli_deny_and_errors(stack: Stack) -> None:
     message = await stack.stuck_incident()
     approval_id = approval_id_of(links(message)["deny"].split("?")[0])
     code, out = await cli("deny", approval_id, "--url", stack.url, token="wrong-token")
-    assert code == 1 and "refused the request (401)" in out
+    assert code == 4 and "refused the request (401)" in out  # our credential refused: exit 4
     code, out = await cli("approve", "apr_missing", "--url", stack.url)
-    assert code == 1 and "no approval" in out
+    assert code == 3 and "no approval" in out  # not found: exit 3
     code, out = await cli("deny", approval_id, "--url", "http://127.0.0.1:9")
     assert code == 4 and "unreachable" in out
     code, out = await cli("deny", approval_id, "--url", stack.url)

@@ -179,7 +179,8 @@ def test_serve_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
             assert http.get("/readyz").status_code == 200
             assert http.get("/api/v1/incidents").status_code == 401
             listed = http.get("/api/v1/incidents", headers={"Authorization": "Bearer serve-token"})
-            assert listed.status_code == 200 and listed.json() == {"items": []}
+            assert listed.status_code == 200
+            assert listed.json() == {"items": [], "next_cursor": None, "total": 0}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         output = log_path.read_text()
@@ -375,3 +376,27 @@ def test_diagnose_with_a_refused_token_says_which_setting(
     err = capsys.readouterr().err
     assert err.startswith("gl-watchdog: error: orchestrator answered 401")
     assert f"(at {orchestrator_service.url}): check GL_WATCHDOG_ORCHESTRATOR_TOKEN" in err
+
+
+def test_incidents_say_when_the_limit_leaves_some_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def seed() -> None:
+        store = await WatchdogStore.open(f"sqlite+aiosqlite:///{tmp_path / 'wd.db'}")
+        try:
+            async with store.transaction() as tx:
+                for n in range(3):
+                    await tx.insert_incident(
+                        execution_id=f"e-{n}", dag_id="d", source="sweep", detection_source="api"
+                    )
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    assert main(["incidents", "--limit", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "e-2" in captured.out and "e-1" in captured.out and "e-0" not in captured.out
+    assert "showing the newest 2 of 3 incidents (--limit N for more)" in captured.err
+    assert main(["incidents", "--limit", "3", "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["total"] == 3 and captured.err == ""

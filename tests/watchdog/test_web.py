@@ -79,9 +79,10 @@ async def test_bad_requests_get_clear_errors(stack: Stack) -> None:
         assert (await anon.post(f"/api/v1/approvals/{approval_id}/approve")).status_code == 401
         forged = await anon.post(f"/api/v1/approvals/{approval_id}/approve", json={"token": "1.x"})
         assert forged.status_code == 403
+        # an unknown prompt is refused as a forged token is: the answer says nothing of which ids exist
         assert (
             await anon.post("/api/v1/approvals/apr_nope/approve", json={"token": "1.x"})
-        ).status_code == 404
+        ).status_code == 403
         bad_json = await anon.post(
             f"/api/v1/approvals/{approval_id}/approve",
             content=b"{",
@@ -90,7 +91,7 @@ async def test_bad_requests_get_clear_errors(stack: Stack) -> None:
         assert bad_json.status_code == 400 and bad_json.json()["error"] == "malformed_json"
         page = await anon.get(f"/approvals/{approval_id}", params={"token": "1.x"})
         assert page.status_code == 403 and "Invalid link" in page.text
-        assert (await anon.get("/approvals/apr_nope", params={"token": "1.x"})).status_code == 404
+        assert (await anon.get("/approvals/apr_nope", params={"token": "1.x"})).status_code == 403
     async with stack.client(token="wrong-token") as wrong:
         assert (await wrong.post(f"/api/v1/approvals/{approval_id}/approve")).status_code == 401
         assert (await wrong.post(f"/api/v1/approvals/{approval_id}/explode")).status_code in (401, 404)

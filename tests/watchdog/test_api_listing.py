@@ -1,0 +1,182 @@
+"""`GET /api/v1/incidents` on SQLite and PostgreSQL: keyset pages newest first with an exact total,
+server-side filters (status, dag_id, execution_id, cause, opened time), and cursors bound to their
+filters — nothing silently truncated."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from tests.conftest import free_port
+from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, ScriptedDiagnose
+from watchdog.assembly import Watchdog, build_watchdog, create_app
+from watchdog.settings import WatchdogSettings
+
+Client = TestClient[web.Request, web.Application]
+AUTH = {"Authorization": f"Bearer {WATCHDOG_TOKEN}"}
+
+
+@pytest.fixture
+async def listed(
+    _no_pending_tasks: None, database_url: str, clock: FakeClock
+) -> AsyncIterator[tuple[Watchdog, Client, FakeClock]]:
+    settings = WatchdogSettings(
+        database_url=database_url,
+        api_tokens=[WATCHDOG_TOKEN],
+        orchestrator_url=f"http://127.0.0.1:{free_port()}",
+    )
+    wd = await build_watchdog(settings, clock=clock, diagnose=ScriptedDiagnose(), respond=False)
+    client: Client = TestClient(TestServer(create_app(wd), host="127.0.0.1"))
+    await client.start_server()
+    try:
+        yield wd, client, clock
+    finally:
+        await client.close()
+        await wd.aclose()
+
+
+async def _incident(
+    wd: Watchdog, execution_id: str, *, dag_id: str = "dag-a", status: str = "open", cause: str | None = None
+) -> int:
+    async with wd.store.transaction() as tx:
+        incident = await tx.insert_incident(
+            execution_id=execution_id, dag_id=dag_id, source="manual", detection_source="api"
+        )
+        assert incident is not None
+        values: dict[str, Any] = {}
+        if status != "open":
+            values["status"] = status
+        if cause is not None:
+            values["diagnosis"] = {"likely_cause": cause, "findings": []}
+        if values:
+            await tx.update_incident(incident.id, **values)
+        return incident.id
+
+
+async def _get(client: Client, **params: Any) -> dict[str, Any]:
+    response = await client.get("/api/v1/incidents", params=params, headers=AUTH)
+    body: dict[str, Any] = await response.json()
+    assert response.status == 200, body
+    return body
+
+
+async def test_pages_follow_next_cursor_newest_first_and_see_every_incident_once(
+    listed: tuple[Watchdog, Client, FakeClock],
+) -> None:
+    wd, client, _ = listed
+    ids = [await _incident(wd, f"exec-{n}") for n in range(7)]
+    seen: list[int] = []
+    cursor = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"limit": 3}
+        if cursor:
+            params["cursor"] = cursor
+        page = await _get(client, **params)
+        assert page["total"] == 7
+        seen += [item["id"] for item in page["items"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == sorted(ids, reverse=True) and pages == 3
+
+
+async def test_an_incident_opened_while_paging_is_not_slipped_into_a_later_page(
+    listed: tuple[Watchdog, Client, FakeClock],
+) -> None:
+    wd, client, _ = listed
+    for n in range(4):
+        await _incident(wd, f"exec-{n}")
+    first = await _get(client, limit=2)
+    await _incident(wd, "exec-late")
+    second = await _get(client, limit=2, cursor=first["next_cursor"])
+    assert [i["execution_id"] for i in second["items"]] == ["exec-1", "exec-0"]
+    assert second["next_cursor"] is None and second["total"] == 5
+
+
+async def test_the_default_page_holds_up_to_500_and_says_when_there_is_more(
+    listed: tuple[Watchdog, Client, FakeClock],
+) -> None:
+    wd, client, _ = listed
+    async with wd.store.transaction() as tx:
+        for n in range(501):
+            await tx.insert_incident(
+                execution_id=f"exec-{n}", dag_id=None, source="sweep", detection_source="api"
+            )
+    page = await _get(client)
+    assert len(page["items"]) == 500 and page["total"] == 501 and page["next_cursor"] is not None
+    rest = await _get(client, cursor=page["next_cursor"])
+    assert [i["execution_id"] for i in rest["items"]] == ["exec-0"]
+
+
+async def test_filters_combine_and_the_total_counts_the_matches(
+    listed: tuple[Watchdog, Client, FakeClock],
+) -> None:
+    wd, client, clock = listed
+    await _incident(wd, "e-old", dag_id="dag-a", status="resolved", cause="hung_node")
+    clock.advance(3600)
+    noon = clock.now()
+    await _incident(wd, "e-hung", dag_id="dag-a", cause="hung_node")
+    await _incident(wd, "e-lock", dag_id="dag-b", cause="stuck_lock")
+    await _incident(wd, "e-new", dag_id="dag-a", status="escalated")
+
+    def names(page: dict[str, Any]) -> list[str]:
+        return [item["execution_id"] for item in page["items"]]
+
+    assert names(await _get(client, status="open")) == ["e-lock", "e-hung"]
+    assert names(await _get(client, status="resolved,escalated")) == ["e-new", "e-old"]
+    assert names(await _get(client, dag_id="dag-a", cause="hung_node")) == ["e-hung", "e-old"]
+    assert names(await _get(client, cause="stuck_lock")) == ["e-lock"]
+    assert names(await _get(client, execution_id="e-old")) == ["e-old"]
+    after = noon.isoformat()
+    assert names(await _get(client, opened_after=after)) == ["e-new", "e-lock", "e-hung"]
+    assert names(await _get(client, opened_before=after)) == ["e-old"]
+    both = await _get(client, opened_after=after, dag_id="dag-a", status="open")
+    assert names(both) == ["e-hung"] and both["total"] == 1
+    assert (await _get(client, cause="no_such_cause")) == {"items": [], "next_cursor": None, "total": 0}
+
+
+async def test_a_cursor_is_refused_with_other_filters_or_when_altered(
+    listed: tuple[Watchdog, Client, FakeClock],
+) -> None:
+    wd, client, _ = listed
+    for n in range(3):
+        await _incident(wd, f"exec-{n}")
+    cursor = (await _get(client, limit=1, status="open"))["next_cursor"]
+    other = await client.get("/api/v1/incidents", params={"cursor": cursor, "status": "closed"}, headers=AUTH)
+    assert other.status == 400 and "other filters" in (await other.json())["detail"]
+    altered = await client.get("/api/v1/incidents", params={"cursor": "x" + cursor}, headers=AUTH)
+    assert altered.status == 400 and (await altered.json())["field"] == "cursor"
+    same = await client.get(
+        "/api/v1/incidents", params={"cursor": cursor, "status": "open", "limit": 5}, headers=AUTH
+    )
+    assert same.status == 200 and len((await same.json())["items"]) == 2
+
+
+async def test_items_are_the_documented_shape_without_the_documents(
+    listed: tuple[Watchdog, Client, FakeClock],
+) -> None:
+    wd, client, clock = listed
+    await _incident(wd, "exec-1", cause="hung_node")
+    [item] = (await _get(client))["items"]
+    assert set(item) == {
+        "id",
+        "execution_id",
+        "dag_id",
+        "status",
+        "source",
+        "detection_source",
+        "opened_at",
+        "updated_at",
+        "closed_at",
+        "summary",
+        "likely_cause",
+        "is_open",
+    }
+    assert item["likely_cause"] == "hung_node" and item["is_open"] is True
+    assert item["opened_at"] == clock.now().isoformat().replace("+00:00", "Z")

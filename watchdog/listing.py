@@ -1,0 +1,77 @@
+"""The paginated listing of incidents: server-side filters, newest first, keyset pages, exact totals.
+
+Where it sits: `GET /api/v1/incidents` (`watchdog.api`) turns its validated query into an
+`IncidentFilter` and asks `page_incidents()` for one page over the store's `incidents` table
+(`watchdog.migrations`), in one transaction of `watchdog.store`. Nothing is truncated silently: a
+page says how many incidents match in all (`total`) and where the next page starts (`next_before`,
+an incident id: ids grow with every incident, so "newest first" is "highest id first", and an
+incident opened while a client pages sorts before every page it has seen, never into one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from watchdog.migrations import incidents
+from watchdog.records import Incident
+from watchdog.store import WatchdogStore
+
+
+@dataclass(frozen=True)
+class IncidentFilter:
+    """What a listing keeps (each given condition must hold)."""
+
+    statuses: tuple[str, ...] | None = None
+    dag_id: str | None = None
+    execution_id: str | None = None
+    likely_cause: str | None = None
+    opened_after: datetime | None = None  # at or after
+    opened_before: datetime | None = None
+
+    def conditions(self) -> list[Any]:
+        where: list[Any] = []
+        if self.statuses is not None:
+            where.append(incidents.c.status.in_(self.statuses))
+        if self.dag_id is not None:
+            where.append(incidents.c.dag_id == self.dag_id)
+        if self.execution_id is not None:
+            where.append(incidents.c.execution_id == self.execution_id)
+        if self.likely_cause is not None:
+            where.append(incidents.c.diagnosis["likely_cause"].as_string() == self.likely_cause)
+        if self.opened_after is not None:
+            where.append(incidents.c.opened_at >= self.opened_after)
+        if self.opened_before is not None:
+            where.append(incidents.c.opened_at < self.opened_before)
+        return where
+
+
+@dataclass(frozen=True)
+class IncidentPage:
+    """One page of a listing: its incidents, where the next page starts (None: this is the last
+    one), and how many incidents match the filter in all."""
+
+    incidents: list[Incident]
+    next_before: int | None
+    total: int
+
+
+async def page_incidents(
+    store: WatchdogStore, where: IncidentFilter, *, before: int | None, limit: int
+) -> IncidentPage:
+    """The `limit` newest incidents matching `where` whose id is below `before` (all: None)."""
+    conditions = where.conditions()
+    stmt = sa.select(incidents).where(*conditions).order_by(incidents.c.id.desc()).limit(limit + 1)
+    if before is not None:
+        stmt = stmt.where(incidents.c.id < before)
+    async with store.transaction() as tx:
+        rows = (await tx.conn.execute(stmt)).all()
+        total = (
+            await tx.conn.execute(sa.select(sa.func.count()).select_from(incidents).where(*conditions))
+        ).scalar_one()
+    found = [Incident.model_validate(dict(row._mapping)) for row in rows[:limit]]
+    more = len(rows) > limit
+    return IncidentPage(found, found[-1].id if more and found else None, int(total))
