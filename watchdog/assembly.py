@@ -181,6 +181,9 @@ async def build_watchdog(
         interval_seconds=settings.sweep_interval_seconds,
         leader_ttl_seconds=settings.leader_ttl_seconds,
         on_undiagnosed=diagnosis.start,
+        max_run_age=None
+        if settings.max_run_age_seconds is None
+        else timedelta(seconds=settings.max_run_age_seconds),
     )
     return Watchdog(
         settings=settings,

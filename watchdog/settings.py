@@ -106,6 +106,8 @@ class WatchdogSettings(BaseSettings):
     leader_ttl_seconds: float = Field(default=30.0, gt=0)
     # A lock holder's heartbeat older than this counts as gone (0: its age is ignored).
     heartbeat_grace_seconds: float = Field(default=30.0, ge=0)
+    # A running run with no timeout at all gets a sweep incident once it has run this long (null: never).
+    max_run_age_seconds: float | None = Field(default=86400.0, gt=0)
 
     @model_validator(mode="after")
     def _read_secret_files(self) -> WatchdogSettings:
@@ -167,6 +169,7 @@ class WatchdogSettings(BaseSettings):
             step_timeout_seconds=self.step_timeout_seconds,
             heartbeat_grace_seconds=self.heartbeat_grace_seconds,
             orchestrator_pod_selector=self.orchestrator_pod_selector,
+            max_run_age_seconds=self.max_run_age_seconds,
         )
 
     def orchestrator_token_value(self) -> str | None:
