@@ -37,7 +37,7 @@ from watchdog.backends import open_clients
 from watchdog.demo import run_demo
 from watchdog.errors import ApprovalClosed, ApprovalNotFound, InvalidToken
 from watchdog.policy import Policy, load_policy
-from watchdog.remediation import ManualRun, PlaybookContexts, RemediationProgress, parse_params, preview
+from watchdog.remediation_setup import ManualRun, PlaybookContexts, RemediationProgress, parse_params, preview
 from watchdog.settings import WatchdogSettings, load_settings
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
 from watchdog_sdk.errors import BackendUnavailable, ConfigError, PlaybookError, WatchdogError

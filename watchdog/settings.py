@@ -85,6 +85,18 @@ class WatchdogSettings(BaseSettings):
     # Diagnoses running at once; more wait their turn (a burst of alerts must not flood the
     # orchestrator and the store with hundreds of concurrent diagnoses).
     max_concurrent_diagnoses: int = Field(default=4, ge=1)
+    # Diagnoses waiting for a worker, at most; beyond that the newest incidents wait for a later sweep.
+    diagnosis_queue_size: int = Field(default=256, ge=1)
+
+    # -- jobs of incidents in a transient state (docs/architecture.md, "Bounds on transient states")
+    # A job's lease: renewed every third of this while it runs; lapsed this long after its process died.
+    job_lease_seconds: float = Field(default=30.0, gt=0)
+    # Attempts of one job (lost, failed or overrun) before the incident is escalated.
+    job_attempts: int = Field(default=3, ge=1)
+    # The pause before the first retry of a job, doubled for each further one (at most 8 times).
+    job_retry_backoff_seconds: float = Field(default=30.0, ge=0)
+    # The longest one attempt of a remediation may apply and verify before it gives up for a retry.
+    remediation_timeout_seconds: float = Field(default=1800.0, gt=0)
 
     # -- the watchdog's own API and approvals
     api_tokens: list[SecretStr] = Field(default_factory=list)
