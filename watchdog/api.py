@@ -12,7 +12,8 @@ tests on loopback. The approval routes and page are `watchdog.web`'s.
                                            approvals and audit
     POST /api/v1/incidents/{id}/diagnose   (re-)diagnose an open incident in the background (202)
     GET  /metrics                          gl_watchdog_* (no auth)
-    GET  /healthz, /readyz                 liveness; readiness = the store answers (no auth)
+    GET  /healthz, /readyz                 liveness; readiness = the store answers, and which optional
+                                           dependency is degraded (`watchdog.readiness`; no auth)
 
 Auth and errors: the middlewares of `watchdog.http` (bearer token from `settings.api_tokens` or
 `api_token_file`; every error JSON `{"error": <code>, "detail": <message>}`). Paths in
@@ -33,11 +34,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from watchdog.diagnosis import DIAGNOSABLE, DiagnosisService
 from watchdog.errors import InvalidTransition, StoreError
-from watchdog.http import ApiError, json_error
+from watchdog.http import ApiError
 from watchdog.incidents import IncidentDetail, IncidentService
 from watchdog.intake import AlertIntake, describe_validation, parse_payload
 from watchdog.metrics import CONTENT_TYPE, WatchdogMetrics
 from watchdog.migrations import INCIDENT_STATUSES
+from watchdog.readiness import DependencyMonitor
 from watchdog.records import Incident
 from watchdog.store import WatchdogStore
 
@@ -50,6 +52,7 @@ INCIDENTS_KEY: Final = web.AppKey("incidents", IncidentService)
 DIAGNOSIS_KEY: Final = web.AppKey("diagnosis", DiagnosisService)
 STORE_KEY: Final = web.AppKey("store", WatchdogStore)
 METRICS_KEY: Final = web.AppKey("metrics", WatchdogMetrics)
+READINESS_KEY: Final = web.AppKey("readiness", DependencyMonitor)
 MAX_BODY_KEY: Final = web.AppKey("max_body_bytes", int)
 
 
@@ -221,12 +224,13 @@ async def healthz(_: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: the store answers a query."""
-    try:
-        await request.app[STORE_KEY].ping()
-    except StoreError as exc:
-        return json_error(503, "not_ready", f"store not reachable: {exc}")
-    return web.json_response({"status": "ready"})
+    """Readiness: 503 unless the store answers; 200 `ready`, or `degraded` naming the optional
+    dependencies (Redis, Prometheus, orchestrator, Kubernetes) that did not answer their last check."""
+    readiness = await request.app[READINESS_KEY].readiness()
+    if not readiness.ready:
+        detail = f"store not reachable: {readiness.dependencies['store'].detail}"
+        return web.json_response({"error": "not_ready", "detail": detail, **readiness.as_json()}, status=503)
+    return web.json_response(readiness.as_json())
 
 
 # -- assembly ---------------------------------------------------------------------------------------
@@ -240,6 +244,7 @@ def add_routes(
     diagnosis: DiagnosisService,
     store: WatchdogStore,
     metrics: WatchdogMetrics,
+    readiness: DependencyMonitor,
     max_body_bytes: int,
 ) -> None:
     """Add the API's routes to `app` (built by `watchdog.http.new_application`) with their services."""
@@ -248,6 +253,7 @@ def add_routes(
     app[DIAGNOSIS_KEY] = diagnosis
     app[STORE_KEY] = store
     app[METRICS_KEY] = metrics
+    app[READINESS_KEY] = readiness
     app[MAX_BODY_KEY] = max_body_bytes
     app.router.add_post("/api/v1/alerts", post_alerts)
     app.router.add_get("/api/v1/incidents", list_incidents)

@@ -47,6 +47,7 @@ from watchdog.limits import RemediationLimits
 from watchdog.metrics import WatchdogMetrics
 from watchdog.notifier import Notifier, notifier_from_settings
 from watchdog.policy import Policy, load_policy
+from watchdog.readiness import DependencyMonitor
 from watchdog.reconciler import Reconciler, transient_bound_seconds
 from watchdog.remediation import RemediationService
 from watchdog.remediation_setup import PlaybookContexts
@@ -81,6 +82,7 @@ class Watchdog:
     sweeper: Sweeper
     leases: JobLeases
     reconciler: Reconciler
+    readiness: DependencyMonitor
 
     async def start(self, *, sweeps: bool = True, expiry_interval_seconds: float | None = None) -> None:
         """Resume what a previous process left unfinished (diagnoses, remediations) when this is the
@@ -95,6 +97,7 @@ class Watchdog:
             await self.remediation.resume_interrupted()
         interval = expiry_interval_seconds or min(self.settings.sweep_interval_seconds, 30.0)
         self.responder.start_expiry(interval)
+        self.readiness.start()
 
     def transient_bound_seconds(self, job: str) -> float:
         """The documented bound on an incident's time with a `job` (diagnosis, remediation or
@@ -118,6 +121,7 @@ class Watchdog:
         await self.responder.aclose()
         await self.jobs.aclose(grace_seconds)
         await self.leases.aclose()
+        await self.readiness.aclose()
         await self.clients.aclose()
         await self.store.close()
 
@@ -252,6 +256,7 @@ async def build_watchdog(
         sweeper=sweeper,
         leases=leases,
         reconciler=reconciler,
+        readiness=DependencyMonitor(store, clients, metrics, clock),
     )
 
 
@@ -320,6 +325,7 @@ def create_app(watchdog: Watchdog) -> web.Application:
         diagnosis=watchdog.diagnosis,
         store=watchdog.store,
         metrics=watchdog.metrics,
+        readiness=watchdog.readiness,
         max_body_bytes=settings.max_body_bytes,
     )
     approval_web.add_routes(

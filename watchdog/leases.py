@@ -285,11 +285,19 @@ class JobLeases:
         return None if attempts is None else int(attempts)
 
     async def mark_lost_in(
-        self, tx: Tx, incident: Incident, seen: LeaseState | None, reason: str, *, retry_at: datetime
+        self,
+        tx: Tx,
+        incident: Incident,
+        seen: LeaseState | None,
+        reason: str,
+        *,
+        retry_at: datetime,
+        only_expired: bool = True,
     ) -> int | None:
         """The reconciler's take-back: the lapsed lease `seen` is no one's now, one more attempt
-        counted, retried after `retry_at`. Compare-and-set on the token `seen` had (a lease renewed or
-        taken meanwhile is left alone: None). An incident without a row gets one."""
+        counted, retried after `retry_at`. Compare-and-set on the token `seen` had, and (unless
+        `only_expired` is False: this process is the only watchdog) on its expiry: a lease renewed or
+        taken meanwhile is left alone (None). An incident without a row gets one."""
         now = tx.clock.now()
         values = {
             "owner": None,
@@ -314,7 +322,11 @@ class JobLeases:
             .where(
                 job_leases.c.incident_id == incident.id,
                 job_leases.c.token == seen.token,
-                sa.or_(job_leases.c.expires_at.is_(None), job_leases.c.expires_at < now),
+                sa.or_(
+                    sa.false() if only_expired else sa.true(),
+                    job_leases.c.expires_at.is_(None),
+                    job_leases.c.expires_at < now,
+                ),
             )
             .values(job=job, token=seen.token + 1, attempts=attempts, deadline_at=None, **values)
             .returning(job_leases.c.attempts)

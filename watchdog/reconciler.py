@@ -139,7 +139,9 @@ class Reconciler:
         attempts_before = 0 if seen is None else seen.attempts
         retry_at = self.clock.now() + timedelta(seconds=self.backoff(attempts_before + 1))
         async with self.store.transaction() as tx:
-            attempts = await self.leases.mark_lost_in(tx, incident, seen, reason, retry_at=retry_at)
+            attempts = await self.leases.mark_lost_in(
+                tx, incident, seen, reason, retry_at=retry_at, only_expired=not self.exclusive
+            )
             if attempts is None:
                 return None
             await tx.add_audit(

@@ -83,9 +83,11 @@ class ScriptedDiagnose:
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.before_return: Hook | None = None
+        self.entered = asyncio.Event()  # set by the first call
 
     async def __call__(self, execution_id: str) -> Diagnosis:
         self.calls.append(execution_id)
+        self.entered.set()
         if self.before_return is not None:
             hook, self.before_return = self.before_return, None
             await hook()
@@ -181,8 +183,11 @@ def fault_settings(database_url: str, redis_url: str | None, **overrides: Any) -
 
 
 @contextlib.asynccontextmanager
-async def open_rig(settings: WatchdogSettings, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Rig]:
-    clock = FakeClock(T0)
+async def open_rig(
+    settings: WatchdogSettings, monkeypatch: pytest.MonkeyPatch, clock: FakeClock | None = None
+) -> AsyncIterator[Rig]:
+    """A `Rig` over `settings` (closed on exit); replicas of one test share a `clock`."""
+    clock = clock or FakeClock(T0)
     diagnose = ScriptedDiagnose()
     playbook = HookedPlaybook()
     notifier = RecordingNotifier()
