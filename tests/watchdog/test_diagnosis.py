@@ -125,17 +125,21 @@ async def test_a_failed_diagnosis_is_retried_by_the_next_sweep_once(
         await wd.aclose()
 
 
+def _queue_settings(database_url: str, *, workers: int, waiting: int) -> WatchdogSettings:
+    return WatchdogSettings(
+        database_url=database_url,
+        api_tokens=[WATCHDOG_TOKEN],
+        orchestrator_url=f"http://127.0.0.1:{free_port()}",
+        max_concurrent_diagnoses=workers,
+        diagnosis_queue_size=waiting,
+    )
+
+
 async def test_a_burst_of_a_thousand_alerts_starts_a_few_diagnoses_and_queues_a_bounded_number(
     _no_pending_tasks: None, sqlite_url: str
 ) -> None:
     clock = FakeClock(datetime(2026, 3, 1, 12, tzinfo=UTC))
-    settings = WatchdogSettings(
-        database_url=sqlite_url,
-        api_tokens=[WATCHDOG_TOKEN],
-        orchestrator_url=f"http://127.0.0.1:{free_port()}",
-        max_concurrent_diagnoses=2,
-        diagnosis_queue_size=50,
-    )
+    settings = _queue_settings(sqlite_url, workers=2, waiting=50)
     diagnose = GatedDiagnose()
     wd = await build_watchdog(settings, diagnose=diagnose, respond=False, clock=clock)
     try:
@@ -166,14 +170,10 @@ async def test_a_full_queue_takes_an_older_incident_before_the_newest_one(
     _no_pending_tasks: None, sqlite_url: str
 ) -> None:
     clock = FakeClock(datetime(2026, 3, 1, 12, tzinfo=UTC))
-    settings = WatchdogSettings(
-        database_url=sqlite_url,
-        api_tokens=[WATCHDOG_TOKEN],
-        max_concurrent_diagnoses=1,
-        diagnosis_queue_size=2,
-    )
     diagnose = GatedDiagnose()
-    wd = await build_watchdog(settings, diagnose=diagnose, respond=False, clock=clock)
+    wd = await build_watchdog(
+        _queue_settings(sqlite_url, workers=1, waiting=2), diagnose=diagnose, respond=False, clock=clock
+    )
     try:
         opened = {}
         for name, minutes in (("busy", 0), ("b", 2), ("c", 3), ("old", 1)):

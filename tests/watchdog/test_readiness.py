@@ -5,7 +5,9 @@ optional one is down; a dependency that hangs never holds the probe."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -13,7 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from tests.conftest import free_port
 from tests.watchdog.conftest import WATCHDOG_TOKEN, ScriptedDiagnose
-from watchdog.assembly import Watchdog, build_watchdog, create_app
+from watchdog.assembly import build_watchdog, create_app
 from watchdog.readiness import DependencyMonitor
 from watchdog.settings import WatchdogSettings
 
@@ -39,10 +41,20 @@ async def orchestrator_stub() -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-async def _serve(wd: Watchdog) -> Client:
+@contextlib.asynccontextmanager
+async def checked(settings: WatchdogSettings) -> AsyncIterator[tuple[int, dict[str, Any], str]]:
+    """A served watchdog after one dependency check: the `/readyz` status and body, the metrics page."""
+    wd = await build_watchdog(settings, diagnose=ScriptedDiagnose(), respond=False)
     client: Client = TestClient(TestServer(create_app(wd), host="127.0.0.1"))
     await client.start_server()
-    return client
+    try:
+        await wd.readiness.check_once()
+        response = await client.get("/readyz")
+        metrics = await (await client.get("/metrics")).text()
+        yield response.status, await response.json(), metrics
+    finally:
+        await client.close()
+        await wd.aclose()
 
 
 async def test_readyz_is_ready_when_every_configured_dependency_answers(
@@ -54,25 +66,16 @@ async def test_readyz_is_ready_when_every_configured_dependency_answers(
         orchestrator_url=orchestrator_stub,
         api_tokens=[WATCHDOG_TOKEN],
     )
-    wd = await build_watchdog(settings, diagnose=ScriptedDiagnose(), respond=False)
-    client = await _serve(wd)
-    try:
-        await wd.readiness.check_once()
-        response = await client.get("/readyz")
-        body = await response.json()
-        assert response.status == 200 and body["status"] == "ready" and body["degraded"] == []
+    async with checked(settings) as (status, body, text):
+        assert status == 200 and body["status"] == "ready" and body["degraded"] == []
         assert {name: d["up"] for name, d in body["dependencies"].items()} == {
             "store": True,
             "redis": True,
             "orchestrator": True,
         }
         assert body["not_configured"] == ["prometheus", "kubernetes"]
-        text = await (await client.get("/metrics")).text()
         assert 'gl_watchdog_dependency_up{dependency="redis"} 1.0' in text
         assert 'dependency="prometheus"' not in text  # not configured: no series
-    finally:
-        await client.close()
-        await wd.aclose()
 
 
 async def test_readyz_stays_200_and_names_redis_and_the_orchestrator_when_they_are_down(
@@ -86,23 +89,14 @@ async def test_readyz_stays_200_and_names_redis_and_the_orchestrator_when_they_a
         orchestrator_timeout_seconds=1,
         api_tokens=[WATCHDOG_TOKEN],
     )
-    wd = await build_watchdog(settings, diagnose=ScriptedDiagnose(), respond=False)
-    client = await _serve(wd)
-    try:
-        await wd.readiness.check_once()
-        response = await client.get("/readyz")
-        body = await response.json()
-        assert response.status == 200  # optional dependencies never take the replica out of service
+    async with checked(settings) as (status, body, text):
+        assert status == 200  # optional dependencies never take the replica out of service
         assert body["status"] == "degraded" and body["degraded"] == ["redis", "orchestrator"]
         assert "Redis unavailable" in body["dependencies"]["redis"]["detail"]
         assert body["dependencies"]["store"]["up"] is True
-        text = await (await client.get("/metrics")).text()
         assert 'gl_watchdog_dependency_up{dependency="redis"} 0.0' in text
         assert 'gl_watchdog_dependency_up{dependency="orchestrator"} 0.0' in text
         assert 'gl_watchdog_dependency_up{dependency="store"} 1.0' in text
-    finally:
-        await client.close()
-        await wd.aclose()
 
 
 async def test_a_dependency_that_never_answers_is_down_after_its_timeout(
