@@ -20,7 +20,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from watchdog_sdk.clients.orchestrator import MAX_PAGE, Execution, ExecutionQuery, OrchestratorClient
+from watchdog_sdk.clients.orchestrator import Execution, ExecutionQuery, OrchestratorClient
 from watchdog_sdk.constants import M_DAG_EXECUTION_DURATION
 from watchdog_sdk.diagnosis import Finding, StepStatus
 from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
@@ -54,8 +54,9 @@ async def _other_stuck(
             "other_stuck": others[:OTHER_STUCK_SHOWN],
             "other_stuck_count": max(total - (1 if counted_self else 0), len(others)),
         }
-    # An orchestrator before pagination ignored the filter and the limit: ask for its whole list.
-    running = await orchestrator.list_executions(status="running", page_size=MAX_PAGE)
+    # An orchestrator before pagination ignored the filter and the limit: ask for its running list
+    # (its default page, as before: a few hundred runs, not the largest page, per diagnosis).
+    running = await orchestrator.list_executions(status="running")
     others = [r.execution_id for r in running if r.execution_id != execution_id and _over(r, now)]
     return {
         "running_executions": len(running),

@@ -24,6 +24,7 @@ so that answer is taken as it is (one page, `paged=False`), and callers check ea
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -181,13 +182,48 @@ class Checkpoints(_ApiModel):
     checkpoints: list[Checkpoint] = Field(default_factory=list)
 
 
+class DbPool(_ApiModel):
+    """The answering replica's database pool (`gl_db_pool_*_connections`)."""
+
+    active: int
+    pending: int
+
+
+class CheckpointOperations(_ApiModel):
+    """One `gl_orchestrator_checkpoint_operations_total` series of the answering replica."""
+
+    operation: str
+    status: str
+    count: float
+
+
 class OrchestratorMetrics(_ApiModel):
-    """`GET /metrics` (the JSON one under the API prefix)."""
+    """`GET /metrics` (the JSON one under the API prefix).
+
+    `db_pool` (None: the store has no pool figures) and `checkpoint_operations` are what diagnosis
+    steps 5 and 8 read; an orchestrator before they were added leaves them out (`has_diagnosis_figures`
+    is False), and the steps then read its Prometheus exposition instead.
+    """
 
     active_executions: int | None = None
     max_concurrent_executions: int | None = None
     queued_executions: int | None = None
     max_parallel_nodes: int | None = None
+    db_pool: DbPool | None = None
+    checkpoint_operations: list[CheckpointOperations] | None = None
+
+    @property
+    def has_diagnosis_figures(self) -> bool:
+        """True when the answer carries the pool and checkpoint figures (even if `db_pool` is null)."""
+        return "checkpoint_operations" in self.model_fields_set
+
+    def checkpoint_count(self, operation: str, status: str) -> float:
+        """The count of one checkpoint operation and status (0 when the series does not exist)."""
+        return sum(
+            o.count
+            for o in self.checkpoint_operations or ()
+            if (o.operation, o.status) == (operation, status)
+        )
 
 
 class Limits(_ApiModel):
@@ -404,7 +440,9 @@ class OrchestratorClient:
     async def scrape_metrics(self) -> list[MetricSample]:
         """`GET /metrics` at the service root: the Prometheus exposition, parsed (no Prometheus needed).
 
-        Lets the diagnostics read counters such as checkpoint save errors in embedded mode.
+        The fallback of diagnosis steps 5 and 8 for an orchestrator whose JSON metrics lack their
+        figures. The page grows with the running runs (a series per run), so it is parsed in a thread,
+        off the event loop.
         """
         url = self.base_url + "/metrics"
         try:
@@ -421,11 +459,7 @@ class OrchestratorClient:
         if response.status_code >= 400:
             raise _error_for(response)
         try:
-            return [
-                MetricSample(sample.name, dict(sample.labels), float(sample.value))
-                for family in text_string_to_metric_families(response.text)
-                for sample in family.samples
-            ]
+            return await asyncio.to_thread(_parse_exposition, response.text)
         except ValueError as exc:
             raise OrchestratorError(
                 response.status_code, f"GET /metrics: unparsable exposition: {exc}"
@@ -496,6 +530,14 @@ class OrchestratorClient:
     async def restart_agent(self, agent_id: str) -> AgentRestart:
         """`POST /admin/agents/{agent_id}/restart`: restart an in-process agent worker."""
         return await self._get_model(AgentRestart, "POST", f"/admin/agents/{_seg(agent_id)}/restart")
+
+
+def _parse_exposition(text: str) -> list[MetricSample]:
+    return [
+        MetricSample(sample.name, dict(sample.labels), float(sample.value))
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
 
 
 def _flag(value: bool | None) -> str | None:
