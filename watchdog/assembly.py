@@ -11,7 +11,7 @@ assigned onto an object after it is built. The main line, as wired below:
     API (manual) ─────┘                  (queue, runner)        │                    │ decision
                                                                  └──▶ remediation ◀───┘
                                                    (begin → reserve → apply → verify → close)
-    reconciler (leader, after each sweep): jobs whose lease lapsed ──▶ retried, or escalated
+    reconciler (leader, every sweep): jobs whose lease lapsed ──▶ retried, or escalated
 
 `Watchdog` holds every long-lived object; `start()` resumes what a previous process left half-done
 (when it is the only watchdog: no Redis; with Redis the leader's reconciler takes back what lapsed)
@@ -88,12 +88,12 @@ class Watchdog:
         """Resume what a previous process left unfinished (diagnoses, remediations) when this is the
         only watchdog, start the sweep schedule (unless `sweeps` is False; the reconciler runs after
         each sweep) and the expiry of unanswered approval prompts."""
-        if self.reconciler.exclusive:
+        if self.clients.redis is None:  # the only watchdog: what a dead one left is ours to resume
             await self.diagnosis.resume()
         await self.incidents.refresh_gauge()
         if sweeps:
             self.sweeper.start()
-        if self.reconciler.exclusive:
+        if self.clients.redis is None:
             await self.remediation.resume_interrupted()
         interval = expiry_interval_seconds or min(self.settings.sweep_interval_seconds, 30.0)
         self.responder.start_expiry(interval)
@@ -201,6 +201,18 @@ async def build_watchdog(
         backoff=backoff,
         queue_size=settings.diagnosis_queue_size,
     )
+    reconciler = Reconciler(
+        store=store,
+        leases=leases,
+        diagnosis=diagnosis,
+        remediation=responder.remediation,
+        jobs=jobs,
+        metrics=metrics,
+        clock=clock,
+        max_attempts=settings.job_attempts,
+        backoff=backoff,
+        diagnosis_grace=timedelta(seconds=settings.job_lease_seconds + diagnosis.deadline_seconds),
+    )
     condition = ConditionEvaluator(
         clients.orchestrator,
         clients.prometheus,
@@ -225,21 +237,8 @@ async def build_watchdog(
         max_run_age=None
         if settings.max_run_age_seconds is None
         else timedelta(seconds=settings.max_run_age_seconds),
+        reconcile=reconciler.reconcile_once,
     )
-    reconciler = Reconciler(
-        store=store,
-        leases=leases,
-        diagnosis=diagnosis,
-        remediation=responder.remediation,
-        jobs=jobs,
-        metrics=metrics,
-        clock=clock,
-        max_attempts=settings.job_attempts,
-        backoff=backoff,
-        diagnosis_grace=timedelta(seconds=settings.job_lease_seconds + diagnosis.deadline_seconds),
-        exclusive=clients.redis is None,
-    )
-    sweeper.after_sweep.append(reconciler.reconcile_once)
     return Watchdog(
         settings=settings,
         clock=clock,

@@ -292,12 +292,10 @@ class JobLeases:
         reason: str,
         *,
         retry_at: datetime,
-        only_expired: bool = True,
     ) -> int | None:
         """The reconciler's take-back: the lapsed lease `seen` is no one's now, one more attempt
-        counted, retried after `retry_at`. Compare-and-set on the token `seen` had, and (unless
-        `only_expired` is False: this process is the only watchdog) on its expiry: a lease renewed or
-        taken meanwhile is left alone (None). An incident without a row gets one."""
+        counted, retried after `retry_at`. Compare-and-set on the token `seen` had and on its expiry:
+        a lease renewed or taken meanwhile is left alone (None). An incident without a row gets one."""
         now = tx.clock.now()
         values = {
             "owner": None,
@@ -322,11 +320,7 @@ class JobLeases:
             .where(
                 job_leases.c.incident_id == incident.id,
                 job_leases.c.token == seen.token,
-                sa.or_(
-                    sa.false() if only_expired else sa.true(),
-                    job_leases.c.expires_at.is_(None),
-                    job_leases.c.expires_at < now,
-                ),
+                sa.or_(job_leases.c.expires_at.is_(None), job_leases.c.expires_at < now),
             )
             .values(job=job, token=seen.token + 1, attempts=attempts, deadline_at=None, **values)
             .returning(job_leases.c.attempts)
@@ -334,18 +328,13 @@ class JobLeases:
         taken = result.scalar_one_or_none()
         return None if taken is None else int(taken)
 
-    async def lapsed(
-        self, tx: Tx, *, diagnosis_grace: timedelta, limit: int, trust_leases: bool = True
-    ) -> list[Lapsed]:
+    async def lapsed(self, tx: Tx, *, diagnosis_grace: timedelta, limit: int) -> list[Lapsed]:
         """Incidents no replica works on, oldest first (at most `limit`), leaving out the jobs this
         process runs:
 
         - in a transient status, with no lease, or one that expired (its job died or overran);
         - `open` without a diagnosis, with no job held, past `diagnosis_grace` since its last change
           (a diagnosis lost before it began, or one failed and waiting for its retry).
-
-        With `trust_leases=False` (this process is the only watchdog) an unexpired lease of another
-        owner counts as lapsed too: its process is gone.
         """
         now = tx.clock.now()
         lapsed_lease = sa.or_(
@@ -362,12 +351,10 @@ class JobLeases:
         stmt = (
             sa.select(incidents, *_lease_columns())
             .select_from(incidents.outerjoin(job_leases, job_leases.c.incident_id == incidents.c.id))
-            .where(sa.or_(transient, undiagnosed))
+            .where(sa.or_(transient, undiagnosed), lapsed_lease)
             .order_by(incidents.c.opened_at, incidents.c.id)
             .limit(limit)
         )
-        if trust_leases:
-            stmt = stmt.where(lapsed_lease)
         running_here = self.held()
         if running_here:
             stmt = stmt.where(incidents.c.id.not_in(running_here))

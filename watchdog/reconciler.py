@@ -1,7 +1,7 @@
 """The reconciler: no incident stays in a transient state because its job was lost.
 
-Run by the sweep leader after every sweep (an `after_sweep` hook of `watchdog.sweeps.Sweeper`, wired
-by `watchdog.assembly`), and callable once (`reconcile_once`) by tests and tools. It reads, in one
+Run by the sweep leader at the start of every sweep (`watchdog.sweeps.Sweeper.reconcile`, wired by
+`watchdog.assembly`), and callable once (`reconcile_once`) by tests and tools. It reads, in one
 query, the incidents whose job no replica runs (`watchdog.leases.JobLeases.lapsed`): in `diagnosing`,
 `remediating` or `verifying` with a lease that expired (the job's process died, its writes failed,
 or it overran its deadline), or `open` without a diagnosis and nobody diagnosing it. For each:
@@ -14,8 +14,11 @@ or it overran its deadline), or `open` without a diagnosis and nobody diagnosing
                                     steps done are never repeated) as a tracked job
     not due yet                 ──▶ left for a later sweep
 
-Every take-back is a compare-and-set on the lease's token, so two leaders for a moment cannot both
-take one incident back, and a job that was only slow finds out (`LeaseLost`) before it writes.
+Every take-back is a compare-and-set on the lease's token and its expiry, so two leaders for a moment
+cannot both take one incident back, a live job of another process (another replica, or `gl-watchdog
+sweep` beside `serve`) is never taken, and a job that was only slow finds out (`LeaseLost`) before it
+writes. What a dead process left behind in a single-watchdog set-up (no Redis) is resumed by the next
+start instead (`Watchdog.start`).
 Bounds (docs/architecture.md, "Bounds on transient states"): an attempt holds its incident at most
 its deadline, a lapsed lease is seen within one sweep, and after `max_attempts` attempts the incident
 is escalated, so every transient state ends within a bounded, documented time.
@@ -70,7 +73,6 @@ class Reconciler:
         max_attempts: int,
         backoff: Backoff,
         diagnosis_grace: timedelta,
-        exclusive: bool,
     ) -> None:
         self.store = store
         self.leases = leases
@@ -83,17 +85,13 @@ class Reconciler:
         self.backoff = backoff
         # An open incident without a diagnosis is left to whoever queued it for this long.
         self.diagnosis_grace = diagnosis_grace
-        # This process is the only watchdog (no Redis): a lease of another owner is a dead process's.
-        self.exclusive = exclusive
 
     async def reconcile_once(self) -> ReconcileReport:
         """One round over the incidents whose job no replica runs (at most BATCH, oldest first)."""
         report = ReconcileReport()
         async with self.store.transaction() as tx:
             await self.leases.prune_in(tx)
-            found = await self.leases.lapsed(
-                tx, diagnosis_grace=self.diagnosis_grace, limit=BATCH, trust_leases=not self.exclusive
-            )
+            found = await self.leases.lapsed(tx, diagnosis_grace=self.diagnosis_grace, limit=BATCH)
         for lapsed in found:
             try:
                 await self._settle(lapsed, report)
@@ -139,9 +137,7 @@ class Reconciler:
         attempts_before = 0 if seen is None else seen.attempts
         retry_at = self.clock.now() + timedelta(seconds=self.backoff(attempts_before + 1))
         async with self.store.transaction() as tx:
-            attempts = await self.leases.mark_lost_in(
-                tx, incident, seen, reason, retry_at=retry_at, only_expired=not self.exclusive
-            )
+            attempts = await self.leases.mark_lost_in(tx, incident, seen, reason, retry_at=retry_at)
             if attempts is None:
                 return None
             await tx.add_audit(

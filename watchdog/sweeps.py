@@ -7,6 +7,8 @@ its TTL. `sweep_once()` is the one-shot form for tests and the CLI:
 
     leader?  ── no ──▶ skip (counted as not_leader)
       │ yes
+    reconcile (the reconciler of `watchdog.reconciler`: incidents whose job was lost taken back,
+      │        retried or escalated; its failure is logged, never fatal to the sweep)
     condition.evaluate()  (Prometheus, or the orchestrator API — it works when the alert path is broken)
       │
     for each execution firing: incidents.open_or_join(source="sweep", detection_source=<source used>)
@@ -15,8 +17,7 @@ its TTL. `sweep_once()` is the one-shot form for tests and the CLI:
       │                         an execution with an escalated incident is skipped (on-call owns it)
     the same for runs `interrupted` for at least `for_duration`, and for running runs that have no
       │   timeout at all and have run longer than `max_run_age` (nothing else would ever see them)
-    after_sweep hooks (leader-only periodic work of other modules: the reconciler of incidents left
-                       in a transient state, expiring approvals)
+    after_sweep hooks (leader-only periodic work of other modules)
 
 Every list is asked of the orchestrator with server-side filters and read to its last page (the
 client follows `next_cursor`), oldest first: over their timeout (the condition), `interrupted`, and
@@ -153,8 +154,11 @@ class Sweeper:
         leader_ttl_seconds: float,
         on_undiagnosed: Callable[[Incident], object] | None = None,
         max_run_age: timedelta | None = None,
+        reconcile: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.condition = condition
+        # Run by the leader at the start of every sweep (`Reconciler.reconcile_once`).
+        self.reconcile = reconcile
         # A running run with no timeout at all gets an incident once it has run this long (None: never).
         self.max_run_age = max_run_age
         # Called for a joined incident that is open without a diagnosis (its diagnosis failed, e.g.
@@ -183,6 +187,11 @@ class Sweeper:
         self.metrics.is_leader.set(1 if leader else 0)
         if not leader:
             return self._done(SweepReport("not_leader", False))
+        if self.reconcile is not None:
+            try:
+                await self.reconcile()
+            except WatchdogError as exc:  # the store may be down: the sweep still looks for stuck runs
+                log.warning("reconciling incidents failed: %s", exc)
         report = await self._sweep()
         await self._run_after_sweep()
         return self._done(report)
