@@ -4,20 +4,21 @@ often that job was lost or failed.
 A job that moves an incident into `diagnosing`, `remediating` or `verifying` takes the incident's
 lease in the same transaction (`JobLeases.take_in`): owner (this replica), a token that grows with
 every take, an expiry `lease_seconds` ahead and a deadline (the longest the phase may run). While the
-job runs, this process's `LeaseKeeper` renews every lease it holds in one statement per round (never
-past a lease's deadline), so a job is alive in some replica exactly while its lease has not expired.
-A job that finishes drops its lease (`release_in`, in the transaction that leaves the transient
-state); one that fails cleanly records the failure for a retry after a backoff (`fail`); one whose
-writes fail, whose process dies, or that overruns its deadline simply stops being renewed. The
-reconciler (`watchdog.reconciler`, on the sweep leader) finds the incidents whose lease has lapsed
-(`lapsed`) and takes them back (`mark_lost`): retried after a backoff, escalated after
-`max_attempts`. A job holding an older token has been superseded: `holds_in` tells it so before it
-writes an outcome.
+job runs inside `JobLeases.holding`, this process renews every lease it holds in one statement per
+round (never past a lease's deadline), so a job is alive in some replica exactly while its lease has
+not expired. A job that finishes drops its lease (`release_in`, in the transaction that leaves the
+transient state); one that fails cleanly records the failure for a retry after a backoff
+(`fail_in`); one whose writes fail, whose process dies, or that overruns its deadline simply stops
+being renewed. The reconciler (`watchdog.reconciler`, on the sweep leader) finds the incidents whose
+lease has lapsed (`lapsed`) and takes them back (`mark_lost_in`): retried after a backoff, escalated
+after its attempts run out. A job holding an older token has been superseded: `check_in` raises
+`LeaseLost` in the transaction that would have written its outcome.
 
 Table `job_leases` (migration 2 of `watchdog.migrations`): one row per incident while it has a job,
 so the attempts of one phase survive its retries and restarts; a new kind of job starts its count
-again. Called by the diagnosis jobs (`watchdog.diagnosis`), the remediation state machine
-(`watchdog.remediation`) and the reconciler; queries go through the store's open transaction (`Tx`).
+again; rows of finished incidents are pruned (`prune_in`). Called by the diagnosis jobs
+(`watchdog.diagnosis`), the remediation state machine (`watchdog.remediation`) and the reconciler;
+queries go through the store's open transaction (`Tx`).
 """
 
 from __future__ import annotations
