@@ -19,13 +19,13 @@ through the orchestrator's REST API, as in production. Two ways to get the runs:
   The replica runs with `max_concurrent_executions` = 1, which its own run fills, so it never takes
   the seeded rows over.
 
-Timed: `sweep_once()` of a watchdog built in this process with its top-level builder
-(`WatchdogApp.build`; `for_duration_seconds=0`, so a run over its timeout fires at once; diagnoses of
-the incidents it opens are parked until the timing is done) — `--repeat` times; then `gl-watchdog
-sweep` as a process (start-up, the sweep, and the diagnoses it waits for). References in the same
-run, best of `--repeat`: `GET .../executions?status=running&limit=5000` (the API's largest page),
-and a bare SQL select of every running row (the statement alone, not connecting) with the
-over-timeout test done in Python.
+Timed: `sweep_once()` of a watchdog built in this process with its composition root
+(`watchdog.assembly.build_watchdog`; `for_duration_seconds=0`, so a run over its timeout fires at
+once; diagnoses of the incidents it opens are parked until the timing is done) — `--repeat` times;
+then `gl-watchdog sweep` as a process (start-up, the sweep, and the diagnoses it waits for).
+References in the same run, best of `--repeat`: `GET .../executions?status=running&limit=5000`
+(the API's largest page), and a bare SQL select of every running row (the statement alone, not
+connecting) with the over-timeout test done in Python.
 
 Prints a table and writes JSON to bench/results/. Every process it starts is stopped when it exits.
 """
@@ -204,7 +204,7 @@ def _copy_sqlite(
 
 async def time_sweeps(settings_values: dict[str, Any], repeat: int, stuck: list[str]) -> list[dict[str, Any]]:
     """`sweep_once()` of a watchdog built here, `repeat` times; diagnoses parked until the end."""
-    from watchdog.app import WatchdogApp
+    from watchdog.assembly import build_watchdog
     from watchdog.settings import load_settings
 
     release = asyncio.Event()
@@ -213,7 +213,7 @@ async def time_sweeps(settings_values: dict[str, Any], repeat: int, stuck: list[
         await release.wait()
         raise TimeoutError("bench: diagnoses are not part of the sweep")
 
-    wd = await WatchdogApp.build(load_settings(None, **settings_values), diagnose=parked)
+    wd = await build_watchdog(load_settings(None, **settings_values), diagnose=parked)
     sweeps = []
     try:
         for _ in range(repeat):

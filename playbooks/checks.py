@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from watchdog_sdk.clients.orchestrator import Execution
+from watchdog_sdk.clients.orchestrator import MAX_PAGE, Execution, ExecutionQuery
 from watchdog_sdk.constants import M_NODE_RETRIES, M_NODE_TIMEOUTS
 from watchdog_sdk.errors import WatchdogError
 from watchdog_sdk.outcomes import Check, CheckStatus
@@ -58,17 +58,25 @@ def execution_status_check(execution: Execution | None, expected: Collection[str
 
 
 async def no_other_stuck_runs(ctx: PlaybookContext, exclude: Collection[str] = ()) -> Check:
-    """Check 2: no other running execution is over its timeout."""
+    """Check 2: no other running execution is over its timeout.
+
+    Asks for exactly those (`over_timeout=true`, every page) and the running count, so it sees every
+    run however many are running; each is checked again here (an orchestrator before pagination
+    answers every running run, unfiltered)."""
     try:
-        running = await ctx.orchestrator.list_executions(status="running")
+        candidates = await ctx.orchestrator.list_executions(
+            status="running", over_timeout=True, page_size=MAX_PAGE
+        )
+        counted = await ctx.orchestrator.count_executions(ExecutionQuery("running"))
     except WatchdogError as exc:
         return Check(name="no_other_stuck_runs", status=CheckStatus.UNKNOWN, detail=str(exc))
+    running = len(candidates) if counted is None else counted
     now = ctx.clock.now()
     stuck = []
-    for run in running:
+    for run in candidates:
         if run.execution_id in exclude or run.execution_id == ctx.execution_id:
             continue
-        if run.started_at is None or run.timeout_seconds is None:
+        if run.status != "running" or run.started_at is None or run.timeout_seconds is None:
             continue
         if (now - run.started_at).total_seconds() > run.timeout_seconds:
             stuck.append(run.execution_id)
@@ -81,7 +89,7 @@ async def no_other_stuck_runs(ctx: PlaybookContext, exclude: Collection[str] = (
     return Check(
         name="no_other_stuck_runs",
         status=CheckStatus.OK,
-        detail=f"running executions: {len(running)}, none stuck",
+        detail=f"running executions: {running}, none stuck",
     )
 
 

@@ -148,6 +148,23 @@ async def close_during_a_transaction(
 # -- Redis -----------------------------------------------------------------------------------------
 
 
+def redis_server_argv(binary: str, port: int, workdir: str) -> list[str]:
+    """A private, non-persistent `redis-server` on a loopback port (the session's, or a test's own)."""
+    return [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        workdir,
+    ]
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str | None]:
     """URL of a Redis server for this session: a private redis-server if the binary exists."""
@@ -162,21 +179,7 @@ def redis_server() -> Iterator[str | None]:
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="gl-test-redis-")
     proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        redis_server_argv(binary, port, workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         if not wait_for_port(port):

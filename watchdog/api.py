@@ -18,7 +18,8 @@ Served by `gl-watchdog serve` (`watchdog.cli`) and by tests on loopback.
     POST /api/v1/incidents/{id}/diagnose   (re-)diagnose an open incident in the background (202)
     GET  /api/v1/openapi.json              the OpenAPI document of every route, the approval ones too
     GET  /metrics                          gl_watchdog_* (no auth)
-    GET  /healthz, /readyz                 liveness; readiness = the store answers (no auth)
+    GET  /healthz, /readyz                 liveness; readiness = the store answers, and which optional
+                                           dependency is degraded (`watchdog.readiness`; no auth)
 
 Auth and errors: `watchdog.http` (bearer token before any validation or lookup; JSON errors).
 """
@@ -66,6 +67,7 @@ from watchdog.incidents import IncidentDetail, IncidentService
 from watchdog.intake import AlertIntake, AmWebhook, parse_payload
 from watchdog.listing import IncidentFilter, page_incidents
 from watchdog.metrics import CONTENT_TYPE, WatchdogMetrics
+from watchdog.readiness import DependencyMonitor
 from watchdog.store import WatchdogStore
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,7 @@ DIAGNOSIS_KEY: Final = web.AppKey("diagnosis", DiagnosisService)
 STORE_KEY: Final = web.AppKey("store", WatchdogStore)
 METRICS_KEY: Final = web.AppKey("metrics", WatchdogMetrics)
 OPENAPI_KEY: Final = web.AppKey("openapi", dict[str, Any])
+READINESS_KEY: Final = web.AppKey("readiness", DependencyMonitor)
 
 ROUTE_TABLE = RouteTable(API_PREFIX, path_params=PATH_PARAMS, body_invalid=(422, "invalid_payload"))
 _READ = (404, 503)
@@ -265,18 +268,19 @@ async def healthz(request: web.Request, inputs: Inputs) -> web.Response:
 
 @ROUTE_TABLE.route(
     "GET /readyz",
-    "Readiness: the store answers a query",
+    "Readiness: 200 `ready`, or `degraded` naming the optional dependencies (Redis, Prometheus, the "
+    "orchestrator, Kubernetes) that did not answer their last check; 503 only without the store",
     auth=False,
     prefixed=False,
     response=Ready,
-    answers={503: Answer("not ready: `detail` says which dependency is not")},
+    answers={503: Answer("not ready: the store does not answer; `dependencies` says what each check saw")},
 )
 async def readyz(request: web.Request, inputs: Inputs) -> web.Response:
-    try:
-        await request.app[STORE_KEY].ping()
-    except StoreError as exc:
-        raise ApiError(503, "not_ready", f"store not reachable: {exc}") from exc
-    return json_model_response(Ready(status="ready"))
+    readiness = await request.app[READINESS_KEY].readiness()
+    if not readiness.ready:
+        detail = f"store not reachable: {readiness.dependencies['store'].detail}"
+        raise ApiError(503, "not_ready", detail, **readiness.as_json())
+    return json_model_response(Ready.model_validate(readiness.as_json()))
 
 
 # -- the document and the app -----------------------------------------------------------------------
@@ -304,6 +308,7 @@ def add_routes(
     diagnosis: DiagnosisService,
     store: WatchdogStore,
     metrics: WatchdogMetrics,
+    readiness: DependencyMonitor,
 ) -> None:
     """Add the API's routes to `app` (built by `watchdog.http.new_application`) with their services."""
     app[INTAKE_KEY] = intake
@@ -311,5 +316,6 @@ def add_routes(
     app[DIAGNOSIS_KEY] = diagnosis
     app[STORE_KEY] = store
     app[METRICS_KEY] = metrics
+    app[READINESS_KEY] = readiness
     app[OPENAPI_KEY] = build_openapi()
     ROUTE_TABLE.install(app)

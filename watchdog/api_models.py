@@ -329,10 +329,22 @@ class Health(_Answer):
     status: Literal["ok"]
 
 
-class Ready(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class DependencyOut(BaseModel):
+    """One dependency as the last readiness check saw it (`up` null: not checked yet)."""
 
-    status: Literal["ready"]
+    up: bool | None
+    required: bool
+    detail: str
+    checked_at: str | None
+
+
+class Ready(BaseModel):
+    """`/readyz`: the store answers; `degraded` names the optional dependencies that did not."""
+
+    status: Literal["ready", "degraded", "not_ready"]
+    degraded: list[str]
+    dependencies: dict[str, DependencyOut]
+    not_configured: list[str]
 
 
 class Document(BaseModel):

@@ -8,18 +8,22 @@ assigned onto an object after it is built. The main line, as wired below:
 
     intake (webhook) ─┐
     sweeps (leader) ──┼──▶ incidents ──▶ diagnosis jobs ──▶ responder: plan ──▶ approval prompt
-    API (manual) ─────┘                  (runner, steps)        │                    │ decision
+    API (manual) ─────┘                  (queue, runner)        │                    │ decision
                                                                  └──▶ remediation ◀───┘
                                                    (begin → reserve → apply → verify → close)
+    reconciler (leader, every sweep): jobs whose lease lapsed ──▶ retried, or escalated
 
 `Watchdog` holds every long-lived object; `start()` resumes what a previous process left half-done
+(when it is the only watchdog: no Redis; with Redis the leader's reconciler takes back what lapsed)
 and starts the schedules, `aclose()` stops and closes everything in reverse order.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -33,17 +37,21 @@ from watchdog.approvals import ApprovalService
 from watchdog.auth_failures import AuthFailures
 from watchdog.backends import open_clients
 from watchdog.condition import ConditionEvaluator
-from watchdog.diagnosis import Diagnose, DiagnosisService, OnDiagnosed
+from watchdog.diagnosis import Backoff, Diagnose, DiagnosisService, OnDiagnosed
 from watchdog.diagnostics import runner
 from watchdog.http import new_application
 from watchdog.incidents import IncidentService
 from watchdog.intake import AlertIntake
-from watchdog.jobs import JobTracker
+from watchdog.jobs import JobTracker, exponential_backoff
+from watchdog.leases import JobLeases
 from watchdog.limits import RemediationLimits
 from watchdog.metrics import WatchdogMetrics
 from watchdog.notifier import Notifier, notifier_from_settings
 from watchdog.policy import Policy, load_policy
-from watchdog.remediation import PlaybookContexts, RemediationService
+from watchdog.readiness import DependencyMonitor
+from watchdog.reconciler import Reconciler, transient_bound_seconds
+from watchdog.remediation import RemediationService
+from watchdog.remediation_setup import PlaybookContexts
 from watchdog.responder import Responder
 from watchdog.settings import Mode, WatchdogSettings
 from watchdog.store import WatchdogStore
@@ -73,23 +81,48 @@ class Watchdog:
     diagnosis: DiagnosisService
     intake: AlertIntake
     sweeper: Sweeper
+    leases: JobLeases
+    reconciler: Reconciler
+    readiness: DependencyMonitor
 
     async def start(self, *, sweeps: bool = True, expiry_interval_seconds: float | None = None) -> None:
-        """Resume what a previous process left unfinished (diagnoses, remediations), start the sweep
-        schedule (unless `sweeps` is False) and the expiry of unanswered approval prompts."""
-        await self.diagnosis.resume()
+        """Resume what a previous process left unfinished (diagnoses, remediations) when this is the
+        only watchdog, start the sweep schedule (unless `sweeps` is False; the reconciler runs after
+        each sweep) and the expiry of unanswered approval prompts."""
+        if self.clients.redis is None:  # the only watchdog: what a dead one left is ours to resume
+            await self.diagnosis.resume()
         await self.incidents.refresh_gauge()
         if sweeps:
             self.sweeper.start()
-        await self.remediation.resume_interrupted()
+        if self.clients.redis is None:
+            await self.remediation.resume_interrupted()
         interval = expiry_interval_seconds or min(self.settings.sweep_interval_seconds, 30.0)
         self.responder.start_expiry(interval)
+        self.readiness.start()
+
+    def transient_bound_seconds(self, job: str) -> float:
+        """The documented bound on an incident's time with a `job` (diagnosis, remediation or
+        verification) before it is final or escalated, for these settings."""
+        settings = self.settings
+        deadline = (
+            self.diagnosis.deadline_seconds if job == "diagnosis" else settings.remediation_timeout_seconds
+        )
+        return transient_bound_seconds(
+            deadline_seconds=deadline,
+            lease_seconds=settings.job_lease_seconds,
+            sweep_interval_seconds=settings.sweep_interval_seconds,
+            leader_ttl_seconds=settings.leader_ttl_seconds,
+            attempts=settings.job_attempts,
+            backoff=exponential_backoff(settings.job_retry_backoff_seconds),
+        )
 
     async def aclose(self, grace_seconds: float = 10.0) -> None:
         """Stop the schedules, finish (or cancel) background jobs, close every client and the store."""
         await self.sweeper.shutdown(grace_seconds)
         await self.responder.aclose()
         await self.jobs.aclose(grace_seconds)
+        await self.leases.aclose()
+        await self.readiness.aclose()
         await self.clients.aclose()
         await self.store.close()
 
@@ -127,6 +160,8 @@ async def build_watchdog(
     registry = registry or default_registry()
     metrics = WatchdogMetrics()
     jobs = JobTracker()
+    leases = JobLeases(store, clock, owner=settings.replica_id, lease_seconds=settings.job_lease_seconds)
+    backoff = exponential_backoff(settings.job_retry_backoff_seconds)
     incidents = IncidentService(store, metrics)
     approvals = ApprovalService(
         store,
@@ -148,6 +183,9 @@ async def build_watchdog(
         jobs=jobs,
         metrics=metrics,
         poll_interval_seconds=poll_interval_seconds,
+        leases=leases,
+        remediation_timeout_seconds=settings.remediation_timeout_seconds,
+        backoff=backoff,
     )
     context = DiagnosticContext(clients=clients, settings=settings.diagnostics(), clock=clock)
     diagnosis = DiagnosisService(
@@ -155,11 +193,26 @@ async def build_watchdog(
         incidents=incidents,
         metrics=metrics,
         jobs=jobs,
+        leases=leases,
         diagnose=diagnose or runner.diagnoser(context),
         on_diagnosed=on_diagnosed or (responder.handle_diagnosed if respond else None),
         clock=clock,
         max_concurrent=settings.max_concurrent_diagnoses,
         step_timeout_seconds=settings.step_timeout_seconds,
+        backoff=backoff,
+        queue_size=settings.diagnosis_queue_size,
+    )
+    reconciler = Reconciler(
+        store=store,
+        leases=leases,
+        diagnosis=diagnosis,
+        remediation=responder.remediation,
+        jobs=jobs,
+        metrics=metrics,
+        clock=clock,
+        max_attempts=settings.job_attempts,
+        backoff=backoff,
+        diagnosis_grace=timedelta(seconds=settings.job_lease_seconds + diagnosis.deadline_seconds),
     )
     condition = ConditionEvaluator(
         clients.orchestrator,
@@ -182,6 +235,10 @@ async def build_watchdog(
         interval_seconds=settings.sweep_interval_seconds,
         leader_ttl_seconds=settings.leader_ttl_seconds,
         on_undiagnosed=diagnosis.start,
+        max_run_age=None
+        if settings.max_run_age_seconds is None
+        else timedelta(seconds=settings.max_run_age_seconds),
+        reconcile=reconciler.reconcile_once,
     )
     return Watchdog(
         settings=settings,
@@ -197,6 +254,9 @@ async def build_watchdog(
         diagnosis=diagnosis,
         intake=AlertIntake(store, incidents, metrics, diagnosis.start),
         sweeper=sweeper,
+        leases=leases,
+        reconciler=reconciler,
+        readiness=DependencyMonitor(store, clients, metrics, clock),
     )
 
 
@@ -214,10 +274,17 @@ def build_responder(
     jobs: JobTracker,
     metrics: WatchdogMetrics | None = None,
     poll_interval_seconds: float = 1.0,
+    leases: JobLeases | None = None,
+    remediation_timeout_seconds: float = 1800.0,
+    backoff: Backoff | None = None,
 ) -> Responder:
     """The remediation side over a store and clients: the limits, the remediation state machine and
     the responder that drives it (`Responder.remediation`). Part of `build_watchdog`; tests build it
-    alone over their own store and playbooks."""
+    alone over their own store and playbooks. Without `leases`, its jobs' leases name this process
+    (hostname-pid) and last 30 s; without `backoff`, a retry follows after 30 s, doubled each time."""
+    leases = leases or JobLeases(
+        store, clock, owner=f"{socket.gethostname()}-{os.getpid()}", lease_seconds=30.0
+    )
     remediation = RemediationService(
         store=store,
         incidents=incidents,
@@ -227,6 +294,9 @@ def build_responder(
         registry=registry,
         contexts=PlaybookContexts(clients, policy, clock, poll_interval_seconds),
         mode=mode,
+        leases=leases,
+        deadline_seconds=remediation_timeout_seconds,
+        backoff=backoff or exponential_backoff(30.0),
         metrics=metrics,
     )
     return Responder(
@@ -258,6 +328,7 @@ def create_app(watchdog: Watchdog) -> web.Application:
         diagnosis=watchdog.diagnosis,
         store=watchdog.store,
         metrics=watchdog.metrics,
+        readiness=watchdog.readiness,
     )
     approval_web.add_routes(
         app, approvals=watchdog.approvals, responder=watchdog.responder, incidents=watchdog.incidents

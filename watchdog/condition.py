@@ -6,7 +6,10 @@ which runs are stuck right now. It reads from one of two sources:
 - Prometheus (when configured): the shipped alert expression `watchdog_sdk.constants.STUCK_EXPRESSION`,
   whose answer is the running executions whose duration exceeds their timeout;
 - the orchestrator API (otherwise, and as the fallback when Prometheus is down or refuses the query):
-  `GET /executions?status=running`, over when `now - started_at > timeout_seconds`.
+  `GET /executions?status=running&over_timeout=true`, every page (oldest first, following
+  `next_cursor`), so the answer is exactly the candidates however many runs are running; each is
+  checked here again (`now - started_at > timeout_seconds`), which also covers an orchestrator
+  before pagination, whose one answer is every running run, unfiltered.
 
 The result names the source used and, after a fallback, why. Over that observation sits Prometheus'
 `for` state machine, per execution, with an injected clock: the first evaluation that sees a run over
@@ -29,18 +32,10 @@ from enum import StrEnum
 from typing import Protocol
 
 from gl_common.clock import Clock
-from watchdog_sdk.clients.orchestrator import Execution
+from watchdog_sdk.clients.orchestrator import MAX_PAGE, OrchestratorClient
 from watchdog_sdk.clients.prometheus import Sample
 from watchdog_sdk.constants import STUCK_EXPRESSION
 from watchdog_sdk.errors import PrometheusQueryError, PrometheusUnavailable
-
-
-class ExecutionLister(Protocol):
-    """The part of `OrchestratorClient` the condition needs."""
-
-    async def list_executions(
-        self, status: str | None = "running", dag_id: str | None = None
-    ) -> list[Execution]: ...
 
 
 class PromQuerier(Protocol):
@@ -114,7 +109,7 @@ class ConditionEvaluator:
 
     def __init__(
         self,
-        orchestrator: ExecutionLister,
+        orchestrator: OrchestratorClient,
         prometheus: PromQuerier | None,
         *,
         for_duration: timedelta,
@@ -162,11 +157,15 @@ class ConditionEvaluator:
             )
         return list(seen.values())
 
-    async def observe_api(self, orchestrator: ExecutionLister) -> list[Observation]:
-        """Running executions from the orchestrator; over when `now - started_at > timeout_seconds`."""
+    async def observe_api(self, orchestrator: OrchestratorClient) -> list[Observation]:
+        """Running executions over their timeout, from the orchestrator (every page); over when
+        `now - started_at > timeout_seconds` by this clock."""
+        candidates = await orchestrator.list_executions(
+            status="running", over_timeout=True, page_size=MAX_PAGE
+        )
         now = self.clock.now()
         observations = []
-        for execution in await orchestrator.list_executions(status="running"):
+        for execution in candidates:
             duration = None if execution.started_at is None else (now - execution.started_at).total_seconds()
             timeout = execution.timeout_seconds
             over = duration is not None and timeout is not None and duration > timeout

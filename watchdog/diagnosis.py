@@ -1,30 +1,44 @@
-"""Diagnosis jobs: an opened incident diagnosed in the background, the Diagnosis stored, then handed on.
+"""Diagnosis jobs: opened incidents diagnosed in the background, in a bounded, prioritised queue.
 
 Started by the intake (a firing alert opened an incident), the sweeps (one opened, or one still
-without a diagnosis), the API (`POST /incidents`, `POST /incidents/{id}/diagnose`) and, at start-up,
+without a diagnosis), the API (`POST /incidents`, `POST /incidents/{id}/diagnose`), the reconciler
+(`watchdog.reconciler`: a diagnosis lost, or failed and due for its retry) and, at start-up,
 `resume()` for incidents a previous process left undiagnosed. Runs the diagnostic runner
 (`watchdog.diagnostics.runner`, through the `diagnose` callable the composition root gives it) and
-hands each diagnosed incident to `on_diagnosed` (the responder's `handle_diagnosed`, `watchdog.responder`):
+hands each diagnosed incident to `on_diagnosed` (the responder's `handle_diagnosed`,
+`watchdog.responder`) as a job of its own, so a remediation never holds a diagnosis worker:
 
-    incident opened ──▶ start() ──▶ open → diagnosing ──▶ diagnose(execution_id) ──▶ Diagnosis stored
-        (open again) ──▶ on_diagnosed(incident_id, diagnosis)
+    start() ──▶ queue (oldest incident first, at most `queue_size`) ──▶ `max_concurrent` workers
+        ──▶ open → diagnosing (lease taken) ──▶ diagnose(execution_id) ──▶ Diagnosis stored, lease
+        dropped (open again) ──▶ on_diagnosed(incident_id, diagnosis)
 
-Jobs are tracked (`watchdog.jobs`) and awaited on shutdown; diagnosis only reads, so repeating an
+Backpressure: at most `max_concurrent` diagnoses run and at most `queue_size` wait; a burst of
+alerts beyond that leaves the newest incidents `open` without a diagnosis (counted in
+`gl_watchdog_diagnoses_deferred_total`), and the reconciler queues them again on a later sweep,
+oldest first. So a thousand alerts at once start a handful of diagnoses, not a thousand.
+
+A diagnosis runs under its lease (`watchdog.leases`) and within `diagnosis_timeout`; its writes are
+retried while the store is briefly out of reach (`watchdog.jobs.retried`); a diagnosis that cannot be
+saved is reported (logged, `gl_watchdog_job_save_failures_total{job="diagnosis"}`) and its lease
+lapses, so the reconciler takes the incident back. A diagnosis that fails records the failure on the
+incident and its lease (attempts, retry after a backoff). Diagnosis only reads, so repeating an
 interrupted one is safe.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import heapq
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from gl_common.clock import Clock
-from watchdog.errors import InvalidTransition
-from watchdog.incidents import IncidentService
-from watchdog.jobs import JobTracker
+from watchdog.errors import InvalidTransition, StoreError, StoreUnavailable
+from watchdog.incidents import IncidentService, transition_in
+from watchdog.jobs import JobTracker, retried
+from watchdog.leases import JobLeases, Lease, LeaseLost
 from watchdog.metrics import WatchdogMetrics
 from watchdog.records import Incident
 from watchdog.store import WatchdogStore
@@ -39,12 +53,18 @@ Diagnose = Callable[[str], Awaitable[Diagnosis]]
 OnDiagnosed = Callable[[int, Diagnosis], Awaitable[object]]
 """What follows a diagnosis: (incident id, its diagnosis). Normally `Responder.handle_diagnosed`."""
 
+Backoff = Callable[[int], float]
+"""Seconds before the retry that follows the n-th failed attempt (n from 1)."""
+
 # Only an open incident is (re-)diagnosed; one that waits for approval or acts keeps its diagnosis.
 DIAGNOSABLE: Final = ("open",)
+DEFAULT_QUEUE_SIZE: Final = 256
+# What a diagnosis' writes may take after the diagnosis itself, retries included.
+SAVE_SECONDS: Final = 30.0
 
 
 class DiagnosisService:
-    """Diagnosis jobs over the store; at most `max_concurrent` run at once, the others wait `open`."""
+    """Diagnosis jobs over the store: a bounded queue, oldest incident first, `max_concurrent` at once."""
 
     def __init__(
         self,
@@ -53,42 +73,91 @@ class DiagnosisService:
         incidents: IncidentService,
         metrics: WatchdogMetrics,
         jobs: JobTracker,
+        leases: JobLeases,
         diagnose: Diagnose,
         on_diagnosed: OnDiagnosed | None,
         clock: Clock,
         max_concurrent: int,
         step_timeout_seconds: float,
+        backoff: Backoff,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
     ) -> None:
         self.store = store
         self.incidents = incidents
         self.metrics = metrics
         self.jobs = jobs
+        self.leases = leases
         self.diagnose = diagnose
         self.on_diagnosed = on_diagnosed
         self.clock = clock
+        self.backoff = backoff
+        self.max_concurrent = max_concurrent
+        self.queue_size = queue_size
         # Steps 1-3 run in turn, 4-8 together: four step timeouts, plus slack for the bookkeeping.
         self.diagnosis_timeout = 4 * step_timeout_seconds + 5.0
         self._slots = asyncio.Semaphore(max_concurrent)
-        self._queued: set[int] = set()  # incident ids with a diagnosis job queued or running
+        # (opened_at, incident id, only while undiagnosed): a min-heap, the oldest incident first.
+        self._waiting: list[tuple[datetime, int, bool]] = []
+        self._queued: set[int] = set()  # incident ids waiting or being diagnosed
+        self._workers = 0
 
-    def start(self, incident: Incident) -> asyncio.Task[Any] | None:
-        """Diagnose `incident` in the background (tracked; awaited on shutdown); None when a job for
-        it is already queued or running."""
+    @property
+    def deadline_seconds(self) -> float:
+        """The longest one diagnosis holds its incident: the diagnosis, then its writes (retried)."""
+        return self.diagnosis_timeout + SAVE_SECONDS
+
+    # -- the queue
+
+    def start(self, incident: Incident) -> int | None:
+        """Queue a diagnosis of `incident`; its id, or None when it is already waiting or being
+        diagnosed, or the queue is full of older incidents (it stays `open`: the reconciler queues it
+        again later). An incident queued without a diagnosis is skipped if one was stored meanwhile;
+        one queued with a diagnosis (the API's re-diagnose) is diagnosed again."""
         if incident.id in self._queued:
             return None
-        task = self.jobs.spawn(self._diagnosis_job(incident.id), name=f"diagnose-incident-{incident.id}")
-        if task is not None:
-            self._queued.add(incident.id)
-        return task
+        entry = (incident.opened_at, incident.id, incident.diagnosis is None)
+        if len(self._waiting) >= self.queue_size:
+            newest = max(self._waiting)
+            if entry >= newest:
+                self.metrics.diagnoses_deferred.inc()
+                log.info("diagnosis queue full: incident %s waits for a later sweep", incident.id)
+                return None
+            self._waiting.remove(newest)  # an older incident goes first; the newest waits
+            heapq.heapify(self._waiting)
+            self._queued.discard(newest[1])
+            self.metrics.diagnoses_deferred.inc()
+        heapq.heappush(self._waiting, entry)
+        self._queued.add(incident.id)
+        self._dispatch()
+        return incident.id
 
-    async def _diagnosis_job(self, incident_id: int) -> Incident | None:
+    def queued(self) -> int:
+        """Diagnoses waiting for a worker."""
+        return len(self._waiting)
+
+    def _dispatch(self) -> None:
+        self.metrics.diagnosis_queue.set(len(self._waiting))
+        while self._workers < min(self.max_concurrent, len(self._waiting)):
+            task = self.jobs.spawn(self._worker(), name="diagnosis-worker")
+            if task is None:  # shutting down: what waits is durable and resumed by the next start
+                return
+            self._workers += 1
+
+    async def _worker(self) -> None:
         try:
-            return await self.diagnose_incident(incident_id)
+            while self._waiting:
+                _, incident_id, undiagnosed_only = heapq.heappop(self._waiting)
+                self.metrics.diagnosis_queue.set(len(self._waiting))
+                try:
+                    await self.diagnose_incident(incident_id, undiagnosed_only=undiagnosed_only)
+                finally:
+                    self._queued.discard(incident_id)
         finally:
-            self._queued.discard(incident_id)
+            self._workers -= 1
 
     async def resume(self) -> list[int]:
-        """Re-start diagnosis of open incidents without one and of interrupted ones; their ids."""
+        """At start-up, when this process is the only watchdog: re-start diagnosis of open incidents
+        without one and of interrupted ones; their ids."""
         resumed = []
         for incident in await self.store.list_incidents(statuses=["open", "diagnosing"]):
             if incident.status == "diagnosing":
@@ -108,84 +177,169 @@ class DiagnosisService:
             resumed.append(incident.id)
         return resumed
 
-    async def diagnose_incident(self, incident_id: int, *, actor: str = "watchdog") -> Incident | None:
+    # -- one diagnosis
+
+    async def diagnose_incident(
+        self, incident_id: int, *, actor: str = "watchdog", undiagnosed_only: bool = False
+    ) -> Incident | None:
         """The diagnosis job: open → diagnosing → open with the Diagnosis stored, then remediation.
 
-        At most `max_concurrent` diagnoses run at once; the incident stays `open`
-        while it waits for a slot. The remediation runs outside the slot (it may wait for approval).
-        Returns the diagnosed incident, or None when it was not diagnosable (already diagnosing,
-        acting, or closed meanwhile) or the diagnosis failed (recorded on the incident and audited).
+        At most `max_concurrent` diagnoses run at once. The remediation runs outside the slot, as a
+        job of its own (it may wait for approval). Returns the diagnosed incident, or None when it
+        was not diagnosable (already diagnosing, acting, closed, or diagnosed meanwhile when
+        `undiagnosed_only`), the diagnosis failed (recorded on the incident and audited), or it could
+        not be saved (reported; the reconciler takes it back).
         """
         async with self._slots:
-            done = await self._diagnose_and_store(incident_id, actor)
+            done = await self._diagnose_and_store(incident_id, actor, undiagnosed_only)
         if done is None:
             return None
         incident, diagnosis = done
         if self.on_diagnosed is not None:
+            self.jobs.spawn(self._hand_on(incident_id, diagnosis, actor), name=f"respond-{incident_id}")
+        return incident
+
+    async def _hand_on(self, incident_id: int, diagnosis: Diagnosis, actor: str) -> None:
+        assert self.on_diagnosed is not None
+        try:
+            await self.on_diagnosed(incident_id, diagnosis)
+        except WatchdogError as exc:
+            log.warning("remediation of incident %s failed: %s", incident_id, exc)
             try:
-                await self.on_diagnosed(incident_id, diagnosis)
-            except WatchdogError as exc:
-                log.warning("remediation of incident %s failed: %s", incident_id, exc)
                 await self.incidents.record(
                     incident_id, "remediation_error", actor=actor, data={"error": str(exc)}
                 )
-        return incident
+            except StoreError as store_exc:
+                log.error("incident %s: remediation error not recorded: %s", incident_id, store_exc)
 
-    async def _diagnose_and_store(self, incident_id: int, actor: str) -> tuple[Incident, Diagnosis] | None:
-        try:
-            incident = await self.incidents.transition(
-                incident_id, "diagnosing", actor=actor, reason="diagnosis started", expected=DIAGNOSABLE
+    async def _begin(
+        self, incident_id: int, actor: str, undiagnosed_only: bool
+    ) -> tuple[Lease, Incident] | None:
+        """open → diagnosing, the lease and the audit entry, in one transaction; None when the
+        incident is not (or no longer) to be diagnosed."""
+        async with self.store.transaction() as tx:
+            incident = await tx.get_incident(incident_id)
+            if incident is None or incident.status not in DIAGNOSABLE:
+                log.info("not diagnosing incident %s: it is %s", incident_id, incident and incident.status)
+                return None
+            if undiagnosed_only and incident.diagnosis is not None:
+                return None  # diagnosed meanwhile (another replica, a re-queue)
+            incident = await transition_in(
+                tx, incident_id, "diagnosing", actor=actor, reason="diagnosis started", expected=DIAGNOSABLE
             )
+            lease = await self.leases.take_in(tx, incident_id, "diagnosis", max_seconds=self.deadline_seconds)
+            assert lease is not None  # no expected token: always taken
+            await tx.add_audit(
+                incident_id,
+                "diagnosis",
+                phase="before",
+                actor=actor,
+                data={"execution_id": incident.execution_id, "attempt": lease.attempts + 1},
+            )
+        return lease, incident
+
+    async def _diagnose_and_store(
+        self, incident_id: int, actor: str, undiagnosed_only: bool
+    ) -> tuple[Incident, Diagnosis] | None:
+        try:
+            begun = await self._begin(incident_id, actor, undiagnosed_only)
         except InvalidTransition as exc:
             log.info("not diagnosing incident %s: %s", incident_id, exc)
             return None
-        await self.incidents.record(
-            incident_id,
-            "diagnosis",
-            phase="before",
-            actor=actor,
-            data={"execution_id": incident.execution_id},
-        )
+        except StoreError as exc:  # nothing changed: it stays open, and is queued again later
+            log.warning("diagnosis of incident %s not started: %s", incident_id, exc)
+            return None
+        if begun is None:
+            return None
+        lease, incident = begun
+        with self.leases.holding(lease):
+            try:
+                return await self._run_and_save(lease, incident, actor)
+            except LeaseLost as exc:
+                log.warning("diagnosis of incident %s superseded: %s", incident_id, exc)
+            except StoreError as exc:
+                self.metrics.job_save_failures.labels(job="diagnosis").inc()
+                log.error(
+                    "diagnosis of incident %s could not be saved (%s); its lease lapses and the "
+                    "reconciler takes it back",
+                    incident_id,
+                    exc,
+                )
+        return None
+
+    async def _run_and_save(
+        self, lease: Lease, incident: Incident, actor: str
+    ) -> tuple[Incident, Diagnosis] | None:
         started = self.clock.monotonic()
         try:
             async with asyncio.timeout(self.diagnosis_timeout):
                 diagnosis = await self.diagnose(incident.execution_id)
         except (WatchdogError, TimeoutError) as exc:
             reason = f"diagnosis failed: {exc or type(exc).__name__}"
-            await self.incidents.record(incident_id, "diagnosis", actor=actor, data={"error": reason})
-            with contextlib.suppress(InvalidTransition):  # closed meanwhile: nothing to reopen
-                await self.incidents.transition(
-                    incident_id, "open", actor=actor, reason=reason, expected=["diagnosing"], summary=reason
-                )
+            await self._save(lambda: self._store_failure(lease, actor, reason))
             return None
         self.metrics.observe_diagnosis(diagnosis, self.clock.monotonic() - started)
-        document = diagnosis.model_dump(mode="json")
-        summary = _summary(diagnosis)
-        await self.incidents.record(
-            incident_id,
-            "diagnosis",
-            actor=actor,
-            data={
+        stored = await self._save(lambda: self._store_diagnosis(lease, incident, diagnosis, actor))
+        return None if stored is None else (stored, diagnosis)
+
+    async def _save(self, write: Callable[[], Awaitable[Incident | None]]) -> Incident | None:
+        return await retried(
+            write, what="saving a diagnosis", retry_on=(StoreUnavailable,), sleep=self.clock.sleep
+        )
+
+    async def _store_failure(self, lease: Lease, actor: str, reason: str) -> Incident | None:
+        return await self._finish(
+            lease, actor, audit={"error": reason}, failed=True, reason=reason, summary=reason
+        )
+
+    async def _store_diagnosis(
+        self, lease: Lease, incident: Incident, diagnosis: Diagnosis, actor: str
+    ) -> Incident | None:
+        return await self._finish(
+            lease,
+            actor,
+            audit={
                 "likely_cause": diagnosis.likely_cause,
                 "steps": {str(f.step): f.status.value for f in diagnosis.findings},
             },
+            failed=False,
+            reason="diagnosed",
+            diagnosis=diagnosis.model_dump(mode="json"),
+            summary=_summary(diagnosis),
+            dag_id=incident.dag_id or diagnosis.dag_id,
         )
-        try:
-            incident = await self.incidents.transition(
-                incident_id,
-                "open",
-                actor=actor,
-                reason="diagnosed",
-                expected=["diagnosing"],
-                diagnosis=document,
-                summary=summary,
-                dag_id=incident.dag_id or diagnosis.dag_id,
-            )
-        except InvalidTransition:
-            # Closed (alert resolved) while we diagnosed: keep the diagnosis on record, act on nothing.
-            await self.incidents.update(incident_id, kind="diagnosis_stored", actor=actor, diagnosis=document)
-            return None
-        return incident, diagnosis
+
+    async def _finish(
+        self, lease: Lease, actor: str, *, audit: dict[str, Any], failed: bool, reason: str, **values: Any
+    ) -> Incident | None:
+        """The job's last write, one transaction: its audit entry, its lease (dropped, or marked failed
+        for a retry after a backoff) and the incident back to `open` with `values`. None when the
+        incident was closed meanwhile (alert resolved): a diagnosis is then kept on record, nothing acts."""
+        retry_at = self.clock.now() + timedelta(seconds=self.backoff(lease.attempts + 1))
+        async with self.store.transaction() as tx:
+            await self.leases.check_in(tx, lease)
+            await tx.add_audit(lease.incident_id, "diagnosis", actor=actor, data=audit)
+            if failed:
+                await self.leases.fail_in(tx, lease, reason, retry_at=retry_at)
+            else:
+                await self.leases.release_in(tx, lease)
+            try:
+                return await transition_in(
+                    tx,
+                    lease.incident_id,
+                    "open",
+                    actor=actor,
+                    reason=reason,
+                    expected=["diagnosing"],
+                    **values,
+                )
+            except InvalidTransition:
+                if "diagnosis" in values:
+                    await tx.update_incident(lease.incident_id, diagnosis=values["diagnosis"])
+                    await tx.add_audit(
+                        lease.incident_id, "diagnosis_stored", actor=actor, data={"fields": ["diagnosis"]}
+                    )
+                return None
 
 
 def _summary(diagnosis: Diagnosis) -> str:

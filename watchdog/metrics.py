@@ -1,8 +1,10 @@
 """The watchdog's own Prometheus metrics (`gl_watchdog_*`), one CollectorRegistry per service instance.
 
 Built by the composition root (`watchdog.assembly`); updated by the intake (alerts received),
-incidents (opened, open count), the diagnosis jobs (diagnoses, duration, per-step outcomes), the
-sweeps (sweeps, leadership) and the remediation side (remediations, approvals); served by
+incidents (opened, open count), the diagnosis jobs (diagnoses, duration, per-step outcomes, the
+queue and what it deferred, writes that failed), the sweeps (sweeps, leadership), the reconciler
+(jobs taken back, retried, escalated), the readiness check (each dependency up or down) and the
+remediation side (remediations, approvals); served by
 `GET /metrics` in `watchdog.api`. Names come from `watchdog_sdk.constants` (docs/architecture.md,
 "Metrics").
 """
@@ -23,11 +25,16 @@ from watchdog_sdk.constants import (
     W_ALERTS_REJECTED,
     W_APPROVALS,
     W_AUTH_FAILURES,
+    W_DEPENDENCY_UP,
     W_DIAGNOSES,
+    W_DIAGNOSES_DEFERRED,
     W_DIAGNOSIS_DURATION,
+    W_DIAGNOSIS_QUEUE,
     W_DIAGNOSTIC_STEPS,
     W_INCIDENTS_OPENED,
     W_IS_LEADER,
+    W_JOB_SAVE_FAILURES,
+    W_JOBS_RECONCILED,
     W_OPEN_INCIDENTS,
     W_PENDING_APPROVALS,
     W_REMEDIATIONS,
@@ -92,6 +99,32 @@ class WatchdogMetrics:
             "Requests refused before authentication (bearer or link token), by reason; each is counted, "
             "only some are logged and audited (a rate per source)",
             ["reason"],
+            registry=r,
+        )
+        self.diagnosis_queue = Gauge(
+            W_DIAGNOSIS_QUEUE, "Diagnoses waiting for a worker on this replica", registry=r
+        )
+        self.diagnoses_deferred = Counter(
+            W_DIAGNOSES_DEFERRED,
+            "Diagnoses not queued (or pushed out by an older incident) because the queue was full",
+            registry=r,
+        )
+        self.job_save_failures = Counter(
+            W_JOB_SAVE_FAILURES,
+            "Jobs whose outcome could not be written after retries (the reconciler takes them back)",
+            ["job"],
+            registry=r,
+        )
+        self.jobs_reconciled = Counter(
+            W_JOBS_RECONCILED,
+            "Jobs of incidents the reconciler took back, retried or escalated, by job and action",
+            ["job", "action"],
+            registry=r,
+        )
+        self.dependency_up = Gauge(
+            W_DEPENDENCY_UP,
+            "1 when the dependency answered the last readiness check, 0 when not (absent: not configured)",
+            ["dependency"],
             registry=r,
         )
 

@@ -14,6 +14,8 @@ Tables (every watchdog table is defined here, the remediation side builds on the
     approvals          approval prompts: plan, summary, state, single-use token nonce, expiry
     actions            playbook actions; the idempotency key is unique, so an action runs at most once
     rate_events        timestamps of rate-limited events (agent restarts, ...) and breaker trips
+    job_leases         who runs the job of an incident in a transient state, until when, and how
+                       often it was lost (migration 2; queried by `watchdog.leases` only)
     schema_migrations  applied migration versions
 
 Migrations run in one transaction; on PostgreSQL an advisory lock serialises replicas starting at
@@ -207,6 +209,31 @@ rate_events: Final = sa.Table(
 )
 sa.Index("ix_rate_events_kind_key_at", rate_events.c.kind, rate_events.c.key, rate_events.c.at)
 
+# -- job leases (migration 2; queries in watchdog/leases.py, owned with the reconciler) ---------------
+
+JOB_KINDS: Final = ("diagnosis", "remediation", "verification")
+
+job_leases: Final = sa.Table(
+    "job_leases",
+    metadata,
+    sa.Column(
+        "incident_id", sa.Integer, sa.ForeignKey("incidents.id"), primary_key=True, autoincrement=False
+    ),
+    sa.Column("job", sa.String(16), nullable=False),
+    sa.Column("owner", sa.String(200), nullable=True),  # the replica running it; NULL: nobody
+    sa.Column("token", sa.Integer, nullable=False),  # grows with every take: a fence for stale holders
+    sa.Column("expires_at", UTCDateTime, nullable=True),  # renewed while the job runs
+    sa.Column("deadline_at", UTCDateTime, nullable=True),  # renewals never go past it
+    sa.Column("attempts", sa.Integer, nullable=False),  # attempts of this job lost or failed so far
+    sa.Column("retry_at", UTCDateTime, nullable=True),  # not retried before (backoff)
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.CheckConstraint(_in("job", JOB_KINDS), name="ck_job_leases_job"),
+)
+sa.Index("ix_job_leases_owner", job_leases.c.owner)
+
+# -- end of job leases ---------------------------------------------------------------------------------
+
 schema_migrations: Final = sa.Table(
     "schema_migrations",
     metadata,
@@ -235,11 +262,37 @@ def _v1_initial(conn: Connection) -> None:
     )
 
 
+def _v2_job_leases(conn: Connection) -> None:
+    # Frozen: the table as released with version 2 (a later change is a later migration).
+    table = sa.Table(
+        "job_leases",
+        sa.MetaData(),
+        sa.Column(
+            "incident_id", sa.Integer, sa.ForeignKey(incidents.c.id), primary_key=True, autoincrement=False
+        ),
+        sa.Column("job", sa.String(16), nullable=False),
+        sa.Column("owner", sa.String(200), nullable=True),
+        sa.Column("token", sa.Integer, nullable=False),
+        sa.Column("expires_at", UTCDateTime, nullable=True),
+        sa.Column("deadline_at", UTCDateTime, nullable=True),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("retry_at", UTCDateTime, nullable=True),
+        sa.Column("last_error", sa.Text, nullable=True),
+        sa.Column("updated_at", UTCDateTime, nullable=False),
+        sa.CheckConstraint("job IN ('diagnosis', 'remediation', 'verification')", name="ck_job_leases_job"),
+    )
+    sa.Index("ix_job_leases_owner", table.c.owner)
+    table.create(conn, checkfirst=False)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(
         1,
         "incidents, alert_deliveries, audit_log, approvals, actions, rate_events",
         _v1_initial,
+    ),
+    Migration(
+        2, "job_leases: the job of an incident in a transient state, its lease and attempts", _v2_job_leases
     ),
 )
 

@@ -7,7 +7,9 @@ Every remediation goes through here, however it was started:
 - `run_manual()`: a playbook run by hand (`gl-watchdog playbook run`, and later the API's), which opens
   or joins the execution's incident, checks preconditions and plans first (refused: nothing done, a
   fresh incident closed again), then takes the same path;
-- `resume_interrupted()`: at start-up, incidents a dead watchdog left in `remediating`/`verifying`.
+- `resume_interrupted()`: at start-up, incidents a dead watchdog left in `remediating`/`verifying`
+  (when this process is the only watchdog; otherwise the reconciler takes them back);
+- `retry()`: the reconciler's retry of a remediation whose job was lost (`watchdog.reconciler`).
 
     begin      compare-and-set into `remediating` (one action in flight per execution; an approval is
                consumed `approved → used` in the same transaction)
@@ -22,6 +24,14 @@ Every phase is written to the audit log before and after it happens (`incidents.
 restarted watchdog resumes or reports an interrupted remediation instead of repeating it: steps that
 finished are skipped, idempotent half-done steps are re-run with their recorded request, and a
 non-idempotent half-done step is marked `interrupted` and the incident escalated.
+
+A remediation runs under its job lease (`watchdog.leases`), taken in the transaction that begins it
+and renewed while it runs, within `deadline_seconds` for apply and verification together. Its closing
+writes (into `verifying`, `resolved`, `escalated`) check the lease and drop it in the same
+transaction, and are retried while the store is briefly out of reach. A remediation that overruns
+its deadline gives its lease up for a retry after a backoff; one whose writes fail is reported and
+its lease lapses: either way the reconciler retries it (steps done are never repeated) and escalates
+it after its attempts run out.
 """
 
 from __future__ import annotations
@@ -29,30 +39,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Final
 
-from pydantic import BaseModel, ValidationError
-
-from gl_common.clock import Clock
 from watchdog.approvals import ApprovalService
-from watchdog.errors import InvalidTransition
+from watchdog.errors import InvalidTransition, StoreError, StoreUnavailable
 from watchdog.incidents import IncidentService, transition_in
+from watchdog.jobs import retried
+from watchdog.leases import JOB_OF_STATUS, JobLeases, Lease, LeaseLost
 from watchdog.ledger import StoreLedger
 from watchdog.limits import RemediationLimits
 from watchdog.metrics import WatchdogMetrics
 from watchdog.notifier import EscalationMessage, Notifier, NotifyResult
 from watchdog.plan import Plan
-from watchdog.policy import Policy
 from watchdog.records import Incident
+from watchdog.remediation_setup import ManualRun, PlaybookContexts, RemediationProgress, parse_params
 from watchdog.settings import Mode
-from watchdog.store import WatchdogStore
-from watchdog_sdk.clients import Clients
+from watchdog.store import Tx, WatchdogStore
 from watchdog_sdk.errors import PlaybookError, WatchdogError
 from watchdog_sdk.ledger import ActionLedger, InMemoryLedger
-from watchdog_sdk.outcomes import ApplyResult, PlannedAction, Precheck, VerifyResult
-from watchdog_sdk.playbook import Playbook, PlaybookContext, PlaybookLimits
+from watchdog_sdk.outcomes import ApplyResult, Precheck, VerifyResult
+from watchdog_sdk.playbook import Playbook, PlaybookContext
 from watchdog_sdk.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -76,94 +85,6 @@ class Outcome:
     detail: str
 
 
-@dataclass(frozen=True)
-class ManualRun:
-    """A playbook run asked for by a person rather than planned from a diagnosis.
-
-    `params` are the playbook's params in their JSON form (its params model validates them).
-    `interrupted_by` names what may interrupt the run (the CLI's Ctrl-C): a run interrupted so is
-    escalated rather than left `remediating` for a restart to resume, since no service owns it.
-    """
-
-    playbook: str
-    execution_id: str
-    params: dict[str, Any]
-    actor: str = "cli"
-    rationale: str = "run by hand"
-    interrupted_by: str | None = None
-
-
-class RemediationProgress:
-    """What a caller sees of a run as it goes (the CLI prints it); here every event is ignored."""
-
-    def checked(
-        self, playbook: Playbook[Any], precheck: Precheck, actions: tuple[PlannedAction, ...]
-    ) -> None:
-        """Preconditions checked, and the actions the playbook would take."""
-
-    def refused(self, reason: str) -> None:
-        """The budgets or the circuit breaker refused the run."""
-
-    def applied(self, result: ApplyResult) -> None:
-        """The playbook's steps ran (or stopped at the first that failed)."""
-
-    def verifying(self) -> None:
-        """Applied; the post-resolution checks start (they may wait for the run to finish)."""
-
-    def verified(self, result: VerifyResult) -> None:
-        """The checks are done."""
-
-
-@dataclass(frozen=True)
-class PlaybookContexts:
-    """Builds the context a playbook acts in: the clients, the policy's bounds, the clock."""
-
-    clients: Clients
-    policy: Policy
-    clock: Clock
-    poll_interval_seconds: float = 1.0
-
-    def build(
-        self, incident_id: int, execution_id: str, playbook: str, ledger: ActionLedger
-    ) -> PlaybookContext:
-        """The context of `playbook` acting on `execution_id` for incident `incident_id`."""
-        limits = self.policy.limits
-        ready = float(self.policy.playbook(playbook).params.get("ready_timeout_seconds", 120.0))
-        return PlaybookContext(
-            incident_id=incident_id,
-            execution_id=execution_id,
-            clients=self.clients,
-            ledger=ledger,
-            limits=PlaybookLimits(
-                max_node_timeout_seconds=limits.max_node_timeout_seconds,
-                lock_grace_seconds=float(limits.lock_grace_seconds),
-                ready_timeout_seconds=ready,
-                poll_interval_seconds=self.poll_interval_seconds,
-            ),
-            clock=self.clock,
-        )
-
-
-async def preview(
-    playbook: Playbook[Any], execution_id: str, params: dict[str, Any], contexts: PlaybookContexts
-) -> tuple[Precheck, tuple[PlannedAction, ...]]:
-    """A dry run: the preconditions and the actions `playbook` would take on `execution_id`, recorded
-    nowhere (no store needed: `gl-watchdog playbook run --dry-run` works while the database is down)."""
-    typed = parse_params(playbook, params)
-    ctx = contexts.build(0, execution_id, playbook.name, InMemoryLedger())
-    return await playbook.preconditions(ctx, typed), await playbook.plan(ctx, typed)
-
-
-def parse_params(playbook: Playbook[Any], raw: dict[str, Any]) -> BaseModel:
-    """The playbook's typed params; PlaybookError naming every bad field otherwise."""
-    try:
-        params: BaseModel = playbook.parse_params(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise PlaybookError(f"invalid params for {playbook.name}: {problems}") from exc
-    return params
-
-
 def _label(plan: Plan) -> str:
     """How escalations name the playbook of `plan` ("cancel", or "cancel by hand")."""
     return f"{plan.playbook} by hand" if plan.rule == MANUAL_RULE else str(plan.playbook)
@@ -183,6 +104,9 @@ class RemediationService:
         registry: Registry,
         contexts: PlaybookContexts,
         mode: Mode,
+        leases: JobLeases,
+        deadline_seconds: float,
+        backoff: Callable[[int], float],
         metrics: WatchdogMetrics | None = None,
     ) -> None:
         self.store = store
@@ -193,6 +117,10 @@ class RemediationService:
         self.registry = registry
         self.contexts = contexts
         self.mode = mode
+        self.leases = leases
+        # The longest one attempt may spend applying and verifying.
+        self.deadline_seconds = deadline_seconds
+        self.backoff = backoff
         self.metrics = metrics
 
     def context(
@@ -222,10 +150,10 @@ class RemediationService:
         if self.mode is Mode.OBSERVE:
             # The kill switch also holds for prompts approved after the switch to observe.
             return await self.escalate(incident_id, OBSERVE_REFUSAL)
-        incident, refusal = await self._begin(incident_id, approval_id)
-        if incident is None or incident.plan is None:
+        incident, lease, refusal = await self._begin(incident_id, approval_id)
+        if incident is None or lease is None or incident.plan is None:
             return Outcome(incident_id, "unchanged", refusal)
-        return await self._act(incident, incident.plan, approval_id, recheck=True)
+        return await self._leased(lease, self._act(incident, incident.plan, approval_id, lease, recheck=True))
 
     async def run_manual(self, run: ManualRun, progress: RemediationProgress | None = None) -> Outcome:
         """A playbook run by hand, through the same path (budgets, breaker, audit, restart safety).
@@ -267,11 +195,12 @@ class RemediationService:
             rationale=run.rationale,
             actions=list(actions),
         )
-        began, refusal = await self._begin(incident.id, None, plan=plan, actor=run.actor)
-        if began is None:
+        began, lease, refusal = await self._begin(incident.id, None, plan=plan, actor=run.actor)
+        if began is None or lease is None:
             raise PlaybookError(f"not starting {playbook.name}: {refusal}")
         try:
-            return await self._act(began, plan, None, recheck=False, actor=run.actor, progress=progress)
+            work = self._act(began, plan, None, lease, recheck=False, actor=run.actor, progress=progress)
+            return await self._leased(lease, work)
         except asyncio.CancelledError:
             if run.interrupted_by is not None:
                 reason = (
@@ -283,55 +212,141 @@ class RemediationService:
             raise
 
     async def resume_interrupted(self) -> list[Outcome]:
-        """At start-up: re-enter incidents left in `remediating`/`verifying` by a dead watchdog.
+        """At start-up, when this process is the only watchdog: re-enter incidents left in
+        `remediating`/`verifying` by a dead watchdog (their leases are that process's).
 
         Finished steps are skipped and never repeated; a non-idempotent step found half-done is marked
         interrupted and the incident escalated.
         """
         outcomes = []
         for incident in await self.store.list_incidents(statuses=list(ACTING)):
-            await self.incidents.record(
-                incident.id, "remediation_resumed", actor=ACTOR, data={"status": incident.status}
-            )
-            plan = incident.plan
-            if plan is None or plan.playbook is None:
-                outcomes.append(
-                    await self.escalate(incident.id, "interrupted remediation without a plan", failed=False)
-                )
-                continue
-            if incident.status == "verifying":
-                outcomes.append(await self._verify_and_close(incident, plan))
-            elif self.mode is Mode.OBSERVE:
-                refusal = OBSERVE_REFUSAL + " (interrupted remediation)"
-                outcomes.append(await self.escalate(incident.id, refusal))
-            else:
-                # Died before the first step was recorded: nothing was done, so check live state and
-                # the limits again; after it, both were checked (and counted) before the crash.
-                async with self.store.transaction() as tx:
-                    acted = bool(await tx.list_actions(incident_id=incident.id))
-                outcomes.append(await self._act(incident, plan, None, recheck=not acted, reserve=not acted))
+            async with self.store.transaction() as tx:
+                lease = await self._take_in(tx, incident, None)
+            if lease is not None:
+                outcomes.append(await self._leased(lease, self._resume_one(incident, lease)))
         return outcomes
+
+    async def retry(self, incident: Incident, token: int) -> Outcome:
+        """The reconciler's retry of a remediation whose job was lost or gave up: take its lease back
+        (compare-and-set on `token`, the lease as the reconciler saw it) and resume it."""
+        async with self.store.transaction() as tx:
+            current = await tx.get_incident(incident.id)
+            if current is None or current.status not in ACTING:
+                return Outcome(incident.id, "unchanged", "no longer remediating or verifying")
+            lease = await self._take_in(tx, current, token)
+        if lease is None:
+            return Outcome(incident.id, "unchanged", "its lease was taken meanwhile")
+        return await self._leased(lease, self._resume_one(current, lease))
+
+    async def _take_in(self, tx: Tx, incident: Incident, token: int | None) -> Lease | None:
+        job = JOB_OF_STATUS[incident.status]
+        return await self.leases.take_in(
+            tx, incident.id, job, max_seconds=self.deadline_seconds, expect_token=token
+        )
+
+    async def _resume_one(self, incident: Incident, lease: Lease) -> Outcome:
+        await self._record(
+            incident.id,
+            "remediation_resumed",
+            actor=ACTOR,
+            data={"status": incident.status, "attempt": lease.attempts + 1},
+        )
+        plan = incident.plan
+        if plan is None or plan.playbook is None:
+            return await self.escalate(
+                incident.id, "interrupted remediation without a plan", failed=False, lease=lease
+            )
+        if incident.status == "verifying":
+            return await self._verify_and_close(incident, plan, lease)
+        if self.mode is Mode.OBSERVE:
+            return await self.escalate(
+                incident.id, OBSERVE_REFUSAL + " (interrupted remediation)", lease=lease
+            )
+        # Died before the first step was recorded: nothing was done, so check live state and the
+        # limits again; after it, both were checked (and counted) before the crash.
+        async with self.store.transaction() as tx:
+            acted = bool(await tx.list_actions(incident_id=incident.id))
+        return await self._act(incident, plan, None, lease, recheck=not acted, reserve=not acted)
+
+    async def _leased(self, lease: Lease, work: Awaitable[Outcome]) -> Outcome:
+        """Run `work` (one attempt of a remediation) holding `lease`, within its deadline.
+
+        Overrunning the deadline gives the lease up for a retry after a backoff; a lease taken back
+        meanwhile ends the attempt without writing its outcome; a write that failed after its
+        retries is counted and raised (the lease lapses: the reconciler takes the incident back).
+        """
+        with self.leases.holding(lease):
+            remaining = (lease.deadline_at - self.contexts.clock.now()).total_seconds()
+            try:
+                async with asyncio.timeout(max(remaining, 0.0)) as deadline:
+                    return await work
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                reason = f"{lease.job} did not finish within {self.deadline_seconds:g}s"
+                return await self._give_up(lease, reason)
+            except LeaseLost as exc:
+                log.warning("remediation of incident %s superseded: %s", lease.incident_id, exc)
+                return Outcome(lease.incident_id, "superseded", str(exc))
+            except StoreError:
+                if self.metrics is not None:
+                    self.metrics.job_save_failures.labels(job=lease.job).inc()
+                log.error(
+                    "remediation of incident %s could not be saved; its lease lapses and the "
+                    "reconciler takes it back",
+                    lease.incident_id,
+                )
+                raise
+
+    async def _give_up(self, lease: Lease, reason: str) -> Outcome:
+        """An attempt that overran its deadline: nobody holds the job now; retried after a backoff."""
+        retry_at = self.contexts.clock.now() + timedelta(seconds=self.backoff(lease.attempts + 1))
+        async with self.store.transaction() as tx:
+            if await self.leases.fail_in(tx, lease, reason, retry_at=retry_at) is not None:
+                await tx.add_audit(lease.incident_id, "job_timed_out", actor=ACTOR, data={"reason": reason})
+        return Outcome(lease.incident_id, "timed_out", reason)
+
+    async def _save(self, write: Callable[[], Awaitable[Any]]) -> Any:
+        """A write of a remediation, tried again while the store is briefly out of reach."""
+        return await retried(
+            write, what="saving a remediation", retry_on=(StoreUnavailable,), sleep=self.contexts.clock.sleep
+        )
+
+    async def _record(
+        self,
+        incident_id: int,
+        kind: str,
+        *,
+        phase: str = "after",
+        actor: str = ACTOR,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """An audit entry of a remediation (`incidents.record`), retried like every write of a job."""
+        await self._save(
+            lambda: self.incidents.record(incident_id, kind, phase=phase, actor=actor, data=data)
+        )
 
     # -- the phases
 
     async def _begin(
         self, incident_id: int, approval_id: str | None, *, plan: Plan | None = None, actor: str = ACTOR
-    ) -> tuple[Incident | None, str]:
-        """CAS into `remediating` and consume the approval — one transaction. A `plan` given (a run by
-        hand) is stored on the incident in the same update; otherwise the incident's own plan is used."""
+    ) -> tuple[Incident | None, Lease | None, str]:
+        """CAS into `remediating`, consume the approval and take the job's lease — one transaction. A
+        `plan` given (a run by hand) is stored on the incident in the same update; otherwise the
+        incident's own plan is used."""
         async with self.store.transaction() as tx:
             incident = await tx.get_incident(incident_id)
             if incident is None or incident.status not in STARTABLE:
                 status = "missing" if incident is None else incident.status
-                return None, f"incident {incident_id} is {status}; not starting a remediation"
+                return None, None, f"incident {incident_id} is {status}; not starting a remediation"
             chosen = plan or incident.plan
             if chosen is None or chosen.playbook is None:
-                return None, f"incident {incident_id} has no plan with a playbook"
+                return None, None, f"incident {incident_id} has no plan with a playbook"
             if chosen.requires_approval:
                 if approval_id is None:
-                    return None, f"incident {incident_id}: the plan needs an approval"
+                    return None, None, f"incident {incident_id}: the plan needs an approval"
                 if await self.approvals.consume_in(tx, approval_id, actor=actor) is None:
-                    return None, f"approval {approval_id} is not approved (or already used)"
+                    return None, None, f"approval {approval_id} is not approved (or already used)"
             values: dict[str, Any] = {} if plan is None else {"plan": plan}
             verb = f"applying {chosen.playbook}" + (" by hand" if chosen.rule == MANUAL_RULE else "")
             try:
@@ -346,16 +361,19 @@ class RemediationService:
                     **values,
                 )
             except InvalidTransition as exc:
-                return None, str(exc)
-        return updated, ""
+                return None, None, str(exc)
+            lease = await self.leases.take_in(
+                tx, incident_id, "remediation", max_seconds=self.deadline_seconds
+            )
+        return updated, lease, ""
 
     async def _precheck(
         self, incident_id: int, playbook: Playbook[Any], ctx: PlaybookContext, params: Any, actor: str
     ) -> Precheck:
-        await self.incidents.record(incident_id, "preconditions", phase="before", actor=actor, data={})
+        await self._record(incident_id, "preconditions", phase="before", actor=actor, data={})
         precheck = await playbook.preconditions(ctx, params)
         data = precheck.model_dump(mode="json")
-        await self.incidents.record(incident_id, "preconditions", actor=actor, data=data)
+        await self._record(incident_id, "preconditions", actor=actor, data=data)
         return precheck
 
     async def _act(
@@ -363,6 +381,7 @@ class RemediationService:
         incident: Incident,
         plan: Plan,
         approval_id: str | None,
+        lease: Lease,
         *,
         recheck: bool,
         reserve: bool = True,
@@ -380,20 +399,23 @@ class RemediationService:
             precheck = await self._precheck(incident.id, playbook, ctx, params, actor)
             if not precheck.ok:
                 if await self._completed_by_itself(incident.execution_id):
-                    return await self._resolve_unneeded(incident, plan.playbook, precheck.reason)
+                    return await self._resolve_unneeded(incident, plan.playbook, precheck.reason, lease)
                 return await self.escalate(
                     incident.id,
                     f"{plan.playbook} refused: {precheck.reason}",
                     expected=("remediating",),
                     playbook=plan.playbook,
                     outcome="refused",
+                    lease=lease,
                 )
         if reserve:
             refusal = await self.limits.reserve(incident.id, plan, actor=actor)
             if refusal:
                 progress.refused(refusal)
-                return await self.escalate(incident.id, refusal, expected=("remediating",), actor=actor)
-        await self.incidents.record(
+                return await self.escalate(
+                    incident.id, refusal, expected=("remediating",), actor=actor, lease=lease
+                )
+        await self._record(
             incident.id,
             "apply",
             phase="before",
@@ -401,7 +423,7 @@ class RemediationService:
             data={"playbook": plan.playbook, "params": plan.params},
         )
         result: ApplyResult = await playbook.apply(ctx, params)
-        await self.incidents.record(incident.id, "apply", actor=actor, data=result.model_dump(mode="json"))
+        await self._record(incident.id, "apply", actor=actor, data=result.model_dump(mode="json"))
         progress.applied(result)
         if not result.ok:
             why = "interrupted before it finished and not repeated" if result.interrupted else "failed"
@@ -413,16 +435,26 @@ class RemediationService:
                 playbook=plan.playbook,
                 outcome="interrupted" if result.interrupted else "failed",
                 actor=actor,
+                lease=lease,
             )
-        async with self.store.transaction() as tx:
-            await transition_in(tx, incident.id, "verifying", actor=actor, reason=f"{plan.playbook} applied")
+
+        async def into_verifying() -> Lease:
+            async with self.store.transaction() as tx:
+                verifying = await self.leases.switch_in(tx, lease, "verification")
+                await transition_in(
+                    tx, incident.id, "verifying", actor=actor, reason=f"{plan.playbook} applied"
+                )
+            return verifying
+
+        verifying = await self._save(into_verifying)
         progress.verifying()
-        return await self._verify_and_close(incident, plan, actor=actor, progress=progress)
+        return await self._verify_and_close(incident, plan, verifying, actor=actor, progress=progress)
 
     async def _verify_and_close(
         self,
         incident: Incident,
         plan: Plan,
+        lease: Lease,
         *,
         actor: str = ACTOR,
         progress: RemediationProgress | None = None,
@@ -431,19 +463,18 @@ class RemediationService:
         playbook = self.registry.get(plan.playbook)
         ledger = StoreLedger(self.store, actor=actor)
         ctx = self.context(incident.id, incident.execution_id, plan.playbook, ledger=ledger)
-        await self.incidents.record(incident.id, "verify", phase="before", actor=actor, data={})
+        await self._record(incident.id, "verify", phase="before", actor=actor, data={})
         verification: VerifyResult = await playbook.verify(ctx, playbook.parse_params(plan.params))
         data = verification.model_dump(mode="json")
-        await self.incidents.record(incident.id, "verify", actor=actor, data=data)
+        await self._record(incident.id, "verify", actor=actor, data=data)
         (progress or RemediationProgress()).verified(verification)
         if verification.ok:
             by = f"{plan.playbook} (by hand)" if plan.rule == MANUAL_RULE else plan.playbook
-            await self.incidents.transition(
-                incident.id,
-                "resolved",
+            await self._resolve(
+                lease,
+                "verifying",
                 actor=actor,
                 reason=f"{plan.playbook} applied and verified",
-                expected=("verifying",),
                 verification=data,
                 summary=f"resolved by {by}: {verification.summary()}",
             )
@@ -458,7 +489,29 @@ class RemediationService:
             outcome="unverified",
             verification=data,
             actor=actor,
+            lease=lease,
         )
+
+    async def _resolve(self, lease: Lease, expected: str, *, actor: str, reason: str, **values: Any) -> None:
+        """Close the job's own incident `resolved` from `expected`, its lease checked and dropped in the
+        same transaction (retried while the store is briefly out of reach)."""
+
+        async def write() -> None:
+            async with self.store.transaction() as tx:
+                await self.leases.check_in(tx, lease)
+                await transition_in(
+                    tx,
+                    lease.incident_id,
+                    "resolved",
+                    actor=actor,
+                    reason=reason,
+                    expected=(expected,),
+                    **values,
+                )
+                await self.leases.release_in(tx, lease)
+
+        await self._save(write)
+        await self.incidents.refresh_gauge()
 
     async def _completed_by_itself(self, execution_id: str) -> bool:
         """True when the run has completed cleanly (e.g. between the prompt and the approval)."""
@@ -468,13 +521,11 @@ class RemediationService:
             return False
         return execution.status == "completed" and not execution.error
 
-    async def _resolve_unneeded(self, incident: Incident, playbook: str, why: str) -> Outcome:
+    async def _resolve_unneeded(self, incident: Incident, playbook: str, why: str, lease: Lease) -> Outcome:
         """The run completed before anything was done: resolved, not a page for on-call."""
         reason = f"{playbook} not needed: the run completed by itself ({why}); nothing was done"
         try:
-            await self.incidents.transition(
-                incident.id, "resolved", actor=ACTOR, reason=reason, expected=("remediating",), summary=reason
-            )
+            await self._resolve(lease, "remediating", actor=ACTOR, reason=reason, summary=reason)
         except InvalidTransition as exc:
             return Outcome(incident.id, "unchanged", str(exc))
         self.count(playbook, "not_needed")
@@ -495,19 +546,30 @@ class RemediationService:
         outcome: str = "escalated",
         verification: dict[str, Any] | None = None,
         actor: str = ACTOR,
+        lease: Lease | None = None,
     ) -> Outcome:
         """Close the incident as escalated with `reason` and notify on-call; a `failed` remediation
-        counts toward the circuit breaker (in the same transaction)."""
+        counts toward the circuit breaker (in the same transaction). A job closing its own incident
+        gives its `lease`: checked and dropped in the same transaction."""
         values: dict[str, Any] = {"summary": reason}
         if verification is not None:
             values["verification"] = verification
-        try:
+
+        async def close() -> Incident:
             async with self.store.transaction() as tx:
+                if lease is not None:
+                    await self.leases.check_in(tx, lease)
                 if failed:
                     await self.limits.count_failure_in(tx)
-                incident = await transition_in(
+                closed = await transition_in(
                     tx, incident_id, "escalated", actor=actor, reason=reason, expected=expected, **values
                 )
+                if lease is not None:
+                    await self.leases.release_in(tx, lease)
+            return closed
+
+        try:
+            incident = await self._save(close)
         except InvalidTransition as exc:
             log.info("incident %s not escalated: %s", incident_id, exc)
             return Outcome(incident_id, "unchanged", str(exc))
@@ -526,11 +588,11 @@ class RemediationService:
 
     async def notify(self, incident_id: int, kind: str, sending: Awaitable[NotifyResult]) -> NotifyResult:
         """Deliver a notification, audited before and after (a failed delivery is logged, never raised)."""
-        await self.incidents.record(incident_id, kind, phase="before", actor=ACTOR, data={})
+        await self._record(incident_id, kind, phase="before", actor=ACTOR, data={})
         result = await sending
         if not result.ok:
             log.warning("notifier failed for incident %s: %s", incident_id, result.detail)
-        await self.incidents.record(incident_id, kind, actor=ACTOR, data=result.as_dict())
+        await self._record(incident_id, kind, actor=ACTOR, data=result.as_dict())
         return result
 
     def count(self, playbook: str, outcome: str) -> None:

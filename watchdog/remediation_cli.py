@@ -42,7 +42,7 @@ from watchdog.backends import open_clients
 from watchdog.demo import run_demo
 from watchdog.exit_codes import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, CliError, for_status
 from watchdog.policy import Policy, load_policy
-from watchdog.remediation import ManualRun, PlaybookContexts, RemediationProgress, parse_params, preview
+from watchdog.remediation_setup import ManualRun, PlaybookContexts, RemediationProgress, parse_params, preview
 from watchdog.settings import WatchdogSettings, load_settings
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
 from watchdog_sdk.errors import BackendUnavailable, ConfigError, NotFound, PlaybookError, WatchdogError

@@ -85,6 +85,18 @@ class WatchdogSettings(BaseSettings):
     # Diagnoses running at once; more wait their turn (a burst of alerts must not flood the
     # orchestrator and the store with hundreds of concurrent diagnoses).
     max_concurrent_diagnoses: int = Field(default=4, ge=1)
+    # Diagnoses waiting for a worker, at most; beyond that the newest incidents wait for a later sweep.
+    diagnosis_queue_size: int = Field(default=256, ge=1)
+
+    # -- jobs of incidents in a transient state (docs/architecture.md, "Bounds on transient states")
+    # A job's lease: renewed every third of this while it runs; lapsed this long after its process died.
+    job_lease_seconds: float = Field(default=30.0, gt=0)
+    # Attempts of one job (lost, failed or overrun) before the incident is escalated.
+    job_attempts: int = Field(default=3, ge=1)
+    # The pause before the first retry of a job, doubled for each further one (at most 8 times).
+    job_retry_backoff_seconds: float = Field(default=30.0, ge=0)
+    # The longest one attempt of a remediation may apply and verify before it gives up for a retry.
+    remediation_timeout_seconds: float = Field(default=1800.0, gt=0)
 
     # -- the watchdog's own API and approvals
     api_tokens: list[SecretStr] = Field(default_factory=list)
@@ -106,6 +118,8 @@ class WatchdogSettings(BaseSettings):
     leader_ttl_seconds: float = Field(default=30.0, gt=0)
     # A lock holder's heartbeat older than this counts as gone (0: its age is ignored).
     heartbeat_grace_seconds: float = Field(default=30.0, ge=0)
+    # A running run with no timeout at all gets a sweep incident once it has run this long (null: never).
+    max_run_age_seconds: float | None = Field(default=86400.0, gt=0)
 
     @model_validator(mode="after")
     def _read_secret_files(self) -> WatchdogSettings:
@@ -167,6 +181,7 @@ class WatchdogSettings(BaseSettings):
             step_timeout_seconds=self.step_timeout_seconds,
             heartbeat_grace_seconds=self.heartbeat_grace_seconds,
             orchestrator_pod_selector=self.orchestrator_pod_selector,
+            max_run_age_seconds=self.max_run_age_seconds,
         )
 
     def orchestrator_token_value(self) -> str | None:

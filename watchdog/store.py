@@ -578,6 +578,10 @@ class WatchdogStore:
                     yield Tx(conn, self.clock)
             except sa.exc.OperationalError as exc:
                 raise StoreUnavailable(f"database error: {_describe_error(exc)}") from exc
+            except sa.exc.DBAPIError as exc:
+                if exc.connection_invalidated:  # the connection died under the statement (a kill, a restart)
+                    raise StoreUnavailable(f"database connection lost: {_describe_error(exc)}") from exc
+                raise StoreError(f"database error: {_describe_error(exc)}") from exc
             except sa.exc.SQLAlchemyError as exc:
                 raise StoreError(f"database error: {_describe_error(exc)}") from exc
             finally:

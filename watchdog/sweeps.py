@@ -7,13 +7,22 @@ its TTL. `sweep_once()` is the one-shot form for tests and the CLI:
 
     leader?  ── no ──▶ skip (counted as not_leader)
       │ yes
+    reconcile (the reconciler of `watchdog.reconciler`: incidents whose job was lost taken back,
+      │        retried or escalated; its failure is logged, never fatal to the sweep)
     condition.evaluate()  (Prometheus, or the orchestrator API — it works when the alert path is broken)
       │
     for each execution firing: incidents.open_or_join(source="sweep", detection_source=<source used>)
       │                         a newly opened incident goes to `on_opened` (the app diagnoses it), a
       │                         joined one still open without a diagnosis to `on_undiagnosed` (retry);
       │                         an execution with an escalated incident is skipped (on-call owns it)
-    after_sweep hooks (leader-only periodic work of other modules, e.g. expiring approvals)
+    the same for runs `interrupted` for at least `for_duration`, and for running runs that have no
+      │   timeout at all and have run longer than `max_run_age` (nothing else would ever see them)
+    after_sweep hooks (leader-only periodic work of other modules)
+
+Every list is asked of the orchestrator with server-side filters and read to its last page (the
+client follows `next_cursor`), oldest first: over their timeout (the condition), `interrupted`, and
+running with no timeout of their own started before `now - max_run_age`. So a sweep sees every
+candidate among any number of running runs, and reads only the candidates.
 
 Leadership: `RedisLeadership` holds `gl:watchdog:leader` through `watchdog_sdk.clients.redis` (value =
 replica id, TTL, renewed only by its owner, released with compare-and-delete); without Redis,
@@ -30,7 +39,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -39,7 +48,7 @@ from watchdog.condition import ConditionEvaluator, ConditionResult
 from watchdog.incidents import IncidentService
 from watchdog.metrics import WatchdogMetrics
 from watchdog.records import Incident
-from watchdog_sdk.clients.orchestrator import Execution
+from watchdog_sdk.clients.orchestrator import MAX_PAGE, Execution
 from watchdog_sdk.clients.redis import RedisClient
 from watchdog_sdk.errors import WatchdogError
 
@@ -110,6 +119,7 @@ class SweepReport:
     joined: list[int] = field(default_factory=list)
     escalated: list[str] = field(default_factory=list)  # firing, but an escalated incident owns the run
     error: str | None = None
+    over_max_age: list[str] = field(default_factory=list)  # running with no timeout, past the max age
 
     def as_json(self) -> dict[str, Any]:
         """A JSON-friendly summary (logs, CLI)."""
@@ -124,6 +134,7 @@ class SweepReport:
             "opened": [{"incident_id": i.id, "execution_id": i.execution_id} for i in self.opened],
             "joined": self.joined,
             "skipped_escalated": self.escalated,
+            "over_max_age": self.over_max_age,
             "error": self.error,
         }
 
@@ -142,8 +153,14 @@ class Sweeper:
         interval_seconds: float,
         leader_ttl_seconds: float,
         on_undiagnosed: Callable[[Incident], object] | None = None,
+        max_run_age: timedelta | None = None,
+        reconcile: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.condition = condition
+        # Run by the leader at the start of every sweep (`Reconciler.reconcile_once`).
+        self.reconcile = reconcile
+        # A running run with no timeout at all gets an incident once it has run this long (None: never).
+        self.max_run_age = max_run_age
         # Called for a joined incident that is open without a diagnosis (its diagnosis failed, e.g.
         # timed out): each sweep while the run still fires tries it again (the app dedupes).
         self.on_undiagnosed = on_undiagnosed
@@ -170,6 +187,11 @@ class Sweeper:
         self.metrics.is_leader.set(1 if leader else 0)
         if not leader:
             return self._done(SweepReport("not_leader", False))
+        if self.reconcile is not None:
+            try:
+                await self.reconcile()
+            except WatchdogError as exc:  # the store may be down: the sweep still looks for stuck runs
+                log.warning("reconciling incidents failed: %s", exc)
         report = await self._sweep()
         await self._run_after_sweep()
         return self._done(report)
@@ -187,6 +209,9 @@ class Sweeper:
                 )
             for stalled in await self._stalled_interrupted_runs():
                 await self._open_or_join(report, stalled.execution_id, stalled.dag_id, "api")
+            for aged, summary in await self._runs_over_max_age():
+                report.over_max_age.append(aged.execution_id)
+                await self._open_or_join(report, aged.execution_id, aged.dag_id, "api", summary)
         except WatchdogError as exc:
             return SweepReport(
                 "error",
@@ -196,11 +221,17 @@ class Sweeper:
                 report.joined,
                 report.escalated,
                 f"opening incidents failed: {exc}",
+                report.over_max_age,
             )
         return report
 
     async def _open_or_join(
-        self, report: SweepReport, execution_id: str, dag_id: str | None, detection_source: str
+        self,
+        report: SweepReport,
+        execution_id: str,
+        dag_id: str | None,
+        detection_source: str,
+        summary: str | None = None,
     ) -> None:
         if await self.incidents.has_escalated(execution_id):
             # on-call owns it since the escalation: do not re-open and re-remediate every sweep
@@ -212,6 +243,7 @@ class Sweeper:
             source="sweep",
             detection_source=detection_source,
             actor="sweep",
+            summary=summary,
             audit_join=False,
         )
         if outcome.created:
@@ -232,13 +264,51 @@ class Sweeper:
         duration, it gets an incident like a stuck run (diagnosis cause `interrupted`).
         """
         try:
-            items = await self.condition.orchestrator.list_executions(status="interrupted")
+            items = await self.condition.orchestrator.list_executions(
+                status="interrupted", page_size=MAX_PAGE
+            )
         except WatchdogError as exc:  # the stuck-run part of the sweep still counts
             log.warning("sweep could not list interrupted runs: %s", exc)
             return []
         now = self.condition.clock.now()
         grace = self.condition.for_duration
-        return [e for e in items if e.completed_at is None or now - e.completed_at >= grace]
+        return [
+            e
+            for e in items
+            if e.status == "interrupted" and (e.completed_at is None or now - e.completed_at >= grace)
+        ]
+
+    async def _runs_over_max_age(self) -> list[tuple[Execution, str]]:
+        """Running runs with no timeout at all that have run longer than `max_run_age`, each with the
+        summary its incident opens with.
+
+        Such a run has no timeout gauge, so neither the alert nor the condition can ever see it hang
+        (issue 10 item 8). The orchestrator is asked for exactly these (no timeout of the DAG's own,
+        started before the cut-off); a run given the orchestrator's default timeout is the
+        condition's, not this rule's, so only runs without any effective timeout are kept.
+        """
+        if self.max_run_age is None:
+            return []
+        now = self.condition.clock.now()
+        cutoff = now - self.max_run_age
+        try:
+            items = await self.condition.orchestrator.list_executions(
+                status="running", no_timeout=True, started_before=cutoff, page_size=MAX_PAGE
+            )
+        except WatchdogError as exc:  # the rest of the sweep still counts
+            log.warning("sweep could not list runs without a timeout: %s", exc)
+            return []
+        aged = []
+        for execution in items:
+            started = execution.started_at
+            if execution.status != "running" or execution.timeout_seconds is not None or started is None:
+                continue
+            if started < cutoff:
+                age = (now - started).total_seconds()
+                limit = self.max_run_age.total_seconds()
+                summary = f"running for {age:.0f}s with no timeout, past the maximum age of {limit:.0f}s"
+                aged.append((execution, summary))
+        return aged
 
     async def _run_after_sweep(self) -> None:
         for hook in self.after_sweep:

@@ -32,6 +32,8 @@ class DiagnosticSettings:
     heartbeat_grace_seconds: float = 30.0
     # The orchestrator's pods, whose logs step 7 reads in Kubernetes.
     orchestrator_pod_selector: str = ORCHESTRATOR_APP_SELECTOR
+    # A running run with no timeout at all is a problem once it has run this long (None: never).
+    max_run_age_seconds: float | None = None
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ import respx
 from tests.conftest import free_port
 from watchdog.backends import orchestrator_client
 from watchdog.settings import load_settings
-from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.clients.orchestrator import ExecutionPage, ExecutionQuery, OrchestratorClient
 from watchdog_sdk.clients.prometheus import PrometheusClient
 from watchdog_sdk.errors import (
     BadRequest,
@@ -73,6 +74,104 @@ async def test_list_executions_filters_by_dag(client: OrchestratorClient, mock: 
     route = mock.get("/executions").respond(json={"items": []})
     assert await client.list_executions(status="failed", dag_id="d1") == []
     assert dict(route.calls.last.request.url.params) == {"status": "failed", "dag_id": "d1"}
+
+
+def _page(ids: list[str], next_cursor: str | None, total: int) -> dict[str, Any]:
+    items = [{**EXECUTION, "execution_id": i} for i in ids]
+    return {"items": items, "next_cursor": next_cursor, "total": total}
+
+
+async def test_list_executions_follows_next_cursor_to_the_last_page(
+    client: OrchestratorClient, mock: respx.MockRouter
+) -> None:
+    route = mock.get("/executions").mock(
+        side_effect=[
+            httpx.Response(200, json=_page(["a", "b"], "c1", 5)),
+            httpx.Response(200, json=_page(["c", "d"], "c2", 5)),
+            httpx.Response(200, json=_page(["e"], None, 5)),
+        ]
+    )
+    items = await client.list_executions(status="running", over_timeout=True, page_size=2)
+    assert [e.execution_id for e in items] == ["a", "b", "c", "d", "e"]
+    sent = [dict(call.request.url.params) for call in route.calls]
+    assert sent == [
+        {"status": "running", "over_timeout": "true", "limit": "2"},
+        {"status": "running", "over_timeout": "true", "limit": "2", "cursor": "c1"},
+        {"status": "running", "over_timeout": "true", "limit": "2", "cursor": "c2"},
+    ]
+
+
+async def test_list_executions_page_sends_every_filter(
+    client: OrchestratorClient, mock: respx.MockRouter
+) -> None:
+    route = mock.get("/executions").respond(json=_page([], None, 0))
+    before = datetime(2026, 3, 1, 13, 0, tzinfo=timezone(timedelta(hours=1)))
+    query = ExecutionQuery("running", "d1", over_timeout=False, no_timeout=True, started_before=before)
+    page = await client.list_executions_page(query, limit=7, cursor="k")
+    assert page == ExecutionPage([], None, 0, paged=True)
+    assert dict(route.calls.last.request.url.params) == {
+        "status": "running",
+        "dag_id": "d1",
+        "over_timeout": "false",
+        "no_timeout": "true",
+        "started_before": "2026-03-01T12:00:00Z",
+        "limit": "7",
+        "cursor": "k",
+    }
+
+
+async def test_an_orchestrator_before_pagination_gives_its_one_answer_unfiltered(
+    client: OrchestratorClient, mock: respx.MockRouter
+) -> None:
+    route = mock.get("/executions").respond(json={"items": [EXECUTION]})
+    page = await client.list_executions_page(ExecutionQuery("running", over_timeout=True), limit=50)
+    assert [e.execution_id for e in page.items] == ["ex-1"]
+    assert (page.next_cursor, page.total, page.paged) == (None, None, False)
+    assert [e.execution_id for e in await client.list_executions(over_timeout=True)] == ["ex-1"]
+    assert route.call_count == 2
+    assert await client.count_executions(ExecutionQuery()) is None
+
+
+async def test_count_executions_reads_the_total_of_a_one_item_page(
+    client: OrchestratorClient, mock: respx.MockRouter
+) -> None:
+    route = mock.get("/executions").respond(json=_page(["a"], "c1", 10_000))
+    assert await client.count_executions(ExecutionQuery("running", over_timeout=True)) == 10_000
+    assert dict(route.calls.last.request.url.params) == {
+        "status": "running",
+        "over_timeout": "true",
+        "limit": "1",
+    }
+
+
+async def test_a_cursor_handed_out_twice_is_an_error_not_a_loop(
+    client: OrchestratorClient, mock: respx.MockRouter
+) -> None:
+    mock.get("/executions").respond(json=_page(["a"], "same", 3))
+    with pytest.raises(OrchestratorError, match="same cursor twice"):
+        await client.list_executions()
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({"items": [], "next_cursor": 5, "total": 0}, "next_cursor that is not a string"),
+        ({"items": [], "next_cursor": "", "total": 0}, "next_cursor that is not a string"),
+        ({"items": [], "next_cursor": None, "total": -1}, "total that is not a count"),
+        ({"items": [], "next_cursor": None, "total": "many"}, "total that is not a count"),
+    ],
+)
+async def test_a_malformed_page_is_an_error(
+    client: OrchestratorClient, mock: respx.MockRouter, body: dict[str, Any], problem: str
+) -> None:
+    mock.get("/executions").respond(json=body)
+    with pytest.raises(OrchestratorError, match=problem):
+        await client.list_executions_page(ExecutionQuery())
+
+
+async def test_a_naive_started_before_is_refused_before_any_request(client: OrchestratorClient) -> None:
+    with pytest.raises(ValueError, match="naive datetime"):
+        await client.list_executions_page(ExecutionQuery(started_before=datetime(2026, 3, 1)))
 
 
 async def test_get_execution(client: OrchestratorClient, mock: respx.MockRouter) -> None:

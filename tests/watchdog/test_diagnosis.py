@@ -123,3 +123,75 @@ async def test_a_failed_diagnosis_is_retried_by_the_next_sweep_once(
     finally:
         await client.aclose()
         await wd.aclose()
+
+
+def _queue_settings(database_url: str, *, workers: int, waiting: int) -> WatchdogSettings:
+    return WatchdogSettings(
+        database_url=database_url,
+        api_tokens=[WATCHDOG_TOKEN],
+        orchestrator_url=f"http://127.0.0.1:{free_port()}",
+        max_concurrent_diagnoses=workers,
+        diagnosis_queue_size=waiting,
+    )
+
+
+async def test_a_burst_of_a_thousand_alerts_starts_a_few_diagnoses_and_queues_a_bounded_number(
+    _no_pending_tasks: None, sqlite_url: str
+) -> None:
+    clock = FakeClock(datetime(2026, 3, 1, 12, tzinfo=UTC))
+    settings = _queue_settings(sqlite_url, workers=2, waiting=50)
+    diagnose = GatedDiagnose()
+    wd = await build_watchdog(settings, diagnose=diagnose, respond=False, clock=clock)
+    try:
+        outcomes = await wd.intake.handle(parse_payload(_burst(1000)).payload)
+        assert [o.outcome for o in outcomes] == ["opened"] * 1000
+        async with asyncio.timeout(10), diagnose.entered:
+            await diagnose.entered.wait_for(lambda: len(diagnose.calls) >= 2)
+        assert wd.diagnosis.queued() == 50 and len(wd.jobs) == 2  # two workers, the queue full
+        assert wd.metrics.diagnoses_deferred._value.get() == 948
+        diagnose.gate.set()
+        async with asyncio.timeout(30):
+            await wd.jobs.wait_idle()
+        assert diagnose.most == 2 and len(diagnose.calls) == 52
+        assert sorted(diagnose.calls) == sorted(f"run-{i}" for i in range(52))  # the oldest ones
+
+        clock.advance(settings.job_lease_seconds + wd.diagnosis.deadline_seconds + 1)
+        report = await wd.reconciler.reconcile_once()  # the rest are queued again, oldest first
+        assert len(report.retried) == 50 and wd.diagnosis.queued() <= 50
+        async with asyncio.timeout(30):
+            await wd.jobs.wait_idle()
+        assert sorted(diagnose.calls[52:]) == sorted(f"run-{i}" for i in range(52, 102))
+    finally:
+        diagnose.gate.set()
+        await wd.aclose()
+
+
+async def test_a_full_queue_takes_an_older_incident_before_the_newest_one(
+    _no_pending_tasks: None, sqlite_url: str
+) -> None:
+    clock = FakeClock(datetime(2026, 3, 1, 12, tzinfo=UTC))
+    diagnose = GatedDiagnose()
+    wd = await build_watchdog(
+        _queue_settings(sqlite_url, workers=1, waiting=2), diagnose=diagnose, respond=False, clock=clock
+    )
+    try:
+        opened = {}
+        for name, minutes in (("busy", 0), ("b", 2), ("c", 3), ("old", 1)):
+            clock.set(datetime(2026, 3, 1, 12, minutes, tzinfo=UTC))
+            incident = (
+                await wd.incidents.open_or_join(name, dag_id=None, source="alert", detection_source="api")
+            ).incident
+            opened[name] = incident
+            assert wd.diagnosis.start(incident) is not None
+            if name == "busy":  # the one worker takes it and waits on the gate
+                async with asyncio.timeout(10), diagnose.entered:
+                    await diagnose.entered.wait_for(lambda: len(diagnose.calls) == 1)
+        assert wd.diagnosis.queued() == 2  # "c", the newest, was pushed out by "old"
+        assert wd.diagnosis.start(opened["c"]) is None  # and a newer one does not get back in
+        diagnose.gate.set()
+        async with asyncio.timeout(10):
+            await wd.jobs.wait_idle()
+        assert diagnose.calls == ["busy", "old", "b"]
+    finally:
+        diagnose.gate.set()
+        await wd.aclose()

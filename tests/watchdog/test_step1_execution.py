@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 import httpx
 import respx
 
 from tests.conftest import free_port
-from tests.watchdog.orchestrators import execution_json
+from tests.watchdog.orchestrators import NOW, execution_json
+from tests.watchdog.paged_orchestrator import PagedOrchestrator
 from watchdog.diagnostics import step1_execution
+from watchdog.diagnostics.runner import likely_cause
+from watchdog.settings import WatchdogSettings
 from watchdog_sdk.clients.prometheus import PrometheusClient
 from watchdog_sdk.diagnosis import StepStatus
 from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
@@ -91,3 +95,36 @@ async def test_prometheus_down_is_noted_not_fatal(orch: respx.MockRouter, make_c
     finally:
         prometheus.close()
     assert f.status is StepStatus.PROBLEM and "unreachable" in f.evidence["prometheus_error"]
+
+
+async def test_other_stuck_runs_are_asked_for_not_listed_among_ten_thousand(
+    orch: respx.MockRouter, make_ctx: MakeCtx
+) -> None:
+    fake = PagedOrchestrator(lambda: NOW)
+    for i in range(10_000):
+        fake.add(f"fine-{i:05d}", started_at=NOW - timedelta(seconds=i % 600), timeout=3600)
+    for i in range(30):
+        fake.add(f"stuck-{i:02d}", started_at=NOW - timedelta(hours=2, minutes=30 - i), timeout=600)
+    fake.add("ex-1", started_at=NOW - timedelta(hours=3), timeout=300)  # the one diagnosed, the oldest
+    orch.get("/executions/ex-1").respond(json=execution_json(started_at="2026-03-01T09:00:00Z"))
+    orch.get("/executions").mock(side_effect=fake.handler)
+    f = await step1_execution.run(make_ctx(), DiagnosisState("ex-1"))
+    assert f.status is StepStatus.PROBLEM
+    assert f.evidence["other_stuck"] == [f"stuck-{i:02d}" for i in range(20)]  # the oldest twenty
+    assert f.evidence["other_stuck_count"] == 30 and f.evidence["running_executions"] == 10_031
+    assert [q.get("limit") for q in fake.requests] == ["21", "1"]  # a page of 21 and a count
+
+
+async def test_a_run_with_no_timeout_past_the_maximum_age_is_a_problem(
+    orch: respx.MockRouter, make_ctx: MakeCtx
+) -> None:
+    orch.get("/executions/ex-1").respond(
+        json=execution_json(timeout_seconds=None, started_at="2026-02-27T12:00:00Z")
+    )
+    orch.get("/executions").respond(json={"items": [], "next_cursor": None, "total": 0})
+    settings = WatchdogSettings(orchestrator_url="http://orch.test:8080", max_run_age_seconds=86_400)
+    f = await step1_execution.run(make_ctx(settings), DiagnosisState("ex-1"))
+    assert f.status is StepStatus.PROBLEM
+    assert f.evidence["over_max_age"] is True and f.evidence["max_run_age_seconds"] == 86_400
+    assert "with no timeout, past the maximum age of 86400s" in f.summary
+    assert likely_cause([f]) == ("over_max_age", [f"step 1 (execution): {f.summary}"])

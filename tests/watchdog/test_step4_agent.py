@@ -152,3 +152,17 @@ async def test_embedded_mode_reports_what_the_orchestrator_knows(
 async def test_without_an_agent_is_unknown(make_ctx: MakeCtx) -> None:
     f = await step4_agent.run(make_ctx(), DiagnosisState("ex-1"))
     assert f.status is StepStatus.UNKNOWN
+
+
+async def test_an_agent_running_thousands_of_nodes_is_summed_up_not_copied(
+    orch: respx.MockRouter, make_ctx: MakeCtx
+) -> None:
+    running = [f"run-{i:05d}:scope1" for i in range(10_000)]
+    orch.get("/agents").respond(
+        json={"items": [{"agent_id": AGENT, "kind": "inprocess", "restarts": 0, "running_nodes": running}]}
+    )
+    orch.get("/executions/ex-1/logs").respond(json={"lines": []})
+    f = await step4_agent.run(make_ctx(), _state())
+    assert f.evidence["orchestrator_agent"]["running_nodes"] == running[:20]
+    assert f.evidence["agent_running_nodes_total"] == 10_000
+    assert "running 10000 node(s)" in f.summary

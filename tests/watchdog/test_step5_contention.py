@@ -79,3 +79,23 @@ async def test_metrics_error_status_is_an_error(orch: respx.MockRouter, make_ctx
     orch.get(ORCH_BASE + "/metrics").respond(text=_exposition(2, 0))
     f = await step5_contention.run(make_ctx(), DiagnosisState("ex-1"))
     assert f.status is StepStatus.ERROR and "boom" in f.summary
+
+
+async def test_the_pool_figures_come_from_the_json_metrics_not_the_exposition(
+    orch: respx.MockRouter, make_ctx: MakeCtx
+) -> None:
+    orch.get("/metrics").respond(
+        json={
+            "active_executions": 3,
+            "max_concurrent_executions": 50,
+            "queued_executions": 0,
+            "max_parallel_nodes": 10,
+            "db_pool": {"active": 15, "pending": 6},
+            "checkpoint_operations": [],
+        }
+    )
+    exposition = orch.get(ORCH_BASE + "/metrics").respond(text=_exposition(99, 99))
+    f = await step5_contention.run(make_ctx(), DiagnosisState("ex-1"))
+    assert f.status is StepStatus.PROBLEM and "6 DB connection request(s) waiting" in f.summary
+    assert (f.evidence["db_pool_active"], f.evidence["db_pool_pending"]) == (15, 6)
+    assert not exposition.called

@@ -163,3 +163,24 @@ async def test_redis_down_is_unknown(make_ctx: MakeCtx) -> None:
     finally:
         await client.aclose()
     assert f.status is StepStatus.UNKNOWN and "Redis unavailable" in f.summary
+
+
+async def test_ten_thousand_locks_cost_a_few_round_trips_and_one_value_read(
+    raw: aioredis.Redis, redis_client: RedisClient, make_ctx: MakeCtx
+) -> None:
+    value = json.dumps(
+        {"owner": "orch-a", "pod": "orch-a-pod", "token": 41, "acquired_at": "2026-03-01T11:40:00Z"}
+    )
+    async with raw.pipeline(transaction=False) as pipe:
+        for i in range(10_000):
+            pipe.set(lock_key(f"run-{i:05d}"), value, ex=30)
+        pipe.set(lock_key("wedged"), value)  # no TTL
+        await pipe.execute()
+    await _heartbeat(raw, "orch-a", "orch-a-pod")
+    await raw.config_resetstat()
+    f = await step6_locks.run(make_ctx(redis=redis_client), DiagnosisState("run-00042"))
+    assert f.evidence["locks_total"] == 10_001 and f.evidence["locks_without_ttl"] == ["wedged"]
+    assert f.evidence["lock"]["execution_id"] == "run-00042"
+    stats = await raw.info("commandstats")
+    assert stats["cmdstat_scan"]["calls"] <= 20  # pages of 1,000, not a round trip per lock
+    assert stats["cmdstat_get"]["calls"] == 2  # this run's lock, and its holder's heartbeat

@@ -1,4 +1,5 @@
-"""Step 8: checkpoint store health (respx-faked orchestrator, its exposition)."""
+"""Step 8: checkpoint store health (respx-faked orchestrator: its JSON metrics, with the checkpoint
+figures or, like an orchestrator older than them, without — then its exposition)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 import respx
 
 from tests.conftest import free_port
@@ -18,6 +20,13 @@ from watchdog_sdk.diagnosis import Finding, StepStatus
 from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
 
 MakeCtx = Callable[..., DiagnosticContext]
+# The JSON metrics of an orchestrator older than `checkpoint_operations`: the step reads the exposition.
+OLD_JSON_METRICS = {"active_executions": 1, "max_concurrent_executions": 50, "queued_executions": 0}
+
+
+@pytest.fixture(autouse=True)
+def _json_metrics_without_checkpoint_figures(orch: respx.MockRouter) -> None:
+    orch.get("/metrics").respond(json=OLD_JSON_METRICS)
 
 
 def _state() -> DiagnosisState:
@@ -205,3 +214,23 @@ async def test_prometheus_down_falls_back_to_the_runs_log(orch: respx.MockRouter
     assert f.status is StepStatus.PROBLEM and "unreachable" in f.evidence["prometheus_error"]
     assert f.evidence["save_errors_15m"] == 1 and f.evidence["save_errors_source"] == "run_logs"
     assert _cause(f) == "checkpoint_store"
+
+
+async def test_the_checkpoint_figures_come_from_the_json_metrics_not_the_exposition(
+    orch: respx.MockRouter, make_ctx: MakeCtx
+) -> None:
+    _checkpoints(orch, ["intake", "scope2"])
+    _provenance(orch)
+    figures = {
+        **OLD_JSON_METRICS,
+        "db_pool": None,
+        "checkpoint_operations": [
+            {"operation": "save", "status": "ok", "count": 12},
+            {"operation": "save", "status": "error", "count": 4},
+            {"operation": "load", "status": "error", "count": 5},
+        ],
+    }
+    orch.get("/metrics").respond(json=figures)
+    exposition = orch.get(ORCH_BASE + "/metrics").respond(text=_exposition(99))
+    f = await step8_checkpoints.run(make_ctx(), _state())
+    assert f.evidence["save_errors_total"] == 4 and not exposition.called

@@ -22,6 +22,7 @@ from tests.watchdog.orchestrators import FakeOrchestrator, OrchestratorProcess, 
 from watchdog.cli import main
 from watchdog.condition import ConditionEvaluator
 from watchdog.diagnostics.runner import likely_cause
+from watchdog.errors import StoreUnavailable
 from watchdog.incidents import IncidentService
 from watchdog.metrics import WatchdogMetrics
 from watchdog.planner import make_plan
@@ -334,3 +335,27 @@ async def test_a_sweep_cut_short_by_shutdown_is_not_logged_as_a_failed_job(
         await sweeper.shutdown(grace_seconds=0.05)
     assert "in-flight sweep cancelled by shutdown" in caplog.text
     assert "Traceback" not in caplog.text and "raised an exception" not in caplog.text
+
+
+async def test_the_leader_reconciles_at_every_sweep_and_a_failure_there_does_not_stop_it(
+    harness: Harness, redis_url: str
+) -> None:
+    calls: list[str] = []
+
+    async def reconcile() -> None:
+        calls.append("reconcile")
+        raise StoreUnavailable("database not reachable")
+
+    harness.stuck()
+    redis_a = RedisClient(redis_url, timeout=2)
+    redis_b = RedisClient(redis_url, timeout=2)
+    try:
+        leader = harness.sweeper(RedisLeadership(redis_a, "replica-a", ttl_seconds=30))
+        follower = harness.sweeper(RedisLeadership(redis_b, "replica-b", ttl_seconds=30))
+        leader.reconcile = follower.reconcile = reconcile
+        assert (await leader.sweep_once()).result == "ok"  # the stuck run is still looked at
+        assert (await follower.sweep_once()).result == "not_leader"
+        assert calls == ["reconcile"]
+    finally:
+        await redis_a.aclose()
+        await redis_b.aclose()

@@ -10,7 +10,8 @@ to a playbook through the policy file.
 Causes, in rank order: `execution_not_found`, `interrupted` (left by a replica that stopped and
 never resumed), `not_stuck`, `agent_unresponsive` (pods down), `stuck_lock`, `checkpoint_store`,
 `external_api_slow`, `agent_unresponsive` (the node logs that its agent hangs, or it runs past its
-own timeout), `resource_contention`, `slow_node`, `unknown`. What
+own timeout), `resource_contention`, `slow_node`, `agent_unresponsive` (resources near their limits),
+`over_max_age` (a run with no timeout at all, running past the maximum age), `unknown`. What
 the stuck node shows outranks contention, which a stuck run causes as often as it suffers from it.
 """
 
@@ -197,6 +198,10 @@ def likely_cause(findings: Sequence[Finding]) -> tuple[str, list[str]]:
     # Agent resources near their limits (without a crash) also point at the agent.
     if problem(4) and agent.get("near_limit"):
         return "agent_unresponsive", [says(4)]
+
+    # A run with no timeout at all has run past the maximum age, and nothing above says why.
+    if problem(1) and ev(1).get("over_max_age"):
+        return "over_max_age", [says(1)]
 
     # Nothing matched: every problem found, and why steps 1-3 could not establish the stuck run
     # (e.g. the orchestrator unreachable), so on-call sees that the diagnosis is incomplete.

@@ -1,19 +1,26 @@
 """Step 1 of the runbook: identify the stuck execution — its DAG, start, duration and timeout.
 
 Called first by `watchdog.diagnostics.runner`; reads the orchestrator API (`GET /executions/{id}`, and
-the running list to name other stuck runs) and, when configured, Prometheus (the duration gauge, as a
-cross-check). Sets `state.execution` and `state.dag_id` for the later steps.
+to name other stuck runs `GET /executions?status=running&over_timeout=true` — the oldest few and the
+exact count, plus the running count: a few rows whatever the number of running runs; an orchestrator
+before pagination is asked for its whole running list instead, as before) and, when configured,
+Prometheus (the duration gauge, as a cross-check). Sets `state.execution` and `state.dag_id` for the
+later steps. A run with no timeout at all that has run longer than `max_run_age_seconds` is a
+problem (`over_max_age`): nothing else would ever call it stuck.
 
 Evidence keys: `execution_id`, `dag_id`, `status` (the execution's status; the policy matches on it),
 `started_at`, `duration_seconds`, `timeout_seconds`, `over_timeout_seconds`, `owner`, `error`,
-`running_executions`, `other_stuck` (ids of other running executions over their timeout),
-`prometheus_duration_seconds` / `prometheus_error` (when Prometheus is configured).
+`running_executions`, `other_stuck` (ids of other running executions over their timeout, the oldest
+OTHER_STUCK_SHOWN), `other_stuck_count` (all of them), `over_max_age` and `max_run_age_seconds` (a run
+with no timeout), `prometheus_duration_seconds` / `prometheus_error` (when Prometheus is configured).
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
+from watchdog_sdk.clients.orchestrator import Execution, ExecutionQuery, OrchestratorClient
 from watchdog_sdk.constants import M_DAG_EXECUTION_DURATION
 from watchdog_sdk.diagnosis import Finding, StepStatus
 from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
@@ -22,6 +29,40 @@ from watchdog_sdk.step_helpers import finding, from_error, iso, promql_label, se
 
 STEP = 1
 NAME = "execution"
+OTHER_STUCK_SHOWN = 20
+
+
+def _over(run: Execution, now: datetime) -> bool:
+    duration = seconds_since(run.started_at, now)
+    return run.timeout_seconds is not None and duration is not None and duration > run.timeout_seconds
+
+
+async def _other_stuck(
+    orchestrator: OrchestratorClient, execution: Execution, now: datetime
+) -> dict[str, Any]:
+    """The other running runs over their timeout (the oldest first) and how many runs are running."""
+    execution_id = execution.execution_id
+    page = await orchestrator.list_executions_page(
+        ExecutionQuery("running", over_timeout=True), limit=OTHER_STUCK_SHOWN + 1
+    )
+    if page.paged:
+        others = [r.execution_id for r in page.items if r.execution_id != execution_id and _over(r, now)]
+        total = len(page.items) if page.total is None else page.total
+        counted_self = execution.status == "running" and _over(execution, now)
+        return {
+            "running_executions": await orchestrator.count_executions(ExecutionQuery("running")),
+            "other_stuck": others[:OTHER_STUCK_SHOWN],
+            "other_stuck_count": max(total - (1 if counted_self else 0), len(others)),
+        }
+    # An orchestrator before pagination ignored the filter and the limit: ask for its running list
+    # (its default page, as before: a few hundred runs, not the largest page, per diagnosis).
+    running = await orchestrator.list_executions(status="running")
+    others = [r.execution_id for r in running if r.execution_id != execution_id and _over(r, now)]
+    return {
+        "running_executions": len(running),
+        "other_stuck": others[:OTHER_STUCK_SHOWN],
+        "other_stuck_count": len(others),
+    }
 
 
 async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
@@ -59,16 +100,7 @@ async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
     }
 
     try:
-        running = await ctx.orchestrator.list_executions(status="running")
-        evidence["running_executions"] = len(running)
-        others = []
-        for other in running:
-            if other.execution_id == execution.execution_id or other.timeout_seconds is None:
-                continue
-            other_duration = seconds_since(other.started_at, now)
-            if other_duration is not None and other_duration > other.timeout_seconds:
-                others.append(other.execution_id)
-        evidence["other_stuck"] = others
+        evidence.update(await _other_stuck(ctx.orchestrator, execution, now))
     except WatchdogError as exc:
         evidence["running_list_error"] = str(exc)
 
@@ -97,6 +129,17 @@ async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
             STEP, NAME, StepStatus.UNKNOWN, f"{where} is running but has no start time", **evidence
         )
     if timeout is None:
+        max_age = ctx.settings.max_run_age_seconds
+        if max_age is not None and duration > max_age:
+            evidence.update(over_max_age=True, max_run_age_seconds=max_age)
+            return finding(
+                STEP,
+                NAME,
+                StepStatus.PROBLEM,
+                f"{where} running for {duration:.0f}s ({duration / 3600:.1f}h) with no timeout, "
+                f"past the maximum age of {max_age:g}s",
+                **evidence,
+            )
         return finding(
             STEP,
             NAME,

@@ -11,7 +11,9 @@ reasons such as CrashLoopBackOff and OOMKilled), the last 200 log lines of each 
 runbook filters them, and CPU/memory from metrics.k8s.io against the containers' limits. Without
 Kubernetes (embedded mode) the finding is `unknown` with the reason, plus the orchestrator's view.
 
-Evidence keys: `agent_id`, `orchestrator_agent` ({kind, restarts, running_nodes}), `pods` (list of
+Evidence keys: `agent_id`, `orchestrator_agent` ({kind, restarts, running_nodes}: at most
+RUNNING_NODES_SHOWN of them — an agent may run a node of each of thousands of runs),
+`agent_running_nodes_total`, `pods` (list of
 pod dicts, see `PodInfo.as_dict`), `pod_count`, `unhealthy_pods`, `reasons` (waiting/terminated
 reasons now, and each container's last termination if it ended after the stuck attempt started),
 `earlier_reasons` / `reasons_since` (last terminations before that: history, not a cause),
@@ -54,6 +56,9 @@ HUNG = re.compile(
 )
 
 
+RUNNING_NODES_SHOWN = 20
+
+
 async def _orchestrator_view(ctx: DiagnosticContext, agent_id: str, evidence: dict[str, Any]) -> None:
     try:
         agents = await ctx.orchestrator.list_agents()
@@ -61,11 +66,16 @@ async def _orchestrator_view(ctx: DiagnosticContext, agent_id: str, evidence: di
         evidence["orchestrator_agents_error"] = str(exc)
         return
     match = next((a for a in agents if a.agent_id == agent_id), None)
-    evidence["orchestrator_agent"] = (
-        None
-        if match is None
-        else {"kind": match.kind, "restarts": match.restarts, "running_nodes": list(match.running_nodes)}
-    )
+    if match is None:
+        evidence["orchestrator_agent"] = None
+        return
+    running = list(match.running_nodes)
+    evidence["orchestrator_agent"] = {
+        "kind": match.kind,
+        "restarts": match.restarts,
+        "running_nodes": running[:RUNNING_NODES_SHOWN],
+    }
+    evidence["agent_running_nodes_total"] = len(running)
 
 
 async def _node_logs(ctx: DiagnosticContext, state: DiagnosisState, evidence: dict[str, Any]) -> str:
@@ -157,7 +167,7 @@ async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
     if ctx.kubernetes is None:
         view = (
             f"; orchestrator: {known['kind']} agent, {known['restarts']} restarts, "
-            f"running {len(known['running_nodes'])} node(s)"
+            f"running {evidence['agent_running_nodes_total']} node(s)"
             if known
             else ""
         )

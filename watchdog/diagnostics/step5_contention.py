@@ -2,9 +2,11 @@
 connection pool, and p99 node durations.
 
 Runs concurrently with steps 4, 6-8 (`watchdog.diagnostics.runner`). Reads the orchestrator's JSON
-metrics (`GET /metrics` under the API), and Prometheus when configured (pool gauges, p99 per node;
-the active-executions gauge as a fallback when the API fails). Without Prometheus, the pool gauges
-come from the orchestrator's own exposition (`GET /metrics` at its root).
+metrics (`GET /metrics` under the API: the counts, and the answering replica's DB pool), and
+Prometheus when configured (pool gauges, p99 per node — targeted queries; the active-executions gauge
+as a fallback when the API fails). Only an orchestrator whose JSON metrics lack the pool figures
+(older than them) makes it read the pool gauges from its Prometheus exposition (`GET /metrics` at
+its root, parsed off the event loop), a page that grows with the running runs.
 
 Evidence keys: `active_executions`, `max_concurrent_executions`, `queued_executions`,
 `max_parallel_nodes`, `db_pool_active`, `db_pool_pending`, `p99_node_seconds` ({node_id: seconds},
@@ -83,6 +85,7 @@ async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
     """Compare load against limits and look for pool exhaustion."""
     evidence: dict[str, Any] = {}
     api_failed: WatchdogError | None = None
+    pool_figures = False
     try:
         metrics = await ctx.orchestrator.get_metrics()
         evidence.update(
@@ -92,13 +95,16 @@ async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
             max_parallel_nodes=metrics.max_parallel_nodes,
             source="api",
         )
+        pool_figures = metrics.has_diagnosis_figures
+        if metrics.db_pool is not None:
+            evidence.update(db_pool_active=metrics.db_pool.active, db_pool_pending=metrics.db_pool.pending)
     except WatchdogError as exc:
         api_failed = exc
         evidence["api_error"] = str(exc)
 
     if ctx.prometheus is not None:
         await _from_prometheus(ctx, evidence, need_counts=api_failed is not None)
-    else:
+    elif not pool_figures:
         await _from_exposition(ctx, evidence)
 
     active = evidence.get("active_executions")

@@ -1,12 +1,13 @@
 """Step 6 of the runbook: distributed lock contention.
 
-Runs concurrently with steps 4, 5, 7, 8 (`watchdog.diagnostics.runner`). Lists every
-`gl:orchestrator:lock:*` key with `SCAN` (never `KEYS`) and its TTL (a lock without TTL is a problem),
-reads this execution's lock, and judges its holder: alive when its heartbeat key is fresh; *confirmed
-dead* only when the heartbeat is gone (or older than `heartbeat_grace_seconds`) **and** its pod is
-absent or terminated (asked of Kubernetes); otherwise *unconfirmed*. A holder that names no pod runs
-outside Kubernetes, so its heartbeat alone decides. Without Redis (embedded mode: in-process locks)
-the finding is `unknown`.
+Runs concurrently with steps 4, 5, 7, 8 (`watchdog.diagnostics.runner`). Reads this execution's
+lock, and the TTL of every `gl:orchestrator:lock:*` key, found with `SCAN` (never `KEYS`) and read
+with one pipelined PTTL per page (a lock without TTL is a problem; thousands of running runs cost a
+few round trips, and no other lock's value is read). It judges the holder of this run's lock: alive
+when its heartbeat key is fresh; *confirmed dead* only when the heartbeat is gone (or older than
+`heartbeat_grace_seconds`) **and** its pod is absent or terminated (asked of Kubernetes); otherwise
+*unconfirmed*. A holder that names no pod runs outside Kubernetes, so its heartbeat alone decides.
+Without Redis (embedded mode: in-process locks) the finding is `unknown`.
 
 Evidence keys: `locks_total`, `locks_without_ttl` (execution ids), `lock` (this execution's lock:
 key, owner, pod, token, ttl_seconds, acquired_at) or None, `holder_state` (alive | dead | unconfirmed |
@@ -84,12 +85,12 @@ async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
             reason="redis_not_configured",
         )
     try:
-        locks = await ctx.redis.scan_locks()
+        ttls = await ctx.redis.lock_ttls()
+        mine = await ctx.redis.get_lock(state.execution_id)
     except WatchdogError as exc:
         return from_error(STEP, NAME, exc, "cannot scan the lock keys")
-    without_ttl = [lock.execution_id for lock in locks if not lock.has_ttl]
-    evidence: dict[str, Any] = {"locks_total": len(locks), "locks_without_ttl": without_ttl}
-    mine = next((lock for lock in locks if lock.execution_id == state.execution_id), None)
+    without_ttl = sorted(execution_id for execution_id, ttl in ttls.items() if ttl == -1)
+    evidence: dict[str, Any] = {"locks_total": len(ttls), "locks_without_ttl": without_ttl}
     evidence["lock"] = mine.as_dict() if mine else None
 
     problems: list[str] = []
@@ -115,5 +116,5 @@ async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
             STEP, NAME, StepStatus.PROBLEM, "; ".join(problems), summary_lock=summary_lock, **evidence
         )
     return finding(
-        STEP, NAME, StepStatus.OK, f"{summary_lock}; {len(locks)} lock(s) in total, all with TTLs", **evidence
+        STEP, NAME, StepStatus.OK, f"{summary_lock}; {len(ttls)} lock(s) in total, all with TTLs", **evidence
     )

@@ -4,10 +4,12 @@ Runs concurrently with steps 4-7 (`watchdog.diagnostics.runner`). Reads the run'
 (`GET /checkpoints/{id}`), checkpoint save errors over the last 15 minutes (Prometheus:
 `increase(gl_orchestrator_checkpoint_operations_total{operation="save",status="error"}[15m])`; without
 Prometheus, or when it fails, this run's own "checkpoint save failed" log lines of the last 15
-minutes, plus the counter's total from the orchestrator's exposition — a total since the process
-started, which says nothing about this run, so it decides only when the run's log lines cannot be
-read), and the provenance chain (`chain_valid`). A node that completed in the trace but has no
-checkpoint means saves are failing (the orchestrator blocks progress rather than lose data).
+minutes, plus the counter's total from the orchestrator's JSON metrics (`checkpoint_operations`; from
+its Prometheus exposition, parsed off the event loop, only for an orchestrator older than that field)
+— a total since the process started, which says nothing about this run, so it decides only when the
+run's log lines cannot be read), and the provenance chain (`chain_valid`). A node that completed in
+the trace but has no checkpoint means saves are failing (the orchestrator blocks progress rather than
+lose data).
 
 Evidence keys: `checkpoint_count`, `checkpoints` ([{node_id, status, created_at}]), `failed_checkpoints`,
 `completed_without_checkpoint`, `save_errors_15m` (Prometheus, or this run's log lines),
@@ -68,6 +70,14 @@ async def _save_errors(ctx: DiagnosticContext, state: DiagnosisState, evidence: 
         except WatchdogError as exc:
             evidence["prometheus_error"] = str(exc)  # fall back to the run's own log lines
     await _run_save_errors(ctx, state, evidence)
+    try:
+        metrics = await ctx.orchestrator.get_metrics()
+    except WatchdogError as exc:
+        evidence["metrics_error"] = str(exc)
+    else:
+        if metrics.has_diagnosis_figures:
+            evidence["save_errors_total"] = metrics.checkpoint_count("save", "error")
+            return
     try:
         samples = await ctx.orchestrator.scrape_metrics()
     except WatchdogError as exc:

@@ -12,12 +12,21 @@ httpx errors at this boundary:
 
 Answers are parsed into the pydantic models below (`extra="allow"`, so fields the orchestrator adds
 later pass through); DAG definitions stay plain dicts (their model belongs to the orchestrator).
+
+Listing executions (`GET /executions`) follows the paginated contract: server-side filters
+(`status`, `dag_id`, `over_timeout`, `no_timeout`, `started_before`), `limit` and `cursor` in,
+`{"items", "next_cursor", "total"}` out, oldest first. `list_executions` follows `next_cursor` to the
+last page, so a caller sees every matching run; `list_executions_page` gives one page and `total`. An
+orchestrator older than that contract answers `{"items"}` only: it ignored the filters and the cursor,
+so that answer is taken as it is (one page, `paged=False`), and callers check each item themselves
+(over its timeout, age) rather than trusting the filter.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -38,6 +47,11 @@ from watchdog_sdk.errors import (
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
+MAX_PAGE = 5000  # the largest page the orchestrator gives (`limit` 1-5000)
+# A listing that would need more pages than this is refused rather than read for ever (100 million
+# runs at the largest page): an orchestrator handing out cursors that never end is broken.
+MAX_PAGES = 20_000
+
 
 class _ApiModel(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
@@ -54,9 +68,50 @@ class Execution(_ApiModel):
     started_at: datetime | None = None
     completed_at: datetime | None = None
     timeout_seconds: float | None = None
+    timeout_is_default: bool | None = None  # the orchestrator's default, not the DAG's own
     error: str | None = None
     owner: str | None = None
     input_data: Any = None
+
+
+@dataclass(frozen=True)
+class ExecutionQuery:
+    """The server-side filters of `GET /executions`, combined with AND.
+
+    `over_timeout=True`: running for longer than the effective timeout; `no_timeout=True`: the DAG
+    sets no timeout of its own (the orchestrator's default may apply); `started_before`: started
+    before that instant.
+    """
+
+    status: str | None = "running"
+    dag_id: str | None = None
+    over_timeout: bool | None = None
+    no_timeout: bool | None = None
+    started_before: datetime | None = None
+
+    def params(self) -> dict[str, str | None]:
+        """The query string (None: not sent)."""
+        return {
+            "status": self.status,
+            "dag_id": self.dag_id,
+            "over_timeout": _flag(self.over_timeout),
+            "no_timeout": _flag(self.no_timeout),
+            "started_before": None if self.started_before is None else _instant(self.started_before),
+        }
+
+
+@dataclass(frozen=True)
+class ExecutionPage:
+    """One page of `GET /executions`.
+
+    `paged` is False when the orchestrator predates pagination: then `items` is its whole answer (its
+    newest runs of the status, unfiltered, at most `limit`), `next_cursor` None and `total` None.
+    """
+
+    items: list[Execution]
+    next_cursor: str | None
+    total: int | None
+    paged: bool
 
 
 class NodeTrace(_ApiModel):
@@ -127,13 +182,48 @@ class Checkpoints(_ApiModel):
     checkpoints: list[Checkpoint] = Field(default_factory=list)
 
 
+class DbPool(_ApiModel):
+    """The answering replica's database pool (`gl_db_pool_*_connections`)."""
+
+    active: int
+    pending: int
+
+
+class CheckpointOperations(_ApiModel):
+    """One `gl_orchestrator_checkpoint_operations_total` series of the answering replica."""
+
+    operation: str
+    status: str
+    count: float
+
+
 class OrchestratorMetrics(_ApiModel):
-    """`GET /metrics` (the JSON one under the API prefix)."""
+    """`GET /metrics` (the JSON one under the API prefix).
+
+    `db_pool` (None: the store has no pool figures) and `checkpoint_operations` are what diagnosis
+    steps 5 and 8 read; an orchestrator before they were added leaves them out (`has_diagnosis_figures`
+    is False), and the steps then read its Prometheus exposition instead.
+    """
 
     active_executions: int | None = None
     max_concurrent_executions: int | None = None
     queued_executions: int | None = None
     max_parallel_nodes: int | None = None
+    db_pool: DbPool | None = None
+    checkpoint_operations: list[CheckpointOperations] | None = None
+
+    @property
+    def has_diagnosis_figures(self) -> bool:
+        """True when the answer carries the pool and checkpoint figures (even if `db_pool` is null)."""
+        return "checkpoint_operations" in self.model_fields_set
+
+    def checkpoint_count(self, operation: str, status: str) -> float:
+        """The count of one checkpoint operation and status (0 when the series does not exist)."""
+        return sum(
+            o.count
+            for o in self.checkpoint_operations or ()
+            if (o.operation, o.status) == (operation, status)
+        )
 
 
 class Limits(_ApiModel):
@@ -246,15 +336,66 @@ class OrchestratorClient:
 
     # -- executions -------------------------------------------------------------------------------
 
-    async def list_executions(
-        self, status: str | None = "running", dag_id: str | None = None
-    ) -> list[Execution]:
-        """`GET /executions?status=&dag_id=`: executions, running ones by default."""
-        data = await self._request("GET", "/executions", params={"status": status, "dag_id": dag_id})
+    async def list_executions_page(
+        self, query: ExecutionQuery, *, limit: int | None = None, cursor: str | None = None
+    ) -> ExecutionPage:
+        """One page of `GET /executions` with the server-side filters of `query`, oldest first.
+
+        Pass the page's `next_cursor` back as `cursor`, with the same query, for the next page.
+        """
+        params = {**query.params(), "limit": limit, "cursor": cursor}
+        data = await self._request("GET", "/executions", params=params)
         items = data.get("items") if isinstance(data, dict) else None
         if not isinstance(items, list):
             raise OrchestratorError(200, "GET /executions answered without an 'items' list")
-        return [_parse(Execution, item, "GET /executions item") for item in items]
+        executions = [_parse(Execution, item, "GET /executions item") for item in items]
+        if "next_cursor" not in data:  # an orchestrator before pagination: its one answer is all
+            return ExecutionPage(executions, None, None, paged=False)
+        next_cursor = data["next_cursor"]
+        total = data.get("total")
+        if next_cursor is not None and (not isinstance(next_cursor, str) or not next_cursor):
+            raise OrchestratorError(200, "GET /executions answered a next_cursor that is not a string")
+        if total is not None and (not isinstance(total, int) or isinstance(total, bool) or total < 0):
+            raise OrchestratorError(200, "GET /executions answered a total that is not a count")
+        return ExecutionPage(executions, next_cursor, total, paged=True)
+
+    async def list_executions(
+        self,
+        status: str | None = "running",
+        dag_id: str | None = None,
+        *,
+        over_timeout: bool | None = None,
+        no_timeout: bool | None = None,
+        started_before: datetime | None = None,
+        page_size: int | None = None,
+    ) -> list[Execution]:
+        """Every execution matching the filters (see `ExecutionQuery`), oldest first: each page,
+        following `next_cursor`.
+
+        `page_size` is each page's `limit` (None: the orchestrator's default page; MAX_PAGE for the
+        fewest round trips). Nothing is silently cut off: a cursor handed out twice, or more than
+        MAX_PAGES pages, raise OrchestratorError. Against an orchestrator before pagination this is
+        its one (unfiltered) answer; see the module docstring.
+        """
+        query = ExecutionQuery(status, dag_id, over_timeout, no_timeout, started_before)
+        found: list[Execution] = []
+        cursor: str | None = None
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES):
+            page = await self.list_executions_page(query, limit=page_size, cursor=cursor)
+            found.extend(page.items)
+            if page.next_cursor is None:
+                return found
+            if page.next_cursor in seen:
+                raise OrchestratorError(200, "GET /executions handed out the same cursor twice")
+            seen.add(page.next_cursor)
+            cursor = page.next_cursor
+        raise OrchestratorError(200, f"GET /executions did not end within {MAX_PAGES} pages")
+
+    async def count_executions(self, query: ExecutionQuery) -> int | None:
+        """How many executions match `query` (the listing's exact `total`); None from an orchestrator
+        that does not count (before pagination)."""
+        return (await self.list_executions_page(query, limit=1)).total
 
     async def get_execution(self, execution_id: str) -> Execution:
         """`GET /executions/{id}`."""
@@ -299,7 +440,9 @@ class OrchestratorClient:
     async def scrape_metrics(self) -> list[MetricSample]:
         """`GET /metrics` at the service root: the Prometheus exposition, parsed (no Prometheus needed).
 
-        Lets the diagnostics read counters such as checkpoint save errors in embedded mode.
+        The fallback of diagnosis steps 5 and 8 for an orchestrator whose JSON metrics lack their
+        figures. The page grows with the running runs (a series per run), so it is parsed in a thread,
+        off the event loop.
         """
         url = self.base_url + "/metrics"
         try:
@@ -316,11 +459,7 @@ class OrchestratorClient:
         if response.status_code >= 400:
             raise _error_for(response)
         try:
-            return [
-                MetricSample(sample.name, dict(sample.labels), float(sample.value))
-                for family in text_string_to_metric_families(response.text)
-                for sample in family.samples
-            ]
+            return await asyncio.to_thread(_parse_exposition, response.text)
         except ValueError as exc:
             raise OrchestratorError(
                 response.status_code, f"GET /metrics: unparsable exposition: {exc}"
@@ -391,6 +530,26 @@ class OrchestratorClient:
     async def restart_agent(self, agent_id: str) -> AgentRestart:
         """`POST /admin/agents/{agent_id}/restart`: restart an in-process agent worker."""
         return await self._get_model(AgentRestart, "POST", f"/admin/agents/{_seg(agent_id)}/restart")
+
+
+def _parse_exposition(text: str) -> list[MetricSample]:
+    return [
+        MetricSample(sample.name, dict(sample.labels), float(sample.value))
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
+
+
+def _flag(value: bool | None) -> str | None:
+    """A boolean query parameter as the API spells it."""
+    return None if value is None else ("true" if value else "false")
+
+
+def _instant(value: datetime) -> str:
+    """An aware instant as ISO 8601 UTC with `Z` (a naive one is a bug of the caller)."""
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: pass an aware UTC datetime")
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _reason(exc: BaseException) -> str:

@@ -175,6 +175,30 @@ class RedisClient:
                 locks.append(info)
         return locks
 
+    async def lock_ttls(self, count: int = 1000) -> dict[str, float]:
+        """The TTL of every `gl:orchestrator:lock:*` key, by execution id (-1.0: no TTL), found with
+        SCAN (never KEYS) and read with one pipelined PTTL per SCAN page: a few round trips for
+        thousands of locks, and no lock value read (`get_lock` reads the one that matters)."""
+
+        async def scan() -> dict[str, float]:
+            ttls: dict[str, float] = {}
+            cursor = 0
+            while True:
+                cursor, keys = await self._redis.scan(cursor=cursor, match=LOCK_SCAN_PATTERN, count=count)
+                if keys:
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        for key in keys:
+                            pipe.pttl(key)
+                        answers = await pipe.execute()
+                    for key, pttl in zip(keys, answers, strict=True):
+                        if int(pttl) != -2:  # -2: expired between the SCAN and the PTTL
+                            ttl = -1.0 if int(pttl) == -1 else max(int(pttl), 0) / 1000.0
+                            ttls[execution_id_from_lock_key(key)] = ttl
+                if int(cursor) == 0:
+                    return ttls
+
+        return await self._call("SCAN of lock keys", scan)
+
     async def get_lock(self, execution_id: str) -> LockInfo | None:
         """The ownership lock of one execution, or None when no replica holds it."""
         return await self._read_lock(lock_key(execution_id))
