@@ -279,7 +279,9 @@ async def readyz(request: web.Request, inputs: Inputs) -> web.Response:
     readiness = await request.app[READINESS_KEY].readiness()
     if not readiness.ready:
         detail = f"store not reachable: {readiness.dependencies['store'].detail}"
-        raise ApiError(503, "not_ready", detail, **readiness.as_json())
+        state = readiness.as_json()
+        del state["status"]  # the error body's `error` says not_ready
+        raise ApiError(503, "not_ready", detail, **state)
     return json_model_response(Ready.model_validate(readiness.as_json()))
 
 
