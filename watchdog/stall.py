@@ -36,12 +36,12 @@ class StallSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    quantile: float = Field(0.99, gt=0, lt=1, description="the high quantile of normal durations")
+    quantile: float = Field(0.95, gt=0, lt=1, description="the high quantile of normal durations")
     multiple: float = Field(3.0, ge=1, description="stalling beyond this multiple of that quantile")
     floor_seconds: float = Field(
         300.0, ge=0, description="never stalling before this long, however short the node normally is"
     )
-    min_history: int = Field(20, ge=1, description="completed runs of the node before the rule applies")
+    min_history: int = Field(10, ge=1, description="completed runs of the node before the rule applies")
     no_progress_seconds: float = Field(
         600.0, gt=0, description="progress reported within this window means slow, not hung"
     )
