@@ -36,6 +36,7 @@ on another (docs/benchmarks.md, "Detection quality": tuned on seed 1, reported o
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import math
 import random
@@ -278,6 +279,20 @@ class StallDetector:
                 return tick
         return None
 
+    def first_flag_by_ticks(
+        self, node_run: NodeRun, history: DurationSketch | None, run: Run, cadence: Cadence, until: float
+    ) -> float | None:
+        """`first_flag` the slow way: `assess` at every sweep while the node runs (up to `until`)."""
+        progress = node_run.progress if self.use_progress else []
+        tick = next_tick(node_run.start, run.sweep_phase, cadence.sweep_seconds)
+        while tick < min(node_run.end, until):
+            reported = bisect.bisect_right(progress, tick)
+            since = tick - progress[reported - 1] if reported else None
+            if assess(history, tick - node_run.start, since, self.settings).stalling:
+                return tick
+            tick += cadence.sweep_seconds
+        return None
+
     def _confirm(
         self, node_run: NodeRun, history: DurationSketch | None, tick: float, since: float | None
     ) -> None:
@@ -337,9 +352,17 @@ def _share(part: int, whole: int) -> float | None:
 
 
 def simulate(
-    runs: int, seed: int, detectors: Sequence[StallDetector], workload: Workload, cadence: Cadence
+    runs: int,
+    seed: int,
+    detectors: Sequence[StallDetector],
+    workload: Workload,
+    cadence: Cadence,
+    check_every_tick: bool = False,
 ) -> dict[str, Tally]:
-    """Run the fleet; tally the timeout alert (key "timeout alert") and each stall detector."""
+    """Run the fleet; tally the timeout alert (key "timeout alert") and each stall detector.
+
+    `check_every_tick` also evaluates the rule at every sweep of every node (slow) and stops at the first
+    node where that and the fast path disagree."""
     rng = random.Random(seed)
     dags = make_dags(workload, rng)
     histories: dict[tuple[str, str, str], DurationSketch] = {}
@@ -355,6 +378,8 @@ def simulate(
             history = histories.get((dag.dag_id, node_run.node.node_id, node_run.node.agent_id))
             for detector in detectors:
                 flagged_at = detector.first_flag(node_run, history, run, cadence)
+                if check_every_tick:
+                    _check(detector, node_run, history, run, cadence, flagged_at, alert_at)
                 if flagged_at is not None:
                     flags[detector.name][position] = flagged_at
             if hung is node_run:
@@ -369,6 +394,28 @@ def simulate(
                 key = (dag.dag_id, node_run.node.node_id, node_run.node.agent_id)
                 histories.setdefault(key, DurationSketch()).add(node_run.end - node_run.start)
     return {"timeout alert": alert, **tallies}
+
+
+def _check(
+    detector: StallDetector,
+    node_run: NodeRun,
+    history: DurationSketch | None,
+    run: Run,
+    cadence: Cadence,
+    flagged_at: float | None,
+    alert_at: float | None,
+) -> None:
+    """Stop when the rule at every sweep and the fast path disagree (up to the alert for a hung run)."""
+    until = alert_at if alert_at is not None and math.isinf(run.end) else run.end
+    slow = detector.first_flag_by_ticks(node_run, history, run, cadence, until)
+    fast = None if flagged_at is None or flagged_at >= until else flagged_at
+    if (slow is None) != (fast is None) or (
+        slow is not None and fast is not None and abs(slow - fast) > 1e-6
+    ):
+        raise harness.BenchError(
+            f"{detector.name}: at every sweep the rule first holds at {slow}, the fast path says {fast} "
+            f"({run.dag.dag_id}, node {node_run.node.node_id})"
+        )
 
 
 def _count_nodes(tally: Tally, run: Run, flagged: set[int]) -> None:
@@ -452,7 +499,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     detectors = grid_detectors() if args.grid else shipped_detectors()
     started = time.perf_counter()
     load_before = harness.loadavg()
-    tallies = simulate(args.runs, args.seed, detectors, workload, cadence)
+    tallies = simulate(args.runs, args.seed, detectors, workload, cadence, args.check_every_tick)
     return {
         "benchmark": "detection",
         "seed": args.seed,
@@ -559,6 +606,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="DAG timeouts: the p99 of healthy runs times a factor between these",
     )
     parser.add_argument("--grid", action="store_true", help="evaluate a grid of settings (tuning)")
+    parser.add_argument(
+        "--check-every-tick",
+        action="store_true",
+        help="also evaluate the rule at every sweep of every node (slow) and stop if the fast path disagrees",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of tables")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.dags < 1:
@@ -570,7 +622,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    result = run_benchmark(args)
+    try:
+        result = run_benchmark(args)
+    except harness.BenchError as exc:  # the rule and the fast path disagree: one line, not a traceback
+        print(f"detection: {exc}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(result, indent=2))
     else:
