@@ -307,7 +307,7 @@ class Tally:
 
     hangs: int = 0
     found: int = 0
-    covered: int = 0  # hangs in nodes with enough history for the rule to apply
+    covered: int | None = 0  # hangs in nodes with enough history for the rule (None: not a stall rule)
     delays: list[float] = field(default_factory=list)  # hang -> detection (seconds)
     leads: list[float] = field(default_factory=list)  # timeout alert - detection (seconds)
     shares: list[float] = field(default_factory=list)  # delay / the timeout alert's delay
@@ -366,7 +366,7 @@ def simulate(
     rng = random.Random(seed)
     dags = make_dags(workload, rng)
     histories: dict[tuple[str, str, str], DurationSketch] = {}
-    alert = Tally()
+    alert = Tally(covered=None)
     tallies = {d.name: Tally() for d in detectors}
     for index in range(runs):
         dag = dags[index % len(dags)]
@@ -385,7 +385,8 @@ def simulate(
             if hung is node_run:
                 for detector in detectors:
                     if history is not None and history.count >= detector.settings.min_history:
-                        tallies[detector.name].covered += 1
+                        tally = tallies[detector.name]
+                        tally.covered = (tally.covered or 0) + 1
         _tally_alert(alert, run, alert_at)
         for detector in detectors:
             _tally_stall(tallies[detector.name], run, flags[detector.name], alert_at)
@@ -441,7 +442,6 @@ def _tally_alert(tally: Tally, run: Run, alert_at: float | None) -> None:
         assert alert_at is not None and hung.hang_at is not None  # a hung run is over its timeout one day
         tally.hangs += 1
         tally.found += 1
-        tally.covered += 1
         tally.delays.append(alert_at - hung.hang_at)
         tally.leads.append(0.0)
         tally.shares.append(1.0)
@@ -559,8 +559,9 @@ def report(result: dict[str, Any]) -> None:
         rows.append(
             [
                 name,
-                f"{percent(f['found_share'])} ({f['found']}/{f['hangs']}; "
-                f"{f['hangs_with_history']} with history)",
+                f"{percent(f['found_share'])} ({f['found']}/{f['hangs']}"
+                + ("" if f["hangs_with_history"] is None else f"; {f['hangs_with_history']} with history")
+                + ")",
                 f"{cell(f['delay_median_min'])} / {cell(f['delay_p90_min'])}",
                 f"{cell(f['lead_median_min'])} / {cell(f['lead_p90_min'])}",
                 cell(f["delay_share_of_alert_median"]),

@@ -132,11 +132,6 @@ class DurationSketch:
             if bucket_count:
                 self._add_at(other._offset + position, bucket_count)
 
-    def copy(self) -> DurationSketch:
-        twin = DurationSketch(self.relative_accuracy, self._max_bins)
-        twin._zeros, twin._offset, twin._bins = self._zeros, self._offset, list(self._bins)
-        return twin
-
     def to_json(self) -> str:
         """A compact JSON document: `from_json(s.to_json())` answers every quantile as `s` does."""
         wire = _Wire(

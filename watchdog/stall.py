@@ -128,12 +128,12 @@ def assess(
             False, StallReason.PROGRESSING, threshold, f"{running}, {normal}; over the {over}; {recent}"
         )
     silence = "no progress reported" if since is None else f"no progress for {format_seconds(quiet)}"
+    times = f", {elapsed / high:.1f} x its normal p{_percent(settings.quantile)}" if high > 0 else ""
     return verdict(
         True,
         StallReason.STALLED,
         threshold,
-        f"stalling: {running}, {elapsed / high:.1f} x its normal p{_percent(settings.quantile)} "
-        f"({normal}); over the {over}, {silence}",
+        f"stalling: {running}{times} ({normal}); over the {over}, {silence}",
     )
 
 

@@ -64,6 +64,14 @@ def test_a_short_node_is_not_stalling_before_the_floor() -> None:
     assert assess(ten_second_node, 301.0, None, quick_window).stalling
 
 
+def test_a_node_that_normally_takes_no_time_is_judged_against_the_floor() -> None:
+    instant_node = history([0.0] * 30)  # durations under a millisecond count as zero
+    verdict = assess(instant_node, 900.0, None, SETTINGS)
+    assert verdict.stalling
+    assert verdict.threshold_seconds == 300.0
+    assert verdict.text.startswith("stalling: running 15m 00s (normally p50 0s, p99 0s)")
+
+
 def test_a_node_over_the_threshold_that_reported_progress_within_the_window_is_slow_not_hung() -> None:
     verdict = assess(TEN_MINUTE_NODE, 5 * 3600, 599.0, SETTINGS)
     assert not verdict.stalling
