@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Self
+from collections.abc import Mapping
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -127,14 +128,15 @@ class DurationSketch:
                 f"cannot merge sketches of relative accuracy {other.relative_accuracy} "
                 f"into {self.relative_accuracy}"
             )
-        self._zeros += other._zeros
-        for position, bucket_count in enumerate(other._bins):
+        zeros, offset, bins = other._zeros, other._offset, list(other._bins)  # `other` may be `self`
+        self._zeros += zeros
+        for position, bucket_count in enumerate(bins):
             if bucket_count:
-                self._add_at(other._offset + position, bucket_count)
+                self._add_at(offset + position, bucket_count)
 
-    def to_json(self) -> str:
-        """A compact JSON document: `from_json(s.to_json())` answers every quantile as `s` does."""
-        wire = _Wire(
+    def to_dict(self) -> dict[str, Any]:
+        """The sketch as a JSON-able mapping (to embed in a larger document); see `to_json`."""
+        return _Wire(
             v=WIRE_VERSION,
             alpha=self.relative_accuracy,
             max_bins=self._max_bins,
@@ -142,13 +144,24 @@ class DurationSketch:
             zeros=self._zeros,
             offset=self._offset,
             bins=self._bins,
-        )
-        return json.dumps(wire.model_dump(), separators=(",", ":"))
+        ).model_dump()
+
+    def to_json(self) -> str:
+        """A compact JSON document: `from_json(s.to_json())` answers every quantile as `s` does."""
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> DurationSketch:
+        """Read `to_dict`'s mapping back; a malformed one raises ValueError naming the problem."""
+        return cls._from_wire(_Wire.model_validate(document))  # pydantic's ValidationError is a ValueError
 
     @classmethod
     def from_json(cls, text: str | bytes) -> DurationSketch:
         """Read `to_json`'s document back; a malformed one raises ValueError naming the problem."""
-        wire = _Wire.model_validate_json(text)  # pydantic's ValidationError is a ValueError
+        return cls._from_wire(_Wire.model_validate_json(text))
+
+    @classmethod
+    def _from_wire(cls, wire: _Wire) -> DurationSketch:
         sketch = cls(wire.alpha, wire.max_bins)
         sketch._zeros = wire.zeros
         # Leading and trailing empty buckets carry nothing: keep the run tight, as `add` does.

@@ -88,6 +88,19 @@ def test_the_json_round_trip_answers_every_quantile_the_same(values: list[float]
         assert back.quantile(q) == sketch.quantile(q)
 
 
+def test_a_sketch_embedded_as_a_mapping_reads_back_equal() -> None:
+    sketch = sketch_of([0.0, 0.5, 12.0, 12.5, 3600.0])
+    document = json.loads(json.dumps({"history": sketch.to_dict()}))
+    assert DurationSketch.from_dict(document["history"]) == sketch
+
+
+def test_a_sketch_merged_into_itself_counts_everything_twice() -> None:
+    values = [0.0, 1.0, 2.0, 2.0, 30.0]
+    sketch = sketch_of(values)
+    sketch.merge(sketch)
+    assert sketch == sketch_of(values + values)
+
+
 def test_a_year_of_heavy_tailed_durations_stays_a_few_hundred_bytes() -> None:
     rng = random.Random(7)
     values = [rng.lognormvariate(math.log(300), 0.8) * rng.paretovariate(2.5) for _ in range(50_000)]
@@ -162,6 +175,11 @@ def test_a_malformed_document_is_refused_naming_the_problem(change: dict[str, ob
     document = good_document() | change
     with pytest.raises(ValueError, match=problem):
         DurationSketch.from_json(json.dumps(document))
+
+
+def test_a_malformed_mapping_is_refused_naming_the_field() -> None:
+    with pytest.raises(ValueError, match="bins"):
+        DurationSketch.from_dict(good_document() | {"bins": "many"})
 
 
 def test_a_document_that_is_not_json_is_refused() -> None:

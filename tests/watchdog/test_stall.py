@@ -6,6 +6,9 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gl_common.quantiles import DurationSketch
@@ -136,3 +139,36 @@ def test_settings_outside_their_range_are_refused_naming_the_field(field: str, v
 )
 def test_durations_read_as_people_write_them(seconds: float, text: str) -> None:
     assert format_seconds(seconds) == text
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(
+    durations=st.lists(st.floats(min_value=0, max_value=1e6), max_size=40),
+    elapsed=st.floats(min_value=-10, max_value=1e7),
+    since=st.none() | st.floats(min_value=-10, max_value=1e7),
+    settings=st.builds(
+        StallSettings,
+        quantile=st.floats(min_value=0.5, max_value=0.999),
+        multiple=st.floats(min_value=1, max_value=10),
+        floor_seconds=st.floats(min_value=0, max_value=3600),
+        min_history=st.integers(min_value=1, max_value=30),
+        no_progress_seconds=st.floats(min_value=1, max_value=7200),
+    ),
+)
+def test_any_node_is_stalling_exactly_when_over_the_threshold_and_quiet_for_the_window(
+    durations: list[float], elapsed: float, since: float | None, settings: StallSettings
+) -> None:
+    sketch = history(durations) if durations else None
+    verdict = assess(sketch, elapsed, since, settings)
+    assert verdict.text
+    if len(durations) < settings.min_history:
+        assert not verdict.stalling
+        assert verdict.threshold_seconds is None
+        return
+    assert sketch is not None
+    high = sketch.quantile(settings.quantile)
+    assert high is not None
+    threshold = max(settings.floor_seconds, settings.multiple * high)
+    quiet = max(0.0, elapsed if since is None else since)
+    assert verdict.threshold_seconds == threshold
+    assert verdict.stalling == (max(0.0, elapsed) > threshold and quiet >= settings.no_progress_seconds)
