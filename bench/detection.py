@@ -1,6 +1,7 @@
 """Detection-quality benchmark (not a test): how soon, and how falsely, each detector finds a hung node.
 
-  .venv/bin/python bench/detection.py [--runs 20000] [--seed 2] [--json] [--grid]
+  .venv/bin/python bench/detection.py [--runs 20000] [--seed 2] [--dags 40] [--timeout-factor 1 2]
+                                      [--grid] [--check-every-tick] [--json]
 
 A simulation with an injected clock (nothing waits): a fleet of DAGs runs many times, one run of a DAG
 after another, with heavy-tailed natural node durations, some nodes slow but reporting progress, and

@@ -80,7 +80,7 @@ def assess(
 ) -> StallVerdict:
     """Judge one running node (see the module docstring for the rule).
 
-    Negative times (a clock a little ahead on another replica) count as zero; NaN is refused.
+    Negative times (a clock a little ahead on another replica) count as zero; NaN and infinity are refused.
     """
     elapsed = _seconds("elapsed_seconds", elapsed_seconds)
     since = (
@@ -156,6 +156,6 @@ def _percent(q: float) -> str:
 
 
 def _seconds(name: str, value: float) -> float:
-    if math.isnan(value):
-        raise ValueError(f"{name} must be a number of seconds, not NaN")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number of seconds, not {value!r}")
     return max(0.0, value)
