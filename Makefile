@@ -39,13 +39,15 @@ bench: install
 	$(BIN)/python bench/engine.py
 
 # The watchdog side and the orchestrator's capacity (docs/benchmarks.md), each at its default size
-# (15-20 minutes in all); needs PostgreSQL on 127.0.0.1:5432 and the redis-server binary.
+# (15-20 minutes in all); needs PostgreSQL on 127.0.0.1:5432 and the redis-server binary. Last, the
+# detection-quality simulation (bench/detection.py: no services, about 20 s).
 bench-watchdog: install
 	scripts/services.sh ensure
 	$(BIN)/python bench/intake.py
 	$(BIN)/python bench/sweep.py
 	$(BIN)/python bench/diagnosis.py
 	$(BIN)/python bench/capacity.py
+	$(BIN)/python bench/detection.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
