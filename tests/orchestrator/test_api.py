@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator_core.api import API_PREFIX, ROUTES
 from tests.conftest import free_port
-from tests.orchestrator.test_service_harness import (
+from tests.orchestrator.service_harness import (
     API,
     TOKEN,
     Gates,

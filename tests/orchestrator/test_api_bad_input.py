@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.orchestrator.test_service_harness import (
+from tests.orchestrator.service_harness import (
     Harness,
     chain_dag,
     make_settings,

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from orchestrator_core.records import ExecutionOptions, ExecutionRecord
 from orchestrator_core.store.listing import ORDER_KEY
 from orchestrator_core.store.schema import executions
-from tests.orchestrator.test_service_harness import Harness, make_settings, running_service
+from tests.orchestrator.service_harness import Harness, make_settings, running_service
 
 pytestmark = pytest.mark.usefixtures("_no_pending_tasks")
 

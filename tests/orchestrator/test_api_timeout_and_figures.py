@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator_core.metrics import M_EXECUTION_TIMEOUT, OrchestratorMetrics
-from tests.orchestrator.test_service_harness import (
+from tests.orchestrator.service_harness import (
     Gates,
     Harness,
     chain_dag,

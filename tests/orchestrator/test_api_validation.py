@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from orchestrator_core.api import ROUTES
-from tests.orchestrator.test_service_harness import Harness, chain_dag, make_settings, running_service
+from tests.orchestrator.service_harness import Harness, chain_dag, make_settings, running_service
 
 pytestmark = pytest.mark.usefixtures("_no_pending_tasks")
 

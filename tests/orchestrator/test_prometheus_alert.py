@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.orchestrator.test_service_harness import Harness, make_settings, running_service
+from tests.orchestrator.service_harness import Harness, make_settings, running_service
 from tests.promstack import PrometheusProcess, start_prometheus
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]

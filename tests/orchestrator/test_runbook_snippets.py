@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import missing_service
-from tests.orchestrator.test_service_harness import (
+from tests.orchestrator.service_harness import (
     TOKEN,
     Gates,
     Harness,

@@ -17,7 +17,7 @@ from orchestrator_core.locks import InProcessLockBackend, InProcessLockSpace, lo
 from orchestrator_core.service import OrchestratorService
 from orchestrator_core.settings import load_settings
 from tests.conftest import free_port
-from tests.orchestrator.test_service_harness import (
+from tests.orchestrator.service_harness import (
     Gates,
     Harness,
     chain_dag,

@@ -9,7 +9,7 @@ from typing import Any
 
 import respx
 
-from tests.orchestrator.test_service_harness import (
+from tests.orchestrator.service_harness import (
     TOKEN,
     Gates,
     Harness,
