@@ -32,7 +32,7 @@ from typing import Any
 from aiohttp import web
 
 from orchestrator_core.agents import AgentRegistry
-from orchestrator_core.api import TokenSource, build_app
+from orchestrator_core.api import build_app
 from orchestrator_core.dag import load_document
 from orchestrator_core.engine import Engine
 from orchestrator_core.errors import ConfigError, DagValidationError, OrchestratorError
@@ -151,7 +151,7 @@ def _is_loopback(host: str) -> bool:
 async def serve(settings: OrchestratorSettings, *, stop: asyncio.Event | None = None) -> None:
     """Run the service until SIGTERM/SIGINT (or until `stop` is set), then shut down gracefully."""
     stop = stop or asyncio.Event()
-    tokens = TokenSource.from_settings(settings)
+    tokens = settings.token_source()
     if not tokens.tokens():
         log.warning("no API tokens configured (api_tokens / api_token_file): every API call will get 401")
     loop = asyncio.get_running_loop()
