@@ -43,14 +43,13 @@ from gl_common.http import (
     parse_json,
     read_body,
 )
-from gl_common.openapi import Answer, Inputs, Route, RouteTable, build_document
+from gl_common.openapi import OPENAPI_KEY, Answer, Inputs, Route, RouteTable, build_document, serve_document
 from orchestrator_core.api_models import (
     PATH_PARAMS,
     AgentList,
     AgentRestart,
     Checkpoints,
     DagPatch,
-    Document,
     EmptyBody,
     ExecuteRequest,
     Execution,
@@ -90,7 +89,6 @@ API_TITLE = "gl-orchestrator"
 API_VERSION = "1"
 
 SERVICE_KEY = web.AppKey("service", OrchestratorService)
-OPENAPI_KEY = web.AppKey("openapi", dict)
 
 
 # -- errors -----------------------------------------------------------------------------------------
@@ -431,9 +429,7 @@ async def restart_agent(request: web.Request, inputs: Inputs) -> web.Response:
     return _respond(AgentRestart, result.to_json())
 
 
-@ROUTE_TABLE.route("GET /openapi.json", "This OpenAPI document", response=Document)
-async def openapi_document(request: web.Request, inputs: Inputs) -> web.Response:
-    return web.json_response(request.app[OPENAPI_KEY])
+serve_document(ROUTE_TABLE)
 
 
 @ROUTE_TABLE.route("GET /healthz", "Liveness", auth=False, prefixed=False, response=Health)
