@@ -28,13 +28,14 @@ its checkpoints, trace and chain by its DAG's nodes (a DAG document is bounded b
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel
 
 from gl_common.auth import TokenSource, bearer_auth
+from gl_common.clock import utc_now
 from gl_common.http import (
     JSON_TYPE,
     ApiError,
@@ -196,7 +197,7 @@ async def get_execution(request: web.Request, inputs: Inputs) -> web.Response:
 )
 async def get_trace(request: web.Request, inputs: Inputs) -> web.Response:
     trace = await _service(request).engine.get_trace(inputs.path["execution_id"])
-    return _respond(Trace, _fill_durations(trace.to_json(), datetime.now(UTC)))
+    return _respond(Trace, _fill_durations(trace.to_json(), utc_now()))
 
 
 @ROUTE_TABLE.route(
