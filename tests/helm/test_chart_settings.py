@@ -36,9 +36,6 @@ from tests.helm.chart import (
 from watchdog.policy import parse_policy
 from watchdog.settings import WatchdogSettings
 
-# -- lint and validation ---------------------------------------------------------------------------
-
-
 # -- configuration contract with the services ------------------------------------------------------
 
 
