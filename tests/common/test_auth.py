@@ -16,6 +16,7 @@ from aiohttp import web
 from gl_common.auth import TokenSource, authenticated, bearer_auth
 from gl_common.http import error_middleware
 from gl_common.openapi import Inputs, RouteTable
+from tests.conftest import serving
 
 TOKEN = "token-0123456789"
 
@@ -64,16 +65,8 @@ async def served(_no_pending_tasks: None, tmp_path: Path) -> AsyncIterator[Serve
     )
     app = web.Application(middlewares=[error_middleware(lambda request, exc: None), middleware])
     _table(seen).install(app)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            yield Served(client, token_file, seen, refusals)
-    finally:
-        await runner.cleanup()
+    async with serving(app) as client:
+        yield Served(client, token_file, seen, refusals)
 
 
 def _rewrite(token_file: Path, text: str) -> None:
