@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -46,46 +47,50 @@ async def test_live_holder_is_ok(raw: aioredis.Redis, redis_client: RedisClient,
     assert f.evidence["heartbeat"]["age_seconds"] == 5
 
 
-async def test_dead_holder_confirmed_by_heartbeat_and_pod(
+@pytest.mark.parametrize(
+    ("pod", "state", "said", "evidence"),
+    [
+        pytest.param(
+            make_pod("orch-b-pod", {"app": "orchestrator-service"}),
+            "dead",
+            "pod orch-a-pod is gone",
+            {},
+            id="pod-gone",
+        ),
+        pytest.param(
+            make_pod("orch-a-pod", {"app": "orchestrator-service"}, phase="Failed", ready=False),
+            "dead",
+            "",
+            {"pod_phase": "Failed"},
+            id="pod-terminated",
+        ),
+        pytest.param(
+            make_pod("orch-a-pod", {"app": "orchestrator-service"}),
+            "unconfirmed",
+            "still Running",
+            {},
+            id="pod-still-running",
+        ),
+    ],
+)
+async def test_a_holder_without_heartbeat_is_judged_by_its_pod(
     raw: aioredis.Redis,
     redis_client: RedisClient,
     make_ctx: MakeCtx,
     kube_api: FakeKubeApi,
     kube: KubernetesClient,
+    pod: dict[str, Any],
+    state: str,
+    said: str,
+    evidence: dict[str, Any],
 ) -> None:
-    await _lock(raw, "ex-1", "orch-a", "orch-a-pod", ttl=15)  # no heartbeat, and no such pod
-    kube_api.add_pod(make_pod("orch-b-pod", {"app": "orchestrator-service"}))
+    """No heartbeat: the holder is dead when its pod is gone or terminated, unconfirmed while it runs."""
+    await _lock(raw, "ex-1", "orch-a", "orch-a-pod", ttl=15)
+    kube_api.add_pod(pod)
     f = await step6_locks.run(make_ctx(redis=redis_client, kubernetes=kube), DiagnosisState("ex-1"))
-    assert f.status is StepStatus.PROBLEM
-    assert f.evidence["holder_state"] == "dead" and "pod orch-a-pod is gone" in f.summary
+    assert f.status is StepStatus.PROBLEM and f.evidence["holder_state"] == state and said in f.summary
+    assert {key: f.evidence[key] for key in evidence} == evidence
     assert ("GET", "/api/v1/namespaces/greenlang/pods/orch-a-pod", {}) in kube_api.requests
-
-
-async def test_terminated_pod_confirms_death(
-    raw: aioredis.Redis,
-    redis_client: RedisClient,
-    make_ctx: MakeCtx,
-    kube_api: FakeKubeApi,
-    kube: KubernetesClient,
-) -> None:
-    await _lock(raw, "ex-1", "orch-a", "orch-a-pod", ttl=15)
-    kube_api.add_pod(make_pod("orch-a-pod", {"app": "orchestrator-service"}, phase="Failed", ready=False))
-    f = await step6_locks.run(make_ctx(redis=redis_client, kubernetes=kube), DiagnosisState("ex-1"))
-    assert f.evidence["holder_state"] == "dead" and f.evidence["pod_phase"] == "Failed"
-
-
-async def test_gone_heartbeat_but_running_pod_is_unconfirmed(
-    raw: aioredis.Redis,
-    redis_client: RedisClient,
-    make_ctx: MakeCtx,
-    kube_api: FakeKubeApi,
-    kube: KubernetesClient,
-) -> None:
-    await _lock(raw, "ex-1", "orch-a", "orch-a-pod", ttl=15)
-    kube_api.add_pod(make_pod("orch-a-pod", {"app": "orchestrator-service"}))
-    f = await step6_locks.run(make_ctx(redis=redis_client, kubernetes=kube), DiagnosisState("ex-1"))
-    assert f.status is StepStatus.PROBLEM and f.evidence["holder_state"] == "unconfirmed"
-    assert "still Running" in f.summary
 
 
 @pytest.mark.parametrize(
