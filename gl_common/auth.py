@@ -21,6 +21,7 @@ reported to an observer (the watchdog counts them and logs them at a bounded rat
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -90,6 +91,17 @@ class TokenSource:
         for token in self.tokens():
             matched |= hmac.compare_digest(candidate, token.encode())
         return matched
+
+
+def is_loopback(host: str) -> bool:
+    """True for `localhost` and loopback addresses: the only hosts a service may serve on with a
+    generated local token instead of configured ones."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def challenge(realm: str) -> dict[str, str]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import signal
@@ -31,6 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gl_common.auth import is_loopback
 from orchestrator_core.agents import AgentRegistry
 from orchestrator_core.api import build_app
 from orchestrator_core.dag import load_document
@@ -128,7 +128,7 @@ def _serve_command(args: argparse.Namespace) -> int:
                 f"api_token_file {settings.api_token_file} holds no token (one token per line); "
                 "every API call would be refused"
             )
-        if not _is_loopback(settings.host):
+        if not is_loopback(settings.host):
             raise ConfigError(
                 f"refusing to serve on {settings.host} without API tokens: set GL_ORCHESTRATOR_API_TOKENS "
                 "or GL_ORCHESTRATOR_API_TOKEN_FILE (a generated local token is only used on loopback)"
@@ -137,15 +137,6 @@ def _serve_command(args: argparse.Namespace) -> int:
         log.info("no API token configured: using the local token in %s", settings.api_token_file)
     asyncio.run(serve(settings))
     return EXIT_OK
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 async def serve(settings: OrchestratorSettings, *, stop: asyncio.Event | None = None) -> None:
