@@ -32,7 +32,7 @@ class SystemClock:
     """The real clocks."""
 
     def now(self) -> datetime:
-        return datetime.now(UTC)
+        return utc_now()
 
     def monotonic(self) -> float:
         return time.monotonic()

@@ -31,10 +31,10 @@ import re
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic.json_schema import models_json_schema
 
 from gl_common.http import (
@@ -217,6 +217,28 @@ class RouteTable:
     def install(self, app: web.Application) -> None:
         for route in self._routes:
             app.router.add_route(route.method, route.path, route.endpoint)
+
+
+# -- serving the document ---------------------------------------------------------------------------
+
+OPENAPI_KEY: Final = web.AppKey("openapi", dict[str, Any])
+
+
+class Document(BaseModel):
+    """An OpenAPI document."""
+
+    model_config = ConfigDict(extra="allow")
+
+    openapi: str
+
+
+def serve_document(table: RouteTable) -> None:
+    """Declare `GET <prefix>/openapi.json` on `table` (bearer token required): the document the app
+    keeps under `OPENAPI_KEY`, which its builder sets from `build_document(...)`."""
+
+    @table.route("GET /openapi.json", "This OpenAPI document", response=Document)
+    async def openapi_document(request: web.Request, inputs: Inputs) -> web.Response:
+        return web.json_response(request.app[OPENAPI_KEY])
 
 
 # -- the document -----------------------------------------------------------------------------------

@@ -14,10 +14,11 @@ Middlewares, outermost first:
   405 (with `Allow`), 409 wrong state, 413 body over `max_body_bytes`, 415 wrong content type, 503
   store/locks down or shutting down. Unexpected exceptions are logged with their traceback
   server-side and answered 500 without one.
-- auth: `Authorization: Bearer <token>` on every route except `/healthz`, `/readyz` and `/metrics`,
-  checked before anything else (no validation, no lookup before it); tokens from `api_tokens` and/or
-  `api_token_file` (re-read when the file changes, e.g. a rotated Kubernetes secret), checked by
-  `gl_common.auth` (constant-time), never logged. 401 carries `WWW-Authenticate: Bearer`.
+- auth (`gl_common.auth.bearer_auth`, shared with the watchdog): `Authorization: Bearer <token>` on
+  every route except `/healthz`, `/readyz` and `/metrics`, checked before anything else (no
+  validation, no lookup before it); tokens from `api_tokens` and/or `api_token_file` (re-read when the
+  file changes, e.g. a rotated Kubernetes secret), compared in constant time, never logged. 401
+  carries `WWW-Authenticate: Bearer`; 503 `auth_unavailable` when the token file cannot be read.
 
 Lists: `GET /executions` is paginated (keyset, `next_cursor`, exact `total`); every other list is
 bounded — agents by the registry fixed at start-up, a run's log lines by `limit` and the ring buffer,
@@ -27,15 +28,14 @@ its checkpoints, trace and chain by its DAG's nodes (a DAG document is bounded b
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel
 
-from gl_common import auth
-from gl_common.auth import bearer_token
+from gl_common.auth import TokenSource, bearer_auth
+from gl_common.clock import utc_now
 from gl_common.http import (
     JSON_TYPE,
     ApiError,
@@ -44,14 +44,13 @@ from gl_common.http import (
     parse_json,
     read_body,
 )
-from gl_common.openapi import Answer, Inputs, Route, RouteTable, build_document
+from gl_common.openapi import OPENAPI_KEY, Answer, Inputs, Route, RouteTable, build_document, serve_document
 from orchestrator_core.api_models import (
     PATH_PARAMS,
     AgentList,
     AgentRestart,
     Checkpoints,
     DagPatch,
-    Document,
     EmptyBody,
     ExecuteRequest,
     Execution,
@@ -74,7 +73,6 @@ from orchestrator_core.api_models import (
 from orchestrator_core.dag import MAX_DOCUMENT_DEPTH, MAX_DOCUMENT_VALUES, DagDefinition, load_document
 from orchestrator_core.errors import (
     BadRequest,
-    ConfigError,
     DagValidationError,
     OrchestratorError,
     ServiceUnavailable,
@@ -83,70 +81,15 @@ from orchestrator_core.errors import (
 from orchestrator_core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from orchestrator_core.records import ExecutionOptions, ExecutionRecord
 from orchestrator_core.service import OrchestratorService
-from orchestrator_core.settings import (
-    OrchestratorSettings,
-)
 
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1/orchestrator"
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 API_TITLE = "gl-orchestrator"
 API_VERSION = "1"
 
 SERVICE_KEY = web.AppKey("service", OrchestratorService)
-OPENAPI_KEY = web.AppKey("openapi", dict)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class ApiProblem(ApiError):
-    """An HTTP-level refusal raised inside handlers/middlewares (not a domain error); a 401 carries the
-    `WWW-Authenticate` challenge."""
-
-    def __init__(self, status: int, error: str, detail: str, **extra: Any) -> None:
-        headers = {"WWW-Authenticate": 'Bearer realm="gl-orchestrator"'} if status == 401 else None
-        super().__init__(status, error, detail, headers=headers, **extra)
-
-
-# -- auth -------------------------------------------------------------------------------------------
-
-
-class TokenSource(auth.TokenSource):
-    """Accepted bearer tokens (`gl_common.auth`): `api_tokens` plus the lines of `api_token_file`."""
-
-    @classmethod
-    def from_settings(cls, settings: OrchestratorSettings) -> TokenSource:
-        static = [token.get_secret_value() for token in settings.api_tokens]
-        source = cls(static, settings.api_token_file)
-        source.tokens()  # fail at start-up when the file is unreadable
-        return source
-
-    def tokens(self) -> list[str]:
-        try:
-            return super().tokens()
-        except auth.TokenFileError as exc:
-            raise ConfigError(f"api_token_file: {exc}") from exc
-
-
-def _auth_middleware(tokens: TokenSource) -> Any:
-    @web.middleware
-    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in OPEN_PATHS or not request.path.startswith(API_PREFIX):
-            return await handler(request)
-        presented = bearer_token(request.headers.get("Authorization", ""))
-        if presented is None:
-            raise ApiProblem(401, "unauthorized", "missing bearer token (Authorization: Bearer <token>)")
-        try:
-            accepted = tokens.accepts(presented)
-        except ConfigError as exc:
-            log.error("token source unavailable: %s", exc)
-            raise ApiProblem(503, "auth_unavailable", "the server cannot read its API tokens") from exc
-        if not accepted:
-            raise ApiProblem(401, "unauthorized", "invalid bearer token")
-        return await handler(request)
-
-    return auth
 
 
 # -- errors -----------------------------------------------------------------------------------------
@@ -254,7 +197,7 @@ async def get_execution(request: web.Request, inputs: Inputs) -> web.Response:
 )
 async def get_trace(request: web.Request, inputs: Inputs) -> web.Response:
     trace = await _service(request).engine.get_trace(inputs.path["execution_id"])
-    return _respond(Trace, _fill_durations(trace.to_json(), datetime.now(UTC)))
+    return _respond(Trace, _fill_durations(trace.to_json(), utc_now()))
 
 
 @ROUTE_TABLE.route(
@@ -344,7 +287,7 @@ async def get_checkpoints(request: web.Request, inputs: Inputs) -> web.Response:
 async def register_dag(request: web.Request, inputs: Inputs) -> web.Response:
     body, ctype = await read_body(request, (JSON_TYPE, *YAML_TYPES))
     if not body:
-        raise ApiProblem(400, "malformed_json", "a DAG definition is required in the request body", field="")
+        raise ApiError(400, "malformed_json", "a DAG definition is required in the request body", field="")
     if ctype == JSON_TYPE:
         parse_json(body, max_depth=MAX_DOCUMENT_DEPTH, max_values=MAX_DOCUMENT_VALUES)
     # Duplicate keys, depth, size, unstorable strings (YAML too) -> 400 naming the problem.
@@ -487,9 +430,7 @@ async def restart_agent(request: web.Request, inputs: Inputs) -> web.Response:
     return _respond(AgentRestart, result.to_json())
 
 
-@ROUTE_TABLE.route("GET /openapi.json", "This OpenAPI document", response=Document)
-async def openapi_document(request: web.Request, inputs: Inputs) -> web.Response:
-    return web.json_response(request.app[OPENAPI_KEY])
+serve_document(ROUTE_TABLE)
 
 
 @ROUTE_TABLE.route("GET /healthz", "Liveness", auth=False, prefixed=False, response=Health)
@@ -539,12 +480,12 @@ def build_openapi() -> dict[str, Any]:
 
 
 def build_app(service: OrchestratorService, tokens: TokenSource | None = None) -> web.Application:
-    """The aiohttp application for one service instance."""
-    tokens = tokens or TokenSource.from_settings(service.settings)
+    """The aiohttp application for one service instance (`tokens`: the settings' by default)."""
+    tokens = tokens or service.settings.token_source()
     app = web.Application(
         middlewares=[
             error_middleware(_translate, internal_detail="internal error; see the orchestrator logs"),
-            _auth_middleware(tokens),
+            bearer_auth(tokens, api_prefix=API_PREFIX, service="orchestrator", realm="gl-orchestrator"),
         ],
         client_max_size=service.settings.max_body_bytes,
     )

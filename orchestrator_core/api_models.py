@@ -44,26 +44,12 @@ def _id_text(what: str, max_length: int) -> str:
     return f"{what}: 1-{max_length} of A-Z a-z 0-9 _ . : -, starting with a letter or digit"
 
 
-ExecutionId = Annotated[
-    str,
-    StringConstraints(pattern=_id_pattern(64), max_length=64),
-    Field(description=_id_text("execution id", 64)),
-]
-DagId = Annotated[
-    str,
-    StringConstraints(pattern=_id_pattern(128), max_length=128),
-    Field(description=_id_text("DAG id", 128)),
-]
-NodeId = Annotated[
-    str,
-    StringConstraints(pattern=_id_pattern(128), max_length=128),
-    Field(description=_id_text("node id", 128)),
-]
-AgentId = Annotated[
-    str,
-    StringConstraints(pattern=_id_pattern(128), max_length=128),
-    Field(description=_id_text("agent id", 128)),
-]
+_Id64 = Annotated[str, StringConstraints(pattern=_id_pattern(64), max_length=64)]
+_Id128 = Annotated[str, StringConstraints(pattern=_id_pattern(128), max_length=128)]
+ExecutionId = Annotated[_Id64, Field(description=_id_text("execution id", 64))]
+DagId = Annotated[_Id128, Field(description=_id_text("DAG id", 128))]
+NodeId = Annotated[_Id128, Field(description=_id_text("node id", 128))]
+AgentId = Annotated[_Id128, Field(description=_id_text("agent id", 128))]
 Owner = Annotated[
     str,
     StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$"),
@@ -402,14 +388,6 @@ class NotReady(BaseModel):
     error: Literal["not_ready"]
     detail: str
     checks: dict[str, str]
-
-
-class Document(BaseModel):
-    """An OpenAPI document."""
-
-    model_config = ConfigDict(extra="allow")
-
-    openapi: str
 
 
 # -- the listing cursor -----------------------------------------------------------------------------

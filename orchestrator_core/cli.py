@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import signal
@@ -31,8 +30,9 @@ from typing import Any
 
 from aiohttp import web
 
+from gl_common.auth import is_loopback
 from orchestrator_core.agents import AgentRegistry
-from orchestrator_core.api import TokenSource, build_app
+from orchestrator_core.api import build_app
 from orchestrator_core.dag import load_document
 from orchestrator_core.engine import Engine
 from orchestrator_core.errors import ConfigError, DagValidationError, OrchestratorError
@@ -128,7 +128,7 @@ def _serve_command(args: argparse.Namespace) -> int:
                 f"api_token_file {settings.api_token_file} holds no token (one token per line); "
                 "every API call would be refused"
             )
-        if not _is_loopback(settings.host):
+        if not is_loopback(settings.host):
             raise ConfigError(
                 f"refusing to serve on {settings.host} without API tokens: set GL_ORCHESTRATOR_API_TOKENS "
                 "or GL_ORCHESTRATOR_API_TOKEN_FILE (a generated local token is only used on loopback)"
@@ -139,19 +139,10 @@ def _serve_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 async def serve(settings: OrchestratorSettings, *, stop: asyncio.Event | None = None) -> None:
     """Run the service until SIGTERM/SIGINT (or until `stop` is set), then shut down gracefully."""
     stop = stop or asyncio.Event()
-    tokens = TokenSource.from_settings(settings)
+    tokens = settings.token_source()
     if not tokens.tokens():
         log.warning("no API tokens configured (api_tokens / api_token_file): every API call will get 401")
     loop = asyncio.get_running_loop()

@@ -36,6 +36,7 @@ from typing import Any
 
 import httpx
 
+from gl_common.clock import utc_now
 from orchestrator_core.agents import AgentContext, AgentFn, AgentRegistry
 from orchestrator_core.errors import AgentError, AgentOutputError, RetryableAgentError
 from orchestrator_core.logs import RunLog
@@ -90,7 +91,7 @@ class HttpAgentClient:
         run_log: RunLog | None = None,
         default_timeout: float = DEFAULT_TIMEOUT_SECONDS,
         transport: httpx.AsyncBaseTransport | None = None,
-        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        now: Callable[[], datetime] = utc_now,
     ) -> None:
         self._template = url_template
         self._namespace = namespace

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
 
+from gl_common.clock import utc_now
 from orchestrator_core.events import (
     CheckpointEvent,
     EngineObserver,
@@ -39,7 +40,7 @@ _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) |
 
 
 def _now_iso() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return utc_now().isoformat().replace("+00:00", "Z")
 
 
 class JsonFormatter(logging.Formatter):

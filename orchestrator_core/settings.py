@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from gl_common.auth import TokenFileError, TokenSource
+from gl_common.settings_files import SettingsFileError, ensure_secret_file, read_yaml_mapping
 from orchestrator_core.errors import ConfigError
 
 # Upper bounds of the two live-tunable limits; the settings, `PUT /admin/limits` and the OpenAPI
@@ -96,56 +96,28 @@ class OrchestratorSettings(BaseSettings):
         if self.api_tokens or self.api_token_file is not None:
             return self
         path = self.state_dir / LOCAL_TOKEN_FILE
-        ensure_token_file(path)
+        try:
+            ensure_secret_file(path)
+        except SettingsFileError as exc:
+            raise ConfigError(str(exc)) from exc
         return self.model_copy(update={"api_token_file": path})
 
-    def resolved_api_tokens(self) -> list[str]:
-        """The accepted bearer tokens: `api_tokens` plus one token per non-empty line of `api_token_file`.
+    def token_source(self) -> TokenSource:
+        """The API's bearer tokens: `api_tokens` plus one token per non-empty line of `api_token_file`
+        (re-read when it changes). Raises `ConfigError` when the token file cannot be read now."""
+        source = TokenSource((token.get_secret_value() for token in self.api_tokens), self.api_token_file)
+        try:
+            source.tokens()
+        except TokenFileError as exc:
+            raise ConfigError(f"cannot read api_token_file {exc.path}: {exc.reason}") from exc
+        return source
 
-        Raises `ConfigError` when the token file cannot be read. Never log the result.
-        """
-        tokens = [token.get_secret_value() for token in self.api_tokens if token.get_secret_value()]
-        if self.api_token_file is not None:
-            try:
-                text = self.api_token_file.read_text(encoding="utf-8")
-            except OSError as exc:
-                message = f"cannot read api_token_file {self.api_token_file}: {exc.strerror}"
-                raise ConfigError(message) from exc
-            tokens.extend(line.strip() for line in text.splitlines() if line.strip())
-        return tokens
+    def resolved_api_tokens(self) -> list[str]:
+        """The accepted bearer tokens as they are now (`token_source`). Never log the result."""
+        return self.token_source().tokens()
 
 
 LOCAL_TOKEN_FILE = "orchestrator.token"
-
-
-def ensure_token_file(path: Path) -> None:
-    """Create `path` holding a fresh random token, readable by the owner only, unless it exists."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    except OSError as exc:
-        raise ConfigError(f"cannot create the local API token file {path}: {exc.strerror}") from exc
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(secrets.token_urlsafe(32) + "\n")
-
-
-def _read_yaml(config_path: Path) -> dict[str, Any]:
-    try:
-        text = config_path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {config_path}: {exc.strerror}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {config_path} is not valid YAML: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        kind = type(data).__name__
-        raise ConfigError(f"config file {config_path} must hold a mapping of settings, not {kind}")
-    return data
 
 
 def _describe(exc: ValidationError, origin: str) -> str:
@@ -180,7 +152,10 @@ def load_settings(config_path: Path | str | None = None) -> OrchestratorSettings
         raise ConfigError(_describe_env_parse_error(exc)) from exc
     if config_path is None:
         return from_env
-    file_values = _read_yaml(Path(config_path))
+    try:
+        file_values = read_yaml_mapping(Path(config_path))
+    except SettingsFileError as exc:
+        raise ConfigError(str(exc)) from exc
     merged = {**file_values, **{name: getattr(from_env, name) for name in from_env.model_fields_set}}
     try:
         return OrchestratorSettings.model_validate(merged)

@@ -21,11 +21,11 @@ from watchdog_sdk.errors import KubernetesNotFound, WatchdogError
 from watchdog_sdk.outcomes import Precheck, Risk, VerifyResult
 from watchdog_sdk.playbook import (
     MAX_WAIT_SECONDS,
-    OrchestratorCall,
     Playbook,
     PlaybookContext,
     Step,
     StepRequest,
+    orchestrator_post,
 )
 
 
@@ -116,16 +116,11 @@ class RestartAgentPlaybook(Playbook[RestartAgentParams]):
     async def steps(self, ctx: PlaybookContext, params: RestartAgentParams) -> list[Step[Any]]:
         kube = ctx.kubernetes
         if kube is None:
-
-            async def restart_worker(_request: OrchestratorCall) -> dict[str, Any]:
-                result = await ctx.orchestrator.restart_agent(params.agent_id)
-                return result.model_dump()
-
             return [
-                Step(
+                orchestrator_post(
                     "restart_worker",
-                    OrchestratorCall(method="POST", path=f"/admin/agents/{params.agent_id}/restart"),
-                    restart_worker,
+                    f"/admin/agents/{params.agent_id}/restart",
+                    lambda: ctx.orchestrator.restart_agent(params.agent_id),
                     idempotent=False,
                     description=f"restart the in-process agent worker {params.agent_id} "
                     f"(POST /admin/agents/{params.agent_id}/restart); the hung attempt is retried",

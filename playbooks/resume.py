@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from playbooks import checks, holders
 from watchdog_sdk.errors import WatchdogError
 from watchdog_sdk.outcomes import Precheck, Risk, VerifyResult
-from watchdog_sdk.playbook import MAX_WAIT_SECONDS, OrchestratorCall, Playbook, PlaybookContext, Step
+from watchdog_sdk.playbook import MAX_WAIT_SECONDS, Playbook, PlaybookContext, Step, orchestrator_post
 
 RESUMABLE = frozenset({"cancelled", "failed", "interrupted"})
 
@@ -85,21 +85,17 @@ class ResumePlaybook(Playbook[ResumeParams]):
         return Precheck.passed(f"run is {execution.status} but {verdict.reason}", **facts)
 
     async def steps(self, ctx: PlaybookContext, params: ResumeParams) -> list[Step[Any]]:
-        async def resume(_request: OrchestratorCall) -> dict[str, Any]:
-            result = await ctx.orchestrator.resume(ctx.execution_id)
-            return result.model_dump()
-
-        return [
-            Step(
-                "resume",
-                OrchestratorCall(method="POST", path=f"/executions/{ctx.execution_id}/resume"),
-                resume,
-                idempotent=False,
-                description=f"resume execution {ctx.execution_id} from its checkpoints "
-                "(completed nodes skipped)",
-                target=ctx.execution_id,
-            )
-        ]
+        execution_id = ctx.execution_id
+        what = f"resume execution {execution_id} from its checkpoints (completed nodes skipped)"
+        resume = orchestrator_post(
+            "resume",
+            f"/executions/{execution_id}/resume",
+            lambda: ctx.orchestrator.resume(execution_id),
+            idempotent=False,
+            description=what,
+            target=execution_id,
+        )
+        return [resume]
 
     async def verify(self, ctx: PlaybookContext, params: ResumeParams) -> VerifyResult:
         found = await checks.run_completion_checks(ctx, params.verify_timeout_seconds)

@@ -193,6 +193,15 @@ class PrometheusProcess(_Process):
     async def aquery(self, promql: str) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.query, promql)
 
+    def wait_for_result(self, promql: str, within: float = 30.0) -> list[dict[str, Any]]:
+        """Poll `promql` (every 0.2 s) until it returns a result, e.g. once a target is scraped; fail
+        the test after `within` seconds."""
+        deadline = time.monotonic() + within
+        while not (results := self.query(promql)):
+            assert time.monotonic() < deadline, f"Prometheus never answered {promql}"
+            time.sleep(0.2)
+        return results
+
     def alerts(self) -> list[dict[str, Any]]:
         """Prometheus' view of alerts (pending and firing)."""
         return list(_get_json(f"{self.url}/api/v1/alerts")["data"]["alerts"])

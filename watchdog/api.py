@@ -41,7 +41,7 @@ from gl_common.http import (
     parse_json,
     read_body,
 )
-from gl_common.openapi import Answer, Inputs, Route, RouteTable, build_document
+from gl_common.openapi import OPENAPI_KEY, Answer, Inputs, Route, RouteTable, build_document, serve_document
 from watchdog import web as approval_web
 from watchdog.api_models import (
     PATH_PARAMS,
@@ -50,7 +50,6 @@ from watchdog.api_models import (
     ApprovalOut,
     AuditOut,
     DiagnosisStarted,
-    Document,
     EmptyBody,
     Health,
     IncidentDetailOut,
@@ -83,7 +82,6 @@ INCIDENTS_KEY: Final = web.AppKey("incidents", IncidentService)
 DIAGNOSIS_KEY: Final = web.AppKey("diagnosis", DiagnosisService)
 STORE_KEY: Final = web.AppKey("store", WatchdogStore)
 METRICS_KEY: Final = web.AppKey("metrics", WatchdogMetrics)
-OPENAPI_KEY: Final = web.AppKey("openapi", dict[str, Any])
 READINESS_KEY: Final = web.AppKey("readiness", DependencyMonitor)
 
 ROUTE_TABLE = RouteTable(API_PREFIX, path_params=PATH_PARAMS, body_invalid=(422, "invalid_payload"))
@@ -226,9 +224,7 @@ async def diagnose_incident(request: web.Request, inputs: Inputs) -> web.Respons
     return json_model_response(DiagnosisStarted(incident=IncidentOut.of(incident), diagnosis="started"), 202)
 
 
-@ROUTE_TABLE.route("GET /openapi.json", "This OpenAPI document", response=Document)
-async def openapi_document(request: web.Request, inputs: Inputs) -> web.Response:
-    return web.json_response(request.app[OPENAPI_KEY])
+serve_document(ROUTE_TABLE)
 
 
 @ROUTE_TABLE.route(

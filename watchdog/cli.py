@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import signal
@@ -38,6 +37,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from gl_common.auth import is_loopback
 from watchdog import remediation_cli
 from watchdog.api_models import ExecutionId
 from watchdog.assembly import build_watchdog, create_app
@@ -100,15 +100,6 @@ def execution_id_argument(value: str) -> str:
         ) from None
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 # -- serve ------------------------------------------------------------------------------------------
 
 
@@ -116,7 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the watchdog service until SIGINT/SIGTERM."""
     settings = _settings(args, host=args.host, port=args.port)
     _setup_logging(settings.log_level)
-    if not settings.api_tokens and not _is_loopback(settings.host):
+    if not settings.api_tokens and not is_loopback(settings.host):
         raise CliError(
             f"refusing to serve on {settings.host} without API tokens: set GL_WATCHDOG_API_TOKENS "
             "or api_token_file (without tokens the API is only served on a loopback address)",

@@ -12,27 +12,24 @@ install their `gl_common.openapi.RouteTable`s on it. The error shape and request
   413 `body_too_large`, 415, 422 `invalid_payload` (a body field, named), 503 a backend (the store
   included) unreachable or the token file unreadable, 500 anything else (logged with its traceback,
   answered without one);
-- auth, before any validation or lookup: the route the request matched (`gl_common.openapi.route_of`)
-  says what it takes. `auth=False` routes (health, metrics, the OpenAPI document, the approval page)
-  pass; a route with `alt_auth` (the approval API) passes without a bearer token to its handler, which
-  checks the link token itself (`watchdog.web`); every other route, and any unmatched path under
-  `/api/v1`, needs `Authorization: Bearer <token>` (`gl_common.auth`: constant time, the token file
-  re-read when it changes); a bearer token given to the approval API must be valid too. Without a
-  configured token every such call gets a 401. Each refusal is counted, and logged at a bounded rate
-  per source (`watchdog.auth_failures`).
+- auth, before any validation or lookup: `gl_common.auth.bearer_auth`, shared with the orchestrator.
+  The route the request matched says what it takes: `auth=False` routes (health, metrics, the OpenAPI
+  document, the approval page) pass; a route with `alt_auth` (the approval API) passes without a
+  bearer token to its handler, which checks the link token itself (`watchdog.web`); every other
+  route, and any unmatched path under `/api/v1`, needs `Authorization: Bearer <token>`; a bearer token
+  given to the approval API must be valid too. Without a configured token every such call gets a 401.
+  Each refusal is counted, and logged at a bounded rate per source (`watchdog.auth_failures`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Final
 
 from aiohttp import web
 
-from gl_common.auth import TokenFileError, TokenSource, bearer_token
+from gl_common.auth import OnRefusal, TokenSource, authenticated, bearer_auth, challenge
 from gl_common.http import ApiError, error_middleware
-from gl_common.openapi import route_of
 from watchdog.auth_failures import AuthFailures
 from watchdog.errors import (
     ApprovalClosed,
@@ -49,12 +46,9 @@ __all__ = ["AUTH_FAILURES_KEY", "ApiError", "authenticated", "new_application", 
 log = logging.getLogger(__name__)
 
 API_PREFIX: Final = "/api/v1/"
-REALM: Final = 'Bearer realm="gl-watchdog"'
+REALM: Final = "gl-watchdog"
 TOKENS_KEY: Final = web.AppKey("tokens", TokenSource)
 AUTH_FAILURES_KEY: Final = web.AppKey("auth_failures", AuthFailures)
-_BEARER_ACCEPTED: Final = web.RequestKey("bearer_accepted", bool)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def translate(request: web.Request, exc: Exception) -> ApiError | None:
@@ -67,9 +61,6 @@ def translate(request: web.Request, exc: Exception) -> ApiError | None:
         return ApiError(409, exc.state, str(exc))
     if isinstance(exc, InvalidToken):
         return ApiError(403, "invalid_token", str(exc))
-    if isinstance(exc, TokenFileError):
-        log.error("%s %s: API tokens unavailable: %s", request.method, request.path, exc)
-        return ApiError(503, "auth_unavailable", "the watchdog cannot read its API tokens")
     if isinstance(exc, BackendUnavailable):
         log.warning("%s %s: backend unavailable: %s", request.method, request.path, exc)
         return ApiError(503, "unavailable", str(exc))
@@ -81,7 +72,7 @@ def translate(request: web.Request, exc: Exception) -> ApiError | None:
 
 def unauthorized(detail: str) -> ApiError:
     """A 401 with the challenge header."""
-    return ApiError(401, "unauthorized", detail, headers={"WWW-Authenticate": REALM})
+    return ApiError(401, "unauthorized", detail, headers=challenge(REALM))
 
 
 def source_of(request: web.Request) -> str:
@@ -89,39 +80,11 @@ def source_of(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
-def authenticated(request: web.Request) -> bool:
-    """True when the auth middleware accepted the request's bearer token."""
-    return request.get(_BEARER_ACCEPTED) is True
-
-
-def _auth_middleware(
-    tokens: TokenSource, failures: AuthFailures
-) -> Callable[..., Awaitable[web.StreamResponse]]:
-    def refuse(request: web.Request, reason: str, detail: str) -> ApiError:
+def _count_refusal(failures: AuthFailures) -> OnRefusal:
+    def refused(request: web.Request, reason: str, detail: str) -> None:
         failures.refused(source_of(request), reason, f"{request.method} {request.path}: {detail}")
-        return unauthorized(detail)
 
-    @web.middleware
-    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        route = route_of(request)
-        needs_bearer = request.path.startswith(API_PREFIX) if route is None else route.auth
-        presented = bearer_token(request.headers.get("Authorization", ""))
-        if not needs_bearer or (presented is None and route is not None and route.alt_auth):
-            return await handler(request)
-        if not tokens.tokens():
-            raise refuse(
-                request,
-                "no_token_configured",
-                "the watchdog has no API token configured; every API call is refused",
-            )
-        if presented is None:
-            raise refuse(request, "missing_token", "missing bearer token (Authorization: Bearer <token>)")
-        if not tokens.accepts(presented):
-            raise refuse(request, "invalid_token", "invalid bearer token")
-        request[_BEARER_ACCEPTED] = True
-        return await handler(request)
-
-    return auth
+    return refused
 
 
 def new_application(
@@ -136,7 +99,13 @@ def new_application(
                 internal_detail="internal error; see the watchdog log",
                 error_codes={413: "body_too_large"},
             ),
-            _auth_middleware(tokens, auth_failures),
+            bearer_auth(
+                tokens,
+                api_prefix=API_PREFIX,
+                service="watchdog",
+                realm=REALM,
+                on_refusal=_count_refusal(auth_failures),
+            ),
         ],
     )
     app[TOKENS_KEY] = tokens

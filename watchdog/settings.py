@@ -13,17 +13,16 @@ plain value. Secrets are `SecretStr`, so they never show up in reprs or logs.
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
 
 from gl_common.auth import TokenSource
+from gl_common.settings_files import SettingsFileError, ensure_secret_file, read_yaml_mapping
 from watchdog_sdk.constants import ORCHESTRATOR_APP_SELECTOR
 from watchdog_sdk.diagnostic_step import DiagnosticSettings
 from watchdog_sdk.errors import ConfigError
@@ -152,17 +151,19 @@ class WatchdogSettings(BaseSettings):
         if self.orchestrator_token is None and orchestrator_file.is_file():
             update["orchestrator_token"] = SecretStr(_read_secret(orchestrator_file, "orchestrator.token"))
         own_token = self.state_dir / "watchdog.token"
-        if not self.api_tokens:
-            if create:
-                _ensure_secret_file(own_token)
-            if own_token.is_file():
-                update["api_tokens"] = [SecretStr(_read_secret(own_token, "watchdog.token"))]
         signing_key = self.state_dir / "signing.key"
-        if self.approval_signing_key is None:
-            if create:
-                _ensure_secret_file(signing_key)
-            if signing_key.is_file():
-                update["approval_signing_key"] = SecretStr(_read_secret(signing_key, "signing.key"))
+        if create:
+            wanted = [(own_token, not self.api_tokens), (signing_key, self.approval_signing_key is None)]
+            try:
+                for path, missing in wanted:
+                    if missing:
+                        ensure_secret_file(path)
+            except SettingsFileError as exc:
+                raise ConfigError(str(exc)) from exc
+        if not self.api_tokens and own_token.is_file():
+            update["api_tokens"] = [SecretStr(_read_secret(own_token, "watchdog.token"))]
+        if self.approval_signing_key is None and signing_key.is_file():
+            update["approval_signing_key"] = SecretStr(_read_secret(signing_key, "signing.key"))
         return self.model_copy(update=update) if update else self
 
     def token_source(self) -> TokenSource:
@@ -189,19 +190,6 @@ class WatchdogSettings(BaseSettings):
         return None if self.orchestrator_token is None else self.orchestrator_token.get_secret_value()
 
 
-def _ensure_secret_file(path: Path) -> None:
-    """Create `path` with a fresh random secret, readable by the owner only, unless it exists."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    except OSError as exc:
-        raise ConfigError(f"cannot create the local secret file {path}: {exc.strerror or exc}") from exc
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(secrets.token_urlsafe(32) + "\n")
-
-
 def _read_secret(path: Path, field: str) -> str:
     try:
         text = path.read_text(encoding="utf-8").strip()
@@ -210,22 +198,6 @@ def _read_secret(path: Path, field: str) -> str:
     if not text:
         raise ValueError(f"{field}: {path} is empty")
     return text
-
-
-def _read_yaml(config_path: Path) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {config_path}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {config_path} is not valid YAML: {exc}") from exc
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(
-            f"config file {config_path} must hold a mapping of settings, not {type(raw).__name__}"
-        )
-    return {str(key): value for key, value in raw.items()}
 
 
 def _describe(exc: ValidationError) -> str:
@@ -241,7 +213,10 @@ def load_settings(config_path: str | Path | None = None, **overrides: Any) -> Wa
 
     Raises ConfigError with every offending field named when anything is invalid.
     """
-    values: dict[str, Any] = _read_yaml(Path(config_path)) if config_path is not None else {}
+    try:
+        values = read_yaml_mapping(Path(config_path)) if config_path is not None else {}
+    except SettingsFileError as exc:
+        raise ConfigError(str(exc)) from exc
     try:
         env_values = EnvSettingsSource(WatchdogSettings)()
     except SettingsError as exc:

@@ -39,11 +39,12 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from typing import Any, Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from gl_common.clock import utc_now
 from watchdog.condition import ConditionEvaluator, ConditionResult
 from watchdog.incidents import IncidentService
 from watchdog.metrics import WatchdogMetrics
@@ -340,7 +341,7 @@ class Sweeper:
             max_instances=1,
             coalesce=True,
             misfire_grace_time=max(1, int(self.interval_seconds)),
-            next_run_time=datetime.now(UTC),
+            next_run_time=utc_now(),
         )
         scheduler.add_job(
             self._scheduled_renew,

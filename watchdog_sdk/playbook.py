@@ -121,6 +121,25 @@ class Step(Generic[R]):
         )
 
 
+def orchestrator_post(
+    name: str,
+    path: str,
+    call: Callable[[], Awaitable[BaseModel]],
+    *,
+    idempotent: bool,
+    description: str,
+    target: str,
+) -> Step[OrchestratorCall]:
+    """A step that is one POST to the orchestrator's API: recorded as `POST <path>`, carried out by
+    `call` (the typed client's method), whose answer is the step's result."""
+
+    async def action(_request: OrchestratorCall) -> dict[str, Any]:
+        return (await call()).model_dump()
+
+    request = OrchestratorCall(method="POST", path=path)
+    return Step(name, request, action, idempotent=idempotent, description=description, target=target)
+
+
 async def run_step(ctx: PlaybookContext, playbook: str, step: Step[Any]) -> StepResult:
     """Run one step at most once per incident, recorded in the ledger before and after."""
     key = idempotency_key(ctx.incident_id, playbook, step.name)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from gl_common.http import ApiError, error_middleware, json_model_response
 from gl_common.openapi import Inputs, RouteTable, build_document
+from tests.conftest import serving
 
 ThingId = Annotated[str, StringConstraints(pattern=r"^[a-z]{1,8}$")]
 
@@ -71,16 +72,8 @@ async def app_client(
     table = make_table(calls)
     app = web.Application(middlewares=[error_middleware(_never)])
     table.install(app)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            yield client, calls, table
-    finally:
-        await runner.cleanup()
+    async with serving(app) as client:
+        yield client, calls, table
 
 
 async def test_valid_requests_reach_the_handler_with_typed_values(app_client: Any) -> None:

@@ -22,6 +22,17 @@ PRODUCTION_VALUES = CHART_DIR / "values-production.yaml"
 RELEASE = "gl-watchdog"
 NAMESPACE = "greenlang"
 KUBE_VERSIONS = ("1.29", "1.33")
+# The two Deployments, and the values of a release on an external database and Redis.
+ORCHESTRATOR = "orchestrator-service"
+WATCHDOG = "gl-watchdog"
+EXTERNAL = {
+    "database": {
+        "external": True,
+        "orchestratorUrl": "postgresql+asyncpg://o:pw@pg:5432/orchestrator",
+        "watchdogUrl": "postgresql+asyncpg://w:pw@pg:5432/watchdog",
+    },
+    "redis": {"enabled": True, "url": "redis://:pw@redis:6379/0"},
+}
 
 Manifest = dict[str, Any]
 Render = Callable[..., list[Manifest]]

@@ -1,8 +1,13 @@
-"""Fixtures of the orchestrator tests: an engine on a real store, recording agents, a fake clock.
+"""Fixtures of the orchestrator tests: an engine on a real store, recording agents, a fake clock; and
+the service behind its API on loopback.
 
 `harness` gives an `Engine` on the parametrized `database_url` (SQLite file and PostgreSQL), with the
 built-in agents plus the recording test agents below, and a `RecordingObserver`. Tests drive runs
 with tiny real delays or the `FakeClock` (retry/backoff sleeps return at once and are recorded).
+
+`h` gives the real `OrchestratorService` behind its real aiohttp app on loopback
+(`tests.orchestrator.service_harness`), with the built-in agents and the `test.gate` agent of
+`gates`; a module overrides `service_settings` to serve with other settings.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from orchestrator_core.engine import Engine
 from orchestrator_core.events import RecordingObserver
 from orchestrator_core.records import ExecutionOptions
 from orchestrator_core.settings import OrchestratorSettings
+from tests.orchestrator import service_harness
 
 
 class FakeClock:
@@ -172,3 +178,28 @@ async def harness(database_url: str) -> AsyncIterator[Harness]:
         yield Harness(engine, observer, calls, clock, database_url)
     finally:
         await engine.close()
+
+
+# -- the service on loopback --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gates() -> service_harness.Gates:
+    """The served `test.gate` agent: each attempt waits until the test opens its gate."""
+    return service_harness.Gates()
+
+
+@pytest.fixture
+def service_settings(sqlite_url: str) -> OrchestratorSettings:
+    """The settings `h` serves with (a module overrides this fixture for others)."""
+    return service_harness.make_settings(sqlite_url)
+
+
+@pytest.fixture
+async def h(
+    _no_pending_tasks: None, service_settings: OrchestratorSettings, gates: service_harness.Gates
+) -> AsyncIterator[service_harness.Harness]:
+    """The real service behind its real API on loopback, with the built-in agents and `test.gate`."""
+    registry = service_harness.make_registry(gates)
+    async with service_harness.running_service(service_settings, registry=registry) as harness:
+        yield harness

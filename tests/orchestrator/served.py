@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from orchestrator_core.settings import OrchestratorSettings
 from orchestrator_core.store.schema import dags, executions, limit_overrides
-from tests.orchestrator.test_service_harness import TOKEN, Harness, make_settings, running_service
+from tests.orchestrator.service_harness import TOKEN, Harness, make_settings, running_service
 
 T = TypeVar("T")
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

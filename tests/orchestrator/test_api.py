@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -11,29 +10,17 @@ import pytest
 
 from orchestrator_core.api import API_PREFIX, ROUTES
 from tests.conftest import free_port
-from tests.orchestrator.test_service_harness import (
+from tests.orchestrator.service_harness import (
     API,
     TOKEN,
     Gates,
     Harness,
     chain_dag,
-    make_registry,
     make_settings,
     running_service,
 )
 
 pytestmark = pytest.mark.usefixtures("_no_pending_tasks")
-
-
-@pytest.fixture
-def gates() -> Gates:
-    return Gates()
-
-
-@pytest.fixture
-async def h(_no_pending_tasks: None, sqlite_url: str, gates: Gates) -> AsyncIterator[Harness]:
-    async with running_service(make_settings(sqlite_url), registry=make_registry(gates)) as harness:
-        yield harness
 
 
 def _concrete(path: str) -> str:

@@ -3,25 +3,16 @@ names the problem, and nothing stored or changed behind the refusal."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from tests.orchestrator.test_service_harness import (
+from tests.orchestrator.service_harness import (
     Harness,
     chain_dag,
-    make_settings,
-    running_service,
 )
 
 pytestmark = pytest.mark.usefixtures("_no_pending_tasks")
-
-
-@pytest.fixture
-async def h(_no_pending_tasks: None, sqlite_url: str) -> AsyncIterator[Harness]:
-    async with running_service(make_settings(sqlite_url)) as harness:
-        yield harness
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ PostgreSQL, through the real app (runs are inserted into the real store with cho
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,9 +12,10 @@ import pytest
 import sqlalchemy as sa
 
 from orchestrator_core.records import ExecutionOptions, ExecutionRecord
+from orchestrator_core.settings import OrchestratorSettings
 from orchestrator_core.store.listing import ORDER_KEY
 from orchestrator_core.store.schema import executions
-from tests.orchestrator.test_service_harness import Harness, make_settings, running_service
+from tests.orchestrator.service_harness import Harness, make_settings, running_service
 
 pytestmark = pytest.mark.usefixtures("_no_pending_tasks")
 
@@ -23,11 +23,8 @@ NOW = datetime.now(UTC)
 
 
 @pytest.fixture
-async def h(_no_pending_tasks: None, database_url: str) -> AsyncIterator[Harness]:
-    async with running_service(
-        make_settings(database_url, default_execution_timeout_seconds=3600)
-    ) as harness:
-        yield harness
+def service_settings(database_url: str) -> OrchestratorSettings:
+    return make_settings(database_url, default_execution_timeout_seconds=3600)
 
 
 async def add(

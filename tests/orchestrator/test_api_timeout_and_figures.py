@@ -4,19 +4,16 @@ that diagnosis steps 5 and 8 read instead of the Prometheus page."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator_core.metrics import M_EXECUTION_TIMEOUT, OrchestratorMetrics
-from tests.orchestrator.test_service_harness import (
+from orchestrator_core.settings import OrchestratorSettings
+from tests.orchestrator.service_harness import (
     Gates,
     Harness,
     chain_dag,
-    make_registry,
     make_settings,
-    running_service,
 )
 
 pytestmark = pytest.mark.usefixtures("_no_pending_tasks")
@@ -43,15 +40,8 @@ def test_the_timeout_gauge_is_the_dag_s_own_else_the_default(
 
 
 @pytest.fixture
-def gates() -> Gates:
-    return Gates()
-
-
-@pytest.fixture
-async def h(_no_pending_tasks: None, sqlite_url: str, gates: Gates) -> AsyncIterator[Harness]:
-    settings = make_settings(sqlite_url, default_execution_timeout_seconds=900)
-    async with running_service(settings, registry=make_registry(gates)) as harness:
-        yield harness
+def service_settings(sqlite_url: str) -> OrchestratorSettings:
+    return make_settings(sqlite_url, default_execution_timeout_seconds=900)
 
 
 async def test_a_run_of_a_dag_without_a_timeout_is_shown_and_gauged_with_the_default(

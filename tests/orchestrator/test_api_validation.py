@@ -5,14 +5,13 @@ methods."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 import httpx
 import pytest
 
 from orchestrator_core.api import ROUTES
-from tests.orchestrator.test_service_harness import Harness, chain_dag, make_settings, running_service
+from tests.orchestrator.service_harness import Harness, chain_dag
 
 pytestmark = pytest.mark.usefixtures("_no_pending_tasks")
 
@@ -28,12 +27,6 @@ BAD_IDS = {
     "non-ascii": "é",
     "too-long": "a" * 129,
 }
-
-
-@pytest.fixture
-async def h(_no_pending_tasks: None, sqlite_url: str) -> AsyncIterator[Harness]:
-    async with running_service(make_settings(sqlite_url)) as harness:
-        yield harness
 
 
 def _path(route_path: str, value: str) -> str:

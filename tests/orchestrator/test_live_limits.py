@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.orchestrator.test_service_harness import (
+from tests.orchestrator.service_harness import (
     Gates,
     chain_dag,
     make_registry,

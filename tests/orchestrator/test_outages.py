@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from orchestrator_core.service import OrchestratorService
+from tests.orchestrator.service_harness import chain_dag, make_settings, running_service
 from tests.orchestrator.tcp_proxy import proxied
-from tests.orchestrator.test_service_harness import chain_dag, make_settings, running_service
 
 pytestmark = pytest.mark.usefixtures("_no_pending_tasks")
 

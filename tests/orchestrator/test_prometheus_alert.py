@@ -7,13 +7,12 @@ first; the runbook's printed expression returns nothing (why the shipped rule di
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.orchestrator.test_service_harness import Harness, make_settings, running_service
+from tests.orchestrator.service_harness import Harness
 from tests.promstack import PrometheusProcess, start_prometheus
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
@@ -51,12 +50,6 @@ async def until(
             if check(result):
                 return result
             await asyncio.sleep(0.25)
-
-
-@pytest.fixture
-async def h(_no_pending_tasks: None, sqlite_url: str) -> AsyncIterator[Harness]:
-    async with running_service(make_settings(sqlite_url)) as harness:
-        yield harness
 
 
 async def test_shipped_alert_returns_exactly_the_runs_over_their_timeout(h: Harness) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.orchestrator.conftest import wait_until
-from tests.orchestrator.test_service_harness import (
+from tests.orchestrator.service_harness import (
     Gates,
     chain_dag,
     make_registry,

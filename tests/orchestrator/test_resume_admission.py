@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator_core.agents import AgentContext
 from tests.orchestrator.conftest import wait_until
-from tests.orchestrator.test_service_harness import (
+from tests.orchestrator.service_harness import (
     Gates,
     Harness,
     chain_dag,

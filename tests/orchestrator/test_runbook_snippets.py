@@ -11,19 +11,15 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from tests.conftest import missing_service
-from tests.orchestrator.test_service_harness import (
+from tests.orchestrator.service_harness import (
     TOKEN,
     Gates,
     Harness,
-    make_registry,
-    make_settings,
-    running_service,
 )
 
 
@@ -236,17 +232,6 @@ async def run_snippet(h: Harness, snippet: str, **placeholders: str) -> str:
         f"snippet failed ({process.returncode}):\n{stdout.decode()}\n{stderr.decode()}"
     )
     return stdout.decode()
-
-
-@pytest.fixture
-def gates() -> Gates:
-    return Gates()
-
-
-@pytest.fixture
-async def h(_no_pending_tasks: None, sqlite_url: str, gates: Gates) -> AsyncIterator[Harness]:
-    async with running_service(make_settings(sqlite_url), registry=make_registry(gates)) as harness:
-        yield harness
 
 
 async def stuck_run(h: Harness, gates: Gates) -> dict[str, Any]:

@@ -15,9 +15,9 @@ from aiohttp import web
 from orchestrator_core.errors import LockBackendUnavailable, ServiceUnavailable
 from orchestrator_core.locks import InProcessLockBackend, InProcessLockSpace, lock_key
 from orchestrator_core.service import OrchestratorService
-from orchestrator_core.settings import load_settings
+from orchestrator_core.settings import OrchestratorSettings, load_settings
 from tests.conftest import free_port
-from tests.orchestrator.test_service_harness import (
+from tests.orchestrator.service_harness import (
     Gates,
     Harness,
     chain_dag,
@@ -28,15 +28,8 @@ from tests.orchestrator.test_service_harness import (
 
 
 @pytest.fixture
-def gates() -> Gates:
-    return Gates()
-
-
-@pytest.fixture
-async def h(_no_pending_tasks: None, sqlite_url: str, gates: Gates) -> AsyncIterator[Harness]:
-    settings = make_settings(sqlite_url, max_concurrent_executions=1)
-    async with running_service(settings, registry=make_registry(gates)) as harness:
-        yield harness
+def service_settings(sqlite_url: str) -> OrchestratorSettings:
+    return make_settings(sqlite_url, max_concurrent_executions=1)
 
 
 def gate_dag(dag_id: str, gate: str | None = None, **fields: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import pytest
 from gl_common.clock import Clock, SystemClock
 from playbooks.registry import default_registry
 from tests.conftest import fresh_postgres_database
-from tests.orchestrator.test_service_harness import (
+from tests.orchestrator.service_harness import (
     TOKEN,
     Gates,
     Harness,

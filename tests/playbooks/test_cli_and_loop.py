@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator_core.emissions import emissions_dag, emissions_demo_input
-from tests.orchestrator.test_service_harness import TOKEN
+from tests.orchestrator.service_harness import TOKEN
 from tests.playbooks.conftest import Env, gate_dag
 from tests.watchdog.conftest import FakeClock
 from watchdog.approvals import Decision

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from orchestrator_core.emissions import emissions_dag, emissions_demo_input
-from tests.orchestrator.test_service_harness import Harness
+from tests.orchestrator.service_harness import Harness
 from watchdog.assembly import Watchdog
 
 API_TOKEN = "watchdog-api-token-0123456789"

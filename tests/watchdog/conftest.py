@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from tests.conftest import free_port
-from tests.orchestrator.test_service_harness import TOKEN, make_settings, running_service
+from tests.orchestrator.service_harness import TOKEN, make_settings, running_service
 from tests.watchdog.approval_stack import API_TOKEN, Stack
 from tests.watchdog.fake_kube import FakeKubeApi
 from tests.watchdog.orchestrators import ORCH_API, ORCH_BASE, OrchestratorProcess

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import free_port
-from tests.orchestrator.test_service_harness import TOKEN, Harness, chain_dag, make_settings, running_service
+from tests.orchestrator.service_harness import TOKEN, Harness, chain_dag, make_settings, running_service
 from tests.watchdog.conftest import ScriptedDiagnose, make_plan
 from watchdog.approvals import Decision
 from watchdog.assembly import build_watchdog, create_app

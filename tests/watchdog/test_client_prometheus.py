@@ -37,10 +37,7 @@ def prometheus() -> Iterator[PrometheusProcess]:
     gauge.labels("ex-1", "emissions", "running").set(901.5)
     gauge.labels("ex-2", "emissions", "running").set(12.0)
     with prometheus_scraping(registry) as prom:
-        deadline = time.monotonic() + 20
-        while not prom.query("gl_orchestrator_dag_execution_duration_seconds"):
-            assert time.monotonic() < deadline, "exporter never scraped"
-            time.sleep(0.2)
+        prom.wait_for_result("gl_orchestrator_dag_execution_duration_seconds", within=20)
         yield prom
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,11 +35,25 @@ async def orch() -> AsyncIterator[tuple[FakeOrchestrator, OrchestratorClient]]:
     await client.aclose()
 
 
-async def test_over_timeout_is_pending_then_firing_after_for_duration(orch: Any) -> None:
+@dataclass
+class ApiOnly:
+    """The condition over the faked orchestrator API alone (no Prometheus), `for` = 10 min, at T0."""
+
+    fake: FakeOrchestrator
+    clock: FakeClock
+    cond: ConditionEvaluator
+
+
+@pytest.fixture
+def api_only(orch: tuple[FakeOrchestrator, OrchestratorClient]) -> ApiOnly:
     fake, client = orch
     clock = FakeClock(T0)
+    return ApiOnly(fake, clock, ConditionEvaluator(client, None, for_duration=FOR, clock=clock))
+
+
+async def test_over_timeout_is_pending_then_firing_after_for_duration(api_only: ApiOnly) -> None:
+    fake, clock, cond = api_only.fake, api_only.clock, api_only.cond
     fake.add("e1", "d1", started_at=T0 - timedelta(seconds=130), timeout=120)  # 10 s over
-    cond = ConditionEvaluator(client, None, for_duration=FOR, clock=clock)
 
     first = await cond.evaluate()
     assert first.source is Source.API and first.fallback_reason is None
@@ -62,11 +77,9 @@ async def test_run_under_its_timeout_is_inactive(orch: Any) -> None:
     assert e1.state is AlertState.INACTIVE and not e1.over and e1.active_since is None
 
 
-async def test_a_dip_resets_the_for_clock(orch: Any) -> None:
-    fake, client = orch
-    clock = FakeClock(T0)
+async def test_a_dip_resets_the_for_clock(api_only: ApiOnly) -> None:
+    fake, clock, cond = api_only.fake, api_only.clock, api_only.cond
     fake.add("e1", "d1", started_at=T0 - timedelta(seconds=200), timeout=100)
-    cond = ConditionEvaluator(client, None, for_duration=FOR, clock=clock)
     await cond.evaluate()
     clock.advance(300)
     fake.add("e1", "d1", started_at=T0 - timedelta(seconds=200), timeout=10_000)  # timeout raised: not over
@@ -79,11 +92,9 @@ async def test_a_dip_resets_the_for_clock(orch: Any) -> None:
     assert (await cond.evaluate()).executions[0].state is AlertState.PENDING
 
 
-async def test_a_finished_run_is_forgotten(orch: Any) -> None:
-    fake, client = orch
-    clock = FakeClock(T0)
+async def test_a_finished_run_is_forgotten(api_only: ApiOnly) -> None:
+    fake, clock, cond = api_only.fake, api_only.clock, api_only.cond
     fake.add("e1", "d1", started_at=T0 - timedelta(seconds=200), timeout=100)
-    cond = ConditionEvaluator(client, None, for_duration=FOR, clock=clock)
     await cond.evaluate()
     del fake.running["e1"]
     clock.advance(FOR.total_seconds())
@@ -92,11 +103,9 @@ async def test_a_finished_run_is_forgotten(orch: Any) -> None:
     assert (await cond.evaluate()).executions[0].state is AlertState.PENDING
 
 
-async def test_two_runs_of_one_dag_are_tracked_separately(orch: Any) -> None:
-    fake, client = orch
-    clock = FakeClock(T0)
+async def test_two_runs_of_one_dag_are_tracked_separately(api_only: ApiOnly) -> None:
+    fake, clock, cond = api_only.fake, api_only.clock, api_only.cond
     fake.add("e1", "d1", started_at=T0 - timedelta(seconds=500), timeout=100)
-    cond = ConditionEvaluator(client, None, for_duration=FOR, clock=clock)
     await cond.evaluate()
     clock.advance(300)
     fake.add("e2", "d1", started_at=T0 - timedelta(seconds=500), timeout=100)

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from orchestrator_core.emissions import emissions_dag, emissions_demo_input
 from tests.conftest import free_port, wait_for_port
-from tests.orchestrator.test_service_harness import TOKEN, Harness, make_settings, running_service
+from tests.orchestrator.service_harness import TOKEN, Harness, make_settings, running_service
 from watchdog.store import WatchdogStore
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,5 @@
-"""The runner: order and concurrency of steps, resilience to failing/hanging steps, the likely cause."""
+"""The runner: order and concurrency of steps, resilience to failing/hanging steps, and the diagnosis of
+real stuck runs (hung agent vs slow node). The likely-cause rules alone: test_likely_cause.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import respx
 
-from tests.orchestrator.test_service_harness import (
+from tests.orchestrator.service_harness import (
     TOKEN,
     Gates,
     Harness,
@@ -22,7 +23,7 @@ from tests.watchdog.fake_kube import FakeKubeApi, make_pod
 from tests.watchdog.orchestrators import ORCH_BASE, execution_json, trace_json
 from watchdog.diagnostics import step4_agent
 from watchdog.diagnostics.render import to_table
-from watchdog.diagnostics.runner import STEPS, diagnose, diagnoser, likely_cause
+from watchdog.diagnostics.runner import STEPS, diagnose, diagnoser
 from watchdog_sdk.clients import Clients
 from watchdog_sdk.clients.kubernetes import KubernetesClient
 from watchdog_sdk.clients.orchestrator import NodeTrace, OrchestratorClient
@@ -196,97 +197,6 @@ def test_default_steps_are_the_runbooks_eight() -> None:
     ]
 
 
-# -- likely cause rules -------------------------------------------------------------------------------
-
-
-def _f(step: int, status: StepStatus = StepStatus.OK, /, **evidence: Any) -> Finding:
-    return finding(step, f"s{step}", status, f"summary {step}", **evidence)
-
-
-def _base(**overrides: Finding) -> list[Finding]:
-    findings = {
-        1: _f(1, StepStatus.PROBLEM, status="running"),
-        2: _f(2, StepStatus.PROBLEM),
-        3: _f(3, StepStatus.PROBLEM, node_status="running", within_own_timeout=None),
-        4: _f(4, StepStatus.UNKNOWN),
-        5: _f(5),
-        6: _f(6, StepStatus.UNKNOWN),
-        7: _f(7),
-        8: _f(8),
-    }
-    for key, value in overrides.items():
-        findings[int(key[1:])] = value
-    return list(findings.values())
-
-
-def test_cause_agent_crash_loop() -> None:
-    s4 = _f(4, StepStatus.PROBLEM, pod_count=1, unhealthy_pods=["p"], reasons=["CrashLoopBackOff"])
-    cause, evidence = likely_cause(_base(s4=s4))
-    assert cause == "agent_unresponsive" and evidence[0] == "step 4 (s4): summary 4"
-
-
-def test_cause_agent_without_pods() -> None:
-    assert likely_cause(_base(s4=_f(4, StepStatus.PROBLEM, pod_count=0)))[0] == "agent_unresponsive"
-
-
-def test_cause_dead_lock_holder() -> None:
-    s6 = _f(6, StepStatus.PROBLEM, holder_state="dead", lock={"ttl_seconds": 10})
-    assert likely_cause(_base(s6=s6)) == ("stuck_lock", ["step 6 (s6): summary 6"])
-
-
-def test_cause_lock_without_ttl() -> None:
-    s6 = _f(6, StepStatus.PROBLEM, holder_state="alive", lock={"ttl_seconds": -1})
-    assert likely_cause(_base(s6=s6))[0] == "stuck_lock"
-
-
-def test_other_runs_lock_without_ttl_is_not_this_runs_cause() -> None:
-    s6 = _f(6, StepStatus.PROBLEM, holder_state="alive", lock={"ttl_seconds": 10}, locks_without_ttl=["x"])
-    assert likely_cause(_base(s6=s6))[0] == "unknown"
-
-
-def test_cause_checkpoint_store() -> None:
-    s8 = _f(8, StepStatus.PROBLEM, save_errors_15m=4.0, completed_without_checkpoint=[])
-    assert likely_cause(_base(s8=s8))[0] == "checkpoint_store"
-
-
-def test_cause_contention() -> None:
-    s5 = _f(5, StepStatus.PROBLEM, saturated=True, db_pool_pending=0)
-    assert likely_cause(_base(s5=s5))[0] == "resource_contention"
-
-
-def test_cause_external_api() -> None:
-    s7 = _f(7, StepStatus.PROBLEM, external_call_lines=["waiting for ERP api"])
-    assert likely_cause(_base(s7=s7))[0] == "external_api_slow"
-
-
-def test_cause_slow_node() -> None:
-    s3 = _f(3, StepStatus.PROBLEM, node_status="running", within_own_timeout=True)
-    assert likely_cause(_base(s3=s3))[0] == "slow_node"
-
-
-def test_cause_node_past_own_timeout() -> None:
-    s3 = _f(3, StepStatus.PROBLEM, node_status="running", within_own_timeout=False)
-    assert likely_cause(_base(s3=s3))[0] == "agent_unresponsive"
-
-
-def test_cause_not_stuck_when_run_finished() -> None:
-    assert likely_cause(_base(s1=_f(1, StepStatus.OK, status="completed")))[0] == "not_stuck"
-
-
-def test_cause_unknown_lists_problems() -> None:
-    cause, evidence = likely_cause(_base())
-    assert cause == "unknown"
-    assert evidence == ["step 1 (s1): summary 1", "step 2 (s2): summary 2", "step 3 (s3): summary 3"]
-
-
-def test_agent_outranks_lock_and_lock_outranks_checkpoints() -> None:
-    s4 = _f(4, StepStatus.PROBLEM, pod_count=1, unhealthy_pods=["p"], reasons=["OOMKilled"])
-    s6 = _f(6, StepStatus.PROBLEM, holder_state="dead", lock={"ttl_seconds": 10})
-    s8 = _f(8, StepStatus.PROBLEM, save_errors_15m=1.0)
-    assert likely_cause(_base(s4=s4, s6=s6, s8=s8))[0] == "agent_unresponsive"
-    assert likely_cause(_base(s6=s6, s8=s8))[0] == "stuck_lock"
-
-
 # -- against the real orchestrator service -----------------------------------------------------------
 
 
@@ -418,26 +328,6 @@ async def test_unreadable_node_logs_are_reported_not_fatal(orch: respx.MockRoute
     assert f.status is StepStatus.UNKNOWN and "busy" in f.evidence["node_logs_error"]
 
 
-def _findings(s4: Finding) -> list[Finding]:
-    return [
-        _f(1, StepStatus.PROBLEM, status="running"),
-        _f(2, StepStatus.PROBLEM),
-        _f(3, StepStatus.PROBLEM, node_status="running", within_own_timeout=True),
-        s4,
-        _f(5),
-        _f(6, StepStatus.UNKNOWN),
-        _f(7),
-        _f(8),
-    ]
-
-
-def test_a_hung_agent_within_its_node_timeout_is_not_slow_node() -> None:
-    hung = _f(4, StepStatus.PROBLEM, hung_lines=["... waiting forever"])
-    cause, evidence = likely_cause(_findings(hung))
-    assert cause == "agent_unresponsive" and evidence == ["step 4 (s4): summary 4", "step 3 (s3): summary 3"]
-    assert likely_cause(_findings(_f(4, StepStatus.UNKNOWN, hung_lines=[])))[0] == "slow_node"
-
-
 async def _context_once_hung(orch: Harness, hung_id: str) -> DiagnosticContext:
     """Wait (bounded) until `builtin.hang` logged its wait, then a context 20 minutes ahead."""
     for _ in range(500):  # bounded polling of a real service
@@ -496,31 +386,6 @@ async def test_real_orchestrator_hung_agent_vs_slow_node(_no_pending_tasks: None
     ), to_table(hung)
     assert "waiting forever" in hung.cause_evidence[0]
     assert (slow.likely_cause, slow.stuck_node_id) == ("slow_node", "work"), to_table(slow)
-
-
-SATURATED = {
-    "saturated": True,
-    "active_executions": 1,
-    "max_concurrent_executions": 1,
-    "queued_executions": 2,
-}
-
-
-def test_a_hung_run_that_fills_the_last_slot_is_not_contention() -> None:
-    findings = _findings(_f(4, StepStatus.PROBLEM, hung_lines=["... waiting forever"]))
-    findings[4] = _f(5, StepStatus.PROBLEM, **SATURATED)
-    cause, evidence = likely_cause(findings)
-    assert cause == "agent_unresponsive"
-    assert evidence == ["step 4 (s4): summary 4", "step 3 (s3): summary 3", "step 5 (s5): summary 5"]
-
-
-def test_a_slow_node_at_the_concurrency_limit_is_contention() -> None:
-    findings = _findings(_f(4, StepStatus.UNKNOWN))
-    findings[4] = _f(5, StepStatus.PROBLEM, **SATURATED)
-    assert likely_cause(findings) == (
-        "resource_contention",
-        ["step 5 (s5): summary 5", "step 3 (s3): summary 3"],
-    )
 
 
 async def test_real_orchestrator_hung_run_holding_the_only_slot(

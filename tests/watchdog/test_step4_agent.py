@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
+import pytest
 import respx
 
 from tests.watchdog.fake_kube import FakeKubeApi, make_pod
@@ -59,35 +61,51 @@ async def test_healthy_pod_is_ok_with_filtered_logs_and_usage(
     ) in kube_api.requests
 
 
-async def test_crash_loop_is_a_problem(
-    orch: respx.MockRouter, make_ctx: MakeCtx, kube_api: FakeKubeApi, kube: KubernetesClient
+@pytest.mark.parametrize(
+    ("pod", "usage", "evidence", "said"),
+    [
+        pytest.param(
+            {"ready": False, "restarts": 7, "waiting_reason": "CrashLoopBackOff"},
+            None,
+            {"unhealthy_pods": ["scope1-abc"]},
+            "CrashLoopBackOff",
+            id="crash-loop",
+        ),
+        pytest.param(
+            {"restarts": 3, "last_terminated_reason": "OOMKilled"},
+            None,
+            {"reasons": ["OOMKilled"]},
+            "",
+            id="oom-killed",
+        ),
+        pytest.param(
+            {"limits": {"memory": "100Mi"}},
+            {"cpu": "10m", "memory": "95Mi"},
+            {"near_limit": ["scope1-abc"]},
+            "",
+            id="memory-near-limit",
+        ),
+    ],
+)
+async def test_an_unhealthy_agent_pod_is_a_problem(
+    orch: respx.MockRouter,
+    make_ctx: MakeCtx,
+    kube_api: FakeKubeApi,
+    kube: KubernetesClient,
+    pod: dict[str, Any],
+    usage: dict[str, str] | None,
+    evidence: dict[str, Any],
+    said: str,
 ) -> None:
-    _agents(orch, restarts=0)
-    kube_api.add_pod(
-        make_pod("scope1-abc", LABELS, ready=False, restarts=7, waiting_reason="CrashLoopBackOff")
-    )
-    f = await step4_agent.run(make_ctx(kubernetes=kube), _state())
-    assert f.status is StepStatus.PROBLEM and "CrashLoopBackOff" in f.summary
-    assert f.evidence["unhealthy_pods"] == ["scope1-abc"] and f.evidence["pods"][0]["restarts"] == 7
-
-
-async def test_oom_killed_is_a_problem(
-    orch: respx.MockRouter, make_ctx: MakeCtx, kube_api: FakeKubeApi, kube: KubernetesClient
-) -> None:
+    """A crash loop, an OOM kill or memory near the limit: each a problem, named in the evidence."""
     _agents(orch)
-    kube_api.add_pod(make_pod("scope1-abc", LABELS, restarts=3, last_terminated_reason="OOMKilled"))
+    kube_api.add_pod(make_pod("scope1-abc", LABELS, **pod))
+    if usage is not None:
+        kube_api.usage["scope1-abc"] = usage
     f = await step4_agent.run(make_ctx(kubernetes=kube), _state())
-    assert f.status is StepStatus.PROBLEM and f.evidence["reasons"] == ["OOMKilled"]
-
-
-async def test_memory_near_limit_is_a_problem(
-    orch: respx.MockRouter, make_ctx: MakeCtx, kube_api: FakeKubeApi, kube: KubernetesClient
-) -> None:
-    _agents(orch)
-    kube_api.add_pod(make_pod("scope1-abc", LABELS, limits={"memory": "100Mi"}))
-    kube_api.usage["scope1-abc"] = {"cpu": "10m", "memory": "95Mi"}
-    f = await step4_agent.run(make_ctx(kubernetes=kube), _state())
-    assert f.status is StepStatus.PROBLEM and f.evidence["near_limit"] == ["scope1-abc"]
+    assert f.status is StepStatus.PROBLEM and said in f.summary
+    assert {key: f.evidence[key] for key in evidence} == evidence
+    assert f.evidence["pods"][0]["restarts"] == pod.get("restarts", 0)
 
 
 async def test_no_pod_is_a_problem(

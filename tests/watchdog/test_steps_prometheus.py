@@ -6,7 +6,6 @@ that their answers land in the findings (a real `prometheus` binary, tests/proms
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
@@ -30,13 +29,6 @@ from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 MakeCtx = Callable[..., DiagnosticContext]
-
-
-def _wait(prom: PrometheusProcess, promql: str, deadline_s: float = 30.0) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not prom.query(promql):
-        assert time.monotonic() < deadline, f"Prometheus never answered {promql}"
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -71,15 +63,15 @@ def prometheus() -> Iterator[PrometheusProcess]:
     node.labels("scope1").observe(30)
     agent.labels("emissions.scope1", "ok").observe(2)
     with prometheus_scraping(r) as prom:
-        _wait(prom, 'gl_orchestrator_checkpoint_operations_total{status="error"}')
-        _wait(prom, "gl_orchestrator_node_execution_duration_seconds_count")
+        prom.wait_for_result('gl_orchestrator_checkpoint_operations_total{status="error"}')
+        prom.wait_for_result("gl_orchestrator_node_execution_duration_seconds_count")
         checkpoints.labels("save", "error").inc(3)
         for _ in range(5):
             node.labels("scope1").observe(45)
             agent.labels("emissions.scope1", "ok").observe(8)
-        _wait(prom, 'increase(gl_orchestrator_checkpoint_operations_total{status="error"}[15m]) > 0')
-        _wait(prom, "rate(gl_orchestrator_node_execution_duration_seconds_count[5m]) > 0")
-        _wait(prom, "rate(gl_orchestrator_agent_call_duration_seconds_count[5m]) > 0")
+        prom.wait_for_result('increase(gl_orchestrator_checkpoint_operations_total{status="error"}[15m]) > 0')
+        prom.wait_for_result("rate(gl_orchestrator_node_execution_duration_seconds_count[5m]) > 0")
+        prom.wait_for_result("rate(gl_orchestrator_agent_call_duration_seconds_count[5m]) > 0")
         yield prom
 
 

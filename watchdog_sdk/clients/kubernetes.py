@@ -21,7 +21,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +33,7 @@ from kubernetes.client.exceptions import ApiException, OpenApiException
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.utils import parse_quantity
 
+from gl_common.clock import utc_now
 from watchdog_sdk.constants import RESTARTED_AT_ANNOTATION
 from watchdog_sdk.errors import (
     ConfigError,
@@ -409,7 +410,7 @@ class KubernetesClient:
 
     async def rollout_restart(self, name: str, now: datetime | None = None) -> DeploymentInfo:
         """`kubectl rollout restart`: stamp the pod template with kubectl.kubernetes.io/restartedAt."""
-        stamp = (now or datetime.now(UTC)).isoformat()
+        stamp = (now or utc_now()).isoformat()
         body = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT_ANNOTATION: stamp}}}}}
         await self._call(
             f"rollout restart of deployment {name}",

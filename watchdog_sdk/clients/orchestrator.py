@@ -304,23 +304,31 @@ class OrchestratorClient:
 
     # -- transport and error mapping -------------------------------------------------------------
 
+    async def _send(self, method: str, url: str, shown: str | None = None, **options: Any) -> httpx.Response:
+        """One request (`url` relative to the API, or absolute); a 4xx/5xx answer, a timeout or an
+        unreachable orchestrator raised as this client's errors, naming `method` and `shown` (the
+        path; `url` when None)."""
+        what = f"{method} {shown or url}"
+        try:
+            response = await self._http.request(method, url, **options)
+        except httpx.TimeoutException as exc:
+            raise OrchestratorUnavailable(
+                f"orchestrator at {self.base_url} timed out after {self.timeout:g}s "
+                f"({what}: {type(exc).__name__})"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise OrchestratorUnavailable(
+                f"orchestrator at {self.base_url} unreachable ({what}): {_reason(exc)}"
+            ) from exc
+        if response.status_code >= 400:
+            raise _error_for(response)
+        return response
+
     async def _request(
         self, method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None
     ) -> Any:
         clean_params = {k: v for k, v in (params or {}).items() if v is not None}
-        try:
-            response = await self._http.request(method, path, params=clean_params or None, json=json)
-        except httpx.TimeoutException as exc:
-            raise OrchestratorUnavailable(
-                f"orchestrator at {self.base_url} timed out after {self.timeout:g}s "
-                f"({method} {path}: {type(exc).__name__})"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise OrchestratorUnavailable(
-                f"orchestrator at {self.base_url} unreachable ({method} {path}): {_reason(exc)}"
-            ) from exc
-        if response.status_code >= 400:
-            raise _error_for(response)
+        response = await self._send(method, path, params=clean_params or None, json=json)
         if response.status_code == 204 or not response.content:
             return {}
         try:
@@ -444,20 +452,9 @@ class OrchestratorClient:
         figures. The page grows with the running runs (a series per run), so it is parsed in a thread,
         off the event loop.
         """
-        url = self.base_url + "/metrics"
-        try:
-            response = await self._http.get(url, headers={"Accept": "text/plain"})
-        except httpx.TimeoutException as exc:
-            raise OrchestratorUnavailable(
-                f"orchestrator at {self.base_url} timed out after {self.timeout:g}s "
-                f"(GET /metrics: {type(exc).__name__})"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise OrchestratorUnavailable(
-                f"orchestrator at {self.base_url} unreachable (GET /metrics): {_reason(exc)}"
-            ) from exc
-        if response.status_code >= 400:
-            raise _error_for(response)
+        response = await self._send(
+            "GET", self.base_url + "/metrics", "/metrics", headers={"Accept": "text/plain"}
+        )
         try:
             return await asyncio.to_thread(_parse_exposition, response.text)
         except ValueError as exc:

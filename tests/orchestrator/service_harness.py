@@ -1,5 +1,6 @@
-"""Shared helpers for the service/API tests: a real `OrchestratorService` behind its real aiohttp app on
-loopback, driven through httpx. (Holds no tests of its own; it is a module of the service tests.)"""
+"""The orchestrator service harness: a real `OrchestratorService` behind its real aiohttp app on
+loopback, driven through httpx. A helper module, not a test module: the orchestrator, watchdog and
+playbook tests import it."""
 
 from __future__ import annotations
 
