@@ -97,38 +97,27 @@ def load_average() -> str:
         return "?"
 
 
-async def baseline(graph: dict[str, list[str]]) -> float:
-    async def agent(node: str) -> None:
-        return None
-
-    started = time.perf_counter()
-    sorter = graphlib.TopologicalSorter(graph)
-    sorter.prepare()
-    while sorter.is_active():
-        level = sorter.get_ready()
-        await asyncio.gather(*(agent(node) for node in level))
-        sorter.done(*level)
-    return time.perf_counter() - started
-
-
-async def baseline_commits(graph: dict[str, list[str]], db: sqlite3.Connection) -> float:
-    """The baseline, each node committing one row (its id and a stamp) before its level may advance."""
+async def baseline(graph: dict[str, list[str]], db: sqlite3.Connection | None = None) -> float:
+    """Levels + gather; with `db` (baseline+commit) each node also commits one row (its id and a stamp)
+    before its level may advance."""
 
     async def agent(node: str) -> None:
         return None
 
     run_id = os.urandom(8).hex()
 
-    async def run(node: str) -> None:
+    async def committed(node: str) -> None:
         await agent(node)
+        assert db is not None
         db.execute("INSERT INTO node_commits VALUES (?, ?, ?)", (run_id, node, time.time()))
 
+    step = agent if db is None else committed
     started = time.perf_counter()
     sorter = graphlib.TopologicalSorter(graph)
     sorter.prepare()
     while sorter.is_active():
         level = sorter.get_ready()
-        await asyncio.gather(*(run(node) for node in level))
+        await asyncio.gather(*(step(node) for node in level))
         sorter.done(*level)
     return time.perf_counter() - started
 
@@ -243,7 +232,7 @@ async def main(repeat: int, with_floor: bool = False) -> dict[str, dict[str, flo
                 }
                 await engine.register_dag(dag)
                 base = min([await baseline(graph) for _ in range(repeat)])
-                committed = min([await baseline_commits(graph, commits) for _ in range(repeat)])
+                committed = min([await baseline(graph, commits) for _ in range(repeat)])
                 plain = min([await engine_run(engine, dag["dag_id"], False) for _ in range(repeat)])
                 durable = min([await engine_run(engine, dag["dag_id"], True) for _ in range(repeat)])
                 results[name] = {
