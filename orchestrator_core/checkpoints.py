@@ -181,7 +181,7 @@ class RunWriter:
         while True:
             attempt += 1
             try:
-                await self.store.executions.write_batch(self.execution_id, self.token, batch)
+                await self.store.commits.write_batch(self.execution_id, self.token, batch)
             except StoreError as exc:
                 self.failures += 1
                 delay = backoff_delay(attempt, self.base_delay, self.max_delay)

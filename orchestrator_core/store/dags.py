@@ -141,7 +141,7 @@ class LimitRepository:
         now = self.clock.now()
         async with self.db.transaction("save limit overrides") as conn:  # two replicas: the last one wins
             await conn.execute(
-                upsert(conn, limit_overrides, limit_overrides.c.name, ["value", "set_by", "updated_at"]),
+                upsert(conn, limit_overrides, [limit_overrides.c.name], ["value", "set_by", "updated_at"]),
                 [{"name": n, "value": v, "set_by": set_by, "updated_at": now} for n, v in values.items()],
             )
 
