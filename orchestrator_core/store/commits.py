@@ -1,24 +1,32 @@
-"""Fenced commits of a running execution's batches: on SQLite, one call into one connection's thread.
+"""Fenced commits of a running execution's batches: on a SQLite file, one call on a connection of
+their own, in the event loop when the write lock is free.
 
 Where it sits: `checkpoints.RunWriter` sends every commit of a running execution (checkpoints, traces,
 provenance records of the nodes that finished together) through `Store.commits.write_batch`.
 
-On a SQLite file a `SqliteCommitter` owns one `sqlite3` connection of its own, used by one worker
-thread. A batch is one call into that thread, which runs the whole transaction there: `BEGIN
-IMMEDIATE`, the fencing `UPDATE` (which also sets the chain's head), one upsert statement per table
-(`rundata.batch_rows`, `bulk.upsert_sql`: the same rows and statements the SQLAlchemy path writes),
-`COMMIT`. Through SQLAlchemy and aiosqlite the same transaction is about nine hops to aiosqlite's thread
-and back (checkout, each statement, commit), which bounded a chain with checkpoints to ~300 nodes/s.
-The connection is set up like the pool's (busy timeout = the store's timeout, WAL, `synchronous`,
-foreign keys) and contends for SQLite's write lock like any other connection: the fencing and the
-error mapping are those of `store.executions` (`StaleFencingToken`, `InvalidState`, `ExecutionNotFound`;
-`StoreUnavailable` for a locked or unreachable database, `StoreError` for anything else the driver
-refuses). Every call is bounded by the store's timeout (SQLite's busy handler inside, `asyncio.timeout`
-outside); a call that times out may still commit afterwards, which is harmless: the batch is retried
-and writes are idempotent.
+On a SQLite file a `SqliteCommitter` runs the whole transaction as one call on a `sqlite3` connection
+of its own: `BEGIN IMMEDIATE`, the fencing `UPDATE` (which also sets the chain's head), one upsert
+statement per table (`rundata.batch_rows`, `bulk.upsert_sql`: the same rows and statements the
+SQLAlchemy path writes), `COMMIT`. Through SQLAlchemy and aiosqlite the same transaction is about nine
+hops to aiosqlite's thread and back (checkout, each statement, commit), which bounded a chain with
+checkpoints to ~300 nodes/s; one hop to a thread still costs a context switch or two per commit, which
+on a busy machine is most of a node's time.
 
-Elsewhere (PostgreSQL; SQLite in memory, where a second connection would see another database) the
-batch goes through `ExecutionRepository.write_batch` (one SQLAlchemy transaction).
+So the call runs in the event loop itself when it cannot wait: that connection has no busy timeout
+(`BEGIN IMMEDIATE` fails at once if another connection holds the write lock), no automatic WAL
+checkpoint (which would `fsync` in the loop), and is used only with `synchronous=NORMAL` (a WAL commit
+then writes to the WAL without `fsync`: tens of microseconds). When the write lock is taken, or with
+`synchronous=FULL`, the same call runs in the committer's worker thread on a second connection set up
+like the pool's (busy timeout = the store's timeout), bounded by `asyncio.timeout` as well; that thread
+also runs a passive WAL checkpoint after every `CHECKPOINT_EVERY` commits in the loop. A call that
+times out in the thread may still commit afterwards, which is harmless: the batch is retried and
+writes are idempotent.
+
+Fencing and errors are those of `store.executions`: `StaleFencingToken`, `InvalidState`,
+`ExecutionNotFound`; `StoreUnavailable` for a locked or unreachable database, `StoreError` for
+anything else the driver refuses. Elsewhere (PostgreSQL; SQLite in memory, where a second connection
+would see another database) the batch goes through `ExecutionRepository.write_batch` (one SQLAlchemy
+transaction).
 """
 
 from __future__ import annotations
@@ -46,6 +54,11 @@ from orchestrator_core.store.rundata import WriteBatch, batch_rows
 from orchestrator_core.store.schema import executions
 
 T = TypeVar("T")
+
+CHECKPOINT_EVERY = 200  # commits in the event loop between two passive WAL checkpoints in the thread
+
+
+_BUSY: tuple[Any, ...] = ("busy",)  # `_commit_in_loop`: not done here, go to the thread
 
 
 class BatchCommits:
@@ -87,7 +100,11 @@ class SqliteCommitter:
         self.clock = clock
         self.timeout_seconds = timeout_seconds
         self.synchronous = synchronous
-        self._conn: sqlite3.Connection | None = None
+        self._conn: sqlite3.Connection | None = None  # the thread's
+        self._loop_conn: sqlite3.Connection | None = None  # the event loop's (never waits for a lock)
+        self._in_loop = synchronous.upper() != "FULL"
+        self._since_checkpoint = 0
+        self._checkpoint: asyncio.Future[None] | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gl-sqlite-commits")
         self._closed = False
         quote = dialect.identifier_preparer.quote
@@ -117,7 +134,9 @@ class SqliteCommitter:
             if sql is None:
                 sql = self._statements[table.name] = upsert_sql(self._dialect, table, names) or ""
             statements.append((sql, rows))
-        refused = await self._call(lambda conn: self._commit(conn, fence, statements))
+        refused = self._commit_in_loop(fence, statements)
+        if refused is _BUSY:
+            refused = await self._call(lambda conn: self._commit(conn, fence, statements))
         if refused is None:
             return
         if refused == ():
@@ -128,6 +147,41 @@ class SqliteCommitter:
                 f"execution {execution_id} is now owned with fencing token {current_token}, not {token}"
             )
         raise InvalidState(f"execution {execution_id} is {status}")
+
+    def _commit_in_loop(
+        self, fence: tuple[Any, ...], statements: list[tuple[str, list[tuple[Any, ...]]]]
+    ) -> tuple[Any, ...] | None:
+        """`_commit` in the event loop if it can start at once; `_BUSY` when it must go to the thread
+        (write lock taken, `synchronous=FULL`, or store closed: the thread says which)."""
+        if not self._in_loop or self._closed:
+            return _BUSY
+        try:
+            if self._loop_conn is None:
+                self._loop_conn = self._connect(busy_timeout=0.0, autocheckpoint=False)
+            refused = self._commit(self._loop_conn, fence, statements)
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                return _BUSY
+            raise StoreUnavailable(f"write batch: {type(exc).__name__}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"write batch: {type(exc).__name__}: {exc}") from exc
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= CHECKPOINT_EVERY and (
+            self._checkpoint is None or self._checkpoint.done()
+        ):
+            self._since_checkpoint = 0
+            self._checkpoint = asyncio.wrap_future(self._thread.submit(self._wal_checkpoint))
+        return refused
+
+    def _wal_checkpoint(self) -> None:
+        """In the thread: copy what the WAL holds into the database where no reader needs it (never
+        waits, never fails a commit; the next one tries again)."""
+        try:
+            if self._conn is None:
+                self._conn = self._connect(busy_timeout=self.timeout_seconds, autocheckpoint=True)
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            pass
 
     def _commit(
         self,
@@ -159,7 +213,7 @@ class SqliteCommitter:
 
         def run() -> T:
             if self._conn is None:
-                self._conn = self._connect()
+                self._conn = self._connect(busy_timeout=self.timeout_seconds, autocheckpoint=True)
             return work(self._conn)
 
         try:
@@ -174,17 +228,18 @@ class SqliteCommitter:
         except sqlite3.Error as exc:
             raise StoreError(f"write batch: {type(exc).__name__}: {exc}") from exc
 
-    def _connect(self) -> sqlite3.Connection:
-        """Like the pool's connections (`gl_common.db`): busy timeout, WAL, `synchronous`, foreign keys;
-        autocommit mode, so that the transactions are exactly the ones `_commit` begins."""
-        conn = sqlite3.connect(
-            self.path, timeout=self.timeout_seconds, isolation_level=None, check_same_thread=False
-        )
+    def _connect(self, *, busy_timeout: float, autocheckpoint: bool) -> sqlite3.Connection:
+        """Like the pool's connections (`gl_common.db`): WAL, `synchronous`, foreign keys; autocommit
+        mode, so that the transactions are exactly the ones `_commit` begins. The file is already in
+        WAL mode (the migrations ran on it), which needs no lock to confirm."""
+        conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         try:
             if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
-                conn.execute("PRAGMA journal_mode=WAL")
+                raise StoreError(f"write batch: {self.path} is not in WAL mode")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA foreign_keys=ON")
+            if not autocheckpoint:
+                conn.execute("PRAGMA wal_autocheckpoint=0")
         except BaseException:
             conn.close()
             raise
@@ -195,6 +250,10 @@ class SqliteCommitter:
         if self._closed:
             return
         self._closed = True
+
+        if self._loop_conn is not None:
+            self._loop_conn.close()
+            self._loop_conn = None
 
         def close_connection() -> None:
             if self._conn is not None:

@@ -192,7 +192,7 @@ def batch_rows(execution_id: str, batch: WriteBatch, stamp: StampConverter, now:
     tables: list[TableRows] = []
     if batch.traces:
         traces = {t.node_id: t for t in batch.traces}  # the latest state of a node wins
-        rows = [
+        rows: list[tuple[Any, ...]] = [
             (
                 execution_id,
                 node_id,
