@@ -11,8 +11,8 @@ one repository per responsibility:
     store.executions  ExecutionRepository  the lifecycle: create, claim, fenced writes, finish, status
     store.listing     ExecutionListing     filtered keyset pages of executions, exact counts
     store.runs        RunDataRepository    reads of traces, checkpoints and the provenance chain
-    store.commits     BatchCommits         a running execution's fenced commits (on a SQLite file:
-                                           one call into a connection and thread of its own)
+    store.commits     BatchCommits         a run's hot writes: create and claim, batches, finish (on
+                                           a SQLite file: one call on a connection of their own)
 
 Modules: `schema` (the tables, as the migrations declare them), `database` (the foundation set up with
 the orchestrator's errors), `dags`, `executions`, `listing`, `rundata` (run data in both layouts: rows
@@ -60,7 +60,7 @@ class Store:
                 timeout_seconds=db.timeout_seconds,
                 synchronous=(pool or PoolSettings()).sqlite_synchronous,
             )
-        self.commits = BatchCommits(self.executions, sqlite)
+        self.commits = BatchCommits(self.executions, self.dags, sqlite)
 
     @classmethod
     async def open(

@@ -236,34 +236,38 @@ def batch_rows(execution_id: str, batch: WriteBatch, stamp: StampConverter, now:
 
 async def _write_document(conn: AsyncConnection, execution_id: str, batch: WriteBatch, clock: Clock) -> None:
     """Store the run's traces and chain as one `run_documents` row (replacing the previous one)."""
-    values = {
-        "execution_id": execution_id,
-        "node_traces": _encode_document(
-            _DOCUMENT_TRACE_FIELDS,
-            [
-                (
-                    t.node_id,
-                    t.agent_id,
-                    t.status,
-                    t.level,
-                    _epoch_us(t.started_at),
-                    _epoch_us(t.completed_at),
-                    None if t.duration_ms is None else round(t.duration_ms * 1000),
-                    t.attempt_count,
-                    t.error,
-                    t.input_hash,
-                    t.timeout_seconds,
-                )
-                for t in batch.traces
-            ],
-        ),
-        "provenance": _encode_document(_DOCUMENT_PROVENANCE_FIELDS, [tuple(p) for p in batch.provenance]),
-        "written_at": clock.now(),
-    }
-    statement = upsert(
-        conn, run_documents, [run_documents.c.execution_id], ["node_traces", "provenance", "written_at"]
+    statement = upsert(conn, run_documents, [run_documents.c.execution_id], list(DOCUMENT_COLUMNS[1:]))
+    row = document_row(execution_id, batch, clock.now())
+    await conn.execute(statement, dict(zip(DOCUMENT_COLUMNS, row, strict=True)))
+
+
+DOCUMENT_COLUMNS = ("execution_id", "node_traces", "provenance", "written_at")
+
+
+def document_row(execution_id: str, batch: WriteBatch, written_at: Any) -> tuple[Any, ...]:
+    """The `run_documents` row of a whole-run batch, in `DOCUMENT_COLUMNS` order (`written_at` as the
+    caller binds it)."""
+    traces = _encode_document(
+        _DOCUMENT_TRACE_FIELDS,
+        [
+            (
+                t.node_id,
+                t.agent_id,
+                t.status,
+                t.level,
+                _epoch_us(t.started_at),
+                _epoch_us(t.completed_at),
+                None if t.duration_ms is None else round(t.duration_ms * 1000),
+                t.attempt_count,
+                t.error,
+                t.input_hash,
+                t.timeout_seconds,
+            )
+            for t in batch.traces
+        ],
     )
-    await conn.execute(statement, values)
+    chain = _encode_document(_DOCUMENT_PROVENANCE_FIELDS, [tuple(p) for p in batch.provenance])
+    return execution_id, traces, chain, written_at
 
 
 async def _trace_rows(conn: AsyncConnection, execution_id: str) -> dict[str, NodeTrace]:

@@ -8,13 +8,19 @@ connections, or with a plain `sqlite3` connection of their own.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 import pytest
 
 from orchestrator_core.dag import DagDefinition
-from orchestrator_core.errors import ExecutionNotFound, InvalidState, StaleFencingToken, StoreUnavailable
+from orchestrator_core.errors import (
+    DagNotFound,
+    ExecutionNotFound,
+    InvalidState,
+    StaleFencingToken,
+    StoreUnavailable,
+)
 from orchestrator_core.provenance import ChainBuilder, genesis_hash
 from orchestrator_core.records import CheckpointRecord, ExecutionOptions, ExecutionRecord, NodeTrace
 from orchestrator_core.store import Store, WriteBatch
@@ -104,7 +110,21 @@ async def test_a_commit_is_durable_for_another_connection_when_it_returns(sqlite
         await store.close()
 
 
-async def test_a_commit_waits_for_the_write_lock_within_the_timeout_then_gives_up(sqlite_url: str) -> None:
+def _new_run(dag: DagDefinition) -> ExecutionRecord:
+    return ExecutionRecord("e2", dag.dag_id, dag.version, "queued", {"y": 2}, ExecutionOptions(), NOW)
+
+
+WRITES: dict[str, Callable[[Store], Awaitable[object]]] = {
+    "batch": lambda store: store.commits.write_batch("e1", 3, _batch()),
+    "finish": lambda store: store.commits.finish("e1", 3, status="completed", error=None, batch=_batch()),
+    "create": lambda store: store.commits.create_run("d", _new_run, claim=("r1", None)),
+}
+
+
+@pytest.mark.parametrize("write", list(WRITES))
+async def test_a_write_waits_for_the_write_lock_within_the_timeout_then_gives_up(
+    sqlite_url: str, write: str
+) -> None:
     await (await Store.open(sqlite_url)).close()  # migrated first: alone, that can take over 0.3 s
     store = await Store.open(sqlite_url, timeout_seconds=0.3)
     try:
@@ -118,14 +138,43 @@ async def test_a_commit_waits_for_the_write_lock_within_the_timeout_then_gives_u
         holder.execute("BEGIN EXCLUSIVE")
         try:
             with pytest.raises(StoreUnavailable):  # locked past the busy timeout, or no answer in time
-                await store.commits.write_batch("e1", 3, _batch())
+                await WRITES[write](store)
         finally:
             holder.execute("ROLLBACK")
             holder.close()
-        await store.commits.write_batch("e1", 3, _batch())  # the lock is free again
-        assert [c.node_id for c in await store.runs.checkpoints("e1")] == ["a"]
+        await WRITES[write](store)  # the lock is free again
+        if write == "create":
+            assert (await store.executions.get("e2")).status == "running"
+        else:
+            assert [c.node_id for c in await store.runs.checkpoints("e1")] == ["a"]
     finally:
         await store.close()
+
+
+async def test_creating_a_run_claims_it_on_the_dags_latest_version(store: Store) -> None:
+    await store.dags.save(
+        DagDefinition.from_document({"dag_id": "d", "nodes": {"b": {"agent_id": "builtin.echo"}}})
+    )
+    claimed = await store.commits.create_run("d", _new_run, claim=("r9", 7))
+    assert claimed.dag.version == 2 and list(claimed.dag.nodes) == ["b"] and claimed.data is None
+    assert claimed.record == await store.executions.get("e2")
+    assert (claimed.record.status, claimed.record.owner, claimed.record.fencing_token) == ("running", "r9", 7)
+    assert claimed.record.dag_version == 2 and claimed.record.input_data == {"y": 2}
+    assert claimed.record.started_at is not None and claimed.record.created_at == NOW
+    with pytest.raises(DagNotFound):
+        await store.commits.create_run("missing", _new_run, claim=("r9", None))
+
+
+async def test_finishing_a_run_stores_its_end_and_its_run_document(store: Store) -> None:
+    batch = _batch()
+    whole = WriteBatch(batch.traces, (), batch.provenance, whole_run=True)
+    final = await store.commits.finish("e1", 3, status="failed", error="boom", batch=whole)
+    assert final == await store.executions.get("e1")
+    assert (final.status, final.error, final.completed_at is not None) == ("failed", "boom", True)
+    assert (await store.runs.traces("e1"))["a"] == batch.traces[0]
+    assert await store.runs.provenance("e1") == (list(batch.provenance), batch.provenance[0].hash, 1)
+    with pytest.raises(InvalidState):  # over: a second end is refused
+        await store.commits.finish("e1", 3, status="completed", error=None, batch=WriteBatch())
 
 
 async def test_a_closed_store_refuses_a_batch(sqlite_url: str) -> None:
