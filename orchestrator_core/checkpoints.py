@@ -2,7 +2,9 @@
 
 Where it sits: `executor.Executor` owns one `RunWriter` per run. A completed node calls
 `await writer.save_checkpoint(...)`, which returns only once the checkpoint is committed — so the
-node (and therefore its level's barrier) does not count as done before its result is durable. Trace
+node (and therefore its level's barrier) does not count as done before its result is durable. (A node
+of a wider level calls `queue_checkpoint` instead and counts as done when the returned future is; its
+level's barrier waits for that with `flush()`.) Trace
 updates (`writer.trace`) and provenance records (`writer.add_provenance`) are write-behind and ride
 along in the next commit; `flush()` waits for everything queued.
 
@@ -73,9 +75,16 @@ class RunWriter:
 
     async def save_checkpoint(self, checkpoint: CheckpointRecord, trace: NodeTrace) -> None:
         """Queue a checkpoint and wait until it is committed (raises the fatal error if fenced out)."""
+        await self.queue_checkpoint(checkpoint, trace)
+
+    def queue_checkpoint(self, checkpoint: CheckpointRecord, trace: NodeTrace) -> asyncio.Future[None]:
+        """Queue a checkpoint; the future is done once it is committed (or with the fatal error if
+        fenced out; cancelled if the writer is closed first). Raises the fatal error at once if any."""
+        if self.fatal is not None:
+            raise self.fatal
         self._checkpoints.append(checkpoint)
         self._traces[trace.node_id] = trace
-        await self._wait()
+        return self._waiter()
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
@@ -138,10 +147,13 @@ class RunWriter:
     async def _wait(self) -> None:
         if self.fatal is not None:
             raise self.fatal
+        await self._waiter()
+
+    def _waiter(self) -> asyncio.Future[None]:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._kick()
-        await waiter
+        return waiter
 
     def _kick(self) -> None:
         if self.fatal is None and (self._task is None or self._task.done()):
