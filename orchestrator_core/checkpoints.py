@@ -22,13 +22,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Protocol
 
 from gl_common.clock import Clock
 from orchestrator_core.errors import InvalidState, StaleFencingToken, StoreError
 from orchestrator_core.events import CheckpointEvent, EngineObserver, LogEvent
 from orchestrator_core.policies import backoff_delay
 from orchestrator_core.records import CheckpointRecord, NodeTrace, ProvenanceEntry
-from orchestrator_core.store import Store, TraceFields, WriteBatch
+from orchestrator_core.store import Store, WriteBatch
+
+
+class LiveTrace(Protocol):
+    """A node's live state (`run_state.NodeState`): its trace is taken when its batch is."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    def snapshot(self) -> NodeTrace: ...
 
 
 class RunWriter:
@@ -54,7 +64,8 @@ class RunWriter:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.on_fatal = on_fatal
-        self._traces: dict[str, TraceFields] = {}
+        # Per node, its latest trace: a snapshot, or the live node state (snapshotted when taken).
+        self._traces: dict[str, NodeTrace | LiveTrace] = {}
         self._checkpoints: list[CheckpointRecord] = []
         self._provenance: list[ProvenanceEntry] = []
         self._waiters: list[asyncio.Future[None]] = []
@@ -64,8 +75,9 @@ class RunWriter:
 
     # -- queueing ----------------------------------------------------------------------------------
 
-    def trace(self, trace: NodeTrace) -> None:
-        """Queue a trace update (write-behind; the latest state of a node wins)."""
+    def trace(self, trace: NodeTrace | LiveTrace) -> None:
+        """Queue a trace update (write-behind; the latest state of a node wins). A live node state is
+        read when the batch is taken for its commit, as the node is then."""
         self._traces[trace.node_id] = trace
         self._kick()
 
@@ -73,11 +85,13 @@ class RunWriter:
         self._provenance.extend(entries)
         self._kick()
 
-    async def save_checkpoint(self, checkpoint: CheckpointRecord, trace: NodeTrace) -> None:
+    async def save_checkpoint(self, checkpoint: CheckpointRecord, trace: NodeTrace | LiveTrace) -> None:
         """Queue a checkpoint and wait until it is committed (raises the fatal error if fenced out)."""
         await self.queue_checkpoint(checkpoint, trace)
 
-    def queue_checkpoint(self, checkpoint: CheckpointRecord, trace: NodeTrace) -> asyncio.Future[None]:
+    def queue_checkpoint(
+        self, checkpoint: CheckpointRecord, trace: NodeTrace | LiveTrace
+    ) -> asyncio.Future[None]:
         """Queue a checkpoint; the future is done once it is committed (or with the fatal error if
         fenced out; cancelled if the writer is closed first). Raises the fatal error at once if any."""
         if self.fatal is not None:
@@ -98,7 +112,8 @@ class RunWriter:
 
     def take_pending(self) -> WriteBatch:
         """Hand over whatever is queued and not yet being written (used by the final status write)."""
-        batch = WriteBatch(list(self._traces.values()), list(self._checkpoints), list(self._provenance))
+        traces = [t if isinstance(t, NodeTrace) else t.snapshot() for t in self._traces.values()]
+        batch = WriteBatch(traces, list(self._checkpoints), list(self._provenance))
         self._traces, self._checkpoints, self._provenance = {}, [], []
         return batch
 
@@ -137,7 +152,8 @@ class RunWriter:
 
     def _requeue(self, batch: WriteBatch) -> None:
         newer = self._traces
-        self._traces = {t.node_id: t for t in batch.traces}
+        # `take_pending`'s batch: every trace in it is a snapshot
+        self._traces = {t.node_id: t for t in batch.traces if isinstance(t, NodeTrace)}
         self._traces.update(newer)
         self._checkpoints = [*batch.checkpoints, *self._checkpoints]
         self._provenance = sorted([*batch.provenance, *self._provenance], key=lambda p: p.seq)

@@ -87,7 +87,7 @@ class NodeRunner:
                     state.started_mono = clock.monotonic()
                     state.error = None
                     if run.persist:
-                        run.writer.trace(state.snapshot())
+                        run.writer.trace(state)  # read when its commit is taken
                 else:
                     now = clock.now()
                 state.attempt_count = attempt
@@ -258,7 +258,7 @@ class NodeRunner:
             output_hash=state.output_hash or NO_OUTPUT_HASH,
             created_at=state.completed_at,
         )
-        return self.run.writer.queue_checkpoint(checkpoint, state.snapshot())
+        return self.run.writer.queue_checkpoint(checkpoint, state)
 
     async def _failed(self, state: NodeState, exc: BaseException) -> None:
         run = self.run

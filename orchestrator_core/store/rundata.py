@@ -217,7 +217,7 @@ def batch_rows(execution_id: str, batch: WriteBatch, stamp: StampConverter, now:
                 execution_id,
                 cp.node_id,
                 cp.status,
-                canonical_json(cp.output),
+                "null" if cp.output is None else canonical_json(cp.output),
                 cp.input_hash,
                 cp.output_hash,
                 stamp(cp.created_at),
