@@ -1,8 +1,12 @@
 """Engine benchmark (not a test): nodes per second for three workloads, four ways, in one run.
 
-  .venv/bin/python bench/engine.py [--repeat 3] [--json] [--floor]
+  .venv/bin/python bench/engine.py [--repeat 3] [--json] [--floor] [--freeze-gc]
 
-Prints the machine's load average (`/proc/loadavg`) before and after, next to the figures.
+Prints the machine's load average (`/proc/loadavg`) before and after, next to the figures, and the same
+figures per CPU-second of this process (`time.process_time`), which another process's load disturbs
+less than wall time. `--freeze-gc` calls `gc.freeze()` once everything is set up, so that the cyclic
+collector's full collections (which the engine's per-node objects trigger every few runs, and which
+then traverse every object of the process) only traverse what the runs allocated.
 
 Workloads (every node is a no-op async agent):
   wide     1 -> 2,000 -> 1
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import graphlib
 import json
 import os
@@ -91,6 +96,27 @@ def layered() -> dict[str, list[str]]:
 
 WORKLOADS = {"wide": wide, "chain": chain, "layered": layered}
 LOAD: dict[str, str] = {"before": "?", "after": "?"}
+Timing = tuple[float, float]  # (wall seconds, CPU seconds of this process)
+
+
+def start() -> Timing:
+    return time.perf_counter(), time.process_time()
+
+
+def since(started: Timing) -> Timing:
+    """Wall and process CPU time since `started`: on a machine shared with other work, the CPU time
+    is what this process spent, the wall time also what it waited for a core."""
+    return time.perf_counter() - started[0], time.process_time() - started[1]
+
+
+# Nodes per CPU-second of this process, per way (JSON keys).
+CPU_KEYS = {
+    "base": "cpu_baseline_nodes_per_s",
+    "committed": "cpu_baseline_commit_nodes_per_s",
+    "plain": "cpu_engine_nodes_per_s",
+    "durable": "cpu_engine_sqlite_nodes_per_s",
+    "document": "cpu_floor_document_nodes_per_s",
+}
 
 
 def load_average() -> str:
@@ -101,7 +127,7 @@ def load_average() -> str:
         return "?"
 
 
-async def baseline(graph: dict[str, list[str]], db: sqlite3.Connection | None = None) -> float:
+async def baseline(graph: dict[str, list[str]], db: sqlite3.Connection | None = None) -> Timing:
     """Levels + gather; with `db` (baseline+commit) each node also commits one row (its id and a stamp)
     before its level may advance."""
 
@@ -116,14 +142,14 @@ async def baseline(graph: dict[str, list[str]], db: sqlite3.Connection | None = 
         db.execute("INSERT INTO node_commits VALUES (?, ?, ?)", (run_id, node, time.time()))
 
     step = agent if db is None else committed
-    started = time.perf_counter()
+    started = start()
     sorter = graphlib.TopologicalSorter(graph)
     sorter.prepare()
     while sorter.is_active():
         level = sorter.get_ready()
         await asyncio.gather(*(step(node) for node in level))
         sorter.done(*level)
-    return time.perf_counter() - started
+    return since(started)
 
 
 def reference_db(path: Path) -> sqlite3.Connection:
@@ -137,7 +163,7 @@ def reference_db(path: Path) -> sqlite3.Connection:
     return db
 
 
-async def floor(graph: dict[str, list[str]], db: sqlite3.Connection | None) -> float:
+async def floor(graph: dict[str, list[str]], db: sqlite3.Connection | None) -> Timing:
     """The baseline plus the contract's per-node work (see --floor); the run document only with `db`."""
 
     async def agent(node: str) -> Any:
@@ -146,7 +172,7 @@ async def floor(graph: dict[str, list[str]], db: sqlite3.Connection | None) -> f
     # The input hash through the executor's `InputHasher`; its per-node parts belong to the DAG, which
     # the engine prepares once per DAG version (not timed here either).
     hashers = {node: InputHasher("bench.noop", {}, deps) for node, deps in graph.items()}
-    started = time.perf_counter()
+    started = start()
     run_input = sha256_hex(canonical_json(None))
     prev = genesis_hash("floor", None)
     output_hashes: dict[str, str] = {}
@@ -193,21 +219,21 @@ async def floor(graph: dict[str, list[str]], db: sqlite3.Connection | None) -> f
             ),
         )
         db.execute("COMMIT")
-    return time.perf_counter() - started
+    return since(started)
 
 
-async def engine_run(engine: Engine, dag_id: str, checkpoints: bool) -> float:
+async def engine_run(engine: Engine, dag_id: str, checkpoints: bool) -> Timing:
     options = ExecutionOptions(checkpoint_enabled=checkpoints)
-    started = time.perf_counter()
+    started = start()
     record = await engine.execute(dag_id, None, options)
     final = await engine.wait(record.execution_id)
-    elapsed = time.perf_counter() - started
+    elapsed = since(started)
     if final.status != "completed":
         raise RuntimeError(f"benchmark run {dag_id} ended {final.status}: {final.error}")
     return elapsed
 
 
-async def main(repeat: int, with_floor: bool = False) -> dict[str, dict[str, float]]:
+async def main(repeat: int, with_floor: bool = False, freeze_gc: bool = False) -> dict[str, dict[str, float]]:
     registry = AgentRegistry()
     registry.register("bench.noop", noop)
     results: dict[str, dict[str, float]] = {}
@@ -217,6 +243,8 @@ async def main(repeat: int, with_floor: bool = False) -> dict[str, dict[str, flo
             database_url=f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}", max_parallel_nodes=10_000
         )
         engine = await Engine.open(settings, registry=registry)
+        if freeze_gc:  # set-up's objects out of the cyclic collector, as a service might after start-up
+            gc.freeze()
         commits = reference_db(Path(tmp) / "reference.db")
         db = None
         if with_floor:  # the engine's schema in a file of its own (not to slow down the engine's file)
@@ -226,7 +254,8 @@ async def main(repeat: int, with_floor: bool = False) -> dict[str, dict[str, flo
             db.execute("PRAGMA synchronous=NORMAL")  # as the engine's connections
         try:
             await engine.register_dag({"dag_id": "bench-one", "nodes": {"one": {"agent_id": "bench.noop"}}})
-            fixed = min([await engine_run(engine, "bench-one", False) for _ in range(max(repeat, 5))])
+            fixed_runs = [await engine_run(engine, "bench-one", False) for _ in range(max(repeat, 5))]
+            fixed, fixed_cpu = min(t[0] for t in fixed_runs), min(t[1] for t in fixed_runs)
             for name, build in WORKLOADS.items():
                 graph = build()
                 nodes = len(graph)
@@ -237,7 +266,7 @@ async def main(repeat: int, with_floor: bool = False) -> dict[str, dict[str, flo
                 await engine.register_dag(dag)
                 # The ways take turns within each repeat (not all repeats of one way, then the next), so
                 # that a change in the machine's load between them weighs on every way alike.
-                ways: dict[str, Callable[[], Awaitable[float]]] = {
+                ways: dict[str, Callable[[], Awaitable[Timing]]] = {
                     "base": partial(baseline, graph),
                     "committed": partial(baseline, graph, commits),
                     "plain": partial(engine_run, engine, dag["dag_id"], False),
@@ -246,34 +275,33 @@ async def main(repeat: int, with_floor: bool = False) -> dict[str, dict[str, flo
                 if db is not None:
                     ways["hashes"] = partial(floor, graph, None)
                     ways["document"] = partial(floor, graph, db)
-                best = dict.fromkeys(ways, float("inf"))
+                wall = dict.fromkeys(ways, float("inf"))
+                cpu = dict.fromkeys(ways, float("inf"))
                 for _ in range(repeat):
                     for way, run in ways.items():
-                        best[way] = min(best[way], await run())
-                base, plain, durable, committed = (
-                    best["base"],
-                    best["plain"],
-                    best["durable"],
-                    best["committed"],
-                )
+                        took = await run()
+                        wall[way], cpu[way] = min(wall[way], took[0]), min(cpu[way], took[1])
                 results[name] = {
                     "nodes": nodes,
-                    "baseline_nodes_per_s": nodes / base,
-                    "engine_nodes_per_s": nodes / plain,
-                    "engine_sqlite_nodes_per_s": nodes / durable,
-                    "baseline_commit_nodes_per_s": nodes / committed,
-                    "engine_sqlite_vs_baseline_commit": committed / durable,
-                    "engine_vs_baseline": base / plain,
+                    "baseline_nodes_per_s": nodes / wall["base"],
+                    "engine_nodes_per_s": nodes / wall["plain"],
+                    "engine_sqlite_nodes_per_s": nodes / wall["durable"],
+                    "baseline_commit_nodes_per_s": nodes / wall["committed"],
+                    "engine_sqlite_vs_baseline_commit": wall["committed"] / wall["durable"],
+                    "engine_vs_baseline": wall["base"] / wall["plain"],
                     "run_record_seconds": fixed,
-                    "engine_nodes_per_s_excl_run_record": nodes / max(plain - fixed, 1e-9),
+                    "engine_nodes_per_s_excl_run_record": nodes / max(wall["plain"] - fixed, 1e-9),
+                    "cpu_run_record_seconds": fixed_cpu,
                 }
+                for way, key in CPU_KEYS.items():
+                    if way in cpu:
+                        results[name][key] = nodes / max(cpu[way], 1e-9)
                 if db is not None:
-                    hashes, document = best["hashes"], best["document"]
-                    results[name]["floor_hashes_nodes_per_s"] = nodes / hashes
-                    results[name]["floor_hashes_vs_baseline"] = base / hashes
-                    results[name]["floor_document_nodes_per_s"] = nodes / document
-                    results[name]["floor_document_vs_baseline"] = base / document
-                    results[name]["engine_vs_floor_document"] = document / plain
+                    results[name]["floor_hashes_nodes_per_s"] = nodes / wall["hashes"]
+                    results[name]["floor_hashes_vs_baseline"] = wall["base"] / wall["hashes"]
+                    results[name]["floor_document_nodes_per_s"] = nodes / wall["document"]
+                    results[name]["floor_document_vs_baseline"] = wall["base"] / wall["document"]
+                    results[name]["engine_vs_floor_document"] = wall["document"] / wall["plain"]
         finally:
             commits.close()
             if db is not None:
@@ -312,6 +340,26 @@ def render(results: dict[str, dict[str, float]]) -> str:
     lines.append("")
     lines.append(f"Fixed cost of one durable run record (1-node DAG, no checkpoints): {fixed_ms:.1f} ms")
     lines.append(f"Load average ({os.cpu_count()} CPUs) before / after: {LOAD['before']} / {LOAD['after']}")
+    lines += ["", "Per CPU-second of this process (`time.process_time`, best of the repeats):", ""]
+    lines += [
+        "| workload | baseline | engine | engine / baseline | engine + checkpoints | baseline + commit "
+        "| engine + checkpoints / baseline + commit |"
+        + (" floor + document | engine / floor + document |" if floor_shown else ""),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if floor_shown else ""),
+    ]
+    for name, r in results.items():
+        base, plain = r["cpu_baseline_nodes_per_s"], r["cpu_engine_nodes_per_s"]
+        durable, committed = r["cpu_engine_sqlite_nodes_per_s"], r["cpu_baseline_commit_nodes_per_s"]
+        line = (
+            f"| {name} | {base:,.0f} | {plain:,.0f} | {plain / base:.0%} | {durable:,.0f} | {committed:,.0f} "
+            f"| {durable / committed:.0%} |"
+        )
+        if floor_shown:
+            document = r["cpu_floor_document_nodes_per_s"]
+            line += f" {document:,.0f} | {plain / document:.0%} |"
+        lines.append(line)
+    fixed_cpu_ms = next(iter(results.values()))["cpu_run_record_seconds"] * 1000 if results else 0.0
+    lines += ["", f"CPU time of one durable run record: {fixed_cpu_ms:.2f} ms"]
     return "\n".join(lines)
 
 
@@ -324,9 +372,14 @@ if __name__ == "__main__":
     parser.add_argument(
         "--floor", action="store_true", help="also measure the contract's bare per-node cost (see above)"
     )
+    parser.add_argument(
+        "--freeze-gc",
+        action="store_true",
+        help="gc.freeze() after set-up: full collections then traverse only what the runs allocate",
+    )
     args = parser.parse_args()
     LOAD["before"] = load_average()
-    outcome = asyncio.run(main(max(1, args.repeat), args.floor))
+    outcome = asyncio.run(main(max(1, args.repeat), args.floor, args.freeze_gc))
     LOAD["after"] = load_average()
     if args.json:
         print(json.dumps({"results": outcome, "cpus": os.cpu_count(), "load_average": LOAD}, indent=2))

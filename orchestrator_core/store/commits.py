@@ -306,7 +306,8 @@ class SqliteCommitter:
     # -- running transactions ----------------------------------------------------------------------
 
     def trace_statements(self, callback: Callable[[str], None] | None) -> None:
-        """Call `callback` with every statement either connection runs (None: stop); for diagnosis."""
+        """Call `callback` with every statement the event loop's connection runs (None: stop); for
+        diagnosis and for counting round trips."""
         self._trace = callback
         if self._loop_conn is not None:
             self._loop_conn.set_trace_callback(callback)
