@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from gl_common.clock import Clock
-from orchestrator_core.errors import InvalidState, StaleFencingToken, StoreError
+from orchestrator_core.errors import InvalidState, OrchestratorError, StaleFencingToken, StoreError
 from orchestrator_core.events import CheckpointEvent, EngineObserver, LogEvent
 from orchestrator_core.policies import backoff_delay
 from orchestrator_core.records import CheckpointRecord, NodeTrace, ProvenanceEntry
@@ -70,6 +70,7 @@ class RunWriter:
         self._provenance: list[ProvenanceEntry] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
+        self._committing = False  # the writer task is inside a commit
         self.fatal: BaseException | None = None
         self.failures = 0
 
@@ -86,8 +87,18 @@ class RunWriter:
         self._kick()
 
     async def save_checkpoint(self, checkpoint: CheckpointRecord, trace: NodeTrace | LiveTrace) -> None:
-        """Queue a checkpoint and wait until it is committed (raises the fatal error if fenced out)."""
-        await self.queue_checkpoint(checkpoint, trace)
+        """Queue a checkpoint and wait until it is committed (raises the fatal error if fenced out).
+
+        With no commit under way, it is first tried at once in the caller's task (`_commit_now`): no
+        writer task, no turn of the event loop. For a node that is alone at its level (nobody could
+        join its commit); the nodes of a wider level use `queue_checkpoint` and commit together.
+        """
+        if self.fatal is not None:
+            raise self.fatal
+        self._checkpoints.append(checkpoint)
+        self._traces[trace.node_id] = trace
+        if not self._commit_now():
+            await self._waiter()
 
     def queue_checkpoint(
         self, checkpoint: CheckpointRecord, trace: NodeTrace | LiveTrace
@@ -109,6 +120,29 @@ class RunWriter:
                 raise self.fatal
             return
         await self._wait()
+
+    def _commit_now(self) -> bool:
+        """Commit everything queued now if the store can without waiting (`commits.write_batch_now`);
+        False, with everything left queued, when it cannot or fails: the writer task then commits it
+        as always (retrying, counting, stopping the run when fenced out)."""
+        if self._committing:
+            return False  # the writer task's commit is under way; ours joins the next one
+        waiters, self._waiters = self._waiters, []
+        batch = self.take_pending()
+        try:
+            done = self.store.commits.write_batch_now(self.execution_id, self.token, batch)
+        except OrchestratorError:
+            done = False
+        if not done:
+            self._requeue(batch)
+            self._waiters = waiters + self._waiters
+            return False
+        if batch.checkpoints:
+            self._event("ok", len(batch.checkpoints), None)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        return True
 
     def take_pending(self) -> WriteBatch:
         """Hand over whatever is queued and not yet being written (used by the final status write)."""
@@ -182,6 +216,7 @@ class RunWriter:
             await asyncio.sleep(0)  # let the rest of a completion burst queue up
             waiters, self._waiters = self._waiters, []
             batch = self.take_pending()
+            self._committing = True
             try:
                 if batch:
                     await self._commit(batch)
@@ -200,6 +235,8 @@ class RunWriter:
                 if self.on_fatal is not None:
                     self.on_fatal(exc)
                 return
+            finally:
+                self._committing = False
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)

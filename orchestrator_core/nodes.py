@@ -100,11 +100,12 @@ class NodeRunner:
                 state.completed_at = clock.now()
                 state.duration_ms = (clock.monotonic() - state.started_mono) * 1000
                 if run.persist:  # the node is done only once its checkpoint is committed
-                    committed = self._queue_checkpoint(state, value)
+                    checkpoint = self._checkpoint(state, value)
                     if defer_commit:
+                        committed = run.writer.queue_checkpoint(checkpoint, state)
                         self.deferred.append((state, value, committed))
                         return
-                    await committed
+                    await run.writer.save_checkpoint(checkpoint, state)
                 self._done(state, value)
                 return
             if attempt <= policy.max_retries and is_retryable(policy, exc):
@@ -247,9 +248,9 @@ class NodeRunner:
         run.output_hashes[node_id] = state.output_hash or NO_OUTPUT_HASH
         run.completion_order.append(node_id)
 
-    def _queue_checkpoint(self, state: NodeState, value: Any) -> asyncio.Future[None]:
+    def _checkpoint(self, state: NodeState, value: Any) -> CheckpointRecord:
         assert state.completed_at is not None
-        checkpoint = CheckpointRecord(
+        return CheckpointRecord(
             execution_id=self.run.execution_id,
             node_id=state.node.node_id,
             status="completed",
@@ -258,7 +259,6 @@ class NodeRunner:
             output_hash=state.output_hash or NO_OUTPUT_HASH,
             created_at=state.completed_at,
         )
-        return self.run.writer.queue_checkpoint(checkpoint, state)
 
     async def _failed(self, state: NodeState, exc: BaseException) -> None:
         run = self.run

@@ -105,7 +105,22 @@ class BatchCommits:
         if self.sqlite is None:
             await self.repository.write_batch(execution_id, token, batch)
             return
-        sqlite = self.sqlite
+        work = self._batch_work(self.sqlite, execution_id, token, batch)
+        if isinstance(self.sqlite.in_loop(work), _Busy):
+            await self.sqlite.in_thread(work)
+
+    def write_batch_now(self, execution_id: str, token: int, batch: WriteBatch) -> bool:
+        """`write_batch` if it can be done at once, without waiting (a SQLite file whose write lock is
+        free): True once committed; False when it must go the waiting way. Raises what `write_batch`
+        raises."""
+        if self.sqlite is None:
+            return False
+        return not isinstance(
+            self.sqlite.in_loop(self._batch_work(self.sqlite, execution_id, token, batch)), _Busy
+        )
+
+    @staticmethod
+    def _batch_work(sqlite: SqliteCommitter, execution_id: str, token: int, batch: WriteBatch) -> Work[None]:
         fence, statements = sqlite.fence(execution_id, token, batch), sqlite.batch(execution_id, batch)
 
         def work(conn: sqlite3.Connection) -> None:
@@ -113,8 +128,7 @@ class BatchCommits:
             for sql, rows in statements:
                 conn.executemany(sql, rows)
 
-        if isinstance(sqlite.in_loop(work), _Busy):
-            await sqlite.in_thread(work)
+        return work
 
     async def finish(
         self, execution_id: str, token: int, *, status: str, error: str | None, batch: WriteBatch
