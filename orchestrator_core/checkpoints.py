@@ -2,9 +2,10 @@
 
 Where it sits: `executor.Executor` owns one `RunWriter` per run. A completed node calls
 `await writer.save_checkpoint(...)`, which returns only once the checkpoint is committed — so the
-node (and therefore its level's barrier) does not count as done before its result is durable. (A node
-of a wider level calls `queue_checkpoint` instead and counts as done when the returned future is; its
-level's barrier waits for that with `flush()`.) Trace
+node (and therefore its level's barrier) does not count as done before its result is durable; with no
+commit under way and a store that can commit at once, the commit runs right there, in the node's task.
+(A node of a wider level calls `queue_checkpoint` instead and counts as done once the returned future
+is; its level's barrier waits for those futures: `nodes.NodeRunner.done_when_durable`.) Trace
 updates (`writer.trace`) and provenance records (`writer.add_provenance`) are write-behind and ride
 along in the next commit; `flush()` waits for everything queued.
 

@@ -2,10 +2,11 @@
 
 Where it sits: `levels.LevelRunner` calls `NodeRunner.run_node(node_id, task)` for each node it starts
 (in the task that runs the node). The node runner takes a parallelism slot (`run_state.Slots`) per
-attempt, calls the agent through `agents.AgentRegistry.invoke`, queues a completed node's checkpoint
-(`checkpoints.RunWriter.queue_checkpoint`) and counts the node as done only once it is committed (in a
-level of one it waits for that; in a wider one the level's barrier does), reports each step to the
-`EngineObserver`, and tells the level runner about a failure (`on_failed`).
+attempt, calls the agent through `agents.AgentRegistry.invoke`, hands a completed node's checkpoint to
+the run's `checkpoints.RunWriter` and counts the node as done only once it is committed (in a level of
+one it waits for that in `save_checkpoint`; in a wider one it queues it with `queue_checkpoint` and the
+level's barrier waits: `done_when_durable`), reports each step to the `EngineObserver`, and tells the
+level runner about a failure (`on_failed`).
 
 - Per attempt: `timeout_policy.timeout_seconds` (a `NodeTimeout`); retries per `retry_policy`
   (`policies.is_retryable`, `policies.retry_delay`, jitter seeded from the execution id in
