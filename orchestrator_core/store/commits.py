@@ -337,8 +337,8 @@ class SqliteCommitter:
                 self._loop_conn.set_trace_callback(self._trace)
             result = _transaction(self._loop_conn, work)
         except sqlite3.OperationalError as exc:
-            if isinstance(exc, _NotBegun):
-                return BUSY
+            if isinstance(exc, _NotBegun) or (self._loop_conn is None and _is_busy(exc)):
+                return BUSY  # nothing ran: the lock (or, while connecting, the file) is busy now
             raise StoreUnavailable(f"write: {type(exc).__name__}: {exc}") from exc
         except sqlite3.Error as exc:
             raise StoreError(f"write: {type(exc).__name__}: {exc}") from exc
@@ -429,7 +429,7 @@ def _transaction(conn: sqlite3.Connection, work: Work[T]) -> T:
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
+        if _is_busy(exc):
             raise _NotBegun(str(exc)) from exc
         raise
     try:
@@ -440,3 +440,8 @@ def _transaction(conn: sqlite3.Connection, work: Work[T]) -> T:
             conn.execute("ROLLBACK")
         raise
     return result
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY / SQLITE_LOCKED: another connection holds what this one needs right now."""
+    return "locked" in str(exc) or "busy" in str(exc)
