@@ -5,7 +5,8 @@ as bench/engine.py, with parts of the per-node contract switched off inside this
 
 Variants (each cumulative on the one before; the engine code on disk is never changed):
   contract       the engine as shipped (checkpoint_enabled=false)
-  - node rows    the final transaction writes no run document (no traces, no chain: the run record only)
+  - node rows    the final transaction writes no run document (no traces, no chain: the run record only;
+                 on a SQLite file an empty document row, written with the run's end by `store.commits`)
   - hashes       no input hash per node, no provenance record hash (constant strings instead)
   - chain        no provenance entries at all (levels are not sealed)
 
@@ -33,6 +34,7 @@ import engine as bench
 from orchestrator_core import hashing as hashing_module
 from orchestrator_core import levels as levels_module
 from orchestrator_core import provenance as provenance_module
+from orchestrator_core.store import commits as commits_module
 from orchestrator_core.store import rundata as rundata_module
 
 CONSTANT_HASH = "0" * 64
@@ -47,7 +49,12 @@ def _no_node_rows() -> None:
     async def write_nothing(conn: Any, execution_id: str, batch: Any, clock: Any) -> None:
         return None
 
+    def empty_document(execution_id: str, batch: Any, written_at: Any) -> tuple[Any, ...]:
+        return execution_id, "{}", "{}", written_at
+
     rundata_module.write = write_nothing  # type: ignore[assignment]
+    # On a SQLite file a run's end is written by `store.commits` (one row, nothing encoded)
+    commits_module.document_row = empty_document  # type: ignore[assignment]
 
 
 def _no_chain() -> None:

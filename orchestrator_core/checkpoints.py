@@ -2,7 +2,10 @@
 
 Where it sits: `executor.Executor` owns one `RunWriter` per run. A completed node calls
 `await writer.save_checkpoint(...)`, which returns only once the checkpoint is committed — so the
-node (and therefore its level's barrier) does not count as done before its result is durable. Trace
+node (and therefore its level's barrier) does not count as done before its result is durable; with no
+commit under way and a store that can commit at once, the commit runs right there, in the node's task.
+(A node of a wider level calls `queue_checkpoint` instead and counts as done once the returned future
+is; its level's barrier waits for those futures: `nodes.NodeRunner.done_when_durable`.) Trace
 updates (`writer.trace`) and provenance records (`writer.add_provenance`) are write-behind and ride
 along in the next commit; `flush()` waits for everything queued.
 
@@ -20,13 +23,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Protocol
 
 from gl_common.clock import Clock
-from orchestrator_core.errors import InvalidState, StaleFencingToken, StoreError
+from orchestrator_core.errors import InvalidState, OrchestratorError, StaleFencingToken, StoreError
 from orchestrator_core.events import CheckpointEvent, EngineObserver, LogEvent
 from orchestrator_core.policies import backoff_delay
 from orchestrator_core.records import CheckpointRecord, NodeTrace, ProvenanceEntry
-from orchestrator_core.store import Store, TraceFields, WriteBatch
+from orchestrator_core.store import Store, WriteBatch
+
+
+class LiveTrace(Protocol):
+    """A node's live state (`run_state.NodeState`): its trace is taken when its batch is."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    def snapshot(self) -> NodeTrace: ...
 
 
 class RunWriter:
@@ -52,18 +65,21 @@ class RunWriter:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.on_fatal = on_fatal
-        self._traces: dict[str, TraceFields] = {}
+        # Per node, its latest trace: a snapshot, or the live node state (snapshotted when taken).
+        self._traces: dict[str, NodeTrace | LiveTrace] = {}
         self._checkpoints: list[CheckpointRecord] = []
         self._provenance: list[ProvenanceEntry] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
+        self._committing = False  # the writer task is inside a commit
         self.fatal: BaseException | None = None
         self.failures = 0
 
     # -- queueing ----------------------------------------------------------------------------------
 
-    def trace(self, trace: NodeTrace) -> None:
-        """Queue a trace update (write-behind; the latest state of a node wins)."""
+    def trace(self, trace: NodeTrace | LiveTrace) -> None:
+        """Queue a trace update (write-behind; the latest state of a node wins). A live node state is
+        read when the batch is taken for its commit, as the node is then."""
         self._traces[trace.node_id] = trace
         self._kick()
 
@@ -71,11 +87,30 @@ class RunWriter:
         self._provenance.extend(entries)
         self._kick()
 
-    async def save_checkpoint(self, checkpoint: CheckpointRecord, trace: NodeTrace) -> None:
-        """Queue a checkpoint and wait until it is committed (raises the fatal error if fenced out)."""
+    async def save_checkpoint(self, checkpoint: CheckpointRecord, trace: NodeTrace | LiveTrace) -> None:
+        """Queue a checkpoint and wait until it is committed (raises the fatal error if fenced out).
+
+        With no commit under way, it is first tried at once in the caller's task (`_commit_now`): no
+        writer task, no turn of the event loop. For a node that is alone at its level (nobody could
+        join its commit); the nodes of a wider level use `queue_checkpoint` and commit together.
+        """
+        if self.fatal is not None:
+            raise self.fatal
         self._checkpoints.append(checkpoint)
         self._traces[trace.node_id] = trace
-        await self._wait()
+        if not self._commit_now():
+            await self._waiter()
+
+    def queue_checkpoint(
+        self, checkpoint: CheckpointRecord, trace: NodeTrace | LiveTrace
+    ) -> asyncio.Future[None]:
+        """Queue a checkpoint; the future is done once it is committed (or with the fatal error if
+        fenced out; cancelled if the writer is closed first). Raises the fatal error at once if any."""
+        if self.fatal is not None:
+            raise self.fatal
+        self._checkpoints.append(checkpoint)
+        self._traces[trace.node_id] = trace
+        return self._waiter()
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
@@ -87,9 +122,33 @@ class RunWriter:
             return
         await self._wait()
 
+    def _commit_now(self) -> bool:
+        """Commit everything queued now if the store can without waiting (`commits.write_batch_now`);
+        False, with everything left queued, when it cannot or fails: the writer task then commits it
+        as always (retrying, counting, stopping the run when fenced out)."""
+        if self._committing:
+            return False  # the writer task's commit is under way; ours joins the next one
+        waiters, self._waiters = self._waiters, []
+        batch = self.take_pending()
+        try:
+            done = self.store.commits.write_batch_now(self.execution_id, self.token, batch)
+        except OrchestratorError:
+            done = False
+        if not done:
+            self._requeue(batch)
+            self._waiters = waiters + self._waiters
+            return False
+        if batch.checkpoints:
+            self._event("ok", len(batch.checkpoints), None)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        return True
+
     def take_pending(self) -> WriteBatch:
         """Hand over whatever is queued and not yet being written (used by the final status write)."""
-        batch = WriteBatch(list(self._traces.values()), list(self._checkpoints), list(self._provenance))
+        traces = [t if isinstance(t, NodeTrace) else t.snapshot() for t in self._traces.values()]
+        batch = WriteBatch(traces, list(self._checkpoints), list(self._provenance))
         self._traces, self._checkpoints, self._provenance = {}, [], []
         return batch
 
@@ -128,7 +187,8 @@ class RunWriter:
 
     def _requeue(self, batch: WriteBatch) -> None:
         newer = self._traces
-        self._traces = {t.node_id: t for t in batch.traces}
+        # `take_pending`'s batch: every trace in it is a snapshot
+        self._traces = {t.node_id: t for t in batch.traces if isinstance(t, NodeTrace)}
         self._traces.update(newer)
         self._checkpoints = [*batch.checkpoints, *self._checkpoints]
         self._provenance = sorted([*batch.provenance, *self._provenance], key=lambda p: p.seq)
@@ -138,10 +198,13 @@ class RunWriter:
     async def _wait(self) -> None:
         if self.fatal is not None:
             raise self.fatal
+        await self._waiter()
+
+    def _waiter(self) -> asyncio.Future[None]:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._kick()
-        await waiter
+        return waiter
 
     def _kick(self) -> None:
         if self.fatal is None and (self._task is None or self._task.done()):
@@ -154,6 +217,7 @@ class RunWriter:
             await asyncio.sleep(0)  # let the rest of a completion burst queue up
             waiters, self._waiters = self._waiters, []
             batch = self.take_pending()
+            self._committing = True
             try:
                 if batch:
                     await self._commit(batch)
@@ -172,6 +236,8 @@ class RunWriter:
                 if self.on_fatal is not None:
                     self.on_fatal(exc)
                 return
+            finally:
+                self._committing = False
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
@@ -181,7 +247,7 @@ class RunWriter:
         while True:
             attempt += 1
             try:
-                await self.store.executions.write_batch(self.execution_id, self.token, batch)
+                await self.store.commits.write_batch(self.execution_id, self.token, batch)
             except StoreError as exc:
                 self.failures += 1
                 delay = backoff_delay(attempt, self.base_delay, self.max_delay)

@@ -275,7 +275,7 @@ class Engine:
             return await self.start_execution(
                 created.record.execution_id, owner=owner, fencing_token=fencing_token
             )
-        claimed = await self.store.executions.create_run(
+        claimed = await self.store.commits.create_run(
             dag_id, build, claim=(owner or self.settings.replica_id, fencing_token)
         )
         self._launch(claimed)

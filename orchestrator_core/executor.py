@@ -220,7 +220,7 @@ class Executor:
         while True:
             attempt += 1
             try:
-                final = await self.store.executions.finish(
+                final = await self.store.commits.finish(
                     self.execution_id, self.token, status=status, error=error, batch=batch
                 )
                 break

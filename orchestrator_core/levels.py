@@ -8,7 +8,10 @@ run is stopped.
 
 - Level k+1 starts only when every node of level k has completed, been skipped, or failed per
   `on_failure` (`fail_fast` and `compensate` stop after the level: `StopRun`) — and every completed
-  node's checkpoint is committed. One hung node therefore stalls the run at its level: by design.
+  node's checkpoint is committed. A level of one node waits for its commit in the node; the nodes of a
+  wider level queue theirs and go on (a worker is not held up by a commit, so a level of agents that
+  return at once runs in one worker and one commit), and the level waits for them all at its barrier.
+  One hung node therefore stalls the run at its level: by design.
 - A node whose dependency did not complete (and was not skipped on timeout) is `skipped`.
 - Nodes start in node-id order. A level of one node runs in the execution's own task; a wider level is
   run by worker tasks (`run_workers`): nodes that return without waiting share one worker, and every
@@ -93,8 +96,13 @@ class LevelRunner:
             # to wait for but the node (chains are levels of one).
             await self.nodes.run_node(to_run[0], task)
         elif to_run:
-            await self.run_workers(to_run)
-        # Every completed node of the level already waited for its checkpoint commit, so the level may
+            try:
+                await self.run_workers(to_run)
+            except BaseException:
+                self.nodes.forget_deferred()
+                raise
+            await self.nodes.done_when_durable()  # each node is done once its own commit landed
+        # Every completed node of the level is durable (its checkpoint is committed), so the level may
         # advance. The level's provenance records ride along with the next commit: if the process dies
         # first, a resume re-seals this (fully checkpointed) level in the same order.
         self.seal(level)
@@ -147,7 +155,7 @@ class LevelRunner:
                 asyncio.get_running_loop().call_soon(level.check)
             self.node_tasks[node_id] = task
             try:
-                await self.nodes.run_node(node_id, task)
+                await self.nodes.run_node(node_id, task, defer_commit=True)
             finally:
                 self.node_tasks.pop(node_id, None)
 

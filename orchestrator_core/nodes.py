@@ -2,9 +2,11 @@
 
 Where it sits: `levels.LevelRunner` calls `NodeRunner.run_node(node_id, task)` for each node it starts
 (in the task that runs the node). The node runner takes a parallelism slot (`run_state.Slots`) per
-attempt, calls the agent through `agents.AgentRegistry.invoke`, waits for a completed node's
-checkpoint commit (`checkpoints.RunWriter.save_checkpoint`) before the node counts as done, reports
-each step to the `EngineObserver`, and tells the level runner about a failure (`on_failed`).
+attempt, calls the agent through `agents.AgentRegistry.invoke`, hands a completed node's checkpoint to
+the run's `checkpoints.RunWriter` and counts the node as done only once it is committed (in a level of
+one it waits for that in `save_checkpoint`; in a wider one it queues it with `queue_checkpoint` and the
+level's barrier waits: `done_when_durable`), reports each step to the `EngineObserver`, and tells the
+level runner about a failure (`on_failed`).
 
 - Per attempt: `timeout_policy.timeout_seconds` (a `NodeTimeout`); retries per `retry_policy`
   (`policies.is_retryable`, `policies.retry_delay`, jitter seeded from the execution id in
@@ -38,6 +40,12 @@ def _ignore_failure(node_id: str, status: str) -> None:
     return None
 
 
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a dropped future's error as seen (asyncio logs errors nobody retrieved)."""
+    if not future.cancelled():
+        future.exception()
+
+
 class NodeRunner:
     """Runs single nodes of one run (see the module docstring)."""
 
@@ -46,9 +54,15 @@ class NodeRunner:
         self.compensator = compensator
         # Told when a node ends failed or timed out (not when skipped on timeout): the level runner.
         self.on_failed: Callable[[str, str], None] = _ignore_failure
+        # Completed nodes whose checkpoint commit is under way (`defer_commit`), in completion order.
+        self.deferred: list[tuple[NodeState, Any, asyncio.Future[None]]] = []
 
-    async def run_node(self, node_id: str, task: asyncio.Task[Any]) -> None:
-        """Run one node to its end (retries included) in `task`, the task this runs in."""
+    async def run_node(self, node_id: str, task: asyncio.Task[Any], *, defer_commit: bool = False) -> None:
+        """Run one node to its end (retries included) in `task`, the task this runs in.
+
+        A completed node counts as done (`outputs`, `completion_order`) once its checkpoint is
+        committed: this waits for that, or with `defer_commit` returns at once and the caller's barrier
+        makes the node done once its commit landed (`done_when_durable`)."""
         run = self.run
         state = run.states[node_id]
         node = state.node
@@ -74,7 +88,7 @@ class NodeRunner:
                     state.started_mono = clock.monotonic()
                     state.error = None
                     if run.persist:
-                        run.writer.trace(state.snapshot())
+                        run.writer.trace(state)  # read when its commit is taken
                 else:
                     now = clock.now()
                 state.attempt_count = attempt
@@ -87,10 +101,13 @@ class NodeRunner:
                 state.completed_at = clock.now()
                 state.duration_ms = (clock.monotonic() - state.started_mono) * 1000
                 if run.persist:  # the node is done only once its checkpoint is committed
-                    await self._save_checkpoint(state, value)
-                run.outputs[node_id] = value
-                run.output_hashes[node_id] = state.output_hash or NO_OUTPUT_HASH
-                run.completion_order.append(node_id)
+                    checkpoint = self._checkpoint(state, value)
+                    if defer_commit:
+                        committed = run.writer.queue_checkpoint(checkpoint, state)
+                        self.deferred.append((state, value, committed))
+                        return
+                    await run.writer.save_checkpoint(checkpoint, state)
+                self._done(state, value)
                 return
             if attempt <= policy.max_retries and is_retryable(policy, exc):
                 if rng is None:
@@ -205,9 +222,36 @@ class NodeRunner:
         """What every node event starts with: execution, DAG, node, agent, attempt."""
         return self.run.execution_id, self.run.dag.dag_id, node.node_id, node.agent_id, attempt
 
-    async def _save_checkpoint(self, state: NodeState, value: Any) -> None:
+    async def done_when_durable(self) -> None:
+        """Wait for the commits of the nodes that deferred theirs, in the order they completed, each
+        node done once its own landed (raises a commit's fatal error, as the node itself would have)."""
+        deferred = self.deferred
+        for index, (state, value, committed) in enumerate(deferred):
+            try:
+                await committed
+            except BaseException:
+                self.deferred = deferred[index:]
+                self.forget_deferred()
+                raise
+            self._done(state, value)
+        self.deferred = []
+
+    def forget_deferred(self) -> None:
+        """Drop the deferred commits (the level is being abandoned); their outcome is not needed."""
+        for _, _, committed in self.deferred:
+            committed.add_done_callback(_retrieve)
+        self.deferred = []
+
+    def _done(self, state: NodeState, value: Any) -> None:
+        """The node is done: downstream sees its output."""
+        run, node_id = self.run, state.node.node_id
+        run.outputs[node_id] = value
+        run.output_hashes[node_id] = state.output_hash or NO_OUTPUT_HASH
+        run.completion_order.append(node_id)
+
+    def _checkpoint(self, state: NodeState, value: Any) -> CheckpointRecord:
         assert state.completed_at is not None
-        checkpoint = CheckpointRecord(
+        return CheckpointRecord(
             execution_id=self.run.execution_id,
             node_id=state.node.node_id,
             status="completed",
@@ -216,7 +260,6 @@ class NodeRunner:
             output_hash=state.output_hash or NO_OUTPUT_HASH,
             created_at=state.completed_at,
         )
-        await self.run.writer.save_checkpoint(checkpoint, state.snapshot())
 
     async def _failed(self, state: NodeState, exc: BaseException) -> None:
         run = self.run

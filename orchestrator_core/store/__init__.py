@@ -11,11 +11,14 @@ one repository per responsibility:
     store.executions  ExecutionRepository  the lifecycle: create, claim, fenced writes, finish, status
     store.listing     ExecutionListing     filtered keyset pages of executions, exact counts
     store.runs        RunDataRepository    reads of traces, checkpoints and the provenance chain
+    store.commits     BatchCommits         a run's hot writes: create and claim, batches, finish (on
+                                           a SQLite file: one call on a connection of their own)
 
 Modules: `schema` (the tables, as the migrations declare them), `database` (the foundation set up with
-the orchestrator's errors), `dags`, `executions`, `listing`, `rundata` (run data in both layouts: rows or one
-run document), `bulk` (the one raw executemany path, and why). SQLAlchemy Core (async) with one code
-path for SQLite and PostgreSQL; dialect-specific SQL only in the upsert and the migration lock.
+the orchestrator's errors), `dags`, `executions`, `listing`, `rundata` (run data in both layouts: rows
+or one run document), `bulk` (the raw executemany path, and why), `commits` (the checkpointed hot
+path). SQLAlchemy Core (async) with one code path for SQLite and PostgreSQL; dialect-specific SQL only
+in the upsert, the migration lock, and the SQLite connection of `commits`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gl_common.clock import Clock, SystemClock
 from gl_common.db import Database, PoolSettings, PoolStats
 from orchestrator_core.migrations import SCHEMA
+from orchestrator_core.store.commits import BatchCommits, SqliteCommitter, sqlite_file
 from orchestrator_core.store.dags import DagRepository, LimitRepository
 from orchestrator_core.store.database import open_database
 from orchestrator_core.store.executions import ClaimedRun, ExecutionRepository
@@ -37,7 +41,8 @@ __all__ = ["ClaimedRun", "RunData", "Store", "TraceFields", "WriteBatch"]
 class Store:
     """The orchestrator's repositories over one database. Build with `await Store.open(database_url)`."""
 
-    def __init__(self, db: Database, *, clock: Clock | None = None) -> None:
+    def __init__(self, db: Database, *, clock: Clock | None = None, pool: PoolSettings | None = None) -> None:
+        """`pool`: the settings `db` was opened with (its SQLite `synchronous` applies to `commits`)."""
         self.db = db
         self.clock: Clock = clock or SystemClock()
         self.dags = DagRepository(db, self.clock)
@@ -45,6 +50,17 @@ class Store:
         self.executions = ExecutionRepository(db, self.clock, self.dags)
         self.listing = ExecutionListing(db, self.clock)
         self.runs = RunDataRepository(db)
+        path = sqlite_file(db.engine.url)
+        sqlite = None
+        if path is not None:
+            sqlite = SqliteCommitter(
+                path,
+                dialect=db.engine.dialect,
+                clock=self.clock,
+                timeout_seconds=db.timeout_seconds,
+                synchronous=(pool or PoolSettings()).sqlite_synchronous,
+            )
+        self.commits = BatchCommits(self.executions, self.dags, sqlite)
 
     @classmethod
     async def open(
@@ -59,15 +75,14 @@ class Store:
     ) -> Store:
         """Connect, configure (SQLite: WAL), and upgrade the schema to the latest version (or to
         `schema_version`, for tests of upgrades)."""
-        db = open_database(
-            database_url,
-            PoolSettings(timeout_seconds=timeout_seconds, pool_size=pool_size, max_overflow=max_overflow),
-        )
-        store = cls(db, clock=clock)
+        pool = PoolSettings(timeout_seconds=timeout_seconds, pool_size=pool_size, max_overflow=max_overflow)
+        db = open_database(database_url, pool)
+        store = cls(db, clock=clock, pool=pool)
         try:
             await store.migrate(target=schema_version)
             db.require_returning()
         except BaseException:
+            await store.commits.close()
             await db.engine.dispose()
             raise
         return store
@@ -86,6 +101,7 @@ class Store:
 
     async def close(self) -> None:
         """Let transactions under way end (each is bounded by the timeout), then close the pool."""
+        await self.commits.close()
         await self.db.close()
 
     async def migrate(self, *, target: int | None = None) -> list[int]:

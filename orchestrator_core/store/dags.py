@@ -53,8 +53,7 @@ class DagRepository:
                 )
             ).first()
             if latest is not None and latest.content_hash == content_hash:
-                cached = self._cache.get((dag.dag_id, latest.version))
-                return cached or self._remember(DagDefinition.from_document(json.loads(latest.definition)))
+                return self.cached(dag.dag_id, latest.version) or self.parsed(latest.definition)
             version = dag.version if latest is None else max(dag.version, latest.version + 1)
             stored = dag.model_copy(update={"version": version})
             await conn.execute(
@@ -88,7 +87,7 @@ class DagRepository:
         if found is None:
             what = f"DAG {dag_id!r}" + ("" if version is None else f" version {version}")
             raise DagNotFound(f"{what} is not registered")
-        cached = self._cache.get((dag_id, int(found)))
+        cached = self.cached(dag_id, int(found))
         if cached is not None:
             return cached
         text: str = (
@@ -96,7 +95,15 @@ class DagRepository:
                 sa.select(dags.c.definition).where(dags.c.dag_id == dag_id, dags.c.version == found)
             )
         ).scalar_one()
-        return self._remember(DagDefinition.from_document(json.loads(text)))
+        return self.parsed(text)
+
+    def cached(self, dag_id: str, version: int) -> DagDefinition | None:
+        """The parsed version if this repository has it (for readers on other connections)."""
+        return self._cache.get((dag_id, version))
+
+    def parsed(self, definition: str) -> DagDefinition:
+        """Parse a stored definition (its `definition` column) and keep it in the cache."""
+        return self._remember(DagDefinition.from_document(json.loads(definition)))
 
     async def latest(self) -> list[DagDefinition]:
         """The latest version of every DAG, by id."""
@@ -141,7 +148,7 @@ class LimitRepository:
         now = self.clock.now()
         async with self.db.transaction("save limit overrides") as conn:  # two replicas: the last one wins
             await conn.execute(
-                upsert(conn, limit_overrides, limit_overrides.c.name, ["value", "set_by", "updated_at"]),
+                upsert(conn, limit_overrides, [limit_overrides.c.name], ["value", "set_by", "updated_at"]),
                 [{"name": n, "value": v, "set_by": set_by, "updated_at": now} for n, v in values.items()],
             )
 

@@ -10,6 +10,7 @@ inside a transaction (`StaleFencingToken`, `InvalidState`, ...) come out unchang
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,11 +29,13 @@ def open_database(database_url: str, pool: PoolSettings) -> Database:
     return Database.connect(database_url, pool, errors=ERRORS, passthrough=(OrchestratorError,))
 
 
-def upsert(conn: AsyncConnection, table: sa.Table, key: sa.Column[Any], update: list[str]) -> Any:
-    """`INSERT ... ON CONFLICT (key) DO UPDATE SET <update> = excluded.<update>` in the dialect's words
+def upsert(
+    conn: AsyncConnection, table: sa.Table, keys: Sequence[sa.Column[Any]], update: Sequence[str]
+) -> Any:
+    """`INSERT ... ON CONFLICT (keys) DO UPDATE SET <update> = excluded.<update>` in the dialect's words
     (values are given at execution)."""
     insert = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
     statement = insert(table)
     return statement.on_conflict_do_update(
-        index_elements=[key], set_={name: statement.excluded[name] for name in update}
+        index_elements=list(keys), set_={name: statement.excluded[name] for name in update}
     )

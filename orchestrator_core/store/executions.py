@@ -95,6 +95,17 @@ class ExecutionRepository:
     async def _insert(
         self, conn: AsyncConnection, record: ExecutionRecord, claim: tuple[str | None, int | None] | None
     ) -> ExecutionRecord:
+        values = self.insert_values(record, claim)
+        statement = executions.insert().values(**values)
+        if claim is None:
+            await conn.execute(statement)
+            return record
+        return execution_record((await conn.execute(statement.returning(*executions.c))).one())  # as stored
+
+    def insert_values(
+        self, record: ExecutionRecord, claim: tuple[str | None, int | None] | None
+    ) -> dict[str, Any]:
+        """The columns of a new execution's row (claimed as `create` describes with `claim`)."""
         values: dict[str, Any] = {
             "execution_id": record.execution_id,
             "dag_id": record.dag_id,
@@ -111,16 +122,13 @@ class ExecutionRepository:
             "timeout_seconds": record.timeout_seconds,
             "error": record.error,
         }
-        statement = executions.insert().values(**values)
         if claim is None:
-            await conn.execute(statement)
-            return record
+            return values
         if record.status != "queued":
             raise InvalidState(f"execution {record.execution_id} is {record.status}")
         owner, token = claim
         values.update(self._claim_values(record.execution_id, record.fencing_token, owner, token))
-        statement = executions.insert().values(**values).returning(*executions.c)
-        return execution_record((await conn.execute(statement)).one())  # as stored
+        return values
 
     async def claim(
         self,

@@ -8,16 +8,17 @@ through `RunDataRepository`.
 Layouts:
 
 - Rows: a run with checkpoints writes one `node_traces` row per node, one `checkpoints` row per
-  completed node and one `provenance` row per chain record, as it goes. A re-sent batch replaces
-  its own rows (writes are idempotent).
+  completed node and one `provenance` row per chain record, as it goes: one upsert statement per table
+  (`batch_rows`, `store.bulk`), so a re-sent batch replaces its own rows (writes are idempotent).
 - Document: a run without checkpoints writes nothing per node while it runs; its final transaction
   stores every trace and the whole chain as one `run_documents` row (`WriteBatch.whole_run`). Per
   column the document is `{"fields": [...], "rows": [[...], ...]}`; stamps and `duration_ms` are
   integer microseconds (exact, and integers encode several times faster than floats). The fields are
   the row tables' columns without `execution_id` (and the records' `created_at`).
 
-A reader gets the same records from either layout. (Issue 11's single-statement checkpoint batch goes
-in `write`: it is the one place that turns a batch into statements.)
+A reader gets the same records from either layout. `batch_rows` is the one place that turns a batch
+into rows: `write` sends them through SQLAlchemy's connection, `store.commits` through its own SQLite
+connection.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from gl_common.db import Database
 from orchestrator_core.errors import ExecutionNotFound, StoreError
 from orchestrator_core.hashing import canonical_json
 from orchestrator_core.records import CheckpointRecord, NodeTrace, ProvenanceEntry
-from orchestrator_core.store.bulk import insert_many, stamp_converter
+from orchestrator_core.store.bulk import StampConverter, stamp_converter, upsert_many
 from orchestrator_core.store.database import upsert
 from orchestrator_core.store.schema import (
     CHECKPOINT_COLUMNS,
@@ -49,7 +50,6 @@ from orchestrator_core.store.schema import (
     run_documents,
 )
 
-_CHUNK = 400  # rows per statement when deleting by key lists (well under SQLite's variable limit)
 _DOCUMENT_TRACE_FIELDS = TRACE_COLUMNS[1:]
 _DOCUMENT_PROVENANCE_FIELDS = PROVENANCE_COLUMNS[1:-1]
 _DOCUMENT_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
@@ -173,17 +173,27 @@ async def read_run(conn: AsyncConnection, execution_id: str) -> RunData:
     return RunData(await read_checkpoints(conn, execution_id), chain, traces)
 
 
+# What a batch turns into: per table, the columns and the rows to upsert (see `store.bulk`).
+TableRows = tuple[sa.Table, Sequence[str], list[tuple[Any, ...]]]
+
+
 async def write(conn: AsyncConnection, execution_id: str, batch: WriteBatch, clock: Clock) -> None:
     """The batch's rows or document (the caller's fencing UPDATE has already set `batch.head()`)."""
     if batch.whole_run:
         await _write_document(conn, execution_id, batch, clock)
         batch = WriteBatch(checkpoints=batch.checkpoints)
-    stamp = stamp_converter(conn)
-    rows: dict[Any, tuple[Any, ...]]
+    for table, names, rows in batch_rows(execution_id, batch, stamp_converter(conn), clock.now()):
+        await upsert_many(conn, table, names, rows)
+
+
+def batch_rows(execution_id: str, batch: WriteBatch, stamp: StampConverter, now: datetime) -> list[TableRows]:
+    """The rows of a batch in the row layout, one list per table that has any (a node's latest trace
+    wins; `now` stamps the chain records), datetimes bound with `stamp`."""
+    tables: list[TableRows] = []
     if batch.traces:
         traces = {t.node_id: t for t in batch.traces}  # the latest state of a node wins
-        rows = {
-            node_id: (
+        rows: list[tuple[Any, ...]] = [
+            (
                 execution_id,
                 node_id,
                 t.agent_id,
@@ -198,86 +208,66 @@ async def write(conn: AsyncConnection, execution_id: str, batch: WriteBatch, clo
                 t.timeout_seconds,
             )
             for node_id, t in traces.items()
-        }
-        await _replace(conn, node_traces, TRACE_COLUMNS, execution_id, rows)
+        ]
+        tables.append((node_traces, TRACE_COLUMNS, rows))
     if batch.checkpoints:
-        rows = {
-            cp.node_id: (
+        latest = {cp.node_id: cp for cp in batch.checkpoints}
+        rows = [
+            (
                 execution_id,
                 cp.node_id,
                 cp.status,
-                canonical_json(cp.output),
+                "null" if cp.output is None else canonical_json(cp.output),
                 cp.input_hash,
                 cp.output_hash,
                 stamp(cp.created_at),
             )
-            for cp in batch.checkpoints
-        }
-        await _replace(conn, checkpoints, CHECKPOINT_COLUMNS, execution_id, rows)
+            for cp in latest.values()
+        ]
+        tables.append((checkpoints, CHECKPOINT_COLUMNS, rows))
     if batch.provenance:
-        now = stamp(clock.now())
-        rows = {p.seq: (execution_id, *p, now) for p in batch.provenance}
-        await _replace(conn, provenance, PROVENANCE_COLUMNS, execution_id, rows)
-
-
-async def _replace(
-    conn: AsyncConnection,
-    table: sa.Table,
-    names: Sequence[str],
-    execution_id: str,
-    rows: dict[Any, tuple[Any, ...]],
-) -> None:
-    """Insert the execution's `rows` (by the key that follows `execution_id` in the primary key),
-    replacing rows with the same keys: a re-sent batch replaces itself."""
-    await _delete_keys(conn, table, table.c[names[1]], execution_id, list(rows))
-    await insert_many(conn, table, names, list(rows.values()))
+        created = stamp(now)
+        by_seq = {p.seq: p for p in batch.provenance}
+        tables.append(
+            (provenance, PROVENANCE_COLUMNS, [(execution_id, *p, created) for p in by_seq.values()])
+        )
+    return tables
 
 
 async def _write_document(conn: AsyncConnection, execution_id: str, batch: WriteBatch, clock: Clock) -> None:
     """Store the run's traces and chain as one `run_documents` row (replacing the previous one)."""
-    values = {
-        "execution_id": execution_id,
-        "node_traces": _encode_document(
-            _DOCUMENT_TRACE_FIELDS,
-            [
-                (
-                    t.node_id,
-                    t.agent_id,
-                    t.status,
-                    t.level,
-                    _epoch_us(t.started_at),
-                    _epoch_us(t.completed_at),
-                    None if t.duration_ms is None else round(t.duration_ms * 1000),
-                    t.attempt_count,
-                    t.error,
-                    t.input_hash,
-                    t.timeout_seconds,
-                )
-                for t in batch.traces
-            ],
-        ),
-        "provenance": _encode_document(_DOCUMENT_PROVENANCE_FIELDS, [tuple(p) for p in batch.provenance]),
-        "written_at": clock.now(),
-    }
-    statement = upsert(
-        conn, run_documents, run_documents.c.execution_id, ["node_traces", "provenance", "written_at"]
+    statement = upsert(conn, run_documents, [run_documents.c.execution_id], list(DOCUMENT_COLUMNS[1:]))
+    row = document_row(execution_id, batch, clock.now())
+    await conn.execute(statement, dict(zip(DOCUMENT_COLUMNS, row, strict=True)))
+
+
+DOCUMENT_COLUMNS = ("execution_id", "node_traces", "provenance", "written_at")
+
+
+def document_row(execution_id: str, batch: WriteBatch, written_at: Any) -> tuple[Any, ...]:
+    """The `run_documents` row of a whole-run batch, in `DOCUMENT_COLUMNS` order (`written_at` as the
+    caller binds it)."""
+    traces = _encode_document(
+        _DOCUMENT_TRACE_FIELDS,
+        [
+            (
+                t.node_id,
+                t.agent_id,
+                t.status,
+                t.level,
+                _epoch_us(t.started_at),
+                _epoch_us(t.completed_at),
+                None if t.duration_ms is None else round(t.duration_ms * 1000),
+                t.attempt_count,
+                t.error,
+                t.input_hash,
+                t.timeout_seconds,
+            )
+            for t in batch.traces
+        ],
     )
-    await conn.execute(statement, values)
-
-
-async def _delete_keys(
-    conn: AsyncConnection, table: sa.Table, key: sa.Column[Any], execution_id: str, keys: Sequence[Any]
-) -> None:
-    """Delete an execution's rows with these keys (so that a re-sent batch replaces itself). A large
-    key list first checks whether the execution has any row at all in the table (one statement instead
-    of one per chunk, for the common first write of a run's rows)."""
-    if len(keys) > _CHUNK:
-        exists = sa.select(sa.exists().where(table.c.execution_id == execution_id))
-        if not (await conn.execute(exists)).scalar():
-            return
-    for start in range(0, len(keys), _CHUNK):
-        chunk = keys[start : start + _CHUNK]
-        await conn.execute(table.delete().where(table.c.execution_id == execution_id, key.in_(chunk)))
+    chain = _encode_document(_DOCUMENT_PROVENANCE_FIELDS, [tuple(p) for p in batch.provenance])
+    return execution_id, traces, chain, written_at
 
 
 async def _trace_rows(conn: AsyncConnection, execution_id: str) -> dict[str, NodeTrace]:

@@ -1,5 +1,6 @@
 """Round trips to the database to start and resume runs: counted at the SQLAlchemy engine (every
-transaction begun and every statement sent), on SQLite and PostgreSQL."""
+transaction begun and every statement sent), on SQLite and PostgreSQL, and on a SQLite file also on the
+connections of `store.commits` (its statement trace)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import event
 
+from orchestrator_core.records import ExecutionOptions
 from tests.orchestrator.conftest import RESUMABLE_DAG, Harness, cancel_at_gate, wait_until
 
 
@@ -16,8 +18,15 @@ class _RoundTrips:
 
     def __init__(self, harness: Harness) -> None:
         self.engine = harness.engine.store.engine.sync_engine
+        self.commits = harness.engine.store.commits.sqlite
         self.transactions = 0
         self.statements = 0
+
+    def _traced(self, statement: str) -> None:
+        if statement.startswith("BEGIN"):
+            self.transactions += 1
+        elif statement not in ("COMMIT", "ROLLBACK"):
+            self.statements += 1
 
     def _begin(self, *_: Any) -> None:
         self.transactions += 1
@@ -28,11 +37,15 @@ class _RoundTrips:
     def __enter__(self) -> _RoundTrips:
         event.listen(self.engine, "begin", self._begin)
         event.listen(self.engine, "before_cursor_execute", self._statement)
+        if self.commits is not None:
+            self.commits.trace_statements(self._traced)
         return self
 
     def __exit__(self, *_: Any) -> None:
         event.remove(self.engine, "begin", self._begin)
         event.remove(self.engine, "before_cursor_execute", self._statement)
+        if self.commits is not None:
+            self.commits.trace_statements(None)
 
 
 async def test_a_resume_claims_its_run_and_reads_what_it_continues_from_in_one_transaction(
@@ -81,3 +94,17 @@ async def test_queueing_a_resume_is_one_transaction(harness: Harness) -> None:
     )
     # the row lock, the DAG's latest version, the checkpoints, the status (five transactions before)
     assert (trips.transactions, trips.statements) == (1, 4)
+
+
+async def test_a_run_without_checkpoints_is_two_transactions_from_execute_to_its_end(
+    harness: Harness,
+) -> None:
+    await harness.engine.register_dag({"dag_id": "one", "nodes": {"a": {"agent_id": "builtin.echo"}}})
+    with _RoundTrips(harness) as trips:
+        record = await harness.engine.execute("one", options=ExecutionOptions(checkpoint_enabled=False))
+        async with asyncio.timeout(10):
+            final = await harness.engine.wait(record.execution_id)
+    assert final.status == "completed"
+    # the DAG's latest version and the claiming insert; the fencing update that ends the run and the
+    # run document
+    assert (trips.transactions, trips.statements) == (2, 4)
