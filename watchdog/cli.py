@@ -38,8 +38,8 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from gl_common.ids import ExecutionId
 from watchdog import remediation_cli
-from watchdog.api_models import ExecutionId
 from watchdog.assembly import build_watchdog, create_app
 from watchdog.backends import open_clients
 from watchdog.diagnostics import render, runner

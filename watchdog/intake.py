@@ -30,16 +30,25 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
+from gl_common.ids import DAG_ID_MAX, EXECUTION_ID_MAX, DagId, ExecutionId, id_text, printable
 from watchdog.errors import InvalidTransition
 from watchdog.http import ApiError
 from watchdog.incidents import IncidentService, close_if_not_acted_in, open_or_join_in
 from watchdog.metrics import WatchdogMetrics
-from watchdog.records import Incident
+from watchdog.records import AlertDelivery, Incident
 from watchdog.store import WatchdogStore
 from watchdog_sdk.constants import ALERT_NAME
 
@@ -51,31 +60,90 @@ log = logging.getLogger(__name__)
 # -- the payload (https://prometheus.io/docs/alerting/latest/configuration/#webhook_config) ---------
 
 
+MAX_LABELS: Final = 64
+MAX_LABEL_NAME: Final = 128
+MAX_LABEL_VALUE: Final = 1024
+MAX_ALERTNAME: Final = 200  # alert_deliveries.alertname
+MAX_FINGERPRINT: Final = 128  # alert_deliveries.fingerprint
+MAX_TEXT: Final = 1024  # externalURL, generatorURL
+MAX_RECEIVER: Final = 200  # stored in the audit entry of an incident the alert opens
+MAX_GROUP_KEY: Final = 4096
+
+LabelName = Annotated[str, printable(MAX_LABEL_NAME, min_length=1)]
+LabelValue = Annotated[str, printable(MAX_LABEL_VALUE)]
+Text = Annotated[str, printable(MAX_TEXT)]
+_EXECUTION_ID: Final = TypeAdapter(ExecutionId)
+_DAG_ID: Final = TypeAdapter(DagId)
+_EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST: Final = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def _check_label(labels: dict[str, str], name: str, adapter: TypeAdapter[str], text: str) -> None:
+    try:
+        adapter.validate_python(labels[name])
+    except ValidationError:
+        raise ValueError(f"{name} {labels[name][:80]!r} is not a valid {text}") from None
+
+
+def nul_in(value: Any, where: str) -> str | None:
+    """Where a NUL character sits in a parsed JSON value (a key or a string), or None. Nothing with a
+    NUL is stored anywhere (PostgreSQL text and JSON cannot hold one); iterative, no recursion."""
+    stack = [(value, where)]
+    while stack:
+        current, at = stack.pop()
+        if isinstance(current, str):
+            if "\x00" in current:
+                return at
+        elif isinstance(current, dict):
+            for key, child in current.items():
+                if "\x00" in key:
+                    return f"{at}.{key.replace(chr(0), '?')}"
+                stack.append((child, f"{at}.{key}"))
+        elif isinstance(current, list):
+            stack.extend((child, f"{at}.{index}") for index, child in enumerate(current))
+    return None
+
+
 class AmAlert(BaseModel):
-    """One alert of an Alertmanager webhook payload."""
+    """One alert of an Alertmanager webhook payload, validated for everything the intake stores or logs
+    (docs/architecture.md, "Webhook validation")."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
     status: Literal["firing", "resolved"]
-    labels: dict[str, str]
+    labels: dict[LabelName, LabelValue] = Field(max_length=MAX_LABELS)
     annotations: dict[str, str] = Field(default_factory=dict)
-    startsAt: datetime  # Alertmanager's field names, as sent
-    endsAt: datetime | None = None
-    generatorURL: str = ""
-    fingerprint: str = ""
+    startsAt: AwareDatetime  # Alertmanager's field names, as sent
+    endsAt: AwareDatetime | None = None
+    generatorURL: Text = ""
+    fingerprint: Annotated[str, printable(MAX_FINGERPRINT)] = ""
 
     @field_validator("labels")
     @classmethod
     def _has_alertname(cls, labels: dict[str, str]) -> dict[str, str]:
         if not labels.get("alertname"):
             raise ValueError("labels must include a non-empty 'alertname'")
+        if len(labels["alertname"]) > MAX_ALERTNAME:
+            raise ValueError(f"alertname is longer than {MAX_ALERTNAME} characters")
+        if labels["alertname"] != ALERT_NAME:
+            return labels
+        if not labels.get("execution_id"):
+            raise ValueError(f"an {ALERT_NAME} alert must carry a non-empty 'execution_id' label")
+        _check_label(labels, "execution_id", _EXECUTION_ID, id_text("execution id", EXECUTION_ID_MAX))
+        if labels.get("dag_id"):
+            _check_label(labels, "dag_id", _DAG_ID, id_text("DAG id", DAG_ID_MAX))
         return labels
 
-    @model_validator(mode="after")
-    def _our_alert_names_its_execution(self) -> AmAlert:
-        if self.labels["alertname"] == ALERT_NAME and not self.labels.get("execution_id"):
-            raise ValueError(f"an {ALERT_NAME} alert must carry a non-empty 'execution_id' label")
-        return self
+    @field_validator("startsAt")
+    @classmethod
+    def _storable_start(cls, starts_at: datetime) -> datetime:
+        try:
+            in_utc = starts_at.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("startsAt is out of range") from None
+        if not _EARLIEST <= in_utc < _LATEST:
+            raise ValueError("startsAt must lie between 1970 and 9999")
+        return starts_at
 
     @property
     def alertname(self) -> str:
@@ -90,6 +158,13 @@ class AmAlert(BaseModel):
         canonical = json.dumps(sorted(self.labels.items()), separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
+    @property
+    def labels_digest(self) -> str:
+        """What the episode is about (execution and DAG), hashed: stored with the delivery, so that a
+        repeat key (fingerprint + startsAt) that comes back with other labels is a conflict."""
+        about = json.dumps([self.labels.get("execution_id"), self.labels.get("dag_id")])
+        return hashlib.sha256(about.encode()).hexdigest()
+
 
 class AmWebhook(BaseModel):
     """The Alertmanager webhook payload, version 4."""
@@ -97,14 +172,14 @@ class AmWebhook(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     version: Literal["4"]
-    groupKey: str = ""
+    groupKey: Annotated[str, printable(MAX_GROUP_KEY)] = ""
     truncatedAlerts: int = Field(default=0, ge=0)
     status: Literal["firing", "resolved"]
-    receiver: str = ""
+    receiver: Annotated[str, printable(MAX_RECEIVER)] = ""
     groupLabels: dict[str, str] = Field(default_factory=dict)
     commonLabels: dict[str, str] = Field(default_factory=dict)
     commonAnnotations: dict[str, str] = Field(default_factory=dict)
-    externalURL: str = ""
+    externalURL: Text = ""
     alerts: list[AmAlert]
 
 
@@ -162,6 +237,9 @@ def parse_payload(body: bytes) -> ParsedWebhook:
             "unsupported_version",
             f"webhook payload version {data['version']!r} is not supported; expected version '4'",
         )
+    nul = nul_in({key: value for key, value in data.items() if key != "alerts"}, "body")
+    if nul is not None:
+        raise ApiError(422, "invalid_payload", f"{nul}: holds a NUL character")
     try:
         envelope = _AmEnvelope.model_validate(data)
     except ValidationError as exc:
@@ -169,6 +247,10 @@ def parse_payload(body: bytes) -> ParsedWebhook:
     alerts: list[AmAlert] = []
     rejected: list[RejectedAlert] = []
     for index, raw in enumerate(envelope.alerts):
+        nul = nul_in(raw, f"alerts.{index}")
+        if nul is not None:
+            rejected.append(RejectedAlert(index, f"{nul}: holds a NUL character"))
+            continue
         try:
             alerts.append(AmAlert.model_validate(raw))
         except ValidationError as exc:
@@ -192,13 +274,14 @@ class AlertOutcome:
     alertname: str
     status: str
     fingerprint: str
-    outcome: str  # opened | joined | duplicate | closed | left_open | no_incident | ignored
+    outcome: str  # opened | joined | duplicate | closed | left_open | no_incident | ignored | conflict
     execution_id: str | None = None
     incident_id: int | None = None
+    detail: str | None = None  # why, for a conflict
 
     def as_json(self) -> dict[str, Any]:
         """The outcome as the API answers it."""
-        return {
+        answer: dict[str, Any] = {
             "alertname": self.alertname,
             "status": self.status,
             "fingerprint": self.fingerprint,
@@ -206,6 +289,33 @@ class AlertOutcome:
             "incident_id": self.incident_id,
             "outcome": self.outcome,
         }
+        if self.detail is not None:
+            answer["detail"] = self.detail
+        return answer
+
+
+def _same_episode(delivery: AlertDelivery, alert: AmAlert) -> bool:
+    """Whether a recorded delivery is about what `alert` is about (older rows have no digest: their
+    execution id decides)."""
+    if delivery.labels_digest is not None:
+        return delivery.labels_digest == alert.labels_digest
+    return delivery.execution_id == alert.labels.get("execution_id")
+
+
+def _conflict(alert: AmAlert, delivery: AlertDelivery) -> AlertOutcome:
+    detail = (
+        f"fingerprint {alert.episode_key!r} with startsAt {alert.startsAt.isoformat()} was recorded for "
+        f"execution_id {delivery.execution_id!r} with other labels; this alert changed nothing"
+    )
+    return AlertOutcome(
+        alert.alertname,
+        alert.status,
+        alert.episode_key,
+        "conflict",
+        alert.labels["execution_id"],
+        None,
+        detail,
+    )
 
 
 class AlertIntake:
@@ -238,9 +348,13 @@ class AlertIntake:
                 outcomes.append(AlertOutcome(alert.alertname, alert.status, alert.episode_key, "ignored"))
                 continue
             if alert.status == "firing":
-                outcomes.append(await self._firing(alert, payload.receiver))
+                outcome = await self._firing(alert, payload.receiver)
             else:
-                outcomes.append(await self._resolved(alert))
+                outcome = await self._resolved(alert)
+            if outcome.outcome == "conflict":
+                self.metrics.alert_conflicts.inc()
+                log.warning("alert refused: %s", outcome.detail)
+            outcomes.append(outcome)
         await self.incidents.refresh_gauge()
         return outcomes
 
@@ -255,9 +369,12 @@ class AlertIntake:
                 alertname=alert.alertname,
                 execution_id=execution_id,
                 status="firing",
+                labels_digest=alert.labels_digest,
             )
             if delivery is None:
                 existing = await tx.get_delivery(key, alert.startsAt)
+                if existing is not None and not _same_episode(existing, alert):
+                    return _conflict(alert, existing)
                 if existing is not None:
                     await tx.note_repeat(existing.id)
                 return AlertOutcome(
@@ -303,9 +420,12 @@ class AlertIntake:
                 alertname=alert.alertname,
                 execution_id=execution_id,
                 status="resolved",
+                labels_digest=alert.labels_digest,
             )
             if delivery is None:
                 delivery = await tx.get_delivery(key, alert.startsAt)
+                if delivery is not None and not _same_episode(delivery, alert):
+                    return _conflict(alert, delivery)
                 if delivery is not None and delivery.status == "resolved":
                     await tx.note_repeat(delivery.id)
                     return AlertOutcome(

@@ -21,6 +21,7 @@ from prometheus_client import (
 )
 
 from watchdog_sdk.constants import (
+    W_ALERT_CONFLICTS,
     W_ALERTS_RECEIVED,
     W_ALERTS_REJECTED,
     W_APPROVALS,
@@ -60,6 +61,11 @@ class WatchdogMetrics:
         self.alerts_rejected = Counter(
             W_ALERTS_REJECTED,
             "Alerts of a webhook payload that failed validation (the rest of the payload was applied)",
+            registry=r,
+        )
+        self.alert_conflicts = Counter(
+            W_ALERT_CONFLICTS,
+            "Alerts whose episode (fingerprint + startsAt) was recorded for another execution or DAG",
             registry=r,
         )
         self.incidents_opened = Counter(

@@ -143,6 +143,7 @@ alert_deliveries: Final = sa.Table(
     sa.Column("resolved_at", UTCDateTime, nullable=True),
     sa.Column("repeats", sa.Integer, nullable=False, server_default="0"),
     sa.Column("incident_id", sa.Integer, sa.ForeignKey("incidents.id"), nullable=True),
+    sa.Column("labels_digest", sa.String(64), nullable=True),  # migration 3
     sa.UniqueConstraint("fingerprint", "starts_at", name="uq_alert_deliveries_episode"),
     sa.CheckConstraint(_in("status", DELIVERY_STATUSES), name="ck_alert_deliveries_status"),
 )
@@ -285,6 +286,13 @@ def _v2_job_leases(conn: Connection) -> None:
     table.create(conn, checkfirst=False)
 
 
+def _v3_labels_digest(conn: Connection) -> None:
+    # v1 builds from the live table, which has the column already (to be frozen with issue 12)
+    if "labels_digest" in {c["name"] for c in sa.inspect(conn).get_columns("alert_deliveries")}:
+        return
+    conn.execute(sa.text("ALTER TABLE alert_deliveries ADD COLUMN labels_digest VARCHAR(64)"))
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(
         1,
@@ -294,6 +302,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(
         2, "job_leases: the job of an incident in a transient state, its lease and attempts", _v2_job_leases
     ),
+    Migration(3, "alert_deliveries.labels_digest: what an episode is about", _v3_labels_digest),
 )
 
 # Any 64-bit constant: the advisory lock id that serialises concurrent migrations on PostgreSQL.

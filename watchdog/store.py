@@ -201,7 +201,14 @@ class Tx:
     # -- alert deliveries
 
     async def insert_delivery(
-        self, *, fingerprint: str, starts_at: datetime, alertname: str, execution_id: str | None, status: str
+        self,
+        *,
+        fingerprint: str,
+        starts_at: datetime,
+        alertname: str,
+        execution_id: str | None,
+        status: str,
+        labels_digest: str | None = None,
     ) -> AlertDelivery | None:
         """Record a new alert episode; None when (fingerprint, starts_at) was already recorded."""
         now = self.clock.now()
@@ -217,6 +224,7 @@ class Tx:
                 last_received_at=now,
                 resolved_at=now if status == "resolved" else None,
                 repeats=0,
+                labels_digest=labels_digest,
             )
             .on_conflict_do_nothing()
             .returning(*alert_deliveries.c)

@@ -198,14 +198,20 @@ def _encoded(*alerts: dict[str, Any], **fields: Any) -> bytes:
     return json.dumps(payload(*alerts) | fields).encode()
 
 
-def _without(path: str) -> dict[str, Any]:
-    """An alert without the field at `path` (e.g. "labels.execution_id")."""
+_MISSING: Any = object()
+
+
+def _with(path: str, value: Any = _MISSING) -> dict[str, Any]:
+    """An alert with `value` at `path` (e.g. "labels.execution_id"), or without that field."""
     bad = alert()
     *parents, last = path.split(".")
     target = bad
     for part in parents:
         target = target[part]
-    del target[last]
+    if value is _MISSING:
+        del target[last]
+    else:
+        target[last] = value
     return bad
 
 
@@ -225,10 +231,10 @@ def _oversized() -> dict[str, Any]:
             _encoded(alert(), version="3"), JSON_AUTH, 422, "unsupported_version", "'3'", id="version-3"
         ),
         pytest.param(
-            _encoded(_without("labels")), JSON_AUTH, 422, "invalid_payload", "alerts.0.labels", id="no-labels"
+            _encoded(_with("labels")), JSON_AUTH, 422, "invalid_payload", "alerts.0.labels", id="no-labels"
         ),
         pytest.param(
-            _encoded(_without("labels.execution_id")),
+            _encoded(_with("labels.execution_id")),
             JSON_AUTH,
             422,
             "invalid_payload",
@@ -283,6 +289,92 @@ async def test_bad_input_gets_a_clear_4xx_and_changes_nothing(
     assert len(watchdog_app.jobs) == 0
 
 
+@pytest.mark.parametrize(
+    ("bad_alert", "says"),
+    [
+        pytest.param(
+            _with("labels.execution_id", "*"), "alerts.0.labels: execution_id '*' is not", id="glob"
+        ),
+        pytest.param(_with("labels.execution_id", "../../etc/passwd"), "execution_id", id="path"),
+        pytest.param(_with("labels.execution_id", "exec-1\r\nX: y"), "labels.execution_id", id="crlf"),
+        pytest.param(_with("labels.execution_id", "e" * 5000), "labels.execution_id", id="5000-chars"),
+        pytest.param(_with("labels.execution_id", "e" * 65), "1-64 of A-Z", id="65-chars"),
+        pytest.param(_with("labels.dag_id", "d" * 201), "1-128 of A-Z", id="dag-id-201"),
+        pytest.param(_with("labels.dag_id", "a b"), "dag_id", id="dag-id-space"),
+        pytest.param(_with("fingerprint", "f" * 129), "alerts.0.fingerprint", id="fingerprint-129"),
+        pytest.param(_with("labels.alertname", "A" * 201), "alertname", id="alertname-201"),
+        pytest.param(_with("labels.dag_id", "a\x00b"), "alerts.0.labels.dag_id: holds a NUL", id="nul-label"),
+        pytest.param(_with("annotations.summary", "\x00"), "annotations.summary: holds a NUL", id="nul-note"),
+        pytest.param(_with("labels.team", "a\tb"), "alerts.0.labels.team", id="tab-in-other-label"),
+        pytest.param(_with("startsAt", "2026-03-01T12:00:00"), "startsAt", id="starts-at-naive"),
+        pytest.param(_with("startsAt", "9999-12-31T23:59:59-14:00"), "startsAt", id="starts-at-overflow"),
+        pytest.param(_with("startsAt", "0001-01-01T00:00:00Z"), "between 1970 and 9999", id="starts-at-zero"),
+        pytest.param(
+            _with("labels", {f"l{i}": "v" for i in range(65)} | alert()["labels"]), "labels", id="65-labels"
+        ),
+    ],
+)
+async def test_an_alert_no_execution_could_have_sent_is_refused_and_writes_nothing(
+    api_client: Client, watchdog_app: Watchdog, bad_alert: dict[str, Any], says: str
+) -> None:
+    before = await snapshot(watchdog_app)
+    status, body = await post(api_client, payload(bad_alert))
+    assert status == 422 and body["error"] == "invalid_payload", body
+    assert says in body["detail"], body["detail"]
+    assert await snapshot(watchdog_app) == before
+    # beside a valid alert, the same one is rejected on its own and the valid one is applied
+    status, body = await post(api_client, payload(bad_alert, alert("exec-2", fingerprint="fp-2")))
+    assert status == 200 and body["status"] == "partial", body
+    assert [r["index"] for r in body["rejected"]] == [0] and says in body["rejected"][0]["problem"]
+    assert [i.execution_id for i in await watchdog_app.store.list_incidents()] == ["exec-2"]
+
+
+@pytest.mark.parametrize(
+    ("envelope", "says"),
+    [
+        pytest.param({"receiver": "gl\x00wd"}, "body.receiver: holds a NUL", id="nul-receiver"),
+        pytest.param({"receiver": "r" * 201}, "receiver", id="receiver-201"),
+        pytest.param({"groupLabels": {"a\x00": "b"}}, "body.groupLabels", id="nul-in-a-key"),
+        pytest.param({"externalURL": "http://am\n"}, "externalURL", id="newline-in-url"),
+    ],
+)
+async def test_a_payload_whose_envelope_cannot_be_stored_is_refused_whole(
+    api_client: Client, watchdog_app: Watchdog, envelope: dict[str, Any], says: str
+) -> None:
+    before = await snapshot(watchdog_app)
+    status, body = await post(api_client, payload(alert()) | envelope)
+    assert status == 422 and says in body["detail"], body
+    assert await snapshot(watchdog_app) == before
+
+
+@pytest.mark.parametrize(
+    "other_labels",
+    [
+        pytest.param({"execution_id": "exec-2"}, id="other-execution"),
+        pytest.param({"dag_id": "dag-2"}, id="other-dag"),
+    ],
+)
+@pytest.mark.parametrize("status", ["firing", "resolved"])
+async def test_a_known_repeat_key_with_other_labels_is_a_conflict_not_another_executions_incident(
+    api_client: Client, watchdog_app: Watchdog, other_labels: dict[str, str], status: str
+) -> None:
+    _, first = await post(api_client, payload(alert()))
+    await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 10)
+    before = await snapshot(watchdog_app)
+    labels = alert()["labels"] | other_labels
+    forged = alert(status=status, **{k: v for k, v in labels.items() if k != "alertname"})
+    code, body = await post(api_client, payload(forged, status=status))
+    assert code == 200 and body["status"] == "partial", body
+    [outcome] = body["alerts"]
+    assert outcome["outcome"] == "conflict" and outcome["incident_id"] is None
+    assert "fp-exec-1" in outcome["detail"] and "'exec-1'" in outcome["detail"]
+    assert await snapshot(watchdog_app) == before
+    [incident] = await watchdog_app.store.list_incidents()
+    assert incident.id == first["alerts"][0]["incident_id"] and incident.is_open
+    metrics = await (await api_client.get("/metrics")).text()
+    assert "gl_watchdog_alert_conflicts_total 1.0" in metrics
+
+
 async def test_an_invalid_alert_does_not_cost_its_group_the_valid_ones(
     api_client: Client, watchdog_app: Watchdog
 ) -> None:
@@ -302,7 +394,7 @@ async def test_an_invalid_alert_does_not_cost_its_group_the_valid_ones(
         {"index": 0, "problem": "alerts.0.labels: Field required"},
         {
             "index": 2,
-            "problem": "alerts.2: an OrchestratorExecutionTimeout alert must carry a non-empty "
+            "problem": "alerts.2.labels: an OrchestratorExecutionTimeout alert must carry a non-empty "
             "'execution_id' label",
         },
     ]
