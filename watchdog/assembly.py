@@ -153,7 +153,7 @@ async def build_watchdog(
     signing_key = _approval_signing_key(settings, warn=respond and on_diagnosed is None)
     clients = await open_clients(settings, clock=clock)
     try:
-        store = await WatchdogStore.open(settings.database_url, clock=clock)
+        store = await WatchdogStore.open(settings.database_url, clock=clock, pool=settings.db_pool())
     except BaseException:
         await clients.aclose()
         raise

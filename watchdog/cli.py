@@ -260,7 +260,7 @@ async def _list_incidents(
     """The newest `limit` incidents, how many match in all, and the pending approval prompt of each
     that has one (for `gl-watchdog approve` when the notifier never delivered the link)."""
     _require_existing_sqlite_file(settings.database_url)
-    store = await WatchdogStore.open(settings.database_url)
+    store = await WatchdogStore.open(settings.database_url, pool=settings.db_pool())
     try:
         where = IncidentFilter(statuses=tuple(statuses) if statuses else None)
         page = await page_incidents(store, where, before=None, limit=limit)

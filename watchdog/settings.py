@@ -24,6 +24,7 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
 
 from gl_common.auth import TokenSource
+from gl_common.db import PoolSettings
 from watchdog_sdk.constants import ORCHESTRATOR_APP_SELECTOR
 from watchdog_sdk.diagnostic_step import DiagnosticSettings
 from watchdog_sdk.errors import ConfigError
@@ -62,6 +63,13 @@ class WatchdogSettings(BaseSettings):
     replica_id: str = Field(default_factory=_default_replica_id, min_length=1)
     log_level: str = "INFO"
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # The database pool (`gl_common.db`; sizes apply to PostgreSQL): connections kept open, extra ones
+    # under load, one timeout for connecting, waiting for a connection, a statement and a whole
+    # transaction; pre-ping tests each pooled connection before use (one more round trip each time).
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_max_overflow: int = Field(default=20, ge=0, le=1000)
+    db_timeout_seconds: float = Field(default=10.0, gt=0)
+    db_pool_pre_ping: bool = False
 
     # -- backends
     redis_url: str | None = None
@@ -174,6 +182,16 @@ class WatchdogSettings(BaseSettings):
     def api_token_values(self) -> list[str]:
         """The plain API tokens, for `hmac.compare_digest` (never log them)."""
         return [token.get_secret_value() for token in self.api_tokens]
+
+    def db_pool(self) -> PoolSettings:
+        """How the store reaches its database (SQLite: `BEGIN IMMEDIATE` for every writing transaction)."""
+        return PoolSettings(
+            timeout_seconds=self.db_timeout_seconds,
+            pool_size=self.db_pool_size,
+            max_overflow=self.db_max_overflow,
+            pre_ping=self.db_pool_pre_ping,
+            sqlite_begin="immediate",
+        )
 
     def diagnostics(self) -> DiagnosticSettings:
         """What the diagnostic steps read of these settings."""
