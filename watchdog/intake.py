@@ -9,18 +9,27 @@ Per alert:
 - another alert name: counted and acknowledged, nothing else;
 - firing: the episode (fingerprint + startsAt) is recorded in `alert_deliveries`, in the same
   transaction as opening or joining the incident of its `execution_id`. A repeat of a recorded
-  episode (repeat_interval, group changes, an HA pair of Alertmanagers, a retried request) only bumps
-  a counter: it never opens, joins or diagnoses again. A newly opened incident is handed to
+  episode (repeat_interval, group changes, an HA pair of Alertmanagers, a retried request) only counts
+  a repeat: it never opens, joins or diagnoses again. A newly opened incident is handed to
   `on_opened` (the app starts its diagnosis);
 - resolved: closes the execution's open incident if it has not acted yet (no action recorded, not
   remediating/verifying); an incident that has acted is left to the remediation, with an audit
   note. A resolved alert never opens an incident and never triggers anything.
 
-Validation happens for the whole payload before anything is written. A payload that is not a valid
-webhook, or whose alerts are all invalid, is refused (4xx) and changes nothing. Alertmanager does not
-retry a 4xx and re-sends a group unchanged, so one invalid alert must not cost the valid alerts of its
-group their incidents: those are applied, and the invalid ones are named in the answer (`rejected`),
-logged and counted (`gl_watchdog_alerts_rejected_total`).
+Validation happens for the whole payload before anything is read or written (docs/architecture.md,
+"Webhook validation"). A payload that is not a valid webhook, or whose alerts are all invalid, is
+refused (4xx) and changes nothing. Alertmanager does not retry a 4xx and re-sends a group unchanged,
+so one invalid alert must not cost the valid alerts of its group their incidents: those are applied,
+and the invalid ones are named in the answer (`rejected`), logged and counted
+(`gl_watchdog_alerts_rejected_total`). An alert whose repeat key matches a recorded episode about
+another execution or DAG is a `conflict`, named in the answer, and changes nothing.
+
+At the speed of the store (`watchdog.episodes`): a repeat of an episode this replica knows recorded
+is answered from memory (its count written later in a batch); the other alerts of a delivery are
+applied in one transaction, once the gate lets the delivery at the store; a delivery that waits too
+long for its turn is shed (503 with Retry-After, `gl_watchdog_intake_shed_total`) before anything of
+it is written. When the store fails as the transaction ends (the commit may have happened), one read
+decides: a delivery found recorded is answered `recorded`, never as a failure.
 """
 
 from __future__ import annotations
@@ -44,15 +53,23 @@ from pydantic import (
 )
 
 from gl_common.ids import DAG_ID_MAX, EXECUTION_ID_MAX, DagId, ExecutionId, id_text, printable
-from watchdog.errors import InvalidTransition
+from watchdog.episodes import IntakeGate, KnownEpisode, KnownEpisodes, RepeatCounts
+from watchdog.errors import InvalidTransition, StoreError, StoreUnavailable
 from watchdog.http import ApiError
 from watchdog.incidents import IncidentService, close_if_not_acted_in, open_or_join_in
 from watchdog.metrics import WatchdogMetrics
 from watchdog.records import AlertDelivery, Incident
-from watchdog.store import WatchdogStore
+from watchdog.store import Tx, WatchdogStore
 from watchdog_sdk.constants import ALERT_NAME
 
 ACTOR = "alertmanager"
+# Defaults of what the settings size (`WatchdogSettings.intake_*`), for an intake built without them.
+DEFAULT_IN_FLIGHT: Final = 30
+DEFAULT_WAIT_SECONDS: Final = 5.0
+DEFAULT_KNOWN_EPISODES: Final = 100_000
+DEFAULT_PENDING_REPEATS: Final = 1000
+DEFAULT_REPEAT_FLUSH_SECONDS: Final = 1.0
+RETRY_AFTER_SECONDS: Final = 1
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +291,8 @@ class AlertOutcome:
     alertname: str
     status: str
     fingerprint: str
-    outcome: str  # opened | joined | duplicate | closed | left_open | no_incident | ignored | conflict
+    # opened | joined | duplicate | closed | left_open | no_incident | ignored | conflict | recorded
+    outcome: str
     execution_id: str | None = None
     incident_id: int | None = None
     detail: str | None = None  # why, for a conflict
@@ -294,18 +312,18 @@ class AlertOutcome:
         return answer
 
 
-def _same_episode(delivery: AlertDelivery, alert: AmAlert) -> bool:
-    """Whether a recorded delivery is about what `alert` is about (older rows have no digest: their
+def _same_episode(recorded: AlertDelivery | KnownEpisode, alert: AmAlert) -> bool:
+    """Whether a recorded episode is about what `alert` is about (older rows have no digest: their
     execution id decides)."""
-    if delivery.labels_digest is not None:
-        return delivery.labels_digest == alert.labels_digest
-    return delivery.execution_id == alert.labels.get("execution_id")
+    if recorded.labels_digest is not None:
+        return recorded.labels_digest == alert.labels_digest
+    return recorded.execution_id == alert.labels.get("execution_id")
 
 
-def _conflict(alert: AmAlert, delivery: AlertDelivery) -> AlertOutcome:
+def _conflict(alert: AmAlert, recorded_for: str | None) -> AlertOutcome:
     detail = (
         f"fingerprint {alert.episode_key!r} with startsAt {alert.startsAt.isoformat()} was recorded for "
-        f"execution_id {delivery.execution_id!r} with other labels; this alert changed nothing"
+        f"execution_id {recorded_for!r} with other labels; this alert changed nothing"
     )
     return AlertOutcome(
         alert.alertname,
@@ -327,81 +345,194 @@ class AlertIntake:
         incidents: IncidentService,
         metrics: WatchdogMetrics,
         on_opened: Callable[[Incident], object],
+        *,
+        gate: IntakeGate | None = None,
+        known: KnownEpisodes | None = None,
+        repeats: RepeatCounts | None = None,
     ) -> None:
         self.store = store
         self.incidents = incidents
         self.metrics = metrics
         self.on_opened = on_opened
+        self.gate = gate or IntakeGate(DEFAULT_IN_FLIGHT, DEFAULT_WAIT_SECONDS)
+        self.known = known or KnownEpisodes(DEFAULT_KNOWN_EPISODES)
+        self.repeats = repeats or RepeatCounts(DEFAULT_PENDING_REPEATS, DEFAULT_REPEAT_FLUSH_SECONDS)
 
     async def handle(self, payload: AmWebhook) -> list[AlertOutcome]:
-        """Apply every alert of the payload; returns once all of them are durably written."""
+        """Apply every alert of the payload; returns once all of them are durably written.
+
+        Repeats of episodes known to be recorded are answered from memory. The others are applied in
+        one transaction, once the gate lets the delivery at the store; `ApiError(503)` with
+        Retry-After when it does not in time, before anything is written.
+        """
         if payload.truncatedAlerts:
             log.warning(
                 "Alertmanager truncated %d alert(s) of group %s (max_alerts); sweeps will find those runs",
                 payload.truncatedAlerts,
                 payload.groupKey,
             )
-        outcomes = []
+        outcomes: list[AlertOutcome | None] = []
+        todo: list[tuple[int, AmAlert]] = []
         for alert in payload.alerts:
             self.metrics.alerts_received.labels(alertname=alert.alertname, status=alert.status).inc()
-            if alert.alertname != ALERT_NAME:
-                outcomes.append(AlertOutcome(alert.alertname, alert.status, alert.episode_key, "ignored"))
-                continue
-            if alert.status == "firing":
-                outcome = await self._firing(alert, payload.receiver)
-            else:
-                outcome = await self._resolved(alert)
+            outcome = self._from_memory(alert)
+            if outcome is None:
+                todo.append((len(outcomes), alert))
+            outcomes.append(outcome)
+        if todo:
+            for index, outcome in await self._apply(todo, payload.receiver):
+                outcomes[index] = outcome
+        elif self.repeats.due(self.store.clock.monotonic()):
+            await self.flush_repeats()
+        done = [outcome for outcome in outcomes if outcome is not None]
+        for outcome in done:
             if outcome.outcome == "conflict":
                 self.metrics.alert_conflicts.inc()
                 log.warning("alert refused: %s", outcome.detail)
-            outcomes.append(outcome)
-        await self.incidents.refresh_gauge()
-        return outcomes
+        return done
 
-    async def _firing(self, alert: AmAlert, receiver: str) -> AlertOutcome:
+    def _from_memory(self, alert: AmAlert) -> AlertOutcome | None:
+        """The outcome of an alert that needs no store: another alert name, or a repeat of a known
+        episode (counted, written later in a batch); None when the store must be asked."""
+        if alert.alertname != ALERT_NAME:
+            return AlertOutcome(alert.alertname, alert.status, alert.episode_key, "ignored")
+        known = self.known.get((alert.episode_key, alert.startsAt))
+        if known is None or (alert.status == "resolved" and not known.resolved):
+            return None
+        if not _same_episode(known, alert):
+            return _conflict(alert, known.execution_id)
+        self.repeats.note(known.delivery_id, self.store.clock.now(), self.store.clock.monotonic())
+        return AlertOutcome(
+            alert.alertname,
+            alert.status,
+            alert.episode_key,
+            "duplicate",
+            alert.labels["execution_id"],
+            known.incident_id,
+        )
+
+    async def _apply(self, todo: list[tuple[int, AmAlert]], receiver: str) -> list[tuple[int, AlertOutcome]]:
+        """Apply the alerts that need the store in one transaction; remember what it recorded."""
+        async with self.gate.admitted() as admitted:
+            if not admitted:
+                self.metrics.intake_shed.inc()
+                raise ApiError(
+                    503,
+                    "overloaded",
+                    f"the intake has {self.gate.limit} deliveries at the store and none ended within "
+                    f"{self.gate.wait_seconds:g}s; nothing of this delivery was written, send it again",
+                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                )
+            pending = self.repeats.take()
+            try:
+                async with self.store.transaction("alert intake") as tx:
+                    applied = [(index, alert, await self._one(tx, alert, receiver)) for index, alert in todo]
+                    if pending:
+                        await tx.add_repeats(pending)
+            except StoreUnavailable:
+                # The write may have been committed (a timeout or a lost connection at COMMIT): never
+                # answer a failure for a delivery that is stored.
+                recorded = await self._recorded(todo)
+                if recorded is None:
+                    self.repeats.put_back(pending, self.store.clock.monotonic())
+                    raise
+                return recorded
+            except BaseException:
+                self.repeats.put_back(pending, self.store.clock.monotonic())
+                raise
+        # committed: now it is safe to remember, count and start work
+        results = []
+        for index, alert, (outcome, known, opened) in applied:
+            if known is not None:
+                self.known.remember((alert.episode_key, alert.startsAt), known)
+            if opened is not None:
+                self.incidents.opened("alert")
+                self.on_opened(opened)
+            results.append((index, outcome))
+        return results
+
+    async def _recorded(self, todo: list[tuple[int, AmAlert]]) -> list[tuple[int, AlertOutcome]] | None:
+        """After a write that failed with the store unreachable: when one read finds every alert's
+        episode recorded as sent, the write was committed, and each alert is answered `recorded` (an
+        incident it opened is handed to `on_opened`, which skips one already diagnosed); None when
+        anything is missing or the read fails too."""
+        found = []
+        try:
+            async with self.store.read("alert intake: was it written?") as tx:
+                for index, alert in todo:
+                    delivery = await tx.get_delivery(alert.episode_key, alert.startsAt)
+                    if delivery is None or not _same_episode(delivery, alert):
+                        return None
+                    if alert.status == "resolved" and delivery.status != "resolved":
+                        return None
+                    incident = (
+                        None if delivery.incident_id is None else await tx.get_incident(delivery.incident_id)
+                    )
+                    found.append((index, alert, delivery, incident))
+        except StoreError:
+            return None
+        results = []
+        for index, alert, delivery, incident in found:
+            self.known.remember((alert.episode_key, alert.startsAt), _known(delivery))
+            if incident is not None and incident.status == "open" and incident.diagnosis is None:
+                self.on_opened(incident)
+            outcome = AlertOutcome(
+                alert.alertname,
+                alert.status,
+                alert.episode_key,
+                "recorded",
+                alert.labels["execution_id"],
+                delivery.incident_id,
+            )
+            results.append((index, outcome))
+        log.warning("the store failed at the end of a delivery that it had recorded: answered as recorded")
+        return results
+
+    async def flush_repeats(self) -> None:
+        """Write the repeats counted in memory (one batch, one transaction); kept for the next try
+        when the store fails."""
+        pending = self.repeats.take()
+        if not pending:
+            return
+        try:
+            async with self.store.transaction("alert repeats") as tx:
+                await tx.add_repeats(pending)
+        except StoreError as exc:
+            self.repeats.put_back(pending, self.store.clock.monotonic())
+            log.warning("could not write %d alert repeat count(s), kept for later: %s", len(pending), exc)
+
+    async def _one(self, tx: Tx, alert: AmAlert, receiver: str) -> _Applied:
+        if alert.status == "firing":
+            return await self._firing(tx, alert, receiver)
+        return await self._resolved(tx, alert)
+
+    async def _firing(self, tx: Tx, alert: AmAlert, receiver: str) -> _Applied:
         execution_id = alert.labels["execution_id"]
         key = alert.episode_key
-        opened: Incident | None = None
-        async with self.store.transaction() as tx:
-            delivery = await tx.insert_delivery(
-                fingerprint=key,
-                starts_at=alert.startsAt,
-                alertname=alert.alertname,
-                execution_id=execution_id,
-                status="firing",
-                labels_digest=alert.labels_digest,
+        delivery = await _record(tx, alert)
+        if delivery is None:
+            existing = await tx.get_delivery(key, alert.startsAt)
+            if existing is None:  # gone since (pruned by hand): answer as before, remember nothing
+                return AlertOutcome(alert.alertname, "firing", key, "duplicate", execution_id), None, None
+            if not _same_episode(existing, alert):
+                return _conflict(alert, existing.execution_id), _known(existing), None
+            await tx.note_repeat(existing.id)
+            outcome = AlertOutcome(
+                alert.alertname, "firing", key, "duplicate", execution_id, existing.incident_id
             )
-            if delivery is None:
-                existing = await tx.get_delivery(key, alert.startsAt)
-                if existing is not None and not _same_episode(existing, alert):
-                    return _conflict(alert, existing)
-                if existing is not None:
-                    await tx.note_repeat(existing.id)
-                return AlertOutcome(
-                    alert.alertname,
-                    "firing",
-                    key,
-                    "duplicate",
-                    execution_id,
-                    None if existing is None else existing.incident_id,
-                )
-            result = await open_or_join_in(
-                tx,
-                execution_id,
-                dag_id=alert.labels.get("dag_id"),
-                source="alert",
-                detection_source="prometheus",
-                actor=ACTOR,
-                data={"fingerprint": key, "starts_at": alert.startsAt.isoformat(), "receiver": receiver},
-            )
-            await tx.update_delivery(delivery.id, incident_id=result.incident.id)
-            if result.created:
-                opened = result.incident
-        # committed: now it is safe to count and to start work on it
-        if opened is not None:
-            self.incidents.opened("alert")
-            self.on_opened(opened)
-        return AlertOutcome(
+            return outcome, _known(existing), None
+        result = await open_or_join_in(
+            tx,
+            execution_id,
+            dag_id=alert.labels.get("dag_id"),
+            source="alert",
+            detection_source="prometheus",
+            actor=ACTOR,
+            data={"fingerprint": key, "starts_at": alert.startsAt.isoformat(), "receiver": receiver},
+        )
+        delivery = await tx.update_delivery(delivery.id, incident_id=result.incident.id)
+        opened = result.incident if result.created else None
+        outcome = AlertOutcome(
             alert.alertname,
             "firing",
             key,
@@ -409,49 +540,73 @@ class AlertIntake:
             execution_id,
             result.incident.id,
         )
+        return outcome, None if delivery is None else _known(delivery), opened
 
-    async def _resolved(self, alert: AmAlert) -> AlertOutcome:
+    async def _resolved(self, tx: Tx, alert: AmAlert) -> _Applied:
         execution_id = alert.labels["execution_id"]
         key = alert.episode_key
-        async with self.store.transaction() as tx:
-            delivery = await tx.insert_delivery(
-                fingerprint=key,
-                starts_at=alert.startsAt,
-                alertname=alert.alertname,
-                execution_id=execution_id,
-                status="resolved",
-                labels_digest=alert.labels_digest,
-            )
-            if delivery is None:
-                delivery = await tx.get_delivery(key, alert.startsAt)
-                if delivery is not None and not _same_episode(delivery, alert):
-                    return _conflict(alert, delivery)
-                if delivery is not None and delivery.status == "resolved":
-                    await tx.note_repeat(delivery.id)
-                    return AlertOutcome(
-                        alert.alertname, "resolved", key, "duplicate", execution_id, delivery.incident_id
-                    )
-                if delivery is not None:
-                    delivery = await tx.update_delivery(
-                        delivery.id, status="resolved", resolved_at=tx.clock.now()
-                    )
-            incident = None
-            if delivery is not None and delivery.incident_id is not None:
-                incident = await tx.get_incident(delivery.incident_id)
-            if incident is None or not incident.is_open:
-                incident = await tx.get_open_incident(execution_id)
-            if incident is None:
-                return AlertOutcome(alert.alertname, "resolved", key, "no_incident", execution_id)
-            if delivery is not None and delivery.incident_id is None:
-                await tx.update_delivery(delivery.id, incident_id=incident.id)
-            try:
-                await close_if_not_acted_in(tx, incident.id, actor=ACTOR, reason="alert resolved")
-            except InvalidTransition as exc:
-                await tx.add_audit(
-                    incident.id,
-                    "alert_resolved",
-                    actor=ACTOR,
-                    data={"fingerprint": key, "left_open": str(exc)},
+        delivery = await _record(tx, alert)
+        if delivery is None:
+            delivery = await tx.get_delivery(key, alert.startsAt)
+            if delivery is not None and not _same_episode(delivery, alert):
+                return _conflict(alert, delivery.execution_id), _known(delivery), None
+            if delivery is not None and delivery.status == "resolved":
+                await tx.note_repeat(delivery.id)
+                outcome = AlertOutcome(
+                    alert.alertname, "resolved", key, "duplicate", execution_id, delivery.incident_id
                 )
-                return AlertOutcome(alert.alertname, "resolved", key, "left_open", execution_id, incident.id)
-        return AlertOutcome(alert.alertname, "resolved", key, "closed", execution_id, incident.id)
+                return outcome, _known(delivery), None
+            if delivery is not None:
+                delivery = await tx.update_delivery(
+                    delivery.id, status="resolved", resolved_at=tx.clock.now()
+                )
+        incident = None
+        if delivery is not None and delivery.incident_id is not None:
+            incident = await tx.get_incident(delivery.incident_id)
+        if incident is None or not incident.is_open:
+            incident = await tx.get_open_incident(execution_id)
+        if incident is None:
+            outcome = AlertOutcome(alert.alertname, "resolved", key, "no_incident", execution_id)
+            return outcome, None if delivery is None else _known(delivery), None
+        if delivery is not None and delivery.incident_id is None:
+            delivery = await tx.update_delivery(delivery.id, incident_id=incident.id)
+        known = None if delivery is None else _known(delivery)
+        try:
+            await close_if_not_acted_in(tx, incident.id, actor=ACTOR, reason="alert resolved")
+        except InvalidTransition as exc:
+            await tx.add_audit(
+                incident.id, "alert_resolved", actor=ACTOR, data={"fingerprint": key, "left_open": str(exc)}
+            )
+            outcome = AlertOutcome(alert.alertname, "resolved", key, "left_open", execution_id, incident.id)
+            return outcome, known, None
+        return (
+            AlertOutcome(alert.alertname, "resolved", key, "closed", execution_id, incident.id),
+            known,
+            None,
+        )
+
+
+async def _record(tx: Tx, alert: AmAlert) -> AlertDelivery | None:
+    """Record the alert's episode; None when it was recorded before."""
+    return await tx.insert_delivery(
+        fingerprint=alert.episode_key,
+        starts_at=alert.startsAt,
+        alertname=alert.alertname,
+        execution_id=alert.labels["execution_id"],
+        status=alert.status,
+        labels_digest=alert.labels_digest,
+    )
+
+
+# An alert's outcome, the episode to remember once committed, the incident it opened.
+_Applied = tuple[AlertOutcome, KnownEpisode | None, Incident | None]
+
+
+def _known(delivery: AlertDelivery) -> KnownEpisode:
+    return KnownEpisode(
+        delivery_id=delivery.id,
+        labels_digest=delivery.labels_digest,
+        execution_id=delivery.execution_id,
+        incident_id=delivery.incident_id,
+        resolved=delivery.status == "resolved",
+    )

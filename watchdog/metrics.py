@@ -33,6 +33,7 @@ from watchdog_sdk.constants import (
     W_DIAGNOSIS_QUEUE,
     W_DIAGNOSTIC_STEPS,
     W_INCIDENTS_OPENED,
+    W_INTAKE_SHED,
     W_IS_LEADER,
     W_JOB_SAVE_FAILURES,
     W_JOBS_RECONCILED,
@@ -66,6 +67,11 @@ class WatchdogMetrics:
         self.alert_conflicts = Counter(
             W_ALERT_CONFLICTS,
             "Alerts whose episode (fingerprint + startsAt) was recorded for another execution or DAG",
+            registry=r,
+        )
+        self.intake_shed = Counter(
+            W_INTAKE_SHED,
+            "Webhook deliveries refused with 503 and Retry-After before anything was written (overload)",
             registry=r,
         )
         self.incidents_opened = Counter(

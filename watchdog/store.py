@@ -260,6 +260,18 @@ class Tx:
             .values(repeats=alert_deliveries.c.repeats + 1, last_received_at=self.clock.now())
         )
 
+    async def add_repeats(self, counts: Mapping[int, tuple[int, datetime]]) -> None:
+        """Count repeats answered without the store, in one batch: delivery id -> (how many, last at)."""
+        await self.conn.execute(
+            sa.update(alert_deliveries)
+            .where(alert_deliveries.c.id == sa.bindparam("delivery_id"))
+            .values(
+                repeats=alert_deliveries.c.repeats + sa.bindparam("more", type_=sa.Integer),
+                last_received_at=sa.bindparam("last_at"),
+            ),
+            [{"delivery_id": key, "more": more, "last_at": at} for key, (more, at) in counts.items()],
+        )
+
     async def count_deliveries(self) -> int:
         """How many alert episodes are recorded."""
         result = await self.conn.execute(sa.select(sa.func.count()).select_from(alert_deliveries))

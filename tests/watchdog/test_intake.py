@@ -8,7 +8,10 @@ changes nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -19,6 +22,8 @@ from aiohttp.test_utils import TestClient
 from tests.watchdog.conftest import MAX_BODY_BYTES, WATCHDOG_TOKEN, RecordingRemediate, ScriptedDiagnose
 from tests.watchdog.webhook import alert, payload
 from watchdog.assembly import Watchdog
+from watchdog.episodes import IntakeGate
+from watchdog.errors import StoreUnavailable
 from watchdog.migrations import alert_deliveries, audit_log, incidents
 
 Client = TestClient[web.Request, web.Application]
@@ -77,6 +82,7 @@ async def test_repeated_delivery_of_an_episode_is_a_no_op(
     await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 10)
     assert await snapshot(watchdog_app) == before
     assert diagnose_fn.calls == ["exec-1"] and len(remediate_fn.calls) == 1
+    await watchdog_app.intake.flush_repeats()  # the repeat was answered from memory, counted in a batch
     async with watchdog_app.store.transaction() as tx:
         [delivery] = await tx.conn.execute(sa.select(alert_deliveries))
     assert delivery.repeats == 1
@@ -401,3 +407,75 @@ async def test_an_invalid_alert_does_not_cost_its_group_the_valid_ones(
     assert [i.execution_id for i in await watchdog_app.store.list_incidents()] == ["exec-2"]
     metrics = await (await api_client.get("/metrics")).text()
     assert "gl_watchdog_alerts_rejected_total 2.0" in metrics
+
+
+# -- intake at the speed of the store ---------------------------------------------------------------
+
+
+def _store_gone(wd: Watchdog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every later transaction of the store fails as if the database were unreachable."""
+
+    @contextlib.asynccontextmanager
+    async def unreachable(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        raise StoreUnavailable("database not reachable (injected)")
+        yield
+
+    monkeypatch.setattr(wd.store, "transaction", unreachable)
+    monkeypatch.setattr(wd.store, "read", unreachable)
+
+
+async def test_a_repeat_of_a_known_episode_is_answered_without_the_store(
+    api_client: Client, watchdog_app: Watchdog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, first = await post(api_client, payload(alert()))
+    await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 10)
+    with monkeypatch.context() as patched:
+        _store_gone(watchdog_app, patched)
+        results = [await post(api_client, payload(alert())) for _ in range(3)]
+        _, conflict = await post(api_client, payload(alert(dag_id="dag-2")))
+    assert [(status, body["alerts"][0]["outcome"]) for status, body in results] == [(200, "duplicate")] * 3
+    assert {body["alerts"][0]["incident_id"] for _, body in results} == {first["alerts"][0]["incident_id"]}
+    assert conflict["alerts"][0]["outcome"] == "conflict"
+    await watchdog_app.intake.flush_repeats()  # the store is back: the three repeats in one batch
+    async with watchdog_app.store.read() as tx:
+        delivery = await tx.get_delivery("fp-exec-1", datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC))
+    assert delivery is not None and delivery.repeats == 3
+
+
+async def test_an_overloaded_intake_sheds_a_delivery_before_writing_anything(
+    api_client: Client, watchdog_app: Watchdog
+) -> None:
+    watchdog_app.intake.gate = IntakeGate(1, wait_seconds=0.05)
+    before = await snapshot(watchdog_app)
+    async with watchdog_app.intake.gate.admitted() as admitted:  # the only slot is taken
+        assert admitted
+        response = await api_client.post("/api/v1/alerts", json=payload(alert()), headers=AUTH)
+        body = await response.json()
+    assert response.status == 503 and response.headers["Retry-After"] == "1", body
+    assert body["error"] == "overloaded" and "nothing of this delivery was written" in body["detail"]
+    assert await snapshot(watchdog_app) == before
+    metrics = await (await api_client.get("/metrics")).text()
+    assert "gl_watchdog_intake_shed_total 1.0" in metrics
+    status, again = await post(api_client, payload(alert()))  # Alertmanager's retry gets in
+    assert status == 200 and again["alerts"][0]["outcome"] == "opened"
+
+
+async def test_a_delivery_stored_before_the_store_failed_is_not_answered_as_a_failure(
+    api_client: Client, watchdog_app: Watchdog, diagnose_fn: ScriptedDiagnose, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = watchdog_app.store.transaction
+
+    @contextlib.asynccontextmanager
+    async def lost_at_the_end(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        async with real(*args, **kwargs) as tx:
+            yield tx
+        monkeypatch.undo()  # once
+        raise StoreUnavailable("database connection lost (injected after COMMIT)")
+
+    monkeypatch.setattr(watchdog_app.store, "transaction", lost_at_the_end)
+    status, body = await post(api_client, payload(alert()))
+    assert status == 200, body
+    [outcome] = body["alerts"]
+    assert outcome["outcome"] == "recorded" and outcome["incident_id"] is not None
+    await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 10)
+    assert diagnose_fn.calls == ["exec-1"]  # the incident it opened is diagnosed all the same
