@@ -10,10 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
+import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import pytest
 import sqlalchemy as sa
 from aiohttp import web
@@ -479,3 +483,66 @@ async def test_a_delivery_stored_before_the_store_failed_is_not_answered_as_a_fa
     assert outcome["outcome"] == "recorded" and outcome["incident_id"] is not None
     await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 10)
     assert diagnose_fn.calls == ["exec-1"]  # the incident it opened is diagnosed all the same
+
+
+# -- a burst (issue 10): 5,000 deliveries, 200 in flight, on PostgreSQL -------------------------------
+
+BURST_DISTINCT = 2000
+BURST_DELIVERIES = 5000
+BURST_IN_FLIGHT = 200
+TRANSIENT = {"diagnosing", "remediating", "verifying"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)  # 70 s in all at load 8 on 2 cores (shared)
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_a_burst_of_deliveries_is_answered_and_stores_each_distinct_alert_once(
+    api_client: Client, watchdog_app: Watchdog
+) -> None:
+    """Every delivery is answered 200 or an explicit retryable 503 with Retry-After (then sent again, as
+    Alertmanager does); each distinct alert is stored exactly once; no incident is left in a transient
+    state; the repeats are all counted."""
+    distinct = [alert(f"burst-{i}", fingerprint=f"fp-burst-{i}") for i in range(BURST_DISTINCT)]
+    order = list(range(BURST_DISTINCT)) + [
+        i % BURST_DISTINCT for i in range(BURST_DELIVERIES - BURST_DISTINCT)
+    ]
+    random.Random(7).shuffle(order)
+    bodies = [json.dumps(payload(distinct[i])).encode() for i in order]
+    answers: Counter[str] = Counter()
+    slots = asyncio.Semaphore(BURST_IN_FLIGHT)
+    url = str(api_client.make_url("/api/v1/alerts"))
+
+    async def deliver(session: aiohttp.ClientSession, body: bytes) -> None:
+        async with slots:
+            for _ in range(20):
+                async with session.post(url, data=body, headers=JSON_AUTH) as response:
+                    answer = await response.json()
+                if response.status == 200:
+                    answers[answer["alerts"][0]["outcome"]] += 1
+                    return
+                assert response.status == 503 and "Retry-After" in response.headers, answer
+                answers[f"503 {answer['error']}"] += 1
+            raise AssertionError("a delivery was refused 20 times")
+
+    started = time.monotonic()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=BURST_IN_FLIGHT)) as session:
+        await asyncio.gather(*(deliver(session, body) for body in bodies))
+    elapsed = time.monotonic() - started
+    await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 60)
+    await watchdog_app.intake.flush_repeats()
+
+    assert answers["opened"] == BURST_DISTINCT, answers
+    assert answers["opened"] + answers["duplicate"] == BURST_DELIVERIES, answers
+    async with watchdog_app.store.read() as tx:
+        rows = (
+            await tx.conn.execute(sa.select(alert_deliveries.c.fingerprint, alert_deliveries.c.repeats))
+        ).all()
+        statuses = Counter(s for (s,) in (await tx.conn.execute(sa.select(incidents.c.status))).all())
+        executions = (
+            await tx.conn.execute(sa.select(sa.func.count(sa.distinct(incidents.c.execution_id))))
+        ).scalar()
+    assert sorted(f for f, _ in rows) == sorted(f"fp-burst-{i}" for i in range(BURST_DISTINCT))
+    assert sum(r for _, r in rows) == BURST_DELIVERIES - BURST_DISTINCT
+    assert sum(statuses.values()) == executions == BURST_DISTINCT
+    assert not TRANSIENT & set(statuses), statuses
+    print(f"burst: {BURST_DELIVERIES} deliveries in {elapsed:.1f} s, answers {dict(answers)}, {statuses}")
