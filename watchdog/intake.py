@@ -34,6 +34,7 @@ decides: a delivery found recorded is answered `recorded`, never as a failure.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -357,6 +358,9 @@ class AlertIntake:
         self.gate = gate or IntakeGate(DEFAULT_IN_FLIGHT, DEFAULT_WAIT_SECONDS)
         self.known = known or KnownEpisodes(DEFAULT_KNOWN_EPISODES)
         self.repeats = repeats or RepeatCounts(DEFAULT_PENDING_REPEATS, DEFAULT_REPEAT_FLUSH_SECONDS)
+        # Episodes a delivery is applying right now: a concurrent delivery of only those waits for it
+        # and is then answered from memory, instead of queueing at the gate for the same answer.
+        self._applying: dict[tuple[str, datetime], asyncio.Event] = {}
 
     async def handle(self, payload: AmWebhook) -> list[AlertOutcome]:
         """Apply every alert of the payload; returns once all of them are durably written.
@@ -379,6 +383,8 @@ class AlertIntake:
             if outcome is None:
                 todo.append((len(outcomes), alert))
             outcomes.append(outcome)
+        if todo and all(_key(alert) in self._applying for _, alert in todo):
+            todo = await self._after_the_others(todo, outcomes)
         if todo:
             for index, outcome in await self._apply(todo, payload.receiver):
                 outcomes[index] = outcome
@@ -391,12 +397,32 @@ class AlertIntake:
                 log.warning("alert refused: %s", outcome.detail)
         return done
 
+    async def _after_the_others(
+        self, todo: list[tuple[int, AmAlert]], outcomes: list[AlertOutcome | None]
+    ) -> list[tuple[int, AmAlert]]:
+        """Wait (at most the gate's wait) for the deliveries applying these episodes, then answer what
+        memory can; what it cannot is returned, to be applied."""
+        try:
+            async with asyncio.timeout(self.gate.wait_seconds):
+                for _, alert in todo:
+                    event = self._applying.get(_key(alert))
+                    if event is not None:
+                        await event.wait()
+        except TimeoutError:
+            return todo
+        left = []
+        for index, alert in todo:
+            outcomes[index] = self._from_memory(alert)
+            if outcomes[index] is None:
+                left.append((index, alert))
+        return left
+
     def _from_memory(self, alert: AmAlert) -> AlertOutcome | None:
         """The outcome of an alert that needs no store: another alert name, or a repeat of a known
         episode (counted, written later in a batch); None when the store must be asked."""
         if alert.alertname != ALERT_NAME:
             return AlertOutcome(alert.alertname, alert.status, alert.episode_key, "ignored")
-        known = self.known.get((alert.episode_key, alert.startsAt))
+        known = self.known.get(_key(alert))
         if known is None or (alert.status == "resolved" and not known.resolved):
             return None
         if not _same_episode(known, alert):
@@ -413,6 +439,18 @@ class AlertIntake:
 
     async def _apply(self, todo: list[tuple[int, AmAlert]], receiver: str) -> list[tuple[int, AlertOutcome]]:
         """Apply the alerts that need the store in one transaction; remember what it recorded."""
+        mine = {_key(alert) for _, alert in todo if _key(alert) not in self._applying}
+        for key in mine:
+            self._applying[key] = asyncio.Event()
+        try:
+            return await self._apply_admitted(todo, receiver)
+        finally:
+            for key in mine:
+                self._applying.pop(key).set()
+
+    async def _apply_admitted(
+        self, todo: list[tuple[int, AmAlert]], receiver: str
+    ) -> list[tuple[int, AlertOutcome]]:
         async with self.gate.admitted() as admitted:
             if not admitted:
                 self.metrics.intake_shed.inc()
@@ -444,7 +482,7 @@ class AlertIntake:
         results = []
         for index, alert, (outcome, known, opened) in applied:
             if known is not None:
-                self.known.remember((alert.episode_key, alert.startsAt), known)
+                self.known.remember(_key(alert), known)
             if opened is not None:
                 self.incidents.opened("alert")
                 self.on_opened(opened)
@@ -473,7 +511,7 @@ class AlertIntake:
             return None
         results = []
         for index, alert, delivery, incident in found:
-            self.known.remember((alert.episode_key, alert.startsAt), _known(delivery))
+            self.known.remember(_key(alert), _known(delivery))
             if incident is not None and incident.status == "open" and incident.diagnosis is None:
                 self.on_opened(incident)
             outcome = AlertOutcome(
@@ -584,6 +622,11 @@ class AlertIntake:
             known,
             None,
         )
+
+
+def _key(alert: AmAlert) -> tuple[str, datetime]:
+    """The episode of an alert: what Alertmanager keeps for one firing of one alert."""
+    return alert.episode_key, alert.startsAt
 
 
 async def _record(tx: Tx, alert: AmAlert) -> AlertDelivery | None:

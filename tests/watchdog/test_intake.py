@@ -446,6 +446,22 @@ async def test_a_repeat_of_a_known_episode_is_answered_without_the_store(
     assert delivery is not None and delivery.repeats == 3
 
 
+async def test_concurrent_deliveries_of_a_new_episode_take_one_transaction(
+    api_client: Client, watchdog_app: Watchdog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real, opened = watchdog_app.store.transaction, []
+
+    def counted(what: str = "") -> Any:
+        opened.append(what)
+        return real(what)
+
+    monkeypatch.setattr(watchdog_app.store, "transaction", counted)
+    results = await asyncio.gather(*(post(api_client, payload(alert())) for _ in range(20)))
+    monkeypatch.undo()
+    assert sorted(body["alerts"][0]["outcome"] for _, body in results) == ["duplicate"] * 19 + ["opened"]
+    assert opened.count("alert intake") == 1  # the others waited for it and were answered from memory
+
+
 async def test_an_overloaded_intake_sheds_a_delivery_before_writing_anything(
     api_client: Client, watchdog_app: Watchdog
 ) -> None:
