@@ -71,6 +71,10 @@ DEFAULT_KNOWN_EPISODES: Final = 100_000
 DEFAULT_PENDING_REPEATS: Final = 1000
 DEFAULT_REPEAT_FLUSH_SECONDS: Final = 1.0
 RETRY_AFTER_SECONDS: Final = 1
+# A delivery's alerts are applied in transactions of at most this many (Alertmanager's max_alerts is
+# unbounded by default): each transaction stays well within the store's timeout. A failure after some
+# of them is answered 503; the retry finds those recorded (duplicates) and applies the rest.
+ALERTS_PER_TRANSACTION: Final = 100
 
 log = logging.getLogger(__name__)
 
@@ -461,31 +465,46 @@ class AlertIntake:
                     f"{self.gate.wait_seconds:g}s; nothing of this delivery was written, send it again",
                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
                 )
-            pending = self.repeats.take()
+            results: list[tuple[int, AlertOutcome]] = []
+            opened: list[Incident] = []
             try:
-                async with self.store.transaction("alert intake") as tx:
-                    applied = [(index, alert, await self._one(tx, alert, receiver)) for index, alert in todo]
-                    if pending:
-                        await tx.add_repeats(pending)
-            except StoreUnavailable:
-                # The write may have been committed (a timeout or a lost connection at COMMIT): never
-                # answer a failure for a delivery that is stored.
-                recorded = await self._recorded(todo)
-                if recorded is None:
-                    self.repeats.put_back(pending, self.store.clock.monotonic())
-                    raise
-                return recorded
-            except BaseException:
+                for start in range(0, len(todo), ALERTS_PER_TRANSACTION):
+                    part = todo[start : start + ALERTS_PER_TRANSACTION]
+                    results += await self._apply_part(part, receiver, opened)
+            finally:  # what is committed is diagnosed, even when a later part failed
+                for incident in opened:
+                    self.incidents.opened("alert")
+                    self.on_opened(incident)
+            return results
+
+    async def _apply_part(
+        self, todo: list[tuple[int, AmAlert]], receiver: str, opened: list[Incident]
+    ) -> list[tuple[int, AlertOutcome]]:
+        """One transaction of a delivery's alerts; the incidents it opened are added to `opened`."""
+        pending = self.repeats.take()
+        try:
+            async with self.store.transaction("alert intake") as tx:
+                applied = [(index, alert, await self._one(tx, alert, receiver)) for index, alert in todo]
+                if pending:
+                    await tx.add_repeats(pending)
+        except StoreUnavailable:
+            # The write may have been committed (a timeout or a lost connection at COMMIT): never
+            # answer a failure for a delivery that is stored.
+            recorded = await self._recorded(todo)
+            if recorded is None:
                 self.repeats.put_back(pending, self.store.clock.monotonic())
                 raise
-        # committed: now it is safe to remember, count and start work
+            return recorded
+        except BaseException:
+            self.repeats.put_back(pending, self.store.clock.monotonic())
+            raise
+        # committed: now it is safe to remember them (and, once the delivery is done, start work)
         results = []
-        for index, alert, (outcome, known, opened) in applied:
+        for index, alert, (outcome, known, incident) in applied:
             if known is not None:
                 self.known.remember(_key(alert), known)
-            if opened is not None:
-                self.incidents.opened("alert")
-                self.on_opened(opened)
+            if incident is not None:
+                opened.append(incident)
             results.append((index, outcome))
         return results
 

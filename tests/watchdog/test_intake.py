@@ -28,6 +28,7 @@ from tests.watchdog.webhook import alert, payload
 from watchdog.assembly import Watchdog
 from watchdog.episodes import IntakeGate
 from watchdog.errors import StoreUnavailable
+from watchdog.intake import ALERTS_PER_TRANSACTION
 from watchdog.migrations import alert_deliveries, audit_log, incidents
 
 Client = TestClient[web.Request, web.Application]
@@ -446,20 +447,39 @@ async def test_a_repeat_of_a_known_episode_is_answered_without_the_store(
     assert delivery is not None and delivery.repeats == 3
 
 
-async def test_concurrent_deliveries_of_a_new_episode_take_one_transaction(
-    api_client: Client, watchdog_app: Watchdog, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real, opened = watchdog_app.store.transaction, []
+def _count_transactions(wd: Watchdog, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What each writing transaction of the store is for, in order, from now on."""
+    real, opened = wd.store.transaction, []
 
     def counted(what: str = "") -> Any:
         opened.append(what)
         return real(what)
 
-    monkeypatch.setattr(watchdog_app.store, "transaction", counted)
+    monkeypatch.setattr(wd.store, "transaction", counted)
+    return opened
+
+
+async def test_concurrent_deliveries_of_a_new_episode_take_one_transaction(
+    api_client: Client, watchdog_app: Watchdog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = _count_transactions(watchdog_app, monkeypatch)
     results = await asyncio.gather(*(post(api_client, payload(alert())) for _ in range(20)))
     monkeypatch.undo()
     assert sorted(body["alerts"][0]["outcome"] for _, body in results) == ["duplicate"] * 19 + ["opened"]
     assert opened.count("alert intake") == 1  # the others waited for it and were answered from memory
+
+
+async def test_a_large_delivery_is_applied_in_bounded_transactions(
+    api_client: Client, watchdog_app: Watchdog, diagnose_fn: ScriptedDiagnose, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = _count_transactions(watchdog_app, monkeypatch)
+    many = [alert(f"exec-{i}", fingerprint=f"fp-{i}") for i in range(ALERTS_PER_TRANSACTION + 1)]
+    status, body = await post(api_client, payload(*many))
+    monkeypatch.undo()
+    assert status == 200 and [a["outcome"] for a in body["alerts"]] == ["opened"] * len(many)
+    assert opened.count("alert intake") == 2
+    await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 60)
+    assert sorted(diagnose_fn.calls) == sorted(f"exec-{i}" for i in range(len(many)))
 
 
 async def test_an_overloaded_intake_sheds_a_delivery_before_writing_anything(
