@@ -259,6 +259,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--kinds", default="repeated,distinct", help="alert mixes: repeated,distinct (default both)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, SQLite)")
+    parser.add_argument(
+        "--watchdog-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a GL_WATCHDOG_* setting for the watchdog under test (repeatable)",
+    )
     parser.add_argument("--serve", choices=("null", "sqlite", "postgres"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--target", default="", help=argparse.SUPPRESS)
@@ -307,7 +314,11 @@ async def run_backend(
         ref.stop()
     for kind in args.kinds:
         async with database(backend, wd, f"watchdog-{backend}-{kind}") as store:
-            wd_service = watchdog(wd, store.url, orch.base_url, name=f"watchdog-{backend}-{kind}").start()
+            settings = dict(item.split("=", 1) for item in args.watchdog_env)
+            wd_service = watchdog(
+                wd, store.url, orch.base_url, name=f"watchdog-{backend}-{kind}", env=settings
+            )
+            wd_service.start()
             load = loadavg()
             figures = drive(f"{wd_service.base_url}/api/v1/alerts", kind, args, "w")
             extra = {

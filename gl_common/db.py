@@ -41,6 +41,8 @@ from gl_common.errors import StoreError, StoreUnavailable
 log = logging.getLogger(__name__)
 
 DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+READ_ONLY_OPTION = "gl_read_only"  # execution option of a read-only transaction (see `transaction`)
+_DRIVER_MODULES = ("asyncpg", "aiosqlite", "sqlite3")
 
 
 @dataclass(frozen=True)
@@ -97,12 +99,14 @@ class Database:
         timeout_seconds: float,
         errors: StoreErrors = StoreErrors(),
         passthrough: tuple[type[BaseException], ...] = (),
+        only_database_errors: bool = False,
     ) -> None:
         self.engine = engine
         self.timeout_seconds = timeout_seconds
         self.dialect = engine.dialect.name
         self.errors = errors
         self._passthrough: tuple[type[BaseException], ...] = (StoreError, *passthrough)
+        self._only_database_errors = only_database_errors
         self._closed = False
         self._in_flight = _InFlight()
 
@@ -114,9 +118,14 @@ class Database:
         *,
         errors: StoreErrors = StoreErrors(),
         passthrough: tuple[type[BaseException], ...] = (),
+        only_database_errors: bool = False,
     ) -> Database:
         """Build the engine for `sqlite+aiosqlite:///PATH` or `postgresql+asyncpg://...` (no connection
-        is opened yet); `errors.error` for a URL that names another backend or driver."""
+        is opened yet); `errors.error` for a URL that names another backend or driver.
+
+        `only_database_errors`: convert only the database's and the drivers' exceptions (SQLAlchemy,
+        asyncpg, sqlite3, OS errors); anything else a transaction's body raises comes out unchanged
+        (otherwise only `passthrough` does)."""
         try:
             url = sa.make_url(database_url)
         except SQLAlchemyError as exc:
@@ -144,33 +153,55 @@ class Database:
             raise errors.error(f"cannot create database engine for {url.render_as_string()}: {exc}") from exc
         if backend == "sqlite":
             _install_sqlite_hooks(engine, pool)
-        return cls(engine, timeout_seconds=pool.timeout_seconds, errors=errors, passthrough=passthrough)
+        return cls(
+            engine,
+            timeout_seconds=pool.timeout_seconds,
+            errors=errors,
+            passthrough=passthrough,
+            only_database_errors=only_database_errors,
+        )
 
     @asynccontextmanager
-    async def transaction(self, what: str) -> AsyncIterator[AsyncConnection]:
+    async def transaction(self, what: str, *, read_only: bool = False) -> AsyncIterator[AsyncConnection]:
         """One transaction, committed when the block ends and rolled back when it raises, bounded by
-        the timeout as a whole. `what` names the operation in error messages."""
+        the timeout as a whole. `what` names the operation in error messages.
+
+        `read_only`: the block only reads. On SQLite with `sqlite_begin="immediate"` it begins with a
+        plain (deferred) `BEGIN`, so it reads a snapshot without taking the write lock that writers
+        queue on; elsewhere it changes nothing."""
         if self._closed:
             raise self.errors.unavailable(f"{what}: the store is closed")
         in_flight = self._in_flight
         in_flight.count += 1
         in_flight.drained.clear()
+        connected = False
         try:
-            async with asyncio.timeout(self.timeout_seconds), self.engine.begin() as conn:
-                yield conn
+            async with asyncio.timeout(self.timeout_seconds), self.engine.connect() as conn:
+                connected = True
+                if read_only:
+                    await conn.execution_options(**{READ_ONLY_OPTION: True})
+                async with conn.begin():
+                    yield conn
         except self._passthrough:
             raise
-        except TimeoutError as exc:
-            raise self.errors.unavailable(
-                f"{what}: database did not answer within {self.timeout_seconds}s"
-            ) from exc
-        except Exception as exc:  # asyncpg/aiosqlite raise their own types outside SQLAlchemy's tree
-            kind = self.errors.unavailable if _is_unavailable(exc) else self.errors.error
-            raise kind(f"{what}: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            if not connected and not isinstance(exc, TimeoutError):  # whatever the driver says
+                raise self.errors.unavailable(f"{what}: database not reachable: {_describe(exc)}") from exc
+            if self._only_database_errors and not _is_database_error(exc):
+                raise
+            raise self._convert(exc, what) from exc
         finally:
             in_flight.count -= 1
             if not in_flight.count:
                 in_flight.drained.set()
+
+    def _convert(self, exc: Exception, what: str) -> StoreError:
+        """The service's own exception for a failure inside a transaction."""
+        if isinstance(exc, TimeoutError):
+            return self.errors.unavailable(f"{what}: database did not answer within {self.timeout_seconds}s")
+        # asyncpg/aiosqlite raise their own types outside SQLAlchemy's tree
+        kind = self.errors.unavailable if _is_unavailable(exc) else self.errors.error
+        return kind(f"{what}: {type(exc).__name__}: {exc}")
 
     async def close(self) -> None:
         """Let transactions under way end (each is bounded by the timeout), then close the pool.
@@ -237,6 +268,19 @@ def _is_unavailable(exc: BaseException) -> bool:
     return type(exc).__module__.startswith("asyncpg") and "Connection" in type(exc).__name__
 
 
+def _describe(exc: BaseException) -> str:
+    """The first line of what the driver said (no SQL, no traceback link)."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    """Raised by the database, a driver or the network (not by the code inside a transaction)."""
+    if isinstance(exc, (SQLAlchemyError, OSError, TimeoutError)):
+        return True
+    return type(exc).__module__.split(".")[0] in _DRIVER_MODULES
+
+
 def _call_int(obj: object, name: str) -> int:
     method = getattr(obj, name, None)
     if not callable(method):
@@ -268,7 +312,8 @@ def _install_sqlite_hooks(engine: AsyncEngine, pool: PoolSettings) -> None:
     if immediate:
 
         def on_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            read_only = conn.get_execution_options().get(READ_ONLY_OPTION, False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         event.listen(engine.sync_engine, "begin", on_begin)
 

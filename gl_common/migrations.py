@@ -12,7 +12,8 @@ The convention:
   ...) and never changes once released: a later change to the schema is a new migration (a test of
   each service pins every released migration's DDL). Versions count up from 1 without gaps.
 - Operations: `CreateTable(name, items)` declares a table (`items()` returns fresh columns,
-  constraints and indexes) and creates it; `CreateIndex(name, table, items)` and `DropIndex(name,
+  constraints and indexes) and creates it; `AddColumn(table, column)` adds a nullable (or defaulted)
+  column to a table declared before; `CreateIndex(name, table, items)` and `DropIndex(name,
   table)` add and remove an index of a table declared before; `Run(function)` runs anything else
   on the connection (data changes, ALTERs) and declares nothing. An operation that changes a table
   (e.g. add a column) must both declare the change and apply it, so that `metadata()` stays what the
@@ -117,6 +118,24 @@ class DropIndex:
 
     def apply(self, conn: Connection, metadata: sa.MetaData) -> None:
         conn.execute(sa.text(f"DROP INDEX {conn.dialect.identifier_preparer.quote(self.name)}"))
+
+
+@dataclass(frozen=True)
+class AddColumn:
+    """A new column of a table declared before; `column()` returns it (a fresh one per call). It must be
+    nullable or have a server default, as rows may exist."""
+
+    table: str
+    column: Callable[[], sa.Column[Any]]
+
+    def declare(self, metadata: sa.MetaData) -> None:
+        metadata.tables[self.table].append_column(self.column())
+
+    def apply(self, conn: Connection, metadata: sa.MetaData) -> None:
+        column = metadata.tables[self.table].c[self.column().name]
+        spec = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+        table = conn.dialect.identifier_preparer.quote(self.table)
+        conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {spec}"))
 
 
 @dataclass(frozen=True)

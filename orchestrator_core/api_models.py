@@ -27,29 +27,13 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from gl_common.http import bad_request
+from gl_common.ids import AgentId, DagId, ExecutionId, NodeId
 from orchestrator_core.dag import OnFailure
 from orchestrator_core.hashing import canonical_json
 from orchestrator_core.records import EXECUTION_STATUSES, ExecutionStatus, NodeStatus
 from orchestrator_core.settings import MAX_CONCURRENT_EXECUTIONS_BOUND, MAX_PARALLEL_NODES_BOUND
 from orchestrator_core.store.listing import ExecutionFilter, Position
 
-_ID_CHARS = "A-Za-z0-9_.:-"
-
-
-def _id_pattern(max_length: int) -> str:
-    return rf"^[A-Za-z0-9][{_ID_CHARS}]{{0,{max_length - 1}}}$"
-
-
-def _id_text(what: str, max_length: int) -> str:
-    return f"{what}: 1-{max_length} of A-Z a-z 0-9 _ . : -, starting with a letter or digit"
-
-
-_Id64 = Annotated[str, StringConstraints(pattern=_id_pattern(64), max_length=64)]
-_Id128 = Annotated[str, StringConstraints(pattern=_id_pattern(128), max_length=128)]
-ExecutionId = Annotated[_Id64, Field(description=_id_text("execution id", 64))]
-DagId = Annotated[_Id128, Field(description=_id_text("DAG id", 128))]
-NodeId = Annotated[_Id128, Field(description=_id_text("node id", 128))]
-AgentId = Annotated[_Id128, Field(description=_id_text("agent id", 128))]
 Owner = Annotated[
     str,
     StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$"),

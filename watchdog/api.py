@@ -128,7 +128,9 @@ async def post_alerts(request: web.Request, inputs: Inputs) -> web.Response:
     outcomes = await request.app[INTAKE_KEY].handle(parsed.payload)
     return web.json_response(
         {
-            "status": "partial" if parsed.rejected else "ok",
+            "status": "partial"
+            if parsed.rejected or any(o.outcome == "conflict" for o in outcomes)
+            else "ok",
             "alerts": [o.as_json() for o in outcomes],
             "rejected": [r.as_json() for r in parsed.rejected],
         }

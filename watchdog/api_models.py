@@ -29,6 +29,7 @@ from pydantic import (
     StringConstraints,
 )
 
+from gl_common.ids import DagId, ExecutionId, id_pattern, printable
 from watchdog.plan import Plan
 from watchdog.records import Action, Approval, AuditEntry, Incident
 
@@ -46,10 +47,6 @@ def _digits_only(value: Any) -> Any:
     return value
 
 
-def _id_pattern(first: str, rest: str, max_length: int) -> str:
-    return rf"^[{first}][{rest}]{{0,{max_length - 1}}}$"
-
-
 IncidentId = Annotated[
     int,
     Field(ge=1, le=INCIDENT_ID_MAX, description=f"incident id: an integer 1 to {INCIDENT_ID_MAX}"),
@@ -57,27 +54,17 @@ IncidentId = Annotated[
 ]
 ApprovalId = Annotated[
     str,
-    StringConstraints(pattern=_id_pattern("A-Za-z0-9", "A-Za-z0-9_-", 64), max_length=64),
+    StringConstraints(pattern=id_pattern(64, rest="A-Za-z0-9_-"), max_length=64),
     Field(description="approval id: 1-64 of A-Z a-z 0-9 _ -, starting with a letter or digit"),
-]
-ExecutionId = Annotated[
-    str,
-    StringConstraints(pattern=_id_pattern("A-Za-z0-9", "A-Za-z0-9_.:-", 64), max_length=64),
-    Field(description="execution id: 1-64 of A-Z a-z 0-9 _ . : -, starting with a letter or digit"),
-]
-DagId = Annotated[
-    str,
-    StringConstraints(pattern=_id_pattern("A-Za-z0-9", "A-Za-z0-9_.:-", 128), max_length=128),
-    Field(description="DAG id: 1-128 of A-Z a-z 0-9 _ . : -, starting with a letter or digit"),
 ]
 Cause = Annotated[
     str,
-    StringConstraints(pattern=_id_pattern("a-z0-9", "a-z0-9_.-", 64), max_length=64),
+    StringConstraints(pattern=id_pattern(64, first="a-z0-9", rest="a-z0-9_.-"), max_length=64),
     Field(description="a likely cause of the diagnosis, e.g. hung_node: 1-64 of a-z 0-9 _ . -"),
 ]
 Actor = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$"),
+    printable(100, min_length=1),
     Field(description="who decides (recorded as api:<actor>): 1-100 printable characters"),
 ]
 LinkTokenText = Annotated[
@@ -302,10 +289,12 @@ class AlertOutcomeOut(BaseModel):
     status: str
     fingerprint: str
     outcome: str = Field(
-        description="opened | joined | duplicate | closed | left_open | no_incident | ignored"
+        description="opened | joined | duplicate | closed | left_open | no_incident | ignored | conflict | "
+        "recorded (stored, though the store failed as the write ended)"
     )
     execution_id: str | None = None
     incident_id: int | None = None
+    detail: str | None = Field(None, description="why, for a conflict")
 
 
 class RejectedAlertOut(BaseModel):
@@ -316,7 +305,8 @@ class RejectedAlertOut(BaseModel):
 
 
 class AlertsAnswer(BaseModel):
-    """`POST /alerts`: every valid alert's outcome; `partial` when some alerts were rejected."""
+    """`POST /alerts`: every valid alert's outcome; `partial` when some alerts were rejected or were a
+    conflict (their episode recorded for another execution)."""
 
     model_config = ConfigDict(extra="allow")
 

@@ -39,6 +39,7 @@ from watchdog.backends import open_clients
 from watchdog.condition import ConditionEvaluator
 from watchdog.diagnosis import Backoff, Diagnose, DiagnosisService, OnDiagnosed
 from watchdog.diagnostics import runner
+from watchdog.episodes import IntakeGate, KnownEpisodes
 from watchdog.http import new_application
 from watchdog.incidents import IncidentService
 from watchdog.intake import AlertIntake
@@ -121,6 +122,7 @@ class Watchdog:
         await self.sweeper.shutdown(grace_seconds)
         await self.responder.aclose()
         await self.jobs.aclose(grace_seconds)
+        await self.intake.flush_repeats()
         await self.leases.aclose()
         await self.readiness.aclose()
         await self.clients.aclose()
@@ -153,7 +155,7 @@ async def build_watchdog(
     signing_key = _approval_signing_key(settings, warn=respond and on_diagnosed is None)
     clients = await open_clients(settings, clock=clock)
     try:
-        store = await WatchdogStore.open(settings.database_url, clock=clock)
+        store = await WatchdogStore.open(settings.database_url, clock=clock, pool=settings.db_pool())
     except BaseException:
         await clients.aclose()
         raise
@@ -252,7 +254,14 @@ async def build_watchdog(
         remediation=responder.remediation,
         responder=responder,
         diagnosis=diagnosis,
-        intake=AlertIntake(store, incidents, metrics, diagnosis.start),
+        intake=AlertIntake(
+            store,
+            incidents,
+            metrics,
+            diagnosis.start,
+            gate=IntakeGate(settings.intake_in_flight(), settings.intake_wait_seconds),
+            known=KnownEpisodes(settings.intake_known_episodes),
+        ),
         sweeper=sweeper,
         leases=leases,
         reconciler=reconciler,

@@ -38,8 +38,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from gl_common.auth import is_loopback
+from gl_common.ids import ExecutionId
 from watchdog import remediation_cli
-from watchdog.api_models import ExecutionId
 from watchdog.assembly import build_watchdog, create_app
 from watchdog.backends import open_clients
 from watchdog.diagnostics import render, runner
@@ -251,7 +251,7 @@ async def _list_incidents(
     """The newest `limit` incidents, how many match in all, and the pending approval prompt of each
     that has one (for `gl-watchdog approve` when the notifier never delivered the link)."""
     _require_existing_sqlite_file(settings.database_url)
-    store = await WatchdogStore.open(settings.database_url)
+    store = await WatchdogStore.open(settings.database_url, pool=settings.db_pool())
     try:
         where = IncidentFilter(statuses=tuple(statuses) if statuses else None)
         page = await page_incidents(store, where, before=None, limit=limit)

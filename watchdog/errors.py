@@ -14,7 +14,9 @@ loader, the notifier, the approval service, the store and the incident service; 
     │   ├── InvalidToken                the link token is malformed, forged, or for another prompt
     │   └── ApprovalClosed(state)       expired, already decided, or already used
     ├── StoreError                      the watchdog's database refused a statement or the URL is bad
-    │   └── StoreUnavailable            the database could not be reached (also a BackendUnavailable)
+    │   │                               (also a gl_common.errors.StoreError, as `gl_common.db` raises it)
+    │   └── StoreUnavailable            the database could not be reached (also a BackendUnavailable
+    │                                   and a gl_common.errors.StoreUnavailable)
     └── IncidentError                   an incident operation was refused
         ├── IncidentNotFound            no incident with that id
         └── InvalidTransition           the incident is not in a state that allows the change
@@ -22,6 +24,7 @@ loader, the notifier, the approval service, the store and the incident service; 
 
 from __future__ import annotations
 
+from gl_common import errors as common
 from watchdog_sdk.errors import BackendUnavailable, ConfigError, WatchdogError
 
 
@@ -53,11 +56,11 @@ class ApprovalClosed(ApprovalError):
         self.state = state
 
 
-class StoreError(WatchdogError):
+class StoreError(WatchdogError, common.StoreError):
     """The watchdog's database refused a statement, or its URL/driver is not supported."""
 
 
-class StoreUnavailable(StoreError, BackendUnavailable):
+class StoreUnavailable(StoreError, BackendUnavailable, common.StoreUnavailable):
     """The watchdog's database could not be reached."""
 
     backend = "database"

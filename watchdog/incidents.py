@@ -155,7 +155,8 @@ async def transition_in(
 
 
 class IncidentService:
-    """Incident operations, one transaction each, with the open-incidents gauge kept current."""
+    """Incident operations, one transaction each. The open-incidents gauge is a store-wide count read
+    at scrape time (`refresh_gauges`) and at start, not after every change."""
 
     def __init__(self, store: WatchdogStore, metrics: WatchdogMetrics | None = None) -> None:
         self.store = store
@@ -186,7 +187,6 @@ class IncidentService:
             )
         if result.created:
             self.opened(source)
-        await self.refresh_gauge()
         return result
 
     async def transition(
@@ -205,8 +205,6 @@ class IncidentService:
             incident = await transition_in(
                 tx, incident_id, to, actor=actor, reason=reason, expected=expected, data=data, **values
             )
-        if to in TERMINAL:
-            await self.refresh_gauge()
         return incident
 
     async def close_if_not_acted(self, incident_id: int, *, actor: str, reason: str) -> Incident:
@@ -217,7 +215,6 @@ class IncidentService:
         """
         async with self.store.transaction() as tx:
             incident = await close_if_not_acted_in(tx, incident_id, actor=actor, reason=reason)
-        await self.refresh_gauge()
         return incident
 
     async def record(
@@ -248,7 +245,7 @@ class IncidentService:
 
     async def has_escalated(self, execution_id: str) -> bool:
         """True when an incident of `execution_id` was escalated to on-call."""
-        async with self.store.transaction() as tx:
+        async with self.store.read() as tx:
             return bool(await tx.list_incidents(statuses=["escalated"], execution_id=execution_id, limit=1))
 
     async def get(self, incident_id: int) -> Incident:
@@ -260,7 +257,7 @@ class IncidentService:
 
     async def detail(self, incident_id: int) -> IncidentDetail:
         """The incident with its actions, approvals and audit log."""
-        async with self.store.transaction() as tx:
+        async with self.store.read() as tx:
             incident = await tx.get_incident(incident_id)
             if incident is None:
                 raise IncidentNotFound(f"no incident {incident_id}")
@@ -280,7 +277,7 @@ class IncidentService:
         """Set `gl_watchdog_open_incidents` from the store."""
         if self.metrics is None:
             return
-        async with self.store.transaction() as tx:
+        async with self.store.read() as tx:
             self.metrics.open_incidents.set(await tx.count_open_incidents())
 
     async def refresh_approvals_gauge(self) -> None:
@@ -296,7 +293,7 @@ class IncidentService:
         so that every replica reports the same figures, not only the one whose change last set them."""
         if self.metrics is None:
             return
-        async with self.store.transaction() as tx:
+        async with self.store.read() as tx:
             open_incidents = await tx.count_open_incidents()
             pending = await tx.list_approvals(states=["pending"])
         self.metrics.open_incidents.set(open_incidents)

@@ -9,41 +9,72 @@ Per alert:
 - another alert name: counted and acknowledged, nothing else;
 - firing: the episode (fingerprint + startsAt) is recorded in `alert_deliveries`, in the same
   transaction as opening or joining the incident of its `execution_id`. A repeat of a recorded
-  episode (repeat_interval, group changes, an HA pair of Alertmanagers, a retried request) only bumps
-  a counter: it never opens, joins or diagnoses again. A newly opened incident is handed to
+  episode (repeat_interval, group changes, an HA pair of Alertmanagers, a retried request) only counts
+  a repeat: it never opens, joins or diagnoses again. A newly opened incident is handed to
   `on_opened` (the app starts its diagnosis);
 - resolved: closes the execution's open incident if it has not acted yet (no action recorded, not
   remediating/verifying); an incident that has acted is left to the remediation, with an audit
   note. A resolved alert never opens an incident and never triggers anything.
 
-Validation happens for the whole payload before anything is written. A payload that is not a valid
-webhook, or whose alerts are all invalid, is refused (4xx) and changes nothing. Alertmanager does not
-retry a 4xx and re-sends a group unchanged, so one invalid alert must not cost the valid alerts of its
-group their incidents: those are applied, and the invalid ones are named in the answer (`rejected`),
-logged and counted (`gl_watchdog_alerts_rejected_total`).
+Validation happens for the whole payload before anything is read or written (docs/architecture.md,
+"Webhook validation"). A payload that is not a valid webhook, or whose alerts are all invalid, is
+refused (4xx) and changes nothing. Alertmanager does not retry a 4xx and re-sends a group unchanged,
+so one invalid alert must not cost the valid alerts of its group their incidents: those are applied,
+and the invalid ones are named in the answer (`rejected`), logged and counted
+(`gl_watchdog_alerts_rejected_total`). An alert whose repeat key matches a recorded episode about
+another execution or DAG is a `conflict`, named in the answer, and changes nothing.
+
+At the speed of the store (`watchdog.episodes`): a repeat of an episode this replica knows recorded
+is answered from memory (its count written later in a batch); the other alerts of a delivery are
+applied in one transaction, once the gate lets the delivery at the store; a delivery that waits too
+long for its turn is shed (503 with Retry-After, `gl_watchdog_intake_shed_total`) before anything of
+it is written. When the store fails as the transaction ends (the commit may have happened), one read
+decides: a delivery found recorded is answered `recorded`, never as a failure.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
-from watchdog.errors import InvalidTransition
+from gl_common.ids import DAG_ID_MAX, EXECUTION_ID_MAX, DagId, ExecutionId, id_text, printable
+from watchdog.episodes import IntakeGate, KnownEpisode, KnownEpisodes, RepeatCounts
+from watchdog.errors import InvalidTransition, StoreError, StoreUnavailable
 from watchdog.http import ApiError
 from watchdog.incidents import IncidentService, close_if_not_acted_in, open_or_join_in
 from watchdog.metrics import WatchdogMetrics
-from watchdog.records import Incident
-from watchdog.store import WatchdogStore
+from watchdog.records import AlertDelivery, Incident
+from watchdog.store import Tx, WatchdogStore
 from watchdog_sdk.constants import ALERT_NAME
 
 ACTOR = "alertmanager"
+# Defaults of what the settings size (`WatchdogSettings.intake_*`), for an intake built without them.
+DEFAULT_IN_FLIGHT: Final = 30
+DEFAULT_WAIT_SECONDS: Final = 5.0
+DEFAULT_KNOWN_EPISODES: Final = 100_000
+DEFAULT_PENDING_REPEATS: Final = 1000
+DEFAULT_REPEAT_FLUSH_SECONDS: Final = 1.0
+RETRY_AFTER_SECONDS: Final = 1
+# A delivery's alerts are applied in transactions of at most this many (Alertmanager's max_alerts is
+# unbounded by default): each transaction stays well within the store's timeout. A failure after some
+# of them is answered 503; the retry finds those recorded (duplicates) and applies the rest.
+ALERTS_PER_TRANSACTION: Final = 100
 
 log = logging.getLogger(__name__)
 
@@ -51,31 +82,90 @@ log = logging.getLogger(__name__)
 # -- the payload (https://prometheus.io/docs/alerting/latest/configuration/#webhook_config) ---------
 
 
+MAX_LABELS: Final = 64
+MAX_LABEL_NAME: Final = 128
+MAX_LABEL_VALUE: Final = 1024
+MAX_ALERTNAME: Final = 200  # alert_deliveries.alertname
+MAX_FINGERPRINT: Final = 128  # alert_deliveries.fingerprint
+MAX_TEXT: Final = 1024  # externalURL, generatorURL
+MAX_RECEIVER: Final = 200  # stored in the audit entry of an incident the alert opens
+MAX_GROUP_KEY: Final = 4096
+
+LabelName = Annotated[str, printable(MAX_LABEL_NAME, min_length=1)]
+LabelValue = Annotated[str, printable(MAX_LABEL_VALUE)]
+Text = Annotated[str, printable(MAX_TEXT)]
+_EXECUTION_ID: Final = TypeAdapter(ExecutionId)
+_DAG_ID: Final = TypeAdapter(DagId)
+_EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST: Final = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def _check_label(labels: dict[str, str], name: str, adapter: TypeAdapter[str], text: str) -> None:
+    try:
+        adapter.validate_python(labels[name])
+    except ValidationError:
+        raise ValueError(f"{name} {labels[name][:80]!r} is not a valid {text}") from None
+
+
+def nul_in(value: Any, where: str) -> str | None:
+    """Where a NUL character sits in a parsed JSON value (a key or a string), or None. Nothing with a
+    NUL is stored anywhere (PostgreSQL text and JSON cannot hold one); iterative, no recursion."""
+    stack = [(value, where)]
+    while stack:
+        current, at = stack.pop()
+        if isinstance(current, str):
+            if "\x00" in current:
+                return at
+        elif isinstance(current, dict):
+            for key, child in current.items():
+                if "\x00" in key:
+                    return f"{at}.{key.replace(chr(0), '?')}"
+                stack.append((child, f"{at}.{key}"))
+        elif isinstance(current, list):
+            stack.extend((child, f"{at}.{index}") for index, child in enumerate(current))
+    return None
+
+
 class AmAlert(BaseModel):
-    """One alert of an Alertmanager webhook payload."""
+    """One alert of an Alertmanager webhook payload, validated for everything the intake stores or logs
+    (docs/architecture.md, "Webhook validation")."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
     status: Literal["firing", "resolved"]
-    labels: dict[str, str]
+    labels: dict[LabelName, LabelValue] = Field(max_length=MAX_LABELS)
     annotations: dict[str, str] = Field(default_factory=dict)
-    startsAt: datetime  # Alertmanager's field names, as sent
-    endsAt: datetime | None = None
-    generatorURL: str = ""
-    fingerprint: str = ""
+    startsAt: AwareDatetime  # Alertmanager's field names, as sent
+    endsAt: AwareDatetime | None = None
+    generatorURL: Text = ""
+    fingerprint: Annotated[str, printable(MAX_FINGERPRINT)] = ""
 
     @field_validator("labels")
     @classmethod
     def _has_alertname(cls, labels: dict[str, str]) -> dict[str, str]:
         if not labels.get("alertname"):
             raise ValueError("labels must include a non-empty 'alertname'")
+        if len(labels["alertname"]) > MAX_ALERTNAME:
+            raise ValueError(f"alertname is longer than {MAX_ALERTNAME} characters")
+        if labels["alertname"] != ALERT_NAME:
+            return labels
+        if not labels.get("execution_id"):
+            raise ValueError(f"an {ALERT_NAME} alert must carry a non-empty 'execution_id' label")
+        _check_label(labels, "execution_id", _EXECUTION_ID, id_text("execution id", EXECUTION_ID_MAX))
+        if labels.get("dag_id"):
+            _check_label(labels, "dag_id", _DAG_ID, id_text("DAG id", DAG_ID_MAX))
         return labels
 
-    @model_validator(mode="after")
-    def _our_alert_names_its_execution(self) -> AmAlert:
-        if self.labels["alertname"] == ALERT_NAME and not self.labels.get("execution_id"):
-            raise ValueError(f"an {ALERT_NAME} alert must carry a non-empty 'execution_id' label")
-        return self
+    @field_validator("startsAt")
+    @classmethod
+    def _storable_start(cls, starts_at: datetime) -> datetime:
+        try:
+            in_utc = starts_at.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("startsAt is out of range") from None
+        if not _EARLIEST <= in_utc < _LATEST:
+            raise ValueError("startsAt must lie between 1970 and 9999")
+        return starts_at
 
     @property
     def alertname(self) -> str:
@@ -90,6 +180,13 @@ class AmAlert(BaseModel):
         canonical = json.dumps(sorted(self.labels.items()), separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
+    @property
+    def labels_digest(self) -> str:
+        """What the episode is about (execution and DAG), hashed: stored with the delivery, so that a
+        repeat key (fingerprint + startsAt) that comes back with other labels is a conflict."""
+        about = json.dumps([self.labels.get("execution_id"), self.labels.get("dag_id")])
+        return hashlib.sha256(about.encode()).hexdigest()
+
 
 class AmWebhook(BaseModel):
     """The Alertmanager webhook payload, version 4."""
@@ -97,14 +194,14 @@ class AmWebhook(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     version: Literal["4"]
-    groupKey: str = ""
+    groupKey: Annotated[str, printable(MAX_GROUP_KEY)] = ""
     truncatedAlerts: int = Field(default=0, ge=0)
     status: Literal["firing", "resolved"]
-    receiver: str = ""
+    receiver: Annotated[str, printable(MAX_RECEIVER)] = ""
     groupLabels: dict[str, str] = Field(default_factory=dict)
     commonLabels: dict[str, str] = Field(default_factory=dict)
     commonAnnotations: dict[str, str] = Field(default_factory=dict)
-    externalURL: str = ""
+    externalURL: Text = ""
     alerts: list[AmAlert]
 
 
@@ -162,6 +259,9 @@ def parse_payload(body: bytes) -> ParsedWebhook:
             "unsupported_version",
             f"webhook payload version {data['version']!r} is not supported; expected version '4'",
         )
+    nul = nul_in({key: value for key, value in data.items() if key != "alerts"}, "body")
+    if nul is not None:
+        raise ApiError(422, "invalid_payload", f"{nul}: holds a NUL character")
     try:
         envelope = _AmEnvelope.model_validate(data)
     except ValidationError as exc:
@@ -169,6 +269,10 @@ def parse_payload(body: bytes) -> ParsedWebhook:
     alerts: list[AmAlert] = []
     rejected: list[RejectedAlert] = []
     for index, raw in enumerate(envelope.alerts):
+        nul = nul_in(raw, f"alerts.{index}")
+        if nul is not None:
+            rejected.append(RejectedAlert(index, f"{nul}: holds a NUL character"))
+            continue
         try:
             alerts.append(AmAlert.model_validate(raw))
         except ValidationError as exc:
@@ -192,13 +296,15 @@ class AlertOutcome:
     alertname: str
     status: str
     fingerprint: str
-    outcome: str  # opened | joined | duplicate | closed | left_open | no_incident | ignored
+    # opened | joined | duplicate | closed | left_open | no_incident | ignored | conflict | recorded
+    outcome: str
     execution_id: str | None = None
     incident_id: int | None = None
+    detail: str | None = None  # why, for a conflict
 
     def as_json(self) -> dict[str, Any]:
         """The outcome as the API answers it."""
-        return {
+        answer: dict[str, Any] = {
             "alertname": self.alertname,
             "status": self.status,
             "fingerprint": self.fingerprint,
@@ -206,6 +312,33 @@ class AlertOutcome:
             "incident_id": self.incident_id,
             "outcome": self.outcome,
         }
+        if self.detail is not None:
+            answer["detail"] = self.detail
+        return answer
+
+
+def _same_episode(recorded: AlertDelivery | KnownEpisode, alert: AmAlert) -> bool:
+    """Whether a recorded episode is about what `alert` is about (older rows have no digest: their
+    execution id decides)."""
+    if recorded.labels_digest is not None:
+        return recorded.labels_digest == alert.labels_digest
+    return recorded.execution_id == alert.labels.get("execution_id")
+
+
+def _conflict(alert: AmAlert, recorded_for: str | None) -> AlertOutcome:
+    detail = (
+        f"fingerprint {alert.episode_key!r} with startsAt {alert.startsAt.isoformat()} was recorded for "
+        f"execution_id {recorded_for!r} with other labels; this alert changed nothing"
+    )
+    return AlertOutcome(
+        alert.alertname,
+        alert.status,
+        alert.episode_key,
+        "conflict",
+        alert.labels["execution_id"],
+        None,
+        detail,
+    )
 
 
 class AlertIntake:
@@ -217,74 +350,246 @@ class AlertIntake:
         incidents: IncidentService,
         metrics: WatchdogMetrics,
         on_opened: Callable[[Incident], object],
+        *,
+        gate: IntakeGate | None = None,
+        known: KnownEpisodes | None = None,
+        repeats: RepeatCounts | None = None,
     ) -> None:
         self.store = store
         self.incidents = incidents
         self.metrics = metrics
         self.on_opened = on_opened
+        self.gate = gate or IntakeGate(DEFAULT_IN_FLIGHT, DEFAULT_WAIT_SECONDS)
+        self.known = known or KnownEpisodes(DEFAULT_KNOWN_EPISODES)
+        self.repeats = repeats or RepeatCounts(DEFAULT_PENDING_REPEATS, DEFAULT_REPEAT_FLUSH_SECONDS)
+        # Episodes a delivery is applying right now: a concurrent delivery of only those waits for it
+        # and is then answered from memory, instead of queueing at the gate for the same answer.
+        self._applying: dict[tuple[str, datetime], asyncio.Event] = {}
 
     async def handle(self, payload: AmWebhook) -> list[AlertOutcome]:
-        """Apply every alert of the payload; returns once all of them are durably written."""
+        """Apply every alert of the payload; returns once all of them are durably written.
+
+        Repeats of episodes known to be recorded are answered from memory. The others are applied in
+        one transaction, once the gate lets the delivery at the store; `ApiError(503)` with
+        Retry-After when it does not in time, before anything is written.
+        """
         if payload.truncatedAlerts:
             log.warning(
                 "Alertmanager truncated %d alert(s) of group %s (max_alerts); sweeps will find those runs",
                 payload.truncatedAlerts,
                 payload.groupKey,
             )
-        outcomes = []
+        outcomes: list[AlertOutcome | None] = []
+        todo: list[tuple[int, AmAlert]] = []
         for alert in payload.alerts:
             self.metrics.alerts_received.labels(alertname=alert.alertname, status=alert.status).inc()
-            if alert.alertname != ALERT_NAME:
-                outcomes.append(AlertOutcome(alert.alertname, alert.status, alert.episode_key, "ignored"))
-                continue
-            if alert.status == "firing":
-                outcomes.append(await self._firing(alert, payload.receiver))
-            else:
-                outcomes.append(await self._resolved(alert))
-        await self.incidents.refresh_gauge()
-        return outcomes
+            outcome = self._from_memory(alert)
+            if outcome is None:
+                todo.append((len(outcomes), alert))
+            outcomes.append(outcome)
+        if todo and all(_key(alert) in self._applying for _, alert in todo):
+            todo = await self._after_the_others(todo, outcomes)
+        if todo:
+            for index, outcome in await self._apply(todo, payload.receiver):
+                outcomes[index] = outcome
+        elif self.repeats.due(self.store.clock.monotonic()):
+            await self.flush_repeats()
+        done = [outcome for outcome in outcomes if outcome is not None]
+        for outcome in done:
+            if outcome.outcome == "conflict":
+                self.metrics.alert_conflicts.inc()
+                log.warning("alert refused: %s", outcome.detail)
+        return done
 
-    async def _firing(self, alert: AmAlert, receiver: str) -> AlertOutcome:
+    async def _after_the_others(
+        self, todo: list[tuple[int, AmAlert]], outcomes: list[AlertOutcome | None]
+    ) -> list[tuple[int, AmAlert]]:
+        """Wait (at most the gate's wait) for the deliveries applying these episodes, then answer what
+        memory can; what it cannot is returned, to be applied."""
+        try:
+            async with asyncio.timeout(self.gate.wait_seconds):
+                for _, alert in todo:
+                    event = self._applying.get(_key(alert))
+                    if event is not None:
+                        await event.wait()
+        except TimeoutError:
+            return todo
+        left = []
+        for index, alert in todo:
+            outcomes[index] = self._from_memory(alert)
+            if outcomes[index] is None:
+                left.append((index, alert))
+        return left
+
+    def _from_memory(self, alert: AmAlert) -> AlertOutcome | None:
+        """The outcome of an alert that needs no store: another alert name, or a repeat of a known
+        episode (counted, written later in a batch); None when the store must be asked."""
+        if alert.alertname != ALERT_NAME:
+            return AlertOutcome(alert.alertname, alert.status, alert.episode_key, "ignored")
+        known = self.known.get(_key(alert))
+        if known is None or (alert.status == "resolved" and not known.resolved):
+            return None
+        if not _same_episode(known, alert):
+            return _conflict(alert, known.execution_id)
+        self.repeats.note(known.delivery_id, self.store.clock.now(), self.store.clock.monotonic())
+        return AlertOutcome(
+            alert.alertname,
+            alert.status,
+            alert.episode_key,
+            "duplicate",
+            alert.labels["execution_id"],
+            known.incident_id,
+        )
+
+    async def _apply(self, todo: list[tuple[int, AmAlert]], receiver: str) -> list[tuple[int, AlertOutcome]]:
+        """Apply the alerts that need the store in one transaction; remember what it recorded."""
+        mine = {_key(alert) for _, alert in todo if _key(alert) not in self._applying}
+        for key in mine:
+            self._applying[key] = asyncio.Event()
+        try:
+            return await self._apply_admitted(todo, receiver)
+        finally:
+            for key in mine:
+                self._applying.pop(key).set()
+
+    async def _apply_admitted(
+        self, todo: list[tuple[int, AmAlert]], receiver: str
+    ) -> list[tuple[int, AlertOutcome]]:
+        async with self.gate.admitted() as admitted:
+            if not admitted:
+                self.metrics.intake_shed.inc()
+                raise ApiError(
+                    503,
+                    "overloaded",
+                    f"the intake has {self.gate.limit} deliveries at the store and none ended within "
+                    f"{self.gate.wait_seconds:g}s; nothing of this delivery was written, send it again",
+                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                )
+            results: list[tuple[int, AlertOutcome]] = []
+            opened: list[Incident] = []
+            try:
+                for start in range(0, len(todo), ALERTS_PER_TRANSACTION):
+                    part = todo[start : start + ALERTS_PER_TRANSACTION]
+                    results += await self._apply_part(part, receiver, opened)
+            finally:  # what is committed is diagnosed, even when a later part failed
+                for incident in opened:
+                    self.incidents.opened("alert")
+                    self.on_opened(incident)
+            return results
+
+    async def _apply_part(
+        self, todo: list[tuple[int, AmAlert]], receiver: str, opened: list[Incident]
+    ) -> list[tuple[int, AlertOutcome]]:
+        """One transaction of a delivery's alerts; the incidents it opened are added to `opened`."""
+        pending = self.repeats.take()
+        try:
+            async with self.store.transaction("alert intake") as tx:
+                applied = [(index, alert, await self._one(tx, alert, receiver)) for index, alert in todo]
+                if pending:
+                    await tx.add_repeats(pending)
+        except StoreUnavailable:
+            # The write may have been committed (a timeout or a lost connection at COMMIT): never
+            # answer a failure for a delivery that is stored.
+            recorded = await self._recorded(todo)
+            if recorded is None:
+                self.repeats.put_back(pending, self.store.clock.monotonic())
+                raise
+            return recorded
+        except BaseException:
+            self.repeats.put_back(pending, self.store.clock.monotonic())
+            raise
+        # committed: now it is safe to remember them (and, once the delivery is done, start work)
+        results = []
+        for index, alert, (outcome, known, incident) in applied:
+            if known is not None:
+                self.known.remember(_key(alert), known)
+            if incident is not None:
+                opened.append(incident)
+            results.append((index, outcome))
+        return results
+
+    async def _recorded(self, todo: list[tuple[int, AmAlert]]) -> list[tuple[int, AlertOutcome]] | None:
+        """After a write that failed with the store unreachable: when one read finds every alert's
+        episode recorded as sent, the write was committed, and each alert is answered `recorded` (an
+        incident it opened is handed to `on_opened`, which skips one already diagnosed); None when
+        anything is missing or the read fails too."""
+        found = []
+        try:
+            async with self.store.read("alert intake: was it written?") as tx:
+                for index, alert in todo:
+                    delivery = await tx.get_delivery(alert.episode_key, alert.startsAt)
+                    if delivery is None or not _same_episode(delivery, alert):
+                        return None
+                    if alert.status == "resolved" and delivery.status != "resolved":
+                        return None
+                    incident = (
+                        None if delivery.incident_id is None else await tx.get_incident(delivery.incident_id)
+                    )
+                    found.append((index, alert, delivery, incident))
+        except StoreError:
+            return None
+        results = []
+        for index, alert, delivery, incident in found:
+            self.known.remember(_key(alert), _known(delivery))
+            if incident is not None and incident.status == "open" and incident.diagnosis is None:
+                self.on_opened(incident)
+            outcome = AlertOutcome(
+                alert.alertname,
+                alert.status,
+                alert.episode_key,
+                "recorded",
+                alert.labels["execution_id"],
+                delivery.incident_id,
+            )
+            results.append((index, outcome))
+        log.warning("the store failed at the end of a delivery that it had recorded: answered as recorded")
+        return results
+
+    async def flush_repeats(self) -> None:
+        """Write the repeats counted in memory (one batch, one transaction); kept for the next try
+        when the store fails."""
+        pending = self.repeats.take()
+        if not pending:
+            return
+        try:
+            async with self.store.transaction("alert repeats") as tx:
+                await tx.add_repeats(pending)
+        except StoreError as exc:
+            self.repeats.put_back(pending, self.store.clock.monotonic())
+            log.warning("could not write %d alert repeat count(s), kept for later: %s", len(pending), exc)
+
+    async def _one(self, tx: Tx, alert: AmAlert, receiver: str) -> _Applied:
+        if alert.status == "firing":
+            return await self._firing(tx, alert, receiver)
+        return await self._resolved(tx, alert)
+
+    async def _firing(self, tx: Tx, alert: AmAlert, receiver: str) -> _Applied:
         execution_id = alert.labels["execution_id"]
         key = alert.episode_key
-        opened: Incident | None = None
-        async with self.store.transaction() as tx:
-            delivery = await tx.insert_delivery(
-                fingerprint=key,
-                starts_at=alert.startsAt,
-                alertname=alert.alertname,
-                execution_id=execution_id,
-                status="firing",
+        delivery = await _record(tx, alert)
+        if delivery is None:
+            existing = await tx.get_delivery(key, alert.startsAt)
+            if existing is None:  # gone since (pruned by hand): answer as before, remember nothing
+                return AlertOutcome(alert.alertname, "firing", key, "duplicate", execution_id), None, None
+            if not _same_episode(existing, alert):
+                return _conflict(alert, existing.execution_id), _known(existing), None
+            await tx.note_repeat(existing.id)
+            outcome = AlertOutcome(
+                alert.alertname, "firing", key, "duplicate", execution_id, existing.incident_id
             )
-            if delivery is None:
-                existing = await tx.get_delivery(key, alert.startsAt)
-                if existing is not None:
-                    await tx.note_repeat(existing.id)
-                return AlertOutcome(
-                    alert.alertname,
-                    "firing",
-                    key,
-                    "duplicate",
-                    execution_id,
-                    None if existing is None else existing.incident_id,
-                )
-            result = await open_or_join_in(
-                tx,
-                execution_id,
-                dag_id=alert.labels.get("dag_id"),
-                source="alert",
-                detection_source="prometheus",
-                actor=ACTOR,
-                data={"fingerprint": key, "starts_at": alert.startsAt.isoformat(), "receiver": receiver},
-            )
-            await tx.update_delivery(delivery.id, incident_id=result.incident.id)
-            if result.created:
-                opened = result.incident
-        # committed: now it is safe to count and to start work on it
-        if opened is not None:
-            self.incidents.opened("alert")
-            self.on_opened(opened)
-        return AlertOutcome(
+            return outcome, _known(existing), None
+        result = await open_or_join_in(
+            tx,
+            execution_id,
+            dag_id=alert.labels.get("dag_id"),
+            source="alert",
+            detection_source="prometheus",
+            actor=ACTOR,
+            data={"fingerprint": key, "starts_at": alert.startsAt.isoformat(), "receiver": receiver},
+        )
+        delivery = await tx.update_delivery(delivery.id, incident_id=result.incident.id)
+        opened = result.incident if result.created else None
+        outcome = AlertOutcome(
             alert.alertname,
             "firing",
             key,
@@ -292,46 +597,78 @@ class AlertIntake:
             execution_id,
             result.incident.id,
         )
+        return outcome, None if delivery is None else _known(delivery), opened
 
-    async def _resolved(self, alert: AmAlert) -> AlertOutcome:
+    async def _resolved(self, tx: Tx, alert: AmAlert) -> _Applied:
         execution_id = alert.labels["execution_id"]
         key = alert.episode_key
-        async with self.store.transaction() as tx:
-            delivery = await tx.insert_delivery(
-                fingerprint=key,
-                starts_at=alert.startsAt,
-                alertname=alert.alertname,
-                execution_id=execution_id,
-                status="resolved",
-            )
-            if delivery is None:
-                delivery = await tx.get_delivery(key, alert.startsAt)
-                if delivery is not None and delivery.status == "resolved":
-                    await tx.note_repeat(delivery.id)
-                    return AlertOutcome(
-                        alert.alertname, "resolved", key, "duplicate", execution_id, delivery.incident_id
-                    )
-                if delivery is not None:
-                    delivery = await tx.update_delivery(
-                        delivery.id, status="resolved", resolved_at=tx.clock.now()
-                    )
-            incident = None
-            if delivery is not None and delivery.incident_id is not None:
-                incident = await tx.get_incident(delivery.incident_id)
-            if incident is None or not incident.is_open:
-                incident = await tx.get_open_incident(execution_id)
-            if incident is None:
-                return AlertOutcome(alert.alertname, "resolved", key, "no_incident", execution_id)
-            if delivery is not None and delivery.incident_id is None:
-                await tx.update_delivery(delivery.id, incident_id=incident.id)
-            try:
-                await close_if_not_acted_in(tx, incident.id, actor=ACTOR, reason="alert resolved")
-            except InvalidTransition as exc:
-                await tx.add_audit(
-                    incident.id,
-                    "alert_resolved",
-                    actor=ACTOR,
-                    data={"fingerprint": key, "left_open": str(exc)},
+        delivery = await _record(tx, alert)
+        if delivery is None:
+            delivery = await tx.get_delivery(key, alert.startsAt)
+            if delivery is not None and not _same_episode(delivery, alert):
+                return _conflict(alert, delivery.execution_id), _known(delivery), None
+            if delivery is not None and delivery.status == "resolved":
+                await tx.note_repeat(delivery.id)
+                outcome = AlertOutcome(
+                    alert.alertname, "resolved", key, "duplicate", execution_id, delivery.incident_id
                 )
-                return AlertOutcome(alert.alertname, "resolved", key, "left_open", execution_id, incident.id)
-        return AlertOutcome(alert.alertname, "resolved", key, "closed", execution_id, incident.id)
+                return outcome, _known(delivery), None
+            if delivery is not None:
+                delivery = await tx.update_delivery(
+                    delivery.id, status="resolved", resolved_at=tx.clock.now()
+                )
+        incident = None
+        if delivery is not None and delivery.incident_id is not None:
+            incident = await tx.get_incident(delivery.incident_id)
+        if incident is None or not incident.is_open:
+            incident = await tx.get_open_incident(execution_id)
+        if incident is None:
+            outcome = AlertOutcome(alert.alertname, "resolved", key, "no_incident", execution_id)
+            return outcome, None if delivery is None else _known(delivery), None
+        if delivery is not None and delivery.incident_id is None:
+            delivery = await tx.update_delivery(delivery.id, incident_id=incident.id)
+        known = None if delivery is None else _known(delivery)
+        try:
+            await close_if_not_acted_in(tx, incident.id, actor=ACTOR, reason="alert resolved")
+        except InvalidTransition as exc:
+            await tx.add_audit(
+                incident.id, "alert_resolved", actor=ACTOR, data={"fingerprint": key, "left_open": str(exc)}
+            )
+            outcome = AlertOutcome(alert.alertname, "resolved", key, "left_open", execution_id, incident.id)
+            return outcome, known, None
+        return (
+            AlertOutcome(alert.alertname, "resolved", key, "closed", execution_id, incident.id),
+            known,
+            None,
+        )
+
+
+def _key(alert: AmAlert) -> tuple[str, datetime]:
+    """The episode of an alert: what Alertmanager keeps for one firing of one alert."""
+    return alert.episode_key, alert.startsAt
+
+
+async def _record(tx: Tx, alert: AmAlert) -> AlertDelivery | None:
+    """Record the alert's episode; None when it was recorded before."""
+    return await tx.insert_delivery(
+        fingerprint=alert.episode_key,
+        starts_at=alert.startsAt,
+        alertname=alert.alertname,
+        execution_id=alert.labels["execution_id"],
+        status=alert.status,
+        labels_digest=alert.labels_digest,
+    )
+
+
+# An alert's outcome, the episode to remember once committed, the incident it opened.
+_Applied = tuple[AlertOutcome, KnownEpisode | None, Incident | None]
+
+
+def _known(delivery: AlertDelivery) -> KnownEpisode:
+    return KnownEpisode(
+        delivery_id=delivery.id,
+        labels_digest=delivery.labels_digest,
+        execution_id=delivery.execution_id,
+        incident_id=delivery.incident_id,
+        resolved=delivery.status == "resolved",
+    )

@@ -21,6 +21,7 @@ from prometheus_client import (
 )
 
 from watchdog_sdk.constants import (
+    W_ALERT_CONFLICTS,
     W_ALERTS_RECEIVED,
     W_ALERTS_REJECTED,
     W_APPROVALS,
@@ -32,6 +33,7 @@ from watchdog_sdk.constants import (
     W_DIAGNOSIS_QUEUE,
     W_DIAGNOSTIC_STEPS,
     W_INCIDENTS_OPENED,
+    W_INTAKE_SHED,
     W_IS_LEADER,
     W_JOB_SAVE_FAILURES,
     W_JOBS_RECONCILED,
@@ -60,6 +62,16 @@ class WatchdogMetrics:
         self.alerts_rejected = Counter(
             W_ALERTS_REJECTED,
             "Alerts of a webhook payload that failed validation (the rest of the payload was applied)",
+            registry=r,
+        )
+        self.alert_conflicts = Counter(
+            W_ALERT_CONFLICTS,
+            "Alerts whose episode (fingerprint + startsAt) was recorded for another execution or DAG",
+            registry=r,
+        )
+        self.intake_shed = Counter(
+            W_INTAKE_SHED,
+            "Webhook deliveries refused with 503 and Retry-After before anything was written (overload)",
             registry=r,
         )
         self.incidents_opened = Counter(

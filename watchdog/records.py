@@ -57,6 +57,7 @@ class AlertDelivery(_Record):
     resolved_at: datetime | None
     repeats: int
     incident_id: int | None
+    labels_digest: str | None = None  # what the episode is about (execution and DAG), hashed
 
 
 class AuditEntry(_Record):

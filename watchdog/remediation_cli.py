@@ -35,8 +35,9 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from gl_common.clock import SystemClock
+from gl_common.ids import ExecutionId
 from playbooks.registry import default_registry
-from watchdog.api_models import ApprovalId, ExecutionId
+from watchdog.api_models import ApprovalId
 from watchdog.assembly import build_watchdog
 from watchdog.backends import open_clients
 from watchdog.demo import run_demo

@@ -22,6 +22,7 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
 
 from gl_common.auth import TokenSource
+from gl_common.db import PoolSettings
 from gl_common.settings_files import SettingsFileError, ensure_secret_file, read_yaml_mapping
 from watchdog_sdk.constants import ORCHESTRATOR_APP_SELECTOR
 from watchdog_sdk.diagnostic_step import DiagnosticSettings
@@ -61,6 +62,20 @@ class WatchdogSettings(BaseSettings):
     replica_id: str = Field(default_factory=_default_replica_id, min_length=1)
     log_level: str = "INFO"
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # The database pool (`gl_common.db`; sizes apply to PostgreSQL): connections kept open, extra ones
+    # under load, one timeout for connecting, waiting for a connection, a statement and a whole
+    # transaction; pre-ping tests each pooled connection before use (one more round trip each time).
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_max_overflow: int = Field(default=20, ge=0, le=1000)
+    db_timeout_seconds: float = Field(default=10.0, gt=0)
+    db_pool_pre_ping: bool = False
+    # The intake (docs/architecture.md, "Intake under load"): deliveries at the store at once (null: the
+    # pool's size + overflow on PostgreSQL, 1 on SQLite, whose writers take turns anyway), how long one
+    # waits for its turn before it is shed (503 + Retry-After, nothing written), and how many recorded
+    # episodes it remembers to answer repeats without the store.
+    intake_max_in_flight: int | None = Field(default=None, ge=1, le=10_000)
+    intake_wait_seconds: float = Field(default=5.0, gt=0)
+    intake_known_episodes: int = Field(default=100_000, ge=0)
 
     # -- backends
     redis_url: str | None = None
@@ -175,6 +190,24 @@ class WatchdogSettings(BaseSettings):
     def api_token_values(self) -> list[str]:
         """The plain API tokens, for `hmac.compare_digest` (never log them)."""
         return [token.get_secret_value() for token in self.api_tokens]
+
+    def db_pool(self) -> PoolSettings:
+        """How the store reaches its database (SQLite: `BEGIN IMMEDIATE` for every writing transaction)."""
+        return PoolSettings(
+            timeout_seconds=self.db_timeout_seconds,
+            pool_size=self.db_pool_size,
+            max_overflow=self.db_max_overflow,
+            pre_ping=self.db_pool_pre_ping,
+            sqlite_begin="immediate",
+        )
+
+    def intake_in_flight(self) -> int:
+        """Deliveries the intake lets at the store at once (see `intake_max_in_flight`)."""
+        if self.intake_max_in_flight is not None:
+            return self.intake_max_in_flight
+        if self.database_url.startswith("sqlite"):
+            return 1
+        return self.db_pool_size + self.db_max_overflow
 
     def diagnostics(self) -> DiagnosticSettings:
         """What the diagnostic steps read of these settings."""

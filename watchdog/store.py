@@ -1,15 +1,18 @@
 """The watchdog's durable state: incidents, alert deliveries, audit log, approvals, actions, rate events.
 
-SQLAlchemy Core async with one code path for SQLite (aiosqlite, WAL, `BEGIN IMMEDIATE` so concurrent
-writers queue instead of failing) and PostgreSQL (asyncpg). `WatchdogStore.open()` runs the migrations of
-`watchdog.migrations` before returning. Used by `watchdog.incidents` (open/join/close with audit),
+On the foundation both services share, `gl_common.db.Database` (engine and pool from
+`WatchdogSettings.db_pool()`, SQLite pragmas and WAL, bounded transactions, error mapping, the bounded
+close): one code path for SQLite (aiosqlite; `BEGIN IMMEDIATE` for a transaction that may write, so
+concurrent writers queue instead of failing, a deferred `BEGIN` for `read()`) and PostgreSQL
+(asyncpg). `WatchdogStore.open()` applies `watchdog.migrations.SCHEMA` through `gl_common.migrations`
+before returning. Used by `watchdog.incidents` (open/join/close with audit),
 `watchdog.intake` (episode dedup), the API and CLI (reads), and the remediation side (approvals,
 actions, rate events).
 
 Every query lives on `Tx`, one open transaction: `async with store.transaction() as tx: ...` commits
 on success and rolls back on error, so a state change and its audit entry are written together or not
 at all. Conflicts on unique keys are answered with `None` ("someone else got there first"), never by
-check-then-insert. SQLAlchemy/driver errors are converted to `StoreError`/`StoreUnavailable` here.
+check-then-insert. SQLAlchemy/driver errors come out as `StoreError`/`StoreUnavailable`.
 Documents are JSON columns; the `Plan` of an incident and of an approval is parsed into its model
 here on the way out, and dumped here on the way in. The clock is injected; every timestamp the store
 writes comes from it.
@@ -17,31 +20,28 @@ writes comes from it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Collection, Mapping
 from datetime import datetime
 from typing import Any, Final
 
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gl_common.clock import Clock, SystemClock
+from gl_common.db import Database, PoolSettings, StoreErrors
 from watchdog.errors import StoreError, StoreUnavailable
 from watchdog.migrations import (
+    SCHEMA,
     TERMINAL_INCIDENT_STATUSES,
     actions,
     alert_deliveries,
     approvals,
     audit_log,
     incidents,
-    migrate,
     rate_events,
 )
 from watchdog.plan import Plan
@@ -49,11 +49,9 @@ from watchdog.records import Action, AlertDelivery, Approval, AuditEntry, Incide
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONNECT_TIMEOUT: Final = 5.0
-DEFAULT_STATEMENT_TIMEOUT: Final = 30.0
+DEFAULT_TIMEOUT_SECONDS: Final = 10.0  # without pool settings (tools, tests): see WatchdogSettings
 LIMITS_LOCK_KEY: Final = 0x676C5744  # "glWD": the PostgreSQL advisory lock around limit checks
-# How long close() lets transactions under way end before it closes the pool anyway.
-CLOSE_WAIT_SECONDS: Final = 10.0
+ERRORS: Final = StoreErrors(error=StoreError, unavailable=StoreUnavailable)
 
 
 def _row(model: type[Any], row: sa.Row[Any] | None) -> Any:
@@ -201,7 +199,14 @@ class Tx:
     # -- alert deliveries
 
     async def insert_delivery(
-        self, *, fingerprint: str, starts_at: datetime, alertname: str, execution_id: str | None, status: str
+        self,
+        *,
+        fingerprint: str,
+        starts_at: datetime,
+        alertname: str,
+        execution_id: str | None,
+        status: str,
+        labels_digest: str | None = None,
     ) -> AlertDelivery | None:
         """Record a new alert episode; None when (fingerprint, starts_at) was already recorded."""
         now = self.clock.now()
@@ -217,6 +222,7 @@ class Tx:
                 last_received_at=now,
                 resolved_at=now if status == "resolved" else None,
                 repeats=0,
+                labels_digest=labels_digest,
             )
             .on_conflict_do_nothing()
             .returning(*alert_deliveries.c)
@@ -252,6 +258,18 @@ class Tx:
             sa.update(alert_deliveries)
             .where(alert_deliveries.c.id == delivery_id)
             .values(repeats=alert_deliveries.c.repeats + 1, last_received_at=self.clock.now())
+        )
+
+    async def add_repeats(self, counts: Mapping[int, tuple[int, datetime]]) -> None:
+        """Count repeats answered without the store, in one batch: delivery id -> (how many, last at)."""
+        await self.conn.execute(
+            sa.update(alert_deliveries)
+            .where(alert_deliveries.c.id == sa.bindparam("delivery_id"))
+            .values(
+                repeats=alert_deliveries.c.repeats + sa.bindparam("more", type_=sa.Integer),
+                last_received_at=sa.bindparam("last_at"),
+            ),
+            [{"delivery_id": key, "more": more, "last_at": at} for key, (more, at) in counts.items()],
         )
 
     async def count_deliveries(self) -> int:
@@ -416,196 +434,73 @@ class Tx:
 # -- the store --------------------------------------------------------------------------------------
 
 
-def _install_sqlite_hooks(engine: AsyncEngine, busy_timeout_ms: int) -> None:
-    """WAL, foreign keys, a busy timeout, and `BEGIN IMMEDIATE` for every transaction.
-
-    pysqlite's own transaction handling is switched off (isolation_level=None) so that we emit BEGIN
-    ourselves; IMMEDIATE takes the write lock up front, so two writers queue on the busy timeout
-    instead of one failing with "database is locked" when it upgrades a read lock.
-    """
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        _enable_wal(cursor, busy_timeout_ms / 1000)
-        cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def _enable_wal(cursor: Any, timeout_seconds: float) -> None:
-    """Switch the file to WAL once; tolerate other connections opening it at the same moment.
-
-    Changing the journal mode needs the database to itself and does not wait on the busy handler, so
-    when several processes open a fresh file together one of them sees "database is locked": retry
-    that (bounded by the busy timeout) until the mode is WAL, which one of them will have set.
-    """
-    deadline = time.monotonic() + timeout_seconds
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode")
-            if str(cursor.fetchone()[0]).lower() == "wal":
-                return
-            cursor.execute("PRAGMA journal_mode=WAL")
-            return
-        except Exception as exc:  # the driver adapter re-raises sqlite3's OperationalError as its own
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.01)
-
-
-def _describe_error(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-async def _close_to_completion(conn: AsyncConnection) -> None:
-    """`conn.close()` carried to its end even if the caller is cancelled meanwhile, as SQLAlchemy's own
-    `async with` does: a close cut short leaves the connection neither reset nor back in the pool (and
-    SQLAlchemy logs the interrupted reset with a traceback). The cancellation is re-raised after."""
-    closing = asyncio.ensure_future(conn.close())
-    cancelled: asyncio.CancelledError | None = None
-    while True:
-        try:
-            await asyncio.shield(closing)
-            break
-        except asyncio.CancelledError as exc:
-            if closing.done():
-                raise
-            cancelled = exc
-    if cancelled is not None:
-        raise cancelled
-
-
 class WatchdogStore:
     """The watchdog's database. Build with `await WatchdogStore.open(url, clock=...)`, end with `close()`."""
 
-    def __init__(self, engine: AsyncEngine, clock: Clock, connect_timeout: float) -> None:
-        self.engine = engine
+    def __init__(self, database: Database, clock: Clock) -> None:
+        self.database = database
+        self.engine = database.engine
         self.clock = clock
-        self.connect_timeout = connect_timeout
-        self.dialect = engine.dialect.name
-        self._closed = False
-        self._in_flight = 0  # transactions under way; close() lets them end before the pool goes
-        self._drained = asyncio.Event()
-        self._drained.set()
+        self.dialect = database.dialect
 
     @classmethod
     async def open(
-        cls,
-        database_url: str,
-        *,
-        clock: Clock | None = None,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-        statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
+        cls, database_url: str, *, clock: Clock | None = None, pool: PoolSettings | None = None
     ) -> WatchdogStore:
-        """Connect, run pending migrations, and return the store.
+        """Connect, run pending migrations (`watchdog.migrations.SCHEMA`), and return the store.
 
-        Raises StoreUnavailable when the database cannot be reached in `connect_timeout` seconds and
+        Raises StoreUnavailable when the database cannot be reached within the pool's timeout and
         StoreError for an unsupported URL or a failed migration.
         """
-        try:
-            url = make_url(database_url)
-        except sa.exc.ArgumentError as exc:
-            raise StoreError(f"invalid database_url: {exc}") from exc
-        backend = url.get_backend_name()
-        if backend == "sqlite":
-            if url.get_driver_name() != "aiosqlite":
-                raise StoreError("a SQLite database_url must use the async driver: sqlite+aiosqlite:///PATH")
-            engine = create_async_engine(url, connect_args={"timeout": statement_timeout})
-            _install_sqlite_hooks(engine, int(statement_timeout * 1000))
-        elif backend == "postgresql":
-            if url.get_driver_name() != "asyncpg":
-                raise StoreError(
-                    "a PostgreSQL database_url must use the async driver: postgresql+asyncpg://..."
-                )
-            engine = create_async_engine(
-                url,
-                pool_pre_ping=True,
-                connect_args={"timeout": connect_timeout, "command_timeout": statement_timeout},
-            )
-        else:
-            raise StoreError(
-                f"unsupported database backend {backend!r}: use sqlite+aiosqlite or postgresql+asyncpg"
-            )
+        pool = pool or PoolSettings(timeout_seconds=DEFAULT_TIMEOUT_SECONDS, sqlite_begin="immediate")
+        database = Database.connect(database_url, pool, errors=ERRORS, only_database_errors=True)
         clock = clock or SystemClock()
-        store = cls(engine, clock, connect_timeout)
         try:
-            async with store.transaction() as tx:
-                await tx.conn.run_sync(migrate, clock.now())
+            database.require_returning()
+            await database.migrate(SCHEMA, clock.now())
         except BaseException:
-            await engine.dispose()
+            await database.close()
             raise
-        return store
+        return cls(database, clock)
 
     async def close(self) -> None:
-        """Let transactions under way end (up to CLOSE_WAIT_SECONDS), then close every pooled connection.
+        """Let transactions under way end (each bounded by the pool's timeout), then close the pool.
 
-        Later transactions get `StoreUnavailable`: a connection opened, or handed back, after
-        `dispose()` would sit in a pool that nobody closes again.
-        """
-        self._closed = True
-        try:
-            async with asyncio.timeout(CLOSE_WAIT_SECONDS):
-                await self._drained.wait()
-        except TimeoutError:
-            log.warning("closing the store with %d transaction(s) still under way", self._in_flight)
-        await self.engine.dispose()
+        Later transactions get `StoreUnavailable`."""
+        await self.database.close()
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Tx]:
-        """One transaction: commit when the block ends, roll back when it raises.
+    async def transaction(self, what: str = "watchdog store") -> AsyncIterator[Tx]:
+        """One transaction that may write: commit when the block ends, roll back when it raises. On
+        SQLite it begins with `BEGIN IMMEDIATE`, so writers queue on the busy timeout.
 
-        Database errors come out as StoreUnavailable (cannot connect) or StoreError (anything else).
+        Database errors come out as StoreUnavailable (cannot connect, no answer in time) or StoreError
+        (anything else); other exceptions of the block come out unchanged.
         """
-        if self._closed:
-            raise StoreUnavailable("the store is closed")
-        self._in_flight += 1
-        self._drained.clear()
-        try:
-            try:
-                async with asyncio.timeout(self.connect_timeout):
-                    conn = await self.engine.connect()
-            except (TimeoutError, OSError, sa.exc.DBAPIError, sa.exc.InterfaceError) as exc:
-                raise StoreUnavailable(f"database not reachable: {_describe_error(exc)}") from exc
-            try:
-                async with conn.begin():
-                    yield Tx(conn, self.clock)
-            except sa.exc.OperationalError as exc:
-                raise StoreUnavailable(f"database error: {_describe_error(exc)}") from exc
-            except sa.exc.DBAPIError as exc:
-                if exc.connection_invalidated:  # the connection died under the statement (a kill, a restart)
-                    raise StoreUnavailable(f"database connection lost: {_describe_error(exc)}") from exc
-                raise StoreError(f"database error: {_describe_error(exc)}") from exc
-            except sa.exc.SQLAlchemyError as exc:
-                raise StoreError(f"database error: {_describe_error(exc)}") from exc
-            finally:
-                await _close_to_completion(conn)
-        finally:
-            self._in_flight -= 1
-            if not self._in_flight:
-                self._drained.set()
+        async with self.database.transaction(what) as conn:
+            yield Tx(conn, self.clock)
+
+    @contextlib.asynccontextmanager
+    async def read(self, what: str = "watchdog store read") -> AsyncIterator[Tx]:
+        """One transaction that only reads: on SQLite a deferred `BEGIN` (a snapshot, without the write
+        lock that writers queue on). Writing in it is a bug (on SQLite it may fail as busy)."""
+        async with self.database.transaction(what, read_only=True) as conn:
+            yield Tx(conn, self.clock)
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless a trivial query succeeds (readiness)."""
-        async with self.transaction() as tx:
-            await tx.conn.execute(sa.text("SELECT 1"))
+        await self.database.ping()
 
     # Convenience reads, one transaction each.
 
     async def get_incident(self, incident_id: int) -> Incident | None:
         """The incident with this id, or None."""
-        async with self.transaction() as tx:
+        async with self.read() as tx:
             return await tx.get_incident(incident_id)
 
     async def list_incidents(
         self, *, statuses: Collection[str] | None = None, limit: int = 500
     ) -> list[Incident]:
         """Incidents, newest first."""
-        async with self.transaction() as tx:
+        async with self.read() as tx:
             return await tx.list_incidents(statuses=statuses, limit=limit)

@@ -73,6 +73,8 @@ RESTARTED_AT_ANNOTATION: Final = "kubectl.kubernetes.io/restartedAt"
 
 W_ALERTS_RECEIVED: Final = "gl_watchdog_alerts_received_total"
 W_ALERTS_REJECTED: Final = "gl_watchdog_alerts_rejected_total"
+W_ALERT_CONFLICTS: Final = "gl_watchdog_alert_conflicts_total"
+W_INTAKE_SHED: Final = "gl_watchdog_intake_shed_total"
 W_INCIDENTS_OPENED: Final = "gl_watchdog_incidents_opened_total"
 W_OPEN_INCIDENTS: Final = "gl_watchdog_open_incidents"
 W_DIAGNOSES: Final = "gl_watchdog_diagnoses_total"

@@ -6,6 +6,7 @@ audit row, prompt or action appears, and no incident or prompt changes state).""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -13,12 +14,15 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gl_common.ids import DAG_ID_MAX, EXECUTION_ID_MAX, id_pattern
 from tests.watchdog.served import AUTH, ServedWatchdog, served_watchdog
 from watchdog.api import ROUTES
 from watchdog.api_models import INCIDENT_ID_MAX
+from watchdog.migrations import alert_deliveries, incidents
 
 pytestmark = pytest.mark.slow
 
@@ -85,6 +89,16 @@ content_types = st.sampled_from(["application/json", "application/x-www-form-url
 credentials = st.sampled_from(["bearer", "bearer", "bearer", "none", "wrong"])
 
 
+def examples(count: int) -> Any:
+    """Hypothesis settings of these tests: `count` examples against a server shared by all of them."""
+    return settings(
+        max_examples=count,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+
+
 @pytest.fixture
 def server(database_url: str) -> Iterator[ServedWatchdog]:
     with served_watchdog(database_url) as running:
@@ -141,12 +155,7 @@ def _request(server: ServedWatchdog, case: Case) -> dict[str, Any]:
 def test_no_input_gives_a_5xx_and_a_refused_one_writes_nothing(server: ServedWatchdog) -> None:
     with httpx.Client(base_url=server.base_url, timeout=10) as client:
 
-        @settings(
-            max_examples=300,
-            deadline=None,
-            database=None,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-        )
+        @examples(300)
         @given(case=cases)
         def check(case: Case) -> None:
             before = server.snapshot()
@@ -157,5 +166,77 @@ def test_no_input_gives_a_5xx_and_a_refused_one_writes_nothing(server: ServedWat
                 assert server.snapshot() == before, (request, response.text)
                 if response.headers["Content-Type"].startswith("application/json"):
                     assert response.json()["error"], response.text
+
+        check()
+
+
+# -- the webhook: alerts with any labels, fingerprint, start and status ------------------------------
+
+EXECUTION_ID = re.compile(id_pattern(EXECUTION_ID_MAX))
+DAG_ID = re.compile(id_pattern(DAG_ID_MAX))
+label_values = st.one_of(
+    st.sampled_from(["exec-1", "exec-2", "exec-9", "dag-1", "*", "../../etc/passwd", "a\r\nb", "", "e" * 65]),
+    st.text(max_size=12),
+    odd_texts,
+    st.text(alphabet="ab", min_size=120, max_size=300),
+)
+fingerprints = st.one_of(st.sampled_from(["fp-1", "fp-2", "", "f" * 129]), odd_texts)
+starts = st.one_of(
+    st.sampled_from(
+        ["2026-03-01T12:00:00Z", "2026-03-01T13:00:00+02:00", "2026-03-01T12:00:00", "0001-01-01T00:00:00Z"]
+    ),
+    st.sampled_from(["9999-12-31T23:59:59-14:00", "yesterday", ""]),
+)
+webhook_alerts = st.fixed_dictionaries(
+    {
+        "status": st.sampled_from(["firing", "firing", "resolved", "pending"]),
+        "labels": st.fixed_dictionaries(
+            {"alertname": st.sampled_from(["OrchestratorExecutionTimeout"] * 4 + ["Other", "", "a\x00"])},
+            optional={"execution_id": label_values, "dag_id": label_values, "team": label_values},
+        ),
+        "startsAt": starts,
+        "fingerprint": fingerprints,
+    },
+    optional={"annotations": st.dictionaries(st.text(max_size=5), odd_texts, max_size=2)},
+)
+webhook_payloads = st.fixed_dictionaries(
+    {
+        "version": st.just("4"),
+        "status": st.sampled_from(["firing", "resolved"]),
+        "alerts": st.lists(webhook_alerts, min_size=1, max_size=3),
+    },
+    optional={"receiver": st.one_of(odd_texts, st.just("gl-watchdog")), "groupKey": odd_texts},
+)
+WRITING_OUTCOMES = {"opened", "joined", "closed", "left_open", "no_incident"}
+
+
+def test_no_webhook_gives_a_5xx_and_a_rejected_alert_is_never_stored(server: ServedWatchdog) -> None:
+    assert server.wd is not None
+    store = server.wd.store
+
+    async def stored_labels() -> list[tuple[Any, ...]]:
+        async with store.transaction() as tx:
+            delivered = await tx.conn.execute(sa.select(alert_deliveries.c.execution_id))
+            opened = await tx.conn.execute(sa.select(incidents.c.execution_id, incidents.c.dag_id))
+            return [*delivered.all(), *opened.all()]
+
+    with httpx.Client(base_url=server.base_url, timeout=10, headers=AUTH) as client:
+
+        @examples(200)
+        @given(body=webhook_payloads)
+        def check(body: dict[str, Any]) -> None:
+            before = server.snapshot()
+            response = client.post("/api/v1/alerts", json=body)
+            assert response.status_code < 500, (body, response.text)
+            after = server.snapshot()
+            if response.status_code >= 400:
+                assert after == before, (body, response.text)
+                return
+            answer = response.json()
+            writing = sum(1 for outcome in answer["alerts"] if outcome["outcome"] in WRITING_OUTCOMES)
+            assert after["alert_deliveries"] - before["alert_deliveries"] <= writing, (body, answer)
+            for row in server.run(stored_labels()):
+                assert EXECUTION_ID.fullmatch(row[0]), row
+                assert len(row) == 1 or row[1] is None or DAG_ID.fullmatch(row[1]), row
 
         check()

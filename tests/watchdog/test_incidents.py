@@ -56,6 +56,7 @@ async def test_open_and_join_are_audited_and_counted(store: WatchdogStore) -> No
     assert [a.kind for a in detail.audit] == ["incident_opened", "incident_joined"]
     assert detail.incident.source == "sweep" and detail.incident.detection_source == "api"
     assert metrics.incidents_opened.labels(source="sweep")._value.get() == 1
+    await service.refresh_gauges()  # a store-wide count, read at scrape time
     assert metrics.open_incidents._value.get() == 1
 
 

@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gl_common.db import Database, PoolSettings
+from gl_common.migrations import AddColumn, CreateTable, bookkeeping, upgrade
 from tests.conftest import close_during_a_transaction
 from tests.watchdog.conftest import FakeClock, make_plan
 from watchdog.errors import StoreError, StoreUnavailable
-from watchdog.migrations import latest_version, schema_migrations
+from watchdog.migrations import SCHEMA, metadata
 from watchdog.store import WatchdogStore
 
 START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def _versions() -> sa.Select[tuple[int]]:
+    return (
+        sa.select(bookkeeping.c.version)
+        .where(bookkeeping.c.component == SCHEMA.component)
+        .order_by(bookkeeping.c.version)
+    )
 
 
 async def test_open_runs_migrations_once(database_url: str) -> None:
@@ -25,8 +39,8 @@ async def test_open_runs_migrations_once(database_url: str) -> None:
     store = await WatchdogStore.open(database_url, clock=clock)  # second start: nothing to apply
     try:
         async with store.transaction() as tx:
-            versions = [r[0] for r in await tx.conn.execute(sa.select(schema_migrations.c.version))]
-        assert versions == list(range(1, latest_version() + 1))
+            versions = [r[0] for r in await tx.conn.execute(_versions())]
+        assert versions == list(range(1, SCHEMA.head + 1))
     finally:
         await store.close()
 
@@ -96,10 +110,8 @@ async def test_concurrent_starts_migrate_once(database_url: str) -> None:
     stores = await asyncio.gather(*(WatchdogStore.open(database_url) for _ in range(3)))
     try:
         async with stores[0].transaction() as tx:
-            count = (
-                await tx.conn.execute(sa.select(sa.func.count()).select_from(schema_migrations))
-            ).scalar()
-        assert count == latest_version()
+            versions = [r[0] for r in await tx.conn.execute(_versions())]
+        assert versions == list(range(1, SCHEMA.head + 1))
     finally:
         for store in stores:
             await store.close()
@@ -249,5 +261,162 @@ async def test_unreachable_postgres_is_store_unavailable() -> None:
 
     with pytest.raises(StoreUnavailable):
         await WatchdogStore.open(
-            f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x", connect_timeout=2
+            f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x", pool=PoolSettings(timeout_seconds=2)
         )
+
+
+# -- schema upgrades (gl_common.migrations with the watchdog's frozen migrations) --------------------
+
+EARLIER = range(1, SCHEMA.head)
+OLD_APPLIED_AT = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def _read_columns(sync_conn: sa.Connection) -> dict[str, set[str]]:
+    inspector = sa.inspect(sync_conn)
+    return {name: {column["name"] for column in inspector.get_columns(name)} for name in metadata.tables}
+
+
+EXPECTED_COLUMNS = {name: {c.name for c in table.columns} for name, table in metadata.tables.items()}
+
+
+async def _seed_v1(conn: AsyncConnection) -> None:
+    """An open incident and its firing episode, in the tables of version 1."""
+    v1 = SCHEMA.metadata(1).tables
+    await conn.execute(
+        v1["incidents"]
+        .insert()
+        .values(
+            id=1,
+            execution_id="exec-1",
+            dag_id="dag-1",
+            status="open",
+            source="alert",
+            detection_source="prometheus",
+            opened_at=START,
+            updated_at=START,
+        )
+    )
+    await conn.execute(
+        v1["alert_deliveries"]
+        .insert()
+        .values(
+            fingerprint="fp-1",
+            starts_at=START,
+            alertname="OrchestratorExecutionTimeout",
+            execution_id="exec-1",
+            status="firing",
+            received_at=START,
+            last_received_at=START,
+            incident_id=1,
+        )
+    )
+
+
+@contextlib.asynccontextmanager
+async def _upgraded(
+    database_url: str, prepare: Callable[[Database, AsyncConnection], Awaitable[None]]
+) -> AsyncIterator[WatchdogStore]:
+    """The store opened on a database that `prepare` left (then seeded with v1 data), once it has
+    checked that every migration is recorded, every column exists and the data is still there."""
+    database = Database.connect(database_url)
+    try:
+        async with database.transaction("prepare") as conn:
+            await prepare(database, conn)
+            await _seed_v1(conn)
+    finally:
+        await database.close()
+    store = await WatchdogStore.open(database_url, clock=FakeClock(START))
+    try:
+        async with store.read() as tx:
+            versions = [r[0] for r in await tx.conn.execute(_versions())]
+            delivery = await tx.get_delivery("fp-1", START)
+        assert versions == list(range(1, SCHEMA.head + 1))
+        async with store.engine.connect() as conn:
+            assert await conn.run_sync(_read_columns) == EXPECTED_COLUMNS
+        assert delivery is not None and delivery.incident_id == 1 and delivery.labels_digest is None
+        [incident] = await store.list_incidents()
+        assert incident.execution_id == "exec-1" and incident.is_open
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("version", EARLIER)
+async def test_a_database_at_an_earlier_version_upgrades_with_its_data(
+    database_url: str, version: int
+) -> None:
+    async def at_version(database: Database, conn: AsyncConnection) -> None:
+        await conn.run_sync(upgrade, SCHEMA, START, version)
+
+    async with _upgraded(database_url, at_version):
+        pass
+
+
+@pytest.mark.parametrize("version", [1, 2])  # the versions the watchdog's own runner released
+async def test_a_database_of_the_earlier_runner_is_adopted_and_upgraded(
+    database_url: str, version: int
+) -> None:
+    """What the watchdog's own runner left: the tables at `version`, its versions in `schema_migrations`."""
+
+    async def as_the_earlier_runner_left_it(database: Database, conn: AsyncConnection) -> None:
+        applied_at = (
+            OLD_APPLIED_AT if database.dialect == "postgresql" else OLD_APPLIED_AT.replace(tzinfo=None)
+        )
+        await conn.run_sync(SCHEMA.metadata(version).create_all)
+        await conn.execute(
+            sa.text(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
+                "description VARCHAR(200) NOT NULL, applied_at TIMESTAMP WITH TIME ZONE NOT NULL)"
+            )
+        )
+        for migration in SCHEMA.migrations[:version]:
+            await conn.execute(
+                sa.text("INSERT INTO schema_migrations VALUES (:v, :d, :at)"),
+                {"v": migration.version, "d": migration.description, "at": applied_at},
+            )
+
+    async with _upgraded(database_url, as_the_earlier_runner_left_it) as store, store.read() as tx:
+        adopted = await tx.conn.execute(
+            sa.select(bookkeeping.c.version, bookkeeping.c.applied_at).where(
+                bookkeeping.c.component == "watchdog"
+            )
+        )
+        legacy = await tx.conn.execute(sa.text("SELECT version FROM schema_migrations ORDER BY 1"))
+        kept = sorted(v for v, at in adopted.all() if at == OLD_APPLIED_AT)
+        assert kept == list(range(1, version + 1))  # adopted, not applied again
+        assert [v for (v,) in legacy.all()] == kept  # the old table is left as it was
+
+
+# SHA-256 of each released migration's DDL (PostgreSQL and SQLite). A migration is frozen once released:
+# a schema change is a new migration, never an edit of these.
+RELEASED_DDL = {
+    1: "d598e3e46ebcfe74355e64387c7a2a9bdee0176306bc505fbaa98f1cb2ff7ea6",
+    2: "c2bbaaa121f6fb0d7ab72f2a0e5138b6c8386cdaae6d29a9b373a4996f4e32cf",
+    3: "fcecf472b4cd1ed843478f69ad53795da2aaec2ff1d1645457f11b3a6a8cf678",
+}
+
+
+def _ddl(version: int) -> str:
+    migration = SCHEMA.migrations[version - 1]
+    scratch = SCHEMA.metadata(version)
+    statements = []
+    for dialect in (postgresql.dialect(), sqlite.dialect()):
+        for operation in migration.operations:
+            if isinstance(operation, AddColumn):
+                column = scratch.tables[operation.table].c[operation.column().name]
+                statements.append(
+                    f"{operation.table}: {sa.schema.CreateColumn(column).compile(dialect=dialect)}"
+                )
+                continue
+            assert isinstance(operation, CreateTable), "pin the DDL of other operations here too"
+            table = scratch.tables[operation.name]
+            statements.append(str(sa.schema.CreateTable(table).compile(dialect=dialect)))
+            statements += sorted(
+                str(sa.schema.CreateIndex(i).compile(dialect=dialect)) for i in table.indexes
+            )
+    return "\n".join(statements)
+
+
+@pytest.mark.parametrize("version", sorted(RELEASED_DDL))
+def test_released_migrations_never_change(version: int) -> None:
+    assert hashlib.sha256(_ddl(version).encode()).hexdigest() == RELEASED_DDL[version], _ddl(version)

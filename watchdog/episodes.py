@@ -1,0 +1,122 @@
+"""What the intake remembers between deliveries, and how many deliveries it lets at the store at once.
+
+Where it sits: `watchdog.intake.AlertIntake` holds one of each (built by `watchdog.assembly` from the
+settings); nothing else uses them.
+
+- `KnownEpisodes`: the alert episodes (fingerprint + startsAt) this replica has seen recorded in the
+  store, with what they are about and their incident: a bounded LRU. A repeat of a known episode
+  (Alertmanager re-sends every repeat_interval; an HA pair delivers everything twice) is answered from
+  it without touching the store. What it holds never goes stale: a recorded episode's execution, DAG
+  and incident never change, and an episode, once resolved, stays resolved; a firing repeat is a
+  duplicate whatever happened since, and a resolved alert is answered from memory only once the
+  episode is known resolved.
+- `RepeatCounts`: the repeats answered from memory, per delivery row, until they are written in one
+  batch (`alert_deliveries.repeats`, `last_received_at`): counting a repeat is bookkeeping, so it
+  costs no write of its own. Taken by the intake's next write, or flushed when due.
+- `IntakeGate`: at most `limit` deliveries at the store at once; a delivery that cannot get in within
+  `wait_seconds` is shed before anything of it is written (the API answers 503 with Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class KnownEpisode:
+    """A recorded episode: its delivery row, what it is about, its incident, whether it is resolved."""
+
+    delivery_id: int
+    labels_digest: str | None
+    execution_id: str | None
+    incident_id: int | None
+    resolved: bool
+
+
+class KnownEpisodes:
+    """A bounded LRU of recorded episodes, keyed by (fingerprint, startsAt)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._episodes: OrderedDict[tuple[str, datetime], KnownEpisode] = OrderedDict()
+
+    def get(self, key: tuple[str, datetime]) -> KnownEpisode | None:
+        episode = self._episodes.get(key)
+        if episode is not None:
+            self._episodes.move_to_end(key)
+        return episode
+
+    def remember(self, key: tuple[str, datetime], episode: KnownEpisode) -> None:
+        self._episodes[key] = episode
+        self._episodes.move_to_end(key)
+        while len(self._episodes) > self.capacity:
+            self._episodes.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._episodes)
+
+
+class RepeatCounts:
+    """Repeats answered from memory, per delivery row, not yet written."""
+
+    def __init__(self, max_pending: int, max_age_seconds: float) -> None:
+        self.max_pending = max_pending
+        self.max_age_seconds = max_age_seconds
+        self._pending: dict[int, tuple[int, datetime]] = {}
+        self._since: float | None = None  # monotonic time of the oldest repeat not yet written
+
+    def note(self, delivery_id: int, at: datetime, monotonic: float) -> None:
+        count, _ = self._pending.get(delivery_id, (0, at))
+        self._pending[delivery_id] = (count + 1, at)
+        if self._since is None:
+            self._since = monotonic
+
+    def due(self, monotonic: float) -> bool:
+        """Whether the counts should be written now (too many, or the oldest too old)."""
+        if self._since is None:
+            return False
+        return len(self._pending) >= self.max_pending or monotonic - self._since >= self.max_age_seconds
+
+    def take(self) -> dict[int, tuple[int, datetime]]:
+        """Every pending count (delivery id -> (repeats, last received)), now owned by the caller."""
+        pending, self._pending, self._since = self._pending, {}, None
+        return pending
+
+    def put_back(self, pending: dict[int, tuple[int, datetime]], monotonic: float) -> None:
+        """Counts whose write failed: kept for the next try."""
+        for delivery_id, (count, at) in pending.items():
+            mine, last = self._pending.get(delivery_id, (0, at))
+            self._pending[delivery_id] = (mine + count, max(at, last))
+        if pending and self._since is None:
+            self._since = monotonic
+
+    def __len__(self) -> int:
+        return sum(count for count, _ in self._pending.values())
+
+
+class IntakeGate:
+    """At most `limit` deliveries at the store at once; the others wait up to `wait_seconds`."""
+
+    def __init__(self, limit: int, wait_seconds: float) -> None:
+        self.limit = limit
+        self.wait_seconds = wait_seconds
+        self._slots = asyncio.Semaphore(limit)
+
+    @contextlib.asynccontextmanager
+    async def admitted(self) -> AsyncIterator[bool]:
+        """Yields True with a slot held, or False (at once, holding nothing) when none came in time."""
+        try:
+            async with asyncio.timeout(self.wait_seconds):
+                await self._slots.acquire()
+        except TimeoutError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            self._slots.release()
