@@ -335,11 +335,3 @@ class Ready(BaseModel):
     degraded: list[str]
     dependencies: dict[str, DependencyOut]
     not_configured: list[str]
-
-
-class Document(BaseModel):
-    """An OpenAPI document."""
-
-    model_config = ConfigDict(extra="allow")
-
-    openapi: str
