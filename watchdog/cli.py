@@ -4,6 +4,7 @@
     gl-watchdog diagnose EXECUTION_ID [--format table|json|markdown]
     gl-watchdog incidents [--status S[,S]] [--format table|json]
     gl-watchdog sweep                                          one sweep now (sweep_once), then exit
+    gl-watchdog policy check FILE                              validate a policy file (policy_cli)
 
 Every subcommand takes `--config FILE` (YAML; env `GL_WATCHDOG_*` overrides it) and `--help`. Errors
 are one line on stderr and a non-zero exit, never a traceback; the same kind of failure gives the same
@@ -38,7 +39,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from watchdog import remediation_cli
+from watchdog import policy_cli, remediation_cli
 from watchdog.api_models import ExecutionId
 from watchdog.assembly import build_watchdog, create_app
 from watchdog.backends import open_clients
@@ -54,6 +55,7 @@ from watchdog.exit_codes import (
 )
 from watchdog.listing import IncidentFilter, page_incidents
 from watchdog.migrations import INCIDENT_STATUSES
+from watchdog.plugins import installed_plugins
 from watchdog.records import Incident
 from watchdog.settings import WatchdogSettings, load_settings
 from watchdog.store import WatchdogStore
@@ -193,7 +195,7 @@ async def _diagnose(settings: WatchdogSettings, execution_id: str, fmt: str) -> 
                 "or orchestrator_token_file",
                 EXIT_UNAVAILABLE,
             ) from exc
-        diagnosis = await runner.diagnose(ctx, execution_id)
+        diagnosis = await runner.diagnose(ctx, execution_id, steps=installed_plugins().steps)
     finally:
         await clients.aclose()
     if fmt == "json":
@@ -384,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # -- remediation side: approve / deny / playbook run / demo subcommands are added here ---------
     remediation_cli.add_commands(sub, common)
+    policy_cli.add_commands(sub, common)
     return parser
 
 
