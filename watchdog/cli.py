@@ -5,6 +5,7 @@
     gl-watchdog incidents [--status S[,S]] [--format table|json]
     gl-watchdog sweep                                          one sweep now (sweep_once), then exit
     gl-watchdog policy check FILE                              validate a policy file (policy_cli)
+    gl-watchdog replay INCIDENT_ID --policy FILE [--format table|json]   plan again, act on nothing
 
 Every subcommand takes `--config FILE` (YAML; env `GL_WATCHDOG_*` overrides it) and `--help`. Errors
 are one line on stderr and a non-zero exit, never a traceback; the same kind of failure gives the same
@@ -39,6 +40,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from gl_common.clock import SystemClock
 from watchdog import policy_cli, remediation_cli
 from watchdog.api_models import ExecutionId
 from watchdog.assembly import build_watchdog, create_app
@@ -56,11 +58,14 @@ from watchdog.exit_codes import (
 from watchdog.listing import IncidentFilter, page_incidents
 from watchdog.migrations import INCIDENT_STATUSES
 from watchdog.plugins import installed_plugins
+from watchdog.policy import Policy, load_policy
 from watchdog.records import Incident
+from watchdog.replay import Replay, replay_incident
 from watchdog.settings import WatchdogSettings, load_settings
 from watchdog.store import WatchdogStore
 from watchdog_sdk.diagnostic_step import DiagnosticContext
 from watchdog_sdk.errors import NotFound, Unauthorized, WatchdogError
+from watchdog_sdk.registry import Registry
 
 log = logging.getLogger("watchdog")
 
@@ -203,6 +208,43 @@ async def _diagnose(settings: WatchdogSettings, execution_id: str, fmt: str) -> 
     if fmt == "markdown":
         return render.to_markdown(diagnosis)
     return render.to_table(diagnosis)
+
+
+# -- replay -----------------------------------------------------------------------------------------
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Show what a policy would plan for a stored incident's diagnosis, and whether the budgets and
+    circuit breaker would allow it now; writes nothing and calls no outside system."""
+    settings = _settings(args)
+    catalog = installed_plugins()
+    policy = load_policy(args.policy, catalog=catalog)
+    result = asyncio.run(_replay(settings, args.incident_id, policy, catalog.registry))
+    if args.format == "json":
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+        return EXIT_OK
+    for label, plan in (("recorded", result.recorded), ("replayed", result.replayed)):
+        if plan is None:
+            sys.stdout.write(f"{label}: no plan\n")
+            continue
+        approval = "needs approval" if plan.requires_approval else "no approval"
+        acts = f"{approval}, mode {plan.mode}" if plan.will_act else f"acts on nothing, mode {plan.mode}"
+        params = json.dumps(plan.params, sort_keys=True)
+        sys.stdout.write(f"{label}: {plan.playbook or 'escalate'} {params} ({acts}; rule {plan.rule})\n")
+    sys.stdout.write(f"limits now: {result.limits_refusal or 'allow'}\n")
+    sys.stdout.write(f"changed: {'yes' if result.changed else 'no'}\n")
+    return EXIT_OK
+
+
+async def _replay(settings: WatchdogSettings, incident_id: int, policy: Policy, registry: Registry) -> Replay:
+    _require_existing_sqlite_file(settings.database_url)
+    store = await WatchdogStore.open(settings.database_url)
+    try:
+        return await replay_incident(
+            store, incident_id, policy=policy, registry=registry, mode=settings.mode, clock=SystemClock()
+        )
+    finally:
+        await store.close()
 
 
 # -- incidents --------------------------------------------------------------------------------------
@@ -383,6 +425,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", parents=[common], help="run one sweep now", description=cmd_sweep.__doc__)
     sweep.set_defaults(func=cmd_sweep)
+
+    replay = sub.add_parser(
+        "replay",
+        parents=[common],
+        help="what a policy would plan for a stored incident (acts on nothing)",
+        description=cmd_replay.__doc__,
+    )
+    replay.add_argument("incident_id", metavar="INCIDENT_ID", type=int)
+    replay.add_argument("--policy", metavar="FILE", required=True, help="the policy file to replay under")
+    replay.add_argument("--format", choices=("table", "json"), default="table")
+    replay.set_defaults(func=cmd_replay)
 
     # -- remediation side: approve / deny / playbook run / demo subcommands are added here ---------
     remediation_cli.add_commands(sub, common)

@@ -1,0 +1,87 @@
+"""Replay: what a policy would have planned for a stored incident's diagnosis, acting on nothing.
+
+Called by `gl-watchdog replay INCIDENT_ID --policy FILE` (`watchdog.cli`). Reads the incident and its
+stored Diagnosis, runs the planner (`watchdog.planner.make_plan`, pure) with the given policy and the
+loaded playbooks, and asks the policy's budgets and circuit breaker (`RemediationLimits.check`, read
+only) whether they would allow it now. Nothing is written: no plan, audit entry, rate event or
+approval, and no client is opened, so no outside system is called. This is how a team checks a policy
+change, or a move from `recommend` to `auto`, against incidents it has had.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gl_common.clock import Clock
+from watchdog.errors import IncidentError
+from watchdog.incidents import IncidentService
+from watchdog.limits import RemediationLimits
+from watchdog.plan import Plan
+from watchdog.planner import make_plan
+from watchdog.policy import Policy
+from watchdog.settings import Mode
+from watchdog.store import WatchdogStore
+from watchdog_sdk.diagnosis import Diagnosis
+from watchdog_sdk.registry import Registry
+
+
+@dataclass(frozen=True)
+class Replay:
+    """One incident replayed: what was planned then, what the policy plans, and the limits' answer
+    now ("" when they would allow it; always "" for a plan that would not act)."""
+
+    incident_id: int
+    execution_id: str
+    likely_cause: str
+    recorded: Plan | None
+    replayed: Plan
+    limits_refusal: str
+
+    @property
+    def changed(self) -> bool:
+        """True when the replayed plan picks another playbook, params or approval than the recorded."""
+        if self.recorded is None:
+            return True
+        keys = ("playbook", "params", "requires_approval", "will_act")
+        return any(getattr(self.recorded, k) != getattr(self.replayed, k) for k in keys)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "incident_id": self.incident_id,
+            "execution_id": self.execution_id,
+            "likely_cause": self.likely_cause,
+            "recorded": None if self.recorded is None else self.recorded.model_dump(mode="json"),
+            "replayed": self.replayed.model_dump(mode="json"),
+            "limits_refusal": self.limits_refusal or None,
+            "changed": self.changed,
+        }
+
+
+async def replay_incident(
+    store: WatchdogStore,
+    incident_id: int,
+    *,
+    policy: Policy,
+    registry: Registry,
+    mode: Mode,
+    clock: Clock,
+) -> Replay:
+    """Replay incident `incident_id` under `policy` (IncidentNotFound when there is none,
+    IncidentError when it was never diagnosed)."""
+    incident = await IncidentService(store).get(incident_id)
+    if incident.diagnosis is None:
+        raise IncidentError(f"incident {incident_id} has no diagnosis to replay (status {incident.status})")
+    diagnosis = Diagnosis.model_validate(incident.diagnosis)
+    plan = make_plan(diagnosis, policy, mode, registry)
+    refusal = ""
+    if plan.will_act:
+        refusal = await RemediationLimits(store, policy.limits, clock).check(plan)
+    return Replay(
+        incident_id=incident.id,
+        execution_id=incident.execution_id,
+        likely_cause=diagnosis.likely_cause,
+        recorded=incident.plan,
+        replayed=plan,
+        limits_refusal=refusal,
+    )
