@@ -5,21 +5,25 @@ stored Diagnosis, runs the planner (`watchdog.planner.make_plan`, pure) with the
 loaded playbooks, and asks the policy's budgets and circuit breaker (`RemediationLimits.check`, read
 only) whether they would allow it now. Nothing is written: no plan, audit entry, rate event or
 approval, and no client is opened, so no outside system is called. This is how a team checks a policy
-change, or a move from `recommend` to `auto`, against incidents it has had.
+change, or a move from `recommend` to `auto`, against incidents it has had. `replay_window` does it
+for every diagnosed incident opened since a time (`gl-watchdog replay --all --since 7d`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from gl_common.clock import Clock
 from watchdog.errors import IncidentError
 from watchdog.incidents import IncidentService
 from watchdog.limits import RemediationLimits
+from watchdog.listing import IncidentFilter, page_incidents
 from watchdog.plan import Plan
 from watchdog.planner import make_plan
 from watchdog.policy import Policy
+from watchdog.records import Incident
 from watchdog.settings import Mode
 from watchdog.store import WatchdogStore
 from watchdog_sdk.diagnosis import Diagnosis
@@ -72,7 +76,45 @@ async def replay_incident(
     incident = await IncidentService(store).get(incident_id)
     if incident.diagnosis is None:
         raise IncidentError(f"incident {incident_id} has no diagnosis to replay (status {incident.status})")
-    diagnosis = Diagnosis.model_validate(incident.diagnosis)
+    return await _replay(store, incident, incident.diagnosis, policy, registry, mode, clock)
+
+
+async def replay_window(
+    store: WatchdogStore,
+    since: datetime,
+    *,
+    policy: Policy,
+    registry: Registry,
+    mode: Mode,
+    clock: Clock,
+    page_size: int = 200,
+) -> list[Replay]:
+    """Replay every diagnosed incident opened at or after `since`, newest first (the undiagnosed are
+    left out: there is nothing to plan from)."""
+    replays: list[Replay] = []
+    before: int | None = None
+    while True:
+        page = await page_incidents(store, IncidentFilter(opened_after=since), before=before, limit=page_size)
+        for incident in page.incidents:
+            if incident.diagnosis is not None:
+                replays.append(
+                    await _replay(store, incident, incident.diagnosis, policy, registry, mode, clock)
+                )
+        if page.next_before is None:
+            return replays
+        before = page.next_before
+
+
+async def _replay(
+    store: WatchdogStore,
+    incident: Incident,
+    stored: dict[str, Any],
+    policy: Policy,
+    registry: Registry,
+    mode: Mode,
+    clock: Clock,
+) -> Replay:
+    diagnosis = Diagnosis.model_validate(stored)
     plan = make_plan(diagnosis, policy, mode, registry)
     refusal = ""
     if plan.will_act:

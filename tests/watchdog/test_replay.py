@@ -19,7 +19,7 @@ from tests.watchdog.recording_playbook import POLICY, RecordingNotifier, Recordi
 from watchdog.approvals import ApprovalService
 from watchdog.assembly import build_responder
 from watchdog.cli import main
-from watchdog.exit_codes import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK
+from watchdog.exit_codes import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE
 from watchdog.incidents import IncidentService
 from watchdog.jobs import JobTracker
 from watchdog.policy import parse_policy
@@ -153,11 +153,8 @@ async def test_gl_watchdog_replay_prints_both_plans_and_exits_by_kind(
     assert document["changed"] is True
     assert await asyncio.to_thread(main, ["replay", str(incident_id), "--policy", str(policy)]) == EXIT_OK
     out = capsys.readouterr().out
-    assert (
-        'recorded: restart_agent {"agent_id": "calc"' in out
-        and "replayed: escalate {} (acts on nothing, mode recommend; rule humans-only)" in out
-    )
-    assert "changed: yes" in out
+    assert 'restart_agent {"agent_id": "calc"' in out and "escalate (rule humans-only)" in out
+    assert out.endswith("1 incident(s) replayed, 1 would change\n")
     assert await asyncio.to_thread(main, ["replay", "999", "--policy", str(policy)]) == EXIT_NOT_FOUND
     opened = await IncidentService(store).open_or_join(
         "e2", dag_id="d", source="sweep", detection_source="api"
@@ -167,3 +164,31 @@ async def test_gl_watchdog_replay_prints_both_plans_and_exits_by_kind(
         == EXIT_FAILED
     )
     assert "has no diagnosis to replay" in capsys.readouterr().err
+    # The window: the diagnosed incident is replayed, the undiagnosed one left out.
+    # (opened at the fake clock's 2026-03-01; the command reads the real clock)
+    argv = ["replay", "--all", "--since", "3650d", "--policy", str(policy), "--format", "json"]
+    assert await asyncio.to_thread(main, argv) == EXIT_OK
+    window = json.loads(capsys.readouterr().out)
+    assert [item["incident_id"] for item in window] == [incident_id]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["replay", "--policy", "p.yaml"], "give either INCIDENT_ID or --all --since DURATION"),
+        (["replay", "1", "--all", "--since", "7d", "--policy", "p.yaml"], "give either INCIDENT_ID or --all"),
+        (["replay", "--all", "--policy", "p.yaml"], "--all needs --since DURATION"),
+    ],
+)
+def test_replay_needs_one_incident_or_a_window(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_a_bad_window_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["replay", "--all", "--since", "7 days", "--policy", "p.yaml"])
+    assert exited.value.code == EXIT_USAGE
+    assert "'7 days' is not a duration like 7d, 12h or 30m" in capsys.readouterr().err
