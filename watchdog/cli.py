@@ -41,8 +41,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from gl_common.clock import SystemClock
-from watchdog import policy_cli, remediation_cli
+from watchdog import remediation_cli
 from watchdog.api_models import ExecutionId
 from watchdog.assembly import build_watchdog, create_app
 from watchdog.backends import open_clients
@@ -61,6 +60,7 @@ from watchdog.migrations import INCIDENT_STATUSES
 from watchdog.plan import Plan
 from watchdog.plugins import installed_plugins
 from watchdog.policy import Policy, load_policy
+from watchdog.policy_cli import add_commands as add_policy_commands
 from watchdog.records import Incident
 from watchdog.replay import Replay, replay_incident, replay_window
 from watchdog.settings import WatchdogSettings, load_settings
@@ -270,16 +270,14 @@ async def _replay(
     settings: WatchdogSettings, args: argparse.Namespace, policy: Policy, registry: Registry
 ) -> list[Replay]:
     _require_existing_sqlite_file(settings.database_url)
-    clock = SystemClock()
     store = await WatchdogStore.open(settings.database_url)
     try:
         if args.all:
-            since = clock.now() - args.since
             return await replay_window(
-                store, since, policy=policy, registry=registry, mode=settings.mode, clock=clock
+                store, args.since, policy=policy, registry=registry, mode=settings.mode
             )
         one = await replay_incident(
-            store, args.incident_id, policy=policy, registry=registry, mode=settings.mode, clock=clock
+            store, args.incident_id, policy=policy, registry=registry, mode=settings.mode
         )
         return [one]
     finally:
@@ -480,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # -- remediation side: approve / deny / playbook run / demo subcommands are added here ---------
     remediation_cli.add_commands(sub, common)
-    policy_cli.add_commands(sub, common)
+    add_policy_commands(sub, common)
     return parser
 
 

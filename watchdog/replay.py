@@ -12,10 +12,10 @@ for every diagnosed incident opened since a time (`gl-watchdog replay --all --si
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import timedelta
 from typing import Any
 
-from gl_common.clock import Clock
+from gl_common.clock import Clock, SystemClock
 from watchdog.errors import IncidentError
 from watchdog.incidents import IncidentService
 from watchdog.limits import RemediationLimits
@@ -69,7 +69,7 @@ async def replay_incident(
     policy: Policy,
     registry: Registry,
     mode: Mode,
-    clock: Clock,
+    clock: Clock | None = None,
 ) -> Replay:
     """Replay incident `incident_id` under `policy` (IncidentNotFound when there is none,
     IncidentError when it was never diagnosed)."""
@@ -81,16 +81,18 @@ async def replay_incident(
 
 async def replay_window(
     store: WatchdogStore,
-    since: datetime,
+    window: timedelta,
     *,
     policy: Policy,
     registry: Registry,
     mode: Mode,
-    clock: Clock,
+    clock: Clock | None = None,
     page_size: int = 200,
 ) -> list[Replay]:
-    """Replay every diagnosed incident opened at or after `since`, newest first (the undiagnosed are
+    """Replay every diagnosed incident opened in the last `window`, newest first (the undiagnosed are
     left out: there is nothing to plan from)."""
+    clock = clock or SystemClock()
+    since = clock.now() - window
     replays: list[Replay] = []
     before: int | None = None
     while True:
@@ -112,13 +114,13 @@ async def _replay(
     policy: Policy,
     registry: Registry,
     mode: Mode,
-    clock: Clock,
+    clock: Clock | None = None,
 ) -> Replay:
     diagnosis = Diagnosis.model_validate(stored)
     plan = make_plan(diagnosis, policy, mode, registry)
     refusal = ""
     if plan.will_act:
-        refusal = await RemediationLimits(store, policy.limits, clock).check(plan)
+        refusal = await RemediationLimits(store, policy.limits, clock or SystemClock()).check(plan)
     return Replay(
         incident_id=incident.id,
         execution_id=incident.execution_id,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from watchdog.exit_codes import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE
 from watchdog.incidents import IncidentService
 from watchdog.jobs import JobTracker
 from watchdog.policy import parse_policy
-from watchdog.replay import replay_incident
+from watchdog.replay import replay_incident, replay_window
 from watchdog.settings import Mode
 from watchdog.store import WatchdogStore
 from watchdog_sdk.diagnosis import Diagnosis, Finding, StepStatus
@@ -192,3 +192,21 @@ def test_a_bad_window_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> No
         main(["replay", "--all", "--since", "7 days", "--policy", "p.yaml"])
     assert exited.value.code == EXIT_USAGE
     assert "'7 days' is not a duration like 7d, 12h or 30m" in capsys.readouterr().err
+
+
+async def test_a_window_replays_the_diagnosed_incidents_opened_in_it(
+    store: WatchdogStore, clock: FakeClock, make_ctx: Callable[..., DiagnosticContext]
+) -> None:
+    playbook = RecordingPlaybook()
+    incident_id = await planned_incident(store, clock, make_ctx(), playbook)
+    await IncidentService(store).open_or_join("e2", dag_id="d", source="sweep", detection_source="api")
+    kwargs: dict[str, Any] = {
+        "policy": parse_policy(ESCALATE),
+        "registry": Registry([playbook]),
+        "mode": Mode.AUTO,
+    }
+    day = timedelta(days=1)
+    [only] = await replay_window(store, day, clock=clock, **kwargs)  # e2 has no diagnosis
+    assert only.incident_id == incident_id and only.replayed.playbook is None and only.changed
+    clock.advance(2 * day.total_seconds())
+    assert await replay_window(store, day, clock=clock, **kwargs) == []
