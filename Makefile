@@ -12,10 +12,13 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install demo run test lint bench bench-watchdog clean
 
-$(STAMP): pyproject.toml
+# The example plugin (examples/plugin, docs/plugins.md) is installed too: its entry points are what
+# the plugin tests load; reinstalled when either pyproject changes.
+$(STAMP): pyproject.toml examples/plugin/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps -e examples/plugin
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,10 +31,11 @@ run: demo
 test: install
 	scripts/services.sh ensure
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -q examples/plugin/tests
 
 lint: install
-	$(BIN)/ruff check gl_common orchestrator_core watchdog_sdk watchdog playbooks tests bench
-	$(BIN)/ruff format --check gl_common orchestrator_core watchdog_sdk watchdog playbooks tests bench
+	$(BIN)/ruff check gl_common orchestrator_core watchdog_sdk watchdog playbooks tests bench examples
+	$(BIN)/ruff format --check gl_common orchestrator_core watchdog_sdk watchdog playbooks tests bench examples
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

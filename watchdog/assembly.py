@@ -30,7 +30,6 @@ from datetime import timedelta
 from aiohttp import web
 
 from gl_common.clock import Clock, SystemClock
-from playbooks.registry import default_registry
 from watchdog import api
 from watchdog import web as approval_web
 from watchdog.approvals import ApprovalService
@@ -48,6 +47,7 @@ from watchdog.leases import JobLeases
 from watchdog.limits import RemediationLimits
 from watchdog.metrics import WatchdogMetrics
 from watchdog.notifier import Notifier, notifier_from_settings
+from watchdog.plugins import PluginCatalog, load_plugins
 from watchdog.policy import Policy, load_policy
 from watchdog.readiness import DependencyMonitor
 from watchdog.reconciler import Reconciler, transient_bound_seconds
@@ -85,6 +85,7 @@ class Watchdog:
     leases: JobLeases
     reconciler: Reconciler
     readiness: DependencyMonitor
+    plugins: PluginCatalog
 
     async def start(self, *, sweeps: bool = True, expiry_interval_seconds: float | None = None) -> None:
         """Resume what a previous process left unfinished (diagnoses, remediations) when this is the
@@ -139,6 +140,7 @@ async def build_watchdog(
     notifier: Notifier | None = None,
     policy: Policy | None = None,
     registry: Registry | None = None,
+    plugins: PluginCatalog | None = None,
     poll_interval_seconds: float = 1.0,
 ) -> Watchdog:
     """Open the store (migrations included) and the clients, and build every service over them.
@@ -146,12 +148,16 @@ async def build_watchdog(
     What can be given instead of what the settings say: `diagnose` (default: the diagnostic runner
     over the clients), `on_diagnosed` (default: the responder; with `respond=False` a diagnosis is
     stored and reported only, as `gl-watchdog sweep` does), the `notifier`, the `policy` (default:
-    `settings.policy_file`, else the shipped one) and the playbook `registry` (default: the six
-    built-ins). Without `approval_signing_key` an ephemeral key is made: links then stop working when
-    the process restarts (fine for the demo, not for production).
+    `settings.policy_file`, else the shipped one, checked against the plugins), the `plugins`
+    (default: the built-ins and the installed entry points, `watchdog.plugins.load_plugins`; a plugin
+    that fails to load is logged and counted, and the policy may not reference it) and the playbook
+    `registry` (default: the plugins' one registry). Without `approval_signing_key` an ephemeral key
+    is made: links then stop working when the process restarts (fine for the demo, not for
+    production).
     """
     clock = clock or SystemClock()
-    policy = policy or load_policy(settings.policy_file)
+    plugins = plugins or load_plugins()
+    policy = policy or load_policy(settings.policy_file, catalog=plugins)
     signing_key = _approval_signing_key(settings, warn=respond and on_diagnosed is None)
     clients = await open_clients(settings, clock=clock)
     try:
@@ -159,8 +165,9 @@ async def build_watchdog(
     except BaseException:
         await clients.aclose()
         raise
-    registry = registry or default_registry()
+    registry = registry or plugins.registry
     metrics = WatchdogMetrics()
+    metrics.plugin_problems(plugins.problems)
     jobs = JobTracker()
     leases = JobLeases(store, clock, owner=settings.replica_id, lease_seconds=settings.job_lease_seconds)
     backoff = exponential_backoff(settings.job_retry_backoff_seconds)
@@ -196,7 +203,7 @@ async def build_watchdog(
         metrics=metrics,
         jobs=jobs,
         leases=leases,
-        diagnose=diagnose or runner.diagnoser(context),
+        diagnose=diagnose or runner.diagnoser(context, plugins.steps),
         on_diagnosed=on_diagnosed or (responder.handle_diagnosed if respond else None),
         clock=clock,
         max_concurrent=settings.max_concurrent_diagnoses,
@@ -266,6 +273,7 @@ async def build_watchdog(
         leases=leases,
         reconciler=reconciler,
         readiness=DependencyMonitor(store, clients, metrics, clock),
+        plugins=plugins,
     )
 
 

@@ -4,6 +4,8 @@
     gl-watchdog diagnose EXECUTION_ID [--format table|json|markdown]
     gl-watchdog incidents [--status S[,S]] [--format table|json]
     gl-watchdog sweep                                          one sweep now (sweep_once), then exit
+    gl-watchdog policy check FILE                              validate a policy file (policy_cli)
+    gl-watchdog replay INCIDENT_ID|--all --since 7d --policy FILE    plan again, act on nothing
 
 Every subcommand takes `--config FILE` (YAML; env `GL_WATCHDOG_*` overrides it) and `--help`. Errors
 are one line on stderr and a non-zero exit, never a traceback; the same kind of failure gives the same
@@ -29,6 +31,7 @@ import signal
 import sys
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -54,11 +57,17 @@ from watchdog.exit_codes import (
 )
 from watchdog.listing import IncidentFilter, page_incidents
 from watchdog.migrations import INCIDENT_STATUSES
+from watchdog.plan import Plan
+from watchdog.plugins import installed_plugins
+from watchdog.policy import Policy, load_policy
+from watchdog.policy_cli import add_commands as add_policy_commands
 from watchdog.records import Incident
+from watchdog.replay import Replay, replay_incident, replay_window
 from watchdog.settings import WatchdogSettings, load_settings
 from watchdog.store import WatchdogStore
 from watchdog_sdk.diagnostic_step import DiagnosticContext
 from watchdog_sdk.errors import NotFound, Unauthorized, WatchdogError
+from watchdog_sdk.registry import Registry
 
 log = logging.getLogger("watchdog")
 
@@ -184,7 +193,7 @@ async def _diagnose(settings: WatchdogSettings, execution_id: str, fmt: str) -> 
                 "or orchestrator_token_file",
                 EXIT_UNAVAILABLE,
             ) from exc
-        diagnosis = await runner.diagnose(ctx, execution_id)
+        diagnosis = await runner.diagnose(ctx, execution_id, steps=installed_plugins().steps)
     finally:
         await clients.aclose()
     if fmt == "json":
@@ -192,6 +201,78 @@ async def _diagnose(settings: WatchdogSettings, execution_id: str, fmt: str) -> 
     if fmt == "markdown":
         return render.to_markdown(diagnosis)
     return render.to_table(diagnosis)
+
+
+# -- replay -----------------------------------------------------------------------------------------
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Show what a policy would plan for a stored incident's diagnosis (or, with --all --since, for
+    every diagnosed incident of a window), and whether the budgets and circuit breaker would allow it
+    now; writes nothing and calls no outside system."""
+    if (args.incident_id is None) == (not args.all):
+        raise CliError("give either INCIDENT_ID or --all --since DURATION", EXIT_USAGE)
+    if args.all and args.since is None:
+        raise CliError("--all needs --since DURATION (e.g. 7d, 12h, 30m)", EXIT_USAGE)
+    settings = _settings(args)
+    catalog = installed_plugins()
+    policy = load_policy(args.policy, catalog=catalog)
+    results = asyncio.run(_replay(settings, args, policy, catalog.registry))
+    if args.format == "json":
+        items = [r.to_dict() for r in results]
+        sys.stdout.write(json.dumps(items if args.all else items[0], indent=2) + "\n")
+        return EXIT_OK
+    rows = [("INCIDENT", "EXECUTION", "CAUSE", "RECORDED", "REPLAYED", "APPROVAL", "LIMITS NOW", "CHANGED")]
+    for r in results:
+        plan = r.replayed
+        recorded = "no plan" if r.recorded is None else _plan_text(r.recorded)
+        approval = ("needs approval" if plan.requires_approval else "none") if plan.will_act else "-"
+        rows.append(
+            (str(r.incident_id), r.execution_id, r.likely_cause, recorded, _plan_text(plan), approval,
+             r.limits_refusal or "allow", "yes" if r.changed else "no")
+        )  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        sys.stdout.write(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+        sys.stdout.write("\n")
+    changed = sum(r.changed for r in results)
+    sys.stdout.write(f"{len(results)} incident(s) replayed, {changed} would change\n")
+    return EXIT_OK
+
+
+def _plan_text(plan: Plan) -> str:
+    if plan.playbook is None:
+        return f"escalate (rule {plan.rule})" if plan.rule else "escalate (no rule)"
+    return f"{plan.playbook} {json.dumps(plan.params, sort_keys=True)}"
+
+
+def since_argument(value: str) -> timedelta:
+    """`7d`, `12h`, `30m`: a window back from now."""
+    units = {"d": "days", "h": "hours", "m": "minutes"}
+    number, unit = value[:-1], value[-1:]
+    if unit not in units or not number.isdigit() or int(number) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a duration like 7d, 12h or 30m")
+    return timedelta(**{units[unit]: int(number)})
+
+
+async def _replay(
+    settings: WatchdogSettings, args: argparse.Namespace, policy: Policy, registry: Registry
+) -> list[Replay]:
+    _require_existing_sqlite_file(settings.database_url)
+    store = await WatchdogStore.open(settings.database_url)
+    try:
+        if args.all:
+            return await replay_window(
+                store, args.since, policy=policy, registry=registry, mode=settings.mode
+            )
+        one = await replay_incident(
+            store, args.incident_id, policy=policy, registry=registry, mode=settings.mode
+        )
+        return [one]
+    finally:
+        await store.close()
 
 
 # -- incidents --------------------------------------------------------------------------------------
@@ -373,8 +454,22 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", parents=[common], help="run one sweep now", description=cmd_sweep.__doc__)
     sweep.set_defaults(func=cmd_sweep)
 
+    replay = sub.add_parser(
+        "replay",
+        parents=[common],
+        help="what a policy would plan for a stored incident (acts on nothing)",
+        description=cmd_replay.__doc__,
+    )
+    replay.add_argument("incident_id", metavar="INCIDENT_ID", type=int, nargs="?")
+    replay.add_argument("--all", action="store_true", help="every diagnosed incident opened --since ago")
+    replay.add_argument("--since", type=since_argument, metavar="DURATION", help="7d, 12h, 30m (with --all)")
+    replay.add_argument("--policy", metavar="FILE", required=True, help="the policy file to replay under")
+    replay.add_argument("--format", choices=("table", "json"), default="table")
+    replay.set_defaults(func=cmd_replay)
+
     # -- remediation side: approve / deny / playbook run / demo subcommands are added here ---------
     remediation_cli.add_commands(sub, common)
+    add_policy_commands(sub, common)
     return parser
 
 

@@ -20,12 +20,12 @@ class StoreLedger:
     def __init__(
         self, store: WatchdogStore, approval_id: str | None = None, *, actor: str = "watchdog"
     ) -> None:
-        self.store = store
+        self._store = store
         self.approval_id = approval_id
         self.actor = actor
 
     async def get(self, key: str) -> LedgerEntry | None:
-        async with self.store.transaction() as tx:
+        async with self._store.transaction() as tx:
             action = await tx.get_action(key)
         if action is None:
             return None
@@ -42,7 +42,7 @@ class StoreLedger:
     async def start(
         self, key: str, incident_id: int, playbook: str, step: str, request: dict[str, Any]
     ) -> bool:
-        async with self.store.transaction() as tx:
+        async with self._store.transaction() as tx:
             action = await tx.insert_action(
                 incident_id=incident_id,
                 playbook=playbook,
@@ -66,7 +66,7 @@ class StoreLedger:
         entry = await self.get(key)
         if entry is None or entry.state is not ActionState.STARTED:
             return False
-        async with self.store.transaction() as tx:
+        async with self._store.transaction() as tx:
             await tx.add_audit(
                 entry.incident_id,
                 "action",
@@ -77,7 +77,7 @@ class StoreLedger:
         return True
 
     async def finish(self, key: str, state: ActionState, result: dict[str, Any]) -> None:
-        async with self.store.transaction() as tx:
+        async with self._store.transaction() as tx:
             action = await tx.get_action(key)
             if action is None:
                 return

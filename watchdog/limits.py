@@ -63,6 +63,11 @@ class RemediationLimits:
                     await tx.add_rate_event(RATE_AGENT_RESTART, str(plan.params.get("agent_id")), now)
         return refusal
 
+    async def check(self, plan: Plan) -> str:
+        """What `reserve()` would answer for `plan` now, counting and auditing nothing (replay)."""
+        async with self.store.transaction() as tx:
+            return await self._refusal(tx, plan, self.clock.now())
+
     async def count_failure_in(self, tx: Tx) -> None:
         """Count one failed remediation toward the circuit breaker (inside the caller's transaction)."""
         await tx.add_rate_event(RATE_FAILED, GLOBAL_KEY, self.clock.now())

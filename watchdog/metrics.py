@@ -11,6 +11,9 @@ remediation side (remediations, approvals); served by
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -39,10 +42,14 @@ from watchdog_sdk.constants import (
     W_JOBS_RECONCILED,
     W_OPEN_INCIDENTS,
     W_PENDING_APPROVALS,
+    W_PLUGIN_PROBLEMS,
     W_REMEDIATIONS,
     W_SWEEPS,
 )
 from watchdog_sdk.diagnosis import Diagnosis
+
+if TYPE_CHECKING:
+    from watchdog.plugins import PluginProblem
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -139,6 +146,12 @@ class WatchdogMetrics:
             ["dependency"],
             registry=r,
         )
+        self.plugins_not_loaded = Gauge(
+            W_PLUGIN_PROBLEMS,
+            "1 for each plugin left out at start (import error, wrong type, bad params model, duplicate)",
+            ["group", "plugin"],
+            registry=r,
+        )
 
     def observe_diagnosis(self, diagnosis: Diagnosis, seconds: float) -> None:
         """Count one finished diagnosis, its duration and the outcome of each of its steps."""
@@ -146,6 +159,11 @@ class WatchdogMetrics:
         self.diagnosis_duration.observe(seconds)
         for finding in diagnosis.findings:
             self.diagnostic_steps.labels(step=str(finding.step), status=finding.status.value).inc()
+
+    def plugin_problems(self, problems: Iterable[PluginProblem]) -> None:
+        """Show the plugins left out at start (`watchdog.plugins`), one series each."""
+        for problem in problems:
+            self.plugins_not_loaded.labels(group=problem.group, plugin=problem.name).set(1)
 
     def auth_failure(self, reason: str) -> None:
         """Count one request refused before authentication."""

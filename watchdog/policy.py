@@ -2,10 +2,15 @@
 and the limits that keep automation from doing harm.
 
 Loaded once at start-up from YAML (`settings.policy_file`, default: the shipped `policy.yaml` beside
-this module) by `load_policy()`, validated with pydantic, then passed to the planner
-(`watchdog.planner`), the responder and the remediation state machine, whose limits
+this module) by `load_policy()`, validated with pydantic, then checked against what is loaded
+(`watchdog.plugins`: the built-in and plugin playbooks and diagnostic steps), and passed to the
+planner (`watchdog.planner`), the responder and the remediation state machine, whose limits
 (`watchdog.limits`) are enforced against the store so they hold across restarts and replicas. An
-invalid file raises `PolicyError` naming the field (`rules.2.playbook: unknown playbook 'reboot'`).
+invalid file raises `PolicyError` naming the field, and for a file its line and rule
+(`rules.2.playbook: unknown playbook 'reboot'; known: ... [line 14, rule 'agent']`): an unknown
+playbook (or a plugin one that failed to load, with its reason), params its playbook's params model
+refuses, a cause no loaded step can produce, a step number no step has. `gl-watchdog policy check
+FILE` runs the same checks without starting anything.
 
 Modes: the deployment's mode (settings) is `observe` (diagnose and report only), `recommend` (ask for
 approval for every action) or `auto` (act without approval where the playbook's policy allows). A
@@ -14,26 +19,35 @@ playbook's own `mode` overrides the deployment's, except that a deployment in `o
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from playbooks.registry import default_registry
 from watchdog.errors import PolicyError
+from watchdog.plugins import DIAGNOSTIC_GROUP, PLAYBOOK_GROUP, PluginCatalog, installed_plugins
 from watchdog.settings import Mode
-from watchdog_sdk.diagnosis import Diagnosis
+from watchdog_sdk.diagnosis import MAX_STEP, Diagnosis
 from watchdog_sdk.outcomes import Risk
 from watchdog_sdk.playbook import Playbook
 
 DEFAULT_POLICY_FILE = Path(__file__).with_name("policy.yaml")
 
-__all__ = ["DEFAULT_POLICY_FILE", "Mode", "Policy", "PolicyError", "Rule", "load_policy", "parse_policy"]
+__all__ = [
+    "DEFAULT_POLICY_FILE",
+    "Mode",
+    "Policy",
+    "PolicyError",
+    "Rule",
+    "check_policy",
+    "load_policy",
+    "parse_policy",
+]
 
-PLAYBOOK_NAMES = frozenset(
-    {"cancel", "resume", "restart_agent", "throttle_concurrency", "release_lock", "increase_node_timeout"}
-)
+Loc = tuple[int | str, ...]
 
 
 class _Strict(BaseModel):
@@ -50,32 +64,43 @@ class PlaybookPolicy(_Strict):
 
 
 class Match(_Strict):
-    """What a rule matches on. Every given condition must hold; empty lists mean "any"."""
+    """What a rule matches on. Every given condition must hold; empty lists mean "any".
+
+    `dag` and `agent` are label matchers: shell-style patterns (`emissions-*`) over the diagnosis's
+    DAG id and the stuck node's agent id; a diagnosis without that id matches none of them.
+    """
 
     likely_cause: list[str] = Field(default_factory=list)
     execution_status: list[str] = Field(default_factory=list)
-    # Step numbers that must have status `problem` in the diagnosis.
+    # Step numbers that must have status `problem` in the diagnosis (1-8, or a plugin step's).
     problem_steps: list[int] = Field(default_factory=list)
+    dag: list[str] = Field(default_factory=list)
+    agent: list[str] = Field(default_factory=list)
 
     @field_validator("problem_steps")
     @classmethod
     def _steps_in_range(cls, steps: list[int]) -> list[int]:
-        bad = [s for s in steps if not 1 <= s <= 8]
+        bad = [s for s in steps if not 1 <= s <= MAX_STEP]
         if bad:
-            raise ValueError(f"diagnostic steps are numbered 1-8, got {bad}")
+            raise ValueError(f"diagnostic steps are numbered 1-8 (plugins 9-{MAX_STEP}), got {bad}")
         return steps
 
     @model_validator(mode="after")
     def _not_empty(self) -> Match:
-        if not (self.likely_cause or self.execution_status or self.problem_steps):
+        if not (self.likely_cause or self.execution_status or self.problem_steps or self.dag or self.agent):
             raise ValueError(
-                "a rule must match on at least one of likely_cause, execution_status, problem_steps"
+                "a rule must match on at least one of likely_cause, execution_status, problem_steps, "
+                "dag, agent"
             )
         return self
 
     def matches(self, diagnosis: Diagnosis) -> bool:
         """True when every condition given holds for `diagnosis`."""
         if self.likely_cause and diagnosis.likely_cause not in self.likely_cause:
+            return False
+        if self.dag and not _any_match(diagnosis.dag_id, self.dag):
+            return False
+        if self.agent and not _any_match(diagnosis.agent_id, self.agent):
             return False
         if self.execution_status:
             step1 = diagnosis.finding(1)
@@ -97,13 +122,6 @@ class Rule(_Strict):
     playbook: str | None
     params: dict[str, Any] = Field(default_factory=dict)
     rationale: str = ""
-
-    @field_validator("playbook")
-    @classmethod
-    def _known_playbook(cls, name: str | None) -> str | None:
-        if name is not None and name not in PLAYBOOK_NAMES:
-            raise ValueError(f"unknown playbook {name!r}; known: {', '.join(sorted(PLAYBOOK_NAMES))}")
-        return name
 
 
 class CircuitBreaker(_Strict):
@@ -141,26 +159,6 @@ class Policy(_Strict):
             raise ValueError(f"unsupported policy version {version}; this watchdog reads version 1")
         return version
 
-    @field_validator("playbooks")
-    @classmethod
-    def _known_playbooks(cls, playbooks: dict[str, PlaybookPolicy]) -> dict[str, PlaybookPolicy]:
-        unknown = sorted(set(playbooks) - PLAYBOOK_NAMES)
-        if unknown:
-            raise ValueError(f"unknown playbook(s) {unknown}; known: {', '.join(sorted(PLAYBOOK_NAMES))}")
-        return playbooks
-
-    @model_validator(mode="after")
-    def _params_fit_their_playbooks(self) -> Policy:
-        """A misspelt or out-of-range param fails at load, not at the first incident (as an escalation)."""
-        registry = default_registry()
-        for name, playbook_policy in self.playbooks.items():
-            _check_params(registry.get(name), playbook_policy.params, f"playbooks.{name}.params")
-        for index, rule in enumerate(self.rules):
-            if rule.playbook is not None:
-                params = {**self.playbook(rule.playbook).params, **rule.params}
-                _check_params(registry.get(rule.playbook), params, f"rules.{index}.params")
-        return self
-
     def playbook(self, name: str) -> PlaybookPolicy:
         """The policy of playbook `name` (defaults when the file does not mention it)."""
         return self.playbooks.get(name, PlaybookPolicy())
@@ -176,21 +174,84 @@ class Policy(_Strict):
         return self.playbook(playbook).mode or deployment_mode
 
 
+def _any_match(value: str | None, patterns: list[str]) -> bool:
+    return value is not None and any(fnmatchcase(value, pattern) for pattern in patterns)
+
+
+# -- checks against what is loaded --------------------------------------------------------------------
+
 # Facts the planner takes from the diagnosis (`watchdog.planner.derived_params`): stand-ins at load time.
 _FROM_DIAGNOSIS = {"agent_id": "agent", "node_id": "node", "dag_id": "dag"}
 
 
-def _check_params(playbook: Playbook[Any], params: dict[str, Any], where: str) -> None:
+def check_policy(policy: Policy, catalog: PluginCatalog) -> list[tuple[Loc, str]]:
+    """What in `policy` does not fit the loaded playbooks and steps, each as (where, problem): unknown
+    playbooks, params their playbook refuses (a misspelt or out-of-range param fails at load, not at
+    the first incident as an escalation), causes no step can produce, step numbers no step has."""
+    problems: list[tuple[Loc, str]] = []
+    registry = catalog.registry
+
+    def unknown(name: str) -> str:
+        broken = catalog.problem(PLAYBOOK_GROUP, name)
+        if broken is not None:
+            return f"playbook {name!r} is a plugin that failed to load ({broken.source}): {broken.reason}"
+        return f"unknown playbook {name!r}; known: {', '.join(registry.names())}"
+
+    for name, playbook_policy in policy.playbooks.items():
+        loc: Loc = ("playbooks", name)
+        if name not in registry:
+            problems.append((loc, f"playbooks.{name}: {unknown(name)}"))
+        else:
+            problems += _params_problems(registry.get(name), playbook_policy.params, (*loc, "params"))
+    causes = catalog.causes
+    numbers = catalog.step_numbers
+    for index, rule in enumerate(policy.rules):
+        where = f"rules.{index}"
+        for cause in rule.when.likely_cause:
+            if cause not in causes:
+                problems.append(
+                    (
+                        ("rules", index, "when", "likely_cause"),
+                        f"{where}.when.likely_cause: no diagnostic step can produce cause {cause!r}; "
+                        f"known: {', '.join(sorted(causes))}{_broken_steps(catalog)}",
+                    )
+                )
+        for number in rule.when.problem_steps:
+            if number not in numbers:
+                problems.append(
+                    (
+                        ("rules", index, "when", "problem_steps"),
+                        f"{where}.when.problem_steps: no diagnostic step {number} is loaded; "
+                        f"loaded: {sorted(numbers)}{_broken_steps(catalog)}",
+                    )
+                )
+        if rule.playbook is None:
+            continue
+        if rule.playbook not in registry:
+            problems.append((("rules", index, "playbook"), f"{where}.playbook: {unknown(rule.playbook)}"))
+            continue
+        params = {**policy.playbook(rule.playbook).params, **rule.params}
+        problems += _params_problems(registry.get(rule.playbook), params, ("rules", index, "params"))
+    return problems
+
+
+def _broken_steps(catalog: PluginCatalog) -> str:
+    broken = [str(p) for p in catalog.problems if p.group == DIAGNOSTIC_GROUP]
+    return f" ({'; '.join(broken)})" if broken else ""
+
+
+def _params_problems(playbook: Playbook[Any], params: dict[str, Any], loc: Loc) -> list[tuple[Loc, str]]:
     fields = playbook.params_model.model_fields
     stand_ins = {k: v for k, v in _FROM_DIAGNOSIS.items() if k in fields}
     try:
         playbook.parse_params({**stand_ins, **params})
     except ValidationError as exc:
         problems = "; ".join(_problem(err) for err in exc.errors())
-        raise ValueError(f"{where} do not fit playbook {playbook.name}: {problems}") from None
+        return [(loc, f"{_field_path(loc)} do not fit playbook {playbook.name}: {problems}")]
+    return []
 
 
-def _field_path(loc: tuple[int | str, ...]) -> str:
+def _field_path(loc: Loc) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
 
@@ -201,19 +262,72 @@ def _problem(err: Any) -> str:
     return str(err["msg"]).removeprefix("Value error, ")
 
 
-def parse_policy(data: Any, source: str = "policy") -> Policy:
-    """Validate already-parsed YAML/JSON data; `PolicyError` names the first bad field."""
+LineOf = Callable[[Loc], int | None]
+
+
+def parse_policy(
+    data: Any, source: str = "policy", *, catalog: PluginCatalog | None = None, line_of: LineOf | None = None
+) -> Policy:
+    """Validate already-parsed YAML/JSON data, then check it against `catalog` (default: the built-ins
+    and the installed plugins); `PolicyError` names every problem, with its line when `line_of` maps
+    a field's location to one, and its rule's name."""
     if not isinstance(data, dict):
         raise PolicyError(f"{source}: the policy must be a mapping, got {type(data).__name__}")
     try:
-        return Policy.model_validate(data)
+        policy = Policy.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(_problem(err) for err in exc.errors())
+        problems = "; ".join(_problem(err) + _where(data, err["loc"], line_of) for err in exc.errors())
         raise PolicyError(f"{source}: invalid policy: {problems}") from exc
+    found = check_policy(policy, catalog or installed_plugins())
+    if found:
+        problems = "; ".join(text + _where(data, loc, line_of) for loc, text in found)
+        raise PolicyError(f"{source}: invalid policy: {problems}")
+    return policy
 
 
-def load_policy(path: str | Path | None = None) -> Policy:
-    """Read and validate the policy file at `path` (the shipped default when None)."""
+def _where(data: dict[str, Any], loc: Loc, line_of: LineOf | None) -> str:
+    """` [line N, rule 'name']`: where a problem is, as far as is known."""
+    parts = []
+    line = line_of(loc) if line_of is not None else None
+    if line is not None:
+        parts.append(f"line {line}")
+    rules = data.get("rules")
+    if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int) and isinstance(rules, list):
+        rule = rules[loc[1]] if loc[1] < len(rules) else None
+        if isinstance(rule, dict) and isinstance(rule.get("name"), str):
+            parts.append(f"rule {rule['name']!r}")
+    return f" [{', '.join(parts)}]" if parts else ""
+
+
+def _yaml_lines(text: str) -> LineOf:
+    """A field's location (`("rules", 2, "playbook")`) → the 1-based line of the deepest part of it
+    found in the YAML `text` (None when the text has no such node)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        root = None
+
+    def line_of(loc: Loc) -> int | None:
+        node = root
+        if node is None:
+            return None
+        for part in loc:
+            child = None
+            if isinstance(node, yaml.MappingNode):
+                child = next((v for k, v in node.value if getattr(k, "value", None) == str(part)), None)
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                child = node.value[part]
+            if child is None:
+                break
+            node = child
+        return int(node.start_mark.line) + 1
+
+    return line_of
+
+
+def load_policy(path: str | Path | None = None, *, catalog: PluginCatalog | None = None) -> Policy:
+    """Read and validate the policy file at `path` (the shipped default when None) against `catalog`
+    (default: the built-ins and the installed plugins)."""
     file = Path(path) if path is not None else DEFAULT_POLICY_FILE
     try:
         text = file.read_text(encoding="utf-8")
@@ -223,4 +337,4 @@ def load_policy(path: str | Path | None = None) -> Policy:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise PolicyError(f"{file}: not valid YAML: {exc}") from exc
-    return parse_policy(data, source=str(file))
+    return parse_policy(data, source=str(file), catalog=catalog, line_of=_yaml_lines(text))

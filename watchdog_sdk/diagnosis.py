@@ -13,6 +13,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Steps 1-8 are the runbook's; a plugin step takes a number of its own in 9-MAX_STEP
+# (`watchdog_sdk.diagnostic_step`).
+RUNBOOK_STEPS = 8
+MAX_STEP = 99
+# The evidence key under which a plugin step's `problem` finding names a likely cause it declared
+# (`DiagnosticStep.causes`); the runner uses it when the runbook's own rules find no cause.
+CAUSE_KEY = "likely_cause"
+
 
 class StepStatus(StrEnum):
     """How a step ended.
@@ -37,7 +45,7 @@ class Finding(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    step: int = Field(ge=1, le=8)
+    step: int = Field(ge=1, le=MAX_STEP)
     name: str
     status: StepStatus
     summary: str
@@ -46,7 +54,8 @@ class Finding(BaseModel):
 
 
 class Diagnosis(BaseModel):
-    """The findings of steps 1-8 for one execution, and the most likely cause with its evidence."""
+    """The findings of steps 1-8 (and of plugin steps) for one execution, and the most likely cause
+    with its evidence."""
 
     model_config = ConfigDict(frozen=True)
 

@@ -8,6 +8,12 @@ The watchdog builds one context (`watchdog.assembly`, `gl-watchdog diagnose`, th
 `gl_common`, as step plugins will. A step gets clients, never the watchdog's store. Optional backends are
 None when not configured (embedded mode: no Prometheus, Kubernetes or Redis); the steps then report
 `unknown` with the reason.
+
+A plugin step (entry point group `gl_watchdog.diagnostics`, loaded by `watchdog.plugins`) is a
+`DiagnosticStep` too: a number of its own in 9-99, a name, its `run`, its own `timeout_seconds`, and
+the `causes` it may name. It runs concurrently with steps 4-8 and may name one of its causes by
+returning a `problem` Finding with `evidence["likely_cause"]` (`CAUSE_KEY`), with the evidence for
+it in its summary; the runner uses that cause when the runbook's own rules find none.
 """
 
 from __future__ import annotations
@@ -48,9 +54,11 @@ class DiagnosticContext(ClientAccess):
     clock: Clock = field(default_factory=SystemClock)
     step_timeouts: Mapping[int, float] = field(default_factory=dict)
 
-    def timeout_for(self, step: int) -> float:
-        """The time budget of one step."""
-        return float(self.step_timeouts.get(step, self.settings.step_timeout_seconds))
+    def timeout_for(self, step: int, default: float | None = None) -> float:
+        """The time budget of one step: `step_timeouts`, else the step's own `default` (a plugin
+        step's `timeout_seconds`), else the settings'."""
+        fallback = self.settings.step_timeout_seconds if default is None else default
+        return float(self.step_timeouts.get(step, fallback))
 
 
 @dataclass
@@ -78,7 +86,8 @@ turns an exception or a timeout into an `error` Finding anyway)."""
 
 @dataclass(frozen=True)
 class DiagnosticStep:
-    """One diagnostic step: its number (the runbook's), its name, and its function.
+    """One diagnostic step: its number (the runbook's 1-8, a plugin's 9-99), its name, its function,
+    its own time budget (None: the settings') and the likely causes it may name (plugin steps).
 
     The runner runs steps 1-3 in order (each fills `DiagnosisState` for the next) and the others
     concurrently, each under its own timeout (`DiagnosticContext.timeout_for`).
@@ -87,3 +96,5 @@ class DiagnosticStep:
     number: int
     name: str
     run: StepFn
+    timeout_seconds: float | None = None
+    causes: frozenset[str] = frozenset()

@@ -1,7 +1,8 @@
 """An explicit registry of playbooks: a plain instance, no class-level or import-time registration.
 
-Built by `playbooks.registry.default_registry()` with the six built-in playbooks (and, later, with
-plugins loaded from entry points); the watchdog's composition root (`watchdog.assembly`) passes it to
+Built by `watchdog.plugins.load_plugins()` with the six built-in playbooks
+(`playbooks.registry.default_registry()`) and the plugins of the `gl_watchdog.playbooks` entry
+points; the watchdog's composition root (`watchdog.assembly`) passes it to
 the policy check, the planner (`watchdog.planner`) and the remediation state machine
 (`watchdog.remediation`), which look playbooks up by name.
 """

@@ -22,6 +22,7 @@ from tests.watchdog.orchestrators import OrchestratorProcess, use_orchestrator
 from watchdog.cli import _setup_logging, main
 from watchdog.diagnostics.render import to_table
 from watchdog.diagnostics.runner import diagnose
+from watchdog.plugins import installed_plugins
 from watchdog.store import WatchdogStore
 from watchdog_sdk.clients import Clients
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
@@ -64,7 +65,9 @@ def test_diagnose_prints_the_hung_node_and_its_agent(
     document = json.loads(capsys.readouterr().out)
     assert document["execution_id"] == execution_id
     assert document["stuck_node_id"] == "wedged" and document["agent_id"] == "builtin.hang"
-    assert [f["step"] for f in document["findings"]] == [1, 2, 3, 4, 5, 6, 7, 8]
+    # Steps 1-8, then the installed plugins' (the example plugin's step 20 under `make install`).
+    plugin_steps = [step.number for step in installed_plugins().steps if step.number > 8]
+    assert [f["step"] for f in document["findings"]] == [1, 2, 3, 4, 5, 6, 7, 8, *plugin_steps]
 
     assert main(["diagnose", execution_id, "--format", "markdown"]) == 0
     assert "wedged" in capsys.readouterr().out

@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
+from playbooks.registry import default_registry
 from watchdog.errors import PolicyError
-from watchdog.policy import DEFAULT_POLICY_FILE, PLAYBOOK_NAMES, Mode, load_policy, parse_policy
+from watchdog.policy import DEFAULT_POLICY_FILE, Mode, load_policy, parse_policy
 from watchdog_sdk.diagnosis import Diagnosis, Finding, StepStatus
 
+PLAYBOOK_NAMES = frozenset(default_registry().names())
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
@@ -65,7 +67,7 @@ def test_problem_steps_condition() -> None:
             {"rules": [{"name": "r", "when": {"likely_cause": ["x"]}, "playbook": "reboot"}]},
             "rules.0.playbook",
         ),
-        ({"playbooks": {"nuke": {}}}, "playbooks"),
+        ({"playbooks": {"nuke": {}}}, "playbooks.nuke"),
         ({"limits": {"agent_restarts_per_agent_per_hour": -1}}, "limits.agent_restarts_per_agent_per_hour"),
         ({"limits": {"circuit_breaker": {"failures": 0}}}, "limits.circuit_breaker.failures"),
         ({"rules": [{"name": "r", "when": {}, "playbook": "cancel"}]}, "rules.0.when"),
@@ -125,7 +127,8 @@ def test_serve_with_an_invalid_policy_file_exits_with_the_field_named(tmp_path: 
         check=False,
     )
     assert proc.returncode == 2, proc.stderr
-    assert "rules.0.playbook: Value error, unknown playbook 'reboot'" in proc.stderr
+    assert "rules.0.playbook: unknown playbook 'reboot'" in proc.stderr
+    assert "[line 4, rule 'r']" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -13,6 +13,11 @@ never resumed), `not_stuck`, `agent_unresponsive` (pods down), `stuck_lock`, `ch
 own timeout), `resource_contention`, `slow_node`, `agent_unresponsive` (resources near their limits),
 `over_max_age` (a run with no timeout at all, running past the maximum age), `unknown`. What
 the stuck node shows outranks contention, which a stuck run causes as often as it suffers from it.
+
+Plugin steps (`watchdog.plugins`, numbered 9-99) run concurrently with steps 4-8, under their own
+timeout, in the same guard. When the rules above find no cause (`unknown`), the first plugin step
+(by number) whose `problem` finding names one of the causes it declared (`evidence["likely_cause"]`)
+gives the cause, with its summary as the evidence.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from watchdog.diagnostics import (
     step7_external,
     step8_checkpoints,
 )
-from watchdog_sdk.diagnosis import Diagnosis, Finding, StepStatus
+from watchdog_sdk.diagnosis import CAUSE_KEY, Diagnosis, Finding, StepStatus
 from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext, DiagnosticStep
 from watchdog_sdk.step_helpers import finding
 
@@ -49,16 +54,35 @@ STEPS: tuple[DiagnosticStep, ...] = tuple(
     )
 )
 SEQUENTIAL = (1, 2, 3)
+# Every cause `likely_cause` can name (a policy rule may match only these, or a plugin step's).
+BUILTIN_CAUSES = frozenset(
+    {
+        "execution_not_found",
+        "interrupted",
+        "not_stuck",
+        "agent_unresponsive",
+        "stuck_lock",
+        "checkpoint_store",
+        "external_api_slow",
+        "resource_contention",
+        "slow_node",
+        "over_max_age",
+        "unknown",
+    }
+)
 
 
 async def run_step(ctx: DiagnosticContext, state: DiagnosisState, step: DiagnosticStep) -> Finding:
     """Run one step under its timeout; any failure becomes an `error` Finding. Never raises
     (except cancellation of the caller)."""
-    budget = ctx.timeout_for(step.number)
+    budget = ctx.timeout_for(step.number, step.timeout_seconds)
     started = ctx.clock.monotonic()
     try:
         async with asyncio.timeout(budget):
             result = await step.run(ctx, state)
+        if not isinstance(result, Finding):  # a plugin's bug, reported like any other
+            raise TypeError(f"the step returned {type(result).__name__}, not a Finding")
+        result = result.model_copy(update={"step": step.number, "name": step.name})
     except TimeoutError:
         result = finding(
             step.number,
@@ -95,6 +119,8 @@ async def diagnose(
     findings += await asyncio.gather(*(run_step(ctx, state, step) for step in concurrent))
     findings.sort(key=lambda f: f.step)
     cause, evidence = likely_cause(findings)
+    if cause == "unknown":
+        cause, evidence = plugin_cause(findings, steps) or (cause, evidence)
     return Diagnosis(
         execution_id=execution_id,
         started_at=started_at,
@@ -108,11 +134,13 @@ async def diagnose(
     )
 
 
-def diagnoser(ctx: DiagnosticContext) -> Callable[[str], Awaitable[Diagnosis]]:
-    """`diagnose` bound to a context: the `execution_id -> Diagnosis` callable the app takes."""
+def diagnoser(
+    ctx: DiagnosticContext, steps: Sequence[DiagnosticStep] = STEPS
+) -> Callable[[str], Awaitable[Diagnosis]]:
+    """`diagnose` bound to a context and steps: the `execution_id -> Diagnosis` callable the app takes."""
 
     async def run(execution_id: str) -> Diagnosis:
-        return await diagnose(ctx, execution_id)
+        return await diagnose(ctx, execution_id, steps=steps)
 
     return run
 
@@ -212,6 +240,18 @@ def likely_cause(findings: Sequence[Finding]) -> tuple[str, list[str]]:
     ][:1]  # the first one is the root: the later steps depend on it
     found = [f"step {f.step} ({f.name}): {f.summary}" for f in findings if f.status is StepStatus.PROBLEM]
     return "unknown", [*blind, *found]
+
+
+def plugin_cause(
+    findings: Sequence[Finding], steps: Sequence[DiagnosticStep]
+) -> tuple[str, list[str]] | None:
+    """The cause named by the first plugin step whose `problem` finding names one it declared."""
+    declared = {step.number: step.causes for step in steps}
+    for f in findings:
+        cause = f.evidence.get(CAUSE_KEY)
+        if f.status is StepStatus.PROBLEM and isinstance(cause, str) and cause in declared.get(f.step, ()):
+            return cause, [f"step {f.step} ({f.name}): {f.summary}"]
+    return None
 
 
 def _supporting(by_step: dict[int, Finding], step: int) -> list[str]:
