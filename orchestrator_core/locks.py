@@ -9,11 +9,19 @@ Two backends with one interface (`LockBackend`):
 
 - `InProcessLockBackend`: embedded mode (one replica, no Redis). Same semantics, kept in a dict, with
   an injected clock so TTLs are testable without sleeping.
-- `RedisLockBackend`: production. `gl:orchestrator:lock:<execution_id>` is taken with `SET NX PX`
-  and holds JSON `{"owner", "pod", "token", "acquired_at"}`; `token` is the next value of
-  `INCR gl:orchestrator:fence`. Renewal is a Lua compare-and-pexpire and release a Lua
-  compare-and-delete, both keyed on the token, so a replica never extends or drops a lock it no
-  longer holds. `gl:orchestrator:heartbeat:<replica_id>` holds `{"pod", "at"}` with a TTL.
+- `RedisLockBackend`: production. `gl:orchestrator:lock:<execution_id>` is taken by one Lua script
+  (absent → `INCR gl:orchestrator:fence` → `SET PX`) and holds JSON `{"owner", "pod", "token",
+  "acquired_at"}`. Renewal is a Lua compare-and-pexpire and release a Lua compare-and-delete, both
+  keyed on the token, so a replica never extends or drops a lock it no longer holds.
+  `gl:orchestrator:heartbeat:<replica_id>` holds `{"pod", "at"}` with a TTL.
+
+Fencing tokens only ever grow, per execution, in every mode: `acquire(..., after=stored)` takes the
+token the execution's record holds now and returns a token above it, raising the shared counter to
+it when the counter is behind. The counter alone cannot promise that: the in-process one starts at 0
+in every process (a restarted embedded orchestrator), and Redis's `gl:orchestrator:fence` is lost
+when Redis restarts without persistence; the token stored with the run survives both, so the first
+resume or takeover after any restart claims the run on the first try. (The store still refuses a
+token that is not newer than the stored one: a claim raced by another replica fails, as it must.)
 
 Every Redis call has socket and connect timeouts; redis-py errors are converted to
 `LockBackendUnavailable` here and never leak further.
@@ -89,8 +97,9 @@ class LockBackend(Protocol):
     replica_id: str
     pod: str
 
-    async def acquire(self, execution_id: str, ttl_seconds: float) -> Lease | None:
-        """Take the lock if free; None when someone else holds it."""
+    async def acquire(self, execution_id: str, ttl_seconds: float, *, after: int = 0) -> Lease | None:
+        """Take the lock if free, with a fencing token greater than `after` (the token stored with the
+        execution) and than any this backend issued before; None when someone else holds it."""
 
     async def renew(self, lease: Lease, ttl_seconds: float) -> bool:
         """Extend the TTL if the lock is still ours (same token); False when lost."""
@@ -149,10 +158,10 @@ class InProcessLockBackend:
             return None
         return entry
 
-    async def acquire(self, execution_id: str, ttl_seconds: float) -> Lease | None:
+    async def acquire(self, execution_id: str, ttl_seconds: float, *, after: int = 0) -> Lease | None:
         if self._live(execution_id) is not None:
             return None
-        self._space.fence += 1
+        self._space.fence = max(self._space.fence, after) + 1
         lease = Lease(execution_id, self.replica_id, self.pod, self._space.fence, _iso(datetime.now(UTC)))
         self._locks[execution_id] = (lease, self._clock() + ttl_seconds)
         return lease
@@ -198,6 +207,21 @@ class InProcessLockBackend:
 
 # -- Redis -----------------------------------------------------------------------------------------
 
+# KEYS[1] = lock key, KEYS[2] = fence counter; ARGV[1] = the execution's stored token, ARGV[2] = TTL
+# in ms, ARGV[3] = owner, ARGV[4] = pod, ARGV[5] = acquired_at. Returns the token, or 0 when held.
+_ACQUIRE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local token = redis.call('INCR', KEYS[2])
+local floor = tonumber(ARGV[1])
+if token <= floor then
+  token = floor + 1
+  redis.call('SET', KEYS[2], token)
+end
+local value = cjson.encode({owner = ARGV[3], pod = ARGV[4], token = token, acquired_at = ARGV[5]})
+redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
+return token
+"""
+
 # KEYS[1] = lock key; ARGV[1] = expected token; ARGV[2] = TTL in ms.
 _RENEW_LUA = """
 local raw = redis.call('GET', KEYS[1])
@@ -229,20 +253,22 @@ class RedisLockBackend:
             socket_connect_timeout=timeout_seconds,
             decode_responses=True,
         )
+        self._acquire = self._redis.register_script(_ACQUIRE_LUA)
         self._renew = self._redis.register_script(_RENEW_LUA)
         self._release = self._redis.register_script(_RELEASE_LUA)
 
-    async def acquire(self, execution_id: str, ttl_seconds: float) -> Lease | None:
+    async def acquire(self, execution_id: str, ttl_seconds: float, *, after: int = 0) -> Lease | None:
+        acquired_at = _iso(datetime.now(UTC))
         try:
-            key = lock_key(execution_id)
-            if await self._redis.exists(key):
-                return None
-            token = int(await self._redis.incr(FENCE_KEY))
-            lease = Lease(execution_id, self.replica_id, self.pod, token, _iso(datetime.now(UTC)))
-            taken = await self._redis.set(key, lease.to_json(), nx=True, px=_ms(ttl_seconds))
+            token = await self._acquire(
+                keys=[lock_key(execution_id), FENCE_KEY],
+                args=[int(after), _ms(ttl_seconds), self.replica_id, self.pod, acquired_at],
+            )
         except RedisError as exc:
             raise LockBackendUnavailable(f"redis lock acquire failed: {exc}") from exc
-        return lease if taken else None
+        if not token:
+            return None
+        return Lease(execution_id, self.replica_id, self.pod, int(token), acquired_at)
 
     async def renew(self, lease: Lease, ttl_seconds: float) -> bool:
         try:

@@ -81,16 +81,20 @@ class Ownership:
         execution_id: str,
         start: Callable[[Lease], Awaitable[T | None]],
         *,
+        after: int,
         declined: str | None = None,
     ) -> T | None:
         """Take the run's ownership lock and `start` it with the lease's fencing token; then own it.
+
+        `after` is the fencing token stored with the run (as last read): the lease's token is greater,
+        so the claim succeeds on the first try after any restart of this process or of Redis.
 
         None, with the lock released, when another replica holds the lock, when `start` returns None,
         or (with `declined` naming the step, for the log) when the engine refuses the run as not
         startable here (finished, claimed with a newer token, gone). Any other failure releases the
         lock and propagates.
         """
-        lease = await self.locks.acquire(execution_id, self.settings.lock_ttl_seconds)
+        lease = await self.locks.acquire(execution_id, self.settings.lock_ttl_seconds, after=after)
         if lease is None:
             return None
         try:

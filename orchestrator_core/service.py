@@ -352,6 +352,7 @@ class OrchestratorService:
                 lambda lease: self.engine.resume(
                     execution_id, owner=self.replica_id, fencing_token=lease.token
                 ),
+                after=record.fencing_token,
             )
             if result is None:
                 holder = await self.locks.holder(execution_id)
@@ -428,6 +429,7 @@ class OrchestratorService:
                     lambda lease, r=record: self.engine.resume(  # type: ignore[misc]
                         r.execution_id, owner=self.replica_id, fencing_token=lease.token, takeover=True
                     ),
+                    after=record.fencing_token,
                     declined="takeover",
                 )
                 if result is None:
@@ -528,7 +530,10 @@ class OrchestratorService:
                 record.execution_id, owner=self.replica_id, fencing_token=lease.token
             )
 
-        return await self.ownership.with_lock(record.execution_id, start, declined="start") is not None
+        lock = self.ownership.with_lock(
+            record.execution_id, start, after=record.fencing_token, declined="start"
+        )
+        return await lock is not None
 
     async def _after_run(self, execution_id: str) -> None:
         """A run owned here ended (its lock is released): admit the next queued run."""
