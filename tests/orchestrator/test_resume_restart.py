@@ -11,6 +11,7 @@ tests/faults/test_orchestrator_restarts.py."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 import redis.asyncio as aioredis
@@ -45,9 +46,12 @@ async def mode(request: pytest.FixtureRequest, sqlite_url: str) -> AsyncIterator
         yield database_url, redis_url
 
 
-def _locks(redis_url: str | None) -> InProcessLockBackend | None:
-    """A new process's lock backend: in-process with a fresh space (its counter at 0), or Redis."""
-    return InProcessLockBackend(REPLICA, "pod", InProcessLockSpace()) if redis_url is None else None
+def _replica(mode: tuple[str, str | None], gates: Gates) -> AbstractAsyncContextManager[Harness]:
+    """A new process of replica `REPLICA`: in-process locks with a fresh space (counter at 0), or Redis."""
+    database_url, redis_url = mode
+    settings = make_settings(database_url, redis_url=redis_url, replica_id=REPLICA)
+    locks = InProcessLockBackend(REPLICA, "pod", InProcessLockSpace()) if redis_url is None else None
+    return running_service(settings, registry=make_registry(gates), locks=locks)
 
 
 async def _lose_redis_fence(redis_url: str | None, *lock_of: str) -> None:
@@ -71,14 +75,12 @@ async def _run_until_gate(h: Harness, gates: Gates) -> str:
 async def test_first_resume_after_a_restart_claims_the_run(
     _no_pending_tasks: None, mode: tuple[str, str | None], gates: Gates
 ) -> None:
-    database_url, redis_url = mode
-    settings = make_settings(database_url, redis_url=redis_url)
-    async with running_service(settings, registry=make_registry(gates), locks=_locks(redis_url)) as first:
+    async with _replica(mode, gates) as first:
         execution_id = await _run_until_gate(first, gates)
     # SIGTERM: the first replica interrupted the run on its way out.
-    await _lose_redis_fence(redis_url)
+    await _lose_redis_fence(mode[1])
     gates.open("n2")
-    async with running_service(settings, registry=make_registry(gates), locks=_locks(redis_url)) as second:
+    async with _replica(mode, gates) as second:
         stopped = await second.service.engine.get_execution(execution_id)
         assert stopped.status == "interrupted"
         response = await second.api("POST", f"/executions/{execution_id}/resume")
@@ -92,21 +94,17 @@ async def test_first_resume_after_a_restart_claims_the_run(
 async def test_first_takeover_after_a_crash_claims_the_run_for_the_same_replica_id(
     _no_pending_tasks: None, mode: tuple[str, str | None], gates: Gates
 ) -> None:
-    database_url, redis_url = mode
-    settings = make_settings(database_url, redis_url=redis_url)
-    async with running_service(settings, registry=make_registry(gates), locks=_locks(redis_url)) as first:
+    async with _replica(mode, gates) as first:
         execution_id = await _run_until_gate(first, gates)
         # SIGKILL: the run stops without writing anything; the process and its locks are gone.
         await first.service.engine.detach(execution_id)
         first.service.ownership.owned.clear()
         crashed = await first.service.engine.get_execution(execution_id)
         assert crashed.status == "running" and crashed.owner == REPLICA
-        await _lose_redis_fence(redis_url, execution_id)
+        await _lose_redis_fence(mode[1], execution_id)
         gates.open("n2")
         # The same replica id comes back (a restarted container): its own earlier run is an orphan.
-        async with running_service(
-            settings, registry=make_registry(gates), locks=_locks(redis_url)
-        ) as second:
+        async with _replica(mode, gates) as second:
             assert await second.service.takeover_once() == [execution_id]
             await second.wait_status(execution_id, "completed")
             adopted = await second.service.engine.get_execution(execution_id)
