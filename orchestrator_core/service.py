@@ -45,6 +45,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from opentelemetry.sdk.trace.export import SpanExporter
@@ -71,11 +72,16 @@ from orchestrator_core.records import ExecutionOptions, ExecutionRecord, ResumeR
 from orchestrator_core.settings import (
     OrchestratorSettings,
 )
+from orchestrator_core.store.executions import RunHead
 from orchestrator_core.tracing import RunTracer, TracingObserver, build_tracer_provider
 
 log = logging.getLogger(__name__)
 
 READY_CHECK_TIMEOUT_SECONDS = 3.0
+# Admission reads the queue a page at a time (at most the room here), and at most this many pages per
+# pass: runs that other replicas are starting at the same moment are skipped, not waited for.
+ADMISSION_PAGE = 500
+ADMISSION_PAGES = 4
 MIN_TICK_SECONDS = 0.05
 
 
@@ -395,18 +401,33 @@ class OrchestratorService:
         return stopped
 
     async def pump_once(self) -> list[str]:
-        """Start the oldest queued runs while there is room here. Returns the ids started."""
+        """Start the oldest queued runs while there is room here. Returns the ids started.
+
+        The queue is read with a query of its own, oldest first, a page the size of the room at a time
+        (a run another replica is starting meanwhile is skipped and the next page read), and counted
+        exactly: however many runs are queued, the oldest are admitted first and
+        `queued_executions` is the queue's length.
+        """
         started: list[str] = []
         async with self._admission:
             if not self._accepting:
                 return started
-            queued = await self._count_queued()
-            for record in queued:
-                if not self._accepting or len(self.ownership) >= self._max_concurrent:
+            after: tuple[datetime, str] | None = None
+            for _ in range(ADMISSION_PAGES):
+                room = self._max_concurrent - len(self.ownership)
+                if room <= 0 or not self._accepting:
                     break
-                if await self._start(record):
-                    started.append(record.execution_id)
-            self._queued_count = max(0, len(queued) - len(started))
+                limit = min(room, ADMISSION_PAGE)
+                page = await self.engine.store.executions.oldest_queued(limit, after=after)
+                for head in page:
+                    if not self._accepting or len(self.ownership) >= self._max_concurrent:
+                        break
+                    if await self._start(head):
+                        started.append(head.execution_id)
+                if len(page) < limit:
+                    break
+                after = (page[-1].created_at, page[-1].execution_id)
+            await self._count_queued()
         return started
 
     async def takeover_once(self) -> list[str]:
@@ -516,13 +537,11 @@ class OrchestratorService:
 
     # -- internals ----------------------------------------------------------------------------------
 
-    async def _count_queued(self) -> list[ExecutionRecord]:
-        queued = await self.engine.list_executions(status="queued")
-        queued.sort(key=lambda r: (r.created_at, r.execution_id))
-        self._queued_count = len(queued)
-        return queued
+    async def _count_queued(self) -> int:
+        self._queued_count = await self.engine.store.executions.count_status("queued")
+        return self._queued_count
 
-    async def _start(self, record: ExecutionRecord) -> bool:
+    async def _start(self, record: RunHead) -> bool:
         async def start(lease: Lease) -> ExecutionRecord | None:
             if not self._accepting:  # shutdown began meanwhile: leave the run queued for another replica
                 return None
