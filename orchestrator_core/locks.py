@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError
 
 from orchestrator_core.errors import LockBackendUnavailable
 
@@ -103,6 +104,13 @@ class LockBackend(Protocol):
 
     async def renew(self, lease: Lease, ttl_seconds: float) -> bool:
         """Extend the TTL if the lock is still ours (same token); False when lost."""
+
+    async def renew_many(self, leases: Sequence[Lease], ttl_seconds: float) -> list[bool]:
+        """`renew` of every lease in one round trip; one answer per lease, in order."""
+
+    async def retake_many(self, leases: Sequence[Lease], ttl_seconds: float) -> list[bool]:
+        """Set again, unchanged (same token), the locks among `leases` that expired and that nobody
+        took since; one answer per lease (False: someone holds it now). In one round trip."""
 
     async def release(self, lease: Lease) -> bool:
         """Delete the lock if it is still ours; False when it was already gone or taken over."""
@@ -173,6 +181,18 @@ class InProcessLockBackend:
         self._locks[lease.execution_id] = (entry[0], self._clock() + ttl_seconds)
         return True
 
+    async def renew_many(self, leases: Sequence[Lease], ttl_seconds: float) -> list[bool]:
+        return [await self.renew(lease, ttl_seconds) for lease in leases]
+
+    async def retake_many(self, leases: Sequence[Lease], ttl_seconds: float) -> list[bool]:
+        taken = []
+        for lease in leases:
+            free = self._live(lease.execution_id) is None
+            if free:
+                self._locks[lease.execution_id] = (lease, self._clock() + ttl_seconds)
+            taken.append(free)
+        return taken
+
     async def release(self, lease: Lease) -> bool:
         entry = self._live(lease.execution_id)
         if entry is None or entry[0].token != lease.token:
@@ -231,6 +251,37 @@ if not ok or tostring(value['token']) ~= ARGV[1] then return 0 end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 """
 
+# KEYS = lock keys; ARGV[1] = TTL in ms, ARGV[i + 1] = the expected token of KEYS[i]. Returns 1 or 0
+# per key. Renewing every lease of a replica is one call per `RENEW_CHUNK` keys, all in one pipeline.
+_RENEW_MANY_LUA = """
+local renewed = {}
+for i, key in ipairs(KEYS) do
+  renewed[i] = 0
+  local raw = redis.call('GET', key)
+  if raw then
+    local ok, value = pcall(cjson.decode, raw)
+    if ok and type(value) == 'table' and tostring(value['token']) == ARGV[i + 1] then
+      renewed[i] = redis.call('PEXPIRE', key, ARGV[1])
+    end
+  end
+end
+return renewed
+"""
+# KEYS = lock keys; ARGV[1] = TTL in ms, ARGV[i + 1] = the value of KEYS[i] (the lease, unchanged).
+# Sets each key that does not exist; returns 1 or 0 per key.
+_RETAKE_MANY_LUA = """
+local taken = {}
+for i, key in ipairs(KEYS) do
+  taken[i] = 0
+  if redis.call('SET', key, ARGV[i + 1], 'NX', 'PX', ARGV[1]) then taken[i] = 1 end
+end
+return taken
+"""
+
+# Keys per renewal script call: long enough to make one round trip of thousands of leases, short enough
+# that one call holds Redis for about a millisecond.
+RENEW_CHUNK = 500
+
 # KEYS[1] = lock key; ARGV[1] = expected token.
 _RELEASE_LUA = """
 local raw = redis.call('GET', KEYS[1])
@@ -255,6 +306,8 @@ class RedisLockBackend:
         )
         self._acquire = self._redis.register_script(_ACQUIRE_LUA)
         self._renew = self._redis.register_script(_RENEW_LUA)
+        self._renew_many = self._redis.register_script(_RENEW_MANY_LUA)
+        self._retake_many = self._redis.register_script(_RETAKE_MANY_LUA)
         self._release = self._redis.register_script(_RELEASE_LUA)
 
     async def acquire(self, execution_id: str, ttl_seconds: float, *, after: int = 0) -> Lease | None:
@@ -278,6 +331,46 @@ class RedisLockBackend:
         except RedisError as exc:
             raise LockBackendUnavailable(f"redis lock renew failed: {exc}") from exc
         return bool(result)
+
+    async def renew_many(self, leases: Sequence[Lease], ttl_seconds: float) -> list[bool]:
+        return await self._per_lease(
+            self._renew_many, leases, ttl_seconds, lambda lease: lease.token, "renewal"
+        )
+
+    async def retake_many(self, leases: Sequence[Lease], ttl_seconds: float) -> list[bool]:
+        return await self._per_lease(self._retake_many, leases, ttl_seconds, Lease.to_json, "retake")
+
+    async def _per_lease(
+        self,
+        script: AsyncScript,
+        leases: Sequence[Lease],
+        ttl_seconds: float,
+        argument: Callable[[Lease], str | int],
+        what: str,
+    ) -> list[bool]:
+        """One script call per `RENEW_CHUNK` leases (KEYS: their lock keys; ARGV: the TTL, then
+        `argument(lease)` of each), all in one pipeline: one round trip. Flags in the leases' order."""
+        if not leases:
+            return []
+        ttl = _ms(ttl_seconds)
+
+        async def send() -> list[list[int]]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for first in range(0, len(leases), RENEW_CHUNK):
+                    chunk = leases[first : first + RENEW_CHUNK]
+                    keys = [lock_key(lease.execution_id) for lease in chunk]
+                    pipe.evalsha(script.sha, len(keys), *keys, ttl, *(argument(lease) for lease in chunk))
+                return await pipe.execute()
+
+        try:
+            try:
+                answers = await send()
+            except NoScriptError:  # a restarted Redis forgot the script: load it, send once more
+                await self._redis.script_load(script.script)
+                answers = await send()
+        except RedisError as exc:
+            raise LockBackendUnavailable(f"redis lock {what} failed: {exc}") from exc
+        return [bool(flag) for chunk in answers for flag in chunk]
 
     async def release(self, lease: Lease) -> bool:
         try:

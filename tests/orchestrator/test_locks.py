@@ -92,6 +92,33 @@ async def test_renew_and_release_only_by_holder(backends: tuple[LockBackend, Loc
     assert await one.holder("e1") is None
 
 
+async def test_renew_many_answers_per_lease_in_order(backends: tuple[LockBackend, LockBackend]) -> None:
+    one, two = backends
+    leases = [await one.acquire(f"many-{index}", 10) for index in range(1200)]  # more than a chunk
+    assert all(lease is not None for lease in leases)
+    held = [lease for lease in leases if lease is not None]
+    assert await one.release(held[700])
+    assert await two.acquire("many-700", 10) is not None  # someone else's now
+    assert await one.release(held[3])  # gone
+    answers = await one.renew_many(held, 10)
+    assert len(answers) == 1200
+    assert [index for index, renewed in enumerate(answers) if not renewed] == [3, 700]
+    assert await one.renew_many([], 10) == []
+
+
+async def test_retake_sets_only_the_locks_nobody_holds(backends: tuple[LockBackend, LockBackend]) -> None:
+    one, two = backends
+    mine = await one.acquire("retake-a", 10)
+    theirs = await one.acquire("retake-b", 10)
+    assert mine is not None and theirs is not None
+    assert await one.release(mine) and await one.release(theirs)  # both expired
+    assert await two.acquire("retake-b", 10) is not None  # and one was taken meanwhile
+    assert await one.retake_many([mine, theirs], 10) == [True, False]
+    holder = await two.holder("retake-a")
+    assert holder is not None and holder.owner == "r1" and holder.token == mine.token
+    assert await one.renew(mine, 10)
+
+
 async def test_heartbeat_marks_replica_alive(backends: tuple[LockBackend, LockBackend]) -> None:
     one, two = backends
     assert not await two.is_alive("r1")

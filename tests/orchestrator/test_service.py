@@ -217,17 +217,54 @@ async def test_lost_lock_self_fences_run_as_interrupted_and_resumable(
             await h.register(chain_dag("fence", "builtin.echo", "test.gate"))
             run = await h.execute("fence")
             await gates.wait_started(1)
-            await raw.delete(lock_key(run["execution_id"]))  # e.g. expired while Redis was partitioned
+            # It expired while Redis was partitioned, and another replica took it meanwhile.
+            taken = {"owner": "replica-other", "pod": "other", "token": 10**9, "acquired_at": "now"}
+            await raw.set(lock_key(run["execution_id"]), json.dumps(taken), px=60_000)
             assert await h.service.renew_once() == [run["execution_id"]]
             record = await h.wait_status(run["execution_id"], "interrupted")
+            exposition = (await h.client.get("/metrics")).text
+            assert 'gl_orchestrator_self_fenced_executions_total{reason="lost"} 1.0' in exposition
             assert "ownership lock" in (record["error"] or "")
             assert h.service.owned_executions() == []
             gates.open("n2")
+            await raw.delete(lock_key(run["execution_id"]))  # the other replica let it go
             resumed = (await h.api("POST", f"/executions/{run['execution_id']}/resume")).json()
             assert resumed["nodes_skipped"] == ["n1"] and resumed["nodes_remaining"] == ["n2"]
             await h.wait_status(run["execution_id"], "completed")
     finally:
         await raw.aclose()
+
+
+@pytest.mark.redis
+async def test_an_expired_lock_nobody_took_is_set_again_and_the_run_goes_on(
+    _no_pending_tasks: None, sqlite_url: str, redis_url: str, gates: Gates
+) -> None:
+    settings = make_settings(sqlite_url, redis_url=redis_url)
+    raw = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=2)
+    try:
+        async with running_service(settings, registry=make_registry(gates)) as h:
+            await h.register(gate_dag("slowtick"))
+            run = await h.execute("slowtick")
+            key = lock_key(run["execution_id"])
+            before = json.loads(await raw.get(key))
+            await raw.delete(key)  # the renewal came too late: expired, but nobody took the run
+            assert await h.service.renew_once() == []
+            assert json.loads(await raw.get(key)) == before  # the same lease, same token
+            assert await raw.pttl(key) > 4000
+            gates.open("n1")
+            await h.wait_status(run["execution_id"], "completed")
+            exposition = (await h.client.get("/metrics")).text
+            assert "gl_orchestrator_self_fenced_executions_total{" not in exposition
+    finally:
+        await raw.aclose()
+
+
+async def test_each_maintenance_loop_round_is_timed_in_a_histogram(h: Harness) -> None:
+    await h.service.tick_once()
+    await h.service.lease_tick_once()
+    exposition = (await h.client.get("/metrics")).text
+    assert 'gl_orchestrator_maintenance_tick_seconds_count{part="leases"} 2.0' in exposition
+    assert 'gl_orchestrator_maintenance_tick_seconds_count{part="runs"} 1.0' in exposition
 
 
 async def test_unreachable_lock_backend_fences_after_a_full_ttl(
