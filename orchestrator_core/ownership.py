@@ -49,6 +49,30 @@ class _Owned:
     supervisor: asyncio.Task[None] | None = None
 
 
+async def _ended(engine: Engine, execution_id: str) -> None:
+    """Wait until the local run of `execution_id` ends (at once when it does not run here).
+
+    A future resolved by the run task's done-callback: per running run, one future and one callback,
+    where `asyncio.wait` would keep a set, a future, a closure and a counter. Cancelling the waiter
+    never cancels the run.
+    """
+    executor = engine.executor(execution_id)
+    task = executor.task if executor is not None else None
+    if task is None or task.done():
+        return
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake(_: object) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    task.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        task.remove_done_callback(wake)
+
+
 class Ownership:
     """The runs one replica owns (see the module docstring)."""
 
@@ -236,9 +260,7 @@ class Ownership:
 
     async def _supervise(self, execution_id: str, owned: _Owned) -> None:
         try:
-            await self.engine.wait(execution_id)
-        except OrchestratorError as exc:
-            log.error("waiting for %s failed: %s", execution_id, exc)
+            await _ended(self.engine, execution_id)
         finally:
             if self.owned.get(execution_id) is owned:
                 del self.owned[execution_id]

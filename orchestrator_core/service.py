@@ -155,11 +155,12 @@ class OrchestratorService:
         )
         registry = registry if registry is not None else AgentRegistry.from_entry_points()
         http_agents.register(registry, list(settings.http_agents))
-        observers: list[EngineObserver] = [
-            SafeObserver(MetricsObserver(metrics)),
-            SafeObserver(TracingObserver(tracer)),
-            SafeObserver(LogObserver(run_log)),
-        ]
+        observers: list[EngineObserver] = [SafeObserver(MetricsObserver(metrics))]
+        if settings.otlp_endpoint or span_exporter is not None:
+            # Spans only where they go somewhere: without an exporter they would be ~5 KB of memory per
+            # running run (two open spans) and CPU per node, for nothing.
+            observers.append(SafeObserver(TracingObserver(tracer)))
+        observers.append(SafeObserver(LogObserver(run_log)))
         if extra_observer is not None:
             observers.append(SafeObserver(extra_observer))
         pod = settings.pod_name or settings.replica_id
