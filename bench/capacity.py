@@ -13,7 +13,8 @@ default, 50, would queue all the others). Steps:
 2. let them settle for `--settle` seconds, sampling every `--sample-every` seconds: active runs per
    replica (`GET /api/v1/orchestrator/metrics`), RSS, and the store's runs by status;
 3. after the settle: runs `running` vs `interrupted` (self-fenced), RSS and peak RSS, the CPU the idle
-   replica uses over `--cpu-window` seconds, the maintenance tick duration when `/metrics` exposes one;
+   replica uses over `--cpu-window` seconds, the maintenance loops' rounds and mean duration
+   (`gl_orchestrator_maintenance_tick_seconds{part}`) and the self-fenced runs by reason;
 4. reference, in the same run once the replicas are stopped: a bare redis-py asyncio loop doing the
    same number of round trips one maintenance tick needs for the locks (one PEXPIRE per run), one
    after the other and pipelined, against the same redis-server.
@@ -103,16 +104,25 @@ async def sample(
 
 
 async def tick_metrics(session: aiohttp.ClientSession, replica: Service) -> dict[str, float]:
-    """Any metric family whose name mentions the maintenance tick (none exists today)."""
+    """The maintenance loops' cost and the self-fenced runs, from the replica's `/metrics`: per part of
+    `gl_orchestrator_maintenance_tick_seconds`, its rounds and mean seconds, and the share of rounds
+    over 1 s; `gl_orchestrator_self_fenced_executions_total` by reason."""
     async with session.get(f"{replica.base_url}/metrics") as answer:
         text = await answer.text()
     found: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("#") or "tick" not in line.split("{")[0].split(" ")[0]:
-            continue
-        name = line.split("{")[0].split(" ")[0]
-        for labels, value in prometheus_samples(text, name):
-            found[name + labels] = value
+    family = "gl_orchestrator_maintenance_tick_seconds"
+    counts = dict(prometheus_samples(text, f"{family}_count"))
+    sums = dict(prometheus_samples(text, f"{family}_sum"))
+    buckets = dict(prometheus_samples(text, f"{family}_bucket"))
+    for labels, count in counts.items():
+        part = labels.split('"')[1] if '"' in labels else labels
+        found[f"{part} rounds"] = count
+        if count:
+            found[f"{part} mean s"] = round(sums.get(labels, 0.0) / count, 4)
+            within = buckets.get(f'{{le="1.0",part="{part}"}}', count)
+            found[f"{part} over 1 s"] = round(1 - within / count, 3)
+    for labels, value in prometheus_samples(text, "gl_orchestrator_self_fenced_executions_total"):
+        found[f"self-fenced {labels}"] = value
     return found
 
 

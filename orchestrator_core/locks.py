@@ -9,11 +9,19 @@ Two backends with one interface (`LockBackend`):
 
 - `InProcessLockBackend`: embedded mode (one replica, no Redis). Same semantics, kept in a dict, with
   an injected clock so TTLs are testable without sleeping.
-- `RedisLockBackend`: production. `gl:orchestrator:lock:<execution_id>` is taken with `SET NX PX`
-  and holds JSON `{"owner", "pod", "token", "acquired_at"}`; `token` is the next value of
-  `INCR gl:orchestrator:fence`. Renewal is a Lua compare-and-pexpire and release a Lua
-  compare-and-delete, both keyed on the token, so a replica never extends or drops a lock it no
-  longer holds. `gl:orchestrator:heartbeat:<replica_id>` holds `{"pod", "at"}` with a TTL.
+- `RedisLockBackend`: production. `gl:orchestrator:lock:<execution_id>` is taken by one Lua script
+  (absent → `INCR gl:orchestrator:fence` → `SET PX`) and holds JSON `{"owner", "pod", "token",
+  "acquired_at"}`. Renewal is a Lua compare-and-pexpire and release a Lua compare-and-delete, both
+  keyed on the token, so a replica never extends or drops a lock it no longer holds.
+  `gl:orchestrator:heartbeat:<replica_id>` holds `{"pod", "at"}` with a TTL.
+
+Fencing tokens only ever grow, per execution, in every mode: `acquire(..., after=stored)` takes the
+token the execution's record holds now and returns a token above it, raising the shared counter to
+it when the counter is behind. The counter alone cannot promise that: the in-process one starts at 0
+in every process (a restarted embedded orchestrator), and Redis's `gl:orchestrator:fence` is lost
+when Redis restarts without persistence; the token stored with the run survives both, so the first
+resume or takeover after any restart claims the run on the first try. (The store still refuses a
+token that is not newer than the stored one: a claim raced by another replica fails, as it must.)
 
 Every Redis call has socket and connect timeouts; redis-py errors are converted to
 `LockBackendUnavailable` here and never leak further.
@@ -25,13 +33,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError
 
 from orchestrator_core.errors import LockBackendUnavailable
 
@@ -89,11 +98,19 @@ class LockBackend(Protocol):
     replica_id: str
     pod: str
 
-    async def acquire(self, execution_id: str, ttl_seconds: float) -> Lease | None:
-        """Take the lock if free; None when someone else holds it."""
+    async def acquire(self, execution_id: str, ttl_seconds: float, *, after: int = 0) -> Lease | None:
+        """Take the lock if free, with a fencing token greater than `after` (the token stored with the
+        execution) and than any this backend issued before; None when someone else holds it."""
 
     async def renew(self, lease: Lease, ttl_seconds: float) -> bool:
         """Extend the TTL if the lock is still ours (same token); False when lost."""
+
+    async def renew_many(self, leases: Sequence[Lease], ttl_seconds: float) -> list[bool]:
+        """`renew` of every lease in one round trip; one answer per lease, in order."""
+
+    async def retake_many(self, leases: Sequence[Lease], ttl_seconds: float) -> list[bool]:
+        """Set again, unchanged (same token), the locks among `leases` that expired and that nobody
+        took since; one answer per lease (False: someone holds it now). In one round trip."""
 
     async def release(self, lease: Lease) -> bool:
         """Delete the lock if it is still ours; False when it was already gone or taken over."""
@@ -149,10 +166,10 @@ class InProcessLockBackend:
             return None
         return entry
 
-    async def acquire(self, execution_id: str, ttl_seconds: float) -> Lease | None:
+    async def acquire(self, execution_id: str, ttl_seconds: float, *, after: int = 0) -> Lease | None:
         if self._live(execution_id) is not None:
             return None
-        self._space.fence += 1
+        self._space.fence = max(self._space.fence, after) + 1
         lease = Lease(execution_id, self.replica_id, self.pod, self._space.fence, _iso(datetime.now(UTC)))
         self._locks[execution_id] = (lease, self._clock() + ttl_seconds)
         return lease
@@ -163,6 +180,18 @@ class InProcessLockBackend:
             return False
         self._locks[lease.execution_id] = (entry[0], self._clock() + ttl_seconds)
         return True
+
+    async def renew_many(self, leases: Sequence[Lease], ttl_seconds: float) -> list[bool]:
+        return [await self.renew(lease, ttl_seconds) for lease in leases]
+
+    async def retake_many(self, leases: Sequence[Lease], ttl_seconds: float) -> list[bool]:
+        taken = []
+        for lease in leases:
+            free = self._live(lease.execution_id) is None
+            if free:
+                self._locks[lease.execution_id] = (lease, self._clock() + ttl_seconds)
+            taken.append(free)
+        return taken
 
     async def release(self, lease: Lease) -> bool:
         entry = self._live(lease.execution_id)
@@ -198,6 +227,21 @@ class InProcessLockBackend:
 
 # -- Redis -----------------------------------------------------------------------------------------
 
+# KEYS[1] = lock key, KEYS[2] = fence counter; ARGV[1] = the execution's stored token, ARGV[2] = TTL
+# in ms, ARGV[3] = owner, ARGV[4] = pod, ARGV[5] = acquired_at. Returns the token, or 0 when held.
+_ACQUIRE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local token = redis.call('INCR', KEYS[2])
+local floor = tonumber(ARGV[1])
+if token <= floor then
+  token = floor + 1
+  redis.call('SET', KEYS[2], token)
+end
+local value = cjson.encode({owner = ARGV[3], pod = ARGV[4], token = token, acquired_at = ARGV[5]})
+redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
+return token
+"""
+
 # KEYS[1] = lock key; ARGV[1] = expected token; ARGV[2] = TTL in ms.
 _RENEW_LUA = """
 local raw = redis.call('GET', KEYS[1])
@@ -206,6 +250,37 @@ local ok, value = pcall(cjson.decode, raw)
 if not ok or tostring(value['token']) ~= ARGV[1] then return 0 end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 """
+
+# KEYS = lock keys; ARGV[1] = TTL in ms, ARGV[i + 1] = the expected token of KEYS[i]. Returns 1 or 0
+# per key. Renewing every lease of a replica is one call per `RENEW_CHUNK` keys, all in one pipeline.
+_RENEW_MANY_LUA = """
+local renewed = {}
+for i, key in ipairs(KEYS) do
+  renewed[i] = 0
+  local raw = redis.call('GET', key)
+  if raw then
+    local ok, value = pcall(cjson.decode, raw)
+    if ok and type(value) == 'table' and tostring(value['token']) == ARGV[i + 1] then
+      renewed[i] = redis.call('PEXPIRE', key, ARGV[1])
+    end
+  end
+end
+return renewed
+"""
+# KEYS = lock keys; ARGV[1] = TTL in ms, ARGV[i + 1] = the value of KEYS[i] (the lease, unchanged).
+# Sets each key that does not exist; returns 1 or 0 per key.
+_RETAKE_MANY_LUA = """
+local taken = {}
+for i, key in ipairs(KEYS) do
+  taken[i] = 0
+  if redis.call('SET', key, ARGV[i + 1], 'NX', 'PX', ARGV[1]) then taken[i] = 1 end
+end
+return taken
+"""
+
+# Keys per renewal script call: long enough to make one round trip of thousands of leases, short enough
+# that one call holds Redis for about a millisecond.
+RENEW_CHUNK = 500
 
 # KEYS[1] = lock key; ARGV[1] = expected token.
 _RELEASE_LUA = """
@@ -229,20 +304,24 @@ class RedisLockBackend:
             socket_connect_timeout=timeout_seconds,
             decode_responses=True,
         )
+        self._acquire = self._redis.register_script(_ACQUIRE_LUA)
         self._renew = self._redis.register_script(_RENEW_LUA)
+        self._renew_many = self._redis.register_script(_RENEW_MANY_LUA)
+        self._retake_many = self._redis.register_script(_RETAKE_MANY_LUA)
         self._release = self._redis.register_script(_RELEASE_LUA)
 
-    async def acquire(self, execution_id: str, ttl_seconds: float) -> Lease | None:
+    async def acquire(self, execution_id: str, ttl_seconds: float, *, after: int = 0) -> Lease | None:
+        acquired_at = _iso(datetime.now(UTC))
         try:
-            key = lock_key(execution_id)
-            if await self._redis.exists(key):
-                return None
-            token = int(await self._redis.incr(FENCE_KEY))
-            lease = Lease(execution_id, self.replica_id, self.pod, token, _iso(datetime.now(UTC)))
-            taken = await self._redis.set(key, lease.to_json(), nx=True, px=_ms(ttl_seconds))
+            token = await self._acquire(
+                keys=[lock_key(execution_id), FENCE_KEY],
+                args=[int(after), _ms(ttl_seconds), self.replica_id, self.pod, acquired_at],
+            )
         except RedisError as exc:
             raise LockBackendUnavailable(f"redis lock acquire failed: {exc}") from exc
-        return lease if taken else None
+        if not token:
+            return None
+        return Lease(execution_id, self.replica_id, self.pod, int(token), acquired_at)
 
     async def renew(self, lease: Lease, ttl_seconds: float) -> bool:
         try:
@@ -252,6 +331,46 @@ class RedisLockBackend:
         except RedisError as exc:
             raise LockBackendUnavailable(f"redis lock renew failed: {exc}") from exc
         return bool(result)
+
+    async def renew_many(self, leases: Sequence[Lease], ttl_seconds: float) -> list[bool]:
+        return await self._per_lease(
+            self._renew_many, leases, ttl_seconds, lambda lease: lease.token, "renewal"
+        )
+
+    async def retake_many(self, leases: Sequence[Lease], ttl_seconds: float) -> list[bool]:
+        return await self._per_lease(self._retake_many, leases, ttl_seconds, Lease.to_json, "retake")
+
+    async def _per_lease(
+        self,
+        script: AsyncScript,
+        leases: Sequence[Lease],
+        ttl_seconds: float,
+        argument: Callable[[Lease], str | int],
+        what: str,
+    ) -> list[bool]:
+        """One script call per `RENEW_CHUNK` leases (KEYS: their lock keys; ARGV: the TTL, then
+        `argument(lease)` of each), all in one pipeline: one round trip. Flags in the leases' order."""
+        if not leases:
+            return []
+        ttl = _ms(ttl_seconds)
+
+        async def send() -> list[list[int]]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for first in range(0, len(leases), RENEW_CHUNK):
+                    chunk = leases[first : first + RENEW_CHUNK]
+                    keys = [lock_key(lease.execution_id) for lease in chunk]
+                    pipe.evalsha(script.sha, len(keys), *keys, ttl, *(argument(lease) for lease in chunk))
+                return await pipe.execute()
+
+        try:
+            try:
+                answers = await send()
+            except NoScriptError:  # a restarted Redis forgot the script: load it, send once more
+                await self._redis.script_load(script.script)
+                answers = await send()
+        except RedisError as exc:
+            raise LockBackendUnavailable(f"redis lock {what} failed: {exc}") from exc
+        return [bool(flag) for chunk in answers for flag in chunk]
 
     async def release(self, lease: Lease) -> bool:
         try:

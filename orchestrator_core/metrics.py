@@ -51,6 +51,8 @@ M_NODE_RETRIES = "gl_orchestrator_node_retries"  # `_total`
 M_EXECUTIONS = "gl_orchestrator_executions"  # `_total`
 M_DAG_RUN_LATENCY = "gl_orchestrator_dag_run_latency_seconds"
 M_AGENT_CALL_DURATION = "gl_orchestrator_agent_call_duration_seconds"
+M_MAINTENANCE_TICK = "gl_orchestrator_maintenance_tick_seconds"
+M_SELF_FENCED = "gl_orchestrator_self_fenced_executions"  # `_total`
 M_DB_POOL_ACTIVE = "gl_db_pool_active_connections"
 M_DB_POOL_PENDING = "gl_db_pool_pending_connections"
 
@@ -59,6 +61,7 @@ SERVICE_LABEL = "orchestrator-service"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _NODE_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+_TICK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _RUN_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 
 
@@ -193,6 +196,21 @@ class OrchestratorMetrics:
             buckets=_NODE_BUCKETS,
             registry=self.registry,
         )
+        self.maintenance_tick = Histogram(
+            M_MAINTENANCE_TICK,
+            "Duration of one maintenance step, by part: `leases` (heartbeat and every lock renewed, in one "
+            "round trip) and `runs` (live limits, remote cancels, admission and takeover).",
+            ["part"],
+            buckets=_TICK_BUCKETS,
+            registry=self.registry,
+        )
+        self.self_fenced = Counter(
+            M_SELF_FENCED,
+            "Runs this replica stopped because their ownership lock was lost or could not be renewed in "
+            "time, by reason (`lost`, `unrenewable`).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.registry.register(_LiveCollector(self))
 
     # -- runs ----------------------------------------------------------------------------------------
@@ -236,6 +254,12 @@ class OrchestratorMetrics:
         self.agent_call_duration.labels(agent_id=agent_id, outcome=outcome).observe(
             max(0.0, duration_seconds)
         )
+
+    def tick(self, part: str, seconds: float) -> None:
+        self.maintenance_tick.labels(part=part).observe(max(0.0, seconds))
+
+    def fenced(self, reason: str) -> None:
+        self.self_fenced.labels(reason=reason).inc()
 
     def checkpoint_counts(self) -> list[tuple[str, str, float]]:
         """`(operation, status, count)` of every checkpoint operation counted so far (the JSON figures

@@ -7,10 +7,12 @@ wait for, interrupt and detach runs and the `locks.LockBackend` for leases.
 
 - Every owned run has a supervisor task that waits for the run to end, releases the lock, and then
   calls `after_run` (the service admits the next queued run there).
-- `renew_once` extends every owned lock; when a lock is lost (renewal refused) or cannot be renewed
-  before it could expire (the backend unreachable for a TTL less one tick), the replica self-fences:
-  it stops the run and records it `interrupted` (resumable), or only detaches when another owner
-  already claimed it — before another replica can take the run over, so it never runs twice at once.
+- `renew_once` extends every owned lock in one round trip (`LockBackend.renew_many`). A lock found
+  expired that nobody took since is set again unchanged (`retake_many`): the replica was late, the run
+  is still its own. When a lock is held by someone else, or cannot be renewed before it could expire
+  (the backend unreachable for a TTL less one tick), the replica self-fences: it stops the run and
+  records it `interrupted` (resumable), or only detaches when another owner already claimed it —
+  before another replica can take the run over, so it never runs twice at once.
 """
 
 from __future__ import annotations
@@ -37,11 +39,38 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass
+_WHY = {"lost": "lost", "unrenewable": "could not be renewed"}
+
+
+@dataclass(slots=True)
 class _Owned:
     lease: Lease
     last_renewed: float
     supervisor: asyncio.Task[None] | None = None
+
+
+async def _ended(engine: Engine, execution_id: str) -> None:
+    """Wait until the local run of `execution_id` ends (at once when it does not run here).
+
+    A future resolved by the run task's done-callback: per running run, one future and one callback,
+    where `asyncio.wait` would keep a set, a future, a closure and a counter. Cancelling the waiter
+    never cancels the run.
+    """
+    executor = engine.executor(execution_id)
+    task = executor.task if executor is not None else None
+    if task is None or task.done():
+        return
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake(_: object) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    task.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        task.remove_done_callback(wake)
 
 
 class Ownership:
@@ -57,6 +86,7 @@ class Ownership:
         monotonic: Callable[[], float],
         tick_interval: Callable[[], float],
         after_run: Callable[[str], Awaitable[None]],
+        on_fenced: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -65,6 +95,7 @@ class Ownership:
         self._monotonic = monotonic
         self._tick_interval = tick_interval
         self._after_run = after_run
+        self._on_fenced = on_fenced
         self.owned: dict[str, _Owned] = {}
         # Every supervisor until it returns: one whose run ended has left `owned` but may still be
         # admitting the next queued run, and shutdown must wait for it before closing the store.
@@ -81,16 +112,20 @@ class Ownership:
         execution_id: str,
         start: Callable[[Lease], Awaitable[T | None]],
         *,
+        after: int,
         declined: str | None = None,
     ) -> T | None:
         """Take the run's ownership lock and `start` it with the lease's fencing token; then own it.
+
+        `after` is the fencing token stored with the run (as last read): the lease's token is greater,
+        so the claim succeeds on the first try after any restart of this process or of Redis.
 
         None, with the lock released, when another replica holds the lock, when `start` returns None,
         or (with `declined` naming the step, for the log) when the engine refuses the run as not
         startable here (finished, claimed with a newer token, gone). Any other failure releases the
         lock and propagates.
         """
-        lease = await self.locks.acquire(execution_id, self.settings.lock_ttl_seconds)
+        lease = await self.locks.acquire(execution_id, self.settings.lock_ttl_seconds, after=after)
         if lease is None:
             return None
         try:
@@ -111,26 +146,66 @@ class Ownership:
         return result
 
     async def renew_once(self) -> list[str]:
-        """Renew every owned lock; self-fence the runs whose lock is lost. Returns the fenced ids."""
+        """Renew every owned lock, in one round trip; self-fence the runs whose lock is lost or could
+        not be renewed before it could expire. Returns the fenced ids.
+
+        A lock the renewal finds gone (it expired: this replica was too slow, not refused) is set
+        again unchanged when nobody took it meanwhile (`retake_many`, one more round trip for all of
+        them): the run's token is still the newest in the store, since a replica that took the run over
+        would hold the lock. Only a lock held by someone else, or not renewed for a TTL less one tick,
+        stops its run here.
+        """
+        entries = list(self.owned.items())
+        if not entries:
+            return []
         ttl = self.settings.lock_ttl_seconds
-        fenced: list[str] = []
-        for execution_id, owned in list(self.owned.items()):
-            try:
-                renewed: bool | None = await self.locks.renew(owned.lease, ttl)
-            except LockBackendUnavailable as exc:
-                log.warning("cannot renew lock of %s: %s", execution_id, exc)
-                renewed = None
-            if renewed:
-                owned.last_renewed = self._monotonic()
-                continue
-            if renewed is None and self._monotonic() - owned.last_renewed < ttl - self._tick_interval():
-                # Transient: the lock is still ours, and the next tick comes before it can expire.
-                # Past this point it could expire (and another replica take the run over) before
-                # the next attempt, so the run stops now rather than run twice at once.
-                continue
-            fenced.append(execution_id)
-            await self._self_fence(execution_id, "lost" if renewed is False else "could not be renewed")
+        sent = self._monotonic()  # Redis extends from when it gets the request: this or later
+        try:
+            answers: list[bool] | None = await self.locks.renew_many([o.lease for _, o in entries], ttl)
+        except LockBackendUnavailable as exc:
+            log.warning("cannot renew %d ownership locks: %s", len(entries), exc)
+            answers = None
+        gone: list[tuple[str, _Owned]] = []
+        doomed: list[tuple[str, str]] = []
+        now = self._monotonic()
+        for index, (execution_id, owned) in enumerate(entries):
+            if self.owned.get(execution_id) is not owned:
+                continue  # ended, and its lock released, while the renewal was under way
+            if answers is None:
+                if now - owned.last_renewed >= ttl - self._tick_interval():
+                    # It could expire (and another replica take the run over) before the next
+                    # attempt: the run stops now rather than run twice at once.
+                    doomed.append((execution_id, "unrenewable"))
+                continue  # transient: the lock is still ours, and the next tick comes before it ends
+            if answers[index]:
+                owned.last_renewed = sent
+            else:
+                gone.append((execution_id, owned))
+        if gone:
+            doomed += await self._retake(gone, ttl)
+        fenced = []
+        for execution_id, reason in doomed:
+            if execution_id in self.owned:
+                fenced.append(execution_id)
+                await self._self_fence(execution_id, reason)
         return fenced
+
+    async def _retake(self, gone: list[tuple[str, _Owned]], ttl: float) -> list[tuple[str, str]]:
+        """Set again the expired locks nobody took; the (id, reason) of the runs that must stop."""
+        sent = self._monotonic()
+        try:
+            taken = await self.locks.retake_many([owned.lease for _, owned in gone], ttl)
+        except LockBackendUnavailable as exc:
+            log.warning("cannot retake %d expired ownership locks: %s", len(gone), exc)
+            return [(execution_id, "lost") for execution_id, _ in gone]
+        doomed = []
+        for (execution_id, owned), again in zip(gone, taken, strict=True):
+            if again:
+                owned.last_renewed = sent
+                log.warning("ownership lock of %s had expired; nobody took it: set again", execution_id)
+            else:
+                doomed.append((execution_id, "lost"))
+        return doomed
 
     async def stop_all(self, grace: float) -> list[str]:
         """Shutdown: give the owned runs `grace` seconds, interrupt what is left (resumable), release
@@ -185,17 +260,17 @@ class Ownership:
 
     async def _supervise(self, execution_id: str, owned: _Owned) -> None:
         try:
-            await self.engine.wait(execution_id)
-        except OrchestratorError as exc:
-            log.error("waiting for %s failed: %s", execution_id, exc)
+            await _ended(self.engine, execution_id)
         finally:
             if self.owned.get(execution_id) is owned:
                 del self.owned[execution_id]
                 await self.release(owned.lease)
         await self._after_run(execution_id)
 
-    async def _self_fence(self, execution_id: str, why: str) -> None:
+    async def _self_fence(self, execution_id: str, reason: str) -> None:
         owned = self.owned.pop(execution_id, None)
+        why = _WHY[reason]
+        self._on_fenced(reason)
         self.run_log.error(
             f"ownership lock {why}: stopping the run here (self-fencing)", execution_id=execution_id
         )

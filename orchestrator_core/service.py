@@ -11,26 +11,30 @@ runs fewer than `max_concurrent_executions`. Before starting a run the replica t
 lock; the lease's fencing token goes to the engine, whose store refuses writes with a stale token.
 
 Ownership (`ownership.Ownership`): every owned run has a supervisor task that waits for the run to end
-and then releases the lock. `renew_once` extends every owned lock; when a lock is lost (renewal
-refused) or cannot be renewed before it could expire (Redis unreachable for a TTL less one tick), the
-replica self-fences: it stops the run and records it `interrupted` (resumable), or only detaches when
-another owner already claimed it — before another replica can take the run over, so it never runs in
-two places at once.
+and then releases the lock. `renew_once` extends every owned lock in one round trip; a lock that
+expired but that nobody took is set again; when a lock is held by someone else, or cannot be renewed
+before it could expire (Redis unreachable for a TTL less one tick), the replica self-fences: it stops
+the run and records it `interrupted` (resumable), or only detaches when another owner already claimed
+it — before another replica can take the run over, so it never runs in two places at once.
 
-Remote cancel: `reconcile_once` stops the local runs that another replica cancelled in the store.
+Remote cancel: `reconcile_once` stops the local runs that another replica cancelled in the store (one
+store read for all owned runs).
 
-Takeover: `takeover_once` looks for `running` runs in the store that nobody here runs and whose lock
-is gone (the owner died and its TTL passed), takes the lock and resumes them from their checkpoints,
-so completed nodes are not run again.
+Takeover: `takeover_once` looks for `running` runs in the store of owners whose heartbeat is gone (and
+for this replica's own runs that it does not run: a restarted process with the same replica id),
+takes the lock once it is free (the owner's TTL passed) and resumes them from their checkpoints, so
+completed nodes are not run again.
 
 Live limits (`live_limits.LiveLimits`): `set_limits` stores them (`limit_overrides`) and
 `sync_limits_once` applies the stored ones on every replica (each tick and before answering the
 limits), so a `PUT /admin/limits` that the Service sends to one replica throttles all of them;
 `clear_limits` returns them to their settings.
 
-Loops: `start()` runs one maintenance task that calls `heartbeat_once`, `renew_once`,
-`sync_limits_once`, `reconcile_once`, `pump_once` and `takeover_once` every
-`min(lock_ttl, heartbeat_ttl) / 3` seconds; tests call the one-shot forms.
+Loops: `start()` runs two maintenance tasks, each every `min(lock_ttl, heartbeat_ttl) / 3` seconds: the
+lease loop (`heartbeat_once`, `renew_once`) and the runs loop (`sync_limits_once`, `reconcile_once`,
+`pump_once`, `takeover_once`), so a long admission pass or a slow store never delays a renewal. Each
+round's duration goes to `gl_orchestrator_maintenance_tick_seconds{part}`; tests call the one-shot
+forms.
 
 Shutdown (`shutdown`, SIGTERM via the CLI): stop admitting and taking over (an admission pass under
 way ends first), give running runs `shutdown_grace_seconds` to finish (locks still renewed meanwhile),
@@ -44,7 +48,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from opentelemetry.sdk.trace.export import SpanExporter
@@ -54,7 +59,6 @@ from orchestrator_core.engine import Engine
 from orchestrator_core.errors import (
     InvalidState,
     LockBackendUnavailable,
-    NotFound,
     OrchestratorError,
     ServiceUnavailable,
     StoreError,
@@ -71,11 +75,16 @@ from orchestrator_core.records import ExecutionOptions, ExecutionRecord, ResumeR
 from orchestrator_core.settings import (
     OrchestratorSettings,
 )
+from orchestrator_core.store.executions import RunHead
 from orchestrator_core.tracing import RunTracer, TracingObserver, build_tracer_provider
 
 log = logging.getLogger(__name__)
 
 READY_CHECK_TIMEOUT_SECONDS = 3.0
+# Admission reads the queue a page at a time (at most the room here), and at most this many pages per
+# pass: runs that other replicas are starting at the same moment are skipped, not waited for.
+ADMISSION_PAGE = 500
+ADMISSION_PAGES = 4
 MIN_TICK_SECONDS = 0.05
 
 
@@ -114,12 +123,13 @@ class OrchestratorService:
             monotonic=monotonic,
             tick_interval=self.tick_interval,
             after_run=self._after_run,
+            on_fenced=metrics.fenced,
         )
         self._admission = asyncio.Lock()
         self._accepting = True
         self._closed = False
         self._queued_count = 0
-        self._loop_task: asyncio.Task[None] | None = None
+        self._loop_tasks: list[asyncio.Task[None]] = []
         metrics.limits_provider = self.limits
         metrics.pool_provider = engine.pool_stats
 
@@ -145,11 +155,12 @@ class OrchestratorService:
         )
         registry = registry if registry is not None else AgentRegistry.from_entry_points()
         http_agents.register(registry, list(settings.http_agents))
-        observers: list[EngineObserver] = [
-            SafeObserver(MetricsObserver(metrics)),
-            SafeObserver(TracingObserver(tracer)),
-            SafeObserver(LogObserver(run_log)),
-        ]
+        observers: list[EngineObserver] = [SafeObserver(MetricsObserver(metrics))]
+        if settings.otlp_endpoint or span_exporter is not None:
+            # Spans only where they go somewhere: without an exporter they would be ~5 KB of memory per
+            # running run (two open spans) and CPU per node, for nothing.
+            observers.append(SafeObserver(TracingObserver(tracer)))
+        observers.append(SafeObserver(LogObserver(run_log)))
         if extra_observer is not None:
             observers.append(SafeObserver(extra_observer))
         pod = settings.pod_name or settings.replica_id
@@ -352,6 +363,7 @@ class OrchestratorService:
                 lambda lease: self.engine.resume(
                     execution_id, owner=self.replica_id, fencing_token=lease.token
                 ),
+                after=record.fencing_token,
             )
             if result is None:
                 holder = await self.locks.holder(execution_id)
@@ -374,49 +386,84 @@ class OrchestratorService:
         A cancel answered by a replica that does not run the execution can only write the store
         (`cancelled`, checkpoints kept); the owner notices here, within one maintenance tick, stops
         the nodes without writing anything more, and its supervisor releases the lock. Without this
-        the nodes ran on, the run held its slot and its duration gauge kept the alert firing.
+        the nodes ran on, the run held its slot and its duration gauge kept the alert firing. One store
+        read for all the runs owned here (by primary key, in chunks, in one transaction).
         """
         stopped: list[str] = []
-        for execution_id in self.ownership.ids():
-            try:
-                record = await self.engine.get_execution(execution_id)
-            except NotFound:
-                continue
-            if record.status != "cancelled" or execution_id not in self.engine.local_executions():
+        owned = self.ownership.ids()
+        if not owned:
+            return stopped
+        local = set(self.engine.local_executions())
+        for head in await self.engine.store.executions.heads(owned, status="cancelled"):
+            if head.execution_id not in local:
                 continue
             self.run_log.warning(
-                f"execution cancelled through another replica: stopping it here ({record.error})",
-                execution_id=execution_id,
-                dag_id=record.dag_id,
+                f"execution cancelled through another replica: stopping it here ({head.error})",
+                execution_id=head.execution_id,
+                dag_id=head.dag_id,
             )
-            await self.engine.detach(execution_id)
-            stopped.append(execution_id)
+            await self.engine.detach(head.execution_id)
+            stopped.append(head.execution_id)
         return stopped
 
     async def pump_once(self) -> list[str]:
-        """Start the oldest queued runs while there is room here. Returns the ids started."""
+        """Start the oldest queued runs while there is room here. Returns the ids started.
+
+        The queue is read with a query of its own, oldest first, a page the size of the room at a time
+        (a run another replica is starting meanwhile is skipped and the next page read), and counted
+        exactly: however many runs are queued, the oldest are admitted first and
+        `queued_executions` is the queue's length.
+        """
         started: list[str] = []
         async with self._admission:
             if not self._accepting:
                 return started
-            queued = await self._count_queued()
-            for record in queued:
-                if not self._accepting or len(self.ownership) >= self._max_concurrent:
+            after: tuple[datetime, str] | None = None
+            for _ in range(ADMISSION_PAGES):
+                room = self._max_concurrent - len(self.ownership)
+                if room <= 0 or not self._accepting:
                     break
-                if await self._start(record):
-                    started.append(record.execution_id)
-            self._queued_count = max(0, len(queued) - len(started))
+                limit = min(room, ADMISSION_PAGE)
+                page = await self.engine.store.executions.oldest_queued(limit, after=after)
+                for head in page:
+                    if not self._accepting or len(self.ownership) >= self._max_concurrent:
+                        break
+                    if await self._start(head):
+                        started.append(head.execution_id)
+                if len(page) < limit:
+                    break
+                after = (page[-1].created_at, page[-1].execution_id)
+            await self._count_queued()
         return started
 
     async def takeover_once(self) -> list[str]:
-        """Resume `running` runs whose owner is gone (lock expired). Returns the ids taken over."""
+        """Resume `running` runs whose owner is gone (lock expired). Returns the ids taken over.
+
+        Candidates, read from the store's index of running runs by owner: the runs of owners whose
+        heartbeat is gone, and this replica's own runs that it does not run (a restarted process with
+        the same replica id, or a run it lost track of). A live owner's runs are its own to keep or to
+        fence. Each candidate is taken over only once its lock is free (the old owner's TTL passed).
+        """
         adopted: list[str] = []
         async with self._admission:
             if not self._accepting:
                 return adopted
-            running = await self.engine.list_executions(status="running")
+            room = self._max_concurrent - len(self.ownership)
+            if room <= 0:
+                return adopted
+            owners = await self.engine.store.executions.running_owners()
+            orphaned: list[str | None] = []
+            for owner, count in owners.items():
+                if owner == self.replica_id:
+                    if count > len(self.ownership):  # the store has runs of ours that we do not run
+                        orphaned.append(owner)
+                elif owner is None or not await self.locks.is_alive(owner):
+                    orphaned.append(owner)
+            if not orphaned:
+                return adopted
             local = set(self.engine.local_executions()) | set(self.ownership.ids())
-            for record in sorted(running, key=lambda r: (r.started_at or r.created_at, r.execution_id)):
+            candidates = await self.engine.store.executions.running_of(orphaned, room + len(local))
+            for record in candidates:
                 if record.execution_id in local:
                     continue
                 if len(self.ownership) >= self._max_concurrent:
@@ -428,6 +475,7 @@ class OrchestratorService:
                     lambda lease, r=record: self.engine.resume(  # type: ignore[misc]
                         r.execution_id, owner=self.replica_id, fencing_token=lease.token, takeover=True
                     ),
+                    after=record.fencing_token,
                     declined="takeover",
                 )
                 if result is None:
@@ -444,44 +492,63 @@ class OrchestratorService:
         return adopted
 
     async def tick_once(self) -> None:
-        """One round of the maintenance loop; each part's failure is logged, never raised."""
-        for name, step in (
-            ("heartbeat", self.heartbeat_once),
-            ("renew", self.renew_once),
-            ("limits", self.sync_limits_once),
-            ("reconcile", self.reconcile_once),
-            ("admission", self.pump_once),
-            ("takeover", self.takeover_once),
-        ):
-            if name in ("admission", "takeover") and not self._accepting:
-                continue
+        """One round of both maintenance loops (tests, and `start`)."""
+        await self.lease_tick_once()
+        await self.runs_tick_once()
+
+    async def lease_tick_once(self) -> None:
+        """Heartbeat and renew every owned lock: the lease loop's round. Failures are logged."""
+        await self._steps("leases", (("heartbeat", self.heartbeat_once), ("renew", self.renew_once)))
+
+    async def runs_tick_once(self) -> None:
+        """Live limits, remote cancels, admission and takeover: the runs loop's round."""
+        steps = [("limits", self.sync_limits_once), ("reconcile", self.reconcile_once)]
+        if self._accepting:
+            steps += [("admission", self.pump_once), ("takeover", self.takeover_once)]
+        await self._steps("runs", steps)
+
+    async def _steps(self, part: str, steps: Sequence[tuple[str, Callable[[], Awaitable[object]]]]) -> None:
+        started = self._monotonic()
+        for name, step in steps:
             try:
                 await step()
             except OrchestratorError as exc:
                 log.warning("maintenance step %s failed: %s", name, exc)
             except Exception:  # a bug in one step must not stop heartbeats and renewals for good
                 log.exception("maintenance step %s crashed", name)
+        self.metrics.tick(part, self._monotonic() - started)
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Heartbeat, recover orphaned runs, and start the maintenance loop."""
+        """Heartbeat, recover orphaned runs, and start the two maintenance loops.
+
+        Leases (heartbeat, renewals) have a loop of their own, so that a long admission pass or a
+        slow store never delays a renewal: a lock is only lost when Redis cannot be reached.
+        """
         await self.tick_once()
-        self._loop_task = asyncio.create_task(
-            self._loop(), name=f"orchestrator-maintenance-{self.replica_id}"
-        )
+        self._loop_tasks = [
+            asyncio.create_task(
+                self._loop(self.lease_tick_once), name=f"orchestrator-leases-{self.replica_id}"
+            ),
+            asyncio.create_task(self._loop(self.runs_tick_once), name=f"orchestrator-runs-{self.replica_id}"),
+        ]
 
     def tick_interval(self) -> float:
-        """Seconds between two rounds of the maintenance loop: a third of the shorter TTL."""
+        """Seconds between two rounds of each maintenance loop: a third of the shorter TTL."""
         return max(
             MIN_TICK_SECONDS, min(self.settings.lock_ttl_seconds, self.settings.heartbeat_ttl_seconds) / 3
         )
 
-    async def _loop(self) -> None:
+    async def _loop(self, tick: Callable[[], Awaitable[None]]) -> None:
+        """Run `tick` every `tick_interval()` seconds, from start to start (a slow round shortens the
+        wait before the next one, never delays the round after it)."""
         interval = self.tick_interval()
+        next_at = self._monotonic() + interval
         while True:
-            await asyncio.sleep(interval)
-            await self.tick_once()
+            await asyncio.sleep(max(0.0, next_at - self._monotonic()))
+            next_at = max(next_at + interval, self._monotonic())
+            await tick()
 
     async def shutdown(self, grace_seconds: float | None = None) -> list[str]:
         """Graceful stop (see module docstring). Returns the ids left `interrupted`. Idempotent."""
@@ -496,10 +563,10 @@ class OrchestratorService:
         grace = self.settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
         log.info("shutting down: %d runs owned, grace %.1fs", len(self.ownership), grace)
         interrupted = await self.ownership.stop_all(grace)
-        if self._loop_task is not None:
-            self._loop_task.cancel()
+        for task in self._loop_tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+                await task
         try:
             await self.locks.drop_heartbeat()
         except LockBackendUnavailable as exc:  # it expires on its own
@@ -514,13 +581,11 @@ class OrchestratorService:
 
     # -- internals ----------------------------------------------------------------------------------
 
-    async def _count_queued(self) -> list[ExecutionRecord]:
-        queued = await self.engine.list_executions(status="queued")
-        queued.sort(key=lambda r: (r.created_at, r.execution_id))
-        self._queued_count = len(queued)
-        return queued
+    async def _count_queued(self) -> int:
+        self._queued_count = await self.engine.store.executions.count_status("queued")
+        return self._queued_count
 
-    async def _start(self, record: ExecutionRecord) -> bool:
+    async def _start(self, record: RunHead) -> bool:
         async def start(lease: Lease) -> ExecutionRecord | None:
             if not self._accepting:  # shutdown began meanwhile: leave the run queued for another replica
                 return None
@@ -528,7 +593,10 @@ class OrchestratorService:
                 record.execution_id, owner=self.replica_id, fencing_token=lease.token
             )
 
-        return await self.ownership.with_lock(record.execution_id, start, declined="start") is not None
+        lock = self.ownership.with_lock(
+            record.execution_id, start, after=record.fencing_token, declined="start"
+        )
+        return await lock is not None
 
     async def _after_run(self, execution_id: str) -> None:
         """A run owned here ended (its lock is released): admit the next queued run."""

@@ -6,10 +6,10 @@ events: one span per execution run (`dag.execution`) and one child span per node
 `execution_id`, `dag_id`, `node_id`, `agent_id`, `attempt`; resource `service.name` is
 `orchestrator-service`.
 
-Export: an OTLP/HTTP exporter (batching) only when `otlp_endpoint` is configured; otherwise spans are
-created but exported nowhere. Tests pass their own exporter (the SDK's `InMemorySpanExporter`), which
-is attached with a simple (synchronous) processor. The tracer provider belongs to the service
-instance; this module never touches the global provider.
+Export: an OTLP/HTTP exporter (batching) only when `otlp_endpoint` is configured; otherwise the
+service does not feed the tracer at all (no spans are made). Tests pass their own exporter (the
+SDK's `InMemorySpanExporter`), which is attached with a simple (synchronous) processor. The tracer
+provider belongs to the service instance; this module never touches the global provider.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from orchestrator_core.migrations import (
     m0002_limit_overrides,
     m0003_run_documents,
     m0004_execution_listing,
+    m0005_admission_queue,
 )
 
 SCHEMA = Schema(
@@ -26,6 +27,7 @@ SCHEMA = Schema(
         m0002_limit_overrides.MIGRATION,
         m0003_run_documents.MIGRATION,
         m0004_execution_listing.MIGRATION,
+        m0005_admission_queue.MIGRATION,
     ),
     lock_key=0x676C6F7263,  # "glorc": the key the orchestrator's own runner used before
     legacy=LegacyTable("schema_version", description_column="name"),

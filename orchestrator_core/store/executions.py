@@ -19,6 +19,7 @@ the same kind of UPDATE, so that the read-modify-write is atomic on both databas
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,44 @@ FINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "interrupted"})
 
 # Which DAG version a resumed run continues on, given its own version and the latest one.
 ResumeDag = Callable[[DagDefinition, DagDefinition], DagDefinition]
+
+
+@dataclass(frozen=True)
+class RunHead:
+    """The few columns admission, takeover and reconciliation decide on (no input, no options)."""
+
+    execution_id: str
+    dag_id: str
+    status: str
+    owner: str | None
+    fencing_token: int
+    created_at: datetime
+    error: str | None
+
+
+_HEAD_COLUMNS = (
+    executions.c.execution_id,
+    executions.c.dag_id,
+    executions.c.status,
+    executions.c.owner,
+    executions.c.fencing_token,
+    executions.c.created_at,
+    executions.c.error,
+)
+# Ids per statement of `heads` (far below SQLite's and PostgreSQL's bound-parameter limits).
+_IDS_PER_STATEMENT = 900
+
+
+def _head(row: Any) -> RunHead:
+    return RunHead(
+        row.execution_id,
+        row.dag_id,
+        row.status,
+        row.owner,
+        int(row.fencing_token),
+        row.created_at,
+        row.error,
+    )
 
 
 @dataclass(frozen=True)
@@ -248,6 +287,75 @@ class ExecutionRepository:
         async with self.db.transaction("list executions") as conn:
             rows = (await conn.execute(query)).all()
         return [execution_record(row) for row in rows]
+
+    # -- admission, takeover and reconciliation (service): index range scans, light rows ----------
+
+    async def oldest_queued(
+        self, limit: int, *, after: tuple[datetime, str] | None = None
+    ) -> Sequence[RunHead]:
+        """The oldest queued runs (FIFO: `created_at`, then id), at most `limit`, after the keyset
+        position `after`; a range scan of `ix_executions_status_created`."""
+        query = (
+            sa.select(*_HEAD_COLUMNS)
+            .where(executions.c.status == "queued")
+            .order_by(executions.c.created_at, executions.c.execution_id)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(
+                sa.tuple_(executions.c.created_at, executions.c.execution_id) > sa.tuple_(*after)
+            )
+        async with self.db.transaction("oldest queued executions") as conn:
+            return [_head(row) for row in (await conn.execute(query)).all()]
+
+    async def count_status(self, status: str) -> int:
+        """The exact number of runs in `status` (from the index, however many)."""
+        query = sa.select(sa.func.count()).select_from(executions).where(executions.c.status == status)
+        async with self.db.transaction("count executions") as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def running_owners(self) -> dict[str | None, int]:
+        """How many `running` runs each owner has (from `ix_executions_status_owner`)."""
+        query = (
+            sa.select(executions.c.owner, sa.func.count())
+            .where(executions.c.status == "running")
+            .group_by(executions.c.owner)
+        )
+        async with self.db.transaction("running executions by owner") as conn:
+            return {row[0]: int(row[1]) for row in (await conn.execute(query)).all()}
+
+    async def running_of(self, owners: Collection[str | None], limit: int) -> Sequence[RunHead]:
+        """The `running` runs of `owners` (None: no owner), oldest first, at most `limit`."""
+        named = [o for o in owners if o is not None]
+        clauses = [executions.c.owner.in_(named)] if named else []
+        if None in owners:
+            clauses.append(executions.c.owner.is_(None))
+        if not clauses:
+            return []
+        query = (
+            sa.select(*_HEAD_COLUMNS)
+            .where(executions.c.status == "running", sa.or_(*clauses))
+            .order_by(executions.c.created_at, executions.c.execution_id)
+            .limit(limit)
+        )
+        async with self.db.transaction("running executions of owners") as conn:
+            return [_head(row) for row in (await conn.execute(query)).all()]
+
+    async def heads(self, execution_ids: Collection[str], *, status: str | None = None) -> Sequence[RunHead]:
+        """The runs among `execution_ids` (in `status`, when given): one transaction, by primary key."""
+        ids = sorted(execution_ids)
+        found: builtins.list[RunHead] = []
+        if not ids:
+            return found
+        async with self.db.transaction("executions by id") as conn:
+            for start in range(0, len(ids), _IDS_PER_STATEMENT):
+                query = sa.select(*_HEAD_COLUMNS).where(
+                    executions.c.execution_id.in_(ids[start : start + _IDS_PER_STATEMENT])
+                )
+                if status is not None:
+                    query = query.where(executions.c.status == status)
+                found += [_head(row) for row in (await conn.execute(query)).all()]
+        return found
 
     # -- running and ending ------------------------------------------------------------------------
 

@@ -50,10 +50,6 @@ POLICY = {
         }
     ],
 }
-# Fixed on the orchestrator side (its fencing tokens persist), not on main yet.
-FENCING = (
-    "the in-process fencing counter restarts at 1: the first resume or takeover after a restart is refused"
-)
 
 
 @dataclass
@@ -125,19 +121,8 @@ async def stack(
             await serve.close()
 
 
-def _fencing_xfail(request: pytest.FixtureRequest, *combinations: tuple[str, str]) -> None:
-    """Mark the cases that fail on main for the fencing-counter bug (strict: they must start passing)."""
-    mode = request.node.callspec.params["stack"]
-    how = request.node.callspec.params["how"]
-    if (mode, how) in combinations:
-        request.applymarker(pytest.mark.xfail(reason=FENCING, strict=True))
-
-
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
-async def test_a_run_killed_mid_run_resumes_on_the_first_try(
-    stack: Stack, how: str, request: pytest.FixtureRequest
-) -> None:
-    _fencing_xfail(request, ("embedded", "SIGTERM"), ("embedded", "SIGKILL"))
+async def test_a_run_killed_mid_run_resumes_on_the_first_try(stack: Stack, how: str) -> None:
     execution_id = await stack.serve.start_paused_run()
     stack.serve.stop(signal.Signals[how])
     stack.serve.start()
@@ -159,10 +144,7 @@ async def test_a_run_killed_mid_run_resumes_on_the_first_try(
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
-async def test_a_run_killed_mid_resume_ends_resolved_or_clearly_escalated(
-    stack: Stack, how: str, request: pytest.FixtureRequest
-) -> None:
-    _fencing_xfail(request, ("embedded", "SIGTERM"), ("embedded", "SIGKILL"))
+async def test_a_run_killed_mid_resume_ends_resolved_or_clearly_escalated(stack: Stack, how: str) -> None:
     execution_id = await stack.serve.start_paused_run()
     stack.serve.stop(signal.SIGTERM)
     stack.serve.start()

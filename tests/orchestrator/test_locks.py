@@ -64,6 +64,18 @@ async def test_fencing_tokens_increase(backends: tuple[LockBackend, LockBackend]
     assert second is not None and second.token > first.token
 
 
+async def test_token_is_above_the_stored_one_even_when_the_counter_is_behind(
+    backends: tuple[LockBackend, LockBackend],
+) -> None:
+    one, two = backends
+    first = await one.acquire("e1", 10, after=41)  # the run's record holds token 41
+    assert first is not None and first.token > 41
+    assert await one.release(first)
+    # The counter followed: a later lock of another run, with no stored token, still gets a newer one.
+    second = await two.acquire("e2", 10)
+    assert second is not None and second.token > first.token
+
+
 async def test_renew_and_release_only_by_holder(backends: tuple[LockBackend, LockBackend]) -> None:
     one, two = backends
     first = await one.acquire("e1", 10)
@@ -78,6 +90,33 @@ async def test_renew_and_release_only_by_holder(backends: tuple[LockBackend, Loc
     assert await two.renew(second, 10)
     assert await two.release(second)
     assert await one.holder("e1") is None
+
+
+async def test_renew_many_answers_per_lease_in_order(backends: tuple[LockBackend, LockBackend]) -> None:
+    one, two = backends
+    leases = [await one.acquire(f"many-{index}", 10) for index in range(1200)]  # more than a chunk
+    assert all(lease is not None for lease in leases)
+    held = [lease for lease in leases if lease is not None]
+    assert await one.release(held[700])
+    assert await two.acquire("many-700", 10) is not None  # someone else's now
+    assert await one.release(held[3])  # gone
+    answers = await one.renew_many(held, 10)
+    assert len(answers) == 1200
+    assert [index for index, renewed in enumerate(answers) if not renewed] == [3, 700]
+    assert await one.renew_many([], 10) == []
+
+
+async def test_retake_sets_only_the_locks_nobody_holds(backends: tuple[LockBackend, LockBackend]) -> None:
+    one, two = backends
+    mine = await one.acquire("retake-a", 10)
+    theirs = await one.acquire("retake-b", 10)
+    assert mine is not None and theirs is not None
+    assert await one.release(mine) and await one.release(theirs)  # both expired
+    assert await two.acquire("retake-b", 10) is not None  # and one was taken meanwhile
+    assert await one.retake_many([mine, theirs], 10) == [True, False]
+    holder = await two.holder("retake-a")
+    assert holder is not None and holder.owner == "r1" and holder.token == mine.token
+    assert await one.renew(mine, 10)
 
 
 async def test_heartbeat_marks_replica_alive(backends: tuple[LockBackend, LockBackend]) -> None:
@@ -102,6 +141,15 @@ async def test_inprocess_lock_expires_after_ttl() -> None:
     assert await backend.holder("e1") is None
     assert not await backend.renew(lease, 5)
     assert await backend.acquire("e1", 5) is not None
+
+
+async def test_inprocess_counter_of_a_new_process_starts_above_the_stored_token() -> None:
+    crashed = InProcessLockBackend("r1", "pod-1", InProcessLockSpace())
+    old = await crashed.acquire("e1", 5)
+    assert old is not None and old.token == 1
+    restarted = InProcessLockBackend("r1", "pod-1", InProcessLockSpace())  # counter back at 0
+    lease = await restarted.acquire("e1", 5, after=old.token)
+    assert lease is not None and lease.token == 2
 
 
 async def test_inprocess_heartbeat_expires() -> None:
@@ -158,6 +206,25 @@ async def test_redis_lock_expires_and_can_be_taken_over(redis_url: str) -> None:
     finally:
         await one.close()
         await two.close()
+        await raw.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_fence_lost_with_a_restart_still_gives_a_newer_token(redis_url: str) -> None:
+    backend = RedisLockBackend(redis_url, "r1", "pod-1")
+    raw = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=2)
+    try:
+        await raw.delete(FENCE_KEY)  # Redis restarted without persistence
+        lease = await backend.acquire("e-fence", 5, after=500)
+        assert lease is not None and lease.token == 501
+        assert int(await raw.get(FENCE_KEY)) == 501  # raised to it: the next token is newer still
+        assert json.loads(await raw.get(lock_key("e-fence")))["token"] == 501
+        assert await backend.renew(lease, 5) and await backend.release(lease)
+        other = await backend.acquire("e-other", 5)
+        assert other is not None and other.token == 502
+        await backend.release(other)
+    finally:
+        await backend.close()
         await raw.aclose()
 
 

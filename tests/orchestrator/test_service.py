@@ -6,16 +6,19 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import sqlalchemy as sa
 from aiohttp import web
 
 from orchestrator_core.errors import LockBackendUnavailable, ServiceUnavailable
 from orchestrator_core.locks import InProcessLockBackend, InProcessLockSpace, lock_key
 from orchestrator_core.service import OrchestratorService
 from orchestrator_core.settings import OrchestratorSettings, load_settings
+from orchestrator_core.store.schema import executions
 from tests.conftest import free_port
 from tests.orchestrator.service_harness import (
     Gates,
@@ -64,6 +67,57 @@ async def test_runs_over_the_limit_queue_and_start_in_fifo_order(h: Harness, gat
     gates.open("c")
     await h.wait_status(third["execution_id"], "completed")
     assert [call[0] for call in gates.calls] == [e["execution_id"] for e in (first, second, third)]
+
+
+async def test_with_more_than_500_queued_the_oldest_is_admitted_first_and_the_queue_counted_exactly(
+    h: Harness,
+) -> None:
+    await h.register(gate_dag("backlog", gate="backlog"))
+    now = datetime.now(UTC)
+    rows = [  # ids in the reverse of their age: the FIFO order is by created_at, never by id
+        {
+            "execution_id": f"q{699 - index:04d}",
+            "dag_id": "backlog",
+            "dag_version": 1,
+            "status": "queued",
+            "input_data": "null",
+            "options": "{}",
+            "created_at": now - timedelta(seconds=1000 - index),
+            "updated_at": now,
+        }
+        for index in range(700)
+    ]
+    async with h.service.engine.store.engine.begin() as conn:
+        await conn.execute(executions.insert(), rows)
+    assert await h.service.pump_once() == ["q0699"]  # the oldest, though 699 newer ones wait
+    figures = (await h.api("GET", "/metrics")).json()
+    assert figures["queued_executions"] == 699 and figures["active_executions"] == 1
+    exposition = (await h.client.get("/metrics")).text
+    assert "gl_orchestrator_queued_executions 699.0" in exposition
+    await h.service.cancel("q0699")
+    await h.wait_status("q0699", "cancelled")
+    async with asyncio.timeout(10):  # the run's end admits the next oldest
+        while (await h.service.engine.get_execution("q0698")).status != "running":  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+async def test_admission_reads_the_queue_from_its_index(_no_pending_tasks: None, sqlite_url: str) -> None:
+    async with running_service(make_settings(sqlite_url)) as h:
+        engine = h.service.engine.store.engine
+        plans = []
+        for query in (
+            sa.select(executions.c.execution_id)
+            .where(executions.c.status == "queued")
+            .order_by(executions.c.created_at, executions.c.execution_id)
+            .limit(10),
+            sa.select(sa.func.count()).select_from(executions).where(executions.c.status == "queued"),
+        ):
+            compiled = query.compile(engine.sync_engine, compile_kwargs={"literal_binds": True})
+            async with engine.connect() as conn:
+                rows = (await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")).all()
+            plans.append(" ".join(str(row[-1]) for row in rows))
+    assert all("ix_executions_status_created" in plan for plan in plans), plans
+    assert all("TEMP B-TREE" not in plan for plan in plans), plans  # no sort: the index's order
 
 
 async def test_raising_the_limit_live_admits_queued_runs(h: Harness, gates: Gates) -> None:
@@ -156,17 +210,54 @@ async def test_lost_lock_self_fences_run_as_interrupted_and_resumable(
             await h.register(chain_dag("fence", "builtin.echo", "test.gate"))
             run = await h.execute("fence")
             await gates.wait_started(1)
-            await raw.delete(lock_key(run["execution_id"]))  # e.g. expired while Redis was partitioned
+            # It expired while Redis was partitioned, and another replica took it meanwhile.
+            taken = {"owner": "replica-other", "pod": "other", "token": 10**9, "acquired_at": "now"}
+            await raw.set(lock_key(run["execution_id"]), json.dumps(taken), px=60_000)
             assert await h.service.renew_once() == [run["execution_id"]]
             record = await h.wait_status(run["execution_id"], "interrupted")
+            exposition = (await h.client.get("/metrics")).text
+            assert 'gl_orchestrator_self_fenced_executions_total{reason="lost"} 1.0' in exposition
             assert "ownership lock" in (record["error"] or "")
             assert h.service.owned_executions() == []
             gates.open("n2")
+            await raw.delete(lock_key(run["execution_id"]))  # the other replica let it go
             resumed = (await h.api("POST", f"/executions/{run['execution_id']}/resume")).json()
             assert resumed["nodes_skipped"] == ["n1"] and resumed["nodes_remaining"] == ["n2"]
             await h.wait_status(run["execution_id"], "completed")
     finally:
         await raw.aclose()
+
+
+@pytest.mark.redis
+async def test_an_expired_lock_nobody_took_is_set_again_and_the_run_goes_on(
+    _no_pending_tasks: None, sqlite_url: str, redis_url: str, gates: Gates
+) -> None:
+    settings = make_settings(sqlite_url, redis_url=redis_url)
+    raw = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=2)
+    try:
+        async with running_service(settings, registry=make_registry(gates)) as h:
+            await h.register(gate_dag("slowtick"))
+            run = await h.execute("slowtick")
+            key = lock_key(run["execution_id"])
+            before = json.loads(await raw.get(key))
+            await raw.delete(key)  # the renewal came too late: expired, but nobody took the run
+            assert await h.service.renew_once() == []
+            assert json.loads(await raw.get(key)) == before  # the same lease, same token
+            assert await raw.pttl(key) > 4000
+            gates.open("n1")
+            await h.wait_status(run["execution_id"], "completed")
+            exposition = (await h.client.get("/metrics")).text
+            assert "gl_orchestrator_self_fenced_executions_total{" not in exposition
+    finally:
+        await raw.aclose()
+
+
+async def test_each_maintenance_loop_round_is_timed_in_a_histogram(h: Harness) -> None:
+    await h.service.tick_once()
+    await h.service.lease_tick_once()
+    exposition = (await h.client.get("/metrics")).text
+    assert 'gl_orchestrator_maintenance_tick_seconds_count{part="leases"} 2.0' in exposition
+    assert 'gl_orchestrator_maintenance_tick_seconds_count{part="runs"} 1.0' in exposition
 
 
 async def test_unreachable_lock_backend_fences_after_a_full_ttl(
