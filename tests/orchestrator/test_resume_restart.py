@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from orchestrator_core.locks import FENCE_KEY, InProcessLockBackend, InProcessLockSpace, lock_key
 from tests.conftest import fresh_postgres_database
-from tests.orchestrator.test_service_harness import (
+from tests.orchestrator.service_harness import (
     Gates,
     Harness,
     chain_dag,
