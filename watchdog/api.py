@@ -63,11 +63,12 @@ from watchdog.api_models import (
 from watchdog.diagnosis import DIAGNOSABLE, DiagnosisService
 from watchdog.errors import InvalidTransition, StoreError
 from watchdog.incidents import IncidentDetail, IncidentService
-from watchdog.intake import AlertIntake, AmWebhook, parse_payload
+from watchdog.intake import AlertIntake
 from watchdog.listing import IncidentFilter, page_incidents
 from watchdog.metrics import CONTENT_TYPE, WatchdogMetrics
 from watchdog.readiness import DependencyMonitor
 from watchdog.store import WatchdogStore
+from watchdog.webhook import AmWebhook, parse_payload
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, ScriptedDiagnose,
 from tests.watchdog.orchestrators import FakeOrchestrator
 from watchdog.assembly import build_watchdog
 from watchdog.condition import ConditionEvaluator
-from watchdog.intake import parse_payload
 from watchdog.settings import WatchdogSettings
+from watchdog.webhook import parse_payload
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
 from watchdog_sdk.diagnosis import Diagnosis
 from watchdog_sdk.errors import OrchestratorUnavailable
