@@ -151,8 +151,30 @@ def _mrkdwn(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _not_in(text: str, already_said: str) -> str:
+    """`text` without the evidence `already_said` states (the diagnosis summary), so no sentence shows twice.
+
+    The planner's rationale is `evidence; evidence → decision` and the diagnosis summary ends with the same
+    evidence (`likely cause X (...): evidence; evidence`): the items of the part before ` → ` that the
+    summary already contains are left out, the decision always stays. Text without ` → ` is left out
+    whole when the summary contains it. Empty when nothing is new.
+    """
+    if not already_said:
+        return text
+    because, arrow, decision = text.partition(" → ")
+    if not arrow:
+        return "" if text in already_said else text
+    new = "; ".join(item for item in because.split("; ") if item and item not in already_said)
+    return f"{new} → {decision}" if new else decision
+
+
 def slack_prompt(message: PromptMessage) -> dict[str, Any]:
-    """The Slack message of an approval prompt, with approve and deny link buttons."""
+    """The Slack message of an approval prompt, with approve and deny link buttons.
+
+    The risk is shown once: the plan headline carries it (`[risk medium]`, `Plan.headline`). "Why" shows
+    only what the diagnosis does not already say (`_not_in`).
+    """
+    why = _not_in(message.rationale, message.diagnosis_summary)
     actions = "\n".join(f"• {_mrkdwn(a)}" for a in message.actions) or "• (no actions)"
     text = (
         f"gl-watchdog: approval needed for incident {message.incident_id} "
@@ -175,11 +197,11 @@ def slack_prompt(message: PromptMessage) -> dict[str, Any]:
                     "type": "mrkdwn",
                     "text": _clip(
                         f"*Execution* `{_mrkdwn(message.execution_id)}`\n"
-                        f"*Plan* {_mrkdwn(message.plan_headline)} (risk {message.risk})\n"
+                        f"*Plan* {_mrkdwn(message.plan_headline)}\n"
                         f"*Actions*\n{actions}\n*Expires* {message.expires_at} · "
                         f"or `gl-watchdog approve|deny {_mrkdwn(message.approval_id)}`\n"
-                        f"*Diagnosis* {_mrkdwn(message.diagnosis_summary)}\n"
-                        f"*Why* {_mrkdwn(message.rationale)}",
+                        f"*Diagnosis* {_mrkdwn(message.diagnosis_summary)}"
+                        + (f"\n*Why* {_mrkdwn(why)}" if why else ""),
                         SLACK_SECTION_MAX,
                     ),
                 },
@@ -206,12 +228,12 @@ def slack_prompt(message: PromptMessage) -> dict[str, Any]:
 
 
 def slack_escalation(message: EscalationMessage) -> dict[str, Any]:
-    """The Slack message of an escalation."""
+    """The Slack message of an escalation ("Reason" leaves out the evidence "Diagnosis" repeats)."""
     text = (
         f"gl-watchdog escalated incident {message.incident_id} "
         f"(execution {message.execution_id}): {message.reason}"
     )
-    body = f"*Reason* {_mrkdwn(message.reason)}"
+    body = f"*Reason* {_mrkdwn(_not_in(message.reason, message.diagnosis_summary) or message.reason)}"
     if message.plan_headline:
         body += f"\n*Plan* {_mrkdwn(message.plan_headline)}"
     if message.diagnosis_summary:

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from playbooks.registry import default_registry
 from tests.conftest import free_port
+from tests.watchdog.conftest import make_diagnosis
 from watchdog.notifier import (
     EscalationMessage,
     JsonNotifier,
@@ -21,6 +23,9 @@ from watchdog.notifier import (
     slack_escalation,
     slack_prompt,
 )
+from watchdog.planner import make_plan
+from watchdog.policy import Mode, load_policy
+from watchdog.responder import diagnosis_summary
 from watchdog.settings import WatchdogSettings
 
 PROMPT = PromptMessage(
@@ -172,3 +177,70 @@ def test_a_long_escalation_is_clipped() -> None:
     )
     section = body["blocks"][1]["text"]["text"]
     assert len(section) <= 3000 and section.startswith("*Reason* r &lt;x&gt;")
+
+
+def _prompt_as_the_responder_builds_it(cause: str) -> PromptMessage:
+    """A prompt from the real diagnosis summary and the real plan of the shipped policy (not hand-written)."""
+    diagnosis = make_diagnosis("exec-1", agent="calc", cause=cause)
+    plan = make_plan(diagnosis, load_policy(), Mode.RECOMMEND, default_registry())
+    assert plan.playbook is not None and plan.risk is not None
+    return dataclasses.replace(
+        PROMPT,
+        diagnosis_summary=diagnosis_summary(diagnosis),
+        plan_headline=plan.headline(),
+        rationale=plan.rationale,
+        risk=plan.risk.value,
+    )
+
+
+EVIDENCE = "node stuck-node (agent calc) has run past its timeout"
+
+
+def test_the_risk_is_shown_once_in_a_slack_prompt() -> None:
+    message = _prompt_as_the_responder_builds_it("agent_unresponsive")
+    section = slack_prompt(message)["blocks"][1]["text"]["text"]
+    assert section.count("risk") == 1
+    assert f"[risk {message.risk}]" in section
+
+
+def test_diagnosis_and_why_do_not_repeat_the_evidence_in_a_slack_prompt() -> None:
+    message = _prompt_as_the_responder_builds_it("agent_unresponsive")
+    assert EVIDENCE in message.diagnosis_summary and EVIDENCE in message.rationale  # what used to repeat
+    section = slack_prompt(message)["blocks"][1]["text"]["text"]
+    assert section.count(EVIDENCE) == 1
+    diagnosis_line, why_line = section.split("\n")[-2:]
+    assert (
+        diagnosis_line.startswith("*Diagnosis* likely cause agent_unresponsive")
+        and EVIDENCE in diagnosis_line
+    )
+    # "Why" keeps what the diagnosis does not say: the decision and the rule's rationale.
+    assert why_line.startswith("*Why* restart_agent")
+    assert why_line.removeprefix("*Why* ") == message.rationale.split(" → ", 1)[1]
+
+
+def test_evidence_the_diagnosis_does_not_state_stays_in_why() -> None:
+    section = slack_prompt(PROMPT)["blocks"][1]["text"]["text"]
+    assert "*Why* agent pod in CrashLoopBackOff for 12 min → restart_agent" in section
+
+
+def test_an_escalation_states_the_evidence_once_and_keeps_its_decision() -> None:
+    diagnosis = make_diagnosis("exec-1", agent="calc", cause="checkpoint_store")
+    plan = make_plan(diagnosis, load_policy(), Mode.RECOMMEND, default_registry())
+    assert plan.playbook is None
+    message = EscalationMessage(
+        incident_id=7,
+        execution_id="exec-1",
+        reason=plan.rationale,
+        diagnosis_summary=diagnosis_summary(diagnosis),
+        plan_headline=plan.headline(),
+    )
+    section = slack_escalation(message)["blocks"][1]["text"]["text"]
+    assert section.count(EVIDENCE) == 1
+    assert section.startswith("*Reason* no automatic fix (rule ")
+
+
+def test_an_escalation_reason_that_is_all_evidence_is_still_shown() -> None:
+    message = EscalationMessage(
+        incident_id=7, execution_id="e", reason="run ended", diagnosis_summary="likely cause x: run ended"
+    )
+    assert slack_escalation(message)["blocks"][1]["text"]["text"].startswith("*Reason* run ended\n")
