@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from orchestrator_core.agents import AgentContext
+from tests.orchestrator.foreign_runs import running_row, running_runs
 from tests.orchestrator.service_harness import Gates, Harness, chain_dag
 
 
@@ -206,3 +207,32 @@ async def test_queued_before_lists_the_runs_waiting_in_the_queue(h: Harness, gat
     await h.api("POST", f"/executions/{waiting}/cancel")
     gates.open("n1")
     await h.wait_status(first, "completed")
+
+
+async def test_running_nodes_of_another_replica_page_with_cursors_and_take_progress(h: Harness) -> None:
+    store = h.service.engine.store
+    ids = await running_runs(store, 1200)
+    await store.signals.sync_running([running_row(e, i) for i, e in enumerate(ids)], [], [])
+    listed: list[str] = []
+    params: dict[str, Any] = {"limit": 500, "dag_id": "wide"}
+    while True:
+        page = (await h.api("GET", "/running-nodes", params=params)).json()
+        assert page["total"] == 1200
+        listed += [item["execution_id"] for item in page["items"]]
+        if page["next_cursor"] is None:
+            break
+        params["cursor"] = page["next_cursor"]
+    assert len(listed) == len(set(listed)) == 1200
+    other_filter = await h.api("GET", "/running-nodes", params={"cursor": params["cursor"]})
+    assert other_filter.status_code == 400 and "other filters" in other_filter.json()["detail"]
+
+    # A report for a node another replica runs is taken here and added to its row.
+    taken = await h.api("POST", _progress_path(ids[7], "x"), json={"fraction": 0.5})
+    assert taken.status_code == 200 and taken.json()["reports"] == 1
+    early = await h.api("GET", "/running-nodes", params={"started_before": "2026-03-01T00:00:08Z"})
+    assert early.json()["total"] == 24  # started 0-7 s after T0: runs 0-7, 500-507, 1000-1007
+    seventh = next(item for item in early.json()["items"] if item["execution_id"] == ids[7])
+    assert (seventh["progress_reports"], seventh["progress_fraction"]) == (1, 0.5)
+    assert seventh["last_progress_at"] == taken.json()["progress_at"]
+    again = await h.api("POST", _progress_path(ids[7], "x"), json={})
+    assert again.json()["reports"] == 2  # the stored one and this one
