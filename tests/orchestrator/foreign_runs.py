@@ -16,16 +16,18 @@ T0 = datetime(2026, 3, 1, tzinfo=UTC)
 OWNER = "replica-b"
 
 
-async def running_runs(store: Store, count: int, *, owner: str = OWNER, token: int = 3) -> list[str]:
+async def running_runs(
+    store: Store, count: int, *, owner: str = OWNER, token: int = 3, prefix: str = "run"
+) -> list[str]:
     """`count` runs of DAG `wide` (one node `x`, `builtin.echo`) claimed by `owner` with `token`,
-    inserted in one statement; their ids."""
+    inserted in one statement; their ids (`<prefix>-00000`, ...)."""
     dag = await store.dags.save(
         DagDefinition.from_document({"dag_id": "wide", "nodes": {"x": {"agent_id": "builtin.echo"}}})
     )
     rows: list[dict[str, Any]] = []
     for index in range(count):
         record = ExecutionRecord(
-            execution_id=f"run-{index:05d}",
+            execution_id=f"{prefix}-{index:05d}",
             dag_id=dag.dag_id,
             dag_version=dag.version,
             status="queued",

@@ -5,12 +5,14 @@ node-duration history, the running nodes of every replica, and the other stuck s
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from orchestrator_core.agents import AgentContext
+from orchestrator_core.locks import RedisLockBackend
 from tests.orchestrator.foreign_runs import running_row, running_runs
-from tests.orchestrator.service_harness import Gates, Harness, chain_dag
+from tests.orchestrator.service_harness import Gates, Harness, chain_dag, make_settings, running_service
 
 
 async def _running_at_gate(h: Harness, gates: Gates, dag_id: str = "signals") -> str:
@@ -236,3 +238,49 @@ async def test_running_nodes_of_another_replica_page_with_cursors_and_take_progr
     assert seventh["last_progress_at"] == taken.json()["progress_at"]
     again = await h.api("POST", _progress_path(ids[7], "x"), json={})
     assert again.json()["reports"] == 2  # the stored one and this one
+
+
+async def test_owner_gone_finds_the_running_runs_of_a_replica_whose_heartbeat_expired(
+    sqlite_url: str, redis_url: str
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    gone, alive = f"gone-{suffix}", f"alive-{suffix}"
+    settings = make_settings(sqlite_url, redis_url=redis_url, replica_id=f"self-{suffix}")
+    peer = RedisLockBackend(redis_url, alive, "pod-alive")
+    async with running_service(settings) as served:
+        try:
+            store = served.service.engine.store
+            orphans = await running_runs(store, 3, owner=gone, prefix="orphan")
+            kept = await running_runs(store, 2, owner=alive, prefix="kept")
+            await peer.heartbeat(30.0)
+            listed = (await served.api("GET", "/executions", params={"owner_gone": "true"})).json()
+            assert sorted(e["execution_id"] for e in listed["items"]) == orphans and listed["total"] == 3
+            assert {e["owner_alive"] for e in listed["items"]} == {False}
+            healthy = (await served.api("GET", "/executions", params={"owner_gone": "false"})).json()
+            assert sorted(e["execution_id"] for e in healthy["items"]) == kept
+            assert (await served.api("GET", f"/executions/{kept[0]}")).json()["owner_alive"] is True
+            await peer.drop_heartbeat()
+            assert (await served.api("GET", "/executions", params={"owner_gone": "true"})).json()[
+                "total"
+            ] == 5
+        finally:
+            await peer.close()
+
+
+async def test_the_maintenance_tick_writes_running_nodes_and_merges_durations(
+    h: Harness, gates: Gates
+) -> None:
+    store = h.service.engine.store
+    execution_id = await _running_at_gate(h, gates, "ticked")
+    assert await store.signals.running_of(execution_id) == []  # in memory until a tick
+    await h.service.runs_tick_once()
+    [row] = await store.signals.running_of(execution_id)
+    assert (row.node_id, row.attempt, row.owner) == ("n1", 1, h.service.replica_id)
+    gates.open("n1")
+    await h.service.engine.wait(execution_id)
+    assert h.service.engine.signals.history.pending == 2
+    await h.service.runs_tick_once()
+    assert h.service.engine.signals.history.pending == 0
+    stored = {s.key: s for s in await store.signals.durations_of_dag("ticked")}
+    assert set(stored) == {("ticked", "n1", "test.gate"), ("ticked", "n2", "builtin.echo")}
+    assert await store.signals.running_of(execution_id) == []
