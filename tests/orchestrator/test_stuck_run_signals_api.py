@@ -84,6 +84,9 @@ async def test_bad_progress_reports_are_400_naming_the_field(h: Harness, gates: 
         ({"fraction": 1.5}, "fraction"),
         ({"fraction": -0.1}, "fraction"),
         ({"fraction": "half"}, "fraction"),
+        ({"fraction": "0.5"}, "fraction"),
+        ({"fraction": True}, "fraction"),
+        ({"message": 7}, "message"),
         ({"percent": 3}, "percent"),
     ]
     for body, field in cases:
