@@ -50,7 +50,7 @@ MISSING_ROW_FLUSHES = 5  # flushes a progress delta waits for its node's row bef
 PRUNE_EVERY = 20  # flushes between two prunes of rows no run answers for
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Tracked:
     """A node a run of this replica started: what it is, and what of it the store has."""
 
@@ -94,7 +94,7 @@ class RunSignals(NodeSignals):
         self.history = NodeHistory(store.signals)
         self._is_local = is_local
         self._local_status = local_status
-        self._running: dict[NodeKey, _Tracked] = {}
+        self._running: dict[str, dict[str, _Tracked]] = {}  # by execution, then node
         self._deleted: set[NodeKey] = set()
         self._progress: dict[NodeKey, ProgressDelta] = {}
         self._waiting: dict[NodeKey, int] = {}  # flushes a delta has waited for its row
@@ -104,13 +104,36 @@ class RunSignals(NodeSignals):
     # -- from the runs (NodeSignals) ---------------------------------------------------------------
 
     def node_started(self, run: RunIdentity, state: RunningNode) -> None:
-        self._running[(run.execution_id, state.node_id)] = _Tracked(run, state)
+        self._running.setdefault(run.execution_id, {})[state.node_id] = _Tracked(run, state)
+
+    def run_ended(self, run: RunIdentity) -> None:
+        """`run` no longer executes here (the engine calls this as its task ends): forget its nodes;
+        the rows written of them go at the next flush. Keeps an engine without maintenance ticks
+        (the CLI, a test) from holding every node it ever ran."""
+        nodes = self._running.get(run.execution_id)
+        if nodes is None:
+            return
+        for node_id, tracked in list(nodes.items()):
+            if tracked.run is run:
+                del nodes[node_id]
+                if tracked.written_attempt is not None:
+                    self._deleted.add((run.execution_id, node_id))
+        if not nodes:
+            del self._running[run.execution_id]
+
+    @property
+    def tracked_nodes(self) -> int:
+        """Nodes of runs executing here that this replica tracks (running, or ended since its last flush)."""
+        return sum(len(nodes) for nodes in self._running.values())
+
+    def _tracked(self, execution_id: str, node_id: str) -> _Tracked | None:
+        return self._running.get(execution_id, {}).get(node_id)
 
     def node_completed(self, dag_id: str, node_id: str, agent_id: str, seconds: float) -> None:
         self.history.add((dag_id, node_id, agent_id), seconds)
 
     def progress(self, execution_id: str, node_id: str, message: str | None, fraction: float | None) -> None:
-        tracked = self._running.get((execution_id, node_id))
+        tracked = self._tracked(execution_id, node_id)
         if tracked is not None and tracked.state.status == "running":
             tracked.reports += 1
             self._take(execution_id, tracked.run.dag_id, node_id, message, fraction)
@@ -124,7 +147,7 @@ class RunSignals(NodeSignals):
         run or node, `InvalidState` (naming the status) when the run or the node is not running,
         ValueError for a bad message or fraction."""
         check_progress(message, fraction)
-        tracked = self._running.get((execution_id, node_id))
+        tracked = self._tracked(execution_id, node_id)
         if tracked is not None and self._is_local(tracked.run) and tracked.state.status == "running":
             tracked.reports += 1
             at = self._take(execution_id, tracked.run.dag_id, node_id, message, fraction)
@@ -188,7 +211,7 @@ class RunSignals(NodeSignals):
                     self._merge_back(delta)
                 raise
             for row in upserts:
-                tracked = self._running.get((row.execution_id, row.node_id))
+                tracked = self._tracked(row.execution_id, row.node_id)
                 if tracked is not None and tracked.run.fencing_token == row.fencing_token:
                     tracked.written_attempt = row.attempt
             self._wait_for_rows(missing)
@@ -200,29 +223,38 @@ class RunSignals(NodeSignals):
         """The rows to write (started or retried nodes) and to delete (ended ones) since the last flush."""
         upserts: list[RunningRow] = []
         deletes, self._deleted = self._deleted, set()
-        for key, tracked in list(self._running.items()):
-            state = tracked.state
-            if state.status != "running" or not self._is_local(tracked.run):
-                del self._running[key]
-                if tracked.written_attempt is not None:
-                    deletes.add(key)
-                continue
-            if tracked.written_attempt != state.attempt_count and state.started_at is not None:
-                run = tracked.run
-                upserts.append(
-                    RunningRow(
-                        run.execution_id,
-                        state.node_id,
-                        run.dag_id,
-                        state.agent_id,
-                        run.owner,
-                        run.fencing_token,
-                        state.attempt_count,
-                        state.started_at,
-                    )
-                )
+        for execution_id, nodes in list(self._running.items()):
+            for node_id, tracked in list(nodes.items()):
+                if tracked.state.status != "running" or not self._is_local(tracked.run):
+                    del nodes[node_id]
+                    if tracked.written_attempt is not None:
+                        deletes.add((execution_id, node_id))
+                    continue
+                row = self._row(tracked)
+                if row is not None:
+                    upserts.append(row)
+            if not nodes:
+                del self._running[execution_id]
         deletes -= {(row.execution_id, row.node_id) for row in upserts}
         return upserts, deletes
+
+    @staticmethod
+    def _row(tracked: _Tracked) -> RunningRow | None:
+        """The row to write for a running node whose row is missing or of an earlier attempt."""
+        state = tracked.state
+        if tracked.written_attempt == state.attempt_count or state.started_at is None:
+            return None
+        run = tracked.run
+        return RunningRow(
+            run.execution_id,
+            state.node_id,
+            run.dag_id,
+            state.agent_id,
+            run.owner,
+            run.fencing_token,
+            state.attempt_count,
+            state.started_at,
+        )
 
     def _merge_back(self, delta: ProgressDelta) -> None:
         key = (delta.execution_id, delta.node_id)

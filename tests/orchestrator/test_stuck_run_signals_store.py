@@ -35,6 +35,7 @@ async def test_the_node_duration_history_survives_a_restart(database_url: str) -
             record = await engine.execute("hist")
             assert (await engine.wait(record.execution_id)).status == "completed"
         assert engine.signals.history.pending == 2  # in memory until a tick (or the close) merges it
+        assert engine.signals.tracked_nodes == 0  # the ended runs' nodes are forgotten, ticks or not
     finally:
         await engine.close()  # the last flush
     reopened = await _engine(database_url)
