@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from orchestrator_core.agents import AgentContext
+from orchestrator_core.errors import RetryableAgentError
 from orchestrator_core.locks import RedisLockBackend
 from tests.orchestrator.foreign_runs import running_row, running_runs
 from tests.orchestrator.service_harness import Gates, Harness, chain_dag, make_settings, running_service
@@ -287,3 +288,34 @@ async def test_the_maintenance_tick_writes_running_nodes_and_merges_durations(
     stored = {s.key: s for s in await store.signals.durations_of_dag("ticked")}
     assert set(stored) == {("ticked", "n1", "test.gate"), ("ticked", "n2", "builtin.echo")}
     assert await store.signals.running_of(execution_id) == []
+
+
+async def test_a_retried_node_shows_its_attempt_and_keeps_its_start_and_progress(
+    h: Harness, gates: Gates
+) -> None:
+    attempts: list[int] = []
+    second = asyncio.Event()
+
+    async def flaky_then_hang(ctx: AgentContext) -> Any:
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            ctx.report_progress(message="first try")
+            raise RetryableAgentError("first attempt fails")
+        second.set()
+        await gates.gate("retried").wait()
+        return {}
+
+    h.service.registry.register("test.flaky_then_hang", flaky_then_hang)
+    retry = {"max_retries": 3, "strategy": "fixed", "base_delay": 0.0, "max_delay": 0.0}
+    await h.register(
+        {"dag_id": "retried", "nodes": {"r": {"agent_id": "test.flaky_then_hang", "retry_policy": retry}}}
+    )
+    record = await h.execute("retried")
+    async with asyncio.timeout(10):
+        await second.wait()
+    [item] = (await h.api("GET", "/running-nodes", params={"dag_id": "retried"})).json()["items"]
+    assert item["attempt"] == 2 and item["progress_reports"] == 1 and item["progress_message"] == "first try"
+    trace = (await h.api("GET", f"/executions/{record['execution_id']}/trace")).json()["node_traces"]["r"]
+    assert item["started_at"] == trace["started_at"]  # the node's start, not the attempt's
+    gates.open("retried")
+    await h.wait_status(record["execution_id"], "completed")
