@@ -5,10 +5,14 @@ node-duration history, the running nodes of every replica, and the other stuck s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
+from orchestrator_core import engine as engine_module
 from orchestrator_core.agents import AgentContext
 from orchestrator_core.errors import RetryableAgentError
 from orchestrator_core.locks import RedisLockBackend
@@ -319,3 +323,33 @@ async def test_a_retried_node_shows_its_attempt_and_keeps_its_start_and_progress
     assert item["started_at"] == trace["started_at"]  # the node's start, not the attempt's
     gates.open("retried")
     await h.wait_status(record["execution_id"], "completed")
+
+
+async def test_a_cancel_that_does_not_complete_leaves_the_run_running_with_its_request_time(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "STOP_WAIT_SECONDS", 0.2)
+    started, finish = asyncio.Event(), asyncio.Event()
+
+    async def stubborn(ctx: AgentContext) -> Any:
+        """Ignores the cancellation of its task until `finish` is set."""
+        started.set()
+        while not finish.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await finish.wait()
+        return {}
+
+    h.service.registry.register("test.stubborn", stubborn)
+    await h.register({"dag_id": "stubborn", "nodes": {"s": {"agent_id": "test.stubborn"}}})
+    execution_id = (await h.execute("stubborn"))["execution_id"]
+    async with asyncio.timeout(10):
+        await started.wait()
+    refused = await h.api("POST", f"/executions/{execution_id}/cancel")
+    assert refused.status_code == 409 and "did not stop" in refused.json()["detail"]
+    record = (await h.api("GET", f"/executions/{execution_id}")).json()
+    assert record["status"] == "running" and record["cancel_requested_at"] is not None
+    later = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    stuck = await h.api("GET", "/executions", params={"status": "running", "cancel_requested_before": later})
+    assert [e["execution_id"] for e in stuck.json()["items"]] == [execution_id]
+    finish.set()
+    await h.service.engine.wait(execution_id)
