@@ -212,7 +212,9 @@ def _progress_update(deltas: Sequence[ProgressDelta] | None, now: datetime) -> s
         new: Any = SimpleNamespace(**{name: sa.bindparam(name) for name in _DELTA_FIELDS})
     else:
         values = sa.values(*[sa.column(name, type_) for name, type_ in _DELTA_FIELDS.items()], name="delta")
-        new = values.data([tuple(_progress_params(d).values()) for d in deltas]).c
+        rows = values.data([tuple(_progress_params(d).values()) for d in deltas]).c
+        # Typed: PostgreSQL reads a VALUES column of NULLs as text otherwise.
+        new = SimpleNamespace(**{name: sa.cast(rows[name], type_) for name, type_ in _DELTA_FIELDS.items()})
     rn = running_nodes.c
     newer = sa.or_(rn.last_progress_at.is_(None), rn.last_progress_at <= new.at)
     return (

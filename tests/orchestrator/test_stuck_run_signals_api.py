@@ -17,7 +17,14 @@ from orchestrator_core.agents import AgentContext
 from orchestrator_core.errors import RetryableAgentError
 from orchestrator_core.locks import RedisLockBackend
 from tests.orchestrator.foreign_runs import running_row, running_runs
-from tests.orchestrator.service_harness import Gates, Harness, chain_dag, make_settings, running_service
+from tests.orchestrator.service_harness import (
+    Gates,
+    Harness,
+    chain_dag,
+    make_registry,
+    make_settings,
+    running_service,
+)
 
 
 async def _running_at_gate(h: Harness, gates: Gates, dag_id: str = "signals") -> str:
@@ -353,3 +360,37 @@ async def test_a_cancel_that_does_not_complete_leaves_the_run_running_with_its_r
     assert [e["execution_id"] for e in stuck.json()["items"]] == [execution_id]
     finish.set()
     await h.service.engine.wait(execution_id)
+
+
+async def test_two_replicas_see_each_others_running_nodes_and_progress(
+    postgres_url: str, redis_url: str, gates: Gates
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    registry_a, registry_b = make_registry(gates), make_registry(gates)
+    settings_a = make_settings(postgres_url, redis_url=redis_url, replica_id=f"a-{suffix}")
+    settings_b = make_settings(postgres_url, redis_url=redis_url, replica_id=f"b-{suffix}")
+    async with (
+        running_service(settings_a, registry=registry_a) as a,
+        running_service(settings_b, registry=registry_b) as b,
+    ):
+        await a.register(chain_dag("shared", "test.gate", "builtin.echo"))
+        execution_id = (await a.execute("shared"))["execution_id"]
+        await gates.wait_started(1)
+        assert a.service.engine.executor(execution_id) is not None  # a runs it
+        assert (await b.api("GET", "/running-nodes")).json()["total"] == 0  # a has not ticked yet
+        await a.service.runs_tick_once()
+        [item] = (await b.api("GET", "/running-nodes")).json()["items"]
+        assert (item["execution_id"], item["node_id"]) == (execution_id, "n1")
+
+        taken = await b.api("POST", _progress_path(execution_id, "n1"), json={"message": "via b"})
+        assert taken.status_code == 200 and taken.json()["reports"] == 1
+        await a.api("POST", _progress_path(execution_id, "n1"), json={"fraction": 0.75})
+        await b.service.runs_tick_once()  # b's report reaches a's row; a's own waits for a's tick
+        trace = (await b.api("GET", f"/executions/{execution_id}/trace")).json()["node_traces"]["n1"]
+        assert (trace["progress_reports"], trace["progress_message"]) == (1, "via b")
+        await a.service.runs_tick_once()
+        trace = (await b.api("GET", f"/executions/{execution_id}/trace")).json()["node_traces"]["n1"]
+        assert trace["progress_reports"] == 2
+        assert (trace["progress_message"], trace["progress_fraction"]) == (None, 0.75)  # the later report
+        gates.open("n1")
+        await a.service.engine.wait(execution_id)

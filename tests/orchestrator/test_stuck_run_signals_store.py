@@ -125,6 +125,10 @@ async def test_progress_deltas_of_several_replicas_add_up_on_the_ownersrunning_r
             "rows 300",
             0.3,
         )
+        bare = ProgressDelta(run, "x", 1, T0 + timedelta(seconds=10), None, None)  # a report without detail
+        assert await store.signals.sync_running([], [], [bare]) == []
+        [node] = await store.signals.running_of(run)
+        assert (node.progress_reports, node.progress_message, node.progress_fraction) == (6, None, None)
         # A new claim of the run (resume, takeover) starts the node's progress afresh.
         async with store.db.transaction("claim again") as conn:
             await conn.execute(
