@@ -36,6 +36,7 @@ from watchdog.approvals import ApprovalService
 from watchdog.auth_failures import AuthFailures
 from watchdog.backends import open_clients
 from watchdog.condition import ConditionEvaluator
+from watchdog.console import routes as console
 from watchdog.diagnosis import Backoff, Diagnose, DiagnosisService, OnDiagnosed
 from watchdog.diagnostics import runner
 from watchdog.episodes import IntakeGate, KnownEpisodes
@@ -331,8 +332,9 @@ def build_responder(
 
 
 def create_app(watchdog: Watchdog) -> web.Application:
-    """The watchdog's aiohttp application: middlewares (`watchdog.http`), the API (`watchdog.api`) and
-    the approval routes and page (`watchdog.web`), each given the services it uses."""
+    """The watchdog's aiohttp application: middlewares (`watchdog.http`), the API (`watchdog.api`),
+    the approval routes and page (`watchdog.web`) and the incident console (`watchdog.console`, when
+    `console_enabled`), each given the services it uses."""
     settings = watchdog.settings
     failures = AuthFailures(watchdog.clock, watchdog.metrics.auth_failure)
     app = new_application(
@@ -350,6 +352,18 @@ def create_app(watchdog: Watchdog) -> web.Application:
     approval_web.add_routes(
         app, approvals=watchdog.approvals, responder=watchdog.responder, incidents=watchdog.incidents
     )
+    if settings.console_enabled:
+        console.add_routes(
+            app,
+            console.build_console(
+                settings,
+                incidents=watchdog.incidents,
+                store=watchdog.store,
+                approvals=watchdog.approvals,
+                responder=watchdog.responder,
+                clock=watchdog.clock,
+            ),
+        )
     return app
 
 

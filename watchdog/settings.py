@@ -16,7 +16,7 @@ import os
 import socket
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
@@ -29,6 +29,7 @@ from watchdog_sdk.diagnostic_step import DiagnosticSettings
 from watchdog_sdk.errors import ConfigError
 
 ENV_PREFIX = "GL_WATCHDOG_"
+RUNBOOK_URL = "https://runbooks.greenlang.io/orchestrator/dag-execution-stuck"  # the alert's runbook
 
 
 class Mode(StrEnum):
@@ -134,6 +135,16 @@ class WatchdogSettings(BaseSettings):
     heartbeat_grace_seconds: float = Field(default=30.0, ge=0)
     # A running run with no timeout at all gets a sweep incident once it has run this long (null: never).
     max_run_age_seconds: float | None = Field(default=86400.0, gt=0)
+
+    # -- the incident console (`watchdog.console`; docs/operations.md "The incident console")
+    console_enabled: bool = True  # served at /console/ to the trusted proxy's signed-in users
+    # Without a proxy identity: a request from a loopback peer is signed in as this user and role.
+    console_local_mode: bool = False
+    console_local_user: str = Field(default="local", min_length=1, max_length=100)
+    console_local_role: Literal["viewer", "approver", "operator", "admin"] = "viewer"
+    grafana_url: str | None = None  # a dashboard's URL; the console adds the execution's variables
+    orchestrator_public_url: str | None = None  # the orchestrator as a browser reaches it
+    runbook_url: str = RUNBOOK_URL
 
     @model_validator(mode="after")
     def _read_secret_files(self) -> WatchdogSettings:
