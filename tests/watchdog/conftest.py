@@ -20,10 +20,12 @@ import pytest
 import respx
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from playwright.async_api import Browser
 
 from tests.conftest import free_port
 from tests.orchestrator.service_harness import TOKEN, make_settings, running_service
 from tests.watchdog.approval_stack import API_TOKEN, Stack
+from tests.watchdog.chromium import chromium
 from tests.watchdog.fake_kube import FakeKubeApi
 from tests.watchdog.orchestrators import ORCH_API, ORCH_BASE, OrchestratorProcess
 from watchdog.assembly import Watchdog, build_watchdog, create_app
@@ -301,7 +303,22 @@ def orchestrator_service(tmp_path: Path) -> Iterator[OrchestratorProcess]:
 
 
 @pytest.fixture
-async def stack(_no_pending_tasks: None, tmp_path: Any) -> AsyncIterator[Stack]:
+async def browser() -> AsyncIterator[Browser]:
+    """Headless chromium for the browser tests (`tests.watchdog.chromium`)."""
+    async with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture
+def stack_settings() -> dict[str, Any]:
+    """Settings the `stack` watchdog gets besides its own (a test module overrides this fixture)."""
+    return {}
+
+
+@pytest.fixture
+async def stack(
+    _no_pending_tasks: None, tmp_path: Any, stack_settings: dict[str, Any]
+) -> AsyncIterator[Stack]:
     """Depends on the pending-task check so the check runs after every server here has stopped."""
     messages: list[dict[str, Any]] = []
     arrived = asyncio.Event()
@@ -333,6 +350,7 @@ async def stack(_no_pending_tasks: None, tmp_path: Any) -> AsyncIterator[Stack]:
             notifier_url=f"http://127.0.0.1:{hook_port}/hook",
             step_timeout_seconds=5,
             port=port,
+            **stack_settings,
         )
         wd = await build_watchdog(settings, poll_interval_seconds=0.1)
         runner = web.AppRunner(create_app(wd), shutdown_timeout=0.5)

@@ -4,38 +4,12 @@ the result."""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import AsyncIterator
-
 import pytest
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, expect
 
-from tests.conftest import missing_service
 from tests.watchdog.approval_stack import Stack, links
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    """Headless chromium (skipped locally when it is not installed, failed under CI)."""
-    if shutil.which(CHROMIUM) is None:
-        missing_service(f"chromium not installed at {CHROMIUM}")
-    async with async_playwright() as pw:
-        launched = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 async def test_open_link_see_plan_click_approve_and_see_the_result(stack: Stack, browser: Browser) -> None:
