@@ -136,7 +136,7 @@ class WatchdogSettings(BaseSettings):
     # A running run with no timeout at all gets a sweep incident once it has run this long (null: never).
     max_run_age_seconds: float | None = Field(default=86400.0, gt=0)
 
-    # -- the incident console (`watchdog.console`; docs/operations.md "The incident console")
+    # -- the incident console (`watchdog.console`; docs/console.md)
     console_enabled: bool = True  # served at /console/ to the trusted proxy's signed-in users
     # Without a proxy identity: a request from a loopback peer is signed in as this user and role.
     console_local_mode: bool = False

@@ -4,5 +4,5 @@ Installed by the composition root (`watchdog.assembly.create_app`) through
 `watchdog.console.routes.add_routes` when `console_enabled` is on. Its modules, from the top:
 `routes` (the aiohttp handlers), `signin` (who is looking), `forms` (the inputs), `views` (what a
 page shows), `pages` (Jinja2 templates in `templates/`, the stylesheet and script in `static/`).
-Setting up the proxy it trusts: docs/operations.md, "The incident console".
+Signing in, settings and links: docs/console.md.
 """
