@@ -32,6 +32,7 @@ from aiohttp import web
 
 from gl_common.clock import Clock
 from gl_common.http import ApiError, decode_cursor, encode_cursor
+from gl_common.openapi import Inputs, Route, RouteHandler
 from watchdog.approvals import ApprovalService, Decision
 from watchdog.console import forms, views
 from watchdog.console.forms import DecisionForm, FormError, ListQuery
@@ -48,6 +49,7 @@ PREFIX: Final = "/console"
 CURSOR_PURPOSE: Final = "gl-watchdog console incidents"
 FORM_TYPE: Final = "application/x-www-form-urlencoded"
 MAX_FORM_BYTES: Final = 4096
+SIGN_IN_SCHEME: Final = "consoleSignIn"  # the trusted proxy's identity (or a bearer token)
 APPROVE_ROLE: Final = "approver"
 NOTICES: Final = {
     "approved": "Your approval is recorded.",
@@ -117,18 +119,35 @@ def build_console(
 def add_routes(app: web.Application, console: Console) -> None:
     """Add the console's routes to `app` (built by `watchdog.http.new_application`)."""
     app[CONSOLE_KEY] = console
+    for method, path, handler in (
+        ("GET", "/incidents", incident_list),
+        ("GET", "/incidents/{incident_id}", incident_page),
+        ("POST", "/incidents/{incident_id}/decision", decide),
+        ("GET", "/incidents/{incident_id}/version", version),
+    ):
+        route = PageRoute(method, PREFIX + path, _page(handler), f"console: {method} {path}", auth=False)
+        app.router.add_route(method, route.path, route.endpoint)
     app.router.add_get(f"{PREFIX}/", _to_list)
-    app.router.add_get(f"{PREFIX}/incidents", _page(incident_list))
-    app.router.add_get(PREFIX + "/incidents/{incident_id}", _page(incident_page))
-    app.router.add_post(PREFIX + "/incidents/{incident_id}/decision", _page(decide))
-    app.router.add_get(PREFIX + "/incidents/{incident_id}/version", _page(version))
     app.router.add_get(PREFIX + "/static/{name}", _static)
 
 
-def _page(handler: PageHandler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+@dataclass(frozen=True)
+class PageRoute(Route):
+    """A console page as the auth middleware sees it (`gl_common.openapi.route_of`): it takes the
+    identity of a bearer token or of the trusted proxy when the request has one (`alt_auth`), and
+    is let through without one, the page then answering for itself (local mode, or the 401 page).
+    The page reads its own inputs (`watchdog.console.forms`), so that bad ones get an HTML answer."""
+
+    alt_auth: tuple[str, ...] = (SIGN_IN_SCHEME,)
+
+    async def endpoint(self, request: web.Request) -> web.StreamResponse:
+        return await self.handler(request, Inputs({}))
+
+
+def _page(handler: PageHandler) -> RouteHandler:
     """`handler` for a signed-in visitor, its refusals and bad input answered as HTML pages."""
 
-    async def serve(request: web.Request) -> web.StreamResponse:
+    async def serve(request: web.Request, inputs: Inputs) -> web.StreamResponse:
         console = request.app[CONSOLE_KEY]
         visitor = console.signin.visitor(request)
         try:
