@@ -7,8 +7,10 @@ import html
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlsplit
 
+import asyncpg
 import pytest
 
+from tests.conftest import POSTGRES_ADMIN_DSN
 from tests.watchdog.console_stack import GRAFANA, Console, console_settings, running_console
 
 LOCAL_APPROVER = {"console_local_mode": True, "console_local_user": "alice", "console_local_role": "approver"}
@@ -286,3 +288,16 @@ async def test_static_files_are_cached_under_a_digest_of_their_contents(console:
 async def test_the_console_is_not_served_when_disabled(_no_pending_tasks: None, postgres_url: str) -> None:
     async with running_console(console_settings(postgres_url, console_enabled=False)) as served:
         assert (await served.http.get("/console/incidents")).status_code == 404
+
+
+async def test_without_its_database_the_console_answers_a_503_page(console: Console) -> None:
+    name = console.wd.store.engine.url.database
+    admin = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
+    try:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+    answer = await console.http.get("/console/incidents")
+    assert answer.status_code == 503
+    assert answer.headers["Content-Type"].startswith("text/html")
+    assert "database does not answer" in html.unescape(answer.text)

@@ -23,6 +23,7 @@ script's refresh. Bad input answers a 400 page naming the field, an unknown inci
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
@@ -38,12 +39,14 @@ from watchdog.console import forms, views
 from watchdog.console.forms import DecisionForm, FormError, ListQuery
 from watchdog.console.pages import Pages
 from watchdog.console.signin import SignIn, Visitor
-from watchdog.errors import ApprovalClosed, ApprovalNotFound, IncidentNotFound
+from watchdog.errors import ApprovalClosed, ApprovalNotFound, IncidentNotFound, StoreUnavailable
 from watchdog.incidents import IncidentService
 from watchdog.listing import page_incidents
 from watchdog.responder import Responder
 from watchdog.settings import WatchdogSettings
 from watchdog.store import WatchdogStore
+
+log = logging.getLogger(__name__)
 
 PREFIX: Final = "/console"
 CURSOR_PURPOSE: Final = "gl-watchdog console incidents"
@@ -158,6 +161,10 @@ def _page(handler: PageHandler) -> RouteHandler:
             return _error(console, visitor, PageError(400, "Bad request", str(exc)))
         except (IncidentNotFound, ApprovalNotFound) as exc:
             return _error(console, visitor, PageError(404, "Not found", str(exc)))
+        except StoreUnavailable as exc:
+            log.warning("console %s %s: %s", request.method, request.path, exc)
+            detail = "the watchdog's database does not answer; try again in a minute"
+            return _error(console, visitor, PageError(503, "Unavailable", detail))
         except PageError as exc:
             return _error(console, visitor, exc)
 
