@@ -74,14 +74,26 @@ async def test_list_incident_approve_and_the_page_follows_the_remediation(
     assert any(e.kind == "approval_decided" and e.actor == "local:alice" for e in audit)
 
 
-async def test_without_javascript_the_console_approves_and_offers_a_reload(
+async def press_tab_until(page: Page, element_id: str, most: int = 40) -> None:
+    """Tab through the page until `element_id` has the focus; the first stop is the skip link."""
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.textContent") == "Skip to content"
+    for _ in range(most):
+        if await page.evaluate("document.activeElement.id") == element_id:
+            return
+        await page.keyboard.press("Tab")
+    raise AssertionError(f"#{element_id} not reached in {most} Tab presses")
+
+
+async def test_without_javascript_the_console_approves_by_keyboard_and_offers_a_reload(
     stack: Stack, browser: Browser
 ) -> None:
     await stack.stuck_incident()
     context = await browser.new_context(java_script_enabled=False)
     page = await context.new_page()
     await page.goto(f"{stack.url}/console/incidents/{stack.incident_id}")
-    await page.get_by_role("button", name="Approve the plan").click()
+    await press_tab_until(page, "approve")  # by keyboard alone: Tab to the button, Enter
+    await page.keyboard.press("Enter")
     await expect(page.locator("#notice")).to_contain_text("Your approval is recorded")
     await stack.wd.jobs.wait_idle()
     await page.get_by_role("link", name="Reload").click()
