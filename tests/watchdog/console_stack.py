@@ -16,7 +16,7 @@ from tests.watchdog.conftest import ScriptedDiagnose, make_diagnosis, make_plan
 from watchdog.assembly import Watchdog, build_watchdog, create_app
 from watchdog.records import Approval, Incident
 from watchdog.settings import WatchdogSettings
-from watchdog_sdk.outcomes import PlannedAction
+from watchdog_sdk.outcomes import PlannedAction, Risk
 
 API_TOKEN = "console-api-token-0123456789"
 GRAFANA = "https://grafana.example.com/d/gl-dag/stuck-dag"
@@ -28,9 +28,16 @@ class Console:
     http: httpx.AsyncClient
 
     async def incident(
-        self, execution_id: str, *, dag_id: str = "dag-1", cause: str = "hung_node", prompt: bool = True
+        self,
+        execution_id: str,
+        *,
+        dag_id: str = "dag-1",
+        cause: str = "hung_node",
+        prompt: bool = True,
+        risk: Risk | None = None,
     ) -> tuple[Incident, Approval | None]:
-        """An incident of `execution_id`, diagnosed (`cause`), planned, and with a pending prompt."""
+        """An incident of `execution_id`, diagnosed (`cause`), planned (at `risk`: high needs two
+        approvers), and with a pending prompt."""
         wd = self.wd
         opened = await wd.incidents.open_or_join(
             execution_id, dag_id=dag_id, source="alert", detection_source="prometheus"
@@ -38,11 +45,12 @@ class Console:
         diagnosis = make_diagnosis(execution_id, cause=cause).model_dump(mode="json")
         plan = make_plan(execution_id).model_copy(
             update={
+                "risk": risk,
                 "actions": [
                     PlannedAction(
                         step="restart", description="restart the in-process agent worker", target="agent"
                     )
-                ]
+                ],
             }
         )
         incident = await wd.incidents.update(
@@ -56,9 +64,16 @@ class Console:
             )
         return incident, approval
 
-    async def form(self, path: str, data: dict[str, str], origin: str | None = "self") -> httpx.Response:
-        """A form post as a browser on the console's page sends it (`origin`: "self", another, None)."""
-        headers = {}
+    async def form(
+        self,
+        path: str,
+        data: dict[str, str],
+        origin: str | None = "self",
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """A form post as a browser on the console's page sends it (`origin`: "self", another, None;
+        `headers`: e.g. the proxy's identity)."""
+        headers = dict(headers or {})
         if origin is not None:
             headers["Origin"] = str(self.http.base_url).rstrip("/") if origin == "self" else origin
         return await self.http.post(path, data=data, headers=headers)

@@ -11,8 +11,9 @@ read with `watchdog.console.views` and renders it with `watchdog.console.pages`:
     GET  /console/incidents/{id}                the incident: diagnosis (steps 1-8 with evidence), plan
                                                 and its dry-run, approval and its buttons, verification,
                                                 audit timeline, links (trace, provenance, Grafana, runbook)
-    POST /console/incidents/{id}/decision       the approval form (approver or higher; same Origin
-                                                only): decide as the signed-in user → 303 to the page
+    POST /console/incidents/{id}/decision       the approval form (approver or higher; its Origin
+                                                this site's): decide or vote as the signed-in user →
+                                                303 to the page
     GET  /console/incidents/{id}/version        {"version", "live"}: what `static/console.js` polls
                                                 to refresh the page while the incident is live
     GET  /console/static/{name}                 the stylesheet and script (cached for a year)
@@ -27,7 +28,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode
 
 from aiohttp import web
 
@@ -39,7 +40,15 @@ from watchdog.console import forms, views
 from watchdog.console.forms import DecisionForm, FormError, ListQuery
 from watchdog.console.pages import Pages
 from watchdog.console.signin import SignIn, Visitor
-from watchdog.errors import ApprovalClosed, ApprovalNotFound, IncidentNotFound, StoreUnavailable
+from watchdog.errors import (
+    ApprovalClosed,
+    ApprovalNotFound,
+    ApproverRefused,
+    IncidentNotFound,
+    SameApprover,
+    StoreUnavailable,
+)
+from watchdog.identity import Role
 from watchdog.incidents import IncidentService
 from watchdog.listing import page_incidents
 from watchdog.responder import Responder
@@ -53,10 +62,12 @@ CURSOR_PURPOSE: Final = "gl-watchdog console incidents"
 FORM_TYPE: Final = "application/x-www-form-urlencoded"
 MAX_FORM_BYTES: Final = 4096
 SIGN_IN_SCHEME: Final = "consoleSignIn"  # the trusted proxy's identity (or a bearer token)
-APPROVE_ROLE: Final = "approver"
+APPROVE_ROLE: Final = Role.APPROVER
 NOTICES: Final = {
     "approved": "Your approval is recorded.",
     "denied": "Your denial is recorded: nothing will act on this plan, and the incident is escalated.",
+    "vote": "Your approval is recorded; the plan needs a second, different approver before it runs.",
+    "same_approver": "You have already approved this plan: a second, different approver is needed.",
     "closed": "This prompt was settled before your answer arrived (its state is below): nothing changed.",
 }
 
@@ -72,7 +83,6 @@ class Console:
     signin: SignIn
     links: views.LinkSettings
     clock: Clock
-    public_origin: str | None
     pages: Pages
 
 
@@ -114,7 +124,6 @@ def build_console(
         signin=SignIn.from_settings(settings),
         links=links,
         clock=clock,
-        public_origin=origin_of(settings.public_url),
         pages=Pages(PREFIX),
     )
 
@@ -243,7 +252,7 @@ async def incident_page(request: web.Request, console: Console, visitor: Visitor
     incident = detail.incident
     now = console.clock.now()
     notice = NOTICES.get(request.query.get("notice", ""))
-    approval = views.approval_view(detail.approvals, now=now)
+    approval = views.approval_view(detail.approvals, console.approvals.rule_for, now=now)
     return console.pages.render(
         "incident.html",
         title=f"Incident {incident.id}",
@@ -275,7 +284,7 @@ async def version(request: web.Request, console: Console, visitor: Visitor) -> w
 async def decide(request: web.Request, console: Console, visitor: Visitor) -> web.StreamResponse:
     """The approval form: approver or higher, from the console's own origin, for this incident's
     prompt; then back to the page (303), which says what became of it."""
-    _check_origin(request, console.public_origin)
+    _require_origin(request)
     incident_id = _incident_id(request)
     if not visitor.may(APPROVE_ROLE):
         raise PageError(
@@ -285,16 +294,30 @@ async def decide(request: web.Request, console: Console, visitor: Visitor) -> we
     approval = await console.approvals.get(form.approval_id)
     if approval.incident_id != incident_id:
         raise ApprovalNotFound(f"no approval {form.approval_id} for incident {incident_id}")
-    decision = Decision(form.decision)
-    notice = "approved" if decision is Decision.APPROVE else "denied"
-    try:
-        decided = await console.approvals.decide(
-            approval.id, decision, actor=visitor.actor, authenticated=True
-        )
-        console.responder.start_decision(decided)
-    except ApprovalClosed:
-        notice = "closed"  # the page shows what the prompt became
+    notice = await _decide_as(console, visitor, approval.id, Decision(form.decision))
     raise web.HTTPSeeOther(f"{PREFIX}/incidents/{incident_id}?notice={quote(notice)}")
+
+
+async def _decide_as(console: Console, visitor: Visitor, approval_id: str, decision: Decision) -> str:
+    """Decide (or vote) as `visitor`; the notice the page shows afterwards. The local user decides
+    as the CLI on the watchdog's machine does (`watchdog.console.signin`)."""
+    try:
+        if visitor.identity is not None:
+            decided = await console.approvals.decide(approval_id, decision, identity=visitor.identity)
+        else:
+            decided = await console.approvals.decide(
+                approval_id, decision, actor=visitor.actor, authenticated=True
+            )
+    except ApprovalClosed:
+        return "closed"  # the page shows what the prompt became
+    except SameApprover:
+        return "same_approver"
+    except ApproverRefused as exc:
+        raise PageError(403, "Not allowed", str(exc)) from None
+    if decided.state == "pending":
+        return "vote"  # one of two: the prompt waits for a second approver
+    console.responder.start_decision(decided)
+    return "approved" if decision is Decision.APPROVE else "denied"
 
 
 async def _form_pairs(request: web.Request) -> list[tuple[str, str]]:
@@ -309,21 +332,9 @@ async def _form_pairs(request: web.Request) -> list[tuple[str, str]]:
         raise FormError("", "the form is not valid URL-encoded UTF-8") from None
 
 
-def _check_origin(request: web.Request, public_origin: str | None) -> None:
-    """A form post must come from a page of the console: its `Origin` is the console's own (the
-    public URL's, or the host it was asked for); a foreign or missing one is refused (403)."""
-    origin = request.headers.get("Origin")
-    allowed = {f"{request.scheme}://{request.host}"}
-    if public_origin:
-        allowed.add(public_origin)
-    if origin not in allowed:
-        detail = f"this form must be sent from the console's own page (Origin: {origin or 'none'})"
-        raise PageError(403, "Refused", detail)
-
-
-def origin_of(url: str | None) -> str | None:
-    """The origin (scheme://host[:port]) of a URL, e.g. the watchdog's public_url."""
-    if not url:
-        return None
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else None
+def _require_origin(request: web.Request) -> None:
+    """A decision must say which page it comes from: the middleware (`watchdog.http.origin_check`)
+    refuses a form post from another site, and lets one without `Origin` or `Referer` through, which
+    no browser sends from a page (and `Referrer-Policy: no-referrer` leaves only `Origin`)."""
+    if not request.headers.get("Origin"):
+        raise PageError(403, "Refused", "this form must be sent from the console's own page (no Origin)")

@@ -9,6 +9,7 @@ passes `now`).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -17,6 +18,7 @@ from urllib.parse import quote, urlencode
 from pydantic import ValidationError
 
 from watchdog.incidents import IncidentDetail
+from watchdog.policy import ApprovalRule
 from watchdog.records import Approval, AuditEntry, Incident
 from watchdog_sdk.diagnosis import Diagnosis
 
@@ -135,14 +137,20 @@ def timeline(entries: list[AuditEntry]) -> list[EventView]:
     return [EventView(e.at, e.actor, e.kind, e.phase, fields_of(e.data)) for e in entries]
 
 
-def approval_view(approvals: list[Approval], *, now: datetime) -> ApprovalView | None:
-    """The newest prompt of the incident (None: none was asked for)."""
+def approval_view(
+    approvals: list[Approval], rule_for: Callable[[Approval], ApprovalRule | None], *, now: datetime
+) -> ApprovalView | None:
+    """The newest prompt of the incident (None: none was asked for), with its approvers so far of
+    the number its policy rule (`rule_for`) asks for."""
     if not approvals:
         return None
     newest = max(approvals, key=lambda approval: approval.created_at)
     expired = newest.state == "pending" and now >= newest.expires_at
     state = "expired" if expired else STATE_WORDS.get(newest.state, newest.state)
-    approvers = [newest.decided_by] if newest.decided_by and newest.state in ("approved", "used") else []
+    approvers = list(newest.votes or [])
+    if not approvers and newest.decided_by and newest.state in ("approved", "used"):
+        approvers = [newest.decided_by]
+    rule = rule_for(newest)
     return ApprovalView(
         id=newest.id,
         state=state,
@@ -150,7 +158,7 @@ def approval_view(approvals: list[Approval], *, now: datetime) -> ApprovalView |
         expires_at=newest.expires_at,
         decided_by=newest.decided_by,
         approvers=approvers,
-        required=1,
+        required=rule.approvers_required if rule is not None else 1,
     )
 
 
