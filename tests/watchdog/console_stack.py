@@ -19,6 +19,12 @@ from watchdog.settings import WatchdogSettings
 from watchdog_sdk.outcomes import PlannedAction, Risk
 
 API_TOKEN = "console-api-token-0123456789"
+# The console behind a proxy on 127.0.0.1: the group oncall approves, everyone else views.
+PROXY: dict[str, Any] = {
+    "proxy_auth_enabled": True,
+    "trusted_proxies": ["127.0.0.1/32"],
+    "proxy_role_map": {"oncall": "approver"},
+}
 GRAFANA = "https://grafana.example.com/d/gl-dag/stuck-dag"
 
 
@@ -77,6 +83,15 @@ class Console:
         if origin is not None:
             headers["Origin"] = str(self.http.base_url).rstrip("/") if origin == "self" else origin
         return await self.http.post(path, data=data, headers=headers)
+
+
+def signed_in(user: str, groups: str = "oncall") -> dict[str, str]:
+    """The headers oauth2-proxy adds for a signed-in user."""
+    return {
+        "X-Forwarded-User": user,
+        "X-Forwarded-Email": f"{user}@example.com",
+        "X-Forwarded-Groups": groups,
+    }
 
 
 def console_settings(database_url: str, **overrides: Any) -> WatchdogSettings:

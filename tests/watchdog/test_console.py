@@ -11,7 +11,14 @@ import asyncpg
 import pytest
 
 from tests.conftest import POSTGRES_ADMIN_DSN
-from tests.watchdog.console_stack import GRAFANA, Console, console_settings, running_console
+from tests.watchdog.console_stack import (
+    GRAFANA,
+    PROXY,
+    Console,
+    console_settings,
+    running_console,
+    signed_in,
+)
 from watchdog.console.signin import SignIn
 from watchdog_sdk.errors import ConfigError
 from watchdog_sdk.outcomes import Risk
@@ -308,21 +315,6 @@ async def test_without_its_database_the_console_answers_a_503_page(console: Cons
 
 
 # -- behind the authenticating proxy ------------------------------------------------------------------
-
-PROXY = {
-    "proxy_auth_enabled": True,
-    "trusted_proxies": ["127.0.0.1/32"],
-    "proxy_role_map": {"oncall": "approver"},
-}
-
-
-def signed_in(user: str, groups: str = "oncall") -> dict[str, str]:
-    """The headers oauth2-proxy adds for a signed-in user."""
-    return {
-        "X-Forwarded-User": user,
-        "X-Forwarded-Email": f"{user}@example.com",
-        "X-Forwarded-Groups": groups,
-    }
 
 
 @pytest.fixture

@@ -1,7 +1,11 @@
 """The incident console in a real headless browser (Debian's chromium driven by playwright) over the
-real orchestrator: list → incident → approve as a named user, the page follows the remediation on its
-own; an accessibility check (axe-core, bundled by axe-playwright-python) on the list and the incident
-page. Screenshots of both pages are kept in test-artifacts/console/ (gitignored)."""
+real orchestrator, behind a simulated sign-in proxy (the watchdog trusts 127.0.0.1 as its proxy; the
+browser contexts send its identity headers): list → incident → approve as alice, then as bob (the
+restart needs two approvers here), and alice's open page follows the votes and the remediation by
+itself; a forged identity header from an address that is not the proxy is ignored; without
+JavaScript, by keyboard alone; on a phone. axe-core (bundled by axe-playwright-python) finds no
+serious or critical violation on the list and the incident page. Screenshots are kept in
+test-artifacts/console/ (gitignored)."""
 
 from __future__ import annotations
 
@@ -9,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from axe_playwright_python.async_playwright import Axe
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from tests.watchdog.approval_stack import Stack
+from tests.watchdog.console_stack import PROXY, console_settings, running_console, signed_in
+from watchdog.policy import DEFAULT_POLICY_FILE
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
@@ -20,8 +27,18 @@ SERIOUS = ("serious", "critical")
 
 
 @pytest.fixture
-def stack_settings() -> dict[str, Any]:
-    return {"console_local_mode": True, "console_local_user": "alice", "console_local_role": "approver"}
+def stack_settings(tmp_path: Path) -> dict[str, Any]:
+    """Behind the proxy, with the shipped policy but two approvers for a restart."""
+    policy = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())
+    policy["playbooks"]["restart_agent"]["approval"] = {"approvers_required": 2}
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(yaml.safe_dump(policy))
+    return {**PROXY, "policy_file": policy_file}
+
+
+async def as_user(browser: Browser, user: str, **options: Any) -> BrowserContext:
+    """A browser context whose requests carry the proxy's identity headers of `user`."""
+    return await browser.new_context(extra_http_headers=signed_in(user), **options)
 
 
 async def serious_violations(page: Page) -> list[str]:
@@ -39,39 +56,62 @@ async def screenshot(page: Page, name: str) -> None:
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-async def test_list_incident_approve_and_the_page_follows_the_remediation(
+async def test_list_incident_approve_by_two_and_the_page_follows_the_remediation(
     stack: Stack, browser: Browser
 ) -> None:
     await stack.stuck_incident()
-    page = await browser.new_page()
-    await page.goto(f"{stack.url}/console/incidents")
-    await expect(page.locator("#who")).to_contain_text("alice")
-    row = page.get_by_role("link", name=f"Incident {stack.incident_id}")
-    await expect(page.locator("#incidents")).to_contain_text("awaiting_approval")
-    assert await serious_violations(page) == []
-    await screenshot(page, "incidents")
-    await row.click()
-    await expect(page.locator("h1")).to_have_text(f"Incident {stack.incident_id}")
-    await expect(page.locator("#likely-cause")).to_have_text("external_api_slow")
+    alice = await (await as_user(browser, "alice")).new_page()
+    await alice.goto(f"{stack.url}/console/incidents")
+    await expect(alice.locator("#who")).to_contain_text("alice@example.com")
+    await expect(alice.locator("#incidents")).to_contain_text("awaiting_approval")
+    assert await serious_violations(alice) == []
+    await screenshot(alice, "incidents")
+    await alice.get_by_role("link", name=f"Incident {stack.incident_id}").click()
+    await expect(alice.locator("h1")).to_have_text(f"Incident {stack.incident_id}")
+    await expect(alice.locator("#likely-cause")).to_have_text("external_api_slow")
     for step in range(1, 9):  # the runbook's eight steps (and any plugin's after them)
-        await expect(page.locator(f"#step-{step} h3")).to_contain_text(f"Step {step}: ")
-    await expect(page.locator("#playbook")).to_contain_text("restart_agent(agent_id=emissions.scope2")
-    await expect(page.locator("#dry-run")).to_contain_text("restart the in-process agent worker")
-    await expect(page.locator("#approval-progress")).to_have_text("0 of 1")
-    assert await serious_violations(page) == []
-    await screenshot(page, "incident")
-    await page.get_by_role("button", name="Approve the plan").click()
-    await expect(page.locator("#notice")).to_contain_text("Your approval is recorded")
-    # no reload from here on: the script follows the incident until it is settled
-    await expect(page.locator("#incident-status")).to_have_text("resolved", timeout=30_000)
-    await expect(page.locator("#timeline")).to_contain_text("local:alice")
-    await expect(page.locator("#verification")).to_contain_text("provenance_chain_valid")
-    await expect(page.locator("#refresh-status")).to_contain_text("settled")
-    await expect(page.locator("#approve")).to_have_count(0)
-    await screenshot(page, "incident-resolved")
+        await expect(alice.locator(f"#step-{step} h3")).to_contain_text(f"Step {step}: ")
+    await expect(alice.locator("#playbook")).to_contain_text("restart_agent(agent_id=emissions.scope2")
+    await expect(alice.locator("#dry-run")).to_contain_text("restart the in-process agent worker")
+    await expect(alice.locator("#approval-progress")).to_have_text("0 of 2")
+    assert await serious_violations(alice) == []
+    await screenshot(alice, "incident")
+    await alice.get_by_role("button", name="Approve the plan").click()
+    await expect(alice.locator("#notice")).to_contain_text("needs a second, different approver")
+    await expect(alice.locator("#approval-progress")).to_have_text("1 of 2: proxy:alice@example.com")
+
+    bob = await (await as_user(browser, "bob")).new_page()
+    await bob.goto(f"{stack.url}/console/incidents/{stack.incident_id}")
+    await bob.get_by_role("button", name="Approve the plan").click()
+    await expect(bob.locator("#notice")).to_contain_text("Your approval is recorded")
+    # alice's page, not reloaded: its script follows the incident until it is settled
+    await expect(alice.locator("#timeline")).to_contain_text("proxy:bob@example.com")
+    await expect(alice.locator("#incident-status")).to_have_text("resolved", timeout=30_000)
+    await expect(alice.locator("#approval-progress")).to_contain_text("2 of 2")
+    await expect(alice.locator("#verification")).to_contain_text("provenance_chain_valid")
+    await expect(alice.locator("#refresh-status")).to_contain_text("settled")
+    await expect(alice.locator("#approve")).to_have_count(0)
+    await screenshot(alice, "incident-resolved")
     await stack.wd.jobs.wait_idle()
     audit = (await stack.wd.incidents.detail(stack.incident_id)).audit
-    assert any(e.kind == "approval_decided" and e.actor == "local:alice" for e in audit)
+    assert [e.actor for e in audit if e.kind in ("approval_vote", "approval_decided")] == [
+        "proxy:alice@example.com",
+        "proxy:bob@example.com",
+    ]
+
+
+async def test_a_forged_identity_header_from_an_untrusted_address_is_ignored(
+    _no_pending_tasks: None, postgres_url: str, browser: Browser
+) -> None:
+    settings = console_settings(postgres_url, **{**PROXY, "trusted_proxies": ["10.0.0.0/8"]})
+    async with running_console(settings) as served:
+        incident, _ = await served.incident("exec-forged")
+        page = await (await as_user(browser, "mallory")).new_page()
+        answer = await page.goto(f"{served.http.base_url}/console/incidents/{incident.id}")
+        assert answer is not None and answer.status == 401
+        await expect(page.locator("h1")).to_have_text("Sign in")
+        await expect(page.locator("body")).not_to_contain_text("exec-forged")
+        await expect(page.locator("body")).not_to_contain_text("mallory")
 
 
 async def press_tab_until(page: Page, element_id: str, most: int = 40) -> None:
@@ -85,16 +125,17 @@ async def press_tab_until(page: Page, element_id: str, most: int = 40) -> None:
     raise AssertionError(f"#{element_id} not reached in {most} Tab presses")
 
 
-async def test_without_javascript_the_console_approves_by_keyboard_and_offers_a_reload(
+async def test_without_javascript_two_approve_by_keyboard_and_a_reload_shows_the_result(
     stack: Stack, browser: Browser
 ) -> None:
     await stack.stuck_incident()
-    context = await browser.new_context(java_script_enabled=False)
-    page = await context.new_page()
-    await page.goto(f"{stack.url}/console/incidents/{stack.incident_id}")
-    await press_tab_until(page, "approve")  # by keyboard alone: Tab to the button, Enter
-    await page.keyboard.press("Enter")
-    await expect(page.locator("#notice")).to_contain_text("Your approval is recorded")
+    for user, notice in (("alice", "needs a second"), ("bob", "Your approval is recorded")):
+        context = await as_user(browser, user, java_script_enabled=False)
+        page = await context.new_page()
+        await page.goto(f"{stack.url}/console/incidents/{stack.incident_id}")
+        await press_tab_until(page, "approve")  # by keyboard alone: Tab to the button, Enter
+        await page.keyboard.press("Enter")
+        await expect(page.locator("#notice")).to_contain_text(notice)
     await stack.wd.jobs.wait_idle()
     await page.get_by_role("link", name="Reload").click()
     await expect(page.locator("#incident-status")).to_have_text("resolved")
@@ -103,7 +144,7 @@ async def test_without_javascript_the_console_approves_by_keyboard_and_offers_a_
 
 async def test_on_a_phone_the_page_is_one_column_with_large_buttons(stack: Stack, browser: Browser) -> None:
     await stack.stuck_incident()
-    context = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    context = await as_user(browser, "alice", viewport={"width": 390, "height": 844}, is_mobile=True)
     page = await context.new_page()
     await page.goto(f"{stack.url}/console/incidents/{stack.incident_id}")
     approve = await page.locator("#approve").bounding_box()
