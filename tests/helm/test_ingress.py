@@ -53,7 +53,7 @@ def test_the_ingress_routes_the_host_to_the_watchdog_with_tls(render: Render, ku
 
 
 def test_an_ingress_without_a_host_is_refused(render: Render) -> None:
-    with pytest.raises(Exception, match="ingress.enabled needs ingress.host"):
+    with pytest.raises(Exception, match=r"ingress\.enabled needs ingress\.host"):
         render({"ingress": {"enabled": True}})
 
 
