@@ -30,6 +30,8 @@ and is audited with the identity's `actor` (`token:alice`, `proxy:alice@example.
                                                       kill switch)
     POST   /api/v1/replay                   viewer    {incident_id | since: "7d", policy: <YAML>} →
                                                       what that policy would plan; acts on nothing
+    GET    /api/v1/whoami                   viewer    the caller's identity {name, role, source, groups,
+                                                      email, actor}
     POST   /api/v1/tokens                   admin     {name, role} → 201 {name, role, token} (shown once)
     GET    /api/v1/tokens                   admin     {items: [{name, role, created_at, created_by,
                                                       revoked_at, last_used_at}]}
@@ -77,6 +79,7 @@ from watchdog.operator_models import (
     ReplayBody,
     ReplayOut,
     SweepOut,
+    WhoAmI,
 )
 from watchdog.plugins import PluginCatalog
 from watchdog.policy import Policy, parse_policy_text
@@ -174,6 +177,12 @@ async def _decide_incident(request: web.Request, inputs: Inputs, decision: Decis
         approval=ApprovalOut.of(approval), approvals_required=required, actor=identity.actor
     )
     return json_model_response(answer)
+
+
+@ROUTE_TABLE.route("GET /whoami", "The caller's identity and role", response=WhoAmI)
+async def whoami(request: web.Request, inputs: Inputs) -> web.Response:
+    identity = require_role(request, Role.VIEWER, "see who you are")
+    return json_model_response(WhoAmI.model_validate(identity.as_json()))
 
 
 # -- named tokens ---------------------------------------------------------------------------------------
