@@ -61,7 +61,7 @@ from watchdog.api_models import (
 )
 from watchdog.approvals import ApprovalService, Decision
 from watchdog.errors import IncidentError, IncidentNotFound, PolicyError
-from watchdog.events import event_json, page_events, stream_events, wants_stream
+from watchdog.events import StreamLimits, event_json, page_events, stream_events, wants_stream
 from watchdog.identity import Role, require_role
 from watchdog.incidents import IncidentService
 from watchdog.jobs import JobTracker
@@ -110,6 +110,7 @@ class Operations:
     policy_source: str
     plugins: PluginCatalog
     mode: Mode
+    stream_limits: StreamLimits = StreamLimits()
 
 
 OPS_KEY: Final = web.AppKey("operations", Operations)
@@ -322,8 +323,9 @@ async def incident_events(request: web.Request, inputs: Inputs) -> web.StreamRes
     if wants_stream(request):
         last = request.headers.get("Last-Event-ID", "")
         after = max(query.after, int(last)) if last.isdigit() and len(last) < 19 else query.after
+        ops = request.app[OPS_KEY]
         return await stream_events(
-            request, store, request.app[OPS_KEY].approvals.clock, incident_id, after=after
+            request, store, ops.approvals.clock, incident_id, after=after, limits=ops.stream_limits
         )
     page = await page_events(store, incident_id, after=query.after, limit=query.limit)
     answer = EventPage(
