@@ -41,7 +41,7 @@ and is audited with the identity's `actor` (`token:alice`, `proxy:alice@example.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Final
 
@@ -110,7 +110,7 @@ class Operations:
     policy_source: str
     plugins: PluginCatalog
     mode: Mode
-    stream_limits: StreamLimits = StreamLimits()
+    stream_limits: StreamLimits = field(default_factory=StreamLimits)
 
 
 OPS_KEY: Final = web.AppKey("operations", Operations)
