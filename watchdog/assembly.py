@@ -40,6 +40,7 @@ from watchdog.console import routes as console
 from watchdog.diagnosis import Backoff, Diagnose, DiagnosisService, OnDiagnosed
 from watchdog.diagnostics import runner
 from watchdog.episodes import IntakeGate, KnownEpisodes
+from watchdog.events import StreamLimits
 from watchdog.http import new_application
 from watchdog.identity import ProxyAuth
 from watchdog.incidents import IncidentService
@@ -381,6 +382,7 @@ def create_app(watchdog: Watchdog) -> web.Application:
         policy_source=str(settings.policy_file or "the shipped default policy"),
         plugins=watchdog.plugins,
         mode=settings.mode,
+        stream_limits=StreamLimits(lifetime_seconds=settings.events_stream_seconds),
     )
     operator_api.add_routes(app, operations)
     if settings.console_enabled:

@@ -30,6 +30,8 @@ and is audited with the identity's `actor` (`token:alice`, `proxy:alice@example.
                                                       kill switch)
     POST   /api/v1/replay                   viewer    {incident_id | since: "7d", policy: <YAML>} →
                                                       what that policy would plan; acts on nothing
+    GET    /api/v1/whoami                   viewer    the caller's identity {name, role, source, groups,
+                                                      email, actor}
     POST   /api/v1/tokens                   admin     {name, role} → 201 {name, role, token} (shown once)
     GET    /api/v1/tokens                   admin     {items: [{name, role, created_at, created_by,
                                                       revoked_at, last_used_at}]}
@@ -39,7 +41,7 @@ and is audited with the identity's `actor` (`token:alice`, `proxy:alice@example.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Final
 
@@ -59,7 +61,7 @@ from watchdog.api_models import (
 )
 from watchdog.approvals import ApprovalService, Decision
 from watchdog.errors import IncidentError, IncidentNotFound, PolicyError
-from watchdog.events import event_json, page_events, stream_events, wants_stream
+from watchdog.events import StreamLimits, event_json, page_events, stream_events, wants_stream
 from watchdog.identity import Role, require_role
 from watchdog.incidents import IncidentService
 from watchdog.jobs import JobTracker
@@ -77,6 +79,7 @@ from watchdog.operator_models import (
     ReplayBody,
     ReplayOut,
     SweepOut,
+    WhoAmI,
 )
 from watchdog.plugins import PluginCatalog
 from watchdog.policy import Policy, parse_policy_text
@@ -107,6 +110,7 @@ class Operations:
     policy_source: str
     plugins: PluginCatalog
     mode: Mode
+    stream_limits: StreamLimits = field(default_factory=StreamLimits)
 
 
 OPS_KEY: Final = web.AppKey("operations", Operations)
@@ -174,6 +178,12 @@ async def _decide_incident(request: web.Request, inputs: Inputs, decision: Decis
         approval=ApprovalOut.of(approval), approvals_required=required, actor=identity.actor
     )
     return json_model_response(answer)
+
+
+@ROUTE_TABLE.route("GET /whoami", "The caller's identity and role", response=WhoAmI)
+async def whoami(request: web.Request, inputs: Inputs) -> web.Response:
+    identity = require_role(request, Role.VIEWER, "see who you are")
+    return json_model_response(WhoAmI.model_validate(identity.as_json()))
 
 
 # -- named tokens ---------------------------------------------------------------------------------------
@@ -313,8 +323,9 @@ async def incident_events(request: web.Request, inputs: Inputs) -> web.StreamRes
     if wants_stream(request):
         last = request.headers.get("Last-Event-ID", "")
         after = max(query.after, int(last)) if last.isdigit() and len(last) < 19 else query.after
+        ops = request.app[OPS_KEY]
         return await stream_events(
-            request, store, request.app[OPS_KEY].approvals.clock, incident_id, after=after
+            request, store, ops.approvals.clock, incident_id, after=after, limits=ops.stream_limits
         )
     page = await page_events(store, incident_id, after=query.after, limit=query.limit)
     answer = EventPage(

@@ -38,6 +38,17 @@ class _Answer(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class WhoAmI(_Answer):
+    """`GET /whoami`: the caller's identity as the service sees it."""
+
+    name: str
+    role: Literal["viewer", "approver", "operator", "admin"]
+    source: Literal["token", "proxy", "slack", "link", "bootstrap"]
+    groups: list[str]
+    email: str | None
+    actor: str = Field(description="how the audit log names the caller, e.g. token:alice")
+
+
 # -- playbooks --------------------------------------------------------------------------------------
 
 

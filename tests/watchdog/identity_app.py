@@ -90,6 +90,7 @@ async def serving_identity_app(
         trusted_proxies=[f"{TRUSTED_PEER}/32"],
         proxy_role_map={"sre": "approver", "sre-leads": "operator", "boss@example.com": "admin"},
         public_url="https://watchdog.example.com",
+        events_stream_seconds=0,  # a stream of an open incident ends after what is there
     )
     wd = await build_watchdog(settings, clock=clock, diagnose=diagnose, respond=False)
     server = TestServer(create_app(wd), host="127.0.0.1")

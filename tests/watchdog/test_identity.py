@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.watchdog.conftest import FakeClock
 from tests.watchdog.identity_app import UNTRUSTED_PEER, IdentityApp
 from watchdog.identity import Identity, ProxyAuth, Role
+from watchdog.tokens import TokenStore
 from watchdog_sdk.outcomes import Risk
 
 
@@ -162,6 +164,26 @@ def test_the_proxy_role_is_the_highest_one_mapped(
     assert not ProxyAuth(enabled=False, trusted_proxies=["10.0.0.0/8"]).trusts("10.1.2.3")
 
 
+async def test_whoami_shows_the_callers_identity(identity_app: IdentityApp) -> None:
+    alice = await identity_app.token("alice", "approver")
+    async with identity_app.client(alice) as client:
+        by_token = (await client.get("/api/v1/whoami")).json()
+    async with identity_app.client(
+        None, **{"X-Forwarded-User": "bob", "X-Forwarded-Groups": "sre, ops"}
+    ) as bob:
+        by_proxy = (await bob.get("/api/v1/whoami")).json()
+    assert by_token == {
+        "name": "alice",
+        "role": "approver",
+        "source": "token",
+        "groups": [],
+        "email": None,
+        "actor": "token:alice",
+    }
+    assert by_proxy["actor"] == "proxy:bob" and by_proxy["groups"] == ["sre", "ops"]
+    assert by_proxy["role"] == "approver"
+
+
 def test_an_identity_is_audited_as_source_and_name() -> None:
     identity = Identity(name="alice@example.com", role=Role.APPROVER, source="proxy")
     assert identity.actor == "proxy:alice@example.com"
@@ -175,3 +197,19 @@ async def test_a_high_risk_plan_lists_its_votes(identity_app: IdentityApp) -> No
         shown = await client.get(f"/api/v1/approvals/{approval.id}")
     assert answer.json()["approvals_required"] == 2 and answer.json()["approval"]["votes"] == ["token:alice"]
     assert shown.json()["state"] == "pending" and shown.json()["votes"] == ["token:alice"]
+
+
+async def test_last_use_is_written_at_most_once_a_minute(identity_app: IdentityApp) -> None:
+    tokens = TokenStore(identity_app.wd.store)
+    _, token = await tokens.create("ci", Role.OPERATOR, created_by="test")
+    clock = identity_app.wd.clock
+    assert isinstance(clock, FakeClock)
+    first_use = clock.now()
+    assert await tokens.identify(token) == Identity(name="ci", role=Role.OPERATOR, source="token")
+    clock.advance(59)
+    await tokens.identify(token)
+    assert [t.last_used_at for t in await tokens.list()] == [first_use]
+    clock.advance(2)
+    await tokens.identify(token)
+    assert [t.last_used_at for t in await tokens.list()] == [clock.now()]
+    assert await tokens.identify(token[:-1] + ("A" if token[-1] != "A" else "B")) is None

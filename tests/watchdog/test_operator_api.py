@@ -58,6 +58,23 @@ async def test_events_stream_as_server_sent_events_and_end_on_a_closed_incident(
     assert frames[-1].startswith("event: end") and end["incident_status"] == "escalated"
 
 
+async def test_a_stream_is_bounded_by_its_lifetime_and_resumes_after_the_last_event_id(
+    identity_app: IdentityApp,
+) -> None:
+    incident_id = (await identity_app.prompt()).incident_id  # open, awaiting an answer
+    async with identity_app.client() as client:
+        paged = (await client.get(f"/api/v1/incidents/{incident_id}/events")).json()
+        resumed = await client.get(
+            f"/api/v1/incidents/{incident_id}/events",
+            headers={"Accept": "text/event-stream", "Last-Event-ID": str(paged["items"][0]["seq"])},
+        )
+    frames = [frame for frame in resumed.text.split("\n\n") if frame.strip()]
+    ids = [int(f.split("\n")[0].removeprefix("id: ")) for f in frames if "event: audit" in f]
+    assert len(paged["items"]) >= 2 and ids == [e["seq"] for e in paged["items"][1:]]
+    assert frames[-1].startswith("event: end")
+    assert json.loads(frames[-1].split("data: ", 1)[1])["incident_status"] == "open"
+
+
 async def test_a_sweep_is_for_operators_and_reports_what_it_did(identity_app: IdentityApp) -> None:
     viewer = await identity_app.token("val", "viewer")
     operator = await identity_app.token("op", "operator")
