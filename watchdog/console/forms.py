@@ -47,7 +47,7 @@ def _utc_if_naive(value: Any) -> Any:
     return value
 
 
-Optional = BeforeValidator(_blank_is_none)
+BlankIsNone = BeforeValidator(_blank_is_none)  # a form sends an empty field as ""
 When = Annotated[datetime | None, BeforeValidator(_utc_if_naive)]
 
 
@@ -61,12 +61,12 @@ _FormT = TypeVar("_FormT", bound=_Form)
 class ListQuery(_Form):
     """`GET /console/incidents`: the filter form, the page position and size."""
 
-    status: Annotated[Literal["live"] | IncidentStatus | None, Optional] = None
-    dag_id: Annotated[DagId | None, Optional] = None
-    cause: Annotated[Cause | None, Optional] = None
+    status: Annotated[Literal["live"] | IncidentStatus | None, BlankIsNone] = None
+    dag_id: Annotated[DagId | None, BlankIsNone] = None
+    cause: Annotated[Cause | None, BlankIsNone] = None
     opened_after: When = None
     opened_before: When = None
-    cursor: Annotated[Annotated[str, StringConstraints(max_length=512)] | None, Optional] = None
+    cursor: Annotated[Annotated[str, StringConstraints(max_length=512)] | None, BlankIsNone] = None
     limit: int = Field(PAGE_SIZE, ge=1, le=MAX_PAGE)
 
     def filters(self) -> dict[str, Any]:
