@@ -91,6 +91,7 @@ async def test_list_incident_approve_by_two_and_the_page_follows_the_remediation
     await expect(alice.locator("#verification")).to_contain_text("provenance_chain_valid")
     await expect(alice.locator("#refresh-status")).to_contain_text("settled")
     await expect(alice.locator("#approve")).to_have_count(0)
+    await expect(alice.locator("#notice")).to_have_count(0)  # "needs a second approver" is stale
     await screenshot(alice, "incident-resolved")
     await stack.wd.jobs.wait_idle()
     audit = (await stack.wd.incidents.detail(stack.incident_id)).audit

@@ -17,6 +17,8 @@
     var current = document.getElementById("live");
     if (!fresh || !current || !freshStatus) { return false; }
     current.replaceWith(document.importNode(fresh, true));
+    var notice = document.getElementById("notice");  // it spoke of the page as it was: gone now
+    if (notice) { notice.remove(); }
     status.dataset.version = freshStatus.dataset.version;
     status.dataset.live = freshStatus.dataset.live;
     version = freshStatus.dataset.version;
