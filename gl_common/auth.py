@@ -8,8 +8,8 @@ here (`bearer_token`, `TokenSource`, `challenge`) with the same route rules. The
 matched (`gl_common.openapi.route_of`) says what it takes:
 
 - `auth=False` routes (health, metrics, the watchdog's OpenAPI document and approval page) pass;
-- a route with `alt_auth` (e.g. an approval API with link tokens) passes without a bearer token to its handler,
-  which checks its other credential itself; a bearer token given to it must be valid too;
+- a route with `alt_auth` (e.g. an approval API with link tokens) passes without a bearer token to
+  its handler, which checks its other credential itself; a bearer token given to it must be valid too;
 - every other route, and any unmatched path under the API prefix, needs `Authorization: Bearer
   <token>`: 401 with `WWW-Authenticate: Bearer realm=...` when it is missing or wrong, or when the
   service has no token configured; 503 `auth_unavailable` when the token file cannot be read.
