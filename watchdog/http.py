@@ -24,7 +24,8 @@ validation are `gl_common.http`'s, shared with the orchestrator. Middlewares, ou
   identity, role admin) or a named token (`watchdog.tokens`, looked up by its SHA-256; revoked ones
   refused); without a bearer token, the identity headers of a trusted authenticating proxy
   (`watchdog.identity.ProxyAuth`) give the identity. The route the request matched says what it
-  takes: `auth=False` routes (health, metrics, the OpenAPI document, the approval page) pass; a route
+  takes: `auth=False` routes (health, metrics, the OpenAPI document, the approval page) pass (with the
+  trusted proxy's identity, if any, for a page to show; a bearer token is not read there); a route
   with `alt_auth` (the approval API) passes without an identity to its handler, which checks the
   link token itself (`watchdog.web`); every other route, and any unmatched path under `/api/v1`,
   needs an identity: 401 otherwise. A bearer token given to any route that takes one must be valid.
@@ -162,11 +163,11 @@ def identity_auth(
         needs = request.path.startswith(API_PREFIX) if route is None else route.auth
         alternative = route is not None and bool(route.alt_auth)
         presented = bearer_token(request.headers.get("Authorization", ""))
-        identity: Identity | None = None
-        if presented is not None and (needs or alternative):
-            identity = await from_bearer(request, presented)
-        elif needs or alternative:
-            identity = proxy.identify(request)
+        takes_credentials = needs or alternative
+        if presented is not None and takes_credentials:
+            identity: Identity | None = await from_bearer(request, presented)
+        else:  # an open page may still show who is signed in; a forgery only counts where it matters
+            identity = proxy.identify(request, report=takes_credentials)
         if identity is not None:
             set_identity(request, identity)
         elif needs and not alternative:
