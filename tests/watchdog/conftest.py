@@ -20,11 +20,14 @@ import pytest
 import respx
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from playwright.async_api import Browser
 
 from tests.conftest import free_port
 from tests.orchestrator.service_harness import TOKEN, make_settings, running_service
 from tests.watchdog.approval_stack import API_TOKEN, Stack
+from tests.watchdog.chromium import chromium
 from tests.watchdog.fake_kube import FakeKubeApi
+from tests.watchdog.identity_app import IdentityApp, serving_identity_app
 from tests.watchdog.orchestrators import ORCH_API, ORCH_BASE, OrchestratorProcess
 from watchdog.assembly import Watchdog, build_watchdog, create_app
 from watchdog.plan import Plan
@@ -272,6 +275,16 @@ async def api_client(
         await client.close()
 
 
+@pytest.fixture
+async def identity_app(_no_pending_tasks: None, database_url: str) -> AsyncIterator[IdentityApp]:
+    """The real app with a bootstrap token, named tokens and a trusted proxy at 127.0.0.1."""
+    serving = serving_identity_app(
+        database_url, bootstrap_token=WATCHDOG_TOKEN, clock=FakeClock(), diagnose=ScriptedDiagnose()
+    )
+    async with serving as app:
+        yield app
+
+
 # -- the real orchestrator service as a subprocess (intake engineer) --------------------------------
 
 
@@ -301,7 +314,22 @@ def orchestrator_service(tmp_path: Path) -> Iterator[OrchestratorProcess]:
 
 
 @pytest.fixture
-async def stack(_no_pending_tasks: None, tmp_path: Any) -> AsyncIterator[Stack]:
+async def browser() -> AsyncIterator[Browser]:
+    """Headless chromium for the browser tests (`tests.watchdog.chromium`)."""
+    async with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture
+def stack_settings() -> dict[str, Any]:
+    """Settings the `stack` watchdog gets besides its own (a test module overrides this fixture)."""
+    return {}
+
+
+@pytest.fixture
+async def stack(
+    _no_pending_tasks: None, tmp_path: Any, stack_settings: dict[str, Any]
+) -> AsyncIterator[Stack]:
     """Depends on the pending-task check so the check runs after every server here has stopped."""
     messages: list[dict[str, Any]] = []
     arrived = asyncio.Event()
@@ -333,6 +361,7 @@ async def stack(_no_pending_tasks: None, tmp_path: Any) -> AsyncIterator[Stack]:
             notifier_url=f"http://127.0.0.1:{hook_port}/hook",
             step_timeout_seconds=5,
             port=port,
+            **stack_settings,
         )
         wd = await build_watchdog(settings, poll_interval_seconds=0.1)
         runner = web.AppRunner(create_app(wd), shutdown_timeout=0.5)

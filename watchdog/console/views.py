@@ -1,0 +1,197 @@
+"""What the console's pages show, as plain values: an incident's diagnosis, plan, approval, timeline
+and links, made from the records of the store (`watchdog.records`).
+
+Called by the console's handlers (`watchdog.console.routes`), whose Jinja2 templates render these
+values and nothing else (no lookups from templates). Pure functions: no I/O, no clock (the handler
+passes `now`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+from urllib.parse import quote, urlencode
+
+from pydantic import ValidationError
+
+from watchdog.incidents import IncidentDetail
+from watchdog.policy import ApprovalRule
+from watchdog.records import Approval, AuditEntry, Incident
+from watchdog_sdk.diagnosis import Diagnosis
+
+ORCHESTRATOR_API: Final = "/api/v1/orchestrator"
+GRAFANA_LEAD: Final = timedelta(minutes=15)  # the Grafana window starts this long before the incident
+VALUE_WIDTH: Final = 400  # an evidence value longer than this is cut (the API has it whole)
+STATE_WORDS: Final = {"used": "approved (acted on)"}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One labelled value (evidence, audit data), already turned into text."""
+
+    label: str
+    text: str
+
+
+@dataclass(frozen=True)
+class StepView:
+    step: int
+    name: str
+    status: str
+    summary: str
+    evidence: list[Item]
+    duration_ms: float
+
+
+@dataclass(frozen=True)
+class DiagnosisView:
+    likely_cause: str
+    cause_evidence: list[str]
+    steps: list[StepView]
+    stuck_node: str | None
+    agent: str | None
+    raw: str | None = None  # a stored diagnosis this version cannot read, shown as JSON
+
+
+@dataclass(frozen=True)
+class EventView:
+    at: datetime
+    actor: str
+    kind: str
+    phase: str
+    data: list[Item]
+
+
+@dataclass(frozen=True)
+class ApprovalView:
+    """The incident's newest approval prompt and how far it got."""
+
+    id: str
+    state: str
+    pending: bool
+    expires_at: datetime
+    decided_by: str | None
+    approvers: list[str]
+    required: int
+
+    @property
+    def progress(self) -> str:
+        """ "1 of 2": approvals given of approvals needed."""
+        return f"{len(self.approvers)} of {self.required}"
+
+
+@dataclass(frozen=True)
+class Links:
+    trace: str
+    provenance: str
+    grafana: str | None
+    runbook: str
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    """Where the console's links point (from `WatchdogSettings`)."""
+
+    orchestrator_url: str
+    grafana_url: str | None
+    runbook_url: str
+
+
+def text_of(value: Any) -> str:
+    """A JSON value as one line of text, cut at VALUE_WIDTH characters."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
+    return text if len(text) <= VALUE_WIDTH else text[: VALUE_WIDTH - 1] + "…"
+
+
+def fields_of(data: dict[str, Any]) -> list[Item]:
+    return [Item(str(key), text_of(value)) for key, value in data.items()]
+
+
+def diagnosis_view(stored: dict[str, Any] | None) -> DiagnosisView | None:
+    """The stored diagnosis, steps in order; None before the first diagnosis."""
+    if stored is None:
+        return None
+    try:
+        diagnosis = Diagnosis.model_validate(stored)
+    except ValidationError:
+        raw = json.dumps(stored, indent=2, default=str, sort_keys=True)
+        return DiagnosisView(str(stored.get("likely_cause", "unknown")), [], [], None, None, raw=raw)
+    steps = [
+        StepView(f.step, f.name, f.status.value, f.summary, fields_of(f.evidence), f.duration_ms)
+        for f in sorted(diagnosis.findings, key=lambda finding: finding.step)
+    ]
+    return DiagnosisView(
+        diagnosis.likely_cause,
+        list(diagnosis.cause_evidence),
+        steps,
+        diagnosis.stuck_node_id,
+        diagnosis.agent_id,
+    )
+
+
+def timeline(entries: list[AuditEntry]) -> list[EventView]:
+    """The audit log, oldest first: who did what, before or after, with its data."""
+    return [EventView(e.at, e.actor, e.kind, e.phase, fields_of(e.data)) for e in entries]
+
+
+def approval_view(
+    approvals: list[Approval], rule_for: Callable[[Approval], ApprovalRule | None], *, now: datetime
+) -> ApprovalView | None:
+    """The newest prompt of the incident (None: none was asked for), with its approvers so far of
+    the number its policy rule (`rule_for`) asks for."""
+    if not approvals:
+        return None
+    newest = max(approvals, key=lambda approval: approval.created_at)
+    expired = newest.state == "pending" and now >= newest.expires_at
+    state = "expired" if expired else STATE_WORDS.get(newest.state, newest.state)
+    approvers = list(newest.votes or [])
+    if not approvers and newest.decided_by and newest.state in ("approved", "used"):
+        approvers = [newest.decided_by]
+    rule = rule_for(newest)
+    return ApprovalView(
+        id=newest.id,
+        state=state,
+        pending=newest.state == "pending" and not expired,
+        expires_at=newest.expires_at,
+        decided_by=newest.decided_by,
+        approvers=approvers,
+        required=rule.approvers_required if rule is not None else 1,
+    )
+
+
+def links(incident: Incident, settings: LinkSettings, *, now: datetime) -> Links:
+    """The run's trace and provenance at the orchestrator, its Grafana dashboard, the runbook."""
+    execution = quote(incident.execution_id, safe="")
+    base = f"{settings.orchestrator_url.rstrip('/')}{ORCHESTRATOR_API}/executions/{execution}"
+    return Links(
+        trace=f"{base}/trace",
+        provenance=f"{base}/provenance",
+        grafana=grafana_link(incident, settings.grafana_url, now=now),
+        runbook=settings.runbook_url,
+    )
+
+
+def grafana_link(incident: Incident, dashboard: str | None, *, now: datetime) -> str | None:
+    """The dashboard with the execution's variables and the incident's time window (ms)."""
+    if not dashboard:
+        return None
+    start = incident.opened_at - GRAFANA_LEAD
+    end = incident.closed_at or now
+    variables = {"var-execution_id": incident.execution_id, "from": _ms(start), "to": _ms(end)}
+    if incident.dag_id:
+        variables["var-dag_id"] = incident.dag_id
+    separator = "&" if "?" in dashboard else "?"
+    return f"{dashboard}{separator}{urlencode(variables)}"
+
+
+def _ms(at: datetime) -> str:
+    return str(int(at.timestamp() * 1000))
+
+
+def version_of(detail: IncidentDetail) -> str:
+    """What changes whenever the incident page would: status, audit length, approval states."""
+    approvals = ",".join(f"{a.id}:{a.state}" for a in detail.approvals)
+    return f"{detail.incident.status}/{len(detail.audit)}/{approvals}"
