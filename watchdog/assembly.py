@@ -46,7 +46,8 @@ from watchdog.jobs import JobTracker, exponential_backoff
 from watchdog.leases import JobLeases
 from watchdog.limits import RemediationLimits
 from watchdog.metrics import WatchdogMetrics
-from watchdog.notifier import Notifier, notifier_from_settings
+from watchdog.notifier import Notifier
+from watchdog.notify_router import PageResolver, notifier_from_settings
 from watchdog.plugins import PluginCatalog, load_plugins
 from watchdog.policy import Policy, load_policy
 from watchdog.readiness import DependencyMonitor
@@ -171,7 +172,7 @@ async def build_watchdog(
     jobs = JobTracker()
     leases = JobLeases(store, clock, owner=settings.replica_id, lease_seconds=settings.job_lease_seconds)
     backoff = exponential_backoff(settings.job_retry_backoff_seconds)
-    incidents = IncidentService(store, metrics)
+    incidents = IncidentService(store, metrics, breaker=policy.limits.circuit_breaker)
     approvals = ApprovalService(
         store,
         signing_key,
@@ -179,11 +180,12 @@ async def build_watchdog(
         public_url=settings.public_url or f"http://{settings.host}:{settings.port}",
         clock=clock,
     )
+    routed = notifier_from_settings(settings, metrics)
     responder = build_responder(
         store=store,
         incidents=incidents,
         approvals=approvals,
-        notifier=notifier or notifier_from_settings(settings),
+        notifier=notifier or routed,
         policy=policy,
         registry=registry,
         clients=clients,
@@ -268,6 +270,7 @@ async def build_watchdog(
             diagnosis.start,
             gate=IntakeGate(settings.intake_in_flight(), settings.intake_wait_seconds),
             known=KnownEpisodes(settings.intake_known_episodes),
+            on_resolved_after_acting=PageResolver(incidents, routed, jobs).alert_resolved,
         ),
         sweeper=sweeper,
         leases=leases,

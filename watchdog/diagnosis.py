@@ -280,7 +280,11 @@ class DiagnosisService:
             return None
         self.metrics.observe_diagnosis(diagnosis, self.clock.monotonic() - started)
         stored = await self._save(lambda: self._store_diagnosis(lease, incident, diagnosis, actor))
-        return None if stored is None else (stored, diagnosis)
+        if stored is None:
+            return None
+        if incident.diagnosis is None:
+            self.metrics.observe_first_diagnosis(incident.opened_at, diagnosis)
+        return stored, diagnosis
 
     async def _save(self, write: Callable[[], Awaitable[Incident | None]]) -> Incident | None:
         return await retried(

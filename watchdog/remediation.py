@@ -479,6 +479,8 @@ class RemediationService:
                 summary=f"resolved by {by}: {verification.summary()}",
             )
             self.count(plan.playbook, "resolved")
+            if self.metrics is not None:
+                self.metrics.observe_remediated(incident.diagnosis, self.contexts.clock.now())
             return Outcome(incident.id, "resolved", verification.summary())
         return await self.escalate(
             incident.id,
