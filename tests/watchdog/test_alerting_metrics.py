@@ -16,15 +16,16 @@ import pytest
 
 from tests.conftest import free_port
 from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, RecordingRemediate
-from tests.watchdog.recording_playbook import POLICY
-from tests.watchdog.test_remediation import Harness
+from tests.watchdog.responder_stack import responder_over
 from watchdog.assembly import Watchdog, build_watchdog
 from watchdog.incidents import IncidentService
 from watchdog.limits import RemediationLimits
 from watchdog.metrics import WatchdogMetrics
 from watchdog.policy import CircuitBreaker, Limits
+from watchdog.responder import Responder
 from watchdog.settings import Mode, WatchdogSettings
 from watchdog.store import WatchdogStore
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
 from watchdog_sdk.diagnosis import Diagnosis, Finding, StepStatus
 
 TIMEOUT_SECONDS = 600.0
@@ -34,6 +35,13 @@ def _value(metrics: WatchdogMetrics, name: str, labels: dict[str, str] | None = 
     value = metrics.registry.get_sample_value(name, labels or {})
     assert value is not None, name
     return value
+
+
+async def _incident(responder: Responder, execution_id: str) -> int:
+    opened = await responder.incidents.open_or_join(
+        execution_id, dag_id="d", source="sweep", detection_source="api"
+    )
+    return opened.incident.id
 
 
 def _diagnosis(clock: FakeClock, *, over_by: float | None) -> Diagnosis:
@@ -95,20 +103,18 @@ async def test_breaker_gauge_opens_with_the_failures_and_closes_when_they_leave_
 async def test_pending_approvals_report_the_oldest_age_and_those_past_their_expiry(
     store: WatchdogStore, clock: FakeClock
 ) -> None:
-    harness = Harness(store, clock, Mode.RECOMMEND, POLICY)  # approvals expire after 600 s
-    try:
-        for execution_id in ("e1", "e2"):
-            incident_id, diagnosis = await harness.incident(execution_id)
-            outcome = await harness.responder.handle_diagnosed(incident_id, diagnosis)
+    metrics = WatchdogMetrics()
+    async with OrchestratorClient("http://127.0.0.1:9", timeout=0.5) as orchestrator:
+        responder = responder_over(store, clock, orchestrator, mode=Mode.RECOMMEND, metrics=metrics)
+        for execution_id in ("e1", "e2"):  # prompts expire after 600 s
+            incident = await _incident(responder, execution_id)
+            outcome = await responder.handle_diagnosed(incident, _diagnosis(clock, over_by=60))
             assert outcome.status == "awaiting_approval"
             clock.advance(400)
-        await harness.incidents.refresh_gauges()
-        metrics = harness.metrics
-        assert _value(metrics, "gl_watchdog_pending_approvals") == 2
-        assert _value(metrics, "gl_watchdog_oldest_pending_approval_age_seconds") == 800
-        assert _value(metrics, "gl_watchdog_approvals_past_expiry") == 1  # the first expired at 600 s
-    finally:
-        await harness.orchestrator.aclose()
+    await responder.incidents.refresh_gauges()
+    assert _value(metrics, "gl_watchdog_pending_approvals") == 2
+    assert _value(metrics, "gl_watchdog_oldest_pending_approval_age_seconds") == 800
+    assert _value(metrics, "gl_watchdog_approvals_past_expiry") == 1  # the first expired at 600 s
 
 
 async def test_no_pending_approval_is_an_age_of_zero(store: WatchdogStore) -> None:
@@ -179,17 +185,16 @@ async def test_a_run_without_a_timeout_has_no_time_to_detect(
 async def test_a_verified_remediation_measures_the_time_to_remediate(
     store: WatchdogStore, clock: FakeClock
 ) -> None:
-    harness = Harness(store, clock, Mode.AUTO, POLICY)
-    try:
-        incident_id, _ = await harness.incident()
+    metrics = WatchdogMetrics()
+    async with OrchestratorClient("http://127.0.0.1:9", timeout=0.5) as orchestrator:
+        responder = responder_over(store, clock, orchestrator, mode=Mode.AUTO, metrics=metrics)
+        incident_id = await _incident(responder, "e1")
         diagnosis = _diagnosis(clock, over_by=900)
-        await harness.incidents.update(
+        await responder.incidents.update(
             incident_id, kind="diagnosis", actor="test", diagnosis=diagnosis.model_dump(mode="json")
         )
         clock.advance(100)
-        outcome = await harness.responder.handle_diagnosed(incident_id, diagnosis)
-    finally:
-        await harness.orchestrator.aclose()
+        outcome = await responder.handle_diagnosed(incident_id, diagnosis)
     assert outcome.status == "resolved"
-    assert _value(harness.metrics, "gl_watchdog_time_to_remediate_seconds_count") == 1
-    assert _value(harness.metrics, "gl_watchdog_time_to_remediate_seconds_sum") == 1000
+    assert _value(metrics, "gl_watchdog_time_to_remediate_seconds_count") == 1
+    assert _value(metrics, "gl_watchdog_time_to_remediate_seconds_sum") == 1000

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 
 from tests.conftest import free_port
 from tests.watchdog.conftest import WATCHDOG_TOKEN, RecordingRemediate, ScriptedDiagnose
-from tests.watchdog.test_notifier import PROMPT
+from tests.watchdog.messages import PROMPT
 from tests.watchdog.webhook import alert, payload
 from watchdog.assembly import Watchdog, build_watchdog, create_app
 from watchdog.metrics import WatchdogMetrics
