@@ -5,12 +5,13 @@ as the one `Notifier` of the responder (prompts) and the remediation state machi
 and by `PageResolver`, which the intake calls when an alert resolves for an escalated incident.
 
     approval prompt  ──▶ chat (`notifier_url`: Slack or JSON; nothing without one)
-    escalation       ──▶ every `escalation_targets` entry: chat, pagerduty, opsgenie (at once)
+    escalation       ──▶ every `escalation_targets` entry: chat, pagerduty, opsgenie, email (at once)
     alert resolved   ──▶ the pagers' resolve, when the incident was escalated (its page is over)
 
 Every delivery to a real target is counted in `gl_watchdog_notifications_total{target,kind,result}`
-(the `WatchdogNotifierFailing` alert). The result handed back for the audit log is the one target's,
-or, for several, ok only when every target took it, with each target's detail.
+(the `WatchdogNotifierFailing` alert); email is `watchdog.mail`. The result handed back for the audit
+log is the one target's, or, for several, ok only when every target took it, with each target's
+detail.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import httpx
 from watchdog import notifier as chat
 from watchdog.incidents import IncidentService
 from watchdog.jobs import JobTracker
+from watchdog.mail import EmailPager
 from watchdog.metrics import WatchdogMetrics
 from watchdog.notifier import EscalationMessage, Notifier, NotifyResult, NullNotifier, PromptMessage
 from watchdog.paging import OpsgeniePager, Pager, PagerDutyPager, ResolvedMessage
@@ -107,6 +109,8 @@ def notifier_from_settings(
     if EscalationTarget.OPSGENIE in targets and settings.opsgenie_api_key is not None:
         key, priority = settings.opsgenie_api_key, settings.opsgenie_priority
         pagers.append(OpsgeniePager(key, settings.opsgenie_url, priority, timeout, transport))
+    if EscalationTarget.EMAIL in targets and settings.smtp_host is not None:
+        pagers.append(_email(settings))
     chat_notifier = chat.notifier_from_settings(settings, transport=transport)
     return RoutedNotifier(
         chat_notifier,
@@ -114,6 +118,20 @@ def notifier_from_settings(
         pagers=pagers,
         escalate_to_chat=EscalationTarget.CHAT in targets,
         metrics=metrics,
+    )
+
+
+def _email(settings: WatchdogSettings) -> EmailPager:
+    assert settings.smtp_host is not None
+    return EmailPager(
+        settings.smtp_host,
+        settings.smtp_port,
+        settings.email_from,
+        list(settings.email_to),
+        starttls=settings.smtp_starttls,
+        username=settings.smtp_username,
+        password=settings.smtp_password,
+        timeout=settings.notifier_timeout_seconds,
     )
 
 

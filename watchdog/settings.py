@@ -6,8 +6,8 @@ Nothing else reads the environment.
 
 Sources, highest first: keyword arguments to `load_settings`, environment (`GL_WATCHDOG_<NAME>`), the
 optional YAML file, defaults. Secrets can come from mounted files: `orchestrator_token_file`,
-`api_token_file` (one token per line), `approval_signing_key_file`, `pagerduty_routing_key_file` and
-`opsgenie_api_key_file`; a file's contents override the
+`api_token_file` (one token per line), `approval_signing_key_file`, `pagerduty_routing_key_file`,
+`opsgenie_api_key_file` and `smtp_password_file`; a file's contents override the
 plain value. Secrets are `SecretStr`, so they never show up in reprs or logs.
 """
 
@@ -53,6 +53,7 @@ class EscalationTarget(StrEnum):
     CHAT = "chat"
     PAGERDUTY = "pagerduty"
     OPSGENIE = "opsgenie"
+    EMAIL = "email"
 
 
 class LogFormat(StrEnum):
@@ -151,6 +152,15 @@ class WatchdogSettings(BaseSettings):
     opsgenie_api_key_file: Path | None = None
     opsgenie_url: str = "https://api.opsgenie.com"  # EU accounts: https://api.eu.opsgenie.com
     opsgenie_priority: Literal["P1", "P2", "P3", "P4", "P5"] = "P2"
+    # Email over SMTP (STARTTLS unless smtp_starttls is false; login when smtp_username is set).
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_starttls: bool = True
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_password_file: Path | None = None
+    email_from: str = "gl-watchdog@localhost"
+    email_to: list[str] = Field(default_factory=list)
     policy_file: Path | None = None  # unset: the shipped default policy
     mode: Mode = Mode.RECOMMEND
     approval_ttl_seconds: float = Field(default=900.0, gt=0)
@@ -185,6 +195,8 @@ class WatchdogSettings(BaseSettings):
             self.pagerduty_routing_key = SecretStr(
                 _read_secret(self.pagerduty_routing_key_file, "pagerduty_routing_key_file")
             )
+        if self.smtp_password_file is not None:
+            self.smtp_password = SecretStr(_read_secret(self.smtp_password_file, "smtp_password_file"))
         if self.opsgenie_api_key_file is not None:
             key = _read_secret(self.opsgenie_api_key_file, "opsgenie_api_key_file")
             self.opsgenie_api_key = SecretStr(key)
@@ -196,6 +208,8 @@ class WatchdogSettings(BaseSettings):
             EscalationTarget.PAGERDUTY: ("pagerduty_routing_key", self.pagerduty_routing_key),
             EscalationTarget.OPSGENIE: ("opsgenie_api_key", self.opsgenie_api_key),
         }
+        if EscalationTarget.EMAIL in self.escalation_targets and not (self.smtp_host and self.email_to):
+            raise ValueError("escalation_targets has email but smtp_host or email_to is not set")
         for target in self.escalation_targets:
             if target in needs and needs[target][1] is None:
                 name = needs[target][0]

@@ -264,6 +264,11 @@ def test_no_rbac_and_no_token_when_kubernetes_is_disabled(render: Render) -> Non
             "set watchdog.paging.opsgenie.apiKey",
         ),
         ({"watchdog": {"paging": {"escalationTargets": ["sms"]}}}, helm.HelmValuesError, "escalationTargets"),
+        (
+            {"watchdog": {"paging": {"escalationTargets": ["email"]}}},
+            helm.HelmRenderError,
+            "set watchdog.paging.email.smtpHost and watchdog.paging.email.to",
+        ),
         ({"watchdog": {"logFormat": "xml"}}, helm.HelmValuesError, "logFormat"),
         ({"orchestrator": {"name": "Not_A_Name"}}, helm.HelmValuesError, "/orchestrator/name"),
         ({"watchdog": {"mdoe": "auto"}}, helm.HelmValuesError, "mdoe"),
