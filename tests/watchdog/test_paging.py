@@ -26,7 +26,7 @@ from tests.watchdog.webhook import alert, payload
 from watchdog.assembly import Watchdog, build_watchdog, create_app
 from watchdog.metrics import WatchdogMetrics
 from watchdog.notifier import EscalationMessage, NotifyResult, PromptMessage
-from watchdog.notify_router import RoutedNotifier, notifier_from_settings
+from watchdog.notify_router import PageResolver, RoutedNotifier, notifier_from_settings
 from watchdog.paging import OpsgeniePager, PagerDutyPager, ResolvedMessage, dedup_key
 from watchdog.settings import WatchdogSettings, load_settings
 from watchdog_sdk.errors import ConfigError
@@ -49,6 +49,13 @@ AUTH = {"Authorization": f"Bearer {WATCHDOG_TOKEN}"}
 def _sent(route: respx.Route, index: int = 0) -> dict[str, Any]:
     body: dict[str, Any] = json.loads(route.calls[index].request.content)
     return body
+
+
+def _routed(wd: Watchdog) -> RoutedNotifier:
+    """The watchdog's own notifier (its remediation's), with its PagerDuty pager and its metrics."""
+    notifier = wd.remediation.notifier
+    assert isinstance(notifier, RoutedNotifier)
+    return notifier
 
 
 def _count(metrics: WatchdogMetrics, target: str, kind: str, result: str) -> float:
@@ -289,3 +296,34 @@ async def test_an_escalated_incident_pages_and_its_resolved_alert_resolves_the_p
     metrics = paging_watchdog.metrics
     assert _count(metrics, "pagerduty", "escalation", "ok") == 1
     assert _count(metrics, "pagerduty", "resolve", "ok") == 1
+
+
+async def test_a_page_that_cannot_be_resolved_is_audited_and_counted(
+    mocked: respx.MockRouter, paging_watchdog: Watchdog
+) -> None:
+    mocked.post(PD_URL).mock(
+        side_effect=[httpx.Response(202, json={"status": "success"}), httpx.Response(500, text="oops")]
+    )
+    opened = await paging_watchdog.incidents.open_or_join(
+        "exec-9", dag_id="d", source="sweep", detection_source="api"
+    )
+    await paging_watchdog.remediation.escalate(opened.incident.id, "on-call must look")
+    resolver = PageResolver(paging_watchdog.incidents, _routed(paging_watchdog), paging_watchdog.jobs)
+    result = await resolver.resolve(opened.incident.id)
+    assert result is not None and not result.ok and "PagerDuty resolve answered 500: oops" in result.detail
+    detail = await paging_watchdog.incidents.detail(opened.incident.id)
+    [after] = [e for e in detail.audit if e.kind == "page_resolved" and e.phase == "after"]
+    assert after.data["ok"] is False
+    assert _count(paging_watchdog.metrics, "pagerduty", "resolve", "failed") == 1
+
+
+async def test_an_incident_not_escalated_has_no_page_to_resolve(
+    mocked: respx.MockRouter, paging_watchdog: Watchdog
+) -> None:
+    route = mocked.post(PD_URL).respond(202, json={"status": "success"})
+    opened = await paging_watchdog.incidents.open_or_join(
+        "exec-8", dag_id="d", source="sweep", detection_source="api"
+    )
+    resolver = PageResolver(paging_watchdog.incidents, _routed(paging_watchdog), paging_watchdog.jobs)
+    assert await resolver.resolve(opened.incident.id) is None
+    assert not route.calls
