@@ -31,6 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from gl_common.auth import is_loopback
+from gl_common.logs import configure_logging
 from orchestrator_core.agents import AgentRegistry
 from orchestrator_core.api import build_app
 from orchestrator_core.dag import load_document
@@ -43,7 +44,6 @@ from orchestrator_core.events import (
     NodeTimeoutEvent,
     RetryEvent,
 )
-from orchestrator_core.logs import configure_logging
 from orchestrator_core.records import ExecutionOptions
 from orchestrator_core.service import OrchestratorService
 from orchestrator_core.settings import OrchestratorSettings, load_settings

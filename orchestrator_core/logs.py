@@ -4,9 +4,9 @@ Where it sits: `service.OrchestratorService` owns one `RunLog`; engine observer 
 attempt lifecycle, retries, timeouts, checkpoint failures) and HTTP agent calls are written through
 it with `execution_id`, `node_id` and `agent_id` as fields, so the runbook's
 `kubectl logs ... | grep <agent_id>` finds them. Each line goes to the stdlib logger
-`orchestrator_core.run` (formatted as one JSON object per line by `JsonFormatter`, installed by
-`configure_logging` from the CLI) and into an in-memory ring buffer per execution that `api.py` serves
-(diagnostic step 7 reads it when there is no Kubernetes).
+`orchestrator_core.run` (formatted as one JSON object per line by `gl_common.logs.JsonFormatter`,
+installed by `gl_common.logs.configure_logging` from the CLI) and into an in-memory ring buffer per
+execution that `api.py` serves (diagnostic step 7 reads it when there is no Kubernetes).
 
 The buffer is bounded twice: `lines_per_execution` lines per run and `max_executions` runs (the
 least recently written run is dropped first).
@@ -14,15 +14,13 @@ least recently written run is dropped first).
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol
 
 from gl_common.clock import utc_now
+from gl_common.logs import RECORD_ATTRS
 from orchestrator_core.events import (
     CheckpointEvent,
     EngineObserver,
@@ -35,41 +33,11 @@ from orchestrator_core.events import (
 
 RUN_LOGGER = "orchestrator_core.run"
 
-# Attributes every LogRecord has; anything else on a record was passed in `extra` and is a field.
-_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+_RECORD_ATTRS = RECORD_ATTRS
 
 
 def _now_iso() -> str:
     return utc_now().isoformat().replace("+00:00", "Z")
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, message, and every `extra` field."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _RECORD_ATTRS and not key.startswith("_"):
-                line[key] = value
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str, sort_keys=False)
-
-
-def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
-    """Root logging as JSON lines on `stream` (stderr by default). Called once by the CLI."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    for existing in list(root.handlers):
-        root.removeHandler(existing)
-    root.addHandler(handler)
-    root.setLevel(level.upper())
 
 
 class AttemptOf(Protocol):

@@ -16,35 +16,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import Span, Status, StatusCode, set_span_in_context
 
+from gl_common.tracing import build_tracer_provider as build_provider
 from orchestrator_core.events import EngineObserver, ExecutionEvent, NodeAttemptEvent
 
 SERVICE_NAME = "orchestrator-service"
 EXECUTION_SPAN = "dag.execution"
 NODE_SPAN = "dag.node"
-OTLP_TIMEOUT_SECONDS = 10.0
 
 
 def build_tracer_provider(
     otlp_endpoint: str | None, *, exporter: SpanExporter | None = None, service_name: str = SERVICE_NAME
 ) -> TracerProvider:
-    """A provider with `service.name` set; OTLP export only when `otlp_endpoint` is given."""
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-    if otlp_endpoint:
-        endpoint = otlp_endpoint.rstrip("/")
-        if not endpoint.endswith("/v1/traces"):
-            endpoint += "/v1/traces"
-        provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, timeout=OTLP_TIMEOUT_SECONDS))
-        )
-    if exporter is not None:
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return provider
+    """The orchestrator's provider (`gl_common.tracing.build_tracer_provider`, named orchestrator-service)."""
+    return build_provider(otlp_endpoint, exporter=exporter, service_name=service_name)
 
 
 @dataclass

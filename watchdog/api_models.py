@@ -347,7 +347,8 @@ class AlertOutcomeOut(BaseModel):
     status: str
     fingerprint: str
     outcome: str = Field(
-        description="opened | joined | duplicate | closed | left_open | no_incident | ignored | conflict | "
+        description="opened | joined | duplicate | closed | left_open | escalated (resolved for an incident "
+        "escalated to on-call: its page resolves) | no_incident | ignored | conflict | "
         "recorded (stored, though the store failed as the write ended)"
     )
     execution_id: str | None = None

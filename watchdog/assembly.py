@@ -24,10 +24,11 @@ import logging
 import os
 import secrets
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from aiohttp import web
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from gl_common.clock import Clock, SystemClock
 from watchdog import api, operator_api
@@ -49,7 +50,8 @@ from watchdog.jobs import JobTracker, exponential_backoff
 from watchdog.leases import JobLeases
 from watchdog.limits import RemediationLimits
 from watchdog.metrics import WatchdogMetrics
-from watchdog.notifier import Notifier, notifier_from_settings
+from watchdog.notifier import Notifier
+from watchdog.notify_router import PageResolver, notifier_from_settings
 from watchdog.plugins import PluginCatalog, load_plugins
 from watchdog.policy import Policy, load_policy
 from watchdog.readiness import DependencyMonitor
@@ -61,6 +63,7 @@ from watchdog.settings import Mode, WatchdogSettings
 from watchdog.store import WatchdogStore
 from watchdog.sweeps import Leadership, LocalLeadership, RedisLeadership, Sweeper
 from watchdog.tokens import TokenStore
+from watchdog.tracing import IncidentTracer
 from watchdog_sdk.clients import Clients
 from watchdog_sdk.diagnostic_step import DiagnosticContext
 from watchdog_sdk.errors import ConfigError
@@ -90,6 +93,7 @@ class Watchdog:
     reconciler: Reconciler
     readiness: DependencyMonitor
     plugins: PluginCatalog
+    tracer: IncidentTracer = field(default_factory=IncidentTracer)
 
     async def start(self, *, sweeps: bool = True, expiry_interval_seconds: float | None = None) -> None:
         """Resume what a previous process left unfinished (diagnoses, remediations) when this is the
@@ -132,6 +136,7 @@ class Watchdog:
         await self.readiness.aclose()
         await self.clients.aclose()
         await self.store.close()
+        self.tracer.shutdown()
 
 
 async def build_watchdog(
@@ -146,18 +151,20 @@ async def build_watchdog(
     registry: Registry | None = None,
     plugins: PluginCatalog | None = None,
     poll_interval_seconds: float = 1.0,
+    span_exporter: SpanExporter | None = None,
 ) -> Watchdog:
     """Open the store (migrations included) and the clients, and build every service over them.
 
-    What can be given instead of what the settings say: `diagnose` (default: the diagnostic runner
-    over the clients), `on_diagnosed` (default: the responder; with `respond=False` a diagnosis is
-    stored and reported only, as `gl-watchdog sweep` does), the `notifier`, the `policy` (default:
-    `settings.policy_file`, else the shipped one, checked against the plugins), the `plugins`
-    (default: the built-ins and the installed entry points, `watchdog.plugins.load_plugins`; a plugin
-    that fails to load is logged and counted, and the policy may not reference it) and the playbook
-    `registry` (default: the plugins' one registry). Without `approval_signing_key` an ephemeral key
-    is made: links then stop working when the process restarts (fine for the demo, not for
-    production).
+        What can be given instead of what the settings say: `diagnose` (default: the diagnostic runner
+        over the clients), `on_diagnosed` (default: the responder; with `respond=False` a diagnosis is
+        stored and reported only, as `gl-watchdog sweep` does), the `notifier`, the `policy` (default:
+        `settings.policy_file`, else the shipped one, checked against the plugins), the `plugins`
+        (default: the built-ins and the installed entry points, `watchdog.plugins.load_plugins`; a plugin
+        that fails to load is logged and counted, and the policy may not reference it) and the playbook
+        `registry` (default: the plugins' one registry); `span_exporter` receives the spans (tests), beside
+    the OTLP export of `settings.otlp_endpoint`. Without `approval_signing_key` an ephemeral key
+        is made: links then stop working when the process restarts (fine for the demo, not for
+        production).
     """
     clock = clock or SystemClock()
     plugins = plugins or load_plugins()
@@ -170,12 +177,13 @@ async def build_watchdog(
         await clients.aclose()
         raise
     registry = registry or plugins.registry
+    tracer = IncidentTracer.from_settings(settings.otlp_endpoint, span_exporter)
     metrics = WatchdogMetrics()
     metrics.plugin_problems(plugins.problems)
     jobs = JobTracker()
     leases = JobLeases(store, clock, owner=settings.replica_id, lease_seconds=settings.job_lease_seconds)
     backoff = exponential_backoff(settings.job_retry_backoff_seconds)
-    incidents = IncidentService(store, metrics)
+    incidents = IncidentService(store, metrics, breaker=policy.limits.circuit_breaker)
     approvals = ApprovalService(
         store,
         signing_key,
@@ -184,11 +192,12 @@ async def build_watchdog(
         clock=clock,
         rules=lambda plan: policy.approval_for(plan.playbook, plan.risk),
     )
+    routed = notifier_from_settings(settings, metrics)
     responder = build_responder(
         store=store,
         incidents=incidents,
         approvals=approvals,
-        notifier=notifier or notifier_from_settings(settings),
+        notifier=notifier or routed,
         policy=policy,
         registry=registry,
         clients=clients,
@@ -200,6 +209,7 @@ async def build_watchdog(
         leases=leases,
         remediation_timeout_seconds=settings.remediation_timeout_seconds,
         backoff=backoff,
+        tracer=tracer,
     )
     context = DiagnosticContext(clients=clients, settings=settings.diagnostics(), clock=clock)
     diagnosis = DiagnosisService(
@@ -215,6 +225,7 @@ async def build_watchdog(
         step_timeout_seconds=settings.step_timeout_seconds,
         backoff=backoff,
         queue_size=settings.diagnosis_queue_size,
+        tracer=tracer,
     )
     reconciler = Reconciler(
         store=store,
@@ -273,12 +284,14 @@ async def build_watchdog(
             diagnosis.start,
             gate=IntakeGate(settings.intake_in_flight(), settings.intake_wait_seconds),
             known=KnownEpisodes(settings.intake_known_episodes),
+            on_resolved_after_acting=PageResolver(incidents, routed, jobs).alert_resolved,
         ),
         sweeper=sweeper,
         leases=leases,
         reconciler=reconciler,
         readiness=DependencyMonitor(store, clients, metrics, clock),
         plugins=plugins,
+        tracer=tracer,
     )
 
 
@@ -299,6 +312,7 @@ def build_responder(
     leases: JobLeases | None = None,
     remediation_timeout_seconds: float = 1800.0,
     backoff: Backoff | None = None,
+    tracer: IncidentTracer | None = None,
 ) -> Responder:
     """The remediation side over a store and clients: the limits, the remediation state machine and
     the responder that drives it (`Responder.remediation`). Part of `build_watchdog`; tests build it
@@ -320,6 +334,7 @@ def build_responder(
         deadline_seconds=remediation_timeout_seconds,
         backoff=backoff or exponential_backoff(30.0),
         metrics=metrics,
+        tracer=tracer,
     )
     return Responder(
         store=store,

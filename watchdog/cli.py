@@ -42,7 +42,7 @@ from sqlalchemy.exc import ArgumentError
 
 from gl_common.auth import is_loopback
 from gl_common.ids import ExecutionId
-from watchdog import remediation_cli
+from watchdog import logs, remediation_cli
 from watchdog.assembly import build_watchdog, create_app
 from watchdog.backends import open_clients
 from watchdog.diagnostics import render, runner
@@ -83,18 +83,9 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> WatchdogSettings:
     return load_settings(args.config, **clean).with_local_secrets(create=False)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # httpx logs every request and APScheduler every job run at INFO (each sweep, each diagnostic
-    # call): noise that buries what the watchdog itself says. Failures reach our log through the
-    # clients' errors and the sweep report anyway.
-    if logging.getLogger().getEffectiveLevel() >= logging.INFO:
-        for chatty in ("httpx", "apscheduler"):
-            logging.getLogger(chatty).setLevel(logging.WARNING)
+def _setup_logging(level: str, log_format: str = "text") -> None:
+    """Logging on stderr (`watchdog.logs`): JSON lines for the service when configured, text otherwise."""
+    logs.configure(level, log_format)
 
 
 def execution_id_argument(value: str) -> str:
@@ -115,7 +106,7 @@ def execution_id_argument(value: str) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the watchdog service until SIGINT/SIGTERM."""
     settings = _settings(args, host=args.host, port=args.port)
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, settings.log_format)
     if not settings.api_tokens and not is_loopback(settings.host):
         raise CliError(
             f"refusing to serve on {settings.host} without API tokens: set GL_WATCHDOG_API_TOKENS "

@@ -42,6 +42,7 @@ from watchdog.leases import JobLeases, Lease, LeaseLost
 from watchdog.metrics import WatchdogMetrics
 from watchdog.records import Incident
 from watchdog.store import WatchdogStore
+from watchdog.tracing import DIAGNOSIS_SPAN, IncidentTracer
 from watchdog_sdk.diagnosis import Diagnosis
 from watchdog_sdk.errors import WatchdogError
 
@@ -81,8 +82,10 @@ class DiagnosisService:
         step_timeout_seconds: float,
         backoff: Backoff,
         queue_size: int = DEFAULT_QUEUE_SIZE,
+        tracer: IncidentTracer | None = None,
     ) -> None:
         self.store = store
+        self.tracer = tracer or IncidentTracer()
         self.incidents = incidents
         self.metrics = metrics
         self.jobs = jobs
@@ -252,7 +255,8 @@ class DiagnosisService:
         if begun is None:
             return None
         lease, incident = begun
-        with self.leases.holding(lease):
+        span = self.tracer.span(DIAGNOSIS_SPAN, incident_id, incident.execution_id, job="diagnosis")
+        with self.leases.holding(lease), span:
             try:
                 return await self._run_and_save(lease, incident, actor)
             except LeaseLost as exc:
@@ -280,7 +284,11 @@ class DiagnosisService:
             return None
         self.metrics.observe_diagnosis(diagnosis, self.clock.monotonic() - started)
         stored = await self._save(lambda: self._store_diagnosis(lease, incident, diagnosis, actor))
-        return None if stored is None else (stored, diagnosis)
+        if stored is None:
+            return None
+        if incident.diagnosis is None:
+            self.metrics.observe_first_diagnosis(incident.opened_at, diagnosis)
+        return stored, diagnosis
 
     async def _save(self, write: Callable[[], Awaitable[Incident | None]]) -> Incident | None:
         return await retried(

@@ -24,9 +24,11 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from watchdog.breaker import failures_in, is_open
 from watchdog.errors import IncidentNotFound, InvalidTransition
 from watchdog.metrics import WatchdogMetrics
 from watchdog.migrations import TERMINAL_INCIDENT_STATUSES
+from watchdog.policy import CircuitBreaker
 from watchdog.records import Action, Approval, AuditEntry, Incident
 from watchdog.store import Tx, WatchdogStore
 
@@ -155,12 +157,20 @@ async def transition_in(
 
 
 class IncidentService:
-    """Incident operations, one transaction each. The open-incidents gauge is a store-wide count read
-    at scrape time (`refresh_gauges`) and at start, not after every change."""
+    """Incident operations, one transaction each. The store-wide gauges (open incidents, pending
+    approvals and their age, the circuit breaker of `breaker`) are read at scrape time
+    (`refresh_gauges`) and at start, not after every change."""
 
-    def __init__(self, store: WatchdogStore, metrics: WatchdogMetrics | None = None) -> None:
+    def __init__(
+        self,
+        store: WatchdogStore,
+        metrics: WatchdogMetrics | None = None,
+        *,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         self.store = store
         self.metrics = metrics
+        self.breaker = breaker or CircuitBreaker()
 
     async def open_or_join(
         self,
@@ -281,23 +291,26 @@ class IncidentService:
             self.metrics.open_incidents.set(await tx.count_open_incidents())
 
     async def refresh_approvals_gauge(self) -> None:
-        """Set `gl_watchdog_pending_approvals` from the store."""
+        """Set the pending approvals' gauges (count, oldest age, past expiry) from the store."""
         if self.metrics is None:
             return
-        async with self.store.transaction() as tx:
+        async with self.store.read() as tx:
             pending = await tx.list_approvals(states=["pending"])
-        self.metrics.pending_approvals.set(len(pending))
+            self.metrics.observe_pending_approvals(pending, tx.clock.now())
 
     async def refresh_gauges(self) -> None:
-        """Both store-wide gauges, read in one transaction: called before every scrape of `/metrics`,
+        """Every store-wide gauge, read in one transaction: called before every scrape of `/metrics`,
         so that every replica reports the same figures, not only the one whose change last set them."""
         if self.metrics is None:
             return
         async with self.store.read() as tx:
+            now = tx.clock.now()
             open_incidents = await tx.count_open_incidents()
             pending = await tx.list_approvals(states=["pending"])
+            failures = await failures_in(tx, self.breaker, now)
         self.metrics.open_incidents.set(open_incidents)
-        self.metrics.pending_approvals.set(len(pending))
+        self.metrics.observe_pending_approvals(pending, now)
+        self.metrics.circuit_breaker_open.set(1 if is_open(failures, self.breaker) else 0)
 
 
 async def close_if_not_acted_in(tx: Tx, incident_id: int, *, actor: str, reason: str) -> Incident:

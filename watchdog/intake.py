@@ -15,7 +15,8 @@ Per alert:
   `on_opened` (the app starts its diagnosis);
 - resolved: closes the execution's open incident if it has not acted yet (no action recorded, not
   remediating/verifying); an incident that has acted is left to the remediation, with an audit
-  note. A resolved alert never opens an incident and never triggers anything.
+  note; for an incident already escalated, `on_resolved_after_acting` resolves its page. A resolved
+  alert never opens an incident and never triggers a remediation.
 
 Validation happens for the whole payload before anything is read or written (docs/architecture.md,
 "Webhook validation"). A payload that is not a valid webhook, or whose alerts are all invalid, is
@@ -78,7 +79,8 @@ class AlertOutcome:
     alertname: str
     status: str
     fingerprint: str
-    # opened | joined | duplicate | closed | left_open | no_incident | ignored | conflict | recorded
+    # opened | joined | duplicate | closed | left_open | escalated | no_incident | ignored | conflict |
+    # recorded
     outcome: str
     execution_id: str | None = None
     incident_id: int | None = None
@@ -136,11 +138,14 @@ class AlertIntake:
         gate: IntakeGate | None = None,
         known: KnownEpisodes | None = None,
         repeats: RepeatCounts | None = None,
+        on_resolved_after_acting: Callable[[int], object] | None = None,
     ) -> None:
         self.store = store
         self.incidents = incidents
         self.metrics = metrics
         self.on_opened = on_opened
+        # An alert resolved for an incident escalated to on-call (`notify_router.PageResolver`).
+        self.on_resolved_after_acting = on_resolved_after_acting
         self.gate = gate or IntakeGate(DEFAULT_IN_FLIGHT, DEFAULT_WAIT_SECONDS)
         self.known = known or KnownEpisodes(DEFAULT_KNOWN_EPISODES)
         self.repeats = repeats or RepeatCounts(DEFAULT_PENDING_REPEATS, DEFAULT_REPEAT_FLUSH_SECONDS)
@@ -181,6 +186,8 @@ class AlertIntake:
             if outcome.outcome == "conflict":
                 self.metrics.alert_conflicts.inc()
                 log.warning("alert refused: %s", outcome.detail)
+            elif outcome.outcome == "escalated" and outcome.incident_id and self.on_resolved_after_acting:
+                self.on_resolved_after_acting(outcome.incident_id)
         return done
 
     async def _after_the_others(
@@ -399,11 +406,16 @@ class AlertIntake:
                 delivery = await tx.update_delivery(
                     delivery.id, status="resolved", resolved_at=tx.clock.now()
                 )
-        incident = None
+        incident = escalated = None
         if delivery is not None and delivery.incident_id is not None:
             incident = await tx.get_incident(delivery.incident_id)
+            escalated = incident if incident is not None and incident.status == "escalated" else None
         if incident is None or not incident.is_open:
             incident = await tx.get_open_incident(execution_id)
+        if incident is None and escalated is not None:  # on-call was paged: its page can resolve
+            await tx.add_audit(escalated.id, "alert_resolved", actor=ACTOR, data={"fingerprint": key})
+            outcome = AlertOutcome(alert.alertname, "resolved", key, "escalated", execution_id, escalated.id)
+            return outcome, None if delivery is None else _known(delivery), None
         if incident is None:
             outcome = AlertOutcome(alert.alertname, "resolved", key, "no_incident", execution_id)
             return outcome, None if delivery is None else _known(delivery), None

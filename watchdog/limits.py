@@ -3,7 +3,8 @@
 Called by the remediation state machine (`watchdog.remediation`): `reserve()` after a playbook's
 preconditions held and right before it acts, `count_failure_in()` when a remediation fails (inside the
 transaction that escalates its incident). Limits come from the policy (`watchdog.policy.Limits`); the
-counts are `rate_events` rows:
+counts are `rate_events` rows (the breaker's window is read through `watchdog.breaker`, which the
+scrape-time gauge reads too):
 
     remediation         key "*"         one per remediation that acts: the global budget per hour
     agent_restart       key agent id    one per restart_agent: restarts per agent per hour
@@ -20,14 +21,13 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from gl_common.clock import Clock
+from watchdog.breaker import GLOBAL_KEY, RATE_FAILED, failures_in, is_open
 from watchdog.plan import Plan
 from watchdog.policy import Limits
 from watchdog.store import Tx, WatchdogStore
 
 RATE_AGENT_RESTART: Final = "agent_restart"
 RATE_REMEDIATION: Final = "remediation"
-RATE_FAILED: Final = "remediation_failed"
-GLOBAL_KEY: Final = "*"
 
 
 class RemediationLimits:
@@ -76,10 +76,8 @@ class RemediationLimits:
         limits = self.limits
         hour_ago = now - timedelta(hours=1)
         breaker = limits.circuit_breaker
-        failures = await tx.count_rate_events(
-            RATE_FAILED, GLOBAL_KEY, now - timedelta(seconds=breaker.window_seconds)
-        )
-        if failures >= breaker.failures:
+        failures = await failures_in(tx, breaker, now)
+        if is_open(failures, breaker):
             return (
                 f"circuit open: {failures} failed remediations in the last {breaker.window_seconds}s "
                 f"(limit {breaker.failures}); not acting"

@@ -11,8 +11,9 @@ remediation side (remediations, approvals); served by
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,12 +24,15 @@ from prometheus_client import (
     generate_latest,
 )
 
+from watchdog.records import Approval
 from watchdog_sdk.constants import (
     W_ALERT_CONFLICTS,
     W_ALERTS_RECEIVED,
     W_ALERTS_REJECTED,
     W_APPROVALS,
+    W_APPROVALS_PAST_EXPIRY,
     W_AUTH_FAILURES,
+    W_CIRCUIT_BREAKER_OPEN,
     W_DEPENDENCY_UP,
     W_DIAGNOSES,
     W_DIAGNOSES_DEFERRED,
@@ -40,11 +44,16 @@ from watchdog_sdk.constants import (
     W_IS_LEADER,
     W_JOB_SAVE_FAILURES,
     W_JOBS_RECONCILED,
+    W_NOTIFICATIONS,
+    W_OLDEST_PENDING_APPROVAL_AGE,
     W_OPEN_INCIDENTS,
     W_PENDING_APPROVALS,
     W_PLUGIN_PROBLEMS,
     W_REMEDIATIONS,
     W_SWEEPS,
+    W_TIME_TO_DETECT,
+    W_TIME_TO_DIAGNOSE,
+    W_TIME_TO_REMEDIATE,
 )
 from watchdog_sdk.diagnosis import Diagnosis
 
@@ -52,6 +61,9 @@ if TYPE_CHECKING:
     from watchdog.plugins import PluginProblem
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Time from a run crossing its timeout to the incident's open, diagnosis and verified remediation: the
+# alert's `for` (10m) and Alertmanager's grouping come first, so the buckets run from 1 minute to 4 hours.
+PHASE_BUCKETS = (60, 120, 300, 600, 900, 1200, 1800, 2700, 3600, 7200, 14400)
 
 
 class WatchdogMetrics:
@@ -153,6 +165,74 @@ class WatchdogMetrics:
             registry=r,
         )
 
+        self.notifications = Counter(
+            W_NOTIFICATIONS,
+            "Notifications sent, by target (slack|json|pagerduty|opsgenie), kind (prompt|escalation|"
+            "resolve) and result (ok|failed)",
+            ["target", "kind", "result"],
+            registry=r,
+        )
+        self.circuit_breaker_open = Gauge(
+            W_CIRCUIT_BREAKER_OPEN,
+            "1 while the remediation circuit breaker is open (too many failed remediations in its window)",
+            registry=r,
+        )
+        self.oldest_pending_approval_age = Gauge(
+            W_OLDEST_PENDING_APPROVAL_AGE,
+            "Age of the oldest approval prompt still waiting for an answer (0: none is waiting)",
+            registry=r,
+        )
+        self.approvals_past_expiry = Gauge(
+            W_APPROVALS_PAST_EXPIRY,
+            "Approval prompts still pending although their expiry has passed (the expiry is not running)",
+            registry=r,
+        )
+        self.time_to_detect = Histogram(
+            W_TIME_TO_DETECT,
+            "From a run crossing its timeout to the watchdog opening its incident",
+            buckets=PHASE_BUCKETS,
+            registry=r,
+        )
+        self.time_to_diagnose = Histogram(
+            W_TIME_TO_DIAGNOSE,
+            "From a run crossing its timeout to its incident's first diagnosis",
+            buckets=PHASE_BUCKETS,
+            registry=r,
+        )
+        self.time_to_remediate = Histogram(
+            W_TIME_TO_REMEDIATE,
+            "From a run crossing its timeout to a remediation of it applied and verified",
+            buckets=PHASE_BUCKETS,
+            registry=r,
+        )
+
+    def notified(self, target: str, kind: str, ok: bool) -> None:
+        """Count one notification delivered (or not) to `target`."""
+        self.notifications.labels(target=target, kind=kind, result="ok" if ok else "failed").inc()
+
+    def observe_first_diagnosis(self, opened_at: datetime, diagnosis: Diagnosis) -> None:
+        """Time to detect and to diagnose of an incident's first diagnosis (none for a run without a
+        timeout, or one not over it: there is no crossing to measure from)."""
+        step1 = diagnosis.finding(1)
+        crossed = timeout_crossed_at(step1.evidence if step1 is not None else {})
+        if crossed is None or opened_at < crossed:
+            return
+        self.time_to_detect.observe((opened_at - crossed).total_seconds())
+        self.time_to_diagnose.observe(max((diagnosis.completed_at - crossed).total_seconds(), 0.0))
+
+    def observe_remediated(self, diagnosis: Mapping[str, Any] | None, verified_at: datetime) -> None:
+        """Time to remediate: from the crossing the incident's stored diagnosis names to `verified_at`."""
+        crossed = timeout_crossed_at(_step1_evidence(diagnosis))
+        if crossed is not None and verified_at >= crossed:
+            self.time_to_remediate.observe((verified_at - crossed).total_seconds())
+
+    def observe_pending_approvals(self, pending: list[Approval], now: datetime) -> None:
+        """The pending prompts: how many, the oldest one's age, and how many are past their expiry."""
+        self.pending_approvals.set(len(pending))
+        ages = [(now - approval.created_at).total_seconds() for approval in pending]
+        self.oldest_pending_approval_age.set(max(ages, default=0.0))
+        self.approvals_past_expiry.set(sum(1 for approval in pending if approval.expires_at <= now))
+
     def observe_diagnosis(self, diagnosis: Diagnosis, seconds: float) -> None:
         """Count one finished diagnosis, its duration and the outcome of each of its steps."""
         self.diagnoses.labels(likely_cause=diagnosis.likely_cause).inc()
@@ -172,3 +252,25 @@ class WatchdogMetrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""
         return generate_latest(self.registry)
+
+
+def _step1_evidence(diagnosis: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """Diagnostic step 1's evidence in a stored diagnosis (`Diagnosis.model_dump(mode="json")`)."""
+    for finding in (diagnosis or {}).get("findings", []):
+        if isinstance(finding, Mapping) and finding.get("step") == 1:
+            evidence = finding.get("evidence")
+            return evidence if isinstance(evidence, Mapping) else {}
+    return {}
+
+
+def timeout_crossed_at(evidence: Mapping[str, Any]) -> datetime | None:
+    """When the run went over its timeout: `started_at + timeout_seconds` of diagnostic step 1's
+    evidence (None when either is missing or malformed)."""
+    started, timeout = evidence.get("started_at"), evidence.get("timeout_seconds")
+    if not isinstance(started, str) or not isinstance(timeout, int | float):
+        return None
+    try:
+        begun = datetime.fromisoformat(started)
+    except ValueError:
+        return None
+    return None if begun.tzinfo is None else begun + timedelta(seconds=timeout)

@@ -82,6 +82,36 @@ class NullNotifier:
         return NotifyResult(ok=True, sent=False, detail="no notifier_url configured; escalation not sent")
 
 
+async def post_json(
+    url: str,
+    body: dict[str, Any],
+    *,
+    timeout_seconds: float,
+    transport: httpx.AsyncBaseTransport | None = None,
+    headers: dict[str, str] | None = None,
+    what: str = "notifier webhook",
+) -> NotifyResult:
+    """POST `body` as JSON within `timeout_seconds`; every failure (timeout, unreachable, 4xx/5xx) is
+    the result, named after `what`, never raised. `headers` may carry a credential: never in a result."""
+    try:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_seconds), transport=transport) as client:
+            response = await client.post(url, json=body, headers=headers)
+    except httpx.TimeoutException:
+        return NotifyResult(ok=False, sent=False, detail=f"{what} timed out after {timeout_seconds:g}s")
+    except httpx.HTTPError as exc:
+        return NotifyResult(ok=False, sent=False, detail=f"{what} unreachable: {exc or type(exc).__name__}")
+    if response.status_code >= 400:
+        return NotifyResult(
+            ok=False,
+            sent=False,
+            detail=f"{what} answered {response.status_code}: {response.text[:200]}",
+            status=response.status_code,
+        )
+    return NotifyResult(
+        ok=True, sent=True, detail=f"delivered ({response.status_code})", status=response.status_code
+    )
+
+
 class _WebhookNotifier:
     def __init__(
         self, url: str, *, timeout: float = 5.0, transport: httpx.AsyncBaseTransport | None = None
@@ -91,29 +121,7 @@ class _WebhookNotifier:
         self.transport = transport
 
     async def _post(self, body: dict[str, Any]) -> NotifyResult:
-        try:
-            async with httpx.AsyncClient(
-                timeout=httpx.Timeout(self.timeout), transport=self.transport
-            ) as client:
-                response = await client.post(self.url, json=body)
-        except httpx.TimeoutException:
-            return NotifyResult(
-                ok=False, sent=False, detail=f"notifier webhook timed out after {self.timeout:g}s"
-            )
-        except httpx.HTTPError as exc:
-            return NotifyResult(
-                ok=False, sent=False, detail=f"notifier webhook unreachable: {exc or type(exc).__name__}"
-            )
-        if response.status_code >= 400:
-            return NotifyResult(
-                ok=False,
-                sent=False,
-                detail=f"notifier webhook answered {response.status_code}: {response.text[:200]}",
-                status=response.status_code,
-            )
-        return NotifyResult(
-            ok=True, sent=True, detail=f"delivered ({response.status_code})", status=response.status_code
-        )
+        return await post_json(self.url, body, timeout_seconds=self.timeout, transport=self.transport)
 
 
 class SlackNotifier(_WebhookNotifier):
@@ -259,7 +267,7 @@ def notifier_from_settings(
     """The notifier the settings ask for (NullNotifier without a URL)."""
     if not settings.notifier_url:
         return NullNotifier()
-    timeout = settings.orchestrator_timeout_seconds
+    timeout = settings.notifier_timeout_seconds
     if settings.notifier_kind is NotifierKind.JSON:
         return JsonNotifier(settings.notifier_url, timeout=timeout, transport=transport)
     return SlackNotifier(settings.notifier_url, timeout=timeout, transport=transport)

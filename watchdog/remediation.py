@@ -57,6 +57,7 @@ from watchdog.remediation_close import ACTOR, Closing, Outcome
 from watchdog.remediation_setup import ManualRun, PlaybookContexts, RemediationProgress, parse_params
 from watchdog.settings import Mode
 from watchdog.store import Tx, WatchdogStore
+from watchdog.tracing import REMEDIATION_SPAN, IncidentTracer
 from watchdog_sdk.errors import PlaybookError, WatchdogError
 from watchdog_sdk.ledger import ActionLedger, InMemoryLedger
 from watchdog_sdk.outcomes import ApplyResult, Precheck, VerifyResult
@@ -97,6 +98,7 @@ class RemediationService:
         deadline_seconds: float,
         backoff: Callable[[int], float],
         metrics: WatchdogMetrics | None = None,
+        tracer: IncidentTracer | None = None,
     ) -> None:
         self.store = store
         self.incidents = incidents
@@ -120,6 +122,7 @@ class RemediationService:
             clock=contexts.clock,
             metrics=metrics,
         )
+        self.tracer = tracer or IncidentTracer()
 
     def context(
         self, incident_id: int, execution_id: str, playbook: str, ledger: ActionLedger | None = None
@@ -151,7 +154,8 @@ class RemediationService:
         incident, lease, refusal = await self._begin(incident_id, approval_id)
         if incident is None or lease is None or incident.plan is None:
             return Outcome(incident_id, "unchanged", refusal)
-        return await self._leased(lease, self._act(incident, incident.plan, approval_id, lease, recheck=True))
+        work = self._act(incident, incident.plan, approval_id, lease, recheck=True)
+        return await self._leased(lease, work, incident.execution_id)
 
     async def run_manual(self, run: ManualRun, progress: RemediationProgress | None = None) -> Outcome:
         """A playbook run by hand, through the same path (budgets, breaker, audit, restart safety).
@@ -198,7 +202,7 @@ class RemediationService:
             raise PlaybookError(f"not starting {playbook.name}: {refusal}")
         try:
             work = self._act(began, plan, None, lease, recheck=False, actor=run.actor, progress=progress)
-            return await self._leased(lease, work)
+            return await self._leased(lease, work, run.execution_id)
         except asyncio.CancelledError:
             if run.interrupted_by is not None:
                 reason = (
@@ -221,7 +225,8 @@ class RemediationService:
             async with self.store.transaction() as tx:
                 lease = await self._take_in(tx, incident, None)
             if lease is not None:
-                outcomes.append(await self._leased(lease, self._resume_one(incident, lease)))
+                work = self._resume_one(incident, lease)
+                outcomes.append(await self._leased(lease, work, incident.execution_id))
         return outcomes
 
     async def retry(self, incident: Incident, token: int) -> Outcome:
@@ -234,7 +239,7 @@ class RemediationService:
             lease = await self._take_in(tx, current, token)
         if lease is None:
             return Outcome(incident.id, "unchanged", "its lease was taken meanwhile")
-        return await self._leased(lease, self._resume_one(current, lease))
+        return await self._leased(lease, self._resume_one(current, lease), current.execution_id)
 
     async def _take_in(self, tx: Tx, incident: Incident, token: int | None) -> Lease | None:
         job = JOB_OF_STATUS[incident.status]
@@ -266,14 +271,17 @@ class RemediationService:
             acted = bool(await tx.list_actions(incident_id=incident.id))
         return await self._act(incident, plan, None, lease, recheck=not acted, reserve=not acted)
 
-    async def _leased(self, lease: Lease, work: Awaitable[Outcome]) -> Outcome:
+    async def _leased(
+        self, lease: Lease, work: Awaitable[Outcome], execution_id: str | None = None
+    ) -> Outcome:
         """Run `work` (one attempt of a remediation) holding `lease`, within its deadline.
 
         Overrunning the deadline gives the lease up for a retry after a backoff; a lease taken back
         meanwhile ends the attempt without writing its outcome; a write that failed after its
         retries is counted and raised (the lease lapses: the reconciler takes the incident back).
         """
-        with self.leases.holding(lease):
+        span = self.tracer.span(REMEDIATION_SPAN, lease.incident_id, execution_id, job=lease.job)
+        with self.leases.holding(lease), span:
             remaining = (lease.deadline_at - self.contexts.clock.now()).total_seconds()
             try:
                 async with asyncio.timeout(max(remaining, 0.0)) as deadline:
@@ -457,6 +465,8 @@ class RemediationService:
                 summary=f"resolved by {by}: {verification.summary()}",
             )
             self.closing.count(plan.playbook, "resolved")
+            if self.metrics is not None:
+                self.metrics.observe_remediated(incident.diagnosis, self.contexts.clock.now())
             return Outcome(incident.id, "resolved", verification.summary())
         return await self.closing.escalate(
             incident.id,

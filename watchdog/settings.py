@@ -6,7 +6,8 @@ Nothing else reads the environment.
 
 Sources, highest first: keyword arguments to `load_settings`, environment (`GL_WATCHDOG_<NAME>`), the
 optional YAML file, defaults. Secrets can come from mounted files: `orchestrator_token_file`,
-`api_token_file` (one token per line) and `approval_signing_key_file`; a file's contents override the
+`api_token_file` (one token per line), `approval_signing_key_file`, `pagerduty_routing_key_file`,
+`opsgenie_api_key_file` and `smtp_password_file`; a file's contents override the
 plain value. Secrets are `SecretStr`, so they never show up in reprs or logs.
 """
 
@@ -17,7 +18,7 @@ import os
 import socket
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
@@ -49,6 +50,22 @@ class NotifierKind(StrEnum):
     JSON = "json"
 
 
+class EscalationTarget(StrEnum):
+    """Where an escalation goes: the chat webhook (`notifier_url`) and/or a paging service."""
+
+    CHAT = "chat"
+    PAGERDUTY = "pagerduty"
+    OPSGENIE = "opsgenie"
+    EMAIL = "email"
+
+
+class LogFormat(StrEnum):
+    """How the watchdog writes its log: one JSON object per line, or plain text for a terminal."""
+
+    JSON = "json"
+    TEXT = "text"
+
+
 def _default_replica_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -64,6 +81,9 @@ class WatchdogSettings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///gl-watchdog.db"
     replica_id: str = Field(default_factory=_default_replica_id, min_length=1)
     log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.TEXT
+    # OTLP/HTTP endpoint for the watchdog's spans, e.g. http://otel-collector:4318 (unset: no spans).
+    otlp_endpoint: str | None = None
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     # The database pool (`gl_common.db`; sizes apply to PostgreSQL): connections kept open, extra ones
     # under load, one timeout for connecting, waiting for a connection, a statement and a whole
@@ -125,6 +145,27 @@ class WatchdogSettings(BaseSettings):
     public_url: str | None = None
     notifier_url: str | None = None
     notifier_kind: NotifierKind = NotifierKind.SLACK
+    notifier_timeout_seconds: float = Field(default=10.0, gt=0)
+    # -- paging (docs/alerting.md, "Paging"): prompts always go to the chat webhook; escalations go to
+    # every target listed here, and a page is resolved when the incident's alert resolves.
+    escalation_targets: list[EscalationTarget] = Field(default_factory=lambda: [EscalationTarget.CHAT])
+    pagerduty_routing_key: SecretStr | None = None
+    pagerduty_routing_key_file: Path | None = None
+    pagerduty_url: str = "https://events.pagerduty.com/v2/enqueue"
+    pagerduty_severity: Literal["critical", "error", "warning", "info"] = "critical"
+    opsgenie_api_key: SecretStr | None = None
+    opsgenie_api_key_file: Path | None = None
+    opsgenie_url: str = "https://api.opsgenie.com"  # EU accounts: https://api.eu.opsgenie.com
+    opsgenie_priority: Literal["P1", "P2", "P3", "P4", "P5"] = "P2"
+    # Email over SMTP (STARTTLS unless smtp_starttls is false; login when smtp_username is set).
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_starttls: bool = True
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_password_file: Path | None = None
+    email_from: str = "gl-watchdog@localhost"
+    email_to: list[str] = Field(default_factory=list)
     policy_file: Path | None = None  # unset: the shipped default policy
     mode: Mode = Mode.RECOMMEND
     approval_ttl_seconds: float = Field(default=900.0, gt=0)
@@ -192,6 +233,29 @@ class WatchdogSettings(BaseSettings):
         if self.api_token_file is not None:
             text = _read_secret(self.api_token_file, "api_token_file")
             self.api_tokens = [SecretStr(line.strip()) for line in text.splitlines() if line.strip()]
+        if self.pagerduty_routing_key_file is not None:
+            self.pagerduty_routing_key = SecretStr(
+                _read_secret(self.pagerduty_routing_key_file, "pagerduty_routing_key_file")
+            )
+        if self.smtp_password_file is not None:
+            self.smtp_password = SecretStr(_read_secret(self.smtp_password_file, "smtp_password_file"))
+        if self.opsgenie_api_key_file is not None:
+            key = _read_secret(self.opsgenie_api_key_file, "opsgenie_api_key_file")
+            self.opsgenie_api_key = SecretStr(key)
+        return self
+
+    @model_validator(mode="after")
+    def _paging_has_credentials(self) -> WatchdogSettings:
+        needs = {
+            EscalationTarget.PAGERDUTY: ("pagerduty_routing_key", self.pagerduty_routing_key),
+            EscalationTarget.OPSGENIE: ("opsgenie_api_key", self.opsgenie_api_key),
+        }
+        if EscalationTarget.EMAIL in self.escalation_targets and not (self.smtp_host and self.email_to):
+            raise ValueError("escalation_targets has email but smtp_host or email_to is not set")
+        for target in self.escalation_targets:
+            if target in needs and needs[target][1] is None:
+                name = needs[target][0]
+                raise ValueError(f"escalation_targets has {target.value} but no {name} (or {name}_file)")
         return self
 
     def with_local_secrets(self, *, create: bool) -> WatchdogSettings:

@@ -253,6 +253,23 @@ def test_no_rbac_and_no_token_when_kubernetes_is_disabled(render: Render) -> Non
         ({"database": {"external": True}}, helm.HelmRenderError, "needs database.orchestratorUrl"),
         ({"redis": {"enabled": True}}, helm.HelmRenderError, "redis.enabled=true needs redis.url"),
         ({"watchdog": {"notifier": {"enabled": True}}}, helm.HelmRenderError, "needs watchdog.notifier.url"),
+        (
+            {"watchdog": {"paging": {"escalationTargets": ["pagerduty"]}}},
+            helm.HelmRenderError,
+            "set watchdog.paging.pagerduty.routingKey",
+        ),
+        (
+            {"watchdog": {"paging": {"escalationTargets": ["opsgenie"]}}},
+            helm.HelmRenderError,
+            "set watchdog.paging.opsgenie.apiKey",
+        ),
+        ({"watchdog": {"paging": {"escalationTargets": ["sms"]}}}, helm.HelmValuesError, "escalationTargets"),
+        (
+            {"watchdog": {"paging": {"escalationTargets": ["email"]}}},
+            helm.HelmRenderError,
+            "set watchdog.paging.email.smtpHost and watchdog.paging.email.to",
+        ),
+        ({"watchdog": {"logFormat": "xml"}}, helm.HelmValuesError, "logFormat"),
         ({"orchestrator": {"name": "Not_A_Name"}}, helm.HelmValuesError, "/orchestrator/name"),
         ({"watchdog": {"mdoe": "auto"}}, helm.HelmValuesError, "mdoe"),
         ({"secrets": {"existingSecert": "x"}}, helm.HelmValuesError, "existingSecert"),

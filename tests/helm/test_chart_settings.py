@@ -236,8 +236,17 @@ def test_default_policy_is_the_watchdogs_shipped_policy_and_valid(default_manife
 
 
 def test_every_secret_reference_resolves_to_a_rendered_key(render: Render) -> None:
+    paging = {
+        "escalationTargets": ["chat", "pagerduty", "opsgenie", "email"],
+        "pagerduty": {"routingKey": "R0UT1NG"},
+        "opsgenie": {"apiKey": "g3n1e"},
+        "email": {"smtpHost": "smtp.example.org", "to": ["oncall@example.org"], "password": "pw"},
+    }
     manifests = render(
-        {**EXTERNAL, "watchdog": {"notifier": {"enabled": True, "url": "https://hooks.example/x"}}}
+        {
+            **EXTERNAL,
+            "watchdog": {"notifier": {"enabled": True, "url": "https://hooks.example/x"}, "paging": paging},
+        }
     )
     secret = one(manifests, "Secret", "gl-watchdog-secrets")
     keys = set(secret["data"])
@@ -268,8 +277,23 @@ def test_every_secret_reference_resolves_to_a_rendered_key(render: Render) -> No
             "watchdog-database-url",
             "redis-url",
             "notifier-url",
+            "pagerduty-routing-key",
+            "opsgenie-api-key",
+            "smtp-password",
         }
     )
+    env = container_env(one(manifests, "Deployment", WATCHDOG))
+    assert json.loads(env["GL_WATCHDOG_ESCALATION_TARGETS"]["value"]) == [
+        "chat",
+        "pagerduty",
+        "opsgenie",
+        "email",
+    ]
+    settings = {
+        name.removeprefix("GL_WATCHDOG_").lower(): e["value"] for name, e in env.items() if "value" in e
+    }
+    assert json.loads(settings["email_to"]) == ["oncall@example.org"] and settings["smtp_port"] == "587"
+    assert base64.b64decode(secret["data"]["pagerduty-routing-key"]) == b"R0UT1NG"
 
 
 def test_generated_tokens_are_random_and_given_values_are_kept(render: Render) -> None:

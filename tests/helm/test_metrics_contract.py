@@ -176,6 +176,16 @@ def test_watchdog_boots_with_the_charts_configuration_and_exports_what_is_querie
     assert not missing, f"queried but not exported by the watchdog: {missing}"
 
 
+def test_watchdog_writes_json_log_lines_as_the_chart_configures_it(watchdog: Service) -> None:
+    """The chart sets GL_WATCHDOG_LOG_FORMAT=json: every line the running service wrote is one object."""
+    refused = httpx.get(f"{watchdog.url}/api/v1/incidents", timeout=HTTP_TIMEOUT)  # logs a refusal
+    assert refused.status_code == 401
+    lines = [json.loads(line) for line in watchdog.log.read_text(encoding="utf-8").splitlines() if line]
+    assert lines, "the watchdog wrote no log line"
+    assert all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
+    assert any(line["logger"] == "watchdog.auth_failures" for line in lines)
+
+
 # -- labels ----------------------------------------------------------------------------------------
 
 

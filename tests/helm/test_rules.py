@@ -30,6 +30,10 @@ WATCHDOG_ALERTS = {
     "WatchdogIncidentsStuck",
     "WatchdogAlertsRejected",
     "WatchdogIntakeShedding",
+    "WatchdogCircuitBreakerOpen",
+    "WatchdogApprovalsPastExpiry",
+    "WatchdogApprovalsPilingUp",
+    "WatchdogNotifierFailing",
 }
 PROMTOOL_TIMEOUT = 60
 
@@ -141,6 +145,22 @@ def test_unit_test_catches_stuck_incidents_counted_from_retries(tmp_path: Path) 
         "taken_back|escalated", "taken_back|escalated|retried"
     )
     assert "alertname: WatchdogIncidentsStuck" in _failing_watchdog_unit_test(tmp_path, text)
+
+
+def test_unit_test_catches_notifier_failures_counted_from_successful_deliveries(tmp_path: Path) -> None:
+    text = WATCHDOG_RULES_SOURCE.read_text(encoding="utf-8").replace('result="failed"', 'result=~".+"')
+    assert "alertname: WatchdogNotifierFailing" in _failing_watchdog_unit_test(tmp_path, text)
+
+
+def test_unit_test_catches_approvals_piling_up_counted_without_their_age(tmp_path: Path) -> None:
+    source = WATCHDOG_RULES_SOURCE.read_text(encoding="utf-8")
+    text = source.replace(
+        "          and on(namespace)\n"
+        "          (max by (namespace) (gl_watchdog_oldest_pending_approval_age_seconds) > 600)\n",
+        "",
+    )
+    assert text != source
+    assert "alertname: WatchdogApprovalsPilingUp" in _failing_watchdog_unit_test(tmp_path, text)
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from gl_common.logs import JsonFormatter
 from orchestrator_core.events import LogEvent, NodeAttemptEvent, NodeTimeoutEvent
-from orchestrator_core.logs import RUN_LOGGER, JsonFormatter, LogObserver, RunLog
+from orchestrator_core.logs import RUN_LOGGER, LogObserver, RunLog
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -13,6 +13,7 @@ from aiohttp import web
 from playbooks.registry import default_registry
 from tests.conftest import free_port
 from tests.watchdog.conftest import make_diagnosis
+from tests.watchdog.messages import PROMPT
 from watchdog.notifier import (
     EscalationMessage,
     JsonNotifier,
@@ -27,21 +28,6 @@ from watchdog.planner import make_plan
 from watchdog.policy import Mode, load_policy
 from watchdog.responder import diagnosis_summary
 from watchdog.settings import WatchdogSettings
-
-PROMPT = PromptMessage(
-    approval_id="apr_1",
-    incident_id=7,
-    execution_id="exec-1",
-    diagnosis_summary="likely cause agent_unresponsive (agent calc)",
-    plan_headline="run restart_agent(agent_id=calc) [risk medium]",
-    rationale="agent pod in CrashLoopBackOff for 12 min → restart_agent",
-    actions=["kubectl delete pod -n greenlang calc-1"],
-    risk="medium",
-    expires_at="2026-03-01T12:15:00+00:00",
-    page_url="http://wd/approvals/apr_1?token=t",
-    approve_url="http://wd/approvals/apr_1?token=t&decision=approve",
-    deny_url="http://wd/approvals/apr_1?token=t&decision=deny",
-)
 
 
 class Receiver:

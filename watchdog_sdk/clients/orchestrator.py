@@ -20,6 +20,9 @@ last page, so a caller sees every matching run; `list_executions_page` gives one
 orchestrator older than that contract answers `{"items"}` only: it ignored the filters and the cursor,
 so that answer is taken as it is (one page, `paged=False`), and callers check each item themselves
 (over its timeout, age) rather than trusting the filter.
+
+Every request carries the W3C trace context (`traceparent`) of the span it is made in
+(`inject_trace_context`, an httpx request hook; `watchdog.tracing` makes the spans).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -262,6 +266,15 @@ class MetricSample:
 _UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
 
 
+TRACE_CONTEXT = TraceContextTextMapPropagator()
+
+
+async def inject_trace_context(request: httpx.Request) -> None:
+    """The current span (the watchdog's diagnosis or remediation) as W3C `traceparent` on the request,
+    so the orchestrator's work joins the watchdog's trace; nothing outside a span."""
+    TRACE_CONTEXT.inject(request.headers)
+
+
 class OrchestratorClient:
     """Async client of the orchestrator REST API (`/api/v1/orchestrator/...`).
 
@@ -288,6 +301,7 @@ class OrchestratorClient:
             timeout=httpx.Timeout(timeout),
             transport=transport,
             follow_redirects=False,
+            event_hooks={"request": [inject_trace_context]},
         )
 
     async def __aenter__(self) -> OrchestratorClient:

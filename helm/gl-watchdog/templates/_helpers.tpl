@@ -127,6 +127,16 @@ not the watchdog's default (orchestrator-service), unless the policy already nam
 {{- if and .Values.watchdog.notifier.enabled (not .Values.watchdog.notifier.url) }}
 {{- fail "watchdog.notifier.enabled=true needs watchdog.notifier.url (or secrets.existingSecret with key notifier-url)" }}
 {{- end }}
+{{- $paging := .Values.watchdog.paging }}
+{{- if and (has "pagerduty" $paging.escalationTargets) (not $paging.pagerduty.routingKey) }}
+{{- fail "watchdog.paging.escalationTargets has pagerduty: set watchdog.paging.pagerduty.routingKey (or secrets.existingSecret with key pagerduty-routing-key)" }}
+{{- end }}
+{{- if and (has "email" $paging.escalationTargets) (not (and $paging.email.smtpHost $paging.email.to)) }}
+{{- fail "watchdog.paging.escalationTargets has email: set watchdog.paging.email.smtpHost and watchdog.paging.email.to" }}
+{{- end }}
+{{- if and (has "opsgenie" $paging.escalationTargets) (not $paging.opsgenie.apiKey) }}
+{{- fail "watchdog.paging.escalationTargets has opsgenie: set watchdog.paging.opsgenie.apiKey (or secrets.existingSecret with key opsgenie-api-key)" }}
+{{- end }}
 {{- end }}
 {{- end }}
 

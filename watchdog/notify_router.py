@@ -1,0 +1,170 @@
+"""Which notification goes where, each delivery counted: the chat webhook and the paging services.
+
+Built by the composition root (`watchdog.assembly`) from the settings (`notifier_from_settings`); used
+as the one `Notifier` of the responder (prompts) and the remediation state machine (escalations),
+and by `PageResolver`, which the intake calls when an alert resolves for an escalated incident.
+
+    approval prompt  ──▶ chat (`notifier_url`: Slack or JSON; nothing without one)
+    escalation       ──▶ every `escalation_targets` entry: chat, pagerduty, opsgenie, email (at once)
+    alert resolved   ──▶ the pagers' resolve, when the incident was escalated (its page is over)
+
+Every delivery to a real target is counted in `gl_watchdog_notifications_total{target,kind,result}`
+(the `WatchdogNotifierFailing` alert); email is `watchdog.mail`. The result handed back for the audit
+log is the one target's, or, for several, ok only when every target took it, with each target's
+detail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+import httpx
+
+from watchdog import notifier as chat
+from watchdog.incidents import IncidentService
+from watchdog.jobs import JobTracker
+from watchdog.mail import EmailPager
+from watchdog.metrics import WatchdogMetrics
+from watchdog.notifier import EscalationMessage, Notifier, NotifyResult, NullNotifier, PromptMessage
+from watchdog.paging import OpsgeniePager, Pager, PagerDutyPager, ResolvedMessage
+from watchdog.settings import EscalationTarget, WatchdogSettings
+
+log = logging.getLogger(__name__)
+
+ACTOR = "watchdog"
+
+
+def _combined(results: Sequence[tuple[str, NotifyResult]]) -> NotifyResult:
+    """One result for the audit log: a single target's as it is; several folded into one."""
+    if len(results) == 1:
+        return results[0][1]
+    return NotifyResult(
+        ok=all(result.ok for _, result in results),
+        sent=any(result.sent for _, result in results),
+        detail="; ".join(f"{target}: {result.detail}" for target, result in results),
+    )
+
+
+class RoutedNotifier:
+    """The `Notifier` of the service: prompts to chat, escalations and resolves to their targets."""
+
+    def __init__(
+        self,
+        chat_notifier: Notifier,
+        chat_target: str,
+        *,
+        pagers: Sequence[Pager] = (),
+        escalate_to_chat: bool = True,
+        metrics: WatchdogMetrics | None = None,
+    ) -> None:
+        self.chat = chat_notifier
+        self.chat_target = chat_target
+        self.pagers = list(pagers)
+        self.escalate_to_chat = escalate_to_chat
+        self.metrics = metrics
+
+    async def approval_requested(self, message: PromptMessage) -> NotifyResult:
+        return await self._counted(self.chat_target, "prompt", self.chat.approval_requested(message))
+
+    async def escalated(self, message: EscalationMessage) -> NotifyResult:
+        sends: list[tuple[str, Awaitable[NotifyResult]]] = [
+            (pager.target, pager.trigger(message)) for pager in self.pagers
+        ]
+        if self.escalate_to_chat or not sends:
+            sends.insert(0, (self.chat_target, self.chat.escalated(message)))
+        return await self._all("escalation", sends)
+
+    async def resolved(self, message: ResolvedMessage) -> NotifyResult | None:
+        """Resolve the incident's pages; None when no paging service is configured."""
+        if not self.pagers:
+            return None
+        return await self._all("resolve", [(pager.target, pager.resolve(message)) for pager in self.pagers])
+
+    async def _all(self, kind: str, sends: Sequence[tuple[str, Awaitable[NotifyResult]]]) -> NotifyResult:
+        results = await asyncio.gather(*(self._counted(target, kind, send) for target, send in sends))
+        return _combined([(target, result) for (target, _), result in zip(sends, results, strict=True)])
+
+    async def _counted(self, target: str, kind: str, sending: Awaitable[NotifyResult]) -> NotifyResult:
+        result = await sending
+        if self.metrics is not None and (result.sent or not result.ok):
+            self.metrics.notified(target, kind, result.ok)
+        return result
+
+
+def notifier_from_settings(
+    settings: WatchdogSettings,
+    metrics: WatchdogMetrics | None = None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> RoutedNotifier:
+    """The notifier the settings ask for: the chat webhook (none without `notifier_url`) and the
+    paging services of `escalation_targets`, every call under `notifier_timeout_seconds`."""
+    timeout, targets = settings.notifier_timeout_seconds, settings.escalation_targets
+    pagers: list[Pager] = []
+    if EscalationTarget.PAGERDUTY in targets and settings.pagerduty_routing_key is not None:
+        key, severity = settings.pagerduty_routing_key, settings.pagerduty_severity
+        pagers.append(PagerDutyPager(key, settings.pagerduty_url, severity, timeout, transport))
+    if EscalationTarget.OPSGENIE in targets and settings.opsgenie_api_key is not None:
+        key, priority = settings.opsgenie_api_key, settings.opsgenie_priority
+        pagers.append(OpsgeniePager(key, settings.opsgenie_url, priority, timeout, transport))
+    if EscalationTarget.EMAIL in targets and settings.smtp_host is not None:
+        pagers.append(_email(settings))
+    chat_notifier = chat.notifier_from_settings(settings, transport=transport)
+    return RoutedNotifier(
+        chat_notifier,
+        "none" if isinstance(chat_notifier, NullNotifier) else settings.notifier_kind.value,
+        pagers=pagers,
+        escalate_to_chat=EscalationTarget.CHAT in targets,
+        metrics=metrics,
+    )
+
+
+def _email(settings: WatchdogSettings) -> EmailPager:
+    assert settings.smtp_host is not None
+    return EmailPager(
+        settings.smtp_host,
+        settings.smtp_port,
+        settings.email_from,
+        list(settings.email_to),
+        starttls=settings.smtp_starttls,
+        username=settings.smtp_username,
+        password=settings.smtp_password,
+        timeout=settings.notifier_timeout_seconds,
+    )
+
+
+class PageResolver:
+    """Resolves the page of an escalated incident when its alert resolves (the intake's hook).
+
+    Runs as a background job (the intake answers Alertmanager first); the delivery is audited on the
+    incident (`page_resolved`, before and after) like every notification.
+    """
+
+    def __init__(self, incidents: IncidentService, notifier: RoutedNotifier, jobs: JobTracker) -> None:
+        self.incidents = incidents
+        self.notifier = notifier
+        self.jobs = jobs
+
+    def alert_resolved(self, incident_id: int) -> None:
+        """The alert of escalated incident `incident_id` resolved: resolve its page, if any."""
+        if self.notifier.pagers:
+            self.jobs.spawn(self.resolve(incident_id), name=f"resolve page of incident {incident_id}")
+
+    async def resolve(self, incident_id: int) -> NotifyResult | None:
+        """Resolve the incident's page when it was escalated; None when there is nothing to resolve."""
+        incident = await self.incidents.get(incident_id)
+        if incident.status != "escalated":
+            return None
+        await self.incidents.record(incident_id, "page_resolved", phase="before", actor=ACTOR, data={})
+        message = ResolvedMessage(incident.id, incident.execution_id, "the alert resolved")
+        result = await self.notifier.resolved(message)
+        if result is not None and not result.ok:
+            log.warning("resolving the page of incident %s failed: %s", incident_id, result.detail)
+        data = {} if result is None else result.as_dict()
+        await self.incidents.record(incident_id, "page_resolved", actor=ACTOR, data=data)
+        return result
+
+
+OnAlertResolved = Callable[[int], object]
