@@ -276,7 +276,7 @@ async def test_an_escalated_incident_pages_and_its_resolved_alert_resolves_the_p
         opened = await client.post("/api/v1/alerts", json=payload(alert()), headers=AUTH)
         [outcome] = (await opened.json())["alerts"]
         await asyncio.wait_for(paging_watchdog.jobs.wait_idle(), 10)
-        escalated = await paging_watchdog.remediation.escalate(outcome["incident_id"], "on-call must look")
+        escalated = await paging_watchdog.remediation.closing.escalate(outcome["incident_id"], "on-call must look")
         assert escalated.status == "escalated"
         resolved = await client.post(
             "/api/v1/alerts", json=payload(alert(status="resolved"), status="resolved"), headers=AUTH
@@ -307,7 +307,7 @@ async def test_a_page_that_cannot_be_resolved_is_audited_and_counted(
     opened = await paging_watchdog.incidents.open_or_join(
         "exec-9", dag_id="d", source="sweep", detection_source="api"
     )
-    await paging_watchdog.remediation.escalate(opened.incident.id, "on-call must look")
+    await paging_watchdog.remediation.closing.escalate(opened.incident.id, "on-call must look")
     resolver = PageResolver(paging_watchdog.incidents, _routed(paging_watchdog), paging_watchdog.jobs)
     result = await resolver.resolve(opened.incident.id)
     assert result is not None and not result.ok and "PagerDuty resolve answered 500: oops" in result.detail
