@@ -8,6 +8,8 @@ Same fixtures as test_chart.py (conftest.py): rendered offline through Helm's Go
 
 from __future__ import annotations
 
+from typing import Any
+
 import kubernetes_validate
 import pytest
 
@@ -84,3 +86,12 @@ def test_the_proxy_identity_values_become_settings_the_watchdog_accepts(
 def test_the_schema_refuses_proxy_auth_it_cannot_trust(render: Render, identity: dict[str, object]) -> None:
     with pytest.raises(Exception, match="identity"):
         render({"watchdog": {"identity": identity}})
+
+
+def test_notes_say_how_to_make_named_tokens_and_where_the_console_is(render_raw: Any) -> None:
+    default = render_raw()["gl-watchdog/templates/NOTES.txt"]
+    assert "/api/v1/tokens" in default and "The console and approval pages" not in default
+    notes = render_raw({"ingress": INGRESS, "watchdog": {"identity": IDENTITY}})[
+        "gl-watchdog/templates/NOTES.txt"
+    ]
+    assert f"https://{HOST}/" in notes and "identity from the auth proxy's headers" in notes
