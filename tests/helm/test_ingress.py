@@ -68,11 +68,13 @@ def test_the_proxy_identity_values_become_settings_the_watchdog_accepts(
         "GL_WATCHDOG_TRUSTED_PROXIES",
         "GL_WATCHDOG_PROXY_ROLE_MAP",
         "GL_WATCHDOG_PROXY_DEFAULT_ROLE",
+        "GL_WATCHDOG_PROXY_HEADERS",
     ):
         monkeypatch.setenv(name, env[name]["value"])
     settings = load_settings()
     assert settings.proxy_auth_enabled and settings.trusted_proxies == ["10.244.0.0/16"]
     assert settings.proxy_role_map == {"sre": Role.APPROVER, "boss@example.com": Role.ADMIN}
+    assert settings.proxy_headers == "x-auth-request"
 
 
 @pytest.mark.parametrize(
@@ -81,6 +83,7 @@ def test_the_proxy_identity_values_become_settings_the_watchdog_accepts(
         {"proxyAuth": True, "trustedProxies": []},
         {"roleMap": {"sre": "root"}},
         {"trustedProxies": ["everywhere"]},
+        {"headers": "x-remote-user"},
     ],
 )
 def test_the_schema_refuses_proxy_auth_it_cannot_trust(render: Render, identity: dict[str, object]) -> None:
