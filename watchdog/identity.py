@@ -176,6 +176,8 @@ class ProxyAuth:
             address = ipaddress.ip_address(peer)
         except ValueError:
             return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # a dual-stack listener's view of an IPv4 peer
         return any(address in network for network in self.networks)
 
     def identify(self, request: web.Request, *, report: bool = True) -> Identity | None:

@@ -170,6 +170,7 @@ def test_the_proxy_role_is_the_highest_one_mapped(
     )
     assert proxy.role_of(user, email, groups) is role
     assert proxy.trusts("10.1.2.3") and not proxy.trusts("192.168.0.1") and not proxy.trusts(None)
+    assert proxy.trusts("::ffff:10.1.2.3") and not proxy.trusts("not-an-address")
     assert not ProxyAuth(enabled=False, trusted_proxies=["10.0.0.0/8"]).trusts("10.1.2.3")
 
 
