@@ -24,8 +24,9 @@ admin; `watchdog.identity`; 403 naming the role needed):
     POST /api/v1/incidents/{id}/approve    approver  the incident's pending approval, by identity
     POST /api/v1/incidents/{id}/deny       approver  (`watchdog.operator_api`; two-person approval)
     POST /api/v1/incidents/{id}/playbooks/{playbook}
-                                           operator  {params, dry_run} → 202 {remediation_id, state}
-                                                     (dry_run: 200, the plan); run by the service
+                                           operator  {params, dry_run} → 202 {remediation_id, state}:
+                                                     run by the service, or proposed for approval
+                                                     where the policy's rule asks (dry_run: 200)
     GET  /api/v1/incidents/{id}/events     viewer    ?after=<seq> → {items, next_after}; or
                                                      `Accept: text/event-stream` (bounded stream)
     POST /api/v1/sweeps                    operator  sweep now → 202 {sweep, report}
