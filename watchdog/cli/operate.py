@@ -1,0 +1,297 @@
+"""`gl-watchdog approve|deny`, `playbook run|propose`, `sweep`, `policy show`, `modes`, `tokens`:
+acting through the service.
+
+Where it sits: commands of `watchdog.cli`, clients of the service's operator routes (`watchdog.
+client`). The service does the work under the same state machine, policy, budgets and audit as an
+automatic remediation, and records the caller's identity (the token's owner) as the actor. A
+playbook run is followed until it settles (`watchdog.cli.follow`). `playbook run --local` and
+`sweep --local` still work on the local database and credentials (`watchdog.remediation_cli`,
+`watchdog.cli.local`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import yaml
+from rich.console import RenderableType
+
+from watchdog import remediation_cli
+from watchdog.cli import local
+from watchdog.cli.follow import DEFAULT_FOLLOW_SECONDS, Follower, settled_or_waiting
+from watchdog.cli.incidents import incident_id_argument
+from watchdog.cli.output import Output, key_values, output_option, table
+from watchdog.cli.session import Session, pass_session
+from watchdog.client import segment
+from watchdog.exit_codes import EXIT_FAILED, EXIT_USAGE, CliError
+
+ROLES = ("viewer", "approver", "operator", "admin")
+
+
+# -- approve / deny ---------------------------------------------------------------------------------
+
+
+def _decide(session: Session, target: str, decision: str, reason: str | None, output: str | None) -> None:
+    """Decide by incident id (digits: the incident's pending approval) or by approval id."""
+    client = session.client()
+    if target.isdigit():
+        path = f"/incidents/{segment(incident_id_argument(target))}/{decision}"
+        answer = client.post(path, {"reason": reason} if reason else {})
+    else:
+        if reason:
+            raise CliError("--reason is recorded with an INCIDENT id; give the incident's id", EXIT_USAGE)
+        answer = client.post(f"/approvals/{segment(target)}/{decision}")
+    Output.of(output).emit(answer, decision_line)
+
+
+def decision_line(answer: dict[str, Any]) -> str:
+    approval = answer.get("approval", answer)
+    said = f"approval {approval.get('id', '?')}: {approval.get('state', '?')}"
+    if approval.get("incident_id") is not None:
+        said += f" (incident {approval['incident_id']})"
+    for key in ("detail", "message", "progress"):
+        if answer.get(key):
+            said += f": {answer[key]}"
+    return said
+
+
+@click.command("approve")
+@click.argument("target", metavar="INCIDENT|APPROVAL_ID")
+@click.option("--reason", help="why (recorded in the audit log; with an INCIDENT id)")
+@output_option()
+@pass_session
+def approve(session: Session, target: str, reason: str | None, output: str | None) -> None:
+    """Approve an incident's pending plan (the service then applies it), as the token's owner."""
+    _decide(session, target, "approve", reason, output)
+
+
+@click.command("deny")
+@click.argument("target", metavar="INCIDENT|APPROVAL_ID")
+@click.option("--reason", help="why (recorded in the audit log; with an INCIDENT id)")
+@output_option()
+@pass_session
+def deny(session: Session, target: str, reason: str | None, output: str | None) -> None:
+    """Deny an incident's pending plan (nothing is done; the incident is escalated)."""
+    _decide(session, target, "deny", reason, output)
+
+
+# -- playbook run / propose -------------------------------------------------------------------------
+
+
+@click.group("playbook")
+def playbook_group() -> None:
+    """Propose or run a playbook on an incident, executed by the service."""
+
+
+def _playbook_options(func: Any) -> Any:
+    """NAME, --incident and --param: what `propose` and `run` share."""
+    func = click.option(
+        "--param", multiple=True, metavar="KEY=VALUE", help="a playbook parameter (repeatable)"
+    )(func)
+    func = click.option("--incident", help="the incident to act on (its execution)")(func)
+    return click.argument("name")(func)
+
+
+@playbook_group.command("propose")
+@_playbook_options
+@output_option()
+@pass_session
+def propose(
+    session: Session, name: str, incident: str | None, param: tuple[str, ...], output: str | None
+) -> None:
+    """Check the preconditions and show the plan (a dry run in the service); change nothing."""
+    incident_id = _incident_option(incident)
+    answer = _start(session, name, incident_id, param, dry_run=True)
+    Output.of(output).emit(
+        answer, lambda a: key_values(a, title=f"{name} on incident {incident_id}: dry run")
+    )
+
+
+@playbook_group.command("run")
+@_playbook_options
+@click.option("--no-follow", is_flag=True, help="return once the service accepted it (202)")
+@click.option(
+    "--timeout", type=float, default=DEFAULT_FOLLOW_SECONDS, show_default=True, help="seconds to follow it"
+)
+@click.option("--local", "local_run", is_flag=True, help="run it here (local database, credentials)")
+@click.option("--execution", help="with --local: the execution id")
+@click.option("--dry-run", is_flag=True, help="with --local: check and plan only")
+@click.option("--settings", "settings_file", metavar="FILE", help="with --local: the service's settings")
+@output_option()
+@pass_session
+def run(
+    session: Session,
+    name: str,
+    incident: str | None,
+    param: tuple[str, ...],
+    no_follow: bool,
+    timeout: float,
+    local_run: bool,
+    execution: str | None,
+    dry_run: bool,
+    settings_file: str | None,
+    output: str | None,
+) -> None:
+    """Run a playbook on an incident in the service (policy, budgets, approval and audit apply) and
+    follow it: a live status line on a terminal, events as JSON lines with -o json. Exit 0 when
+    resolved (or waiting for approval), 1 when refused, escalated or not verified."""
+    if local_run:
+        if execution is None or incident is not None:
+            raise CliError("--local needs --execution ID (and no --incident)", EXIT_USAGE)
+        code = remediation_cli.playbook_run(settings_file, name, execution, list(param), dry_run)
+        raise click.exceptions.Exit(code)
+    if execution or dry_run:
+        raise CliError(
+            "--execution and --dry-run go with --local (`playbook propose` is the dry run)", EXIT_USAGE
+        )
+    incident_id = _incident_option(incident)
+    out = Output.of(output)
+    client = session.client()
+    after = _last_seq(session, incident_id)
+    answer = _start(session, name, incident_id, param, dry_run=False)
+    if out.mode == "table":
+        out.note(f"{name} accepted on incident {incident_id} ({answer.get('state', 'started')})")
+    else:
+        out.json_line({"accepted": answer})
+    if no_follow:
+        return
+    final = Follower(client, out, incident_id, after=after).until(settled_or_waiting, timeout)
+    result = {
+        "incident_id": incident_id,
+        "status": final["status"],
+        "remediation_id": answer.get("remediation_id"),
+    }
+    if out.mode == "table":
+        out.note(_ending(incident_id, final["status"]))
+    else:
+        out.json_line({"result": result})
+    if final["status"] not in ("resolved", "awaiting_approval"):
+        raise click.exceptions.Exit(EXIT_FAILED)
+
+
+def _ending(incident_id: int, status: str) -> str:
+    if status == "awaiting_approval":
+        return f"incident {incident_id} awaits approval: gl-watchdog approve {incident_id}"
+    return f"incident {incident_id}: {status}"
+
+
+def _incident_option(incident: str | None) -> int:
+    if incident is None:
+        raise CliError("--incident ID is needed (or --local --execution ID)", EXIT_USAGE)
+    return incident_id_argument(incident, "--incident")
+
+
+def _last_seq(session: Session, incident_id: int) -> int | None:
+    """The sequence number of the incident's latest event (so following shows only what comes)."""
+    page = session.client().get(f"/incidents/{segment(incident_id)}/events")
+    next_after: int | None = page.get("next_after")
+    return next_after
+
+
+def _start(
+    session: Session, name: str, incident_id: int, param: tuple[str, ...], *, dry_run: bool
+) -> dict[str, Any]:
+    body = {"params": remediation_cli.parse_param_pairs(param), "dry_run": dry_run}
+    answer: dict[str, Any] = session.client().post(
+        f"/incidents/{segment(incident_id)}/playbooks/{segment(name)}", body
+    )
+    return answer
+
+
+# -- sweep, policy, modes ---------------------------------------------------------------------------
+
+
+@click.command("sweep")
+@click.option("--local", "local_run", is_flag=True, help="sweep here (local database, credentials)")
+@click.option("--settings", "settings_file", metavar="FILE", help="with --local: the service's settings")
+@output_option()
+@pass_session
+def sweep(session: Session, local_run: bool, settings_file: str | None, output: str | None) -> None:
+    """One sweep now (as the scheduled job would): find stuck runs, open and diagnose incidents."""
+    out = Output.of(output)
+    report = local.sweep(settings_file) if local_run else session.client().post("/sweeps")
+    out.emit(report, lambda r: key_values(r, title="sweep"))
+    if report.get("result") not in (None, "ok", "not_leader", "started"):
+        raise click.exceptions.Exit(5)
+
+
+@click.command("show")
+@output_option()
+@pass_session
+def policy_show(session: Session, output: str | None) -> None:
+    """The policy the service has loaded (rules, playbooks, approvals), as YAML in table mode."""
+    policy = session.client().get("/policy")
+    Output.of(output).emit(policy, lambda p: yaml.safe_dump(p, sort_keys=False, allow_unicode=True))
+
+
+@click.group("modes", invoke_without_command=True)
+@output_option()
+@click.pass_context
+def modes_group(ctx: click.Context, output: str | None) -> None:
+    """The live remediation mode and kill switch: show them (`modes`), or set them (`modes set`, admin)."""
+    if ctx.invoked_subcommand is None:
+        session = ctx.find_object(Session)
+        assert session is not None
+        Output.of(output).emit(session.client().get("/modes"), lambda m: key_values(m, title="modes"))
+
+
+@modes_group.command("set")
+@click.argument("settings", nargs=-1, required=True, metavar="KEY=VALUE...")
+@output_option()
+@pass_session
+def modes_set(session: Session, settings: tuple[str, ...], output: str | None) -> None:
+    """Change the live modes, e.g. `modes set mode=observe` (admin; the fields `modes` shows)."""
+    answer = session.client().put("/modes", remediation_cli.parse_param_pairs(settings))
+    Output.of(output).emit(answer, lambda m: key_values(m, title="modes"))
+
+
+# -- tokens -----------------------------------------------------------------------------------------
+
+
+@click.group("tokens")
+def tokens_group() -> None:
+    """Named API tokens (admin): create, list, revoke."""
+
+
+@tokens_group.command("create")
+@click.argument("name")
+@click.option("--role", type=click.Choice(ROLES), required=True, help="what the token may do")
+@output_option()
+@pass_session
+def tokens_create(session: Session, name: str, role: str, output: str | None) -> None:
+    """Create a token; it is printed once, here, and stored only hashed."""
+    answer = session.client().post("/tokens", {"name": name, "role": role})
+    Output.of(output).emit(
+        answer,
+        lambda a: f"token {a['name']} ({a['role']}) created; it is shown this once:\n{a['token']}",
+    )
+
+
+@tokens_group.command("list")
+@output_option()
+@pass_session
+def tokens_list(session: Session, output: str | None) -> None:
+    """The named tokens (never their values)."""
+    answer = session.client().get("/tokens")
+    Output.of(output).emit(answer, _token_table)
+
+
+def _token_table(answer: dict[str, Any]) -> RenderableType | str:
+    if not answer["items"]:
+        return "no named tokens"
+    fields = ("name", "role", "created_at", "created_by", "last_used_at", "revoked_at")
+    return table(
+        ("NAME", "ROLE", "CREATED", "BY", "LAST USED", "REVOKED"),
+        ([t.get(f) for f in fields] for t in answer["items"]),
+    )
+
+
+@tokens_group.command("revoke")
+@click.argument("name")
+@output_option()
+@pass_session
+def tokens_revoke(session: Session, name: str, output: str | None) -> None:
+    """Revoke a token: refused at once from then on."""
+    answer = session.client().delete(f"/tokens/{segment(name)}")
+    Output.of(output).emit(answer or {"name": name, "revoked": True}, lambda a: f"token {name} revoked")
