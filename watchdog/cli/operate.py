@@ -11,6 +11,7 @@ playbook run is followed until it settles (`watchdog.cli.follow`). `playbook run
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import click
@@ -24,9 +25,11 @@ from watchdog.cli.incidents import incident_id_argument
 from watchdog.cli.output import Output, key_values, output_option, table
 from watchdog.cli.session import Session, pass_session
 from watchdog.client import segment
-from watchdog.exit_codes import EXIT_FAILED, EXIT_USAGE, CliError
+from watchdog.exit_codes import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, CliError, for_status
 
 ROLES = ("viewer", "approver", "operator", "admin")
+APPROVAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_REFUSED = re.compile(r"answered (401|403)\b")  # the clients' OrchestratorError/KubernetesError text
 
 
 # -- approve / deny ---------------------------------------------------------------------------------
@@ -41,6 +44,11 @@ def _decide(session: Session, target: str, decision: str, reason: str | None, ou
     else:
         if reason:
             raise CliError("--reason is recorded with an INCIDENT id; give the incident's id", EXIT_USAGE)
+        if not APPROVAL_ID.fullmatch(target):
+            raise CliError(
+                f"{target!r} is neither an incident id (digits) nor an approval id (1-64 of A-Z a-z 0-9 _ -)",
+                EXIT_USAGE,
+            )
         answer = client.post(f"/approvals/{segment(target)}/{decision}")
     Output.of(output).emit(answer, decision_line)
 
@@ -213,7 +221,13 @@ def sweep(session: Session, local_run: bool, settings_file: str | None, output: 
     report = local.sweep(settings_file) if local_run else session.client().post("/sweeps")
     out.emit(report, lambda r: key_values(r, title="sweep"))
     if report.get("result") not in (None, "ok", "not_leader", "started"):
-        raise click.exceptions.Exit(5)
+        raise click.exceptions.Exit(sweep_failure_code(str(report.get("error"))))
+
+
+def sweep_failure_code(error: str) -> int:
+    """A failed sweep's exit code: 4 when a backend refused our credential, else 5 (unreachable)."""
+    refused = _REFUSED.search(error)
+    return for_status(int(refused[1])) if refused else EXIT_UNAVAILABLE
 
 
 @click.command("show")
