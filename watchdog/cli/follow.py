@@ -45,6 +45,7 @@ class Follower:
     incident_id: int
     after: int | None = None
     pacer: Pacer = field(default_factory=Pacer)
+    with_events: bool = True  # False: the state only (a caller that prints one document at the end)
 
     def events(self) -> list[dict[str, Any]]:
         """The events recorded since the last call (and moves past them)."""
@@ -66,7 +67,7 @@ class Follower:
         deadline = self.pacer.clock() + timeout
         with self._status_line() as status:
             while True:
-                for event in self.events():
+                for event in self.events() if self.with_events else ():
                     self.show(event)
                 incident: dict[str, Any] = self.client.get(f"/incidents/{segment(self.incident_id)}")
                 if status is not None:

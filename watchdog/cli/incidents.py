@@ -286,7 +286,7 @@ def diagnose(
             lambda d: f"incident {incident_id}: diagnosis started",
         )
         return
-    follower = Follower(client, out, incident_id)
+    follower = Follower(client, out, incident_id, with_events=False)
     detail = follower.until(lambda i: _diagnosed(i, before), timeout)
     if output == "markdown":
         out.raw(render.to_markdown(Diagnosis.model_validate(detail["diagnosis"])))
