@@ -9,19 +9,33 @@ route, validates every request against those models before the handler runs, and
 approval routes of `watchdog.web` — makes the OpenAPI document served at `GET /api/v1/openapi.json`.
 Served by `gl-watchdog serve` (`watchdog.cli`) and by tests on loopback.
 
-    POST /api/v1/alerts                    Alertmanager webhook v4 (`watchdog.intake`)
-    GET  /api/v1/incidents                 a page of incidents, newest first: filters status, dag_id,
-                                           execution_id, cause, opened_after/before; limit, cursor
-    POST /api/v1/incidents                 {"execution_id", "dag_id"?}: open (or join) manually, diagnose
-    GET  /api/v1/incidents/{id}            incident with diagnosis, plan, verification, actions,
-                                           approvals and audit
-    POST /api/v1/incidents/{id}/diagnose   (re-)diagnose an open incident in the background (202)
-    GET  /api/v1/openapi.json              the OpenAPI document of every route, the approval ones too
-    GET  /metrics                          gl_watchdog_* (no auth)
-    GET  /healthz, /readyz                 liveness; readiness = the store answers, and which optional
-                                           dependency is degraded (`watchdog.readiness`; no auth)
+Every route of the watchdog's app, with the least role it needs (viewer < approver < operator <
+admin; `watchdog.identity`; 403 naming the role needed):
 
-Auth and errors: `watchdog.http` (bearer token before any validation or lookup; JSON errors).
+    POST /api/v1/alerts                    operator  Alertmanager webhook v4 (`watchdog.intake`)
+    GET  /api/v1/incidents                 viewer    a page of incidents, newest first: filters
+                                                     status, dag_id, execution_id, cause,
+                                                     opened_after/before; limit, cursor
+    POST /api/v1/incidents                 operator  {"execution_id", "dag_id"?}: open (or join)
+                                                     manually, diagnose
+    GET  /api/v1/incidents/{id}            viewer    incident with diagnosis, plan, verification,
+                                                     actions, approvals and audit
+    POST /api/v1/incidents/{id}/diagnose   operator  (re-)diagnose an open incident (202)
+    POST /api/v1/incidents/{id}/approve    approver  the incident's pending approval, by identity
+    POST /api/v1/incidents/{id}/deny       approver  (`watchdog.operator_api`; two-person approval)
+    POST /api/v1/tokens                    admin     {name, role} → 201 {name, role, token}
+    GET  /api/v1/tokens                    admin     the named tokens (never the tokens)
+    DELETE /api/v1/tokens/{name}           admin     revoke
+    GET  /api/v1/approvals/{id}            viewer    the prompt (or its link token)  (`watchdog.web`)
+    POST /api/v1/approvals/{id}/approve|deny  approver  (or the link token where the policy allows)
+    GET  /api/v1/openapi.json              viewer    the OpenAPI document of every route
+    GET  /metrics                          -         gl_watchdog_* (no auth)
+    GET  /healthz, /readyz                 -         liveness; readiness = the store answers, and
+                                                     which optional dependency is degraded
+                                                     (`watchdog.readiness`; no auth)
+
+Auth and errors: `watchdog.http` (identity before any validation or lookup: a bootstrap or named
+bearer token, or a trusted proxy's identity headers; JSON errors).
 """
 
 from __future__ import annotations
@@ -42,6 +56,7 @@ from gl_common.http import (
     read_body,
 )
 from gl_common.openapi import OPENAPI_KEY, Answer, Inputs, Route, RouteTable, build_document, serve_document
+from watchdog import operator_api
 from watchdog import web as approval_web
 from watchdog.api_models import (
     PATH_PARAMS,
@@ -62,6 +77,7 @@ from watchdog.api_models import (
 )
 from watchdog.diagnosis import DIAGNOSABLE, DiagnosisService
 from watchdog.errors import InvalidTransition, StoreError
+from watchdog.identity import Role, require_role
 from watchdog.incidents import IncidentDetail, IncidentService
 from watchdog.intake import AlertIntake
 from watchdog.listing import IncidentFilter, page_incidents
@@ -87,7 +103,7 @@ READINESS_KEY: Final = web.AppKey("readiness", DependencyMonitor)
 
 ROUTE_TABLE = RouteTable(API_PREFIX, path_params=PATH_PARAMS, body_invalid=(422, "invalid_payload"))
 _READ = (404, 503)
-_ACT = (404, 409, 413, 415, 503)
+_ACT = (403, 404, 409, 413, 415, 503)
 
 
 def detail_out(detail: IncidentDetail) -> IncidentDetailOut:
@@ -114,10 +130,11 @@ def detail_out(detail: IncidentDetail) -> IncidentDetailOut:
     body_required=True,
     raw_body=True,
     response=AlertsAnswer,
-    errors=(413, 415, 422, 503),
+    errors=(403, 413, 415, 422, 503),
 )
 async def post_alerts(request: web.Request, inputs: Inputs) -> web.Response:
     """Alertmanager webhook: validate everything, apply the valid alerts, answer once durably written."""
+    require_role(request, Role.OPERATOR, "post alerts")
     body, _ = await read_body(request)
     if not body:
         raise ApiError(400, "malformed_json", "request body is not valid JSON: the body is empty", field="")
@@ -181,13 +198,14 @@ async def list_incidents(request: web.Request, inputs: Inputs) -> web.Response:
     body=OpenIncidentBody,
     body_required=True,
     response=OpenedIncident,
-    errors=(413, 415, 503),
+    errors=(403, 413, 415, 503),
     answers={200: Answer("joined: the execution already has an open incident", OpenedIncident)},
 )
 async def open_incident(request: web.Request, inputs: Inputs) -> web.Response:
+    identity = require_role(request, Role.OPERATOR, "open incidents")
     spec = inputs.body(OpenIncidentBody)
     result = await request.app[INCIDENTS_KEY].open_or_join(
-        spec.execution_id, dag_id=spec.dag_id, source="manual", detection_source="api", actor="api"
+        spec.execution_id, dag_id=spec.dag_id, source="manual", detection_source="api", actor=identity.actor
     )
     if result.created:
         request.app[DIAGNOSIS_KEY].start(result.incident)
@@ -215,6 +233,7 @@ async def get_incident(request: web.Request, inputs: Inputs) -> web.Response:
     errors=_ACT,
 )
 async def diagnose_incident(request: web.Request, inputs: Inputs) -> web.Response:
+    require_role(request, Role.OPERATOR, "diagnose")
     incident = await request.app[INCIDENTS_KEY].get(int(inputs.path["incident_id"]))
     if incident.status not in DIAGNOSABLE:
         raise InvalidTransition(
@@ -286,8 +305,13 @@ async def readyz(request: web.Request, inputs: Inputs) -> web.Response:
 
 # -- the document and the app -----------------------------------------------------------------------
 
-# Every route of the watchdog's app, in declaration order: this module's, then the approval routes.
-ROUTES: tuple[Route, ...] = (*ROUTE_TABLE.routes(), *approval_web.ROUTE_TABLE.routes())
+# Every route of the watchdog's app, in declaration order: this module's, the approval routes, the
+# operator API's.
+ROUTES: tuple[Route, ...] = (
+    *ROUTE_TABLE.routes(),
+    *approval_web.ROUTE_TABLE.routes(),
+    *operator_api.ROUTE_TABLE.routes(),
+)
 
 
 def build_openapi() -> dict[str, Any]:

@@ -78,7 +78,15 @@ IncidentStatus = Literal[
 ApprovalState = Literal["pending", "approved", "denied", "expired", "used"]
 DecisionText = Literal["approve", "deny"]
 
-PATH_PARAMS = {"incident_id": IncidentId, "approval_id": ApprovalId}
+TokenName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z0-9][a-z0-9._@-]{0,63}$", max_length=64),
+    Field(description="a token's name: 1-64 of a-z 0-9 . _ @ -, starting with a letter or digit"),
+]
+RoleText = Literal["viewer", "approver", "operator", "admin"]
+Reason = Annotated[str, printable(500, min_length=1), Field(description="why (recorded in the audit log)")]
+
+PATH_PARAMS = {"incident_id": IncidentId, "approval_id": ApprovalId, "name": TokenName}
 
 
 class _Request(BaseModel):
@@ -145,6 +153,20 @@ class DecideBody(_Request):
 
     token: LinkTokenText | None = None
     actor: Actor | None = None
+
+
+class IncidentDecisionBody(_Request):
+    """`POST /incidents/{id}/approve|deny`: the incident's pending approval, decided by the caller's
+    identity."""
+
+    reason: Reason | None = None
+
+
+class TokenCreateBody(_Request):
+    """`POST /tokens`: a named token with a role."""
+
+    name: TokenName
+    role: RoleText
 
 
 class ApprovalForm(_Request):
@@ -229,10 +251,14 @@ class ApprovalOut(_Answer):
     expires_at: datetime
     decided_at: datetime | None
     decided_by: str | None
+    votes: list[str] = Field(
+        default_factory=list, description="who approved so far (a two-person approval's first vote)"
+    )
 
     @classmethod
     def of(cls, approval: Approval) -> ApprovalOut:
-        return cls.model_validate({name: getattr(approval, name) for name in cls.model_fields})
+        fields = {name: getattr(approval, name) for name in cls.model_fields if name != "votes"}
+        return cls.model_validate({**fields, "votes": approval.votes or []})
 
 
 class AuditOut(_Answer):
@@ -259,6 +285,38 @@ class IncidentDetailOut(IncidentOut):
     actions: list[ActionOut]
     approvals: list[ApprovalOut]
     audit: list[AuditOut]
+
+
+class TokenOut(_Answer):
+    """A named API token as listed (never the token or its digest)."""
+
+    name: str
+    role: RoleText
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class TokenCreated(_Answer):
+    """`POST /tokens`: the token, shown this once (it is stored hashed)."""
+
+    name: str
+    role: RoleText
+    token: str = Field(description="glw_...: give it to its owner now; it cannot be shown again")
+
+
+class TokenList(_Answer):
+    items: list[TokenOut]
+
+
+class IncidentDecision(_Answer):
+    """`POST /incidents/{id}/approve|deny`: the approval as it now stands (`pending` with one vote of
+    a two-person approval), and who decided."""
+
+    approval: ApprovalOut
+    approvals_required: int = Field(description="distinct approvers the policy asks for this plan")
+    actor: str = Field(description="how the audit log names the decider, e.g. token:alice")
 
 
 class IncidentPage(_Answer):

@@ -13,6 +13,16 @@ It is single-use because a decision is a conditional UPDATE (`state = 'pending' 
 of an approve, a deny, a double click and the expiry sweep, exactly one wins; every other gets
 `ApprovalClosed` with the state that won. The loop then moves `approved` to `used` (again conditional)
 right before it acts, so one approval never drives two remediations.
+
+Who decides (docs/operations.md "Identity and roles"): the policy's approval rule of the plan
+(`Policy.approval_for`: per playbook, else per risk level; by default high risk needs two distinct
+approvers) names the least role, optionally groups, and how many distinct approvers. Under a rule an
+approval needs an identity (`watchdog.identity`: a named token, or the authenticating proxy's user,
+with or without the link); the link alone approves only plans without a rule, and denies any. With
+two approvers required, the first approval is a vote (`votes`, audited `approval_vote`, "1 of 2";
+the prompt stays pending) and a second, distinct identity settles it; the same identity twice is
+refused (`SameApprover`). Each vote is a compare-and-set on `vote_count`, so concurrent votes never
+both count as the first.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -31,9 +42,11 @@ from urllib.parse import quote
 import sqlalchemy as sa
 
 from gl_common.clock import Clock
-from watchdog.errors import ApprovalClosed, ApprovalNotFound, InvalidToken
+from watchdog.errors import ApprovalClosed, ApprovalNotFound, ApproverRefused, InvalidToken, SameApprover
+from watchdog.identity import Identity, Role
 from watchdog.migrations import approvals as approvals_table
 from watchdog.plan import Plan
+from watchdog.policy import ApprovalRule
 from watchdog.records import Approval
 from watchdog.store import Tx, WatchdogStore
 
@@ -46,6 +59,7 @@ class Decision(StrEnum):
 
 
 DECIDED_STATE = {Decision.APPROVE: "approved", Decision.DENY: "denied"}
+VOTE_ATTEMPTS = 5  # compare-and-set rounds of one vote against concurrent ones
 # What `sign` makes: the expiry (unix seconds), a dot, and the unpadded base64url of a SHA-256 HMAC.
 _TOKEN_SHAPE = re.compile(r"[0-9]{1,12}\.[A-Za-z0-9_-]{43}")
 
@@ -85,6 +99,7 @@ class ApprovalService:
         ttl_seconds: float,
         public_url: str,
         clock: Clock | None = None,
+        rules: Callable[[Plan], ApprovalRule | None] | None = None,
     ) -> None:
         if len(signing_key) < 16:
             raise ValueError("approval signing key must be at least 16 bytes")
@@ -93,6 +108,7 @@ class ApprovalService:
         self.ttl = timedelta(seconds=ttl_seconds)
         self.public_url = public_url.rstrip("/")
         self.clock = clock or store.clock
+        self._rules = rules
 
     # -- tokens and links
 
@@ -160,61 +176,110 @@ class ApprovalService:
             raise ApprovalNotFound(f"no approval {approval_id!r}")
         return approval
 
+    def rule_for(self, approval: Approval) -> ApprovalRule | None:
+        """The policy's approval rule of the prompt's plan (None: its link alone may decide)."""
+        return None if self._rules is None else self._rules(approval.plan)
+
     async def decide(
         self,
         approval_id: str,
         decision: Decision,
         *,
-        actor: str,
+        actor: str | None = None,
         token: str | None = None,
         authenticated: bool = False,
+        identity: Identity | None = None,
+        reason: str | None = None,
     ) -> Approval:
-        """Settle a prompt: exactly one of concurrent decisions and the expiry wins.
+        """Settle a prompt, or record one vote of a two-person approval; exactly one of concurrent
+        decisions and the expiry wins.
 
-        The caller is either `authenticated` (bearer token, CLI with store access) or presents the
-        link `token`. Raises ApprovalNotFound, InvalidToken, or ApprovalClosed naming the state that won.
+        The decider is an `identity` (API, page behind the proxy; audited as `identity.actor`), an
+        `authenticated` in-process caller (CLI with store access, the demo's terminal; audited as
+        `actor`), or the holder of the link `token` alone (audited as `link`), which may approve only
+        a plan without an approval rule. Raises ApprovalNotFound, InvalidToken, ApproverRefused,
+        SameApprover, or ApprovalClosed naming the state that won.
         """
         approval = await self.get(approval_id)
+        who = identity.actor if identity is not None else actor or "link"
         if token is not None:
             try:
                 self.check_token(approval, token)
             except InvalidToken as exc:
-                await self.record_rejected_token(approval, actor=actor, reason=str(exc))
+                await self.record_rejected_token(approval, actor=who, reason=str(exc))
                 raise
-        elif not authenticated:
+        elif identity is None and not authenticated:
             raise InvalidToken("an approval token or API authentication is required")
+        rule = self.rule_for(approval)
+        if decision is Decision.APPROVE and rule is not None:
+            _check_approver(approval, rule, identity, trusted=authenticated)
+        for _ in range(VOTE_ATTEMPTS):
+            via = "token" if token else "auth"
+            decided = await self._settle(approval_id, decision, who, rule, via=via, reason=reason)
+            if decided is not None:
+                return decided
+        raise ApprovalClosed("pending", f"approval {approval_id} changed under concurrent votes; try again")
+
+    async def _settle(
+        self,
+        approval_id: str,
+        decision: Decision,
+        who: str,
+        rule: ApprovalRule | None,
+        *,
+        via: str,
+        reason: str | None,
+    ) -> Approval | None:
+        """One compare-and-set of a decision (or vote); None when a concurrent vote came first."""
         async with self.store.transaction() as tx:
+            current = await tx.get_approval(approval_id)
+            votes = list(current.votes or []) if current is not None else []
+            pending = current is not None and current.state == "pending"
+            if decision is Decision.APPROVE and pending and who in votes:
+                raise SameApprover(
+                    f"{who} already approved {approval_id}; a second, different approver is needed "
+                    f"({len(votes)} of {rule.approvers_required if rule else 1})"
+                )
+            required = rule.approvers_required if rule is not None and decision is Decision.APPROVE else 1
+            final = len(votes) + 1 >= required
             now = self.clock.now()
+            values: dict[str, Any] = {"vote_count": len(votes) + 1}
+            if decision is Decision.APPROVE:
+                values["votes"] = [*votes, who]
+            if final:
+                values.update(state=DECIDED_STATE[decision], decided_at=now, decided_by=who)
             result = await tx.conn.execute(
                 sa.update(approvals_table)
                 .where(
                     approvals_table.c.id == approval_id,
                     approvals_table.c.state == "pending",
                     approvals_table.c.expires_at > now,
+                    sa.func.coalesce(approvals_table.c.vote_count, 0) == len(votes),
                 )
-                .values(state=DECIDED_STATE[decision], decided_at=now, decided_by=actor)
+                .values(**values)
                 .returning(*approvals_table.c)
             )
             row = result.first()
             if row is None:
-                current = await tx.get_approval(approval_id)
-                state = current.state if current is not None else "missing"
-                if state == "pending":  # not yet swept, but past its expiry
-                    state = "expired"
-                said = "approved and acted on" if state == "used" else state
-                raise ApprovalClosed(state, f"approval {approval_id} is already {said}; nothing was changed")
+                if current is not None and current.state == "pending" and current.expires_at > now:
+                    return None  # a concurrent vote: read again
+                raise _closed(approval_id, current)
             decided = Approval.model_validate(dict(row._mapping))
+            data = {"approval_id": approval_id, "decision": decision.value, "via": via}
+            if required > 1:
+                data["votes"] = f"{len(votes) + 1} of {required}"
+            if reason:
+                data["reason"] = reason
             await tx.add_audit(
-                decided.incident_id,
-                "approval_decided",
-                actor=actor,
-                data={
-                    "approval_id": approval_id,
-                    "decision": decision.value,
-                    "via": "token" if token else "auth",
-                },
+                decided.incident_id, "approval_decided" if final else "approval_vote", actor=who, data=data
             )
         return decided
+
+    async def pending_of(self, incident_id: int) -> Approval | None:
+        """The incident's pending prompt (the newest one), or None."""
+        async with self.store.read() as tx:
+            pending = await tx.list_approvals(states=["pending"], incident_id=incident_id)
+        return pending[-1] if pending else None
 
     async def record_rejected_token(self, approval: Approval, *, actor: str, reason: str) -> None:
         """Audit a refused link token of `approval` (`approval_token_rejected`), in a transaction of
@@ -255,6 +320,45 @@ class ApprovalService:
                 used.incident_id, "approval_used", actor=actor, data={"approval_id": approval_id}
             )
         return used
+
+
+def _closed(approval_id: str, current: Approval | None) -> ApprovalClosed:
+    state = current.state if current is not None else "missing"
+    if state == "pending":  # not yet swept, but past its expiry
+        state = "expired"
+    said = "approved and acted on" if state == "used" else state
+    return ApprovalClosed(state, f"approval {approval_id} is already {said}; nothing was changed")
+
+
+def _check_approver(
+    approval: Approval, rule: ApprovalRule, identity: Identity | None, *, trusted: bool
+) -> None:
+    """Raise ApproverRefused unless the decider satisfies `rule` (role, groups); a trusted in-process
+    caller (CLI with store access) stands for an admin."""
+    if identity is None:
+        if trusted:
+            return
+        raise ApproverRefused(
+            f"approval {approval.id} needs a signed-in approver ({_describe(rule)}): an approval link alone "
+            "is not enough; sign in through the proxy (or use a named API token) and approve again"
+        )
+    if identity.role < Role(rule.role):
+        raise ApproverRefused(
+            f"role {identity.role} cannot approve {approval.id}: {rule.role} or higher needed"
+        )
+    if rule.groups and identity.role < Role.ADMIN and not set(rule.groups) & set(identity.groups):
+        raise ApproverRefused(
+            f"{identity.actor} cannot approve {approval.id}: a member of {', '.join(rule.groups)} is needed"
+        )
+
+
+def _describe(rule: ApprovalRule) -> str:
+    parts = [f"role {rule.role} or higher"]
+    if rule.groups:
+        parts.append(f"in {' or '.join(rule.groups)}")
+    if rule.approvers_required > 1:
+        parts.append(f"{rule.approvers_required} distinct approvers")
+    return ", ".join(parts)
 
 
 def public_view(approval: Approval) -> dict[str, Any]:

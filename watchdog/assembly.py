@@ -30,7 +30,7 @@ from datetime import timedelta
 from aiohttp import web
 
 from gl_common.clock import Clock, SystemClock
-from watchdog import api
+from watchdog import api, operator_api
 from watchdog import web as approval_web
 from watchdog.approvals import ApprovalService
 from watchdog.auth_failures import AuthFailures
@@ -40,6 +40,7 @@ from watchdog.diagnosis import Backoff, Diagnose, DiagnosisService, OnDiagnosed
 from watchdog.diagnostics import runner
 from watchdog.episodes import IntakeGate, KnownEpisodes
 from watchdog.http import new_application
+from watchdog.identity import ProxyAuth
 from watchdog.incidents import IncidentService
 from watchdog.intake import AlertIntake
 from watchdog.jobs import JobTracker, exponential_backoff
@@ -57,6 +58,7 @@ from watchdog.responder import Responder
 from watchdog.settings import Mode, WatchdogSettings
 from watchdog.store import WatchdogStore
 from watchdog.sweeps import Leadership, LocalLeadership, RedisLeadership, Sweeper
+from watchdog.tokens import TokenStore
 from watchdog_sdk.clients import Clients
 from watchdog_sdk.diagnostic_step import DiagnosticContext
 from watchdog_sdk.errors import ConfigError
@@ -178,6 +180,7 @@ async def build_watchdog(
         ttl_seconds=settings.approval_ttl_seconds,
         public_url=settings.public_url or f"http://{settings.host}:{settings.port}",
         clock=clock,
+        rules=lambda plan: policy.approval_for(plan.playbook, plan.risk),
     )
     responder = build_responder(
         store=store,
@@ -331,12 +334,27 @@ def build_responder(
 
 
 def create_app(watchdog: Watchdog) -> web.Application:
-    """The watchdog's aiohttp application: middlewares (`watchdog.http`), the API (`watchdog.api`) and
-    the approval routes and page (`watchdog.web`), each given the services it uses."""
+    """The watchdog's aiohttp application: middlewares (`watchdog.http`: identity from the settings'
+    bootstrap tokens, the named tokens and the trusted proxy), the API (`watchdog.api`), the approval
+    routes and page (`watchdog.web`) and the operator API (`watchdog.operator_api`), each given the
+    services it uses."""
     settings = watchdog.settings
     failures = AuthFailures(watchdog.clock, watchdog.metrics.auth_failure)
+    proxy = ProxyAuth(
+        enabled=settings.proxy_auth_enabled,
+        trusted_proxies=settings.trusted_proxies,
+        role_map=settings.proxy_role_map,
+        default_role=settings.proxy_default_role,
+        on_forged=failures.refused,
+    )
+    tokens = TokenStore(watchdog.store)
     app = new_application(
-        settings.token_source(), max_body_bytes=settings.max_body_bytes, auth_failures=failures
+        settings.token_source(),
+        max_body_bytes=settings.max_body_bytes,
+        auth_failures=failures,
+        named_tokens=tokens,
+        proxy=proxy,
+        public_origins=[settings.public_url] if settings.public_url else [],
     )
     api.add_routes(
         app,
@@ -349,6 +367,13 @@ def create_app(watchdog: Watchdog) -> web.Application:
     )
     approval_web.add_routes(
         app, approvals=watchdog.approvals, responder=watchdog.responder, incidents=watchdog.incidents
+    )
+    operator_api.add_routes(
+        app,
+        tokens=tokens,
+        approvals=watchdog.approvals,
+        responder=watchdog.responder,
+        incidents=watchdog.incidents,
     )
     return app
 

@@ -12,7 +12,10 @@ loader, the notifier, the approval service, the store and the incident service; 
     ├── ApprovalError                   an approval cannot be answered
     │   ├── ApprovalNotFound            no such approval prompt
     │   ├── InvalidToken                the link token is malformed, forged, or for another prompt
-    │   └── ApprovalClosed(state)       expired, already decided, or already used
+    │   ├── ApprovalClosed(state)       expired, already decided, or already used
+    │   ├── ApproverRefused             the policy's approval rule refuses this decider (role, group,
+    │   │                               or no identity where one is required)
+    │   └── SameApprover                a two-person approval's second vote by the first approver
     ├── StoreError                      the watchdog's database refused a statement or the URL is bad
     │   │                               (also a gl_common.errors.StoreError, as `gl_common.db` raises it)
     │   └── StoreUnavailable            the database could not be reached (also a BackendUnavailable
@@ -54,6 +57,15 @@ class ApprovalClosed(ApprovalError):
     def __init__(self, state: str, detail: str) -> None:
         super().__init__(detail)
         self.state = state
+
+
+class ApproverRefused(ApprovalError):
+    """The policy's approval rule refuses this decider: role too low, not in a named group, or an
+    approval link alone where the rule needs a signed-in identity."""
+
+
+class SameApprover(ApprovalError):
+    """A two-person approval already has this approver's vote: a second, distinct one is needed."""
 
 
 class StoreError(WatchdogError, common.StoreError):

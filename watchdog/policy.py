@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -54,13 +54,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ApprovalRule(_Strict):
+    """Who may approve a plan (`watchdog.approvals`): a role at least, one of `groups` when given
+    (an admin passes any group), and how many distinct approvers. A plan under a rule needs a
+    signed-in identity: an approval link alone is not enough."""
+
+    role: Literal["approver", "operator", "admin"] = "approver"
+    groups: list[str] = Field(default_factory=list)
+    approvers_required: Literal[1, 2] = 1
+
+
 class PlaybookPolicy(_Strict):
-    """Per-playbook settings: risk, whether `auto` mode still needs a human, default params."""
+    """Per-playbook settings: risk, whether `auto` mode still needs a human, default params, and who
+    may approve (overrides the rule of its risk level)."""
 
     risk: Risk | None = None  # None: the playbook's own risk
     requires_approval: bool = True
     mode: Mode | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    approval: ApprovalRule | None = None
 
 
 class Match(_Strict):
@@ -151,6 +163,11 @@ class Policy(_Strict):
     playbooks: dict[str, PlaybookPolicy] = Field(default_factory=dict)
     rules: list[Rule] = Field(default_factory=list)
     limits: Limits = Limits()
+    # Who may approve, per risk level (a playbook's own `approval` wins). Default: high risk needs two
+    # distinct signed-in approvers; low and medium risk plans may be approved by their link alone.
+    approval: dict[Risk, ApprovalRule] = Field(
+        default_factory=lambda: {Risk.HIGH: ApprovalRule(approvers_required=2)}
+    )
 
     @field_validator("version")
     @classmethod
@@ -166,6 +183,11 @@ class Policy(_Strict):
     def first_match(self, diagnosis: Diagnosis) -> Rule | None:
         """The first rule that matches `diagnosis`, or None."""
         return next((rule for rule in self.rules if rule.when.matches(diagnosis)), None)
+
+    def approval_for(self, playbook: str | None, risk: Risk | None) -> ApprovalRule | None:
+        """The approval rule of a plan of `playbook` at `risk` (None: its link alone may decide)."""
+        own = self.playbook(playbook).approval if playbook is not None else None
+        return own or (self.approval.get(risk) if risk is not None else None)
 
     def effective_mode(self, deployment_mode: Mode, playbook: str) -> Mode:
         """The mode for `playbook`: its own override, except that deployment `observe` always wins."""

@@ -85,6 +85,8 @@ class Approval(_Record):
     expires_at: datetime
     decided_at: datetime | None
     decided_by: str | None
+    votes: list[str] | None = None  # who approved so far, when the policy asks for two (migration 4)
+    vote_count: int | None = None
 
 
 class Action(_Record):

@@ -12,18 +12,20 @@ plain value. Secrets are `SecretStr`, so they never show up in reprs or logs.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
 
 from gl_common.auth import TokenSource
 from gl_common.db import PoolSettings
 from gl_common.settings_files import SettingsFileError, ensure_secret_file, read_yaml_mapping
+from watchdog.identity import Role
 from watchdog_sdk.constants import ORCHESTRATOR_APP_SELECTOR
 from watchdog_sdk.diagnostic_step import DiagnosticSettings
 from watchdog_sdk.errors import ConfigError
@@ -113,6 +115,8 @@ class WatchdogSettings(BaseSettings):
     remediation_timeout_seconds: float = Field(default=1800.0, gt=0)
 
     # -- the watchdog's own API and approvals
+    # The bootstrap tokens: each is the `bootstrap` identity with role admin. Use one to create named
+    # tokens (POST /api/v1/tokens), then remove it (docs/operations.md "Identity and roles").
     api_tokens: list[SecretStr] = Field(default_factory=list)
     api_token_file: Path | None = None
     approval_signing_key: SecretStr | None = None
@@ -123,6 +127,14 @@ class WatchdogSettings(BaseSettings):
     policy_file: Path | None = None  # unset: the shipped default policy
     mode: Mode = Mode.RECOMMEND
     approval_ttl_seconds: float = Field(default=900.0, gt=0)
+    # Identity from an authenticating proxy (oauth2-proxy; docs/operations.md "Identity and roles"):
+    # its X-Forwarded-User/-Email/-Groups (or X-Auth-Request-*) headers are believed only when enabled
+    # and only from a peer inside `trusted_proxies` (CIDRs); `proxy_role_map` maps a group, an email
+    # or a user name to a role (the highest match wins), `proxy_default_role` otherwise.
+    proxy_auth_enabled: bool = False
+    trusted_proxies: list[str] = Field(default_factory=list)
+    proxy_role_map: dict[str, Role] = Field(default_factory=dict)
+    proxy_default_role: Role = Role.VIEWER
     # Where a laptop set-up keeps generated secrets (see `with_local_secrets`).
     state_dir: Path = Path(".gl-watchdog")
 
@@ -134,6 +146,22 @@ class WatchdogSettings(BaseSettings):
     heartbeat_grace_seconds: float = Field(default=30.0, ge=0)
     # A running run with no timeout at all gets a sweep incident once it has run this long (null: never).
     max_run_age_seconds: float | None = Field(default=86400.0, gt=0)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address or CIDR network") from None
+        return values
+
+    @model_validator(mode="after")
+    def _proxy_needs_addresses(self) -> WatchdogSettings:
+        if self.proxy_auth_enabled and not self.trusted_proxies:
+            raise ValueError("proxy_auth_enabled needs trusted_proxies (the proxy's addresses, as CIDRs)")
+        return self
 
     @model_validator(mode="after")
     def _read_secret_files(self) -> WatchdogSettings:

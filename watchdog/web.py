@@ -31,6 +31,7 @@ remediation runs); no external assets.
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass, replace
 from typing import Any, Final
 from urllib.parse import parse_qsl, quote
 
@@ -40,9 +41,11 @@ from gl_common.http import ApiError, json_model_response, read_body, validate
 from gl_common.openapi import Answer, Inputs, RouteHandler, RouteTable
 from watchdog.api_models import PATH_PARAMS, ApprovalForm, ApprovalOut, ApprovalQuery, DecideBody, PageQuery
 from watchdog.approvals import ApprovalService, Decision, well_formed
-from watchdog.errors import ApprovalClosed, ApprovalNotFound, InvalidToken
+from watchdog.errors import ApprovalClosed, ApprovalNotFound, ApproverRefused, InvalidToken, SameApprover
 from watchdog.http import AUTH_FAILURES_KEY, authenticated, source_of, unauthorized
+from watchdog.identity import Identity, Role, identity_of, require_role
 from watchdog.incidents import IncidentService
+from watchdog.policy import ApprovalRule
 from watchdog.records import Approval, Incident
 from watchdog.responder import Responder
 
@@ -52,6 +55,9 @@ INCIDENTS_KEY: Final = web.AppKey("approval_incidents", IncidentService)
 IN_PROGRESS: Final = ("awaiting_approval", "remediating", "verifying")
 STATE_WORDS: Final = {"used": "approved (acted on)"}
 FORM_TYPE: Final = "application/x-www-form-urlencoded"
+APPROVE_BUTTON: Final = (
+    '<button class="approve" type="submit" name="decision" value="approve" id="approve">Approve</button>'
+)
 LINK_SCHEME: Final = "approvalToken"
 SECURITY_SCHEMES: Final = {
     LINK_SCHEME: {
@@ -155,9 +161,12 @@ def _decider(decision: Decision) -> RouteHandler:
         approval_id = inputs.path["approval_id"]
         body = inputs.body(DecideBody)
         approvals = request.app[APPROVALS_KEY]
-        if authenticated(request):
-            actor = f"api:{body.actor}" if body.actor else "api"
-            approval = await approvals.decide(approval_id, decision, actor=actor, authenticated=True)
+        identity = identity_of(request)
+        if identity is not None:
+            identity = require_role(request, Role.APPROVER, decision.value)
+            if identity.source == "bootstrap" and body.actor:  # the shared token, used on someone's behalf
+                identity = replace(identity, name=body.actor)
+            approval = await approvals.decide(approval_id, decision, identity=identity)
         else:
             token = body.token if body.token is not None else inputs.query(ApprovalQuery).token
             try:
@@ -210,7 +219,10 @@ async def page(request: web.Request, inputs: Inputs) -> web.Response:
     approvals = request.app[APPROVALS_KEY]
     incident = await request.app[INCIDENTS_KEY].get(approval.incident_id)
     expired = approval.state == "pending" and approvals.clock.now() >= approval.expires_at
-    body = _render(approval, incident, token, query.notice or "", query.decision or "", expired=expired)
+    signer = _Signer(identity_of(request), approvals.rule_for(approval))
+    body = _render(
+        approval, incident, token, query.notice or "", query.decision or "", expired=expired, signer=signer
+    )
     acting = approval.state in ("approved", "used") and incident.status in IN_PROGRESS
     return _html(200, f"Approval {approval.id}", body, refresh_seconds=2 if acting else None)
 
@@ -240,10 +252,14 @@ async def page_decide(request: web.Request, inputs: Inputs) -> web.StreamRespons
     notice = ""
     try:
         approval = await request.app[APPROVALS_KEY].decide(
-            approval_id, Decision(form.decision), actor="web", token=form.token
+            approval_id, Decision(form.decision), identity=identity_of(request), token=form.token
         )
-        request.app[RESPONDER_KEY].start_decision(approval)
-    except ApprovalClosed as exc:
+        if approval.state == "pending":
+            votes = len(approval.votes or [])
+            notice = f"Your approval is recorded ({votes} so far); a second approver is needed."
+        else:
+            request.app[RESPONDER_KEY].start_decision(approval)
+    except (ApprovalClosed, ApproverRefused, SameApprover) as exc:
         notice = str(exc)
     location = f"/approvals/{quote(approval_id, safe='')}?token={quote(form.token)}"
     if notice:
@@ -291,6 +307,38 @@ def _e(value: Any) -> str:
     return html.escape(str(value))
 
 
+@dataclass(frozen=True)
+class _Signer:
+    """Who looks at the page (the proxy's user, if any) and who the policy lets approve."""
+
+    identity: Identity | None
+    rule: ApprovalRule | None
+
+    def html(self, approval: Approval) -> str:
+        parts = []
+        if self.identity is not None:
+            who, role = _e(self.identity.actor), _e(self.identity.role)
+            parts.append(f'<p id="signed-in">Signed in as <b>{who}</b> ({role}).</p>')
+        if self.rule is not None and self.rule.approvers_required > 1:
+            votes = approval.votes or []
+            who = f" ({_e(', '.join(votes))})" if votes else ""
+            parts.append(
+                f'<p id="votes">{len(votes)} of {self.rule.approvers_required} approvals{who}: '
+                "two different people must approve this plan.</p>"
+            )
+        if self.rule is not None and self.identity is None:
+            parts.append(
+                '<p class="notice" id="sign-in">This plan needs a signed-in approver (role '
+                f"{_e(self.rule.role)} or higher): the link alone cannot approve it. Sign in through "
+                "the company's login proxy and open this link again. You may still deny it.</p>"
+            )
+        return "\n".join(parts)
+
+    @property
+    def may_approve(self) -> bool:
+        return self.rule is None or self.identity is not None
+
+
 def _render(
     approval: Approval,
     incident: Incident,
@@ -299,6 +347,7 @@ def _render(
     preselected: str,
     *,
     expired: bool = False,
+    signer: _Signer | None = None,
 ) -> str:
     plan = approval.plan
     params = ", ".join(f"{_e(k)}={_e(v)}" for k, v in plan.params.items())
@@ -327,11 +376,13 @@ def _render(
             "answer: nothing will act on it, and the incident is escalated to on-call.</p>"
         )
     elif approval.state == "pending":
+        signer = signer or _Signer(None, None)
         hint = f"<p>You followed the <b>{_e(preselected)}</b> link: confirm below.</p>" if preselected else ""
+        approve = APPROVE_BUTTON if signer.may_approve else ""
         parts.append(
-            f"""{hint}<form method="post" action="/approvals/{_e(approval.id)}">
+            f"""{signer.html(approval)}{hint}<form method="post" action="/approvals/{_e(approval.id)}">
 <input type="hidden" name="token" value="{_e(token)}">
-<button class="approve" type="submit" name="decision" value="approve" id="approve">Approve</button>
+{approve}
 <button class="deny" type="submit" name="decision" value="deny" id="deny">Deny</button>
 </form>"""
         )

@@ -25,6 +25,7 @@ from tests.conftest import free_port
 from tests.orchestrator.service_harness import TOKEN, make_settings, running_service
 from tests.watchdog.approval_stack import API_TOKEN, Stack
 from tests.watchdog.fake_kube import FakeKubeApi
+from tests.watchdog.identity_app import IdentityApp, serving_identity_app
 from tests.watchdog.orchestrators import ORCH_API, ORCH_BASE, OrchestratorProcess
 from watchdog.assembly import Watchdog, build_watchdog, create_app
 from watchdog.plan import Plan
@@ -270,6 +271,16 @@ async def api_client(
         yield client
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def identity_app(_no_pending_tasks: None, database_url: str) -> AsyncIterator[IdentityApp]:
+    """The real app with a bootstrap token, named tokens and a trusted proxy at 127.0.0.1."""
+    serving = serving_identity_app(
+        database_url, bootstrap_token=WATCHDOG_TOKEN, clock=FakeClock(), diagnose=ScriptedDiagnose()
+    )
+    async with serving as app:
+        yield app
 
 
 # -- the real orchestrator service as a subprocess (intake engineer) --------------------------------

@@ -50,7 +50,7 @@ async def test_open_link_see_plan_click_approve_and_see_the_result(stack: Stack,
     await page.click("#approve")
     # The page reloads itself while the remediation runs, then shows the outcome.
     await expect(page.locator("#incident-status")).to_have_text("resolved", timeout=30_000)
-    await expect(page.locator("#decision")).to_contain_text("by web")
+    await expect(page.locator("#decision")).to_contain_text("by link")
     await expect(page.locator("#result")).to_contain_text("resolved by restart_agent")
     await expect(page.locator("#verification")).to_contain_text("provenance_chain_valid")
     await expect(page.locator("#approve")).to_have_count(0)

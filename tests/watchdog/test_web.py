@@ -67,7 +67,7 @@ async def test_bearer_deny_escalates_and_nothing_acts(stack: Stack) -> None:
         await stack.wd.jobs.wait_idle()
         incident = (await api.get(f"/api/v1/incidents/{stack.incident_id}")).json()
     assert incident["status"] == "escalated" and incident["actions"] == []
-    assert "denied by api:bob" in incident["summary"]
+    assert "denied by bootstrap:bob" in incident["summary"]
     assert (await stack.wd.clients.orchestrator.get_execution(stack.execution_id)).status == "running"
     await stack.wd.clients.orchestrator.cancel(stack.execution_id)
 
@@ -192,7 +192,7 @@ async def test_after_the_remediation_the_page_says_approved_not_the_stores_used(
         assert (await stack.wd.approvals.get(approval_id)).state == "used"
         page = await anon.get(url.replace(stack.url, ""))
         assert 'id="approval-state">approved (acted on)<' in page.text
-        assert "Decision: approved (acted on) by web." in page.text
+        assert "Decision: approved (acted on) by link." in page.text
         again = await anon.post(
             f"/approvals/{approval_id}",
             data={"token": token_of(url), "decision": "deny"},

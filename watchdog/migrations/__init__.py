@@ -20,6 +20,9 @@ Tables:
     rate_events        timestamps of rate-limited events (agent restarts, ...) and breaker trips
     job_leases         who runs the job of an incident in a transient state, until when, and how
                        often it was lost (migration 2; queried by `watchdog.leases` only)
+    api_tokens         named API tokens: name, role, SHA-256 of the token, who made it, revoked,
+                       last used (migration 4; queried by `watchdog.tokens` only); approvals gained
+                       `votes`/`vote_count`, the approvers of a two-person approval so far
 
 Versions are kept in `gl_schema_migrations` (component `watchdog`). Databases from before the shared
 runner kept them in `schema_migrations (version, description, applied_at)`: the runner adopts those rows
@@ -32,11 +35,16 @@ from __future__ import annotations
 from typing import Final
 
 from gl_common.migrations import LegacyTable, Schema
-from watchdog.migrations import m0001_initial, m0002_job_leases, m0003_labels_digest
+from watchdog.migrations import m0001_initial, m0002_job_leases, m0003_labels_digest, m0004_identity
 
 SCHEMA: Final = Schema(
     component="watchdog",
-    migrations=(m0001_initial.MIGRATION, m0002_job_leases.MIGRATION, m0003_labels_digest.MIGRATION),
+    migrations=(
+        m0001_initial.MIGRATION,
+        m0002_job_leases.MIGRATION,
+        m0003_labels_digest.MIGRATION,
+        m0004_identity.MIGRATION,
+    ),
     lock_key=0x67_6C_77_64_6D_69_67,  # "glwdmig": the key the watchdog's own runner used before
     legacy=LegacyTable("schema_migrations", description_column="description"),
 )
@@ -54,3 +62,4 @@ approvals: Final = metadata.tables["approvals"]
 actions: Final = metadata.tables["actions"]
 rate_events: Final = metadata.tables["rate_events"]
 job_leases: Final = metadata.tables["job_leases"]
+api_tokens: Final = metadata.tables["api_tokens"]
