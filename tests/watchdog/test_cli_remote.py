@@ -1,8 +1,9 @@
 """The CLI as an operator uses it from a laptop: `gl-watchdog` run as a subprocess in another
 directory with only a context file (no database, Redis or orchestrator credentials there), against a
 `gl-watchdog serve` started by the test on real PostgreSQL and Redis, watching the real orchestrator
-with a hung run. It diagnoses the run, lists and shows the incident, and approves the plan; a refused
-or missing token, an unknown incident and an unreachable server give their exit codes and one line.
+with a hung run. It diagnoses the run, lists and shows the incident, makes named tokens, and approves
+the plan as a named approver (a viewer is refused with 403, exit 4; the audit names the approver); a
+refused or revoked token, an unknown incident and an unreachable server give their exit codes.
 """
 
 from __future__ import annotations
@@ -130,11 +131,48 @@ async def test_from_another_directory_the_cli_diagnoses_lists_shows_and_approves
     )
     assert code == 0 and out.strip() == "no incidents", err
 
-    code, out, err = await asyncio.to_thread(serve.cli, "approve", approval_id, "-o", "table")
+    # Named tokens, made by the bootstrap (admin) token from the CLI; a viewer may not approve.
+    tokens = {}
+    for name, role in (("alice", "approver"), ("victor", "viewer")):
+        code, out, err = await asyncio.to_thread(
+            serve.cli, "tokens", "create", name, "--role", role, "-o", "json"
+        )
+        assert code == 0, err
+        tokens[name] = serve.token_file(f"{name}.token", json.loads(out)["token"])
+    code, out, err = await asyncio.to_thread(
+        serve.cli, "approve", str(incident_id), token_file=tokens["victor"]
+    )
+    assert (
+        code == 4 and "answered 403" in err and "role viewer cannot approve: approver or higher needed" in err
+    )
+    assert out == ""
+
+    code, out, err = await asyncio.to_thread(
+        serve.cli,
+        "approve",
+        str(incident_id),
+        "--reason",
+        "agent wedged",
+        "-o",
+        "table",
+        token_file=tokens["alice"],
+    )
     assert code == 0, err
-    assert out.strip().startswith(f"approval {approval_id}: approved (incident {incident_id})")
-    code, out, err = await asyncio.to_thread(serve.cli, "deny", approval_id)
+    assert out.strip() == f"approval {approval_id}: approved (incident {incident_id}) by token:alice"
+    code, out, err = await asyncio.to_thread(serve.cli, "deny", approval_id, token_file=tokens["alice"])
     assert code == 1 and "already" in err, err  # refused by its state: one line, exit 1
+
+    code, out, err = await asyncio.to_thread(serve.cli, "incidents", "show", str(incident_id), "-o", "json")
+    assert code == 0, err
+    actors = {entry["actor"] for entry in json.loads(out)["audit"]}
+    assert "token:alice" in actors and "token:victor" not in actors  # the audit names who approved
+
+    code, out, err = await asyncio.to_thread(serve.cli, "tokens", "list", "-o", "table")
+    assert code == 0 and "alice" in out and "approver" in out and "glw_" not in out, err
+    code, _, err = await asyncio.to_thread(serve.cli, "tokens", "revoke", "victor")
+    assert code == 0, err
+    code, _, err = await asyncio.to_thread(serve.cli, "incidents", "list", token_file=tokens["victor"])
+    assert code == 4 and "answered 401" in err, err
 
 
 async def test_refusals_and_failures_exit_by_kind_with_one_line(serve: Served) -> None:

@@ -54,13 +54,16 @@ def _decide(session: Session, target: str, decision: str, reason: str | None, ou
 
 
 def decision_line(answer: dict[str, Any]) -> str:
+    """`approval apr_x: approved (incident 7) by token:alice`, with `1 of 2 approvals` while pending."""
     approval = answer.get("approval", answer)
     said = f"approval {approval.get('id', '?')}: {approval.get('state', '?')}"
     if approval.get("incident_id") is not None:
         said += f" (incident {approval['incident_id']})"
-    for key in ("detail", "message", "progress"):
-        if answer.get(key):
-            said += f": {answer[key]}"
+    if answer.get("actor"):
+        said += f" by {answer['actor']}"
+    required = answer.get("approvals_required") or 1
+    if approval.get("state") == "pending" and required > 1:
+        said += f"; {len(approval.get('votes') or [])} of {required} approvals, another approver is needed"
     return said
 
 
