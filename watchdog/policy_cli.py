@@ -18,7 +18,7 @@ from watchdog.plugins import load_plugins
 from watchdog.policy import load_policy
 
 
-@click.command("check")
+@click.command("check", short_help="(local) validate a policy file")
 @click.argument("file", metavar="FILE")
 def policy_check(file: str) -> None:
     """Check a policy file against the playbooks and diagnostic steps installed here (local);

@@ -235,7 +235,7 @@ async def _playbook_run(settings: WatchdogSettings, args: _Run) -> int:
 # -- demo -----------------------------------------------------------------------------------------------
 
 
-@click.command("demo")
+@click.command("demo", short_help="(local) the embedded end-to-end demo")
 @click.option("--yes", is_flag=True, help="approve the remediation without asking")
 @click.option("--json", "as_json", is_flag=True, help="also print the result as JSON")
 def demo(yes: bool, as_json: bool) -> None:

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -85,3 +89,27 @@ def test_bad_usage_is_exit_2_with_one_line_and_no_traceback(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip()
+
+
+def test_local_commands_say_so_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert all("(local)" in lines[name] for name in ("serve", "demo", "replay"))
+    assert "(local)" not in lines["incidents"] and "(local)" not in lines["approve"]
+    assert main(["policy", "--help"]) == 0
+    assert "(local) validate a policy file" in capsys.readouterr().out
+
+
+def test_shell_completion_comes_from_click() -> None:
+    binary = str(Path(sys.executable).with_name("gl-watchdog"))
+    env = {**os.environ, "_GL_WATCHDOG_COMPLETE": "bash_source"}
+    script = subprocess.run([binary], env=env, capture_output=True, text=True, timeout=60)
+    assert script.returncode == 0 and "complete -o nosort -F" in script.stdout
+    env = {
+        **os.environ,
+        "_GL_WATCHDOG_COMPLETE": "bash_complete",
+        "COMP_WORDS": "gl-watchdog inc",
+        "COMP_CWORD": "1",
+    }
+    words = subprocess.run([binary], env=env, capture_output=True, text=True, timeout=60)
+    assert words.stdout.split() == ["plain,incidents"]

@@ -101,7 +101,7 @@ def execution_id_argument(value: str) -> str:
 # -- serve ------------------------------------------------------------------------------------------
 
 
-@click.command("serve")
+@click.command("serve", short_help="(local) run the watchdog service here")
 @settings_option
 @click.option("--host", help="listen address (default: settings.host, 127.0.0.1)")
 @click.option("--port", type=int, help="listen port (default: settings.port, 8081)")
@@ -207,7 +207,7 @@ def since_argument(value: str) -> timedelta:
     return timedelta(**{units[unit]: int(number)})
 
 
-@click.command("replay")
+@click.command("replay", short_help="(local) what a policy would plan for stored incidents")
 @click.argument("incident_id", metavar="INCIDENT_ID", type=int, required=False)
 @click.option("--all", "all_", is_flag=True, help="every diagnosed incident opened --since ago")
 @click.option("--since", metavar="DURATION", help="7d, 12h, 30m (with --all)")
