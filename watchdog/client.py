@@ -10,13 +10,14 @@ sent as `Authorization: Bearer ...` and never appears in a message or a log line
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import quote
 
 import httpx
 
-from watchdog.exit_codes import EXIT_UNAVAILABLE, CliError, for_status
+from watchdog.exit_codes import EXIT_UNAVAILABLE, EXIT_USAGE, CliError, for_status
 
 DEFAULT_TIMEOUT_SECONDS: Final = 10.0
 USER_AGENT: Final = "gl-watchdog-cli"
@@ -25,6 +26,17 @@ _HINTS: Final = {
     401: "the token was refused: check the context's token (gl-watchdog config get-contexts) or --token",
     403: "",  # the server's message names the role needed
 }
+
+
+def tls_verification(verify: bool | str) -> bool | ssl.SSLContext:
+    """httpx's `verify`: a CA bundle's path becomes a context trusting those CAs (a usage error if the
+    file holds none)."""
+    if isinstance(verify, bool):
+        return verify
+    try:
+        return ssl.create_default_context(cafile=verify)
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError(f"the ca_bundle {verify} holds no usable certificate: {exc}", EXIT_USAGE) from None
 
 
 def segment(value: str | int) -> str:
@@ -50,7 +62,11 @@ class ApiClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(
-            base_url=self.server, headers=headers, verify=verify, timeout=timeout, transport=transport
+            base_url=self.server,
+            headers=headers,
+            verify=tls_verification(verify),
+            timeout=timeout,
+            transport=transport,
         )
 
     def __enter__(self) -> ApiClient:
