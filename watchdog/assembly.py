@@ -368,13 +368,20 @@ def create_app(watchdog: Watchdog) -> web.Application:
     approval_web.add_routes(
         app, approvals=watchdog.approvals, responder=watchdog.responder, incidents=watchdog.incidents
     )
-    operator_api.add_routes(
-        app,
+    operations = operator_api.Operations(
         tokens=tokens,
         approvals=watchdog.approvals,
         responder=watchdog.responder,
         incidents=watchdog.incidents,
+        remediation=watchdog.remediation,
+        jobs=watchdog.jobs,
+        sweeper=watchdog.sweeper,
+        policy=watchdog.remediation.contexts.policy,
+        policy_source=str(settings.policy_file or "the shipped default policy"),
+        plugins=watchdog.plugins,
+        mode=settings.mode,
     )
+    operator_api.add_routes(app, operations)
     return app
 
 

@@ -13,6 +13,23 @@ and is audited with the identity's `actor` (`token:alice`, `proxy:alice@example.
                                                       actor}: `pending` after the first vote of a
                                                       two-person approval; 409 none pending, or the
                                                       same approver twice
+    POST   /api/v1/incidents/{id}/playbooks/{playbook}
+                                            operator  {"params": {}, "dry_run": false} → 202
+                                                      {remediation_id, incident_id, state: started,
+                                                      events}: the service runs it (the one registry,
+                                                      plugins included; budgets, breaker, audit);
+                                                      dry_run → 200 {state: dry_run, precheck, actions}
+    GET    /api/v1/incidents/{id}/events    viewer    ?after=<seq>&limit= → {items: [{seq, at, actor,
+                                                      kind, phase, data}], next_after, incident_status,
+                                                      final}; `Accept: text/event-stream`: server-sent
+                                                      events until the incident is closed (bounded)
+    POST   /api/v1/sweeps                   operator  one sweep now → 202 {sweep: done, report}
+    GET    /api/v1/policy                   viewer    the loaded policy and the plugins
+    GET    /api/v1/modes                    viewer    the mode, each playbook's, `live: false` (no PUT:
+                                                      the mode is configuration; `observe` is the
+                                                      kill switch)
+    POST   /api/v1/replay                   viewer    {incident_id | since: "7d", policy: <YAML>} →
+                                                      what that policy would plan; acts on nothing
     POST   /api/v1/tokens                   admin     {name, role} → 201 {name, role, token} (shown once)
     GET    /api/v1/tokens                   admin     {items: [{name, role, created_at, created_by,
                                                       revoked_at, last_used_at}]}
@@ -21,6 +38,9 @@ and is audited with the identity's `actor` (`token:alice`, `proxy:alice@example.
 
 from __future__ import annotations
 
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Final
 
 from aiohttp import web
@@ -38,33 +58,68 @@ from watchdog.api_models import (
     TokenOut,
 )
 from watchdog.approvals import ApprovalService, Decision
+from watchdog.errors import IncidentError, IncidentNotFound, PolicyError
+from watchdog.events import event_json, page_events, stream_events, wants_stream
 from watchdog.identity import Role, require_role
 from watchdog.incidents import IncidentService
+from watchdog.jobs import JobTracker
+from watchdog.operator_models import (
+    EventOut,
+    EventPage,
+    EventsQuery,
+    ModesOut,
+    PlaybookName,
+    PlaybookRunBody,
+    PlaybookRunOut,
+    PluginsOut,
+    PolicyOut,
+    PrecheckOut,
+    ReplayBody,
+    ReplayOut,
+    SweepOut,
+)
+from watchdog.plugins import PluginCatalog
+from watchdog.policy import Policy, parse_policy_text
+from watchdog.remediation import RemediationService
+from watchdog.remediation_setup import ManualRun, parse_params, preview
+from watchdog.replay import Replay, replay_incident, replay_window
 from watchdog.responder import Responder
+from watchdog.settings import Mode
+from watchdog.sweeps import Sweeper
 from watchdog.tokens import ApiToken, TokenNameTaken, TokenNotFound, TokenStore
+from watchdog_sdk.errors import PlaybookError
 
-TOKENS_KEY: Final = web.AppKey("named_tokens", TokenStore)
-APPROVALS_KEY: Final = web.AppKey("operator_approvals", ApprovalService)
-RESPONDER_KEY: Final = web.AppKey("operator_responder", Responder)
-INCIDENTS_KEY: Final = web.AppKey("operator_incidents", IncidentService)
+WINDOW_UNITS: Final = {"d": "days", "h": "hours", "m": "minutes"}
 
-ROUTE_TABLE = RouteTable("/api/v1", path_params=PATH_PARAMS, body_invalid=(422, "invalid_payload"))
+
+@dataclass(frozen=True)
+class Operations:
+    """What the operator routes act through: the same services as the automatic path."""
+
+    tokens: TokenStore
+    approvals: ApprovalService
+    responder: Responder
+    incidents: IncidentService
+    remediation: RemediationService
+    jobs: JobTracker
+    sweeper: Sweeper
+    policy: Policy
+    policy_source: str
+    plugins: PluginCatalog
+    mode: Mode
+
+
+OPS_KEY: Final = web.AppKey("operations", Operations)
+
+ROUTE_TABLE = RouteTable(
+    "/api/v1", path_params={**PATH_PARAMS, "playbook": PlaybookName}, body_invalid=(422, "invalid_payload")
+)
 _ROLE_ERRORS: Final = (403,)
 
 
-def add_routes(
-    app: web.Application,
-    *,
-    tokens: TokenStore,
-    approvals: ApprovalService,
-    responder: Responder,
-    incidents: IncidentService,
-) -> None:
+def add_routes(app: web.Application, operations: Operations) -> None:
     """Add the operator API to `app` (built by `watchdog.http.new_application`)."""
-    app[TOKENS_KEY] = tokens
-    app[APPROVALS_KEY] = approvals
-    app[RESPONDER_KEY] = responder
-    app[INCIDENTS_KEY] = incidents
+    app[OPS_KEY] = operations
     ROUTE_TABLE.install(app)
 
 
@@ -100,8 +155,8 @@ async def _decide_incident(request: web.Request, inputs: Inputs, decision: Decis
     """The incident's pending approval, decided by the caller's identity (a vote of a two-person one)."""
     identity = require_role(request, Role.APPROVER, decision.value)
     incident_id = int(inputs.path["incident_id"])
-    incident = await request.app[INCIDENTS_KEY].get(incident_id)  # 404 before anything else
-    approvals = request.app[APPROVALS_KEY]
+    incident = await request.app[OPS_KEY].incidents.get(incident_id)  # 404 before anything else
+    approvals = request.app[OPS_KEY].approvals
     pending = await approvals.pending_of(incident_id)
     if pending is None:
         raise ApiError(
@@ -112,7 +167,7 @@ async def _decide_incident(request: web.Request, inputs: Inputs, decision: Decis
     body = inputs.body(IncidentDecisionBody)
     approval = await approvals.decide(pending.id, decision, identity=identity, reason=body.reason)
     if approval.state != "pending":
-        request.app[RESPONDER_KEY].start_decision(approval)
+        request.app[OPS_KEY].responder.start_decision(approval)
     rule = approvals.rule_for(approval)
     required = rule.approvers_required if rule is not None and decision is Decision.APPROVE else 1
     answer = IncidentDecision(
@@ -148,7 +203,7 @@ async def create_token(request: web.Request, inputs: Inputs) -> web.Response:
     identity = require_role(request, Role.ADMIN, "create tokens")
     spec = inputs.body(TokenCreateBody)
     try:
-        record, token = await request.app[TOKENS_KEY].create(
+        record, token = await request.app[OPS_KEY].tokens.create(
             spec.name, Role(spec.role), created_by=identity.actor
         )
     except TokenNameTaken as exc:
@@ -166,7 +221,7 @@ async def create_token(request: web.Request, inputs: Inputs) -> web.Response:
 )
 async def list_tokens(request: web.Request, inputs: Inputs) -> web.Response:
     require_role(request, Role.ADMIN, "list tokens")
-    tokens = await request.app[TOKENS_KEY].list()
+    tokens = await request.app[OPS_KEY].tokens.list()
     return json_model_response(TokenList(items=[_token_out(token) for token in tokens]))
 
 
@@ -179,7 +234,182 @@ async def list_tokens(request: web.Request, inputs: Inputs) -> web.Response:
 async def revoke_token(request: web.Request, inputs: Inputs) -> web.Response:
     identity = require_role(request, Role.ADMIN, "revoke tokens")
     try:
-        revoked = await request.app[TOKENS_KEY].revoke(inputs.path["name"], revoked_by=identity.actor)
+        revoked = await request.app[OPS_KEY].tokens.revoke(inputs.path["name"], revoked_by=identity.actor)
     except TokenNotFound as exc:
         raise ApiError(404, "not_found", str(exc)) from None
     return json_model_response(_token_out(revoked))
+
+
+# -- playbooks, events, sweeps ------------------------------------------------------------------------
+
+
+@ROUTE_TABLE.route(
+    "POST /incidents/{incident_id}/playbooks/{playbook}",
+    "Run a playbook on the incident's execution through the service (operator), or show its plan (dry_run)",
+    ok_status=202,
+    body=PlaybookRunBody,
+    response=PlaybookRunOut,
+    errors=(*_ROLE_ERRORS, 404, 409, 413, 415, 422, 503),
+)
+async def run_playbook(request: web.Request, inputs: Inputs) -> web.Response:
+    identity = require_role(request, Role.OPERATOR, "run playbooks")
+    ops = request.app[OPS_KEY]
+    incident = await ops.incidents.get(int(inputs.path["incident_id"]))
+    name = inputs.path["playbook"]
+    if name not in ops.remediation.registry.names():
+        known = ", ".join(sorted(ops.remediation.registry.names()))
+        raise ApiError(404, "not_found", f"no playbook {name!r}; known: {known}", field="playbook")
+    playbook = ops.remediation.registry.get(name)
+    body = inputs.body(PlaybookRunBody)
+    try:
+        params = parse_params(playbook, {**ops.policy.playbook(name).params, **body.params})
+    except PlaybookError as exc:
+        raise ApiError(422, "invalid_payload", str(exc), field="params") from None
+    raw = params.model_dump(mode="json")
+    run_of = {"incident_id": incident.id, "playbook": name, "params": raw}
+    events = f"/api/v1/incidents/{incident.id}/events"
+    if body.dry_run:
+        precheck, actions = await preview(playbook, incident.execution_id, raw, ops.remediation.contexts)
+        checked = PrecheckOut(ok=precheck.ok, reason=precheck.reason)
+        dry = PlaybookRunOut.model_validate(
+            {**run_of, "remediation_id": None, "state": "dry_run", "precheck": checked, "actions": actions}
+            | {"events": events}
+        )
+        return json_model_response(dry, 200)
+    if not incident.is_open:
+        raise ApiError(409, "conflict", f"incident {incident.id} is {incident.status}: open a new one to act")
+    remediation_id = f"rem_{secrets.token_urlsafe(9)}"
+    run = ManualRun(
+        playbook=name,
+        execution_id=incident.execution_id,
+        params=raw,
+        actor=identity.actor,
+        rationale=f"run through the API by {identity.actor} ({remediation_id})",
+    )
+    await ops.incidents.record(
+        incident.id,
+        "playbook_requested",
+        actor=identity.actor,
+        data={"remediation_id": remediation_id, "playbook": name, "params": raw},
+    )
+    ops.jobs.spawn(ops.remediation.run_manual(run), name=f"playbook-{remediation_id}")
+    started = PlaybookRunOut.model_validate(
+        {**run_of, "remediation_id": remediation_id, "state": "started", "events": events}
+    )
+    return json_model_response(started, 202)
+
+
+@ROUTE_TABLE.route(
+    "GET /incidents/{incident_id}/events",
+    "The incident's audit log as events after a seq; `Accept: text/event-stream` streams them",
+    query=EventsQuery,
+    response=EventPage,
+    errors=(404, 503),
+)
+async def incident_events(request: web.Request, inputs: Inputs) -> web.StreamResponse:
+    query = inputs.query(EventsQuery)
+    incident_id = int(inputs.path["incident_id"])
+    store = request.app[OPS_KEY].incidents.store
+    if wants_stream(request):
+        last = request.headers.get("Last-Event-ID", "")
+        after = max(query.after, int(last)) if last.isdigit() and len(last) < 19 else query.after
+        return await stream_events(
+            request, store, request.app[OPS_KEY].approvals.clock, incident_id, after=after
+        )
+    page = await page_events(store, incident_id, after=query.after, limit=query.limit)
+    answer = EventPage(
+        items=[EventOut.model_validate(event_json(entry)) for entry in page.entries],
+        next_after=page.next_after,
+        incident_status=page.incident.status,
+        final=page.final,
+    )
+    return json_model_response(answer)
+
+
+@ROUTE_TABLE.route(
+    "POST /sweeps",
+    "Sweep now (operator): find stuck executions and open their incidents (the sweep leader only)",
+    ok_status=202,
+    response=SweepOut,
+    errors=(*_ROLE_ERRORS, 503),
+)
+async def sweep_now(request: web.Request, inputs: Inputs) -> web.Response:
+    require_role(request, Role.OPERATOR, "sweep")
+    report = await request.app[OPS_KEY].sweeper.sweep_once()
+    return json_model_response(SweepOut(sweep="done", report=report.as_json()), 202)
+
+
+# -- policy, modes, replay ----------------------------------------------------------------------------
+
+
+@ROUTE_TABLE.route("GET /policy", "The loaded policy and the plugins", response=PolicyOut, errors=(503,))
+async def get_policy(request: web.Request, inputs: Inputs) -> web.Response:
+    ops = request.app[OPS_KEY]
+    plugins = PluginsOut(
+        playbooks=sorted(ops.plugins.registry.names()),
+        steps=[step.name for step in ops.plugins.steps],
+        problems=[{"group": p.group, "name": p.name, "reason": p.reason} for p in ops.plugins.problems],
+    )
+    answer = PolicyOut(source=ops.policy_source, policy=ops.policy.model_dump(mode="json"), plugins=plugins)
+    return json_model_response(answer)
+
+
+@ROUTE_TABLE.route(
+    "GET /modes",
+    "The remediation mode and each playbook's (set by configuration; no live switch to PUT)",
+    response=ModesOut,
+)
+async def get_modes(request: web.Request, inputs: Inputs) -> web.Response:
+    ops = request.app[OPS_KEY]
+    playbooks = {
+        name: ops.policy.effective_mode(ops.mode, name).value
+        for name in sorted(ops.remediation.registry.names())
+    }
+    answer = ModesOut(
+        mode=ops.mode.value,
+        playbooks=playbooks,
+        live=False,
+        kill_switch="set GL_WATCHDOG_MODE=observe and restart: nothing acts, approved prompts included",
+    )
+    return json_model_response(answer)
+
+
+@ROUTE_TABLE.route(
+    "POST /replay",
+    "What a policy would plan for a stored incident (or every one in a window); acts on nothing",
+    body=ReplayBody,
+    body_required=True,
+    response=ReplayOut,
+    errors=(404, 409, 413, 415, 422, 503),
+)
+async def replay(request: web.Request, inputs: Inputs) -> web.Response:
+    ops = request.app[OPS_KEY]
+    body = inputs.body(ReplayBody)
+    try:
+        policy = parse_policy_text(body.policy, source="policy", catalog=ops.plugins)
+    except PolicyError as exc:
+        raise ApiError(422, "invalid_payload", str(exc), field="policy") from None
+    store, registry, clock = ops.incidents.store, ops.plugins.registry, ops.approvals.clock
+    replays: list[Replay]
+    if body.incident_id is not None:
+        try:
+            one = await replay_incident(
+                store, body.incident_id, policy=policy, registry=registry, mode=ops.mode, clock=clock
+            )
+        except IncidentNotFound:
+            raise
+        except IncidentError as exc:  # never diagnosed
+            raise ApiError(409, "conflict", str(exc)) from None
+        replays = [one]
+    else:
+        window = _window(body.since or "")
+        replays = await replay_window(
+            store, window, policy=policy, registry=registry, mode=ops.mode, clock=clock
+        )
+    answer = ReplayOut(items=[r.to_dict() for r in replays], changed=sum(r.changed for r in replays))
+    return json_model_response(answer)
+
+
+def _window(text: str) -> timedelta:
+    """`7d`, `12h`, `30m` (the model has checked the shape)."""
+    return timedelta(**{WINDOW_UNITS[text[-1]]: int(text[:-1])})

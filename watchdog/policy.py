@@ -355,8 +355,13 @@ def load_policy(path: str | Path | None = None, *, catalog: PluginCatalog | None
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError(f"{file}: cannot read policy file: {exc.strerror or exc}") from exc
+    return parse_policy_text(text, source=str(file), catalog=catalog)
+
+
+def parse_policy_text(text: str, source: str = "policy", *, catalog: PluginCatalog | None = None) -> Policy:
+    """A policy from its YAML text (a file's, or one sent to the replay route), checked as a file is."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise PolicyError(f"{file}: not valid YAML: {exc}") from exc
-    return parse_policy(data, source=str(file), catalog=catalog, line_of=_yaml_lines(text))
+        raise PolicyError(f"{source}: not valid YAML: {exc}") from exc
+    return parse_policy(data, source=source, catalog=catalog, line_of=_yaml_lines(text))

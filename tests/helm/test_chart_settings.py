@@ -55,8 +55,8 @@ def test_every_env_var_is_a_setting_with_a_valid_value(
         if "value" in entry and not field.endswith("_file"):
             raw = entry["value"]
             annotation = model.model_fields[field].annotation
-            # pydantic-settings decodes list-typed env values as JSON
-            value = json.loads(raw) if raw.startswith("[") else raw
+            # pydantic-settings decodes list- and dict-typed env values as JSON
+            value = json.loads(raw) if raw.startswith(("[", "{")) else raw
             TypeAdapter(annotation).validate_python(value, strict=False)
 
 

@@ -153,6 +153,7 @@ def _methods_by_path() -> dict[str, set[str]]:
 @pytest.mark.parametrize(("path", "allowed"), sorted(_methods_by_path().items()))
 async def test_every_route_answers_405_with_allow(api_client: Client, path: str, allowed: set[str]) -> None:
     concrete = path.replace("{incident_id}", "1").replace("{approval_id}", "apr_x").replace("{name}", "alice")
+    concrete = concrete.replace("{playbook}", "cancel")
     method = next(m for m in ("DELETE", "PATCH", "PUT") if m not in allowed)
     response = await api_client.request(method, concrete, headers=AUTH)
     assert response.status == 405, await response.text()

@@ -162,7 +162,7 @@ async def test_approving_on_the_page_carries_the_demo_on_while_the_terminal_asks
     text = out.getvalue()
     assert asked.is_set()
     assert result.ok, text
-    assert "approved by web (not at the terminal)" in text
+    assert "approved by link (not at the terminal)" in text
     assert result.actions == ["restart_agent.restart_worker (succeeded)"]
     assert re.search(r"time to remediate\s+\d+\.\ds", text)
 

@@ -1,0 +1,130 @@
+"""An incident's events: its audit log read as a feed, by page or as server-sent events.
+
+Where it sits: `GET /api/v1/incidents/{id}/events?after=<seq>` (`watchdog.operator_api`) answers a
+page of the incident's audit entries after `seq` (the entry's id, increasing), or, when the client
+asks for `text/event-stream`, streams them: what is there, then new entries as they are written
+(the store is polled every `poll_seconds`), until the incident is closed and nothing is left, or the
+stream's lifetime ends (the client reconnects with `Last-Event-ID` or `?after=`). The CLI follows a
+playbook run with it; the console's incident page refreshes with it.
+
+Every stream is bounded: `lifetime_seconds` (default 300), a comment line every `keepalive_seconds`
+so that proxies keep it open, and an end as soon as the client goes away.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Final
+
+import sqlalchemy as sa
+from aiohttp import web
+
+from gl_common.clock import Clock
+from watchdog.errors import IncidentNotFound
+from watchdog.migrations import TERMINAL_INCIDENT_STATUSES, audit_log
+from watchdog.records import AuditEntry, Incident
+from watchdog.store import WatchdogStore
+
+STREAM_TYPE: Final = "text/event-stream"
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """Audit entries after a seq, the seq to ask from next, and the incident as it now is."""
+
+    entries: list[AuditEntry]
+    next_after: int
+    incident: Incident
+
+    @property
+    def final(self) -> bool:
+        return self.incident.status in TERMINAL_INCIDENT_STATUSES
+
+
+async def page_events(store: WatchdogStore, incident_id: int, *, after: int, limit: int) -> EventPage:
+    """The incident's audit entries with a seq above `after`, oldest first (IncidentNotFound)."""
+    async with store.read("incident events") as tx:
+        incident = await tx.get_incident(incident_id)
+        if incident is None:
+            raise IncidentNotFound(f"no incident {incident_id}")
+        result = await tx.conn.execute(
+            sa.select(audit_log)
+            .where(audit_log.c.incident_id == incident_id, audit_log.c.id > after)
+            .order_by(audit_log.c.id)
+            .limit(limit)
+        )
+        entries = [AuditEntry.model_validate(dict(row._mapping)) for row in result]
+    next_after = entries[-1].id if entries else after
+    return EventPage(entries=entries, next_after=next_after, incident=incident)
+
+
+def event_json(entry: AuditEntry) -> dict[str, object]:
+    """One event as the API shows it."""
+    return {
+        "seq": entry.id,
+        "at": entry.at.isoformat(),
+        "actor": entry.actor,
+        "kind": entry.kind,
+        "phase": entry.phase,
+        "data": entry.data,
+    }
+
+
+def wants_stream(request: web.Request) -> bool:
+    """True when the client asks for server-sent events."""
+    return STREAM_TYPE in request.headers.get("Accept", "")
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    poll_seconds: float = 1.0
+    lifetime_seconds: float = 300.0
+    keepalive_seconds: float = 15.0
+    page: int = 500
+
+
+async def stream_events(
+    request: web.Request,
+    store: WatchdogStore,
+    clock: Clock,
+    incident_id: int,
+    *,
+    after: int,
+    limits: StreamLimits = StreamLimits(),
+) -> web.StreamResponse:
+    """Server-sent events of the incident (`id:` the seq, `event: audit`, `data:` the event as JSON),
+    until it is closed with nothing left to send or the lifetime ends (then `event: end`)."""
+    first = await page_events(store, incident_id, after=after, limit=limits.page)  # 404 before streaming
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": STREAM_TYPE,
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    started = clock.monotonic()
+    quiet_since = started
+    page = first
+    while True:
+        for entry in page.entries:
+            data = json.dumps(event_json(entry), separators=(",", ":"))
+            await response.write(f"id: {entry.id}\nevent: audit\ndata: {data}\n\n".encode())
+        now = clock.monotonic()
+        if page.entries:
+            quiet_since = now
+        elif now - quiet_since >= limits.keepalive_seconds:
+            await response.write(b": keepalive\n\n")
+            quiet_since = now
+        full = len(page.entries) == limits.page
+        if (page.final and not full) or now - started >= limits.lifetime_seconds:
+            status = json.dumps({"incident_status": page.incident.status, "next_after": page.next_after})
+            await response.write(f"event: end\ndata: {status}\n\n".encode())
+            break
+        if not full:
+            await clock.sleep(limits.poll_seconds)
+        page = await page_events(store, incident_id, after=page.next_after, limit=limits.page)
+    await response.write_eof()
+    return response
