@@ -187,3 +187,58 @@ async def test_refusals_and_failures_exit_by_kind_with_one_line(serve: Served) -
     assert code == 5 and "unreachable" in err, err
     async with httpx.AsyncClient(base_url=serve.url) as http:
         assert (await http.get("/healthz")).status_code == 200  # the failures left it serving
+
+
+async def test_a_playbook_run_from_the_cli_is_executed_and_followed_by_the_service(
+    serve: Served, orchestrator_service: OrchestratorProcess
+) -> None:
+    execution_id = orchestrator_service.start_hung_run()
+    orchestrator_service.wait_over_timeout(execution_id)
+    code, out, err = await asyncio.to_thread(
+        serve.cli, "tokens", "create", "olga", "--role", "operator", "-o", "json"
+    )
+    assert code == 0, err
+    olga = serve.token_file("olga.token", json.loads(out)["token"])
+    code, out, err = await asyncio.to_thread(
+        serve.cli, "diagnose", "--execution", execution_id, "--no-wait", "-o", "json", token_file=olga
+    )
+    assert code == 0, err
+    incident_id = json.loads(out)["incident_id"]
+
+    code, out, err = await asyncio.to_thread(
+        serve.cli,
+        "playbook",
+        "propose",
+        "cancel",
+        "--incident",
+        str(incident_id),
+        "-o",
+        "json",
+        token_file=olga,
+    )
+    assert code == 0, err
+    dry = json.loads(out)
+    assert dry["state"] == "dry_run" and dry["precheck"]["ok"] is True
+    assert orchestrator_service.http.get(f"/executions/{execution_id}").json()["status"] == "running"
+
+    code, out, err = await asyncio.to_thread(
+        serve.cli, "playbook", "run", "cancel", "--incident", str(incident_id), "-o", "json", token_file=olga
+    )
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert lines[0]["accepted"]["state"] == "started" and lines[-1]["result"]["status"] == "resolved"
+    kinds = [line["event"]["kind"] for line in lines[1:-1]]
+    assert "playbook_requested" in kinds and "preconditions" in kinds and "verify" in kinds
+    assert {
+        line["event"]["actor"] for line in lines[1:-1] if line["event"]["kind"] == "playbook_requested"
+    } == {"token:olga"}
+    assert orchestrator_service.http.get(f"/executions/{execution_id}").json()["status"] == "cancelled"
+
+    code, out, err = await asyncio.to_thread(serve.cli, "events", str(incident_id), "-o", "table")
+    assert code == 0 and "token:olga" in out and "playbook_requested" in out, err
+    code, out, err = await asyncio.to_thread(serve.cli, "sweep", "-o", "json", token_file=olga)
+    assert code == 0 and json.loads(out)["result"] == "ok", err
+    code, out, err = await asyncio.to_thread(serve.cli, "policy", "show", "-o", "json")
+    assert code == 0 and "cancel" in json.loads(out)["plugins"]["playbooks"], err
+    code, out, err = await asyncio.to_thread(serve.cli, "modes", "-o", "json")
+    assert code == 0 and json.loads(out)["mode"] == "recommend", err

@@ -90,7 +90,7 @@ for command in (
     operate.deny,
     operate.playbook_group,
     operate.sweep,
-    operate.modes_group,
+    operate.modes,
     operate.tokens_group,
     local.serve,
     local.replay,

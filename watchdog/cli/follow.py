@@ -23,7 +23,8 @@ from watchdog.client import ApiClient, segment
 from watchdog.exit_codes import EXIT_FAILED, CliError
 
 SETTLED: Final = frozenset({"resolved", "escalated", "closed"})
-WAITING: Final = frozenset({"awaiting_approval"})
+REFUSING_CHECKS: Final = frozenset({"preconditions", "limits"})
+MAX_PAGE: Final = 1000
 DEFAULT_FOLLOW_SECONDS: Final = 900.0
 
 
@@ -38,23 +39,36 @@ class Pacer:
 
 @dataclass
 class Follower:
-    """Prints one incident's events after `after`, and its state, until `done(incident)`."""
+    """Follows one incident: prints its events after `after` (unless `with_events` is off) and keeps
+    what the last poll saw: the incident's status, whether it is final, a refusal among the events,
+    and (without events) the incident itself."""
 
     client: ApiClient
     output: Output
     incident_id: int
     after: int | None = None
     pacer: Pacer = field(default_factory=Pacer)
-    with_events: bool = True  # False: the state only (a caller that prints one document at the end)
+    with_events: bool = True  # False: the incident only (a caller that prints one document at the end)
+    status: str = ""
+    final: bool = False
+    refusal: str | None = None
+    incident: dict[str, Any] = field(default_factory=dict)
 
-    def events(self) -> list[dict[str, Any]]:
+    def events(self, limit: int = 500) -> list[dict[str, Any]]:
         """The events recorded since the last call (and moves past them)."""
         path = f"/incidents/{segment(self.incident_id)}/events"
-        page = self.client.get(path, {"after": self.after})
+        page = self.client.get(path, {"after": self.after, "limit": limit})
         items: list[dict[str, Any]] = page.get("items", [])
-        if page.get("next_after") is not None:
-            self.after = page["next_after"]
+        self.after = page.get("next_after", self.after)
+        self.status, self.final = page.get("incident_status", self.status), bool(page.get("final"))
+        for event in items:
+            self.refusal = refusal_of(event) or self.refusal
         return items
+
+    def skip_past(self) -> None:
+        """Move past every event recorded so far (to follow only what comes next)."""
+        while len(self.events(limit=MAX_PAGE)) == MAX_PAGE:
+            pass
 
     def show(self, event: dict[str, Any]) -> None:
         if self.output.mode == "table":
@@ -62,21 +76,27 @@ class Follower:
         else:
             self.output.json_line({"event": event})
 
-    def until(self, done: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
-        """Follow until `done(incident)`; the incident as last read. Exit 1 when `timeout` runs out."""
+    def poll(self) -> None:
+        if self.with_events:
+            for event in self.events():
+                self.show(event)
+        else:
+            self.incident = self.client.get(f"/incidents/{segment(self.incident_id)}")
+            self.status = self.incident["status"]
+
+    def until(self, done: Callable[[Follower], bool], timeout: float) -> None:
+        """Poll until `done(self)`; exit 1 when `timeout` runs out first."""
         deadline = self.pacer.clock() + timeout
         with self._status_line() as status:
             while True:
-                for event in self.events() if self.with_events else ():
-                    self.show(event)
-                incident: dict[str, Any] = self.client.get(f"/incidents/{segment(self.incident_id)}")
+                self.poll()
                 if status is not None:
-                    status(f"incident {self.incident_id}: {incident['status']}")
-                if done(incident):
-                    return incident
+                    status(f"incident {self.incident_id}: {self.status}")
+                if done(self):
+                    return
                 if self.pacer.clock() >= deadline:
                     raise CliError(
-                        f"incident {self.incident_id} still {incident['status']} after {timeout:g}s; "
+                        f"incident {self.incident_id} still {self.status} after {timeout:g}s; "
                         f"follow on with `gl-watchdog events {self.incident_id} --follow`",
                         EXIT_FAILED,
                     )
@@ -92,6 +112,14 @@ class Follower:
             yield lambda text: live.update(text)
 
 
+def refusal_of(event: dict[str, Any]) -> str | None:
+    """The reason of a refused run: a `preconditions` or `limits` check that came out not ok."""
+    data = event.get("data") or {}
+    if event.get("kind") in REFUSING_CHECKS and event.get("phase") != "before" and data.get("ok") is False:
+        return f"{event['kind']}: {data.get('reason', 'refused')}"
+    return None
+
+
 def event_line(event: dict[str, Any]) -> str:
     """One event as a line: when, who, what, and its data in short."""
     data = event.get("data") or {}
@@ -104,5 +132,6 @@ def event_line(event: dict[str, Any]) -> str:
     )
 
 
-def settled_or_waiting(incident: dict[str, Any]) -> bool:
-    return incident["status"] in SETTLED | WAITING
+def run_ended(follower: Follower) -> bool:
+    """A playbook run is over: the incident settled, or the run was refused."""
+    return follower.status in SETTLED or follower.refusal is not None

@@ -287,7 +287,8 @@ def diagnose(
         )
         return
     follower = Follower(client, out, incident_id, with_events=False)
-    detail = follower.until(lambda i: _diagnosed(i, before), timeout)
+    follower.until(lambda f: _diagnosed(f.incident, before), timeout)
+    detail = follower.incident
     if output == "markdown":
         out.raw(render.to_markdown(Diagnosis.model_validate(detail["diagnosis"])))
         return
@@ -329,7 +330,7 @@ def events(
     out = Output.of(output)
     follower = Follower(session.client(), out, incident_id, after=after)
     if follow:
-        follower.until(lambda i: i["status"] in SETTLED, timeout)
+        follower.until(lambda f: f.final, timeout)
         return
     items = follower.events()
     if out.mode == "table":

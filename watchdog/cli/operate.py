@@ -20,7 +20,7 @@ from rich.console import RenderableType
 
 from watchdog import remediation_cli
 from watchdog.cli import local
-from watchdog.cli.follow import DEFAULT_FOLLOW_SECONDS, Follower, settled_or_waiting
+from watchdog.cli.follow import DEFAULT_FOLLOW_SECONDS, Follower, run_ended
 from watchdog.cli.incidents import incident_id_argument
 from watchdog.cli.output import Output, key_values, output_option, table
 from watchdog.cli.session import Session, pass_session
@@ -158,32 +158,29 @@ def run(
         )
     incident_id = _incident_option(incident)
     out = Output.of(output)
-    client = session.client()
-    after = _last_seq(session, incident_id)
+    follower = Follower(session.client(), out, incident_id)
+    follower.skip_past()
     answer = _start(session, name, incident_id, param, dry_run=False)
     if out.mode == "table":
-        out.note(f"{name} accepted on incident {incident_id} ({answer.get('state', 'started')})")
+        out.note(f"{name} started on incident {incident_id} ({answer.get('remediation_id')})")
     else:
         out.json_line({"accepted": answer})
     if no_follow:
         return
-    final = Follower(client, out, incident_id, after=after).until(settled_or_waiting, timeout)
-    result = {
-        "incident_id": incident_id,
-        "status": final["status"],
-        "remediation_id": answer.get("remediation_id"),
-    }
+    follower.until(run_ended, timeout)
+    result = {"incident_id": incident_id, "status": follower.status, "refused": follower.refusal,
+              "remediation_id": answer.get("remediation_id")}  # fmt: skip
     if out.mode == "table":
-        out.note(_ending(incident_id, final["status"]))
+        out.note(_ending(incident_id, follower.status, follower.refusal))
     else:
         out.json_line({"result": result})
-    if final["status"] not in ("resolved", "awaiting_approval"):
+    if follower.refusal is not None or follower.status != "resolved":
         raise click.exceptions.Exit(EXIT_FAILED)
 
 
-def _ending(incident_id: int, status: str) -> str:
-    if status == "awaiting_approval":
-        return f"incident {incident_id} awaits approval: gl-watchdog approve {incident_id}"
+def _ending(incident_id: int, status: str, refusal: str | None) -> str:
+    if refusal is not None:
+        return f"refused ({refusal}); incident {incident_id} is {status}"
     return f"incident {incident_id}: {status}"
 
 
@@ -191,13 +188,6 @@ def _incident_option(incident: str | None) -> int:
     if incident is None:
         raise CliError("--incident ID is needed (or --local --execution ID)", EXIT_USAGE)
     return incident_id_argument(incident, "--incident")
-
-
-def _last_seq(session: Session, incident_id: int) -> int | None:
-    """The sequence number of the incident's latest event (so following shows only what comes)."""
-    page = session.client().get(f"/incidents/{segment(incident_id)}/events")
-    next_after: int | None = page.get("next_after")
-    return next_after
 
 
 def _start(
@@ -221,7 +211,7 @@ def _start(
 def sweep(session: Session, local_run: bool, settings_file: str | None, output: str | None) -> None:
     """One sweep now (as the scheduled job would): find stuck runs, open and diagnose incidents."""
     out = Output.of(output)
-    report = local.sweep(settings_file) if local_run else session.client().post("/sweeps")
+    report = local.sweep(settings_file) if local_run else session.client().post("/sweeps")["report"]
     out.emit(report, lambda r: key_values(r, title="sweep"))
     if report.get("result") not in (None, "ok", "not_leader", "started"):
         raise click.exceptions.Exit(sweep_failure_code(str(report.get("error"))))
@@ -242,25 +232,13 @@ def policy_show(session: Session, output: str | None) -> None:
     Output.of(output).emit(policy, lambda p: yaml.safe_dump(p, sort_keys=False, allow_unicode=True))
 
 
-@click.group("modes", invoke_without_command=True)
-@output_option()
-@click.pass_context
-def modes_group(ctx: click.Context, output: str | None) -> None:
-    """The live remediation mode and kill switch: show them (`modes`), or set them (`modes set`, admin)."""
-    if ctx.invoked_subcommand is None:
-        session = ctx.find_object(Session)
-        assert session is not None
-        Output.of(output).emit(session.client().get("/modes"), lambda m: key_values(m, title="modes"))
-
-
-@modes_group.command("set")
-@click.argument("settings", nargs=-1, required=True, metavar="KEY=VALUE...")
+@click.command("modes")
 @output_option()
 @pass_session
-def modes_set(session: Session, settings: tuple[str, ...], output: str | None) -> None:
-    """Change the live modes, e.g. `modes set mode=observe` (admin; the fields `modes` shows)."""
-    answer = session.client().put("/modes", remediation_cli.parse_param_pairs(settings))
-    Output.of(output).emit(answer, lambda m: key_values(m, title="modes"))
+def modes(session: Session, output: str | None) -> None:
+    """The remediation mode, each playbook's, and the kill switch (the mode is configuration: the
+    service has no live switch to set; `observe` is the kill switch)."""
+    Output.of(output).emit(session.client().get("/modes"), lambda m: key_values(m, title="modes"))
 
 
 # -- tokens -----------------------------------------------------------------------------------------
