@@ -15,11 +15,12 @@ Never prints a token: `get-contexts` says where each context's token comes from.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
 
-from watchdog.cli.contexts import ContextEntry, context_entry, load_config, save_config
+from watchdog.cli.contexts import ClientConfig, ContextEntry, context_entry, load_config, save_config
 from watchdog.cli.output import Output, output_option, table
 from watchdog.cli.session import Session, pass_session
 from watchdog.exit_codes import EXIT_NOT_FOUND, EXIT_USAGE, CliError
@@ -84,16 +85,25 @@ def _first_error(exc: ValueError) -> str:
     return str(exc)
 
 
+def _change(session: Session, name: str, edit: Callable[[ClientConfig], None]) -> None:
+    """Apply `edit` to the file's config, once context `name` is known to exist (else exit 3)."""
+    path = session.path
+    config = load_config(path)
+    context_entry(config, name, path)
+    edit(config)
+    save_config(path, config)
+
+
 @config_group.command("use-context")
 @click.argument("name")
 @pass_session
 def use_context(session: Session, name: str) -> None:
     """Make NAME the current context."""
-    path = session.path
-    config = load_config(path)
-    context_entry(config, name, path)
-    config.current_context = name
-    save_config(path, config)
+
+    def use(config: ClientConfig) -> None:
+        config.current_context = name
+
+    _change(session, name, use)
     click.echo(f"current context: {name}")
 
 
@@ -102,13 +112,13 @@ def use_context(session: Session, name: str) -> None:
 @pass_session
 def delete_context(session: Session, name: str) -> None:
     """Remove the context NAME."""
-    path = session.path
-    config = load_config(path)
-    context_entry(config, name, path)
-    del config.contexts[name]
-    if config.current_context == name:
-        config.current_context = None
-    save_config(path, config)
+
+    def delete(config: ClientConfig) -> None:
+        del config.contexts[name]
+        if config.current_context == name:
+            config.current_context = None
+
+    _change(session, name, delete)
     click.echo(f"context {name} deleted")
 
 

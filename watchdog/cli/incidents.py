@@ -24,18 +24,10 @@ from watchdog.cli.session import Session, pass_session
 from watchdog.client import ApiClient, segment
 from watchdog.diagnostics import render
 from watchdog.exit_codes import EXIT_FAILED, EXIT_USAGE, CliError
+from watchdog.migrations import INCIDENT_STATUSES
 from watchdog_sdk.diagnosis import Diagnosis
 
-STATUSES: Final = (
-    "open",
-    "diagnosing",
-    "awaiting_approval",
-    "remediating",
-    "verifying",
-    "resolved",
-    "escalated",
-    "closed",
-)
+STATUSES: Final = INCIDENT_STATUSES
 _DURATION = re.compile(r"([1-9][0-9]{0,5})([dhm])")
 _UNITS: Final = {"d": "days", "h": "hours", "m": "minutes"}
 SUMMARY_WIDTH: Final = 70
@@ -88,7 +80,7 @@ def incidents_group() -> None:
 @click.option("--cursor", help="the next page: the cursor printed with the previous one")
 @click.option("--all", "all_pages", is_flag=True, help="every page, not only the first")
 @click.option("--local", is_flag=True, help="read the local database (where `serve` runs) instead")
-@click.option("--settings", "settings_file", metavar="FILE", help="with --local: the service's settings")
+@local.local_settings_option
 @output_option()
 @pass_session
 def list_incidents(
@@ -243,7 +235,7 @@ def diagnosis_text(document: dict[str, Any]) -> str:
 @click.option("--no-wait", is_flag=True, help="start it and return (the 202) without waiting")
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="seconds to wait for it")
 @click.option("--local", "local_run", is_flag=True, help="run the steps here, with the local credentials")
-@click.option("--settings", "settings_file", metavar="FILE", help="with --local: the service's settings")
+@local.local_settings_option
 @output_option("markdown")
 @pass_session
 def diagnose(

@@ -62,6 +62,9 @@ settings_option = click.option(
     metavar="FILE",
     help="the service's settings (YAML; GL_WATCHDOG_* environment variables override it)",
 )
+local_settings_option = click.option(
+    "--settings", "settings_file", metavar="FILE", help="with --local: the service's settings (YAML)"
+)
 
 
 def settings_of(settings_file: str | None, **overrides: Any) -> WatchdogSettings:

@@ -128,7 +128,7 @@ def propose(
 @click.option("--local", "local_run", is_flag=True, help="run it here (local database, credentials)")
 @click.option("--execution", help="with --local: the execution id")
 @click.option("--dry-run", is_flag=True, help="with --local: check and plan only")
-@click.option("--settings", "settings_file", metavar="FILE", help="with --local: the service's settings")
+@local.local_settings_option
 @output_option()
 @pass_session
 def run(
@@ -205,7 +205,7 @@ def _start(
 
 @click.command("sweep")
 @click.option("--local", "local_run", is_flag=True, help="sweep here (local database, credentials)")
-@click.option("--settings", "settings_file", metavar="FILE", help="with --local: the service's settings")
+@local.local_settings_option
 @output_option()
 @pass_session
 def sweep(session: Session, local_run: bool, settings_file: str | None, output: str | None) -> None:
