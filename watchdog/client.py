@@ -81,8 +81,8 @@ class ApiClient:
     def get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         return self.request("GET", path, params=params)
 
-    def post(self, path: str, body: Mapping[str, Any] | None = None) -> Any:
-        return self.request("POST", path, body=body if body is not None else {})
+    def post(self, path: str, body: Mapping[str, Any] | None = None, *, timeout: float | None = None) -> Any:
+        return self.request("POST", path, body=body if body is not None else {}, timeout=timeout)
 
     def put(self, path: str, body: Mapping[str, Any]) -> Any:
         return self.request("PUT", path, body=body)
@@ -97,15 +97,18 @@ class ApiClient:
         *,
         params: Mapping[str, Any] | None = None,
         body: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
     ) -> Any:
-        """The JSON answer of `method path` (under /api/v1), or a `CliError` of the failure's kind."""
+        """The JSON answer of `method path` (under /api/v1), or a `CliError` of the failure's kind;
+        `timeout` (seconds) for a call known to take longer than the client's."""
         url = f"/api/v1{path}"
         clean = {k: v for k, v in (params or {}).items() if v is not None}
+        seconds = timeout or self.timeout
         try:
-            response = self._http.request(method, url, params=clean, json=body)
+            response = self._http.request(method, url, params=clean, json=body, timeout=seconds)
         except httpx.TimeoutException:
             raise CliError(
-                f"the watchdog at {self.server} did not answer within {self.timeout:g}s", EXIT_UNAVAILABLE
+                f"the watchdog at {self.server} did not answer within {seconds:g}s", EXIT_UNAVAILABLE
             ) from None
         except httpx.HTTPError as exc:
             raise CliError(

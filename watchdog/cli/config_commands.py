@@ -64,7 +64,7 @@ def set_context(
     if token_file:
         fields["token"] = None
     if token_stdin:
-        fields["token"], fields["token_file"] = sys.stdin.readline().strip() or None, None
+        fields["token"], fields["token_file"] = _read_token() or None, None
     if "server" not in fields:
         raise CliError(f"a new context needs --server URL ({name!r} is not in {path})", EXIT_USAGE)
     try:
@@ -75,6 +75,13 @@ def set_context(
         config.current_context = name
     save_config(path, config)
     click.echo(f"context {name} saved in {path}" + (" (current)" if config.current_context == name else ""))
+
+
+def _read_token() -> str:
+    """The token from stdin: asked for without echo on a terminal, else its first line."""
+    if sys.stdin.isatty():
+        return str(click.prompt("token", hide_input=True)).strip()
+    return sys.stdin.readline().strip()
 
 
 def _first_error(exc: ValueError) -> str:

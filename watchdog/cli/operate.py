@@ -28,6 +28,7 @@ from watchdog.client import segment
 from watchdog.exit_codes import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, CliError, for_status
 
 ROLES = ("viewer", "approver", "operator", "admin")
+SWEEP_SECONDS = 120.0
 APPROVAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _REFUSED = re.compile(r"answered (401|403)\b")  # the clients' OrchestratorError/KubernetesError text
 
@@ -211,7 +212,11 @@ def _start(
 def sweep(session: Session, local_run: bool, settings_file: str | None, output: str | None) -> None:
     """One sweep now (as the scheduled job would): find stuck runs, open and diagnose incidents."""
     out = Output.of(output)
-    report = local.sweep(settings_file) if local_run else session.client().post("/sweeps")["report"]
+    if local_run:
+        report = local.sweep(settings_file)
+    else:  # the service answers once its sweep is done: give it longer than a plain call
+        client = session.client()
+        report = client.post("/sweeps", timeout=max(client.timeout, SWEEP_SECONDS))["report"]
     out.emit(report, lambda r: key_values(r, title="sweep"))
     if report.get("result") not in (None, "ok", "not_leader", "started"):
         raise click.exceptions.Exit(sweep_failure_code(str(report.get("error"))))
