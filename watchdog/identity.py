@@ -40,7 +40,8 @@ PROXY_HEADER_SETS: Final = (
     ("X-Forwarded-User", "X-Forwarded-Email", "X-Forwarded-Groups"),
     ("X-Auth-Request-User", "X-Auth-Request-Email", "X-Auth-Request-Groups"),
 )
-MAX_HEADER_VALUE: Final = 256
+MAX_HEADER_VALUE: Final = 256  # a user name or an email
+MAX_GROUPS_VALUE: Final = 8192  # the comma-separated groups
 
 
 class Role(StrEnum):
@@ -205,14 +206,15 @@ def _proxy_headers(request: web.Request) -> tuple[str | None, str | None, tuple[
         user, email = _header(request, user_h), _header(request, email_h)
         if user is None and email is None:
             continue
-        groups_text = _header(request, groups_h) or ""
+        groups_text = _header(request, groups_h, MAX_GROUPS_VALUE) or ""
         groups = tuple(g.strip() for g in groups_text.split(",") if g.strip())
         return user, email, groups
     return None
 
 
-def _header(request: web.Request, name: str) -> str | None:
+def _header(request: web.Request, name: str, limit: int = MAX_HEADER_VALUE) -> str | None:
+    """A header's value; None when absent, empty, too long or not printable (never trusted then)."""
     value = request.headers.get(name, "").strip()
-    if not value or len(value) > MAX_HEADER_VALUE or not value.isprintable():
+    if not value or len(value) > limit or not value.isprintable():
         return None
     return value

@@ -38,7 +38,8 @@ from watchdog.incidents import transition_in
 from watchdog.jobs import JobTracker
 from watchdog.leases import JOB_OF_STATUS, JobLeases, Lapsed
 from watchdog.metrics import WatchdogMetrics
-from watchdog.remediation import ACTOR, RemediationService
+from watchdog.remediation import RemediationService
+from watchdog.remediation_close import ACTOR
 from watchdog.store import WatchdogStore
 from watchdog_sdk.errors import WatchdogError
 
@@ -184,7 +185,7 @@ class Reconciler:
             f"the {job} of this incident did not finish in {attempts} attempt(s); last: {why}. "
             "Escalated by the reconciler: see the incident's audit log"
         )
-        outcome = await self.remediation.escalate(incident.id, reason, expected=(status,))
+        outcome = await self.remediation.closing.escalate(incident.id, reason, expected=(status,))
         if outcome.status == "escalated":
             report.escalated.append(incident.id)
             self.metrics.jobs_reconciled.labels(job=job, action="escalated").inc()

@@ -40,21 +40,20 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final
 
 from watchdog.approvals import ApprovalService
-from watchdog.errors import InvalidTransition, StoreError, StoreUnavailable
+from watchdog.errors import InvalidTransition, StoreError
 from watchdog.incidents import IncidentService, transition_in
-from watchdog.jobs import retried
 from watchdog.leases import JOB_OF_STATUS, JobLeases, Lease, LeaseLost
 from watchdog.ledger import StoreLedger
 from watchdog.limits import RemediationLimits
 from watchdog.metrics import WatchdogMetrics
-from watchdog.notifier import EscalationMessage, Notifier, NotifyResult
+from watchdog.notifier import Notifier
 from watchdog.plan import Plan
 from watchdog.records import Incident
+from watchdog.remediation_close import ACTOR, Closing, Outcome
 from watchdog.remediation_setup import ManualRun, PlaybookContexts, RemediationProgress, parse_params
 from watchdog.settings import Mode
 from watchdog.store import Tx, WatchdogStore
@@ -66,7 +65,6 @@ from watchdog_sdk.registry import Registry
 
 log = logging.getLogger(__name__)
 
-ACTOR: Final = "watchdog"
 MANUAL_RULE: Final = "manual"  # the `rule` of a plan made for a run by hand
 STARTABLE: Final = ("open", "diagnosing", "awaiting_approval")
 ACTING: Final = ("remediating", "verifying")
@@ -74,15 +72,6 @@ OBSERVE_REFUSAL: Final = (
     "the watchdog is in observe mode: nothing acts, including remediations approved or started before"
     " the switch; run the playbook by hand (gl-watchdog playbook run) if it is still wanted"
 )
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How one pass over an incident ended."""
-
-    incident_id: int
-    status: str
-    detail: str
 
 
 def _label(plan: Plan) -> str:
@@ -122,6 +111,15 @@ class RemediationService:
         self.deadline_seconds = deadline_seconds
         self.backoff = backoff
         self.metrics = metrics
+        self.closing = Closing(
+            store=store,
+            incidents=incidents,
+            leases=leases,
+            limits=limits,
+            notifier=notifier,
+            clock=contexts.clock,
+            metrics=metrics,
+        )
 
     def context(
         self, incident_id: int, execution_id: str, playbook: str, ledger: ActionLedger | None = None
@@ -149,7 +147,7 @@ class RemediationService:
         """Take the incident into `remediating` (one winner), re-check, reserve, apply, verify, close."""
         if self.mode is Mode.OBSERVE:
             # The kill switch also holds for prompts approved after the switch to observe.
-            return await self.escalate(incident_id, OBSERVE_REFUSAL)
+            return await self.closing.escalate(incident_id, OBSERVE_REFUSAL)
         incident, lease, refusal = await self._begin(incident_id, approval_id)
         if incident is None or lease is None or incident.plan is None:
             return Outcome(incident_id, "unchanged", refusal)
@@ -208,7 +206,7 @@ class RemediationService:
                     "see the incident's actions for what was done"
                 )
                 with contextlib.suppress(WatchdogError):
-                    await self.escalate(began.id, reason, plan=plan, expected=ACTING, actor=run.actor)
+                    await self.closing.escalate(began.id, reason, plan=plan, expected=ACTING, actor=run.actor)
             raise
 
     async def resume_interrupted(self) -> list[Outcome]:
@@ -245,7 +243,7 @@ class RemediationService:
         )
 
     async def _resume_one(self, incident: Incident, lease: Lease) -> Outcome:
-        await self._record(
+        await self.closing.record(
             incident.id,
             "remediation_resumed",
             actor=ACTOR,
@@ -253,13 +251,13 @@ class RemediationService:
         )
         plan = incident.plan
         if plan is None or plan.playbook is None:
-            return await self.escalate(
+            return await self.closing.escalate(
                 incident.id, "interrupted remediation without a plan", failed=False, lease=lease
             )
         if incident.status == "verifying":
             return await self._verify_and_close(incident, plan, lease)
         if self.mode is Mode.OBSERVE:
-            return await self.escalate(
+            return await self.closing.escalate(
                 incident.id, OBSERVE_REFUSAL + " (interrupted remediation)", lease=lease
             )
         # Died before the first step was recorded: nothing was done, so check live state and the
@@ -306,26 +304,6 @@ class RemediationService:
                 await tx.add_audit(lease.incident_id, "job_timed_out", actor=ACTOR, data={"reason": reason})
         return Outcome(lease.incident_id, "timed_out", reason)
 
-    async def _save(self, write: Callable[[], Awaitable[Any]]) -> Any:
-        """A write of a remediation, tried again while the store is briefly out of reach."""
-        return await retried(
-            write, what="saving a remediation", retry_on=(StoreUnavailable,), sleep=self.contexts.clock.sleep
-        )
-
-    async def _record(
-        self,
-        incident_id: int,
-        kind: str,
-        *,
-        phase: str = "after",
-        actor: str = ACTOR,
-        data: dict[str, Any] | None = None,
-    ) -> None:
-        """An audit entry of a remediation (`incidents.record`), retried like every write of a job."""
-        await self._save(
-            lambda: self.incidents.record(incident_id, kind, phase=phase, actor=actor, data=data)
-        )
-
     # -- the phases
 
     async def _begin(
@@ -370,10 +348,10 @@ class RemediationService:
     async def _precheck(
         self, incident_id: int, playbook: Playbook[Any], ctx: PlaybookContext, params: Any, actor: str
     ) -> Precheck:
-        await self._record(incident_id, "preconditions", phase="before", actor=actor, data={})
+        await self.closing.record(incident_id, "preconditions", phase="before", actor=actor, data={})
         precheck = await playbook.preconditions(ctx, params)
         data = precheck.model_dump(mode="json")
-        await self._record(incident_id, "preconditions", actor=actor, data=data)
+        await self.closing.record(incident_id, "preconditions", actor=actor, data=data)
         return precheck
 
     async def _act(
@@ -400,7 +378,7 @@ class RemediationService:
             if not precheck.ok:
                 if await self._completed_by_itself(incident.execution_id):
                     return await self._resolve_unneeded(incident, plan.playbook, precheck.reason, lease)
-                return await self.escalate(
+                return await self.closing.escalate(
                     incident.id,
                     f"{plan.playbook} refused: {precheck.reason}",
                     expected=("remediating",),
@@ -412,10 +390,10 @@ class RemediationService:
             refusal = await self.limits.reserve(incident.id, plan, actor=actor)
             if refusal:
                 progress.refused(refusal)
-                return await self.escalate(
+                return await self.closing.escalate(
                     incident.id, refusal, expected=("remediating",), actor=actor, lease=lease
                 )
-        await self._record(
+        await self.closing.record(
             incident.id,
             "apply",
             phase="before",
@@ -423,11 +401,11 @@ class RemediationService:
             data={"playbook": plan.playbook, "params": plan.params},
         )
         result: ApplyResult = await playbook.apply(ctx, params)
-        await self._record(incident.id, "apply", actor=actor, data=result.model_dump(mode="json"))
+        await self.closing.record(incident.id, "apply", actor=actor, data=result.model_dump(mode="json"))
         progress.applied(result)
         if not result.ok:
             why = "interrupted before it finished and not repeated" if result.interrupted else "failed"
-            return await self.escalate(
+            return await self.closing.escalate(
                 incident.id,
                 f"{_label(plan)} {why}: {result.detail}",
                 expected=("remediating",),
@@ -446,7 +424,7 @@ class RemediationService:
                 )
             return verifying
 
-        verifying = await self._save(into_verifying)
+        verifying = await self.closing.save(into_verifying)
         progress.verifying()
         return await self._verify_and_close(incident, plan, verifying, actor=actor, progress=progress)
 
@@ -463,14 +441,14 @@ class RemediationService:
         playbook = self.registry.get(plan.playbook)
         ledger = StoreLedger(self.store, actor=actor)
         ctx = self.context(incident.id, incident.execution_id, plan.playbook, ledger=ledger)
-        await self._record(incident.id, "verify", phase="before", actor=actor, data={})
+        await self.closing.record(incident.id, "verify", phase="before", actor=actor, data={})
         verification: VerifyResult = await playbook.verify(ctx, playbook.parse_params(plan.params))
         data = verification.model_dump(mode="json")
-        await self._record(incident.id, "verify", actor=actor, data=data)
+        await self.closing.record(incident.id, "verify", actor=actor, data=data)
         (progress or RemediationProgress()).verified(verification)
         if verification.ok:
             by = f"{plan.playbook} (by hand)" if plan.rule == MANUAL_RULE else plan.playbook
-            await self._resolve(
+            await self.closing.resolve(
                 lease,
                 "verifying",
                 actor=actor,
@@ -478,9 +456,9 @@ class RemediationService:
                 verification=data,
                 summary=f"resolved by {by}: {verification.summary()}",
             )
-            self.count(plan.playbook, "resolved")
+            self.closing.count(plan.playbook, "resolved")
             return Outcome(incident.id, "resolved", verification.summary())
-        return await self.escalate(
+        return await self.closing.escalate(
             incident.id,
             f"{_label(plan)} applied but verification failed: {verification.summary()}",
             expected=("verifying",),
@@ -491,27 +469,6 @@ class RemediationService:
             actor=actor,
             lease=lease,
         )
-
-    async def _resolve(self, lease: Lease, expected: str, *, actor: str, reason: str, **values: Any) -> None:
-        """Close the job's own incident `resolved` from `expected`, its lease checked and dropped in the
-        same transaction (retried while the store is briefly out of reach)."""
-
-        async def write() -> None:
-            async with self.store.transaction() as tx:
-                await self.leases.check_in(tx, lease)
-                await transition_in(
-                    tx,
-                    lease.incident_id,
-                    "resolved",
-                    actor=actor,
-                    reason=reason,
-                    expected=(expected,),
-                    **values,
-                )
-                await self.leases.release_in(tx, lease)
-
-        await self._save(write)
-        await self.incidents.refresh_gauge()
 
     async def _completed_by_itself(self, execution_id: str) -> bool:
         """True when the run has completed cleanly (e.g. between the prompt and the approval)."""
@@ -525,77 +482,8 @@ class RemediationService:
         """The run completed before anything was done: resolved, not a page for on-call."""
         reason = f"{playbook} not needed: the run completed by itself ({why}); nothing was done"
         try:
-            await self._resolve(lease, "remediating", actor=ACTOR, reason=reason, summary=reason)
+            await self.closing.resolve(lease, "remediating", actor=ACTOR, reason=reason, summary=reason)
         except InvalidTransition as exc:
             return Outcome(incident.id, "unchanged", str(exc))
-        self.count(playbook, "not_needed")
+        self.closing.count(playbook, "not_needed")
         return Outcome(incident.id, "resolved", reason)
-
-    # -- closing as escalated, and telling on-call
-
-    async def escalate(
-        self,
-        incident_id: int,
-        reason: str,
-        *,
-        plan: Plan | None = None,
-        summary: str = "",
-        expected: tuple[str, ...] | None = None,
-        failed: bool = False,
-        playbook: str | None = None,
-        outcome: str = "escalated",
-        verification: dict[str, Any] | None = None,
-        actor: str = ACTOR,
-        lease: Lease | None = None,
-    ) -> Outcome:
-        """Close the incident as escalated with `reason` and notify on-call; a `failed` remediation
-        counts toward the circuit breaker (in the same transaction). A job closing its own incident
-        gives its `lease`: checked and dropped in the same transaction."""
-        values: dict[str, Any] = {"summary": reason}
-        if verification is not None:
-            values["verification"] = verification
-
-        async def close() -> Incident:
-            async with self.store.transaction() as tx:
-                if lease is not None:
-                    await self.leases.check_in(tx, lease)
-                if failed:
-                    await self.limits.count_failure_in(tx)
-                closed = await transition_in(
-                    tx, incident_id, "escalated", actor=actor, reason=reason, expected=expected, **values
-                )
-                if lease is not None:
-                    await self.leases.release_in(tx, lease)
-            return closed
-
-        try:
-            incident = await self._save(close)
-        except InvalidTransition as exc:
-            log.info("incident %s not escalated: %s", incident_id, exc)
-            return Outcome(incident_id, "unchanged", str(exc))
-        await self.incidents.refresh_gauge()
-        if playbook is not None:
-            self.count(playbook, outcome)
-        message = EscalationMessage(
-            incident_id=incident_id,
-            execution_id=incident.execution_id,
-            reason=reason,
-            diagnosis_summary=summary,
-            plan_headline=plan.headline() if plan else "",
-        )
-        await self.notify(incident_id, "escalation_notified", self.notifier.escalated(message))
-        return Outcome(incident_id, "escalated", reason)
-
-    async def notify(self, incident_id: int, kind: str, sending: Awaitable[NotifyResult]) -> NotifyResult:
-        """Deliver a notification, audited before and after (a failed delivery is logged, never raised)."""
-        await self._record(incident_id, kind, phase="before", actor=ACTOR, data={})
-        result = await sending
-        if not result.ok:
-            log.warning("notifier failed for incident %s: %s", incident_id, result.detail)
-        await self._record(incident_id, kind, actor=ACTOR, data=result.as_dict())
-        return result
-
-    def count(self, playbook: str, outcome: str) -> None:
-        """Count a remediation outcome (`gl_watchdog_remediations_total`)."""
-        if self.metrics is not None:
-            self.metrics.remediations.labels(playbook=playbook, outcome=outcome).inc()

@@ -30,7 +30,8 @@ from watchdog.plan import Plan
 from watchdog.planner import make_plan
 from watchdog.policy import Policy
 from watchdog.records import Approval, Incident
-from watchdog.remediation import ACTOR, STARTABLE, Outcome, RemediationService
+from watchdog.remediation import STARTABLE, RemediationService
+from watchdog.remediation_close import ACTOR, Outcome
 from watchdog.settings import Mode
 from watchdog.store import WatchdogStore
 from watchdog_sdk.diagnosis import Diagnosis
@@ -120,7 +121,9 @@ class Responder:
         )
         summary = diagnosis_summary(diagnosis)
         if plan.playbook is None or not plan.will_act:
-            return await self.remediation.escalate(incident_id, plan.rationale, plan=plan, summary=summary)
+            return await self.remediation.closing.escalate(
+                incident_id, plan.rationale, plan=plan, summary=summary
+            )
         if plan.requires_approval:
             return await self._ask(incident, plan, summary)
         return await self.remediation.execute(incident_id)
@@ -153,7 +156,9 @@ class Responder:
             deny_url=links.deny,
         )
         notifier = self.remediation.notifier
-        await self.remediation.notify(incident.id, "approval_notified", notifier.approval_requested(message))
+        await self.remediation.closing.notify(
+            incident.id, "approval_notified", notifier.approval_requested(message)
+        )
         await self.incidents.refresh_approvals_gauge()
         return Outcome(incident.id, "awaiting_approval", f"approval {approval.id} requested")
 
@@ -170,7 +175,7 @@ class Responder:
         await self.incidents.refresh_approvals_gauge()
         if approval.state == "approved":
             return await self.remediation.execute(approval.incident_id, approval_id=approval.id)
-        return await self.remediation.escalate(
+        return await self.remediation.closing.escalate(
             approval.incident_id,
             f"approval {approval.id} {approval.state} by {approval.decided_by}; nothing was done",
             expected=("awaiting_approval",),
@@ -185,7 +190,7 @@ class Responder:
             if self.metrics is not None:
                 self.metrics.approvals.labels(decision="expired").inc()
             outcomes.append(
-                await self.remediation.escalate(
+                await self.remediation.closing.escalate(
                     approval.incident_id,
                     f"approval {approval.id} expired at {approval.expires_at.isoformat()} without an answer; "
                     "nothing was done",

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.watchdog.conftest import FakeClock
 from tests.watchdog.identity_app import UNTRUSTED_PEER, IdentityApp
 from watchdog.identity import Identity, ProxyAuth, Role
+from watchdog.tokens import TokenStore
 from watchdog_sdk.outcomes import Risk
 
 
@@ -175,3 +177,19 @@ async def test_a_high_risk_plan_lists_its_votes(identity_app: IdentityApp) -> No
         shown = await client.get(f"/api/v1/approvals/{approval.id}")
     assert answer.json()["approvals_required"] == 2 and answer.json()["approval"]["votes"] == ["token:alice"]
     assert shown.json()["state"] == "pending" and shown.json()["votes"] == ["token:alice"]
+
+
+async def test_last_use_is_written_at_most_once_a_minute(identity_app: IdentityApp) -> None:
+    tokens = TokenStore(identity_app.wd.store)
+    _, token = await tokens.create("ci", Role.OPERATOR, created_by="test")
+    clock = identity_app.wd.clock
+    assert isinstance(clock, FakeClock)
+    first_use = clock.now()
+    assert await tokens.identify(token) == Identity(name="ci", role=Role.OPERATOR, source="token")
+    clock.advance(59)
+    await tokens.identify(token)
+    assert [t.last_used_at for t in await tokens.list()] == [first_use]
+    clock.advance(2)
+    await tokens.identify(token)
+    assert [t.last_used_at for t in await tokens.list()] == [clock.now()]
+    assert await tokens.identify(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
