@@ -5,8 +5,13 @@ pause between polls are the test's (no sleeping)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import pty
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +23,8 @@ from watchdog.cli.follow import Follower, Pacer, run_ended
 from watchdog.cli.output import Output
 from watchdog.client import ApiClient
 from watchdog.exit_codes import EXIT_FAILED, CliError
+
+GL_WATCHDOG = str(Path(sys.executable).with_name("gl-watchdog"))
 
 
 @pytest.fixture
@@ -75,3 +82,22 @@ def test_a_follow_past_its_timeout_says_how_to_follow_on(server: ServedWatchdog)
     assert ran_out.value.exit_code == EXIT_FAILED and clock.pauses == 3
     assert f"follow on with `gl-watchdog events {server.seeded.incident_id} --follow`" in str(ran_out.value)
     assert follower.status == "open" and follower.refusal is None and follower.after is not None
+
+
+def test_on_a_terminal_a_run_shows_its_events_as_lines_and_the_ending(server: ServedWatchdog) -> None:
+    assert server.seeded is not None
+    incident = str(server.seeded.incident_id)
+    argv = ["--server", server.base_url, "playbook", "run", "cancel", "--incident", incident]
+    controller, terminal = pty.openpty()
+    env = {"PATH": os.environ["PATH"], "HOME": str(Path.cwd()), "GL_WATCHDOG_TOKEN": TOKEN, "TERM": "xterm"}
+    proc = subprocess.Popen([GL_WATCHDOG, *argv], stdin=terminal, stdout=terminal, stderr=terminal, env=env)
+    os.close(terminal)
+    screen = b""
+    with contextlib.suppress(OSError):  # EIO once the CLI has exited and the terminal closed
+        while chunk := os.read(controller, 4096):
+            screen += chunk
+    os.close(controller)
+    assert proc.wait(timeout=60) == EXIT_FAILED
+    text = screen.decode(errors="replace")
+    assert "playbook_requested" in text and TOKEN not in text
+    assert "refused (preconditions:" in text and not text.lstrip().startswith("{")  # lines, not JSON

@@ -236,6 +236,10 @@ async def test_a_playbook_run_from_the_cli_is_executed_and_followed_by_the_servi
 
     code, out, err = await asyncio.to_thread(serve.cli, "events", str(incident_id), "-o", "table")
     assert code == 0 and "token:olga" in out and "playbook_requested" in out, err
+    code, out, err = await asyncio.to_thread(serve.cli, "events", str(incident_id), "--follow", "-o", "json")
+    assert code == 0, err  # the incident is resolved: following ends at once, after every event
+    followed = [json.loads(line)["event"] for line in out.splitlines()]
+    assert [e["seq"] for e in followed] == sorted(e["seq"] for e in followed) and followed[-1]["kind"]
     code, out, err = await asyncio.to_thread(serve.cli, "sweep", "-o", "json", token_file=olga)
     assert code == 0 and json.loads(out)["result"] == "ok", err
     code, out, err = await asyncio.to_thread(serve.cli, "policy", "show", "-o", "json")

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from rich.text import Text
 
-from watchdog.cli.output import Output, cell_text
+from watchdog.cli.output import Output, brief, cell_text
 from watchdog.client import ApiClient, segment
 from watchdog.exit_codes import EXIT_FAILED, CliError
 
@@ -122,14 +122,9 @@ def refusal_of(event: dict[str, Any]) -> str | None:
 
 def event_line(event: dict[str, Any]) -> str:
     """One event as a line: when, who, what, and its data in short."""
-    data = event.get("data") or {}
-    detail = ", ".join(f"{k}={cell_text(v)}" for k, v in data.items())
-    if len(detail) > 160:
-        detail = detail[:157] + "..."
     phase = f" ({event['phase']})" if event.get("phase") else ""
-    return (
-        f"{cell_text(event.get('at'))}  {event.get('actor', '-')}  {event.get('kind', '-')}{phase}  {detail}"
-    )
+    who, what = event.get("actor", "-"), event.get("kind", "-")
+    return f"{cell_text(event.get('at'))}  {who}  {what}{phase}  {brief(event.get('data'), 160)}"
 
 
 def run_ended(follower: Follower) -> bool:

@@ -19,7 +19,7 @@ from rich.text import Text
 
 from watchdog.cli import local
 from watchdog.cli.follow import DEFAULT_FOLLOW_SECONDS, SETTLED, Follower
-from watchdog.cli.output import Output, key_values, output_option, table
+from watchdog.cli.output import Output, brief, key_values, output_option, table
 from watchdog.cli.session import Session, pass_session
 from watchdog.client import ApiClient, segment
 from watchdog.diagnostics import render
@@ -204,7 +204,7 @@ def incident_view(detail: dict[str, Any]) -> RenderableType:
     parts += _section(detail, "approvals", ("id", "state", "created_at", "expires_at", "decided_by"))
     parts += _section(detail, "actions", ("playbook", "step", "state", "started_at", "finished_at"))
     audit = detail.get("audit") or []
-    rows = ((e["at"], e["actor"], e["kind"], e.get("phase"), e.get("data")) for e in audit)
+    rows = ((e["at"], e["actor"], e["kind"], e.get("phase"), brief(e.get("data"))) for e in audit)
     parts += [Text(""), table(("AT (UTC)", "ACTOR", "KIND", "PHASE", "DATA"), rows, title="timeline")]
     return Group(*parts)
 

@@ -122,6 +122,17 @@ def cell_text(value: Any) -> str:
     return text
 
 
+def brief(data: dict[str, Any] | None, width: int = 100, value_width: int = 40) -> str:
+    """`data` in one short line for a person: `k=v` pairs, each value and the whole cut with `…`
+    (-o json has it all)."""
+    pairs = []
+    for key, value in (data or {}).items():
+        text = cell_text(value)
+        pairs.append(f"{key}={text if len(text) <= value_width else text[: value_width - 1] + '…'}")
+    line = ", ".join(pairs)
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
 def key_values(data: dict[str, Any], *, title: str | None = None) -> Table:
     """A two-column table of a flat answer (nested values as JSON)."""
     return table(("FIELD", "VALUE"), ((key, value) for key, value in data.items()), title=title)
