@@ -15,6 +15,7 @@ import yaml
 from rich.text import Text
 
 from watchdog.cli import main
+from watchdog.cli.operate import decision_line
 from watchdog.cli.output import Output, cell_text, table
 
 
@@ -113,3 +114,13 @@ def test_shell_completion_comes_from_click() -> None:
     }
     words = subprocess.run([binary], env=env, capture_output=True, text=True, timeout=60)
     assert words.stdout.split() == ["plain,incidents"]
+
+
+def test_a_decision_says_who_decided_and_how_many_approvals_a_two_person_plan_still_needs() -> None:
+    approval = {"id": "apr_1", "incident_id": 7, "state": "pending", "votes": ["token:alice"]}
+    first = {"approval": approval, "approvals_required": 2, "actor": "token:alice"}
+    assert decision_line(first) == (
+        "approval apr_1: pending (incident 7) by token:alice; 1 of 2 approvals, another approver is needed"
+    )
+    second = {"approval": {**approval, "state": "approved"}, "approvals_required": 2, "actor": "proxy:bob"}
+    assert decision_line(second) == "approval apr_1: approved (incident 7) by proxy:bob"

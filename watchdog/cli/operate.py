@@ -38,19 +38,18 @@ _REFUSED = re.compile(r"answered (401|403)\b")  # the clients' OrchestratorError
 
 def _decide(session: Session, target: str, decision: str, reason: str | None, output: str | None) -> None:
     """Decide by incident id (digits: the incident's pending approval) or by approval id."""
-    client = session.client()
     if target.isdigit():
-        path = f"/incidents/{segment(incident_id_argument(target))}/{decision}"
-        answer = client.post(path, {"reason": reason} if reason else {})
+        path, body = f"/incidents/{segment(incident_id_argument(target))}/{decision}", {"reason": reason}
+    elif reason:
+        raise CliError("--reason is recorded with an INCIDENT id; give the incident's id", EXIT_USAGE)
+    elif APPROVAL_ID.fullmatch(target):
+        path, body = f"/approvals/{segment(target)}/{decision}", {}
     else:
-        if reason:
-            raise CliError("--reason is recorded with an INCIDENT id; give the incident's id", EXIT_USAGE)
-        if not APPROVAL_ID.fullmatch(target):
-            raise CliError(
-                f"{target!r} is neither an incident id (digits) nor an approval id (1-64 of A-Z a-z 0-9 _ -)",
-                EXIT_USAGE,
-            )
-        answer = client.post(f"/approvals/{segment(target)}/{decision}")
+        raise CliError(
+            f"{target!r} is neither an incident id (digits) nor an approval id (1-64 of A-Z a-z 0-9 _ -)",
+            EXIT_USAGE,
+        )
+    answer = session.client().post(path, {k: v for k, v in body.items() if v})
     Output.of(output).emit(answer, decision_line)
 
 
