@@ -67,24 +67,26 @@ def decision_line(answer: dict[str, Any]) -> str:
     return said
 
 
-@click.command("approve")
-@click.argument("target", metavar="INCIDENT|APPROVAL_ID")
-@click.option("--reason", help="why (recorded in the audit log; with an INCIDENT id)")
-@output_option()
-@pass_session
-def approve(session: Session, target: str, reason: str | None, output: str | None) -> None:
-    """Approve an incident's pending plan (the service then applies it), as the token's owner."""
-    _decide(session, target, "approve", reason, output)
+def _decision_command(decision: str, summary: str) -> click.Command:
+    """`approve` or `deny`: the same arguments, one decision each."""
+
+    @click.command(decision, help=summary)
+    @click.argument("target", metavar="INCIDENT|APPROVAL_ID")
+    @click.option("--reason", help="why (recorded in the audit log; with an INCIDENT id)")
+    @output_option()
+    @pass_session
+    def command(session: Session, target: str, reason: str | None, output: str | None) -> None:
+        _decide(session, target, decision, reason, output)
+
+    return command
 
 
-@click.command("deny")
-@click.argument("target", metavar="INCIDENT|APPROVAL_ID")
-@click.option("--reason", help="why (recorded in the audit log; with an INCIDENT id)")
-@output_option()
-@pass_session
-def deny(session: Session, target: str, reason: str | None, output: str | None) -> None:
-    """Deny an incident's pending plan (nothing is done; the incident is escalated)."""
-    _decide(session, target, "deny", reason, output)
+approve = _decision_command(
+    "approve", "Approve an incident's pending plan (the service then applies it), as the token's owner."
+)
+deny = _decision_command(
+    "deny", "Deny an incident's pending plan (nothing is done; the incident is escalated)."
+)
 
 
 # -- playbook run / propose -------------------------------------------------------------------------
