@@ -1,13 +1,15 @@
 """Bearer-token auth for both services' HTTP APIs: one middleware, one constant-time comparison.
 
-Where it sits: the orchestrator's app (`orchestrator_core.api.build_app`) and the watchdog's
-(`watchdog.http.new_application`) install `bearer_auth(...)` right inside the error middleware
-(`gl_common.http.error_middleware`), so credentials are checked before any validation or lookup. The
-route the request matched (`gl_common.openapi.route_of`) says what it takes:
+Where it sits: the orchestrator's app (`orchestrator_core.api.build_app`) installs `bearer_auth(...)`
+right inside the error middleware (`gl_common.http.error_middleware`), so credentials are checked
+before any validation or lookup. The watchdog, which also knows named tokens with roles and a trusted
+proxy's identity, builds its own identity middleware (`watchdog.http.identity_auth`) from the pieces
+here (`bearer_token`, `TokenSource`, `challenge`) with the same route rules. The route the request
+matched (`gl_common.openapi.route_of`) says what it takes:
 
 - `auth=False` routes (health, metrics, the watchdog's OpenAPI document and approval page) pass;
-- a route with `alt_auth` (the watchdog's approval API) passes without a bearer token to its handler,
-  which checks its other credential itself; a bearer token given to it must be valid too;
+- a route with `alt_auth` (e.g. an approval API with link tokens) passes without a bearer token to
+  its handler, which checks its other credential itself; a bearer token given to it must be valid too;
 - every other route, and any unmatched path under the API prefix, needs `Authorization: Bearer
   <token>`: 401 with `WWW-Authenticate: Bearer realm=...` when it is missing or wrong, or when the
   service has no token configured; 503 `auth_unavailable` when the token file cannot be read.

@@ -23,6 +23,17 @@ admin; `watchdog.identity`; 403 naming the role needed):
     POST /api/v1/incidents/{id}/diagnose   operator  (re-)diagnose an open incident (202)
     POST /api/v1/incidents/{id}/approve    approver  the incident's pending approval, by identity
     POST /api/v1/incidents/{id}/deny       approver  (`watchdog.operator_api`; two-person approval)
+    POST /api/v1/incidents/{id}/playbooks/{playbook}
+                                           operator  {params, dry_run} → 202 {remediation_id, state}:
+                                                     run by the service, or proposed for approval
+                                                     where the policy's rule asks (dry_run: 200)
+    GET  /api/v1/incidents/{id}/events     viewer    ?after=<seq> → {items, next_after}; or
+                                                     `Accept: text/event-stream` (bounded stream)
+    POST /api/v1/sweeps                    operator  sweep now → 202 {sweep, report}
+    GET  /api/v1/policy                    viewer    the loaded policy and plugins
+    GET  /api/v1/modes                     viewer    the modes (configuration: no PUT)
+    POST /api/v1/replay                    viewer    {incident_id | since, policy: <YAML>} → plans
+    GET  /api/v1/whoami                    viewer    the caller's identity and role
     POST /api/v1/tokens                    admin     {name, role} → 201 {name, role, token}
     GET  /api/v1/tokens                    admin     the named tokens (never the tokens)
     DELETE /api/v1/tokens/{name}           admin     revoke

@@ -235,7 +235,7 @@ class ApprovalService:
             current = await tx.get_approval(approval_id)
             votes = list(current.votes or []) if current is not None else []
             pending = current is not None and current.state == "pending"
-            if decision is Decision.APPROVE and pending and who in votes:
+            if decision is Decision.APPROVE and pending and _person(who) in map(_person, votes):
                 raise SameApprover(
                     f"{who} already approved {approval_id}; a second, different approver is needed "
                     f"({len(votes)} of {rule.approvers_required if rule else 1})"
@@ -322,6 +322,11 @@ class ApprovalService:
         return used
 
 
+def _person(actor: str) -> str:
+    """Who stands behind a vote: the bootstrap token is one person whatever name it decides for."""
+    return "bootstrap" if actor.startswith("bootstrap:") else actor
+
+
 def _closed(approval_id: str, current: Approval | None) -> ApprovalClosed:
     state = current.state if current is not None else "missing"
     if state == "pending":  # not yet swept, but past its expiry
@@ -342,14 +347,18 @@ def _check_approver(
             f"approval {approval.id} needs a signed-in approver ({_describe(rule)}): an approval link alone "
             "is not enough; sign in through the proxy (or use a named API token) and approve again"
         )
+    problem = approver_problem(rule, identity)
+    if problem is not None:
+        raise ApproverRefused(f"{problem} (approval {approval.id})")
+
+
+def approver_problem(rule: ApprovalRule, identity: Identity) -> str | None:
+    """Why `identity` may not approve under `rule` (role, groups), or None when it may."""
     if identity.role < Role(rule.role):
-        raise ApproverRefused(
-            f"role {identity.role} cannot approve {approval.id}: {rule.role} or higher needed"
-        )
+        return f"role {identity.role} cannot approve: {rule.role} or higher needed"
     if rule.groups and identity.role < Role.ADMIN and not set(rule.groups) & set(identity.groups):
-        raise ApproverRefused(
-            f"{identity.actor} cannot approve {approval.id}: a member of {', '.join(rule.groups)} is needed"
-        )
+        return f"{identity.actor} is not in {' or '.join(rule.groups)}: a member is needed"
+    return None
 
 
 def _describe(rule: ApprovalRule) -> str:

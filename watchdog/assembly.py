@@ -39,6 +39,7 @@ from watchdog.condition import ConditionEvaluator
 from watchdog.diagnosis import Backoff, Diagnose, DiagnosisService, OnDiagnosed
 from watchdog.diagnostics import runner
 from watchdog.episodes import IntakeGate, KnownEpisodes
+from watchdog.events import StreamLimits
 from watchdog.http import new_application
 from watchdog.identity import ProxyAuth
 from watchdog.incidents import IncidentService
@@ -380,6 +381,7 @@ def create_app(watchdog: Watchdog) -> web.Application:
         policy_source=str(settings.policy_file or "the shipped default policy"),
         plugins=watchdog.plugins,
         mode=settings.mode,
+        stream_limits=StreamLimits(lifetime_seconds=settings.events_stream_seconds),
     )
     operator_api.add_routes(app, operations)
     return app

@@ -8,12 +8,15 @@ stream's lifetime ends (the client reconnects with `Last-Event-ID` or `?after=`)
 playbook run with it; the console's incident page refreshes with it.
 
 Every stream is bounded: `lifetime_seconds` (default 300), a comment line every `keepalive_seconds`
-so that proxies keep it open, and an end as soon as the client goes away.
+so that proxies keep it open, an end as soon as the client goes away, and `event: error` (then the
+end) when the store fails mid-stream. The lifetime is the setting `events_stream_seconds`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from dataclasses import dataclass
 from typing import Final
 
@@ -25,6 +28,9 @@ from watchdog.errors import IncidentNotFound
 from watchdog.migrations import TERMINAL_INCIDENT_STATUSES, audit_log
 from watchdog.records import AuditEntry, Incident
 from watchdog.store import WatchdogStore
+from watchdog_sdk.errors import WatchdogError
+
+log = logging.getLogger(__name__)
 
 STREAM_TYPE: Final = "text/event-stream"
 
@@ -105,9 +111,28 @@ async def stream_events(
         }
     )
     await response.prepare(request)
-    started = clock.monotonic()
-    quiet_since = started
-    page = first
+    try:
+        await _send_until_done(response, store, clock, incident_id, first, limits)
+        await response.write_eof()
+    except ConnectionResetError:  # the client went away: nothing more to send
+        pass
+    except WatchdogError as exc:  # the store failed mid-stream: say so, and end (the client reconnects)
+        log.warning("events of incident %s: stream ended: %s", incident_id, exc)
+        with contextlib.suppress(ConnectionResetError):
+            await response.write(f"event: error\ndata: {json.dumps({'detail': str(exc)})}\n\n".encode())
+            await response.write_eof()
+    return response
+
+
+async def _send_until_done(
+    response: web.StreamResponse,
+    store: WatchdogStore,
+    clock: Clock,
+    incident_id: int,
+    page: EventPage,
+    limits: StreamLimits,
+) -> None:
+    started = quiet_since = clock.monotonic()
     while True:
         for entry in page.entries:
             data = json.dumps(event_json(entry), separators=(",", ":"))
@@ -122,9 +147,7 @@ async def stream_events(
         if (page.final and not full) or now - started >= limits.lifetime_seconds:
             status = json.dumps({"incident_status": page.incident.status, "next_after": page.next_after})
             await response.write(f"event: end\ndata: {status}\n\n".encode())
-            break
+            return
         if not full:
             await clock.sleep(limits.poll_seconds)
         page = await page_events(store, incident_id, after=page.next_after, limit=limits.page)
-    await response.write_eof()
-    return response

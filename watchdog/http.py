@@ -16,15 +16,16 @@ validation are `gl_common.http`'s, shared with the orchestrator. Middlewares, ou
 - security headers on every HTML answer (`security_headers`): a Content-Security-Policy without
   inline script (`script-src 'self'`, `frame-ancestors 'none'`, `form-action 'self'`),
   `Referrer-Policy: no-referrer`, `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY`, and
-  `Cache-Control: no-store` on pages (they carry link tokens and incident data); an HTML form POST
-  whose `Origin` (or, without one, `Referer`) is not this server's is refused with 403 before its
-  handler runs (`origin_check`);
+  `Cache-Control: no-store` on pages (they carry link tokens and incident data); a browser's POST,
+  PUT, PATCH or DELETE from another site (its `Origin`, `Sec-Fetch-Site` or `Referer`) is refused
+  with 403 `foreign_origin` before its handler runs (`origin_check`);
 - identity and auth, before any validation or lookup (`identity_auth`): a bearer token is one of
   the settings' tokens (`api_tokens`, `api_token_file`; compared in constant time; the `bootstrap`
   identity, role admin) or a named token (`watchdog.tokens`, looked up by its SHA-256; revoked ones
   refused); without a bearer token, the identity headers of a trusted authenticating proxy
   (`watchdog.identity.ProxyAuth`) give the identity. The route the request matched says what it
-  takes: `auth=False` routes (health, metrics, the OpenAPI document, the approval page) pass; a route
+  takes: `auth=False` routes (health, metrics, the OpenAPI document, the approval page) pass (with the
+  trusted proxy's identity, if any, for a page to show; a bearer token is not read there); a route
   with `alt_auth` (the approval API) passes without an identity to its handler, which checks the
   link token itself (`watchdog.web`); every other route, and any unmatched path under `/api/v1`,
   needs an identity: 401 otherwise. A bearer token given to any route that takes one must be valid.
@@ -78,8 +79,6 @@ HTML_HEADERS: Final = {
     "Cache-Control": "no-store",
 }
 EVERY_RESPONSE_HEADERS: Final = {"Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"}
-# What a browser may POST from any page without a CORS preflight: the bodies of a cross-site form.
-FORM_TYPES: Final = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
 UNSAFE_METHODS: Final = ("POST", "PUT", "PATCH", "DELETE")
 
 
@@ -164,11 +163,11 @@ def identity_auth(
         needs = request.path.startswith(API_PREFIX) if route is None else route.auth
         alternative = route is not None and bool(route.alt_auth)
         presented = bearer_token(request.headers.get("Authorization", ""))
-        identity: Identity | None = None
-        if presented is not None and (needs or alternative):
-            identity = await from_bearer(request, presented)
-        elif needs or alternative:
-            identity = proxy.identify(request)
+        takes_credentials = needs or alternative
+        if presented is not None and takes_credentials:
+            identity: Identity | None = await from_bearer(request, presented)
+        else:  # an open page may still show who is signed in; a forgery only counts where it matters
+            identity = proxy.identify(request, report=takes_credentials)
         if identity is not None:
             set_identity(request, identity)
         elif needs and not alternative:
@@ -203,10 +202,12 @@ def _secure(headers: MutableMapping[str, str], content_type: str) -> None:
 
 
 def origin_check(allowed_origins: Iterable[str]) -> Middleware:
-    """403 for a form post (a body a cross-site form could send) from another site: its `Origin`, or
-    where a browser sends `Origin: null` (as it does under `Referrer-Policy: no-referrer`) its
-    `Sec-Fetch-Site`, or without either its `Referer`, must be this server (the request's host, or
-    one of `allowed_origins`, the public URL). A post with none of them (not a browser) passes."""
+    """403 for a request that changes something (POST, PUT, PATCH, DELETE) sent by a browser from
+    another site: its `Origin`, or where a browser sends `Origin: null` (as it does under
+    `Referrer-Policy: no-referrer`) its `Sec-Fetch-Site`, or without either its `Referer`, must be
+    this server (the request's host, or one of `allowed_origins`, the public URL). A request with
+    none of them (not a browser: the CLI, curl, Alertmanager) passes. The proxy's session cookie
+    makes this matter for the API too, not only for the pages' forms."""
     allowed = {_origin_host(origin) for origin in allowed_origins} - {None}
 
     def foreign(request: web.Request) -> str | None:
@@ -225,10 +226,10 @@ def origin_check(allowed_origins: Iterable[str]) -> Middleware:
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method in UNSAFE_METHODS and request.content_type in FORM_TYPES:
+        if request.method in UNSAFE_METHODS:
             problem = foreign(request)
             if problem is not None:
-                raise ApiError(403, "foreign_origin", f"a form post from another site is refused ({problem})")
+                raise ApiError(403, "foreign_origin", f"a request from another site is refused ({problem})")
         return await handler(request)
 
     return check

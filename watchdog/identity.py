@@ -172,13 +172,14 @@ class ProxyAuth:
             return False
         return any(address in network for network in self.networks)
 
-    def identify(self, request: web.Request) -> Identity | None:
-        """The proxy's identity of `request`, or None (no header, or a peer not trusted)."""
+    def identify(self, request: web.Request, *, report: bool = True) -> Identity | None:
+        """The proxy's identity of `request`, or None (no header, or a peer not trusted: reported as
+        forged when `report`)."""
         headers = _proxy_headers(request)
         if headers is None:
             return None
         if not self.trusts(request.remote):
-            if self._on_forged is not None:
+            if report and self._on_forged is not None:
                 self._on_forged(
                     request.remote or "unknown",
                     "untrusted_proxy_header",

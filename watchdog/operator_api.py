@@ -15,10 +15,13 @@ and is audited with the identity's `actor` (`token:alice`, `proxy:alice@example.
                                                       same approver twice
     POST   /api/v1/incidents/{id}/playbooks/{playbook}
                                             operator  {"params": {}, "dry_run": false} → 202
-                                                      {remediation_id, incident_id, state: started,
-                                                      events}: the service runs it (the one registry,
-                                                      plugins included; budgets, breaker, audit);
-                                                      dry_run → 200 {state: dry_run, precheck, actions}
+                                                      {remediation_id, incident_id, state, events}:
+                                                      `started` (the service runs it: the one registry,
+                                                      plugins included; budgets, breaker, audit), or
+                                                      `awaiting_approval` with `approval` when the
+                                                      policy's approval rule needs more than the
+                                                      requester (who votes, when allowed); dry_run →
+                                                      200 {state: dry_run, precheck, actions}
     GET    /api/v1/incidents/{id}/events    viewer    ?after=<seq>&limit= → {items: [{seq, at, actor,
                                                       kind, phase, data}], next_after, incident_status,
                                                       final}; `Accept: text/event-stream`: server-sent
@@ -30,6 +33,8 @@ and is audited with the identity's `actor` (`token:alice`, `proxy:alice@example.
                                                       kill switch)
     POST   /api/v1/replay                   viewer    {incident_id | since: "7d", policy: <YAML>} →
                                                       what that policy would plan; acts on nothing
+    GET    /api/v1/whoami                   viewer    the caller's identity {name, role, source, groups,
+                                                      email, actor}
     POST   /api/v1/tokens                   admin     {name, role} → 201 {name, role, token} (shown once)
     GET    /api/v1/tokens                   admin     {items: [{name, role, created_at, created_by,
                                                       revoked_at, last_used_at}]}
@@ -39,9 +44,9 @@ and is audited with the identity's `actor` (`token:alice`, `proxy:alice@example.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -57,10 +62,10 @@ from watchdog.api_models import (
     TokenList,
     TokenOut,
 )
-from watchdog.approvals import ApprovalService, Decision
+from watchdog.approvals import ApprovalService, Decision, approver_problem
 from watchdog.errors import IncidentError, IncidentNotFound, PolicyError
-from watchdog.events import event_json, page_events, stream_events, wants_stream
-from watchdog.identity import Role, require_role
+from watchdog.events import StreamLimits, event_json, page_events, stream_events, wants_stream
+from watchdog.identity import Identity, Role, require_role
 from watchdog.incidents import IncidentService
 from watchdog.jobs import JobTracker
 from watchdog.operator_models import (
@@ -77,10 +82,13 @@ from watchdog.operator_models import (
     ReplayBody,
     ReplayOut,
     SweepOut,
+    WhoAmI,
 )
+from watchdog.plan import Plan
 from watchdog.plugins import PluginCatalog
-from watchdog.policy import Policy, parse_policy_text
-from watchdog.remediation import RemediationService
+from watchdog.policy import ApprovalRule, Policy, parse_policy_text
+from watchdog.records import Incident
+from watchdog.remediation import MANUAL_RULE, RemediationService
 from watchdog.remediation_setup import ManualRun, parse_params, preview
 from watchdog.replay import Replay, replay_incident, replay_window
 from watchdog.responder import Responder
@@ -88,6 +96,8 @@ from watchdog.settings import Mode
 from watchdog.sweeps import Sweeper
 from watchdog.tokens import ApiToken, TokenNameTaken, TokenNotFound, TokenStore
 from watchdog_sdk.errors import PlaybookError
+from watchdog_sdk.outcomes import PlannedAction, Precheck
+from watchdog_sdk.registry import AnyPlaybook
 
 WINDOW_UNITS: Final = {"d": "days", "h": "hours", "m": "minutes"}
 
@@ -107,6 +117,7 @@ class Operations:
     policy_source: str
     plugins: PluginCatalog
     mode: Mode
+    stream_limits: StreamLimits = field(default_factory=StreamLimits)
 
 
 OPS_KEY: Final = web.AppKey("operations", Operations)
@@ -174,6 +185,12 @@ async def _decide_incident(request: web.Request, inputs: Inputs, decision: Decis
         approval=ApprovalOut.of(approval), approvals_required=required, actor=identity.actor
     )
     return json_model_response(answer)
+
+
+@ROUTE_TABLE.route("GET /whoami", "The caller's identity and role", response=WhoAmI)
+async def whoami(request: web.Request, inputs: Inputs) -> web.Response:
+    identity = require_role(request, Role.VIEWER, "see who you are")
+    return json_model_response(WhoAmI.model_validate(identity.as_json()))
 
 
 # -- named tokens ---------------------------------------------------------------------------------------
@@ -265,38 +282,102 @@ async def run_playbook(request: web.Request, inputs: Inputs) -> web.Response:
         params = parse_params(playbook, {**ops.policy.playbook(name).params, **body.params})
     except PlaybookError as exc:
         raise ApiError(422, "invalid_payload", str(exc), field="params") from None
-    raw = params.model_dump(mode="json")
-    run_of = {"incident_id": incident.id, "playbook": name, "params": raw}
-    events = f"/api/v1/incidents/{incident.id}/events"
+    run = _Run(ops, identity, incident, playbook, params.model_dump(mode="json"))
     if body.dry_run:
-        precheck, actions = await preview(playbook, incident.execution_id, raw, ops.remediation.contexts)
+        precheck, actions = await run.preview()
         checked = PrecheckOut(ok=precheck.ok, reason=precheck.reason)
-        dry = PlaybookRunOut.model_validate(
-            {**run_of, "remediation_id": None, "state": "dry_run", "precheck": checked, "actions": actions}
-            | {"events": events}
-        )
-        return json_model_response(dry, 200)
+        return json_model_response(run.answer(None, "dry_run", precheck=checked, actions=actions), 200)
     if not incident.is_open:
         raise ApiError(409, "conflict", f"incident {incident.id} is {incident.status}: open a new one to act")
-    remediation_id = f"rem_{secrets.token_urlsafe(9)}"
-    run = ManualRun(
-        playbook=name,
-        execution_id=incident.execution_id,
-        params=raw,
-        actor=identity.actor,
-        rationale=f"run through the API by {identity.actor} ({remediation_id})",
-    )
-    await ops.incidents.record(
-        incident.id,
-        "playbook_requested",
-        actor=identity.actor,
-        data={"remediation_id": remediation_id, "playbook": name, "params": raw},
-    )
-    ops.jobs.spawn(ops.remediation.run_manual(run), name=f"playbook-{remediation_id}")
-    started = PlaybookRunOut.model_validate(
-        {**run_of, "remediation_id": remediation_id, "state": "started", "events": events}
-    )
-    return json_model_response(started, 202)
+    rule = ops.policy.approval_for(name, ops.policy.playbook(name).risk or playbook.risk)
+    if rule is not None and (rule.approvers_required > 1 or approver_problem(rule, identity) is not None):
+        return await run.propose(rule)
+    return await run.start()
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One playbook asked for through the API: shown, started, or proposed for approval."""
+
+    ops: Operations
+    identity: Identity
+    incident: Incident
+    playbook: AnyPlaybook
+    params: dict[str, Any]
+    remediation_id: str = field(default_factory=lambda: f"rem_{secrets.token_urlsafe(9)}")
+
+    def answer(self, remediation_id: str | None, state: str, **more: Any) -> PlaybookRunOut:
+        return PlaybookRunOut.model_validate(
+            {
+                "remediation_id": remediation_id,
+                "incident_id": self.incident.id,
+                "playbook": self.playbook.name,
+                "state": state,
+                "params": self.params,
+                "events": f"/api/v1/incidents/{self.incident.id}/events",
+                **more,
+            }
+        )
+
+    async def preview(self) -> tuple[Precheck, tuple[PlannedAction, ...]]:
+        contexts = self.ops.remediation.contexts
+        return await preview(self.playbook, self.incident.execution_id, self.params, contexts)
+
+    @property
+    def rationale(self) -> str:
+        return f"asked for through the API by {self.identity.actor} ({self.remediation_id})"
+
+    async def record(self, **more: Any) -> None:
+        data = {"remediation_id": self.remediation_id, "playbook": self.playbook.name, "params": self.params}
+        await self.ops.incidents.record(
+            self.incident.id, "playbook_requested", actor=self.identity.actor, data={**data, **more}
+        )
+
+    async def start(self) -> web.Response:
+        """Run it now: the remediation state machine, in the background (followed through events)."""
+        manual = ManualRun(
+            playbook=self.playbook.name,
+            execution_id=self.incident.execution_id,
+            params=self.params,
+            actor=self.identity.actor,
+            rationale=self.rationale,
+        )
+        await self.record()
+        self.ops.jobs.spawn(self.ops.remediation.run_manual(manual), name=f"playbook-{self.remediation_id}")
+        return json_model_response(self.answer(self.remediation_id, "started"), 202)
+
+    async def propose(self, rule: ApprovalRule) -> web.Response:
+        """The approval rule needs more than the requester: a prompt for the plan (superseding one
+        pending for the incident's former plan), with the requester's own vote when they may approve
+        (one of two)."""
+        precheck, actions = await self.preview()
+        if not precheck.ok:
+            raise ApiError(
+                409, "preconditions_refused", f"{self.playbook.name}: {precheck.reason}; nothing proposed"
+            )
+        plan = Plan(
+            execution_id=self.incident.execution_id,
+            likely_cause="manual",
+            playbook=self.playbook.name,
+            params=self.params,
+            risk=self.ops.policy.playbook(self.playbook.name).risk or self.playbook.risk,
+            mode=self.ops.mode,
+            requires_approval=True,
+            will_act=True,
+            rule=MANUAL_RULE,
+            rationale=self.rationale,
+            actions=list(actions),
+        )
+        await self.record(approval="needed")
+        await self.ops.responder.propose(self.incident, plan, self.rationale, actor=self.identity.actor)
+        approval = await self.ops.approvals.pending_of(self.incident.id)
+        if approval is None:  # the prompt could not be made (the incident moved meanwhile)
+            raise ApiError(409, "conflict", f"incident {self.incident.id} could not be put to approval")
+        if approver_problem(rule, self.identity) is None:
+            approval = await self.ops.approvals.decide(approval.id, Decision.APPROVE, identity=self.identity)
+        return json_model_response(
+            self.answer(self.remediation_id, "awaiting_approval", approval=ApprovalOut.of(approval)), 202
+        )
 
 
 @ROUTE_TABLE.route(
@@ -313,8 +394,9 @@ async def incident_events(request: web.Request, inputs: Inputs) -> web.StreamRes
     if wants_stream(request):
         last = request.headers.get("Last-Event-ID", "")
         after = max(query.after, int(last)) if last.isdigit() and len(last) < 19 else query.after
+        ops = request.app[OPS_KEY]
         return await stream_events(
-            request, store, request.app[OPS_KEY].approvals.clock, incident_id, after=after
+            request, store, ops.approvals.clock, incident_id, after=after, limits=ops.stream_limits
         )
     page = await page_events(store, incident_id, after=query.after, limit=query.limit)
     answer = EventPage(

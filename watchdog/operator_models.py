@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from watchdog.api_models import IncidentId
+from watchdog.api_models import ApprovalOut, IncidentId
 from watchdog_sdk.outcomes import PlannedAction
 
 MAX_EVENTS_PAGE = 1000
@@ -38,6 +38,17 @@ class _Answer(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class WhoAmI(_Answer):
+    """`GET /whoami`: the caller's identity as the service sees it."""
+
+    name: str
+    role: Literal["viewer", "approver", "operator", "admin"]
+    source: Literal["token", "proxy", "slack", "link", "bootstrap"]
+    groups: list[str]
+    email: str | None
+    actor: str = Field(description="how the audit log names the caller, e.g. token:alice")
+
+
 # -- playbooks --------------------------------------------------------------------------------------
 
 
@@ -55,15 +66,18 @@ class PrecheckOut(_Answer):
 
 
 class PlaybookRunOut(_Answer):
-    """202 `started`: the service runs it (follow `events`); 200 `dry_run`: what it would do."""
+    """202 `started`: the service runs it (follow `events`); 202 `awaiting_approval`: the policy's
+    approval rule needs (more) approvers, a prompt was made (`approval`, with the requester's vote
+    when they may approve); 200 `dry_run`: what it would do."""
 
     remediation_id: str | None = Field(description="the run's id (in its audit entries); null for a dry run")
     incident_id: int
     playbook: str
-    state: Literal["started", "dry_run"]
+    state: Literal["started", "awaiting_approval", "dry_run"]
     params: dict[str, Any]
     precheck: PrecheckOut | None = None
     actions: list[PlannedAction] = Field(default_factory=list)
+    approval: ApprovalOut | None = None
     events: str = Field(description="where to follow it: the incident's events route")
 
 

@@ -128,6 +128,34 @@ class Responder:
             return await self._ask(incident, plan, summary)
         return await self.remediation.execute(incident_id)
 
+    async def propose(self, incident: Incident, plan: Plan, summary: str, *, actor: str) -> Outcome:
+        """Ask for approval of a plan a person made (a playbook asked for through the operator API that
+        the policy's approval rule does not let its requester settle alone). A prompt still pending for
+        the incident's former plan is superseded (`denied` by `actor`, audited `approval_superseded`);
+        the plan is stored on the incident, then the same prompt, links and notification follow as for
+        a planned one."""
+        async with self.store.transaction() as tx:
+            for pending in await tx.list_approvals(states=["pending"], incident_id=incident.id):
+                now = self.clock.now()
+                if await tx.update_approval(
+                    pending.id, expected_state=["pending"], state="denied", decided_at=now, decided_by=actor
+                ):
+                    data = {"approval_id": pending.id, "by": plan.playbook}
+                    await tx.add_audit(incident.id, "approval_superseded", actor=actor, data=data)
+            expected = (incident.status,)
+            if incident.status == "awaiting_approval":  # back to open: the new prompt asks again
+                await transition_in(
+                    tx,
+                    incident.id,
+                    "open",
+                    actor=actor,
+                    reason=f"{plan.playbook} asked for",
+                    expected=expected,
+                )
+            await tx.update_incident(incident.id, plan=plan)
+            await tx.add_audit(incident.id, "plan", actor=actor, data={"rationale": plan.rationale})
+        return await self._ask(incident, plan, summary)
+
     async def _ask(self, incident: Incident, plan: Plan, summary: str) -> Outcome:
         async with self.store.transaction() as tx:
             approval = await self.approvals.create_in(

@@ -127,6 +127,9 @@ class WatchdogSettings(BaseSettings):
     policy_file: Path | None = None  # unset: the shipped default policy
     mode: Mode = Mode.RECOMMEND
     approval_ttl_seconds: float = Field(default=900.0, gt=0)
+    # The longest one server-sent events stream of an incident lasts (GET /api/v1/incidents/{id}/events
+    # with Accept: text/event-stream); the client reconnects with Last-Event-ID.
+    events_stream_seconds: float = Field(default=300.0, ge=0, le=3600)
     # Identity from an authenticating proxy (oauth2-proxy; docs/operations.md "Identity and roles"):
     # its X-Forwarded-User/-Email/-Groups (or X-Auth-Request-*) headers are believed only when enabled
     # and only from a peer inside `trusted_proxies` (CIDRs); `proxy_role_map` maps a group, an email

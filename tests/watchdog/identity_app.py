@@ -20,6 +20,7 @@ from watchdog.plan import Plan
 from watchdog.records import Approval
 from watchdog.settings import Mode, WatchdogSettings
 from watchdog_sdk.outcomes import Risk
+from watchdog_sdk.registry import Registry
 
 TRUSTED_PEER = "127.0.0.1"
 UNTRUSTED_PEER = "127.0.0.2"
@@ -77,9 +78,15 @@ class IdentityApp:
 
 @contextlib.asynccontextmanager
 async def serving_identity_app(
-    database_url: str, *, bootstrap_token: str, clock: Clock, diagnose: Diagnose
+    database_url: str,
+    *,
+    bootstrap_token: str,
+    clock: Clock,
+    diagnose: Diagnose,
+    registry: Registry | None = None,
 ) -> AsyncIterator[IdentityApp]:
-    """The app (the `identity_app` fixture of tests/watchdog/conftest.py)."""
+    """The app (the `identity_app` fixture of tests/watchdog/conftest.py); `registry` replaces the
+    playbooks (e.g. with a recording one)."""
     settings = WatchdogSettings(
         database_url=database_url,
         api_tokens=[bootstrap_token],
@@ -90,8 +97,9 @@ async def serving_identity_app(
         trusted_proxies=[f"{TRUSTED_PEER}/32"],
         proxy_role_map={"sre": "approver", "sre-leads": "operator", "boss@example.com": "admin"},
         public_url="https://watchdog.example.com",
+        events_stream_seconds=0,  # a stream of an open incident ends after what is there
     )
-    wd = await build_watchdog(settings, clock=clock, diagnose=diagnose, respond=False)
+    wd = await build_watchdog(settings, clock=clock, diagnose=diagnose, respond=False, registry=registry)
     server = TestServer(create_app(wd), host="127.0.0.1")
     await server.start_server()
     try:

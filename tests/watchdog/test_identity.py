@@ -164,6 +164,26 @@ def test_the_proxy_role_is_the_highest_one_mapped(
     assert not ProxyAuth(enabled=False, trusted_proxies=["10.0.0.0/8"]).trusts("10.1.2.3")
 
 
+async def test_whoami_shows_the_callers_identity(identity_app: IdentityApp) -> None:
+    alice = await identity_app.token("alice", "approver")
+    async with identity_app.client(alice) as client:
+        by_token = (await client.get("/api/v1/whoami")).json()
+    async with identity_app.client(
+        None, **{"X-Forwarded-User": "bob", "X-Forwarded-Groups": "sre, ops"}
+    ) as bob:
+        by_proxy = (await bob.get("/api/v1/whoami")).json()
+    assert by_token == {
+        "name": "alice",
+        "role": "approver",
+        "source": "token",
+        "groups": [],
+        "email": None,
+        "actor": "token:alice",
+    }
+    assert by_proxy["actor"] == "proxy:bob" and by_proxy["groups"] == ["sre", "ops"]
+    assert by_proxy["role"] == "approver"
+
+
 def test_an_identity_is_audited_as_source_and_name() -> None:
     identity = Identity(name="alice@example.com", role=Role.APPROVER, source="proxy")
     assert identity.actor == "proxy:alice@example.com"

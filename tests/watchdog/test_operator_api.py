@@ -3,9 +3,30 @@ server-sent events, a sweep asked for, the loaded policy and modes, and the role
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 
-from tests.watchdog.identity_app import IdentityApp
+import pytest
+
+from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, ScriptedDiagnose
+from tests.watchdog.identity_app import IdentityApp, serving_identity_app
+from tests.watchdog.recording_playbook import RecordingPlaybook
+from watchdog_sdk.registry import Registry
+
+
+@pytest.fixture
+async def recording_app(_no_pending_tasks: None, database_url: str) -> AsyncIterator[IdentityApp]:
+    """The identity app whose `restart_agent` is a recording playbook (medium risk: no approval rule)."""
+    serving = serving_identity_app(
+        database_url,
+        bootstrap_token=WATCHDOG_TOKEN,
+        clock=FakeClock(),
+        diagnose=ScriptedDiagnose(),
+        registry=Registry([RecordingPlaybook()]),
+    )
+    async with serving as app:
+        yield app
 
 
 async def _incident_with_history(app: IdentityApp) -> int:
@@ -56,6 +77,23 @@ async def test_events_stream_as_server_sent_events_and_end_on_a_closed_incident(
     assert ids == [e["seq"] for e in paged["items"]]
     end = json.loads(frames[-1].split("data: ", 1)[1])
     assert frames[-1].startswith("event: end") and end["incident_status"] == "escalated"
+
+
+async def test_a_stream_is_bounded_by_its_lifetime_and_resumes_after_the_last_event_id(
+    identity_app: IdentityApp,
+) -> None:
+    incident_id = (await identity_app.prompt()).incident_id  # open, awaiting an answer
+    async with identity_app.client() as client:
+        paged = (await client.get(f"/api/v1/incidents/{incident_id}/events")).json()
+        resumed = await client.get(
+            f"/api/v1/incidents/{incident_id}/events",
+            headers={"Accept": "text/event-stream", "Last-Event-ID": str(paged["items"][0]["seq"])},
+        )
+    frames = [frame for frame in resumed.text.split("\n\n") if frame.strip()]
+    ids = [int(f.split("\n")[0].removeprefix("id: ")) for f in frames if "event: audit" in f]
+    assert len(paged["items"]) >= 2 and ids == [e["seq"] for e in paged["items"][1:]]
+    assert frames[-1].startswith("event: end")
+    assert json.loads(frames[-1].split("data: ", 1)[1])["incident_status"] == "open"
 
 
 async def test_a_sweep_is_for_operators_and_reports_what_it_did(identity_app: IdentityApp) -> None:
@@ -116,3 +154,25 @@ async def test_replay_needs_one_target_and_a_valid_policy(identity_app: Identity
     assert both.status_code == 422 and "exactly one of incident_id and since" in both.json()["detail"]
     assert invalid.status_code == 422 and invalid.json()["field"] == "policy"
     assert window.status_code == 200 and window.json() == {"items": [], "changed": 0}
+
+
+async def test_a_playbook_without_an_approval_rule_is_run_by_the_service_at_once(
+    recording_app: IdentityApp,
+) -> None:
+    incident_id = (await recording_app.prompt()).incident_id
+    olga = await recording_app.token("olga", "operator")
+    playbook = recording_app.wd.remediation.registry.get("restart_agent")
+    assert isinstance(playbook, RecordingPlaybook)
+    async with recording_app.client(olga) as client:
+        started = await client.post(
+            f"/api/v1/incidents/{incident_id}/playbooks/restart_agent", json={"params": {"agent_id": "a1"}}
+        )
+        assert started.status_code == 202, started.text
+        assert started.json()["state"] == "started" and started.json()["approval"] is None
+        async with asyncio.timeout(10):  # the run is a tracked job of the service: wait for it to end
+            await recording_app.wd.jobs.wait_idle()
+        events = (await client.get(started.json()["events"])).json()
+    assert playbook.side_effects == 1
+    assert events["incident_status"] == "resolved"
+    mine = {e["kind"] for e in events["items"] if e["actor"] == "token:olga"}
+    assert {"playbook_requested", "apply"} <= mine

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from tests.watchdog.approval_stack import Stack
+from tests.watchdog.approval_stack import Stack, approval_id_of, links
 
 REPLAY_POLICY = """
 version: 1
@@ -38,31 +38,39 @@ async def _token(stack: Stack, name: str, role: str) -> str:
     return token
 
 
-async def test_a_playbook_run_through_the_api_is_executed_by_the_service_and_followed_by_events(
+async def test_a_high_risk_playbook_asked_for_is_proposed_and_runs_once_a_second_person_approves(
     stack: Stack,
 ) -> None:
-    await stack.stuck_incident()
+    diagnosed_prompt = await stack.stuck_incident()
     olga = await _token(stack, "olga", "operator")
+    alice = await _token(stack, "alice", "approver")
     path = f"/api/v1/incidents/{stack.incident_id}/playbooks/cancel"
     async with stack.client(olga) as client:
         dry = await client.post(path, json={"dry_run": True})
         assert dry.status_code == 200, dry.text
         assert dry.json()["state"] == "dry_run" and dry.json()["precheck"]["ok"] and dry.json()["actions"]
-        assert (await _status(stack)) == "running"
-        started = await client.post(path, json={})
-        assert started.status_code == 202, started.text
-        remediation_id = started.json()["remediation_id"]
+        assert await _status(stack) == "running"
+        asked = await client.post(path, json={})
+    assert asked.status_code == 202, asked.text
+    assert asked.json()["state"] == "awaiting_approval"
+    assert asked.json()["approval"]["votes"] == ["token:olga"] and await _status(stack) == "running"
+    superseded = approval_id_of(links(diagnosed_prompt)["approve"])
+    assert (await stack.wd.approvals.get(superseded)).state == "denied"
+    async with stack.client(alice) as client:
+        approved = await client.post(f"/api/v1/incidents/{stack.incident_id}/approve")
+        assert approved.json()["approval"]["state"] == "approved", approved.text
         streamed = await client.get(
-            started.json()["events"], headers={"Accept": "text/event-stream"}, timeout=60.0
+            asked.json()["events"], headers={"Accept": "text/event-stream"}, timeout=60.0
         )
-    frames = [f for f in streamed.text.split("\n\n") if f.startswith("id: ")]
-    events = [json.loads(f.split("data: ", 1)[1]) for f in frames]
-    requested = next(e for e in events if e["kind"] == "playbook_requested")
-    assert requested["actor"] == "token:olga" and requested["data"]["remediation_id"] == remediation_id
-    assert any(e["actor"] == "token:olga" and e["kind"] != "playbook_requested" for e in events)
+    events = [
+        json.loads(f.split("data: ", 1)[1]) for f in streamed.text.split("\n\n") if f.startswith("id: ")
+    ]
+    kinds = {(e["kind"], e["actor"]) for e in events}
+    assert ("playbook_requested", "token:olga") in kinds and ("approval_superseded", "token:olga") in kinds
+    assert ("approval_vote", "token:olga") in kinds and ("approval_decided", "token:alice") in kinds
     end = json.loads(streamed.text.rsplit("event: end\ndata: ", 1)[1])
     assert end["incident_status"] == "resolved"
-    assert (await _status(stack)) == "cancelled"
+    assert await _status(stack) == "cancelled"
 
 
 async def test_replay_through_the_api_plans_again_and_acts_on_nothing(stack: Stack) -> None:

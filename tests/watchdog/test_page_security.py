@@ -81,3 +81,14 @@ async def test_a_form_post_from_this_site_or_without_origin_is_taken(
     assert answer.status_code == 303, answer.text
     assert answer.headers["Referrer-Policy"] == "no-referrer"
     assert (await identity_app.wd.approvals.get(approval.id)).state == "denied"
+
+
+async def test_a_script_on_another_site_cannot_approve_with_the_proxy_session(
+    identity_app: IdentityApp,
+) -> None:
+    approval = await identity_app.prompt()
+    sre = {"X-Forwarded-User": "bob", "X-Forwarded-Groups": "sre", "Origin": "https://evil.example.net"}
+    async with identity_app.client(None, **sre) as browser:
+        answer = await browser.post(f"/api/v1/incidents/{approval.incident_id}/approve")
+    assert answer.status_code == 403 and answer.json()["error"] == "foreign_origin"
+    assert (await identity_app.wd.approvals.get(approval.id)).state == "pending"

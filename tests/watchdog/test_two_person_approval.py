@@ -55,6 +55,17 @@ async def test_the_same_approver_twice_is_refused_with_409(identity_app: Identit
     assert (await identity_app.wd.approvals.get(approval.id)).state == "pending"
 
 
+async def test_the_shared_bootstrap_token_is_one_approver_whatever_name_it_gives(
+    identity_app: IdentityApp,
+) -> None:
+    approval = await identity_app.prompt(Risk.HIGH)
+    async with identity_app.client() as admin:
+        first = await admin.post(f"/api/v1/approvals/{approval.id}/approve", json={"actor": "alice"})
+        second = await admin.post(f"/api/v1/approvals/{approval.id}/approve", json={"actor": "bob"})
+    assert first.json()["votes"] == ["bootstrap:alice"]
+    assert second.status_code == 409 and second.json()["error"] == "same_approver"
+
+
 async def test_a_deny_settles_a_two_person_approval_at_once(identity_app: IdentityApp) -> None:
     approval = await identity_app.prompt(Risk.HIGH)
     async with identity_app.client(None, **SRE) as bob:
@@ -100,7 +111,7 @@ async def test_a_rule_with_groups_refuses_an_approver_outside_them(identity_app:
         rules=lambda plan: policy.approval_for(plan.playbook, plan.risk),
     )
     bob = Identity(name="bob", role=Role.OPERATOR, source="proxy", groups=("sre",))
-    with pytest.raises(ApproverRefused, match="a member of dba is needed"):
+    with pytest.raises(ApproverRefused, match="proxy:bob is not in dba: a member is needed"):
         await service.decide(approval.id, Decision.APPROVE, identity=bob)
     dan = Identity(name="dan", role=Role.APPROVER, source="proxy", groups=("dba",))
     assert (await service.decide(approval.id, Decision.APPROVE, identity=dan)).state == "approved"
