@@ -1,6 +1,6 @@
 """Following an incident from the CLI (`watchdog.cli.follow`) against the real watchdog app served on
-loopback (SQLite; its orchestrator unreachable): a run whose preconditions cannot pass is reported
-refused with exit 1, a follow that outlives its timeout says how to follow on, and the clock and the
+loopback (SQLite; its orchestrator unreachable): a run the bootstrap (admin) token may start alone
+(restart_agent, medium risk) whose preconditions cannot pass is reported refused with exit 1, a follow that outlives its timeout says how to follow on, and the clock and the
 pause between polls are the test's (no sleeping)."""
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ def test_a_run_refused_by_its_preconditions_ends_the_follow_with_exit_1(
         TOKEN,
         "playbook",
         "run",
-        "cancel",
+        "restart_agent",
+        "--param",
+        "agent_id=a1",
         "--incident",
         incident,
     ]
@@ -87,7 +89,17 @@ def test_a_follow_past_its_timeout_says_how_to_follow_on(server: ServedWatchdog)
 def test_on_a_terminal_a_run_shows_its_events_as_lines_and_the_ending(server: ServedWatchdog) -> None:
     assert server.seeded is not None
     incident = str(server.seeded.incident_id)
-    argv = ["--server", server.base_url, "playbook", "run", "cancel", "--incident", incident]
+    argv = [
+        "--server",
+        server.base_url,
+        "playbook",
+        "run",
+        "restart_agent",
+        "--param",
+        "agent_id=a1",
+        "--incident",
+        incident,
+    ]
     controller, terminal = pty.openpty()
     env = {"PATH": os.environ["PATH"], "HOME": str(Path.cwd()), "GL_WATCHDOG_TOKEN": TOKEN, "TERM": "xterm"}
     proc = subprocess.Popen([GL_WATCHDOG, *argv], stdin=terminal, stdout=terminal, stderr=terminal, env=env)

@@ -139,6 +139,10 @@ async def test_from_another_directory_the_cli_diagnoses_lists_shows_and_approves
         )
         assert code == 0, err
         tokens[name] = serve.token_file(f"{name}.token", json.loads(out)["token"])
+    code, out, err = await asyncio.to_thread(serve.cli, "whoami", "-o", "json", token_file=tokens["victor"])
+    assert code == 0 and json.loads(out)["actor"] == "token:victor" and json.loads(out)["role"] == "viewer", (
+        err
+    )
     code, out, err = await asyncio.to_thread(
         serve.cli, "approve", str(incident_id), token_file=tokens["victor"]
     )
@@ -189,7 +193,7 @@ async def test_refusals_and_failures_exit_by_kind_with_one_line(serve: Served) -
         assert (await http.get("/healthz")).status_code == 200  # the failures left it serving
 
 
-async def test_a_playbook_run_from_the_cli_is_executed_and_followed_by_the_service(
+async def test_a_high_risk_playbook_run_from_the_cli_is_proposed_approved_by_another_and_followed(
     serve: Served, orchestrator_service: OrchestratorProcess
 ) -> None:
     execution_id = orchestrator_service.start_hung_run()
@@ -221,25 +225,39 @@ async def test_a_playbook_run_from_the_cli_is_executed_and_followed_by_the_servi
     assert dry["state"] == "dry_run" and dry["precheck"]["ok"] is True
     assert orchestrator_service.http.get(f"/executions/{execution_id}").json()["status"] == "running"
 
+    # cancel is high risk: two approvers. The operator's run is proposed with her vote; a second
+    # person's approval runs it, in the service, and the events show it to the end.
     code, out, err = await asyncio.to_thread(
         serve.cli, "playbook", "run", "cancel", "--incident", str(incident_id), "-o", "json", token_file=olga
     )
     assert code == 0, err
     lines = [json.loads(line) for line in out.splitlines()]
-    assert lines[0]["accepted"]["state"] == "started" and lines[-1]["result"]["status"] == "resolved"
-    kinds = [line["event"]["kind"] for line in lines[1:-1]]
-    assert "playbook_requested" in kinds and "preconditions" in kinds and "verify" in kinds
-    assert {
-        line["event"]["actor"] for line in lines[1:-1] if line["event"]["kind"] == "playbook_requested"
-    } == {"token:olga"}
+    assert lines[0]["accepted"]["state"] == "awaiting_approval"
+    assert lines[0]["accepted"]["approval"]["votes"] == ["token:olga"]
+    assert lines[-1]["result"]["status"] == "awaiting_approval"
+    assert orchestrator_service.http.get(f"/executions/{execution_id}").json()["status"] == "running"
+    code, out, err = await asyncio.to_thread(
+        serve.cli, "tokens", "create", "alice", "--role", "approver", "-o", "json"
+    )
+    assert code == 0, err
+    alice = serve.token_file("alice.token", json.loads(out)["token"])
+    code, out, err = await asyncio.to_thread(
+        serve.cli, "approve", str(incident_id), "-o", "table", token_file=alice
+    )
+    assert code == 0 and "approved" in out and "by token:alice" in out, err
+
+    code, out, err = await asyncio.to_thread(serve.cli, "events", str(incident_id), "--follow", "-o", "json")
+    assert code == 0, err  # until the incident is final, every event once, in order
+    followed = [json.loads(line)["event"] for line in out.splitlines()]
+    assert [e["seq"] for e in followed] == sorted({e["seq"] for e in followed})
+    kinds = [e["kind"] for e in followed]
+    assert "playbook_requested" in kinds and "approval_vote" in kinds and "verify" in kinds
+    code, out, err = await asyncio.to_thread(serve.cli, "incidents", "show", str(incident_id), "-o", "json")
+    assert code == 0 and json.loads(out)["status"] == "resolved", err
     assert orchestrator_service.http.get(f"/executions/{execution_id}").json()["status"] == "cancelled"
 
     code, out, err = await asyncio.to_thread(serve.cli, "events", str(incident_id), "-o", "table")
     assert code == 0 and "token:olga" in out and "playbook_requested" in out, err
-    code, out, err = await asyncio.to_thread(serve.cli, "events", str(incident_id), "--follow", "-o", "json")
-    assert code == 0, err  # the incident is resolved: following ends at once, after every event
-    followed = [json.loads(line)["event"] for line in out.splitlines()]
-    assert [e["seq"] for e in followed] == sorted(e["seq"] for e in followed) and followed[-1]["kind"]
     code, out, err = await asyncio.to_thread(serve.cli, "sweep", "-o", "json", token_file=olga)
     assert code == 0 and json.loads(out)["result"] == "ok", err
     code, out, err = await asyncio.to_thread(serve.cli, "policy", "show", "-o", "json")

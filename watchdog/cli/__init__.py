@@ -6,7 +6,7 @@ a context of the config file (`watchdog.cli.contexts`, like kubectl's) or by `--
 they need no database, Redis or orchestrator credentials here:
 
     incidents list|show, diagnose, events, approve, deny,     (watchdog.cli.incidents, .operate)
-    playbook run|propose, sweep, policy show, modes, tokens
+    playbook run|propose, sweep, policy show, modes, tokens, whoami
     config set-context|use-context|get-contexts|current-context|delete-context   (.config_commands)
 
 The local commands work on this machine's files and credentials and say so in their help: `serve`,
@@ -92,6 +92,7 @@ for command in (
     operate.sweep,
     operate.modes,
     operate.tokens_group,
+    operate.whoami,
     local.serve,
     local.replay,
     remediation_cli.demo,

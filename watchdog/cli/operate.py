@@ -147,8 +147,9 @@ def run(
     output: str | None,
 ) -> None:
     """Run a playbook on an incident in the service (policy, budgets, approval and audit apply) and
-    follow it: a live status line on a terminal, events as JSON lines with -o json. Exit 0 when
-    resolved (or waiting for approval), 1 when refused, escalated or not verified."""
+    follow it: a live status line on a terminal, events as JSON lines with -o json. Where the policy
+    wants more approvers it is proposed instead (exit 0, saying who must approve). Exit 0 when
+    resolved, 1 when refused, escalated or not verified."""
     if local_run:
         if execution is None or incident is not None:
             raise CliError("--local needs --execution ID (and no --incident)", EXIT_USAGE)
@@ -164,9 +165,12 @@ def run(
     follower.skip_past()
     answer = _start(session, name, incident_id, param, dry_run=False)
     if out.mode == "table":
-        out.note(f"{name} started on incident {incident_id} ({answer.get('remediation_id')})")
+        out.note(f"{name} {answer['state']} on incident {incident_id} ({answer.get('remediation_id')})")
     else:
         out.json_line({"accepted": answer})
+    if answer["state"] == "awaiting_approval":  # the policy wants (more) approvers: nothing runs yet
+        _proposed(out, incident_id, answer)
+        return
     if no_follow:
         return
     follower.until(run_ended, timeout)
@@ -178,6 +182,20 @@ def run(
         out.json_line({"result": result})
     if follower.refusal is not None or follower.status != "resolved":
         raise click.exceptions.Exit(EXIT_FAILED)
+
+
+def _proposed(out: Output, incident_id: int, answer: dict[str, Any]) -> None:
+    """A run the policy's approval rule holds: say who must approve (exit 0: it was asked for)."""
+    approval = answer.get("approval") or {}
+    votes = ", ".join(approval.get("votes") or []) or "none"
+    said = (
+        f"awaiting approval {approval.get('id', '?')} (votes so far: {votes}); another approver runs it "
+        f"with `gl-watchdog approve {incident_id}`"
+    )
+    if out.mode == "table":
+        out.note(said)
+    else:
+        out.json_line({"result": {"incident_id": incident_id, "status": "awaiting_approval", "detail": said}})
 
 
 def _ending(incident_id: int, status: str, refusal: str | None) -> str:
@@ -245,6 +263,14 @@ def modes(session: Session, output: str | None) -> None:
     """The remediation mode, each playbook's, and the kill switch (the mode is configuration: the
     service has no live switch to set; `observe` is the kill switch)."""
     Output.of(output).emit(session.client().get("/modes"), lambda m: key_values(m, title="modes"))
+
+
+@click.command("whoami")
+@output_option()
+@pass_session
+def whoami(session: Session, output: str | None) -> None:
+    """Who the service takes you for: the identity and role of your token (or proxy sign-in)."""
+    Output.of(output).emit(session.client().get("/whoami"), lambda me: key_values(me, title="you"))
 
 
 # -- tokens -----------------------------------------------------------------------------------------
