@@ -1,7 +1,8 @@
 """Following an incident from the CLI (`watchdog.cli.follow`) against the real watchdog app served on
 loopback (SQLite; its orchestrator unreachable): a run the bootstrap (admin) token may start alone
-(restart_agent, medium risk) whose preconditions cannot pass is reported refused with exit 1, a follow that outlives its timeout says how to follow on, and the clock and the
-pause between polls are the test's (no sleeping)."""
+(restart_agent, medium risk) whose preconditions cannot pass is reported refused with exit 1, a
+follow that outlives its timeout says how to follow on, and the clock and the pause between polls
+are the test's (no sleeping)."""
 
 from __future__ import annotations
 
