@@ -346,6 +346,7 @@ def create_app(watchdog: Watchdog) -> web.Application:
         trusted_proxies=settings.trusted_proxies,
         role_map=settings.proxy_role_map,
         default_role=settings.proxy_default_role,
+        headers=settings.proxy_headers,
         on_forged=failures.refused,
     )
     tokens = TokenStore(watchdog.store)

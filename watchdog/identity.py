@@ -16,10 +16,11 @@ Roles are ordered: viewer < approver < operator < admin (each may do what the on
     operator   diagnose, run or propose a playbook, sweep, open an incident, post alerts
     admin      named tokens, the live mode
 
-Proxy headers (oauth2-proxy's `X-Forwarded-User`/`-Email`/`-Groups`, or `X-Auth-Request-User`/
-`-Email`/`-Groups`) are trusted only when `proxy_auth_enabled` and the peer address is inside one of
-`trusted_proxies`; from anywhere else they are ignored, and the forgery is reported at a bounded rate
-per source (`watchdog.auth_failures`), never trusted.
+Proxy headers (oauth2-proxy's `X-Auth-Request-User`/`-Email`/`-Groups`, or `X-Forwarded-User`/
+`-Email`/`-Groups`: one set, `proxy_headers`, never both, since a proxy overwrites only the set it
+sets and passes the other through from the client) are trusted only when `proxy_auth_enabled` and the
+peer address is inside one of `trusted_proxies`; from anywhere else they are ignored, and the forgery
+is reported at a bounded rate per source (`watchdog.auth_failures`), never trusted.
 """
 
 from __future__ import annotations
@@ -36,10 +37,13 @@ from gl_common.http import ApiError
 
 Source = Literal["token", "proxy", "slack", "link", "bootstrap"]
 BOOTSTRAP_NAME: Final = "admin"
-PROXY_HEADER_SETS: Final = (
-    ("X-Forwarded-User", "X-Forwarded-Email", "X-Forwarded-Groups"),
-    ("X-Auth-Request-User", "X-Auth-Request-Email", "X-Auth-Request-Groups"),
-)
+HeaderSet = Literal["x-auth-request", "x-forwarded"]
+# (user, email, groups) of each kind of proxy: oauth2-proxy's `--set-xauthrequest` headers (what an
+# ingress controller's external auth passes on), or its `--pass-user-headers` X-Forwarded-* ones.
+PROXY_HEADERS: Final[dict[str, tuple[str, str, str]]] = {
+    "x-auth-request": ("X-Auth-Request-User", "X-Auth-Request-Email", "X-Auth-Request-Groups"),
+    "x-forwarded": ("X-Forwarded-User", "X-Forwarded-Email", "X-Forwarded-Groups"),
+}
 MAX_HEADER_VALUE: Final = 256  # a user name or an email
 MAX_GROUPS_VALUE: Final = 8192  # the comma-separated groups
 
@@ -154,9 +158,11 @@ class ProxyAuth:
         trusted_proxies: Iterable[str] = (),
         role_map: Mapping[str, Role] | None = None,
         default_role: Role = Role.VIEWER,
+        headers: HeaderSet = "x-auth-request",
         on_forged: OnForged | None = None,
     ) -> None:
         self.enabled = enabled
+        self.headers = PROXY_HEADERS[headers]
         self.networks = tuple(ipaddress.ip_network(cidr, strict=False) for cidr in trusted_proxies)
         self.role_map = dict(role_map or {})
         self.default_role = default_role
@@ -170,12 +176,14 @@ class ProxyAuth:
             address = ipaddress.ip_address(peer)
         except ValueError:
             return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # a dual-stack listener's view of an IPv4 peer
         return any(address in network for network in self.networks)
 
     def identify(self, request: web.Request, *, report: bool = True) -> Identity | None:
         """The proxy's identity of `request`, or None (no header, or a peer not trusted: reported as
         forged when `report`)."""
-        headers = _proxy_headers(request)
+        headers = _proxy_headers(request, self.headers)
         if headers is None:
             return None
         if not self.trusts(request.remote):
@@ -201,16 +209,16 @@ class ProxyAuth:
         return max(roles, key=lambda role: role.rank, default=self.default_role)
 
 
-def _proxy_headers(request: web.Request) -> tuple[str | None, str | None, tuple[str, ...]] | None:
-    """(user, email, groups) from the first header set present, or None when none is."""
-    for user_h, email_h, groups_h in PROXY_HEADER_SETS:
-        user, email = _header(request, user_h), _header(request, email_h)
-        if user is None and email is None:
-            continue
-        groups_text = _header(request, groups_h, MAX_GROUPS_VALUE) or ""
-        groups = tuple(g.strip() for g in groups_text.split(",") if g.strip())
-        return user, email, groups
-    return None
+def _proxy_headers(
+    request: web.Request, names: tuple[str, str, str]
+) -> tuple[str | None, str | None, tuple[str, ...]] | None:
+    """(user, email, groups) from the headers `names`, or None when neither user nor email is there."""
+    user_h, email_h, groups_h = names
+    user, email = _header(request, user_h), _header(request, email_h)
+    if user is None and email is None:
+        return None
+    groups_text = _header(request, groups_h, MAX_GROUPS_VALUE) or ""
+    return user, email, tuple(g.strip() for g in groups_text.split(",") if g.strip())
 
 
 def _header(request: web.Request, name: str, limit: int = MAX_HEADER_VALUE) -> str | None:

@@ -25,7 +25,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 from gl_common.auth import TokenSource
 from gl_common.db import PoolSettings
 from gl_common.settings_files import SettingsFileError, ensure_secret_file, read_yaml_mapping
-from watchdog.identity import Role
+from watchdog.identity import HeaderSet, Role
 from watchdog_sdk.constants import ORCHESTRATOR_APP_SELECTOR
 from watchdog_sdk.diagnostic_step import DiagnosticSettings
 from watchdog_sdk.errors import ConfigError
@@ -138,6 +138,10 @@ class WatchdogSettings(BaseSettings):
     trusted_proxies: list[str] = Field(default_factory=list)
     proxy_role_map: dict[str, Role] = Field(default_factory=dict)
     proxy_default_role: Role = Role.VIEWER
+    # Which set of headers the proxy sets (and overwrites): X-Auth-Request-* (oauth2-proxy's
+    # --set-xauthrequest, passed on by an ingress controller's external auth) or X-Forwarded-*
+    # (oauth2-proxy as the reverse proxy, --pass-user-headers). Only that set is read.
+    proxy_headers: HeaderSet = "x-auth-request"
     # Where a laptop set-up keeps generated secrets (see `with_local_secrets`).
     state_dir: Path = Path(".gl-watchdog")
 

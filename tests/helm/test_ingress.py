@@ -8,6 +8,8 @@ Same fixtures as test_chart.py (conftest.py): rendered offline through Helm's Go
 
 from __future__ import annotations
 
+from typing import Any
+
 import kubernetes_validate
 import pytest
 
@@ -66,11 +68,13 @@ def test_the_proxy_identity_values_become_settings_the_watchdog_accepts(
         "GL_WATCHDOG_TRUSTED_PROXIES",
         "GL_WATCHDOG_PROXY_ROLE_MAP",
         "GL_WATCHDOG_PROXY_DEFAULT_ROLE",
+        "GL_WATCHDOG_PROXY_HEADERS",
     ):
         monkeypatch.setenv(name, env[name]["value"])
     settings = load_settings()
     assert settings.proxy_auth_enabled and settings.trusted_proxies == ["10.244.0.0/16"]
     assert settings.proxy_role_map == {"sre": Role.APPROVER, "boss@example.com": Role.ADMIN}
+    assert settings.proxy_headers == "x-auth-request"
 
 
 @pytest.mark.parametrize(
@@ -79,8 +83,18 @@ def test_the_proxy_identity_values_become_settings_the_watchdog_accepts(
         {"proxyAuth": True, "trustedProxies": []},
         {"roleMap": {"sre": "root"}},
         {"trustedProxies": ["everywhere"]},
+        {"headers": "x-remote-user"},
     ],
 )
 def test_the_schema_refuses_proxy_auth_it_cannot_trust(render: Render, identity: dict[str, object]) -> None:
     with pytest.raises(Exception, match="identity"):
         render({"watchdog": {"identity": identity}})
+
+
+def test_notes_say_how_to_make_named_tokens_and_where_the_console_is(render_raw: Any) -> None:
+    default = render_raw()["gl-watchdog/templates/NOTES.txt"]
+    assert "/api/v1/tokens" in default and "The console and approval pages" not in default
+    notes = render_raw({"ingress": INGRESS, "watchdog": {"identity": IDENTITY}})[
+        "gl-watchdog/templates/NOTES.txt"
+    ]
+    assert f"https://{HOST}/" in notes and "identity from the auth proxy's headers" in notes

@@ -94,6 +94,7 @@ async def serving_identity_app(
         orchestrator_timeout_seconds=0.5,
         approval_signing_key="k" * 32,
         proxy_auth_enabled=True,
+        proxy_headers="x-forwarded",
         trusted_proxies=[f"{TRUSTED_PEER}/32"],
         proxy_role_map={"sre": "approver", "sre-leads": "operator", "boss@example.com": "admin"},
         public_url="https://watchdog.example.com",

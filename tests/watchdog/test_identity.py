@@ -133,13 +133,22 @@ async def test_a_proxy_header_from_an_untrusted_address_is_ignored_and_counted(
     identity_app: IdentityApp,
 ) -> None:
     approval = await identity_app.prompt()
-    forged = {"X-Auth-Request-User": "mallory", "X-Auth-Request-Groups": "sre-leads"}
+    forged = {"X-Forwarded-User": "mallory", "X-Forwarded-Groups": "sre-leads"}
     async with identity_app.client(None, peer=UNTRUSTED_PEER, **forged) as mallory:
         answer = await mallory.post(f"/api/v1/incidents/{approval.incident_id}/approve")
         metrics = (await mallory.get("/metrics")).text
     assert answer.status_code == 401
     assert (await identity_app.wd.approvals.get(approval.id)).state == "pending"
     assert 'gl_watchdog_auth_failures_total{reason="untrusted_proxy_header"} 1.0' in metrics
+
+
+async def test_only_the_configured_set_of_proxy_headers_is_read(identity_app: IdentityApp) -> None:
+    """The app reads X-Forwarded-*: X-Auth-Request-* headers, which its proxy would pass through from
+    the client untouched, give no identity even from the trusted address."""
+    other_set = {"X-Auth-Request-User": "mallory", "X-Auth-Request-Groups": "sre-leads"}
+    async with identity_app.client(None, **other_set) as client:
+        refused = await client.get("/api/v1/whoami")
+    assert refused.status_code == 401
 
 
 @pytest.mark.parametrize(
@@ -161,6 +170,7 @@ def test_the_proxy_role_is_the_highest_one_mapped(
     )
     assert proxy.role_of(user, email, groups) is role
     assert proxy.trusts("10.1.2.3") and not proxy.trusts("192.168.0.1") and not proxy.trusts(None)
+    assert proxy.trusts("::ffff:10.1.2.3") and not proxy.trusts("not-an-address")
     assert not ProxyAuth(enabled=False, trusted_proxies=["10.0.0.0/8"]).trusts("10.1.2.3")
 
 
