@@ -246,7 +246,11 @@ def time_cli(settings_values: dict[str, Any], stuck: list[str], limit: float) ->
     started = time.perf_counter()
     try:
         done = subprocess.run(
-            [str(BIN_DIR / "gl-watchdog"), "sweep"], env=env, capture_output=True, text=True, timeout=limit
+            [str(BIN_DIR / "gl-watchdog"), "sweep", "--local", "-o", "json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=limit,
         )
     except subprocess.TimeoutExpired:
         return {"seconds": None, "error": f"killed after {limit:.0f} s"}

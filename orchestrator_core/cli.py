@@ -1,4 +1,4 @@
-"""`gl-orchestrator`: the command line of the orchestrator.
+"""`gl-orchestrator`: the command line of the orchestrator (click, the same conventions as `gl-watchdog`).
 
 Where it sits: the console script (pyproject `gl-orchestrator = orchestrator_core.cli:main`).
 
@@ -6,29 +6,37 @@ Where it sits: the console script (pyproject `gl-orchestrator = orchestrator_cor
   (env `GL_ORCHESTRATOR_*` over the YAML file over defaults), opens the `OrchestratorService`, serves
   `api.build_app` and runs the maintenance loop. SIGTERM/SIGINT: stop admitting, give running runs
   `shutdown_grace_seconds`, mark what is left `interrupted`, release locks, stop the HTTP server, exit 0.
-- `gl-orchestrator run DAG_FILE [--input JSON] [--database-url URL] [--timeout S]`: runs one DAG on the
-  embedded defaults (in-process agents, a throw-away SQLite store unless a URL is given), shows node
-  events on stderr as they happen and prints the final trace as JSON on stdout. Exit 0 when the run
-  completed, 1 when it did not, 2 on bad input.
+- `gl-orchestrator run DAG_FILE [--input JSON] [--database-url URL] [--timeout S] [-o table|json|yaml]`:
+  runs one DAG on the embedded defaults (in-process agents, a throw-away SQLite store unless a URL is
+  given), shows node events on stderr as they happen and prints the final trace on stdout: JSON
+  (the default when stdout is not a terminal) or YAML, or a table of its nodes (the default on a
+  terminal; colour only there, never with NO_COLOR).
 
-Errors are one line on stderr and a non-zero exit, never a traceback.
+Exit codes, as `gl-watchdog`'s: 0 done (the run completed), 1 failed (the run did not complete, the
+service could not start), 2 bad usage or input (a DAG, --input, a settings file). Errors are one line
+on stderr, never a traceback. `--version`; shell completion with `_GL_ORCHESTRATOR_COMPLETE`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import click
+import yaml
 from aiohttp import web
+from rich.console import Console
+from rich.table import Table
 
 from gl_common.auth import is_loopback
 from gl_common.logs import configure_logging
@@ -55,44 +63,72 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gl-orchestrator",
-        description="A compact DAG orchestrator: checkpoints, ownership locks and the runbook's REST API.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+EXIT_CODES_HELP = """Exit codes: 0 done (the run completed); 1 failed (the run did not complete, the
+service could not start); 2 bad usage or input (DAG, --input, settings)."""
 
-    serve = commands.add_parser(
-        "serve",
-        help="run the orchestrator service (REST API, metrics, admission, locks)",
-        description="Run the orchestrator service. Settings come from GL_ORCHESTRATOR_* environment "
-        "variables over --config FILE over defaults (see docs/architecture.md).",
-    )
-    serve.add_argument("--config", type=Path, help="YAML settings file")
-    serve.add_argument("--host", help="listen address (overrides settings)")
-    serve.add_argument("--port", type=int, help="listen port (overrides settings)")
 
-    run = commands.add_parser(
-        "run",
-        help="run one DAG file locally and print its trace",
-        description="Run a DAG (JSON or YAML) with the in-process agents and print its trace as JSON.",
-    )
-    run.add_argument("dag_file", type=Path, metavar="DAG_FILE", help="DAG definition (.json, .yaml, .yml)")
-    run.add_argument("--input", dest="input_json", default="null", help="input_data as JSON (default: null)")
-    run.add_argument("--database-url", help="store URL (default: a temporary SQLite file)")
-    run.add_argument("--timeout", type=float, help="cancel the run after this many seconds")
-    run.add_argument(
-        "--deterministic", action="store_true", help="deterministic mode (stable order, seeded jitter)"
-    )
-    return parser
+def _version() -> str:
+    try:
+        return version("gl-watchdog")
+    except PackageNotFoundError:  # pragma: no cover - a source tree without installing
+        return "unknown"
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+    epilog=EXIT_CODES_HELP,
+)
+@click.version_option(_version(), "--version", prog_name="gl-orchestrator")
+def cli() -> None:
+    """A compact DAG orchestrator: checkpoints, ownership locks and the runbook's REST API."""
+
+
+@cli.command("serve")
+@click.option("--config", type=click.Path(path_type=Path), help="YAML settings file")
+@click.option("--host", help="listen address (overrides settings)")
+@click.option("--port", type=int, help="listen port (overrides settings)")
+def serve_command(config: Path | None, host: str | None, port: int | None) -> None:
+    """Run the orchestrator service (REST API, metrics, admission, locks). Settings come from
+    GL_ORCHESTRATOR_* environment variables over --config FILE over defaults (docs/architecture.md)."""
+    _serve_command(config, host, port)
+
+
+@cli.command("run")
+@click.argument("dag_file", type=click.Path(path_type=Path), metavar="DAG_FILE")
+@click.option("--input", "input_json", default="null", help="input_data as JSON (default: null)")
+@click.option("--database-url", help="store URL (default: a temporary SQLite file)")
+@click.option("--timeout", type=float, help="cancel the run after this many seconds")
+@click.option("--deterministic", is_flag=True, help="deterministic mode (stable order, seeded jitter)")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["table", "json", "yaml"]),
+    help="the trace: table (default on a terminal), json (default otherwise), yaml",
+)
+def run_command(
+    dag_file: Path,
+    input_json: str,
+    database_url: str | None,
+    timeout: float | None,
+    deterministic: bool,
+    output: str | None,
+) -> None:
+    """Run a DAG (JSON or YAML) locally with the in-process agents and print its trace."""
+    code = _run_command(dag_file, input_json, database_url, timeout, deterministic, output)
+    if code:
+        raise click.exceptions.Exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Entry point of `gl-orchestrator`; returns the exit code (EXIT_CODES_HELP)."""
     try:
-        if args.command == "serve":
-            return _serve_command(args)
-        return _run_command(args)
+        args = list(argv) if argv is not None else None
+        result = cli.main(args=args, prog_name="gl-orchestrator", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_USAGE
     except ConfigError as exc:
         print(f"gl-orchestrator: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -102,20 +138,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OrchestratorError as exc:
         print(f"gl-orchestrator: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, click.exceptions.Abort):
         return EXIT_FAILED
+    return result if isinstance(result, int) else EXIT_OK  # click returns an Exit's code
 
 
 # -- serve ------------------------------------------------------------------------------------------
 
 
-def _serve_command(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
+def _serve_command(config: Path | None, host: str | None, port: int | None) -> None:
+    settings = load_settings(config)
     overrides: dict[str, Any] = {}
-    if args.host:
-        overrides["host"] = args.host
-    if args.port is not None:
-        overrides["port"] = args.port
+    if host:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
     if overrides:
         try:
             settings = OrchestratorSettings.model_validate({**settings.model_dump(), **overrides})
@@ -136,7 +173,6 @@ def _serve_command(args: argparse.Namespace) -> int:
         settings = settings.with_local_token()
         log.info("no API token configured: using the local token in %s", settings.api_token_file)
     asyncio.run(serve(settings))
-    return EXIT_OK
 
 
 async def serve(settings: OrchestratorSettings, *, stop: asyncio.Event | None = None) -> None:
@@ -205,28 +241,53 @@ class _Progress(EngineObserver):
         print(f"run {event.execution_id} {event.status}{error}", file=sys.stderr)
 
 
-def _run_command(args: argparse.Namespace) -> int:
-    path: Path = args.dag_file
+def _run_command(
+    path: Path,
+    input_json: str,
+    database_url: str | None,
+    timeout: float | None,
+    deterministic: bool,
+    output: str | None,
+) -> int:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
     document = load_document(text, "yaml" if path.suffix.lower() in (".yaml", ".yml") else "json")
     try:
-        input_data = json.loads(args.input_json)
+        input_data = json.loads(input_json)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--input is not valid JSON: {exc}") from exc
     with tempfile.TemporaryDirectory(prefix="gl-orchestrator-run-") as tmp:
-        url = args.database_url or f"sqlite+aiosqlite:///{Path(tmp) / 'run.db'}"
+        url = database_url or f"sqlite+aiosqlite:///{Path(tmp) / 'run.db'}"
         try:
             settings = OrchestratorSettings(database_url=url, redis_url=None, log_level="WARNING")
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         configure_logging(settings.log_level)
-        options = ExecutionOptions(checkpoint_enabled=True, deterministic_mode=bool(args.deterministic))
-        trace, status = asyncio.run(_run(settings, document, input_data, options, args.timeout))
-    print(json.dumps(trace, indent=2))
+        options = ExecutionOptions(checkpoint_enabled=True, deterministic_mode=deterministic)
+        trace, status = asyncio.run(_run(settings, document, input_data, options, timeout))
+    _print_trace(trace, output)
     return EXIT_OK if status == "completed" else EXIT_FAILED
+
+
+def _print_trace(trace: dict[str, Any], output: str | None) -> None:
+    """The trace as JSON, YAML, or a table of its nodes (the default on a terminal)."""
+    mode = output or ("table" if sys.stdout.isatty() else "json")
+    if mode == "json":
+        print(json.dumps(trace, indent=2))
+        return
+    if mode == "yaml":
+        print(yaml.safe_dump(json.loads(json.dumps(trace, default=str)), sort_keys=False), end="")
+        return
+    console = Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
+    nodes = Table("NODE", "AGENT", "STATUS", "ATTEMPTS", "ERROR", box=None, header_style="bold")
+    for node_id, node in (trace.get("node_traces") or {}).items():
+        error = node.get("error") or ""
+        nodes.add_row(node_id, str(node.get("agent_id")), str(node.get("status")),
+                      str(node.get("attempt_count")), str(error)[:80])  # fmt: skip
+    console.print(f"execution {trace.get('execution_id')} of {trace.get('dag_id')}: {trace.get('status')}")
+    console.print(nodes)
 
 
 async def _run(

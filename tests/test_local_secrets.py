@@ -66,7 +66,7 @@ def test_watchdog_client_commands_find_the_local_orchestrator_token(
     tmp_path: Path, orchestrator: int
 ) -> None:
     result = subprocess.run(
-        [str(BIN / "gl-watchdog"), "diagnose", "no-such-run"],
+        [str(BIN / "gl-watchdog"), "diagnose", "--local", "no-such-run"],
         cwd=tmp_path,
         env=_env(GL_WATCHDOG_ORCHESTRATOR_URL=f"http://127.0.0.1:{orchestrator}"),
         capture_output=True,

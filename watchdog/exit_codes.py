@@ -1,8 +1,8 @@
 """`gl-watchdog`'s exit codes: one table from the kind of failure to the code, for every command.
 
 Where it sits: `watchdog.cli.main` turns whatever a subcommand raises (its own, and those of
-`watchdog.remediation_cli`) into one line on stderr and `exit_code(exc)`; a subcommand that answers
-an HTTP status of a server itself (`approve`, `deny`) raises a `CliError` with `for_status(status)`.
+`watchdog.remediation_cli`) into one line on stderr and `exit_code(exc)`; the API client
+(`watchdog.client`) turns a server's error answer into a `CliError` with `for_status(status)`.
 So the same kind of failure gives the same code in every command (docs/architecture.md, "Exit codes"):
 
     0  done
@@ -11,9 +11,11 @@ So the same kind of failure gives the same code in every command (docs/architect
     2  bad usage, configuration or input (argparse, a settings or policy error, a malformed id, bad
        playbook params, a 400/422 from a server)
     (a playbook run by hand that the watchdog is already acting on is 1: refused by the state)
-    3  not found (an unknown execution, incident or approval prompt: a 404)
-    4  a backend unreachable or refusing us (the orchestrator, the database, the watchdog's API; a
-       timeout, a 5xx, a 429, or our credential refused: 401/403)
+    3  not found (an unknown execution, incident, approval prompt, token or context: a 404)
+    4  our credential refused or not allowed (a 401 or 403: a wrong or revoked token, a role too low,
+       a forged approval link)
+    5  a service unreachable or failing (the watchdog's API, the orchestrator, the database; a
+       refused connection, a timeout, a TLS failure, a 5xx, a 429)
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_NOT_FOUND: Final = 3
-EXIT_UNAVAILABLE: Final = 4
+EXIT_FORBIDDEN: Final = 4
+EXIT_UNAVAILABLE: Final = 5
 
 
 class CliError(Exception):
@@ -53,7 +56,8 @@ class CliError(Exception):
 _KINDS: Final[tuple[tuple[tuple[type[Exception], ...], int], ...]] = (
     ((ConfigError,), EXIT_USAGE),
     ((IncidentNotFound, ApprovalNotFound), EXIT_NOT_FOUND),
-    ((BackendUnavailable, StoreError, InvalidToken), EXIT_UNAVAILABLE),
+    ((InvalidToken,), EXIT_FORBIDDEN),
+    ((BackendUnavailable, StoreError), EXIT_UNAVAILABLE),
 )
 
 
@@ -75,6 +79,8 @@ def for_status(status: int) -> int:
         return EXIT_USAGE
     if status == 404:
         return EXIT_NOT_FOUND
-    if status in (401, 403, 429) or status >= 500:
+    if status in (401, 403):
+        return EXIT_FORBIDDEN
+    if status == 429 or status >= 500:
         return EXIT_UNAVAILABLE
     return EXIT_FAILED

@@ -1,15 +1,14 @@
-"""The remediation side of `gl-watchdog`: `approve`, `deny`, `playbook run`, `demo`.
+"""The local remediation commands of `gl-watchdog`: `playbook run --local` and `demo`.
 
-Plugged into the parser of `watchdog.cli` by `add_commands(sub, common)`; errors are raised as
-`WatchdogError` subclasses or `CliError`s, which `watchdog.cli.main` turns into one line on stderr and
-the exit code of their kind (`watchdog.exit_codes`: 2 bad input (bad params included, checked before the
-execution is looked up), 3 not found, 4 unreachable or our credential refused, 1 refused by the state
-or not resolved).
+Where it sits: called by `watchdog.cli` (`demo`) and `watchdog.cli.operate` (`playbook run --local`);
+errors are raised as `WatchdogError` subclasses or `CliError`s, which `watchdog.cli.main` turns into
+one line on stderr and the exit code of their kind (`watchdog.exit_codes`: 2 bad input (bad params
+included, checked before the execution is looked up), 3 not found, 4/5 our credential refused or a
+backend unreachable, 1 refused by the state or not resolved). Both work on this machine's files and
+credentials; an operator elsewhere uses `gl-watchdog playbook run NAME --incident ID`, which the
+service executes.
 
-    gl-watchdog approve|deny APPROVAL_ID [--url URL]   answer a prompt through the running watchdog's API
-                                                       (bearer token from settings), so the service that
-                                                       owns the incident continues the remediation
-    gl-watchdog playbook run NAME --execution ID [--param k=v ...] [--dry-run]
+    gl-watchdog playbook run NAME --local --execution ID [--param k=v ...] [--dry-run]
                                                        preconditions and plan; without --dry-run the
                                                        service's own remediation state machine applies
                                                        and verifies (`RemediationService.run_manual`) on
@@ -24,35 +23,30 @@ or not resolved).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
+from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
-import httpx
+import click
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from gl_common.clock import SystemClock
 from gl_common.ids import ExecutionId
 from playbooks.registry import default_registry
-from watchdog.api_models import ApprovalId
 from watchdog.assembly import build_watchdog
 from watchdog.backends import open_clients
 from watchdog.demo import run_demo
-from watchdog.exit_codes import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, CliError, for_status
+from watchdog.exit_codes import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, CliError
 from watchdog.policy import Policy, load_policy
 from watchdog.remediation_setup import ManualRun, PlaybookContexts, RemediationProgress, parse_params, preview
 from watchdog.settings import WatchdogSettings, load_settings
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
-from watchdog_sdk.errors import BackendUnavailable, ConfigError, NotFound, PlaybookError, WatchdogError
+from watchdog_sdk.errors import ConfigError, NotFound, PlaybookError, WatchdogError
 from watchdog_sdk.outcomes import ApplyResult, PlannedAction, Precheck, VerifyResult
 from watchdog_sdk.playbook import Playbook
-
-
-def _settings(args: argparse.Namespace) -> WatchdogSettings:
-    return load_settings(args.config).with_local_secrets(create=False)
 
 
 def _argument(kind: Any, value: str, name: str, rule: str) -> str:
@@ -63,90 +57,47 @@ def _argument(kind: Any, value: str, name: str, rule: str) -> str:
         raise CliError(f"{name} {value!r} is not valid: {rule}", EXIT_USAGE) from None
 
 
-# -- approve / deny -------------------------------------------------------------------------------------
-
-
-def cmd_approve(args: argparse.Namespace) -> int:
-    """Approve a pending approval prompt (the watchdog then applies the plan)."""
-    return _decide(args, "approve")
-
-
-def cmd_deny(args: argparse.Namespace) -> int:
-    """Deny a pending approval prompt (nothing is done; the incident is escalated)."""
-    return _decide(args, "deny")
-
-
-def _decide(args: argparse.Namespace, decision: str) -> int:
-    approval_id = _argument(
-        ApprovalId,
-        args.approval_id,
-        "APPROVAL_ID",
-        "1-64 of A-Z a-z 0-9 _ -, starting with a letter or digit",
-    )
-    settings = _settings(args)
-    url = (args.url or settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
-    tokens = settings.api_token_values()
-    headers = {"Authorization": f"Bearer {tokens[0]}"} if tokens else {}
-    endpoint = f"{url}/api/v1/approvals/{approval_id}/{decision}"
-    try:
-        response = httpx.post(
-            endpoint,
-            headers=headers,
-            json={"actor": args.actor},
-            timeout=settings.orchestrator_timeout_seconds,
-        )
-    except httpx.HTTPError as exc:
-        raise BackendUnavailable(f"watchdog API at {url} unreachable: {exc or type(exc).__name__}") from exc
-    try:
-        body = response.json()
-    except ValueError:
-        body = {"detail": response.text[:200]}
-    detail = str(body.get("detail", "")) if isinstance(body, dict) else ""
-    status = response.status_code
-    if status >= 400:
-        if status == 404:
-            message = detail or f"no approval {approval_id}"
-        elif status in (401, 403):
-            message = f"the watchdog refused the request ({status}): {detail} (check GL_WATCHDOG_API_TOKENS)"
-        elif status == 409:
-            message = detail
-        else:
-            message = f"the watchdog answered {status}: {detail}"
-        raise CliError(message, for_status(status))
-    try:
-        said = f"approval {body['id']}: {body['state']} (incident {body['incident_id']})"
-    except (TypeError, KeyError):
-        raise CliError(
-            f"the watchdog at {url} answered {status} without an approval", for_status(502)
-        ) from None
-    sys.stdout.write(said + "\n")
-    return EXIT_OK
-
-
 # -- playbook run ---------------------------------------------------------------------------------------
 
 
-def _parse_params(pairs: list[str]) -> dict[str, Any]:
+def parse_param_pairs(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`--param KEY=VALUE` pairs; each value read as YAML (numbers, booleans, lists), empty as ""."""
     params: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--param must be KEY=VALUE, got {pair!r}")
-        params[key] = yaml.safe_load(raw) if raw else ""
+        try:
+            params[key] = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            params[key] = raw  # not YAML: the text as given
     return params
 
 
-def cmd_playbook_run(args: argparse.Namespace) -> int:
-    """Run one playbook against one execution: preconditions, plan, apply, verify."""
+def playbook_run(
+    settings_file: str | None, name: str, execution: str, params: list[str], dry_run: bool
+) -> int:
+    """Run one playbook against one execution here: preconditions, plan, apply, verify."""
+    names = default_registry().names()
+    if name not in names:
+        raise CliError(f"unknown playbook {name!r}; the built-in ones are {', '.join(names)}", EXIT_USAGE)
     _argument(
         ExecutionId,
-        args.execution,
+        execution,
         "--execution",
         "1-64 of A-Z a-z 0-9 _ . : -, starting with a letter or digit",
     )
-    _parse_params(args.param or [])  # a malformed --param is a usage error before anything is opened
-    settings = _settings(args)
-    return asyncio.run(_playbook_run(settings, args))
+    parse_param_pairs(params)  # a malformed --param is a usage error before anything is opened
+    settings = load_settings(settings_file).with_local_secrets(create=False)
+    return asyncio.run(_playbook_run(settings, _Run(name, execution, params, dry_run)))
+
+
+@dataclass(frozen=True)
+class _Run:
+    name: str
+    execution: str
+    param: list[str]
+    dry_run: bool
 
 
 async def _require_execution(orchestrator: OrchestratorClient, execution_id: str) -> None:
@@ -223,10 +174,10 @@ class _Printer(RemediationProgress):
 
 
 async def _params(
-    orchestrator: OrchestratorClient, playbook: Playbook[Any], policy: Policy, args: argparse.Namespace
+    orchestrator: OrchestratorClient, playbook: Playbook[Any], policy: Policy, args: _Run
 ) -> dict[str, Any]:
     """The run's params: the policy's, then --param, then what the run itself names; validated."""
-    raw = {**policy.playbook(playbook.name).params, **_parse_params(args.param or [])}
+    raw = {**policy.playbook(playbook.name).params, **parse_param_pairs(args.param or [])}
     live = await _live_params(orchestrator, playbook.name, args.execution, raw)
     if live:
         found = ", ".join(f"{k}={v}" for k, v in live.items())
@@ -238,7 +189,7 @@ async def _params(
         raise CliError(f"{exc} (give them with --param KEY=VALUE)", EXIT_USAGE) from exc
 
 
-async def _playbook_run(settings: WatchdogSettings, args: argparse.Namespace) -> int:
+async def _playbook_run(settings: WatchdogSettings, args: _Run) -> int:
     if args.dry_run:  # no store: a dry run works while the watchdog's database is down
         policy, registry = load_policy(settings.policy_file), default_registry()
         clients = await open_clients(settings)
@@ -284,47 +235,14 @@ async def _playbook_run(settings: WatchdogSettings, args: argparse.Namespace) ->
 # -- demo -----------------------------------------------------------------------------------------------
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the embedded demo: a stuck emissions report detected, diagnosed, approved, fixed, verified."""
-    result = asyncio.run(run_demo(sys.stdout, yes=args.yes))
-    if args.json:
+@click.command("demo", short_help="(local) the embedded end-to-end demo")
+@click.option("--yes", is_flag=True, help="approve the remediation without asking")
+@click.option("--json", "as_json", is_flag=True, help="also print the result as JSON")
+def demo(yes: bool, as_json: bool) -> None:
+    """Run the embedded demo (local: in-process orchestrator, temporary files): a stuck emissions
+    report detected, diagnosed, approved, fixed, verified."""
+    result = asyncio.run(run_demo(sys.stdout, yes=yes))
+    if as_json:
         sys.stdout.write(json.dumps(result.__dict__, default=str) + "\n")
-    return EXIT_OK if result.ok else EXIT_FAILED
-
-
-# -- parser ---------------------------------------------------------------------------------------------
-
-
-def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Add approve, deny, playbook run and demo to `gl-watchdog`'s subparsers."""
-    for name, func in (("approve", cmd_approve), ("deny", cmd_deny)):
-        doc = func.__doc__ or name
-        p = sub.add_parser(name, parents=[common], help=doc.splitlines()[0].lower(), description=doc)
-        p.add_argument("approval_id", metavar="APPROVAL_ID")
-        p.add_argument("--url", help="the watchdog's URL (default: settings.public_url, else host:port)")
-        p.add_argument("--actor", default="cli", help="who decides (recorded in the audit log)")
-        p.set_defaults(func=func)
-
-    playbook = sub.add_parser("playbook", help="run a playbook by hand", description="Playbooks by hand.")
-    playbook_sub = playbook.add_subparsers(dest="playbook_command", metavar="COMMAND", required=True)
-    run = playbook_sub.add_parser(
-        "run",
-        parents=[common],
-        help="run one playbook against one execution",
-        description=cmd_playbook_run.__doc__,
-    )
-    names = default_registry().names()
-    run.add_argument("name", metavar="NAME", choices=names, help=f"the playbook: {', '.join(names)}")
-    run.add_argument("--execution", required=True, metavar="ID", help="the execution id")
-    run.add_argument(
-        "--param", action="append", metavar="KEY=VALUE", help="a playbook parameter (repeatable)"
-    )
-    run.add_argument("--dry-run", action="store_true", help="check and plan only; change nothing")
-    run.set_defaults(func=cmd_playbook_run)
-
-    demo = sub.add_parser(
-        "demo", parents=[common], help="run the embedded end-to-end demo", description=cmd_demo.__doc__
-    )
-    demo.add_argument("--yes", action="store_true", help="approve the remediation without asking")
-    demo.add_argument("--json", action="store_true", help="also print the result as JSON")
-    demo.set_defaults(func=cmd_demo)
+    if not result.ok:
+        raise click.exceptions.Exit(EXIT_FAILED)

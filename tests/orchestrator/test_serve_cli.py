@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import free_port
 
@@ -26,7 +27,7 @@ def cli(
 @pytest.mark.parametrize("args", [("--help",), ("serve", "--help"), ("run", "--help")])
 def test_help(args: tuple[str, ...]) -> None:
     result = cli(*args)
-    assert result.returncode == 0 and "usage: gl-orchestrator" in result.stdout
+    assert result.returncode == 0 and "Usage: gl-orchestrator" in result.stdout
 
 
 def test_run_prints_trace_and_progress(tmp_path: Path) -> None:
@@ -43,6 +44,33 @@ def test_run_prints_trace_and_progress(tmp_path: Path) -> None:
     assert trace["node_traces"]["b"]["attempt_count"] == 2
     assert "b (builtin.flaky) attempt 1" in result.stderr and "retry in" in result.stderr
     assert not list(tmp_path.glob("*.db")), "run must not leave a store behind in the working directory"
+
+
+def test_run_prints_the_trace_as_yaml_or_a_node_table_when_asked(tmp_path: Path) -> None:
+    dag = tmp_path / "dag.json"
+    dag.write_text(json.dumps({"dag_id": "y", "nodes": {"a": {"agent_id": "builtin.echo"}}}))
+    result = cli("run", str(dag), "-o", "yaml")
+    assert result.returncode == 0, result.stderr
+    trace = yaml.safe_load(result.stdout)
+    assert trace["status"] == "completed" and trace["node_traces"]["a"]["status"] == "completed"
+    result = cli("run", str(dag), "-o", "table", env={**os.environ, "NO_COLOR": "1"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith(": completed") and lines[1].split() == [
+        "NODE",
+        "AGENT",
+        "STATUS",
+        "ATTEMPTS",
+        "ERROR",
+    ]
+    assert lines[2].split()[:4] == ["a", "builtin.echo", "completed", "1"] and "\x1b[" not in result.stdout
+
+
+def test_version_and_a_bad_option_exit_like_gl_watchdog() -> None:
+    result = cli("--version")
+    assert result.returncode == 0 and result.stdout.startswith("gl-orchestrator, version ")
+    result = cli("run", "--no-such-option")
+    assert result.returncode == 2 and "No such option" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_run_failing_dag_exits_1(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""`gl-watchdog playbook run` (a subprocess) and the remediation loop's refusals with the real playbooks
-against the real orchestrator service: rate limit reached, circuit open, expired approval."""
+"""`gl-watchdog playbook run --local` (a subprocess) and the remediation loop's refusals with the real
+playbooks against the real orchestrator service: rate limit reached, circuit open, expired approval."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ async def test_playbook_run_dry_run_changes_nothing(env: Env, tmp_path: Path) ->
     await env.wait_running_node(execution_id, "stuck")
     db = f"sqlite+aiosqlite:///{tmp_path / 'wd.db'}"
     code, out = await cli(
-        env, "playbook", "run", "cancel", "--execution", execution_id, "--dry-run", database_url=db
+        env, "playbook", "run", "cancel", "--local", "--execution", execution_id, "--dry-run", database_url=db
     )
     assert code == 0, out
     assert "preconditions: ok" in out and f"cancel: cancel execution {execution_id}" in out
@@ -64,6 +64,7 @@ async def test_playbook_run_applies_and_verifies(env: Env, tmp_path: Path) -> No
         "playbook",
         "run",
         "restart_agent",
+        "--local",
         "--execution",
         execution_id,
         "--param",
@@ -84,15 +85,17 @@ async def test_playbook_run_refusal_and_bad_params_exit_non_zero(env: Env, tmp_p
     execution_id = await env.run(gate_dag("cli-done"))
     env.gates.open("cli-done")
     await env.orch.wait_status(execution_id, "completed")
-    code, out = await cli(env, "playbook", "run", "cancel", "--execution", execution_id, database_url=db)
+    code, out = await cli(
+        env, "playbook", "run", "cancel", "--local", "--execution", execution_id, database_url=db
+    )
     assert code == 1 and "REFUSED: run already finished" in out
     code, out = await cli(
-        env, "playbook", "run", "restart_agent", "--execution", execution_id, database_url=db
+        env, "playbook", "run", "restart_agent", "--local", "--execution", execution_id, database_url=db
     )
     assert code == 2 and "invalid params for restart_agent: agent_id: Field required" in out  # bad input
     assert "Traceback" not in out
-    code, out = await cli(env, "playbook", "run", "reboot", "--execution", "x", database_url=db)
-    assert code == 2 and "invalid choice: 'reboot'" in out
+    code, out = await cli(env, "playbook", "run", "reboot", "--local", "--execution", "x", database_url=db)
+    assert code == 2 and "unknown playbook 'reboot'" in out
 
 
 async def test_playbook_run_is_refused_while_the_circuit_breaker_is_open(env: Env, tmp_path: Path) -> None:
@@ -109,7 +112,7 @@ async def test_playbook_run_is_refused_while_the_circuit_breaker_is_open(env: En
     finally:
         await store.close()
     code, out = await cli(
-        env, "playbook", "run", "restart_agent", "--execution", execution_id, database_url=db
+        env, "playbook", "run", "restart_agent", "--local", "--execution", execution_id, database_url=db
     )
     assert code == 1, out
     assert "preconditions: ok" in out and "refused: circuit open: 3 failed remediations" in out
@@ -231,6 +234,7 @@ async def test_a_verified_run_by_hand_resolves_its_incident_and_names_the_agent_
         "playbook",
         "run",
         "restart_agent",
+        "--local",
         "--execution",
         execution_id,
         "--param",
@@ -260,7 +264,9 @@ async def test_a_run_by_hand_does_not_start_while_the_watchdog_acts_on_the_incid
         await incidents.transition(opened.incident.id, "remediating", actor="watchdog", reason="acting")
     finally:
         await store.close()
-    code, out = await cli(env, "playbook", "run", "cancel", "--execution", execution_id, database_url=db)
+    code, out = await cli(
+        env, "playbook", "run", "cancel", "--local", "--execution", execution_id, database_url=db
+    )
     assert code == 1, out
     assert "already acting on it" in out
     assert (await env.client.get_execution(execution_id)).status == "running"
@@ -273,7 +279,7 @@ async def test_a_refused_run_by_hand_leaves_no_open_incident_behind(env: Env, tm
     db = f"sqlite+aiosqlite:///{tmp_path / 'wd.db'}"
     # No Redis configured for the CLI: release_lock refuses, with the reason.
     code, out = await cli(
-        env, "playbook", "run", "release_lock", "--execution", execution_id, database_url=db
+        env, "playbook", "run", "release_lock", "--local", "--execution", execution_id, database_url=db
     )
     assert code == 1, out
     assert "preconditions: REFUSED" in out and "plan, were the preconditions met" in out
@@ -284,7 +290,14 @@ async def test_a_refused_run_by_hand_leaves_no_open_incident_behind(env: Env, tm
 async def test_missing_params_say_how_to_give_them(env: Env, tmp_path: Path) -> None:
     db = f"sqlite+aiosqlite:///{tmp_path / 'wd.db'}"
     code, out = await cli(
-        env, "playbook", "run", "increase_node_timeout", "--execution", "no-such-run", database_url=db
+        env,
+        "playbook",
+        "run",
+        "increase_node_timeout",
+        "--local",
+        "--execution",
+        "no-such-run",
+        database_url=db,
     )
     assert code == 2, out  # bad input, before the execution is looked up
     assert "dag_id: Field required" in out and "--param KEY=VALUE" in out
@@ -304,7 +317,7 @@ async def test_ctrl_c_during_a_run_by_hand_escalates_instead_of_leaving_it_remed
     }
     proc = await asyncio.create_subprocess_exec(
         GL_WATCHDOG,
-        *("playbook", "run", "restart_agent", "--execution", execution_id),
+        *("playbook", "run", "restart_agent", "--local", "--execution", execution_id),
         env=environment,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,

@@ -19,7 +19,9 @@ import pytest
 from tests.conftest import free_port, wait_for_port
 from tests.watchdog.conftest import FakeClock, make_plan
 from tests.watchdog.orchestrators import OrchestratorProcess, use_orchestrator
-from watchdog.cli import _setup_logging, main
+from watchdog.cli import main
+from watchdog.cli.incidents import shorten
+from watchdog.cli.local import setup_logging
 from watchdog.diagnostics.render import to_table
 from watchdog.diagnostics.runner import diagnose
 from watchdog.plugins import installed_plugins
@@ -40,12 +42,10 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("GL_WATCHDOG_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'wd.db'}")
 
 
-@pytest.mark.parametrize("argv", [[], ["serve"], ["diagnose"], ["incidents"], ["sweep"]])
+@pytest.mark.parametrize("argv", [[], ["serve"], ["diagnose"], ["incidents", "list"], ["sweep"], ["tokens"]])
 def test_help_everywhere(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main([*argv, "--help"])
-    assert exit_info.value.code == 0
-    assert "usage: gl-watchdog" in capsys.readouterr().out
+    assert main([*argv, "--help"]) == 0
+    assert "Usage: gl-watchdog" in capsys.readouterr().out
 
 
 def test_diagnose_prints_the_hung_node_and_its_agent(
@@ -57,11 +57,11 @@ def test_diagnose_prints_the_hung_node_and_its_agent(
     execution_id = orchestrator_service.start_hung_run()
     orchestrator_service.wait_over_timeout(execution_id)
 
-    assert main(["diagnose", execution_id]) == 0
+    assert main(["diagnose", "--local", execution_id]) == 0
     table = capsys.readouterr().out
     assert execution_id in table and "wedged" in table and "builtin.hang" in table
 
-    assert main(["diagnose", execution_id, "--format", "json"]) == 0
+    assert main(["diagnose", "--local", execution_id, "--format", "json"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["execution_id"] == execution_id
     assert document["stuck_node_id"] == "wedged" and document["agent_id"] == "builtin.hang"
@@ -69,7 +69,7 @@ def test_diagnose_prints_the_hung_node_and_its_agent(
     plugin_steps = [step.number for step in installed_plugins().steps if step.number > 8]
     assert [f["step"] for f in document["findings"]] == [1, 2, 3, 4, 5, 6, 7, 8, *plugin_steps]
 
-    assert main(["diagnose", execution_id, "--format", "markdown"]) == 0
+    assert main(["diagnose", "--local", execution_id, "--format", "markdown"]) == 0
     assert "wedged" in capsys.readouterr().out
 
 
@@ -79,18 +79,18 @@ def test_diagnose_unknown_execution_exits_3(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     use_orchestrator(monkeypatch, orchestrator_service)
-    assert main(["diagnose", "no-such-run"]) == 3
+    assert main(["diagnose", "--local", "no-such-run"]) == 3
     captured = capsys.readouterr()
     assert "no execution 'no-such-run'" in captured.err and "Traceback" not in captured.err
     assert captured.out == ""
 
 
-def test_diagnose_with_orchestrator_down_exits_4(
+def test_diagnose_with_orchestrator_down_exits_5(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("GL_WATCHDOG_ORCHESTRATOR_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("GL_WATCHDOG_ORCHESTRATOR_TIMEOUT_SECONDS", "2")
-    assert main(["diagnose", "exec-1"]) == 4
+    assert main(["diagnose", "--local", "exec-1"]) == 5
     err = capsys.readouterr().err
     assert "unreachable" in err and "Traceback" not in err
 
@@ -98,7 +98,7 @@ def test_diagnose_with_orchestrator_down_exits_4(
 def test_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("port: not-a-port\n")
-    assert main(["incidents", "--config", str(config)]) == 2
+    assert main(["incidents", "list", "--local", "--settings", str(config)]) == 2
     assert "port" in capsys.readouterr().err
 
 
@@ -109,7 +109,7 @@ async def _create_store(url: str) -> None:
 
 def test_incidents_table_json_and_status_filter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     asyncio.run(_create_store(f"sqlite+aiosqlite:///{tmp_path / 'wd.db'}"))  # as `serve` would have
-    assert main(["incidents"]) == 0
+    assert main(["incidents", "list", "--local", "-o", "table"]) == 0
     assert capsys.readouterr().out == "no incidents\n"
 
     async def seed() -> None:
@@ -128,14 +128,14 @@ def test_incidents_table_json_and_status_filter(tmp_path: Path, capsys: pytest.C
             await store.close()
 
     asyncio.run(seed())
-    assert main(["incidents"]) == 0
+    assert main(["incidents", "list", "--local", "-o", "table"]) == 0
     table = capsys.readouterr().out
     assert table.splitlines()[0].split()[:3] == ["ID", "STATUS", "EXECUTION"]
     assert "e-open" in table and "e-done" in table
-    assert main(["incidents", "--status", "open", "--format", "json"]) == 0
+    assert main(["incidents", "list", "--local", "--status", "open", "--format", "json"]) == 0
     items = json.loads(capsys.readouterr().out)["items"]
     assert [i["execution_id"] for i in items] == ["e-open"]
-    assert main(["incidents", "--status", "stuck"]) == 2
+    assert main(["incidents", "list", "--local", "--status", "stuck"]) == 2
     assert "unknown status stuck" in capsys.readouterr().err
 
 
@@ -148,11 +148,11 @@ def test_sweep_opens_an_incident_for_the_stuck_run(
     monkeypatch.setenv("GL_WATCHDOG_FOR_DURATION_SECONDS", "0")
     execution_id = orchestrator_service.start_hung_run()
     orchestrator_service.wait_over_timeout(execution_id)
-    assert main(["sweep"]) == 0
+    assert main(["sweep", "--local"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["result"] == "ok" and report["source"] == "api"
     assert [o["execution_id"] for o in report["opened"]] == [execution_id]
-    assert main(["incidents", "--format", "json"]) == 0
+    assert main(["incidents", "list", "--local", "--format", "json"]) == 0
     [incident] = json.loads(capsys.readouterr().out)["items"]
     assert incident["source"] == "sweep" and incident["summary"].startswith(
         "agent_unresponsive at node wedged"
@@ -231,12 +231,12 @@ def test_incidents_show_the_pending_approval_to_answer_from_the_cli(
             await store.close()
 
     asyncio.run(seed())
-    assert main(["incidents"]) == 0
+    assert main(["incidents", "list", "--local", "-o", "table"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "APPROVAL" in lines[0]
     assert any("e-wait" in line and "apr_pending1" in line for line in lines)
     assert any("e-other" in line and "apr_pending1" not in line for line in lines)
-    assert main(["incidents", "--format", "json"]) == 0
+    assert main(["incidents", "list", "--local", "--format", "json"]) == 0
     items = {i["execution_id"]: i for i in json.loads(capsys.readouterr().out)["items"]}
     assert items["e-wait"]["pending_approval"] == "apr_pending1"
     assert items["e-other"]["pending_approval"] is None
@@ -296,7 +296,7 @@ def test_long_cause_evidence_is_wrapped_in_the_table() -> None:
 
 @pytest.mark.usefixtures("in_an_empty_directory")
 def test_diagnose_with_an_empty_id_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["diagnose", " "]) == 2
+    assert main(["diagnose", "--local", " "]) == 2
     err = capsys.readouterr().err
     assert err == "gl-watchdog: error: EXECUTION_ID must not be empty\n"
 
@@ -309,7 +309,7 @@ def test_service_log_leaves_out_httpx_request_lines(monkeypatch: pytest.MonkeyPa
     try:
         for log, level in zip(loggers, (logging.WARNING, logging.NOTSET, logging.NOTSET), strict=True):
             log.setLevel(level)
-        _setup_logging("INFO")
+        setup_logging("INFO")
         assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
         assert not logging.getLogger("apscheduler.executors.default").isEnabledFor(logging.INFO)
         assert logging.getLogger("apscheduler").isEnabledFor(logging.WARNING)
@@ -323,7 +323,9 @@ def test_service_log_leaves_out_httpx_request_lines(monkeypatch: pytest.MonkeyPa
 def test_incidents_in_a_directory_without_the_store_does_not_invent_an_empty_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["incidents"]) == 4  # the default sqlite+aiosqlite:///gl-watchdog.db, relative to cwd
+    assert (
+        main(["incidents", "list", "--local"]) == 5
+    )  # the default sqlite+aiosqlite:///gl-watchdog.db, relative to cwd
     err = capsys.readouterr().err
     assert err.startswith(f"gl-watchdog: error: no watchdog database at {tmp_path / 'gl-watchdog.db'}")
     assert not (tmp_path / "gl-watchdog.db").exists()
@@ -331,40 +333,15 @@ def test_incidents_in_a_directory_without_the_store_does_not_invent_an_empty_one
 
 @pytest.mark.usefixtures("in_an_empty_directory")
 def test_incidents_limit_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["incidents", "--limit", "0"]) == 2
+    assert main(["incidents", "list", "--local", "--limit", "0"]) == 2
     assert "--limit must be at least 1" in capsys.readouterr().err
 
 
-@pytest.mark.usefixtures("in_an_empty_directory")
-def test_incident_table_shortens_a_long_summary_at_a_word(tmp_path: Path) -> None:
-    import io
-
-    from watchdog.cli import write_incident_table
-    from watchdog.store import Incident
-
-    now = datetime(2026, 3, 1, 12, tzinfo=UTC)
+def test_incident_table_shortens_a_long_summary_at_a_word() -> None:
     summary = "agent_unresponsive at node wedged (agent builtin.hang): step 4 (agent): node wedged logs"
-    incident = Incident.model_validate(
-        {
-            "id": 1,
-            "execution_id": "e-1",
-            "dag_id": None,
-            "status": "open",
-            "source": "alert",
-            "detection_source": "prometheus",
-            "opened_at": now,
-            "updated_at": now,
-            "closed_at": None,
-            "diagnosis": None,
-            "plan": None,
-            "verification": None,
-            "summary": summary,
-        }
-    )
-    out = io.StringIO()
-    write_incident_table([incident], out)
-    row = out.getvalue().splitlines()[1]
-    assert row.endswith("(agent builtin.hang): step 4 …") and len(row.split("  ")[-1]) <= 70
+    short = shorten(summary, 70)
+    assert short.endswith("(agent builtin.hang): step 4 …") and len(short) <= 70
+    assert shorten("fits   as is", 70) == "fits as is"
 
 
 @pytest.mark.usefixtures("in_an_empty_directory")
@@ -375,7 +352,7 @@ def test_diagnose_with_a_refused_token_says_which_setting(
 ) -> None:
     monkeypatch.setenv("GL_WATCHDOG_ORCHESTRATOR_URL", orchestrator_service.url)
     monkeypatch.setenv("GL_WATCHDOG_ORCHESTRATOR_TOKEN", "not-the-token")
-    assert main(["diagnose", "exec-1"]) == 4
+    assert main(["diagnose", "--local", "exec-1"]) == 4
     err = capsys.readouterr().err
     assert err.startswith("gl-watchdog: error: orchestrator answered 401")
     assert f"(at {orchestrator_service.url}): check GL_WATCHDOG_ORCHESTRATOR_TOKEN" in err
@@ -396,10 +373,10 @@ def test_incidents_say_when_the_limit_leaves_some_out(
             await store.close()
 
     asyncio.run(seed())
-    assert main(["incidents", "--limit", "2"]) == 0
+    assert main(["incidents", "list", "--local", "--limit", "2", "-o", "table"]) == 0
     captured = capsys.readouterr()
     assert "e-2" in captured.out and "e-1" in captured.out and "e-0" not in captured.out
     assert "showing the newest 2 of 3 incidents (--limit N for more)" in captured.err
-    assert main(["incidents", "--limit", "3", "--format", "json"]) == 0
+    assert main(["incidents", "list", "--local", "--limit", "3", "--format", "json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["total"] == 3 and captured.err == ""

@@ -3,8 +3,9 @@
 Each pair of a command and a kind of failure is its own test case, against the real services on loopback (an
 in-process orchestrator, the watchdog's app with a pending prompt, SQLite); the CLI runs in a
 thread (`main()` runs its own event loop). The table is `watchdog.exit_codes`': 1 refused by the
-state (409) or not resolved, 2 bad input, 3 not found (404), 4 unreachable or our credential
-refused (401/403).
+state (409) or not resolved, 2 bad input, 3 not found (404), 4 our credential refused (401/403), 5
+unreachable. The commands that ask the service go through its API (`--server`, `GL_WATCHDOG_TOKEN`);
+the `--local` ones use the orchestrator and the store directly.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from watchdog.cli import main
 from watchdog.settings import WatchdogSettings
 
 UNREACHABLE, UNAUTHORIZED, NOT_FOUND, CONFLICT, BAD_INPUT = "unreachable", "401", "404", "409", "bad-input"
-EXPECTED = {UNREACHABLE: 4, UNAUTHORIZED: 4, NOT_FOUND: 3, CONFLICT: 1, BAD_INPUT: 2}
+EXPECTED = {UNREACHABLE: 5, UNAUTHORIZED: 4, NOT_FOUND: 3, CONFLICT: 1, BAD_INPUT: 2}
 WATCHDOG_TOKEN = "cli-exit-codes-token-0123"
 
 
@@ -98,7 +99,9 @@ def _use(monkeypatch: pytest.MonkeyPatch, world: World, failure: str) -> None:
     monkeypatch.setenv("GL_WATCHDOG_ORCHESTRATOR_URL", orchestrator)
     monkeypatch.setenv("GL_WATCHDOG_ORCHESTRATOR_TOKEN", "wrong-token" if failure == UNAUTHORIZED else TOKEN)
     token = "wrong-token" if failure == UNAUTHORIZED else WATCHDOG_TOKEN
-    monkeypatch.setenv("GL_WATCHDOG_API_TOKENS", f'["{token}"]')
+    monkeypatch.setenv("GL_WATCHDOG_TOKEN", token)
+    url = world.watchdog_url if failure != UNREACHABLE else f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("GL_WATCHDOG_SERVER", url)
 
 
 async def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -117,7 +120,7 @@ async def test_diagnose(
 ) -> None:
     _use(monkeypatch, world, failure)
     execution_id = {NOT_FOUND: "no-such-run", BAD_INPUT: "../etc/passwd"}.get(failure, world.running_run)
-    code, err = await _run(["diagnose", execution_id], capsys)
+    code, err = await _run(["diagnose", "--local", execution_id], capsys)
     assert code == EXPECTED[failure], err
 
 
@@ -132,7 +135,7 @@ async def test_playbook_run(
 ) -> None:
     _use(monkeypatch, world, failure)
     execution_id = {NOT_FOUND: "no-such-run", CONFLICT: world.finished_run}.get(failure, world.running_run)
-    argv = ["playbook", "run", "cancel", "--execution", execution_id]
+    argv = ["playbook", "run", "cancel", "--local", "--execution", execution_id]
     if failure == BAD_INPUT:
         argv += ["--param", "no-equals-sign"]
     code, err = await _run([*argv, "--dry-run"] if dry_run else argv, capsys)
@@ -152,11 +155,10 @@ async def test_approve_and_deny(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     _use(monkeypatch, world, failure)
-    url = world.watchdog_url if failure != UNREACHABLE else f"http://127.0.0.1:{free_port()}"
     approval_id = {NOT_FOUND: "apr_doesnotexist0", CONFLICT: world.decided_id, BAD_INPUT: "../x"}.get(
         failure, world.approval_id
     )
-    code, err = await _run([command, approval_id, "--url", url], capsys)
+    code, err = await _run([command, approval_id], capsys)
     assert code == EXPECTED[failure], err
 
 
@@ -165,7 +167,7 @@ async def test_sweep(
     world: World, failure: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _use(monkeypatch, world, failure)
-    code, err = await _run(["sweep"], capsys)
+    code, err = await _run(["sweep", "--local"], capsys)
     assert code == EXPECTED[failure], err
 
 
@@ -177,6 +179,20 @@ async def test_incidents(
         monkeypatch.setenv(
             "GL_WATCHDOG_DATABASE_URL", f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/watchdog"
         )
-    argv = ["incidents", "--status", "stuck"] if failure == BAD_INPUT else ["incidents"]
+    argv = ["incidents", "list", "--local"] + (["--status", "stuck"] if failure == BAD_INPUT else [])
     code, err = await _run(argv, capsys)
     assert code == EXPECTED[failure], err
+
+
+@pytest.mark.parametrize("failure", [UNREACHABLE, UNAUTHORIZED, NOT_FOUND, BAD_INPUT])
+async def test_incidents_through_the_api(
+    world: World, failure: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _use(monkeypatch, world, failure)
+    incident = {NOT_FOUND: "2147483647", BAD_INPUT: "-1"}.get(failure, "1")
+    code, err = await _run(["incidents", "show", incident], capsys)
+    assert code == EXPECTED[failure], err
+    if failure != NOT_FOUND:
+        argv = ["incidents", "list"] + (["--since", "yesterday"] if failure == BAD_INPUT else [])
+        code, err = await _run(argv, capsys)
+        assert code == EXPECTED[failure], err

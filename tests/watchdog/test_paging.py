@@ -276,7 +276,8 @@ async def test_an_escalated_incident_pages_and_its_resolved_alert_resolves_the_p
         opened = await client.post("/api/v1/alerts", json=payload(alert()), headers=AUTH)
         [outcome] = (await opened.json())["alerts"]
         await asyncio.wait_for(paging_watchdog.jobs.wait_idle(), 10)
-        escalated = await paging_watchdog.remediation.closing.escalate(outcome["incident_id"], "on-call must look")
+        closing = paging_watchdog.remediation.closing
+        escalated = await closing.escalate(outcome["incident_id"], "on-call must look")
         assert escalated.status == "escalated"
         resolved = await client.post(
             "/api/v1/alerts", json=payload(alert(status="resolved"), status="resolved"), headers=AUTH

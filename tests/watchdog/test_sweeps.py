@@ -301,10 +301,10 @@ def test_a_run_interrupted_by_a_shutdown_gets_an_incident_and_a_resume_plan(
         use_orchestrator(monkeypatch, second)
         monkeypatch.setenv("GL_WATCHDOG_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'watchdog.db'}")
         monkeypatch.setenv("GL_WATCHDOG_FOR_DURATION_SECONDS", "0")
-        assert main(["sweep"]) == 0
+        assert main(["sweep", "--local"]) == 0
         report = json.loads(capsys.readouterr().out)
         assert [o["execution_id"] for o in report["opened"]] == [execution_id]
-        assert main(["diagnose", execution_id, "--format", "json"]) == 0
+        assert main(["diagnose", "--local", execution_id, "--format", "json"]) == 0
         diagnosis = json.loads(capsys.readouterr().out)
         assert diagnosis["likely_cause"] == "interrupted"
     finally:
