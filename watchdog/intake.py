@@ -265,7 +265,7 @@ class AlertIntake:
         """One transaction of a delivery's alerts; the incidents it opened are added to `opened`."""
         pending = self.repeats.take()
         try:
-            async with self.store.transaction("alert intake") as tx:
+            async with self.store.transaction("alert intake", urgent=True) as tx:
                 applied = [(index, alert, await self._one(tx, alert, receiver)) for index, alert in todo]
                 if pending:
                     await tx.add_repeats(pending)
@@ -334,7 +334,7 @@ class AlertIntake:
         if not pending:
             return
         try:
-            async with self.store.transaction("alert repeats") as tx:
+            async with self.store.transaction("alert repeats", urgent=True) as tx:
                 await tx.add_repeats(pending)
         except StoreError as exc:
             self.repeats.put_back(pending, self.store.clock.monotonic())

@@ -46,6 +46,7 @@ from watchdog.migrations import (
 )
 from watchdog.plan import Plan
 from watchdog.records import Action, AlertDelivery, Approval, AuditEntry, Incident
+from watchdog.write_turns import NoTurn, WriteTurns
 
 log = logging.getLogger(__name__)
 
@@ -442,6 +443,9 @@ class WatchdogStore:
         self.engine = database.engine
         self.clock = clock
         self.dialect = database.dialect
+        # On SQLite the process' writers take turns in the event loop, the intake first (one write
+        # lock per file; see watchdog.write_turns).
+        self.turns = WriteTurns(serialize=self.dialect == "sqlite")
 
     @classmethod
     async def open(
@@ -470,15 +474,24 @@ class WatchdogStore:
         await self.database.close()
 
     @contextlib.asynccontextmanager
-    async def transaction(self, what: str = "watchdog store") -> AsyncIterator[Tx]:
+    async def transaction(self, what: str = "watchdog store", *, urgent: bool = False) -> AsyncIterator[Tx]:
         """One transaction that may write: commit when the block ends, roll back when it raises. On
-        SQLite it begins with `BEGIN IMMEDIATE`, so writers queue on the busy timeout.
+        SQLite it begins with `BEGIN IMMEDIATE` once this process' earlier writers are done: they take
+        turns (`self.turns`), `urgent` ones (the intake's) first; other processes' writers queue on the
+        busy timeout.
 
         Database errors come out as StoreUnavailable (cannot connect, no answer in time) or StoreError
         (anything else); other exceptions of the block come out unchanged.
         """
-        async with self.database.transaction(what) as conn:
-            yield Tx(conn, self.clock)
+        try:
+            await self.turns.acquire(urgent=urgent, wait_seconds=self.database.timeout_seconds)
+        except NoTurn as exc:
+            raise StoreUnavailable(f"{what}: {exc} (this process' other writers held the store)") from exc
+        try:
+            async with self.database.transaction(what) as conn:
+                yield Tx(conn, self.clock)
+        finally:
+            self.turns.release()
 
     @contextlib.asynccontextmanager
     async def read(self, what: str = "watchdog store read") -> AsyncIterator[Tx]:
