@@ -197,6 +197,7 @@ async def build_watchdog(
         backoff=backoff,
     )
     context = DiagnosticContext(clients=clients, settings=settings.diagnostics(), clock=clock)
+    intake_gate = IntakeGate(settings.intake_in_flight(), settings.intake_wait_seconds)
     diagnosis = DiagnosisService(
         store=store,
         incidents=incidents,
@@ -210,6 +211,7 @@ async def build_watchdog(
         step_timeout_seconds=settings.step_timeout_seconds,
         backoff=backoff,
         queue_size=settings.diagnosis_queue_size,
+        yield_to=intake_gate.quiet,  # alert deliveries first
     )
     reconciler = Reconciler(
         store=store,
@@ -266,7 +268,7 @@ async def build_watchdog(
             incidents,
             metrics,
             diagnosis.start,
-            gate=IntakeGate(settings.intake_in_flight(), settings.intake_wait_seconds),
+            gate=intake_gate,
             known=KnownEpisodes(settings.intake_known_episodes),
         ),
         sweeper=sweeper,

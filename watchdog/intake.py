@@ -27,7 +27,11 @@ another execution or DAG is a `conflict`, named in the answer, and changes nothi
 
 At the speed of the store (`watchdog.episodes`): a repeat of an episode this replica knows recorded
 is answered from memory (its count written later in a batch); the other alerts of a delivery are
-applied in one transaction, once the gate lets the delivery at the store; a delivery that waits too
+applied in one transaction, once the gate lets the delivery at the store, together with those of the
+deliveries admitted while the previous transaction ran (group commit: one transaction per batch, not
+per delivery; when the store refuses a batch, each of its deliveries is tried alone, so a delivery
+fails only for itself). The intake's transactions are urgent: on SQLite they go before the other
+writers of the process (`watchdog.write_turns`), so diagnoses never starve it. A delivery that waits too
 long for its turn is shed (503 with Retry-After, `gl_watchdog_intake_shed_total`) before anything of
 it is written. When the store fails as the transaction ends (the commit may have happened), one read
 decides: a delivery found recorded is answered `recorded`, never as a failure.
@@ -42,7 +46,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from watchdog.episodes import IntakeGate, KnownEpisode, KnownEpisodes, RepeatCounts
+from watchdog.episodes import GroupCommit, IntakeGate, KnownEpisode, KnownEpisodes, RepeatCounts
 from watchdog.errors import InvalidTransition, StoreError, StoreUnavailable
 from watchdog.http import ApiError
 from watchdog.incidents import IncidentService, close_if_not_acted_in, open_or_join_in
@@ -64,6 +68,9 @@ RETRY_AFTER_SECONDS: Final = 1
 # unbounded by default): each transaction stays well within the store's timeout. A failure after some
 # of them is answered 503; the retry finds those recorded (duplicates) and applies the rest.
 ALERTS_PER_TRANSACTION: Final = 100
+# Intake transactions under way at once on PostgreSQL (SQLite: one, its writers take turns): fewer and
+# fuller batches cost fewer round trips per delivery than one transaction per delivery at a time.
+BATCHES_AT_ONCE: Final = 4
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +151,13 @@ class AlertIntake:
         self.gate = gate or IntakeGate(DEFAULT_IN_FLIGHT, DEFAULT_WAIT_SECONDS)
         self.known = known or KnownEpisodes(DEFAULT_KNOWN_EPISODES)
         self.repeats = repeats or RepeatCounts(DEFAULT_PENDING_REPEATS, DEFAULT_REPEAT_FLUSH_SECONDS)
+        self.batches = GroupCommit(
+            self._apply_batch,
+            max_size=ALERTS_PER_TRANSACTION,
+            size=lambda delivery: len(delivery.todo),
+            concurrency=1 if store.turns.serialize else BATCHES_AT_ONCE,
+            name="alert-intake-batches",
+        )
         # Episodes a delivery is applying right now: a concurrent delivery of only those waits for it
         # and is then answered from memory, instead of queueing at the gate for the same answer.
         self._applying: dict[tuple[str, datetime], asyncio.Event] = {}
@@ -247,46 +261,67 @@ class AlertIntake:
                     f"{self.gate.wait_seconds:g}s; nothing of this delivery was written, send it again",
                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
                 )
+            delivery = _Delivery(todo, receiver)
+            if len(todo) <= ALERTS_PER_TRANSACTION:
+                return await self.batches.submit(delivery)
             results: list[tuple[int, AlertOutcome]] = []
-            opened: list[Incident] = []
-            try:
-                for start in range(0, len(todo), ALERTS_PER_TRANSACTION):
-                    part = todo[start : start + ALERTS_PER_TRANSACTION]
-                    results += await self._apply_part(part, receiver, opened)
-            finally:  # what is committed is diagnosed, even when a later part failed
-                for incident in opened:
-                    self.incidents.opened("alert")
-                    self.on_opened(incident)
+            for start in range(0, len(todo), ALERTS_PER_TRANSACTION):
+                part = _Delivery(todo[start : start + ALERTS_PER_TRANSACTION], receiver)
+                [answer] = await self._apply_together([part])
+                if isinstance(answer, BaseException):
+                    raise answer
+                results += answer
             return results
 
-    async def _apply_part(
-        self, todo: list[tuple[int, AmAlert]], receiver: str, opened: list[Incident]
-    ) -> list[tuple[int, AlertOutcome]]:
-        """One transaction of a delivery's alerts; the incidents it opened are added to `opened`."""
+    async def _apply_batch(self, deliveries: list[_Delivery]) -> list[_Results | BaseException]:
+        """Deliveries gathered while the store was busy, in one transaction. When it fails for another
+        reason than the store being out of reach, each is applied again alone, so that one delivery
+        the store refuses fails alone."""
+        answers = await self._apply_together(deliveries)
+        if len(deliveries) == 1 or not any(_refused(answer) for answer in answers):
+            return answers
+        return [answer for delivery in deliveries for answer in await self._apply_together([delivery])]
+
+    async def _apply_together(self, deliveries: list[_Delivery]) -> list[_Results | BaseException]:
+        """One transaction of deliveries' alerts: each delivery's outcomes, or the exception it gets.
+        The incidents it opened are handed to `on_opened` once it is committed."""
         pending = self.repeats.take()
         try:
             async with self.store.transaction("alert intake", urgent=True) as tx:
-                applied = [(index, alert, await self._one(tx, alert, receiver)) for index, alert in todo]
+                applied = [
+                    [
+                        (index, alert, await self._one(tx, alert, delivery.receiver))
+                        for index, alert in delivery.todo
+                    ]
+                    for delivery in deliveries
+                ]
                 if pending:
                     await tx.add_repeats(pending)
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
             # The write may have been committed (a timeout or a lost connection at COMMIT): never
             # answer a failure for a delivery that is stored.
-            recorded = await self._recorded(todo)
-            if recorded is None:
+            recorded = [await self._recorded(delivery.todo) for delivery in deliveries]
+            if any(answer is None for answer in recorded):
                 self.repeats.put_back(pending, self.store.clock.monotonic())
-                raise
-            return recorded
+                return [exc] * len(deliveries)
+            return [answer for answer in recorded if answer is not None]
+        except Exception as exc:
+            self.repeats.put_back(pending, self.store.clock.monotonic())
+            return [exc] * len(deliveries)
         except BaseException:
             self.repeats.put_back(pending, self.store.clock.monotonic())
             raise
-        # committed: now it is safe to remember them (and, once the delivery is done, start work)
+        # committed: now it is safe to remember them and start work
+        return [self._committed(alerts) for alerts in applied]
+
+    def _committed(self, applied: list[tuple[int, AmAlert, _Applied]]) -> _Results:
         results = []
         for index, alert, (outcome, known, incident) in applied:
             if known is not None:
                 self.known.remember(_key(alert), known)
             if incident is not None:
-                opened.append(incident)
+                self.incidents.opened("alert")
+                self.on_opened(incident)
             results.append((index, outcome))
         return results
 
@@ -444,6 +479,21 @@ async def _record(tx: Tx, alert: AmAlert) -> AlertDelivery | None:
 
 # An alert's outcome, the episode to remember once committed, the incident it opened.
 _Applied = tuple[AlertOutcome, KnownEpisode | None, Incident | None]
+# A delivery's outcomes, by the alert's index in its payload.
+_Results = list[tuple[int, AlertOutcome]]
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    """The alerts of one delivery that need the store, by their index in its payload."""
+
+    todo: list[tuple[int, AmAlert]]
+    receiver: str
+
+
+def _refused(answer: _Results | BaseException) -> bool:
+    """Whether the store refused a batch for another reason than being out of reach."""
+    return isinstance(answer, BaseException) and not isinstance(answer, StoreUnavailable)
 
 
 def _known(delivery: AlertDelivery) -> KnownEpisode:

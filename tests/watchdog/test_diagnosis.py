@@ -7,6 +7,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 
 from tests.conftest import free_port
 from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, ScriptedDiagnose, make_diagnosis
@@ -149,20 +150,27 @@ async def test_a_burst_of_a_thousand_alerts_starts_a_few_diagnoses_and_queues_a_
             await diagnose.entered.wait_for(lambda: len(diagnose.calls) >= 2)
         # The intake hands a delivery's incidents over once the delivery is recorded: the queue filled
         # to 50 before the two workers took the two oldest of them.
-        assert wd.diagnosis.queued() == 48 and len(wd.jobs) == 2
-        assert wd.metrics.diagnoses_deferred._value.get() == 950
+        # The intake hands each committed part's incidents over at once: the queue holds at most 50,
+        # the oldest, and the workers take them oldest first (once the delivery is recorded, or after
+        # waiting for it for at most a second); the rest wait for the reconciler.
+        started = len(diagnose.calls)
+        deferred = wd.metrics.diagnoses_deferred._value.get()
+        assert wd.diagnosis.queued() <= 50 and len(wd.jobs) == 2
+        assert wd.diagnosis.queued() + started + deferred == 1000 and deferred >= 950 - started
         diagnose.gate.set()
         async with asyncio.timeout(30):
             await wd.jobs.wait_idle()
-        assert diagnose.most == 2 and len(diagnose.calls) == 50
-        assert sorted(diagnose.calls) == sorted(f"run-{i}" for i in range(50))  # the oldest ones
+        done = len(diagnose.calls)
+        assert diagnose.most == 2 and done == 1000 - deferred
+        assert diagnose.calls[:2] == ["run-0", "run-1"] and len(set(diagnose.calls)) == done
 
         clock.advance(settings.job_lease_seconds + wd.diagnosis.deadline_seconds + 1)
         report = await wd.reconciler.reconcile_once()  # the rest are queued again, oldest first
         assert len(report.retried) == 50 and wd.diagnosis.queued() <= 50
         async with asyncio.timeout(30):
             await wd.jobs.wait_idle()
-        assert sorted(diagnose.calls[50:]) == sorted(f"run-{i}" for i in range(50, 100))
+        left = [f"run-{i}" for i in range(1000) if f"run-{i}" not in diagnose.calls[:done]]
+        assert sorted(diagnose.calls[done:]) == sorted(left[:50])  # the oldest of those left
     finally:
         diagnose.gate.set()
         await wd.aclose()
@@ -196,4 +204,31 @@ async def test_a_full_queue_takes_an_older_incident_before_the_newest_one(
         assert diagnose.calls == ["busy", "old", "b"]
     finally:
         diagnose.gate.set()
+        await wd.aclose()
+
+
+async def test_diagnoses_wait_while_alert_deliveries_are_at_the_store(
+    _no_pending_tasks: None, sqlite_url: str
+) -> None:
+    """A burst's new incidents are diagnosed once the deliveries are recorded, not amid them."""
+    settings = WatchdogSettings(
+        database_url=sqlite_url,
+        api_tokens=[WATCHDOG_TOKEN],
+        orchestrator_url=f"http://127.0.0.1:{free_port()}",
+    )
+    diagnose = GatedDiagnose()
+    diagnose.gate.set()
+    wd = await build_watchdog(
+        settings, diagnose=diagnose, respond=False, clock=FakeClock(datetime(2026, 3, 1, 12, tzinfo=UTC))
+    )
+    try:
+        async with wd.intake.gate.admitted():  # a delivery at the store
+            await wd.intake.handle(parse_payload(_burst(1)).payload)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2), diagnose.entered:
+                    await diagnose.entered.wait_for(lambda: bool(diagnose.calls))
+        async with asyncio.timeout(10):
+            await wd.jobs.wait_idle()
+        assert diagnose.calls == ["run-0"]
+    finally:
         await wd.aclose()
