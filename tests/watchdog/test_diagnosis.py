@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from tests.conftest import free_port
 from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, ScriptedDiagnose, make_diagnosis
 from tests.watchdog.orchestrators import FakeOrchestrator
-from watchdog.assembly import build_watchdog
+from watchdog.assembly import Watchdog, build_watchdog
 from watchdog.condition import ConditionEvaluator
 from watchdog.settings import WatchdogSettings
 from watchdog.webhook import parse_payload
@@ -44,6 +45,17 @@ class GatedDiagnose:
         return make_diagnosis(execution_id)
 
 
+async def _gated_watchdog(sqlite_url: str, diagnose: GatedDiagnose, **settings: Any) -> Watchdog:
+    config = WatchdogSettings(
+        database_url=sqlite_url,
+        api_tokens=[WATCHDOG_TOKEN],
+        orchestrator_url=f"http://127.0.0.1:{free_port()}",
+        **settings,
+    )
+    clock = FakeClock(datetime(2026, 3, 1, 12, tzinfo=UTC))
+    return await build_watchdog(config, diagnose=diagnose, respond=False, clock=clock)
+
+
 def _burst(count: int) -> bytes:
     alerts = ",".join(
         '{"status": "firing", "labels": {"alertname": "OrchestratorExecutionTimeout", '
@@ -56,16 +68,8 @@ def _burst(count: int) -> bytes:
 async def test_a_burst_of_alerts_is_diagnosed_a_few_at_a_time(
     _no_pending_tasks: None, sqlite_url: str
 ) -> None:
-    settings = WatchdogSettings(
-        database_url=sqlite_url,
-        api_tokens=[WATCHDOG_TOKEN],
-        orchestrator_url=f"http://127.0.0.1:{free_port()}",
-        max_concurrent_diagnoses=2,
-    )
     diagnose = GatedDiagnose()
-    wd = await build_watchdog(
-        settings, diagnose=diagnose, respond=False, clock=FakeClock(datetime(2026, 3, 1, 12, tzinfo=UTC))
-    )
+    wd = await _gated_watchdog(sqlite_url, diagnose, max_concurrent_diagnoses=2)
     try:
         outcomes = await wd.intake.handle(parse_payload(_burst(6)).payload)
         assert [o.outcome for o in outcomes] == ["opened"] * 6
@@ -211,16 +215,9 @@ async def test_diagnoses_wait_while_alert_deliveries_are_at_the_store(
     _no_pending_tasks: None, sqlite_url: str
 ) -> None:
     """A burst's new incidents are diagnosed once the deliveries are recorded, not amid them."""
-    settings = WatchdogSettings(
-        database_url=sqlite_url,
-        api_tokens=[WATCHDOG_TOKEN],
-        orchestrator_url=f"http://127.0.0.1:{free_port()}",
-    )
     diagnose = GatedDiagnose()
     diagnose.gate.set()
-    wd = await build_watchdog(
-        settings, diagnose=diagnose, respond=False, clock=FakeClock(datetime(2026, 3, 1, 12, tzinfo=UTC))
-    )
+    wd = await _gated_watchdog(sqlite_url, diagnose)
     try:
         async with wd.intake.gate.admitted():  # a delivery at the store
             await wd.intake.handle(parse_payload(_burst(1)).payload)
