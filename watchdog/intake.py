@@ -50,6 +50,7 @@ from watchdog.episodes import GroupCommit, IntakeGate, KnownEpisode, KnownEpisod
 from watchdog.errors import InvalidTransition, StoreError, StoreUnavailable
 from watchdog.http import ApiError
 from watchdog.incidents import IncidentService, close_if_not_acted_in, open_or_join_in
+from watchdog.intake_batch import record_new_episodes
 from watchdog.metrics import WatchdogMetrics
 from watchdog.records import AlertDelivery, Incident
 from watchdog.store import Tx, WatchdogStore
@@ -288,13 +289,7 @@ class AlertIntake:
         pending = self.repeats.take()
         try:
             async with self.store.transaction("alert intake", urgent=True) as tx:
-                applied = [
-                    [
-                        (index, alert, await self._one(tx, alert, delivery.receiver))
-                        for index, alert in delivery.todo
-                    ]
-                    for delivery in deliveries
-                ]
+                applied = await self._apply_in(tx, deliveries)
                 if pending:
                     await tx.add_repeats(pending)
         except StoreUnavailable as exc:
@@ -375,6 +370,35 @@ class AlertIntake:
             self.repeats.put_back(pending, self.store.clock.monotonic())
             log.warning("could not write %d alert repeat count(s), kept for later: %s", len(pending), exc)
 
+    async def _apply_in(
+        self, tx: Tx, deliveries: list[_Delivery]
+    ) -> list[list[tuple[int, AmAlert, _Applied]]]:
+        """Every alert of the deliveries, in `tx`: the new firing episodes in a few statements for all
+        (`watchdog.intake_batch`), the others one by one."""
+        alerts = [(alert, delivery.receiver) for delivery in deliveries for _, alert in delivery.todo]
+        new = await record_new_episodes(tx, alerts, actor=ACTOR)
+        applied: list[list[tuple[int, AmAlert, _Applied]]] = []
+        for delivery in deliveries:
+            part: list[tuple[int, AmAlert, _Applied]] = []
+            for index, alert in delivery.todo:
+                key = _key(alert)
+                if key in new.opened:  # popped: a second copy of the episode is a duplicate
+                    recorded, incident = new.opened.pop(key)
+                    outcome = _opened(alert, incident.id, created=True)
+                    part.append((index, alert, (outcome, _known(recorded), incident)))
+                elif key in new.recorded:
+                    part.append(
+                        (
+                            index,
+                            alert,
+                            await self._open_for(tx, alert, new.recorded.pop(key), delivery.receiver),
+                        )
+                    )
+                else:
+                    part.append((index, alert, await self._one(tx, alert, delivery.receiver)))
+            applied.append(part)
+        return applied
+
     async def _one(self, tx: Tx, alert: AmAlert, receiver: str) -> _Applied:
         if alert.status == "firing":
             return await self._firing(tx, alert, receiver)
@@ -395,26 +419,24 @@ class AlertIntake:
                 alert.alertname, "firing", key, "duplicate", execution_id, existing.incident_id
             )
             return outcome, _known(existing), None
+        return await self._open_for(tx, alert, delivery, receiver)
+
+    async def _open_for(self, tx: Tx, alert: AmAlert, delivery: AlertDelivery, receiver: str) -> _Applied:
+        """A newly recorded firing episode: open its execution's incident, or join the open one."""
+        key = alert.episode_key
         result = await open_or_join_in(
             tx,
-            execution_id,
+            alert.labels["execution_id"],
             dag_id=alert.labels.get("dag_id"),
             source="alert",
             detection_source="prometheus",
             actor=ACTOR,
             data={"fingerprint": key, "starts_at": alert.startsAt.isoformat(), "receiver": receiver},
         )
-        delivery = await tx.update_delivery(delivery.id, incident_id=result.incident.id)
+        linked = await tx.update_delivery(delivery.id, incident_id=result.incident.id)
         opened = result.incident if result.created else None
-        outcome = AlertOutcome(
-            alert.alertname,
-            "firing",
-            key,
-            "opened" if opened is not None else "joined",
-            execution_id,
-            result.incident.id,
-        )
-        return outcome, None if delivery is None else _known(delivery), opened
+        outcome = _opened(alert, result.incident.id, created=opened is not None)
+        return outcome, None if linked is None else _known(linked), opened
 
     async def _resolved(self, tx: Tx, alert: AmAlert) -> _Applied:
         execution_id = alert.labels["execution_id"]
@@ -458,6 +480,14 @@ class AlertIntake:
             known,
             None,
         )
+
+
+def _opened(alert: AmAlert, incident_id: int, *, created: bool) -> AlertOutcome:
+    """The outcome of a new firing episode: its execution's incident opened, or joined."""
+    outcome = "opened" if created else "joined"
+    return AlertOutcome(
+        alert.alertname, "firing", alert.episode_key, outcome, alert.labels["execution_id"], incident_id
+    )
 
 
 def _key(alert: AmAlert) -> tuple[str, datetime]:

@@ -107,6 +107,17 @@ class Tx:
         incident: Incident | None = _row(Incident, result.first())
         return incident
 
+    async def insert_incidents(self, rows: list[dict[str, Any]]) -> list[Incident]:
+        """Open incidents in one statement (`insert_incident`'s columns, one dict per execution); the
+        ones inserted, in no particular order (an execution with an open incident is left out)."""
+        now = self.clock.now()
+        values = [
+            {"status": "open", "summary": None, **row, "opened_at": now, "updated_at": now} for row in rows
+        ]
+        stmt = self._insert(incidents).values(values).on_conflict_do_nothing()
+        result = await self.conn.execute(stmt.returning(*incidents.c))
+        return [Incident.model_validate(dict(r._mapping)) for r in result]
+
     async def get_incident(self, incident_id: int) -> Incident | None:
         """The incident with this id, or None."""
         result = await self.conn.execute(sa.select(incidents).where(incidents.c.id == incident_id))
@@ -190,6 +201,14 @@ class Tx:
         )
         return int(result.scalar_one())
 
+    async def add_audits(self, entries: list[dict[str, Any]]) -> None:
+        """Append audit entries in one statement (`add_audit`'s arguments, one dict per entry)."""
+        if not entries:
+            return
+        now = self.clock.now()
+        values = [{"phase": "after", "actor": "watchdog", **entry, "at": now} for entry in entries]
+        await self.conn.execute(audit_log.insert().values(values))
+
     async def list_audit(self, incident_id: int) -> list[AuditEntry]:
         """The audit entries of one incident, oldest first."""
         result = await self.conn.execute(
@@ -231,6 +250,36 @@ class Tx:
         result = await self.conn.execute(stmt)
         delivery: AlertDelivery | None = _row(AlertDelivery, result.first())
         return delivery
+
+    async def insert_deliveries(self, rows: list[dict[str, Any]]) -> list[AlertDelivery]:
+        """Record new alert episodes in one statement (`insert_delivery`'s columns, one dict per
+        episode); the rows inserted, in no particular order (those recorded before are left out)."""
+        now = self.clock.now()
+        values = [
+            {
+                **row,
+                "received_at": now,
+                "last_received_at": now,
+                "resolved_at": now if row["status"] == "resolved" else None,
+                "repeats": 0,
+            }
+            for row in rows
+        ]
+        stmt = self._insert(alert_deliveries).values(values).on_conflict_do_nothing()
+        result = await self.conn.execute(stmt.returning(*alert_deliveries.c))
+        return [AlertDelivery.model_validate(dict(r._mapping)) for r in result]
+
+    async def link_deliveries(self, links: Mapping[int, int]) -> None:
+        """Set the incident of recorded episodes (delivery id -> incident id), in one round trip."""
+        if not links:
+            return
+        stmt = (
+            sa.update(alert_deliveries)
+            .where(alert_deliveries.c.id == sa.bindparam("delivery_id"))
+            .values(incident_id=sa.bindparam("linked_incident_id"))
+        )
+        params = [{"delivery_id": d, "linked_incident_id": i} for d, i in links.items()]
+        await self.conn.execute(stmt, params)
 
     async def get_delivery(self, fingerprint: str, starts_at: datetime) -> AlertDelivery | None:
         """The recorded episode, or None."""
