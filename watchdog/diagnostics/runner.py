@@ -28,6 +28,7 @@ gives the cause, with its summary as the evidence.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -41,6 +42,7 @@ from watchdog.diagnostics import (
     step7_external,
     step8_checkpoints,
 )
+from watchdog.diagnostics.shared_reads import SharedReads
 from watchdog_sdk.diagnosis import CAUSE_KEY, Diagnosis, Finding, StepStatus
 from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext, DiagnosticStep
 from watchdog_sdk.step_helpers import finding
@@ -162,7 +164,10 @@ def _not_run(step: DiagnosticStep) -> Finding:
 def diagnoser(
     ctx: DiagnosticContext, steps: Sequence[DiagnosticStep] = STEPS
 ) -> Callable[[str], Awaitable[Diagnosis]]:
-    """`diagnose` bound to a context and steps: the `execution_id -> Diagnosis` callable the app takes."""
+    """`diagnose` bound to a context and steps: the `execution_id -> Diagnosis` callable the app takes.
+    The diagnoses it runs share their orchestrator-wide reads for a second (`shared_reads`)."""
+    shared = SharedReads(ctx.orchestrator)
+    ctx = dataclasses.replace(ctx, clients=dataclasses.replace(ctx.clients, orchestrator=shared))
 
     async def run(execution_id: str) -> Diagnosis:
         return await diagnose(ctx, execution_id, steps=steps)
