@@ -16,7 +16,9 @@ Deliveries first: before each diagnosis, and before the responder takes a diagno
 worker waits (`yield_to`, normally the intake gate's `quiet`) until no alert delivery waits for the
 store, at most `YIELD_SECONDS`: a burst of new incidents is recorded first and diagnosed after, and
 under a sustained stream of deliveries the diagnoses go on, slowly (issue 11: they starved the
-intake, 16 distinct deliveries/s).
+intake, 16 distinct deliveries/s). Likewise the responses wait (at most `RESPOND_AFTER_SECONDS`) while
+diagnoses are queued or running: a burst of 30 alerts is diagnosed first, then planned and notified,
+instead of every diagnosis sharing the store and the CPU with the others' plans and notifications.
 
 Backpressure: at most `max_concurrent` diagnoses run and at most `queue_size` wait; a burst of
 alerts beyond that leaves the newest incidents `open` without a diagnosis (counted in
@@ -72,6 +74,8 @@ DEFAULT_QUEUE_SIZE: Final = 256
 SAVE_SECONDS: Final = 30.0
 # How long a worker waits for the deliveries before it goes on with a diagnosis anyway.
 YIELD_SECONDS: Final = 1.0
+# How long a diagnosed incident's response waits for the other queued diagnoses to be done.
+RESPOND_AFTER_SECONDS: Final = 2.0
 
 
 class DiagnosisService:
@@ -113,6 +117,8 @@ class DiagnosisService:
         self._waiting: list[tuple[datetime, int, bool]] = []
         self._queued: set[int] = set()  # incident ids waiting or being diagnosed
         self._workers = 0
+        self._drained = asyncio.Event()  # set while no diagnosis waits or runs
+        self._drained.set()
 
     @property
     def deadline_seconds(self) -> float:
@@ -150,6 +156,8 @@ class DiagnosisService:
 
     def _dispatch(self) -> None:
         self.metrics.diagnosis_queue.set(len(self._waiting))
+        if self._waiting:
+            self._drained.clear()
         while self._workers < min(self.max_concurrent, len(self._waiting)):
             task = self.jobs.spawn(self._worker(), name="diagnosis-worker")
             if task is None:  # shutting down: what waits is durable and resumed by the next start
@@ -170,6 +178,8 @@ class DiagnosisService:
                     self._queued.discard(incident_id)
         finally:
             self._workers -= 1
+            if not self._workers and not self._waiting:
+                self._drained.set()
 
     async def resume(self) -> list[int]:
         """At start-up, when this process is the only watchdog: re-start diagnosis of open incidents
@@ -222,6 +232,11 @@ class DiagnosisService:
     async def _hand_on(self, incident_id: int, diagnosis: Diagnosis, actor: str) -> None:
         assert self.on_diagnosed is not None
         await self._let_deliveries_first()
+        try:  # a burst is diagnosed first, then responded to (at most RESPOND_AFTER_SECONDS later)
+            async with asyncio.timeout(RESPOND_AFTER_SECONDS):
+                await self._drained.wait()
+        except TimeoutError:
+            pass
         try:
             await self.on_diagnosed(incident_id, diagnosis)
         except WatchdogError as exc:

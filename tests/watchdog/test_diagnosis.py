@@ -15,6 +15,7 @@ from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, ScriptedDiagnose,
 from tests.watchdog.orchestrators import FakeOrchestrator
 from watchdog.assembly import Watchdog, build_watchdog
 from watchdog.condition import ConditionEvaluator
+from watchdog.diagnosis import OnDiagnosed
 from watchdog.settings import WatchdogSettings
 from watchdog.webhook import parse_payload
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
@@ -45,7 +46,9 @@ class GatedDiagnose:
         return make_diagnosis(execution_id)
 
 
-async def _gated_watchdog(sqlite_url: str, diagnose: GatedDiagnose, **settings: Any) -> Watchdog:
+async def _gated_watchdog(
+    sqlite_url: str, diagnose: GatedDiagnose, on_diagnosed: OnDiagnosed | None = None, **settings: Any
+) -> Watchdog:
     config = WatchdogSettings(
         database_url=sqlite_url,
         api_tokens=[WATCHDOG_TOKEN],
@@ -53,7 +56,10 @@ async def _gated_watchdog(sqlite_url: str, diagnose: GatedDiagnose, **settings: 
         **settings,
     )
     clock = FakeClock(datetime(2026, 3, 1, 12, tzinfo=UTC))
-    return await build_watchdog(config, diagnose=diagnose, respond=False, clock=clock)
+    respond = on_diagnosed is not None
+    return await build_watchdog(
+        config, diagnose=diagnose, on_diagnosed=on_diagnosed, respond=respond, clock=clock
+    )
 
 
 def _burst(count: int) -> bytes:
@@ -227,5 +233,25 @@ async def test_diagnoses_wait_while_alert_deliveries_are_at_the_store(
         async with asyncio.timeout(10):
             await wd.jobs.wait_idle()
         assert diagnose.calls == ["run-0"]
+    finally:
+        await wd.aclose()
+
+
+async def test_a_bursts_responses_start_once_its_diagnoses_are_done(
+    _no_pending_tasks: None, sqlite_url: str
+) -> None:
+    diagnose = GatedDiagnose()
+    diagnose.gate.set()
+    seen: list[int] = []  # diagnoses done when each response began
+
+    async def respond(incident_id: int, diagnosis: Diagnosis) -> None:
+        seen.append(len(diagnose.calls))
+
+    wd = await _gated_watchdog(sqlite_url, diagnose, respond, max_concurrent_diagnoses=1)
+    try:
+        await wd.intake.handle(parse_payload(_burst(4)).payload)
+        async with asyncio.timeout(10):
+            await wd.jobs.wait_idle()
+        assert seen == [4, 4, 4, 4]
     finally:
         await wd.aclose()
