@@ -77,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sample-limit", type=float, default=120, help="give up one diagnosis after (120 s)")
     parser.add_argument("--burst-limit", type=float, default=300, help="give up a burst after (300 s)")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, SQLite)")
+    harness.add_watchdog_env(parser)
     args = parser.parse_args(argv)
     try:
         args.sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
@@ -208,6 +209,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         orch = orchestrator(wd, f"sqlite+aiosqlite:///{wd / 'orchestrator.db'}", env=env).start()
         wd_env = {"GL_WATCHDOG_MODE": "observe", "GL_WATCHDOG_SWEEP_INTERVAL_SECONDS": "3600"}
+        wd_env.update(item.split("=", 1) for item in args.watchdog_env)
         wd_service = watchdog(
             wd, f"sqlite+aiosqlite:///{wd / 'watchdog.db'}", orch.base_url, env=wd_env
         ).start()

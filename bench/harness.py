@@ -10,6 +10,7 @@ drive the services over their HTTP APIs only; nothing here imports the services'
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import atexit
 import contextlib
@@ -298,6 +299,17 @@ def orchestrator(
     """`gl-orchestrator serve` (not started yet). `env`: more GL_ORCHESTRATOR_* settings."""
     settings = {"GL_ORCHESTRATOR_DATABASE_URL": database_url, **(env or {})}
     return _server("gl-orchestrator", "GL_ORCHESTRATOR_", directory, name, settings)
+
+
+def add_watchdog_env(parser: argparse.ArgumentParser) -> None:
+    """`--watchdog-env NAME=VALUE` (repeatable): settings of the watchdog under test."""
+    parser.add_argument(
+        "--watchdog-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a GL_WATCHDOG_* setting for the watchdog under test (repeatable)",
+    )
 
 
 def watchdog(

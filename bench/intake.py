@@ -259,13 +259,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--kinds", default="repeated,distinct", help="alert mixes: repeated,distinct (default both)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, SQLite)")
-    parser.add_argument(
-        "--watchdog-env",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a GL_WATCHDOG_* setting for the watchdog under test (repeatable)",
-    )
+    harness.add_watchdog_env(parser)
     parser.add_argument("--serve", choices=("null", "sqlite", "postgres"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--target", default="", help=argparse.SUPPRESS)

@@ -212,6 +212,7 @@ async def build_watchdog(
         tracer=tracer,
     )
     context = DiagnosticContext(clients=clients, settings=settings.diagnostics(), clock=clock)
+    intake_gate = IntakeGate(settings.intake_in_flight(), settings.intake_wait_seconds)
     diagnosis = DiagnosisService(
         store=store,
         incidents=incidents,
@@ -226,6 +227,7 @@ async def build_watchdog(
         backoff=backoff,
         queue_size=settings.diagnosis_queue_size,
         tracer=tracer,
+        yield_to=intake_gate.quiet,  # alert deliveries first
     )
     reconciler = Reconciler(
         store=store,
@@ -282,7 +284,7 @@ async def build_watchdog(
             incidents,
             metrics,
             diagnosis.start,
-            gate=IntakeGate(settings.intake_in_flight(), settings.intake_wait_seconds),
+            gate=intake_gate,
             known=KnownEpisodes(settings.intake_known_episodes),
             on_resolved_after_acting=PageResolver(incidents, routed, jobs).alert_resolved,
         ),

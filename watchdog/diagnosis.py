@@ -12,6 +12,14 @@ hands each diagnosed incident to `on_diagnosed` (the responder's `handle_diagnos
         ──▶ open → diagnosing (lease taken) ──▶ diagnose(execution_id) ──▶ Diagnosis stored, lease
         dropped (open again) ──▶ on_diagnosed(incident_id, diagnosis)
 
+Deliveries first: before each diagnosis, and before the responder takes a diagnosed incident on, a
+worker waits (`yield_to`, normally the intake gate's `quiet`) until no alert delivery waits for the
+store, at most `YIELD_SECONDS`: a burst of new incidents is recorded first and diagnosed after, and
+under a sustained stream of deliveries the diagnoses go on, slowly (issue 11: they starved the
+intake, 16 distinct deliveries/s). Likewise the responses wait (at most `RESPOND_AFTER_SECONDS`) while
+diagnoses are queued or running: a burst of 30 alerts is diagnosed first, then planned and notified,
+instead of every diagnosis sharing the store and the CPU with the others' plans and notifications.
+
 Backpressure: at most `max_concurrent` diagnoses run and at most `queue_size` wait; a burst of
 alerts beyond that leaves the newest incidents `open` without a diagnosis (counted in
 `gl_watchdog_diagnoses_deferred_total`), and the reconciler queues them again on a later sweep,
@@ -54,6 +62,9 @@ Diagnose = Callable[[str], Awaitable[Diagnosis]]
 OnDiagnosed = Callable[[int, Diagnosis], Awaitable[object]]
 """What follows a diagnosis: (incident id, its diagnosis). Normally `Responder.handle_diagnosed`."""
 
+YieldTo = Callable[[float], Awaitable[object]]
+"""Waits (at most the given seconds) until the work that goes first is done: `IntakeGate.quiet`."""
+
 Backoff = Callable[[int], float]
 """Seconds before the retry that follows the n-th failed attempt (n from 1)."""
 
@@ -62,6 +73,10 @@ DIAGNOSABLE: Final = ("open",)
 DEFAULT_QUEUE_SIZE: Final = 256
 # What a diagnosis' writes may take after the diagnosis itself, retries included.
 SAVE_SECONDS: Final = 30.0
+# How long a worker waits for the deliveries before it goes on with a diagnosis anyway.
+YIELD_SECONDS: Final = 1.0
+# How long a diagnosed incident's response waits for the other queued diagnoses to be done.
+RESPOND_AFTER_SECONDS: Final = 2.0
 
 
 class DiagnosisService:
@@ -83,6 +98,7 @@ class DiagnosisService:
         backoff: Backoff,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         tracer: IncidentTracer | None = None,
+        yield_to: YieldTo | None = None,
     ) -> None:
         self.store = store
         self.tracer = tracer or IncidentTracer()
@@ -96,6 +112,7 @@ class DiagnosisService:
         self.backoff = backoff
         self.max_concurrent = max_concurrent
         self.queue_size = queue_size
+        self.yield_to = yield_to
         # Steps 1-3 run in turn, 4-8 together: four step timeouts, plus slack for the bookkeeping.
         self.diagnosis_timeout = 4 * step_timeout_seconds + 5.0
         self._slots = asyncio.Semaphore(max_concurrent)
@@ -103,6 +120,8 @@ class DiagnosisService:
         self._waiting: list[tuple[datetime, int, bool]] = []
         self._queued: set[int] = set()  # incident ids waiting or being diagnosed
         self._workers = 0
+        self._drained = asyncio.Event()  # set while no diagnosis waits or runs
+        self._drained.set()
 
     @property
     def deadline_seconds(self) -> float:
@@ -140,6 +159,8 @@ class DiagnosisService:
 
     def _dispatch(self) -> None:
         self.metrics.diagnosis_queue.set(len(self._waiting))
+        if self._waiting:
+            self._drained.clear()
         while self._workers < min(self.max_concurrent, len(self._waiting)):
             task = self.jobs.spawn(self._worker(), name="diagnosis-worker")
             if task is None:  # shutting down: what waits is durable and resumed by the next start
@@ -149,6 +170,9 @@ class DiagnosisService:
     async def _worker(self) -> None:
         try:
             while self._waiting:
+                await self._let_deliveries_first()
+                if not self._waiting:
+                    break
                 _, incident_id, undiagnosed_only = heapq.heappop(self._waiting)
                 self.metrics.diagnosis_queue.set(len(self._waiting))
                 try:
@@ -157,6 +181,8 @@ class DiagnosisService:
                     self._queued.discard(incident_id)
         finally:
             self._workers -= 1
+            if not self._workers and not self._waiting:
+                self._drained.set()
 
     async def resume(self) -> list[int]:
         """At start-up, when this process is the only watchdog: re-start diagnosis of open incidents
@@ -202,8 +228,18 @@ class DiagnosisService:
             self.jobs.spawn(self._hand_on(incident_id, diagnosis, actor), name=f"respond-{incident_id}")
         return incident
 
+    async def _let_deliveries_first(self) -> None:
+        if self.yield_to is not None:
+            await self.yield_to(YIELD_SECONDS)
+
     async def _hand_on(self, incident_id: int, diagnosis: Diagnosis, actor: str) -> None:
         assert self.on_diagnosed is not None
+        await self._let_deliveries_first()
+        try:  # a burst is diagnosed first, then responded to (at most RESPOND_AFTER_SECONDS later)
+            async with asyncio.timeout(RESPOND_AFTER_SECONDS):
+                await self._drained.wait()
+        except TimeoutError:
+            pass
         try:
             await self.on_diagnosed(incident_id, diagnosis)
         except WatchdogError as exc:

@@ -15,6 +15,10 @@ settings); nothing else uses them.
   costs no write of its own. Taken by the intake's next write, or flushed when due.
 - `IntakeGate`: at most `limit` deliveries at the store at once; a delivery that cannot get in within
   `wait_seconds` is shed before anything of it is written (the API answers 503 with Retry-After).
+- `GroupCommit`: the deliveries admitted while a transaction of the intake is under way are applied
+  together in the next one (at most `max_size` alerts), so a burst of distinct alerts costs one
+  transaction per batch instead of one per delivery (on SQLite, whose writers take turns, one
+  delivery at a time was all the store could take).
 """
 
 from __future__ import annotations
@@ -22,9 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -100,23 +108,123 @@ class RepeatCounts:
 
 
 class IntakeGate:
-    """At most `limit` deliveries at the store at once; the others wait up to `wait_seconds`."""
+    """At most `limit` deliveries at the store at once; the others wait up to `wait_seconds`.
+
+    Also what background work yields to: `quiet()` returns once no delivery waits or is at the store
+    (the diagnoses of a burst's new incidents start after the burst is recorded, not amid it)."""
 
     def __init__(self, limit: int, wait_seconds: float) -> None:
         self.limit = limit
         self.wait_seconds = wait_seconds
         self._slots = asyncio.Semaphore(limit)
+        self._busy = 0  # deliveries waiting for a slot or holding one
+        self._quiet = asyncio.Event()
+        self._quiet.set()
 
     @contextlib.asynccontextmanager
     async def admitted(self) -> AsyncIterator[bool]:
         """Yields True with a slot held, or False (at once, holding nothing) when none came in time."""
+        self._busy += 1
+        self._quiet.clear()
         try:
-            async with asyncio.timeout(self.wait_seconds):
-                await self._slots.acquire()
-        except TimeoutError:
-            yield False
-            return
-        try:
-            yield True
+            try:
+                async with asyncio.timeout(self.wait_seconds):
+                    await self._slots.acquire()
+            except TimeoutError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                self._slots.release()
         finally:
-            self._slots.release()
+            self._busy -= 1
+            if not self._busy:
+                self._quiet.set()
+
+    async def quiet(self, max_seconds: float) -> bool:
+        """Wait until no delivery waits or is at the store, at most `max_seconds`; whether it is."""
+        try:
+            async with asyncio.timeout(max_seconds):
+                await self._quiet.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+class GroupCommit(Generic[T, R]):
+    """Items submitted concurrently, applied in batches by at most `concurrency` background tasks.
+
+    `apply(items)` answers each item (a result, or the exception its submitter gets); while the
+    batches under way run, new items gather for the next one, which takes them oldest first up to
+    `max_size` (by `size`; the first item is always taken). One task on SQLite (its writers take turns
+    anyway); on PostgreSQL several transactions run at once, each with what gathered. A submitter that
+    stops waiting does not stop its item: it is applied all the same (what it writes is durable, as a
+    transaction that committed).
+    """
+
+    def __init__(
+        self,
+        apply: Callable[[list[T]], Awaitable[list[R | BaseException]]],
+        *,
+        max_size: int,
+        size: Callable[[T], int],
+        concurrency: int,
+        name: str,
+    ) -> None:
+        self.apply = apply
+        self.max_size = max_size
+        self.size = size
+        self.concurrency = concurrency
+        self.name = name
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, item: T) -> R:
+        """`item`'s answer, once the batch it joined is applied."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if len(self._tasks) < self.concurrency:
+            self._tasks.add(asyncio.create_task(self._run(), name=self.name))
+        return await future
+
+    async def _run(self) -> None:
+        try:
+            while self._pending:
+                batch = self._take()
+                try:
+                    answers: list[R | BaseException] = await self.apply([item for item, _ in batch])
+                except Exception as exc:  # a bug: each submitter of the batch hears it
+                    answers = [exc] * len(batch)
+                except BaseException as exc:  # cancelled (shutdown): every submitter hears it
+                    for _, future in [*batch, *self._pending]:
+                        _answer(future, exc)
+                    self._pending = []
+                    raise
+                for (_, future), answer in zip(batch, answers, strict=True):
+                    _answer(future, answer)
+        finally:  # at once, with nothing pending: an item submitted after this starts a task of its own
+            task = asyncio.current_task()
+            if task is not None:
+                self._tasks.discard(task)
+
+    def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
+        taken, total = 0, 0
+        for item, _ in self._pending:
+            total += self.size(item)
+            if taken and total > self.max_size:
+                break
+            taken += 1
+        batch, self._pending = self._pending[:taken], self._pending[taken:]
+        return batch
+
+
+def _answer(future: asyncio.Future[R], answer: R | BaseException) -> None:
+    if future.done():  # its submitter stopped waiting
+        return
+    if isinstance(answer, asyncio.CancelledError):
+        future.cancel()
+    elif isinstance(answer, BaseException):
+        future.set_exception(answer)
+    else:
+        future.set_result(answer)

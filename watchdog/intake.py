@@ -28,7 +28,11 @@ another execution or DAG is a `conflict`, named in the answer, and changes nothi
 
 At the speed of the store (`watchdog.episodes`): a repeat of an episode this replica knows recorded
 is answered from memory (its count written later in a batch); the other alerts of a delivery are
-applied in one transaction, once the gate lets the delivery at the store; a delivery that waits too
+applied in one transaction, once the gate lets the delivery at the store, together with those of the
+deliveries admitted while the previous transaction ran (group commit: one transaction per batch, not
+per delivery; when the store refuses a batch, each of its deliveries is tried alone, so a delivery
+fails only for itself). The intake's transactions are urgent: on SQLite they go before the other
+writers of the process (`watchdog.write_turns`), so diagnoses never starve it. A delivery that waits too
 long for its turn is shed (503 with Retry-After, `gl_watchdog_intake_shed_total`) before anything of
 it is written. When the store fails as the transaction ends (the commit may have happened), one read
 decides: a delivery found recorded is answered `recorded`, never as a failure.
@@ -43,10 +47,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from watchdog.episodes import IntakeGate, KnownEpisode, KnownEpisodes, RepeatCounts
+from watchdog.episodes import GroupCommit, IntakeGate, KnownEpisode, KnownEpisodes, RepeatCounts
 from watchdog.errors import InvalidTransition, StoreError, StoreUnavailable
 from watchdog.http import ApiError
 from watchdog.incidents import IncidentService, close_if_not_acted_in, open_or_join_in
+from watchdog.intake_batch import record_new_episodes
 from watchdog.metrics import WatchdogMetrics
 from watchdog.records import AlertDelivery, Incident
 from watchdog.store import Tx, WatchdogStore
@@ -65,6 +70,9 @@ RETRY_AFTER_SECONDS: Final = 1
 # unbounded by default): each transaction stays well within the store's timeout. A failure after some
 # of them is answered 503; the retry finds those recorded (duplicates) and applies the rest.
 ALERTS_PER_TRANSACTION: Final = 100
+# Intake transactions under way at once on PostgreSQL (SQLite: one, its writers take turns): fewer and
+# fuller batches cost fewer round trips per delivery than one transaction per delivery at a time.
+BATCHES_AT_ONCE: Final = 4
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +157,13 @@ class AlertIntake:
         self.gate = gate or IntakeGate(DEFAULT_IN_FLIGHT, DEFAULT_WAIT_SECONDS)
         self.known = known or KnownEpisodes(DEFAULT_KNOWN_EPISODES)
         self.repeats = repeats or RepeatCounts(DEFAULT_PENDING_REPEATS, DEFAULT_REPEAT_FLUSH_SECONDS)
+        self.batches = GroupCommit(
+            self._apply_batch,
+            max_size=ALERTS_PER_TRANSACTION,
+            size=lambda delivery: len(delivery.todo),
+            concurrency=1 if store.turns.serialize else BATCHES_AT_ONCE,
+            name="alert-intake-batches",
+        )
         # Episodes a delivery is applying right now: a concurrent delivery of only those waits for it
         # and is then answered from memory, instead of queueing at the gate for the same answer.
         self._applying: dict[tuple[str, datetime], asyncio.Event] = {}
@@ -254,46 +269,61 @@ class AlertIntake:
                     f"{self.gate.wait_seconds:g}s; nothing of this delivery was written, send it again",
                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
                 )
+            delivery = _Delivery(todo, receiver)
+            if len(todo) <= ALERTS_PER_TRANSACTION:
+                return await self.batches.submit(delivery)
             results: list[tuple[int, AlertOutcome]] = []
-            opened: list[Incident] = []
-            try:
-                for start in range(0, len(todo), ALERTS_PER_TRANSACTION):
-                    part = todo[start : start + ALERTS_PER_TRANSACTION]
-                    results += await self._apply_part(part, receiver, opened)
-            finally:  # what is committed is diagnosed, even when a later part failed
-                for incident in opened:
-                    self.incidents.opened("alert")
-                    self.on_opened(incident)
+            for start in range(0, len(todo), ALERTS_PER_TRANSACTION):
+                part = _Delivery(todo[start : start + ALERTS_PER_TRANSACTION], receiver)
+                [answer] = await self._apply_together([part])
+                if isinstance(answer, BaseException):
+                    raise answer
+                results += answer
             return results
 
-    async def _apply_part(
-        self, todo: list[tuple[int, AmAlert]], receiver: str, opened: list[Incident]
-    ) -> list[tuple[int, AlertOutcome]]:
-        """One transaction of a delivery's alerts; the incidents it opened are added to `opened`."""
+    async def _apply_batch(self, deliveries: list[_Delivery]) -> list[_Results | BaseException]:
+        """Deliveries gathered while the store was busy, in one transaction. When it fails for another
+        reason than the store being out of reach, each is applied again alone, so that one delivery
+        the store refuses fails alone."""
+        answers = await self._apply_together(deliveries)
+        if len(deliveries) == 1 or not any(_refused(answer) for answer in answers):
+            return answers
+        return [answer for delivery in deliveries for answer in await self._apply_together([delivery])]
+
+    async def _apply_together(self, deliveries: list[_Delivery]) -> list[_Results | BaseException]:
+        """One transaction of deliveries' alerts: each delivery's outcomes, or the exception it gets.
+        The incidents it opened are handed to `on_opened` once it is committed."""
         pending = self.repeats.take()
         try:
-            async with self.store.transaction("alert intake") as tx:
-                applied = [(index, alert, await self._one(tx, alert, receiver)) for index, alert in todo]
+            async with self.store.transaction("alert intake", urgent=True) as tx:
+                applied = await self._apply_in(tx, deliveries)
                 if pending:
                     await tx.add_repeats(pending)
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
             # The write may have been committed (a timeout or a lost connection at COMMIT): never
             # answer a failure for a delivery that is stored.
-            recorded = await self._recorded(todo)
-            if recorded is None:
+            recorded = [await self._recorded(delivery.todo) for delivery in deliveries]
+            if any(answer is None for answer in recorded):
                 self.repeats.put_back(pending, self.store.clock.monotonic())
-                raise
-            return recorded
+                return [exc] * len(deliveries)
+            return [answer for answer in recorded if answer is not None]
+        except Exception as exc:
+            self.repeats.put_back(pending, self.store.clock.monotonic())
+            return [exc] * len(deliveries)
         except BaseException:
             self.repeats.put_back(pending, self.store.clock.monotonic())
             raise
-        # committed: now it is safe to remember them (and, once the delivery is done, start work)
+        # committed: now it is safe to remember them and start work
+        return [self._committed(alerts) for alerts in applied]
+
+    def _committed(self, applied: list[tuple[int, AmAlert, _Applied]]) -> _Results:
         results = []
         for index, alert, (outcome, known, incident) in applied:
             if known is not None:
                 self.known.remember(_key(alert), known)
             if incident is not None:
-                opened.append(incident)
+                self.incidents.opened("alert")
+                self.on_opened(incident)
             results.append((index, outcome))
         return results
 
@@ -341,11 +371,40 @@ class AlertIntake:
         if not pending:
             return
         try:
-            async with self.store.transaction("alert repeats") as tx:
+            async with self.store.transaction("alert repeats", urgent=True) as tx:
                 await tx.add_repeats(pending)
         except StoreError as exc:
             self.repeats.put_back(pending, self.store.clock.monotonic())
             log.warning("could not write %d alert repeat count(s), kept for later: %s", len(pending), exc)
+
+    async def _apply_in(
+        self, tx: Tx, deliveries: list[_Delivery]
+    ) -> list[list[tuple[int, AmAlert, _Applied]]]:
+        """Every alert of the deliveries, in `tx`: the new firing episodes in a few statements for all
+        (`watchdog.intake_batch`), the others one by one."""
+        alerts = [(alert, delivery.receiver) for delivery in deliveries for _, alert in delivery.todo]
+        new = await record_new_episodes(tx, alerts, actor=ACTOR)
+        applied: list[list[tuple[int, AmAlert, _Applied]]] = []
+        for delivery in deliveries:
+            part: list[tuple[int, AmAlert, _Applied]] = []
+            for index, alert in delivery.todo:
+                key = _key(alert)
+                if key in new.opened:  # popped: a second copy of the episode is a duplicate
+                    recorded, incident = new.opened.pop(key)
+                    outcome = _opened(alert, incident.id, created=True)
+                    part.append((index, alert, (outcome, _known(recorded), incident)))
+                elif key in new.recorded:
+                    part.append(
+                        (
+                            index,
+                            alert,
+                            await self._open_for(tx, alert, new.recorded.pop(key), delivery.receiver),
+                        )
+                    )
+                else:
+                    part.append((index, alert, await self._one(tx, alert, delivery.receiver)))
+            applied.append(part)
+        return applied
 
     async def _one(self, tx: Tx, alert: AmAlert, receiver: str) -> _Applied:
         if alert.status == "firing":
@@ -367,26 +426,24 @@ class AlertIntake:
                 alert.alertname, "firing", key, "duplicate", execution_id, existing.incident_id
             )
             return outcome, _known(existing), None
+        return await self._open_for(tx, alert, delivery, receiver)
+
+    async def _open_for(self, tx: Tx, alert: AmAlert, delivery: AlertDelivery, receiver: str) -> _Applied:
+        """A newly recorded firing episode: open its execution's incident, or join the open one."""
+        key = alert.episode_key
         result = await open_or_join_in(
             tx,
-            execution_id,
+            alert.labels["execution_id"],
             dag_id=alert.labels.get("dag_id"),
             source="alert",
             detection_source="prometheus",
             actor=ACTOR,
             data={"fingerprint": key, "starts_at": alert.startsAt.isoformat(), "receiver": receiver},
         )
-        delivery = await tx.update_delivery(delivery.id, incident_id=result.incident.id)
+        linked = await tx.update_delivery(delivery.id, incident_id=result.incident.id)
         opened = result.incident if result.created else None
-        outcome = AlertOutcome(
-            alert.alertname,
-            "firing",
-            key,
-            "opened" if opened is not None else "joined",
-            execution_id,
-            result.incident.id,
-        )
-        return outcome, None if delivery is None else _known(delivery), opened
+        outcome = _opened(alert, result.incident.id, created=opened is not None)
+        return outcome, None if linked is None else _known(linked), opened
 
     async def _resolved(self, tx: Tx, alert: AmAlert) -> _Applied:
         execution_id = alert.labels["execution_id"]
@@ -437,6 +494,14 @@ class AlertIntake:
         )
 
 
+def _opened(alert: AmAlert, incident_id: int, *, created: bool) -> AlertOutcome:
+    """The outcome of a new firing episode: its execution's incident opened, or joined."""
+    outcome = "opened" if created else "joined"
+    return AlertOutcome(
+        alert.alertname, "firing", alert.episode_key, outcome, alert.labels["execution_id"], incident_id
+    )
+
+
 def _key(alert: AmAlert) -> tuple[str, datetime]:
     """The episode of an alert: what Alertmanager keeps for one firing of one alert."""
     return alert.episode_key, alert.startsAt
@@ -456,6 +521,21 @@ async def _record(tx: Tx, alert: AmAlert) -> AlertDelivery | None:
 
 # An alert's outcome, the episode to remember once committed, the incident it opened.
 _Applied = tuple[AlertOutcome, KnownEpisode | None, Incident | None]
+# A delivery's outcomes, by the alert's index in its payload.
+_Results = list[tuple[int, AlertOutcome]]
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    """The alerts of one delivery that need the store, by their index in its payload."""
+
+    todo: list[tuple[int, AmAlert]]
+    receiver: str
+
+
+def _refused(answer: _Results | BaseException) -> bool:
+    """Whether the store refused a batch for another reason than being out of reach."""
+    return isinstance(answer, BaseException) and not isinstance(answer, StoreUnavailable)
 
 
 def _known(delivery: AlertDelivery) -> KnownEpisode:

@@ -93,7 +93,7 @@ class WatchdogSettings(BaseSettings):
     db_timeout_seconds: float = Field(default=10.0, gt=0)
     db_pool_pre_ping: bool = False
     # The intake (docs/architecture.md, "Intake under load"): deliveries at the store at once (null: the
-    # pool's size + overflow on PostgreSQL, 1 on SQLite, whose writers take turns anyway), how long one
+    # pool's size + overflow; on SQLite they wait there to be applied together, in batches), how long one
     # waits for its turn before it is shed (503 + Retry-After, nothing written), and how many recorded
     # episodes it remembers to answer repeats without the store.
     intake_max_in_flight: int | None = Field(default=None, ge=1, le=10_000)
@@ -315,8 +315,6 @@ class WatchdogSettings(BaseSettings):
         """Deliveries the intake lets at the store at once (see `intake_max_in_flight`)."""
         if self.intake_max_in_flight is not None:
             return self.intake_max_in_flight
-        if self.database_url.startswith("sqlite"):
-            return 1
         return self.db_pool_size + self.db_max_overflow
 
     def diagnostics(self) -> DiagnosticSettings:

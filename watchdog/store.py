@@ -46,6 +46,7 @@ from watchdog.migrations import (
 )
 from watchdog.plan import Plan
 from watchdog.records import Action, AlertDelivery, Approval, AuditEntry, Incident
+from watchdog.write_turns import NoTurn, WriteTurns
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,17 @@ class Tx:
         result = await self.conn.execute(stmt)
         incident: Incident | None = _row(Incident, result.first())
         return incident
+
+    async def insert_incidents(self, rows: list[dict[str, Any]]) -> list[Incident]:
+        """Open incidents in one statement (`insert_incident`'s columns, one dict per execution); the
+        ones inserted, in no particular order (an execution with an open incident is left out)."""
+        now = self.clock.now()
+        values = [
+            {"status": "open", "summary": None, **row, "opened_at": now, "updated_at": now} for row in rows
+        ]
+        stmt = self._insert(incidents).values(values).on_conflict_do_nothing()
+        result = await self.conn.execute(stmt.returning(*incidents.c))
+        return [Incident.model_validate(dict(r._mapping)) for r in result]
 
     async def get_incident(self, incident_id: int) -> Incident | None:
         """The incident with this id, or None."""
@@ -189,6 +201,14 @@ class Tx:
         )
         return int(result.scalar_one())
 
+    async def add_audits(self, entries: list[dict[str, Any]]) -> None:
+        """Append audit entries in one statement (`add_audit`'s arguments, one dict per entry)."""
+        if not entries:
+            return
+        now = self.clock.now()
+        values = [{"phase": "after", "actor": "watchdog", **entry, "at": now} for entry in entries]
+        await self.conn.execute(audit_log.insert().values(values))
+
     async def list_audit(self, incident_id: int) -> list[AuditEntry]:
         """The audit entries of one incident, oldest first."""
         result = await self.conn.execute(
@@ -230,6 +250,36 @@ class Tx:
         result = await self.conn.execute(stmt)
         delivery: AlertDelivery | None = _row(AlertDelivery, result.first())
         return delivery
+
+    async def insert_deliveries(self, rows: list[dict[str, Any]]) -> list[AlertDelivery]:
+        """Record new alert episodes in one statement (`insert_delivery`'s columns, one dict per
+        episode); the rows inserted, in no particular order (those recorded before are left out)."""
+        now = self.clock.now()
+        values = [
+            {
+                **row,
+                "received_at": now,
+                "last_received_at": now,
+                "resolved_at": now if row["status"] == "resolved" else None,
+                "repeats": 0,
+            }
+            for row in rows
+        ]
+        stmt = self._insert(alert_deliveries).values(values).on_conflict_do_nothing()
+        result = await self.conn.execute(stmt.returning(*alert_deliveries.c))
+        return [AlertDelivery.model_validate(dict(r._mapping)) for r in result]
+
+    async def link_deliveries(self, links: Mapping[int, int]) -> None:
+        """Set the incident of recorded episodes (delivery id -> incident id), in one round trip."""
+        if not links:
+            return
+        stmt = (
+            sa.update(alert_deliveries)
+            .where(alert_deliveries.c.id == sa.bindparam("delivery_id"))
+            .values(incident_id=sa.bindparam("linked_incident_id"))
+        )
+        params = [{"delivery_id": d, "linked_incident_id": i} for d, i in links.items()]
+        await self.conn.execute(stmt, params)
 
     async def get_delivery(self, fingerprint: str, starts_at: datetime) -> AlertDelivery | None:
         """The recorded episode, or None."""
@@ -442,6 +492,9 @@ class WatchdogStore:
         self.engine = database.engine
         self.clock = clock
         self.dialect = database.dialect
+        # On SQLite the process' writers take turns in the event loop, the intake first (one write
+        # lock per file; see watchdog.write_turns).
+        self.turns = WriteTurns(serialize=self.dialect == "sqlite")
 
     @classmethod
     async def open(
@@ -470,15 +523,24 @@ class WatchdogStore:
         await self.database.close()
 
     @contextlib.asynccontextmanager
-    async def transaction(self, what: str = "watchdog store") -> AsyncIterator[Tx]:
+    async def transaction(self, what: str = "watchdog store", *, urgent: bool = False) -> AsyncIterator[Tx]:
         """One transaction that may write: commit when the block ends, roll back when it raises. On
-        SQLite it begins with `BEGIN IMMEDIATE`, so writers queue on the busy timeout.
+        SQLite it begins with `BEGIN IMMEDIATE` once this process' earlier writers are done: they take
+        turns (`self.turns`), `urgent` ones (the intake's) first; other processes' writers queue on the
+        busy timeout.
 
         Database errors come out as StoreUnavailable (cannot connect, no answer in time) or StoreError
         (anything else); other exceptions of the block come out unchanged.
         """
-        async with self.database.transaction(what) as conn:
-            yield Tx(conn, self.clock)
+        try:
+            await self.turns.acquire(urgent=urgent, wait_seconds=self.database.timeout_seconds)
+        except NoTurn as exc:
+            raise StoreUnavailable(f"{what}: {exc} (this process' other writers held the store)") from exc
+        try:
+            async with self.database.transaction(what) as conn:
+                yield Tx(conn, self.clock)
+        finally:
+            self.turns.release()
 
     @contextlib.asynccontextmanager
     async def read(self, what: str = "watchdog store read") -> AsyncIterator[Tx]:

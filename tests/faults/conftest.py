@@ -54,19 +54,19 @@ class StoreFaults:
         self.refused = 0
         self.killed = 0
 
-    def transaction(self) -> contextlib.AbstractAsyncContextManager[Tx]:
+    def transaction(self, *args: Any, **kwargs: Any) -> contextlib.AbstractAsyncContextManager[Tx]:
         if self.down:
             self.refused += 1
             return _unreachable()
         if self.kill_next:
             self.kill_next -= 1
             self.killed += 1
-            return self._killed()
-        return self.real()
+            return self._killed(*args, **kwargs)
+        return self.real(*args, **kwargs)
 
     @contextlib.asynccontextmanager
-    async def _killed(self) -> AsyncIterator[Tx]:
-        async with self.real() as tx:
+    async def _killed(self, *args: Any, **kwargs: Any) -> AsyncIterator[Tx]:
+        async with self.real(*args, **kwargs) as tx:
             await tx.conn.execute(sa.text("SELECT pg_terminate_backend(pg_backend_pid())"))
             yield tx
 

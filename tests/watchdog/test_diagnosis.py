@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import free_port
 from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, ScriptedDiagnose, make_diagnosis
 from tests.watchdog.orchestrators import FakeOrchestrator
-from watchdog.assembly import build_watchdog
+from watchdog.assembly import Watchdog, build_watchdog
 from watchdog.condition import ConditionEvaluator
+from watchdog.diagnosis import OnDiagnosed
 from watchdog.settings import WatchdogSettings
 from watchdog.webhook import parse_payload
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
@@ -43,6 +46,22 @@ class GatedDiagnose:
         return make_diagnosis(execution_id)
 
 
+async def _gated_watchdog(
+    sqlite_url: str, diagnose: GatedDiagnose, on_diagnosed: OnDiagnosed | None = None, **settings: Any
+) -> Watchdog:
+    config = WatchdogSettings(
+        database_url=sqlite_url,
+        api_tokens=[WATCHDOG_TOKEN],
+        orchestrator_url=f"http://127.0.0.1:{free_port()}",
+        **settings,
+    )
+    clock = FakeClock(datetime(2026, 3, 1, 12, tzinfo=UTC))
+    respond = on_diagnosed is not None
+    return await build_watchdog(
+        config, diagnose=diagnose, on_diagnosed=on_diagnosed, respond=respond, clock=clock
+    )
+
+
 def _burst(count: int) -> bytes:
     alerts = ",".join(
         '{"status": "firing", "labels": {"alertname": "OrchestratorExecutionTimeout", '
@@ -55,16 +74,8 @@ def _burst(count: int) -> bytes:
 async def test_a_burst_of_alerts_is_diagnosed_a_few_at_a_time(
     _no_pending_tasks: None, sqlite_url: str
 ) -> None:
-    settings = WatchdogSettings(
-        database_url=sqlite_url,
-        api_tokens=[WATCHDOG_TOKEN],
-        orchestrator_url=f"http://127.0.0.1:{free_port()}",
-        max_concurrent_diagnoses=2,
-    )
     diagnose = GatedDiagnose()
-    wd = await build_watchdog(
-        settings, diagnose=diagnose, respond=False, clock=FakeClock(datetime(2026, 3, 1, 12, tzinfo=UTC))
-    )
+    wd = await _gated_watchdog(sqlite_url, diagnose, max_concurrent_diagnoses=2)
     try:
         outcomes = await wd.intake.handle(parse_payload(_burst(6)).payload)
         assert [o.outcome for o in outcomes] == ["opened"] * 6
@@ -149,20 +160,27 @@ async def test_a_burst_of_a_thousand_alerts_starts_a_few_diagnoses_and_queues_a_
             await diagnose.entered.wait_for(lambda: len(diagnose.calls) >= 2)
         # The intake hands a delivery's incidents over once the delivery is recorded: the queue filled
         # to 50 before the two workers took the two oldest of them.
-        assert wd.diagnosis.queued() == 48 and len(wd.jobs) == 2
-        assert wd.metrics.diagnoses_deferred._value.get() == 950
+        # The intake hands each committed part's incidents over at once: the queue holds at most 50,
+        # the oldest, and the workers take them oldest first (once the delivery is recorded, or after
+        # waiting for it for at most a second); the rest wait for the reconciler.
+        started = len(diagnose.calls)
+        deferred = wd.metrics.diagnoses_deferred._value.get()
+        assert wd.diagnosis.queued() <= 50 and len(wd.jobs) == 2
+        assert wd.diagnosis.queued() + started + deferred == 1000 and deferred >= 950 - started
         diagnose.gate.set()
         async with asyncio.timeout(30):
             await wd.jobs.wait_idle()
-        assert diagnose.most == 2 and len(diagnose.calls) == 50
-        assert sorted(diagnose.calls) == sorted(f"run-{i}" for i in range(50))  # the oldest ones
+        done = len(diagnose.calls)
+        assert diagnose.most == 2 and done == 1000 - deferred
+        assert diagnose.calls[:2] == ["run-0", "run-1"] and len(set(diagnose.calls)) == done
 
         clock.advance(settings.job_lease_seconds + wd.diagnosis.deadline_seconds + 1)
         report = await wd.reconciler.reconcile_once()  # the rest are queued again, oldest first
         assert len(report.retried) == 50 and wd.diagnosis.queued() <= 50
         async with asyncio.timeout(30):
             await wd.jobs.wait_idle()
-        assert sorted(diagnose.calls[50:]) == sorted(f"run-{i}" for i in range(50, 100))
+        left = [f"run-{i}" for i in range(1000) if f"run-{i}" not in diagnose.calls[:done]]
+        assert sorted(diagnose.calls[done:]) == sorted(left[:50])  # the oldest of those left
     finally:
         diagnose.gate.set()
         await wd.aclose()
@@ -196,4 +214,44 @@ async def test_a_full_queue_takes_an_older_incident_before_the_newest_one(
         assert diagnose.calls == ["busy", "old", "b"]
     finally:
         diagnose.gate.set()
+        await wd.aclose()
+
+
+async def test_diagnoses_wait_while_alert_deliveries_are_at_the_store(
+    _no_pending_tasks: None, sqlite_url: str
+) -> None:
+    """A burst's new incidents are diagnosed once the deliveries are recorded, not amid them."""
+    diagnose = GatedDiagnose()
+    diagnose.gate.set()
+    wd = await _gated_watchdog(sqlite_url, diagnose)
+    try:
+        async with wd.intake.gate.admitted():  # a delivery at the store
+            await wd.intake.handle(parse_payload(_burst(1)).payload)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2), diagnose.entered:
+                    await diagnose.entered.wait_for(lambda: bool(diagnose.calls))
+        async with asyncio.timeout(10):
+            await wd.jobs.wait_idle()
+        assert diagnose.calls == ["run-0"]
+    finally:
+        await wd.aclose()
+
+
+async def test_a_bursts_responses_start_once_its_diagnoses_are_done(
+    _no_pending_tasks: None, sqlite_url: str
+) -> None:
+    diagnose = GatedDiagnose()
+    diagnose.gate.set()
+    seen: list[int] = []  # diagnoses done when each response began
+
+    async def respond(incident_id: int, diagnosis: Diagnosis) -> None:
+        seen.append(len(diagnose.calls))
+
+    wd = await _gated_watchdog(sqlite_url, diagnose, respond, max_concurrent_diagnoses=1)
+    try:
+        await wd.intake.handle(parse_payload(_burst(4)).payload)
+        async with asyncio.timeout(10):
+            await wd.jobs.wait_idle()
+        assert seen == [4, 4, 4, 4]
+    finally:
         await wd.aclose()

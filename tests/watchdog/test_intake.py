@@ -451,9 +451,9 @@ def _count_transactions(wd: Watchdog, monkeypatch: pytest.MonkeyPatch) -> list[s
     """What each writing transaction of the store is for, in order, from now on."""
     real, opened = wd.store.transaction, []
 
-    def counted(what: str = "") -> Any:
+    def counted(what: str = "", **kwargs: Any) -> Any:
         opened.append(what)
-        return real(what)
+        return real(what, **kwargs)
 
     monkeypatch.setattr(wd.store, "transaction", counted)
     return opened

@@ -105,17 +105,19 @@ async def test_external_call_wins_over_timeout_overrun(orch: respx.MockRouter, m
     assert diagnosis.likely_cause == "external_api_slow"
 
 
-async def test_unknown_execution_still_gives_eight_findings(
+async def test_an_unknown_execution_costs_one_orchestrator_call_and_still_gives_eight_findings(
     orch: respx.MockRouter, make_ctx: MakeCtx
 ) -> None:
     _routes(orch)
     orch.get("/executions/ex-1").respond(404, json={"error": "not_found", "detail": "no execution ex-1"})
-    orch.get("/executions/ex-1/trace").respond(
-        404, json={"error": "not_found", "detail": "no execution ex-1"}
-    )
     diagnosis = await diagnose(make_ctx(), "ex-1")
     assert len(diagnosis.findings) == 8 and diagnosis.likely_cause == "execution_not_found"
     assert diagnosis.finding(1) is not None and diagnosis.finding(1).status is StepStatus.ERROR  # type: ignore[union-attr]
+    skipped = [f for f in diagnosis.findings if f.step != 1]
+    assert {(f.status, f.evidence["reason"]) for f in skipped} == {
+        (StepStatus.UNKNOWN, "execution_not_found")
+    }
+    assert orch.calls.call_count == 1  # steps 2-8 asked nothing
 
 
 async def test_failing_and_hanging_steps_do_not_abort(make_ctx: MakeCtx) -> None:

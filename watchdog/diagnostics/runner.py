@@ -14,6 +14,11 @@ own timeout), `resource_contention`, `slow_node`, `agent_unresponsive` (resource
 `over_max_age` (a run with no timeout at all, running past the maximum age), `unknown`. What
 the stuck node shows outranks contention, which a stuck run causes as often as it suffers from it.
 
+An execution the orchestrator does not know (step 1 answers `not_found`) ends the diagnosis there: the
+cause is `execution_not_found` whatever the others would find, so the other steps are not run (each
+gets an `unknown` Finding saying so, reason `execution_not_found`). An alert or a typo naming an
+unknown run costs one orchestrator call, not eight steps' worth (issue 11: no diagnosis storm).
+
 Plugin steps (`watchdog.plugins`, numbered 9-99) run concurrently with steps 4-8, under their own
 timeout, in the same guard. When the rules above find no cause (`unknown`), the first plugin step
 (by number) whose `problem` finding names one of the causes it declared (`evidence["likely_cause"]`)
@@ -23,6 +28,7 @@ gives the cause, with its summary as the evidence.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -36,6 +42,7 @@ from watchdog.diagnostics import (
     step7_external,
     step8_checkpoints,
 )
+from watchdog.diagnostics.shared_reads import SharedReads
 from watchdog_sdk.diagnosis import CAUSE_KEY, Diagnosis, Finding, StepStatus
 from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext, DiagnosticStep
 from watchdog_sdk.step_helpers import finding
@@ -108,15 +115,20 @@ async def run_step(ctx: DiagnosticContext, state: DiagnosisState, step: Diagnost
 async def diagnose(
     ctx: DiagnosticContext, execution_id: str, *, steps: Sequence[DiagnosticStep] = STEPS
 ) -> Diagnosis:
-    """Run steps 1-3 in order, then 4-8 concurrently, and build the Diagnosis."""
+    """Run steps 1-3 in order, then 4-8 concurrently, and build the Diagnosis (only step 1 for an
+    execution the orchestrator does not know)."""
     state = DiagnosisState(execution_id=execution_id)
     started_at = ctx.clock.now()
     findings: list[Finding] = []
     for step in steps:
         if step.number in SEQUENTIAL:
-            findings.append(await run_step(ctx, state, step))
+            skip = _execution_unknown(findings)
+            findings.append(_not_run(step) if skip else await run_step(ctx, state, step))
     concurrent = [step for step in steps if step.number not in SEQUENTIAL]
-    findings += await asyncio.gather(*(run_step(ctx, state, step) for step in concurrent))
+    if _execution_unknown(findings):
+        findings += [_not_run(step) for step in concurrent]
+    else:
+        findings += await asyncio.gather(*(run_step(ctx, state, step) for step in concurrent))
     findings.sort(key=lambda f: f.step)
     cause, evidence = likely_cause(findings)
     if cause == "unknown":
@@ -134,10 +146,28 @@ async def diagnose(
     )
 
 
+def _execution_unknown(findings: Sequence[Finding]) -> bool:
+    """Whether step 1 found that the orchestrator knows no such execution."""
+    return bool(findings) and findings[0].step == 1 and findings[0].evidence.get("reason") == "not_found"
+
+
+def _not_run(step: DiagnosticStep) -> Finding:
+    return finding(
+        step.number,
+        step.name,
+        StepStatus.UNKNOWN,
+        "not run: the orchestrator knows no such execution",
+        reason="execution_not_found",
+    ).model_copy(update={"duration_ms": 0.0})
+
+
 def diagnoser(
     ctx: DiagnosticContext, steps: Sequence[DiagnosticStep] = STEPS
 ) -> Callable[[str], Awaitable[Diagnosis]]:
-    """`diagnose` bound to a context and steps: the `execution_id -> Diagnosis` callable the app takes."""
+    """`diagnose` bound to a context and steps: the `execution_id -> Diagnosis` callable the app takes.
+    The diagnoses it runs share their orchestrator-wide reads for a second (`shared_reads`)."""
+    shared = SharedReads(ctx.orchestrator)
+    ctx = dataclasses.replace(ctx, clients=dataclasses.replace(ctx.clients, orchestrator=shared))
 
     async def run(execution_id: str) -> Diagnosis:
         return await diagnose(ctx, execution_id, steps=steps)

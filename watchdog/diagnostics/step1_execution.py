@@ -17,6 +17,7 @@ with no timeout), `prometheus_duration_seconds` / `prometheus_error` (when Prome
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Any
 
@@ -42,15 +43,18 @@ async def _other_stuck(
 ) -> dict[str, Any]:
     """The other running runs over their timeout (the oldest first) and how many runs are running."""
     execution_id = execution.execution_id
-    page = await orchestrator.list_executions_page(
-        ExecutionQuery("running", over_timeout=True), limit=OTHER_STUCK_SHOWN + 1
+    page, running_count = await asyncio.gather(  # two requests at once: one round trip of waiting
+        orchestrator.list_executions_page(
+            ExecutionQuery("running", over_timeout=True), limit=OTHER_STUCK_SHOWN + 1
+        ),
+        orchestrator.count_executions(ExecutionQuery("running")),
     )
     if page.paged:
         others = [r.execution_id for r in page.items if r.execution_id != execution_id and _over(r, now)]
         total = len(page.items) if page.total is None else page.total
         counted_self = execution.status == "running" and _over(execution, now)
         return {
-            "running_executions": await orchestrator.count_executions(ExecutionQuery("running")),
+            "running_executions": running_count,
             "other_stuck": others[:OTHER_STUCK_SHOWN],
             "other_stuck_count": max(total - (1 if counted_self else 0), len(others)),
         }

@@ -1,0 +1,104 @@
+"""A batch of new firing alerts is written in a few statements, with the rows one-by-one would write."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from tests.watchdog.conftest import WATCHDOG_TOKEN, ScriptedDiagnose
+from tests.watchdog.webhook import STARTS, alert, payload
+from watchdog.assembly import Watchdog
+from watchdog.intake import BATCHES_AT_ONCE
+from watchdog.migrations import alert_deliveries, audit_log
+from watchdog.webhook import parse_payload
+
+Client = TestClient[web.Request, web.Application]
+AUTH = {"Authorization": f"Bearer {WATCHDOG_TOKEN}"}
+
+
+async def _post(client: Client, body: Any) -> list[dict[str, Any]]:
+    response = await client.post("/api/v1/alerts", json=body, headers=AUTH)
+    assert response.status == 200, await response.text()
+    answer: list[dict[str, Any]] = (await response.json())["alerts"]
+    return answer
+
+
+async def _rows(wd: Watchdog) -> tuple[dict[str, int | None], list[tuple[int | None, str, dict[str, Any]]]]:
+    async with wd.store.read() as tx:
+        deliveries = await tx.conn.execute(
+            sa.select(alert_deliveries.c.fingerprint, alert_deliveries.c.incident_id)
+        )
+        audit = await tx.conn.execute(
+            sa.select(audit_log.c.incident_id, audit_log.c.kind, audit_log.c.data).order_by(audit_log.c.id)
+        )
+        return dict(deliveries.all()), [tuple(row) for row in audit.all()]  # type: ignore[misc]
+
+
+async def test_a_delivery_of_new_alerts_opens_each_incident_with_its_audit_entry_and_link(
+    api_client: Client, watchdog_app: Watchdog, diagnose_fn: ScriptedDiagnose
+) -> None:
+    [solo] = await _post(api_client, payload(alert("run-solo", fingerprint="fp-solo")))  # one by one
+    outcomes = await _post(api_client, payload(*(alert(f"run-{i}", fingerprint=f"fp-{i}") for i in range(5))))
+    assert [o["outcome"] for o in outcomes] == ["opened"] * 5
+    assert [o["execution_id"] for o in outcomes] == [f"run-{i}" for i in range(5)]
+    links, audit = await _rows(watchdog_app)
+    by_execution = {o["execution_id"]: o["incident_id"] for o in outcomes}
+    assert links == {"fp-solo": solo["incident_id"]} | {f"fp-{i}": by_execution[f"run-{i}"] for i in range(5)}
+    opened = {
+        data["execution_id"]: (incident_id, data)
+        for incident_id, kind, data in audit
+        if kind == "incident_opened"
+    }
+    solo_data = opened["run-solo"][1]
+    for i in range(5):  # the same entry as one by one writes, about its own alert
+        expected = solo_data | {"execution_id": f"run-{i}", "fingerprint": f"fp-{i}"}
+        assert opened[f"run-{i}"] == (by_execution[f"run-{i}"], expected)
+    await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 10)
+    assert sorted(diagnose_fn.calls) == sorted(["run-solo", *(f"run-{i}" for i in range(5))])
+
+
+async def test_a_batch_joins_open_incidents_and_counts_duplicates_as_one_by_one_would(
+    api_client: Client, watchdog_app: Watchdog
+) -> None:
+    [first] = await _post(api_client, payload(alert("run-open", fingerprint="fp-open")))
+    alerts = [
+        alert("run-open", fingerprint="fp-open", starts_at="2026-03-01T13:00:00Z"),  # a new episode: joins
+        alert("run-new", fingerprint="fp-new"),
+        alert("run-twice", fingerprint="fp-twice-a"),  # two alerts of one execution: opened, then joined
+        alert("run-twice", fingerprint="fp-twice-b"),
+        alert("run-open", fingerprint="fp-open", starts_at=STARTS),  # recorded before: a duplicate
+    ]
+    outcomes = await _post(api_client, payload(*alerts))
+    assert [o["outcome"] for o in outcomes] == ["joined", "opened", "opened", "joined", "duplicate"]
+    assert outcomes[0]["incident_id"] == outcomes[4]["incident_id"] == first["incident_id"]
+    assert outcomes[2]["incident_id"] == outcomes[3]["incident_id"]
+    links, audit = await _rows(watchdog_app)
+    assert links["fp-twice-b"] == links["fp-twice-a"] == outcomes[2]["incident_id"]
+    assert [kind for _, kind, _ in audit].count("incident_joined") == 2
+
+
+async def test_concurrent_deliveries_of_distinct_alerts_share_transactions(
+    watchdog_app: Watchdog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real, opened = watchdog_app.store.transaction, []
+
+    def counted(what: str = "", **kwargs: Any) -> Any:
+        opened.append(what)
+        return real(what, **kwargs)
+
+    monkeypatch.setattr(watchdog_app.store, "transaction", counted)
+    deliveries = [
+        parse_payload(json.dumps(payload(alert(f"run-{i}", fingerprint=f"fp-{i}"))).encode()).payload
+        for i in range(20)
+    ]
+    results = await asyncio.gather(*(watchdog_app.intake.handle(delivery) for delivery in deliveries))
+    assert sorted(o.outcome for [o] in results) == ["opened"] * 20
+    assert len({o.incident_id for [o] in results}) == 20
+    assert 1 <= opened.count("alert intake") <= BATCHES_AT_ONCE  # not one per delivery
+    await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 10)
