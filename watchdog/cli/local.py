@@ -75,8 +75,13 @@ def settings_of(settings_file: str | None, **overrides: Any) -> WatchdogSettings
 
 
 def setup_logging(level: str, log_format: str = "text") -> None:
-    """Logging on stderr (`watchdog.logs`): JSON lines for the service when configured, text otherwise."""
-    logs.configure(level, log_format)
+    """Logging on stderr (`watchdog.logs`): JSON lines for the service when configured, text otherwise.
+
+    Like `logging.basicConfig`, it leaves a root logger that already has handlers alone (a process
+    that embeds the CLI, or a test run, keeps its own).
+    """
+    if not logging.getLogger().handlers:
+        logs.configure(level, log_format)
 
 
 def execution_id_argument(value: str) -> str:
