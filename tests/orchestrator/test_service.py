@@ -444,7 +444,7 @@ async def test_shutdown_during_an_admission_pass_leaves_the_run_queued_or_interr
             return await super().acquire()
 
     monkeypatch.setattr(target, name, held_call)
-    monkeypatch.setattr(service, "_admission", ContendedLock())
+    monkeypatch.setattr(service.admission, "lock", ContendedLock())
     await service.engine.register_dag(gate_dag("late", gate="late"))
     submitted = asyncio.create_task(service.submit("late"))
     async with asyncio.timeout(5):
