@@ -47,6 +47,7 @@ enforced by killing the run: per the runbook, the alert fires while the run stay
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections.abc import Callable, Collection, Mapping
@@ -131,6 +132,7 @@ class Engine:
         self.clock: Clock = clock or SystemClock()
         self._max_parallel_nodes = settings.max_parallel_nodes
         self._runs: dict[str, Executor] = {}
+        self._parallel_limit = lambda: self._max_parallel_nodes  # one callable read by every run
         self.plans = RunPlans()  # per DAG version: levels and input hashers, shared by its runs
 
     @classmethod
@@ -313,21 +315,19 @@ class Engine:
             clock=self.clock,
             plan=self.plans.get(claimed.dag),
             record=claimed.record,
-            parallel_limit=lambda: self._max_parallel_nodes,
+            parallel_limit=self._parallel_limit,
             resume_from=claimed.data,
             checkpoint_base_delay=self.settings.checkpoint_retry_base_delay,
             checkpoint_max_delay=self.settings.checkpoint_retry_max_delay,
         )
         execution_id = executor.execution_id
         self._runs[execution_id] = executor
-        task = executor.start()
-
-        def forget(_: asyncio.Task[Any]) -> None:
-            if self._runs.get(execution_id) is executor:
-                del self._runs[execution_id]
-
-        task.add_done_callback(forget)
+        executor.start().add_done_callback(functools.partial(self._forget, executor))
         return executor
+
+    def _forget(self, executor: Executor, _: asyncio.Task[Any]) -> None:
+        if self._runs.get(executor.execution_id) is executor:
+            del self._runs[executor.execution_id]
 
     # -- controlling -------------------------------------------------------------------------------
 

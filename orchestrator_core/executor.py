@@ -75,14 +75,9 @@ class Executor:
         self.token = record.fencing_token
         self.persist = record.options.checkpoint_enabled
         self.resumed = resume_from is not None
-        self.levels = plan.level_lists()
-        dag_limit = self.dag.max_parallel_nodes
-
-        def limit() -> int:
-            live = parallel_limit()
-            return min(live, dag_limit) if dag_limit is not None else live
-
-        self.slots = Slots(limit)
+        self.levels = plan.levels
+        self._parallel_limit = parallel_limit
+        self.slots = Slots(self._limit)
         self.writer = RunWriter(
             store,
             self.execution_id,
@@ -118,6 +113,12 @@ class Executor:
         self._stop_mode: str | None = None
         self._stop_reason: str | None = None
         self._task: asyncio.Task[Any] | None = None
+
+    def _limit(self) -> int:
+        """The run's node parallelism now: the live limit, within the DAG's own."""
+        live = self._parallel_limit()
+        dag_limit = self.dag.max_parallel_nodes
+        return min(live, dag_limit) if dag_limit is not None else live
 
     # -- public ------------------------------------------------------------------------------------
 

@@ -35,12 +35,15 @@ class Slots:
     """A counting semaphore whose limit is read from a callable on every acquire (live-adjustable).
 
     Lowering the limit never stops holders; new acquirers wait until usage drops below it. FIFO.
+    The queue of waiters is made when the first one comes (an empty deque is ~750 bytes, per run).
     """
+
+    __slots__ = ("_limit", "_waiters", "in_use")
 
     def __init__(self, limit: Callable[[], int]) -> None:
         self._limit = limit
         self.in_use = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[asyncio.Future[None]] | None = None
 
     def try_acquire(self) -> bool:
         """Take a slot at once if one is free and nobody is queued (what `acquire` does first)."""
@@ -53,14 +56,17 @@ class Slots:
         if self.try_acquire():
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        if self._waiters is None:
+            self._waiters = deque()
+        waiters = self._waiters
+        waiters.append(waiter)
         try:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # we were granted a slot but will not use it
             else:
-                self._waiters.remove(waiter)
+                waiters.remove(waiter)
             raise
 
     def release(self) -> None:
@@ -69,8 +75,9 @@ class Slots:
 
     def wake(self) -> None:
         """Grant slots to waiters while usage is under the (possibly new) limit."""
-        while self._waiters and self.in_use < self._limit():
-            waiter = self._waiters.popleft()
+        waiters = self._waiters
+        while waiters and self.in_use < self._limit():
+            waiter = waiters.popleft()
             if not waiter.done():
                 self.in_use += 1
                 waiter.set_result(None)
@@ -91,6 +98,7 @@ class NodeState:
     input_hash: str | None = None
     output_hash: str | None = None
     started_mono: float = 0.0
+    restored: bool = False  # completed before a resume (from its checkpoint), not run again here
 
     # The rest of `store.TraceFields`, so that the final write of a run can take the states as they are.
     @property
@@ -175,6 +183,7 @@ class RunState:
             state = self.states[cp.node_id]
             old = data.traces.get(cp.node_id)
             state.status = "completed"
+            state.restored = True
             state.output_hash = cp.output_hash
             state.input_hash = cp.input_hash
             state.completed_at = cp.created_at

@@ -12,8 +12,8 @@ owners whose heartbeat is gone, from their checkpoints, once their lock is free.
 the replica takes its ownership lock; the lease's fencing token goes to the engine, whose store refuses
 writes with a stale token.
 
-Ownership (`ownership.Ownership`): every owned run has a supervisor task that waits for the run to end
-and then releases the lock. `renew_once` extends every owned lock in one round trip; a lock that
+Ownership (`ownership.Ownership`): when an owned run's task ends, its lock is released and the next
+queued run admitted. `renew_once` extends every owned lock in one round trip; a lock that
 expired but that nobody took is set again; when a lock is held by someone else, or cannot be renewed
 before it could expire (Redis unreachable for a TTL less one tick), the replica self-fences: it stops
 the run and records it `interrupted` (resumable), or only detaches when another owner already claimed
@@ -35,8 +35,8 @@ forms.
 
 Shutdown (`shutdown`, SIGTERM via the CLI): stop admitting and taking over (an admission pass under
 way ends first), give running runs `shutdown_grace_seconds` to finish (locks still renewed meanwhile),
-interrupt what is left (status `interrupted`, resumable), release the locks, wait for supervisors
-still admitting after their run ended, close the engine, the lock backend and the exporters.
+interrupt what is left (status `interrupted`, resumable), release the locks, wait for the admission
+passes of runs that ended just before, close the engine, the lock backend and the exporters.
 """
 
 from __future__ import annotations
@@ -356,7 +356,7 @@ class OrchestratorService:
 
         A cancel answered by a replica that does not run the execution can only write the store
         (`cancelled`, checkpoints kept); the owner notices here, within one maintenance tick, stops
-        the nodes without writing anything more, and its supervisor releases the lock. Without this
+        the nodes without writing anything more, and its lock is released when its task ends. Without this
         the nodes ran on, the run held its slot and its duration gauge kept the alert firing. One store
         read for all the runs owned here (by primary key, in chunks, in one transaction).
         """
