@@ -10,6 +10,10 @@ Admission (FIFO): the queue is the store, shared by every replica; `pump_once` s
 runs (by `created_at`) while this replica owns fewer than `max_concurrent` runs. Takeover: `takeover_once`
 resumes the `running` runs of owners whose heartbeat is gone once their lock is free. One pass at a
 time (`lock`), so that shutdown can wait for the pass under way and then admit nothing more.
+
+`pump_soon` (a submit, a run's end) needs only a pass that reads the queue after its run was recorded:
+it joins the pass waiting for the lock, if one has not read the queue yet, instead of queueing one
+more behind it, so that 32 submits at once cost a pass or two, not 32.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import asyncio
 from datetime import datetime
 
 from orchestrator_core.engine import Engine
-from orchestrator_core.errors import InvalidState
+from orchestrator_core.errors import InvalidState, OrchestratorError
 from orchestrator_core.locks import Lease, LockBackend
 from orchestrator_core.logs import RunLog
 from orchestrator_core.ownership import Ownership
@@ -53,6 +57,9 @@ class Admission:
         self.lock = asyncio.Lock()
         self.accepting = True
         self.queued = 0  # the queue's length as last counted
+        # The `pump_soon` pass waiting for the lock, until it reads the queue; its outcome (the error
+        # it raised, or None) when it ends.
+        self._opening: asyncio.Future[OrchestratorError | None] | None = None
 
     def room(self) -> int:
         return self.max_concurrent - len(self.ownership)
@@ -72,27 +79,56 @@ class Admission:
         """Start the oldest queued runs while there is room here. Returns the ids started.
 
         The queue is read with a query of its own, oldest first, a page the size of the room at a time
-        (a run another replica is starting meanwhile is skipped and the next page read), and counted
-        exactly: however many runs are queued, the oldest are admitted first and
-        `queued_executions` is the queue's length.
+        (a run another replica is starting meanwhile is skipped and the next page read), and counted:
+        however many runs are queued, the oldest are admitted first and `queued_executions` is the
+        queue's length (a `COUNT` unless the pass read the queue to its end: then the runs it left).
         """
+        return await self._pass(None)
+
+    async def pump_soon(self) -> None:
+        """A pass that reads the queue after now: the one waiting to start, if any, else a new one."""
+        opening = self._opening
+        if opening is not None:
+            error = await asyncio.shield(opening)
+            if error is not None:
+                raise error
+            return
+        self._opening = opening = asyncio.get_running_loop().create_future()
+        outcome: OrchestratorError | None = None
+        try:
+            await self._pass(opening)
+        except OrchestratorError as exc:
+            outcome = exc
+            raise
+        finally:
+            if self._opening is opening:
+                self._opening = None
+            opening.set_result(outcome)
+
+    async def _pass(self, opening: asyncio.Future[OrchestratorError | None] | None) -> list[str]:
         started: list[str] = []
         async with self.lock:
+            if opening is not None and self._opening is opening:
+                self._opening = None  # reading now: a run recorded from here on needs the next pass
             if not self.accepting:
                 return started
             after: tuple[datetime, str] | None = None
+            left = 0  # runs read and not started here (being started by another replica)
             for _ in range(ADMISSION_PAGES):
                 limit = min(self.room(), ADMISSION_PAGE)
                 if limit <= 0 or not self.accepting:
                     break
                 page = await self.engine.store.executions.oldest_queued(limit, after=after)
+                before = len(started)
                 for head in page:
                     if not self.accepting or self.room() <= 0:
                         break
                     if await self._start(head):
                         started.append(head.execution_id)
+                left += len(page) - (len(started) - before)
                 if len(page) < limit:
-                    break
+                    self.queued = left  # the queue's end was read: nothing else waits
+                    return started
                 after = (page[-1].created_at, page[-1].execution_id)
             await self.count_queued()
         return started

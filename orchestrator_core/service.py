@@ -316,7 +316,10 @@ class OrchestratorService:
         # a retry and so a duplicate run. When Redis or the store fails now, the run stays queued and
         # the maintenance loop (this replica's or another's) starts it once they are back.
         try:
-            await self.pump_once()
+            await self.pump_soon()
+            executor = self.engine.executor(record.execution_id)
+            if executor is not None:  # started here: its record as the claim stored it
+                return executor.record
             return await self.engine.get_execution(record.execution_id)
         except OrchestratorError as exc:
             self.run_log.warning(
@@ -380,6 +383,10 @@ class OrchestratorService:
     async def pump_once(self) -> list[str]:
         """Start the oldest queued runs while there is room here (`Admission.pump_once`)."""
         return await self.admission.pump_once()
+
+    async def pump_soon(self) -> None:
+        """A pass that reads the queue after now, joined if one waits to start (`Admission.pump_soon`)."""
+        await self.admission.pump_soon()
 
     async def takeover_once(self) -> list[str]:
         """Resume `running` runs whose owner is gone (`Admission.takeover_once`)."""
@@ -475,6 +482,6 @@ class OrchestratorService:
         """A run owned here ended (its lock is released): admit the next queued run."""
         if self.accepting:
             try:
-                await self.pump_once()
+                await self.pump_soon()
             except OrchestratorError as exc:
                 log.warning("admission after %s ended failed: %s", execution_id, exc)
