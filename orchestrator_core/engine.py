@@ -132,7 +132,6 @@ class Engine:
         self.clock: Clock = clock or SystemClock()
         self._max_parallel_nodes = settings.max_parallel_nodes
         self._runs: dict[str, Executor] = {}
-        self._parallel_limit = lambda: self._max_parallel_nodes  # one callable read by every run
         self.plans = RunPlans()  # per DAG version: levels and input hashers, shared by its runs
 
     @classmethod
@@ -315,7 +314,7 @@ class Engine:
             clock=self.clock,
             plan=self.plans.get(claimed.dag),
             record=claimed.record,
-            parallel_limit=self._parallel_limit,
+            parallel_limit=self._max_parallel_nodes,
             resume_from=claimed.data,
             checkpoint_base_delay=self.settings.checkpoint_retry_base_delay,
             checkpoint_max_delay=self.settings.checkpoint_retry_max_delay,
@@ -536,7 +535,7 @@ class Engine:
             raise ValueError("max_parallel_nodes must be >= 1")
         self._max_parallel_nodes = value
         for executor in self._runs.values():
-            executor.slots.wake()
+            executor.set_parallel_limit(value)
 
     def pool_stats(self) -> PoolStats:
         """Connection pool figures of the store."""

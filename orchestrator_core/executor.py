@@ -11,8 +11,8 @@ replica and runs `Executor.run()` in a background task; `Engine.cancel/interrupt
 
 and itself decides how the run ends and writes that end (`_finish`). Semantics the runbook depends on:
 
-- Within a level at most `min(dag.max_parallel_nodes, live limit)` attempts run at once (`Slots`, whose
-  limit is re-read on every acquire, so `Engine.set_max_parallel_nodes` applies to running runs).
+- Within a level at most `min(dag.max_parallel_nodes, live limit)` attempts run at once (`Slots`;
+  `Engine.set_max_parallel_nodes` calls `set_parallel_limit` of every running run).
 - `on_failure`: `fail_fast` cancels the failed node's running siblings and stops after the level;
   `continue` runs everything not downstream of a failure (those nodes end `skipped`) and the run ends
   `failed`; `compensate` stops like `fail_fast`, then runs the `compensation` agents of completed nodes
@@ -60,12 +60,13 @@ class Executor:
         clock: Clock,
         plan: RunPlan,
         record: ExecutionRecord,
-        parallel_limit: Callable[[], int],
+        parallel_limit: int,
         resume_from: RunData | None = None,
         checkpoint_base_delay: float = 0.1,
         checkpoint_max_delay: float = 5.0,
     ) -> None:
-        """`resume_from`: what a resumed run continues from (None for a run's first start)."""
+        """`parallel_limit`: the live node parallelism limit now; `resume_from`: what a resumed run
+        continues from (None for a run's first start)."""
         self.store = store
         self.observer = observer
         self.clock = clock
@@ -76,8 +77,7 @@ class Executor:
         self.persist = record.options.checkpoint_enabled
         self.resumed = resume_from is not None
         self.levels = plan.levels
-        self._parallel_limit = parallel_limit
-        self.slots = Slots(self._limit)
+        self.slots = Slots(self._within_dag(parallel_limit))
         self.writer = RunWriter(
             store,
             self.execution_id,
@@ -114,11 +114,14 @@ class Executor:
         self._stop_reason: str | None = None
         self._task: asyncio.Task[Any] | None = None
 
-    def _limit(self) -> int:
-        """The run's node parallelism now: the live limit, within the DAG's own."""
-        live = self._parallel_limit()
+    def _within_dag(self, live: int) -> int:
+        """The run's node parallelism: the live limit, within the DAG's own."""
         dag_limit = self.dag.max_parallel_nodes
         return min(live, dag_limit) if dag_limit is not None else live
+
+    def set_parallel_limit(self, live: int) -> None:
+        """The live limit changed: applies at once (running nodes are never stopped)."""
+        self.slots.set_limit(self._within_dag(live))
 
     # -- public ------------------------------------------------------------------------------------
 

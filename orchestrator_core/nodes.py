@@ -156,9 +156,10 @@ class NodeRunner:
             observer=run.observer,
             now=run.clock.now,
         )
+        started = 0.0  # only events need the attempt's own duration
         if run.observing:
             run.observer.node_attempt_started(NodeAttemptEvent(*self._ids(node, attempt), at=now))
-        started = run.clock.monotonic()
+            started = run.clock.monotonic()
         exc: BaseException | None = None
         value: Any = None
         outcome = "completed"

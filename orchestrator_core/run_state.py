@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,22 +31,22 @@ TERMINAL_NODE_STATUSES = frozenset({"completed", "failed", "skipped", "timed_out
 
 
 class Slots:
-    """A counting semaphore whose limit is read from a callable on every acquire (live-adjustable).
+    """A counting semaphore whose limit can change while it is held (`set_limit`: live limits).
 
     Lowering the limit never stops holders; new acquirers wait until usage drops below it. FIFO.
     The queue of waiters is made when the first one comes (an empty deque is ~750 bytes, per run).
     """
 
-    __slots__ = ("_limit", "_waiters", "in_use")
+    __slots__ = ("_waiters", "in_use", "limit")
 
-    def __init__(self, limit: Callable[[], int]) -> None:
-        self._limit = limit
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
         self.in_use = 0
         self._waiters: deque[asyncio.Future[None]] | None = None
 
     def try_acquire(self) -> bool:
         """Take a slot at once if one is free and nobody is queued (what `acquire` does first)."""
-        if not self._waiters and self.in_use < self._limit():
+        if not self._waiters and self.in_use < self.limit:
             self.in_use += 1
             return True
         return False
@@ -73,10 +72,15 @@ class Slots:
         self.in_use -= 1
         self.wake()
 
+    def set_limit(self, limit: int) -> None:
+        """A new limit, at once: more room wakes waiters; less stops none of the holders."""
+        self.limit = limit
+        self.wake()
+
     def wake(self) -> None:
-        """Grant slots to waiters while usage is under the (possibly new) limit."""
+        """Grant slots to waiters while usage is under the limit."""
         waiters = self._waiters
-        while waiters and self.in_use < self._limit():
+        while waiters and self.in_use < self.limit:
             waiter = waiters.popleft()
             if not waiter.done():
                 self.in_use += 1
