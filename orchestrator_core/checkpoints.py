@@ -45,6 +45,25 @@ class LiveTrace(Protocol):
 class RunWriter:
     """Serialises one execution's writes into batched, fenced transactions."""
 
+    __slots__ = (
+        "_checkpoints",
+        "_committing",
+        "_provenance",
+        "_task",
+        "_traces",
+        "_waiters",
+        "base_delay",
+        "clock",
+        "execution_id",
+        "failures",
+        "fatal",
+        "max_delay",
+        "observer",
+        "on_fatal",
+        "store",
+        "token",
+    )
+
     def __init__(
         self,
         store: Store,

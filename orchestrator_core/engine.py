@@ -132,6 +132,8 @@ class Engine:
         self.clock: Clock = clock or SystemClock()
         self._max_parallel_nodes = settings.max_parallel_nodes
         self._runs: dict[str, Executor] = {}
+        # Told the id of every local run whose task ended (the service's ownership lets go of it).
+        self.on_run_end: Callable[[str], None] | None = None
         self.plans = RunPlans()  # per DAG version: levels and input hashers, shared by its runs
 
     @classmethod
@@ -327,6 +329,8 @@ class Engine:
     def _forget(self, executor: Executor, _: asyncio.Task[Any]) -> None:
         if self._runs.get(executor.execution_id) is executor:
             del self._runs[executor.execution_id]
+            if self.on_run_end is not None:
+                self.on_run_end(executor.execution_id)
 
     # -- controlling -------------------------------------------------------------------------------
 

@@ -51,6 +51,36 @@ FINISH_ATTEMPTS = 5  # tries to record a run's final status before giving up (th
 class Executor:
     """Runs one claimed execution to an end. Use once: `await executor.run()` (or `start()`)."""
 
+    __slots__ = (
+        "_finishing",
+        "_stop_mode",
+        "_stop_reason",
+        "_task",
+        "chain",
+        "clock",
+        "compensator",
+        "completion_order",
+        "dag",
+        "execution_id",
+        "final_record",
+        "level_runner",
+        "levels",
+        "node_start_order",
+        "nodes",
+        "observer",
+        "outputs",
+        "persist",
+        "record",
+        "resumed",
+        "run_state",
+        "skipped_from_checkpoint",
+        "slots",
+        "states",
+        "store",
+        "token",
+        "writer",
+    )
+
     def __init__(
         self,
         *,

@@ -61,6 +61,8 @@ class _Level:
 class LevelRunner:
     """Runs the levels of one run (see the module docstring)."""
 
+    __slots__ = ("_level", "_level_failed", "node_tasks", "nodes", "run")
+
     def __init__(self, run: RunState, nodes: NodeRunner) -> None:
         self.run = run
         self.nodes = nodes

@@ -49,6 +49,8 @@ def _retrieve(future: asyncio.Future[None]) -> None:
 class NodeRunner:
     """Runs single nodes of one run (see the module docstring)."""
 
+    __slots__ = ("compensator", "deferred", "on_failed", "run")
+
     def __init__(self, run: RunState, compensator: Compensator) -> None:
         self.run = run
         self.compensator = compensator

@@ -5,9 +5,10 @@ start a run through `with_lock` (take the lock, hand its fencing token to the en
 the maintenance tick calls `renew_once`; shutdown calls `stop_all`. It uses the `engine.Engine` to
 wait for, interrupt and detach runs and the `locks.LockBackend` for leases.
 
-- When an owned run's task ends, a done-callback starts a short task that releases the lock and then
-  calls `after_run` (the service admits the next queued run there). No task waits while a run goes
-  on: at 10,000 held runs a waiting task per run was ~1.5 KB of memory each.
+- When an owned run's task ends, the engine tells `run_ended` (`Engine.on_run_end`, wired by the
+  service), which starts a short task that releases the lock and then calls `after_run` (the service
+  admits the next queued run there). Nothing waits, and no callback is kept, per run that goes on: at
+  10,000 held runs a waiting task per run was ~1.5 KB of memory each.
 - `renew_once` extends every owned lock in one round trip (`LockBackend.renew_many`). A lock found
   expired that nobody took since is set again unchanged (`retake_many`): the replica was late, the run
   is still its own. When a lock is held by someone else, or cannot be renewed before it could expire
@@ -19,7 +20,6 @@ wait for, interrupt and detach runs and the `locks.LockBackend` for leases.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -234,28 +234,24 @@ class Ownership:
             log.warning("could not release lock of %s: %s", lease.execution_id, exc)
 
     def _own(self, lease: Lease) -> None:
-        """Own a run that `start` launched: let go of it (`_leave`) once its task ends."""
-        owned = _Owned(lease, self._monotonic())
-        self.owned[lease.execution_id] = owned
+        """Own a run that `start` launched; `run_ended` lets go of it once its task ends."""
+        self.owned[lease.execution_id] = _Owned(lease, self._monotonic())
         executor = self.engine.executor(lease.execution_id)
-        task = executor.task if executor is not None else None
-        if task is None or task.done():
-            self._ended(lease.execution_id, owned)
-        else:
-            task.add_done_callback(functools.partial(self._ended, lease.execution_id, owned))
+        if executor is None or executor.task is None or executor.task.done():
+            self.run_ended(lease.execution_id)  # it ended already: the engine told nobody
 
-    def _ended(self, execution_id: str, owned: _Owned, _: object = None) -> None:
-        """The run's task ended (a done-callback): release its lock and admit, in a task of its own."""
+    def run_ended(self, execution_id: str) -> None:
+        """A local run's task ended: release its lock and admit, in a task of its own."""
         if self._stopped:
             return  # shutdown releases every lock itself
         task = asyncio.get_running_loop().create_task(
-            self._leave(execution_id, owned), name=f"leave-{execution_id}"
+            self._leave(execution_id, self.owned.get(execution_id)), name=f"leave-{execution_id}"
         )
         self._leaving.add(task)
         task.add_done_callback(self._leaving.discard)
 
-    async def _leave(self, execution_id: str, owned: _Owned) -> None:
-        if self.owned.get(execution_id) is owned:
+    async def _leave(self, execution_id: str, owned: _Owned | None) -> None:
+        if owned is not None and self.owned.get(execution_id) is owned:
             del self.owned[execution_id]
             await self.release(owned.lease)
         await self._after_run(execution_id)

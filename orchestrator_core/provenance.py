@@ -39,6 +39,8 @@ _NO_NODES: frozenset[str] = frozenset()
 class ChainBuilder:
     """Appends records to a run's chain, continuing from the records already stored."""
 
+    __slots__ = ("_head", "_recorded", "entries", "genesis")
+
     def __init__(self, genesis: str, existing: Sequence[ProvenanceEntry] = ()) -> None:
         self.genesis = genesis
         self.entries: list[ProvenanceEntry] = list(existing)

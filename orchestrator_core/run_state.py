@@ -136,6 +136,31 @@ class NodeState:
 class RunState:
     """What the parts of one run's executor share (see the module docstring)."""
 
+    __slots__ = (
+        "chain",
+        "clock",
+        "completion_order",
+        "dag",
+        "deterministic",
+        "execution_id",
+        "input_data",
+        "input_data_hash",
+        "input_data_hash_json",
+        "node_start_order",
+        "observer",
+        "observing",
+        "output_hashes",
+        "outputs",
+        "persist",
+        "plan",
+        "record",
+        "registry",
+        "skipped_from_checkpoint",
+        "slots",
+        "states",
+        "writer",
+    )
+
     def __init__(
         self,
         *,

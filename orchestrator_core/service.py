@@ -115,6 +115,7 @@ class OrchestratorService:
             after_run=self._after_run,
             on_fenced=metrics.fenced,
         )
+        engine.on_run_end = self.ownership.run_ended
         self.admission = Admission(
             settings.replica_id,
             engine=engine,
