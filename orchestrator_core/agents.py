@@ -241,7 +241,7 @@ async def sleep(ctx: AgentContext) -> Any:
 async def hang(ctx: AgentContext) -> Any:
     """Never return until cancelled (to test stuck-execution alerting end to end)."""
     ctx.log(f"{ctx.agent_id} waiting forever (builtin.hang)", level="WARNING")
-    await asyncio.Event().wait()
+    await asyncio.get_running_loop().create_future()  # never set (an Event would add a deque per run)
     raise AssertionError("unreachable")  # pragma: no cover
 
 

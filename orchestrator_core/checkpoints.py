@@ -45,6 +45,25 @@ class LiveTrace(Protocol):
 class RunWriter:
     """Serialises one execution's writes into batched, fenced transactions."""
 
+    __slots__ = (
+        "_checkpoints",
+        "_committing",
+        "_provenance",
+        "_task",
+        "_traces",
+        "_waiters",
+        "base_delay",
+        "clock",
+        "execution_id",
+        "failures",
+        "fatal",
+        "max_delay",
+        "observer",
+        "on_fatal",
+        "store",
+        "token",
+    )
+
     def __init__(
         self,
         store: Store,
@@ -208,9 +227,15 @@ class RunWriter:
 
     def _kick(self) -> None:
         if self.fatal is None and (self._task is None or self._task.done()):
-            self._task = asyncio.get_running_loop().create_task(
+            self._task = task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"checkpoint-writer:{self.execution_id}"
             )
+            task.add_done_callback(self._forget_task)
+
+    def _forget_task(self, task: asyncio.Task[None]) -> None:
+        """Drop a flusher that ended (with its coroutine: ~1 KB per run that waits on a node)."""
+        if self._task is task:
+            self._task = None
 
     async def _run(self) -> None:
         while self._traces or self._checkpoints or self._provenance or self._waiters:

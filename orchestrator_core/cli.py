@@ -6,6 +6,9 @@ Where it sits: the console script (pyproject `gl-orchestrator = orchestrator_cor
   (env `GL_ORCHESTRATOR_*` over the YAML file over defaults), opens the `OrchestratorService`, serves
   `api.build_app` and runs the maintenance loop. SIGTERM/SIGINT: stop admitting, give running runs
   `shutdown_grace_seconds`, mark what is left `interrupted`, release locks, stop the HTTP server, exit 0.
+  Once started it moves every object made so far (modules, settings, the store's engine) out of the
+  cyclic garbage collector's way (`gc.freeze`): its full collections, which runs trigger, then traverse
+  only what the runs made (a few tens of milliseconds each otherwise).
 - `gl-orchestrator run DAG_FILE [--input JSON] [--database-url URL] [--timeout S] [-o table|json|yaml]`:
   runs one DAG on the embedded defaults (in-process agents, a throw-away SQLite store unless a URL is
   given), shows node events on stderr as they happen and prints the final trace on stdout: JSON
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -172,11 +176,16 @@ def _serve_command(config: Path | None, host: str | None, port: int | None) -> N
             )
         settings = settings.with_local_token()
         log.info("no API token configured: using the local token in %s", settings.api_token_file)
-    asyncio.run(serve(settings))
+    asyncio.run(serve(settings, freeze_gc=True))
 
 
-async def serve(settings: OrchestratorSettings, *, stop: asyncio.Event | None = None) -> None:
-    """Run the service until SIGTERM/SIGINT (or until `stop` is set), then shut down gracefully."""
+async def serve(
+    settings: OrchestratorSettings, *, stop: asyncio.Event | None = None, freeze_gc: bool = False
+) -> None:
+    """Run the service until SIGTERM/SIGINT (or until `stop` is set), then shut down gracefully.
+
+    `freeze_gc`: `gc.freeze()` once started (the process's own service; not for a service in a process
+    that goes on after it, whose objects would never be collected)."""
     stop = stop or asyncio.Event()
     tokens = settings.token_source()
     if not tokens.tokens():
@@ -196,6 +205,9 @@ async def serve(settings: OrchestratorSettings, *, stop: asyncio.Event | None = 
             reason = exc.strerror or str(exc)
             raise OrchestratorError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from exc
         await service.start()
+        if freeze_gc:
+            gc.collect()
+            gc.freeze()
         log.info(
             "orchestrator listening",
             extra={"host": settings.host, "port": settings.port, "replica_id": settings.replica_id},

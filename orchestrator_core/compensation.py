@@ -22,6 +22,8 @@ from orchestrator_core.run_state import RunState
 class Compensator:
     """Runs the compensation agents of one run."""
 
+    __slots__ = ("run",)
+
     def __init__(self, run: RunState) -> None:
         self.run = run
 

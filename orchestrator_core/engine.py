@@ -47,6 +47,7 @@ enforced by killing the run: per the runbook, the alert fires while the run stay
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections.abc import Callable, Collection, Mapping
@@ -133,6 +134,8 @@ class Engine:
         self.clock: Clock = clock or SystemClock()
         self._max_parallel_nodes = settings.max_parallel_nodes
         self._runs: dict[str, Executor] = {}
+        # Told the id of every local run whose task ended (the service's ownership lets go of it).
+        self.on_run_end: Callable[[str], None] | None = None
         self.plans = RunPlans()  # per DAG version: levels and input hashers, shared by its runs
         # Progress, running nodes and the node-duration history of every run here (issue 16).
         self.signals = RunSignals(
@@ -320,7 +323,7 @@ class Engine:
             clock=self.clock,
             plan=self.plans.get(claimed.dag),
             record=claimed.record,
-            parallel_limit=lambda: self._max_parallel_nodes,
+            parallel_limit=self._max_parallel_nodes,
             resume_from=claimed.data,
             checkpoint_base_delay=self.settings.checkpoint_retry_base_delay,
             checkpoint_max_delay=self.settings.checkpoint_retry_max_delay,
@@ -328,15 +331,15 @@ class Engine:
         )
         execution_id = executor.execution_id
         self._runs[execution_id] = executor
-        task = executor.start()
-
-        def forget(_: asyncio.Task[Any]) -> None:
-            if self._runs.get(execution_id) is executor:
-                del self._runs[execution_id]
-            self.signals.run_ended(executor.run_state)
-
-        task.add_done_callback(forget)
+        executor.start().add_done_callback(functools.partial(self._forget, executor))
         return executor
+
+    def _forget(self, executor: Executor, _: asyncio.Task[Any]) -> None:
+        if self._runs.get(executor.execution_id) is executor:
+            del self._runs[executor.execution_id]
+            if self.on_run_end is not None:
+                self.on_run_end(executor.execution_id)
+        self.signals.run_ended(executor.run_state)
 
     # -- controlling -------------------------------------------------------------------------------
 
@@ -562,7 +565,7 @@ class Engine:
             raise ValueError("max_parallel_nodes must be >= 1")
         self._max_parallel_nodes = value
         for executor in self._runs.values():
-            executor.slots.wake()
+            executor.set_parallel_limit(value)
 
     def pool_stats(self) -> PoolStats:
         """Connection pool figures of the store."""

@@ -11,8 +11,8 @@ replica and runs `Executor.run()` in a background task; `Engine.cancel/interrupt
 
 and itself decides how the run ends and writes that end (`_finish`). Semantics the runbook depends on:
 
-- Within a level at most `min(dag.max_parallel_nodes, live limit)` attempts run at once (`Slots`, whose
-  limit is re-read on every acquire, so `Engine.set_max_parallel_nodes` applies to running runs).
+- Within a level at most `min(dag.max_parallel_nodes, live limit)` attempts run at once (`Slots`;
+  `Engine.set_max_parallel_nodes` calls `set_parallel_limit` of every running run).
 - `on_failure`: `fail_fast` cancels the failed node's running siblings and stops after the level;
   `continue` runs everything not downstream of a failure (those nodes end `skipped`) and the run ends
   `failed`; `compensate` stops like `fail_fast`, then runs the `compensation` agents of completed nodes
@@ -52,6 +52,36 @@ FINISH_ATTEMPTS = 5  # tries to record a run's final status before giving up (th
 class Executor:
     """Runs one claimed execution to an end. Use once: `await executor.run()` (or `start()`)."""
 
+    __slots__ = (
+        "_finishing",
+        "_stop_mode",
+        "_stop_reason",
+        "_task",
+        "chain",
+        "clock",
+        "compensator",
+        "completion_order",
+        "dag",
+        "execution_id",
+        "final_record",
+        "level_runner",
+        "levels",
+        "node_start_order",
+        "nodes",
+        "observer",
+        "outputs",
+        "persist",
+        "record",
+        "resumed",
+        "run_state",
+        "skipped_from_checkpoint",
+        "slots",
+        "states",
+        "store",
+        "token",
+        "writer",
+    )
+
     def __init__(
         self,
         *,
@@ -61,13 +91,14 @@ class Executor:
         clock: Clock,
         plan: RunPlan,
         record: ExecutionRecord,
-        parallel_limit: Callable[[], int],
+        parallel_limit: int,
         resume_from: RunData | None = None,
         checkpoint_base_delay: float = 0.1,
         checkpoint_max_delay: float = 5.0,
         signals: NodeSignals = NO_SIGNALS,
     ) -> None:
-        """`resume_from`: what a resumed run continues from (None for a run's first start)."""
+        """`parallel_limit`: the live node parallelism limit now; `resume_from`: what a resumed run
+        continues from (None for a run's first start)."""
         self.store = store
         self.observer = observer
         self.clock = clock
@@ -77,14 +108,8 @@ class Executor:
         self.token = record.fencing_token
         self.persist = record.options.checkpoint_enabled
         self.resumed = resume_from is not None
-        self.levels = plan.level_lists()
-        dag_limit = self.dag.max_parallel_nodes
-
-        def limit() -> int:
-            live = parallel_limit()
-            return min(live, dag_limit) if dag_limit is not None else live
-
-        self.slots = Slots(limit)
+        self.levels = plan.levels
+        self.slots = Slots(self._within_dag(parallel_limit))
         self.writer = RunWriter(
             store,
             self.execution_id,
@@ -121,6 +146,15 @@ class Executor:
         self._stop_mode: str | None = None
         self._stop_reason: str | None = None
         self._task: asyncio.Task[Any] | None = None
+
+    def _within_dag(self, live: int) -> int:
+        """The run's node parallelism: the live limit, within the DAG's own."""
+        dag_limit = self.dag.max_parallel_nodes
+        return min(live, dag_limit) if dag_limit is not None else live
+
+    def set_parallel_limit(self, live: int) -> None:
+        """The live limit changed: applies at once (running nodes are never stopped)."""
+        self.slots.set_limit(self._within_dag(live))
 
     # -- public ------------------------------------------------------------------------------------
 

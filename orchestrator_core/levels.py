@@ -61,13 +61,14 @@ class _Level:
 class LevelRunner:
     """Runs the levels of one run (see the module docstring)."""
 
+    __slots__ = ("_level", "_level_failed", "node_tasks", "nodes", "run")
+
     def __init__(self, run: RunState, nodes: NodeRunner) -> None:
         self.run = run
         self.nodes = nodes
         self.node_tasks: dict[str, asyncio.Task[None]] = {}  # running node -> the task running it
         self._level: _Level | None = None  # the level being run by workers, if any
         self._level_failed = False
-        self._processed: set[str] = set()  # nodes this run executed or skipped (sealed at their level)
         nodes.on_failed = self.node_failed
 
     async def run_level(self, level: tuple[str, ...], task: asyncio.Task[object]) -> None:
@@ -81,7 +82,6 @@ class LevelRunner:
             state = run.states[node_id]
             if node_id in outputs and state.status == "completed":
                 continue
-            self._processed.add(node_id)
             # After the barrier every dependency is terminal; only completed nodes and nodes skipped
             # on timeout (`on_timeout=skip`, output None) have an entry in `outputs`.
             if dependencies[node_id] <= outputs.keys():
@@ -196,7 +196,7 @@ class LevelRunner:
             state = run.states[node_id]
             if state.status not in TERMINAL_NODE_STATUSES:
                 continue
-            if node_id in recorded and node_id not in self._processed:
+            if state.restored and node_id in recorded:
                 continue  # sealed by the run before a resume, not run again here
             new.append(
                 run.chain.append(

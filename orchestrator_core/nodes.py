@@ -49,6 +49,8 @@ def _retrieve(future: asyncio.Future[None]) -> None:
 class NodeRunner:
     """Runs single nodes of one run (see the module docstring)."""
 
+    __slots__ = ("compensator", "deferred", "on_failed", "run")
+
     def __init__(self, run: RunState, compensator: Compensator) -> None:
         self.run = run
         self.compensator = compensator
@@ -159,9 +161,10 @@ class NodeRunner:
             now=run.clock.now,
             signals=run.signals,
         )
+        started = 0.0  # only events need the attempt's own duration
         if run.observing:
             run.observer.node_attempt_started(NodeAttemptEvent(*self._ids(node, attempt), at=now))
-        started = run.clock.monotonic()
+            started = run.clock.monotonic()
         exc: BaseException | None = None
         value: Any = None
         outcome = "completed"

@@ -5,8 +5,10 @@ start a run through `with_lock` (take the lock, hand its fencing token to the en
 the maintenance tick calls `renew_once`; shutdown calls `stop_all`. It uses the `engine.Engine` to
 wait for, interrupt and detach runs and the `locks.LockBackend` for leases.
 
-- Every owned run has a supervisor task that waits for the run to end, releases the lock, and then
-  calls `after_run` (the service admits the next queued run there).
+- When an owned run's task ends, the engine tells `run_ended` (`Engine.on_run_end`, wired by the
+  service), which starts a short task that releases the lock and then calls `after_run` (the service
+  admits the next queued run there). Nothing waits, and no callback is kept, per run that goes on: at
+  10,000 held runs a waiting task per run was ~1.5 KB of memory each.
 - `renew_once` extends every owned lock in one round trip (`LockBackend.renew_many`). A lock found
   expired that nobody took since is set again unchanged (`retake_many`): the replica was late, the run
   is still its own. When a lock is held by someone else, or cannot be renewed before it could expire
@@ -46,31 +48,6 @@ _WHY = {"lost": "lost", "unrenewable": "could not be renewed"}
 class _Owned:
     lease: Lease
     last_renewed: float
-    supervisor: asyncio.Task[None] | None = None
-
-
-async def _ended(engine: Engine, execution_id: str) -> None:
-    """Wait until the local run of `execution_id` ends (at once when it does not run here).
-
-    A future resolved by the run task's done-callback: per running run, one future and one callback,
-    where `asyncio.wait` would keep a set, a future, a closure and a counter. Cancelling the waiter
-    never cancels the run.
-    """
-    executor = engine.executor(execution_id)
-    task = executor.task if executor is not None else None
-    if task is None or task.done():
-        return
-    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def wake(_: object) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    task.add_done_callback(wake)
-    try:
-        await waiter
-    finally:
-        task.remove_done_callback(wake)
 
 
 class Ownership:
@@ -97,9 +74,10 @@ class Ownership:
         self._after_run = after_run
         self._on_fenced = on_fenced
         self.owned: dict[str, _Owned] = {}
-        # Every supervisor until it returns: one whose run ended has left `owned` but may still be
-        # admitting the next queued run, and shutdown must wait for it before closing the store.
-        self._supervisors: set[asyncio.Task[None]] = set()
+        # The tasks that let go of an ended run, until they return: one may still be admitting the
+        # next queued run, and shutdown must wait for it before closing the store.
+        self._leaving: set[asyncio.Task[None]] = set()
+        self._stopped = False
 
     def __len__(self) -> int:
         return len(self.owned)
@@ -207,12 +185,21 @@ class Ownership:
                 doomed.append((execution_id, "lost"))
         return doomed
 
+    def _run_tasks(self) -> list[asyncio.Task[object]]:
+        """The tasks of the owned runs that still go on here."""
+        tasks: list[asyncio.Task[object]] = []
+        for execution_id in self.owned:
+            executor = self.engine.executor(execution_id)
+            if executor is not None and executor.task is not None and not executor.task.done():
+                tasks.append(executor.task)
+        return tasks
+
     async def stop_all(self, grace: float) -> list[str]:
         """Shutdown: give the owned runs `grace` seconds, interrupt what is left (resumable), release
-        every lock, and wait for the supervisors. Returns the ids left `interrupted`."""
-        supervisors = [o.supervisor for o in self.owned.values() if o.supervisor is not None]
-        if supervisors and grace > 0:
-            await asyncio.wait(supervisors, timeout=grace)
+        every lock, and wait for the runs let go of. Returns the ids left `interrupted`."""
+        running = self._run_tasks()
+        if running and grace > 0:
+            await asyncio.wait(running, timeout=grace)
         interrupted: list[str] = []
         for execution_id in list(self.owned):
             try:
@@ -225,22 +212,19 @@ class Ownership:
                 pass  # finished meanwhile
             except OrchestratorError as exc:
                 log.error("could not interrupt %s on shutdown: %s", execution_id, exc)
-        remaining = [o.supervisor for o in self.owned.values() if o.supervisor is not None]
+        remaining = self._run_tasks()
         if remaining:
             await asyncio.wait(remaining, timeout=max(5.0, self.settings.lock_ttl_seconds))
-        for owned in list(self.owned.values()):  # supervisors that did not finish: release anyway
-            if owned.supervisor is not None:
-                owned.supervisor.cancel()
+        await asyncio.sleep(0)  # the done-callbacks of the runs that just ended start their leaving
+        self._stopped = True  # a run ending from now on is not let go of by a task: done below
+        for owned in list(self.owned.values()):
             await self.release(owned.lease)
-        pending = [o.supervisor for o in self.owned.values() if o.supervisor is not None]
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
         self.owned.clear()
-        if self._supervisors:  # runs that ended just before: their admission pass is a store write
-            await asyncio.wait(self._supervisors, timeout=self.settings.db_timeout_seconds)
-            for task in self._supervisors:
+        if self._leaving:  # runs that ended just before: their admission pass is a store write
+            await asyncio.wait(self._leaving, timeout=self.settings.db_timeout_seconds)
+            for task in self._leaving:
                 task.cancel()
-            await asyncio.gather(*self._supervisors, return_exceptions=True)
+            await asyncio.gather(*self._leaving, return_exceptions=True)
         return interrupted
 
     async def release(self, lease: Lease) -> None:
@@ -250,25 +234,30 @@ class Ownership:
             log.warning("could not release lock of %s: %s", lease.execution_id, exc)
 
     def _own(self, lease: Lease) -> None:
-        owned = _Owned(lease, self._monotonic())
-        self.owned[lease.execution_id] = owned
-        owned.supervisor = asyncio.create_task(
-            self._supervise(lease.execution_id, owned), name=f"supervise-{lease.execution_id}"
-        )
-        self._supervisors.add(owned.supervisor)
-        owned.supervisor.add_done_callback(self._supervisors.discard)
+        """Own a run that `start` launched; `run_ended` lets go of it once its task ends."""
+        self.owned[lease.execution_id] = _Owned(lease, self._monotonic())
+        executor = self.engine.executor(lease.execution_id)
+        if executor is None or executor.task is None or executor.task.done():
+            self.run_ended(lease.execution_id)  # it ended already: the engine told nobody
 
-    async def _supervise(self, execution_id: str, owned: _Owned) -> None:
-        try:
-            await _ended(self.engine, execution_id)
-        finally:
-            if self.owned.get(execution_id) is owned:
-                del self.owned[execution_id]
-                await self.release(owned.lease)
+    def run_ended(self, execution_id: str) -> None:
+        """A local run's task ended: release its lock and admit, in a task of its own."""
+        if self._stopped:
+            return  # shutdown releases every lock itself
+        task = asyncio.get_running_loop().create_task(
+            self._leave(execution_id, self.owned.get(execution_id)), name=f"leave-{execution_id}"
+        )
+        self._leaving.add(task)
+        task.add_done_callback(self._leaving.discard)
+
+    async def _leave(self, execution_id: str, owned: _Owned | None) -> None:
+        if owned is not None and self.owned.get(execution_id) is owned:
+            del self.owned[execution_id]
+            await self.release(owned.lease)
         await self._after_run(execution_id)
 
     async def _self_fence(self, execution_id: str, reason: str) -> None:
-        owned = self.owned.pop(execution_id, None)
+        self.owned.pop(execution_id, None)
         why = _WHY[reason]
         self._on_fenced(reason)
         self.run_log.error(
@@ -282,5 +271,3 @@ class Ownership:
             await self.engine.detach(execution_id)
         except (InvalidState, NotFound):
             pass
-        if owned is not None and owned.supervisor is not None:
-            await asyncio.gather(owned.supervisor, return_exceptions=True)

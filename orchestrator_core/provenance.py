@@ -19,7 +19,7 @@ chain's last hash/length differ from the head recorded on the execution row).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from typing import Any
 
 from orchestrator_core.hashing import canonical_json, record_hash, sha256_hex
@@ -33,22 +33,28 @@ def genesis_hash(dag_id: str, input_data: Any) -> str:
     )
 
 
+_NO_NODES: frozenset[str] = frozenset()
+
+
 class ChainBuilder:
     """Appends records to a run's chain, continuing from the records already stored."""
+
+    __slots__ = ("_head", "_recorded", "entries", "genesis")
 
     def __init__(self, genesis: str, existing: Sequence[ProvenanceEntry] = ()) -> None:
         self.genesis = genesis
         self.entries: list[ProvenanceEntry] = list(existing)
-        self._recorded = {entry.node_id for entry in self.entries}
+        # Made at the first record (an empty set is ~200 bytes per held run).
+        self._recorded: set[str] | None = {entry.node_id for entry in self.entries} or None
         self._head = self.entries[-1].hash if self.entries else genesis
 
     @property
     def head(self) -> str:
         return self._head
 
-    def recorded_nodes(self) -> set[str]:
-        """Node ids that have at least one record (a live view; do not modify)."""
-        return self._recorded
+    def recorded_nodes(self) -> Set[str]:
+        """Node ids that have at least one record (as of now; do not modify)."""
+        return self._recorded if self._recorded is not None else _NO_NODES
 
     def append(self, node_id: str, input_hash: str, output_hash: str, status: str) -> ProvenanceEntry:
         seq = len(self.entries) + 1
@@ -56,6 +62,8 @@ class ChainBuilder:
         self._head = digest = record_hash(seq, node_id, input_hash, output_hash, status, prev)
         entry = ProvenanceEntry(seq, node_id, input_hash, output_hash, status, prev, digest)
         self.entries.append(entry)
+        if self._recorded is None:
+            self._recorded = set()
         self._recorded.add(node_id)
         return entry
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -33,19 +32,22 @@ TERMINAL_NODE_STATUSES = frozenset({"completed", "failed", "skipped", "timed_out
 
 
 class Slots:
-    """A counting semaphore whose limit is read from a callable on every acquire (live-adjustable).
+    """A counting semaphore whose limit can change while it is held (`set_limit`: live limits).
 
     Lowering the limit never stops holders; new acquirers wait until usage drops below it. FIFO.
+    The queue of waiters is made when the first one comes (an empty deque is ~750 bytes, per run).
     """
 
-    def __init__(self, limit: Callable[[], int]) -> None:
-        self._limit = limit
+    __slots__ = ("_waiters", "in_use", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
         self.in_use = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[asyncio.Future[None]] | None = None
 
     def try_acquire(self) -> bool:
         """Take a slot at once if one is free and nobody is queued (what `acquire` does first)."""
-        if not self._waiters and self.in_use < self._limit():
+        if not self._waiters and self.in_use < self.limit:
             self.in_use += 1
             return True
         return False
@@ -54,24 +56,33 @@ class Slots:
         if self.try_acquire():
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        if self._waiters is None:
+            self._waiters = deque()
+        waiters = self._waiters
+        waiters.append(waiter)
         try:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # we were granted a slot but will not use it
             else:
-                self._waiters.remove(waiter)
+                waiters.remove(waiter)
             raise
 
     def release(self) -> None:
         self.in_use -= 1
         self.wake()
 
+    def set_limit(self, limit: int) -> None:
+        """A new limit, at once: more room wakes waiters; less stops none of the holders."""
+        self.limit = limit
+        self.wake()
+
     def wake(self) -> None:
-        """Grant slots to waiters while usage is under the (possibly new) limit."""
-        while self._waiters and self.in_use < self._limit():
-            waiter = self._waiters.popleft()
+        """Grant slots to waiters while usage is under the limit."""
+        waiters = self._waiters
+        while waiters and self.in_use < self.limit:
+            waiter = waiters.popleft()
             if not waiter.done():
                 self.in_use += 1
                 waiter.set_result(None)
@@ -92,6 +103,7 @@ class NodeState:
     input_hash: str | None = None
     output_hash: str | None = None
     started_mono: float = 0.0
+    restored: bool = False  # completed before a resume (from its checkpoint), not run again here
 
     # The rest of `store.TraceFields`, so that the final write of a run can take the states as they are.
     @property
@@ -124,6 +136,31 @@ class NodeState:
 
 class RunState:
     """What the parts of one run's executor share (see the module docstring)."""
+
+    __slots__ = (
+        "chain",
+        "clock",
+        "completion_order",
+        "dag",
+        "deterministic",
+        "execution_id",
+        "input_data",
+        "input_data_hash",
+        "input_data_hash_json",
+        "node_start_order",
+        "observer",
+        "observing",
+        "output_hashes",
+        "outputs",
+        "persist",
+        "plan",
+        "record",
+        "registry",
+        "skipped_from_checkpoint",
+        "slots",
+        "states",
+        "writer",
+    )
 
     def __init__(
         self,
@@ -182,6 +219,7 @@ class RunState:
             state = self.states[cp.node_id]
             old = data.traces.get(cp.node_id)
             state.status = "completed"
+            state.restored = True
             state.output_hash = cp.output_hash
             state.input_hash = cp.input_hash
             state.completed_at = cp.created_at

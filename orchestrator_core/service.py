@@ -5,13 +5,15 @@ Where it sits: built once by `cli.py serve` (or a test) with `await Orchestrator
 It wraps the `engine.Engine` facade (which does no admission and takes no locks) and owns the
 `locks.LockBackend`, the metrics registry, the run log, the tracer and the HTTP agent client.
 
-Admission (FIFO): `submit` records the run as `queued` in the store; `pump_once` starts the oldest
-queued runs (by `created_at`, across all replicas, since the queue is the store) while this replica
-runs fewer than `max_concurrent_executions`. Before starting a run the replica takes its ownership
-lock; the lease's fencing token goes to the engine, whose store refuses writes with a stale token.
+Admission and takeover (`admission.Admission`): `submit` records the run as `queued` in the store;
+`pump_once` starts the oldest queued runs (the queue is the store, across all replicas) while this
+replica runs fewer than `max_concurrent_executions`, and `takeover_once` resumes the `running` runs of
+owners whose heartbeat is gone, from their checkpoints, once their lock is free. Before starting a run
+the replica takes its ownership lock; the lease's fencing token goes to the engine, whose store refuses
+writes with a stale token.
 
-Ownership (`ownership.Ownership`): every owned run has a supervisor task that waits for the run to end
-and then releases the lock. `renew_once` extends every owned lock in one round trip; a lock that
+Ownership (`ownership.Ownership`): when an owned run's task ends, its lock is released and the next
+queued run admitted. `renew_once` extends every owned lock in one round trip; a lock that
 expired but that nobody took is set again; when a lock is held by someone else, or cannot be renewed
 before it could expire (Redis unreachable for a TTL less one tick), the replica self-fences: it stops
 the run and records it `interrupted` (resumable), or only detaches when another owner already claimed
@@ -19,11 +21,6 @@ it — before another replica can take the run over, so it never runs in two pla
 
 Remote cancel: `reconcile_once` stops the local runs that another replica cancelled in the store (one
 store read for all owned runs).
-
-Takeover: `takeover_once` looks for `running` runs in the store of owners whose heartbeat is gone (and
-for this replica's own runs that it does not run: a restarted process with the same replica id),
-takes the lock once it is free (the owner's TTL passed) and resumes them from their checkpoints, so
-completed nodes are not run again.
 
 Live limits (`live_limits.LiveLimits`): `set_limits` stores them (`limit_overrides`) and
 `sync_limits_once` applies the stored ones on every replica (each tick and before answering the
@@ -38,8 +35,8 @@ so a long admission pass or a slow store never delays a renewal. Each round's du
 
 Shutdown (`shutdown`, SIGTERM via the CLI): stop admitting and taking over (an admission pass under
 way ends first), give running runs `shutdown_grace_seconds` to finish (locks still renewed meanwhile),
-interrupt what is left (status `interrupted`, resumable), release the locks, wait for supervisors
-still admitting after their run ended, close the engine, the lock backend and the exporters.
+interrupt what is left (status `interrupted`, resumable), release the locks, wait for the admission
+passes of runs that ended just before, close the engine, the lock backend and the exporters.
 """
 
 from __future__ import annotations
@@ -49,15 +46,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
 from typing import Any
 
 from opentelemetry.sdk.trace.export import SpanExporter
 
+from orchestrator_core.admission import Admission
 from orchestrator_core.agents import AgentRegistry
 from orchestrator_core.engine import Engine
 from orchestrator_core.errors import (
-    InvalidState,
     LockBackendUnavailable,
     OrchestratorError,
     ServiceUnavailable,
@@ -67,7 +63,7 @@ from orchestrator_core.errors import (
 from orchestrator_core.events import CompositeObserver, EngineObserver, SafeObserver
 from orchestrator_core.http_agents import HttpAgentClient
 from orchestrator_core.live_limits import LiveLimits
-from orchestrator_core.locks import InProcessLockBackend, Lease, LockBackend, RedisLockBackend
+from orchestrator_core.locks import InProcessLockBackend, LockBackend, RedisLockBackend
 from orchestrator_core.logs import LogObserver, RunLog
 from orchestrator_core.metrics import Limits, MetricsObserver, OrchestratorMetrics
 from orchestrator_core.ownership import Ownership
@@ -75,16 +71,11 @@ from orchestrator_core.records import ExecutionOptions, ExecutionRecord, ResumeR
 from orchestrator_core.settings import (
     OrchestratorSettings,
 )
-from orchestrator_core.store.executions import RunHead
 from orchestrator_core.tracing import RunTracer, TracingObserver, build_tracer_provider
 
 log = logging.getLogger(__name__)
 
 READY_CHECK_TIMEOUT_SECONDS = 3.0
-# Admission reads the queue a page at a time (at most the room here), and at most this many pages per
-# pass: runs that other replicas are starting at the same moment are skipped, not waited for.
-ADMISSION_PAGE = 500
-ADMISSION_PAGES = 4
 MIN_TICK_SECONDS = 0.05
 
 
@@ -113,7 +104,6 @@ class OrchestratorService:
         self.tracer = tracer
         self.http_agents = http_agents
         self._monotonic = monotonic
-        self._max_concurrent = settings.max_concurrent_executions
         self.live_limits = LiveLimits(settings, engine.store.limits)
         self.ownership = Ownership(
             settings,
@@ -125,10 +115,16 @@ class OrchestratorService:
             after_run=self._after_run,
             on_fenced=metrics.fenced,
         )
-        self._admission = asyncio.Lock()
-        self._accepting = True
+        engine.on_run_end = self.ownership.run_ended
+        self.admission = Admission(
+            settings.replica_id,
+            engine=engine,
+            locks=locks,
+            ownership=self.ownership,
+            run_log=run_log,
+            max_concurrent=settings.max_concurrent_executions,
+        )
         self._closed = False
-        self._queued_count = 0
         self._loop_tasks: list[asyncio.Task[None]] = []
         metrics.limits_provider = self.limits
         metrics.pool_provider = engine.pool_stats
@@ -196,11 +192,11 @@ class OrchestratorService:
 
     @property
     def accepting(self) -> bool:
-        return self._accepting
+        return self.admission.accepting
 
     @property
     def max_concurrent_executions(self) -> int:
-        return self._max_concurrent
+        return self.admission.max_concurrent
 
     def owned_executions(self) -> list[str]:
         """Ids of the runs this replica holds the lock of (running here)."""
@@ -209,8 +205,8 @@ class OrchestratorService:
     def limits(self) -> Limits:
         return Limits(
             active=len(self.ownership),
-            queued=self._queued_count,
-            max_concurrent_executions=self._max_concurrent,
+            queued=self.admission.queued,
+            max_concurrent_executions=self.admission.max_concurrent,
             max_parallel_nodes=self.engine.max_parallel_nodes,
         )
 
@@ -224,7 +220,7 @@ class OrchestratorService:
         """
         try:
             await self.sync_limits_once()
-            await self._count_queued()
+            await self.admission.count_queued()
         except StoreError as exc:
             log.warning("limits and queue length not refreshed (store unavailable): %s", exc)
         limits = self.limits()
@@ -269,10 +265,10 @@ class OrchestratorService:
 
     async def _apply_limits(self) -> bool:
         parallel, concurrent = self.live_limits.in_force()
-        if (parallel, concurrent) == (self.engine.max_parallel_nodes, self._max_concurrent):
+        if (parallel, concurrent) == (self.engine.max_parallel_nodes, self.admission.max_concurrent):
             return False
         self.engine.set_max_parallel_nodes(parallel)
-        self._max_concurrent = concurrent
+        self.admission.max_concurrent = concurrent
         log.info(
             "limits changed",
             extra={"max_parallel_nodes": parallel, "max_concurrent": concurrent},
@@ -298,7 +294,7 @@ class OrchestratorService:
             checks["locks"] = "ok"
         except (LockBackendUnavailable, TimeoutError) as exc:
             checks["locks"] = f"unavailable: {short_reason(exc) if str(exc) else 'timeout'}"
-        if not self._accepting:
+        if not self.accepting:
             checks["admission"] = "shutting down"
         return checks
 
@@ -308,7 +304,7 @@ class OrchestratorService:
         self, dag_id: str, input_data: Any = None, options: ExecutionOptions | None = None
     ) -> ExecutionRecord:
         """Queue a run of the DAG and admit it if there is room; the record as it stands then."""
-        if not self._accepting:
+        if not self.accepting:
             raise ServiceUnavailable("the orchestrator is shutting down and admits no new runs")
         record = await self.engine.create_execution(dag_id, input_data, options)
         self.run_log.info(
@@ -321,7 +317,10 @@ class OrchestratorService:
         # a retry and so a duplicate run. When Redis or the store fails now, the run stays queued and
         # the maintenance loop (this replica's or another's) starts it once they are back.
         try:
-            await self.pump_once()
+            await self.pump_soon()
+            executor = self.engine.executor(record.execution_id)
+            if executor is not None:  # started here: its record as the claim stored it
+                return executor.record
             return await self.engine.get_execution(record.execution_id)
         except OrchestratorError as exc:
             self.run_log.warning(
@@ -343,33 +342,9 @@ class OrchestratorService:
         Admission applies as to a new run: with `max_concurrent_executions` runs going here the resume
         is queued (status `queued`, checkpoints kept) and starts, from its checkpoints, when admitted.
         """
-        if not self._accepting:
+        if not self.accepting:
             raise ServiceUnavailable("the orchestrator is shutting down and resumes nothing")
-        async with self._admission:
-            record = await self.engine.get_execution(execution_id)
-            if record.status == "running":
-                raise InvalidState(f"execution {execution_id} is running; only a stopped run can be resumed")
-            if len(self.ownership) >= self._max_concurrent:
-                queued = await self.engine.queue_resume(execution_id)
-                self._queued_count += 1
-                self.run_log.info(
-                    f"resume queued: {len(self.ownership)} of {self._max_concurrent} runs going here",
-                    execution_id=execution_id,
-                    dag_id=record.dag_id,
-                )
-                return queued
-            result = await self.ownership.with_lock(
-                execution_id,
-                lambda lease: self.engine.resume(
-                    execution_id, owner=self.replica_id, fencing_token=lease.token
-                ),
-                after=record.fencing_token,
-            )
-            if result is None:
-                holder = await self.locks.holder(execution_id)
-                owner = holder.owner if holder is not None else "another replica"
-                raise InvalidState(f"execution {execution_id} is locked by {owner}")
-        return result
+        return await self.admission.resume(execution_id)
 
     # -- one-shot loop bodies -------------------------------------------------------------------------
 
@@ -385,7 +360,7 @@ class OrchestratorService:
 
         A cancel answered by a replica that does not run the execution can only write the store
         (`cancelled`, checkpoints kept); the owner notices here, within one maintenance tick, stops
-        the nodes without writing anything more, and its supervisor releases the lock. Without this
+        the nodes without writing anything more, and its lock is released when its task ends. Without this
         the nodes ran on, the run held its slot and its duration gauge kept the alert firing. One store
         read for all the runs owned here (by primary key, in chunks, in one transaction).
         """
@@ -407,89 +382,16 @@ class OrchestratorService:
         return stopped
 
     async def pump_once(self) -> list[str]:
-        """Start the oldest queued runs while there is room here. Returns the ids started.
+        """Start the oldest queued runs while there is room here (`Admission.pump_once`)."""
+        return await self.admission.pump_once()
 
-        The queue is read with a query of its own, oldest first, a page the size of the room at a time
-        (a run another replica is starting meanwhile is skipped and the next page read), and counted
-        exactly: however many runs are queued, the oldest are admitted first and
-        `queued_executions` is the queue's length.
-        """
-        started: list[str] = []
-        async with self._admission:
-            if not self._accepting:
-                return started
-            after: tuple[datetime, str] | None = None
-            for _ in range(ADMISSION_PAGES):
-                room = self._max_concurrent - len(self.ownership)
-                if room <= 0 or not self._accepting:
-                    break
-                limit = min(room, ADMISSION_PAGE)
-                page = await self.engine.store.executions.oldest_queued(limit, after=after)
-                for head in page:
-                    if not self._accepting or len(self.ownership) >= self._max_concurrent:
-                        break
-                    if await self._start(head):
-                        started.append(head.execution_id)
-                if len(page) < limit:
-                    break
-                after = (page[-1].created_at, page[-1].execution_id)
-            await self._count_queued()
-        return started
+    async def pump_soon(self) -> None:
+        """A pass that reads the queue after now, joined if one waits to start (`Admission.pump_soon`)."""
+        await self.admission.pump_soon()
 
     async def takeover_once(self) -> list[str]:
-        """Resume `running` runs whose owner is gone (lock expired). Returns the ids taken over.
-
-        Candidates, read from the store's index of running runs by owner: the runs of owners whose
-        heartbeat is gone, and this replica's own runs that it does not run (a restarted process with
-        the same replica id, or a run it lost track of). A live owner's runs are its own to keep or to
-        fence. Each candidate is taken over only once its lock is free (the old owner's TTL passed).
-        """
-        adopted: list[str] = []
-        async with self._admission:
-            if not self._accepting:
-                return adopted
-            room = self._max_concurrent - len(self.ownership)
-            if room <= 0:
-                return adopted
-            owners = await self.engine.store.executions.running_owners()
-            orphaned: list[str | None] = []
-            for owner, count in owners.items():
-                if owner == self.replica_id:
-                    if count > len(self.ownership):  # the store has runs of ours that we do not run
-                        orphaned.append(owner)
-                elif owner is None or not await self.locks.is_alive(owner):
-                    orphaned.append(owner)
-            if not orphaned:
-                return adopted
-            local = set(self.engine.local_executions()) | set(self.ownership.ids())
-            candidates = await self.engine.store.executions.running_of(orphaned, room + len(local))
-            for record in candidates:
-                if record.execution_id in local:
-                    continue
-                if len(self.ownership) >= self._max_concurrent:
-                    break
-                if await self.locks.holder(record.execution_id) is not None:
-                    continue
-                result = await self.ownership.with_lock(
-                    record.execution_id,
-                    lambda lease, r=record: self.engine.resume(  # type: ignore[misc]
-                        r.execution_id, owner=self.replica_id, fencing_token=lease.token, takeover=True
-                    ),
-                    after=record.fencing_token,
-                    declined="takeover",
-                )
-                if result is None:
-                    continue
-                adopted.append(record.execution_id)
-                self.run_log.warning(
-                    f"took over execution from {record.owner or 'unknown owner'} (lock expired)",
-                    execution_id=record.execution_id,
-                    dag_id=record.dag_id,
-                    previous_owner=record.owner,
-                    nodes_skipped=result.nodes_skipped,
-                    nodes_remaining=result.nodes_remaining,
-                )
-        return adopted
+        """Resume `running` runs whose owner is gone (`Admission.takeover_once`)."""
+        return await self.admission.takeover_once()
 
     async def tick_once(self) -> None:
         """One round of both maintenance loops (tests, and `start`)."""
@@ -507,7 +409,7 @@ class OrchestratorService:
             ("reconcile", self.reconcile_once),
             ("signals", self.engine.signals.flush),  # running nodes, progress, node durations
         ]
-        if self._accepting:
+        if self.accepting:
             steps += [("admission", self.pump_once), ("takeover", self.takeover_once)]
         await self._steps("runs", steps)
 
@@ -559,11 +461,7 @@ class OrchestratorService:
         if self._closed:
             return []
         self._closed = True
-        self._accepting = False
-        # An admission pass under way (a run being started) ends first, so that its run is owned and
-        # interrupted below; later passes see `_accepting` and start nothing.
-        async with self._admission:
-            pass
+        await self.admission.stop()  # a pass under way ends first: its run is owned, so interrupted below
         grace = self.settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
         log.info("shutting down: %d runs owned, grace %.1fs", len(self.ownership), grace)
         interrupted = await self.ownership.stop_all(grace)
@@ -585,27 +483,10 @@ class OrchestratorService:
 
     # -- internals ----------------------------------------------------------------------------------
 
-    async def _count_queued(self) -> int:
-        self._queued_count = await self.engine.store.executions.count_status("queued")
-        return self._queued_count
-
-    async def _start(self, record: RunHead) -> bool:
-        async def start(lease: Lease) -> ExecutionRecord | None:
-            if not self._accepting:  # shutdown began meanwhile: leave the run queued for another replica
-                return None
-            return await self.engine.start_execution(
-                record.execution_id, owner=self.replica_id, fencing_token=lease.token
-            )
-
-        lock = self.ownership.with_lock(
-            record.execution_id, start, after=record.fencing_token, declined="start"
-        )
-        return await lock is not None
-
     async def _after_run(self, execution_id: str) -> None:
         """A run owned here ended (its lock is released): admit the next queued run."""
-        if self._accepting:
+        if self.accepting:
             try:
-                await self.pump_once()
+                await self.pump_soon()
             except OrchestratorError as exc:
                 log.warning("admission after %s ended failed: %s", execution_id, exc)
