@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from watchdog.errors import PolicyError
+from watchdog.maintenance import MaintenanceWindow
 from watchdog.plugins import DIAGNOSTIC_GROUP, PLAYBOOK_GROUP, PluginCatalog, installed_plugins
 from watchdog.settings import Mode
 from watchdog_sdk.diagnosis import MAX_STEP, Diagnosis
@@ -168,6 +169,8 @@ class Policy(_Strict):
     approval: dict[Risk, ApprovalRule] = Field(
         default_factory=lambda: {Risk.HIGH: ApprovalRule(approvers_required=2)}
     )
+    # Planned periods in which incidents are held, neither prompted nor acted on (`watchdog.maintenance`).
+    maintenance: list[MaintenanceWindow] = Field(default_factory=list)
 
     @field_validator("version")
     @classmethod
@@ -313,12 +316,24 @@ def _where(data: dict[str, Any], loc: Loc, line_of: LineOf | None) -> str:
     line = line_of(loc) if line_of is not None else None
     if line is not None:
         parts.append(f"line {line}")
-    rules = data.get("rules")
-    if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int) and isinstance(rules, list):
-        rule = rules[loc[1]] if loc[1] < len(rules) else None
-        if isinstance(rule, dict) and isinstance(rule.get("name"), str):
-            parts.append(f"rule {rule['name']!r}")
+    named = _named_item(data, loc)
+    if named is not None:
+        parts.append(named)
     return f" [{', '.join(parts)}]" if parts else ""
+
+
+_ITEM_KINDS = {"rules": "rule", "maintenance": "window"}
+
+
+def _named_item(data: dict[str, Any], loc: Loc) -> str | None:
+    """`rule 'name'` / `window 'name'`: the named list item a location is in, if any."""
+    if len(loc) < 2 or loc[0] not in _ITEM_KINDS or not isinstance(loc[1], int):
+        return None
+    items = data.get(str(loc[0]))
+    item = items[loc[1]] if isinstance(items, list) and loc[1] < len(items) else None
+    if isinstance(item, dict) and isinstance(item.get("name"), str):
+        return f"{_ITEM_KINDS[str(loc[0])]} {item['name']!r}"
+    return None
 
 
 def _yaml_lines(text: str) -> LineOf:
