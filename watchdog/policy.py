@@ -282,9 +282,8 @@ def _field_path(loc: Loc) -> str:
 
 def _problem(err: Any) -> str:
     """One validation error as `field: message` (a whole-model check's message stands alone)."""
-    if err["loc"]:
-        return f"{_field_path(err['loc'])}: {err['msg']}"
-    return str(err["msg"]).removeprefix("Value error, ")
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"{_field_path(err['loc'])}: {message}" if err["loc"] else message
 
 
 LineOf = Callable[[Loc], int | None]
