@@ -33,7 +33,7 @@ Each check of Alertmanager is counted in `gl_watchdog_silence_checks_total{resul
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -43,7 +43,7 @@ from watchdog.jobs import JobTracker
 from watchdog.maintenance import MaintenanceWindow, active_windows
 from watchdog.metrics import WatchdogMetrics
 from watchdog.plan import Plan
-from watchdog.records import Incident
+from watchdog.records import AuditEntry, Incident
 from watchdog.remediation_close import ACTOR, Outcome
 from watchdog.silences import AlertmanagerSilences, AlertmanagerUnavailable
 from watchdog_sdk.diagnosis import Diagnosis
@@ -160,22 +160,33 @@ class SuppressionGate:
     async def hold(self, incident: Incident, verdict: Verdict) -> Outcome:
         """Record that `incident` is held (once per distinct verdict, not once per sweep)."""
         data = {"suppressed_by": verdict.suppressed_by, "check_error": verdict.check_error}
-        last = await self.last_decision(incident.id)
+        last = last_decision((await self.incidents.detail(incident.id)).audit)
         if last is None or last.kind != SUPPRESSED or last.data != data:
             await self.incidents.record(incident.id, SUPPRESSED, actor=ACTOR, data=data)
         return Outcome(incident.id, SUPPRESSED, verdict.reason())
 
-    async def last_decision(self, incident_id: int) -> Any:
-        """The incident's last `plan` or `suppressed` audit entry, or None."""
-        detail = await self.incidents.detail(incident_id)
-        return next((e for e in reversed(detail.audit) if e.kind in DECISIONS), None)
-
     async def is_held(self, incident: Incident) -> bool:
         """True when `incident` waits, diagnosed, on a suppression (its last decision)."""
-        if incident.status != "open" or incident.diagnosis is None:
-            return False
-        last = await self.last_decision(incident.id)
-        return last is not None and last.kind == SUPPRESSED
+        detail = await self.incidents.detail(incident.id)
+        return held_by(incident, detail.audit) is not None
+
+
+def last_decision(audit: Sequence[AuditEntry]) -> AuditEntry | None:
+    """The last `plan` or `suppressed` entry of an incident's audit, or None."""
+    return next((entry for entry in reversed(audit) if entry.kind in DECISIONS), None)
+
+
+def held_by(incident: Incident, audit: Sequence[AuditEntry]) -> list[dict[str, Any]] | None:
+    """What holds `incident` now (the API's `suppressed_by`): the silences and windows of its last
+    decision when that was `suppressed` and it is still open, diagnosed and unplanned; else None."""
+    if incident.status != "open" or incident.diagnosis is None:
+        return None
+    last = last_decision(audit)
+    if last is None or last.kind != SUPPRESSED:
+        return None
+    error = last.data.get("check_error")
+    failed = [{"kind": "silence_check_failed", "error": error}] if error else []
+    return list(last.data.get("suppressed_by") or []) or failed
 
 
 Handle = Callable[[int, Diagnosis], Awaitable[Outcome]]

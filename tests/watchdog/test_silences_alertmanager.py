@@ -21,6 +21,7 @@ from tests.promstack import AlertmanagerProcess, start_alertmanager
 from tests.watchdog.conftest import FakeClock
 from tests.watchdog.orchestrators import FakeOrchestrator
 from tests.watchdog.recording_playbook import POLICY, RecordingNotifier, RecordingPlaybook
+from watchdog.api import detail_out
 from watchdog.approvals import ApprovalService
 from watchdog.assembly import build_responder
 from watchdog.condition import ConditionEvaluator
@@ -188,6 +189,10 @@ class Stack:
         detail = await self.incidents.detail(incident_id)
         return [e.data for e in detail.audit if e.kind == kind]
 
+    async def answered_suppressed_by(self, incident_id: int) -> list[dict[str, Any]] | None:
+        """`suppressed_by` as `GET /api/v1/incidents/{id}` answers it."""
+        return detail_out(await self.incidents.detail(incident_id)).model_dump(mode="json")["suppressed_by"]
+
     def checks(self, result: str) -> float:
         return float(self.metrics.silence_checks.labels(result=result)._value.get())
 
@@ -229,6 +234,7 @@ async def test_a_silence_on_the_execution_holds_its_incident_then_it_acts_once_t
     assert held["suppressed_by"][0]["matchers"] == ['execution_id="exec-1"']
     assert (await stack.incidents.get(incident_id)).status == "open"
     assert stack.playbook.side_effects == 0 and stack.notifier.prompts == []
+    assert [s["id"] for s in await stack.answered_suppressed_by(incident_id) or []] == [silence_id]
 
     await stack.sweep()  # still silenced: still held, and not audited again
     assert stack.playbook.side_effects == 0 and len(await stack.audit(incident_id, "suppressed")) == 1
@@ -239,6 +245,7 @@ async def test_a_silence_on_the_execution_holds_its_incident_then_it_acts_once_t
     assert stack.playbook.side_effects == 1
     assert (await stack.incidents.get(incident_id)).status == "resolved"
     assert stack.checks("clear") == 1
+    assert await stack.answered_suppressed_by(incident_id) is None
 
 
 async def test_in_recommend_mode_a_silenced_incident_does_not_prompt_until_the_silence_ends(
@@ -331,6 +338,8 @@ async def test_unreachable_alertmanager_with_hold_holds_and_with_act_acts(
     assert await held.diagnosed(first) == "suppressed" and held.playbook.side_effects == 0
     [entry] = await held.audit(first, "suppressed")
     assert entry["suppressed_by"] == [] and "api/v2/silences" in entry["check_error"]
+    [answered] = await held.answered_suppressed_by(first) or []
+    assert answered["kind"] == "silence_check_failed"
 
     acting = Stack(store, real_time_clock, down, on_failure="act")
     second = await acting.open_stuck("exec-2")
