@@ -7,6 +7,7 @@ real time)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.request
 from collections.abc import AsyncIterator
@@ -15,15 +16,16 @@ from typing import Any
 
 import httpx
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from tests.conftest import free_port
 from tests.promstack import AlertmanagerProcess, start_alertmanager
-from tests.watchdog.conftest import FakeClock
+from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, ScriptedDiagnose
 from tests.watchdog.orchestrators import FakeOrchestrator
 from tests.watchdog.recording_playbook import POLICY, RecordingNotifier, RecordingPlaybook
 from watchdog.api import detail_out
 from watchdog.approvals import ApprovalService
-from watchdog.assembly import build_responder
+from watchdog.assembly import build_responder, build_watchdog, create_app
 from watchdog.condition import ConditionEvaluator
 from watchdog.incidents import IncidentService
 from watchdog.jobs import JobTracker
@@ -31,7 +33,7 @@ from watchdog.maintenance import MaintenanceWindow
 from watchdog.metrics import WatchdogMetrics
 from watchdog.policy import parse_policy
 from watchdog.responder import Responder
-from watchdog.settings import Mode
+from watchdog.settings import Mode, WatchdogSettings
 from watchdog.silences import AlertmanagerSilences
 from watchdog.store import WatchdogStore
 from watchdog.suppression import Reevaluation, SilenceCheckFailure, SuppressionGate
@@ -374,3 +376,35 @@ async def test_an_open_maintenance_window_holds_the_incident_until_it_closes(
     real_time_clock.advance(3600)
     await stack.sweep()
     assert len(stack.notifier.prompts) == 1
+
+
+async def test_the_served_api_shows_the_silence_holding_an_incident_and_the_metric_counts_it(
+    database_url: str, alertmanager: AlertmanagerProcess
+) -> None:
+    silence_id = add_silence(
+        alertmanager, [{"name": "execution_id", "value": "exec-9"}], datetime.now(UTC) + timedelta(hours=1)
+    )
+    unreachable_orchestrator = f"http://127.0.0.1:{free_port()}"
+    settings = WatchdogSettings(
+        database_url=database_url,
+        alertmanager_url=alertmanager.url,
+        orchestrator_url=unreachable_orchestrator,
+        api_tokens=[WATCHDOG_TOKEN],
+    )
+    auth = {"Authorization": f"Bearer {WATCHDOG_TOKEN}"}
+    watchdog = await build_watchdog(settings, diagnose=ScriptedDiagnose())
+    client = TestClient(TestServer(create_app(watchdog), host="127.0.0.1"))
+    try:
+        await client.start_server()
+        opened = await client.post("/api/v1/incidents", json={"execution_id": "exec-9"}, headers=auth)
+        incident_id = (await opened.json())["incident"]["id"]
+        await asyncio.wait_for(watchdog.jobs.wait_idle(), 10)
+        body = await (await client.get(f"/api/v1/incidents/{incident_id}", headers=auth)).json()
+        assert body["status"] == "open" and body["plan"] is None and body["approvals"] == []
+        assert [s["id"] for s in body["suppressed_by"]] == [silence_id]
+        assert "suppressed" in [entry["kind"] for entry in body["audit"]]
+        metrics = await (await client.get("/metrics")).text()
+        assert 'gl_watchdog_silence_checks_total{result="silenced"} 1.0' in metrics
+    finally:
+        await client.close()
+        await watchdog.aclose()
