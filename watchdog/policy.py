@@ -10,7 +10,8 @@ invalid file raises `PolicyError` naming the field, and for a file its line and 
 (`rules.2.playbook: unknown playbook 'reboot'; known: ... [line 14, rule 'agent']`): an unknown
 playbook (or a plugin one that failed to load, with its reason), params its playbook's params model
 refuses, a cause no loaded step can produce, a step number no step has. `gl-watchdog policy check
-FILE` runs the same checks without starting anything.
+FILE` runs the same checks without starting anything. `maintenance:` lists the maintenance windows
+(`watchdog.maintenance`; an error there names its line and window) the suppression gate honours.
 
 Modes: the deployment's mode (settings) is `observe` (diagnose and report only), `recommend` (ask for
 approval for every action) or `auto` (act without approval where the playbook's policy allows). A

@@ -27,7 +27,9 @@ diagnosis), `node_id`, `likely_cause`, `namespace` (settings), `source` (`sweep`
 matchers).
 
 Each check of Alertmanager is counted in `gl_watchdog_silence_checks_total{result}` (`silenced`,
-`clear`, `error`); an error is logged and recorded on the incident (audit `silence_check_failed`).
+`clear`, `error`); an error is logged and recorded on the incident: audit `silence_check_failed`, or
+under `hold` the `check_error` of its `suppressed` entry (written once while the error stays the same,
+not at every sweep).
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ class SuppressionGate:
         labels = incident_labels(incident, diagnosis, self.namespace)
         covering = [w.describe(o) for w, o in active_windows(self.windows, labels, self.clock.now())]
         error = await self._silences(labels, covering)
-        if error is not None:
+        if error is not None and self.on_failure != "hold":  # a hold records the error with itself
             await self.incidents.record(
                 incident.id,
                 "silence_check_failed",

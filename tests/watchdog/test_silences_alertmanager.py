@@ -340,6 +340,7 @@ async def test_unreachable_alertmanager_with_hold_holds_and_with_act_acts(
     assert await held.diagnosed(first) == "suppressed" and held.playbook.side_effects == 0
     [entry] = await held.audit(first, "suppressed")
     assert entry["suppressed_by"] == [] and "api/v2/silences" in entry["check_error"]
+    assert await held.audit(first, "silence_check_failed") == []
     [answered] = await held.answered_suppressed_by(first) or []
     assert answered["kind"] == "silence_check_failed"
 
