@@ -95,6 +95,7 @@ from watchdog.listing import IncidentFilter, page_incidents
 from watchdog.metrics import CONTENT_TYPE, WatchdogMetrics
 from watchdog.readiness import DependencyMonitor
 from watchdog.store import WatchdogStore
+from watchdog.suppression import held_by
 from watchdog.webhook import AmWebhook, parse_payload
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ def detail_out(detail: IncidentDetail) -> IncidentDetailOut:
         actions=[ActionOut.of(action) for action in detail.actions],
         approvals=[ApprovalOut.of(approval) for approval in detail.approvals],  # never the nonce
         audit=[AuditOut.of(entry) for entry in detail.audit],
+        suppressed_by=held_by(incident, detail.audit),
     )
 
 

@@ -285,6 +285,11 @@ class IncidentDetailOut(IncidentOut):
     actions: list[ActionOut]
     approvals: list[ApprovalOut]
     audit: list[AuditOut]
+    suppressed_by: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="the Alertmanager silences and maintenance windows holding the incident (neither "
+        "prompted nor acted on until they end); null when it is not held",
+    )
 
 
 class TokenOut(_Answer):

@@ -60,7 +60,9 @@ from watchdog.remediation import RemediationService
 from watchdog.remediation_setup import PlaybookContexts
 from watchdog.responder import Responder
 from watchdog.settings import Mode, WatchdogSettings
+from watchdog.silences import AlertmanagerSilences
 from watchdog.store import WatchdogStore
+from watchdog.suppression import Reevaluation, SuppressionGate
 from watchdog.sweeps import Leadership, LocalLeadership, RedisLeadership, Sweeper
 from watchdog.tokens import TokenStore
 from watchdog.tracing import IncidentTracer
@@ -210,6 +212,7 @@ async def build_watchdog(
         remediation_timeout_seconds=settings.remediation_timeout_seconds,
         backoff=backoff,
         tracer=tracer,
+        suppression=suppression_gate(settings, policy, incidents, clock, metrics),
     )
     context = DiagnosticContext(clients=clients, settings=settings.diagnostics(), clock=clock)
     intake_gate = IntakeGate(settings.intake_in_flight(), settings.intake_wait_seconds)
@@ -266,6 +269,9 @@ async def build_watchdog(
         if settings.max_run_age_seconds is None
         else timedelta(seconds=settings.max_run_age_seconds),
         reconcile=reconciler.reconcile_once,
+        on_diagnosed_open=None
+        if responder.suppression is None
+        else Reevaluation(responder.suppression, responder.handle_diagnosed, jobs),
     )
     return Watchdog(
         settings=settings,
@@ -315,6 +321,7 @@ def build_responder(
     remediation_timeout_seconds: float = 1800.0,
     backoff: Backoff | None = None,
     tracer: IncidentTracer | None = None,
+    suppression: SuppressionGate | None = None,
 ) -> Responder:
     """The remediation side over a store and clients: the limits, the remediation state machine and
     the responder that drives it (`Responder.remediation`). Part of `build_watchdog`; tests build it
@@ -348,6 +355,39 @@ def build_responder(
         mode=mode,
         jobs=jobs,
         clock=clock,
+        metrics=metrics,
+        suppression=suppression,
+    )
+
+
+def suppression_gate(
+    settings: WatchdogSettings,
+    policy: Policy,
+    incidents: IncidentService,
+    clock: Clock,
+    metrics: WatchdogMetrics,
+) -> SuppressionGate | None:
+    """The gate of silences (when `alertmanager_url` is set) and the policy's maintenance windows
+    (None when there are neither: nothing can be held)."""
+    if settings.alertmanager_url is None and not policy.maintenance:
+        return None
+    silences = (
+        None
+        if settings.alertmanager_url is None
+        else AlertmanagerSilences(
+            settings.alertmanager_url,
+            clock=clock,
+            timeout_seconds=settings.alertmanager_timeout_seconds,
+            cache_seconds=settings.silence_cache_seconds,
+        )
+    )
+    return SuppressionGate(
+        incidents=incidents,
+        clock=clock,
+        windows=list(policy.maintenance),
+        silences=silences,
+        on_failure=settings.silence_check_failure,
+        namespace=settings.namespace,
         metrics=metrics,
     )
 

@@ -50,6 +50,7 @@ from watchdog_sdk.constants import (
     W_PENDING_APPROVALS,
     W_PLUGIN_PROBLEMS,
     W_REMEDIATIONS,
+    W_SILENCE_CHECKS,
     W_SWEEPS,
     W_TIME_TO_DETECT,
     W_TIME_TO_DIAGNOSE,
@@ -119,6 +120,12 @@ class WatchdogMetrics:
         )
         self.approvals = Counter(
             W_APPROVALS, "Approval prompts answered, by decision", ["decision"], registry=r
+        )
+        self.silence_checks = Counter(
+            W_SILENCE_CHECKS,
+            "Checks of Alertmanager's silences, by result (silenced|clear|error)",
+            ["result"],
+            registry=r,
         )
         self.pending_approvals = Gauge(
             W_PENDING_APPROVALS, "Approval prompts waiting for an answer", registry=r

@@ -10,7 +10,8 @@ invalid file raises `PolicyError` naming the field, and for a file its line and 
 (`rules.2.playbook: unknown playbook 'reboot'; known: ... [line 14, rule 'agent']`): an unknown
 playbook (or a plugin one that failed to load, with its reason), params its playbook's params model
 refuses, a cause no loaded step can produce, a step number no step has. `gl-watchdog policy check
-FILE` runs the same checks without starting anything.
+FILE` runs the same checks without starting anything. `maintenance:` lists the maintenance windows
+(`watchdog.maintenance`; an error there names its line and window) the suppression gate honours.
 
 Modes: the deployment's mode (settings) is `observe` (diagnose and report only), `recommend` (ask for
 approval for every action) or `auto` (act without approval where the playbook's policy allows). A
@@ -28,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from watchdog.errors import PolicyError
+from watchdog.maintenance import MaintenanceWindow
 from watchdog.plugins import DIAGNOSTIC_GROUP, PLAYBOOK_GROUP, PluginCatalog, installed_plugins
 from watchdog.settings import Mode
 from watchdog_sdk.diagnosis import MAX_STEP, Diagnosis
@@ -168,6 +170,8 @@ class Policy(_Strict):
     approval: dict[Risk, ApprovalRule] = Field(
         default_factory=lambda: {Risk.HIGH: ApprovalRule(approvers_required=2)}
     )
+    # Planned periods in which incidents are held, neither prompted nor acted on (`watchdog.maintenance`).
+    maintenance: list[MaintenanceWindow] = Field(default_factory=list)
 
     @field_validator("version")
     @classmethod
@@ -279,9 +283,8 @@ def _field_path(loc: Loc) -> str:
 
 def _problem(err: Any) -> str:
     """One validation error as `field: message` (a whole-model check's message stands alone)."""
-    if err["loc"]:
-        return f"{_field_path(err['loc'])}: {err['msg']}"
-    return str(err["msg"]).removeprefix("Value error, ")
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"{_field_path(err['loc'])}: {message}" if err["loc"] else message
 
 
 LineOf = Callable[[Loc], int | None]
@@ -313,12 +316,24 @@ def _where(data: dict[str, Any], loc: Loc, line_of: LineOf | None) -> str:
     line = line_of(loc) if line_of is not None else None
     if line is not None:
         parts.append(f"line {line}")
-    rules = data.get("rules")
-    if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int) and isinstance(rules, list):
-        rule = rules[loc[1]] if loc[1] < len(rules) else None
-        if isinstance(rule, dict) and isinstance(rule.get("name"), str):
-            parts.append(f"rule {rule['name']!r}")
+    named = _named_item(data, loc)
+    if named is not None:
+        parts.append(named)
     return f" [{', '.join(parts)}]" if parts else ""
+
+
+_ITEM_KINDS = {"rules": "rule", "maintenance": "window"}
+
+
+def _named_item(data: dict[str, Any], loc: Loc) -> str | None:
+    """`rule 'name'` / `window 'name'`: the named list item a location is in, if any."""
+    if len(loc) < 2 or loc[0] not in _ITEM_KINDS or not isinstance(loc[1], int):
+        return None
+    items = data.get(str(loc[0]))
+    item = items[loc[1]] if isinstance(items, list) and loc[1] < len(items) else None
+    if isinstance(item, dict) and isinstance(item.get("name"), str):
+        return f"{_ITEM_KINDS[str(loc[0])]} {item['name']!r}"
+    return None
 
 
 def _yaml_lines(text: str) -> LineOf:

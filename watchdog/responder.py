@@ -34,6 +34,7 @@ from watchdog.remediation import STARTABLE, RemediationService
 from watchdog.remediation_close import ACTOR, Outcome
 from watchdog.settings import Mode
 from watchdog.store import WatchdogStore
+from watchdog.suppression import SuppressionGate, Verdict
 from watchdog_sdk.diagnosis import Diagnosis
 from watchdog_sdk.errors import WatchdogError
 from watchdog_sdk.registry import Registry
@@ -80,6 +81,7 @@ class Responder:
         jobs: JobTracker,
         clock: Clock,
         metrics: WatchdogMetrics | None = None,
+        suppression: SuppressionGate | None = None,
     ) -> None:
         self.store = store
         self.incidents = incidents
@@ -91,6 +93,8 @@ class Responder:
         self.jobs = jobs
         self.clock = clock
         self.metrics = metrics
+        # Silences and maintenance windows, asked before planning (None: nothing is ever held).
+        self.suppression = suppression
         self._expiry: asyncio.Task[None] | None = None
 
     # -- after a diagnosis
@@ -110,10 +114,15 @@ class Responder:
             except InvalidTransition as exc:
                 return Outcome(incident_id, "unchanged", str(exc))
             return Outcome(incident_id, "resolved", reason)
+        verdict = Verdict()
+        if self.suppression is not None:
+            verdict = await self.suppression.check(incident, diagnosis)
+            if verdict.hold:
+                return await self.suppression.hold(incident, verdict)
         await self.incidents.record(
             incident_id, "plan", phase="before", actor=ACTOR, data={"likely_cause": diagnosis.likely_cause}
         )
-        plan = make_plan(diagnosis, self.policy, self.mode, self.registry)
+        plan = verdict.applied_to(make_plan(diagnosis, self.policy, self.mode, self.registry))
         if plan.playbook is not None and plan.will_act:
             plan = await self.remediation.dry_run(incident, plan)
         await self.incidents.update(

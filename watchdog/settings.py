@@ -106,6 +106,12 @@ class WatchdogSettings(BaseSettings):
     orchestrator_token: SecretStr | None = None
     orchestrator_token_file: Path | None = None
     prometheus_url: str | None = None
+    # Alertmanager whose silences hold incidents (`watchdog.suppression`); None: silences not checked.
+    alertmanager_url: str | None = None
+    # When Alertmanager cannot be read: prompt (no automatic action, still ask a human), act (as if
+    # nothing were silenced) or hold (do nothing until it answers again).
+    silence_check_failure: Literal["prompt", "act", "hold"] = "prompt"
+    silence_cache_seconds: float = Field(default=30.0, ge=0)
     kubernetes_enabled: bool = False
     kubeconfig: Path | None = None  # unset: in-cluster config, then the default kubeconfig
     kubernetes_host: str | None = None  # explicit API server URL (tests, kubectl proxy); no auth
@@ -118,6 +124,7 @@ class WatchdogSettings(BaseSettings):
     prometheus_timeout_seconds: float = Field(default=5.0, gt=0)
     kubernetes_timeout_seconds: float = Field(default=10.0, gt=0)
     redis_timeout_seconds: float = Field(default=5.0, gt=0)
+    alertmanager_timeout_seconds: float = Field(default=5.0, gt=0)
     step_timeout_seconds: float = Field(default=10.0, gt=0)
     # Diagnoses running at once; more wait their turn (a burst of alerts must not flood the
     # orchestrator and the store with hundreds of concurrent diagnoses).

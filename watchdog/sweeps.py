@@ -14,7 +14,9 @@ its TTL. `sweep_once()` is the one-shot form for tests and the CLI:
     for each execution firing: incidents.open_or_join(source="sweep", detection_source=<source used>)
       │                         a newly opened incident goes to `on_opened` (the app diagnoses it), a
       │                         joined one still open without a diagnosis to `on_undiagnosed` (retry);
-      │                         an execution with an escalated incident is skipped (on-call owns it)
+      │                         an execution with an escalated incident is skipped (on-call owns it);
+      │                         a joined one open with a diagnosis to `on_diagnosed_open` (an incident
+      │                         held by a silence or maintenance window is looked at again)
     the same for runs `interrupted` for at least `for_duration`, and for running runs that have no
       │   timeout at all and have run longer than `max_run_age` (nothing else would ever see them)
     after_sweep hooks (leader-only periodic work of other modules)
@@ -156,6 +158,7 @@ class Sweeper:
         on_undiagnosed: Callable[[Incident], object] | None = None,
         max_run_age: timedelta | None = None,
         reconcile: Callable[[], Awaitable[object]] | None = None,
+        on_diagnosed_open: Callable[[Incident], object] | None = None,
     ) -> None:
         self.condition = condition
         # Run by the leader at the start of every sweep (`Reconciler.reconcile_once`).
@@ -165,6 +168,9 @@ class Sweeper:
         # Called for a joined incident that is open without a diagnosis (its diagnosis failed, e.g.
         # timed out): each sweep while the run still fires tries it again (the app dedupes).
         self.on_undiagnosed = on_undiagnosed
+        # Called for a joined incident that is open with a diagnosis: one held by a silence or a
+        # maintenance window is looked at again (`watchdog.suppression.Reevaluation`).
+        self.on_diagnosed_open = on_diagnosed_open
         self.incidents = incidents
         self.leadership = leadership
         self.metrics = metrics
@@ -255,6 +261,8 @@ class Sweeper:
         incident = outcome.incident
         if self.on_undiagnosed and incident.status == "open" and incident.diagnosis is None:
             self.on_undiagnosed(incident)
+        if self.on_diagnosed_open and incident.status == "open" and incident.diagnosis is not None:
+            self.on_diagnosed_open(incident)
 
     async def _stalled_interrupted_runs(self) -> list[Execution]:
         """Runs left `interrupted` (a replica shut down or fenced itself) that nobody resumed.

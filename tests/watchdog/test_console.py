@@ -410,3 +410,24 @@ def test_local_mode_and_proxy_auth_together_are_refused() -> None:
     settings = console_settings("sqlite+aiosqlite:///unused.db", console_local_mode=True, **PROXY)
     with pytest.raises(ConfigError, match="console_local_mode and proxy_auth_enabled exclude each other"):
         SignIn.from_settings(settings)
+
+
+async def test_the_incident_page_says_which_silence_holds_the_incident(console: Console) -> None:
+    incident, _ = await console.incident("exec-held", prompt=False)
+    silence = {
+        "kind": "silence",
+        "id": "8c1f",
+        "matchers": ['execution_id="exec-held"'],
+        "ends_at": "2026-12-06T12:00:00+00:00",
+        "created_by": "bob",
+        "comment": "<b>db migration</b>",
+    }
+    await console.wd.incidents.record(incident.id, "suppressed", data={"suppressed_by": [silence]})
+    page = (await console.http.get(f"/console/incidents/{incident.id}")).text
+    held = page.split('id="held-by">', 1)[1].split("</dd>", 1)[0]
+    assert (
+        "Alertmanager silence 8c1f (execution_id=&#34;exec-held&#34;) by bob until 2026-12-06T12:00" in held
+    )
+    assert "&lt;b&gt;db migration&lt;/b&gt;" in held
+    other, _ = await console.incident("exec-free", prompt=False)
+    assert 'id="held-by"' not in (await console.http.get(f"/console/incidents/{other.id}")).text

@@ -265,6 +265,7 @@ async def incident_page(request: web.Request, console: Console, visitor: Visitor
         approve_role=APPROVE_ROLE,
         actions=detail.actions,
         events=views.timeline(detail.audit),
+        held=views.held_lines(incident, detail.audit),
         links=views.links(incident, console.links, now=now),
         notice=notice,
         live=incident.is_open,

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from watchdog.incidents import IncidentDetail
 from watchdog.policy import ApprovalRule
 from watchdog.records import Approval, AuditEntry, Incident
+from watchdog.suppression import held_by
 from watchdog_sdk.diagnosis import Diagnosis
 
 ORCHESTRATOR_API: Final = "/api/v1/orchestrator"
@@ -130,6 +131,22 @@ def diagnosis_view(stored: dict[str, Any] | None) -> DiagnosisView | None:
         diagnosis.stuck_node_id,
         diagnosis.agent_id,
     )
+
+
+def held_lines(incident: Incident, audit: list[AuditEntry]) -> list[str]:
+    """What holds the incident now (the API's `suppressed_by`), one line each; empty when nothing."""
+    lines = []
+    for held in held_by(incident, audit) or []:
+        if held["kind"] == "silence":
+            matchers = ", ".join(held.get("matchers") or [])
+            by = f" by {held['created_by']}" if held.get("created_by") else ""
+            note = f": {held['comment']}" if held.get("comment") else ""
+            lines.append(f"Alertmanager silence {held['id']} ({matchers}){by} until {held['ends_at']}{note}")
+        elif held["kind"] == "maintenance":
+            lines.append(f"maintenance window {held['name']} until {held['ends_at']}")
+        else:
+            lines.append(f"Alertmanager's silences could not be read ({held.get('error')}); held by policy")
+    return lines
 
 
 def timeline(entries: list[AuditEntry]) -> list[EventView]:
