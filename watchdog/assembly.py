@@ -56,6 +56,7 @@ from watchdog.remediation_setup import PlaybookContexts
 from watchdog.responder import Responder
 from watchdog.settings import Mode, WatchdogSettings
 from watchdog.store import WatchdogStore
+from watchdog.stuck_runs import StuckRunDetector
 from watchdog.sweeps import Leadership, LocalLeadership, RedisLeadership, Sweeper
 from watchdog_sdk.clients import Clients
 from watchdog_sdk.diagnostic_step import DiagnosticContext
@@ -248,6 +249,9 @@ async def build_watchdog(
         if settings.max_run_age_seconds is None
         else timedelta(seconds=settings.max_run_age_seconds),
         reconcile=reconciler.reconcile_once,
+        stuck=StuckRunDetector(clients.orchestrator, settings.stuck_runs, clock)
+        if settings.stuck_run_detection
+        else None,
     )
     return Watchdog(
         settings=settings,
@@ -272,7 +276,7 @@ async def build_watchdog(
         sweeper=sweeper,
         leases=leases,
         reconciler=reconciler,
-        readiness=DependencyMonitor(store, clients, metrics, clock),
+        readiness=DependencyMonitor(store, clients, metrics, clock, plugin_problems=plugins.problems),
         plugins=plugins,
     )
 

@@ -172,8 +172,10 @@ class IncidentService:
         actor: str = "watchdog",
         summary: str | None = None,
         audit_join: bool = True,
+        data: Mapping[str, Any] | None = None,
     ) -> OpenResult:
-        """Open the incident of `execution_id` or join the open one (idempotent under concurrency)."""
+        """Open the incident of `execution_id` or join the open one (idempotent under concurrency);
+        `data` goes into the audit entry (e.g. a sweep's cause, severity and evidence)."""
         async with self.store.transaction() as tx:
             result = await open_or_join_in(
                 tx,
@@ -184,6 +186,7 @@ class IncidentService:
                 actor=actor,
                 summary=summary,
                 audit_join=audit_join,
+                data=data,
             )
         if result.created:
             self.opened(source)

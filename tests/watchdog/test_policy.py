@@ -39,7 +39,10 @@ def test_shipped_policy_loads_and_covers_every_playbook() -> None:
     assert DEFAULT_POLICY_FILE.exists()
     assert set(policy.playbooks) == PLAYBOOK_NAMES
     used = {rule.playbook for rule in policy.rules if rule.playbook}
-    assert used == PLAYBOOK_NAMES - {"cancel"}  # cancel is for humans and the CLI, never chosen automatically
+    assert used == PLAYBOOK_NAMES
+    # cancel answers only a retry storm, and never without a human: its risk is high and it needs approval
+    assert [rule.name for rule in policy.rules if rule.playbook == "cancel"] == ["retry-storm"]
+    assert policy.playbook("cancel").requires_approval and policy.playbook("cancel").risk == "high"
     assert policy.limits.agent_restarts_per_agent_per_hour == 3
 
 
