@@ -194,3 +194,21 @@ def test_the_shipped_policy_fits_its_playbooks() -> None:
         "max_parallel_nodes": 5,
         "max_concurrent_executions": 25,
     }
+
+
+def test_a_namespace_matcher_matches_the_diagnosis_namespace_by_pattern() -> None:
+    policy = parse_policy(
+        {"rules": [{"name": "prod", "when": {"namespace": ["prod-*"]}, "playbook": "resume"}]}
+    )
+
+    def in_namespace(namespace: str | None) -> Diagnosis:
+        return diagnosis("unknown").model_copy(update={"namespace": namespace})
+
+    assert policy.first_match(in_namespace("prod-eu")) is not None
+    assert policy.first_match(in_namespace("staging")) is None
+    assert policy.first_match(in_namespace(None)) is None  # a diagnosis without one matches no pattern
+
+
+def test_a_rule_matching_on_nothing_names_the_namespace_among_the_matchers() -> None:
+    with pytest.raises(PolicyError, match=r"at least one of likely_cause, .*dag, agent, namespace"):
+        parse_policy({"rules": [{"name": "empty", "when": {}, "playbook": "resume"}]})
