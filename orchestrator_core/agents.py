@@ -6,7 +6,9 @@ Where it sits: the service (or CLI, or a test) builds one `AgentRegistry` at sta
 attempt through `AgentRegistry.invoke`; `POST /admin/agents/{agent_id}/restart` calls `restart`.
 There is no module-level registry: two engines in one process never share agents or agent state.
 
-An agent is `async def agent(ctx: AgentContext) -> <JSON-able value>`. `ctx.state` is the agent
+An agent is `async def agent(ctx: AgentContext) -> <JSON-able value>`. A long one may call
+`ctx.report_progress(message=..., fraction=...)` now and then: a node that reports progress is slow,
+not hung (stall detection, docs/architecture.md "Stuck-run signals"). `ctx.state` is the agent
 worker's state, shared by all attempts of that agent on this replica and reset by `restart` (a fresh
 worker): this is where a connection pool or cache would live. `restart(agent_id)` cancels that agent's
 running attempts; each of them fails with `AgentRestarted` (a `RetryableAgentError`), so the node's
@@ -37,6 +39,7 @@ from orchestrator_core.errors import (
     RetryableAgentError,
 )
 from orchestrator_core.events import EngineObserver, LogEvent
+from orchestrator_core.signals import NO_SIGNALS, NodeSignals, check_progress
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,14 @@ class AgentContext:
     state: dict[str, Any] = field(default_factory=dict)
     node_output: Any = None  # set for compensation handlers: the output being compensated
     compensating: bool = False
+    signals: NodeSignals = NO_SIGNALS  # the run's (`progress.RunSignals`): where progress reports go
+
+    def report_progress(self, message: str | None = None, fraction: float | None = None) -> None:
+        """Tell the orchestrator this node is making progress (slow, not hung): what
+        `POST /executions/{id}/nodes/{node_id}/progress` does for an HTTP agent, without HTTP.
+        `message` at most 500 characters, `fraction` from 0 to 1; ValueError naming the problem else."""
+        check_progress(message, fraction)
+        self.signals.progress(self.execution_id, self.node_id, message, fraction)
 
     def log(self, message: str, level: str = "INFO", **extra: Any) -> None:
         """A log line carrying execution_id, node_id and agent_id (reaches the service's logs)."""

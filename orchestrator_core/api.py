@@ -45,6 +45,7 @@ from gl_common.http import (
     read_body,
 )
 from gl_common.openapi import OPENAPI_KEY, Answer, Inputs, Route, RouteTable, build_document, serve_document
+from orchestrator_core import api_signals
 from orchestrator_core.api_models import (
     PATH_PARAMS,
     AgentList,
@@ -70,6 +71,7 @@ from orchestrator_core.api_models import (
     decode_cursor,
     encode_cursor,
 )
+from orchestrator_core.api_signals import SERVICE_KEY, gone_owners, owner_liveness, trace_signals
 from orchestrator_core.dag import MAX_DOCUMENT_DEPTH, MAX_DOCUMENT_VALUES, DagDefinition, load_document
 from orchestrator_core.errors import (
     BadRequest,
@@ -88,8 +90,6 @@ API_PREFIX = "/api/v1/orchestrator"
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 API_TITLE = "gl-orchestrator"
 API_VERSION = "1"
-
-SERVICE_KEY = web.AppKey("service", OrchestratorService)
 
 
 # -- errors -----------------------------------------------------------------------------------------
@@ -124,14 +124,23 @@ def _respond(model: type[BaseModel], data: Any, status: int = 200) -> web.Respon
     return json_model_response(model.model_validate(data), status)
 
 
-def _execution(record: ExecutionRecord, default_timeout: float | None) -> dict[str, Any]:
+def _execution(
+    record: ExecutionRecord, default_timeout: float | None, alive: dict[str | None, bool | None] | None = None
+) -> dict[str, Any]:
     """The API's execution object: `timeout_seconds` is the effective timeout (the DAG's, else the
-    default `default_execution_timeout_seconds`), `timeout_is_default` says which."""
+    default `default_execution_timeout_seconds`), `timeout_is_default` says which; `owner_alive`
+    from `alive` (the owners' heartbeats) for a running run."""
     data = record.to_json()
     if record.timeout_seconds is None:
         data["timeout_seconds"] = default_timeout
     data["timeout_is_default"] = record.timeout_seconds is None and default_timeout is not None
+    data["owner_alive"] = (alive or {}).get(record.owner) if record.status == "running" else None
     return data
+
+
+async def _liveness(request: web.Request, records: list[ExecutionRecord]) -> dict[str | None, bool | None]:
+    """The heartbeats of the running runs' owners among `records`."""
+    return await owner_liveness(_service(request), {r.owner for r in records if r.status == "running"})
 
 
 def _default_timeout(request: web.Request) -> float | None:
@@ -173,13 +182,16 @@ async def list_executions(request: web.Request, inputs: Inputs) -> web.Response:
     query = inputs.query(ExecutionListQuery)
     after = decode_cursor(query)
     default = _default_timeout(request)
-    page = await _service(request).engine.page_executions(
-        query.to_filter(default), after=after, limit=query.limit
+    service = _service(request)
+    owners = None if query.owner_gone is None else await gone_owners(service, query.owner_gone)
+    page = await service.engine.page_executions(
+        query.to_filter(default, owners), after=after, limit=query.limit
     )
+    alive = await _liveness(request, page.records)
     return _respond(
         ExecutionPage,
         {
-            "items": [_execution(record, default) for record in page.records],
+            "items": [_execution(record, default, alive) for record in page.records],
             "next_cursor": encode_cursor(page.next, query) if page.next is not None else None,
             "total": page.total,
         },
@@ -189,15 +201,17 @@ async def list_executions(request: web.Request, inputs: Inputs) -> web.Response:
 @ROUTE_TABLE.route("GET /executions/{execution_id}", "One execution", response=Execution, errors=_READ)
 async def get_execution(request: web.Request, inputs: Inputs) -> web.Response:
     record = await _service(request).engine.get_execution(inputs.path["execution_id"])
-    return _respond(Execution, _execution(record, _default_timeout(request)))
+    alive = await _liveness(request, [record])
+    return _respond(Execution, _execution(record, _default_timeout(request), alive))
 
 
 @ROUTE_TABLE.route(
     "GET /executions/{execution_id}/trace", "Node-level trace of an execution", response=Trace, errors=_READ
 )
 async def get_trace(request: web.Request, inputs: Inputs) -> web.Response:
-    trace = await _service(request).engine.get_trace(inputs.path["execution_id"])
-    return _respond(Trace, _fill_durations(trace.to_json(), utc_now()))
+    service = _service(request)
+    trace = await service.engine.get_trace(inputs.path["execution_id"])
+    return _respond(Trace, await trace_signals(service, _fill_durations(trace.to_json(), utc_now())))
 
 
 @ROUTE_TABLE.route(
@@ -430,6 +444,7 @@ async def restart_agent(request: web.Request, inputs: Inputs) -> web.Response:
     return _respond(AgentRestart, result.to_json())
 
 
+api_signals.declare(ROUTE_TABLE)  # progress, node durations, running nodes (issue 16)
 serve_document(ROUTE_TABLE)
 
 

@@ -32,6 +32,7 @@ from orchestrator_core.dag import OnFailure
 from orchestrator_core.hashing import canonical_json
 from orchestrator_core.records import EXECUTION_STATUSES, ExecutionStatus, NodeStatus
 from orchestrator_core.settings import MAX_CONCURRENT_EXECUTIONS_BOUND, MAX_PARALLEL_NODES_BOUND
+from orchestrator_core.signal_models import NormalDurationOut
 from orchestrator_core.store.listing import ExecutionFilter, Position
 
 Owner = Annotated[
@@ -39,7 +40,7 @@ Owner = Annotated[
     StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$"),
     Field(description="replica id of the run's owner: 1-255 printable characters"),
 ]
-PATH_PARAMS = {"execution_id": ExecutionId, "dag_id": DagId, "agent_id": AgentId}
+PATH_PARAMS = {"execution_id": ExecutionId, "dag_id": DagId, "agent_id": AgentId, "node_id": NodeId}
 
 DEFAULT_PAGE = 500
 MAX_PAGE = 5000
@@ -74,12 +75,29 @@ class ExecutionListQuery(_Request):
     no_timeout: bool | None = Field(
         None, description="true: the DAG sets no timeout of its own (the default applies); false: it does"
     )
+    queued_before: AwareDatetime | None = Field(
+        None, description="runs waiting in the admission queue since before (implies status queued)"
+    )
+    cancel_requested_before: AwareDatetime | None = Field(
+        None, description="runs whose cancel was asked for before (with status=running: never completed)"
+    )
+    min_resume_count: int | None = Field(
+        None, ge=0, le=2**31 - 1, description="runs resumed at least this often"
+    )
+    owner_gone: bool | None = Field(
+        None,
+        description="true: running runs whose owner replica's heartbeat is gone; false: running runs "
+        "whose owner is alive (an embedded orchestrator knows only its own heartbeat)",
+    )
     cursor: Annotated[str, StringConstraints(min_length=1, max_length=MAX_CURSOR_LENGTH)] | None = Field(
         None, description="next_cursor of the previous page (same filters)"
     )
     limit: int = Field(DEFAULT_PAGE, ge=1, le=MAX_PAGE, description="page size")
 
-    def to_filter(self, default_timeout_seconds: float | None) -> ExecutionFilter:
+    def to_filter(
+        self, default_timeout_seconds: float | None, owners: tuple[str | None, ...] | None = None
+    ) -> ExecutionFilter:
+        """The store's filter; `owners`: the owners `owner_gone` selects (running runs of them)."""
         return ExecutionFilter(
             statuses=tuple(dict.fromkeys(self.status)) if self.status else None,
             dag_id=self.dag_id,
@@ -89,6 +107,10 @@ class ExecutionListQuery(_Request):
             over_timeout=self.over_timeout,
             no_timeout=self.no_timeout,
             default_timeout_seconds=default_timeout_seconds,
+            queued_before=self.queued_before,
+            cancel_requested_before=self.cancel_requested_before,
+            min_resume_count=self.min_resume_count,
+            running_owners=owners,
         )
 
 
@@ -186,6 +208,11 @@ class ExecutionOptionsOut(_Answer):
     deterministic_mode: bool
 
 
+class FailureStreak(_Answer):
+    node_id: str
+    count: int
+
+
 class Execution(_Answer):
     """An execution (list items and `GET /executions/{id}`); `timeout_seconds` is the effective
     timeout: the DAG's, or the default when `timeout_is_default`."""
@@ -203,6 +230,18 @@ class Execution(_Answer):
     owner: str | None
     input_data: Any
     execution_options: ExecutionOptionsOut
+    queued_at: datetime | None = Field(description="when it last entered the admission queue")
+    cancel_requested_at: datetime | None = Field(
+        description="when a cancel was asked for (cleared by a resume)"
+    )
+    resume_count: int = Field(description="how often it was resumed (takeovers included)")
+    failure_streak: FailureStreak | None = Field(
+        description="the node its last `count` attempts each failed at (null: its last attempt did not fail)"
+    )
+    owner_alive: bool | None = Field(
+        description="a running run's owner replica's heartbeat: present, gone, or null (no owner, not "
+        "running, or unknown: embedded)"
+    )
 
 
 class ExecutionPage(_Answer):
@@ -224,6 +263,13 @@ class NodeTraceOut(_Answer):
     completed_at: datetime | None
     input_hash: str | None
     timeout_seconds: float | None
+    last_progress_at: datetime | None = Field(description="the node's last progress report (running nodes)")
+    progress_message: str | None
+    progress_fraction: float | None
+    progress_reports: int
+    normal_duration: NormalDurationOut | None = Field(
+        description="the node's history of successful durations with its agent (null: none yet)"
+    )
 
 
 class Trace(_Answer):

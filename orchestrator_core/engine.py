@@ -72,6 +72,7 @@ from orchestrator_core.events import (
 from orchestrator_core.executor import Executor
 from orchestrator_core.hashing import canonical_json
 from orchestrator_core.plan import RunPlans
+from orchestrator_core.progress import RunSignals
 from orchestrator_core.provenance import genesis_hash, verify
 from orchestrator_core.records import (
     RESUMABLE_STATUSES,
@@ -84,6 +85,7 @@ from orchestrator_core.records import (
     ResumeResult,
 )
 from orchestrator_core.settings import OrchestratorSettings
+from orchestrator_core.signals import RunIdentity
 from orchestrator_core.store import ClaimedRun, Store
 from orchestrator_core.store.listing import ExecutionFilter, Page, Position
 
@@ -132,6 +134,10 @@ class Engine:
         self._max_parallel_nodes = settings.max_parallel_nodes
         self._runs: dict[str, Executor] = {}
         self.plans = RunPlans()  # per DAG version: levels and input hashers, shared by its runs
+        # Progress, running nodes and the node-duration history of every run here (issue 16).
+        self.signals = RunSignals(
+            store, self.clock, self.observer, is_local=self._runs_here, local_status=self._node_status
+        )
 
     @classmethod
     async def open(
@@ -165,6 +171,7 @@ class Engine:
                 await self.interrupt(execution_id, reason="orchestrator shutting down")
             except Exception:  # shutting down: report and go on with the others
                 log.exception("could not interrupt execution %s at shutdown", execution_id)
+        await self.signals.close()
         await self.store.close()
 
     # -- DAGs --------------------------------------------------------------------------------------
@@ -317,6 +324,7 @@ class Engine:
             resume_from=claimed.data,
             checkpoint_base_delay=self.settings.checkpoint_retry_base_delay,
             checkpoint_max_delay=self.settings.checkpoint_retry_max_delay,
+            signals=self.signals,
         )
         execution_id = executor.execution_id
         self._runs[execution_id] = executor
@@ -356,7 +364,11 @@ class Engine:
             )
 
     async def cancel(self, execution_id: str, *, reason: str = "cancelled by request") -> ExecutionRecord:
-        """Cancel a queued or running execution (checkpoints kept); `InvalidState` if finished."""
+        """Cancel a queued or running execution (checkpoints kept); `InvalidState` if finished.
+
+        The request is recorded first (`cancel_requested_at`), so that a cancel that does not complete
+        shows as one (issue 16)."""
+        await self.store.executions.request_cancel(execution_id)
         executor = self._runs.get(execution_id)
         if executor is not None:
             await self._stop_local(executor, "cancel", reason)
@@ -519,6 +531,19 @@ class Engine:
     def local_executions(self) -> list[str]:
         """Ids of the executions running on this replica."""
         return sorted(self._runs)
+
+    def _runs_here(self, run: RunIdentity) -> bool:
+        """Whether `run` (a run's state) is the one executing here under its id."""
+        executor = self._runs.get(run.execution_id)
+        return executor is not None and executor.run_state is run
+
+    def _node_status(self, execution_id: str, node_id: str) -> str | None:
+        """The node's status when its run executes here (None otherwise)."""
+        executor = self._runs.get(execution_id)
+        if executor is None:
+            return None
+        state = executor.states.get(node_id)
+        return None if state is None else state.status
 
     def executor(self, execution_id: str) -> Executor | None:
         """The local executor of a run (None when it is not running here)."""

@@ -90,6 +90,18 @@ class CheckpointEvent:
 
 
 @dataclass(frozen=True)
+class NodeProgressEvent:
+    """An agent reported progress of a running node (`AgentContext.report_progress` or the route)."""
+
+    execution_id: str
+    dag_id: str
+    node_id: str
+    at: datetime
+    message: str | None = None
+    fraction: float | None = None
+
+
+@dataclass(frozen=True)
 class LogEvent:
     """A log line of a run: from the engine or from an agent (`AgentContext.log`)."""
 
@@ -125,6 +137,9 @@ class EngineObserver:
 
     def checkpoint_operation(self, event: CheckpointEvent) -> None:
         """A checkpoint store operation succeeded or failed."""
+
+    def node_progress(self, event: NodeProgressEvent) -> None:
+        """An agent reported progress of a running node."""
 
     def log(self, event: LogEvent) -> None:
         """A log line with execution_id/node_id/agent_id context."""
@@ -164,6 +179,10 @@ class CompositeObserver(EngineObserver):
         for observer in self.observers:
             observer.checkpoint_operation(event)
 
+    def node_progress(self, event: NodeProgressEvent) -> None:
+        for observer in self.observers:
+            observer.node_progress(event)
+
     def log(self, event: LogEvent) -> None:
         for observer in self.observers:
             observer.log(event)
@@ -202,6 +221,9 @@ class SafeObserver(EngineObserver):
     def checkpoint_operation(self, event: CheckpointEvent) -> None:
         self._call("checkpoint_operation", event)
 
+    def node_progress(self, event: NodeProgressEvent) -> None:
+        self._call("node_progress", event)
+
     def log(self, event: LogEvent) -> None:
         self._call("log", event)
 
@@ -231,6 +253,9 @@ class RecordingObserver(EngineObserver):
         self.events.append(event)
 
     def checkpoint_operation(self, event: CheckpointEvent) -> None:
+        self.events.append(event)
+
+    def node_progress(self, event: NodeProgressEvent) -> None:
         self.events.append(event)
 
     def log(self, event: LogEvent) -> None:

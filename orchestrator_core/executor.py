@@ -43,6 +43,7 @@ from orchestrator_core.plan import RunPlan
 from orchestrator_core.policies import backoff_delay
 from orchestrator_core.records import ExecutionRecord, NodeTrace
 from orchestrator_core.run_state import FAILED_NODE_STATUSES, NodeState, RunState, Slots
+from orchestrator_core.signals import NO_SIGNALS, NodeSignals
 from orchestrator_core.store import RunData, Store, WriteBatch
 
 FINISH_ATTEMPTS = 5  # tries to record a run's final status before giving up (the run stays resumable)
@@ -64,6 +65,7 @@ class Executor:
         resume_from: RunData | None = None,
         checkpoint_base_delay: float = 0.1,
         checkpoint_max_delay: float = 5.0,
+        signals: NodeSignals = NO_SIGNALS,
     ) -> None:
         """`resume_from`: what a resumed run continues from (None for a run's first start)."""
         self.store = store
@@ -102,6 +104,7 @@ class Executor:
             writer=self.writer,
             slots=self.slots,
             resume_from=resume_from,
+            signals=signals,
         )
         self.compensator = Compensator(run)
         self.nodes = NodeRunner(run, self.compensator)
@@ -241,8 +244,23 @@ class Executor:
                 await self.clock.sleep(delay)
         self.writer.resolve_waiters()
         self.record = self.final_record = final
+        if final.status == "failed":
+            await self._record_failure()
         self._event(self.observer.execution_finished, final.status, final.error)
         return final
+
+    async def _record_failure(self) -> None:
+        """Count the node the run failed at into its failure streak (how a resume loop shows); a
+        store failure is logged with the run, the run's end stands."""
+        failed = next((n for n, s in self.states.items() if s.status in FAILED_NODE_STATUSES), None)
+        if failed is None:
+            return
+        try:
+            await self.store.executions.record_failure(self.execution_id, failed)
+        except OrchestratorError as exc:
+            self.run_state.log(
+                "ERROR", f"could not record the failure at node {failed}: {exc}", node_id=failed
+            )
 
     def _final_status(self) -> tuple[str, str | None]:
         failed = [n for n, s in self.states.items() if s.status in FAILED_NODE_STATUSES]

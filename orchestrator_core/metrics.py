@@ -33,6 +33,7 @@ from orchestrator_core.events import (
     EngineObserver,
     ExecutionEvent,
     NodeAttemptEvent,
+    NodeProgressEvent,
     NodeTimeoutEvent,
     RetryEvent,
 )
@@ -48,6 +49,7 @@ M_NODE_EXECUTION_DURATION = "gl_orchestrator_node_execution_duration_seconds"
 M_CHECKPOINT_OPERATIONS = "gl_orchestrator_checkpoint_operations"  # exposed with the `_total` suffix
 M_NODE_TIMEOUTS = "gl_orchestrator_node_timeouts"  # `_total`
 M_NODE_RETRIES = "gl_orchestrator_node_retries"  # `_total`
+M_NODE_PROGRESS_REPORTS = "gl_orchestrator_node_progress_reports"  # `_total`
 M_EXECUTIONS = "gl_orchestrator_executions"  # `_total`
 M_DAG_RUN_LATENCY = "gl_orchestrator_dag_run_latency_seconds"
 M_AGENT_CALL_DURATION = "gl_orchestrator_agent_call_duration_seconds"
@@ -179,6 +181,13 @@ class OrchestratorMetrics:
         self.node_retries = Counter(
             M_NODE_RETRIES, "Node attempts retried by the retry policy.", ["node_id"], registry=self.registry
         )
+        # By DAG and node, like the node series above: bounded by the registered DAGs, never per run.
+        self.node_progress_reports = Counter(
+            M_NODE_PROGRESS_REPORTS,
+            "Progress reports of running nodes taken by this replica (a reporting node is slow, not hung).",
+            ["dag_id", "node_id"],
+            registry=self.registry,
+        )
         self.executions = Counter(
             M_EXECUTIONS, "Finished executions by final status.", ["dag_id", "status"], registry=self.registry
         )
@@ -246,6 +255,9 @@ class OrchestratorMetrics:
     def node_retried(self, node_id: str) -> None:
         self.node_retries.labels(node_id=node_id).inc()
 
+    def node_progress(self, dag_id: str, node_id: str) -> None:
+        self.node_progress_reports.labels(dag_id=dag_id, node_id=node_id).inc()
+
     def checkpoint_operation(self, operation: str, status: str) -> None:
         """`status` is `ok` or `error` (the runbook queries `status="error"`)."""
         self.checkpoint_operations.labels(operation=operation, status=status).inc()
@@ -308,3 +320,6 @@ class MetricsObserver(EngineObserver):
 
     def checkpoint_operation(self, event: CheckpointEvent) -> None:
         self.metrics.checkpoint_operation(event.operation, event.status)
+
+    def node_progress(self, event: NodeProgressEvent) -> None:
+        self.metrics.node_progress(event.dag_id, event.node_id)

@@ -89,6 +89,7 @@ class NodeRunner:
                     state.error = None
                     if run.persist:
                         run.writer.trace(state)  # read when its commit is taken
+                    run.signals.node_started(run, state)
                 else:
                     now = clock.now()
                 state.attempt_count = attempt
@@ -100,6 +101,7 @@ class NodeRunner:
                 state.error = None
                 state.completed_at = clock.now()
                 state.duration_ms = (clock.monotonic() - state.started_mono) * 1000
+                run.signals.node_completed(run.dag_id, node_id, node.agent_id, state.duration_ms / 1000)
                 if run.persist:  # the node is done only once its checkpoint is committed
                     checkpoint = self._checkpoint(state, value)
                     if defer_commit:
@@ -155,6 +157,7 @@ class NodeRunner:
             deadline=deadline,
             observer=run.observer,
             now=run.clock.now,
+            signals=run.signals,
         )
         if run.observing:
             run.observer.node_attempt_started(NodeAttemptEvent(*self._ids(node, attempt), at=now))

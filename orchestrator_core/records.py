@@ -71,6 +71,13 @@ class ExecutionRecord:
     error: str | None = None
     owner: str | None = None
     fencing_token: int = 0
+    # The stuck-state columns (migration 6): when it last entered the queue, when a cancel was asked
+    # for, how often it was resumed, and the node its last `failure_streak` attempts failed at.
+    queued_at: datetime | None = None
+    cancel_requested_at: datetime | None = None
+    resume_count: int = 0
+    failure_node: str | None = None
+    failure_streak: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The API's execution object."""
@@ -87,6 +94,12 @@ class ExecutionRecord:
             "owner": self.owner,
             "input_data": self.input_data,
             "execution_options": self.options.to_json(),
+            "queued_at": iso(self.queued_at),
+            "cancel_requested_at": iso(self.cancel_requested_at),
+            "resume_count": self.resume_count,
+            "failure_streak": None
+            if self.failure_node is None or self.failure_streak <= 0
+            else {"node_id": self.failure_node, "count": self.failure_streak},
         }
 
 

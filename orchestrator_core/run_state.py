@@ -25,6 +25,7 @@ from orchestrator_core.hashing import canonical_json, json_string, sha256_hex
 from orchestrator_core.plan import RunPlan
 from orchestrator_core.provenance import ChainBuilder, genesis_hash
 from orchestrator_core.records import ExecutionRecord, NodeTrace
+from orchestrator_core.signals import NO_SIGNALS, NodeSignals
 from orchestrator_core.store import RunData
 
 FAILED_NODE_STATUSES = frozenset({"failed", "timed_out"})
@@ -135,11 +136,17 @@ class RunState:
         writer: RunWriter,
         slots: Slots,
         resume_from: RunData | None,
+        signals: NodeSignals = NO_SIGNALS,
     ) -> None:
         self.plan = plan
         self.dag = plan.dag
         self.record = record
         self.execution_id = record.execution_id
+        # Who runs it under which token, and where its nodes' starts, completions and progress go.
+        self.dag_id = self.dag.dag_id
+        self.owner = record.owner
+        self.fencing_token = record.fencing_token
+        self.signals = signals
         self.deterministic = record.options.deterministic_mode
         self.persist = record.options.checkpoint_enabled
         self.registry = registry

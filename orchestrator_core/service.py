@@ -502,7 +502,11 @@ class OrchestratorService:
 
     async def runs_tick_once(self) -> None:
         """Live limits, remote cancels, admission and takeover: the runs loop's round."""
-        steps = [("limits", self.sync_limits_once), ("reconcile", self.reconcile_once)]
+        steps = [
+            ("limits", self.sync_limits_once),
+            ("reconcile", self.reconcile_once),
+            ("signals", self.engine.signals.flush),  # running nodes, progress, node durations
+        ]
         if self._accepting:
             steps += [("admission", self.pump_once), ("takeover", self.takeover_once)]
         await self._steps("runs", steps)

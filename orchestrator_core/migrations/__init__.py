@@ -18,6 +18,7 @@ from orchestrator_core.migrations import (
     m0003_run_documents,
     m0004_execution_listing,
     m0005_admission_queue,
+    m0006_stuck_run_signals,
 )
 
 SCHEMA = Schema(
@@ -28,6 +29,7 @@ SCHEMA = Schema(
         m0003_run_documents.MIGRATION,
         m0004_execution_listing.MIGRATION,
         m0005_admission_queue.MIGRATION,
+        m0006_stuck_run_signals.MIGRATION,
     ),
     lock_key=0x676C6F7263,  # "glorc": the key the orchestrator's own runner used before
     legacy=LegacyTable("schema_version", description_column="name"),

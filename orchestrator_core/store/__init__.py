@@ -13,6 +13,7 @@ one repository per responsibility:
     store.runs        RunDataRepository    reads of traces, checkpoints and the provenance chain
     store.commits     BatchCommits         a run's hot writes: create and claim, batches, finish (on
                                            a SQLite file: one call on a connection of their own)
+    store.signals     SignalRepository     stuck-run signals: node-duration sketches, running nodes
 
 Modules: `schema` (the tables, as the migrations declare them), `database` (the foundation set up with
 the orchestrator's errors), `dags`, `executions`, `listing`, `rundata` (run data in both layouts: rows
@@ -34,6 +35,7 @@ from orchestrator_core.store.database import open_database
 from orchestrator_core.store.executions import ClaimedRun, ExecutionRepository
 from orchestrator_core.store.listing import ExecutionListing
 from orchestrator_core.store.rundata import RunData, RunDataRepository, TraceFields, WriteBatch
+from orchestrator_core.store.signals import SignalRepository
 
 __all__ = ["ClaimedRun", "RunData", "Store", "TraceFields", "WriteBatch"]
 
@@ -50,6 +52,7 @@ class Store:
         self.executions = ExecutionRepository(db, self.clock, self.dags)
         self.listing = ExecutionListing(db, self.clock)
         self.runs = RunDataRepository(db)
+        self.signals = SignalRepository(db, self.clock)
         path = sqlite_file(db.engine.url)
         sqlite = None
         if path is not None:

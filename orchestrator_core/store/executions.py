@@ -160,6 +160,7 @@ class ExecutionRepository:
             "updated_at": record.created_at,
             "timeout_seconds": record.timeout_seconds,
             "error": record.error,
+            "queued_at": record.queued_at or record.created_at,
         }
         if claim is None:
             return values
@@ -217,6 +218,7 @@ class ExecutionRepository:
                 dag = resume_dag(dag, await self.dags.read_in(conn, row.dag_id))
                 data = await rundata.read_run(conn, execution_id)
                 values["dag_version"] = dag.version
+                values["resume_count"] = int(row.resume_count) + 1
             record = await _update(conn, execution_id, values)
         return ClaimedRun(record, dag, data)
 
@@ -236,7 +238,14 @@ class ExecutionRepository:
             own = await self.dags.read_in(conn, row.dag_id, row.dag_version)
             dag = resume_dag(own, await self.dags.read_in(conn, row.dag_id))
             checkpoints = await rundata.read_checkpoints(conn, execution_id)
-            values = {"status": "queued", "error": None, "completed_at": None, "updated_at": now}
+            values = {
+                "status": "queued",
+                "error": None,
+                "completed_at": None,
+                "updated_at": now,
+                "queued_at": now,
+                "cancel_requested_at": None,
+            }
             await _update(conn, execution_id, values)
         return dag, checkpoints
 
@@ -258,6 +267,7 @@ class ExecutionRepository:
             "completed_at": None,
             "error": None,
             "updated_at": now,
+            "cancel_requested_at": None,  # a claimed run starts afresh: no cancel pending
         }
 
     # -- reading -----------------------------------------------------------------------------------
@@ -357,6 +367,39 @@ class ExecutionRepository:
                 found += [_head(row) for row in (await conn.execute(query)).all()]
         return found
 
+    # -- the stuck-state columns (issue 16) -------------------------------------------------------
+
+    async def request_cancel(self, execution_id: str) -> None:
+        """Record that a cancel was asked for (`cancel_requested_at`, the first request's time) on a
+        run that may still be cancelled; nothing for a finished one (the cancel answers 409).
+        `ExecutionNotFound` for an unknown id."""
+        c = executions.c
+        statement = (
+            executions.update()
+            .where(c.execution_id == execution_id, c.status.in_(("queued", "running", "interrupted")))
+            .values(cancel_requested_at=sa.func.coalesce(c.cancel_requested_at, self.clock.now()))
+        )
+        async with self.db.transaction("request cancel") as conn:
+            if (await conn.execute(statement)).rowcount == 0:
+                found = await conn.execute(sa.select(c.status).where(c.execution_id == execution_id))
+                if found.first() is None:
+                    raise ExecutionNotFound(f"execution {execution_id!r} does not exist")
+
+    async def record_failure(self, execution_id: str, node_id: str) -> None:
+        """The run failed at `node_id`: its failure streak grows when its last failure was there too,
+        else starts again at 1 (`failure_node`, `failure_streak`)."""
+        c = executions.c
+        statement = (
+            executions.update()
+            .where(c.execution_id == execution_id)
+            .values(
+                failure_streak=sa.case((c.failure_node == node_id, c.failure_streak + 1), else_=1),
+                failure_node=node_id,
+            )
+        )
+        async with self.db.transaction("record failure") as conn:
+            await conn.execute(statement)
+
     # -- running and ending ------------------------------------------------------------------------
 
     async def write_batch(self, execution_id: str, token: int, batch: WriteBatch) -> None:
@@ -433,6 +476,11 @@ def execution_record(row: Any) -> ExecutionRecord:
         error=row.error,
         owner=row.owner,
         fencing_token=int(row.fencing_token),
+        queued_at=row.queued_at,
+        cancel_requested_at=row.cancel_requested_at,
+        resume_count=int(row.resume_count or 0),
+        failure_node=row.failure_node,
+        failure_streak=int(row.failure_streak or 0),
     )
 
 

@@ -14,7 +14,9 @@ listed and is reached on a later page; a run whose key grew past the position ma
 Filters combine with AND: `statuses` (any of), `dag_id`, `owner`, `started_before` / `started_after`
 (runs that have started, by `started_at`), `over_timeout` (running, and running for longer than its
 effective timeout: its own, else `default_timeout_seconds`), `no_timeout` (the run's DAG sets no
-timeout of its own, so it runs under the default, if there is one).
+timeout of its own, so it runs under the default, if there is one); and the other stuck states
+(issue 16): `queued_before` (queued since before), `cancel_requested_before`, `min_resume_count`,
+`running_owners` (running runs of these owners: the API's `owner_gone`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ class ExecutionFilter:
     over_timeout: bool | None = None
     no_timeout: bool | None = None
     default_timeout_seconds: float | None = None  # the effective timeout of a run without its own
+    queued_before: datetime | None = None  # queued (status) since before
+    cancel_requested_before: datetime | None = None
+    min_resume_count: int | None = None
+    running_owners: tuple[str | None, ...] | None = None  # running runs of these owners (None: no owner)
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,25 @@ class ExecutionListing:
             conditions.append(
                 c.timeout_seconds.is_(None) if where.no_timeout else c.timeout_seconds.is_not(None)
             )
+        return conditions + self._stuck(where)
+
+    @staticmethod
+    def _stuck(where: ExecutionFilter) -> list[ColumnElement[bool]]:
+        """The conditions of the other stuck states (issue 16), on the indexes of migration 6."""
+        c = executions.c
+        conditions: list[ColumnElement[bool]] = []
+        if where.queued_before is not None:
+            conditions += [c.status == "queued", c.queued_at < where.queued_before]
+        if where.cancel_requested_before is not None:
+            conditions.append(c.cancel_requested_at < where.cancel_requested_before)
+        if where.min_resume_count is not None:
+            conditions.append(c.resume_count >= where.min_resume_count)
+        if where.running_owners is not None:
+            named = [owner for owner in where.running_owners if owner is not None]
+            of_owners = [c.owner.in_(named)] if named else []
+            if None in where.running_owners:
+                of_owners.append(c.owner.is_(None))
+            conditions += [c.status == "running", sa.or_(*of_owners) if of_owners else sa.false()]
         return conditions
 
     def _over_timeout(self, default_timeout: float | None) -> ColumnElement[bool]:

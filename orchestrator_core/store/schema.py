@@ -12,6 +12,8 @@ migrated database has exactly these tables and columns).
     provenance       per chain record of a run with checkpoints
     run_documents    per run without checkpoints: every trace and the whole chain as one document
     limit_overrides  the live limits every replica applies
+    node_durations   per (dag, node, agent): the duration sketch of its successful runs
+    running_nodes    per running node of a running run: attempt, start, last progress (owner's flush)
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ checkpoints = metadata.tables["checkpoints"]
 provenance = metadata.tables["provenance"]
 run_documents = metadata.tables["run_documents"]
 limit_overrides = metadata.tables["limit_overrides"]
+node_durations = metadata.tables["node_durations"]
+running_nodes = metadata.tables["running_nodes"]
 
 TRACE_COLUMNS = tuple(c.name for c in node_traces.columns)
 CHECKPOINT_COLUMNS = tuple(c.name for c in checkpoints.columns)

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from gl_common.migrations import CreateIndex, CreateTable, DropIndex
+from gl_common.migrations import AddColumn, CreateIndex, CreateTable, DropIndex, Run
 from orchestrator_core.dag import DagDefinition
 from orchestrator_core.migrations import SCHEMA
 from orchestrator_core.store import Store
@@ -29,6 +29,7 @@ RELEASED_DDL = {
     3: "c24759bd6b66dcfadc463e007f364c49613dec4d7856568c2264345ea0af50d8",
     4: "e97b17cdb304b58c01217af40779e0e50525211b6dd22f488ca18ffdf23e6882",
     5: "eab48bdbdd31ba040e6ef948efe657659f1f570d797ec379a0dc8c5b62066176",
+    6: "421d1d674f5ce1fa005b0c2ee3d9e004fa0eb5af715fc1c5fab59a1d0c46098e",
 }
 
 
@@ -133,6 +134,14 @@ def _ddl(version: int, dialect: sa.Dialect) -> str:
             continue
         if isinstance(operation, DropIndex):
             statements.append(f"DROP INDEX {operation.name} ON {operation.table}")
+            continue
+        if isinstance(operation, AddColumn):
+            column = scratch.tables[operation.table].c[operation.column().name]
+            spec = sa.schema.CreateColumn(column).compile(dialect=dialect)
+            statements.append(f"ALTER TABLE {operation.table} ADD COLUMN {spec}")
+            continue
+        if isinstance(operation, Run):
+            statements.append(f"RUN {operation.function.__name__}")
             continue
         assert isinstance(operation, CreateTable), "pin the DDL of other operations here too"
         table = scratch.tables[operation.name]
