@@ -236,7 +236,7 @@ class Execution(_Answer):
     )
     resume_count: int = Field(description="how often it was resumed (takeovers included)")
     failure_streak: FailureStreak | None = Field(
-        description="the node its last `count` attempts each failed at (null: its last attempt did not fail)"
+        description="the node its last `count` failures in a row were at (null: it never failed)"
     )
     owner_alive: bool | None = Field(
         description="a running run's owner replica's heartbeat: present, gone, or null (no owner, not "

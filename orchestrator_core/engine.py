@@ -333,6 +333,7 @@ class Engine:
         def forget(_: asyncio.Task[Any]) -> None:
             if self._runs.get(execution_id) is executor:
                 del self._runs[execution_id]
+            self.signals.run_ended(executor.run_state)
 
         task.add_done_callback(forget)
         return executor

@@ -208,7 +208,7 @@ class OrchestratorMetrics:
         self.maintenance_tick = Histogram(
             M_MAINTENANCE_TICK,
             "Duration of one maintenance step, by part: `leases` (heartbeat and every lock renewed, in one "
-            "round trip) and `runs` (live limits, remote cancels, admission and takeover).",
+            "round trip) and `runs` (live limits, remote cancels, stuck-run signals, admission, takeover).",
             ["part"],
             buckets=_TICK_BUCKETS,
             registry=self.registry,

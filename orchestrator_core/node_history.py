@@ -17,6 +17,7 @@ tick. A replica that dies loses the durations of at most its last tick.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from gl_common.quantiles import DurationSketch
 from orchestrator_core.store.signals import DurationKey, SignalRepository, StoredSketch
 
 log = logging.getLogger(__name__)
+
+FOLD_EVERY = 256  # durations of one node kept as they came before they are added to its sketch
 
 
 @dataclass(frozen=True)
@@ -54,23 +57,42 @@ class NodeHistory:
     def __init__(self, store: SignalRepository) -> None:
         self.store = store
         self._pending: dict[DurationKey, DurationSketch] = {}
+        # Durations as they come (an append on the node's path), folded into `_pending` in bulk.
+        self._raw: dict[DurationKey, list[float]] = {}
         self._parsed: dict[DurationKey, tuple[int, DurationSketch]] = {}
 
     def add(self, key: DurationKey, seconds: float) -> None:
         """Count one successful duration of the node `key` (merged into the store at the next flush)."""
+        raw = self._raw.get(key)
+        if raw is None:
+            raw = self._raw[key] = []
+        raw.append(seconds)
+        if len(raw) >= FOLD_EVERY:
+            self._fold(key, raw)
+
+    def _fold(self, key: DurationKey, raw: list[float]) -> None:
         sketch = self._pending.get(key)
         if sketch is None:
             sketch = self._pending[key] = DurationSketch()
-        sketch.add(max(0.0, seconds))
+        for seconds in raw:
+            if math.isfinite(seconds):  # a clock gone wrong must not stop every later flush
+                sketch.add(max(0.0, seconds))
+        raw.clear()
+
+    def _fold_all(self) -> None:
+        for key, raw in self._raw.items():
+            self._fold(key, raw)
+        self._raw.clear()
 
     @property
     def pending(self) -> int:
         """Nodes with durations not merged into the store yet."""
-        return len(self._pending)
+        return len(self._pending.keys() | {key for key, raw in self._raw.items() if raw})
 
     async def flush(self) -> int:
         """Merge the durations seen here since the last flush into the store; how many nodes. On a
         store failure they stay pending (merged with newer ones) and the error is raised."""
+        self._fold_all()
         pending, self._pending = self._pending, {}
         try:
             await self.store.merge_durations(pending)
@@ -85,10 +107,12 @@ class NodeHistory:
 
     async def sketches(self, keys: Collection[DurationKey]) -> dict[DurationKey, DurationSketch]:
         """The histories of `keys` (those with any): stored plus not yet merged."""
+        self._fold_all()
         return self._with_pending(await self.store.durations(keys), keys)
 
     async def of_dag(self, dag_id: str) -> dict[DurationKey, DurationSketch]:
         """Every history of the DAG's nodes."""
+        self._fold_all()
         mine = [key for key in self._pending if key[0] == dag_id]
         return self._with_pending(await self.store.durations_of_dag(dag_id), mine)
 

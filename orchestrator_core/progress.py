@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from gl_common.clock import Clock
@@ -50,14 +50,23 @@ MISSING_ROW_FLUSHES = 5  # flushes a progress delta waits for its node's row bef
 PRUNE_EVERY = 20  # flushes between two prunes of rows no run answers for
 
 
-@dataclass(eq=False)
-class _Tracked:
-    """A node a run of this replica started: what it is, and what of it the store has."""
+@dataclass(eq=False, slots=True)
+class _RunNodes:
+    """The nodes one run of this replica started (a dict entry per node start: the run's hot path),
+    which of them the store has a row of (at which attempt), and the reports this replica took."""
 
     run: RunIdentity
-    state: RunningNode
-    written_attempt: int | None = None  # None: no row written yet
-    reports: int = 0  # progress reports this replica took for it
+    states: dict[str, RunningNode] = field(default_factory=dict)
+    written: dict[str, int] = field(default_factory=dict)
+    reports: dict[str, int] = field(default_factory=dict)
+
+    def running(self, node_id: str) -> bool:
+        state = self.states.get(node_id)
+        return state is not None and state.status == "running"
+
+    def count_report(self, node_id: str) -> int:
+        self.reports[node_id] = count = self.reports.get(node_id, 0) + 1
+        return count
 
 
 @dataclass(frozen=True)
@@ -94,7 +103,7 @@ class RunSignals(NodeSignals):
         self.history = NodeHistory(store.signals)
         self._is_local = is_local
         self._local_status = local_status
-        self._running: dict[NodeKey, _Tracked] = {}
+        self._running: dict[str, _RunNodes] = {}  # by execution
         self._deleted: set[NodeKey] = set()
         self._progress: dict[NodeKey, ProgressDelta] = {}
         self._waiting: dict[NodeKey, int] = {}  # flushes a delta has waited for its row
@@ -104,16 +113,35 @@ class RunSignals(NodeSignals):
     # -- from the runs (NodeSignals) ---------------------------------------------------------------
 
     def node_started(self, run: RunIdentity, state: RunningNode) -> None:
-        self._running[(run.execution_id, state.node_id)] = _Tracked(run, state)
+        nodes = self._running.get(run.execution_id)
+        if nodes is None or nodes.run is not run:
+            if nodes is not None:  # an earlier claim of the run still ending here
+                self.run_ended(nodes.run)
+            nodes = self._running[run.execution_id] = _RunNodes(run)
+        nodes.states[state.node_id] = state
+
+    def run_ended(self, run: RunIdentity) -> None:
+        """`run` no longer executes here (the engine calls this as its task ends): forget its nodes;
+        their rows go at the next flush. Keeps an engine without maintenance ticks (the CLI, a test)
+        from holding every node it ever ran."""
+        nodes = self._running.get(run.execution_id)
+        if nodes is not None and nodes.run is run:
+            del self._running[run.execution_id]
+            self._deleted.update((run.execution_id, node_id) for node_id in nodes.written)
+
+    @property
+    def tracked_nodes(self) -> int:
+        """Nodes of runs executing here that this replica tracks (running, or ended since its last flush)."""
+        return sum(len(nodes.states) for nodes in self._running.values())
 
     def node_completed(self, dag_id: str, node_id: str, agent_id: str, seconds: float) -> None:
         self.history.add((dag_id, node_id, agent_id), seconds)
 
     def progress(self, execution_id: str, node_id: str, message: str | None, fraction: float | None) -> None:
-        tracked = self._running.get((execution_id, node_id))
-        if tracked is not None and tracked.state.status == "running":
-            tracked.reports += 1
-            self._take(execution_id, tracked.run.dag_id, node_id, message, fraction)
+        nodes = self._running.get(execution_id)
+        if nodes is not None and nodes.running(node_id):
+            nodes.count_report(node_id)
+            self._take(execution_id, nodes.run.dag_id, node_id, message, fraction)
 
     # -- the route ---------------------------------------------------------------------------------
 
@@ -124,11 +152,11 @@ class RunSignals(NodeSignals):
         run or node, `InvalidState` (naming the status) when the run or the node is not running,
         ValueError for a bad message or fraction."""
         check_progress(message, fraction)
-        tracked = self._running.get((execution_id, node_id))
-        if tracked is not None and self._is_local(tracked.run) and tracked.state.status == "running":
-            tracked.reports += 1
-            at = self._take(execution_id, tracked.run.dag_id, node_id, message, fraction)
-            return ProgressAck(execution_id, node_id, at, tracked.reports)
+        nodes = self._running.get(execution_id)
+        if nodes is not None and self._is_local(nodes.run) and nodes.running(node_id):
+            reports = nodes.count_report(node_id)
+            at = self._take(execution_id, nodes.run.dag_id, node_id, message, fraction)
+            return ProgressAck(execution_id, node_id, at, reports)
         dag_id, stored = await self._check_running(execution_id, node_id)
         at = self._take(execution_id, dag_id, node_id, message, fraction)
         pending = self._progress[(execution_id, node_id)].reports
@@ -188,9 +216,9 @@ class RunSignals(NodeSignals):
                     self._merge_back(delta)
                 raise
             for row in upserts:
-                tracked = self._running.get((row.execution_id, row.node_id))
-                if tracked is not None and tracked.run.fencing_token == row.fencing_token:
-                    tracked.written_attempt = row.attempt
+                nodes = self._running.get(row.execution_id)
+                if nodes is not None and nodes.run.fencing_token == row.fencing_token:
+                    nodes.written[row.node_id] = row.attempt
             self._wait_for_rows(missing)
             self._flushes += 1
             if self._flushes % PRUNE_EVERY == 0:
@@ -200,29 +228,35 @@ class RunSignals(NodeSignals):
         """The rows to write (started or retried nodes) and to delete (ended ones) since the last flush."""
         upserts: list[RunningRow] = []
         deletes, self._deleted = self._deleted, set()
-        for key, tracked in list(self._running.items()):
-            state = tracked.state
-            if state.status != "running" or not self._is_local(tracked.run):
-                del self._running[key]
-                if tracked.written_attempt is not None:
-                    deletes.add(key)
+        for execution_id, nodes in list(self._running.items()):
+            if not self._is_local(nodes.run):  # stopped here (cancelled elsewhere, fenced)
+                self.run_ended(nodes.run)
+                deletes |= self._deleted
+                self._deleted = set()
                 continue
-            if tracked.written_attempt != state.attempt_count and state.started_at is not None:
-                run = tracked.run
-                upserts.append(
-                    RunningRow(
-                        run.execution_id,
-                        state.node_id,
-                        run.dag_id,
-                        state.agent_id,
-                        run.owner,
-                        run.fencing_token,
-                        state.attempt_count,
-                        state.started_at,
-                    )
-                )
+            for node_id, state in list(nodes.states.items()):
+                if state.status != "running":
+                    del nodes.states[node_id]
+                    nodes.reports.pop(node_id, None)
+                    if nodes.written.pop(node_id, None) is not None:
+                        deletes.add((execution_id, node_id))
+                elif nodes.written.get(node_id) != state.attempt_count and state.started_at is not None:
+                    upserts.append(self._row(nodes.run, state, state.started_at))
         deletes -= {(row.execution_id, row.node_id) for row in upserts}
         return upserts, deletes
+
+    @staticmethod
+    def _row(run: RunIdentity, state: RunningNode, started_at: datetime) -> RunningRow:
+        return RunningRow(
+            run.execution_id,
+            state.node_id,
+            run.dag_id,
+            state.agent_id,
+            run.owner,
+            run.fencing_token,
+            state.attempt_count,
+            started_at,
+        )
 
     def _merge_back(self, delta: ProgressDelta) -> None:
         key = (delta.execution_id, delta.node_id)

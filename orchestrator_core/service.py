@@ -32,9 +32,9 @@ limits), so a `PUT /admin/limits` that the Service sends to one replica throttle
 
 Loops: `start()` runs two maintenance tasks, each every `min(lock_ttl, heartbeat_ttl) / 3` seconds: the
 lease loop (`heartbeat_once`, `renew_once`) and the runs loop (`sync_limits_once`, `reconcile_once`,
-`pump_once`, `takeover_once`), so a long admission pass or a slow store never delays a renewal. Each
-round's duration goes to `gl_orchestrator_maintenance_tick_seconds{part}`; tests call the one-shot
-forms.
+`engine.signals.flush` — running nodes, progress, node durations —, `pump_once`, `takeover_once`),
+so a long admission pass or a slow store never delays a renewal. Each round's duration goes to
+`gl_orchestrator_maintenance_tick_seconds{part}`; tests call the one-shot forms.
 
 Shutdown (`shutdown`, SIGTERM via the CLI): stop admitting and taking over (an admission pass under
 way ends first), give running runs `shutdown_grace_seconds` to finish (locks still renewed meanwhile),

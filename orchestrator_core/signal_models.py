@@ -35,6 +35,9 @@ class _Answer(BaseModel):
 class ProgressRequest(_Request):
     """`POST /executions/{execution_id}/nodes/{node_id}/progress` (no body: a report without detail)."""
 
+    # Strict: `true` or "0.5" are refused rather than read as numbers.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     message: (
         Annotated[
             str,

@@ -32,7 +32,7 @@ BAD_IDS = {
 def _path(route_path: str, value: str) -> str:
     """The route's path with every parameter set to `value` (percent-encoded)."""
     encoded = quote(value, safe="")
-    for name in ("execution_id", "dag_id", "agent_id"):
+    for name in ("execution_id", "dag_id", "agent_id", "node_id"):
         route_path = route_path.replace("{" + name + "}", encoded)
     return route_path
 
@@ -46,7 +46,12 @@ async def test_every_route_refuses_a_malformed_id_with_400_naming_it(
     response = await h.client.request(method, path)
     assert response.status_code == 400, (path, response.text)
     body = response.json()
-    assert body["error"] == "bad_request" and body["field"] in ("execution_id", "dag_id", "agent_id")
+    assert body["error"] == "bad_request" and body["field"] in (
+        "execution_id",
+        "dag_id",
+        "agent_id",
+        "node_id",
+    )
     assert body["field"] in body["detail"]
 
 

@@ -205,11 +205,39 @@ async def test_a_document_in_an_unknown_format_is_a_store_error(database_url: st
 
 
 async def test_a_store_at_schema_2_is_upgraded_and_its_row_based_runs_still_read(database_url: str) -> None:
-    old, record = await _store_with_a_running_execution(database_url, schema_version=2)
+    old = await Store.open(database_url, schema_version=2)
+    # The rows as a release at schema 2 wrote them (its tables: later columns did not exist yet).
+    tables = SCHEMA.metadata(2).tables
+    stamp = datetime(2026, 1, 1, tzinfo=UTC)
+    trace = NodeTrace(node_id="a", agent_id="x", status="completed", attempt_count=1)
     try:
         assert await old.schema_version() == 2
-        trace = NodeTrace(node_id="a", agent_id="x", status="completed", attempt_count=1)
-        await old.executions.write_batch("e1", record.fencing_token, WriteBatch(traces=[trace]))
+        await old.dags.save(DagDefinition.from_document({"dag_id": "d", "nodes": {"a": {"agent_id": "x"}}}))
+        async with old.db.transaction("write as schema 2") as conn:
+            await conn.execute(
+                tables["executions"]
+                .insert()
+                .values(
+                    execution_id="e1",
+                    dag_id="d",
+                    dag_version=1,
+                    status="running",
+                    input_data="null",
+                    options=json.dumps(ExecutionOptions().to_json()),
+                    owner="me",
+                    fencing_token=1,
+                    created_at=stamp,
+                    started_at=stamp,
+                    updated_at=stamp,
+                )
+            )
+            await conn.execute(
+                tables["node_traces"]
+                .insert()
+                .values(
+                    execution_id="e1", node_id="a", agent_id="x", status="completed", level=0, attempt_count=1
+                )
+            )
     finally:
         await old.close()
     store = await Store.open(database_url)

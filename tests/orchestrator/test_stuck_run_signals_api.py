@@ -5,11 +5,26 @@ node-duration history, the running nodes of every replica, and the other stuck s
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
+from orchestrator_core import engine as engine_module
 from orchestrator_core.agents import AgentContext
-from tests.orchestrator.service_harness import Gates, Harness, chain_dag
+from orchestrator_core.errors import RetryableAgentError
+from orchestrator_core.locks import RedisLockBackend
+from tests.orchestrator.foreign_runs import running_row, running_runs
+from tests.orchestrator.service_harness import (
+    Gates,
+    Harness,
+    chain_dag,
+    make_registry,
+    make_settings,
+    running_service,
+)
 
 
 async def _running_at_gate(h: Harness, gates: Gates, dag_id: str = "signals") -> str:
@@ -81,6 +96,9 @@ async def test_bad_progress_reports_are_400_naming_the_field(h: Harness, gates: 
         ({"fraction": 1.5}, "fraction"),
         ({"fraction": -0.1}, "fraction"),
         ({"fraction": "half"}, "fraction"),
+        ({"fraction": "0.5"}, "fraction"),
+        ({"fraction": True}, "fraction"),
+        ({"message": 7}, "message"),
         ({"percent": 3}, "percent"),
     ]
     for body, field in cases:
@@ -206,3 +224,173 @@ async def test_queued_before_lists_the_runs_waiting_in_the_queue(h: Harness, gat
     await h.api("POST", f"/executions/{waiting}/cancel")
     gates.open("n1")
     await h.wait_status(first, "completed")
+
+
+async def test_running_nodes_of_another_replica_page_with_cursors_and_take_progress(h: Harness) -> None:
+    store = h.service.engine.store
+    ids = await running_runs(store, 1200)
+    await store.signals.sync_running([running_row(e, i) for i, e in enumerate(ids)], [], [])
+    listed: list[str] = []
+    params: dict[str, Any] = {"limit": 500, "dag_id": "wide"}
+    while True:
+        page = (await h.api("GET", "/running-nodes", params=params)).json()
+        assert page["total"] == 1200
+        listed += [item["execution_id"] for item in page["items"]]
+        if page["next_cursor"] is None:
+            break
+        params["cursor"] = page["next_cursor"]
+    assert len(listed) == len(set(listed)) == 1200
+    other_filter = await h.api("GET", "/running-nodes", params={"cursor": params["cursor"]})
+    assert other_filter.status_code == 400 and "other filters" in other_filter.json()["detail"]
+
+    # A report for a node another replica runs is taken here and added to its row.
+    taken = await h.api("POST", _progress_path(ids[7], "x"), json={"fraction": 0.5})
+    assert taken.status_code == 200 and taken.json()["reports"] == 1
+    early = await h.api("GET", "/running-nodes", params={"started_before": "2026-03-01T00:00:08Z"})
+    assert early.json()["total"] == 24  # started 0-7 s after T0: runs 0-7, 500-507, 1000-1007
+    seventh = next(item for item in early.json()["items"] if item["execution_id"] == ids[7])
+    assert (seventh["progress_reports"], seventh["progress_fraction"]) == (1, 0.5)
+    assert seventh["last_progress_at"] == taken.json()["progress_at"]
+    again = await h.api("POST", _progress_path(ids[7], "x"), json={})
+    assert again.json()["reports"] == 2  # the stored one and this one
+
+
+async def test_owner_gone_finds_the_running_runs_of_a_replica_whose_heartbeat_expired(
+    sqlite_url: str, redis_url: str
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    gone, alive = f"gone-{suffix}", f"alive-{suffix}"
+    settings = make_settings(sqlite_url, redis_url=redis_url, replica_id=f"self-{suffix}")
+    peer = RedisLockBackend(redis_url, alive, "pod-alive")
+    async with running_service(settings) as served:
+        try:
+            store = served.service.engine.store
+            orphans = await running_runs(store, 3, owner=gone, prefix="orphan")
+            kept = await running_runs(store, 2, owner=alive, prefix="kept")
+            await peer.heartbeat(30.0)
+            listed = (await served.api("GET", "/executions", params={"owner_gone": "true"})).json()
+            assert sorted(e["execution_id"] for e in listed["items"]) == orphans and listed["total"] == 3
+            assert {e["owner_alive"] for e in listed["items"]} == {False}
+            healthy = (await served.api("GET", "/executions", params={"owner_gone": "false"})).json()
+            assert sorted(e["execution_id"] for e in healthy["items"]) == kept
+            assert (await served.api("GET", f"/executions/{kept[0]}")).json()["owner_alive"] is True
+            await peer.drop_heartbeat()
+            assert (await served.api("GET", "/executions", params={"owner_gone": "true"})).json()[
+                "total"
+            ] == 5
+        finally:
+            await peer.close()
+
+
+async def test_the_maintenance_tick_writes_running_nodes_and_merges_durations(
+    h: Harness, gates: Gates
+) -> None:
+    store = h.service.engine.store
+    execution_id = await _running_at_gate(h, gates, "ticked")
+    assert await store.signals.running_of(execution_id) == []  # in memory until a tick
+    await h.service.runs_tick_once()
+    [row] = await store.signals.running_of(execution_id)
+    assert (row.node_id, row.attempt, row.owner) == ("n1", 1, h.service.replica_id)
+    gates.open("n1")
+    await h.service.engine.wait(execution_id)
+    assert h.service.engine.signals.history.pending == 2
+    await h.service.runs_tick_once()
+    assert h.service.engine.signals.history.pending == 0
+    stored = {s.key: s for s in await store.signals.durations_of_dag("ticked")}
+    assert set(stored) == {("ticked", "n1", "test.gate"), ("ticked", "n2", "builtin.echo")}
+    assert await store.signals.running_of(execution_id) == []
+
+
+async def test_a_retried_node_shows_its_attempt_and_keeps_its_start_and_progress(
+    h: Harness, gates: Gates
+) -> None:
+    attempts: list[int] = []
+    second = asyncio.Event()
+
+    async def flaky_then_hang(ctx: AgentContext) -> Any:
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            ctx.report_progress(message="first try")
+            raise RetryableAgentError("first attempt fails")
+        second.set()
+        await gates.gate("retried").wait()
+        return {}
+
+    h.service.registry.register("test.flaky_then_hang", flaky_then_hang)
+    retry = {"max_retries": 3, "strategy": "fixed", "base_delay": 0.0, "max_delay": 0.0}
+    await h.register(
+        {"dag_id": "retried", "nodes": {"r": {"agent_id": "test.flaky_then_hang", "retry_policy": retry}}}
+    )
+    record = await h.execute("retried")
+    async with asyncio.timeout(10):
+        await second.wait()
+    [item] = (await h.api("GET", "/running-nodes", params={"dag_id": "retried"})).json()["items"]
+    assert item["attempt"] == 2 and item["progress_reports"] == 1 and item["progress_message"] == "first try"
+    trace = (await h.api("GET", f"/executions/{record['execution_id']}/trace")).json()["node_traces"]["r"]
+    assert item["started_at"] == trace["started_at"]  # the node's start, not the attempt's
+    gates.open("retried")
+    await h.wait_status(record["execution_id"], "completed")
+
+
+async def test_a_cancel_that_does_not_complete_leaves_the_run_running_with_its_request_time(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "STOP_WAIT_SECONDS", 0.2)
+    started, finish = asyncio.Event(), asyncio.Event()
+
+    async def stubborn(ctx: AgentContext) -> Any:
+        """Ignores the cancellation of its task until `finish` is set."""
+        started.set()
+        while not finish.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await finish.wait()
+        return {}
+
+    h.service.registry.register("test.stubborn", stubborn)
+    await h.register({"dag_id": "stubborn", "nodes": {"s": {"agent_id": "test.stubborn"}}})
+    execution_id = (await h.execute("stubborn"))["execution_id"]
+    async with asyncio.timeout(10):
+        await started.wait()
+    refused = await h.api("POST", f"/executions/{execution_id}/cancel")
+    assert refused.status_code == 409 and "did not stop" in refused.json()["detail"]
+    record = (await h.api("GET", f"/executions/{execution_id}")).json()
+    assert record["status"] == "running" and record["cancel_requested_at"] is not None
+    later = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    stuck = await h.api("GET", "/executions", params={"status": "running", "cancel_requested_before": later})
+    assert [e["execution_id"] for e in stuck.json()["items"]] == [execution_id]
+    finish.set()
+    await h.service.engine.wait(execution_id)
+
+
+async def test_two_replicas_see_each_others_running_nodes_and_progress(
+    postgres_url: str, redis_url: str, gates: Gates
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    registry_a, registry_b = make_registry(gates), make_registry(gates)
+    settings_a = make_settings(postgres_url, redis_url=redis_url, replica_id=f"a-{suffix}")
+    settings_b = make_settings(postgres_url, redis_url=redis_url, replica_id=f"b-{suffix}")
+    async with (
+        running_service(settings_a, registry=registry_a) as a,
+        running_service(settings_b, registry=registry_b) as b,
+    ):
+        await a.register(chain_dag("shared", "test.gate", "builtin.echo"))
+        execution_id = (await a.execute("shared"))["execution_id"]
+        await gates.wait_started(1)
+        assert a.service.engine.executor(execution_id) is not None  # a runs it
+        assert (await b.api("GET", "/running-nodes")).json()["total"] == 0  # a has not ticked yet
+        await a.service.runs_tick_once()
+        [item] = (await b.api("GET", "/running-nodes")).json()["items"]
+        assert (item["execution_id"], item["node_id"]) == (execution_id, "n1")
+
+        taken = await b.api("POST", _progress_path(execution_id, "n1"), json={"message": "via b"})
+        assert taken.status_code == 200 and taken.json()["reports"] == 1
+        await a.api("POST", _progress_path(execution_id, "n1"), json={"fraction": 0.75})
+        await b.service.runs_tick_once()  # b's report reaches a's row; a's own waits for a's tick
+        trace = (await b.api("GET", f"/executions/{execution_id}/trace")).json()["node_traces"]["n1"]
+        assert (trace["progress_reports"], trace["progress_message"]) == (1, "via b")
+        await a.service.runs_tick_once()
+        trace = (await b.api("GET", f"/executions/{execution_id}/trace")).json()["node_traces"]["n1"]
+        assert trace["progress_reports"] == 2
+        assert (trace["progress_message"], trace["progress_fraction"]) == (None, 0.75)  # the later report
+        gates.open("n1")
+        await a.service.engine.wait(execution_id)
