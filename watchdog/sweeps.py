@@ -242,20 +242,13 @@ class Sweeper:
         summary: str | None = None,
         data: dict[str, Any] | None = None,
     ) -> None:
-        if await self.incidents.has_escalated(execution_id):
+        outcome = await self.incidents.open_unless_escalated(
+            execution_id, dag_id=dag_id, detection_source=detection_source, summary=summary, data=data
+        )
+        if outcome is None:
             # on-call owns it since the escalation: do not re-open and re-remediate every sweep
             report.escalated.append(execution_id)
             return
-        outcome = await self.incidents.open_or_join(
-            execution_id,
-            dag_id=dag_id,
-            source="sweep",
-            detection_source=detection_source,
-            actor="sweep",
-            summary=summary,
-            audit_join=False,
-            data=data,
-        )
         if outcome.created:
             report.opened.append(outcome.incident)
             self.on_opened(outcome.incident)

@@ -215,7 +215,8 @@ async def test_a_hung_node_gets_an_incident_within_seconds_of_its_stall_threshol
             await sweep_until(
                 wd, lambda r: time.time() > slow_started.timestamp() + 3.0, "three seconds of progress"
             )
-            assert [i.execution_id for i in await wd.store.list_incidents()] == [hung]
+            incidents = await wd.store.list_incidents()
+            assert [i.execution_id for i in incidents] == [hung], [(i.status, i.summary) for i in incidents]
             settled_incident = await settled(wd, incident)
     assert_documented_plan(settled_incident, "node_stalling")
     assert settled_incident.diagnosis is not None
@@ -252,6 +253,8 @@ async def test_each_other_stuck_state_opens_its_incident_once_with_its_cause_and
         assert cancel.status_code == 409 and "did not stop" in cancel.text, cancel.text  # asked, not done
         storm = await run_of(orch, "storm")
         holder = await run_of(orch, "work", "hang")
+        for admitted in (storm, holder):  # the three slots taken before the last run is submitted
+            await orch.wait_status(admitted, "running")
         # ... so that this one waits in the admission queue.
         queued = await run_of(orch, "work", "fast")
         expected = {
@@ -269,7 +272,11 @@ async def test_each_other_stuck_state_opens_its_incident_once_with_its_cause_and
 
             await sweep_until(wd, all_found, "every stuck state")
             again = await wd.sweeper.sweep_once()  # once per run: a later sweep opens nothing new
-            assert again.opened == [], again.as_json()
+            every = [
+                (i.execution_id[:6], i.status, (i.diagnosis or {}).get("likely_cause"), i.summary)
+                for i in await wd.store.list_incidents()
+            ]
+            assert again.opened == [], every
             incidents = {run: await settled(wd, opened[run]) for run in expected}
             assert holder not in opened  # running, no history: nothing to say about it yet
     for run, cause in expected.items():
