@@ -14,7 +14,8 @@ its TTL. `sweep_once()` is the one-shot form for tests and the CLI:
     for each execution firing: incidents.open_or_join(source="sweep", detection_source=<source used>)
       │                         a newly opened incident goes to `on_opened` (the app diagnoses it), a
       │                         joined one still open without a diagnosis to `on_undiagnosed` (retry);
-      │                         an execution with an escalated incident is skipped (on-call owns it)
+      │                         an execution with an escalated incident is skipped (on-call owns it;
+      │                         checked in the transaction that opens, `open_unless_escalated`)
     the same for runs `interrupted` for at least `for_duration`, and for running runs that have no
       │   timeout at all and have run longer than `max_run_age` (nothing else would ever see them)
     the same for the stuck runs the timeout cannot see (`watchdog.stuck_runs`: a stalling node, a
