@@ -6,10 +6,13 @@ condition; it reads the orchestrator only (no store) and returns what it found, 
 severity and evidence (`watchdog_sdk.stuck`, the judgments diagnosis steps 1 and 3 share); the
 sweeper opens the incidents. Every question is one server-side-filtered listing read to its last
 page, so a sweep sees every candidate among any number of runs and reads only the candidates, except
-the running nodes, which it reads whole (one paged call, `GET /running-nodes`: the stall rule needs
-each node's own history, which no filter can apply):
+the running nodes old enough to stall, which it reads whole (one paged call, `GET /running-nodes`:
+the stall rule needs each node's own history, which no filter can apply):
 
-- stalling nodes and retry storms: `GET /running-nodes`, every page;
+- stalling nodes and retry storms: `GET /running-nodes?started_before=<now - min_node_age>`, every
+  page: no younger node can be stalling (`min_node_age` is `max(floor_seconds, no_progress_seconds)`,
+  10 minutes by default), so only the nodes old enough are read; a retry storm is therefore seen once
+  its node (since its first attempt) is that old too;
 - queued too long: `GET /executions?status=queued&queued_before=<now - queued_max_seconds>`;
 - a cancel not completing: `status=running,queued&cancel_requested_before=<now - cancel_grace_seconds>`;
 - a resume loop: `status=running,queued,failed,interrupted&min_resume_count=<resume_loop_count - 1>`
@@ -81,6 +84,12 @@ class StuckRunDetector:
         self.settings = settings
         self.clock = clock
 
+    def min_node_age(self) -> timedelta:
+        """No node younger than this can be stalling: its threshold is at least `floor_seconds`, and a
+        node is quiet at most as long as it has run, which must reach `no_progress_seconds`."""
+        stall = self.settings.stall
+        return timedelta(seconds=max(stall.floor_seconds, stall.no_progress_seconds))
+
     async def search(self) -> StuckSearch:
         """Every stuck run of every kind, the most urgent kinds first (a run found for several causes
         is listed once per cause; the sweeper's first one opens its incident)."""
@@ -128,7 +137,7 @@ class StuckRunDetector:
         now = self.clock.now()
         found: list[StuckRun] = []
         seen: set[tuple[str, StuckCause]] = set()
-        for node in await self.orchestrator.running_nodes():
+        for node in await self.orchestrator.running_nodes(started_before=now - self.min_node_age()):
             for state in node_states(signals_of(node), now, self.settings):
                 key = (node.execution_id, state.cause)
                 if key not in seen:

@@ -151,7 +151,12 @@ class PagedOrchestrator:
         if not 1 <= limit <= MAX_PAGE:
             return httpx.Response(400, json={"error": "bad_request", "detail": "limit", "field": "limit"})
         if path == "/running-nodes":
-            matching = sorted(self.nodes, key=lambda n: (n["started_at"], n["execution_id"], n["node_id"]))
+            nodes = [
+                n
+                for n in self.nodes
+                if "started_before" not in query or _before(n["started_at"], query["started_before"])
+            ]
+            matching = sorted(nodes, key=lambda n: (n["started_at"], n["execution_id"], n["node_id"]))
             return _page(matching, query, limit, lambda n: [n["started_at"], n["execution_id"], n["node_id"]])
         matching = sorted(
             (item for item in self.executions.values() if self._matches(item, query)),

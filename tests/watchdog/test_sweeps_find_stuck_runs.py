@@ -66,17 +66,17 @@ async def stuck(sqlite_url: str) -> AsyncIterator[Stuck]:
 
 async def test_a_hung_node_gets_a_node_stalling_incident_long_before_its_dag_timeout(stuck: Stuck) -> None:
     stuck.run("hung")
-    stuck.fake.add_node("hung", "calc", started_at=T0 - 10 * MINUTE, normal_duration=NORMAL)
+    stuck.fake.add_node("hung", "calc", started_at=T0 - 11 * MINUTE, normal_duration=NORMAL)
     report = await stuck.sweeper().sweep_once()
     [incident] = report.opened
     assert incident.execution_id == "hung" and incident.source == "sweep"
     assert incident.summary is not None
     assert incident.summary.startswith("[warning] node_stalling: node calc (agent agent-calc) stalling: ")
-    assert "6.7 x its normal p95 (normally p50 1m 00s, p95 1m 30s)" in incident.summary
+    assert "running 11m 00s, 7.3 x its normal p95 (normally p50 1m 00s, p95 1m 30s)" in incident.summary
     assert incident.summary.endswith("over the threshold 5m 00s (the floor 5m 00s), no progress reported")
     audit = await stuck.opened_audit(incident)
     assert audit["cause"] == "node_stalling" and audit["severity"] == "warning"
-    assert audit["running_seconds"] == 600 and audit["threshold_seconds"] == 300
+    assert audit["running_seconds"] == 660 and audit["threshold_seconds"] == 300
     assert audit["normal_p50_seconds"] == 60 and audit["history_count"] == 40
     # The condition saw nothing: the run is 110 minutes from its timeout.
     assert report.condition is not None and report.condition.firing == []
@@ -110,7 +110,15 @@ async def test_each_other_stuck_state_opens_its_incident_with_its_cause_and_seve
     stuck.run("loop", status="failed", resume_count=2, failure_streak={"node_id": "calc", "count": 3})
     stuck.run("orphan", owner_alive=False)
     stuck.run("storm")
-    stuck.fake.add_node("storm", "calc", started_at=T0 - MINUTE, attempt=5, normal_duration=NORMAL)
+    # retrying since 11 minutes, its attempts reporting progress: a storm, not a stall
+    stuck.fake.add_node(
+        "storm",
+        "calc",
+        started_at=T0 - 11 * MINUTE,
+        last_progress_at=T0 - MINUTE,
+        attempt=5,
+        normal_duration=NORMAL,
+    )
     report = await stuck.sweeper().sweep_once()
     causes = {s["execution_id"]: (s["cause"], s["severity"]) for s in report.stuck}
     assert causes == {
@@ -141,7 +149,14 @@ async def test_states_just_short_of_their_bounds_open_nothing(stuck: Stuck) -> N
     stuck.run("alive", owner_alive=True)
     stuck.run("unknown-owner", owner_alive=None)
     stuck.run("retrying")
-    stuck.fake.add_node("retrying", "calc", started_at=T0 - MINUTE, attempt=4, normal_duration=NORMAL)
+    stuck.fake.add_node(
+        "retrying",
+        "calc",
+        started_at=T0 - 11 * MINUTE,
+        last_progress_at=T0 - MINUTE,
+        attempt=4,
+        normal_duration=NORMAL,
+    )
     report = await stuck.sweeper().sweep_once()
     assert report.opened == [] and report.stuck_errors == []
 
@@ -160,9 +175,11 @@ async def test_the_questions_ask_the_orchestrator_with_server_side_filters(stuck
 
 
 async def test_every_running_node_among_ten_thousand_is_judged_in_two_pages(stuck: Stuck) -> None:
+    # 10,000 nodes old enough to stall, all reporting progress, and three hung ones.
     for i in range(10_000):
+        started = T0 - 11 * MINUTE - timedelta(seconds=i % 200)
         stuck.fake.add_node(
-            f"fine-{i:05d}", "calc", started_at=T0 - timedelta(seconds=i % 200), normal_duration=NORMAL
+            f"fine-{i:05d}", "calc", started_at=started, last_progress_at=T0 - MINUTE, normal_duration=NORMAL
         )
     for i in range(3):
         stuck.run(f"hung-{i}")
@@ -176,6 +193,16 @@ async def test_every_running_node_among_ten_thousand_is_judged_in_two_pages(stuc
     ]
     assert [q.get("cursor") is None for q in node_pages] == [True, False, False]
     assert all(q["limit"] == "5000" for q in node_pages)
+
+
+async def test_nodes_too_young_to_stall_are_not_read(stuck: Stuck) -> None:
+    # No node can stall before max(floor 300 s, no progress 600 s): younger ones are left out.
+    for i in range(1_000):
+        stuck.fake.add_node(f"young-{i:04d}", "calc", started_at=T0 - timedelta(seconds=i % 500), attempt=9)
+    report = await stuck.sweeper().sweep_once()
+    assert report.opened == [] and report.stuck == []
+    [asked] = [q for p, q in zip(stuck.fake.paths, stuck.fake.requests, strict=True) if p == "/running-nodes"]
+    assert asked == {"limit": "5000", "started_before": "2026-03-01T11:50:00Z"}
 
 
 async def test_an_orchestrator_without_running_nodes_is_reported_and_the_other_states_still_count(
