@@ -7,7 +7,7 @@ A simulation with an injected clock (nothing waits): a fleet of DAGs runs many t
 after another, with heavy-tailed natural node durations, some nodes slow but reporting progress, and
 hangs injected at random points (the node never finishes and never reports progress again). Each run's
 completed nodes feed that node's duration history (`gl_common.quantiles.DurationSketch` per dag, node
-and agent), which is what the stall rule (`watchdog.stall.assess`) reads on later runs.
+and agent), which is what the stall rule (`watchdog_sdk.stall.assess`) reads on later runs.
 
 Detectors, each seeing the same runs:
   timeout alert   the shipped `OrchestratorExecutionTimeout` (helm/gl-watchdog/rules): the run's duration,
@@ -51,7 +51,7 @@ import harness
 from harness import percentile, print_table
 
 from gl_common.quantiles import DurationSketch
-from watchdog.stall import StallSettings, assess
+from watchdog_sdk.stall import StallSettings, assess
 
 TUNING_SEED = 1
 REPORT_SEED = 2

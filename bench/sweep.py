@@ -23,6 +23,12 @@ Timed: `sweep_once()` of a watchdog built in this process with its composition r
 (`watchdog.assembly.build_watchdog`; `for_duration_seconds=0`, so a run over its timeout fires at
 once; diagnoses of the incidents it opens are parked until the timing is done) — `--repeat` times;
 then `gl-watchdog sweep` as a process (start-up, the sweep, and the diagnoses it waits for).
+The sweep includes the search for the stuck runs the timeout cannot see (issue 16: every page of
+`GET .../running-nodes` of the nodes old enough to stall, judged by the stall rule, and four filtered
+listings). The runs here are minutes old, younger than the default thresholds allow a stall, so the
+same sweeps are timed again with 1 s thresholds, where every running node is read (the case of
+10,000 runs all older than ten minutes), and without the search (`stuck_run_detection: false`), as a
+reference of what it adds.
 References in the same run, best of `--repeat`: `GET .../executions?status=running&limit=5000`
 (the API's largest page), and a bare SQL select of every running row (the statement alone, not
 connecting) with the over-timeout test done in Python.
@@ -220,7 +226,15 @@ async def time_sweeps(settings_values: dict[str, Any], repeat: int, stuck: list[
             started = time.perf_counter()
             report = await wd.sweeper.sweep_once()
             seconds = time.perf_counter() - started
-            sweeps.append({"seconds": seconds, **found(report.as_json(), stuck)})
+            summary = report.as_json()
+            sweeps.append(
+                {
+                    "seconds": seconds,
+                    **found(summary, stuck),
+                    "stuck_runs": len(summary["stuck"]),
+                    "stuck_errors": summary["stuck_errors"],
+                }
+            )
             print(f"  sweep_once: {seconds:.3f} s {sweeps[-1]}", file=sys.stderr)
     finally:
         release.set()
@@ -332,6 +346,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 }
                 result["load_before"] = loadavg()
                 result["sweeps"] = await time_sweeps(watchdog_settings, args.repeat, stuck)
+                # Every running node old enough to stall (1 s thresholds): what reading all of them costs.
+                every_node = {
+                    **watchdog_settings,
+                    "database_url": f"sqlite+aiosqlite:///{wd / 'every-node.db'}",
+                    "stuck_runs": {"stall": {"floor_seconds": 1.0, "no_progress_seconds": 1.0}},
+                }
+                result["sweeps_every_node_read"] = await time_sweeps(every_node, args.repeat, stuck)
+                without = {**watchdog_settings, "stuck_run_detection": False}
+                without["database_url"] = f"sqlite+aiosqlite:///{wd / 'without.db'}"
+                result["sweeps_without_stuck_search"] = await time_sweeps(without, args.repeat, stuck)
                 result["references"] = await time_references(
                     session, orch.base_url, store, stuck, args.repeat
                 )
@@ -370,10 +394,19 @@ def report(result: dict[str, Any]) -> None:
             figures.get("error") or "",
         ]
 
+    without = result["sweeps_without_stuck_search"]
+    best_without = min(without, key=lambda s: s["seconds"])
     rows = [
         row("sweep_once(), first", sweeps[0]),
         row(f"sweep_once(), best of {len(sweeps)}", best),
+        row(f"reference: sweep_once() without the stuck-run search, best of {len(without)}", best_without),
     ]
+    every = result.get("sweeps_every_node_read")
+    if every:
+        best_every = min(every, key=lambda s: s["seconds"])
+        rows.insert(
+            2, row(f"sweep_once(), every running node old enough to stall, best of {len(every)}", best_every)
+        )
     if "cli" in result:
         rows.append(row("gl-watchdog sweep (process: start, sweep, its diagnoses)", result["cli"]))
     api = result["references"]["api"]
@@ -383,6 +416,10 @@ def report(result: dict[str, Any]) -> None:
     met = best["stuck_found"] == stuck and best["oldest_found"] and best["seconds"] <= TARGET_SECONDS
     verdict = "met" if met else "missed"
     print(f"target (issue 11): every stuck run found, the oldest included, a sweep ≤ 1 s: {verdict}")
+    print(
+        f"stuck-run search: {ratio_to(best['seconds'], best_without['seconds'])} the sweep without it; "
+        f"found {best['stuck_runs']} stuck runs, errors {best['stuck_errors']}"
+    )
     print(f"load average before {result['load_before']}, after {result['load_after']}")
 
 

@@ -1,9 +1,10 @@
 """A cheap, mergeable streaming estimate of duration quantiles with a bounded relative error.
 
-Where it sits: the history that stall detection reads (`watchdog.stall.assess`). The orchestrator is
-to keep one sketch per (dag, node, agent) of its completed nodes' durations and serve it as JSON; the
-watchdog reads it back with `DurationSketch.from_json` (wiring not built yet: docs/architecture.md,
-"Stall detection"). `bench/detection.py` builds them from a simulated history. Imports nothing of ours.
+Where it sits: the history that stall detection reads (`watchdog_sdk.stall.assess`). The orchestrator
+keeps one sketch per (dag, node, agent) of its completed nodes' durations (`orchestrator_core.node_history`,
+stored as `to_json`) and serves its p50, p95 and p99 as a node's `normal_duration`, which the watchdog's
+sweep and diagnosis judge with (docs/architecture.md, "Stuck-run signals" and "Stall detection").
+`bench/detection.py` builds them from a simulated history. Imports nothing of ours.
 
 The estimate is DDSketch's (Masson, Rim and Lee, VLDB 2019): a duration `x` is counted in the bucket
 `i = ceil(log_gamma(x))`, `gamma = (1 + a) / (1 - a)`, so bucket `i` holds `(gamma^(i-1), gamma^i]`

@@ -300,7 +300,8 @@ async def healthz(request: web.Request, inputs: Inputs) -> web.Response:
 @ROUTE_TABLE.route(
     "GET /readyz",
     "Readiness: 200 `ready`, or `degraded` naming the optional dependencies (Redis, Prometheus, the "
-    "orchestrator, Kubernetes) that did not answer their last check; 503 only without the store",
+    "orchestrator, Kubernetes) that did not answer their last check and the plugins left out at start "
+    "(`plugin:<name>`, the reason under `plugins`); 503 only without the store",
     auth=False,
     prefixed=False,
     response=Ready,

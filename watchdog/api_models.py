@@ -392,10 +392,21 @@ class DependencyOut(BaseModel):
     checked_at: str | None
 
 
+class PluginProblemOut(BaseModel):
+    """A plugin left out at start: its entry point group and name, where it came from, and why."""
+
+    group: str
+    name: str
+    source: str
+    reason: str
+
+
 class Ready(BaseModel):
-    """`/readyz`: the store answers; `degraded` names the optional dependencies that did not."""
+    """`/readyz`: the store answers; `degraded` names the optional dependencies that did not, and the
+    plugins left out at start (`plugin:<name>`, with their reasons under `plugins`)."""
 
     status: Literal["ready", "degraded", "not_ready"]
     degraded: list[str]
     dependencies: dict[str, DependencyOut]
     not_configured: list[str]
+    plugins: list[PluginProblemOut] = []

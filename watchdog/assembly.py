@@ -62,6 +62,7 @@ from watchdog.responder import Responder
 from watchdog.settings import Mode, WatchdogSettings
 from watchdog.silences import AlertmanagerSilences
 from watchdog.store import WatchdogStore
+from watchdog.stuck_runs import StuckRunDetector
 from watchdog.suppression import Reevaluation, SuppressionGate
 from watchdog.sweeps import Leadership, LocalLeadership, RedisLeadership, Sweeper
 from watchdog.tokens import TokenStore
@@ -272,6 +273,9 @@ async def build_watchdog(
         on_diagnosed_open=None
         if responder.suppression is None
         else Reevaluation(responder.suppression, responder.handle_diagnosed, jobs),
+        stuck=StuckRunDetector(clients.orchestrator, settings.stuck_runs, clock)
+        if settings.stuck_run_detection
+        else None,
     )
     return Watchdog(
         settings=settings,
@@ -297,7 +301,7 @@ async def build_watchdog(
         sweeper=sweeper,
         leases=leases,
         reconciler=reconciler,
-        readiness=DependencyMonitor(store, clients, metrics, clock),
+        readiness=DependencyMonitor(store, clients, metrics, clock, plugin_problems=plugins.problems),
         plugins=plugins,
         tracer=tracer,
     )

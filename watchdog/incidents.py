@@ -65,6 +65,14 @@ class IncidentDetail:
     audit: list[AuditEntry]
 
 
+class _EscalatedMeanwhile(Exception):
+    """Rolls back an incident opened while the run's earlier one was escalated."""
+
+
+async def _escalated(tx: Tx, execution_id: str) -> bool:
+    return bool(await tx.list_incidents(statuses=["escalated"], execution_id=execution_id, limit=1))
+
+
 async def open_or_join_in(
     tx: Tx,
     execution_id: str,
@@ -182,8 +190,10 @@ class IncidentService:
         actor: str = "watchdog",
         summary: str | None = None,
         audit_join: bool = True,
+        data: Mapping[str, Any] | None = None,
     ) -> OpenResult:
-        """Open the incident of `execution_id` or join the open one (idempotent under concurrency)."""
+        """Open the incident of `execution_id` or join the open one (idempotent under concurrency);
+        `data` goes into the audit entry (e.g. a sweep's cause, severity and evidence)."""
         async with self.store.transaction() as tx:
             result = await open_or_join_in(
                 tx,
@@ -194,9 +204,51 @@ class IncidentService:
                 actor=actor,
                 summary=summary,
                 audit_join=audit_join,
+                data=data,
             )
         if result.created:
             self.opened(source)
+        return result
+
+    async def open_unless_escalated(
+        self,
+        execution_id: str,
+        *,
+        dag_id: str | None,
+        detection_source: str,
+        summary: str | None,
+        data: Mapping[str, Any] | None,
+    ) -> OpenResult | None:
+        """What the sweep does for a stuck run: open its incident or join the open one, unless an
+        incident of the run was escalated (on-call owns it): then None, and nothing is written.
+
+        One transaction checks and opens, and checks again after opening: an escalation that
+        commits meanwhile (the run's diagnosis ending while the sweep looks) rolls the new incident
+        back, so a run never gets a second incident behind an escalated one. The insert of a new
+        incident waits on the open one's uncommitted escalation (the partial unique index), so the
+        second check sees it on PostgreSQL too; SQLite's writers take turns anyway.
+        """
+        try:
+            async with self.store.transaction() as tx:
+                if await _escalated(tx, execution_id):
+                    return None
+                result = await open_or_join_in(
+                    tx,
+                    execution_id,
+                    dag_id=dag_id,
+                    source="sweep",
+                    detection_source=detection_source,
+                    actor="sweep",
+                    summary=summary,
+                    audit_join=False,
+                    data=data,
+                )
+                if result.created and await _escalated(tx, execution_id):
+                    raise _EscalatedMeanwhile
+        except _EscalatedMeanwhile:
+            return None
+        if result.created:
+            self.opened("sweep")
         return result
 
     async def transition(
@@ -256,7 +308,7 @@ class IncidentService:
     async def has_escalated(self, execution_id: str) -> bool:
         """True when an incident of `execution_id` was escalated to on-call."""
         async with self.store.read() as tx:
-            return bool(await tx.list_incidents(statuses=["escalated"], execution_id=execution_id, limit=1))
+            return await _escalated(tx, execution_id)
 
     async def get(self, incident_id: int) -> Incident:
         """The incident, or IncidentNotFound."""

@@ -80,8 +80,11 @@ class PlaybookPolicy(_Strict):
 class Match(_Strict):
     """What a rule matches on. Every given condition must hold; empty lists mean "any".
 
-    `dag` and `agent` are label matchers: shell-style patterns (`emissions-*`) over the diagnosis's
-    DAG id and the stuck node's agent id; a diagnosis without that id matches none of them.
+    `dag`, `agent` and `namespace` are label matchers: shell-style patterns (`emissions-*`) over the
+    diagnosis's DAG id, the stuck node's agent id and the namespace (the watchdog's `namespace`
+    setting, where it watches the orchestrator and agents: for a sweep incident and for an alert
+    alike, since the Alertmanager route sends a release only its own namespace's alerts,
+    docs/alerting.md); a diagnosis without that value matches none of them.
     """
 
     likely_cause: list[str] = Field(default_factory=list)
@@ -90,6 +93,7 @@ class Match(_Strict):
     problem_steps: list[int] = Field(default_factory=list)
     dag: list[str] = Field(default_factory=list)
     agent: list[str] = Field(default_factory=list)
+    namespace: list[str] = Field(default_factory=list)
 
     @field_validator("problem_steps")
     @classmethod
@@ -101,10 +105,18 @@ class Match(_Strict):
 
     @model_validator(mode="after")
     def _not_empty(self) -> Match:
-        if not (self.likely_cause or self.execution_status or self.problem_steps or self.dag or self.agent):
+        given = (
+            self.likely_cause,
+            self.execution_status,
+            self.problem_steps,
+            self.dag,
+            self.agent,
+            self.namespace,
+        )
+        if not any(given):
             raise ValueError(
                 "a rule must match on at least one of likely_cause, execution_status, problem_steps, "
-                "dag, agent"
+                "dag, agent, namespace"
             )
         return self
 
@@ -115,6 +127,8 @@ class Match(_Strict):
         if self.dag and not _any_match(diagnosis.dag_id, self.dag):
             return False
         if self.agent and not _any_match(diagnosis.agent_id, self.agent):
+            return False
+        if self.namespace and not _any_match(diagnosis.namespace, self.namespace):
             return False
         if self.execution_status:
             step1 = diagnosis.finding(1)

@@ -14,6 +14,11 @@ and would drop the Alertmanager webhooks they can still record.
 
 Each check has its own timeout (`timeout_seconds`), so a dependency that hangs never makes the
 probe hang. Built by the composition root (`watchdog.assembly`), started with the watchdog.
+
+A plugin left out at start (`watchdog.plugins`: an import error, a bad parameter model) makes the
+answer `degraded` too, for good: `degraded` names it (`plugin:<name>`) and `plugins` gives its group,
+source and reason, as `gl_watchdog_plugin_problems` counts it. The replica serves without it (the
+policy does not reference it, or the service would not have started), so it stays in the Service.
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
 from gl_common.clock import Clock
 from watchdog.metrics import WatchdogMetrics
+from watchdog.plugins import PluginProblem
 from watchdog.store import WatchdogStore
 from watchdog_sdk.clients import Clients
 from watchdog_sdk.constants import ORCHESTRATOR_APP_SELECTOR
@@ -63,6 +69,7 @@ class Readiness:
 
     dependencies: dict[str, DependencyState]
     not_configured: list[str] = field(default_factory=list)
+    plugin_problems: Sequence[PluginProblem] = ()
 
     @property
     def ready(self) -> bool:
@@ -70,8 +77,9 @@ class Readiness:
 
     @property
     def degraded(self) -> list[str]:
-        """The optional dependencies that did not answer their last check."""
-        return [d.name for d in self.dependencies.values() if not d.required and d.up is False]
+        """The optional dependencies that did not answer their last check, and the plugins left out."""
+        down = [d.name for d in self.dependencies.values() if not d.required and d.up is False]
+        return down + [f"plugin:{p.name}" for p in self.plugin_problems]
 
     @property
     def status(self) -> str:
@@ -85,6 +93,10 @@ class Readiness:
             "degraded": self.degraded,
             "dependencies": {name: d.as_json() for name, d in self.dependencies.items()},
             "not_configured": self.not_configured,
+            "plugins": [
+                {"group": p.group, "name": p.name, "source": p.source, "reason": p.reason}
+                for p in self.plugin_problems
+            ],
         }
 
 
@@ -100,7 +112,9 @@ class DependencyMonitor:
         *,
         timeout_seconds: float = 2.0,
         interval_seconds: float = 15.0,
+        plugin_problems: Sequence[PluginProblem] = (),
     ) -> None:
+        self.plugin_problems = tuple(plugin_problems)
         self.store = store
         self.metrics = metrics
         self.clock = clock
@@ -125,13 +139,13 @@ class DependencyMonitor:
             name: self._last.get(name, DependencyState(name, False, None, "not checked yet"))
             for name in self._checks
         }
-        return Readiness({"store": store, **optional}, self._not_configured())
+        return Readiness({"store": store, **optional}, self._not_configured(), self.plugin_problems)
 
     async def check_once(self) -> Readiness:
         """Check every dependency now (concurrently, each bounded) and set the gauges."""
         store = await self._check("store", self.store.ping, required=True)
         await self._check_optional()
-        return Readiness({"store": store, **self._last}, self._not_configured())
+        return Readiness({"store": store, **self._last}, self._not_configured(), self.plugin_problems)
 
     def _not_configured(self) -> list[str]:
         return [name for name in OPTIONAL if name not in self._checks]

@@ -30,6 +30,7 @@ from watchdog.identity import HeaderSet, Role
 from watchdog_sdk.constants import ORCHESTRATOR_APP_SELECTOR
 from watchdog_sdk.diagnostic_step import DiagnosticSettings
 from watchdog_sdk.errors import ConfigError
+from watchdog_sdk.stuck import StuckSettings
 
 ENV_PREFIX = "GL_WATCHDOG_"
 RUNBOOK_URL = "https://runbooks.greenlang.io/orchestrator/dag-execution-stuck"  # the alert's runbook
@@ -202,6 +203,12 @@ class WatchdogSettings(BaseSettings):
     heartbeat_grace_seconds: float = Field(default=30.0, ge=0)
     # A running run with no timeout at all gets a sweep incident once it has run this long (null: never).
     max_run_age_seconds: float | None = Field(default=86400.0, gt=0)
+    # The stuck runs the timeout cannot see (docs/architecture.md, "Stall detection: signals, thresholds,
+    # tuning"): the stall rule's knobs under `stall`, and the bounds of the other stuck states. In the
+    # environment as JSON: GL_WATCHDOG_STUCK_RUNS='{"queued_max_seconds": 600}'.
+    stuck_runs: StuckSettings = Field(default_factory=StuckSettings)
+    # Whether the sweep looks for them (false: only the timeout condition and the rules above).
+    stuck_run_detection: bool = True
 
     # -- the incident console (`watchdog.console`; docs/console.md)
     console_enabled: bool = True  # served at /console/ to the trusted proxy's signed-in users
@@ -331,6 +338,7 @@ class WatchdogSettings(BaseSettings):
             heartbeat_grace_seconds=self.heartbeat_grace_seconds,
             orchestrator_pod_selector=self.orchestrator_pod_selector,
             max_run_age_seconds=self.max_run_age_seconds,
+            stuck=self.stuck_runs,
         )
 
     def orchestrator_token_value(self) -> str | None:

@@ -14,11 +14,15 @@ its TTL. `sweep_once()` is the one-shot form for tests and the CLI:
     for each execution firing: incidents.open_or_join(source="sweep", detection_source=<source used>)
       │                         a newly opened incident goes to `on_opened` (the app diagnoses it), a
       │                         joined one still open without a diagnosis to `on_undiagnosed` (retry);
-      │                         an execution with an escalated incident is skipped (on-call owns it);
-      │                         a joined one open with a diagnosis to `on_diagnosed_open` (an incident
-      │                         held by a silence or maintenance window is looked at again)
+      │                         an execution with an escalated incident is skipped (on-call owns it;
+      │                         checked in the transaction that opens, `open_unless_escalated`); a
+      │                         joined one open with a diagnosis goes to `on_diagnosed_open` (an
+      │                         incident held by a silence or maintenance window is looked at again)
     the same for runs `interrupted` for at least `for_duration`, and for running runs that have no
       │   timeout at all and have run longer than `max_run_age` (nothing else would ever see them)
+    the same for the stuck runs the timeout cannot see (`watchdog.stuck_runs`: a stalling node, a
+      │   retry storm, queued too long, a cancel not completing, a resume loop, an owner gone), each
+      │   opened with its cause and severity in its summary and in its `incident_opened` audit entry
     after_sweep hooks (leader-only periodic work of other modules)
 
 Every list is asked of the orchestrator with server-side filters and read to its last page (the
@@ -40,7 +44,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, timedelta
 from typing import Any, Protocol
 
@@ -51,6 +55,7 @@ from watchdog.condition import ConditionEvaluator, ConditionResult
 from watchdog.incidents import IncidentService
 from watchdog.metrics import WatchdogMetrics
 from watchdog.records import Incident
+from watchdog.stuck_runs import StuckRun, StuckRunDetector
 from watchdog_sdk.clients.orchestrator import MAX_PAGE, Execution
 from watchdog_sdk.clients.redis import RedisClient
 from watchdog_sdk.errors import WatchdogError
@@ -123,6 +128,8 @@ class SweepReport:
     escalated: list[str] = field(default_factory=list)  # firing, but an escalated incident owns the run
     error: str | None = None
     over_max_age: list[str] = field(default_factory=list)  # running with no timeout, past the max age
+    stuck: list[dict[str, Any]] = field(default_factory=list)  # `StuckRun.as_json()` of each found
+    stuck_errors: list[str] = field(default_factory=list)  # stuck-run questions that failed
 
     def as_json(self) -> dict[str, Any]:
         """A JSON-friendly summary (logs, CLI)."""
@@ -138,6 +145,8 @@ class SweepReport:
             "joined": self.joined,
             "skipped_escalated": self.escalated,
             "over_max_age": self.over_max_age,
+            "stuck": self.stuck,
+            "stuck_errors": self.stuck_errors,
             "error": self.error,
         }
 
@@ -159,8 +168,11 @@ class Sweeper:
         max_run_age: timedelta | None = None,
         reconcile: Callable[[], Awaitable[object]] | None = None,
         on_diagnosed_open: Callable[[Incident], object] | None = None,
+        stuck: StuckRunDetector | None = None,
     ) -> None:
         self.condition = condition
+        # Looks for the stuck runs the timeout cannot see (None: not looked for).
+        self.stuck = stuck
         # Run by the leader at the start of every sweep (`Reconciler.reconcile_once`).
         self.reconcile = reconcile
         # A running run with no timeout at all gets an incident once it has run this long (None: never).
@@ -219,17 +231,13 @@ class Sweeper:
             for aged, summary in await self._runs_over_max_age():
                 report.over_max_age.append(aged.execution_id)
                 await self._open_or_join(report, aged.execution_id, aged.dag_id, "api", summary)
+            for run in await self._stuck_runs(report):
+                report.stuck.append(run.as_json())
+                await self._open_or_join(
+                    report, run.execution_id, run.dag_id, "api", run.summary, run.state.as_json()
+                )
         except WatchdogError as exc:
-            return SweepReport(
-                "error",
-                True,
-                result,
-                report.opened,
-                report.joined,
-                report.escalated,
-                f"opening incidents failed: {exc}",
-                report.over_max_age,
-            )
+            return replace(report, result="error", error=f"opening incidents failed: {exc}")
         return report
 
     async def _open_or_join(
@@ -239,20 +247,15 @@ class Sweeper:
         dag_id: str | None,
         detection_source: str,
         summary: str | None = None,
+        data: dict[str, Any] | None = None,
     ) -> None:
-        if await self.incidents.has_escalated(execution_id):
+        outcome = await self.incidents.open_unless_escalated(
+            execution_id, dag_id=dag_id, detection_source=detection_source, summary=summary, data=data
+        )
+        if outcome is None:
             # on-call owns it since the escalation: do not re-open and re-remediate every sweep
             report.escalated.append(execution_id)
             return
-        outcome = await self.incidents.open_or_join(
-            execution_id,
-            dag_id=dag_id,
-            source="sweep",
-            detection_source=detection_source,
-            actor="sweep",
-            summary=summary,
-            audit_join=False,
-        )
         if outcome.created:
             report.opened.append(outcome.incident)
             self.on_opened(outcome.incident)
@@ -318,6 +321,20 @@ class Sweeper:
                 summary = f"running for {age:.0f}s with no timeout, past the maximum age of {limit:.0f}s"
                 aged.append((execution, summary))
         return aged
+
+    async def _stuck_runs(self, report: SweepReport) -> list[StuckRun]:
+        """The stuck runs the timeout cannot see, once per run (its most urgent cause first)."""
+        if self.stuck is None:
+            return []
+        search = await self.stuck.search()
+        report.stuck_errors.extend(search.errors)
+        seen: set[str] = set()
+        runs = []
+        for run in search.runs:
+            if run.execution_id not in seen:
+                seen.add(run.execution_id)
+                runs.append(run)
+        return runs
 
     async def _run_after_sweep(self) -> None:
         for hook in self.after_sweep:

@@ -69,6 +69,9 @@ class Diagnosis(BaseModel):
     dag_id: str | None = None
     stuck_node_id: str | None = None
     agent_id: str | None = None
+    # The Kubernetes namespace the run's orchestrator and agents were looked at in (the watchdog's
+    # `namespace` setting): what a policy rule's `namespace` matcher reads.
+    namespace: str | None = None
 
     def finding(self, step: int) -> Finding | None:
         """The finding of `step`, if that step ran."""

@@ -27,6 +27,7 @@ from watchdog_sdk.clients import ClientAccess, Clients
 from watchdog_sdk.clients.orchestrator import Execution, NodeTrace, Trace
 from watchdog_sdk.constants import ORCHESTRATOR_APP_SELECTOR
 from watchdog_sdk.diagnosis import Finding
+from watchdog_sdk.stuck import StuckSettings
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class DiagnosticSettings:
     orchestrator_pod_selector: str = ORCHESTRATOR_APP_SELECTOR
     # A running run with no timeout at all is a problem once it has run this long (None: never).
     max_run_age_seconds: float | None = None
+    # The thresholds of the stuck states steps 1 and 3 judge (stall, queue, cancel, resume loop, retries).
+    stuck: StuckSettings = field(default_factory=StuckSettings)
 
 
 @dataclass(frozen=True)

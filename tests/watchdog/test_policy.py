@@ -39,7 +39,10 @@ def test_shipped_policy_loads_and_covers_every_playbook() -> None:
     assert DEFAULT_POLICY_FILE.exists()
     assert set(policy.playbooks) == PLAYBOOK_NAMES
     used = {rule.playbook for rule in policy.rules if rule.playbook}
-    assert used == PLAYBOOK_NAMES - {"cancel"}  # cancel is for humans and the CLI, never chosen automatically
+    assert used == PLAYBOOK_NAMES
+    # cancel answers only a retry storm, and never without a human: its risk is high and it needs approval
+    assert [rule.name for rule in policy.rules if rule.playbook == "cancel"] == ["retry-storm"]
+    assert policy.playbook("cancel").requires_approval and policy.playbook("cancel").risk == "high"
     assert policy.limits.agent_restarts_per_agent_per_hour == 3
 
 
@@ -191,3 +194,21 @@ def test_the_shipped_policy_fits_its_playbooks() -> None:
         "max_parallel_nodes": 5,
         "max_concurrent_executions": 25,
     }
+
+
+def test_a_namespace_matcher_matches_the_diagnosis_namespace_by_pattern() -> None:
+    policy = parse_policy(
+        {"rules": [{"name": "prod", "when": {"namespace": ["prod-*"]}, "playbook": "resume"}]}
+    )
+
+    def in_namespace(namespace: str | None) -> Diagnosis:
+        return diagnosis("unknown").model_copy(update={"namespace": namespace})
+
+    assert policy.first_match(in_namespace("prod-eu")) is not None
+    assert policy.first_match(in_namespace("staging")) is None
+    assert policy.first_match(in_namespace(None)) is None  # a diagnosis without one matches no pattern
+
+
+def test_a_rule_matching_on_nothing_names_the_namespace_among_the_matchers() -> None:
+    with pytest.raises(PolicyError, match=r"at least one of likely_cause, .*dag, agent, namespace"):
+        parse_policy({"rules": [{"name": "empty", "when": {}, "playbook": "resume"}]})

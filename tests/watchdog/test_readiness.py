@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from importlib.metadata import EntryPoint
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from tests.conftest import free_port
 from tests.watchdog.conftest import WATCHDOG_TOKEN, ScriptedDiagnose
 from watchdog.assembly import build_watchdog, create_app
+from watchdog.plugins import PLAYBOOK_GROUP, PluginCatalog, load_plugins
 from watchdog.readiness import DependencyMonitor
 from watchdog.settings import WatchdogSettings
 
@@ -42,9 +44,11 @@ async def orchestrator_stub() -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def checked(settings: WatchdogSettings) -> AsyncIterator[tuple[int, dict[str, Any], str]]:
+async def checked(
+    settings: WatchdogSettings, plugins: PluginCatalog | None = None
+) -> AsyncIterator[tuple[int, dict[str, Any], str]]:
     """A served watchdog after one dependency check: the `/readyz` status and body, the metrics page."""
-    wd = await build_watchdog(settings, diagnose=ScriptedDiagnose(), respond=False)
+    wd = await build_watchdog(settings, diagnose=ScriptedDiagnose(), respond=False, plugins=plugins)
     client: Client = TestClient(TestServer(create_app(wd), host="127.0.0.1"))
     await client.start_server()
     try:
@@ -76,6 +80,23 @@ async def test_readyz_is_ready_when_every_configured_dependency_answers(
         assert body["not_configured"] == ["prometheus", "kubernetes"]
         assert 'gl_watchdog_dependency_up{dependency="redis"} 1.0' in text
         assert 'dependency="prometheus"' not in text  # not configured: no series
+
+
+async def test_readyz_is_degraded_naming_a_plugin_left_out_at_start_and_why(
+    _no_pending_tasks: None, sqlite_url: str, orchestrator_stub: str
+) -> None:
+    settings = WatchdogSettings(
+        database_url=sqlite_url, orchestrator_url=orchestrator_stub, api_tokens=[WATCHDOG_TOKEN]
+    )
+    broken = EntryPoint("flush_cache", "tests.watchdog.no_such_module:FlushCache", PLAYBOOK_GROUP)
+    async with checked(settings, load_plugins([broken])) as (status, body, text):
+        assert status == 200  # it serves without the plugin (the policy does not use it)
+        assert body["status"] == "degraded" and body["degraded"] == ["plugin:flush_cache"]
+        [problem] = body["plugins"]
+        assert (problem["group"], problem["name"]) == (PLAYBOOK_GROUP, "flush_cache")
+        assert "No module named 'tests.watchdog.no_such_module'" in problem["reason"]
+        assert body["dependencies"]["orchestrator"]["up"] is True
+        assert 'gl_watchdog_plugin_problems{group="gl_watchdog.playbooks",plugin="flush_cache"} 1.0' in text
 
 
 async def test_readyz_stays_200_and_names_redis_and_the_orchestrator_when_they_are_down(

@@ -91,6 +91,7 @@ async def test_embedded_diagnosis_names_the_hung_node_and_agent(
         "scope1",
         "emissions.scope1",
     )
+    assert diagnosis.namespace == "greenlang"  # the watchdog's namespace: what a policy's matcher reads
     # scope1 runs 1140 s against its own 120 s timeout: its agent does not answer.
     assert diagnosis.likely_cause == "agent_unresponsive"
     assert diagnosis.cause_evidence[0].startswith("step 3 (bottleneck): node scope1")

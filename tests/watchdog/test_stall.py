@@ -1,4 +1,4 @@
-"""The stall rule (`watchdog.stall.assess`), one branch per test: no history, short history, within
+"""The stall rule (`watchdog_sdk.stall.assess`), one branch per test: no history, short history, within
 the threshold, the floor, slow but progressing, stalling with and without progress signals."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gl_common.quantiles import DurationSketch
-from watchdog.stall import StallReason, StallSettings, assess, format_seconds
+from watchdog_sdk.stall import StallReason, StallSettings, assess, format_seconds
 
 SETTINGS = StallSettings(
     quantile=0.99, multiple=3.0, floor_seconds=300.0, min_history=20, no_progress_seconds=600.0

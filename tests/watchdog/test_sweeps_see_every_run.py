@@ -8,20 +8,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
-import httpx
 import pytest
 
 from playbooks import checks
 from tests.watchdog.conftest import FakeClock
-from tests.watchdog.paged_orchestrator import PagedOrchestrator
-from watchdog.condition import ConditionEvaluator
-from watchdog.incidents import IncidentService
-from watchdog.metrics import WatchdogMetrics
-from watchdog.records import Incident
-from watchdog.store import WatchdogStore
-from watchdog.sweeps import LocalLeadership, Sweeper
+from tests.watchdog.paged_orchestrator import PagedSweeps, paged_sweeps
 from watchdog_sdk.clients import Clients
-from watchdog_sdk.clients.orchestrator import OrchestratorClient
 from watchdog_sdk.ledger import InMemoryLedger
 from watchdog_sdk.outcomes import CheckStatus
 from watchdog_sdk.playbook import PlaybookContext
@@ -31,45 +23,14 @@ FOR = timedelta(minutes=10)
 DAY = timedelta(days=1)
 
 
-class Paged:
-    """A sweeper over a fresh store and a paginated fake orchestrator, at a fixed fake time."""
-
-    def __init__(self, store: WatchdogStore, clock: FakeClock) -> None:
-        self.store = store
-        self.clock = clock
-        self.fake = PagedOrchestrator(clock.now)
-        self.client = OrchestratorClient("http://orch.test", transport=httpx.MockTransport(self.fake.handler))
-        self.opened: list[Incident] = []
-
-    def sweeper(self, max_run_age: timedelta | None = DAY) -> Sweeper:
-        condition = ConditionEvaluator(self.client, None, for_duration=FOR, clock=self.clock)
-        metrics = WatchdogMetrics()
-        return Sweeper(
-            condition,
-            IncidentService(self.store, metrics),
-            LocalLeadership(),
-            metrics,
-            self.opened.append,
-            interval_seconds=60,
-            leader_ttl_seconds=30,
-            max_run_age=max_run_age,
-        )
-
-
 @pytest.fixture
-async def paged(sqlite_url: str) -> AsyncIterator[Paged]:
-    clock = FakeClock(T0)
-    store = await WatchdogStore.open(sqlite_url, clock=clock)
-    p = Paged(store, clock)
-    try:
-        yield p
-    finally:
-        await p.client.aclose()
-        await store.close()
+async def paged(sqlite_url: str) -> AsyncIterator[PagedSweeps]:
+    async with paged_sweeps(sqlite_url, FakeClock(T0)) as sweeps:
+        yield sweeps
 
 
 async def test_a_sweep_reads_every_page_of_stuck_runs_and_finds_the_ones_past_the_first(
-    paged: Paged,
+    paged: PagedSweeps,
 ) -> None:
     # 6,000 runs that went over their timeout five seconds ago (pending: not yet for 10 minutes),
     # oldest first, then three over for most of an hour (firing): on the second page of 5,000.
@@ -86,7 +47,7 @@ async def test_a_sweep_reads_every_page_of_stuck_runs_and_finds_the_ones_past_th
 
 
 async def test_among_ten_thousand_running_runs_every_stuck_one_is_found_the_oldest_included(
-    paged: Paged,
+    paged: PagedSweeps,
 ) -> None:
     stuck = ["stuck-oldest", "stuck-b", "stuck-c", "stuck-d", "stuck-newest"]
     paged.fake.add(stuck[0], started_at=T0 - timedelta(days=3), timeout=600)
@@ -101,7 +62,7 @@ async def test_among_ten_thousand_running_runs_every_stuck_one_is_found_the_olde
 
 
 async def test_a_run_with_no_timeout_gets_an_incident_of_its_own_once_past_the_maximum_age(
-    paged: Paged,
+    paged: PagedSweeps,
 ) -> None:
     paged.fake.add("ageless-old", started_at=T0 - timedelta(days=2), timeout=None)
     paged.fake.add("ageless-young", started_at=T0 - timedelta(hours=1), timeout=None)
@@ -122,7 +83,7 @@ async def test_a_run_with_no_timeout_gets_an_incident_of_its_own_once_past_the_m
 
 
 async def test_a_run_under_the_orchestrators_default_timeout_is_left_to_the_condition(
-    paged: Paged,
+    paged: PagedSweeps,
 ) -> None:
     # The DAG sets no timeout, the orchestrator applies its default: the timeout gauge exists, the
     # alert and the condition see the run; the maximum-age rule is for runs with no timeout at all.
@@ -132,14 +93,14 @@ async def test_a_run_under_the_orchestrators_default_timeout_is_left_to_the_cond
     assert [i.execution_id for i in report.opened] == ["defaulted"]  # fired by the condition
 
 
-async def test_the_maximum_age_rule_is_off_when_no_maximum_is_set(paged: Paged) -> None:
+async def test_the_maximum_age_rule_is_off_when_no_maximum_is_set(paged: PagedSweeps) -> None:
     paged.fake.add("ageless-old", started_at=T0 - timedelta(days=20), timeout=None)
     report = await paged.sweeper(max_run_age=None).sweep_once()
     assert report.opened == [] and report.over_max_age == []
     assert not [q for q in paged.fake.requests if "no_timeout" in q]
 
 
-async def test_interrupted_runs_are_read_to_the_last_page(paged: Paged) -> None:
+async def test_interrupted_runs_are_read_to_the_last_page(paged: PagedSweeps) -> None:
     for i in range(5003):
         paged.fake.add(
             f"int-{i:05d}",
@@ -155,7 +116,7 @@ async def test_interrupted_runs_are_read_to_the_last_page(paged: Paged) -> None:
 
 
 async def test_the_verification_check_sees_stuck_runs_beyond_any_page_and_counts_all_running(
-    paged: Paged,
+    paged: PagedSweeps,
 ) -> None:
     for i in range(10_000):
         paged.fake.add(f"fine-{i:05d}", started_at=T0 - timedelta(seconds=i % 600), timeout=3600)

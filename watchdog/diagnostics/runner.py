@@ -7,12 +7,18 @@ step that hangs, fails or has no backend yields an `error`/`unknown` Finding and
 diagnosis. The cause is chosen by ranked rules over the findings (`likely_cause`); the planner maps it
 to a playbook through the policy file.
 
-Causes, in rank order: `execution_not_found`, `interrupted` (left by a replica that stopped and
-never resumed), `not_stuck`, `agent_unresponsive` (pods down), `stuck_lock`, `checkpoint_store`,
+Causes, in rank order: `execution_not_found`, the run's own stuck states that step 1 judged
+(`owner_gone`, `resume_loop`, `cancel_not_completing`, `queued_too_long`: the orchestrator's signals
+say directly what holds the run, and a resume loop must not be answered with one more resume),
+`interrupted` (left by a replica that stopped and never resumed), `not_stuck`, `agent_unresponsive`
+(pods down), `stuck_lock`, `checkpoint_store`, `retry_storm` (the node at attempt N or later),
 `external_api_slow`, `agent_unresponsive` (the node logs that its agent hangs, or it runs past its
-own timeout), `resource_contention`, `slow_node`, `agent_unresponsive` (resources near their limits),
-`over_max_age` (a run with no timeout at all, running past the maximum age), `unknown`. What
-the stuck node shows outranks contention, which a stuck run causes as often as it suffers from it.
+own timeout), `resource_contention`, `node_stalling` (far beyond its normal duration without
+progress), `slow_node`, `agent_unresponsive` (resources near their limits), `over_max_age` (a run
+with no timeout at all, running past the maximum age), `unknown`. What the stuck node shows outranks
+contention, which a stuck run causes as often as it suffers from it; a stall is the symptom, so a
+cause found for it (its agent down or hung, a stuck lock, contention) outranks it, but a stalling
+node is never taken for a merely slow one (`slow_node` would raise its timeout).
 
 An execution the orchestrator does not know (step 1 answers `not_found`) ends the diagnosis there: the
 cause is `execution_not_found` whatever the others would find, so the other steps are not run (each
@@ -46,6 +52,7 @@ from watchdog.diagnostics.shared_reads import SharedReads
 from watchdog_sdk.diagnosis import CAUSE_KEY, Diagnosis, Finding, StepStatus
 from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext, DiagnosticStep
 from watchdog_sdk.step_helpers import finding
+from watchdog_sdk.stuck import StuckCause
 
 STEPS: tuple[DiagnosticStep, ...] = tuple(
     DiagnosticStep(module.STEP, module.NAME, module.run)
@@ -75,7 +82,15 @@ BUILTIN_CAUSES = frozenset(
         "slow_node",
         "over_max_age",
         "unknown",
+        *(cause.value for cause in StuckCause),
     }
+)
+# The stuck states of the run itself (step 1) that name the cause before anything else, in rank order.
+RUN_STATES = (
+    StuckCause.OWNER_GONE,
+    StuckCause.RESUME_LOOP,
+    StuckCause.CANCEL_NOT_COMPLETING,
+    StuckCause.QUEUED_TOO_LONG,
 )
 
 
@@ -143,6 +158,7 @@ async def diagnose(
         dag_id=state.dag_id,
         stuck_node_id=state.stuck_node_id,
         agent_id=state.agent_id,
+        namespace=ctx.namespace,
     )
 
 
@@ -197,6 +213,9 @@ def likely_cause(findings: Sequence[Finding]) -> tuple[str, list[str]]:
     s1 = by_step.get(1)
     if s1 is not None and s1.evidence.get("reason") == "not_found":
         return "execution_not_found", [says(1)]
+    run_state = _stuck_state(ev(1), RUN_STATES)
+    if run_state is not None:
+        return run_state, [says(1)]
     status = ev(1).get("status")
     if status == "interrupted":
         # Its replica shut down or fenced itself; the checkpoints decide whether resuming is safe.
@@ -232,6 +251,9 @@ def likely_cause(findings: Sequence[Finding]) -> tuple[str, list[str]]:
     # What the stuck node itself shows outranks contention: a run stuck on a hung node fills a slot
     # and makes the queue grow, so "at the limit with a queue" is often its effect, not its cause.
     node = ev(3)
+    if _stuck_state(node, (StuckCause.RETRY_STORM,)) is not None:
+        return StuckCause.RETRY_STORM.value, [says(3), *(_supporting(by_step, 4))]
+
     # The stuck node waits on an outside call.
     if problem(7) and ev(7).get("external_call_lines"):
         return "external_api_slow", [says(7), *(_supporting(by_step, 3)), *(_supporting(by_step, 5))]
@@ -248,6 +270,14 @@ def likely_cause(findings: Sequence[Finding]) -> tuple[str, list[str]]:
     contention = ev(5)
     if problem(5) and (contention.get("saturated") or (contention.get("db_pool_pending") or 0) > 0):
         return "resource_contention", [says(5), *(_supporting(by_step, 3))]
+
+    # The node has run far beyond what it normally takes, without progress (the stall rule).
+    if _stuck_state(node, (StuckCause.NODE_STALLING,)) is not None:
+        return StuckCause.NODE_STALLING.value, [
+            says(3),
+            *(_supporting(by_step, 4)),
+            *(_supporting(by_step, 7)),
+        ]
 
     # The node is simply slow: running, making progress, within its own timeout.
     if problem(3) and node.get("node_status") == "running" and node.get("within_own_timeout") is True:
@@ -282,6 +312,13 @@ def plugin_cause(
         if f.status is StepStatus.PROBLEM and isinstance(cause, str) and cause in declared.get(f.step, ()):
             return cause, [f"step {f.step} ({f.name}): {f.summary}"]
     return None
+
+
+def _stuck_state(evidence: dict[str, Any], causes: Sequence[StuckCause]) -> str | None:
+    """The first of `causes` among a finding's `stuck_states` (in the order of `causes`), or None."""
+    states = evidence.get("stuck_states")
+    named = {s.get("cause") for s in states if isinstance(s, dict)} if isinstance(states, list) else set()
+    return next((cause.value for cause in causes if cause.value in named), None)
 
 
 def _supporting(by_step: dict[int, Finding], step: int) -> list[str]:

@@ -6,13 +6,19 @@ exact count, plus the running count: a few rows whatever the number of running r
 before pagination is asked for its whole running list instead, as before) and, when configured,
 Prometheus (the duration gauge, as a cross-check). Sets `state.execution` and `state.dag_id` for the
 later steps. A run with no timeout at all that has run longer than `max_run_age_seconds` is a
-problem (`over_max_age`): nothing else would ever call it stuck.
+problem (`over_max_age`): nothing else would ever call it stuck. So is a run stuck in a way its
+timeout cannot see (`watchdog_sdk.stuck.execution_states`, the sweep's judgment with the same
+thresholds: queued too long, a cancel not completing, a resume loop, its owner gone): each goes into
+`stuck_states`, and the first one leads the summary.
 
 Evidence keys: `execution_id`, `dag_id`, `status` (the execution's status; the policy matches on it),
 `started_at`, `duration_seconds`, `timeout_seconds`, `over_timeout_seconds`, `owner`, `error`,
 `running_executions`, `other_stuck` (ids of other running executions over their timeout, the oldest
 OTHER_STUCK_SHOWN), `other_stuck_count` (all of them), `over_max_age` and `max_run_age_seconds` (a run
-with no timeout), `prometheus_duration_seconds` / `prometheus_error` (when Prometheus is configured).
+with no timeout), `prometheus_duration_seconds` / `prometheus_error` (when Prometheus is configured),
+`queued_at`, `cancel_requested_at`, `resume_count`, `failure_streak`, `owner_alive` (the orchestrator's
+stuck-run signals, None when it does not report them), `stuck_states` (a list of `{cause, severity,
+summary, ...evidence}`, the causes of `watchdog_sdk.stuck.StuckCause`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from watchdog_sdk.diagnosis import Finding, StepStatus
 from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
 from watchdog_sdk.errors import NotFound, WatchdogError
 from watchdog_sdk.step_helpers import finding, from_error, iso, promql_label, seconds_since
+from watchdog_sdk.stuck import execution_states
 
 STEP = 1
 NAME = "execution"
@@ -101,7 +108,14 @@ async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
         "over_timeout_seconds": over,
         "owner": execution.owner,
         "error": execution.error,
+        "queued_at": iso(execution.queued_at),
+        "cancel_requested_at": iso(execution.cancel_requested_at),
+        "resume_count": execution.resume_count,
+        "failure_streak": None if execution.failure_streak is None else execution.failure_streak.model_dump(),
+        "owner_alive": execution.owner_alive,
     }
+    stuck = execution_states(execution, now, ctx.settings.stuck)
+    evidence["stuck_states"] = [state.as_json() for state in stuck]
 
     try:
         evidence.update(await _other_stuck(ctx.orchestrator, execution, now))
@@ -116,6 +130,15 @@ async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
             evidence["prometheus_error"] = str(exc)
 
     where = f"execution {execution.execution_id} of DAG {execution.dag_id}"
+    if stuck:
+        also = f" (also: {', '.join(state.cause.value for state in stuck[1:])})" if len(stuck) > 1 else ""
+        return finding(
+            STEP,
+            NAME,
+            StepStatus.PROBLEM,
+            f"{where} is {execution.status}; {stuck[0].summary}{also}",
+            **evidence,
+        )
     if execution.status == "interrupted":
         since = f" since {iso(execution.completed_at)}" if execution.completed_at else ""
         return finding(

@@ -7,18 +7,27 @@ p99 duration) when configured. Sets `state.stuck_node_id`, `state.node`, `state.
 
 Evidence keys: `node_id`, `agent_id`, `node_status`, `started_at`, `running_seconds`, `attempt_count`,
 `input_hash`, `node_timeout_seconds`, `within_own_timeout` (bool or None), `timeout_ratio`
-(running / own timeout), `typical_p99_seconds`, `candidates` (all running nodes, longest first).
+(running / own timeout), `typical_p99_seconds`, `candidates` (all running nodes, longest first);
+for a running node also its progress (`last_progress_at`, `progress_message`, `progress_fraction`,
+`progress_reports`), its `normal_duration` (`{count, p50_seconds, p95_seconds, p99_seconds}` of its
+completed runs, from the orchestrator), the stall rule's verdict (`stall_reason`, `threshold_seconds`,
+`seconds_since_progress`, `normal_p50_seconds`, `normal_p99_seconds`, `history_count`; the same rule
+and thresholds as the sweep, `watchdog_sdk.stuck`) and `stuck_states` (`node_stalling`,
+`retry_storm`). The summary shows the node's normal duration next to its current one.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from watchdog_sdk.clients.orchestrator import NodeTrace
 from watchdog_sdk.constants import M_NODE_EXECUTION_DURATION
 from watchdog_sdk.diagnosis import Finding, StepStatus
 from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext
 from watchdog_sdk.errors import WatchdogError
+from watchdog_sdk.stall import format_seconds
 from watchdog_sdk.step_helpers import as_utc, finding, iso, promql_label, seconds_since
+from watchdog_sdk.stuck import NodeSignals, node_states, stall_evidence, stall_verdict
 
 STEP = 3
 NAME = "bottleneck"
@@ -89,6 +98,9 @@ async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
         within = running_seconds <= node_timeout
         evidence["timeout_ratio"] = round(running_seconds / node_timeout, 3)
     evidence["within_own_timeout"] = within
+    normal = ""
+    if node.status == "running":
+        normal = _judge_running(ctx, node_id, node, evidence)
 
     if ctx.prometheus is not None:
         query = (
@@ -110,9 +122,46 @@ async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
     elif running_seconds is None:
         summary = f"{who} is running (start time unknown)"
     elif within is False:
-        summary = f"{who} running for {running_seconds:.0f}s, past its own {node_timeout:g}s timeout"
+        summary = f"{who} running for {running_seconds:.0f}s{normal}, past its own {node_timeout:g}s timeout"
     elif within:
-        summary = f"{who} running for {running_seconds:.0f}s, within its own {node_timeout:g}s timeout"
+        summary = (
+            f"{who} running for {running_seconds:.0f}s{normal}, within its own {node_timeout:g}s timeout"
+        )
     else:
-        summary = f"{who} running for {running_seconds:.0f}s (no node timeout known)"
+        summary = f"{who} running for {running_seconds:.0f}s{normal} (no node timeout known)"
+    stuck = evidence.get("stuck_states") or []
+    if stuck:
+        summary += "; " + "; ".join(state["summary"] for state in stuck)
     return finding(STEP, NAME, StepStatus.PROBLEM, summary, **evidence)
+
+
+def _judge_running(ctx: DiagnosticContext, node_id: str, node: NodeTrace, evidence: dict[str, Any]) -> str:
+    """Add a running node's progress, normal duration and stuck states to `evidence`; return how its
+    normal duration reads next to the current one (` (normally p50 6m 20s, p95 14m 06s, 40 runs)`)."""
+    history = node.normal_duration
+    evidence.update(
+        last_progress_at=iso(as_utc(node.last_progress_at)),
+        progress_message=node.progress_message,
+        progress_fraction=node.progress_fraction,
+        progress_reports=node.progress_reports,
+        normal_duration=None if history is None else history.model_dump(),
+    )
+    now = ctx.clock.now()
+    signals = NodeSignals(
+        node_id,
+        node.agent_id,
+        node.attempt_count,
+        as_utc(node.started_at),
+        as_utc(node.last_progress_at),
+        history,
+    )
+    verdict = stall_verdict(signals, now, ctx.settings.stuck)
+    if verdict is not None:
+        evidence.update(stall_evidence(verdict))
+    evidence["stuck_states"] = [state.as_json() for state in node_states(signals, now, ctx.settings.stuck)]
+    if history is None or not history.count:
+        return " (no completed runs of this node to compare with)"
+    return (
+        f" (normally p50 {format_seconds(history.p50_seconds)}, p95 {format_seconds(history.p95_seconds)}, "
+        f"{history.count} runs)"
+    )

@@ -10,8 +10,9 @@ httpx errors at this boundary:
   any other 4xx/5xx → `OrchestratorError` (with the server's `detail` and `error` code)
 - a 2xx answer that is not the documented JSON → `OrchestratorError`
 
-Answers are parsed into the pydantic models below (`extra="allow"`, so fields the orchestrator adds
-later pass through); DAG definitions stay plain dicts (their model belongs to the orchestrator).
+Answers are parsed into the pydantic models of `watchdog_sdk.clients.orchestrator_models` (re-exported
+here; `extra="allow"`, so fields the orchestrator adds later pass through); DAG definitions stay plain
+dicts (their model belongs to the orchestrator).
 
 Listing executions (`GET /executions`) follows the paginated contract: server-side filters
 (`status`, `dag_id`, `over_timeout`, `no_timeout`, `started_before`), `limit` and `cursor` in,
@@ -23,13 +24,18 @@ so that answer is taken as it is (one page, `paged=False`), and callers check ea
 
 Every request carries the W3C trace context (`traceparent`) of the span it is made in
 (`inject_trace_context`, an httpx request hook; `watchdog.tracing` makes the spans).
+
+The stuck-run signals (issue 16): `running_nodes` reads every page of `GET /running-nodes` (every
+running node of every running run, oldest started first, with its attempt, progress and normal
+duration: one paged call for the sweep, not one per run), `node_durations` a DAG's per-node history
+(`GET /dags/{dag_id}/node-durations`), and `ExecutionQuery` carries the stuck-state filters.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -37,8 +43,35 @@ from urllib.parse import quote
 import httpx
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
+from watchdog_sdk.clients.orchestrator_models import (
+    MAX_PAGE,
+    MAX_PAGES,
+    AgentInfo,
+    AgentRestart,
+    Checkpoint,
+    CheckpointOperations,
+    Checkpoints,
+    DbPool,
+    Execution,
+    ExecutionPage,
+    ExecutionQuery,
+    FailureStreak,
+    Limits,
+    LogLine,
+    MetricSample,
+    NodeDurations,
+    NodeTrace,
+    NormalDuration,
+    OrchestratorMetrics,
+    Provenance,
+    ResumeResult,
+    RunningNode,
+    RunningNodesPage,
+    Trace,
+    iso_instant,
+)
 from watchdog_sdk.constants import ORCHESTRATOR_API_PREFIX
 from watchdog_sdk.errors import (
     BadRequest,
@@ -49,219 +82,36 @@ from watchdog_sdk.errors import (
     Unauthorized,
 )
 
+__all__ = [
+    "MAX_PAGE",
+    "MAX_PAGES",
+    "AgentInfo",
+    "AgentRestart",
+    "Checkpoint",
+    "CheckpointOperations",
+    "Checkpoints",
+    "DbPool",
+    "Execution",
+    "ExecutionPage",
+    "ExecutionQuery",
+    "FailureStreak",
+    "Limits",
+    "LogLine",
+    "MetricSample",
+    "NodeDurations",
+    "NodeTrace",
+    "NormalDuration",
+    "OrchestratorClient",
+    "OrchestratorMetrics",
+    "Provenance",
+    "ResumeResult",
+    "RunningNode",
+    "RunningNodesPage",
+    "Trace",
+]
+
 ModelT = TypeVar("ModelT", bound=BaseModel)
-
-MAX_PAGE = 5000  # the largest page the orchestrator gives (`limit` 1-5000)
-# A listing that would need more pages than this is refused rather than read for ever (100 million
-# runs at the largest page): an orchestrator handing out cursors that never end is broken.
-MAX_PAGES = 20_000
-
-
-class _ApiModel(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-
-class Execution(_ApiModel):
-    """An execution record (list items and `GET /executions/{id}`)."""
-
-    execution_id: str
-    dag_id: str | None = None
-    dag_version: int | str | None = None
-    status: str
-    created_at: datetime | None = None
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
-    timeout_seconds: float | None = None
-    timeout_is_default: bool | None = None  # the orchestrator's default, not the DAG's own
-    error: str | None = None
-    owner: str | None = None
-    input_data: Any = None
-
-
-@dataclass(frozen=True)
-class ExecutionQuery:
-    """The server-side filters of `GET /executions`, combined with AND.
-
-    `over_timeout=True`: running for longer than the effective timeout; `no_timeout=True`: the DAG
-    sets no timeout of its own (the orchestrator's default may apply); `started_before`: started
-    before that instant.
-    """
-
-    status: str | None = "running"
-    dag_id: str | None = None
-    over_timeout: bool | None = None
-    no_timeout: bool | None = None
-    started_before: datetime | None = None
-
-    def params(self) -> dict[str, str | None]:
-        """The query string (None: not sent)."""
-        return {
-            "status": self.status,
-            "dag_id": self.dag_id,
-            "over_timeout": _flag(self.over_timeout),
-            "no_timeout": _flag(self.no_timeout),
-            "started_before": None if self.started_before is None else _instant(self.started_before),
-        }
-
-
-@dataclass(frozen=True)
-class ExecutionPage:
-    """One page of `GET /executions`.
-
-    `paged` is False when the orchestrator predates pagination: then `items` is its whole answer (its
-    newest runs of the status, unfiltered, at most `limit`), `next_cursor` None and `total` None.
-    """
-
-    items: list[Execution]
-    next_cursor: str | None
-    total: int | None
-    paged: bool
-
-
-class NodeTrace(_ApiModel):
-    """One node of a trace."""
-
-    status: str = "pending"
-    duration_ms: float | None = None
-    attempt_count: int = 0
-    error: str | None = None
-    agent_id: str | None = None
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
-    input_hash: str | None = None
-    timeout_seconds: float | None = None
-
-
-class Trace(_ApiModel):
-    """`GET /executions/{id}/trace`."""
-
-    execution_id: str
-    dag_id: str | None = None
-    status: str
-    topology_levels: list[list[str]] = Field(default_factory=list)
-    node_traces: dict[str, NodeTrace] = Field(default_factory=dict)
-
-
-class ResumeResult(_ApiModel):
-    """`POST /executions/{id}/resume`."""
-
-    execution_id: str
-    status: str
-    nodes_skipped: list[str] = Field(default_factory=list)
-    nodes_remaining: list[str] = Field(default_factory=list)
-
-
-class Provenance(_ApiModel):
-    """`GET /executions/{id}/provenance`."""
-
-    execution_id: str | None = None
-    chain_valid: bool
-    chain: list[dict[str, Any]] = Field(default_factory=list)
-    problems: list[Any] = Field(default_factory=list)
-
-
-class LogLine(_ApiModel):
-    """One structured log line of a run (`GET /executions/{id}/logs`)."""
-
-    ts: datetime | str | None = None
-    level: str | None = None
-    message: str = ""
-    execution_id: str | None = None
-    node_id: str | None = None
-    agent_id: str | None = None
-
-
-class Checkpoint(_ApiModel):
-    """One checkpoint record."""
-
-    node_id: str
-    status: str
-    created_at: datetime | None = None
-
-
-class Checkpoints(_ApiModel):
-    """`GET /checkpoints/{id}`."""
-
-    execution_id: str | None = None
-    checkpoints: list[Checkpoint] = Field(default_factory=list)
-
-
-class DbPool(_ApiModel):
-    """The answering replica's database pool (`gl_db_pool_*_connections`)."""
-
-    active: int
-    pending: int
-
-
-class CheckpointOperations(_ApiModel):
-    """One `gl_orchestrator_checkpoint_operations_total` series of the answering replica."""
-
-    operation: str
-    status: str
-    count: float
-
-
-class OrchestratorMetrics(_ApiModel):
-    """`GET /metrics` (the JSON one under the API prefix).
-
-    `db_pool` (None: the store has no pool figures) and `checkpoint_operations` are what diagnosis
-    steps 5 and 8 read; an orchestrator before they were added leaves them out (`has_diagnosis_figures`
-    is False), and the steps then read its Prometheus exposition instead.
-    """
-
-    active_executions: int | None = None
-    max_concurrent_executions: int | None = None
-    queued_executions: int | None = None
-    max_parallel_nodes: int | None = None
-    db_pool: DbPool | None = None
-    checkpoint_operations: list[CheckpointOperations] | None = None
-
-    @property
-    def has_diagnosis_figures(self) -> bool:
-        """True when the answer carries the pool and checkpoint figures (even if `db_pool` is null)."""
-        return "checkpoint_operations" in self.model_fields_set
-
-    def checkpoint_count(self, operation: str, status: str) -> float:
-        """The count of one checkpoint operation and status (0 when the series does not exist)."""
-        return sum(
-            o.count
-            for o in self.checkpoint_operations or ()
-            if (o.operation, o.status) == (operation, status)
-        )
-
-
-class Limits(_ApiModel):
-    """`GET|PUT /admin/limits`."""
-
-    max_parallel_nodes: int
-    max_concurrent_executions: int
-
-
-class AgentInfo(_ApiModel):
-    """One item of `GET /agents`."""
-
-    agent_id: str
-    kind: str | None = None
-    restarts: int = 0
-    running_nodes: list[Any] = Field(default_factory=list)
-
-
-class AgentRestart(_ApiModel):
-    """`POST /admin/agents/{agent_id}/restart`."""
-
-    agent_id: str
-    restarts: int = 0
-    interrupted_nodes: list[Any] = Field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class MetricSample:
-    """One sample of the orchestrator's Prometheus exposition (`GET /metrics`)."""
-
-    name: str
-    labels: dict[str, str]
-    value: float
-
+PageT = TypeVar("PageT")
 
 _UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
 
@@ -367,18 +217,10 @@ class OrchestratorClient:
         """
         params = {**query.params(), "limit": limit, "cursor": cursor}
         data = await self._request("GET", "/executions", params=params)
-        items = data.get("items") if isinstance(data, dict) else None
-        if not isinstance(items, list):
-            raise OrchestratorError(200, "GET /executions answered without an 'items' list")
+        items, next_cursor, total = _page_fields(data, "GET /executions")
         executions = [_parse(Execution, item, "GET /executions item") for item in items]
         if "next_cursor" not in data:  # an orchestrator before pagination: its one answer is all
             return ExecutionPage(executions, None, None, paged=False)
-        next_cursor = data["next_cursor"]
-        total = data.get("total")
-        if next_cursor is not None and (not isinstance(next_cursor, str) or not next_cursor):
-            raise OrchestratorError(200, "GET /executions answered a next_cursor that is not a string")
-        if total is not None and (not isinstance(total, int) or isinstance(total, bool) or total < 0):
-            raise OrchestratorError(200, "GET /executions answered a total that is not a count")
         return ExecutionPage(executions, next_cursor, total, paged=True)
 
     async def list_executions(
@@ -400,19 +242,16 @@ class OrchestratorClient:
         its one (unfiltered) answer; see the module docstring.
         """
         query = ExecutionQuery(status, dag_id, over_timeout, no_timeout, started_before)
-        found: list[Execution] = []
-        cursor: str | None = None
-        seen: set[str] = set()
-        for _ in range(MAX_PAGES):
-            page = await self.list_executions_page(query, limit=page_size, cursor=cursor)
-            found.extend(page.items)
-            if page.next_cursor is None:
-                return found
-            if page.next_cursor in seen:
-                raise OrchestratorError(200, "GET /executions handed out the same cursor twice")
-            seen.add(page.next_cursor)
-            cursor = page.next_cursor
-        raise OrchestratorError(200, f"GET /executions did not end within {MAX_PAGES} pages")
+        return await self.list_matching(query, page_size=page_size)
+
+    async def list_matching(self, query: ExecutionQuery, *, page_size: int | None = None) -> list[Execution]:
+        """Every execution matching `query`, oldest first (each page; see `list_executions`)."""
+
+        async def page(cursor: str | None) -> tuple[list[Execution], str | None]:
+            found = await self.list_executions_page(query, limit=page_size, cursor=cursor)
+            return found.items, found.next_cursor
+
+        return await _every_page("GET /executions", page)
 
     async def count_executions(self, query: ExecutionQuery) -> int | None:
         """How many executions match `query` (the listing's exact `total`); None from an orchestrator
@@ -426,6 +265,54 @@ class OrchestratorClient:
     async def get_trace(self, execution_id: str) -> Trace:
         """`GET /executions/{id}/trace`."""
         return await self._get_model(Trace, "GET", f"/executions/{_seg(execution_id)}/trace")
+
+    async def running_nodes_page(
+        self,
+        *,
+        limit: int | None = None,
+        cursor: str | None = None,
+        dag_id: str | None = None,
+        started_before: datetime | None = None,
+    ) -> RunningNodesPage:
+        """One page of `GET /running-nodes` (oldest started first); pass `next_cursor` back as `cursor`
+        with the same filters for the next page."""
+        params = {
+            "limit": limit,
+            "cursor": cursor,
+            "dag_id": dag_id,
+            "started_before": None if started_before is None else iso_instant(started_before),
+        }
+        data = await self._request("GET", "/running-nodes", params=params)
+        items, next_cursor, total = _page_fields(data, "GET /running-nodes")
+        nodes = [_parse(RunningNode, item, "GET /running-nodes item") for item in items]
+        return RunningNodesPage(nodes, next_cursor, total)
+
+    async def running_nodes(
+        self,
+        *,
+        dag_id: str | None = None,
+        started_before: datetime | None = None,
+        page_size: int | None = MAX_PAGE,
+    ) -> list[RunningNode]:
+        """Every running node of every running run (filtered by `dag_id`, `started_before`), oldest
+        started first: each page of `GET /running-nodes`, following `next_cursor`."""
+
+        async def page(cursor: str | None) -> tuple[list[RunningNode], str | None]:
+            found = await self.running_nodes_page(
+                limit=page_size, cursor=cursor, dag_id=dag_id, started_before=started_before
+            )
+            return found.items, found.next_cursor
+
+        return await _every_page("GET /running-nodes", page)
+
+    async def node_durations(self, dag_id: str) -> list[NodeDurations]:
+        """`GET /dags/{dag_id}/node-durations`: each node's (and agent's) history of completed runs."""
+        what = "GET /dags/{dag_id}/node-durations"
+        data = await self._request("GET", f"/dags/{_seg(dag_id)}/node-durations")
+        nodes = data.get("nodes") if isinstance(data, dict) else None
+        if not isinstance(nodes, list):
+            raise OrchestratorError(200, f"{what} answered without a 'nodes' list")
+        return [_parse(NodeDurations, item, f"{what} item") for item in nodes]
 
     async def cancel(self, execution_id: str) -> Execution:
         """`POST /executions/{id}/cancel` (409 `Conflict` when the run already finished)."""
@@ -543,24 +430,46 @@ class OrchestratorClient:
         return await self._get_model(AgentRestart, "POST", f"/admin/agents/{_seg(agent_id)}/restart")
 
 
+async def _every_page(
+    what: str, fetch: Callable[[str | None], Awaitable[tuple[list[PageT], str | None]]]
+) -> list[PageT]:
+    """Follow `next_cursor` from the first page to the last; nothing is silently cut off: a cursor
+    handed out twice, or more than MAX_PAGES pages, raise OrchestratorError."""
+    found: list[PageT] = []
+    cursor: str | None = None
+    seen: set[str] = set()
+    for _ in range(MAX_PAGES):
+        items, next_cursor = await fetch(cursor)
+        found.extend(items)
+        if next_cursor is None:
+            return found
+        if next_cursor in seen:
+            raise OrchestratorError(200, f"{what} handed out the same cursor twice")
+        seen.add(next_cursor)
+        cursor = next_cursor
+    raise OrchestratorError(200, f"{what} did not end within {MAX_PAGES} pages")
+
+
+def _page_fields(data: Any, what: str) -> tuple[list[Any], str | None, int | None]:
+    """The `items`, `next_cursor` and `total` of a paginated answer, each checked."""
+    items = data.get("items") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise OrchestratorError(200, f"{what} answered without an 'items' list")
+    next_cursor = data.get("next_cursor")
+    total = data.get("total")
+    if next_cursor is not None and (not isinstance(next_cursor, str) or not next_cursor):
+        raise OrchestratorError(200, f"{what} answered a next_cursor that is not a string")
+    if total is not None and (not isinstance(total, int) or isinstance(total, bool) or total < 0):
+        raise OrchestratorError(200, f"{what} answered a total that is not a count")
+    return items, next_cursor, total
+
+
 def _parse_exposition(text: str) -> list[MetricSample]:
     return [
         MetricSample(sample.name, dict(sample.labels), float(sample.value))
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     ]
-
-
-def _flag(value: bool | None) -> str | None:
-    """A boolean query parameter as the API spells it."""
-    return None if value is None else ("true" if value else "false")
-
-
-def _instant(value: datetime) -> str:
-    """An aware instant as ISO 8601 UTC with `Z` (a naive one is a bug of the caller)."""
-    if value.tzinfo is None:
-        raise ValueError(f"naive datetime {value!r}: pass an aware UTC datetime")
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _reason(exc: BaseException) -> str:

@@ -1,10 +1,11 @@
 """Stall detection: is a running node hung, long before its DAG's timeout says so?
 
-Where it sits: a pure rule over numbers, no I/O. Its callers give it a node's history of completed
-durations (a `gl_common.quantiles.DurationSketch` per dag, node and agent), how long the node has been
-running and how long ago it last reported progress. Today its callers are its tests and
-`bench/detection.py`, which measures it against the shipped timeout alert; the sweep and the
-orchestrator's history are not wired to it yet (docs/architecture.md, "Stall detection").
+Where it sits: a pure rule over numbers, no I/O, in the SDK because both the sweep
+(`watchdog.stuck_runs`, through `watchdog_sdk.stuck`) and diagnostic step 3 judge with it. Its callers
+give it a node's history of completed durations (anything with a `count` and `quantile(q)`: the
+orchestrator's `normal_duration` summary of its per-node `DurationSketch`, or a
+`gl_common.quantiles.DurationSketch` itself, as `bench/detection.py` does), how long the node has been
+running and how long ago it last reported progress (docs/architecture.md, "Stall detection").
 
 The rule, in the order `assess` applies it:
 
@@ -25,10 +26,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gl_common.quantiles import DurationSketch
+
+class History(Protocol):
+    """A node's completed durations as the rule reads them (`DurationSketch` is one)."""
+
+    @property
+    def count(self) -> int: ...
+
+    def quantile(self, q: float) -> float | None: ...
 
 
 class StallSettings(BaseModel):
@@ -73,7 +82,7 @@ class StallVerdict:
 
 
 def assess(
-    history: DurationSketch | None,
+    history: History | None,
     elapsed_seconds: float,
     seconds_since_progress: float | None,
     settings: StallSettings,
