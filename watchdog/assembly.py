@@ -31,7 +31,7 @@ from aiohttp import web
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from gl_common.clock import Clock, SystemClock
-from watchdog import api, operator_api
+from watchdog import api, operator_api, slack
 from watchdog import web as approval_web
 from watchdog.approvals import ApprovalService
 from watchdog.auth_failures import AuthFailures
@@ -49,8 +49,9 @@ from watchdog.intake import AlertIntake
 from watchdog.jobs import JobTracker, exponential_backoff
 from watchdog.leases import JobLeases
 from watchdog.limits import RemediationLimits
+from watchdog.links import IncidentLinks, LinkSettings
 from watchdog.metrics import WatchdogMetrics
-from watchdog.notifier import Notifier
+from watchdog.notifier import MessageUpdates, Notifier
 from watchdog.notify_router import PageResolver, notifier_from_settings
 from watchdog.plugins import PluginCatalog, load_plugins
 from watchdog.policy import Policy, load_policy
@@ -192,7 +193,8 @@ async def build_watchdog(
         clock=clock,
         rules=lambda plan: policy.approval_for(plan.playbook, plan.risk),
     )
-    routed = notifier_from_settings(settings, metrics)
+    links = IncidentLinks(incidents, LinkSettings.of(settings), clock)
+    routed = notifier_from_settings(settings, metrics, store=store, links=links)
     responder = build_responder(
         store=store,
         incidents=incidents,
@@ -210,6 +212,7 @@ async def build_watchdog(
         remediation_timeout_seconds=settings.remediation_timeout_seconds,
         backoff=backoff,
         tracer=tracer,
+        messages=routed if notifier is None else None,
     )
     context = DiagnosticContext(clients=clients, settings=settings.diagnostics(), clock=clock)
     diagnosis = DiagnosisService(
@@ -313,6 +316,7 @@ def build_responder(
     remediation_timeout_seconds: float = 1800.0,
     backoff: Backoff | None = None,
     tracer: IncidentTracer | None = None,
+    messages: MessageUpdates | None = None,
 ) -> Responder:
     """The remediation side over a store and clients: the limits, the remediation state machine and
     the responder that drives it (`Responder.remediation`). Part of `build_watchdog`; tests build it
@@ -347,6 +351,7 @@ def build_responder(
         jobs=jobs,
         clock=clock,
         metrics=metrics,
+        messages=messages,
     )
 
 
@@ -383,7 +388,11 @@ def create_app(watchdog: Watchdog) -> web.Application:
         readiness=watchdog.readiness,
     )
     approval_web.add_routes(
-        app, approvals=watchdog.approvals, responder=watchdog.responder, incidents=watchdog.incidents
+        app,
+        approvals=watchdog.approvals,
+        responder=watchdog.responder,
+        incidents=watchdog.incidents,
+        link_settings=LinkSettings.of(settings),
     )
     operations = operator_api.Operations(
         tokens=tokens,
@@ -400,6 +409,9 @@ def create_app(watchdog: Watchdog) -> web.Application:
         stream_limits=StreamLimits(lifetime_seconds=settings.events_stream_seconds),
     )
     operator_api.add_routes(app, operations)
+    slack.add_routes(
+        app, slack.from_settings(settings, watchdog.approvals, watchdog.responder, watchdog.clock)
+    )
     if settings.console_enabled:
         console.add_routes(
             app,

@@ -47,6 +47,7 @@ from watchdog.episodes import IntakeGate, KnownEpisode, KnownEpisodes, RepeatCou
 from watchdog.errors import InvalidTransition, StoreError, StoreUnavailable
 from watchdog.http import ApiError
 from watchdog.incidents import IncidentService, close_if_not_acted_in, open_or_join_in
+from watchdog.links import alert_links
 from watchdog.metrics import WatchdogMetrics
 from watchdog.records import AlertDelivery, Incident
 from watchdog.store import Tx, WatchdogStore
@@ -377,6 +378,9 @@ class AlertIntake:
             data={"fingerprint": key, "starts_at": alert.startsAt.isoformat(), "receiver": receiver},
         )
         delivery = await tx.update_delivery(delivery.id, incident_id=result.incident.id)
+        said = alert_links(alert.annotations, alert.generatorURL)
+        if result.created and said:
+            await tx.update_incident(result.incident.id, alert_links=said)
         opened = result.incident if result.created else None
         outcome = AlertOutcome(
             alert.alertname,
