@@ -241,3 +241,32 @@ def test_signature_check_names_each_refusal() -> None:
         with pytest.raises(SlackRefused) as refused:
             check.verify(timestamp, signature, sent)
         assert refused.value.reason == reason
+
+
+async def test_an_expired_prompt_is_escalated_and_its_message_says_so(slack_app: SlackApp) -> None:
+    approval_id = await prompted(slack_app)
+    slack_app.clock.advance(slack_app.wd.settings.approval_ttl_seconds + 1)
+    [outcome] = await slack_app.wd.responder.expire_approvals()
+    assert outcome.status == "escalated"
+    posted = [json.loads(request.content) for request in slack_app.calls("chat.postMessage")]
+    assert posted[-1]["blocks"][0]["text"]["text"].startswith("Escalated: incident")
+    [update] = [json.loads(request.content) for request in slack_app.calls("chat.update")]
+    assert update["blocks"][0]["text"]["text"].startswith("Escalated: incident")
+    assert f"approval {approval_id} expired" in update["text"]
+
+
+async def test_a_failed_update_is_audited_and_counted(slack_app: SlackApp) -> None:
+    approval_id = await prompted(slack_app)
+    slack_app.slack.post(f"{SLACK_API}/chat.update").respond(json={"ok": False, "error": "message_not_found"})
+    body = click_body(approval_id, action="deny")
+    status, _ = await slack_app.click(body, slack_app.sign(body))
+    await slack_app.wd.jobs.wait_idle()
+    assert status == 200
+    incident_id = (await slack_app.wd.approvals.get(approval_id)).incident_id
+    async with slack_app.wd.store.read() as tx:
+        audit = await tx.list_audit(incident_id)
+    notified = [e.data for e in audit if e.kind == "escalation_notified" and e.phase == "after"]
+    assert notified and notified[-1]["ok"] is False
+    assert "Slack chat.update answered 200: message_not_found" in notified[-1]["detail"]
+    labels = {"target": "slack_bot", "kind": "update", "result": "failed"}
+    assert slack_app.wd.metrics.registry.get_sample_value("gl_watchdog_notifications_total", labels) == 1
