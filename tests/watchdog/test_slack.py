@@ -6,6 +6,7 @@ refused with 401."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -78,10 +79,12 @@ def click_body(
     return urlencode({"payload": json.dumps(interaction)}).encode()
 
 
-@pytest.fixture
-async def slack_app(_no_pending_tasks: None, database_url: str) -> AsyncIterator[SlackApp]:
+@contextlib.asynccontextmanager
+async def serving(database_url: str, approval: dict[str, Any] | None = None) -> AsyncIterator[SlackApp]:
+    """The app with the bot configured; restart_agent needs approval (under `approval`'s rule)."""
     clock = FakeClock()
-    policy = {**POLICY, "playbooks": {"restart_agent": {"risk": "medium", "requires_approval": True}}}
+    restart = {"risk": "medium", "requires_approval": True, **({"approval": approval} if approval else {})}
+    policy = {**POLICY, "playbooks": {"restart_agent": restart}}
     settings = WatchdogSettings(
         database_url=database_url,
         api_tokens=[WATCHDOG_TOKEN],
@@ -117,6 +120,12 @@ async def slack_app(_no_pending_tasks: None, database_url: str) -> AsyncIterator
         finally:
             await client.close()
             await wd.aclose(grace_seconds=2)
+
+
+@pytest.fixture
+async def slack_app(_no_pending_tasks: None, database_url: str) -> AsyncIterator[SlackApp]:
+    async with serving(database_url) as app:
+        yield app
 
 
 async def prompted(app: SlackApp) -> str:
@@ -270,3 +279,19 @@ async def test_a_failed_update_is_audited_and_counted(slack_app: SlackApp) -> No
     assert "Slack chat.update answered 200: message_not_found" in notified[-1]["detail"]
     labels = {"target": "slack_bot", "kind": "update", "result": "failed"}
     assert slack_app.wd.metrics.registry.get_sample_value("gl_watchdog_notifications_total", labels) == 1
+
+
+async def test_a_first_vote_of_two_keeps_the_prompt_open_and_the_message_says_so(
+    _no_pending_tasks: None, database_url: str
+) -> None:
+    async with serving(database_url, approval={"approvers_required": 2}) as app:
+        approval_id = await prompted(app)
+        body = click_body(approval_id)
+        status, answer = await app.click(body, app.sign(body))
+        await app.wd.jobs.wait_idle()
+        assert (status, answer["state"]) == (200, "pending")
+        incident = await app.wd.incidents.get((await app.wd.approvals.get(approval_id)).incident_id)
+        assert incident.status == "awaiting_approval"  # a vote escalates nothing
+        [update] = [json.loads(request.content) for request in app.calls("chat.update")]
+        assert update["blocks"][0]["text"]["text"].startswith("Awaiting a second approver")
+        assert "approved so far by slack:alice" in update["text"]
