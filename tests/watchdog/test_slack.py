@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from tests.conftest import free_port
 from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, ScriptedDiagnose, make_diagnosis
+from tests.watchdog.identity_app import IdentityApp
 from tests.watchdog.recording_playbook import POLICY, RecordingPlaybook
 from tests.watchdog.webhook import alert, payload
 from watchdog.assembly import Watchdog, build_watchdog, create_app
@@ -295,3 +296,31 @@ async def test_a_first_vote_of_two_keeps_the_prompt_open_and_the_message_says_so
         [update] = [json.loads(request.content) for request in app.calls("chat.update")]
         assert update["blocks"][0]["text"]["text"].startswith("Awaiting a second approver")
         assert "approved so far by slack:alice" in update["text"]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "names"),
+    [
+        (b"payload=not-json", "application/x-www-form-urlencoded", 400, "JSON `payload`"),
+        (b"other=1", "application/x-www-form-urlencoded", 400, "JSON `payload`"),
+        (urlencode({"payload": '{"type": "view_submission"}'}).encode(), None, 400, "only block_actions"),
+        (click_body("apr_x", action="explode"), None, 400, "'explode' is not approve or deny"),
+        (b'{"payload": {}}', "application/json", 415, "Content-Type must be"),
+    ],
+)
+async def test_a_signed_but_malformed_interaction_is_a_4xx_naming_the_problem(
+    slack_app: SlackApp, body: bytes, content_type: str | None, status: int, names: str
+) -> None:
+    headers = slack_app.sign(body)
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    answered, answer = await slack_app.click(body, headers)
+    assert answered == status and names in answer["detail"]
+
+
+async def test_without_a_signing_secret_the_route_says_slack_is_not_configured(
+    identity_app: IdentityApp,
+) -> None:
+    async with identity_app.client(None) as anonymous:
+        answer = await anonymous.post("/api/v1/slack/interactions", content=click_body("apr_x"))
+    assert answer.status_code == 404 and "slack_signing_secret" in answer.json()["detail"]
