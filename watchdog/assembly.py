@@ -268,6 +268,7 @@ async def build_watchdog(
         else timedelta(seconds=settings.max_run_age_seconds),
         reconcile=reconciler.reconcile_once,
     )
+    pages = PageResolver(incidents, routed, jobs)
     return Watchdog(
         settings=settings,
         clock=clock,
@@ -287,7 +288,8 @@ async def build_watchdog(
             diagnosis.start,
             gate=IntakeGate(settings.intake_in_flight(), settings.intake_wait_seconds),
             known=KnownEpisodes(settings.intake_known_episodes),
-            on_resolved_after_acting=PageResolver(incidents, routed, jobs).alert_resolved,
+            on_resolved_after_acting=pages.alert_resolved,
+            on_closed=pages.alert_closed,
         ),
         sweeper=sweeper,
         leases=leases,

@@ -7,7 +7,8 @@ and by `PageResolver`, which the intake calls when an alert resolves for an esca
     approval prompt  ──▶ chat (the Slack bot with `slack_bot_token`, else `notifier_url`: Slack or
                          JSON; nothing without either)
     escalation       ──▶ every `escalation_targets` entry: chat, pagerduty, opsgenie, email (at once)
-    alert resolved   ──▶ the pagers' resolve, when the incident was escalated (its page is over)
+    alert resolved   ──▶ the pagers' resolve, when the incident was escalated (its page is over);
+                         the bot's prompt says "Resolved" when the alert closed the incident first
 
 Every prompt and escalation carries the incident's links (runbook, Grafana, trace, provenance, the
 alert's source: `watchdog.links`) and what its alert said; when they cannot be read (the store
@@ -36,7 +37,14 @@ from watchdog.jobs import JobTracker
 from watchdog.links import IncidentLinks
 from watchdog.mail import EmailPager
 from watchdog.metrics import WatchdogMetrics
-from watchdog.notifier import EscalationMessage, Notifier, NotifyResult, NullNotifier, PromptMessage
+from watchdog.notifier import (
+    EscalationMessage,
+    MessageUpdates,
+    Notifier,
+    NotifyResult,
+    NullNotifier,
+    PromptMessage,
+)
 from watchdog.paging import OpsgeniePager, Pager, PagerDutyPager, ResolvedMessage
 from watchdog.settings import EscalationTarget, WatchdogSettings
 from watchdog.slack_bot import TARGET as BOT_TARGET
@@ -183,8 +191,24 @@ def _email(settings: WatchdogSettings) -> EmailPager:
     )
 
 
+async def update_prompt(
+    incidents: IncidentService, messages: MessageUpdates, incident_id: int, state: str, detail: str
+) -> None:
+    """Update the incident's posted prompt to `state: detail`, audited (`prompt_updated`, with Slack's
+    answer) when there is one; a failure is logged, never raised."""
+    result = await messages.state_changed(incident_id, state, detail)
+    if result is None:
+        return
+    if not result.ok:
+        log.warning("updating the prompt of incident %s failed: %s", incident_id, result.detail)
+    await incidents.record(
+        incident_id, "prompt_updated", actor=ACTOR, data={"state": state, **result.as_dict()}
+    )
+
+
 class PageResolver:
-    """Resolves the page of an escalated incident when its alert resolves (the intake's hook).
+    """Resolves the page of an escalated incident when its alert resolves (the intake's hook), and
+    updates the posted prompt of an incident its resolved alert closed before anything acted.
 
     Runs as a background job (the intake answers Alertmanager first); the delivery is audited on the
     incident (`page_resolved`, before and after) like every notification.
@@ -199,6 +223,14 @@ class PageResolver:
         """The alert of escalated incident `incident_id` resolved: resolve its page, if any."""
         if self.notifier.pagers:
             self.jobs.spawn(self.resolve(incident_id), name=f"resolve page of incident {incident_id}")
+
+    def alert_closed(self, incident_id: int) -> None:
+        """The alert of incident `incident_id` resolved before anything acted: its prompt expired with
+        it, and its posted message (the Slack bot's) says so."""
+        if isinstance(self.notifier.chat, SlackBot):
+            detail = "the alert resolved before anything acted; the prompt expired with the incident"
+            update = update_prompt(self.incidents, self.notifier, incident_id, "Resolved", detail)
+            self.jobs.spawn(update, name=f"update the prompt of incident {incident_id}")
 
     async def resolve(self, incident_id: int) -> NotifyResult | None:
         """Resolve the incident's page when it was escalated; None when there is nothing to resolve."""

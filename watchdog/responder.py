@@ -26,6 +26,7 @@ from watchdog.incidents import IncidentService, transition_in
 from watchdog.jobs import JobTracker
 from watchdog.metrics import WatchdogMetrics
 from watchdog.notifier import MessageUpdates, PromptMessage
+from watchdog.notify_router import update_prompt
 from watchdog.plan import Plan
 from watchdog.planner import make_plan
 from watchdog.policy import Policy
@@ -194,16 +195,9 @@ class Responder:
         )
 
     async def _tell(self, incident_id: int, state: str, detail: str) -> None:
-        """Update the incident's posted prompt, audited (`prompt_updated`) when there is one."""
-        if self.messages is None:
-            return
-        result = await self.messages.state_changed(incident_id, state, detail)
-        if result is None:
-            return
-        if not result.ok:
-            log.warning("updating the prompt of incident %s failed: %s", incident_id, result.detail)
-        data = {"state": state, **result.as_dict()}
-        await self.incidents.record(incident_id, "prompt_updated", actor=ACTOR, data=data)
+        """Update the incident's posted prompt (`watchdog.notify_router.update_prompt`), if any."""
+        if self.messages is not None:
+            await update_prompt(self.incidents, self.messages, incident_id, state, detail)
 
     # -- prompts nobody answered
 

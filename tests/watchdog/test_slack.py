@@ -324,3 +324,19 @@ async def test_without_a_signing_secret_the_route_says_slack_is_not_configured(
     async with identity_app.client(None) as anonymous:
         answer = await anonymous.post("/api/v1/slack/interactions", content=click_body("apr_x"))
     assert answer.status_code == 404 and "slack_signing_secret" in answer.json()["detail"]
+
+
+async def test_a_prompt_whose_alert_resolves_first_says_resolved(slack_app: SlackApp) -> None:
+    approval_id = await prompted(slack_app)
+    resolved = alert("exec-slack", fingerprint="fp-slack", status="resolved")
+    answer = await slack_app.client.post(
+        "/api/v1/alerts",
+        json=payload(resolved, status="resolved"),
+        headers={"Authorization": f"Bearer {WATCHDOG_TOKEN}"},
+    )
+    assert [a["outcome"] for a in (await answer.json())["alerts"]] == ["closed"]
+    await slack_app.wd.jobs.wait_idle()
+    assert (await slack_app.wd.approvals.get(approval_id)).state == "expired"
+    [update] = [json.loads(request.content) for request in slack_app.calls("chat.update")]
+    assert update["blocks"][0]["text"]["text"].startswith("Resolved: incident")
+    assert "the alert resolved before anything acted" in update["text"]
