@@ -210,8 +210,8 @@ class WatchdogSettings(BaseSettings):
     # -- Slack with a bot (docs/alerting.md "Slack app"): with a bot token the prompt is posted with
     # chat.postMessage to `slack_channel`, its buttons post to /api/v1/slack/interactions (verified with
     # the signing secret) and every state change updates it with chat.update. Without: the incoming
-    # webhook of `notifier_url` with link buttons. `slack_role_map` maps a Slack user id or user name
-    # to a role; unmapped users get `slack_default_role` (viewer: may not decide).
+    # webhook of `notifier_url` with link buttons. `slack_role_map` maps a Slack user id (U..., never a
+    # username: users rename themselves) to a role; unmapped users get `slack_default_role` (viewer).
     slack_bot_token: SecretStr | None = None
     slack_bot_token_file: Path | None = None
     slack_signing_secret: SecretStr | None = None

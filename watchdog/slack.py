@@ -13,12 +13,13 @@ before within that window is a replay (remembered per replica; a replay at anoth
 meets the approval's own single-use compare-and-set). Anything else: 401, counted and logged at a
 bounded rate like every refused credential (`watchdog.auth_failures`).
 
-The Slack user becomes `Identity(source="slack", name=<username, else user id>)`, its role the
-highest that `slack_role_map` gives its user id or username, else `slack_default_role` (viewer: a
-workspace member may not decide until mapped). The decision goes through the approval service, so
-the policy's role, group and two-person rules apply and the audit names `slack:<name>`. Slack shows
-nothing of the HTTP answer to a click: a refusal (role, closed prompt, same approver twice) is told to
-the user as an ephemeral message through the payload's `response_url` (a hooks.slack.com URL only,
+The Slack user becomes `Identity(source="slack", name=<user id>)` (the id: a username can be changed by
+its user, so it would let one person take a mapped role or vote twice under two names; the username
+goes into the audit entry's `reason`), its role what `slack_role_map` gives its user id, else
+`slack_default_role` (viewer: a workspace member may not decide until mapped). The decision goes
+through the approval service, so the policy's role, group and two-person rules apply and the audit
+names `slack:<user id>`. Slack shows nothing of the HTTP answer to a click: a refusal (role, closed
+prompt, same approver twice) is told to the user as an ephemeral message through the payload's `response_url` (a hooks.slack.com URL only,
 under a timeout; its failure is logged). A decision continues in the background
 (`Responder.start_decision`), which updates the posted message (approved by whom, acting, ...).
 """
@@ -125,16 +126,14 @@ class SlackSignature:
 
 @dataclass(frozen=True)
 class SlackRoles:
-    """The role of a Slack user: the highest `role_map` gives its id or username, else `default`."""
+    """The role of a Slack user: what `role_map` gives its user id, else `default`. Only the id counts:
+    a user can rename themselves, so a username would let anyone take a mapped role or vote twice."""
 
     role_map: Mapping[str, Role]
     default: Role = Role.VIEWER
 
-    def identity(self, user_id: str, username: str | None) -> Identity:
-        keys = [key for key in (user_id, username) if key]
-        roles = [self.role_map[key] for key in keys if key in self.role_map]
-        role = max(roles, key=lambda found: found.rank, default=self.default)
-        return Identity(name=username or user_id, role=role, source="slack")
+    def identity(self, user_id: str) -> Identity:
+        return Identity(name=user_id, role=self.role_map.get(user_id, self.default), source="slack")
 
 
 @dataclass(frozen=True)
@@ -214,7 +213,7 @@ async def interactions(request: web.Request, inputs: Inputs) -> web.Response:
         request.app[AUTH_FAILURES_KEY].refused(source_of(request), refused.reason, detail)
         raise unauthorized(refused.detail) from None
     click = parse_click(body, request.content_type)
-    identity = slack.roles.identity(click.user_id, click.username)
+    identity = slack.roles.identity(click.user_id)
     answer = await _decide(slack, click, identity)
     if not answer.ok:
         await _tell_user(click, answer.detail, slack.timeout_seconds)
@@ -227,7 +226,10 @@ async def _decide(slack: Slack, click: Click, identity: Identity) -> Interaction
         detail = f"{identity.actor} may not {click.decision.value}: {needed}"
         return InteractionAnswer(ok=False, detail=detail)
     try:
-        approval = await slack.approvals.decide(click.approval_id, click.decision, identity=identity)
+        said = f"clicked in Slack by @{click.username}" if click.username else "clicked in Slack"
+        approval = await slack.approvals.decide(
+            click.approval_id, click.decision, identity=identity, reason=said
+        )
     except ApprovalError as exc:
         return InteractionAnswer(ok=False, detail=str(exc))
     slack.responder.start_decision(approval)

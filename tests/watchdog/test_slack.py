@@ -181,25 +181,26 @@ async def test_a_signed_click_approves_as_the_slack_user_and_the_message_follows
     assert (status, answer["ok"], answer["state"]) == (200, True, "approved")
     await slack_app.wd.jobs.wait_idle()
     approval = await slack_app.wd.approvals.get(approval_id)
-    assert approval.decided_by == "slack:alice"
+    assert approval.decided_by == "slack:U0ALICE"
     async with slack_app.wd.store.read() as tx:
         audit = await tx.list_audit(approval.incident_id)
-    assert [e.actor for e in audit if e.kind == "approval_decided"] == ["slack:alice"]
+    decided = [(e.actor, e.data["reason"]) for e in audit if e.kind == "approval_decided"]
+    assert decided == [("slack:U0ALICE", "clicked in Slack by @alice")]
     updates = [json.loads(request.content) for request in slack_app.calls("chat.update")]
     assert [(u["channel"], u["ts"]) for u in updates] == [(CHANNEL, TS), (CHANNEL, TS)]
     headers = [u["blocks"][0]["text"]["text"] for u in updates]
     assert headers[0].startswith("Approved: incident") and headers[1].startswith("Resolved: incident")
-    assert "approved by slack:alice; acting" in updates[0]["text"]
+    assert "approved by slack:U0ALICE; acting" in updates[0]["text"]
     assert all(block["type"] != "actions" for u in updates for block in u["blocks"])  # nothing left to click
     assert [e.data["state"] for e in audit if e.kind == "prompt_updated"] == ["Approved", "Resolved"]
 
 
 async def test_an_unmapped_slack_user_is_told_and_decides_nothing(slack_app: SlackApp) -> None:
     approval_id = await prompted(slack_app)
-    body = click_body(approval_id, user="U0MALLORY", name="mallory")
+    body = click_body(approval_id, user="U0MALLORY", name="U0ALICE")  # a username is no credential
     status, answer = await slack_app.click(body, slack_app.sign(body))
     assert (status, answer["ok"]) == (200, False)
-    assert "slack:mallory may not approve: role viewer" in answer["detail"]
+    assert "slack:U0MALLORY may not approve: role viewer" in answer["detail"]
     [told] = [call.request for call in slack_app.slack.calls if str(call.request.url) == RESPONSE_URL]
     assert json.loads(told.content)["response_type"] == "ephemeral"
     assert (await slack_app.wd.approvals.get(approval_id)).state == "pending"
@@ -295,7 +296,7 @@ async def test_a_first_vote_of_two_keeps_the_prompt_open_and_the_message_says_so
         assert incident.status == "awaiting_approval"  # a vote escalates nothing
         [update] = [json.loads(request.content) for request in app.calls("chat.update")]
         assert update["blocks"][0]["text"]["text"].startswith("Awaiting a second approver")
-        assert "approved so far by slack:alice" in update["text"]
+        assert "approved so far by slack:U0ALICE" in update["text"]
 
 
 @pytest.mark.parametrize(
