@@ -19,9 +19,10 @@ goes into the audit entry's `reason`), its role what `slack_role_map` gives its 
 `slack_default_role` (viewer: a workspace member may not decide until mapped). The decision goes
 through the approval service, so the policy's role, group and two-person rules apply and the audit
 names `slack:<user id>`. Slack shows nothing of the HTTP answer to a click: a refusal (role, closed
-prompt, same approver twice) is told to the user as an ephemeral message through the payload's `response_url` (a hooks.slack.com URL only,
-under a timeout; its failure is logged). A decision continues in the background
-(`Responder.start_decision`), which updates the posted message (approved by whom, acting, ...).
+prompt, same approver twice) is told to the user as an ephemeral message through the payload's
+`response_url` (a hooks.slack.com URL only, under a timeout; its failure is logged). A decision
+continues in the background (`Responder.start_decision`), which updates the posted message
+(approved by whom, acting, ...).
 """
 
 from __future__ import annotations
