@@ -67,7 +67,7 @@ from gl_common.http import (
     read_body,
 )
 from gl_common.openapi import OPENAPI_KEY, Answer, Inputs, Route, RouteTable, build_document, serve_document
-from watchdog import operator_api
+from watchdog import operator_api, slack
 from watchdog import web as approval_web
 from watchdog.api_models import (
     PATH_PARAMS,
@@ -325,6 +325,7 @@ ROUTES: tuple[Route, ...] = (
     *ROUTE_TABLE.routes(),
     *approval_web.ROUTE_TABLE.routes(),
     *operator_api.ROUTE_TABLE.routes(),
+    *slack.ROUTE_TABLE.routes(),
 )
 
 
@@ -335,7 +336,7 @@ def build_openapi() -> dict[str, Any]:
         title=API_TITLE,
         version=API_VERSION,
         description="The watchdog's REST API: Alertmanager intake, incidents and approval prompts.",
-        security_schemes=approval_web.SECURITY_SCHEMES,
+        security_schemes={**approval_web.SECURITY_SCHEMES, **slack.SECURITY_SCHEMES},
     )
 
 

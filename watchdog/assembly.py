@@ -31,7 +31,7 @@ from aiohttp import web
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from gl_common.clock import Clock, SystemClock
-from watchdog import api, operator_api
+from watchdog import api, operator_api, slack
 from watchdog import web as approval_web
 from watchdog.approvals import ApprovalService
 from watchdog.auth_failures import AuthFailures
@@ -49,8 +49,9 @@ from watchdog.intake import AlertIntake
 from watchdog.jobs import JobTracker, exponential_backoff
 from watchdog.leases import JobLeases
 from watchdog.limits import RemediationLimits
+from watchdog.links import IncidentLinks, LinkSettings
 from watchdog.metrics import WatchdogMetrics
-from watchdog.notifier import Notifier
+from watchdog.notifier import MessageUpdates, Notifier
 from watchdog.notify_router import PageResolver, notifier_from_settings
 from watchdog.plugins import PluginCatalog, load_plugins
 from watchdog.policy import Policy, load_policy
@@ -195,7 +196,8 @@ async def build_watchdog(
         clock=clock,
         rules=lambda plan: policy.approval_for(plan.playbook, plan.risk),
     )
-    routed = notifier_from_settings(settings, metrics)
+    links = IncidentLinks(incidents, LinkSettings.of(settings), clock)
+    routed = notifier_from_settings(settings, metrics, store=store, links=links)
     responder = build_responder(
         store=store,
         incidents=incidents,
@@ -214,6 +216,7 @@ async def build_watchdog(
         backoff=backoff,
         tracer=tracer,
         suppression=suppression_gate(settings, policy, incidents, clock, metrics),
+        messages=routed if notifier is None else None,
     )
     context = DiagnosticContext(clients=clients, settings=settings.diagnostics(), clock=clock)
     intake_gate = IntakeGate(settings.intake_in_flight(), settings.intake_wait_seconds)
@@ -277,6 +280,7 @@ async def build_watchdog(
         if settings.stuck_run_detection
         else None,
     )
+    pages = PageResolver(incidents, routed, jobs)
     return Watchdog(
         settings=settings,
         clock=clock,
@@ -296,7 +300,8 @@ async def build_watchdog(
             diagnosis.start,
             gate=intake_gate,
             known=KnownEpisodes(settings.intake_known_episodes),
-            on_resolved_after_acting=PageResolver(incidents, routed, jobs).alert_resolved,
+            on_resolved_after_acting=pages.alert_resolved,
+            on_closed=pages.alert_closed,
         ),
         sweeper=sweeper,
         leases=leases,
@@ -326,6 +331,7 @@ def build_responder(
     backoff: Backoff | None = None,
     tracer: IncidentTracer | None = None,
     suppression: SuppressionGate | None = None,
+    messages: MessageUpdates | None = None,
 ) -> Responder:
     """The remediation side over a store and clients: the limits, the remediation state machine and
     the responder that drives it (`Responder.remediation`). Part of `build_watchdog`; tests build it
@@ -361,6 +367,7 @@ def build_responder(
         clock=clock,
         metrics=metrics,
         suppression=suppression,
+        messages=messages,
     )
 
 
@@ -430,7 +437,11 @@ def create_app(watchdog: Watchdog) -> web.Application:
         readiness=watchdog.readiness,
     )
     approval_web.add_routes(
-        app, approvals=watchdog.approvals, responder=watchdog.responder, incidents=watchdog.incidents
+        app,
+        approvals=watchdog.approvals,
+        responder=watchdog.responder,
+        incidents=watchdog.incidents,
+        link_settings=LinkSettings.of(settings),
     )
     operations = operator_api.Operations(
         tokens=tokens,
@@ -447,6 +458,9 @@ def create_app(watchdog: Watchdog) -> web.Application:
         stream_limits=StreamLimits(lifetime_seconds=settings.events_stream_seconds),
     )
     operator_api.add_routes(app, operations)
+    slack.add_routes(
+        app, slack.from_settings(settings, watchdog.approvals, watchdog.responder, watchdog.clock)
+    )
     if settings.console_enabled:
         console.add_routes(
             app,

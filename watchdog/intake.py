@@ -11,11 +11,14 @@ Per alert:
 - firing: the episode (fingerprint + startsAt) is recorded in `alert_deliveries`, in the same
   transaction as opening or joining the incident of its `execution_id`. A repeat of a recorded
   episode (repeat_interval, group changes, an HA pair of Alertmanagers, a retried request) only counts
-  a repeat: it never opens, joins or diagnoses again. A newly opened incident is handed to
+  a repeat: it never opens, joins or diagnoses again. A newly opened incident keeps what the alert
+  says of itself (`watchdog.links.alert_links`: runbook_url, summary, description, generatorURL) and is
+  handed to
   `on_opened` (the app starts its diagnosis);
 - resolved: closes the execution's open incident if it has not acted yet (no action recorded, not
   remediating/verifying); an incident that has acted is left to the remediation, with an audit
-  note; for an incident already escalated, `on_resolved_after_acting` resolves its page. A resolved
+  note; for an incident already escalated, `on_resolved_after_acting` resolves its page; a closed
+  one is told to `on_closed` (the Slack bot's prompt then says so). A resolved
   alert never opens an incident and never triggers a remediation.
 
 Validation happens for the whole payload before anything is read or written (docs/architecture.md,
@@ -52,6 +55,7 @@ from watchdog.errors import InvalidTransition, StoreError, StoreUnavailable
 from watchdog.http import ApiError
 from watchdog.incidents import IncidentService, close_if_not_acted_in, open_or_join_in
 from watchdog.intake_batch import record_new_episodes
+from watchdog.links import alert_links
 from watchdog.metrics import WatchdogMetrics
 from watchdog.records import AlertDelivery, Incident
 from watchdog.store import Tx, WatchdogStore
@@ -147,6 +151,7 @@ class AlertIntake:
         known: KnownEpisodes | None = None,
         repeats: RepeatCounts | None = None,
         on_resolved_after_acting: Callable[[int], object] | None = None,
+        on_closed: Callable[[int], object] | None = None,
     ) -> None:
         self.store = store
         self.incidents = incidents
@@ -154,6 +159,7 @@ class AlertIntake:
         self.on_opened = on_opened
         # An alert resolved for an incident escalated to on-call (`notify_router.PageResolver`).
         self.on_resolved_after_acting = on_resolved_after_acting
+        self.on_closed = on_closed
         self.gate = gate or IntakeGate(DEFAULT_IN_FLIGHT, DEFAULT_WAIT_SECONDS)
         self.known = known or KnownEpisodes(DEFAULT_KNOWN_EPISODES)
         self.repeats = repeats or RepeatCounts(DEFAULT_PENDING_REPEATS, DEFAULT_REPEAT_FLUSH_SECONDS)
@@ -203,6 +209,8 @@ class AlertIntake:
                 log.warning("alert refused: %s", outcome.detail)
             elif outcome.outcome == "escalated" and outcome.incident_id and self.on_resolved_after_acting:
                 self.on_resolved_after_acting(outcome.incident_id)
+            elif outcome.outcome == "closed" and outcome.incident_id and self.on_closed:
+                self.on_closed(outcome.incident_id)
         return done
 
     async def _after_the_others(
@@ -441,6 +449,9 @@ class AlertIntake:
             data={"fingerprint": key, "starts_at": alert.startsAt.isoformat(), "receiver": receiver},
         )
         linked = await tx.update_delivery(delivery.id, incident_id=result.incident.id)
+        said = alert_links(alert.annotations, alert.generatorURL)
+        if result.created and said:
+            await tx.update_incident(result.incident.id, alert_links=said)
         opened = result.incident if result.created else None
         outcome = _opened(alert, result.incident.id, created=opened is not None)
         return outcome, None if linked is None else _known(linked), opened

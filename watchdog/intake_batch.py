@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from watchdog.links import alert_links
 from watchdog.records import AlertDelivery, Incident
 from watchdog.store import Tx
 from watchdog.webhook import AmAlert
@@ -84,6 +85,7 @@ async def record_new_episodes(tx: Tx, alerts: list[tuple[AmAlert, str]], *, acto
                 "dag_id": alert.labels.get("dag_id"),
                 "source": SOURCE,
                 "detection_source": DETECTION_SOURCE,
+                "alert_links": alert_links(alert.annotations, alert.generatorURL) or None,
             }
             for alert, _ in new
         ]

@@ -3,10 +3,12 @@
 Called by the responder (prompts) and the remediation state machine (escalations), through
 `RemediationService.notify`, which audits every result. Two formats,
 chosen by `settings.notifier_kind`: a Slack-compatible incoming-webhook message (text + blocks with
-approve/deny link buttons) and a generic JSON document. Both POST with httpx under a timeout. A
-notifier never raises for the webhook's failure: it returns a `NotifyResult` with `ok=False` and the
-reason, which the loop writes to the audit log and the log (reported, not swallowed). With no
-`notifier_url` the `NullNotifier` records that nothing was sent.
+approve/deny link buttons and the incident's links) and a generic JSON document (its `links` field).
+With a Slack bot the same blocks carry interactive buttons instead (`watchdog.slack_bot`).
+Both POST with httpx under a timeout. A notifier never raises for the webhook's failure: it
+returns a `NotifyResult` with `ok=False` and the reason, which the loop writes to the audit log and
+the log (reported, not swallowed). With no `notifier_url` the `NullNotifier` records that nothing
+was sent.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from watchdog.links import LINK_TITLES
 from watchdog.settings import NotifierKind, WatchdogSettings
 
 
@@ -35,6 +38,10 @@ class PromptMessage:
     page_url: str
     approve_url: str
     deny_url: str
+    # The incident's runbook, grafana, trace, provenance and alert links by name, and what its alert
+    # said (`watchdog.links`; added by `watchdog.notify_router`).
+    links: dict[str, str] = field(default_factory=dict)
+    alert_summary: str = ""
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,8 @@ class EscalationMessage:
     diagnosis_summary: str = ""
     plan_headline: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)
+    alert_summary: str = ""
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,14 @@ class Notifier(Protocol):
 
     async def escalated(self, message: EscalationMessage) -> NotifyResult:
         """Tell on-call the watchdog stopped and a human must take over."""
+
+
+class MessageUpdates(Protocol):
+    """Something that updates a posted prompt when its incident changes (the Slack bot, through the
+    router); None when there is no message to update."""
+
+    async def state_changed(self, incident_id: int, state: str, detail: str) -> NotifyResult | None:
+        """Say `state: detail` where the incident's prompt was posted."""
 
 
 class NullNotifier:
@@ -150,11 +167,11 @@ SLACK_SECTION_MAX = 3000
 SLACK_HEADER_MAX = 150
 
 
-def _clip(text: str, limit: int) -> str:
+def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _mrkdwn(text: str) -> str:
+def mrkdwn(text: str) -> str:
     """Text shown literally in Slack mrkdwn: `&`, `<`, `>` escaped (`<...>` would be read as a link)."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
@@ -176,19 +193,44 @@ def _not_in(text: str, already_said: str) -> str:
     return f"{new} → {decision}" if new else decision
 
 
-def slack_prompt(message: PromptMessage) -> dict[str, Any]:
-    """The Slack message of an approval prompt, with approve and deny link buttons.
+def links_block(links: dict[str, str], alert_summary: str = "") -> list[dict[str, Any]]:
+    """A context block with the incident's links (`<url|Runbook> · ...`) and what its alert said; none
+    when there is neither."""
+    parts = [f"<{mrkdwn(url)}|{LINK_TITLES.get(name, name)}>" for name, url in links.items()]
+    text = " · ".join(parts)
+    if alert_summary:
+        text = f"{mrkdwn(alert_summary)}\n{text}" if text else mrkdwn(alert_summary)
+    if not text:
+        return []
+    return [{"type": "context", "elements": [{"type": "mrkdwn", "text": clip(text, SLACK_SECTION_MAX)}]}]
+
+
+def _button(label: str, style: str, *, url: str | None, action: str, value: str) -> dict[str, Any]:
+    """A link button (`url`: incoming-webhook mode) or an interactive one (`action_id`, `value`)."""
+    button: dict[str, Any] = {"type": "button", "text": {"type": "plain_text", "text": label}, "style": style}
+    if url is not None:
+        button["url"] = url
+    else:
+        button.update(action_id=action, value=value)
+    return button
+
+
+def slack_prompt(message: PromptMessage, *, interactive: bool = False) -> dict[str, Any]:
+    """The Slack message of an approval prompt, with approve and deny buttons: links to the approval page
+    (incoming-webhook mode), or, `interactive` (the bot), buttons that post to the watchdog's
+    interactions route with `action_id` approve/deny and the approval id as `value`.
 
     The risk is shown once: the plan headline carries it (`[risk medium]`, `Plan.headline`). "Why" shows
     only what the diagnosis does not already say (`_not_in`).
     """
     why = _not_in(message.rationale, message.diagnosis_summary)
-    actions = "\n".join(f"• {_mrkdwn(a)}" for a in message.actions) or "• (no actions)"
+    actions = "\n".join(f"• {mrkdwn(a)}" for a in message.actions) or "• (no actions)"
     text = (
         f"gl-watchdog: approval needed for incident {message.incident_id} "
         f"(execution {message.execution_id}): {message.plan_headline}. "
         f"Approve: {message.approve_url} Deny: {message.deny_url}"
     )
+    approve, deny = (None, None) if interactive else (message.approve_url, message.deny_url)
     return {
         "text": text,
         "blocks": [
@@ -196,39 +238,30 @@ def slack_prompt(message: PromptMessage) -> dict[str, Any]:
                 "type": "header",
                 "text": {
                     "type": "plain_text",
-                    "text": _clip(f"Approval needed: incident {message.incident_id}", SLACK_HEADER_MAX),
+                    "text": clip(f"Approval needed: incident {message.incident_id}", SLACK_HEADER_MAX),
                 },
             },
             {
                 "type": "section",
                 "text": {
                     "type": "mrkdwn",
-                    "text": _clip(
-                        f"*Execution* `{_mrkdwn(message.execution_id)}`\n"
-                        f"*Plan* {_mrkdwn(message.plan_headline)}\n"
+                    "text": clip(
+                        f"*Execution* `{mrkdwn(message.execution_id)}`\n"
+                        f"*Plan* {mrkdwn(message.plan_headline)}\n"
                         f"*Actions*\n{actions}\n*Expires* {message.expires_at} · "
-                        f"or `gl-watchdog approve|deny {_mrkdwn(message.approval_id)}`\n"
-                        f"*Diagnosis* {_mrkdwn(message.diagnosis_summary)}"
-                        + (f"\n*Why* {_mrkdwn(why)}" if why else ""),
+                        f"or `gl-watchdog approve|deny {mrkdwn(message.approval_id)}`\n"
+                        f"*Diagnosis* {mrkdwn(message.diagnosis_summary)}"
+                        + (f"\n*Why* {mrkdwn(why)}" if why else ""),
                         SLACK_SECTION_MAX,
                     ),
                 },
             },
+            *links_block(message.links, message.alert_summary),
             {
                 "type": "actions",
                 "elements": [
-                    {
-                        "type": "button",
-                        "text": {"type": "plain_text", "text": "Approve"},
-                        "style": "primary",
-                        "url": message.approve_url,
-                    },
-                    {
-                        "type": "button",
-                        "text": {"type": "plain_text", "text": "Deny"},
-                        "style": "danger",
-                        "url": message.deny_url,
-                    },
+                    _button("Approve", "primary", url=approve, action="approve", value=message.approval_id),
+                    _button("Deny", "danger", url=deny, action="deny", value=message.approval_id),
                 ],
             },
         ],
@@ -241,11 +274,11 @@ def slack_escalation(message: EscalationMessage) -> dict[str, Any]:
         f"gl-watchdog escalated incident {message.incident_id} "
         f"(execution {message.execution_id}): {message.reason}"
     )
-    body = f"*Reason* {_mrkdwn(_not_in(message.reason, message.diagnosis_summary) or message.reason)}"
+    body = f"*Reason* {mrkdwn(_not_in(message.reason, message.diagnosis_summary) or message.reason)}"
     if message.plan_headline:
-        body += f"\n*Plan* {_mrkdwn(message.plan_headline)}"
+        body += f"\n*Plan* {mrkdwn(message.plan_headline)}"
     if message.diagnosis_summary:
-        body += f"\n*Diagnosis* {_mrkdwn(message.diagnosis_summary)}"
+        body += f"\n*Diagnosis* {mrkdwn(message.diagnosis_summary)}"
     return {
         "text": text,
         "blocks": [
@@ -253,10 +286,11 @@ def slack_escalation(message: EscalationMessage) -> dict[str, Any]:
                 "type": "header",
                 "text": {
                     "type": "plain_text",
-                    "text": _clip(f"Escalated: incident {message.incident_id}", SLACK_HEADER_MAX),
+                    "text": clip(f"Escalated: incident {message.incident_id}", SLACK_HEADER_MAX),
                 },
             },
-            {"type": "section", "text": {"type": "mrkdwn", "text": _clip(body, SLACK_SECTION_MAX)}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": clip(body, SLACK_SECTION_MAX)}},
+            *links_block(message.links, message.alert_summary),
         ],
     }
 

@@ -4,9 +4,16 @@ Built by the composition root (`watchdog.assembly`) from the settings (`notifier
 as the one `Notifier` of the responder (prompts) and the remediation state machine (escalations),
 and by `PageResolver`, which the intake calls when an alert resolves for an escalated incident.
 
-    approval prompt  ──▶ chat (`notifier_url`: Slack or JSON; nothing without one)
+    approval prompt  ──▶ chat (the Slack bot with `slack_bot_token`, else `notifier_url`: Slack or
+                         JSON; nothing without either)
     escalation       ──▶ every `escalation_targets` entry: chat, pagerduty, opsgenie, email (at once)
-    alert resolved   ──▶ the pagers' resolve, when the incident was escalated (its page is over)
+    alert resolved   ──▶ the pagers' resolve, when the incident was escalated (its page is over);
+                         the bot's prompt says "Resolved" when the alert closed the incident first
+
+Every prompt and escalation carries the incident's links (runbook, Grafana, trace, provenance, the
+alert's source: `watchdog.links`) and what its alert said; when they cannot be read (the store
+failing), the message goes without them and the log says so. With the bot, `state_changed` updates
+the posted prompt (`watchdog.slack_bot`).
 
 Every delivery to a real target is counted in `gl_watchdog_notifications_total{target,kind,result}`
 (the `WatchdogNotifierFailing` alert); email is `watchdog.mail`. The result handed back for the audit
@@ -19,17 +26,31 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from typing import Any
 
 import httpx
 
 from watchdog import notifier as chat
 from watchdog.incidents import IncidentService
 from watchdog.jobs import JobTracker
+from watchdog.links import IncidentLinks
 from watchdog.mail import EmailPager
 from watchdog.metrics import WatchdogMetrics
-from watchdog.notifier import EscalationMessage, Notifier, NotifyResult, NullNotifier, PromptMessage
+from watchdog.notifier import (
+    EscalationMessage,
+    MessageUpdates,
+    Notifier,
+    NotifyResult,
+    NullNotifier,
+    PromptMessage,
+)
 from watchdog.paging import OpsgeniePager, Pager, PagerDutyPager, ResolvedMessage
 from watchdog.settings import EscalationTarget, WatchdogSettings
+from watchdog.slack_bot import TARGET as BOT_TARGET
+from watchdog.slack_bot import SlackApi, SlackBot
+from watchdog.store import WatchdogStore
+from watchdog_sdk.errors import WatchdogError
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +79,39 @@ class RoutedNotifier:
         pagers: Sequence[Pager] = (),
         escalate_to_chat: bool = True,
         metrics: WatchdogMetrics | None = None,
+        links: IncidentLinks | None = None,
     ) -> None:
         self.chat = chat_notifier
         self.chat_target = chat_target
         self.pagers = list(pagers)
         self.escalate_to_chat = escalate_to_chat
         self.metrics = metrics
+        self.links = links
 
     async def approval_requested(self, message: PromptMessage) -> NotifyResult:
+        message = replace(message, **await self._links_of(message.incident_id))
         return await self._counted(self.chat_target, "prompt", self.chat.approval_requested(message))
 
+    async def state_changed(self, incident_id: int, state: str, detail: str) -> NotifyResult | None:
+        """Update the incident's posted prompt to `state: detail` (the Slack bot only; None otherwise)."""
+        if not isinstance(self.chat, SlackBot):
+            return None
+        return await self.chat.state_changed(incident_id, state, detail)
+
+    async def _links_of(self, incident_id: int) -> dict[str, Any]:
+        """The fields of a message that carry the incident's links (none when they cannot be read)."""
+        if self.links is None:
+            return {}
+        try:
+            found = await self.links.of(incident_id)
+        except WatchdogError as exc:
+            log.warning("the links of incident %s are left out of its notification: %s", incident_id, exc)
+            return {}
+        summary = " — ".join(text for text in (found.summary, found.description) if text)
+        return {"links": found.urls(), "alert_summary": summary}
+
     async def escalated(self, message: EscalationMessage) -> NotifyResult:
+        message = replace(message, **await self._links_of(message.incident_id))
         sends: list[tuple[str, Awaitable[NotifyResult]]] = [
             (pager.target, pager.trigger(message)) for pager in self.pagers
         ]
@@ -98,9 +141,12 @@ def notifier_from_settings(
     metrics: WatchdogMetrics | None = None,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
+    store: WatchdogStore | None = None,
+    links: IncidentLinks | None = None,
 ) -> RoutedNotifier:
-    """The notifier the settings ask for: the chat webhook (none without `notifier_url`) and the
-    paging services of `escalation_targets`, every call under `notifier_timeout_seconds`."""
+    """The notifier the settings ask for: the Slack bot (with `slack_bot_token` and a `store` to keep
+    its messages in) or the chat webhook (none without `notifier_url`), and the paging services of
+    `escalation_targets`, every call under `notifier_timeout_seconds`; messages carry `links`."""
     timeout, targets = settings.notifier_timeout_seconds, settings.escalation_targets
     pagers: list[Pager] = []
     if EscalationTarget.PAGERDUTY in targets and settings.pagerduty_routing_key is not None:
@@ -111,13 +157,23 @@ def notifier_from_settings(
         pagers.append(OpsgeniePager(key, settings.opsgenie_url, priority, timeout, transport))
     if EscalationTarget.EMAIL in targets and settings.smtp_host is not None:
         pagers.append(_email(settings))
-    chat_notifier = chat.notifier_from_settings(settings, transport=transport)
+    chat_notifier: Notifier = chat.notifier_from_settings(settings, transport=transport)
+    chat_target = "none" if isinstance(chat_notifier, NullNotifier) else settings.notifier_kind.value
+    if settings.slack_bot_token is not None and settings.slack_channel and store is not None:
+        api = SlackApi(
+            settings.slack_bot_token.get_secret_value(),
+            settings.slack_api_url,
+            timeout=timeout,
+            transport=transport,
+        )
+        chat_notifier, chat_target = SlackBot(api, settings.slack_channel, store, metrics), BOT_TARGET
     return RoutedNotifier(
         chat_notifier,
-        "none" if isinstance(chat_notifier, NullNotifier) else settings.notifier_kind.value,
+        chat_target,
         pagers=pagers,
         escalate_to_chat=EscalationTarget.CHAT in targets,
         metrics=metrics,
+        links=links,
     )
 
 
@@ -135,8 +191,24 @@ def _email(settings: WatchdogSettings) -> EmailPager:
     )
 
 
+async def update_prompt(
+    incidents: IncidentService, messages: MessageUpdates, incident_id: int, state: str, detail: str
+) -> None:
+    """Update the incident's posted prompt to `state: detail`, audited (`prompt_updated`, with Slack's
+    answer) when there is one; a failure is logged, never raised."""
+    result = await messages.state_changed(incident_id, state, detail)
+    if result is None:
+        return
+    if not result.ok:
+        log.warning("updating the prompt of incident %s failed: %s", incident_id, result.detail)
+    await incidents.record(
+        incident_id, "prompt_updated", actor=ACTOR, data={"state": state, **result.as_dict()}
+    )
+
+
 class PageResolver:
-    """Resolves the page of an escalated incident when its alert resolves (the intake's hook).
+    """Resolves the page of an escalated incident when its alert resolves (the intake's hook), and
+    updates the posted prompt of an incident its resolved alert closed before anything acted.
 
     Runs as a background job (the intake answers Alertmanager first); the delivery is audited on the
     incident (`page_resolved`, before and after) like every notification.
@@ -151,6 +223,14 @@ class PageResolver:
         """The alert of escalated incident `incident_id` resolved: resolve its page, if any."""
         if self.notifier.pagers:
             self.jobs.spawn(self.resolve(incident_id), name=f"resolve page of incident {incident_id}")
+
+    def alert_closed(self, incident_id: int) -> None:
+        """The alert of incident `incident_id` resolved before anything acted: its prompt expired with
+        it, and its posted message (the Slack bot's) says so."""
+        if isinstance(self.notifier.chat, SlackBot):
+            detail = "the alert resolved before anything acted; the prompt expired with the incident"
+            update = update_prompt(self.incidents, self.notifier, incident_id, "Resolved", detail)
+            self.jobs.spawn(update, name=f"update the prompt of incident {incident_id}")
 
     async def resolve(self, incident_id: int) -> NotifyResult | None:
         """Resolve the incident's page when it was escalated; None when there is nothing to resolve."""

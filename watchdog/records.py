@@ -36,6 +36,7 @@ class Incident(_Record):
     plan: Plan | None
     verification: dict[str, Any] | None
     summary: str | None
+    alert_links: dict[str, str] | None = None  # the opening alert's runbook_url, summary... (migration 5)
 
     @property
     def is_open(self) -> bool:
@@ -87,6 +88,8 @@ class Approval(_Record):
     decided_by: str | None
     votes: list[str] | None = None  # who approved so far, when the policy asks for two (migration 4)
     vote_count: int | None = None
+    slack_channel: str | None = None  # the bot's message of the prompt (migration 5)
+    slack_ts: str | None = None
 
 
 class Action(_Record):

@@ -25,7 +25,8 @@ from watchdog.errors import InvalidTransition
 from watchdog.incidents import IncidentService, transition_in
 from watchdog.jobs import JobTracker
 from watchdog.metrics import WatchdogMetrics
-from watchdog.notifier import PromptMessage
+from watchdog.notifier import MessageUpdates, PromptMessage
+from watchdog.notify_router import update_prompt
 from watchdog.plan import Plan
 from watchdog.planner import make_plan
 from watchdog.policy import Policy
@@ -82,6 +83,7 @@ class Responder:
         clock: Clock,
         metrics: WatchdogMetrics | None = None,
         suppression: SuppressionGate | None = None,
+        messages: MessageUpdates | None = None,
     ) -> None:
         self.store = store
         self.incidents = incidents
@@ -95,6 +97,7 @@ class Responder:
         self.metrics = metrics
         # Silences and maintenance windows, asked before planning (None: nothing is ever held).
         self.suppression = suppression
+        self.messages = messages
         self._expiry: asyncio.Task[None] | None = None
 
     # -- after a diagnosis
@@ -206,17 +209,32 @@ class Responder:
         self.jobs.spawn(self.on_decision(approval), name=f"decision-{approval.id}")
 
     async def on_decision(self, approval: Approval) -> Outcome:
-        """Continue after a human answered: approved → act; denied → escalate, nothing acts."""
+        """Continue after a human answered: approved → act; denied → escalate, nothing acts; a first
+        vote of two only updates the posted prompt. The prompt's message says each step."""
+        incident_id = approval.incident_id
+        if approval.state == "pending":  # a vote of a two-person approval: the prompt stays open
+            votes = ", ".join(approval.votes or [])
+            await self._tell(incident_id, "Awaiting a second approver", f"approved so far by {votes}")
+            return Outcome(incident_id, "awaiting_approval", f"approval {approval.id}: vote recorded")
         if self.metrics is not None:
             self.metrics.approvals.labels(decision=approval.state).inc()
         await self.incidents.refresh_approvals_gauge()
         if approval.state == "approved":
-            return await self.remediation.execute(approval.incident_id, approval_id=approval.id)
+            await self._tell(approval.incident_id, "Approved", f"approved by {approval.decided_by}; acting")
+            outcome = await self.remediation.execute(approval.incident_id, approval_id=approval.id)
+            if outcome.status == "resolved":  # an escalation updates the message itself
+                await self._tell(approval.incident_id, "Resolved", outcome.detail)
+            return outcome
         return await self.remediation.closing.escalate(
             approval.incident_id,
             f"approval {approval.id} {approval.state} by {approval.decided_by}; nothing was done",
             expected=("awaiting_approval",),
         )
+
+    async def _tell(self, incident_id: int, state: str, detail: str) -> None:
+        """Update the incident's posted prompt (`watchdog.notify_router.update_prompt`), if any."""
+        if self.messages is not None:
+            await update_prompt(self.incidents, self.messages, incident_id, state, detail)
 
     # -- prompts nobody answered
 

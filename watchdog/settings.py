@@ -7,8 +7,9 @@ Nothing else reads the environment.
 Sources, highest first: keyword arguments to `load_settings`, environment (`GL_WATCHDOG_<NAME>`), the
 optional YAML file, defaults. Secrets can come from mounted files: `orchestrator_token_file`,
 `api_token_file` (one token per line), `approval_signing_key_file`, `pagerduty_routing_key_file`,
-`opsgenie_api_key_file` and `smtp_password_file`; a file's contents override the
-plain value. Secrets are `SecretStr`, so they never show up in reprs or logs.
+`opsgenie_api_key_file`, `smtp_password_file`, `slack_bot_token_file` and
+`slack_signing_secret_file`; a file's contents override the plain value. Secrets are `SecretStr`,
+so they never show up in reprs or logs.
 """
 
 from __future__ import annotations
@@ -219,6 +220,24 @@ class WatchdogSettings(BaseSettings):
     grafana_url: str | None = None  # a dashboard's URL; the console adds the execution's variables
     orchestrator_public_url: str | None = None  # the orchestrator as a browser reaches it
     runbook_url: str = RUNBOOK_URL
+    # A Tempo/Jaeger search for the run's trace, `{execution_id}` and `{dag_id}` filled in (URL-quoted),
+    # e.g. https://grafana/explore?left={"queries":[{"query":"{ .execution_id = \"{execution_id}\" }"}]}
+    # (unset: the orchestrator's own trace of the run). Shown in every notification and page.
+    trace_url_template: str | None = None
+
+    # -- Slack with a bot (docs/alerting.md "Slack app"): with a bot token the prompt is posted with
+    # chat.postMessage to `slack_channel`, its buttons post to /api/v1/slack/interactions (verified with
+    # the signing secret) and every state change updates it with chat.update. Without: the incoming
+    # webhook of `notifier_url` with link buttons. `slack_role_map` maps a Slack user id (U..., never a
+    # username: users rename themselves) to a role; unmapped users get `slack_default_role` (viewer).
+    slack_bot_token: SecretStr | None = None
+    slack_bot_token_file: Path | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_signing_secret_file: Path | None = None
+    slack_channel: str | None = None
+    slack_api_url: str = "https://slack.com/api"
+    slack_role_map: dict[str, Role] = Field(default_factory=dict)
+    slack_default_role: Role = Role.VIEWER
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -260,6 +279,19 @@ class WatchdogSettings(BaseSettings):
         if self.opsgenie_api_key_file is not None:
             key = _read_secret(self.opsgenie_api_key_file, "opsgenie_api_key_file")
             self.opsgenie_api_key = SecretStr(key)
+        if self.slack_bot_token_file is not None:
+            self.slack_bot_token = SecretStr(_read_secret(self.slack_bot_token_file, "slack_bot_token_file"))
+        if self.slack_signing_secret_file is not None:
+            secret = _read_secret(self.slack_signing_secret_file, "slack_signing_secret_file")
+            self.slack_signing_secret = SecretStr(secret)
+        return self
+
+    @model_validator(mode="after")
+    def _slack_bot_is_complete(self) -> WatchdogSettings:
+        if self.slack_bot_token is not None and not (self.slack_channel and self.slack_signing_secret):
+            raise ValueError(
+                "slack_bot_token needs slack_channel and slack_signing_secret (or slack_signing_secret_file)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -45,6 +45,7 @@ from watchdog.errors import ApprovalClosed, ApprovalNotFound, ApproverRefused, I
 from watchdog.http import AUTH_FAILURES_KEY, authenticated, source_of, unauthorized
 from watchdog.identity import Identity, Role, identity_of, require_role
 from watchdog.incidents import IncidentService
+from watchdog.links import LINK_TITLES, Links, LinkSettings, links
 from watchdog.policy import ApprovalRule
 from watchdog.records import Approval, Incident
 from watchdog.responder import Responder
@@ -52,6 +53,7 @@ from watchdog.responder import Responder
 APPROVALS_KEY: Final = web.AppKey("approvals", ApprovalService)
 RESPONDER_KEY: Final = web.AppKey("responder", Responder)
 INCIDENTS_KEY: Final = web.AppKey("approval_incidents", IncidentService)
+LINKS_KEY: Final = web.AppKey("approval_links", LinkSettings)
 IN_PROGRESS: Final = ("awaiting_approval", "remediating", "verifying")
 STATE_WORDS: Final = {"used": "approved (acted on)"}
 FORM_TYPE: Final = "application/x-www-form-urlencoded"
@@ -75,12 +77,20 @@ _INVALID_LINK = Answer("the link is not valid (forged, altered, or for no prompt
 
 
 def add_routes(
-    app: web.Application, *, approvals: ApprovalService, responder: Responder, incidents: IncidentService
+    app: web.Application,
+    *,
+    approvals: ApprovalService,
+    responder: Responder,
+    incidents: IncidentService,
+    link_settings: LinkSettings | None = None,
 ) -> None:
-    """Add the approval API and page to `app` (built by `watchdog.http.new_application`)."""
+    """Add the approval API and page to `app` (built by `watchdog.http.new_application`); the page
+    shows the incident's links where `link_settings` point."""
     app[APPROVALS_KEY] = approvals
     app[RESPONDER_KEY] = responder
     app[INCIDENTS_KEY] = incidents
+    if link_settings is not None:
+        app[LINKS_KEY] = link_settings
     ROUTE_TABLE.install(app)
 
 
@@ -223,6 +233,9 @@ async def page(request: web.Request, inputs: Inputs) -> web.Response:
     body = _render(
         approval, incident, token, query.notice or "", query.decision or "", expired=expired, signer=signer
     )
+    link_settings = request.app.get(LINKS_KEY)
+    if link_settings is not None:
+        body += _links_html(links(incident, link_settings, now=approvals.clock.now()))
     acting = approval.state in ("approved", "used") and incident.status in IN_PROGRESS
     return _html(200, f"Approval {approval.id}", body, refresh_seconds=2 if acting else None)
 
@@ -337,6 +350,20 @@ class _Signer:
     @property
     def may_approve(self) -> bool:
         return self.rule is None or self.identity is not None
+
+
+def _links_html(found: Links) -> str:
+    """The incident's links (runbook, Grafana, trace, provenance, alert source) and what its alert said."""
+    items = "".join(
+        f'<li><a href="{_e(url)}" id="{name}-link" rel="noreferrer">{_e(LINK_TITLES[name])}</a></li>'
+        for name, url in found.urls().items()
+    )
+    said = "".join(
+        f'<p id="alert-{name}">{_e(text)}</p>'
+        for name, text in (("summary", found.summary), ("description", found.description))
+        if text
+    )
+    return f'\n<h2>Links</h2>{said}<ul id="links">{items}</ul>'
 
 
 def _render(

@@ -245,7 +245,11 @@ def test_every_secret_reference_resolves_to_a_rendered_key(render: Render) -> No
     manifests = render(
         {
             **EXTERNAL,
-            "watchdog": {"notifier": {"enabled": True, "url": "https://hooks.example/x"}, "paging": paging},
+            "watchdog": {
+                "notifier": {"enabled": True, "url": "https://hooks.example/x"},
+                "paging": paging,
+                "slack": {"enabled": True, "botToken": "xoxb-1", "signingSecret": "s1gn", "channel": "C0"},
+            },
         }
     )
     secret = one(manifests, "Secret", "gl-watchdog-secrets")
@@ -280,6 +284,8 @@ def test_every_secret_reference_resolves_to_a_rendered_key(render: Render) -> No
             "pagerduty-routing-key",
             "opsgenie-api-key",
             "smtp-password",
+            "slack-bot-token",
+            "slack-signing-secret",
         }
     )
     env = container_env(one(manifests, "Deployment", WATCHDOG))

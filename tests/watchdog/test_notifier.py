@@ -80,7 +80,13 @@ async def test_slack_prompt_has_approve_and_deny_buttons(receiver: Receiver) -> 
 
 async def test_json_notifier_sends_the_fields(receiver: Receiver) -> None:
     result = await JsonNotifier(receiver.url, timeout=2).escalated(
-        EscalationMessage(incident_id=7, execution_id="exec-1", reason="approval expired")
+        EscalationMessage(
+            incident_id=7,
+            execution_id="exec-1",
+            reason="approval expired",
+            links={"runbook": "https://runbooks.example/stuck"},
+            alert_summary="run exec-1 is stuck",
+        )
     )
     assert result.ok
     assert receiver.bodies == [
@@ -92,6 +98,8 @@ async def test_json_notifier_sends_the_fields(receiver: Receiver) -> None:
             "diagnosis_summary": "",
             "plan_headline": "",
             "details": {},
+            "links": {"runbook": "https://runbooks.example/stuck"},
+            "alert_summary": "run exec-1 is stuck",
         }
     ]
 

@@ -109,7 +109,11 @@ async def test_page_shows_the_plan_and_a_get_never_decides(stack: Stack) -> None
     html = page.text
     assert "restart_agent" in html and "emissions.scope2" in html and 'id="approve"' in html
     assert "You followed the <b>approve</b> link: confirm below." in html
-    assert "<script src" not in html and "http://" not in html.split("<body>")[1].split("token=")[0]
+    page_part, links_part = html.split("<body>")[1].split("<h2>Links</h2>")
+    assert "<script src" not in html and "http://" not in page_part.split("token=")[0]
+    # the incident's links are anchors only (nothing is loaded from them): runbook, trace, provenance
+    assert 'id="runbook-link"' in links_part and 'id="trace-link"' in links_part
+    assert "<img" not in links_part and "<script" not in links_part
     approval_id = approval_id_of(url.split("?")[0])
     async with stack.client() as api:
         assert (await api.get(f"/api/v1/approvals/{approval_id}")).json()["state"] == "pending"

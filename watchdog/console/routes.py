@@ -50,6 +50,7 @@ from watchdog.errors import (
 )
 from watchdog.identity import Role
 from watchdog.incidents import IncidentService
+from watchdog.links import LinkSettings, links
 from watchdog.listing import page_incidents
 from watchdog.responder import Responder
 from watchdog.settings import WatchdogSettings
@@ -81,7 +82,7 @@ class Console:
     approvals: ApprovalService
     responder: Responder
     signin: SignIn
-    links: views.LinkSettings
+    links: LinkSettings
     clock: Clock
     pages: Pages
 
@@ -111,18 +112,14 @@ def build_console(
 ) -> Console:
     """The console over the watchdog's services, as the settings configure it (raises ConfigError
     for settings that cannot work together, e.g. local mode behind the proxy)."""
-    links = views.LinkSettings(
-        orchestrator_url=settings.orchestrator_public_url or settings.orchestrator_url,
-        grafana_url=settings.grafana_url,
-        runbook_url=settings.runbook_url,
-    )
+    link_settings = LinkSettings.of(settings)
     return Console(
         incidents=incidents,
         store=store,
         approvals=approvals,
         responder=responder,
         signin=SignIn.from_settings(settings),
-        links=links,
+        links=link_settings,
         clock=clock,
         pages=Pages(PREFIX),
     )
@@ -266,7 +263,7 @@ async def incident_page(request: web.Request, console: Console, visitor: Visitor
         actions=detail.actions,
         events=views.timeline(detail.audit),
         held=views.held_lines(incident, detail.audit),
-        links=views.links(incident, console.links, now=now),
+        links=links(incident, console.links, now=now),
         notice=notice,
         live=incident.is_open,
         version=views.version_of(detail),

@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Final
-from urllib.parse import quote, urlencode
 
 from pydantic import ValidationError
 
@@ -23,8 +22,6 @@ from watchdog.records import Approval, AuditEntry, Incident
 from watchdog.suppression import held_by
 from watchdog_sdk.diagnosis import Diagnosis
 
-ORCHESTRATOR_API: Final = "/api/v1/orchestrator"
-GRAFANA_LEAD: Final = timedelta(minutes=15)  # the Grafana window starts this long before the incident
 VALUE_WIDTH: Final = 400  # an evidence value longer than this is cut (the API has it whole)
 STATE_WORDS: Final = {"used": "approved (acted on)"}
 
@@ -82,23 +79,6 @@ class ApprovalView:
     def progress(self) -> str:
         """ "1 of 2": approvals given of approvals needed."""
         return f"{len(self.approvers)} of {self.required}"
-
-
-@dataclass(frozen=True)
-class Links:
-    trace: str
-    provenance: str
-    grafana: str | None
-    runbook: str
-
-
-@dataclass(frozen=True)
-class LinkSettings:
-    """Where the console's links point (from `WatchdogSettings`)."""
-
-    orchestrator_url: str
-    grafana_url: str | None
-    runbook_url: str
 
 
 def text_of(value: Any) -> str:
@@ -177,35 +157,6 @@ def approval_view(
         approvers=approvers,
         required=rule.approvers_required if rule is not None else 1,
     )
-
-
-def links(incident: Incident, settings: LinkSettings, *, now: datetime) -> Links:
-    """The run's trace and provenance at the orchestrator, its Grafana dashboard, the runbook."""
-    execution = quote(incident.execution_id, safe="")
-    base = f"{settings.orchestrator_url.rstrip('/')}{ORCHESTRATOR_API}/executions/{execution}"
-    return Links(
-        trace=f"{base}/trace",
-        provenance=f"{base}/provenance",
-        grafana=grafana_link(incident, settings.grafana_url, now=now),
-        runbook=settings.runbook_url,
-    )
-
-
-def grafana_link(incident: Incident, dashboard: str | None, *, now: datetime) -> str | None:
-    """The dashboard with the execution's variables and the incident's time window (ms)."""
-    if not dashboard:
-        return None
-    start = incident.opened_at - GRAFANA_LEAD
-    end = incident.closed_at or now
-    variables = {"var-execution_id": incident.execution_id, "from": _ms(start), "to": _ms(end)}
-    if incident.dag_id:
-        variables["var-dag_id"] = incident.dag_id
-    separator = "&" if "?" in dashboard else "?"
-    return f"{dashboard}{separator}{urlencode(variables)}"
-
-
-def _ms(at: datetime) -> str:
-    return str(int(at.timestamp() * 1000))
 
 
 def version_of(detail: IncidentDetail) -> str:

@@ -23,6 +23,8 @@ Tables:
     api_tokens         named API tokens: name, role, SHA-256 of the token, who made it, revoked,
                        last used (migration 4; queried by `watchdog.tokens` only); approvals gained
                        `votes`/`vote_count`, the approvers of a two-person approval so far
+    (migration 5)      incidents gained `alert_links` (the alert's runbook_url, summary, description,
+                       generatorURL); approvals `slack_channel`/`slack_ts` (the bot's message)
 
 Versions are kept in `gl_schema_migrations` (component `watchdog`). Databases from before the shared
 runner kept them in `schema_migrations (version, description, applied_at)`: the runner adopts those rows
@@ -35,7 +37,13 @@ from __future__ import annotations
 from typing import Final
 
 from gl_common.migrations import LegacyTable, Schema
-from watchdog.migrations import m0001_initial, m0002_job_leases, m0003_labels_digest, m0004_identity
+from watchdog.migrations import (
+    m0001_initial,
+    m0002_job_leases,
+    m0003_labels_digest,
+    m0004_identity,
+    m0005_links_slack,
+)
 
 SCHEMA: Final = Schema(
     component="watchdog",
@@ -44,6 +52,7 @@ SCHEMA: Final = Schema(
         m0002_job_leases.MIGRATION,
         m0003_labels_digest.MIGRATION,
         m0004_identity.MIGRATION,
+        m0005_links_slack.MIGRATION,
     ),
     lock_key=0x67_6C_77_64_6D_69_67,  # "glwdmig": the key the watchdog's own runner used before
     legacy=LegacyTable("schema_migrations", description_column="description"),

@@ -127,6 +127,10 @@ not the watchdog's default (orchestrator-service), unless the policy already nam
 {{- if and .Values.watchdog.notifier.enabled (not .Values.watchdog.notifier.url) }}
 {{- fail "watchdog.notifier.enabled=true needs watchdog.notifier.url (or secrets.existingSecret with key notifier-url)" }}
 {{- end }}
+{{- $slack := .Values.watchdog.slack }}
+{{- if and $slack.enabled (not (and $slack.botToken $slack.signingSecret $slack.channel)) }}
+{{- fail "watchdog.slack.enabled=true needs watchdog.slack.botToken, signingSecret and channel (or secrets.existingSecret with keys slack-bot-token and slack-signing-secret, and channel)" }}
+{{- end }}
 {{- $paging := .Values.watchdog.paging }}
 {{- if and (has "pagerduty" $paging.escalationTargets) (not $paging.pagerduty.routingKey) }}
 {{- fail "watchdog.paging.escalationTargets has pagerduty: set watchdog.paging.pagerduty.routingKey (or secrets.existingSecret with key pagerduty-routing-key)" }}
