@@ -86,11 +86,11 @@ class Console:
 
 
 def signed_in(user: str, groups: str = "oncall") -> dict[str, str]:
-    """The headers oauth2-proxy adds for a signed-in user."""
+    """The headers oauth2-proxy (`--set-xauthrequest`, the default `proxy_headers`) adds for a signed-in user."""
     return {
-        "X-Forwarded-User": user,
-        "X-Forwarded-Email": f"{user}@example.com",
-        "X-Forwarded-Groups": groups,
+        "X-Auth-Request-User": user,
+        "X-Auth-Request-Email": f"{user}@example.com",
+        "X-Auth-Request-Groups": groups,
     }
 
 
