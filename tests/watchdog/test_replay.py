@@ -151,6 +151,7 @@ async def test_gl_watchdog_replay_prints_both_plans_and_exits_by_kind(
     document: dict[str, Any] = json.loads(capsys.readouterr().out)
     assert document["recorded"]["playbook"] == "restart_agent" and document["replayed"]["playbook"] is None
     assert document["changed"] is True
+    monkeypatch.setenv("COLUMNS", "200")  # a table wraps its cells at the terminal's width (80 in a pipe)
     argv = ["replay", str(incident_id), "--policy", str(policy), "-o", "table"]
     assert await asyncio.to_thread(main, argv) == EXIT_OK
     out = capsys.readouterr().out
