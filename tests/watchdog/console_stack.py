@@ -86,7 +86,7 @@ class Console:
 
 
 def signed_in(user: str, groups: str = "oncall") -> dict[str, str]:
-    """The headers oauth2-proxy (`--set-xauthrequest`, the default `proxy_headers`) adds for a signed-in user."""
+    """The headers oauth2-proxy (`--set-xauthrequest`: the default `proxy_headers`) adds for a user."""
     return {
         "X-Auth-Request-User": user,
         "X-Auth-Request-Email": f"{user}@example.com",
