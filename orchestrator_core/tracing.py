@@ -10,15 +10,27 @@ Export: an OTLP/HTTP exporter (batching) only when `otlp_endpoint` is configured
 service does not feed the tracer at all (no spans are made). Tests pass their own exporter (the
 SDK's `InMemorySpanExporter`), which is attached with a simple (synchronous) processor. The tracer
 provider belongs to the service instance; this module never touches the global provider.
+
+Continuing the caller's trace: `trace_middleware` (installed by `api.build_app`, inside auth) runs
+every authenticated API request in a server span (`POST /api/v1/orchestrator/executions/
+{execution_id}/cancel`, ...) that is a child of the W3C `traceparent` the caller sent (the watchdog
+sends its playbook action's); without one, the span starts a trace. What the request starts runs in
+that span's context: a resumed or submitted run's `dag.execution` span is its child. A run started
+later by the admission queue or another replica starts its own trace.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from aiohttp import web
+from aiohttp.typedefs import Middleware
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
-from opentelemetry.trace import Span, Status, StatusCode, set_span_in_context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gl_common.tracing import build_tracer_provider as build_provider
 from orchestrator_core.events import EngineObserver, ExecutionEvent, NodeAttemptEvent
@@ -35,6 +47,10 @@ def build_tracer_provider(
     return build_provider(otlp_endpoint, exporter=exporter, service_name=service_name)
 
 
+_PROPAGATOR = TraceContextTextMapPropagator()
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 @dataclass
 class _Open:
     execution: Span
@@ -45,10 +61,26 @@ class _Open:
 class RunTracer:
     """Opens and closes execution and node-attempt spans, keyed by ids from engine events."""
 
-    def __init__(self, provider: TracerProvider) -> None:
+    def __init__(self, provider: TracerProvider, *, enabled: bool = True) -> None:
         self._provider = provider
         self._tracer = provider.get_tracer("orchestrator_core")
         self._open: dict[str, _Open] = {}
+        self.enabled = enabled  # False: spans go nowhere, so requests make none
+
+    @contextmanager
+    def request_span(
+        self, name: str, headers: Mapping[str, str], attributes: dict[str, str]
+    ) -> Iterator[Span | None]:
+        """A server span, child of the caller's W3C trace context in `headers`, current while the
+        block runs; None (no span) when tracing is off."""
+        if not self.enabled:
+            yield None
+            return
+        parent = _PROPAGATOR.extract(headers)
+        with self._tracer.start_as_current_span(
+            name, context=parent, kind=SpanKind.SERVER, attributes=attributes
+        ) as span:
+            yield span
 
     def execution_started(self, execution_id: str, dag_id: str) -> None:
         if execution_id in self._open:
@@ -131,3 +163,26 @@ class TracingObserver(EngineObserver):
         self.tracer.node_ended(
             event.execution_id, event.node_id, event.attempt, event.outcome or "", event.error
         )
+
+
+def trace_middleware(tracer: RunTracer, api_prefix: str) -> Middleware:
+    """Runs each request under `api_prefix` in `tracer.request_span` (probes and scrapes: no span)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not tracer.enabled or not request.path.startswith(api_prefix):
+            return await handler(request)
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else request.path
+        attributes: dict[str, str] = {
+            "http.request.method": request.method,
+            "http.route": route,
+            **request.match_info,
+        }
+        with tracer.request_span(f"{request.method} {route}", request.headers, attributes) as span:
+            response = await handler(request)
+            if span is not None:
+                span.set_attribute("http.response.status_code", response.status)
+            return response
+
+    return middleware

@@ -302,6 +302,7 @@ async def build_watchdog(
             known=KnownEpisodes(settings.intake_known_episodes),
             on_resolved_after_acting=pages.alert_resolved,
             on_closed=pages.alert_closed,
+            tracer=tracer,
         ),
         sweeper=sweeper,
         leases=leases,
