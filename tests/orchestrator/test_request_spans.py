@@ -1,0 +1,59 @@
+"""The orchestrator's API continues the caller's W3C trace: a server span per authenticated request
+(`orchestrator_core.tracing.trace_middleware`), read from the service's in-memory exporter."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind
+
+from tests.orchestrator.service_harness import API, Harness, make_settings, running_service
+
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+LIST_ROUTE = f"GET {API}/executions"
+
+
+@pytest.fixture
+async def orchestrator(_no_pending_tasks: None, database_url: str) -> AsyncIterator[Harness]:
+    async with running_service(make_settings(database_url)) as orch:
+        yield orch
+
+
+def _named(orch: Harness, name: str) -> list[ReadableSpan]:
+    return [span for span in orch.spans.get_finished_spans() if span.name == name]
+
+
+async def test_a_request_with_a_traceparent_is_a_child_of_the_callers_span(orchestrator: Harness) -> None:
+    header = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"}
+    response = await orchestrator.api("GET", "/executions", headers=header)
+    assert response.status_code == 200
+    [span] = _named(orchestrator, LIST_ROUTE)
+    assert span.kind is SpanKind.SERVER
+    assert span.context is not None and span.parent is not None
+    assert (span.context.trace_id, span.parent.span_id) == (int(CALLER_TRACE, 16), int(CALLER_SPAN, 16))
+    assert span.parent.is_remote
+    assert dict(span.attributes or {}) == {
+        "http.request.method": "GET",
+        "http.route": f"{API}/executions",
+        "http.response.status_code": 200,
+    }
+
+
+async def test_a_request_without_one_starts_a_trace(orchestrator: Harness) -> None:
+    await orchestrator.api("GET", "/executions")
+    await orchestrator.api("GET", "/executions", headers={"traceparent": "not-a-traceparent"})
+    spans = _named(orchestrator, LIST_ROUTE)
+    assert len(spans) == 2 and all(span.parent is None for span in spans)
+    assert len({span.context.trace_id for span in spans if span.context is not None}) == 2
+
+
+async def test_probes_scrapes_and_refused_requests_make_no_span(orchestrator: Harness) -> None:
+    for path in ("/healthz", "/metrics"):
+        assert (await orchestrator.client.get(path)).status_code == 200
+    async with httpx.AsyncClient(base_url=orchestrator.base_url, timeout=10) as anonymous:
+        assert (await anonymous.get(f"{API}/executions")).status_code == 401
+    assert orchestrator.spans.get_finished_spans() == ()
