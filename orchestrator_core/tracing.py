@@ -78,7 +78,12 @@ class RunTracer:
             return
         parent = _PROPAGATOR.extract(headers)
         with self._tracer.start_as_current_span(
-            name, context=parent, kind=SpanKind.SERVER, attributes=attributes
+            name,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
         ) as span:
             yield span
 
@@ -180,9 +185,32 @@ def trace_middleware(tracer: RunTracer, api_prefix: str) -> Middleware:
             **request.match_info,
         }
         with tracer.request_span(f"{request.method} {route}", request.headers, attributes) as span:
-            response = await handler(request)
-            if span is not None:
-                span.set_attribute("http.response.status_code", response.status)
+            try:
+                response = await handler(request)
+            except Exception as exc:
+                _answered(span, _status_of(exc))
+                raise
+            _answered(span, response.status)
             return response
 
     return middleware
+
+
+def _status_of(exc: Exception) -> int:
+    """The status the error middleware answers `exc` with: an HTTP error's or an orchestrator error's
+    own, 500 for anything else."""
+    for name in ("status", "http_status"):
+        status = getattr(exc, name, None)
+        if isinstance(status, int):
+            return status
+    return 500
+
+
+def _answered(span: Span | None, status: int) -> None:
+    """The answer's status on the request's span; failed only for a 5xx (a 404 or a 409 is the
+    caller's, as OpenTelemetry's HTTP conventions have it)."""
+    if span is None:
+        return
+    span.set_attribute("http.response.status_code", status)
+    if status >= 500:
+        span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.orchestrator.service_harness import API, Harness, make_settings, running_service
 
@@ -57,3 +57,16 @@ async def test_probes_scrapes_and_refused_requests_make_no_span(orchestrator: Ha
     async with httpx.AsyncClient(base_url=orchestrator.base_url, timeout=10) as anonymous:
         assert (await anonymous.get(f"{API}/executions")).status_code == 401
     assert orchestrator.spans.get_finished_spans() == ()
+
+
+async def test_a_refused_request_is_answered_on_its_span_and_not_marked_failed(orchestrator: Harness) -> None:
+    response = await orchestrator.api("POST", "/executions/no-such-run/cancel", json={})
+    assert response.status_code == 404
+    [span] = _named(orchestrator, f"POST {API}/executions/{{execution_id}}/cancel")
+    assert dict(span.attributes or {}) == {
+        "http.request.method": "POST",
+        "http.route": f"{API}/executions/{{execution_id}}/cancel",
+        "execution_id": "no-such-run",
+        "http.response.status_code": 404,
+    }
+    assert span.status.status_code is StatusCode.UNSET
