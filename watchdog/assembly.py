@@ -218,7 +218,9 @@ async def build_watchdog(
         suppression=suppression_gate(settings, policy, incidents, clock, metrics),
         messages=routed if notifier is None else None,
     )
-    context = DiagnosticContext(clients=clients, settings=settings.diagnostics(), clock=clock)
+    context = DiagnosticContext(
+        clients=clients, settings=settings.diagnostics(), clock=clock, tracer=tracer.tracer
+    )
     intake_gate = IntakeGate(settings.intake_in_flight(), settings.intake_wait_seconds)
     diagnosis = DiagnosisService(
         store=store,

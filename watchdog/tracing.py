@@ -6,6 +6,7 @@ no spans are recorded at all) and handed to the intake, the diagnosis jobs and t
 
     watchdog.intake        one per webhook delivery (`watchdog.intake`), kind SERVER
     ├── watchdog.diagnosis     the diagnosis of an incident the delivery opened (`watchdog.diagnosis`)
+    │   └── watchdog.diagnosis.step   each step (`watchdog.diagnostics.runner.run_step`)
     ├── watchdog.plan          the playbook's dry run (`watchdog.remediation.dry_run`)
     └── watchdog.remediation   each attempt: re-check, apply, verify, close (`watchdog.remediation`)
         └── watchdog.action    each playbook step (`watchdog_sdk.playbook.run_step`), `playbook` and

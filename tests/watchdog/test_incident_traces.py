@@ -7,7 +7,14 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gl_common.tracing import build_tracer_provider
+from tests.watchdog.orchestrators import ORCH_BASE
+from watchdog.diagnostics.runner import STEP_SPAN, diagnose
 from watchdog.tracing import DIAGNOSIS_SPAN, INTAKE_SPAN, REMEDIATION_SPAN, SERVICE_NAME, IncidentTracer
+from watchdog_sdk.clients import Clients
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.diagnosis import Finding, StepStatus
+from watchdog_sdk.diagnostic_step import DiagnosisState, DiagnosticContext, DiagnosticStep
+from watchdog_sdk.step_helpers import finding
 
 
 def _tracer(remembered: int = 10) -> tuple[IncidentTracer, InMemorySpanExporter]:
@@ -66,3 +73,27 @@ def test_only_the_latest_incidents_are_remembered() -> None:
     forgotten, kept = exporter.get_finished_spans()
     assert forgotten.parent is None  # incident 1, forgotten: a new trace
     assert kept.parent is not None  # incident 3: its diagnosis's trace
+
+
+async def test_each_diagnostic_step_is_a_child_span_of_the_diagnosis() -> None:
+    tracer, exporter = _tracer()
+
+    def step(number: int, status: StepStatus) -> DiagnosticStep:
+        async def run(ctx: DiagnosticContext, state: DiagnosisState) -> Finding:
+            return finding(number, f"s{number}", status, "said")
+
+        return DiagnosticStep(number, f"s{number}", run)
+
+    async with OrchestratorClient(ORCH_BASE, "t") as client:  # asked nothing by these steps
+        ctx = DiagnosticContext(clients=Clients(orchestrator=client), tracer=tracer.tracer)
+        with tracer.span(DIAGNOSIS_SPAN, 9, "exec-9"):
+            await diagnose(ctx, "exec-9", steps=[step(1, StepStatus.OK), step(4, StepStatus.PROBLEM)])
+    steps = [span for span in exporter.get_finished_spans() if span.name == STEP_SPAN]
+    diagnosis = _by_name(exporter)[DIAGNOSIS_SPAN]
+    assert sorted(dict(span.attributes or {}).items() for span in steps) == sorted(
+        [
+            {"step": 1, "name": "s1", "status": "ok"}.items(),
+            {"step": 4, "name": "s4", "status": "problem"}.items(),
+        ]
+    )
+    assert all(span.parent is not None and span.parent.span_id == _ids(diagnosis)[1] for span in steps)
