@@ -14,22 +14,33 @@ provider belongs to the service instance; this module never touches the global p
 Continuing the caller's trace: `trace_middleware` (installed by `api.build_app`, inside auth) runs
 every authenticated API request in a server span (`POST /api/v1/orchestrator/executions/
 {execution_id}/cancel`, ...) that is a child of the W3C `traceparent` the caller sent (the watchdog
-sends its playbook action's); without one, the span starts a trace. What the request starts runs in
-that span's context: a resumed or submitted run's `dag.execution` span is its child. A run started
-later by the admission queue or another replica starts its own trace.
+sends its playbook action's); without one, the span starts a trace. The one run a request starts
+(resume, execute, or a queued run its cancel admits) has its `dag.execution` span as the request
+span's child; a run admitted when another ends, or taken over from another replica, starts its own
+trace (`_Request`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    set_span_in_context,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gl_common.tracing import build_tracer_provider as build_provider
@@ -48,6 +59,20 @@ def build_tracer_provider(
 
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+
+
+@dataclass
+class _Request:
+    """The request whose work runs in this task and in the tasks and callbacks it creates (which copy
+    the context, and with it this one object): the parent of the one run it starts. That run claims
+    it, so that what its copies start later (the admission of the next queued run when the run
+    ends) is not taken for the request's."""
+
+    span: SpanContext
+    claimed: bool = False
+
+
+_STARTED_BY: ContextVar[_Request | None] = ContextVar("orchestrator_request", default=None)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -85,13 +110,19 @@ class RunTracer:
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
-            yield span
+            token = _STARTED_BY.set(_Request(span.get_span_context()))
+            try:
+                yield span
+            finally:
+                _STARTED_BY.reset(token)
 
     def execution_started(self, execution_id: str, dag_id: str) -> None:
         if execution_id in self._open:
             return
         span = self._tracer.start_span(
-            EXECUTION_SPAN, attributes={"execution_id": execution_id, "dag_id": dag_id}
+            EXECUTION_SPAN,
+            context=_claim_request(),
+            attributes={"execution_id": execution_id, "dag_id": dag_id},
         )
         self._open[execution_id] = _Open(span, dag_id)
 
@@ -147,6 +178,15 @@ class RunTracer:
         for execution_id in list(self._open):
             self.execution_ended(execution_id, "interrupted", "service stopped")
         self._provider.shutdown()
+
+
+def _claim_request() -> Context:
+    """The parent of a run whose task starts now: the request that started it, once; else none."""
+    request = _STARTED_BY.get()
+    if request is None or request.claimed:
+        return Context()
+    request.claimed = True
+    return set_span_in_context(NonRecordingSpan(request.span))
 
 
 class TracingObserver(EngineObserver):

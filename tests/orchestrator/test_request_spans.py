@@ -10,7 +10,15 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
-from tests.orchestrator.service_harness import API, Harness, make_settings, running_service
+from orchestrator_core.tracing import EXECUTION_SPAN
+from tests.orchestrator.service_harness import (
+    API,
+    Gates,
+    Harness,
+    make_registry,
+    make_settings,
+    running_service,
+)
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
@@ -21,6 +29,11 @@ LIST_ROUTE = f"GET {API}/executions"
 async def orchestrator(_no_pending_tasks: None, database_url: str) -> AsyncIterator[Harness]:
     async with running_service(make_settings(database_url)) as orch:
         yield orch
+
+
+def _id(span: ReadableSpan) -> int:
+    assert span.context is not None
+    return span.context.span_id
 
 
 def _named(orch: Harness, name: str) -> list[ReadableSpan]:
@@ -70,3 +83,28 @@ async def test_a_refused_request_is_answered_on_its_span_and_not_marked_failed(o
         "http.response.status_code": 404,
     }
     assert span.status.status_code is StatusCode.UNSET
+
+
+async def test_a_run_admitted_when_another_ends_is_not_taken_for_that_ones_request(
+    _no_pending_tasks: None, database_url: str
+) -> None:
+    gates = Gates()
+    settings = make_settings(database_url, max_concurrent_executions=1)
+    async with running_service(settings, registry=make_registry(gates), start_loop=True) as orch:
+        await orch.register({"dag_id": "first", "nodes": {"a": {"agent_id": "test.gate"}}})
+        await orch.register({"dag_id": "second", "nodes": {"b": {"agent_id": "test.gate"}}})
+        header = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"}
+        first = await orch.api("POST", "/dags/first/execute", json={}, headers=header)
+        await gates.wait_started(1)
+        second = (await orch.execute("second"))["execution_id"]
+        assert (await orch.service.engine.get_execution(second)).status == "queued"
+        gates.open("a")
+        gates.open("b")
+        await orch.wait_status(second, "completed")
+        await orch.wait_status(first.json()["execution_id"], "completed")
+    runs = {
+        (span.attributes or {})["dag_id"]: span for span in _named(orch, EXECUTION_SPAN) if span.attributes
+    }
+    [request] = _named(orch, f"POST {API}/dags/{{dag_id}}/execute")[:1]
+    assert runs["first"].parent is not None and runs["first"].parent.span_id == _id(request)
+    assert runs["second"].parent is None  # admitted by the first run's end, not by any request
