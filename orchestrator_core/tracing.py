@@ -15,9 +15,8 @@ Continuing the caller's trace: `trace_middleware` (installed by `api.build_app`,
 every authenticated API request in a server span (`POST /api/v1/orchestrator/executions/
 {execution_id}/cancel`, ...) that is a child of the W3C `traceparent` the caller sent (the watchdog
 sends its playbook action's); without one, the span starts a trace. The one run a request starts
-(resume, execute, or a queued run its cancel admits) has its `dag.execution` span as the request
-span's child; a run admitted when another ends, or taken over from another replica, starts its own
-trace (`_Request`).
+(resume, execute) has its `dag.execution` span as the request span's child; a run admitted from the
+queue when another ends, or taken over from another replica, starts its own trace (`_Request`).
 """
 
 from __future__ import annotations
