@@ -19,6 +19,8 @@ Middlewares, outermost first:
   validation, no lookup before it); tokens from `api_tokens` and/or `api_token_file` (re-read when the
   file changes, e.g. a rotated Kubernetes secret), compared in constant time, never logged. 401
   carries `WWW-Authenticate: Bearer`; 503 `auth_unavailable` when the token file cannot be read.
+- tracing (`orchestrator_core.tracing.trace_middleware`): each authenticated request runs in a span
+  continuing the caller's W3C `traceparent` (when spans are exported at all).
 
 Lists: `GET /executions` is paginated (keyset, `next_cursor`, exact `total`); every other list is
 bounded — agents by the registry fixed at start-up, a run's log lines by `limit` and the ring buffer,
@@ -83,6 +85,7 @@ from orchestrator_core.errors import (
 from orchestrator_core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from orchestrator_core.records import ExecutionOptions, ExecutionRecord
 from orchestrator_core.service import OrchestratorService
+from orchestrator_core.tracing import trace_middleware
 
 log = logging.getLogger(__name__)
 
@@ -501,6 +504,7 @@ def build_app(service: OrchestratorService, tokens: TokenSource | None = None) -
         middlewares=[
             error_middleware(_translate, internal_detail="internal error; see the orchestrator logs"),
             bearer_auth(tokens, api_prefix=API_PREFIX, service="orchestrator", realm="gl-orchestrator"),
+            trace_middleware(service.tracer, API_PREFIX),
         ],
         client_max_size=service.settings.max_body_bytes,
     )

@@ -145,14 +145,17 @@ class OrchestratorService:
         """Build every part from `settings` and open the engine (store + migrations)."""
         metrics = OrchestratorMetrics(default_timeout_seconds=settings.default_execution_timeout_seconds)
         run_log = RunLog()
-        tracer = RunTracer(build_tracer_provider(settings.otlp_endpoint, exporter=span_exporter))
+        traced = bool(settings.otlp_endpoint) or span_exporter is not None
+        tracer = RunTracer(
+            build_tracer_provider(settings.otlp_endpoint, exporter=span_exporter), enabled=traced
+        )
         http_agents = HttpAgentClient(
             settings.agent_url_template, settings.namespace, on_call=metrics.agent_call, run_log=run_log
         )
         registry = registry if registry is not None else AgentRegistry.from_entry_points()
         http_agents.register(registry, list(settings.http_agents))
         observers: list[EngineObserver] = [SafeObserver(MetricsObserver(metrics))]
-        if settings.otlp_endpoint or span_exporter is not None:
+        if traced:
             # Spans only where they go somewhere: without an exporter they would be ~5 KB of memory per
             # running run (two open spans) and CPU per node, for nothing.
             observers.append(SafeObserver(TracingObserver(tracer)))

@@ -218,7 +218,9 @@ async def build_watchdog(
         suppression=suppression_gate(settings, policy, incidents, clock, metrics),
         messages=routed if notifier is None else None,
     )
-    context = DiagnosticContext(clients=clients, settings=settings.diagnostics(), clock=clock)
+    context = DiagnosticContext(
+        clients=clients, settings=settings.diagnostics(), clock=clock, tracer=tracer.tracer
+    )
     intake_gate = IntakeGate(settings.intake_in_flight(), settings.intake_wait_seconds)
     diagnosis = DiagnosisService(
         store=store,
@@ -302,6 +304,7 @@ async def build_watchdog(
             known=KnownEpisodes(settings.intake_known_episodes),
             on_resolved_after_acting=pages.alert_resolved,
             on_closed=pages.alert_closed,
+            tracer=tracer,
         ),
         sweeper=sweeper,
         leases=leases,

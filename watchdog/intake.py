@@ -14,7 +14,8 @@ Per alert:
   a repeat: it never opens, joins or diagnoses again. A newly opened incident keeps what the alert
   says of itself (`watchdog.links.alert_links`: runbook_url, summary, description, generatorURL) and is
   handed to
-  `on_opened` (the app starts its diagnosis);
+  `on_opened` (the app starts its diagnosis), in the trace of the delivery's span (`watchdog.intake`,
+  see `watchdog.tracing`);
 - resolved: closes the execution's open incident if it has not acted yet (no action recorded, not
   remediating/verifying); an incident that has acted is left to the remediation, with an audit
   note; for an incident already escalated, `on_resolved_after_acting` resolves its page; a closed
@@ -50,6 +51,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanContext
+
 from watchdog.episodes import GroupCommit, IntakeGate, KnownEpisode, KnownEpisodes, RepeatCounts
 from watchdog.errors import InvalidTransition, StoreError, StoreUnavailable
 from watchdog.http import ApiError
@@ -59,6 +63,7 @@ from watchdog.links import alert_links
 from watchdog.metrics import WatchdogMetrics
 from watchdog.records import AlertDelivery, Incident
 from watchdog.store import Tx, WatchdogStore
+from watchdog.tracing import IncidentTracer
 from watchdog.webhook import AmAlert, AmWebhook
 from watchdog_sdk.constants import ALERT_NAME
 
@@ -152,6 +157,7 @@ class AlertIntake:
         repeats: RepeatCounts | None = None,
         on_resolved_after_acting: Callable[[int], object] | None = None,
         on_closed: Callable[[int], object] | None = None,
+        tracer: IncidentTracer | None = None,
     ) -> None:
         self.store = store
         self.incidents = incidents
@@ -160,6 +166,7 @@ class AlertIntake:
         # An alert resolved for an incident escalated to on-call (`notify_router.PageResolver`).
         self.on_resolved_after_acting = on_resolved_after_acting
         self.on_closed = on_closed
+        self.tracer = tracer or IncidentTracer()
         self.gate = gate or IntakeGate(DEFAULT_IN_FLIGHT, DEFAULT_WAIT_SECONDS)
         self.known = known or KnownEpisodes(DEFAULT_KNOWN_EPISODES)
         self.repeats = repeats or RepeatCounts(DEFAULT_PENDING_REPEATS, DEFAULT_REPEAT_FLUSH_SECONDS)
@@ -179,8 +186,13 @@ class AlertIntake:
 
         Repeats of episodes known to be recorded are answered from memory. The others are applied in
         one transaction, once the gate lets the delivery at the store; `ApiError(503)` with
-        Retry-After when it does not in time, before anything is written.
+        Retry-After when it does not in time, before anything is written. All of it in one span
+        (`watchdog.intake`), the parent of the spans of the incidents it opens.
         """
+        with self.tracer.intake_span(payload.receiver, len(payload.alerts)):
+            return await self._handle(payload)
+
+    async def _handle(self, payload: AmWebhook) -> list[AlertOutcome]:
         if payload.truncatedAlerts:
             log.warning(
                 "Alertmanager truncated %d alert(s) of group %s (max_alerts); sweeps will find those runs",
@@ -277,12 +289,13 @@ class AlertIntake:
                     f"{self.gate.wait_seconds:g}s; nothing of this delivery was written, send it again",
                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
                 )
-            delivery = _Delivery(todo, receiver)
+            origin = trace.get_current_span().get_span_context()
+            delivery = _Delivery(todo, receiver, origin)
             if len(todo) <= ALERTS_PER_TRANSACTION:
                 return await self.batches.submit(delivery)
             results: list[tuple[int, AlertOutcome]] = []
             for start in range(0, len(todo), ALERTS_PER_TRANSACTION):
-                part = _Delivery(todo[start : start + ALERTS_PER_TRANSACTION], receiver)
+                part = _Delivery(todo[start : start + ALERTS_PER_TRANSACTION], receiver, origin)
                 [answer] = await self._apply_together([part])
                 if isinstance(answer, BaseException):
                     raise answer
@@ -310,7 +323,7 @@ class AlertIntake:
         except StoreUnavailable as exc:
             # The write may have been committed (a timeout or a lost connection at COMMIT): never
             # answer a failure for a delivery that is stored.
-            recorded = [await self._recorded(delivery.todo) for delivery in deliveries]
+            recorded = [await self._recorded(delivery) for delivery in deliveries]
             if any(answer is None for answer in recorded):
                 self.repeats.put_back(pending, self.store.clock.monotonic())
                 return [exc] * len(deliveries)
@@ -322,20 +335,23 @@ class AlertIntake:
             self.repeats.put_back(pending, self.store.clock.monotonic())
             raise
         # committed: now it is safe to remember them and start work
-        return [self._committed(alerts) for alerts in applied]
+        return [self._committed(alerts, d.origin) for alerts, d in zip(applied, deliveries, strict=True)]
 
-    def _committed(self, applied: list[tuple[int, AmAlert, _Applied]]) -> _Results:
+    def _committed(self, applied: list[tuple[int, AmAlert, _Applied]], origin: SpanContext) -> _Results:
+        """Remember what was recorded; hand the opened incidents on, in the trace of their delivery
+        (the batch runs in the task of whichever delivery came first)."""
         results = []
         for index, alert, (outcome, known, incident) in applied:
             if known is not None:
                 self.known.remember(_key(alert), known)
             if incident is not None:
                 self.incidents.opened("alert")
+                self.tracer.remember(incident.id, origin)
                 self.on_opened(incident)
             results.append((index, outcome))
         return results
 
-    async def _recorded(self, todo: list[tuple[int, AmAlert]]) -> list[tuple[int, AlertOutcome]] | None:
+    async def _recorded(self, delivery: _Delivery) -> list[tuple[int, AlertOutcome]] | None:
         """After a write that failed with the store unreachable: when one read finds every alert's
         episode recorded as sent, the write was committed, and each alert is answered `recorded` (an
         incident it opened is handed to `on_opened`, which skips one already diagnosed); None when
@@ -343,22 +359,23 @@ class AlertIntake:
         found = []
         try:
             async with self.store.read("alert intake: was it written?") as tx:
-                for index, alert in todo:
-                    delivery = await tx.get_delivery(alert.episode_key, alert.startsAt)
-                    if delivery is None or not _same_episode(delivery, alert):
+                for index, alert in delivery.todo:
+                    recorded = await tx.get_delivery(alert.episode_key, alert.startsAt)
+                    if recorded is None or not _same_episode(recorded, alert):
                         return None
-                    if alert.status == "resolved" and delivery.status != "resolved":
+                    if alert.status == "resolved" and recorded.status != "resolved":
                         return None
                     incident = (
-                        None if delivery.incident_id is None else await tx.get_incident(delivery.incident_id)
+                        None if recorded.incident_id is None else await tx.get_incident(recorded.incident_id)
                     )
-                    found.append((index, alert, delivery, incident))
+                    found.append((index, alert, recorded, incident))
         except StoreError:
             return None
         results = []
-        for index, alert, delivery, incident in found:
-            self.known.remember(_key(alert), _known(delivery))
+        for index, alert, recorded, incident in found:
+            self.known.remember(_key(alert), _known(recorded))
             if incident is not None and incident.status == "open" and incident.diagnosis is None:
+                self.tracer.remember(incident.id, delivery.origin)
                 self.on_opened(incident)
             outcome = AlertOutcome(
                 alert.alertname,
@@ -366,7 +383,7 @@ class AlertIntake:
                 alert.episode_key,
                 "recorded",
                 alert.labels["execution_id"],
-                delivery.incident_id,
+                recorded.incident_id,
             )
             results.append((index, outcome))
         log.warning("the store failed at the end of a delivery that it had recorded: answered as recorded")
@@ -542,6 +559,7 @@ class _Delivery:
 
     todo: list[tuple[int, AmAlert]]
     receiver: str
+    origin: SpanContext  # the delivery's span (`watchdog.intake`)
 
 
 def _refused(answer: _Results | BaseException) -> bool:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -57,7 +58,7 @@ from watchdog.remediation_close import ACTOR, Closing, Outcome
 from watchdog.remediation_setup import ManualRun, PlaybookContexts, RemediationProgress, parse_params
 from watchdog.settings import Mode
 from watchdog.store import Tx, WatchdogStore
-from watchdog.tracing import REMEDIATION_SPAN, IncidentTracer
+from watchdog.tracing import PLAN_SPAN, REMEDIATION_SPAN, IncidentTracer
 from watchdog_sdk.errors import PlaybookError, WatchdogError
 from watchdog_sdk.ledger import ActionLedger, InMemoryLedger
 from watchdog_sdk.outcomes import ApplyResult, Precheck, VerifyResult
@@ -127,8 +128,10 @@ class RemediationService:
     def context(
         self, incident_id: int, execution_id: str, playbook: str, ledger: ActionLedger | None = None
     ) -> PlaybookContext:
-        """The playbook context for one incident (the store's ledger unless one is given)."""
-        return self.contexts.build(incident_id, execution_id, playbook, ledger or StoreLedger(self.store))
+        """The playbook context for one incident (the store's ledger unless one is given); its steps
+        make their spans with the incident's tracer."""
+        ctx = self.contexts.build(incident_id, execution_id, playbook, ledger or StoreLedger(self.store))
+        return dataclasses.replace(ctx, tracer=self.tracer.tracer)
 
     # -- dry runs (nothing changes)
 
@@ -138,7 +141,9 @@ class RemediationService:
         playbook = self.registry.get(plan.playbook)
         ctx = self.context(incident.id, incident.execution_id, plan.playbook, ledger=InMemoryLedger())
         try:
-            actions = await playbook.plan(ctx, playbook.parse_params(plan.params))
+            with self.tracer.span(PLAN_SPAN, incident.id, incident.execution_id, job="plan") as span:
+                span.set_attribute("playbook", plan.playbook)
+                actions = await playbook.plan(ctx, playbook.parse_params(plan.params))
         except WatchdogError as exc:
             await self.incidents.record(incident.id, "dry_run", actor=ACTOR, data={"error": str(exc)})
             return plan
@@ -178,7 +183,9 @@ class RemediationService:
         ledger = StoreLedger(self.store, actor=run.actor)
         ctx = self.context(incident.id, run.execution_id, playbook.name, ledger=ledger)
         precheck = await self._precheck(incident.id, playbook, ctx, params, run.actor)
-        actions = await playbook.plan(ctx, params)
+        with self.tracer.span(PLAN_SPAN, incident.id, run.execution_id, job="plan") as span:
+            span.set_attribute("playbook", playbook.name)
+            actions = await playbook.plan(ctx, params)
         progress.checked(playbook, precheck, actions)
         if not precheck.ok:
             if opened.created:  # opened only for this run, and nothing was done: do not leave it open

@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.trace import NoOpTracer, Tracer
+
 from gl_common.clock import Clock, SystemClock
 from watchdog_sdk.clients import ClientAccess, Clients
 from watchdog_sdk.clients.orchestrator import Execution, NodeTrace, Trace
@@ -56,6 +58,8 @@ class DiagnosticContext(ClientAccess):
     settings: DiagnosticSettings = field(default_factory=DiagnosticSettings)
     clock: Clock = field(default_factory=SystemClock)
     step_timeouts: Mapping[int, float] = field(default_factory=dict)
+    # Makes a span per step (`watchdog.diagnosis.step`); the watchdog's, where spans are exported.
+    tracer: Tracer = field(default_factory=NoOpTracer)
 
     def timeout_for(self, step: int, default: float | None = None) -> float:
         """The time budget of one step: `step_timeouts`, else the step's own `default` (a plugin

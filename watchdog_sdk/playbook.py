@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
+from opentelemetry.trace import NoOpTracer, Tracer
 from pydantic import BaseModel, ConfigDict
 
 from gl_common.clock import Clock, SystemClock
@@ -73,6 +74,8 @@ class PlaybookContext(ClientAccess):
     ledger: ActionLedger
     limits: PlaybookLimits = field(default_factory=PlaybookLimits)
     clock: Clock = field(default_factory=SystemClock)
+    # Makes a span per step (`watchdog.action`); the watchdog's, where spans are exported.
+    tracer: Tracer = field(default_factory=NoOpTracer)
 
 
 # -- steps --------------------------------------------------------------------------------------------
@@ -140,8 +143,25 @@ def orchestrator_post(
     return Step(name, request, action, idempotent=idempotent, description=description, target=target)
 
 
+ACTION_SPAN = "watchdog.action"
+
+
 async def run_step(ctx: PlaybookContext, playbook: str, step: Step[Any]) -> StepResult:
-    """Run one step at most once per incident, recorded in the ledger before and after."""
+    """Run one step at most once per incident, recorded in the ledger before and after, in a span
+    (`watchdog.action`, attributes `playbook`, `action`, `status`): what the step asks the
+    orchestrator carries it as `traceparent`."""
+    attributes: dict[str, str | int] = {
+        "playbook": playbook,
+        "action": step.name,
+        "incident_id": ctx.incident_id,
+    }
+    with ctx.tracer.start_as_current_span(ACTION_SPAN, attributes=attributes) as span:
+        result = await _run_step(ctx, playbook, step)
+        span.set_attribute("status", result.status.value)
+        return result
+
+
+async def _run_step(ctx: PlaybookContext, playbook: str, step: Step[Any]) -> StepResult:
     key = idempotency_key(ctx.incident_id, playbook, step.name)
     existing = await ctx.ledger.get(key)
     rerun: dict[str, Any] | None = None

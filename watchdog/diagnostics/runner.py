@@ -94,9 +94,21 @@ RUN_STATES = (
 )
 
 
+STEP_SPAN = "watchdog.diagnosis.step"
+
+
 async def run_step(ctx: DiagnosticContext, state: DiagnosisState, step: DiagnosticStep) -> Finding:
-    """Run one step under its timeout; any failure becomes an `error` Finding. Never raises
-    (except cancellation of the caller)."""
+    """Run one step under its timeout, in a span (`watchdog.diagnosis.step`: `step`, `name`, the
+    finding's `status`); any failure becomes an `error` Finding. Never raises (except cancellation
+    of the caller)."""
+    attributes: dict[str, str | int] = {"step": step.number, "name": step.name}
+    with ctx.tracer.start_as_current_span(STEP_SPAN, attributes=attributes) as span:
+        result = await _run_step(ctx, state, step)
+        span.set_attribute("status", result.status.value)
+        return result
+
+
+async def _run_step(ctx: DiagnosticContext, state: DiagnosisState, step: DiagnosticStep) -> Finding:
     budget = ctx.timeout_for(step.number, step.timeout_seconds)
     started = ctx.clock.monotonic()
     try:
