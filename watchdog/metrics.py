@@ -52,6 +52,7 @@ from watchdog_sdk.constants import (
     W_REMEDIATIONS,
     W_SILENCE_CHECKS,
     W_SWEEPS,
+    W_TIME_TO_DECIDE,
     W_TIME_TO_DETECT,
     W_TIME_TO_DIAGNOSE,
     W_TIME_TO_REMEDIATE,
@@ -65,6 +66,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Time from a run crossing its timeout to the incident's open, diagnosis and verified remediation: the
 # alert's `for` (10m) and Alertmanager's grouping come first, so the buckets run from 1 minute to 4 hours.
 PHASE_BUCKETS = (60, 120, 300, 600, 900, 1200, 1800, 2700, 3600, 7200, 14400)
+# A human's answer to a prompt: seconds (a click on the page) to hours (the prompt's expiry).
+DECIDE_BUCKETS = (10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400)
 
 
 class WatchdogMetrics:
@@ -212,6 +215,12 @@ class WatchdogMetrics:
             buckets=PHASE_BUCKETS,
             registry=r,
         )
+        self.time_to_decide = Histogram(
+            W_TIME_TO_DECIDE,
+            "From an approval prompt to its decision (approved or denied; an expired prompt is not one)",
+            buckets=DECIDE_BUCKETS,
+            registry=r,
+        )
 
     def notified(self, target: str, kind: str, ok: bool) -> None:
         """Count one notification delivered (or not) to `target`."""
@@ -232,6 +241,12 @@ class WatchdogMetrics:
         crossed = timeout_crossed_at(_step1_evidence(diagnosis))
         if crossed is not None and verified_at >= crossed:
             self.time_to_remediate.observe((verified_at - crossed).total_seconds())
+
+    def observe_decided(self, approval: Approval) -> None:
+        """Count a settled decision (approved or denied) and the time its prompt waited for it."""
+        self.approvals.labels(decision=approval.state).inc()
+        if approval.decided_at is not None and approval.decided_at >= approval.created_at:
+            self.time_to_decide.observe((approval.decided_at - approval.created_at).total_seconds())
 
     def observe_pending_approvals(self, pending: list[Approval], now: datetime) -> None:
         """The pending prompts: how many, the oldest one's age, and how many are past their expiry."""

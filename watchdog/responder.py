@@ -217,7 +217,7 @@ class Responder:
             await self._tell(incident_id, "Awaiting a second approver", f"approved so far by {votes}")
             return Outcome(incident_id, "awaiting_approval", f"approval {approval.id}: vote recorded")
         if self.metrics is not None:
-            self.metrics.approvals.labels(decision=approval.state).inc()
+            self.metrics.observe_decided(approval)
         await self.incidents.refresh_approvals_gauge()
         if approval.state == "approved":
             await self._tell(approval.incident_id, "Approved", f"approved by {approval.decided_by}; acting")

@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import free_port
 from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, RecordingRemediate
 from tests.watchdog.responder_stack import responder_over
+from watchdog.approvals import Decision
 from watchdog.assembly import Watchdog, build_watchdog
 from watchdog.incidents import IncidentService
 from watchdog.limits import RemediationLimits
@@ -198,3 +199,22 @@ async def test_a_verified_remediation_measures_the_time_to_remediate(
     assert outcome.status == "resolved"
     assert _value(metrics, "gl_watchdog_time_to_remediate_seconds_count") == 1
     assert _value(metrics, "gl_watchdog_time_to_remediate_seconds_sum") == 1000
+
+
+async def test_a_human_decision_measures_the_time_its_prompt_waited(
+    store: WatchdogStore, clock: FakeClock
+) -> None:
+    metrics = WatchdogMetrics()
+    async with OrchestratorClient("http://127.0.0.1:9", timeout=0.5) as orchestrator:
+        responder = responder_over(store, clock, orchestrator, mode=Mode.RECOMMEND, metrics=metrics)
+        incident_id = await _incident(responder, "e1")
+        outcome = await responder.handle_diagnosed(incident_id, _diagnosis(clock, over_by=900))
+        assert outcome.status == "awaiting_approval"
+        prompt = await responder.approvals.pending_of(incident_id)
+        assert prompt is not None
+        clock.advance(90)
+        denied = await responder.approvals.decide(prompt.id, Decision.DENY, actor="bob", authenticated=True)
+        await responder.on_decision(denied)
+    assert _value(metrics, "gl_watchdog_approvals_total", {"decision": "denied"}) == 1
+    assert _value(metrics, "gl_watchdog_time_to_decide_seconds_count") == 1
+    assert _value(metrics, "gl_watchdog_time_to_decide_seconds_sum") == 90
