@@ -281,6 +281,8 @@ async def build_watchdog(
         else None,
     )
     pages = PageResolver(incidents, routed, jobs)
+    responder.remediation.closing.on_resolved = pages.run_resolved
+    responder.remediation.closing.on_taken = pages.taken
     return Watchdog(
         settings=settings,
         clock=clock,

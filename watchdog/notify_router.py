@@ -46,6 +46,7 @@ from watchdog.notifier import (
     PromptMessage,
 )
 from watchdog.paging import OpsgeniePager, Pager, PagerDutyPager, ResolvedMessage
+from watchdog.records import AuditEntry, Incident
 from watchdog.settings import EscalationTarget, WatchdogSettings
 from watchdog.slack_bot import TARGET as BOT_TARGET
 from watchdog.slack_bot import SlackApi, SlackBot
@@ -124,6 +125,13 @@ class RoutedNotifier:
         if not self.pagers:
             return None
         return await self._all("resolve", [(pager.target, pager.resolve(message)) for pager in self.pagers])
+
+    async def acknowledged(self, message: ResolvedMessage) -> NotifyResult | None:
+        """Acknowledge the incident's pages (someone took it); None when no paging service is configured."""
+        if not self.pagers:
+            return None
+        sends = [(pager.target, pager.acknowledge(message)) for pager in self.pagers]
+        return await self._all("acknowledge", sends)
 
     async def _all(self, kind: str, sends: Sequence[tuple[str, Awaitable[NotifyResult]]]) -> NotifyResult:
         results = await asyncio.gather(*(self._counted(target, kind, send) for target, send in sends))
@@ -206,12 +214,32 @@ async def update_prompt(
     )
 
 
-class PageResolver:
-    """Resolves the page of an escalated incident when its alert resolves (the intake's hook), and
-    updates the posted prompt of an incident its resolved alert closed before anything acted.
+def page_state(audit: Sequence[AuditEntry]) -> str:
+    """What the audit log says of an incident's page: "none" (never paged), "open" or "resolved".
 
-    Runs as a background job (the intake answers Alertmanager first); the delivery is audited on the
-    incident (`page_resolved`, before and after) like every notification.
+    The audit log is the record of pages: an escalation delivered (`escalation_notified`, sent) opens
+    one; a resolve the pagers took (`page_resolved`, ok) closes it. A failed resolve leaves it open,
+    so the next occasion tries again."""
+    state = "none"
+    for entry in audit:
+        if entry.phase != "after":
+            continue
+        if entry.kind == "escalation_notified" and entry.data.get("sent"):
+            state = "open"
+        elif entry.kind == "page_resolved" and entry.data.get("ok") and state == "open":
+            state = "resolved"
+    return state
+
+
+class PageResolver:
+    """Resolves the page of an escalated incident when the problem it paged for is over, whatever
+    opened the incident: its alert resolved (the intake's hook), or another incident of the same run
+    resolved (`run_resolved`: a run by hand or the watchdog finished the job on-call was paged for).
+    Acknowledges the page when a named person takes the run over (`taken`). Also updates the posted
+    prompt of an incident its resolved alert closed before anything acted.
+
+    Runs as background jobs (the intake answers Alertmanager first); each delivery is audited on the
+    incident (`page_resolved`, `page_acknowledged`, before and after) like every notification.
     """
 
     def __init__(self, incidents: IncidentService, notifier: RoutedNotifier, jobs: JobTracker) -> None:
@@ -224,6 +252,20 @@ class PageResolver:
         if self.notifier.pagers:
             self.jobs.spawn(self.resolve(incident_id), name=f"resolve page of incident {incident_id}")
 
+    def run_resolved(self, incident: Incident) -> None:
+        """`incident` resolved: the open pages of its run's escalated incidents are over too."""
+        if self.notifier.pagers:
+            work = self.resolve_run(incident.execution_id, f"incident {incident.id} of the run resolved")
+            self.jobs.spawn(work, name=f"resolve the pages of execution {incident.execution_id}")
+
+    def taken(self, incident: Incident, actor: str) -> None:
+        """`actor` (a named person) started a playbook on `incident`'s run: acknowledge its open pages."""
+        if self.notifier.pagers:
+            playbook = incident.plan.playbook if incident.plan is not None else "a playbook"
+            what = f"started {playbook} on incident {incident.id}"
+            work = self.acknowledge_run(incident.execution_id, actor, what)
+            self.jobs.spawn(work, name=f"acknowledge the pages of execution {incident.execution_id}")
+
     def alert_closed(self, incident_id: int) -> None:
         """The alert of incident `incident_id` resolved before anything acted: its prompt expired with
         it, and its posted message (the Slack bot's) says so."""
@@ -232,18 +274,54 @@ class PageResolver:
             update = update_prompt(self.incidents, self.notifier, incident_id, "Resolved", detail)
             self.jobs.spawn(update, name=f"update the prompt of incident {incident_id}")
 
-    async def resolve(self, incident_id: int) -> NotifyResult | None:
-        """Resolve the incident's page when it was escalated; None when there is nothing to resolve."""
-        incident = await self.incidents.get(incident_id)
-        if incident.status != "escalated":
+    async def resolve(self, incident_id: int, reason: str = "the alert resolved") -> NotifyResult | None:
+        """Resolve the incident's open page; None when there is nothing to resolve (not escalated,
+        never paged, or its page already resolved)."""
+        incident = await self._paged(incident_id)
+        if incident is None:
             return None
-        await self.incidents.record(incident_id, "page_resolved", phase="before", actor=ACTOR, data={})
-        message = ResolvedMessage(incident.id, incident.execution_id, "the alert resolved")
-        result = await self.notifier.resolved(message)
+        message = ResolvedMessage(incident.id, incident.execution_id, reason)
+        return await self._delivered(incident_id, "page_resolved", self.notifier.resolved(message))
+
+    async def acknowledge(self, incident_id: int, actor: str, what: str) -> NotifyResult | None:
+        """Acknowledge the incident's open page for `actor`; None when there is no open page."""
+        incident = await self._paged(incident_id)
+        if incident is None:
+            return None
+        message = ResolvedMessage(incident.id, incident.execution_id, f"{actor} took it: {what}")
+        return await self._delivered(incident_id, "page_acknowledged", self.notifier.acknowledged(message))
+
+    async def resolve_run(self, execution_id: str, reason: str) -> list[NotifyResult]:
+        """Resolve the open pages of the run's escalated incidents."""
+        return [r for i in await self._escalated_of(execution_id) if (r := await self.resolve(i, reason))]
+
+    async def acknowledge_run(self, execution_id: str, actor: str, what: str) -> list[NotifyResult]:
+        """Acknowledge the open pages of the run's escalated incidents for `actor`."""
+        ids = await self._escalated_of(execution_id)
+        return [r for i in ids if (r := await self.acknowledge(i, actor, what))]
+
+    async def _escalated_of(self, execution_id: str) -> list[int]:
+        async with self.incidents.store.read() as tx:
+            found = await tx.list_incidents(statuses=["escalated"], execution_id=execution_id, limit=20)
+        return [incident.id for incident in found]
+
+    async def _paged(self, incident_id: int) -> Incident | None:
+        """The incident when it is escalated and its page is open (by its audit log), else None."""
+        detail = await self.incidents.detail(incident_id)
+        if detail.incident.status != "escalated" or page_state(detail.audit) != "open":
+            return None
+        return detail.incident
+
+    async def _delivered(
+        self, incident_id: int, kind: str, sending: Awaitable[NotifyResult | None]
+    ) -> NotifyResult | None:
+        """A delivery to the pagers, audited before and after; a failure is logged, never raised."""
+        await self.incidents.record(incident_id, kind, phase="before", actor=ACTOR, data={})
+        result = await sending
         if result is not None and not result.ok:
-            log.warning("resolving the page of incident %s failed: %s", incident_id, result.detail)
+            log.warning("%s of incident %s failed: %s", kind, incident_id, result.detail)
         data = {} if result is None else result.as_dict()
-        await self.incidents.record(incident_id, "page_resolved", actor=ACTOR, data=data)
+        await self.incidents.record(incident_id, kind, actor=ACTOR, data=data)
         return result
 
 

@@ -12,6 +12,7 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -20,16 +21,26 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
 from tests.conftest import free_port
-from tests.watchdog.conftest import WATCHDOG_TOKEN, RecordingRemediate, ScriptedDiagnose
+from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, RecordingRemediate, ScriptedDiagnose
 from tests.watchdog.messages import PROMPT
+from tests.watchdog.recording_playbook import POLICY, RecordingPlaybook
 from tests.watchdog.webhook import alert, payload
-from watchdog.assembly import Watchdog, build_watchdog, create_app
+from watchdog.approvals import ApprovalService
+from watchdog.assembly import Watchdog, build_responder, build_watchdog, create_app
+from watchdog.incidents import IncidentService
+from watchdog.jobs import JobTracker
 from watchdog.metrics import WatchdogMetrics
-from watchdog.notifier import EscalationMessage, NotifyResult, PromptMessage
-from watchdog.notify_router import PageResolver, RoutedNotifier, notifier_from_settings
+from watchdog.notifier import EscalationMessage, NotifyResult, NullNotifier, PromptMessage
+from watchdog.notify_router import PageResolver, RoutedNotifier, notifier_from_settings, page_state
 from watchdog.paging import OpsgeniePager, PagerDutyPager, ResolvedMessage, dedup_key
-from watchdog.settings import WatchdogSettings, load_settings
+from watchdog.policy import parse_policy
+from watchdog.remediation_setup import ManualRun
+from watchdog.settings import Mode, WatchdogSettings, load_settings
+from watchdog.store import WatchdogStore
+from watchdog_sdk.clients import Clients
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
 from watchdog_sdk.errors import ConfigError
+from watchdog_sdk.registry import Registry
 
 PD_URL = "https://events.pagerduty.test/v2/enqueue"
 OG_URL = "https://api.opsgenie.test"
@@ -328,3 +339,130 @@ async def test_an_incident_not_escalated_has_no_page_to_resolve(
     resolver = PageResolver(paging_watchdog.incidents, _routed(paging_watchdog), paging_watchdog.jobs)
     assert await resolver.resolve(opened.incident.id) is None
     assert not route.calls
+
+
+# -- the pages of a run follow its incidents, whatever opened them --------------------------------------
+
+
+class PagedRun:
+    """A sweep-found incident escalated with a PagerDuty page, on the real store and remediation."""
+
+    def __init__(self, store: WatchdogStore, clock: FakeClock) -> None:
+        self.jobs = JobTracker()
+        self.incidents = IncidentService(store, WatchdogMetrics())
+        pager = PagerDutyPager(SecretStr(ROUTING_KEY), PD_URL, timeout=2)
+        self.notifier = RoutedNotifier(NullNotifier(), "none", pagers=[pager], escalate_to_chat=False)
+        self.playbook = RecordingPlaybook()
+        self.orchestrator = OrchestratorClient("http://127.0.0.1:9", timeout=0.5)
+        responder = build_responder(
+            store=store,
+            incidents=self.incidents,
+            approvals=ApprovalService(store, b"s" * 32, ttl_seconds=600, public_url="http://wd", clock=clock),
+            notifier=self.notifier,
+            policy=parse_policy(POLICY),
+            registry=Registry([self.playbook]),
+            clients=Clients(orchestrator=self.orchestrator),
+            mode=Mode.AUTO,
+            clock=clock,
+            jobs=self.jobs,
+        )
+        self.remediation = responder.remediation
+        self.pages = PageResolver(self.incidents, self.notifier, self.jobs)
+        self.remediation.closing.on_resolved = self.pages.run_resolved
+        self.remediation.closing.on_taken = self.pages.taken
+
+    async def escalated(self, execution_id: str) -> int:
+        opened = await self.incidents.open_or_join(
+            execution_id, dag_id="d", source="sweep", detection_source="api"
+        )
+        outcome = await self.remediation.closing.escalate(opened.incident.id, "no playbook fits")
+        assert outcome.status == "escalated"
+        return opened.incident.id
+
+    def by_hand(self, execution_id: str, actor: str) -> ManualRun:
+        params = {"agent_id": "calc"}
+        return ManualRun(playbook="restart_agent", execution_id=execution_id, params=params, actor=actor)
+
+
+@pytest.fixture
+async def paged_run(database_url: str, clock: FakeClock) -> AsyncIterator[PagedRun]:
+    store = await WatchdogStore.open(database_url, clock=clock)
+    run = PagedRun(store, clock)
+    try:
+        yield run
+    finally:
+        await run.orchestrator.aclose()
+        await store.close()
+
+
+async def test_a_person_running_a_playbook_acknowledges_the_page_and_its_success_resolves_it(
+    mocked: respx.MockRouter, paged_run: PagedRun
+) -> None:
+    route = mocked.post(PD_URL).respond(202, json={"status": "success", "dedup_key": "x"})
+    escalated = await paged_run.escalated("exec-s1")
+    outcome = await paged_run.remediation.run_manual(paged_run.by_hand("exec-s1", "alice@example.com"))
+    await asyncio.wait_for(paged_run.jobs.wait_idle(), 10)
+    assert outcome.status == "resolved" and outcome.incident_id != escalated
+    sent = [_sent(route, i) for i in range(len(route.calls))]
+    assert [body["event_action"] for body in sent] == ["trigger", "acknowledge", "resolve"]
+    assert {body["dedup_key"] for body in sent} == {dedup_key(escalated, "exec-s1")}
+    # Events API v2: acknowledge and resolve carry the routing key and dedup key, no payload.
+    assert all(set(body) == {"routing_key", "event_action", "dedup_key", "client"} for body in sent[1:])
+    detail = await paged_run.incidents.detail(escalated)
+    after = {(e.kind, e.data.get("ok")) for e in detail.audit if e.phase == "after"}
+    assert ("page_acknowledged", True) in after and ("page_resolved", True) in after
+    assert page_state(detail.audit) == "resolved"
+
+
+async def test_a_resolved_page_is_not_resolved_again_and_a_failed_resolve_is_tried_again(
+    mocked: respx.MockRouter, paged_run: PagedRun
+) -> None:
+    route = mocked.post(PD_URL).mock(
+        side_effect=[
+            httpx.Response(202, json={"status": "success"}),
+            httpx.Response(503, text="busy"),
+            httpx.Response(202, json={"status": "success"}),
+        ]
+    )
+    escalated = await paged_run.escalated("exec-s2")
+    [failed] = await paged_run.pages.resolve_run("exec-s2", "the run ended")
+    assert not failed.ok and "PagerDuty resolve answered 503" in failed.detail
+    [retried] = await paged_run.pages.resolve_run("exec-s2", "the run ended")
+    assert retried.ok
+    assert await paged_run.pages.resolve_run("exec-s2", "the run ended") == []
+    assert await paged_run.pages.acknowledge(escalated, "bob", "looking") is None
+    assert len(route.calls) == 3
+
+
+async def test_the_watchdog_acting_on_its_own_does_not_acknowledge_a_page(
+    mocked: respx.MockRouter, paged_run: PagedRun
+) -> None:
+    route = mocked.post(PD_URL).respond(202, json={"status": "success"})
+    await paged_run.escalated("exec-s3")
+    outcome = await paged_run.remediation.run_manual(paged_run.by_hand("exec-s3", "watchdog"))
+    await asyncio.wait_for(paged_run.jobs.wait_idle(), 10)
+    assert outcome.status == "resolved"
+    assert [_sent(route, i)["event_action"] for i in range(len(route.calls))] == ["trigger", "resolve"]
+
+
+async def test_a_run_never_paged_has_nothing_to_acknowledge_or_resolve(
+    mocked: respx.MockRouter, paged_run: PagedRun
+) -> None:
+    route = mocked.post(PD_URL).respond(202, json={"status": "success"})
+    outcome = await paged_run.remediation.run_manual(paged_run.by_hand("exec-s4", "alice@example.com"))
+    await asyncio.wait_for(paged_run.jobs.wait_idle(), 10)
+    assert outcome.status == "resolved" and not route.calls
+
+
+async def test_opsgenie_acknowledges_by_the_alias(mocked: respx.MockRouter) -> None:
+    alias = quote(dedup_key(7, "exec-1"), safe="")
+    route = mocked.post(f"{OG_URL}/v2/alerts/{alias}/acknowledge").respond(
+        202, json={"result": "Request will be processed", "took": 0.1, "requestId": "r-1"}
+    )
+    taken = ResolvedMessage(incident_id=7, execution_id="exec-1", reason="alice took it")
+    result = await OpsgeniePager(SecretStr(GENIE_KEY), OG_URL, timeout=2).acknowledge(taken)
+    assert result.ok and result.status == 202
+    request = route.calls[0].request
+    assert request.url.params["identifierType"] == "alias"
+    assert request.headers["Authorization"] == f"GenieKey {GENIE_KEY}"
+    assert json.loads(request.content) == {"source": "gl-watchdog", "note": "alice took it"}
