@@ -283,6 +283,7 @@ async def build_watchdog(
     pages = PageResolver(incidents, routed, jobs)
     responder.remediation.closing.on_resolved = pages.run_resolved
     responder.remediation.closing.on_taken = pages.taken
+    sweeper.after_sweep.append(lambda: pages.resolve_ended_runs(clients.orchestrator))
     return Watchdog(
         settings=settings,
         clock=clock,

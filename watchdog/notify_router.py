@@ -2,13 +2,17 @@
 
 Built by the composition root (`watchdog.assembly`) from the settings (`notifier_from_settings`); used
 as the one `Notifier` of the responder (prompts) and the remediation state machine (escalations),
-and by `PageResolver`, which the intake calls when an alert resolves for an escalated incident.
+and by `PageResolver`, which the intake, the remediation's closing and the sweep call so the page
+of an escalated incident follows its run (the audit log is the record of which pages are open).
 
     approval prompt  ──▶ chat (the Slack bot with `slack_bot_token`, else `notifier_url`: Slack or
                          JSON; nothing without either)
     escalation       ──▶ every `escalation_targets` entry: chat, pagerduty, opsgenie, email (at once)
     alert resolved   ──▶ the pagers' resolve, when the incident was escalated (its page is over);
                          the bot's prompt says "Resolved" when the alert closed the incident first
+    run taken        ──▶ the pagers' acknowledge, when a person starts a playbook on a paged run
+    run over         ──▶ the pagers' resolve, when another incident of the run resolves or the sweep
+                         finds the run completed, failed or cancelled
 
 Every prompt and escalation carries the incident's links (runbook, Grafana, trace, provenance, the
 alert's source: `watchdog.links`) and what its alert said; when they cannot be read (the store
@@ -27,7 +31,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Final
 
 import httpx
 
@@ -51,11 +55,16 @@ from watchdog.settings import EscalationTarget, WatchdogSettings
 from watchdog.slack_bot import TARGET as BOT_TARGET
 from watchdog.slack_bot import SlackApi, SlackBot
 from watchdog.store import WatchdogStore
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
 from watchdog_sdk.errors import WatchdogError
 
 log = logging.getLogger(__name__)
 
 ACTOR = "watchdog"
+# A page stays open while its run may still be stuck; these statuses end it (the orchestrator's).
+RUN_ENDED: Final = frozenset({"completed", "failed", "cancelled"})
+# How many of the newest escalated incidents each sweep looks at for an ended run.
+ENDED_RUNS_CHECKED: Final = 200
 
 
 def _combined(results: Sequence[tuple[str, NotifyResult]]) -> NotifyResult:
@@ -233,8 +242,9 @@ def page_state(audit: Sequence[AuditEntry]) -> str:
 
 class PageResolver:
     """Resolves the page of an escalated incident when the problem it paged for is over, whatever
-    opened the incident: its alert resolved (the intake's hook), or another incident of the same run
-    resolved (`run_resolved`: a run by hand or the watchdog finished the job on-call was paged for).
+    opened the incident: its alert resolved (the intake's hook), another incident of the same run
+    resolved (`run_resolved`: a run by hand or the watchdog finished the job on-call was paged for),
+    or the run ended (`resolve_ended_runs`, after every sweep).
     Acknowledges the page when a named person takes the run over (`taken`). Also updates the posted
     prompt of an incident its resolved alert closed before anything acted.
 
@@ -299,6 +309,30 @@ class PageResolver:
         """Acknowledge the open pages of the run's escalated incidents for `actor`."""
         ids = await self._escalated_of(execution_id)
         return [r for i in ids if (r := await self.acknowledge(i, actor, what))]
+
+    async def resolve_ended_runs(self, orchestrator: OrchestratorClient) -> list[NotifyResult]:
+        """The sweep's hook: resolve the open pages of the newest `ENDED_RUNS_CHECKED` escalated
+        incidents whose run has ended (completed, failed or cancelled: nothing is stuck any more).
+        A run the orchestrator cannot tell about is logged and looked at again next sweep."""
+        if not self.notifier.pagers:
+            return []
+        results = []
+        for incident in await self._with_open_pages():
+            try:
+                execution = await orchestrator.get_execution(incident.execution_id)
+            except WatchdogError as exc:
+                log.warning("cannot tell whether the run of paged incident %s ended: %s", incident.id, exc)
+                continue
+            if execution.status in RUN_ENDED:
+                reason = f"the run ended ({execution.status})"
+                if (result := await self.resolve(incident.id, reason)) is not None:
+                    results.append(result)
+        return results
+
+    async def _with_open_pages(self) -> list[Incident]:
+        async with self.incidents.store.read() as tx:
+            escalated = await tx.list_incidents(statuses=["escalated"], limit=ENDED_RUNS_CHECKED)
+            return [i for i in escalated if page_state(await tx.list_audit(i.id)) == "open"]
 
     async def _escalated_of(self, execution_id: str) -> list[int]:
         async with self.incidents.store.read() as tx:

@@ -466,3 +466,32 @@ async def test_opsgenie_acknowledges_by_the_alias(mocked: respx.MockRouter) -> N
     assert request.url.params["identifierType"] == "alias"
     assert request.headers["Authorization"] == f"GenieKey {GENIE_KEY}"
     assert json.loads(request.content) == {"source": "gl-watchdog", "note": "alice took it"}
+
+
+ORCH_URL = "http://orchestrator.test"
+
+
+def _execution(execution_id: str, status: str) -> dict[str, Any]:
+    return {"execution_id": execution_id, "dag_id": "d", "status": status}
+
+
+async def test_the_sweep_resolves_the_page_of_a_run_that_ended_and_keeps_the_others(
+    mocked: respx.MockRouter, paged_run: PagedRun
+) -> None:
+    pd = mocked.post(PD_URL).respond(202, json={"status": "success"})
+    runs = f"{ORCH_URL}/api/v1/orchestrator/executions"
+    mocked.get(f"{runs}/exec-done").respond(200, json=_execution("exec-done", "cancelled"))
+    mocked.get(f"{runs}/exec-stuck").respond(200, json=_execution("exec-stuck", "running"))
+    mocked.get(f"{runs}/exec-unknown").respond(503, json={"error": "unavailable", "detail": "db down"})
+    done = await paged_run.escalated("exec-done")
+    stuck = await paged_run.escalated("exec-stuck")
+    await paged_run.escalated("exec-unknown")
+    async with OrchestratorClient(ORCH_URL, timeout=2) as orchestrator:
+        [result] = await paged_run.pages.resolve_ended_runs(orchestrator)
+        assert result.ok
+        assert await paged_run.pages.resolve_ended_runs(orchestrator) == []  # resolved once only
+    resolves = [_sent(pd, i) for i in range(len(pd.calls)) if _sent(pd, i)["event_action"] == "resolve"]
+    assert [body["dedup_key"] for body in resolves] == [dedup_key(done, "exec-done")]
+    audit = (await paged_run.incidents.detail(done)).audit
+    assert ("page_resolved", True) in [(e.kind, e.data.get("ok")) for e in audit if e.phase == "after"]
+    assert page_state((await paged_run.incidents.detail(stuck)).audit) == "open"
