@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Final
 
@@ -90,6 +90,8 @@ class RoutedNotifier:
         escalate_to_chat: bool = True,
         metrics: WatchdogMetrics | None = None,
         links: IncidentLinks | None = None,
+        default_targets: Collection[str] | None = None,
+        rule_targets: Mapping[str, Collection[str]] | None = None,
     ) -> None:
         self.chat = chat_notifier
         self.chat_target = chat_target
@@ -97,6 +99,24 @@ class RoutedNotifier:
         self.escalate_to_chat = escalate_to_chat
         self.metrics = metrics
         self.links = links
+        # Where an escalation goes: its rule's `escalate_to`, else these (None: every pager, and chat
+        # when `escalate_to_chat`).
+        self.default_targets = None if default_targets is None else frozenset(default_targets)
+        self.rule_targets = {rule: frozenset(targets) for rule, targets in (rule_targets or {}).items()}
+
+    def targets_for(self, rule: str | None) -> frozenset[str]:
+        """The targets of an incident planned by `rule`: the rule's `escalate_to`, else the default."""
+        if rule is not None and rule in self.rule_targets:
+            return self.rule_targets[rule]
+        if self.default_targets is not None:
+            return self.default_targets
+        chat_target = {EscalationTarget.CHAT.value} if self.escalate_to_chat else set()
+        return frozenset({pager.target for pager in self.pagers} | chat_target)
+
+    def pagers_for(self, rule: str | None) -> list[Pager]:
+        """The paging services an incident planned by `rule` pages."""
+        targets = self.targets_for(rule)
+        return [pager for pager in self.pagers if pager.target in targets]
 
     async def approval_requested(self, message: PromptMessage) -> NotifyResult:
         message = replace(message, **await self._links_of(message.incident_id))
@@ -123,23 +143,25 @@ class RoutedNotifier:
     async def escalated(self, message: EscalationMessage) -> NotifyResult:
         message = replace(message, **await self._links_of(message.incident_id))
         sends: list[tuple[str, Awaitable[NotifyResult]]] = [
-            (pager.target, pager.trigger(message)) for pager in self.pagers
+            (pager.target, pager.trigger(message)) for pager in self.pagers_for(message.rule)
         ]
-        if self.escalate_to_chat or not sends:
+        if EscalationTarget.CHAT.value in self.targets_for(message.rule) or not sends:
             sends.insert(0, (self.chat_target, self.chat.escalated(message)))
         return await self._all("escalation", sends)
 
     async def resolved(self, message: ResolvedMessage) -> NotifyResult | None:
-        """Resolve the incident's pages; None when no paging service is configured."""
-        if not self.pagers:
+        """Resolve the incident's pages; None when it paged no paging service."""
+        pagers = self.pagers_for(message.rule)
+        if not pagers:
             return None
-        return await self._all("resolve", [(pager.target, pager.resolve(message)) for pager in self.pagers])
+        return await self._all("resolve", [(pager.target, pager.resolve(message)) for pager in pagers])
 
     async def acknowledged(self, message: ResolvedMessage) -> NotifyResult | None:
-        """Acknowledge the incident's pages (someone took it); None when no paging service is configured."""
-        if not self.pagers:
+        """Acknowledge the incident's pages (someone took it); None when it paged no paging service."""
+        pagers = self.pagers_for(message.rule)
+        if not pagers:
             return None
-        sends = [(pager.target, pager.acknowledge(message)) for pager in self.pagers]
+        sends = [(pager.target, pager.acknowledge(message)) for pager in pagers]
         return await self._all("acknowledge", sends)
 
     async def _all(self, kind: str, sends: Sequence[tuple[str, Awaitable[NotifyResult]]]) -> NotifyResult:
@@ -160,19 +182,22 @@ def notifier_from_settings(
     transport: httpx.AsyncBaseTransport | None = None,
     store: WatchdogStore | None = None,
     links: IncidentLinks | None = None,
+    rule_targets: Mapping[str, Collection[str]] | None = None,
 ) -> RoutedNotifier:
     """The notifier the settings ask for: the Slack bot (with `slack_bot_token` and a `store` to keep
     its messages in) or the chat webhook (none without `notifier_url`), and the paging services of
-    `escalation_targets`, every call under `notifier_timeout_seconds`; messages carry `links`."""
-    timeout, targets = settings.notifier_timeout_seconds, settings.escalation_targets
+    every configured target (`configured_targets`), every call under `notifier_timeout_seconds`;
+    an escalation goes to `escalation_targets`, or to its policy rule's `escalate_to`
+    (`rule_targets`); messages carry `links`."""
+    timeout, configured = settings.notifier_timeout_seconds, configured_targets(settings)
     pagers: list[Pager] = []
-    if EscalationTarget.PAGERDUTY in targets and settings.pagerduty_routing_key is not None:
+    if EscalationTarget.PAGERDUTY in configured and settings.pagerduty_routing_key is not None:
         key, severity = settings.pagerduty_routing_key, settings.pagerduty_severity
         pagers.append(PagerDutyPager(key, settings.pagerduty_url, severity, timeout, transport))
-    if EscalationTarget.OPSGENIE in targets and settings.opsgenie_api_key is not None:
+    if EscalationTarget.OPSGENIE in configured and settings.opsgenie_api_key is not None:
         key, priority = settings.opsgenie_api_key, settings.opsgenie_priority
         pagers.append(OpsgeniePager(key, settings.opsgenie_url, priority, timeout, transport))
-    if EscalationTarget.EMAIL in targets and settings.smtp_host is not None:
+    if EscalationTarget.EMAIL in configured:
         pagers.append(_email(settings))
     chat_notifier: Notifier = chat.notifier_from_settings(settings, transport=transport)
     chat_target = "none" if isinstance(chat_notifier, NullNotifier) else settings.notifier_kind.value
@@ -188,10 +213,26 @@ def notifier_from_settings(
         chat_notifier,
         chat_target,
         pagers=pagers,
-        escalate_to_chat=EscalationTarget.CHAT in targets,
+        escalate_to_chat=EscalationTarget.CHAT in settings.escalation_targets,
         metrics=metrics,
         links=links,
+        default_targets=[target.value for target in settings.escalation_targets],
+        rule_targets=rule_targets,
     )
+
+
+def configured_targets(settings: WatchdogSettings) -> frozenset[str]:
+    """The escalation targets the settings configure: chat always (it may send nothing), a paging
+    service with its key, email with its SMTP host and recipients. A policy rule's `escalate_to` may
+    name only these (`watchdog.policy.check_escalation_targets`)."""
+    configured = {EscalationTarget.CHAT.value}
+    if settings.pagerduty_routing_key is not None:
+        configured.add(EscalationTarget.PAGERDUTY.value)
+    if settings.opsgenie_api_key is not None:
+        configured.add(EscalationTarget.OPSGENIE.value)
+    if settings.smtp_host is not None and settings.email_to:
+        configured.add(EscalationTarget.EMAIL.value)
+    return frozenset(configured)
 
 
 def _email(settings: WatchdogSettings) -> EmailPager:
@@ -238,6 +279,10 @@ def page_state(audit: Sequence[AuditEntry]) -> str:
         elif entry.kind == "page_resolved" and entry.data.get("ok") and state == "open":
             state = "resolved"
     return state
+
+
+def _rule_of(incident: Incident) -> str | None:
+    return None if incident.plan is None else incident.plan.rule
 
 
 class PageResolver:
@@ -290,7 +335,7 @@ class PageResolver:
         incident = await self._paged(incident_id)
         if incident is None:
             return None
-        message = ResolvedMessage(incident.id, incident.execution_id, reason)
+        message = ResolvedMessage(incident.id, incident.execution_id, reason, _rule_of(incident))
         return await self._delivered(incident_id, "page_resolved", self.notifier.resolved(message))
 
     async def acknowledge(self, incident_id: int, actor: str, what: str) -> NotifyResult | None:
@@ -298,7 +343,8 @@ class PageResolver:
         incident = await self._paged(incident_id)
         if incident is None:
             return None
-        message = ResolvedMessage(incident.id, incident.execution_id, f"{actor} took it: {what}")
+        taken = f"{actor} took it: {what}"
+        message = ResolvedMessage(incident.id, incident.execution_id, taken, _rule_of(incident))
         return await self._delivered(incident_id, "page_acknowledged", self.notifier.acknowledged(message))
 
     async def resolve_run(self, execution_id: str, reason: str) -> list[NotifyResult]:
@@ -332,7 +378,9 @@ class PageResolver:
     async def _with_open_pages(self) -> list[Incident]:
         async with self.incidents.store.read() as tx:
             escalated = await tx.list_incidents(statuses=["escalated"], limit=ENDED_RUNS_CHECKED)
-            return [i for i in escalated if page_state(await tx.list_audit(i.id)) == "open"]
+            return [
+                i for i in escalated if self._pages(i) and page_state(await tx.list_audit(i.id)) == "open"
+            ]
 
     async def _escalated_of(self, execution_id: str) -> list[int]:
         async with self.incidents.store.read() as tx:
@@ -342,9 +390,14 @@ class PageResolver:
     async def _paged(self, incident_id: int) -> Incident | None:
         """The incident when it is escalated and its page is open (by its audit log), else None."""
         detail = await self.incidents.detail(incident_id)
-        if detail.incident.status != "escalated" or page_state(detail.audit) != "open":
+        incident = detail.incident
+        if incident.status != "escalated" or not self._pages(incident) or page_state(detail.audit) != "open":
             return None
-        return detail.incident
+        return incident
+
+    def _pages(self, incident: Incident) -> bool:
+        """True when an escalation of `incident` goes to a paging service (its rule's, or the default)."""
+        return bool(self.notifier.pagers_for(_rule_of(incident)))
 
     async def _delivered(
         self, incident_id: int, kind: str, sending: Awaitable[NotifyResult | None]

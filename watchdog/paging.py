@@ -46,6 +46,7 @@ class ResolvedMessage:
     incident_id: int
     execution_id: str
     reason: str
+    rule: str | None = None  # the policy rule that planned the incident: the targets it was paged on
 
 
 def dedup_key(incident_id: int, execution_id: str) -> str:

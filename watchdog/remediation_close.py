@@ -50,6 +50,11 @@ class Outcome:
     detail: str
 
 
+def _rule_of(plan: Plan | None) -> str | None:
+    """The policy rule that planned an incident (its `escalate_to` routes the escalation)."""
+    return None if plan is None else plan.rule
+
+
 class Closing:
     """The closing writes, audit entries and notifications of remediations."""
 
@@ -173,6 +178,7 @@ class Closing:
             reason=reason,
             diagnosis_summary=summary,
             plan_headline=plan.headline() if plan else "",
+            rule=_rule_of(plan or incident.plan),
         )
         await self.notify(incident_id, "escalation_notified", self.notifier.escalated(message))
         return Outcome(incident_id, "escalated", reason)

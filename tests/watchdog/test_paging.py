@@ -27,13 +27,21 @@ from tests.watchdog.recording_playbook import POLICY, RecordingPlaybook
 from tests.watchdog.webhook import alert, payload
 from watchdog.approvals import ApprovalService
 from watchdog.assembly import Watchdog, build_responder, build_watchdog, create_app
+from watchdog.errors import PolicyError
 from watchdog.incidents import IncidentService
 from watchdog.jobs import JobTracker
 from watchdog.metrics import WatchdogMetrics
-from watchdog.notifier import EscalationMessage, NotifyResult, NullNotifier, PromptMessage
-from watchdog.notify_router import PageResolver, RoutedNotifier, notifier_from_settings, page_state
+from watchdog.notifier import EscalationMessage, NotifyResult, PromptMessage
+from watchdog.notify_router import (
+    PageResolver,
+    RoutedNotifier,
+    configured_targets,
+    notifier_from_settings,
+    page_state,
+)
 from watchdog.paging import OpsgeniePager, PagerDutyPager, ResolvedMessage, dedup_key
-from watchdog.policy import parse_policy
+from watchdog.plan import Plan
+from watchdog.policy import parse_policy, parse_policy_text
 from watchdog.remediation_setup import ManualRun
 from watchdog.settings import Mode, WatchdogSettings, load_settings
 from watchdog.store import WatchdogStore
@@ -347,11 +355,13 @@ async def test_an_incident_not_escalated_has_no_page_to_resolve(
 class PagedRun:
     """A sweep-found incident escalated with a PagerDuty page, on the real store and remediation."""
 
-    def __init__(self, store: WatchdogStore, clock: FakeClock) -> None:
+    def __init__(self, store: WatchdogStore, clock: FakeClock, **routing: Any) -> None:
         self.jobs = JobTracker()
         self.incidents = IncidentService(store, WatchdogMetrics())
         pager = PagerDutyPager(SecretStr(ROUTING_KEY), PD_URL, timeout=2)
-        self.notifier = RoutedNotifier(NullNotifier(), "none", pagers=[pager], escalate_to_chat=False)
+        self.chat = RecordingChat()
+        routing.setdefault("escalate_to_chat", False)
+        self.notifier = RoutedNotifier(self.chat, "slack", pagers=[pager], **routing)
         self.playbook = RecordingPlaybook()
         self.orchestrator = OrchestratorClient("http://127.0.0.1:9", timeout=0.5)
         responder = build_responder(
@@ -495,3 +505,83 @@ async def test_the_sweep_resolves_the_page_of_a_run_that_ended_and_keeps_the_oth
     audit = (await paged_run.incidents.detail(done)).audit
     assert ("page_resolved", True) in [(e.kind, e.data.get("ok")) for e in audit if e.phase == "after"]
     assert page_state((await paged_run.incidents.detail(stuck)).audit) == "open"
+
+
+# -- escalation targets per policy rule ---------------------------------------------------------------
+
+RULED_POLICY = """\
+version: 1
+playbooks:
+  restart_agent:
+    risk: medium
+rules:
+  - name: agent-down
+    when:
+      likely_cause: [agent_unresponsive]
+    playbook: restart_agent
+    escalate_to: [pagerduty, email]
+  - name: anything-else
+    when:
+      likely_cause: [unknown]
+    playbook: null
+"""
+
+
+def test_a_rules_escalation_target_must_be_configured_and_the_error_names_its_line() -> None:
+    with pytest.raises(PolicyError) as caught:
+        parse_policy_text(RULED_POLICY, "p.yaml", targets={"chat", "email"})
+    assert str(caught.value) == (
+        "p.yaml: invalid policy: rules.0.escalate_to.0: escalation target 'pagerduty' is not configured "
+        "(configured: chat, email) [line 10, rule 'agent-down']"
+    )
+    configured = {"chat", "pagerduty", "email"}
+    policy = parse_policy_text(RULED_POLICY, "p.yaml", targets=configured)
+    assert policy.escalation_targets() == {"agent-down": ["pagerduty", "email"]}
+
+
+def test_an_unknown_escalation_target_is_refused_at_load() -> None:
+    text = RULED_POLICY.replace("[pagerduty, email]", "[sms]")
+    with pytest.raises(PolicyError, match=r"rules\.0\.escalate_to\.0: .*'chat', 'pagerduty', 'opsgenie'"):
+        parse_policy_text(text, "p.yaml")
+
+
+def test_the_configured_targets_are_those_with_their_credentials() -> None:
+    assert configured_targets(WatchdogSettings()) == {"chat"}
+    settings = WatchdogSettings(
+        pagerduty_routing_key=ROUTING_KEY, smtp_host="smtp.test", email_to=["oncall@example.com"]
+    )
+    assert configured_targets(settings) == {"chat", "pagerduty", "email"}
+
+
+async def test_an_incident_planned_by_a_rule_with_escalate_to_pages_its_targets_only(
+    mocked: respx.MockRouter, database_url: str, clock: FakeClock
+) -> None:
+    route = mocked.post(PD_URL).respond(202, json={"status": "success"})
+    store = await WatchdogStore.open(database_url, clock=clock)
+    routing = {"default_targets": ["chat"], "rule_targets": {"agent-down": ["pagerduty"]}}
+    run = PagedRun(store, clock, **routing)
+    try:
+        ruled = await run.incidents.open_or_join(
+            "exec-r1", dag_id="d", source="sweep", detection_source="api"
+        )
+        plan = Plan(
+            execution_id="exec-r1",
+            likely_cause="agent_unresponsive",
+            playbook="restart_agent",
+            mode=Mode.RECOMMEND,
+            rationale="the agent is not answering",
+            rule="agent-down",
+        )
+        await run.incidents.update(ruled.incident.id, kind="planned", actor="watchdog", plan=plan)
+        await run.remediation.closing.escalate(ruled.incident.id, "approval expired")
+        assert [_sent(route, i)["event_action"] for i in range(len(route.calls))] == ["trigger"]
+        assert run.chat.sent == []  # the rule's targets replace the default, chat included
+        other = await run.escalated("exec-r2")  # no rule: the settings' escalation_targets (chat)
+        assert run.chat.sent == ["escalation"] and len(route.calls) == 1
+        assert await run.pages.resolve(other, "the run ended") is None  # it paged nobody
+        assert "page_resolved" not in [entry.kind for entry in (await run.incidents.detail(other)).audit]
+        assert (await run.pages.resolve(ruled.incident.id, "the run ended")) is not None
+        assert _sent(route, 1)["event_action"] == "resolve"
+    finally:
+        await run.orchestrator.aclose()
+        await store.close()
