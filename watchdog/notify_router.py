@@ -10,7 +10,8 @@ of an escalated incident follows its run (the audit log is the record of which p
     escalation       ──▶ every `escalation_targets` entry: chat, pagerduty, opsgenie, email (at once)
     alert resolved   ──▶ the pagers' resolve, when the incident was escalated (its page is over);
                          the bot's prompt says "Resolved" when the alert closed the incident first
-    run taken        ──▶ the pagers' acknowledge, when a person starts a playbook on a paged run
+    run taken        ──▶ the pagers' acknowledge, when a person starts or approves a playbook on a
+                         paged run
     run over         ──▶ the pagers' resolve, when another incident of the run resolves or the sweep
                          finds the run completed, failed or cancelled
 
@@ -314,7 +315,8 @@ class PageResolver:
             self.jobs.spawn(work, name=f"resolve the pages of execution {incident.execution_id}")
 
     def taken(self, incident: Incident, actor: str) -> None:
-        """`actor` (a named person) started a playbook on `incident`'s run: acknowledge its open pages."""
+        """`actor` (a named person) started or approved a playbook on `incident`'s run: acknowledge its
+        open pages."""
         if self.notifier.pagers:
             playbook = incident.plan.playbook if incident.plan is not None else "a playbook"
             what = f"started {playbook} on incident {incident.id}"

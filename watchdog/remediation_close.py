@@ -13,8 +13,8 @@ A write of a remediation is retried while the store is briefly out of reach (`sa
 is audited before and after, and a failed delivery is logged, never raised. The pages of a run
 follow its incidents through two hooks the composition root sets
 (`watchdog.notify_router.PageResolver`): `on_resolved` when an incident resolves (the pages of its
-run's escalated incidents resolve), `on_taken` when a named person starts a playbook on a run (they
-are acknowledged).
+run's escalated incidents resolve), `on_taken` when a named person starts or approves a playbook on
+a run (they are acknowledged).
 """
 
 from __future__ import annotations

@@ -21,11 +21,17 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
 from tests.conftest import free_port
-from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, RecordingRemediate, ScriptedDiagnose
+from tests.watchdog.conftest import (
+    WATCHDOG_TOKEN,
+    FakeClock,
+    RecordingRemediate,
+    ScriptedDiagnose,
+    make_diagnosis,
+)
 from tests.watchdog.messages import PROMPT
 from tests.watchdog.recording_playbook import POLICY, RecordingPlaybook
 from tests.watchdog.webhook import alert, payload
-from watchdog.approvals import ApprovalService
+from watchdog.approvals import ApprovalService, Decision
 from watchdog.assembly import Watchdog, build_responder, build_watchdog, create_app
 from watchdog.errors import PolicyError
 from watchdog.incidents import IncidentService
@@ -355,7 +361,9 @@ async def test_an_incident_not_escalated_has_no_page_to_resolve(
 class PagedRun:
     """A sweep-found incident escalated with a PagerDuty page, on the real store and remediation."""
 
-    def __init__(self, store: WatchdogStore, clock: FakeClock, **routing: Any) -> None:
+    def __init__(
+        self, store: WatchdogStore, clock: FakeClock, mode: Mode = Mode.AUTO, **routing: Any
+    ) -> None:
         self.jobs = JobTracker()
         self.incidents = IncidentService(store, WatchdogMetrics())
         pager = PagerDutyPager(SecretStr(ROUTING_KEY), PD_URL, timeout=2)
@@ -364,15 +372,18 @@ class PagedRun:
         self.notifier = RoutedNotifier(self.chat, "slack", pagers=[pager], **routing)
         self.playbook = RecordingPlaybook()
         self.orchestrator = OrchestratorClient("http://127.0.0.1:9", timeout=0.5)
-        responder = build_responder(
+        self.approvals = ApprovalService(
+            store, b"s" * 32, ttl_seconds=600, public_url="http://wd", clock=clock
+        )
+        self.responder = responder = build_responder(
             store=store,
             incidents=self.incidents,
-            approvals=ApprovalService(store, b"s" * 32, ttl_seconds=600, public_url="http://wd", clock=clock),
+            approvals=self.approvals,
             notifier=self.notifier,
             policy=parse_policy(POLICY),
             registry=Registry([self.playbook]),
             clients=Clients(orchestrator=self.orchestrator),
-            mode=Mode.AUTO,
+            mode=mode,
             clock=clock,
             jobs=self.jobs,
         )
@@ -582,6 +593,34 @@ async def test_an_incident_planned_by_a_rule_with_escalate_to_pages_its_targets_
         assert "page_resolved" not in [entry.kind for entry in (await run.incidents.detail(other)).audit]
         assert (await run.pages.resolve(ruled.incident.id, "the run ended")) is not None
         assert _sent(route, 1)["event_action"] == "resolve"
+    finally:
+        await run.orchestrator.aclose()
+        await store.close()
+
+
+async def test_a_person_approving_a_remediation_of_the_run_acknowledges_its_page(
+    mocked: respx.MockRouter, database_url: str, clock: FakeClock
+) -> None:
+    route = mocked.post(PD_URL).respond(202, json={"status": "success"})
+    store = await WatchdogStore.open(database_url, clock=clock)
+    run = PagedRun(store, clock, mode=Mode.RECOMMEND)
+    try:
+        escalated = await run.escalated("exec-a1")
+        again = await run.incidents.open_or_join(
+            "exec-a1", dag_id="d", source="manual", detection_source="api"
+        )
+        diagnosis = make_diagnosis("exec-a1", cause="agent_unresponsive")
+        assert (
+            await run.responder.handle_diagnosed(again.incident.id, diagnosis)
+        ).status == "awaiting_approval"
+        pending = await run.approvals.pending_of(again.incident.id)
+        assert pending is not None
+        approval = await run.approvals.decide(pending.id, Decision.APPROVE, actor="alice", authenticated=True)
+        assert (await run.responder.on_decision(approval)).status == "resolved"
+        await asyncio.wait_for(run.jobs.wait_idle(), 10)
+        sent = [_sent(route, i) for i in range(len(route.calls))]
+        assert [body["event_action"] for body in sent] == ["trigger", "acknowledge", "resolve"]
+        assert {body["dedup_key"] for body in sent} == {dedup_key(escalated, "exec-a1")}
     finally:
         await run.orchestrator.aclose()
         await store.close()
