@@ -624,3 +624,33 @@ async def test_a_person_approving_a_remediation_of_the_run_acknowledges_its_page
     finally:
         await run.orchestrator.aclose()
         await store.close()
+
+
+async def test_a_sweep_of_the_real_watchdog_resolves_the_page_of_an_ended_run(
+    _no_pending_tasks: None, mocked: respx.MockRouter, database_url: str
+) -> None:
+    pd = mocked.post(PD_URL).respond(202, json={"status": "success"})
+    runs = f"{ORCH_URL}/api/v1/orchestrator/executions"
+    mocked.get(runs).respond(200, json={"items": [], "next_cursor": None, "total": 0})
+    mocked.get(f"{runs}/exec-ended").respond(200, json=_execution("exec-ended", "failed"))
+    settings = WatchdogSettings(
+        database_url=database_url,
+        api_tokens=[WATCHDOG_TOKEN],
+        orchestrator_url=ORCH_URL,
+        orchestrator_timeout_seconds=1.0,
+        stuck_run_detection=False,
+        escalation_targets=["pagerduty"],
+        pagerduty_routing_key=ROUTING_KEY,
+        pagerduty_url=PD_URL,
+    )
+    wd = await build_watchdog(settings, diagnose=ScriptedDiagnose(), respond=False)
+    try:
+        opened = await wd.incidents.open_or_join(
+            "exec-ended", dag_id="d", source="sweep", detection_source="api"
+        )
+        await wd.remediation.closing.escalate(opened.incident.id, "on-call must look")
+        report = await wd.sweeper.sweep_once()
+        assert report.leader, report
+    finally:
+        await wd.aclose()
+    assert [_sent(pd, i)["event_action"] for i in range(len(pd.calls))] == ["trigger", "resolve"]
