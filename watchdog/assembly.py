@@ -52,7 +52,7 @@ from watchdog.limits import RemediationLimits
 from watchdog.links import IncidentLinks, LinkSettings
 from watchdog.metrics import WatchdogMetrics
 from watchdog.notifier import MessageUpdates, Notifier
-from watchdog.notify_router import PageResolver, notifier_from_settings
+from watchdog.notify_router import PageResolver, configured_targets, notifier_from_settings
 from watchdog.plugins import PluginCatalog, load_plugins
 from watchdog.policy import Policy, load_policy
 from watchdog.readiness import DependencyMonitor
@@ -172,7 +172,9 @@ async def build_watchdog(
     """
     clock = clock or SystemClock()
     plugins = plugins or load_plugins()
-    policy = policy or load_policy(settings.policy_file, catalog=plugins)
+    policy = policy or load_policy(
+        settings.policy_file, catalog=plugins, targets=configured_targets(settings)
+    )
     signing_key = _approval_signing_key(settings, warn=respond and on_diagnosed is None)
     clients = await open_clients(settings, clock=clock)
     try:
@@ -197,7 +199,9 @@ async def build_watchdog(
         rules=lambda plan: policy.approval_for(plan.playbook, plan.risk),
     )
     links = IncidentLinks(incidents, LinkSettings.of(settings), clock)
-    routed = notifier_from_settings(settings, metrics, store=store, links=links)
+    routed = notifier_from_settings(
+        settings, metrics, store=store, links=links, rule_targets=policy.escalation_targets()
+    )
     responder = build_responder(
         store=store,
         incidents=incidents,
@@ -283,6 +287,9 @@ async def build_watchdog(
         else None,
     )
     pages = PageResolver(incidents, routed, jobs)
+    responder.remediation.closing.on_resolved = pages.run_resolved
+    responder.remediation.closing.on_taken = pages.taken
+    sweeper.after_sweep.append(lambda: pages.resolve_ended_runs(clients.orchestrator))
     return Watchdog(
         settings=settings,
         clock=clock,

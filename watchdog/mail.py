@@ -1,7 +1,7 @@
-"""Email as an escalation target: one message when an incident is escalated, one when its page resolves.
+"""Email as an escalation target: a message when an incident is escalated, is taken, and resolves.
 
 Built by `watchdog.notify_router.notifier_from_settings` when `escalation_targets` has `email`, called
-like the paging services (`watchdog.paging.Pager`): `trigger()` and `resolve()`. The stdlib's
+like the paging services (`watchdog.paging.Pager`): `trigger()`, `acknowledge()` and `resolve()`. The stdlib's
 `smtplib` runs in a worker thread (`asyncio.to_thread`) with `timeout` on every socket operation; with
 `starttls` the session is upgraded before anything else is said, and with a `username` it logs in.
 Both messages carry the incident's page key (`watchdog.paging.dedup_key`) as `X-GL-Watchdog-Page`
@@ -54,6 +54,11 @@ class EmailPager:
             lines.append(f"Diagnosis: {message.diagnosis_summary}")
         subject = f"[gl-watchdog] Escalated: incident {message.incident_id} ({message.execution_id})"
         return await self._send(subject, "\n".join(lines), message.incident_id, message.execution_id)
+
+    async def acknowledge(self, message: ResolvedMessage) -> NotifyResult:
+        subject = f"[gl-watchdog] Acknowledged: incident {message.incident_id} ({message.execution_id})"
+        body = f"The page of incident {message.incident_id} is acknowledged: {message.reason}."
+        return await self._send(subject, body, message.incident_id, message.execution_id)
 
     async def resolve(self, message: ResolvedMessage) -> NotifyResult:
         subject = f"[gl-watchdog] Resolved: incident {message.incident_id} ({message.execution_id})"

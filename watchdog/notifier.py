@@ -56,6 +56,7 @@ class EscalationMessage:
     details: dict[str, Any] = field(default_factory=dict)
     links: dict[str, str] = field(default_factory=dict)
     alert_summary: str = ""
+    rule: str | None = None  # the policy rule that planned the incident (its `escalate_to` routes it)
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,18 @@
 
 Built by the composition root (`watchdog.assembly`) from the settings (`notifier_from_settings`); used
 as the one `Notifier` of the responder (prompts) and the remediation state machine (escalations),
-and by `PageResolver`, which the intake calls when an alert resolves for an escalated incident.
+and by `PageResolver`, which the intake, the remediation's closing and the sweep call so the page
+of an escalated incident follows its run (the audit log is the record of which pages are open).
 
     approval prompt  ──▶ chat (the Slack bot with `slack_bot_token`, else `notifier_url`: Slack or
                          JSON; nothing without either)
     escalation       ──▶ every `escalation_targets` entry: chat, pagerduty, opsgenie, email (at once)
     alert resolved   ──▶ the pagers' resolve, when the incident was escalated (its page is over);
                          the bot's prompt says "Resolved" when the alert closed the incident first
+    run taken        ──▶ the pagers' acknowledge, when a person starts or approves a playbook on a
+                         paged run
+    run over         ──▶ the pagers' resolve, when another incident of the run resolves or the sweep
+                         finds the run completed, failed or cancelled
 
 Every prompt and escalation carries the incident's links (runbook, Grafana, trace, provenance, the
 alert's source: `watchdog.links`) and what its alert said; when they cannot be read (the store
@@ -25,9 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Final
 
 import httpx
 
@@ -46,15 +51,21 @@ from watchdog.notifier import (
     PromptMessage,
 )
 from watchdog.paging import OpsgeniePager, Pager, PagerDutyPager, ResolvedMessage
+from watchdog.records import AuditEntry, Incident
 from watchdog.settings import EscalationTarget, WatchdogSettings
 from watchdog.slack_bot import TARGET as BOT_TARGET
 from watchdog.slack_bot import SlackApi, SlackBot
 from watchdog.store import WatchdogStore
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
 from watchdog_sdk.errors import WatchdogError
 
 log = logging.getLogger(__name__)
 
 ACTOR = "watchdog"
+# A page stays open while its run may still be stuck; these statuses end it (the orchestrator's).
+RUN_ENDED: Final = frozenset({"completed", "failed", "cancelled"})
+# How many of the newest escalated incidents each sweep looks at for an ended run.
+ENDED_RUNS_CHECKED: Final = 200
 
 
 def _combined(results: Sequence[tuple[str, NotifyResult]]) -> NotifyResult:
@@ -80,6 +91,8 @@ class RoutedNotifier:
         escalate_to_chat: bool = True,
         metrics: WatchdogMetrics | None = None,
         links: IncidentLinks | None = None,
+        default_targets: Collection[str] | None = None,
+        rule_targets: Mapping[str, Collection[str]] | None = None,
     ) -> None:
         self.chat = chat_notifier
         self.chat_target = chat_target
@@ -87,6 +100,24 @@ class RoutedNotifier:
         self.escalate_to_chat = escalate_to_chat
         self.metrics = metrics
         self.links = links
+        # Where an escalation goes: its rule's `escalate_to`, else these (None: every pager, and chat
+        # when `escalate_to_chat`).
+        self.default_targets = None if default_targets is None else frozenset(default_targets)
+        self.rule_targets = {rule: frozenset(targets) for rule, targets in (rule_targets or {}).items()}
+
+    def targets_for(self, rule: str | None) -> frozenset[str]:
+        """The targets of an incident planned by `rule`: the rule's `escalate_to`, else the default."""
+        if rule is not None and rule in self.rule_targets:
+            return self.rule_targets[rule]
+        if self.default_targets is not None:
+            return self.default_targets
+        chat_target = {EscalationTarget.CHAT.value} if self.escalate_to_chat else set()
+        return frozenset({pager.target for pager in self.pagers} | chat_target)
+
+    def pagers_for(self, rule: str | None) -> list[Pager]:
+        """The paging services an incident planned by `rule` pages."""
+        targets = self.targets_for(rule)
+        return [pager for pager in self.pagers if pager.target in targets]
 
     async def approval_requested(self, message: PromptMessage) -> NotifyResult:
         message = replace(message, **await self._links_of(message.incident_id))
@@ -113,17 +144,26 @@ class RoutedNotifier:
     async def escalated(self, message: EscalationMessage) -> NotifyResult:
         message = replace(message, **await self._links_of(message.incident_id))
         sends: list[tuple[str, Awaitable[NotifyResult]]] = [
-            (pager.target, pager.trigger(message)) for pager in self.pagers
+            (pager.target, pager.trigger(message)) for pager in self.pagers_for(message.rule)
         ]
-        if self.escalate_to_chat or not sends:
+        if EscalationTarget.CHAT.value in self.targets_for(message.rule) or not sends:
             sends.insert(0, (self.chat_target, self.chat.escalated(message)))
         return await self._all("escalation", sends)
 
     async def resolved(self, message: ResolvedMessage) -> NotifyResult | None:
-        """Resolve the incident's pages; None when no paging service is configured."""
-        if not self.pagers:
+        """Resolve the incident's pages; None when it paged no paging service."""
+        pagers = self.pagers_for(message.rule)
+        if not pagers:
             return None
-        return await self._all("resolve", [(pager.target, pager.resolve(message)) for pager in self.pagers])
+        return await self._all("resolve", [(pager.target, pager.resolve(message)) for pager in pagers])
+
+    async def acknowledged(self, message: ResolvedMessage) -> NotifyResult | None:
+        """Acknowledge the incident's pages (someone took it); None when it paged no paging service."""
+        pagers = self.pagers_for(message.rule)
+        if not pagers:
+            return None
+        sends = [(pager.target, pager.acknowledge(message)) for pager in pagers]
+        return await self._all("acknowledge", sends)
 
     async def _all(self, kind: str, sends: Sequence[tuple[str, Awaitable[NotifyResult]]]) -> NotifyResult:
         results = await asyncio.gather(*(self._counted(target, kind, send) for target, send in sends))
@@ -143,19 +183,22 @@ def notifier_from_settings(
     transport: httpx.AsyncBaseTransport | None = None,
     store: WatchdogStore | None = None,
     links: IncidentLinks | None = None,
+    rule_targets: Mapping[str, Collection[str]] | None = None,
 ) -> RoutedNotifier:
     """The notifier the settings ask for: the Slack bot (with `slack_bot_token` and a `store` to keep
     its messages in) or the chat webhook (none without `notifier_url`), and the paging services of
-    `escalation_targets`, every call under `notifier_timeout_seconds`; messages carry `links`."""
-    timeout, targets = settings.notifier_timeout_seconds, settings.escalation_targets
+    every configured target (`configured_targets`), every call under `notifier_timeout_seconds`;
+    an escalation goes to `escalation_targets`, or to its policy rule's `escalate_to`
+    (`rule_targets`); messages carry `links`."""
+    timeout, configured = settings.notifier_timeout_seconds, configured_targets(settings)
     pagers: list[Pager] = []
-    if EscalationTarget.PAGERDUTY in targets and settings.pagerduty_routing_key is not None:
+    if EscalationTarget.PAGERDUTY in configured and settings.pagerduty_routing_key is not None:
         key, severity = settings.pagerduty_routing_key, settings.pagerduty_severity
         pagers.append(PagerDutyPager(key, settings.pagerduty_url, severity, timeout, transport))
-    if EscalationTarget.OPSGENIE in targets and settings.opsgenie_api_key is not None:
+    if EscalationTarget.OPSGENIE in configured and settings.opsgenie_api_key is not None:
         key, priority = settings.opsgenie_api_key, settings.opsgenie_priority
         pagers.append(OpsgeniePager(key, settings.opsgenie_url, priority, timeout, transport))
-    if EscalationTarget.EMAIL in targets and settings.smtp_host is not None:
+    if EscalationTarget.EMAIL in configured:
         pagers.append(_email(settings))
     chat_notifier: Notifier = chat.notifier_from_settings(settings, transport=transport)
     chat_target = "none" if isinstance(chat_notifier, NullNotifier) else settings.notifier_kind.value
@@ -171,10 +214,26 @@ def notifier_from_settings(
         chat_notifier,
         chat_target,
         pagers=pagers,
-        escalate_to_chat=EscalationTarget.CHAT in targets,
+        escalate_to_chat=EscalationTarget.CHAT in settings.escalation_targets,
         metrics=metrics,
         links=links,
+        default_targets=[target.value for target in settings.escalation_targets],
+        rule_targets=rule_targets,
     )
+
+
+def configured_targets(settings: WatchdogSettings) -> frozenset[str]:
+    """The escalation targets the settings configure: chat always (it may send nothing), a paging
+    service with its key, email with its SMTP host and recipients. A policy rule's `escalate_to` may
+    name only these (`watchdog.policy.check_escalation_targets`)."""
+    configured = {EscalationTarget.CHAT.value}
+    if settings.pagerduty_routing_key is not None:
+        configured.add(EscalationTarget.PAGERDUTY.value)
+    if settings.opsgenie_api_key is not None:
+        configured.add(EscalationTarget.OPSGENIE.value)
+    if settings.smtp_host is not None and settings.email_to:
+        configured.add(EscalationTarget.EMAIL.value)
+    return frozenset(configured)
 
 
 def _email(settings: WatchdogSettings) -> EmailPager:
@@ -206,12 +265,37 @@ async def update_prompt(
     )
 
 
-class PageResolver:
-    """Resolves the page of an escalated incident when its alert resolves (the intake's hook), and
-    updates the posted prompt of an incident its resolved alert closed before anything acted.
+def page_state(audit: Sequence[AuditEntry]) -> str:
+    """What the audit log says of an incident's page: "none" (never paged), "open" or "resolved".
 
-    Runs as a background job (the intake answers Alertmanager first); the delivery is audited on the
-    incident (`page_resolved`, before and after) like every notification.
+    The audit log is the record of pages: an escalation delivered (`escalation_notified`, sent) opens
+    one; a resolve the pagers took (`page_resolved`, ok) closes it. A failed resolve leaves it open,
+    so the next occasion tries again."""
+    state = "none"
+    for entry in audit:
+        if entry.phase != "after":
+            continue
+        if entry.kind == "escalation_notified" and entry.data.get("sent"):
+            state = "open"
+        elif entry.kind == "page_resolved" and entry.data.get("ok") and state == "open":
+            state = "resolved"
+    return state
+
+
+def _rule_of(incident: Incident) -> str | None:
+    return None if incident.plan is None else incident.plan.rule
+
+
+class PageResolver:
+    """Resolves the page of an escalated incident when the problem it paged for is over, whatever
+    opened the incident: its alert resolved (the intake's hook), another incident of the same run
+    resolved (`run_resolved`: a run by hand or the watchdog finished the job on-call was paged for),
+    or the run ended (`resolve_ended_runs`, after every sweep).
+    Acknowledges the page when a named person takes the run over (`taken`). Also updates the posted
+    prompt of an incident its resolved alert closed before anything acted.
+
+    Runs as background jobs (the intake answers Alertmanager first); each delivery is audited on the
+    incident (`page_resolved`, `page_acknowledged`, before and after) like every notification.
     """
 
     def __init__(self, incidents: IncidentService, notifier: RoutedNotifier, jobs: JobTracker) -> None:
@@ -224,6 +308,21 @@ class PageResolver:
         if self.notifier.pagers:
             self.jobs.spawn(self.resolve(incident_id), name=f"resolve page of incident {incident_id}")
 
+    def run_resolved(self, incident: Incident) -> None:
+        """`incident` resolved: the open pages of its run's escalated incidents are over too."""
+        if self.notifier.pagers:
+            work = self.resolve_run(incident.execution_id, f"incident {incident.id} of the run resolved")
+            self.jobs.spawn(work, name=f"resolve the pages of execution {incident.execution_id}")
+
+    def taken(self, incident: Incident, actor: str) -> None:
+        """`actor` (a named person) started or approved a playbook on `incident`'s run: acknowledge its
+        open pages."""
+        if self.notifier.pagers:
+            playbook = incident.plan.playbook if incident.plan is not None else "a playbook"
+            what = f"started {playbook} on incident {incident.id}"
+            work = self.acknowledge_run(incident.execution_id, actor, what)
+            self.jobs.spawn(work, name=f"acknowledge the pages of execution {incident.execution_id}")
+
     def alert_closed(self, incident_id: int) -> None:
         """The alert of incident `incident_id` resolved before anything acted: its prompt expired with
         it, and its posted message (the Slack bot's) says so."""
@@ -232,18 +331,86 @@ class PageResolver:
             update = update_prompt(self.incidents, self.notifier, incident_id, "Resolved", detail)
             self.jobs.spawn(update, name=f"update the prompt of incident {incident_id}")
 
-    async def resolve(self, incident_id: int) -> NotifyResult | None:
-        """Resolve the incident's page when it was escalated; None when there is nothing to resolve."""
-        incident = await self.incidents.get(incident_id)
-        if incident.status != "escalated":
+    async def resolve(self, incident_id: int, reason: str = "the alert resolved") -> NotifyResult | None:
+        """Resolve the incident's open page; None when there is nothing to resolve (not escalated,
+        never paged, or its page already resolved)."""
+        incident = await self._paged(incident_id)
+        if incident is None:
             return None
-        await self.incidents.record(incident_id, "page_resolved", phase="before", actor=ACTOR, data={})
-        message = ResolvedMessage(incident.id, incident.execution_id, "the alert resolved")
-        result = await self.notifier.resolved(message)
+        message = ResolvedMessage(incident.id, incident.execution_id, reason, _rule_of(incident))
+        return await self._delivered(incident_id, "page_resolved", self.notifier.resolved(message))
+
+    async def acknowledge(self, incident_id: int, actor: str, what: str) -> NotifyResult | None:
+        """Acknowledge the incident's open page for `actor`; None when there is no open page."""
+        incident = await self._paged(incident_id)
+        if incident is None:
+            return None
+        taken = f"{actor} took it: {what}"
+        message = ResolvedMessage(incident.id, incident.execution_id, taken, _rule_of(incident))
+        return await self._delivered(incident_id, "page_acknowledged", self.notifier.acknowledged(message))
+
+    async def resolve_run(self, execution_id: str, reason: str) -> list[NotifyResult]:
+        """Resolve the open pages of the run's escalated incidents."""
+        return [r for i in await self._escalated_of(execution_id) if (r := await self.resolve(i, reason))]
+
+    async def acknowledge_run(self, execution_id: str, actor: str, what: str) -> list[NotifyResult]:
+        """Acknowledge the open pages of the run's escalated incidents for `actor`."""
+        ids = await self._escalated_of(execution_id)
+        return [r for i in ids if (r := await self.acknowledge(i, actor, what))]
+
+    async def resolve_ended_runs(self, orchestrator: OrchestratorClient) -> list[NotifyResult]:
+        """The sweep's hook: resolve the open pages of the newest `ENDED_RUNS_CHECKED` escalated
+        incidents whose run has ended (completed, failed or cancelled: nothing is stuck any more).
+        A run the orchestrator cannot tell about is logged and looked at again next sweep."""
+        if not self.notifier.pagers:
+            return []
+        results = []
+        for incident in await self._with_open_pages():
+            try:
+                execution = await orchestrator.get_execution(incident.execution_id)
+            except WatchdogError as exc:
+                log.warning("cannot tell whether the run of paged incident %s ended: %s", incident.id, exc)
+                continue
+            if execution.status in RUN_ENDED:
+                reason = f"the run ended ({execution.status})"
+                if (result := await self.resolve(incident.id, reason)) is not None:
+                    results.append(result)
+        return results
+
+    async def _with_open_pages(self) -> list[Incident]:
+        async with self.incidents.store.read() as tx:
+            escalated = await tx.list_incidents(statuses=["escalated"], limit=ENDED_RUNS_CHECKED)
+            return [
+                i for i in escalated if self._pages(i) and page_state(await tx.list_audit(i.id)) == "open"
+            ]
+
+    async def _escalated_of(self, execution_id: str) -> list[int]:
+        async with self.incidents.store.read() as tx:
+            found = await tx.list_incidents(statuses=["escalated"], execution_id=execution_id, limit=20)
+        return [incident.id for incident in found]
+
+    async def _paged(self, incident_id: int) -> Incident | None:
+        """The incident when it is escalated and its page is open (by its audit log), else None."""
+        detail = await self.incidents.detail(incident_id)
+        incident = detail.incident
+        if incident.status != "escalated" or not self._pages(incident) or page_state(detail.audit) != "open":
+            return None
+        return incident
+
+    def _pages(self, incident: Incident) -> bool:
+        """True when an escalation of `incident` goes to a paging service (its rule's, or the default)."""
+        return bool(self.notifier.pagers_for(_rule_of(incident)))
+
+    async def _delivered(
+        self, incident_id: int, kind: str, sending: Awaitable[NotifyResult | None]
+    ) -> NotifyResult | None:
+        """A delivery to the pagers, audited before and after; a failure is logged, never raised."""
+        await self.incidents.record(incident_id, kind, phase="before", actor=ACTOR, data={})
+        result = await sending
         if result is not None and not result.ok:
-            log.warning("resolving the page of incident %s failed: %s", incident_id, result.detail)
+            log.warning("%s of incident %s failed: %s", kind, incident_id, result.detail)
         data = {} if result is None else result.as_dict()
-        await self.incidents.record(incident_id, "page_resolved", actor=ACTOR, data=data)
+        await self.incidents.record(incident_id, kind, actor=ACTOR, data=data)
         return result
 
 

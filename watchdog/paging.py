@@ -2,13 +2,17 @@
 
 Built by `watchdog.notify_router.notifier_from_settings` for the targets `escalation_targets` names,
 called by its `RoutedNotifier`: `trigger()` when an incident is escalated (a human must take over),
-`resolve()` when the incident's alert resolves afterwards. One page per incident: its dedup key
-(PagerDuty) or alias (Opsgenie) is `dedup_key(incident_id, execution_id)`, so a repeated trigger
-updates the open page instead of paging twice, and the resolve closes exactly that page.
+`acknowledge()` when a named person takes the run over, `resolve()` when the problem is over (its
+alert resolved, or another incident of the run resolved: `watchdog.notify_router.PageResolver`).
+One page per incident: its dedup key (PagerDuty) or alias (Opsgenie) is
+`dedup_key(incident_id, execution_id)`, so a repeated trigger updates the open page instead of paging
+twice, and the acknowledge and the resolve reach exactly that page.
 
-    PagerDuty  POST {pagerduty_url}                 {"routing_key", "event_action": "trigger"|"resolve",
-                                                     "dedup_key", "payload": {...}}        → 202
+    PagerDuty  POST {pagerduty_url}                 {"routing_key", "dedup_key", "payload": {...},
+                                                     "event_action": "trigger"|"acknowledge"|"resolve"}
+                                                                                            → 202
     Opsgenie   POST {opsgenie_url}/v2/alerts        {"message", "alias", "description", "priority", ...}
+               POST {opsgenie_url}/v2/alerts/{alias}/acknowledge?identifierType=alias       → 202
                POST {opsgenie_url}/v2/alerts/{alias}/close?identifierType=alias             → 202
                with `Authorization: GenieKey <key>`
 
@@ -36,11 +40,13 @@ OPSGENIE_DESCRIPTION_MAX: Final = 15000
 
 @dataclass(frozen=True)
 class ResolvedMessage:
-    """The problem an escalation paged for is over (its alert resolved)."""
+    """A page's follow-up: the problem it paged for is over (resolve), or someone took it
+    (acknowledge); `reason` says which and who."""
 
     incident_id: int
     execution_id: str
     reason: str
+    rule: str | None = None  # the policy rule that planned the incident: the targets it was paged on
 
 
 def dedup_key(incident_id: int, execution_id: str) -> str:
@@ -82,6 +88,10 @@ class Pager(Protocol):
         """Page for an escalated incident."""
         ...
 
+    async def acknowledge(self, message: ResolvedMessage) -> NotifyResult:
+        """Acknowledge the incident's page (someone took it)."""
+        ...
+
     async def resolve(self, message: ResolvedMessage) -> NotifyResult:
         """Resolve the incident's page."""
         ...
@@ -89,7 +99,7 @@ class Pager(Protocol):
 
 @dataclass(frozen=True)
 class PagerDutyPager:
-    """PagerDuty Events API v2 (`trigger` and `resolve` with one dedup key per incident)."""
+    """PagerDuty Events API v2 (`trigger`, `acknowledge` and `resolve` with one dedup key per incident)."""
 
     routing_key: SecretStr
     url: str
@@ -113,6 +123,9 @@ class PagerDutyPager:
             },
         )
 
+    async def acknowledge(self, message: ResolvedMessage) -> NotifyResult:
+        return await self._send("acknowledge", message.incident_id, message.execution_id)
+
     async def resolve(self, message: ResolvedMessage) -> NotifyResult:
         return await self._send("resolve", message.incident_id, message.execution_id)
 
@@ -134,7 +147,7 @@ class PagerDutyPager:
 
 @dataclass(frozen=True)
 class OpsgeniePager:
-    """Opsgenie's Alert API (create with an alias per incident, close by that alias)."""
+    """Opsgenie's Alert API (create with an alias per incident, acknowledge and close by that alias)."""
 
     api_key: SecretStr
     url: str  # https://api.opsgenie.com, or the EU instance
@@ -159,10 +172,17 @@ class OpsgeniePager:
         }
         return await self._post(f"{self.url.rstrip('/')}/v2/alerts", body, "Opsgenie create")
 
+    async def acknowledge(self, message: ResolvedMessage) -> NotifyResult:
+        return await self._follow_up("acknowledge", message)
+
     async def resolve(self, message: ResolvedMessage) -> NotifyResult:
+        return await self._follow_up("close", message)
+
+    async def _follow_up(self, action: str, message: ResolvedMessage) -> NotifyResult:
+        """`acknowledge` or `close` the incident's alert, by its alias, with `message.reason` as note."""
         alias = quote(dedup_key(message.incident_id, message.execution_id), safe="")
-        url = f"{self.url.rstrip('/')}/v2/alerts/{alias}/close?identifierType=alias"
-        return await self._post(url, {"source": SOURCE, "note": message.reason}, "Opsgenie close")
+        url = f"{self.url.rstrip('/')}/v2/alerts/{alias}/{action}?identifierType=alias"
+        return await self._post(url, {"source": SOURCE, "note": message.reason}, f"Opsgenie {action}")
 
     async def _post(self, url: str, body: dict[str, Any], what: str) -> NotifyResult:
         headers = {"Authorization": f"GenieKey {self.api_key.get_secret_value()}"}

@@ -9,9 +9,11 @@ planner (`watchdog.planner`), the responder and the remediation state machine, w
 invalid file raises `PolicyError` naming the field, and for a file its line and rule
 (`rules.2.playbook: unknown playbook 'reboot'; known: ... [line 14, rule 'agent']`): an unknown
 playbook (or a plugin one that failed to load, with its reason), params its playbook's params model
-refuses, a cause no loaded step can produce, a step number no step has. `gl-watchdog policy check
-FILE` runs the same checks without starting anything. `maintenance:` lists the maintenance windows
-(`watchdog.maintenance`; an error there names its line and window) the suppression gate honours.
+refuses, a cause no loaded step can produce, a step number no step has, and (given the configured
+escalation targets) a rule's `escalate_to` naming a target the settings do not configure.
+`gl-watchdog policy check FILE` runs the same checks without starting anything (but the targets).
+`maintenance:` lists the maintenance windows (`watchdog.maintenance`; an error there names its line
+and window) the suppression gate honours.
 
 Modes: the deployment's mode (settings) is `observe` (diagnose and report only), `recommend` (ask for
 approval for every action) or `auto` (act without approval where the playbook's policy allows). A
@@ -20,7 +22,7 @@ playbook's own `mode` overrides the deployment's, except that a deployment in `o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from watchdog.errors import PolicyError
 from watchdog.maintenance import MaintenanceWindow
 from watchdog.plugins import DIAGNOSTIC_GROUP, PLAYBOOK_GROUP, PluginCatalog, installed_plugins
-from watchdog.settings import Mode
+from watchdog.settings import EscalationTarget, Mode
 from watchdog_sdk.diagnosis import MAX_STEP, Diagnosis
 from watchdog_sdk.outcomes import Risk
 from watchdog_sdk.playbook import Playbook
@@ -143,13 +145,16 @@ class Match(_Strict):
 
 
 class Rule(_Strict):
-    """When the diagnosis matches `when`, use `playbook` (None: escalate, no automatic fix)."""
+    """When the diagnosis matches `when`, use `playbook` (None: escalate, no automatic fix). An
+    incident this rule planned is escalated to `escalate_to` (None: the settings'
+    `escalation_targets`)."""
 
     name: str
     when: Match
     playbook: str | None
     params: dict[str, Any] = Field(default_factory=dict)
     rationale: str = ""
+    escalate_to: list[EscalationTarget] | None = Field(default=None, min_length=1)
 
 
 class CircuitBreaker(_Strict):
@@ -201,6 +206,10 @@ class Policy(_Strict):
     def first_match(self, diagnosis: Diagnosis) -> Rule | None:
         """The first rule that matches `diagnosis`, or None."""
         return next((rule for rule in self.rules if rule.when.matches(diagnosis)), None)
+
+    def escalation_targets(self) -> dict[str, list[str]]:
+        """Rule name → its `escalate_to` targets, for the rules that have them."""
+        return {r.name: [t.value for t in r.escalate_to] for r in self.rules if r.escalate_to is not None}
 
     def approval_for(self, playbook: str | None, risk: Risk | None) -> ApprovalRule | None:
         """The approval rule of a plan of `playbook` at `risk` (None: its link alone may decide)."""
@@ -275,6 +284,20 @@ def check_policy(policy: Policy, catalog: PluginCatalog) -> list[tuple[Loc, str]
     return problems
 
 
+def check_escalation_targets(policy: Policy, configured: Collection[str]) -> list[tuple[Loc, str]]:
+    """The rules' `escalate_to` entries that name a target the settings do not configure."""
+    return [
+        (
+            ("rules", index, "escalate_to", position),
+            f"rules.{index}.escalate_to.{position}: escalation target {target.value!r} is not configured "
+            f"(configured: {', '.join(sorted(configured)) or 'none'})",
+        )
+        for index, rule in enumerate(policy.rules)
+        for position, target in enumerate(rule.escalate_to or ())
+        if target.value not in configured
+    ]
+
+
 def _broken_steps(catalog: PluginCatalog) -> str:
     broken = [str(p) for p in catalog.problems if p.group == DIAGNOSTIC_GROUP]
     return f" ({'; '.join(broken)})" if broken else ""
@@ -305,11 +328,17 @@ LineOf = Callable[[Loc], int | None]
 
 
 def parse_policy(
-    data: Any, source: str = "policy", *, catalog: PluginCatalog | None = None, line_of: LineOf | None = None
+    data: Any,
+    source: str = "policy",
+    *,
+    catalog: PluginCatalog | None = None,
+    line_of: LineOf | None = None,
+    targets: Collection[str] | None = None,
 ) -> Policy:
     """Validate already-parsed YAML/JSON data, then check it against `catalog` (default: the built-ins
-    and the installed plugins); `PolicyError` names every problem, with its line when `line_of` maps
-    a field's location to one, and its rule's name."""
+    and the installed plugins) and, when given, the configured escalation `targets`; `PolicyError`
+    names every problem, with its line when `line_of` maps a field's location to one, and its rule's
+    name."""
     if not isinstance(data, dict):
         raise PolicyError(f"{source}: the policy must be a mapping, got {type(data).__name__}")
     try:
@@ -318,6 +347,8 @@ def parse_policy(
         problems = "; ".join(_problem(err) + _where(data, err["loc"], line_of) for err in exc.errors())
         raise PolicyError(f"{source}: invalid policy: {problems}") from exc
     found = check_policy(policy, catalog or installed_plugins())
+    if targets is not None:
+        found += check_escalation_targets(policy, targets)
     if found:
         problems = "; ".join(text + _where(data, loc, line_of) for loc, text in found)
         raise PolicyError(f"{source}: invalid policy: {problems}")
@@ -376,21 +407,33 @@ def _yaml_lines(text: str) -> LineOf:
     return line_of
 
 
-def load_policy(path: str | Path | None = None, *, catalog: PluginCatalog | None = None) -> Policy:
+def load_policy(
+    path: str | Path | None = None,
+    *,
+    catalog: PluginCatalog | None = None,
+    targets: Collection[str] | None = None,
+) -> Policy:
     """Read and validate the policy file at `path` (the shipped default when None) against `catalog`
-    (default: the built-ins and the installed plugins)."""
+    (default: the built-ins and the installed plugins) and, when given, the configured escalation
+    `targets`."""
     file = Path(path) if path is not None else DEFAULT_POLICY_FILE
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError(f"{file}: cannot read policy file: {exc.strerror or exc}") from exc
-    return parse_policy_text(text, source=str(file), catalog=catalog)
+    return parse_policy_text(text, source=str(file), catalog=catalog, targets=targets)
 
 
-def parse_policy_text(text: str, source: str = "policy", *, catalog: PluginCatalog | None = None) -> Policy:
+def parse_policy_text(
+    text: str,
+    source: str = "policy",
+    *,
+    catalog: PluginCatalog | None = None,
+    targets: Collection[str] | None = None,
+) -> Policy:
     """A policy from its YAML text (a file's, or one sent to the replay route), checked as a file is."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise PolicyError(f"{source}: not valid YAML: {exc}") from exc
-    return parse_policy(data, source=source, catalog=catalog, line_of=_yaml_lines(text))
+    return parse_policy(data, source=source, catalog=catalog, line_of=_yaml_lines(text), targets=targets)

@@ -207,6 +207,7 @@ class RemediationService:
         began, lease, refusal = await self._begin(incident.id, None, plan=plan, actor=run.actor)
         if began is None or lease is None:
             raise PlaybookError(f"not starting {playbook.name}: {refusal}")
+        self.closing.taken(began, run.actor)
         try:
             work = self._act(began, plan, None, lease, recheck=False, actor=run.actor, progress=progress)
             return await self._leased(lease, work, run.execution_id)

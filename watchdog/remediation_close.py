@@ -10,7 +10,11 @@ its lease in the same transaction), the limits (a failed remediation counts towa
 breaker in that transaction) and the notifier.
 
 A write of a remediation is retried while the store is briefly out of reach (`save`); a notification
-is audited before and after, and a failed delivery is logged, never raised.
+is audited before and after, and a failed delivery is logged, never raised. The pages of a run
+follow its incidents through two hooks the composition root sets
+(`watchdog.notify_router.PageResolver`): `on_resolved` when an incident resolves (the pages of its
+run's escalated incidents resolve), `on_taken` when a named person starts or approves a playbook on
+a run (they are acknowledged).
 """
 
 from __future__ import annotations
@@ -46,6 +50,11 @@ class Outcome:
     detail: str
 
 
+def _rule_of(plan: Plan | None) -> str | None:
+    """The policy rule that planned an incident (its `escalate_to` routes the escalation)."""
+    return None if plan is None else plan.rule
+
+
 class Closing:
     """The closing writes, audit entries and notifications of remediations."""
 
@@ -67,6 +76,14 @@ class Closing:
         self.notifier = notifier
         self.clock = clock
         self.metrics = metrics
+        # Told of every incident resolved, and of every run a person took over (None: nobody).
+        self.on_resolved: Callable[[Incident], object] | None = None
+        self.on_taken: Callable[[Incident, str], object] | None = None
+
+    def taken(self, incident: Incident, actor: str) -> None:
+        """`actor` (a person, not the watchdog) started a playbook on `incident`'s run."""
+        if self.on_taken is not None and actor != ACTOR:
+            self.on_taken(incident, actor)
 
     async def save(self, write: Callable[[], Awaitable[Any]]) -> Any:
         """A write of a remediation, tried again while the store is briefly out of reach."""
@@ -90,10 +107,10 @@ class Closing:
         """Close the job's own incident `resolved` from `expected`, its lease checked and dropped in the
         same transaction (retried while the store is briefly out of reach)."""
 
-        async def write() -> None:
+        async def write() -> Incident:
             async with self.store.transaction() as tx:
                 await self.leases.check_in(tx, lease)
-                await transition_in(
+                resolved = await transition_in(
                     tx,
                     lease.incident_id,
                     "resolved",
@@ -103,9 +120,12 @@ class Closing:
                     **values,
                 )
                 await self.leases.release_in(tx, lease)
+            return resolved
 
-        await self.save(write)
+        incident = await self.save(write)
         await self.incidents.refresh_gauge()
+        if self.on_resolved is not None:
+            self.on_resolved(incident)
 
     # -- closing as escalated, and telling on-call
 
@@ -158,6 +178,7 @@ class Closing:
             reason=reason,
             diagnosis_summary=summary,
             plan_headline=plan.headline() if plan else "",
+            rule=_rule_of(plan or incident.plan),
         )
         await self.notify(incident_id, "escalation_notified", self.notifier.escalated(message))
         return Outcome(incident_id, "escalated", reason)

@@ -220,6 +220,8 @@ class Responder:
             self.metrics.observe_decided(approval)
         await self.incidents.refresh_approvals_gauge()
         if approval.state == "approved":
+            if approval.decided_by:  # a person took the run: its pages are acknowledged
+                self.remediation.closing.taken(await self.incidents.get(incident_id), approval.decided_by)
             await self._tell(approval.incident_id, "Approved", f"approved by {approval.decided_by}; acting")
             outcome = await self.remediation.execute(approval.incident_id, approval_id=approval.id)
             if outcome.status == "resolved":  # an escalation updates the message itself

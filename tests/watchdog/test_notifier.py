@@ -100,6 +100,7 @@ async def test_json_notifier_sends_the_fields(receiver: Receiver) -> None:
             "details": {},
             "links": {"runbook": "https://runbooks.example/stuck"},
             "alert_summary": "run exec-1 is stuck",
+            "rule": None,
         }
     ]
 

@@ -11,7 +11,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -20,21 +20,34 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
 from tests.conftest import free_port
-from tests.watchdog.conftest import WATCHDOG_TOKEN, RecordingRemediate, ScriptedDiagnose
+from tests.watchdog.conftest import (
+    WATCHDOG_TOKEN,
+    RecordingRemediate,
+    ScriptedDiagnose,
+)
 from tests.watchdog.messages import PROMPT
+from tests.watchdog.paging_wire import (
+    GENIE_KEY,
+    OG_URL,
+    PD_URL,
+    ROUTING_KEY,
+    RecordingChat,
+    body_of,
+    paging_wire,
+)
 from tests.watchdog.webhook import alert, payload
 from watchdog.assembly import Watchdog, build_watchdog, create_app
 from watchdog.metrics import WatchdogMetrics
-from watchdog.notifier import EscalationMessage, NotifyResult, PromptMessage
-from watchdog.notify_router import PageResolver, RoutedNotifier, notifier_from_settings
+from watchdog.notifier import EscalationMessage
+from watchdog.notify_router import (
+    PageResolver,
+    RoutedNotifier,
+    notifier_from_settings,
+)
 from watchdog.paging import OpsgeniePager, PagerDutyPager, ResolvedMessage, dedup_key
 from watchdog.settings import WatchdogSettings, load_settings
 from watchdog_sdk.errors import ConfigError
 
-PD_URL = "https://events.pagerduty.test/v2/enqueue"
-OG_URL = "https://api.opsgenie.test"
-ROUTING_KEY = "R0UT1NGKEY0123456789abcdefabcdef"
-GENIE_KEY = "eb243592-faa2-4ba2-a551q-1afdf565c889"
 ESCALATION = EscalationMessage(
     incident_id=7,
     execution_id="exec-1",
@@ -44,11 +57,6 @@ ESCALATION = EscalationMessage(
 )
 RESOLVED = ResolvedMessage(incident_id=7, execution_id="exec-1", reason="the alert resolved")
 AUTH = {"Authorization": f"Bearer {WATCHDOG_TOKEN}"}
-
-
-def _sent(route: respx.Route, index: int = 0) -> dict[str, Any]:
-    body: dict[str, Any] = json.loads(route.calls[index].request.content)
-    return body
 
 
 def _routed(wd: Watchdog) -> RoutedNotifier:
@@ -67,8 +75,7 @@ def _count(metrics: WatchdogMetrics, target: str, kind: str, result: str) -> flo
 
 @pytest.fixture
 def mocked() -> Iterator[respx.MockRouter]:
-    with respx.mock(assert_all_called=False) as router:
-        router.route(host="127.0.0.1").pass_through()
+    with paging_wire() as router:
         yield router
 
 
@@ -84,7 +91,7 @@ async def test_pagerduty_trigger_and_resolve_share_one_dedup_key(mocked: respx.M
     resolved = await pager.resolve(RESOLVED)
     assert triggered.ok and triggered.sent and triggered.status == 202
     assert resolved.ok
-    trigger, resolve = _sent(route, 0), _sent(route, 1)
+    trigger, resolve = body_of(route, 0), body_of(route, 1)
     assert trigger["routing_key"] == ROUTING_KEY and trigger["event_action"] == "trigger"
     assert trigger["dedup_key"] == resolve["dedup_key"] == dedup_key(7, "exec-1")
     assert resolve == {
@@ -104,7 +111,7 @@ async def test_pagerduty_summary_is_clipped_to_its_documented_limit(mocked: resp
     route = mocked.post(PD_URL).respond(202, json={"status": "success"})
     long = EscalationMessage(incident_id=8, execution_id="exec-2", reason="x" * 5000)
     await PagerDutyPager(SecretStr(ROUTING_KEY), PD_URL, timeout=2).trigger(long)
-    assert len(_sent(route)["payload"]["summary"]) == 1024
+    assert len(body_of(route)["payload"]["summary"]) == 1024
 
 
 async def test_pagerduty_refusal_is_reported_without_the_routing_key(mocked: respx.MockRouter) -> None:
@@ -140,13 +147,27 @@ async def test_opsgenie_creates_an_alert_with_an_alias_and_closes_it_by_that_ali
     assert (await pager.resolve(RESOLVED)).ok
     sent = create.calls[0].request
     assert sent.headers["Authorization"] == f"GenieKey {GENIE_KEY}"
-    body = _sent(create)
+    body = body_of(create)
     assert body["alias"] == alias and body["priority"] == "P1" and body["entity"] == "exec-1"
     assert len(body["message"]) <= 130 and "incident 7" in body["message"]
     assert "verification failed" in body["description"]
     assert all(isinstance(value, str) for value in body["details"].values())
     assert close.calls[0].request.headers["Authorization"] == f"GenieKey {GENIE_KEY}"
-    assert _sent(close) == {"source": "gl-watchdog", "note": "the alert resolved"}
+    assert body_of(close) == {"source": "gl-watchdog", "note": "the alert resolved"}
+
+
+async def test_opsgenie_acknowledges_by_the_alias(mocked: respx.MockRouter) -> None:
+    alias = quote(dedup_key(7, "exec-1"), safe="")
+    route = mocked.post(f"{OG_URL}/v2/alerts/{alias}/acknowledge").respond(
+        202, json={"result": "Request will be processed", "took": 0.1, "requestId": "r-1"}
+    )
+    taken = ResolvedMessage(incident_id=7, execution_id="exec-1", reason="alice took it")
+    result = await OpsgeniePager(SecretStr(GENIE_KEY), OG_URL, timeout=2).acknowledge(taken)
+    assert result.ok and result.status == 202
+    request = route.calls[0].request
+    assert request.url.params["identifierType"] == "alias"
+    assert request.headers["Authorization"] == f"GenieKey {GENIE_KEY}"
+    assert json.loads(request.content) == {"source": "gl-watchdog", "note": "alice took it"}
 
 
 async def test_opsgenie_unreachable_is_reported() -> None:
@@ -157,21 +178,6 @@ async def test_opsgenie_unreachable_is_reported() -> None:
 
 
 # -- routing and counting ------------------------------------------------------------------------------
-
-
-class RecordingChat:
-    """A chat notifier that records what it was asked to send."""
-
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-
-    async def approval_requested(self, message: PromptMessage) -> NotifyResult:
-        self.sent.append("prompt")
-        return NotifyResult(ok=True, sent=True, detail="delivered (200)", status=200)
-
-    async def escalated(self, message: EscalationMessage) -> NotifyResult:
-        self.sent.append("escalation")
-        return NotifyResult(ok=True, sent=True, detail="delivered (200)", status=200)
 
 
 async def test_escalation_pages_every_target_and_one_failure_fails_the_delivery(
@@ -286,8 +292,8 @@ async def test_an_escalated_incident_pages_and_its_resolved_alert_resolves_the_p
         await asyncio.wait_for(paging_watchdog.jobs.wait_idle(), 10)
     finally:
         await client.close()
-    actions = [_sent(route, i)["event_action"] for i in range(len(route.calls))]
-    keys = {_sent(route, i)["dedup_key"] for i in range(len(route.calls))}
+    actions = [body_of(route, i)["event_action"] for i in range(len(route.calls))]
+    keys = {body_of(route, i)["dedup_key"] for i in range(len(route.calls))}
     assert actions == ["trigger", "resolve"]
     assert keys == {dedup_key(outcome["incident_id"], "exec-1")}
     detail = await paging_watchdog.incidents.detail(outcome["incident_id"])

@@ -1,8 +1,9 @@
 """Slack that acts and updates, on the real app (SQLite and PostgreSQL) with Slack's Web API faked by
-respx at the HTTP level: the alert's links reach the bot's prompt (chat.postMessage, as Slack
-documents it), a signed block_actions click approves as the mapped Slack user, the message is updated
-through approved → resolved (chat.update), and unsigned, wrong, stale or replayed requests are
-refused with 401."""
+an aiohttp server on loopback that checks each request against Slack's documented shapes
+(`tests.watchdog.slack_fake`): the alert's links reach the bot's prompt (chat.postMessage), a signed
+block_actions click approves as the mapped Slack user, the message is updated through approved →
+resolved (chat.update), and unsigned, wrong, stale or replayed requests are refused with 401. A
+click's `response_url` (https://hooks.slack.com only) is faked with respx."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-import httpx
 import pytest
 import respx
 from aiohttp.test_utils import TestClient, TestServer
@@ -24,16 +24,17 @@ from tests.conftest import free_port
 from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, ScriptedDiagnose, make_diagnosis
 from tests.watchdog.identity_app import IdentityApp
 from tests.watchdog.recording_playbook import POLICY, RecordingPlaybook
+from tests.watchdog.slack_fake import FakeSlack, SlackCall
 from tests.watchdog.webhook import alert, payload
 from watchdog.assembly import Watchdog, build_watchdog, create_app
 from watchdog.policy import parse_policy
 from watchdog.settings import WatchdogSettings
 from watchdog.slack import SlackRefused, SlackSignature
+from watchdog.slack_bot import SlackApi
 from watchdog_sdk.registry import Registry
 
 SECRET = "slack-signing-secret-0123456789abcdef"
 BOT_TOKEN = "xoxb-test-bot-token"
-SLACK_API = "https://slack.test/api"
 CHANNEL = "C0WATCHDOG"
 TS = "1772366400.000100"
 RESPONSE_URL = "https://hooks.slack.com/actions/T0/1/abc"
@@ -45,7 +46,8 @@ GENERATOR = "https://prometheus.example.com/graph?g0.expr=up"
 class SlackApp:
     wd: Watchdog
     client: TestClient[Any, Any]
-    slack: respx.MockRouter
+    slack: FakeSlack
+    hooks: respx.MockRouter  # a click's response_url
     clock: FakeClock
 
     def sign(self, body: bytes, *, at: int | None = None, secret: str = SECRET) -> dict[str, str]:
@@ -61,8 +63,8 @@ class SlackApp:
         response = await self.client.post("/api/v1/slack/interactions", data=body, headers=headers)
         return response.status, await response.json()
 
-    def calls(self, method: str) -> list[httpx.Request]:
-        return [call.request for call in self.slack.calls if call.request.url.path.endswith(method)]
+    def calls(self, method: str) -> list[SlackCall]:
+        return self.slack.sent(method)
 
 
 def click_body(
@@ -84,6 +86,8 @@ def click_body(
 async def serving(database_url: str, approval: dict[str, Any] | None = None) -> AsyncIterator[SlackApp]:
     """The app with the bot configured; restart_agent needs approval (under `approval`'s rule)."""
     clock = FakeClock()
+    slack = FakeSlack(BOT_TOKEN, frozenset({CHANNEL}))
+    await slack.start()
     restart = {"risk": "medium", "requires_approval": True, **({"approval": approval} if approval else {})}
     policy = {**POLICY, "playbooks": {"restart_agent": restart}}
     settings = WatchdogSettings(
@@ -98,7 +102,7 @@ async def serving(database_url: str, approval: dict[str, Any] | None = None) -> 
         slack_bot_token=BOT_TOKEN,
         slack_signing_secret=SECRET,
         slack_channel=CHANNEL,
-        slack_api_url=SLACK_API,
+        slack_api_url=slack.api_url,
         slack_role_map={"U0ALICE": "approver"},
         notifier_timeout_seconds=2,
     )
@@ -112,15 +116,15 @@ async def serving(database_url: str, approval: dict[str, Any] | None = None) -> 
     )
     client: TestClient[Any, Any] = TestClient(TestServer(create_app(wd), host="127.0.0.1"))
     await client.start_server()
-    with respx.mock(assert_all_called=False) as slack:
-        slack.post(f"{SLACK_API}/chat.postMessage").respond(json={"ok": True, "channel": CHANNEL, "ts": TS})
-        slack.post(f"{SLACK_API}/chat.update").respond(json={"ok": True, "channel": CHANNEL, "ts": TS})
-        slack.post(RESPONSE_URL).respond(json={"ok": True})
+    with respx.mock(assert_all_called=False) as hooks:
+        hooks.route(host="127.0.0.1").pass_through()  # the fake Slack API
+        hooks.post(RESPONSE_URL).respond(200, text="ok")
         try:
-            yield SlackApp(wd, client, slack, clock)
+            yield SlackApp(wd, client, slack, hooks, clock)
         finally:
             await client.close()
             await wd.aclose(grace_seconds=2)
+            await slack.close()
 
 
 @pytest.fixture
@@ -155,7 +159,8 @@ async def test_the_bot_posts_the_prompt_with_interactive_buttons_and_the_alerts_
     [posted] = slack_app.calls("chat.postMessage")
     assert posted.headers["Authorization"] == f"Bearer {BOT_TOKEN}"
     assert posted.headers["Content-Type"].startswith("application/json")
-    body = json.loads(posted.content)
+    assert slack_app.slack.refusals == []
+    body = posted.body
     assert body["channel"] == CHANNEL and "approval needed for incident" in body["text"]
     buttons = body["blocks"][-1]["elements"]
     assert [(b["action_id"], b["value"], "url" in b) for b in buttons] == [
@@ -186,7 +191,8 @@ async def test_a_signed_click_approves_as_the_slack_user_and_the_message_follows
         audit = await tx.list_audit(approval.incident_id)
     decided = [(e.actor, e.data["reason"]) for e in audit if e.kind == "approval_decided"]
     assert decided == [("slack:U0ALICE", "clicked in Slack by @alice")]
-    updates = [json.loads(request.content) for request in slack_app.calls("chat.update")]
+    updates = [call.body for call in slack_app.calls("chat.update")]
+    assert slack_app.slack.refusals == []  # every update named a message the bot had posted
     assert [(u["channel"], u["ts"]) for u in updates] == [(CHANNEL, TS), (CHANNEL, TS)]
     headers = [u["blocks"][0]["text"]["text"] for u in updates]
     assert headers[0].startswith("Approved: incident") and headers[1].startswith("Resolved: incident")
@@ -201,7 +207,7 @@ async def test_an_unmapped_slack_user_is_told_and_decides_nothing(slack_app: Sla
     status, answer = await slack_app.click(body, slack_app.sign(body))
     assert (status, answer["ok"]) == (200, False)
     assert "slack:U0MALLORY may not approve: role viewer" in answer["detail"]
-    [told] = [call.request for call in slack_app.slack.calls if str(call.request.url) == RESPONSE_URL]
+    [told] = [call.request for call in slack_app.hooks.calls if str(call.request.url) == RESPONSE_URL]
     assert json.loads(told.content)["response_type"] == "ephemeral"
     assert (await slack_app.wd.approvals.get(approval_id)).state == "pending"
 
@@ -259,16 +265,16 @@ async def test_an_expired_prompt_is_escalated_and_its_message_says_so(slack_app:
     slack_app.clock.advance(slack_app.wd.settings.approval_ttl_seconds + 1)
     [outcome] = await slack_app.wd.responder.expire_approvals()
     assert outcome.status == "escalated"
-    posted = [json.loads(request.content) for request in slack_app.calls("chat.postMessage")]
+    posted = [call.body for call in slack_app.calls("chat.postMessage")]
     assert posted[-1]["blocks"][0]["text"]["text"].startswith("Escalated: incident")
-    [update] = [json.loads(request.content) for request in slack_app.calls("chat.update")]
+    [update] = [call.body for call in slack_app.calls("chat.update")]
     assert update["blocks"][0]["text"]["text"].startswith("Escalated: incident")
     assert f"approval {approval_id} expired" in update["text"]
 
 
 async def test_a_failed_update_is_audited_and_counted(slack_app: SlackApp) -> None:
     approval_id = await prompted(slack_app)
-    slack_app.slack.post(f"{SLACK_API}/chat.update").respond(json={"ok": False, "error": "message_not_found"})
+    slack_app.slack.fail_next["chat.update"] = "message_not_found"
     body = click_body(approval_id, action="deny")
     status, _ = await slack_app.click(body, slack_app.sign(body))
     await slack_app.wd.jobs.wait_idle()
@@ -294,7 +300,7 @@ async def test_a_first_vote_of_two_keeps_the_prompt_open_and_the_message_says_so
         assert (status, answer["state"]) == (200, "pending")
         incident = await app.wd.incidents.get((await app.wd.approvals.get(approval_id)).incident_id)
         assert incident.status == "awaiting_approval"  # a vote escalates nothing
-        [update] = [json.loads(request.content) for request in app.calls("chat.update")]
+        [update] = [call.body for call in app.calls("chat.update")]
         assert update["blocks"][0]["text"]["text"].startswith("Awaiting a second approver")
         assert "approved so far by slack:U0ALICE" in update["text"]
 
@@ -338,6 +344,34 @@ async def test_a_prompt_whose_alert_resolves_first_says_resolved(slack_app: Slac
     assert [a["outcome"] for a in (await answer.json())["alerts"]] == ["closed"]
     await slack_app.wd.jobs.wait_idle()
     assert (await slack_app.wd.approvals.get(approval_id)).state == "expired"
-    [update] = [json.loads(request.content) for request in slack_app.calls("chat.update")]
+    [update] = [call.body for call in slack_app.calls("chat.update")]
     assert update["blocks"][0]["text"]["text"].startswith("Resolved: incident")
     assert "the alert resolved before anything acted" in update["text"]
+
+
+async def test_the_fake_slack_refuses_what_slack_would_and_the_bot_reports_slacks_error() -> None:
+    slack = FakeSlack(BOT_TOKEN, frozenset({CHANNEL}))
+    await slack.start()
+    try:
+        good, wrong = (
+            SlackApi(BOT_TOKEN, slack.api_url, timeout=2),
+            SlackApi("xoxb-other", slack.api_url, timeout=2),
+        )
+        message = {"channel": CHANNEL, "text": "hello"}
+        cases = [
+            (wrong, "chat.postMessage", message, "invalid_auth"),
+            (good, "chat.postMessage", {"channel": "C0ELSEWHERE", "text": "hello"}, "channel_not_found"),
+            (good, "chat.postMessage", {"channel": CHANNEL}, "no_text"),
+            (good, "chat.postMessage", {**message, "blocks": [{"type": "banner"}]}, "invalid_blocks"),
+            (good, "chat.update", {**message, "ts": "1.000001"}, "message_not_found"),
+        ]
+        for api, method, body, error in cases:
+            result, _ = await api.call(method, body)
+            assert not result.ok and error in result.detail, (method, error, result)
+        posted, answer = await good.call("chat.postMessage", message)
+        assert posted.ok and answer["ts"] == TS and answer["channel"] == CHANNEL
+        updated, _ = await good.call("chat.update", {**message, "ts": TS, "text": "changed"})
+        assert updated.ok and slack.messages[(CHANNEL, TS)]["text"] == "changed"
+        assert slack.refusals == [error for *_, error in cases]
+    finally:
+        await slack.close()

@@ -1,0 +1,333 @@
+"""The page of an escalated incident follows its run, whatever opened the incident (issue 14): a
+person starting or approving a playbook on the run acknowledges it, another incident of the run
+resolving or the run ending resolves it (the audit log is the record of open pages), and a policy
+rule's `escalate_to` chooses the targets of the incidents it planned.
+
+PagerDuty and Opsgenie are faked at the HTTP level with respx, as their public docs shape the
+requests; the store (SQLite and PostgreSQL), the remediation state machine, the responder and the
+page resolver are the real ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from pydantic import SecretStr
+
+from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, ScriptedDiagnose, make_diagnosis
+from tests.watchdog.paging_wire import PD_URL, ROUTING_KEY, RecordingChat, body_of, paging_wire
+from tests.watchdog.recording_playbook import POLICY, RecordingPlaybook
+from watchdog.approvals import ApprovalService, Decision
+from watchdog.assembly import build_responder, build_watchdog
+from watchdog.errors import PolicyError
+from watchdog.incidents import IncidentService
+from watchdog.jobs import JobTracker
+from watchdog.metrics import WatchdogMetrics
+from watchdog.notify_router import PageResolver, RoutedNotifier, configured_targets, page_state
+from watchdog.paging import PagerDutyPager, dedup_key
+from watchdog.plan import Plan
+from watchdog.policy import parse_policy, parse_policy_text
+from watchdog.remediation_setup import ManualRun
+from watchdog.settings import Mode, WatchdogSettings
+from watchdog.store import WatchdogStore
+from watchdog_sdk.clients import Clients
+from watchdog_sdk.clients.orchestrator import OrchestratorClient
+from watchdog_sdk.registry import Registry
+
+
+@pytest.fixture
+def mocked() -> Iterator[respx.MockRouter]:
+    with paging_wire() as router:
+        yield router
+
+
+# -- the pages of a run follow its incidents, whatever opened them --------------------------------------
+
+
+class PagedRun:
+    """A sweep-found incident escalated with a PagerDuty page, on the real store and remediation."""
+
+    def __init__(
+        self, store: WatchdogStore, clock: FakeClock, mode: Mode = Mode.AUTO, **routing: Any
+    ) -> None:
+        self.jobs = JobTracker()
+        self.incidents = IncidentService(store, WatchdogMetrics())
+        pager = PagerDutyPager(SecretStr(ROUTING_KEY), PD_URL, timeout=2)
+        self.chat = RecordingChat()
+        routing.setdefault("escalate_to_chat", False)
+        self.notifier = RoutedNotifier(self.chat, "slack", pagers=[pager], **routing)
+        self.playbook = RecordingPlaybook()
+        self.orchestrator = OrchestratorClient("http://127.0.0.1:9", timeout=0.5)
+        self.approvals = ApprovalService(
+            store, b"s" * 32, ttl_seconds=600, public_url="http://wd", clock=clock
+        )
+        self.responder = responder = build_responder(
+            store=store,
+            incidents=self.incidents,
+            approvals=self.approvals,
+            notifier=self.notifier,
+            policy=parse_policy(POLICY),
+            registry=Registry([self.playbook]),
+            clients=Clients(orchestrator=self.orchestrator),
+            mode=mode,
+            clock=clock,
+            jobs=self.jobs,
+        )
+        self.remediation = responder.remediation
+        self.pages = PageResolver(self.incidents, self.notifier, self.jobs)
+        self.remediation.closing.on_resolved = self.pages.run_resolved
+        self.remediation.closing.on_taken = self.pages.taken
+
+    async def escalated(self, execution_id: str) -> int:
+        opened = await self.incidents.open_or_join(
+            execution_id, dag_id="d", source="sweep", detection_source="api"
+        )
+        outcome = await self.remediation.closing.escalate(opened.incident.id, "no playbook fits")
+        assert outcome.status == "escalated"
+        return opened.incident.id
+
+    def by_hand(self, execution_id: str, actor: str) -> ManualRun:
+        params = {"agent_id": "calc"}
+        return ManualRun(playbook="restart_agent", execution_id=execution_id, params=params, actor=actor)
+
+
+@pytest.fixture
+async def paged_run(database_url: str, clock: FakeClock) -> AsyncIterator[PagedRun]:
+    store = await WatchdogStore.open(database_url, clock=clock)
+    run = PagedRun(store, clock)
+    try:
+        yield run
+    finally:
+        await run.orchestrator.aclose()
+        await store.close()
+
+
+async def test_a_person_running_a_playbook_acknowledges_the_page_and_its_success_resolves_it(
+    mocked: respx.MockRouter, paged_run: PagedRun
+) -> None:
+    route = mocked.post(PD_URL).respond(202, json={"status": "success", "dedup_key": "x"})
+    escalated = await paged_run.escalated("exec-s1")
+    outcome = await paged_run.remediation.run_manual(paged_run.by_hand("exec-s1", "alice@example.com"))
+    await asyncio.wait_for(paged_run.jobs.wait_idle(), 10)
+    assert outcome.status == "resolved" and outcome.incident_id != escalated
+    sent = [body_of(route, i) for i in range(len(route.calls))]
+    assert [body["event_action"] for body in sent] == ["trigger", "acknowledge", "resolve"]
+    assert {body["dedup_key"] for body in sent} == {dedup_key(escalated, "exec-s1")}
+    # Events API v2: acknowledge and resolve carry the routing key and dedup key, no payload.
+    assert all(set(body) == {"routing_key", "event_action", "dedup_key", "client"} for body in sent[1:])
+    detail = await paged_run.incidents.detail(escalated)
+    after = {(e.kind, e.data.get("ok")) for e in detail.audit if e.phase == "after"}
+    assert ("page_acknowledged", True) in after and ("page_resolved", True) in after
+    assert page_state(detail.audit) == "resolved"
+
+
+async def test_a_resolved_page_is_not_resolved_again_and_a_failed_resolve_is_tried_again(
+    mocked: respx.MockRouter, paged_run: PagedRun
+) -> None:
+    route = mocked.post(PD_URL).mock(
+        side_effect=[
+            httpx.Response(202, json={"status": "success"}),
+            httpx.Response(503, text="busy"),
+            httpx.Response(202, json={"status": "success"}),
+        ]
+    )
+    escalated = await paged_run.escalated("exec-s2")
+    [failed] = await paged_run.pages.resolve_run("exec-s2", "the run ended")
+    assert not failed.ok and "PagerDuty resolve answered 503" in failed.detail
+    [retried] = await paged_run.pages.resolve_run("exec-s2", "the run ended")
+    assert retried.ok
+    assert await paged_run.pages.resolve_run("exec-s2", "the run ended") == []
+    assert await paged_run.pages.acknowledge(escalated, "bob", "looking") is None
+    assert len(route.calls) == 3
+
+
+async def test_the_watchdog_acting_on_its_own_does_not_acknowledge_a_page(
+    mocked: respx.MockRouter, paged_run: PagedRun
+) -> None:
+    route = mocked.post(PD_URL).respond(202, json={"status": "success"})
+    await paged_run.escalated("exec-s3")
+    outcome = await paged_run.remediation.run_manual(paged_run.by_hand("exec-s3", "watchdog"))
+    await asyncio.wait_for(paged_run.jobs.wait_idle(), 10)
+    assert outcome.status == "resolved"
+    assert [body_of(route, i)["event_action"] for i in range(len(route.calls))] == ["trigger", "resolve"]
+
+
+async def test_a_run_never_paged_has_nothing_to_acknowledge_or_resolve(
+    mocked: respx.MockRouter, paged_run: PagedRun
+) -> None:
+    route = mocked.post(PD_URL).respond(202, json={"status": "success"})
+    outcome = await paged_run.remediation.run_manual(paged_run.by_hand("exec-s4", "alice@example.com"))
+    await asyncio.wait_for(paged_run.jobs.wait_idle(), 10)
+    assert outcome.status == "resolved" and not route.calls
+
+
+ORCH_URL = "http://orchestrator.test"
+
+
+def _execution(execution_id: str, status: str) -> dict[str, Any]:
+    return {"execution_id": execution_id, "dag_id": "d", "status": status}
+
+
+async def test_the_sweep_resolves_the_page_of_a_run_that_ended_and_keeps_the_others(
+    mocked: respx.MockRouter, paged_run: PagedRun
+) -> None:
+    pd = mocked.post(PD_URL).respond(202, json={"status": "success"})
+    runs = f"{ORCH_URL}/api/v1/orchestrator/executions"
+    mocked.get(f"{runs}/exec-done").respond(200, json=_execution("exec-done", "cancelled"))
+    mocked.get(f"{runs}/exec-stuck").respond(200, json=_execution("exec-stuck", "running"))
+    mocked.get(f"{runs}/exec-unknown").respond(503, json={"error": "unavailable", "detail": "db down"})
+    done = await paged_run.escalated("exec-done")
+    stuck = await paged_run.escalated("exec-stuck")
+    await paged_run.escalated("exec-unknown")
+    async with OrchestratorClient(ORCH_URL, timeout=2) as orchestrator:
+        [result] = await paged_run.pages.resolve_ended_runs(orchestrator)
+        assert result.ok
+        assert await paged_run.pages.resolve_ended_runs(orchestrator) == []  # resolved once only
+    resolves = [body_of(pd, i) for i in range(len(pd.calls)) if body_of(pd, i)["event_action"] == "resolve"]
+    assert [body["dedup_key"] for body in resolves] == [dedup_key(done, "exec-done")]
+    audit = (await paged_run.incidents.detail(done)).audit
+    assert ("page_resolved", True) in [(e.kind, e.data.get("ok")) for e in audit if e.phase == "after"]
+    assert page_state((await paged_run.incidents.detail(stuck)).audit) == "open"
+
+
+# -- escalation targets per policy rule ---------------------------------------------------------------
+
+RULED_POLICY = """\
+version: 1
+playbooks:
+  restart_agent:
+    risk: medium
+rules:
+  - name: agent-down
+    when:
+      likely_cause: [agent_unresponsive]
+    playbook: restart_agent
+    escalate_to: [pagerduty, email]
+  - name: anything-else
+    when:
+      likely_cause: [unknown]
+    playbook: null
+"""
+
+
+def test_a_rules_escalation_target_must_be_configured_and_the_error_names_its_line() -> None:
+    with pytest.raises(PolicyError) as caught:
+        parse_policy_text(RULED_POLICY, "p.yaml", targets={"chat", "email"})
+    assert str(caught.value) == (
+        "p.yaml: invalid policy: rules.0.escalate_to.0: escalation target 'pagerduty' is not configured "
+        "(configured: chat, email) [line 10, rule 'agent-down']"
+    )
+    configured = {"chat", "pagerduty", "email"}
+    policy = parse_policy_text(RULED_POLICY, "p.yaml", targets=configured)
+    assert policy.escalation_targets() == {"agent-down": ["pagerduty", "email"]}
+
+
+def test_an_unknown_escalation_target_is_refused_at_load() -> None:
+    text = RULED_POLICY.replace("[pagerduty, email]", "[sms]")
+    with pytest.raises(PolicyError, match=r"rules\.0\.escalate_to\.0: .*'chat', 'pagerduty', 'opsgenie'"):
+        parse_policy_text(text, "p.yaml")
+
+
+def test_the_configured_targets_are_those_with_their_credentials() -> None:
+    assert configured_targets(WatchdogSettings()) == {"chat"}
+    settings = WatchdogSettings(
+        pagerduty_routing_key=ROUTING_KEY, smtp_host="smtp.test", email_to=["oncall@example.com"]
+    )
+    assert configured_targets(settings) == {"chat", "pagerduty", "email"}
+
+
+async def test_an_incident_planned_by_a_rule_with_escalate_to_pages_its_targets_only(
+    mocked: respx.MockRouter, database_url: str, clock: FakeClock
+) -> None:
+    route = mocked.post(PD_URL).respond(202, json={"status": "success"})
+    store = await WatchdogStore.open(database_url, clock=clock)
+    routing = {"default_targets": ["chat"], "rule_targets": {"agent-down": ["pagerduty"]}}
+    run = PagedRun(store, clock, **routing)
+    try:
+        ruled = await run.incidents.open_or_join(
+            "exec-r1", dag_id="d", source="sweep", detection_source="api"
+        )
+        plan = Plan(
+            execution_id="exec-r1",
+            likely_cause="agent_unresponsive",
+            playbook="restart_agent",
+            mode=Mode.RECOMMEND,
+            rationale="the agent is not answering",
+            rule="agent-down",
+        )
+        await run.incidents.update(ruled.incident.id, kind="planned", actor="watchdog", plan=plan)
+        await run.remediation.closing.escalate(ruled.incident.id, "approval expired")
+        assert [body_of(route, i)["event_action"] for i in range(len(route.calls))] == ["trigger"]
+        assert run.chat.sent == []  # the rule's targets replace the default, chat included
+        other = await run.escalated("exec-r2")  # no rule: the settings' escalation_targets (chat)
+        assert run.chat.sent == ["escalation"] and len(route.calls) == 1
+        assert await run.pages.resolve(other, "the run ended") is None  # it paged nobody
+        assert "page_resolved" not in [entry.kind for entry in (await run.incidents.detail(other)).audit]
+        assert (await run.pages.resolve(ruled.incident.id, "the run ended")) is not None
+        assert body_of(route, 1)["event_action"] == "resolve"
+    finally:
+        await run.orchestrator.aclose()
+        await store.close()
+
+
+async def test_a_person_approving_a_remediation_of_the_run_acknowledges_its_page(
+    mocked: respx.MockRouter, database_url: str, clock: FakeClock
+) -> None:
+    route = mocked.post(PD_URL).respond(202, json={"status": "success"})
+    store = await WatchdogStore.open(database_url, clock=clock)
+    run = PagedRun(store, clock, mode=Mode.RECOMMEND)
+    try:
+        escalated = await run.escalated("exec-a1")
+        again = await run.incidents.open_or_join(
+            "exec-a1", dag_id="d", source="manual", detection_source="api"
+        )
+        diagnosis = make_diagnosis("exec-a1", cause="agent_unresponsive")
+        assert (
+            await run.responder.handle_diagnosed(again.incident.id, diagnosis)
+        ).status == "awaiting_approval"
+        pending = await run.approvals.pending_of(again.incident.id)
+        assert pending is not None
+        approval = await run.approvals.decide(pending.id, Decision.APPROVE, actor="alice", authenticated=True)
+        assert (await run.responder.on_decision(approval)).status == "resolved"
+        await asyncio.wait_for(run.jobs.wait_idle(), 10)
+        sent = [body_of(route, i) for i in range(len(route.calls))]
+        assert [body["event_action"] for body in sent] == ["trigger", "acknowledge", "resolve"]
+        assert {body["dedup_key"] for body in sent} == {dedup_key(escalated, "exec-a1")}
+    finally:
+        await run.orchestrator.aclose()
+        await store.close()
+
+
+async def test_a_sweep_of_the_real_watchdog_resolves_the_page_of_an_ended_run(
+    _no_pending_tasks: None, mocked: respx.MockRouter, database_url: str
+) -> None:
+    pd = mocked.post(PD_URL).respond(202, json={"status": "success"})
+    runs = f"{ORCH_URL}/api/v1/orchestrator/executions"
+    mocked.get(runs).respond(200, json={"items": [], "next_cursor": None, "total": 0})
+    mocked.get(f"{runs}/exec-ended").respond(200, json=_execution("exec-ended", "failed"))
+    settings = WatchdogSettings(
+        database_url=database_url,
+        api_tokens=[WATCHDOG_TOKEN],
+        orchestrator_url=ORCH_URL,
+        orchestrator_timeout_seconds=1.0,
+        stuck_run_detection=False,
+        escalation_targets=["pagerduty"],
+        pagerduty_routing_key=ROUTING_KEY,
+        pagerduty_url=PD_URL,
+    )
+    wd = await build_watchdog(settings, diagnose=ScriptedDiagnose(), respond=False)
+    try:
+        opened = await wd.incidents.open_or_join(
+            "exec-ended", dag_id="d", source="sweep", detection_source="api"
+        )
+        await wd.remediation.closing.escalate(opened.incident.id, "on-call must look")
+        report = await wd.sweeper.sweep_once()
+        assert report.leader, report
+    finally:
+        await wd.aclose()
+    assert [body_of(pd, i)["event_action"] for i in range(len(pd.calls))] == ["trigger", "resolve"]
