@@ -21,10 +21,11 @@ from pydantic import SecretStr
 
 from playbooks.restart_agent import RestartAgentParams
 from tests.conftest import free_port
-from tests.watchdog.conftest import FakeClock, make_diagnosis
+from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, make_diagnosis
 from tests.watchdog.recording_playbook import RecordingPlaybook
 from tests.watchdog.responder_stack import responder_over
-from watchdog.annotations import RemediationAnnotations, annotations_from_settings
+from watchdog.annotations import RemediationAnnotations
+from watchdog.assembly import build_watchdog
 from watchdog.incidents import IncidentService
 from watchdog.metrics import WatchdogMetrics
 from watchdog.responder import Responder
@@ -44,11 +45,14 @@ class FakeGrafana:
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, dict[str, Any]]] = []  # path, Authorization, body
+        self.refuse = False  # answer 401 as Grafana does for a revoked token
         self.app = web.Application()
         self.app.router.add_post("/api/annotations", self._annotate)
 
     async def _annotate(self, request: web.Request) -> web.Response:
         self.requests.append((request.path, request.headers.get("Authorization", ""), await request.json()))
+        if self.refuse:
+            return web.json_response({"message": "invalid API key"}, status=401)
         return web.json_response({"id": len(self.requests), "message": "Annotation added"})
 
 
@@ -151,12 +155,14 @@ async def test_a_resolved_remediation_posts_a_region_annotation_tagged_for_the_d
     assert _count(metrics, "ok") == 1
 
 
+@pytest.mark.parametrize("failure", ["verification", "apply"])
 async def test_an_escalated_remediation_is_annotated_as_escalated(
-    store: WatchdogStore, clock: FakeClock, grafana: tuple[FakeGrafana, str]
+    store: WatchdogStore, clock: FakeClock, grafana: tuple[FakeGrafana, str], failure: str
 ) -> None:
     fake, url = grafana
     playbook = SlowPlaybook(clock)
-    playbook.verify_ok = False
+    playbook.verify_ok = failure != "verification"
+    playbook.fail_apply = failure == "apply"
     _, incident_id, status = await _remediate(
         store, clock, _annotations(store, clock, url, WatchdogMetrics()), playbook
     )
@@ -186,6 +192,24 @@ async def test_grafana_down_is_audited_and_counted_and_the_remediation_still_res
     assert _count(metrics, "failed") == 1
 
 
+async def test_a_refused_annotation_is_audited_with_grafanas_answer(
+    store: WatchdogStore, clock: FakeClock, grafana: tuple[FakeGrafana, str]
+) -> None:
+    fake, url = grafana
+    fake.refuse = True
+    metrics = WatchdogMetrics()
+    _, incident_id, status = await _remediate(
+        store, clock, _annotations(store, clock, url, metrics), RecordingPlaybook()
+    )
+    assert status == "resolved"
+    async with store.transaction() as tx:
+        (failed,) = [entry for entry in await tx.list_audit(incident_id) if entry.kind == "annotation_failed"]
+    assert failed.data["status"] == 401
+    assert "Grafana annotation answered 401" in failed.data["detail"]
+    assert TOKEN not in str(failed.data)
+    assert _count(metrics, "failed") == 1 and _count(metrics, "ok") == 0
+
+
 async def test_a_refused_remediation_acted_on_nothing_and_is_not_annotated(
     store: WatchdogStore, clock: FakeClock, grafana: tuple[FakeGrafana, str]
 ) -> None:
@@ -212,9 +236,19 @@ def test_the_grafana_token_comes_from_its_secret_file_and_is_needed_with_the_url
         WatchdogSettings(grafana_api_url="http://grafana:3000")
 
 
-async def test_annotations_are_off_without_a_grafana_api_url(store: WatchdogStore, clock: FakeClock) -> None:
-    incidents = IncidentService(store)
-    assert annotations_from_settings(WatchdogSettings(), incidents, clock) is None
-    configured = WatchdogSettings(grafana_api_url="http://grafana:3000", grafana_api_token=TOKEN)
-    annotations = annotations_from_settings(configured, incidents, clock)
-    assert annotations is not None and annotations.api_url == "http://grafana:3000"
+async def test_the_service_annotates_only_with_a_grafana_api_url(
+    _no_pending_tasks: None, postgres_url: str, clock: FakeClock
+) -> None:
+    base = {
+        "database_url": postgres_url,
+        "api_tokens": [WATCHDOG_TOKEN],
+        "orchestrator_url": f"http://127.0.0.1:{free_port()}",
+    }
+    grafana = {"grafana_api_url": "http://grafana:3000", "grafana_api_token": TOKEN}
+    for extra, expected in (({}, None), (grafana, "http://grafana:3000")):
+        wd = await build_watchdog(WatchdogSettings(**base, **extra), clock=clock)
+        try:
+            annotations = wd.remediation.annotations
+            assert (annotations and annotations.api_url) == expected
+        finally:
+            await wd.aclose()
