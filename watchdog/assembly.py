@@ -33,6 +33,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from gl_common.clock import Clock, SystemClock
 from watchdog import api, operator_api, slack
 from watchdog import web as approval_web
+from watchdog.annotations import RemediationAnnotations, annotations_from_settings
 from watchdog.approvals import ApprovalService
 from watchdog.auth_failures import AuthFailures
 from watchdog.backends import open_clients
@@ -221,6 +222,7 @@ async def build_watchdog(
         tracer=tracer,
         suppression=suppression_gate(settings, policy, incidents, clock, metrics),
         messages=routed if notifier is None else None,
+        annotations=annotations_from_settings(settings, incidents, clock, metrics),
     )
     context = DiagnosticContext(
         clients=clients, settings=settings.diagnostics(), clock=clock, tracer=tracer.tracer
@@ -342,6 +344,7 @@ def build_responder(
     tracer: IncidentTracer | None = None,
     suppression: SuppressionGate | None = None,
     messages: MessageUpdates | None = None,
+    annotations: RemediationAnnotations | None = None,
 ) -> Responder:
     """The remediation side over a store and clients: the limits, the remediation state machine and
     the responder that drives it (`Responder.remediation`). Part of `build_watchdog`; tests build it
@@ -364,6 +367,7 @@ def build_responder(
         backoff=backoff or exponential_backoff(30.0),
         metrics=metrics,
         tracer=tracer,
+        annotations=annotations,
     )
     return Responder(
         store=store,

@@ -177,8 +177,8 @@ class WatchdogMetrics:
 
         self.notifications = Counter(
             W_NOTIFICATIONS,
-            "Notifications sent, by target (slack|json|pagerduty|opsgenie), kind (prompt|escalation|"
-            "resolve) and result (ok|failed)",
+            "Notifications sent, by target (slack|json|pagerduty|opsgenie|email|grafana), kind (prompt|"
+            "escalation|resolve|annotation) and result (ok|failed)",
             ["target", "kind", "result"],
             registry=r,
         )

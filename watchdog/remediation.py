@@ -44,6 +44,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, Final
 
+from watchdog.annotations import RemediationAnnotations
 from watchdog.approvals import ApprovalService
 from watchdog.errors import InvalidTransition, StoreError
 from watchdog.incidents import IncidentService, transition_in
@@ -100,6 +101,7 @@ class RemediationService:
         backoff: Callable[[int], float],
         metrics: WatchdogMetrics | None = None,
         tracer: IncidentTracer | None = None,
+        annotations: RemediationAnnotations | None = None,
     ) -> None:
         self.store = store
         self.incidents = incidents
@@ -124,6 +126,7 @@ class RemediationService:
             metrics=metrics,
         )
         self.tracer = tracer or IncidentTracer()
+        self.annotations = annotations  # Grafana annotations of remediations that acted (optional)
 
     def context(
         self, incident_id: int, execution_id: str, playbook: str, ledger: ActionLedger | None = None
@@ -421,7 +424,7 @@ class RemediationService:
         progress.applied(result)
         if not result.ok:
             why = "interrupted before it finished and not repeated" if result.interrupted else "failed"
-            return await self.closing.escalate(
+            escalated = await self.closing.escalate(
                 incident.id,
                 f"{_label(plan)} {why}: {result.detail}",
                 expected=("remediating",),
@@ -431,6 +434,7 @@ class RemediationService:
                 actor=actor,
                 lease=lease,
             )
+            return await self._annotated(incident, plan.playbook, escalated)
 
         async def into_verifying() -> Lease:
             async with self.store.transaction() as tx:
@@ -475,8 +479,9 @@ class RemediationService:
             self.closing.count(plan.playbook, "resolved")
             if self.metrics is not None:
                 self.metrics.observe_remediated(incident.diagnosis, self.contexts.clock.now())
-            return Outcome(incident.id, "resolved", verification.summary())
-        return await self.closing.escalate(
+            resolved = Outcome(incident.id, "resolved", verification.summary())
+            return await self._annotated(incident, plan.playbook, resolved)
+        escalated = await self.closing.escalate(
             incident.id,
             f"{_label(plan)} applied but verification failed: {verification.summary()}",
             expected=("verifying",),
@@ -487,6 +492,13 @@ class RemediationService:
             actor=actor,
             lease=lease,
         )
+        return await self._annotated(incident, plan.playbook, escalated)
+
+    async def _annotated(self, incident: Incident, playbook: str, outcome: Outcome) -> Outcome:
+        """`outcome` of a remediation that acted, annotated on the dashboards (`watchdog.annotations`)."""
+        if self.annotations is not None:
+            await self.annotations.remediated(incident, playbook, outcome.status)
+        return outcome
 
     async def _completed_by_itself(self, execution_id: str) -> bool:
         """True when the run has completed cleanly (e.g. between the prompt and the approval)."""

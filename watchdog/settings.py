@@ -7,9 +7,9 @@ Nothing else reads the environment.
 Sources, highest first: keyword arguments to `load_settings`, environment (`GL_WATCHDOG_<NAME>`), the
 optional YAML file, defaults. Secrets can come from mounted files: `orchestrator_token_file`,
 `api_token_file` (one token per line), `approval_signing_key_file`, `pagerduty_routing_key_file`,
-`opsgenie_api_key_file`, `smtp_password_file`, `slack_bot_token_file` and
-`slack_signing_secret_file`; a file's contents override the plain value. Secrets are `SecretStr`,
-so they never show up in reprs or logs.
+`opsgenie_api_key_file`, `smtp_password_file`, `slack_bot_token_file`, `slack_signing_secret_file`
+and `grafana_api_token_file`; a file's contents override the plain value. Secrets are `SecretStr`, so
+they never show up in reprs or logs.
 """
 
 from __future__ import annotations
@@ -218,6 +218,14 @@ class WatchdogSettings(BaseSettings):
     console_local_user: str = Field(default="local", min_length=1, max_length=100)
     console_local_role: Role = Role.VIEWER
     grafana_url: str | None = None  # a dashboard's URL; the console adds the execution's variables
+    # Grafana annotations of remediations (`watchdog.annotations`; docs/alerting.md): Grafana's API
+    # root (e.g. http://grafana:3000) and a service-account token; a dashboard UID pins them to one
+    # dashboard, otherwise they are organisation-wide and the dashboards query the `gl-watchdog` tag.
+    grafana_api_url: str | None = None
+    grafana_api_token: SecretStr | None = None
+    grafana_api_token_file: Path | None = None
+    grafana_annotation_dashboard_uid: str | None = None
+    grafana_timeout_seconds: float = Field(default=5.0, gt=0)
     orchestrator_public_url: str | None = None  # the orchestrator as a browser reaches it
     runbook_url: str = RUNBOOK_URL
     # A Tempo/Jaeger search for the run's trace, `{execution_id}` and `{dag_id}` filled in (URL-quoted),
@@ -284,6 +292,11 @@ class WatchdogSettings(BaseSettings):
         if self.slack_signing_secret_file is not None:
             secret = _read_secret(self.slack_signing_secret_file, "slack_signing_secret_file")
             self.slack_signing_secret = SecretStr(secret)
+        if self.grafana_api_token_file is not None:
+            token = _read_secret(self.grafana_api_token_file, "grafana_api_token_file")
+            self.grafana_api_token = SecretStr(token)
+        if self.grafana_api_url is not None and self.grafana_api_token is None:
+            raise ValueError("grafana_api_url needs grafana_api_token (or grafana_api_token_file)")
         return self
 
     @model_validator(mode="after")

@@ -269,6 +269,12 @@ def test_no_rbac_and_no_token_when_kubernetes_is_disabled(render: Render) -> Non
             helm.HelmRenderError,
             "set watchdog.paging.email.smtpHost and watchdog.paging.email.to",
         ),
+        (
+            {"watchdog": {"grafana": {"apiUrl": "http://grafana:3000"}}},
+            helm.HelmRenderError,
+            "set watchdog.grafana.apiToken",
+        ),
+        ({"watchdog": {"grafana": {"apiUrl": "grafana:3000"}}}, helm.HelmValuesError, "apiUrl"),
         ({"watchdog": {"logFormat": "xml"}}, helm.HelmValuesError, "logFormat"),
         ({"orchestrator": {"name": "Not_A_Name"}}, helm.HelmValuesError, "/orchestrator/name"),
         ({"watchdog": {"mdoe": "auto"}}, helm.HelmValuesError, "mdoe"),

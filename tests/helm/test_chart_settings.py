@@ -249,6 +249,7 @@ def test_every_secret_reference_resolves_to_a_rendered_key(render: Render) -> No
                 "notifier": {"enabled": True, "url": "https://hooks.example/x"},
                 "paging": paging,
                 "slack": {"enabled": True, "botToken": "xoxb-1", "signingSecret": "s1gn", "channel": "C0"},
+                "grafana": {"apiUrl": "http://grafana:3000", "apiToken": "glsa_1", "dashboardUid": "gl-wd"},
             },
         }
     )
@@ -286,6 +287,7 @@ def test_every_secret_reference_resolves_to_a_rendered_key(render: Render) -> No
             "smtp-password",
             "slack-bot-token",
             "slack-signing-secret",
+            "grafana-api-token",
         }
     )
     env = container_env(one(manifests, "Deployment", WATCHDOG))
@@ -300,6 +302,9 @@ def test_every_secret_reference_resolves_to_a_rendered_key(render: Render) -> No
     }
     assert json.loads(settings["email_to"]) == ["oncall@example.org"] and settings["smtp_port"] == "587"
     assert base64.b64decode(secret["data"]["pagerduty-routing-key"]) == b"R0UT1NG"
+    assert settings["grafana_api_url"] == "http://grafana:3000"
+    assert settings["grafana_annotation_dashboard_uid"] == "gl-wd"
+    assert set(settings) <= set(WatchdogSettings.model_fields)
 
 
 def test_generated_tokens_are_random_and_given_values_are_kept(render: Render) -> None:

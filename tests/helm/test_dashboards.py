@@ -189,3 +189,17 @@ def test_headline_numbers_are_right_with_two_replicas_of_each_service(
     (tmp_path / "dashboards.test.yaml").write_text(yaml.safe_dump(test_file), encoding="utf-8")
     result = _promtool("test", "rules", "dashboards.test.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_dashboard_shows_the_watchdogs_remediation_annotations(manifests: list[Manifest]) -> None:
+    """The annotations `watchdog.annotations` posts are tagged `gl-watchdog`: each dashboard queries
+    Grafana's own annotations by that tag (those pinned to one dashboard show there by themselves)."""
+    dashboards = _dashboards(manifests)
+    assert set(dashboards) == {"gl-watchdog", "dag-execution-overview", "node-performance"}
+    for uid, dashboard in dashboards.items():
+        by_tag = [
+            entry["target"]
+            for entry in dashboard["annotations"]["list"]
+            if entry["datasource"]["type"] == "grafana" and entry.get("target", {}).get("type") == "tags"
+        ]
+        assert by_tag == [{"type": "tags", "tags": ["gl-watchdog"], "matchAny": False, "limit": 100}], uid

@@ -2,14 +2,15 @@
 builds it (`watchdog.assembly.build_responder`), for tests of what it measures and traces.
 
 `responder_over` wires the recording playbook (or a subclass), the recording notifier and the policy
-of `tests.watchdog.recording_playbook`, with the metrics, the tracer and the orchestrator client a
-test gives.
+of `tests.watchdog.recording_playbook`, with the metrics, the tracer, the Grafana annotations and the
+orchestrator client a test gives.
 """
 
 from __future__ import annotations
 
 from gl_common.clock import Clock
 from tests.watchdog.recording_playbook import POLICY, RecordingNotifier, RecordingPlaybook
+from watchdog.annotations import RemediationAnnotations
 from watchdog.approvals import ApprovalService
 from watchdog.assembly import build_responder
 from watchdog.incidents import IncidentService
@@ -36,6 +37,7 @@ def responder_over(
     playbook: RecordingPlaybook | None = None,
     metrics: WatchdogMetrics | None = None,
     tracer: IncidentTracer | None = None,
+    annotations: RemediationAnnotations | None = None,
 ) -> Responder:
     """A responder acting through `playbook` (the recording one by default); prompts expire after
     APPROVAL_TTL_SECONDS."""
@@ -55,4 +57,5 @@ def responder_over(
         jobs=JobTracker(),
         metrics=metrics,
         tracer=tracer,
+        annotations=annotations,
     )

@@ -131,6 +131,10 @@ not the watchdog's default (orchestrator-service), unless the policy already nam
 {{- if and $slack.enabled (not (and $slack.botToken $slack.signingSecret $slack.channel)) }}
 {{- fail "watchdog.slack.enabled=true needs watchdog.slack.botToken, signingSecret and channel (or secrets.existingSecret with keys slack-bot-token and slack-signing-secret, and channel)" }}
 {{- end }}
+{{- $grafana := .Values.watchdog.grafana }}
+{{- if and $grafana.apiUrl (not $grafana.apiToken) }}
+{{- fail "watchdog.grafana.apiUrl is set: set watchdog.grafana.apiToken (or secrets.existingSecret with key grafana-api-token)" }}
+{{- end }}
 {{- $paging := .Values.watchdog.paging }}
 {{- if and (has "pagerduty" $paging.escalationTargets) (not $paging.pagerduty.routingKey) }}
 {{- fail "watchdog.paging.escalationTargets has pagerduty: set watchdog.paging.pagerduty.routingKey (or secrets.existingSecret with key pagerduty-routing-key)" }}
