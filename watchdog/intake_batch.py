@@ -1,13 +1,13 @@
-"""New firing alerts of a batch of deliveries recorded, and their incidents opened, in four statements.
+"""New firing alerts of a batch of deliveries recorded, and their incidents opened, in a few statements.
 
 Where it sits: `watchdog.intake.AlertIntake` calls `record_new_episodes()` first in each intake
 transaction (a batch of deliveries, `watchdog.episodes.GroupCommit`) and applies every alert it
 does not settle one by one, as before. It settles the common case of a burst of distinct alerts: a
-firing alert of a new episode for an execution without an open incident. Their episodes are
-recorded in one multi-row INSERT, their incidents opened in one, the `incident_opened` audit entries
-written in one and the episodes linked to their incidents in one (executemany): four round trips for
-the batch instead of four per alert, the same rows and audit entries as `incidents.open_or_join_in`
-writes for one alert.
+firing alert of a new episode for an execution without an open incident. On PostgreSQL their
+episodes are recorded, their incidents opened and the `incident_opened` audit entries written in one
+statement (`watchdog.store_episodes`), and the episodes linked to their incidents in a second
+(executemany): two round trips for the batch. On SQLite the first is three multi-row INSERTs. Either
+way, the same rows and audit entries as `incidents.open_or_join_in` writes for one alert.
 
 What it leaves to the one-by-one path: resolved alerts; an episode recorded before (a duplicate or a
 conflict; the INSERT skips it); an alert whose fingerprint or execution id appears twice in the batch
@@ -24,6 +24,7 @@ from datetime import datetime
 from watchdog.links import alert_links
 from watchdog.records import AlertDelivery, Incident
 from watchdog.store import Tx
+from watchdog.store_episodes import NewEpisode, record_and_open
 from watchdog.webhook import AmAlert
 
 SOURCE = "alert"
@@ -54,6 +55,65 @@ def _candidates(alerts: list[tuple[AmAlert, str]]) -> list[tuple[AmAlert, str]]:
     ]
 
 
+def _episode(alert: AmAlert, receiver: str) -> NewEpisode:
+    """What one new firing alert writes: its episode, its incident and its `incident_opened` entry."""
+    execution_id = alert.labels["execution_id"]
+    return NewEpisode(
+        delivery={
+            "fingerprint": alert.episode_key,
+            "starts_at": alert.startsAt,
+            "alertname": alert.alertname,
+            "execution_id": execution_id,
+            "status": alert.status,
+            "labels_digest": alert.labels_digest,
+        },
+        incident={
+            "execution_id": execution_id,
+            "dag_id": alert.labels.get("dag_id"),
+            "source": SOURCE,
+            "detection_source": DETECTION_SOURCE,
+            "alert_links": alert_links(alert.annotations, alert.generatorURL) or None,
+        },
+        audit_data={
+            "execution_id": execution_id,
+            "source": SOURCE,
+            "detection_source": DETECTION_SOURCE,
+            "fingerprint": alert.episode_key,
+            "starts_at": alert.startsAt.isoformat(),
+            "receiver": receiver,
+        },
+    )
+
+
+async def _record_and_open_stepwise(
+    tx: Tx, episodes: list[NewEpisode], *, actor: str
+) -> list[tuple[AlertDelivery, Incident | None]]:
+    """`store_episodes.record_and_open` in three statements (SQLite)."""
+    rows = await tx.insert_deliveries([episode.delivery for episode in episodes])
+    recorded = {row.fingerprint: row for row in rows}
+    new = [episode for episode in episodes if episode.delivery["fingerprint"] in recorded]
+    if not new:
+        return []
+    opened = await tx.insert_incidents([episode.incident for episode in new])
+    incidents = {incident.execution_id: incident for incident in opened}
+    await tx.add_audits(
+        [
+            {
+                "incident_id": incidents[episode.incident["execution_id"]].id,
+                "kind": "incident_opened",
+                "actor": actor,
+                "data": episode.audit_data,
+            }
+            for episode in new
+            if episode.incident["execution_id"] in incidents
+        ]
+    )
+    return [
+        (recorded[episode.delivery["fingerprint"]], incidents.get(episode.incident["execution_id"]))
+        for episode in new
+    ]
+
+
 async def record_new_episodes(tx: Tx, alerts: list[tuple[AmAlert, str]], *, actor: str) -> NewEpisodes:
     """Record the batch's new firing episodes and open their incidents (see the module docstring);
     `alerts` are (alert, the receiver of its delivery)."""
@@ -61,61 +121,19 @@ async def record_new_episodes(tx: Tx, alerts: list[tuple[AmAlert, str]], *, acto
     candidates = _candidates(alerts)
     if len(candidates) < 2:  # one alert: the one-by-one path costs the same
         return settled
-    rows = await tx.insert_deliveries(
-        [
-            {
-                "fingerprint": alert.episode_key,
-                "starts_at": alert.startsAt,
-                "alertname": alert.alertname,
-                "execution_id": alert.labels["execution_id"],
-                "status": alert.status,
-                "labels_digest": alert.labels_digest,
-            }
-            for alert, _ in candidates
-        ]
-    )
-    recorded = {row.fingerprint: row for row in rows}
-    new = [(alert, receiver) for alert, receiver in candidates if alert.episode_key in recorded]
-    if not new:
-        return settled
-    opened = await tx.insert_incidents(
-        [
-            {
-                "execution_id": alert.labels["execution_id"],
-                "dag_id": alert.labels.get("dag_id"),
-                "source": SOURCE,
-                "detection_source": DETECTION_SOURCE,
-                "alert_links": alert_links(alert.annotations, alert.generatorURL) or None,
-            }
-            for alert, _ in new
-        ]
-    )
-    incidents = {incident.execution_id: incident for incident in opened}
-    audits, links = [], {}
-    for alert, receiver in new:
-        delivery = recorded[alert.episode_key]
-        incident = incidents.get(alert.labels["execution_id"])
+    episodes = [_episode(alert, receiver) for alert, receiver in candidates]
+    if tx.conn.dialect.name == "postgresql":
+        written = await record_and_open(tx, episodes, actor=actor)
+    else:
+        written = await _record_and_open_stepwise(tx, episodes, actor=actor)
+    starts = {alert.episode_key: alert.startsAt for alert, _ in candidates}
+    links = {}
+    for delivery, incident in written:
+        key = (delivery.fingerprint, starts[delivery.fingerprint])
         if incident is None:
-            settled.recorded[(alert.episode_key, alert.startsAt)] = delivery
+            settled.recorded[key] = delivery
             continue
         links[delivery.id] = incident.id
-        linked = delivery.model_copy(update={"incident_id": incident.id})
-        settled.opened[(alert.episode_key, alert.startsAt)] = (linked, incident)
-        audits.append(
-            {
-                "incident_id": incident.id,
-                "kind": "incident_opened",
-                "actor": actor,
-                "data": {
-                    "execution_id": incident.execution_id,
-                    "source": SOURCE,
-                    "detection_source": DETECTION_SOURCE,
-                    "fingerprint": alert.episode_key,
-                    "starts_at": alert.startsAt.isoformat(),
-                    "receiver": receiver,
-                },
-            }
-        )
-    await tx.add_audits(audits)
+        settled.opened[key] = (delivery.model_copy(update={"incident_id": incident.id}), incident)
     await tx.link_deliveries(links)
     return settled

@@ -102,3 +102,28 @@ async def test_concurrent_deliveries_of_distinct_alerts_share_transactions(
     assert len({o.incident_id for [o] in results}) == 20
     assert 1 <= opened.count("alert intake") <= BATCHES_AT_ONCE  # not one per delivery
     await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 10)
+
+
+async def test_on_postgresql_a_batch_of_new_alerts_is_written_in_two_statements(
+    api_client: Client, watchdog_app: Watchdog
+) -> None:
+    if watchdog_app.store.dialect != "postgresql":
+        pytest.skip("SQLite writes the batch one table at a time")
+    writes: list[str] = []
+
+    def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith(("INSERT", "UPDATE", "WITH")):
+            writes.append(statement)
+
+    engine = watchdog_app.store.engine.sync_engine
+    sa.event.listen(engine, "before_cursor_execute", note)
+    try:
+        outcomes = await _post(
+            api_client, payload(*(alert(f"run-{i}", fingerprint=f"fp-{i}") for i in range(5)))
+        )
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", note)
+    assert [o["outcome"] for o in outcomes] == ["opened"] * 5
+    [recorded, linked] = writes  # episodes, incidents and audit entries in one; the links in the other
+    assert all(f"INSERT INTO {table}" in recorded for table in ("alert_deliveries", "incidents", "audit_log"))
+    assert linked.startswith("UPDATE alert_deliveries")
