@@ -352,6 +352,7 @@ async def test_a_playbooks_context_reaches_clients_and_a_ledger_never_the_store(
             "ledger",
             "limits",
             "clock",
+            "tracer",  # spans of its actions (watchdog.action): no store behind it (asserted above)
         }
     finally:
         await store.close()
