@@ -181,18 +181,18 @@ def _execution(execution_id: str, status: str) -> dict[str, Any]:
 
 class CountedOrchestrator:
     """The orchestrator's listing (`PagedOrchestrator`) behind a real client, each request recorded;
-    `failing` answers every request 503 instead."""
+    `failing`, when set, is the answer to every request instead (status and JSON body)."""
 
     def __init__(self, clock: FakeClock) -> None:
         self.fake = PagedOrchestrator(clock.now)
-        self.failing = False
+        self.failing: tuple[int, dict[str, str]] | None = None
         transport = httpx.MockTransport(self.handler)
         self.client = OrchestratorClient(ORCH_URL, timeout=2, transport=transport)
 
     def handler(self, request: httpx.Request) -> httpx.Response:
-        if self.failing:
+        if self.failing is not None:
             self.fake.requests.append(dict(request.url.params))
-            return httpx.Response(503, json={"error": "unavailable", "detail": "db down"})
+            return httpx.Response(self.failing[0], json=self.failing[1])
         return self.fake.handler(request)
 
     def add(self, execution_id: str, status: str) -> None:
@@ -254,16 +254,28 @@ async def test_resolving_the_ended_runs_of_many_open_pages_is_one_orchestrator_c
     assert len(counted.fake.requests[1]["execution_id"].split(",")) == 24  # only the open pages
 
 
+@pytest.mark.parametrize(
+    "failing",
+    [
+        (503, {"error": "unavailable", "detail": "db down"}),
+        # An orchestrator from before the filter (its query model forbids unknown parameters).
+        (400, {"error": "bad_request", "detail": "execution_id: is not a known parameter"}),
+    ],
+    ids=["unavailable", "without-the-filter"],
+)
 async def test_when_the_orchestrator_cannot_tell_the_pages_wait_for_the_next_sweep(
-    mocked: respx.MockRouter, paged_run: PagedRun, counted: CountedOrchestrator
+    mocked: respx.MockRouter,
+    paged_run: PagedRun,
+    counted: CountedOrchestrator,
+    failing: tuple[int, dict[str, str]],
 ) -> None:
     pd = mocked.post(PD_URL).respond(202, json={"status": "success"})
     counted.add("exec-done", "failed")
     done = await paged_run.escalated("exec-done")
-    counted.failing = True
+    counted.failing = failing
     assert await paged_run.pages.resolve_ended_runs(counted.client) == []
     assert page_state((await paged_run.incidents.detail(done)).audit) == "open"
-    counted.failing = False
+    counted.failing = None
     [result] = await paged_run.pages.resolve_ended_runs(counted.client)
     assert result.ok and _resolved_keys(pd) == [dedup_key(done, "exec-done")]
     assert len(counted.fake.requests) == 2
