@@ -386,9 +386,9 @@ class PageResolver:
         results = []
         for incident in paged:
             status = status_of.get(incident.execution_id)
-            if status is not None and (
-                result := await self.resolve(incident.id, f"the run ended ({status})")
-            ):
+            if status is None:
+                continue
+            if (result := await self.resolve(incident.id, f"the run ended ({status})")) is not None:
                 results.append(result)
         return results
 
