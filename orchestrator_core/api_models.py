@@ -46,6 +46,9 @@ DEFAULT_PAGE = 500
 MAX_PAGE = 5000
 MAX_LOG_LINES = 5000
 MAX_CURSOR_LENGTH = 512
+# The most `execution_id` values one listing takes: a caller asking about the runs it knows (the
+# watchdog's open pages) sends them in one request; 200 UUIDs comma-separated fit aiohttp's 8 KB line.
+MAX_EXECUTION_IDS = 200
 
 
 class _Request(BaseModel):
@@ -58,6 +61,11 @@ class _Request(BaseModel):
 class ExecutionListQuery(_Request):
     """`GET /executions`: filters (combined with AND), cursor and page size."""
 
+    execution_id: list[ExecutionId] | None = Field(
+        None,
+        max_length=MAX_EXECUTION_IDS,
+        description=f"any of these runs (repeat or comma-separate; at most {MAX_EXECUTION_IDS})",
+    )
     status: list[ExecutionStatus] | None = Field(
         None,
         max_length=len(EXECUTION_STATUSES),
@@ -99,6 +107,7 @@ class ExecutionListQuery(_Request):
     ) -> ExecutionFilter:
         """The store's filter; `owners`: the owners `owner_gone` selects (running runs of them)."""
         return ExecutionFilter(
+            execution_ids=tuple(dict.fromkeys(self.execution_id)) if self.execution_id else None,
             statuses=tuple(dict.fromkeys(self.status)) if self.status else None,
             dag_id=self.dag_id,
             owner=self.owner,

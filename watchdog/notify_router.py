@@ -265,6 +265,10 @@ async def update_prompt(
     )
 
 
+# The audit entries `page_state` reads (the others may be left out of what it is given).
+PAGE_ENTRIES: Final = ("escalation_notified", "page_resolved")
+
+
 def page_state(audit: Sequence[AuditEntry]) -> str:
     """What the audit log says of an incident's page: "none" (never paged), "open" or "resolved".
 
@@ -361,28 +365,43 @@ class PageResolver:
     async def resolve_ended_runs(self, orchestrator: OrchestratorClient) -> list[NotifyResult]:
         """The sweep's hook: resolve the open pages of the newest `ENDED_RUNS_CHECKED` escalated
         incidents whose run has ended (completed, failed or cancelled: nothing is stuck any more).
-        A run the orchestrator cannot tell about is logged and looked at again next sweep."""
+
+        One store read finds the open pages, and one listing asks the orchestrator which of their runs
+        ended (`GET /executions?status=...&execution_id=...`). When it cannot tell (unreachable, or
+        an orchestrator without the filter), that is logged and the runs are looked at next sweep; a
+        run it does not know is left open, as one still running."""
         if not self.notifier.pagers:
             return []
+        paged = await self._with_open_pages()
+        if not paged:
+            return []
+        try:
+            ended = await orchestrator.list_executions_of(
+                [incident.execution_id for incident in paged], ",".join(sorted(RUN_ENDED))
+            )
+        except WatchdogError as exc:
+            log.warning("cannot tell whether the runs of %d open pages ended: %s", len(paged), exc)
+            return []
+        status_of = {run.execution_id: run.status for run in ended if run.status in RUN_ENDED}
         results = []
-        for incident in await self._with_open_pages():
-            try:
-                execution = await orchestrator.get_execution(incident.execution_id)
-            except WatchdogError as exc:
-                log.warning("cannot tell whether the run of paged incident %s ended: %s", incident.id, exc)
+        for incident in paged:
+            status = status_of.get(incident.execution_id)
+            if status is None:
                 continue
-            if execution.status in RUN_ENDED:
-                reason = f"the run ended ({execution.status})"
-                if (result := await self.resolve(incident.id, reason)) is not None:
-                    results.append(result)
+            if (result := await self.resolve(incident.id, f"the run ended ({status})")) is not None:
+                results.append(result)
         return results
 
     async def _with_open_pages(self) -> list[Incident]:
+        """Of the newest `ENDED_RUNS_CHECKED` escalated incidents, newest first, those that page and
+        whose page is open: the page entries of their audits are read in one query."""
         async with self.incidents.store.read() as tx:
             escalated = await tx.list_incidents(statuses=["escalated"], limit=ENDED_RUNS_CHECKED)
-            return [
-                i for i in escalated if self._pages(i) and page_state(await tx.list_audit(i.id)) == "open"
-            ]
+            paging = [incident for incident in escalated if self._pages(incident)]
+            if not paging:
+                return []
+            audits = await tx.list_audits([incident.id for incident in paging], kinds=PAGE_ENTRIES)
+        return [incident for incident in paging if page_state(audits.get(incident.id, [])) == "open"]
 
     async def _escalated_of(self, execution_id: str) -> list[int]:
         async with self.incidents.store.read() as tx:

@@ -18,11 +18,20 @@ Slack's Web API (https://api.slack.com/methods/chat.postMessage, .../chat.update
 `{"ok": false, "error"}`. Every call runs under `timeout`; every failure (timeout, unreachable,
 HTTP error, `ok: false`) is a `NotifyResult` with ok=False naming Slack's error, never raised, and
 counted in `gl_watchdog_notifications_total{target="slack_bot"}` (updates here, prompts and
-escalations by the router). The token is never logged.
+escalations by the router), once per delivery whatever its attempts. The token is never logged.
+
+Slack's rate limit (https://api.slack.com/apis/rate-limits) answers HTTP 429 with `Retry-After`
+(seconds): the call is sent again after that wait, at most `RATE_LIMIT_RETRIES` times and
+`RATE_LIMIT_WAIT_SECONDS` of waiting in all (a wait that would go past that is not begun); then the
+429 is the call's failure, its detail saying how often it was tried. So a delivery takes at most
+(retries + 1) times `timeout`, plus the waits.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, Final
 
 import httpx
@@ -41,41 +50,93 @@ from watchdog.notifier import (
 from watchdog.store import WatchdogStore
 
 TARGET: Final = "slack_bot"
+RATE_LIMITED: Final = 429
+RATE_LIMIT_RETRIES: Final = 2  # a rate-limited call is sent at most this many times more
+RATE_LIMIT_WAIT_SECONDS: Final = 30.0  # and waits at most this long in all for them
+DEFAULT_RETRY_AFTER_SECONDS: Final = 1.0  # a 429 without a usable Retry-After (Slack always sends one)
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def retry_after(response: httpx.Response) -> float:
+    """The seconds a 429 asks to wait (`Retry-After`, delta-seconds); the default when it is missing
+    or not a number (the HTTP-date form is not Slack's)."""
+    try:
+        return max(0.0, float(response.headers.get("Retry-After", "")))
+    except ValueError:
+        return DEFAULT_RETRY_AFTER_SECONDS
 
 
 class SlackApi:
-    """Two methods of Slack's Web API under a timeout; results, never exceptions."""
+    """Two methods of Slack's Web API under a timeout, a 429 tried again after its Retry-After (see
+    the module docstring); results, never exceptions. `sleep` waits (injected by tests)."""
 
     def __init__(
-        self, token: str, base_url: str, *, timeout: float, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        token: str,
+        base_url: str,
+        *,
+        timeout: float,
+        transport: httpx.AsyncBaseTransport | None = None,
+        retries: int = RATE_LIMIT_RETRIES,
+        max_wait_seconds: float = RATE_LIMIT_WAIT_SECONDS,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._token = token
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.transport = transport
+        self.retries = retries
+        self.max_wait_seconds = max_wait_seconds
+        self.sleep = sleep
 
     async def call(self, method: str, body: dict[str, Any]) -> tuple[NotifyResult, dict[str, Any]]:
-        """POST `body` to `method`; the result and Slack's answer (empty when there is none)."""
+        """POST `body` to `method`; the result and Slack's answer (empty when there is none). A 429
+        is sent again after its Retry-After while retries and wait are left."""
+        result, answer, wait = await self._post(method, body)
+        tries, waited = 1, 0.0
+        while wait is not None:
+            if tries > self.retries:
+                return replace(result, detail=f"{result.detail} (rate limited; tried {tries} times)"), answer
+            if waited + wait > self.max_wait_seconds:
+                why = f"Retry-After {wait:g}s is past the {self.max_wait_seconds:g}s of waiting allowed"
+                return replace(result, detail=f"{result.detail} (rate limited; {why})"), answer
+            await self.sleep(wait)
+            waited += wait
+            result, answer, wait = await self._post(method, body)
+            tries += 1
+        return result, answer
+
+    async def _post(
+        self, method: str, body: dict[str, Any]
+    ) -> tuple[NotifyResult, dict[str, Any], float | None]:
+        """One POST: the result, Slack's answer, and the wait a 429 asks for (None: not rate limited)."""
         what = f"Slack {method}"
         headers = {"Authorization": f"Bearer {self._token}"}
         try:
             async with httpx.AsyncClient(timeout=self.timeout, transport=self.transport) as client:
                 response = await client.post(f"{self.base_url}/{method}", json=body, headers=headers)
         except httpx.TimeoutException:
-            return NotifyResult(False, False, f"{what} timed out after {self.timeout:g}s"), {}
+            return NotifyResult(False, False, f"{what} timed out after {self.timeout:g}s"), {}, None
         except httpx.HTTPError as exc:
-            return NotifyResult(False, False, f"{what} unreachable: {exc or type(exc).__name__}"), {}
-        status = response.status_code
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict):
-            return NotifyResult(False, False, f"{what} answered {status} without JSON", status), {}
-        if status >= 400 or answer.get("ok") is not True:
-            error = str(answer.get("error", "unknown error"))[:200]
-            return NotifyResult(False, False, f"{what} answered {status}: {error}", status), answer
-        return NotifyResult(True, True, f"{what} delivered", status), answer
+            return NotifyResult(False, False, f"{what} unreachable: {exc or type(exc).__name__}"), {}, None
+        result, answer = _answered(what, response)
+        return result, answer, retry_after(response) if response.status_code == RATE_LIMITED else None
+
+
+def _answered(what: str, response: httpx.Response) -> tuple[NotifyResult, dict[str, Any]]:
+    """The result of Slack's HTTP answer, and its JSON (empty when there is none)."""
+    status = response.status_code
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        return NotifyResult(False, False, f"{what} answered {status} without JSON", status), {}
+    if status >= 400 or answer.get("ok") is not True:
+        error = str(answer.get("error", "unknown error"))[:200]
+        return NotifyResult(False, False, f"{what} answered {status}: {error}", status), answer
+    return NotifyResult(True, True, f"{what} delivered", status), answer
 
 
 class SlackBot:

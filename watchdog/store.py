@@ -216,6 +216,20 @@ class Tx:
         )
         return [AuditEntry.model_validate(dict(r._mapping)) for r in result]
 
+    async def list_audits(
+        self, incident_ids: Collection[int], *, kinds: Collection[str] | None = None
+    ) -> dict[int, list[AuditEntry]]:
+        """The audit entries of several incidents (of `kinds` only, when given) in one query, oldest
+        first, by incident (an incident without any is left out)."""
+        stmt = sa.select(audit_log).where(audit_log.c.incident_id.in_(list(incident_ids)))
+        if kinds is not None:
+            stmt = stmt.where(audit_log.c.kind.in_(list(kinds)))
+        found: dict[int, list[AuditEntry]] = {}
+        for row in await self.conn.execute(stmt.order_by(audit_log.c.id)):
+            entry = AuditEntry.model_validate(dict(row._mapping))
+            found.setdefault(row.incident_id, []).append(entry)
+        return found
+
     # -- alert deliveries
 
     async def insert_delivery(

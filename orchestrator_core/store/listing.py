@@ -11,7 +11,8 @@ to now), so a listing that pages through with `after=` the last position never l
 matched the filter all along: a run inserted or (re)started meanwhile sorts after every run already
 listed and is reached on a later page; a run whose key grew past the position may be listed twice.
 
-Filters combine with AND: `statuses` (any of), `dag_id`, `owner`, `started_before` / `started_after`
+Filters combine with AND: `execution_ids` (any of: the runs a caller already knows, by the primary
+key), `statuses` (any of), `dag_id`, `owner`, `started_before` / `started_after`
 (runs that have started, by `started_at`), `over_timeout` (running, and running for longer than its
 effective timeout: its own, else `default_timeout_seconds`), `no_timeout` (the run's DAG sets no
 timeout of its own, so it runs under the default, if there is one); and the other stuck states
@@ -42,6 +43,7 @@ ORDER_KEY = sa.func.coalesce(executions.c.started_at, executions.c.created_at)
 class ExecutionFilter:
     """Which executions a listing selects (None: no condition)."""
 
+    execution_ids: tuple[str, ...] | None = None  # any of these runs
     statuses: tuple[str, ...] | None = None
     dag_id: str | None = None
     owner: str | None = None
@@ -103,6 +105,8 @@ class ExecutionListing:
     def _conditions(self, where: ExecutionFilter) -> Sequence[ColumnElement[bool]]:
         c = executions.c
         conditions: list[ColumnElement[bool]] = []
+        if where.execution_ids is not None:
+            conditions.append(c.execution_id.in_(where.execution_ids))
         if where.statuses is not None:
             conditions.append(c.status.in_(where.statuses))
         if where.dag_id is not None:

@@ -5,12 +5,14 @@ PostgreSQL, through the real app (runs are inserted into the real store with cho
 from __future__ import annotations
 
 import base64
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from orchestrator_core.api_models import MAX_EXECUTION_IDS
 from orchestrator_core.records import ExecutionOptions, ExecutionRecord
 from orchestrator_core.settings import OrchestratorSettings
 from orchestrator_core.store.listing import ORDER_KEY
@@ -164,6 +166,8 @@ async def mixed(h: Harness) -> Harness:
         ({"no_timeout": "true"}, ["b", "f", "g"]),
         ({"no_timeout": "false"}, ["a", "c", "d", "e"]),
         ({"status": "running", "dag_id": "d", "over_timeout": "true"}, ["a", "b"]),
+        ({"execution_id": "g,a,unknown"}, ["a", "g"]),
+        ({"execution_id": ["e", "c", "e"], "status": "running"}, ["c"]),
     ],
     ids=lambda value: str(value),
 )
@@ -195,6 +199,34 @@ async def test_items_show_the_effective_timeout_and_whether_it_is_the_default(mi
     assert (items["b"]["timeout_seconds"], items["b"]["timeout_is_default"]) == (3600, True)
     one = (await mixed.api("GET", "/executions/b")).json()
     assert (one["timeout_seconds"], one["timeout_is_default"]) == (3600, True)
+
+
+async def test_runs_asked_for_by_id_are_paged_with_their_exact_total(mixed: Harness) -> None:
+    asked = {"execution_id": "f,b,d,a,zz", "limit": 2}
+    first = await listing(mixed, **asked)
+    assert ids(first) == ["a", "b"] and first["total"] == 4
+    second = await listing(mixed, **asked, cursor=first["next_cursor"])
+    assert ids(second) == ["d", "f"] and second["total"] == 4 and second["next_cursor"] is None
+
+
+async def test_as_many_execution_ids_as_allowed_fit_one_request(h: Harness) -> None:
+    """The most ids a listing takes, as UUIDs (the engine's ids) comma-separated, pass the server's
+    request-line limit; one more is a 400 naming the parameter."""
+    wanted = [uuid.uuid4().hex for _ in range(MAX_EXECUTION_IDS)]
+    for execution_id in wanted[:3]:
+        await add(h, execution_id, started=10, status="failed")
+    page = await listing(h, execution_id=",".join(wanted))
+    assert sorted(ids(page)) == sorted(wanted[:3]) and page["total"] == 3
+    too_many = ",".join([*wanted, uuid.uuid4().hex])
+    response = await h.api("GET", "/executions", params={"execution_id": too_many})
+    assert response.status_code == 400 and response.json()["field"] == "execution_id"
+    assert str(MAX_EXECUTION_IDS) in response.json()["detail"]
+
+
+@pytest.mark.parametrize("bad", ["a/b", "-lead", "x" * 65, "a,,b", "ok,bad id"])
+async def test_an_execution_id_that_is_not_one_is_400_naming_the_parameter(h: Harness, bad: str) -> None:
+    response = await h.api("GET", "/executions", params={"execution_id": bad})
+    assert response.status_code == 400 and response.json()["field"] == "execution_id", response.text
 
 
 # -- the cursor -------------------------------------------------------------------------------------

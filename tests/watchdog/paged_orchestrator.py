@@ -1,9 +1,9 @@
 """The orchestrator's paginated `GET /executions` as the watchdog tests meet it: `PagedOrchestrator`
 serves the documented contract (docs/architecture.md, "Orchestrator REST API") through
-httpx.MockTransport — filters (`status`, `dag_id`, `over_timeout`, `no_timeout`, `started_before`),
-oldest first, `limit` and an opaque `cursor`, `{"items", "next_cursor", "total"}` — with the tests'
-clock, so sweeps, the condition, diagnosis step 1 and the verification checks can be shown to see
-every run among thousands. It records each request's query, so a test can say what was asked.
+httpx.MockTransport — filters (`status`, `dag_id`, `over_timeout`, `no_timeout`, `started_before`,
+`execution_id`), oldest first, `limit` and an opaque `cursor`, `{"items", "next_cursor", "total"}` —
+with the tests' clock, so sweeps, the condition, diagnosis step 1 and the verification checks can be
+shown to see every run among thousands. It records each request's query, so a test can say what was asked.
 
 The stuck-run signals (issue 16, docs/architecture.md "Stuck-run signals") are served too: the
 Execution's `queued_at`, `cancel_requested_at`, `resume_count`, `failure_streak`, `owner_alive` with
@@ -116,6 +116,8 @@ class PagedOrchestrator:
         return self.now() - started > timedelta(seconds=item["timeout_seconds"])
 
     def _matches(self, item: dict[str, Any], query: dict[str, str]) -> bool:
+        if "execution_id" in query and item["execution_id"] not in query["execution_id"].split(","):
+            return False
         if "status" in query and item["status"] not in query["status"].split(","):
             return False
         if "dag_id" in query and item["dag_id"] != query["dag_id"]:

@@ -19,7 +19,9 @@ the Slack Web API"):
 Like Slack, a refused call is answered HTTP 200 with `{"ok": false, "error": ...}`. Each call is
 recorded (`calls`) with its headers and JSON body, so a test reads what went on the wire; `refusals`
 lists every refusal of a request's shape; `fail_next` makes the next call of a method answer a given
-Slack error (Slack's answer, not a refusal of the request).
+Slack error (Slack's answer, not a refusal of the request); `rate_limit(method, times, retry_after)`
+makes the next `times` calls of a method answer as Slack's rate limit does (HTTP 429, `Retry-After`,
+`{"ok": false, "error": "ratelimited"}`, https://api.slack.com/apis/rate-limits).
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class FakeSlack:
     messages: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     fail_next: dict[str, str] = field(default_factory=dict)
     refusals: list[str] = field(default_factory=list)
+    limited: dict[str, tuple[int, str | None]] = field(default_factory=dict)  # method: (times, Retry-After)
     _server: TestServer | None = None
     _next_ts: float = FIRST_TS
 
@@ -96,6 +99,10 @@ class FakeSlack:
     def sent(self, method: str) -> list[SlackCall]:
         """The calls of `method` ("chat.postMessage", "chat.update")."""
         return [call for call in self.calls if call.method == method]
+
+    def rate_limit(self, method: str, times: int, retry_after: str | None = "1") -> None:
+        """The next `times` calls of `method` are rate limited (`retry_after` None: no header)."""
+        self.limited[method] = (times, retry_after)
 
     async def start(self) -> None:
         app = web.Application()
@@ -124,6 +131,11 @@ class FakeSlack:
             return self._refuse("invalid_auth")
         if not isinstance(body, dict):
             return self._refuse("invalid_arguments")
+        times, retry_after = self.limited.get(method, (0, None))
+        if times > 0:
+            self.limited[method] = (times - 1, retry_after)
+            headers = {} if retry_after is None else {"Retry-After": retry_after}
+            return web.json_response({"ok": False, "error": "ratelimited"}, status=429, headers=headers)
         if method in self.fail_next:  # asked for by the test: not a refusal of the request's shape
             return web.json_response({"ok": False, "error": self.fail_next.pop(method)})
         if "blocks" in body and _blocks_problem(body["blocks"]) is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -11,10 +12,18 @@ import httpx
 import pytest
 import respx
 
+from orchestrator_core import api_models
 from tests.conftest import free_port
 from watchdog.backends import orchestrator_client
 from watchdog.settings import load_settings
-from watchdog_sdk.clients.orchestrator import ExecutionPage, ExecutionQuery, OrchestratorClient
+from watchdog_sdk.clients.orchestrator import (
+    MAX_EXECUTION_IDS,
+    MAX_EXECUTION_IDS_CHARS,
+    MAX_PAGE,
+    ExecutionPage,
+    ExecutionQuery,
+    OrchestratorClient,
+)
 from watchdog_sdk.clients.prometheus import PrometheusClient
 from watchdog_sdk.errors import (
     BadRequest,
@@ -130,6 +139,55 @@ async def test_an_orchestrator_before_pagination_gives_its_one_answer_unfiltered
     assert [e.execution_id for e in await client.list_executions(over_timeout=True)] == ["ex-1"]
     assert route.call_count == 2
     assert await client.count_executions(ExecutionQuery()) is None
+
+
+async def test_runs_asked_about_by_id_are_one_request_with_their_ids_comma_separated(
+    client: OrchestratorClient, mock: respx.MockRouter
+) -> None:
+    route = mock.get("/executions").respond(json=_page(["b", "a"], None, 2))
+    found = await client.list_executions_of(["a", "b", "gone", "a"], "completed,failed")
+    assert [e.execution_id for e in found] == ["b", "a"]
+    assert route.call_count == 1
+    assert dict(route.calls.last.request.url.params) == {
+        "status": "completed,failed",
+        "execution_id": "a,b,gone",
+        "limit": str(MAX_PAGE),
+    }
+
+
+def _asked(route: respx.Route) -> list[list[str]]:
+    return [call.request.url.params["execution_id"].split(",") for call in route.calls]
+
+
+async def test_more_ids_than_one_request_takes_go_in_batches_that_fit_the_request_line(
+    client: OrchestratorClient, mock: respx.MockRouter
+) -> None:
+    route = mock.get("/executions").respond(json=_page([], None, 0))
+    uuids = [uuid.uuid4().hex for _ in range(2 * MAX_EXECUTION_IDS + 50)]
+    assert await client.list_executions_of(uuids) == []
+    assert [len(batch) for batch in _asked(route)] == [MAX_EXECUTION_IDS, MAX_EXECUTION_IDS, 50]
+    longest = [f"{index:03d}:" + "x" * 60 for index in range(250)]  # 64 characters, ":" encoded
+    await client.list_executions_of(longest)
+    batches = _asked(route)[3:]
+    assert [id_ for batch in batches for id_ in batch] == longest and len(batches) == 3
+    for call in route.calls:
+        encoded = call.request.url.raw_path.split(b"execution_id=")[1].split(b"&")[0]
+        assert len(encoded) <= MAX_EXECUTION_IDS_CHARS
+
+
+async def test_asking_about_no_run_sends_nothing(client: OrchestratorClient) -> None:
+    assert await client.list_executions_of([]) == []
+
+
+async def test_of_an_unfiltered_answer_only_the_runs_asked_about_are_kept(
+    client: OrchestratorClient, mock: respx.MockRouter
+) -> None:
+    mock.get("/executions").respond(json={"items": [{**EXECUTION, "execution_id": i} for i in "xay"]})
+    assert [e.execution_id for e in await client.list_executions_of(["a"])] == ["a"]
+
+
+def test_the_client_takes_as_many_ids_as_the_orchestrator_accepts() -> None:
+    assert MAX_EXECUTION_IDS == api_models.MAX_EXECUTION_IDS
 
 
 async def test_count_executions_reads_the_total_of_a_one_item_page(

@@ -4,22 +4,27 @@ resolving or the run ending resolves it (the audit log is the record of open pag
 rule's `escalate_to` chooses the targets of the incidents it planned.
 
 PagerDuty and Opsgenie are faked at the HTTP level with respx, as their public docs shape the
-requests; the store (SQLite and PostgreSQL), the remediation state machine, the responder and the
+requests, and the orchestrator's listing by `PagedOrchestrator` behind the real client (each request
+counted); the store (SQLite and PostgreSQL), the remediation state machine, the responder and the
 page resolver are the real ones.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
 import respx
+import sqlalchemy as sa
 from pydantic import SecretStr
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, ScriptedDiagnose, make_diagnosis
+from tests.watchdog.paged_orchestrator import PagedOrchestrator
 from tests.watchdog.paging_wire import PD_URL, ROUTING_KEY, RecordingChat, body_of, paging_wire
 from tests.watchdog.recording_playbook import POLICY, RecordingPlaybook
 from watchdog.approvals import ApprovalService, Decision
@@ -55,6 +60,7 @@ class PagedRun:
     def __init__(
         self, store: WatchdogStore, clock: FakeClock, mode: Mode = Mode.AUTO, **routing: Any
     ) -> None:
+        self.store = store
         self.jobs = JobTracker()
         self.incidents = IncidentService(store, WatchdogMetrics())
         pager = PagerDutyPager(SecretStr(ROUTING_KEY), PD_URL, timeout=2)
@@ -173,26 +179,116 @@ def _execution(execution_id: str, status: str) -> dict[str, Any]:
     return {"execution_id": execution_id, "dag_id": "d", "status": status}
 
 
-async def test_the_sweep_resolves_the_page_of_a_run_that_ended_and_keeps_the_others(
-    mocked: respx.MockRouter, paged_run: PagedRun
+class CountedOrchestrator:
+    """The orchestrator's listing (`PagedOrchestrator`) behind a real client, each request recorded;
+    `failing`, when set, is the answer to every request instead (status and JSON body)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.fake = PagedOrchestrator(clock.now)
+        self.failing: tuple[int, dict[str, str]] | None = None
+        transport = httpx.MockTransport(self.handler)
+        self.client = OrchestratorClient(ORCH_URL, timeout=2, transport=transport)
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        if self.failing is not None:
+            self.fake.requests.append(dict(request.url.params))
+            return httpx.Response(self.failing[0], json=self.failing[1])
+        return self.fake.handler(request)
+
+    def add(self, execution_id: str, status: str) -> None:
+        self.fake.add(execution_id, started_at=self.fake.now(), timeout=None, status=status)
+
+
+@pytest.fixture
+async def counted(clock: FakeClock) -> AsyncIterator[CountedOrchestrator]:
+    orchestrator = CountedOrchestrator(clock)
+    try:
+        yield orchestrator
+    finally:
+        await orchestrator.client.aclose()
+
+
+def _resolved_keys(pd: respx.Route) -> list[str]:
+    sent = [body_of(pd, i) for i in range(len(pd.calls))]
+    return sorted(body["dedup_key"] for body in sent if body["event_action"] == "resolve")
+
+
+@contextlib.contextmanager
+def _audit_reads(engine: AsyncEngine) -> Iterator[list[str]]:
+    """The statements reading the audit log while the block runs."""
+    reads: list[str] = []
+
+    def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM audit_log" in statement:
+            reads.append(statement)
+
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", note)
+    try:
+        yield reads
+    finally:
+        sa.event.remove(engine.sync_engine, "before_cursor_execute", note)
+
+
+async def test_resolving_the_ended_runs_of_many_open_pages_is_one_orchestrator_call(
+    mocked: respx.MockRouter, paged_run: PagedRun, counted: CountedOrchestrator
 ) -> None:
     pd = mocked.post(PD_URL).respond(202, json={"status": "success"})
-    runs = f"{ORCH_URL}/api/v1/orchestrator/executions"
-    mocked.get(f"{runs}/exec-done").respond(200, json=_execution("exec-done", "cancelled"))
-    mocked.get(f"{runs}/exec-stuck").respond(200, json=_execution("exec-stuck", "running"))
-    mocked.get(f"{runs}/exec-unknown").respond(503, json={"error": "unavailable", "detail": "db down"})
+    ended = {}
+    for index, status in enumerate(["completed", "failed", "cancelled"] * 4):
+        counted.add(f"exec-ended-{index}", status)
+        ended[f"exec-ended-{index}"] = await paged_run.escalated(f"exec-ended-{index}")
+    for index in range(12):  # still running, or unknown to the orchestrator: their pages stay open
+        counted.add(f"exec-running-{index}", "running")
+        await paged_run.escalated(f"exec-running-{index}")
+        await paged_run.escalated(f"exec-unknown-{index}")
+    with _audit_reads(paged_run.store.engine) as reads:
+        results = await paged_run.pages.resolve_ended_runs(counted.client)
+    assert len(results) == len(ended) and all(result.ok for result in results)
+    [asked] = counted.fake.requests
+    assert asked["status"] == "cancelled,completed,failed"
+    assert len(asked["execution_id"].split(",")) == 36
+    # One read of the page entries of all 36 audits, then each page resolved reads its incident's.
+    assert len(reads) == 1 + len(ended)
+    assert _resolved_keys(pd) == sorted(dedup_key(i, execution) for execution, i in ended.items())
+    assert await paged_run.pages.resolve_ended_runs(counted.client) == []  # resolved once only
+    assert len(counted.fake.requests[1]["execution_id"].split(",")) == 24  # only the open pages
+
+
+@pytest.mark.parametrize(
+    "failing",
+    [
+        (503, {"error": "unavailable", "detail": "db down"}),
+        # An orchestrator from before the filter (its query model forbids unknown parameters).
+        (400, {"error": "bad_request", "detail": "execution_id: is not a known parameter"}),
+    ],
+    ids=["unavailable", "without-the-filter"],
+)
+async def test_when_the_orchestrator_cannot_tell_the_pages_wait_for_the_next_sweep(
+    mocked: respx.MockRouter,
+    paged_run: PagedRun,
+    counted: CountedOrchestrator,
+    failing: tuple[int, dict[str, str]],
+) -> None:
+    pd = mocked.post(PD_URL).respond(202, json={"status": "success"})
+    counted.add("exec-done", "failed")
     done = await paged_run.escalated("exec-done")
-    stuck = await paged_run.escalated("exec-stuck")
-    await paged_run.escalated("exec-unknown")
-    async with OrchestratorClient(ORCH_URL, timeout=2) as orchestrator:
-        [result] = await paged_run.pages.resolve_ended_runs(orchestrator)
-        assert result.ok
-        assert await paged_run.pages.resolve_ended_runs(orchestrator) == []  # resolved once only
-    resolves = [body_of(pd, i) for i in range(len(pd.calls)) if body_of(pd, i)["event_action"] == "resolve"]
-    assert [body["dedup_key"] for body in resolves] == [dedup_key(done, "exec-done")]
-    audit = (await paged_run.incidents.detail(done)).audit
-    assert ("page_resolved", True) in [(e.kind, e.data.get("ok")) for e in audit if e.phase == "after"]
-    assert page_state((await paged_run.incidents.detail(stuck)).audit) == "open"
+    counted.failing = failing
+    assert await paged_run.pages.resolve_ended_runs(counted.client) == []
+    assert page_state((await paged_run.incidents.detail(done)).audit) == "open"
+    counted.failing = None
+    [result] = await paged_run.pages.resolve_ended_runs(counted.client)
+    assert result.ok and _resolved_keys(pd) == [dedup_key(done, "exec-done")]
+    assert len(counted.fake.requests) == 2
+
+
+async def test_with_no_open_page_the_orchestrator_is_not_asked(
+    mocked: respx.MockRouter, paged_run: PagedRun, counted: CountedOrchestrator
+) -> None:
+    mocked.post(PD_URL).respond(202, json={"status": "success"})
+    await paged_run.escalated("exec-r")
+    await paged_run.pages.resolve_run("exec-r", "another incident of the run resolved")
+    assert await paged_run.pages.resolve_ended_runs(counted.client) == []
+    assert counted.fake.requests == []
 
 
 # -- escalation targets per policy rule ---------------------------------------------------------------
@@ -308,8 +404,13 @@ async def test_a_sweep_of_the_real_watchdog_resolves_the_page_of_an_ended_run(
 ) -> None:
     pd = mocked.post(PD_URL).respond(202, json={"status": "success"})
     runs = f"{ORCH_URL}/api/v1/orchestrator/executions"
-    mocked.get(runs).respond(200, json={"items": [], "next_cursor": None, "total": 0})
-    mocked.get(f"{runs}/exec-ended").respond(200, json=_execution("exec-ended", "failed"))
+
+    def listing(request: httpx.Request) -> httpx.Response:
+        asked = request.url.params.get("execution_id", "").split(",")
+        items = [_execution("exec-ended", "failed")] if "exec-ended" in asked else []
+        return httpx.Response(200, json={"items": items, "next_cursor": None, "total": len(items)})
+
+    mocked.get(runs).mock(side_effect=listing)
     settings = WatchdogSettings(
         database_url=database_url,
         api_tokens=[WATCHDOG_TOKEN],

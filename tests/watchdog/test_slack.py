@@ -30,7 +30,7 @@ from watchdog.assembly import Watchdog, build_watchdog, create_app
 from watchdog.policy import parse_policy
 from watchdog.settings import WatchdogSettings
 from watchdog.slack import SlackRefused, SlackSignature
-from watchdog.slack_bot import SlackApi
+from watchdog.slack_bot import RATE_LIMIT_RETRIES, RATE_LIMIT_WAIT_SECONDS, SlackApi
 from watchdog_sdk.registry import Registry
 
 SECRET = "slack-signing-secret-0123456789abcdef"
@@ -289,6 +289,27 @@ async def test_a_failed_update_is_audited_and_counted(slack_app: SlackApp) -> No
     assert slack_app.wd.metrics.registry.get_sample_value("gl_watchdog_notifications_total", labels) == 1
 
 
+async def test_an_update_rate_limited_past_its_retries_is_audited_and_counted_once(
+    slack_app: SlackApp,
+) -> None:
+    approval_id = await prompted(slack_app)
+    slack_app.slack.rate_limit("chat.update", 10, retry_after="0")
+    body = click_body(approval_id, action="deny")
+    status, _ = await slack_app.click(body, slack_app.sign(body))
+    await slack_app.wd.jobs.wait_idle()
+    assert status == 200 and len(slack_app.calls("chat.update")) == 1 + RATE_LIMIT_RETRIES
+    incident_id = (await slack_app.wd.approvals.get(approval_id)).incident_id
+    async with slack_app.wd.store.read() as tx:
+        audit = await tx.list_audit(incident_id)
+    notified = [e.data for e in audit if e.kind == "escalation_notified" and e.phase == "after"]
+    assert notified[-1]["ok"] is False
+    assert (
+        "Slack chat.update answered 429: ratelimited (rate limited; tried 3 times)" in notified[-1]["detail"]
+    )
+    labels = {"target": "slack_bot", "kind": "update", "result": "failed"}
+    assert slack_app.wd.metrics.registry.get_sample_value("gl_watchdog_notifications_total", labels) == 1
+
+
 async def test_a_first_vote_of_two_keeps_the_prompt_open_and_the_message_says_so(
     _no_pending_tasks: None, database_url: str
 ) -> None:
@@ -375,3 +396,66 @@ async def test_the_fake_slack_refuses_what_slack_would_and_the_bot_reports_slack
         assert slack.refusals == [error for *_, error in cases]
     finally:
         await slack.close()
+
+
+# -- Slack's rate limit (HTTP 429 with Retry-After) ---------------------------------------------------
+
+
+@pytest.fixture
+async def fake_slack() -> AsyncIterator[FakeSlack]:
+    slack = FakeSlack(BOT_TOKEN, frozenset({CHANNEL}))
+    await slack.start()
+    try:
+        yield slack
+    finally:
+        await slack.close()
+
+
+class Waits:
+    """The injected sleep: records each wait instead of waiting."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.seconds.append(seconds)
+
+
+MESSAGE = {"channel": CHANNEL, "text": "hello"}
+
+
+@pytest.mark.parametrize(
+    ("header", "waited"), [("3", 3.0), ("0.5", 0.5), (None, 1.0), ("soon", 1.0), ("-5", 0.0)]
+)
+async def test_a_rate_limited_call_is_sent_again_after_its_retry_after(
+    fake_slack: FakeSlack, header: str | None, waited: float
+) -> None:
+    waits = Waits()
+    api = SlackApi(BOT_TOKEN, fake_slack.api_url, timeout=2, sleep=waits)
+    fake_slack.rate_limit("chat.postMessage", 1, retry_after=header)
+    result, answer = await api.call("chat.postMessage", MESSAGE)
+    assert result.ok and answer["ts"] == TS
+    assert waits.seconds == [waited] and len(fake_slack.sent("chat.postMessage")) == 2
+
+
+async def test_a_call_rate_limited_for_ever_fails_after_its_retries(fake_slack: FakeSlack) -> None:
+    waits = Waits()
+    api = SlackApi(BOT_TOKEN, fake_slack.api_url, timeout=2, sleep=waits)
+    fake_slack.rate_limit("chat.postMessage", 1000, retry_after="2")
+    result, answer = await api.call("chat.postMessage", MESSAGE)
+    assert (result.ok, result.status, answer["error"]) == (False, 429, "ratelimited")
+    assert result.detail == "Slack chat.postMessage answered 429: ratelimited (rate limited; tried 3 times)"
+    assert waits.seconds == [2.0] * RATE_LIMIT_RETRIES
+    assert len(fake_slack.sent("chat.postMessage")) == 1 + RATE_LIMIT_RETRIES
+
+
+async def test_a_wait_past_the_allowed_total_is_not_begun(fake_slack: FakeSlack) -> None:
+    waits = Waits()
+    api = SlackApi(BOT_TOKEN, fake_slack.api_url, timeout=2, sleep=waits)
+    fake_slack.rate_limit("chat.postMessage", 1, retry_after=str(RATE_LIMIT_WAIT_SECONDS + 1))
+    once, _ = await api.call("chat.postMessage", MESSAGE)
+    assert not once.ok and waits.seconds == [] and len(fake_slack.sent("chat.postMessage")) == 1
+    assert once.detail.endswith("(rate limited; Retry-After 31s is past the 30s of waiting allowed)")
+    fake_slack.rate_limit("chat.postMessage", 2, retry_after="20")  # 20 s, then 20 more would be 40
+    twice, _ = await api.call("chat.postMessage", MESSAGE)
+    assert not twice.ok and waits.seconds == [20.0] and len(fake_slack.sent("chat.postMessage")) == 3

@@ -162,6 +162,38 @@ async def test_update_incident_is_compare_and_set(database_url: str) -> None:
         await store.close()
 
 
+async def test_the_audits_of_several_incidents_are_read_together_by_incident_and_kind(
+    database_url: str,
+) -> None:
+    store = await WatchdogStore.open(database_url)
+    try:
+        async with store.transaction() as tx:
+            made = [
+                await tx.insert_incident(
+                    execution_id=f"e{n}", dag_id=None, source="sweep", detection_source="api"
+                )
+                for n in range(3)
+            ]
+            first, second, silent = (incident.id for incident in made if incident is not None)
+            for incident_id, kind in [(second, "opened"), (first, "paged"), (second, "paged"), (first, "x")]:
+                await tx.add_audit(incident_id, kind, data={"n": incident_id})
+            every = await tx.list_audits([first, second, silent])
+            paged = await tx.list_audits([second, first], kinds=["paged"])
+            assert await tx.list_audits([]) == {}
+            one_by_one = await tx.list_audit(first)
+        assert {key: [e.kind for e in entries] for key, entries in every.items()} == {
+            first: ["paged", "x"],
+            second: ["opened", "paged"],
+        }
+        assert every[first] == one_by_one
+        assert {key: [e.kind for e in entries] for key, entries in paged.items()} == {
+            first: ["paged"],
+            second: ["paged"],
+        }
+    finally:
+        await store.close()
+
+
 async def test_delivery_episode_is_recorded_once(database_url: str) -> None:
     store = await WatchdogStore.open(database_url)
     starts = datetime(2026, 1, 1, 11, 0, tzinfo=UTC)

@@ -17,7 +17,8 @@ dicts (their model belongs to the orchestrator).
 Listing executions (`GET /executions`) follows the paginated contract: server-side filters
 (`status`, `dag_id`, `over_timeout`, `no_timeout`, `started_before`), `limit` and `cursor` in,
 `{"items", "next_cursor", "total"}` out, oldest first. `list_executions` follows `next_cursor` to the
-last page, so a caller sees every matching run; `list_executions_page` gives one page and `total`. An
+last page, so a caller sees every matching run; `list_executions_page` gives one page and `total`;
+`list_executions_of` asks about known runs by id (`execution_id`), 200 UUIDs to a request. An
 orchestrator older than that contract answers `{"items"}` only: it ignored the filters and the cursor,
 so that answer is taken as it is (one page, `paged=False`), and callers check each item themselves
 (over its timeout, age) rather than trusting the filter.
@@ -34,7 +35,7 @@ duration: one paged call for the sweep, not one per run), `node_durations` a DAG
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
@@ -46,6 +47,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ValidationError
 
 from watchdog_sdk.clients.orchestrator_models import (
+    MAX_EXECUTION_IDS,
+    MAX_EXECUTION_IDS_CHARS,
     MAX_PAGE,
     MAX_PAGES,
     AgentInfo,
@@ -83,6 +86,8 @@ from watchdog_sdk.errors import (
 )
 
 __all__ = [
+    "MAX_EXECUTION_IDS",
+    "MAX_EXECUTION_IDS_CHARS",
     "MAX_PAGE",
     "MAX_PAGES",
     "AgentInfo",
@@ -252,6 +257,24 @@ class OrchestratorClient:
             return found.items, found.next_cursor
 
         return await _every_page("GET /executions", page)
+
+    async def list_executions_of(
+        self, execution_ids: Iterable[str], status: str | None = None, *, page_size: int | None = MAX_PAGE
+    ) -> list[Execution]:
+        """The executions among `execution_ids` of `status` (one or several, comma-separated; None:
+        any), oldest first within each request: `GET /executions?execution_id=...`, one request for as
+        many as MAX_EXECUTION_IDS ids that fit MAX_EXECUTION_IDS_CHARS (200 UUIDs), one per such batch
+        beyond. A run the orchestrator does not know is left out. An orchestrator from before the
+        filter refuses it (`BadRequest`); of the unfiltered answer of one from before pagination, only
+        the runs asked about are kept."""
+        wanted = list(dict.fromkeys(execution_ids))
+        found: list[Execution] = []
+        for batch in _id_batches(wanted):
+            found += await self.list_matching(
+                ExecutionQuery(status, execution_ids=batch), page_size=page_size
+            )
+        asked = set(wanted)
+        return [execution for execution in found if execution.execution_id in asked]
 
     async def count_executions(self, query: ExecutionQuery) -> int | None:
         """How many executions match `query` (the listing's exact `total`); None from an orchestrator
@@ -448,6 +471,21 @@ async def _every_page(
         seen.add(next_cursor)
         cursor = next_cursor
     raise OrchestratorError(200, f"{what} did not end within {MAX_PAGES} pages")
+
+
+def _id_batches(execution_ids: Sequence[str]) -> list[tuple[str, ...]]:
+    """`execution_ids` in order, in batches of at most MAX_EXECUTION_IDS whose query value (URL-encoded,
+    joined by `%2C`) is at most MAX_EXECUTION_IDS_CHARS long."""
+    batches: list[list[str]] = []
+    room = 0
+    for execution_id in execution_ids:
+        cost = len(quote(execution_id, safe="")) + 3  # with its separator (the last one has none)
+        if not batches or len(batches[-1]) == MAX_EXECUTION_IDS or cost > room:
+            batches.append([])
+            room = MAX_EXECUTION_IDS_CHARS + 3
+        batches[-1].append(execution_id)
+        room -= cost
+    return [tuple(batch) for batch in batches]
 
 
 def _page_fields(data: Any, what: str) -> tuple[list[Any], str | None, int | None]:

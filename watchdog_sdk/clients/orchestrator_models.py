@@ -24,6 +24,11 @@ MAX_PAGE = 5000  # the largest page the orchestrator gives (`limit` 1-5000)
 # A listing that would need more pages than this is refused rather than read for ever (100 million
 # runs at the largest page): an orchestrator handing out cursors that never end is broken.
 MAX_PAGES = 20_000
+# The most `execution_id` values one listing takes, and how long (URL-encoded, with the separators)
+# they may be together, so the request line stays within the orchestrator's 8190 bytes: 200 UUIDs are
+# 6997 characters, so one request; longer ids go in more than one (`OrchestratorClient.list_executions_of`).
+MAX_EXECUTION_IDS = 200
+MAX_EXECUTION_IDS_CHARS = 7000
 
 
 class _ApiModel(BaseModel):
@@ -69,7 +74,8 @@ class ExecutionQuery:
     before that instant. The stuck-run filters: `queued_before` (entered the queue before),
     `cancel_requested_before` (a cancel asked for before, not completed), `min_resume_count`
     (resumed at least that often), `owner_gone=True` (the owner replica's heartbeat is gone, its lock
-    not expired). `status` may name several, comma-separated.
+    not expired). `status` may name several, comma-separated. `execution_ids`: any of these runs
+    (at most MAX_EXECUTION_IDS; `OrchestratorClient.list_executions_of` splits longer lists).
     """
 
     status: str | None = "running"
@@ -81,10 +87,12 @@ class ExecutionQuery:
     cancel_requested_before: datetime | None = None
     min_resume_count: int | None = None
     owner_gone: bool | None = None
+    execution_ids: tuple[str, ...] | None = None
 
     def params(self) -> dict[str, str | None]:
         """The query string (None: not sent)."""
         return {
+            "execution_id": None if self.execution_ids is None else ",".join(self.execution_ids),
             "status": self.status,
             "dag_id": self.dag_id,
             "over_timeout": _flag(self.over_timeout),
