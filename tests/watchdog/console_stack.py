@@ -55,6 +55,7 @@ class Console:
         plan = make_plan(execution_id).model_copy(
             update={
                 "risk": risk,
+                "params": {"agent_id": "a1"},
                 "actions": [
                     PlannedAction(
                         step="restart", description="restart the in-process agent worker", target="agent"

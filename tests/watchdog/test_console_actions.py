@@ -134,6 +134,8 @@ async def test_a_dry_run_shows_what_the_playbook_would_do_and_acts_on_nothing(
     path = f"/console/incidents/{incident.id}"
     page = (await operator.http.get(path)).text
     assert '<option value="restart_agent" selected>restart_agent (the plan\'s)</option>' in page
+    assert incident.plan is not None and incident.plan.params  # its params fill the field to begin with
+    assert f'name="params" value="{json.dumps(incident.plan.params, sort_keys=True)}"' in html.unescape(page)
     form = {"playbook": "restart_agent", "params": '{"agent_id": "a1"}', "step": "dry_run"}
     answer = await operator.form(f"{path}/playbook", form)
     assert answer.status_code == 200

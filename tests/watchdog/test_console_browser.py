@@ -2,9 +2,11 @@
 real orchestrator, behind a simulated sign-in proxy (the watchdog trusts 127.0.0.1 as its proxy; the
 browser contexts send its identity headers): list → incident → approve as alice, then as bob (the
 restart needs two approvers here), and alice's open page follows the votes and the remediation by
-itself; a forged identity header from an address that is not the proxy is ignored; without
-JavaScript, by keyboard alone; on a phone. axe-core (bundled by axe-playwright-python) finds no
-serious or critical violation on the list and the incident page. Screenshots are kept in
+itself (server-sent events, no polling); an operator diagnoses again, then runs a playbook from
+its dry run, and the page follows; a forged identity header from an address that is not the proxy
+is ignored; without JavaScript, by keyboard alone; on a phone. axe-core (bundled by
+axe-playwright-python) finds no serious or critical violation on the list, the incident page and
+the dry run. Screenshots are kept in
 test-artifacts/console/ (gitignored)."""
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ async def test_list_incident_approve_by_two_and_the_page_follows_the_remediation
 ) -> None:
     await stack.stuck_incident()
     alice = await (await as_user(browser, "alice")).new_page()
+    polls = console_requests(alice, "version")
     await alice.goto(f"{stack.url}/console/incidents")
     await expect(alice.locator("#who")).to_contain_text("alice@example.com")
     await expect(alice.locator("#incidents")).to_contain_text("awaiting_approval")
@@ -92,6 +95,7 @@ async def test_list_incident_approve_by_two_and_the_page_follows_the_remediation
     await expect(alice.locator("#refresh-status")).to_contain_text("settled")
     await expect(alice.locator("#approve")).to_have_count(0)
     await expect(alice.locator("#notice")).to_have_count(0)  # "needs a second approver" is stale
+    assert polls == []  # it followed the incident's events
     await screenshot(alice, "incident-resolved")
     await stack.wd.jobs.wait_idle()
     audit = (await stack.wd.incidents.detail(stack.incident_id)).audit
@@ -99,6 +103,58 @@ async def test_list_incident_approve_by_two_and_the_page_follows_the_remediation
         "proxy:alice@example.com",
         "proxy:bob@example.com",
     ]
+
+
+# The shipped policy (a restart needs no approval rule: an operator's run starts at once), and the
+# group ops operates.
+OPERATORS = {**PROXY, "proxy_role_map": {"oncall": "approver", "ops": "operator"}}
+
+
+def console_requests(page: Page, kind: str) -> list[str]:
+    """The URLs of the console requests `page` makes from now on whose path ends with `/kind`."""
+    seen: list[str] = []
+    page.on("request", lambda request: seen.append(request.url) if f"/{kind}" in request.url else None)
+    return seen
+
+
+@pytest.mark.parametrize("stack_settings", [OPERATORS])
+async def test_an_operator_diagnoses_again_and_runs_a_playbook_and_events_update_the_page(
+    stack: Stack, browser: Browser
+) -> None:
+    await stack.stuck_incident()
+    # the incident open again (its prompt set aside), as only an open incident is diagnosed again
+    await stack.wd.incidents.transition(stack.incident_id, "open", actor="test", reason="set aside")
+    olga = await (await browser.new_context(extra_http_headers=signed_in("olga", groups="ops"))).new_page()
+    polls, streams = console_requests(olga, "version"), console_requests(olga, "events")
+    await olga.goto(f"{stack.url}/console/incidents/{stack.incident_id}")
+    await expect(olga.locator("#who")).to_contain_text("(operator, via proxy)")
+    await olga.get_by_role("button", name="Diagnose again").click()
+    await expect(olga.locator("#notice")).to_contain_text("A new diagnosis is queued under your name")
+    await olga.evaluate("window.notReloaded = true")
+    # the diagnosis runs and asks again for approval: the page follows by itself, not reloaded
+    await expect(olga.locator("#incident-status")).to_have_text("awaiting_approval", timeout=30_000)
+    await expect(olga.locator("#timeline")).to_contain_text("diagnosis_requested")
+    assert await olga.evaluate("window.notReloaded === true")
+    assert await serious_violations(olga) == []
+
+    await olga.get_by_label("Playbook", exact=True).select_option("restart_agent")
+    await olga.get_by_role("button", name="Dry run").click()
+    await expect(olga.locator("h1")).to_have_text(f"Dry run of restart_agent on incident {stack.incident_id}")
+    await expect(olga.locator("#planned")).to_contain_text("restart the in-process agent worker")
+    await expect(olga.locator("#precheck")).to_have_text("met")
+    assert await serious_violations(olga) == []
+    await screenshot(olga, "playbook-dry-run")
+    await olga.get_by_role("button", name="Run the playbook").click()
+    await expect(olga.locator("#notice")).to_contain_text("The playbook is started under your name")
+    await olga.evaluate("window.notReloaded = true")
+    await expect(olga.locator("#incident-status")).to_have_text("resolved", timeout=30_000)
+    await expect(olga.locator("#refresh-status")).to_contain_text("settled")
+    assert await olga.evaluate("window.notReloaded === true")
+    assert polls == [] and streams  # event-driven: no version poll, an event stream
+    await stack.wd.jobs.wait_idle()
+    audit = (await stack.wd.incidents.detail(stack.incident_id)).audit
+    mine = {e.kind for e in audit if e.actor == "proxy:olga@example.com"}
+    assert {"diagnosis_requested", "playbook_requested"} <= mine
 
 
 async def test_a_forged_identity_header_from_an_untrusted_address_is_ignored(

@@ -33,6 +33,7 @@ unknown incident a 404 page, an action the incident's state does not allow a 409
 
 from __future__ import annotations
 
+import json
 from typing import Final
 from urllib.parse import urlencode
 
@@ -108,6 +109,7 @@ def build_console(
 def add_routes(app: web.Application, console: Console) -> None:
     """Add the console's routes to `app` (built by `watchdog.http.new_application`)."""
     app[CONSOLE_KEY] = console
+    live.install(app)
     for method, path, handler in (
         ("GET", "/incidents", incident_list),
         ("GET", "/incidents/{incident_id}", incident_page),
@@ -194,6 +196,9 @@ async def incident_page(request: web.Request, console: Console, visitor: Visitor
         diagnosable=incident.status in DIAGNOSABLE,
         playbooks=console.requests.names(),
         chosen=incident.plan.playbook if incident.plan is not None else None,
+        chosen_params=json.dumps(incident.plan.params, sort_keys=True)
+        if incident.plan and incident.plan.params
+        else "",
         actions=detail.actions,
         events=views.timeline(detail.audit),
         held=views.held_lines(incident, detail.audit),
