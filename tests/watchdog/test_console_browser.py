@@ -129,13 +129,16 @@ async def test_an_operator_diagnoses_again_and_runs_a_playbook_and_events_update
     await olga.goto(f"{stack.url}/console/incidents/{stack.incident_id}")
     await expect(olga.locator("#who")).to_contain_text("(operator, via proxy)")
     await olga.get_by_role("button", name="Diagnose again").click()
-    await expect(olga.locator("#notice")).to_contain_text("A new diagnosis is queued under your name")
+    # back on the page with its notice (which the first update may already have taken away)
+    await expect(olga).to_have_url(f"{stack.url}/console/incidents/{stack.incident_id}?notice=diagnosing")
     await olga.evaluate("window.notReloaded = true")
     # the diagnosis runs and asks again for approval: the page follows by itself, not reloaded
     await expect(olga.locator("#incident-status")).to_have_text("awaiting_approval", timeout=30_000)
     await expect(olga.locator("#timeline")).to_contain_text("diagnosis_requested")
+    await expect(olga.locator("#not-diagnosable")).to_contain_text("it is awaiting_approval")
     assert await olga.evaluate("window.notReloaded === true")
     assert await serious_violations(olga) == []
+    await screenshot(olga, "incident-operator")
 
     await olga.get_by_label("Playbook", exact=True).select_option("restart_agent")
     await olga.get_by_role("button", name="Dry run").click()
@@ -145,10 +148,14 @@ async def test_an_operator_diagnoses_again_and_runs_a_playbook_and_events_update
     assert await serious_violations(olga) == []
     await screenshot(olga, "playbook-dry-run")
     await olga.get_by_role("button", name="Run the playbook").click()
-    await expect(olga.locator("#notice")).to_contain_text("The playbook is started under your name")
+    await expect(olga).to_have_url(
+        f"{stack.url}/console/incidents/{stack.incident_id}?notice=playbook_started"
+    )
     await olga.evaluate("window.notReloaded = true")
     await expect(olga.locator("#incident-status")).to_have_text("resolved", timeout=30_000)
     await expect(olga.locator("#refresh-status")).to_contain_text("settled")
+    await expect(olga.locator("#act-settled")).to_contain_text("This incident is resolved")
+    await expect(olga.locator("#dry-run-playbook")).to_have_count(0)
     assert await olga.evaluate("window.notReloaded === true")
     assert polls == [] and streams  # event-driven: no version poll, an event stream
     await stack.wd.jobs.wait_idle()

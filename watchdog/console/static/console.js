@@ -21,13 +21,22 @@
       : "Updated at " + time + "; this incident is settled.";
   }
 
+  // The element `id` of this page replaced by that of `next`, where both have it.
+  function swap(next, id) {
+    var current = document.getElementById(id);
+    var fresh = next.getElementById(id);
+    if (current && fresh) { current.replaceWith(document.importNode(fresh, true)); }
+  }
+
   function replaceLive(html) {
     var next = new DOMParser().parseFromString(html, "text/html");
-    var fresh = next.getElementById("live");
     var freshStatus = next.getElementById("refresh-status");
-    var current = document.getElementById("live");
-    if (!fresh || !current || !freshStatus) { return status.dataset.live === "true"; }
-    current.replaceWith(document.importNode(fresh, true));
+    if (!next.getElementById("live") || !freshStatus) { return status.dataset.live === "true"; }
+    swap(next, "live");
+    swap(next, "diagnose-again");  // offered while the incident is open
+    // The playbook form stays as it is while the incident is live (someone may be filling it in),
+    // and gives way to what the settled page says.
+    if (freshStatus.dataset.live !== "true") { swap(next, "act"); }
     var notice = document.getElementById("notice");  // it spoke of the page as it was: gone now
     if (notice) { notice.remove(); }
     status.dataset.version = freshStatus.dataset.version;
