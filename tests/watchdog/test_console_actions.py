@@ -10,10 +10,12 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
+from aiohttp import web
 
 from tests.watchdog.conftest import ScriptedDiagnose
 from tests.watchdog.console_stack import Console, console_settings, running_console
 from tests.watchdog.recording_playbook import RecordingPlaybook
+from watchdog.console.live import OpenStreams
 from watchdog.policy import ApprovalRule, PlaybookPolicy, Policy
 from watchdog_sdk.registry import Registry
 
@@ -47,6 +49,10 @@ async def operator(
 
 async def _audit(console: Console, incident_id: int) -> list[tuple[str, str]]:
     return [(e.kind, e.actor) for e in (await console.wd.incidents.detail(incident_id)).audit]
+
+
+async def _kinds(console: Console, incident_id: int) -> set[str]:
+    return {kind for kind, _ in await _audit(console, incident_id)}
 
 
 async def _settle(console: Console, incident_id: int) -> None:
@@ -88,27 +94,28 @@ async def test_diagnosing_a_settled_incident_again_answers_409_naming_its_state(
     assert diagnose.calls == []
 
 
-async def test_an_approver_is_offered_neither_action_and_refused_both_with_the_role_needed(
-    _no_pending_tasks: None, postgres_url: str
+@pytest.mark.parametrize("role", ["viewer", "approver"])
+async def test_below_operator_neither_action_is_offered_and_both_are_refused_with_the_role_needed(
+    _no_pending_tasks: None, postgres_url: str, role: str
 ) -> None:
-    settings = console_settings(postgres_url, console_local_mode=True, console_local_role="approver")
+    settings = console_settings(postgres_url, console_local_mode=True, console_local_role=role)
     async with running_console(settings) as served:
         incident, _ = await served.incident("exec-approver", prompt=False)
         path = f"/console/incidents/{incident.id}"
         page = (await served.http.get(path)).text
         assert 'id="diagnose"' not in page and 'id="dry-run-playbook"' not in page
-        assert "Role approver cannot diagnose again or run playbooks: operator or higher needed" in page
+        assert f"Role {role} cannot diagnose again or run playbooks: operator or higher needed" in page
         again = await served.form(f"{path}/diagnose", {})
         run = await served.form(f"{path}/playbook", {"playbook": "restart_agent", "step": "run"})
         assert (
             again.status_code == 403
-            and "role approver cannot diagnose again: operator or higher needed" in again.text
+            and f"role {role} cannot diagnose again: operator or higher needed" in again.text
         )
         assert (
             run.status_code == 403
-            and "role approver cannot run playbooks: operator or higher needed" in run.text
+            and f"role {role} cannot run playbooks: operator or higher needed" in run.text
         )
-        assert ("playbook_requested", "local:alice") not in await _audit(served, incident.id)
+        assert not await _kinds(served, incident.id) & {"diagnosis_requested", "playbook_requested"}
 
 
 @pytest.mark.parametrize("action", ["diagnose", "playbook"])
@@ -120,7 +127,7 @@ async def test_an_action_posted_without_the_consoles_origin_is_refused(
     answer = await operator.form(f"/console/incidents/{incident.id}/{action}", form, origin=None)
     assert answer.status_code == 403
     assert "must be sent from the console's own page" in html.unescape(answer.text)
-    kinds = {kind for kind, _ in await _audit(operator, incident.id)}
+    kinds = await _kinds(operator, incident.id)
     assert not kinds & {"diagnosis_requested", "playbook_requested"}
 
 
@@ -146,7 +153,7 @@ async def test_a_dry_run_shows_what_the_playbook_would_do_and_acts_on_nothing(
     assert 'name="step" value="run" id="run-playbook">Run the playbook' in shown
     assert '<input type="hidden" name="params" value="{"agent_id": "a1"}">' in shown
     assert playbook.side_effects == 0
-    assert "playbook_requested" not in {kind for kind, _ in await _audit(operator, incident.id)}
+    assert "playbook_requested" not in await _kinds(operator, incident.id)
 
 
 async def test_a_playbook_run_from_its_dry_run_is_started_under_the_visitors_name(
@@ -293,3 +300,18 @@ async def test_a_bad_stream_request_answers_a_page_saying_so(
     target = incident.id if status == 400 else 999
     answer = await operator.http.get(f"/console/incidents/{target}/events?{query}")
     assert answer.status_code == status and problem in answer.text
+
+
+async def test_shutting_down_ends_the_streams_being_served() -> None:
+    streams = OpenStreams()
+    entered = asyncio.Event()
+
+    async def serve_forever() -> None:
+        with streams.serving():
+            entered.set()
+            await asyncio.Event().wait()  # a stream of a live incident: it ends only when told
+
+    task = asyncio.create_task(serve_forever())
+    await entered.wait()
+    await streams.close(web.Application())
+    assert task.cancelled()
