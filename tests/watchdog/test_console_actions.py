@@ -146,6 +146,8 @@ async def test_a_dry_run_shows_what_the_playbook_would_do_and_acts_on_nothing(
     form = {"playbook": "restart_agent", "params": '{"agent_id": "a1"}', "step": "dry_run"}
     answer = await operator.form(f"{path}/playbook", form)
     assert answer.status_code == 200
+    assert answer.headers["Content-Security-Policy"].startswith("default-src 'none'")
+    assert answer.headers["Cache-Control"] == "no-store"
     shown = html.unescape(answer.text)
     assert "Dry run of restart_agent on incident" in shown
     assert "<li>restart a1</li>" in shown and 'id="precheck">met' in shown
