@@ -105,9 +105,9 @@ async def test_list_incident_approve_by_two_and_the_page_follows_the_remediation
     ]
 
 
-# The shipped policy (a restart needs no approval rule: an operator's run starts at once), and the
-# group ops operates.
-OPERATORS = {**PROXY, "proxy_role_map": {"oncall": "approver", "ops": "operator"}}
+# The shipped policy (a restart needs no approval rule: an operator's run starts at once), the group
+# ops operates, and an event stream lasts a second (the page reconnects after its end).
+OPERATORS = {**PROXY, "proxy_role_map": {"oncall": "approver", "ops": "operator"}, "events_stream_seconds": 1}
 
 
 def console_requests(page: Page, kind: str) -> list[str]:
@@ -136,6 +136,11 @@ async def test_an_operator_diagnoses_again_and_runs_a_playbook_and_events_update
     await expect(olga.locator("#incident-status")).to_have_text("awaiting_approval", timeout=30_000)
     await expect(olga.locator("#timeline")).to_contain_text("diagnosis_requested")
     await expect(olga.locator("#not-diagnosable")).to_contain_text("it is awaiting_approval")
+    shown_after = int(await olga.locator("#refresh-status").get_attribute("data-after") or 0)
+    # a stream lasts a second here: the page opens the next by itself, after the last event it had
+    async with olga.expect_request(lambda request: "/events?after=" in request.url) as reconnected:
+        pass
+    assert int((await reconnected.value).url.rsplit("=", 1)[1]) > shown_after
     assert await olga.evaluate("window.notReloaded === true")
     assert await serious_violations(olga) == []
     await screenshot(olga, "incident-operator")
@@ -157,7 +162,7 @@ async def test_an_operator_diagnoses_again_and_runs_a_playbook_and_events_update
     await expect(olga.locator("#act-settled")).to_contain_text("This incident is resolved")
     await expect(olga.locator("#dry-run-playbook")).to_have_count(0)
     assert await olga.evaluate("window.notReloaded === true")
-    assert polls == [] and streams  # event-driven: no version poll, an event stream
+    assert polls == [] and streams  # event-driven: no version poll
     await stack.wd.jobs.wait_idle()
     audit = (await stack.wd.incidents.detail(stack.incident_id)).audit
     mine = {e.kind for e in audit if e.actor == "proxy:olga@example.com"}

@@ -46,23 +46,31 @@
   }
 
   // Fetch the page and swap its live part; events that come meanwhile make one more fetch after it.
+  // `then(live)` (if given) is called once the page is fresh.
+  var waiting = [];
   function refresh(then) {
+    if (then) { waiting.push(then); }
     if (fetching) { again = true; return; }
     fetching = true;
+    again = false;
     fetch(window.location.pathname, { credentials: "same-origin", cache: "no-store" })
       .then(function (r) { if (!r.ok) { throw new Error(r.status); } return r.text(); })
       .then(function (html) {
         var live = replaceLive(html);
         fetching = false;
-        if (again && live) { again = false; refresh(then); return; }
-        again = false;
-        if (then) { then(live); }
+        if (again && live) { refresh(null); return; }
+        var callbacks = waiting;
+        waiting = [];
+        callbacks.forEach(function (callback) { callback(live); });
       })
       .catch(function () {
         fetching = false;
-        again = false;
         status.textContent = "Could not refresh: use Reload.";
-        if (then) { window.setTimeout(function () { then(true); }, RETRY_MS[RETRY_MS.length - 1]); }
+        var callbacks = waiting;
+        waiting = [];
+        window.setTimeout(function () {
+          callbacks.forEach(function (callback) { callback(true); });
+        }, RETRY_MS[RETRY_MS.length - 1]);
       });
   }
 
