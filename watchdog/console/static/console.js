@@ -7,6 +7,8 @@
   var RETRY_MS = [1000, 2000, 5000, 10000, 30000];  // the delays before each reconnect, then the last
   var FAILURES_BEFORE_POLL = 6;  // failed connections in a row (none opened) before the slow poll
   var POLL_MS = 30000;
+  var NOTICE_MS = 8000;  // how long a form's notice stays at least
+  var loaded = Date.now();
   var status = document.getElementById("refresh-status");
   if (!status || status.dataset.live !== "true" || !window.fetch) { return; }
   var after = status.dataset.after;
@@ -19,6 +21,15 @@
     status.textContent = live
       ? "Updated at " + time + "; this page updates itself while the incident is live."
       : "Updated at " + time + "; this incident is settled.";
+  }
+
+  // The notice a form left spoke of the page as it was: it goes once the page has changed, but not
+  // before it could be read.
+  function dropNotice() {
+    var wait = NOTICE_MS - (Date.now() - loaded);
+    if (wait > 0) { window.setTimeout(dropNotice, wait); return; }
+    var notice = document.getElementById("notice");
+    if (notice) { notice.remove(); }
   }
 
   // The element `id` of this page replaced by that of `next`, where both have it.
@@ -37,8 +48,7 @@
     // The playbook form stays as it is while the incident is live (someone may be filling it in),
     // and gives way to what the settled page says.
     if (freshStatus.dataset.live !== "true") { swap(next, "act"); }
-    var notice = document.getElementById("notice");  // it spoke of the page as it was: gone now
-    if (notice) { notice.remove(); }
+    dropNotice();
     status.dataset.version = freshStatus.dataset.version;
     status.dataset.live = freshStatus.dataset.live;
     say(freshStatus.dataset.live === "true");
