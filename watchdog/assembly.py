@@ -484,7 +484,10 @@ def create_app(watchdog: Watchdog) -> web.Application:
                 store=watchdog.store,
                 approvals=watchdog.approvals,
                 responder=watchdog.responder,
+                diagnosis=watchdog.diagnosis,
+                requests=operations.requests,
                 clock=watchdog.clock,
+                stream_limits=operations.stream_limits,
             ),
         )
     return app

@@ -20,9 +20,13 @@ loader, the notifier, the approval service, the store and the incident service; 
     │   │                               (also a gl_common.errors.StoreError, as `gl_common.db` raises it)
     │   └── StoreUnavailable            the database could not be reached (also a BackendUnavailable
     │                                   and a gl_common.errors.StoreUnavailable)
-    └── IncidentError                   an incident operation was refused
-        ├── IncidentNotFound            no incident with that id
-        └── InvalidTransition           the incident is not in a state that allows the change
+    ├── IncidentError                   an incident operation was refused
+    │   ├── IncidentNotFound            no incident with that id
+    │   └── InvalidTransition           the incident is not in a state that allows the change
+    └── PlaybookRequestError            a playbook asked for by a person cannot be run or proposed
+        ├── UnknownPlaybook             no playbook of that name in the registry
+        └── RequestRefused(problem)     the incident is settled, the preconditions refuse the plan, or
+                                        the plan could not be put to approval
 """
 
 from __future__ import annotations
@@ -94,3 +98,21 @@ class InvalidTransition(IncidentError):
         self.incident_id = incident_id
         self.current = current
         self.target = target
+
+
+class PlaybookRequestError(WatchdogError):
+    """A playbook asked for by a person (`watchdog.playbook_requests`) cannot be run or proposed."""
+
+
+class UnknownPlaybook(PlaybookRequestError):
+    """No playbook of that name in the registry."""
+
+
+class RequestRefused(PlaybookRequestError):
+    """The request cannot go on: `problem` is `settled` (the incident is closed), `preconditions`
+    (the playbook's preconditions refuse it; nothing proposed) or `not_proposed` (the incident moved
+    while its prompt was made)."""
+
+    def __init__(self, problem: str, detail: str) -> None:
+        super().__init__(detail)
+        self.problem = problem

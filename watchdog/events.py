@@ -82,6 +82,13 @@ def wants_stream(request: web.Request) -> bool:
     return STREAM_TYPE in request.headers.get("Accept", "")
 
 
+def resumed_after(request: web.Request, after: int) -> int:
+    """Where a stream resumes: after `after`, or after the `Last-Event-ID` a reconnecting
+    `EventSource` sends when that is later."""
+    last = request.headers.get("Last-Event-ID", "")
+    return max(after, int(last)) if last.isdigit() and len(last) < 19 else after
+
+
 @dataclass(frozen=True)
 class StreamLimits:
     poll_seconds: float = 1.0

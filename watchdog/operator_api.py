@@ -43,7 +43,6 @@ and is audited with the identity's `actor` (`token:alice`, `proxy:alice@example.
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Final
@@ -62,10 +61,10 @@ from watchdog.api_models import (
     TokenList,
     TokenOut,
 )
-from watchdog.approvals import ApprovalService, Decision, approver_problem
-from watchdog.errors import IncidentError, IncidentNotFound, PolicyError
-from watchdog.events import StreamLimits, event_json, page_events, stream_events, wants_stream
-from watchdog.identity import Identity, Role, require_role
+from watchdog.approvals import ApprovalService, Decision
+from watchdog.errors import IncidentError, IncidentNotFound, PolicyError, RequestRefused, UnknownPlaybook
+from watchdog.events import StreamLimits, event_json, page_events, resumed_after, stream_events, wants_stream
+from watchdog.identity import Role, require_role
 from watchdog.incidents import IncidentService
 from watchdog.jobs import JobTracker
 from watchdog.operator_models import (
@@ -84,20 +83,16 @@ from watchdog.operator_models import (
     SweepOut,
     WhoAmI,
 )
-from watchdog.plan import Plan
+from watchdog.playbook_requests import PlaybookRequest, PlaybookRequests, Requester
 from watchdog.plugins import PluginCatalog
-from watchdog.policy import ApprovalRule, Policy, parse_policy_text
-from watchdog.records import Incident
-from watchdog.remediation import MANUAL_RULE, RemediationService
-from watchdog.remediation_setup import ManualRun, parse_params, preview
+from watchdog.policy import Policy, parse_policy_text
+from watchdog.remediation import RemediationService
 from watchdog.replay import Replay, replay_incident, replay_window
 from watchdog.responder import Responder
 from watchdog.settings import Mode
 from watchdog.sweeps import Sweeper
 from watchdog.tokens import ApiToken, TokenNameTaken, TokenNotFound, TokenStore
 from watchdog_sdk.errors import PlaybookError
-from watchdog_sdk.outcomes import PlannedAction, Precheck
-from watchdog_sdk.registry import AnyPlaybook
 
 WINDOW_UNITS: Final = {"d": "days", "h": "hours", "m": "minutes"}
 
@@ -118,6 +113,19 @@ class Operations:
     plugins: PluginCatalog
     mode: Mode
     stream_limits: StreamLimits = field(default_factory=StreamLimits)
+
+    @property
+    def requests(self) -> PlaybookRequests:
+        """Playbooks asked for by people, through these services (`watchdog.playbook_requests`)."""
+        return PlaybookRequests(
+            self.remediation,
+            self.incidents,
+            self.approvals,
+            self.responder,
+            self.jobs,
+            self.policy,
+            self.mode,
+        )
 
 
 OPS_KEY: Final = web.AppKey("operations", Operations)
@@ -272,112 +280,43 @@ async def run_playbook(request: web.Request, inputs: Inputs) -> web.Response:
     identity = require_role(request, Role.OPERATOR, "run playbooks")
     ops = request.app[OPS_KEY]
     incident = await ops.incidents.get(int(inputs.path["incident_id"]))
-    name = inputs.path["playbook"]
-    if name not in ops.remediation.registry.names():
-        known = ", ".join(sorted(ops.remediation.registry.names()))
-        raise ApiError(404, "not_found", f"no playbook {name!r}; known: {known}", field="playbook")
-    playbook = ops.remediation.registry.get(name)
     body = inputs.body(PlaybookRunBody)
+    requester = Requester(identity.actor, identity)
     try:
-        params = parse_params(playbook, {**ops.policy.playbook(name).params, **body.params})
+        asked = ops.requests.request(incident, inputs.path["playbook"], body.params, requester, via="the API")
+    except UnknownPlaybook as exc:
+        raise ApiError(404, "not_found", str(exc), field="playbook") from None
     except PlaybookError as exc:
         raise ApiError(422, "invalid_payload", str(exc), field="params") from None
-    run = _Run(ops, identity, incident, playbook, params.model_dump(mode="json"))
     if body.dry_run:
-        precheck, actions = await run.preview()
+        precheck, actions = await asked.preview()
         checked = PrecheckOut(ok=precheck.ok, reason=precheck.reason)
-        return json_model_response(run.answer(None, "dry_run", precheck=checked, actions=actions), 200)
-    if not incident.is_open:
-        raise ApiError(409, "conflict", f"incident {incident.id} is {incident.status}: open a new one to act")
-    rule = ops.policy.approval_for(name, ops.policy.playbook(name).risk or playbook.risk)
-    if rule is not None and (rule.approvers_required > 1 or approver_problem(rule, identity) is not None):
-        return await run.propose(rule)
-    return await run.start()
-
-
-@dataclass(frozen=True)
-class _Run:
-    """One playbook asked for through the API: shown, started, or proposed for approval."""
-
-    ops: Operations
-    identity: Identity
-    incident: Incident
-    playbook: AnyPlaybook
-    params: dict[str, Any]
-    remediation_id: str = field(default_factory=lambda: f"rem_{secrets.token_urlsafe(9)}")
-
-    def answer(self, remediation_id: str | None, state: str, **more: Any) -> PlaybookRunOut:
-        return PlaybookRunOut.model_validate(
-            {
-                "remediation_id": remediation_id,
-                "incident_id": self.incident.id,
-                "playbook": self.playbook.name,
-                "state": state,
-                "params": self.params,
-                "events": f"/api/v1/incidents/{self.incident.id}/events",
-                **more,
-            }
-        )
-
-    async def preview(self) -> tuple[Precheck, tuple[PlannedAction, ...]]:
-        contexts = self.ops.remediation.contexts
-        return await preview(self.playbook, self.incident.execution_id, self.params, contexts)
-
-    @property
-    def rationale(self) -> str:
-        return f"asked for through the API by {self.identity.actor} ({self.remediation_id})"
-
-    async def record(self, **more: Any) -> None:
-        data = {"remediation_id": self.remediation_id, "playbook": self.playbook.name, "params": self.params}
-        await self.ops.incidents.record(
-            self.incident.id, "playbook_requested", actor=self.identity.actor, data={**data, **more}
-        )
-
-    async def start(self) -> web.Response:
-        """Run it now: the remediation state machine, in the background (followed through events)."""
-        manual = ManualRun(
-            playbook=self.playbook.name,
-            execution_id=self.incident.execution_id,
-            params=self.params,
-            actor=self.identity.actor,
-            rationale=self.rationale,
-        )
-        await self.record()
-        self.ops.jobs.spawn(self.ops.remediation.run_manual(manual), name=f"playbook-{self.remediation_id}")
-        return json_model_response(self.answer(self.remediation_id, "started"), 202)
-
-    async def propose(self, rule: ApprovalRule) -> web.Response:
-        """The approval rule needs more than the requester: a prompt for the plan (superseding one
-        pending for the incident's former plan), with the requester's own vote when they may approve
-        (one of two)."""
-        precheck, actions = await self.preview()
-        if not precheck.ok:
-            raise ApiError(
-                409, "preconditions_refused", f"{self.playbook.name}: {precheck.reason}; nothing proposed"
-            )
-        plan = Plan(
-            execution_id=self.incident.execution_id,
-            likely_cause="manual",
-            playbook=self.playbook.name,
-            params=self.params,
-            risk=self.ops.policy.playbook(self.playbook.name).risk or self.playbook.risk,
-            mode=self.ops.mode,
-            requires_approval=True,
-            will_act=True,
-            rule=MANUAL_RULE,
-            rationale=self.rationale,
-            actions=list(actions),
-        )
-        await self.record(approval="needed")
-        await self.ops.responder.propose(self.incident, plan, self.rationale, actor=self.identity.actor)
-        approval = await self.ops.approvals.pending_of(self.incident.id)
-        if approval is None:  # the prompt could not be made (the incident moved meanwhile)
-            raise ApiError(409, "conflict", f"incident {self.incident.id} could not be put to approval")
-        if approver_problem(rule, self.identity) is None:
-            approval = await self.ops.approvals.decide(approval.id, Decision.APPROVE, identity=self.identity)
         return json_model_response(
-            self.answer(self.remediation_id, "awaiting_approval", approval=ApprovalOut.of(approval)), 202
+            _run_answer(asked, None, "dry_run", precheck=checked, actions=actions), 200
         )
+    try:
+        done = await asked.submit()
+    except RequestRefused as exc:
+        code = "preconditions_refused" if exc.problem == "preconditions" else "conflict"
+        raise ApiError(409, code, str(exc)) from None
+    approval = ApprovalOut.of(done.approval) if done.approval is not None else None
+    return json_model_response(_run_answer(asked, done.remediation_id, done.state, approval=approval), 202)
+
+
+def _run_answer(
+    asked: PlaybookRequest, remediation_id: str | None, state: str, **more: Any
+) -> PlaybookRunOut:
+    return PlaybookRunOut.model_validate(
+        {
+            "remediation_id": remediation_id,
+            "incident_id": asked.incident.id,
+            "playbook": asked.playbook.name,
+            "state": state,
+            "params": asked.params,
+            "events": f"/api/v1/incidents/{asked.incident.id}/events",
+            **more,
+        }
+    )
 
 
 @ROUTE_TABLE.route(
@@ -392,9 +331,8 @@ async def incident_events(request: web.Request, inputs: Inputs) -> web.StreamRes
     incident_id = int(inputs.path["incident_id"])
     store = request.app[OPS_KEY].incidents.store
     if wants_stream(request):
-        last = request.headers.get("Last-Event-ID", "")
-        after = max(query.after, int(last)) if last.isdigit() and len(last) < 19 else query.after
         ops = request.app[OPS_KEY]
+        after = resumed_after(request, query.after)
         return await stream_events(
             request, store, ops.approvals.clock, incident_id, after=after, limits=ops.stream_limits
         )

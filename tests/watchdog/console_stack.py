@@ -8,15 +8,18 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
 from tests.conftest import free_port, serving
 from tests.watchdog.conftest import ScriptedDiagnose, make_diagnosis, make_plan
 from watchdog.assembly import Watchdog, build_watchdog, create_app
+from watchdog.policy import Policy
 from watchdog.records import Approval, Incident
 from watchdog.settings import WatchdogSettings
 from watchdog_sdk.outcomes import PlannedAction, Risk
+from watchdog_sdk.registry import Registry
 
 API_TOKEN = "console-api-token-0123456789"
 # The console behind a proxy on 127.0.0.1: the group oncall approves, everyone else views.
@@ -52,6 +55,7 @@ class Console:
         plan = make_plan(execution_id).model_copy(
             update={
                 "risk": risk,
+                "params": {"agent_id": "a1"},
                 "actions": [
                     PlannedAction(
                         step="restart", description="restart the in-process agent worker", target="agent"
@@ -82,7 +86,8 @@ class Console:
         headers = dict(headers or {})
         if origin is not None:
             headers["Origin"] = str(self.http.base_url).rstrip("/") if origin == "self" else origin
-        return await self.http.post(path, data=data, headers=headers)
+        headers["Content-Type"] = "application/x-www-form-urlencoded"  # an empty form's too
+        return await self.http.post(path, content=urlencode(data), headers=headers)
 
 
 def signed_in(user: str, groups: str = "oncall") -> dict[str, str]:
@@ -108,9 +113,18 @@ def console_settings(database_url: str, **overrides: Any) -> WatchdogSettings:
 
 
 @contextlib.asynccontextmanager
-async def running_console(settings: WatchdogSettings) -> AsyncIterator[Console]:
-    """The watchdog of `settings` served on loopback (diagnoses scripted, no automatic response)."""
-    wd = await build_watchdog(settings, diagnose=ScriptedDiagnose(), respond=False)
+async def running_console(
+    settings: WatchdogSettings,
+    *,
+    diagnose: ScriptedDiagnose | None = None,
+    registry: Registry | None = None,
+    policy: Policy | None = None,
+) -> AsyncIterator[Console]:
+    """The watchdog of `settings` served on loopback (diagnoses scripted, no automatic response), with
+    the playbook `registry` and `policy` given, else the shipped ones."""
+    wd = await build_watchdog(
+        settings, diagnose=diagnose or ScriptedDiagnose(), respond=False, registry=registry, policy=policy
+    )
     try:
         async with serving(create_app(wd)) as http:
             yield Console(wd, http)

@@ -45,7 +45,12 @@ async def test_without_a_signed_in_user_the_console_answers_401_and_shows_nothin
 ) -> None:
     async with running_console(console_settings(postgres_url)) as served:
         await served.incident("exec-secret")
-        for path in ("/console/incidents", "/console/incidents/1", "/console/incidents/1/version"):
+        for path in (
+            "/console/incidents",
+            "/console/incidents/1",
+            "/console/incidents/1/version",
+            "/console/incidents/1/events",
+        ):
             answer = await served.http.get(path)
             assert answer.status_code == 401, path
             assert "exec-secret" not in answer.text

@@ -2,20 +2,25 @@
 real orchestrator, behind a simulated sign-in proxy (the watchdog trusts 127.0.0.1 as its proxy; the
 browser contexts send its identity headers): list → incident → approve as alice, then as bob (the
 restart needs two approvers here), and alice's open page follows the votes and the remediation by
-itself; a forged identity header from an address that is not the proxy is ignored; without
-JavaScript, by keyboard alone; on a phone. axe-core (bundled by axe-playwright-python) finds no
-serious or critical violation on the list and the incident page. Screenshots are kept in
-test-artifacts/console/ (gitignored)."""
+itself (server-sent events, no polling); an operator diagnoses again, then runs a playbook from its
+dry run, and the page follows; a stream that fails is opened again after growing delays; a forged
+identity header from an address that is not the proxy is ignored; without JavaScript, by keyboard
+alone; on a phone. axe-core (bundled by axe-playwright-python) finds no serious or critical violation
+on the list, the incident page and the dry run. Screenshots are kept in test-artifacts/console/
+(gitignored)."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from axe_playwright_python.async_playwright import Axe
-from playwright.async_api import Browser, BrowserContext, Page, expect
+from playwright.async_api import Browser, BrowserContext, Page, Route, expect
 
 from tests.watchdog.approval_stack import Stack
 from tests.watchdog.console_stack import PROXY, console_settings, running_console, signed_in
@@ -61,6 +66,7 @@ async def test_list_incident_approve_by_two_and_the_page_follows_the_remediation
 ) -> None:
     await stack.stuck_incident()
     alice = await (await as_user(browser, "alice")).new_page()
+    polls = console_requests(alice, "version")
     await alice.goto(f"{stack.url}/console/incidents")
     await expect(alice.locator("#who")).to_contain_text("alice@example.com")
     await expect(alice.locator("#incidents")).to_contain_text("awaiting_approval")
@@ -91,7 +97,9 @@ async def test_list_incident_approve_by_two_and_the_page_follows_the_remediation
     await expect(alice.locator("#verification")).to_contain_text("provenance_chain_valid")
     await expect(alice.locator("#refresh-status")).to_contain_text("settled")
     await expect(alice.locator("#approve")).to_have_count(0)
-    await expect(alice.locator("#notice")).to_have_count(0)  # "needs a second approver" is stale
+    # "needs a second approver" is stale: it goes (once it could be read: 8 s after it was shown)
+    await expect(alice.locator("#notice")).to_have_count(0, timeout=15_000)
+    assert polls == []  # it followed the incident's events
     await screenshot(alice, "incident-resolved")
     await stack.wd.jobs.wait_idle()
     audit = (await stack.wd.incidents.detail(stack.incident_id)).audit
@@ -99,6 +107,103 @@ async def test_list_incident_approve_by_two_and_the_page_follows_the_remediation
         "proxy:alice@example.com",
         "proxy:bob@example.com",
     ]
+
+
+# The shipped policy (a restart needs no approval rule: an operator's run starts at once), the group
+# ops operates, and an event stream lasts a second (the page reconnects after its end).
+OPERATORS = {**PROXY, "proxy_role_map": {"oncall": "approver", "ops": "operator"}, "events_stream_seconds": 1}
+
+
+def console_requests(page: Page, kind: str) -> list[str]:
+    """The URLs of the console requests `page` makes from now on whose path ends with `/kind`."""
+    seen: list[str] = []
+    page.on("request", lambda request: seen.append(request.url) if f"/{kind}" in request.url else None)
+    return seen
+
+
+@pytest.mark.parametrize("stack_settings", [OPERATORS])
+async def test_an_operator_diagnoses_again_and_runs_a_playbook_and_events_update_the_page(
+    stack: Stack, browser: Browser
+) -> None:
+    await stack.stuck_incident()
+    # the incident open again (its prompt set aside), as only an open incident is diagnosed again
+    await stack.wd.incidents.transition(stack.incident_id, "open", actor="test", reason="set aside")
+    olga = await (await browser.new_context(extra_http_headers=signed_in("olga", groups="ops"))).new_page()
+    polls, streams = console_requests(olga, "version"), console_requests(olga, "events")
+    await olga.goto(f"{stack.url}/console/incidents/{stack.incident_id}")
+    await expect(olga.locator("#who")).to_contain_text("(operator, via proxy)")
+    await olga.get_by_role("button", name="Diagnose again").click()
+    # back on the page with its notice (which the first update may already have taken away)
+    await expect(olga).to_have_url(f"{stack.url}/console/incidents/{stack.incident_id}?notice=diagnosing")
+    await olga.evaluate("window.notReloaded = true")
+    # the diagnosis runs and asks again for approval: the page follows by itself, not reloaded
+    await expect(olga.locator("#incident-status")).to_have_text("awaiting_approval", timeout=30_000)
+    await expect(olga.locator("#timeline")).to_contain_text("diagnosis_requested")
+    await expect(olga.locator("#not-diagnosable")).to_contain_text("it is awaiting_approval")
+    shown_after = int(await olga.locator("#refresh-status").get_attribute("data-after") or 0)
+    # a stream lasts a second here: the page opens the next by itself, after the last event it had
+    async with olga.expect_request(lambda request: "/events?after=" in request.url) as reconnected:
+        pass
+    assert int((await reconnected.value).url.rsplit("=", 1)[1]) > shown_after
+    assert await olga.evaluate("window.notReloaded === true")
+    assert await serious_violations(olga) == []
+    await screenshot(olga, "incident-operator")
+
+    await olga.get_by_label("Playbook", exact=True).select_option("restart_agent")
+    await olga.get_by_role("button", name="Dry run").click()
+    await expect(olga.locator("h1")).to_have_text(f"Dry run of restart_agent on incident {stack.incident_id}")
+    await expect(olga.locator("#planned")).to_contain_text("restart the in-process agent worker")
+    await expect(olga.locator("#precheck")).to_have_text("met")
+    assert await serious_violations(olga) == []
+    await screenshot(olga, "playbook-dry-run")
+    await olga.get_by_role("button", name="Run the playbook").click()
+    await expect(olga).to_have_url(
+        f"{stack.url}/console/incidents/{stack.incident_id}?notice=playbook_started"
+    )
+    await olga.evaluate("window.notReloaded = true")
+    await expect(olga.locator("#incident-status")).to_have_text("resolved", timeout=30_000)
+    await expect(olga.locator("#refresh-status")).to_contain_text("settled")
+    await expect(olga.locator("#act-settled")).to_contain_text("This incident is resolved")
+    await expect(olga.locator("#dry-run-playbook")).to_have_count(0)
+    assert await olga.evaluate("window.notReloaded === true")
+    assert polls == [] and streams  # event-driven: no version poll
+    await stack.wd.jobs.wait_idle()
+    audit = (await stack.wd.incidents.detail(stack.incident_id)).audit
+    mine = {e.kind for e in audit if e.actor == "proxy:olga@example.com"}
+    assert {"diagnosis_requested", "playbook_requested"} <= mine
+
+
+async def test_a_failing_event_stream_is_opened_again_after_growing_delays_without_polling(
+    _no_pending_tasks: None, postgres_url: str, browser: Browser
+) -> None:
+    settings = console_settings(postgres_url, console_local_mode=True)  # the browser is on loopback
+    async with running_console(settings) as served:
+        incident, _ = await served.incident("exec-retry", prompt=False)
+        page = await browser.new_page()
+        attempts: list[float] = []
+        fourth = asyncio.Event()
+
+        async def first_three_fail(route: Route) -> None:
+            attempts.append(time.monotonic())
+            if len(attempts) <= 3:
+                await route.abort()
+                return
+            fourth.set()
+            await route.continue_()
+
+        await page.route("**/events?*", first_three_fail)
+        polls = console_requests(page, "version")
+        await page.goto(f"{served.http.base_url}/console/incidents/{incident.id}")
+        async with asyncio.timeout(30):
+            await fourth.wait()
+        await served.wd.incidents.record(incident.id, "note", actor="test:after-the-failures")
+        await expect(page.locator("#timeline")).to_contain_text("test:after-the-failures")
+        gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
+        assert gaps[0] >= 0.9 and gaps[0] < gaps[1] < gaps[2]  # 1 s, 2 s, 5 s
+        assert polls == []  # the fallback poll waits for six failures in a row
+        await served.wd.incidents.transition(incident.id, "escalated", actor="test", reason="done")
+        await expect(page.locator("#refresh-status")).to_contain_text("settled")
+        await page.close()
 
 
 async def test_a_forged_identity_header_from_an_untrusted_address_is_ignored(

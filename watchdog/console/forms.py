@@ -1,4 +1,5 @@
-"""The console's inputs: the incident list's filter form and the approval form, validated.
+"""The console's inputs: the incident list's filter form, the approval, diagnosis and playbook forms,
+validated.
 
 Used by the console's handlers (`watchdog.console.routes`). An HTML form sends every field, empty
 ones as "", and `datetime-local` inputs without an offset: both are read here (empty is "not
@@ -8,6 +9,7 @@ a `FormError` naming the field, which it answers with a 400 page.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal, TypeVar
@@ -18,6 +20,7 @@ from gl_common.ids import DagId
 from watchdog.api_models import Cause, IncidentStatus
 from watchdog.listing import IncidentFilter
 from watchdog.migrations import INCIDENT_STATUSES, TERMINAL_INCIDENT_STATUSES
+from watchdog.operator_models import PlaybookName
 
 PAGE_SIZE: Final = 25
 MAX_PAGE: Final = 100
@@ -89,6 +92,43 @@ class DecisionForm(_Form):
 
     approval_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     decision: Literal["approve", "deny"]
+
+
+class EventsQuery(_Form):
+    """`GET /console/incidents/{id}/events`: the seq after which to stream (the page's newest)."""
+
+    after: int = Field(0, ge=0, le=2**62)
+
+
+class DiagnoseForm(_Form):
+    """`POST /console/incidents/{id}/diagnose`: the button alone, no fields."""
+
+
+def _json_object(value: Any) -> Any:
+    """The params field: blank is none (the policy's defaults), else a JSON object."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError('not JSON: write an object such as {"agent_id": "a1"}') from None
+        if not isinstance(value, dict):
+            raise ValueError('not a JSON object: write one such as {"agent_id": "a1"}')
+    return value
+
+
+class PlaybookForm(_Form):
+    """`POST /console/incidents/{id}/playbook`: which playbook, its params (a JSON object over the
+    policy's defaults), and the step: `dry_run` (show what it would do) or `run`."""
+
+    playbook: PlaybookName
+    params: Annotated[dict[str, Any], BeforeValidator(_json_object)] = Field(default_factory=dict)
+    step: Literal["dry_run", "run"]
+
+    def params_text(self) -> str:
+        """The params as the form shows them again (blank for none)."""
+        return json.dumps(self.params, sort_keys=True) if self.params else ""
 
 
 def read(model: type[_FormT], pairs: Mapping[str, str] | list[tuple[str, str]]) -> _FormT:

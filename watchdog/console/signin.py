@@ -21,6 +21,7 @@ from aiohttp import web
 
 from gl_common.auth import is_loopback
 from watchdog.identity import Identity, Role, identity_of
+from watchdog.playbook_requests import Requester
 from watchdog.settings import WatchdogSettings
 from watchdog_sdk.errors import ConfigError
 
@@ -39,6 +40,12 @@ class Visitor:
     def actor(self) -> str:
         """The audit's actor: `source:name`."""
         return f"{self.source}:{self.name}"
+
+    @property
+    def requester(self) -> Requester:
+        """The visitor as the requester of a playbook (`watchdog.playbook_requests`): the local user
+        has no identity and stands, as the CLI on the watchdog's machine does, for a trusted caller."""
+        return Requester(self.actor, self.identity)
 
     def may(self, role: Role) -> bool:
         """True when this visitor's role is `role` or higher."""

@@ -24,6 +24,24 @@ from watchdog_sdk.diagnosis import Diagnosis
 
 VALUE_WIDTH: Final = 400  # an evidence value longer than this is cut (the API has it whole)
 STATE_WORDS: Final = {"used": "approved (acted on)"}
+# What the page says after a form sent the visitor back to it (`?notice=`).
+NOTICES: Final = {
+    "approved": "Your approval is recorded.",
+    "denied": "Your denial is recorded: nothing will act on this plan, and the incident is escalated.",
+    "vote": "Your approval is recorded; the plan needs a second, different approver before it runs.",
+    "same_approver": "You have already approved this plan: a second, different approver is needed.",
+    "closed": "This prompt was settled before your answer arrived (its state is below): nothing changed.",
+    "diagnosing": "A new diagnosis is queued under your name: the timeline below follows it.",
+    "diagnosis_waiting": (
+        "A diagnosis of this incident is already waiting or running, or the queue is full: it is "
+        "diagnosed again shortly (your request is in the timeline)."
+    ),
+    "playbook_started": "The playbook is started under your name: the timeline below follows it.",
+    "playbook_proposed": (
+        "The playbook needs approval: it is proposed, and the approval below asks for it "
+        "(your own vote is counted where the policy lets you approve)."
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -157,6 +175,11 @@ def approval_view(
         approvers=approvers,
         required=rule.approvers_required if rule is not None else 1,
     )
+
+
+def last_seq(detail: IncidentDetail) -> int:
+    """The seq of the incident's newest audit entry (0: none): where the page's event stream starts."""
+    return max((entry.id for entry in detail.audit), default=0)
 
 
 def version_of(detail: IncidentDetail) -> str:
