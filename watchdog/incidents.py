@@ -165,9 +165,9 @@ async def transition_in(
 
 
 class IncidentService:
-    """Incident operations, one transaction each. The store-wide gauges (open incidents, pending
-    approvals and their age, the circuit breaker of `breaker`) are read at scrape time
-    (`refresh_gauges`) and at start, not after every change."""
+    """Incident operations, one transaction each. The store-wide gauges (open incidents and the held
+    ones among them, pending approvals and their age, the circuit breaker of `breaker`) are read at
+    scrape time (`refresh_gauges`) and at start, not after every change."""
 
     def __init__(
         self,
@@ -336,11 +336,11 @@ class IncidentService:
             self.metrics.incidents_opened.labels(source=source).inc()
 
     async def refresh_gauge(self) -> None:
-        """Set `gl_watchdog_open_incidents` from the store."""
+        """Set `gl_watchdog_open_incidents` and `gl_watchdog_incidents_held` from the store."""
         if self.metrics is None:
             return
         async with self.store.read() as tx:
-            self.metrics.open_incidents.set(await tx.count_open_incidents())
+            self.metrics.observe_incident_counts(await tx.count_unfinished_incidents())
 
     async def refresh_approvals_gauge(self) -> None:
         """Set the pending approvals' gauges (count, oldest age, past expiry) from the store."""
@@ -357,10 +357,10 @@ class IncidentService:
             return
         async with self.store.read() as tx:
             now = tx.clock.now()
-            open_incidents = await tx.count_open_incidents()
+            counts = await tx.count_unfinished_incidents()
             pending = await tx.list_approvals(states=["pending"])
             failures = await failures_in(tx, self.breaker, now)
-        self.metrics.open_incidents.set(open_incidents)
+        self.metrics.observe_incident_counts(counts)
         self.metrics.observe_pending_approvals(pending, now)
         self.metrics.circuit_breaker_open.set(1 if is_open(failures, self.breaker) else 0)
 

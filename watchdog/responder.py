@@ -122,9 +122,10 @@ class Responder:
             verdict = await self.suppression.check(incident, diagnosis)
             if verdict.hold:
                 return await self.suppression.hold(incident, verdict)
-        await self.incidents.record(
-            incident_id, "plan", phase="before", actor=ACTOR, data={"likely_cause": diagnosis.likely_cause}
-        )
+        async with self.store.transaction() as tx:  # a plan is its decision now: no longer held
+            data = {"likely_cause": diagnosis.likely_cause}
+            await tx.add_audit(incident_id, "plan", phase="before", actor=ACTOR, data=data)
+            await tx.release_incident(incident_id)
         plan = verdict.applied_to(make_plan(diagnosis, self.policy, self.mode, self.registry))
         if plan.playbook is not None and plan.will_act:
             plan = await self.remediation.dry_run(incident, plan)
@@ -166,6 +167,7 @@ class Responder:
                 )
             await tx.update_incident(incident.id, plan=plan)
             await tx.add_audit(incident.id, "plan", actor=actor, data={"rationale": plan.rationale})
+            await tx.release_incident(incident.id)
         return await self._ask(incident, plan, summary)
 
     async def _ask(self, incident: Incident, plan: Plan, summary: str) -> Outcome:
