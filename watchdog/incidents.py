@@ -270,14 +270,26 @@ class IncidentService:
         return incident
 
     async def close_if_not_acted(self, incident_id: int, *, actor: str, reason: str) -> Incident:
-        """Close an incident that has not acted yet (no action recorded, not remediating/verifying).
+        """Close, by hand, an incident that has not acted yet (no action recorded, not
+        remediating/verifying); its time to close is observed (`closed_by_hand`).
 
         Pending approval prompts of the incident expire with it. Raises InvalidTransition when the
         incident has acted or is already finished, IncidentNotFound when it does not exist.
         """
         async with self.store.transaction() as tx:
             incident = await close_if_not_acted_in(tx, incident_id, actor=actor, reason=reason)
+        self.closed_without_action(incident, "closed_by_hand")
         return incident
+
+    def closed_without_action(self, incident: Incident, outcome: str) -> None:
+        """Observe the time to close of `incident`, closed (committed) without a remediation."""
+        if self.metrics is not None:
+            self.metrics.observe_closed_without_action(incident, outcome)
+
+    async def observe_alert_closed(self, incident_id: int) -> None:
+        """The intake closed `incident_id` as its alert resolved before anything acted (it tells only
+        the id, after the commit): read it and observe its time to close (`resolved_without_action`)."""
+        self.closed_without_action(await self.get(incident_id), "resolved_without_action")
 
     async def record(
         self,

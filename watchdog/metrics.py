@@ -69,6 +69,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Time from a run crossing its timeout to the incident's open, diagnosis and verified remediation: the
 # alert's `for` (10m) and Alertmanager's grouping come first, so the buckets run from 1 minute to 4 hours.
 PHASE_BUCKETS = (60, 120, 300, 600, 900, 1200, 1800, 2700, 3600, 7200, 14400)
+# How an incident closes without a remediation (`time_to_close`'s outcome label).
+CLOSED_WITHOUT_ACTION = ("resolved_without_action", "not_stuck", "closed_by_hand")
 # A human's answer to a prompt: seconds (a click on the page) to hours (the prompt's expiry).
 DECIDE_BUCKETS = (10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400)
 
@@ -234,6 +236,10 @@ class WatchdogMetrics:
             buckets=PHASE_BUCKETS,
             registry=r,
         )
+        for outcome in CLOSED_WITHOUT_ACTION:  # every series from the start: rate() sees the first one
+            self.time_to_close.labels(outcome=outcome)
+        for kind in HELD_KINDS:
+            self.incidents_held.labels(kind=kind)
         self.time_to_decide = Histogram(
             W_TIME_TO_DECIDE,
             "From an approval prompt to its decision (approved or denied; an expired prompt is not one)",

@@ -111,11 +111,12 @@ class Responder:
             evidence = "; ".join(diagnosis.cause_evidence) or "the run ended"
             reason = f"nothing to do: {diagnosis.likely_cause} ({evidence})"
             try:
-                await self.incidents.transition(
+                resolved = await self.incidents.transition(
                     incident_id, "resolved", actor=ACTOR, reason=reason, expected=STARTABLE, summary=reason
                 )
             except InvalidTransition as exc:
                 return Outcome(incident_id, "unchanged", str(exc))
+            self.incidents.closed_without_action(resolved, "not_stuck")
             return Outcome(incident_id, "resolved", reason)
         verdict = Verdict()
         if self.suppression is not None:
