@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.watchdog.conftest import make_plan
 from tests.watchdog.suppression_stack import Stack, SteppedClock
 from watchdog.api_models import IncidentOut
 from watchdog.listing import IncidentFilter, page_incidents
@@ -160,3 +161,17 @@ async def test_an_unreadable_alertmanager_under_hold_is_counted_as_a_check_failu
     assert holder["kind"] == "silence_check_failed" and "api/v2/silences" in holder["error"]
     assert await listed(store, held=True) == [incident_id]
     assert await held_gauges(stack) == {"silence": 0, "maintenance": 0, "check_failure": 1}
+
+
+async def test_a_plan_a_person_proposes_for_a_held_incident_clears_what_held_it(
+    store: WatchdogStore, clock: SteppedClock
+) -> None:
+    stack = Stack(store, clock, None, windows=[window("nightly", {"dag_id": ["emissions-*"]}, START)])
+    incident_id = await stack.open_stuck()
+    assert await stack.diagnosed(incident_id) == "suppressed"
+    held = await stack.incidents.get(incident_id)
+    plan = make_plan(held.execution_id, playbook="restart_agent")
+    await stack.responder.propose(held, plan, "asked by hand", actor="alice")
+    proposed = await stack.incidents.get(incident_id)
+    assert proposed.status == "awaiting_approval" and (proposed.held_kind, proposed.held_by) == (None, None)
+    assert await listed(store, held=True) == []
