@@ -1,7 +1,8 @@
 """The watchdog's own Prometheus metrics (`gl_watchdog_*`), one CollectorRegistry per service instance.
 
 Built by the composition root (`watchdog.assembly`); updated by the intake (alerts received),
-incidents (opened, open count), the diagnosis jobs (diagnoses, duration, per-step outcomes, the
+incidents (opened; open and held counts at scrape time; the time to close of those closed without a
+remediation), the diagnosis jobs (diagnoses, duration, per-step outcomes, the
 queue and what it deferred, writes that failed), the sweeps (sweeps, leadership), the reconciler
 (jobs taken back, retried, escalated), the readiness check (each dependency up or down) and the
 remediation side (remediations, approvals); served by
