@@ -2,9 +2,10 @@
 
 Where it sits: `GET /api/v1/incidents` (`watchdog.api`) and `gl-watchdog incidents list --local`
 (`watchdog.cli.local`) turn their validated query into an `IncidentFilter` and ask `page_incidents()`
-for one page over the store's `incidents` table (`watchdog.migrations`), in one transaction of
-`watchdog.store`. Nothing is truncated silently: a page says how many incidents match in all
-(`total`) and where the next page starts (`next_before`, an incident id: ids grow with every
+for one page over the store's `incidents` table (`watchdog.migrations`), in one read transaction of
+`watchdog.store` (a snapshot: the page and its total agree; on SQLite it does not queue for, nor hold,
+the write lock the intake needs). Nothing is truncated silently: a page says how many incidents match in
+all (`total`) and where the next page starts (`next_before`, an incident id: ids grow with every
 incident, so "newest first" is "highest id first", and an incident opened while a client pages sorts
 before every page it has seen, never into one).
 
@@ -76,7 +77,7 @@ async def page_incidents(
     stmt = sa.select(incidents).where(*conditions).order_by(incidents.c.id.desc()).limit(limit + 1)
     if before is not None:
         stmt = stmt.where(incidents.c.id < before)
-    async with store.transaction() as tx:
+    async with store.read("incident listing") as tx:  # one snapshot; on SQLite, not the write lock
         rows = (await tx.conn.execute(stmt)).all()
         total = (
             await tx.conn.execute(sa.select(sa.func.count()).select_from(incidents).where(*conditions))

@@ -4,6 +4,7 @@ filters — nothing silently truncated."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -210,3 +211,30 @@ async def test_held_filters_on_what_holds_an_open_incident_and_a_bad_value_is_a_
     body = await bad.json()
     assert bad.status == 400 and body["field"] == "held", body
     assert "maybe" in body["detail"], body
+
+
+async def test_a_listing_reads_a_snapshot_without_waiting_for_a_writer_of_the_process(
+    listed: tuple[Watchdog, Client, FakeClock],
+) -> None:
+    """A writer (the intake, say) holds its transaction open: the listing answers at once, from what
+    was committed, instead of queueing behind it (on SQLite: for the write lock)."""
+    wd, client, _ = listed
+    await _incident(wd, "e-committed")
+    inside, finish = asyncio.Event(), asyncio.Event()
+
+    async def writer() -> None:
+        async with wd.store.transaction() as tx:
+            await tx.insert_incident(
+                execution_id="e-uncommitted", dag_id="d", source="sweep", detection_source="api"
+            )
+            inside.set()
+            await finish.wait()
+
+    writing = asyncio.create_task(writer())
+    try:
+        await inside.wait()
+        page = await asyncio.wait_for(_get(client), 5)
+        assert [i["execution_id"] for i in page["items"]] == ["e-committed"] and page["total"] == 1
+    finally:
+        finish.set()
+        await writing
