@@ -170,13 +170,18 @@ class SuppressionGate:
         sweep) and, in the same transaction, what holds it on its row (when that changed)."""
         data = {"suppressed_by": verdict.suppressed_by, "check_error": verdict.check_error}
         kind, holding = held_of(data)
-        async with self.incidents.store.transaction() as tx:
+        store = self.incidents.store
+        async with store.read("suppression: last decision") as tx:  # most sweeps change nothing
             last = last_decision(await tx.list_audit(incident.id))
-            if last is None or last.kind != SUPPRESSED or last.data != data:
-                await tx.add_audit(incident.id, SUPPRESSED, actor=ACTOR, data=data)
             current = await tx.get_incident(incident.id)
-            if current is not None and (current.held_kind, current.held_by) != (kind, holding):
-                await tx.hold_incident(incident.id, kind, holding)
+        audit = last is None or last.kind != SUPPRESSED or last.data != data
+        mark = current is not None and (current.held_kind, current.held_by) != (kind, holding)
+        if audit or mark:
+            async with store.transaction("suppression: hold") as tx:
+                if audit:
+                    await tx.add_audit(incident.id, SUPPRESSED, actor=ACTOR, data=data)
+                if mark:
+                    await tx.hold_incident(incident.id, kind, holding)
         return Outcome(incident.id, SUPPRESSED, verdict.reason())
 
     async def is_held(self, incident: Incident) -> bool:
