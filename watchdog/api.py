@@ -15,7 +15,7 @@ admin; `watchdog.identity`; 403 naming the role needed):
     POST /api/v1/alerts                    operator  Alertmanager webhook v4 (`watchdog.intake`)
     GET  /api/v1/incidents                 viewer    a page of incidents, newest first: filters
                                                      status, dag_id, execution_id, cause,
-                                                     opened_after/before; limit, cursor
+                                                     opened_after/before, held; limit, cursor
     POST /api/v1/incidents                 operator  {"execution_id", "dag_id"?}: open (or join)
                                                      manually, diagnose
     GET  /api/v1/incidents/{id}            viewer    incident with diagnosis, plan, verification,
@@ -95,7 +95,6 @@ from watchdog.listing import IncidentFilter, page_incidents
 from watchdog.metrics import CONTENT_TYPE, WatchdogMetrics
 from watchdog.readiness import DependencyMonitor
 from watchdog.store import WatchdogStore
-from watchdog.suppression import held_by
 from watchdog.webhook import AmWebhook, parse_payload
 
 log = logging.getLogger(__name__)
@@ -129,7 +128,6 @@ def detail_out(detail: IncidentDetail) -> IncidentDetailOut:
         actions=[ActionOut.of(action) for action in detail.actions],
         approvals=[ApprovalOut.of(approval) for approval in detail.approvals],  # never the nonce
         audit=[AuditOut.of(entry) for entry in detail.audit],
-        suppressed_by=held_by(incident, detail.audit),
     )
 
 
@@ -190,6 +188,7 @@ async def list_incidents(request: web.Request, inputs: Inputs) -> web.Response:
         likely_cause=query.cause,
         opened_after=query.opened_after,
         opened_before=query.opened_before,
+        held=query.held,
     )
     page = await page_incidents(request.app[STORE_KEY], where, before=before, limit=query.limit)
     next_cursor = None

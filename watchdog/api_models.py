@@ -47,6 +47,13 @@ def _digits_only(value: Any) -> Any:
     return value
 
 
+def _true_or_false(value: Any) -> Any:
+    if isinstance(value, str) and value not in ("true", "false"):
+        raise ValueError(f"{value[:40]!r} is neither true nor false")
+    return value
+
+
+TrueOrFalse = Annotated[bool, BeforeValidator(_true_or_false)]
 IncidentId = Annotated[
     int,
     Field(ge=1, le=INCIDENT_ID_MAX, description=f"incident id: an integer 1 to {INCIDENT_ID_MAX}"),
@@ -107,6 +114,11 @@ class IncidentListQuery(_Request):
     cause: Cause | None = Field(None, description="the diagnosis' likely cause, e.g. hung_node")
     opened_after: AwareDatetime | None = Field(None, description="opened at or after (ISO 8601 with offset)")
     opened_before: AwareDatetime | None = Field(None, description="opened before (ISO 8601 with offset)")
+    held: TrueOrFalse | None = Field(
+        None,
+        description="true: only the incidents a silence, a maintenance window or a failed silence check "
+        "holds now; false: only the others",
+    )
     cursor: Annotated[str, StringConstraints(min_length=1, max_length=MAX_CURSOR_LENGTH)] | None = Field(
         None, description="next_cursor of the previous page (same filters)"
     )
@@ -198,6 +210,14 @@ class IncidentOut(_Answer):
     summary: str | None
     likely_cause: str | None
     is_open: bool
+    held: bool = Field(
+        description="a silence, a maintenance window or a failed silence check holds it: it is neither "
+        "prompted nor acted on until they end"
+    )
+    suppressed_by: list[dict[str, Any]] | None = Field(
+        description="what holds the incident (Alertmanager silences and maintenance windows, or the "
+        "failed silence check); null when it is not held",
+    )
 
     @classmethod
     def of(cls, incident: Incident) -> IncidentOut:
@@ -218,6 +238,8 @@ def _incident_fields(incident: Incident) -> dict[str, Any]:
         "summary": incident.summary,
         "likely_cause": (incident.diagnosis or {}).get("likely_cause"),
         "is_open": incident.is_open,
+        "held": incident.is_held,
+        "suppressed_by": incident.held_by if incident.is_held else None,
     }
 
 
@@ -285,11 +307,6 @@ class IncidentDetailOut(IncidentOut):
     actions: list[ActionOut]
     approvals: list[ApprovalOut]
     audit: list[AuditOut]
-    suppressed_by: list[dict[str, Any]] | None = Field(
-        default=None,
-        description="the Alertmanager silences and maintenance windows holding the incident (neither "
-        "prompted nor acted on until they end); null when it is not held",
-    )
 
 
 class TokenOut(_Answer):

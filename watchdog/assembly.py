@@ -292,6 +292,13 @@ async def build_watchdog(
     responder.remediation.closing.on_resolved = pages.run_resolved
     responder.remediation.closing.on_taken = pages.taken
     sweeper.after_sweep.append(lambda: pages.resolve_ended_runs(clients.orchestrator))
+
+    def alert_closed(incident_id: int) -> None:
+        """An incident closed by its resolved alert: its prompt's message says so, its time to close
+        is observed."""
+        pages.alert_closed(incident_id)
+        jobs.spawn(incidents.observe_alert_closed(incident_id), name=f"time to close of {incident_id}")
+
     return Watchdog(
         settings=settings,
         clock=clock,
@@ -312,7 +319,7 @@ async def build_watchdog(
             gate=intake_gate,
             known=KnownEpisodes(settings.intake_known_episodes),
             on_resolved_after_acting=pages.alert_resolved,
-            on_closed=pages.alert_closed,
+            on_closed=alert_closed,
             tracer=tracer,
         ),
         sweeper=sweeper,

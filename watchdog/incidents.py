@@ -165,9 +165,9 @@ async def transition_in(
 
 
 class IncidentService:
-    """Incident operations, one transaction each. The store-wide gauges (open incidents, pending
-    approvals and their age, the circuit breaker of `breaker`) are read at scrape time
-    (`refresh_gauges`) and at start, not after every change."""
+    """Incident operations, one transaction each. The store-wide gauges (open incidents and the held
+    ones among them, pending approvals and their age, the circuit breaker of `breaker`) are read at
+    scrape time (`refresh_gauges`) and at start, not after every change."""
 
     def __init__(
         self,
@@ -270,14 +270,26 @@ class IncidentService:
         return incident
 
     async def close_if_not_acted(self, incident_id: int, *, actor: str, reason: str) -> Incident:
-        """Close an incident that has not acted yet (no action recorded, not remediating/verifying).
+        """Close, by hand, an incident that has not acted yet (no action recorded, not
+        remediating/verifying); its time to close is observed (`closed_by_hand`).
 
         Pending approval prompts of the incident expire with it. Raises InvalidTransition when the
         incident has acted or is already finished, IncidentNotFound when it does not exist.
         """
         async with self.store.transaction() as tx:
             incident = await close_if_not_acted_in(tx, incident_id, actor=actor, reason=reason)
+        self.closed_without_action(incident, "closed_by_hand")
         return incident
+
+    def closed_without_action(self, incident: Incident, outcome: str) -> None:
+        """Observe the time to close of `incident`, closed (committed) without a remediation."""
+        if self.metrics is not None:
+            self.metrics.observe_closed_without_action(incident, outcome)
+
+    async def observe_alert_closed(self, incident_id: int) -> None:
+        """The intake closed `incident_id` as its alert resolved before anything acted (it tells only
+        the id, after the commit): read it and observe its time to close (`resolved_without_action`)."""
+        self.closed_without_action(await self.get(incident_id), "resolved_without_action")
 
     async def record(
         self,
@@ -336,11 +348,11 @@ class IncidentService:
             self.metrics.incidents_opened.labels(source=source).inc()
 
     async def refresh_gauge(self) -> None:
-        """Set `gl_watchdog_open_incidents` from the store."""
+        """Set `gl_watchdog_open_incidents` and `gl_watchdog_incidents_held` from the store."""
         if self.metrics is None:
             return
         async with self.store.read() as tx:
-            self.metrics.open_incidents.set(await tx.count_open_incidents())
+            self.metrics.observe_incident_counts(await tx.count_unfinished_incidents())
 
     async def refresh_approvals_gauge(self) -> None:
         """Set the pending approvals' gauges (count, oldest age, past expiry) from the store."""
@@ -357,10 +369,10 @@ class IncidentService:
             return
         async with self.store.read() as tx:
             now = tx.clock.now()
-            open_incidents = await tx.count_open_incidents()
+            counts = await tx.count_unfinished_incidents()
             pending = await tx.list_approvals(states=["pending"])
             failures = await failures_in(tx, self.breaker, now)
-        self.metrics.open_incidents.set(open_incidents)
+        self.metrics.observe_incident_counts(counts)
         self.metrics.observe_pending_approvals(pending, now)
         self.metrics.circuit_breaker_open.set(1 if is_open(failures, self.breaker) else 0)
 

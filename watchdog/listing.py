@@ -1,11 +1,17 @@
 """The paginated listing of incidents: server-side filters, newest first, keyset pages, exact totals.
 
-Where it sits: `GET /api/v1/incidents` (`watchdog.api`) turns its validated query into an
-`IncidentFilter` and asks `page_incidents()` for one page over the store's `incidents` table
-(`watchdog.migrations`), in one transaction of `watchdog.store`. Nothing is truncated silently: a
-page says how many incidents match in all (`total`) and where the next page starts (`next_before`,
-an incident id: ids grow with every incident, so "newest first" is "highest id first", and an
-incident opened while a client pages sorts before every page it has seen, never into one).
+Where it sits: `GET /api/v1/incidents` (`watchdog.api`) and `gl-watchdog incidents list --local`
+(`watchdog.cli.local`) turn their validated query into an `IncidentFilter` and ask `page_incidents()`
+for one page over the store's `incidents` table (`watchdog.migrations`), in one read transaction of
+`watchdog.store` (a snapshot: the page and its total agree; on SQLite it does not queue for, nor hold,
+the write lock the intake needs). Nothing is truncated silently: a page says how many incidents match in
+all (`total`) and where the next page starts (`next_before`, an incident id: ids grow with every
+incident, so "newest first" is "highest id first", and an incident opened while a client pages sorts
+before every page it has seen, never into one).
+
+Whether an incident is held (the `held` filter) is read from its row (`held_kind`, which
+`watchdog.suppression` keeps with its audit entry), so neither filtering nor marking held incidents
+reads the audit log.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ class IncidentFilter:
     likely_cause: str | None = None
     opened_after: datetime | None = None  # at or after
     opened_before: datetime | None = None
+    held: bool | None = None  # held by a silence, a window or a failed check now (`Incident.is_held`)
 
     def conditions(self) -> list[Any]:
         where: list[Any] = []
@@ -46,6 +53,9 @@ class IncidentFilter:
             where.append(incidents.c.opened_at >= self.opened_after)
         if self.opened_before is not None:
             where.append(incidents.c.opened_at < self.opened_before)
+        if self.held is not None:
+            held = sa.and_(incidents.c.status == "open", incidents.c.held_kind.is_not(None))
+            where.append(held if self.held else sa.not_(held))
         return where
 
 
@@ -67,7 +77,7 @@ async def page_incidents(
     stmt = sa.select(incidents).where(*conditions).order_by(incidents.c.id.desc()).limit(limit + 1)
     if before is not None:
         stmt = stmt.where(incidents.c.id < before)
-    async with store.transaction() as tx:
+    async with store.read("incident listing") as tx:  # one snapshot; on SQLite, not the write lock
         rows = (await tx.conn.execute(stmt)).all()
         total = (
             await tx.conn.execute(sa.select(sa.func.count()).select_from(incidents).where(*conditions))

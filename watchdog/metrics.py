@@ -1,7 +1,8 @@
 """The watchdog's own Prometheus metrics (`gl_watchdog_*`), one CollectorRegistry per service instance.
 
 Built by the composition root (`watchdog.assembly`); updated by the intake (alerts received),
-incidents (opened, open count), the diagnosis jobs (diagnoses, duration, per-step outcomes, the
+incidents (opened; open and held counts at scrape time; the time to close of those closed without a
+remediation), the diagnosis jobs (diagnoses, duration, per-step outcomes, the
 queue and what it deferred, writes that failed), the sweeps (sweeps, leadership), the reconciler
 (jobs taken back, retried, escalated), the readiness check (each dependency up or down) and the
 remediation side (remediations, approvals); served by
@@ -24,7 +25,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-from watchdog.records import Approval
+from watchdog.migrations import HELD_KINDS
+from watchdog.records import Approval, Incident
 from watchdog_sdk.constants import (
     W_ALERT_CONFLICTS,
     W_ALERTS_RECEIVED,
@@ -39,6 +41,7 @@ from watchdog_sdk.constants import (
     W_DIAGNOSIS_DURATION,
     W_DIAGNOSIS_QUEUE,
     W_DIAGNOSTIC_STEPS,
+    W_INCIDENTS_HELD,
     W_INCIDENTS_OPENED,
     W_INTAKE_SHED,
     W_IS_LEADER,
@@ -52,6 +55,7 @@ from watchdog_sdk.constants import (
     W_REMEDIATIONS,
     W_SILENCE_CHECKS,
     W_SWEEPS,
+    W_TIME_TO_CLOSE,
     W_TIME_TO_DECIDE,
     W_TIME_TO_DETECT,
     W_TIME_TO_DIAGNOSE,
@@ -66,6 +70,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Time from a run crossing its timeout to the incident's open, diagnosis and verified remediation: the
 # alert's `for` (10m) and Alertmanager's grouping come first, so the buckets run from 1 minute to 4 hours.
 PHASE_BUCKETS = (60, 120, 300, 600, 900, 1200, 1800, 2700, 3600, 7200, 14400)
+# How an incident closes without a remediation (`time_to_close`'s outcome label).
+CLOSED_WITHOUT_ACTION = ("resolved_without_action", "not_stuck", "closed_by_hand")
 # A human's answer to a prompt: seconds (a click on the page) to hours (the prompt's expiry).
 DECIDE_BUCKETS = (10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400)
 
@@ -102,6 +108,13 @@ class WatchdogMetrics:
         )
         self.open_incidents = Gauge(
             W_OPEN_INCIDENTS, "Incidents not yet resolved, escalated or closed", registry=r
+        )
+        self.incidents_held = Gauge(
+            W_INCIDENTS_HELD,
+            "Open incidents held (neither prompted nor acted on) by kind: silence, maintenance (a window; "
+            "also when a silence covers it too) or check_failure (Alertmanager unreadable, policy hold)",
+            ["kind"],
+            registry=r,
         )
         self.diagnoses = Counter(
             W_DIAGNOSES, "Diagnoses completed, by most likely cause", ["likely_cause"], registry=r
@@ -215,6 +228,19 @@ class WatchdogMetrics:
             buckets=PHASE_BUCKETS,
             registry=r,
         )
+        self.time_to_close = Histogram(
+            W_TIME_TO_CLOSE,
+            "From a run crossing its timeout (else its incident's opening) to the incident closed without "
+            "a remediation, by outcome (resolved_without_action: its alert resolved; not_stuck: the "
+            "diagnosis found the run had ended; closed_by_hand)",
+            ["outcome"],
+            buckets=PHASE_BUCKETS,
+            registry=r,
+        )
+        for outcome in CLOSED_WITHOUT_ACTION:  # every series from the start: rate() sees the first one
+            self.time_to_close.labels(outcome=outcome)
+        for kind in HELD_KINDS:
+            self.incidents_held.labels(kind=kind)
         self.time_to_decide = Histogram(
             W_TIME_TO_DECIDE,
             "From an approval prompt to its decision (approved or denied; an expired prompt is not one)",
@@ -241,6 +267,27 @@ class WatchdogMetrics:
         crossed = timeout_crossed_at(_step1_evidence(diagnosis))
         if crossed is not None and verified_at >= crossed:
             self.time_to_remediate.observe((verified_at - crossed).total_seconds())
+
+    def observe_closed_without_action(self, incident: Incident, outcome: str) -> None:
+        """Time to close of an incident closed without a remediation: from the crossing its stored
+        diagnosis names (else from its opening, e.g. closed before any diagnosis) to its `closed_at`."""
+        closed_at = incident.closed_at or incident.updated_at
+        crossed = timeout_crossed_at(_step1_evidence(incident.diagnosis))
+        start = crossed if crossed is not None and crossed <= closed_at else incident.opened_at
+        self.time_to_close.labels(outcome=outcome).observe(max((closed_at - start).total_seconds(), 0.0))
+
+    def observe_incident_counts(self, counts: Iterable[tuple[str, str | None, int]]) -> None:
+        """The unfinished incidents (`Tx.count_unfinished_incidents`: status, held kind, how many): how
+        many there are, and how many are held by each kind (every kind shown, 0 when none)."""
+        held = dict.fromkeys(HELD_KINDS, 0)
+        total = 0
+        for status, kind, count in counts:
+            total += count
+            if status == "open" and kind in held:
+                held[kind] += count
+        self.open_incidents.set(total)
+        for kind, count in held.items():
+            self.incidents_held.labels(kind=kind).set(count)
 
     def observe_decided(self, approval: Approval) -> None:
         """Count a settled decision (approved or denied) and the time its prompt waited for it."""

@@ -37,11 +37,19 @@ class Incident(_Record):
     verification: dict[str, Any] | None
     summary: str | None
     alert_links: dict[str, str] | None = None  # the opening alert's runbook_url, summary... (migration 5)
+    held_kind: str | None = None  # silence | maintenance | check_failure: its last decision held it (6)
+    held_by: list[dict[str, Any]] | None = None  # what holds it, as the API's `suppressed_by` (6)
 
     @property
     def is_open(self) -> bool:
         """True until the incident is resolved, escalated or closed."""
         return self.status not in TERMINAL_INCIDENT_STATUSES
+
+    @property
+    def is_held(self) -> bool:
+        """True while a silence, a maintenance window or a failed silence check holds the incident:
+        it is open (diagnosed, not planned) and its last decision was `suppressed`."""
+        return self.status == "open" and self.held_kind is not None
 
 
 class AlertDelivery(_Record):

@@ -111,20 +111,22 @@ class Responder:
             evidence = "; ".join(diagnosis.cause_evidence) or "the run ended"
             reason = f"nothing to do: {diagnosis.likely_cause} ({evidence})"
             try:
-                await self.incidents.transition(
+                resolved = await self.incidents.transition(
                     incident_id, "resolved", actor=ACTOR, reason=reason, expected=STARTABLE, summary=reason
                 )
             except InvalidTransition as exc:
                 return Outcome(incident_id, "unchanged", str(exc))
+            self.incidents.closed_without_action(resolved, "not_stuck")
             return Outcome(incident_id, "resolved", reason)
         verdict = Verdict()
         if self.suppression is not None:
             verdict = await self.suppression.check(incident, diagnosis)
             if verdict.hold:
                 return await self.suppression.hold(incident, verdict)
-        await self.incidents.record(
-            incident_id, "plan", phase="before", actor=ACTOR, data={"likely_cause": diagnosis.likely_cause}
-        )
+        async with self.store.transaction() as tx:  # a plan is its decision now: no longer held
+            data = {"likely_cause": diagnosis.likely_cause}
+            await tx.add_audit(incident_id, "plan", phase="before", actor=ACTOR, data=data)
+            await tx.release_incident(incident_id)
         plan = verdict.applied_to(make_plan(diagnosis, self.policy, self.mode, self.registry))
         if plan.playbook is not None and plan.will_act:
             plan = await self.remediation.dry_run(incident, plan)
@@ -166,6 +168,7 @@ class Responder:
                 )
             await tx.update_incident(incident.id, plan=plan)
             await tx.add_audit(incident.id, "plan", actor=actor, data={"rationale": plan.rationale})
+            await tx.release_incident(incident.id)
         return await self._ask(incident, plan, summary)
 
     async def _ask(self, incident: Incident, plan: Plan, summary: str) -> Outcome:

@@ -147,14 +147,15 @@ class Tx:
         result = await self.conn.execute(stmt)
         return [Incident.model_validate(dict(r._mapping)) for r in result]
 
-    async def count_open_incidents(self) -> int:
-        """How many incidents are not yet resolved, escalated or closed."""
+    async def count_unfinished_incidents(self) -> list[tuple[str, str | None, int]]:
+        """How many incidents are not yet resolved, escalated or closed, by (status, held kind): one
+        grouped query for the open-incident and held-incident gauges."""
         result = await self.conn.execute(
-            sa.select(sa.func.count())
-            .select_from(incidents)
+            sa.select(incidents.c.status, incidents.c.held_kind, sa.func.count())
             .where(incidents.c.status.not_in(TERMINAL_INCIDENT_STATUSES))
+            .group_by(incidents.c.status, incidents.c.held_kind)
         )
-        return int(result.scalar_one())
+        return [(str(row[0]), row[1], int(row[2])) for row in result]
 
     async def update_incident(
         self, incident_id: int, *, expected_status: Collection[str] | None = None, **values: Any
@@ -174,6 +175,22 @@ class Tx:
         )
         incident: Incident | None = _row(Incident, result.first())
         return incident
+
+    async def hold_incident(self, incident_id: int, kind: str, held_by: list[dict[str, Any]]) -> None:
+        """Record on the row what holds an incident (`watchdog.suppression`, with its `suppressed`
+        audit entry); `updated_at` is left alone, as an audit entry alone would."""
+        await self.conn.execute(
+            sa.update(incidents).where(incidents.c.id == incident_id).values(held_kind=kind, held_by=held_by)
+        )
+
+    async def release_incident(self, incident_id: int) -> None:
+        """Clear what held an incident (its next decision, a `plan`, is being recorded); nothing is
+        written when it was not held."""
+        await self.conn.execute(
+            sa.update(incidents)
+            .where(incidents.c.id == incident_id, incidents.c.held_kind.is_not(None))
+            .values(held_kind=None, held_by=sa.null())
+        )
 
     # -- audit log
 

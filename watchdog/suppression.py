@@ -6,7 +6,8 @@ Built by the composition root (`watchdog.assembly`) and asked by the responder
 
     diagnosis ──▶ incident_labels ──▶ maintenance windows open now (policy, `watchdog.maintenance`)
                                   └─▶ active silences of Alertmanager (`watchdog.silences`, cached)
-          covered ──▶ held: audit `suppressed` {suppressed_by: [...]}, status stays `open`,
+          covered ──▶ held: audit `suppressed` {suppressed_by: [...]} and, in the same transaction,
+                      the incident's `held_kind`/`held_by` columns; status stays `open`,
                       no plan, no prompt, no action
           clear   ──▶ the responder goes on as usual
           Alertmanager unreadable ──▶ `silence_check_failure`:
@@ -14,11 +15,15 @@ Built by the composition root (`watchdog.assembly`) and asked by the responder
                       act:   go on as if nothing covered the incident
                       hold:  held like a silenced incident until Alertmanager answers again
 
-A held incident is looked at again by every sweep while its run is still stuck: the sweeper joins it
-and calls `Reevaluation.__call__`, which hands it back to the responder once its last decision was
-`suppressed`; when the silence has expired or the window has closed, the responder plans, prompts or
-acts as it would have. A run that is no longer stuck is not swept, and its incident is closed by the
-usual paths (a resolved alert, the reconciler).
+The columns are what the incident listing filters on (`held=true|false`), what its items show
+(`held`, `suppressed_by`) and what `gl_watchdog_incidents_held{kind}` counts, without reading the audit;
+the responder clears them (`Tx.release_incident`) in the transaction of its next `plan` decision.
+
+A held incident is looked at again by every sweep while its run is still stuck: the sweeper joins it and
+calls `Reevaluation.__call__`, which hands it back to the responder while it is held; when the silence
+has expired or the window has closed, the responder plans, prompts or acts as it would have. A run that
+is no longer stuck is not swept, and its incident is closed by the usual paths (a resolved alert, the
+reconciler).
 
 The labels of an incident (what silences and windows match on): `alertname` (the shipped alert,
 `OrchestratorExecutionTimeout`), `execution_id`, `dag_id`, `agent` (the stuck node's agent from the
@@ -44,6 +49,7 @@ from watchdog.incidents import IncidentService
 from watchdog.jobs import JobTracker
 from watchdog.maintenance import MaintenanceWindow, active_windows
 from watchdog.metrics import WatchdogMetrics
+from watchdog.migrations import held_of
 from watchdog.plan import Plan
 from watchdog.records import AuditEntry, Incident
 from watchdog.remediation_close import ACTOR, Outcome
@@ -160,17 +166,27 @@ class SuppressionGate:
             self.metrics.silence_checks.labels(result=result).inc()
 
     async def hold(self, incident: Incident, verdict: Verdict) -> Outcome:
-        """Record that `incident` is held (once per distinct verdict, not once per sweep)."""
+        """Record that `incident` is held: its audit entry (once per distinct verdict, not once per
+        sweep) and, in the same transaction, what holds it on its row (when that changed)."""
         data = {"suppressed_by": verdict.suppressed_by, "check_error": verdict.check_error}
-        last = last_decision((await self.incidents.detail(incident.id)).audit)
-        if last is None or last.kind != SUPPRESSED or last.data != data:
-            await self.incidents.record(incident.id, SUPPRESSED, actor=ACTOR, data=data)
+        kind, holding = held_of(data)
+        store = self.incidents.store
+        async with store.read("suppression: last decision") as tx:  # most sweeps change nothing
+            last = last_decision(await tx.list_audit(incident.id))
+            current = await tx.get_incident(incident.id)
+        audit = last is None or last.kind != SUPPRESSED or last.data != data
+        mark = current is not None and (current.held_kind, current.held_by) != (kind, holding)
+        if audit or mark:
+            async with store.transaction("suppression: hold") as tx:
+                if audit:
+                    await tx.add_audit(incident.id, SUPPRESSED, actor=ACTOR, data=data)
+                if mark:
+                    await tx.hold_incident(incident.id, kind, holding)
         return Outcome(incident.id, SUPPRESSED, verdict.reason())
 
     async def is_held(self, incident: Incident) -> bool:
-        """True when `incident` waits, diagnosed, on a suppression (its last decision)."""
-        detail = await self.incidents.detail(incident.id)
-        return held_by(incident, detail.audit) is not None
+        """True when `incident` waits, diagnosed, on a suppression (read fresh: its row's columns)."""
+        return (await self.incidents.get(incident.id)).is_held
 
 
 def last_decision(audit: Sequence[AuditEntry]) -> AuditEntry | None:
@@ -179,8 +195,9 @@ def last_decision(audit: Sequence[AuditEntry]) -> AuditEntry | None:
 
 
 def held_by(incident: Incident, audit: Sequence[AuditEntry]) -> list[dict[str, Any]] | None:
-    """What holds `incident` now (the API's `suppressed_by`): the silences and windows of its last
-    decision when that was `suppressed` and it is still open, diagnosed and unplanned; else None."""
+    """What holds `incident` now, from its audit: the silences and windows of its last decision when
+    that was `suppressed` and it is still open, diagnosed and unplanned; else None. The same as its
+    row's `held_by` while `incident.is_held` (which the API answers, without reading the audit)."""
     if incident.status != "open" or incident.diagnosis is None:
         return None
     last = last_decision(audit)

@@ -33,6 +33,7 @@ WATCHDOG_ALERTS = {
     "WatchdogCircuitBreakerOpen",
     "WatchdogApprovalsPastExpiry",
     "WatchdogApprovalsPilingUp",
+    "WatchdogIncidentsHeldUnchecked",
     "WatchdogNotifierFailing",
 }
 PROMTOOL_TIMEOUT = 60

@@ -9,6 +9,8 @@ state machine themselves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -17,6 +19,7 @@ import pytest
 from tests.conftest import free_port
 from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, RecordingRemediate
 from tests.watchdog.responder_stack import responder_over
+from tests.watchdog.webhook import alert, payload
 from watchdog.approvals import Decision
 from watchdog.assembly import Watchdog, build_watchdog
 from watchdog.incidents import IncidentService
@@ -26,6 +29,7 @@ from watchdog.policy import CircuitBreaker, Limits
 from watchdog.responder import Responder
 from watchdog.settings import Mode, WatchdogSettings
 from watchdog.store import WatchdogStore
+from watchdog.webhook import parse_payload
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
 from watchdog_sdk.diagnosis import Diagnosis, Finding, StepStatus
 
@@ -62,6 +66,15 @@ def _diagnosis(clock: FakeClock, *, over_by: float | None) -> Diagnosis:
         cause_evidence=["agent calc answers nothing for 12 min"],
         agent_id="calc",
     )
+
+
+@contextlib.asynccontextmanager
+async def _responder(
+    store: WatchdogStore, clock: FakeClock, mode: Mode, metrics: WatchdogMetrics
+) -> AsyncIterator[Responder]:
+    """A responder over `store` in `mode` (its orchestrator is unreachable: nothing here asks it)."""
+    async with OrchestratorClient("http://127.0.0.1:9", timeout=0.5) as orchestrator:
+        yield responder_over(store, clock, orchestrator, mode=mode, metrics=metrics)
 
 
 @pytest.fixture
@@ -105,8 +118,7 @@ async def test_pending_approvals_report_the_oldest_age_and_those_past_their_expi
     store: WatchdogStore, clock: FakeClock
 ) -> None:
     metrics = WatchdogMetrics()
-    async with OrchestratorClient("http://127.0.0.1:9", timeout=0.5) as orchestrator:
-        responder = responder_over(store, clock, orchestrator, mode=Mode.RECOMMEND, metrics=metrics)
+    async with _responder(store, clock, Mode.RECOMMEND, metrics) as responder:
         for execution_id in ("e1", "e2"):  # prompts expire after 600 s
             incident = await _incident(responder, execution_id)
             outcome = await responder.handle_diagnosed(incident, _diagnosis(clock, over_by=60))
@@ -187,8 +199,7 @@ async def test_a_verified_remediation_measures_the_time_to_remediate(
     store: WatchdogStore, clock: FakeClock
 ) -> None:
     metrics = WatchdogMetrics()
-    async with OrchestratorClient("http://127.0.0.1:9", timeout=0.5) as orchestrator:
-        responder = responder_over(store, clock, orchestrator, mode=Mode.AUTO, metrics=metrics)
+    async with _responder(store, clock, Mode.AUTO, metrics) as responder:
         incident_id = await _incident(responder, "e1")
         diagnosis = _diagnosis(clock, over_by=900)
         await responder.incidents.update(
@@ -205,8 +216,7 @@ async def test_a_human_decision_measures_the_time_its_prompt_waited(
     store: WatchdogStore, clock: FakeClock
 ) -> None:
     metrics = WatchdogMetrics()
-    async with OrchestratorClient("http://127.0.0.1:9", timeout=0.5) as orchestrator:
-        responder = responder_over(store, clock, orchestrator, mode=Mode.RECOMMEND, metrics=metrics)
+    async with _responder(store, clock, Mode.RECOMMEND, metrics) as responder:
         incident_id = await _incident(responder, "e1")
         outcome = await responder.handle_diagnosed(incident_id, _diagnosis(clock, over_by=900))
         assert outcome.status == "awaiting_approval"
@@ -218,3 +228,62 @@ async def test_a_human_decision_measures_the_time_its_prompt_waited(
     assert _value(metrics, "gl_watchdog_approvals_total", {"decision": "denied"}) == 1
     assert _value(metrics, "gl_watchdog_time_to_decide_seconds_count") == 1
     assert _value(metrics, "gl_watchdog_time_to_decide_seconds_sum") == 90
+
+
+# -- time to close without a remediation ------------------------------------------------------------
+
+
+def _closed(metrics: WatchdogMetrics, outcome: str) -> tuple[float, float]:
+    """(count, sum) of `gl_watchdog_incident_time_to_close_seconds{outcome}`."""
+    labels = {"outcome": outcome}
+    name = "gl_watchdog_incident_time_to_close_seconds"
+    return _value(metrics, f"{name}_count", labels), _value(metrics, f"{name}_sum", labels)
+
+
+async def _deliver(wd: Watchdog, status: str) -> str:
+    body = json.dumps(payload(alert("exec-1", status=status), status=status)).encode()
+    [outcome] = await wd.intake.handle(parse_payload(body).payload)
+    await asyncio.wait_for(wd.jobs.wait_idle(), 10)
+    return outcome.outcome
+
+
+@pytest.mark.parametrize(("over_by", "expected"), [(730, 1000.0), (None, 300.0)])
+async def test_an_incident_closed_by_its_resolved_alert_measures_its_time_to_close_once(
+    _no_pending_tasks: None, database_url: str, clock: FakeClock, over_by: float | None, expected: float
+) -> None:
+    """From the crossing its diagnosis names (700 s before the opening), else from its opening."""
+    wd = await _watchdog(database_url, clock, over_by=over_by)
+    try:
+        assert await _deliver(wd, "firing") == "opened"  # diagnosed 30 s later, nothing acts
+        clock.advance(270)
+        assert await _deliver(wd, "resolved") == "closed"
+        assert await _deliver(wd, "resolved") == "duplicate"  # Alertmanager repeats itself
+    finally:
+        await wd.aclose()
+    assert _closed(wd.metrics, "resolved_without_action") == (1, expected)
+
+
+async def test_a_run_found_not_stuck_measures_its_time_to_close(
+    store: WatchdogStore, clock: FakeClock
+) -> None:
+    metrics = WatchdogMetrics()
+    async with _responder(store, clock, Mode.AUTO, metrics) as responder:
+        incident_id = await _incident(responder, "e1")
+        clock.advance(120)
+        ended = _diagnosis(clock, over_by=900).model_copy(update={"likely_cause": "not_stuck"})
+        assert (await responder.handle_diagnosed(incident_id, ended)).status == "resolved"
+    assert _closed(metrics, "not_stuck") == (1, 120)  # no stored diagnosis: from the opening
+
+
+async def test_an_incident_closed_by_hand_measures_its_time_to_close(
+    store: WatchdogStore, clock: FakeClock
+) -> None:
+    metrics = WatchdogMetrics()
+    incidents = IncidentService(store, metrics)
+    opened = await incidents.open_or_join("e1", dag_id="d", source="manual", detection_source="api")
+    clock.advance(45)
+    await incidents.close_if_not_acted(opened.incident.id, actor="alice", reason="refused")
+    assert _closed(metrics, "closed_by_hand") == (1, 45)
+    assert (
+        metrics.registry.get_sample_value("gl_watchdog_time_to_remediate_seconds_count") == 0
+    )  # not a remediation

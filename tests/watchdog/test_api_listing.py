@@ -4,6 +4,7 @@ filters — nothing silently truncated."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -177,6 +178,63 @@ async def test_items_are_the_documented_shape_without_the_documents(
         "summary",
         "likely_cause",
         "is_open",
+        "held",
+        "suppressed_by",
     }
     assert item["likely_cause"] == "hung_node" and item["is_open"] is True
+    assert item["held"] is False and item["suppressed_by"] is None
     assert item["opened_at"] == clock.now().isoformat().replace("+00:00", "Z")
+
+
+async def test_held_filters_on_what_holds_an_open_incident_and_a_bad_value_is_a_400(
+    listed: tuple[Watchdog, Client, FakeClock],
+) -> None:
+    wd, client, _ = listed
+    held = await _incident(wd, "e-held")
+    diagnosing = await _incident(wd, "e-rediagnosed", status="diagnosing")  # held before: not now
+    await _incident(wd, "e-free")
+    window = [{"kind": "maintenance", "name": "nightly", "ends_at": "2026-12-06T10:00:00+00:00"}]
+    async with wd.store.transaction() as tx:
+        await tx.hold_incident(held, "maintenance", window)
+        await tx.hold_incident(diagnosing, "maintenance", window)
+
+    page = await _get(client, held="true")
+    [item] = page["items"]
+    assert page["total"] == 1 and item["id"] == held
+    assert item["held"] is True and item["suppressed_by"] == window
+    others = await _get(client, held="false")
+    assert [i["execution_id"] for i in others["items"]] == ["e-free", "e-rediagnosed"]
+    assert not any(i["held"] for i in others["items"]) and others["total"] == 2
+    assert (await _get(client, held="true", status="diagnosing"))["total"] == 0
+
+    bad = await client.get("/api/v1/incidents", params={"held": "maybe"}, headers=AUTH)
+    body = await bad.json()
+    assert bad.status == 400 and body["field"] == "held", body
+    assert "maybe" in body["detail"], body
+
+
+async def test_a_listing_reads_a_snapshot_without_waiting_for_a_writer_of_the_process(
+    listed: tuple[Watchdog, Client, FakeClock],
+) -> None:
+    """A writer (the intake, say) holds its transaction open: the listing answers at once, from what
+    was committed, instead of queueing behind it (on SQLite: for the write lock)."""
+    wd, client, _ = listed
+    await _incident(wd, "e-committed")
+    inside, finish = asyncio.Event(), asyncio.Event()
+
+    async def writer() -> None:
+        async with wd.store.transaction() as tx:
+            await tx.insert_incident(
+                execution_id="e-uncommitted", dag_id="d", source="sweep", detection_source="api"
+            )
+            inside.set()
+            await finish.wait()
+
+    writing = asyncio.create_task(writer())
+    try:
+        await inside.wait()
+        page = await asyncio.wait_for(_get(client), 5)
+        assert [i["execution_id"] for i in page["items"]] == ["e-committed"] and page["total"] == 1
+    finally:
+        finish.set()
+        await writing

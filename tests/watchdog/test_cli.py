@@ -139,6 +139,35 @@ def test_incidents_table_json_and_status_filter(tmp_path: Path, capsys: pytest.C
     assert "unknown status stuck" in capsys.readouterr().err
 
 
+def test_incidents_list_held_and_not_held_filter_and_mark_what_holds_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'wd.db'}"
+    window = {"kind": "maintenance", "name": "nightly", "ends_at": "2026-12-06T10:00:00+00:00"}
+
+    async def seed() -> None:
+        store = await WatchdogStore.open(url)
+        try:
+            async with store.transaction() as tx:
+                for execution_id in ("e-held", "e-free"):
+                    await tx.insert_incident(
+                        execution_id=execution_id, dag_id="d", source="sweep", detection_source="api"
+                    )
+                [held] = await tx.list_incidents(execution_id="e-held")
+                await tx.hold_incident(held.id, "maintenance", [window])
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    assert main(["incidents", "list", "--local", "--held", "-o", "json"]) == 0
+    [item] = json.loads(capsys.readouterr().out)["items"]
+    assert item["execution_id"] == "e-held" and item["held"] is True and item["suppressed_by"] == [window]
+    assert main(["incidents", "list", "--local", "--not-held", "-o", "json"]) == 0
+    assert [i["execution_id"] for i in json.loads(capsys.readouterr().out)["items"]] == ["e-free"]
+    assert main(["incidents", "list", "--local", "-o", "table"]) == 0
+    assert "open (held: maintenance nightly)" in capsys.readouterr().out
+
+
 def test_sweep_opens_an_incident_for_the_stuck_run(
     orchestrator_service: OrchestratorProcess,
     monkeypatch: pytest.MonkeyPatch,

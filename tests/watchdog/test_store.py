@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -453,3 +454,66 @@ def _ddl(version: int) -> str:
 @pytest.mark.parametrize("version", sorted(RELEASED_DDL))
 def test_released_migrations_never_change(version: int) -> None:
     assert hashlib.sha256(_ddl(version).encode()).hexdigest() == RELEASED_DDL[version], _ddl(version)
+
+
+async def test_upgrading_to_version_6_marks_the_incidents_whose_last_decision_held_them(
+    database_url: str,
+) -> None:
+    """The held incidents of an earlier release are marked from their audit log: the last `plan` or
+    `suppressed` entry of each unfinished incident says whether, and what, holds it."""
+    window = {"kind": "maintenance", "name": "nightly", "ends_at": "2026-01-01T13:00:00+00:00"}
+    silence = {"kind": "silence", "id": "sil-1", "matchers": ['agent="calc"']}
+    histories: dict[str, tuple[str, list[tuple[str, dict[str, Any]]]]] = {
+        "by-window": ("open", [("suppressed", {"suppressed_by": [window, silence], "check_error": None})]),
+        "by-silence": (
+            "open",
+            [("plan", {}), ("suppressed", {"suppressed_by": [silence], "check_error": None})],
+        ),
+        "by-check": ("open", [("suppressed", {"suppressed_by": [], "check_error": "GET ... failed"})]),
+        "planned-since": (
+            "open",
+            [("suppressed", {"suppressed_by": [window], "check_error": None}), ("plan", {})],
+        ),
+        "closed": ("closed", [("suppressed", {"suppressed_by": [window], "check_error": None})]),
+    }
+    database = Database.connect(database_url)
+    try:
+        async with database.transaction("prepare") as conn:
+            await conn.run_sync(upgrade, SCHEMA, START, 5)
+            v5 = SCHEMA.metadata(5).tables
+            for execution_id, (status, entries) in histories.items():
+                row = {"execution_id": execution_id, "status": status, "source": "sweep"}
+                inserted = await conn.execute(
+                    v5["incidents"]
+                    .insert()
+                    .values(**row, detection_source="api", opened_at=START, updated_at=START)
+                    .returning(v5["incidents"].c.id)
+                )
+                incident_id = inserted.scalar_one()
+                for kind, data in entries:
+                    await conn.execute(
+                        v5["audit_log"]
+                        .insert()
+                        .values(
+                            incident_id=incident_id,
+                            at=START,
+                            kind=kind,
+                            phase="after",
+                            actor="watchdog",
+                            data=data,
+                        )
+                    )
+    finally:
+        await database.close()
+    store = await WatchdogStore.open(database_url, clock=FakeClock(START))
+    try:
+        marked = {i.execution_id: (i.held_kind, i.held_by) for i in await store.list_incidents()}
+    finally:
+        await store.close()
+    assert marked == {
+        "by-window": ("maintenance", [window, silence]),
+        "by-silence": ("silence", [silence]),
+        "by-check": ("check_failure", [{"kind": "silence_check_failed", "error": "GET ... failed"}]),
+        "planned-since": (None, None),
+        "closed": (None, None),
+    }

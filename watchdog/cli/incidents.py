@@ -76,6 +76,11 @@ def incidents_group() -> None:
 @click.option("--dag", help="only this DAG's incidents")
 @click.option("--cause", help="only this likely cause, e.g. hung_node")
 @click.option("--since", help="opened since: 7d, 12h, 30m or an ISO 8601 time")
+@click.option(
+    "--held/--not-held",
+    default=None,
+    help="only the incidents a silence, a maintenance window or a failed silence check holds (or not)",
+)
 @click.option("--limit", type=int, default=50, show_default=True, help="page size")
 @click.option("--cursor", help="the next page: the cursor printed with the previous one")
 @click.option("--all", "all_pages", is_flag=True, help="every page, not only the first")
@@ -89,6 +94,7 @@ def list_incidents(
     dag: str | None,
     cause: str | None,
     since: str | None,
+    held: bool | None,
     limit: int,
     cursor: str | None,
     all_pages: bool,
@@ -96,19 +102,20 @@ def list_incidents(
     settings_file: str | None,
     output: str | None,
 ) -> None:
-    """List incidents, newest first, with their pending approval."""
+    """List incidents, newest first, with their pending approval and what holds them."""
     statuses = statuses_option(status)
     if limit < 1:
         raise CliError(f"--limit must be at least 1, not {limit}", EXIT_USAGE)
     out = Output.of(output)
     if local:
-        _local_list(out, statuses, limit, settings_file, (dag, cause, since, cursor, all_pages))
+        _local_list(out, statuses, held, limit, settings_file, (dag, cause, since, cursor, all_pages))
         return
     query: dict[str, Any] = {
         "status": ",".join(statuses) or None,
         "dag_id": dag,
         "cause": cause,
         "opened_after": since_value(since).isoformat() if since else None,
+        "held": None if held is None else str(held).lower(),
         "limit": min(limit, 1000),
         "cursor": cursor,
     }
@@ -130,11 +137,16 @@ def list_incidents(
 
 
 def _local_list(
-    out: Output, statuses: list[str], limit: int, settings_file: str | None, remote_only: tuple[Any, ...]
+    out: Output,
+    statuses: list[str],
+    held: bool | None,
+    limit: int,
+    settings_file: str | None,
+    remote_only: tuple[Any, ...],
 ) -> None:
     if any(remote_only):
-        raise CliError("--local lists by --status and --limit only", EXIT_USAGE)
-    items, total = local.list_incidents(settings_file, statuses, limit)
+        raise CliError("--local lists by --status, --held/--not-held and --limit only", EXIT_USAGE)
+    items, total = local.list_incidents(settings_file, statuses, limit, held)
     out.emit({"items": items, "total": total}, lambda data: incident_table(data["items"]))
     if total > len(items):  # never cut short silently
         out.note(f"showing the newest {len(items)} of {total} incidents (--limit N for more)")
@@ -160,7 +172,7 @@ def incident_table(items: list[dict[str, Any]]) -> RenderableType | str:
         (
             (
                 i["id"],
-                i["status"],
+                held_status(i),
                 i["execution_id"],
                 i["dag_id"],
                 i.get("likely_cause"),
@@ -172,6 +184,17 @@ def incident_table(items: list[dict[str, Any]]) -> RenderableType | str:
             for i in items
         ),
     )
+
+
+def held_status(item: dict[str, Any]) -> str:
+    """The status column: `open (held: silence abc, maintenance nightly)` for a held incident."""
+    if not item.get("held"):
+        return str(item["status"])
+    holders = [
+        f"{h.get('kind')} {h.get('name') or h.get('id') or ''}".strip()
+        for h in item.get("suppressed_by") or []
+    ]
+    return f"{item['status']} (held: {', '.join(holders)})"
 
 
 def shorten(text: str, width: int) -> str:

@@ -285,12 +285,12 @@ async def _replay(
 
 
 def list_incidents(
-    settings_file: str | None, statuses: list[str], limit: int
+    settings_file: str | None, statuses: list[str], limit: int, held: bool | None
 ) -> tuple[list[dict[str, Any]], int]:
-    """The newest `limit` incidents of the local store as the API shows them, each with its pending
-    approval prompt, and how many match in all."""
+    """The newest `limit` incidents of the local store (held or not, when `held` says) as the API
+    shows them, each with its pending approval prompt, and how many match in all."""
     settings = settings_of(settings_file)
-    return asyncio.run(_list_incidents(settings, statuses, limit))
+    return asyncio.run(_list_incidents(settings, statuses, limit, held))
 
 
 def _require_existing_sqlite_file(database_url: str) -> None:
@@ -313,12 +313,12 @@ def _require_existing_sqlite_file(database_url: str) -> None:
 
 
 async def _list_incidents(
-    settings: WatchdogSettings, statuses: list[str], limit: int
+    settings: WatchdogSettings, statuses: list[str], limit: int, held: bool | None
 ) -> tuple[list[dict[str, Any]], int]:
     _require_existing_sqlite_file(settings.database_url)
     store = await WatchdogStore.open(settings.database_url, pool=settings.db_pool())
     try:
-        where = IncidentFilter(statuses=tuple(statuses) if statuses else None)
+        where = IncidentFilter(statuses=tuple(statuses) if statuses else None, held=held)
         page = await page_incidents(store, where, before=None, limit=limit)
         async with store.transaction() as tx:
             prompts = await tx.list_approvals(states=["pending"])

@@ -25,6 +25,8 @@ Tables:
                        `votes`/`vote_count`, the approvers of a two-person approval so far
     (migration 5)      incidents gained `alert_links` (the alert's runbook_url, summary, description,
                        generatorURL); approvals `slack_channel`/`slack_ts` (the bot's message)
+    (migration 6)      incidents gained `held_kind`/`held_by`: what holds an open incident (a silence,
+                       a maintenance window, a failed silence check), kept with its `suppressed` entry
 
 Versions are kept in `gl_schema_migrations` (component `watchdog`). Databases from before the shared
 runner kept them in `schema_migrations (version, description, applied_at)`: the runner adopts those rows
@@ -43,6 +45,7 @@ from watchdog.migrations import (
     m0003_labels_digest,
     m0004_identity,
     m0005_links_slack,
+    m0006_held,
 )
 
 SCHEMA: Final = Schema(
@@ -53,6 +56,7 @@ SCHEMA: Final = Schema(
         m0003_labels_digest.MIGRATION,
         m0004_identity.MIGRATION,
         m0005_links_slack.MIGRATION,
+        m0006_held.MIGRATION,
     ),
     lock_key=0x67_6C_77_64_6D_69_67,  # "glwdmig": the key the watchdog's own runner used before
     legacy=LegacyTable("schema_migrations", description_column="description"),
@@ -61,6 +65,9 @@ SCHEMA: Final = Schema(
 # The statuses the check constraint of `incidents` allows (a migration that changes them updates this).
 INCIDENT_STATUSES: Final = m0001_initial.INCIDENT_STATUSES
 TERMINAL_INCIDENT_STATUSES: Final = ("resolved", "escalated", "closed")
+# What can hold an incident (`incidents.held_kind`, the label of `gl_watchdog_incidents_held`).
+HELD_KINDS: Final = ("silence", "maintenance", "check_failure")
+held_of: Final = m0006_held.held_of
 
 metadata: Final = SCHEMA.metadata()
 
