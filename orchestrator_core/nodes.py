@@ -147,19 +147,24 @@ class NodeRunner:
         run = self.run
         node = state.node
         deadline = now + timedelta(seconds=timeout_s) if timeout_s is not None else None
+        # Every field positionally, in `AgentContext`'s order: a class called with keywords packs them
+        # into a dict first, which cost twice the call itself on every attempt.
         ctx = AgentContext(
-            execution_id=run.execution_id,
-            dag_id=run.dag.dag_id,
-            node_id=node.node_id,
-            agent_id=node.agent_id,
-            attempt=attempt,
-            params=node.params,
-            input_data=run.input_data,
-            upstream=upstream,
-            deadline=deadline,
-            observer=run.observer,
-            now=run.clock.now,
-            signals=run.signals,
+            run.execution_id,  # execution_id
+            run.dag_id,  # dag_id
+            node.node_id,  # node_id
+            node.agent_id,  # agent_id
+            attempt,  # attempt
+            node.params,  # params
+            run.input_data,  # input_data
+            upstream,  # upstream
+            deadline,  # deadline
+            run.observer,  # observer
+            run.clock.now,  # now
+            {},  # state: the agent worker's, set by `AgentRegistry.invoke`
+            None,  # node_output (compensation only)
+            False,  # compensating
+            run.signals,  # signals
         )
         started = 0.0  # only events need the attempt's own duration
         if run.observing:
@@ -205,7 +210,10 @@ class NodeRunner:
                 )
             else:
                 outcome = "restarted" if isinstance(error, AgentRestarted) else "failed"
-        self._attempt_finished(state, attempt, started, outcome, None if exc is None else describe_error(exc))
+        if run.observing:
+            self._attempt_finished(
+                state, attempt, started, outcome, None if exc is None else describe_error(exc)
+            )
         return value, exc
 
     def _attempt_finished(

@@ -71,7 +71,8 @@ class Slots:
 
     def release(self) -> None:
         self.in_use -= 1
-        self.wake()
+        if self._waiters:
+            self.wake()
 
     def set_limit(self, limit: int) -> None:
         """A new limit, at once: more room wakes waiters; less stops none of the holders."""
@@ -88,40 +89,48 @@ class Slots:
                 waiter.set_result(None)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class NodeState:
-    """One node of a run, as it goes (what its trace shows)."""
+    """One node of a run, as it goes (what its trace shows).
+
+    `node_id`, `agent_id` and `timeout_seconds` (the rest of `store.TraceFields`, so that the final
+    write of a run can take the states as they are) are copied from the node once, at the start of
+    the run: read for every node by the run document and the signals, a property each was a call."""
 
     node: Node
     level: int
-    status: str = "pending"
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
-    duration_ms: float | None = None
-    attempt_count: int = 0
-    error: str | None = None
-    input_hash: str | None = None
-    output_hash: str | None = None
-    started_mono: float = 0.0
-    restored: bool = False  # completed before a resume (from its checkpoint), not run again here
+    node_id: str
+    agent_id: str
+    timeout_seconds: float | None
+    status: str
+    started_at: datetime | None
+    completed_at: datetime | None
+    duration_ms: float | None
+    attempt_count: int
+    error: str | None
+    input_hash: str | None
+    output_hash: str | None
+    started_mono: float
+    restored: bool  # completed before a resume (from its checkpoint), not run again here
 
-    # The rest of `store.TraceFields`, so that the final write of a run can take the states as they are.
-    @property
-    def node_id(self) -> str:
-        return self.node.node_id
-
-    @property
-    def agent_id(self) -> str:
-        return self.node.agent_id
-
-    @property
-    def timeout_seconds(self) -> float | None:
-        return self.node.timeout_policy.timeout_seconds
+    def __init__(self, node: Node, level: int) -> None:
+        self.node = node
+        self.level = level
+        self.node_id = node.node_id
+        self.agent_id = node.agent_id
+        self.timeout_seconds = node.timeout_policy.timeout_seconds
+        self.status = "pending"
+        self.started_at = self.completed_at = None
+        self.duration_ms = None
+        self.attempt_count = 0
+        self.error = self.input_hash = self.output_hash = None
+        self.started_mono = 0.0
+        self.restored = False
 
     def snapshot(self) -> NodeTrace:
         return NodeTrace(
-            node_id=self.node.node_id,
-            agent_id=self.node.agent_id,
+            node_id=self.node_id,
+            agent_id=self.agent_id,
             status=self.status,
             level=self.level,
             started_at=self.started_at,
@@ -130,7 +139,7 @@ class NodeState:
             attempt_count=self.attempt_count,
             error=self.error,
             input_hash=self.input_hash,
-            timeout_seconds=self.node.timeout_policy.timeout_seconds,
+            timeout_seconds=self.timeout_seconds,
         )
 
 

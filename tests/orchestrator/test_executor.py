@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -47,6 +48,33 @@ async def test_levels_run_in_order_and_outputs_flow_downstream(harness: Harness)
         assert t.duration_ms is not None and t.duration_ms >= 0
         assert t.input_hash is not None and len(t.input_hash) == 64
         assert t.agent_id == "test.record"
+
+
+async def test_an_agent_context_carries_its_run_node_attempt_and_deadline(harness: Harness) -> None:
+    dag = {
+        "dag_id": "context-fields",
+        "nodes": {
+            "first": node(params={"value": 7}, timeout_policy={"timeout_seconds": 30}),
+            "second": node(deps=("first",)),
+        },
+    }
+    record = await harness.run(dag, {"k": "v"})
+    assert record.status == "completed"
+    first, second = (next(c for c in harness.calls.contexts if c.node_id == n) for n in ("first", "second"))
+    assert (first.execution_id, first.dag_id, first.node_id, first.agent_id, first.attempt) == (
+        record.execution_id,
+        "context-fields",
+        "first",
+        "test.record",
+        1,
+    )
+    assert first.params == {"value": 7} and first.input_data == {"k": "v"} and first.upstream == {}
+    assert first.deadline is not None and first.deadline - first.now() > timedelta(seconds=25)
+    assert second.deadline is None and second.upstream == {
+        "first": {"node": "first", "upstream": [], "value": 7}
+    }
+    assert not first.compensating and first.node_output is None
+    assert first.observer is harness.engine.observer and first.signals is harness.engine.signals
 
 
 async def test_barrier_next_level_waits_for_every_node_of_the_level(harness: Harness) -> None:
