@@ -103,7 +103,7 @@ class NodeRunner:
                 state.error = None
                 state.completed_at = clock.now()
                 state.duration_ms = (clock.monotonic() - state.started_mono) * 1000
-                run.signals.node_completed(run.dag_id, node_id, node.agent_id, state.duration_ms / 1000)
+                run.signals.node_completed(run.plan.history_keys[node_id], state.duration_ms / 1000)
                 if run.persist:  # the node is done only once its checkpoint is committed
                     checkpoint = self._checkpoint(state, value)
                     if defer_commit:

@@ -18,13 +18,16 @@ PLAN_CACHE_SIZE = 256  # DAG versions whose plans are kept (the store caches as 
 
 @dataclass(frozen=True, slots=True)
 class RunPlan:
-    """A DAG version's levels (topological, node ids sorted), each node's dependencies, and each
-    node's input hasher (the parts of its input-hash document that do not change from run to run)."""
+    """A DAG version's levels (topological, node ids sorted), each node's dependencies, each node's
+    input hasher (the parts of its input-hash document that do not change from run to run), and each
+    node's key in the node-duration history, `(dag_id, node_id, agent_id)` (one tuple for every run:
+    a completion's lookup finds it by identity, and none is built per node)."""
 
     dag: DagDefinition
     levels: tuple[tuple[str, ...], ...]
     dependencies: dict[str, frozenset[str]]
     input_hashers: dict[str, InputHasher]
+    history_keys: dict[str, tuple[str, str, str]]
 
     @classmethod
     def of(cls, dag: DagDefinition) -> RunPlan:
@@ -35,6 +38,9 @@ class RunPlan:
             input_hashers={
                 node_id: InputHasher(node.agent_id, node.params, node.depends_on)
                 for node_id, node in dag.nodes.items()
+            },
+            history_keys={
+                node_id: (dag.dag_id, node_id, node.agent_id) for node_id, node in dag.nodes.items()
             },
         )
 

@@ -36,6 +36,7 @@ from orchestrator_core.node_history import NodeHistory
 from orchestrator_core.signals import NodeSignals, RunIdentity, RunningNode, check_progress
 from orchestrator_core.store import Store
 from orchestrator_core.store.signals import (
+    DurationKey,
     NodeKey,
     ProgressDelta,
     RunningFilter,
@@ -134,8 +135,8 @@ class RunSignals(NodeSignals):
         """Nodes of runs executing here that this replica tracks (running, or ended since its last flush)."""
         return sum(len(nodes.states) for nodes in self._running.values())
 
-    def node_completed(self, dag_id: str, node_id: str, agent_id: str, seconds: float) -> None:
-        self.history.add((dag_id, node_id, agent_id), seconds)
+    def node_completed(self, key: DurationKey, seconds: float) -> None:
+        self.history.add(key, seconds)
 
     def progress(self, execution_id: str, node_id: str, message: str | None, fraction: float | None) -> None:
         nodes = self._running.get(execution_id)

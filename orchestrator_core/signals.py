@@ -67,8 +67,9 @@ class NodeSignals:
     def node_started(self, run: RunIdentity, state: RunningNode) -> None:
         """A node of `run` started running (its first attempt)."""
 
-    def node_completed(self, dag_id: str, node_id: str, agent_id: str, seconds: float) -> None:
-        """A node completed successfully after `seconds` (all its attempts)."""
+    def node_completed(self, key: tuple[str, str, str], seconds: float) -> None:
+        """A node completed successfully after `seconds` (all its attempts); `key` is its
+        `(dag_id, node_id, agent_id)`, the run plan's tuple (`plan.RunPlan.history_keys`)."""
 
     def progress(self, execution_id: str, node_id: str, message: str | None, fraction: float | None) -> None:
         """An in-process agent reported progress of the node it runs (already checked)."""
