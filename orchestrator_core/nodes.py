@@ -36,8 +36,21 @@ from orchestrator_core.records import CheckpointRecord
 from orchestrator_core.run_state import NodeState, RunState
 
 
-def _ignore_failure(node_id: str, status: str) -> None:
-    return None
+def ignore_failure(node_id: str, status: str) -> None:
+    """`NodeRunner.on_failed` while no level runner listens (before it is built, after the run)."""
+
+
+def _without_tracebacks(error: Exception) -> Exception:
+    """`error` with no traceback on it or on its causes: only their types and messages are recorded,
+    and a traceback holds the attempt's frame, which holds the error, so it would tie the run's objects
+    into a reference cycle that outlives the run (freed only by the cyclic collector)."""
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    return error
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -55,7 +68,7 @@ class NodeRunner:
         self.run = run
         self.compensator = compensator
         # Told when a node ends failed or timed out (not when skipped on timeout): the level runner.
-        self.on_failed: Callable[[str, str], None] = _ignore_failure
+        self.on_failed: Callable[[str, str], None] = ignore_failure
         # Completed nodes whose checkpoint commit is under way (`defer_commit`), in completion order.
         self.deferred: list[tuple[NodeState, Any, asyncio.Future[None]]] = []
 
@@ -197,7 +210,7 @@ class NodeRunner:
             self._attempt_finished(state, attempt, started, "cancelled", None)
             raise
         except Exception as error:  # agent code may raise anything; it is recorded, never propagated
-            exc = error
+            exc = _without_tracebacks(error)
             if isinstance(error, NodeTimeout):
                 outcome = "timed_out"
                 run.observer.node_timeout(

@@ -4,6 +4,7 @@ timeouts, retries, failure strategies, cancel, agent restart, traces."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from datetime import timedelta
 from typing import Any
@@ -578,3 +579,34 @@ async def test_cancel_stops_every_waiting_node_of_a_level_run_by_workers(harness
         "stuck2": "cancelled",
         "z": "completed",
     }
+
+
+@pytest.mark.parametrize("ending", ["completed", "failed", "timed_out"])
+async def test_a_finished_run_leaves_no_reference_cycles_behind(harness: Harness, ending: str) -> None:
+    """Its node states and chain records are freed when the engine lets go of the run, not by the
+    cyclic collector (whose collections would traverse them all): also after a node failed or timed
+    out (the error's traceback would hold the attempt's frame)."""
+    second = {
+        "completed": node(deps=("a",)),
+        "failed": node("builtin.fail", ("a",)),
+        "timed_out": node(deps=("a",), params={"seconds": 5}, timeout_policy={"timeout_seconds": 0.01}),
+    }[ending]
+    outcome = "completed" if ending == "completed" else "failed"
+    dag = {"dag_id": f"no-cycles-{ending}", "nodes": {"a": node(), "b": second, "c": node(deps=("a",))}}
+    await harness.engine.register_dag(dag)
+    gc.collect()
+    gc.disable()
+    try:
+        record = await harness.engine.execute(dag["dag_id"], None, ExecutionOptions(checkpoint_enabled=False))
+        async with asyncio.timeout(20):
+            final = await harness.engine.wait(record.execution_id)
+        await asyncio.sleep(0)  # the run task's done callbacks (the engine forgets the run)
+        assert final.status == outcome
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = {type(o).__name__ for o in gc.garbage} & {"Executor", "RunState", "NodeState", "LevelRunner"}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == set()
