@@ -81,12 +81,12 @@ class NodeRunner:
         run = self.run
         state = run.states[node_id]
         node = state.node
-        upstream = {dep: run.outputs.get(dep) for dep in node.depends_on}
+        output_of = run.outputs.get  # a local: the comprehension then closes over nothing of this frame
+        upstream = {dep: output_of(dep) for dep in node.depends_on}
         hasher = run.plan.input_hashers[node_id]
         state.input_hash = hasher.with_encoded_input(run.input_data_hash_json, run.output_hashes)
         rng = None
-        policy = node.retry_policy
-        timeout = node.timeout_policy.timeout_seconds
+        timeout = state.timeout_seconds
         slots, clock = run.slots, run.clock
         attempt = 0
         first = True
@@ -126,6 +126,7 @@ class NodeRunner:
                     await run.writer.save_checkpoint(checkpoint, state)
                 self._done(state, value)
                 return
+            policy = node.retry_policy
             if attempt <= policy.max_retries and is_retryable(policy, exc):
                 if rng is None:
                     rng = jitter_rng(run.execution_id, node_id, run.deterministic)

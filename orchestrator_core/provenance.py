@@ -62,7 +62,8 @@ class ChainBuilder:
         seq = len(self.entries) + 1
         prev = self._head
         self._head = digest = record_hash(seq, node_id, input_hash, output_hash, status, prev)
-        entry = ProvenanceEntry(seq, node_id, input_hash, output_hash, status, prev, digest)
+        # `tuple.__new__` itself: the named tuple's own `__new__` is a Python function, a frame per node.
+        entry = tuple.__new__(ProvenanceEntry, (seq, node_id, input_hash, output_hash, status, prev, digest))
         self.entries.append(entry)
         return entry
 
