@@ -104,7 +104,7 @@ class NodeRunner:
                     state.error = None
                     if run.persist:
                         run.writer.trace(state)  # read when its commit is taken
-                    run.signals.node_started(run, state)
+                    run.started[node_id] = state  # the signals' (`NodeSignals.started_nodes`)
                 else:
                     now = clock.now()
                 state.attempt_count = attempt

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,7 +25,7 @@ from orchestrator_core.hashing import canonical_json, json_string, sha256_hex
 from orchestrator_core.plan import RunPlan
 from orchestrator_core.provenance import ChainBuilder, genesis_hash
 from orchestrator_core.records import ExecutionRecord, NodeTrace
-from orchestrator_core.signals import NO_SIGNALS, NodeSignals
+from orchestrator_core.signals import NO_SIGNALS, NodeSignals, RunningNode
 from orchestrator_core.store import RunData
 
 FAILED_NODE_STATUSES = frozenset({"failed", "timed_out"})
@@ -171,6 +172,7 @@ class RunState:
         "signals",
         "skipped_from_checkpoint",
         "slots",
+        "started",
         "states",
         "writer",
     )
@@ -212,16 +214,17 @@ class RunState:
         self.chain = ChainBuilder(
             genesis_hash(self.dag.dag_id, record.input_data), resume_from.chain if resume_from else []
         )
-        self.states: dict[str, NodeState] = {}
-        for level_index, level in enumerate(plan.levels):
-            for node_id in level:
-                self.states[node_id] = NodeState(self.dag.nodes[node_id], level_index)
+        self.states: dict[str, NodeState] = {
+            node.node_id: NodeState(node, level) for node, level in plan.placed
+        }
         self.outputs: dict[str, Any] = {}
         # The output hash of every node in `outputs` (a skipped node's is NO_OUTPUT_HASH).
         self.output_hashes: dict[str, str] = {}
         self.completion_order: list[str] = []
         self.node_start_order: list[str] = []
         self.skipped_from_checkpoint = self._restore(resume_from) if resume_from else []
+        # Each node that starts running goes in here (the signals' running nodes of this run).
+        self.started: MutableMapping[str, RunningNode] = signals.started_nodes(self)
 
     def _restore(self, data: RunData) -> list[str]:
         """Take the checkpointed nodes as completed; their ids in level order."""
