@@ -163,17 +163,17 @@ class LevelRunner:
         level.unstarted -= 1
         task = asyncio.current_task()
         assert task is not None
-        queue = level.queue
+        queue, node_tasks, run_node = level.queue, self.node_tasks, self.nodes.run_node
         while queue:
             node_id = queue.popleft()
             if not level.check_scheduled:
                 level.check_scheduled = True
                 asyncio.get_running_loop().call_soon(level.check)
-            self.node_tasks[node_id] = task
+            node_tasks[node_id] = task
             try:
-                await self.nodes.run_node(node_id, task, defer_commit=True)
+                await run_node(node_id, task, defer_commit=True)
             finally:
-                self.node_tasks.pop(node_id, None)
+                node_tasks.pop(node_id, None)
 
     def node_failed(self, node_id: str, status: str) -> None:
         """A node of the level failed: with `fail_fast`/`compensate`, its siblings stop at once."""
