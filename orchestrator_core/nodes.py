@@ -81,7 +81,7 @@ class NodeRunner:
         run = self.run
         state = run.states[node_id]
         node = state.node
-        output_of = run.outputs.get  # a local: the comprehension then closes over nothing of this frame
+        output_of = run.outputs.get  # closed over by the comprehension, so `run` stays a plain local
         upstream = {dep: output_of(dep) for dep in node.depends_on}
         hasher = run.plan.input_hashers[node_id]
         state.input_hash = hasher.with_encoded_input(run.input_data_hash_json, run.output_hashes)
