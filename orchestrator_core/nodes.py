@@ -166,8 +166,8 @@ class NodeRunner:
         ctx = AgentContext(
             run.execution_id,  # execution_id
             run.dag_id,  # dag_id
-            node.node_id,  # node_id
-            node.agent_id,  # agent_id
+            state.node_id,  # node_id
+            state.agent_id,  # agent_id
             attempt,  # attempt
             node.params,  # params
             run.input_data,  # input_data
@@ -272,7 +272,7 @@ class NodeRunner:
 
     def _done(self, state: NodeState, value: Any) -> None:
         """The node is done: downstream sees its output."""
-        run, node_id = self.run, state.node.node_id
+        run, node_id = self.run, state.node_id
         run.outputs[node_id] = value
         run.output_hashes[node_id] = state.output_hash or NO_OUTPUT_HASH
         run.completion_order.append(node_id)
@@ -281,7 +281,7 @@ class NodeRunner:
         assert state.completed_at is not None
         return CheckpointRecord(
             execution_id=self.run.execution_id,
-            node_id=state.node.node_id,
+            node_id=state.node_id,
             status="completed",
             output=value,
             input_hash=state.input_hash or "",
