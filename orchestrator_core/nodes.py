@@ -279,14 +279,14 @@ class NodeRunner:
 
     def _checkpoint(self, state: NodeState, value: Any) -> CheckpointRecord:
         assert state.completed_at is not None
-        return CheckpointRecord(
-            execution_id=self.run.execution_id,
-            node_id=state.node_id,
-            status="completed",
-            output=value,
-            input_hash=state.input_hash or "",
-            output_hash=state.output_hash or NO_OUTPUT_HASH,
-            created_at=state.completed_at,
+        return CheckpointRecord(  # positionally, in field order (see the agent context in `_attempt`)
+            self.run.execution_id,  # execution_id
+            state.node_id,  # node_id
+            "completed",  # status
+            value,  # output
+            state.input_hash or "",  # input_hash
+            state.output_hash or NO_OUTPUT_HASH,  # output_hash
+            state.completed_at,  # created_at
         )
 
     async def _failed(self, state: NodeState, exc: BaseException) -> None:
