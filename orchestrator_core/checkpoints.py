@@ -31,13 +31,12 @@ from orchestrator_core.events import CheckpointEvent, EngineObserver, LogEvent
 from orchestrator_core.policies import backoff_delay
 from orchestrator_core.records import CheckpointRecord, NodeTrace, ProvenanceEntry
 from orchestrator_core.store import Store, WriteBatch
+from orchestrator_core.store.rundata import TraceFields
 
 
-class LiveTrace(Protocol):
-    """A node's live state (`run_state.NodeState`): its trace is taken when its batch is."""
-
-    @property
-    def node_id(self) -> str: ...
+class LiveTrace(TraceFields, Protocol):
+    """A node's live state (`run_state.NodeState`): its trace is taken when its batch is (a snapshot,
+    or the state itself for a commit made at once)."""
 
     def snapshot(self) -> NodeTrace: ...
 
@@ -59,6 +58,7 @@ class RunWriter:
         "fatal",
         "max_delay",
         "observer",
+        "observing",
         "on_fatal",
         "store",
         "token",
@@ -80,6 +80,8 @@ class RunWriter:
         self.execution_id = execution_id
         self.token = token
         self.observer = observer
+        # A commit's event is only built when someone listens (the bare base class ignores them).
+        self.observing = type(observer) is not EngineObserver
         self.clock = clock
         self.base_delay = base_delay
         self.max_delay = max_delay
@@ -147,17 +149,18 @@ class RunWriter:
         as always (retrying, counting, stopping the run when fenced out)."""
         if self._committing:
             return False  # the writer task's commit is under way; ours joins the next one
-        waiters, self._waiters = self._waiters, []
-        batch = self.take_pending()
+        # Everything queued, node states as they are (no snapshots): this commit is made at once, in
+        # this call, before anything can change them. It stays queued unless the commit is made.
+        batch = WriteBatch(list(self._traces.values()), list(self._checkpoints), list(self._provenance))
         try:
             done = self.store.commits.write_batch_now(self.execution_id, self.token, batch)
         except OrchestratorError:
             done = False
         if not done:
-            self._requeue(batch)
-            self._waiters = waiters + self._waiters
             return False
-        if batch.checkpoints:
+        waiters = self._waiters
+        self._traces, self._checkpoints, self._provenance, self._waiters = {}, [], [], []
+        if batch.checkpoints and self.observing:
             self._event("ok", len(batch.checkpoints), None)
         for waiter in waiters:
             if not waiter.done():
@@ -291,7 +294,7 @@ class RunWriter:
                 )
                 await self.clock.sleep(delay)
                 continue
-            if batch.checkpoints:
+            if batch.checkpoints and self.observing:
                 self._event("ok", len(batch.checkpoints), None)
             return
 

@@ -38,7 +38,7 @@ from orchestrator_core.compensation import Compensator
 from orchestrator_core.errors import InvalidState, OrchestratorError, StaleFencingToken
 from orchestrator_core.events import EngineObserver, ExecutionEvent
 from orchestrator_core.levels import LevelRunner, StopRun
-from orchestrator_core.nodes import NodeRunner
+from orchestrator_core.nodes import NodeRunner, ignore_failure
 from orchestrator_core.plan import RunPlan
 from orchestrator_core.policies import backoff_delay
 from orchestrator_core.records import ExecutionRecord, NodeTrace
@@ -187,6 +187,20 @@ class Executor:
 
     async def run(self) -> ExecutionRecord:
         """Execute every level; return the final stored record (or the last known one if detached)."""
+        try:
+            return await self._run()
+        finally:
+            self._unlink()
+
+    def _unlink(self) -> None:
+        """The run is over: drop the two callbacks that tie its parts into reference cycles (the
+        writer's `on_fatal`, the node runner's `on_failed`), so that the run's objects (a state and a
+        chain record per node) are freed as soon as the engine lets go of the executor, instead of
+        waiting for the cyclic collector, whose collections then traverse them all."""
+        self.writer.on_fatal = None
+        self.nodes.on_failed = ignore_failure
+
+    async def _run(self) -> ExecutionRecord:
         if self._task is None:
             self._task = asyncio.current_task()
         assert self._task is not None

@@ -61,7 +61,7 @@ class _Level:
 class LevelRunner:
     """Runs the levels of one run (see the module docstring)."""
 
-    __slots__ = ("_level", "_level_failed", "node_tasks", "nodes", "run")
+    __slots__ = ("_earlier", "_fresh", "_level", "_level_failed", "node_tasks", "nodes", "run")
 
     def __init__(self, run: RunState, nodes: NodeRunner) -> None:
         self.run = run
@@ -69,28 +69,22 @@ class LevelRunner:
         self.node_tasks: dict[str, asyncio.Task[None]] = {}  # running node -> the task running it
         self._level: _Level | None = None  # the level being run by workers, if any
         self._level_failed = False
+        # A run that restored no node has outputs only of the levels it ran, one per node that
+        # completed (or was skipped on timeout): while their count is the number of nodes in the
+        # earlier levels (`_earlier`), every node of the next level may run.
+        self._fresh = not run.outputs
+        self._earlier = 0
         nodes.on_failed = self.node_failed
 
     async def run_level(self, level: tuple[str, ...], task: asyncio.Task[object]) -> None:
         """Run one level to its barrier in `task` (the execution's task); `StopRun` per `on_failure`."""
         run = self.run
         self._level_failed = False
-        to_run: list[str] = []
-        outputs = run.outputs
-        dependencies = run.plan.dependencies
-        for node_id in level:
-            state = run.states[node_id]
-            if node_id in outputs and state.status == "completed":
-                continue
-            # After the barrier every dependency is terminal; only completed nodes and nodes skipped
-            # on timeout (`on_timeout=skip`, output None) have an entry in `outputs`.
-            if dependencies[node_id] <= outputs.keys():
-                to_run.append(node_id)
-                continue
-            blocked = next(dep for dep in state.node.depends_on if dep not in outputs)
-            run.end_node(
-                state, "skipped", f"upstream {blocked} did not complete ({run.states[blocked].status})"
-            )
+        # Nothing restored, and every node of the earlier levels has an output: the whole level runs,
+        # without a check per node.
+        clear = self._fresh and len(run.outputs) == self._earlier
+        to_run = list(level) if clear else self._runnable(level)
+        self._earlier += len(level)
         if len(to_run) == 1:
             # A level of one node runs in the execution's own task: no siblings to cancel, nothing
             # to wait for but the node (chains are levels of one).
@@ -108,6 +102,28 @@ class LevelRunner:
         self.seal(level)
         if self._level_failed and run.dag.on_failure in ("fail_fast", "compensate"):
             raise StopRun
+
+    def _runnable(self, level: tuple[str, ...]) -> list[str]:
+        """The nodes of the level to run: not restored from a checkpoint, and every dependency
+        completed (or skipped on timeout); the others are marked `skipped` here."""
+        run = self.run
+        to_run: list[str] = []
+        outputs = run.outputs
+        dependencies = run.plan.dependencies
+        for node_id in level:
+            state = run.states[node_id]
+            if node_id in outputs and state.status == "completed":
+                continue
+            # After the barrier every dependency is terminal; only completed nodes and nodes skipped
+            # on timeout (`on_timeout=skip`, output None) have an entry in `outputs`.
+            if dependencies[node_id] <= outputs.keys():
+                to_run.append(node_id)
+                continue
+            blocked = next(dep for dep in state.node.depends_on if dep not in outputs)
+            run.end_node(
+                state, "skipped", f"upstream {blocked} did not complete ({run.states[blocked].status})"
+            )
+        return to_run
 
     async def run_workers(self, to_run: list[str]) -> None:
         """Run the level's nodes in worker tasks, in node-id order, and wait for all of them.
@@ -147,17 +163,17 @@ class LevelRunner:
         level.unstarted -= 1
         task = asyncio.current_task()
         assert task is not None
-        queue = level.queue
+        queue, node_tasks, run_node = level.queue, self.node_tasks, self.nodes.run_node
         while queue:
             node_id = queue.popleft()
             if not level.check_scheduled:
                 level.check_scheduled = True
                 asyncio.get_running_loop().call_soon(level.check)
-            self.node_tasks[node_id] = task
+            node_tasks[node_id] = task
             try:
-                await self.nodes.run_node(node_id, task, defer_commit=True)
+                await run_node(node_id, task, defer_commit=True)
             finally:
-                self.node_tasks.pop(node_id, None)
+                node_tasks.pop(node_id, None)
 
     def node_failed(self, node_id: str, status: str) -> None:
         """A node of the level failed: with `fail_fast`/`compensate`, its siblings stop at once."""
@@ -190,7 +206,7 @@ class LevelRunner:
     def seal(self, level: tuple[str, ...]) -> None:
         """Append the level's chain records, in node-id order; queue them with the next commit."""
         run = self.run
-        recorded = run.chain.recorded_nodes()
+        recorded = run.chain.continued_nodes()
         new = []
         for node_id in level:
             state = run.states[node_id]

@@ -36,8 +36,21 @@ from orchestrator_core.records import CheckpointRecord
 from orchestrator_core.run_state import NodeState, RunState
 
 
-def _ignore_failure(node_id: str, status: str) -> None:
-    return None
+def ignore_failure(node_id: str, status: str) -> None:
+    """`NodeRunner.on_failed` while no level runner listens (before it is built, after the run)."""
+
+
+def _without_tracebacks(error: Exception) -> Exception:
+    """`error` with no traceback on it or on its causes: only their types and messages are recorded,
+    and a traceback holds the attempt's frame, which holds the error, so it would tie the run's objects
+    into a reference cycle that outlives the run (freed only by the cyclic collector)."""
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    return error
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -55,7 +68,7 @@ class NodeRunner:
         self.run = run
         self.compensator = compensator
         # Told when a node ends failed or timed out (not when skipped on timeout): the level runner.
-        self.on_failed: Callable[[str, str], None] = _ignore_failure
+        self.on_failed: Callable[[str, str], None] = ignore_failure
         # Completed nodes whose checkpoint commit is under way (`defer_commit`), in completion order.
         self.deferred: list[tuple[NodeState, Any, asyncio.Future[None]]] = []
 
@@ -68,12 +81,12 @@ class NodeRunner:
         run = self.run
         state = run.states[node_id]
         node = state.node
-        upstream = {dep: run.outputs.get(dep) for dep in node.depends_on}
+        output_of = run.outputs.get  # closed over by the comprehension, so `run` stays a plain local
+        upstream = {dep: output_of(dep) for dep in node.depends_on}
         hasher = run.plan.input_hashers[node_id]
         state.input_hash = hasher.with_encoded_input(run.input_data_hash_json, run.output_hashes)
         rng = None
-        policy = node.retry_policy
-        timeout = node.timeout_policy.timeout_seconds
+        timeout = state.timeout_seconds
         slots, clock = run.slots, run.clock
         attempt = 0
         first = True
@@ -91,7 +104,7 @@ class NodeRunner:
                     state.error = None
                     if run.persist:
                         run.writer.trace(state)  # read when its commit is taken
-                    run.signals.node_started(run, state)
+                    run.started[node_id] = state  # the signals' (`NodeSignals.started_nodes`)
                 else:
                     now = clock.now()
                 state.attempt_count = attempt
@@ -103,7 +116,7 @@ class NodeRunner:
                 state.error = None
                 state.completed_at = clock.now()
                 state.duration_ms = (clock.monotonic() - state.started_mono) * 1000
-                run.signals.node_completed(run.dag_id, node_id, node.agent_id, state.duration_ms / 1000)
+                run.signals.node_completed(run.plan.history_keys[node_id], state.duration_ms / 1000)
                 if run.persist:  # the node is done only once its checkpoint is committed
                     checkpoint = self._checkpoint(state, value)
                     if defer_commit:
@@ -113,6 +126,7 @@ class NodeRunner:
                     await run.writer.save_checkpoint(checkpoint, state)
                 self._done(state, value)
                 return
+            policy = node.retry_policy
             if attempt <= policy.max_retries and is_retryable(policy, exc):
                 if rng is None:
                     rng = jitter_rng(run.execution_id, node_id, run.deterministic)
@@ -147,19 +161,24 @@ class NodeRunner:
         run = self.run
         node = state.node
         deadline = now + timedelta(seconds=timeout_s) if timeout_s is not None else None
+        # Every field positionally, in `AgentContext`'s order: a class called with keywords packs them
+        # into a dict first, which cost twice the call itself on every attempt.
         ctx = AgentContext(
-            execution_id=run.execution_id,
-            dag_id=run.dag.dag_id,
-            node_id=node.node_id,
-            agent_id=node.agent_id,
-            attempt=attempt,
-            params=node.params,
-            input_data=run.input_data,
-            upstream=upstream,
-            deadline=deadline,
-            observer=run.observer,
-            now=run.clock.now,
-            signals=run.signals,
+            run.execution_id,  # execution_id
+            run.dag_id,  # dag_id
+            state.node_id,  # node_id
+            state.agent_id,  # agent_id
+            attempt,  # attempt
+            node.params,  # params
+            run.input_data,  # input_data
+            upstream,  # upstream
+            deadline,  # deadline
+            run.observer,  # observer
+            run.clock.now,  # now
+            {},  # state: the agent worker's, set by `AgentRegistry.invoke`
+            None,  # node_output (compensation only)
+            False,  # compensating
+            run.signals,  # signals
         )
         started = 0.0  # only events need the attempt's own duration
         if run.observing:
@@ -192,7 +211,7 @@ class NodeRunner:
             self._attempt_finished(state, attempt, started, "cancelled", None)
             raise
         except Exception as error:  # agent code may raise anything; it is recorded, never propagated
-            exc = error
+            exc = _without_tracebacks(error)
             if isinstance(error, NodeTimeout):
                 outcome = "timed_out"
                 run.observer.node_timeout(
@@ -205,7 +224,10 @@ class NodeRunner:
                 )
             else:
                 outcome = "restarted" if isinstance(error, AgentRestarted) else "failed"
-        self._attempt_finished(state, attempt, started, outcome, None if exc is None else describe_error(exc))
+        if run.observing:
+            self._attempt_finished(
+                state, attempt, started, outcome, None if exc is None else describe_error(exc)
+            )
         return value, exc
 
     def _attempt_finished(
@@ -250,21 +272,21 @@ class NodeRunner:
 
     def _done(self, state: NodeState, value: Any) -> None:
         """The node is done: downstream sees its output."""
-        run, node_id = self.run, state.node.node_id
+        run, node_id = self.run, state.node_id
         run.outputs[node_id] = value
         run.output_hashes[node_id] = state.output_hash or NO_OUTPUT_HASH
         run.completion_order.append(node_id)
 
     def _checkpoint(self, state: NodeState, value: Any) -> CheckpointRecord:
         assert state.completed_at is not None
-        return CheckpointRecord(
-            execution_id=self.run.execution_id,
-            node_id=state.node.node_id,
-            status="completed",
-            output=value,
-            input_hash=state.input_hash or "",
-            output_hash=state.output_hash or NO_OUTPUT_HASH,
-            created_at=state.completed_at,
+        return CheckpointRecord(  # positionally, in field order (see the agent context in `_attempt`)
+            self.run.execution_id,  # execution_id
+            state.node_id,  # node_id
+            "completed",  # status
+            value,  # output
+            state.input_hash or "",  # input_hash
+            state.output_hash or NO_OUTPUT_HASH,  # output_hash
+            state.completed_at,  # created_at
         )
 
     async def _failed(self, state: NodeState, exc: BaseException) -> None:

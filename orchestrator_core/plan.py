@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestrator_core.dag import DagDefinition
+from orchestrator_core.dag import DagDefinition, Node
 from orchestrator_core.hashing import InputHasher
 
 PLAN_CACHE_SIZE = 256  # DAG versions whose plans are kept (the store caches as many definitions)
@@ -18,24 +18,36 @@ PLAN_CACHE_SIZE = 256  # DAG versions whose plans are kept (the store caches as 
 
 @dataclass(frozen=True, slots=True)
 class RunPlan:
-    """A DAG version's levels (topological, node ids sorted), each node's dependencies, and each
-    node's input hasher (the parts of its input-hash document that do not change from run to run)."""
+    """A DAG version's levels (topological, node ids sorted), each node's dependencies, each node's
+    input hasher (the parts of its input-hash document that do not change from run to run), and each
+    node's key in the node-duration history, `(dag_id, node_id, agent_id)` (one tuple for every run:
+    a completion's lookup finds it by identity, and none is built per node), and every node with its
+    level index (what a run builds its node states from)."""
 
     dag: DagDefinition
     levels: tuple[tuple[str, ...], ...]
     dependencies: dict[str, frozenset[str]]
     input_hashers: dict[str, InputHasher]
+    history_keys: dict[str, tuple[str, str, str]]
+    placed: tuple[tuple[Node, int], ...]  # every node with its level index, in level order
 
     @classmethod
     def of(cls, dag: DagDefinition) -> RunPlan:
+        levels = tuple(tuple(level) for level in dag.levels())
         return cls(
             dag=dag,
-            levels=tuple(tuple(level) for level in dag.levels()),
+            levels=levels,
             dependencies={node_id: frozenset(node.depends_on) for node_id, node in dag.nodes.items()},
             input_hashers={
                 node_id: InputHasher(node.agent_id, node.params, node.depends_on)
                 for node_id, node in dag.nodes.items()
             },
+            history_keys={
+                node_id: (dag.dag_id, node_id, node.agent_id) for node_id, node in dag.nodes.items()
+            },
+            placed=tuple(
+                (dag.nodes[node_id], index) for index, level in enumerate(levels) for node_id in level
+            ),
         )
 
     def level_lists(self) -> list[list[str]]:

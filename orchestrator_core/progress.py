@@ -3,7 +3,7 @@ node-duration history (`node_history.NodeHistory`).
 
 Where it sits: `engine.Engine` builds one `RunSignals` and gives it to every run it launches (the
 `signals.NodeSignals` of its `RunState`): the node runner tells it when a node starts running
-(`node_started`) and when one completes (`node_completed`, its duration into the history);
+(into the run's `started_nodes`) and when one completes (`node_completed`, its duration into the history);
 in-process agents report progress through `AgentContext.report_progress` (`progress`), HTTP agents
 through `POST /executions/{id}/nodes/{node_id}/progress` (`report`). The service's maintenance tick
 calls `flush`; the API reads `running_page`, `progress_of` and the history.
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -36,6 +36,7 @@ from orchestrator_core.node_history import NodeHistory
 from orchestrator_core.signals import NodeSignals, RunIdentity, RunningNode, check_progress
 from orchestrator_core.store import Store
 from orchestrator_core.store.signals import (
+    DurationKey,
     NodeKey,
     ProgressDelta,
     RunningFilter,
@@ -112,13 +113,12 @@ class RunSignals(NodeSignals):
 
     # -- from the runs (NodeSignals) ---------------------------------------------------------------
 
-    def node_started(self, run: RunIdentity, state: RunningNode) -> None:
+    def started_nodes(self, run: RunIdentity) -> MutableMapping[str, RunningNode]:
         nodes = self._running.get(run.execution_id)
-        if nodes is None or nodes.run is not run:
-            if nodes is not None:  # an earlier claim of the run still ending here
-                self.run_ended(nodes.run)
-            nodes = self._running[run.execution_id] = _RunNodes(run)
-        nodes.states[state.node_id] = state
+        if nodes is not None:  # an earlier claim of the run still ending here
+            self.run_ended(nodes.run)
+        nodes = self._running[run.execution_id] = _RunNodes(run)
+        return nodes.states
 
     def run_ended(self, run: RunIdentity) -> None:
         """`run` no longer executes here (the engine calls this as its task ends): forget its nodes;
@@ -134,8 +134,8 @@ class RunSignals(NodeSignals):
         """Nodes of runs executing here that this replica tracks (running, or ended since its last flush)."""
         return sum(len(nodes.states) for nodes in self._running.values())
 
-    def node_completed(self, dag_id: str, node_id: str, agent_id: str, seconds: float) -> None:
-        self.history.add((dag_id, node_id, agent_id), seconds)
+    def node_completed(self, key: DurationKey, seconds: float) -> None:
+        self.history.add(key, seconds)
 
     def progress(self, execution_id: str, node_id: str, message: str | None, fraction: float | None) -> None:
         nodes = self._running.get(execution_id)

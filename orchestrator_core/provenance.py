@@ -39,32 +39,32 @@ _NO_NODES: frozenset[str] = frozenset()
 class ChainBuilder:
     """Appends records to a run's chain, continuing from the records already stored."""
 
-    __slots__ = ("_head", "_recorded", "entries", "genesis")
+    __slots__ = ("_continued", "_head", "entries", "genesis")
 
     def __init__(self, genesis: str, existing: Sequence[ProvenanceEntry] = ()) -> None:
         self.genesis = genesis
         self.entries: list[ProvenanceEntry] = list(existing)
-        # Made at the first record (an empty set is ~200 bytes per held run).
-        self._recorded: set[str] | None = {entry.node_id for entry in self.entries} or None
+        # The node ids of the records continued from (a resume's); none for a run's first start.
+        self._continued = frozenset(entry.node_id for entry in self.entries) or _NO_NODES
         self._head = self.entries[-1].hash if self.entries else genesis
 
     @property
     def head(self) -> str:
         return self._head
 
-    def recorded_nodes(self) -> Set[str]:
-        """Node ids that have at least one record (as of now; do not modify)."""
-        return self._recorded if self._recorded is not None else _NO_NODES
+    def continued_nodes(self) -> Set[str]:
+        """Node ids that have a record in the chain this builder continued from (the records stored
+        before a resume), not in the records appended since: a node restored from its checkpoint is
+        sealed again only if the run before the resume had not sealed it."""
+        return self._continued
 
     def append(self, node_id: str, input_hash: str, output_hash: str, status: str) -> ProvenanceEntry:
         seq = len(self.entries) + 1
         prev = self._head
         self._head = digest = record_hash(seq, node_id, input_hash, output_hash, status, prev)
-        entry = ProvenanceEntry(seq, node_id, input_hash, output_hash, status, prev, digest)
+        # `tuple.__new__` itself: the named tuple's own `__new__` is a Python function, a frame per node.
+        entry = tuple.__new__(ProvenanceEntry, (seq, node_id, input_hash, output_hash, status, prev, digest))
         self.entries.append(entry)
-        if self._recorded is None:
-            self._recorded = set()
-        self._recorded.add(node_id)
         return entry
 
 

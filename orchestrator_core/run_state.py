@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,7 +25,7 @@ from orchestrator_core.hashing import canonical_json, json_string, sha256_hex
 from orchestrator_core.plan import RunPlan
 from orchestrator_core.provenance import ChainBuilder, genesis_hash
 from orchestrator_core.records import ExecutionRecord, NodeTrace
-from orchestrator_core.signals import NO_SIGNALS, NodeSignals
+from orchestrator_core.signals import NO_SIGNALS, NodeSignals, RunningNode
 from orchestrator_core.store import RunData
 
 FAILED_NODE_STATUSES = frozenset({"failed", "timed_out"})
@@ -71,7 +72,8 @@ class Slots:
 
     def release(self) -> None:
         self.in_use -= 1
-        self.wake()
+        if self._waiters:
+            self.wake()
 
     def set_limit(self, limit: int) -> None:
         """A new limit, at once: more room wakes waiters; less stops none of the holders."""
@@ -88,40 +90,48 @@ class Slots:
                 waiter.set_result(None)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class NodeState:
-    """One node of a run, as it goes (what its trace shows)."""
+    """One node of a run, as it goes (what its trace shows).
+
+    `node_id`, `agent_id` and `timeout_seconds` (the rest of `store.TraceFields`, so that the final
+    write of a run can take the states as they are) are copied from the node once, at the start of
+    the run: read for every node by the run document and the signals, a property each was a call."""
 
     node: Node
     level: int
-    status: str = "pending"
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
-    duration_ms: float | None = None
-    attempt_count: int = 0
-    error: str | None = None
-    input_hash: str | None = None
-    output_hash: str | None = None
-    started_mono: float = 0.0
-    restored: bool = False  # completed before a resume (from its checkpoint), not run again here
+    node_id: str
+    agent_id: str
+    timeout_seconds: float | None
+    status: str
+    started_at: datetime | None
+    completed_at: datetime | None
+    duration_ms: float | None
+    attempt_count: int
+    error: str | None
+    input_hash: str | None
+    output_hash: str | None
+    started_mono: float
+    restored: bool  # completed before a resume (from its checkpoint), not run again here
 
-    # The rest of `store.TraceFields`, so that the final write of a run can take the states as they are.
-    @property
-    def node_id(self) -> str:
-        return self.node.node_id
-
-    @property
-    def agent_id(self) -> str:
-        return self.node.agent_id
-
-    @property
-    def timeout_seconds(self) -> float | None:
-        return self.node.timeout_policy.timeout_seconds
+    def __init__(self, node: Node, level: int) -> None:
+        self.node = node
+        self.level = level
+        self.node_id = node.node_id
+        self.agent_id = node.agent_id
+        self.timeout_seconds = node.timeout_policy.timeout_seconds
+        self.status = "pending"
+        self.started_at = self.completed_at = None
+        self.duration_ms = None
+        self.attempt_count = 0
+        self.error = self.input_hash = self.output_hash = None
+        self.started_mono = 0.0
+        self.restored = False
 
     def snapshot(self) -> NodeTrace:
         return NodeTrace(
-            node_id=self.node.node_id,
-            agent_id=self.node.agent_id,
+            node_id=self.node_id,
+            agent_id=self.agent_id,
             status=self.status,
             level=self.level,
             started_at=self.started_at,
@@ -130,7 +140,7 @@ class NodeState:
             attempt_count=self.attempt_count,
             error=self.error,
             input_hash=self.input_hash,
-            timeout_seconds=self.node.timeout_policy.timeout_seconds,
+            timeout_seconds=self.timeout_seconds,
         )
 
 
@@ -162,6 +172,7 @@ class RunState:
         "signals",
         "skipped_from_checkpoint",
         "slots",
+        "started",
         "states",
         "writer",
     )
@@ -203,16 +214,17 @@ class RunState:
         self.chain = ChainBuilder(
             genesis_hash(self.dag.dag_id, record.input_data), resume_from.chain if resume_from else []
         )
-        self.states: dict[str, NodeState] = {}
-        for level_index, level in enumerate(plan.levels):
-            for node_id in level:
-                self.states[node_id] = NodeState(self.dag.nodes[node_id], level_index)
+        self.states: dict[str, NodeState] = {
+            node.node_id: NodeState(node, level) for node, level in plan.placed
+        }
         self.outputs: dict[str, Any] = {}
         # The output hash of every node in `outputs` (a skipped node's is NO_OUTPUT_HASH).
         self.output_hashes: dict[str, str] = {}
         self.completion_order: list[str] = []
         self.node_start_order: list[str] = []
         self.skipped_from_checkpoint = self._restore(resume_from) if resume_from else []
+        # Each node that starts running goes in here (the signals' running nodes of this run).
+        self.started: MutableMapping[str, RunningNode] = signals.started_nodes(self)
 
     def _restore(self, data: RunData) -> list[str]:
         """Take the checkpointed nodes as completed; their ids in level order."""

@@ -11,6 +11,7 @@ feeds `node_history.NodeHistory`); a run built without one gets `NO_SIGNALS`, wh
 from __future__ import annotations
 
 import math
+from collections.abc import MutableMapping
 from datetime import datetime
 from typing import Protocol
 
@@ -64,11 +65,15 @@ def check_progress(message: str | None, fraction: float | None) -> None:
 class NodeSignals:
     """The signals of a run's nodes; this base ignores them (`NO_SIGNALS`)."""
 
-    def node_started(self, run: RunIdentity, state: RunningNode) -> None:
-        """A node of `run` started running (its first attempt)."""
+    def started_nodes(self, run: RunIdentity) -> MutableMapping[str, RunningNode]:
+        """Where `run` puts each of its nodes that starts running (its first attempt), by node id: asked
+        once, as the run is built, so that a node's start is one dict entry (this base: a dict nobody
+        reads)."""
+        return {}
 
-    def node_completed(self, dag_id: str, node_id: str, agent_id: str, seconds: float) -> None:
-        """A node completed successfully after `seconds` (all its attempts)."""
+    def node_completed(self, key: tuple[str, str, str], seconds: float) -> None:
+        """A node completed successfully after `seconds` (all its attempts); `key` is its
+        `(dag_id, node_id, agent_id)`, the run plan's tuple (`plan.RunPlan.history_keys`)."""
 
     def progress(self, execution_id: str, node_id: str, message: str | None, fraction: float | None) -> None:
         """An in-process agent reported progress of the node it runs (already checked)."""

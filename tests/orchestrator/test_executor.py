@@ -4,7 +4,9 @@ timeouts, retries, failure strategies, cancel, agent restart, traces."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -47,6 +49,33 @@ async def test_levels_run_in_order_and_outputs_flow_downstream(harness: Harness)
         assert t.duration_ms is not None and t.duration_ms >= 0
         assert t.input_hash is not None and len(t.input_hash) == 64
         assert t.agent_id == "test.record"
+
+
+async def test_an_agent_context_carries_its_run_node_attempt_and_deadline(harness: Harness) -> None:
+    dag = {
+        "dag_id": "context-fields",
+        "nodes": {
+            "first": node(params={"value": 7}, timeout_policy={"timeout_seconds": 30}),
+            "second": node(deps=("first",)),
+        },
+    }
+    record = await harness.run(dag, {"k": "v"})
+    assert record.status == "completed"
+    first, second = (next(c for c in harness.calls.contexts if c.node_id == n) for n in ("first", "second"))
+    assert (first.execution_id, first.dag_id, first.node_id, first.agent_id, first.attempt) == (
+        record.execution_id,
+        "context-fields",
+        "first",
+        "test.record",
+        1,
+    )
+    assert first.params == {"value": 7} and first.input_data == {"k": "v"} and first.upstream == {}
+    assert first.deadline is not None and first.deadline - first.now() > timedelta(seconds=25)
+    assert second.deadline is None and second.upstream == {
+        "first": {"node": "first", "upstream": [], "value": 7}
+    }
+    assert not first.compensating and first.node_output is None
+    assert first.observer is harness.engine.observer and first.signals is harness.engine.signals
 
 
 async def test_barrier_next_level_waits_for_every_node_of_the_level(harness: Harness) -> None:
@@ -550,3 +579,34 @@ async def test_cancel_stops_every_waiting_node_of_a_level_run_by_workers(harness
         "stuck2": "cancelled",
         "z": "completed",
     }
+
+
+@pytest.mark.parametrize("ending", ["completed", "failed", "timed_out"])
+async def test_a_finished_run_leaves_no_reference_cycles_behind(harness: Harness, ending: str) -> None:
+    """Its node states and chain records are freed when the engine lets go of the run, not by the
+    cyclic collector (whose collections would traverse them all): also after a node failed or timed
+    out (the error's traceback would hold the attempt's frame)."""
+    second = {
+        "completed": node(deps=("a",)),
+        "failed": node("builtin.fail", ("a",)),
+        "timed_out": node(deps=("a",), params={"seconds": 5}, timeout_policy={"timeout_seconds": 0.01}),
+    }[ending]
+    outcome = "completed" if ending == "completed" else "failed"
+    dag = {"dag_id": f"no-cycles-{ending}", "nodes": {"a": node(), "b": second, "c": node(deps=("a",))}}
+    await harness.engine.register_dag(dag)
+    gc.collect()
+    gc.disable()
+    try:
+        record = await harness.engine.execute(dag["dag_id"], None, ExecutionOptions(checkpoint_enabled=False))
+        async with asyncio.timeout(20):
+            final = await harness.engine.wait(record.execution_id)
+        await asyncio.sleep(0)  # the run task's done callbacks (the engine forgets the run)
+        assert final.status == outcome
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = {type(o).__name__ for o in gc.garbage} & {"Executor", "RunState", "NodeState", "LevelRunner"}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == set()

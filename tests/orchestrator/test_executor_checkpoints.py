@@ -221,3 +221,30 @@ async def test_a_commit_refused_inside_its_transaction_writes_nothing_and_blocks
     finally:
         db.close()
         await engine.close()
+
+
+async def test_a_checkpoint_records_the_node_s_hashes_output_and_completion(harness: Harness) -> None:
+    """Each completed node's checkpoint (chain and wide levels alike) holds its output, the input hash
+    and completion time of its trace, and the hash of its output, as its provenance record does."""
+    dag = {
+        "dag_id": "cp-fields",
+        "nodes": {
+            "a": {"agent_id": "test.record", "params": {"value": 1}},
+            "b": {"agent_id": "test.record", "depends_on": ["a"], "params": {"value": 2}},
+            "c": {"agent_id": "test.record", "depends_on": ["a"], "params": {"value": 3}},
+        },
+    }
+    record = await harness.run(dag)
+    assert record.status == "completed"
+    checkpoints = {cp.node_id: cp for cp in await harness.engine.list_checkpoints(record.execution_id)}
+    traces = (await harness.engine.get_trace(record.execution_id)).node_traces
+    chain = {
+        entry.node_id: entry for entry in (await harness.engine.get_provenance(record.execution_id)).chain
+    }
+    assert sorted(checkpoints) == ["a", "b", "c"]
+    for node_id, cp in checkpoints.items():
+        assert (cp.execution_id, cp.status) == (record.execution_id, "completed")
+        assert cp.output["node"] == node_id
+        assert cp.input_hash == traces[node_id].input_hash == chain[node_id].input_hash
+        assert cp.output_hash == chain[node_id].output_hash != cp.input_hash
+        assert cp.created_at == traces[node_id].completed_at
