@@ -69,9 +69,8 @@ class ListQuery(_Form):
     cause: Annotated[Cause | None, BlankIsNone] = None
     opened_after: When = None
     opened_before: When = None
-    held: Annotated[TrueOrFalse | None, BlankIsNone] = (
-        None  # true: only the held incidents; false: the others
-    )
+    # true: only the incidents held now (`IncidentFilter.held`); false: the others; blank: any
+    held: Annotated[TrueOrFalse | None, BlankIsNone] = None
     cursor: Annotated[Annotated[str, StringConstraints(max_length=512)] | None, BlankIsNone] = None
     limit: int = Field(PAGE_SIZE, ge=1, le=MAX_PAGE)
 
