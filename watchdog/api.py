@@ -79,6 +79,7 @@ from watchdog.api_models import (
     EmptyBody,
     Health,
     IncidentDetailOut,
+    IncidentListItem,
     IncidentListQuery,
     IncidentOut,
     IncidentPage,
@@ -196,7 +197,10 @@ async def list_incidents(request: web.Request, inputs: Inputs) -> web.Response:
         next_cursor = encode_cursor({"before": page.next_before}, filters, purpose=CURSOR_PURPOSE)
     return json_model_response(
         IncidentPage(
-            items=[IncidentOut.of(incident) for incident in page.incidents],
+            items=[
+                IncidentListItem.listed(incident, page.pending_approvals.get(incident.id))
+                for incident in page.incidents
+            ],
             next_cursor=next_cursor,
             total=page.total,
         )

@@ -341,11 +341,24 @@ class IncidentDecision(_Answer):
     actor: str = Field(description="how the audit log names the decider, e.g. token:alice")
 
 
+class IncidentListItem(IncidentOut):
+    """One incident of a listing: the incident and, when it awaits approval, its pending prompt."""
+
+    pending_approval: str | None = Field(
+        description="the id of the incident's pending approval prompt (what `approve` takes); null when "
+        "none is pending"
+    )
+
+    @classmethod
+    def listed(cls, incident: Incident, pending_approval: str | None) -> IncidentListItem:
+        return cls.model_validate({**_incident_fields(incident), "pending_approval": pending_approval})
+
+
 class IncidentPage(_Answer):
     """`GET /incidents`: one page (newest first), the cursor of the next one (null: last page), and
     how many incidents match the filters in all."""
 
-    items: list[IncidentOut]
+    items: list[IncidentListItem]
     next_cursor: str | None
     total: int
 

@@ -11,18 +11,20 @@ before every page it has seen, never into one).
 
 Whether an incident is held (the `held` filter) is read from its row (`held_kind`, which
 `watchdog.suppression` keeps with its audit entry), so neither filtering nor marking held incidents
-reads the audit log.
+reads the audit log. Each page carries the pending approval prompt of its incidents awaiting one,
+read in the same snapshot by one query for the page's ids (no call per incident).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from watchdog.migrations import incidents
+from watchdog.migrations import approvals, incidents
 from watchdog.records import Incident
 from watchdog.store import WatchdogStore
 
@@ -62,11 +64,13 @@ class IncidentFilter:
 @dataclass(frozen=True)
 class IncidentPage:
     """One page of a listing: its incidents, where the next page starts (None: this is the last
-    one), and how many incidents match the filter in all."""
+    one), how many incidents match the filter in all, and the id of the pending approval prompt of
+    each listed incident that has one (by incident id)."""
 
     incidents: list[Incident]
     next_before: int | None
     total: int
+    pending_approvals: dict[int, str] = field(default_factory=dict)
 
 
 async def page_incidents(
@@ -82,6 +86,20 @@ async def page_incidents(
         total = (
             await tx.conn.execute(sa.select(sa.func.count()).select_from(incidents).where(*conditions))
         ).scalar_one()
-    found = [Incident.model_validate(dict(row._mapping)) for row in rows[:limit]]
+        found = [Incident.model_validate(dict(row._mapping)) for row in rows[:limit]]
+        pending = await _pending_approvals(tx.conn, [incident.id for incident in found])
     more = len(rows) > limit
-    return IncidentPage(found, found[-1].id if more and found else None, int(total))
+    return IncidentPage(found, found[-1].id if more and found else None, int(total), pending)
+
+
+async def _pending_approvals(conn: AsyncConnection, incident_ids: list[int]) -> dict[int, str]:
+    """The pending approval prompt of each of `incident_ids` that has one (the newest, should there be
+    several), in one query."""
+    if not incident_ids:
+        return {}
+    rows = await conn.execute(
+        sa.select(approvals.c.incident_id, approvals.c.id)
+        .where(approvals.c.incident_id.in_(incident_ids), approvals.c.state == "pending")
+        .order_by(approvals.c.created_at, approvals.c.id)
+    )
+    return {int(row[0]): str(row[1]) for row in rows}

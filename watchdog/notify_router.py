@@ -64,8 +64,9 @@ log = logging.getLogger(__name__)
 ACTOR = "watchdog"
 # A page stays open while its run may still be stuck; these statuses end it (the orchestrator's).
 RUN_ENDED: Final = frozenset({"completed", "failed", "cancelled"})
-# How many of the newest escalated incidents each sweep looks at for an ended run.
-ENDED_RUNS_CHECKED: Final = 200
+# How many escalated incidents each sweep reads at once (one audit read, one orchestrator listing)
+# while it pages through all of them for an ended run.
+ENDED_RUNS_CHUNK: Final = 200
 
 
 def _combined(results: Sequence[tuple[str, NotifyResult]]) -> NotifyResult:
@@ -363,49 +364,67 @@ class PageResolver:
         return [r for i in ids if (r := await self.acknowledge(i, actor, what))]
 
     async def resolve_ended_runs(self, orchestrator: OrchestratorClient) -> list[NotifyResult]:
-        """The sweep's hook: resolve the open pages of the newest `ENDED_RUNS_CHECKED` escalated
-        incidents whose run has ended (completed, failed or cancelled: nothing is stuck any more).
+        """The sweep's hook: resolve the open pages of every escalated incident whose run has ended
+        (completed, failed or cancelled: nothing is stuck any more).
 
-        One store read finds the open pages, and one listing asks the orchestrator which of their runs
-        ended (`GET /executions?status=...&execution_id=...`). When it cannot tell (unreachable, or
-        an orchestrator without the filter), that is logged and the runs are looked at next sweep; a
-        run it does not know is left open, as one still running."""
+        The escalated incidents are read newest first in keyset chunks of `ENDED_RUNS_CHUNK`, down to
+        the oldest; per chunk, one store read finds the open pages (their audits' page entries in one
+        query) and one listing asks the orchestrator which of their runs ended
+        (`GET /executions?status=...&execution_id=...`). When it cannot tell (unreachable, or an
+        orchestrator without the filter), that is logged and the chunks left are looked at next sweep;
+        a run it does not know is left open, as one still running."""
         if not self.notifier.pagers:
             return []
-        paged = await self._with_open_pages()
-        if not paged:
-            return []
+        results: list[NotifyResult] = []
+        before_id: int | None = None
+        while True:
+            paged, before_id = await self._with_open_pages(before_id)
+            ended = await self._ended_runs(orchestrator, paged) if paged else {}
+            if ended is None:
+                return results
+            for incident in paged:
+                status = ended.get(incident.execution_id)
+                if status is None:
+                    continue
+                if (result := await self.resolve(incident.id, f"the run ended ({status})")) is not None:
+                    results.append(result)
+            if before_id is None:
+                return results
+
+    async def _ended_runs(
+        self, orchestrator: OrchestratorClient, paged: list[Incident]
+    ) -> dict[str, str] | None:
+        """The ended status of each run of `paged` that ended (one listing); None when the orchestrator
+        cannot tell."""
         try:
             ended = await orchestrator.list_executions_of(
                 [incident.execution_id for incident in paged], ",".join(sorted(RUN_ENDED))
             )
         except WatchdogError as exc:
             log.warning("cannot tell whether the runs of %d open pages ended: %s", len(paged), exc)
-            return []
-        status_of = {run.execution_id: run.status for run in ended if run.status in RUN_ENDED}
-        results = []
-        for incident in paged:
-            status = status_of.get(incident.execution_id)
-            if status is None:
-                continue
-            if (result := await self.resolve(incident.id, f"the run ended ({status})")) is not None:
-                results.append(result)
-        return results
+            return None
+        return {run.execution_id: run.status for run in ended if run.status in RUN_ENDED}
 
-    async def _with_open_pages(self) -> list[Incident]:
-        """Of the newest `ENDED_RUNS_CHECKED` escalated incidents, newest first, those that page and
-        whose page is open: the page entries of their audits are read in one query."""
+    async def _with_open_pages(self, before_id: int | None) -> tuple[list[Incident], int | None]:
+        """Of the next `ENDED_RUNS_CHUNK` escalated incidents below `before_id` (None: the newest),
+        newest first, those that page and whose page is open, with where the next chunk starts (None:
+        this was the last); the page entries of their audits are read in one query."""
         async with self.incidents.store.read() as tx:
-            escalated = await tx.list_incidents(statuses=["escalated"], limit=ENDED_RUNS_CHECKED)
+            escalated = await tx.list_incidents(
+                statuses=["escalated"], before_id=before_id, limit=ENDED_RUNS_CHUNK
+            )
+            following = escalated[-1].id if len(escalated) == ENDED_RUNS_CHUNK else None
             paging = [incident for incident in escalated if self._pages(incident)]
             if not paging:
-                return []
+                return [], following
             audits = await tx.list_audits([incident.id for incident in paging], kinds=PAGE_ENTRIES)
-        return [incident for incident in paging if page_state(audits.get(incident.id, [])) == "open"]
+        open_pages = [incident for incident in paging if page_state(audits.get(incident.id, [])) == "open"]
+        return open_pages, following
 
     async def _escalated_of(self, execution_id: str) -> list[int]:
+        """The ids of all the run's escalated incidents (a run has few: no cap)."""
         async with self.incidents.store.read() as tx:
-            found = await tx.list_incidents(statuses=["escalated"], execution_id=execution_id, limit=20)
+            found = await tx.list_incidents(statuses=["escalated"], execution_id=execution_id, limit=None)
         return [incident.id for incident in found]
 
     async def _paged(self, incident_id: int) -> Incident | None:

@@ -136,10 +136,18 @@ class Tx:
         return incident
 
     async def list_incidents(
-        self, *, statuses: Collection[str] | None = None, execution_id: str | None = None, limit: int = 500
+        self,
+        *,
+        statuses: Collection[str] | None = None,
+        execution_id: str | None = None,
+        before_id: int | None = None,
+        limit: int | None = 500,
     ) -> list[Incident]:
-        """Incidents, newest first, optionally filtered by status and execution id."""
+        """Incidents, newest first, optionally filtered by status and execution id; with `before_id`,
+        only those whose id is below it (the next keyset page after an incident); `limit` None: all."""
         stmt = sa.select(incidents).order_by(incidents.c.id.desc()).limit(limit)
+        if before_id is not None:
+            stmt = stmt.where(incidents.c.id < before_id)
         if statuses is not None:
             stmt = stmt.where(incidents.c.status.in_(list(statuses)))
         if execution_id is not None:

@@ -194,20 +194,6 @@ def last_decision(audit: Sequence[AuditEntry]) -> AuditEntry | None:
     return next((entry for entry in reversed(audit) if entry.kind in DECISIONS), None)
 
 
-def held_by(incident: Incident, audit: Sequence[AuditEntry]) -> list[dict[str, Any]] | None:
-    """What holds `incident` now, from its audit: the silences and windows of its last decision when
-    that was `suppressed` and it is still open, diagnosed and unplanned; else None. The same as its
-    row's `held_by` while `incident.is_held` (which the API answers, without reading the audit)."""
-    if incident.status != "open" or incident.diagnosis is None:
-        return None
-    last = last_decision(audit)
-    if last is None or last.kind != SUPPRESSED:
-        return None
-    error = last.data.get("check_error")
-    failed = [{"kind": "silence_check_failed", "error": error}] if error else []
-    return list(last.data.get("suppressed_by") or []) or failed
-
-
 Handle = Callable[[int, Diagnosis], Awaitable[Outcome]]
 
 

@@ -15,6 +15,7 @@ import httpx
 from tests.conftest import free_port, serving
 from tests.watchdog.conftest import ScriptedDiagnose, make_diagnosis, make_plan
 from watchdog.assembly import Watchdog, build_watchdog, create_app
+from watchdog.migrations import held_of
 from watchdog.policy import Policy
 from watchdog.records import Approval, Incident
 from watchdog.settings import WatchdogSettings
@@ -73,6 +74,14 @@ class Console:
                 tx, incident_id=incident.id, plan=plan, summary=f"{cause} on {execution_id}"
             )
         return incident, approval
+
+    async def hold(self, incident_id: int, suppressed_by: list[dict[str, Any]]) -> None:
+        """Hold the incident as the suppression gate does: its `suppressed` entry and, in the same
+        transaction, its row's `held_kind`/`held_by`."""
+        kind, holding = held_of({"suppressed_by": suppressed_by})
+        async with self.wd.store.transaction() as tx:
+            await tx.add_audit(incident_id, "suppressed", data={"suppressed_by": suppressed_by})
+            await tx.hold_incident(incident_id, kind, holding)
 
     async def form(
         self,

@@ -13,7 +13,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from tests.conftest import free_port
-from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, ScriptedDiagnose
+from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, ScriptedDiagnose, make_plan
+from watchdog.approvals import Decision
 from watchdog.assembly import Watchdog, build_watchdog, create_app
 from watchdog.settings import WatchdogSettings
 
@@ -180,10 +181,39 @@ async def test_items_are_the_documented_shape_without_the_documents(
         "is_open",
         "held",
         "suppressed_by",
+        "pending_approval",
     }
     assert item["likely_cause"] == "hung_node" and item["is_open"] is True
-    assert item["held"] is False and item["suppressed_by"] is None
+    assert item["held"] is False and item["suppressed_by"] is None and item["pending_approval"] is None
     assert item["opened_at"] == clock.now().isoformat().replace("+00:00", "Z")
+
+
+async def test_items_awaiting_approval_carry_their_pending_prompt_and_the_others_null(
+    listed: tuple[Watchdog, Client, FakeClock],
+) -> None:
+    wd, client, _ = listed
+    waiting = [await _incident(wd, f"e-wait-{n}", status="awaiting_approval") for n in range(3)]
+    denied = await _incident(wd, "e-denied", status="escalated")
+    await _incident(wd, "e-plain")
+    async with wd.store.transaction() as tx:
+        prompts = {
+            incident_id: (
+                await wd.approvals.create_in(tx, incident_id=incident_id, plan=make_plan(), summary="s")
+            ).id
+            for incident_id in [*waiting, denied]
+        }
+    await wd.approvals.decide(prompts[denied], Decision.DENY, actor="test", authenticated=True)
+
+    page = await _get(client, limit=4)  # the pending prompts of the page's incidents only
+    pending = {item["execution_id"]: item["pending_approval"] for item in page["items"]}
+    assert pending == {
+        "e-plain": None,
+        "e-denied": None,
+        "e-wait-2": prompts[waiting[2]],
+        "e-wait-1": prompts[waiting[1]],
+    }
+    [oldest] = (await _get(client, cursor=page["next_cursor"], limit=4))["items"]
+    assert oldest["pending_approval"] == prompts[waiting[0]]
 
 
 async def test_held_filters_on_what_holds_an_open_incident_and_a_bad_value_is_a_400(

@@ -427,7 +427,7 @@ async def test_the_incident_page_says_which_silence_holds_the_incident(console: 
         "created_by": "bob",
         "comment": "<b>db migration</b>",
     }
-    await console.wd.incidents.record(incident.id, "suppressed", data={"suppressed_by": [silence]})
+    await console.hold(incident.id, [silence])
     page = (await console.http.get(f"/console/incidents/{incident.id}")).text
     held = page.split('id="held-by">', 1)[1].split("</dd>", 1)[0]
     assert (
@@ -436,3 +436,40 @@ async def test_the_incident_page_says_which_silence_holds_the_incident(console: 
     assert "&lt;b&gt;db migration&lt;/b&gt;" in held
     other, _ = await console.incident("exec-free", prompt=False)
     assert 'id="held-by"' not in (await console.http.get(f"/console/incidents/{other.id}")).text
+
+
+async def test_the_incident_page_reads_what_holds_it_from_its_row(console: Console) -> None:
+    incident, _ = await console.incident("exec-held", prompt=False)
+    window = {"kind": "maintenance", "name": "nightly", "ends_at": "2026-12-06T12:00:00+00:00"}
+    async with console.wd.store.transaction() as tx:  # the row only: no `suppressed` audit entry
+        await tx.hold_incident(incident.id, "maintenance", [window])
+    page = (await console.http.get(f"/console/incidents/{incident.id}")).text
+    held = page.split('id="held-by">', 1)[1].split("</dd>", 1)[0]
+    assert "maintenance window nightly until 2026-12-06T12:00:00+00:00" in held
+
+
+def _rows(page: str) -> dict[str, str]:
+    """The list's rows by execution id: each row's HTML."""
+    body = page.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    rows = body.split("<tr>")[1:]
+    return {row.split("<code>", 1)[1].split("</code>", 1)[0]: row for row in rows}
+
+
+async def test_the_list_marks_held_incidents_and_filters_on_them(console: Console) -> None:
+    held, _ = await console.incident("exec-held", prompt=False)
+    await console.incident("exec-free", prompt=False)
+    silence = {"kind": "silence", "id": "8c1f", "matchers": ['dag_id="dag-1"'], "ends_at": "2026-12-06T12:00"}
+    await console.hold(held.id, [silence])
+
+    rows = _rows((await console.http.get("/console/incidents")).text)
+    assert 'class="held"' in rows["exec-held"] and "Alertmanager silence 8c1f" in rows["exec-held"]
+    assert 'class="held"' not in rows["exec-free"]
+
+    only_held = (await console.http.get("/console/incidents?held=true")).text
+    assert set(_rows(only_held)) == {"exec-held"} and "1 incident matches" in only_held
+    assert '<option value="true" selected>' in only_held
+    assert set(_rows((await console.http.get("/console/incidents?held=false")).text)) == {"exec-free"}
+    assert len(_rows((await console.http.get("/console/incidents?held=")).text)) == 2  # the form's "any"
+
+    bad = await console.http.get("/console/incidents?held=maybe")
+    assert bad.status_code == 400 and "held: " in bad.text

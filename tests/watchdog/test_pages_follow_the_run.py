@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -27,6 +28,7 @@ from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, ScriptedDiagnose,
 from tests.watchdog.paged_orchestrator import PagedOrchestrator
 from tests.watchdog.paging_wire import PD_URL, ROUTING_KEY, RecordingChat, body_of, paging_wire
 from tests.watchdog.recording_playbook import POLICY, RecordingPlaybook
+from watchdog import notify_router
 from watchdog.approvals import ApprovalService, Decision
 from watchdog.assembly import build_responder, build_watchdog
 from watchdog.errors import PolicyError
@@ -96,6 +98,28 @@ class PagedRun:
         outcome = await self.remediation.closing.escalate(opened.incident.id, "no playbook fits")
         assert outcome.status == "escalated"
         return opened.incident.id
+
+    async def paged_as_recorded(self, execution_ids: list[str]) -> list[int]:
+        """Escalated incidents whose page was delivered, as the store records them (the status, and
+        the `escalation_notified` entry that opens the page), written in one transaction: many at
+        once, in order (ids ascending)."""
+        async with self.store.transaction() as tx:
+            opened = [
+                await tx.insert_incident(
+                    execution_id=execution_id,
+                    dag_id="d",
+                    source="sweep",
+                    detection_source="api",
+                    status="escalated",
+                )
+                for execution_id in execution_ids
+            ]
+            ids = [incident.id for incident in opened if incident is not None]
+            delivered = {"ok": True, "sent": True, "detail": "", "status": 202}
+            await tx.add_audits(
+                [{"incident_id": i, "kind": "escalation_notified", "data": delivered} for i in ids]
+            )
+        return ids
 
     def by_hand(self, execution_id: str, actor: str) -> ManualRun:
         params = {"agent_id": "calc"}
@@ -252,6 +276,29 @@ async def test_resolving_the_ended_runs_of_many_open_pages_is_one_orchestrator_c
     assert _resolved_keys(pd) == sorted(dedup_key(i, execution) for execution, i in ended.items())
     assert await paged_run.pages.resolve_ended_runs(counted.client) == []  # resolved once only
     assert len(counted.fake.requests[1]["execution_id"].split(",")) == 24  # only the open pages
+
+
+async def test_every_open_page_is_looked_at_in_chunks_down_to_the_oldest(
+    mocked: respx.MockRouter, paged_run: PagedRun, counted: CountedOrchestrator
+) -> None:
+    pd = mocked.post(PD_URL).respond(202, json={"status": "success"})
+    executions = [f"exec-{index}" for index in range(450)]
+    ids = await paged_run.paged_as_recorded(executions)  # the chunks: ids[449:249], [249:49], [49::-1]
+    ended = {}
+    for index, (execution_id, incident_id) in enumerate(zip(executions, ids, strict=True)):
+        run_ended = index % 50 == 0 or index == 449  # spread over every chunk, the oldest included
+        counted.add(execution_id, "failed" if run_ended else "running")
+        if run_ended:
+            ended[execution_id] = incident_id
+    with _audit_reads(paged_run.store.engine) as reads:
+        results = await paged_run.pages.resolve_ended_runs(counted.client)
+    assert len(results) == len(ended) == 10 and all(result.ok for result in results)
+    assert ended["exec-0"] == min(ids)  # the oldest escalated incident's page was resolved too
+    assert len(counted.fake.requests) == math.ceil(450 / notify_router.ENDED_RUNS_CHUNK) == 3
+    asked = [len(request["execution_id"].split(",")) for request in counted.fake.requests]
+    assert asked == [200, 200, 50]
+    assert len(reads) == 3 + len(ended)  # one page-entry read per chunk, one per page resolved
+    assert _resolved_keys(pd) == sorted(dedup_key(i, execution) for execution, i in ended.items())
 
 
 @pytest.mark.parametrize(

@@ -125,9 +125,8 @@ def list_incidents(
     while all_pages and page.get("next_cursor"):
         page = client.get("/incidents", {**query, "cursor": page["next_cursor"]})
         items.extend(page["items"])
-    pending = _pending_approvals(client, items)
     answer = {
-        "items": [{**i, "pending_approval": pending.get(i["id"])} for i in items],
+        "items": items,
         "next_cursor": page.get("next_cursor"),
         "total": page["total"],
     }
@@ -150,18 +149,6 @@ def _local_list(
     out.emit({"items": items, "total": total}, lambda data: incident_table(data["items"]))
     if total > len(items):  # never cut short silently
         out.note(f"showing the newest {len(items)} of {total} incidents (--limit N for more)")
-
-
-def _pending_approvals(client: ApiClient, items: list[dict[str, Any]]) -> dict[int, str]:
-    """The pending approval prompt of each listed incident awaiting one (what `approve` takes)."""
-    waiting = [i["id"] for i in items if i["status"] == "awaiting_approval"]
-    found: dict[int, str] = {}
-    for incident_id in waiting[:50]:  # a page of prompts at most: one call each
-        detail = client.get(f"/incidents/{segment(incident_id)}")
-        for prompt in detail.get("approvals", []):
-            if prompt["state"] == "pending":
-                found[incident_id] = prompt["id"]
-    return found
 
 
 def incident_table(items: list[dict[str, Any]]) -> RenderableType | str:

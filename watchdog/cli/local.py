@@ -31,7 +31,7 @@ from sqlalchemy.exc import ArgumentError
 from gl_common.auth import is_loopback
 from gl_common.ids import ExecutionId
 from watchdog import logs
-from watchdog.api_models import IncidentOut
+from watchdog.api_models import IncidentListItem
 from watchdog.assembly import build_watchdog, create_app
 from watchdog.backends import open_clients
 from watchdog.cli.output import Output, output_option, table
@@ -320,13 +320,10 @@ async def _list_incidents(
     try:
         where = IncidentFilter(statuses=tuple(statuses) if statuses else None, held=held)
         page = await page_incidents(store, where, before=None, limit=limit)
-        async with store.transaction() as tx:
-            prompts = await tx.list_approvals(states=["pending"])
     finally:
         await store.close()
-    pending = {p.incident_id: p.id for p in prompts}
     items = [
-        {**IncidentOut.of(i).model_dump(mode="json"), "pending_approval": pending.get(i.id)}
+        IncidentListItem.listed(i, page.pending_approvals.get(i.id)).model_dump(mode="json")
         for i in page.incidents
     ]
     return items, page.total

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
 
 from gl_common.ids import DagId
-from watchdog.api_models import Cause, IncidentStatus
+from watchdog.api_models import Cause, IncidentStatus, TrueOrFalse
 from watchdog.listing import IncidentFilter
 from watchdog.migrations import INCIDENT_STATUSES, TERMINAL_INCIDENT_STATUSES
 from watchdog.operator_models import PlaybookName
@@ -69,6 +69,8 @@ class ListQuery(_Form):
     cause: Annotated[Cause | None, BlankIsNone] = None
     opened_after: When = None
     opened_before: When = None
+    # true: only the incidents held now (`IncidentFilter.held`); false: the others; blank: any
+    held: Annotated[TrueOrFalse | None, BlankIsNone] = None
     cursor: Annotated[Annotated[str, StringConstraints(max_length=512)] | None, BlankIsNone] = None
     limit: int = Field(PAGE_SIZE, ge=1, le=MAX_PAGE)
 
@@ -84,6 +86,7 @@ class ListQuery(_Form):
             likely_cause=self.cause,
             opened_after=self.opened_after,
             opened_before=self.opened_before,
+            held=self.held,
         )
 
 

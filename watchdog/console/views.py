@@ -19,7 +19,6 @@ from pydantic import ValidationError
 from watchdog.incidents import IncidentDetail
 from watchdog.policy import ApprovalRule
 from watchdog.records import Approval, AuditEntry, Incident
-from watchdog.suppression import held_by
 from watchdog_sdk.diagnosis import Diagnosis
 
 VALUE_WIDTH: Final = 400  # an evidence value longer than this is cut (the API has it whole)
@@ -131,17 +130,33 @@ def diagnosis_view(stored: dict[str, Any] | None) -> DiagnosisView | None:
     )
 
 
-def held_lines(incident: Incident, audit: list[AuditEntry]) -> list[str]:
-    """What holds the incident now (the API's `suppressed_by`), one line each; empty when nothing."""
+@dataclass(frozen=True)
+class ListedIncident:
+    """One row of the incident list: the incident, and what holds it (empty: not held)."""
+
+    incident: Incident
+    held: list[str]
+
+
+def listed(incidents: list[Incident]) -> list[ListedIncident]:
+    """The rows of the incident list, each marked with what holds it (from its row, not its audit)."""
+    return [ListedIncident(incident, held_lines(incident)) for incident in incidents]
+
+
+def held_lines(incident: Incident) -> list[str]:
+    """What holds the incident now (the API's `suppressed_by`, read from its row: `held_by`), one line
+    each; empty when nothing."""
     lines = []
-    for held in held_by(incident, audit) or []:
-        if held["kind"] == "silence":
+    for held in (incident.held_by or []) if incident.is_held else []:
+        if held.get("kind") == "silence":
             matchers = ", ".join(held.get("matchers") or [])
             by = f" by {held['created_by']}" if held.get("created_by") else ""
             note = f": {held['comment']}" if held.get("comment") else ""
-            lines.append(f"Alertmanager silence {held['id']} ({matchers}){by} until {held['ends_at']}{note}")
-        elif held["kind"] == "maintenance":
-            lines.append(f"maintenance window {held['name']} until {held['ends_at']}")
+            lines.append(
+                f"Alertmanager silence {held.get('id')} ({matchers}){by} until {held.get('ends_at')}{note}"
+            )
+        elif held.get("kind") == "maintenance":
+            lines.append(f"maintenance window {held.get('name')} until {held.get('ends_at')}")
         else:
             lines.append(f"Alertmanager's silences could not be read ({held.get('error')}); held by policy")
     return lines
