@@ -74,6 +74,25 @@ def _new_rows(table: sa.Table) -> dict[str, Any]:
 _NEW_DELIVERIES: Final = _new_rows(alert_deliveries)
 _NEW_INCIDENTS: Final = _new_rows(incidents)
 _AUDITS: Final = audit_log.insert()
+# `link_deliveries`: one row per parameter set (SQLite), or every link in one statement (PostgreSQL).
+_LINK_ONE: Final = (
+    sa.update(alert_deliveries)
+    .where(alert_deliveries.c.id == sa.bindparam("delivery_id"))
+    .values(incident_id=sa.bindparam("linked_incident_id"))
+)
+_LINKS: Final = (
+    sa.func.unnest(
+        sa.bindparam("delivery_ids", type_=pg_dialect.ARRAY(sa.Integer)),
+        sa.bindparam("incident_ids", type_=pg_dialect.ARRAY(sa.Integer)),
+    )
+    .table_valued(sa.column("delivery_id", sa.Integer), sa.column("incident_id", sa.Integer))
+    .render_derived(name="links")
+)
+_LINK_ARRAYS: Final = (
+    sa.update(alert_deliveries)
+    .where(alert_deliveries.c.id == _LINKS.c.delivery_id)
+    .values(incident_id=_LINKS.c.incident_id)
+)
 
 
 # -- the transaction --------------------------------------------------------------------------------
@@ -289,16 +308,16 @@ class Tx:
         return [AlertDelivery.model_validate(dict(r._mapping)) for r in result]
 
     async def link_deliveries(self, links: Mapping[int, int]) -> None:
-        """Set the incident of recorded episodes (delivery id -> incident id), in one round trip."""
+        """Set the incident of recorded episodes (delivery id -> incident id), in one round trip: on
+        PostgreSQL one statement over two arrays, on SQLite an executemany."""
         if not links:
             return
-        stmt = (
-            sa.update(alert_deliveries)
-            .where(alert_deliveries.c.id == sa.bindparam("delivery_id"))
-            .values(incident_id=sa.bindparam("linked_incident_id"))
-        )
+        if self.conn.dialect.name == "postgresql":
+            arrays = {"delivery_ids": list(links), "incident_ids": list(links.values())}
+            await self.conn.execute(_LINK_ARRAYS, arrays)
+            return
         params = [{"delivery_id": d, "linked_incident_id": i} for d, i in links.items()]
-        await self.conn.execute(stmt, params)
+        await self.conn.execute(_LINK_ONE, params)
 
     async def get_delivery(self, fingerprint: str, starts_at: datetime) -> AlertDelivery | None:
         """The recorded episode, or None."""

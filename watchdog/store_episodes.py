@@ -143,8 +143,17 @@ def _statement() -> Any:
 _RECORD_AND_OPEN: Final = _statement()
 
 
-def _split(row: sa.Row[Any], prefix: str) -> dict[str, Any]:
-    return {key[len(prefix) :]: value for key, value in row._mapping.items() if key.startswith(prefix)}
+# The statement's columns: an episode's (`d_<name>`), then its incident's (`i_<name>`).
+_DELIVERY_NAMES: Final = tuple(column.name for column in alert_deliveries.c)
+_INCIDENT_NAMES: Final = tuple(column.name for column in incidents.c)
+
+
+def _split(row: sa.Row[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A row of the statement as the episode's columns and its incident's."""
+    values = tuple(row)
+    episode = dict(zip(_DELIVERY_NAMES, values[: len(_DELIVERY_NAMES)], strict=True))
+    incident = dict(zip(_INCIDENT_NAMES, values[len(_DELIVERY_NAMES) :], strict=True))
+    return episode, incident
 
 
 async def record_and_open(
@@ -158,10 +167,10 @@ async def record_and_open(
     result = await tx.conn.execute(_RECORD_AND_OPEN, params)
     recorded = []
     for row in result:
-        incident = _split(row, "i_")
+        episode, incident = _split(row)
         recorded.append(
             (
-                AlertDelivery.model_validate(_split(row, "d_")),
+                AlertDelivery.model_validate(episode),
                 None if incident["id"] is None else Incident.model_validate(incident),
             )
         )
