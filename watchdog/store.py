@@ -67,13 +67,16 @@ def _new_rows(table: sa.Table) -> dict[str, Any]:
     }
 
 
-# The batch inserts of the intake (`insert_deliveries`, `insert_incidents`, `add_audits`): statements
-# built once and run with one parameter set per row, so SQLAlchemy compiles each once and sends a batch
-# of any size as multi-row VALUES ("insertmanyvalues"). A `.values([...])` of the rows instead is a new
-# statement per batch size, compiled anew each time (issue 11: ~30% of the intake's event loop).
+# The inserts of the intake and of every audit entry: statements built once and run with a parameter
+# set per row, so SQLAlchemy compiles each once (per set of columns given), and sends a batch of any
+# size (`insert_deliveries`, `insert_incidents`, `add_audits`) as multi-row VALUES ("insertmanyvalues").
+# A `.values([...])` of the rows instead is a new statement per batch size, compiled anew each time
+# (issue 11: ~30% of the intake's event loop), and a `.values(...)` per call builds the statement and
+# its cache key again.
 _NEW_DELIVERIES: Final = _new_rows(alert_deliveries)
 _NEW_INCIDENTS: Final = _new_rows(incidents)
 _AUDITS: Final = audit_log.insert()
+_AUDIT: Final = audit_log.insert().returning(audit_log.c.id)
 # `link_deliveries`: one row per parameter set (SQLite), or every link in one statement (PostgreSQL).
 _LINK_ONE: Final = (
     sa.update(alert_deliveries)
@@ -124,22 +127,17 @@ class Tx:
     ) -> Incident | None:
         """Insert an open incident; None when one is already open for `execution_id` (unique index)."""
         now = self.clock.now()
-        stmt = (
-            self._insert(incidents)
-            .values(
-                execution_id=execution_id,
-                dag_id=dag_id,
-                status=status,
-                source=source,
-                detection_source=detection_source,
-                opened_at=now,
-                updated_at=now,
-                summary=summary,
-            )
-            .on_conflict_do_nothing()
-            .returning(*incidents.c)
-        )
-        result = await self.conn.execute(stmt)
+        row = {
+            "execution_id": execution_id,
+            "dag_id": dag_id,
+            "status": status,
+            "source": source,
+            "detection_source": detection_source,
+            "opened_at": now,
+            "updated_at": now,
+            "summary": summary,
+        }
+        result = await self.conn.execute(_NEW_INCIDENTS[self.conn.dialect.name], row)
         incident: Incident | None = _row(Incident, result.first())
         return incident
 
@@ -224,18 +222,15 @@ class Tx:
         data: Mapping[str, Any] | None = None,
     ) -> int:
         """Append one audit entry; returns its id."""
-        result = await self.conn.execute(
-            audit_log.insert()
-            .values(
-                incident_id=incident_id,
-                at=self.clock.now(),
-                kind=kind,
-                phase=phase,
-                actor=actor,
-                data=dict(data or {}),
-            )
-            .returning(audit_log.c.id)
-        )
+        entry = {
+            "incident_id": incident_id,
+            "at": self.clock.now(),
+            "kind": kind,
+            "phase": phase,
+            "actor": actor,
+            "data": dict(data or {}),
+        }
+        result = await self.conn.execute(_AUDIT, entry)
         return int(result.scalar_one())
 
     async def add_audits(self, entries: list[dict[str, Any]]) -> None:
@@ -267,24 +262,19 @@ class Tx:
     ) -> AlertDelivery | None:
         """Record a new alert episode; None when (fingerprint, starts_at) was already recorded."""
         now = self.clock.now()
-        stmt = (
-            self._insert(alert_deliveries)
-            .values(
-                fingerprint=fingerprint,
-                starts_at=starts_at,
-                alertname=alertname,
-                execution_id=execution_id,
-                status=status,
-                received_at=now,
-                last_received_at=now,
-                resolved_at=now if status == "resolved" else None,
-                repeats=0,
-                labels_digest=labels_digest,
-            )
-            .on_conflict_do_nothing()
-            .returning(*alert_deliveries.c)
-        )
-        result = await self.conn.execute(stmt)
+        row = {
+            "fingerprint": fingerprint,
+            "starts_at": starts_at,
+            "alertname": alertname,
+            "execution_id": execution_id,
+            "status": status,
+            "received_at": now,
+            "last_received_at": now,
+            "resolved_at": now if status == "resolved" else None,
+            "repeats": 0,
+            "labels_digest": labels_digest,
+        }
+        result = await self.conn.execute(_NEW_DELIVERIES[self.conn.dialect.name], row)
         delivery: AlertDelivery | None = _row(AlertDelivery, result.first())
         return delivery
 
