@@ -96,7 +96,7 @@ from watchdog.listing import IncidentFilter, page_incidents
 from watchdog.metrics import CONTENT_TYPE, WatchdogMetrics
 from watchdog.readiness import DependencyMonitor
 from watchdog.store import WatchdogStore
-from watchdog.webhook import AmWebhook, parse_payload
+from watchdog.webhook import AmWebhook, validate_payload
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +150,7 @@ async def post_alerts(request: web.Request, inputs: Inputs) -> web.Response:
     body, _ = await read_body(request)
     if not body:
         raise ApiError(400, "malformed_json", "request body is not valid JSON: the body is empty", field="")
-    parse_json(body)  # depth, size and lone surrogates, before the intake's own parsing
-    parsed = parse_payload(body)
+    parsed = validate_payload(parse_json(body))  # parsed once: depth, size and lone surrogates first
     for rejection in parsed.rejected:
         request.app[METRICS_KEY].alerts_rejected.inc()
         log.warning("alert rejected, the rest of its payload applied: %s", rejection.problem)

@@ -29,7 +29,11 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
+
+# How long the intake must have been without deliveries for `IntakeGate.quiet()`: longer than the gap
+# between one batch's answers and the next requests of a steady stream, short for anything else.
+DEFAULT_SETTLE_SECONDS: Final = 0.05
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -110,22 +114,30 @@ class RepeatCounts:
 class IntakeGate:
     """At most `limit` deliveries at the store at once; the others wait up to `wait_seconds`.
 
-    Also what background work yields to: `quiet()` returns once no delivery waits or is at the store
-    (the diagnoses of a burst's new incidents start after the burst is recorded, not amid it)."""
+    Also what background work yields to: `quiet()` returns once no delivery has waited or been at the
+    store for `settle_seconds` (the diagnoses of a burst's new incidents start after the burst is
+    recorded, not amid it). Not at the instant the last one leaves: under a steady stream of
+    deliveries the gate empties between one batch's answers and the next requests (issue 11: every
+    such gap let the waiting diagnoses in, and they took the event loop from the intake)."""
 
-    def __init__(self, limit: int, wait_seconds: float) -> None:
+    def __init__(
+        self, limit: int, wait_seconds: float, *, settle_seconds: float = DEFAULT_SETTLE_SECONDS
+    ) -> None:
         self.limit = limit
         self.wait_seconds = wait_seconds
+        self.settle_seconds = settle_seconds
         self._slots = asyncio.Semaphore(limit)
         self._busy = 0  # deliveries waiting for a slot or holding one
         self._quiet = asyncio.Event()
         self._quiet.set()
+        self._arrived = asyncio.Event()  # set when a delivery comes to the gate
 
     @contextlib.asynccontextmanager
     async def admitted(self) -> AsyncIterator[bool]:
         """Yields True with a slot held, or False (at once, holding nothing) when none came in time."""
         self._busy += 1
         self._quiet.clear()
+        self._arrived.set()
         try:
             try:
                 async with asyncio.timeout(self.wait_seconds):
@@ -143,13 +155,21 @@ class IntakeGate:
                 self._quiet.set()
 
     async def quiet(self, max_seconds: float) -> bool:
-        """Wait until no delivery waits or is at the store, at most `max_seconds`; whether it is."""
+        """Wait until no delivery has waited or been at the store for `settle_seconds`, at most
+        `max_seconds`; whether that came."""
         try:
             async with asyncio.timeout(max_seconds):
-                await self._quiet.wait()
+                while True:
+                    await self._quiet.wait()
+                    self._arrived.clear()
+                    try:
+                        async with asyncio.timeout(self.settle_seconds):
+                            await self._arrived.wait()
+                    except TimeoutError:
+                        if not self._busy:  # none came within the settle time
+                            return True
         except TimeoutError:
             return False
-        return True
 
 
 class GroupCommit(Generic[T, R]):

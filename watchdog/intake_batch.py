@@ -2,12 +2,14 @@
 
 Where it sits: `watchdog.intake.AlertIntake` calls `record_new_episodes()` first in each intake
 transaction (a batch of deliveries, `watchdog.episodes.GroupCommit`) and applies every alert it
-does not settle one by one, as before. It settles the common case of a burst of distinct alerts: a
-firing alert of a new episode for an execution without an open incident. On PostgreSQL their
+does not settle one by one, as before. It settles the common case of distinct alerts, in a burst or
+alone: a firing alert of a new episode for an execution without an open incident (one such alert
+alone costs 4 statements here, 2 on PostgreSQL, where one by one takes 5). On PostgreSQL their
 episodes are recorded, their incidents opened and the `incident_opened` audit entries written in one
 statement (`watchdog.store_episodes`), and the episodes linked to their incidents in a second
-(executemany): two round trips for the batch. On SQLite the first is three multi-row INSERTs. Either
-way, the same rows and audit entries as `incidents.open_or_join_in` writes for one alert.
+(executemany): two round trips for the batch. On SQLite the first is three INSERTs of many rows
+(statements compiled once, `watchdog.store`). Either way, the same rows and audit entries as
+`incidents.open_or_join_in` writes for one alert.
 
 What it leaves to the one-by-one path: resolved alerts; an episode recorded before (a duplicate or a
 conflict; the INSERT skips it); an alert whose fingerprint or execution id appears twice in the batch
@@ -119,7 +121,7 @@ async def record_new_episodes(tx: Tx, alerts: list[tuple[AmAlert, str]], *, acto
     `alerts` are (alert, the receiver of its delivery)."""
     settled = NewEpisodes()
     candidates = _candidates(alerts)
-    if len(candidates) < 2:  # one alert: the one-by-one path costs the same
+    if not candidates:
         return settled
     episodes = [_episode(alert, receiver) for alert, receiver in candidates]
     if tx.conn.dialect.name == "postgresql":

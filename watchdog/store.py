@@ -59,6 +59,45 @@ def _row(model: type[Any], row: sa.Row[Any] | None) -> Any:
     return None if row is None else model.model_validate(dict(row._mapping))
 
 
+def _new_rows(table: sa.Table) -> dict[str, Any]:
+    """`INSERT ... ON CONFLICT DO NOTHING RETURNING *` into `table`, by dialect name."""
+    return {
+        name: insert(table).on_conflict_do_nothing().returning(*table.c)
+        for name, insert in (("sqlite", sqlite_dialect.insert), ("postgresql", pg_dialect.insert))
+    }
+
+
+# The inserts of the intake and of every audit entry: statements built once and run with a parameter
+# set per row, so SQLAlchemy compiles each once (per set of columns given), and sends a batch of any
+# size (`insert_deliveries`, `insert_incidents`, `add_audits`) as multi-row VALUES ("insertmanyvalues").
+# A `.values([...])` of the rows instead is a new statement per batch size, compiled anew each time
+# (issue 11: ~30% of the intake's event loop), and a `.values(...)` per call builds the statement and
+# its cache key again.
+_NEW_DELIVERIES: Final = _new_rows(alert_deliveries)
+_NEW_INCIDENTS: Final = _new_rows(incidents)
+_AUDITS: Final = audit_log.insert()
+_AUDIT: Final = audit_log.insert().returning(audit_log.c.id)
+# `link_deliveries`: one row per parameter set (SQLite), or every link in one statement (PostgreSQL).
+_LINK_ONE: Final = (
+    sa.update(alert_deliveries)
+    .where(alert_deliveries.c.id == sa.bindparam("delivery_id"))
+    .values(incident_id=sa.bindparam("linked_incident_id"))
+)
+_LINKS: Final = (
+    sa.func.unnest(
+        sa.bindparam("delivery_ids", type_=pg_dialect.ARRAY(sa.Integer)),
+        sa.bindparam("incident_ids", type_=pg_dialect.ARRAY(sa.Integer)),
+    )
+    .table_valued(sa.column("delivery_id", sa.Integer), sa.column("incident_id", sa.Integer))
+    .render_derived(name="links")
+)
+_LINK_ARRAYS: Final = (
+    sa.update(alert_deliveries)
+    .where(alert_deliveries.c.id == _LINKS.c.delivery_id)
+    .values(incident_id=_LINKS.c.incident_id)
+)
+
+
 # -- the transaction --------------------------------------------------------------------------------
 
 
@@ -88,22 +127,17 @@ class Tx:
     ) -> Incident | None:
         """Insert an open incident; None when one is already open for `execution_id` (unique index)."""
         now = self.clock.now()
-        stmt = (
-            self._insert(incidents)
-            .values(
-                execution_id=execution_id,
-                dag_id=dag_id,
-                status=status,
-                source=source,
-                detection_source=detection_source,
-                opened_at=now,
-                updated_at=now,
-                summary=summary,
-            )
-            .on_conflict_do_nothing()
-            .returning(*incidents.c)
-        )
-        result = await self.conn.execute(stmt)
+        row = {
+            "execution_id": execution_id,
+            "dag_id": dag_id,
+            "status": status,
+            "source": source,
+            "detection_source": detection_source,
+            "opened_at": now,
+            "updated_at": now,
+            "summary": summary,
+        }
+        result = await self.conn.execute(_NEW_INCIDENTS[self.conn.dialect.name], row)
         incident: Incident | None = _row(Incident, result.first())
         return incident
 
@@ -111,11 +145,12 @@ class Tx:
         """Open incidents in one statement (`insert_incident`'s columns, one dict per execution); the
         ones inserted, in no particular order (an execution with an open incident is left out)."""
         now = self.clock.now()
+        if not rows:
+            return []
         values = [
             {"status": "open", "summary": None, **row, "opened_at": now, "updated_at": now} for row in rows
         ]
-        stmt = self._insert(incidents).values(values).on_conflict_do_nothing()
-        result = await self.conn.execute(stmt.returning(*incidents.c))
+        result = await self.conn.execute(_NEW_INCIDENTS[self.conn.dialect.name], values)
         return [Incident.model_validate(dict(r._mapping)) for r in result]
 
     async def get_incident(self, incident_id: int) -> Incident | None:
@@ -212,18 +247,15 @@ class Tx:
         data: Mapping[str, Any] | None = None,
     ) -> int:
         """Append one audit entry; returns its id."""
-        result = await self.conn.execute(
-            audit_log.insert()
-            .values(
-                incident_id=incident_id,
-                at=self.clock.now(),
-                kind=kind,
-                phase=phase,
-                actor=actor,
-                data=dict(data or {}),
-            )
-            .returning(audit_log.c.id)
-        )
+        entry = {
+            "incident_id": incident_id,
+            "at": self.clock.now(),
+            "kind": kind,
+            "phase": phase,
+            "actor": actor,
+            "data": dict(data or {}),
+        }
+        result = await self.conn.execute(_AUDIT, entry)
         return int(result.scalar_one())
 
     async def add_audits(self, entries: list[dict[str, Any]]) -> None:
@@ -232,7 +264,7 @@ class Tx:
             return
         now = self.clock.now()
         values = [{"phase": "after", "actor": "watchdog", **entry, "at": now} for entry in entries]
-        await self.conn.execute(audit_log.insert().values(values))
+        await self.conn.execute(_AUDITS, values)
 
     async def list_audit(self, incident_id: int) -> list[AuditEntry]:
         """The audit entries of one incident, oldest first."""
@@ -269,30 +301,27 @@ class Tx:
     ) -> AlertDelivery | None:
         """Record a new alert episode; None when (fingerprint, starts_at) was already recorded."""
         now = self.clock.now()
-        stmt = (
-            self._insert(alert_deliveries)
-            .values(
-                fingerprint=fingerprint,
-                starts_at=starts_at,
-                alertname=alertname,
-                execution_id=execution_id,
-                status=status,
-                received_at=now,
-                last_received_at=now,
-                resolved_at=now if status == "resolved" else None,
-                repeats=0,
-                labels_digest=labels_digest,
-            )
-            .on_conflict_do_nothing()
-            .returning(*alert_deliveries.c)
-        )
-        result = await self.conn.execute(stmt)
+        row = {
+            "fingerprint": fingerprint,
+            "starts_at": starts_at,
+            "alertname": alertname,
+            "execution_id": execution_id,
+            "status": status,
+            "received_at": now,
+            "last_received_at": now,
+            "resolved_at": now if status == "resolved" else None,
+            "repeats": 0,
+            "labels_digest": labels_digest,
+        }
+        result = await self.conn.execute(_NEW_DELIVERIES[self.conn.dialect.name], row)
         delivery: AlertDelivery | None = _row(AlertDelivery, result.first())
         return delivery
 
     async def insert_deliveries(self, rows: list[dict[str, Any]]) -> list[AlertDelivery]:
         """Record new alert episodes in one statement (`insert_delivery`'s columns, one dict per
         episode); the rows inserted, in no particular order (those recorded before are left out)."""
+        if not rows:
+            return []
         now = self.clock.now()
         values = [
             {
@@ -304,21 +333,20 @@ class Tx:
             }
             for row in rows
         ]
-        stmt = self._insert(alert_deliveries).values(values).on_conflict_do_nothing()
-        result = await self.conn.execute(stmt.returning(*alert_deliveries.c))
+        result = await self.conn.execute(_NEW_DELIVERIES[self.conn.dialect.name], values)
         return [AlertDelivery.model_validate(dict(r._mapping)) for r in result]
 
     async def link_deliveries(self, links: Mapping[int, int]) -> None:
-        """Set the incident of recorded episodes (delivery id -> incident id), in one round trip."""
+        """Set the incident of recorded episodes (delivery id -> incident id), in one round trip: on
+        PostgreSQL one statement over two arrays, on SQLite an executemany."""
         if not links:
             return
-        stmt = (
-            sa.update(alert_deliveries)
-            .where(alert_deliveries.c.id == sa.bindparam("delivery_id"))
-            .values(incident_id=sa.bindparam("linked_incident_id"))
-        )
+        if self.conn.dialect.name == "postgresql":
+            arrays = {"delivery_ids": list(links), "incident_ids": list(links.values())}
+            await self.conn.execute(_LINK_ARRAYS, arrays)
+            return
         params = [{"delivery_id": d, "linked_incident_id": i} for d, i in links.items()]
-        await self.conn.execute(stmt, params)
+        await self.conn.execute(_LINK_ONE, params)
 
     async def get_delivery(self, fingerprint: str, starts_at: datetime) -> AlertDelivery | None:
         """The recorded episode, or None."""

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
@@ -55,20 +54,23 @@ class NewEpisode:
     audit_data: dict[str, Any]
 
 
-def _batch(episodes: list[NewEpisode]) -> Any:
-    """The batch as a table: one row per episode, with its place in the batch (`ordinal`)."""
-    values: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
+def _batch_values(episodes: list[NewEpisode]) -> dict[str, list[Any]]:
+    """The batch's parameters: one array per column, one element per episode."""
+    values: dict[str, list[Any]] = {f"batch_{name}": [] for name in _COLUMNS}
     for episode in episodes:
         for name in _DELIVERY_COLUMNS:
-            values[name].append(episode.delivery[name])
+            values[f"batch_{name}"].append(episode.delivery[name])
         for name in _INCIDENT_COLUMNS[1:]:
-            values[name].append(episode.incident[name])
+            values[f"batch_{name}"].append(episode.incident[name])
         links = episode.incident.get("alert_links")
-        values["alert_links"].append(None if links is None else json.dumps(links))
-        values["audit_data"].append(json.dumps(episode.audit_data))
-    arrays = [
-        sa.bindparam(f"batch_{name}", values[name], type_=pg.ARRAY(kind)) for name, kind in _COLUMNS.items()
-    ]
+        values["batch_alert_links"].append(None if links is None else json.dumps(links))
+        values["batch_audit_data"].append(json.dumps(episode.audit_data))
+    return values
+
+
+def _batch() -> Any:
+    """The batch as a table: one row per episode, with its place in the batch (`ordinal`)."""
+    arrays = [sa.bindparam(f"batch_{name}", type_=pg.ARRAY(kind)) for name, kind in _COLUMNS.items()]
     columns = [sa.column(name, kind) for name, kind in _COLUMNS.items()]
     return (
         sa.func.unnest(*arrays).table_valued(*columns, with_ordinality="ordinal").render_derived(name="batch")
@@ -103,7 +105,7 @@ def _new_incidents(batch: Any, new_deliveries: Any, opened: Any) -> Any:
     return stmt.on_conflict_do_nothing().returning(*incidents.c).cte("new_incidents")
 
 
-def _new_audits(batch: Any, new_incidents: Any, audited: Any, actor: str) -> Any:
+def _new_audits(batch: Any, new_incidents: Any, audited: Any) -> Any:
     """The `incident_opened` entry of each incident inserted (`Tx.add_audits`), as a CTE."""
     columns = ["incident_id", "at", "kind", "phase", "actor", "data"]
     rows = sa.select(
@@ -111,19 +113,18 @@ def _new_audits(batch: Any, new_incidents: Any, audited: Any, actor: str) -> Any
         audited,
         sa.literal("incident_opened"),
         sa.literal("after"),
-        sa.literal(actor),
+        sa.bindparam("actor", type_=sa.String),
         sa.cast(batch.c.audit_data, pg.JSONB),
     ).select_from(new_incidents.join(batch, batch.c.execution_id == new_incidents.c.execution_id))
     stmt = audit_log.insert().from_select(columns, rows.order_by(batch.c.ordinal))
     return stmt.returning(audit_log.c.id).cte("new_audits")
 
 
-def _statement(episodes: list[NewEpisode], stamps: tuple[datetime, datetime, datetime], actor: str) -> Any:
-    """The one statement: each episode inserted, with its incident's columns (NULL: none opened)."""
-    received, opened, audited = (
-        sa.bindparam(f"at_{i}", at, type_=UTCDateTime) for i, at in enumerate(stamps)
-    )
-    batch = _batch(episodes)
+def _statement() -> Any:
+    """The one statement: each episode inserted, with its incident's columns (NULL: none opened). Its
+    parameters: the batch's arrays (`_batch_values`), the three times `at_<i>` and the `actor`."""
+    received, opened, audited = (sa.bindparam(f"at_{i}", type_=UTCDateTime) for i in range(3))
+    batch = _batch()
     new_deliveries = _new_deliveries(batch, received)
     new_incidents = _new_incidents(batch, new_deliveries, opened)
     same_execution = new_incidents.c.execution_id == new_deliveries.c.execution_id
@@ -133,12 +134,26 @@ def _statement(episodes: list[NewEpisode], stamps: tuple[datetime, datetime, dat
             *(column.label(f"i_{column.name}") for column in new_incidents.c),
         )
         .select_from(new_deliveries.outerjoin(new_incidents, same_execution))
-        .add_cte(_new_audits(batch, new_incidents, audited, actor))
+        .add_cte(_new_audits(batch, new_incidents, audited))
     )
 
 
-def _split(row: sa.Row[Any], prefix: str) -> dict[str, Any]:
-    return {key[len(prefix) :]: value for key, value in row._mapping.items() if key.startswith(prefix)}
+# Built once: SQLAlchemy finds its compiled form by the statement's cache key, memoized on the object,
+# so a batch costs neither building the statement again nor computing its key.
+_RECORD_AND_OPEN: Final = _statement()
+
+
+# The statement's columns: an episode's (`d_<name>`), then its incident's (`i_<name>`).
+_DELIVERY_NAMES: Final = tuple(column.name for column in alert_deliveries.c)
+_INCIDENT_NAMES: Final = tuple(column.name for column in incidents.c)
+
+
+def _split(row: sa.Row[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A row of the statement as the episode's columns and its incident's."""
+    values = tuple(row)
+    episode = dict(zip(_DELIVERY_NAMES, values[: len(_DELIVERY_NAMES)], strict=True))
+    incident = dict(zip(_INCIDENT_NAMES, values[len(_DELIVERY_NAMES) :], strict=True))
+    return episode, incident
 
 
 async def record_and_open(
@@ -147,14 +162,15 @@ async def record_and_open(
     """Record the episodes, open their incidents and audit each opening, in one statement (see the
     module docstring); each episode inserted, with its new incident (None: its execution has an open
     incident already), in no particular order."""
-    stamps = (tx.clock.now(), tx.clock.now(), tx.clock.now())  # as the three statements would take them
-    result = await tx.conn.execute(_statement(episodes, stamps, actor))
+    stamps = {f"at_{i}": tx.clock.now() for i in range(3)}  # as the three statements would take them
+    params = {**_batch_values(episodes), **stamps, "actor": actor}
+    result = await tx.conn.execute(_RECORD_AND_OPEN, params)
     recorded = []
     for row in result:
-        incident = _split(row, "i_")
+        episode, incident = _split(row)
         recorded.append(
             (
-                AlertDelivery.model_validate(_split(row, "d_")),
+                AlertDelivery.model_validate(episode),
                 None if incident["id"] is None else Incident.model_validate(incident),
             )
         )

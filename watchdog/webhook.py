@@ -1,7 +1,8 @@
 """The Alertmanager webhook payload (version 4): its models and `parse_payload`, which validates it.
 
-Where it sits: `watchdog.api` calls `parse_payload()` on the body of `POST /api/v1/alerts` and hands
-the result to `watchdog.intake.AlertIntake.handle()`. Everything the intake stores or logs is checked
+Where it sits: `watchdog.api` calls `validate_payload()` on the body of `POST /api/v1/alerts` as it
+parsed it (tools and tests call `parse_payload()` on the bytes) and hands the result to
+`watchdog.intake.AlertIntake.handle()`. Everything the intake stores or logs is checked
 here, before anything is read or written (docs/architecture.md, "Webhook validation"): the labels the
 runbook needs, ids by the one rule of `gl_common.ids`, no NUL anywhere, no control characters in
 labels or stored text, every field within its column. One invalid alert is rejected on its own
@@ -202,6 +203,11 @@ def parse_payload(body: bytes) -> ParsedWebhook:
         data: Any = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from exc
+    return validate_payload(data)
+
+
+def validate_payload(data: Any) -> ParsedWebhook:
+    """`parse_payload` of a body already parsed as JSON (the API parses it once, with its limits)."""
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_payload", "body must be a JSON object (Alertmanager webhook payload)")
     if "version" in data and data["version"] != "4":

@@ -15,7 +15,7 @@ from tests.watchdog.conftest import WATCHDOG_TOKEN, ScriptedDiagnose
 from tests.watchdog.webhook import STARTS, alert, payload
 from watchdog.assembly import Watchdog
 from watchdog.intake import BATCHES_AT_ONCE
-from watchdog.migrations import alert_deliveries, audit_log
+from watchdog.migrations import alert_deliveries, audit_log, incidents
 from watchdog.webhook import parse_payload
 
 Client = TestClient[web.Request, web.Application]
@@ -40,27 +40,46 @@ async def _rows(wd: Watchdog) -> tuple[dict[str, int | None], list[tuple[int | N
         return dict(deliveries.all()), [tuple(row) for row in audit.all()]  # type: ignore[misc]
 
 
-async def test_a_delivery_of_new_alerts_opens_each_incident_with_its_audit_entry_and_link(
-    api_client: Client, watchdog_app: Watchdog, diagnose_fn: ScriptedDiagnose
+async def _incidents(wd: Watchdog) -> dict[str, dict[str, Any]]:
+    """The columns of each incident that only its opening writes, by execution id (the diagnosis
+    started meanwhile writes status and summary)."""
+    columns = [incidents.c[name] for name in ("dag_id", "source", "detection_source", "alert_links")]
+    async with wd.store.read() as tx:
+        rows = await tx.conn.execute(sa.select(incidents.c.execution_id, *columns))
+        return {row.execution_id: dict(row._mapping) | {"execution_id": None} for row in rows}
+
+
+@pytest.mark.parametrize("size", [1, 2, 7])
+async def test_a_delivery_of_new_alerts_opens_each_incident_with_the_rows_one_by_one_writes(
+    api_client: Client, watchdog_app: Watchdog, diagnose_fn: ScriptedDiagnose, size: int
 ) -> None:
-    [solo] = await _post(api_client, payload(alert("run-solo", fingerprint="fp-solo")))  # one by one
-    outcomes = await _post(api_client, payload(*(alert(f"run-{i}", fingerprint=f"fp-{i}") for i in range(5))))
-    assert [o["outcome"] for o in outcomes] == ["opened"] * 5
-    assert [o["execution_id"] for o in outcomes] == [f"run-{i}" for i in range(5)]
+    # Two episodes of one execution are applied one by one (their order matters): opened, then joined.
+    solo, _ = await _post(
+        api_client,
+        payload(alert("run-solo", fingerprint="fp-solo"), alert("run-solo", fingerprint="fp-solo-b")),
+    )
+    outcomes = await _post(
+        api_client, payload(*(alert(f"run-{i}", fingerprint=f"fp-{i}") for i in range(size)))
+    )
+    assert [o["outcome"] for o in outcomes] == ["opened"] * size
+    assert [o["execution_id"] for o in outcomes] == [f"run-{i}" for i in range(size)]
     links, audit = await _rows(watchdog_app)
     by_execution = {o["execution_id"]: o["incident_id"] for o in outcomes}
-    assert links == {"fp-solo": solo["incident_id"]} | {f"fp-{i}": by_execution[f"run-{i}"] for i in range(5)}
+    solo_links = {"fp-solo": solo["incident_id"], "fp-solo-b": solo["incident_id"]}
+    assert links == solo_links | {f"fp-{i}": by_execution[f"run-{i}"] for i in range(size)}
     opened = {
         data["execution_id"]: (incident_id, data)
         for incident_id, kind, data in audit
         if kind == "incident_opened"
     }
     solo_data = opened["run-solo"][1]
-    for i in range(5):  # the same entry as one by one writes, about its own alert
+    rows = await _incidents(watchdog_app)
+    for i in range(size):  # the same entry and incident as one by one writes, about its own alert
         expected = solo_data | {"execution_id": f"run-{i}", "fingerprint": f"fp-{i}"}
         assert opened[f"run-{i}"] == (by_execution[f"run-{i}"], expected)
+        assert rows[f"run-{i}"] == rows["run-solo"]
     await asyncio.wait_for(watchdog_app.jobs.wait_idle(), 10)
-    assert sorted(diagnose_fn.calls) == sorted(["run-solo", *(f"run-{i}" for i in range(5))])
+    assert sorted(diagnose_fn.calls) == sorted(["run-solo", *(f"run-{i}" for i in range(size))])
 
 
 async def test_a_batch_joins_open_incidents_and_counts_duplicates_as_one_by_one_would(

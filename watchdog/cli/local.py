@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -138,6 +139,11 @@ async def _serve(settings: WatchdogSettings) -> None:
                 f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", EXIT_FAILED
             ) from exc
         await watchdog.start()
+        # Everything made so far (modules, settings, the app, the store's engine) lives as long as the
+        # process: out of the cyclic collector's way, its full collections traverse only what requests
+        # and diagnoses made since (as `gl-orchestrator serve` does).
+        gc.collect()
+        gc.freeze()
         log.info(
             "gl-watchdog listening on http://%s:%s (store %s, condition from %s)",
             settings.host,
