@@ -16,9 +16,12 @@ Deliveries first: before each diagnosis, and before the responder takes a diagno
 worker waits (`yield_to`, normally the intake gate's `quiet`) until no alert delivery waits for the
 store, at most `YIELD_SECONDS`: a burst of new incidents is recorded first and diagnosed after, and
 under a sustained stream of deliveries the diagnoses go on, slowly (issue 11: they starved the
-intake, 16 distinct deliveries/s). Likewise the responses wait (at most `RESPOND_AFTER_SECONDS`) while
-diagnoses are queued or running: a burst of 30 alerts is diagnosed first, then planned and notified,
-instead of every diagnosis sharing the store and the CPU with the others' plans and notifications.
+intake, 16 distinct deliveries/s): at most `AMID_DELIVERIES` at once, the other workers waiting for
+the intake to be quiet again. Once it is (a burst of 30 alerts is recorded within ~0.1 s), all
+`max_concurrent` workers diagnose: a burst is diagnosed in a couple of rounds, not eight. Likewise
+the responses wait (at most `RESPOND_AFTER_SECONDS`) while diagnoses are queued or running: a burst
+of 30 alerts is diagnosed first, then planned and notified, instead of every diagnosis sharing the
+store and the CPU with the others' plans and notifications.
 
 Backpressure: at most `max_concurrent` diagnoses run and at most `queue_size` wait; a burst of
 alerts beyond that leaves the newest incidents `open` without a diagnosis (counted in
@@ -62,8 +65,9 @@ Diagnose = Callable[[str], Awaitable[Diagnosis]]
 OnDiagnosed = Callable[[int, Diagnosis], Awaitable[object]]
 """What follows a diagnosis: (incident id, its diagnosis). Normally `Responder.handle_diagnosed`."""
 
-YieldTo = Callable[[float], Awaitable[object]]
-"""Waits (at most the given seconds) until the work that goes first is done: `IntakeGate.quiet`."""
+YieldTo = Callable[[float], Awaitable[bool]]
+"""Waits (at most the given seconds) until the work that goes first is done, and says whether it is:
+`IntakeGate.quiet`."""
 
 Backoff = Callable[[int], float]
 """Seconds before the retry that follows the n-th failed attempt (n from 1)."""
@@ -75,6 +79,9 @@ DEFAULT_QUEUE_SIZE: Final = 256
 SAVE_SECONDS: Final = 30.0
 # How long a worker waits for the deliveries before it goes on with a diagnosis anyway.
 YIELD_SECONDS: Final = 1.0
+# How many diagnoses run at once while deliveries still wait for the store after YIELD_SECONDS (a
+# sustained stream of alerts); the other workers wait for the intake to be quiet.
+AMID_DELIVERIES: Final = 4
 # How long a diagnosed incident's response waits for the other queued diagnoses to be done.
 RESPOND_AFTER_SECONDS: Final = 2.0
 
@@ -120,6 +127,7 @@ class DiagnosisService:
         self._waiting: list[tuple[datetime, int, bool]] = []
         self._queued: set[int] = set()  # incident ids waiting or being diagnosed
         self._workers = 0
+        self._amid_deliveries = 0  # diagnoses started while the intake was not quiet
         self._drained = asyncio.Event()  # set while no diagnosis waits or runs
         self._drained.set()
 
@@ -170,19 +178,30 @@ class DiagnosisService:
     async def _worker(self) -> None:
         try:
             while self._waiting:
-                await self._let_deliveries_first()
+                quiet = await self._let_deliveries_first()
                 if not self._waiting:
                     break
-                _, incident_id, undiagnosed_only = heapq.heappop(self._waiting)
-                self.metrics.diagnosis_queue.set(len(self._waiting))
-                try:
-                    await self.diagnose_incident(incident_id, undiagnosed_only=undiagnosed_only)
-                finally:
-                    self._queued.discard(incident_id)
+                if quiet:
+                    await self._diagnose_next()
+                elif self._amid_deliveries < min(AMID_DELIVERIES, self.max_concurrent):
+                    self._amid_deliveries += 1
+                    try:
+                        await self._diagnose_next()
+                    finally:
+                        self._amid_deliveries -= 1
+                # else: deliveries go on, and enough diagnoses run amid them: wait for quiet again
         finally:
             self._workers -= 1
             if not self._workers and not self._waiting:
                 self._drained.set()
+
+    async def _diagnose_next(self) -> None:
+        _, incident_id, undiagnosed_only = heapq.heappop(self._waiting)
+        self.metrics.diagnosis_queue.set(len(self._waiting))
+        try:
+            await self.diagnose_incident(incident_id, undiagnosed_only=undiagnosed_only)
+        finally:
+            self._queued.discard(incident_id)
 
     async def resume(self) -> list[int]:
         """At start-up, when this process is the only watchdog: re-start diagnosis of open incidents
@@ -228,9 +247,9 @@ class DiagnosisService:
             self.jobs.spawn(self._hand_on(incident_id, diagnosis, actor), name=f"respond-{incident_id}")
         return incident
 
-    async def _let_deliveries_first(self) -> None:
-        if self.yield_to is not None:
-            await self.yield_to(YIELD_SECONDS)
+    async def _let_deliveries_first(self) -> bool:
+        """Wait (at most YIELD_SECONDS) until no delivery waits for the store; whether none does."""
+        return True if self.yield_to is None else await self.yield_to(YIELD_SECONDS)
 
     async def _hand_on(self, incident_id: int, diagnosis: Diagnosis, actor: str) -> None:
         assert self.on_diagnosed is not None

@@ -15,7 +15,7 @@ from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, ScriptedDiagnose,
 from tests.watchdog.orchestrators import FakeOrchestrator
 from watchdog.assembly import Watchdog, build_watchdog
 from watchdog.condition import ConditionEvaluator
-from watchdog.diagnosis import OnDiagnosed
+from watchdog.diagnosis import AMID_DELIVERIES, OnDiagnosed
 from watchdog.settings import WatchdogSettings
 from watchdog.webhook import parse_payload
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
@@ -94,8 +94,8 @@ async def test_a_burst_of_alerts_is_diagnosed_a_few_at_a_time(
         await wd.aclose()
 
 
-def test_the_default_allows_a_few_diagnoses_at_once() -> None:
-    assert WatchdogSettings().max_concurrent_diagnoses == 4
+def test_the_default_diagnoses_a_burst_of_thirty_alerts_in_two_rounds() -> None:
+    assert WatchdogSettings().max_concurrent_diagnoses == 16
 
 
 async def test_a_failed_diagnosis_is_retried_by_the_next_sweep_once(
@@ -234,6 +234,56 @@ async def test_diagnoses_wait_while_alert_deliveries_are_at_the_store(
             await wd.jobs.wait_idle()
         assert diagnose.calls == ["run-0"]
     finally:
+        await wd.aclose()
+
+
+class BusyIntake:
+    """`yield_to` of a watchdog whose intake stays busy until `go_quiet()`: each worker's first wait
+    times out at once (not quiet), later ones last until the intake is quiet."""
+
+    def __init__(self) -> None:
+        self.quiet = asyncio.Event()
+        self.waited: set[int] = set()
+        self.blocked = 0  # workers waiting for the intake to be quiet
+        self.changed = asyncio.Condition()
+
+    async def __call__(self, max_seconds: float) -> bool:
+        task = id(asyncio.current_task())
+        if task in self.waited and not self.quiet.is_set():
+            async with self.changed:
+                self.blocked += 1
+                self.changed.notify_all()
+            await self.quiet.wait()
+        self.waited.add(task)
+        return self.quiet.is_set()
+
+    def go_quiet(self) -> None:
+        self.quiet.set()
+
+
+async def test_only_a_few_diagnoses_run_amid_deliveries_and_all_workers_once_the_intake_is_quiet(
+    _no_pending_tasks: None, sqlite_url: str
+) -> None:
+    diagnose = GatedDiagnose()
+    wd = await _gated_watchdog(sqlite_url, diagnose, max_concurrent_diagnoses=8)
+    intake = BusyIntake()
+    wd.diagnosis.yield_to = intake
+    try:
+        await wd.intake.handle(parse_payload(_burst(10)).payload)
+        async with asyncio.timeout(10), intake.changed:  # the other workers wait for quiet
+            await intake.changed.wait_for(lambda: intake.blocked == 8 - AMID_DELIVERIES)
+        async with asyncio.timeout(10), diagnose.entered:
+            await diagnose.entered.wait_for(lambda: diagnose.active == AMID_DELIVERIES)
+        assert diagnose.most == AMID_DELIVERIES
+        intake.go_quiet()
+        async with asyncio.timeout(10), diagnose.entered:
+            await diagnose.entered.wait_for(lambda: diagnose.active == 8)
+        diagnose.gate.set()
+        async with asyncio.timeout(10):
+            await wd.jobs.wait_idle()
+        assert sorted(diagnose.calls) == sorted(f"run-{i}" for i in range(10))
+    finally:
+        diagnose.gate.set()
         await wd.aclose()
 
 
