@@ -42,17 +42,19 @@ import asyncio
 import heapq
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 from gl_common.clock import Clock
+from watchdog.episodes import GroupCommit
 from watchdog.errors import InvalidTransition, StoreError, StoreUnavailable
 from watchdog.incidents import IncidentService, transition_in
 from watchdog.jobs import JobTracker, retried
 from watchdog.leases import JobLeases, Lease, LeaseLost
 from watchdog.metrics import WatchdogMetrics
 from watchdog.records import Incident
-from watchdog.store import WatchdogStore
+from watchdog.store import Tx, WatchdogStore
 from watchdog.tracing import DIAGNOSIS_SPAN, IncidentTracer
 from watchdog_sdk.diagnosis import Diagnosis
 from watchdog_sdk.errors import WatchdogError
@@ -130,6 +132,13 @@ class DiagnosisService:
         self._amid_deliveries = 0  # diagnoses started while the intake was not quiet
         self._drained = asyncio.Event()  # set while no diagnosis waits or runs
         self._drained.set()
+        self._begins: GroupCommit[_Start, tuple[Lease, Incident] | None] = GroupCommit(
+            self._begin_batch,
+            max_size=max_concurrent,
+            size=lambda _: 1,
+            concurrency=1,
+            name="diagnoses-starting",
+        )
 
     @property
     def deadline_seconds(self) -> float:
@@ -273,27 +282,46 @@ class DiagnosisService:
     async def _begin(
         self, incident_id: int, actor: str, undiagnosed_only: bool
     ) -> tuple[Lease, Incident] | None:
-        """open → diagnosing, the lease and the audit entry, in one transaction; None when the
-        incident is not (or no longer) to be diagnosed."""
-        async with self.store.transaction() as tx:
-            incident = await tx.get_incident(incident_id)
-            if incident is None or incident.status not in DIAGNOSABLE:
-                log.info("not diagnosing incident %s: it is %s", incident_id, incident and incident.status)
-                return None
-            if undiagnosed_only and incident.diagnosis is not None:
-                return None  # diagnosed meanwhile (another replica, a re-queue)
-            incident = await transition_in(
-                tx, incident_id, "diagnosing", actor=actor, reason="diagnosis started", expected=DIAGNOSABLE
-            )
-            lease = await self.leases.take_in(tx, incident_id, "diagnosis", max_seconds=self.deadline_seconds)
-            assert lease is not None  # no expected token: always taken
-            await tx.add_audit(
-                incident_id,
-                "diagnosis",
-                phase="before",
-                actor=actor,
-                data={"execution_id": incident.execution_id, "attempt": lease.attempts + 1},
-            )
+        """open → diagnosing, the lease and the audit entry, in one transaction shared with the other
+        diagnoses starting at the same moment (`_begin_batch`); None when the incident is not (or no
+        longer) to be diagnosed."""
+        return await self._begins.submit(_Start(incident_id, actor, undiagnosed_only))
+
+    async def _begin_batch(self, starts: list[_Start]) -> list[tuple[Lease, Incident] | BaseException | None]:
+        """The starts of several diagnoses in one write transaction, each in a savepoint of its own (one
+        refused, e.g. an incident closed meanwhile, leaves the others be). A burst's diagnoses began one
+        transaction each, one at a time, amid the diagnoses already running: the last of 16 began
+        ~0.5 s after the first, and every finished diagnosis waited behind them to be saved (issue 11)."""
+        answers: list[tuple[Lease, Incident] | BaseException | None] = []
+        async with self.store.transaction("diagnoses starting") as tx:
+            for start in starts:
+                try:
+                    async with tx.conn.begin_nested():
+                        answers.append(await self._begin_in(tx, start))
+                except InvalidTransition as exc:
+                    answers.append(exc)
+        return answers
+
+    async def _begin_in(self, tx: Tx, start: _Start) -> tuple[Lease, Incident] | None:
+        incident_id, actor = start.incident_id, start.actor
+        incident = await tx.get_incident(incident_id)
+        if incident is None or incident.status not in DIAGNOSABLE:
+            log.info("not diagnosing incident %s: it is %s", incident_id, incident and incident.status)
+            return None
+        if start.undiagnosed_only and incident.diagnosis is not None:
+            return None  # diagnosed meanwhile (another replica, a re-queue)
+        incident = await transition_in(
+            tx, incident_id, "diagnosing", actor=actor, reason="diagnosis started", expected=DIAGNOSABLE
+        )
+        lease = await self.leases.take_in(tx, incident_id, "diagnosis", max_seconds=self.deadline_seconds)
+        assert lease is not None  # no expected token: always taken
+        await tx.add_audit(
+            incident_id,
+            "diagnosis",
+            phase="before",
+            actor=actor,
+            data={"execution_id": incident.execution_id, "attempt": lease.attempts + 1},
+        )
         return lease, incident
 
     async def _diagnose_and_store(
@@ -403,6 +431,15 @@ class DiagnosisService:
                         lease.incident_id, "diagnosis_stored", actor=actor, data={"fields": ["diagnosis"]}
                     )
                 return None
+
+
+@dataclass(frozen=True)
+class _Start:
+    """A diagnosis to start: `_begin`'s arguments."""
+
+    incident_id: int
+    actor: str
+    undiagnosed_only: bool
 
 
 def _summary(diagnosis: Diagnosis) -> str:

@@ -15,7 +15,7 @@ from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, ScriptedDiagnose,
 from tests.watchdog.orchestrators import FakeOrchestrator
 from watchdog.assembly import Watchdog, build_watchdog
 from watchdog.condition import ConditionEvaluator
-from watchdog.diagnosis import AMID_DELIVERIES, OnDiagnosed
+from watchdog.diagnosis import AMID_DELIVERIES, OnDiagnosed, _Start
 from watchdog.settings import WatchdogSettings
 from watchdog.webhook import parse_payload
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
@@ -284,6 +284,62 @@ async def test_only_a_few_diagnoses_run_amid_deliveries_and_all_workers_once_the
         assert sorted(diagnose.calls) == sorted(f"run-{i}" for i in range(10))
     finally:
         diagnose.gate.set()
+        await wd.aclose()
+
+
+async def test_the_diagnoses_of_a_burst_start_in_shared_write_transactions(
+    _no_pending_tasks: None, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    diagnose = GatedDiagnose()
+    wd = await _gated_watchdog(sqlite_url, diagnose, max_concurrent_diagnoses=8)
+    starting: list[str] = []
+    transaction = wd.store.transaction
+
+    def counted(what: str = "watchdog store", **options: Any) -> Any:
+        if what == "diagnoses starting":
+            starting.append(what)
+        return transaction(what, **options)
+
+    monkeypatch.setattr(wd.store, "transaction", counted)
+    try:
+        await wd.intake.handle(parse_payload(_burst(8)).payload)
+        async with asyncio.timeout(10), diagnose.entered:
+            await diagnose.entered.wait_for(lambda: diagnose.active == 8)
+        assert 1 <= len(starting) < 8
+        incidents = await wd.store.list_incidents()
+        assert {i.status for i in incidents} == {"diagnosing"} and len(incidents) == 8
+        diagnose.gate.set()
+        async with asyncio.timeout(10):
+            await wd.jobs.wait_idle()
+        assert all(i.diagnosis is not None for i in await wd.store.list_incidents())
+    finally:
+        diagnose.gate.set()
+        await wd.aclose()
+
+
+async def test_an_incident_closed_before_its_diagnosis_starts_leaves_the_others_of_its_batch_started(
+    _no_pending_tasks: None, sqlite_url: str
+) -> None:
+    diagnose = GatedDiagnose()
+    diagnose.gate.set()
+    wd = await _gated_watchdog(sqlite_url, diagnose, max_concurrent_diagnoses=4)
+    try:
+        opened = [
+            (
+                await wd.incidents.open_or_join(
+                    f"run-{i}", dag_id="d", source="manual", detection_source="api"
+                )
+            ).incident
+            for i in range(3)
+        ]
+        await wd.incidents.transition(opened[1].id, "closed", actor="test", reason="resolved")
+        answers = await wd.diagnosis._begin_batch([_Start(i.id, "watchdog", False) for i in opened])
+        assert answers[1] is None
+        started = [answer for answer in answers if isinstance(answer, tuple)]
+        assert [incident.id for _, incident in started] == [opened[0].id, opened[2].id]
+        statuses = [incident.status for incident in await wd.store.list_incidents()]
+        assert sorted(statuses) == ["closed", "diagnosing", "diagnosing"]
+    finally:
         await wd.aclose()
 
 
