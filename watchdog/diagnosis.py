@@ -16,9 +16,10 @@ Deliveries first: before each diagnosis, and before the responder takes a diagno
 worker waits (`yield_to`, normally the intake gate's `quiet`) until no alert delivery waits for the
 store, at most `YIELD_SECONDS`: a burst of new incidents is recorded first and diagnosed after, and
 under a sustained stream of deliveries the diagnoses go on, slowly (issue 11: they starved the
-intake, 16 distinct deliveries/s): at most `AMID_DELIVERIES` at once, the other workers waiting for
-the intake to be quiet again. Once it is (a burst of 30 alerts is recorded within ~0.1 s), all
-`max_concurrent` workers diagnose: a burst is diagnosed in a couple of rounds, not eight. Likewise
+intake, 16 distinct deliveries/s): while a yield found deliveries still waiting within the last
+`FLOOD_MEMORY_SECONDS`, at most `AMID_DELIVERIES` diagnose at once, each after a yield of its own,
+the other workers waiting their turn. A burst (30 alerts are recorded within ~0.1 s) leaves the
+intake quiet at once, and all `max_concurrent` workers diagnose: two rounds, not eight. Likewise
 the responses wait (at most `RESPOND_AFTER_SECONDS`) while diagnoses are queued or running: a burst
 of 30 alerts is diagnosed first, then planned and notified, instead of every diagnosis sharing the
 store and the CPU with the others' plans and notifications.
@@ -41,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -81,9 +83,10 @@ DEFAULT_QUEUE_SIZE: Final = 256
 SAVE_SECONDS: Final = 30.0
 # How long a worker waits for the deliveries before it goes on with a diagnosis anyway.
 YIELD_SECONDS: Final = 1.0
-# How many diagnoses run at once while deliveries still wait for the store after YIELD_SECONDS (a
-# sustained stream of alerts); the other workers wait for the intake to be quiet.
+# How many diagnoses run at once amid a sustained stream of alerts (deliveries still waited for the
+# store after a worker's YIELD_SECONDS within the last FLOOD_MEMORY_SECONDS); the other workers wait.
 AMID_DELIVERIES: Final = 4
+FLOOD_MEMORY_SECONDS: Final = 2 * YIELD_SECONDS
 # How long a diagnosed incident's response waits for the other queued diagnoses to be done.
 RESPOND_AFTER_SECONDS: Final = 2.0
 
@@ -129,7 +132,8 @@ class DiagnosisService:
         self._waiting: list[tuple[datetime, int, bool]] = []
         self._queued: set[int] = set()  # incident ids waiting or being diagnosed
         self._workers = 0
-        self._amid_deliveries = 0  # diagnoses started while the intake was not quiet
+        self._amid_slots = asyncio.Semaphore(min(AMID_DELIVERIES, max_concurrent))
+        self._flood_seen = -math.inf  # when a yield last found deliveries still waiting (monotonic)
         self._drained = asyncio.Event()  # set while no diagnosis waits or runs
         self._drained.set()
         self._begins: GroupCommit[_Start, tuple[Lease, Incident] | None] = GroupCommit(
@@ -187,18 +191,14 @@ class DiagnosisService:
     async def _worker(self) -> None:
         try:
             while self._waiting:
-                quiet = await self._let_deliveries_first()
-                if not self._waiting:
-                    break
-                if quiet:
-                    await self._diagnose_next()
-                elif self._amid_deliveries < min(AMID_DELIVERIES, self.max_concurrent):
-                    self._amid_deliveries += 1
-                    try:
+                if await self._calm():
+                    if self._waiting:
                         await self._diagnose_next()
-                    finally:
-                        self._amid_deliveries -= 1
-                # else: deliveries go on, and enough diagnoses run amid them: wait for quiet again
+                    continue
+                async with self._amid_slots:  # amid a stream of deliveries: a few, each after a yield
+                    await self._let_deliveries_first()
+                    if self._waiting:
+                        await self._diagnose_next()
         finally:
             self._workers -= 1
             if not self._workers and not self._waiting:
@@ -258,7 +258,16 @@ class DiagnosisService:
 
     async def _let_deliveries_first(self) -> bool:
         """Wait (at most YIELD_SECONDS) until no delivery waits for the store; whether none does."""
-        return True if self.yield_to is None else await self.yield_to(YIELD_SECONDS)
+        quiet = True if self.yield_to is None else await self.yield_to(YIELD_SECONDS)
+        if not quiet:
+            self._flood_seen = self.clock.monotonic()
+        return quiet
+
+    async def _calm(self) -> bool:
+        """Yield to the deliveries; whether the intake is quiet now and was at every yield of the last
+        FLOOD_MEMORY_SECONDS (a burst recorded, not a stream with gaps between its deliveries)."""
+        quiet = await self._let_deliveries_first()
+        return quiet and self.clock.monotonic() - self._flood_seen >= FLOOD_MEMORY_SECONDS
 
     async def _hand_on(self, incident_id: int, diagnosis: Diagnosis, actor: str) -> None:
         assert self.on_diagnosed is not None

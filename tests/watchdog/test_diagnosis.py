@@ -15,7 +15,7 @@ from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, ScriptedDiagnose,
 from tests.watchdog.orchestrators import FakeOrchestrator
 from watchdog.assembly import Watchdog, build_watchdog
 from watchdog.condition import ConditionEvaluator
-from watchdog.diagnosis import AMID_DELIVERIES, OnDiagnosed, _Start
+from watchdog.diagnosis import AMID_DELIVERIES, FLOOD_MEMORY_SECONDS, OnDiagnosed, _Start
 from watchdog.settings import WatchdogSettings
 from watchdog.webhook import parse_payload
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
@@ -237,51 +237,72 @@ async def test_diagnoses_wait_while_alert_deliveries_are_at_the_store(
         await wd.aclose()
 
 
-class BusyIntake:
-    """`yield_to` of a watchdog whose intake stays busy until `go_quiet()`: each worker's first wait
-    times out at once (not quiet), later ones last until the intake is quiet."""
+class SteppedClock(FakeClock):
+    """A FakeClock whose monotonic time too stays where it is put."""
 
     def __init__(self) -> None:
-        self.quiet = asyncio.Event()
-        self.waited: set[int] = set()
-        self.blocked = 0  # workers waiting for the intake to be quiet
-        self.changed = asyncio.Condition()
+        super().__init__()
+        self.monotonic_now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.monotonic_now
+
+    def advance(self, seconds: float) -> None:
+        super().advance(seconds)
+        self.monotonic_now += seconds
+
+
+class BusyIntake:
+    """`yield_to` of a watchdog whose intake is busy (each wait ends as after its full timeout, with
+    deliveries still waiting) until `quiet` is set; counts the waits."""
+
+    def __init__(self) -> None:
+        self.quiet = False
+        self.calls = 0
 
     async def __call__(self, max_seconds: float) -> bool:
-        task = id(asyncio.current_task())
-        if task in self.waited and not self.quiet.is_set():
-            async with self.changed:
-                self.blocked += 1
-                self.changed.notify_all()
-            await self.quiet.wait()
-        self.waited.add(task)
-        return self.quiet.is_set()
-
-    def go_quiet(self) -> None:
-        self.quiet.set()
+        self.calls += 1
+        return self.quiet
 
 
-async def test_only_a_few_diagnoses_run_amid_deliveries_and_all_workers_once_the_intake_is_quiet(
+async def test_a_few_diagnoses_run_amid_a_stream_of_deliveries_and_its_gaps_and_all_workers_once_it_is_over(
     _no_pending_tasks: None, sqlite_url: str
 ) -> None:
     diagnose = GatedDiagnose()
     wd = await _gated_watchdog(sqlite_url, diagnose, max_concurrent_diagnoses=8)
-    intake = BusyIntake()
-    wd.diagnosis.yield_to = intake
+    intake, clock = BusyIntake(), SteppedClock()
+    wd.diagnosis.yield_to, wd.diagnosis.clock = intake, clock
     try:
         await wd.intake.handle(parse_payload(_burst(10)).payload)
-        async with asyncio.timeout(10), intake.changed:  # the other workers wait for quiet
-            await intake.changed.wait_for(lambda: intake.blocked == 8 - AMID_DELIVERIES)
+        # each of the 8 workers yielded once; the 4 let through amid the deliveries once more
         async with asyncio.timeout(10), diagnose.entered:
             await diagnose.entered.wait_for(lambda: diagnose.active == AMID_DELIVERIES)
-        assert diagnose.most == AMID_DELIVERIES
-        intake.go_quiet()
+        assert intake.calls == 8 + AMID_DELIVERIES and diagnose.most == AMID_DELIVERIES
+        diagnose.gate.set()
+        async with asyncio.timeout(10):
+            await wd.jobs.wait_idle()
+        assert diagnose.most == AMID_DELIVERIES and len(diagnose.calls) == 10
+
+        intake.quiet = True  # a gap in the stream: still a few at a time
+        diagnose.gate.clear()
+        calls = intake.calls
+        await wd.intake.handle(parse_payload(_burst(20)).payload)  # run-10 .. run-19 are new
+        async with asyncio.timeout(10), diagnose.entered:
+            await diagnose.entered.wait_for(lambda: diagnose.active == AMID_DELIVERIES)
+        assert intake.calls - calls == 8 + AMID_DELIVERIES and diagnose.most == AMID_DELIVERIES
+        diagnose.gate.set()
+        async with asyncio.timeout(10):
+            await wd.jobs.wait_idle()
+
+        clock.advance(FLOOD_MEMORY_SECONDS)  # quiet for a while: the stream is over, every worker goes
+        diagnose.gate.clear()
+        await wd.intake.handle(parse_payload(_burst(30)).payload)  # run-20 .. run-29 are new
         async with asyncio.timeout(10), diagnose.entered:
             await diagnose.entered.wait_for(lambda: diagnose.active == 8)
         diagnose.gate.set()
         async with asyncio.timeout(10):
             await wd.jobs.wait_idle()
-        assert sorted(diagnose.calls) == sorted(f"run-{i}" for i in range(10))
+        assert len(diagnose.calls) == 30
     finally:
         diagnose.gate.set()
         await wd.aclose()
