@@ -309,10 +309,10 @@ async def test_a_few_diagnoses_run_amid_a_stream_of_deliveries_and_its_gaps_and_
 
 
 async def test_the_diagnoses_of_a_burst_start_in_shared_write_transactions(
-    _no_pending_tasks: None, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    _no_pending_tasks: None, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     diagnose = GatedDiagnose()
-    wd = await _gated_watchdog(sqlite_url, diagnose, max_concurrent_diagnoses=8)
+    wd = await _gated_watchdog(database_url, diagnose, max_concurrent_diagnoses=8)
     starting: list[str] = []
     transaction = wd.store.transaction
 
@@ -339,11 +339,11 @@ async def test_the_diagnoses_of_a_burst_start_in_shared_write_transactions(
 
 
 async def test_an_incident_closed_before_its_diagnosis_starts_leaves_the_others_of_its_batch_started(
-    _no_pending_tasks: None, sqlite_url: str
+    _no_pending_tasks: None, database_url: str
 ) -> None:
     diagnose = GatedDiagnose()
     diagnose.gate.set()
-    wd = await _gated_watchdog(sqlite_url, diagnose, max_concurrent_diagnoses=4)
+    wd = await _gated_watchdog(database_url, diagnose, max_concurrent_diagnoses=4)
     try:
         opened = [
             (
