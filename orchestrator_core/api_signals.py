@@ -151,7 +151,7 @@ async def trace_signals(service: OrchestratorService, trace: dict[str, Any]) -> 
     dag_id = trace["dag_id"]
     running: dict[str, RunningNode] = {}
     if any(node.get("status") == "running" for node in nodes.values()):
-        await signals.flush_running()
+        await signals.flush_running_of(trace["execution_id"])
         running = {
             row.node_id: row for row in await service.engine.store.signals.running_of(trace["execution_id"])
         }

@@ -9,7 +9,10 @@ wait for, interrupt and detach runs and the `locks.LockBackend` for leases.
   service), which starts a short task that releases the lock and then calls `after_run` (the service
   admits the next queued run there). Nothing waits, and no callback is kept, per run that goes on: at
   10,000 held runs a waiting task per run was ~1.5 KB of memory each.
-- `renew_once` extends every owned lock in one round trip (`LockBackend.renew_many`). A lock found
+- `renew_once` extends the owned locks `RENEW_BATCH` at a time, one round trip each
+  (`LockBackend.renew_many`), and lets the event loop serve requests between two batches: at 10,000
+  held runs one pass over all of them held the loop ~100 ms, and the API's reads waited behind it
+  (issue 11). A lock found
   expired that nobody took since is set again unchanged (`retake_many`): the replica was late, the run
   is still its own. When a lock is held by someone else, or cannot be renewed before it could expire
   (the backend unreachable for a TTL less one tick), the replica self-fences: it stops the run and
@@ -39,6 +42,9 @@ from orchestrator_core.settings import OrchestratorSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# Leases renewed per round trip; the event loop serves other work between two of them.
+RENEW_BATCH = 1000
 
 
 _WHY = {"lost": "lost", "unrenewable": "could not be renewed"}
@@ -124,8 +130,8 @@ class Ownership:
         return result
 
     async def renew_once(self) -> list[str]:
-        """Renew every owned lock, in one round trip; self-fence the runs whose lock is lost or could
-        not be renewed before it could expire. Returns the fenced ids.
+        """Renew every owned lock, `RENEW_BATCH` per round trip; self-fence the runs whose lock is lost
+        or could not be renewed before it could expire. Returns the fenced ids.
 
         A lock the renewal finds gone (it expired: this replica was too slow, not refused) is set
         again unchanged when nobody took it meanwhile (`retake_many`, one more round trip for all of
@@ -134,8 +140,26 @@ class Ownership:
         stops its run here.
         """
         entries = list(self.owned.items())
-        if not entries:
-            return []
+        gone: list[tuple[str, _Owned]] = []
+        doomed: list[tuple[str, str]] = []
+        for first in range(0, len(entries), RENEW_BATCH):
+            if first:
+                await asyncio.sleep(0)  # the API's requests go between two batches
+            await self._renew_batch(entries[first : first + RENEW_BATCH], gone, doomed)
+        if gone:
+            doomed += await self._retake(gone, self.settings.lock_ttl_seconds)
+        fenced = []
+        for execution_id, reason in doomed:
+            if execution_id in self.owned:
+                fenced.append(execution_id)
+                await self._self_fence(execution_id, reason)
+        return fenced
+
+    async def _renew_batch(
+        self, entries: list[tuple[str, _Owned]], gone: list[tuple[str, _Owned]], doomed: list[tuple[str, str]]
+    ) -> None:
+        """Renew `entries` in one round trip; add to `gone` the locks found expired, to `doomed` the runs
+        whose lock could not be renewed and could expire before the next tick."""
         ttl = self.settings.lock_ttl_seconds
         sent = self._monotonic()  # Redis extends from when it gets the request: this or later
         try:
@@ -143,8 +167,6 @@ class Ownership:
         except LockBackendUnavailable as exc:
             log.warning("cannot renew %d ownership locks: %s", len(entries), exc)
             answers = None
-        gone: list[tuple[str, _Owned]] = []
-        doomed: list[tuple[str, str]] = []
         now = self._monotonic()
         for index, (execution_id, owned) in enumerate(entries):
             if self.owned.get(execution_id) is not owned:
@@ -159,14 +181,6 @@ class Ownership:
                 owned.last_renewed = sent
             else:
                 gone.append((execution_id, owned))
-        if gone:
-            doomed += await self._retake(gone, ttl)
-        fenced = []
-        for execution_id, reason in doomed:
-            if execution_id in self.owned:
-                fenced.append(execution_id)
-                await self._self_fence(execution_id, reason)
-        return fenced
 
     async def _retake(self, gone: list[tuple[str, _Owned]], ttl: float) -> list[tuple[str, str]]:
         """Set again the expired locks nobody took; the (id, reason) of the runs that must stop."""

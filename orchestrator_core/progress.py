@@ -204,17 +204,19 @@ class RunSignals(NodeSignals):
         await self.history.flush()
 
     async def flush_running(self) -> None:
-        """The running-node part of `flush` (what readers call before they read)."""
+        """The running-node part of `flush` (what readers of every run's nodes call before they read)."""
         async with self._flush_lock:
             upserts, deletes = self._changes()
             progress, self._progress = list(self._progress.values()), {}
-            try:
-                missing = await self.store.signals.sync_running(upserts, deletes, progress)
-            except BaseException:
-                self._deleted |= deletes
-                for delta in progress:
-                    self._merge_back(delta)
-                raise
+            missing: list[ProgressDelta] = []
+            if upserts or deletes or progress:  # else no transaction: the usual tick with long nodes
+                try:
+                    missing = await self.store.signals.sync_running(upserts, deletes, progress)
+                except BaseException:
+                    self._deleted |= deletes
+                    for delta in progress:
+                        self._merge_back(delta)
+                    raise
             for row in upserts:
                 nodes = self._running.get(row.execution_id)
                 if nodes is not None and nodes.run.fencing_token == row.fencing_token:
@@ -223,6 +225,32 @@ class RunSignals(NodeSignals):
             self._flushes += 1
             if self._flushes % PRUNE_EVERY == 0:
                 await self.store.signals.prune_running()
+
+    async def flush_running_of(self, execution_id: str) -> None:
+        """What a reader of one run's running nodes calls before it reads: `flush_running` when this
+        replica holds a change of that run the store does not have yet (or a flush is under way),
+        nothing otherwise. A trace read thus costs neither a pass over every run held here nor a write
+        transaction (issue 11: at 10,000 running runs each trace read scanned them all, one reader at
+        a time, 14.5 ms instead of 2.7 ms, and 30 reads at once 837 ms)."""
+        if self._flush_lock.locked() or self._unwritten(execution_id):
+            await self.flush_running()
+
+    def _unwritten(self, execution_id: str) -> bool:
+        """Whether `_changes` (or the pending progress) holds anything of `execution_id`: its nodes'
+        side of `_changes`, for one run."""
+        nodes = self._running.get(execution_id)
+        if nodes is not None:
+            if not self._is_local(nodes.run):
+                return True
+            for node_id, state in nodes.states.items():
+                if state.status != "running":
+                    if node_id in nodes.written:
+                        return True
+                elif nodes.written.get(node_id) != state.attempt_count and state.started_at is not None:
+                    return True
+        return any(key[0] == execution_id for key in self._deleted) or any(
+            key[0] == execution_id for key in self._progress
+        )
 
     def _changes(self) -> tuple[list[RunningRow], set[NodeKey]]:
         """The rows to write (started or retried nodes) and to delete (ended ones) since the last flush."""

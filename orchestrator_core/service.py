@@ -13,11 +13,12 @@ the replica takes its ownership lock; the lease's fencing token goes to the engi
 writes with a stale token.
 
 Ownership (`ownership.Ownership`): when an owned run's task ends, its lock is released and the next
-queued run admitted. `renew_once` extends every owned lock in one round trip; a lock that
-expired but that nobody took is set again; when a lock is held by someone else, or cannot be renewed
-before it could expire (Redis unreachable for a TTL less one tick), the replica self-fences: it stops
-the run and records it `interrupted` (resumable), or only detaches when another owner already claimed
-it — before another replica can take the run over, so it never runs in two places at once.
+queued run admitted. `renew_once` extends the owned locks a thousand per round trip, the API served
+between two batches; a lock that expired but that nobody took is set again; when a lock is held by
+someone else, or cannot be renewed before it could expire (Redis unreachable for a TTL less one tick),
+the replica self-fences: it stops the run and records it `interrupted` (resumable), or only detaches
+when another owner already claimed it — before another replica can take the run over, so it never runs
+in two places at once.
 
 Remote cancel: `reconcile_once` stops the local runs that another replica cancelled in the store (one
 store read for all owned runs).

@@ -16,9 +16,13 @@ Deliveries first: before each diagnosis, and before the responder takes a diagno
 worker waits (`yield_to`, normally the intake gate's `quiet`) until no alert delivery waits for the
 store, at most `YIELD_SECONDS`: a burst of new incidents is recorded first and diagnosed after, and
 under a sustained stream of deliveries the diagnoses go on, slowly (issue 11: they starved the
-intake, 16 distinct deliveries/s). Likewise the responses wait (at most `RESPOND_AFTER_SECONDS`) while
-diagnoses are queued or running: a burst of 30 alerts is diagnosed first, then planned and notified,
-instead of every diagnosis sharing the store and the CPU with the others' plans and notifications.
+intake, 16 distinct deliveries/s): while a yield found deliveries still waiting within the last
+`FLOOD_MEMORY_SECONDS`, at most `AMID_DELIVERIES` diagnose at once, each after a yield of its own,
+the other workers waiting their turn. A burst (30 alerts are recorded within ~0.1 s) leaves the
+intake quiet at once, and all `max_concurrent` workers diagnose: two rounds, not eight. Likewise
+the responses wait (at most `RESPOND_AFTER_SECONDS`) while diagnoses are queued or running: a burst
+of 30 alerts is diagnosed first, then planned and notified, instead of every diagnosis sharing the
+store and the CPU with the others' plans and notifications.
 
 Backpressure: at most `max_concurrent` diagnoses run and at most `queue_size` wait; a burst of
 alerts beyond that leaves the newest incidents `open` without a diagnosis (counted in
@@ -38,18 +42,21 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import math
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 from gl_common.clock import Clock
+from watchdog.episodes import GroupCommit
 from watchdog.errors import InvalidTransition, StoreError, StoreUnavailable
 from watchdog.incidents import IncidentService, transition_in
 from watchdog.jobs import JobTracker, retried
 from watchdog.leases import JobLeases, Lease, LeaseLost
 from watchdog.metrics import WatchdogMetrics
 from watchdog.records import Incident
-from watchdog.store import WatchdogStore
+from watchdog.store import Tx, WatchdogStore
 from watchdog.tracing import DIAGNOSIS_SPAN, IncidentTracer
 from watchdog_sdk.diagnosis import Diagnosis
 from watchdog_sdk.errors import WatchdogError
@@ -62,8 +69,9 @@ Diagnose = Callable[[str], Awaitable[Diagnosis]]
 OnDiagnosed = Callable[[int, Diagnosis], Awaitable[object]]
 """What follows a diagnosis: (incident id, its diagnosis). Normally `Responder.handle_diagnosed`."""
 
-YieldTo = Callable[[float], Awaitable[object]]
-"""Waits (at most the given seconds) until the work that goes first is done: `IntakeGate.quiet`."""
+YieldTo = Callable[[float], Awaitable[bool]]
+"""Waits (at most the given seconds) until the work that goes first is done, and says whether it is:
+`IntakeGate.quiet`."""
 
 Backoff = Callable[[int], float]
 """Seconds before the retry that follows the n-th failed attempt (n from 1)."""
@@ -75,6 +83,10 @@ DEFAULT_QUEUE_SIZE: Final = 256
 SAVE_SECONDS: Final = 30.0
 # How long a worker waits for the deliveries before it goes on with a diagnosis anyway.
 YIELD_SECONDS: Final = 1.0
+# How many diagnoses run at once amid a sustained stream of alerts (deliveries still waited for the
+# store after a worker's YIELD_SECONDS within the last FLOOD_MEMORY_SECONDS); the other workers wait.
+AMID_DELIVERIES: Final = 4
+FLOOD_MEMORY_SECONDS: Final = 2 * YIELD_SECONDS
 # How long a diagnosed incident's response waits for the other queued diagnoses to be done.
 RESPOND_AFTER_SECONDS: Final = 2.0
 
@@ -120,8 +132,17 @@ class DiagnosisService:
         self._waiting: list[tuple[datetime, int, bool]] = []
         self._queued: set[int] = set()  # incident ids waiting or being diagnosed
         self._workers = 0
+        self._amid_slots = asyncio.Semaphore(min(AMID_DELIVERIES, max_concurrent))
+        self._flood_seen = -math.inf  # when a yield last found deliveries still waiting (monotonic)
         self._drained = asyncio.Event()  # set while no diagnosis waits or runs
         self._drained.set()
+        self._begins: GroupCommit[_Start, tuple[Lease, Incident] | None] = GroupCommit(
+            self._begin_batch,
+            max_size=max_concurrent,
+            size=lambda _: 1,
+            concurrency=1,
+            name="diagnoses-starting",
+        )
 
     @property
     def deadline_seconds(self) -> float:
@@ -170,19 +191,26 @@ class DiagnosisService:
     async def _worker(self) -> None:
         try:
             while self._waiting:
-                await self._let_deliveries_first()
-                if not self._waiting:
-                    break
-                _, incident_id, undiagnosed_only = heapq.heappop(self._waiting)
-                self.metrics.diagnosis_queue.set(len(self._waiting))
-                try:
-                    await self.diagnose_incident(incident_id, undiagnosed_only=undiagnosed_only)
-                finally:
-                    self._queued.discard(incident_id)
+                if await self._calm():
+                    if self._waiting:
+                        await self._diagnose_next()
+                    continue
+                async with self._amid_slots:  # amid a stream of deliveries: a few, each after a yield
+                    await self._let_deliveries_first()
+                    if self._waiting:
+                        await self._diagnose_next()
         finally:
             self._workers -= 1
             if not self._workers and not self._waiting:
                 self._drained.set()
+
+    async def _diagnose_next(self) -> None:
+        _, incident_id, undiagnosed_only = heapq.heappop(self._waiting)
+        self.metrics.diagnosis_queue.set(len(self._waiting))
+        try:
+            await self.diagnose_incident(incident_id, undiagnosed_only=undiagnosed_only)
+        finally:
+            self._queued.discard(incident_id)
 
     async def resume(self) -> list[int]:
         """At start-up, when this process is the only watchdog: re-start diagnosis of open incidents
@@ -228,9 +256,18 @@ class DiagnosisService:
             self.jobs.spawn(self._hand_on(incident_id, diagnosis, actor), name=f"respond-{incident_id}")
         return incident
 
-    async def _let_deliveries_first(self) -> None:
-        if self.yield_to is not None:
-            await self.yield_to(YIELD_SECONDS)
+    async def _let_deliveries_first(self) -> bool:
+        """Wait (at most YIELD_SECONDS) until no delivery waits for the store; whether none does."""
+        quiet = True if self.yield_to is None else await self.yield_to(YIELD_SECONDS)
+        if not quiet:
+            self._flood_seen = self.clock.monotonic()
+        return quiet
+
+    async def _calm(self) -> bool:
+        """Yield to the deliveries; whether the intake is quiet now and was at every yield of the last
+        FLOOD_MEMORY_SECONDS (a burst recorded, not a stream with gaps between its deliveries)."""
+        quiet = await self._let_deliveries_first()
+        return quiet and self.clock.monotonic() - self._flood_seen >= FLOOD_MEMORY_SECONDS
 
     async def _hand_on(self, incident_id: int, diagnosis: Diagnosis, actor: str) -> None:
         assert self.on_diagnosed is not None
@@ -254,27 +291,46 @@ class DiagnosisService:
     async def _begin(
         self, incident_id: int, actor: str, undiagnosed_only: bool
     ) -> tuple[Lease, Incident] | None:
-        """open → diagnosing, the lease and the audit entry, in one transaction; None when the
-        incident is not (or no longer) to be diagnosed."""
-        async with self.store.transaction() as tx:
-            incident = await tx.get_incident(incident_id)
-            if incident is None or incident.status not in DIAGNOSABLE:
-                log.info("not diagnosing incident %s: it is %s", incident_id, incident and incident.status)
-                return None
-            if undiagnosed_only and incident.diagnosis is not None:
-                return None  # diagnosed meanwhile (another replica, a re-queue)
-            incident = await transition_in(
-                tx, incident_id, "diagnosing", actor=actor, reason="diagnosis started", expected=DIAGNOSABLE
-            )
-            lease = await self.leases.take_in(tx, incident_id, "diagnosis", max_seconds=self.deadline_seconds)
-            assert lease is not None  # no expected token: always taken
-            await tx.add_audit(
-                incident_id,
-                "diagnosis",
-                phase="before",
-                actor=actor,
-                data={"execution_id": incident.execution_id, "attempt": lease.attempts + 1},
-            )
+        """open → diagnosing, the lease and the audit entry, in one transaction shared with the other
+        diagnoses starting at the same moment (`_begin_batch`); None when the incident is not (or no
+        longer) to be diagnosed."""
+        return await self._begins.submit(_Start(incident_id, actor, undiagnosed_only))
+
+    async def _begin_batch(self, starts: list[_Start]) -> list[tuple[Lease, Incident] | BaseException | None]:
+        """The starts of several diagnoses in one write transaction, each in a savepoint of its own (one
+        refused, e.g. an incident closed meanwhile, leaves the others be). A burst's diagnoses began one
+        transaction each, one at a time, amid the diagnoses already running: the last of 16 began
+        ~0.5 s after the first, and every finished diagnosis waited behind them to be saved (issue 11)."""
+        answers: list[tuple[Lease, Incident] | BaseException | None] = []
+        async with self.store.transaction("diagnoses starting") as tx:
+            for start in starts:
+                try:
+                    async with tx.conn.begin_nested():
+                        answers.append(await self._begin_in(tx, start))
+                except InvalidTransition as exc:
+                    answers.append(exc)
+        return answers
+
+    async def _begin_in(self, tx: Tx, start: _Start) -> tuple[Lease, Incident] | None:
+        incident_id, actor = start.incident_id, start.actor
+        incident = await tx.get_incident(incident_id)
+        if incident is None or incident.status not in DIAGNOSABLE:
+            log.info("not diagnosing incident %s: it is %s", incident_id, incident and incident.status)
+            return None
+        if start.undiagnosed_only and incident.diagnosis is not None:
+            return None  # diagnosed meanwhile (another replica, a re-queue)
+        incident = await transition_in(
+            tx, incident_id, "diagnosing", actor=actor, reason="diagnosis started", expected=DIAGNOSABLE
+        )
+        lease = await self.leases.take_in(tx, incident_id, "diagnosis", max_seconds=self.deadline_seconds)
+        assert lease is not None  # no expected token: always taken
+        await tx.add_audit(
+            incident_id,
+            "diagnosis",
+            phase="before",
+            actor=actor,
+            data={"execution_id": incident.execution_id, "attempt": lease.attempts + 1},
+        )
         return lease, incident
 
     async def _diagnose_and_store(
@@ -384,6 +440,15 @@ class DiagnosisService:
                         lease.incident_id, "diagnosis_stored", actor=actor, data={"fields": ["diagnosis"]}
                     )
                 return None
+
+
+@dataclass(frozen=True)
+class _Start:
+    """A diagnosis to start: `_begin`'s arguments."""
+
+    incident_id: int
+    actor: str
+    undiagnosed_only: bool
 
 
 def _summary(diagnosis: Diagnosis) -> str:

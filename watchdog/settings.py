@@ -129,8 +129,10 @@ class WatchdogSettings(BaseSettings):
     alertmanager_timeout_seconds: float = Field(default=5.0, gt=0)
     step_timeout_seconds: float = Field(default=10.0, gt=0)
     # Diagnoses running at once; more wait their turn (a burst of alerts must not flood the
-    # orchestrator and the store with hundreds of concurrent diagnoses).
-    max_concurrent_diagnoses: int = Field(default=4, ge=1)
+    # orchestrator and the store with hundreds of concurrent diagnoses). While alert deliveries keep
+    # the intake busy, only `watchdog.diagnosis.AMID_DELIVERIES` (4) of them run (issue 11: 16 let a
+    # burst of 30 be diagnosed in two rounds instead of eight).
+    max_concurrent_diagnoses: int = Field(default=16, ge=1)
     # Diagnoses waiting for a worker, at most; beyond that the newest incidents wait for a later sweep.
     diagnosis_queue_size: int = Field(default=256, ge=1)
 

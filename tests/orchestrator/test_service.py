@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 import sqlalchemy as sa
 from aiohttp import web
 
+from orchestrator_core import ownership as ownership_module
 from orchestrator_core.errors import LockBackendUnavailable, ServiceUnavailable
 from orchestrator_core.locks import InProcessLockBackend, InProcessLockSpace, lock_key
 from orchestrator_core.service import OrchestratorService
@@ -255,6 +256,36 @@ async def test_running_run_holds_its_redis_lock_and_releases_it(
                     await asyncio.sleep(0.02)
     finally:
         await raw.aclose()
+
+
+async def test_renewal_goes_in_batches_and_the_loop_serves_other_work_between_them(
+    _no_pending_tasks: None, sqlite_url: str, gates: Gates, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ownership_module, "RENEW_BATCH", 2)
+    async with running_service(make_settings(sqlite_url), registry=make_registry(gates)) as h:
+        await h.register(gate_dag("batched"))
+        ids = [(await h.execute("batched"))["execution_id"] for _ in range(5)]
+        await gates.wait_started(5)
+        renewer = asyncio.current_task()
+        events: list[int | str] = []
+        renew_many = h.service.locks.renew_many
+
+        async def recorded(leases: Any, ttl: float) -> list[bool]:
+            if asyncio.current_task() is renewer:  # not the maintenance loop's own renewal
+                events.append(len(leases))
+            return await renew_many(leases, ttl)
+
+        async def other_work() -> None:
+            events.append("other")
+
+        monkeypatch.setattr(h.service.locks, "renew_many", recorded)
+        probe = asyncio.get_running_loop().create_task(other_work())  # runs once the renewal yields
+        assert await h.service.renew_once() == []
+        await probe
+        assert events == [2, "other", 2, 1]
+        gates.open("n1")
+        for execution_id in ids:
+            await h.wait_status(execution_id, "completed")
 
 
 @pytest.mark.redis

@@ -301,6 +301,41 @@ async def test_the_maintenance_tick_writes_running_nodes_and_merges_durations(
     assert await store.signals.running_of(execution_id) == []
 
 
+async def test_a_trace_read_writes_nothing_when_the_store_has_the_runs_running_nodes(
+    h: Harness, gates: Gates, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = h.service.engine.store
+    execution_id = await _running_at_gate(h, gates, "read-only-trace")
+    await h.service.runs_tick_once()  # n1's row written
+    writes: list[int] = []
+    sync_running = store.signals.sync_running
+
+    async def counted(*args: Any) -> Any:
+        writes.append(1)
+        return await sync_running(*args)
+
+    monkeypatch.setattr(store.signals, "sync_running", counted)
+    trace = (await h.api("GET", f"/executions/{execution_id}/trace")).json()["node_traces"]
+    assert trace["n1"]["status"] == "running" and trace["n1"]["progress_reports"] == 0
+    await h.service.engine.signals.flush_running()  # and a flush with nothing new writes nothing
+    assert writes == []
+    gates.open("n1")
+    await h.wait_status(execution_id, "completed")
+
+
+async def test_a_trace_read_writes_that_runs_unwritten_progress_first(h: Harness, gates: Gates) -> None:
+    store = h.service.engine.store
+    execution_id = await _running_at_gate(h, gates, "progress-then-trace")
+    await h.service.runs_tick_once()
+    taken = await h.api("POST", _progress_path(execution_id, "n1"), json={"message": "half", "fraction": 0.5})
+    assert taken.status_code == 200, taken.text
+    assert [row.progress_reports for row in await store.signals.running_of(execution_id)] == [0]
+    trace = (await h.api("GET", f"/executions/{execution_id}/trace")).json()["node_traces"]
+    assert trace["n1"]["progress_reports"] == 1 and trace["n1"]["progress_message"] == "half"
+    gates.open("n1")
+    await h.wait_status(execution_id, "completed")
+
+
 async def test_a_retried_node_shows_its_attempt_and_keeps_its_start_and_progress(
     h: Harness, gates: Gates
 ) -> None:

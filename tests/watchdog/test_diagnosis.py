@@ -15,7 +15,7 @@ from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, ScriptedDiagnose,
 from tests.watchdog.orchestrators import FakeOrchestrator
 from watchdog.assembly import Watchdog, build_watchdog
 from watchdog.condition import ConditionEvaluator
-from watchdog.diagnosis import OnDiagnosed
+from watchdog.diagnosis import AMID_DELIVERIES, FLOOD_MEMORY_SECONDS, OnDiagnosed, _Start
 from watchdog.settings import WatchdogSettings
 from watchdog.webhook import parse_payload
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
@@ -94,8 +94,8 @@ async def test_a_burst_of_alerts_is_diagnosed_a_few_at_a_time(
         await wd.aclose()
 
 
-def test_the_default_allows_a_few_diagnoses_at_once() -> None:
-    assert WatchdogSettings().max_concurrent_diagnoses == 4
+def test_the_default_diagnoses_a_burst_of_thirty_alerts_in_two_rounds() -> None:
+    assert WatchdogSettings().max_concurrent_diagnoses == 16
 
 
 async def test_a_failed_diagnosis_is_retried_by_the_next_sweep_once(
@@ -233,6 +233,133 @@ async def test_diagnoses_wait_while_alert_deliveries_are_at_the_store(
         async with asyncio.timeout(10):
             await wd.jobs.wait_idle()
         assert diagnose.calls == ["run-0"]
+    finally:
+        await wd.aclose()
+
+
+class SteppedClock(FakeClock):
+    """A FakeClock whose monotonic time too stays where it is put."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.monotonic_now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.monotonic_now
+
+    def advance(self, seconds: float) -> None:
+        super().advance(seconds)
+        self.monotonic_now += seconds
+
+
+class BusyIntake:
+    """`yield_to` of a watchdog whose intake is busy (each wait ends as after its full timeout, with
+    deliveries still waiting) until `quiet` is set; counts the waits."""
+
+    def __init__(self) -> None:
+        self.quiet = False
+        self.calls = 0
+
+    async def __call__(self, max_seconds: float) -> bool:
+        self.calls += 1
+        return self.quiet
+
+
+async def test_a_few_diagnoses_run_amid_a_stream_of_deliveries_and_its_gaps_and_all_workers_once_it_is_over(
+    _no_pending_tasks: None, sqlite_url: str
+) -> None:
+    diagnose = GatedDiagnose()
+    wd = await _gated_watchdog(sqlite_url, diagnose, max_concurrent_diagnoses=8)
+    intake, clock = BusyIntake(), SteppedClock()
+    wd.diagnosis.yield_to, wd.diagnosis.clock = intake, clock
+    try:
+        await wd.intake.handle(parse_payload(_burst(10)).payload)
+        # each of the 8 workers yielded once; the 4 let through amid the deliveries once more
+        async with asyncio.timeout(10), diagnose.entered:
+            await diagnose.entered.wait_for(lambda: diagnose.active == AMID_DELIVERIES)
+        assert intake.calls == 8 + AMID_DELIVERIES and diagnose.most == AMID_DELIVERIES
+        diagnose.gate.set()
+        async with asyncio.timeout(10):
+            await wd.jobs.wait_idle()
+        assert diagnose.most == AMID_DELIVERIES and len(diagnose.calls) == 10
+
+        intake.quiet = True  # a gap in the stream: still a few at a time
+        diagnose.gate.clear()
+        calls = intake.calls
+        await wd.intake.handle(parse_payload(_burst(20)).payload)  # run-10 .. run-19 are new
+        async with asyncio.timeout(10), diagnose.entered:
+            await diagnose.entered.wait_for(lambda: diagnose.active == AMID_DELIVERIES)
+        assert intake.calls - calls == 8 + AMID_DELIVERIES and diagnose.most == AMID_DELIVERIES
+        diagnose.gate.set()
+        async with asyncio.timeout(10):
+            await wd.jobs.wait_idle()
+
+        clock.advance(FLOOD_MEMORY_SECONDS)  # quiet for a while: the stream is over, every worker goes
+        diagnose.gate.clear()
+        await wd.intake.handle(parse_payload(_burst(30)).payload)  # run-20 .. run-29 are new
+        async with asyncio.timeout(10), diagnose.entered:
+            await diagnose.entered.wait_for(lambda: diagnose.active == 8)
+        diagnose.gate.set()
+        async with asyncio.timeout(10):
+            await wd.jobs.wait_idle()
+        assert len(diagnose.calls) == 30
+    finally:
+        diagnose.gate.set()
+        await wd.aclose()
+
+
+async def test_the_diagnoses_of_a_burst_start_in_shared_write_transactions(
+    _no_pending_tasks: None, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    diagnose = GatedDiagnose()
+    wd = await _gated_watchdog(database_url, diagnose, max_concurrent_diagnoses=8)
+    starting: list[str] = []
+    transaction = wd.store.transaction
+
+    def counted(what: str = "watchdog store", **options: Any) -> Any:
+        if what == "diagnoses starting":
+            starting.append(what)
+        return transaction(what, **options)
+
+    monkeypatch.setattr(wd.store, "transaction", counted)
+    try:
+        await wd.intake.handle(parse_payload(_burst(8)).payload)
+        async with asyncio.timeout(10), diagnose.entered:
+            await diagnose.entered.wait_for(lambda: diagnose.active == 8)
+        assert 1 <= len(starting) < 8
+        incidents = await wd.store.list_incidents()
+        assert {i.status for i in incidents} == {"diagnosing"} and len(incidents) == 8
+        diagnose.gate.set()
+        async with asyncio.timeout(10):
+            await wd.jobs.wait_idle()
+        assert all(i.diagnosis is not None for i in await wd.store.list_incidents())
+    finally:
+        diagnose.gate.set()
+        await wd.aclose()
+
+
+async def test_an_incident_closed_before_its_diagnosis_starts_leaves_the_others_of_its_batch_started(
+    _no_pending_tasks: None, database_url: str
+) -> None:
+    diagnose = GatedDiagnose()
+    diagnose.gate.set()
+    wd = await _gated_watchdog(database_url, diagnose, max_concurrent_diagnoses=4)
+    try:
+        opened = [
+            (
+                await wd.incidents.open_or_join(
+                    f"run-{i}", dag_id="d", source="manual", detection_source="api"
+                )
+            ).incident
+            for i in range(3)
+        ]
+        await wd.incidents.transition(opened[1].id, "closed", actor="test", reason="resolved")
+        answers = await wd.diagnosis._begin_batch([_Start(i.id, "watchdog", False) for i in opened])
+        assert answers[1] is None
+        started = [answer for answer in answers if isinstance(answer, tuple)]
+        assert [incident.id for _, incident in started] == [opened[0].id, opened[2].id]
+        statuses = [incident.status for incident in await wd.store.list_incidents()]
+        assert sorted(statuses) == ["closed", "diagnosing", "diagnosing"]
     finally:
         await wd.aclose()
 

@@ -100,3 +100,43 @@ async def test_a_waiter_reads_again_when_the_shared_read_is_cancelled(
     with pytest.raises(asyncio.CancelledError):
         await first
     release.set()
+
+
+async def test_the_agents_and_a_dags_definition_are_shared_like_the_metrics(
+    orch: respx.MockRouter, shared: tuple[SharedReads, Now]
+) -> None:
+    client, now = shared
+    agents = orch.get("/agents").respond(json={"items": [{"agent_id": "a", "restarts": 1}]})
+    dag = orch.get("/dags/d1").respond(json={"dag_id": "d1", "nodes": {}})
+    other = orch.get("/dags/d2").respond(json={"dag_id": "d2", "nodes": {}})
+    await asyncio.gather(client.list_agents(), client.list_agents(), client.get_dag("d1"))
+    now.value += 0.5
+    assert [a.agent_id for a in await client.list_agents()] == ["a"]
+    assert (await client.get_dag("d1"))["dag_id"] == "d1" and (await client.get_dag("d2"))["dag_id"] == "d2"
+    assert (agents.call_count, dag.call_count, other.call_count) == (1, 1, 1)
+    now.value += 1.0
+    await client.list_agents()
+    assert agents.call_count == 2
+
+
+async def test_the_same_log_read_of_a_run_is_sent_once_while_in_flight_and_never_reused_after(
+    orch: respx.MockRouter, shared: tuple[SharedReads, Now]
+) -> None:
+    client, _ = shared
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def held(request: httpx.Request) -> httpx.Response:
+        started.set()
+        await release.wait()
+        return httpx.Response(200, json={"lines": [{"message": "m"}]})
+
+    route = orch.get("/executions/ex-1/logs").mock(side_effect=held)
+    first = asyncio.create_task(client.get_logs("ex-1", limit=500))
+    await started.wait()
+    second = asyncio.create_task(client.get_logs("ex-1", limit=500))  # step 8 while step 7's is out
+    other_node = asyncio.create_task(client.get_logs("ex-1", node_id="n1", limit=500))
+    release.set()
+    answers = await asyncio.gather(first, second, other_node)
+    assert route.call_count == 2 and [[line.message for line in a] for a in answers] == [["m"]] * 3
+    await client.get_logs("ex-1", limit=500)  # asked again once answered, at the same instant
+    assert route.call_count == 3
