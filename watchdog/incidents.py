@@ -27,7 +27,7 @@ from typing import Any, Final
 from watchdog.breaker import failures_in, is_open
 from watchdog.errors import IncidentNotFound, InvalidTransition
 from watchdog.metrics import WatchdogMetrics
-from watchdog.migrations import TERMINAL_INCIDENT_STATUSES
+from watchdog.migrations import TERMINAL_INCIDENT_STATUSES, page_change
 from watchdog.policy import CircuitBreaker
 from watchdog.records import Action, Approval, AuditEntry, Incident
 from watchdog.store import Tx, WatchdogStore
@@ -300,9 +300,14 @@ class IncidentService:
         actor: str = "watchdog",
         data: Mapping[str, Any] | None = None,
     ) -> None:
-        """Append an audit entry (a step, a note) without changing the incident."""
+        """Append an audit entry (a step, a note) without changing the incident; an entry that opens
+        or closes its page (`page_change`: an escalation delivered, a resolve the pagers took) sets
+        the row's `page_open` in the same transaction."""
+        change = None if incident_id is None else page_change(kind, phase, data or {})
         async with self.store.transaction() as tx:
             await tx.add_audit(incident_id, kind, phase=phase, actor=actor, data=data)
+            if incident_id is not None and change is not None:
+                await tx.set_page_open(incident_id, change)
 
     async def update(
         self, incident_id: int, *, kind: str, actor: str, data: Mapping[str, Any] | None = None, **values: Any
