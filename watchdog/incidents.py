@@ -3,7 +3,8 @@
 Called by the intake (`watchdog.intake`, firing/resolved alerts), the sweeps (`watchdog.sweeps`), the
 API/CLI (`diagnose`), the diagnosis jobs (`watchdog.diagnosis`), the responder and the remediation
 state machine. Uses the store (`watchdog.store`) only; each operation is one transaction, in which
-the incident row and its audit entry are written together.
+the incident row and its audit entry are written together: an entry that opens or closes an
+escalated incident's page (`record`) sets `page_open`, which the sweep's page resolver reads.
 
 At most one incident is open per execution id. That is the store's partial unique index, not a
 check-then-insert: `open_or_join` inserts with ON CONFLICT DO NOTHING and, when it loses, joins the
@@ -303,10 +304,10 @@ class IncidentService:
         """Append an audit entry (a step, a note) without changing the incident; an entry that opens
         or closes its page (`page_change`: an escalation delivered, a resolve the pagers took) sets
         the row's `page_open` in the same transaction."""
-        change = None if incident_id is None else page_change(kind, phase, data or {})
+        change = page_change(kind, phase, data or {})
         async with self.store.transaction() as tx:
             await tx.add_audit(incident_id, kind, phase=phase, actor=actor, data=data)
-            if incident_id is not None and change is not None:
+            if change is not None and incident_id is not None:
                 await tx.set_page_open(incident_id, change)
 
     async def update(
