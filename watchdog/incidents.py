@@ -3,7 +3,8 @@
 Called by the intake (`watchdog.intake`, firing/resolved alerts), the sweeps (`watchdog.sweeps`), the
 API/CLI (`diagnose`), the diagnosis jobs (`watchdog.diagnosis`), the responder and the remediation
 state machine. Uses the store (`watchdog.store`) only; each operation is one transaction, in which
-the incident row and its audit entry are written together.
+the incident row and its audit entry are written together: an entry that opens or closes an
+escalated incident's page (`record`) sets `page_open`, which the sweep's page resolver reads.
 
 At most one incident is open per execution id. That is the store's partial unique index, not a
 check-then-insert: `open_or_join` inserts with ON CONFLICT DO NOTHING and, when it loses, joins the
@@ -27,7 +28,7 @@ from typing import Any, Final
 from watchdog.breaker import failures_in, is_open
 from watchdog.errors import IncidentNotFound, InvalidTransition
 from watchdog.metrics import WatchdogMetrics
-from watchdog.migrations import TERMINAL_INCIDENT_STATUSES
+from watchdog.migrations import TERMINAL_INCIDENT_STATUSES, page_change
 from watchdog.policy import CircuitBreaker
 from watchdog.records import Action, Approval, AuditEntry, Incident
 from watchdog.store import Tx, WatchdogStore
@@ -300,9 +301,14 @@ class IncidentService:
         actor: str = "watchdog",
         data: Mapping[str, Any] | None = None,
     ) -> None:
-        """Append an audit entry (a step, a note) without changing the incident."""
+        """Append an audit entry (a step, a note) without changing the incident; an entry that opens
+        or closes its page (`page_change`: an escalation delivered, a resolve the pagers took) sets
+        the row's `page_open` in the same transaction."""
+        change = page_change(kind, phase, data or {})
         async with self.store.transaction() as tx:
             await tx.add_audit(incident_id, kind, phase=phase, actor=actor, data=data)
+            if change is not None and incident_id is not None:
+                await tx.set_page_open(incident_id, change)
 
     async def update(
         self, incident_id: int, *, kind: str, actor: str, data: Mapping[str, Any] | None = None, **values: Any

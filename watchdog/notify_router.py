@@ -3,7 +3,8 @@
 Built by the composition root (`watchdog.assembly`) from the settings (`notifier_from_settings`); used
 as the one `Notifier` of the responder (prompts) and the remediation state machine (escalations),
 and by `PageResolver`, which the intake, the remediation's closing and the sweep call so the page
-of an escalated incident follows its run (the audit log is the record of which pages are open).
+of an escalated incident follows its run (the audit log is the record of pages; the incident's row
+says whether its page is open, `page_open`, kept with the entries that open and close it).
 
     approval prompt  ──▶ chat (the Slack bot with `slack_bot_token`, else `notifier_url`: Slack or
                          JSON; nothing without either)
@@ -51,7 +52,7 @@ from watchdog.notifier import (
     PromptMessage,
 )
 from watchdog.paging import OpsgeniePager, Pager, PagerDutyPager, ResolvedMessage
-from watchdog.records import AuditEntry, Incident
+from watchdog.records import Incident
 from watchdog.settings import EscalationTarget, WatchdogSettings
 from watchdog.slack_bot import TARGET as BOT_TARGET
 from watchdog.slack_bot import SlackApi, SlackBot
@@ -64,7 +65,7 @@ log = logging.getLogger(__name__)
 ACTOR = "watchdog"
 # A page stays open while its run may still be stuck; these statuses end it (the orchestrator's).
 RUN_ENDED: Final = frozenset({"completed", "failed", "cancelled"})
-# How many escalated incidents each sweep reads at once (one audit read, one orchestrator listing)
+# How many escalated incidents with an open page each sweep reads at once (one orchestrator listing)
 # while it pages through all of them for an ended run.
 ENDED_RUNS_CHUNK: Final = 200
 
@@ -266,27 +267,6 @@ async def update_prompt(
     )
 
 
-# The audit entries `page_state` reads (the others may be left out of what it is given).
-PAGE_ENTRIES: Final = ("escalation_notified", "page_resolved")
-
-
-def page_state(audit: Sequence[AuditEntry]) -> str:
-    """What the audit log says of an incident's page: "none" (never paged), "open" or "resolved".
-
-    The audit log is the record of pages: an escalation delivered (`escalation_notified`, sent) opens
-    one; a resolve the pagers took (`page_resolved`, ok) closes it. A failed resolve leaves it open,
-    so the next occasion tries again."""
-    state = "none"
-    for entry in audit:
-        if entry.phase != "after":
-            continue
-        if entry.kind == "escalation_notified" and entry.data.get("sent"):
-            state = "open"
-        elif entry.kind == "page_resolved" and entry.data.get("ok") and state == "open":
-            state = "resolved"
-    return state
-
-
 def _rule_of(incident: Incident) -> str | None:
     return None if incident.plan is None else incident.plan.rule
 
@@ -367,9 +347,9 @@ class PageResolver:
         """The sweep's hook: resolve the open pages of every escalated incident whose run has ended
         (completed, failed or cancelled: nothing is stuck any more).
 
-        The escalated incidents are read newest first in keyset chunks of `ENDED_RUNS_CHUNK`, down to
-        the oldest; per chunk, one store read finds the open pages (their audits' page entries in one
-        query) and one listing asks the orchestrator which of their runs ended
+        The escalated incidents with an open page (`page_open`, no others: those whose page was
+        resolved pile up over months) are read newest first in keyset chunks of `ENDED_RUNS_CHUNK`,
+        down to the oldest; per chunk, one listing asks the orchestrator which of their runs ended
         (`GET /executions?status=...&execution_id=...`). When it cannot tell (unreachable, or an
         orchestrator without the filter), that is logged and the chunks left are looked at next sweep;
         a run it does not know is left open, as one still running."""
@@ -406,20 +386,13 @@ class PageResolver:
         return {run.execution_id: run.status for run in ended if run.status in RUN_ENDED}
 
     async def _with_open_pages(self, before_id: int | None) -> tuple[list[Incident], int | None]:
-        """Of the next `ENDED_RUNS_CHUNK` escalated incidents below `before_id` (None: the newest),
-        newest first, those that page and whose page is open, with where the next chunk starts (None:
-        this was the last); the page entries of their audits are read in one query."""
+        """Of the next `ENDED_RUNS_CHUNK` escalated incidents with an open page below `before_id`
+        (None: the newest), newest first, those that page, with where the next chunk starts (None:
+        this was the last); one index range on the rows (`page_open`), no audit read."""
         async with self.incidents.store.read() as tx:
-            escalated = await tx.list_incidents(
-                statuses=["escalated"], before_id=before_id, limit=ENDED_RUNS_CHUNK
-            )
-            following = escalated[-1].id if len(escalated) == ENDED_RUNS_CHUNK else None
-            paging = [incident for incident in escalated if self._pages(incident)]
-            if not paging:
-                return [], following
-            audits = await tx.list_audits([incident.id for incident in paging], kinds=PAGE_ENTRIES)
-        open_pages = [incident for incident in paging if page_state(audits.get(incident.id, [])) == "open"]
-        return open_pages, following
+            open_pages = await tx.list_open_pages(before_id=before_id, limit=ENDED_RUNS_CHUNK)
+        following = open_pages[-1].id if len(open_pages) == ENDED_RUNS_CHUNK else None
+        return [incident for incident in open_pages if self._pages(incident)], following
 
     async def _escalated_of(self, execution_id: str) -> list[int]:
         """The ids of all the run's escalated incidents (a run has few: no cap)."""
@@ -428,12 +401,11 @@ class PageResolver:
         return [incident.id for incident in found]
 
     async def _paged(self, incident_id: int) -> Incident | None:
-        """The incident when it is escalated and its page is open (by its audit log), else None."""
-        detail = await self.incidents.detail(incident_id)
-        incident = detail.incident
-        if incident.status != "escalated" or not self._pages(incident) or page_state(detail.audit) != "open":
+        """The incident when it is escalated, pages and its page is open (`page_open`), else None."""
+        incident = await self.incidents.store.get_incident(incident_id)
+        if incident is None or incident.status != "escalated" or not incident.page_open:
             return None
-        return incident
+        return incident if self._pages(incident) else None
 
     def _pages(self, incident: Incident) -> bool:
         """True when an escalation of `incident` goes to a paging service (its rule's, or the default)."""

@@ -39,6 +39,7 @@ class Incident(_Record):
     alert_links: dict[str, str] | None = None  # the opening alert's runbook_url, summary... (migration 5)
     held_kind: str | None = None  # silence | maintenance | check_failure: its last decision held it (6)
     held_by: list[dict[str, Any]] | None = None  # what holds it, as the API's `suppressed_by` (6)
+    page_open: bool = False  # escalated, and its page open: delivered, not yet resolved (7)
 
     @property
     def is_open(self) -> bool:

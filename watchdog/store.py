@@ -190,6 +190,21 @@ class Tx:
         result = await self.conn.execute(stmt)
         return [Incident.model_validate(dict(r._mapping)) for r in result]
 
+    async def list_open_pages(self, *, before_id: int | None = None, limit: int) -> list[Incident]:
+        """Escalated incidents whose page is open (`page_open`), newest first, below `before_id` when
+        given (the next keyset page): an index range (`ix_incidents_page_open`), whatever the number
+        of escalated incidents with their page closed."""
+        stmt = (
+            sa.select(incidents)
+            .where(incidents.c.page_open == sa.true(), incidents.c.status == "escalated")
+            .order_by(incidents.c.id.desc())
+            .limit(limit)
+        )
+        if before_id is not None:
+            stmt = stmt.where(incidents.c.id < before_id)
+        result = await self.conn.execute(stmt)
+        return [Incident.model_validate(dict(r._mapping)) for r in result]
+
     async def count_unfinished_incidents(self) -> list[tuple[str, str | None, int]]:
         """How many incidents are not yet resolved, escalated or closed, by (status, held kind): one
         grouped query for the open-incident and held-incident gauges."""
@@ -233,6 +248,13 @@ class Tx:
             sa.update(incidents)
             .where(incidents.c.id == incident_id, incidents.c.held_kind.is_not(None))
             .values(held_kind=None, held_by=sa.null())
+        )
+
+    async def set_page_open(self, incident_id: int, page_open: bool) -> None:
+        """Record on the row whether the incident's page is open (with the audit entry that opened or
+        closed it: `watchdog.incidents.IncidentService.record`); `updated_at` is left alone."""
+        await self.conn.execute(
+            sa.update(incidents).where(incidents.c.id == incident_id).values(page_open=page_open)
         )
 
     # -- audit log

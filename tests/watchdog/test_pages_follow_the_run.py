@@ -1,6 +1,7 @@
 """The page of an escalated incident follows its run, whatever opened the incident (issue 14): a
 person starting or approving a playbook on the run acknowledges it, another incident of the run
-resolving or the run ending resolves it (the audit log is the record of open pages), and a policy
+resolving or the run ending resolves it (the audit log is the record of pages, the row's `page_open`
+says which are open and is all the sweep reads), and a policy
 rule's `escalate_to` chooses the targets of the incidents it planned.
 
 PagerDuty and Opsgenie are faked at the HTTP level with respx, as their public docs shape the
@@ -35,13 +36,16 @@ from watchdog.errors import PolicyError
 from watchdog.incidents import IncidentService
 from watchdog.jobs import JobTracker
 from watchdog.metrics import WatchdogMetrics
-from watchdog.notify_router import PageResolver, RoutedNotifier, configured_targets, page_state
+from watchdog.migrations import incidents
+from watchdog.notifier import EscalationMessage
+from watchdog.notify_router import PageResolver, RoutedNotifier, configured_targets
 from watchdog.paging import PagerDutyPager, dedup_key
 from watchdog.plan import Plan
 from watchdog.policy import parse_policy, parse_policy_text
+from watchdog.records import Incident
 from watchdog.remediation_setup import ManualRun
 from watchdog.settings import Mode, WatchdogSettings
-from watchdog.store import WatchdogStore
+from watchdog.store import Tx, WatchdogStore
 from watchdog_sdk.clients import Clients
 from watchdog_sdk.clients.orchestrator import OrchestratorClient
 from watchdog_sdk.registry import Registry
@@ -100,9 +104,9 @@ class PagedRun:
         return opened.incident.id
 
     async def paged_as_recorded(self, execution_ids: list[str]) -> list[int]:
-        """Escalated incidents whose page was delivered, as the store records them (the status, and
-        the `escalation_notified` entry that opens the page), written in one transaction: many at
-        once, in order (ids ascending)."""
+        """Escalated incidents whose page was delivered, as the store records them (the status, the
+        `escalation_notified` entry that opens the page and `page_open`), written in one transaction:
+        many at once, in order (ids ascending)."""
         async with self.store.transaction() as tx:
             opened = [
                 await tx.insert_incident(
@@ -119,6 +123,8 @@ class PagedRun:
             await tx.add_audits(
                 [{"incident_id": i, "kind": "escalation_notified", "data": delivered} for i in ids]
             )
+            for incident_id in ids:
+                await tx.set_page_open(incident_id, True)
         return ids
 
     def by_hand(self, execution_id: str, actor: str) -> ManualRun:
@@ -153,7 +159,7 @@ async def test_a_person_running_a_playbook_acknowledges_the_page_and_its_success
     detail = await paged_run.incidents.detail(escalated)
     after = {(e.kind, e.data.get("ok")) for e in detail.audit if e.phase == "after"}
     assert ("page_acknowledged", True) in after and ("page_resolved", True) in after
-    assert page_state(detail.audit) == "resolved"
+    assert not detail.incident.page_open
 
 
 async def test_a_resolved_page_is_not_resolved_again_and_a_failed_resolve_is_tried_again(
@@ -271,8 +277,7 @@ async def test_resolving_the_ended_runs_of_many_open_pages_is_one_orchestrator_c
     [asked] = counted.fake.requests
     assert asked["status"] == "cancelled,completed,failed"
     assert len(asked["execution_id"].split(",")) == 36
-    # One read of the page entries of all 36 audits, then each page resolved reads its incident's.
-    assert len(reads) == 1 + len(ended)
+    assert reads == []  # the open pages are read from their rows, the audit is only written
     assert _resolved_keys(pd) == sorted(dedup_key(i, execution) for execution, i in ended.items())
     assert await paged_run.pages.resolve_ended_runs(counted.client) == []  # resolved once only
     assert len(counted.fake.requests[1]["execution_id"].split(",")) == 24  # only the open pages
@@ -297,8 +302,91 @@ async def test_every_open_page_is_looked_at_in_chunks_down_to_the_oldest(
     assert len(counted.fake.requests) == math.ceil(450 / notify_router.ENDED_RUNS_CHUNK) == 3
     asked = [len(request["execution_id"].split(",")) for request in counted.fake.requests]
     assert asked == [200, 200, 50]
-    assert len(reads) == 3 + len(ended)  # one page-entry read per chunk, one per page resolved
+    assert reads == []  # one read of open pages per chunk, from the rows
     assert _resolved_keys(pd) == sorted(dedup_key(i, execution) for execution, i in ended.items())
+
+
+async def test_page_open_follows_the_trigger_a_failed_resolve_the_resolve_and_a_new_escalation(
+    mocked: respx.MockRouter, paged_run: PagedRun
+) -> None:
+    """The row's `page_open` moves with the page entries, in their transactions: a delivered
+    escalation opens, a failed resolve leaves open, a resolve the pagers took closes, an escalation
+    delivered again reopens; an escalation no pager took opens nothing."""
+    mocked.post(PD_URL).mock(
+        side_effect=[
+            httpx.Response(202, json={"status": "success"}),
+            httpx.Response(503, text="busy"),
+            httpx.Response(202, json={"status": "success"}),
+            httpx.Response(202, json={"status": "success"}),
+            httpx.Response(503, text="busy"),
+        ]
+    )
+
+    async def page_open(incident_id: int) -> bool:
+        incident = await paged_run.store.get_incident(incident_id)
+        assert incident is not None
+        return incident.page_open
+
+    escalated = await paged_run.escalated("exec-p1")
+    assert await page_open(escalated)
+    [failed] = await paged_run.pages.resolve_run("exec-p1", "the run ended")
+    assert not failed.ok and await page_open(escalated)
+    [resolved] = await paged_run.pages.resolve_run("exec-p1", "the run ended")
+    assert resolved.ok and not await page_open(escalated)
+    message = EscalationMessage(incident_id=escalated, execution_id="exec-p1", reason="escalated again")
+    again = await paged_run.remediation.closing.notify(
+        escalated, "escalation_notified", paged_run.notifier.escalated(message)
+    )
+    assert again.sent and await page_open(escalated)
+    not_taken = await paged_run.escalated("exec-p2")  # PagerDuty answered 503: no page
+    assert not await page_open(not_taken)
+
+
+class _ListedIncidents:
+    """How many incident rows the store's listings hand back while the block runs."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.rows = 0
+        for name in ("list_incidents", "list_open_pages"):
+            monkeypatch.setattr(Tx, name, self._counted(getattr(Tx, name)))
+
+    def _counted(self, listing: Any) -> Any:
+        async def counted(tx: Tx, **query: Any) -> list[Incident]:
+            found: list[Incident] = await listing(tx, **query)
+            self.rows += len(found)
+            return found
+
+        return counted
+
+
+async def test_the_sweep_reads_only_the_escalated_incidents_whose_page_is_open(
+    mocked: respx.MockRouter,
+    paged_run: PagedRun,
+    counted: CountedOrchestrator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Of 1,000 escalated incidents, 10 have an open page: the sweep lists those 10 rows, asks the
+    orchestrator about their 10 runs and reads no audit, however many pages were resolved before."""
+    pd = mocked.post(PD_URL).respond(202, json={"status": "success"})
+    executions = [f"exec-{index}" for index in range(1000)]
+    ids = await paged_run.paged_as_recorded(executions)
+    still_open = {executions[index]: ids[index] for index in range(0, 1000, 100)}
+    async with paged_run.store.transaction() as tx:  # the others' pages were resolved long ago
+        closed = incidents.c.id.not_in(list(still_open.values()))
+        await tx.conn.execute(sa.update(incidents).where(closed).values(page_open=False))
+    for index, execution_id in enumerate(still_open):
+        counted.add(execution_id, "completed" if index % 3 == 0 else "running")
+    listed = _ListedIncidents(monkeypatch)
+    with _audit_reads(paged_run.store.engine) as reads:
+        results = await paged_run.pages.resolve_ended_runs(counted.client)
+    assert listed.rows == 10 and reads == []
+    [asked] = counted.fake.requests
+    assert sorted(asked["execution_id"].split(",")) == sorted(still_open)
+    assert len(results) == 4 and all(result.ok for result in results)
+    ended = {e: i for index, (e, i) in enumerate(still_open.items()) if index % 3 == 0}
+    assert _resolved_keys(pd) == sorted(dedup_key(i, execution) for execution, i in ended.items())
+    await paged_run.pages.resolve_ended_runs(counted.client)
+    assert len(counted.fake.requests[1]["execution_id"].split(",")) == 6  # the resolved left out
 
 
 @pytest.mark.parametrize(
@@ -321,7 +409,7 @@ async def test_when_the_orchestrator_cannot_tell_the_pages_wait_for_the_next_swe
     done = await paged_run.escalated("exec-done")
     counted.failing = failing
     assert await paged_run.pages.resolve_ended_runs(counted.client) == []
-    assert page_state((await paged_run.incidents.detail(done)).audit) == "open"
+    assert (await paged_run.incidents.detail(done)).incident.page_open
     counted.failing = None
     [result] = await paged_run.pages.resolve_ended_runs(counted.client)
     assert result.ok and _resolved_keys(pd) == [dedup_key(done, "exec-done")]

@@ -27,6 +27,8 @@ Tables:
                        generatorURL); approvals `slack_channel`/`slack_ts` (the bot's message)
     (migration 6)      incidents gained `held_kind`/`held_by`: what holds an open incident (a silence,
                        a maintenance window, a failed silence check), kept with its `suppressed` entry
+    (migration 7)      incidents gained `page_open`: the escalated incident's page is open, kept with
+                       the audit entries that open and close it (`page_change`), indexed with the id
 
 Versions are kept in `gl_schema_migrations` (component `watchdog`). Databases from before the shared
 runner kept them in `schema_migrations (version, description, applied_at)`: the runner adopts those rows
@@ -46,6 +48,7 @@ from watchdog.migrations import (
     m0004_identity,
     m0005_links_slack,
     m0006_held,
+    m0007_page_open,
 )
 
 SCHEMA: Final = Schema(
@@ -57,6 +60,7 @@ SCHEMA: Final = Schema(
         m0004_identity.MIGRATION,
         m0005_links_slack.MIGRATION,
         m0006_held.MIGRATION,
+        m0007_page_open.MIGRATION,
     ),
     lock_key=0x67_6C_77_64_6D_69_67,  # "glwdmig": the key the watchdog's own runner used before
     legacy=LegacyTable("schema_migrations", description_column="description"),
@@ -68,6 +72,9 @@ TERMINAL_INCIDENT_STATUSES: Final = ("resolved", "escalated", "closed")
 # What can hold an incident (`incidents.held_kind`, the label of `gl_watchdog_incidents_held`).
 HELD_KINDS: Final = ("silence", "maintenance", "check_failure")
 held_of: Final = m0006_held.held_of
+# The audit entries that open and close an escalated incident's page, and what each does to it.
+PAGE_ENTRIES: Final = m0007_page_open.PAGE_ENTRIES
+page_change: Final = m0007_page_open.page_change
 
 metadata: Final = SCHEMA.metadata()
 
