@@ -392,7 +392,13 @@ class PageResolver:
         async with self.incidents.store.read() as tx:
             open_pages = await tx.list_open_pages(before_id=before_id, limit=ENDED_RUNS_CHUNK)
         following = open_pages[-1].id if len(open_pages) == ENDED_RUNS_CHUNK else None
-        return [incident for incident in open_pages if self._pages(incident)], following
+        paging = [incident for incident in open_pages if self._pages(incident)]
+        if unfollowed := [incident.id for incident in open_pages if not self._pages(incident)]:
+            # escalated to chat only (its rule pages no paging service): no page to follow, so the
+            # row leaves the index range instead of being read again by every sweep
+            async with self.incidents.store.transaction() as tx:
+                await tx.set_pages_closed(unfollowed)
+        return paging, following
 
     async def _escalated_of(self, execution_id: str) -> list[int]:
         """The ids of all the run's escalated incidents (a run has few: no cap)."""

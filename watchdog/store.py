@@ -257,6 +257,12 @@ class Tx:
             sa.update(incidents).where(incidents.c.id == incident_id).values(page_open=page_open)
         )
 
+    async def set_pages_closed(self, incident_ids: Collection[int]) -> None:
+        """Take incidents out of `list_open_pages` (their escalation paged no paging service)."""
+        await self.conn.execute(
+            sa.update(incidents).where(incidents.c.id.in_(list(incident_ids))).values(page_open=False)
+        )
+
     # -- audit log
 
     async def add_audit(

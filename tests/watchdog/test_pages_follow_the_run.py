@@ -506,6 +506,45 @@ async def test_an_incident_planned_by_a_rule_with_escalate_to_pages_its_targets_
         await store.close()
 
 
+async def test_an_escalation_to_chat_only_leaves_the_sweeps_open_pages_after_one_look(
+    mocked: respx.MockRouter, database_url: str, clock: FakeClock, counted: CountedOrchestrator
+) -> None:
+    """An escalation that went to chat only (its rule pages nobody) is recorded as sent, which opens
+    a page by the audit's rule; the first sweep takes it out of the open pages, so later sweeps
+    neither read its row nor ask the orchestrator about its run, while a real page stays followed."""
+    mocked.post(PD_URL).respond(202, json={"status": "success"})
+    store = await WatchdogStore.open(database_url, clock=clock)
+    run = PagedRun(store, clock, default_targets=["chat"], rule_targets={"agent-down": ["pagerduty"]})
+    orchestrator = counted
+    try:
+        chat_only = await run.escalated("exec-chat")  # no rule: the default targets, chat
+        paged = await run.incidents.open_or_join(
+            "exec-paged", dag_id="d", source="sweep", detection_source="api"
+        )
+        plan = Plan(
+            execution_id="exec-paged",
+            likely_cause="agent_unresponsive",
+            playbook="restart_agent",
+            mode=Mode.RECOMMEND,
+            rationale="the agent is not answering",
+            rule="agent-down",
+        )
+        await run.incidents.update(paged.incident.id, kind="planned", actor="watchdog", plan=plan)
+        await run.remediation.closing.escalate(paged.incident.id, "approval expired")
+        assert (await store.get_incident(chat_only)).page_open  # as the audit's rule has it
+        orchestrator.add("exec-chat", "completed")
+        orchestrator.add("exec-paged", "running")
+        assert await run.pages.resolve_ended_runs(orchestrator.client) == []
+        assert [r["execution_id"] for r in orchestrator.fake.requests] == ["exec-paged"]
+        assert not (await store.get_incident(chat_only)).page_open
+        assert (await store.get_incident(paged.incident.id)).page_open
+        await run.pages.resolve_ended_runs(orchestrator.client)
+        assert [r["execution_id"] for r in orchestrator.fake.requests] == ["exec-paged"] * 2
+    finally:
+        await run.orchestrator.aclose()
+        await store.close()
+
+
 async def test_a_person_approving_a_remediation_of_the_run_acknowledges_its_page(
     mocked: respx.MockRouter, database_url: str, clock: FakeClock
 ) -> None:
