@@ -140,8 +140,9 @@ def test_incidents_table_json_and_status_filter(tmp_path: Path, capsys: pytest.C
 
 
 def test_incidents_list_held_and_not_held_filter_and_mark_what_holds_them(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # the table fits on one line whatever the terminal
     url = f"sqlite+aiosqlite:///{tmp_path / 'wd.db'}"
     window = {"kind": "maintenance", "name": "nightly", "ends_at": "2026-12-06T10:00:00+00:00"}
 

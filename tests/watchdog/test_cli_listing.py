@@ -63,6 +63,7 @@ def test_every_incident_awaiting_approval_shows_its_prompt_from_one_listing_requ
         return get(client, path, *args, **kwargs)
 
     monkeypatch.setattr(ApiClient, "get", counted)
+    monkeypatch.setenv("COLUMNS", "200")  # each prompt id on one line whatever the terminal
     server_args = ["--server", server.base_url, "--token", TOKEN]
     argv = [*server_args, "incidents", "list", "--status", "awaiting_approval", "--limit", "100"]
 
