@@ -291,6 +291,7 @@ async def build_watchdog(
     pages = PageResolver(incidents, routed, jobs)
     responder.remediation.closing.on_resolved = pages.run_resolved
     responder.remediation.closing.on_taken = pages.taken
+    responder.remediation.closing.on_denied = pages.denied
     sweeper.after_sweep.append(lambda: pages.resolve_ended_runs(clients.orchestrator))
 
     def alert_closed(incident_id: int) -> None:

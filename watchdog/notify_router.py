@@ -11,8 +11,9 @@ says whether its page is open, `page_open`, kept with the entries that open and 
     escalation       ──▶ every `escalation_targets` entry: chat, pagerduty, opsgenie, email (at once)
     alert resolved   ──▶ the pagers' resolve, when the incident was escalated (its page is over);
                          the bot's prompt says "Resolved" when the alert closed the incident first
-    run taken        ──▶ the pagers' acknowledge, when a person starts or approves a playbook on a
-                         paged run
+    run taken        ──▶ the pagers' acknowledge, when a person starts, approves or denies a playbook
+                         on a paged run (a denial: the pages of the run's other incidents; the
+                         denied incident's own escalation pages on-call)
     run over         ──▶ the pagers' resolve, when another incident of the run resolves or the sweep
                          finds the run completed, failed or cancelled
 
@@ -276,7 +277,8 @@ class PageResolver:
     opened the incident: its alert resolved (the intake's hook), another incident of the same run
     resolved (`run_resolved`: a run by hand or the watchdog finished the job on-call was paged for),
     or the run ended (`resolve_ended_runs`, after every sweep).
-    Acknowledges the page when a named person takes the run over (`taken`). Also updates the posted
+    Acknowledges the page when a named person takes the run over (`taken`) or denies a playbook
+    planned for it (`denied`: a person looked, and chose that nothing acts). Also updates the posted
     prompt of an incident its resolved alert closed before anything acted.
 
     Runs as background jobs (the intake answers Alertmanager first); each delivery is audited on the
@@ -302,10 +304,21 @@ class PageResolver:
     def taken(self, incident: Incident, actor: str) -> None:
         """`actor` (a named person) started or approved a playbook on `incident`'s run: acknowledge its
         open pages."""
+        self._acknowledge_for(incident, actor, "started")
+
+    def denied(self, incident: Incident, actor: str) -> None:
+        """`actor` (a named person) denied the playbook planned for `incident`: acknowledge the open
+        pages of its run's other incidents (`incident` escalates for the denial: that page is new,
+        and on-call's to take)."""
+        self._acknowledge_for(incident, actor, "denied", sparing=incident.id)
+
+    def _acknowledge_for(self, incident: Incident, actor: str, verb: str, sparing: int | None = None) -> None:
+        """Acknowledge, in the background, the open pages of `incident`'s run (but `sparing`'s) for
+        `actor`, who `verb` (started, denied) the playbook planned for `incident`."""
         if self.notifier.pagers:
             playbook = incident.plan.playbook if incident.plan is not None else "a playbook"
-            what = f"started {playbook} on incident {incident.id}"
-            work = self.acknowledge_run(incident.execution_id, actor, what)
+            what = f"{verb} {playbook} on incident {incident.id}"
+            work = self.acknowledge_run(incident.execution_id, actor, what, sparing=sparing)
             self.jobs.spawn(work, name=f"acknowledge the pages of execution {incident.execution_id}")
 
     def alert_closed(self, incident_id: int) -> None:
@@ -338,9 +351,11 @@ class PageResolver:
         """Resolve the open pages of the run's escalated incidents."""
         return [r for i in await self._escalated_of(execution_id) if (r := await self.resolve(i, reason))]
 
-    async def acknowledge_run(self, execution_id: str, actor: str, what: str) -> list[NotifyResult]:
-        """Acknowledge the open pages of the run's escalated incidents for `actor`."""
-        ids = await self._escalated_of(execution_id)
+    async def acknowledge_run(
+        self, execution_id: str, actor: str, what: str, sparing: int | None = None
+    ) -> list[NotifyResult]:
+        """Acknowledge the open pages of the run's escalated incidents for `actor`, but `sparing`'s."""
+        ids = [i for i in await self._escalated_of(execution_id) if i != sparing]
         return [r for i in ids if (r := await self.acknowledge(i, actor, what))]
 
     async def resolve_ended_runs(self, orchestrator: OrchestratorClient) -> list[NotifyResult]:

@@ -14,7 +14,7 @@ is audited before and after, and a failed delivery is logged, never raised. The 
 follow its incidents through two hooks the composition root sets
 (`watchdog.notify_router.PageResolver`): `on_resolved` when an incident resolves (the pages of its
 run's escalated incidents resolve), `on_taken` when a named person starts or approves a playbook on
-a run (they are acknowledged).
+a run and `on_denied` when one denies one (they are acknowledged).
 """
 
 from __future__ import annotations
@@ -76,14 +76,21 @@ class Closing:
         self.notifier = notifier
         self.clock = clock
         self.metrics = metrics
-        # Told of every incident resolved, and of every run a person took over (None: nobody).
+        # Told of every incident resolved, of every run a person took over and of every prompt a
+        # person denied (None: nobody).
         self.on_resolved: Callable[[Incident], object] | None = None
         self.on_taken: Callable[[Incident, str], object] | None = None
+        self.on_denied: Callable[[Incident, str], object] | None = None
 
     def taken(self, incident: Incident, actor: str) -> None:
         """`actor` (a person, not the watchdog) started a playbook on `incident`'s run."""
         if self.on_taken is not None and actor != ACTOR:
             self.on_taken(incident, actor)
+
+    def denied(self, incident: Incident, actor: str) -> None:
+        """`actor` (a person, not the watchdog) denied the playbook planned for `incident`."""
+        if self.on_denied is not None and actor != ACTOR:
+            self.on_denied(incident, actor)
 
     async def save(self, write: Callable[[], Awaitable[Any]]) -> Any:
         """A write of a remediation, tried again while the store is briefly out of reach."""

@@ -20,6 +20,7 @@ import logging
 from typing import Final
 
 from gl_common.clock import Clock
+from watchdog.annotations import PROMPTED
 from watchdog.approvals import ApprovalService
 from watchdog.errors import InvalidTransition
 from watchdog.incidents import IncidentService, transition_in
@@ -202,6 +203,7 @@ class Responder:
         await self.remediation.closing.notify(
             incident.id, "approval_notified", notifier.approval_requested(message)
         )
+        await self._annotate(approval, PROMPTED, incident)
         await self.incidents.refresh_approvals_gauge()
         return Outcome(incident.id, "awaiting_approval", f"approval {approval.id} requested")
 
@@ -222,19 +224,30 @@ class Responder:
         if self.metrics is not None:
             self.metrics.observe_decided(approval)
         await self.incidents.refresh_approvals_gauge()
+        incident = await self.incidents.get(incident_id)
+        await self._annotate(approval, approval.state, incident)
         if approval.state == "approved":
             if approval.decided_by:  # a person took the run: its pages are acknowledged
-                self.remediation.closing.taken(await self.incidents.get(incident_id), approval.decided_by)
+                self.remediation.closing.taken(incident, approval.decided_by)
             await self._tell(approval.incident_id, "Approved", f"approved by {approval.decided_by}; acting")
             outcome = await self.remediation.execute(approval.incident_id, approval_id=approval.id)
             if outcome.status == "resolved":  # an escalation updates the message itself
                 await self._tell(approval.incident_id, "Resolved", outcome.detail)
             return outcome
+        if approval.state == "denied" and approval.decided_by:  # a person looked: the pages are acknowledged
+            self.remediation.closing.denied(incident, approval.decided_by)
         return await self.remediation.closing.escalate(
             approval.incident_id,
             f"approval {approval.id} {approval.state} by {approval.decided_by}; nothing was done",
             expected=("awaiting_approval",),
         )
+
+    async def _annotate(self, approval: Approval, state: str, incident: Incident | None = None) -> None:
+        """Annotate the prompt posted or decided on the dashboards (`watchdog.annotations`), when they
+        are on; `incident` is the prompt's, read when not given."""
+        if (annotations := self.remediation.annotations) is not None:
+            of = incident if incident is not None else await self.incidents.get(approval.incident_id)
+            await annotations.approval(of, approval, state)
 
     async def _tell(self, incident_id: int, state: str, detail: str) -> None:
         """Update the incident's posted prompt (`watchdog.notify_router.update_prompt`), if any."""
@@ -249,6 +262,7 @@ class Responder:
         for approval in await self.approvals.expire_due(actor=ACTOR):
             if self.metrics is not None:
                 self.metrics.approvals.labels(decision="expired").inc()
+            await self._annotate(approval, "expired")
             outcomes.append(
                 await self.remediation.closing.escalate(
                     approval.incident_id,

@@ -19,6 +19,8 @@ import pytest
 import yaml
 
 from tests.helm.chart import Manifest, find, require_binary
+from watchdog.annotations import APPROVAL_TAGS
+from watchdog.annotations import TAGS as REMEDIATION_TAGS
 
 pytestmark = pytest.mark.prometheus
 
@@ -191,15 +193,22 @@ def test_headline_numbers_are_right_with_two_replicas_of_each_service(
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_every_dashboard_shows_the_watchdogs_remediation_annotations(manifests: list[Manifest]) -> None:
-    """The annotations `watchdog.annotations` posts are tagged `gl-watchdog`: each dashboard queries
-    Grafana's own annotations by that tag (those pinned to one dashboard show there by themselves)."""
+def test_every_dashboard_shows_the_watchdogs_remediation_and_approval_annotations(
+    manifests: list[Manifest],
+) -> None:
+    """The annotations `watchdog.annotations` posts are tagged `gl-watchdog` and `remediation` or
+    `approval`: each dashboard queries Grafana's own annotations by each pair (those pinned to one
+    dashboard show there by themselves), so each shows once, in its own colour."""
     dashboards = _dashboards(manifests)
     assert set(dashboards) == {"gl-watchdog", "dag-execution-overview", "node-performance"}
+    expected = [
+        {"type": "tags", "tags": list(tags), "matchAny": False, "limit": 100}
+        for tags in (REMEDIATION_TAGS, APPROVAL_TAGS)
+    ]
     for uid, dashboard in dashboards.items():
         by_tag = [
             entry["target"]
             for entry in dashboard["annotations"]["list"]
             if entry["datasource"]["type"] == "grafana" and entry.get("target", {}).get("type") == "tags"
         ]
-        assert by_tag == [{"type": "tags", "tags": ["gl-watchdog"], "matchAny": False, "limit": 100}], uid
+        assert by_tag == expected, uid

@@ -1,6 +1,7 @@
 """Grafana annotations of remediations (`watchdog.annotations`): a remediation that acted posts one
-region annotation when it resolves or escalates; Grafana down is audited and counted and the
-remediation still ends as it would have.
+region annotation when it resolves or escalates, an approval prompt one point annotation when it is
+posted and one when it is approved, denied or expired; Grafana down is audited and counted and the
+remediation or the prompt still ends as it would have.
 
 On the real store (PostgreSQL) with an injected clock, the remediation side as the service builds it
 (`tests.watchdog.responder_stack`), and a fake Grafana (aiohttp on loopback) that records what the
@@ -23,11 +24,13 @@ from playbooks.restart_agent import RestartAgentParams
 from tests.conftest import free_port
 from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, make_diagnosis
 from tests.watchdog.recording_playbook import RecordingPlaybook
-from tests.watchdog.responder_stack import responder_over
+from tests.watchdog.responder_stack import APPROVAL_TTL_SECONDS, responder_over
 from watchdog.annotations import RemediationAnnotations
+from watchdog.approvals import Decision
 from watchdog.assembly import build_watchdog
 from watchdog.incidents import IncidentService
 from watchdog.metrics import WatchdogMetrics
+from watchdog.records import AuditEntry
 from watchdog.responder import Responder
 from watchdog.settings import Mode, WatchdogSettings
 from watchdog.store import WatchdogStore
@@ -119,6 +122,12 @@ def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
+async def _failed_annotations(store: WatchdogStore, incident_id: int) -> list[AuditEntry]:
+    """The incident's `annotation_failed` audit entries."""
+    async with store.transaction() as tx:
+        return [entry for entry in await tx.list_audit(incident_id) if entry.kind == "annotation_failed"]
+
+
 def _count(metrics: WatchdogMetrics, result: str) -> float:
     labels = {"target": "grafana", "kind": "annotation", "result": result}
     return metrics.registry.get_sample_value("gl_watchdog_notifications_total", labels) or 0.0
@@ -184,8 +193,7 @@ async def test_grafana_down_is_audited_and_counted_and_the_remediation_still_res
     assert status == "resolved"
     incident = await responder.incidents.get(incident_id)
     assert incident.status == "resolved"
-    async with store.transaction() as tx:
-        failed = [entry for entry in await tx.list_audit(incident_id) if entry.kind == "annotation_failed"]
+    failed = await _failed_annotations(store, incident_id)
     assert len(failed) == 1
     assert "Grafana annotation unreachable" in failed[0].data["detail"]
     assert TOKEN not in str(failed[0].data)
@@ -202,8 +210,7 @@ async def test_a_refused_annotation_is_audited_with_grafanas_answer(
         store, clock, _annotations(store, clock, url, metrics), RecordingPlaybook()
     )
     assert status == "resolved"
-    async with store.transaction() as tx:
-        (failed,) = [entry for entry in await tx.list_audit(incident_id) if entry.kind == "annotation_failed"]
+    (failed,) = await _failed_annotations(store, incident_id)
     assert failed.data["status"] == 401
     assert "Grafana annotation answered 401" in failed.data["detail"]
     assert TOKEN not in str(failed.data)
@@ -221,6 +228,105 @@ async def test_a_refused_remediation_acted_on_nothing_and_is_not_annotated(
     )
     assert status == "escalated"
     assert fake.requests == []
+
+
+async def _prompted(
+    store: WatchdogStore,
+    clock: FakeClock,
+    annotations: RemediationAnnotations,
+    orchestrator: OrchestratorClient,
+) -> tuple[Responder, int, str]:
+    """Open an incident of exec-1 (DAG nightly) in recommend mode, so its plan asks a person; the
+    responder, the incident's id and the prompt's id."""
+    responder = responder_over(store, clock, orchestrator, mode=Mode.RECOMMEND, annotations=annotations)
+    opened = await responder.incidents.open_or_join(
+        "exec-1", dag_id="nightly", source="sweep", detection_source="api"
+    )
+    outcome = await responder.handle_diagnosed(opened.incident.id, DIAGNOSIS)
+    assert outcome.status == "awaiting_approval"
+    pending = await responder.approvals.pending_of(opened.incident.id)
+    assert pending is not None
+    return responder, opened.incident.id, pending.id
+
+
+def _approval_tags(state: str) -> list[str]:
+    return ["gl-watchdog", "approval", "restart_agent", state, "execution:exec-1", "dag:nightly"]
+
+
+@pytest.mark.parametrize("decision", [Decision.APPROVE, Decision.DENY])
+async def test_a_prompt_is_annotated_when_posted_and_when_a_person_decides_it(
+    store: WatchdogStore, clock: FakeClock, grafana: tuple[FakeGrafana, str], decision: Decision
+) -> None:
+    fake, url = grafana
+    metrics = WatchdogMetrics()
+    posted_at = clock.now()
+    async with OrchestratorClient("http://127.0.0.1:9", timeout=0.5) as orchestrator:
+        responder, incident_id, approval_id = await _prompted(
+            store, clock, _annotations(store, clock, url, metrics), orchestrator
+        )
+        clock.advance(30)
+        approval = await responder.approvals.decide(approval_id, decision, actor="alice", authenticated=True)
+        outcome = await responder.on_decision(approval)
+    state = "approved" if decision is Decision.APPROVE else "denied"
+    assert outcome.status == ("resolved" if state == "approved" else "escalated")
+    prompted, decided, *remediated = [body for _, _, body in fake.requests]
+    assert prompted == {
+        "time": _ms(posted_at),
+        "tags": _approval_tags("prompted"),
+        "text": f"approval {approval_id} of restart_agent on exec-1: prompted (incident {incident_id})",
+        "dashboardUID": "gl-watchdog-runbook",
+    }
+    assert decided == {
+        "time": _ms(posted_at) + 30_000,
+        "tags": _approval_tags(state),
+        "text": f"approval {approval_id} of restart_agent on exec-1: {state} by alice "
+        f"(incident {incident_id})",
+        "dashboardUID": "gl-watchdog-runbook",
+    }
+    # an approval acts, and the remediation gets its region; a denial acts on nothing
+    assert [body["tags"][:2] for body in remediated] == (
+        [["gl-watchdog", "remediation"]] if state == "approved" else []
+    )
+    assert _count(metrics, "ok") == len(fake.requests)
+
+
+async def test_an_expired_prompt_is_annotated_as_expired(
+    store: WatchdogStore, clock: FakeClock, grafana: tuple[FakeGrafana, str]
+) -> None:
+    fake, url = grafana
+    async with OrchestratorClient("http://127.0.0.1:9", timeout=0.5) as orchestrator:
+        responder, incident_id, approval_id = await _prompted(
+            store, clock, _annotations(store, clock, url, WatchdogMetrics()), orchestrator
+        )
+        clock.advance(APPROVAL_TTL_SECONDS + 1)
+        [outcome] = await responder.expire_approvals()
+    assert outcome.status == "escalated"
+    _, (_, _, expired) = fake.requests
+    assert expired["tags"] == _approval_tags("expired")
+    assert (
+        expired["text"]
+        == f"approval {approval_id} of restart_agent on exec-1: expired (incident {incident_id})"
+    )
+
+
+async def test_grafana_refusing_a_prompts_annotations_is_audited_and_counted_and_the_denial_still_escalates(
+    store: WatchdogStore, clock: FakeClock, grafana: tuple[FakeGrafana, str]
+) -> None:
+    fake, url = grafana
+    fake.refuse = True
+    metrics = WatchdogMetrics()
+    async with OrchestratorClient("http://127.0.0.1:9", timeout=0.5) as orchestrator:
+        responder, incident_id, approval_id = await _prompted(
+            store, clock, _annotations(store, clock, url, metrics), orchestrator
+        )
+        approval = await responder.approvals.decide(
+            approval_id, Decision.DENY, actor="bob", authenticated=True
+        )
+        assert (await responder.on_decision(approval)).status == "escalated"
+    failed = await _failed_annotations(store, incident_id)
+    assert [entry.data["status"] for entry in failed] == [401, 401]
+    assert all(TOKEN not in str(entry.data) for entry in failed)
+    assert _count(metrics, "failed") == 2 and _count(metrics, "ok") == 0
 
 
 def test_the_grafana_token_comes_from_its_secret_file_and_is_needed_with_the_url(

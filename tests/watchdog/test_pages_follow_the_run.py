@@ -1,5 +1,5 @@
 """The page of an escalated incident follows its run, whatever opened the incident (issue 14): a
-person starting or approving a playbook on the run acknowledges it, another incident of the run
+person starting, approving or denying a playbook on the run acknowledges it, another incident of the run
 resolving or the run ending resolves it (the audit log is the record of pages, the row's `page_open`
 says which are open and is all the sweep reads), and a policy
 rule's `escalate_to` chooses the targets of the incidents it planned.
@@ -94,6 +94,7 @@ class PagedRun:
         self.pages = PageResolver(self.incidents, self.notifier, self.jobs)
         self.remediation.closing.on_resolved = self.pages.run_resolved
         self.remediation.closing.on_taken = self.pages.taken
+        self.remediation.closing.on_denied = self.pages.denied
 
     async def escalated(self, execution_id: str) -> int:
         opened = await self.incidents.open_or_join(
@@ -126,6 +127,22 @@ class PagedRun:
             for incident_id in ids:
                 await tx.set_page_open(incident_id, True)
         return ids
+
+    async def decided_by_alice(self, execution_id: str, decision: Decision, outcome: str) -> int:
+        """Another incident of the run, whose plan asks a person (recommend mode), decided by alice:
+        the responder's outcome is `outcome`; the incident's id."""
+        again = await self.incidents.open_or_join(
+            execution_id, dag_id="d", source="manual", detection_source="api"
+        )
+        diagnosis = make_diagnosis(execution_id, cause="agent_unresponsive")
+        assert (
+            await self.responder.handle_diagnosed(again.incident.id, diagnosis)
+        ).status == "awaiting_approval"
+        pending = await self.approvals.pending_of(again.incident.id)
+        assert pending is not None
+        approval = await self.approvals.decide(pending.id, decision, actor="alice", authenticated=True)
+        assert (await self.responder.on_decision(approval)).status == outcome
+        return again.incident.id
 
     def by_hand(self, execution_id: str, actor: str) -> ManualRun:
         params = {"agent_id": "calc"}
@@ -553,21 +570,43 @@ async def test_a_person_approving_a_remediation_of_the_run_acknowledges_its_page
     run = PagedRun(store, clock, mode=Mode.RECOMMEND)
     try:
         escalated = await run.escalated("exec-a1")
-        again = await run.incidents.open_or_join(
-            "exec-a1", dag_id="d", source="manual", detection_source="api"
-        )
-        diagnosis = make_diagnosis("exec-a1", cause="agent_unresponsive")
-        assert (
-            await run.responder.handle_diagnosed(again.incident.id, diagnosis)
-        ).status == "awaiting_approval"
-        pending = await run.approvals.pending_of(again.incident.id)
-        assert pending is not None
-        approval = await run.approvals.decide(pending.id, Decision.APPROVE, actor="alice", authenticated=True)
-        assert (await run.responder.on_decision(approval)).status == "resolved"
+        await run.decided_by_alice("exec-a1", Decision.APPROVE, "resolved")
         await asyncio.wait_for(run.jobs.wait_idle(), 10)
         sent = [body_of(route, i) for i in range(len(route.calls))]
         assert [body["event_action"] for body in sent] == ["trigger", "acknowledge", "resolve"]
         assert {body["dedup_key"] for body in sent} == {dedup_key(escalated, "exec-a1")}
+    finally:
+        await run.orchestrator.aclose()
+        await store.close()
+
+
+async def test_a_person_denying_a_remediation_of_the_run_acknowledges_its_page_and_the_denial_pages(
+    mocked: respx.MockRouter, database_url: str, clock: FakeClock
+) -> None:
+    route = mocked.post(PD_URL).respond(202, json={"status": "success"})
+    metrics = WatchdogMetrics()
+    store = await WatchdogStore.open(database_url, clock=clock)
+    run = PagedRun(store, clock, mode=Mode.RECOMMEND, metrics=metrics)
+    try:
+        escalated = await run.escalated("exec-d1")
+        again = await run.decided_by_alice("exec-d1", Decision.DENY, "escalated")
+        await asyncio.wait_for(run.jobs.wait_idle(), 10)
+        sent = [body_of(route, i) for i in range(len(route.calls))]
+        by_page: dict[str, list[str]] = {}
+        for body in sent:
+            by_page.setdefault(body["dedup_key"], []).append(body["event_action"])
+        # the earlier page is acknowledged for alice; the denial's own escalation pages on-call
+        assert by_page == {
+            dedup_key(escalated, "exec-d1"): ["trigger", "acknowledge"],
+            dedup_key(again, "exec-d1"): ["trigger"],
+        }
+        detail = await run.incidents.detail(escalated)
+        [acknowledged] = [e for e in detail.audit if e.kind == "page_acknowledged" and e.phase == "after"]
+        assert acknowledged.data["ok"] is True
+        assert detail.incident.page_open
+        assert (await store.get_incident(again)).page_open
+        acks = {"target": "pagerduty", "kind": "acknowledge", "result": "ok"}
+        assert metrics.registry.get_sample_value("gl_watchdog_notifications_total", acks) == 1
     finally:
         await run.orchestrator.aclose()
         await store.close()
