@@ -244,10 +244,17 @@ class Responder:
 
     async def _annotate(self, approval: Approval, state: str, incident: Incident | None = None) -> None:
         """Annotate the prompt posted or decided on the dashboards (`watchdog.annotations`), when they
-        are on; `incident` is the prompt's, read when not given."""
-        if (annotations := self.remediation.annotations) is not None:
-            of = incident if incident is not None else await self.incidents.get(approval.incident_id)
-            await annotations.approval(of, approval, state)
+        are on, as a job of its own: a slow or unreachable Grafana never delays the prompt, the
+        remediation or the escalation that follows; `incident` is the prompt's, read when not given."""
+        if self.remediation.annotations is not None:
+            self.jobs.spawn(
+                self._annotated(approval, state, incident), name=f"annotate-{approval.id}-{state}"
+            )
+
+    async def _annotated(self, approval: Approval, state: str, incident: Incident | None) -> None:
+        assert self.remediation.annotations is not None
+        of = incident if incident is not None else await self.incidents.get(approval.incident_id)
+        await self.remediation.annotations.approval(of, approval, state)
 
     async def _tell(self, incident_id: int, state: str, detail: str) -> None:
         """Update the incident's posted prompt (`watchdog.notify_router.update_prompt`), if any."""
