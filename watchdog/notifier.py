@@ -5,20 +5,22 @@ Called by the responder (prompts) and the remediation state machine (escalations
 chosen by `settings.notifier_kind`: a Slack-compatible incoming-webhook message (text + blocks with
 approve/deny link buttons and the incident's links) and a generic JSON document (its `links` field).
 With a Slack bot the same blocks carry interactive buttons instead (`watchdog.slack_bot`).
-Both POST with httpx under a timeout. A notifier never raises for the webhook's failure: it
-returns a `NotifyResult` with `ok=False` and the reason, which the loop writes to the audit log and
-the log (reported, not swallowed). With no `notifier_url` the `NullNotifier` records that nothing
-was sent.
+Both POST with httpx under a timeout; a 429 is sent again after its `Retry-After`, twice at most and
+30 s of waiting in all (`watchdog.rate_limit`, shared with the bot). A notifier never raises for the
+webhook's failure: it returns a `NotifyResult` with `ok=False` and the reason, which the loop writes
+to the audit log and the log (reported, not swallowed). With no `notifier_url` the `NullNotifier`
+records that nothing was sent.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import httpx
 
 from watchdog.links import LINK_TITLES
+from watchdog.rate_limit import DEFAULT_RATE_LIMIT, RateLimitRetry, retry_after
 from watchdog.settings import NotifierKind, WatchdogSettings
 
 
@@ -108,38 +110,67 @@ async def post_json(
     transport: httpx.AsyncBaseTransport | None = None,
     headers: dict[str, str] | None = None,
     what: str = "notifier webhook",
+    rate_limit: RateLimitRetry | None = None,
 ) -> NotifyResult:
     """POST `body` as JSON within `timeout_seconds`; every failure (timeout, unreachable, 4xx/5xx) is
-    the result, named after `what`, never raised. `headers` may carry a credential: never in a result."""
+    the result, named after `what`, never raised. With `rate_limit`, a 429 is sent again after its
+    Retry-After within its bounds (`watchdog.rate_limit`). `headers` may carry a credential: never in
+    a result."""
+
+    async def attempt() -> tuple[NotifyResult, float | None]:
+        return await _post_once(url, body, timeout_seconds, transport, headers, what)
+
+    if rate_limit is None:
+        return (await attempt())[0]
+    result, gave_up = await rate_limit.call(attempt)
+    return result if gave_up is None else replace(result, detail=f"{result.detail} ({gave_up})")
+
+
+async def _post_once(
+    url: str,
+    body: dict[str, Any],
+    timeout_seconds: float,
+    transport: httpx.AsyncBaseTransport | None,
+    headers: dict[str, str] | None,
+    what: str,
+) -> tuple[NotifyResult, float | None]:
+    """One POST: its result and the wait a 429 asks for (None: not rate limited)."""
     try:
         async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_seconds), transport=transport) as client:
             response = await client.post(url, json=body, headers=headers)
     except httpx.TimeoutException:
-        return NotifyResult(ok=False, sent=False, detail=f"{what} timed out after {timeout_seconds:g}s")
+        return NotifyResult(ok=False, sent=False, detail=f"{what} timed out after {timeout_seconds:g}s"), None
     except httpx.HTTPError as exc:
-        return NotifyResult(ok=False, sent=False, detail=f"{what} unreachable: {exc or type(exc).__name__}")
-    if response.status_code >= 400:
-        return NotifyResult(
-            ok=False,
-            sent=False,
-            detail=f"{what} answered {response.status_code}: {response.text[:200]}",
-            status=response.status_code,
-        )
-    return NotifyResult(
-        ok=True, sent=True, detail=f"delivered ({response.status_code})", status=response.status_code
-    )
+        unreachable = f"{what} unreachable: {exc or type(exc).__name__}"
+        return NotifyResult(ok=False, sent=False, detail=unreachable), None
+    status = response.status_code
+    if status >= 400:
+        answered = f"{what} answered {status}: {response.text[:200]}"
+        return NotifyResult(ok=False, sent=False, detail=answered, status=status), retry_after(response)
+    return NotifyResult(ok=True, sent=True, detail=f"delivered ({status})", status=status), None
 
 
 class _WebhookNotifier:
+    """POSTs to one webhook URL under a timeout; a 429 is sent again after its Retry-After
+    (`watchdog.rate_limit`, the same bounds as the Slack bot's)."""
+
     def __init__(
-        self, url: str, *, timeout: float = 5.0, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        url: str,
+        *,
+        timeout: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        rate_limit: RateLimitRetry = DEFAULT_RATE_LIMIT,
     ) -> None:
         self.url = url
         self.timeout = timeout
         self.transport = transport
+        self.rate_limit = rate_limit
 
     async def _post(self, body: dict[str, Any]) -> NotifyResult:
-        return await post_json(self.url, body, timeout_seconds=self.timeout, transport=self.transport)
+        return await post_json(
+            self.url, body, timeout_seconds=self.timeout, transport=self.transport, rate_limit=self.rate_limit
+        )
 
 
 class SlackNotifier(_WebhookNotifier):

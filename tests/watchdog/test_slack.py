@@ -25,12 +25,14 @@ from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, ScriptedDiagnose,
 from tests.watchdog.identity_app import IdentityApp
 from tests.watchdog.recording_playbook import POLICY, RecordingPlaybook
 from tests.watchdog.slack_fake import FakeSlack, SlackCall
+from tests.watchdog.waits import Waits
 from tests.watchdog.webhook import alert, payload
 from watchdog.assembly import Watchdog, build_watchdog, create_app
 from watchdog.policy import parse_policy
+from watchdog.rate_limit import RATE_LIMIT_RETRIES, RATE_LIMIT_WAIT_SECONDS
 from watchdog.settings import WatchdogSettings
 from watchdog.slack import SlackRefused, SlackSignature
-from watchdog.slack_bot import RATE_LIMIT_RETRIES, RATE_LIMIT_WAIT_SECONDS, SlackApi
+from watchdog.slack_bot import SlackApi
 from watchdog_sdk.registry import Registry
 
 SECRET = "slack-signing-secret-0123456789abcdef"
@@ -409,16 +411,6 @@ async def fake_slack() -> AsyncIterator[FakeSlack]:
         yield slack
     finally:
         await slack.close()
-
-
-class Waits:
-    """The injected sleep: records each wait instead of waiting."""
-
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.seconds.append(seconds)
 
 
 MESSAGE = {"channel": CHANNEL, "text": "hello"}
