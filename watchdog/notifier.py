@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import httpx
 
 from watchdog.links import LINK_TITLES
+from watchdog.policy import ApprovalRule
 from watchdog.rate_limit import DEFAULT_RATE_LIMIT, RateLimitRetry, retry_after
 from watchdog.settings import NotifierKind, WatchdogSettings
 
@@ -44,6 +45,9 @@ class PromptMessage:
     # said (`watchdog.links`; added by `watchdog.notify_router`).
     links: dict[str, str] = field(default_factory=dict)
     alert_summary: str = ""
+    # The policy's approval rule of the plan (`ApprovalService.rule_for`, as the approval page shows
+    # it); None: its link alone may decide.
+    approval_rule: ApprovalRule | None = None
 
 
 @dataclass(frozen=True)
@@ -187,7 +191,8 @@ class JsonNotifier(_WebhookNotifier):
     """A generic JSON document: `{"event": "approval_requested" | "escalated", ...fields}`."""
 
     async def approval_requested(self, message: PromptMessage) -> NotifyResult:
-        return await self._post({"event": "approval_requested", **message.__dict__})
+        rule = message.approval_rule.model_dump() if message.approval_rule is not None else None
+        return await self._post({"event": "approval_requested", **message.__dict__, "approval_rule": rule})
 
     async def escalated(self, message: EscalationMessage) -> NotifyResult:
         return await self._post({"event": "escalated", **message.__dict__})
@@ -247,20 +252,43 @@ def _button(label: str, style: str, *, url: str | None, action: str, value: str)
     return button
 
 
+def approval_rule_text(rule: ApprovalRule, *, interactive: bool) -> str:
+    """Who the plan's approval rule asks for (the prompt's "Needs ...") and how they decide: through
+    the approval page (link buttons: signed in, as the page itself says) or by a Slack click (`interactive`:
+    the clicker's `slack_role_map` role counts; a Slack identity has no groups)."""
+    needs = rule.describe()
+    if not interactive:
+        return (
+            f"{needs}, signed in: the Approve link alone cannot approve it; open it through the login "
+            "proxy (or approve with a named API token)"
+        )
+    if rule.groups:
+        return (
+            f"{needs}: Slack user groups are not read, so a click approves only for a user "
+            "`slack_role_map` maps to admin; others approve on the approval page, signed in"
+        )
+    return f"{needs}: a click counts for a user `slack_role_map` maps to {rule.role} or higher"
+
+
 def slack_prompt(message: PromptMessage, *, interactive: bool = False) -> dict[str, Any]:
     """The Slack message of an approval prompt, with approve and deny buttons: links to the approval page
     (incoming-webhook mode), or, `interactive` (the bot), buttons that post to the watchdog's
     interactions route with `action_id` approve/deny and the approval id as `value`.
 
     The risk is shown once: the plan headline carries it (`[risk medium]`, `Plan.headline`). "Why" shows
-    only what the diagnosis does not already say (`_not_in`).
+    only what the diagnosis does not already say (`_not_in`). Under an approval rule, "Needs" says who
+    may approve and how (`approval_rule_text`), in the fallback text too.
     """
     why = _not_in(message.rationale, message.diagnosis_summary)
+    rule = message.approval_rule
+    needs = approval_rule_text(rule, interactive=interactive) if rule is not None else ""
+    page = f" (<{mrkdwn(message.page_url)}|approval page>)" if interactive else ""
     actions = "\n".join(f"• {mrkdwn(a)}" for a in message.actions) or "• (no actions)"
     text = (
         f"gl-watchdog: approval needed for incident {message.incident_id} "
         f"(execution {message.execution_id}): {message.plan_headline}. "
-        f"Approve: {message.approve_url} Deny: {message.deny_url}"
+        + (f"Needs {needs}. " if needs else "")
+        + f"Approve: {message.approve_url} Deny: {message.deny_url}"
     )
     approve, deny = (None, None) if interactive else (message.approve_url, message.deny_url)
     return {
@@ -280,7 +308,8 @@ def slack_prompt(message: PromptMessage, *, interactive: bool = False) -> dict[s
                     "text": clip(
                         f"*Execution* `{mrkdwn(message.execution_id)}`\n"
                         f"*Plan* {mrkdwn(message.plan_headline)}\n"
-                        f"*Actions*\n{actions}\n*Expires* {message.expires_at} · "
+                        + (f"*Needs* {mrkdwn(needs)}{page}\n" if needs else "")
+                        + f"*Actions*\n{actions}\n*Expires* {message.expires_at} · "
                         f"or `gl-watchdog approve|deny {mrkdwn(message.approval_id)}`\n"
                         f"*Diagnosis* {mrkdwn(message.diagnosis_summary)}"
                         + (f"\n*Why* {mrkdwn(why)}" if why else ""),

@@ -26,7 +26,7 @@ from watchdog.notifier import (
     slack_prompt,
 )
 from watchdog.planner import make_plan
-from watchdog.policy import Mode, load_policy
+from watchdog.policy import ApprovalRule, Mode, load_policy
 from watchdog.rate_limit import (
     DEFAULT_RETRY_AFTER_SECONDS,
     RATE_LIMIT_RETRIES,
@@ -88,6 +88,27 @@ async def test_slack_prompt_has_approve_and_deny_buttons(receiver: Receiver) -> 
         ("Deny", PROMPT.deny_url),
     ]
     assert "CrashLoopBackOff" in body["blocks"][1]["text"]["text"]
+
+
+def test_a_webhook_prompt_under_an_approval_rule_says_a_signed_in_approver_is_needed() -> None:
+    rule = ApprovalRule(approvers_required=2, groups=["sre"])
+    body = slack_prompt(dataclasses.replace(PROMPT, approval_rule=rule))
+    needs = (
+        "Needs 2 distinct approvers of role approver or higher in sre, signed in: the Approve link alone "
+        "cannot approve it; open it through the login proxy"
+    )
+    assert needs in body["text"] and f"*{needs[:5]}*{needs[5:]}" in body["blocks"][1]["text"]["text"]
+    assert "Needs" not in slack_prompt(PROMPT)["text"]
+
+
+async def test_the_json_prompt_carries_the_approval_rule(receiver: Receiver) -> None:
+    rule = ApprovalRule(role="operator", approvers_required=2)
+    result = await JsonNotifier(receiver.url, timeout=2).approval_requested(
+        dataclasses.replace(PROMPT, approval_rule=rule)
+    )
+    assert result.ok
+    expected = {"role": "operator", "groups": [], "approvers_required": 2}
+    assert receiver.bodies[0]["approval_rule"] == expected
 
 
 async def test_json_notifier_sends_the_fields(receiver: Receiver) -> None:
