@@ -264,10 +264,11 @@ def approval_rule_text(rule: ApprovalRule, *, interactive: bool) -> str:
         )
     if rule.groups:
         return (
-            f"{needs}: Slack user groups are not read, so a click approves only for a user "
-            "`slack_role_map` maps to admin; others approve on the approval page, signed in"
+            f"{needs}: Slack user groups are not read, so a click approves only for a user whose Slack "
+            "role is admin; others approve on the approval page, signed in"
         )
-    return f"{needs}: a click counts for a user `slack_role_map` maps to {rule.role} or higher"
+    role = "`slack_role_map` (else `slack_default_role`)"
+    return f"{needs}: a click counts for a user {role} gives {rule.role} or higher"
 
 
 def slack_prompt(message: PromptMessage, *, interactive: bool = False) -> dict[str, Any]:

@@ -325,7 +325,7 @@ async def test_the_prompt_of_a_plan_under_a_two_person_rule_says_who_must_approv
         assert (
             "*Needs* 2 distinct approvers of role operator or higher: a click counts for a user " in section
         )
-        assert "`slack_role_map` maps to operator or higher (<https://watchdog.example.com/" in section
+        assert "`slack_default_role`) gives operator or higher (<https://watchdog.example.com/" in section
 
 
 async def test_a_prompt_without_an_approval_rule_says_nothing_of_one(slack_app: SlackApp) -> None:
