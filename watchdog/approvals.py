@@ -344,8 +344,8 @@ def _check_approver(
         if trusted:
             return
         raise ApproverRefused(
-            f"approval {approval.id} needs a signed-in approver ({_describe(rule)}): an approval link alone "
-            "is not enough; sign in through the proxy (or use a named API token) and approve again"
+            f"approval {approval.id} needs {rule.describe()}, signed in: an approval link alone is not "
+            "enough; sign in through the proxy (or use a named API token) and approve again"
         )
     problem = approver_problem(rule, identity)
     if problem is not None:
@@ -359,15 +359,6 @@ def approver_problem(rule: ApprovalRule, identity: Identity) -> str | None:
     if rule.groups and identity.role < Role.ADMIN and not set(rule.groups) & set(identity.groups):
         return f"{identity.actor} is not in {' or '.join(rule.groups)}: a member is needed"
     return None
-
-
-def _describe(rule: ApprovalRule) -> str:
-    parts = [f"role {rule.role} or higher"]
-    if rule.groups:
-        parts.append(f"in {' or '.join(rule.groups)}")
-    if rule.approvers_required > 1:
-        parts.append(f"{rule.approvers_required} distinct approvers")
-    return ", ".join(parts)
 
 
 def public_view(approval: Approval) -> dict[str, Any]:

@@ -5,20 +5,23 @@ Called by the responder (prompts) and the remediation state machine (escalations
 chosen by `settings.notifier_kind`: a Slack-compatible incoming-webhook message (text + blocks with
 approve/deny link buttons and the incident's links) and a generic JSON document (its `links` field).
 With a Slack bot the same blocks carry interactive buttons instead (`watchdog.slack_bot`).
-Both POST with httpx under a timeout. A notifier never raises for the webhook's failure: it
-returns a `NotifyResult` with `ok=False` and the reason, which the loop writes to the audit log and
-the log (reported, not swallowed). With no `notifier_url` the `NullNotifier` records that nothing
-was sent.
+Both POST with httpx under a timeout; a 429 is sent again after its `Retry-After`, twice at most and
+30 s of waiting in all (`watchdog.rate_limit`, shared with the bot). A notifier never raises for the
+webhook's failure: it returns a `NotifyResult` with `ok=False` and the reason, which the loop writes
+to the audit log and the log (reported, not swallowed). With no `notifier_url` the `NullNotifier`
+records that nothing was sent.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import httpx
 
 from watchdog.links import LINK_TITLES
+from watchdog.policy import ApprovalRule
+from watchdog.rate_limit import DEFAULT_RATE_LIMIT, RateLimitRetry, retry_after
 from watchdog.settings import NotifierKind, WatchdogSettings
 
 
@@ -42,6 +45,9 @@ class PromptMessage:
     # said (`watchdog.links`; added by `watchdog.notify_router`).
     links: dict[str, str] = field(default_factory=dict)
     alert_summary: str = ""
+    # The policy's approval rule of the plan (`ApprovalService.rule_for`, as the approval page shows
+    # it); None: its link alone may decide.
+    approval_rule: ApprovalRule | None = None
 
 
 @dataclass(frozen=True)
@@ -108,38 +114,67 @@ async def post_json(
     transport: httpx.AsyncBaseTransport | None = None,
     headers: dict[str, str] | None = None,
     what: str = "notifier webhook",
+    rate_limit: RateLimitRetry | None = None,
 ) -> NotifyResult:
     """POST `body` as JSON within `timeout_seconds`; every failure (timeout, unreachable, 4xx/5xx) is
-    the result, named after `what`, never raised. `headers` may carry a credential: never in a result."""
+    the result, named after `what`, never raised. With `rate_limit`, a 429 is sent again after its
+    Retry-After within its bounds (`watchdog.rate_limit`). `headers` may carry a credential: never in
+    a result."""
+
+    async def attempt() -> tuple[NotifyResult, float | None]:
+        return await _post_once(url, body, timeout_seconds, transport, headers, what)
+
+    if rate_limit is None:
+        return (await attempt())[0]
+    result, gave_up = await rate_limit.call(attempt)
+    return result if gave_up is None else replace(result, detail=f"{result.detail} ({gave_up})")
+
+
+async def _post_once(
+    url: str,
+    body: dict[str, Any],
+    timeout_seconds: float,
+    transport: httpx.AsyncBaseTransport | None,
+    headers: dict[str, str] | None,
+    what: str,
+) -> tuple[NotifyResult, float | None]:
+    """One POST: its result and the wait a 429 asks for (None: not rate limited)."""
     try:
         async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_seconds), transport=transport) as client:
             response = await client.post(url, json=body, headers=headers)
     except httpx.TimeoutException:
-        return NotifyResult(ok=False, sent=False, detail=f"{what} timed out after {timeout_seconds:g}s")
+        return NotifyResult(ok=False, sent=False, detail=f"{what} timed out after {timeout_seconds:g}s"), None
     except httpx.HTTPError as exc:
-        return NotifyResult(ok=False, sent=False, detail=f"{what} unreachable: {exc or type(exc).__name__}")
-    if response.status_code >= 400:
-        return NotifyResult(
-            ok=False,
-            sent=False,
-            detail=f"{what} answered {response.status_code}: {response.text[:200]}",
-            status=response.status_code,
-        )
-    return NotifyResult(
-        ok=True, sent=True, detail=f"delivered ({response.status_code})", status=response.status_code
-    )
+        unreachable = f"{what} unreachable: {exc or type(exc).__name__}"
+        return NotifyResult(ok=False, sent=False, detail=unreachable), None
+    status = response.status_code
+    if status >= 400:
+        answered = f"{what} answered {status}: {response.text[:200]}"
+        return NotifyResult(ok=False, sent=False, detail=answered, status=status), retry_after(response)
+    return NotifyResult(ok=True, sent=True, detail=f"delivered ({status})", status=status), None
 
 
 class _WebhookNotifier:
+    """POSTs to one webhook URL under a timeout; a 429 is sent again after its Retry-After
+    (`watchdog.rate_limit`, the same bounds as the Slack bot's)."""
+
     def __init__(
-        self, url: str, *, timeout: float = 5.0, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        url: str,
+        *,
+        timeout: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        rate_limit: RateLimitRetry = DEFAULT_RATE_LIMIT,
     ) -> None:
         self.url = url
         self.timeout = timeout
         self.transport = transport
+        self.rate_limit = rate_limit
 
     async def _post(self, body: dict[str, Any]) -> NotifyResult:
-        return await post_json(self.url, body, timeout_seconds=self.timeout, transport=self.transport)
+        return await post_json(
+            self.url, body, timeout_seconds=self.timeout, transport=self.transport, rate_limit=self.rate_limit
+        )
 
 
 class SlackNotifier(_WebhookNotifier):
@@ -156,7 +191,8 @@ class JsonNotifier(_WebhookNotifier):
     """A generic JSON document: `{"event": "approval_requested" | "escalated", ...fields}`."""
 
     async def approval_requested(self, message: PromptMessage) -> NotifyResult:
-        return await self._post({"event": "approval_requested", **message.__dict__})
+        rule = message.approval_rule.model_dump() if message.approval_rule is not None else None
+        return await self._post({"event": "approval_requested", **message.__dict__, "approval_rule": rule})
 
     async def escalated(self, message: EscalationMessage) -> NotifyResult:
         return await self._post({"event": "escalated", **message.__dict__})
@@ -216,20 +252,44 @@ def _button(label: str, style: str, *, url: str | None, action: str, value: str)
     return button
 
 
+def approval_rule_text(rule: ApprovalRule, *, interactive: bool) -> str:
+    """Who the plan's approval rule asks for (the prompt's "Needs ...") and how they decide: through
+    the approval page (link buttons: signed in, as the page itself says) or by a Slack click (`interactive`:
+    the clicker's `slack_role_map` role counts; a Slack identity has no groups)."""
+    needs = rule.describe()
+    if not interactive:
+        return (
+            f"{needs}, signed in: the Approve link alone cannot approve it; open it through the login "
+            "proxy (or approve with a named API token)"
+        )
+    if rule.groups:
+        return (
+            f"{needs}: Slack user groups are not read, so a click approves only for a user whose Slack "
+            "role is admin; others approve on the approval page, signed in"
+        )
+    role = "`slack_role_map` (else `slack_default_role`)"
+    return f"{needs}: a click counts for a user {role} gives {rule.role} or higher"
+
+
 def slack_prompt(message: PromptMessage, *, interactive: bool = False) -> dict[str, Any]:
     """The Slack message of an approval prompt, with approve and deny buttons: links to the approval page
     (incoming-webhook mode), or, `interactive` (the bot), buttons that post to the watchdog's
     interactions route with `action_id` approve/deny and the approval id as `value`.
 
     The risk is shown once: the plan headline carries it (`[risk medium]`, `Plan.headline`). "Why" shows
-    only what the diagnosis does not already say (`_not_in`).
+    only what the diagnosis does not already say (`_not_in`). Under an approval rule, "Needs" says who
+    may approve and how (`approval_rule_text`), in the fallback text too.
     """
     why = _not_in(message.rationale, message.diagnosis_summary)
+    rule = message.approval_rule
+    needs = approval_rule_text(rule, interactive=interactive) if rule is not None else ""
+    page = f" (<{mrkdwn(message.page_url)}|approval page>)" if interactive else ""
     actions = "\n".join(f"• {mrkdwn(a)}" for a in message.actions) or "• (no actions)"
     text = (
         f"gl-watchdog: approval needed for incident {message.incident_id} "
         f"(execution {message.execution_id}): {message.plan_headline}. "
-        f"Approve: {message.approve_url} Deny: {message.deny_url}"
+        + (f"Needs {needs}. " if needs else "")
+        + f"Approve: {message.approve_url} Deny: {message.deny_url}"
     )
     approve, deny = (None, None) if interactive else (message.approve_url, message.deny_url)
     return {
@@ -249,7 +309,8 @@ def slack_prompt(message: PromptMessage, *, interactive: bool = False) -> dict[s
                     "text": clip(
                         f"*Execution* `{mrkdwn(message.execution_id)}`\n"
                         f"*Plan* {mrkdwn(message.plan_headline)}\n"
-                        f"*Actions*\n{actions}\n*Expires* {message.expires_at} · "
+                        + (f"*Needs* {mrkdwn(needs)}{page}\n" if needs else "")
+                        + f"*Actions*\n{actions}\n*Expires* {message.expires_at} · "
                         f"or `gl-watchdog approve|deny {mrkdwn(message.approval_id)}`\n"
                         f"*Diagnosis* {mrkdwn(message.diagnosis_summary)}"
                         + (f"\n*Why* {mrkdwn(why)}" if why else ""),

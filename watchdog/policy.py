@@ -67,6 +67,14 @@ class ApprovalRule(_Strict):
     groups: list[str] = Field(default_factory=list)
     approvers_required: Literal[1, 2] = 1
 
+    def describe(self) -> str:
+        """Who the rule asks for, in the words the approval refusals and the Slack prompt use:
+        "2 distinct approvers of role approver or higher in sre"."""
+        two = self.approvers_required > 1
+        who = f"{self.approvers_required} distinct approvers" if two else "an approver"
+        groups = f" in {' or '.join(self.groups)}" if self.groups else ""
+        return f"{who} of role {self.role} or higher{groups}"
+
 
 class PlaybookPolicy(_Strict):
     """Per-playbook settings: risk, whether `auto` mode still needs a human, default params, and who

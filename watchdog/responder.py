@@ -198,6 +198,7 @@ class Responder:
             page_url=links.page,
             approve_url=links.approve,
             deny_url=links.deny,
+            approval_rule=self.approvals.rule_for(approval),
         )
         notifier = self.remediation.notifier
         await self.remediation.closing.notify(

@@ -19,7 +19,8 @@ goes into the audit entry's `reason`), its role what `slack_role_map` gives its 
 `slack_default_role` (viewer: a workspace member may not decide until mapped). The decision goes
 through the approval service, so the policy's role, group and two-person rules apply and the audit
 names `slack:<user id>`. Slack shows nothing of the HTTP answer to a click: a refusal (role, closed
-prompt, same approver twice) is told to the user as an ephemeral message through the payload's
+prompt, same approver twice; a role or group refusal also says what a click can carry and where else
+to approve) is told to the user as an ephemeral message through the payload's
 `response_url` (a hooks.slack.com URL only, under a timeout; its failure is logged). A decision
 continues in the background (`Responder.start_decision`), which updates the posted message
 (approved by whom, acting, ...).
@@ -45,7 +46,7 @@ from gl_common.http import ApiError, json_model_response
 from gl_common.openapi import Inputs, RouteTable
 from watchdog.api_models import PATH_PARAMS
 from watchdog.approvals import ApprovalService, Decision
-from watchdog.errors import ApprovalError
+from watchdog.errors import ApprovalError, ApproverRefused
 from watchdog.http import AUTH_FAILURES_KEY, source_of, unauthorized
 from watchdog.identity import Identity, Role
 from watchdog.notifier import post_json
@@ -69,6 +70,11 @@ MAX_REMEMBERED: Final = 10_000  # signatures kept against replay (those older th
 MAX_NAME: Final = 100
 RESPONSE_HOST: Final = "hooks.slack.com"
 FORM_TYPE: Final = "application/x-www-form-urlencoded"
+# Told to a clicker whose role or groups the approval rule refuses: what a Slack click can carry.
+WHAT_COUNTS: Final = (
+    "A Slack click carries the role slack_role_map gives your user id and no groups: ask an admin to "
+    "map your id to the role needed, or approve on the approval page signed in through the login proxy"
+)
 
 ROUTE_TABLE = RouteTable("/api/v1", path_params=PATH_PARAMS, body_invalid=(400, "invalid_payload"))
 
@@ -224,13 +230,15 @@ async def interactions(request: web.Request, inputs: Inputs) -> web.Response:
 async def _decide(slack: Slack, click: Click, identity: Identity) -> InteractionAnswer:
     if identity.role < Role.APPROVER:
         needed = f"role {identity.role}, approver or higher needed"
-        detail = f"{identity.actor} may not {click.decision.value}: {needed}"
+        detail = f"{identity.actor} may not {click.decision.value}: {needed}. {WHAT_COUNTS}"
         return InteractionAnswer(ok=False, detail=detail)
     try:
         said = f"clicked in Slack by @{click.username}" if click.username else "clicked in Slack"
         approval = await slack.approvals.decide(
             click.approval_id, click.decision, identity=identity, reason=said
         )
+    except ApproverRefused as exc:  # the plan's approval rule asks for more than this click carries
+        return InteractionAnswer(ok=False, detail=f"{exc}. {WHAT_COUNTS}")
     except ApprovalError as exc:
         return InteractionAnswer(ok=False, detail=str(exc))
     slack.responder.start_decision(approval)

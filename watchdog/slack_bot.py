@@ -20,17 +20,15 @@ HTTP error, `ok: false`) is a `NotifyResult` with ok=False naming Slack's error,
 counted in `gl_watchdog_notifications_total{target="slack_bot"}` (updates here, prompts and
 escalations by the router), once per delivery whatever its attempts. The token is never logged.
 
-Slack's rate limit (https://api.slack.com/apis/rate-limits) answers HTTP 429 with `Retry-After`
-(seconds): the call is sent again after that wait, at most `RATE_LIMIT_RETRIES` times and
-`RATE_LIMIT_WAIT_SECONDS` of waiting in all (a wait that would go past that is not begun); then the
-429 is the call's failure, its detail saying how often it was tried. So a delivery takes at most
-(retries + 1) times `timeout`, plus the waits.
+Slack's rate limit answers HTTP 429 with `Retry-After`: the call is sent again after that wait,
+bounded by `watchdog.rate_limit` (twice at most, 30 s of waiting in all), the same rule as the
+incoming-webhook notifier's; then the 429 is the call's failure, its detail saying why it was not
+tried again.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, Final
 
@@ -47,24 +45,16 @@ from watchdog.notifier import (
     slack_escalation,
     slack_prompt,
 )
+from watchdog.rate_limit import (
+    RATE_LIMIT_RETRIES,
+    RATE_LIMIT_WAIT_SECONDS,
+    RateLimitRetry,
+    Sleep,
+    retry_after,
+)
 from watchdog.store import WatchdogStore
 
 TARGET: Final = "slack_bot"
-RATE_LIMITED: Final = 429
-RATE_LIMIT_RETRIES: Final = 2  # a rate-limited call is sent at most this many times more
-RATE_LIMIT_WAIT_SECONDS: Final = 30.0  # and waits at most this long in all for them
-DEFAULT_RETRY_AFTER_SECONDS: Final = 1.0  # a 429 without a usable Retry-After (Slack always sends one)
-
-Sleep = Callable[[float], Awaitable[None]]
-
-
-def retry_after(response: httpx.Response) -> float:
-    """The seconds a 429 asks to wait (`Retry-After`, delta-seconds); the default when it is missing
-    or not a number (the HTTP-date form is not Slack's)."""
-    try:
-        return max(0.0, float(response.headers.get("Retry-After", "")))
-    except ValueError:
-        return DEFAULT_RETRY_AFTER_SECONDS
 
 
 class SlackApi:
@@ -86,30 +76,19 @@ class SlackApi:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.transport = transport
-        self.retries = retries
-        self.max_wait_seconds = max_wait_seconds
-        self.sleep = sleep
+        self.rate_limit = RateLimitRetry(retries, max_wait_seconds, sleep)
 
     async def call(self, method: str, body: dict[str, Any]) -> tuple[NotifyResult, dict[str, Any]]:
         """POST `body` to `method`; the result and Slack's answer (empty when there is none). A 429
         is sent again after its Retry-After while retries and wait are left."""
-        result, answer, wait = await self._post(method, body)
-        tries, waited = 1, 0.0
-        while wait is not None:
-            if tries > self.retries:
-                return replace(result, detail=f"{result.detail} (rate limited; tried {tries} times)"), answer
-            if waited + wait > self.max_wait_seconds:
-                why = f"Retry-After {wait:g}s is past the {self.max_wait_seconds:g}s of waiting allowed"
-                return replace(result, detail=f"{result.detail} (rate limited; {why})"), answer
-            await self.sleep(wait)
-            waited += wait
-            result, answer, wait = await self._post(method, body)
-            tries += 1
+        (result, answer), gave_up = await self.rate_limit.call(lambda: self._post(method, body))
+        if gave_up is not None:
+            result = replace(result, detail=f"{result.detail} ({gave_up})")
         return result, answer
 
     async def _post(
         self, method: str, body: dict[str, Any]
-    ) -> tuple[NotifyResult, dict[str, Any], float | None]:
+    ) -> tuple[tuple[NotifyResult, dict[str, Any]], float | None]:
         """One POST: the result, Slack's answer, and the wait a 429 asks for (None: not rate limited)."""
         what = f"Slack {method}"
         headers = {"Authorization": f"Bearer {self._token}"}
@@ -117,11 +96,10 @@ class SlackApi:
             async with httpx.AsyncClient(timeout=self.timeout, transport=self.transport) as client:
                 response = await client.post(f"{self.base_url}/{method}", json=body, headers=headers)
         except httpx.TimeoutException:
-            return NotifyResult(False, False, f"{what} timed out after {self.timeout:g}s"), {}, None
+            return (NotifyResult(False, False, f"{what} timed out after {self.timeout:g}s"), {}), None
         except httpx.HTTPError as exc:
-            return NotifyResult(False, False, f"{what} unreachable: {exc or type(exc).__name__}"), {}, None
-        result, answer = _answered(what, response)
-        return result, answer, retry_after(response) if response.status_code == RATE_LIMITED else None
+            return (NotifyResult(False, False, f"{what} unreachable: {exc or type(exc).__name__}"), {}), None
+        return _answered(what, response), retry_after(response)
 
 
 def _answered(what: str, response: httpx.Response) -> tuple[NotifyResult, dict[str, Any]]:

@@ -14,6 +14,7 @@ from playbooks.registry import default_registry
 from tests.conftest import free_port
 from tests.watchdog.conftest import make_diagnosis
 from tests.watchdog.messages import PROMPT
+from tests.watchdog.waits import Waits
 from watchdog.notifier import (
     EscalationMessage,
     JsonNotifier,
@@ -25,7 +26,13 @@ from watchdog.notifier import (
     slack_prompt,
 )
 from watchdog.planner import make_plan
-from watchdog.policy import Mode, load_policy
+from watchdog.policy import ApprovalRule, Mode, load_policy
+from watchdog.rate_limit import (
+    DEFAULT_RETRY_AFTER_SECONDS,
+    RATE_LIMIT_RETRIES,
+    RATE_LIMIT_WAIT_SECONDS,
+    RateLimitRetry,
+)
 from watchdog.responder import diagnosis_summary
 from watchdog.settings import WatchdogSettings
 
@@ -40,9 +47,14 @@ class Receiver:
         self.release = asyncio.Event()
         self.handled = asyncio.Event()
         self.url = ""
+        self.limited: list[str | None] = []  # the next requests answer 429 with these Retry-After
 
     async def handle(self, request: web.Request) -> web.Response:
         self.bodies.append(await request.json())
+        if self.limited:
+            retry_after = self.limited.pop(0)
+            headers = {} if retry_after is None else {"Retry-After": retry_after}
+            return web.Response(status=429, text="rate_limited", headers=headers)
         if self.hang.is_set():
             await asyncio.wait_for(self.release.wait(), timeout=30)
         self.handled.set()
@@ -78,6 +90,27 @@ async def test_slack_prompt_has_approve_and_deny_buttons(receiver: Receiver) -> 
     assert "CrashLoopBackOff" in body["blocks"][1]["text"]["text"]
 
 
+def test_a_webhook_prompt_under_an_approval_rule_says_a_signed_in_approver_is_needed() -> None:
+    rule = ApprovalRule(approvers_required=2, groups=["sre"])
+    body = slack_prompt(dataclasses.replace(PROMPT, approval_rule=rule))
+    needs = (
+        "Needs 2 distinct approvers of role approver or higher in sre, signed in: the Approve link alone "
+        "cannot approve it; open it through the login proxy"
+    )
+    assert needs in body["text"] and f"*{needs[:5]}*{needs[5:]}" in body["blocks"][1]["text"]["text"]
+    assert "Needs" not in slack_prompt(PROMPT)["text"]
+
+
+async def test_the_json_prompt_carries_the_approval_rule(receiver: Receiver) -> None:
+    rule = ApprovalRule(role="operator", approvers_required=2)
+    result = await JsonNotifier(receiver.url, timeout=2).approval_requested(
+        dataclasses.replace(PROMPT, approval_rule=rule)
+    )
+    assert result.ok
+    expected = {"role": "operator", "groups": [], "approvers_required": 2}
+    assert receiver.bodies[0]["approval_rule"] == expected
+
+
 async def test_json_notifier_sends_the_fields(receiver: Receiver) -> None:
     result = await JsonNotifier(receiver.url, timeout=2).escalated(
         EscalationMessage(
@@ -110,6 +143,41 @@ async def test_error_status_is_reported_not_raised(receiver: Receiver) -> None:
     result = await SlackNotifier(receiver.url, timeout=2).approval_requested(PROMPT)
     assert not result.ok and result.status == 500
     assert "answered 500: boom" in result.detail
+
+
+async def test_a_rate_limited_webhook_is_sent_again_after_its_retry_after(receiver: Receiver) -> None:
+    waits = Waits()
+    notifier = SlackNotifier(receiver.url, timeout=2, rate_limit=RateLimitRetry(sleep=waits))
+    receiver.limited = ["3", None]
+    result = await notifier.approval_requested(PROMPT)
+    assert result.ok and result.status == 200
+    assert waits.seconds == [3.0, DEFAULT_RETRY_AFTER_SECONDS] and len(receiver.bodies) == 3
+
+
+async def test_a_webhook_rate_limited_for_ever_fails_after_its_retries(receiver: Receiver) -> None:
+    waits = Waits()
+    notifier = JsonNotifier(receiver.url, timeout=2, rate_limit=RateLimitRetry(sleep=waits))
+    receiver.limited = ["2"] * 10
+    result = await notifier.escalated(EscalationMessage(incident_id=7, execution_id="exec-1", reason="r"))
+    assert (result.ok, result.status) == (False, 429)
+    assert result.detail == "notifier webhook answered 429: rate_limited (rate limited; tried 3 times)"
+    assert waits.seconds == [2.0] * RATE_LIMIT_RETRIES and len(receiver.bodies) == 1 + RATE_LIMIT_RETRIES
+
+
+async def test_a_webhook_retry_after_past_the_allowed_wait_is_not_waited_for(receiver: Receiver) -> None:
+    waits = Waits()
+    notifier = SlackNotifier(receiver.url, timeout=2, rate_limit=RateLimitRetry(sleep=waits))
+    receiver.limited = [str(RATE_LIMIT_WAIT_SECONDS + 1)]
+    result = await notifier.approval_requested(PROMPT)
+    assert not result.ok and waits.seconds == [] and len(receiver.bodies) == 1
+    assert result.detail.endswith("(rate limited; Retry-After 31s is past the 30s of waiting allowed)")
+
+
+async def test_the_configured_webhook_notifier_retries_a_429(receiver: Receiver) -> None:
+    settings = WatchdogSettings(notifier_url=receiver.url)
+    receiver.limited = ["0"]
+    result = await notifier_from_settings(settings).approval_requested(PROMPT)
+    assert result.ok and len(receiver.bodies) == 2
 
 
 async def test_unreachable_webhook_is_reported() -> None:

@@ -25,12 +25,14 @@ from tests.watchdog.conftest import WATCHDOG_TOKEN, FakeClock, ScriptedDiagnose,
 from tests.watchdog.identity_app import IdentityApp
 from tests.watchdog.recording_playbook import POLICY, RecordingPlaybook
 from tests.watchdog.slack_fake import FakeSlack, SlackCall
+from tests.watchdog.waits import Waits
 from tests.watchdog.webhook import alert, payload
 from watchdog.assembly import Watchdog, build_watchdog, create_app
 from watchdog.policy import parse_policy
+from watchdog.rate_limit import RATE_LIMIT_RETRIES, RATE_LIMIT_WAIT_SECONDS
 from watchdog.settings import WatchdogSettings
-from watchdog.slack import SlackRefused, SlackSignature
-from watchdog.slack_bot import RATE_LIMIT_RETRIES, RATE_LIMIT_WAIT_SECONDS, SlackApi
+from watchdog.slack import WHAT_COUNTS, SlackRefused, SlackSignature
+from watchdog.slack_bot import SlackApi
 from watchdog_sdk.registry import Registry
 
 SECRET = "slack-signing-secret-0123456789abcdef"
@@ -207,6 +209,7 @@ async def test_an_unmapped_slack_user_is_told_and_decides_nothing(slack_app: Sla
     status, answer = await slack_app.click(body, slack_app.sign(body))
     assert (status, answer["ok"]) == (200, False)
     assert "slack:U0MALLORY may not approve: role viewer" in answer["detail"]
+    assert answer["detail"].endswith(WHAT_COUNTS)  # and what would let them
     [told] = [call.request for call in slack_app.hooks.calls if str(call.request.url) == RESPONSE_URL]
     assert json.loads(told.content)["response_type"] == "ephemeral"
     assert (await slack_app.wd.approvals.get(approval_id)).state == "pending"
@@ -310,6 +313,47 @@ async def test_an_update_rate_limited_past_its_retries_is_audited_and_counted_on
     assert slack_app.wd.metrics.registry.get_sample_value("gl_watchdog_notifications_total", labels) == 1
 
 
+async def test_the_prompt_of_a_plan_under_a_two_person_rule_says_who_must_approve(
+    _no_pending_tasks: None, database_url: str
+) -> None:
+    async with serving(database_url, approval={"approvers_required": 2, "role": "operator"}) as app:
+        await prompted(app)
+        [posted] = app.calls("chat.postMessage")
+        needs = "Needs 2 distinct approvers of role operator or higher: a click counts for a user"
+        assert needs in posted.body["text"]
+        section = posted.body["blocks"][1]["text"]["text"]
+        assert (
+            "*Needs* 2 distinct approvers of role operator or higher: a click counts for a user " in section
+        )
+        assert "`slack_default_role`) gives operator or higher (<https://watchdog.example.com/" in section
+
+
+async def test_a_prompt_without_an_approval_rule_says_nothing_of_one(slack_app: SlackApp) -> None:
+    await prompted(slack_app)
+    [posted] = slack_app.calls("chat.postMessage")
+    assert "Needs" not in posted.body["text"] and "*Needs*" not in posted.body["blocks"][1]["text"]["text"]
+
+
+async def test_a_click_the_rules_group_refuses_tells_what_a_slack_click_lacks(
+    _no_pending_tasks: None, database_url: str
+) -> None:
+    async with serving(database_url, approval={"groups": ["sre"]}) as app:
+        approval_id = await prompted(app)
+        [posted] = app.calls("chat.postMessage")
+        assert (
+            "*Needs* an approver of role approver or higher in sre: Slack user groups are not read"
+            in (posted.body["blocks"][1]["text"]["text"])
+        )
+        body = click_body(approval_id)
+        status, answer = await app.click(body, app.sign(body))
+        assert (status, answer["ok"]) == (200, False)
+        assert answer["detail"].startswith("slack:U0ALICE is not in sre: a member is needed")
+        assert answer["detail"].endswith(WHAT_COUNTS)
+        [told] = [call.request for call in app.hooks.calls if str(call.request.url) == RESPONSE_URL]
+        assert WHAT_COUNTS in json.loads(told.content)["text"]
+        assert (await app.wd.approvals.get(approval_id)).state == "pending"
+
+
 async def test_a_first_vote_of_two_keeps_the_prompt_open_and_the_message_says_so(
     _no_pending_tasks: None, database_url: str
 ) -> None:
@@ -409,16 +453,6 @@ async def fake_slack() -> AsyncIterator[FakeSlack]:
         yield slack
     finally:
         await slack.close()
-
-
-class Waits:
-    """The injected sleep: records each wait instead of waiting."""
-
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.seconds.append(seconds)
 
 
 MESSAGE = {"channel": CHANNEL, "text": "hello"}
