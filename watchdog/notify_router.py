@@ -34,6 +34,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any, Final
 
 import httpx
@@ -289,6 +290,27 @@ class PageResolver:
         self.incidents = incidents
         self.notifier = notifier
         self.jobs = jobs
+        self._last_of_run: dict[str, asyncio.Task[Any]] = {}  # a run's newest page job, by execution id
+
+    def _in_turn(self, execution_id: str, work: Callable[[], Awaitable[object]], name: str) -> None:
+        """Run `work` in the background after the run's page jobs asked for before it: a person's
+        acknowledgement reaches the pagers before the resolve that their playbook's success asks for,
+        however the two jobs are scheduled."""
+        previous = self._last_of_run.get(execution_id)
+
+        async def after_previous() -> None:
+            if previous is not None and not previous.done():
+                await asyncio.wait({previous})  # however it ended: it logged its own failure
+            await work()
+
+        task = self.jobs.spawn(after_previous(), name=name)
+        if task is not None:
+            self._last_of_run[execution_id] = task
+            task.add_done_callback(partial(self._forget_run_job, execution_id))
+
+    def _forget_run_job(self, execution_id: str, task: asyncio.Task[Any]) -> None:
+        if self._last_of_run.get(execution_id) is task:
+            del self._last_of_run[execution_id]
 
     def alert_resolved(self, incident_id: int) -> None:
         """The alert of escalated incident `incident_id` resolved: resolve its page, if any."""
@@ -298,8 +320,12 @@ class PageResolver:
     def run_resolved(self, incident: Incident) -> None:
         """`incident` resolved: the open pages of its run's escalated incidents are over too."""
         if self.notifier.pagers:
-            work = self.resolve_run(incident.execution_id, f"incident {incident.id} of the run resolved")
-            self.jobs.spawn(work, name=f"resolve the pages of execution {incident.execution_id}")
+            reason = f"incident {incident.id} of the run resolved"
+            self._in_turn(
+                incident.execution_id,
+                partial(self.resolve_run, incident.execution_id, reason),
+                f"resolve the pages of execution {incident.execution_id}",
+            )
 
     def taken(self, incident: Incident, actor: str) -> None:
         """`actor` (a named person) started or approved a playbook on `incident`'s run: acknowledge its
@@ -318,8 +344,11 @@ class PageResolver:
         if self.notifier.pagers:
             playbook = incident.plan.playbook if incident.plan is not None else "a playbook"
             what = f"{verb} {playbook} on incident {incident.id}"
-            work = self.acknowledge_run(incident.execution_id, actor, what, sparing=sparing)
-            self.jobs.spawn(work, name=f"acknowledge the pages of execution {incident.execution_id}")
+            self._in_turn(
+                incident.execution_id,
+                partial(self.acknowledge_run, incident.execution_id, actor, what, sparing=sparing),
+                f"acknowledge the pages of execution {incident.execution_id}",
+            )
 
     def alert_closed(self, incident_id: int) -> None:
         """The alert of incident `incident_id` resolved before anything acted: its prompt expired with

@@ -244,6 +244,7 @@ async def _prompted(
     )
     outcome = await responder.handle_diagnosed(opened.incident.id, DIAGNOSIS)
     assert outcome.status == "awaiting_approval"
+    await responder.jobs.wait_idle()  # the prompt's annotation is a job of its own
     pending = await responder.approvals.pending_of(opened.incident.id)
     assert pending is not None
     return responder, opened.incident.id, pending.id
@@ -267,9 +268,12 @@ async def test_a_prompt_is_annotated_when_posted_and_when_a_person_decides_it(
         clock.advance(30)
         approval = await responder.approvals.decide(approval_id, decision, actor="alice", authenticated=True)
         outcome = await responder.on_decision(approval)
+        await responder.jobs.wait_idle()
     state = "approved" if decision is Decision.APPROVE else "denied"
     assert outcome.status == ("resolved" if state == "approved" else "escalated")
-    prompted, decided, *remediated = [body for _, _, body in fake.requests]
+    bodies = [body for _, _, body in fake.requests]
+    prompted, decided = [body for body in bodies if body["tags"][1] == "approval"]
+    remediated = [body for body in bodies if body["tags"][1] != "approval"]
     assert prompted == {
         "time": _ms(posted_at),
         "tags": _approval_tags("prompted"),
@@ -300,6 +304,7 @@ async def test_an_expired_prompt_is_annotated_as_expired(
         )
         clock.advance(APPROVAL_TTL_SECONDS + 1)
         [outcome] = await responder.expire_approvals()
+        await responder.jobs.wait_idle()
     assert outcome.status == "escalated"
     _, (_, _, expired) = fake.requests
     assert expired["tags"] == _approval_tags("expired")
@@ -323,6 +328,7 @@ async def test_grafana_refusing_a_prompts_annotations_is_audited_and_counted_and
             approval_id, Decision.DENY, actor="bob", authenticated=True
         )
         assert (await responder.on_decision(approval)).status == "escalated"
+        await responder.jobs.wait_idle()
     failed = await _failed_annotations(store, incident_id)
     assert [entry.data["status"] for entry in failed] == [401, 401]
     assert all(TOKEN not in str(entry.data) for entry in failed)

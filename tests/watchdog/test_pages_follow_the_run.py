@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -177,6 +178,36 @@ async def test_a_person_running_a_playbook_acknowledges_the_page_and_its_success
     after = {(e.kind, e.data.get("ok")) for e in detail.audit if e.phase == "after"}
     assert ("page_acknowledged", True) in after and ("page_resolved", True) in after
     assert not detail.incident.page_open
+
+
+async def test_an_acknowledgement_still_on_its_way_reaches_the_pager_before_the_runs_resolve(
+    mocked: respx.MockRouter, paged_run: PagedRun
+) -> None:
+    """A person's playbook is acknowledged, and its success resolves the run's pages, as two background
+    jobs: the resolve waits for the acknowledgement asked for before it, however slow that one is."""
+    ack_arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def pagerduty(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content)["event_action"] == "acknowledge":
+            ack_arrived.set()
+            await release.wait()
+        return httpx.Response(202, json={"status": "success"})
+
+    route = mocked.post(PD_URL).mock(side_effect=pagerduty)
+    escalated = await paged_run.escalated("exec-o1")
+    incident = await paged_run.store.get_incident(escalated)
+    assert incident is not None
+    paged_run.pages.taken(incident, "alice@example.com")
+    paged_run.pages.run_resolved(incident)
+    await asyncio.wait_for(ack_arrived.wait(), 10)
+    for _ in range(5):  # store round trips: time enough for a resolve that did not wait to be sent
+        await paged_run.incidents.detail(escalated)
+    # respx records a call once answered: the acknowledgement is held, and no resolve went past it
+    assert [json.loads(call.request.content)["event_action"] for call in route.calls] == ["trigger"]
+    release.set()
+    await asyncio.wait_for(paged_run.jobs.wait_idle(), 10)
+    sent = [json.loads(call.request.content)["event_action"] for call in route.calls]
+    assert sent == ["trigger", "acknowledge", "resolve"]
 
 
 async def test_a_resolved_page_is_not_resolved_again_and_a_failed_resolve_is_tried_again(
