@@ -56,6 +56,7 @@ from orchestrator_core.events import (
     NodeTimeoutEvent,
     RetryEvent,
 )
+from orchestrator_core.malloc import limit_malloc_arenas
 from orchestrator_core.records import ExecutionOptions
 from orchestrator_core.service import OrchestratorService
 from orchestrator_core.settings import OrchestratorSettings, load_settings
@@ -176,6 +177,7 @@ def _serve_command(config: Path | None, host: str | None, port: int | None) -> N
             )
         settings = settings.with_local_token()
         log.info("no API token configured: using the local token in %s", settings.api_token_file)
+    limit_malloc_arenas(settings.malloc_arena_max)  # before any thread: arenas made stay
     asyncio.run(serve(settings, freeze_gc=True))
 
 

@@ -71,6 +71,10 @@ class OrchestratorSettings(BaseSettings):
     # the run's `timeout_seconds` with `timeout_is_default: true`, and the timeout gauge exists for the
     # run, so the alert can fire). `null` in the YAML file: such runs have no timeout at all.
     default_execution_timeout_seconds: float | None = Field(3600.0, gt=0, le=MAX_EXECUTION_TIMEOUT_SECONDS)
+    # glibc's malloc arenas (`mallopt(M_ARENA_MAX)`, set at start-up by `serve`; see malloc.py): threads
+    # share this many instead of up to 8 per core, so a burst's freed memory is reused instead of kept per
+    # thread. `null`: glibc's default. No effect on a C library that is not glibc.
+    malloc_arena_max: int | None = Field(2, ge=1, le=64)
 
     @field_validator("agent_url_template")
     @classmethod
