@@ -145,6 +145,23 @@ class PagedRun:
         assert (await self.responder.on_decision(approval)).status == outcome
         return again.incident.id
 
+    async def escalated_by_rule(self, execution_id: str, rule: str) -> int:
+        """An incident planned by policy rule `rule` (its targets page), escalated."""
+        opened = await self.incidents.open_or_join(
+            execution_id, dag_id="d", source="sweep", detection_source="api"
+        )
+        plan = Plan(
+            execution_id=execution_id,
+            likely_cause="agent_unresponsive",
+            playbook="restart_agent",
+            mode=Mode.RECOMMEND,
+            rationale="the agent is not answering",
+            rule=rule,
+        )
+        await self.incidents.update(opened.incident.id, kind="planned", actor="watchdog", plan=plan)
+        await self.remediation.closing.escalate(opened.incident.id, "approval expired")
+        return opened.incident.id
+
     def by_hand(self, execution_id: str, actor: str) -> ManualRun:
         params = {"agent_id": "calc"}
         return ManualRun(playbook="restart_agent", execution_id=execution_id, params=params, actor=actor)
@@ -528,26 +545,14 @@ async def test_an_incident_planned_by_a_rule_with_escalate_to_pages_its_targets_
     routing = {"default_targets": ["chat"], "rule_targets": {"agent-down": ["pagerduty"]}}
     run = PagedRun(store, clock, **routing)
     try:
-        ruled = await run.incidents.open_or_join(
-            "exec-r1", dag_id="d", source="sweep", detection_source="api"
-        )
-        plan = Plan(
-            execution_id="exec-r1",
-            likely_cause="agent_unresponsive",
-            playbook="restart_agent",
-            mode=Mode.RECOMMEND,
-            rationale="the agent is not answering",
-            rule="agent-down",
-        )
-        await run.incidents.update(ruled.incident.id, kind="planned", actor="watchdog", plan=plan)
-        await run.remediation.closing.escalate(ruled.incident.id, "approval expired")
+        ruled = await run.escalated_by_rule("exec-r1", "agent-down")
         assert [body_of(route, i)["event_action"] for i in range(len(route.calls))] == ["trigger"]
         assert run.chat.sent == []  # the rule's targets replace the default, chat included
         other = await run.escalated("exec-r2")  # no rule: the settings' escalation_targets (chat)
         assert run.chat.sent == ["escalation"] and len(route.calls) == 1
         assert await run.pages.resolve(other, "the run ended") is None  # it paged nobody
         assert "page_resolved" not in [entry.kind for entry in (await run.incidents.detail(other)).audit]
-        assert (await run.pages.resolve(ruled.incident.id, "the run ended")) is not None
+        assert (await run.pages.resolve(ruled, "the run ended")) is not None
         assert body_of(route, 1)["event_action"] == "resolve"
     finally:
         await run.orchestrator.aclose()
@@ -566,26 +571,14 @@ async def test_an_escalation_to_chat_only_leaves_the_sweeps_open_pages_after_one
     orchestrator = counted
     try:
         chat_only = await run.escalated("exec-chat")  # no rule: the default targets, chat
-        paged = await run.incidents.open_or_join(
-            "exec-paged", dag_id="d", source="sweep", detection_source="api"
-        )
-        plan = Plan(
-            execution_id="exec-paged",
-            likely_cause="agent_unresponsive",
-            playbook="restart_agent",
-            mode=Mode.RECOMMEND,
-            rationale="the agent is not answering",
-            rule="agent-down",
-        )
-        await run.incidents.update(paged.incident.id, kind="planned", actor="watchdog", plan=plan)
-        await run.remediation.closing.escalate(paged.incident.id, "approval expired")
+        paged = await run.escalated_by_rule("exec-paged", "agent-down")
         assert (await store.get_incident(chat_only)).page_open  # as the audit's rule has it
         orchestrator.add("exec-chat", "completed")
         orchestrator.add("exec-paged", "running")
         assert await run.pages.resolve_ended_runs(orchestrator.client) == []
         assert [r["execution_id"] for r in orchestrator.fake.requests] == ["exec-paged"]
         assert not (await store.get_incident(chat_only)).page_open
-        assert (await store.get_incident(paged.incident.id)).page_open
+        assert (await store.get_incident(paged)).page_open
         await run.pages.resolve_ended_runs(orchestrator.client)
         assert [r["execution_id"] for r in orchestrator.fake.requests] == ["exec-paged"] * 2
     finally:
