@@ -326,7 +326,9 @@ async def test_the_diagnoses_of_a_burst_start_in_shared_write_transactions(
         await wd.intake.handle(parse_payload(_burst(8)).payload)
         async with asyncio.timeout(10), diagnose.entered:
             await diagnose.entered.wait_for(lambda: diagnose.active == 8)
-        assert 1 <= len(starting) < 8
+        # the 8 starts share one write transaction (a second when a start comes while the first
+        # commits), where each diagnosis began in a transaction of its own before
+        assert len(starting) in (1, 2), f"{len(starting)} transactions began the 8 diagnoses"
         incidents = await wd.store.list_incidents()
         assert {i.status for i in incidents} == {"diagnosing"} and len(incidents) == 8
         diagnose.gate.set()
