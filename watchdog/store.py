@@ -9,7 +9,8 @@ before returning. Used by `watchdog.incidents` (open/join/close with audit),
 `watchdog.intake` (episode dedup), the API and CLI (reads), and the remediation side (approvals,
 actions, rate events).
 
-Every query lives on `Tx`, one open transaction: `async with store.transaction() as tx: ...` commits
+Every query lives on `Tx`, one open transaction (the approvals, actions and rate events in its base,
+`watchdog.store_remediation.RemediationRows`): `async with store.transaction() as tx: ...` commits
 on success and rolls back on error, so a state change and its audit entry are written together or not
 at all. Conflicts on unique keys are answered with `None` ("someone else got there first"), never by
 check-then-insert. SQLAlchemy/driver errors come out as `StoreError`/`StoreUnavailable`.
@@ -37,26 +38,19 @@ from watchdog.errors import StoreError, StoreUnavailable
 from watchdog.migrations import (
     SCHEMA,
     TERMINAL_INCIDENT_STATUSES,
-    actions,
     alert_deliveries,
-    approvals,
     audit_log,
     incidents,
-    rate_events,
 )
 from watchdog.plan import Plan
-from watchdog.records import Action, AlertDelivery, Approval, AuditEntry, Incident
+from watchdog.records import AlertDelivery, AuditEntry, Incident
+from watchdog.store_remediation import RemediationRows, model_of
 from watchdog.write_turns import NoTurn, WriteTurns
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_SECONDS: Final = 10.0  # without pool settings (tools, tests): see WatchdogSettings
-LIMITS_LOCK_KEY: Final = 0x676C5744  # "glWD": the PostgreSQL advisory lock around limit checks
 ERRORS: Final = StoreErrors(error=StoreError, unavailable=StoreUnavailable)
-
-
-def _row(model: type[Any], row: sa.Row[Any] | None) -> Any:
-    return None if row is None else model.model_validate(dict(row._mapping))
 
 
 def _new_rows(table: sa.Table) -> dict[str, Any]:
@@ -101,17 +95,13 @@ _LINK_ARRAYS: Final = (
 # -- the transaction --------------------------------------------------------------------------------
 
 
-class Tx:
-    """Queries inside one open transaction (from `WatchdogStore.transaction()`)."""
+class Tx(RemediationRows):
+    """Queries inside one open transaction (from `WatchdogStore.transaction()`): incidents, the audit
+    log and alert deliveries here; approvals, actions and rate events from `RemediationRows`."""
 
     def __init__(self, conn: AsyncConnection, clock: Clock) -> None:
         self.conn = conn
         self.clock = clock
-
-    def _insert(self, table: sa.Table) -> Any:
-        if self.conn.dialect.name == "postgresql":
-            return pg_dialect.insert(table)
-        return sqlite_dialect.insert(table)
 
     # -- incidents
 
@@ -138,7 +128,7 @@ class Tx:
             "summary": summary,
         }
         result = await self.conn.execute(_NEW_INCIDENTS[self.conn.dialect.name], row)
-        incident: Incident | None = _row(Incident, result.first())
+        incident: Incident | None = model_of(Incident, result.first())
         return incident
 
     async def insert_incidents(self, rows: list[dict[str, Any]]) -> list[Incident]:
@@ -156,7 +146,7 @@ class Tx:
     async def get_incident(self, incident_id: int) -> Incident | None:
         """The incident with this id, or None."""
         result = await self.conn.execute(sa.select(incidents).where(incidents.c.id == incident_id))
-        incident: Incident | None = _row(Incident, result.first())
+        incident: Incident | None = model_of(Incident, result.first())
         return incident
 
     async def get_open_incident(self, execution_id: str) -> Incident | None:
@@ -167,7 +157,7 @@ class Tx:
                 incidents.c.status.not_in(TERMINAL_INCIDENT_STATUSES),
             )
         )
-        incident: Incident | None = _row(Incident, result.first())
+        incident: Incident | None = model_of(Incident, result.first())
         return incident
 
     async def list_incidents(
@@ -231,7 +221,7 @@ class Tx:
         result = await self.conn.execute(
             stmt.values(updated_at=self.clock.now(), **values).returning(*incidents.c)
         )
-        incident: Incident | None = _row(Incident, result.first())
+        incident: Incident | None = model_of(Incident, result.first())
         return incident
 
     async def hold_incident(self, incident_id: int, kind: str, held_by: list[dict[str, Any]]) -> None:
@@ -342,7 +332,7 @@ class Tx:
             "labels_digest": labels_digest,
         }
         result = await self.conn.execute(_NEW_DELIVERIES[self.conn.dialect.name], row)
-        delivery: AlertDelivery | None = _row(AlertDelivery, result.first())
+        delivery: AlertDelivery | None = model_of(AlertDelivery, result.first())
         return delivery
 
     async def insert_deliveries(self, rows: list[dict[str, Any]]) -> list[AlertDelivery]:
@@ -383,7 +373,7 @@ class Tx:
                 alert_deliveries.c.fingerprint == fingerprint, alert_deliveries.c.starts_at == starts_at
             )
         )
-        delivery: AlertDelivery | None = _row(AlertDelivery, result.first())
+        delivery: AlertDelivery | None = model_of(AlertDelivery, result.first())
         return delivery
 
     async def update_delivery(self, delivery_id: int, **values: Any) -> AlertDelivery | None:
@@ -394,7 +384,7 @@ class Tx:
             .values(**values)
             .returning(*alert_deliveries.c)
         )
-        delivery: AlertDelivery | None = _row(AlertDelivery, result.first())
+        delivery: AlertDelivery | None = model_of(AlertDelivery, result.first())
         return delivery
 
     async def note_repeat(self, delivery_id: int) -> None:
@@ -421,159 +411,6 @@ class Tx:
         """How many alert episodes are recorded."""
         result = await self.conn.execute(sa.select(sa.func.count()).select_from(alert_deliveries))
         return int(result.scalar_one())
-
-    # -- approvals
-
-    async def insert_approval(
-        self,
-        *,
-        approval_id: str,
-        incident_id: int,
-        plan: Plan,
-        summary: str,
-        token_nonce: str,
-        expires_at: datetime,
-    ) -> Approval:
-        """Record a new pending approval prompt."""
-        result = await self.conn.execute(
-            approvals.insert()
-            .values(
-                id=approval_id,
-                incident_id=incident_id,
-                plan=plan.model_dump(mode="json"),
-                summary=summary,
-                state="pending",
-                token_nonce=token_nonce,
-                created_at=self.clock.now(),
-                expires_at=expires_at,
-            )
-            .returning(*approvals.c)
-        )
-        approval: Approval = _row(Approval, result.first())
-        return approval
-
-    async def get_approval(self, approval_id: str) -> Approval | None:
-        """The approval prompt with this id, or None."""
-        result = await self.conn.execute(sa.select(approvals).where(approvals.c.id == approval_id))
-        approval: Approval | None = _row(Approval, result.first())
-        return approval
-
-    async def list_approvals(
-        self, *, states: Collection[str] | None = None, incident_id: int | None = None
-    ) -> list[Approval]:
-        """Approval prompts, oldest first, optionally filtered."""
-        stmt = sa.select(approvals).order_by(approvals.c.created_at, approvals.c.id)
-        if states is not None:
-            stmt = stmt.where(approvals.c.state.in_(list(states)))
-        if incident_id is not None:
-            stmt = stmt.where(approvals.c.incident_id == incident_id)
-        result = await self.conn.execute(stmt)
-        return [Approval.model_validate(dict(r._mapping)) for r in result]
-
-    async def update_approval(
-        self, approval_id: str, *, expected_state: Collection[str] | None = None, **values: Any
-    ) -> Approval | None:
-        """Compare-and-set on an approval: None when it is missing or not in `expected_state`."""
-        stmt = sa.update(approvals).where(approvals.c.id == approval_id)
-        if expected_state is not None:
-            stmt = stmt.where(approvals.c.state.in_(list(expected_state)))
-        result = await self.conn.execute(stmt.values(**values).returning(*approvals.c))
-        approval: Approval | None = _row(Approval, result.first())
-        return approval
-
-    # -- actions
-
-    async def insert_action(
-        self,
-        *,
-        incident_id: int,
-        playbook: str,
-        step: str,
-        idempotency_key: str,
-        params: Mapping[str, Any] | None = None,
-        approval_id: str | None = None,
-    ) -> Action | None:
-        """Record an action as started; None when `idempotency_key` was already recorded."""
-        stmt = (
-            self._insert(actions)
-            .values(
-                incident_id=incident_id,
-                approval_id=approval_id,
-                playbook=playbook,
-                step=step,
-                idempotency_key=idempotency_key,
-                params=None if params is None else dict(params),
-                state="started",
-                started_at=self.clock.now(),
-            )
-            .on_conflict_do_nothing()
-            .returning(*actions.c)
-        )
-        result = await self.conn.execute(stmt)
-        action: Action | None = _row(Action, result.first())
-        return action
-
-    async def get_action(self, idempotency_key: str) -> Action | None:
-        """The action recorded under `idempotency_key`, or None."""
-        result = await self.conn.execute(
-            sa.select(actions).where(actions.c.idempotency_key == idempotency_key)
-        )
-        action: Action | None = _row(Action, result.first())
-        return action
-
-    async def list_actions(
-        self, *, incident_id: int | None = None, states: Collection[str] | None = None
-    ) -> list[Action]:
-        """Actions, oldest first, optionally filtered."""
-        stmt = sa.select(actions).order_by(actions.c.id)
-        if incident_id is not None:
-            stmt = stmt.where(actions.c.incident_id == incident_id)
-        if states is not None:
-            stmt = stmt.where(actions.c.state.in_(list(states)))
-        result = await self.conn.execute(stmt)
-        return [Action.model_validate(dict(r._mapping)) for r in result]
-
-    async def finish_action(
-        self, action_id: int, state: str, result: Mapping[str, Any] | None = None
-    ) -> Action | None:
-        """Move a started action to its final state; None when it was not in `started`."""
-        res = await self.conn.execute(
-            sa.update(actions)
-            .where(actions.c.id == action_id, actions.c.state == "started")
-            .values(
-                state=state, result=None if result is None else dict(result), finished_at=self.clock.now()
-            )
-            .returning(*actions.c)
-        )
-        action: Action | None = _row(Action, res.first())
-        return action
-
-    # -- rate events
-
-    async def serialize_limits(self) -> None:
-        """Hold the limits lock until this transaction ends, so that two replicas checking and counting
-        rate events cannot both pass a limit. PostgreSQL: a transaction-level advisory lock; SQLite:
-        nothing to do, `BEGIN IMMEDIATE` already holds the database's write lock."""
-        if self.conn.dialect.name == "postgresql":
-            await self.conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": LIMITS_LOCK_KEY})
-
-    async def add_rate_event(self, kind: str, key: str, at: datetime | None = None) -> None:
-        """Record one rate-limited event (e.g. kind="restart_agent", key=agent id)."""
-        await self.conn.execute(rate_events.insert().values(kind=kind, key=key, at=at or self.clock.now()))
-
-    async def count_rate_events(self, kind: str, key: str, since: datetime) -> int:
-        """How many events of (kind, key) happened at or after `since`."""
-        result = await self.conn.execute(
-            sa.select(sa.func.count())
-            .select_from(rate_events)
-            .where(rate_events.c.kind == kind, rate_events.c.key == key, rate_events.c.at >= since)
-        )
-        return int(result.scalar_one())
-
-    async def prune_rate_events(self, before: datetime) -> int:
-        """Delete events older than `before`; returns how many."""
-        result = await self.conn.execute(sa.delete(rate_events).where(rate_events.c.at < before))
-        return int(result.rowcount)
 
 
 # -- the store --------------------------------------------------------------------------------------
